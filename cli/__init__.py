@@ -1,0 +1,1 @@
+"""The deltastore command line."""

@@ -1,0 +1,64 @@
+"""One root error for everything the store refuses; subclasses also inherit the matching builtin,
+so callers can catch ``FileNotFoundError`` or ``ValueError`` without knowing deltastore."""
+
+from __future__ import annotations
+
+
+class DeltaStoreError(Exception):
+    """Root of every error deltastore raises on purpose. The CLI prints its message as one line."""
+
+
+class BadInputError(DeltaStoreError, ValueError):
+    """What the user handed us cannot be stored as asked (bad file, bad name, bad parameter)."""
+
+
+class PickleRefusedError(BadInputError):
+    """A pickle checkpoint: never unpickled, since loading one runs arbitrary code."""
+
+
+class BadSafetensorsError(BadInputError):
+    """A safetensors file that is truncated, or whose header lies about offsets, dtypes or shapes."""
+
+
+class BaseMismatchError(BadInputError):
+    """A fine-tune that does not fit the base it names (tensor names or shapes differ)."""
+
+
+class BadNameError(BadInputError):
+    """A model or tag name the store will not accept."""
+
+
+class NotFoundError(DeltaStoreError, LookupError):
+    """A model, version, tag or object that does not exist."""
+
+
+class UnknownRefError(NotFoundError):
+    """A REF that names no version."""
+
+
+class ObjectMissingError(NotFoundError, FileNotFoundError):
+    """An object the catalog refers to is not on the backend."""
+
+    def __init__(self, oid: str, msg: str | None = None):
+        self.oid = oid
+        super().__init__(msg or f"object {oid} is missing from the object store")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class CorruptObjectError(DeltaStoreError, ValueError):
+    """An object whose bytes do not decode or do not hash to its name."""
+
+    def __init__(self, oid: str, why: str):
+        self.oid = oid
+        self.why = why
+        super().__init__(f"object {oid} is corrupt: {why}")
+
+
+class ReadOnlyError(DeltaStoreError, PermissionError):
+    """A write to a store opened read-only."""
+
+
+class ConflictError(DeltaStoreError):
+    """The catalog changed under us (a concurrent writer); retrying usually works."""

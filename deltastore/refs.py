@@ -1,0 +1,75 @@
+"""Names and REFs: what the user types, checked before it touches the catalog.
+
+REF syntax: ``NAME``, ``NAME@v3``, ``NAME@latest``, ``NAME@<tag>``, ``NAME@<manifest-sha-prefix>``
+(at least 6 hex digits, with or without ``sha256:``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import BadNameError, UnknownRefError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+_VERSION = re.compile(r"^v(\d+)$")
+_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Names become path components and CLI words: letters, digits, ``. _ + -``; no ``/``, ``..``,
+    control characters or leading punctuation."""
+    if not isinstance(name, str) or not name:
+        raise BadNameError(f"{what} is empty")
+    bad = [c for c in name if ord(c) < 32 or ord(c) == 127]
+    if bad:
+        raise BadNameError(f"{what} {name!r} contains control characters")
+    if "/" in name or "\\" in name:
+        raise BadNameError(f"{what} {name!r} contains a slash; use letters, digits, '.', '_', '+', '-'")
+    if ".." in name:
+        raise BadNameError(f"{what} {name!r} contains '..'")
+    if "@" in name:
+        raise BadNameError(f"{what} {name!r} contains '@', which separates a name from its version in a REF")
+    if not _NAME.match(name):
+        raise BadNameError(f"{what} {name!r} is not allowed: start with a letter or digit, then letters, digits, '.', '_', '+', '-' (at most 200)")
+    if what == "tag name" and (_VERSION.match(name) or name == "latest"):
+        raise BadNameError(f"tag name {name!r} would shadow a version REF; pick another")
+    return name
+
+
+@dataclass(frozen=True)
+class Ref:
+    model: str
+    version: int | None = None  # vN
+    tag: str | None = None
+    manifest_prefix: str | None = None  # hex
+    latest: bool = False
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.model}@v{self.version}"
+        if self.tag is not None:
+            return f"{self.model}@{self.tag}"
+        if self.manifest_prefix is not None:
+            return f"{self.model}@{self.manifest_prefix}"
+        return f"{self.model}@latest"
+
+
+def parse_ref(text: str) -> Ref:
+    name, at, rev = text.partition("@")
+    try:
+        check_name(name)
+    except BadNameError as e:
+        raise UnknownRefError(f"bad REF {text!r}: {e}") from None
+    if not at or rev == "latest":
+        if at and not rev:
+            raise UnknownRefError(f"bad REF {text!r}: nothing after '@'")
+        return Ref(name, latest=True)
+    if m := _VERSION.match(rev):
+        return Ref(name, version=int(m.group(1)))
+    if m := _HEX.match(rev):
+        # a tag may also look like hex; the resolver tries tags first
+        return Ref(name, manifest_prefix=m.group(1), tag=rev)
+    if not rev:
+        raise UnknownRefError(f"bad REF {text!r}: nothing after '@'")
+    return Ref(name, tag=rev)

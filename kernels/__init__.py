@@ -1,0 +1,1 @@
+"""Triton kernels and torch reference ops for applying encoded deltas (later issues)."""
