@@ -1,0 +1,401 @@
+"""``deltastore``: the command line. Parses, prints, shows progress; the work is in deltastore.Store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="A content-addressed store for model weights: "
+                  "bases stored once, fine-tunes as compressed deltas.")
+add_app = typer.Typer(no_args_is_help=True, help="Add a model version.")
+db_app = typer.Typer(no_args_is_help=True, help="Catalog schema (Alembic migrations).")
+app.add_typer(add_app, name="add")
+app.add_typer(db_app, name="db")
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class State:
+    home: Optional[str] = None
+    quiet: bool = False
+
+
+state = State()
+
+
+@app.callback()
+def _global(
+    home: Optional[str] = typer.Option(None, "--home", envvar="DELTASTORE_HOME", help="Store home (default ~/.deltastore)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors and requested data."),
+) -> None:
+    state.home = home
+    state.quiet = quiet
+
+
+def _store(read_only: bool = False):
+    from deltastore.store import open_store
+
+    return open_store(state.home, read_only=read_only)
+
+
+def _emit(data: Any, as_json: bool) -> bool:
+    """Print ``data`` as JSON when asked; returns True when done."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return True
+    return False
+
+
+def human(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[Any]:
+    if not enabled or state.quiet or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def cb(phase: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield cb
+
+
+def _say(msg: str) -> None:
+    if not state.quiet:
+        out.print(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+@app.command()
+def init(
+    db_url: Optional[str] = typer.Option(None, "--db-url", envvar="DELTASTORE_DB_URL", help="Catalog URL (default: SQLite in the home)."),
+    objects_url: Optional[str] = typer.Option(None, "--objects-url", envvar="DELTASTORE_OBJECTS_URL", help="Objects URL, any fsspec URL (default: the home)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Create a store (config file + catalog schema); harmless on an existing one."""
+    from deltastore.store import init_store
+
+    st = init_store(state.home, db_url=db_url, objects_url=objects_url)
+    info = {"home": str(st.config.home), "db_url": st.config.db_url, "objects_url": st.config.objects_url}
+    if not _emit(info, as_json):
+        _say(f"store at {info['home']}\n  catalog: {info['db_url']}\n  objects: {info['objects_url']}")
+
+
+def _print_added(v, as_json: bool) -> None:
+    if _emit(v.to_dict(), as_json):
+        return
+    base = f" on {v.base}" if v.base else ""
+    _say(f"added {v.ref}{base} ({v.codec}): {human(v.logical_bytes)} of files, {human(v.stored_bytes)} newly stored "
+         f"({v.ratio:.2f}x)  manifest {v.manifest[7:19]}")
+
+
+@add_app.command("base")
+def add_base(
+    name: str = typer.Argument(..., help="Model name."),
+    path: Path = typer.Argument(..., help="Hugging Face model directory (safetensors)."),
+    message: str = typer.Option("", "-m", "--message"),
+    tag: list[str] = typer.Option([], "--tag", "-t", help="Tag the new version (repeatable)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Store a model losslessly as a new version of NAME."""
+    st = _store()
+    with _progress(f"add {name}", not as_json) as cb:
+        v = st.add_base(name, path, message=message, tags=tag, progress=cb)
+    _print_added(v, as_json)
+
+
+def _codec_params(codec: str, alpha: Optional[str], bits: Optional[int], seed: Optional[int], param: list[str]) -> dict[str, Any]:
+    from deltastore.errors import BadInputError
+
+    cfg: dict[str, Any] = {"id": codec}
+    if alpha is not None:
+        cfg["alpha"] = alpha
+    if bits is not None:
+        cfg["bits"] = bits
+    if seed is not None:
+        cfg["seed"] = seed
+    for p in param:
+        k, eq, v = p.partition("=")
+        if not eq:
+            raise BadInputError(f"--param wants KEY=VALUE, got {p!r}")
+        try:
+            cfg[k] = json.loads(v)
+        except ValueError:
+            cfg[k] = v
+    return cfg
+
+
+@add_app.command("finetune")
+def add_finetune(
+    name: str = typer.Argument(..., help="Model name for the fine-tune."),
+    path: Path = typer.Argument(..., help="Hugging Face model directory (safetensors)."),
+    base: str = typer.Option(..., "--base", "-b", help="Base version REF (NAME, NAME@v3, NAME@tag)."),
+    codec: Optional[str] = typer.Option(None, "--codec", "-c", help="delta-come (default), lossless, lowrank, bitdelta, dare, deltadq."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Size budget as a fraction of 16-bit weights, e.g. 1/16."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Bits per value, for codecs that take one."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for randomized codecs."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Other codec parameter KEY=VALUE (JSON value)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text file (lines of text)."),
+    message: str = typer.Option("", "-m", "--message"),
+    tag: list[str] = typer.Option([], "--tag", "-t"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Store a fine-tune as compressed deltas against BASE."""
+    from deltastore.store import DEFAULT_FINETUNE_CODEC
+
+    cfg = _codec_params(codec or DEFAULT_FINETUNE_CODEC, alpha, bits, seed, param) if (codec or alpha or bits or seed is not None or param) else None
+    st = _store()
+    with _progress(f"add {name}", not as_json) as cb:
+        v = st.add_finetune(name, path, base, codec=cfg, message=message, tags=tag, calib=calib, progress=cb)
+    _print_added(v, as_json)
+
+
+@app.command()
+def checkout(
+    ref: str = typer.Argument(..., help="REF: NAME, NAME@v3, NAME@latest, NAME@tag, NAME@<sha-prefix>."),
+    dest: Path = typer.Argument(..., help="Output directory (new or empty)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Convert floating tensors: bf16, fp16, fp32."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty directory."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write a version as a Hugging Face directory (byte-identical for lossless versions)."""
+    st = _store(read_only=True)
+    with _progress(f"checkout {ref}", not as_json) as cb:
+        r = st.checkout(ref, dest, dtype=dtype, progress=cb, overwrite=force)
+    if not _emit(r.to_dict(), as_json):
+        how = "byte-identical to what was added (sha256 checked)" if r.exact else "decoded (lossy codec or --dtype)"
+        _say(f"checked out {r.ref} to {r.out}: {r.files} files, {human(r.bytes_written)}, {how}, {r.seconds:.1f} s")
+
+
+@app.command("ls")
+def ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List models."""
+    ms = _store(read_only=True).models()
+    if _emit([m.to_dict() for m in ms], as_json):
+        return
+    t = Table("model", "kind", "versions", "latest", "files", "stored", box=None)
+    for m in ms:
+        t.add_row(m.name, m.kind, str(m.versions), f"v{m.latest}", human(m.logical_bytes), human(m.stored_bytes))
+    out.print(t)
+
+
+@app.command()
+def log(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Versions of a model, newest first."""
+    vs = list(reversed(_store(read_only=True).versions(name)))
+    if _emit([v.to_dict() for v in vs], as_json):
+        return
+    for v in vs:
+        tags = f" ({', '.join(v.tags)})" if v.tags else ""
+        base = f" base {v.base}" if v.base else ""
+        out.print(f"[bold]{v.ref}[/bold]{tags}  {v.manifest[7:19]}  {v.created_at:%Y-%m-%d %H:%M} {v.author}")
+        out.print(f"    {v.codec}{base}  {human(v.logical_bytes)} -> {human(v.stored_bytes)} ({v.ratio:.2f}x)")
+        if v.message:
+            out.print(f"    {v.message}")
+
+
+@app.command()
+def show(ref: str, as_json: bool = typer.Option(False, "--json"), tensors: bool = typer.Option(True, "--tensors/--no-tensors")) -> None:
+    """Files, tensors, codec per tensor, sizes, ratios and lineage of a version."""
+    from deltastore.report import version_report
+
+    st = _store(read_only=True)
+    rep = version_report(st, ref)
+    if _emit(rep, as_json):
+        return
+    v = rep["version"]
+    out.print(f"[bold]{v['ref']}[/bold]  manifest {v['manifest']}")
+    out.print(f"  kind {v['kind']}  codec {v['codec']} {json.dumps(v['codec_params']) if v['codec_params'] else ''}")
+    if v["base"]:
+        out.print(f"  base {v['base']}   ancestors: {' <- '.join(rep['lineage']['ancestors'])}")
+    lin = f"  linears-only ratio {rep['ratio_linears']:.2f}x" if rep["ratio_linears"] else ""
+    out.print(f"  files {human(v['logical_bytes'])}  stored (new) {human(v['stored_bytes'])}  whole-model ratio {rep['ratio_whole']:.2f}x{lin}")
+    if v["tags"]:
+        out.print(f"  tags {', '.join(v['tags'])}")
+    if v["message"]:
+        out.print(f"  message: {v['message']}")
+    for f in rep["files"]:
+        out.print(f"  [bold]{f['path']}[/bold]  {human(f['size'])}  sha256 {f['sha256'][:16]}…")
+    if tensors:
+        t = Table("tensor", "dtype", "shape", "source", "codec", "stored", "bpp", "rel.err", box=None)
+        for x in rep["tensors"]:
+            t.add_row(x["name"], x["dtype"], "x".join(map(str, x["shape"])), x["source"], x["codec"] or "-",
+                      human(x["stored"]), f"{x['bpp']:.3f}" if x["bpp"] is not None else "-",
+                      f"{x['rel_error']:.4f}" if x.get("rel_error") is not None else "-")
+        out.print(t)
+
+
+@app.command()
+def tag(ref: str, name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Point tag NAME at the version REF names (moves it if it exists)."""
+    v = _store().tag(ref, name)
+    if not _emit(v.to_dict(), as_json):
+        _say(f"tagged {v.ref} as {v.model}@{name}")
+
+
+@app.command()
+def lineage(ref: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Ancestors and descendants of a version, as a tree."""
+    lin = _store(read_only=True).lineage(ref)
+    if _emit(lin.to_dict(), as_json):
+        return
+    root = Tree(" <- ".join([f"[bold]{lin.ref}[/bold]"] + lin.ancestors) if lin.ancestors else f"[bold]{lin.ref}[/bold]")
+
+    def add(node, t):  # noqa: ANN001
+        for c in node.children:
+            add(c, t.add(f"{c.ref} ({c.codec})"))
+
+    add(lin.tree, root)
+    out.print(root)
+
+
+@app.command()
+def diff(a: str, b: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tensors that differ between two versions, and by how much."""
+    ds = _store(read_only=True).diff(a, b)
+    if _emit([d.to_dict() for d in ds], as_json):
+        return
+    if not ds:
+        _say("no tensor differs")
+        return
+    t = Table("tensor", "status", "max |b-a|", "||b-a||/||a||", "changed", box=None)
+    for d in ds:
+        t.add_row(d.name, d.status, f"{d.max_abs:.3g}" if d.max_abs is not None else "-",
+                  f"{d.rel_fro:.3g}" if d.rel_fro is not None else "-",
+                  f"{100 * d.changed_frac:.1f}%" if d.changed_frac is not None else "-")
+    out.print(t)
+
+
+@app.command()
+def rm(ref: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Remove a version from the catalog; `gc` then frees what nothing references."""
+    v = _store().rm(ref)
+    if not _emit(v.to_dict(), as_json):
+        _say(f"removed {v.ref}; run `deltastore gc` to free its objects")
+
+
+@app.command()
+def gc(dry_run: bool = typer.Option(False, "--dry-run", "-n"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Delete objects no version references (never those an add in progress may need)."""
+    r = _store().gc(dry_run=dry_run)
+    if not _emit(r.to_dict(), as_json):
+        verb = "would delete" if dry_run else "deleted"
+        _say(f"{verb} {r.deleted} objects ({human(r.freed_bytes)}), {r.temp_deleted} temp files; "
+             f"kept {r.kept_recent} recent (an add is in progress)")
+
+
+@app.command()
+def verify(ref: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Re-hash objects; name what is missing or corrupt and which versions it breaks."""
+    st = _store(read_only=True)
+    with _progress("verify", False) as cb:
+        r = st.verify(ref, progress=cb)
+    if not _emit(r.to_dict(), as_json):
+        if r.ok:
+            _say(f"ok: {r.versions} versions, {r.objects} objects, {human(r.bytes_read)} re-hashed")
+        for p in r.problems:
+            err.print(f"{p.oid or '-'}: {p.what}; breaks {', '.join(p.versions)}")
+    if not r.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def du(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Logical vs stored bytes, and what dedup saved."""
+    r = _store(read_only=True).du()
+    if not _emit(r.to_dict(), as_json):
+        out.print(f"{r.versions} versions, {r.objects} objects")
+        out.print(f"  files as added     {human(r.logical_bytes)}")
+        out.print(f"  stored             {human(r.stored_bytes)}  ({r.logical_bytes / max(r.stored_bytes, 1):.2f}x)")
+        out.print(f"  saved by dedup     {human(r.dedup_saved_bytes)}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending catalog migrations."""
+    from deltastore.config import load_config
+    from deltastore.db import make_engine, upgrade
+
+    cfg = load_config(state.home)
+    before, after = upgrade(make_engine(cfg.db_url))
+    _say(f"catalog at revision {after}" + (f" (was {before})" if before != after else " (up to date)"))
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the catalog's schema revision."""
+    from deltastore.config import load_config
+    from deltastore.db import current_revision, head_revision, make_engine
+
+    cfg = load_config(state.home)
+    out.print(f"{current_revision(make_engine(cfg.db_url))} (head {head_revision()})")
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path(".deltastore-demo"), "--workdir", help="Where the demo's store and files go."),
+    steps: int = typer.Option(30, "--steps", help="Fine-tuning steps on the CPU."),
+) -> None:
+    """End to end on real weights: SmolLM2 base + a real fine-tune, add, checkout, load, generate."""
+    from deltastore.demo import run_demo
+
+    run_demo(workdir, steps=steps, say=out.print)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from deltastore.codec.errors import CodecError
+    from deltastore.errors import DeltaStoreError
+
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=argv, prog_name="deltastore", standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except (DeltaStoreError, CodecError) as e:
+        err.print(f"deltastore: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except OSError as e:
+        err.print(f"deltastore: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as e:
+        # click (vendored by newer typer as typer._click): usage errors, Exit, Abort
+        names = {c.__name__ for c in type(e).__mro__}
+        if "Exit" in names:
+            sys.exit(getattr(e, "exit_code", 0))
+        if "Abort" in names:
+            err.print("aborted")
+            sys.exit(130)
+        if "ClickException" in names:
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(e, "exit_code", 2))
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared fixtures: a fresh store per test, and small real safetensors models written on the fly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import deltastore
+
+
+def sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_hashes(d: Path) -> dict[str, str]:
+    return {p.relative_to(d).as_posix(): sha256_file(p) for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def llama_like(seed: int = 0, dtype: torch.dtype = torch.bfloat16, hidden: int = 64, layers: int = 2, vocab: int = 128) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for n, shape in (("self_attn.q_proj", (hidden, hidden)), ("self_attn.k_proj", (hidden // 2, hidden)),
+                         ("self_attn.v_proj", (hidden // 2, hidden)), ("self_attn.o_proj", (hidden, hidden)),
+                         ("mlp.gate_proj", (2 * hidden, hidden)), ("mlp.up_proj", (2 * hidden, hidden)),
+                         ("mlp.down_proj", (hidden, 2 * hidden))):
+            sd[f"{p}.{n}.weight"] = torch.randn(*shape, generator=g) * 0.05
+        sd[f"{p}.input_layernorm.weight"] = 1 + 0.01 * torch.randn(hidden, generator=g)
+        sd[f"{p}.post_attention_layernorm.weight"] = 1 + 0.01 * torch.randn(hidden, generator=g)
+    sd["model.norm.weight"] = torch.ones(hidden)
+    sd["lm_head.weight"] = torch.randn(vocab, hidden, generator=g) * 0.05
+    return {k: v.to(dtype) for k, v in sd.items()}
+
+
+def finetune_of(sd: dict[str, torch.Tensor], seed: int = 1, scale: float = 1e-2, touch_norms: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        if "norm" in k and not touch_norms:
+            out[k] = v.clone()
+            continue
+        f = v.float()
+        out[k] = (f + scale * f.abs().mean() * torch.randn(f.shape, generator=g)).to(v.dtype)
+    return out
+
+
+def write_model(d: Path, sd: dict[str, torch.Tensor], shards: int = 1, config: dict | None = None) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(config or {"model_type": "toy", "hidden_size": 64}, indent=2))
+    (d / "tokenizer.json").write_text(json.dumps({"version": "1.0", "vocab": list("abcdefgh")}))
+    names = list(sd)
+    if shards == 1:
+        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        return d
+    per = -(-len(names) // shards)
+    weight_map = {}
+    for i in range(shards):
+        fn = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: sd[n] for n in names[i * per : (i + 1) * per]}
+        save_file(part, str(d / fn), metadata={"format": "pt"})
+        weight_map.update({n: fn for n in part})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    return d
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> deltastore.Store:
+    st = deltastore.open(tmp_path / "home")
+    yield st
+    st.close()
+
+
+@pytest.fixture
+def base_dir(tmp_path: Path) -> Path:
+    return write_model(tmp_path / "base", llama_like(0))

@@ -1,0 +1,214 @@
+"""Bad input: one clear error, and the store exactly as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deltastore.errors import (
+    BadNameError,
+    BadSafetensorsError,
+    BaseMismatchError,
+    PickleRefusedError,
+    UnknownRefError,
+)
+
+from ..conftest import finetune_of, llama_like, tree_hashes, write_model
+
+
+def snapshot(store) -> tuple:
+    """Everything a failed command must leave as it was: objects and catalog rows."""
+    return (sorted(store.objects.all_oids()), [(m.name, m.versions) for m in store.models()])
+
+
+@pytest.fixture
+def populated(store, tmp_path: Path):
+    base = llama_like(0)
+    store.add_base("b", write_model(tmp_path / "b", base))
+    return store, base
+
+
+def test_wrong_base_shape(populated, tmp_path: Path) -> None:
+    store, _ = populated
+    other = write_model(tmp_path / "x", llama_like(0, hidden=32))
+    before = snapshot(store)
+    with pytest.raises(BaseMismatchError, match="not a fine-tune of b@v1: tensor .* is \\[.*\\] here"):
+        store.add_finetune("x", other, base="b", codec="lossless")
+    assert snapshot(store) == before
+
+
+def test_wrong_base_names(populated, tmp_path: Path) -> None:
+    store, base = populated
+    sd = dict(base)
+    sd["extra.weight"] = torch.zeros(4, 4, dtype=torch.bfloat16)
+    del sd["lm_head.weight"]
+    before = snapshot(store)
+    with pytest.raises(BaseMismatchError, match="base lacks .*extra.weight.*lacks 1 of the base's tensors"):
+        store.add_finetune("x", write_model(tmp_path / "x", sd), base="b", codec="lossless")
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("ref", ["nope", "b@v7", "b@sometag", "b@", "../b"])
+def test_unknown_ref(populated, tmp_path: Path, ref: str) -> None:
+    store, _ = populated
+    with pytest.raises(UnknownRefError):
+        store.checkout(ref, tmp_path / "o")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_missing_path(store, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="no such file"):
+        store.add_base("m", tmp_path / "does-not-exist")
+
+
+def test_dir_without_weights(store, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "config.json").write_text("{}")
+    with pytest.raises(Exception, match="no .safetensors weights"):
+        store.add_base("m", tmp_path / "d")
+
+
+@pytest.mark.parametrize("cut", [4, 30, -100, -1])
+def test_truncated_safetensors(populated, tmp_path: Path, cut: int) -> None:
+    store, base = populated
+    d = write_model(tmp_path / "t", finetune_of(base))
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[:cut] if cut > 0 else data[:cut])
+    before = snapshot(store)
+    with pytest.raises(BadSafetensorsError, match="truncated|too short"):
+        store.add_base("t", d)
+    assert snapshot(store) == before
+
+
+def _rewrite_header(f: Path, edit) -> None:
+    data = f.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    head = json.loads(data[8 : 8 + n])
+    edit(head)
+    js = json.dumps(head).encode()
+    js += b" " * (n - len(js)) if len(js) <= n else b""
+    f.write_bytes(struct.pack("<Q", len(js)) + js + data[8 + n :])
+
+
+@pytest.mark.parametrize("lie", ["offsets", "dtype", "overlap", "unknown-dtype"])
+def test_header_that_lies(populated, tmp_path: Path, lie: str) -> None:
+    store, base = populated
+    d = write_model(tmp_path / "l", base)
+    name = "model.layers.0.self_attn.q_proj.weight"
+
+    def edit(h):  # noqa: ANN001
+        if lie == "offsets":
+            s, e = h[name]["data_offsets"]
+            h[name]["data_offsets"] = [s, e + 2]
+        elif lie == "dtype":
+            h[name]["dtype"] = "F32"  # same shape, twice the bytes the offsets give
+        elif lie == "overlap":
+            other = next(k for k in h if k != name and k != "__metadata__")
+            h[name]["data_offsets"] = h[other]["data_offsets"]
+        else:
+            h[name]["dtype"] = "Q4"
+
+    _rewrite_header(d / "model.safetensors", edit)
+    before = snapshot(store)
+    with pytest.raises(BadSafetensorsError, match="header lies|unknown dtype|truncated|past the last"):
+        store.add_base("l", d)
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("fname", ["pytorch_model.bin", "model.pt", "ckpt.ckpt", "model.safetensors"])
+def test_pickle_refused_never_loaded(store, tmp_path: Path, fname: str) -> None:
+    d = tmp_path / "p"
+    d.mkdir()
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (d / fname).write_bytes(pickle.dumps(Evil()))
+    (d / "config.json").write_text("{}")
+    with pytest.raises(PickleRefusedError, match="never unpickles"):
+        store.add_base("p", d)
+    assert not marker.exists()
+    assert store.models() == []
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "a..b", "bad\x07name", "tab\tname", "", ".hidden", "x@v1", "a\\b"])
+def test_bad_names(store, base_dir: Path, name: str) -> None:
+    with pytest.raises(BadNameError):
+        store.add_base(name, base_dir)
+    assert store.models() == []
+
+
+def test_bad_tag_names(populated) -> None:
+    store, _ = populated
+    for t in ["v2", "latest", "a/b"]:
+        with pytest.raises(BadNameError):
+            store.tag("b", t)
+
+
+def test_existing_nonempty_checkout_dir_refused(populated, tmp_path: Path) -> None:
+    store, _ = populated
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(Exception, match="not empty"):
+        store.checkout("b", out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+ADD_SCRIPT = """
+import sys, deltastore
+st = deltastore.open(sys.argv[1])
+print("started", flush=True)
+st.add_base("big", sys.argv[2])
+"""
+
+
+def test_interrupted_add_leaves_store_consistent(store, tmp_path: Path) -> None:
+    """Kill an add mid-way: the next command works, verify is clean, gc removes the leftovers."""
+    store.add_base("b", write_model(tmp_path / "b", llama_like(0)))
+    before_models = [(m.name, m.versions) for m in store.models()]
+    g = torch.Generator().manual_seed(0)
+    big = {f"w{i}": torch.randn(1024, 1024, generator=g).to(torch.bfloat16) for i in range(96)}
+    src = write_model(tmp_path / "big", big)
+    home = store.config.home
+    proc = subprocess.Popen([sys.executable, "-c", ADD_SCRIPT, str(home), str(src)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    # wait until it has written some objects, then kill it hard
+    n0 = len(store.objects.all_oids())
+    deadline = time.time() + 60
+    while len(store.objects.all_oids()) < n0 + 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [(m.name, m.versions) for m in store.models()] == before_models
+    assert store.verify().ok
+    rep = store.gc()
+    assert rep.deleted > 0  # the dead add's objects; its lease is gone with its process
+    assert store.verify().ok
+    v = store.add_base("big", src)
+    store.checkout(v.ref, tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(src)
+
+
+def test_gc_spares_objects_of_an_add_in_progress(store, tmp_path: Path) -> None:
+    store.add_base("b", write_model(tmp_path / "b", llama_like(0)))
+    with store._lease("test add"):
+        orphan = store.objects.put_bytes(b"written by an add that has not committed yet")
+        rep = store.gc()
+        assert store.objects.exists(orphan.oid)
+        assert rep.kept_recent >= 1
+    assert store.gc().deleted == 1
+    assert not store.objects.exists(orphan.oid)
