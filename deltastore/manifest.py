@@ -33,6 +33,7 @@ class TensorEntry:
     object: str | None = None  # tensor or delta object id
     codec: str | None = None  # for deltas
     exact: bool = True
+    rel_error: float | None = None  # lossy deltas: ||D - D^|| / ||D||, measured when added
 
 
 @dataclass

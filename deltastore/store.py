@@ -297,6 +297,8 @@ class Store:
         calib_sha = None
         if calib is not None:
             calib_sha = _check_calib(Path(calib))
+            if base is None or codec is None or codec.lossless:
+                raise BadInputError("--calib applies to lossy fine-tune codecs only (e.g. delta-come)")
         with self.Session() as s:
             m = s.scalar(select(Model).where(Model.name == name))
             if m is not None and m.versions:
@@ -306,6 +308,12 @@ class Store:
                     raise BadInputError(f"{name!r} holds {'fine-tunes' if 'finetune' in kinds else 'base models'}; "
                                         f"add this as another name, or use `add {'finetune' if 'finetune' in kinds else 'base'}`")
         lossless = codecs.get_codec("lossless")
+        hessians: dict[str, torch.Tensor] = {}
+        if calib is not None:
+            from .calib import collect_hessians
+
+            hessians, ntok = collect_hessians(self, base_info.ref, Path(calib))
+            metrics = {**metrics, "calib_tokens": ntok}
         total = sum(f.size for f in sources)
         done = 0
         puts: list[PutResult] = []
@@ -332,7 +340,8 @@ class Store:
                     for info in header.tensors:
                         raw = read_tensor_bytes(fh, header, info)
                         file_hash.update(raw)
-                        entry, put = self._add_tensor(info, raw, base_info.manifest if base_info else None, base_man, codec, lossless)
+                        entry, put = self._add_tensor(info, raw, base_info.manifest if base_info else None, base_man, codec, lossless,
+                                                      hessians.get(info.name))
                         entries.append(entry)
                         if put is not None:
                             puts.append(put)
@@ -349,7 +358,8 @@ class Store:
             return self._commit_version(name, manifest, mput.oid, puts, base_info, codec, message, tags, author, metrics, calib_sha)
 
     def _add_tensor(self, info, raw: bytearray, base_oid: str | None, base_man: Manifest | None,
-                    codec: codecs.Codec | None, lossless: codecs.Codec) -> tuple[TensorEntry, PutResult | None]:
+                    codec: codecs.Codec | None, lossless: codecs.Codec,
+                    hessian: torch.Tensor | None = None) -> tuple[TensorEntry, PutResult | None]:
         sha = sha256_hex(raw)
         common = dict(name=info.name, dtype=info.dtype, shape=list(info.shape), nbytes=info.nbytes, sha256=sha)
         if base_man is None:
@@ -365,12 +375,19 @@ class Store:
         base_t = as_tensor(_info_of(base_entry), base_raw)
         use = codec if (codec is not None and info.dtype in FLOAT_CODES and target.dim() == 2
                         and tuple(base_t.shape) == tuple(target.shape) and codec.applies_to(info.name, target)) else lossless
+        ctx = codecs.EncodeContext(name=info.name, hessian=hessian,
+                                   device="cuda" if torch.cuda.is_available() else None)
         try:
-            enc = use.encode(target, base_t, codecs.EncodeContext(name=info.name))
+            enc = use.encode(target, base_t, ctx)
         except codecs.CodecError as e:
             raise BadInputError(f"tensor {info.name!r}: {e}") from None
+        rel = None
+        if not use.lossless:
+            d = target.to(torch.float32) - base_t.to(torch.float32)
+            dn = float(d.norm())
+            rel = float((use.decode_delta(enc).cpu() - d).norm()) / dn if dn else 0.0
         put = self.objects.put_raw(codecs.to_bytes(enc), "delta")
-        return TensorEntry(**common, source="delta", object=put.oid, codec=use.codec_id, exact=use.lossless), put
+        return TensorEntry(**common, source="delta", object=put.oid, codec=use.codec_id, exact=use.lossless, rel_error=rel), put
 
     def _commit_version(self, name, manifest: Manifest, manifest_oid: str, puts: list[PutResult], base_info,
                         codec, message, tags, author, metrics, calib_sha) -> VersionInfo:
