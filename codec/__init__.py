@@ -8,6 +8,7 @@ from .errors import CodecError, CorruptPayloadError, UnknownCodecError
 from .registry import codec_class, get_codec, list_codecs, register_codec
 from .serialize import from_bytes, to_bytes
 from . import lossless  # noqa: F401  (registers)
+from . import bitdelta, dare, delta_come, deltadq, lowrank  # noqa: F401  (register the lossy codecs)
 
 __all__ = [
     "Codec",

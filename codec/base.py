@@ -81,13 +81,16 @@ class Encoded:
 class EncodeContext:
     """What the store knows about a tensor beyond its values, for codecs that care.
 
-    ``calib`` is a calibration activation matrix (tokens x in_features) for GPTQ-style
-    compensation, or None. ``device`` is where heavy math should run. ``seed`` makes randomized
-    codecs deterministic.
+    ``hessian`` is the layer's input Hessian ``H = sum_t x_t x_t^T`` (in_features x in_features,
+    float32) for GPTQ-style compensation, or None; the store passes one per linear layer.
+    ``calib`` is a calibration activation matrix (tokens x in_features); codecs that need a
+    Hessian and get only ``calib`` use ``calib^T calib``. ``device`` is where heavy math should
+    run. ``seed`` makes randomized codecs deterministic.
     """
 
     name: str = ""
     calib: torch.Tensor | None = None
+    hessian: torch.Tensor | None = None
     device: torch.device | str | None = None
     seed: int = 0
 
