@@ -43,10 +43,9 @@ def load_base_model(store, ref: str, device: str | torch.device = "cpu"):  # noq
             raise BadInputError(f"{v.ref} has no config.json, so its model cannot be run for calibration")
         config = transformers.AutoConfig.from_pretrained(td)
         tok = transformers.AutoTokenizer.from_pretrained(td)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     sd = store.state_dict(ref, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in missing:
         model.tie_weights()
         missing = [m for m in missing if m != "lm_head.weight"]

@@ -31,8 +31,12 @@ class SourceFile:
 
 
 def _looks_like_pickle(path: Path) -> bool:
+    """A pickle (protocol 2+ starts with 0x80) or a torch zip checkpoint, not a safetensors file
+    (whose 8-byte header length is followed by ``{``)."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return False
     return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 

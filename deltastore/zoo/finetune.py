@@ -48,7 +48,7 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 def _math_batches(tok, batch_size: int, seq_len: int, seed: int, steps: int):
     import torch
 
-    n = max(256, steps * batch_size * 2)
+    n = max(256, steps * batch_size)
     pool = []
     for p in tasks.math_train(n, seed=seed):
         ids, plen = tasks.math_example(tok, p)

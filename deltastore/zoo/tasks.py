@@ -270,9 +270,12 @@ _INT_RE = re.compile(r"-?\d[\d,]*")
 
 
 def extract_answer(text: str) -> int | None:
-    """The integer after the last ``Answer:``; failing that, the last integer."""
+    """The integer after the first ``Answer:``; failing that, the last integer.
+
+    (The first: a model that does not stop may go on with made-up problems.)
+    """
     m = _ANS_RE.findall(text)
-    cand = m[-1] if m else (_INT_RE.findall(text) or [None])[-1]
+    cand = m[0] if m else (_INT_RE.findall(text) or [None])[-1]
     if cand is None:
         return None
     cand = cand.replace(",", "")
