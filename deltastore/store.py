@@ -81,8 +81,14 @@ def resolve_codec(codec: str | codecs.Codec | dict | None, default: str) -> code
         return codecs.get_codec(codec)
     except codecs.CodecError as e:
         raise BadInputError(str(e)) from None
-    except TypeError as e:
-        raise BadInputError(f"bad codec parameters: {e}") from None
+    except TypeError:
+        import inspect
+
+        cfg = {"id": codec} if isinstance(codec, str) else dict(codec)
+        cls = codecs.codec_class(cfg["id"])
+        takes = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        given = sorted(k for k in cfg if k != "id")
+        raise BadInputError(f"codec {cfg['id']!r} takes {', '.join(takes) or 'no parameters'}; got {', '.join(given)}") from None
 
 
 class Store:
