@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -31,7 +30,7 @@ __all__ = ["finetune", "evaluate", "DEFAULTS", "main"]
 
 # defaults per task: (steps, batch_size, seq_len, lr)
 DEFAULTS = {
-    "math": dict(steps=40, batch_size=8, seq_len=160, lr=1e-4),
+    "math": dict(steps=30, batch_size=4, seq_len=160, lr=2e-4),
     "bible": dict(steps=40, batch_size=4, seq_len=128, lr=5e-5),
 }
 

@@ -9,7 +9,6 @@ work, and both load back with ``transformers.AutoModelForCausalLM``.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
