@@ -114,7 +114,11 @@ class Backend:
 
     # -- writes --------------------------------------------------------------------------------
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        """Write ``key`` atomically: readers see the old state or the whole new object, never half."""
+        """Write ``key`` atomically: readers see the old state or the whole new object, never half.
+
+        Local writes are not fsync'd one by one (that cost a fifth of an add); ``flush`` makes
+        everything written so far durable, and the store calls it before a version that names
+        these objects is committed to the catalog."""
         self._check_writable()
         p = self._path(key)
         if self.local:
@@ -124,8 +128,6 @@ class Backend:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 os.replace(tmp, p)
             except BaseException:
                 try:
@@ -135,6 +137,11 @@ class Backend:
                 raise
             return
         self.fs.pipe_file(p, bytes(data))
+
+    def flush(self) -> None:
+        """Make every completed ``put`` durable (one sync instead of an fsync per object)."""
+        if self.local and not self.read_only:
+            os.sync()
 
     def touch(self, key: str) -> None:
         """Mark an existing key as recently used (gc's grace period counts from its mtime)."""
