@@ -56,6 +56,19 @@ _HEAD = struct.Struct("<4sBBHIQ")
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """One long-lived pool per size. A new pool per call would start new threads, and glibc gives
+    each new thread its own malloc arena: freed chunk buffers then pile up across arenas and the
+    process's memory grows with the number of tensors instead of staying near one tensor."""
+    pool = _POOLS.get(n)
+    if pool is None:
+        pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="deltastore-planes")
+    return pool
+
+
 def default_threads() -> int:
     return int(os.environ.get("DELTASTORE_THREADS", "0")) or (os.cpu_count() or 1)
 
@@ -174,8 +187,7 @@ def compress(
     pieces = [raw[i : i + step] for i in range(0, raw.size, step)]
     nthreads = min(threads or default_threads(), max(len(pieces), 1))
     if nthreads > 1:
-        with ThreadPoolExecutor(nthreads) as pool:
-            chunks = list(pool.map(lambda p: _compress_chunk(p, width, rotate, level), pieces))
+        chunks = list(_pool(nthreads).map(lambda p: _compress_chunk(p, width, rotate, level), pieces))
     else:
         chunks = [_compress_chunk(p, width, rotate, level) for p in pieces]
     nplanes = width
@@ -276,8 +288,7 @@ def decompress(
     n = len(info.raw_lens)
     nthreads = min(threads or default_threads(), max(n, 1))
     if nthreads > 1:
-        with ThreadPoolExecutor(nthreads) as pool:
-            list(pool.map(work, range(n)))
+        list(_pool(nthreads).map(work, range(n)))
     else:
         for i in range(n):
             work(i)

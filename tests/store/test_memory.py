@@ -16,7 +16,7 @@ TENSOR_SHAPE = (8192, 8192)  # 128 MiB in bf16
 N_TENSORS = 24  # 3 GiB model
 
 MEASURE = r"""
-import json, resource, sys, os
+import json, sys, os
 import deltastore, torch  # imports first, so the baseline includes them
 base_rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 st = deltastore.open(sys.argv[1])
@@ -25,7 +25,8 @@ if op == "add":
     st.add_base("big", sys.argv[3])
 else:
     st.checkout("big", sys.argv[3])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM is this process's own peak; ru_maxrss would carry the parent's peak across fork+exec
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024
 print(json.dumps({"base_rss": base_rss, "peak": peak}))
 """
 
