@@ -32,11 +32,11 @@ rounded to nearest. Each row of ``V^T`` and each column of ``U`` uses its tier's
 
 SVD
 ---
-``svd="full"`` (default): ``torch.linalg.svd`` in float32, exact. ``svd="lowrank"``: a seeded
+``svd="lowrank"`` (default): a seeded
 randomized range finder (Gaussian test matrix from a CPU ``torch.Generator(seed)``,
 ``svd_niter`` power iterations with QR re-orthonormalization, ``r + svd_oversample`` columns),
 then an exact SVD of the small projected matrix; it falls back to the full SVD when
-``r + svd_oversample >= min(m, n)``.
+``r + svd_oversample >= min(m, n)``. ``svd="full"``: ``torch.linalg.svd`` in float32, exact.
 
 Measured (CPU, float32, synthetic deltas with power-law spectra s_i ~ i^-p, p in {1, 0.5, 0.3},
 1024^2 and 2048^2, r = the kept count at alpha = 1/16): with ``svd_oversample=256,
@@ -46,9 +46,23 @@ the final delta-come error within 0.1% of the full-SVD encode. With no oversampl
 rank-r error is ~2% above optimal and the kept singular values are off by up to ~15% near the
 cut (vectors there are essentially arbitrary inside the flat part of the spectrum); the final
 delta-come error still moves by only 0.1-0.7%, because 2-bit quantization noise of those
-components dominates. So "full" stays the default (exact, and the cost is only encode time);
-"lowrank" with the defaults above is a safe faster option (~2x on CPU here; CODECS.md reports
-about 10x on an H100). Not yet measured on real deltas.
+components dominates. On an H100 (benchmarks/results/encode_7b_h100.md) "lowrank" gave the
+same error as "full" within 3e-4 and ran 6.4x faster per 4096^2 delta: a 7B-shaped model encodes
+in about a minute instead of four, so "lowrank" (with the defaults above) is the default, and
+"full" remains for exactness. On this project's 2-core CPU "lowrank" is ~2x faster.
+
+Rotation (``rotate=True``, beyond the papers; not the default)
+-------------------------------------------------------------
+Before quantization, the vectors of every tier with at most ``rotate_max_bits`` (3) bits are
+multiplied by a random orthogonal matrix that keeps quantization groups apart: random signs
+(:func:`rotation_signs`, from the CPU generator seeded with the encode seed) followed by a
+normalized Sylvester Hadamard matrix per group (a group whose length is not a power of two is
+split into power-of-two chunks). Rows of ``V^T`` are rotated along n, columns of ``U`` along m;
+GPTQ uses the rotated Hessian ``R S H S R`` for the rotated rows of ``V^T`` (U's objective is
+unchanged by a rotation of its rows). Decoding undoes it. Such payloads are format v2 (meta
+``rotated``, ``rotate_seed``); unrotated payloads are still written as v1. Measured on two real
+SmolLM2 fine-tunes (benchmarks/results/codecs_h100.md): relative error 1-2% lower, task metrics
+unchanged within noise, so it stays off.
 
 Payload
 -------
@@ -142,23 +156,86 @@ def randomized_svd(A: torch.Tensor, k: int, oversample: int, niter: int, seed: i
     return (Q @ Ub)[:, :k], S[:k], Vh[:k]
 
 
+def _pow2_chunks(length: int, group_size: int) -> list[int]:
+    """Chunk sizes (powers of two) covering ``length``: every quantization group on its own, and
+    each group's length split into its binary digits (a 128-group is one chunk; a 64-long tail is
+    one chunk; 100 -> 64 + 32 + 4). No chunk straddles a group boundary."""
+    out: list[int] = []
+    for g0 in range(0, length, group_size):
+        rest = min(group_size, length - g0)
+        while rest:
+            p = 1 << (rest.bit_length() - 1)
+            out.append(p)
+            rest -= p
+    return out
+
+
+_HADAMARD: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _hadamard(k: int, device: torch.device) -> torch.Tensor:
+    """Normalized Sylvester Hadamard matrix of size k (a power of two): symmetric, and its own inverse."""
+    key = (k, str(device))
+    if key not in _HADAMARD:
+        h = torch.ones((1, 1), dtype=torch.float64)
+        while h.shape[0] < k:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        _HADAMARD[key] = (h / math.sqrt(k)).to(device=device, dtype=torch.float32)
+    return _HADAMARD[key]
+
+
+def rotation_signs(length: int, seed: int) -> torch.Tensor:
+    """The +-1 signs (float32, CPU) of the random Hadamard rotation of a vector of this length."""
+    g = torch.Generator(device="cpu").manual_seed(int(seed) ^ (length * 0x9E3779B1))
+    return (torch.randint(0, 2, (length,), generator=g, dtype=torch.int64) * 2 - 1).to(torch.float32)
+
+
+def _blockwise(x: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+    """Multiply each chunk of the last dimension by its (symmetric) Hadamard matrix."""
+    out = torch.empty_like(x)
+    i = 0
+    while i < len(chunks):  # runs of equal chunks go through one matmul
+        j = i
+        while j < len(chunks) and chunks[j] == chunks[i]:
+            j += 1
+        k = chunks[i]
+        a = sum(chunks[:i])
+        b = a + k * (j - i)
+        seg = x[..., a:b].reshape(*x.shape[:-1], j - i, k)
+        out[..., a:b] = (seg @ _hadamard(k, x.device)).reshape(*x.shape[:-1], b - a)
+        i = j
+    return out
+
+
+def rotate(x: torch.Tensor, signs: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (..., L) -> blockdiag(H) (signs * x) along the last dimension; orthogonal, groups kept apart."""
+    return _blockwise(x * signs.to(x.device), _pow2_chunks(x.shape[-1], group_size))
+
+
+def unrotate(y: torch.Tensor, signs: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Inverse of :func:`rotate` (H is symmetric and its own inverse)."""
+    return _blockwise(y, _pow2_chunks(y.shape[-1], group_size)) * signs.to(y.device)
+
+
 @register_codec
 class DeltaCoMe(LossyCodec):
     """Mixed-precision SVD quantization of a delta (the default lossy codec)."""
 
     codec_id = "delta-come"
-    version = 1
+    version = 2  # v2 adds optional rotation (meta "rotated", "rotate_seed"); unrotated payloads are written as v1
 
     def __init__(
         self,
         alpha: float | str = 1 / 16,
         schedule: Any = None,
         group_size: int = quant.DEFAULT_GROUP,
-        svd: str = "full",
+        svd: str = "lowrank",
         svd_oversample: int = 256,
         svd_niter: int = 4,
         accounting: str = "all-in",
         seed: int | None = None,
+        rotate: bool = False,
+        rotate_max_bits: int = 3,
     ):
         self.alpha = parse_alpha(alpha)
         self.schedule = parse_schedule(schedule)
@@ -173,6 +250,19 @@ class DeltaCoMe(LossyCodec):
         self.svd_niter = svd_niter
         self.accounting = parse_accounting(accounting)
         self.seed = parse_seed(seed)
+        if not isinstance(rotate, bool):
+            raise CodecError(f"rotate must be true or false, got {rotate!r}")
+        self.rotate = rotate
+        if isinstance(rotate_max_bits, bool) or not isinstance(rotate_max_bits, int) or not 1 <= rotate_max_bits <= 8:
+            raise CodecError(f"rotate_max_bits must be an integer in 1..8, got {rotate_max_bits!r}")
+        self.rotate_max_bits = rotate_max_bits
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = super().get_config()
+        if not self.rotate:  # configs (and fingerprints) of unrotated codecs stay what they were
+            cfg.pop("rotate", None)
+            cfg.pop("rotate_max_bits", None)
+        return cfg
 
     # -- allocation ---------------------------------------------------------------------------------
     def _specs(self, m: int, n: int, tiers: list[tuple[int, int]]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -188,8 +278,16 @@ class DeltaCoMe(LossyCodec):
             specs[f"u{k}.z"] = ((c, quant.n_groups(m, gs)), torch.float16)
         return specs
 
-    def _meta(self, tiers: list[tuple[int, int]], gptq: bool) -> dict[str, Any]:
-        return {"tiers": [[b, c] for b, c in tiers if c > 0], "gptq": gptq}
+    def _rotated(self, tiers: list[tuple[int, int]]) -> list[bool]:
+        return [bool(self.rotate and b <= self.rotate_max_bits) for b, c in tiers if c > 0]
+
+    def _meta(self, tiers: list[tuple[int, int]], gptq: bool, rot_seed: int | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"tiers": [[b, c] for b, c in tiers if c > 0], "gptq": gptq}
+        rot = self._rotated(tiers)
+        if any(rot):
+            meta["rotated"] = rot
+            meta["rotate_seed"] = 2**63 - 1 if rot_seed is None else int(rot_seed)
+        return meta
 
     def allocation(self, m: int, n: int, dtype: str = "bfloat16") -> list[tuple[int, int]]:
         """This codec's tiers for an m x n delta (header included when accounting is all-in)."""
@@ -239,16 +337,41 @@ class DeltaCoMe(LossyCodec):
         if r == 0:
             arrays["S"] = torch.zeros(0, dtype=torch.float32)
             return self._finish(target, arrays, self._meta(tiers, H is not None))
-        U, S, Vh = self._svd(D, r, self._seed(ctx))
+        seed = self._seed(ctx)
+        U, S, Vh = self._svd(D, r, seed)
         bits_per_comp = torch.cat([torch.full((c,), b, dtype=torch.int64) for b, c in live]).to(D.device)
         arrays["S"] = S.to(torch.float32)
+        rot = self._rotated(tiers)
+        if any(rot):
+            # random Hadamard rotation (within quantization groups) of the low-bit tiers' vectors:
+            # V^T's rows along n, U's columns along m; decoding undoes it (QuIP#/QuaRot's observation)
+            sm, sn = rotation_signs(m, seed), rotation_signs(n, seed)
+            nr = sum(c for (b, c), f in zip(live, rot) if f) if all(rot[rot.index(True):]) else None
+            if nr is None:
+                raise CodecError("rotate needs the rotated (low-bit) tiers to come after the others")
+            r0 = r - nr
+            Vh = torch.cat([Vh[:r0], rotate(Vh[r0:], sn, gs)], 0)
+            U = torch.cat([U[:, :r0], rotate(U[:, r0:].T, sm, gs).T], 1)
+            if H is not None:
+                Hr = rotate(rotate(H, sn, gs).T.contiguous(), sn, gs)  # R S H S R: the rotated input's Hessian
         if H is not None:
-            fac = damped_inverse_factor(H)
-            rv = gptq_quantize(Vh, H, bits_per_comp, gs, "cols", factor=fac)
-            A = rv.dequant.T * S.unsqueeze(0)  # V^ diag(S), n x r
+            if any(rot):
+                # rows of V^T are quantized against their own input basis: the unrotated components
+                # see H, the rotated ones see Hr; run GPTQ once per basis
+                parts = []
+                for sl, HH in ((slice(0, r0), H), (slice(r0, r), Hr)):
+                    if sl.stop > sl.start:
+                        parts.append(gptq_quantize(Vh[sl], HH, bits_per_comp[sl], gs, "cols", factor=damped_inverse_factor(HH)))
+                vq = torch.cat([p.q for p in parts]); vs = torch.cat([p.scale for p in parts]); vz = torch.cat([p.zero for p in parts])
+                Vd = torch.cat([p.dequant for p in parts])
+                Vd = torch.cat([Vd[:r0], unrotate(Vd[r0:], sn, gs)], 0)
+            else:
+                fac = damped_inverse_factor(H)
+                rv = gptq_quantize(Vh, H, bits_per_comp, gs, "cols", factor=fac)
+                vq, vs, vz, Vd = rv.q, rv.scale, rv.zero, rv.dequant
+            A = Vd.T * S.unsqueeze(0)  # V^ diag(S), n x r
             HU = A.T @ H @ A
-            ru = gptq_quantize(U, HU, bits_per_comp, gs, "rows")
-            vq, vs, vz = rv.q, rv.scale, rv.zero
+            ru = gptq_quantize(U, HU, bits_per_comp, gs, "rows")  # rotation along m leaves U's objective unchanged
             uq, us, uz = ru.q.T, ru.scale, ru.zero
         off = 0
         for k, (b, c) in enumerate(live):
@@ -266,7 +389,10 @@ class DeltaCoMe(LossyCodec):
             arrays[f"u{k}.s"] = us_k.to(torch.float16)
             arrays[f"u{k}.z"] = uz_k.to(torch.float16)
             off += c
-        return self._finish(target, arrays, self._meta(tiers, H is not None))
+        enc = self._finish(target, arrays, self._meta(tiers, H is not None, seed))
+        if not any(rot):
+            enc.version = 1  # unrotated payloads keep the v1 format, readable by older deltastores
+        return enc
 
     # -- decode ---------------------------------------------------------------------------------
     def factors(self, enc: Encoded, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -277,10 +403,18 @@ class DeltaCoMe(LossyCodec):
         try:
             S = enc.arrays["S"].to(device=device, dtype=torch.float32)
             us, vs = [], []
+            rot = enc.meta.get("rotated") or [False] * len(enc.meta["tiers"])
+            if any(rot):
+                seed = int(enc.meta["rotate_seed"])
+                sm, sn = rotation_signs(m, seed), rotation_signs(n, seed)
             for k, (b, c) in enumerate(enc.meta["tiers"]):
                 a = {x: enc.arrays[f"{x[0]}{k}.{x[1:]}"].to(device) for x in ("vq", "vs", "vz", "uq", "us", "uz")}
-                vs.append(quant.dequantize(quant.unpack(a["vq"], b, n), a["vs"], a["vz"], gs))
-                us.append(quant.dequantize(quant.unpack(a["uq"], b, m), a["us"], a["uz"], gs))
+                v = quant.dequantize(quant.unpack(a["vq"], b, n), a["vs"], a["vz"], gs)
+                u = quant.dequantize(quant.unpack(a["uq"], b, m), a["us"], a["uz"], gs)
+                if rot[k]:
+                    v, u = unrotate(v, sn, gs), unrotate(u, sm, gs)
+                vs.append(v)
+                us.append(u)
         except KeyError as e:
             raise CorruptPayloadError(f"delta-come payload lacks {e}") from None
         if not us:

@@ -83,17 +83,16 @@ def _maxq(bits: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if isinstance(bits, torch.Tensor):
         b = bits.to(device=like.device, dtype=torch.float32)
         return (torch.pow(2.0, b) - 1).reshape(*b.shape, 1)
-    return torch.tensor(float(2**int(bits) - 1), device=like.device)
+    return torch.full((), float(2**int(bits) - 1), device=like.device)
 
 
 def fp16_ceil(x: torch.Tensor) -> torch.Tensor:
     """Smallest float16 >= x (x >= 0, finite, below fp16 max), returned as float32."""
     h = x.to(torch.float16)
     low = h.to(torch.float32) < x
-    if bool(low.any()):
-        bumped = (h.view(torch.int16) + 1).view(torch.float16)
-        h = torch.where(low, bumped, h)
-    return h.to(torch.float32)
+    # no data-dependent branch: a host sync per call costs more than the extra elementwise ops on a GPU
+    bumped = (h.view(torch.int16) + 1).view(torch.float16)
+    return torch.where(low, bumped, h).to(torch.float32)
 
 
 def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
