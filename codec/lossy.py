@@ -19,7 +19,7 @@ import torch
 from .base import Codec, EncodeContext, Encoded, check_pair
 from .errors import CodecError
 
-_SKIP_NAMES = ("embed", "lm_head", "norm")
+_SKIP_NAMES = ("embed", "lm_head", "norm", "wte", "wpe")
 ACCOUNTING = ("all-in", "paper")
 
 
@@ -50,12 +50,17 @@ def parse_seed(seed: Any) -> int | None:
     return seed
 
 
-def is_lossy_target(name: str, tensor: torch.Tensor) -> bool:
-    """2-D weights that are not embeddings, lm_head or norms."""
-    if tensor.dim() != 2:
+def is_linear_weight(name: str, shape: tuple[int, ...] | list[int]) -> bool:
+    """2-D weights that are not embeddings, lm_head or norms: the linears lossy codecs compress
+    (and what "linears-only" ratios count)."""
+    if len(shape) != 2:
         return False
     lname = name.lower()
     return not any(s in lname for s in _SKIP_NAMES)
+
+
+def is_lossy_target(name: str, tensor: torch.Tensor) -> bool:
+    return is_linear_weight(name, tuple(tensor.shape))
 
 
 class LossyCodec(Codec):

@@ -7,12 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from .catalog import ObjectRow
-
-
-def is_linear(name: str, shape: list[int]) -> bool:
-    """2-D weights other than embeddings and the LM head: what lossy delta codecs compress."""
-    low = name.lower()
-    return len(shape) == 2 and not any(k in low for k in ("embed", "lm_head", "norm", "wte", "wpe"))
+from .codec.lossy import is_linear_weight
 
 
 def version_report(store, ref: str) -> dict[str, Any]:  # noqa: ANN001 - Store (avoid the import cycle)
@@ -36,7 +31,7 @@ def version_report(store, ref: str) -> dict[str, Any]:  # noqa: ANN001 - Store (
             "rel_error": getattr(t, "rel_error", None),
         }
         tensors.append(row)
-        if is_linear(t.name, t.shape):
+        if is_linear_weight(t.name, t.shape):
             lin_logical += t.nbytes
             lin_stored += stored or 0
     files = [{"path": f.path, "kind": f.kind, "size": f.size, "sha256": f.sha256, "exact": f.exact} for f in man.files]
