@@ -85,7 +85,9 @@ class EncodeContext:
     float32) for GPTQ-style compensation, or None; the store passes one per linear layer.
     ``calib`` is a calibration activation matrix (tokens x in_features); codecs that need a
     Hessian and get only ``calib`` use ``calib^T calib``. ``device`` is where heavy math should
-    run. ``seed`` makes randomized codecs deterministic.
+    run. ``seed`` makes randomized codecs deterministic. ``extra`` holds per-tensor settings a
+    calibration pre-pass chose (JSON-able values), e.g. ``{"scale": 0.0012}`` for ``bitdelta``'s
+    distilled scale; codecs ignore keys they do not know.
     """
 
     name: str = ""
@@ -93,6 +95,7 @@ class EncodeContext:
     hessian: torch.Tensor | None = None
     device: torch.device | str | None = None
     seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Codec(ABC):

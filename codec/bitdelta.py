@@ -3,8 +3,9 @@
 For fixed signs ``s = sign(D)`` the scale minimizing ``||D - a s||_F`` is ``<D, s> / ||s||^2 =
 mean(|D|)``, the initial value. Zeros count as positive (bit 1), which leaves that optimum
 unchanged. Scale distillation (tuning ``a`` so the compressed model's logits match the
-fine-tune's on calibration text) needs a whole model and lives in the store; it sets the tuned
-value with :func:`set_scale`.
+fine-tune's on calibration text) needs a whole model and lives in the store
+(``deltastore/tuning.py``); it hands the tuned value in as ``ctx.extra["scale"]``, or replaces a
+payload's scale with :func:`set_scale`.
 
 Payload: ``signs`` int32 (m, ceil(n/32)), the 1-bit packed layout of quant.py (bit j of word w of
 a row is column 32*w + j; 1 means +a, 0 means -a; padding bits are 0), and ``scale`` float32 (1,).
@@ -53,7 +54,13 @@ class BitDelta(LossyCodec):
 
     def encode(self, target: torch.Tensor, base: torch.Tensor | None, ctx: EncodeContext | None = None) -> Encoded:
         D = self._float_delta(target, base, ctx)
-        a = D.abs().mean(dtype=torch.float64).to(torch.float32) if D.numel() else torch.tensor(0.0)
+        given = ctx.extra.get("scale") if ctx is not None else None
+        if given is not None:
+            a = torch.as_tensor(given, dtype=torch.float32).detach().reshape(()).cpu()
+            if not bool(torch.isfinite(a)):
+                raise CodecError(f"a bitdelta scale must be finite, got {given!r}")
+        else:
+            a = D.abs().mean(dtype=torch.float64).to(torch.float32) if D.numel() else torch.tensor(0.0)
         bits = (D >= 0).to(torch.int64)
         return self._finish(target, {"signs": quant.pack(bits, 1), "scale": a.reshape(1)}, {})
 

@@ -16,8 +16,8 @@
    ``c`` is the largest count whose all-in payload fits ``alpha * 16 * m * n`` bits.
 
    ``h_g``: the paper picks it from {alpha, 2 alpha, ..., n} by the error of layer 1's
-   attention scores Q K^T on calibration text. That search needs a model and lives in the store,
-   not here; this codec takes ``h_g`` as a parameter (default 256, the optimum the paper reports
+   attention scores Q K^T on calibration text. That search needs a model and lives in the store
+   (``deltastore/tuning.py``), not here; this codec takes ``h_g`` as a parameter (default 256, the optimum the paper reports
    for WizardMath-7B at 2x and 4x).
 
 2. Separate quantization. The kept values of each row (rescaled, divided by one float32 factor

@@ -318,11 +318,19 @@ class Store:
                                         f"add this as another name, or use `add {'finetune' if 'finetune' in kinds else 'base'}`")
         lossless = codecs.get_codec("lossless")
         hessians: dict[str, torch.Tensor] = {}
+        extras: dict[str, dict] = {}  # per-tensor EncodeContext.extra from a calibration pre-pass
         if calib is not None:
-            from .calib import collect_hessians
+            from .tuning import TUNABLE_CODECS, tune_codec
 
-            hessians, ntok = collect_hessians(self, base_info.ref, Path(calib))
-            metrics = {**metrics, "calib_tokens": ntok}
+            if codec.codec_id in TUNABLE_CODECS:  # bitdelta scale distillation, deltadq h_g search
+                tuned: dict[str, Any] = {}
+                codec, extras = tune_codec(self, base_info.ref, Path(path), Path(calib), codec, metrics=tuned)
+                metrics = {**metrics, **tuned}
+            else:
+                from .calib import collect_hessians
+
+                hessians, ntok = collect_hessians(self, base_info.ref, Path(calib))
+                metrics = {**metrics, "calib_tokens": ntok}
         total = sum(f.size for f in sources)
         done = 0
         puts: list[PutResult] = []
@@ -350,7 +358,7 @@ class Store:
                         raw = read_tensor_bytes(fh, header, info)
                         file_hash.update(raw)
                         entry, put = self._add_tensor(info, raw, base_info.manifest if base_info else None, base_man, codec, lossless,
-                                                      hessians.get(info.name))
+                                                      hessians.get(info.name), extras.get(info.name))
                         entries.append(entry)
                         if put is not None:
                             puts.append(put)
@@ -368,7 +376,7 @@ class Store:
 
     def _add_tensor(self, info, raw: bytearray, base_oid: str | None, base_man: Manifest | None,
                     codec: codecs.Codec | None, lossless: codecs.Codec,
-                    hessian: torch.Tensor | None = None) -> tuple[TensorEntry, PutResult | None]:
+                    hessian: torch.Tensor | None = None, extra: dict | None = None) -> tuple[TensorEntry, PutResult | None]:
         sha = sha256_hex(raw)
         common = dict(name=info.name, dtype=info.dtype, shape=list(info.shape), nbytes=info.nbytes, sha256=sha)
         if base_man is None:
@@ -378,23 +386,25 @@ class Store:
         if base_entry.exact and base_entry.sha256 == sha and base_entry.dtype == info.dtype:
             return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
         base_raw = self._tensor_bytes(base_oid, base_entry)
-        if sha256_hex(base_raw) == sha and base_entry.dtype == info.dtype:
+        # an exact base entry's bits hash to its sha256 (checked above); a lossy one's must be hashed
+        if not base_entry.exact and sha256_hex(base_raw) == sha and base_entry.dtype == info.dtype:
             return TensorEntry(**common, source="base", exact=True), None
         target = as_tensor(info, raw)
         base_t = as_tensor(_info_of(base_entry), base_raw)
         use = codec if (codec is not None and info.dtype in FLOAT_CODES and target.dim() == 2
                         and tuple(base_t.shape) == tuple(target.shape) and codec.applies_to(info.name, target)) else lossless
-        ctx = codecs.EncodeContext(name=info.name, hessian=hessian,
+        ctx = codecs.EncodeContext(name=info.name, hessian=hessian, extra=dict(extra or {}),
                                    device="cuda" if torch.cuda.is_available() else None)
         try:
             enc = use.encode(target, base_t, ctx)
         except codecs.CodecError as e:
             raise BadInputError(f"tensor {info.name!r}: {e}") from None
         rel = None
-        if not use.lossless:
-            d = target.to(torch.float32) - base_t.to(torch.float32)
+        if not use.lossless:  # measured where the encode ran: on the GPU when there is one
+            dev = ctx.device or "cpu"
+            d = target.to(dev, torch.float32) - base_t.to(dev, torch.float32)
             dn = float(d.norm())
-            rel = float((use.decode_delta(enc).cpu() - d).norm()) / dn if dn else 0.0
+            rel = float((use.decode_delta(enc, device=dev) - d).norm()) / dn if dn else 0.0
         put = self.objects.put_raw(codecs.to_bytes(enc), "delta")
         return TensorEntry(**common, source="delta", object=put.oid, codec=use.codec_id, exact=use.lossless, rel_error=rel), put
 
