@@ -25,6 +25,21 @@ def read_calib_lines(path: Path) -> list[str]:
     return [ln for ln in lines if ln]
 
 
+def calib_windows(tok, calib_path: Path, max_tokens: int, seq_len: int) -> list[torch.Tensor]:  # noqa: ANN001
+    """Token windows (1 x <= seq_len) of the calibration lines, each line ended by EOS, at most
+    ``max_tokens`` in all."""
+    ids: list[int] = []
+    for ln in read_calib_lines(calib_path):
+        ids.extend(tok(ln, add_special_tokens=False)["input_ids"])
+        ids.append(tok.eos_token_id if tok.eos_token_id is not None else 0)
+        if len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens]
+    if not ids:
+        raise BadInputError(f"calibration file {calib_path} gave no tokens")
+    return [torch.tensor([ids[i : i + seq_len]]) for i in range(0, len(ids), seq_len)]
+
+
 def load_base_model(store, ref: str, device: str | torch.device = "cpu"):  # noqa: ANN001
     """A transformers model + tokenizer for a stored version, without writing its weights to disk."""
     try:
@@ -59,17 +74,8 @@ def collect_hessians(store, ref: str, calib_path: Path, *, max_tokens: int = 163
                      device: str | torch.device | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """{weight name: H (in x in, float32, on CPU)} for every nn.Linear of the base, and the token count."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lines = read_calib_lines(calib_path)
     model, tok = load_base_model(store, ref, device)
-    ids: list[int] = []
-    for ln in lines:
-        ids.extend(tok(ln, add_special_tokens=False)["input_ids"])
-        ids.append(tok.eos_token_id if tok.eos_token_id is not None else 0)
-        if len(ids) >= max_tokens:
-            break
-    ids = ids[:max_tokens]
-    if not ids:
-        raise BadInputError(f"calibration file {calib_path} gave no tokens")
+    windows = calib_windows(tok, calib_path, max_tokens, seq_len)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []
@@ -90,12 +96,11 @@ def collect_hessians(store, ref: str, calib_path: Path, *, max_tokens: int = 163
             hooks.append(mod.register_forward_pre_hook(hook(f"{name}.weight")))
     try:
         with torch.no_grad():
-            for i in range(0, len(ids), seq_len):
-                window = torch.tensor([ids[i : i + seq_len]], device=device)
-                model(input_ids=window)
+            for window in windows:
+                model(input_ids=window.to(device))
     finally:
         for h in hooks:
             h.remove()
     out = {k: (v / max(counts[k], 1)).cpu() for k, v in sums.items()}
     del model
-    return out, len(ids)
+    return out, sum(w.shape[1] for w in windows)

@@ -54,7 +54,7 @@ import torch
 
 import codec as codecs
 
-from .calib import load_base_model, read_calib_lines
+from .calib import calib_windows, load_base_model
 from .errors import BadInputError
 from .source import scan_model_dir
 
@@ -98,20 +98,6 @@ def tune_codec(store, base_ref: str, finetune_dir: Path, calib_path: Path, codec
 # ------------------------------------------------------------------------------------------------
 # shared helpers
 # ------------------------------------------------------------------------------------------------
-def _windows(tok, calib_path: Path, max_tokens: int, seq_len: int) -> list[torch.Tensor]:  # noqa: ANN001
-    """Token windows (1, <= seq_len) of the calibration lines, each line ended by EOS, as calib.py does."""
-    ids: list[int] = []
-    for ln in read_calib_lines(calib_path):
-        ids.extend(tok(ln, add_special_tokens=False)["input_ids"])
-        ids.append(tok.eos_token_id if tok.eos_token_id is not None else 0)
-        if len(ids) >= max_tokens:
-            break
-    ids = ids[:max_tokens]
-    if not ids:
-        raise BadInputError(f"calibration file {calib_path} gave no tokens")
-    return [torch.tensor([ids[i : i + seq_len]]) for i in range(0, len(ids), seq_len)]
-
-
 def _finetune_tensors(finetune_dir: Path, names: set[str] | None = None):  # noqa: ANN202
     """(name, tensor) of the fine-tune, one at a time, from its safetensors files (only ``names`` if given)."""
     from safetensors import safe_open
@@ -191,7 +177,7 @@ def _distill_bitdelta(store, base_ref: str, finetune_dir: Path, calib_path: Path
     model, tok = load_base_model(store, base_ref, device)
     for p in model.parameters():
         p.requires_grad_(False)
-    windows = [w.to(device) for w in _windows(tok, calib_path, max_tokens, seq_len)]
+    windows = [w.to(device) for w in calib_windows(tok, calib_path, max_tokens, seq_len)]
     params = dict(model.named_parameters(remove_duplicate=False))
     modules = dict(model.named_modules())
 
@@ -365,7 +351,7 @@ def _search_h_g(store, base_ref: str, finetune_dir: Path, calib_path: Path, code
     h = qmod.register_forward_pre_hook(grab)
     try:
         with torch.no_grad():
-            for w in _windows(tok, calib_path, max_tokens, seq_len):
+            for w in calib_windows(tok, calib_path, max_tokens, seq_len):
                 try:
                     model(input_ids=w.to(device))
                 except _Stop:
