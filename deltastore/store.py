@@ -62,6 +62,8 @@ from .source import SourceFile, scan_model_dir
 #: progress(phase, done, total) — phases: "add", "checkout", "verify"; counts are bytes
 Progress = Callable[[str, int, int], None]
 DEFAULT_FINETUNE_CODEC = "delta-come"
+#: codecs that take per-linear input Hessians from calibration text (EncodeContext.hessian)
+HESSIAN_CODECS = {"delta-come"}
 
 
 def _noop(phase: str, done: int, total: int) -> None:
@@ -326,11 +328,14 @@ class Store:
                 tuned: dict[str, Any] = {}
                 codec, extras = tune_codec(self, base_info.ref, Path(path), Path(calib), codec, metrics=tuned)
                 metrics = {**metrics, **tuned}
-            else:
+            elif codec.codec_id in HESSIAN_CODECS:  # GPTQ error compensation
                 from .calib import collect_hessians
 
                 hessians, ntok = collect_hessians(self, base_info.ref, Path(calib))
                 metrics = {**metrics, "calib_tokens": ntok}
+            else:
+                raise BadInputError(f"--calib is used by delta-come (GPTQ), bitdelta (scale distillation) and deltadq "
+                                    f"(group-size search); {codec.codec_id} does not use it")
         total = sum(f.size for f in sources)
         done = 0
         puts: list[PutResult] = []

@@ -116,3 +116,14 @@ def test_bad_codec_params_fail_before_writing(pair, cfg, words: str) -> None:
         store.add_finetune("f", f, base="b", codec=cfg)
     assert sorted(store.objects.all_oids()) == before
     assert [m.name for m in store.models()] == ["b"]
+
+
+def test_calib_with_a_codec_that_ignores_it_is_refused(pair, tmp_path: Path) -> None:
+    store, _, f = pair
+    calib = tmp_path / "calib.txt"
+    calib.write_text("w1 w2 w3\n")
+    with pytest.raises(BadInputError, match="lowrank does not use it"):
+        store.add_finetune("f", f, base="b", codec="lowrank", calib=calib)
+    with pytest.raises(BadInputError, match="lossy fine-tune codecs only"):
+        store.add_finetune("f", f, base="b", codec="lossless", calib=calib)
+    assert [m.name for m in store.models()] == ["b"]
