@@ -136,3 +136,23 @@ def test_transformers_loads_checkout(tmp_path: Path) -> None:
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, back(ids).logits)
+
+
+def test_lossy_add_with_alpha_and_calib_from_the_cli(tmp_path: Path) -> None:
+    """The issue's command line: --codec delta-come --alpha 1/16 --calib FILE, then show."""
+    from ..store.test_lossy import tiny_llama_dir
+
+    b = tiny_llama_dir(tmp_path / "b", 0)
+    f = tiny_llama_dir(tmp_path / "f", 1, base=b)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(" ".join(f"w{(i * 5 + j) % 62}" for j in range(16)) for i in range(20)))
+    home = tmp_path / "home"
+    run(home, "init")
+    run(home, "add", "base", "b", str(b))
+    v = json.loads(run(home, "add", "finetune", "f", str(f), "--base", "b", "--codec", "delta-come",
+                       "--alpha", "1/16", "--calib", str(calib), "--json").stdout)
+    assert v["codec"] == "delta-come" and v["codec_params"]["alpha"] == 1 / 16 and v["calib_sha256"]
+    text = run(home, "show", "f").stdout
+    assert "linears-only ratio" in text and "delta-come" in text and "rel.err" in text
+    p = run(home, "add", "finetune", "g", str(f), "--base", "b", "--alpha", "0", ok=False)
+    assert p.returncode == 1 and "alpha" in p.stderr and len(p.stderr.strip().splitlines()) == 1
