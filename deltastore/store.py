@@ -15,7 +15,9 @@ import hashlib
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -358,18 +360,28 @@ class Store:
                 puts.append(r)
                 file_hash = hashlib.sha256(header.raw)
                 entries: list[TensorEntry] = []
-                with open(src.path, "rb") as fh:
-                    for info in header.tensors:
-                        raw = read_tensor_bytes(fh, header, info)
-                        file_hash.update(raw)
-                        entry, put = self._add_tensor(info, raw, base_info.manifest if base_info else None, base_man, codec, lossless,
-                                                      hessians.get(info.name), extras.get(info.name))
+                base_oid = base_info.manifest if base_info else None
+
+                def prepare(info, fh) -> _Prepared:  # noqa: ANN001 - runs on the read-ahead thread
+                    raw = read_tensor_bytes(fh, header, info)
+                    file_hash.update(raw)  # one reader thread, tensors in file order
+                    return self._prepare_tensor(info, raw, base_oid, base_man)
+
+                # read, hash and fetch the base of tensor k+1 while tensor k is encoded and written
+                # (hashlib, zstd and numpy release the GIL): one tensor ahead, so memory stays bounded
+                with open(src.path, "rb") as fh, ThreadPoolExecutor(1, thread_name_prefix="deltastore-read") as ahead:
+                    tensors = list(header.tensors)
+                    nxt = ahead.submit(prepare, tensors[0], fh) if tensors else None
+                    for k, info in enumerate(tensors):
+                        item = nxt.result()
+                        nxt = ahead.submit(prepare, tensors[k + 1], fh) if k + 1 < len(tensors) else None
+                        entry, put = self._encode_tensor(item, codec, lossless, hessians.get(info.name), extras.get(info.name))
                         entries.append(entry)
                         if put is not None:
                             puts.append(put)
                         done += info.nbytes
                         progress("add", done, total)
-                        del raw
+                        del item
                     if fh.read(1):
                         raise BadInputError(f"{src.path} grew while it was being added")
                 files.append(FileEntry(src.rel, "safetensors", src.size, file_hash.hexdigest(), header=r.oid, tensors=entries))
@@ -379,23 +391,32 @@ class Store:
             puts.append(mput)
             return self._commit_version(name, manifest, mput.oid, puts, base_info, codec, message, tags, author, metrics, calib_sha)
 
-    def _add_tensor(self, info, raw: bytearray, base_oid: str | None, base_man: Manifest | None,
-                    codec: codecs.Codec | None, lossless: codecs.Codec,
-                    hessian: torch.Tensor | None = None, extra: dict | None = None) -> tuple[TensorEntry, PutResult | None]:
+    def _prepare_tensor(self, info, raw: bytearray, base_oid: str | None, base_man: Manifest | None) -> "_Prepared":
+        """The read side of adding one tensor: hash it, and fetch the base tensor it will be coded
+        against unless its bits equal the base's."""
         sha = sha256_hex(raw)
-        common = dict(name=info.name, dtype=info.dtype, shape=list(info.shape), nbytes=info.nbytes, sha256=sha)
         if base_man is None:
-            put = self.objects.put_tensor(raw, DTYPES[info.dtype][1], info.dtype in FLOAT_CODES, oid="sha256:" + sha)
-            return TensorEntry(**common, source="tensor", object=put.oid), put
+            return _Prepared(info, raw, sha, None, None, same_as_base=False)
         base_entry = base_man.tensor_map()[info.name]
         if base_entry.exact and base_entry.sha256 == sha and base_entry.dtype == info.dtype:
-            return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
+            return _Prepared(info, raw, sha, base_entry, None, same_as_base=True)
         base_raw = self._tensor_bytes(base_oid, base_entry)
         # an exact base entry's bits hash to its sha256 (checked above); a lossy one's must be hashed
-        if not base_entry.exact and sha256_hex(base_raw) == sha and base_entry.dtype == info.dtype:
-            return TensorEntry(**common, source="base", exact=True), None
-        target = as_tensor(info, raw)
-        base_t = as_tensor(_info_of(base_entry), base_raw)
+        same = not base_entry.exact and base_entry.dtype == info.dtype and sha256_hex(base_raw) == sha
+        return _Prepared(info, raw, sha, base_entry, None if same else base_raw, same_as_base=same)
+
+    def _encode_tensor(self, p: "_Prepared", codec: codecs.Codec | None, lossless: codecs.Codec,
+                       hessian: torch.Tensor | None = None, extra: dict | None = None) -> tuple[TensorEntry, PutResult | None]:
+        """The write side: a tensor object (base models), nothing (bits unchanged), or a delta."""
+        info = p.info
+        common = dict(name=info.name, dtype=info.dtype, shape=list(info.shape), nbytes=info.nbytes, sha256=p.sha)
+        if p.base_entry is None:
+            put = self.objects.put_tensor(p.raw, DTYPES[info.dtype][1], info.dtype in FLOAT_CODES, oid="sha256:" + p.sha)
+            return TensorEntry(**common, source="tensor", object=put.oid), put
+        if p.same_as_base:
+            return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
+        target = as_tensor(info, p.raw)
+        base_t = as_tensor(_info_of(p.base_entry), p.base_raw)
         use = codec if (codec is not None and info.dtype in FLOAT_CODES and target.dim() == 2
                         and tuple(base_t.shape) == tuple(target.shape) and codec.applies_to(info.name, target)) else lossless
         ctx = codecs.EncodeContext(name=info.name, hessian=hessian, extra=dict(extra or {}),
@@ -760,6 +781,18 @@ class Store:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """One tensor, read and hashed, with the base tensor it will be coded against (if any)."""
+
+    info: Any
+    raw: bytearray
+    sha: str
+    base_entry: TensorEntry | None
+    base_raw: np.ndarray | None
+    same_as_base: bool
+
+
 def _info_of(entry: TensorEntry):
     from .safetensors_io import TensorInfo
 

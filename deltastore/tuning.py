@@ -123,7 +123,7 @@ def _finetune_names(finetune_dir: Path) -> list[str]:
 
 
 def _encoded_by_codec(codec: codecs.Codec, name: str, target: torch.Tensor, base: torch.Tensor) -> bool:
-    """Whether the store would hand this tensor to ``codec`` (mirrors Store._add_tensor)."""
+    """Whether the store would hand this tensor to ``codec`` (mirrors Store._encode_tensor)."""
     return (target.is_floating_point() and target.dim() == 2 and tuple(base.shape) == tuple(target.shape)
             and codec.applies_to(name, target) and not torch.equal(target.to(torch.float32), base.to(torch.float32)))
 
