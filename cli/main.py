@@ -310,9 +310,7 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", "-n"), as_json: bool = t
 @app.command()
 def verify(ref: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-hash objects; name what is missing or corrupt and which versions it breaks."""
-    st = _store(read_only=True)
-    with _progress("verify", False) as cb:
-        r = st.verify(ref, progress=cb)
+    r = _store(read_only=True).verify(ref)
     if not _emit(r.to_dict(), as_json):
         if r.ok:
             _say(f"ok: {r.versions} versions, {r.objects} objects, {human(r.bytes_read)} re-hashed")
