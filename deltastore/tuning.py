@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-import codec as codecs
+from . import codec as codecs
 
 from .calib import calib_windows, load_base_model
 from .errors import BadInputError

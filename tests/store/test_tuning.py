@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import codec as codecs
-from codec.bitdelta import BitDelta, get_scale
-from codec.deltadq import DeltaDQ
+import deltastore.codec as codecs
+from deltastore.codec.bitdelta import BitDelta, get_scale
+from deltastore.codec.deltadq import DeltaDQ
 from deltastore import tuning
 from deltastore.calib import read_calib_lines
 
