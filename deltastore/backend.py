@@ -128,6 +128,7 @@ class Backend:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
+                os.chmod(tmp, 0o444)  # objects are immutable: make accidental edits fail
                 os.replace(tmp, p)
             except BaseException:
                 try:

@@ -264,14 +264,27 @@ class Store:
     # adding
     # ------------------------------------------------------------------------------------------
     @contextmanager
-    def _lease(self, what: str) -> Iterator[int]:
+    def _lease(self, what: str) -> Iterator[Callable[[], None]]:
+        """Hold a lease for the duration of an add; yields ``beat()``, which refreshes the lease's
+        heartbeat (at most once a minute) so gc on another host does not presume the add dead."""
         with self.Session.begin() as s:
             lease = Lease(host=socket.gethostname(), pid=os.getpid(), what=what[:400])
             s.add(lease)
             s.flush()
             lease_id = lease.id
+        last = [time.monotonic()]
+
+        def beat() -> None:
+            if time.monotonic() - last[0] < 60:
+                return
+            last[0] = time.monotonic()
+            with self.Session.begin() as s2:
+                row = s2.get(Lease, lease_id)
+                if row is not None:
+                    row.heartbeat_at = utcnow()
+
         try:
-            yield lease_id
+            yield beat
         finally:
             with self.Session.begin() as s:
                 s.execute(delete(Lease).where(Lease.id == lease_id))
@@ -343,7 +356,7 @@ class Store:
         puts: list[PutResult] = []
         files: list[FileEntry] = []
         progress("add", 0, total)
-        with self._lease(f"add {name} from {path}"):
+        with self._lease(f"add {name} from {path}") as beat:
             for src in sources:
                 if not src.is_safetensors:
                     data = src.path.read_bytes()
@@ -381,6 +394,7 @@ class Store:
                             puts.append(put)
                         done += info.nbytes
                         progress("add", done, total)
+                        beat()
                         del item
                     if fh.read(1):
                         raise BadInputError(f"{src.path} grew while it was being added")

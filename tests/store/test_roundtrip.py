@@ -144,6 +144,8 @@ def test_verify_names_corrupt_object_and_broken_versions(store, tmp_path: Path) 
     man = store.manifest("b@v1")
     victim = next(t.object for _, t in man.tensors() if t.name.endswith("q_proj.weight"))
     path = Path(store.backend._path(key_of(victim)))
+    assert path.stat().st_mode & 0o777 == 0o444  # objects are written read-only
+    path.chmod(0o644)  # the test plays the disk going bad
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
