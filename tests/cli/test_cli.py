@@ -156,3 +156,30 @@ def test_lossy_add_with_alpha_and_calib_from_the_cli(tmp_path: Path) -> None:
     assert "linears-only ratio" in text and "delta-come" in text and "rel.err" in text
     p = run(home, "add", "finetune", "g", str(f), "--base", "b", "--alpha", "0", ok=False)
     assert p.returncode == 1 and "alpha" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bad_files_from_the_cli(cli_store, tmp_path: Path) -> None:
+    """Pickles, truncated files and the wrong base: one line each, exit 1, the store unchanged."""
+    import pickle
+
+    home, tmp = cli_store
+    (tmp_path / "pk").mkdir()
+    (tmp_path / "pk" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": [1, 2, 3]}))
+    trunc = write_model(tmp_path / "tr", llama_like(0))
+    data = (trunc / "model.safetensors").read_bytes()
+    (trunc / "model.safetensors").write_bytes(data[: len(data) // 2])
+    other = write_model(tmp_path / "other", llama_like(0, hidden=32))
+    cases = [
+        (["add", "base", "p", str(tmp_path / "pk")], "never unpickles"),
+        (["add", "base", "t", str(trunc)], "truncated"),
+        (["add", "finetune", "w", str(other), "--base", "llama", "--codec", "lossless"], "not a fine-tune of llama@v1"),
+        (["add", "base", "bad\x01name", str(tmp_path / "pk")], "control characters"),
+    ]
+    before = run(home, "ls", "--json").stdout
+    objects = sorted(p.name for p in (home / "objects").rglob("*") if p.is_file())
+    for args, words in cases:
+        p = run(home, *args, ok=False)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 1 and len(lines) == 1 and words in lines[0], (args, p.stderr)
+    assert run(home, "ls", "--json").stdout == before
+    assert sorted(p.name for p in (home / "objects").rglob("*") if p.is_file()) == objects
