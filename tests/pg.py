@@ -6,11 +6,12 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from .ports import free_ports
 
 
 def pg_bin() -> Path | None:
@@ -19,12 +20,6 @@ def pg_bin() -> Path | None:
             return Path(cand)
     p = shutil.which("initdb")
     return Path(p).parent if p else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:
@@ -37,7 +32,7 @@ class PostgresServer:
         self.root.chmod(0o755)
         self.data = self.root / "data"
         self.sock = self.root / "sock"
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.pid: int | None = None
 
     def _as_postgres(self, *cmd: str) -> list[str]:

@@ -6,12 +6,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .ports import free_ports
 
 ACCESS, SECRET = "deltastore-test", "deltastore-secret"
 
@@ -19,18 +20,6 @@ ACCESS, SECRET = "deltastore-test", "deltastore-secret"
 def weed_bin() -> str | None:
     cand = Path(sys.executable).with_name("weed")
     return str(cand) if cand.exists() else shutil.which("weed")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 class SeaweedServer:
@@ -46,7 +35,7 @@ class SeaweedServer:
         cfg = self.root / "s3.json"
         cfg.write_text(json.dumps({"identities": [{"name": "admin", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
                                                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        p = _free_ports(11)
+        p = free_ports(11)
         self.s3_port = p[0]
         args = [self.bin, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-admin.ui=false", f"-s3.config={cfg}",
