@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import codec as codecs
+from . import records
 from .backend import Backend
 from .catalog import Lease, Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, utcnow
 from .config import StoreConfig, load_config, write_config
@@ -499,6 +500,9 @@ class Store:
                             s.add(Tag(model_id=m.id, name=t, version_id=v.id))
                     s.flush()
                     info = self._info(s, v)
+                records.write_version(self.backend, info)
+                for t in tags:
+                    records.write_tag(self.backend, name, t, info.number)
                 return info
             except IntegrityError:
                 if attempt == 4:
@@ -586,7 +590,9 @@ class Store:
             else:
                 s.add(Tag(model_id=v.model_id, name=tag, version_id=v.id))
             s.flush()
-            return self._info(s, v)
+            info = self._info(s, v)
+        records.write_tag(self.backend, info.model, tag, info.number)
+        return info
 
     def untag(self, name: str, tag: str) -> None:
         with self.Session.begin() as s:
@@ -594,6 +600,7 @@ class Store:
             n = s.execute(delete(Tag).where(Tag.model_id == m.id, Tag.name == tag)).rowcount
             if not n:
                 raise UnknownRefError(f"{name} has no tag {tag!r}")
+        records.delete_tag(self.backend, name, tag)
 
     def lineage(self, ref: str) -> Lineage:
         """Ancestors (nearest first) and the tree of descendants of a version."""
@@ -662,6 +669,7 @@ class Store:
             if not s.scalar(select(func.count()).select_from(Version).where(Version.model_id == m.id)):
                 s.execute(delete(Tag).where(Tag.model_id == m.id))
                 s.delete(m)
+        records.delete_version(self.backend, info)
         return info
 
     # ------------------------------------------------------------------------------------------
@@ -779,6 +787,12 @@ class Store:
                 out.add(n.ref)
                 stack.extend(n.children)
         return out
+
+    def rebuild_catalog(self) -> "records.RebuildReport":
+        """Fill an empty catalog from the version and tag records and manifests on the backend."""
+        report = records.rebuild(self)
+        self._manifest_cache.clear()
+        return report
 
     def du(self) -> DuReport:
         with self.Session() as s:
