@@ -8,6 +8,7 @@ it. Downloads, the converted base and the fine-tune are cached, so a second run 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ def run_demo(workdir: Path, *, steps: int = 30, say: Callable[[str], None] = pri
     from .zoo.cache import cache_dir
     from .zoo.smollm2 import load_model, smollm2_dir
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF conversion's bar, too
     try:  # transformers' per-load progress bars would drown the demo's own lines
         from transformers.utils import logging as hf_logging
 
