@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from codec_testlib import budget_bits, correlated_inputs, ctx, group_err_norms, long_tailed, rel_err, roundtrip, tail_energy
-from deltastore.codec import CodecError, get_codec, quant, to_bytes
+from deltastore.codec import CodecError, get_codec, to_bytes
 from deltastore.codec.delta_come import DeltaCoMe, allocate, component_cost
 
 M, N = 256, 512

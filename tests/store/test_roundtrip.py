@@ -9,7 +9,7 @@ import torch
 
 from deltastore.objects import key_of
 
-from ..conftest import finetune_of, llama_like, sha256_file, tree_hashes, write_model
+from ..conftest import finetune_of, llama_like, tree_hashes, write_model
 
 
 def object_count(store) -> int:

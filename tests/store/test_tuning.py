@@ -98,7 +98,7 @@ def test_bitdelta_distillation_lowers_logit_loss(tpair, monkeypatch) -> None:
     monkeypatch.setattr(tuning, "DEFAULT_STEPS", 100)
     monkeypatch.setattr(tuning, "DEFAULT_LR", 0.02)
     tuned = store.add_finetune("ft", f, base="b", codec="bitdelta", calib=calib)
-    plain = store.add_finetune("f0", f, base="b", codec="bitdelta")
+    store.add_finetune("f0", f, base="b", codec="bitdelta")
     m = tuned.metrics
     assert m["bitdelta_distill_steps"] == 100 and m["bitdelta_tuned_tensors"] == 14  # 7 linears x 2 layers
     first, last = m["bitdelta_loss"]
