@@ -78,7 +78,12 @@ class Manifest:
                 yield f, t
 
     def tensor_map(self) -> dict[str, TensorEntry]:
-        return {t.name: t for _, t in self.tensors()}
+        """Entries by tensor name; built once, since add and checkout look up every tensor's base
+        entry by name (manifests are not modified after they are read or built)."""
+        tmap = self.__dict__.get("_tensor_map")
+        if tmap is None:
+            tmap = self.__dict__["_tensor_map"] = {t.name: t for _, t in self.tensors()}
+        return tmap
 
     def object_ids(self) -> set[str]:
         """Objects this manifest itself names (not its base's)."""

@@ -139,7 +139,7 @@ class ObjectDB:
             out = planes.decompress(body)
         except CorruptPayloadError as e:
             raise CorruptObjectError(oid, str(e)) from None
-        if verify and "sha256:" + hashlib.sha256(out).hexdigest() != oid:
+        if verify and oid_of(out) != oid:
             raise CorruptObjectError(oid, "content does not hash to its id")
         return out
 
