@@ -344,9 +344,10 @@ def db_upgrade() -> None:
 @db_app.command("rebuild")
 def db_rebuild(as_json: bool = typer.Option(False, "--json")) -> None:
     """Fill an empty catalog from the version records and manifests on the object store."""
-    r = _store().rebuild_catalog()
+    st = _store()
+    r = st.rebuild_catalog()
     if not _emit(r.to_dict(), as_json):
-        _say(f"rebuilt {r.versions} versions, {r.tags} tags, {r.objects} objects from {_store(read_only=True).config.objects_url}")
+        _say(f"rebuilt {r.versions} versions, {r.tags} tags, {r.objects} objects from {st.config.objects_url}")
 
 
 @db_app.command("current")

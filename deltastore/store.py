@@ -31,7 +31,7 @@ from . import codec as codecs
 from . import records
 from .backend import Backend
 from .catalog import Lease, Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, utcnow
-from .config import StoreConfig, load_config, write_config
+from .config import StoreConfig, load_config
 from .db import make_engine, upgrade
 from .errors import (
     BadInputError,
@@ -431,8 +431,7 @@ class Store:
             return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
         target = as_tensor(info, p.raw)
         base_t = as_tensor(_info_of(p.base_entry), p.base_raw)
-        use = codec if (codec is not None and info.dtype in FLOAT_CODES and target.dim() == 2
-                        and tuple(base_t.shape) == tuple(target.shape) and codec.applies_to(info.name, target)) else lossless
+        use = codec if codec is not None and codec_takes(codec, info.name, target, base_t) else lossless
         ctx = codecs.EncodeContext(name=info.name, hessian=hessian, extra=dict(extra or {}),
                                    device="cuda" if torch.cuda.is_available() else None)
         try:
@@ -820,6 +819,13 @@ class _Prepared:
     same_as_base: bool
 
 
+def codec_takes(codec: codecs.Codec, name: str, target: torch.Tensor, base: torch.Tensor) -> bool:
+    """Whether a fine-tune's tensor goes to ``codec`` rather than to ``lossless``: a 2-D float
+    tensor (bf16, fp16, fp32, fp64) of its base's shape that the codec says it applies to."""
+    return (TORCH_TO_CODE.get(target.dtype) in FLOAT_CODES and target.dim() == 2
+            and tuple(base.shape) == tuple(target.shape) and codec.applies_to(name, target))
+
+
 def _info_of(entry: TensorEntry):
     from .safetensors_io import TensorInfo
 
@@ -904,7 +910,4 @@ def open_store(home: str | Path | None = None, *, db_url: str | None = None, obj
 
 def init_store(home: str | Path | None = None, *, db_url: str | None = None, objects_url: str | None = None) -> Store:
     """Create a store (config file, catalog schema) if there is none; open it either way."""
-    cfg = load_config(home, db_url=db_url, objects_url=objects_url, create=True)
-    if not (cfg.home / "config.toml").exists():
-        write_config(cfg)
-    return Store(cfg)
+    return Store(load_config(home, db_url=db_url, objects_url=objects_url, create=True))

@@ -57,6 +57,7 @@ from . import codec as codecs
 from .calib import calib_windows, load_base_model
 from .errors import BadInputError
 from .source import scan_model_dir
+from .store import codec_takes
 
 #: Codecs that have a calibration pre-pass here.
 TUNABLE_CODECS = ("bitdelta", "deltadq")
@@ -123,9 +124,8 @@ def _finetune_names(finetune_dir: Path) -> list[str]:
 
 
 def _encoded_by_codec(codec: codecs.Codec, name: str, target: torch.Tensor, base: torch.Tensor) -> bool:
-    """Whether the store would hand this tensor to ``codec`` (mirrors Store._encode_tensor)."""
-    return (target.is_floating_point() and target.dim() == 2 and tuple(base.shape) == tuple(target.shape)
-            and codec.applies_to(name, target) and not torch.equal(target.to(torch.float32), base.to(torch.float32)))
+    """Whether the store would hand this tensor to ``codec``: it takes it, and the fine-tune changed it."""
+    return codec_takes(codec, name, target, base) and not torch.equal(target.to(torch.float32), base.to(torch.float32))
 
 
 # ------------------------------------------------------------------------------------------------
