@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import codec as codecs
 from . import records
-from .backend import Backend
+from .backend import TMP_PREFIX, Backend
 from .catalog import Lease, Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, utcnow
 from .config import StoreConfig, load_config
 from .db import make_engine, upgrade
@@ -44,7 +44,7 @@ from .errors import (
     UnknownRefError,
 )
 from .manifest import FileEntry, Manifest, TensorEntry
-from .objects import ObjectDB, PutResult
+from .objects import ObjectDB, PutResult, oid_of_key
 from .refs import Ref, check_name, parse_ref
 from .results import (
     CheckoutResult,
@@ -58,7 +58,7 @@ from .results import (
     VerifyReport,
     VersionInfo,
 )
-from .safetensors_io import DTYPES, FLOAT_CODES, TORCH_TO_CODE, as_tensor, build_header, read_tensor_bytes
+from .safetensors_io import DTYPES, FLOAT_CODES, TORCH_TO_CODE, TensorInfo, as_tensor, build_header, read_tensor_bytes
 from .source import SourceFile, scan_model_dir
 
 #: progress(phase, done, total) — phases: "add", "checkout", "verify"; counts are bytes
@@ -697,9 +697,6 @@ class Store:
     def gc(self, *, dry_run: bool = False) -> GcReport:
         """Delete objects no version references. Objects touched since the oldest add still in
         progress began are kept: that add may still need them."""
-        from .backend import TMP_PREFIX
-        from .objects import oid_of_key
-
         with self.Session.begin() as s:
             cutoff = self._live_lease_cutoff(s)
             reachable = set(s.scalars(select(VersionObject.oid).distinct()).all())
@@ -827,8 +824,6 @@ def codec_takes(codec: codecs.Codec, name: str, target: torch.Tensor, base: torc
 
 
 def _info_of(entry: TensorEntry):
-    from .safetensors_io import TensorInfo
-
     return TensorInfo(entry.name, entry.dtype, tuple(entry.shape), 0, entry.nbytes)
 
 
