@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import deltastore
+from deltastore.zoo._hfdir import write_sharded
 
 
 def sha256_file(p: Path) -> str:
@@ -58,18 +58,7 @@ def write_model(d: Path, sd: dict[str, torch.Tensor], shards: int = 1, config: d
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(config or {"model_type": "toy", "hidden_size": 64}, indent=2))
     (d / "tokenizer.json").write_text(json.dumps({"version": "1.0", "vocab": list("abcdefgh")}))
-    names = list(sd)
-    if shards == 1:
-        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-        return d
-    per = -(-len(names) // shards)
-    weight_map = {}
-    for i in range(shards):
-        fn = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: sd[n] for n in names[i * per : (i + 1) * per]}
-        save_file(part, str(d / fn), metadata={"format": "pt"})
-        weight_map.update({n: fn for n in part})
-    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    write_sharded(sd, d, shards)
     return d
 
 
