@@ -25,6 +25,9 @@ import torch
 
 from .errors import CodecError
 
+#: Float dtypes a lossy codec may take (fp8 and integer tensors always go lossless).
+FLOAT_DTYPES = frozenset({torch.bfloat16, torch.float16, torch.float32, torch.float64})
+
 
 @dataclass
 class Encoded:
@@ -105,6 +108,11 @@ class Codec(ABC):
     version: ClassVar[int] = 1
     #: True when decoding gives back the fine-tune's exact bits.
     lossless: ClassVar[bool] = False
+    #: What the codec can use from the store beyond the two tensors, when the user gives
+    #: calibration text: ``"hessian"`` (each linear's input Hessian, for GPTQ-style compensation)
+    #: or ``"model"`` (a pre-pass that runs the whole base model, e.g. bitdelta's scale
+    #: distillation). The store reads this instead of knowing codec names.
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     # -- configuration -------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -143,6 +151,13 @@ class Codec(ABC):
         (CODECS.md, delta-come step 5) unless a codec says otherwise.
         """
         return True
+
+    def takes(self, name: str, target: torch.Tensor, base: torch.Tensor | None) -> bool:
+        """Whether a fine-tune's tensor goes to this codec rather than to ``lossless``: a 2-D
+        float tensor (bf16, fp16, fp32, fp64) of its base's shape that :meth:`applies_to` accepts.
+        One predicate, used by the store and by calibration pre-passes alike."""
+        return (target.dtype in FLOAT_DTYPES and target.dim() == 2 and base is not None
+                and tuple(base.shape) == tuple(target.shape) and self.applies_to(name, target))
 
     @abstractmethod
     def encode(self, target: torch.Tensor, base: torch.Tensor | None, ctx: EncodeContext | None = None) -> Encoded:

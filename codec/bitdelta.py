@@ -47,6 +47,7 @@ class BitDelta(LossyCodec):
     """Sign bits plus one float32 scale per matrix."""
 
     codec_id = "bitdelta"
+    needs = frozenset({"model"})
     version = 1
 
     def __init__(self) -> None:

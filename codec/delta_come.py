@@ -222,6 +222,7 @@ class DeltaCoMe(LossyCodec):
     """Mixed-precision SVD quantization of a delta (the default lossy codec)."""
 
     codec_id = "delta-come"
+    needs = frozenset({"hessian"})
     version = 2  # v2 adds optional rotation (meta "rotated", "rotate_seed"); unrotated payloads are written as v1
 
     def __init__(

@@ -96,6 +96,7 @@ class DeltaDQ(LossyCodec):
     """Balanced group-wise dropout + separate (k-bit, M-part) quantization."""
 
     codec_id = "deltadq"
+    needs = frozenset({"model"})
     version = 1
 
     def __init__(
