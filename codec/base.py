@@ -60,12 +60,14 @@ class Encoded:
             ],
         }
 
+    def header_bytes(self) -> bytes:
+        """The header exactly as serialized: compact sorted JSON (serialize.py writes these bytes)."""
+        return json.dumps(self.header(), sort_keys=True, separators=(",", ":")).encode()
+
     @property
     def nbytes(self) -> int:
         """All-in stored size: array bytes plus the serialized header."""
-        from .serialize import header_bytes
-
-        return len(header_bytes(self)) + sum(a.numel() * a.element_size() for a in self.arrays.values())
+        return len(self.header_bytes()) + sum(a.numel() * a.element_size() for a in self.arrays.values())
 
     @property
     def numel(self) -> int:

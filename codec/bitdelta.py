@@ -21,9 +21,9 @@ import dataclasses
 
 import torch
 
-from . import quant
+from . import checks, quant
 from .base import EncodeContext, Encoded
-from .errors import CodecError, CorruptPayloadError
+from .errors import CodecError
 from .lossy import LossyCodec
 from .registry import register_codec
 
@@ -65,12 +65,16 @@ class BitDelta(LossyCodec):
         bits = (D >= 0).to(torch.int64)
         return self._finish(target, {"signs": quant.pack(bits, 1), "scale": a.reshape(1)}, {})
 
+    def check_payload(self, enc: Encoded) -> None:
+        """Check a payload against what this codec writes: the signs of every element, one scale."""
+        m, n = checks.matrix_shape(enc)
+        checks.expect_arrays(enc, {"signs": ((m, quant.packed_words(n, 1)), torch.int32), "scale": ((1,), torch.float32)})
+        checks.expect_finite(enc, ("scale",))
+
     def decode_delta(self, enc: Encoded, device: torch.device | str | None = None) -> torch.Tensor:
-        self._check_version(enc)
+        if not isinstance(checks.check_payload(enc), BitDelta):
+            raise CodecError(f"payload was written by codec {enc.codec!r}, not {self.codec_id!r}")
         m, n = enc.shape
-        try:
-            bits = quant.unpack(enc.arrays["signs"].to(device), 1, n)
-            a = enc.arrays["scale"].to(device=device, dtype=torch.float32)
-        except KeyError as e:
-            raise CorruptPayloadError(f"bitdelta payload lacks {e}") from None
+        bits = quant.unpack(enc.arrays["signs"].to(device), 1, n)
+        a = enc.arrays["scale"].to(device=device, dtype=torch.float32)
         return (bits.to(torch.float32) * 2 - 1) * a

@@ -4,7 +4,18 @@
    columns (the last group is shorter, ``L = n mod h``, when ``h`` does not divide ``n``). Every
    full group keeps exactly ``c`` elements, the short group ``floor(c * L / h)``; kept elements
    are rescaled by (group length / kept in that group), as in DARE. The mask is not stored: it
-   is regenerated from a stored seed with the CPU ``torch.Generator``::
+   is regenerated from a stored seed. Format v2 (what encode writes) ranks the elements of each
+   group by the counter-based hash of ``masks.py`` (``masks.balanced_mask``)::
+
+       key[i] = hash32(seed, i)                         (i = row * n + col)
+       keep the c elements of smallest key in each full group, floor(c * L / h) in the short
+       one; equal keys go to the lower column (stable sort order)
+
+   a pure function of seed and index that decodes the same in every torch and on every device,
+   and that a GPU kernel can regenerate. The payload records the mask's checksum
+   (``meta["mask"]``); decoding checks it, and a mismatch is a :class:`CorruptPayloadError`.
+
+   Format v1 (read, never written) drew the keys from PyTorch's CPU generator::
 
        g = torch.Generator("cpu").manual_seed(seed)
        r = torch.rand(m, n // h, h, generator=g)          # full groups
@@ -12,7 +23,6 @@
        r2 = torch.rand(m, n % h, generator=g)             # the short group, if any
        keep its floor(c * L / h) smallest
 
-   As with ``dare``, a kernel must be handed this mask (Triton's Philox is another stream).
    ``c`` is the largest count whose all-in payload fits ``alpha * 16 * m * n`` bits.
 
    ``h_g``: the paper picks it from {alpha, 2 alpha, ..., n} by the error of layer 1's
@@ -36,7 +46,8 @@
 
 Payload: ``part`` int32 (m, packed_words(K, log2 M)) when M > 1; ``low`` int32
 (m, packed_words(K, k - log2 M)) when k > log2 M; ``s``, ``z`` float16 (m, ceil(K / group_size));
-``c`` float32 (1,). K = kept values per row (the same for every row).
+``c`` float32 (1,). K = kept values per row (the same for every row). meta: ``h``,
+``keep_per_group`` (c), ``seed``, ``kept_per_row`` (K), v2 ``mask`` (16 hex digits), v1 ``torch``.
 """
 
 from __future__ import annotations
@@ -45,11 +56,13 @@ from typing import Any
 
 import torch
 
-from . import quant
+from . import checks, masks, quant
 from .base import EncodeContext, Encoded
 from .errors import CodecError, CorruptPayloadError
 from .lossy import LossyCodec, parse_alpha, parse_seed
 from .registry import register_codec
+
+_CHECKSUM_PLACEHOLDER = "0" * 16
 
 
 def _plane_bits(bits: int, parts: int) -> tuple[int, int]:
@@ -57,14 +70,27 @@ def _plane_bits(bits: int, parts: int) -> tuple[int, int]:
     return pb, bits - pb
 
 
-def balanced_mask(shape: tuple[int, int], h: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask bool (m, n), rescale float32 (m, n)) on the CPU; see the module docstring."""
+def _rescale(shape: tuple[int, int], h: int, c: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """float32 (m, n): group length / kept in that group (0 where a group keeps nothing)."""
+    m, n = shape
+    h = min(h, n)
+    gf, L = divmod(n, h)
+    scale = torch.zeros((m, n), dtype=torch.float32, device=device)
+    if gf and c > 0:
+        scale[:, : gf * h] = h / c
+    if L and (c * L) // h > 0:
+        scale[:, gf * h :] = L / ((c * L) // h)
+    return scale
+
+
+def balanced_mask_v1(shape: tuple[int, int], h: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask bool (m, n), rescale float32 (m, n)) of a v1 payload, on the CPU, from PyTorch's CPU
+    generator: read-only, see the module docstring."""
     m, n = shape
     h = min(h, n)
     gf, L = divmod(n, h)
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     mask = torch.zeros((m, n), dtype=torch.bool)
-    scale = torch.zeros((m, n), dtype=torch.float32)
     if gf:
         r = torch.rand(m, gf, h, generator=g)
         full = torch.zeros((m, gf, h), dtype=torch.bool)
@@ -72,17 +98,19 @@ def balanced_mask(shape: tuple[int, int], h: int, c: int, seed: int) -> tuple[to
             idx = torch.sort(r, dim=-1, stable=True).indices[..., :c]
             full.scatter_(-1, idx, True)
         mask[:, : gf * h] = full.reshape(m, gf * h)
-        if c > 0:
-            scale[:, : gf * h] = h / c
     if L:
         c2 = (c * L) // h
         r2 = torch.rand(m, L, generator=g)
         part = torch.zeros((m, L), dtype=torch.bool)
         if c2 > 0:
             part.scatter_(-1, torch.sort(r2, dim=-1, stable=True).indices[..., :c2], True)
-            scale[:, gf * h :] = L / c2
         mask[:, gf * h :] = part
-    return mask, scale
+    return mask, _rescale(shape, h, c)
+
+
+def balanced_mask(shape: tuple[int, int], h: int, c: int, seed: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask bool (m, n), rescale float32 (m, n)) of a v2 payload; see the module docstring."""
+    return masks.balanced_mask(shape, h, c, seed, device=device), _rescale(shape, h, c, device=device)
 
 
 def kept_per_row(n: int, h: int, c: int) -> int:
@@ -97,7 +125,7 @@ class DeltaDQ(LossyCodec):
 
     codec_id = "deltadq"
     needs = frozenset({"model"})
-    version = 1
+    version = 2  # v2: counter-based mask + mask checksum; v1 (torch CPU generator) is still read
 
     def __init__(
         self,
@@ -136,8 +164,8 @@ class DeltaDQ(LossyCodec):
         specs["c"] = ((1,), torch.float32)
         return specs
 
-    def _meta(self, h: int, c: int, seed: int, K: int) -> dict[str, Any]:
-        return {"h": h, "keep_per_group": c, "seed": seed, "kept_per_row": K, "torch": torch.__version__.split("+")[0]}
+    def _meta(self, h: int, c: int, seed: int, K: int, checksum: str) -> dict[str, Any]:
+        return {"h": h, "keep_per_group": c, "seed": seed, "kept_per_row": K, "mask": checksum}
 
     @staticmethod
     def _payload_bits(specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
@@ -153,7 +181,7 @@ class DeltaDQ(LossyCodec):
         """Largest c (kept per full group of h) whose all-in payload fits the budget."""
         h = min(self.h_g, n)
         budget = self.budget_bits((m, n))
-        head = self._header_bits((m, n), dtype, self._specs(m, n), self._meta(h, h, seed, n))
+        head = self._header_bits((m, n), dtype, self._specs(m, n), self._meta(h, h, seed, n, _CHECKSUM_PLACEHOLDER))
         for c in range(h, 0, -1):
             if self._payload_bits(self._specs(m, kept_per_row(n, h, c))) + head <= budget:
                 return c
@@ -166,8 +194,7 @@ class DeltaDQ(LossyCodec):
         h = min(self.h_g, n)
         c = self.keep_per_group(m, n, str(target.dtype).removeprefix("torch."), seed)
         K = kept_per_row(n, h, c)
-        mask, rescale = balanced_mask((m, n), h, c, seed)
-        mask, rescale = mask.to(D.device), rescale.to(D.device)
+        mask, rescale = balanced_mask((m, n), h, c, seed, device=D.device)
         vals = (D * rescale)[mask].reshape(m, K)
         cn = vals.abs().max() if vals.numel() else torch.tensor(0.0, device=D.device)
         cn = cn if float(cn) > 0 else torch.tensor(1.0, device=D.device)
@@ -179,29 +206,56 @@ class DeltaDQ(LossyCodec):
         if lb:
             arrays["low"] = quant.pack(q & ((1 << lb) - 1), lb)
         arrays.update({"s": s, "z": z, "c": cn.reshape(1).to(torch.float32)})
-        return self._finish(target, arrays, self._meta(h, c, seed, K))
+        return self._finish(target, arrays, self._meta(h, c, seed, K, masks.mask_checksum(mask)))
+
+    # -- decode ---------------------------------------------------------------------------------
+    def check_payload(self, enc: Encoded) -> None:
+        """Check a payload against what this codec (built from its parameters) writes."""
+        m, n = checks.matrix_shape(enc)
+        if n < 1:
+            raise checks.corrupt(enc, f"a deltadq payload has at least one column, the shape is {list(enc.shape)}")
+        h = checks.as_int(enc, checks.get(enc, "h"), "meta 'h'", 1, n)
+        if h != min(self.h_g, n):
+            raise checks.corrupt(enc, f"meta 'h' is {h}, but h_g = {self.h_g} and n = {n} give {min(self.h_g, n)}")
+        c = checks.as_int(enc, checks.get(enc, "keep_per_group"), "meta 'keep_per_group'", 0, h)
+        checks.as_int(enc, checks.get(enc, "seed"), "meta 'seed'", 0, checks.MAX_SEED)
+        K = checks.as_int(enc, checks.get(enc, "kept_per_row"), "meta 'kept_per_row'", 0, n)
+        if K != kept_per_row(n, h, c):
+            raise checks.corrupt(enc, f"meta 'kept_per_row' is {K}; n = {n}, h = {h}, c = {c} keep {kept_per_row(n, h, c)}")
+        if enc.version >= 2:
+            mask_sum = checks.get(enc, "mask")
+            if not (isinstance(mask_sum, str) and len(mask_sum) == 16 and all(ch in "0123456789abcdef" for ch in mask_sum)):
+                raise checks.corrupt(enc, f"meta 'mask' must be 16 hex digits, got {mask_sum!r}"[:200])
+        checks.expect_arrays(enc, self._specs(m, K))
+        checks.expect_finite(enc, ("s", "z", "c"))
 
     def decode_delta(self, enc: Encoded, device: torch.device | str | None = None) -> torch.Tensor:
-        self._check_version(enc)
+        codec = checks.check_payload(enc)  # built from the payload's own parameters
+        if not isinstance(codec, DeltaDQ):
+            raise CodecError(f"payload was written by codec {enc.codec!r}, not {self.codec_id!r}")
         m, n = enc.shape
-        bits, parts = int(enc.params["bits"]), int(enc.params["parts"])
-        gs = int(enc.params.get("group_size", quant.DEFAULT_GROUP))
-        pb, lb = _plane_bits(bits, parts)
-        try:
-            h, c, seed, K = (int(enc.meta[k]) for k in ("h", "keep_per_group", "seed", "kept_per_row"))
-            q = torch.zeros((m, K), dtype=torch.int64, device=device)
-            if pb:
-                q |= quant.unpack(enc.arrays["part"].to(device), pb, K) << lb
-            if lb:
-                q |= quant.unpack(enc.arrays["low"].to(device), lb, K)
-            vals = quant.dequantize(q, enc.arrays["s"].to(device), enc.arrays["z"].to(device), gs)
-            vals = vals * enc.arrays["c"].to(device=device, dtype=torch.float32)
-        except KeyError as e:
-            raise CorruptPayloadError(f"deltadq payload lacks {e}") from None
-        mask, _ = balanced_mask((m, n), h, c, seed)
-        mask = mask.to(vals.device)
+        h, c, seed, K = (enc.meta[k] for k in ("h", "keep_per_group", "seed", "kept_per_row"))
+        pb, lb = _plane_bits(codec.bits, codec.parts)
+        q = torch.zeros((m, K), dtype=torch.int64, device=device)
+        if pb:
+            q |= quant.unpack(enc.arrays["part"].to(device), pb, K) << lb
+        if lb:
+            q |= quant.unpack(enc.arrays["low"].to(device), lb, K)
+        vals = quant.dequantize(q, enc.arrays["s"].to(device), enc.arrays["z"].to(device), codec.group_size)
+        vals = vals * enc.arrays["c"].to(device=device, dtype=torch.float32)
+        if enc.version == 1:
+            mask = balanced_mask_v1((m, n), h, c, seed)[0].to(vals.device)
+        else:
+            mask = masks.balanced_mask((m, n), h, c, seed, device=vals.device)
         if int(mask.sum()) != m * K:
-            raise CorruptPayloadError("deltadq mask does not match the payload's kept count")
+            raise CorruptPayloadError(f"deltadq mask regenerated from seed {seed} keeps {int(mask.sum())} values, the payload has {m * K}")
+        if enc.version >= 2:
+            got = masks.mask_checksum(mask)
+            if got != enc.meta["mask"]:
+                raise CorruptPayloadError(
+                    f"deltadq mask checksum mismatch: the mask regenerated from seed {seed} hashes to {got}, "
+                    f"the payload recorded {enc.meta['mask']}"
+                )
         out = torch.zeros((m, n), dtype=torch.float32, device=vals.device)
         out[mask] = vals.reshape(-1)
         return out

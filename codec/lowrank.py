@@ -7,7 +7,7 @@ whole payload (factors, scale, header) fits: 127 for 4096 x 4096.
 
 Payload: ``A`` float16 (m, r) = U sqrt(S / c), ``B`` float16 (n, r) = V sqrt(S / c), ``c`` float32
 (1,) = the largest singular value (so the factors' entries stay well inside the fp16 normal range
-for any delta scale). ``D^ = c * A B^T``; a kernel applies ``y += c * ((x B) A^T)``.
+for any delta scale). ``D^ = c * A B^T``; a kernel applies ``y += c * ((x B) A^T)``. meta: ``rank`` (r).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import torch
 
+from . import checks
 from .base import EncodeContext, Encoded
-from .errors import CorruptPayloadError
+from .errors import CodecError
 from .lossy import LossyCodec, parse_accounting, parse_alpha
 from .registry import register_codec
 
@@ -68,12 +69,17 @@ class LowRank(LossyCodec):
         }
         return self._finish(target, arrays, {"rank": r})
 
+    def check_payload(self, enc: Encoded) -> None:
+        """Check a payload against what this codec (built from its parameters) writes."""
+        m, n = checks.matrix_shape(enc)
+        r = checks.as_int(enc, checks.get(enc, "rank"), "meta 'rank'", 0, min(m, n))
+        checks.expect_arrays(enc, self._specs(m, n, r))
+        checks.expect_finite(enc, ("A", "B", "c"))
+
     def decode_delta(self, enc: Encoded, device: torch.device | str | None = None) -> torch.Tensor:
-        self._check_version(enc)
-        try:
-            A = enc.arrays["A"].to(device=device, dtype=torch.float32)
-            B = enc.arrays["B"].to(device=device, dtype=torch.float32)
-            c = enc.arrays["c"].to(device=device, dtype=torch.float32)
-        except KeyError as e:
-            raise CorruptPayloadError(f"lowrank payload lacks {e}") from None
+        if not isinstance(checks.check_payload(enc), LowRank):
+            raise CodecError(f"payload was written by codec {enc.codec!r}, not {self.codec_id!r}")
+        A = enc.arrays["A"].to(device=device, dtype=torch.float32)
+        B = enc.arrays["B"].to(device=device, dtype=torch.float32)
+        c = enc.arrays["c"].to(device=device, dtype=torch.float32)
         return c * (A @ B.T)

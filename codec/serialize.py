@@ -3,20 +3,31 @@
 Layout (little-endian): ``b"DSE1"``, u32 header length, the header as compact sorted JSON, then
 each array's raw bytes in header order. The header names every array's dtype and shape, so the
 reader never guesses and never unpickles anything.
+
+The reader trusts nothing: every header field is type-checked, every array's size is checked
+against the bytes left before anything is allocated (so memory stays within the buffer's size),
+and then the payload is checked against what its codec would have written (``checks.py``). Any
+malformed payload is a :class:`CorruptPayloadError`; a payload of a newer format than this
+deltastore reads is a :class:`CodecError` that says to upgrade.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
-import numpy as np
 import torch
 
 from .base import Encoded
+from .checks import check_payload
 from .errors import CorruptPayloadError
 
 MAGIC = b"DSE1"
+#: Most dimensions an array or target shape may have (real tensors have 1-4).
+MAX_NDIM = 8
+#: Largest single dimension a header may name (far above any real tensor).
+MAX_DIM = 2**40
 
 _DTYPES = {
     "uint8": torch.uint8,
@@ -33,11 +44,12 @@ _DTYPES = {
 
 
 def header_bytes(enc: Encoded) -> bytes:
-    return json.dumps(enc.header(), sort_keys=True, separators=(",", ":")).encode()
+    """The serialized header (kept for callers; the bytes come from :meth:`Encoded.header_bytes`)."""
+    return enc.header_bytes()
 
 
 def to_bytes(enc: Encoded) -> bytes:
-    head = header_bytes(enc)
+    head = enc.header_bytes()
     parts = [MAGIC, struct.pack("<I", len(head)), head]
     for a in enc.arrays.values():
         parts.append(tensor_bytes(a))
@@ -51,38 +63,117 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.uint8 else t.numpy().tobytes()
 
 
-def from_bytes(buf: bytes | memoryview) -> Encoded:
-    mv = memoryview(buf)
+def _bad(msg: str) -> CorruptPayloadError:
+    return CorruptPayloadError(f"encoded delta header: {msg}")
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > MAX_NDIM:
+        raise _bad(f"{what} must be a list of at most {MAX_NDIM} sizes, got {_short(value)}")
+    for s in value:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_DIM:
+            raise _bad(f"{what} must hold integers in [0, {MAX_DIM}], got {_short(value)}")
+    return tuple(value)
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise _bad(f"{what} must be a short string, got {_short(value)}")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_header(raw: bytes) -> dict[str, Any]:
+    """The header's JSON object with every field's type checked (arrays' specs included)."""
+    try:
+        head = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise _bad(f"not JSON: {e}") from None
+    if not isinstance(head, dict):
+        raise _bad(f"must be a JSON object, got {type(head).__name__}")
+    for key in ("codec", "version", "params", "shape", "dtype", "arrays"):
+        if key not in head:
+            raise _bad(f"lacks {key!r}")
+    _str(head["codec"], "codec")
+    v = head["version"]
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2**16:
+        raise _bad(f"version must be a positive integer, got {_short(v)}")
+    if not isinstance(head["params"], dict):
+        raise _bad(f"params must be an object, got {_short(head['params'])}")
+    if not isinstance(head.get("meta", {}), dict):
+        raise _bad(f"meta must be an object, got {_short(head['meta'])}")
+    _shape(head["shape"], "shape")
+    dtype = _str(head["dtype"], "dtype")
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise _bad(f"dtype {dtype!r} is not a torch dtype")
+    if not isinstance(head["arrays"], list):
+        raise _bad(f"arrays must be a list, got {_short(head['arrays'])}")
+    names: set[str] = set()
+    for spec in head["arrays"]:
+        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+            raise _bad(f"an array is described by name, dtype and shape, got {_short(spec)}")
+        name = _str(spec["name"], "array name")
+        if name in names:
+            raise _bad(f"array {name!r} appears twice")
+        names.add(name)
+        if spec["dtype"] not in _DTYPES:
+            raise _bad(f"array {name!r} has an unknown dtype {_short(spec['dtype'])}")
+        _shape(spec["shape"], f"array {name!r} shape")
+    return head
+
+
+def from_bytes(buf: bytes | bytearray | memoryview, check: bool = True) -> Encoded:
+    """Parse a payload. With ``check`` (the default) it is also checked against what its codec
+    would have written (``checks.check_payload``); without, only the structure is checked."""
+    try:
+        mv = memoryview(buf).cast("B")
+    except TypeError:
+        raise CorruptPayloadError(f"an encoded delta is bytes, got {type(buf).__name__}") from None
     if len(mv) < 8 or bytes(mv[:4]) != MAGIC:
         raise CorruptPayloadError("not an encoded delta (bad magic)")
     (hlen,) = struct.unpack("<I", mv[4:8])
     if 8 + hlen > len(mv):
-        raise CorruptPayloadError("encoded delta is truncated (header)")
-    try:
-        head = json.loads(bytes(mv[8 : 8 + hlen]))
-    except ValueError as e:
-        raise CorruptPayloadError(f"encoded delta header is not JSON: {e}") from None
+        raise CorruptPayloadError(f"encoded delta is truncated: its header claims {hlen} bytes, {len(mv) - 8} follow")
+    head = parse_header(bytes(mv[8 : 8 + hlen]))
     pos = 8 + hlen
     arrays: dict[str, torch.Tensor] = {}
     for spec in head["arrays"]:
-        dtype = _DTYPES.get(spec["dtype"])
-        if dtype is None:
-            raise CorruptPayloadError(f"encoded delta names an unknown array dtype {spec['dtype']!r}")
-        shape = tuple(int(s) for s in spec["shape"])
-        n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        dtype = _DTYPES[spec["dtype"]]
+        shape = tuple(spec["shape"])
+        numel = 1
+        for s in shape:
+            numel *= s  # Python integers: no overflow, compared with the buffer before any allocation
+        n = numel * torch.empty((), dtype=dtype).element_size()
         if pos + n > len(mv):
-            raise CorruptPayloadError(f"encoded delta is truncated (array {spec['name']!r})")
-        raw = torch.frombuffer(bytearray(mv[pos : pos + n]), dtype=torch.uint8) if n else torch.empty(0, dtype=torch.uint8)
-        arrays[spec["name"]] = raw.view(dtype).reshape(shape)
+            raise CorruptPayloadError(f"encoded delta is truncated: array {spec['name']!r} needs {n} bytes, {len(mv) - pos} are left")
+        if n:
+            t = torch.frombuffer(bytearray(mv[pos : pos + n]), dtype=torch.uint8)
+            if dtype == torch.bool and int(t.max()) > 1:
+                raise CorruptPayloadError(f"encoded delta: bool array {spec['name']!r} holds bytes other than 0 and 1")
+            t = t.view(dtype)
+        else:
+            t = torch.empty(0, dtype=dtype)
+        arrays[spec["name"]] = t.reshape(shape)
         pos += n
     if pos != len(mv):
         raise CorruptPayloadError(f"encoded delta has {len(mv) - pos} trailing bytes")
-    return Encoded(
+    enc = Encoded(
         codec=head["codec"],
-        version=int(head["version"]),
+        version=head["version"],
         params=head["params"],
         shape=tuple(head["shape"]),
         dtype=head["dtype"],
         arrays=arrays,
         meta=head.get("meta", {}),
     )
+    if check:
+        check_payload(enc)
+    return enc

@@ -73,3 +73,64 @@ def budget_bits(alpha: float, m: int, n: int) -> int:
 
 def ctx(**kw) -> EncodeContext:
     return EncodeContext(**kw)
+
+
+# -- the counter-based masks (codec/masks.py), written out again in numpy uint32 arithmetic, the
+# way a GPU kernel computes them (wrapping 32-bit multiplies), as an oracle independent of the
+# codec's int64 formulation.
+
+
+def _splitmix64(seed: int) -> int:
+    m64 = (1 << 64) - 1
+    z = (seed + 0x9E3779B97F4A7C15) & m64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+    return z ^ (z >> 31)
+
+
+def _lowbias32(x):
+    import numpy as np
+
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def hash32_reference(seed: int, index):
+    """hash32(seed, i) for a numpy uint64 index array, in uint32 arithmetic."""
+    import numpy as np
+
+    z = _splitmix64(seed)
+    k0, k1 = np.uint32(z & 0xFFFFFFFF), np.uint32(z >> 32)
+    index = np.asarray(index, dtype=np.uint64)
+    lo = (index & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (index >> np.uint64(32)).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        return _lowbias32(_lowbias32(lo ^ k0) ^ k1 ^ hi)
+
+
+def dare_mask_reference(m: int, n: int, keep: float, seed: int) -> torch.Tensor:
+    """dare v2's mask as its docstring defines it: hash32(seed, i) < floor(keep * 2**32)."""
+    import numpy as np
+
+    h = hash32_reference(seed, np.arange(m * n, dtype=np.uint64)).astype(np.int64)
+    return torch.from_numpy(h < math.floor(keep * 2**32)).reshape(m, n)
+
+
+def balanced_mask_reference(m: int, n: int, h: int, c: int, seed: int) -> torch.Tensor:
+    """deltadq v2's mask as its docstring defines it: per group, the c smallest hashes, ties to
+    the lower column (numpy's stable argsort)."""
+    import numpy as np
+
+    h = min(h, n)
+    keys = hash32_reference(seed, np.arange(m * n, dtype=np.uint64)).reshape(m, n)
+    mask = np.zeros((m, n), dtype=bool)
+    for g0 in range(0, n, h):
+        g1 = min(n, g0 + h)
+        k = c if g1 - g0 == h else (c * (g1 - g0)) // h
+        if k:
+            idx = np.argsort(keys[:, g0:g1], axis=1, kind="stable")[:, :k]
+            np.put_along_axis(mask[:, g0:g1], idx, True, axis=1)
+    return torch.from_numpy(mask)

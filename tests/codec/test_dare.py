@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from codec_testlib import budget_bits, ctx, group_err_norms, long_tailed, rel_err, roundtrip
+from codec_testlib import budget_bits, ctx, dare_mask_reference, group_err_norms, long_tailed, rel_err, roundtrip
 from deltastore.codec import CodecError, CorruptPayloadError, get_codec, to_bytes
 from deltastore.codec.dare import Dare
 
@@ -11,9 +11,8 @@ M, N = 256, 512
 
 
 def documented_mask(m, n, keep, seed):
-    """The mask exactly as dare's docstring defines it (not calling the codec)."""
-    g = torch.Generator("cpu").manual_seed(seed)
-    return (torch.rand(m * n, generator=g, dtype=torch.float32) < torch.tensor(keep, dtype=torch.float32)).reshape(m, n)
+    """The mask exactly as dare's docstring defines it (format v2; not calling the codec)."""
+    return dare_mask_reference(m, n, keep, seed)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from codec_testlib import budget_bits, ctx, group_err_norms, long_tailed, rel_err, roundtrip
+from codec_testlib import balanced_mask_reference, budget_bits, ctx, group_err_norms, long_tailed, rel_err, roundtrip
 from deltastore.codec import CodecError, get_codec, to_bytes
 from deltastore.codec.deltadq import DeltaDQ, balanced_mask, kept_per_row
 
@@ -9,25 +9,15 @@ M, N = 256, 512
 
 
 def documented_mask(m, n, h, c, seed):
-    """The balanced mask as deltadq's docstring defines it (not calling the codec)."""
+    """The balanced mask as deltadq's docstring defines it (format v2; not calling the codec)."""
     h = min(h, n)
     gf, L = divmod(n, h)
-    g = torch.Generator("cpu").manual_seed(seed)
-    mask = torch.zeros(m, n, dtype=torch.bool)
+    mask = balanced_mask_reference(m, n, h, c, seed)
     resc = torch.zeros(m, n, dtype=torch.float64)
     if gf:
-        r = torch.rand(m, gf, h, generator=g)
-        idx = torch.sort(r, dim=-1, stable=True).indices[..., :c]
-        full = torch.zeros(m, gf, h, dtype=torch.bool).scatter_(-1, idx, True)
-        mask[:, : gf * h] = full.reshape(m, -1)
         resc[:, : gf * h] = h / c
-    if L:
-        c2 = c * L // h
-        r2 = torch.rand(m, L, generator=g)
-        if c2:
-            part = torch.zeros(m, L, dtype=torch.bool).scatter_(-1, torch.sort(r2, dim=-1, stable=True).indices[..., :c2], True)
-            mask[:, gf * h :] = part
-            resc[:, gf * h :] = L / c2
+    if L and c * L // h:
+        resc[:, gf * h :] = L / (c * L // h)
     return mask, resc
 
 
