@@ -97,6 +97,19 @@ class Manifest:
                     out.add(t.object)
         return out
 
+    def object_kinds(self, manifest_oid: str) -> dict[str, str]:
+        """The kind of every object this manifest names (and of the manifest itself), for the
+        catalog's object index."""
+        kinds = {manifest_oid: "manifest"}
+        for f in self.files:
+            for oid in (f.object, f.header):
+                if oid:
+                    kinds[oid] = "blob"
+            for t in f.tensors:
+                if t.object:
+                    kinds[t.object] = "tensor" if t.source == "tensor" else "delta"
+        return kinds
+
     @property
     def logical_bytes(self) -> int:
         return sum(f.size for f in self.files)

@@ -16,9 +16,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from .backend import Backend
 from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject
 from .errors import BadInputError
 from .manifest import Manifest
+from .protocols import StoreView
 from .results import VersionInfo
 
 PREFIX = "catalog"
@@ -32,23 +34,23 @@ def tag_key(model: str, tag: str) -> str:
     return f"{PREFIX}/tags/{model}/{tag}.json"
 
 
-def write_version(backend, info: VersionInfo) -> None:  # noqa: ANN001
+def write_version(backend: Backend, info: VersionInfo) -> None:
     d = info.to_dict()
     d.pop("tags", None)  # tags live in their own records: they move
     backend.put(version_key(info.model, info.number), json.dumps(d, sort_keys=True, indent=1).encode())
 
 
-def write_tag(backend, model: str, tag: str, number: int) -> None:  # noqa: ANN001
+def write_tag(backend: Backend, model: str, tag: str, number: int) -> None:
     backend.put(tag_key(model, tag), json.dumps({"model": model, "tag": tag, "version": number}).encode())
 
 
-def delete_version(backend, info: VersionInfo) -> None:  # noqa: ANN001
+def delete_version(backend: Backend, info: VersionInfo) -> None:
     backend.delete(version_key(info.model, info.number))
     for t in info.tags:
         backend.delete(tag_key(info.model, t))
 
 
-def delete_tag(backend, model: str, tag: str) -> None:  # noqa: ANN001
+def delete_tag(backend: Backend, model: str, tag: str) -> None:
     backend.delete(tag_key(model, tag))
 
 
@@ -62,9 +64,8 @@ class RebuildReport:
         return {"versions": self.versions, "tags": self.tags, "objects": self.objects}
 
 
-def rebuild(store) -> RebuildReport:  # noqa: ANN001 - Store (no import cycle)
+def rebuild(store: StoreView) -> RebuildReport:
     """Fill an empty catalog from the records and manifests on the backend."""
-    from .store import _object_kinds
 
     with store.Session() as s:
         if s.scalar(select(func.count()).select_from(Version)):
@@ -102,7 +103,7 @@ def rebuild(store) -> RebuildReport:  # noqa: ANN001 - Store (no import cycle)
             ids[f"{r['model']}@v{r['number']}"] = v.id
             if base_id is not None:
                 s.add(LineageRow(parent_id=base_id, child_id=v.id, relation="base"))
-            kinds = _object_kinds(r["manifest"], man)
+            kinds = man.object_kinds(r["manifest"])
             logical = {t.object: t.nbytes for _, t in man.tensors() if t.object and t.source == "tensor"}
             logical.update({f.object: f.size for f in man.files if f.object})
             for oid in sorted(man.object_ids() | {r["manifest"]}):

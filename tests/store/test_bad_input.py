@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deltastore import maintenance
 from deltastore.errors import (
     BadNameError,
     BadSafetensorsError,
@@ -205,7 +206,7 @@ def test_interrupted_add_leaves_store_consistent(store, tmp_path: Path) -> None:
 
 def test_gc_spares_objects_of_an_add_in_progress(store, tmp_path: Path) -> None:
     store.add_base("b", write_model(tmp_path / "b", llama_like(0)))
-    with store._lease("test add"):
+    with maintenance.lease(store, "test add"):
         orphan = store.objects.put_bytes(b"written by an add that has not committed yet")
         rep = store.gc()
         assert store.objects.exists(orphan.oid)

@@ -1,4 +1,4 @@
-"""Calibration pre-pass (deltastore/tuning.py): bitdelta scale distillation and deltadq's h_g search,
+"""Calibration pre-pass (deltastore/calibrate/tuning.py): bitdelta scale distillation and deltadq's h_g search,
 checked against quantities recomputed here from the stored versions."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import deltastore.codec as codecs
 from deltastore.codec.bitdelta import BitDelta, get_scale
 from deltastore.codec.deltadq import DeltaDQ
-from deltastore import tuning
-from deltastore.calib import read_calib_lines
+from deltastore.calibrate import tuning
+from deltastore.calibrate import read_calib_lines
 
 from .test_lossy import tiny_llama_dir, transformers
 

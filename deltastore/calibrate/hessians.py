@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import BadInputError
+from ..errors import BadInputError
+from ..protocols import StoreView
 
 
 def read_calib_lines(path: Path) -> list[str]:
@@ -40,7 +41,7 @@ def calib_windows(tok, calib_path: Path, max_tokens: int, seq_len: int) -> list[
     return [torch.tensor([ids[i : i + seq_len]]) for i in range(0, len(ids), seq_len)]
 
 
-def load_base_model(store, ref: str, device: str | torch.device = "cpu"):  # noqa: ANN001
+def load_base_model(store: "StoreView", ref: str, device: str | torch.device = "cpu"):  # noqa: ANN001
     """A transformers model + tokenizer for a stored version, without writing its weights to disk."""
     try:
         import transformers
@@ -70,7 +71,7 @@ def load_base_model(store, ref: str, device: str | torch.device = "cpu"):  # noq
     return model, tok
 
 
-def collect_hessians(store, ref: str, calib_path: Path, *, max_tokens: int = 16384, seq_len: int = 512,  # noqa: ANN001
+def collect_hessians(store: "StoreView", ref: str, calib_path: Path, *, max_tokens: int = 16384, seq_len: int = 512,  # noqa: ANN001
                      device: str | torch.device | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """{weight name: H (in x in, float32, on CPU)} for every nn.Linear of the base, and the token count."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -52,12 +52,12 @@ from typing import Any
 
 import torch
 
-from . import codec as codecs
-
-from .calib import calib_windows, load_base_model
-from .errors import BadInputError
-from .source import scan_model_dir
-from .store import codec_takes
+from .. import codec as codecs
+from ..errors import BadInputError
+from ..protocols import StoreView
+from ..safetensors_io import as_tensor, read_tensor_bytes
+from ..source import scan_model_dir
+from .hessians import calib_windows, load_base_model
 
 #: Codecs that have a calibration pre-pass here.
 TUNABLE_CODECS = ("bitdelta", "deltadq")
@@ -67,7 +67,7 @@ DEFAULT_LR = 1e-2
 DEFAULT_SEQ_LEN = 512
 
 
-def tune_codec(store, base_ref: str, finetune_dir: Path, calib_path: Path, codec: codecs.Codec, *,  # noqa: ANN001
+def tune_codec(store: StoreView, base_ref: str, finetune_dir: Path, calib_path: Path, codec: codecs.Codec, *,  # noqa: ANN001
                device: str | torch.device | None = None, steps: int | None = None, max_tokens: int | None = None,
                seq_len: int | None = None, lr: float | None = None,
                metrics: dict[str, Any] | None = None) -> tuple[codecs.Codec, dict[str, dict]]:
@@ -100,32 +100,24 @@ def tune_codec(store, base_ref: str, finetune_dir: Path, calib_path: Path, codec
 # shared helpers
 # ------------------------------------------------------------------------------------------------
 def _finetune_tensors(finetune_dir: Path, names: set[str] | None = None):  # noqa: ANN202
-    """(name, tensor) of the fine-tune, one at a time, from its safetensors files (only ``names`` if given)."""
-    from safetensors import safe_open
-
+    """(name, tensor) of the fine-tune, one at a time, from its safetensors files (only ``names`` if
+    given), through the store's own reader: the headers were checked when the add scanned them."""
     for src in scan_model_dir(finetune_dir):
         if not src.is_safetensors:
             continue
-        with safe_open(str(src.path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if names is None or name in names:
-                    yield name, f.get_tensor(name)
+        with open(src.path, "rb") as f:
+            for info in src.header.tensors:
+                if names is None or info.name in names:
+                    yield info.name, as_tensor(info, read_tensor_bytes(f, src.header, info))
 
 
 def _finetune_names(finetune_dir: Path) -> list[str]:
-    from safetensors import safe_open
-
-    out: list[str] = []
-    for src in scan_model_dir(finetune_dir):
-        if src.is_safetensors:
-            with safe_open(str(src.path), framework="pt", device="cpu") as f:
-                out.extend(f.keys())
-    return out
+    return [info.name for src in scan_model_dir(finetune_dir) if src.is_safetensors for info in src.header.tensors]
 
 
 def _encoded_by_codec(codec: codecs.Codec, name: str, target: torch.Tensor, base: torch.Tensor) -> bool:
     """Whether the store would hand this tensor to ``codec``: it takes it, and the fine-tune changed it."""
-    return codec_takes(codec, name, target, base) and not torch.equal(target.to(torch.float32), base.to(torch.float32))
+    return codec.takes(name, target, base) and not torch.equal(target.to(torch.float32), base.to(torch.float32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,7 +160,7 @@ def _logits_mse(model, window: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return torch.nn.functional.mse_loss(logits, target)
 
 
-def _distill_bitdelta(store, base_ref: str, finetune_dir: Path, calib_path: Path, codec: codecs.Codec, *,  # noqa: ANN001
+def _distill_bitdelta(store: StoreView, base_ref: str, finetune_dir: Path, calib_path: Path, codec: codecs.Codec, *,  # noqa: ANN001
                       device: torch.device, steps: int, max_tokens: int, seq_len: int, lr: float,
                       metrics: dict[str, Any]) -> dict[str, dict]:
     t0 = time.perf_counter()
@@ -314,7 +306,7 @@ def attention_score_error(X: list[torch.Tensor], wq: torch.Tensor, wk: torch.Ten
     return math.sqrt(num / den) if den else 0.0
 
 
-def _search_h_g(store, base_ref: str, finetune_dir: Path, calib_path: Path, codec: codecs.Codec, *,  # noqa: ANN001
+def _search_h_g(store: StoreView, base_ref: str, finetune_dir: Path, calib_path: Path, codec: codecs.Codec, *,  # noqa: ANN001
                 device: torch.device, max_tokens: int, seq_len: int, metrics: dict[str, Any]) -> codecs.Codec:
     t0 = time.perf_counter()
     names = _finetune_names(finetune_dir)

@@ -1,0 +1,335 @@
+"""Adding a model: read its files, check them against the base, encode every tensor, commit.
+
+The pipeline, per safetensors file: each tensor is read (``pread``), hashed, matched against the
+base tensor of the same name, encoded (a tensor object for a base model; nothing when its bits
+equal the base's; a delta otherwise) and written as an object, ``workers`` tensors at a time;
+results come back in file order, where the file's own SHA-256 is extended. At most ``workers``
+tensors (and about a GiB of them) are in flight, so memory tracks the largest tensor, not the
+model. Nothing reaches the catalog until every object is on the backend: the version row, its
+object index and lineage go in one transaction at the end, so an interrupted add leaves only
+unreferenced objects, which ``gc`` removes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import inspect
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from . import codec as codecs
+from . import records
+from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, utcnow
+from .errors import BadInputError, BadSafetensorsError, BaseMismatchError, ConflictError
+from .lookup import latest_number, resolve_version, version_info
+from .maintenance import lease
+from .manifest import FileEntry, Manifest, TensorEntry
+from .materialize import info_of, tensor_bytes
+from .objects import PutResult
+from .pipeline import ordered_map
+from .protocols import Progress, StoreView
+from .refs import check_name
+from .results import VersionInfo
+from .safetensors_io import DTYPES, FLOAT_CODES, SafetensorsHeader, TensorInfo, as_tensor
+from .source import SourceFile, scan_model_dir
+
+DEFAULT_FINETUNE_CODEC = "delta-come"
+#: lossy encodes already use every core inside torch: run them one at a time, one tensor read ahead
+LOSSY_WORKERS = 2
+
+
+def resolve_codec(codec: str | codecs.Codec | dict | None, default: str = DEFAULT_FINETUNE_CODEC) -> codecs.Codec:
+    """A codec instance from a name, a config dict or an instance; bad names/params -> BadInputError."""
+    if codec is None:
+        codec = default if default in codecs.list_codecs() else "lossless"
+    if isinstance(codec, codecs.Codec):
+        return codec
+    try:
+        return codecs.get_codec(codec)
+    except codecs.CodecError as e:
+        raise BadInputError(str(e)) from None
+    except TypeError:
+        cfg = {"id": codec} if isinstance(codec, str) else dict(codec)
+        cls = codecs.codec_class(cfg["id"])
+        takes = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        given = sorted(k for k in cfg if k != "id")
+        raise BadInputError(f"codec {cfg['id']!r} takes {', '.join(takes) or 'no parameters'}; got {', '.join(given)}") from None
+
+
+def sha256_hex(data: bytes | bytearray | memoryview | np.ndarray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class _Job:
+    """What one add needs to encode a tensor: the codecs, the base, and calibration results."""
+
+    codec: codecs.Codec | None
+    lossless: codecs.Codec
+    base_oid: str | None
+    base_man: Manifest | None
+    hessians: dict[str, torch.Tensor]
+    extras: dict[str, dict]
+
+
+def add(store: StoreView, name: str, path: str | Path, *, base: str | None, codec: codecs.Codec | None, message: str,
+        tags: list[str], author: str | None, metrics: dict[str, Any], calib: str | Path | None,
+        progress: Progress) -> VersionInfo:
+    """Store the model directory ``path`` as the next version of ``name`` (see the module doc)."""
+    check_name(name)
+    for t in tags:
+        check_name(t, "tag name")
+    sources = scan_model_dir(path)  # every header checked before anything is written
+    base_info = base_man = None
+    if base is not None:
+        base_info = store.resolve(base)
+        base_man = store.manifest(base_info.manifest)
+        check_against_base(sources, base_man, base_info.ref)
+    calib_sha = None
+    if calib is not None:
+        calib_sha = check_calib(Path(calib))
+        if base is None or codec is None or codec.lossless:
+            raise BadInputError("--calib applies to lossy fine-tune codecs only (e.g. delta-come)")
+    _check_kind(store, name, finetune=base is not None)
+    hessians: dict[str, torch.Tensor] = {}
+    extras: dict[str, dict] = {}  # per-tensor EncodeContext.extra from a calibration pre-pass
+    if calib is not None:
+        codec, hessians, extras, metrics = _calibrate(store, base_info.ref, Path(path), Path(calib), codec, metrics)
+    job = _Job(codec, codecs.get_codec("lossless"), base_info.manifest if base_info else None, base_man, hessians, extras)
+    workers = store.workers if codec is None or codec.lossless else min(store.workers, LOSSY_WORKERS)
+    total = sum(f.size for f in sources)
+    done = 0
+    puts: list[PutResult] = []
+    files: list[FileEntry] = []
+    progress("add", 0, total)
+    with lease(store, f"add {name} from {path}") as beat:
+        for src in sources:
+            if not src.is_safetensors:
+                data = src.path.read_bytes()
+                if len(data) != src.size:
+                    raise BadInputError(f"{src.path} changed while it was being added")
+                r = store.objects.put_bytes(data, "blob")
+                puts.append(r)
+                files.append(FileEntry(src.rel, "blob", src.size, sha256_hex(data), object=r.oid))
+                done += src.size
+                progress("add", done, total)
+                continue
+            header = src.header
+            r = store.objects.put_bytes(header.raw, "blob")
+            puts.append(r)
+            file_hash = hashlib.sha256(header.raw)
+            entries: list[TensorEntry] = []
+            fd = os.open(src.path, os.O_RDONLY)
+            try:
+                def one(info: TensorInfo) -> tuple[TensorEntry, PutResult | None, bytearray]:
+                    raw = _pread(fd, header, info, src.path)
+                    entry, put = _encode_tensor(store, job, info, raw)
+                    return entry, put, raw
+
+                for entry, put, raw in ordered_map(one, list(header.tensors), workers=workers, weight=lambda i: i.nbytes):
+                    file_hash.update(raw)  # in file order: tensors are contiguous, in offset order
+                    del raw
+                    entries.append(entry)
+                    if put is not None:
+                        puts.append(put)
+                    done += entry.nbytes
+                    progress("add", done, total)
+                    beat()
+                if os.fstat(fd).st_size != src.size:
+                    raise BadInputError(f"{src.path} changed size while it was being added")
+            finally:
+                os.close(fd)
+            files.append(FileEntry(src.rel, "safetensors", src.size, file_hash.hexdigest(), header=r.oid, tensors=entries))
+        manifest = Manifest(files=files, base=base_info.manifest if base_info else None,
+                            codec=codec.get_config() if codec is not None else {"id": "lossless"})
+        mput = store.objects.put_bytes(manifest.to_json(), "manifest")
+        puts.append(mput)
+        return commit_version(store, name, manifest, mput.oid, puts, base_info, codec, message, tags, author, metrics, calib_sha)
+
+
+def _pread(fd: int, header: SafetensorsHeader, info: TensorInfo, path: Path) -> bytearray:
+    """One tensor's bytes by offset (threads read different tensors of one file at once)."""
+    buf = bytearray(info.nbytes)
+    view = memoryview(buf)
+    off, got = header.data_start + info.start, 0
+    while got < info.nbytes:
+        n = os.preadv(fd, [view[got:]], off + got)
+        if n <= 0:
+            raise BadSafetensorsError(f"{path}: truncated while reading tensor {info.name!r}")
+        got += n
+    return buf
+
+
+def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: bytearray) -> tuple[TensorEntry, PutResult | None]:
+    """A tensor object (base models), nothing (bits equal the base's), or a delta."""
+    sha = sha256_hex(raw)
+    common = dict(name=info.name, dtype=info.dtype, shape=list(info.shape), nbytes=info.nbytes, sha256=sha)
+    if job.base_man is None:
+        put = store.objects.put_tensor(raw, DTYPES[info.dtype][1], info.dtype in FLOAT_CODES, oid="sha256:" + sha)
+        return TensorEntry(**common, source="tensor", object=put.oid), put
+    base_entry = job.base_man.tensor_map()[info.name]
+    if base_entry.exact and base_entry.sha256 == sha and base_entry.dtype == info.dtype:
+        return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
+    base_raw = tensor_bytes(store, job.base_oid, base_entry)
+    if not base_entry.exact and base_entry.dtype == info.dtype and sha256_hex(base_raw) == sha:
+        return TensorEntry(**common, source="base"), None  # a lossy base's bits, reproduced exactly
+    target = as_tensor(info, raw)
+    base_t = as_tensor(info_of(base_entry), base_raw)
+    codec = job.codec
+    use = codec if codec is not None and codec.takes(info.name, target, base_t) else job.lossless
+    ctx = codecs.EncodeContext(name=info.name, hessian=job.hessians.get(info.name), extra=dict(job.extras.get(info.name) or {}),
+                               device="cuda" if torch.cuda.is_available() else None)
+    try:
+        enc = use.encode(target, base_t, ctx)
+    except codecs.CodecError as e:
+        raise BadInputError(f"tensor {info.name!r}: {e}") from None
+    rel = None
+    if not use.lossless:  # measured where the encode ran: on the GPU when there is one
+        dev = ctx.device or "cpu"
+        d = target.to(dev, torch.float32) - base_t.to(dev, torch.float32)
+        dn = float(d.norm())
+        rel = float((use.decode_delta(enc, device=dev) - d).norm()) / dn if dn else 0.0
+    put = store.objects.put_raw(codecs.to_bytes(enc), "delta")
+    return TensorEntry(**common, source="delta", object=put.oid, codec=use.codec_id, exact=use.lossless, rel_error=rel), put
+
+
+def _calibrate(store: StoreView, base_ref: str, path: Path, calib: Path, codec: codecs.Codec,
+               metrics: dict[str, Any]) -> tuple[codecs.Codec, dict, dict, dict[str, Any]]:
+    """Run the calibration the codec declares it needs (``Codec.needs``) on the calibration text."""
+    from .calibrate import collect_hessians, tune_codec
+
+    if "model" in codec.needs:  # a pre-pass that runs the base model (bitdelta distillation, deltadq search)
+        tuned: dict[str, Any] = {}
+        codec, extras = tune_codec(store, base_ref, path, calib, codec, metrics=tuned)
+        return codec, {}, extras, {**metrics, **tuned}
+    if "hessian" in codec.needs:  # GPTQ error compensation
+        hessians, ntok = collect_hessians(store, base_ref, calib)
+        return codec, hessians, {}, {**metrics, "calib_tokens": ntok}
+    users = sorted(c for c in codecs.list_codecs() if codecs.codec_class(c).needs)
+    raise BadInputError(f"--calib is used by {', '.join(users)}; {codec.codec_id} does not use it")
+
+
+def _check_kind(store: StoreView, name: str, *, finetune: bool) -> None:
+    with store.Session() as s:
+        m = s.scalar(select(Model).where(Model.name == name))
+        if m is not None and m.versions:
+            kinds = {v.kind for v in m.versions}
+            want = "finetune" if finetune else "base"
+            if want not in kinds:
+                holds = "finetune" if "finetune" in kinds else "base"
+                raise BadInputError(f"{name!r} holds {'fine-tunes' if holds == 'finetune' else 'base models'}; "
+                                    f"add this as another name, or use `add {holds}`")
+
+
+def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid: str, puts: list[PutResult],
+                   base_info: VersionInfo | None, codec: codecs.Codec | None, message: str, tags: list[str],
+                   author: str | None, metrics: dict[str, Any], calib_sha: str | None) -> VersionInfo:
+    """One transaction: the version row (next free number), its object index, lineage and tags."""
+    oids = manifest.object_ids() | {manifest_oid}
+    missing = [o for o in oids if not store.objects.exists(o)]  # gc may have run while we wrote
+    if missing:
+        raise ConflictError(f"{len(missing)} objects vanished while adding (a concurrent gc?); run the add again")
+    store.backend.flush()  # objects durable before the catalog names them
+    sizes = {p.oid: p for p in puts}
+    stored_new = sum(p.stored for p in sizes.values() if p.new)
+    referenced = sum(p.stored for p in sizes.values())
+    kinds = manifest.object_kinds(manifest_oid)
+    for attempt in range(5):
+        try:
+            with store.Session.begin() as s:
+                m = s.scalar(select(Model).where(Model.name == name))
+                if m is None:
+                    m = Model(name=name)
+                    s.add(m)
+                    s.flush()
+                number = latest_number(s, m) + 1
+                base_v = resolve_version(s, base_info.ref) if base_info else None
+                v = Version(
+                    model_id=m.id, number=number, manifest=manifest_oid, base_version_id=base_v.id if base_v else None,
+                    kind="finetune" if base_v else "base", codec=codec.codec_id if codec else "lossless",
+                    codec_params={k: x for k, x in (codec.get_config() if codec else {}).items() if k != "id"},
+                    logical_bytes=manifest.logical_bytes, stored_bytes=stored_new, referenced_bytes=referenced,
+                    message=message, author=author if author is not None else _default_author(),
+                    metrics=metrics, calib_sha256=calib_sha,
+                )
+                s.add(v)
+                s.flush()
+                known: set[str] = set()
+                ids = list(sizes)
+                for i in range(0, len(ids), 500):
+                    known.update(s.scalars(select(ObjectRow.oid).where(ObjectRow.oid.in_(ids[i : i + 500]))))
+                rows = [{"oid": p.oid, "kind": kinds.get(p.oid, "blob"), "logical_bytes": p.logical,
+                         "stored_bytes": p.stored, "created_at": utcnow()} for p in sizes.values() if p.oid not in known]
+                if rows:
+                    s.execute(insert(ObjectRow), rows)
+                s.execute(insert(VersionObject), [{"version_id": v.id, "oid": oid} for oid in sorted(oids)])
+                if base_v is not None:
+                    s.add(LineageRow(parent_id=base_v.id, child_id=v.id, relation="base"))
+                for t in tags:
+                    old = s.scalar(select(Tag).where(Tag.model_id == m.id, Tag.name == t))
+                    if old is not None:
+                        old.version_id = v.id
+                    else:
+                        s.add(Tag(model_id=m.id, name=t, version_id=v.id))
+                s.flush()
+                info = version_info(s, v)
+            records.write_version(store.backend, info)
+            for t in tags:
+                records.write_tag(store.backend, name, t, info.number)
+            return info
+        except IntegrityError:
+            if attempt == 4:
+                raise ConflictError(f"could not allocate a version number for {name!r}: concurrent adds; try again") from None
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _default_author() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return ""
+
+
+def check_against_base(sources: list[SourceFile], base: Manifest, base_ref: str) -> None:
+    """A fine-tune has exactly the base's tensors, each of the base's shape."""
+    theirs = {t.name: t for f in sources if f.header for t in f.header.tensors}
+    ours = base.tensor_map()
+    missing = sorted(set(ours) - set(theirs))
+    extra = sorted(set(theirs) - set(ours))
+    if missing or extra:
+        parts = []
+        if extra:
+            parts.append(f"{len(extra)} tensors the base lacks (e.g. {', '.join(extra[:3])})")
+        if missing:
+            parts.append(f"lacks {len(missing)} of the base's tensors (e.g. {', '.join(missing[:3])})")
+        raise BaseMismatchError(f"not a fine-tune of {base_ref}: it has {' and '.join(parts)}")
+    for tname, t in theirs.items():
+        b = ours[tname]
+        if list(t.shape) != list(b.shape):
+            raise BaseMismatchError(f"not a fine-tune of {base_ref}: tensor {tname!r} is {list(t.shape)} here, {b.shape} in the base")
+
+
+def check_calib(path: Path) -> str:
+    """The calibration file must be UTF-8 text with at least one line; returns its sha256."""
+    if not path.is_file():
+        raise BadInputError(f"calibration file {path} does not exist")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError(f"calibration file {path} is not UTF-8 text") from None
+    if "\x00" in text:
+        raise BadInputError(f"calibration file {path} is not text (it holds NUL bytes)")
+    if not any(line.strip() for line in text.splitlines()):
+        raise BadInputError(f"calibration file {path} is empty: give lines of text")
+    return sha256_hex(data)

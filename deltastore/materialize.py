@@ -1,0 +1,256 @@
+"""Tensor bytes from objects, and everything built on them: ``tensor``, ``iter_tensors``,
+``state_dict``, ``checkout``, ``diff``. Lazy loading and the mount read through here too.
+
+A tensor's bytes come from a tensor object, from the base version's tensor (unchanged by the
+fine-tune), or from a delta object applied to the base's tensor, resolved recursively down the
+base chain. Every read is verified against the sha256 the tensor was added with where the version
+is exact, so a checkout of a lossless version is byte-identical or an error, never wrong bytes.
+Tensors decode in parallel (``store.workers`` at a time) and are written in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import codec as codecs
+from .errors import BadInputError, CorruptObjectError, NotFoundError
+from .manifest import FileEntry, TensorEntry
+from .objects import oid_of
+from .pipeline import ordered_map
+from .protocols import Progress, StoreView, no_progress
+from .results import CheckoutResult, TensorDiff
+from .safetensors_io import DTYPES, FLOAT_CODES, TORCH_TO_CODE, TensorInfo, as_tensor, build_header
+
+
+def info_of(entry: TensorEntry) -> TensorInfo:
+    """The safetensors view of a manifest's tensor entry (offsets do not matter here)."""
+    return TensorInfo(entry.name, entry.dtype, tuple(entry.shape), 0, entry.nbytes)
+
+
+def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, verify: bool = True) -> np.ndarray:
+    """The version's bytes for one tensor (uint8), resolving deltas against the base chain.
+
+    ``verify`` re-hashes what was decoded against the id or sha256 it must have; only callers
+    that verify the same bytes another way turn it off."""
+    if entry.source == "tensor":
+        if entry.object != "sha256:" + entry.sha256:  # tensor objects are named by the bytes that were added
+            raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names object {entry.object}, not its own sha256")
+        out = store.objects.get_array(entry.object, verify=verify)
+        if out.size != entry.nbytes:
+            raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {out.size} bytes, the manifest says {entry.nbytes}")
+        return out
+    man = store.manifest(manifest_oid)
+    if man.base is None:
+        raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} refers to a base, but the manifest has none")
+    base_entry = store.manifest(man.base).tensor_map().get(entry.name)
+    if base_entry is None:
+        raise CorruptObjectError(man.base, f"base manifest lacks tensor {entry.name!r}")
+    base_raw = tensor_bytes(store, man.base, base_entry, verify=verify)
+    if entry.source == "base":
+        if base_entry.nbytes != entry.nbytes:
+            raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names the base's, which has another size")
+        return base_raw
+    if entry.source != "delta":
+        raise CorruptObjectError(manifest_oid, f"unknown tensor source {entry.source!r}")
+    base_t = as_tensor(info_of(base_entry), base_raw)
+    payload = store.objects.get(entry.object, verify=verify)
+    try:
+        enc = codecs.from_bytes(payload)
+        if tuple(enc.shape) != tuple(entry.shape):
+            raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
+        codec = codecs.codec_class(enc.codec).from_config(enc.params)
+        out = codec.reconstruct(enc, base_t)
+    except codecs.CodecError as e:
+        raise CorruptObjectError(entry.object, str(e)) from None
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:  # a payload the codec could not make sense of
+        raise CorruptObjectError(entry.object, f"payload does not decode: {type(e).__name__}: {e}") from None
+    raw = out.contiguous().reshape(-1).view(torch.uint8).numpy()
+    if raw.size != entry.nbytes:
+        raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {raw.size} bytes, the manifest says {entry.nbytes}")
+    if verify and entry.exact and oid_of(raw) != "sha256:" + entry.sha256:
+        raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to bytes that do not match the sha256 it was added with")
+    return raw
+
+
+def tensor(store: StoreView, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor:
+    v = store.resolve(ref)
+    entry = store.manifest(v.manifest).tensor_map().get(name)
+    if entry is None:
+        raise NotFoundError(f"{v.ref} has no tensor {name!r}")
+    return as_tensor(info_of(entry), tensor_bytes(store, v.manifest, entry)).to(device)
+
+
+def iter_tensors(store: StoreView, ref: str, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) in manifest order, decoded ``store.workers`` at a time; memory is bounded by
+    that window, so a caller can stream a model larger than memory."""
+    v = store.resolve(ref)
+    entries = [e for _, e in store.manifest(v.manifest).tensors()]
+
+    def load(entry: TensorEntry) -> tuple[str, torch.Tensor]:
+        t = as_tensor(info_of(entry), tensor_bytes(store, v.manifest, entry))
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return entry.name, t
+
+    for name, t in ordered_map(load, entries, workers=store.workers, weight=lambda e: e.nbytes):
+        yield name, t.to(device)
+
+
+def dtype_code(dtype: str | torch.dtype) -> str:
+    """A safetensors float dtype code from a torch dtype or a name users type (bf16, fp16, ...)."""
+    if isinstance(dtype, torch.dtype):
+        code = TORCH_TO_CODE.get(dtype)
+    else:
+        aliases = {"bf16": "BF16", "bfloat16": "BF16", "fp16": "F16", "float16": "F16", "half": "F16",
+                   "fp32": "F32", "float32": "F32", "float": "F32", "fp64": "F64", "float64": "F64"}
+        code = aliases.get(dtype.lower(), dtype.upper() if dtype.upper() in FLOAT_CODES else None)
+    if code not in FLOAT_CODES:
+        raise BadInputError(f"--dtype must be one of bf16, fp16, fp32, fp64; got {dtype!r}")
+    return code
+
+
+def _header_metadata(raw: bytes) -> dict[str, str] | None:
+    try:
+        meta = json.loads(raw[8:]).get("__metadata__")
+    except (ValueError, AttributeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def safe_dest(out: Path, rel: str) -> Path:
+    """``out / rel`` for a path read from a manifest, refused unless it is a plain relative path
+    that stays inside ``out`` (no absolute path, ``..``, empty or control-character parts) and no
+    directory on the way is a symlink: a manifest from a shared bucket must not write elsewhere."""
+    if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "\\" in rel or "\x00" in rel:
+        raise BadInputError(f"refusing to write {rel!r}: not a relative path")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in p) for p in parts):
+        raise BadInputError(f"refusing to write {rel!r}: a manifest path must not hold '..', '.', empty or control-character parts")
+    dest = out
+    for p in parts:
+        dest = dest / p
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise BadInputError(f"refusing to write through the symlink {dest}")
+    return dest
+
+
+def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.dtype | None = None,
+             progress: Progress | None = None, overwrite: bool = False) -> CheckoutResult:
+    """Write a version as a Hugging Face directory.
+
+    Every tensor of an exact version is verified against the sha256 it was added with as it is
+    decoded (in parallel), the header and other files against their object ids, and each file's
+    size against the manifest; a file is renamed into place only when whole. ``dtype`` converts
+    floating tensors on the way out."""
+    progress = progress or no_progress
+    t0 = time.perf_counter()
+    v = store.resolve(ref)
+    man = store.manifest(v.manifest)
+    out = Path(out)
+    target = dtype_code(dtype) if dtype is not None else None
+    if out.is_symlink():
+        raise BadInputError(f"{out} is a symlink; give a real directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise BadInputError(f"{out} exists and is not empty; pick a new directory (or pass overwrite=True / --force)")
+    dests = [safe_dest(out, f.path) for f in man.files]
+    if len(set(dests)) != len(dests):
+        raise CorruptObjectError(v.manifest, "the manifest lists one path twice")
+    out.mkdir(parents=True, exist_ok=True)
+    total = man.logical_bytes
+    state = {"done": 0, "written": 0}
+    progress("checkout", 0, total)
+    for f, dest in zip(man.files, dests):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.deltastore-tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                _write_file(store, v.manifest, f, fh, target, state, progress, total)
+            if target is None and os.path.getsize(tmp) != f.size:
+                raise CorruptObjectError(f.header or f.object or v.manifest,
+                                         f"{f.path} came out {os.path.getsize(tmp)} bytes, not the {f.size} it was added with")
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+    return CheckoutResult(ref=v.ref, out=str(out), files=len(man.files), bytes_written=state["written"],
+                          exact=target is None and man.exact, seconds=time.perf_counter() - t0)
+
+
+def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: str | None, state: dict,  # noqa: ANN001
+                progress: Progress, total: int) -> None:
+    if f.kind == "blob":
+        data = store.objects.get(f.object)
+        fh.write(data)
+        state["written"] += len(data)
+        state["done"] += f.size
+        progress("checkout", state["done"], total)
+        return
+    convert = target is not None and any(t.dtype in FLOAT_CODES and t.dtype != target for t in f.tensors)
+    head = store.objects.get(f.header)
+    if convert:
+        new = [(t.name, target if t.dtype in FLOAT_CODES else t.dtype, tuple(t.shape)) for t in f.tensors]
+        head, _ = build_header(new, _header_metadata(head))
+    fh.write(head)
+    state["written"] += len(head)
+
+    def decode(t: TensorEntry) -> np.ndarray:
+        raw = tensor_bytes(store, manifest_oid, t)
+        if convert and t.dtype in FLOAT_CODES and t.dtype != target:
+            tt = as_tensor(info_of(t), raw).to(DTYPES[target][0])
+            raw = tt.contiguous().reshape(-1).view(torch.uint8).numpy()
+        return raw
+
+    for t, raw in zip(f.tensors, ordered_map(decode, f.tensors, workers=store.workers, weight=lambda e: e.nbytes)):
+        fh.write(memoryview(raw))
+        state["written"] += raw.size
+        state["done"] += t.nbytes
+        progress("checkout", state["done"], total)
+
+
+def diff(store: StoreView, a: str, b: str) -> list[TensorDiff]:
+    """Tensors that differ between two versions, and by how much (computed in float32)."""
+    va, vb = store.resolve(a), store.resolve(b)
+    ma, mb = store.manifest(va.manifest).tensor_map(), store.manifest(vb.manifest).tensor_map()
+    out: list[TensorDiff] = []
+    for name, ea in ma.items():
+        eb = mb.get(name)
+        if eb is None:
+            out.append(TensorDiff(name, "only-a", shape_a=ea.shape))
+            continue
+        if ea.shape != eb.shape:
+            out.append(TensorDiff(name, "shape", shape_a=ea.shape, shape_b=eb.shape))
+            continue
+        if ea.sha256 == eb.sha256 and ea.exact and eb.exact and ea.dtype == eb.dtype:
+            continue
+        ta = as_tensor(info_of(ea), tensor_bytes(store, va.manifest, ea))
+        tb = as_tensor(info_of(eb), tensor_bytes(store, vb.manifest, eb))
+        if ea.dtype == eb.dtype and torch.equal(ta.reshape(-1).view(torch.uint8), tb.reshape(-1).view(torch.uint8)):
+            continue
+        fa, fb = ta.to(torch.float32), tb.to(torch.float32)
+        d = fb - fa
+        na = float(fa.norm())
+        out.append(TensorDiff(name, "changed" if ea.dtype == eb.dtype else "dtype", shape_a=ea.shape, shape_b=eb.shape,
+                              max_abs=float(d.abs().max()) if d.numel() else 0.0,
+                              rel_fro=float(d.norm()) / na if na else float("inf"),
+                              changed_frac=float((d != 0).float().mean()) if d.numel() else 0.0))
+    for name, eb in mb.items():
+        if name not in ma:
+            out.append(TensorDiff(name, "only-b", shape_b=eb.shape))
+    return out
+

@@ -1,0 +1,84 @@
+"""What happens to versions once they exist: tags, removal, lineage.
+
+The catalog is the index; each change here is mirrored in the records beside the objects
+(``records.py``) so ``db rebuild`` sees the same names.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, select
+
+from . import records
+from .catalog import Lineage as LineageRow, Tag, Version, VersionObject
+from .errors import BadInputError, UnknownRefError
+from .lookup import find_model, resolve_version, version_info
+from .protocols import StoreView
+from .refs import check_name
+from .results import Lineage, LineageNode, VersionInfo
+
+
+def tag(store: StoreView, ref: str, name: str, *, move: bool = True) -> VersionInfo:
+    check_name(name, "tag name")
+    with store.Session.begin() as s:
+        v = resolve_version(s, ref)
+        old = s.scalar(select(Tag).where(Tag.model_id == v.model_id, Tag.name == name))
+        if old is not None:
+            if not move and old.version_id != v.id:
+                raise BadInputError(f"tag {name!r} already names another version")
+            old.version_id = v.id
+        else:
+            s.add(Tag(model_id=v.model_id, name=name, version_id=v.id))
+        s.flush()
+        info = version_info(s, v)
+    records.write_tag(store.backend, info.model, name, info.number)
+    return info
+
+
+def untag(store: StoreView, model: str, name: str) -> None:
+    with store.Session.begin() as s:
+        m = find_model(s, model)
+        n = s.execute(delete(Tag).where(Tag.model_id == m.id, Tag.name == name)).rowcount
+        if not n:
+            raise UnknownRefError(f"{model} has no tag {name!r}")
+    records.delete_tag(store.backend, model, name)
+
+
+def lineage(store: StoreView, ref: str) -> Lineage:
+    """Ancestors (nearest first) and the tree of descendants of a version."""
+    with store.Session() as s:
+        v = resolve_version(s, ref)
+        ancestors = []
+        cur = v
+        while cur.base_version_id is not None:
+            cur = s.get(Version, cur.base_version_id)
+            ancestors.append(f"{cur.model.name}@v{cur.number}")
+
+        def node(x: Version, seen: set[int]) -> LineageNode:
+            seen.add(x.id)
+            kids = s.scalars(select(Version).join(LineageRow, LineageRow.child_id == Version.id)
+                             .where(LineageRow.parent_id == x.id).order_by(Version.id)).all()
+            return LineageNode(f"{x.model.name}@v{x.number}", x.codec, [node(k, seen) for k in kids if k.id not in seen])
+
+        return Lineage(f"{v.model.name}@v{v.number}", ancestors, node(v, set()))
+
+
+def rm(store: StoreView, ref: str) -> VersionInfo:
+    """Remove a version from the catalog (its objects go at the next ``gc``)."""
+    with store.Session.begin() as s:
+        v = resolve_version(s, ref)
+        kids = s.scalars(select(Version).where(Version.base_version_id == v.id)).all()
+        if kids:
+            names = ", ".join(f"{k.model.name}@v{k.number}" for k in kids[:5])
+            raise BadInputError(f"{v.model.name}@v{v.number} is the base of {names}: remove those first")
+        info = version_info(s, v)
+        s.execute(delete(Tag).where(Tag.version_id == v.id))
+        s.execute(delete(VersionObject).where(VersionObject.version_id == v.id))
+        s.execute(delete(LineageRow).where((LineageRow.child_id == v.id) | (LineageRow.parent_id == v.id)))
+        m = v.model
+        s.delete(v)
+        s.flush()
+        if not s.scalar(select(func.count()).select_from(Version).where(Version.model_id == m.id)):
+            s.execute(delete(Tag).where(Tag.model_id == m.id))
+            s.delete(m)
+    records.delete_version(store.backend, info)
+    return info
