@@ -1,4 +1,9 @@
-"""``deltastore``: the command line. Parses, prints, shows progress; the work is in deltastore.Store."""
+"""``deltastore``: the command line. Parses, prints, shows progress; the work is in deltastore.Store.
+
+Global options (``--home``, ``-q``, ``--db-url``, ``--objects-url``) go before or after the command
+(cli/options.py); everything printed passes through the redacting streams of cli/output.py; every
+error the store raises is one line ``deltastore: error: ...`` and exit status 1 (:func:`main`).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.tree import Tree
+
+from .options import HELP_DB, HELP_HOME, HELP_OBJECTS, HELP_QUIET, command, set_globals, state
+from .output import emit_json, err, error, out, setup_logging, show_click_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="A content-addressed store for model weights: "
                   "bases stored once, fine-tunes as compressed deltas.")
@@ -21,37 +28,34 @@ db_app = typer.Typer(no_args_is_help=True, help="Catalog schema (Alembic migrati
 app.add_typer(add_app, name="add")
 app.add_typer(db_app, name="db")
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-
-class State:
-    home: Optional[str] = None
-    quiet: bool = False
-
-
-state = State()
-
 
 @app.callback()
 def _global(
-    home: Optional[str] = typer.Option(None, "--home", envvar="DELTASTORE_HOME", help="Store home (default ~/.deltastore)."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors and requested data."),
+    home: Optional[str] = typer.Option(None, "--home", envvar="DELTASTORE_HOME", help=HELP_HOME),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help=HELP_QUIET),
+    db_url: Optional[str] = typer.Option(None, "--db-url", help=HELP_DB),
+    objects_url: Optional[str] = typer.Option(None, "--objects-url", help=HELP_OBJECTS),
+    as_json: bool = typer.Option(False, "--json", help="Print data as JSON (the command's own --json)."),
 ) -> None:
-    state.home = home
-    state.quiet = quiet
+    set_globals(home, quiet, db_url, objects_url, as_json)
 
 
 def _store(read_only: bool = False):
     from deltastore.store import open_store
 
-    return open_store(state.home, read_only=read_only)
+    return open_store(state.home, db_url=state.db_url, objects_url=state.objects_url, read_only=read_only)
+
+
+def _config():
+    from deltastore.config import load_config
+
+    return load_config(state.home, db_url=state.db_url, objects_url=state.objects_url)
 
 
 def _emit(data: Any, as_json: bool) -> bool:
     """Print ``data`` as JSON when asked; returns True when done."""
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        emit_json(data)
         return True
     return False
 
@@ -88,17 +92,33 @@ def _say(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-@app.command()
+@command(app)
 def init(
-    db_url: Optional[str] = typer.Option(None, "--db-url", envvar="DELTASTORE_DB_URL", help="Catalog URL (default: SQLite in the home)."),
-    objects_url: Optional[str] = typer.Option(None, "--objects-url", envvar="DELTASTORE_OBJECTS_URL", help="Objects URL, any fsspec URL (default: the home)."),
+    directory: Optional[Path] = typer.Argument(None, help="Store home, as in `git init DIR` (same as --home DIR)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Create a store (config file + catalog schema); harmless on an existing one."""
+    """Create a store (config file + catalog schema), or bring an existing one's catalog schema
+    up to date (the one command besides `db upgrade` that migrates a shared catalog)."""
+    from deltastore.config import load_config, safe_url
+    from deltastore.db import make_engine, upgrade
+    from deltastore.errors import BadInputError
     from deltastore.store import init_store
 
-    st = init_store(state.home, db_url=db_url, objects_url=objects_url)
-    info = {"home": str(st.config.home), "db_url": st.config.db_url, "objects_url": st.config.objects_url}
+    home = state.home
+    if directory is not None:
+        if home is not None and Path(home).expanduser().absolute() != directory.expanduser().absolute():
+            raise BadInputError(f"two homes given: {directory} and --home {home}; give one")
+        home = str(directory)
+    cfg = load_config(home, db_url=state.db_url, objects_url=state.objects_url, create=True)
+    engine = make_engine(cfg.db_url)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    st = init_store(home, db_url=state.db_url, objects_url=state.objects_url)
+    info = {"home": str(st.config.home), "db_url": safe_url(st.config.db_url), "objects_url": safe_url(st.config.objects_url),
+            "schema": after, "schema_before": before}
+    st.close()
     if not _emit(info, as_json):
         _say(f"store at {info['home']}\n  catalog: {info['db_url']}\n  objects: {info['objects_url']}")
 
@@ -111,7 +131,7 @@ def _print_added(v, as_json: bool) -> None:
          f"({v.ratio:.2f}x)  manifest {v.manifest[7:19]}")
 
 
-@add_app.command("base")
+@command(add_app, "base")
 def add_base(
     name: str = typer.Argument(..., help="Model name."),
     path: Path = typer.Argument(..., help="Hugging Face model directory (safetensors)."),
@@ -147,7 +167,7 @@ def _codec_params(codec: str, alpha: Optional[str], bits: Optional[int], seed: O
     return cfg
 
 
-@add_app.command("finetune")
+@command(add_app, "finetune")
 def add_finetune(
     name: str = typer.Argument(..., help="Model name for the fine-tune."),
     path: Path = typer.Argument(..., help="Hugging Face model directory (safetensors)."),
@@ -172,7 +192,7 @@ def add_finetune(
     _print_added(v, as_json)
 
 
-@app.command()
+@command(app)
 def checkout(
     ref: str = typer.Argument(..., help="REF: NAME, NAME@v3, NAME@latest, NAME@tag, NAME@<sha-prefix>."),
     dest: Path = typer.Argument(..., help="Output directory (new or empty)."),
@@ -189,7 +209,7 @@ def checkout(
         _say(f"checked out {r.ref} to {r.out}: {r.files} files, {human(r.bytes_written)}, {how}, {r.seconds:.1f} s")
 
 
-@app.command("ls")
+@command(app, "ls")
 def ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """List models."""
     ms = _store(read_only=True).models()
@@ -201,7 +221,7 @@ def ls(as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(t)
 
 
-@app.command()
+@command(app)
 def log(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Versions of a model, newest first."""
     vs = list(reversed(_store(read_only=True).versions(name)))
@@ -216,7 +236,7 @@ def log(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
             out.print(f"    {v.message}")
 
 
-@app.command()
+@command(app)
 def show(ref: str, as_json: bool = typer.Option(False, "--json"), tensors: bool = typer.Option(True, "--tensors/--no-tensors")) -> None:
     """Files, tensors, codec per tensor, sizes, ratios and lineage of a version."""
     from deltastore.report import version_report
@@ -247,7 +267,7 @@ def show(ref: str, as_json: bool = typer.Option(False, "--json"), tensors: bool 
         out.print(t)
 
 
-@app.command()
+@command(app)
 def tag(ref: str, name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Point tag NAME at the version REF names (moves it if it exists)."""
     v = _store().tag(ref, name)
@@ -255,7 +275,7 @@ def tag(ref: str, name: str, as_json: bool = typer.Option(False, "--json")) -> N
         _say(f"tagged {v.ref} as {v.model}@{name}")
 
 
-@app.command()
+@command(app)
 def lineage(ref: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Ancestors and descendants of a version, as a tree."""
     lin = _store(read_only=True).lineage(ref)
@@ -271,7 +291,7 @@ def lineage(ref: str, as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(root)
 
 
-@app.command()
+@command(app)
 def diff(a: str, b: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Tensors that differ between two versions, and by how much."""
     ds = _store(read_only=True).diff(a, b)
@@ -288,7 +308,7 @@ def diff(a: str, b: str, as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(t)
 
 
-@app.command()
+@command(app)
 def rm(ref: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Remove a version from the catalog; `gc` then frees what nothing references."""
     v = _store().rm(ref)
@@ -296,7 +316,7 @@ def rm(ref: str, as_json: bool = typer.Option(False, "--json")) -> None:
         _say(f"removed {v.ref}; run `deltastore gc` to free its objects")
 
 
-@app.command()
+@command(app)
 def gc(dry_run: bool = typer.Option(False, "--dry-run", "-n"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Delete objects no version references (never those an add in progress may need)."""
     r = _store().gc(dry_run=dry_run)
@@ -306,7 +326,7 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", "-n"), as_json: bool = t
              f"kept {r.kept_recent} recent (an add is in progress)")
 
 
-@app.command()
+@command(app)
 def verify(ref: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-hash objects; name what is missing or corrupt and which versions it breaks."""
     r = _store(read_only=True).verify(ref)
@@ -319,7 +339,7 @@ def verify(ref: Optional[str] = typer.Argument(None), as_json: bool = typer.Opti
         raise typer.Exit(1)
 
 
-@app.command()
+@command(app)
 def du(as_json: bool = typer.Option(False, "--json")) -> None:
     """Logical vs stored bytes, and what dedup saved."""
     r = _store(read_only=True).du()
@@ -330,37 +350,48 @@ def du(as_json: bool = typer.Option(False, "--json")) -> None:
         out.print(f"  saved by dedup     {human(r.dedup_saved_bytes)}")
 
 
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply pending catalog migrations."""
-    from deltastore.config import load_config
+@command(db_app, "upgrade")
+def db_upgrade(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Apply pending catalog migrations (under a lock: safe while other clients run)."""
     from deltastore.db import make_engine, upgrade
 
-    cfg = load_config(state.home)
-    before, after = upgrade(make_engine(cfg.db_url))
-    _say(f"catalog at revision {after}" + (f" (was {before})" if before != after else " (up to date)"))
+    engine = make_engine(_config().db_url)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if not _emit({"before": before, "after": after}, as_json):
+        _say(f"catalog at revision {after}" + (f" (was {before})" if before != after else " (up to date)"))
 
 
-@db_app.command("rebuild")
+@command(db_app, "rebuild")
 def db_rebuild(as_json: bool = typer.Option(False, "--json")) -> None:
     """Fill an empty catalog from the version records and manifests on the object store."""
     st = _store()
     r = st.rebuild_catalog()
     if not _emit(r.to_dict(), as_json):
-        _say(f"rebuilt {r.versions} versions, {r.tags} tags, {r.objects} objects from {st.config.objects_url}")
+        from deltastore.config import safe_url
+
+        _say(f"rebuilt {r.versions} versions, {r.tags} tags, {r.objects} objects from {safe_url(st.config.objects_url)}")
 
 
-@db_app.command("current")
-def db_current() -> None:
-    """Show the catalog's schema revision."""
-    from deltastore.config import load_config
-    from deltastore.db import current_revision, head_revision, make_engine
+@command(db_app, "current")
+def db_current(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the catalog's schema revision and the one this deltastore needs."""
+    from deltastore.db import current_revision, head_revision, known_revisions, make_engine
 
-    cfg = load_config(state.home)
-    out.print(f"{current_revision(make_engine(cfg.db_url))} (head {head_revision()})")
+    engine = make_engine(_config().db_url)
+    try:
+        cur = current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    status = "up to date" if cur == head else "newer than this deltastore" if cur and cur not in known_revisions() else "behind"
+    if not _emit({"revision": cur, "head": head, "status": status}, as_json):
+        out.print(f"{cur} (head {head}, {status})")
 
 
-@app.command()
+@command(app)
 def demo(
     workdir: Path = typer.Option(Path(".deltastore-demo"), "--workdir", help="Where the demo's store and files go."),
     steps: int = typer.Option(30, "--steps", help="Fine-tuning steps on the CPU."),
@@ -372,23 +403,29 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The console script: runs one command; every error the store raises (and a catalog or
+    storage failure) is one redacted line on stderr and exit status 1, never a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from deltastore.codec.errors import CodecError
     from deltastore.errors import DeltaStoreError
 
+    setup_logging()
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="deltastore", standalone_mode=False)
         if isinstance(rv, int) and rv:
             sys.exit(rv)
-    except (DeltaStoreError, CodecError) as e:
-        err.print(f"deltastore: error: {e}", markup=False, highlight=False, soft_wrap=True)
+    except (DeltaStoreError, CodecError, OSError) as e:
+        error(str(e))
+        sys.exit(1)
+    except SQLAlchemyError as e:
+        orig = getattr(e, "orig", None)
+        error(f"catalog: {orig if orig is not None else e}".splitlines()[0])
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except OSError as e:
-        err.print(f"deltastore: error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(1)
     except Exception as e:
         # click (vendored by newer typer as typer._click): usage errors, Exit, Abort
         names = {c.__name__ for c in type(e).__mro__}
@@ -398,9 +435,20 @@ def main(argv: list[str] | None = None) -> None:
             err.print("aborted")
             sys.exit(130)
         if "ClickException" in names:
-            e.show()  # type: ignore[attr-defined]
+            show_click_error(e)
             sys.exit(getattr(e, "exit_code", 2))
-        raise
+        _internal_error(e)
+        sys.exit(1)
+
+
+def _internal_error(e: BaseException) -> None:
+    """A bug, not a refusal: the traceback helps whoever reports it, with secrets masked."""
+    import traceback
+
+    from .output import stderr
+
+    stderr.write("".join(traceback.format_exception(e)))
+    error(f"internal error ({type(e).__name__}): {e}; please report it with the lines above")
 
 
 if __name__ == "__main__":

@@ -45,19 +45,30 @@ class Store:
     """
 
     def __init__(self, config: StoreConfig, *, read_only: bool = False, migrate: bool = True, workers: int | None = None):
-        self.config = config
+        # the schema check: a local SQLite home upgrades itself; a shared catalog at an older
+        # revision asks for `deltastore db upgrade`; a newer one is refused (deltastore.db)
+        from .db import ensure_schema, is_local_catalog
+
+        self.config = config.register_secrets()
         self.read_only = read_only
         self.workers = workers or default_workers()
         self.engine = make_engine(config.db_url)
-        if migrate and not read_only:
-            upgrade(self.engine)
+        if migrate:
+            try:
+                ensure_schema(self.engine, may_upgrade=is_local_catalog(self.engine), may_create=not read_only)
+            except BaseException:
+                self.engine.dispose()
+                raise
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
-        self.backend = Backend(config.objects_url, read_only=read_only)
+        self.backend = Backend(config.objects_url, read_only=read_only, storage_options=config.storage_options or None)
         self.objects = ObjectDB(self.backend)
         self._manifest_cache: dict[str, Manifest] = {}
 
     def __repr__(self) -> str:
-        return f"<deltastore.Store home={str(self.config.home)!r} db={self.config.db_url!r} objects={self.config.objects_url!r}>"
+        from .config import safe_url  # no password or key in a repr (it lands in logs and tracebacks)
+
+        return (f"<deltastore.Store home={str(self.config.home)!r} db={safe_url(self.config.db_url)!r} "
+                f"objects={safe_url(self.config.objects_url)!r}>")
 
     def close(self) -> None:
         self.engine.dispose()
