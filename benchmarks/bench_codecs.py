@@ -18,8 +18,15 @@
    training text (``--calib-seqs`` sequences). ``+rot``: delta-come's random Hadamard rotation of
    the 2/3-bit singular vectors (beyond the papers).
 
-    python benchmarks/bench_codecs.py --gguf A.part B.part --kjv kjv.jsonl --device cuda --out DIR
+    python benchmarks/bench_codecs.py --gguf A.part B.part --kjv kjv.jsonl --device cuda --svd full --out DIR
     python benchmarks/bench_codecs.py --smoke          # CPU, cached HF dir, tiny everything
+
+``--svd`` sets delta-come's SVD for every delta-come row (``full``: exact ``torch.linalg.svd``;
+``lowrank``: the seeded randomized SVD, the codec's default since 9e9870a). At alpha 1/16 and
+1/32 the randomized SVD applies to SmolLM2's q, o, gate, up and down projections (r + 256 < 576),
+so the two modes give different rows; benchmarks/results/codecs_h100.md was made with ``full``.
+Every other codec parameter is the codec's default, and each row of ``bench_codecs.json`` records
+the codec's full config (``codec_config``), so a rerun can check it used the same ones.
 
 Prints a markdown table and writes ``results.json`` and ``table.md`` into ``--out``.
 ``--deadline`` (seconds since start) stops starting new configurations (the table says which
@@ -209,13 +216,21 @@ def collect_hessians(model, seqs, device, batch=32) -> dict:
 # ---- one codec configuration on one fine-tune ---------------------------------------------------
 
 
+def codec_params(cfg, args) -> dict:
+    """The row's codec parameters plus the command line's ``--svd`` for delta-come rows."""
+    params = dict(cfg["params"])
+    if cfg["codec"] == "delta-come" and args.svd:
+        params["svd"] = args.svd
+    return params
+
+
 def run_config(cfg, task: Task, model, args, lossless_bytes) -> dict:
     import torch
     from deltastore.codec import EncodeContext, get_codec
     from deltastore.codec.quant import relative_error
 
     dev = torch.device(args.device)
-    codec = get_codec(cfg["codec"], **cfg["params"])
+    codec = get_codec(cfg["codec"], **codec_params(cfg, args))
     names = [k for k, v in task.ft_sd.items() if codec.applies_to(k, v) and k in task.base_sd]
     if args.smoke:
         names = [k for k in names if ".layers.0." in k]
@@ -251,6 +266,7 @@ def run_config(cfg, task: Task, model, args, lossless_bytes) -> dict:
     total = lin_bytes + lossless_bytes
     return {
         "label": cfg["label"], "codec": cfg["codec"], "alpha": cfg["alpha"], "params": cfg["params"],
+        "codec_config": codec.get_config(),
         "calib": cfg["calib"], "task": task.name, "n_linears": len(names),
         "bpp": 8 * lin_bytes / max(1, lin_numel), "linear_bytes": lin_bytes,
         "linear_ratio": 2 * lin_numel / max(1, lin_bytes),
@@ -265,7 +281,7 @@ def cpu_layer_timing(task: Task, args) -> dict:
     import torch
     from deltastore.codec import EncodeContext, get_codec
 
-    codec = get_codec("delta-come", alpha=1 / 16)
+    codec = get_codec("delta-come", alpha=1 / 16, **({"svd": args.svd} if args.svd else {}))
     names = [k for k in task.ft_sd if ".layers.0." in k and codec.applies_to(k, task.ft_sd[k])]
     out = {"threads": torch.get_num_threads(), "tensors": len(names)}
     for mode in ("data-free", "gptq"):
@@ -334,6 +350,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="work dir (default: temp)")
     ap.add_argument("--out", default=None, help="results dir (default $OUT or benchmarks/results/bench_codecs)")
     ap.add_argument("--smoke", action="store_true", help="CPU, 2 training steps, 8 problems, layer 0 only")
+    ap.add_argument("--svd", choices=["full", "lowrank"], default=None,
+                    help="delta-come's SVD for every delta-come row (default: the codec's default, lowrank); "
+                         "codecs_h100.md used full")
     args = ap.parse_args(argv)
     if args.smoke:
         args.device = "cpu"

@@ -1,4 +1,9 @@
-"""Small helpers for Hugging Face model directories (no transformers needed)."""
+"""Small helpers for Hugging Face model directories (no transformers needed).
+
+Reading goes through the store's own safetensors reader (:mod:`deltastore.safetensors_io`), so
+the project has one reader, which checks every header against its file; writing uses the
+safetensors library's writer.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -41,33 +46,34 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         raise
 
 
-def weight_layout(model_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """``{file name: [tensor names in file order]}`` for an HF safetensors dir."""
-    from safetensors import safe_open
-
-    model_dir = Path(model_dir)
+def _weight_files(model_dir: Path) -> list[str]:
     idx = model_dir / INDEX_NAME
     if idx.exists():
-        files = list(dict.fromkeys(json.loads(idx.read_text())["weight_map"].values()))
-    elif (model_dir / SINGLE_NAME).exists():
-        files = [SINGLE_NAME]
-    else:
-        raise FileNotFoundError(f"no {SINGLE_NAME} or {INDEX_NAME} in {model_dir}")
-    layout = {}
-    for name in files:
-        with safe_open(str(model_dir / name), framework="pt") as f:
-            layout[name] = list(f.keys())
-    return layout
+        return list(dict.fromkeys(json.loads(idx.read_text())["weight_map"].values()))
+    if (model_dir / SINGLE_NAME).exists():
+        return [SINGLE_NAME]
+    raise FileNotFoundError(f"no {SINGLE_NAME} or {INDEX_NAME} in {model_dir}")
+
+
+def weight_layout(model_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """``{file name: [tensor names in file order]}`` for an HF safetensors dir."""
+    from ..safetensors_io import read_header  # imports torch: on first use only
+
+    model_dir = Path(model_dir)
+    return {name: [t.name for t in read_header(model_dir / name).tensors]
+            for name in _weight_files(model_dir)}
 
 
 def read_state(model_dir: str | os.PathLike) -> dict:
-    """All tensors of an HF safetensors dir, in file order."""
-    from safetensors.torch import load_file
+    """All tensors of an HF safetensors dir, in file order (read with the store's own reader,
+    which checks every claim of each header against its file)."""
+    from ..safetensors_io import as_tensor, iter_tensors
 
     model_dir = Path(model_dir)
     out = {}
-    for name in weight_layout(model_dir):
-        out.update(load_file(str(model_dir / name)))
+    for name in _weight_files(model_dir):
+        for info, raw in iter_tensors(model_dir / name):
+            out[info.name] = as_tensor(info, raw)
     return out
 
 
@@ -80,47 +86,26 @@ def save_like(base_dir: str | os.PathLike, out_dir: str | os.PathLike, tensors: 
     file, and every non-weight file (config, tokenizer, ...) copied verbatim.
     Tensors are cast to the base tensor's dtype unless ``dtype`` is given.
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from ..safetensors_io import read_header
+
     base_dir = Path(base_dir)
-    layout = weight_layout(base_dir)
     with atomic_dir(out_dir) as tmp:
-        for fname, keys in layout.items():
-            with safe_open(str(base_dir / fname), framework="pt") as f:
-                meta = f.metadata() or {"format": "pt"}
-                out = {}
-                for k in keys:
-                    if k not in tensors:
-                        raise KeyError(f"tensor {k!r} of {base_dir} missing from the new weights")
-                    want = dtype or f.get_slice(k).get_dtype()
-                    if isinstance(want, str):
-                        want = _SAFE_DTYPES[want]
-                    out[k] = tensors[k].detach().to("cpu", want).contiguous()
-            save_file(out, str(tmp / fname), metadata=meta)
+        for fname in _weight_files(base_dir):
+            header = read_header(base_dir / fname)
+            out = {}
+            for t in header.tensors:
+                if t.name not in tensors:
+                    raise KeyError(f"tensor {t.name!r} of {base_dir} missing from the new weights")
+                out[t.name] = tensors[t.name].detach().to("cpu", dtype or t.torch_dtype).contiguous()
+            save_file(out, str(tmp / fname), metadata=header.metadata or {"format": "pt"})
         for p in base_dir.iterdir():
             if p.is_file() and not p.name.endswith(".safetensors"):
                 shutil.copy2(p, tmp / p.name)
             elif p.is_dir() and not p.name.startswith("."):
                 shutil.copytree(p, tmp / p.name)
     return Path(out_dir)
-
-
-def _safe_dtypes():
-    import torch
-
-    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-            "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
-            "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-class _Lazy(dict):
-    def __missing__(self, key):
-        self.update(_safe_dtypes())
-        return dict.__getitem__(self, key)
-
-
-_SAFE_DTYPES = _Lazy()
 
 
 def write_sharded(tensors: Mapping, out_dir: str | os.PathLike, shards: int = 1) -> None:

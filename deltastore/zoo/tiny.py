@@ -3,9 +3,11 @@
 ``tiny_llama_dir`` builds a ``LlamaForCausalLM`` from a small ``LlamaConfig``
 with a seeded random init and saves a regular HF directory (safetensors,
 optionally sharded with ``model.safetensors.index.json``; ``config.json``;
-``generation_config.json``).  ``tiny_finetune`` perturbs a saved model the way
-a short fine-tune would and writes the same layout.  fp32, fp16 and bf16 all
-work, and both load back with ``transformers.AutoModelForCausalLM``.
+``generation_config.json``; with ``tokenizer=True`` also a byte-level tokenizer with a
+chat template, so the zoo's tasks and :func:`deltastore.zoo.finetune.finetune` run on it).
+``tiny_finetune`` perturbs a saved model the way a short fine-tune would and writes the same
+layout.  fp32, fp16 and bf16 all work, and both load back with
+``transformers.AutoModelForCausalLM``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,33 @@ from pathlib import Path
 
 from ._hfdir import atomic_dir, read_state, save_like, write_sharded
 
-__all__ = ["tiny_llama_config", "tiny_llama_dir", "tiny_finetune", "is_norm", "is_matrix"]
+__all__ = ["tiny_llama_config", "tiny_llama_dir", "tiny_finetune", "tiny_tokenizer", "is_norm",
+           "is_matrix", "TINY_SPECIALS", "TINY_CHAT_TEMPLATE"]
+
+#: pad, bos, eos: ids 0, 1, 2, as :func:`tiny_llama_config` declares them
+TINY_SPECIALS = ("<pad>", "<s>", "</s>")
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (3 specials + 256 bytes, no merges) with a small chat template.
+
+    Every text round-trips, and ``apply_chat_template`` works, so a tiny model can be trained
+    and scored on the zoo's chat-formatted tasks without any downloaded vocabulary.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {t: i for i, t in enumerate(list(TINY_SPECIALS) + alphabet)}
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    raw.decoder = decoders.ByteLevel()
+    pad, bos, eos = TINY_SPECIALS
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token=pad, bos_token=bos, eos_token=eos)
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
 
 
 def tiny_llama_config(*, hidden: int = 64, layers: int = 2, vocab: int = 256, tie: bool = False,
@@ -34,19 +62,26 @@ def tiny_llama_config(*, hidden: int = 64, layers: int = 2, vocab: int = 256, ti
 
 
 def tiny_llama_dir(path: str | os.PathLike, *, dtype=None, shards: int = 1, seed: int = 0,
-                   hidden: int = 64, layers: int = 2, vocab: int = 256, tie: bool = False,
-                   random_norms: bool = False, **config_kw) -> Path:
+                   hidden: int = 64, layers: int = 2, vocab: int | None = None, tie: bool = False,
+                   random_norms: bool = False, tokenizer: bool = False, **config_kw) -> Path:
     """Build a random tiny Llama and save it as an HF dir at ``path``.
 
     ``dtype`` defaults to ``torch.bfloat16``.  ``shards > 1`` writes
     ``model-0000i-of-0000N.safetensors`` plus the index.  With ``tie`` the
     LM head shares the embedding (only the embedding is stored).  RMSNorm
     weights are ones, as after a real init, unless ``random_norms``.
+    ``tokenizer`` saves :func:`tiny_tokenizer` beside the weights (``vocab``
+    then defaults to its 259 tokens rounded up to 264, and may not be smaller).
     """
     import torch
     from transformers import LlamaForCausalLM
 
     dtype = torch.bfloat16 if dtype is None else dtype
+    tok = tiny_tokenizer() if tokenizer else None
+    if vocab is None:
+        vocab = 256 if tok is None else -(-len(tok) // 8) * 8
+    if tok is not None and vocab < len(tok):
+        raise ValueError(f"vocab={vocab} is smaller than the tiny tokenizer's {len(tok)} tokens")
     cfg = tiny_llama_config(hidden=hidden, layers=layers, vocab=vocab, tie=tie, **config_kw)
     torch.manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -68,6 +103,8 @@ def tiny_llama_dir(path: str | os.PathLike, *, dtype=None, shards: int = 1, seed
         write_sharded(state, tmp, shards=shards)
         model.config.save_pretrained(str(tmp))
         model.generation_config.save_pretrained(str(tmp))
+        if tok is not None:
+            tok.save_pretrained(str(tmp))
     return Path(path)
 
 

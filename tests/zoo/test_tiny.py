@@ -113,16 +113,36 @@ def test_overwrite_is_atomic(tmp_path):
     assert not any(p.name.startswith(".tmp") for p in d.iterdir())
 
 
-def test_zoo_does_not_import_the_rest_of_deltastore():
+def test_zoo_imports_only_the_stores_safetensors_reader(tmp_path):
+    """The zoo stands apart from the store, but reads safetensors with the store's own reader
+    (one reader for the project), which needs nothing of the store but its error types."""
     import subprocess
     import sys
 
+    from safetensors.torch import save_file
+
+    save_file({"b": torch.ones(2, dtype=torch.bfloat16), "a": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
     code = ("import sys, deltastore.zoo.cache, deltastore.zoo.tiny, deltastore.zoo.tasks, "
             "deltastore.zoo.smollm2, deltastore.zoo.finetune\n"
+            "from deltastore.zoo._hfdir import read_state, weight_layout\n"
+            f"sd = read_state({str(tmp_path)!r})\n"
+            "assert sorted(sd) == ['a', 'b'] and sd['b'].dtype.is_floating_point, sd\n"
+            "allowed = {'deltastore.safetensors_io', 'deltastore.errors'}\n"
             "bad = [m for m in sys.modules if m.startswith('deltastore.') "
-            "and not m.startswith('deltastore.zoo')]\n"
-            "assert not bad, bad\n")
+            "and not m.startswith('deltastore.zoo') and m not in allowed]\n"
+            "assert not bad, bad\n"
+            "assert 'deltastore.safetensors_io' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_read_state_refuses_a_lying_header(tmp_path):
+    from deltastore.errors import BadSafetensorsError
+
+    d = tiny_llama_dir(tmp_path / "m", dtype=torch.float32)
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-4])  # truncated: the header claims 4 bytes more
+    with pytest.raises(BadSafetensorsError, match="truncated"):
+        read_state(d)
 
 
 def test_math_tasks_deterministic():
