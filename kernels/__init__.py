@@ -1,1 +1,35 @@
-"""Triton kernels and torch reference ops for applying encoded deltas (later issues)."""
+"""Applying encoded deltas without expanding them: Triton kernels, their torch reference twins,
+and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``).
+
+- ``packed``: a delta-come payload checked once and viewed as packed tiers (the store's layout).
+- ``deltaset``: many fine-tunes' packed deltas of linears sharing an input, in flat device buffers
+  with tier/tile tables; ``plan_rows`` groups a batch's rows by fine-tune (id -1 = base only).
+- ``triton_ops`` / ``ref_ops``: shrink (x -> z = (x V^) S), expand (y += z U^^T), dequant_rows;
+  the same signatures, Triton on a GPU (or under TRITON_INTERPRET=1), torch anywhere.
+- ``linear``: ``DeltaLinear``, ``DeltaContext`` (per-row ids), ``KernelPreference``.
+- ``decode``: packed -> dense delta (GPU materialization).
+
+Layering: kernels -> codec (for the packed format) and torch; never the store.
+"""
+
+from .decode import decode_delta, reconstruct
+from .deltaset import DeltaSet, RowPlan, plan_rows
+from .errors import KernelError, NotServableError
+from .linear import DeltaContext, DeltaLinear, KernelPreference, apply_deltas
+from .packed import PackedDeltaCoMe, from_encoded
+
+__all__ = [
+    "DeltaContext",
+    "DeltaLinear",
+    "DeltaSet",
+    "KernelError",
+    "KernelPreference",
+    "NotServableError",
+    "PackedDeltaCoMe",
+    "RowPlan",
+    "apply_deltas",
+    "decode_delta",
+    "from_encoded",
+    "plan_rows",
+    "reconstruct",
+]

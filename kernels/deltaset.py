@@ -1,0 +1,241 @@
+"""Packed deltas of linears that share an input, for many tenants, in flat device buffers.
+
+A :class:`DeltaSet` holds, for one or more linears that read the same input x ("slices": q/k/v,
+or gate/up, or a single linear) and for every loaded fine-tune ("slot"), the delta-come tiers as
+stored. All packed words of all slots and slices live in one int32 buffer, all scales in one
+fp16 buffer, all zero points in another, all singular values in one fp32 buffer; small int64
+tables say where each tier (and each block of ``tile_r`` components) starts. The kernels take
+those tables and the buffers: per-delta pointers and tier metadata live on the GPU, so one launch
+serves a batch whose rows use different fine-tunes, and the grid does not depend on the data (a
+CUDA graph captures it). Adding or dropping a fine-tune rebuilds the buffers of this set only.
+
+Table rows (int64), one per tier (``tiers``) and one per block of ``tile_r`` components of a
+tier (``tiles``), fields in :data:`FIELDS` order: word offset of the V^T rows, scale/zero offset
+of the V^T rows, the same two for the U columns, offset of the first singular value, bits,
+number of components, first column of this slot-slice in the shrink output z, group size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from deltastore.codec import quant
+
+from .errors import KernelError
+from .packed import PackedDeltaCoMe, block_for_group
+
+FIELDS = ("v_q", "v_sz", "u_q", "u_sz", "s_off", "bits", "count", "zcol", "gs")
+NF = len(FIELDS)
+F = {name: i for i, name in enumerate(FIELDS)}
+
+
+@dataclass
+class RowPlan:
+    """Which rows of a batch use which slot: rows sorted by slot, with counts and starts.
+
+    ``rows[starts[s] : starts[s] + counts[s]]`` are the rows (of x and y) that slot ``s`` serves;
+    rows whose id is -1 (base only) are in no slot. Built on the device without a host sync, so
+    it can be rebuilt inside a captured graph from a static ids buffer.
+    """
+
+    rows: torch.Tensor  # int32 (M,)
+    counts: torch.Tensor  # int32 (n_slots,)
+    starts: torch.Tensor  # int32 (n_slots,)
+    n_rows: int
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.counts.shape[0])
+
+
+def plan_rows(ids: torch.Tensor, n_slots: int) -> RowPlan:
+    """A :class:`RowPlan` for per-row slot ids (M,) in [-1, n_slots); -1 = the base alone.
+
+    No host sync and fixed shapes (a sort and a compare against every slot), as vLLM's LoRA
+    metadata does; ids out of range are the caller's to refuse (see :func:`check_ids`).
+    """
+    ids = ids.reshape(-1).to(torch.int64)
+    key = torch.where(ids < 0, torch.full_like(ids, n_slots), ids)
+    rows = torch.argsort(key, stable=True).to(torch.int32)
+    slots = torch.arange(max(n_slots, 1), device=ids.device, dtype=torch.int64)[:n_slots]
+    counts = (key.unsqueeze(0) == slots.unsqueeze(1)).sum(dim=1).to(torch.int32)
+    starts = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+    return RowPlan(rows.contiguous(), counts.contiguous(), starts.contiguous(), int(ids.shape[0]))
+
+
+def check_ids(ids: torch.Tensor, n_slots: int) -> None:
+    """Refuse ids outside [-1, n_slots) (one host sync; call it where the ids come in, not per linear)."""
+    if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= n_slots):
+        raise KernelError(f"delta ids must lie in [-1, {n_slots}) (-1 = base only); got {ids.min().item()}..{ids.max().item()}")
+
+
+class DeltaSet:
+    """The packed deltas of ``len(out_features)`` linears sharing an input of ``in_features``."""
+
+    def __init__(self, in_features: int, out_features: Sequence[int], device: torch.device | str = "cpu", *, tile_r: int = 32):
+        self.in_features = int(in_features)
+        self.out_features = [int(m) for m in out_features]
+        if not self.out_features:
+            raise KernelError("a DeltaSet needs at least one linear")
+        self.col_offsets = [sum(self.out_features[:i]) for i in range(len(self.out_features))]
+        self.device = torch.device(device)
+        self.tile_r = int(tile_r)
+        self._slots: list[list[PackedDeltaCoMe | None] | None] = []
+        self._built = False
+
+    # -- membership -------------------------------------------------------------------------------
+    @property
+    def n_slices(self) -> int:
+        return len(self.out_features)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self._slots)
+
+    def add(self, deltas: Sequence[PackedDeltaCoMe | None]) -> int:
+        """Load one fine-tune's deltas (one per slice; None = that linear unchanged); its slot id."""
+        if len(deltas) != self.n_slices:
+            raise KernelError(f"expected {self.n_slices} deltas (one per linear of the set), got {len(deltas)}")
+        for i, d in enumerate(deltas):
+            if d is not None and tuple(d.shape) != (self.out_features[i], self.in_features):
+                raise KernelError(f"delta {i} is {d.shape[0]}x{d.shape[1]}; the linear is {self.out_features[i]}x{self.in_features}")
+        moved = [None if d is None else d.to(self.device) for d in deltas]
+        for s, cur in enumerate(self._slots):
+            if cur is None:
+                self._slots[s] = moved
+                self._built = False
+                return s
+        self._slots.append(moved)
+        self._built = False
+        return len(self._slots) - 1
+
+    def drop(self, slot: int) -> None:
+        """Free a slot (its id may be reused by a later :meth:`add`); rows naming it get the base alone."""
+        if not 0 <= slot < len(self._slots) or self._slots[slot] is None:
+            raise KernelError(f"no delta in slot {slot}")
+        self._slots[slot] = None
+        self._built = False
+
+    def slot(self, s: int) -> list[PackedDeltaCoMe | None] | None:
+        return self._slots[s]
+
+    # -- flat buffers and tables ------------------------------------------------------------------
+    def build(self) -> "DeltaSet":
+        """(Re)build the flat buffers and tables on the device; done once per add/drop, not per call."""
+        if self._built:
+            return self
+        words: list[torch.Tensor] = []
+        scales: list[torch.Tensor] = []
+        zeros: list[torch.Tensor] = []
+        svals: list[torch.Tensor] = []
+        off = {"w": 0, "sz": 0, "s": 0}
+
+        def put(t: torch.Tensor, lst: list[torch.Tensor], key: str) -> int:
+            at = off[key]
+            lst.append(t.reshape(-1))
+            off[key] += t.numel()
+            return at
+
+        records: list[list[list[list[int]]]] = []  # [slot][slice] -> tier rows
+        gss: set[int] = set()
+        zc = 1
+        for deltas in self._slots:
+            per_slice: list[list[list[int]]] = []
+            zcol = 0
+            for d in deltas or [None] * self.n_slices:
+                rows: list[list[int]] = []
+                if d is not None and d.rank:
+                    gss.add(d.group_size)
+                    s0 = put(d.S, svals, "s")
+                    comp = 0
+                    for v, u in d.tiers:
+                        rec = [0] * NF
+                        rec[F["v_q"]] = put(v.q, words, "w")
+                        rec[F["v_sz"]] = put(v.s, scales, "sz")
+                        zeros.append(v.z.reshape(-1))  # zeros share the scales' offsets
+                        rec[F["u_q"]] = put(u.q, words, "w")
+                        rec[F["u_sz"]] = put(u.s, scales, "sz")
+                        zeros.append(u.z.reshape(-1))
+                        rec[F["s_off"]] = s0 + comp
+                        rec[F["bits"]] = v.bits
+                        rec[F["count"]] = v.count
+                        rec[F["zcol"]] = zcol + comp
+                        rec[F["gs"]] = d.group_size
+                        rows.append(rec)
+                        comp += v.count
+                    zcol += d.rank
+                per_slice.append(rows)
+            zc = max(zc, zcol)
+            records.append(per_slice)
+        common = [b for b in (128, 64, 32) if all(g % b == 0 for g in gss)]
+        if not common:
+            raise KernelError(f"group sizes {sorted(gss)} share no kernel block width (32, 64 or 128)")
+        self.block_k = common[0]
+        dev = self.device
+
+        def cat(lst: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+            return torch.cat(lst).to(device=dev, dtype=dtype).contiguous() if lst else torch.zeros(1, dtype=dtype, device=dev)
+
+        self.words = cat(words, torch.int32)
+        self.scales = cat(scales, torch.float16)
+        self.zeros = cat(zeros, torch.float16)
+        self.svals = cat(svals, torch.float32)
+        n_slots = max(len(records), 1)
+        max_tiers = max([len(r) for per in records for r in per] + [1])
+        tiers = torch.zeros(n_slots, self.n_slices, max_tiers, NF, dtype=torch.int64)
+        ntiers = torch.zeros(n_slots, self.n_slices, dtype=torch.int32)
+        tile_rows: dict[tuple[int, int], list[list[int]]] = {}
+        for a, per in enumerate(records):
+            for b, rows in enumerate(per):
+                ntiers[a, b] = len(rows)
+                tl: list[list[int]] = []
+                for t, rec in enumerate(rows):
+                    tiers[a, b, t] = torch.tensor(rec)
+                    bits, cnt = rec[F["bits"]], rec[F["count"]]
+                    vw, uw = quant.packed_words(self.in_features, bits), quant.packed_words(self.out_features[b], bits)
+                    vg, ug = quant.n_groups(self.in_features, rec[F["gs"]]), quant.n_groups(self.out_features[b], rec[F["gs"]])
+                    for c0 in range(0, cnt, self.tile_r):
+                        x = list(rec)
+                        x[F["v_q"]] += c0 * vw
+                        x[F["v_sz"]] += c0 * vg
+                        x[F["u_q"]] += c0 * uw
+                        x[F["u_sz"]] += c0 * ug
+                        x[F["s_off"]] += c0
+                        x[F["zcol"]] += c0
+                        x[F["count"]] = min(self.tile_r, cnt - c0)
+                        tl.append(x)
+                tile_rows[(a, b)] = tl
+        max_tiles = max([len(v) for v in tile_rows.values()] + [1])
+        tiles = torch.zeros(n_slots, self.n_slices, max_tiles, NF, dtype=torch.int64)
+        ntiles = torch.zeros(n_slots, self.n_slices, dtype=torch.int32)
+        for (a, b), tl in tile_rows.items():
+            ntiles[a, b] = len(tl)
+            if tl:
+                tiles[a, b, : len(tl)] = torch.tensor(tl, dtype=torch.int64)
+        self.records = records
+        self.tiers, self.ntiers = tiers.to(dev), ntiers.to(dev)
+        self.tiles, self.ntiles = tiles.to(dev), ntiles.to(dev)
+        self.max_tiers, self.max_tiles = max_tiers, max_tiles
+        self.zcols = zc
+        self.m_out = torch.tensor(self.out_features, dtype=torch.int32, device=dev)
+        self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
+        self._nblk: dict[int, torch.Tensor] = {}
+        self._built = True
+        return self
+
+    def nblocks(self, block_n: int) -> torch.Tensor:
+        """int32 (n_blocks, 2): (slice, first column) of every block of ``block_n`` output columns."""
+        t = self._nblk.get(block_n)
+        if t is None:
+            rows = [(s, c) for s, m in enumerate(self.out_features) for c in range(0, m, block_n)]
+            t = self._nblk[block_n] = torch.tensor(rows, dtype=torch.int32, device=self.device).reshape(-1, 2)
+        return t
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes of the packed deltas (words, scales, zeros, singular values)."""
+        self.build()
+        return sum(t.numel() * t.element_size() for t in (self.words, self.scales, self.zeros, self.svals))

@@ -1,0 +1,137 @@
+"""``DeltaLinear``: a linear layer that keeps the shared base weight and packed deltas beside it.
+
+``y = x W^T (+ b) + x D_t^T`` for the fine-tune ``t`` each row names, with ``D_t`` applied from
+its packed delta-come tiers (never expanded): two Triton launches on a GPU, the torch reference
+ops elsewhere (same API, same results within rounding: see tests/kernels). Every DeltaLinear of a
+model shares one :class:`DeltaContext`, which holds the current batch's per-row fine-tune ids
+(vLLM's punica wrapper plays this role for LoRA): the ids are set once per forward, the row plan
+(rows sorted by fine-tune) is built once per batch shape and reused by every linear.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import nn
+
+from . import ref_ops, triton_ops
+from .deltaset import DeltaSet, RowPlan, check_ids, plan_rows
+from .errors import KernelError
+from .packed import PackedDeltaCoMe
+
+
+class KernelPreference(str, enum.Enum):
+    """Which implementation applies the deltas (torchao's names): AUTO picks Triton on a GPU when
+    Triton is installed, the torch reference ops otherwise."""
+
+    AUTO = "auto"
+    TRITON = "triton"
+    TORCH = "torch"
+
+
+def resolve_preference(pref: KernelPreference | str, x: torch.Tensor) -> KernelPreference:
+    pref = KernelPreference(pref)
+    if pref is KernelPreference.AUTO:
+        return KernelPreference.TRITON if (x.is_cuda and triton_ops.HAVE_TRITON) else KernelPreference.TORCH
+    if pref is KernelPreference.TRITON and not triton_ops.usable(x):
+        raise KernelError("KernelPreference.TRITON needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
+    return pref
+
+
+def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan,
+                 preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None) -> torch.Tensor:
+    """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches)."""
+    if dset.n_slots == 0:
+        return y
+    if plan.n_slots != dset.n_slots:
+        raise KernelError(f"the row plan covers {plan.n_slots} fine-tunes; the deltas have {dset.n_slots}")
+    if resolve_preference(preference, x) is KernelPreference.TRITON:
+        sk = triton_ops.pick_split_k(x.shape[0], dset) if split_k is None else split_k
+        z = triton_ops.shrink(x, dset, plan, sk)
+        return triton_ops.expand(z, y, dset, plan)
+    z = ref_ops.shrink(x, dset, plan)
+    return ref_ops.expand(z, y, dset, plan)
+
+
+class DeltaContext:
+    """Per-row fine-tune ids for the current forward, shared by every DeltaLinear of a model.
+
+    ``set(ids)``: one id per sequence (B,) or per token (B*T,), each a slot index or -1 for the
+    base alone; ``None`` restores the default (``default_id`` for every row, or an error when
+    there is none, so a multi-tenant model never silently serves the base).
+    """
+
+    def __init__(self, n_slots: int = 0, default_id: int | None = None):
+        self.n_slots = n_slots
+        self.default_id = default_id
+        self._ids: torch.Tensor | None = None
+        self._plans: dict[tuple[int, str], RowPlan] = {}
+
+    def set(self, ids: torch.Tensor | list[int] | None) -> None:
+        self._plans.clear()
+        if ids is None:
+            self._ids = None
+            return
+        t = torch.as_tensor(ids, dtype=torch.int64).reshape(-1)
+        check_ids(t, self.n_slots)
+        self._ids = t
+
+    def plan(self, n_rows: int, device: torch.device) -> RowPlan:
+        key = (n_rows, str(device))
+        p = self._plans.get(key)
+        if p is not None:
+            return p
+        if self._ids is None:
+            if self.default_id is None:
+                raise KernelError("this model serves several fine-tunes: pass delta_ids (one per sequence; -1 = base) to forward/generate")
+            ids = torch.full((n_rows,), self.default_id, dtype=torch.int64, device=device)
+        else:
+            ids = self._ids.to(device)
+            if ids.numel() != n_rows:
+                if ids.numel() == 0 or n_rows % ids.numel():
+                    raise KernelError(f"{ids.numel()} delta ids for a batch of {n_rows} rows")
+                ids = ids.repeat_interleave(n_rows // ids.numel())
+        p = self._plans[key] = plan_rows(ids, self.n_slots)
+        return p
+
+
+class DeltaLinear(nn.Module):
+    """nn.Linear with packed deltas beside its (shared) base weight; see the module docstring."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ctx: DeltaContext,
+                 preference: KernelPreference | str = KernelPreference.AUTO):
+        super().__init__()
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+        # the base tensors are shared with other models of the same base: parameters that need no grad
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.ctx = ctx
+        self.preference = KernelPreference(preference)
+        self.deltas = DeltaSet(self.in_features, [self.out_features], weight.device)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, ctx: DeltaContext, preference: KernelPreference | str = KernelPreference.AUTO) -> "DeltaLinear":
+        return cls(lin.weight.data, None if lin.bias is None else lin.bias.data, ctx, preference)
+
+    def add_delta(self, delta: PackedDeltaCoMe | None) -> int:
+        """Load one fine-tune's delta for this linear (None: unchanged); returns its slot."""
+        return self.deltas.add([delta])
+
+    def drop_delta(self, slot: int) -> None:
+        self.deltas.drop(slot)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, deltas={self.deltas.n_slots}, preference={self.preference.value}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.linear(x, self.weight, self.bias)
+        if self.deltas.n_slots == 0:
+            return y
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y2 = y.reshape(-1, self.out_features)
+        plan = self.ctx.plan(x2.shape[0], x.device)
+        self.deltas.build()
+        apply_deltas(x2, y2, self.deltas, plan, self.preference)
+        return y2.reshape(*lead, self.out_features)

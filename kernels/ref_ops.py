@@ -1,0 +1,84 @@
+"""Plain-torch twins of the Triton ops in ``triton_ops.py``: same arguments, same results up to
+rounding. They run on the CPU (users without a GPU, CI) and are the oracle in the kernel tests.
+
+They read the same flat buffers as the kernels, through the tier records of a :class:`DeltaSet`,
+and unpack with the codec's own ``quant.unpack``/``quant.dequantize`` (not with the kernels'
+bit tricks), so a kernel test checks the kernel's unpacking against the codec's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deltastore.codec import quant
+
+from .deltaset import F, DeltaSet, RowPlan
+from .packed import PackedDeltaCoMe
+
+
+def _factor(dset: DeltaSet, rec: list[int], side: str, length: int) -> torch.Tensor:
+    """float32 (count, length) vectors of one tier record, read from the flat buffers."""
+    bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
+    w, g = quant.packed_words(length, bits), quant.n_groups(length, gs)
+    q0, s0 = rec[F[f"{side}_q"]], rec[F[f"{side}_sz"]]
+    q = dset.words[q0 : q0 + cnt * w].reshape(cnt, w)
+    s = dset.scales[s0 : s0 + cnt * g].reshape(cnt, g)
+    z = dset.zeros[s0 : s0 + cnt * g].reshape(cnt, g)
+    return quant.dequantize(quant.unpack(q, bits, length), s, z, gs)
+
+
+def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(slot, sorted positions, rows) for every slot that serves at least one row."""
+    counts, starts = plan.counts.tolist(), plan.starts.tolist()
+    out = []
+    for s, (c, st) in enumerate(zip(counts, starts)):
+        if c:
+            pos = torch.arange(st, st + c, device=plan.rows.device)
+            out.append((s, pos, plan.rows[st : st + c].to(torch.int64)))
+    return out
+
+
+def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1) -> torch.Tensor:
+    """z (split_k, M, dset.zcols) float32: z[:, p, zcol + j] summed over the split is
+    (x[row] @ V^[:, j]) * S[j] for the row at sorted position p and component j of its slot."""
+    dset.build()
+    M = x.shape[0]
+    z = torch.zeros(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
+    for slot, pos, rows in _slot_rows(plan):
+        xs = x[rows].to(torch.float32)
+        for recs in dset.records[slot]:
+            for rec in recs:
+                V = _factor(dset, rec, "v", dset.in_features)
+                c0, cnt = rec[F["zcol"]], rec[F["count"]]
+                sv = dset.svals[rec[F["s_off"]] : rec[F["s_off"]] + cnt]
+                z[0, pos, c0 : c0 + cnt] = (xs @ V.T) * sv
+    return z
+
+
+def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> torch.Tensor:
+    """y[row, slice cols] += z[p] @ U^^T for every row a slot serves, in place; returns y.
+    ``y`` is (M, sum(out_features)): the linears' outputs side by side."""
+    dset.build()
+    zs = z.sum(dim=0)
+    for slot, pos, rows in _slot_rows(plan):
+        for b, recs in enumerate(dset.records[slot]):
+            if not recs:
+                continue
+            m, c = dset.out_features[b], dset.col_offsets[b]
+            acc = torch.zeros(len(rows), m, dtype=torch.float32, device=y.device)
+            for rec in recs:
+                U = _factor(dset, rec, "u", m)
+                c0, cnt = rec[F["zcol"]], rec[F["count"]]
+                acc += zs[pos, c0 : c0 + cnt] @ U
+            y[rows, c : c + m] = (y[rows, c : c + m].to(torch.float32) + acc).to(y.dtype)
+    return y
+
+
+def dequant_rows(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, length: int, group_size: int) -> torch.Tensor:
+    """float32 (rows, length) from packed rows (quant.py layout) and their fp16 scales/zeros."""
+    return quant.dequantize(quant.unpack(q, bits, length), s, z, group_size)
+
+
+def decode_dense(d: PackedDeltaCoMe) -> torch.Tensor:
+    """The float32 delta (m, n) = U^ diag(S) V^^T."""
+    return d.dense()

@@ -1,0 +1,321 @@
+"""Triton kernels that apply delta-come deltas straight from the packed tiers.
+
+``y += ((x @ V^) * S) @ U^^T`` in two launches per set of linears that share an input, shaped
+as vLLM's LoRA ops are: a *shrink* (x -> z, one program per block of components of one tier
+of one slice of one slot, optionally split along the input dimension) and an *expand* (z -> y,
+one program per block of output columns, looping over the slot's tiers). Rows of the batch are
+grouped by slot through a :class:`RowPlan` (sorted rows, counts, starts); a program whose slot
+serves fewer rows than its row block exits at once, so the grid depends only on the batch size
+and the number of slots (a CUDA graph captures it; no host sync, no per-token Python).
+
+Dequantization happens in registers. A block of ``BLOCK_K`` (shrink) or ``BLOCK_N`` (expand)
+packed values lies inside one quantization group (the block width divides the group size), so
+the integer weights ``q - zero`` (exact in bf16/fp16: |q - zero| <= 255) go through ``tl.dot``
+and the group's scale multiplies the fp32 result (shrink) or the other operand (expand).
+
+Packed rows are read as whole words and split in registers (a (rows, words, fields) tensor
+reshaped to (rows, values)), so every load is a run of consecutive words: b words per 32 values
+for b in {1, 2, 4, 8}; for b = 3 the two low-bit words and the high-bit word of each chunk.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .deltaset import NF, DeltaSet, RowPlan
+from .errors import KernelError
+
+try:  # triton is optional: without it the torch reference ops serve (CPU users, CI without it)
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAVE_TRITON = False
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def usable(t: torch.Tensor) -> bool:
+    """Whether the Triton ops can run on tensors on this device (a GPU, or any under the interpreter)."""
+    return HAVE_TRITON and (t.is_cuda or interpreting())
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _unpack(ptr, row_off, row_ok, c0, row_words, BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """int32 (BLOCK_R, BLOCK_C): values c0 .. c0 + BLOCK_C (c0 % 32 == 0) of packed rows whose
+        first words are at ``ptr + row_off`` (BLOCK_R,); words past ``row_words`` read as 0."""
+        w0 = (c0 // 32) * BITS
+        if BITS == 3:
+            NC: tl.constexpr = BLOCK_C // 32
+            li = tl.arange(0, 2 * NC)
+            lo_idx = w0 + (li // 2) * 3 + (li % 2)
+            lo = tl.load(ptr + row_off[:, None] + lo_idx[None, :], mask=row_ok[:, None] & (lo_idx[None, :] < row_words), other=0)
+            lo = (lo[:, :, None] >> (tl.arange(0, 16) * 2)[None, None, :]) & 3
+            lo = tl.reshape(lo, (BLOCK_R, BLOCK_C))
+            ci = tl.arange(0, NC)
+            hi_idx = w0 + ci * 3 + 2
+            hi = tl.load(ptr + row_off[:, None] + hi_idx[None, :], mask=row_ok[:, None] & (hi_idx[None, :] < row_words), other=0)
+            hi = (hi[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
+            hi = tl.reshape(hi, (BLOCK_R, BLOCK_C))
+            return lo | (hi << 2)
+        else:
+            FLD: tl.constexpr = 32 // BITS
+            NW: tl.constexpr = BLOCK_C // FLD
+            idx = w0 + tl.arange(0, NW)
+            w = tl.load(ptr + row_off[:, None] + idx[None, :], mask=row_ok[:, None] & (idx[None, :] < row_words), other=0)
+            v = (w[:, :, None] >> (tl.arange(0, FLD) * BITS)[None, None, :]) & ((1 << BITS) - 1)
+            return tl.reshape(v, (BLOCK_R, BLOCK_C))
+
+    @triton.jit
+    def _dot(a, b, UPCAST: tl.constexpr):
+        """tl.dot; UPCAST feeds it float32 copies of the (already rounded) operands, for Triton's
+        CPU interpreter, whose bf16 dot gives garbage (Triton 3.9, seen 2026-11-30)."""
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32))
+        else:
+            return tl.dot(a, b)
+
+    @triton.jit
+    def _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1,
+                     BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
+        offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
+        row_words = BITS * ((K + 31) // 32)
+        G = (K + gs - 1) // gs
+        row_off = v_q + offs_r * row_words
+        sz_row = v_sz + offs_r * G
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for kb in range(kb0, kb1):
+            k0 = kb * BLOCK_K
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None] & (offs_k[None, :] < K), other=0.0)
+            q = _unpack(words_ptr, row_off, r_ok, k0, row_words, BITS, BLOCK_R, BLOCK_K)
+            g = k0 // gs
+            sc = tl.load(scales_ptr + sz_row + g, mask=r_ok, other=0.0).to(tl.float32)
+            zp = tl.load(zeros_ptr + sz_row + g, mask=r_ok, other=0.0).to(tl.float32)
+            w = (q.to(tl.float32) - zp[:, None]).to(xt.dtype)
+            acc += _dot(xt, tl.trans(w), UPCAST) * sc[None, :]
+        return acc
+
+    @triton.jit
+    def _shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
+                       rows_ptr, counts_ptr, starts_ptr,
+                       M, K, ZC, n_slices, T_max, stride_xm,
+                       NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                       UPCAST: tl.constexpr):
+        pid0 = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        slot = tl.program_id(2)
+        ks = pid0 % SPLIT_K
+        tt = pid0 // SPLIT_K
+        sl = tt // T_max
+        t = tt % T_max
+        cnt = tl.load(counts_ptr + slot)
+        if pid_m * BLOCK_M >= cnt:
+            return
+        if t >= tl.load(ntiles_ptr + slot * n_slices + sl):
+            return
+        tb = tiles_ptr + ((slot * n_slices + sl) * T_max + t) * NFIELD
+        v_q = tl.load(tb + 0)
+        v_sz = tl.load(tb + 1)
+        s_off = tl.load(tb + 4)
+        bits = tl.load(tb + 5)
+        nvalid = tl.load(tb + 6)
+        zcol = tl.load(tb + 7)
+        gs = tl.load(tb + 8)
+        start = tl.load(starts_ptr + slot)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < cnt
+        pos = start + offs_m
+        rows = tl.load(rows_ptr + pos, mask=m_ok, other=0).to(tl.int64)
+        offs_r = tl.arange(0, BLOCK_R)
+        r_ok = offs_r < nvalid
+        nkb = tl.cdiv(K, BLOCK_K)
+        per = tl.cdiv(nkb, SPLIT_K)
+        kb0 = ks * per
+        kb1 = tl.minimum(kb0 + per, nkb)
+        if bits == 2:
+            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 2, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        elif bits == 3:
+            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 3, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        elif bits == 8:
+            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 8, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        elif bits == 4:
+            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 4, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        else:
+            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 1, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)
+        acc = acc * sv[None, :]
+        zptr = z_ptr + (ks * M + pos.to(tl.int64))[:, None] * ZC + zcol + offs_r[None, :]
+        tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
+
+    @triton.jit
+    def _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0,
+                     dtype: tl.constexpr, BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                     UPCAST: tl.constexpr):
+        row_words = BITS * ((m_s + 31) // 32)
+        G = (m_s + gs - 1) // gs
+        g = n0 // gs
+        offs_r0 = tl.arange(0, BLOCK_R)
+        for c0 in range(0, cnt_t, BLOCK_R):
+            offs_r = c0 + offs_r0
+            r_ok = offs_r < cnt_t
+            zt = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+            for ks in tl.static_range(SPLIT_K):
+                zt += tl.load(z_ptr + (ks * M + pos)[:, None] * ZC + zcol + offs_r[None, :], mask=m_ok[:, None] & r_ok[None, :], other=0.0)
+            r64 = offs_r.to(tl.int64)
+            sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
+            zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
+            q = _unpack(words_ptr, u_q + r64 * row_words, r_ok, n0, row_words, BITS, BLOCK_R, BLOCK_N)
+            w = (q.to(tl.float32) - zp[:, None]).to(dtype)
+            a = (zt * sc[None, :]).to(dtype)
+            acc += _dot(a, w, UPCAST)
+        return acc
+
+    @triton.jit
+    def _expand_kernel(z_ptr, y_ptr, words_ptr, scales_ptr, zeros_ptr, tiers_ptr, ntiers_ptr, nblk_ptr,
+                       rows_ptr, counts_ptr, starts_ptr, mout_ptr, coloff_ptr,
+                       M, ZC, n_slices, R_max, stride_ym,
+                       NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                       UPCAST: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        slot = tl.program_id(2)
+        cnt = tl.load(counts_ptr + slot)
+        if pid_m * BLOCK_M >= cnt:
+            return
+        sl = tl.load(nblk_ptr + 2 * pid_n)
+        n0 = tl.load(nblk_ptr + 2 * pid_n + 1)
+        nt = tl.load(ntiers_ptr + slot * n_slices + sl)
+        if nt == 0:
+            return
+        m_s = tl.load(mout_ptr + sl)
+        coff = tl.load(coloff_ptr + sl)
+        start = tl.load(starts_ptr + slot)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < cnt
+        pos = (start + offs_m).to(tl.int64)
+        rows = tl.load(rows_ptr + pos, mask=m_ok, other=0).to(tl.int64)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < m_s
+        dtype = y_ptr.dtype.element_ty
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for t in range(0, nt):
+            tb = tiers_ptr + ((slot * n_slices + sl) * R_max + t) * NFIELD
+            u_q = tl.load(tb + 2)
+            u_sz = tl.load(tb + 3)
+            bits = tl.load(tb + 5)
+            cnt_t = tl.load(tb + 6)
+            zcol = tl.load(tb + 7)
+            gs = tl.load(tb + 8)
+            if bits == 2:
+                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            elif bits == 3:
+                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            elif bits == 8:
+                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            elif bits == 4:
+                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            else:
+                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+        yptr = y_ptr + rows[:, None] * stride_ym + coff + offs_n[None, :]
+        ymask = m_ok[:, None] & n_ok[None, :]
+        yv = tl.load(yptr, mask=ymask, other=0.0).to(tl.float32)
+        tl.store(yptr, (yv + acc).to(dtype), mask=ymask)
+
+    @triton.jit
+    def _dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, R, L, gs, BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        r_ok = offs_r < R
+        r64 = offs_r.to(tl.int64)
+        c0 = pid_c * BLOCK_C
+        row_words = BITS * ((L + 31) // 32)
+        G = (L + gs - 1) // gs
+        q = _unpack(q_ptr, r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C)
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < L
+        g = offs_c // gs
+        m2 = r_ok[:, None] & c_ok[None, :]
+        sc = tl.load(s_ptr + r64[:, None] * G + g[None, :], mask=m2, other=0.0).to(tl.float32)
+        zp = tl.load(z_ptr + r64[:, None] * G + g[None, :], mask=m2, other=0.0).to(tl.float32)
+        tl.store(out_ptr + r64[:, None] * L + offs_c[None, :], (q.to(tl.float32) - zp) * sc, mask=m2)
+
+
+def _need_triton() -> None:
+    if not HAVE_TRITON:
+        raise KernelError("triton is not installed; use the torch path (KernelPreference.TORCH) or `pip install triton`")
+
+
+def _block_m(rows_per_slot: int) -> int:
+    return 16 if rows_per_slot <= 16 else 32 if rows_per_slot <= 32 else 64
+
+
+def pick_split_k(M: int, dset: DeltaSet) -> int:
+    """Split the input dimension of the shrink when few rows leave the GPU short of programs."""
+    if M > 32:
+        return 1
+    kblocks = -(-dset.in_features // dset.block_k)
+    return max(1, min(8, kblocks // 8))
+
+
+def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
+           num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows."""
+    _need_triton()
+    dset.build()
+    M, K = x.shape
+    if K != dset.in_features:
+        raise KernelError(f"input has {K} features; the deltas expect {dset.in_features}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
+    bm = block_m or _block_m(M)
+    grid = (dset.n_slices * dset.max_tiles * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
+    _shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, dset.tiles, dset.ntiles,
+                         plan.rows, plan.counts, plan.starts,
+                         M, K, dset.zcols, dset.n_slices, dset.max_tiles, x.stride(0),
+                         NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=dset.tile_r, BLOCK_K=dset.block_k, UPCAST=interpreting(),
+                         num_warps=num_warps, num_stages=num_stages)
+    return z
+
+
+def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, block_m: int | None = None,
+           block_n: int | None = None, block_r: int = 32, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place."""
+    _need_triton()
+    dset.build()
+    M = y.shape[0]
+    if y.stride(1) != 1:
+        raise KernelError("expand writes y in place and needs unit stride along its columns")
+    bn = min(block_n or dset.block_k, dset.block_k)  # a block of columns must lie inside one group
+    bm = block_m or _block_m(M)
+    nblk = dset.nblocks(bn)
+    grid = (nblk.shape[0], triton.cdiv(M, bm), max(dset.n_slots, 1))
+    _expand_kernel[grid](z, y, dset.words, dset.scales, dset.zeros, dset.tiers, dset.ntiers, nblk,
+                         plan.rows, plan.counts, plan.starts, dset.m_out, dset.col_off,
+                         M, dset.zcols, dset.n_slices, dset.max_tiers, y.stride(0),
+                         NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(),
+                         num_warps=num_warps, num_stages=num_stages)
+    return y
+
+
+def dequant_rows(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, length: int, group_size: int) -> torch.Tensor:
+    """Triton twin of :func:`ref_ops.dequant_rows`: float32 (rows, length)."""
+    _need_triton()
+    R = q.shape[0]
+    out = torch.empty(R, length, dtype=torch.float32, device=q.device)
+    if R == 0 or length == 0:
+        return out
+    bc = 128  # any multiple of 32: the group of each value is looked up per value here
+    grid = (triton.cdiv(R, 16), triton.cdiv(length, bc))
+    _dequant_kernel[grid](q.contiguous(), s.contiguous(), z.contiguous(), out, R, length, group_size,
+                          BITS=bits, BLOCK_R=16, BLOCK_C=bc)
+    return out

@@ -1,0 +1,135 @@
+"""Each Triton kernel against its torch twin (``ref_ops``), and the twins against the codec's decode.
+
+Runs under TRITON_INTERPRET=1 on the CPU (tests/kernels/conftest.py) and natively on a GPU.
+Shapes are odd on purpose: not multiples of 32 (a packed chunk), the kernel blocks, or the group.
+
+Bounds, and why: z = (x V^) S is float32 arithmetic on the same bf16/fp16 inputs and exact
+integer weights in both paths: relative 1e-4. The expand feeds tl.dot z * scale rounded to the
+activation dtype (2^-9 relative for bf16, 2^-11 for fp16), so the delta part of y agrees with
+the float32 reference within 1e-2 (bf16) / 3e-3 (fp16) relative; each element of y within 2 units
+in the last place of |y| plus that tolerance times the row's largest delta element.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deltastore.codec import get_codec
+from deltastore.kernels import DeltaSet, plan_rows, ref_ops, triton_ops
+from deltastore.kernels.deltaset import F
+
+from .kernel_testlib import DEVICE, packed_delta, rel
+
+pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
+
+DELTA_TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
+
+
+def _valid_z(dset: DeltaSet, slot: int, z: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:
+    out = []
+    for recs in dset.records[slot]:
+        for rec in recs:
+            out.append(z.sum(0)[pos][:, rec[F["zcol"]] : rec[F["zcol"]] + rec[F["count"]]])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 3, 17])
+def test_shrink_expand_match_reference_every_layout(M: int, dtype: torch.dtype) -> None:
+    m, n = 75, 100  # groups of 64: 2 per row, the last one short; rows of 100 values pad to 128
+    W, pk, enc = packed_delta(m, n, dtype=dtype)
+    assert [v.bits for v, _ in pk.tiers] == [8, 4, 3, 2, 1]
+    ds = DeltaSet(n, [m], DEVICE)
+    ds.add([pk])
+    g = torch.Generator().manual_seed(M)
+    x = torch.randn(M, n, generator=g).to(dtype).to(DEVICE)
+    ids = torch.zeros(M, dtype=torch.int64)
+    if M > 2:
+        ids[1] = -1  # a base-only row in the middle
+    plan = plan_rows(ids.to(DEVICE), ds.n_slots)
+    y0 = (x.float() @ W.to(DEVICE).float().T).to(dtype)
+    zr = ref_ops.shrink(x, ds, plan)
+    yr = ref_ops.expand(zr, y0.clone(), ds, plan)
+    for split in ((1, 2) if M == 1 else (1,)):
+        zt = triton_ops.shrink(x, ds, plan, split)
+        pos = torch.arange(int(plan.counts[0]), device=zt.device)
+        for a, b in zip(_valid_z(ds, 0, zt, pos), _valid_z(ds, 0, zr, pos)):
+            assert rel(a, b) < 1e-4
+        # the delta part alone (y starts at 0, so rounding y to its dtype costs only 2^-9 relative)
+        d_t = triton_ops.expand(zt, torch.zeros_like(y0), ds, plan)
+        d_r = ref_ops.expand(zr, torch.zeros_like(y0), ds, plan)
+        assert rel(d_t.float(), d_r.float()) < DELTA_TOL[dtype]
+    yt = triton_ops.expand(zt, y0.clone(), ds, plan)
+    bound = 2 * torch.finfo(dtype).eps * yr.float().abs() + DELTA_TOL[dtype] * d_r.float().abs().amax(dim=1, keepdim=True)
+    assert bool(((yt.float() - yr.float()).abs() <= bound + 1e-6).all())
+    # base-only rows are untouched, bit for bit
+    base_rows = (ids == -1).nonzero().flatten().to(DEVICE)
+    assert torch.equal(yt[base_rows], y0[base_rows])
+    # the reference itself is the codec's delta applied densely
+    codec = get_codec("delta-come")
+    D = codec.decode_delta(enc).to(DEVICE)
+    dense = (y0.float() + (x.float() @ D.T) * (ids.to(DEVICE) >= 0).float()[:, None])
+    assert rel(yr.float(), dense) < 1e-2 and bool(((yr.float() - dense).abs() <= 2 * torch.finfo(dtype).eps * dense.abs() + 1e-5).all())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_dequant_rows_is_exact(bits: int) -> None:
+    from deltastore.codec import quant
+
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(19, 203, generator=g)  # 203 values: 7 chunks of 32, the last short; 2 groups of 128
+    q, s, z = quant.quantize_rtn(x, bits, 128)
+    packed = quant.pack(q, bits)
+    args = (packed.to(DEVICE), s.to(DEVICE), z.to(DEVICE), bits, 203, 128)
+    assert torch.equal(triton_ops.dequant_rows(*args).cpu(), ref_ops.dequant_rows(*args).cpu())
+
+
+def test_mixed_batch_rows_match_each_tenant_alone() -> None:
+    dtype = torch.bfloat16
+    m, n = 70, 90
+    tenants = [packed_delta(m, n, seed=s, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 4], [2, None]]) for s in (1, 2, 3)]
+    W = tenants[0][0].to(DEVICE)
+    mixed = DeltaSet(n, [m], DEVICE)
+    for _, pk, _ in tenants:
+        mixed.add([pk])
+    ids = torch.tensor([2, 0, -1, 1, 0, 2, 2, 1, -1, 0, 1], device=DEVICE)
+    x = torch.randn(len(ids), n, generator=torch.Generator().manual_seed(5)).to(dtype).to(DEVICE)
+    y0 = (x.float() @ W.float().T).to(dtype)
+    for impl in (triton_ops,):  # (the torch path groups rows the same way; the kernel is what is tested)
+        y = impl.expand(impl.shrink(x, mixed, plan_rows(ids, 3)), y0.clone(), mixed, plan_rows(ids, 3))
+        for t, (_, pk, _) in enumerate(tenants):
+            alone = DeltaSet(n, [m], DEVICE)
+            alone.add([pk])
+            rows = (ids == t).nonzero().flatten()
+            one = torch.zeros(len(rows), dtype=torch.int64, device=DEVICE)
+            ya = impl.expand(impl.shrink(x[rows], alone, plan_rows(one, 1)), y0[rows].clone(), alone, plan_rows(one, 1))
+            assert torch.equal(y[rows], ya), (impl.__name__, t)
+        assert torch.equal(y[ids == -1], y0[ids == -1])
+
+
+def test_fused_slices_with_a_missing_delta_and_a_dropped_slot() -> None:
+    """q/k/v-style: three linears of different widths share x; tenant 1 has no delta for k."""
+    dtype = torch.float16
+    n, ms = 96, [64, 33, 33]
+    a = [packed_delta(mm, n, seed=10 + i, dtype=dtype, group_size=32, schedule=[[8, 2], [2, None]])[1] for i, mm in enumerate(ms)]
+    b = [packed_delta(mm, n, seed=20 + i, dtype=dtype, group_size=32, schedule=[[3, 3], [2, None]])[1] for i, mm in enumerate(ms)]
+    b[1] = None
+    ds = DeltaSet(n, ms, DEVICE)
+    assert ds.add(a) == 0 and ds.add(b) == 1
+    ids = torch.tensor([1, 0, 1, -1, 0], device=DEVICE)
+    x = torch.randn(5, n, generator=torch.Generator().manual_seed(0)).to(dtype).to(DEVICE)
+    y0 = torch.randn(5, sum(ms), generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+    plan = plan_rows(ids, 2)
+    yr = ref_ops.expand(ref_ops.shrink(x, ds, plan), y0.clone(), ds, plan)
+    yt = triton_ops.expand(triton_ops.shrink(x, ds, plan, 1), y0.clone(), ds, plan)
+    dr = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros_like(y0), ds, plan)
+    dt = triton_ops.expand(triton_ops.shrink(x, ds, plan, 1), torch.zeros_like(y0), ds, plan)
+    assert rel(dt.float(), dr.float()) < DELTA_TOL[dtype]
+    k_cols = slice(64, 97)
+    assert torch.equal(yt[ids == 1][:, k_cols], y0[ids == 1][:, k_cols])  # no k delta for tenant 1
+    ds.drop(0)  # rows that name a dropped slot get the base alone
+    plan = plan_rows(ids, 2)
+    yd = triton_ops.expand(triton_ops.shrink(x, ds, plan, 1), y0.clone(), ds, plan)
+    assert torch.equal(yd[ids == 0], y0[ids == 0])
+    assert torch.equal(yd[ids == 1], yt[ids == 1])
