@@ -31,7 +31,7 @@ app.add_typer(db_app, name="db")
 
 @app.callback()
 def _global(
-    home: Optional[str] = typer.Option(None, "--home", envvar="DELTASTORE_HOME", help=HELP_HOME),
+    home: Optional[str] = typer.Option(None, "--home", help=HELP_HOME),  # DELTASTORE_HOME: read by load_config
     quiet: bool = typer.Option(False, "-q", "--quiet", help=HELP_QUIET),
     db_url: Optional[str] = typer.Option(None, "--db-url", help=HELP_DB),
     objects_url: Optional[str] = typer.Option(None, "--objects-url", help=HELP_OBJECTS),
@@ -400,6 +400,11 @@ def demo(
     from deltastore.demo import run_demo
 
     run_demo(workdir, steps=steps, say=out.print)
+
+
+from .mount import register as _register_mount  # noqa: E402  (mount / unmount live in cli/mount.py)
+
+_register_mount(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -80,13 +81,15 @@ def show_click_error(e: Any) -> None:
 
 
 def setup_logging() -> None:
-    """Log lines (and warnings) of any library go to stderr through the redacting stream; a
-    program that configured logging itself keeps its own handlers."""
+    """Log lines (and warnings) of any library go to stderr through the redacting stream, at
+    ``DELTASTORE_LOG_LEVEL`` (default WARNING; DEBUG shows botocore's signed requests, masked);
+    a program that configured logging itself keeps its own handlers."""
     root = logging.getLogger()
     if root.handlers:
         return
     h = logging.StreamHandler(stderr)
     h.setFormatter(logging.Formatter("deltastore: %(levelname)s: %(name)s: %(message)s"))
     root.addHandler(h)
-    root.setLevel(logging.WARNING)
+    level = os.environ.get("DELTASTORE_LOG_LEVEL", "WARNING").upper()
+    root.setLevel(level if level in logging.getLevelNamesMapping() else logging.WARNING)
     logging.captureWarnings(True)
