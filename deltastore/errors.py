@@ -62,3 +62,22 @@ class ReadOnlyError(DeltaStoreError, PermissionError):
 
 class ConflictError(DeltaStoreError):
     """The catalog changed under us (a concurrent writer); retrying usually works."""
+
+
+class RemoteError(DeltaStoreError, ConnectionError):
+    """A remote that cannot be used as asked: unreachable, refusing our credentials, not a store,
+    or holding records that disagree with its objects. The message names the remote, never a secret."""
+
+
+class LockedError(ConflictError):
+    """gc and adds exclude each other: gc waits for running adds, adds wait for a running gc.
+    Raised when the wait ran out; the message names who holds the store (host, pid, since)."""
+
+
+class CorruptRecordError(DeltaStoreError, ValueError):
+    """A version or tag record beside the objects that is not what this deltastore writes."""
+
+    def __init__(self, key: str, why: str):
+        self.key = key
+        self.why = why
+        super().__init__(f"record {key} is malformed: {why}")

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from . import codec as codecs
-from . import ingest, maintenance, materialize, versions
+from . import ingest, maintenance, materialize, remotes, versions
 from .backend import Backend
 from .catalog import Model
 from .config import StoreConfig, load_config
@@ -32,6 +32,7 @@ from .pipeline import default_workers
 from .protocols import Progress, no_progress
 from .records import RebuildReport
 from .results import CheckoutResult, DuReport, GcReport, Lineage, ModelInfo, TensorDiff, VerifyReport, VersionInfo
+from .transfer import TransferResult
 
 DEFAULT_FINETUNE_CODEC = ingest.DEFAULT_FINETUNE_CODEC
 resolve_codec = ingest.resolve_codec
@@ -184,6 +185,16 @@ class Store:
         report = maintenance.rebuild_catalog(self)
         self._manifest_cache.clear()
         return report
+
+    # -- remotes -----------------------------------------------------------------------------------
+    def push(self, ref: str, remote: str | None = None, *, progress: Progress | None = None) -> TransferResult:
+        """Send a version, its base chain and tags to a remote (name, URL or None: the default);
+        only objects it lacks move, and the version appears there once they all have."""
+        return remotes.push(self, ref, remote, progress=progress)[0]
+
+    def pull(self, ref: str, remote: str | None = None, *, progress: Progress | None = None) -> TransferResult:
+        """Fetch a version, its base chain and tags from a remote; committed here like an add."""
+        return remotes.pull(self, ref, remote, progress=progress)[0]
 
 
 def open_store(home: str | Path | None = None, *, db_url: str | None = None, objects_url: str | None = None,

@@ -1,0 +1,464 @@
+"""Remotes: other stores this one pushes versions to and pulls them from, as git and DVC users expect.
+
+A remote is another store: an objects URL (a directory or any fsspec URL, e.g. ``s3://bucket/team``)
+and, optionally, the URL of its SQL catalog. Without a catalog, the version and tag records beside
+its objects are its catalog (what ``db rebuild`` reads), and versions are created there with
+conditional writes; with one, they go through that catalog's commit like an add (``transfer.py``).
+
+Remotes are named in ``remotes.toml`` in the store's home, written 0600 like ``config.toml``
+(storage options may hold keys)::
+
+    [remotes.origin]
+    url = "s3://models/team"
+    db_url = "postgresql+psycopg://deltastore@db/team"     # optional
+    storage_options = { client_kwargs = { endpoint_url = "http://seaweed:8333" } }
+
+A remote that cannot be used (unreachable endpoint, credentials refused, no such bucket, a
+location holding something that is not a store) is one :class:`~deltastore.errors.RemoteError`
+line naming the remote by its safe URL, raised before anything local changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .backend import Backend
+from .config import StoreConfig, is_secret_name, make_home, redact, register_secret, safe_url
+from .errors import BadInputError, CorruptObjectError, DeltaStoreError, NotFoundError, ObjectMissingError, RemoteError
+from .objects import key_of
+from .protocols import Progress, StoreView, no_progress
+from .refs import check_name
+from .transfer import TRANSFER_WORKERS, RecordsSide, Side, StoreSide, TransferResult, check_object, transfer
+
+REMOTES_NAME = "remotes.toml"
+REMOTES_MODE = 0o600
+DEFAULT_REMOTE = "origin"
+
+
+# ----------------------------------------------------------------------------------------------
+# naming remotes
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Remote:
+    name: str
+    url: str  # objects URL
+    db_url: str | None = None  # its catalog; None: the records beside its objects
+    storage_options: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its name and safe URL (never a password or key)."""
+        return f"remote {self.name!r} ({safe_url(self.url)})" if self.name != self.url else f"remote {safe_url(self.url)}"
+
+    def secrets(self) -> set[str]:
+        out: set[str] = set()
+
+        def walk(d: Any) -> None:
+            if isinstance(d, dict):
+                for k, v in d.items():
+                    if isinstance(v, str) and is_secret_name(str(k)):
+                        out.add(v)
+                    walk(v)
+
+        walk(self.storage_options)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``remote ls`` shows it: URLs safe, secret options masked."""
+        from .config import redact_data
+
+        opts = {k: ("***" if is_secret_name(k) else v) for k, v in self.storage_options.items()}
+        return {"name": self.name, "url": safe_url(self.url), "db_url": safe_url(self.db_url) if self.db_url else None,
+                "storage_options": redact_data(opts)}
+
+
+def remotes_path(home: str | Path) -> Path:
+    return Path(home).expanduser().absolute() / REMOTES_NAME
+
+
+def load_remotes(home: str | Path) -> dict[str, Remote]:
+    p = remotes_path(home)
+    if not p.exists():
+        return {}
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BadInputError(f"{p} is not valid TOML: {e}") from None
+    out: dict[str, Remote] = {}
+    for name, d in (data.get("remotes") or {}).items():
+        if not isinstance(d, dict) or not isinstance(d.get("url"), str):
+            raise BadInputError(f"{p}: remote {name!r} needs a url")
+        opts = d.get("storage_options") or {}
+        if not isinstance(opts, dict):
+            raise BadInputError(f"{p}: remote {name!r}: storage_options must be a table")
+        r = Remote(name, d["url"], d.get("db_url"), opts)
+        register_secret(*r.secrets())
+        out[name] = r
+    return out
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(x)}" for k, x in v.items()) + "}"
+    raise BadInputError(f"a storage option of type {type(v).__name__} cannot be written to {REMOTES_NAME}")
+
+
+def save_remotes(home: str | Path, remotes: dict[str, Remote]) -> Path:
+    """Write ``remotes.toml`` atomically, readable by its owner only."""
+    p = remotes_path(home)
+    make_home(p.parent)
+    lines = ["# deltastore remotes (mode 0600: storage options may hold keys)\n"]
+    for r in sorted(remotes.values(), key=lambda r: r.name):
+        lines.append(f"\n[remotes.{json.dumps(r.name)}]\nurl = {_toml(r.url)}\n")
+        if r.db_url:
+            lines.append(f"db_url = {_toml(r.db_url)}\n")
+        if r.storage_options:
+            lines.append(f"storage_options = {_toml(r.storage_options)}\n")
+    tmp = p.with_name(f".{REMOTES_NAME}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, REMOTES_MODE)
+    try:
+        os.fchmod(fd, REMOTES_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, p)
+    return p
+
+
+def add_remote(home: str | Path, name: str, url: str, *, db_url: str | None = None,
+               storage_options: dict | None = None, replace: bool = False) -> Remote:
+    check_name(name, "remote name")
+    if not url:
+        raise BadInputError("a remote needs a URL")
+    rs = load_remotes(home)
+    if name in rs and not replace:
+        raise BadInputError(f"remote {name!r} exists ({safe_url(rs[name].url)}); `remote rm {name}` first")
+    r = Remote(name, url, db_url, dict(storage_options or {}))
+    register_secret(*r.secrets())
+    rs[name] = r
+    save_remotes(home, rs)
+    return r
+
+
+def remove_remote(home: str | Path, name: str) -> Remote:
+    rs = load_remotes(home)
+    if name not in rs:
+        raise NotFoundError(f"no remote named {name!r}" + (f"; remotes: {', '.join(sorted(rs))}" if rs else ""))
+    r = rs.pop(name)
+    save_remotes(home, rs)
+    return r
+
+
+def _looks_like_url(s: str) -> bool:
+    return "://" in s or s.startswith(("/", "./", "../", "~"))
+
+
+def get_remote(home: str | Path, name: str | Remote | None = None) -> Remote:
+    """A named remote; ``None``: ``origin``, or the only one; a URL or path: that store, unnamed."""
+    if isinstance(name, Remote):
+        return name
+    rs = load_remotes(home)
+    if name is None:
+        if DEFAULT_REMOTE in rs:
+            return rs[DEFAULT_REMOTE]
+        if len(rs) == 1:
+            return next(iter(rs.values()))
+        if not rs:
+            raise NotFoundError("no remote: add one with `deltastore remote add NAME URL`")
+        raise BadInputError(f"several remotes and none named {DEFAULT_REMOTE!r}: name one ({', '.join(sorted(rs))})")
+    if name in rs:
+        return rs[name]
+    if _looks_like_url(name):
+        return Remote(name, name)
+    raise NotFoundError(f"no remote named {name!r}" + (f"; remotes: {', '.join(sorted(rs))}" if rs else ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# opening a remote: every failure one line, before anything local changes
+# ----------------------------------------------------------------------------------------------
+_REMOTE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "urllib3", "requests")
+
+
+def _why(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return redact(msg)
+
+
+def remote_failure(remote: Remote, e: BaseException) -> RemoteError:
+    """One line for what went wrong talking to a remote (no secret: URLs safe, output redacted)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if isinstance(e, PermissionError) or {"NoCredentialsError", "PartialCredentialsError"} & names:
+        what = f"access denied: {_why(e)} (check this remote's credentials)"
+    elif isinstance(e, ConnectionError) or {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                                             "ConnectionError", "ReadTimeoutError"} & names:
+        what = f"cannot reach it: {_why(e)}"
+    elif isinstance(e, ImportError):
+        what = f"cannot open its URL: {_why(e)}"
+    else:
+        what = f"{type(e).__name__}: {_why(e)}"
+    return RemoteError(f"{remote.label}: {what}")
+
+
+def _from_remote(e: BaseException) -> bool:
+    mod = type(e).__module__ or ""
+    return isinstance(e, (ConnectionError, PermissionError, TimeoutError)) or mod.split(".")[0] in _REMOTE_MODULES
+
+
+@contextmanager
+def talking_to(remote: Remote) -> Iterator[None]:
+    """Turn a storage library's exception raised while using ``remote`` into a RemoteError line."""
+    try:
+        yield
+    except DeltaStoreError:
+        raise
+    except Exception as e:
+        if _from_remote(e):
+            raise remote_failure(remote, e) from None
+        raise
+
+
+def probe(remote: Remote, backend: Backend) -> str:
+    """What is at the remote's objects URL: ``"store"``, ``"empty"`` (nothing yet) or ``"foreign"``
+    (files that are not a store's). Raises RemoteError for a missing bucket or an unreachable one."""
+    if backend.local:
+        root = Path(backend.root)
+        if not root.exists():
+            return "empty"
+        if not root.is_dir():
+            return "foreign"
+        names = set(os.listdir(root))
+    else:
+        fs = backend.fs
+        with talking_to(remote):
+            try:
+                names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(backend.root, detail=False, refresh=True)}
+            except FileNotFoundError:
+                bucket = backend.root.split("/", 1)[0]
+                if bucket != backend.root and fs.exists(bucket):
+                    return "empty"
+                raise RemoteError(f"{remote.label}: no bucket named {bucket!r} there") from None
+    if names & {"objects", "catalog", "config.toml"}:
+        return "store"
+    names = {n for n in names if not n.startswith(".")}
+    return "foreign" if names else "empty"
+
+
+@dataclass
+class OpenRemote:
+    remote: Remote
+    side: Side
+    state: str  # probe()'s answer
+    store: Any = None  # the remote's Store when it has a catalog
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+@contextmanager
+def open_remote(remote: Remote, store_cls: Callable[..., Any], *, write: bool, home: Path) -> Iterator[OpenRemote]:
+    """The remote as a transfer side, checked first: reachable, our credentials taken, a store
+    (or, for a push, an empty place that becomes one). ``store_cls`` opens a catalog remote (the
+    local store's own class: this module does not import the store facade)."""
+    register_secret(*remote.secrets())
+    with talking_to(remote):
+        try:
+            backend = Backend(remote.url, read_only=not write, storage_options=remote.storage_options or None)
+        except (ValueError, ImportError) as e:
+            raise remote_failure(remote, e) from None
+        state = probe(remote, backend)
+    if state == "foreign":
+        raise RemoteError(f"{remote.label} holds files that are not a deltastore store (no objects/ or catalog/); "
+                          "give an empty prefix or a store's objects URL")
+    if state == "empty" and not write and remote.db_url is None:
+        raise RemoteError(f"{remote.label} is empty: nothing has been pushed there")
+    opened = None
+    if remote.db_url:
+        cfg = StoreConfig(home, remote.db_url, remote.url, dict(remote.storage_options))
+        with talking_to(remote):
+            try:
+                st = store_cls(cfg, read_only=not write)
+            except DeltaStoreError as e:
+                raise RemoteError(f"{remote.label}: its catalog {safe_url(remote.db_url)}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - a driver's error: one line, never the URL's password
+                raise RemoteError(f"{remote.label}: its catalog {safe_url(remote.db_url)}: {_why(e)}") from None
+        opened = OpenRemote(remote, StoreSide(st, remote.label), state, st)
+    else:
+        opened = OpenRemote(remote, RecordsSide(backend, remote.label), state)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# push, pull
+# ----------------------------------------------------------------------------------------------
+def _home(store: StoreView) -> Path:
+    return Path(store.config.home)
+
+
+def push(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
+         tags: bool = True, progress: Progress | None = None, workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
+    """Push the version REF names (with its base chain and tags) to a remote; with
+    ``all_versions``, every version (of REF's model if REF is given, else of every model)."""
+    r = get_remote(_home(store), remote)
+    local = StoreSide(store, "the local store")
+    refs = _which(local, ref, all_versions)
+    with open_remote(r, type(store), write=True, home=_home(store)) as rem, talking_to(r):
+        return [transfer(local, rem.side, x, direction="push", remote=r.name, tags=tags,
+                         progress=progress or no_progress, workers=workers) for x in refs]
+
+
+def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
+         tags: bool = True, progress: Progress | None = None, workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
+    """Pull the version REF names on a remote (with its base chain and tags) into this store;
+    numbers are this store's own (committed like an add)."""
+    if store.read_only:
+        raise BadInputError("this store is open read-only; pull writes to it")
+    r = get_remote(_home(store), remote)
+    with open_remote(r, type(store), write=False, home=_home(store)) as rem, talking_to(r):
+        refs = _which(rem.side, ref, all_versions)
+        local = StoreSide(store, "the local store")
+        return [transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
+                         progress=progress or no_progress, workers=workers) for x in refs]
+
+
+def _which(side: Side, ref: str | None, all_versions: bool) -> list[str]:
+    if not all_versions:
+        if ref is None:
+            raise BadInputError("name a REF to transfer, or give --all")
+        return [ref]
+    refs = side.refs()
+    if ref is not None:
+        model = ref.partition("@")[0]
+        refs = [x for x in refs if x.partition("@")[0] == model]
+    return refs
+
+
+def clone(url: str, home: str | Path | None, *, db_url: str | None = None, storage_options: dict | None = None,
+          name: str = DEFAULT_REMOTE, store_cls: Callable[..., Any], init: Callable[[Path], Any]) -> tuple[Any, Remote]:
+    """A new local store at ``home`` tracking the store at ``url`` as remote ``name``; nothing is
+    pulled. The remote is checked first, so a bad one leaves no home behind. ``init`` creates the
+    local store and ``store_cls`` opens a catalog remote (this module does not import the facade)."""
+    from .config import CONFIG_NAME, default_home
+
+    home_p = (Path(home).expanduser() if home else default_home()).absolute()
+    if (home_p / CONFIG_NAME).exists():
+        raise BadInputError(f"{home_p} already holds a store; clone into a new directory")
+    check_name(name, "remote name")
+    r = Remote(name, url, db_url, dict(storage_options or {}))
+    with open_remote(r, store_cls, write=False, home=home_p):
+        pass
+    st = init(home_p)
+    add_remote(home_p, name, url, db_url=db_url, storage_options=storage_options)
+    return st, r
+
+
+# ----------------------------------------------------------------------------------------------
+# repair
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Repair:
+    oid: str
+    what: str  # the local problem: "missing" | "corrupt (...)" | other
+    fixed_from: str | None  # the remote whose good copy replaced it
+    notes: list[str] = field(default_factory=list)  # remotes that could not help, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"oid": self.oid, "what": self.what, "fixed_from": self.fixed_from, "notes": self.notes}
+
+
+@dataclass
+class RepairReport:
+    checked: int  # objects verify re-hashed
+    repairs: list[Repair]
+    others: list[str]  # problems no object copy fixes (a catalog that disagrees with a manifest)
+
+    @property
+    def repaired(self) -> list[Repair]:
+        return [x for x in self.repairs if x.fixed_from]
+
+    @property
+    def unrepaired(self) -> list[Repair]:
+        return [x for x in self.repairs if not x.fixed_from]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unrepaired and not self.others
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "repaired": [x.to_dict() for x in self.repaired],
+                "unrepaired": [x.to_dict() for x in self.unrepaired], "others": self.others}
+
+
+def repair(store: Any, remotes: list[str | Remote] | None = None, *, progress: Progress | None = None) -> RepairReport:
+    """Re-hash every object the catalog needs; replace each missing or corrupt one with a copy
+    from the first remote (in the order given; default: the default remote) whose copy hashes to
+    its id. A remote whose copy is corrupt too is named in the report and not used."""
+    if store.read_only:
+        raise BadInputError("this store is open read-only; repair writes to it")
+    home = _home(store)
+    rs = [get_remote(home, x) for x in (remotes or [None])]
+    rep = store.verify(progress=progress)
+    todo: dict[str, Repair] = {}
+    others: list[str] = []
+    for p in rep.problems:
+        if p.oid is None:
+            others.append(f"{p.what}; breaks {', '.join(p.versions)}")
+        elif p.oid not in todo:
+            todo[p.oid] = Repair(p.oid, p.what, None)
+    if todo:
+        for r in rs:
+            left = [x for x in todo.values() if not x.fixed_from]
+            if not left:
+                break
+            try:
+                with open_remote(r, type(store), write=False, home=home) as rem, talking_to(r):
+                    for x in left:
+                        _repair_one(store, rem.side, r, x)
+            except RemoteError as e:
+                for x in left:
+                    x.notes.append(str(e))
+    return RepairReport(checked=rep.objects, repairs=list(todo.values()), others=others)
+
+
+def _repair_one(store: Any, side: Side, r: Remote, x: Repair) -> None:
+    key = key_of(x.oid)
+    data = side.backend.get(key)
+    if data is None:
+        x.notes.append(f"{r.label} does not have it")
+        return
+    try:
+        check_object(x.oid, data)
+    except CorruptObjectError as e:
+        x.notes.append(f"{r.label}'s copy is corrupt too ({e.why}); not used")
+        return
+    try:
+        store.objects.verify(x.oid)
+        x.fixed_from = "local"  # good again here (repaired meanwhile): leave it be
+        return
+    except (ObjectMissingError, CorruptObjectError):
+        pass
+    store.backend.put(key, data)  # atomic: readers see the bad object or the good one
+    store.backend.flush()
+    store.objects.verify(x.oid)
+    x.fixed_from = r.name

@@ -1,0 +1,529 @@
+"""Moving versions between two stores: objects first, then the version, so nothing half-there is visible.
+
+Both ends are a :class:`Side`. A :class:`StoreSide` is a store with a catalog (the local store, or
+a remote with ``--db``): a version lands there through ``ingest.commit_version``, the same commit
+path as an add, so numbers are allocated by that catalog. A :class:`RecordsSide` is a bare object
+store whose version and tag records (``records.py``, what ``db rebuild`` reads) are its catalog: a
+version lands there as a record created with a conditional write (``If-None-Match: *`` on S3, a
+hard link that fails on an existing name locally), so two writers of one NAME can never overwrite
+each other; the loser takes the next number.
+
+A transfer of REF (:func:`transfer`):
+
+1. the version and its whole base chain are read on the source; every manifest is fetched and
+   hashed, and each record's base must be the version whose manifest the manifest names;
+2. versions the destination already holds (same model, same manifest) are matched, not copied;
+3. the objects the others need and the destination lacks move ``workers`` at a time; each is
+   decoded and re-hashed against its id after it was read, before it is written (and S3 checks a
+   Content-MD5 on arrival), and written atomically;
+4. only then is each new version committed on the destination, base first; tags follow.
+
+Interrupted anywhere, the destination holds at most unreferenced objects; the next transfer sends
+only what is still missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from . import records
+from .backend import TMP_PREFIX, Backend
+from .catalog import Model, ObjectRow, Version
+from .errors import BadInputError, ConflictError, CorruptObjectError, DeltaStoreError, ObjectMissingError, RemoteError, UnknownRefError
+from .ingest import commit_version
+from .lookup import version_info
+from .maintenance import lease
+from .manifest import Manifest
+from .objects import ObjectDB, PutResult, key_of, parse_oid
+from .protocols import Progress, StoreView, no_progress
+from .refs import check_name, parse_ref
+from .results import VersionInfo
+
+#: objects in flight at once (I/O bound: waiting on the network or the disk, not on a core)
+TRANSFER_WORKERS = 16
+#: S3 puts below this size are single requests, which can carry a Content-MD5 (s3fs's threshold)
+_SINGLE_PUT = 100 * 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# objects
+# ----------------------------------------------------------------------------------------------
+class _OneObject:
+    """A backend holding one object's bytes in memory, so ObjectDB's own decoder checks them."""
+
+    def __init__(self, key: str, data: bytes):
+        self.key, self.data = key, data
+
+    def get(self, key: str) -> bytes | None:
+        return self.data if key == self.key else None
+
+
+def check_object(oid: str, data: bytes) -> int:
+    """Decode a stored object's bytes and re-hash them against ``oid``; returns the logical size.
+    Raises CorruptObjectError when they do not decode to their id."""
+    return len(ObjectDB(_OneObject(key_of(oid), data)).get(oid, verify=True))  # type: ignore[arg-type]
+
+
+def put_checked(backend: Backend, key: str, data: bytes) -> None:
+    """Write an object's bytes (atomically); on S3 with a Content-MD5, so the server refuses bytes
+    that arrive other than they left."""
+    if backend.local or len(data) >= _SINGLE_PUT:
+        backend.put(key, data)
+        return
+    backend._check_writable()
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    backend.fs.pipe_file(f"{backend.root}/{key}", data, ContentMD5=md5)
+
+
+def put_if_absent(backend: Backend, key: str, data: bytes) -> bool:
+    """Create ``key`` only if nothing is there; True if this call created it, False if it existed.
+
+    Locally: write a temp file, then ``os.link`` it to the name (which fails if the name exists):
+    the name appears whole or not at all. On S3: one PUT with ``If-None-Match: *``."""
+    backend._check_writable()
+    path = f"{backend.root}/{key}"
+    if backend.local:
+        d = os.path.dirname(path)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    for attempt in range(5):
+        try:
+            backend.fs.pipe_file(path, bytes(data), mode="create")
+            return True
+        except OSError as e:
+            code = _s3_code(e)
+            if code == "PreconditionFailed" or "pre-condition" in str(e).lower():
+                return False
+            if code != "ConditionalRequestConflict":  # AWS: another conditional write is in flight
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    return False
+
+
+def _s3_code(e: BaseException) -> str | None:
+    cause = e.__cause__ or e.__context__
+    resp = getattr(cause, "response", None)
+    if isinstance(resp, dict):
+        return resp.get("Error", {}).get("Code")
+    return None
+
+
+@dataclass
+class CopyStats:
+    sent: int = 0  # objects written on the destination
+    sent_bytes: int = 0
+    present: int = 0  # objects the destination already had
+    puts: dict[str, PutResult] = field(default_factory=dict)  # oid -> sizes, for the commit
+
+
+def copy_objects(src: "Side", dst: "Side", oids: list[str], *, progress: Progress = no_progress,
+                 workers: int = TRANSFER_WORKERS, phase: str = "transfer") -> CopyStats:
+    """Copy the objects ``dst`` lacks from ``src``, ``workers`` at a time, each checked by hash
+    before it is written. ``progress(phase, bytes_done, bytes_total)`` as bytes move."""
+    stats = CopyStats()
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="deltastore-transfer") as pool:
+        there = list(pool.map(lambda o: dst.backend.size(key_of(o)), oids))
+        missing = [o for o, sz in zip(oids, there) if sz is None]
+        sizes = dict(zip(missing, pool.map(lambda o: src.backend.size(key_of(o)), missing)))
+        gone = [o for o, sz in sizes.items() if sz is None]
+        if gone:
+            raise ObjectMissingError(gone[0], f"{src.label} lacks object {gone[0]} that a version there needs "
+                                              f"({len(gone)} missing; run `deltastore verify` there)")
+        total = sum(sizes.values())
+        done = [0]
+        progress(phase, 0, total)
+        for o, sz in zip(oids, there):
+            if sz is not None:
+                stats.present += 1
+                dst.keep(o)
+                stats.puts[o] = PutResult(o, -1, sz, False)  # logical size filled in by the caller if needed
+
+        def one(oid: str) -> None:
+            key = key_of(oid)
+            data = src.backend.get(key)
+            if data is None:
+                raise ObjectMissingError(oid, f"{src.label} lost object {oid} during the transfer")
+            try:
+                logical = check_object(oid, data)
+            except CorruptObjectError as e:
+                raise CorruptObjectError(oid, f"{e.why} (the copy on {src.label}; run `deltastore verify` there)") from None
+            put_checked(dst.backend, key, data)
+            with lock:
+                stats.sent += 1
+                stats.sent_bytes += len(data)
+                stats.puts[oid] = PutResult(oid, logical, len(data), True)
+                done[0] += len(data)
+                progress(phase, done[0], total)
+
+        for _ in pool.map(one, missing):
+            pass
+    dst.backend.flush()
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# the two kinds of side
+# ----------------------------------------------------------------------------------------------
+class Side(Protocol):
+    """One end of a transfer: its objects, its versions, and how a version is committed there."""
+
+    label: str
+    backend: Backend
+    objects: ObjectDB
+
+    def resolve(self, ref: str) -> VersionInfo: ...
+
+    def find(self, model: str, manifest: str) -> VersionInfo | None: ...
+
+    def refs(self) -> list[str]: ...
+
+    def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo: ...
+
+    def set_tag(self, info: VersionInfo, tag: str) -> bool: ...
+
+    def keep(self, oid: str) -> None: ...
+
+    def hold(self, what: str) -> AbstractContextManager: ...
+
+
+@dataclass
+class _CodecLabel:
+    """What ``commit_version`` reads of a codec (its id and config), for a version that arrives
+    already encoded: pulling needs no codec installed, only its name and parameters."""
+
+    codec_id: str
+    params: dict
+
+    @property
+    def lossless(self) -> bool:
+        return self.codec_id == "lossless"
+
+    def get_config(self) -> dict:
+        return {"id": self.codec_id, **self.params}
+
+
+def check_kind(label: str, src: VersionInfo, kinds: set[str]) -> None:
+    """One name holds base models or fine-tunes, never both (as ``add`` enforces)."""
+    if kinds and src.kind not in kinds:
+        holds = "fine-tunes" if "finetune" in kinds else "base models"
+        raise BadInputError(f"{src.model!r} on {label} holds {holds}, and {src.ref} is a "
+                            f"{'fine-tune' if src.kind == 'finetune' else 'base model'}; rename one of them")
+
+
+class StoreSide:
+    """A store with a catalog: the local store, or a remote given with ``--db``."""
+
+    def __init__(self, store: StoreView, label: str):
+        self.store = store
+        self.label = label
+        self.backend = store.backend
+        self.objects = store.objects
+
+    def resolve(self, ref: str) -> VersionInfo:
+        return self.store.resolve(ref)
+
+    def find(self, model: str, manifest: str) -> VersionInfo | None:
+        with self.store.Session() as s:
+            v = s.scalar(select(Version).join(Model, Model.id == Version.model_id)
+                         .where(Model.name == model, Version.manifest == manifest).order_by(Version.number).limit(1))
+            return version_info(s, v) if v is not None else None
+
+    def refs(self) -> list[str]:
+        with self.store.Session() as s:
+            rows = s.execute(select(Model.name, Version.number).join(Version, Version.model_id == Model.id)
+                             .order_by(Model.name, Version.number)).all()
+        return [f"{m}@v{n}" for m, n in rows]
+
+    def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo:
+        oids = manifest.object_ids() | {src.manifest}
+        with self.store.Session() as s:
+            kinds = set(s.scalars(select(Version.kind).join(Model, Model.id == Version.model_id).where(Model.name == src.model)))
+        check_kind(self.label, src, kinds)
+        with self.store.Session() as s:
+            known = set()
+            ids = sorted(oids)
+            for i in range(0, len(ids), 500):
+                known.update(s.scalars(select(ObjectRow.oid).where(ObjectRow.oid.in_(ids[i : i + 500]))))
+        full: list[PutResult] = []
+        for oid in ids:
+            p = puts.get(oid)
+            if p is None or (p.logical < 0 and oid not in known):
+                # here before this transfer but in no catalog row: its logical size, read and checked
+                size = self.objects.stored_size(oid) or 0
+                p = PutResult(oid, len(self.objects.get(oid)), size, False)
+            full.append(p)
+        codec = None if src.kind == "base" else _CodecLabel(src.codec, dict(src.codec_params))
+        return commit_version(self.store, src.model, manifest, src.manifest, full, base, codec, src.message, [],
+                              src.author, dict(src.metrics), src.calib_sha256)
+
+    def set_tag(self, info: VersionInfo, tag: str) -> bool:
+        if tag in self.resolve(info.ref).tags:
+            return False
+        self.store.tag(info.ref, tag)  # type: ignore[attr-defined]
+        return True
+
+    def keep(self, oid: str) -> None:
+        self.backend.touch(key_of(oid))  # an object this transfer relies on: out of gc's grace window
+
+    def hold(self, what: str) -> AbstractContextManager:
+        return lease(self.store, what)  # gc keeps what an unfinished transfer wrote
+
+
+class RecordsSide:
+    """A bare object store whose records beside the objects are its catalog (what ``db rebuild`` reads)."""
+
+    def __init__(self, backend: Backend, label: str):
+        self.backend = backend
+        self.objects = ObjectDB(backend)
+        self.label = label
+        self._versions: dict[str, dict[int, VersionInfo]] = {}
+
+    # -- reading records (nothing read from a remote is trusted: every field is checked) ------
+    def _read(self, key: str) -> dict | None:
+        raw = self.backend.get(key)
+        if raw is None:
+            return None
+        try:
+            d = json.loads(raw)
+            if not isinstance(d, dict):
+                raise ValueError("not an object")
+            return d
+        except ValueError as e:
+            raise RemoteError(f"{self.label}: record {key} is not valid JSON ({e})") from None
+
+    def _info(self, key: str, d: dict) -> VersionInfo:
+        try:
+            model, number = check_name(str(d["model"])), int(d["number"])
+            parse_oid(str(d["manifest"]))
+            base = d.get("base")
+            if base is not None:
+                parse_ref(str(base))
+            created = dt.datetime.fromisoformat(str(d["created_at"]).removesuffix("Z"))
+            return VersionInfo(
+                model=model, number=number, manifest=str(d["manifest"]), kind=str(d["kind"]), base=base,
+                codec=str(d["codec"]), codec_params=dict(d.get("codec_params") or {}),
+                logical_bytes=int(d["logical_bytes"]), stored_bytes=int(d["stored_bytes"]),
+                referenced_bytes=int(d["referenced_bytes"]), message=str(d.get("message") or ""),
+                author=str(d.get("author") or ""), created_at=created, metrics=dict(d.get("metrics") or {}),
+                calib_sha256=d.get("calib_sha256"))
+        except (KeyError, TypeError, ValueError, DeltaStoreError) as e:
+            raise RemoteError(f"{self.label}: version record {key} is malformed ({e})") from None
+
+    def _model_versions(self, model: str, *, fresh: bool = False) -> dict[int, VersionInfo]:
+        if fresh or model not in self._versions:
+            out: dict[int, VersionInfo] = {}
+            for key in self.backend.list(f"{records.PREFIX}/versions/{model}"):
+                name = key.rsplit("/", 1)[-1]
+                if not (name.startswith("v") and name.endswith(".json") and name[1:-5].isdigit()):
+                    continue
+                d = self._read(key)
+                if d is None:
+                    continue
+                info = self._info(key, d)
+                if (info.model, info.number) != (model, int(name[1:-5])):
+                    raise RemoteError(f"{self.label}: record {key} names {info.ref}")
+                out[info.number] = info
+            self._versions[model] = out
+        return self._versions[model]
+
+    def _tags(self, model: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key in self.backend.list(f"{records.PREFIX}/tags/{model}"):
+            if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+                d = self._read(key)
+                if d is not None and isinstance(d.get("version"), int) and isinstance(d.get("tag"), str):
+                    out[d["tag"]] = d["version"]
+        return out
+
+    def _with_tags(self, info: VersionInfo) -> VersionInfo:
+        info.tags = sorted(t for t, n in self._tags(info.model).items() if n == info.number)
+        return info
+
+    def resolve(self, ref: str) -> VersionInfo:
+        r = parse_ref(ref)
+        vs = self._model_versions(r.model, fresh=True)
+        if not vs:
+            raise UnknownRefError(f"{self.label} has no model named {r.model!r}")
+        if r.version is not None:
+            if r.version not in vs:
+                raise UnknownRefError(f"{self.label}: {r.model} has no version v{r.version} (latest is v{max(vs)})")
+            return self._with_tags(vs[r.version])
+        if r.latest:
+            return self._with_tags(vs[max(vs)])
+        if r.tag is not None:
+            n = self._tags(r.model).get(r.tag)
+            if n is not None and n in vs:
+                return self._with_tags(vs[n])
+        if r.manifest_prefix is not None:
+            hits = [v for v in vs.values() if v.manifest.startswith(f"sha256:{r.manifest_prefix}")]
+            if len(hits) == 1:
+                return self._with_tags(hits[0])
+            if hits:
+                raise UnknownRefError(f"{ref}: manifest prefix {r.manifest_prefix} is ambiguous on {self.label}")
+        raise UnknownRefError(f"{self.label}: {r.model} has no tag or manifest {r.tag or r.manifest_prefix!r}")
+
+    def find(self, model: str, manifest: str) -> VersionInfo | None:
+        hits = [v for _, v in sorted(self._model_versions(model, fresh=True).items()) if v.manifest == manifest]
+        return self._with_tags(hits[0]) if hits else None
+
+    def refs(self) -> list[str]:
+        models = sorted({k.split("/")[2] for k in self.backend.list(f"{records.PREFIX}/versions") if k.count("/") == 3})
+        return [v.ref for m in models for _, v in sorted(self._model_versions(m, fresh=True).items())]
+
+    # -- writing ------------------------------------------------------------------------------
+    def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo:
+        oids = manifest.object_ids() | {src.manifest}
+        missing = [o for o in oids if not self.objects.exists(o)]
+        if missing:
+            raise ConflictError(f"{len(missing)} objects vanished from {self.label} while pushing (a gc there?); push again")
+        vs = self._model_versions(src.model, fresh=True)
+        check_kind(self.label, src, {v.kind for v in vs.values()})
+        number = max(vs, default=0) + 1
+        stored_new = sum(p.stored for p in puts.values() if p.new and p.oid in oids)
+        referenced = sum(p.stored for p in puts.values() if p.oid in oids)
+        for _ in range(1000):
+            info = VersionInfo(**{**asdict(src), "number": number, "base": base.ref if base else None, "tags": [],
+                                  "stored_bytes": stored_new, "referenced_bytes": referenced})
+            d = info.to_dict()
+            d.pop("tags", None)  # the bytes records.write_version writes
+            if put_if_absent(self.backend, records.version_key(info.model, number),
+                             json.dumps(d, sort_keys=True, indent=1).encode()):
+                self._versions.setdefault(src.model, {})[number] = info
+                return info
+            other = self._read(records.version_key(src.model, number))  # another writer took it
+            if other is not None and other.get("manifest") == src.manifest:
+                return self._info(records.version_key(src.model, number), other)  # the same version, pushed at once
+            number += 1
+        raise ConflictError(f"could not allocate a version number for {src.model!r} on {self.label}")
+
+    def set_tag(self, info: VersionInfo, tag: str) -> bool:
+        if self._tags(info.model).get(tag) == info.number:
+            return False
+        records.write_tag(self.backend, info.model, tag, info.number)
+        return True
+
+    def keep(self, oid: str) -> None:
+        pass
+
+    def hold(self, what: str) -> AbstractContextManager:
+        return nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# a transfer
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Moved:
+    """One version of the chain: its REF on each side, and whether this transfer created it."""
+
+    src: str
+    dst: str
+    new: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TransferResult:
+    """What a push or pull did: the versions (base first), objects and bytes sent, tags set."""
+
+    direction: str  # "push" | "pull"
+    remote: str
+    ref: str  # the REF asked for, on the source
+    dst_ref: str  # the same version's REF on the destination
+    versions: list[Moved]
+    objects_sent: int
+    bytes_sent: int
+    objects_present: int  # already on the destination: not sent
+    tags: list[str]  # "NAME@tag" set or moved on the destination
+    seconds: float
+
+    @property
+    def new_versions(self) -> list[Moved]:
+        return [m for m in self.versions if m.new]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["versions"] = [m.to_dict() for m in self.versions]
+        return d
+
+
+def chain_of(src: Side, ref: str) -> list[tuple[VersionInfo, Manifest]]:
+    """The version REF names and its bases, base first; each manifest fetched and re-hashed, and
+    each record's base checked against what its manifest says."""
+    out: list[tuple[VersionInfo, Manifest]] = []
+    info: VersionInfo | None = src.resolve(ref)
+    seen: set[str] = set()
+    while info is not None:
+        if info.ref in seen:
+            raise RemoteError(f"{src.label}: the base chain of {ref} loops at {info.ref}")
+        seen.add(info.ref)
+        try:
+            man = Manifest.from_json(src.objects.get(info.manifest))
+        except ValueError as e:
+            if isinstance(e, CorruptObjectError):
+                raise
+            raise CorruptObjectError(info.manifest, f"not a manifest ({e})") from None
+        base = src.resolve(info.base) if info.base else None
+        if (base.manifest if base else None) != man.base:
+            raise RemoteError(f"{src.label}: {info.ref}'s record names base {info.base}, but its manifest names another")
+        out.append((info, man))
+        info = base
+    return out[::-1]
+
+
+def transfer(src: Side, dst: Side, ref: str, *, direction: str, remote: str, tags: bool = True,
+             progress: Progress = no_progress, workers: int = TRANSFER_WORKERS) -> TransferResult:
+    """Copy the version REF names on ``src``, with its base chain and tags, to ``dst`` (module doc)."""
+    t0 = time.perf_counter()
+    chain = chain_of(src, ref)
+    with dst.hold(f"{direction} {ref} from {src.label}"):
+        there = [dst.find(info.model, info.manifest) for info, _ in chain]
+        need: set[str] = set()
+        for (info, man), have in zip(chain, there):
+            if have is None:
+                need |= man.object_ids() | {info.manifest}
+        stats = copy_objects(src, dst, sorted(need), progress=progress, workers=workers, phase=direction)
+        moved: list[Moved] = []
+        set_tags: list[str] = []
+        prev: VersionInfo | None = None
+        for (info, man), have in zip(chain, there):
+            if have is None:
+                have = dst.publish(info, prev, man, stats.puts)
+                moved.append(Moved(info.ref, have.ref, True))
+            else:
+                moved.append(Moved(info.ref, have.ref, False))
+            if tags:
+                for t in info.tags:
+                    if dst.set_tag(have, t):
+                        set_tags.append(f"{have.model}@{t}")
+            prev = have
+    return TransferResult(direction=direction, remote=remote, ref=chain[-1][0].ref, dst_ref=moved[-1].dst, versions=moved,
+                          objects_sent=stats.sent, bytes_sent=stats.sent_bytes, objects_present=stats.present,
+                          tags=set_tags, seconds=time.perf_counter() - t0)
