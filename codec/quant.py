@@ -55,15 +55,24 @@ _FP16_MIN_NORMAL = 2.0**-14
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
-    if isinstance(bits, bool) or int(bits) != bits or int(bits) not in PACKABLE_BITS:
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or bits not in PACKABLE_BITS:
         raise CodecError(f"{what} must be one of {PACKABLE_BITS} (packable widths), got {bits!r}")
     return int(bits)
 
 
+#: Largest group a codec accepts (a group of 2**31 values is already one group per tensor).
+MAX_GROUP = 2**31
+
+
 def check_group_size(group_size: int, what: str = "group_size") -> int:
-    if isinstance(group_size, bool) or int(group_size) != group_size or int(group_size) <= 0:
-        raise CodecError(f"{what} must be a positive integer, got {group_size!r}")
-    return int(group_size)
+    try:
+        g = int(group_size)
+        ok = not isinstance(group_size, (bool, str)) and g == group_size and 0 < g <= MAX_GROUP
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise CodecError(f"{what} must be a positive integer up to {MAX_GROUP}, got {group_size!r}")
+    return g
 
 
 def n_groups(length: int, group_size: int) -> int:
@@ -122,8 +131,12 @@ def group_params(x: torch.Tensor, bits: int | torch.Tensor, group_size: int = DE
 
 
 def _expand(p: torch.Tensor, length: int, group_size: int) -> torch.Tensor:
-    """Per-group parameters (..., G) -> per-value (..., L)."""
-    return p.repeat_interleave(group_size, dim=-1)[..., :length]
+    """Per-group parameters (..., G) -> per-value (..., L). Indexes rather than repeating, so the
+    work is O(L) whatever ``group_size`` a payload names; a ``p`` with too few groups is an error."""
+    idx = torch.arange(length, device=p.device) // group_size
+    if length and p.shape[-1] <= int(idx[-1]):
+        raise CodecError(f"{p.shape[-1]} groups of {group_size} cannot cover {length} values")
+    return p.index_select(-1, idx)
 
 
 def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int | torch.Tensor, group_size: int = DEFAULT_GROUP) -> torch.Tensor:

@@ -124,7 +124,7 @@ def parse_header(raw: bytes) -> dict[str, Any]:
         if name in names:
             raise _bad(f"array {name!r} appears twice")
         names.add(name)
-        if spec["dtype"] not in _DTYPES:
+        if not isinstance(spec["dtype"], str) or spec["dtype"] not in _DTYPES:
             raise _bad(f"array {name!r} has an unknown dtype {_short(spec['dtype'])}")
         _shape(spec["shape"], f"array {name!r} shape")
     return head
