@@ -20,6 +20,7 @@ from rich.tree import Tree
 
 from .options import HELP_DB, HELP_HOME, HELP_OBJECTS, HELP_QUIET, command, set_globals, state
 from .output import emit_json, err, error, out, setup_logging, show_click_error
+from . import remote as remote_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="A content-addressed store for model weights: "
                   "bases stored once, fine-tunes as compressed deltas.")
@@ -27,6 +28,7 @@ add_app = typer.Typer(no_args_is_help=True, help="Add a model version.")
 db_app = typer.Typer(no_args_is_help=True, help="Catalog schema (Alembic migrations).")
 app.add_typer(add_app, name="add")
 app.add_typer(db_app, name="db")
+remote_cli.register(app)  # remote add/ls/rm, push, pull, clone
 
 
 @app.callback()
@@ -327,8 +329,14 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", "-n"), as_json: bool = t
 
 
 @command(app)
-def verify(ref: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
+def verify(ref: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json"),
+           repair: list[str] = typer.Option([], "--repair", metavar="REMOTE", help="Replace missing or corrupt objects "
+                                            "with good copies from REMOTE (repeatable: tried in order).")) -> None:
     """Re-hash objects; name what is missing or corrupt and which versions it breaks."""
+    if repair:
+        if not remote_cli.repair(ref, repair, as_json):
+            raise typer.Exit(1)
+        return
     r = _store(read_only=True).verify(ref)
     if not _emit(r.to_dict(), as_json):
         if r.ok:

@@ -1,6 +1,6 @@
-"""``remote add/ls/rm``, ``push``, ``pull``, ``clone`` and ``repair``: moving versions between stores.
-
-Registered on the main app by :func:`register`; the work is in ``deltastore.remotes``.
+"""``remote add/ls/rm``, ``push``, ``pull``, ``clone``, and ``verify --repair``: moving versions
+between stores. Registered on the main app by :func:`register` (``verify`` calls :func:`repair`);
+the work is in ``deltastore.remotes``.
 """
 
 from __future__ import annotations
@@ -202,13 +202,12 @@ def clone(
         _say(f"store at {info['home']} tracking {r.label}; nothing pulled yet (`deltastore pull REF`)")
 
 
-def repair(remotes: list[str], as_json: bool) -> bool:
-    """``verify --repair [REMOTE...]``: replace missing or corrupt objects with good copies from a
-    remote; prints what it did; returns whether the store is whole afterwards."""
+def repair(ref: Optional[str], remotes: list[str], as_json: bool) -> bool:
+    """``verify [REF] --repair REMOTE``: replace missing or corrupt objects with good copies from
+    the remotes (in order); prints what it did; returns whether the store is whole afterwards."""
     from deltastore.remotes import repair as do_repair
 
-    st = _store()
-    rep = do_repair(st, remotes or None)
+    rep = do_repair(_store(), remotes or None, ref=ref)
     if as_json:
         emit_json(rep.to_dict())
         return rep.ok
@@ -223,17 +222,8 @@ def repair(remotes: list[str], as_json: bool) -> bool:
     return rep.ok
 
 
-def repair_cmd(
-    remotes: list[str] = typer.Argument(None, help="Remotes to take good copies from, in order (default: origin)."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Re-hash every object; replace each missing or corrupt one from a remote whose copy hashes right."""
-    if not repair(remotes or [], as_json):
-        raise typer.Exit(1)
-
-
 def register(app: typer.Typer) -> None:
     """Add these commands to the ``deltastore`` app."""
     app.add_typer(remote_app, name="remote")
-    for fn, name in ((push, "push"), (pull, "pull"), (clone, "clone"), (repair_cmd, "repair")):
+    for fn, name in ((push, "push"), (pull, "pull"), (clone, "clone")):
         command(app, name)(fn)

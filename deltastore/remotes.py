@@ -410,15 +410,16 @@ class RepairReport:
                 "unrepaired": [x.to_dict() for x in self.unrepaired], "others": self.others}
 
 
-def repair(store: Any, remotes: list[str | Remote] | None = None, *, progress: Progress | None = None) -> RepairReport:
-    """Re-hash every object the catalog needs; replace each missing or corrupt one with a copy
+def repair(store: Any, remotes: list[str | Remote] | None = None, *, ref: str | None = None,
+           progress: Progress | None = None) -> RepairReport:
+    """Re-hash every object the catalog (or the version REF names, with its bases) needs; replace each missing or corrupt one with a copy
     from the first remote (in the order given; default: the default remote) whose copy hashes to
     its id. A remote whose copy is corrupt too is named in the report and not used."""
     if store.read_only:
         raise BadInputError("this store is open read-only; repair writes to it")
     home = _home(store)
     rs = [get_remote(home, x) for x in (remotes or [None])]
-    rep = store.verify(progress=progress)
+    rep = store.verify(ref, progress=progress)
     todo: dict[str, Repair] = {}
     others: list[str] = []
     for p in rep.problems:
