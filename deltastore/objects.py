@@ -13,6 +13,7 @@ Objects are written once (temp + rename, or one PUT) and never modified; only ``
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ KIND_NAMES = {v: k for k, v in KINDS.items()}
 ZSTD, PLANES, RAW = 0, 1, 2
 PREFIX = "objects/"
 ZSTD_LEVEL = 3
+#: the plane stream's fixed header (codec/planes.py): magic, width, flags, reserved, nchunks, raw_total
+_STREAM_HEAD = struct.Struct("<4sBBHIQ")
+_TABLES_KEPT = 4096
 
 
 def oid_of(data: bytes | bytearray | memoryview) -> str:
@@ -64,6 +68,21 @@ def oid_of_key(key: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class ChunkTable:
+    """A tensor object's chunk table (codec/planes.py's stream layout): chunk ``i`` holds raw
+    bytes ``[raw_offsets[i], raw_offsets[i+1])`` and lies at ``[stored_offsets[i],
+    stored_offsets[i+1])`` of the backend object (frame included); ``entries`` are its table
+    entries verbatim, so the chunks a range needs can be decoded as a stream of their own."""
+
+    width: int
+    rotate: bool
+    raw_total: int
+    raw_offsets: list[int]
+    stored_offsets: list[int]
+    entries: list[bytes]
+
+
+@dataclass(frozen=True)
 class PutResult:
     oid: str
     logical: int  # bytes it decodes to
@@ -74,6 +93,7 @@ class PutResult:
 class ObjectDB:
     def __init__(self, backend: Backend):
         self.backend = backend
+        self._tables: dict[str, ChunkTable] = {}  # chunk tables of tensor objects, for ranged reads
 
     # -- writing -------------------------------------------------------------------------------
     def _put(self, oid: str, kind: str, coding: int, body_fn, logical: int) -> PutResult:
@@ -144,14 +164,123 @@ class ObjectDB:
         return out
 
     def get_range(self, oid: str, start: int, stop: int) -> bytes:
-        """Bytes ``[start, stop)`` of a tensor object, decoding only the chunks that cover them."""
-        kind, coding, body = self._frame(oid)
-        if coding != PLANES:
-            return self.get(oid)[start:stop]
+        """Bytes ``[start, stop)`` of a tensor object, fetching from the backend and decoding only
+        the chunks that cover them (the frame and chunk table first, then one ranged read of those
+        chunks' payloads). Other codings are fetched whole. Nothing here is hashed: a byte range
+        cannot be checked against the id of the whole object, so callers that must never return
+        wrong bytes verify the whole object once (``get_array``) or use ``get``."""
+        return self.get_range_array(oid, start, stop).tobytes()
+
+    def get_range_array(self, oid: str, start: int, stop: int) -> np.ndarray:
+        """:meth:`get_range` as a uint8 array (no extra copy)."""
+        table = self.chunk_table(oid)
+        if table is None:
+            return np.frombuffer(self.get(oid), dtype=np.uint8)[start:stop]
+        stop = min(stop, table.raw_total)
+        if start >= stop:
+            return np.empty(0, dtype=np.uint8)
+        first = bisect.bisect_right(table.raw_offsets, start) - 1
+        last = bisect.bisect_left(table.raw_offsets, stop)  # one past the last chunk needed
+        lo, hi = table.stored_offsets[first], table.stored_offsets[last]
+        body = self.backend.get_range(key_of(oid), lo, hi)
+        if body is None:
+            raise ObjectMissingError(oid)
+        if len(body) != hi - lo:
+            raise CorruptObjectError(oid, f"object is shorter than its chunk table says ({lo + len(body)} < {hi} bytes)")
+        sub = b"".join([_STREAM_HEAD.pack(planes.MAGIC, table.width, planes.FLAG_ROTATE if table.rotate else 0, 0,
+                                          last - first, table.raw_offsets[last] - table.raw_offsets[first]),
+                        *table.entries[first:last], body])
         try:
-            return planes.decompress_range(body, start, stop).tobytes()
+            out = planes.decompress(sub)
         except CorruptPayloadError as e:
             raise CorruptObjectError(oid, str(e)) from None
+        base = table.raw_offsets[first]
+        return out[start - base : stop - base]
+
+    def chunk_table(self, oid: str) -> "ChunkTable | None":
+        """Where each chunk of a tensor object lies on the backend, read with ranged reads of its
+        frame and table only (cached: objects never change); None for objects that are not
+        chunked plane streams."""
+        table = self._tables.get(oid)
+        if table is not None:
+            return table
+        key = key_of(oid)
+        head = self.backend.get_range(key, 0, _FRAME.size + _STREAM_HEAD.size)
+        if head is None:
+            raise ObjectMissingError(oid)
+        if len(head) < _FRAME.size:
+            raise CorruptObjectError(oid, "truncated frame")
+        magic, kind, coding, _ = _FRAME.unpack(head[: _FRAME.size])
+        if magic != MAGIC or kind not in KIND_NAMES:
+            raise CorruptObjectError(oid, "bad frame header")
+        if coding[0] != PLANES:
+            return None
+        if len(head) < _FRAME.size + _STREAM_HEAD.size:
+            raise CorruptObjectError(oid, "plane stream is truncated (header)")
+        smagic, width, flags, _, nchunks, raw_total = _STREAM_HEAD.unpack(head[_FRAME.size :])
+        if smagic != planes.MAGIC:
+            return None  # another stream layout: read whole
+        if width not in (1, 2, 4, 8):
+            raise CorruptObjectError(oid, "not a plane stream (bad width)")
+        entry = 8 + 5 * width
+        tpos = _FRAME.size + _STREAM_HEAD.size
+        raw = self.backend.get_range(key, tpos, tpos + nchunks * entry) if nchunks else b""
+        size = self.backend.size(key)
+        if raw is None or size is None:
+            raise ObjectMissingError(oid)
+        if len(raw) != nchunks * entry:
+            raise CorruptObjectError(oid, "plane stream is truncated (chunk table)")
+        raw_offsets, stored_offsets, entries = [0], [tpos + nchunks * entry], []
+        for i in range(nchunks):
+            e = raw[i * entry : (i + 1) * entry]
+            (rl,) = struct.unpack_from("<Q", e)
+            plens = struct.unpack_from(f"<{width}I", e, 8)
+            if rl % width:
+                raise CorruptObjectError(oid, "plane stream chunk is not whole elements")
+            raw_offsets.append(raw_offsets[-1] + rl)
+            stored_offsets.append(stored_offsets[-1] + sum(plens))
+            entries.append(bytes(e))
+        if raw_offsets[-1] != raw_total:
+            raise CorruptObjectError(oid, "plane stream chunk table does not add up")
+        if stored_offsets[-1] != size:
+            raise CorruptObjectError(oid, "plane stream is truncated or has trailing bytes")
+        table = ChunkTable(width, bool(flags & planes.FLAG_ROTATE), raw_total, raw_offsets, stored_offsets, entries)
+        if len(self._tables) >= _TABLES_KEPT:
+            self._tables.clear()
+        self._tables[oid] = table
+        return table
+
+    def stored_problem(self, oid: str, logical: int) -> str | None:
+        """Why the stored object cannot be what ``logical`` bytes of content make, from its size
+        and frame alone (no decompression of tensors): None when it looks whole. Catches what a
+        crash can leave on a file system (an empty, truncated or zero-filled file); ``verify``
+        re-hashes for everything else."""
+        key = key_of(oid)
+        try:
+            head = self.backend.get_range(key, 0, _FRAME.size)
+            size = self.backend.size(key)
+            if head is None or size is None:
+                return "missing"
+            if len(head) < _FRAME.size:
+                return "truncated frame"
+            magic, kind, coding, _ = _FRAME.unpack(head)
+            if magic != MAGIC or kind not in KIND_NAMES:
+                return "bad frame header"
+            body = size - _FRAME.size
+            if coding[0] == RAW:
+                return None if body == logical else f"holds {body} bytes, not {logical}"
+            if coding[0] == PLANES:
+                table = self.chunk_table(oid)  # checks the table adds up to the object's size
+                return None if table is not None and table.raw_total == logical else "plane stream of another size"
+            if coding[0] == ZSTD:
+                if body <= SMALL_CHECKED_WHOLE:
+                    self.get(oid, verify=True, max_size=logical)
+                    return None
+                claimed = zstandard.frame_content_size(self.backend.get_range(key, _FRAME.size, _FRAME.size + 18) or b"")
+                return None if claimed == logical else "zstd frame of another size"
+            return f"unknown coding {coding[0]}"
+        except (CorruptObjectError, ObjectMissingError, zstandard.ZstdError) as e:
+            return str(e)
 
     def kind(self, oid: str) -> str:
         return self._frame(oid)[0]

@@ -1,0 +1,307 @@
+"""Versions as plain files, computed on read: what the FUSE mount and the fsspec filesystem share.
+
+A version file's bytes are laid out by its manifest alone: a safetensors file is its verbatim header
+(a blob, ``size - sum(tensor bytes)`` long) followed by its tensors in data order, so sizes, offsets
+and headers are known without decoding anything. Reading a byte range maps it onto *units* and
+takes each from the shared :class:`~deltastore.filecache.DecodedCache`:
+
+- the header or a plain file: one blob, verified against its id;
+- a lossless tensor: with ``verify`` (the default) the whole tensor object, decoded once and
+  re-hashed against the sha256 it was added with, so a corrupt object is an error and never wrong
+  bytes; without it, tensor-aligned segments of ``unit_bytes`` fetched and decoded by chunk
+  (``ObjectDB.get_range_array``), which cannot be checked against a whole-object hash;
+- a tensor the fine-tune left as the base's: the base's unit, shared by every version using it;
+- a lossy delta: the whole reconstructed tensor (``materialize.tensor_bytes``, the code checkout
+  runs, so the bytes equal checkout's bit for bit).
+
+:class:`CatalogView` is the namespace: models, their versions and tags, read from the catalog with
+a short time-to-live so versions added after mounting appear, and each version's files from its
+manifest (immutable, kept).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import numpy as np
+from sqlalchemy import select
+
+from .catalog import Model, Tag, Version
+from .errors import CorruptObjectError
+from .filecache import DecodedCache, Loader
+from .manifest import FileEntry, TensorEntry
+from .materialize import tensor_bytes
+from .protocols import StoreView
+
+log = logging.getLogger("deltastore.fileview")
+
+#: default segment size for unverified lossless reads (a multiple of the 4 MiB object chunks)
+UNIT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Bytes ``[start, stop)`` of a file, decoded together and cached under ``key``."""
+
+    start: int
+    stop: int
+    key: Hashable
+    load: Loader
+    what: str  # for log lines: the tensor or file it belongs to
+
+
+@dataclass
+class VersionFile:
+    """One file of one version: its size and the units its bytes come from."""
+
+    path: str
+    size: int
+    mtime: float
+    exact: bool
+    sha256: str
+    units: list[Unit]
+    starts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.starts = [u.start for u in self.units]
+
+    def span(self, start: int, stop: int) -> range:
+        """Indexes of the units that overlap ``[start, stop)``."""
+        stop = min(stop, self.size)
+        if start >= stop or not self.units:
+            return range(0)
+        first = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        last = bisect.bisect_left(self.starts, stop)
+        return range(first, last)
+
+
+class FileReader:
+    """Builds :class:`VersionFile` layouts and reads byte ranges of them through one cache."""
+
+    def __init__(self, store: StoreView, cache: DecodedCache, *, verify: bool = True, unit_bytes: int = UNIT_BYTES):
+        self.store = store
+        self.cache = cache
+        self.verify = verify
+        self.unit_bytes = max(unit_bytes, 1)
+        self._layouts: dict[tuple[str, str], VersionFile] = {}
+
+    # -- layout ---------------------------------------------------------------------------------
+    def layout(self, manifest_oid: str, f: FileEntry, mtime: float = 0.0) -> VersionFile:
+        key = (manifest_oid, f.path)
+        vf = self._layouts.get(key)
+        if vf is None:
+            units = self._units(manifest_oid, f)
+            vf = self._layouts[key] = VersionFile(f.path, f.size, mtime, f.exact, f.sha256, units)
+        return vf
+
+    def _units(self, manifest_oid: str, f: FileEntry) -> list[Unit]:
+        if f.kind == "blob":
+            if not f.object:
+                raise CorruptObjectError(manifest_oid, f"{f.path} names no object")
+            return [self._blob_unit(f.object, 0, f.size, f.path)] if f.size else []
+        if f.kind != "safetensors" or not f.header:
+            raise CorruptObjectError(manifest_oid, f"{f.path}: unknown file kind {f.kind!r}")
+        head = f.size - sum(t.nbytes for t in f.tensors)
+        if head < 8:
+            raise CorruptObjectError(manifest_oid, f"{f.path}: sizes leave {head} bytes for the safetensors header")
+        units = [self._blob_unit(f.header, 0, head, f"{f.path} (header)")]
+        pos = head
+        for t in f.tensors:
+            if t.nbytes:
+                units.extend(self._tensor_units(manifest_oid, t, pos, f.path))
+            pos += t.nbytes
+        return units
+
+    def _blob_unit(self, oid: str, start: int, size: int, what: str) -> Unit:
+        def load() -> np.ndarray:
+            data = self.store.objects.get(oid)  # always verified: blobs are small
+            if len(data) != size:
+                raise CorruptObjectError(oid, f"{what} is {len(data)} bytes, the manifest says {size}")
+            return np.frombuffer(data, dtype=np.uint8)
+
+        return Unit(start, start + size, ("blob", oid), load, what)
+
+    def _source(self, manifest_oid: str, t: TensorEntry) -> tuple[str, TensorEntry]:
+        """Follow ``base`` links down the base chain to the manifest whose entry holds the bytes."""
+        owner, entry, seen = manifest_oid, t, set()
+        while entry.source == "base":
+            if owner in seen:
+                raise CorruptObjectError(owner, "the base chain loops")
+            seen.add(owner)
+            base = self.store.manifest(owner).base
+            if base is None:
+                raise CorruptObjectError(owner, f"tensor {t.name!r} refers to a base, but the manifest has none")
+            nxt = self.store.manifest(base).tensor_map().get(t.name)
+            if nxt is None:
+                raise CorruptObjectError(base, f"base manifest lacks tensor {t.name!r}")
+            if nxt.nbytes != entry.nbytes:
+                raise CorruptObjectError(owner, f"tensor {t.name!r} names the base's, which has another size")
+            owner, entry = base, nxt
+        return owner, entry
+
+    def _tensor_units(self, manifest_oid: str, t: TensorEntry, pos: int, path: str) -> list[Unit]:
+        owner, e = self._source(manifest_oid, t)
+        what = f"{path}: {t.name}"
+        if e.source == "delta":
+            def load_delta() -> np.ndarray:
+                return tensor_bytes(self.store, owner, e)
+
+            return [Unit(pos, pos + t.nbytes, ("delta", owner, e.name), load_delta, what)]
+        if e.source != "tensor":
+            raise CorruptObjectError(owner, f"unknown tensor source {e.source!r}")
+        if e.object != "sha256:" + e.sha256:
+            raise CorruptObjectError(owner, f"tensor {e.name!r} names object {e.object}, not its own sha256")
+        oid, n = e.object, e.nbytes
+        if self.verify:
+            def load_whole() -> np.ndarray:
+                out = self.store.objects.get_array(oid, verify=True)
+                if out.size != n:
+                    raise CorruptObjectError(oid, f"tensor {e.name!r} decodes to {out.size} bytes, the manifest says {n}")
+                return out
+
+            return [Unit(pos, pos + n, ("tensor", oid), load_whole, what)]
+        units = []
+        for lo in range(0, n, self.unit_bytes):
+            hi = min(lo + self.unit_bytes, n)
+
+            def load_seg(lo: int = lo, hi: int = hi) -> np.ndarray:
+                out = self.store.objects.get_range_array(oid, lo, hi)
+                if out.size != hi - lo:
+                    raise CorruptObjectError(oid, f"tensor {e.name!r} is shorter than the manifest says")
+                return out
+
+            units.append(Unit(pos + lo, pos + hi, ("segment", oid, lo, hi), load_seg, what))
+        return units
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, vf: VersionFile, start: int, stop: int, *, readahead: bool = False) -> bytes:
+        """Bytes ``[start, stop)`` of the file (shorter at its end). With ``readahead`` the unit
+        after the last one read starts decoding in the background."""
+        span = self.span_arrays(vf, start, stop)
+        if readahead:
+            idx = vf.span(start, stop)
+            if len(idx) and idx[-1] + 1 < len(vf.units):
+                u = vf.units[idx[-1] + 1]
+                self.cache.prefetch(u.key, u.load)
+        if not span:
+            return b""
+        if len(span) == 1:
+            return span[0].tobytes()
+        return b"".join(span)
+
+    def span_arrays(self, vf: VersionFile, start: int, stop: int) -> list[np.ndarray]:
+        out = []
+        stop = min(stop, vf.size)
+        for i in vf.span(start, stop):
+            u = vf.units[i]
+            arr = self.cache.get(u.key, u.load)
+            out.append(arr[max(start - u.start, 0) : min(stop, u.stop) - u.start])
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ModelView:
+    versions: dict[int, tuple[str, float]]  # number -> (manifest id, created_at as a timestamp)
+    tags: dict[str, int]  # tag -> version number
+    fetched: float
+
+    @property
+    def latest(self) -> int | None:
+        return max(self.versions) if self.versions else None
+
+
+@dataclass
+class VersionTree:
+    """A version's files and the folders they imply (``a/b.json`` makes folder ``a``)."""
+
+    files: dict[str, FileEntry]
+    dirs: dict[str, list[str]]  # folder ("" is the version's root) -> child names, in order
+
+
+def _ts(d: dt.datetime | None) -> float:
+    if d is None:
+        return 0.0
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)
+    return d.timestamp()
+
+
+class CatalogView:
+    """Models, versions and tags with a ``ttl`` (seconds), and each version's file tree."""
+
+    def __init__(self, store: StoreView, *, ttl: float = 1.0):
+        self.store = store
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._names: tuple[float, list[str]] | None = None
+        self._models: dict[str, ModelView] = {}
+        self._trees: dict[str, VersionTree] = {}
+
+    def model_names(self) -> list[str]:
+        now = time.monotonic()
+        cached = self._names
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        with self.store.Session() as s:
+            names = list(s.scalars(select(Model.name).order_by(Model.name)))
+        self._names = (now, names)
+        return names
+
+    def model(self, name: str) -> ModelView | None:
+        now = time.monotonic()
+        mv = self._models.get(name)
+        if mv is not None and now - mv.fetched < self.ttl:
+            return mv
+        with self.store.Session() as s:
+            mid = s.scalar(select(Model.id).where(Model.name == name))
+            if mid is None:
+                self._models.pop(name, None)
+                return None
+            rows = s.execute(select(Version.number, Version.manifest, Version.created_at).where(Version.model_id == mid)).all()
+            tags = s.execute(select(Tag.name, Version.number).join(Version, Tag.version_id == Version.id)
+                             .where(Tag.model_id == mid)).all()
+        mv = ModelView({n: (m, _ts(c)) for n, m, c in rows}, {t: n for t, n in tags}, now)
+        self._models[name] = mv
+        return mv
+
+    def tree(self, manifest_oid: str) -> VersionTree:
+        tree = self._trees.get(manifest_oid)
+        if tree is not None:
+            return tree
+        man = self.store.manifest(manifest_oid)
+        files: dict[str, FileEntry] = {}
+        dirs: dict[str, list[str]] = {"": []}
+        for f in man.files:
+            if not plain_path(f.path):
+                log.warning("manifest %s lists the unsafe path %r: not shown", manifest_oid, f.path)
+                continue
+            parts = f.path.split("/")
+            for i in range(len(parts)):
+                parent, child = "/".join(parts[:i]), parts[i]
+                if i < len(parts) - 1:
+                    sub = "/".join(parts[: i + 1])
+                    if sub in files:
+                        break  # a file and a folder of one name: keep the file
+                    if sub not in dirs:
+                        dirs[sub] = []
+                        dirs[parent].append(child)
+                elif f.path not in dirs and f.path not in files:
+                    files[f.path] = f
+                    dirs[parent].append(child)
+        tree = self._trees[manifest_oid] = VersionTree(files, dirs)
+        return tree
+
+
+def plain_path(rel: object) -> bool:
+    """A manifest path that names a file inside the version: relative, no ``..``, ``.``, empty or
+    control-character parts, no backslashes (the rules ``materialize.safe_dest`` applies)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
+        return False
+    return not any(p in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in p) for p in rel.split("/"))

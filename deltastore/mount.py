@@ -1,0 +1,374 @@
+"""A read-only FUSE filesystem (mfusepy on libfuse3) showing every version as plain files.
+
+Layout::
+
+    MOUNTPOINT/NAME/v1/config.json            files of NAME@v1, computed on read
+    MOUNTPOINT/NAME/v1/model.safetensors
+    MOUNTPOINT/NAME/latest -> v3              symlinks, re-read from the catalog every ``ttl``
+    MOUNTPOINT/NAME/<tag>  -> v2
+
+Sizes, modes and times come from the catalog and manifests, so ``ls -lR`` decodes nothing. Reads go
+through :mod:`deltastore.fileview` and one :class:`~deltastore.filecache.DecodedCache`; the kernel's
+128 KiB requests slice units already decoded. Page caching stays on (``auto_cache``: kept across
+opens while a file's size and mtime are unchanged), so mmap readers such as
+``safetensors.safe_open`` work and a second read of a file never reaches this process. The kernel's
+read-ahead for the mount is raised (``read_ahead_kb``) so sequential readers send large requests.
+
+Read-only: the kernel mounts it ``ro`` (EROFS on any write). A corrupt or missing object fails the
+read that needs it with EIO and an ERROR log line naming the object and the file; nothing wrong is
+ever returned for an exact version (tensors are re-hashed as they are decoded).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from .errors import DeltaStoreError
+from .filecache import DecodedCache
+from .fileview import CatalogView, FileReader, VersionFile
+from .protocols import StoreView
+
+log = logging.getLogger("deltastore.mount")
+
+DEFAULT_CACHE_BYTES = 4 << 30
+DEFAULT_READ_AHEAD_KB = 16 << 10
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+class MountError(DeltaStoreError, OSError):
+    """A mount or unmount that cannot be done (no FUSE here, busy, not a mount point)."""
+
+
+def _fuse() -> Any:
+    try:
+        import mfusepy
+    except (ImportError, OSError) as e:  # OSError: mfusepy found no libfuse
+        raise MountError("mounting needs mfusepy (pip install 'deltastore[mount]') and libfuse3 "
+                         f"(apt-get install fuse3): {e}") from None
+    return mfusepy
+
+
+def fuse_missing() -> str | None:
+    """Why a FUSE mount cannot work on this machine, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist"
+    if shutil.which("fusermount3") is None and os.geteuid() != 0:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    try:
+        _fuse()
+    except MountError as e:
+        return str(e)
+    return None
+
+
+@dataclass
+class _Handle:
+    vf: VersionFile
+    path: str
+    next_offset: int = 0
+
+
+def _mfuse_base() -> type:
+    try:
+        return _fuse().Operations
+    except MountError:
+        return object
+
+
+class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
+    """The FUSE operations: a namespace from the catalog, file bytes from :class:`FileReader`."""
+
+    use_ns = True
+
+    def __init__(self, store: StoreView, cache: DecodedCache, *, verify: bool = True, ttl: float = 1.0):
+        self.store = store
+        self.view = CatalogView(store, ttl=ttl)
+        self.reader = FileReader(store, cache, verify=verify)
+        self.cache = cache
+        self._handles: dict[int, _Handle] = {}
+        self._ids = count(1)
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._started = time.time_ns()
+
+    # -- the namespace --------------------------------------------------------------------------
+    def _node(self, path: str) -> tuple[str, Any]:
+        """("dir", mtime_s) | ("link", target, mtime_s) | ("file", (manifest, FileEntry, mtime_s))."""
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return ("dir", self._started / 1e9)
+        mv = self.view.model(parts[0])
+        if mv is None:
+            raise self._err(errno.ENOENT)
+        newest = max((c for _, c in mv.versions.values()), default=self._started / 1e9)
+        if len(parts) == 1:
+            return ("dir", newest)
+        name = parts[1]
+        number = _version_number(name)
+        if number is None:
+            target = mv.latest if name == "latest" else mv.tags.get(name)
+            if target is None or len(parts) > 2:
+                raise self._err(errno.ENOENT)
+            return ("link", f"v{target}", newest)
+        if number not in mv.versions:
+            raise self._err(errno.ENOENT)
+        manifest, created = mv.versions[number]
+        tree = self.view.tree(manifest)
+        rest = "/".join(parts[2:])
+        if rest in tree.dirs:
+            return ("dir", created)
+        f = tree.files.get(rest)
+        if f is None:
+            raise self._err(errno.ENOENT)
+        return ("file", (manifest, f, created))
+
+    @staticmethod
+    def _err(code: int) -> OSError:
+        return _fuse().FuseOSError(code)
+
+    def _guard(self, what: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+        """Run ``fn``: store errors become EIO with a log line naming the object; ENOENT passes."""
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            if isinstance(e, DeltaStoreError):
+                log.error("EIO on %s: %s", what, e)
+                raise self._err(errno.EIO) from None
+            raise
+        except DeltaStoreError as e:
+            if type(e).__name__ == "UnknownRefError":
+                raise self._err(errno.ENOENT) from None
+            log.error("EIO on %s: %s", what, e)
+            raise self._err(errno.EIO) from None
+        except Exception as e:  # a catalog or backend failure: report it, never crash the mount
+            log.error("EIO on %s: %s: %s", what, type(e).__name__, e)
+            raise self._err(errno.EIO) from None
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        node = self._guard(path, self._node, path)
+        base = {"st_uid": self._uid, "st_gid": self._gid}
+        if node[0] == "dir":
+            t = int(node[1] * 1e9)
+            return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0,
+                    "st_mtime": t, "st_ctime": t, "st_atime": t}
+        if node[0] == "link":
+            t = int(node[2] * 1e9)
+            return {**base, "st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1, "st_size": len(node[1]),
+                    "st_mtime": t, "st_ctime": t, "st_atime": t}
+        _, f, created = node[1]
+        t = int(created * 1e9)
+        return {**base, "st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": f.size,
+                "st_blocks": (f.size + 511) // 512, "st_blksize": 1 << 20,
+                "st_mtime": t, "st_ctime": t, "st_atime": t}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return self._guard(path, self._readdir, path)
+
+    def _readdir(self, path: str) -> list[str]:
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return [".", "..", *self.view.model_names()]
+        mv = self.view.model(parts[0])
+        if mv is None:
+            raise self._err(errno.ENOENT)
+        if len(parts) == 1:
+            names = [f"v{n}" for n in sorted(mv.versions)]
+            if mv.versions:
+                names.append("latest")
+            names += [t for t in sorted(mv.tags) if t != "latest" and _version_number(t) is None]
+            return [".", "..", *names]
+        node = self._node(path)
+        if node[0] != "dir":
+            raise self._err(errno.ENOTDIR)
+        manifest, _ = mv.versions[_version_number(parts[1])]
+        return [".", "..", *self.view.tree(manifest).dirs["/".join(parts[2:])]]
+
+    def readlink(self, path: str) -> str:
+        node = self._guard(path, self._node, path)
+        if node[0] != "link":
+            raise self._err(errno.EINVAL)
+        return node[1]
+
+    def open(self, path: str, flags: int) -> int:
+        if flags & _WRITE_FLAGS:
+            raise self._err(errno.EROFS)
+        node = self._guard(path, self._node, path)
+        if node[0] != "file":
+            raise self._err(errno.EISDIR)
+        manifest, f, created = node[1]
+        vf = self._guard(path, self.reader.layout, manifest, f, created)
+        fh = next(self._ids)
+        self._handles[fh] = _Handle(vf, path)
+        return fh
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        h = self._handles.get(fh)
+        if h is None:
+            raise self._err(errno.EBADF)
+        sequential = offset == h.next_offset or offset == 0
+        data = self._guard(f"{h.path} at byte {offset}", self.reader.read, h.vf, offset, offset + size, readahead=sequential)
+        h.next_offset = offset + len(data)
+        return data
+
+    def release(self, path: str, fh: int) -> int:
+        self._handles.pop(fh, None)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 1 << 20, "f_frsize": 1 << 20, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
+                "f_files": 0, "f_ffree": 0, "f_namemax": 255}
+
+    # every write is refused (the kernel already refuses most on a read-only mount)
+    def _rofs(self, *args: Any) -> int:
+        raise self._err(errno.EROFS)
+
+    create = mkdir = rmdir = unlink = rename = symlink = link = write = truncate = chmod = chown = _rofs
+    setxattr = removexattr = _rofs
+
+
+def _version_number(name: str) -> int | None:
+    if len(name) > 1 and name[0] == "v" and name[1:].isdigit() and not (len(name) > 2 and name[1] == "0"):
+        return int(name[1:])
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES, verify: bool = True,
+          ttl: float = 1.0, allow_other: bool = False, read_ahead_kb: int | None = DEFAULT_READ_AHEAD_KB,
+          debug: bool = False) -> None:
+    """Mount and serve in this process until unmounted (``deltastore unmount``, or fusermount3 -u)."""
+    mfusepy = _fuse()
+    mp = Path(mountpoint).absolute()
+    if not mp.is_dir():
+        raise MountError(f"{mp} is not a directory; create it first")
+    if os.path.ismount(mp):
+        raise MountError(f"{mp} is already a mount point")
+    why = fuse_missing()
+    if why:
+        raise MountError(f"cannot mount: {why}")
+    cache = DecodedCache(cache_bytes)
+    ops = DeltaStoreFS(store, cache, verify=verify, ttl=ttl)
+    if read_ahead_kb:
+        threading.Thread(target=_tune_when_mounted, args=(mp, read_ahead_kb), daemon=True).start()
+    opts: dict[str, Any] = dict(foreground=True, nothreads=False, ro=True, fsname=f"deltastore:{_home_of(store)}", subtype="deltastore",
+                                auto_cache=True, entry_timeout=ttl, attr_timeout=ttl, negative_timeout=0, debug=debug)
+    if allow_other:
+        opts["allow_other"] = True
+    log.info("mounting %s at %s (cache %d bytes)", store, mp, cache_bytes)
+    try:
+        mfusepy.FUSE(ops, str(mp), **opts)
+    finally:
+        cache.close()
+
+
+def _home_of(store: StoreView) -> str:
+    """The store's home, for the mount table (no URL: those can carry credentials)."""
+    home = str(getattr(store.config, "home", "") or "")
+    return home.replace(",", "_").replace(" ", "_") or "store"
+
+
+def _tune_when_mounted(mp: Path, kb: int) -> None:
+    for _ in range(200):
+        if os.path.ismount(mp):
+            set_read_ahead(mp, kb)
+            return
+        time.sleep(0.05)
+
+
+def set_read_ahead(mountpoint: str | Path, kb: int) -> bool:
+    """Raise the kernel's read-ahead for this mount (``/sys/class/bdi/MAJ:MIN/read_ahead_kb``) so a
+    sequential reader asks for large pieces; needs root, and is skipped quietly otherwise."""
+    dev = os.stat(mountpoint).st_dev
+    p = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    try:
+        p.write_text(str(int(kb)))
+        return True
+    except OSError as e:
+        log.info("could not set %s (%s); the kernel's default read-ahead stays", p, e)
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    command: str
+    path: str
+    how: str  # "open" | "cwd" | "mmap"
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({self.command}) has {self.path} {'mapped' if self.how == 'mmap' else self.how}"
+
+
+def holders(mountpoint: str | Path) -> list[Holder]:
+    """Processes with a file of the mount open, mapped, or as their working directory."""
+    mp = str(Path(mountpoint).absolute()).rstrip("/")
+    inside = (lambda p: p == mp or p.startswith(mp + "/"))
+    out: list[Holder] = []
+    for pid_s in os.listdir("/proc"):
+        if not pid_s.isdigit():
+            continue
+        pdir = f"/proc/{pid_s}"
+        try:
+            with open(f"{pdir}/comm") as fh:
+                comm = fh.read().strip()
+        except OSError:
+            continue
+        seen: set[tuple[str, str]] = set()
+
+        def add(path: str, how: str) -> None:
+            if inside(path) and (path, how) not in seen:
+                seen.add((path, how))
+                out.append(Holder(int(pid_s), comm, path, how))
+
+        try:
+            add(os.readlink(f"{pdir}/cwd"), "cwd")
+        except OSError:
+            pass
+        try:
+            for fd in os.listdir(f"{pdir}/fd"):
+                try:
+                    add(os.readlink(f"{pdir}/fd/{fd}"), "open")
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        try:
+            with open(f"{pdir}/maps") as fh:
+                for line in fh:
+                    i = line.find(" /")
+                    if i >= 0:
+                        add(line[i + 1 :].rstrip("\n").removesuffix(" (deleted)"), "mmap")
+        except OSError:
+            pass
+    return out
+
+
+def unmount(mountpoint: str | Path, *, timeout: float = 10.0) -> None:
+    """Unmount cleanly; if files are still open, raise :class:`MountError` naming who holds them."""
+    mp = Path(mountpoint).absolute()
+    if not os.path.ismount(mp):
+        raise MountError(f"{mp} is not mounted")
+    cmd = ["fusermount3", "-u", str(mp)] if shutil.which("fusermount3") else ["umount", str(mp)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip()
+        if "busy" in msg.lower():
+            held = holders(mp)
+            listing = "; ".join(str(h) for h in held[:20]) or "no process found holding it (try again)"
+            more = f" and {len(held) - 20} more" if len(held) > 20 else ""
+            raise MountError(f"{mp} is busy, still in use: {listing}{more}")
+        raise MountError(f"unmounting {mp} failed: {msg}")
+    deadline = time.monotonic() + timeout
+    while os.path.ismount(mp) and time.monotonic() < deadline:
+        time.sleep(0.05)
