@@ -95,14 +95,24 @@ class DeltaSet:
     def n_slots(self) -> int:
         return len(self._slots)
 
-    def add(self, deltas: Sequence[PackedDeltaCoMe | None]) -> int:
-        """Load one fine-tune's deltas (one per slice; None = that linear unchanged); its slot id."""
+    def add(self, deltas: Sequence[PackedDeltaCoMe | None], slot: int | None = None) -> int:
+        """Load one fine-tune's deltas (one per slice; None = that linear unchanged) into ``slot``
+        (by default the first free one); returns the slot id. Models keep slot ids equal across
+        the sets of all their linears by passing ``slot``."""
         if len(deltas) != self.n_slices:
             raise KernelError(f"expected {self.n_slices} deltas (one per linear of the set), got {len(deltas)}")
         for i, d in enumerate(deltas):
             if d is not None and tuple(d.shape) != (self.out_features[i], self.in_features):
                 raise KernelError(f"delta {i} is {d.shape[0]}x{d.shape[1]}; the linear is {self.out_features[i]}x{self.in_features}")
         moved = [None if d is None else d.to(self.device) for d in deltas]
+        if slot is not None:
+            while len(self._slots) <= slot:
+                self._slots.append(None)
+            if self._slots[slot] is not None:
+                raise KernelError(f"slot {slot} already holds a delta")
+            self._slots[slot] = moved
+            self._built = False
+            return slot
         for s, cur in enumerate(self._slots):
             if cur is None:
                 self._slots[s] = moved

@@ -77,6 +77,10 @@ class DeltaContext:
         check_ids(t, self.n_slots)
         self._ids = t
 
+    @property
+    def has_ids(self) -> bool:
+        return self._ids is not None
+
     def plan(self, n_rows: int, device: torch.device) -> RowPlan:
         key = (n_rows, str(device))
         p = self._plans.get(key)
@@ -114,9 +118,9 @@ class DeltaLinear(nn.Module):
     def from_linear(cls, lin: nn.Linear, ctx: DeltaContext, preference: KernelPreference | str = KernelPreference.AUTO) -> "DeltaLinear":
         return cls(lin.weight.data, None if lin.bias is None else lin.bias.data, ctx, preference)
 
-    def add_delta(self, delta: PackedDeltaCoMe | None) -> int:
+    def add_delta(self, delta: PackedDeltaCoMe | None, slot: int | None = None) -> int:
         """Load one fine-tune's delta for this linear (None: unchanged); returns its slot."""
-        return self.deltas.add([delta])
+        return self.deltas.add([delta], slot)
 
     def drop_delta(self, slot: int) -> None:
         self.deltas.drop(slot)
@@ -125,6 +129,8 @@ class DeltaLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, deltas={self.deltas.n_slots}, preference={self.preference.value}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device != self.weight.device:
+            raise KernelError(f"input on {x.device}, but this layer's weights and deltas are on {self.weight.device}")
         y = nn.functional.linear(x, self.weight, self.bias)
         if self.deltas.n_slots == 0:
             return y

@@ -1,0 +1,357 @@
+"""Lazy delta-come kernels at Llama-2-7B layer shapes: base alone vs base + packed deltas.
+
+    python benchmarks/bench_kernels.py --out benchmarks/results/kernels_h200.md       # on the GPU
+    TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --smoke                      # CPU check
+
+One decoder layer's seven linears (hidden 4096, MLP 11008, bf16), laid out as servers lay them out:
+q/k/v as one GEMM (12288 x 4096), o (4096 x 4096), gate/up as one GEMM (22016 x 4096), down
+(4096 x 11008); attention and the activation are left out (they do not touch the weights). Every
+figure is the median replay time of a CUDA graph that runs ``--copies`` copies of the layer one
+after another (each with its own weights and deltas, so neither weights nor deltas come from L2),
+divided by the number of copies.
+
+Deltas are delta-come at alpha 1/16 with the tier counts the real codec allocates for these
+shapes (4096 x 4096: 2 / 32 / 854 components at 8 / 3 / 2 bits; 11008 x 4096: 2 / 32 / 1271),
+filled with random packed words, scales and zero points (the kernels compute the same function on
+any valid payload; correctness on real payloads is tests/kernels). Each configuration is checked
+against the torch reference ops before it is timed.
+
+The bytes floor beside each figure: every weight byte and every packed delta byte the pass must
+read, once, at the copy bandwidth measured in the same run (read + write of a 2 GiB copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from deltastore.codec import get_codec, quant
+from deltastore.kernels import DeltaSet, PackedDeltaCoMe, plan_rows, ref_ops, triton_ops
+from deltastore.kernels.packed import PackedFactor
+
+# (name, out features per slice, in features)
+GROUPS = [("qkv", [4096, 4096, 4096], 4096), ("o", [4096], 4096), ("gate_up", [11008, 11008], 4096), ("down", [4096], 11008)]
+SMOKE_GROUPS = [("qkv", [64, 32, 32], 64), ("o", [64], 64), ("gate_up", [96, 96], 64), ("down", [64], 96)]
+
+
+def random_packed(m: int, n: int, gen: torch.Generator, device: torch.device, alpha: float = 1 / 16) -> PackedDeltaCoMe:
+    """Random payload with the real codec's tier counts for an m x n weight at ``alpha``."""
+    gs = 128
+    tiers = [(b, c) for b, c in get_codec("delta-come", alpha=alpha).allocation(m, n, "bfloat16") if c > 0]
+    r = sum(c for _, c in tiers)
+    S = (torch.rand(r, generator=gen, device=device).sort(descending=True).values * 0.05 + 0.01)
+    out = []
+    for b, c in tiers:
+        halves = []
+        for L in (n, m):
+            q = torch.randint(-(2**31), 2**31 - 1, (c, quant.packed_words(L, b)), generator=gen, dtype=torch.int32, device=device)
+            G = quant.n_groups(L, gs)
+            s = (torch.rand(c, G, generator=gen, device=device) * 0.02 / (2**b) + 1e-3).to(torch.float16)
+            z = torch.randint(0, 2**b, (c, G), generator=gen, device=device).to(torch.float16)
+            halves.append(PackedFactor(b, c, L, q, s, z))
+        out.append((halves[0], halves[1]))
+    return PackedDeltaCoMe((m, n), gs, S, out)
+
+
+@dataclass
+class Copy:
+    """One copy of the layer: base weights per group, the tenants' packed deltas per group."""
+
+    W: list[torch.Tensor]  # per group (sum ms, K) bf16
+    deltas: list[list[list[PackedDeltaCoMe]]]  # [tenant][group][slice]
+    sets: dict[int, list[DeltaSet]]  # n_tenants -> per group DeltaSet holding tenants 0..n-1
+
+
+def make_copy(groups, n_tenants: int, gen: torch.Generator, device: torch.device, tenant_counts: list[int], alpha: float) -> Copy:
+    W = [(torch.randn(sum(ms), K, generator=gen, device=device) * 0.02).to(torch.bfloat16) for _, ms, K in groups]
+    deltas = [[[random_packed(m, K, gen, device, alpha) for m in ms] for _, ms, K in groups] for _ in range(n_tenants)]
+    sets = {}
+    for nt in tenant_counts:
+        per = []
+        for gi, (_, ms, K) in enumerate(groups):
+            ds = DeltaSet(K, ms, device)
+            for t in range(nt):
+                ds.add(deltas[t][gi])
+            per.append(ds.build())
+        sets[nt] = per
+    return Copy(W, deltas, sets)
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes/s of a device-to-device copy (read + write counted), median of 20."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    ts = []
+    for i in range(25):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
+        if i >= 5:
+            ts.append(s.elapsed_time(e) / 1e3)
+    return 2 * a.numel() / statistics.median(ts)
+
+
+def time_graph(fn, reps: int = 30) -> float:
+    """Median seconds of one replay of a CUDA graph of ``fn`` (captured after a warm-up)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+class Bench:
+    def __init__(self, groups, copies: int, max_tenants: int, tenant_counts: list[int], device: torch.device, seed: int = 0,
+                 alpha: float = 1 / 16):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        self.groups, self.device = groups, device
+        self.copies = [make_copy(groups, max_tenants, gen, device, tenant_counts, alpha) for _ in range(copies)]
+        self.base_bytes = sum(sum(ms) * K * 2 for _, ms, K in groups)
+        self.delta_bytes = sum(sum(d.nbytes for d in sl) for sl in self.copies[0].deltas[0]) / 1.0
+
+    def inputs(self, M: int, gen: torch.Generator):
+        x = torch.randn(M, self.groups[0][2], generator=gen).to(torch.bfloat16).to(self.device)
+        h = torch.randn(M, self.groups[3][2], generator=gen).to(torch.bfloat16).to(self.device)
+        ys = [torch.empty(M, sum(ms), dtype=torch.bfloat16, device=self.device) for _, ms, _ in self.groups]
+        return x, h, ys
+
+    def layer_fn(self, M: int, n_tenants: int | None, ids: torch.Tensor | None, kcfg: dict, impl=triton_ops, stages: str = "all"):
+        """A closure running every copy's layer: base GEMMs, then (if n_tenants) shrink + expand."""
+        x, h, ys = self.inputs(M, torch.Generator().manual_seed(M))
+        plan = plan_rows(ids, n_tenants) if n_tenants else None
+        sk = kcfg.get("split_k") or (triton_ops.pick_split_k(M, self.copies[0].sets[n_tenants][0]) if n_tenants else 1)
+        zs = {}
+
+        def run() -> None:
+            for c in self.copies:
+                for gi, W in enumerate(c.W):
+                    inp = h if gi == 3 else x
+                    if stages in ("all", "base"):
+                        torch.mm(inp, W.T, out=ys[gi])
+                    if n_tenants and stages != "base":
+                        ds = c.sets[n_tenants][gi]
+                        if impl is triton_ops:
+                            if stages in ("all", "shrink"):
+                                zs[gi] = triton_ops.shrink(inp, ds, plan, sk, num_warps=kcfg.get("sw", 4), num_stages=kcfg.get("ss", 2))
+                            if stages in ("all", "expand"):
+                                z = zs.get(gi)
+                                if z is None:
+                                    z = zs[gi] = torch.zeros(sk, M, ds.zcols, device=self.device)
+                                triton_ops.expand(z, ys[gi], ds, plan, block_n=kcfg.get("bn"), num_warps=kcfg.get("ew", 4), num_stages=kcfg.get("es", 2))
+                        else:
+                            ref_ops.expand(ref_ops.shrink(inp, ds, plan), ys[gi], ds, plan)
+
+        return run, ys
+
+    def check(self, M: int, n_tenants: int, ids: torch.Tensor, kcfg: dict) -> float:
+        """Worst relative error of the delta part (Triton vs torch reference) over the groups of
+        the first copy; y starts at zero so that rounding a large base output does not hide it."""
+        x, h, _ = self.inputs(M, torch.Generator().manual_seed(M))
+        plan = plan_rows(ids, n_tenants)
+        c = self.copies[0]
+        sk = kcfg.get("split_k") or triton_ops.pick_split_k(M, c.sets[n_tenants][0])
+        worst = 0.0
+        for gi, ds in enumerate(c.sets[n_tenants]):
+            inp = h if gi == 3 else x
+            yt = torch.zeros(M, sum(ds.out_features), dtype=torch.bfloat16, device=self.device)
+            yr = torch.zeros_like(yt)
+            z = triton_ops.shrink(inp, ds, plan, sk, num_warps=kcfg.get("sw", 4), num_stages=kcfg.get("ss", 2))
+            triton_ops.expand(z, yt, ds, plan, block_n=kcfg.get("bn"), num_warps=kcfg.get("ew", 4), num_stages=kcfg.get("es", 2))
+            ref_ops.expand(ref_ops.shrink(inp, ds, plan), yr, ds, plan)
+            if not bool(torch.isfinite(yt).all()) or float(yr.float().norm()) == 0.0:
+                return float("inf")  # garbage, or a check that checks nothing
+            worst = max(worst, float((yt.float() - yr.float()).norm() / yr.float().norm()))
+        return worst
+
+
+def naive_fns(bench: Bench, M: int):
+    """The ways to add a delta without these kernels: rank-r bf16 factors (two GEMMs per linear)
+    and a dense bf16 delta (a second GEMM per linear), both per linear (7 linears)."""
+    dev = bench.device
+    x, h, _ = bench.inputs(M, torch.Generator().manual_seed(1))
+    mats = []
+    for c in bench.copies:
+        per = []
+        for gi, (_, ms, K) in enumerate(bench.groups):
+            for si, m in enumerate(ms):
+                d = c.deltas[0][gi][si]
+                A = (torch.cat([v.dequantize(d.group_size) for v, _ in d.tiers]).T * d.S).to(torch.bfloat16)  # (K, r)
+                B = torch.cat([u.dequantize(d.group_size) for _, u in d.tiers]).to(torch.bfloat16)  # (r, m)
+                off = sum(ms[:si])
+                per.append((gi, c.W[gi][off : off + m].contiguous(), A.contiguous(), B.contiguous()))
+        mats.append(per)
+    outs = [torch.empty(M, m, dtype=torch.bfloat16, device=dev) for _, ms, _ in bench.groups for m in ms]
+    dense = [[(gi, W, (A.float() @ B.float()).T.contiguous().to(torch.bfloat16)) for gi, W, A, B in per] for per in mats]
+
+    def base7() -> None:
+        for per in mats:
+            for i, (gi, W, A, B) in enumerate(per):
+                torch.mm(h if gi == 3 else x, W.T, out=outs[i])
+
+    def factors() -> None:
+        for per in mats:
+            for i, (gi, W, A, B) in enumerate(per):
+                inp = h if gi == 3 else x
+                torch.mm(inp, W.T, out=outs[i])
+                outs[i].addmm_(inp @ A, B)
+
+    def dense_delta() -> None:
+        for per in dense:
+            for i, (gi, W, D) in enumerate(per):
+                inp = h if gi == 3 else x
+                torch.mm(inp, W.T, out=outs[i])
+                outs[i].addmm_(inp, D.T)
+
+    return base7, factors, dense_delta
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, no graphs: a CPU check under TRITON_INTERPRET=1")
+    ap.add_argument("--sweep", action="store_true", help="try several kernel configurations per case and keep the fastest")
+    args = ap.parse_args()
+
+    if args.smoke:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        b = Bench(SMOKE_GROUPS, 1, 4, [1, 4], dev, alpha=0.5)
+        for M, nt, ids in ((1, 1, torch.zeros(1, dtype=torch.int64)), (5, 4, torch.tensor([3, 0, -1, 2, 0]))):
+            err = b.check(M, nt, ids.to(dev), {})
+            print(f"smoke M={M} tenants={nt}: rel err of the delta part vs torch {err:.2e}")
+            assert err < 2e-2, err
+        return
+
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    name = torch.cuda.get_device_name()
+    t0 = time.time()
+    bw = copy_bandwidth(dev)
+    bench = Bench(GROUPS, args.copies, 32, [1, 8, 32], dev)
+    print(f"{name}: copy {bw / 1e12:.2f} TB/s; setup {time.time() - t0:.0f} s; base {bench.base_bytes / 1e6:.1f} MB, "
+          f"one delta {bench.delta_bytes / 1e6:.1f} MB per layer", flush=True)
+    us = lambda s: s * 1e6 / args.copies  # noqa: E731 - per layer, in microseconds
+    floor = lambda nbytes: nbytes / bw * 1e6  # noqa: E731
+    rows: list[dict] = []
+    sweep = [dict(split_k=sk, bn=bn, ew=ew) for sk in (None, 1, 2, 4, 8) for bn in (32, 64, 128) for ew in (4,)] if args.sweep else [{}]
+
+    def best_cfg(M: int, nt: int, ids: torch.Tensor) -> tuple[float, dict, float]:
+        best = (float("inf"), {}, 0.0)
+        for cfg in sweep:
+            try:
+                err = bench.check(M, nt, ids, cfg)
+                fn, _ = bench.layer_fn(M, nt, ids, cfg)
+                t = time_graph(fn)
+            except Exception as e:  # noqa: BLE001 - a configuration that fails to compile is skipped, and said
+                print(f"  cfg {cfg}: {type(e).__name__}: {e}", flush=True)
+                continue
+            if err > 2e-2:
+                print(f"  cfg {cfg}: WRONG (rel err {err:.2e})", flush=True)
+                continue
+            if t < best[0]:
+                best = (t, cfg, err)
+        return best
+
+    for M in (1, 16, 64, 256):
+        ids = torch.zeros(M, dtype=torch.int64, device=dev)
+        tb = time_graph(bench.layer_fn(M, None, None, {})[0])
+        base7, factors, dense_delta = naive_fns(bench, M)
+        t7 = time_graph(base7)
+        tf = time_graph(factors)
+        td = time_graph(dense_delta)
+        t, cfg, err = best_cfg(M, 1, ids)
+        stages = {s: time_graph(bench.layer_fn(M, 1, ids, cfg, stages=s)[0]) for s in ("shrink", "expand")}
+        fb, fd = floor(bench.base_bytes), floor(bench.base_bytes + bench.delta_bytes)
+        rows.append(dict(case=f"single tenant, M={M}", M=M, base_us=us(tb), base7_us=us(t7), delta_us=us(t), x=t / tb,
+                         factors_x=tf / tb, dense_x=td / tb, floor_base_us=fb, floor_us=fd, err=err, cfg=cfg,
+                         shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"])))
+        print(json.dumps(rows[-1]), flush=True)
+
+    for M, nt in ((32, 8), (64, 32)):
+        ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
+        tb = time_graph(bench.layer_fn(M, None, None, {})[0])
+        t, cfg, err = best_cfg(M, nt, ids)
+        stages = {s: time_graph(bench.layer_fn(M, nt, ids, cfg, stages=s)[0]) for s in ("shrink", "expand")}
+        # beside it: one single-tenant pass per tenant over its rows
+        per = M // nt
+        sep_fns = [bench.layer_fn(per, nt, torch.full((per,), t_, dtype=torch.int64, device=dev), cfg)[0] for t_ in range(nt)]
+        tsep = time_graph(lambda: [f() for f in sep_fns])
+        fd = floor(bench.base_bytes + nt * bench.delta_bytes)
+        row = dict(case=f"{M} rows over {nt} deltas", M=M, base_us=us(tb), delta_us=us(t), x=t / tb, floor_base_us=floor(bench.base_bytes),
+                   floor_us=fd, x_floor=us(t) / fd, err=err, cfg=cfg, separate_us=us(tsep),
+                   shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]),
+                   delta_mem_mb=nt * bench.delta_bytes / 1e6, dense_mem_mb=nt * bench.base_bytes / 1e6)
+        if nt == 8:  # 8 dense fine-tunes resident: one GEMM set per tenant over its rows
+            Ws = [[(W + 0).contiguous() for W in bench.copies[c % len(bench.copies)].W] for c in range(nt)]
+            x, h, ys = bench.inputs(per, torch.Generator().manual_seed(3))
+
+            def dense_all() -> None:
+                for rep in range(args.copies):
+                    for t_ in range(nt):
+                        for gi, W in enumerate(Ws[(t_ + rep) % nt]):
+                            torch.mm(h if gi == 3 else x, W.T, out=ys[gi])
+
+            row["dense_resident_us"] = us(time_graph(dense_all))
+            del Ws
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    lines = [f"# Lazy delta-come kernels, one Llama-2-7B-shaped layer ({name})", "",
+             f"Measured by `python benchmarks/bench_kernels.py{' --sweep' if args.sweep else ''} --copies {args.copies}` on {name} "
+             f"(torch {torch.__version__}, triton {__import__('triton').__version__}). Copy bandwidth {bw / 1e12:.2f} TB/s (read + write). "
+             f"Base: {bench.base_bytes / 1e6:.1f} MB of bf16 weights per layer; one delta-come delta at 1/16: {bench.delta_bytes / 1e6:.1f} MB per layer. "
+             "Times per layer (graph of all copies / copies), microseconds; floor = bytes that must be read / copy bandwidth.", "",
+             "| case | base alone (us) | floor base | base + deltas (us) | x base | floor with deltas | shrink / expand alone (us) | rank-r factors x | dense delta x | rel err |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['floor_base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['floor_us']:.1f} | "
+                     f"{r['shrink_us']:.1f} / {r['expand_us']:.1f} | {('x%.2f' % r['factors_x']) if 'factors_x' in r else '-'} | "
+                     f"{('x%.2f' % r['dense_x']) if 'dense_x' in r else '-'} | {r['err']:.1e} |")
+    lines += ["", "Multi-tenant, beside it:", "", "| case | one pass (us) | x of its floor | one single-tenant pass per tenant (us) | dense fine-tunes resident (us) | packed deltas (MB/layer) | dense fine-tunes (MB/layer) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "separate_us" in r:
+            lines.append(f"| {r['case']} | {r['delta_us']:.1f} | x{r['x_floor']:.2f} | {r['separate_us']:.1f} | {r.get('dense_resident_us', float('nan')):.1f} | "
+                         f"{r['delta_mem_mb']:.0f} | {r['dense_mem_mb']:.0f} |")
+    lines += ["", "Base alone with seven separate GEMMs (as plain torch serves an HF model): " +
+              ", ".join(f"M={r['M']}: {r['base7_us']:.1f} us" for r in rows if "base7_us" in r), "",
+              "Kernel configurations kept: " + "; ".join(f"{r['case']}: {r['cfg'] or 'defaults'}" for r in rows)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Models built from store versions: materialized, or lazy (packed deltas beside one shared base).
+
+``load(store, REF, device, lazy=True)`` gives the transformers model the version's config names.
+With ``lazy`` (the default) every linear that the version stores as a delta-come delta becomes a
+:class:`~deltastore.kernels.DeltaLinear`: the base weight (loaded once per base and device, and
+shared by every lazy model of that base on that device) plus the packed delta as stored, applied
+by the kernels at each forward. Everything else (embeddings, norms, tensors stored whole) is
+materialized. ``lazy=False`` gives the plain materialized model.
+
+``load_many(store, [REF, ...], device)`` gives one model that serves them all at once: each row of
+a batch names its fine-tune (``delta_ids``, an index into ``model.deltas.refs``, -1 for the base
+alone), passed to ``forward`` or ``generate``; ``model.add_delta(REF)`` / ``model.drop_delta(REF)``
+change the set without reloading the base. Only deltas of linears can differ per row, so every
+fine-tune must leave the other tensors as the base has them.
+
+Everything read from the store is checked here, at load time: a fine-tune of another base (by the
+catalog's lineage), a delta whose shape is not its base weight's, a codec without a kernel, a
+payload that does not parse: one clear error before any number is computed. Uses only the public
+Store API (resolve, manifest, lineage, iter_tensors, tensor, objects.get).
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from . import codec as codecs
+from .errors import BadInputError, BaseMismatchError, CorruptObjectError
+from .kernels import DeltaContext, DeltaLinear, KernelError, KernelPreference, NotServableError, PackedDeltaCoMe, from_encoded
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
+
+# base tensors by (base manifest, tensor name, device): shared by every lazy model of that base
+_BASE: "weakref.WeakValueDictionary[tuple[str, str, str], torch.Tensor]" = weakref.WeakValueDictionary()
+
+
+def _config(store: "Store", manifest_oid: str, ref: str) -> dict[str, Any]:
+    man = store.manifest(manifest_oid)
+    for f in man.files:
+        if f.path == "config.json" and f.kind == "blob" and f.object:
+            try:
+                return json.loads(store.objects.get(f.object))
+            except ValueError as e:
+                raise CorruptObjectError(f.object, f"config.json is not JSON: {e}") from None
+    raise BadInputError(f"{ref} has no config.json, so no model class to build; use checkout or state_dict")
+
+
+def _build(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch.device, ref: str) -> nn.Module:
+    """The config's transformers class, its parameters being the given tensors (no copies, no random init)."""
+    try:
+        import transformers
+        from transformers.initialization import no_init_weights
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise BadInputError(f"loading a model needs transformers ({e}); `pip install deltastore[hf]`") from None
+    cfg = transformers.AutoConfig.for_model(**config)
+    arch = (config.get("architectures") or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    with torch.device(device), no_init_weights():
+        model = cls(cfg) if cls is not None else transformers.AutoModelForCausalLM.from_config(cfg)
+    res = model.load_state_dict(state, strict=False, assign=True)
+    if res.unexpected_keys:
+        raise BadInputError(f"{ref}: tensors the model class {type(model).__name__} does not have: {res.unexpected_keys[:5]}")
+    tied = {k for k in res.missing_keys if "lm_head" in k and getattr(cfg, "tie_word_embeddings", False)}
+    missing = [k for k in res.missing_keys if k not in tied]
+    if missing:
+        raise BadInputError(f"{ref}: the version lacks tensors its model class needs: {missing[:5]}")
+    if tied:
+        model.tie_weights()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _payload(store: "Store", oid: str, name: str, base_shape: tuple[int, ...], ref: str) -> PackedDeltaCoMe:
+    """A delta object, parsed and checked against its base weight's shape."""
+    try:
+        enc = codecs.from_bytes(store.objects.get(oid))
+        return from_encoded(enc, tuple(base_shape), what=f"{ref}: {name}")  # type: ignore[arg-type]
+    except NotServableError as e:
+        raise BadInputError(f"{e} (not servable lazily)") from None
+    except codecs.CodecError as e:
+        raise CorruptObjectError(oid, f"{name}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptObjectError(oid, f"{name}: delta payload does not parse ({e})") from None
+
+
+def _base_of(store: "Store", ref: str) -> tuple[str, str]:
+    """(REF, manifest id) of the version this fine-tune's deltas apply to, by the catalog's lineage."""
+    info = store.resolve(ref)
+    anc = store.lineage(ref).ancestors
+    if not anc:
+        raise BadInputError(f"{ref} is a base (it has no base to share); load it with lazy=False")
+    base = store.resolve(anc[0])
+    man = store.manifest(info.manifest)
+    if man.base != base.manifest:
+        raise CorruptObjectError(info.manifest, f"the manifest's base is {man.base}, but the catalog's base {base.ref} is {base.manifest}")
+    return base.ref, base.manifest
+
+
+def _base_tensors(store: "Store", base_ref: str, base_manifest: str, device: torch.device) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    names = [t.name for _, t in store.manifest(base_manifest).tensors()]
+    for n in names:
+        t = _BASE.get((base_manifest, n, str(device)))
+        if t is None:
+            break
+        out[n] = t
+    else:
+        return out
+    out = {}
+    for n, t in store.iter_tensors(base_ref, device=device):
+        t = _BASE.setdefault((base_manifest, n, str(device)), t)
+        out[n] = t
+    return out
+
+
+class LazyDeltas:
+    """The fine-tunes a lazy model serves: ``refs[slot]`` (None for a dropped slot), and the
+    DeltaLinear modules they reach. Bound to the model as ``model.deltas``; ``model.add_delta``
+    and ``model.drop_delta`` are its methods."""
+
+    def __init__(self, store: "Store", model: nn.Module, base_ref: str, base_manifest: str, device: torch.device,
+                 ctx: DeltaContext, preference: KernelPreference | str, multi: bool):
+        self.store, self.base_ref, self.base_manifest, self.device = store, base_ref, base_manifest, device
+        self.ctx, self.preference, self.multi = ctx, KernelPreference(preference), multi
+        self.refs: list[str | None] = []
+        self._model = weakref.ref(model)
+        self.linears: dict[str, DeltaLinear] = {}
+
+    def _deltas_of(self, ref: str) -> tuple[dict[str, PackedDeltaCoMe], dict[str, str]]:
+        """Check a fine-tune against the loaded base; its packed deltas by linear, and its other
+        tensors that differ from the base (name -> how)."""
+        info = self.store.resolve(ref)
+        base_ref, base_manifest = _base_of(self.store, ref)
+        if base_manifest != self.base_manifest:
+            raise BaseMismatchError(f"{info.ref} is a fine-tune of {base_ref}, not of the loaded base {self.base_ref}")
+        model = self._model()
+        base_entries = self.store.manifest(self.base_manifest).tensor_map()
+        modules = dict(model.named_modules()) if model is not None else {}
+        deltas: dict[str, PackedDeltaCoMe] = {}
+        other: dict[str, str] = {}
+        for _, e in self.store.manifest(info.manifest).tensors():
+            be = base_entries.get(e.name)
+            if e.source == "base":
+                continue
+            if e.source == "tensor":
+                if be is None or be.sha256 != e.sha256:
+                    other[e.name] = "stored whole and different from the base"
+                continue
+            if e.source != "delta" or be is None:
+                raise CorruptObjectError(info.manifest, f"tensor {e.name!r}: source {e.source!r} without a base tensor")
+            mod = modules.get(e.name.removesuffix(".weight"))
+            if not e.name.endswith(".weight") or not isinstance(mod, (nn.Linear, DeltaLinear)):
+                other[e.name] = "a delta on a tensor that is not a linear weight"
+                continue
+            deltas[e.name.removesuffix(".weight")] = _payload(self.store, e.object, e.name, tuple(be.shape), info.ref)
+        return deltas, other
+
+    def add(self, ref: str, checked: tuple[dict[str, PackedDeltaCoMe], dict[str, str]] | None = None) -> int:
+        """Serve another fine-tune of the loaded base; returns its id (the ``delta_ids`` value)."""
+        if self.multi is False and self.refs:
+            raise BadInputError("this model was loaded for one fine-tune; use load_many to serve several")
+        deltas, other = checked if checked is not None else self._deltas_of(ref)
+        if other and self.multi:
+            name, why = next(iter(other.items()))
+            raise BadInputError(f"{ref}: {name} is {why}; load_many serves only fine-tunes whose differences from the base "
+                                f"are delta-come deltas of linears ({len(other)} such tensors); use load({ref!r}) for this one")
+        model = self._model()
+        slot = next((i for i, r in enumerate(self.refs) if r is None), len(self.refs))
+        for name, pk in deltas.items():
+            lin = self.linears.get(name)
+            if lin is None:
+                parent, _, leaf = name.rpartition(".")
+                old = model.get_submodule(name)
+                lin = DeltaLinear.from_linear(old, self.ctx, self.preference)
+                setattr(model.get_submodule(parent) if parent else model, leaf, lin)
+                self.linears[name] = lin
+        for name, lin in self.linears.items():
+            lin.deltas.add([deltas.get(name)], slot=slot)
+        if slot == len(self.refs):
+            self.refs.append(ref)
+        else:
+            self.refs[slot] = ref
+        self.ctx.n_slots = len(self.refs)
+        return slot
+
+    def drop(self, ref: str) -> None:
+        """Stop serving a fine-tune; rows may no longer name its id."""
+        v = self.store.resolve(ref).ref
+        for slot, r in enumerate(self.refs):
+            if r is not None and self.store.resolve(r).ref == v:
+                for lin in self.linears.values():
+                    lin.deltas.drop(slot)
+                self.refs[slot] = None
+                return
+        raise BadInputError(f"{ref} is not served by this model (serving: {[r for r in self.refs if r]})")
+
+    def set_ids(self, ids: Any) -> None:
+        t = torch.as_tensor(ids, dtype=torch.int64).reshape(-1).cpu()
+        dead = [i for i in set(t.tolist()) if i >= 0 and (i >= len(self.refs) or self.refs[i] is None)]
+        if dead:
+            raise BadInputError(f"delta ids {sorted(dead)} name no served fine-tune (ids: {dict(enumerate(self.refs))}; -1 = base)")
+        self.ctx.set(t)
+
+
+def _attach(model: nn.Module, mgr: LazyDeltas) -> None:
+    """``delta_ids``/``adapter_ids`` on forward and generate, ``add_delta``/``drop_delta`` on the model."""
+    state = {"set_by_forward": False}
+
+    def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        ids = kwargs.pop("delta_ids", None)
+        alt = kwargs.pop("adapter_ids", None)
+        ids = alt if ids is None else ids
+        if ids is not None:
+            mgr.set_ids(ids)
+            state["set_by_forward"] = True
+        elif mgr.multi and not mgr.ctx.has_ids:
+            raise BadInputError(f"this model serves {len([r for r in mgr.refs if r])} fine-tunes: pass delta_ids "
+                                f"(one per sequence, an index into model.deltas.refs; -1 = the base alone) to forward or generate")
+        return args, kwargs
+
+    def post(mod: nn.Module, args: tuple, out: Any) -> None:
+        if state["set_by_forward"]:
+            mgr.ctx.set(None)
+            state["set_by_forward"] = False
+
+    model.register_forward_pre_hook(pre, with_kwargs=True)
+    model.register_forward_hook(post)
+    orig = model.generate
+
+    def generate(*args: Any, delta_ids: Any = None, adapter_ids: Any = None, **kwargs: Any) -> Any:
+        ids = adapter_ids if delta_ids is None else delta_ids
+        if ids is not None:
+            mgr.set_ids(ids)
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            if ids is not None:
+                mgr.ctx.set(None)
+
+    model.deltas = mgr
+    model.generate = generate
+    model.add_delta = mgr.add
+    model.drop_delta = mgr.drop
+
+
+def load(store: "Store", ref: str, *, device: str | torch.device = "cpu", lazy: bool = True,
+         preference: KernelPreference | str = KernelPreference.AUTO) -> nn.Module:
+    """The model of one version on ``device``; lazy: delta-come linears as DeltaLinear modules."""
+    device = torch.device(device)
+    info = store.resolve(ref)
+    cfg = _config(store, info.manifest, info.ref)
+    if not lazy or info.base is None:
+        return _build(cfg, dict(store.iter_tensors(info.ref, device=device)), device, info.ref)
+    base_ref, base_manifest = _base_of(store, info.ref)
+    state = _base_tensors(store, base_ref, base_manifest, device)
+    model = _build(cfg, dict(state), device, info.ref)
+    model._deltastore_base = state  # keeps the shared base tensors (and their cache entries) alive with the model
+    mgr = LazyDeltas(store, model, base_ref, base_manifest, device, DeltaContext(0, default_id=0), preference, multi=False)
+    checked = mgr._deltas_of(info.ref)
+    for name in checked[1]:  # tensors the fine-tune changed outside the delta-come linears: materialized
+        _replace(model, name, store.tensor(info.ref, name, device=device))
+    if checked[1] and getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    mgr.add(info.ref, checked)
+    _attach(model, mgr)
+    return model
+
+
+def _replace(model: nn.Module, name: str, t: torch.Tensor) -> None:
+    parent, _, leaf = name.rpartition(".")
+    mod = model.get_submodule(parent) if parent else model
+    setattr(mod, leaf, nn.Parameter(t, requires_grad=False))
+
+
+def load_many(store: "Store", refs: Sequence[str], *, device: str | torch.device = "cpu",
+              preference: KernelPreference | str = KernelPreference.AUTO) -> nn.Module:
+    """One model that serves every fine-tune in ``refs`` (all of one base), row by row."""
+    if not refs:
+        raise BadInputError("load_many needs at least one REF")
+    device = torch.device(device)
+    first = store.resolve(refs[0])
+    base_ref, base_manifest = _base_of(store, first.ref)
+    cfg = _config(store, base_manifest, base_ref)
+    state = _base_tensors(store, base_ref, base_manifest, device)
+    model = _build(cfg, dict(state), device, base_ref)
+    model._deltastore_base = state
+    mgr = LazyDeltas(store, model, base_ref, base_manifest, device, DeltaContext(0, default_id=None), preference, multi=True)
+    checked = [mgr._deltas_of(r) for r in refs]  # check every one before serving any
+    for r, c in zip(refs, checked):
+        if c[1]:
+            name, why = next(iter(c[1].items()))
+            raise BadInputError(f"{r}: {name} is {why}; load_many serves only fine-tunes whose differences from the base "
+                                f"are delta-come deltas of linears ({len(c[1])} such tensors); use load({r!r}) for this one")
+    for r, c in zip(refs, checked):
+        mgr.add(r, c)
+    _attach(model, mgr)
+    return model
+
+
+__all__ = ["KernelError", "LazyDeltas", "load", "load_many"]
