@@ -3,21 +3,67 @@
 Like zarr's Store: it deals in keys and bytes only; a missing key is ``None`` from ``get``; writes
 are atomic (a temp name then rename on filesystems that rename atomically, a single PUT on object
 stores); ``read_only`` refuses writes. Local disk goes through plain ``os`` calls, which are
-faster than fsspec's wrappers and give us ``os.replace``.
+faster than fsspec's wrappers and give us ``os.replace`` and ``fsync``.
+
+Durability: a local object is fsynced before it is renamed to its name, so a crash never leaves
+a torn file under an object's name; the directories that gained names are fsynced by ``flush``,
+which the store calls before any catalog row names them. An object store's PUT is durable when
+it returns. What a backend can do is declared in :class:`Capabilities`; the store reads those,
+never the protocol name, and ``deltastore.testing.BackendTests`` checks each declaration holds.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import fsspec
 
+from .crash import crash_point
 from .errors import ReadOnlyError
 
 TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do cheaply and safely; each flag is checked by the backend test suite.
+
+    - ``cheap_touch``: ``touch`` refreshes a key's mtime without rewriting it (local disk; S3 has
+      no such call, a copy onto itself rewrites the object).
+    - ``conditional_put``: ``put_if_absent`` is atomic: of two racing writers exactly one wins
+      (local: ``link``; S3: ``If-None-Match: *``, which AWS and SeaweedFS honour).
+    - ``ranged_get``: ``get_range`` reads only the bytes asked for.
+    - ``atomic_rename``: a written temp file is renamed into place; leftovers are ``.tmp-`` keys.
+    - ``torn_possible``: an object under its final name may be torn after a crash of the machine
+      (a file system: only as good as its fsyncs and its disk); an object store's PUT is all or
+      nothing. The store checks the frame of a dedup hit where this holds.
+    """
+
+    cheap_touch: bool
+    conditional_put: bool
+    ranged_get: bool
+    atomic_rename: bool
+    torn_possible: bool
+
+
+LOCAL = Capabilities(cheap_touch=True, conditional_put=True, ranged_get=True, atomic_rename=True, torn_possible=True)
+#: protocols whose PUT is all-or-nothing and honours If-None-Match (s3fs passes it through)
+OBJECT_STORE = Capabilities(cheap_touch=False, conditional_put=True, ranged_get=True, atomic_rename=False, torn_possible=False)
+OTHER = Capabilities(cheap_touch=False, conditional_put=False, ranged_get=True, atomic_rename=False, torn_possible=False)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Backend:
@@ -33,6 +79,11 @@ class Backend:
         self.local = protocol in ("file", "local")
         if self.local:
             self.root = str(Path(self.root).absolute())
+            self.capabilities = LOCAL
+        else:
+            self.capabilities = OBJECT_STORE if protocol in ("s3", "s3a") else OTHER
+        self._dirty_dirs: set[str] = set()
+        self._dirty_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}{', read_only' if self.read_only else ''})"
@@ -46,12 +97,13 @@ class Backend:
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
+        crash_point("backend.get")
         p = self._path(key)
         if self.local:
             try:
                 with open(p, "rb") as f:
                     return f.read()
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 return None
         try:
             return self.fs.cat_file(p)
@@ -59,27 +111,37 @@ class Backend:
             return None
 
     def get_range(self, key: str, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` (fewer past the end of the object; empty for an empty range);
+        None if the key is missing."""
         p = self._path(key)
+        if end <= start:
+            return b"" if self.exists(key) else None
         if self.local:
             try:
                 with open(p, "rb") as f:
                     f.seek(start)
                     return f.read(end - start)
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 return None
         try:
             return self.fs.cat_file(p, start=start, end=end)
         except FileNotFoundError:
             return None
+        except OSError as e:  # S3 answers 416 for a range that starts past the end
+            if "not satisfiable" in str(e) or "InvalidRange" in str(e):
+                return b"" if self.exists(key) else None
+            raise
 
     def exists(self, key: str) -> bool:
         p = self._path(key)
-        return os.path.exists(p) if self.local else self.fs.exists(p)
+        return os.path.isfile(p) if self.local else self.fs.exists(p)
 
     def size(self, key: str) -> int | None:
         p = self._path(key)
         try:
-            return os.path.getsize(p) if self.local else int(self.fs.size(p))
+            if self.local:
+                return os.path.getsize(p) if os.path.isfile(p) else None
+            return int(self.fs.size(p))
         except FileNotFoundError:
             return None
 
@@ -113,46 +175,115 @@ class Backend:
             return None
 
     # -- writes --------------------------------------------------------------------------------
+    def _write_temp(self, p: str, data: bytes | bytearray | memoryview) -> str:
+        """A durable temp file beside ``p``: written, fsynced and made read-only."""
+        d = os.path.dirname(p)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                crash_point("backend.put.open")
+                mv = memoryview(data)
+                half = len(mv) // 2
+                f.write(mv[:half])
+                f.flush()
+                crash_point("backend.put.half-written")
+                f.write(mv[half:])
+                f.flush()
+                crash_point("backend.put.before-fsync")
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o444)  # objects are immutable: make accidental edits fail
+        except BaseException:
+            self._unlink_quiet(tmp)
+            raise
+        crash_point("backend.put.before-rename")
+        return tmp
+
+    @staticmethod
+    def _unlink_quiet(p: str) -> None:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Write ``key`` atomically: readers see the old state or the whole new object, never half.
 
-        Local writes are not fsync'd one by one (that cost a fifth of an add); ``flush`` makes
-        everything written so far durable, and the store calls it before a version that names
-        these objects is committed to the catalog."""
+        Local: the data is fsynced before the rename, so the name never points at a torn file;
+        the directory entry is made durable by ``flush``. Object stores: one PUT."""
         self._check_writable()
         p = self._path(key)
         if self.local:
-            d = os.path.dirname(p)
-            os.makedirs(d, exist_ok=True)
-            tmp = os.path.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+            tmp = self._write_temp(p, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, 0o444)  # objects are immutable: make accidental edits fail
                 os.replace(tmp, p)
             except BaseException:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
+                self._unlink_quiet(tmp)
                 raise
+            with self._dirty_lock:
+                self._dirty_dirs.add(os.path.dirname(p))
+            crash_point("backend.put.after-rename")
             return
-        self.fs.pipe_file(p, bytes(data))
+        self._remote_put(p, bytes(data))
+
+    def _remote_put(self, p: str, data: bytes, **kw: object) -> None:
+        if os.environ.get("DELTASTORE_CRASH_AT") == "backend.put.in-flight":
+            # the upload runs in a thread; the process dies while it is on the wire
+            t = threading.Thread(target=self.fs.pipe_file, args=(p, data), kwargs=kw, daemon=True)
+            t.start()
+            time.sleep(0.002)
+            crash_point("backend.put.in-flight")
+        self.fs.pipe_file(p, data, **kw)
+        crash_point("backend.put.after-rename")
+
+    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        """Write ``key`` only if no such key exists; True if this call wrote it. Atomic where
+        ``capabilities.conditional_put`` holds: of racing writers exactly one gets True."""
+        self._check_writable()
+        p = self._path(key)
+        if self.local:
+            tmp = self._write_temp(p, data)
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                return False
+            finally:
+                self._unlink_quiet(tmp)
+            with self._dirty_lock:
+                self._dirty_dirs.add(os.path.dirname(p))
+            return True
+        if not self.capabilities.conditional_put:
+            raise NotImplementedError(f"{self.url}: this backend has no conditional put")
+        try:
+            self._remote_put(p, bytes(data), mode="create")
+        except (FileExistsError, OSError) as e:
+            if isinstance(e, FileExistsError) or "PreconditionFailed" in str(e) or "pre-condition" in str(e) or "412" in str(e):
+                return False
+            raise
+        return True
 
     def flush(self) -> None:
-        """Make every completed ``put`` durable (one sync instead of an fsync per object)."""
-        if self.local and not self.read_only:
-            os.sync()
-
-    def touch(self, key: str) -> None:
-        """Mark an existing key as recently used (gc's grace period counts from its mtime)."""
-        if self.read_only:
+        """Make every completed ``put`` durable: fsync the directories that gained names (the
+        files themselves were fsynced before their rename). Object stores: nothing to do."""
+        if not self.local or self.read_only:
             return
-        if self.local:
+        with self._dirty_lock:
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
+        crash_point("backend.flush")
+        for d in sorted(dirs):
             try:
-                os.utime(self._path(key))
+                _fsync_dir(d)
             except FileNotFoundError:
                 pass
+
+    def touch(self, key: str) -> None:
+        """Refresh a key's mtime where that is cheap (``capabilities.cheap_touch``); else nothing."""
+        if self.read_only or not self.capabilities.cheap_touch:
+            return
+        try:
+            os.utime(self._path(key))
+        except FileNotFoundError:
+            pass
 
     def delete(self, key: str) -> None:
         self._check_writable()
@@ -160,6 +291,8 @@ class Backend:
         try:
             if self.local:
                 os.unlink(p)
+                with self._dirty_lock:
+                    self._dirty_dirs.add(os.path.dirname(p))
             else:
                 self.fs.rm_file(p)
         except FileNotFoundError:

@@ -16,6 +16,7 @@ import getpass
 import hashlib
 import inspect
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import codec as codecs
 from . import records
 from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, utcnow
 from .errors import BadInputError, BadSafetensorsError, BaseMismatchError, ConflictError
 from .lookup import latest_number, resolve_version, version_info
-from .maintenance import lease
+from .crash import crash_point
+from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
 from .materialize import info_of, tensor_bytes
 from .objects import PutResult
@@ -45,6 +47,8 @@ from .source import SourceFile, scan_model_dir
 DEFAULT_FINETUNE_CODEC = "delta-come"
 #: lossy encodes already use every core inside torch: run them one at a time, one tensor read ahead
 LOSSY_WORKERS = 2
+#: tries at the commit transaction when concurrent adds take the same number or SQLite is busy
+COMMIT_ATTEMPTS = 40
 
 
 def resolve_codec(codec: str | codecs.Codec | dict | None, default: str = DEFAULT_FINETUNE_CODEC) -> codecs.Codec:
@@ -111,7 +115,8 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     puts: list[PutResult] = []
     files: list[FileEntry] = []
     progress("add", 0, total)
-    with lease(store, f"add {name} from {path}") as beat:
+    with lease(store, f"add {name} from {path}") as held:
+        beat = held
         for src in sources:
             if not src.is_safetensors:
                 data = src.path.read_bytes()
@@ -153,7 +158,9 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                             codec=codec.get_config() if codec is not None else {"id": "lossless"})
         mput = store.objects.put_bytes(manifest.to_json(), "manifest")
         puts.append(mput)
-        return commit_version(store, name, manifest, mput.oid, puts, base_info, codec, message, tags, author, metrics, calib_sha)
+        crash_point("add.before-commit")
+        return commit_version(store, name, manifest, mput.oid, puts, base_info, codec, message, tags, author, metrics, calib_sha,
+                              held=held)
 
 
 def _pread(fd: int, header: SafetensorsHeader, info: TensorInfo, path: Path) -> bytearray:
@@ -232,20 +239,31 @@ def _check_kind(store: StoreView, name: str, *, finetune: bool) -> None:
 
 def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid: str, puts: list[PutResult],
                    base_info: VersionInfo | None, codec: codecs.Codec | None, message: str, tags: list[str],
-                   author: str | None, metrics: dict[str, Any], calib_sha: str | None) -> VersionInfo:
-    """One transaction: the version row (next free number), its object index, lineage and tags."""
+                   author: str | None, metrics: dict[str, Any], calib_sha: str | None,
+                   held: LeaseHandle | None = None) -> VersionInfo:
+    """One transaction: the version row (next free number), its object index, lineage and tags.
+
+    Called under the add's lease (``held``), so no gc runs from the first object written to the
+    commit (maintenance.py). Order: every object durable (``flush``); the transaction takes the
+    version number (a row no other writer can take until we end); the version's record goes to
+    the backend; then the commit. So every committed version has its record (``db rebuild``);
+    a crash before the commit leaves only unreferenced objects and a record of no version,
+    which the next add of that number overwrites and gc removes."""
     oids = manifest.object_ids() | {manifest_oid}
-    missing = [o for o in oids if not store.objects.exists(o)]  # gc may have run while we wrote
+    missing = [o for o in oids if not store.objects.exists(o)]  # only an outside hand deletes under a lease
     if missing:
-        raise ConflictError(f"{len(missing)} objects vanished while adding (a concurrent gc?); run the add again")
+        raise ConflictError(f"{len(missing)} objects vanished while adding (deleted by hand?); run the add again")
     store.backend.flush()  # objects durable before the catalog names them
+    crash_point("commit.after-flush")
     sizes = {p.oid: p for p in puts}
     stored_new = sum(p.stored for p in sizes.values() if p.new)
     referenced = sum(p.stored for p in sizes.values())
     kinds = manifest.object_kinds(manifest_oid)
-    for attempt in range(5):
+    for attempt in range(COMMIT_ATTEMPTS):
         try:
             with store.Session.begin() as s:
+                if held is not None:
+                    held.check(s)
                 m = s.scalar(select(Model).where(Model.name == name))
                 if m is None:
                     m = Model(name=name)
@@ -253,6 +271,8 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
                     s.flush()
                 number = latest_number(s, m) + 1
                 base_v = resolve_version(s, base_info.ref) if base_info else None
+                if base_v is not None and base_v.manifest != base_info.manifest:
+                    raise ConflictError(f"{base_info.ref} was removed and re-added while this add ran; add again")
                 v = Version(
                     model_id=m.id, number=number, manifest=manifest_oid, base_version_id=base_v.id if base_v else None,
                     kind="finetune" if base_v else "base", codec=codec.codec_id if codec else "lossless",
@@ -282,14 +302,19 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
                         s.add(Tag(model_id=m.id, name=t, version_id=v.id))
                 s.flush()
                 info = version_info(s, v)
-            records.write_version(store.backend, info)
+                # the number is ours until this transaction ends: record first, then commit
+                records.write_version(store.backend, info)
+                crash_point("commit.before-db-commit")
+            crash_point("commit.after-db-commit")
             for t in tags:
                 records.write_tag(store.backend, name, t, info.number)
             return info
-        except IntegrityError:
-            if attempt == 4:
+        except (IntegrityError, OperationalError) as e:
+            if isinstance(e, OperationalError) and "locked" not in str(e) and "serializ" not in str(e):
+                raise
+            if attempt == COMMIT_ATTEMPTS - 1:
                 raise ConflictError(f"could not allocate a version number for {name!r}: concurrent adds; try again") from None
-            time.sleep(0.05 * (attempt + 1))
+            time.sleep(0.02 * (1 + attempt % 10) * (1 + random.random()))
     raise AssertionError("unreachable")
 
 

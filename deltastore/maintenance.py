@@ -1,26 +1,53 @@
-"""Keeping a store healthy: leases of adds in progress, ``gc``, ``verify``, ``du``, catalog rebuild.
+"""Keeping a store healthy: the add/gc exclusion, ``gc``, ``verify``, ``du``, catalog rebuild.
 
-gc deletes what no version references, but never what an add still in progress may need: each
-add holds a lease (host, pid, start, heartbeat) in the catalog, and gc keeps every object touched
-since the oldest live lease began.
+**Why gc can never delete what an add needs.** gc and adds exclude each other, as restic's prune
+takes an exclusive lock and its backups shared ones. Each add, and each gc, holds a *lease*: a
+row in the catalog's ``leases`` table (host, pid, start, heartbeat; a gc's ``what`` is ``gc``).
+Taking one is *insert, commit, then look*: insert our row in one transaction, then, in a new one,
+look for live rows of the other kind. Of an add and a gc that race, the one whose insert
+committed second sees the other's row in its look, so at least one of them sees the other; an
+add that sees a gc removes its row and waits (``ADD_WAIT_S``); a gc that sees adds keeps its row,
+so no new add can start, and waits for them to end (``GC_WAIT_S``, then ``LockedError``). So
+while a gc lists, decides and deletes, no add is between its first dedup check and its catalog
+commit, which closes all three races of a reachability gc:
+an add that starts after gc read the catalog; an add that deduplicates against an object of a
+removed version (gc is not running while that add holds its lease, and a running gc makes the
+add wait until it is done); the add's own check that its objects exist before committing.
+
+Why this and not the alternatives: a grace period counts from an object's mtime, and on S3 an
+add that reuses an old object cannot refresh it without rewriting it (no cheap touch); a
+two-phase mark-then-sweep needs a marker per object on the backend. The catalog is already the
+one place every writer shares, with transactions on SQLite and PostgreSQL alike, so the
+exclusion costs two small transactions per add and works the same on local disk and S3; it asks
+nothing of the backend's clock. The price: gc does not run during an add (it waits, then says
+who holds the store), as restic's prune does not run during a backup.
+
+A lease whose process is gone (same host: the pid no longer exists) or whose heartbeat is older
+than ``LEASE_TIMEOUT`` (another host) is dead and removed by whoever looks. An add checks, in its
+commit transaction, that its lease is still there (locked ``FOR UPDATE`` where the database has
+it), so an add presumed dead that wakes up cannot commit objects a gc may have deleted.
+Writers of objects other than ``add`` (a remote's pull) must hold a lease too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import socket
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from . import records
 from .backend import TMP_PREFIX
-from .catalog import Lease, ObjectRow, Version, VersionObject, utcnow
-from .errors import CorruptObjectError, DeltaStoreError, ObjectMissingError
+from .catalog import Lease, Model, ObjectRow, Version, VersionObject, utcnow
+from .crash import crash_point
+from .errors import ConflictError, CorruptObjectError, DeltaStoreError, LockedError, ObjectMissingError
 from .lookup import resolve_version
 from .manifest import Manifest
 from .objects import oid_of_key
@@ -29,95 +56,190 @@ from .results import DuReport, GcReport, Problem, VerifyReport
 
 #: a lease on another host whose heartbeat is older than this is presumed dead
 LEASE_TIMEOUT = dt.timedelta(hours=6)
+#: a gc beats while it lists and deletes; one silent this long on another host is presumed dead
+GC_LEASE_TIMEOUT = dt.timedelta(minutes=15)
 HEARTBEAT_EVERY_S = 60.0
+#: how long an add waits for a running gc, and a gc for running adds, before giving up
+ADD_WAIT_S = float(os.environ.get("DELTASTORE_ADD_WAIT_S", 1800))
+GC_WAIT_S = float(os.environ.get("DELTASTORE_GC_WAIT_S", 60))
+GC_WHAT = "gc"
 
 
-@contextmanager
-def lease(store: StoreView, what: str) -> Iterator[Callable[[], None]]:
-    """Hold a lease for the duration of an add; yields ``beat()``, which refreshes the lease's
-    heartbeat (at most once a minute) so gc on another host does not presume the add dead."""
-    with store.Session.begin() as s:
-        row = Lease(host=socket.gethostname(), pid=os.getpid(), what=what[:400])
-        s.add(row)
-        s.flush()
-        lease_id = row.id
-    last = [time.monotonic()]
+class LeaseHandle:
+    """A held lease. Calling it refreshes the heartbeat (at most once a minute); ``check`` in a
+    write transaction raises ConflictError if the lease was taken from us as dead."""
 
-    def beat() -> None:
-        if time.monotonic() - last[0] < HEARTBEAT_EVERY_S:
+    def __init__(self, store: StoreView, lease_id: int):
+        self.store = store
+        self.id = lease_id
+        self._last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self._last < HEARTBEAT_EVERY_S:
             return
-        last[0] = time.monotonic()
-        with store.Session.begin() as s2:
-            r = s2.get(Lease, lease_id)
+        self._last = time.monotonic()
+        with self.store.Session.begin() as s:
+            r = s.get(Lease, self.id)
             if r is not None:
                 r.heartbeat_at = utcnow()
 
-    try:
-        yield beat
-    finally:
+    def check(self, s: Session) -> None:
+        row = s.scalar(select(Lease).where(Lease.id == self.id).with_for_update())
+        if row is None:
+            raise ConflictError("this add's lease was removed as dead (was the process suspended for hours?); "
+                                "nothing was committed: run the add again")
+
+
+def _is_gc(row: Lease) -> bool:
+    return row.what == GC_WHAT
+
+
+def _alive(row: Lease, host: str, now: dt.datetime) -> bool:
+    if row.host == host:
+        try:
+            os.kill(row.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return now - row.heartbeat_at <= (GC_LEASE_TIMEOUT if _is_gc(row) else LEASE_TIMEOUT)
+
+
+def _txn_retry(fn, what: str):  # noqa: ANN001, ANN202
+    """Run a short catalog transaction, retrying when SQLite reports the database busy."""
+    for attempt in range(50):
+        try:
+            return fn()
+        except OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e).lower() and "serializ" not in str(e):
+                raise
+            time.sleep(0.02 * (1 + attempt % 10) * (1 + random.random()))
+    raise ConflictError(f"the catalog stayed busy while {what}; try again")
+
+
+def _insert(store: StoreView, what: str) -> int:
+    def go() -> int:
+        with store.Session.begin() as s:
+            row = Lease(host=socket.gethostname(), pid=os.getpid(), what=what[:400])
+            s.add(row)
+            s.flush()
+            return row.id
+    return _txn_retry(go, "taking a lease")
+
+
+def _remove(store: StoreView, lease_id: int) -> None:
+    def go() -> None:
         with store.Session.begin() as s:
             s.execute(delete(Lease).where(Lease.id == lease_id))
+    _txn_retry(go, "releasing a lease")
 
 
-def live_lease_cutoff(s: Session) -> dt.datetime | None:
-    """Start of the oldest add still running; dead leases (process gone) are dropped."""
-    host = socket.gethostname()
-    oldest = None
-    for row in s.scalars(select(Lease)).all():
-        alive = True
-        if row.host == host:
-            try:
-                os.kill(row.pid, 0)
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        elif utcnow() - row.heartbeat_at > LEASE_TIMEOUT:
-            alive = False
-        if not alive:
-            s.delete(row)
-        elif oldest is None or row.started_at < oldest:
-            oldest = row.started_at
-    return oldest
+def _live_others(store: StoreView, own: int, *, gc_rows: bool) -> list[str]:
+    """Live leases of the other kind (gc rows when ``gc_rows``, else adds); dead ones are removed."""
+    def go() -> list[str]:
+        host, now, out = socket.gethostname(), utcnow(), []
+        with store.Session.begin() as s:
+            for row in s.scalars(select(Lease).where(Lease.id != own)).all():
+                if not _alive(row, host, now):
+                    s.delete(row)
+                elif _is_gc(row) == gc_rows:
+                    out.append(f"{row.what!r} (host {row.host}, pid {row.pid}, since {row.started_at:%Y-%m-%d %H:%M:%S} UTC)")
+        return out
+    return _txn_retry(go, "looking at leases")
 
 
-def gc(store: StoreView, *, dry_run: bool = False) -> GcReport:
-    """Delete objects no version references. Objects touched since the oldest add still in
-    progress began are kept: that add may still need them."""
-    with store.Session.begin() as s:
-        cutoff = live_lease_cutoff(s)
+@contextmanager
+def lease(store: StoreView, what: str, *, wait_s: float | None = None) -> Iterator[LeaseHandle]:
+    """Hold an add's lease (see the module doc): waits while a gc runs; yields a
+    :class:`LeaseHandle`, called to refresh the heartbeat during a long add."""
+    if what == GC_WHAT:
+        raise ValueError("an add's lease cannot be named 'gc'")
+    deadline = time.monotonic() + (ADD_WAIT_S if wait_s is None else wait_s)
+    delay = 0.05
+    while True:
+        lid = _insert(store, what)
+        gcs = _live_others(store, lid, gc_rows=True)
+        if not gcs:
+            break
+        _remove(store, lid)
+        if time.monotonic() >= deadline:
+            raise LockedError(f"a gc is running ({gcs[0]}); adds wait for it: try again when it ends")
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+    crash_point("lease.taken")
+    try:
+        yield LeaseHandle(store, lid)
+    finally:
+        _remove(store, lid)
+
+
+@contextmanager
+def exclusive(store: StoreView, *, wait_s: float | None = None) -> Iterator[LeaseHandle]:
+    """Hold gc's lease: no add runs while it is held (see the module doc). Waits up to ``wait_s``
+    for running adds to end (new ones wait for us meanwhile), then raises LockedError."""
+    lid = _insert(store, GC_WHAT)
+    try:
+        deadline = time.monotonic() + (GC_WAIT_S if wait_s is None else wait_s)
+        delay = 0.05
+        while adds := _live_others(store, lid, gc_rows=False):
+            if time.monotonic() >= deadline:
+                more = f" and {len(adds) - 1} more" if len(adds) > 1 else ""
+                raise LockedError(f"an add is in progress: {adds[0]}{more}; gc deletes nothing while adds run: "
+                                  "try again when it ends")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+        crash_point("gc.locked")
+        yield LeaseHandle(store, lid)
+    finally:
+        _remove(store, lid)
+
+
+def gc(store: StoreView, *, dry_run: bool = False, wait_s: float | None = None) -> GcReport:
+    """Delete objects no version references, temp files, and version records no committed
+    version has. Runs under :func:`exclusive`, so no add is in flight (a dry run only reads)."""
+    if dry_run:
+        return _sweep(store, dry_run=True, beat=lambda: None)
+    with exclusive(store, wait_s=wait_s) as beat:
+        return _sweep(store, dry_run=False, beat=beat)
+
+
+def _sweep(store: StoreView, *, dry_run: bool, beat) -> GcReport:  # noqa: ANN001
+    with store.Session() as s:  # read after the exclusion holds: every committed add is in it
         reachable = set(s.scalars(select(VersionObject.oid).distinct()).all())
-    cutoff_ts = None if cutoff is None else cutoff.replace(tzinfo=dt.timezone.utc).timestamp() - 2.0
-    deleted = freed = kept = temps = 0
+        committed = {(m, n) for m, n in s.execute(select(Model.name, Version.number).join(Version, Version.model_id == Model.id))}
+    deleted = freed = temps = 0
     gone: list[str] = []
     backend = store.backend
     for key in list(backend.list("objects")):
+        beat()
         name = key.rsplit("/", 1)[-1]
-        if name.startswith(TMP_PREFIX):
-            mt = backend.mtime(key)
-            if cutoff_ts is None or (mt is not None and mt < cutoff_ts):
-                if not dry_run:
-                    backend.delete(key)
-                temps += 1
+        if name.startswith(TMP_PREFIX):  # no add is writing: every temp file is a crash's leftover
+            if not dry_run:
+                backend.delete(key)
+            temps += 1
             continue
         oid = oid_of_key(key)
         if oid is None or oid in reachable:
             continue
-        mt = backend.mtime(key)
-        if cutoff_ts is not None and (mt is None or mt >= cutoff_ts):
-            kept += 1
-            continue
         size = backend.size(key) or 0
         if not dry_run:
             backend.delete(key)
+            crash_point("gc.deleted-one")
         gone.append(oid)
         deleted += 1
         freed += size
+    temps += records.reconcile(store, committed, dry_run=dry_run)
+    if not dry_run:
+        backend.flush()
     if gone and not dry_run:
-        with store.Session.begin() as s:
-            for i in range(0, len(gone), 500):
-                s.execute(delete(ObjectRow).where(ObjectRow.oid.in_(gone[i : i + 500])))
-    return GcReport(deleted=deleted, freed_bytes=freed, kept_recent=kept, temp_deleted=temps, dry_run=dry_run)
+        def drop() -> None:
+            with store.Session.begin() as s:
+                for i in range(0, len(gone), 500):
+                    s.execute(delete(ObjectRow).where(ObjectRow.oid.in_(gone[i : i + 500])))
+        _txn_retry(drop, "dropping deleted objects from the index")
+    crash_point("gc.before-unlock")
+    return GcReport(deleted=deleted, freed_bytes=freed, kept_recent=0, temp_deleted=temps, dry_run=dry_run)
 
 
 def verify(store: StoreView, ref: str | None = None, *, progress: Progress | None = None) -> VerifyReport:
@@ -139,7 +261,7 @@ def verify(store: StoreView, ref: str | None = None, *, progress: Progress | Non
             listed = set(s.scalars(select(VersionObject.oid).where(VersionObject.version_id == v.id)))
             need.setdefault(v.manifest, set()).add(vref)
             try:
-                man = Manifest.from_json(store.objects.get(v.manifest))
+                man = Manifest.from_json(store.objects.get(v.manifest), v.manifest)
             except (DeltaStoreError, ValueError) as e:
                 problems.append(Problem(v.manifest, f"manifest unreadable: {e}", [vref]))
                 continue

@@ -16,10 +16,124 @@ keys, no spaces) makes equal versions hash to the same manifest id.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator
 
+from .errors import CorruptObjectError
+from .safetensors_io import DTYPES
+
 FORMAT = 1
+#: bounds on what a manifest may claim, checked before anything is allocated from it
+MAX_PATH = 4096
+MAX_NAME = 4096
+MAX_DIMS = 16
+MAX_NBYTES = 1 << 48
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_OID = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def check_rel_path(rel: object) -> str:
+    """A path read from the store that may be joined under an output directory: relative, '/'
+    separated, no ``..``, ``.`` or empty parts, no backslash, no control characters."""
+    if not isinstance(rel, str) or not rel or len(rel) > MAX_PATH:
+        raise ValueError(f"path {rel!r} is not a non-empty string of at most {MAX_PATH} characters")
+    if rel.startswith("/") or "\\" in rel:
+        raise ValueError(f"path {rel!r} is not relative")
+    for part in rel.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"path {rel!r} has an empty, '.' or '..' part")
+        if any(ord(c) < 32 or ord(c) == 127 for c in part):
+            raise ValueError(f"path {rel!r} has control characters")
+    return rel
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _want(cond: bool, why: str) -> None:
+    if not cond:
+        raise _Bad(why)
+
+
+def _int(v: object, what: str, lo: int = 0, hi: int = MAX_NBYTES) -> int:
+    _want(type(v) is int and lo <= v <= hi, f"{what} must be an integer in [{lo}, {hi}], not {v!r:.80}")
+    return v  # type: ignore[return-value]
+
+
+def _oid(v: object, what: str, optional: bool = True) -> str | None:
+    if v is None and optional:
+        return None
+    _want(isinstance(v, str) and bool(_OID.match(v)), f"{what} is not an object id: {v!r:.80}")
+    return v  # type: ignore[return-value]
+
+
+def _keys(d: object, cls: type, what: str) -> dict:
+    _want(isinstance(d, dict), f"{what} is not a JSON object")
+    known = {f.name for f in fields(cls)}
+    extra = sorted(set(d) - known)  # type: ignore[arg-type]
+    _want(not extra, f"{what} has fields this deltastore does not know: {', '.join(map(str, extra))[:200]}")
+    return d  # type: ignore[return-value]
+
+
+def _tensor(d: object, where: str) -> "TensorEntry":
+    d = _keys(d, TensorEntry, where)
+    name = d.get("name")
+    _want(isinstance(name, str) and 0 < len(name) <= MAX_NAME, f"{where}: tensor name {name!r:.80} is not a string")
+    where = f"{where} tensor {name[:100]!r}"
+    dtype = d.get("dtype")
+    _want(isinstance(dtype, str) and dtype in DTYPES, f"{where}: unknown dtype {dtype!r:.40}")
+    shape = d.get("shape")
+    _want(isinstance(shape, list) and len(shape) <= MAX_DIMS, f"{where}: shape is not a list of at most {MAX_DIMS} sizes")
+    shape = [_int(x, f"{where}: a dimension") for x in shape]
+    nbytes = _int(d.get("nbytes"), f"{where}: nbytes")
+    _want(math.prod(shape) * DTYPES[dtype][1] == nbytes, f"{where}: nbytes {nbytes} is not what shape {shape} of {dtype} takes")
+    sha = d.get("sha256")
+    _want(isinstance(sha, str) and bool(_HEX64.match(sha)), f"{where}: sha256 is not 64 hex digits")
+    source = d.get("source")
+    _want(source in ("tensor", "delta", "base"), f"{where}: unknown source {source!r:.40}")
+    obj = _oid(d.get("object"), f"{where}: object")
+    codec = d.get("codec")
+    _want(codec is None or (isinstance(codec, str) and len(codec) <= 100), f"{where}: codec is not a name")
+    exact = d.get("exact", True)
+    _want(isinstance(exact, bool), f"{where}: exact is not true/false")
+    rel = d.get("rel_error")
+    _want(rel is None or (type(rel) in (int, float)), f"{where}: rel_error is not a number")
+    if source == "tensor":
+        _want(obj == "sha256:" + sha, f"{where}: a tensor object is named by the tensor's sha256")
+    elif source == "delta":
+        _want(obj is not None and codec is not None, f"{where}: a delta names its object and codec")
+    else:
+        _want(obj is None, f"{where}: a base tensor names no object")
+    return TensorEntry(name=name, dtype=dtype, shape=shape, nbytes=nbytes, sha256=sha, source=source, object=obj,
+                       codec=codec, exact=exact, rel_error=None if rel is None else float(rel))
+
+
+def _file(d: object, i: int) -> "FileEntry":
+    d = _keys(d, FileEntry, f"file {i}")
+    try:
+        path = check_rel_path(d.get("path"))
+    except ValueError as e:
+        raise _Bad(f"file {i}: {e}") from None
+    where = f"file {path[:200]!r}"
+    kind = d.get("kind")
+    _want(kind in ("blob", "safetensors"), f"{where}: unknown kind {kind!r:.40}")
+    size = _int(d.get("size"), f"{where}: size")
+    sha = d.get("sha256")
+    _want(isinstance(sha, str) and bool(_HEX64.match(sha)), f"{where}: sha256 is not 64 hex digits")
+    obj = _oid(d.get("object"), f"{where}: object")
+    header = _oid(d.get("header"), f"{where}: header")
+    raw_tensors = d.get("tensors", [])
+    _want(isinstance(raw_tensors, list), f"{where}: tensors is not a list")
+    tensors = [_tensor(t, where) for t in raw_tensors]
+    if kind == "blob":
+        _want(obj is not None and header is None and not tensors, f"{where}: a plain file names one object and no tensors")
+    else:
+        _want(header is not None and obj is None, f"{where}: a safetensors file names its header object")
+        _want(size >= 8 + sum(t.nbytes for t in tensors), f"{where}: size {size} is less than its tensors take")
+    return FileEntry(path=path, kind=kind, size=size, sha256=sha, object=obj, header=header, tensors=tensors)
 
 
 @dataclass
@@ -62,15 +176,33 @@ class Manifest:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "Manifest":
-        d = json.loads(data)
-        if d.get("format") != FORMAT:
-            raise ValueError(f"manifest format {d.get('format')} is not one this deltastore reads ({FORMAT})")
-        files = [
-            FileEntry(**{**f, "tensors": [TensorEntry(**t) for t in f.get("tensors", [])]})
-            for f in d["files"]
-        ]
-        return cls(files=files, base=d.get("base"), codec=d.get("codec", {}), format=d["format"])
+    def from_json(cls, data: bytes | bytearray | memoryview | str, oid: str | None = None) -> "Manifest":
+        """Parse and check a manifest read from the store: every field's type, every path (see
+        :func:`check_rel_path`), every size and shape, unique paths and tensor names. Anything
+        else is a :class:`CorruptObjectError` naming ``oid``, never a KeyError or TypeError."""
+        try:
+            d = json.loads(bytes(data) if not isinstance(data, str) else data)
+            d = _keys(d, Manifest, "manifest")
+            fmt = d.get("format")
+            _want(fmt == FORMAT, f"format {fmt!r:.40} is not one this deltastore reads ({FORMAT})")
+            raw_files = d.get("files")
+            _want(isinstance(raw_files, list), "files is not a list")
+            files = [_file(f, i) for i, f in enumerate(raw_files)]
+            base = _oid(d.get("base"), "base")
+            codec = d.get("codec", {})
+            _want(isinstance(codec, dict), "codec is not a JSON object")
+            paths: set[str] = set()
+            names: set[str] = set()
+            for f in files:
+                _want(f.path not in paths, f"path {f.path[:200]!r} is listed twice")
+                paths.add(f.path)
+                for t in f.tensors:
+                    _want(t.name not in names, f"tensor {t.name[:100]!r} is listed twice")
+                    names.add(t.name)
+                    _want(t.source == "tensor" or base is not None, f"tensor {t.name[:100]!r} needs a base, and there is none")
+        except (_Bad, ValueError, RecursionError, TypeError) as e:  # JSON and Unicode errors are ValueErrors
+            raise CorruptObjectError(oid or "(manifest)", f"not a valid manifest: {e}") from None
+        return cls(files=files, base=base, codec=codec, format=fmt)
 
     def tensors(self) -> Iterator[tuple[FileEntry, TensorEntry]]:
         for f in self.files:

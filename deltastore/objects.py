@@ -33,6 +33,14 @@ KIND_NAMES = {v: k for k, v in KINDS.items()}
 ZSTD, PLANES, RAW = 0, 1, 2
 PREFIX = "objects/"
 ZSTD_LEVEL = 3
+#: decoded size allowed when the caller does not know it (a manifest, a header): a frame that
+#: claims more is refused before anything is allocated
+MAX_DECODED = 1 << 34
+#: zstd-coded objects (files, headers, manifests) up to this size are decoded and re-hashed whole
+#: when an add finds them already stored on a file system
+SMALL_CHECKED_WHOLE = 64 << 20
+#: a manifest object may decode to at most this much (a 1000-shard model's is a few MiB)
+MAX_MANIFEST = 256 << 20
 #: the plane stream's fixed header (codec/planes.py): magic, width, flags, reserved, nchunks, raw_total
 _STREAM_HEAD = struct.Struct("<4sBBHIQ")
 _TABLES_KEPT = 4096
@@ -100,8 +108,11 @@ class ObjectDB:
         key = key_of(oid)
         size = self.backend.size(key)
         if size is not None:
-            self.backend.touch(key)  # an add in progress needs it: keep it out of gc's reach
-            return PutResult(oid, logical, size, False)
+            # gc cannot delete it under us: adds and gc exclude each other (maintenance.py). On a
+            # file system a crash may have left it torn: reuse it only if its frame is whole.
+            if not self.backend.capabilities.torn_possible or self.stored_problem(oid, logical) is None:
+                return PutResult(oid, logical, size, False)
+            self._tables.pop(oid, None)
         body = body_fn()
         frame = _FRAME.pack(MAGIC, KINDS[kind], bytes([coding]), 0)
         data = frame + body
@@ -132,33 +143,51 @@ class ObjectDB:
             raise CorruptObjectError(oid, "bad frame header")
         return KIND_NAMES[kind], coding[0], memoryview(data)[_FRAME.size :]
 
-    def get(self, oid: str, *, verify: bool = True) -> bytes:
-        """The logical bytes; with ``verify`` they are re-hashed against the id."""
+    def get(self, oid: str, *, verify: bool = True, max_size: int | None = None) -> bytes:
+        """The logical bytes; with ``verify`` they are re-hashed against the id. ``max_size``
+        (what the manifest says the object decodes to) is checked against the frame's own
+        claim before anything is allocated: a hostile frame cannot make us allocate more."""
         kind, coding, body = self._frame(oid)
+        cap = (MAX_MANIFEST if kind == "manifest" else MAX_DECODED) if max_size is None else max_size
         try:
             if coding == ZSTD:
+                claimed = zstandard.frame_content_size(body)
+                if claimed < 0:  # deltastore always writes the size; without it zstd would guess
+                    raise CorruptObjectError(oid, "zstd frame does not say its size")
+                if claimed > cap:
+                    raise CorruptObjectError(oid, f"decodes to {claimed} bytes, more than the {cap} expected")
                 out = zstandard.ZstdDecompressor().decompress(body)
             elif coding == PLANES:
+                _check_planes_size(oid, body, cap)
                 out = planes.decompress(body).tobytes()
             elif coding == RAW:
+                if len(body) > cap:
+                    raise CorruptObjectError(oid, f"holds {len(body)} bytes, more than the {cap} expected")
                 out = bytes(body)
             else:
                 raise CorruptObjectError(oid, f"unknown coding {coding}")
-        except (zstandard.ZstdError, CorruptPayloadError) as e:
-            raise CorruptObjectError(oid, str(e)) from None
+        except (zstandard.ZstdError, CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
+            raise CorruptObjectError(oid, f"does not decode: {e}") from None
         if verify and oid_of(out) != oid:
             raise CorruptObjectError(oid, "content does not hash to its id")
+        if max_size is not None and len(out) > max_size:
+            raise CorruptObjectError(oid, f"decodes to {len(out)} bytes, more than the {max_size} expected")
         return out
 
-    def get_array(self, oid: str, *, verify: bool = True) -> np.ndarray:
-        """Logical bytes as a writable uint8 array (tensor objects decode without an extra copy)."""
+    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None) -> np.ndarray:
+        """Logical bytes as a writable uint8 array (tensor objects decode without an extra copy).
+        ``nbytes``: what it must decode to, checked against the stream's header before allocating."""
         kind, coding, body = self._frame(oid)
         if coding != PLANES:
-            return np.frombuffer(bytearray(self.get(oid, verify=verify)), dtype=np.uint8)
+            out = np.frombuffer(bytearray(self.get(oid, verify=verify, max_size=nbytes)), dtype=np.uint8)
+            if nbytes is not None and out.size != nbytes:
+                raise CorruptObjectError(oid, f"decodes to {out.size} bytes, not the {nbytes} expected")
+            return out
         try:
+            _check_planes_size(oid, body, MAX_DECODED if nbytes is None else nbytes, exact=nbytes is not None)
             out = planes.decompress(body)
-        except CorruptPayloadError as e:
-            raise CorruptObjectError(oid, str(e)) from None
+        except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
+            raise CorruptObjectError(oid, f"does not decode: {e}") from None
         if verify and oid_of(out) != oid:
             raise CorruptObjectError(oid, "content does not hash to its id")
         return out
@@ -305,3 +334,12 @@ class ObjectDB:
 
     def delete(self, oid: str) -> None:
         self.backend.delete(key_of(oid))
+
+
+def _check_planes_size(oid: str, body: memoryview, cap: int, *, exact: bool = False) -> None:
+    """The plane stream's claimed raw size against ``cap`` (or equal to it), before allocating."""
+    if len(body) < _STREAM_HEAD.size:
+        raise CorruptObjectError(oid, "plane stream is truncated (header)")
+    raw_total = _STREAM_HEAD.unpack(body[: _STREAM_HEAD.size])[5]
+    if raw_total > cap or (exact and raw_total != cap):
+        raise CorruptObjectError(oid, f"decodes to {raw_total} bytes, not the {cap} expected")

@@ -52,7 +52,14 @@ def scan_model_dir(path: str | Path) -> list[SourceFile]:
             raise BadInputError(f"{root}: give a model directory or a .safetensors file")
         return [SourceFile(root.name, root, root.stat().st_size, read_header(root))]
     files: list[SourceFile] = []
+    # symlinked directories are followed (a Hugging Face cache links snapshots to blobs), each
+    # real directory at most once: a link back up the tree would otherwise be walked forever
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            raise BadInputError(f"{dirpath}: a symlink loop (or a second link to a directory already read); remove the link")
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         for fn in sorted(filenames):
             p = Path(dirpath) / fn

@@ -1,5 +1,5 @@
-"""Every object backend passes the same suite (local disk, and S3 on a real SeaweedFS server);
-then a whole store keeps its objects on S3."""
+"""Every object backend passes the package's own suite (``deltastore.testing.BackendTests``):
+local disk, and S3 on a real SeaweedFS server; then a whole store keeps its objects on S3."""
 
 from __future__ import annotations
 
@@ -10,46 +10,10 @@ import pytest
 
 import deltastore
 from deltastore.backend import Backend
-from deltastore.errors import ReadOnlyError
+from deltastore.testing import BackendTests
 
 from ..conftest import finetune_of, llama_like, tree_hashes, write_model
 from ..s3 import SeaweedServer, weed_bin
-
-
-class BackendTests:
-    """What the store relies on from a backend; each backend's test class provides ``backend``."""
-
-    def test_put_get_exists_size(self, backend: Backend) -> None:
-        assert backend.get("objects/aa/missing") is None
-        assert not backend.exists("objects/aa/missing")
-        backend.put("objects/aa/one", b"\x00\x01payload")
-        assert backend.get("objects/aa/one") == b"\x00\x01payload"
-        assert backend.exists("objects/aa/one")
-        assert backend.size("objects/aa/one") == 9
-        assert backend.get_range("objects/aa/one", 2, 5) == b"pay"
-
-    def test_overwrite_is_whole(self, backend: Backend) -> None:
-        backend.put("objects/bb/x", b"a" * 1000)
-        backend.put("objects/bb/x", b"b" * 10)
-        assert backend.get("objects/bb/x") == b"b" * 10
-
-    def test_list_and_delete(self, backend: Backend) -> None:
-        for k in ("objects/cc/1", "objects/cc/2", "objects/dd/3"):
-            backend.put(k, b"x")
-        assert {"objects/cc/1", "objects/cc/2", "objects/dd/3"} <= set(backend.list("objects"))
-        backend.delete("objects/cc/1")
-        backend.delete("objects/cc/1")  # deleting what is gone is fine
-        assert not backend.exists("objects/cc/1")
-        assert backend.mtime("objects/cc/2") is not None
-
-    def test_read_only_refuses_writes(self, backend: Backend) -> None:
-        backend.put("objects/ee/1", b"x")
-        ro = Backend(backend.url, read_only=True)
-        assert ro.get("objects/ee/1") == b"x"
-        with pytest.raises(ReadOnlyError):
-            ro.put("objects/ee/2", b"y")
-        with pytest.raises(ReadOnlyError):
-            ro.delete("objects/ee/1")
 
 
 class TestLocalBackend(BackendTests):
@@ -57,9 +21,13 @@ class TestLocalBackend(BackendTests):
     def backend(self, tmp_path: Path) -> Backend:
         return Backend(str(tmp_path / "objs"))
 
-    def test_no_temp_files_left(self, backend: Backend, tmp_path: Path) -> None:
+    def test_objects_are_read_only_files(self, backend: Backend, tmp_path: Path) -> None:
         backend.put("objects/ff/1", b"x" * 100)
-        assert [p.name for p in (tmp_path / "objs" / "objects" / "ff").iterdir()] == ["1"]
+        assert (os.stat(tmp_path / "objs" / "objects" / "ff" / "1").st_mode & 0o777) == 0o444
+
+    def test_declares_local_capabilities(self, backend: Backend) -> None:
+        c = backend.capabilities
+        assert c.cheap_touch and c.conditional_put and c.atomic_rename and c.torn_possible
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +52,15 @@ class TestS3Backend(BackendTests):
     @pytest.fixture
     def backend(self, s3, request) -> Backend:
         return Backend(f"s3://deltastore/{request.node.name}")
+
+    def reopen(self, backend: Backend, *, read_only: bool = False) -> Backend:
+        b = Backend(backend.url, read_only=read_only)
+        b.fs.invalidate_cache()
+        return b
+
+    def test_declares_object_store_capabilities(self, backend: Backend) -> None:
+        c = backend.capabilities
+        assert c.conditional_put and c.ranged_get and not c.cheap_touch and not c.torn_possible
 
 
 def test_store_with_objects_on_s3(s3, tmp_path: Path) -> None:
