@@ -1,7 +1,8 @@
 """CPU and GPU encodings decode to the same delta, codec by codec (run on the device machine).
 
 The encoders do the same float32 arithmetic on either device, but not bit for bit. bitdelta, dare
-and deltadq (masks from the CPU generator on both paths) agree to float rounding; lowrank to the
+and deltadq (masks from the counter-based hash, the same bits on either device) agree to float
+rounding; lowrank to the
 fp16 rounding of its factors. delta-come does not agree element-wise: LAPACK and cuSOLVER return
 different bases inside clusters of nearly equal singular values, so the quantization noise lands
 differently; there the test asks for the same layout, size and error. One payload decodes to the

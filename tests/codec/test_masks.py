@@ -95,3 +95,56 @@ def test_masks_are_the_same_on_the_gpu():
     for codec in (get_codec("dare", alpha="1/4"), get_codec("deltadq", alpha="1/2", h_g=32)):
         enc = codec.encode(target, base, ctx(seed=5))
         assert torch.equal(codec.decode_delta(enc, device="cuda").cpu(), codec.decode_delta(enc))
+
+
+def _triton_hash_kernel():
+    """hash32 written as a Triton kernel in plain uint32 arithmetic, as a decode kernel would.
+    On a machine with no GPU it is built for Triton's interpreter (TRITON_INTERPRET=1, set only
+    while the kernel is defined, so other tests' kernels still compile natively on a GPU)."""
+    import os
+
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+
+    interpret = not torch.cuda.is_available()
+    old = os.environ.get("TRITON_INTERPRET")
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+
+        @triton.jit
+        def hash_kernel(out_ptr, n, k0, k1, BLOCK: tl.constexpr):
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            x = offs.to(tl.uint32) ^ k0.to(tl.uint32)  # index < 2**31 here: its high word is 0
+            for _ in tl.static_range(2):
+                x = x ^ (x >> 16)
+                x = x * 0x7FEB352D
+                x = x ^ (x >> 15)
+                x = x * 0x846CA68B
+                x = x ^ (x >> 16)
+                if _ == 0:
+                    x = x ^ k1.to(tl.uint32)
+            tl.store(out_ptr + offs, x.to(tl.int32, bitcast=True), mask=offs < n)
+
+    finally:
+        if interpret:
+            if old is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+    return hash_kernel, ("cpu" if interpret else "cuda")
+
+
+@pytest.mark.parametrize("seed", [0, 99, 2**63 - 1])
+def test_a_triton_kernel_regenerates_the_hash(seed):
+    kernel, device = _triton_hash_kernel()
+    n = 5000
+    out = torch.empty(n, dtype=torch.int32, device=device)
+    k0, k1 = masks.seed_keys(seed)
+    kernel[(triton_cdiv(n, 1024),)](out, n, k0, k1, BLOCK=1024)
+    got = out.cpu().to(torch.int64) & 0xFFFFFFFF
+    assert torch.equal(got, masks.hash32(seed, torch.arange(n)))
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
