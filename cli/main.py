@@ -342,7 +342,7 @@ def verify(ref: Optional[str] = typer.Argument(None), as_json: bool = typer.Opti
         if r.ok:
             _say(f"ok: {r.versions} versions, {r.objects} objects, {human(r.bytes_read)} re-hashed")
         for p in r.problems:
-            err.print(f"{p.oid or '-'}: {p.what}; breaks {', '.join(p.versions)}")
+            err.print(f"{p.oid or '-'}: {p.what}; breaks {', '.join(p.versions)}", markup=False, highlight=False, soft_wrap=True)
     if not r.ok:
         raise typer.Exit(1)
 
