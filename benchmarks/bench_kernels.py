@@ -60,6 +60,20 @@ def random_packed(m: int, n: int, gen: torch.Generator, device: torch.device, al
     return PackedDeltaCoMe((m, n), gs, S, out)
 
 
+def shrink_kw(k: dict) -> dict:
+    return dict(block_m=k.get("bm"), block_r=k.get("br"), num_warps=k.get("sw", 4), num_stages=k.get("ss", 2))
+
+
+def expand_kw(k: dict) -> dict:
+    return dict(block_m=k.get("bm"), block_n=k.get("bn"), block_r=k.get("er", 32), num_warps=k.get("ew", 4), num_stages=k.get("es", 2))
+
+
+#: configurations --sweep tries, by batch size (rows per fine-tune); the first is the default
+SWEEP_SMALL = [{}, dict(split_k=2, bn=32), dict(split_k=8, bn=32), dict(bn=64, ss=3, es=3)]
+SWEEP_LARGE = [{}, dict(bm=64, br=64, bn=128, er=32, sw=4, ew=4), dict(bm=64, br=128, bn=128, er=64, sw=8, ew=8, ss=3, es=3),
+               dict(bm=128, br=64, bn=128, er=64, sw=8, ew=8, ss=3, es=3)]
+
+
 @dataclass
 class Copy:
     """One copy of the layer: base weights per group, the tenants' packed deltas per group."""
@@ -158,12 +172,12 @@ class Bench:
                         ds = c.sets[n_tenants][gi]
                         if impl is triton_ops:
                             if stages in ("all", "shrink"):
-                                zs[gi] = triton_ops.shrink(inp, ds, plan, sk, num_warps=kcfg.get("sw", 4), num_stages=kcfg.get("ss", 2))
+                                zs[gi] = triton_ops.shrink(inp, ds, plan, sk, **shrink_kw(kcfg))
                             if stages in ("all", "expand"):
                                 z = zs.get(gi)
                                 if z is None:
                                     z = zs[gi] = torch.zeros(sk, M, ds.zcols, device=self.device)
-                                triton_ops.expand(z, ys[gi], ds, plan, block_n=kcfg.get("bn"), num_warps=kcfg.get("ew", 4), num_stages=kcfg.get("es", 2))
+                                triton_ops.expand(z, ys[gi], ds, plan, **expand_kw(kcfg))
                         else:
                             ref_ops.expand(ref_ops.shrink(inp, ds, plan), ys[gi], ds, plan)
 
@@ -181,8 +195,8 @@ class Bench:
             inp = h if gi == 3 else x
             yt = torch.zeros(M, sum(ds.out_features), dtype=torch.bfloat16, device=self.device)
             yr = torch.zeros_like(yt)
-            z = triton_ops.shrink(inp, ds, plan, sk, num_warps=kcfg.get("sw", 4), num_stages=kcfg.get("ss", 2))
-            triton_ops.expand(z, yt, ds, plan, block_n=kcfg.get("bn"), num_warps=kcfg.get("ew", 4), num_stages=kcfg.get("es", 2))
+            z = triton_ops.shrink(inp, ds, plan, sk, **shrink_kw(kcfg))
+            triton_ops.expand(z, yt, ds, plan, **expand_kw(kcfg))
             ref_ops.expand(ref_ops.shrink(inp, ds, plan), yr, ds, plan)
             if not bool(torch.isfinite(yt).all()) or float(yr.float().norm()) == 0.0:
                 return float("inf")  # garbage, or a check that checks nothing
@@ -238,6 +252,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, no graphs: a CPU check under TRITON_INTERPRET=1")
     ap.add_argument("--sweep", action="store_true", help="try several kernel configurations per case and keep the fastest")
+    ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which --sweep tries no more configurations")
     args = ap.parse_args()
 
     if args.smoke:
@@ -260,11 +275,15 @@ def main() -> None:
     us = lambda s: s * 1e6 / args.copies  # noqa: E731 - per layer, in microseconds
     floor = lambda nbytes: nbytes / bw * 1e6  # noqa: E731
     rows: list[dict] = []
-    sweep = [dict(split_k=sk, bn=bn, ew=ew) for sk in (None, 1, 2, 4, 8) for bn in (32, 64, 128) for ew in (4,)] if args.sweep else [{}]
+    deadline = time.time() + args.deadline
 
     def best_cfg(M: int, nt: int, ids: torch.Tensor) -> tuple[float, dict, float]:
         best = (float("inf"), {}, 0.0)
-        for cfg in sweep:
+        sweep = (SWEEP_LARGE if M // nt >= 64 else SWEEP_SMALL) if args.sweep else [{}]
+        for i, cfg in enumerate(sweep):
+            if i and time.time() > deadline:
+                print(f"  (deadline: sweep stopped before {cfg})", flush=True)
+                break
             try:
                 err = bench.check(M, nt, ids, cfg)
                 fn, _ = bench.layer_fn(M, nt, ids, cfg)
@@ -275,11 +294,12 @@ def main() -> None:
             if err > 2e-2:
                 print(f"  cfg {cfg}: WRONG (rel err {err:.2e})", flush=True)
                 continue
+            print(f"  M={M} tenants={nt} cfg {cfg or 'defaults'}: {us(t):.1f} us/layer, rel err {err:.1e}", flush=True)
             if t < best[0]:
                 best = (t, cfg, err)
         return best
 
-    for M in (1, 16, 64, 256):
+    def single(M: int) -> None:
         ids = torch.zeros(M, dtype=torch.int64, device=dev)
         tb = time_graph(bench.layer_fn(M, None, None, {})[0])
         base7, factors, dense_delta = naive_fns(bench, M)
@@ -294,7 +314,7 @@ def main() -> None:
                          shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"])))
         print(json.dumps(rows[-1]), flush=True)
 
-    for M, nt in ((32, 8), (64, 32)):
+    def multi(M: int, nt: int) -> None:
         ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
         tb = time_graph(bench.layer_fn(M, None, None, {})[0])
         t, cfg, err = best_cfg(M, nt, ids)
@@ -322,6 +342,19 @@ def main() -> None:
             del Ws
         rows.append(row)
         print(json.dumps(row), flush=True)
+
+    import traceback
+
+    for M in (1, 16, 64, 256):
+        try:
+            single(M)
+        except Exception:  # noqa: BLE001 - report and go on: a device call is precious
+            traceback.print_exc()
+    for M, nt in ((32, 8), (64, 32)):
+        try:
+            multi(M, nt)
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
 
     lines = [f"# Lazy delta-come kernels, one Llama-2-7B-shaped layer ({name})", "",
              f"Measured by `python benchmarks/bench_kernels.py{' --sweep' if args.sweep else ''} --copies {args.copies}` on {name} "

@@ -54,9 +54,12 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch
     """The config's transformers class, its parameters being the given tensors (no copies, no random init)."""
     try:
         import transformers
-        from transformers.initialization import no_init_weights
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise BadInputError(f"loading a model needs transformers ({e}); `pip install deltastore[hf]`") from None
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers.modeling_utils import no_init_weights
     cfg = transformers.AutoConfig.for_model(**config)
     arch = (config.get("architectures") or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None

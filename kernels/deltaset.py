@@ -197,17 +197,40 @@ class DeltaSet:
         max_tiers = max([len(r) for per in records for r in per] + [1])
         tiers = torch.zeros(n_slots, self.n_slices, max_tiers, NF, dtype=torch.int64)
         ntiers = torch.zeros(n_slots, self.n_slices, dtype=torch.int32)
-        tile_rows: dict[tuple[int, int], list[list[int]]] = {}
         for a, per in enumerate(records):
             for b, rows in enumerate(per):
                 ntiers[a, b] = len(rows)
+                if rows:
+                    tiers[a, b, : len(rows)] = torch.tensor(rows, dtype=torch.int64)
+        self.records = records
+        self.tiers, self.ntiers = tiers.to(dev), ntiers.to(dev)
+        self.max_tiers = max_tiers
+        self.bit_widths = frozenset(rec[F["bits"]] for per in records for recs in per for rec in recs)
+        self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self.zcols = zc
+        self.m_out = torch.tensor(self.out_features, dtype=torch.int32, device=dev)
+        self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
+        self._nblk: dict[int, torch.Tensor] = {}
+        self._built = True
+        return self
+
+    def tiles(self, tile_r: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(tiles (slots, slices, T, NF) int64, ntiles (slots, slices) int32, T): the tier rows cut
+        into blocks of ``tile_r`` components (the shrink's unit of work), built once per size."""
+        tile_r = int(tile_r or self.tile_r)
+        self.build()
+        got = self._tiles.get(tile_r)
+        if got is not None:
+            return got
+        rows: dict[tuple[int, int], list[list[int]]] = {}
+        for a, per in enumerate(self.records):
+            for b, recs in enumerate(per):
                 tl: list[list[int]] = []
-                for t, rec in enumerate(rows):
-                    tiers[a, b, t] = torch.tensor(rec)
-                    bits, cnt = rec[F["bits"]], rec[F["count"]]
+                for rec in recs:
+                    bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
                     vw, uw = quant.packed_words(self.in_features, bits), quant.packed_words(self.out_features[b], bits)
-                    vg, ug = quant.n_groups(self.in_features, rec[F["gs"]]), quant.n_groups(self.out_features[b], rec[F["gs"]])
-                    for c0 in range(0, cnt, self.tile_r):
+                    vg, ug = quant.n_groups(self.in_features, gs), quant.n_groups(self.out_features[b], gs)
+                    for c0 in range(0, cnt, tile_r):
                         x = list(rec)
                         x[F["v_q"]] += c0 * vw
                         x[F["v_sz"]] += c0 * vg
@@ -215,26 +238,18 @@ class DeltaSet:
                         x[F["u_sz"]] += c0 * ug
                         x[F["s_off"]] += c0
                         x[F["zcol"]] += c0
-                        x[F["count"]] = min(self.tile_r, cnt - c0)
+                        x[F["count"]] = min(tile_r, cnt - c0)
                         tl.append(x)
-                tile_rows[(a, b)] = tl
-        max_tiles = max([len(v) for v in tile_rows.values()] + [1])
-        tiles = torch.zeros(n_slots, self.n_slices, max_tiles, NF, dtype=torch.int64)
-        ntiles = torch.zeros(n_slots, self.n_slices, dtype=torch.int32)
-        for (a, b), tl in tile_rows.items():
+                rows[(a, b)] = tl
+        T = max([len(v) for v in rows.values()] + [1])
+        tiles = torch.zeros(max(len(self.records), 1), self.n_slices, T, NF, dtype=torch.int64)
+        ntiles = torch.zeros(max(len(self.records), 1), self.n_slices, dtype=torch.int32)
+        for (a, b), tl in rows.items():
             ntiles[a, b] = len(tl)
             if tl:
                 tiles[a, b, : len(tl)] = torch.tensor(tl, dtype=torch.int64)
-        self.records = records
-        self.tiers, self.ntiers = tiers.to(dev), ntiers.to(dev)
-        self.tiles, self.ntiles = tiles.to(dev), ntiles.to(dev)
-        self.max_tiers, self.max_tiles = max_tiers, max_tiles
-        self.zcols = zc
-        self.m_out = torch.tensor(self.out_features, dtype=torch.int32, device=dev)
-        self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
-        self._nblk: dict[int, torch.Tensor] = {}
-        self._built = True
-        return self
+        got = self._tiles[tile_r] = (tiles.to(self.device), ntiles.to(self.device), T)
+        return got
 
     def nblocks(self, block_n: int) -> torch.Tensor:
         """int32 (n_blocks, 2): (slice, first column) of every block of ``block_n`` output columns."""

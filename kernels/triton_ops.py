@@ -108,7 +108,7 @@ if HAVE_TRITON:
                        rows_ptr, counts_ptr, starts_ptr,
                        M, K, ZC, n_slices, T_max, stride_xm,
                        NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                       UPCAST: tl.constexpr):
+                       UPCAST: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         pid0 = tl.program_id(0)
         pid_m = tl.program_id(1)
         slot = tl.program_id(2)
@@ -140,16 +140,22 @@ if HAVE_TRITON:
         per = tl.cdiv(nkb, SPLIT_K)
         kb0 = ks * per
         kb1 = tl.minimum(kb0 + per, nkb)
-        if bits == 2:
-            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 2, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
-        elif bits == 3:
-            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 3, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
-        elif bits == 8:
-            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 8, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
-        elif bits == 4:
-            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 4, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
-        else:
-            acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 1, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        if HAS2:
+            if bits == 2:
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 2, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        if HAS3:
+            if bits == 3:
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 3, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        if HAS8:
+            if bits == 8:
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 8, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        if HAS4:
+            if bits == 4:
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 4, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+        if HAS1:
+            if bits == 1:
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 1, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)
         acc = acc * sv[None, :]
         zptr = z_ptr + (ks * M + pos.to(tl.int64))[:, None] * ZC + zcol + offs_r[None, :]
@@ -183,7 +189,7 @@ if HAVE_TRITON:
                        rows_ptr, counts_ptr, starts_ptr, mout_ptr, coloff_ptr,
                        M, ZC, n_slices, R_max, stride_ym,
                        NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                       UPCAST: tl.constexpr):
+                       UPCAST: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         slot = tl.program_id(2)
@@ -214,16 +220,21 @@ if HAVE_TRITON:
             cnt_t = tl.load(tb + 6)
             zcol = tl.load(tb + 7)
             gs = tl.load(tb + 8)
-            if bits == 2:
-                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
-            elif bits == 3:
-                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
-            elif bits == 8:
-                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
-            elif bits == 4:
-                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
-            else:
-                acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            if HAS2:
+                if bits == 2:
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            if HAS3:
+                if bits == 3:
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            if HAS8:
+                if bits == 8:
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            if HAS4:
+                if bits == 4:
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+            if HAS1:
+                if bits == 1:
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
         yptr = y_ptr + rows[:, None] * stride_ym + coff + offs_n[None, :]
         ymask = m_ok[:, None] & n_ok[None, :]
         yv = tl.load(yptr, mask=ymask, other=0.0).to(tl.float32)
@@ -254,6 +265,11 @@ def _need_triton() -> None:
         raise KernelError("triton is not installed; use the torch path (KernelPreference.TORCH) or `pip install triton`")
 
 
+def _has(dset: DeltaSet) -> dict[str, bool]:
+    """Which bit widths the set holds: the kernels compile a branch for each of those only."""
+    return {f"HAS{b}": b in dset.bit_widths for b in (1, 2, 3, 4, 8)}
+
+
 def _block_m(rows_per_slot: int) -> int:
     return 16 if rows_per_slot <= 16 else 32 if rows_per_slot <= 32 else 64
 
@@ -267,7 +283,7 @@ def pick_split_k(M: int, dset: DeltaSet) -> int:
 
 
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
-           num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+           block_r: int | None = None, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows."""
     _need_triton()
     dset.build()
@@ -278,11 +294,13 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         x = x.contiguous()
     z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
     bm = block_m or _block_m(M)
-    grid = (dset.n_slices * dset.max_tiles * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
-    _shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, dset.tiles, dset.ntiles,
+    br = block_r or dset.tile_r
+    tiles, ntiles, T = dset.tiles(br)
+    grid = (dset.n_slices * T * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
+    _shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                          plan.rows, plan.counts, plan.starts,
-                         M, K, dset.zcols, dset.n_slices, dset.max_tiles, x.stride(0),
-                         NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=dset.tile_r, BLOCK_K=dset.block_k, UPCAST=interpreting(),
+                         M, K, dset.zcols, dset.n_slices, T, x.stride(0),
+                         NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, UPCAST=interpreting(), **_has(dset),
                          num_warps=num_warps, num_stages=num_stages)
     return z
 
@@ -302,7 +320,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
     _expand_kernel[grid](z, y, dset.words, dset.scales, dset.zeros, dset.tiers, dset.ntiers, nblk,
                          plan.rows, plan.counts, plan.starts, dset.m_out, dset.col_off,
                          M, dset.zcols, dset.n_slices, dset.max_tiers, y.stride(0),
-                         NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(),
+                         NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), **_has(dset),
                          num_warps=num_warps, num_stages=num_stages)
     return y
 

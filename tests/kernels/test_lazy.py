@@ -26,6 +26,9 @@ from deltastore.zoo.tiny import tiny_llama_dir  # noqa: E402
 from deltastore.zoo._hfdir import read_state, write_sharded  # noqa: E402
 
 HIDDEN = 192
+# a row of a mixed batch against its fine-tune alone: the same kernels and data; on the CPU the
+# same numbers, on a GPU cuBLAS may pick another base GEMM for 3 rows than for 1 (bf16 rounding)
+MIXED_TOL = 1e-5 if DEVICE == "cpu" else 1e-2
 PROMPTS = torch.tensor([[1, 17, 99, 5, 42, 7], [1, 200, 3, 3, 81, 250], [1, 64, 64, 12, 9, 30]])
 
 
@@ -108,7 +111,7 @@ def test_mixed_batch_rows_match_each_fine_tune_alone(served) -> None:
     mixed = _logits(many, delta_ids=ids)
     for row, t in enumerate(ids.tolist()):
         alone = _logits(lazy.load(store, f"ft{t + 1}" if t >= 0 else "base", device=DEVICE), PROMPTS[row : row + 1].to(DEVICE))
-        assert rel(mixed[row : row + 1], alone) < 1e-5, (row, t)
+        assert rel(mixed[row : row + 1], alone) < MIXED_TOL, (row, t)
     gen = many.generate(PROMPTS.to(DEVICE), max_new_tokens=6, do_sample=False, delta_ids=ids)
     one = lazy.load(store, "ft3", device=DEVICE).generate(PROMPTS[:1].to(DEVICE), max_new_tokens=6, do_sample=False)
     assert torch.equal(gen[:1], one)

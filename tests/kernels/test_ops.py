@@ -19,7 +19,7 @@ from deltastore.codec import get_codec
 from deltastore.kernels import DeltaSet, plan_rows, ref_ops, triton_ops
 from deltastore.kernels.deltaset import F
 
-from .kernel_testlib import DEVICE, packed_delta, rel
+from .kernel_testlib import DEVICE, encode_delta, packed_delta, rel
 
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
@@ -133,3 +133,56 @@ def test_fused_slices_with_a_missing_delta_and_a_dropped_slot() -> None:
     yd = triton_ops.expand(triton_ops.shrink(x, ds, plan, 1), y0.clone(), ds, plan)
     assert torch.equal(yd[ids == 0], y0[ids == 0])
     assert torch.equal(yd[ids == 1], yt[ids == 1])
+
+
+def test_decode_matches_the_codec() -> None:
+    from deltastore.kernels import decode_delta, reconstruct
+
+    W, pk, enc = packed_delta(75, 100, dtype=torch.bfloat16)
+    codec = get_codec("delta-come")
+    want = codec.decode_delta(enc)
+    got = decode_delta(pk.to(DEVICE), "triton").cpu()
+    assert rel(got, want) < 1e-6
+    assert torch.equal(reconstruct(pk, W.to(DEVICE), "torch").cpu(), codec.reconstruct(enc, W))
+
+
+def test_bad_payloads_are_refused_when_loaded() -> None:
+    from deltastore.codec import CorruptPayloadError, from_bytes, to_bytes
+    from deltastore.kernels import KernelError, NotServableError, from_encoded
+
+    W, enc = encode_delta(40, 70, group_size=32, schedule=[[8, 1], [2, None]])
+    with pytest.raises(NotServableError, match="base weight is 40x71"):
+        from_encoded(enc, (40, 71))
+    other = get_codec("bitdelta").encode((W.float() + 0.01).to(W.dtype), W)
+    with pytest.raises(NotServableError, match="no lazy kernel.*lazy=False"):
+        from_encoded(other, (40, 70))
+    bad = from_bytes(to_bytes(enc))
+    bad.arrays["v1.q"] = bad.arrays["v1.q"][:, :-1]
+    with pytest.raises(CorruptPayloadError, match="v1.q"):
+        from_encoded(bad, (40, 70))
+    bad = from_bytes(to_bytes(enc))
+    bad.arrays["u0.z"] = torch.full_like(bad.arrays["u0.z"], 300.0)
+    with pytest.raises(CorruptPayloadError, match="zero points"):
+        from_encoded(bad, (40, 70))
+    bad = from_bytes(to_bytes(enc))
+    bad.arrays["S"] = bad.arrays["S"].clone()
+    bad.arrays["S"][0] = float("nan")
+    with pytest.raises(CorruptPayloadError, match="finite"):
+        from_encoded(bad, (40, 70))
+    bad = from_bytes(to_bytes(enc))
+    del bad.arrays["u1.s"]
+    with pytest.raises(CorruptPayloadError, match="u1.s"):
+        from_encoded(bad, (40, 70))
+    bad = from_bytes(to_bytes(enc))
+    bad.params = {**bad.params, "group_size": 48}
+    with pytest.raises((NotServableError, CorruptPayloadError)):
+        from_encoded(bad, (40, 70))
+    ds = DeltaSet(70, [41], DEVICE)
+    with pytest.raises(KernelError, match="40x70; the linear is 41x70"):
+        ds.add([from_encoded(enc, (40, 70))])
+    ok = DeltaSet(70, [40], DEVICE)
+    ok.add([from_encoded(enc, (40, 70))])
+    from deltastore.kernels.deltaset import check_ids
+
+    with pytest.raises(KernelError, match="delta ids"):
+        check_ids(torch.tensor([0, 1]), ok.n_slots)
