@@ -24,15 +24,15 @@ from typing import Any, Callable
 
 import torch
 
-from .base import Codec, Encoded
+from .base import FLOAT_DTYPES, Codec, Encoded
 from .errors import CodecError, CorruptPayloadError
 from .registry import codec_class
 
 #: Largest tensor (elements) a payload may decode to: 8 GiB of float32. The biggest lossy target
 #: in a 405B model (16384 x 53248) has 0.87e9 elements.
 MAX_DECODE_ELEMENTS = 2**31
-#: Dtypes a lossy codec's target may have (``reconstruct`` rounds to it).
-LOSSY_DTYPES = ("bfloat16", "float16", "float32", "float64")
+#: Dtypes a lossy codec's target may have (``reconstruct`` rounds to it): the ones ``Codec.takes``.
+LOSSY_DTYPES = tuple(sorted(str(d).removeprefix("torch.") for d in FLOAT_DTYPES))
 #: Largest seed a payload may name (the seeds codecs accept).
 MAX_SEED = 2**63 - 1
 
