@@ -1,12 +1,13 @@
 """Alembic environment. The store passes its open connection in ``config.attributes``; the
-``alembic`` command line works too, with ``-x url=...`` or DELTASTORE_DB_URL."""
+``alembic`` command line works too, with ``-x url=...`` or DELTASTORE_DB_URL (on PostgreSQL it takes
+the same advisory lock as ``deltastore db upgrade``, deltastore.db.PG_SCHEMA_LOCK)."""
 
 from __future__ import annotations
 
 import os
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from deltastore.catalog import Base
 
@@ -26,6 +27,10 @@ def run() -> None:
         raise SystemExit("pass -x url=... or set DELTASTORE_DB_URL")
     engine = create_engine(url)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # the lock `deltastore db upgrade` holds: one migrator at a time
+            from deltastore.db import PG_SCHEMA_LOCK
+
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_SCHEMA_LOCK})
         context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
