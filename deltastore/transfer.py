@@ -264,6 +264,9 @@ class StoreSide:
         with self.store.Session() as s:
             kinds = set(s.scalars(select(Version.kind).join(Model, Model.id == Version.model_id).where(Model.name == src.model)))
         check_kind(self.label, src, kinds)
+        same = self.find(src.model, src.manifest)
+        if same is not None:  # another transfer of this very version committed since we looked
+            return same
         with self.store.Session() as s:
             known = set()
             ids = sorted(oids)
@@ -403,6 +406,9 @@ class RecordsSide:
             raise ConflictError(f"{len(missing)} objects vanished from {self.label} while pushing (a gc there?); push again")
         vs = self._model_versions(src.model, fresh=True)
         check_kind(self.label, src, {v.kind for v in vs.values()})
+        same = [v for _, v in sorted(vs.items()) if v.manifest == src.manifest]
+        if same:  # another push of this very version landed since we looked
+            return same[0]
         number = max(vs, default=0) + 1
         stored_new = sum(p.stored for p in puts.values() if p.new and p.oid in oids)
         referenced = sum(p.stored for p in puts.values() if p.oid in oids)
