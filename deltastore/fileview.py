@@ -183,25 +183,25 @@ class FileReader:
     def read(self, vf: VersionFile, start: int, stop: int, *, readahead: bool = False) -> bytes:
         """Bytes ``[start, stop)`` of the file (shorter at its end). With ``readahead`` the unit
         after the last one read starts decoding in the background."""
-        span = self.span_arrays(vf, start, stop)
-        if readahead:
-            idx = vf.span(start, stop)
-            if len(idx) and idx[-1] + 1 < len(vf.units):
-                u = vf.units[idx[-1] + 1]
-                self.cache.prefetch(u.key, u.load)
+        span = self.span_arrays(vf, start, stop, readahead=readahead)
         if not span:
             return b""
         if len(span) == 1:
             return span[0].tobytes()
         return b"".join(span)
 
-    def span_arrays(self, vf: VersionFile, start: int, stop: int) -> list[np.ndarray]:
+    def span_arrays(self, vf: VersionFile, start: int, stop: int, *, readahead: bool = False) -> list[np.ndarray]:
+        """:meth:`read` as views into the cached units (no copy)."""
         out = []
         stop = min(stop, vf.size)
-        for i in vf.span(start, stop):
+        idx = vf.span(start, stop)
+        for i in idx:
             u = vf.units[i]
             arr = self.cache.get(u.key, u.load)
             out.append(arr[max(start - u.start, 0) : min(stop, u.stop) - u.start])
+        if readahead and len(idx) and idx[-1] + 1 < len(vf.units):
+            u = vf.units[idx[-1] + 1]
+            self.cache.prefetch(u.key, u.load)
         return out
 
 
