@@ -1,0 +1,202 @@
+"""How the lossless paths scale with workers: `add base`, `checkout`, and a lossless `add finetune`
+of a Llama-2-7B-shaped bf16 model, end to end through a fresh store, at 1, 2, 4, ... workers;
+beside zipnn 0.5.4 with the same thread counts on the same file (in memory, codec only), and
+optionally beside an older deltastore installed elsewhere (``--old-site DIR``, a ``pip install
+--target`` of an earlier commit) so that "today" and "now" are measured in one run.
+
+    python benchmarks/bench_scaling.py --layers 2 --workers 1,2 --work /tmp/scale          # dev VM
+    python benchmarks/bench_scaling.py --layers 8 --workers 1,2,4,8,16 --old-site /tmp/old  # 16 cores
+
+Synthetic weights (benchmarks/bench_store_gpu.py's shapes: --layers of Llama-2-7B's 32, full
+embeddings and lm_head; base Gaussian, std 0.02). The fine-tune moves every weight by a few
+units in the last place on 40% of elements, as a short real fine-tune does. Every measurement
+runs in its own process (`DELTASTORE_THREADS` = workers), reads its input from the page cache
+(each input is read once before timing) and reports wall-clock seconds; GB/s are of the
+safetensors file (10^9 bytes). Checkouts are verified (sha256 of the file against the source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_store_gpu import layer_shapes  # noqa: E402
+
+
+def make_pair(work: Path, layers: int) -> tuple[Path, Path]:
+    from deltastore.safetensors_io import build_header
+
+    shapes = layer_shapes(layers)
+    head, _ = build_header([(n, "BF16", s) for n, s in shapes], {"format": "pt"})
+    dirs = [work / "base", work / "ft"]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": layers}))
+    g = torch.Generator().manual_seed(0)
+    with open(dirs[0] / "model.safetensors", "wb") as fb, open(dirs[1] / "model.safetensors", "wb") as ff:
+        fb.write(head)
+        ff.write(head)
+        for name, shape in shapes:
+            w = (0.02 * torch.randn(shape, generator=g)).to(torch.bfloat16)
+            bits = w.view(torch.int16)
+            step = torch.randint(-3, 4, shape, generator=g, dtype=torch.int16)
+            step[torch.rand(shape, generator=g) > 0.4] = 0
+            f = (bits + step).view(torch.bfloat16)  # a few ulps on 40% of the elements
+            fb.write(w.view(torch.uint8).numpy().tobytes())
+            ff.write(f.view(torch.uint8).numpy().tobytes())
+            del w, bits, step, f
+    return dirs[0], dirs[1]
+
+
+ONE = r"""
+import json, sys, time, hashlib, os
+import deltastore
+op, home, src, out = sys.argv[1:5]
+st = deltastore.open(home)
+t = time.perf_counter()
+if op == "add_base":
+    v = st.add_base("m", src)
+elif op == "add_ft":
+    v = st.add_finetune("ft", src, base="m", codec="lossless")
+else:
+    v = st.checkout(src, out)
+dt = time.perf_counter() - t
+res = {"s": dt}
+if op != "checkout":
+    res["stored"] = v.stored_bytes
+print(json.dumps(res))
+"""
+
+
+def run_one(op: str, home: Path, src: str, out: str, workers: int, site: str | None) -> dict:
+    env = dict(os.environ, DELTASTORE_THREADS=str(workers))
+    if site:
+        env["PYTHONPATH"] = site
+    p = subprocess.run([sys.executable, "-c", ONE, op, str(home), src, out], env=env, capture_output=True, text=True,
+                       cwd=str(home.parent))  # not the repository root: the installed package under test is imported
+    if p.returncode != 0:
+        raise SystemExit(f"{op} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: list[int], work: Path, nbytes: int,
+                want: dict[str, str]) -> list[dict]:
+    rows = []
+    for w in workers:
+        home = work / f"home-{label}-{w}"
+        shutil.rmtree(home, ignore_errors=True)
+        row = {"impl": label, "workers": w}
+        r = run_one("add_base", home, str(base), "", w, site)
+        row["add_base_GBps"], row["base_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
+        r = run_one("add_ft", home, str(ft), "", w, site)
+        row["add_ft_GBps"], row["ft_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
+        for ref, key in (("m@v1", "checkout_base_GBps"), ("ft@v1", "checkout_ft_GBps")):
+            out = work / f"out-{label}-{w}"
+            shutil.rmtree(out, ignore_errors=True)
+            r = run_one("checkout", home, ref, str(out), w, site)
+            row[key] = nbytes / r["s"] / 1e9
+            got = sha(out / "model.safetensors")
+            assert got == want[ref], f"{label} checkout of {ref} is not byte-identical"
+            shutil.rmtree(out)
+        shutil.rmtree(home)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def bench_zipnn(path: Path, workers: list[int], nbytes: int) -> list[dict]:
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        print("zipnn not installed (pip install zipnn==0.5.4): skipped", flush=True)
+        return []
+    data = path.read_bytes()
+    want = hashlib.sha256(data).digest()
+    rows = []
+    for w in workers:
+        z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=w)
+        buf = bytearray(data)
+        t = time.perf_counter()
+        comp = z.compress(buf)
+        tc = time.perf_counter() - t
+        t = time.perf_counter()
+        back = z.decompress(comp)
+        td = time.perf_counter() - t
+        assert hashlib.sha256(back).digest() == want
+        row = {"impl": "zipnn 0.5.4 (in memory)", "workers": w, "add_base_GBps": nbytes / tc / 1e9,
+               "checkout_base_GBps": nbytes / td / 1e9, "base_ratio": nbytes / len(comp)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del buf, comp, back
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("impl", "implementation"), ("workers", "workers"), ("add_base_GBps", "add base GB/s"),
+            ("checkout_base_GBps", "checkout base GB/s"), ("add_ft_GBps", "add finetune (lossless) GB/s"),
+            ("checkout_ft_GBps", "checkout finetune GB/s"), ("base_ratio", "base ratio"), ("ft_ratio", "finetune ratio")]
+    out = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k)
+            cells.append("-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--work", default="/tmp/ds-scale")
+    ap.add_argument("--old-site", default=None, help="PYTHONPATH of an older deltastore to measure in the same run")
+    ap.add_argument("--old-workers", default=None, help="worker counts for the older deltastore (default: --workers)")
+    ap.add_argument("--out", default=None, help="write the markdown table and JSON rows here")
+    args = ap.parse_args()
+    workers = [int(x) for x in args.workers.split(",")]
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    base, ft = make_pair(work, args.layers)
+    nbytes = (base / "model.safetensors").stat().st_size
+    want = {"m@v1": sha(base / "model.safetensors"), "ft@v1": sha(ft / "model.safetensors")}  # also warms the page cache
+    print(f"model: {nbytes / 1e9:.2f} GB ({args.layers} layers), cores: {os.cpu_count()}", flush=True)
+    rows = []
+    if args.old_site:
+        old = [int(x) for x in args.old_workers.split(",")] if args.old_workers else workers
+        rows += bench_store("deltastore before", args.old_site, base, ft, old, work, nbytes, want)
+    rows += bench_store("deltastore", None, base, ft, workers, work, nbytes, want)
+    rows += bench_zipnn(base / "model.safetensors", workers, nbytes)
+    md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
+          f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}`\n\nMachine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; model {nbytes / 1e9:.2f} GB bf16 ({args.layers} Llama-2-7B layers + embeddings)\n\n"
+          + table(rows) + "\n")
+    print(md)
+    if args.out:
+        Path(args.out).write_text(md + "\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()
