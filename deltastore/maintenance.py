@@ -45,10 +45,10 @@ from sqlalchemy.orm import Session
 
 from . import records
 from .backend import TMP_PREFIX
-from .catalog import Lease, Model, ObjectRow, Version, VersionObject, utcnow
+from .catalog import Lease, ObjectRow, Version, VersionObject, utcnow
 from .crash import crash_point
 from .errors import ConflictError, CorruptObjectError, DeltaStoreError, LockedError, ObjectMissingError
-from .lookup import resolve_version
+from .lookup import resolve_version, version_info
 from .manifest import Manifest
 from .objects import oid_of_key
 from .protocols import Progress, StoreView, no_progress
@@ -207,7 +207,7 @@ def gc(store: StoreView, *, dry_run: bool = False, wait_s: float | None = None) 
 def _sweep(store: StoreView, *, dry_run: bool, beat) -> GcReport:  # noqa: ANN001
     with store.Session() as s:  # read after the exclusion holds: every committed add is in it
         reachable = set(s.scalars(select(VersionObject.oid).distinct()).all())
-        committed = {(m, n) for m, n in s.execute(select(Model.name, Version.number).join(Version, Version.model_id == Model.id))}
+        committed = {(v.model.name, v.number): version_info(s, v) for v in s.scalars(select(Version))}
     deleted = freed = temps = 0
     gone: list[str] = []
     backend = store.backend

@@ -43,7 +43,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     if entry.source == "tensor":
         if entry.object != "sha256:" + entry.sha256:  # tensor objects are named by the bytes that were added
             raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names object {entry.object}, not its own sha256")
-        out = store.objects.get_array(entry.object, verify=verify)
+        out = store.objects.get_array(entry.object, verify=verify, nbytes=entry.nbytes)  # checked before allocating
         if out.size != entry.nbytes:
             raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {out.size} bytes, the manifest says {entry.nbytes}")
         return out
@@ -195,14 +195,14 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
 def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: str | None, state: dict,  # noqa: ANN001
                 progress: Progress, total: int) -> None:
     if f.kind == "blob":
-        data = store.objects.get(f.object)
+        data = store.objects.get(f.object, max_size=f.size)  # no more than the manifest says
         fh.write(data)
         state["written"] += len(data)
         state["done"] += f.size
         progress("checkout", state["done"], total)
         return
     convert = target is not None and any(t.dtype in FLOAT_CODES and t.dtype != target for t in f.tensors)
-    head = store.objects.get(f.header)
+    head = store.objects.get(f.header, max_size=f.size)
     if convert:
         new = [(t.name, target if t.dtype in FLOAT_CODES else t.dtype, tuple(t.shape)) for t in f.tensors]
         head, _ = build_header(new, _header_metadata(head))

@@ -131,8 +131,17 @@ def write_tag(backend: Backend, model: str, tag: str, number: int) -> None:
 
 
 def delete_version(backend: Backend, info: VersionInfo) -> None:
+    """Remove a removed version's record, unless it already holds another version that took the
+    same number since (numbers are reused once the latest version is removed). The check and the
+    delete are not atomic; gc writes back any record a committed version lacks."""
     crash_point("records.delete-version")
-    backend.delete(version_key(info.model, info.number))
+    key = version_key(info.model, info.number)
+    try:
+        r = parse_version(key, backend.get(key))
+    except CorruptRecordError:
+        r = None
+    if r is None or (r["manifest"] == info.manifest and r["created_at"] == info.created_at):
+        backend.delete(key)
     for t in info.tags:
         backend.delete(tag_key(info.model, t))
 
@@ -141,17 +150,26 @@ def delete_tag(backend: Backend, model: str, tag: str) -> None:
     backend.delete(tag_key(model, tag))
 
 
-def reconcile(store: StoreView, committed: set[tuple[str, int]], *, dry_run: bool = False) -> int:
-    """Remove version records (and temp files) beside the catalog that name no committed
-    version: left by an add that crashed between writing its record and committing. Only safe
-    while no add can be between those two steps, i.e. under gc's exclusion. Returns how many."""
+def reconcile(store: StoreView, committed: dict[tuple[str, int], VersionInfo], *, dry_run: bool = False) -> int:
+    """Make the version records match the catalog: remove records (and temp files) that name no
+    committed version (an add that crashed between its record and its commit), and write the
+    record of any committed version that lacks one (an ``rm`` that raced a re-add of its
+    number). Only safe while no add can be between its record and its commit, i.e. under gc's
+    exclusion. Returns how many records were removed or written."""
     n = 0
+    have: set[tuple[str, int]] = set()
     for key in list(store.backend.list(f"{PREFIX}/versions")):
         m = _VKEY.match(key)
-        if key.rsplit("/", 1)[-1].startswith(TMP_PREFIX) or (m and (m.group(1), int(m.group(2))) not in committed):
+        if m and (m.group(1), int(m.group(2))) in committed:
+            have.add((m.group(1), int(m.group(2))))
+        elif key.rsplit("/", 1)[-1].startswith(TMP_PREFIX) or m:
             if not dry_run:
                 store.backend.delete(key)
             n += 1
+    for k in sorted(set(committed) - have):
+        if not dry_run:
+            write_version(store.backend, committed[k])
+        n += 1
     return n
 
 

@@ -1,0 +1,103 @@
+"""A flipped byte, a truncated object, a deleted object, an empty object: ``verify`` names each
+object and every version it breaks (descendants too); checkout of a broken version fails with a
+store error and never leaves a file with wrong bytes; versions it does not touch still check out
+exact; and an add of the same content replaces a torn object instead of reusing it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import deltastore
+from deltastore.errors import CorruptObjectError, ObjectMissingError
+from deltastore.objects import key_of
+
+from ..conftest import tree_hashes
+from .common import make_sources
+
+
+def damage(path: Path, how: str) -> None:
+    os.chmod(path, 0o644)
+    data = path.read_bytes()
+    if how == "flip":
+        i = len(data) // 2 + 3
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1 :])
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "delete":
+        path.unlink()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("corrupt")
+    src = make_sources(d / "src")
+    with deltastore.open(d / "home") as st:
+        st.add_base("b", src / "base0", message="base0")
+        st.add_finetune("f", src / "ft0", "b", codec="lossless", message="ft0")
+        st.add_base("c", src / "base1", message="base1")
+    return d / "home", src
+
+
+def target_of(st: deltastore.Store, which: str) -> tuple[str, set[str]]:
+    """An object to damage, and the versions that need it."""
+    if which == "tensor":
+        return next(t.object for _, t in st.manifest("c@v1").tensors()), {"c@v1"}
+    if which == "delta":
+        return next(t.object for _, t in st.manifest("f@v1").tensors() if t.source == "delta"), {"f@v1"}
+    if which == "manifest":
+        return st.resolve("f@v1").manifest, {"f@v1"}
+    if which == "base-tensor":  # a base's tensor breaks its fine-tunes too
+        return next(t.object for _, t in st.manifest("b@v1").tensors()), {"b@v1", "f@v1"}
+    raise AssertionError(which)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "delete", "empty"])
+@pytest.mark.parametrize("which", ["tensor", "delta", "manifest", "base-tensor"])
+def test_damage_is_named_and_never_checked_out(template, tmp_path: Path, which: str, how: str) -> None:
+    home, src = tmp_path / "home", template[1]
+    shutil.copytree(template[0], home)
+    (home / "config.toml").write_text((home / "config.toml").read_text().replace(str(template[0]), str(home)))
+    with deltastore.open(home) as st:
+        oid, broken = target_of(st, which)
+        damage(home / key_of(oid), how)
+        st._manifest_cache.clear()
+        rep = st.verify()
+        assert not rep.ok
+        named = [p for p in rep.problems if p.oid == oid]
+        assert named, rep.problems
+        assert all(set(p.versions) == broken for p in named), named
+        assert ("missing" if how == "delete" else "corrupt") in named[0].what
+        assert {v for p in rep.problems for v in p.versions} == broken
+        sources = {"b@v1": "base0", "f@v1": "ft0", "c@v1": "base1"}
+        for ref, name in sources.items():
+            out = tmp_path / f"out-{ref}"
+            if ref in broken:
+                with pytest.raises((CorruptObjectError, ObjectMissingError)):
+                    st.checkout(ref, out)
+                want = tree_hashes(src / name)
+                for rel, h in (tree_hashes(out).items() if out.exists() else ()):
+                    assert want.get(rel) == h, f"{ref}: {rel} was written with wrong bytes"
+            else:
+                st.checkout(ref, out)
+                assert tree_hashes(out) == tree_hashes(src / name)
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "empty"])
+def test_an_add_replaces_a_torn_object(template, tmp_path: Path, how: str) -> None:
+    home, src = tmp_path / "home", template[1]
+    shutil.copytree(template[0], home)
+    (home / "config.toml").write_text((home / "config.toml").read_text().replace(str(template[0]), str(home)))
+    with deltastore.open(home) as st:
+        oid, _ = target_of(st, "tensor")
+        damage(home / key_of(oid), how)
+        assert not st.verify().ok
+        st.add_base("c", src / "base1", message="base1")  # the same bytes again: the torn copy is not reused
+        assert st.verify().ok
+        st.checkout("c@v1", tmp_path / "out")
+        assert tree_hashes(tmp_path / "out") == tree_hashes(src / "base1")
