@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
-from deltastore.config import redact, redact_data
+from deltastore.config import redact
 
 
 class RedactingStream(io.TextIOBase):
@@ -59,8 +59,9 @@ err = Console(file=stderr, stderr=True, width=None if sys.stderr.isatty() else 1
 
 
 def emit_json(data: Any) -> None:
-    """``--json`` output: one JSON document on stdout, every string in it redacted."""
-    stdout.write(json.dumps(redact_data(data), indent=2, default=str) + "\n")
+    """``--json`` output: one JSON document on stdout, redacted as a whole (``redact`` knows the
+    JSON-escaped form of each secret) by the stream."""
+    stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def one_line(msg: str) -> str:

@@ -131,14 +131,27 @@ def redact(text: str, extra: Iterable[str] = ()) -> str:
         return text
     text = _URL_USERINFO.sub(lambda m: f"{m.group('pre')}:{MASK}@", text)
     text = _URL_QUERY.sub(lambda m: f"{m.group('pre')}{MASK}", text)
+    pattern = _secrets_pattern(frozenset(extra))
+    return pattern.sub(MASK, text) if pattern is not None else text
+
+
+_cache: tuple[object, "re.Pattern[str] | None"] | None = None
+
+
+def _secrets_pattern(extra: frozenset[str]) -> "re.Pattern[str] | None":
+    """One regex over every form of every known secret; rebuilt only when the environment, the
+    registered secrets or ``extra`` change (redact runs on every write the CLI makes)."""
+    global _cache
     with _lock:
-        secrets = set(_registered)
-    secrets |= _env_secrets()
-    secrets.update(extra)
+        registered = frozenset(_registered)
+    key = (hash(frozenset(os.environ.items())), registered, extra)
+    if _cache is not None and _cache[0] == key:
+        return _cache[1]
+    secrets = set(registered) | _env_secrets() | set(extra)
     forms = sorted({f for s in secrets if _worth_masking(s) for f in _forms(s)}, key=len, reverse=True)
-    if forms:
-        text = re.sub("|".join(re.escape(f) for f in forms), MASK, text)
-    return text
+    pattern = re.compile("|".join(re.escape(f) for f in forms)) if forms else None
+    _cache = (key, pattern)
+    return pattern
 
 
 def redact_data(data: Any) -> Any:
