@@ -61,17 +61,20 @@ def random_packed(m: int, n: int, gen: torch.Generator, device: torch.device, al
 
 
 def shrink_kw(k: dict) -> dict:
-    return dict(block_m=k.get("bm"), block_r=k.get("br"), num_warps=k.get("sw", 4), num_stages=k.get("ss", 2))
+    return dict(block_m=k.get("bm"), block_r=k.get("br"), num_warps=k.get("sw", 4), num_stages=k.get("ss", 2), gather=k.get("g", False))
 
 
 def expand_kw(k: dict) -> dict:
-    return dict(block_m=k.get("bm"), block_n=k.get("bn"), block_r=k.get("er", 32), num_warps=k.get("ew", 4), num_stages=k.get("es", 2))
+    return dict(block_m=k.get("bm"), block_n=k.get("bn"), block_r=k.get("er", 32), num_warps=k.get("ew", 4), num_stages=k.get("es", 2),
+                gather=k.get("g", False))
 
 
-#: configurations --sweep tries, by batch size (rows per fine-tune); the first is the default
-SWEEP_SMALL = [{}, dict(split_k=2, bn=32), dict(split_k=8, bn=32), dict(bn=64, ss=3, es=3)]
-SWEEP_LARGE = [{}, dict(bm=64, br=64, bn=128, er=32, sw=4, ew=4), dict(bm=64, br=128, bn=128, er=64, sw=8, ew=8, ss=3, es=3),
-               dict(bm=128, br=64, bn=128, er=64, sw=8, ew=8, ss=3, es=3)]
+#: configurations --sweep tries, by rows per fine-tune; the first is the default
+SWEEP_SMALL = [{}, dict(g=True), dict(bn=32), dict(bn=64), dict(er=64), dict(split_k=1), dict(split_k=8), dict(sw=8, ew=8),
+               dict(ss=3, es=3)]
+SWEEP_LARGE = [{}, dict(g=True), dict(br=64, er=64, sw=8, ew=8), dict(bm=128, br=64, er=64, sw=8, ew=8)]
+#: kernel variants --diagnose times one by one (with registers, spills and shared memory)
+DIAGNOSE = [dict(), dict(g=True), dict(br=64), dict(bn=32), dict(er=64), dict(er=64, ew=8), dict(sw=8, ew=8), dict(ss=1, es=1)]
 
 
 @dataclass
@@ -245,6 +248,47 @@ def naive_fns(bench: Bench, M: int):
     return base7, factors, dense_delta
 
 
+def diagnose(dev: torch.device, budget: float) -> None:
+    """Each stage of one group alone (do_bench median, no graph), per variant: where the time goes."""
+    if dev.type == "cuda":
+        from triton.testing import do_bench
+    else:  # smoke: the interpreter, one run each
+
+        def do_bench(fn, **kw):  # noqa: ANN001, ANN003
+            t = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t) * 1e3
+
+    t_end = time.time() + budget
+    groups = GROUPS if dev.type == "cuda" else SMOKE_GROUPS
+    b = Bench(groups, 1, 1, [1], dev, alpha=1 / 16 if dev.type == "cuda" else 0.5)
+    print("| group | M | variant | shrink us | V GB/s | expand us | U GB/s | shrink regs/spills/smem | expand regs/spills/smem |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for gi in (0, 3):
+        ds = b.copies[0].sets[1][gi]
+        name, ms, K = groups[gi]
+        vbytes = sum(sum(v.q.numel() * 4 + v.s.numel() * 4 for v, _ in d.tiers) for d in b.copies[0].deltas[0][gi])
+        ubytes = sum(sum(u.q.numel() * 4 + u.s.numel() * 4 for _, u in d.tiers) for d in b.copies[0].deltas[0][gi])
+        for M in (1, 16) if dev.type == "cuda" else (1,):
+            x = torch.randn(M, K, device=dev).to(torch.bfloat16)
+            y = torch.zeros(M, sum(ms), device=dev, dtype=torch.bfloat16)
+            plan = plan_rows(torch.zeros(M, dtype=torch.int64, device=dev), 1)
+            for cfg in DIAGNOSE if dev.type == "cuda" else DIAGNOSE[:2]:
+                if time.time() > t_end:
+                    print("(budget spent)")
+                    return
+                sk = cfg.get("split_k") or triton_ops.pick_split_k(M, ds)
+                z = triton_ops.shrink(x, ds, plan, sk, **shrink_kw(cfg))
+                triton_ops.expand(z, y, ds, plan, **expand_kw(cfg))
+                res = []
+                for k in ("shrink", "expand"):
+                    h = triton_ops.LAST.get(k)
+                    res.append(f"{getattr(h, 'n_regs', '?')}/{getattr(h, 'n_spills', '?')}/{getattr(getattr(h, 'metadata', None), 'shared', '?')}")
+                ts = do_bench(lambda: triton_ops.shrink(x, ds, plan, sk, **shrink_kw(cfg)), warmup=5, rep=40, return_mode="median") * 1e3
+                te = do_bench(lambda: triton_ops.expand(z, y, ds, plan, **expand_kw(cfg)), warmup=5, rep=40, return_mode="median") * 1e3
+                print(f"| {name} | {M} | {cfg or 'defaults'} | {ts:.1f} | {vbytes / ts / 1e3:.0f} | {te:.1f} | {ubytes / te / 1e3:.0f} | {res[0]} | {res[1]} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=4)
@@ -252,11 +296,14 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, no graphs: a CPU check under TRITON_INTERPRET=1")
     ap.add_argument("--sweep", action="store_true", help="try several kernel configurations per case and keep the fastest")
+    ap.add_argument("--diagnose", action="store_true", help="time shrink and expand alone per kernel variant, with their resources")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which --sweep tries no more configurations")
     args = ap.parse_args()
 
     if args.smoke:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if args.diagnose:
+            return diagnose(dev, 1e9)
         b = Bench(SMOKE_GROUPS, 1, 4, [1, 4], dev, alpha=0.5)
         for M, nt, ids in ((1, 1, torch.zeros(1, dtype=torch.int64)), (5, 4, torch.tensor([3, 0, -1, 2, 0]))):
             err = b.check(M, nt, ids.to(dev), {})
@@ -266,6 +313,8 @@ def main() -> None:
 
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
+    if args.diagnose:
+        return diagnose(dev, args.deadline)
     name = torch.cuda.get_device_name()
     t0 = time.time()
     bw = copy_bandwidth(dev)

@@ -48,9 +48,36 @@ def usable(t: torch.Tensor) -> bool:
 if HAVE_TRITON:
 
     @triton.jit
-    def _unpack(ptr, row_off, row_ok, c0, row_words, BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _unpack(ptr, row_off, row_ok, c0, row_words, BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                GATHER: tl.constexpr):
         """int32 (BLOCK_R, BLOCK_C): values c0 .. c0 + BLOCK_C (c0 % 32 == 0) of packed rows whose
-        first words are at ``ptr + row_off`` (BLOCK_R,); words past ``row_words`` read as 0."""
+        first words are at ``ptr + row_off`` (BLOCK_R,); words past ``row_words`` read as 0.
+
+        GATHER: each value loads its own word (neighbours share it: one transaction per warp) and
+        shifts; otherwise each word is loaded once and split by a (rows, words, fields) reshape."""
+        if GATHER:
+            return _unpack_gather(ptr, row_off, row_ok, c0, row_words, BITS, BLOCK_C)
+        else:
+            return _unpack_reshape(ptr, row_off, row_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C)
+
+    @triton.jit
+    def _unpack_gather(ptr, row_off, row_ok, c0, row_words, BITS: tl.constexpr, BLOCK_C: tl.constexpr):
+        c = c0 + tl.arange(0, BLOCK_C)
+        if BITS == 3:
+            j = c % 32
+            lo_idx = (c // 32) * 3 + j // 16
+            hi_idx = (c // 32) * 3 + 2
+            lo = tl.load(ptr + row_off[:, None] + lo_idx[None, :], mask=row_ok[:, None] & (lo_idx[None, :] < row_words), other=0)
+            hi = tl.load(ptr + row_off[:, None] + hi_idx[None, :], mask=row_ok[:, None] & (hi_idx[None, :] < row_words), other=0)
+            return ((lo >> (2 * (j % 16))[None, :]) & 3) | (((hi >> j[None, :]) & 1) << 2)
+        else:
+            FLD: tl.constexpr = 32 // BITS
+            idx = c // FLD  # = (c // 32) * BITS + (c % 32) // FLD
+            w = tl.load(ptr + row_off[:, None] + idx[None, :], mask=row_ok[:, None] & (idx[None, :] < row_words), other=0)
+            return (w >> ((c % FLD) * BITS)[None, :]) & ((1 << BITS) - 1)
+
+    @triton.jit
+    def _unpack_reshape(ptr, row_off, row_ok, c0, row_words, BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         w0 = (c0 // 32) * BITS
         if BITS == 3:
             NC: tl.constexpr = BLOCK_C // 32
@@ -84,7 +111,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1,
-                     BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
+                     BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+                     GATHER: tl.constexpr):
         offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
         row_words = BITS * ((K + 31) // 32)
         G = (K + gs - 1) // gs
@@ -95,7 +123,7 @@ if HAVE_TRITON:
             k0 = kb * BLOCK_K
             offs_k = k0 + tl.arange(0, BLOCK_K)
             xt = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None] & (offs_k[None, :] < K), other=0.0)
-            q = _unpack(words_ptr, row_off, r_ok, k0, row_words, BITS, BLOCK_R, BLOCK_K)
+            q = _unpack(words_ptr, row_off, r_ok, k0, row_words, BITS, BLOCK_R, BLOCK_K, GATHER)
             g = k0 // gs
             sc = tl.load(scales_ptr + sz_row + g, mask=r_ok, other=0.0).to(tl.float32)
             zp = tl.load(zeros_ptr + sz_row + g, mask=r_ok, other=0.0).to(tl.float32)
@@ -108,7 +136,7 @@ if HAVE_TRITON:
                        rows_ptr, counts_ptr, starts_ptr,
                        M, K, ZC, n_slices, T_max, stride_xm,
                        NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                       UPCAST: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+                       UPCAST: tl.constexpr, GATHER: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         pid0 = tl.program_id(0)
         pid_m = tl.program_id(1)
         slot = tl.program_id(2)
@@ -143,19 +171,19 @@ if HAVE_TRITON:
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         if HAS2:
             if bits == 2:
-                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 2, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 2, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST, GATHER)
         if HAS3:
             if bits == 3:
-                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 3, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 3, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST, GATHER)
         if HAS8:
             if bits == 8:
-                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 8, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 8, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST, GATHER)
         if HAS4:
             if bits == 4:
-                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 4, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 4, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST, GATHER)
         if HAS1:
             if bits == 1:
-                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 1, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST)
+                acc = _shrink_tile(x_ptr, rows, m_ok, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 1, BLOCK_M, BLOCK_R, BLOCK_K, UPCAST, GATHER)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)
         acc = acc * sv[None, :]
         zptr = z_ptr + (ks * M + pos.to(tl.int64))[:, None] * ZC + zcol + offs_r[None, :]
@@ -164,7 +192,7 @@ if HAVE_TRITON:
     @triton.jit
     def _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0,
                      dtype: tl.constexpr, BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                     UPCAST: tl.constexpr):
+                     UPCAST: tl.constexpr, GATHER: tl.constexpr):
         row_words = BITS * ((m_s + 31) // 32)
         G = (m_s + gs - 1) // gs
         g = n0 // gs
@@ -178,7 +206,7 @@ if HAVE_TRITON:
             r64 = offs_r.to(tl.int64)
             sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
             zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
-            q = _unpack(words_ptr, u_q + r64 * row_words, r_ok, n0, row_words, BITS, BLOCK_R, BLOCK_N)
+            q = _unpack(words_ptr, u_q + r64 * row_words, r_ok, n0, row_words, BITS, BLOCK_R, BLOCK_N, GATHER)
             w = (q.to(tl.float32) - zp[:, None]).to(dtype)
             a = (zt * sc[None, :]).to(dtype)
             acc += _dot(a, w, UPCAST)
@@ -189,7 +217,7 @@ if HAVE_TRITON:
                        rows_ptr, counts_ptr, starts_ptr, mout_ptr, coloff_ptr,
                        M, ZC, n_slices, R_max, stride_ym,
                        NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                       UPCAST: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+                       UPCAST: tl.constexpr, GATHER: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         slot = tl.program_id(2)
@@ -222,19 +250,19 @@ if HAVE_TRITON:
             gs = tl.load(tb + 8)
             if HAS2:
                 if bits == 2:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
             if HAS3:
                 if bits == 3:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
             if HAS8:
                 if bits == 8:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
             if HAS4:
                 if bits == 4:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
             if HAS1:
                 if bits == 1:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST)
+                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
         yptr = y_ptr + rows[:, None] * stride_ym + coff + offs_n[None, :]
         ymask = m_ok[:, None] & n_ok[None, :]
         yv = tl.load(yptr, mask=ymask, other=0.0).to(tl.float32)
@@ -250,7 +278,7 @@ if HAVE_TRITON:
         c0 = pid_c * BLOCK_C
         row_words = BITS * ((L + 31) // 32)
         G = (L + gs - 1) // gs
-        q = _unpack(q_ptr, r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C)
+        q = _unpack(q_ptr, r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C, True)
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < L
         g = offs_c // gs
@@ -258,6 +286,10 @@ if HAVE_TRITON:
         sc = tl.load(s_ptr + r64[:, None] * G + g[None, :], mask=m2, other=0.0).to(tl.float32)
         zp = tl.load(z_ptr + r64[:, None] * G + g[None, :], mask=m2, other=0.0).to(tl.float32)
         tl.store(out_ptr + r64[:, None] * L + offs_c[None, :], (q.to(tl.float32) - zp) * sc, mask=m2)
+
+
+#: the compiled kernels of the latest launches (registers, spills, shared memory: benchmarks read them)
+LAST: dict[str, object] = {}
 
 
 def _need_triton() -> None:
@@ -274,16 +306,22 @@ def _block_m(rows_per_slot: int) -> int:
     return 16 if rows_per_slot <= 16 else 32 if rows_per_slot <= 32 else 64
 
 
+def rows_per_slot(M: int, dset: DeltaSet) -> int:
+    """Rows each fine-tune serves if the batch is spread evenly: what block shapes are chosen
+    for (the grid still covers any spread, so skewed batches stay correct)."""
+    return -(-M // max(dset.n_slots, 1))
+
+
 def pick_split_k(M: int, dset: DeltaSet) -> int:
     """Split the input dimension of the shrink when few rows leave the GPU short of programs."""
-    if M > 32:
+    if rows_per_slot(M, dset) > 32:
         return 1
     kblocks = -(-dset.in_features // dset.block_k)
     return max(1, min(8, kblocks // 8))
 
 
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
-           block_r: int | None = None, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+           block_r: int | None = None, num_warps: int = 4, num_stages: int = 2, gather: bool = False) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows."""
     _need_triton()
     dset.build()
@@ -293,34 +331,34 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     if x.stride(1) != 1:
         x = x.contiguous()
     z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
-    bm = block_m or _block_m(M)
+    bm = block_m or _block_m(rows_per_slot(M, dset))
     br = block_r or dset.tile_r
     tiles, ntiles, T = dset.tiles(br)
     grid = (dset.n_slices * T * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
-    _shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
+    LAST["shrink"] = _shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                          plan.rows, plan.counts, plan.starts,
                          M, K, dset.zcols, dset.n_slices, T, x.stride(0),
-                         NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, UPCAST=interpreting(), **_has(dset),
+                         NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, UPCAST=interpreting(), GATHER=gather, **_has(dset),
                          num_warps=num_warps, num_stages=num_stages)
     return z
 
 
 def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, block_m: int | None = None,
-           block_n: int | None = None, block_r: int = 32, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+           block_n: int | None = None, block_r: int = 32, num_warps: int = 4, num_stages: int = 2, gather: bool = False) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place."""
     _need_triton()
     dset.build()
     M = y.shape[0]
     if y.stride(1) != 1:
         raise KernelError("expand writes y in place and needs unit stride along its columns")
-    bn = min(block_n or dset.block_k, dset.block_k)  # a block of columns must lie inside one group
-    bm = block_m or _block_m(M)
+    bm = block_m or _block_m(rows_per_slot(M, dset))
+    bn = min(block_n or dset.block_k, dset.block_k)  # a block of columns lies inside one group
     nblk = dset.nblocks(bn)
     grid = (nblk.shape[0], triton.cdiv(M, bm), max(dset.n_slots, 1))
-    _expand_kernel[grid](z, y, dset.words, dset.scales, dset.zeros, dset.tiers, dset.ntiers, nblk,
+    LAST["expand"] = _expand_kernel[grid](z, y, dset.words, dset.scales, dset.zeros, dset.tiers, dset.ntiers, nblk,
                          plan.rows, plan.counts, plan.starts, dset.m_out, dset.col_off,
                          M, dset.zcols, dset.n_slices, dset.max_tiers, y.stride(0),
-                         NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), **_has(dset),
+                         NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), GATHER=gather, **_has(dset),
                          num_warps=num_warps, num_stages=num_stages)
     return y
 

@@ -186,3 +186,16 @@ def test_bad_payloads_are_refused_when_loaded() -> None:
 
     with pytest.raises(KernelError, match="delta ids"):
         check_ids(torch.tensor([0, 1]), ok.n_slots)
+
+
+def test_reshape_unpack_matches_gather() -> None:
+    """The two ways the kernels split packed words (see triton_ops._unpack) give the same numbers."""
+    m, n = 75, 100
+    W, pk, _ = packed_delta(m, n, dtype=torch.float16)
+    ds = DeltaSet(n, [m], DEVICE)
+    ds.add([pk])
+    x = torch.randn(3, n, generator=torch.Generator().manual_seed(4)).to(torch.float16).to(DEVICE)
+    plan = plan_rows(torch.zeros(3, dtype=torch.int64, device=DEVICE), 1)
+    y0 = torch.zeros(3, m, dtype=torch.float16, device=DEVICE)
+    out = [triton_ops.expand(triton_ops.shrink(x, ds, plan, 1, gather=g), y0.clone(), ds, plan, gather=g) for g in (True, False)]
+    assert torch.equal(out[0], out[1])
