@@ -18,6 +18,20 @@ Stream layout (little-endian)::
 
 ``mode`` 0 = stored raw (zstd did not help), 1 = zstd frame.
 
+Grouped streams (``b"DSP2"``, written when the caller gives a *context* byte per element): within
+each chunk the elements are stably grouped by context (ascending), and each group gets planes and
+zstd frames of its own, so each group's frames carry entropy tables for that group's statistics.
+The decoder must be given the same contexts (the lossless codec derives them from the base
+tensor, which both sides hold), so the grouping costs no stored bytes::
+
+    b"DSP2" u8 width  u8 flags  u16 reserved  u32 nchunks  u64 raw_total
+    per chunk: u64 raw_len  u16 ngroups
+               ngroups x (u8 context, u32 nelems, width x u32 plane_len, width x u8 mode)
+    plane payloads, chunk after chunk, group after group, most significant plane first
+
+Every zstd frame is decoded into at most the size the table gives it: a frame whose header
+claims another size is refused before anything is allocated.
+
 Encoder settings (they change no byte of the layout: any zstd frame decodes with the standard
 decoder). For ``level`` 1..3 the planes are compressed with :data:`LITERAL_PARAMS`: zstd's fast
 strategy with min_match 7 and a 64-entry hash table. An exponent plane has 2-3 bits of entropy a
@@ -43,6 +57,7 @@ import zstandard
 from .errors import CorruptPayloadError
 
 MAGIC = b"DSP1"
+MAGIC_GROUPED = b"DSP2"
 CHUNK_BYTES = 4 << 20
 #: zstd parameters for levels 1..3 (see the module docstring)
 LITERAL_PARAMS = dict(window_log=17, hash_log=6, chain_log=6, search_log=1, min_match=7, target_length=0,
@@ -50,6 +65,8 @@ LITERAL_PARAMS = dict(window_log=17, hash_log=6, chain_log=6, search_log=1, min_
 FAST_LEVEL_MAX = 3
 SAMPLE_BYTES = 16 << 10
 RAW_IF_ABOVE = 0.98
+#: grouped streams: contexts are joined until a group holds this many elements (:func:`merge_groups`)
+MIN_GROUP = 16384
 FLAG_ROTATE = 1
 _HEAD = struct.Struct("<4sBBHIQ")
 
@@ -168,6 +185,74 @@ def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int) -> _C
     return _Chunk(raw.size, modes, payloads)
 
 
+@dataclass
+class _Group:
+    context: int
+    n: int  # elements
+    modes: list[int]
+    payloads: list  # bytes (compressed) or np.ndarray (stored) while encoding; lengths when read
+
+
+def group_order(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable order of a chunk's elements by context, and the element count of each context
+    (read off the sorted contexts: np.bincount would first widen every byte to int64)."""
+    order = np.argsort(ctx, kind="stable")
+    edges = np.searchsorted(ctx[order], np.arange(257, dtype=np.uint16))
+    return order, np.diff(edges)
+
+
+def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
+    """(first context, elements) of each group: adjacent contexts (ascending) joined until a group
+    holds ``min_group`` elements, a short tail joined to the group before it. Each group costs a
+    table entry and zstd frame headers; a frame of a few elements would cost more than it saves."""
+    groups: list[list[int]] = []
+    open_ = False
+    for c in np.flatnonzero(counts):
+        n = int(counts[c])
+        if open_:
+            groups[-1][1] += n
+        else:
+            groups.append([int(c), n])
+        open_ = groups[-1][1] < min_group
+    if len(groups) > 1 and groups[-1][1] < min_group:
+        groups[-2][1] += groups.pop()[1]
+    return [(c, n) for c, n in groups]
+
+
+def _compress_chunk_grouped(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool, level: int,
+                            min_group: int) -> list[_Group]:
+    cctx = compressor(level)
+    order, counts = group_order(ctx)
+    words = raw.view(_UINT[width])[order]
+    groups, pos = [], 0
+    for c, n in merge_groups(counts, min_group):
+        modes, payloads = [], []
+        for plane in split_planes(words[pos : pos + n].view(np.uint8), width, rotate):
+            comp = cctx.compress(plane) if plane.size else b""
+            if 0 < len(comp) < plane.size:
+                modes.append(1)
+                payloads.append(comp)
+            else:
+                modes.append(0)
+                payloads.append(plane)
+        groups.append(_Group(c, n, modes, payloads))
+        pos += n
+    return groups
+
+
+def _pack_grouped(chunks: list[list[_Group]], width: int, rotate: bool, raw_total: int) -> bytes:
+    out = [_HEAD.pack(MAGIC_GROUPED, width, FLAG_ROTATE if rotate else 0, 0, len(chunks), raw_total)]
+    for groups in chunks:
+        out.append(struct.pack("<QH", sum(g.n for g in groups) * width, len(groups)))
+        for g in groups:
+            out.append(struct.pack(f"<BI{width}I", g.context, g.n, *(memoryview(p).nbytes for p in g.payloads)))
+            out.append(bytes(g.modes))
+    for groups in chunks:
+        for g in groups:
+            out.extend(g.payloads)
+    return b"".join(out)
+
+
 def compress(
     data: bytes | bytearray | memoryview | np.ndarray,
     width: int,
@@ -176,20 +261,36 @@ def compress(
     level: int = 3,
     chunk_bytes: int = CHUNK_BYTES,
     threads: int | None = None,
+    contexts: np.ndarray | None = None,
+    min_group: int | None = None,
 ) -> bytes:
-    """Compress whole ``width``-byte elements into one chunked plane stream."""
+    """Compress whole ``width``-byte elements into one chunked plane stream; with ``contexts``
+    (one uint8 per element) a grouped stream, which decodes only given the same contexts.
+    ``min_group``: the fewest elements a group gets (default :data:`MIN_GROUP`; see
+    :func:`merge_groups`). It is the encoder's choice: the decoder reads the groups from the table."""
+    min_group = MIN_GROUP if min_group is None else int(min_group)
     raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     if width not in _UINT:
         raise ValueError(f"element width {width} is not 1, 2, 4 or 8 bytes")
     if raw.size % width:
         raise ValueError(f"{raw.size} bytes is not a whole number of {width}-byte elements")
     step = max(width, chunk_bytes - chunk_bytes % width)
-    pieces = [raw[i : i + step] for i in range(0, raw.size, step)]
-    nthreads = min(threads or default_threads(), max(len(pieces), 1))
-    if nthreads > 1:
-        chunks = list(_pool(nthreads).map(lambda p: _compress_chunk(p, width, rotate, level), pieces))
+    starts = range(0, raw.size, step)
+    if contexts is not None:
+        ctx = np.asarray(contexts).reshape(-1)
+        if ctx.dtype != np.uint8 or ctx.size * width != raw.size:
+            raise ValueError(f"contexts must be one uint8 per element ({raw.size // width}), got {ctx.size} {ctx.dtype}")
+        work = lambda i: _compress_chunk_grouped(raw[i : i + step], ctx[i // width : (i + step) // width], width, rotate, level,  # noqa: E731
+                                                 min_group)
     else:
-        chunks = [_compress_chunk(p, width, rotate, level) for p in pieces]
+        work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level)  # noqa: E731
+    nthreads = min(threads or default_threads(), max(len(starts), 1))
+    if nthreads > 1:
+        chunks = list(_pool(nthreads).map(work, starts))
+    else:
+        chunks = [work(i) for i in starts]
+    if contexts is not None:
+        return _pack_grouped(chunks, width, rotate, raw.size)
     nplanes = width
     out = [_HEAD.pack(MAGIC, width, FLAG_ROTATE if rotate else 0, 0, len(chunks), raw.size)]
     for c in chunks:
@@ -210,6 +311,8 @@ class StreamInfo:
     plane_lens: list[list[int]]
     modes: list[list[int]]
     data_start: int
+    #: grouped streams: per chunk, its groups (payloads = plane lengths); None for b"DSP1"
+    groups: list[list[_Group]] | None = None
 
     def chunk_offsets(self) -> list[int]:
         offs, pos = [], self.data_start
@@ -224,8 +327,10 @@ def read_info(buf: memoryview) -> StreamInfo:
     if len(buf) < _HEAD.size:
         raise CorruptPayloadError("plane stream is truncated (header)")
     magic, width, flags, _, nchunks, raw_total = _HEAD.unpack(buf[: _HEAD.size])
-    if magic != MAGIC or width not in _UINT:
+    if magic not in (MAGIC, MAGIC_GROUPED) or width not in _UINT:
         raise CorruptPayloadError("not a plane stream (bad magic or width)")
+    if magic == MAGIC_GROUPED:
+        return _read_info_grouped(buf, width, flags, nchunks, raw_total)
     pos = _HEAD.size
     entry = 8 + 4 * width + width
     if pos + nchunks * entry > len(buf):
@@ -239,31 +344,123 @@ def read_info(buf: memoryview) -> StreamInfo:
         plane_lens.append(pl)
         modes.append(md)
         pos += entry
-    if sum(raw_lens) != raw_total:
+    if sum(raw_lens) != raw_total or any(rl % width for rl in raw_lens):
         raise CorruptPayloadError("plane stream chunk table does not add up")
     if pos + sum(sum(p) for p in plane_lens) != len(buf):
         raise CorruptPayloadError("plane stream is truncated or has trailing bytes")
     return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos)
 
 
-def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out: np.ndarray | None = None) -> np.ndarray:
-    dctx = zstandard.ZstdDecompressor()
-    n = info.raw_lens[i] // info.width
-    planes, pos = [], start
-    for mode, ln in zip(info.modes[i], info.plane_lens[i]):
+def _read_info_grouped(buf: memoryview, width: int, flags: int, nchunks: int, raw_total: int) -> StreamInfo:
+    pos, end = _HEAD.size, len(buf)
+    gentry = struct.Struct(f"<BI{width}I")
+    raw_lens, plane_lens, modes, chunks = [], [], [], []
+    for _ in range(nchunks):
+        if pos + 10 > end:
+            raise CorruptPayloadError("plane stream is truncated (chunk table)")
+        rl, ng = struct.unpack("<QH", buf[pos : pos + 10])
+        pos += 10
+        if pos + ng * (gentry.size + width) > end:
+            raise CorruptPayloadError("plane stream is truncated (group table)")
+        groups, last = [], -1
+        for _ in range(ng):
+            c, n, *lens = gentry.unpack(buf[pos : pos + gentry.size])
+            md = list(bytes(buf[pos + gentry.size : pos + gentry.size + width]))
+            pos += gentry.size + width
+            if c <= last:
+                raise CorruptPayloadError("plane stream groups are out of order")
+            last = c
+            groups.append(_Group(c, n, md, lens))
+        if sum(g.n for g in groups) * width != rl:
+            raise CorruptPayloadError("plane stream group table does not add up")
+        raw_lens.append(rl)
+        plane_lens.append([ln for g in groups for ln in g.payloads])
+        modes.append([m for g in groups for m in g.modes])
+        chunks.append(groups)
+    if sum(raw_lens) != raw_total:
+        raise CorruptPayloadError("plane stream chunk table does not add up")
+    if pos + sum(sum(p) for p in plane_lens) != end:
+        raise CorruptPayloadError("plane stream is truncated or has trailing bytes")
+    return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos, chunks)
+
+
+def unzstd(dctx: zstandard.ZstdDecompressor, frame: bytes | memoryview, n: int) -> bytes:
+    """One zstd frame that must decode to exactly ``n`` bytes. The frame's own size claim is
+    checked first: python-zstandard allocates what a frame header claims, whatever
+    ``max_output_size`` says, so an altered header could otherwise ask for any amount of memory."""
+    try:
+        claimed = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise CorruptPayloadError(f"not a zstd frame: {e}") from None
+    if claimed not in (-1, n):
+        raise CorruptPayloadError(f"zstd frame claims {claimed} bytes where the table says {n}")
+    try:
+        raw = dctx.decompress(frame, max_output_size=max(n, 1))
+    except zstandard.ZstdError as e:
+        raise CorruptPayloadError(f"zstd frame does not decode: {e}") from None
+    if len(raw) != n:
+        raise CorruptPayloadError("plane has the wrong length")
+    return raw
+
+
+def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tuple[list[np.ndarray], int]:
+    planes = []
+    for mode, ln in zip(modes, lens):
         piece = buf[pos : pos + ln]
         pos += ln
         if mode == 1:
-            try:
-                raw = dctx.decompress(piece, max_output_size=n)
-            except zstandard.ZstdError as e:
-                raise CorruptPayloadError(f"zstd frame does not decode: {e}") from None
-        else:
+            raw = unzstd(dctx, piece, n)
+        elif mode == 0:
             raw = piece  # stored plane: read in place, no copy
-        if len(raw) != n:
-            raise CorruptPayloadError("plane has the wrong length")
+            if len(raw) != n:
+                raise CorruptPayloadError("plane has the wrong length")
+        else:
+            raise CorruptPayloadError(f"unknown plane mode {mode}")
         planes.append(np.frombuffer(raw, dtype=np.uint8))
-    return join_planes(planes, info.width, info.rotate, out)
+    return planes, pos
+
+
+def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out: np.ndarray | None = None,
+                      ctx: np.ndarray | None = None) -> np.ndarray:
+    """Chunk ``i`` (its payloads start at ``start``); ``ctx``: its elements' contexts (grouped streams)."""
+    n = info.raw_lens[i] // info.width
+    dctx = zstandard.ZstdDecompressor()
+    if info.groups is None:
+        planes, _ = _decode_planes(dctx, buf, start, info.modes[i], info.plane_lens[i], n)
+        return join_planes(planes, info.width, info.rotate, out)
+    if ctx is None or ctx.size != n:
+        raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
+    order, counts = group_order(ctx)
+    below = np.concatenate(([0], np.cumsum(counts)))  # below[c]: elements whose context is < c
+    at = 0
+    for g in info.groups[i]:  # each group must start where its first context starts
+        if int(below[g.context]) != at or counts[g.context] == 0:
+            raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
+        at += g.n
+    w = info.width
+    grouped = np.empty(n * w, dtype=np.uint8)
+    pos, at = start, 0
+    for g in info.groups[i]:
+        planes, pos = _decode_planes(dctx, buf, pos, g.modes, g.payloads, g.n)
+        join_planes(planes, w, info.rotate, grouped[at * w : (at + g.n) * w])
+        at += g.n
+    if out is None:
+        out = np.empty(n * w, dtype=np.uint8)
+    out.view(_UINT[w])[order] = grouped.view(_UINT[w])
+    return out
+
+
+def _chunk_contexts(info: StreamInfo, contexts: np.ndarray | None) -> list[np.ndarray | None]:
+    """Each chunk's slice of ``contexts`` (None for every chunk of a plain stream)."""
+    if info.groups is None:
+        return [None] * len(info.raw_lens)
+    if contexts is None:
+        raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
+    ctx = np.asarray(contexts).reshape(-1)
+    if ctx.dtype != np.uint8 or ctx.size * info.width != info.raw_total:
+        raise CorruptPayloadError(f"plane stream holds {info.raw_total // info.width} elements; {ctx.size} contexts given")
+    bounds = np.cumsum([0] + info.raw_lens) // info.width
+    return [ctx[bounds[i] : bounds[i + 1]] for i in range(len(info.raw_lens))]
 
 
 def decompress(
@@ -271,10 +468,13 @@ def decompress(
     *,
     out: np.ndarray | None = None,
     threads: int | None = None,
+    contexts: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Decode a whole plane stream into ``out`` (uint8, preallocated) or a new array."""
+    """Decode a whole plane stream into ``out`` (uint8, preallocated) or a new array; a grouped
+    stream needs the ``contexts`` it was written with."""
     buf = memoryview(data)
     info = read_info(buf)
+    ctxs = _chunk_contexts(info, contexts)
     if out is None:
         out = np.empty(info.raw_total, dtype=np.uint8)
     elif out.size != info.raw_total:
@@ -283,7 +483,7 @@ def decompress(
     dst = np.cumsum([0] + info.raw_lens)
 
     def work(i: int) -> None:
-        _decompress_chunk(buf, info, i, offs[i], out[dst[i] : dst[i + 1]])
+        _decompress_chunk(buf, info, i, offs[i], out[dst[i] : dst[i + 1]], ctxs[i])
 
     n = len(info.raw_lens)
     nthreads = min(threads or default_threads(), max(n, 1))
@@ -295,10 +495,11 @@ def decompress(
     return out
 
 
-def decompress_range(data: bytes | memoryview, start: int, stop: int) -> np.ndarray:
+def decompress_range(data: bytes | memoryview, start: int, stop: int, *, contexts: np.ndarray | None = None) -> np.ndarray:
     """Raw bytes ``[start, stop)`` of the stream, decoding only the chunks that cover them."""
     buf = memoryview(data)
     info = read_info(buf)
+    ctxs = _chunk_contexts(info, contexts)
     stop = min(stop, info.raw_total)
     if start >= stop:
         return np.empty(0, dtype=np.uint8)
@@ -306,7 +507,7 @@ def decompress_range(data: bytes | memoryview, start: int, stop: int) -> np.ndar
     parts, pos = [], 0
     for i, rl in enumerate(info.raw_lens):
         if pos + rl > start and pos < stop:
-            chunk = _decompress_chunk(buf, info, i, offs[i])
+            chunk = _decompress_chunk(buf, info, i, offs[i], None, ctxs[i])
             parts.append(chunk[max(start - pos, 0) : min(stop - pos, rl)])
         pos += rl
         if pos >= stop:

@@ -1,0 +1,269 @@
+"""Lossless fine-tune bytes and speed: the lossless codec's format v1 and v2 against zipnn 0.5.4.
+
+    python benchmarks/bench_lossless.py [--series DIR] [--base DIR] [--repeat N] [--out FILE]
+
+Data: SmolLM2-135M-Instruct bf16 (deltastore.zoo.smollm2) and a short real full fine-tune of it
+saved every few steps (a series directory ``stepNNNN/`` as written by ``--make-series``; the
+pair is the base and the series' last checkpoint).
+
+Rows:
+  lossless v1 / v2     the codec alone (``Lossless(by_exponent=False)`` / ``Lossless()``), tensor
+                       by tensor, on the tensors the fine-tune changed (the store keeps an
+                       unchanged tensor as a reference to the base: 0 bytes); bytes = every
+                       payload's bytes, header included.
+  zipnn 0.5.4          ``ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)`` on
+                       the fine-tune's safetensors file alone, in memory.
+Speeds are MB/s of the fine-tune's tensor bytes (10^6 B) over the process's CPU seconds with one
+thread (DELTASTORE_THREADS=1, zipnn threads=1): per core, and robust to other load on a shared
+machine. Best of --repeat. Also printed: order-0 entropy of the difference, alone and given the
+base's exponent; for the series, each checkpoint against the one before (v1, v2) and zipnn on
+each checkpoint alone; for the base file, the order-0 and order-1 (previous element's exponent)
+entropy of the exponents, the bound on what context coding of a base's exponents could save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("DELTASTORE_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from deltastore.codec import from_bytes, to_bytes  # noqa: E402
+from deltastore.codec import planes  # noqa: E402
+from deltastore.codec.lossless import Lossless, diff_code, exponent_contexts, tensor_u8  # noqa: E402
+
+MB = 1e6
+
+
+def cpu(fn, repeat: int):
+    best, res = float("inf"), None
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.process_time()
+        res = fn()
+        best = min(best, time.process_time() - t0)
+    return best, res
+
+
+def changed_pairs(base: dict, ft: dict) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    return [(n, ft[n], base[n]) for n in ft if n in base and not torch.equal(ft[n].view(torch.uint8), base[n].view(torch.uint8))]
+
+
+def bench_codec(codec: Lossless, pairs, repeat: int) -> dict:
+    raw = sum(t.numel() * t.element_size() for _, t, _ in pairs)
+    tc, encs = cpu(lambda: [codec.encode(t, b) for _, t, b in pairs], repeat)
+    payloads = [to_bytes(e) for e in encs]
+    encs = [from_bytes(p) for p in payloads]
+    td, outs = cpu(lambda: [codec.reconstruct(e, b) for e, (_, _, b) in zip(encs, pairs)], repeat)
+    for o, (n, t, _) in zip(outs, pairs):
+        assert torch.equal(o.view(torch.uint8), t.view(torch.uint8)), f"{n}: round trip is not exact"
+    return dict(bytes=sum(len(p) for p in payloads), raw=raw, enc=raw / tc / MB, dec=raw / td / MB)
+
+
+def bench_zipnn(path: Path, repeat: int) -> dict | None:
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        return None
+    data = path.read_bytes()
+    z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+    tc = td = float("inf")
+    for _ in range(repeat):
+        buf = bytearray(data)  # zipnn reorders its input in place: a copy, not timed
+        t, comp = cpu(lambda: z.compress(buf), 1)
+        tc = min(tc, t)
+        t, out = cpu(lambda: z.decompress(comp), 1)
+        td = min(td, t)
+        assert hashlib.sha256(out).digest() == hashlib.sha256(data).digest()
+    return dict(bytes=len(comp), raw=len(data), enc=len(data) / tc / MB, dec=len(data) / td / MB)
+
+
+def entropy_bytes(x: np.ndarray, nbins: int) -> float:
+    c = np.bincount(x, minlength=nbins).astype(np.float64)
+    c = c[c > 0]
+    return float(-(c * np.log2(c / c.sum())).sum()) / 8
+
+
+def diff_entropies(pairs) -> tuple[float, float, float]:
+    codes, ctxs = [], []
+    for _, t, b in pairs:
+        if t.dtype != torch.bfloat16:
+            continue
+        bu = tensor_u8(b)
+        codes.append(diff_code(tensor_u8(t), bu, 2).view(np.uint16))
+        ctxs.append(exponent_contexts(bu, torch.bfloat16))
+    c, e = np.concatenate(codes), np.concatenate(ctxs)
+    h0 = entropy_bytes(c, 65536)
+    order = np.argsort(e, kind="stable")
+    cs, es = c[order], e[order]
+    cuts = np.flatnonzero(np.diff(es)) + 1
+    hc = sum(entropy_bytes(seg, 65536) for seg in np.split(cs, cuts))
+    return h0, hc, float((c != 0).mean())
+
+
+def base_exponent_entropy(base: dict) -> tuple[float, float, int]:
+    """Order-0 and order-1 (previous element's exponent, row-major) entropy of the bf16 exponents."""
+    e = np.concatenate([exponent_contexts(tensor_u8(t), torch.bfloat16) for t in base.values() if t.dtype == torch.bfloat16])
+    h0 = entropy_bytes(e, 256)
+    pair = e[1:].astype(np.int64) * 256 + e[:-1]
+    h1 = entropy_bytes(pair, 65536) - entropy_bytes(e[:-1], 256)  # H(X_i | X_{i-1})
+    return h0, h1, e.size
+
+
+def fmt_row(name: str, r: dict, ref: dict | None) -> str:
+    rel = f"{r['bytes'] / ref['bytes']:.3f}" if ref else "-"
+    return f"| {name} | {r['bytes'] / MB:.2f} | {rel} | {r['enc']:,.0f} | {r['dec']:,.0f} |"
+
+
+def make_series(steps: int, every: int, lr: float) -> Path:
+    """A real SmolLM2 full fine-tune on the zoo's math task, bf16 checkpoints every ``every`` steps."""
+    from transformers import AutoModelForCausalLM
+
+    from deltastore.zoo._hfdir import save_like
+    from deltastore.zoo.cache import cache_dir
+    from deltastore.zoo.finetune import _lr_at, _math_batches
+    from deltastore.zoo.smollm2 import load_tokenizer, smollm2_dir
+
+    out = cache_dir("bench", f"smollm2-math-series-{steps}x{every}-lr{lr:g}")
+    base = smollm2_dir()
+    torch.manual_seed(0)
+    tok = load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model.train()
+    model.config.use_cache = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    batches = _math_batches(tok, 4, 128, 0, steps)
+    warm = max(1, min(10, steps // 10))
+    for step in range(steps):
+        x, m, y = next(batches)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr, warm)
+        loss = model(input_ids=x, attention_mask=m, labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        print(f"step {step + 1} loss {float(loss):.4f}", flush=True)
+        if (step + 1) % every == 0:
+            save_like(base, out / f"step{step + 1:04d}", model.state_dict())
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--series", type=Path, help="directory of stepNNNN/ checkpoints (a real fine-tune)")
+    ap.add_argument("--base", type=Path, help="base HF dir (default: the zoo's SmolLM2 bf16)")
+    ap.add_argument("--make-series", nargs=3, metavar=("STEPS", "EVERY", "LR"), help="make a series first")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--series-repeat", type=int, default=1)
+    ap.add_argument("--machine", default=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.make_series:
+        args.series = make_series(int(args.make_series[0]), int(args.make_series[1]), float(args.make_series[2]))
+    if args.base is None:
+        from deltastore.zoo.smollm2 import smollm2_dir
+
+        args.base = smollm2_dir()
+    ckpts = sorted(p for p in args.series.iterdir() if p.name.startswith("step") and (p / "model.safetensors").is_file())
+    if not ckpts:
+        raise SystemExit(f"no stepNNNN/model.safetensors under {args.series}")
+    base_file = args.base / "model.safetensors"
+    base = load_file(str(base_file))
+    meta = json.loads((args.series / "series.json").read_text()) if (args.series / "series.json").is_file() else {}
+    lines = [f"# Lossless fine-tune codec: format v1, v2 and zipnn ({time.strftime('%Y-%m-%d')})", "",
+             f"Command: `python benchmarks/bench_lossless.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+             f"Machine: {args.machine}; load average at start {os.getloadavg()[0]:.1f}  ",
+             f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
+             f"zipnn {_version('zipnn')}, zstandard {_version('zstandard')}  ",
+             f"Fine-tune: SmolLM2-135M-Instruct bf16, full fine-tune on the zoo math task "
+             f"({json.dumps(meta) if meta else args.series.name}); checkpoints {', '.join(c.name for c in ckpts)}", ""]
+
+    def say(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    last = ckpts[-1]
+    ft = load_file(str(last / "model.safetensors"))
+    pairs = changed_pairs(base, ft)
+    raw_all = sum(t.numel() * t.element_size() for t in ft.values())
+    h0, hc, frac = diff_entropies(pairs)
+    say(f"## The fine-tune ({last.name}) against its base")
+    say("")
+    say(f"{len(pairs)} of {len(ft)} tensors changed; {frac:.1%} of the changed tensors' elements changed; "
+        f"{raw_all / MB:.1f} MB of weights.  ")
+    say(f"Order-0 entropy of the difference: {h0 / MB:.2f} MB; given the base's exponent: {hc / MB:.2f} MB "
+        f"({hc / h0 - 1:+.1%}).")
+    say("")
+    z = bench_zipnn(last / "model.safetensors", args.repeat)
+    v1 = bench_codec(Lossless(by_exponent=False), pairs, args.repeat)
+    v2 = bench_codec(Lossless(), pairs, args.repeat)
+    say("| method | MB | x zipnn | encode MB/s/core | decode MB/s/core |")
+    say("|---|---:|---:|---:|---:|")
+    if z:
+        say(fmt_row("zipnn 0.5.4, fine-tune file alone", z, z))
+    say(fmt_row("lossless v1 (today's codec), vs base", v1, z))
+    say(fmt_row("lossless v2 (grouped by base exponent), vs base", v2, z))
+    say("")
+    say(f"v2 / v1 bytes: {v2['bytes'] / v1['bytes']:.3f}")
+    say("")
+
+    say("## Checkpoint series: each checkpoint against the one before")
+    say("")
+    say("| checkpoint | elements changed | v1 MB | v2 MB | zipnn MB (alone) | v2 x zipnn |")
+    say("|---|---:|---:|---:|---:|---:|")
+    prev = base
+    for c in ckpts:
+        cur = load_file(str(c / "model.safetensors"))
+        pr = changed_pairs(prev, cur)
+        nel = sum(t.numel() for t in cur.values())
+        nch = sum(int((t.view(torch.uint8).reshape(-1, t.element_size()) != b.view(torch.uint8).reshape(-1, t.element_size())).any(1).sum())
+                  for _, t, b in pr)
+        b1 = sum(len(to_bytes(Lossless(by_exponent=False).encode(t, b))) for _, t, b in pr)
+        b2 = sum(len(to_bytes(Lossless().encode(t, b))) for _, t, b in pr)
+        zc = bench_zipnn(c / "model.safetensors", args.series_repeat)
+        zb = zc["bytes"] if zc else float("nan")
+        say(f"| {c.name} vs {'base' if prev is base else 'previous'} | {nch / nel:.1%} | {b1 / MB:.2f} | {b2 / MB:.2f} | "
+            f"{zb / MB:.2f} | {b2 / zb:.3f} |")
+        prev = cur
+    say("")
+
+    say("## Base file: what context coding of the exponents could save")
+    say("")
+    e0, e1, n = base_exponent_entropy(base)
+    pl = len(b"".join(planes.compress(tensor_u8(t), 2, rotate=True) for t in base.values() if t.dtype == torch.bfloat16))
+    zb = bench_zipnn(base_file, 1)
+    say(f"bf16 exponents of the base ({n:,} elements): order-0 entropy {e0 / MB:.2f} MB, order-1 (given the previous "
+        f"element's exponent) {e1 / MB:.2f} MB: at best {(e0 - e1) / MB:.2f} MB saved, "
+        f"{(e0 - e1) / (zb['bytes'] if zb else pl):.2%} of zipnn's {((zb['bytes'] if zb else pl)) / MB:.2f} MB "
+        f"(today's byte planes: {pl / MB:.2f} MB).")
+    say("")
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
