@@ -101,7 +101,7 @@ def init(
 ) -> None:
     """Create a store (config file + catalog schema), or bring an existing one's catalog schema
     up to date (the one command besides `db upgrade` that migrates a shared catalog)."""
-    from deltastore.config import load_config, safe_url
+    from deltastore.config import CONFIG_NAME, default_home, load_config, safe_url
     from deltastore.db import make_engine, upgrade
     from deltastore.errors import BadInputError
     from deltastore.store import init_store
@@ -111,12 +111,19 @@ def init(
         if home is not None and Path(home).expanduser().absolute() != directory.expanduser().absolute():
             raise BadInputError(f"two homes given: {directory} and --home {home}; give one")
         home = str(directory)
-    cfg = load_config(home, db_url=state.db_url, objects_url=state.objects_url, create=True)
-    engine = make_engine(cfg.db_url)
+    home_p = Path(home).expanduser().absolute() if home else default_home().absolute()
+    fresh = not (home_p / CONFIG_NAME).exists()
     try:
-        before, after = upgrade(engine)
-    finally:
-        engine.dispose()
+        cfg = load_config(home, db_url=state.db_url, objects_url=state.objects_url, create=True)
+        engine = make_engine(cfg.db_url)
+        try:
+            before, after = upgrade(engine)
+        finally:
+            engine.dispose()
+    except BaseException:
+        if fresh:  # no config naming a catalog that cannot be used: `init` with the right URL starts over
+            (home_p / CONFIG_NAME).unlink(missing_ok=True)
+        raise
     st = init_store(home, db_url=state.db_url, objects_url=state.objects_url)
     info = {"home": str(st.config.home), "db_url": safe_url(st.config.db_url), "objects_url": safe_url(st.config.objects_url),
             "schema": after, "schema_before": before}

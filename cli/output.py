@@ -89,7 +89,7 @@ def setup_logging() -> None:
     if root.handlers:
         return
     h = logging.StreamHandler(stderr)
-    h.setFormatter(logging.Formatter("deltastore: %(levelname)s: %(name)s: %(message)s"))
+    h.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
     root.addHandler(h)
     level = os.environ.get("DELTASTORE_LOG_LEVEL", "WARNING").upper()
     root.setLevel(level if level in logging.getLevelNamesMapping() else logging.WARNING)

@@ -19,8 +19,10 @@ print as ``***`` through :func:`redact`, which the CLI applies to everything it 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import stat
 import threading
 import tomllib
 from dataclasses import dataclass, field
@@ -266,6 +268,18 @@ def write_config(cfg: StoreConfig) -> Path:
     return p
 
 
+def _warn_if_readable(path: Path, cfg: StoreConfig) -> None:
+    """A config file that holds a password or keys and that others can read (one written before
+    deltastore wrote them 0600, or copied): say so, with the fix; never change it behind the user."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o077 and cfg.secrets():
+        logging.getLogger("deltastore").warning(
+            "%s holds a password or keys and is readable by others (mode %o): run `chmod 600 %s`", path, mode, path)
+
+
 def load_config(home: str | Path | None = None, *, db_url: str | None = None, objects_url: str | None = None, create: bool = False) -> StoreConfig:
     home_p = Path(home).expanduser() if home else default_home()
     home_p = home_p.absolute()
@@ -280,6 +294,7 @@ def load_config(home: str | Path | None = None, *, db_url: str | None = None, ob
         if not isinstance(opts, dict):
             raise BadInputError(f"{path}: storage_options must be a table")
         cfg = StoreConfig(home_p, data.get("db_url", cfg.db_url), data.get("objects_url", cfg.objects_url), opts)
+        _warn_if_readable(path, cfg)
     elif create:
         cfg = StoreConfig(home_p, db_url or os.environ.get("DELTASTORE_DB_URL") or cfg.db_url,
                           objects_url or os.environ.get("DELTASTORE_OBJECTS_URL") or cfg.objects_url)
