@@ -48,6 +48,11 @@ EXPONENT_FIELD = {
 }
 
 
+#: v2's chunk size: its per-chunk sort and scatter stay in cache (1.5x faster on large tensors than
+#: 4 MiB chunks, for about 1% more bytes, measured on SmolLM2's embedding)
+GROUPED_CHUNK_BYTES = 1 << 20
+
+
 def exponent_contexts(raw: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """One uint8 context per element of ``raw`` (the tensor's bytes): its exponent field (float64's
     11 bits without their lowest 3). The sign is left out: it does not change the size of a step."""
@@ -139,7 +144,8 @@ class Lossless(Codec):
             code = diff_code(raw, base_raw, width)
             if self.by_exponent:
                 contexts = exponent_contexts(base_raw, target.dtype)
-                stream = planes.compress(code, width, rotate=False, level=self.level, contexts=contexts)
+                stream = planes.compress(code, width, rotate=False, level=self.level, contexts=contexts,
+                                         chunk_bytes=GROUPED_CHUNK_BYTES)
                 meta, version = {"mode": "diff", "context": "exponent"}, 2
             else:
                 stream = planes.compress(code, width, rotate=False, level=self.level)

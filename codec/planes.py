@@ -29,6 +29,12 @@ tensor, which both sides hold), so the grouping costs no stored bytes::
                ngroups x (u8 context, u32 nelems, width x u32 plane_len, width x u8 mode)
     plane payloads, chunk after chunk, group after group, most significant plane first
 
+A group holds the elements of one or more adjacent contexts (the encoder joins rare ones, see
+:func:`merge_groups`); ``context`` is its first. The decoder sorts the contexts it is given the
+same way and checks that every group starts where its first context starts, so a stream paired
+with another base is refused rather than decoded to wrong bits (unless that base's exponents
+happen to fall the same way; the store's sha256 check catches the rest).
+
 Every zstd frame is decoded into at most the size the table gives it: a frame whose header
 claims another size is refused before anything is allocated.
 

@@ -116,19 +116,21 @@ def test_a_base_of_another_dtype_or_shape_gives_a_plain_payload():
 
 
 def test_tensor_over_one_chunk_round_trips_and_decodes_by_range():
-    n = planes.CHUNK_BYTES // 2 + 100_003  # bf16: two chunks, the second odd-sized
+    from deltastore.codec.lossless import GROUPED_CHUNK_BYTES, diff_code, exponent_contexts, tensor_u8
+
+    n = planes.CHUNK_BYTES // 2 + 100_003  # bf16: over one chunk in either format, the last odd-sized
     base = with_specials(weights(torch.bfloat16, (n,), seed=5))
     target = finetune_of(base, ulps=40)
+    enc1, _ = roundtrip(Lossless(), target, base)
+    assert len(planes.read_info(memoryview(enc1.arrays["stream"].numpy())).raw_lens) == 2
     enc, _ = roundtrip(Lossless(by_exponent=True), target, base)
     stream = enc.arrays["stream"].numpy()
     info = planes.read_info(memoryview(stream))
-    assert len(info.raw_lens) == 2 and info.groups is not None
-    # the stream's own byte-range decode across the chunk boundary, given the base's contexts
-    from deltastore.codec.lossless import diff_code, exponent_contexts, tensor_u8
-
+    assert len(info.raw_lens) == -(-2 * n // GROUPED_CHUNK_BYTES) and info.groups is not None
+    # the stream's own byte-range decode across a chunk boundary, given the base's contexts
     code = diff_code(tensor_u8(target), tensor_u8(base), 2)
     ctx = exponent_contexts(tensor_u8(base), torch.bfloat16)
-    lo, hi = planes.CHUNK_BYTES - 1001, planes.CHUNK_BYTES + 777
+    lo, hi = 2 * GROUPED_CHUNK_BYTES - 1001, 2 * GROUPED_CHUNK_BYTES + 777
     assert np.array_equal(planes.decompress_range(stream, lo, hi, contexts=ctx), code[lo:hi])
     with pytest.raises(CorruptPayloadError):
         planes.decompress_range(stream, lo, hi)  # a grouped stream needs its contexts
