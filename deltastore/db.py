@@ -16,6 +16,7 @@ concurrent opens and upgrades never race on the schema.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,6 +104,12 @@ def _alembic_config(conn=None):  # noqa: ANN001
 
 
 def _script():
+    return _script_at(str(_migrations_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _script_at(location: str):  # noqa: ANN202
+    """The revisions, read once per process (every open asks for the head)."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config())
