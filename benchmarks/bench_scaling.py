@@ -101,12 +101,13 @@ def sha(path: Path) -> str:
 
 
 def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: list[int], work: Path, nbytes: int,
-                want: dict[str, str]) -> list[dict]:
+                want: dict[str, str], homes: Path) -> list[dict]:
     rows = []
     for w in workers:
-        home = work / f"home-{label}-{w}"
+        home = homes / f"home-{label.replace(' ', '-')}-{w}"
         shutil.rmtree(home, ignore_errors=True)
-        row = {"impl": label, "workers": w}
+        home.parent.mkdir(parents=True, exist_ok=True)
+        row = {"impl": label, "store on": str(homes), "workers": w}
         r = run_one("add_base", home, str(base), "", w, site)
         row["add_base_GBps"], row["base_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
         r = run_one("add_ft", home, str(ft), "", w, site)
@@ -152,8 +153,24 @@ def bench_zipnn(path: Path, workers: list[int], nbytes: int) -> list[dict]:
     return rows
 
 
+def durable_write_GBps(folder: Path, nbytes: int = 1 << 30) -> float:
+    """What the folder's file system takes durably: 1 GiB written in 4 MiB blocks, then fsync."""
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / "probe.bin"
+    block = os.urandom(4 << 20)
+    t = time.perf_counter()
+    with open(p, "wb") as f:
+        for _ in range(nbytes // len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    dt = time.perf_counter() - t
+    p.unlink()
+    return nbytes / dt / 1e9
+
+
 def table(rows: list[dict]) -> str:
-    cols = [("impl", "implementation"), ("workers", "workers"), ("add_base_GBps", "add base GB/s"),
+    cols = [("impl", "implementation"), ("store on", "store on"), ("workers", "workers"), ("add_base_GBps", "add base GB/s"),
             ("checkout_base_GBps", "checkout base GB/s"), ("add_ft_GBps", "add finetune (lossless) GB/s"),
             ("checkout_ft_GBps", "checkout finetune GB/s"), ("base_ratio", "base ratio"), ("ft_ratio", "finetune ratio")]
     out = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
@@ -174,6 +191,8 @@ def main() -> None:
     ap.add_argument("--old-site", default=None, help="PYTHONPATH of an older deltastore to measure in the same run")
     ap.add_argument("--old-workers", default=None, help="worker counts for the older deltastore (default: --workers)")
     ap.add_argument("--out", default=None, help="write the markdown table and JSON rows here")
+    ap.add_argument("--homes", default=None, help="comma-separated folders to put the stores under (default: --work); "
+                    "e.g. a disk and /dev/shm, to tell disk-bound from CPU-bound")
     args = ap.parse_args()
     workers = [int(x) for x in args.workers.split(",")]
     work = Path(args.work)
@@ -186,13 +205,19 @@ def main() -> None:
     rows = []
     if args.old_site:
         old = [int(x) for x in args.old_workers.split(",")] if args.old_workers else workers
-        rows += bench_store("deltastore before", args.old_site, base, ft, old, work, nbytes, want)
-    rows += bench_store("deltastore", None, base, ft, workers, work, nbytes, want)
+    homes = [Path(h) for h in args.homes.split(",")] if args.homes else [work]
+    disks = {str(h): durable_write_GBps(h) for h in homes}
+    print("durable write GB/s (1 GiB + fsync):", disks, flush=True)
+    for h in homes:
+        if args.old_site:
+            rows += bench_store("deltastore before", args.old_site, base, ft, old, work, nbytes, want, h)
+        rows += bench_store("deltastore", None, base, ft, workers, work, nbytes, want, h)
     rows += bench_zipnn(base / "model.safetensors", workers, nbytes)
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
-          f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}`\n\nMachine: {platform.processor() or platform.machine()}, "
+          f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}{' --homes ' + args.homes if args.homes else ''}`\n\nMachine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; model {nbytes / 1e9:.2f} GB bf16 ({args.layers} Llama-2-7B layers + embeddings)\n\n"
-          + table(rows) + "\n")
+          + "Durable write rate of each store folder (1 GiB in 4 MiB blocks + fsync, GB/s): "
+          + ", ".join(f"{k}: {v:.2f}" for k, v in disks.items()) + "\n\n" + table(rows) + "\n")
     print(md)
     if args.out:
         Path(args.out).write_text(md + "\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
