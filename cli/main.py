@@ -42,6 +42,23 @@ def _global(
     set_globals(home, quiet, db_url, objects_url, as_json)
 
 
+def _group_globals(
+    home: Optional[str] = typer.Option(None, "--home", help=HELP_HOME),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help=HELP_QUIET),
+    db_url: Optional[str] = typer.Option(None, "--db-url", help=HELP_DB),
+    objects_url: Optional[str] = typer.Option(None, "--objects-url", help=HELP_OBJECTS),
+) -> None:
+    """The global options between a group and its command (`deltastore db --home D upgrade`)."""
+    for name, value in (("home", home), ("db_url", db_url), ("objects_url", objects_url)):
+        if value is not None:
+            setattr(state, name, value)
+    state.quiet = state.quiet or quiet
+
+
+add_app.callback()(_group_globals)
+db_app.callback()(_group_globals)
+
+
 def _store(read_only: bool = False):
     from deltastore.store import open_store
 

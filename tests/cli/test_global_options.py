@@ -105,6 +105,9 @@ def test_quiet_and_json_after_the_command(tmp_path: Path, model: Path) -> None:
     assert json.loads(ok("db", "upgrade", "--json", "--home", h).stdout)["after"]
     # --json before the command turns on the command's own
     assert json.loads(ok("--json", "du", "--home", h).stdout)["versions"] == 3
+    # between a group and its command too
+    assert json.loads(ok("db", "--home", h, "current", "--json").stdout)["status"] == "up to date"
+    assert ok("add", "--home", h, "-q", "base", "m", str(model)).stdout == ""
 
 
 def test_catalog_and_objects_urls_after_the_command(tmp_path: Path, model: Path) -> None:
