@@ -289,6 +289,51 @@ def diagnose(dev: torch.device, budget: float) -> None:
                 print(f"| {name} | {M} | {cfg or 'defaults'} | {ts:.1f} | {vbytes / ts / 1e3:.0f} | {te:.1f} | {ubytes / te / 1e3:.0f} | {res[0]} | {res[1]} |", flush=True)
 
 
+def register_report() -> None:
+    """Registers, stack and local memory per thread of the kernels as compiled for sm_90 by the
+    installed Triton (no GPU needed: Triton's own ptxas and cuobjdump), by block shape."""
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sig_s = {"x_ptr": "*bf16", "z_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "svals_ptr": "*fp32",
+             "tiles_ptr": "*i64", "ntiles_ptr": "*i32", "rows_ptr": "*i32", "counts_ptr": "*i32", "starts_ptr": "*i32",
+             "M": "i32", "K": "i32", "ZC": "i32", "n_slices": "i32", "T_max": "i32", "stride_xm": "i32"}
+    sig_e = {"z_ptr": "*fp32", "y_ptr": "*bf16", "words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "tiers_ptr": "*i64",
+             "ntiers_ptr": "*i32", "nblk_ptr": "*i32", "rows_ptr": "*i32", "counts_ptr": "*i32", "starts_ptr": "*i32", "mout_ptr": "*i32",
+             "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "n_slices": "i32", "R_max": "i32", "stride_ym": "i32"}
+
+    def usage(fn, sig: dict, ce: dict, nw: int, ns: int) -> str:
+        sig = {n: sig.get(n, "constexpr") for n in fn.arg_names}  # in the kernel's parameter order
+        names = list(sig)
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in ce.items()})
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
+        path = f"/tmp/bench_kernels_{os.getpid()}.cubin"
+        with open(path, "wb") as f:
+            f.write(k.asm["cubin"])
+        out = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True).stdout
+        os.unlink(path)
+        line = next(ln for ln in out.splitlines() if "REG:" in ln)
+        return " ".join(p for p in line.split() if p.split(":")[0] in ("REG", "STACK", "LOCAL"))
+
+    def has(bits):
+        return {f"HAS{b}": b in bits for b in (1, 2, 3, 4, 8)}
+
+    print(f"triton {triton.__version__}, sm_90")
+    print("| kernel | bit widths | split | block (M x R x K or N) | warps / stages | registers, stack, local |")
+    print("|---|---|---|---|---|---|")
+    for kern, sig, blk in ((triton_ops._shrink_kernel, sig_s, "BLOCK_K"), (triton_ops._expand_kernel, sig_e, "BLOCK_N")):
+        name = "shrink" if kern is triton_ops._shrink_kernel else "expand"
+        for bits, split, b, nw, ns in (([8, 3, 2], 4, 128, 4, 2), ([2], 4, 128, 4, 2), ([2], 1, 128, 4, 2), ([2], 4, 64, 4, 2),
+                                       ([2], 4, 128, 8, 2), ([2], 4, 128, 4, 1)):
+            ce = dict(NFIELD=9, SPLIT_K=split, BLOCK_M=16, BLOCK_R=32, UPCAST=False, GATHER=False, **has(bits))
+            ce[blk] = b
+            print(f"| {name} | {bits} | {split} | 16 x 32 x {b} | {nw} / {ns} | {usage(kern, sig, ce, nw, ns)} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=4)
@@ -297,9 +342,12 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, no graphs: a CPU check under TRITON_INTERPRET=1")
     ap.add_argument("--sweep", action="store_true", help="try several kernel configurations per case and keep the fastest")
     ap.add_argument("--diagnose", action="store_true", help="time shrink and expand alone per kernel variant, with their resources")
+    ap.add_argument("--regs", action="store_true", help="register report of the kernels compiled for sm_90 (no GPU needed)")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which --sweep tries no more configurations")
     args = ap.parse_args()
 
+    if args.regs:
+        return register_report()
     if args.smoke:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if args.diagnose:
