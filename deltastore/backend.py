@@ -227,13 +227,25 @@ class Backend:
         self._remote_put(p, bytes(data))
 
     def _remote_put(self, p: str, data: bytes, **kw: object) -> None:
-        if os.environ.get("DELTASTORE_CRASH_AT") == "backend.put.in-flight":
+        if os.environ.get("DELTASTORE_CRASH_AT", "").partition(":")[0] == "backend.put.in-flight":
             # the upload runs in a thread; the process dies while it is on the wire
-            t = threading.Thread(target=self.fs.pipe_file, args=(p, data), kwargs=kw, daemon=True)
+            failed: list[BaseException] = []
+
+            def upload() -> None:
+                try:
+                    self.fs.pipe_file(p, data, **kw)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                    failed.append(e)
+
+            t = threading.Thread(target=upload, daemon=True)
             t.start()
             time.sleep(0.002)
             crash_point("backend.put.in-flight")
-        self.fs.pipe_file(p, data, **kw)
+            t.join()
+            if failed:
+                raise failed[0]
+        else:
+            self.fs.pipe_file(p, data, **kw)
         crash_point("backend.put.after-rename")
 
     def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:

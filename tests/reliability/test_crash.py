@@ -117,29 +117,36 @@ def test_kill_9(template, tmp_path: Path, op: str, point: str) -> None:
     survive(home, template[1], op, point, tmp_path)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("op,point", [("add-base", "backend.put.in-flight:4"), ("add-base", "backend.put.after-rename:5"),
-                                      ("add-base", "commit.before-db-commit"), ("gc", "gc.deleted-one")],
-                         ids=lambda x: x)
-def test_kill_9_with_objects_on_s3(tmp_path: Path, op: str, point: str) -> None:
+@pytest.fixture(scope="module")
+def s3_env():
     if weed_bin() is None:
         pytest.skip("SeaweedFS is not installed")
-    pytest.importorskip("s3fs")
+    s3fs = pytest.importorskip("s3fs")
     s3 = SeaweedServer()
     saved = dict(os.environ)
     try:
         s3.start()
         os.environ.update(s3.env())
-        url = "s3://deltastore/crash"
-        src = make_sources(tmp_path / "src")
-        home = tmp_path / "home"
-        with deltastore.open(home, objects_url=url) as st:
-            st.add_base("b", src / "base0", message="base0")
-            st.add_finetune("f", src / "ft0", "b", codec="lossless", message="ft0")
-            st.add_base("tmp", src / "base1", message="base1")
-            st.rm("tmp")
-        survive(home, src, op, point, tmp_path, env={"OBJECTS_URL": url, **s3.env()}, objects_url=url)
+        s3fs.S3FileSystem.clear_instance_cache()  # no client of an earlier server
+        yield s3.env()
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        s3fs.S3FileSystem.clear_instance_cache()
         s3.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op,point", [("add-base", "backend.put.in-flight:4"), ("add-base", "backend.put.in-flight:7"),
+                                      ("add-base", "backend.put.after-rename:5"), ("add-base", "commit.before-db-commit"),
+                                      ("gc", "gc.deleted-one")], ids=lambda x: x)
+def test_kill_9_with_objects_on_s3(s3_env, tmp_path: Path, op: str, point: str) -> None:
+    url = f"s3://deltastore/{tmp_path.name}"
+    src = make_sources(tmp_path / "src")
+    home = tmp_path / "home"
+    with deltastore.open(home, objects_url=url) as st:
+        st.add_base("b", src / "base0", message="base0")
+        st.add_finetune("f", src / "ft0", "b", codec="lossless", message="ft0")
+        st.add_base("tmp", src / "base1", message="base1")
+        st.rm("tmp")
+    survive(home, src, op, point, tmp_path, env={"OBJECTS_URL": url, **s3_env}, objects_url=url)
