@@ -24,6 +24,8 @@ from .kernel_testlib import DEVICE, encode_delta, packed_delta, rel
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
 DELTA_TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
+# tests of 6-8 launches take tens of seconds under the CPU interpreter (seconds each launch); on a GPU they are fast
+interp_slow = pytest.mark.slow if triton_ops.interpreting() else (lambda f: f)
 
 
 def _valid_z(dset: DeltaSet, slot: int, z: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:
@@ -51,15 +53,15 @@ def test_shrink_expand_match_reference_every_layout(M: int, dtype: torch.dtype) 
     y0 = (x.float() @ W.to(DEVICE).float().T).to(dtype)
     zr = ref_ops.shrink(x, ds, plan)
     yr = ref_ops.expand(zr, y0.clone(), ds, plan)
-    for split in ((1, 2) if M == 1 else (1,)):
+    d_r = ref_ops.expand(zr, torch.zeros_like(y0), ds, plan)
+    for split in ((1, 2) if M == 1 else (1,)):  # (each launch costs seconds under the interpreter)
         zt = triton_ops.shrink(x, ds, plan, split)
         pos = torch.arange(int(plan.counts[0]), device=zt.device)
         for a, b in zip(_valid_z(ds, 0, zt, pos), _valid_z(ds, 0, zr, pos)):
             assert rel(a, b) < 1e-4
-        # the delta part alone (y starts at 0, so rounding y to its dtype costs only 2^-9 relative)
-        d_t = triton_ops.expand(zt, torch.zeros_like(y0), ds, plan)
-        d_r = ref_ops.expand(zr, torch.zeros_like(y0), ds, plan)
-        assert rel(d_t.float(), d_r.float()) < DELTA_TOL[dtype]
+        if M == 1:  # the delta part alone (y starts at 0, so rounding y costs only 2^-9 relative)
+            d_t = triton_ops.expand(zt, torch.zeros_like(y0), ds, plan)
+            assert rel(d_t.float(), d_r.float()) < DELTA_TOL[dtype]
     yt = triton_ops.expand(zt, y0.clone(), ds, plan)
     bound = 2 * torch.finfo(dtype).eps * yr.float().abs() + DELTA_TOL[dtype] * d_r.float().abs().amax(dim=1, keepdim=True)
     assert bool(((yt.float() - yr.float()).abs() <= bound + 1e-6).all())
@@ -85,6 +87,7 @@ def test_dequant_rows_is_exact(bits: int) -> None:
     assert torch.equal(triton_ops.dequant_rows(*args).cpu(), ref_ops.dequant_rows(*args).cpu())
 
 
+@interp_slow
 def test_mixed_batch_rows_match_each_tenant_alone() -> None:
     dtype = torch.bfloat16
     m, n = 70, 90
@@ -108,6 +111,7 @@ def test_mixed_batch_rows_match_each_tenant_alone() -> None:
         assert torch.equal(y[ids == -1], y0[ids == -1])
 
 
+@interp_slow
 def test_fused_slices_with_a_missing_delta_and_a_dropped_slot() -> None:
     """q/k/v-style: three linears of different widths share x; tenant 1 has no delta for k."""
     dtype = torch.float16
