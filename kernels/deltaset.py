@@ -129,6 +129,15 @@ class DeltaSet:
         self._slots[slot] = None
         self._built = False
 
+    def to(self, device: torch.device | str) -> "DeltaSet":
+        """Move every slot's packed arrays (tables and buffers are rebuilt there on next use)."""
+        device = torch.device(device)
+        if device != self.device:
+            self._slots = [None if sl is None else [None if d is None else d.to(device) for d in sl] for sl in self._slots]
+            self.device = device
+            self._built = False
+        return self
+
     def slot(self, s: int) -> list[PackedDeltaCoMe | None] | None:
         return self._slots[s]
 

@@ -131,6 +131,8 @@ class DeltaLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device != self.weight.device:
             raise KernelError(f"input on {x.device}, but this layer's weights and deltas are on {self.weight.device}")
+        if self.deltas.device != self.weight.device:  # the module was moved (.to / .cuda): its deltas follow
+            self.deltas.to(self.weight.device)
         y = nn.functional.linear(x, self.weight, self.bias)
         if self.deltas.n_slots == 0:
             return y

@@ -203,3 +203,17 @@ def test_reshape_unpack_matches_gather() -> None:
     y0 = torch.zeros(3, m, dtype=torch.float16, device=DEVICE)
     out = [triton_ops.expand(triton_ops.shrink(x, ds, plan, 1, gather=g), y0.clone(), ds, plan, gather=g) for g in (True, False)]
     assert torch.equal(out[0], out[1])
+
+
+def test_delta_linear_refuses_an_input_on_another_device_and_follows_its_module() -> None:
+    from deltastore.kernels import DeltaContext, DeltaLinear, KernelError
+
+    W, pk, _ = packed_delta(40, 64, group_size=32, schedule=[[8, 1], [2, None]])
+    lin = DeltaLinear(W, None, DeltaContext(1, default_id=0), "torch")
+    lin.add_delta(pk)
+    with pytest.raises(KernelError, match="input on meta"):
+        lin(torch.zeros(2, 64, device="meta", dtype=W.dtype))
+    x = torch.randn(2, 64).to(W.dtype)
+    want = (x.float() @ (W.float() + pk.dense()).T)
+    got = lin.to(torch.float32)(x.float())  # moved/cast by nn.Module: the deltas follow
+    assert rel(got, want) < 1e-5
