@@ -88,6 +88,19 @@ def put_checked(backend: Backend, key: str, data: bytes) -> None:
     backend.fs.pipe_file(f"{backend.root}/{key}", data, ContentMD5=md5)
 
 
+def get_whole(backend: Backend, key: str) -> bytes | None:
+    """An object's stored bytes in one request. (s3fs's ``cat_file`` first asks for the size, to
+    split large reads: a second round trip per object, which costs a third of a pull's time.)"""
+    if backend.local:
+        return backend.get(key)
+    try:
+        return backend.fs.cat_file(f"{backend.root}/{key}", max_concurrency=1)
+    except TypeError:  # a filesystem without that knob
+        return backend.get(key)
+    except FileNotFoundError:
+        return None
+
+
 def put_if_absent(backend: Backend, key: str, data: bytes) -> bool:
     """Create ``key`` only if nothing is there; True if this call created it, False if it existed.
 
@@ -195,7 +208,7 @@ def copy_objects(src: "Side", dst: "Side", oids: list[str], *, progress: Progres
 
         def one(oid: str) -> None:
             key = key_of(oid)
-            data = src.backend.get(key)
+            data = get_whole(src.backend, key)
             if data is None:
                 raise ObjectMissingError(oid, f"{src.label} lost object {oid} during the transfer")
             try:
