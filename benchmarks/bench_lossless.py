@@ -7,7 +7,7 @@ saved every few steps (a series directory ``stepNNNN/`` as written by ``--make-s
 pair is the base and the series' last checkpoint).
 
 Rows:
-  lossless v1 / v2     the codec alone (``Lossless(by_exponent=False)`` / ``Lossless()``), tensor
+  lossless v1 / v2     the codec alone (``Lossless()``, the default / ``Lossless(by_exponent=True)``), tensor
                        by tensor, on the tensors the fine-tune changed (the store keeps an
                        unchanged tensor as a reference to the base: 0 bytes); bytes = every
                        payload's bytes, header included.
@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
     base = load_file(str(base_file))
     meta = json.loads((args.series / "series.json").read_text()) if (args.series / "series.json").is_file() else {}
     lines = [f"# Lossless fine-tune codec: format v1, v2 and zipnn ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `python benchmarks/bench_lossless.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+             f"Command: `python benchmarks/bench_lossless.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
              f"Machine: {args.machine}; load average at start {os.getloadavg()[0]:.1f}  ",
              f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
              f"zipnn {_version('zipnn')}, zstandard {_version('zstandard')}  ",
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
     say("")
     z = bench_zipnn(last / "model.safetensors", args.repeat)
     v1 = bench_codec(Lossless(by_exponent=False), pairs, args.repeat)
-    v2 = bench_codec(Lossless(), pairs, args.repeat)
+    v2 = bench_codec(Lossless(by_exponent=True), pairs, args.repeat)
     say("| method | MB | x zipnn | encode MB/s/core | decode MB/s/core |")
     say("|---|---:|---:|---:|---:|")
     if z:
@@ -236,8 +237,8 @@ def main(argv=None) -> int:
 
     say("## Checkpoint series: each checkpoint against the one before")
     say("")
-    say("| checkpoint | elements changed | v1 MB | v2 MB | zipnn MB (alone) | v2 x zipnn |")
-    say("|---|---:|---:|---:|---:|---:|")
+    say("| checkpoint | elements changed | v1 MB | v2 MB | zipnn MB (alone) | v2 x zipnn | v2 MB against the base (an anchor) |")
+    say("|---|---:|---:|---:|---:|---:|---:|")
     prev = base
     for c in ckpts:
         cur = load_file(str(c / "model.safetensors"))
@@ -246,11 +247,13 @@ def main(argv=None) -> int:
         nch = sum(int((t.view(torch.uint8).reshape(-1, t.element_size()) != b.view(torch.uint8).reshape(-1, t.element_size())).any(1).sum())
                   for _, t, b in pr)
         b1 = sum(len(to_bytes(Lossless(by_exponent=False).encode(t, b))) for _, t, b in pr)
-        b2 = sum(len(to_bytes(Lossless().encode(t, b))) for _, t, b in pr)
+        b2 = sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b))) for _, t, b in pr)
+        anchor = b2 if prev is base else sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b)))
+                                             for _, t, b in changed_pairs(base, cur))
         zc = bench_zipnn(c / "model.safetensors", args.series_repeat)
         zb = zc["bytes"] if zc else float("nan")
         say(f"| {c.name} vs {'base' if prev is base else 'previous'} | {nch / nel:.1%} | {b1 / MB:.2f} | {b2 / MB:.2f} | "
-            f"{zb / MB:.2f} | {b2 / zb:.3f} |")
+            f"{zb / MB:.2f} | {b2 / zb:.3f} | {anchor / MB:.2f} |")
         prev = cur
     say("")
 
