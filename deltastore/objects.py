@@ -9,6 +9,10 @@ and identical content is stored once whatever the kind. On the backend it lives 
     b"DSO1"  u8 kind (b t d m)  u8 coding (0 zstd, 1 byte-plane stream, 2 raw)  u16 reserved  body
 
 Objects are written once (temp + rename, or one PUT) and never modified; only ``gc`` deletes.
+Nothing read back is trusted: a frame's claimed decoded size is checked against what the caller
+expects (the manifest's size) before anything is allocated, and every failure to decode is a
+:class:`CorruptObjectError`. On a file system an add that finds its object already stored checks
+the stored size and frame first (``stored_problem``) and rewrites a torn one.
 """
 
 from __future__ import annotations
