@@ -5,8 +5,8 @@ a remote with ``--db``): a version lands there through ``ingest.commit_version``
 path as an add, so numbers are allocated by that catalog. A :class:`RecordsSide` is a bare object
 store whose version and tag records (``records.py``, what ``db rebuild`` reads) are its catalog: a
 version lands there as a record created with a conditional write (``If-None-Match: *`` on S3, a
-hard link that fails on an existing name locally), so two writers of one NAME can never overwrite
-each other; the loser takes the next number.
+hard link that fails on an existing name locally: ``Backend.put_if_absent``), so two writers
+of one NAME can never overwrite each other; the loser takes the next number.
 
 A transfer of REF (:func:`transfer`):
 
@@ -25,31 +25,28 @@ only what is still missing.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import json
-import os
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterator, Protocol
 
 from sqlalchemy import select
 
 from . import records
 from .backend import TMP_PREFIX, Backend
 from .catalog import Model, ObjectRow, Version
-from .errors import BadInputError, ConflictError, CorruptObjectError, DeltaStoreError, ObjectMissingError, RemoteError, UnknownRefError
+from .errors import BadInputError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
 from .ingest import commit_version
 from .lookup import version_info
-from .maintenance import lease
+from .maintenance import LeaseHandle, lease
 from .manifest import Manifest
 from .objects import ObjectDB, PutResult, key_of, parse_oid
 from .protocols import Progress, StoreView, no_progress
-from .refs import check_name, parse_ref
+from .refs import parse_ref
 from .results import VersionInfo
 
 #: objects in flight at once (I/O bound: waiting on the network or the disk, not on a core)
@@ -99,50 +96,6 @@ def get_whole(backend: Backend, key: str) -> bytes | None:
         return backend.get(key)
     except FileNotFoundError:
         return None
-
-
-def put_if_absent(backend: Backend, key: str, data: bytes) -> bool:
-    """Create ``key`` only if nothing is there; True if this call created it, False if it existed.
-
-    Locally: write a temp file, then ``os.link`` it to the name (which fails if the name exists):
-    the name appears whole or not at all. On S3: one PUT with ``If-None-Match: *``."""
-    backend._check_writable()
-    path = f"{backend.root}/{key}"
-    if backend.local:
-        d = os.path.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-    for attempt in range(5):
-        try:
-            backend.fs.pipe_file(path, bytes(data), mode="create")
-            return True
-        except OSError as e:
-            code = _s3_code(e)
-            if code == "PreconditionFailed" or "pre-condition" in str(e).lower():
-                return False
-            if code != "ConditionalRequestConflict":  # AWS: another conditional write is in flight
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    return False
-
-
-def _s3_code(e: BaseException) -> str | None:
-    cause = e.__cause__ or e.__context__
-    resp = getattr(cause, "response", None)
-    if isinstance(resp, dict):
-        return resp.get("Error", {}).get("Code")
-    return None
 
 
 def sizes_of(backend: Backend, oids: list[str], pool: ThreadPoolExecutor) -> list[int | None]:
@@ -286,6 +239,7 @@ class StoreSide:
         self.label = label
         self.backend = store.backend
         self.objects = store.objects
+        self._held: LeaseHandle | None = None
 
     def resolve(self, ref: str) -> VersionInfo:
         return self.store.resolve(ref)
@@ -325,7 +279,7 @@ class StoreSide:
             full.append(p)
         codec = None if src.kind == "base" else _CodecLabel(src.codec, dict(src.codec_params))
         return commit_version(self.store, src.model, manifest, src.manifest, full, base, codec, src.message, [],
-                              src.author, dict(src.metrics), src.calib_sha256)
+                              src.author, dict(src.metrics), src.calib_sha256, held=self._held)
 
     def set_tag(self, info: VersionInfo, tag: str) -> bool:
         if tag in self.resolve(info.ref).tags:
@@ -336,8 +290,15 @@ class StoreSide:
     def keep(self, oid: str) -> None:
         self.backend.touch(key_of(oid))  # an object this transfer relies on: out of gc's grace window
 
-    def hold(self, what: str) -> AbstractContextManager:
-        return lease(self.store, what)  # gc keeps what an unfinished transfer wrote
+    @contextmanager
+    def hold(self, what: str) -> Iterator[None]:
+        """An add's lease for the transfer: no gc runs here from the first object to the commit."""
+        with lease(self.store, what) as held:
+            self._held = held
+            try:
+                yield
+            finally:
+                self._held = None
 
 
 class RecordsSide:
@@ -349,36 +310,13 @@ class RecordsSide:
         self.label = label
         self._versions: dict[str, dict[int, VersionInfo]] = {}
 
-    # -- reading records (nothing read from a remote is trusted: every field is checked) ------
-    def _read(self, key: str) -> dict | None:
-        raw = self.backend.get(key)
-        if raw is None:
-            return None
+    # -- reading records (nothing read from a remote is trusted: records.py checks every field) --
+    def _info(self, key: str, data: bytes | None) -> VersionInfo:
         try:
-            d = json.loads(raw)
-            if not isinstance(d, dict):
-                raise ValueError("not an object")
-            return d
-        except ValueError as e:
-            raise RemoteError(f"{self.label}: record {key} is not valid JSON ({e})") from None
-
-    def _info(self, key: str, d: dict) -> VersionInfo:
-        try:
-            model, number = check_name(str(d["model"])), int(d["number"])
-            parse_oid(str(d["manifest"]))
-            base = d.get("base")
-            if base is not None:
-                parse_ref(str(base))
-            created = dt.datetime.fromisoformat(str(d["created_at"]).removesuffix("Z"))
-            return VersionInfo(
-                model=model, number=number, manifest=str(d["manifest"]), kind=str(d["kind"]), base=base,
-                codec=str(d["codec"]), codec_params=dict(d.get("codec_params") or {}),
-                logical_bytes=int(d["logical_bytes"]), stored_bytes=int(d["stored_bytes"]),
-                referenced_bytes=int(d["referenced_bytes"]), message=str(d.get("message") or ""),
-                author=str(d.get("author") or ""), created_at=created, metrics=dict(d.get("metrics") or {}),
-                calib_sha256=d.get("calib_sha256"))
-        except (KeyError, TypeError, ValueError, DeltaStoreError) as e:
-            raise RemoteError(f"{self.label}: version record {key} is malformed ({e})") from None
+            d = records.parse_version(key, data)
+        except CorruptRecordError as e:
+            raise RemoteError(f"{self.label}: {e}") from None
+        return VersionInfo(**{f.name: d[f.name] for f in fields(VersionInfo) if f.name in d})
 
     def _model_versions(self, model: str, *, fresh: bool = False) -> dict[int, VersionInfo]:
         if fresh or model not in self._versions:
@@ -387,13 +325,10 @@ class RecordsSide:
                 name = key.rsplit("/", 1)[-1]
                 if not (name.startswith("v") and name.endswith(".json") and name[1:-5].isdigit()):
                     continue
-                d = self._read(key)
-                if d is None:
-                    continue
-                info = self._info(key, d)
-                if (info.model, info.number) != (model, int(name[1:-5])):
-                    raise RemoteError(f"{self.label}: record {key} names {info.ref}")
-                out[info.number] = info
+                data = self.backend.get(key)
+                if data is not None:  # removed since the listing
+                    info = self._info(key, data)
+                    out[info.number] = info
             self._versions[model] = out
         return self._versions[model]
 
@@ -401,8 +336,14 @@ class RecordsSide:
         out: dict[str, int] = {}
         for key in self.backend.list(f"{records.PREFIX}/tags/{model}"):
             if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
-                d = self._read(key)
-                if d is not None and isinstance(d.get("version"), int) and isinstance(d.get("tag"), str):
+                data = self.backend.get(key)
+                if data is None:
+                    continue
+                try:
+                    d = records.parse_tag(key, data)
+                except CorruptRecordError as e:
+                    raise RemoteError(f"{self.label}: {e}") from None
+                if d["model"] == model:
                     out[d["tag"]] = d["version"]
         return out
 
@@ -461,13 +402,14 @@ class RecordsSide:
                                   "stored_bytes": stored_new, "referenced_bytes": referenced})
             d = info.to_dict()
             d.pop("tags", None)  # the bytes records.write_version writes
-            if put_if_absent(self.backend, records.version_key(info.model, number),
-                             json.dumps(d, sort_keys=True, indent=1).encode()):
+            if self.backend.put_if_absent(records.version_key(info.model, number),
+                                          json.dumps(d, sort_keys=True, indent=1).encode()):
                 self._versions.setdefault(src.model, {})[number] = info
                 return info
-            other = self._read(records.version_key(src.model, number))  # another writer took it
-            if other is not None and other.get("manifest") == src.manifest:
-                return self._info(records.version_key(src.model, number), other)  # the same version, pushed at once
+            key = records.version_key(src.model, number)  # another writer took it
+            data = self.backend.get(key)
+            if data is not None and (other := self._info(key, data)).manifest == src.manifest:
+                return other  # the same version, pushed at once
             number += 1
         raise ConflictError(f"could not allocate a version number for {src.model!r} on {self.label}")
 

@@ -15,9 +15,8 @@ import deltastore
 from deltastore import remotes
 from deltastore.errors import CorruptObjectError, RemoteError
 from deltastore.objects import key_of
-from deltastore.transfer import put_if_absent
 
-from ..conftest import finetune_of, llama_like, tree_hashes, write_model
+from ..conftest import tree_hashes
 
 
 def test_push_then_pull_is_byte_exact(filled, other, models, tmp_path: Path) -> None:
@@ -122,7 +121,7 @@ def test_conditional_create(tmp_path: Path) -> None:
     wins: list[int] = []
 
     def go(i: int) -> None:
-        if put_if_absent(b, "catalog/versions/m/v1.json", json.dumps({"who": i}).encode()):
+        if b.put_if_absent("catalog/versions/m/v1.json", json.dumps({"who": i}).encode()):
             wins.append(i)
 
     ts = [threading.Thread(target=go, args=(i,)) for i in range(8)]
