@@ -21,19 +21,34 @@ class Models:
     ft2: Path  # a second fine-tune of the same base
 
 
-@pytest.fixture
-def models(tmp_path: Path) -> Models:
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Models:
+    tmp = tmp_path_factory.mktemp("models")
     base = llama_like(0)
-    return Models(write_model(tmp_path / "m-base", base), write_model(tmp_path / "m-ft", finetune_of(base, seed=1)),
-                  write_model(tmp_path / "m-ft2", finetune_of(base, seed=2)))
+    return Models(write_model(tmp / "m-base", base), write_model(tmp / "m-ft", finetune_of(base, seed=1)),
+                  write_model(tmp / "m-ft2", finetune_of(base, seed=2)))
+
+
+def _fill(home: Path, models: Models) -> deltastore.Store:
+    st = deltastore.open(home)
+    st.add_base("b", models.base, tags=["prod"], message="the base")
+    st.add_finetune("f", models.ft, base="b", codec="lossless", tags=["best"], message="tuned")
+    return st
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, models: Models) -> deltastore.Store:
+    """Shared by a module's tests that only push from it: b@v1 (tagged prod) and f@v1, a lossless
+    fine-tune of it (tagged best). Tests that change it take ``filled``."""
+    st = _fill(tmp_path_factory.mktemp("source") / "a", models)
+    yield st
+    st.close()
 
 
 @pytest.fixture
 def filled(tmp_path: Path, models: Models) -> deltastore.Store:
-    """A store with b@v1 (tagged prod) and f@v1, a lossless fine-tune of it (tagged best)."""
-    st = deltastore.open(tmp_path / "a")
-    st.add_base("b", models.base, tags=["prod"], message="the base")
-    st.add_finetune("f", models.ft, base="b", codec="lossless", tags=["best"], message="tuned")
+    """A store of its own for one test, holding what ``source`` holds."""
+    st = _fill(tmp_path / "a", models)
     yield st
     st.close()
 

@@ -19,17 +19,17 @@ from deltastore.objects import key_of
 from ..conftest import tree_hashes
 
 
-def test_push_then_pull_is_byte_exact(filled, other, models, tmp_path: Path) -> None:
+def test_push_then_pull_is_byte_exact(source, other, models, tmp_path: Path) -> None:
     url = str(tmp_path / "remote")
-    remotes.add_remote(filled.config.home, "origin", url)
+    remotes.add_remote(source.config.home, "origin", url, replace=True)
     seen: list[tuple[str, int, int]] = []
-    r = filled.push("f@best", progress=lambda *a: seen.append(a))
+    r = source.push("f@best", progress=lambda *a: seen.append(a))
     assert [(m.src, m.dst, m.new) for m in r.versions] == [("b@v1", "b@v1", True), ("f@v1", "f@v1", True)]
     assert r.objects_sent > 0 and r.objects_present == 0 and sorted(r.tags) == ["b@prod", "f@best"]
     assert seen[-1][1] == seen[-1][2] == r.bytes_sent  # progress in bytes, ending at the total
     assert r.bytes_sent == sum(p.stat().st_size for p in (tmp_path / "remote" / "objects").rglob("*") if p.is_file())
 
-    again = filled.push("f@best")  # a second push sends nothing
+    again = source.push("f@best")  # a second push sends nothing
     assert (again.objects_sent, again.bytes_sent, again.new_versions, again.tags) == (0, 0, [], [])
 
     remotes.add_remote(other.config.home, "origin", url)
@@ -47,25 +47,25 @@ def test_push_then_pull_is_byte_exact(filled, other, models, tmp_path: Path) -> 
     assert other.pull("f@v1").objects_sent == 0
 
 
-def test_pull_numbers_locally(filled, other, models, tmp_path: Path) -> None:
+def test_pull_numbers_locally(source, other, models, tmp_path: Path) -> None:
     """Numbers are each store's own: a pull commits like an add, after what the store already has."""
     url = str(tmp_path / "remote")
-    filled.push("f", url)
+    source.push("f", url)
     other.add_base("f", models.base)  # 'f' exists here already, as another model's v1
     with pytest.raises(deltastore.DeltaStoreError):
         other.pull("f@v1", url)  # 'f' here holds bases; the remote's f@v1 is a fine-tune
     other.rm("f")
     other.add_finetune("f", models.ft2, base=other.pull("b", url).dst_ref, codec="lossless")
     p = other.pull("f@v1", url)
-    assert p.dst_ref == "f@v2" and other.resolve("f@v2").manifest == filled.resolve("f@v1").manifest
+    assert p.dst_ref == "f@v2" and other.resolve("f@v2").manifest == source.resolve("f@v1").manifest
 
 
-def test_two_stores_push_one_name(filled, other, models, tmp_path: Path) -> None:
+def test_two_stores_push_one_name(source, other, models, tmp_path: Path) -> None:
     """Two stores each with their own f@v1: both land on the remote, as f@v1 and f@v2."""
     url = str(tmp_path / "remote")
     other.add_base("b", models.base)
     other.add_finetune("f", models.ft2, base="b", codec="lossless")
-    a = filled.push("f", url)
+    a = source.push("f", url)
     b = other.push("f", url)
     assert (a.dst_ref, b.dst_ref) == ("f@v1", "f@v2")
     assert [m.new for m in b.versions] == [False, True]  # the shared base was matched, not re-sent
@@ -75,22 +75,22 @@ def test_two_stores_push_one_name(filled, other, models, tmp_path: Path) -> None
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft2)
 
 
-def test_records_remote_rebuilds_as_a_store(filled, tmp_path: Path) -> None:
+def test_records_remote_rebuilds_as_a_store(source, tmp_path: Path) -> None:
     """A pushed-to directory is a store's objects: `db rebuild` over it gives the versions back."""
     url = tmp_path / "remote"
-    filled.push("f", str(url))
+    source.push("f", str(url))
     st = deltastore.open(tmp_path / "r", objects_url=str(url))
     rep = st.rebuild_catalog()
     assert (rep.versions, rep.tags) == (2, 2)
-    assert st.resolve("f@best").manifest == filled.resolve("f").manifest
+    assert st.resolve("f@best").manifest == source.resolve("f").manifest
     assert st.verify().ok
 
 
-def test_catalog_remote(filled, other, models, tmp_path: Path) -> None:
+def test_catalog_remote(source, other, models, tmp_path: Path) -> None:
     """A remote with its own catalog: versions are committed there through it."""
     db = f"sqlite:///{tmp_path / 'team.db'}"
-    remotes.add_remote(filled.config.home, "team", str(tmp_path / "team"), db_url=db)
-    filled.push("f", "team")
+    remotes.add_remote(source.config.home, "team", str(tmp_path / "team"), db_url=db)
+    source.push("f", "team")
     team = deltastore.open(tmp_path / "team-home", db_url=db, objects_url=str(tmp_path / "team"))
     assert team.resolve("f@best").base == "b@v1" and team.verify().ok
     remotes.add_remote(other.config.home, "team", str(tmp_path / "team"), db_url=db)
@@ -99,10 +99,10 @@ def test_catalog_remote(filled, other, models, tmp_path: Path) -> None:
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft)
 
 
-def test_corrupt_remote_object_is_refused(filled, other, tmp_path: Path) -> None:
+def test_corrupt_remote_object_is_refused(source, other, tmp_path: Path) -> None:
     url = tmp_path / "remote"
-    filled.push("f", str(url))
-    oid = next(t.object for _, t in filled.manifest("f").tensors() if t.object)
+    source.push("f", str(url))
+    oid = next(t.object for _, t in source.manifest("f").tensors() if t.object)
     p = url / key_of(oid)
     os.chmod(p, stat.S_IWUSR | stat.S_IRUSR)
     data = bytearray(p.read_bytes())
@@ -133,12 +133,12 @@ def test_conditional_create(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "x" / "catalog" / "versions" / "m").iterdir()] == ["v1.json"]
 
 
-def test_remote_that_is_not_a_store(filled, other, tmp_path: Path) -> None:
+def test_remote_that_is_not_a_store(source, other, tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("hello")
     with pytest.raises(RemoteError, match="not a deltastore store"):
-        filled.push("f", str(junk))
+        source.push("f", str(junk))
     with pytest.raises(RemoteError, match="is empty"):
         other.pull("f", str(tmp_path / "nothing-here"))
     assert not (junk / "objects").exists() and other.models() == []

@@ -48,7 +48,7 @@ def _local_state(st) -> tuple:
     return (sorted(st.objects.all_oids()), [(v.ref, tuple(v.tags)) for m in st.models() for v in st.versions(m.name)])
 
 
-def test_bad_remotes_are_one_line(s3, filled, other, tmp_path: Path) -> None:
+def test_bad_remotes_are_one_line(s3, source, other, tmp_path: Path) -> None:
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3.storage_options(), skip_instance_cache=True)
@@ -64,12 +64,12 @@ def test_bad_remotes_are_one_line(s3, filled, other, tmp_path: Path) -> None:
         "no bucket": (remotes.Remote("nob", "s3://no-such-bucket/p"), "no bucket named 'no-such-bucket'"),
         "not a store": (remotes.Remote("photos", "s3://deltastore/photos"), "not a deltastore store"),
     }
-    before_a, before_b = _local_state(filled), _local_state(other)
+    before_a, before_b = _local_state(source), _local_state(other)
     for what, (remote, want) in cases.items():
-        for op in (lambda: filled.push("f", remote), lambda: other.pull("f", remote)):
+        for op in (lambda: source.push("f", remote), lambda: other.pull("f", remote)):
             with pytest.raises(RemoteError) as e:
                 op()
             msg = str(e.value)
             assert want in msg and "\n" not in msg, (what, msg)
             assert "Wr0ngSecret-xyz" not in msg and f"remote {remote.name!r}" in msg
-    assert _local_state(filled) == before_a and _local_state(other) == before_b
+    assert _local_state(source) == before_a and _local_state(other) == before_b
