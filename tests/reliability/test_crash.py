@@ -56,8 +56,7 @@ POINTS = [
     ("tag", "backend.put.open"),
 ]
 #: the ones the default suite runs (the rest are marked slow)
-QUICK = {("add-base", "backend.put.half-written:4"), ("add-base", "commit.before-db-commit"),
-         ("add-base", "commit.after-db-commit"), ("gc", "gc.deleted-one"), ("checkout", "backend.get:9")}
+QUICK = {("add-base", "backend.put.half-written:4"), ("add-base", "commit.before-db-commit"), ("gc", "gc.deleted-one")}
 
 
 @pytest.fixture(scope="module")
