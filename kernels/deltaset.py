@@ -151,11 +151,13 @@ class DeltaSet:
         zeros: list[torch.Tensor] = []
         svals: list[torch.Tensor] = []
         off = {"w": 0, "sz": 0, "s": 0}
+        rebind: list[tuple[object, str, str, int]] = []  # (owner, attribute, buffer, offset)
 
-        def put(t: torch.Tensor, lst: list[torch.Tensor], key: str) -> int:
+        def put(t: torch.Tensor, lst: list[torch.Tensor], key: str, owner: object = None, attr: str = "") -> int:
             at = off[key]
             lst.append(t.reshape(-1))
             off[key] += t.numel()
+            rebind.append((owner, attr, key, at))
             return at
 
         records: list[list[list[list[int]]]] = []  # [slot][slice] -> tier rows
@@ -168,16 +170,18 @@ class DeltaSet:
                 rows: list[list[int]] = []
                 if d is not None and d.rank:
                     gss.add(d.group_size)
-                    s0 = put(d.S, svals, "s")
+                    s0 = put(d.S, svals, "s", d, "S")
                     comp = 0
                     for v, u in d.tiers:
                         rec = [0] * NF
-                        rec[F["v_q"]] = put(v.q, words, "w")
-                        rec[F["v_sz"]] = put(v.s, scales, "sz")
+                        rec[F["v_q"]] = put(v.q, words, "w", v, "q")
+                        rec[F["v_sz"]] = put(v.s, scales, "sz", v, "s")
                         zeros.append(v.z.reshape(-1))  # zeros share the scales' offsets
-                        rec[F["u_q"]] = put(u.q, words, "w")
-                        rec[F["u_sz"]] = put(u.s, scales, "sz")
+                        rebind.append((v, "z", "z", rec[F["v_sz"]]))
+                        rec[F["u_q"]] = put(u.q, words, "w", u, "q")
+                        rec[F["u_sz"]] = put(u.s, scales, "sz", u, "s")
                         zeros.append(u.z.reshape(-1))
+                        rebind.append((u, "z", "z", rec[F["u_sz"]]))
                         rec[F["s_off"]] = s0 + comp
                         rec[F["bits"]] = v.bits
                         rec[F["count"]] = v.count
@@ -202,6 +206,12 @@ class DeltaSet:
         self.scales = cat(scales, torch.float16)
         self.zeros = cat(zeros, torch.float16)
         self.svals = cat(svals, torch.float32)
+        # every slot's arrays become views of the flat buffers: the device holds one copy of each delta
+        bufs = {"w": self.words, "sz": self.scales, "z": self.zeros, "s": self.svals}
+        for owner, attr, key, at in rebind:
+            t = getattr(owner, attr)
+            setattr(owner, attr, bufs[key][at : at + t.numel()].view(t.shape))
+        del words, scales, zeros, svals
         n_slots = max(len(records), 1)
         max_tiers = max([len(r) for per in records for r in per] + [1])
         tiers = torch.zeros(n_slots, self.n_slices, max_tiers, NF, dtype=torch.int64)

@@ -217,3 +217,16 @@ def test_delta_linear_refuses_an_input_on_another_device_and_follows_its_module(
     want = (x.float() @ (W.float() + pk.dense()).T)
     got = lin.to(torch.float32)(x.float())  # moved/cast by nn.Module: the deltas follow
     assert rel(got, want) < 1e-5
+
+
+def test_a_delta_set_holds_one_copy_of_each_delta() -> None:
+    """Memory: after a build the slots' arrays are views of the flat buffers (one copy on the device)."""
+    pks = [packed_delta(40, 64, seed=s, group_size=32, schedule=[[8, 1], [2, None]])[1] for s in (1, 2)]
+    ds = DeltaSet(64, [40], DEVICE)
+    for pk in pks:
+        ds.add([pk])
+    ds.build()
+    assert ds.nbytes == sum(pk.nbytes for pk in pks)
+    held = ds.slot(1)[0]
+    assert held.tiers[0][1].q.untyped_storage().data_ptr() == ds.words.untyped_storage().data_ptr()
+    assert torch.equal(held.dense().cpu(), pks[1].dense())
