@@ -92,6 +92,103 @@ def unzigzag(z: np.ndarray) -> np.ndarray:
     return ((u >> 1).view(z.dtype)) ^ -(z & 1)
 
 
+#: elements per block of the difference transforms: their temporaries stay in L2 and are reused
+#: (2.5-3x faster than whole-array numpy expressions, which page in fresh temporaries)
+BLOCK = 1 << 16
+
+
+def _ordered_into(x: np.ndarray, tmp: np.ndarray, out: np.ndarray, sh: int, mag) -> None:
+    """out = ordered(x), through ``tmp``; ``out`` may be ``x``."""
+    np.right_shift(x, sh, out=tmp)
+    np.bitwise_and(tmp, mag, out=tmp)
+    np.bitwise_xor(tmp, x, out=out)
+
+
+def diff_code(target: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """uint8 bytes of target and base (same length) -> uint8 bytes of the zigzagged ordered difference:
+    ``zigzag(ordered(target) - ordered(base))``, wrapping in the element's width."""
+    st, sb = target.view(_SINT[width]), base.view(_SINT[width])
+    n, sh = st.size, width * 8 - 1
+    mag = _SINT[width]((1 << sh) - 1)
+    out = np.empty(n, dtype=_SINT[width])
+    tmp, tb = np.empty(min(n, BLOCK), dtype=_SINT[width]), np.empty(min(n, BLOCK), dtype=_SINT[width])
+    with np.errstate(over="ignore"):
+        for i in range(0, n, BLOCK):
+            o = out[i : i + BLOCK]
+            t, u = tmp[: o.size], tb[: o.size]
+            _ordered_into(st[i : i + BLOCK], t, o, sh, mag)
+            _ordered_into(sb[i : i + BLOCK], t, u, sh, mag)
+            np.subtract(o, u, out=o)
+            np.right_shift(o, sh, out=t)  # zigzag: (d << 1) ^ (d >> sh)
+            np.left_shift(o, 1, out=o)
+            np.bitwise_xor(o, t, out=o)
+    return out.view(np.uint8)
+
+
+def diff_decode(code: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of :func:`diff_code`: the target's bytes from the code and the base's bytes."""
+    z, sb = code.view(_SINT[width]), base.view(_SINT[width])
+    n, sh = z.size, width * 8 - 1
+    mag, one, uint = _SINT[width]((1 << sh) - 1), _SINT[width](1), _UINT[width]
+    out = np.empty(n, dtype=_SINT[width])
+    tmp = np.empty(min(n, BLOCK), dtype=_SINT[width])
+    with np.errstate(over="ignore"):
+        for i in range(0, n, BLOCK):
+            zi, o = z[i : i + BLOCK], out[i : i + BLOCK]
+            t = tmp[: o.size]
+            np.right_shift(zi.view(uint), 1, out=o.view(uint))  # unzigzag: (z >>> 1) ^ -(z & 1)
+            np.bitwise_and(zi, one, out=t)
+            np.negative(t, out=t)
+            np.bitwise_xor(o, t, out=o)
+            _ordered_into(sb[i : i + BLOCK], t, t, sh, mag)
+            np.add(o, t, out=o)
+            _ordered_into(o, t, o, sh, mag)
+    return out.view(np.uint8)
+
+
+#: v2's chunk size: its per-chunk sort and scatter stay in cache (1.5x faster on large tensors than
+#: 4 MiB chunks, for about 1% more bytes, measured on SmolLM2's embedding)
+GROUPED_CHUNK_BYTES = 1 << 20
+
+
+def exponent_contexts(raw: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """One uint8 context per element of ``raw`` (the tensor's bytes): its exponent field (float64's
+    11 bits without their lowest 3). The sign is left out: it does not change the size of a step."""
+    shift, bits = EXPONENT_FIELD[dtype]
+    width = torch.empty((), dtype=dtype).element_size()
+    words = raw.view(_UINT[width])
+    if bits > 8:
+        shift, bits = shift + bits - 8, 8
+    e = words >> words.dtype.type(shift)
+    if width == 1:
+        return e & np.uint8((1 << bits) - 1)
+    e &= words.dtype.type((1 << bits) - 1)
+    return e.astype(np.uint8)
+
+
+def tensor_u8(t: torch.Tensor) -> np.ndarray:
+    """The tensor's raw little-endian bytes as a flat uint8 numpy array (no copy when contiguous)."""
+    t = t.detach().contiguous().cpu()
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def ordered(bits: np.ndarray) -> np.ndarray:
+    """Float bit patterns (as signed ints) -> integers in the same order as the floats. Involution."""
+    nbits = bits.dtype.itemsize * 8
+    mag = np.array((1 << (nbits - 1)) - 1, dtype=bits.dtype)
+    return bits ^ ((bits >> (nbits - 1)) & mag)
+
+
+def zigzag(d: np.ndarray) -> np.ndarray:
+    nbits = d.dtype.itemsize * 8
+    return (d << 1) ^ (d >> (nbits - 1))
+
+
+def unzigzag(z: np.ndarray) -> np.ndarray:
+    u = z.view(np.dtype(f"u{z.dtype.itemsize}"))
+    return ((u >> 1).view(z.dtype)) ^ -(z & 1)
+
+
 def diff_code(target: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     """uint8 bytes of target and base (same length) -> uint8 bytes of the zigzagged ordered difference."""
     st = target.view(_SINT[width])
