@@ -13,6 +13,12 @@ Remotes are named in ``remotes.toml`` in the store's home, written 0600 like ``c
     db_url = "postgresql+psycopg://deltastore@db/team"     # optional
     storage_options = { client_kwargs = { endpoint_url = "http://seaweed:8333" } }
 
+A local directory that is another store's home (it has a ``config.toml``) is opened with that
+config, so its own catalog sees what is pushed there. A bucket prefix that a store with a catalog
+uses must be added with that catalog (``--db``): records pushed there without it would be strays
+to that store's ``gc``. Tags follow the transfer: pushing or pulling a version sets (or moves) its
+tags on the other side.
+
 A remote that cannot be used (unreachable endpoint, credentials refused, no such bucket, a
 location holding something that is not a store) is one :class:`~deltastore.errors.RemoteError`
 line naming the remote by its safe URL, raised before anything local changes.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .backend import Backend
-from .config import StoreConfig, is_secret_name, make_home, redact, register_secret, safe_url
+from .config import CONFIG_NAME, StoreConfig, is_secret_name, load_config, make_home, redact, register_secret, safe_url
 from .errors import BadInputError, CorruptObjectError, DeltaStoreError, NotFoundError, ObjectMissingError, RemoteError
 from .objects import key_of
 from .protocols import Progress, StoreView, no_progress
@@ -197,9 +204,13 @@ def get_remote(home: str | Path, name: str | Remote | None = None) -> Remote:
 _REMOTE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "urllib3", "requests")
 
 
+_QUERY = re.compile(r"(\w+://[^\s\"'?]+)\?[^\s\"']*")
+
+
 def _why(e: BaseException) -> str:
+    """An exception's first line, redacted, without the query strings of the URLs it names."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return redact(msg)
+    return redact(_QUERY.sub(r"\1", msg))
 
 
 def remote_failure(remote: Remote, e: BaseException) -> RemoteError:
@@ -291,15 +302,21 @@ def open_remote(remote: Remote, store_cls: Callable[..., Any], *, write: bool, h
     if state == "empty" and not write and remote.db_url is None:
         raise RemoteError(f"{remote.label} is empty: nothing has been pushed there")
     opened = None
+    cfg = None
     if remote.db_url:
         cfg = StoreConfig(home, remote.db_url, remote.url, dict(remote.storage_options))
+    elif backend.local and (Path(backend.root) / CONFIG_NAME).is_file():
+        # another store's home: its own config names its catalog, which must see what lands there
+        # (records alone would be strays to its gc)
+        cfg = load_config(backend.root)
+    if cfg is not None:
         with talking_to(remote):
             try:
                 st = store_cls(cfg, read_only=not write)
             except DeltaStoreError as e:
-                raise RemoteError(f"{remote.label}: its catalog {safe_url(remote.db_url)}: {e}") from None
+                raise RemoteError(f"{remote.label}: its catalog {safe_url(cfg.db_url)}: {e}") from None
             except Exception as e:  # noqa: BLE001 - a driver's error: one line, never the URL's password
-                raise RemoteError(f"{remote.label}: its catalog {safe_url(remote.db_url)}: {_why(e)}") from None
+                raise RemoteError(f"{remote.label}: its catalog {safe_url(cfg.db_url)}: {_why(e)}") from None
         opened = OpenRemote(remote, StoreSide(st, remote.label), state, st)
     else:
         opened = OpenRemote(remote, RecordsSide(backend, remote.label), state)
@@ -359,7 +376,7 @@ def clone(url: str, home: str | Path | None, *, db_url: str | None = None, stora
     """A new local store at ``home`` tracking the store at ``url`` as remote ``name``; nothing is
     pulled. The remote is checked first, so a bad one leaves no home behind. ``init`` creates the
     local store and ``store_cls`` opens a catalog remote (this module does not import the facade)."""
-    from .config import CONFIG_NAME, default_home
+    from .config import default_home
 
     home_p = (Path(home).expanduser() if home else default_home()).absolute()
     if (home_p / CONFIG_NAME).exists():

@@ -163,3 +163,16 @@ def test_remotes_file(tmp_path: Path) -> None:
     assert remotes.get_remote(home, None).name == "team"  # the only one left
     with pytest.raises(deltastore.DeltaStoreError, match="no remote named 'nope'"):
         remotes.get_remote(home, "nope")
+
+
+def test_remote_that_is_another_stores_home(source, other, models, tmp_path: Path) -> None:
+    """A store's home as the remote: its own catalog sees the pushed versions at once (no stray
+    records for its gc), and it can be pulled from like any remote."""
+    r = source.push("f@best", str(other.config.home))
+    assert r.dst_ref == "f@v1"
+    assert other.resolve("f@best").base == "b@v1" and other.verify().ok
+    assert other.gc().deleted == 0
+    other.checkout("f", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft)
+    third = deltastore.open(tmp_path / "third")
+    assert third.pull("b@prod", str(other.config.home)).dst_ref == "b@v1"
