@@ -23,8 +23,8 @@ from . import codec as codecs
 from . import ingest, maintenance, materialize, remotes, versions
 from .backend import Backend
 from .catalog import Model
-from .config import StoreConfig, load_config
-from .db import make_engine, upgrade
+from .config import StoreConfig, load_config, safe_url
+from .db import ensure_schema, is_local_catalog, make_engine
 from .lookup import find_model, resolve_version, version_info
 from .manifest import Manifest
 from .objects import ObjectDB
@@ -46,16 +46,12 @@ class Store:
     """
 
     def __init__(self, config: StoreConfig, *, read_only: bool = False, migrate: bool = True, workers: int | None = None):
-        # the schema check: a local SQLite home upgrades itself; a shared catalog at an older
-        # revision asks for `deltastore db upgrade`; a newer one is refused (deltastore.db)
-        from .db import ensure_schema, is_local_catalog
-
         self.config = config.register_secrets()
         self.read_only = read_only
         self.workers = workers or default_workers()
         self.engine = make_engine(config.db_url)
-        if migrate:
-            try:
+        if migrate:  # a local SQLite home upgrades itself; a shared catalog at an older revision asks
+            try:       # for `deltastore db upgrade`; a newer one is refused (deltastore.db)
                 ensure_schema(self.engine, may_upgrade=is_local_catalog(self.engine), may_create=not read_only)
             except BaseException:
                 self.engine.dispose()
@@ -66,8 +62,7 @@ class Store:
         self._manifest_cache: dict[str, Manifest] = {}
 
     def __repr__(self) -> str:
-        from .config import safe_url  # no password or key in a repr (it lands in logs and tracebacks)
-
+        # no password or key in a repr (it lands in logs and tracebacks)
         return (f"<deltastore.Store home={str(self.config.home)!r} db={safe_url(self.config.db_url)!r} "
                 f"objects={safe_url(self.config.objects_url)!r}>")
 
