@@ -314,7 +314,7 @@ def open_remote(remote: Remote, store_cls: Callable[..., Any], *, write: bool, h
             try:
                 st = store_cls(cfg, read_only=not write)
             except DeltaStoreError as e:
-                raise RemoteError(f"{remote.label}: its catalog {safe_url(cfg.db_url)}: {e}") from None
+                raise RemoteError(f"{remote.label}: {e}") from None  # the store's error names the catalog
             except Exception as e:  # noqa: BLE001 - a driver's error: one line, never the URL's password
                 raise RemoteError(f"{remote.label}: its catalog {safe_url(cfg.db_url)}: {_why(e)}") from None
         opened = OpenRemote(remote, StoreSide(st, remote.label), state, st)

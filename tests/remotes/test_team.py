@@ -51,4 +51,4 @@ def test_team_remote_on_postgres_and_s3(pg, s3, filled, other, models, tmp_path:
     bad = remotes.Remote("gone", url, db_url=f"postgresql+psycopg://postgres:Pw-Secret-1@127.0.0.1:{pg.port}/nosuchdb")
     with pytest.raises(RemoteError) as e:
         c.pull("f", bad)
-    assert "its catalog" in str(e.value) and "Pw-Secret-1" not in str(e.value) and "\n" not in str(e.value)
+    assert "remote 'gone'" in str(e.value) and "nosuchdb" in str(e.value) and "Pw-Secret-1" not in str(e.value) and "\n" not in str(e.value)
