@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Any, Hashable
 
 import numpy as np
 from sqlalchemy import select
@@ -90,6 +90,7 @@ class FileReader:
         self.verify = verify
         self.unit_bytes = max(unit_bytes, 1)
         self._layouts: dict[tuple[str, str], VersionFile] = {}
+        self._shared = _CachedStore(store, cache) if verify else store
 
     # -- layout ---------------------------------------------------------------------------------
     def layout(self, manifest_oid: str, f: FileEntry, mtime: float = 0.0) -> VersionFile:
@@ -150,7 +151,7 @@ class FileReader:
         what = f"{path}: {t.name}"
         if e.source == "delta":
             def load_delta() -> np.ndarray:
-                return tensor_bytes(self.store, owner, e)
+                return tensor_bytes(self._shared, owner, e)
 
             return [Unit(pos, pos + t.nbytes, ("delta", owner, e.name), load_delta, what)]
         if e.source != "tensor":
@@ -160,7 +161,7 @@ class FileReader:
         oid, n = e.object, e.nbytes
         if self.verify:
             def load_whole() -> np.ndarray:
-                out = self.store.objects.get_array(oid, verify=True)
+                out = self.store.objects.get_array(oid, verify=True, nbytes=n)
                 if out.size != n:
                     raise CorruptObjectError(oid, f"tensor {e.name!r} decodes to {out.size} bytes, the manifest says {n}")
                 return out
@@ -203,6 +204,39 @@ class FileReader:
             u = vf.units[idx[-1] + 1]
             self.cache.prefetch(u.key, u.load)
         return out
+
+
+class _CachedObjects:
+    """``store.objects`` for ``tensor_bytes`` under the mount: a verified tensor object comes from
+    the shared cache (key ``("tensor", oid)``, the key of the base's own units), so the base
+    tensors under many fine-tunes are decoded and hashed once. The caller gets a copy: a codec may
+    treat its base as its own, and the cached unit is what other readers are served."""
+
+    def __init__(self, objects: Any, cache: DecodedCache):
+        self._objects = objects
+        self._cache = cache
+
+    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None) -> np.ndarray:
+        if not verify:
+            return self._objects.get_array(oid, verify=False, nbytes=nbytes)
+        arr = self._cache.get(("tensor", oid), lambda: self._objects.get_array(oid, verify=True, nbytes=nbytes))
+        if nbytes is not None and arr.size != nbytes:
+            raise CorruptObjectError(oid, f"decodes to {arr.size} bytes, not the {nbytes} expected")
+        return arr.copy()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objects, name)
+
+
+class _CachedStore:
+    """The store as ``tensor_bytes`` sees it from the mount: everything as it is but ``objects``."""
+
+    def __init__(self, store: StoreView, cache: DecodedCache):
+        self._store = store
+        self.objects = _CachedObjects(store.objects, cache)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -125,3 +125,14 @@ def test_corrupt_tensor_object_is_an_error_not_wrong_bytes(home: Path) -> None:
     with pytest.raises(CorruptObjectError) as e:
         fs.cat_file("big@v1/model.safetensors")
     assert t.object in str(e.value)
+
+
+def test_fine_tunes_reuse_the_base_units_already_decoded(home: Path, tmp_path: Path) -> None:
+    fs = DeltaStoreFileSystem(str(home), skip_instance_cache=True)
+    fs.cat_file("base@v1/model.safetensors")
+    with deltastore.open(home) as st:
+        deltas = sum(1 for _, t in st.manifest("ft@v1").tensors() if t.source == "delta")
+    hits, decoded = fs.cache.stats.hits, fs.cache.stats.misses
+    assert fs.cat_file("ft@v1/model.safetensors") == (tmp_path / "ft" / "model.safetensors").read_bytes()
+    assert deltas and fs.cache.stats.hits - hits >= deltas  # each delta applied to the cached base tensor
+    assert fs.cache.stats.misses - decoded <= deltas + 2  # the fine-tune's own units, not the base's again
