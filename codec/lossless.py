@@ -146,65 +146,6 @@ def diff_decode(code: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     return out.view(np.uint8)
 
 
-#: v2's chunk size: its per-chunk sort and scatter stay in cache (1.5x faster on large tensors than
-#: 4 MiB chunks, for about 1% more bytes, measured on SmolLM2's embedding)
-GROUPED_CHUNK_BYTES = 1 << 20
-
-
-def exponent_contexts(raw: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-    """One uint8 context per element of ``raw`` (the tensor's bytes): its exponent field (float64's
-    11 bits without their lowest 3). The sign is left out: it does not change the size of a step."""
-    shift, bits = EXPONENT_FIELD[dtype]
-    width = torch.empty((), dtype=dtype).element_size()
-    words = raw.view(_UINT[width])
-    if bits > 8:
-        shift, bits = shift + bits - 8, 8
-    e = words >> words.dtype.type(shift)
-    if width == 1:
-        return e & np.uint8((1 << bits) - 1)
-    e &= words.dtype.type((1 << bits) - 1)
-    return e.astype(np.uint8)
-
-
-def tensor_u8(t: torch.Tensor) -> np.ndarray:
-    """The tensor's raw little-endian bytes as a flat uint8 numpy array (no copy when contiguous)."""
-    t = t.detach().contiguous().cpu()
-    return t.reshape(-1).view(torch.uint8).numpy()
-
-
-def ordered(bits: np.ndarray) -> np.ndarray:
-    """Float bit patterns (as signed ints) -> integers in the same order as the floats. Involution."""
-    nbits = bits.dtype.itemsize * 8
-    mag = np.array((1 << (nbits - 1)) - 1, dtype=bits.dtype)
-    return bits ^ ((bits >> (nbits - 1)) & mag)
-
-
-def zigzag(d: np.ndarray) -> np.ndarray:
-    nbits = d.dtype.itemsize * 8
-    return (d << 1) ^ (d >> (nbits - 1))
-
-
-def unzigzag(z: np.ndarray) -> np.ndarray:
-    u = z.view(np.dtype(f"u{z.dtype.itemsize}"))
-    return ((u >> 1).view(z.dtype)) ^ -(z & 1)
-
-
-def diff_code(target: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
-    """uint8 bytes of target and base (same length) -> uint8 bytes of the zigzagged ordered difference."""
-    st = target.view(_SINT[width])
-    sb = base.view(_SINT[width])
-    with np.errstate(over="ignore"):
-        d = ordered(st) - ordered(sb)
-        return zigzag(d).view(np.uint8)
-
-
-def diff_decode(code: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
-    z = code.view(_SINT[width])
-    sb = base.view(_SINT[width])
-    with np.errstate(over="ignore"):
-        return ordered(unzigzag(z) + ordered(sb)).view(np.uint8)
-
-
 @register_codec
 class Lossless(Codec):
     """Bit-exact: the decoded tensor has the fine-tune's exact bits.
