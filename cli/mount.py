@@ -34,7 +34,7 @@ def mount(
     cache_size: str = typer.Option("4GiB", "--cache-size", help="Byte cap of the decoded-unit cache shared by all open files."),
     foreground: bool = typer.Option(False, "--foreground", "-f", help="Serve in this process until unmounted."),
     allow_other: bool = typer.Option(False, "--allow-other", help="Let other users read the mount (needs user_allow_other in /etc/fuse.conf)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Re-hash every lossless tensor as it is decoded (EIO, never wrong bytes); --no-verify reads by 4 MiB chunk, unchecked."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Re-hash every lossless tensor as it is decoded (EIO, never wrong bytes); --no-verify fetches and decodes only the chunks of 64 MiB segments that are read, unchecked."),
     ttl: float = typer.Option(1.0, "--ttl", help="Seconds before new versions and moved tags show."),
     log: Optional[Path] = typer.Option(None, "--log", help="Log file of a background mount (default: in the temp dir)."),
     wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for a background mount to come up."),
