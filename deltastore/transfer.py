@@ -385,10 +385,11 @@ class RecordsSide:
     # -- writing ------------------------------------------------------------------------------
     def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo:
         oids = manifest.object_ids() | {src.manifest}
-        with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
-            missing = [o for o, sz in zip(sorted(oids), sizes_of(self.backend, sorted(oids), pool)) if sz is None]
-        if missing:
-            raise ConflictError(f"{len(missing)} objects vanished from {self.label} while pushing (a gc there?); push again")
+        # this transfer wrote or found every object just now (copy_objects), and a bare remote has
+        # no gc of its own, so no second round of requests to look again
+        unseen = oids - puts.keys()
+        if unseen:
+            raise ConflictError(f"{len(unseen)} objects of {src.ref} were not confirmed on {self.label}; push again")
         vs = self._model_versions(src.model, fresh=True)
         check_kind(self.label, src, {v.kind for v in vs.values()})
         same = [v for _, v in sorted(vs.items()) if v.manifest == src.manifest]
