@@ -24,7 +24,7 @@ Payload format versions (``Encoded.version``; every version still decodes):
 Measured on a real SmolLM2 fine-tune (benchmarks/results/lossless_amd-epyc-2c.md): v2 is 19%
 smaller than v1 (0.27x of zipnn's bytes, v1 0.33x), within 1% of the order-0 entropy given the
 exponent; but the grouping (a stable argsort and a scatter per chunk, in numpy) makes it about
-3x slower than v1 both ways (76 / 75 MB/s per core against 194 / 232) and slower than zipnn. So
+3x slower than v1 both ways (71 / 74 MB/s per core against 215 / 198) and slower than zipnn. So
 v1 stays the default until the grouping runs in compiled code.
 """
 
