@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MARK = "---- pytest output ----\n"
 
 
 def main() -> None:
@@ -23,25 +24,33 @@ def main() -> None:
     ap.add_argument("--machine", required=True)
     ap.add_argument("--slug", default="amd-epyc-2c")
     ap.add_argument("-k", default=None, help="only these tests (pytest -k)")
+    ap.add_argument("--summarize-only", action="store_true", help="rewrite the summary from the output already saved")
     a = ap.parse_args()
     cmd = [sys.executable, "-m", "pytest", "tests/reliability", "-m", "", "-rA", "-s", "-q", "-p", "no:cacheprovider",
            "--hypothesis-show-statistics"] + (["-k", a.k] if a.k else [])
-    t0 = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    out = r.stdout + r.stderr
+    dest = ROOT / "benchmarks" / "results" / f"reliability_{a.slug}.txt"
+    if a.summarize_only:  # the summary again, from the pytest output already in dest
+        head, _, out = dest.read_text().partition(MARK)
+        rc, secs = re.search(r"exit status (-?\d+), (\d+) s", head).groups()
+        rc, secs = int(rc), float(secs)
+    else:
+        t0 = time.time()
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        out, rc, secs = r.stdout + r.stderr, r.returncode, time.time() - t0
     passed = re.findall(r"^PASSED (\S+)", out, re.M)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, re.M)
     kills = [p for p in passed if "test_kill_9" in p]
-    hyp = [int(n) for n in re.findall(r"(\d+) passing examples", out)]
+    hyp = [int(n) for n in re.findall(r"(\d+) passing, \d+ failing", out)]
     lines = [f"# reliability suite ({a.machine})", "",
              f"command: {' '.join(['python', 'benchmarks/bench_reliability.py', '--machine', repr(a.machine)])}",
-             f"pytest: {' '.join(cmd[1:])}", f"exit status {r.returncode}, {time.time() - t0:.0f} s", "",
+             f"pytest: {' '.join(cmd[1:])}", f"exit status {rc}, {secs:.0f} s", "",
+             f"tests passed: {len(passed)}, failed: {len(failed)}",
              f"kill -9 points survived: {len(kills)}",
-             f"hypothesis examples per property: {hyp} (total {sum(hyp)})",
-             *[ln for ln in out.splitlines() if ln.startswith(("sqlite+local", "postgres+s3"))], "", "---- pytest output ----", out]
-    dest = ROOT / "benchmarks" / "results" / f"reliability_{a.slug}.txt"
+             f"hypothesis cases (passing) per property: {hyp} (total {sum(hyp)})",
+             *[m.strip(".") for m in re.findall(r"^\.*((?:sqlite\+local|postgres\+s3) .*)$", out, re.M)], "", MARK + out]
     dest.write_text("\n".join(lines))
     print("\n".join(lines[:12]))
-    sys.exit(r.returncode)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
