@@ -50,7 +50,7 @@ def _bar(label: str, enabled: bool) -> Iterator[Any]:
     with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task(label, total=None)
-        yield lambda phase, done, total: bar.update(task, completed=done, total=total)
+        yield lambda phase, done, total: bar.update(task, completed=done, total=total or None)  # 0: not known yet
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
