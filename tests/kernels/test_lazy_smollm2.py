@@ -1,0 +1,79 @@
+"""The lazy path on real weights: SmolLM2-135M-Instruct and a real (4-step, full-parameter) math
+fine-tune of it, stored as delta-come at alpha 1/16; the lazy model against the materialized one.
+
+Bounds, and why: the lazy model adds each linear's delta to its bf16 base output in float32 and
+rounds once; the materialized model rounds W + D^ to bf16 first. Both are bf16 computations of the
+same function, whose exact value is the float32 model (base weights in float32 plus the same
+deltas): the lazy model may be no farther from it than 1.25x the materialized one (plus 1e-3),
+and the two within 5e-2 of each other (30 bf16 layers; measured: see the printed line). Greedy
+decoding of 16 tokens on 4 fixed prompts: at least 3 of 4 sequences identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from deltastore import lazy
+from deltastore.kernels import DeltaLinear
+
+from .kernel_testlib import DEVICE, rel
+
+pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+FT_STEPS = 4
+PROMPTS = ["What is 12 times 7?", "Name a prime number larger than 50.", "Tom has 3 apples and buys 5 more. How many?",
+           "Write the word hello backwards."]
+
+
+@pytest.fixture(scope="module")
+def smollm2_store(tmp_path_factory):
+    import deltastore
+    from deltastore.zoo.cache import cache_dir
+    from deltastore.zoo.finetune import finetune
+    from deltastore.zoo.smollm2 import smollm2_dir
+
+    base = smollm2_dir()
+    ft = cache_dir("tests") / f"smollm2-math-{FT_STEPS}steps"  # the same cache as tests/real
+    if not (ft / "model.safetensors").is_file():
+        finetune(base, ft, task="math", steps=FT_STEPS, batch_size=4, seq_len=256, lr=1e-4, seed=0)
+    store = deltastore.open(tmp_path_factory.mktemp("smol") / "home")
+    store.add_base("smollm2", base)
+    store.add_finetune("math", ft, base="smollm2", codec={"id": "delta-come", "alpha": "1/16"})
+    yield store, Path(base)
+    store.close()
+
+
+@pytest.mark.slow
+def test_lazy_smollm2_matches_its_materialized_checkout(smollm2_store) -> None:
+    from deltastore.zoo.smollm2 import load_tokenizer
+
+    store, base = smollm2_store
+    tok = load_tokenizer(base)
+    lz = lazy.load(store, "math", device=DEVICE)
+    full = lazy.load(store, "math", device=DEVICE, lazy=False)
+    assert sum(isinstance(m, DeltaLinear) for m in lz.modules()) == 30 * 7
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in PROMPTS]
+    batch = tok(texts, return_tensors="pt", padding=True).to(DEVICE)
+    with torch.no_grad():
+        a = lz(**batch).logits.float()
+        b = full(**batch).logits.float()
+    with torch.no_grad():
+        exact = lz.float()(**batch).logits.float()  # float32 base weights + the same packed deltas
+    lz.to(torch.bfloat16)
+    mask = batch["attention_mask"].bool()
+    e_lazy, e_mat = rel(a[mask], exact[mask]), rel(b[mask], exact[mask])
+    print(f"logits vs float32: lazy {e_lazy:.2e}, materialized {e_mat:.2e}; lazy vs materialized {rel(a[mask], b[mask]):.2e}")
+    assert e_lazy <= 1.25 * e_mat + 1e-3
+    assert rel(a[mask], b[mask]) < 5e-2
+    same = 0
+    for t in texts:
+        ids = tok(t, return_tensors="pt").to(DEVICE)
+        ga = lz.generate(**ids, max_new_tokens=16, do_sample=False)
+        gb = full.generate(**ids, max_new_tokens=16, do_sample=False)
+        same += int(torch.equal(ga, gb))
+    print(f"greedy: {same} of {len(texts)} sequences identical")
+    assert same >= len(texts) - 1
