@@ -6,30 +6,55 @@ The catalog is the index; each change here is mirrored in the records beside the
 
 from __future__ import annotations
 
+import random
+import time
+from typing import Callable, TypeVar
+
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import records
 from .catalog import Lineage as LineageRow, Tag, Version, VersionObject
-from .errors import BadInputError, UnknownRefError
+from .errors import BadInputError, ConflictError, UnknownRefError
 from .lookup import find_model, resolve_version, version_info
 from .protocols import StoreView
 from .refs import check_name
 from .results import Lineage, LineageNode, VersionInfo
 
+T = TypeVar("T")
+
+
+def _retrying(fn: Callable[[], T], what: str) -> T:
+    """Run a catalog transaction again when a concurrent writer changed what it read (a version
+    removed under a tag, a child added under an rm: the database refuses the write, or SQLite is
+    busy); the retry reads afresh and fails with a store error if the version is gone."""
+    for attempt in range(20):
+        try:
+            return fn()
+        except (IntegrityError, OperationalError) as e:
+            if isinstance(e, OperationalError) and "locked" not in str(e) and "serializ" not in str(e):
+                raise
+            time.sleep(0.02 * (1 + attempt) * (1 + random.random()))
+    raise ConflictError(f"the catalog kept changing while {what}; try again")
+
 
 def tag(store: StoreView, ref: str, name: str, *, move: bool = True) -> VersionInfo:
     check_name(name, "tag name")
-    with store.Session.begin() as s:
-        v = resolve_version(s, ref)
-        old = s.scalar(select(Tag).where(Tag.model_id == v.model_id, Tag.name == name))
-        if old is not None:
-            if not move and old.version_id != v.id:
-                raise BadInputError(f"tag {name!r} already names another version")
-            old.version_id = v.id
-        else:
-            s.add(Tag(model_id=v.model_id, name=name, version_id=v.id))
-        s.flush()
-        info = version_info(s, v)
+
+    def txn() -> VersionInfo:
+        with store.Session.begin() as s:
+            v = resolve_version(s, ref)
+            old = s.scalar(select(Tag).where(Tag.model_id == v.model_id, Tag.name == name))
+            if old is not None:
+                if not move and old.version_id != v.id:
+                    raise BadInputError(f"tag {name!r} already names another version")
+                old.version_id = v.id
+            else:
+                s.add(Tag(model_id=v.model_id, name=name, version_id=v.id))
+            s.flush()
+            return version_info(s, v)
+
+    info = _retrying(txn, f"tagging {ref}")
     records.write_tag(store.backend, info.model, name, info.number)
     return info
 
@@ -64,21 +89,26 @@ def lineage(store: StoreView, ref: str) -> Lineage:
 
 def rm(store: StoreView, ref: str) -> VersionInfo:
     """Remove a version from the catalog (its objects go at the next ``gc``)."""
-    with store.Session.begin() as s:
-        v = resolve_version(s, ref)
-        kids = s.scalars(select(Version).where(Version.base_version_id == v.id)).all()
-        if kids:
-            names = ", ".join(f"{k.model.name}@v{k.number}" for k in kids[:5])
-            raise BadInputError(f"{v.model.name}@v{v.number} is the base of {names}: remove those first")
-        info = version_info(s, v)
-        s.execute(delete(Tag).where(Tag.version_id == v.id))
-        s.execute(delete(VersionObject).where(VersionObject.version_id == v.id))
-        s.execute(delete(LineageRow).where((LineageRow.child_id == v.id) | (LineageRow.parent_id == v.id)))
-        m = v.model
-        s.delete(v)
-        s.flush()
-        if not s.scalar(select(func.count()).select_from(Version).where(Version.model_id == m.id)):
-            s.execute(delete(Tag).where(Tag.model_id == m.id))
-            s.delete(m)
+
+    def txn() -> VersionInfo:
+        with store.Session.begin() as s:
+            v = resolve_version(s, ref)
+            kids = s.scalars(select(Version).where(Version.base_version_id == v.id)).all()
+            if kids:
+                names = ", ".join(f"{k.model.name}@v{k.number}" for k in kids[:5])
+                raise BadInputError(f"{v.model.name}@v{v.number} is the base of {names}: remove those first")
+            info = version_info(s, v)
+            s.execute(delete(Tag).where(Tag.version_id == v.id))
+            s.execute(delete(VersionObject).where(VersionObject.version_id == v.id))
+            s.execute(delete(LineageRow).where((LineageRow.child_id == v.id) | (LineageRow.parent_id == v.id)))
+            m = v.model
+            s.delete(v)
+            s.flush()
+            if not s.scalar(select(func.count()).select_from(Version).where(Version.model_id == m.id)):
+                s.execute(delete(Tag).where(Tag.model_id == m.id))
+                s.delete(m)
+            return info
+
+    info = _retrying(txn, f"removing {ref}")
     records.delete_version(store.backend, info)
     return info
