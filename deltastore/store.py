@@ -191,6 +191,20 @@ class Store:
         """Fetch a version, its base chain and tags from a remote; committed here like an add."""
         return remotes.pull(self, ref, remote, progress=progress)[0]
 
+    # -- serving -----------------------------------------------------------------------------------
+    def load(self, ref: str, *, device: str | torch.device = "cpu", lazy: bool = True, preference: str = "auto") -> Any:
+        """A transformers model of REF on ``device``; with ``lazy`` its delta-come linears keep the
+        shared base weight and the packed delta (Triton kernels on a GPU). See deltastore.lazy."""
+        from . import lazy as lazy_models  # transformers and the kernels load on first use
+
+        return lazy_models.load(self, ref, device=device, lazy=lazy, preference=preference)
+
+    def load_many(self, refs: list[str], *, device: str | torch.device = "cpu", preference: str = "auto") -> Any:
+        """One model serving every fine-tune in REFS (one base) row by row: pass ``delta_ids``."""
+        from . import lazy as lazy_models
+
+        return lazy_models.load_many(self, refs, device=device, preference=preference)
+
 
 def open_store(home: str | Path | None = None, *, db_url: str | None = None, objects_url: str | None = None,
                read_only: bool = False) -> Store:

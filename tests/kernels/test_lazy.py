@@ -99,8 +99,9 @@ def test_lazy_matches_materialized_checkout(served) -> None:
 def test_base_weights_are_shared_between_lazy_models(served) -> None:
     a = lazy.load(served, "ft1", device=DEVICE)
     b = lazy.load(served, "ft2", device=DEVICE)
-    qa, qb = a.model.layers[0].self_attn.q_proj, b.model.layers[0].self_attn.q_proj
-    assert isinstance(qa, DeltaLinear) and qa.weight.data_ptr() == qb.weight.data_ptr()
+    c = served.load("ft3", device=DEVICE)  # the Store's method is the same loader
+    qa, qb, qc = (m.model.layers[0].self_attn.q_proj for m in (a, b, c))
+    assert isinstance(qa, DeltaLinear) and qa.weight.data_ptr() == qb.weight.data_ptr() == qc.weight.data_ptr()
 
 
 def test_mixed_batch_rows_match_each_fine_tune_alone(served) -> None:
