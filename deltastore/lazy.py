@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -32,14 +32,25 @@ from . import codec as codecs
 from .errors import BadInputError, BaseMismatchError, CorruptObjectError
 from .kernels import DeltaContext, DeltaLinear, KernelError, KernelPreference, NotServableError, PackedDeltaCoMe, from_encoded
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import Store
+
+
+class StoreAPI(Protocol):
+    """The public Store API this module uses, and nothing else (so no import of the store here:
+    the store's ``load`` methods import this module)."""
+
+    objects: Any
+
+    def resolve(self, ref: str) -> Any: ...
+    def manifest(self, ref_or_oid: str) -> Any: ...
+    def lineage(self, ref: str) -> Any: ...
+    def tensor(self, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor: ...
+    def iter_tensors(self, ref: str, *, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]: ...
 
 # base tensors by (base manifest, tensor name, device): shared by every lazy model of that base
 _BASE: "weakref.WeakValueDictionary[tuple[str, str, str], torch.Tensor]" = weakref.WeakValueDictionary()
 
 
-def _config(store: "Store", manifest_oid: str, ref: str) -> dict[str, Any]:
+def _config(store: StoreAPI, manifest_oid: str, ref: str) -> dict[str, Any]:
     man = store.manifest(manifest_oid)
     for f in man.files:
         if f.path == "config.json" and f.kind == "blob" and f.object:
@@ -79,7 +90,7 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch
     return model.eval()
 
 
-def _payload(store: "Store", oid: str, name: str, base_shape: tuple[int, ...], ref: str) -> PackedDeltaCoMe:
+def _payload(store: StoreAPI, oid: str, name: str, base_shape: tuple[int, ...], ref: str) -> PackedDeltaCoMe:
     """A delta object, parsed and checked against its base weight's shape."""
     try:
         enc = codecs.from_bytes(store.objects.get(oid))
@@ -92,7 +103,7 @@ def _payload(store: "Store", oid: str, name: str, base_shape: tuple[int, ...], r
         raise CorruptObjectError(oid, f"{name}: delta payload does not parse ({e})") from None
 
 
-def _base_of(store: "Store", ref: str) -> tuple[str, str]:
+def _base_of(store: StoreAPI, ref: str) -> tuple[str, str]:
     """(REF, manifest id) of the version this fine-tune's deltas apply to, by the catalog's lineage."""
     info = store.resolve(ref)
     anc = store.lineage(ref).ancestors
@@ -105,7 +116,7 @@ def _base_of(store: "Store", ref: str) -> tuple[str, str]:
     return base.ref, base.manifest
 
 
-def _base_tensors(store: "Store", base_ref: str, base_manifest: str, device: torch.device) -> dict[str, torch.Tensor]:
+def _base_tensors(store: StoreAPI, base_ref: str, base_manifest: str, device: torch.device) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     names = [t.name for _, t in store.manifest(base_manifest).tensors()]
     for n in names:
@@ -127,7 +138,7 @@ class LazyDeltas:
     DeltaLinear modules they reach. Bound to the model as ``model.deltas``; ``model.add_delta``
     and ``model.drop_delta`` are its methods."""
 
-    def __init__(self, store: "Store", model: nn.Module, base_ref: str, base_manifest: str, device: torch.device,
+    def __init__(self, store: StoreAPI, model: nn.Module, base_ref: str, base_manifest: str, device: torch.device,
                  ctx: DeltaContext, preference: KernelPreference | str, multi: bool):
         self.store, self.base_ref, self.base_manifest, self.device = store, base_ref, base_manifest, device
         self.ctx, self.preference, self.multi = ctx, KernelPreference(preference), multi
@@ -252,7 +263,7 @@ def _attach(model: nn.Module, mgr: LazyDeltas) -> None:
     model.drop_delta = mgr.drop
 
 
-def load(store: "Store", ref: str, *, device: str | torch.device = "cpu", lazy: bool = True,
+def load(store: StoreAPI, ref: str, *, device: str | torch.device = "cpu", lazy: bool = True,
          preference: KernelPreference | str = KernelPreference.AUTO) -> nn.Module:
     """The model of one version on ``device``; lazy: delta-come linears as DeltaLinear modules."""
     device = torch.device(device)
@@ -281,7 +292,7 @@ def _replace(model: nn.Module, name: str, t: torch.Tensor) -> None:
     setattr(mod, leaf, nn.Parameter(t, requires_grad=False))
 
 
-def load_many(store: "Store", refs: Sequence[str], *, device: str | torch.device = "cpu",
+def load_many(store: StoreAPI, refs: Sequence[str], *, device: str | torch.device = "cpu",
               preference: KernelPreference | str = KernelPreference.AUTO) -> nn.Module:
     """One model that serves every fine-tune in ``refs`` (all of one base), row by row."""
     if not refs:
