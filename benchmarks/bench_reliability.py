@@ -42,7 +42,7 @@ def main() -> None:
     kills = [p for p in passed if "test_kill_9" in p]
     hyp = [int(n) for n in re.findall(r"(\d+) passing, \d+ failing", out)]
     lines = [f"# reliability suite ({a.machine})", "",
-             f"command: {' '.join(['python', 'benchmarks/bench_reliability.py', '--machine', repr(a.machine)])}",
+             f"command: python benchmarks/bench_reliability.py --machine {a.machine!r} --slug {a.slug}" + (f" -k {a.k!r}" if a.k else ""),
              f"pytest: {' '.join(cmd[1:])}", f"exit status {rc}, {secs:.0f} s", "",
              f"tests passed: {len(passed)}, failed: {len(failed)}",
              f"kill -9 points survived: {len(kills)}",
