@@ -96,6 +96,8 @@ def parse_header(raw: bytes, file_size: int | None, where: str) -> SafetensorsHe
         head = json.loads(raw[8 : 8 + n])
     except (ValueError, UnicodeDecodeError) as e:
         raise BadSafetensorsError(f"{where}: header is not valid JSON ({e})") from None
+    except RecursionError:  # "[[[[..." nested past the parser's depth: hostile, not a header
+        raise BadSafetensorsError(f"{where}: header is not valid JSON (nested too deeply)") from None
     if not isinstance(head, dict):
         raise BadSafetensorsError(f"{where}: header is not a JSON object")
     metadata = head.pop("__metadata__", None)
