@@ -56,14 +56,27 @@ def resolve_version(s: Session, ref: str | Ref) -> Version:
 
 
 def version_info(s: Session, v: Version) -> VersionInfo:
-    tags = s.scalars(select(Tag.name).where(Tag.version_id == v.id).order_by(Tag.name)).all()
-    base = None
-    if v.base_version_id is not None:
-        b = s.get(Version, v.base_version_id)
-        base = f"{b.model.name}@v{b.number}"
-    return VersionInfo(
-        model=v.model.name, number=v.number, manifest=v.manifest, kind=v.kind, base=base, codec=v.codec,
+    return version_infos(s, [v])[0]
+
+
+def version_infos(s: Session, vs: list[Version]) -> list[VersionInfo]:
+    """Public records of many versions in three queries (tags, base names), not two per version:
+    ``log`` over a model with hundreds of versions stays fast."""
+    ids = [v.id for v in vs]
+    tags: dict[int, list[str]] = {}
+    bases: dict[int, str] = {}
+    base_ids = sorted({v.base_version_id for v in vs if v.base_version_id is not None})
+    for i in range(0, len(ids), 500):
+        for vid, name in s.execute(select(Tag.version_id, Tag.name).where(Tag.version_id.in_(ids[i : i + 500])).order_by(Tag.name)):
+            tags.setdefault(vid, []).append(name)
+    for i in range(0, len(base_ids), 500):
+        q = select(Version.id, Model.name, Version.number).join(Model, Model.id == Version.model_id)
+        for vid, mname, number in s.execute(q.where(Version.id.in_(base_ids[i : i + 500]))):
+            bases[vid] = f"{mname}@v{number}"
+    return [VersionInfo(
+        model=v.model.name, number=v.number, manifest=v.manifest, kind=v.kind,
+        base=bases.get(v.base_version_id) if v.base_version_id is not None else None, codec=v.codec,
         codec_params=v.codec_params or {}, logical_bytes=v.logical_bytes, stored_bytes=v.stored_bytes,
         referenced_bytes=v.referenced_bytes, message=v.message, author=v.author, created_at=v.created_at,
-        metrics=v.metrics or {}, tags=list(tags), calib_sha256=v.calib_sha256,
-    )
+        metrics=v.metrics or {}, tags=tags.get(v.id, []), calib_sha256=v.calib_sha256,
+    ) for v in vs]

@@ -25,7 +25,7 @@ from .backend import Backend
 from .catalog import Model, Version
 from .config import StoreConfig, load_config, safe_url
 from .db import ensure_schema, is_local_catalog, make_engine
-from .lookup import find_model, resolve_version, version_info
+from .lookup import find_model, resolve_version, version_info, version_infos
 from .manifest import Manifest
 from .objects import ObjectDB
 from .pipeline import default_workers
@@ -84,7 +84,7 @@ class Store:
     def versions(self, name: str) -> list[VersionInfo]:
         with self.Session() as s:
             m = find_model(s, name)
-            return [version_info(s, v) for v in m.versions]
+            return version_infos(s, list(s.scalars(select(Version).where(Version.model_id == m.id).order_by(Version.number))))
 
     def models(self) -> list[ModelInfo]:
         """Every model with its version count, latest version and sizes: two grouped queries,

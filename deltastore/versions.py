@@ -12,6 +12,7 @@ from typing import Callable, TypeVar
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import joinedload
 
 from . import records
 from .catalog import Lineage as LineageRow, Tag, Version, VersionObject
@@ -78,13 +79,26 @@ def lineage(store: StoreView, ref: str) -> Lineage:
             cur = s.get(Version, cur.base_version_id)
             ancestors.append(f"{cur.model.name}@v{cur.number}")
 
-        def node(x: Version, seen: set[int]) -> LineageNode:
-            seen.add(x.id)
-            kids = s.scalars(select(Version).join(LineageRow, LineageRow.child_id == Version.id)
-                             .where(LineageRow.parent_id == x.id).order_by(Version.id)).all()
-            return LineageNode(f"{x.model.name}@v{x.number}", x.codec, [node(k, seen) for k in kids if k.id not in seen])
+        # descendants level by level: one query per generation, not one per version
+        kids_of: dict[int, list[Version]] = {}
+        seen, frontier = {v.id}, [v.id]
+        while frontier:
+            nxt: list[int] = []
+            for i in range(0, len(frontier), 500):
+                q = (select(LineageRow.parent_id, Version).join(Version, LineageRow.child_id == Version.id)
+                     .where(LineageRow.parent_id.in_(frontier[i : i + 500])).order_by(Version.id)
+                     .options(joinedload(Version.model)))
+                for pid, kid in s.execute(q).all():
+                    if kid.id not in seen:
+                        seen.add(kid.id)
+                        kids_of.setdefault(pid, []).append(kid)
+                        nxt.append(kid.id)
+            frontier = nxt
 
-        return Lineage(f"{v.model.name}@v{v.number}", ancestors, node(v, set()))
+        def node(x: Version) -> LineageNode:
+            return LineageNode(f"{x.model.name}@v{x.number}", x.codec, [node(k) for k in kids_of.get(x.id, [])])
+
+        return Lineage(f"{v.model.name}@v{v.number}", ancestors, node(v))
 
 
 def rm(store: StoreView, ref: str) -> VersionInfo:
