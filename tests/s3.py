@@ -22,6 +22,17 @@ def weed_bin() -> str | None:
     return str(cand) if cand.exists() else shutil.which("weed")
 
 
+def _forget_clients() -> None:
+    """fsspec caches one S3FileSystem per set of arguments; with the endpoint taken from the
+    environment (AWS_ENDPOINT_URL) those arguments do not name the server, so a client of a server
+    an earlier test module stopped would be handed to the next one in the same process."""
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 class SeaweedServer:
     def __init__(self) -> None:
         self.bin = weed_bin()
@@ -35,7 +46,7 @@ class SeaweedServer:
         cfg = self.root / "s3.json"
         cfg.write_text(json.dumps({"identities": [{"name": "admin", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
                                                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        p = free_ports(11)
+        p = free_ports(12)
         self.s3_port = p[0]
         args = [self.bin, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-admin.ui=false", f"-s3.config={cfg}",
@@ -43,6 +54,9 @@ class SeaweedServer:
                 f"-volume.port={p[4]}", f"-volume.port.grpc={p[5]}", f"-filer.port={p[6]}", f"-filer.port.grpc={p[7]}",
                 f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}", f"-webdav.port={p[10]}", "-webdav=false",
                 f"-filer.localSocket={self.root / 'filer.sock'}", f"-s3.localSocket={self.root / 's3.sock'}",
+                # services with fixed default ports (Iceberg 8181, Lance 9101, debug 6060) off or moved,
+                # so two servers (two test modules, or two test runs) never fight over a port
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-debug.port={p[11]}",
                 f"-bucket={bucket}"]
         self.log = open(self.root / "log", "wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -50,6 +64,7 @@ class SeaweedServer:
         opts = self.storage_options()
         import s3fs
 
+        _forget_clients()
         deadline = time.time() + 60
         last: Exception | None = None
         while time.time() < deadline:
@@ -73,6 +88,7 @@ class SeaweedServer:
                 "AWS_DEFAULT_REGION": "us-east-1"}
 
     def stop(self) -> None:
+        _forget_clients()
         if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
