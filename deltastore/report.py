@@ -8,9 +8,10 @@ from sqlalchemy import select
 
 from .catalog import ObjectRow
 from .codec.lossy import is_linear_weight
+from .protocols import StoreView
 
 
-def version_report(store, ref: str) -> dict[str, Any]:  # noqa: ANN001 - Store (avoid the import cycle)
+def version_report(store: StoreView, ref: str) -> dict[str, Any]:
     v = store.resolve(ref)
     man = store.manifest(v.manifest)
     oids = {t.object for _, t in man.tensors() if t.object} | {f.header for f in man.files if f.header} | {f.object for f in man.files if f.object}

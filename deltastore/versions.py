@@ -79,21 +79,18 @@ def lineage(store: StoreView, ref: str) -> Lineage:
             cur = s.get(Version, cur.base_version_id)
             ancestors.append(f"{cur.model.name}@v{cur.number}")
 
-        # descendants level by level: one query per generation, not one per version
+        # every descendant in one recursive query (UNION, not UNION ALL: a cycle in a damaged
+        # catalog ends instead of looping), whatever the depth of the chain
+        d = select(LineageRow.parent_id, LineageRow.child_id).where(LineageRow.parent_id == v.id).cte("descendants", recursive=True)
+        d = d.union(select(LineageRow.parent_id, LineageRow.child_id).join(d, LineageRow.parent_id == d.c.child_id))
+        q = (select(d.c.parent_id, Version).join(Version, Version.id == d.c.child_id)
+             .order_by(Version.id).options(joinedload(Version.model)))
         kids_of: dict[int, list[Version]] = {}
-        seen, frontier = {v.id}, [v.id]
-        while frontier:
-            nxt: list[int] = []
-            for i in range(0, len(frontier), 500):
-                q = (select(LineageRow.parent_id, Version).join(Version, LineageRow.child_id == Version.id)
-                     .where(LineageRow.parent_id.in_(frontier[i : i + 500])).order_by(Version.id)
-                     .options(joinedload(Version.model)))
-                for pid, kid in s.execute(q).all():
-                    if kid.id not in seen:
-                        seen.add(kid.id)
-                        kids_of.setdefault(pid, []).append(kid)
-                        nxt.append(kid.id)
-            frontier = nxt
+        seen = {v.id}
+        for pid, kid in s.execute(q).all():
+            if kid.id not in seen:
+                seen.add(kid.id)
+                kids_of.setdefault(pid, []).append(kid)
 
         def node(x: Version) -> LineageNode:
             return LineageNode(f"{x.model.name}@v{x.number}", x.codec, [node(k) for k in kids_of.get(x.id, [])])
