@@ -10,12 +10,12 @@ import random
 import time
 from typing import Callable, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, literal, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import joinedload
 
 from . import records
-from .catalog import Lineage as LineageRow, Tag, Version, VersionObject
+from .catalog import Lineage as LineageRow, Model, Tag, Version, VersionObject
 from .errors import BadInputError, ConflictError, UnknownRefError
 from .lookup import find_model, resolve_version, version_info
 from .protocols import StoreView
@@ -73,11 +73,14 @@ def lineage(store: StoreView, ref: str) -> Lineage:
     """Ancestors (nearest first) and the tree of descendants of a version."""
     with store.Session() as s:
         v = resolve_version(s, ref)
-        ancestors = []
-        cur = v
-        while cur.base_version_id is not None:
-            cur = s.get(Version, cur.base_version_id)
-            ancestors.append(f"{cur.model.name}@v{cur.number}")
+        # ancestors: the base chain in one recursive query, nearest first
+        a = select(Version.id, Version.base_version_id, literal(1).label("depth")).where(Version.id == v.base_version_id)
+        a = a.cte("ancestors", recursive=True)
+        a = a.union(select(Version.id, Version.base_version_id, (a.c.depth + 1).label("depth"))
+                    .join(a, Version.id == a.c.base_version_id).where(a.c.depth < 100_000))
+        rows = s.execute(select(Model.name, Version.number).join(a, Version.id == a.c.id)
+                         .join(Model, Model.id == Version.model_id).order_by(a.c.depth)).all()
+        ancestors = [f"{name}@v{number}" for name, number in rows]
 
         # every descendant in one recursive query (UNION, not UNION ALL: a cycle in a damaged
         # catalog ends instead of looping), whatever the depth of the chain
