@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import subprocess
@@ -14,21 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..clirun import cli
 from ..conftest import llama_like, write_model
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """``deltastore ARGS`` through :func:`deltastore.cli.main.main`, in this process."""
-    from deltastore.cli.main import main
-
-    o, e = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try:
-            main(list(args))
-        except SystemExit as x:
-            code = x.code if isinstance(x.code, int) else 1
-    return subprocess.CompletedProcess(args, code, o.getvalue(), e.getvalue())
 
 
 def ok(*args: str) -> subprocess.CompletedProcess:

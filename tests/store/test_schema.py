@@ -8,8 +8,6 @@ migrations folder: exactly what the next release that changes the schema looks l
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -25,6 +23,7 @@ from deltastore import db
 from deltastore.db import SchemaTooNewError, SchemaTooOldError, NoSchemaError, current_revision, make_engine
 
 from ..conftest import llama_like, write_model
+from ..clirun import cli
 from ..pg import PostgresServer, pg_bin
 
 HEAD = "0001"
@@ -86,17 +85,6 @@ def become_newer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[]
     return apply
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    from deltastore.cli.main import main
-
-    o, e = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try:
-            main(list(args))
-        except SystemExit as x:
-            code = x.code if isinstance(x.code, int) else 1
-    return subprocess.CompletedProcess(args, code, o.getvalue(), e.getvalue())
 
 
 def revision_of(url: str) -> str | None:

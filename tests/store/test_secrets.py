@@ -5,8 +5,6 @@ repr(store), or the catalog; config files are 0600 and a home we create is 0700.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import stat
 import subprocess
@@ -20,6 +18,7 @@ import deltastore
 from deltastore.config import safe_url
 from deltastore.db import CatalogUnavailableError, make_engine
 
+from ..clirun import cli
 from ..conftest import finetune_of, llama_like, write_model
 from ..pg import PostgresServer, pg_bin
 from ..s3 import ACCESS, SECRET, SeaweedServer, weed_bin
@@ -42,17 +41,6 @@ def leaks(text: str, *secrets: str) -> list[str]:
     return [s for s in secrets if s in text or quote(s, safe="") in text]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    from deltastore.cli.main import main
-
-    o, e = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try:
-            main(list(args))
-        except SystemExit as x:
-            code = x.code if isinstance(x.code, int) else 1
-    return subprocess.CompletedProcess(args, code, o.getvalue(), e.getvalue())
 
 
 @pytest.fixture(scope="module")
