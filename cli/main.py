@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.tree import Tree
 
 from .options import HELP_DB, HELP_HOME, HELP_OBJECTS, HELP_QUIET, command, set_globals, state
 from .output import emit_json, err, error, out, setup_logging, show_click_error
+from .progress import human, progress_bar
 from . import remote as remote_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="A content-addressed store for model weights: "
@@ -77,32 +76,6 @@ def _emit(data: Any, as_json: bool) -> bool:
         emit_json(data)
         return True
     return False
-
-
-def human(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-@contextmanager
-def _progress(label: str, enabled: bool) -> Iterator[Any]:
-    if not enabled or state.quiet or not err.is_terminal:
-        yield None
-        return
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-
-        def cb(phase: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield cb
 
 
 def _say(msg: str) -> None:
@@ -167,7 +140,7 @@ def add_base(
 ) -> None:
     """Store a model losslessly as a new version of NAME."""
     st = _store()
-    with _progress(f"add {name}", not as_json) as cb:
+    with progress_bar(f"add {name}", not as_json) as cb:
         v = st.add_base(name, path, message=message, tags=tag, progress=cb)
     _print_added(v, as_json)
 
@@ -213,7 +186,7 @@ def add_finetune(
 
     cfg = _codec_params(codec or DEFAULT_FINETUNE_CODEC, alpha, bits, seed, param) if (codec or alpha or bits or seed is not None or param) else None
     st = _store()
-    with _progress(f"add {name}", not as_json) as cb:
+    with progress_bar(f"add {name}", not as_json) as cb:
         v = st.add_finetune(name, path, base, codec=cfg, message=message, tags=tag, calib=calib, progress=cb)
     _print_added(v, as_json)
 
@@ -228,7 +201,7 @@ def checkout(
 ) -> None:
     """Write a version as a Hugging Face directory (byte-identical for lossless versions)."""
     st = _store(read_only=True)
-    with _progress(f"checkout {ref}", not as_json) as cb:
+    with progress_bar(f"checkout {ref}", not as_json) as cb:
         r = st.checkout(ref, dest, dtype=dtype, progress=cb, overwrite=force)
     if not _emit(r.to_dict(), as_json):
         how = "byte-identical to what was added (sha256 checked)" if r.exact else "decoded (lossy codec or --dtype)"

@@ -6,16 +6,15 @@ the work is in ``deltastore.remotes``.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from .options import command, state
 from .output import emit_json, err, out
+from .progress import human, progress_bar
 
 remote_app = typer.Typer(no_args_is_help=True, help="Other stores this one pushes to and pulls from.")
 
@@ -35,22 +34,6 @@ def _store():
 def _say(msg: str) -> None:
     if not state.quiet:
         out.print(msg, markup=False, highlight=False)
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
-
-
-@contextmanager
-def _bar(label: str, enabled: bool) -> Iterator[Any]:
-    """A progress bar in bytes on a terminal; nothing otherwise."""
-    if not enabled or state.quiet or not err.is_terminal:
-        yield None
-        return
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda phase, done, total: bar.update(task, completed=done, total=total or None)  # 0: not known yet
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
@@ -131,7 +114,7 @@ def _report(results: list, as_json: bool) -> None:
         new = [m.dst for m in r.new_versions]
         where = f"to {r.remote}" if r.direction == "push" else f"from {r.remote}"
         head = f"{verb} {r.ref} {where} as {r.dst_ref}" if new else f"{r.ref} is already on the other side as {r.dst_ref}"
-        _say(f"{head}: {r.objects_sent} objects, {_mb(r.bytes_sent)} sent, {r.objects_present} already there"
+        _say(f"{head}: {r.objects_sent} objects, {human(r.bytes_sent)} sent, {r.objects_present} already there"
              + (f"; new: {', '.join(new)}" if new else "") + (f"; tags: {', '.join(r.tags)}" if r.tags else "")
              + f" ({r.seconds:.1f} s)")
 
@@ -158,7 +141,7 @@ def push(
 
     ref, remote = _split(ref, remote, all_versions)
     st = _store()
-    with _bar(f"push {ref or 'all'}", not as_json) as cb:
+    with progress_bar(f"push {ref or 'all'}", not as_json) as cb:
         res = do_push(st, ref, remote, all_versions=all_versions, tags=not no_tags, progress=cb)
     _report(res, as_json)
 
@@ -175,7 +158,7 @@ def pull(
 
     ref, remote = _split(ref, remote, all_versions)
     st = _store()
-    with _bar(f"pull {ref or 'all'}", not as_json) as cb:
+    with progress_bar(f"pull {ref or 'all'}", not as_json) as cb:
         res = do_pull(st, ref, remote, all_versions=all_versions, tags=not no_tags, progress=cb)
     _report(res, as_json)
 
