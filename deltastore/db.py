@@ -18,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -74,7 +76,18 @@ def make_engine(url: str) -> Engine:
             @event.listens_for(engine, "connect")
             def _sqlite_pragmas(dbapi_conn, _):  # noqa: ANN001
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
+                # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database
+                # is locked" at once (no busy wait: deadlock avoidance) while another process holds
+                # a write transaction, e.g. a concurrent open creating the catalog. Wait for it.
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        cur.execute("PRAGMA journal_mode=WAL")
+                        break
+                    except sqlite3.OperationalError as e:
+                        if "locked" not in str(e) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
