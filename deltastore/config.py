@@ -253,10 +253,16 @@ def write_config(cfg: StoreConfig) -> Path:
     )
     if cfg.storage_options:
         text += "\n[storage_options]\n" + "".join(f"{_toml_str(str(k))} = {_toml_value(v)}\n" for k, v in cfg.storage_options.items())
-    tmp = p.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CONFIG_MODE)
+    return write_private(p, text)
+
+
+def write_private(p: Path, text: str, mode: int = CONFIG_MODE) -> Path:
+    """Write ``p`` atomically (temp, fsync, rename), readable by its owner only: config and
+    remotes files may hold keys, and no reader may see a half-written one."""
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, CONFIG_MODE)
+        os.fchmod(fd, mode)  # the umask may have narrowed os.open's mode; never widened it
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

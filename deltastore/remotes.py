@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .backend import Backend
-from .config import CONFIG_NAME, StoreConfig, is_secret_name, load_config, make_home, redact, register_secret, safe_url
+from .config import CONFIG_NAME, StoreConfig, is_secret_name, load_config, make_home, redact, register_secret, safe_url, write_private
 from .errors import BadInputError, CorruptObjectError, DeltaStoreError, NotFoundError, ObjectMissingError, RemoteError
 from .objects import key_of
 from .protocols import Progress, StoreView, no_progress
@@ -135,19 +135,7 @@ def save_remotes(home: str | Path, remotes: dict[str, Remote]) -> Path:
             lines.append(f"db_url = {_toml(r.db_url)}\n")
         if r.storage_options:
             lines.append(f"storage_options = {_toml(r.storage_options)}\n")
-    tmp = p.with_name(f".{REMOTES_NAME}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, REMOTES_MODE)
-    try:
-        os.fchmod(fd, REMOTES_MODE)
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, p)
-    return p
+    return write_private(p, "".join(lines), REMOTES_MODE)
 
 
 def add_remote(home: str | Path, name: str, url: str, *, db_url: str | None = None,
