@@ -198,11 +198,6 @@ class Dare(LossyCodec):
             )
             raise CorruptPayloadError(f"dare mask regenerated from seed {seed} keeps {kept} values, the payload has {count} ({where})")
         if enc.version >= 2:
-            got = masks.mask_checksum(mask)
-            if got != enc.meta["mask"]:
-                raise CorruptPayloadError(
-                    f"dare mask checksum mismatch: the mask regenerated from seed {seed} hashes to {got}, "
-                    f"the payload recorded {enc.meta['mask']}"
-                )
+            masks.check_checksum(mask, enc.meta["mask"], "dare", seed)
         out[mask] = vals
         return out

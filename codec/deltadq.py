@@ -250,12 +250,7 @@ class DeltaDQ(LossyCodec):
         if int(mask.sum()) != m * K:
             raise CorruptPayloadError(f"deltadq mask regenerated from seed {seed} keeps {int(mask.sum())} values, the payload has {m * K}")
         if enc.version >= 2:
-            got = masks.mask_checksum(mask)
-            if got != enc.meta["mask"]:
-                raise CorruptPayloadError(
-                    f"deltadq mask checksum mismatch: the mask regenerated from seed {seed} hashes to {got}, "
-                    f"the payload recorded {enc.meta['mask']}"
-                )
+            masks.check_checksum(mask, enc.meta["mask"], "deltadq", seed)
         out = torch.zeros((m, n), dtype=torch.float32, device=vals.device)
         out[mask] = vals.reshape(-1)
         return out

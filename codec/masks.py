@@ -38,6 +38,8 @@ import hashlib
 import numpy as np
 import torch
 
+from .errors import CorruptPayloadError
+
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
 _MUL1 = 0x7FEB352D
@@ -141,3 +143,14 @@ def mask_checksum(mask: torch.Tensor) -> str:
     (little bit order): what a payload records and decoding checks."""
     bits = mask.detach().reshape(-1).to(device="cpu", dtype=torch.bool).numpy()
     return hashlib.sha256(np.packbits(bits, bitorder="little").tobytes()).hexdigest()[:16]
+
+
+def check_checksum(mask: torch.Tensor, recorded: str, codec_id: str, seed: int) -> None:
+    """Raise CorruptPayloadError unless the regenerated mask hashes to the checksum the payload
+    recorded (dare and deltadq v2): a changed seed, hash or torch can never decode silently."""
+    got = mask_checksum(mask)
+    if got != recorded:
+        raise CorruptPayloadError(
+            f"{codec_id} mask checksum mismatch: the mask regenerated from seed {seed} hashes to {got}, "
+            f"the payload recorded {recorded}"
+        )
