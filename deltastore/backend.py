@@ -24,6 +24,7 @@ from typing import Iterator
 
 import fsspec
 
+from .config import safe_url
 from .crash import crash_point
 from .errors import ReadOnlyError
 
@@ -86,7 +87,8 @@ class Backend:
         self._dirty_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Backend({self.url!r}{', read_only' if self.read_only else ''})"
+        # a URL may carry credentials (s3://KEY:SECRET@bucket, ?secret_key=...): never show them
+        return f"Backend({safe_url(self.url)!r}{', read_only' if self.read_only else ''})"
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"

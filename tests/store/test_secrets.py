@@ -205,3 +205,14 @@ def test_keys_in_the_config_storage_options(servers, monkeypatch: pytest.MonkeyP
     with deltastore.open_store(home) as st:
         assert st.verify().ok  # the options reached the backend
         assert not leaks(repr(st) + repr(st.config), PASSWORD, ACCESS, SECRET), repr(st.config)
+
+
+def test_backend_repr_hides_credentials_in_its_url(tmp_path: Path) -> None:
+    """A Backend ends up in tracebacks, logs and debugger output: its repr masks what the URL
+    carries (the password of s3://KEY:SECRET@bucket, secret query parameters)."""
+    from deltastore.backend import Backend
+
+    b = Backend("memory://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/objects")
+    assert "wJalrXUtnFEMI" not in repr(b) and "***" in repr(b)
+    b2 = Backend("memory://bucket/objects?secret_key=wJalrXUtnFEMI")
+    assert "wJalrXUtnFEMI" not in repr(b2)
