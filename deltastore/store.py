@@ -20,7 +20,7 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import sessionmaker
 
 from . import codec as codecs
-from . import ingest, maintenance, materialize, remotes, versions
+from . import chains, ingest, maintenance, materialize, remotes, versions
 from .backend import Backend
 from .catalog import Model, Version
 from .config import StoreConfig, load_config, safe_url
@@ -125,9 +125,16 @@ class Store:
         """Store a fine-tune as deltas against the version ``base`` names (default codec: delta-come).
 
         Tensors the codec does not take (embeddings, lm_head, norms for lossy codecs) go lossless;
-        tensors whose bits equal the base's cost nothing."""
-        return ingest.add(self, name, path, base=base, codec=resolve_codec(codec), message=message, tags=tags or [],
-                          author=author, metrics=metrics or {}, calib=calib, progress=progress or no_progress)
+        tensors whose bits equal the base's cost nothing. A lossless checkpoint series (``base`` is
+        ``name``'s own latest version) deltas against its skip-delta base instead (:mod:`.chains`),
+        so a checkout walks at most log2(n) + 1 deltas; the named base is kept in the metrics."""
+        use = resolve_codec(codec)
+        choice = chains.delta_base(self, name, base, use)
+        metrics = dict(metrics or {})
+        if choice.previous is not None:
+            metrics[chains.PREVIOUS_KEY] = choice.previous
+        return ingest.add(self, name, path, base=choice.ref, codec=use, message=message, tags=tags or [],
+                          author=author, metrics=metrics, calib=calib, progress=progress or no_progress)
 
     # -- materializing -----------------------------------------------------------------------------
     def tensor(self, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor:

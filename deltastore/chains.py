@@ -1,0 +1,110 @@
+"""Checkpoint series: which version a new checkpoint deltas against (skip-deltas, as in FSFS).
+
+A training run stored as ``deltastore add finetune RUN PATH --base RUN@latest --codec lossless``
+would chain every checkpoint on the one before, so a checkout of checkpoint n decodes n deltas
+(each lossless delta needs its base's exact bits). Subversion's FSFS bounds the same walk with
+*skip-deltas*, and this module does the same:
+
+- the **series** of a model is its run of versions since the last one whose base is outside the
+  model (its **root**: usually v1, the first checkpoint, a delta against the base model); versions
+  are numbered in the series from 1, the root (so when the root is v1, index = version number);
+- the version at index k > 1 deltas against the version at index ``k & (k - 1)`` (k with its lowest
+  set bit cleared), the root when that is 0. A checkout of index k walks popcount(k) <= log2(k) + 1
+  deltas to the root, plus the root's own; every odd index (half the checkpoints) still deltas
+  against its predecessor, whose difference is the smallest, and the others against an older
+  checkpoint, whose difference is larger but still far below a full copy.
+
+Why skip-deltas rather than a full snapshot every K versions: a snapshot costs a whole lossless
+model (zipnn-sized, ~0.67 of the fine-tune) every K checkpoints, while a skip-delta costs a delta
+against a checkpoint a few saves back; and the walk is log2(n) for every n, with no K to tune.
+Why not always delta against the root (an anchor): the difference to the root grows with the
+run, so late checkpoints would cost nearly what a fine-tune of the base costs.
+
+Lineage: the version's recorded base (``log``'s "base", ``lineage``'s tree, what ``rm`` protects
+and a checkout walks) is the *actual* delta base, because that is the dependency. The series
+order is the version numbers (``log`` lists them in order), and the checkpoint a version was
+added after (the ``--base`` the caller named) is kept in its metrics under
+:data:`PREVIOUS_KEY`, so ``show``/``log --json`` say both.
+
+The choice is made before the add's commit from the catalog as it is then; a concurrent add to
+the same model can take the number this module assumed, which makes the choice less balanced
+but never wrong (any version of the model is a valid base for a lossless delta).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
+
+from . import codec as codecs
+from .catalog import Model, Version
+from .errors import NotFoundError
+from .lookup import resolve_version
+from .protocols import StoreView
+
+#: metrics key under which a series version records the checkpoint it was added after
+PREVIOUS_KEY = "series_previous"
+
+
+@dataclass(frozen=True)
+class DeltaBase:
+    """The base to delta against, and what to record about the choice."""
+
+    ref: str  # the REF the add should use as its base
+    previous: str | None  # the checkpoint the caller named (the series predecessor), when it differs
+    index: int | None  # the new version's index in its series (None: not a series add)
+
+
+def skip_index(k: int) -> int:
+    """Index of the delta base of series index ``k`` >= 1: ``k`` with its lowest set bit cleared
+    (0 means the root, index 1)."""
+    if k <= 0:
+        raise ValueError(f"series index must be positive, got {k}")
+    return k & (k - 1)
+
+
+def chain_depth(k: int) -> int:
+    """Deltas a checkout of series index ``k`` walks down to the series' root (the root's own not counted)."""
+    return 0 if k == 1 else bin(k).count("1")
+
+
+def delta_base(store: StoreView, name: str, base_ref: str, codec: codecs.Codec | None) -> DeltaBase:
+    """The base a new version of ``name`` should delta against when the caller asked for ``base_ref``.
+
+    Only a lossless add whose ``base_ref`` names the latest version of ``name`` itself (a checkpoint
+    series: ``--base RUN@latest``) is redirected to its skip-delta base; any other add keeps the base
+    it named (a lossy delta on a lossy delta would stack errors, and an explicit older base is a choice)."""
+    same = DeltaBase(base_ref, None, None)
+    if codec is None or not codec.lossless:
+        return same
+    with store.Session() as s:
+        try:
+            prev = resolve_version(s, base_ref)
+        except NotFoundError:  # an unknown REF: the add itself says so
+            return same
+        m = s.scalar(select(Model).where(Model.name == name))
+        if m is None or prev.model_id != m.id:
+            return same
+        latest = s.scalar(select(func.max(Version.number)).where(Version.model_id == m.id))
+        if prev.number != latest:
+            return same
+        base_v = aliased(Version)
+        # the root: the newest version up to prev whose base is not a version of this model
+        root = s.scalar(
+            select(func.max(Version.number))
+            .outerjoin(base_v, Version.base_version_id == base_v.id)
+            .where(Version.model_id == m.id, Version.number <= prev.number,
+                   (Version.base_version_id.is_(None)) | (base_v.model_id != m.id)))
+        if root is None:  # every version chains inside the model (hand-made): nothing to bound
+            return same
+        k = prev.number + 2 - root  # the new version's index (the root's is 1)
+        j = skip_index(k)
+        target = root + j - 1 if j else root
+        if target == prev.number:
+            return DeltaBase(base_ref, None, k)
+        exists = s.scalar(select(Version.id).where(Version.model_id == m.id, Version.number == target))
+        if exists is None:  # removed: fall back on the predecessor
+            return DeltaBase(base_ref, None, k)
+        return DeltaBase(f"{name}@v{target}", f"{name}@v{prev.number}", k)

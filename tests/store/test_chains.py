@@ -1,0 +1,73 @@
+"""Checkpoint series: skip-delta bases bound the chain a checkout walks, and every checkpoint
+comes back byte-exact (deltastore.chains)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from deltastore.chains import PREVIOUS_KEY, chain_depth, skip_index
+
+from ..conftest import finetune_of, llama_like, tree_hashes, write_model
+
+
+def depth(store, ref: str) -> int:
+    """Deltas a checkout of REF walks (bases followed until a version with none)."""
+    n, v = 0, store.resolve(ref)
+    while v.base is not None:
+        n += 1
+        v = store.resolve(v.base)
+    return n
+
+
+def test_skip_index_is_fsfs_skip_deltas():
+    assert [skip_index(k) for k in range(1, 17)] == [0, 0, 2, 0, 4, 4, 6, 0, 8, 8, 10, 8, 12, 12, 14, 0]
+    assert max(chain_depth(k) for k in range(1, 1024)) == 10  # log2(n) + 1 at most
+    assert sum(skip_index(k) == k - 1 for k in range(1, 1025)) == 512  # half delta on their predecessor
+
+
+def test_sixteen_chained_checkpoints_check_out_exact_with_a_short_chain(store, tmp_path: Path):
+    base = llama_like(0, hidden=16, layers=1, vocab=32)
+    store.add_base("smol", write_model(tmp_path / "base", base))
+    cur, srcs = base, []
+    for i in range(16):  # each checkpoint a small step from the one before, as a training run saves
+        cur = finetune_of(cur, seed=100 + i, scale=2e-3, touch_norms=True)
+        src = write_model(tmp_path / f"ck{i:02d}", cur)
+        srcs.append(src)
+        v = store.add_finetune("run", src, base="smol" if i == 0 else "run@latest", codec="lossless")
+        assert v.number == i + 1
+    # the actual bases: v1 on the base model, then v(n) on n-1 from the root v1 with its lowest bit cleared
+    want = {1: "smol@v1", 2: "run@v1", 3: "run@v2", 4: "run@v1", 5: "run@v4", 6: "run@v4", 7: "run@v6",
+            8: "run@v1", 12: "run@v8", 15: "run@v14", 16: "run@v1"}
+    for n, b in want.items():
+        v = store.resolve(f"run@v{n}")
+        assert v.base == b, n
+        # the checkpoint it was saved after is kept where the delta base differs from it
+        assert v.metrics.get(PREVIOUS_KEY) == (None if b in (f"run@v{n - 1}", "smol@v1") else f"run@v{n - 1}"), n
+    assert max(depth(store, f"run@v{n}") for n in range(1, 17)) <= 5
+    assert depth(store, "run@v16") == 2 and depth(store, "run@v15") == 5
+    for n in range(1, 17):
+        out = tmp_path / f"out{n}"
+        assert store.checkout(f"run@v{n}", out).exact
+        assert tree_hashes(out) == tree_hashes(srcs[n - 1]), n
+    # log still lists the series in order
+    assert [v.number for v in store.versions("run")] == list(range(1, 17))
+
+
+def test_other_adds_keep_the_base_they_name(store, tmp_path: Path):
+    base = llama_like(0, hidden=16, layers=1, vocab=32)
+    store.add_base("b", write_model(tmp_path / "base", base))
+    a = finetune_of(base, seed=1, scale=1e-3)
+    b = finetune_of(a, seed=2, scale=1e-3)
+    c = finetune_of(b, seed=3, scale=1e-3)
+    store.add_finetune("r", write_model(tmp_path / "a", a), base="b", codec="lossless")
+    store.add_finetune("r", write_model(tmp_path / "b2", b), base="r@latest", codec="lossless")  # v2 -> v1 (root)
+    # an explicit older base, and a lossy codec, are taken as given
+    assert store.add_finetune("r", write_model(tmp_path / "c", c), base="r@v1", codec="lossless").base == "r@v1"
+    v4 = store.add_finetune("r", write_model(tmp_path / "d", c), base="r@latest", codec={"id": "lowrank", "alpha": 0.25})
+    assert v4.base == "r@v3" and PREVIOUS_KEY not in v4.metrics
+    # a different model's latest is not a series
+    v = store.add_finetune("s", write_model(tmp_path / "e", c), base="r@latest", codec="lossless")
+    assert v.base == "r@v4"
+    assert torch.equal(store.tensor("r@v3", "lm_head.weight").view(torch.uint8), c["lm_head.weight"].view(torch.uint8))
