@@ -61,20 +61,27 @@ def random_packed(m: int, n: int, gen: torch.Generator, device: torch.device, al
 
 
 def shrink_kw(k: dict) -> dict:
-    return dict(block_m=k.get("bm"), block_r=k.get("br"), num_warps=k.get("sw", 4), num_stages=k.get("ss", 2), gather=k.get("g", False))
+    return dict(block_m=k.get("bm"), block_r=k.get("br"), num_warps=k.get("sw"), num_stages=k.get("ss"), gather=k.get("g", False),
+                path=k.get("path"))
 
 
 def expand_kw(k: dict) -> dict:
-    return dict(block_m=k.get("bm"), block_n=k.get("bn"), block_r=k.get("er", 32), num_warps=k.get("ew", 4), num_stages=k.get("es", 2),
-                gather=k.get("g", False))
+    return dict(block_m=k.get("bm"), block_n=k.get("bn"), block_r=k.get("er"), num_warps=k.get("ew"), num_stages=k.get("es"),
+                gather=k.get("g", False), path=k.get("path"), chunk=k.get("chunk"))
 
 
-#: configurations --sweep tries, by rows per fine-tune; the first is the default
-SWEEP_SMALL = [{}, dict(g=True), dict(bn=32), dict(bn=64), dict(er=64), dict(split_k=1), dict(split_k=8), dict(sw=8, ew=8),
-               dict(ss=3, es=3)]
-SWEEP_LARGE = [{}, dict(g=True), dict(br=64, er=64, sw=8, ew=8), dict(bm=128, br=64, er=64, sw=8, ew=8)]
+def split_for(M: int, ds: DeltaSet, k: dict) -> int:
+    return k.get("split_k") or triton_ops.pick_split_k(M, ds, k.get("path"))
+
+
+#: configurations --sweep tries, by rows per fine-tune; the first is the default (GEMV kernels up
+#: to triton_ops.GEMV_MAX_ROWS rows per fine-tune, the tl.dot kernels above)
+SWEEP_SMALL = [{}, dict(sw=8, ew=8), dict(br=32), dict(er=32), dict(er=8), dict(chunk=128), dict(chunk=512), dict(ss=2, es=2),
+               dict(split_k=2), dict(path="dot")]
+SWEEP_LARGE = [{}]
 #: kernel variants --diagnose times one by one (with registers, spills and shared memory)
-DIAGNOSE = [dict(), dict(g=True), dict(br=64), dict(bn=32), dict(er=64), dict(er=64, ew=8), dict(sw=8, ew=8), dict(ss=1, es=1)]
+DIAGNOSE = [dict(), dict(sw=8, ew=8), dict(sw=2, ew=2), dict(br=32), dict(er=32), dict(er=8), dict(chunk=128), dict(chunk=512),
+            dict(ss=2, es=2), dict(ss=4, es=4), dict(path="dot")]
 
 
 @dataclass
@@ -162,7 +169,7 @@ class Bench:
         """A closure running every copy's layer: base GEMMs, then (if n_tenants) shrink + expand."""
         x, h, ys = self.inputs(M, torch.Generator().manual_seed(M))
         plan = plan_rows(ids, n_tenants) if n_tenants else None
-        sk = kcfg.get("split_k") or (triton_ops.pick_split_k(M, self.copies[0].sets[n_tenants][0]) if n_tenants else 1)
+        sk = split_for(M, self.copies[0].sets[n_tenants][0], kcfg) if n_tenants else 1
         zs = {}
 
         def run() -> None:
@@ -192,7 +199,7 @@ class Bench:
         x, h, _ = self.inputs(M, torch.Generator().manual_seed(M))
         plan = plan_rows(ids, n_tenants)
         c = self.copies[0]
-        sk = kcfg.get("split_k") or triton_ops.pick_split_k(M, c.sets[n_tenants][0])
+        sk = split_for(M, c.sets[n_tenants][0], kcfg)
         worst = 0.0
         for gi, ds in enumerate(c.sets[n_tenants]):
             inp = h if gi == 3 else x
@@ -277,7 +284,7 @@ def diagnose(dev: torch.device, budget: float) -> None:
                 if time.time() > t_end:
                     print("(budget spent)")
                     return
-                sk = cfg.get("split_k") or triton_ops.pick_split_k(M, ds)
+                sk = split_for(M, ds, cfg)
                 z = triton_ops.shrink(x, ds, plan, sk, **shrink_kw(cfg))
                 triton_ops.expand(z, y, ds, plan, **expand_kw(cfg))
                 res = []
@@ -322,16 +329,26 @@ def register_report() -> None:
     def has(bits):
         return {f"HAS{b}": b in bits for b in (1, 2, 3, 4, 8)}
 
+    sig_gs = dict(sig_s)
+    sig_ge = {"z_ptr": "*fp32", "y_ptr": "*bf16", "part_ptr": "*fp32", "sem_ptr": "*i32", "words_ptr": "*i32", "scales_ptr": "*fp16",
+              "zeros_ptr": "*fp16", "items_ptr": "*i64", "rows_ptr": "*i32", "counts_ptr": "*i32", "starts_ptr": "*i32",
+              "mout_ptr": "*i32", "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "Ntot": "i32", "NB_max": "i32", "n_mblk": "i32",
+              "stride_ym": "i32"}
     print(f"triton {triton.__version__}, sm_90")
     print("| kernel | bit widths | split | block (M x R x K or N) | warps / stages | registers, stack, local |")
     print("|---|---|---|---|---|---|")
-    for kern, sig, blk in ((triton_ops._shrink_kernel, sig_s, "BLOCK_K"), (triton_ops._expand_kernel, sig_e, "BLOCK_N")):
-        name = "shrink" if kern is triton_ops._shrink_kernel else "expand"
-        for bits, split, b, nw, ns in (([8, 3, 2], 4, 128, 4, 2), ([2], 4, 128, 4, 2), ([2], 1, 128, 4, 2), ([2], 4, 64, 4, 2),
-                                       ([2], 4, 128, 8, 2), ([2], 4, 128, 4, 1)):
-            ce = dict(NFIELD=9, SPLIT_K=split, BLOCK_M=16, BLOCK_R=32, UPCAST=False, GATHER=False, **has(bits))
-            ce[blk] = b
-            print(f"| {name} | {bits} | {split} | 16 x 32 x {b} | {nw} / {ns} | {usage(kern, sig, ce, nw, ns)} |", flush=True)
+    for bits, bm, nw, ns in (([8, 3, 2], 1, 4, 3), ([2], 1, 4, 3), ([8], 1, 4, 3), ([3], 1, 4, 3), ([8, 3, 2], 4, 4, 3), ([8, 3, 2], 16, 4, 3), ([8, 3, 2], 1, 8, 3)):
+        ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=16, BLOCK_K=128, **has(bits))
+        print(f"| gemv shrink | {bits} | 4 | {bm} x 16 x 128 | {nw} / {ns} | {usage(triton_ops._gemv_shrink_kernel, sig_gs, ce, nw, ns)} |", flush=True)
+        ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=16, BLOCK_N=128, **has(bits))
+        print(f"| gemv expand | {bits} | 4 | {bm} x 16 x 128 | {nw} / {ns} | {usage(triton_ops._gemv_expand_kernel, sig_ge, ce, nw, ns)} |", flush=True)
+    if os.environ.get("REGS_DOT"):
+        for kern, sig, blk in ((triton_ops._shrink_kernel, sig_s, "BLOCK_K"), (triton_ops._expand_kernel, sig_e, "BLOCK_N")):
+            name = "dot shrink" if kern is triton_ops._shrink_kernel else "dot expand"
+            for bits, split, b, nw, ns in (([8, 3, 2], 4, 128, 4, 2), ([2], 4, 128, 4, 2)):
+                ce = dict(NFIELD=9, SPLIT_K=split, BLOCK_M=16, BLOCK_R=32, UPCAST=False, GATHER=False, **has(bits))
+                ce[blk] = b
+                print(f"| {name} | {bits} | {split} | 16 x 32 x {b} | {nw} / {ns} | {usage(kern, sig, ce, nw, ns)} |", flush=True)
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ from .packed import PackedDeltaCoMe, block_for_group
 FIELDS = ("v_q", "v_sz", "u_q", "u_sz", "s_off", "bits", "count", "zcol", "gs")
 NF = len(FIELDS)
 F = {name: i for i, name in enumerate(FIELDS)}
+#: fields of a GEMV expand work item (see :meth:`DeltaSet.items`)
+ITEM_FIELDS = ("slot", "slice", "u_q", "u_sz", "bits", "count", "zcol", "gs", "j", "nj", "grp")
 
 
 @dataclass
@@ -226,10 +228,13 @@ class DeltaSet:
         self.max_tiers = max_tiers
         self.bit_widths = frozenset(rec[F["bits"]] for per in records for recs in per for rec in recs)
         self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._tile_total: dict[int, int] = {}
         self.zcols = zc
         self.m_out = torch.tensor(self.out_features, dtype=torch.int32, device=dev)
         self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
         self._nblk: dict[int, torch.Tensor] = {}
+        self._items: dict[int, tuple[torch.Tensor, int]] = {}
+        self._sems: dict[tuple[int, int], torch.Tensor] = {}
         self._built = True
         return self
 
@@ -268,7 +273,56 @@ class DeltaSet:
             if tl:
                 tiles[a, b, : len(tl)] = torch.tensor(tl, dtype=torch.int64)
         got = self._tiles[tile_r] = (tiles.to(self.device), ntiles.to(self.device), T)
+        self._tile_total[tile_r] = int(ntiles.sum())
         return got
+
+    def n_tiles(self, tile_r: int) -> int:
+        """How many tiles of ``tile_r`` components all slots and slices hold (no device read)."""
+        self.tiles(tile_r)
+        return self._tile_total[int(tile_r)]
+
+    def items(self, chunk: int) -> tuple[torch.Tensor, int]:
+        """(items (n_items, NFI) int64, most items of one slot-slice): the GEMV expand's units of
+        work. An item is a run of at most ``chunk`` components of one tier (so one bit width) of
+        one slot and slice; fields in :data:`ITEM_FIELDS` order (``j``: its index among the items
+        of its slot-slice, ``nj``: how many there are, ``grp``: slot * n_slices + slice)."""
+        chunk = int(chunk)
+        self.build()
+        got = self._items.get(chunk)
+        if got is not None:
+            return got
+        out: list[list[int]] = []
+        most = 1
+        for a, per in enumerate(self.records):
+            for b, recs in enumerate(per):
+                mine: list[list[int]] = []
+                for rec in recs:
+                    bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
+                    uw, ug = quant.packed_words(self.out_features[b], bits), quant.n_groups(self.out_features[b], gs)
+                    for c0 in range(0, cnt, chunk):
+                        mine.append([a, b, rec[F["u_q"]] + c0 * uw, rec[F["u_sz"]] + c0 * ug, bits, min(chunk, cnt - c0),
+                                     rec[F["zcol"]] + c0, gs, len(mine), 0, a * self.n_slices + b])
+                for row in mine:
+                    row[9] = len(mine)
+                most = max(most, len(mine))
+                out += mine
+        t = torch.tensor(out or [[0] * len(ITEM_FIELDS)], dtype=torch.int64).reshape(-1, len(ITEM_FIELDS))
+        if not out:
+            t[0, 1] = 0
+            t[0, 5] = 0  # a no-op item (no components) so the grid is never empty
+            t[0, 9] = 1
+        got = self._items[chunk] = (t.to(self.device), most)
+        return got
+
+    def semaphores(self, n_blocks: int, n_mblocks: int) -> torch.Tensor:
+        """int32 counters, zero, one per (slot-slice, column block, row block): the GEMV expand's
+        last-program-adds-the-partials handshake (each use leaves them at zero again)."""
+        key = (n_blocks, n_mblocks)
+        t = self._sems.get(key)
+        if t is None:
+            n = max(len(self.records), 1) * self.n_slices * n_blocks * n_mblocks
+            t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)
+        return t
 
     def nblocks(self, block_n: int) -> torch.Tensor:
         """int32 (n_blocks, 2): (slice, first column) of every block of ``block_n`` output columns."""

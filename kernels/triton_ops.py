@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from .deltaset import NF, DeltaSet, RowPlan
+from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan
 from .errors import KernelError
 
 try:  # triton is optional: without it the torch reference ops serve (CPU users, CI without it)
@@ -287,6 +287,276 @@ if HAVE_TRITON:
         zp = tl.load(z_ptr + r64[:, None] * G + g[None, :], mask=m2, other=0.0).to(tl.float32)
         tl.store(out_ptr + r64[:, None] * L + offs_c[None, :], (q.to(tl.float32) - zp) * sc, mask=m2)
 
+    # ---------------------------------------------------------------------------------------------
+    # GEMV path (few rows per fine-tune): no tl.dot, one bit width per program, split work
+    #
+    # Per value of a packed row the GEMV does a shift, a mask-or (0x4B000000 | q is the float32
+    # 2^23 + q, so no int->float conversion) and a subtract, then one FMA per row of the batch.
+    # Words are split in registers along a third axis (rows, words, fields) and the activations are
+    # loaded in the same (words, fields) shape, so no reshape or shared-memory shuffle is needed.
+    # ---------------------------------------------------------------------------------------------
+
+    @triton.jit
+    def _fields(w, BITS: tl.constexpr, FLD: tl.constexpr, OFFSET: tl.constexpr):
+        """float32 (..., FLD) = 2^23 + value of each BITS-bit field of the int32 words w (...),
+        starting OFFSET fields in (b = 3 reads its 2-bit planes with BITS=2, its high plane with 1)."""
+        sh = (tl.arange(0, FLD) + OFFSET) * BITS
+        q = (w[:, :, None] >> sh[None, None, :]) & ((1 << BITS) - 1)
+        return (q | 0x4B000000).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1,
+                          BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        """(BLOCK_M, BLOCK_R) float32: rows . V^ components over K blocks kb0 .. kb1 (BLOCK_K wide);
+        8- and 3-bit rows step a quarter block at a time (their small tiers are not worth registers)."""
+        BK: tl.constexpr = BLOCK_K if (BITS != 8 and BITS != 3) else 32
+        offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
+        offs_mm = tl.arange(0, BLOCK_M)
+        row_words = BITS * ((K + 31) // 32)
+        G = (K + gs - 1) // gs
+        wrow = v_q + offs_r * row_words
+        szrow = v_sz + offs_r * G
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for kb in range(kb0 * (BLOCK_K // BK), kb1 * (BLOCK_K // BK)):
+            k0 = kb * BK
+            g = k0 // gs
+            sc = tl.load(scales_ptr + szrow + g, mask=r_ok, other=0.0).to(tl.float32)
+            zp = tl.load(zeros_ptr + szrow + g, mask=r_ok, other=0.0).to(tl.float32) + 8388608.0
+            w0 = (k0 // 32) * BITS
+            if BITS == 3:
+                NC: tl.constexpr = BK // 32
+                li = tl.arange(0, 2 * NC)
+                lo_idx = w0 + (li // 2) * 3 + (li % 2)
+                wl = tl.load(words_ptr + wrow[:, None] + lo_idx[None, :], mask=r_ok[:, None] & (lo_idx < row_words)[None, :], other=0)
+                ql = _fields(wl, 2, 16, 0) - zp[:, None, None]  # (R, 2NC, 16): low planes minus the zero point
+                ci = tl.arange(0, NC)
+                hi_idx = w0 + ci * 3 + 2
+                wh = tl.load(words_ptr + wrow[:, None] + hi_idx[None, :], mask=r_ok[:, None] & (hi_idx < row_words)[None, :], other=0)
+                qh = (_fields(wh, 1, 32, 0) - 8388608.0) * 4.0  # (R, NC, 32): high plane, weight 4
+                xl_idx = k0 + li[:, None] * 16 + tl.arange(0, 16)[None, :]
+                xh_idx = k0 + ci[:, None] * 32 + tl.arange(0, 32)[None, :]
+                for m in tl.static_range(BLOCK_M):  # unrolled: the loop over the packed words stays innermost (pipelined)
+                    row = tl.load(rows_ptr + pos0 + tl.minimum(nrows - 1, m)).to(tl.int64)
+                    xl = tl.load(x_ptr + row * stride_xm + xl_idx, mask=(xl_idx < K) & (xl_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    xh = tl.load(x_ptr + row * stride_xm + xh_idx, mask=(xh_idx < K) & (xh_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    d = tl.sum(tl.sum(ql * xl[None, :, :], axis=2), axis=1) + tl.sum(tl.sum(qh * xh[None, :, :], axis=2), axis=1)
+                    acc = tl.where(offs_mm[:, None] == m, acc + (d * sc)[None, :], acc)
+            else:
+                FLD: tl.constexpr = 32 // BITS
+                NW: tl.constexpr = BK // FLD
+                wi = tl.arange(0, NW)
+                widx = w0 + wi
+                w = tl.load(words_ptr + wrow[:, None] + widx[None, :], mask=r_ok[:, None] & (widx < row_words)[None, :], other=0)
+                q = _fields(w, BITS, FLD, 0) - zp[:, None, None]  # (R, NW, FLD)
+                x_idx = k0 + wi[:, None] * FLD + tl.arange(0, FLD)[None, :]
+                for m in tl.static_range(BLOCK_M):  # unrolled: the loop over the packed words stays innermost (pipelined)
+                    row = tl.load(rows_ptr + pos0 + tl.minimum(nrows - 1, m)).to(tl.int64)
+                    xv = tl.load(x_ptr + row * stride_xm + x_idx, mask=(x_idx < K) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    d = tl.sum(tl.sum(q * xv[None, :, :], axis=2), axis=1)
+                    acc = tl.where(offs_mm[:, None] == m, acc + (d * sc)[None, :], acc)
+        return acc
+
+    @triton.jit
+    def _gemv_shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
+                            rows_ptr, counts_ptr, starts_ptr,
+                            M, K, ZC, n_slices, T_max, stride_xm,
+                            NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+        """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
+        components of one tier (one bit width) and one split of the inputs per program."""
+        pid0 = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        slot = tl.program_id(2)
+        ks = pid0 % SPLIT_K
+        tt = pid0 // SPLIT_K
+        sl = tt // T_max
+        t = tt % T_max
+        cnt = tl.load(counts_ptr + slot)
+        if pid_m * BLOCK_M >= cnt:
+            return
+        if t >= tl.load(ntiles_ptr + slot * n_slices + sl):
+            return
+        tb = tiles_ptr + ((slot * n_slices + sl) * T_max + t) * NFIELD
+        v_q = tl.load(tb + 0)
+        v_sz = tl.load(tb + 1)
+        s_off = tl.load(tb + 4)
+        bits = tl.load(tb + 5)
+        nvalid = tl.load(tb + 6)
+        zcol = tl.load(tb + 7)
+        gs = tl.load(tb + 8)
+        pos0 = tl.load(starts_ptr + slot) + pid_m * BLOCK_M
+        nrows = tl.minimum(cnt - pid_m * BLOCK_M, BLOCK_M)
+        offs_r = tl.arange(0, BLOCK_R)
+        r_ok = offs_r < nvalid
+        nkb = tl.cdiv(K, BLOCK_K)
+        per = tl.cdiv(nkb, SPLIT_K)
+        kb0 = ks * per
+        kb1 = tl.minimum(kb0 + per, nkb)
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        if HAS2:
+            if bits == 2:
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 2, BLOCK_M, BLOCK_R, BLOCK_K)
+        if HAS3:
+            if bits == 3:
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 3, BLOCK_M, BLOCK_R, BLOCK_K)
+        if HAS8:
+            if bits == 8:
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 8, BLOCK_M, BLOCK_R, BLOCK_K)
+        if HAS4:
+            if bits == 4:
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 4, BLOCK_M, BLOCK_R, BLOCK_K)
+        if HAS1:
+            if bits == 1:
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 1, BLOCK_M, BLOCK_R, BLOCK_K)
+        sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)
+        acc = acc * sv[None, :]
+        offs_m = tl.arange(0, BLOCK_M)
+        m_ok = offs_m < nrows
+        zptr = z_ptr + (ks * M + pos0 + offs_m).to(tl.int64)[:, None] * ZC + zcol + offs_r[None, :]
+        tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
+
+    @triton.jit
+    def _zrow(z_ptr, ks_stride, p, zc0, offs_r, r_ok, SPLIT_K: tl.constexpr):
+        """float32 (R,): z of sorted row p at columns zc0 + offs_r, summed over the shrink's splits."""
+        zr = tl.zeros(offs_r.shape, dtype=tl.float32)
+        for ks in tl.static_range(SPLIT_K):
+            zr += tl.load(z_ptr + ks * ks_stride + p + zc0 + offs_r, mask=r_ok, other=0.0)
+        return zr
+
+    @triton.jit
+    def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0,
+                          BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Store to part_ptr (rows of the block, Ntot) the partial y of components [0, cnt_t) of
+        one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n)."""
+        RB: tl.constexpr = BLOCK_R if (BITS != 8 and BITS != 3) else (BLOCK_R // 4 if BLOCK_R >= 8 else BLOCK_R)  # see _gemv_shrink_tile
+        row_words = BITS * ((m_s + 31) // 32)
+        G = (m_s + gs - 1) // gs
+        g = n0 // gs
+        w0 = (n0 // 32) * BITS
+        offs_r0 = tl.arange(0, RB)
+        offs_mm = tl.arange(0, BLOCK_M)
+        if BITS == 3:
+            NC: tl.constexpr = BLOCK_N // 32
+            li = tl.arange(0, 2 * NC)
+            ci = tl.arange(0, NC)
+            lo_idx = w0 + (li // 2) * 3 + (li % 2)
+            hi_idx = w0 + ci * 3 + 2
+            acc_l = tl.zeros((BLOCK_M, 2 * NC, 16), dtype=tl.float32)
+            acc_h = tl.zeros((BLOCK_M, NC, 32), dtype=tl.float32)
+            for c0 in range(0, cnt_t, RB):
+                offs_r = c0 + offs_r0
+                r_ok = offs_r < cnt_t
+                r64 = offs_r.to(tl.int64)
+                wrow = u_q + r64 * row_words
+                sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
+                zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32) + 8388608.0
+                wl = tl.load(words_ptr + wrow[:, None] + lo_idx[None, :], mask=r_ok[:, None] & (lo_idx < row_words)[None, :], other=0)
+                wh = tl.load(words_ptr + wrow[:, None] + hi_idx[None, :], mask=r_ok[:, None] & (hi_idx < row_words)[None, :], other=0)
+                ql = _fields(wl, 2, 16, 0) - zp[:, None, None]
+                qh = (_fields(wh, 1, 32, 0) - 8388608.0) * 4.0
+                for m in range(0, nrows):
+                    cf = _zrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, offs_r0, r_ok, SPLIT_K) * sc
+                    cl = tl.sum(cf[:, None, None] * ql, axis=0)
+                    ch = tl.sum(cf[:, None, None] * qh, axis=0)
+                    hit = (offs_mm == m)[:, None, None]
+                    acc_l = tl.where(hit, acc_l + cl[None, :, :], acc_l)
+                    acc_h = tl.where(hit, acc_h + ch[None, :, :], acc_h)
+            acc = tl.reshape(acc_l, (BLOCK_M, BLOCK_N)) + tl.reshape(acc_h, (BLOCK_M, BLOCK_N))
+            cols = col0 + n0 + tl.arange(0, BLOCK_N)
+            pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None] + cols[None, :]
+            tl.store(pptr, acc, mask=(offs_mm < nrows)[:, None] & (cols < col0 + m_s)[None, :])
+        else:
+            FLD: tl.constexpr = 32 // BITS
+            NW: tl.constexpr = BLOCK_N // FLD
+            wi = tl.arange(0, NW)
+            widx = w0 + wi
+            acc = tl.zeros((BLOCK_M, NW, FLD), dtype=tl.float32)
+            for c0 in range(0, cnt_t, RB):
+                offs_r = c0 + offs_r0
+                r_ok = offs_r < cnt_t
+                r64 = offs_r.to(tl.int64)
+                sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
+                zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32) + 8388608.0
+                w = tl.load(words_ptr + (u_q + r64 * row_words)[:, None] + widx[None, :], mask=r_ok[:, None] & (widx < row_words)[None, :], other=0)
+                q = _fields(w, BITS, FLD, 0) - zp[:, None, None]  # (R, NW, FLD)
+                for m in range(0, nrows):
+                    cf = _zrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, offs_r0, r_ok, SPLIT_K) * sc
+                    cm = tl.sum(cf[:, None, None] * q, axis=0)  # (NW, FLD)
+                    acc = tl.where((offs_mm == m)[:, None, None], acc + cm[None, :, :], acc)
+            cols = col0 + n0 + wi[:, None] * FLD + tl.arange(0, FLD)[None, :]  # (NW, FLD)
+            pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cols[None, :, :]
+            tl.store(pptr, acc, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
+
+    @triton.jit
+    def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr,
+                            rows_ptr, counts_ptr, starts_ptr, mout_ptr, coloff_ptr,
+                            M, ZC, Ntot, NB_max, n_mblk, stride_ym,
+                            NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+        """y[rows, cols] += z U^^T. Program (column block, work item, row block): a work item is a
+        run of components of one tier (one bit width) of one slot and slice. Each writes its partial
+        sum; the last of a (slot, slice, column block, row block) group to finish (a counter per
+        group, reset by that last one) adds the partials in item order into y: one launch, the same
+        numbers whatever the order the programs ran in."""
+        pid_n = tl.program_id(0)
+        it = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        ib = items_ptr + it * NFI
+        slot = tl.load(ib + 0)
+        sl = tl.load(ib + 1)
+        cnt = tl.load(counts_ptr + slot)
+        if pid_m * BLOCK_M >= cnt:
+            return
+        m_s = tl.load(mout_ptr + sl)
+        n0 = pid_n * BLOCK_N
+        if n0 >= m_s:
+            return
+        u_q = tl.load(ib + 2)
+        u_sz = tl.load(ib + 3)
+        bits = tl.load(ib + 4)
+        cnt_t = tl.load(ib + 5)
+        zcol = tl.load(ib + 6)
+        gs = tl.load(ib + 7)
+        j = tl.load(ib + 8)
+        nj = tl.load(ib + 9)
+        grp = tl.load(ib + 10)
+        col0 = tl.load(coloff_ptr + sl)
+        pos0 = tl.load(starts_ptr + slot) + pid_m * BLOCK_M
+        nrows = tl.minimum(cnt - pid_m * BLOCK_M, BLOCK_M)
+        part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
+        if HAS2:
+            if bits == 2:
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+        if HAS3:
+            if bits == 3:
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+        if HAS8:
+            if bits == 8:
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+        if HAS4:
+            if bits == 4:
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+        if HAS1:
+            if bits == 1:
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+        # every thread's partial is stored before one thread releases the counter
+        tl.debug_barrier()
+        sem = sem_ptr + (grp * NB_max + pid_n) * n_mblk + pid_m
+        done = tl.atomic_add(sem, 1, sem="acq_rel")
+        if done == nj - 1:
+            offs_mm = tl.arange(0, BLOCK_M)
+            cols = col0 + n0 + tl.arange(0, BLOCK_N)
+            mk = (offs_mm < nrows)[:, None] & (cols < col0 + m_s)[None, :]
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for jj in range(0, nj):
+                pp = part_ptr + ((jj * M + pos0 + offs_mm).to(tl.int64) * Ntot)[:, None] + cols[None, :]
+                acc += tl.load(pp, mask=mk, other=0.0, cache_modifier=".cg")
+            rows = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
+            yptr = y_ptr + (rows * stride_ym)[:, None] + cols[None, :]
+            yv = tl.load(yptr, mask=mk, other=0.0).to(tl.float32)
+            tl.store(yptr, (yv + acc).to(y_ptr.dtype.element_ty), mask=mk)
+            tl.atomic_xchg(sem, 0)
+
 
 #: the compiled kernels of the latest launches (registers, spills, shared memory: benchmarks read them)
 LAST: dict[str, object] = {}
@@ -312,17 +582,44 @@ def rows_per_slot(M: int, dset: DeltaSet) -> int:
     return -(-M // max(dset.n_slots, 1))
 
 
-def pick_split_k(M: int, dset: DeltaSet) -> int:
+#: rows per fine-tune up to which the GEMV kernels run (above: the tl.dot kernels)
+GEMV_MAX_ROWS = 16
+#: the GEMV shrink's tile of components, the expand's step over components, its run of components per program
+GEMV_TILE_R = 16
+GEMV_STEP_R = 16
+GEMV_CHUNK = 256
+
+
+def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
+    """Whether the GEMV kernels serve this batch: ``path`` "gemv"/"dot" forces it, else by rows per fine-tune."""
+    if path is not None:
+        if path not in ("gemv", "dot"):
+            raise KernelError(f"path must be 'gemv' or 'dot', got {path!r}")
+        return path == "gemv"
+    return rows_per_slot(M, dset) <= GEMV_MAX_ROWS
+
+
+def _gemv_block_m(M: int, dset: DeltaSet) -> int:
+    r = min(rows_per_slot(M, dset), GEMV_MAX_ROWS)
+    return 1 << (max(r, 1) - 1).bit_length()
+
+
+def pick_split_k(M: int, dset: DeltaSet, path: str | None = None) -> int:
     """Split the input dimension of the shrink when few rows leave the GPU short of programs."""
+    kblocks = -(-dset.in_features // dset.block_k)
+    if use_gemv(M, dset, path):
+        n = max(dset.n_tiles(GEMV_TILE_R), 1)
+        return max(1, min(8, kblocks, -(-1024 // n)))
     if rows_per_slot(M, dset) > 32:
         return 1
-    kblocks = -(-dset.in_features // dset.block_k)
     return max(1, min(8, kblocks // 8))
 
 
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
-           block_r: int | None = None, num_warps: int = 4, num_stages: int = 2, gather: bool = False) -> torch.Tensor:
-    """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows."""
+           block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None, gather: bool = False,
+           path: str | None = None) -> torch.Tensor:
+    """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows.
+    ``path``: "gemv" (few rows per fine-tune) or "dot"; by default chosen by :func:`use_gemv`."""
     _need_triton()
     dset.build()
     M, K = x.shape
@@ -331,6 +628,17 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     if x.stride(1) != 1:
         x = x.contiguous()
     z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
+    if use_gemv(M, dset, path):
+        bm = block_m or _gemv_block_m(M, dset)
+        br = block_r or GEMV_TILE_R
+        tiles, ntiles, T = dset.tiles(br)
+        grid = (dset.n_slices * T * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
+        LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
+                             plan.rows, plan.counts, plan.starts, M, K, dset.zcols, dset.n_slices, T, x.stride(0),
+                             NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, **_has(dset),
+                             num_warps=num_warps or 4, num_stages=num_stages or 3)
+        return z
+    num_warps, num_stages = num_warps or 4, num_stages or 2
     bm = block_m or _block_m(rows_per_slot(M, dset))
     br = block_r or dset.tile_r
     tiles, ntiles, T = dset.tiles(br)
@@ -344,13 +652,32 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
 
 
 def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, block_m: int | None = None,
-           block_n: int | None = None, block_r: int = 32, num_warps: int = 4, num_stages: int = 2, gather: bool = False) -> torch.Tensor:
-    """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place."""
+           block_n: int | None = None, block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+           gather: bool = False, path: str | None = None, chunk: int | None = None) -> torch.Tensor:
+    """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place.
+    ``path`` as for :func:`shrink`; ``chunk``: components per GEMV program (a multiple of the step)."""
     _need_triton()
     dset.build()
     M = y.shape[0]
     if y.stride(1) != 1:
         raise KernelError("expand writes y in place and needs unit stride along its columns")
+    if use_gemv(M, dset, path):
+        bm = block_m or _gemv_block_m(M, dset)
+        br = block_r or GEMV_STEP_R
+        bn = min(block_n or dset.block_k, dset.block_k)
+        items, most = dset.items(chunk or GEMV_CHUNK)
+        nb = -(-max(dset.out_features) // bn)
+        nmb = triton.cdiv(M, bm)
+        sems = dset.semaphores(nb, nmb)
+        part = torch.empty(most, M, sum(dset.out_features), dtype=torch.float32, device=y.device)
+        grid = (nb, items.shape[0], nmb)
+        LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items,
+                             plan.rows, plan.counts, plan.starts, dset.m_out, dset.col_off,
+                             M, dset.zcols, part.shape[2], nb, nmb, y.stride(0),
+                             NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, **_has(dset),
+                             num_warps=num_warps or 4, num_stages=num_stages or 3)
+        return y
+    block_r, num_warps, num_stages = block_r or 32, num_warps or 4, num_stages or 2
     bm = block_m or _block_m(rows_per_slot(M, dset))
     bn = min(block_n or dset.block_k, dset.block_k)  # a block of columns lies inside one group
     nblk = dset.nblocks(bn)

@@ -1,0 +1,216 @@
+"""End to end: ``generate`` on a Llama-2-7B-shaped model serving N fine-tunes from one base.
+
+    python benchmarks/bench_generate.py --out benchmarks/results/generate_h200.md     # on the GPU
+    python benchmarks/bench_generate.py --smoke                                       # CPU check, tiny shapes
+
+The model is transformers' LlamaForCausalLM with Llama-2-7B's shapes (hidden 4096, MLP 11008, 32
+heads, vocabulary 32000, ``--layers`` decoder layers, 32 by default = the real 7B) and random bf16
+weights made on the device (speed does not depend on the values). Its seven linears per layer
+become :class:`~deltastore.kernels.DeltaLinear` modules, exactly as ``Store.load_many`` builds
+them, each holding N random delta-come deltas at alpha 1/16 with the real codec's tier counts
+(bench_kernels.random_packed); one batch holds one sequence per fine-tune (``delta_ids`` =
+0 .. N-1, set on the model's DeltaContext as ``generate(delta_ids=...)`` does). Greedy decoding,
+``--new`` tokens after a ``--prompt``-token prompt, eager PyTorch (no CUDA graph), KV cache of
+transformers' default kind.
+
+Beside it: N materialized models (dense bf16 copies, one per fine-tune), each generating for its
+own sequence, where N of them fit in the GPU; and the capacity: how many 1/16 fine-tunes fit in
+the GPU beside the base and ``--kv-gb`` GB of KV cache (allocated for real next to the N = max
+deltas, then the rest computed from the bytes per fine-tune measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_kernels import random_packed  # noqa: E402
+
+from deltastore.kernels import DeltaContext, DeltaLinear  # noqa: E402
+
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def make_model(layers: int, device: torch.device, smoke: bool):
+    """A Llama-2-7B-shaped LlamaForCausalLM (or a tiny one) with random bf16 weights on ``device``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if smoke:
+        cfg = LlamaConfig(hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=4,
+                          num_hidden_layers=layers, vocab_size=512, max_position_embeddings=256)
+    else:
+        cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                          num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def to_lazy(model, ctx: DeltaContext) -> list[DeltaLinear]:
+    """Swap every decoder linear for a DeltaLinear over the same (shared) weight, as load_many does."""
+    out = []
+    for layer in model.model.layers:
+        for name in LINEARS:
+            parent, _, leaf = name.rpartition(".")
+            mod = layer.get_submodule(parent)
+            lin = DeltaLinear.from_linear(getattr(mod, leaf), ctx)
+            setattr(mod, leaf, lin)
+            out.append(lin)
+    return out
+
+
+def add_finetunes(lins: list[DeltaLinear], n: int, gen: torch.Generator, device: torch.device, alpha: float) -> None:
+    """Give every DeltaLinear ``n`` more random packed deltas (one per new fine-tune)."""
+    for lin in lins:
+        for _ in range(n):
+            lin.add_delta(random_packed(lin.out_features, lin.in_features, gen, device, alpha))
+        lin.deltas.build()
+
+
+def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Seconds for one greedy generate of ``new`` tokens for ``batch`` sequences (after a warm-up)."""
+    ids = torch.randint(3, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch)).to(device)
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    model.generate(ids, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})
+    sync(device)
+    t = time.perf_counter()
+    out = model.generate(ids, **kw)
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def mem_gb(device: torch.device) -> float:
+    return torch.cuda.memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--ns", default="1,8,32,128", help="numbers of fine-tunes served at once")
+    ap.add_argument("--dense-ns", default="1,8", help="numbers of materialized models to compare (where they fit)")
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--kv-gb", type=float, default=10.0)
+    ap.add_argument("--alpha", type=float, default=1 / 16)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which no further case starts")
+    args = ap.parse_args()
+    t_end = time.time() + args.deadline
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if args.smoke:
+        args.layers, args.new, args.prompt = min(args.layers, 2), min(args.new, 3), min(args.prompt, 5)
+        args.ns, args.dense_ns = "1,3", "1,2"
+    ns = [int(v) for v in args.ns.split(",")]
+    dense_ns = [int(v) for v in args.dense_ns.split(",")]
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    total = torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else float("nan")
+    rows: list[dict] = []
+
+    t0 = time.time()
+    model = make_model(args.layers, device, args.smoke)
+    vocab = model.config.vocab_size
+    base_gb = mem_gb(device)
+    ctx = DeltaContext(0, default_id=None)
+    t_base, _ = gen_tokens(model, 1, args.prompt, args.new, vocab, device)
+    rows.append(dict(case="base alone (plain model)", n=0, batch=1, s=t_base, tok_s=args.new / t_base, mem_gb=base_gb))
+    print(json.dumps(rows[-1]), f"setup {time.time() - t0:.0f} s", flush=True)
+    lins = to_lazy(model, ctx)
+    gen = torch.Generator(device=device).manual_seed(1)
+    have = 0
+    per_ft_bytes = None
+    for n in ns:
+        if time.time() > t_end:
+            print(f"(deadline: N={n} not run)", flush=True)
+            break
+        t1 = time.time()
+        add_finetunes(lins, n - have, gen, device, args.alpha)
+        have = n
+        ctx.n_slots = n
+        delta_bytes = sum(lin.deltas.nbytes for lin in lins)
+        per_ft_bytes = delta_bytes / n
+        ctx.set(torch.arange(n))
+        t, out = gen_tokens(model, n, args.prompt, args.new, vocab, device)
+        ctx.set(None)
+        rows.append(dict(case=f"lazy, {n} fine-tune(s), one sequence each", n=n, batch=n, s=t, tok_s=n * args.new / t,
+                         mem_gb=mem_gb(device), deltas_gb=delta_bytes / 1e9, build_s=time.time() - t1 - t))
+        print(json.dumps(rows[-1]), flush=True)
+    # capacity: the KV cache allocated for real beside the base and every delta loaded above
+    cap = {}
+    if device.type == "cuda" and per_ft_bytes:
+        try:
+            kv = torch.empty(int(args.kv_gb * 1e9), dtype=torch.uint8, device=device)
+            free, _ = torch.cuda.mem_get_info()
+            cap = dict(loaded=have, kv_gb=args.kv_gb, free_gb=free / 1e9, per_ft_gb=per_ft_bytes / 1e9,
+                       more=int(max(free - 2e9, 0) // per_ft_bytes), held_gb=mem_gb(device))
+            del kv
+        except torch.OutOfMemoryError as e:
+            cap = dict(loaded=have, kv_gb=args.kv_gb, error=str(e).splitlines()[0])
+        print(json.dumps(cap), flush=True)
+    del lins, model, ctx
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    # N materialized models, each generating for its own sequence, one after another
+    for n in dense_ns:
+        if time.time() > t_end:
+            print(f"(deadline: dense N={n} not run)", flush=True)
+            break
+        need = n * base_gb
+        if device.type == "cuda" and need > 0.9 * total:
+            rows.append(dict(case=f"{n} materialized models", n=n, skipped=f"needs {need:.0f} GB of {total:.0f}"))
+            continue
+        models = [make_model(args.layers, device, args.smoke) for _ in range(n)]
+        held = mem_gb(device)
+        ts = [gen_tokens(m, 1, args.prompt, args.new, vocab, device)[0] for m in models]
+        rows.append(dict(case=f"{n} materialized models, one sequence each", n=n, batch=1, s=sum(ts), tok_s=n * args.new / sum(ts),
+                         mem_gb=held))
+        print(json.dumps(rows[-1]), flush=True)
+        del models
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    lines = [f"# generate on a Llama-2-7B-shaped model, N fine-tunes from one base ({name})", "",
+             f"Measured by `python benchmarks/bench_generate.py --layers {args.layers} --ns {args.ns} --dense-ns {args.dense_ns}` on {name} "
+             f"(torch {torch.__version__}, {total:.0f} GB). {args.layers} decoder layers of Llama-2-7B's shapes, random bf16 weights, "
+             f"delta-come deltas at alpha {args.alpha:.4g} on all seven linears of every layer; greedy, prompt {args.prompt} tokens, "
+             f"{args.new} new tokens per sequence, eager PyTorch (no CUDA graph); one sequence per fine-tune. GPU memory = "
+             "torch.cuda.memory_allocated after the run (weights, deltas, and what the allocator still holds of the cache).", "",
+             "| case | batch | seconds | tokens/s | GPU memory (GB) | of it: packed deltas (GB) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['case']} | - | - | - | {r['skipped']} | - |")
+            continue
+        lines.append(f"| {r['case']} | {r['batch']} | {r['s']:.2f} | {r['tok_s']:.1f} | {r['mem_gb']:.1f} | {r.get('deltas_gb', 0):.2f} |")
+    if cap:
+        lines += ["", "Capacity: " + json.dumps(cap)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(rows=rows, capacity=cap), f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
