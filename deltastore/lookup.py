@@ -2,17 +2,40 @@
 
 Every capability module resolves names the same way through these, so a REF means one thing
 everywhere (``NAME``, ``NAME@v3``, ``NAME@latest``, ``NAME@tag``, ``NAME@<manifest-sha-prefix>``).
+
+A store that tracks a remote (``deltastore clone``) holds only what was asked for. When a REF is
+not in its catalog, :func:`resolve_version` asks the catalog's *fetcher* to bring that version
+(and its base chain) over and returns the local copy: so ``checkout``, ``state_dict``, ``load``
+and the mount pull what they need on first use. This module knows nothing of remotes:
+``remotes.py`` installs the function that finds a catalog's fetcher (:func:`set_fetcher_finder`),
+so the arrows still point one way (remotes -> transfer -> lookup).
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, joinedload
 
 from .catalog import Model, Tag, Version
 from .errors import UnknownRefError
 from .refs import Ref, parse_ref
 from .results import VersionInfo
+
+#: brings the version a REF names into this catalog; returns (model, number) of the local copy,
+#: or raises (UnknownRefError when the remote lacks it too, RemoteError when it cannot be used)
+Fetcher = Callable[[str], tuple[str, int]]
+_finder: Callable[[Engine], Fetcher | None] | None = None
+_fetching = threading.local()  # a fetch resolves REFs itself: those must not fetch again
+
+
+def set_fetcher_finder(finder: Callable[[Engine], Fetcher | None] | None) -> None:
+    """Install what finds the fetcher of a catalog (remotes.py does, on import)."""
+    global _finder
+    _finder = finder
 
 
 def find_model(s: Session, name: str) -> Model:
@@ -28,26 +51,64 @@ def latest_number(s: Session, m: Model) -> int:
     return s.scalar(select(func.max(Version.number)).where(Version.model_id == m.id)) or 0
 
 
-def resolve_version(s: Session, ref: str | Ref) -> Version:
+def resolve_version(s: Session, ref: str | Ref, *, fetch: bool = True) -> Version:
+    """The version REF names. When this catalog lacks it and ``fetch`` is on, the catalog's
+    fetcher (a tracked remote, module doc) may bring it here first; only a session that is not
+    inside an explicit transaction (``Session.begin()``: a write in progress) fetches."""
     r = parse_ref(ref) if isinstance(ref, str) else ref
-    m = find_model(s, r.model)
-    q = select(Version).where(Version.model_id == m.id)
+    try:
+        return _resolve(s, r, ref)
+    except UnknownRefError:
+        fetcher = _fetcher(s) if fetch else None
+        if fetcher is None:
+            raise
+    _fetching.on = True
+    try:
+        model, number = fetcher(str(ref))
+    finally:
+        _fetching.on = False
+    v = s.scalar(_versions().where(Model.name == model, Version.number == number))
+    if v is None:  # removed again between the fetch and now
+        raise UnknownRefError(f"{ref}: fetched as {model}@v{number}, which is gone again")
+    return v
+
+
+def _fetcher(s: Session) -> Fetcher | None:
+    if _finder is None or getattr(_fetching, "on", False):
+        return None
+    t = s.get_transaction()
+    if (t is not None and t.origin.name != "AUTOBEGIN") or s.new or s.dirty or s.deleted:
+        return None  # inside Session.begin(), or with changes pending: a write is in progress
+    return _finder(s.get_bind())
+
+
+def _versions():  # noqa: ANN202 - a Select of Version joined to its model
+    return select(Version).join(Model, Model.id == Version.model_id).options(joinedload(Version.model))
+
+
+def _resolve(s: Session, r: Ref, ref: str | Ref) -> Version:
+    """One query for the usual REFs (the model joined in); the model's own lookup only on the
+    way to an error message or for a manifest prefix."""
+    q = _versions().where(Model.name == r.model)
     if r.version is not None:
         v = s.scalar(q.where(Version.number == r.version))
         if v is None:
+            m = find_model(s, r.model)
             raise UnknownRefError(f"{r.model} has no version v{r.version} (latest is v{latest_number(s, m)})")
         return v
     if r.latest:
         v = s.scalar(q.order_by(Version.number.desc()).limit(1))
         if v is None:
+            find_model(s, r.model)
             raise UnknownRefError(f"{r.model} has no versions")
         return v
     if r.tag is not None:
-        t = s.scalar(select(Tag).where(Tag.model_id == m.id, Tag.name == r.tag))
-        if t is not None:
-            return s.get(Version, t.version_id)
+        v = s.scalar(q.join(Tag, Tag.version_id == Version.id).where(Tag.model_id == Version.model_id, Tag.name == r.tag))
+        if v is not None:
+            return v
+    m = find_model(s, r.model)
     if r.manifest_prefix is not None:
-        hits = s.scalars(q.where(Version.manifest.like(f"sha256:{r.manifest_prefix}%"))).all()
+        hits = s.scalars(select(Version).where(Version.model_id == m.id, Version.manifest.like(f"sha256:{r.manifest_prefix}%"))).all()
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:

@@ -10,9 +10,9 @@ import random
 import time
 from typing import Callable, TypeVar
 
-from sqlalchemy import delete, func, literal, select
+from sqlalchemy import CompoundSelect, delete, func, literal, select, true, union_all
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import Session
 
 from . import records
 from .catalog import Lineage as LineageRow, Model, Tag, Version, VersionObject
@@ -70,35 +70,57 @@ def untag(store: StoreView, model: str, name: str) -> None:
 
 
 def lineage(store: StoreView, ref: str) -> Lineage:
-    """Ancestors (nearest first) and the tree of descendants of a version."""
+    """Ancestors (nearest first) and the tree of descendants of a version: after the REF's
+    lookup, one statement whatever the depth (each round trip to a loaded PostgreSQL server costs
+    milliseconds; the old query per generation, and later one query per part, added up)."""
     with store.Session() as s:
-        v = resolve_version(s, ref)
-        # ancestors: the base chain in one recursive query, nearest first
-        a = select(Version.id, Version.base_version_id, literal(1).label("depth")).where(Version.id == v.base_version_id)
-        a = a.cte("ancestors", recursive=True)
-        a = a.union(select(Version.id, Version.base_version_id, (a.c.depth + 1).label("depth"))
-                    .join(a, Version.id == a.c.base_version_id).where(a.c.depth < 100_000))
-        rows = s.execute(select(Model.name, Version.number).join(a, Version.id == a.c.id)
-                         .join(Model, Model.id == Version.model_id).order_by(a.c.depth)).all()
-        ancestors = [f"{name}@v{number}" for name, number in rows]
+        v = resolve_version(s, ref, fetch=False)  # the history of what is here: nothing is pulled for it
+        rows = s.execute(_history(s, v.id, v.base_version_id)).all()
+    names = {vid: (f"{mname}@v{number}", codec) for _, _, vid, mname, number, codec in rows}
+    ancestors = [names[vid][0] for part, _, vid, *_ in sorted(r for r in rows if r[0] == "a") if part == "a"]
+    kids_of: dict[int, list[int]] = {}
+    seen = {v.id}
+    for _, pid, kid, *_ in sorted((r for r in rows if r[0] == "d"), key=lambda r: r[2]):  # children in the order added
+        if kid not in seen:
+            seen.add(kid)
+            kids_of.setdefault(pid, []).append(kid)
 
-        # every descendant in one recursive query (UNION, not UNION ALL: a cycle in a damaged
-        # catalog ends instead of looping), whatever the depth of the chain
-        d = select(LineageRow.parent_id, LineageRow.child_id).where(LineageRow.parent_id == v.id).cte("descendants", recursive=True)
-        d = d.union(select(LineageRow.parent_id, LineageRow.child_id).join(d, LineageRow.parent_id == d.c.child_id))
-        q = (select(d.c.parent_id, Version).join(Version, Version.id == d.c.child_id)
-             .order_by(Version.id).options(joinedload(Version.model)))
-        kids_of: dict[int, list[Version]] = {}
-        seen = {v.id}
-        for pid, kid in s.execute(q).all():
-            if kid.id not in seen:
-                seen.add(kid.id)
-                kids_of.setdefault(pid, []).append(kid)
+    def node(x: int) -> LineageNode:
+        return LineageNode(names[x][0], names[x][1], [node(k) for k in kids_of.get(x, [])])
 
-        def node(x: Version) -> LineageNode:
-            return LineageNode(f"{x.model.name}@v{x.number}", x.codec, [node(k) for k in kids_of.get(x.id, [])])
+    return Lineage(names[v.id][0], ancestors, node(v.id))
 
-        return Lineage(f"{v.model.name}@v{v.number}", ancestors, node(v))
+
+def _history(s: Session, root: int, base: int | None) -> CompoundSelect:
+    """Rows (part, key, version id, model name, number, codec) for the version itself (part "r"),
+    its base chain ("a", key = depth, 1 = its base) and every descendant ("d", key = its parent),
+    in one statement of two recursive queries (UNION, not UNION ALL, in the descendants: a cycle in
+    a damaged catalog ends instead of looping).
+
+    On PostgreSQL the descendants' recursive step reads each new child's lineage rows and version
+    through a LATERAL subquery fenced with OFFSET 0, so it is an index probe per child whatever the
+    planner's statistics say. Written as a plain join, a catalog filled faster than autovacuum
+    analyzes it got a hash join that scanned the whole lineage table once per generation (99 scans
+    of 10,000 rows for a 99-deep chain: 105 ms idle, 450 ms under load, against under 1 ms for the
+    probes). SQLite has no LATERAL and plans the plain join as index probes already."""
+    a = select(Version.id, Version.base_version_id, literal(1).label("depth")).where(Version.id == base)
+    a = a.cte("ancestors", recursive=True)
+    a = a.union(select(Version.id, Version.base_version_id, (a.c.depth + 1).label("depth"))
+                .join(a, Version.id == a.c.base_version_id).where(a.c.depth < 100_000))
+    edge = select(LineageRow.parent_id, LineageRow.child_id, Version.model_id, Version.number, Version.codec) \
+        .join(Version, Version.id == LineageRow.child_id)
+    d = edge.where(LineageRow.parent_id == root).cte("descendants", recursive=True)
+    if s.get_bind().dialect.name == "postgresql":
+        step = edge.where(LineageRow.parent_id == d.c.child_id).offset(0).lateral("step")
+        d = d.union(select(*step.c).select_from(d).join(step, true()))
+    else:
+        d = d.union(edge.join(d, LineageRow.parent_id == d.c.child_id))
+    cols = (Version.id, Model.name, Version.number, Version.codec)
+    return union_all(
+        select(literal("r"), literal(0), *cols).join(Model, Model.id == Version.model_id).where(Version.id == root),
+        select(literal("a"), a.c.depth, *cols).join(a, Version.id == a.c.id).join(Model, Model.id == Version.model_id),
+        select(literal("d"), d.c.parent_id, d.c.child_id, Model.name, d.c.number, d.c.codec).join(Model, Model.id == d.c.model_id),
+    )
 
 
 def rm(store: StoreView, ref: str) -> VersionInfo:
