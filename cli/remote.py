@@ -66,12 +66,13 @@ def remote_add(
     db: Optional[str] = typer.Option(None, "--db", help="Its catalog URL; without one, the records beside its objects are its catalog."),
     option: list[str] = typer.Option([], "-o", "--option", help="fsspec storage option KEY=VALUE (dotted keys nest)."),
     force: bool = typer.Option(False, "--force", help="Replace a remote of that name."),
+    lazy: bool = typer.Option(False, "--lazy", help="Pull a REF this store lacks from it on first use (as a clone does)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Name another store to push to and pull from (kept in the home's remotes.toml, mode 0600)."""
     from deltastore.remotes import add_remote
 
-    r = add_remote(_home(), name, url, db_url=db, storage_options=_options(option), replace=force)
+    r = add_remote(_home(), name, url, db_url=db, storage_options=_options(option), replace=force, lazy=lazy)
     if as_json:
         emit_json(r.to_dict())
     else:
@@ -119,9 +120,9 @@ def _report(results: list, as_json: bool) -> None:
              + f" ({r.seconds:.1f} s)")
 
 
-def _split(ref: Optional[str], remote: Optional[str], all_versions: bool) -> tuple[Optional[str], Optional[str]]:
-    """With --all, a lone argument that names a remote is the remote, not a REF."""
-    if all_versions and ref is not None and remote is None:
+def _split(ref: Optional[str], remote: Optional[str], many: bool) -> tuple[Optional[str], Optional[str]]:
+    """With --all or --tag, a lone argument that names a remote is the remote, not a REF."""
+    if many and ref is not None and remote is None:
         from deltastore.remotes import load_remotes
 
         if ref in load_remotes(_home()):
@@ -133,16 +134,17 @@ def push(
     ref: Optional[str] = typer.Argument(None, help="REF to push (with its base chain and tags)."),
     remote: Optional[str] = typer.Argument(None, help="Remote name or URL (default: origin, or the only one)."),
     all_versions: bool = typer.Option(False, "--all", help="Every version (of REF's model if given, else of every model)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Every version tagged TAG (of REF's model if given, else of every model)."),
     no_tags: bool = typer.Option(False, "--no-tags", help="Do not set tags on the remote."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Send versions to a remote: only the objects it lacks; each appears there once all its objects have."""
     from deltastore.remotes import push as do_push
 
-    ref, remote = _split(ref, remote, all_versions)
+    ref, remote = _split(ref, remote, all_versions or tag is not None)
     st = _store()
-    with progress_bar(f"push {ref or 'all'}", not as_json) as cb:
-        res = do_push(st, ref, remote, all_versions=all_versions, tags=not no_tags, progress=cb)
+    with progress_bar(f"push {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
+        res = do_push(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
     _report(res, as_json)
 
 
@@ -150,16 +152,17 @@ def pull(
     ref: Optional[str] = typer.Argument(None, help="REF on the remote (with its base chain and tags)."),
     remote: Optional[str] = typer.Argument(None, help="Remote name or URL (default: origin, or the only one)."),
     all_versions: bool = typer.Option(False, "--all", help="Every version (of REF's model if given, else of every model)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Every version tagged TAG there (of REF's model if given, else of every model)."),
     no_tags: bool = typer.Option(False, "--no-tags", help="Do not set tags here."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fetch versions from a remote into this store (numbered here, committed like an add)."""
     from deltastore.remotes import pull as do_pull
 
-    ref, remote = _split(ref, remote, all_versions)
+    ref, remote = _split(ref, remote, all_versions or tag is not None)
     st = _store()
-    with progress_bar(f"pull {ref or 'all'}", not as_json) as cb:
-        res = do_pull(st, ref, remote, all_versions=all_versions, tags=not no_tags, progress=cb)
+    with progress_bar(f"pull {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
+        res = do_pull(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
     _report(res, as_json)
 
 
@@ -171,7 +174,8 @@ def clone(
     name: str = typer.Option("origin", "--name", help="What to call the remote here."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """A new local store that tracks a remote; it pulls nothing until asked (`deltastore pull REF`)."""
+    """A new local store that tracks a remote: nothing is pulled now; a REF it lacks is pulled on first use
+    (checkout, load, the mount) or with `deltastore pull REF`."""
     from deltastore.remotes import clone as do_clone
     from deltastore.store import Store, init_store
 
@@ -182,7 +186,7 @@ def clone(
     if as_json:
         emit_json(info)
     else:
-        _say(f"store at {info['home']} tracking {r.label}; nothing pulled yet (`deltastore pull REF`)")
+        _say(f"store at {info['home']} tracking {r.label}; nothing pulled yet: versions come over on first use")
 
 
 def repair(ref: Optional[str], remotes: list[str], as_json: bool) -> bool:

@@ -27,20 +27,30 @@ line naming the remote by its safe URL, raised before anything local changes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import threading
 import tomllib
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import sessionmaker
+
+from . import versions
 from .backend import Backend
 from .config import CONFIG_NAME, StoreConfig, is_secret_name, load_config, make_home, redact, register_secret, safe_url, write_private
-from .errors import BadInputError, CorruptObjectError, DeltaStoreError, NotFoundError, ObjectMissingError, RemoteError
-from .objects import key_of
+from .errors import (BadInputError, CorruptObjectError, DeltaStoreError, NotFoundError, ObjectMissingError, RemoteError,
+                     UnknownRefError)
+from .lookup import Fetcher, resolve_version, set_fetcher_finder, version_info
+from .objects import ObjectDB, key_of
 from .protocols import Progress, StoreView, no_progress
 from .refs import check_name
+from .results import VersionInfo
 from .transfer import TRANSFER_WORKERS, RecordsSide, Side, StoreSide, TransferResult, check_object, transfer
 
 REMOTES_NAME = "remotes.toml"
@@ -57,6 +67,8 @@ class Remote:
     url: str  # objects URL
     db_url: str | None = None  # its catalog; None: the records beside its objects
     storage_options: dict = field(default_factory=dict, compare=False)
+    #: this store fetches a REF it lacks from here on first use (set by ``clone``; see lazy fetch below)
+    lazy: bool = False
 
     @property
     def label(self) -> str:
@@ -82,7 +94,7 @@ class Remote:
 
         opts = {k: ("***" if is_secret_name(k) else v) for k, v in self.storage_options.items()}
         return {"name": self.name, "url": safe_url(self.url), "db_url": safe_url(self.db_url) if self.db_url else None,
-                "storage_options": redact_data(opts)}
+                "storage_options": redact_data(opts), "lazy": self.lazy}
 
 
 def remotes_path(home: str | Path) -> Path:
@@ -104,7 +116,10 @@ def load_remotes(home: str | Path) -> dict[str, Remote]:
         opts = d.get("storage_options") or {}
         if not isinstance(opts, dict):
             raise BadInputError(f"{p}: remote {name!r}: storage_options must be a table")
-        r = Remote(name, d["url"], d.get("db_url"), opts)
+        lazy = d.get("lazy", False)
+        if not isinstance(lazy, bool):
+            raise BadInputError(f"{p}: remote {name!r}: lazy must be true or false")
+        r = Remote(name, d["url"], d.get("db_url"), opts, lazy)
         register_secret(*r.secrets())
         out[name] = r
     return out
@@ -135,18 +150,20 @@ def save_remotes(home: str | Path, remotes: dict[str, Remote]) -> Path:
             lines.append(f"db_url = {_toml(r.db_url)}\n")
         if r.storage_options:
             lines.append(f"storage_options = {_toml(r.storage_options)}\n")
+        if r.lazy:
+            lines.append("lazy = true\n")
     return write_private(p, "".join(lines), REMOTES_MODE)
 
 
 def add_remote(home: str | Path, name: str, url: str, *, db_url: str | None = None,
-               storage_options: dict | None = None, replace: bool = False) -> Remote:
+               storage_options: dict | None = None, replace: bool = False, lazy: bool = False) -> Remote:
     check_name(name, "remote name")
     if not url:
         raise BadInputError("a remote needs a URL")
     rs = load_remotes(home)
     if name in rs and not replace:
         raise BadInputError(f"remote {name!r} exists ({safe_url(rs[name].url)}); `remote rm {name}` first")
-    r = Remote(name, url, db_url, dict(storage_options or {}))
+    r = Remote(name, url, db_url, dict(storage_options or {}), lazy)
     register_secret(*r.secrets())
     rs[name] = r
     save_remotes(home, rs)
@@ -273,10 +290,12 @@ class OpenRemote:
 
 
 @contextmanager
-def open_remote(remote: Remote, store_cls: Callable[..., Any], *, write: bool, home: Path) -> Iterator[OpenRemote]:
+def open_remote(remote: Remote, store_cls: Callable[..., Any] | None, *, write: bool, home: Path) -> Iterator[OpenRemote]:
     """The remote as a transfer side, checked first: reachable, our credentials taken, a store
     (or, for a push, an empty place that becomes one). ``store_cls`` opens a catalog remote (the
-    local store's own class: this module does not import the store facade)."""
+    local store's own class: this module does not import the store facade); without one, a remote
+    is read through the records beside its objects even when it has a catalog (every commit
+    writes its record: enough to read from, never to write to)."""
     register_secret(*remote.secrets())
     with talking_to(remote):
         try:
@@ -287,17 +306,20 @@ def open_remote(remote: Remote, store_cls: Callable[..., Any], *, write: bool, h
     if state == "foreign":
         raise RemoteError(f"{remote.label} holds files that are not a deltastore store (no objects/ or catalog/); "
                           "give an empty prefix or a store's objects URL")
-    if state == "empty" and not write and remote.db_url is None:
+    if state == "empty" and not write and (remote.db_url is None or store_cls is None):
         raise RemoteError(f"{remote.label} is empty: nothing has been pushed there")
     opened = None
     cfg = None
-    if remote.db_url:
+    if store_cls is None:
+        if write:
+            raise ValueError("writing to a remote needs the store class")
+    elif remote.db_url:
         cfg = StoreConfig(home, remote.db_url, remote.url, dict(remote.storage_options))
     elif backend.local and (Path(backend.root) / CONFIG_NAME).is_file():
         # another store's home: its own config names its catalog, which must see what lands there
         # (records alone would be strays to its gc)
         cfg = load_config(backend.root)
-    if cfg is not None:
+    if cfg is not None and store_cls is not None:
         with talking_to(remote):
             try:
                 st = store_cls(cfg, read_only=not write)
@@ -322,48 +344,59 @@ def _home(store: StoreView) -> Path:
 
 
 def push(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
-         tags: bool = True, progress: Progress | None = None, workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
+         tagged: str | None = None, tags: bool = True, progress: Progress | None = None,
+         workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
     """Push the version REF names (with its base chain and tags) to a remote; with
-    ``all_versions``, every version (of REF's model if REF is given, else of every model)."""
+    ``all_versions``, every version, and with ``tagged``, every version tagged so (of REF's model
+    if REF is given, else of every model)."""
     r = get_remote(_home(store), remote)
     local = StoreSide(store, "the local store")
-    refs = _which(local, ref, all_versions)
+    refs = _which(local, ref, all_versions, tagged)
     with open_remote(r, type(store), write=True, home=_home(store)) as rem, talking_to(r):
         return [transfer(local, rem.side, x, direction="push", remote=r.name, tags=tags,
                          progress=progress or no_progress, workers=workers) for x in refs]
 
 
 def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
-         tags: bool = True, progress: Progress | None = None, workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
-    """Pull the version REF names on a remote (with its base chain and tags) into this store;
-    numbers are this store's own (committed like an add)."""
+         tagged: str | None = None, tags: bool = True, progress: Progress | None = None,
+         workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
+    """Pull the version REF names on a remote (with its base chain and tags) into this store, or
+    every version there (``all_versions``) or every one tagged ``tagged``, of REF's model if REF
+    is given; numbers are this store's own (committed like an add)."""
     if store.read_only:
         raise BadInputError("this store is open read-only; pull writes to it")
     r = get_remote(_home(store), remote)
     with open_remote(r, type(store), write=False, home=_home(store)) as rem, talking_to(r):
-        refs = _which(rem.side, ref, all_versions)
+        refs = _which(rem.side, ref, all_versions, tagged)
         local = StoreSide(store, "the local store")
         return [transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
                          progress=progress or no_progress, workers=workers) for x in refs]
 
 
-def _which(side: Side, ref: str | None, all_versions: bool) -> list[str]:
-    if not all_versions:
+def _which(side: Side, ref: str | None, all_versions: bool, tagged: str | None = None) -> list[str]:
+    """The REFs a transfer moves: REF itself; or with ``all_versions`` / ``tagged`` every version
+    (tagged so) on ``side``, of REF's model when REF is given."""
+    if all_versions and tagged is not None:
+        raise BadInputError("give --all or --tag, not both")
+    if not all_versions and tagged is None:
         if ref is None:
-            raise BadInputError("name a REF to transfer, or give --all")
+            raise BadInputError("name a REF to transfer, or give --all or --tag TAG")
         return [ref]
-    refs = side.refs()
-    if ref is not None:
-        model = ref.partition("@")[0]
+    refs = side.refs() if all_versions else side.tagged(check_name(tagged, "tag name"))
+    model = ref.partition("@")[0] if ref is not None else None
+    if model is not None:
         refs = [x for x in refs if x.partition("@")[0] == model]
+    if not refs and tagged is not None:  # (--all of an empty store has nothing to do; a tag nobody has is a typo)
+        raise NotFoundError(f"{side.label} has no version tagged {tagged!r}" + (f" in model {model!r}" if model else ""))
     return refs
 
 
 def clone(url: str, home: str | Path | None, *, db_url: str | None = None, storage_options: dict | None = None,
           name: str = DEFAULT_REMOTE, store_cls: Callable[..., Any], init: Callable[[Path], Any]) -> tuple[Any, Remote]:
     """A new local store at ``home`` tracking the store at ``url`` as remote ``name``; nothing is
-    pulled. The remote is checked first, so a bad one leaves no home behind. ``init`` creates the
-    local store and ``store_cls`` opens a catalog remote (this module does not import the facade)."""
+    pulled now: a REF the store lacks is fetched from the remote on first use (lazy fetch, below).
+    The remote is checked first, so a bad one leaves no home behind. ``init`` creates the local
+    store and ``store_cls`` opens a catalog remote (this module does not import the facade)."""
     from .config import default_home
 
     home_p = (Path(home).expanduser() if home else default_home()).absolute()
@@ -374,8 +407,113 @@ def clone(url: str, home: str | Path | None, *, db_url: str | None = None, stora
     with open_remote(r, store_cls, write=False, home=home_p):
         pass
     st = init(home_p)
-    add_remote(home_p, name, url, db_url=db_url, storage_options=storage_options)
+    r = add_remote(home_p, name, url, db_url=db_url, storage_options=storage_options, lazy=True)
     return st, r
+
+
+# ----------------------------------------------------------------------------------------------
+# lazy fetch: a clone pulls a REF it lacks on first use
+# ----------------------------------------------------------------------------------------------
+# lookup.resolve_version calls the catalog's fetcher when a REF is not there; this module finds it.
+# A catalog is known by its engine (all a lookup holds): a store opened with ``track`` names its
+# home; otherwise a SQLite catalog's home is the folder of its file, checked against that home's
+# config. The home's remotes marked ``lazy`` (``clone`` marks its remote) are asked in turn, the
+# default first. A fetch is a pull of that one REF (base chain, verification, all-or-nothing), run
+# through the same engine the lookup used, and one at a time per process (two threads of a mount
+# asking for one version pull it once).
+_homes: "weakref.WeakKeyDictionary[Engine, Path]" = weakref.WeakKeyDictionary()
+_fetch_lock = threading.Lock()
+log = logging.getLogger("deltastore.remotes")
+
+
+def track(store: StoreView) -> None:
+    """Let lookups in ``store``'s catalog fetch from its lazy remotes whatever the catalog is
+    (without this, only a home's own SQLite catalog is recognized from its engine)."""
+    _homes[store.Session.kw["bind"]] = Path(store.config.home)
+
+
+def _home_of(engine: Engine) -> Path | None:
+    if engine in _homes:
+        return _homes[engine]
+    db = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    home = Path(db).absolute().parent
+    if not (home / REMOTES_NAME).is_file():
+        return None
+    try:
+        cfg = load_config(home)
+    except DeltaStoreError:
+        return None
+    other = make_url(cfg.db_url)
+    if other.get_backend_name() != "sqlite" or not other.database or Path(other.database).absolute() != Path(db).absolute():
+        return None  # this file is not that home's catalog (an explicit --db, an environment URL)
+    return home
+
+
+def find_fetcher(engine: Engine) -> Fetcher | None:
+    """The fetcher of the catalog behind ``engine``: None unless its home has a lazy remote."""
+    home = _home_of(engine)
+    if home is None:
+        return None
+    try:
+        rs = load_remotes(home)
+    except DeltaStoreError:
+        return None
+    lazy = sorted((r for r in rs.values() if r.lazy), key=lambda r: r.name != DEFAULT_REMOTE)
+    if not lazy:
+        return None
+    return lambda ref: fetch(engine, home, lazy, ref)
+
+
+class _FetchTarget:
+    """The local store as a fetch writes to it: the catalog engine the lookup ran on, and the
+    objects its config names. A lookup holds no store object, only a session: this is the part of
+    a store (``StoreView``) that StoreSide, ``commit_version`` and ``lease`` use. A store opened
+    read-only (the mount) still gains the versions it fetches: read-only protects what is there."""
+
+    read_only = False
+    workers = 1
+
+    def __init__(self, engine: Engine, home: Path):
+        self.config = load_config(home)
+        self.Session = sessionmaker(engine, expire_on_commit=False)
+        self.backend = Backend(self.config.objects_url, storage_options=self.config.storage_options or None)
+        self.objects = ObjectDB(self.backend)
+
+    def resolve(self, ref: str) -> VersionInfo:
+        with self.Session() as s:
+            return version_info(s, resolve_version(s, ref, fetch=False))
+
+    def tag(self, ref: str, name: str) -> VersionInfo:
+        return versions.tag(self, ref, name)  # type: ignore[arg-type]
+
+
+def fetch(engine: Engine, home: Path, lazy: list[Remote], ref: str) -> tuple[str, int]:
+    """Pull the version REF names (with its base chain and tags) from the first lazy remote that
+    has it; returns its local (model, number). UnknownRefError when none has it; RemoteError (one
+    line, nothing changed here) when one cannot be used."""
+    with _fetch_lock:
+        dst = StoreSide(_FetchTarget(engine, home), "the local store")  # type: ignore[arg-type]
+        missing: list[str] = []
+        for r in lazy:
+            try:
+                with open_remote(r, None, write=False, home=home) as rem, talking_to(r):
+                    try:
+                        rem.side.resolve(ref)
+                    except UnknownRefError as e:
+                        missing.append(str(e))
+                        continue
+                    log.info("%s is not here: pulling it from %s", ref, r.label)
+                    res = transfer(rem.side, dst, ref, direction="pull", remote=r.name)
+            except RemoteError as e:
+                raise RemoteError(f"{ref} is not in this store and fetching it failed: {e}") from None
+            model, _, number = res.dst_ref.rpartition("@v")
+            return model, int(number)
+    raise UnknownRefError(f"{ref} is neither in this store nor on its remotes ({'; '.join(missing)})")
+
+
+set_fetcher_finder(find_fetcher)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from sqlalchemy import select
 
 from . import records
 from .backend import TMP_PREFIX, Backend
-from .catalog import Model, ObjectRow, Version
+from .catalog import Model, ObjectRow, Tag, Version
 from .errors import BadInputError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
 from .ingest import commit_version
 from .lookup import version_info
@@ -205,6 +205,8 @@ class Side(Protocol):
 
     def refs(self) -> list[str]: ...
 
+    def tagged(self, tag: str) -> list[str]: ...
+
     def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo: ...
 
     def set_tag(self, info: VersionInfo, tag: str) -> bool: ...
@@ -262,6 +264,12 @@ class StoreSide:
             rows = s.execute(select(Model.name, Version.number).join(Version, Version.model_id == Model.id)
                              .order_by(Model.name, Version.number)).all()
         return [f"{m}@v{n}" for m, n in rows]
+
+    def tagged(self, tag: str) -> list[str]:
+        """``MODEL@TAG`` for every model here with a version tagged ``tag``."""
+        with self.store.Session() as s:
+            models = s.scalars(select(Model.name).join(Tag, Tag.model_id == Model.id).where(Tag.name == tag).order_by(Model.name))
+            return [f"{m}@{tag}" for m in models]
 
     def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo:
         oids = manifest.object_ids() | {src.manifest}
@@ -388,6 +396,12 @@ class RecordsSide:
     def refs(self) -> list[str]:
         models = sorted({k.split("/")[2] for k in self.backend.list(f"{records.PREFIX}/versions") if k.count("/") == 3})
         return [v.ref for m in models for _, v in sorted(self._model_versions(m, fresh=True).items())]
+
+    def tagged(self, tag: str) -> list[str]:
+        """``MODEL@TAG`` for every model with a tag record of that name (one listing)."""
+        models = sorted({k.split("/")[2] for k in self.backend.list(f"{records.PREFIX}/tags")
+                         if k.count("/") == 3 and k.rsplit("/", 1)[-1] == f"{tag}.json"})
+        return [f"{m}@{tag}" for m in models]
 
     # -- writing ------------------------------------------------------------------------------
     def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo:
