@@ -10,7 +10,10 @@ Tensors decode in parallel (``store.workers`` at a time) and are written in file
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import mmap
 import os
 import stat
 import time
@@ -35,29 +38,35 @@ def info_of(entry: TensorEntry) -> TensorInfo:
     return TensorInfo(entry.name, entry.dtype, tuple(entry.shape), 0, entry.nbytes)
 
 
-def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, verify: bool = True) -> np.ndarray:
+def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, verify: bool = True,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """The version's bytes for one tensor (uint8), resolving deltas against the base chain.
 
     ``verify`` re-hashes what was decoded against the id or sha256 it must have; only callers
-    that verify the same bytes another way turn it off."""
+    that verify the same bytes another way turn it off. ``out`` (uint8, ``entry.nbytes``): where
+    to put the bytes, returned; a checkout passes its window onto the file it writes, so a tensor
+    object decodes straight into the file, with no buffer of its own and no second copy."""
+    if out is not None and out.size != entry.nbytes:
+        raise ValueError(f"tensor_bytes: out holds {out.size} bytes, {entry.name!r} has {entry.nbytes}")
     if entry.source == "tensor":
         if entry.object != "sha256:" + entry.sha256:  # tensor objects are named by the bytes that were added
             raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names object {entry.object}, not its own sha256")
-        out = store.objects.get_array(entry.object, verify=verify, nbytes=entry.nbytes)  # checked before allocating
-        if out.size != entry.nbytes:
-            raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {out.size} bytes, the manifest says {entry.nbytes}")
-        return out
+        into = {} if out is None else {"out": out}  # the mount's objects view takes no ``out``
+        got = store.objects.get_array(entry.object, verify=verify, nbytes=entry.nbytes, **into)  # checked before allocating
+        if got.size != entry.nbytes:
+            raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {got.size} bytes, the manifest says {entry.nbytes}")
+        return got
     man = store.manifest(manifest_oid)
     if man.base is None:
         raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} refers to a base, but the manifest has none")
     base_entry = store.manifest(man.base).tensor_map().get(entry.name)
     if base_entry is None:
         raise CorruptObjectError(man.base, f"base manifest lacks tensor {entry.name!r}")
-    base_raw = tensor_bytes(store, man.base, base_entry, verify=verify)
     if entry.source == "base":
         if base_entry.nbytes != entry.nbytes:
             raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names the base's, which has another size")
-        return base_raw
+        return tensor_bytes(store, man.base, base_entry, verify=verify, out=out)
+    base_raw = tensor_bytes(store, man.base, base_entry, verify=verify)
     if entry.source != "delta":
         raise CorruptObjectError(manifest_oid, f"unknown tensor source {entry.source!r}")
     base_t = as_tensor(info_of(base_entry), base_raw)
@@ -67,17 +76,20 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
         if tuple(enc.shape) != tuple(entry.shape):
             raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
         codec = codecs.codec_class(enc.codec).from_config(enc.params)
-        out = codec.reconstruct(enc, base_t)
+        rebuilt = codec.reconstruct(enc, base_t)
     except codecs.CodecError as e:
         raise CorruptObjectError(entry.object, str(e)) from None
     except (TypeError, ValueError, KeyError, RuntimeError) as e:  # a payload the codec could not make sense of
         raise CorruptObjectError(entry.object, f"payload does not decode: {type(e).__name__}: {e}") from None
-    raw = out.contiguous().reshape(-1).view(torch.uint8).numpy()
+    raw = rebuilt.contiguous().reshape(-1).view(torch.uint8).numpy()
     if raw.size != entry.nbytes:
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {raw.size} bytes, the manifest says {entry.nbytes}")
     if verify and entry.exact and oid_of(raw) != "sha256:" + entry.sha256:
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to bytes that do not match the sha256 it was added with")
-    return raw
+    if out is None:
+        return raw
+    out[:] = raw  # numpy copies without the GIL
+    return out
 
 
 def tensor(store: StoreView, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -176,7 +188,7 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.deltastore-tmp")
         try:
-            with open(tmp, "wb") as fh:
+            with open(tmp, "w+b") as fh:  # read+write: tensors are decoded into an mmap of it
                 _write_file(store, v.manifest, f, fh, target, state, progress, total)
             if target is None and os.path.getsize(tmp) != f.size:
                 raise CorruptObjectError(f.header or f.object or v.manifest,
@@ -207,20 +219,93 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
         new = [(t.name, target if t.dtype in FLOAT_CODES else t.dtype, tuple(t.shape)) for t in f.tensors]
         head, _ = build_header(new, _header_metadata(head))
     fh.write(head)
+    fh.flush()
     state["written"] += len(head)
 
-    def decode(t: TensorEntry) -> np.ndarray:
-        raw = tensor_bytes(store, manifest_oid, t)
-        if convert and t.dtype in FLOAT_CODES and t.dtype != target:
-            tt = as_tensor(info_of(t), raw).to(DTYPES[target][0])
-            raw = tt.contiguous().reshape(-1).view(torch.uint8).numpy()
-        return raw
+    def converts(t: TensorEntry) -> bool:
+        return convert and t.dtype in FLOAT_CODES and t.dtype != target
 
+    def decode(t: TensorEntry, out: np.ndarray | None = None) -> np.ndarray:
+        if not converts(t):
+            return tensor_bytes(store, manifest_oid, t, out=out)
+        tt = as_tensor(info_of(t), tensor_bytes(store, manifest_oid, t)).to(DTYPES[target][0])
+        raw = tt.contiguous().reshape(-1).view(torch.uint8).numpy()
+        if out is None:
+            return raw
+        out[:] = raw
+        return out
+
+    sizes = [math.prod(t.shape) * DTYPES[target][1] if converts(t) else t.nbytes for t in f.tensors]
+    starts = np.cumsum([len(head)] + sizes).tolist()
+    fd = fh.fileno()
+    if sizes and _mappable(fd, starts[-1]):
+        # every worker decodes its tensor straight into its own window of the file: the file is
+        # written in parallel, with no tensor buffer and no copy through a single writing thread
+        def decode_into(i: int) -> int:
+            if sizes[i]:
+                with _Window(fd, starts[i], sizes[i]) as window:
+                    decode(f.tensors[i], window.array)
+            return sizes[i]
+
+        done = ordered_map(decode_into, range(len(sizes)), workers=store.workers, weight=lambda i: sizes[i])
+        for t, n in zip(f.tensors, done):
+            state["written"] += n
+            state["done"] += t.nbytes
+            progress("checkout", state["done"], total)
+        return
     for t, raw in zip(f.tensors, ordered_map(decode, f.tensors, workers=store.workers, weight=lambda e: e.nbytes)):
         fh.write(memoryview(raw))
         state["written"] += raw.size
         state["done"] += t.nbytes
         progress("checkout", state["done"], total)
+
+
+#: madvise(2) advice that faults a range in writable in one call (Linux 5.14+; refused elsewhere)
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def _mappable(fd: int, size: int) -> bool:
+    """Give the file its final ``size`` with its blocks reserved, so writes through a mapping
+    cannot meet a full disk (which would be SIGBUS, not an error); False where this file system
+    cannot reserve or map it, or ``DELTASTORE_MAP_WRITES=0`` says not to (the caller then writes
+    in order through the file). A full disk raises here, as a write would."""
+    if os.environ.get("DELTASTORE_MAP_WRITES", "").strip() == "0":
+        return False
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        return False
+    try:
+        mmap.mmap(fd, min(size, mmap.PAGESIZE)).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+class _Window:
+    """A writable uint8 view of bytes ``[start, start + n)`` of an open file (a shared mapping),
+    unmapped on exit so a checkout's resident memory stays at the tensors in flight."""
+
+    def __init__(self, fd: int, start: int, n: int):
+        lo = start - start % mmap.ALLOCATIONGRANULARITY
+        self._map = mmap.mmap(fd, start + n - lo, offset=lo)
+        try:
+            self._map.madvise(_MADV_POPULATE_WRITE)  # one call instead of a page fault per page
+        except (OSError, ValueError, AttributeError):
+            pass
+        self.array: np.ndarray | None = np.frombuffer(self._map, dtype=np.uint8, count=n, offset=start - lo)
+
+    def __enter__(self) -> "_Window":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.array = None
+        try:
+            self._map.close()
+        except BufferError:  # a view still held (by an exception's traceback): unmapped when collected
+            pass
 
 
 def diff(store: StoreView, a: str, b: str) -> list[TensorDiff]:

@@ -117,11 +117,9 @@ class ObjectDB:
             if not self.backend.capabilities.torn_possible or self.stored_problem(oid, logical) is None:
                 return PutResult(oid, logical, size, False)
             self._tables.pop(oid, None)
-        body = body_fn()
-        frame = _FRAME.pack(MAGIC, KINDS[kind], bytes([coding]), 0)
-        data = frame + body
+        data = _framed(_FRAME.pack(MAGIC, KINDS[kind], bytes([coding]), 0), body_fn())
         self.backend.put(key, data)
-        return PutResult(oid, logical, len(data), True)
+        return PutResult(oid, logical, data.size, True)
 
     def put_bytes(self, data: bytes, kind: str = "blob") -> PutResult:
         oid = oid_of(data)
@@ -178,18 +176,25 @@ class ObjectDB:
             raise CorruptObjectError(oid, f"decodes to {len(out)} bytes, more than the {max_size} expected")
         return out
 
-    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None) -> np.ndarray:
+    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Logical bytes as a writable uint8 array (tensor objects decode without an extra copy).
-        ``nbytes``: what it must decode to, checked against the stream's header before allocating."""
+        ``nbytes``: what it must decode to, checked against the stream's header before allocating.
+        ``out``: a uint8 array of exactly ``nbytes`` to decode into (a checkout's window onto the
+        file it writes), instead of a new array."""
+        if out is not None and (nbytes is None or out.size != nbytes):
+            raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
         kind, coding, body = self._frame(oid)
         if coding != PLANES:
-            out = np.frombuffer(bytearray(self.get(oid, verify=verify, max_size=nbytes)), dtype=np.uint8)
-            if nbytes is not None and out.size != nbytes:
-                raise CorruptObjectError(oid, f"decodes to {out.size} bytes, not the {nbytes} expected")
+            got = np.frombuffer(bytearray(self.get(oid, verify=verify, max_size=nbytes)), dtype=np.uint8)
+            if nbytes is not None and got.size != nbytes:
+                raise CorruptObjectError(oid, f"decodes to {got.size} bytes, not the {nbytes} expected")
+            if out is None:
+                return got
+            out[:] = got
             return out
         try:
             _check_planes_size(oid, body, MAX_DECODED if nbytes is None else nbytes, exact=nbytes is not None)
-            out = planes.decompress(body)
+            out = planes.decompress(body, out=out)
         except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
             raise CorruptObjectError(oid, f"does not decode: {e}") from None
         if verify and oid_of(out) != oid:
@@ -338,6 +343,16 @@ class ObjectDB:
 
     def delete(self, oid: str) -> None:
         self.backend.delete(key_of(oid))
+
+
+def _framed(frame: bytes, body: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """``frame + body`` as one uint8 array, the body copied by numpy. ``bytes + bytes`` copies (and
+    faults in the new pages) while holding the GIL, so on many cores every worker's object waited
+    on it; numpy's copy releases the GIL (measured: benchmarks/profile_add.py)."""
+    out = np.empty(len(frame) + memoryview(body).nbytes, dtype=np.uint8)
+    out[: len(frame)] = np.frombuffer(frame, dtype=np.uint8)
+    out[len(frame) :] = np.frombuffer(body, dtype=np.uint8)
+    return out
 
 
 def _check_planes_size(oid: str, body: memoryview, cap: int, *, exact: bool = False) -> None:

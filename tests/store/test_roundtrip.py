@@ -155,3 +155,43 @@ def test_verify_names_corrupt_object_and_broken_versions(store, tmp_path: Path) 
     assert bad and set(bad[0].versions) == {"b@v1", v.ref}
     with pytest.raises(Exception, match="corrupt"):
         store.checkout("f", tmp_path / "out")
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "written-in-order"])
+def test_checkout_both_write_paths_are_byte_identical(store, tmp_path: Path, monkeypatch, mapped: bool) -> None:
+    """Checkout decodes each tensor straight into a mapped window of the file it writes; where the
+    file system cannot map or reserve the file it writes tensors in order instead. Both give the
+    same bytes, for a base and a lossless fine-tune, with tensors of odd sizes (windows that start
+    and end inside pages) and an empty tensor (no window)."""
+    from deltastore import materialize
+
+    if not mapped:
+        monkeypatch.setattr(materialize, "_mappable", lambda fd, size: False)
+    base = llama_like(0)
+    base["odd.weight"] = torch.randn(7, 13).to(torch.bfloat16)
+    base["empty.weight"] = torch.zeros(0, 4, dtype=torch.bfloat16)
+    src = write_model(tmp_path / "b", base)
+    ft = write_model(tmp_path / "f", finetune_of(base))
+    store.add_base("b", src)
+    store.add_finetune("f", ft, base="b", codec="lossless")
+    store.checkout("b", tmp_path / "ob")
+    store.checkout("f", tmp_path / "of")
+    assert tree_hashes(tmp_path / "ob") == tree_hashes(src)
+    assert tree_hashes(tmp_path / "of") == tree_hashes(ft)
+
+
+def test_failed_mapped_checkout_leaves_no_file(store, tmp_path: Path) -> None:
+    """A tensor that fails its sha256 while being decoded into the mapped file: the checkout raises
+    and neither the file nor its temp copy is left behind."""
+    src = write_model(tmp_path / "b", llama_like(0))
+    store.add_base("b", src)
+    man = store.manifest("b@v1")
+    victim = next(t.object for _, t in man.tensors() if t.name.endswith("o_proj.weight"))
+    path = Path(store.backend._path(key_of(victim)))
+    path.chmod(0o644)  # the test plays the disk going bad
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="corrupt"):
+        store.checkout("b", tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.safetensors")) and not list((tmp_path / "out").glob(".*tmp"))
