@@ -9,10 +9,15 @@ Layout::
 
 Sizes, modes and times come from the catalog and manifests, so ``ls -lR`` decodes nothing. Reads go
 through :mod:`deltastore.fileview` and one :class:`~deltastore.filecache.DecodedCache`; the kernel's
-128 KiB requests slice units already decoded. Page caching stays on (``auto_cache``: kept across
-opens while a file's size and mtime are unchanged), so mmap readers such as
-``safetensors.safe_open`` work and a second read of a file never reaches this process. The kernel's
-read-ahead for the mount is raised (``read_ahead_kb``) so sequential readers send large requests.
+requests slice units already decoded. Page caching stays on (``auto_cache``: kept across opens while
+a file's size and mtime are unchanged), so mmap readers such as ``safetensors.safe_open`` work and a
+second read of a file never reaches this process: warm reads cost what a local file's do. Not
+``kernel_cache``: ``rm`` of a model's newest version lets the next ``add`` reuse its number, and
+``auto_cache`` notices the new mtime where ``kernel_cache`` would serve the old bytes. The kernel's
+read-ahead for the mount is raised (``read_ahead_kb``) so sequential readers and mmap faults send
+large requests: 1 MiB each, the most libfuse 3 takes (its buffer is 256 pages), so a request costs
+one Python call per MiB; the bytes are copied once out of the cached unit into libfuse and once by
+the kernel into the page cache.
 
 Read-only: the kernel mounts it ``ro`` (EROFS on any write). A corrupt or missing object fails the
 read that needs it with EIO and an ERROR log line naming the object and the file; nothing wrong is
@@ -44,6 +49,9 @@ log = logging.getLogger("deltastore.mount")
 
 DEFAULT_CACHE_BYTES = 4 << 30
 DEFAULT_READ_AHEAD_KB = 16 << 10
+#: glibc malloc settings for the server (see :func:`tune_malloc`)
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 512 << 20
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -285,6 +293,7 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
     why = fuse_missing()
     if why:
         raise MountError(f"cannot mount: {why}")
+    tune_malloc()
     cache = DecodedCache(cache_bytes)
     ops = DeltaStoreFS(store, cache, verify=verify, ttl=ttl)
     if read_ahead_kb:
@@ -298,6 +307,26 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
         mfusepy.FUSE(ops, str(mp), **opts)
     finally:
         cache.close()
+
+
+def tune_malloc() -> bool:
+    """Let glibc keep freed decode buffers for reuse instead of handing them back at once.
+
+    Decoding a tensor allocates several temporaries of its size (payload, base copy, codec
+    intermediates). With glibc's defaults each one over the dynamic mmap threshold is a fresh
+    ``mmap`` that the kernel must zero page by page, and a freed heap top is trimmed straight away,
+    so the next tensor faults the same memory in again: ``clear_page`` was 18% of a cold read's
+    server CPU. Buffers under 32 MiB now come from the heap, and up to 512 MiB freed at its top stays
+    there (measured on SmolLM2: 10-25% less server CPU per cold read, peak RSS unchanged). The cost
+    is memory: after a burst of decoding, up to that much freed memory can stay with the process
+    until reused. Only glibc has ``mallopt``; elsewhere this does nothing and returns False."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD))
 
 
 def _home_of(store: StoreView) -> str:
