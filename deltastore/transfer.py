@@ -137,26 +137,21 @@ class CopyStats:
 
 
 def copy_objects(src: "Side", dst: "Side", oids: list[str], *, progress: Progress = no_progress,
-                 workers: int = TRANSFER_WORKERS, phase: str = "transfer") -> CopyStats:
+                 workers: int = TRANSFER_WORKERS, phase: str = "transfer", total_hint: int = 0) -> CopyStats:
     """Copy the objects ``dst`` lacks from ``src``, ``workers`` at a time, each checked by hash
-    before it is written. ``progress(phase, bytes_done, bytes_total)`` as bytes move; the total is
-    0 until known: from an object store it is listed while the copy already runs (the listing
-    costs as much as a fifth of a pull)."""
+    before it is written. ``progress(phase, bytes_done, bytes_total)`` as bytes move, ending at
+    (sent, sent). The total: from a local source, a stat of each object; from an object store,
+    ``total_hint`` (the versions' referenced bytes, from their records): listing the source's
+    fan-out folders for the sizes took as long as half the GETs on a loopback SeaweedFS pull
+    (256 LIST requests competing with them) and told nothing the records do not."""
     stats = CopyStats()
     lock = threading.Lock()
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="deltastore-transfer") as pool, \
-            ThreadPoolExecutor(4, thread_name_prefix="deltastore-sizes") as side_pool:
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="deltastore-transfer") as pool:
         there = sizes_of(dst.backend, oids, pool)
         missing = [o for o, sz in zip(oids, there) if sz is None]
-        sizes = side_pool.submit(lambda: sum(sz or 0 for sz in sizes_of(src.backend, missing, side_pool)))
-        if src.backend.local:
-            sizes.result()  # a stat each: have the total before the first byte
-
-        def total() -> int:
-            return sizes.result() if sizes.done() else 0
-
+        total = sum(sz or 0 for sz in sizes_of(src.backend, missing, pool)) if src.backend.local else total_hint
         done = [0]
-        progress(phase, 0, total())
+        progress(phase, 0, total)
         for o, sz in zip(oids, there):
             if sz is not None:
                 stats.present += 1
@@ -179,12 +174,12 @@ def copy_objects(src: "Side", dst: "Side", oids: list[str], *, progress: Progres
                 stats.sent_bytes += len(data)
                 stats.puts[oid] = PutResult(oid, logical, len(data), True)
                 done[0] += len(data)
-                progress(phase, done[0], total())
+                progress(phase, done[0], max(total, done[0]))
 
         for _ in pool.map(one, missing):
             pass
-        if done[0] and not sizes.done():
-            progress(phase, done[0], sizes.result())
+        if done[0] != total:
+            progress(phase, done[0], done[0])
     dst.backend.flush()
     return stats
 
@@ -523,7 +518,8 @@ def transfer(src: Side, dst: Side, ref: str, *, direction: str, remote: str, tag
         for (info, man), have in zip(chain, there):
             if have is None:
                 need |= man.object_ids() | {info.manifest}
-        stats = copy_objects(src, dst, sorted(need), progress=progress, workers=workers, phase=direction)
+        hint = sum(info.referenced_bytes or 0 for (info, _), have in zip(chain, there) if have is None)
+        stats = copy_objects(src, dst, sorted(need), progress=progress, workers=workers, phase=direction, total_hint=hint)
         moved: list[Moved] = []
         set_tags: list[str] = []
         prev: VersionInfo | None = None
