@@ -60,3 +60,55 @@ def test_concurrent_writers_get_distinct_version_numbers(pg, tmp_path: Path) -> 
     st = deltastore.open_store(tmp_path / "home")
     assert [v.number for v in st.versions("shared")] == list(range(1, 10))
     assert st.verify().ok
+
+
+def _chain(st, name: str, depth: int) -> None:
+    """Catalog rows for ``name``: v1 a fine-tune of b@v1, vN of v(N-1), and a branch off v2 (what
+    commit_version writes, in bulk; every version indexes the real fine-tune's objects)."""
+    from sqlalchemy import insert, select
+
+    from deltastore.catalog import Lineage, Model, Version, VersionObject, utcnow
+
+    ft = st.resolve("f@v1")
+    oids = sorted(st.manifest(ft.manifest).object_ids() | {ft.manifest})
+    with st.Session.begin() as s:
+        parent = s.scalar(select(Version.id).join(Model, Model.id == Version.model_id).where(Model.name == "b"))
+        m = Model(name=name)
+        s.add(m)
+        s.flush()
+        ids = {}
+        for n in range(1, depth + 2):
+            p = ids[2] if n == depth + 1 else parent  # the last one branches off v2
+            vid = s.execute(insert(Version).values(
+                model_id=m.id, number=n, manifest=ft.manifest, base_version_id=p, kind="finetune", codec="lossless",
+                codec_params={}, logical_bytes=1, stored_bytes=1, referenced_bytes=1, message="", author="t",
+                created_at=utcnow(), metrics={}, calib_sha256=None).returning(Version.id)).scalar_one()
+            s.execute(insert(Lineage), [{"parent_id": p, "child_id": vid, "relation": "base"}])
+            s.execute(insert(VersionObject), [{"version_id": vid, "oid": o} for o in oids])
+            ids[n] = parent = vid
+
+
+def test_lineage_of_a_deep_chain_matches_sqlite(pg, tmp_path: Path) -> None:
+    """The PostgreSQL form of the descendants query (a LATERAL probe per child) gives the tree
+    SQLite's plain recursive join gives: a 40-deep chain with a branch; connections run without JIT."""
+    base = llama_like(0)
+    b, f = write_model(tmp_path / "b", base), write_model(tmp_path / "f", finetune_of(base))
+    got = {}
+    for name, url in (("pg", pg.create_db("lineage")), ("sqlite", None)):
+        st = deltastore.open(tmp_path / name, db_url=url)
+        st.add_base("b", b)
+        st.add_finetune("f", f, base="b", codec="lossless")
+        _chain(st, "deep", 40)
+        got[name] = (st.lineage("deep@v1"), st.lineage("deep@v40"), st.lineage("b@v1"))
+        if url:
+            with st.engine.connect() as c:
+                assert c.exec_driver_sql("SHOW jit").scalar() == "off"
+        st.close()
+    assert got["pg"] == got["sqlite"]
+    top, leaf, root = got["pg"]
+    assert leaf.ancestors == [f"deep@v{n}" for n in range(39, 0, -1)] + ["b@v1"] and leaf.tree.children == []
+    depth, node = 0, top.tree
+    while node.children:
+        assert [c.ref for c in node.children] == (["deep@v3", "deep@v41"] if node.ref == "deep@v2" else [f"deep@v{depth + 2}"])
+        node, depth = node.children[0], depth + 1
+    assert depth == 39 and [c.ref for c in root.tree.children] == ["f@v1", "deep@v1"]
