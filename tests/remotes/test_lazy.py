@@ -133,3 +133,19 @@ def test_cli_clone_pull_by_tag_then_checkout(models, tmp_path: Path) -> None:
     run(b, "checkout", "wiz@v1", str(tmp_path / "out"))  # no pull first: wiz comes over, its base is here
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft)
     assert [m["name"] for m in json.loads(run(b, "ls", "--json").stdout)] == ["llama", "wiz"]
+
+
+def test_track_names_the_home_of_any_catalog(filled, tmp_path: Path) -> None:
+    """A catalog outside its home (here a SQLite file elsewhere; a team's PostgreSQL alike) is not
+    recognized from its engine alone: ``remotes.track`` names its home, and then it fetches."""
+    url = str(tmp_path / "remote")
+    filled.push("b@v1", url)
+    home = tmp_path / "home"
+    (tmp_path / "elsewhere").mkdir()
+    st = deltastore.open(home, db_url=f"sqlite:///{tmp_path / 'elsewhere' / 'cat.db'}")
+    remotes.add_remote(home, "origin", url, lazy=True)
+    with pytest.raises(UnknownRefError, match="no model named 'b'"):
+        st.resolve("b@v1")
+    remotes.track(st)
+    assert st.resolve("b@v1").ref == "b@v1" and st.verify().ok
+    st.close()
