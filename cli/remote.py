@@ -88,9 +88,9 @@ def remote_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         emit_json(rs)
         return
-    t = Table("remote", "url", "catalog", box=None)
+    t = Table("remote", "url", "catalog", "lazy", box=None)
     for r in rs:
-        t.add_row(r["name"], r["url"], r["db_url"] or "(records beside its objects)")
+        t.add_row(r["name"], r["url"], r["db_url"] or "(records beside its objects)", "yes" if r["lazy"] else "")
     out.print(t)
 
 

@@ -133,6 +133,13 @@ def test_cli_clone_pull_by_tag_then_checkout(models, tmp_path: Path) -> None:
     run(b, "checkout", "wiz@v1", str(tmp_path / "out"))  # no pull first: wiz comes over, its base is here
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft)
     assert [m["name"] for m in json.loads(run(b, "ls", "--json").stdout)] == ["llama", "wiz"]
+    assert "yes" in run(b, "remote", "ls").stdout  # the lazy column
+
+    c = tmp_path / "c"  # an existing store made lazy by `remote add --lazy`
+    run(c, "init")
+    run(c, "remote", "add", "origin", str(url), "--lazy")
+    run(c, "checkout", "llama@prod", str(tmp_path / "out-c"))
+    assert tree_hashes(tmp_path / "out-c") == tree_hashes(models.base)
 
 
 def test_track_names_the_home_of_any_catalog(filled, tmp_path: Path) -> None:
