@@ -1,13 +1,13 @@
 """Lossless fine-tune bytes and speed: the lossless codec's format v1 and v2 against zipnn 0.5.4.
 
-    python benchmarks/bench_lossless.py [--series DIR] [--base DIR] [--repeat N] [--out FILE]
+    python benchmarks/bench_lossless.py [--series DIR] [--chain DIR] [--base DIR] [--repeat N] [--out FILE]
 
 Data: SmolLM2-135M-Instruct bf16 (deltastore.zoo.smollm2) and a short real full fine-tune of it
 saved every few steps (a series directory ``stepNNNN/`` as written by ``--make-series``; the
 pair is the base and the series' last checkpoint).
 
 Rows:
-  lossless v1 / v2     the codec alone (``Lossless()``, the default / ``Lossless(by_exponent=True)``), tensor
+  lossless v1 / v2     the codec alone (``Lossless(by_exponent=False)`` / ``Lossless()``, the default), tensor
                        by tensor, on the tensors the fine-tune changed (the store keeps an
                        unchanged tensor as a reference to the base: 0 bytes); bytes = every
                        payload's bytes, header included.
@@ -18,7 +18,14 @@ thread (DELTASTORE_THREADS=1, zipnn threads=1): per core, and robust to other lo
 machine. Best of --repeat. Also printed: order-0 entropy of the difference, alone and given the
 base's exponent; for the series, each checkpoint against the one before (v1, v2) and zipnn on
 each checkpoint alone; for the base file, the order-0 and order-1 (previous element's exponent)
-entropy of the exponents, the bound on what context coding of a base's exponents could save.
+entropy of the exponents, the bound on what context coding of a base's exponents could save,
+and the base file stored on its own (no base: the ``add base`` path) against zipnn, both ways.
+
+``--chain DIR``: a second series (e.g. a small-lr run, most bits unchanged between saves) measured
+as the store keeps it: per checkpoint, the fraction of elements and of bits that changed since the
+previous save, v1 and v2 against the previous checkpoint, v2 against its skip-delta base (what
+``add finetune RUN PATH --base RUN@latest --codec lossless`` now does, deltastore.chains) and
+zipnn on the checkpoint file alone.
 """
 
 from __future__ import annotations
@@ -61,12 +68,162 @@ def changed_pairs(base: dict, ft: dict) -> list[tuple[str, torch.Tensor, torch.T
     return [(n, ft[n], base[n]) for n in ft if n in base and not torch.equal(ft[n].view(torch.uint8), base[n].view(torch.uint8))]
 
 
+def changed_elements(pairs) -> int:
+    return sum(int((t.view(torch.uint8).reshape(-1, t.element_size()) != b.view(torch.uint8).reshape(-1, t.element_size())).any(1).sum())
+               for _, t, b in pairs)
+
+
+def changed_bits(pairs) -> int:
+    """Bits that differ between each pair (popcount of the XOR of their bytes)."""
+    pop = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.int64)
+    return sum(int((np.bincount(np.bitwise_xor(tensor_u8(t), tensor_u8(b)), minlength=256) * pop).sum()) for _, t, b in pairs)
+
+
+def chain_table(ckpts: list[Path], base: dict, say, series_repeat: int) -> None:
+    """Per checkpoint of a series stored as the store does it now (deltastore.chains): the run's
+    first checkpoint against the base model (the series' root), then checkpoint n against the
+    checkpoint whose index is n with its lowest set bit cleared (the root when 0)."""
+    from deltastore.chains import skip_index
+
+    say("| checkpoint (series index) | elements changed since the previous save | bits changed | zipnn MB (alone) "
+        "| v1 MB vs previous | v2 MB vs previous | v2 MB vs skip-delta base (base) | x zipnn: v1 prev | v2 prev | v2 skip |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    paths: list[Path | None] = [None]  # series index -> checkpoint file (0: the base model)
+    prev = base
+    tot = dict(z=0, v1=0, v2=0, sk=0)
+    v1c, v2c = Lossless(by_exponent=False), Lossless(by_exponent=True)
+    for k, c in enumerate(ckpts, start=1):
+        cur = load_file(str(c / "model.safetensors"))
+        pr = changed_pairs(prev, cur)
+        nel = sum(t.numel() for t in cur.values())
+        nbits = sum(t.numel() * t.element_size() * 8 for t in cur.values())
+        b1 = sum(len(to_bytes(v1c.encode(t, b))) for _, t, b in pr)
+        b2 = sum(len(to_bytes(v2c.encode(t, b))) for _, t, b in pr)
+        j = skip_index(k) if k > 1 else 0
+        target = 0 if k == 1 else (j or 1)  # the series index of the delta base (0: the base model, 1: the root)
+        if target == k - 1:
+            bs, sname = b2, "previous"
+        else:
+            sb = load_file(str(paths[target]))
+            bs = sum(len(to_bytes(v2c.encode(t, b))) for _, t, b in changed_pairs(sb, cur))
+            sname = f"index {target}" if target > 1 else "the root"
+            del sb
+        zc = bench_zipnn(c / "model.safetensors", series_repeat)
+        zb = zc["bytes"] if zc else float("nan")
+        say(f"| {c.name} ({k}) | {changed_elements(pr) / nel:.2%} | {changed_bits(pr) / nbits:.3%} | {zb / MB:.2f} | {b1 / MB:.2f} | "
+            f"{b2 / MB:.2f} | {bs / MB:.2f} ({sname if k > 1 else 'the base model'}) | {zb / b1:.0f}x | {zb / b2:.0f}x | {zb / bs:.0f}x |")
+        if k > 1:  # the root's row is a fine-tune against the base model, not a step of the series
+            tot["z"] += zb
+            tot["v1"] += b1
+            tot["v2"] += b2
+            tot["sk"] += bs
+        paths.append(c / "model.safetensors")
+        prev = cur
+    if tot["v1"]:
+        say("")
+        say(f"Checkpoints 2..{len(ckpts)} together: zipnn {tot['z'] / MB:.1f} MB; v1 vs previous {tot['v1'] / MB:.2f} MB "
+            f"({tot['z'] / tot['v1']:.0f}x); v2 vs previous {tot['v2'] / MB:.2f} MB ({tot['z'] / tot['v2']:.0f}x); "
+            f"v2 vs skip-delta base {tot['sk'] / MB:.2f} MB ({tot['z'] / tot['sk']:.0f}x).")
+
+#: what a compiled helper would do, for --compiled-probe: v2's grouping (a counting sort fused with
+#: the plane split) and the difference transform, in C. Compiled at run time with the system's cc
+#: into a temporary directory and called through ctypes: a measurement, not a dependency.
+PROBE_C = r"""
+#include <stdint.h>
+#include <string.h>
+void group_split16(const uint16_t *w, const uint8_t *ctx, int64_t n, uint8_t *hi, uint8_t *lo) {
+    int64_t pos[256], s = 0, cnt[256]; memset(cnt, 0, sizeof cnt);
+    for (int64_t i = 0; i < n; i++) cnt[ctx[i]]++;
+    for (int c = 0; c < 256; c++) { pos[c] = s; s += cnt[c]; }
+    for (int64_t i = 0; i < n; i++) { int64_t p = pos[ctx[i]]++; hi[p] = w[i] >> 8; lo[p] = (uint8_t)w[i]; }
+}
+void ungroup_join16(const uint8_t *hi, const uint8_t *lo, const uint8_t *ctx, int64_t n, uint16_t *w) {
+    int64_t pos[256], s = 0, cnt[256]; memset(cnt, 0, sizeof cnt);
+    for (int64_t i = 0; i < n; i++) cnt[ctx[i]]++;
+    for (int c = 0; c < 256; c++) { pos[c] = s; s += cnt[c]; }
+    for (int64_t i = 0; i < n; i++) { int64_t p = pos[ctx[i]]++; w[i] = (uint16_t)(hi[p] << 8 | lo[p]); }
+}
+static inline int16_t ord16(int16_t x) { return x ^ ((x >> 15) & 0x7fff); }
+void diff16(const int16_t *t, const int16_t *b, int64_t n, int16_t *out) {
+    for (int64_t i = 0; i < n; i++) { int16_t d = (int16_t)(ord16(t[i]) - ord16(b[i])); out[i] = (int16_t)((uint16_t)d << 1) ^ (d >> 15); }
+}
+void undiff16(const int16_t *z, const int16_t *b, int64_t n, int16_t *out) {
+    for (int64_t i = 0; i < n; i++) { int16_t d = (int16_t)((uint16_t)z[i] >> 1) ^ (int16_t)(-(z[i] & 1)); out[i] = ord16((int16_t)(d + ord16(b[i]))); }
+}
+"""
+
+
+def compiled_probe(base: dict, ft: dict, say, repeat: int) -> None:
+    """ns per element of v2's grouping and of the difference, numpy (the codec as shipped) against
+    the same work in C, on one real 1 MiB chunk; the outputs are checked equal."""
+    import ctypes
+    import subprocess
+    import tempfile
+
+    from deltastore.codec.lossless import diff_decode
+
+    with tempfile.TemporaryDirectory() as d:
+        src, lib = Path(d) / "probe.c", Path(d) / "probe.so"
+        src.write_text(PROBE_C)
+        try:
+            subprocess.run(["cc", "-O3", "-march=native", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            say(f"(no C compiler: {e})")
+            return
+        c = ctypes.CDLL(str(lib))
+        P, N = ctypes.c_void_p, ctypes.c_int64
+        c.group_split16.argtypes = [P, P, N, P, P]
+        c.ungroup_join16.argtypes = [P, P, P, N, P]
+        c.diff16.argtypes = c.undiff16.argtypes = [P, P, N, P]
+        name = max((k for k, t in base.items() if t.dim() == 2 and k in ft and "embed" not in k), key=lambda k: base[k].numel())
+        bu, tu = tensor_u8(base[name]), tensor_u8(ft[name])
+        n = min(bu.size // 2, planes.CHUNK_BYTES // 8)  # a v2 chunk: 1 MiB of bf16
+        bu, tu = bu[: 2 * n].copy(), tu[: 2 * n].copy()
+        code = diff_code(tu, bu, 2)
+        ctx = exponent_contexts(bu, torch.bfloat16)
+        hi, lo, w, o16 = np.empty(n, np.uint8), np.empty(n, np.uint8), np.empty(n, np.uint16), np.empty(n, np.int16)
+
+        def np_group():
+            order, _ = planes.group_order(ctx)
+            return planes.split_planes(code.view(np.uint16)[order].view(np.uint8), 2, False)
+
+        def np_ungroup():
+            order, _ = planes.group_order(ctx)
+            g = planes.join_planes([hi, lo], 2, False)
+            out = np.empty(n, np.uint16)
+            out[order] = g.view(np.uint16)
+            return out
+
+        rows = [("v2 grouping, encode (stable order by context + gather + plane split)", np_group,
+                 lambda: c.group_split16(code.ctypes.data, ctx.ctypes.data, n, hi.ctypes.data, lo.ctypes.data)),
+                ("v2 grouping, decode (order + plane join + scatter)", np_ungroup,
+                 lambda: c.ungroup_join16(hi.ctypes.data, lo.ctypes.data, ctx.ctypes.data, n, w.ctypes.data)),
+                ("difference, encode (ordered ints, subtract, zigzag)", lambda: diff_code(tu, bu, 2),
+                 lambda: c.diff16(tu.ctypes.data, bu.ctypes.data, n, o16.ctypes.data)),
+                ("difference, decode", lambda: diff_decode(code, bu, 2),
+                 lambda: c.undiff16(code.ctypes.data, bu.ctypes.data, n, o16.ctypes.data))]
+        say(f"Compiled-helper probe on {name}'s first {n:,} elements (one v2 chunk), ns per element, best of {max(repeat, 5)}:")
+        say("")
+        say("| step | numpy (shipped) | C (probe) |")
+        say("|---|---:|---:|")
+        for label, fn, fc in rows:
+            tn, _ = cpu(fn, max(repeat, 5))
+            tc, _ = cpu(fc, max(repeat, 5))
+            say(f"| {label} | {tn / n * 1e9:.2f} | {tc / n * 1e9:.2f} |")
+            if label.startswith("v2 grouping, encode"):
+                h, l = np_group()
+                assert np.array_equal(h, hi) and np.array_equal(l, lo), "C grouping differs from numpy's"
+            if label.startswith("v2 grouping, decode"):
+                assert np.array_equal(w, code.view(np.uint16)), "C ungrouping differs"
+        say("")
+
+
 def bench_codec(codec: Lossless, pairs, repeat: int) -> dict:
     raw = sum(t.numel() * t.element_size() for _, t, _ in pairs)
     tc, encs = cpu(lambda: [codec.encode(t, b) for _, t, b in pairs], repeat)
     payloads = [to_bytes(e) for e in encs]
     encs = [from_bytes(p) for p in payloads]
-    td, outs = cpu(lambda: [codec.reconstruct(e, b) for e, (_, _, b) in zip(encs, pairs)], repeat)
+    td, outs = cpu(lambda: [codec.reconstruct(e, b) for e, (_, _, b) in zip(encs, pairs)], repeat)  # b None: plain
     for o, (n, t, _) in zip(outs, pairs):
         assert torch.equal(o.view(torch.uint8), t.view(torch.uint8)), f"{n}: round trip is not exact"
     return dict(bytes=sum(len(p) for p in payloads), raw=raw, enc=raw / tc / MB, dec=raw / td / MB)
@@ -184,6 +341,11 @@ def main(argv=None) -> int:
     ap.add_argument("--series-repeat", type=int, default=1)
     ap.add_argument("--machine", default=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--chain", type=Path, help="a series measured as the store chains it (skip-deltas); see above")
+    ap.add_argument("--chain-only", action="store_true", help="only the --chain table")
+    ap.add_argument("--compiled-probe", action="store_true", help="time v2's grouping and the difference in C too (needs cc)")
+    ap.add_argument("--skip-series", action="store_true", help="leave out the --series per-checkpoint table")
+    ap.add_argument("--skip-base-speed", action="store_true", help="leave out the base file's speed rows")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.make_series:
@@ -192,24 +354,48 @@ def main(argv=None) -> int:
         from deltastore.zoo.smollm2 import smollm2_dir
 
         args.base = smollm2_dir()
-    ckpts = sorted(p for p in args.series.iterdir() if p.name.startswith("step") and (p / "model.safetensors").is_file())
-    if not ckpts:
+    if args.series is None and not args.chain_only:
+        raise SystemExit("give --series DIR (or --chain DIR --chain-only)")
+    ckpts = [] if args.series is None else sorted(
+        p for p in args.series.iterdir() if p.name.startswith("step") and (p / "model.safetensors").is_file())
+    if args.series is not None and not ckpts:
         raise SystemExit(f"no stepNNNN/model.safetensors under {args.series}")
     base_file = args.base / "model.safetensors"
     base = load_file(str(base_file))
-    meta = json.loads((args.series / "series.json").read_text()) if (args.series / "series.json").is_file() else {}
+    meta = json.loads((args.series / "series.json").read_text()) if args.series and (args.series / "series.json").is_file() else {}
     lines = [f"# Lossless fine-tune codec: format v1, v2 and zipnn ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `python benchmarks/bench_lossless.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
              f"Machine: {args.machine}; load average at start {os.getloadavg()[0]:.1f}  ",
              f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-             f"zipnn {_version('zipnn')}, zstandard {_version('zstandard')}  ",
-             f"Fine-tune: SmolLM2-135M-Instruct bf16, full fine-tune on the zoo math task "
-             f"({json.dumps(meta) if meta else args.series.name}); checkpoints {', '.join(c.name for c in ckpts)}", ""]
+             f"zipnn {_version('zipnn')}, zstandard {_version('zstandard')}  "]
+    if ckpts:
+        lines.append(f"Fine-tune: SmolLM2-135M-Instruct bf16, full fine-tune on the zoo math task "
+                     f"({json.dumps(meta) if meta else args.series.name}); checkpoints {', '.join(c.name for c in ckpts)}")
+    lines.append("")
 
     def say(s: str = "") -> None:
         print(s, flush=True)
         lines.append(s)
 
+    if args.chain:
+        chain_ckpts = sorted(p for p in args.chain.iterdir() if p.name.startswith("step") and (p / "model.safetensors").is_file())
+        cmeta = json.loads((args.chain / "series.json").read_text()) if (args.chain / "series.json").is_file() else {}
+        say(f"## Checkpoint series as the store chains it: {args.chain.name}")
+        say("")
+        say(f"Series: {json.dumps(cmeta) if cmeta else args.chain.name}; checkpoints {', '.join(c.name for c in chain_ckpts)}.  ")
+        say("Checkpoint 1 is the series' root (a fine-tune of the base model); checkpoint n > 1 is stored against "
+            "checkpoint n with its lowest set bit cleared (the root when that is 0): deltastore.chains.")
+        say("")
+        chain_table(chain_ckpts, base, say, args.series_repeat)
+        say("")
+    if args.compiled_probe:
+        say("## Where v2's time goes: numpy against a compiled helper")
+        say("")
+        compiled_probe(base, load_file(str((ckpts[-1] if ckpts else chain_ckpts[-1]) / "model.safetensors")), say, args.repeat)
+    if args.chain_only:
+        if args.out:
+            args.out.write_text("\n".join(lines) + "\n")
+        return 0
     last = ckpts[-1]
     ft = load_file(str(last / "model.safetensors"))
     pairs = changed_pairs(base, ft)
@@ -229,36 +415,46 @@ def main(argv=None) -> int:
     say("|---|---:|---:|---:|---:|")
     if z:
         say(fmt_row("zipnn 0.5.4, fine-tune file alone", z, z))
-    say(fmt_row("lossless v1 (today's codec), vs base", v1, z))
-    say(fmt_row("lossless v2 (grouped by base exponent), vs base", v2, z))
+    say(fmt_row("lossless v1 (by_exponent=False), vs base", v1, z))
+    say(fmt_row("lossless v2 (the default: grouped by base exponent), vs base", v2, z))
     say("")
     say(f"v2 / v1 bytes: {v2['bytes'] / v1['bytes']:.3f}")
     say("")
 
-    say("## Checkpoint series: each checkpoint against the one before")
-    say("")
-    say("| checkpoint | elements changed | v1 MB | v2 MB | zipnn MB (alone) | v2 x zipnn | v2 MB against the base (an anchor) |")
-    say("|---|---:|---:|---:|---:|---:|---:|")
-    prev = base
-    for c in ckpts:
-        cur = load_file(str(c / "model.safetensors"))
-        pr = changed_pairs(prev, cur)
-        nel = sum(t.numel() for t in cur.values())
-        nch = sum(int((t.view(torch.uint8).reshape(-1, t.element_size()) != b.view(torch.uint8).reshape(-1, t.element_size())).any(1).sum())
-                  for _, t, b in pr)
-        b1 = sum(len(to_bytes(Lossless(by_exponent=False).encode(t, b))) for _, t, b in pr)
-        b2 = sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b))) for _, t, b in pr)
-        anchor = b2 if prev is base else sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b)))
-                                             for _, t, b in changed_pairs(base, cur))
-        zc = bench_zipnn(c / "model.safetensors", args.series_repeat)
-        zb = zc["bytes"] if zc else float("nan")
-        say(f"| {c.name} vs {'base' if prev is base else 'previous'} | {nch / nel:.1%} | {b1 / MB:.2f} | {b2 / MB:.2f} | "
-            f"{zb / MB:.2f} | {b2 / zb:.3f} | {anchor / MB:.2f} |")
-        prev = cur
-    say("")
+    if not args.skip_series:
+        say("## Checkpoint series: each checkpoint against the one before")
+        say("")
+        say("| checkpoint | elements changed | v1 MB | v2 MB | zipnn MB (alone) | v2 x zipnn | v2 MB against the base (an anchor) |")
+        say("|---|---:|---:|---:|---:|---:|---:|")
+        prev = base
+        for c in ckpts:
+            cur = load_file(str(c / "model.safetensors"))
+            pr = changed_pairs(prev, cur)
+            nel = sum(t.numel() for t in cur.values())
+            nch = changed_elements(pr)
+            b1 = sum(len(to_bytes(Lossless(by_exponent=False).encode(t, b))) for _, t, b in pr)
+            b2 = sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b))) for _, t, b in pr)
+            anchor = b2 if prev is base else sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b)))
+                                                 for _, t, b in changed_pairs(base, cur))
+            zc = bench_zipnn(c / "model.safetensors", args.series_repeat)
+            zb = zc["bytes"] if zc else float("nan")
+            say(f"| {c.name} vs {'base' if prev is base else 'previous'} | {nch / nel:.1%} | {b1 / MB:.2f} | {b2 / MB:.2f} | "
+                f"{zb / MB:.2f} | {b2 / zb:.3f} | {anchor / MB:.2f} |")
+            prev = cur
+        say("")
 
     say("## Base file: what context coding of the exponents could save")
     say("")
+    if not args.skip_base_speed:
+        bt = [(n, t, None) for n, t in base.items()]
+        pb = bench_codec(Lossless(), bt, args.repeat)
+        zb0 = bench_zipnn(base_file, args.repeat)
+        say("| base file on its own (add base) | MB | x zipnn | encode MB/s/core | decode MB/s/core |")
+        say("|---|---:|---:|---:|---:|")
+        if zb0:
+            say(fmt_row("zipnn 0.5.4", zb0, zb0))
+        say(fmt_row("lossless, no base (byte planes + zstd)", pb, zb0))
+        say("")
     e0, e1, erow, n = base_exponent_entropy(base)
     pl = len(b"".join(planes.compress(tensor_u8(t), 2, rotate=True) for t in base.values() if t.dtype == torch.bfloat16))
     zb = bench_zipnn(base_file, 1)

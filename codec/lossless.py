@@ -13,19 +13,24 @@ Payload format versions (``Encoded.version``; every version still decodes):
 
 - v1: the difference in one byte-plane stream (``b"DSP1"``, ``planes``); also every ``plain``
   payload, whatever the version of the writer.
-- v2 (``Lossless(by_exponent=True)``): the same difference, with each chunk's elements grouped
-  by the *base* weight's exponent before planes + zstd (``b"DSP2"``), so each exponent gets zstd
-  frames and entropy tables of its own. A fine-tune's change is a similar step in value for
+- v2 (``Lossless()``, the default; ``by_exponent=True``): the same difference, with each chunk's
+  elements grouped by the *base* weight's exponent before planes + zstd (``b"DSP2"``), so each
+  exponent gets zstd frames and entropy tables of its own. A fine-tune's change is a similar step in value for
   weights of any size (Adam), so in units of the last place it is large on small weights and
-  small on large ones: the exponent predicts the size of the difference. The decoder holds the
-  base, so it regroups the same way and the grouping costs no stored bytes. fp8 (e4m3fn, e5m2)
-  differences are coded too (v1 stores fp8 fine-tunes plain).
+  small on large ones: the exponent predicts the size of the difference (and, in a checkpoint
+  series, whether a weight changed at all: small weights cross a rounding step first). The decoder
+  holds the base, so it regroups the same way and the grouping costs no stored bytes. fp8 (e4m3fn,
+  e5m2) differences are coded too (v1 stores fp8 fine-tunes plain).
 
-Measured on a real SmolLM2 fine-tune (benchmarks/results/lossless_amd-epyc-2c.md): v2 is 19%
-smaller than v1 (0.27x of zipnn's bytes, v1 0.33x), within 1% of the order-0 entropy given the
-exponent; but the grouping (a stable argsort and a scatter per chunk, in numpy) makes it about
-3x slower than v1 both ways (71 / 74 MB/s per core against 215 / 198) and slower than zipnn. So
-v1 stays the default until the grouping runs in compiled code.
+Measured (benchmarks/results/lossless_amd-epyc-2c.md, dev VM, per core): on a real SmolLM2
+fine-tune v2 is 0.81x v1's bytes (0.27x of zipnn's; v1 0.33x), within 1% of the order-0 entropy
+given the exponent; on a small-lr checkpoint series (1-2% of elements changed between saves) it
+is 0.3x v1's bytes, 95-170x under zipnn per checkpoint against v1's 35-56x. Its cost is speed:
+93 / 101 MB/s encode / decode against v1's 238 / 287 and zipnn's 251 / 685. Nearly all of that is
+the stable grouping by context (numpy's argsort, a gather and a scatter: 10-14 ns an element
+against 0.6 for the difference); a compiled counting sort fused with the plane split measured
+3-5 ns, which would bring v2 near v1's speed. v2 is the default because the bytes are what a store
+keeps; ``Lossless(by_exponent=False)`` (``--param by_exponent=false``) writes v1 where speed matters more.
 """
 
 from __future__ import annotations
