@@ -71,3 +71,27 @@ def test_other_adds_keep_the_base_they_name(store, tmp_path: Path):
     v = store.add_finetune("s", write_model(tmp_path / "e", c), base="r@latest", codec="lossless")
     assert v.base == "r@v4"
     assert torch.equal(store.tensor("r@v3", "lm_head.weight").view(torch.uint8), c["lm_head.weight"].view(torch.uint8))
+
+
+def test_the_cli_series_add_uses_skip_deltas(tmp_path: Path):
+    """`deltastore add finetune RUN PATH --base RUN@latest --codec lossless`, as the issue writes it."""
+    import json
+
+    from ..clirun import cli
+
+    h = str(tmp_path / "h")
+    assert cli("--home", h, "init").returncode == 0
+    base = llama_like(5, hidden=16, layers=1, vocab=32)
+    assert cli("--home", h, "add", "base", "b", str(write_model(tmp_path / "base", base))).returncode == 0
+    cur = base
+    for i in range(4):
+        cur = finetune_of(cur, seed=20 + i, scale=1e-3, touch_norms=True)
+        p = cli("--home", h, "add", "finetune", "run", str(write_model(tmp_path / f"c{i}", cur)),
+                "--base", "b" if i == 0 else "run@latest", "--codec", "lossless")
+        assert p.returncode == 0, p.stderr
+    log = json.loads(cli("--home", h, "log", "run", "--json").stdout)
+    assert [(v["number"], v["base"]) for v in log] == [(4, "run@v1"), (3, "run@v2"), (2, "run@v1"), (1, "b@v1")]
+    assert log[0]["metrics"][PREVIOUS_KEY] == "run@v3"
+    out = tmp_path / "out"
+    assert cli("--home", h, "checkout", "run@v4", str(out)).returncode == 0
+    assert tree_hashes(out) == tree_hashes(tmp_path / "c3")
