@@ -1,6 +1,6 @@
 """Catalog queries at scale: 100 models x 100 versions on SQLite (and PostgreSQL with --pg).
 
-    python benchmarks/bench_catalog_scale.py [--models 100] [--versions 100] [--pg] [--out FILE]
+    python benchmarks/bench_catalog_scale.py [--models 100] [--versions 100] [--pg] [--baseline REV] [--out FILE]
 
 One real base and one real lossless fine-tune are added through the store (tiny llama-shaped
 models, tests/conftest.py); then the catalog is filled in bulk with rows shaped like what
@@ -9,6 +9,10 @@ version indexing the fine-tune's manifest objects), because ten thousand adds wo
 here. Then the public Store calls behind the commands are timed: ``ls`` (models), ``log NAME``
 (versions), resolving ``NAME@vN`` / ``NAME@latest``, ``show`` (report.version_report) and
 ``lineage`` of a chain's first version (100 descendants). Median of 5 calls each, in ms.
+
+``--baseline REV`` also times ``resolve`` and ``lineage`` as deltastore/lookup.py and versions.py
+were at git revision REV, on the same catalog and engine, each call interleaved with the current
+one: on a shared machine whose load swings, only rows of one run compare.
 """
 
 from __future__ import annotations
@@ -54,7 +58,28 @@ def fill(st, n_models: int, n_versions: int) -> None:
                 parent = vid
 
 
-def timings(st, n_models: int, n_versions: int) -> dict[str, float]:
+def baseline_modules(rev: str):  # noqa: ANN201
+    """deltastore/lookup.py and versions.py as they were at ``rev``, loaded beside the current ones
+    (the old versions module wired to the old lookup)."""
+    import importlib.util
+    import subprocess
+
+    mods = {}
+    for name in ("lookup", "versions"):
+        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:deltastore/{name}.py"], check=True,
+                             capture_output=True, text=True).stdout
+        spec = importlib.util.spec_from_loader(f"deltastore._baseline_{name}", loader=None)
+        mod = importlib.util.module_from_spec(spec)
+        mod.__package__ = "deltastore"
+        sys.modules[spec.name] = mod
+        if name == "versions":
+            src = src.replace("from .lookup import", "from ._baseline_lookup import")
+        exec(compile(src, f"{rev}:deltastore/{name}.py", "exec"), mod.__dict__)
+        mods[name] = mod
+    return mods["lookup"], mods["versions"]
+
+
+def timings(st, n_models: int, n_versions: int, baseline: str | None = None) -> dict[str, float]:
     from deltastore.report import version_report
 
     mid = f"model-{n_models // 2:03d}"
@@ -66,16 +91,24 @@ def timings(st, n_models: int, n_versions: int) -> dict[str, float]:
         f"show {mid}@v{n_versions}": lambda: version_report(st, f"{mid}@v{n_versions}"),
         f"lineage {mid}@v1 ({n_versions - 1} descendants)": lambda: st.lineage(f"{mid}@v1"),
     }
-    out = {}
-    for name, fn in calls.items():
+    if baseline:
+        old_lookup, old_versions = baseline_modules(baseline)
+
+        def old_resolve(ref: str):  # noqa: ANN202
+            with st.Session() as s:
+                return old_lookup.version_info(s, old_lookup.resolve_version(s, ref))
+
+        calls[f"resolve {mid}@v{n_versions // 2}, as at {baseline}"] = lambda: old_resolve(f"{mid}@v{n_versions // 2}")
+        calls[f"lineage {mid}@v1, as at {baseline}"] = lambda: old_versions.lineage(st, f"{mid}@v1")
+    for fn in calls.values():
         fn()  # warm: the first call opens connections and caches the manifest
-        ts = []
-        for _ in range(5):
+    ts: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(5):  # interleaved: a swing in the machine's load hits every call alike
+        for name, fn in calls.items():
             t = time.perf_counter()
             fn()
-            ts.append((time.perf_counter() - t) * 1000)
-        out[name] = statistics.median(ts)
-    return out
+            ts[name].append((time.perf_counter() - t) * 1000)
+    return {name: statistics.median(x) for name, x in ts.items()}
 
 
 def main() -> None:
@@ -83,6 +116,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=100)
     ap.add_argument("--versions", type=int, default=100)
     ap.add_argument("--pg", action="store_true", help="Also on a PostgreSQL server (tests/pg.py).")
+    ap.add_argument("--baseline", help="Also time resolve and lineage as lookup.py/versions.py were at this git revision.")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
 
@@ -111,7 +145,7 @@ def main() -> None:
             t = time.perf_counter()
             fill(st, a.models, a.versions)
             fill_s[name] = time.perf_counter() - t
-            results[name] = timings(st, a.models, a.versions)
+            results[name] = timings(st, a.models, a.versions, a.baseline)
             st.close()
     finally:
         if server is not None:
@@ -121,6 +155,7 @@ def main() -> None:
     names = list(urls)
     lines = [f"# Catalog at scale: {a.models} models x {a.versions} versions ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `python benchmarks/bench_catalog_scale.py{' --pg' if a.pg else ''}"
+             f"{' --baseline ' + a.baseline if a.baseline else ''}"
              f"{' --out ' + str(a.out) if a.out else ''}`  ",
              f"Machine: dev VM: AMD EPYC 2 cores, shared with other engineers' jobs; load average {load0} at start, "
              f"{os.getloadavg()[0]:.1f} at end. Python {platform.python_version()}.  ",
