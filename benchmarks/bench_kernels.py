@@ -41,23 +41,42 @@ GROUPS = [("qkv", [4096, 4096, 4096], 4096), ("o", [4096], 4096), ("gate_up", [1
 SMOKE_GROUPS = [("qkv", [64, 32, 32], 64), ("o", [64], 64), ("gate_up", [96, 96], 64), ("down", [64], 96)]
 
 
+_LAYOUT: dict = {}
+
+
+def _layout(m: int, n: int, alpha: float, device: torch.device):
+    """Tier counts the real codec allocates for an m x n weight, and per-element tables (scale
+    factor, zero-point range) for all of a payload's scales at once; cached per shape."""
+    key = (m, n, alpha, str(device))
+    got = _LAYOUT.get(key)
+    if got is None:
+        gs = 128
+        tiers = [(b, c) for b, c in get_codec("delta-come", alpha=alpha).allocation(m, n, "bfloat16") if c > 0]
+        parts, fac, zmax, nw = [], [], [], 0
+        for b, c in tiers:
+            for L in (n, m):
+                w, G = quant.packed_words(L, b), quant.n_groups(L, gs)
+                parts.append((b, c, L, nw, c * w, sum(len(f) for f in fac), c * G))
+                nw += c * w
+                fac.append(torch.full((c * G,), 0.02 / 2**b))
+                zmax.append(torch.full((c * G,), float(2**b)))
+        got = _LAYOUT[key] = (gs, tiers, parts, nw, torch.cat(fac).to(device), torch.cat(zmax).to(device))
+    return got
+
+
 def random_packed(m: int, n: int, gen: torch.Generator, device: torch.device, alpha: float = 1 / 16) -> PackedDeltaCoMe:
-    """Random payload with the real codec's tier counts for an m x n weight at ``alpha``."""
-    gs = 128
-    tiers = [(b, c) for b, c in get_codec("delta-come", alpha=alpha).allocation(m, n, "bfloat16") if c > 0]
+    """Random payload with the real codec's tier counts for an m x n weight at ``alpha``: random
+    packed words, scales and zero points in range (a few kernel launches per payload)."""
+    gs, tiers, parts, nw, fac, zmax = _layout(m, n, alpha, device)
     r = sum(c for _, c in tiers)
     S = (torch.rand(r, generator=gen, device=device).sort(descending=True).values * 0.05 + 0.01)
-    out = []
-    for b, c in tiers:
-        halves = []
-        for L in (n, m):
-            q = torch.randint(-(2**31), 2**31 - 1, (c, quant.packed_words(L, b)), generator=gen, dtype=torch.int32, device=device)
-            G = quant.n_groups(L, gs)
-            s = (torch.rand(c, G, generator=gen, device=device) * 0.02 / (2**b) + 1e-3).to(torch.float16)
-            z = torch.randint(0, 2**b, (c, G), generator=gen, device=device).to(torch.float16)
-            halves.append(PackedFactor(b, c, L, q, s, z))
-        out.append((halves[0], halves[1]))
-    return PackedDeltaCoMe((m, n), gs, S, out)
+    words = torch.randint(-(2**31), 2**31 - 1, (nw,), generator=gen, dtype=torch.int32, device=device)
+    sc = (torch.rand(fac.shape[0], generator=gen, device=device) * fac + 1e-3).to(torch.float16)
+    zp = torch.floor(torch.rand(fac.shape[0], generator=gen, device=device) * zmax).clamp_(max=zmax - 1).to(torch.float16)
+    halves = []
+    for b, c, L, w0, wn, s0, sn in parts:
+        halves.append(PackedFactor(b, c, L, words[w0 : w0 + wn].view(c, -1), sc[s0 : s0 + sn].view(c, -1), zp[s0 : s0 + sn].view(c, -1)))
+    return PackedDeltaCoMe((m, n), gs, S, [(halves[2 * i], halves[2 * i + 1]) for i in range(len(tiers))])
 
 
 def shrink_kw(k: dict) -> dict:
@@ -74,11 +93,10 @@ def split_for(M: int, ds: DeltaSet, k: dict) -> int:
     return k.get("split_k") or triton_ops.pick_split_k(M, ds, k.get("path"))
 
 
-#: configurations --sweep tries, by rows per fine-tune; the first is the default (GEMV kernels up
-#: to triton_ops.GEMV_MAX_ROWS rows per fine-tune, the tl.dot kernels above)
-SWEEP_SMALL = [{}, dict(sw=8, ew=8), dict(br=32), dict(er=32), dict(er=8), dict(chunk=128), dict(chunk=512), dict(ss=2, es=2),
-               dict(split_k=2), dict(path="dot")]
-SWEEP_LARGE = [{}]
+#: configurations --sweep tries; the first is the default: GEMV kernels up to
+#: triton_ops.GEMV_MAX_ROWS rows per fine-tune, the tl.dot kernels above
+SWEEP_GEMV = [{}, dict(er=32), dict(chunk=128), dict(sw=8, ew=8), dict(path="dot")]
+SWEEP_DOT = [{}]
 #: kernel variants --diagnose times one by one (with registers, spills and shared memory)
 DIAGNOSE = [dict(), dict(sw=8, ew=8), dict(sw=2, ew=2), dict(br=32), dict(er=32), dict(er=8), dict(chunk=128), dict(chunk=512),
             dict(ss=2, es=2), dict(ss=4, es=4), dict(path="dot")]
@@ -337,11 +355,12 @@ def register_report() -> None:
     print(f"triton {triton.__version__}, sm_90")
     print("| kernel | bit widths | split | block (M x R x K or N) | warps / stages | registers, stack, local |")
     print("|---|---|---|---|---|---|")
-    for bits, bm, nw, ns in (([8, 3, 2], 1, 4, 3), ([2], 1, 4, 3), ([8], 1, 4, 3), ([3], 1, 4, 3), ([8, 3, 2], 4, 4, 3), ([8, 3, 2], 16, 4, 3), ([8, 3, 2], 1, 8, 3)):
-        ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=16, BLOCK_K=128, **has(bits))
-        print(f"| gemv shrink | {bits} | 4 | {bm} x 16 x 128 | {nw} / {ns} | {usage(triton_ops._gemv_shrink_kernel, sig_gs, ce, nw, ns)} |", flush=True)
-        ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=16, BLOCK_N=128, **has(bits))
-        print(f"| gemv expand | {bits} | 4 | {bm} x 16 x 128 | {nw} / {ns} | {usage(triton_ops._gemv_expand_kernel, sig_ge, ce, nw, ns)} |", flush=True)
+    tr, er = triton_ops.GEMV_TILE_R, triton_ops.GEMV_STEP_R
+    for bits, bm, nw, ns in (([8, 3, 2], 1, 4, 3), ([2], 1, 4, 3), ([8, 3, 2], 4, 4, 3), ([8, 3, 2], 1, 8, 3)):
+        ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, **has(bits))
+        print(f"| gemv shrink | {bits} | 4 | {bm} x {tr} x 128 | {nw} / {ns} | {usage(triton_ops._gemv_shrink_kernel, sig_gs, ce, nw, ns)} |", flush=True)
+        ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, **has(bits))
+        print(f"| gemv expand | {bits} | 4 | {bm} x {er} x 128 | {nw} / {ns} | {usage(triton_ops._gemv_expand_kernel, sig_ge, ce, nw, ns)} |", flush=True)
     if os.environ.get("REGS_DOT"):
         for kern, sig, blk in ((triton_ops._shrink_kernel, sig_s, "BLOCK_K"), (triton_ops._expand_kernel, sig_e, "BLOCK_N")):
             name = "dot shrink" if kern is triton_ops._shrink_kernel else "dot expand"
@@ -393,7 +412,7 @@ def main() -> None:
 
     def best_cfg(M: int, nt: int, ids: torch.Tensor) -> tuple[float, dict, float]:
         best = (float("inf"), {}, 0.0)
-        sweep = (SWEEP_LARGE if M // nt >= 64 else SWEEP_SMALL) if args.sweep else [{}]
+        sweep = (SWEEP_GEMV if -(-M // nt) <= triton_ops.GEMV_MAX_ROWS else SWEEP_DOT) if args.sweep else [{}]
         for i, cfg in enumerate(sweep):
             if i and time.time() > deadline:
                 print(f"  (deadline: sweep stopped before {cfg})", flush=True)

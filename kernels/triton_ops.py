@@ -297,69 +297,120 @@ if HAVE_TRITON:
     # ---------------------------------------------------------------------------------------------
 
     @triton.jit
-    def _fields(w, BITS: tl.constexpr, FLD: tl.constexpr, OFFSET: tl.constexpr):
-        """float32 (..., FLD) = 2^23 + value of each BITS-bit field of the int32 words w (...),
-        starting OFFSET fields in (b = 3 reads its 2-bit planes with BITS=2, its high plane with 1)."""
-        sh = (tl.arange(0, FLD) + OFFSET) * BITS
-        q = (w[:, :, None] >> sh[None, None, :]) & ((1 << BITS) - 1)
+    def _unpack_f(w, sh, BITS: tl.constexpr, AXIS: tl.constexpr):
+        """float32: 2^23 + each BITS-bit field of the int32 words w, the fields along a new axis AXIS
+        (0 or 1) of length len(sh) (sh: the fields' shifts). The fields' axis comes before the words'
+        axes, so a thread keeps every field of the words it loaded: no word is held by two threads."""
+        if AXIS == 0:
+            q = (w[None, :, :, :] >> sh[:, None, None, None]) & ((1 << BITS) - 1)
+        else:
+            q = (w[:, None, :, :] >> sh[None, :, None, None]) & ((1 << BITS) - 1)
         return (q | 0x4B000000).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1,
-                          BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-        """(BLOCK_M, BLOCK_R) float32: rows . V^ components over K blocks kb0 .. kb1 (BLOCK_K wide);
-        8- and 3-bit rows step a quarter block at a time (their small tiers are not worth registers)."""
-        BK: tl.constexpr = BLOCK_K if (BITS != 8 and BITS != 3) else 32
+    def _step_words(words_ptr, wrow, r_ok, k0, k_hi, row_words, BITS: tl.constexpr, NG: tl.constexpr, BLOCK_G: tl.constexpr,
+                    IDX: tl.constexpr, NIDX: tl.constexpr):
+        """int32 (R, NG, NIDX): the words of one step (NG sub-blocks of BLOCK_G values from k0) of
+        the component rows at ``wrow``; IDX picks the plane: 0 all words of b in {1,2,4,8}, 1 the
+        two low-bit words of each 3-bit chunk, 2 its high-bit word. Words past k_hi read as 0."""
+        kg = k0 + tl.arange(0, NG) * BLOCK_G
+        j = tl.arange(0, NIDX)
+        if IDX == 0:
+            within = j
+        elif IDX == 1:
+            within = (j // 2) * 3 + (j % 2)
+        else:
+            within = j * 3 + 2
+        widx = ((kg // 32) * BITS)[:, None] + within[None, :]
+        m = r_ok[:, None, None] & (kg < k_hi)[None, :, None] & (widx < row_words)[None, :, :]
+        return tl.load(words_ptr + wrow[:, None, None] + widx[None, :, :], mask=m, other=0)
+
+    @triton.jit
+    def _step_sz(ptr, szrow, r_ok, k0, k_hi, gs, NG: tl.constexpr, BLOCK_G: tl.constexpr):
+        """fp16 (R, NG): the scale (or zero) of each sub-block of one step, per component row."""
+        kg = k0 + tl.arange(0, NG) * BLOCK_G
+        return tl.load(ptr + szrow[:, None] + (kg // gs)[None, :], mask=r_ok[:, None] & (kg < k_hi)[None, :], other=0.0)
+
+    @triton.jit
+    def _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, k_lo, k_hi, one,
+                          BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+        """(BLOCK_M, BLOCK_R) float32: rows . V^ components over inputs k_lo .. k_hi (multiples of
+        BLOCK_G, which divides the group size). A step reads NG sub-blocks of BLOCK_G values of
+        every component row (~2 KB of words a tile), and the words, scales and zeros of the next
+        two steps are loaded before this one is computed: Triton pipelines no loop without tl.dot,
+        so this keeps bytes in flight while the registers hold one step unpacked. Products are
+        summed over the fields in-thread each step and over words and sub-blocks once, at the end."""
+        NG: tl.constexpr = 2 if BITS == 3 else (8 // BITS if BITS < 8 else 1)
+        BK: tl.constexpr = NG * BLOCK_G
         offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
         offs_mm = tl.arange(0, BLOCK_M)
+        sub = tl.arange(0, NG)
         row_words = BITS * ((K + 31) // 32)
         G = (K + gs - 1) // gs
         wrow = v_q + offs_r * row_words
         szrow = v_sz + offs_r * G
-        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-        for kb in range(kb0 * (BLOCK_K // BK), kb1 * (BLOCK_K // BK)):
-            k0 = kb * BK
-            g = k0 // gs
-            sc = tl.load(scales_ptr + szrow + g, mask=r_ok, other=0.0).to(tl.float32)
-            zp = tl.load(zeros_ptr + szrow + g, mask=r_ok, other=0.0).to(tl.float32) + 8388608.0
-            w0 = (k0 // 32) * BITS
-            if BITS == 3:
-                NC: tl.constexpr = BK // 32
-                li = tl.arange(0, 2 * NC)
-                lo_idx = w0 + (li // 2) * 3 + (li % 2)
-                wl = tl.load(words_ptr + wrow[:, None] + lo_idx[None, :], mask=r_ok[:, None] & (lo_idx < row_words)[None, :], other=0)
-                ql = _fields(wl, 2, 16, 0) - zp[:, None, None]  # (R, 2NC, 16): low planes minus the zero point
-                ci = tl.arange(0, NC)
-                hi_idx = w0 + ci * 3 + 2
-                wh = tl.load(words_ptr + wrow[:, None] + hi_idx[None, :], mask=r_ok[:, None] & (hi_idx < row_words)[None, :], other=0)
-                qh = (_fields(wh, 1, 32, 0) - 8388608.0) * 4.0  # (R, NC, 32): high plane, weight 4
-                xl_idx = k0 + li[:, None] * 16 + tl.arange(0, 16)[None, :]
-                xh_idx = k0 + ci[:, None] * 32 + tl.arange(0, 32)[None, :]
-                for m in tl.static_range(BLOCK_M):  # unrolled: the loop over the packed words stays innermost (pipelined)
+        s1 = _step_sz(scales_ptr, szrow, r_ok, k_lo, k_hi, gs, NG, BLOCK_G)
+        z1 = _step_sz(zeros_ptr, szrow, r_ok, k_lo, k_hi, gs, NG, BLOCK_G)
+        s2 = _step_sz(scales_ptr, szrow, r_ok, k_lo + BK, k_hi, gs, NG, BLOCK_G)
+        z2 = _step_sz(zeros_ptr, szrow, r_ok, k_lo + BK, k_hi, gs, NG, BLOCK_G)
+        if BITS == 3:
+            NC: tl.constexpr = BLOCK_G // 32
+            li = tl.arange(0, 2 * NC)
+            ci = tl.arange(0, NC)
+            f16 = tl.arange(0, 16)
+            f32 = tl.arange(0, 32)
+            acc3 = tl.zeros((BLOCK_M, BLOCK_R, NG), dtype=tl.float32)
+            a1 = _step_words(words_ptr, wrow, r_ok, k_lo, k_hi, row_words, 3, NG, BLOCK_G, 1, 2 * NC)
+            b1 = _step_words(words_ptr, wrow, r_ok, k_lo, k_hi, row_words, 3, NG, BLOCK_G, 2, NC)
+            a2 = _step_words(words_ptr, wrow, r_ok, k_lo + BK, k_hi, row_words, 3, NG, BLOCK_G, 1, 2 * NC)
+            b2 = _step_words(words_ptr, wrow, r_ok, k_lo + BK, k_hi, row_words, 3, NG, BLOCK_G, 2, NC)
+            for k0 in range(k_lo, k_hi, BK):
+                wl, wh, sc, zp = a1, b1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
+                a1, b1, s1, z1 = a2, b2, s2, z2
+                a2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, 3, NG, BLOCK_G, 1, 2 * NC)
+                b2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, 3, NG, BLOCK_G, 2, NC)
+                s2 = _step_sz(scales_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
+                z2 = _step_sz(zeros_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
+                kg = k0 + sub * BLOCK_G
+                ql = _unpack_f(wl, f16 * 2, 2, 0) - zp[None, :, :, None]  # (16, R, NG, 2NC): low planes minus the zero point
+                qh = (_unpack_f(wh, f32, 1, 0) - 8388608.0) * 4.0  # (32, R, NG, NC): the high plane, weight 4
+                xl_idx = kg[None, :, None] + li[None, None, :] * 16 + (f16 * one)[:, None, None]  # (16, NG, 2NC)
+                xh_idx = kg[None, :, None] + ci[None, None, :] * 32 + (f32 * one)[:, None, None]  # (32, NG, NC)
+                for m in tl.static_range(BLOCK_M):
                     row = tl.load(rows_ptr + pos0 + tl.minimum(nrows - 1, m)).to(tl.int64)
-                    xl = tl.load(x_ptr + row * stride_xm + xl_idx, mask=(xl_idx < K) & (xl_idx * 0 + m < nrows), other=0.0).to(tl.float32)
-                    xh = tl.load(x_ptr + row * stride_xm + xh_idx, mask=(xh_idx < K) & (xh_idx * 0 + m < nrows), other=0.0).to(tl.float32)
-                    d = tl.sum(tl.sum(ql * xl[None, :, :], axis=2), axis=1) + tl.sum(tl.sum(qh * xh[None, :, :], axis=2), axis=1)
-                    acc = tl.where(offs_mm[:, None] == m, acc + (d * sc)[None, :], acc)
-            else:
-                FLD: tl.constexpr = 32 // BITS
-                NW: tl.constexpr = BK // FLD
-                wi = tl.arange(0, NW)
-                widx = w0 + wi
-                w = tl.load(words_ptr + wrow[:, None] + widx[None, :], mask=r_ok[:, None] & (widx < row_words)[None, :], other=0)
-                q = _fields(w, BITS, FLD, 0) - zp[:, None, None]  # (R, NW, FLD)
-                x_idx = k0 + wi[:, None] * FLD + tl.arange(0, FLD)[None, :]
-                for m in tl.static_range(BLOCK_M):  # unrolled: the loop over the packed words stays innermost (pipelined)
+                    xl = tl.load(x_ptr + row * stride_xm + xl_idx, mask=(xl_idx < k_hi) & (xl_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    xh = tl.load(x_ptr + row * stride_xm + xh_idx, mask=(xh_idx < k_hi) & (xh_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    p = tl.sum(tl.sum(ql * xl[:, None, :, :], axis=0), axis=2) + tl.sum(tl.sum(qh * xh[:, None, :, :], axis=0), axis=2)
+                    acc3 = tl.where(offs_mm[:, None, None] == m, acc3 + (p * sc)[None, :, :], acc3)
+            return tl.sum(acc3, axis=2)
+        else:
+            FLD: tl.constexpr = 32 // BITS
+            NW: tl.constexpr = BLOCK_G // FLD
+            wi = tl.arange(0, NW)
+            fi = tl.arange(0, FLD)
+            acc4 = tl.zeros((BLOCK_M, BLOCK_R, NG, NW), dtype=tl.float32)
+            w1 = _step_words(words_ptr, wrow, r_ok, k_lo, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
+            w2 = _step_words(words_ptr, wrow, r_ok, k_lo + BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
+            for k0 in range(k_lo, k_hi, BK):
+                w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
+                w1, s1, z1 = w2, s2, z2
+                w2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
+                s2 = _step_sz(scales_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
+                z2 = _step_sz(zeros_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
+                kg = k0 + sub * BLOCK_G
+                q = _unpack_f(w, fi * BITS, BITS, 0) - zp[None, :, :, None]  # (FLD, R, NG, NW)
+                x_idx = kg[None, :, None] + wi[None, None, :] * FLD + (fi * one)[:, None, None]  # (FLD, NG, NW)
+                for m in tl.static_range(BLOCK_M):
                     row = tl.load(rows_ptr + pos0 + tl.minimum(nrows - 1, m)).to(tl.int64)
-                    xv = tl.load(x_ptr + row * stride_xm + x_idx, mask=(x_idx < K) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
-                    d = tl.sum(tl.sum(q * xv[None, :, :], axis=2), axis=1)
-                    acc = tl.where(offs_mm[:, None] == m, acc + (d * sc)[None, :], acc)
-        return acc
+                    xv = tl.load(x_ptr + row * stride_xm + x_idx, mask=(x_idx < k_hi) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    p = tl.sum(q * xv[:, None, :, :], axis=0) * sc[:, :, None]  # (R, NG, NW)
+                    acc4 = tl.where(offs_mm[:, None, None, None] == m, acc4 + p[None, :, :, :], acc4)
+            return tl.sum(tl.sum(acc4, axis=3), axis=2)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["one"])
     def _gemv_shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
                             rows_ptr, counts_ptr, starts_ptr,
-                            M, K, ZC, n_slices, T_max, stride_xm,
+                            M, K, ZC, n_slices, T_max, stride_xm, one,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
@@ -388,26 +439,25 @@ if HAVE_TRITON:
         nrows = tl.minimum(cnt - pid_m * BLOCK_M, BLOCK_M)
         offs_r = tl.arange(0, BLOCK_R)
         r_ok = offs_r < nvalid
-        nkb = tl.cdiv(K, BLOCK_K)
-        per = tl.cdiv(nkb, SPLIT_K)
+        per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
         kb0 = ks * per
-        kb1 = tl.minimum(kb0 + per, nkb)
+        kb1 = tl.minimum(kb0 + per, K)
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         if HAS2:
             if bits == 2:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 2, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K)
         if HAS3:
             if bits == 3:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 3, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K)
         if HAS8:
             if bits == 8:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 8, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K)
         if HAS4:
             if bits == 4:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 4, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K)
         if HAS1:
             if bits == 1:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, 1, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)
         acc = acc * sv[None, :]
         offs_m = tl.arange(0, BLOCK_M)
@@ -416,76 +466,106 @@ if HAVE_TRITON:
         tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
 
     @triton.jit
-    def _zrow(z_ptr, ks_stride, p, zc0, offs_r, r_ok, SPLIT_K: tl.constexpr):
-        """float32 (R,): z of sorted row p at columns zc0 + offs_r, summed over the shrink's splits."""
-        zr = tl.zeros(offs_r.shape, dtype=tl.float32)
+    def _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0, comp, cnt_t, row_words, G, g, widx):
+        """One expand step's loads: words (R_IN, R_OUT, len(widx)) of components c0 + comp (rows
+        past cnt_t read as 0) at word offsets widx, and their scales and zeros (fp16) for group g."""
+        r = c0 + comp
+        r_ok = r < cnt_t
+        r64 = r.to(tl.int64)
+        w = tl.load(words_ptr + (u_q + r64 * row_words)[:, :, None] + widx[None, None, :],
+                    mask=r_ok[:, :, None] & (widx < row_words)[None, None, :], other=0)
+        sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0)
+        zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0)
+        return w, sc, zp
+
+    @triton.jit
+    def _ezrow(z_ptr, ks_stride, p, zc0, comp, r_ok, SPLIT_K: tl.constexpr):
+        """float32 (R_IN, R_OUT): z of sorted row p at columns zc0 + comp, summed over the shrink's splits."""
+        zr = tl.zeros(comp.shape, dtype=tl.float32)
         for ks in tl.static_range(SPLIT_K):
-            zr += tl.load(z_ptr + ks * ks_stride + p + zc0 + offs_r, mask=r_ok, other=0.0)
+            zr += tl.load(z_ptr + ks * ks_stride + p + zc0 + comp, mask=r_ok, other=0.0)
         return zr
 
     @triton.jit
     def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0,
                           BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
         """Store to part_ptr (rows of the block, Ntot) the partial y of components [0, cnt_t) of
-        one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n)."""
-        RB: tl.constexpr = BLOCK_R if (BITS != 8 and BITS != 3) else (BLOCK_R // 4 if BLOCK_R >= 8 else BLOCK_R)  # see _gemv_shrink_tile
+        one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n).
+        Steps of RB components (~BLOCK_R * 32 bytes of words for any width) held as R_IN x R_OUT
+        (R_IN in-thread, summed each step; R_OUT across threads, summed once at the end); the
+        loads of the next two steps are issued before this one is computed (see _gemv_shrink_tile)."""
+        RB: tl.constexpr = BLOCK_R if (BITS <= 2 or BLOCK_R < 32) else (BLOCK_R // 2 if BITS == 4 else BLOCK_R // 4)
+        R_OUT: tl.constexpr = 16 if RB >= 16 else RB
+        R_IN: tl.constexpr = RB // R_OUT
+        comp = tl.arange(0, R_IN)[:, None] * R_OUT + tl.arange(0, R_OUT)[None, :]
         row_words = BITS * ((m_s + 31) // 32)
         G = (m_s + gs - 1) // gs
         g = n0 // gs
         w0 = (n0 // 32) * BITS
-        offs_r0 = tl.arange(0, RB)
         offs_mm = tl.arange(0, BLOCK_M)
         if BITS == 3:
             NC: tl.constexpr = BLOCK_N // 32
             li = tl.arange(0, 2 * NC)
             ci = tl.arange(0, NC)
+            f16 = tl.arange(0, 16)
+            f32 = tl.arange(0, 32)
             lo_idx = w0 + (li // 2) * 3 + (li % 2)
             hi_idx = w0 + ci * 3 + 2
-            acc_l = tl.zeros((BLOCK_M, 2 * NC, 16), dtype=tl.float32)
-            acc_h = tl.zeros((BLOCK_M, NC, 32), dtype=tl.float32)
+            acc_l = tl.zeros((BLOCK_M, 16, R_OUT, 2 * NC), dtype=tl.float32)
+            acc_h = tl.zeros((BLOCK_M, 32, R_OUT, NC), dtype=tl.float32)
+            a1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, lo_idx)
+            b1, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, hi_idx)
+            a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, lo_idx)
+            b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, hi_idx)
             for c0 in range(0, cnt_t, RB):
-                offs_r = c0 + offs_r0
-                r_ok = offs_r < cnt_t
-                r64 = offs_r.to(tl.int64)
-                wrow = u_q + r64 * row_words
-                sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
-                zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32) + 8388608.0
-                wl = tl.load(words_ptr + wrow[:, None] + lo_idx[None, :], mask=r_ok[:, None] & (lo_idx < row_words)[None, :], other=0)
-                wh = tl.load(words_ptr + wrow[:, None] + hi_idx[None, :], mask=r_ok[:, None] & (hi_idx < row_words)[None, :], other=0)
-                ql = _fields(wl, 2, 16, 0) - zp[:, None, None]
-                qh = (_fields(wh, 1, 32, 0) - 8388608.0) * 4.0
+                wl, wh, sc, zp = a1, b1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
+                a1, b1, s1, z1 = a2, b2, s2, z2
+                a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, lo_idx)
+                b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, hi_idx)
+                r_ok = c0 + comp < cnt_t
+                ql = _unpack_f(wl, f16 * 2, 2, 1) - zp[:, None, :, None]  # (R_IN, 16, R_OUT, 2NC)
+                qh = (_unpack_f(wh, f32, 1, 1) - 8388608.0) * 4.0  # (R_IN, 32, R_OUT, NC)
                 for m in range(0, nrows):
-                    cf = _zrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, offs_r0, r_ok, SPLIT_K) * sc
-                    cl = tl.sum(cf[:, None, None] * ql, axis=0)
-                    ch = tl.sum(cf[:, None, None] * qh, axis=0)
-                    hit = (offs_mm == m)[:, None, None]
-                    acc_l = tl.where(hit, acc_l + cl[None, :, :], acc_l)
-                    acc_h = tl.where(hit, acc_h + ch[None, :, :], acc_h)
-            acc = tl.reshape(acc_l, (BLOCK_M, BLOCK_N)) + tl.reshape(acc_h, (BLOCK_M, BLOCK_N))
-            cols = col0 + n0 + tl.arange(0, BLOCK_N)
-            pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None] + cols[None, :]
-            tl.store(pptr, acc, mask=(offs_mm < nrows)[:, None] & (cols < col0 + m_s)[None, :])
+                    cf = _ezrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, comp, r_ok, SPLIT_K) * sc
+                    pl = tl.sum(ql * cf[:, None, :, None], axis=0)
+                    ph = tl.sum(qh * cf[:, None, :, None], axis=0)
+                    hit = (offs_mm == m)[:, None, None, None]
+                    acc_l = tl.where(hit, acc_l + pl[None, :, :, :], acc_l)
+                    acc_h = tl.where(hit, acc_h + ph[None, :, :, :], acc_h)
+            rl = tl.sum(acc_l, axis=2)  # (BM, 16, 2NC): column li * 16 + f
+            rh = tl.sum(acc_h, axis=2)  # (BM, 32, NC): column ci * 32 + f
+            cl = col0 + n0 + li[None, :] * 16 + f16[:, None]
+            ch = col0 + n0 + ci[None, :] * 32 + f32[:, None]
+            mrow = (offs_mm < nrows)[:, None, None]
+            pl_ptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cl[None, :, :]
+            ph_ptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + ch[None, :, :]
+            tl.store(pl_ptr, rl, mask=mrow & (cl < col0 + m_s)[None, :, :])
+            tl.debug_barrier()  # the low planes' sums are in memory before the high plane's are added
+            hm = mrow & (ch < col0 + m_s)[None, :, :]
+            tl.store(ph_ptr, tl.load(ph_ptr, mask=hm, other=0.0) + rh, mask=hm)
         else:
             FLD: tl.constexpr = 32 // BITS
             NW: tl.constexpr = BLOCK_N // FLD
             wi = tl.arange(0, NW)
+            fi = tl.arange(0, FLD)
             widx = w0 + wi
-            acc = tl.zeros((BLOCK_M, NW, FLD), dtype=tl.float32)
+            acc = tl.zeros((BLOCK_M, FLD, R_OUT, NW), dtype=tl.float32)
+            w1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, widx)
+            w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, widx)
             for c0 in range(0, cnt_t, RB):
-                offs_r = c0 + offs_r0
-                r_ok = offs_r < cnt_t
-                r64 = offs_r.to(tl.int64)
-                sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
-                zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32) + 8388608.0
-                w = tl.load(words_ptr + (u_q + r64 * row_words)[:, None] + widx[None, :], mask=r_ok[:, None] & (widx < row_words)[None, :], other=0)
-                q = _fields(w, BITS, FLD, 0) - zp[:, None, None]  # (R, NW, FLD)
+                w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
+                w1, s1, z1 = w2, s2, z2
+                w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, widx)
+                r_ok = c0 + comp < cnt_t
+                q = _unpack_f(w, fi * BITS, BITS, 1) - zp[:, None, :, None]  # (R_IN, FLD, R_OUT, NW)
                 for m in range(0, nrows):
-                    cf = _zrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, offs_r0, r_ok, SPLIT_K) * sc
-                    cm = tl.sum(cf[:, None, None] * q, axis=0)  # (NW, FLD)
-                    acc = tl.where((offs_mm == m)[:, None, None], acc + cm[None, :, :], acc)
-            cols = col0 + n0 + wi[:, None] * FLD + tl.arange(0, FLD)[None, :]  # (NW, FLD)
+                    cf = _ezrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, comp, r_ok, SPLIT_K) * sc
+                    p = tl.sum(q * cf[:, None, :, None], axis=0)  # (FLD, R_OUT, NW)
+                    acc = tl.where((offs_mm == m)[:, None, None, None], acc + p[None, :, :, :], acc)
+            res = tl.sum(acc, axis=2)  # (BM, FLD, NW)
+            cols = col0 + n0 + wi[None, :] * FLD + fi[:, None]  # (FLD, NW)
             pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cols[None, :, :]
-            tl.store(pptr, acc, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
+            tl.store(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
 
     @triton.jit
     def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr,
@@ -583,10 +663,10 @@ def rows_per_slot(M: int, dset: DeltaSet) -> int:
 
 
 #: rows per fine-tune up to which the GEMV kernels run (above: the tl.dot kernels)
-GEMV_MAX_ROWS = 16
+GEMV_MAX_ROWS = 4
 #: the GEMV shrink's tile of components, the expand's step over components, its run of components per program
 GEMV_TILE_R = 16
-GEMV_STEP_R = 16
+GEMV_STEP_R = 64
 GEMV_CHUNK = 256
 
 
@@ -634,7 +714,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         tiles, ntiles, T = dset.tiles(br)
         grid = (dset.n_slices * T * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
-                             plan.rows, plan.counts, plan.starts, M, K, dset.zcols, dset.n_slices, T, x.stride(0),
+                             plan.rows, plan.counts, plan.starts, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, **_has(dset),
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return z
