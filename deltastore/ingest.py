@@ -37,7 +37,7 @@ from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
 from .materialize import info_of, tensor_bytes
 from .objects import PutResult
-from .pipeline import ordered_map
+from .pipeline import InOrderHash, ordered_map
 from .protocols import Progress, StoreView
 from .refs import check_name
 from .results import VersionInfo
@@ -131,17 +131,28 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
             header = src.header
             r = store.objects.put_bytes(header.raw, "blob")
             puts.append(r)
-            file_hash = hashlib.sha256(header.raw)
+            # the file's own SHA-256 is one serial pass: with workers, on a thread of its own, fed
+            # each tensor as soon as it is read (tensors are contiguous, in offset order), so it
+            # runs beside the encodes instead of after each one
+            file_hash = InOrderHash(header.raw) if workers > 1 else None
+            inline_hash = hashlib.sha256(header.raw)
             entries: list[TensorEntry] = []
             fd = os.open(src.path, os.O_RDONLY)
             try:
-                def one(info: TensorInfo) -> tuple[TensorEntry, PutResult | None, np.ndarray]:
+                def one(item: tuple[int, TensorInfo]) -> tuple[TensorEntry, PutResult | None, np.ndarray]:
+                    i, info = item
                     raw = _pread(fd, header, info, src.path)
+                    if file_hash is not None:
+                        file_hash.put(i, raw)
                     entry, put = _encode_tensor(store, job, info, raw)
                     return entry, put, raw
 
-                for entry, put, raw in ordered_map(one, list(header.tensors), workers=workers, weight=lambda i: i.nbytes):
-                    file_hash.update(raw)  # in file order: tensors are contiguous, in offset order
+                tensors = list(enumerate(header.tensors))
+                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
+                    if file_hash is not None:
+                        file_hash.wait_through(i)  # memory: no piece outlives the window
+                    else:
+                        inline_hash.update(raw)
                     del raw
                     entries.append(entry)
                     if put is not None:
@@ -151,9 +162,12 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                     beat()
                 if os.fstat(fd).st_size != src.size:
                     raise BadInputError(f"{src.path} changed size while it was being added")
+                digest = file_hash.hexdigest(len(tensors)) if file_hash is not None else inline_hash.hexdigest()
             finally:
                 os.close(fd)
-            files.append(FileEntry(src.rel, "safetensors", src.size, file_hash.hexdigest(), header=r.oid, tensors=entries))
+                if file_hash is not None:
+                    file_hash.close()
+            files.append(FileEntry(src.rel, "safetensors", src.size, digest, header=r.oid, tensors=entries))
         manifest = Manifest(files=files, base=base_info.manifest if base_info else None,
                             codec=codec.get_config() if codec is not None else {"id": "lossless"})
         mput = store.objects.put_bytes(manifest.to_json(), "manifest")

@@ -269,8 +269,8 @@ def _mappable(fd: int, size: int) -> bool:
     cannot meet a full disk (which would be SIGBUS, not an error); False where this file system
     cannot reserve or map it, or ``DELTASTORE_MAP_WRITES=0`` says not to (the caller then writes
     in order through the file). A full disk raises here, as a write would."""
-    if os.environ.get("DELTASTORE_MAP_WRITES", "").strip() == "0":
-        return False
+    if os.environ.get("DELTASTORE_MAP_WRITES", "").strip() == "0" or not hasattr(os, "posix_fallocate"):
+        return False  # asked not to; or no way to reserve the blocks first (macOS)
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:

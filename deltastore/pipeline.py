@@ -10,6 +10,7 @@ bounded by the window (about workers x the largest tensor), never by the model.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import deque
@@ -88,3 +89,73 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, weigh
                     fut.result()
                 except BaseException:  # noqa: BLE001 - the first error already propagates
                     pass
+
+
+class InOrderHash:
+    """SHA-256 of a byte stream whose pieces are produced out of order by workers, computed on a
+    thread of its own, in order, as soon as the next piece is there.
+
+    An add must hash each safetensors file as one stream, which no number of cores makes faster;
+    hashing each tensor's bytes as soon as they are read (rather than once its encode is done)
+    lets that one serial pass start with the first read and run beside every encode, so it costs
+    its own time once instead of adding the first tensor's encode before it and the last tensor's
+    encode after it. A caller bounds memory by waiting (:meth:`wait_through`) for each piece it
+    is done with before taking more work, since the thread holds a piece until it is hashed.
+    """
+
+    def __init__(self, head: bytes = b""):
+        self._hash = hashlib.sha256(head)
+        self._pieces: dict[int, object] = {}
+        self._next = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="deltastore-hash", daemon=True)
+        self._thread.start()
+
+    def put(self, index: int, data: object) -> None:
+        """Piece ``index`` (0, 1, 2, ... each exactly once): any buffer, hashed when its turn comes."""
+        with self._cv:
+            self._pieces[index] = data
+            self._cv.notify_all()
+
+    def wait_through(self, index: int) -> None:
+        """Return once pieces ``0..index`` are hashed."""
+        with self._cv:
+            while self._next <= index and self._error is None and not self._closed:
+                self._cv.wait()
+            if self._error is not None:
+                raise self._error
+
+    def hexdigest(self, count: int) -> str:
+        """The digest of the head and pieces ``0..count-1``, once they are hashed; ends the thread."""
+        self.wait_through(count - 1)
+        self.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Stop the thread (pieces not yet hashed are dropped); safe to call more than once."""
+        with self._cv:
+            self._closed = True
+            self._pieces.clear()
+            self._cv.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while self._next not in self._pieces and not self._closed:
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                    piece = self._pieces.pop(self._next)
+                self._hash.update(piece)  # hashlib releases the GIL for large buffers
+                del piece
+                with self._cv:
+                    self._next += 1
+                    self._cv.notify_all()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+            with self._cv:
+                self._error = e
+                self._cv.notify_all()
