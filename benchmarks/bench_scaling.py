@@ -81,8 +81,8 @@ print(json.dumps(res))
 """
 
 
-def run_one(op: str, home: Path, src: str, out: str, workers: int, site: str | None) -> dict:
-    env = dict(os.environ, DELTASTORE_THREADS=str(workers))
+def run_one(op: str, home: Path, src: str, out: str, workers: int, site: str | None, extra_env: dict | None = None) -> dict:
+    env = dict(os.environ, DELTASTORE_THREADS=str(workers), **(extra_env or {}))
     if site:
         env["PYTHONPATH"] = site
     p = subprocess.run([sys.executable, "-c", ONE, op, str(home), src, out], env=env, capture_output=True, text=True,
@@ -101,7 +101,10 @@ def sha(path: Path) -> str:
 
 
 def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: list[int], work: Path, nbytes: int,
-                want: dict[str, str], homes: Path) -> list[dict]:
+                want: dict[str, str], homes: Path, inorder_at: set[int] = frozenset()) -> list[dict]:
+    """Each op at each worker count in a fresh store; at the counts in ``inorder_at`` the
+    checkouts run once more with ``DELTASTORE_MAP_WRITES=0`` (tensors written in order by one
+    thread instead of decoded into a mapped file), as a row of their own."""
     rows = []
     for w in workers:
         home = homes / f"home-{label.replace(' ', '-')}-{w}"
@@ -112,17 +115,23 @@ def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: lis
         row["add_base_GBps"], row["base_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
         r = run_one("add_ft", home, str(ft), "", w, site)
         row["add_ft_GBps"], row["ft_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
-        for ref, key in (("m@v1", "checkout_base_GBps"), ("ft@v1", "checkout_ft_GBps")):
-            out = work / f"out-{label}-{w}"
-            shutil.rmtree(out, ignore_errors=True)
-            r = run_one("checkout", home, ref, str(out), w, site)
-            row[key] = nbytes / r["s"] / 1e9
-            got = sha(out / "model.safetensors")
-            assert got == want[ref], f"{label} checkout of {ref} is not byte-identical"
-            shutil.rmtree(out)
+        extra = [row]
+        if w in inorder_at:
+            extra.append({"impl": label + " (checkout written in order)", "store on": str(homes), "workers": w})
+        for r_ in extra:
+            env = {"DELTASTORE_MAP_WRITES": "0"} if r_ is not row else None
+            for ref, key in (("m@v1", "checkout_base_GBps"), ("ft@v1", "checkout_ft_GBps")):
+                out = work / f"out-{label}-{w}"
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_one("checkout", home, ref, str(out), w, site, env)
+                r_[key] = nbytes / r["s"] / 1e9
+                got = sha(out / "model.safetensors")
+                assert got == want[ref], f"{label} checkout of {ref} is not byte-identical"
+                shutil.rmtree(out)
         shutil.rmtree(home)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rows.extend(extra)
+        for r_ in extra:
+            print(json.dumps(r_), flush=True)
     return rows
 
 
@@ -169,6 +178,19 @@ def durable_write_GBps(folder: Path, nbytes: int = 1 << 30) -> float:
     return nbytes / dt / 1e9
 
 
+def fs_type(folder: Path) -> str:
+    """The file system a folder lies on (the longest mount point above it in /proc/mounts)."""
+    best, kind = "", "unknown"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and str(folder.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, kind = parts[1], parts[2]
+    except OSError:
+        pass
+    return kind
+
+
 def table(rows: list[dict]) -> str:
     cols = [("impl", "implementation"), ("store on", "store on"), ("workers", "workers"), ("add_base_GBps", "add base GB/s"),
             ("checkout_base_GBps", "checkout base GB/s"), ("add_ft_GBps", "add finetune (lossless) GB/s"),
@@ -190,6 +212,11 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/ds-scale")
     ap.add_argument("--old-site", default=None, help="PYTHONPATH of an older deltastore to measure in the same run")
     ap.add_argument("--old-workers", default=None, help="worker counts for the older deltastore (default: --workers)")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=SITE:W1,W2",
+                    help="another deltastore install (pip --target SITE) to measure at the given worker counts, "
+                    "e.g. one built with a proposed change; repeatable")
+    ap.add_argument("--inorder-workers", default="",
+                    help="worker counts at which this checkout's checkouts also run written in order (DELTASTORE_MAP_WRITES=0)")
     ap.add_argument("--out", default=None, help="write the markdown table and JSON rows here")
     ap.add_argument("--homes", default=None, help="comma-separated folders to put the stores under (default: --work); "
                     "e.g. a disk and /dev/shm, to tell disk-bound from CPU-bound")
@@ -206,16 +233,23 @@ def main() -> None:
     if args.old_site:
         old = [int(x) for x in args.old_workers.split(",")] if args.old_workers else workers
     homes = [Path(h) for h in args.homes.split(",")] if args.homes else [work]
-    disks = {str(h): durable_write_GBps(h) for h in homes}
+    disks = {f"{h} ({fs_type(h)})": durable_write_GBps(h) for h in homes}
     print("durable write GB/s (1 GiB + fsync):", disks, flush=True)
     for h in homes:
         if args.old_site:
             rows += bench_store("deltastore before", args.old_site, base, ft, old, work, nbytes, want, h)
-        rows += bench_store("deltastore", None, base, ft, workers, work, nbytes, want, h)
+        inorder = {int(x) for x in args.inorder_workers.split(",") if x}
+        rows += bench_store("deltastore", None, base, ft, workers, work, nbytes, want, h, inorder)
+        for v in args.variant:
+            label, _, rest = v.partition("=")
+            site, _, ws = rest.rpartition(":")
+            rows += bench_store(label, site, base, ft, [int(x) for x in ws.split(",")], work, nbytes, want, h)
     rows += bench_zipnn(base / "model.safetensors", workers, nbytes)
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
-          f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}{' --homes ' + args.homes if args.homes else ''}`\n\nMachine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; model {nbytes / 1e9:.2f} GB bf16 ({args.layers} Llama-2-7B layers + embeddings)\n\n"
+          f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}{' --homes ' + args.homes if args.homes else ''}"
+          f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
+          f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}`\n\nMachine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, kernel {platform.release()}; model {nbytes / 1e9:.2f} GB bf16 ({args.layers} Llama-2-7B layers + embeddings)\n\n"
           + "Durable write rate of each store folder (1 GiB in 4 MiB blocks + fsync, GB/s): "
           + ", ".join(f"{k}: {v:.2f}" for k, v in disks.items()) + "\n\n" + table(rows) + "\n")
     print(md)
