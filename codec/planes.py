@@ -217,6 +217,9 @@ class _Group:
     payloads: list  # bytes (compressed) or np.ndarray (stored) while encoding; lengths when read
 
 
+_NEEDLES = np.arange(256, dtype=np.uint8)
+
+
 def group_order(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stable order of a chunk's elements by context, and the element count of each context
     (read off the sorted contexts: np.bincount would first widen every byte to int64).
@@ -226,8 +229,9 @@ def group_order(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     blocks and joining their runs, or one boolean mask per group, measured no faster; a compiled
     counting sort fused with the plane split measured 4.7 ns (benchmarks/results/lossless_*.md)."""
     order = np.argsort(ctx, kind="stable")
-    edges = np.searchsorted(ctx[order], np.arange(257, dtype=np.uint16))
-    return order, np.diff(edges)
+    # np.take is faster than fancy indexing; needles of the haystack's own dtype spare a cast of it
+    edges = np.searchsorted(np.take(ctx, order), _NEEDLES)
+    return order, np.diff(np.append(edges, ctx.size))
 
 
 def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
@@ -252,7 +256,7 @@ def _compress_chunk_grouped(raw: np.ndarray, ctx: np.ndarray, width: int, rotate
                             min_group: int) -> list[_Group]:
     cctx = compressor(level)
     order, counts = group_order(ctx)
-    words = raw.view(_UINT[width])[order]
+    words = np.take(raw.view(_UINT[width]), order)
     groups, pos = [], 0
     for c, n in merge_groups(counts, min_group):
         modes, payloads = [], []
