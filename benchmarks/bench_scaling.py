@@ -229,7 +229,7 @@ def main() -> None:
     nbytes = (base / "model.safetensors").stat().st_size
     want = {"m@v1": sha(base / "model.safetensors"), "ft@v1": sha(ft / "model.safetensors")}  # also warms the page cache
     print(f"model: {nbytes / 1e9:.2f} GB ({args.layers} layers), cores: {os.cpu_count()}", flush=True)
-    rows = []
+    rows = bench_zipnn(base / "model.safetensors", workers, nbytes)  # first: quick, and kept if a time limit ends the run
     if args.old_site:
         old = [int(x) for x in args.old_workers.split(",")] if args.old_workers else workers
     homes = [Path(h) for h in args.homes.split(",")] if args.homes else [work]
@@ -244,7 +244,6 @@ def main() -> None:
             label, _, rest = v.partition("=")
             site, _, ws = rest.rpartition(":")
             rows += bench_store(label, site, base, ft, [int(x) for x in ws.split(",")], work, nbytes, want, h)
-    rows += bench_zipnn(base / "model.safetensors", workers, nbytes)
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
           f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}{' --homes ' + args.homes if args.homes else ''}"
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
