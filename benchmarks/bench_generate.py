@@ -188,7 +188,7 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     lines = [f"# generate on a Llama-2-7B-shaped model, N fine-tunes from one base ({name})", "",
-             f"Measured by `python benchmarks/bench_generate.py --layers {args.layers} --ns {args.ns} --dense-ns {args.dense_ns}` on {name} "
+             f"Measured by `python benchmarks/bench_generate.py {' '.join(sys.argv[1:])}` on {name} "
              f"(torch {torch.__version__}, {total:.0f} GB). {args.layers} decoder layers of Llama-2-7B's shapes, random bf16 weights, "
              f"delta-come deltas at alpha {args.alpha:.4g} on all seven linears of every layer; greedy, prompt {args.prompt} tokens, "
              f"{args.new} new tokens per sequence, eager PyTorch (no CUDA graph); one sequence per fine-tune. GPU memory = "

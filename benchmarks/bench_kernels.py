@@ -347,7 +347,7 @@ def register_report() -> None:
     def has(bits):
         return {f"HAS{b}": b in bits for b in (1, 2, 3, 4, 8)}
 
-    sig_gs = dict(sig_s)
+    sig_gs = dict(sig_s, one="i32")
     sig_ge = {"z_ptr": "*fp32", "y_ptr": "*bf16", "part_ptr": "*fp32", "sem_ptr": "*i32", "words_ptr": "*i32", "scales_ptr": "*fp16",
               "zeros_ptr": "*fp16", "items_ptr": "*i64", "rows_ptr": "*i32", "counts_ptr": "*i32", "starts_ptr": "*i32",
               "mout_ptr": "*i32", "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "Ntot": "i32", "NB_max": "i32", "n_mblk": "i32",
@@ -490,7 +490,7 @@ def main() -> None:
             traceback.print_exc()
 
     lines = [f"# Lazy delta-come kernels, one Llama-2-7B-shaped layer ({name})", "",
-             f"Measured by `python benchmarks/bench_kernels.py{' --sweep' if args.sweep else ''} --copies {args.copies}` on {name} "
+             f"Measured by `python benchmarks/bench_kernels.py {' '.join(sys.argv[1:])}` on {name} "
              f"(torch {torch.__version__}, triton {__import__('triton').__version__}). Copy bandwidth {bw / 1e12:.2f} TB/s (read + write). "
              f"Base: {bench.base_bytes / 1e6:.1f} MB of bf16 weights per layer; one delta-come delta at 1/16: {bench.delta_bytes / 1e6:.1f} MB per layer. "
              "Times per layer (graph of all copies / copies), microseconds; floor = bytes that must be read / copy bandwidth.", "",

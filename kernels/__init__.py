@@ -12,7 +12,7 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
 Layering: kernels -> codec (for the packed format) and torch; never the store.
 """
 
-from .decode import decode_delta, reconstruct
+from .decode import decode_delta, reconstruct, reconstruct_encoded
 from .deltaset import DeltaSet, RowPlan, plan_rows
 from .errors import KernelError, NotServableError
 from .linear import DeltaContext, DeltaLinear, KernelPreference, apply_deltas
@@ -32,4 +32,5 @@ __all__ = [
     "from_encoded",
     "plan_rows",
     "reconstruct",
+    "reconstruct_encoded",
 ]

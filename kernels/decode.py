@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from deltastore.codec import Encoded
+
 from . import ref_ops, triton_ops
 from .linear import KernelPreference, resolve_preference
-from .packed import PackedDeltaCoMe
+from .packed import PackedDeltaCoMe, from_encoded
 
 
 def decode_delta(d: PackedDeltaCoMe, preference: KernelPreference | str = KernelPreference.AUTO) -> torch.Tensor:
@@ -30,3 +32,18 @@ def reconstruct(d: PackedDeltaCoMe, base: torch.Tensor, preference: KernelPrefer
     """The fine-tune's weight in the base's dtype: base + delta in float32, rounded once (as the codec does)."""
     delta = decode_delta(d.to(base.device), preference)
     return delta.add_(base.to(torch.float32)).to(base.dtype)
+
+
+def reconstruct_encoded(enc: Encoded, base: torch.Tensor, preference: KernelPreference | str = KernelPreference.AUTO) -> torch.Tensor | None:
+    """A stored lossy payload's tensor on ``base``'s device (the GPU materialization of
+    ``state_dict(REF, device="cuda")`` and checkout): packed -> dense delta by the Triton dequant
+    kernel and one float32 GEMM there, added to the base in float32 and rounded once to the
+    fine-tune's dtype, as the codec's ``reconstruct`` does on the CPU (same numbers up to float32
+    rounding of the GEMM). The payload is checked first (:func:`from_encoded`: a corrupt one
+    raises CorruptPayloadError). None: no kernel decode for this payload (another codec, or a
+    rotated delta-come): the caller uses the codec's own ``reconstruct`` on that device."""
+    if enc.codec != "delta-come" or any((enc.meta or {}).get("rotated") or []):
+        return None
+    d = from_encoded(enc, tuple(base.shape), what="materialize")
+    delta = decode_delta(d.to(base.device), preference)
+    return delta.add_(base.to(torch.float32)).to(getattr(torch, enc.dtype))
