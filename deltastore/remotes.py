@@ -509,6 +509,10 @@ def fetch(engine: Engine, home: Path, lazy: list[Remote], ref: str) -> tuple[str
             except RemoteError as e:
                 raise RemoteError(f"{ref} is not in this store and fetching it failed: {e}") from None
             model, _, number = res.dst_ref.rpartition("@v")
+            if res.ref != res.dst_ref:
+                # numbers are each store's own (a pull commits like an add): say so, since a later
+                # REF by number names this store's version, not the remote's
+                log.warning("%s from %s is %s in this store", res.ref, r.label, res.dst_ref)
             return model, int(number)
     raise UnknownRefError(f"{ref} is neither in this store nor on its remotes ({'; '.join(missing)})")
 
