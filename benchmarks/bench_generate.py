@@ -128,6 +128,7 @@ def main() -> None:
     vocab = model.config.vocab_size
     base_gb = mem_gb(device)
     ctx = DeltaContext(0, default_id=None)
+    gen_tokens(model, 1, args.prompt, args.new, vocab, device)  # first-call costs (allocator, cuBLAS, HF caches) out of the figure
     t_base, _ = gen_tokens(model, 1, args.prompt, args.new, vocab, device)
     rows.append(dict(case="base alone (plain model)", n=0, batch=1, s=t_base, tok_s=args.new / t_base, mem_gb=base_gb))
     print(json.dumps(rows[-1]), f"setup {time.time() - t0:.0f} s", flush=True)
