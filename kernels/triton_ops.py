@@ -16,6 +16,18 @@ and the group's scale multiplies the fp32 result (shrink) or the other operand (
 Packed rows are read as whole words and split in registers (a (rows, words, fields) tensor
 reshaped to (rows, values)), so every load is a run of consecutive words: b words per 32 values
 for b in {1, 2, 4, 8}; for b = 3 the two low-bit words and the high-bit word of each chunk.
+
+Two kernel pairs, chosen per batch by rows per fine-tune (:func:`use_gemv`, the same z between
+them): the tl.dot pair above, and for up to ``GEMV_MAX_ROWS`` rows a fine-tune (decoding) a GEMV
+pair without tl.dot. GEMV: every program serves one bit width (a shrink tile of one tier, an
+expand work item of one tier, :meth:`DeltaSet.items`); the expand is split over components and
+its partial sums are added in item order by the last program of each group to finish (a counter
+per group, left at zero: one launch, deterministic, graph-safe); values are dequantized to
+float32 by or-ing the exponent of 2^23 (no int->float conversion) and multiplied in float32; each
+step reads ~2 KB of packed words a program and the next two steps' loads are issued before it is
+computed (Triton pipelines no loop without tl.dot); the fields of a word are a leading, in-thread
+axis (with them last, Triton's default layout gave each word to 16 threads: 255 registers).
+Measured: benchmarks/results/kernels_h200.md.
 """
 
 from __future__ import annotations
