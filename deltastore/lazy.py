@@ -5,7 +5,9 @@ With ``lazy`` (the default) every linear that the version stores as a delta-come
 :class:`~deltastore.kernels.DeltaLinear`: the base weight (loaded once per base and device, and
 shared by every lazy model of that base on that device) plus the packed delta as stored, applied
 by the kernels at each forward. Everything else (embeddings, norms, tensors stored whole) is
-materialized. ``lazy=False`` gives the plain materialized model.
+materialized. ``lazy=False`` gives the plain materialized model. Linears of one module that read
+the same input (q/k/v, gate/up: :data:`FUSED`) share one DeltaSet, so their deltas cost one shrink
+and one expand launch for the group.
 
 ``load_many(store, [REF, ...], device)`` gives one model that serves them all at once: each row of
 a batch names its fine-tune (``delta_ids``, an index into ``model.deltas.refs``, -1 for the base
@@ -30,7 +32,8 @@ from torch import nn
 
 from . import codec as codecs
 from .errors import BadInputError, BaseMismatchError, CorruptObjectError
-from .kernels import DeltaContext, DeltaLinear, KernelError, KernelPreference, NotServableError, PackedDeltaCoMe, from_encoded
+from .kernels import (DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, NotServableError, PackedDeltaCoMe,
+                      from_encoded)
 
 
 
@@ -45,6 +48,10 @@ class StoreAPI(Protocol):
     def lineage(self, ref: str) -> Any: ...
     def tensor(self, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor: ...
     def iter_tensors(self, ref: str, *, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]: ...
+
+#: linears of one module that read the same input: served by one DeltaSet (one shrink and one
+#: expand for the group, the issue's "fuse the shrink across q/k/v; gate/up")
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 # base tensors by (base manifest, tensor name, device): shared by every lazy model of that base
 _BASE: "weakref.WeakValueDictionary[tuple[str, str, str], torch.Tensor]" = weakref.WeakValueDictionary()
@@ -145,6 +152,8 @@ class LazyDeltas:
         self.refs: list[str | None] = []
         self._model = weakref.ref(model)
         self.linears: dict[str, DeltaLinear] = {}
+        # one DeltaSet per linear, or per group of linears that read the same input (FUSED)
+        self.sets: list[tuple[DeltaSet, list[str]]] = []
 
     def _deltas_of(self, ref: str) -> tuple[dict[str, PackedDeltaCoMe], dict[str, str]]:
         """Check a fine-tune against the loaded base; its packed deltas by linear, and its other
@@ -186,16 +195,11 @@ class LazyDeltas:
                                 f"are delta-come deltas of linears ({len(other)} such tensors); use load({ref!r}) for this one")
         model = self._model()
         slot = next((i for i, r in enumerate(self.refs) if r is None), len(self.refs))
-        for name, pk in deltas.items():
-            lin = self.linears.get(name)
-            if lin is None:
-                parent, _, leaf = name.rpartition(".")
-                old = model.get_submodule(name)
-                lin = DeltaLinear.from_linear(old, self.ctx, self.preference)
-                setattr(model.get_submodule(parent) if parent else model, leaf, lin)
-                self.linears[name] = lin
-        for name, lin in self.linears.items():
-            lin.deltas.add([deltas.get(name)], slot=slot)
+        for name in deltas:
+            if name not in self.linears:
+                self._wrap(model, name)
+        for ds, names in self.sets:
+            ds.add([deltas.get(n) for n in names], slot=slot)
         if slot == len(self.refs):
             self.refs.append(ref)
         else:
@@ -203,13 +207,32 @@ class LazyDeltas:
         self.ctx.n_slots = len(self.refs)
         return slot
 
+    def _wrap(self, model: nn.Module, name: str) -> None:
+        """Swap the linear ``name`` for a DeltaLinear; with the other linears of its FUSED group
+        (same parent, same input width, same device) when there are, sharing one DeltaSet."""
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        members = next((g for g in FUSED if leaf in g), (leaf,))
+        olds = [getattr(owner, n, None) for n in members]
+        if len(members) > 1 and not (all(isinstance(o, nn.Linear) for o in olds) and len({o.in_features for o in olds}) == 1
+                                     and len({o.weight.device for o in olds}) == 1):
+            members, olds = (leaf,), [owner.get_submodule(leaf)]
+        full = [f"{parent}.{n}" if parent else n for n in members]
+        group = DeltaGroup(olds[0].in_features, [o.out_features for o in olds], olds[0].weight.device) if len(members) > 1 else None
+        for i, (n, fn, old) in enumerate(zip(members, full, olds)):
+            lin = DeltaLinear.from_linear(old, self.ctx, self.preference, group, i)
+            setattr(owner, n, lin)
+            self.linears[fn] = lin
+        self.sets.append((group.deltas if group is not None else self.linears[full[0]].deltas, full))
+
     def drop(self, ref: str) -> None:
         """Stop serving a fine-tune; rows may no longer name its id."""
         v = self.store.resolve(ref).ref
         for slot, r in enumerate(self.refs):
             if r is not None and self.store.resolve(r).ref == v:
-                for lin in self.linears.values():
-                    lin.deltas.drop(slot)
+                for ds, _ in self.sets:
+                    if slot < ds.n_slots and ds.slot(slot) is not None:  # (a set made after this slot has none)
+                        ds.drop(slot)
                 self.refs[slot] = None
                 return
         raise BadInputError(f"{ref} is not served by this model (serving: {[r for r in self.refs if r]})")

@@ -15,11 +15,12 @@ Layering: kernels -> codec (for the packed format) and torch; never the store.
 from .decode import decode_delta, reconstruct, reconstruct_encoded
 from .deltaset import DeltaSet, RowPlan, plan_rows
 from .errors import KernelError, NotServableError
-from .linear import DeltaContext, DeltaLinear, KernelPreference, apply_deltas
+from .linear import DeltaContext, DeltaGroup, DeltaLinear, KernelPreference, apply_deltas
 from .packed import PackedDeltaCoMe, from_encoded
 
 __all__ = [
     "DeltaContext",
+    "DeltaGroup",
     "DeltaLinear",
     "DeltaSet",
     "KernelError",

@@ -67,9 +67,11 @@ class DeltaContext:
         self.default_id = default_id
         self._ids: torch.Tensor | None = None
         self._plans: dict[tuple[int, str], RowPlan] = {}
+        self.generation = 0  # bumped by every set(): what a DeltaGroup's kept slices are valid for
 
     def set(self, ids: torch.Tensor | list[int] | None) -> None:
         self._plans.clear()
+        self.generation += 1
         if ids is None:
             self._ids = None
             return
@@ -100,11 +102,41 @@ class DeltaContext:
         return p
 
 
+class DeltaGroup:
+    """Linears that read the same input (q/k/v, gate/up): one DeltaSet with a slice each, so one
+    shrink and one expand (2 launches) serve them all instead of 2 per linear.
+
+    The first member called with an input computes every member's delta (float32) and keeps the
+    others' slices for their calls with the same input: the same tensor, unmodified since (its
+    version counter), under the same row ids (the context's generation). Each member adds its
+    slice to its own base output in float32 and rounds once, as the kernels do in place.
+    """
+
+    def __init__(self, in_features: int, out_features: list[int], device: torch.device | str):
+        self.deltas = DeltaSet(in_features, out_features, device)
+        self._key: tuple | None = None
+        self._kept: dict[int, torch.Tensor] = {}
+
+    def delta(self, index: int, x2: torch.Tensor, ctx: "DeltaContext", preference: KernelPreference | str) -> torch.Tensor:
+        """float32 (rows, out_features[index]): member ``index``'s delta of x2 (rows, in_features)."""
+        key = (x2.data_ptr(), tuple(x2.shape), x2._version, x2.dtype, ctx.generation)
+        if key == self._key and index in self._kept:
+            return self._kept.pop(index)
+        plan = ctx.plan(x2.shape[0], x2.device)
+        self.deltas.build()
+        d = torch.zeros(x2.shape[0], sum(self.deltas.out_features), dtype=torch.float32, device=x2.device)
+        apply_deltas(x2, d, self.deltas, plan, preference)
+        parts = [d[:, o : o + m] for o, m in zip(self.deltas.col_offsets, self.deltas.out_features)]
+        self._key = key
+        self._kept = {j: t for j, t in enumerate(parts) if j != index}
+        return parts[index]
+
+
 class DeltaLinear(nn.Module):
     """nn.Linear with packed deltas beside its (shared) base weight; see the module docstring."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ctx: DeltaContext,
-                 preference: KernelPreference | str = KernelPreference.AUTO):
+                 preference: KernelPreference | str = KernelPreference.AUTO, group: DeltaGroup | None = None, index: int = 0):
         super().__init__()
         self.out_features, self.in_features = (int(s) for s in weight.shape)
         # the base tensors are shared with other models of the same base: parameters that need no grad
@@ -112,17 +144,24 @@ class DeltaLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.ctx = ctx
         self.preference = KernelPreference(preference)
-        self.deltas = DeltaSet(self.in_features, [self.out_features], weight.device)
+        # a member of a group shares the group's DeltaSet (its slice ``index``); alone, a set of its own
+        self.group, self.index = group, int(index)
+        self.deltas = group.deltas if group is not None else DeltaSet(self.in_features, [self.out_features], weight.device)
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, ctx: DeltaContext, preference: KernelPreference | str = KernelPreference.AUTO) -> "DeltaLinear":
-        return cls(lin.weight.data, None if lin.bias is None else lin.bias.data, ctx, preference)
+    def from_linear(cls, lin: nn.Linear, ctx: DeltaContext, preference: KernelPreference | str = KernelPreference.AUTO,
+                    group: DeltaGroup | None = None, index: int = 0) -> "DeltaLinear":
+        return cls(lin.weight.data, None if lin.bias is None else lin.bias.data, ctx, preference, group, index)
 
     def add_delta(self, delta: PackedDeltaCoMe | None, slot: int | None = None) -> int:
         """Load one fine-tune's delta for this linear (None: unchanged); returns its slot."""
+        if self.group is not None:
+            raise KernelError("this linear shares a DeltaSet with its group; add the group's deltas with group.deltas.add")
         return self.deltas.add([delta], slot)
 
     def drop_delta(self, slot: int) -> None:
+        if self.group is not None:
+            raise KernelError("this linear shares a DeltaSet with its group; drop the slot with group.deltas.drop")
         self.deltas.drop(slot)
 
     def extra_repr(self) -> str:
@@ -139,6 +178,9 @@ class DeltaLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         y2 = y.reshape(-1, self.out_features)
+        if self.group is not None:
+            d = self.group.delta(self.index, x2, self.ctx, self.preference)
+            return (y2.to(torch.float32) + d).to(y.dtype).reshape(*lead, self.out_features)
         plan = self.ctx.plan(x2.shape[0], x.device)
         self.deltas.build()
         apply_deltas(x2, y2, self.deltas, plan, self.preference)

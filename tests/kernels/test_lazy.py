@@ -136,3 +136,23 @@ def test_bad_input_is_refused_at_load_time(served, tmp_path: Path) -> None:
     with pytest.raises(BaseMismatchError):
         many.add_delta("alien")
     assert many.deltas.refs == ["ft1"]
+
+
+def test_linears_sharing_an_input_share_one_delta_set(served, monkeypatch) -> None:
+    """q/k/v and gate/up are served by one DeltaSet each (one shrink + one expand per group):
+    the same logits as one DeltaSet per linear, for one fine-tune and for a mixed batch."""
+    fused = lazy.load_many(served, ["ft1", "ft2"], device=DEVICE)
+    attn, mlp = fused.model.layers[0].self_attn, fused.model.layers[0].mlp
+    assert attn.q_proj.deltas is attn.k_proj.deltas is attn.v_proj.deltas and attn.q_proj.deltas.n_slices == 3
+    assert mlp.gate_proj.deltas is mlp.up_proj.deltas and mlp.gate_proj.deltas.n_slices == 2
+    assert attn.o_proj.group is None and mlp.down_proj.group is None
+    assert len(fused.deltas.sets) == 2 * 4  # per layer: qkv, o, gate/up, down
+    monkeypatch.setattr(lazy, "FUSED", ())
+    apart = lazy.load_many(served, ["ft1", "ft2"], device=DEVICE)
+    assert apart.model.layers[0].self_attn.k_proj.group is None and len(apart.deltas.sets) == 2 * 7
+    ids = torch.tensor([1, -1, 0])
+    assert rel(_logits(fused, delta_ids=ids), _logits(apart, delta_ids=ids)) < 1e-5
+    fused.drop_delta("ft1")
+    apart.drop_delta("ft1")
+    ids = torch.tensor([1, -1, 1])
+    assert rel(_logits(fused, delta_ids=ids), _logits(apart, delta_ids=ids)) < 1e-5

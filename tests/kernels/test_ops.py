@@ -272,3 +272,33 @@ def test_gemv_and_dot_paths_agree_and_the_expand_handshake_resets() -> None:
         assert rel(outs[-1].float(), dr.float()) < DELTA_TOL[dtype], path
     assert torch.equal(outs[0], outs[1])  # same launch twice: same numbers (ordered reduction, counters reset)
     assert bool((torch.cat([t.reshape(-1) for t in ds._sems.values()]) == 0).all())
+
+
+@interp_slow
+@pytest.mark.parametrize("M", [3, 17])  # the GEMV kernels, then the tl.dot ones (float32 y in both)
+def test_a_delta_group_gives_each_member_what_it_gives_alone(M: int) -> None:
+    """q/k/v-style members of one DeltaGroup (one shrink + one expand for all three) against
+    three lone DeltaLinears, with the Triton kernels; the second and third members reuse the
+    first's launch, and a changed input is recomputed, never served from the kept slices."""
+    from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
+
+    dtype = torch.bfloat16
+    n, ms = 96, [64, 33, 40]
+    made = [packed_delta(m, n, seed=30 + i, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 2], [2, None]]) for i, m in enumerate(ms)]
+    ctx = DeltaContext(1, default_id=0)
+    group = DeltaGroup(n, ms, DEVICE)
+    group.deltas.add([pk for _, pk, _ in made])
+    members = [DeltaLinear(W.to(DEVICE), None, ctx, "triton", group, i) for i, (W, _, _) in enumerate(made)]
+    alone = []
+    for W, pk, _ in made:
+        lin = DeltaLinear(W.to(DEVICE), None, ctx, "triton")
+        lin.add_delta(pk)
+        alone.append(lin)
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEVICE)
+    for i, (a, b) in enumerate(zip(members, alone)):
+        ya, yb = a(x), b(x)
+        assert set(group._kept) == set(range(i + 1, 3))  # the others' slices, kept from the first member's launch
+        bound = 2 * torch.finfo(dtype).eps * yb.float().abs() + DELTA_TOL[dtype] * (yb.float() - torch.nn.functional.linear(x, b.weight).float()).abs().amax()
+        assert bool(((ya.float() - yb.float()).abs() <= bound + 1e-6).all())
+    x.mul_(2)  # in place: the kept slices are stale now
+    assert rel(members[1](x).float(), alone[1](x).float()) < DELTA_TOL[dtype]
