@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kernels import random_packed  # noqa: E402
 
-from deltastore.kernels import DeltaContext, DeltaLinear  # noqa: E402
+from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, DeltaSet  # noqa: E402
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -56,25 +56,34 @@ def make_model(layers: int, device: torch.device, smoke: bool):
     return model.eval()
 
 
-def to_lazy(model, ctx: DeltaContext) -> list[DeltaLinear]:
-    """Swap every decoder linear for a DeltaLinear over the same (shared) weight, as load_many does."""
-    out = []
+def to_lazy(model, ctx: DeltaContext, fuse: bool = True) -> list[tuple[DeltaSet, list[DeltaLinear]]]:
+    """Swap every decoder linear for a DeltaLinear over the same (shared) weight, as load_many
+    does: q/k/v and gate/up sharing one DeltaSet each (lazy.FUSED) unless ``fuse`` is off.
+    Returns the DeltaSets with their linears."""
+    from deltastore.lazy import FUSED
+
+    sets = []
     for layer in model.model.layers:
-        for name in LINEARS:
-            parent, _, leaf = name.rpartition(".")
-            mod = layer.get_submodule(parent)
-            lin = DeltaLinear.from_linear(getattr(mod, leaf), ctx)
-            setattr(mod, leaf, lin)
-            out.append(lin)
-    return out
+        for parent, names in (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
+                              ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",))):
+            owner = layer.get_submodule(parent)
+            groups = [names] if (fuse and names in FUSED) else [(n,) for n in names]
+            for g in groups:
+                olds = [getattr(owner, n) for n in g]
+                group = DeltaGroup(olds[0].in_features, [o.out_features for o in olds], olds[0].weight.device) if len(g) > 1 else None
+                lins = [DeltaLinear.from_linear(o, ctx, group=group, index=i) for i, o in enumerate(olds)]
+                for n, lin in zip(g, lins):
+                    setattr(owner, n, lin)
+                sets.append((group.deltas if group is not None else lins[0].deltas, lins))
+    return sets
 
 
-def add_finetunes(lins: list[DeltaLinear], n: int, gen: torch.Generator, device: torch.device, alpha: float) -> None:
-    """Give every DeltaLinear ``n`` more random packed deltas (one per new fine-tune)."""
-    for lin in lins:
+def add_finetunes(sets: list[tuple[DeltaSet, list[DeltaLinear]]], n: int, gen: torch.Generator, device: torch.device, alpha: float) -> None:
+    """Give every DeltaSet ``n`` more random packed deltas, one per linear (one per new fine-tune)."""
+    for ds, lins in sets:
         for _ in range(n):
-            lin.add_delta(random_packed(lin.out_features, lin.in_features, gen, device, alpha))
-        lin.deltas.build()
+            ds.add([random_packed(lin.out_features, lin.in_features, gen, device, alpha) for lin in lins])
+        ds.build()
 
 
 def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -111,6 +120,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which no further case starts")
+    ap.add_argument("--no-fuse", action="store_true", help="one DeltaSet per linear (as commit db384d5 measured), not per q/k/v and gate/up")
     args = ap.parse_args()
     t_end = time.time() + args.deadline
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -132,7 +142,7 @@ def main() -> None:
     t_base, _ = gen_tokens(model, 1, args.prompt, args.new, vocab, device)
     rows.append(dict(case="base alone (plain model)", n=0, batch=1, s=t_base, tok_s=args.new / t_base, mem_gb=base_gb))
     print(json.dumps(rows[-1]), f"setup {time.time() - t0:.0f} s", flush=True)
-    lins = to_lazy(model, ctx)
+    lins = to_lazy(model, ctx, fuse=not args.no_fuse)
     gen = torch.Generator(device=device).manual_seed(1)
     have = 0
     per_ft_bytes = None
@@ -144,7 +154,7 @@ def main() -> None:
         add_finetunes(lins, n - have, gen, device, args.alpha)
         have = n
         ctx.n_slots = n
-        delta_bytes = sum(lin.deltas.nbytes for lin in lins)
+        delta_bytes = sum(ds.nbytes for ds, _ in lins)
         per_ft_bytes = delta_bytes / n
         ctx.set(torch.arange(n))
         t, out = gen_tokens(model, n, args.prompt, args.new, vocab, device)
