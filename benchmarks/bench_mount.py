@@ -1,29 +1,37 @@
 """Reading versions through `deltastore mount` against reading a checked-out copy from local disk.
 
-    python benchmarks/bench_mount.py [--finetunes N] [--synth] [--out FILE]
+    python benchmarks/bench_mount.py [--synth-layers L] [--out FILE]   # reads and from_pretrained
+    python benchmarks/bench_mount.py --disk N    # only: disk of N delta-come fine-tunes, mounted vs checked out
     python benchmarks/bench_mount.py --ls N      # only: `ls -lR` over a mount of N versions
 
-Store: SmolLM2-135M-Instruct bf16 (deltastore.zoo.smollm2) as a lossless base, a real full
+Store: SmolLM2-135M-Instruct bf16 (deltastore.zoo.smollm2) as a lossless base; a real full
 fine-tune of it (the cached `smollm2-math-series-*` step directories, else a perturbed copy) added
-twice, once `--codec lossless` and once delta-come (the default lossy codec), and N delta-come
-fine-tunes in all for the disk figure. With --synth also the synthetic llama-shaped ~1B bf16 model
-of bench_store.py as a lossless base (slow on a small VM: off by default).
+twice, once `--codec lossless` and once delta-come (the default lossy codec); and a synthetic model with the tensor shapes
+of a 1B Llama (hidden 2048, MLP 5632, vocab 32000) but L of its 16 layers (default 2: 0.47 GB; 16 is
+the whole 0.95 B model, slow here), added as a lossless base.
 
-Rows, for each version's model.safetensors:
+Rows, for each version's model.safetensors (reads are sequential passes of 16 MiB read() calls):
   mount cold            the file's and every object's kernel page cache dropped (posix_fadvise
-                        DONTNEED), none of the file's own units decoded yet: fetch + decode +
-                        verify + FUSE. Rows run in order in one mount process, so the fine-tunes
-                        find the base's tensors already decoded (as on a cluster that mounts a
-                        base and its fine-tunes), and apply their deltas to those.
-  mount warm (decoded)  again, decoded units in the mount's cache, the kernel's copy dropped:
-                        what FUSE and the server cost per byte
-  mount warm (page)     again without dropping: the kernel's page cache serves it
-  local cold / warm     the checked-out file, page cache dropped / kept
+                        DONTNEED, checked with fincore), none of the file's own units decoded:
+                        fetch + decode + verify + FUSE. Rows run in order in one mount, so the
+                        fine-tunes find the base's tensors decoded (a cluster mounting a base and
+                        its fine-tunes), and apply their deltas to those.
+  mount warm            the file read before through this mount: the kernel's page cache holds it
+                        (files are immutable; the mount keeps page caching on across opens), so the
+                        read never reaches the mount process. This is what "warm" means for the goal.
+  mount, decoded only   the kernel's copy dropped, decoded units still in the mount's cache: what
+                        FUSE and the server cost per byte (a second reader after memory pressure)
+  local cold / warm     the checked-out file, page cache dropped (checked) / kept
   checkout then read    `Store.checkout` to local disk, then one read of the file
-Reads are one sequential pass with 16 MiB read() calls, MB/s of file bytes (10^6 B), wall clock.
-Then `from_pretrained` (transformers, CPU, the model's own dtype) from the mount (fresh mount, and
-again warm) against from the local checkout, and the disk the versions take: the store's objects
-(what a mount needs) against N checked-out directories (measured with `du`).
+Each figure is given as MB/s (10^6 B, wall clock: moves with other work on a shared VM) and as MB
+per CPU second (the reader's CPU plus the mount server's, all threads: moves much less), over all
+the passes of a kind; mount warm and local warm passes are taken in turns.
+Then `from_pretrained` (transformers, CPU) in a fresh process: from a fresh mount (nothing decoded,
+objects' page cache dropped) against the local checkout with its page cache dropped, and from the
+mount again (warm) against the local checkout again (warm); wall and CPU seconds (loader + server).
+--disk N (a run of its own: each delta-come add costs ~100 CPU seconds here): base + N delta-come
+fine-tunes in the store (what a mount needs; reading all N through a mount writes nothing) against
+N + 1 checked-out copies.
 This is a 2-core shared VM: figures move with the other work on the machine (load average shown).
 """
 
@@ -31,38 +39,64 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_store import machine, synth_1b  # noqa: E402
+from bench_store import machine, synth_shapes  # noqa: E402
 
 import deltastore  # noqa: E402
 from deltastore.zoo.cache import cache_dir  # noqa: E402
 
 MB = 1e6
 BLOCK = 16 << 20
+#: the series the first fine-tune rows come from when it is cached (the rows of earlier runs)
+PREFERRED_SERIES = "smollm2-math-series-60x10-lr0.0002"
 
 
-def drop_cache(paths: list[Path]) -> None:
-    """Evict these files from the kernel page cache (only them: the machine is shared)."""
-    for p in paths:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+def resident(path: Path) -> int | None:
+    """Bytes of ``path`` in the kernel page cache (util-linux ``fincore``), or None without it."""
+    if shutil.which("fincore") is None:
+        return None
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True, text=True)
+    try:
+        return int(r.stdout.split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def drop_cache(paths: list[Path], *, check: bool = False) -> None:
+    """Evict these files from the kernel page cache (only them: the machine is shared). With
+    ``check``, retry until ``fincore`` finds none of their pages (DONTNEED skips pages still on
+    another CPU's LRU batch, so one call is not always enough) and fail if they stay."""
+    for attempt in range(20):
+        for p in paths:
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        if not check:
+            return
+        left = sum(resident(p) or 0 for p in paths)
+        if not left:
+            return
+        time.sleep(0.1 * (attempt + 1))
+    raise RuntimeError(f"could not drop {left} bytes of {', '.join(map(str, paths))} from the page cache")
 
 
 def object_files(home: Path) -> list[Path]:
@@ -77,29 +111,65 @@ def proc_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def read_cpu_rate(path: Path, server: int | None) -> float:
-    """MB of file per CPU second spent on one sequential pass: the reader's own CPU time plus the
-    mount server's (``server``), so the figure holds up when other work shares the machine."""
-    c0, s0 = time.process_time(), proc_cpu(server)
-    _, _ = read_rate(path)
-    cpu = time.process_time() - c0 + proc_cpu(server) - s0
-    return path.stat().st_size / MB / max(cpu, 1e-9)
+@dataclass
+class Pass:
+    """One sequential read of a file: MB/s of wall clock and MB per CPU second (reader + server)."""
+
+    mb_s: float
+    mb_cpu: float
 
 
-def read_rate(path: Path) -> tuple[float, float]:
-    """(MB/s, seconds) of one sequential pass."""
-    n = 0
-    t0 = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(BLOCK)
-        view = memoryview(buf)
-        while True:
-            k = f.readinto(view)
-            if not k:
-                break
-            n += k
-    sec = time.perf_counter() - t0
-    return n / MB / sec, sec
+def read_pass(path: Path, server: int | None = None) -> Pass:
+    """One sequential pass with 16 MiB ``readinto`` calls, timed by the wall clock and by the CPU
+    seconds it cost: this process's plus the mount server's (``server``), all threads."""
+    return read_passes(path, 1, server)
+
+
+def read_passes(path: Path, k: int, server: int | None = None, before: Callable[[], None] | None = None) -> Pass:
+    """``k`` sequential passes (``before`` runs untimed ahead of each, e.g. to drop the page cache):
+    all bytes over all wall seconds and over all CPU seconds. Totals rather than per-pass figures
+    because the server's CPU time comes in 10 ms clock ticks, coarse against a 0.05 s warm pass."""
+    n = sec = cpu = 0.0
+    view = memoryview(bytearray(BLOCK))
+    for _ in range(k):
+        if before is not None:
+            before()
+        c0, s0 = time.process_time(), proc_cpu(server)
+        t0 = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while True:
+                got = f.readinto(view)
+                if not got:
+                    break
+                n += got
+        sec += time.perf_counter() - t0
+        cpu += time.process_time() - c0 + proc_cpu(server) - s0
+    return Pass(n / MB / sec, n / MB / max(cpu, 1e-3))
+
+
+def read_interleaved(a: Path, b: Path, k: int, server_a: int | None = None) -> tuple[Pass, Pass]:
+    """``k`` passes over each of ``a`` and ``b``, alternating which goes first, so both see the same
+    moments of a shared machine (measured one after the other, the two drift apart by more than
+    the difference between them)."""
+    tot = {a: [0, 0.0, 0.0], b: [0, 0.0, 0.0]}
+    view = memoryview(bytearray(BLOCK))
+    for i in range(2 * k):
+        path = (a, b)[(i + i // 2) % 2]  # a b b a a b b a ...
+        server = server_a if path == a else None
+        c0, s0 = time.process_time(), proc_cpu(server)
+        t0 = time.perf_counter()
+        n = 0
+        with open(path, "rb", buffering=0) as f:
+            while True:
+                got = f.readinto(view)
+                if not got:
+                    break
+                n += got
+        t = tot[path]
+        t[0] += n
+        t[1] += time.perf_counter() - t0
+        t[2] += time.process_time() - c0 + proc_cpu(server) - s0
+    return tuple(Pass(t[0] / MB / t[1], t[0] / MB / max(t[2], 1e-3)) for t in (tot[a], tot[b]))  # type: ignore[return-value]
 
 
 def du(path: Path) -> int:
@@ -112,9 +182,9 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deltastore.cli", *args], env=env, capture_output=True, text=True, check=True)
 
 
-def mount(home: Path, mp: Path, log: Path) -> None:
+def mount(home: Path, mp: Path, log: Path, cache: str = "4GiB") -> None:
     mp.mkdir(parents=True, exist_ok=True)
-    cli(home, "mount", str(mp), "--cache-size", "4GiB", "--log", str(log))
+    cli(home, "mount", str(mp), "--cache-size", cache, "--log", str(log))
 
 
 def unmount(home: Path, mp: Path) -> None:
@@ -135,26 +205,25 @@ def server_pid(mp: Path) -> int | None:
 
 
 def server_rss(mp: Path) -> int | None:
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mount" in cmd and str(mp).encode() in cmd and b"--foreground" in cmd:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+    """Peak resident memory (VmHWM) of the mount's server process."""
+    pid = server_pid(mp)
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return None
 
 
 def finetune_sources(n: int, base: Path, work: Path) -> list[Path]:
-    series = sorted(p for d in cache_dir("bench").glob("smollm2-math-series-*") for p in d.glob("step*")
-                    if (p / "model.safetensors").is_file())
+    """``n`` full fine-tunes of SmolLM2: the cached series' steps (complete series only: those with
+    their series.json; PREFERRED_SERIES first), then perturbed copies of the base."""
+    done = [d for d in cache_dir("bench").glob("smollm2-math-series-*") if (d / "series.json").is_file()]
+    done.sort(key=lambda d: (d.name != PREFERRED_SERIES, d.name))
+    series = [p for d in done for p in sorted(d.glob("step*")) if (p / "model.safetensors").is_file()]
     out = series[:n]
     seed = 0
-    while len(out) < n:  # perturbed copies of the base for the disk figure
+    while len(out) < n:
         from deltastore.zoo.tiny import tiny_finetune
 
         seed += 1
@@ -162,11 +231,54 @@ def finetune_sources(n: int, base: Path, work: Path) -> list[Path]:
     return out
 
 
-def from_pretrained_seconds(path: Path) -> float:
-    code = ("import sys, time, torch\nfrom transformers import AutoModelForCausalLM\nt0 = time.perf_counter()\n"
-            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\nprint(time.perf_counter() - t0)\n")
+def synth_shaped(layers: int) -> Path:
+    """``bench_store``'s synthetic Llama-1B (same shapes, scales and seed) with ``layers`` of its
+    16 layers, written once into the cache."""
+    from deltastore.safetensors_io import build_header
+
+    out = cache_dir("bench", f"synth-1b-shaped-{layers}l-bf16")
+    dst = out / "model.safetensors"
+    if dst.is_file():
+        return out
+    import numpy as np
+    import torch
+
+    specs = list(synth_shapes(layers=layers))
+    head, _ = build_header([(n, "BF16", s) for n, s, _ in specs], {"format": "pt"})
+    tmp = dst.with_name(".tmp-model.safetensors")
+    gen = torch.Generator().manual_seed(1234)
+    with open(tmp, "wb") as fh:
+        fh.write(head)
+        for _name, shape, std in specs:
+            if std is None:
+                t = 1.0 + 0.05 * torch.randn(shape, generator=gen)
+            else:
+                f = float(torch.exp(torch.empty(()).uniform_(np.log(0.5), np.log(2.0), generator=gen)))
+                t = torch.randn(shape, generator=gen) * (std * f)
+            fh.write(t.to(torch.bfloat16).view(torch.uint8).numpy().tobytes())
+    (out / "config.json").write_text(json.dumps({"note": "synthetic, for benchmarks only", "layers": layers}))
+    os.replace(tmp, dst)
+    return out
+
+
+@dataclass
+class Load:
+    """One ``from_pretrained``: wall seconds and CPU seconds (the loader's plus the server's)."""
+
+    wall: float
+    cpu: float
+
+
+def from_pretrained(path: Path, server: int | None = None) -> Load:
+    """``AutoModelForCausalLM.from_pretrained(path)`` in a fresh process, import time excluded."""
+    code = ("import sys, time, torch\nfrom transformers import AutoModelForCausalLM\n"
+            "t0, c0 = time.perf_counter(), time.process_time()\n"
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+            "print(time.perf_counter() - t0, time.process_time() - c0)\n")
+    s0 = proc_cpu(server)
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    return float(r.stdout.strip().splitlines()[-1])
+    wall, cpu = map(float, r.stdout.split()[-2:])
+    return Load(wall, cpu + proc_cpu(server) - s0)
 
 
 def ls_bench(n: int, slug: str, desc: str) -> str:
@@ -213,10 +325,81 @@ def ls_bench(n: int, slug: str, desc: str) -> str:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def disk_bench(n: int, desc: str) -> str:
+    """Disk of a base and ``n`` delta-come fine-tunes: the store (all a mount needs), checked while
+    every fine-tune's model.safetensors is read through one mount, against ``n`` + 1 checkouts."""
+    load0 = os.getloadavg()[0]
+    t_start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="bench-mount-disk-"))
+    home, mp, mlog = work / "home", work / "mnt", work / "mount.log"
+    try:
+        from deltastore.zoo.smollm2 import smollm2_dir
+
+        base = smollm2_dir()
+        fts = finetune_sources(n, base, work)
+        names = ["smollm2", *(f"ft{i + 1}" for i in range(n))]
+        t0 = time.perf_counter()
+        with deltastore.open(home) as st:
+            st.add_base("smollm2", base)
+            for name, d in zip(names[1:], fts):
+                st.add_finetune(name, d, "smollm2")  # delta-come, the default lossy codec
+                print(f"{name} added ({time.perf_counter() - t0:.0f} s)", flush=True)
+            stored = {r: st.resolve(r).stored_bytes for r in names}
+            codecs = {st.resolve(r).codec for r in names[1:]}
+        objects_before, home_before = du(home / "objects"), du(home)
+        mount(home, mp, mlog, cache="1GiB")
+        try:
+            t0 = time.perf_counter()
+            for r in names[1:]:
+                read_pass(mp / r / "v1" / "model.safetensors")
+            read_all = time.perf_counter() - t0
+            rss = server_rss(mp)
+        finally:
+            unmount(home, mp)
+        home_after = du(home)
+        with deltastore.open(home) as st:
+            for r in names:
+                st.checkout(r, work / "co" / r)
+        co = {r: du(work / "co" / r) for r in names}
+        for r in names:  # the checkouts' bytes are the files': none are sparse or shared
+            assert co[r] >= sum(p.stat().st_size for p in (work / "co" / r).iterdir()), r
+        load1 = os.getloadavg()[0]
+        deltas = sum(stored[r] for r in names[1:])
+        mounted = stored["smollm2"] + deltas
+        checked_out = sum(co.values())
+        today = dt.date.today().isoformat()
+        return "\n".join([
+            f"# deltastore mount: disk of {n} delta-come fine-tunes, mounted vs checked out ({today})", "",
+            f"Command: `python benchmarks/bench_mount.py --disk {n}` ({(time.perf_counter() - t_start) / 60:.0f} min)  ",
+            f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end)", "",
+            "| | MB |", "|---|---:|",
+            f"| base (SmolLM2-135M-Instruct bf16, lossless), stored | {stored['smollm2'] / MB:,.1f} |",
+            f"| {n} delta-come fine-tunes, stored (each: {', '.join(f'{stored[r] / MB:.1f}' for r in names[1:])}) "
+            f"| {deltas / MB:,.1f} |",
+            f"| **mounted: base + {n} deltas** (what the mount reads; goal: at most this) | **{mounted / MB:,.1f}** |",
+            f"| the store's objects folder, `du -sb` | {objects_before / MB:,.1f} |",
+            f"| whole store (objects, catalog, manifests), `du -sb` | {home_before / MB:,.1f} |",
+            f"| **checked out: base + {n} fine-tunes**, `du -sb` of each checkout | **{checked_out / MB:,.1f}** |",
+            f"| checked out / mounted | {checked_out / mounted:.1f}x |", "",
+            f"Mounted, every fine-tune's model.safetensors was read through one mount (--cache-size 1GiB; {read_all:.0f} s "
+            f"for all {n}, server peak RSS {(rss or 0) / 2**20:,.0f} MiB): the store's disk use changed by "
+            f"{home_after - home_before:+,} bytes, since decoded bytes live in the mount's memory cache and the "
+            f"kernel's page cache, never on disk. Codec of the fine-tunes: {', '.join(sorted(codecs))}.",
+            f"Fine-tune sources: {', '.join(p.parent.name + '/' + p.name for p in fts)}"
+            + (" (perturbed*: `zoo.tiny.tiny_finetune(base, scale=5e-3)`, every weight matrix moved by Gaussian noise)"
+               if any(p.name.startswith("perturbed") for p in fts) else "") + ".", ""])
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)])
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--finetunes", type=int, default=2, help="delta-come fine-tunes for the disk figure (default 2)")
-    ap.add_argument("--synth", action="store_true", help="also the synthetic 1B model (slow here)")
+    ap.add_argument("--disk", type=int, default=0, metavar="N",
+                    help="only the disk of N delta-come fine-tunes mounted vs checked out (results: mount_disk_<machine>.md)")
+    ap.add_argument("--synth-layers", type=int, default=2, metavar="L",
+                    help="layers of the synthetic 1B-shaped model (default 2; 16 is the whole model; 0: no such row)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--ls", type=int, default=0, metavar="N",
                     help="only time `ls -lR` over a mount of N versions (results: mount_ls_<machine>.md)")
@@ -228,32 +411,41 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text)
         print(text)
         return 0
+    if args.disk:
+        text = disk_bench(args.disk, desc)
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_disk_{slug}.md"
+        out.write_text(text)
+        print(text)
+        return 0
     load0 = os.getloadavg()[0]
+    t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-mount-"))
-    home, mp = work / "home", work / "mnt"
-    lines: list[str] = []
+    home, mp, mlog = work / "home", work / "mnt", work / "mount.log"
     try:
         from deltastore.zoo.smollm2 import smollm2_dir
 
         base = smollm2_dir()
-        fts = finetune_sources(max(args.finetunes, 1), base, work)
+        fts = finetune_sources(1, base, work)
+        synth = synth_shaped(args.synth_layers) if args.synth_layers else None
         t0 = time.perf_counter()
         with deltastore.open(home) as st:
             st.add_base("smollm2", base)
             st.add_finetune("ft-lossless", fts[0], "smollm2", codec="lossless")
-            for i, d in enumerate(fts):
-                st.add_finetune(f"ft{i + 1}", d, "smollm2")  # delta-come
-            if args.synth:
-                st.add_base("synth1b", synth_1b())
+            st.add_finetune("ft1", fts[0], "smollm2")  # delta-come
+            if synth:
+                st.add_base("synth", synth)
         print(f"store built in {time.perf_counter() - t0:.0f} s", flush=True)
         versions = [("SmolLM2-135M base, lossless", "smollm2"), ("SmolLM2 fine-tune, lossless", "ft-lossless"),
                     ("SmolLM2 fine-tune, delta-come", "ft1")]
-        if args.synth:
-            versions.append(("synthetic 1B bf16, lossless", "synth1b"))
+        if synth:
+            versions.append((f"synthetic 1B-shaped ({args.synth_layers} of 16 layers), lossless", "synth"))
         objs = object_files(home)
+
+        # -- sequential reads -------------------------------------------------------------------
         rows = []
-        mount(home, mp, work / "mount.log")
+        mount(home, mp, mlog)
         try:
+            pid = server_pid(mp)
             for label, name in versions:
                 f = mp / name / "v1" / "model.safetensors"
                 co = work / "co" / name
@@ -263,88 +455,96 @@ def main(argv: list[str] | None = None) -> int:
                 co_sec = time.perf_counter() - t0
                 local = co / "model.safetensors"
                 size = local.stat().st_size
-                drop_cache(objs + [f])
-                cold, _ = read_rate(f)
-                drop_cache([f])
-                warm_dec, _ = read_rate(f)
-                warm_page, _ = read_rate(f)
-                drop_cache([local])
-                local_cold, _ = read_rate(local)
-                local_warm, _ = read_rate(local)
-                _, rd = read_rate(local)
-                pid = server_pid(mp)
-                drop_cache([f])
-                cpu_mount = read_cpu_rate(f, pid)  # decoded cache warm, page cache dropped
-                drop_cache([local])
-                cpu_local = read_cpu_rate(local, None)
-                rows.append((label, size, cold, warm_dec, warm_page, local_cold, local_warm, size / MB / (co_sec + rd),
-                             cpu_mount, cpu_local))
-                print(rows[-1], flush=True)
+                drop_cache(objs)
+                drop_cache([f], check=True)
+                cold = read_pass(f, pid)  # the page cache holds the file from here on
+                read_pass(local)
+                warm, local_warm = read_interleaved(f, local, 6, pid)
+                decoded = read_passes(f, 3, pid, before=lambda f=f: drop_cache([f], check=True))
+                local_cold = read_passes(local, 2, before=lambda local=local: drop_cache([local], check=True))
+                t0 = time.perf_counter()
+                read_pass(local)
+                co_read = size / MB / (co_sec + time.perf_counter() - t0)
+                rows.append((label, size, cold, warm, decoded, local_cold, local_warm, co_read))
+                print(label, rows[-1][1:], flush=True)
             rss = server_rss(mp)
         finally:
             unmount(home, mp)
-        # from_pretrained: a fresh mount (cold) and again (warm) against the local checkout
-        fp = []
-        mount(home, mp, work / "mount.log")
-        try:
-            for label, name in versions[1:3]:
-                drop_cache(objs)
-                cold = from_pretrained_seconds(mp / name / "v1")
-                warm = from_pretrained_seconds(mp / name / "v1")
-                local = from_pretrained_seconds(work / "co" / name)
-                fp.append((label, cold, warm, local))
-                print(fp[-1], flush=True)
-        finally:
-            unmount(home, mp)
-        # disk: the store (base + every fine-tune) against one checkout per fine-tune plus the base
-        with deltastore.open(home) as st:
-            for i in range(len(fts)):
-                dest = work / "co-ft" / f"ft{i + 1}"
-                if not dest.exists():
-                    st.checkout(f"ft{i + 1}", dest)
-            ft_store = sum(st.resolve(r).stored_bytes for r in ["smollm2", *(f"ft{i + 1}" for i in range(len(fts)))])
-        all_objects = du(home / "objects")
-        ft_co = du(work / "co-ft") + du(work / "co" / "smollm2")
-        load1 = os.getloadavg()[0]
 
+        # -- from_pretrained: a fresh mount per model (nothing decoded) against the local checkout --
+        fp = []
+        for label, name in versions[1:3]:
+            drop_cache(objs)
+            mount(home, mp, mlog)
+            try:
+                pid = server_pid(mp)
+                fresh = from_pretrained(mp / name / "v1", pid)
+                warm = from_pretrained(mp / name / "v1", pid)
+            finally:
+                unmount(home, mp)
+            co = work / "co" / name
+            drop_cache(list(co.iterdir()), check=True)
+            local_cold = from_pretrained(co)
+            local_warm = from_pretrained(co)
+            fp.append((label, fresh, local_cold, warm, local_warm))
+            print(label, fp[-1][1:], flush=True)
+
+        load1 = os.getloadavg()[0]
+        minutes = (time.perf_counter() - t_start) / 60
+
+        # -- the report ---------------------------------------------------------------------------
         today = dt.date.today().isoformat()
-        cmd = "python benchmarks/bench_mount.py" + (f" --finetunes {args.finetunes}" if args.finetunes != 2 else "") + \
-              (" --synth" if args.synth else "")
-        lines += [f"# deltastore mount: reading versions as files vs a local checkout ({today})", "",
-                  f"Command: `{cmd}`  ",
-                  f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end); "
-                  "local disk is the VM's virtio disk  ",
-                  f"FUSE: libfuse3 via mfusepy; mount with --cache-size 4GiB, read_ahead_kb 16384; server peak RSS "
-                  f"{(rss or 0) / 2**20:,.0f} MiB (torch imported)", "",
-                  "| model.safetensors of | MB | mount cold | mount warm (decoded cache) | mount warm (page cache) "
-                  "| local disk cold | local disk warm | checkout then read | mount warm (decoded), MB per CPU s "
-                  "| local disk cold, MB per CPU s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for label, size, cold, wd, wp, lc, lw, cr, cm, cl in rows:
-            lines.append(f"| {label} | {size / MB:,.1f} | {cold:,.0f} | {wd:,.0f} | {wp:,.0f} | {lc:,.0f} | {lw:,.0f} "
-                         f"| {cr:,.0f} | {cm:,.0f} | {cl:,.0f} |")
-        lines += ["", "MB/s of file bytes, one sequential pass with 16 MiB reads, wall clock. Cold: none of the file's own "
-                  "units decoded yet, the file's and all objects' page cache dropped (posix_fadvise); rows run in "
-                  "order in one mount, so the fine-tunes find the base's tensors decoded by the first row. Warm (decoded cache): "
-                  "units already decoded in the mount process, the kernel's copy dropped. Local: the checked-out "
-                  "file. Checkout then read: `checkout` of the version plus one read of the file. MB per CPU s: file "
-                  "bytes over the CPU seconds the pass cost, the reader's plus the mount server's (all threads), "
-                  "measured on a separate pass; it does not move with the load of other work the way wall-clock "
-                  "MB/s does on this shared VM.", "",
-                  "| from_pretrained of | mount, fresh (s) | mount, warm (s) | local checkout (s) | mount fresh / local |",
-                  "|---|---:|---:|---:|---:|"]
-        for label, cold, warm, local in fp:
-            lines.append(f"| {label} | {cold:.2f} | {warm:.2f} | {local:.2f} | {cold / local:.2f}x |")
-        n = len(fts)
-        lines += ["", "`AutoModelForCausalLM.from_pretrained(DIR)` in a fresh Python process (import time excluded), CPU.",
-                  "", f"Disk for the base plus {n} delta-come fine-tune(s) (+1 lossless fine-tune in the store): "
-                  f"stored bytes of those versions {ft_store / MB:,.1f} MB (all a mount needs) vs checked out "
-                  f"(base + {n} fine-tunes) {ft_co / MB:,.1f} MB ({ft_co / max(ft_store, 1):.1f}x); the whole objects "
-                  f"folder, with the lossless fine-tune{' and the 1B model' if args.synth else ''}, {all_objects / MB:,.1f} MB.",
-                  f"Fine-tune sources: {', '.join(p.parent.name + '/' + p.name for p in fts)}."]
+        cmd = "python benchmarks/bench_mount.py" + (f" --synth-layers {args.synth_layers}" if args.synth_layers != 2 else "")
+        lines = [f"# deltastore mount: reading versions as files vs a local checkout ({today})", "",
+                 f"Command: `{cmd}` ({minutes:.0f} min)  ",
+                 f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end); "
+                 "local disk is the VM's virtio disk  ",
+                 f"FUSE: libfuse3 via mfusepy, 1 MiB requests; mount with --cache-size 4GiB, read_ahead_kb 16384; "
+                 f"server peak RSS {(rss or 0) / 2**20:,.0f} MiB (torch imported)", "",
+                 "MB per CPU second (file bytes over the CPU seconds of the pass: the reader's plus the mount "
+                 "server's, all threads; steady under other load):", "",
+                 "| model.safetensors of | MB | mount cold | **mount warm** | mount, decoded only | local cold "
+                 "| **local warm** | warm: mount / local |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, size, cold, warm, dec, lc, lw, _cr in rows:
+            lines.append(f"| {label} | {size / MB:,.1f} | {cold.mb_cpu:,.0f} | {warm.mb_cpu:,.0f} | {dec.mb_cpu:,.0f} "
+                         f"| {lc.mb_cpu:,.0f} | {lw.mb_cpu:,.0f} | {warm.mb_cpu / lw.mb_cpu:.0%} |")
+        lines += ["", "MB/s (wall clock; moves with the other work on this shared VM):", "",
+                  "| model.safetensors of | mount cold | **mount warm** | mount, decoded only | local cold "
+                  "| **local warm** | checkout then read | warm: mount / local |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, size, cold, warm, dec, lc, lw, cr in rows:
+            lines.append(f"| {label} | {cold.mb_s:,.0f} | {warm.mb_s:,.0f} | {dec.mb_s:,.0f} | {lc.mb_s:,.0f} "
+                         f"| {lw.mb_s:,.0f} | {cr:,.0f} | {warm.mb_s / lw.mb_s:.0%} |")
+        lines += ["", "Sequential passes with 16 MiB reads: cold 1, decoded only 3, local cold 2, and 6 each of mount warm "
+                  "and local warm taken in turns (a b b a ...) so both see the same moments of the shared machine; "
+                  "each figure is all their bytes over all their seconds. **Warm** (the goal's figure): the file was read before through this mount, so the kernel's "
+                  "page cache serves it and the read never reaches the mount process; likewise local warm. Mount cold: "
+                  "nothing of the file decoded, its and all objects' page cache dropped; rows run in order in one mount, "
+                  "so the fine-tunes find the base's tensors decoded by the first row. Decoded only: the kernel's copy "
+                  "dropped, every unit decoded in the mount's cache; each 1 MiB FUSE request costs a copy out of Python "
+                  "into libfuse and the kernel's copy into the page cache. Local cold: the checked-out file's page cache "
+                  "dropped (checked with fincore). Checkout then read: `checkout` of the version plus one read of the file.",
+                  "", "| from_pretrained of | mount fresh | local cold | fresh / local cold | mount warm | local warm "
+                  "| warm / local warm |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, fr, lc, wm, lw in fp:
+            lines.append(f"| {label}, wall s | {fr.wall:.2f} | {lc.wall:.2f} | {fr.wall / lc.wall:.2f}x | {wm.wall:.2f} "
+                         f"| {lw.wall:.2f} | {wm.wall / lw.wall:.2f}x |")
+            lines.append(f"| {label}, CPU s | {fr.cpu:.2f} | {lc.cpu:.2f} | {fr.cpu / lc.cpu:.2f}x | {wm.cpu:.2f} "
+                         f"| {lw.cpu:.2f} | {wm.cpu / lw.cpu:.2f}x |")
+        lines += ["", "`AutoModelForCausalLM.from_pretrained(DIR)` in a fresh Python process, CPU, import time excluded. "
+                  "Mount fresh: a new mount process for each model (nothing decoded), the objects' page cache dropped; "
+                  "its CPU seconds are the loader's plus the mount server's (the decode). Local cold: the checkout's "
+                  "page cache dropped. Warm: the same again at once.",
+                  f"Fine-tune source: {fts[0].parent.name}/{fts[0].name}. Disk for 10 fine-tunes: mount_disk_{slug}.md."]
         text = "\n".join(lines) + "\n"
         out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_{slug}.md"
-        out.write_text(text)
+        old = out.read_text() if out.is_file() else ""
+        if old.startswith("# "):  # keep earlier runs below, labelled
+            first, _, rest = old.partition("\n")
+            old = "\n## Earlier run: " + first[2:] + "\n" + rest.replace("\n# ", "\n## ")
+        out.write_text(text + old)
         print(text)
     finally:
         if os.path.ismount(mp):
