@@ -24,9 +24,10 @@ Payload format versions (``Encoded.version``; every version still decodes):
 
 Measured (benchmarks/results/lossless_amd-epyc-2c.md, dev VM, per core): on a real SmolLM2
 fine-tune v2 is 0.81x v1's bytes (0.27x of zipnn's; v1 0.33x), within 1% of the order-0 entropy
-given the exponent; on a small-lr checkpoint series (1-2% of elements changed between saves) it
-is 0.3x v1's bytes, 95-170x under zipnn per checkpoint against v1's 35-56x. Its cost is speed:
-93 / 101 MB/s encode / decode against v1's 238 / 287 and zipnn's 251 / 685. Nearly all of that is
+given the exponent; on a small-lr checkpoint series (0.5-1.7% of elements changed between saves)
+it is 0.31-0.51x v1's bytes, 79-211x under zipnn per checkpoint against v1's 35-103x. Its cost is
+speed: 88 / 88 MB/s encode / decode against v1's 258 / 322 and zipnn's 302 / 850 (another run:
+93 / 101, 238 / 287, 251 / 685). Nearly all of that is
 the stable grouping by context (numpy's argsort, a gather and a scatter: 10-14 ns an element
 against 0.6 for the difference); a compiled counting sort fused with the plane split measured
 3-5 ns, which would bring v2 near v1's speed. v2 is the default because the bytes are what a store
