@@ -260,10 +260,6 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
         progress("checkout", state["done"], total)
 
 
-#: madvise(2) advice that faults a range in writable in one call (Linux 5.14+; refused elsewhere)
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
-
-
 def _mappable(fd: int, size: int) -> bool:
     """Give the file its final ``size`` with its blocks reserved, so writes through a mapping
     cannot meet a full disk (which would be SIGBUS, not an error); False where this file system
@@ -290,11 +286,10 @@ class _Window:
 
     def __init__(self, fd: int, start: int, n: int):
         lo = start - start % mmap.ALLOCATIONGRANULARITY
+        # no madvise(MADV_POPULATE_WRITE) here: Python's mmap.madvise holds the GIL for the whole
+        # call, so faulting a tensor's pages in that way ran one worker at a time (measured:
+        # benchmarks/results/gil_profile_devvm.md); the decode faults them in with the GIL released
         self._map = mmap.mmap(fd, start + n - lo, offset=lo)
-        try:
-            self._map.madvise(_MADV_POPULATE_WRITE)  # one call instead of a page fault per page
-        except (OSError, ValueError, AttributeError):
-            pass
         self.array: np.ndarray | None = np.frombuffer(self._map, dtype=np.uint8, count=n, offset=start - lo)
 
     def __enter__(self) -> "_Window":
