@@ -218,6 +218,52 @@ def compiled_probe(base: dict, ft: dict, say, repeat: int) -> None:
         say("")
 
 
+def store_chain(ckpts: list[Path], base_dir: Path, say) -> None:
+    """The series through a real store (a temporary one): add base, then each checkpoint with
+    ``--base RUN@latest --codec lossless``; per version what the store added and its delta base;
+    then every checkpoint checked out and compared byte for byte with its file, timed."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    import deltastore
+
+    def sha(p: Path) -> str:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-chain-"))
+    try:
+        with deltastore.open(tmp / "home") as st:
+            t0 = time.perf_counter()
+            st.add_base("base", base_dir)
+            say(f"Store: workers {st.workers}; add base {time.perf_counter() - t0:.1f} s wall.  ")
+            say("")
+            say("| version | checkpoint | delta base | stored MB (new objects) | add s (wall) | checkout s (wall) | deltas walked | exact |")
+            say("|---|---|---|---:|---:|---:|---:|---|")
+            rows = []
+            for i, c in enumerate(ckpts):
+                t0 = time.perf_counter()
+                v = st.add_finetune("run", c, base="base" if i == 0 else "run@latest", codec="lossless")
+                rows.append((v, c, time.perf_counter() - t0))
+            for v, c, add_s in rows:
+                out = tmp / "out"
+                t0 = time.perf_counter()
+                st.checkout(v.ref, out)
+                co = time.perf_counter() - t0
+                exact = sha(out / "model.safetensors") == sha(c / "model.safetensors")
+                shutil.rmtree(out)
+                depth, b = 0, v
+                while b.base is not None:
+                    depth, b = depth + 1, st.resolve(b.base)
+                say(f"| {v.ref} | {c.name} | {v.base} | {v.stored_bytes / MB:.2f} | {add_s:.1f} | {co:.1f} | {depth} | {exact} |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def bench_codec(codec: Lossless, pairs, repeat: int) -> dict:
     raw = sum(t.numel() * t.element_size() for _, t, _ in pairs)
     tc, encs = cpu(lambda: [codec.encode(t, b) for _, t, b in pairs], repeat)
@@ -343,6 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--chain", type=Path, help="a series measured as the store chains it (skip-deltas); see above")
     ap.add_argument("--chain-only", action="store_true", help="only the --chain table")
+    ap.add_argument("--skip-chain-table", action="store_true", help="with --chain --store: only the store's run")
+    ap.add_argument("--store", action="store_true", help="with --chain: the series through a real (temporary) store too")
     ap.add_argument("--compiled-probe", action="store_true", help="time v2's grouping and the difference in C too (needs cc)")
     ap.add_argument("--skip-series", action="store_true", help="leave out the --series per-checkpoint table")
     ap.add_argument("--skip-base-speed", action="store_true", help="leave out the base file's speed rows")
@@ -386,8 +434,14 @@ def main(argv=None) -> int:
         say("Checkpoint 1 is the series' root (a fine-tune of the base model); checkpoint n > 1 is stored against "
             "checkpoint n with its lowest set bit cleared (the root when that is 0): deltastore.chains.")
         say("")
-        chain_table(chain_ckpts, base, say, args.series_repeat)
-        say("")
+        if not args.skip_chain_table:
+            chain_table(chain_ckpts, base, say, args.series_repeat)
+            say("")
+        if args.store:
+            say("### The same series through the store (`add finetune run CKPT --base run@latest --codec lossless`)")
+            say("")
+            store_chain(chain_ckpts, args.base, say)
+            say("")
     if args.compiled_probe:
         say("## Where v2's time goes: numpy against a compiled helper")
         say("")
