@@ -229,6 +229,8 @@ def log(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     for v in vs:
         tags = f" ({', '.join(v.tags)})" if v.tags else ""
         base = f" base {v.base}" if v.base else ""
+        prev = (v.metrics or {}).get("series_previous")  # a checkpoint series: the save it followed (deltastore.chains)
+        base += f" (saved after {prev})" if prev and prev != v.base else ""
         out.print(f"[bold]{v.ref}[/bold]{tags}  {v.manifest[7:19]}  {v.created_at:%Y-%m-%d %H:%M} {v.author}")
         out.print(f"    {v.codec}{base}  {human(v.logical_bytes)} -> {human(v.stored_bytes)} ({v.ratio:.2f}x)")
         if v.message:

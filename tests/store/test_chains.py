@@ -92,6 +92,8 @@ def test_the_cli_series_add_uses_skip_deltas(tmp_path: Path):
     log = json.loads(cli("--home", h, "log", "run", "--json").stdout)
     assert [(v["number"], v["base"]) for v in log] == [(4, "run@v1"), (3, "run@v2"), (2, "run@v1"), (1, "b@v1")]
     assert log[0]["metrics"][PREVIOUS_KEY] == "run@v3"
+    human = cli("--home", h, "log", "run").stdout  # the series order stays visible beside the delta base
+    assert "base run@v1 (saved after run@v3)" in human and "base run@v2 (saved after" not in human
     out = tmp_path / "out"
     assert cli("--home", h, "checkout", "run@v4", str(out)).returncode == 0
     assert tree_hashes(out) == tree_hashes(tmp_path / "c3")
