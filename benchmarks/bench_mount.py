@@ -385,7 +385,7 @@ def disk_bench(n: int, desc: str) -> str:
             f"for all {n}, server peak RSS {(rss or 0) / 2**20:,.0f} MiB): the store's disk use changed by "
             f"{home_after - home_before:+,} bytes, since decoded bytes live in the mount's memory cache and the "
             f"kernel's page cache, never on disk. Codec of the fine-tunes: {', '.join(sorted(codecs))}.",
-            f"Fine-tune sources: {', '.join(p.parent.name + '/' + p.name for p in fts)}"
+            f"Fine-tune sources: {', '.join(p.name if p.name.startswith('perturbed') else p.parent.name + '/' + p.name for p in fts)}"
             + (" (perturbed*: `zoo.tiny.tiny_finetune(base, scale=5e-3)`, every weight matrix moved by Gaussian noise)"
                if any(p.name.startswith("perturbed") for p in fts) else "") + ".", ""])
     finally:
