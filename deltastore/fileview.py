@@ -288,10 +288,11 @@ class CatalogView:
         self._names = (now, names)
         return names
 
-    def model(self, name: str) -> ModelView | None:
+    def model(self, name: str, *, fresh: bool = False) -> ModelView | None:
+        """A model's versions and tags, read again after ``ttl`` seconds or when ``fresh``."""
         now = time.monotonic()
         mv = self._models.get(name)
-        if mv is not None and now - mv.fetched < self.ttl:
+        if mv is not None and not fresh and now - mv.fetched < self.ttl:
             return mv
         with self.store.Session() as s:
             mid = s.scalar(select(Model.id).where(Model.name == name))

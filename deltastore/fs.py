@@ -61,22 +61,23 @@ class DeltaStoreFileSystem(AbstractFileSystem):
         """``NAME@REF`` -> (canonical ``NAME@vN``, manifest id, created_at)."""
         model, _, ref = first.partition("@")
         mv = self.view.model(model)
-        if mv is None:
-            raise FileNotFoundError(f"no model named {model!r}")
         number = None
-        if ref[:1] == "v" and ref[1:].isdigit():
-            number = int(ref[1:])
-        elif ref == "latest":
-            number = mv.latest
-        elif ref in mv.tags:
-            number = mv.tags[ref]
-        else:
+        if mv is not None:
+            if ref[:1] == "v" and ref[1:].isdigit():
+                number = int(ref[1:])
+            elif ref == "latest":
+                number = mv.latest
+            elif ref in mv.tags:
+                number = mv.tags[ref]
+        if mv is None or number not in mv.versions:
+            # not in the view: the catalog resolves it (a clone pulls it from its lazy remote now)
             try:
                 number = self.store.resolve(first).number
             except NotFoundError as e:
                 raise FileNotFoundError(str(e)) from None
-        if number not in mv.versions:
-            raise FileNotFoundError(f"{first}: no such version")
+            mv = self.view.model(model, fresh=True)
+            if mv is None or number not in mv.versions:
+                raise FileNotFoundError(f"{first}: no such version")
         manifest, created = mv.versions[number]
         return f"{model}@v{number}", manifest, created
 

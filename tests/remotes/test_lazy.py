@@ -156,3 +156,21 @@ def test_track_names_the_home_of_any_catalog(filled, tmp_path: Path) -> None:
     remotes.track(st)
     assert st.resolve("b@v1").ref == "b@v1" and st.verify().ok
     st.close()
+
+
+def test_files_of_a_clone_fetch_on_first_open(filled, models, tmp_path: Path) -> None:
+    """`deltastore://` (and so the mount, which reads through the same filesystem) on a clone:
+    a version the clone lacks appears when a path names it, byte-exact; a REF on neither side is
+    FileNotFoundError (ENOENT through FUSE)."""
+    from deltastore.fs import DeltaStoreFileSystem
+
+    url = str(tmp_path / "remote")
+    filled.push("f@best", url)
+    _clone(url, tmp_path / "clone").close()
+    fsys = DeltaStoreFileSystem(str(tmp_path / "clone"))
+    assert fsys.ls("", detail=False) == []  # nothing local yet
+    want = (models.ft / "model.safetensors").read_bytes()
+    assert fsys.cat("f@best/model.safetensors") == want  # fetched on first use, with its base
+    assert fsys.cat("b@prod/model.safetensors") == (models.base / "model.safetensors").read_bytes()
+    with pytest.raises(FileNotFoundError):
+        fsys.cat("nosuch@v1/model.safetensors")
