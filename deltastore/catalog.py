@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    select,
     BigInteger,
     DateTime,
     ForeignKey,
@@ -21,7 +22,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from .errors import DeltaStoreError
 
 
 def utcnow() -> dt.datetime:
@@ -108,3 +111,30 @@ class Lease(Base):
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     what: Mapped[str] = mapped_column(String(400), default="", nullable=False)
+
+
+class CatalogIdentity(Base):
+    """This catalog's stable id: one row, made by migration 0002 (at creation or at the upgrade).
+
+    Several catalogs can share one objects location (a team's PostgreSQL catalog and someone's
+    local SQLite home pointed at the same bucket); each sees only its own versions. The id is the
+    owner every version record names (records.py), so a gc keeps what another catalog's versions
+    use and removes only its own stray records."""
+
+    __tablename__ = "catalog_identity"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class NoCatalogIdError(DeltaStoreError):
+    """The catalog_identity row is gone (deleted by hand): nothing can tell this catalog's records
+    from another's, so nothing that writes or removes records may run."""
+
+
+def catalog_id(s: Session) -> str:
+    """This catalog's id (the one row of ``catalog_identity``)."""
+    ids = s.scalars(select(CatalogIdentity.id).limit(2)).all()
+    if len(ids) != 1:
+        raise NoCatalogIdError(f"the catalog's identity table holds {len(ids)} rows, not 1 (edited by hand?): "
+                               "restore its one row, or rebuild the catalog (`deltastore db rebuild` into a new one)")
+    return ids[0]

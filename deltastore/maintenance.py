@@ -27,6 +27,15 @@ than ``LEASE_TIMEOUT`` (another host) is dead and removed by whoever looks. An a
 commit transaction, that its lease is still there (locked ``FOR UPDATE`` where the database has
 it), so an add presumed dead that wakes up cannot commit objects a gc may have deleted.
 Writers of objects other than ``add`` (a remote's pull) must hold a lease too.
+
+**Other catalogs on the same objects.** A bucket may be shared by catalogs that do not see each
+other's versions (a team's PostgreSQL catalog, someone's local home run with ``--objects-url`` on
+it). gc keeps, beside what its own catalog references, everything that another catalog's version
+records reach (records.py: each record names its catalog), and removes only its own stray records.
+What this does not give is exclusion *between* catalogs: leases live in each catalog, so a gc in
+one does not wait for an add in another; an add of catalog A running while catalog B's gc sweeps
+can lose the objects it has written but not yet recorded. Run gc on a shared bucket while no other
+catalog adds (closing this needs leases on the bucket itself, not only in each catalog).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import random
 import socket
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 from sqlalchemy import delete, func, select
@@ -45,7 +55,7 @@ from sqlalchemy.orm import Session
 
 from . import records
 from .backend import TMP_PREFIX
-from .catalog import Lease, ObjectRow, Version, VersionObject, utcnow
+from .catalog import Lease, ObjectRow, Version, VersionObject, catalog_id, utcnow
 from .crash import crash_point
 from .errors import ConflictError, CorruptObjectError, DeltaStoreError, LockedError, ObjectMissingError
 from .lookup import resolve_version, version_info
@@ -63,6 +73,24 @@ HEARTBEAT_EVERY_S = 60.0
 ADD_WAIT_S = float(os.environ.get("DELTASTORE_ADD_WAIT_S", 1800))
 GC_WAIT_S = float(os.environ.get("DELTASTORE_GC_WAIT_S", 60))
 GC_WHAT = "gc"
+
+
+@dataclass
+class SharedGcReport(GcReport):
+    """GcReport plus what other catalogs on the same objects kept (until results.GcReport has it)."""
+
+    #: version records of other catalogs (or of none) whose objects this gc kept
+    other_versions: int = 0
+    #: "key: why" for records, or their manifests, that could not be read (what they name is unknown)
+    unreadable: list[str] | None = None
+
+
+def bind_catalog(store: StoreView) -> str:
+    """This store's catalog id, bound to its backend so records written through it name it."""
+    with store.Session() as s:
+        cid = catalog_id(s)
+    records.bind(store.backend, cid)
+    return cid
 
 
 class LeaseHandle:
@@ -155,6 +183,7 @@ def lease(store: StoreView, what: str, *, wait_s: float | None = None) -> Iterat
     :class:`LeaseHandle`, called to refresh the heartbeat during a long add."""
     if what == GC_WHAT:
         raise ValueError("an add's lease cannot be named 'gc'")
+    bind_catalog(store)  # the add's record names this catalog (records.write_version)
     deadline = time.monotonic() + (ADD_WAIT_S if wait_s is None else wait_s)
     delay = 0.05
     while True:
@@ -205,12 +234,20 @@ def gc(store: StoreView, *, dry_run: bool = False, wait_s: float | None = None) 
 
 
 def _sweep(store: StoreView, *, dry_run: bool, beat) -> GcReport:  # noqa: ANN001
+    own = bind_catalog(store)
     with store.Session() as s:  # read after the exclusion holds: every committed add is in it
         reachable = set(s.scalars(select(VersionObject.oid).distinct()).all())
         committed = {(v.model.name, v.number): version_info(s, v) for v in s.scalars(select(Version))}
+    backend = store.backend
+    # other catalogs' versions: read before any object is removed (a newer record format stops gc here)
+    try:
+        found = records.scan(backend, own)
+    except records.NewerRecordError as e:
+        raise ConflictError(f"gc removes nothing: {e} (it may be another catalog's, whose objects gc cannot know)") from None
+    kept_for_others, unread = records.foreign_reach(store.objects, found.foreign)
+    reachable |= kept_for_others
     deleted = freed = temps = 0
     gone: list[str] = []
-    backend = store.backend
     for key in list(backend.list("objects")):
         beat()
         name = key.rsplit("/", 1)[-1]
@@ -229,7 +266,7 @@ def _sweep(store: StoreView, *, dry_run: bool, beat) -> GcReport:  # noqa: ANN00
         gone.append(oid)
         deleted += 1
         freed += size
-    temps += records.reconcile(store, committed, dry_run=dry_run)
+    temps += records.reconcile(backend, own, committed, found, dry_run=dry_run)
     if not dry_run:
         backend.flush()
     if gone and not dry_run:
@@ -239,7 +276,8 @@ def _sweep(store: StoreView, *, dry_run: bool, beat) -> GcReport:  # noqa: ANN00
                     s.execute(delete(ObjectRow).where(ObjectRow.oid.in_(gone[i : i + 500])))
         _txn_retry(drop, "dropping deleted objects from the index")
     crash_point("gc.before-unlock")
-    return GcReport(deleted=deleted, freed_bytes=freed, kept_recent=0, temp_deleted=temps, dry_run=dry_run)
+    return SharedGcReport(deleted=deleted, freed_bytes=freed, kept_recent=0, temp_deleted=temps, dry_run=dry_run,
+                          other_versions=len(found.foreign), unreadable=found.unreadable + unread)
 
 
 def verify(store: StoreView, ref: str | None = None, *, progress: Progress | None = None) -> VerifyReport:

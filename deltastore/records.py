@@ -12,6 +12,19 @@ SQLite file, a new PostgreSQL server, a second team's catalog).
 
 Records come from a shared bucket and are not trusted: :func:`parse_version` and
 :func:`parse_tag` check every field and raise :class:`CorruptRecordError`.
+
+**Whose record is it.** Several catalogs may share one objects location (a team's PostgreSQL
+catalog on ``s3://team/objects`` and someone's local home run with ``--objects-url`` on it), and
+each sees only its own versions. So a version record (format 2) names the catalog that wrote it
+(``catalog``: the UUID in that catalog's ``catalog_identity`` table, migration 0002). gc keeps every
+object another catalog's records reach (:func:`foreign_reach`) and :func:`reconcile` touches only
+its own records. A record of format 1 (no owner: written before format 2) counts as the reader's
+own, as every record did then; a format-2 record whose ``catalog`` is null belongs to no catalog
+(a bare remote's, once transfer.py writes them with :func:`encode_version`): every catalog keeps
+its objects and none removes it. ``db rebuild`` *adopts* what it imports: it rewrites each record it
+made a version from with its own id (so the records keep matching the catalog that answers for
+them). Records are keyed by model and number, not by catalog: two catalogs that share a bucket must
+not use the same model names, and an add that would overwrite another catalog's record is refused.
 """
 
 from __future__ import annotations
@@ -19,21 +32,28 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
+import weakref
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable
 
 from sqlalchemy import func, select
 
 from .backend import TMP_PREFIX, Backend
-from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject
+from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, catalog_id
 from .crash import crash_point
-from .errors import BadInputError, BadNameError, CorruptRecordError, ObjectMissingError
+from .errors import BadInputError, BadNameError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError
 from .manifest import Manifest
+from .objects import MAX_MANIFEST, ObjectDB
 from .protocols import StoreView
 from .refs import check_name
 from .results import VersionInfo
 
 PREFIX = "catalog"
+#: the version record format this deltastore writes (1: no owner; 2: ``format`` and ``catalog``)
+FORMAT = 2
+#: how many base manifests gc follows from one record (a base chain is short: bases, then skip-deltas)
+MAX_CHAIN = 10_000
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: a record is a few KiB; one larger than this is not ours
 MAX_RECORD = 1 << 20
 _OID = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -66,9 +86,25 @@ def _name(key: str, v: object, what: str) -> str:
         raise CorruptRecordError(key, str(e)) from None
 
 
+class NewerRecordError(CorruptRecordError):
+    """A record of a format this deltastore does not know: a newer deltastore wrote it, so it may
+    be another catalog's, whose objects a gc must not delete."""
+
+
 def parse_version(key: str, data: bytes | None) -> dict[str, Any]:
-    """A version record's fields, each checked (types, names, ids, numbers, the date)."""
+    """A version record's fields, each checked (types, names, ids, numbers, the date, the owner).
+    ``format`` is 1 for a record without one; ``catalog`` is None for a record with no owner."""
     d = _load(key, data)
+    fmt = d.get("format", 1)
+    _need(type(fmt) is int, key, f"format {fmt!r:.40} is not an integer")
+    if fmt not in (1, FORMAT):
+        raise NewerRecordError(key, f"format {fmt} is not one this deltastore reads (1 to {FORMAT}): upgrade deltastore")
+    if fmt == 1:
+        _need("catalog" not in d, key, "a format-1 record names no catalog")
+        d["format"], d["catalog"] = 1, None
+    else:
+        cat = d.get("catalog", False)
+        _need(cat is None or (isinstance(cat, str) and bool(_UUID.match(cat))), key, "catalog is not a catalog id (a UUID) or null")
     _name(key, d.get("model"), "model name")
     _need(type(d.get("number")) is int and 1 <= d["number"] < 1 << 31, key, "number is not a positive integer")
     _need(isinstance(d.get("manifest"), str) and bool(_OID.match(d["manifest"])), key, "manifest is not an object id")
@@ -117,12 +153,57 @@ def tag_key(model: str, tag: str) -> str:
     return f"{PREFIX}/tags/{model}/{tag}.json"
 
 
-def write_version(backend: Backend, info: VersionInfo) -> None:
-    """Write (or overwrite) a version's record, durably: the catalog commit comes after it."""
+#: each store's backend -> its catalog's id, for callers that pass only the backend (ingest's
+#: commit, versions.rm); maintenance binds it whenever it takes a lease or runs gc
+_BOUND: "weakref.WeakKeyDictionary[Backend, str]" = weakref.WeakKeyDictionary()
+
+
+def bind(backend: Backend, catalog: str) -> None:
+    """Say which catalog writes through ``backend`` (see ``_BOUND``)."""
+    _BOUND[backend] = catalog
+
+
+def bound(backend: Backend) -> str | None:
+    return _BOUND.get(backend)
+
+
+def is_own(rec: dict[str, Any], catalog: str) -> bool:
+    """A parsed version record belongs to ``catalog``: it names it, or it is of format 1 (no owner)."""
+    return rec["format"] == 1 or rec["catalog"] == catalog
+
+
+def encode_version(info: VersionInfo, catalog: str | None) -> bytes:
+    """The bytes of a version's record (format 2), owned by ``catalog`` (None: by no catalog, a
+    bare remote's record)."""
     d = info.to_dict()
     d.pop("tags", None)  # tags live in their own records: they move
+    d["format"] = FORMAT
+    d["catalog"] = catalog
+    return json.dumps(d, sort_keys=True, indent=1).encode()
+
+
+def write_version(backend: Backend, info: VersionInfo, *, catalog: str | None = None) -> None:
+    """Write (or overwrite) a version's record, durably: the catalog commit comes after it.
+
+    The owner is ``catalog`` or the one bound to ``backend``. A record there of another catalog is
+    not overwritten: ConflictError (two catalogs on one bucket, one model name)."""
+    owner = catalog or bound(backend)
+    if owner is None:
+        raise RuntimeError("a version record was written with no catalog id (maintenance.lease binds it)")
+    key = version_key(info.model, info.number)
+    data = backend.get(key)
+    try:
+        held = None if data is None else parse_version(key, data)
+    except NewerRecordError:
+        held = {"format": None, "catalog": "a newer deltastore's"}
+    except CorruptRecordError:
+        held = None  # not a record anyone can use: overwritten, as before
+    if held is not None and not is_own(held, owner):
+        raise ConflictError(f"{info.ref}'s record on this objects location ({key}) belongs to another catalog "
+                            f"({held['catalog'] or 'a bare remote'}): catalogs sharing a bucket must use different "
+                            f"model names; add this under another name, or use a separate objects location")
     crash_point("records.write-version")
-    backend.put(version_key(info.model, info.number), json.dumps(d, sort_keys=True, indent=1).encode())
+    backend.put(key, encode_version(info, owner))
     backend.flush()
 
 
@@ -130,17 +211,25 @@ def write_tag(backend: Backend, model: str, tag: str, number: int) -> None:
     backend.put(tag_key(model, tag), json.dumps({"model": model, "tag": tag, "version": number}).encode())
 
 
-def delete_version(backend: Backend, info: VersionInfo) -> None:
+def delete_version(backend: Backend, info: VersionInfo, *, catalog: str | None = None) -> None:
     """Remove a removed version's record, unless it already holds another version that took the
-    same number since (numbers are reused once the latest version is removed). The check and the
+    same number since (numbers are reused once the latest version is removed), or another
+    catalog's record (when this catalog's id is known: ``catalog`` or bound). The check and the
     delete are not atomic; gc writes back any record a committed version lacks."""
     crash_point("records.delete-version")
     key = version_key(info.model, info.number)
     try:
         r = parse_version(key, backend.get(key))
+    except NewerRecordError:
+        r = {"format": None, "catalog": "?", "manifest": None, "created_at": None}  # not ours to remove
     except CorruptRecordError:
         r = None
-    if r is None or (r["manifest"] == info.manifest and r["created_at"] == info.created_at):
+    own = catalog or bound(backend)
+    # this catalog's id unknown (versions.rm passes only the backend; a fresh process took no lease):
+    # an owned record is left for this catalog's next gc (reconcile removes its own strays), since
+    # it may be another catalog's that adopted this version (db rebuild)
+    mine = r is not None and (r["format"] == 1 if own is None else is_own(r, own))
+    if r is None or (mine and r["manifest"] == info.manifest and r["created_at"] == info.created_at):
         backend.delete(key)
     for t in info.tags:
         backend.delete(tag_key(info.model, t))
@@ -150,25 +239,97 @@ def delete_tag(backend: Backend, model: str, tag: str) -> None:
     backend.delete(tag_key(model, tag))
 
 
-def reconcile(store: StoreView, committed: dict[tuple[str, int], VersionInfo], *, dry_run: bool = False) -> int:
-    """Make the version records match the catalog: remove records (and temp files) that name no
-    committed version (an add that crashed between its record and its commit), and write the
-    record of any committed version that lacks one (an ``rm`` that raced a re-add of its
-    number). Only safe while no add can be between its record and its commit, i.e. under gc's
-    exclusion. Returns how many records were removed or written."""
+@dataclass
+class RecordScan:
+    """Every version record on a backend, sorted by owner (see the module doc)."""
+
+    #: key -> parsed record, for this catalog's records (and format-1 ones)
+    own: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: parsed records of other catalogs (or of none: a bare remote's)
+    foreign: list[dict[str, Any]] = field(default_factory=list)
+    #: keys that are crashed writes' temp files
+    temps: list[str] = field(default_factory=list)
+    #: keys of records that do not parse ("key: why"), left where they are
+    unreadable: list[str] = field(default_factory=list)
+
+
+def scan(backend: Backend, catalog: str) -> RecordScan:
+    """Read and sort every version record (one GET each). A record of a newer format raises
+    NewerRecordError: it may be another catalog's, so nothing may be removed on its account."""
+    out = RecordScan()
+    for key in sorted(backend.list(f"{PREFIX}/versions")):
+        if key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+            out.temps.append(key)
+            continue
+        data = backend.get(key)
+        if data is None:  # removed since the listing
+            continue
+        try:
+            r = parse_version(key, data)
+        except NewerRecordError:
+            raise
+        except CorruptRecordError as e:
+            out.unreadable.append(f"{key}: {e.why}")
+            continue
+        r["key"] = key
+        if is_own(r, catalog):
+            out.own[key] = r
+        else:
+            out.foreign.append(r)
+    return out
+
+
+def foreign_reach(objects: ObjectDB, recs: Iterable[dict[str, Any]]) -> tuple[set[str], list[str]]:
+    """Every object the versions of ``recs`` need: each manifest, what it names, and its base's
+    manifests in turn (at most MAX_CHAIN deep). Manifests are read as everything from a bucket is
+    (size capped, hashed, every field checked); one that is missing or corrupt ends its chain and
+    is reported ("key: why"), since what it would name cannot be known. Returns (oids, problems)."""
+    keep: set[str] = set()
+    problems: list[str] = []
+    for r in recs:
+        oid: str | None = r["manifest"]
+        depth = 0
+        while oid is not None and oid not in keep:
+            keep.add(oid)
+            depth += 1
+            if depth > MAX_CHAIN:
+                problems.append(f"{r['key']}: its base chain is longer than {MAX_CHAIN}")
+                break
+            try:
+                man = Manifest.from_json(objects.get(oid, max_size=MAX_MANIFEST), oid)
+            except (ObjectMissingError, CorruptObjectError) as e:
+                problems.append(f"{r['key']}: manifest {oid}: {e}")
+                break
+            keep |= man.object_ids()
+            oid = man.base
+    return keep, problems
+
+
+def reconcile(backend: Backend, catalog: str, committed: dict[tuple[str, int], VersionInfo], found: RecordScan,
+              *, dry_run: bool = False) -> int:
+    """Make this catalog's version records match it: remove its records (and temp files) that name
+    no committed version (an add that crashed between its record and its commit), and write the
+    record of any committed version that lacks one (an ``rm`` that raced a re-add of its number),
+    unless another catalog's record holds that key. Never touches another catalog's records.
+    Only safe while no add of this catalog can be between its record and its commit, i.e. under
+    gc's exclusion. Returns how many records were removed or written."""
     n = 0
     have: set[tuple[str, int]] = set()
-    for key in list(store.backend.list(f"{PREFIX}/versions")):
-        m = _VKEY.match(key)
-        if m and (m.group(1), int(m.group(2))) in committed:
-            have.add((m.group(1), int(m.group(2))))
-        elif key.rsplit("/", 1)[-1].startswith(TMP_PREFIX) or m:
-            if not dry_run:
-                store.backend.delete(key)
-            n += 1
-    for k in sorted(set(committed) - have):
+    taken = {(r["model"], r["number"]) for r in found.foreign}
+    for key in found.temps:
         if not dry_run:
-            write_version(store.backend, committed[k])
+            backend.delete(key)
+        n += 1
+    for key, r in found.own.items():
+        if (r["model"], r["number"]) in committed:
+            have.add((r["model"], r["number"]))
+        else:
+            if not dry_run:
+                backend.delete(key)
+            n += 1
+    for k in sorted(set(committed) - have - taken):
+        if not dry_run:
+            write_version(backend, committed[k], catalog=catalog)
         n += 1
     return n
 
@@ -186,7 +347,12 @@ class RebuildReport:
 
 
 def rebuild(store: StoreView) -> RebuildReport:
-    """Fill an empty catalog from the records and manifests on the backend."""
+    """Fill an empty catalog from the records and manifests on the backend, and adopt them: each
+    record a version was made from is rewritten with this catalog's id (in the transaction, before
+    its commit: a failed rebuild leaves records this still-empty catalog owns, and running it again
+    imports them again). From then on this catalog answers for those versions: its gc removes their
+    objects once it removes them. Rebuild a catalog that replaces a lost one; a second catalog on the
+    same bucket should add its own models rather than take over another's (module doc)."""
 
     with store.Session() as s:
         if s.scalar(select(func.count()).select_from(Version)):
@@ -201,6 +367,7 @@ def rebuild(store: StoreView) -> RebuildReport:
     # bases were added before their fine-tunes
     recs.sort(key=lambda r: (r["created_at"], r["model"], r["number"]))
     ids: dict[str, int] = {}
+    adopted: list[dict[str, Any]] = []
     seen: set[str] = set()
     ntags = 0
     with store.Session.begin() as s:
@@ -230,6 +397,7 @@ def rebuild(store: StoreView) -> RebuildReport:
             s.add(v)
             s.flush()
             ids[f"{r['model']}@v{r['number']}"] = v.id
+            adopted.append(r)
             if base_id is not None:
                 s.add(LineageRow(parent_id=base_id, child_id=v.id, relation="base"))
             kinds = man.object_kinds(r["manifest"])
@@ -241,6 +409,12 @@ def rebuild(store: StoreView) -> RebuildReport:
                     seen.add(oid)
                     size = store.objects.stored_size(oid) or 0
                     s.add(ObjectRow(oid=oid, kind=kinds.get(oid, "blob"), logical_bytes=logical.get(oid, size), stored_bytes=size))
+        own = catalog_id(s)
+        for r in adopted:
+            if not is_own(r, own) or r["format"] != FORMAT:
+                info = VersionInfo(**{f.name: r[f.name] for f in fields(VersionInfo) if f.name in r and f.name != "tags"})
+                store.backend.put(r["key"], encode_version(info, own))
+        store.backend.flush()
         tagged: set[tuple[str, str]] = set()
         for key in sorted(store.backend.list(f"{PREFIX}/tags")):
             if not key.endswith(".json") or key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import importlib.util
+import json
+
 import pytest
 
 import deltastore
-from deltastore.errors import BadInputError
+from deltastore import records
+from deltastore.catalog import catalog_id
+from deltastore.errors import BadInputError, CorruptRecordError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "records"
 
 from ..conftest import finetune_of, llama_like, tree_hashes, write_model
 
@@ -49,7 +56,56 @@ def test_rebuild_from_the_backend_alone(tmp_path: Path) -> None:
     du = st2.du()
     assert (du.versions, du.objects, du.stored_bytes) == (want_du.versions, want_du.objects, want_du.stored_bytes)
     assert st2.verify().ok
+    with st2.Session() as s:  # adopted: every record it imported now names this catalog
+        cid = catalog_id(s)
+    keys = sorted(st2.backend.list("catalog/versions"))
+    assert len(keys) == 4 and {records.parse_version(k, st2.backend.get(k))["catalog"] for k in keys} == {cid}
+    assert st2.gc().other_versions == 0 and st2.verify().ok  # frees only what tmp (removed) left
     st2.checkout("g", tmp_path / "out")
     assert tree_hashes(tmp_path / "out") == tree_hashes(tmp_path / "g")
     with pytest.raises(BadInputError, match="already has versions"):
         st2.rebuild_catalog()
+
+
+def _fixture_module():
+    spec = importlib.util.spec_from_file_location("make_record_fixtures", FIXTURES / "make_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def test_every_record_format_has_a_golden_fixture_that_parses() -> None:
+    """Golden records (as tests/codec/test_fixtures.py does for payloads): every format this
+    deltastore reads parses to the same fields; format 1 names no catalog (its reader's own)."""
+    want = _fixture_module().info()
+    for n in range(1, records.FORMAT + 1):
+        p = FIXTURES / f"v{n}.json"
+        assert p.is_file(), f"record format {n} has no golden fixture: run tests/fixtures/records/make_fixtures.py"
+        r = records.parse_version("catalog/versions/llama-ft/v3.json", p.read_bytes())
+        assert r["format"] == n and (r["catalog"] is None) == (n == 1)
+        for k in ("model", "number", "manifest", "kind", "base", "codec", "codec_params", "logical_bytes", "stored_bytes",
+                  "referenced_bytes", "message", "author", "created_at", "metrics", "calib_sha256"):
+            assert r[k] == getattr(want, k), (n, k)
+
+
+def test_the_writer_still_writes_the_newest_format() -> None:
+    mod = _fixture_module()
+    assert records.encode_version(mod.info(), mod.CATALOG) == (FIXTURES / f"v{records.FORMAT}.json").read_bytes()
+
+
+@pytest.mark.parametrize("change", [{"format": 3}, {"format": "2"}, {"catalog": "team"}, {"catalog": 7}, "no-catalog",
+                                    "v1-with-catalog"])
+def test_record_owner_fields_are_checked(change) -> None:
+    d = json.loads((FIXTURES / "v2.json").read_bytes())
+    if change == "no-catalog":
+        del d["catalog"]
+    elif change == "v1-with-catalog":
+        del d["format"]
+    else:
+        d.update(change)
+    err = records.NewerRecordError if change == {"format": 3} else CorruptRecordError
+    with pytest.raises(err):
+        records.parse_version("catalog/versions/llama-ft/v3.json", json.dumps(d).encode())
+    d = json.loads((FIXTURES / "v2.json").read_bytes())
+    d["catalog"] = None  # a record no catalog owns (a bare remote's) is valid
+    assert records.parse_version("catalog/versions/llama-ft/v3.json", json.dumps(d).encode())["catalog"] is None

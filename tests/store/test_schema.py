@@ -2,7 +2,7 @@
 PostgreSQL catalog at an older revision asks for ``deltastore db upgrade`` and is left as it is;
 a revision newer than the client is refused, naming both; concurrent opens and upgrades never race.
 
-"A newer client" is this deltastore with one more Alembic revision (0002) in a copy of its
+"A newer client" is this deltastore with one more Alembic revision (0003) in a copy of its
 migrations folder: exactly what the next release that changes the schema looks like.
 """
 
@@ -19,25 +19,26 @@ import pytest
 from sqlalchemy import text
 
 import deltastore
-from deltastore import db
+from deltastore import db, records
+from deltastore.catalog import catalog_id
 from deltastore.db import SchemaTooNewError, SchemaTooOldError, NoSchemaError, current_revision, make_engine
 
 from ..conftest import llama_like, write_model
 from ..clirun import cli
 from ..pg import PostgresServer, pg_bin
 
-HEAD = "0001"
-NEXT = "0002"
-REV_0002 = '''"""the next release's schema change (a test fixture)
+HEAD = "0002"
+NEXT = "0003"
+REV_NEXT = '''"""the next release's schema change (a test fixture)
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -69,13 +70,13 @@ def newer_migrations(root: Path) -> Path:
     dst = root / "migrations-next"
     if not dst.exists():
         shutil.copytree(db._migrations_dir(), dst, ignore=shutil.ignore_patterns("__pycache__"))
-        (dst / "versions" / "0002_next.py").write_text(REV_0002)
+        (dst / "versions" / "0003_next.py").write_text(REV_NEXT)
     return dst
 
 
 @pytest.fixture
 def become_newer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
-    """Call it to turn this process into a client whose head is 0002."""
+    """Call it to turn this process into a client whose head is 0003."""
 
     def apply() -> None:
         dst = newer_migrations(tmp_path)
@@ -180,10 +181,68 @@ def test_an_empty_shared_catalog_is_created_by_init(pg, tmp_path: Path) -> None:
         assert st.models() == []
 
 
+def downgrade(url: str, rev: str) -> None:
+    from alembic import command
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(db._alembic_config(conn), rev)
+    engine.dispose()
+
+
+def made_before_catalog_ids(st: deltastore.Store, url: str) -> str:
+    """Turn a store this deltastore made into one an older deltastore made: catalog at 0001 (no
+    catalog_identity), its version records of format 1 (no owner). Returns a record's key."""
+    key = "catalog/versions/m/v1.json"
+    d = json.loads(st.backend.get(key))
+    del d["format"], d["catalog"]
+    st.backend.put(key, json.dumps(d, sort_keys=True, indent=1).encode())
+    st.close()
+    downgrade(url, "0001")
+    assert revision_of(url) == "0001"
+    return key
+
+
+def catalog_id_of(st: deltastore.Store) -> str:
+    with st.Session() as s:
+        return catalog_id(s)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def test_a_catalog_from_before_catalog_ids_gets_one_and_keeps_its_records(kind: str, tmp_path: Path, request) -> None:
+    """0002 gives every catalog an id once: a local home at its first open, a shared one at `db
+    upgrade` (an open asks for it, as for every schema change). Its old records, which name no
+    catalog, stay its own: gc keeps what they name and removes them once their version goes."""
+    home = tmp_path / "home"
+    url = request.getfixturevalue("pg").create_db("before_ids") if kind == "postgresql" else f"sqlite:///{home / 'catalog.db'}"
+    st = deltastore.open(home, db_url=url)
+    st.add_base("m", write_model(tmp_path / "m", llama_like(0, hidden=32, layers=1, vocab=64)))
+    key = made_before_catalog_ids(st, url)
+    if kind == "postgresql":
+        with pytest.raises(SchemaTooOldError, match="run `deltastore db upgrade`"):
+            deltastore.open_store(home)
+        assert revision_of(url) == "0001"
+        p = cli("db", "upgrade", "--home", str(home))
+        assert p.returncode == 0 and f"catalog at revision {HEAD} (was 0001)" in p.stdout, p.stderr
+    with deltastore.open_store(home) as st:
+        assert revision_of(url) == HEAD
+        cid = catalog_id_of(st)
+        rep = st.gc()
+        assert (rep.deleted, rep.other_versions) == (0, 0) and st.backend.exists(key) and st.verify().ok
+        st.add_base("m", write_model(tmp_path / "m2", llama_like(1, hidden=32, layers=1, vocab=64)))
+        assert records.parse_version("catalog/versions/m/v2.json", st.backend.get("catalog/versions/m/v2.json"))["catalog"] == cid
+    with deltastore.open_store(home) as st:
+        assert catalog_id_of(st) == cid  # made once
+        st.rm("m@v1")
+        st.gc()
+        assert not st.backend.exists(key) and st.verify().ok
+
+
 RACE = """
 import sys, json
 from pathlib import Path
-from deltastore import db
+from deltastore import db, records
+from deltastore.catalog import catalog_id
 url, newer = sys.argv[1], sys.argv[2]
 engine = db.make_engine(url)
 db.head_revision()  # alembic loaded before the start, so the processes really run at once
