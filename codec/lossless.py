@@ -68,7 +68,23 @@ BLOCK = 1 << 16
 def exponent_contexts(raw: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """One uint8 context per element of ``raw`` (the tensor's bytes): its exponent field (float64's
     11 bits without their lowest 3). The sign is left out: it does not change the size of a step.
-    A shift and a truncating cast (which drops the sign above the field), block by block."""
+    Compiled (``codec._numba``) where numba imports, else :func:`exponent_contexts_numpy`."""
+    fx = planes.fast()
+    if fx is None:
+        return exponent_contexts_numpy(raw, dtype)
+    return fx.exponent_contexts(raw, torch.empty((), dtype=dtype).element_size(), *context_field(dtype))
+
+
+def context_field(dtype: torch.dtype) -> tuple[int, int]:
+    """(shift, bits) of the context :func:`exponent_contexts` takes: the exponent field, or
+    float64's top 8 of its 11 bits (a context is one byte)."""
+    shift, bits = EXPONENT_FIELD[dtype]
+    return (shift + bits - 8, 8) if bits > 8 else (shift, bits)
+
+
+def exponent_contexts_numpy(raw: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """:func:`exponent_contexts` in numpy (the reference): a shift and a truncating cast (which
+    drops the sign above the field), block by block."""
     shift, bits = EXPONENT_FIELD[dtype]
     width = torch.empty((), dtype=dtype).element_size()
     words = raw.view(_UINT[width])
@@ -118,7 +134,20 @@ def _ordered_into(x: np.ndarray, tmp: np.ndarray, out: np.ndarray, sh: int, mag)
 
 def diff_code(target: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     """uint8 bytes of target and base (same length) -> uint8 bytes of the zigzagged ordered difference:
-    ``zigzag(ordered(target) - ordered(base))``, wrapping in the element's width."""
+    ``zigzag(ordered(target) - ordered(base))``, wrapping in the element's width. One fused
+    compiled loop (``codec._numba``) where numba imports, else :func:`diff_code_numpy`."""
+    fx = planes.fast()
+    return diff_code_numpy(target, base, width) if fx is None else fx.diff_code(target, base, width)
+
+
+def diff_decode(code: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of :func:`diff_code`: the target's bytes from the code and the base's bytes."""
+    fx = planes.fast()
+    return diff_decode_numpy(code, base, width) if fx is None else fx.diff_decode(code, base, width)
+
+
+def diff_code_numpy(target: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """:func:`diff_code` in numpy, block by block (the reference the compiled loop is tested against)."""
     st, sb = target.view(_SINT[width]), base.view(_SINT[width])
     n, sh = st.size, width * 8 - 1
     mag = _SINT[width]((1 << sh) - 1)
@@ -137,8 +166,8 @@ def diff_code(target: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     return out.view(np.uint8)
 
 
-def diff_decode(code: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
-    """Inverse of :func:`diff_code`: the target's bytes from the code and the base's bytes."""
+def diff_decode_numpy(code: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """:func:`diff_decode` in numpy (the reference)."""
     z, sb = code.view(_SINT[width]), base.view(_SINT[width])
     n, sh = z.size, width * 8 - 1
     mag, one, uint = _SINT[width]((1 << sh) - 1), _SINT[width](1), _UINT[width]
@@ -192,13 +221,21 @@ class Lossless(Codec):
         version = 1
         if usable:
             base_raw = tensor_u8(base)
-            code = diff_code(raw, base_raw, width)
-            if self.by_exponent:
+            fx = planes.fast()
+            if self.by_exponent and fx is not None:  # difference, context and grouping in one compiled pass a chunk
+                shift, bits = context_field(target.dtype)
+                stream = planes.compress_grouped(
+                    raw.size, width, lambda lo, hi: fx.diff_group_split(raw[lo:hi], base_raw[lo:hi], width, shift, bits),
+                    level=self.level, chunk_bytes=GROUPED_CHUNK_BYTES)
+                meta, version = {"mode": "diff", "context": "exponent"}, 2
+            elif self.by_exponent:  # the numpy reference: the same bytes
+                code = diff_code(raw, base_raw, width)
                 contexts = exponent_contexts(base_raw, target.dtype)
                 stream = planes.compress(code, width, rotate=False, level=self.level, contexts=contexts,
                                          chunk_bytes=GROUPED_CHUNK_BYTES)
                 meta, version = {"mode": "diff", "context": "exponent"}, 2
             else:
+                code = diff_code(raw, base_raw, width)
                 stream = planes.compress(code, width, rotate=False, level=self.level)
                 meta = {"mode": "diff"}
         else:
@@ -245,6 +282,15 @@ class Lossless(Codec):
         if enc.meta.get("context") == "exponent":
             if dtype not in EXPONENT_FIELD:
                 raise CorruptPayloadError(f"lossless payload groups a {enc.dtype} tensor by exponent")
+            fx = planes.fast()
+            if fx is not None and info.groups is not None:  # ungroup and undo the difference in one pass a chunk
+                shift, bits = context_field(dtype)
+                out = np.empty(expected, dtype=np.uint8)
+                planes.decompress_grouped(
+                    buf, expected, lambda lo, hi: fx.exp_counts(base_raw[lo:hi], width, shift, bits),
+                    lambda lo, hi, grouped, counts: fx.ungroup_undiff(grouped, base_raw[lo:hi], width, shift, bits, counts,
+                                                                      out[lo:hi]))
+                return out
             contexts = exponent_contexts(base_raw, dtype)
         elif enc.meta.get("context") is not None:
             raise CorruptPayloadError(f"unknown lossless context {enc.meta.get('context')!r}")

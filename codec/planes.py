@@ -80,6 +80,23 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_FAST: object = False  # not looked up yet
+
+
+def fast():
+    """The compiled kernels (``codec._numba``), or None where numba does not import or
+    ``DELTASTORE_NUMBA=0`` is set: then the numpy code here runs instead, with the same bytes
+    3-10x slower. The numpy code is also the reference the kernels are tested against."""
+    global _FAST
+    if _FAST is False:
+        mod = None
+        if os.environ.get("DELTASTORE_NUMBA", "1") != "0":
+            try:
+                from . import _numba as mod
+            except ImportError:  # numba missing or broken for this numpy: the numpy path
+                mod = None
+        _FAST = mod
+    return _FAST
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -252,15 +269,14 @@ def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
     return [(c, n) for c, n in groups]
 
 
-def _compress_chunk_grouped(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool, level: int,
-                            min_group: int) -> list[_Group]:
+def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int, min_group: int) -> list[_Group]:
+    """One chunk's groups from its planes already grouped by context (``grouped[k]``: plane k of
+    the chunk's words in stable context order) and the elements per context."""
     cctx = compressor(level)
-    order, counts = group_order(ctx)
-    words = np.take(raw.view(_UINT[width]), order)
     groups, pos = [], 0
     for c, n in merge_groups(counts, min_group):
         modes, payloads = [], []
-        for plane in split_planes(words[pos : pos + n].view(np.uint8), width, rotate):
+        for plane in grouped[:, pos : pos + n]:
             comp = cctx.compress(plane) if plane.size else b""
             if 0 < len(comp) < plane.size:
                 modes.append(1)
@@ -271,6 +287,55 @@ def _compress_chunk_grouped(raw: np.ndarray, ctx: np.ndarray, width: int, rotate
         groups.append(_Group(c, n, modes, payloads))
         pos += n
     return groups
+
+
+def group_split(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(grouped planes (width x n uint8), elements per context) of a chunk's bytes ``raw`` and its
+    contexts: plane k of the words in stable context order. Compiled where numba imports; the
+    numpy path (:func:`group_order`, a gather, :func:`split_planes`) is the reference."""
+    fx = fast()
+    if fx is not None:
+        return fx.group_split(raw, ctx, width, rotate)
+    order, counts = group_order(ctx)
+    words = np.take(raw.view(_UINT[width]), order)
+    out = np.empty((width, ctx.size), dtype=np.uint8)
+    for k, plane in enumerate(split_planes(words.view(np.uint8), width, rotate)):
+        out[k] = plane
+    return out, counts
+
+
+def compress_grouped(
+    nbytes: int,
+    width: int,
+    chunk,
+    *,
+    rotate: bool = False,
+    level: int = 3,
+    chunk_bytes: int = CHUNK_BYTES,
+    threads: int | None = None,
+    min_group: int | None = None,
+) -> bytes:
+    """A grouped stream (``b"DSP2"``) of ``nbytes`` bytes of ``width``-byte elements whose grouped
+    planes the caller makes: ``chunk(lo, hi)`` (byte offsets of one chunk) returns what
+    :func:`group_split` would for those bytes and their contexts. The lossless codec makes them in
+    one fused pass from the fine-tune and the base (no difference or context array in between);
+    :func:`compress` with ``contexts`` makes them with :func:`group_split`. ``rotate`` is recorded
+    in the header (the planes must already be of rotated words)."""
+    min_group = MIN_GROUP if min_group is None else int(min_group)
+    if width not in _UINT:
+        raise ValueError(f"element width {width} is not 1, 2, 4 or 8 bytes")
+    if nbytes % width:
+        raise ValueError(f"{nbytes} bytes is not a whole number of {width}-byte elements")
+    step = max(width, chunk_bytes - chunk_bytes % width)
+    starts = range(0, nbytes, step)
+
+    def work(i: int) -> list[_Group]:
+        grouped, counts = chunk(i, min(i + step, nbytes))
+        return _compress_grouped_planes(grouped, counts, level, min_group)
+
+    nthreads = min(threads or default_threads(), max(len(starts), 1))
+    chunks = list(_pool(nthreads).map(work, starts)) if nthreads > 1 else [work(i) for i in starts]
+    return _pack_grouped(chunks, width, rotate, nbytes)
 
 
 def _pack_grouped(chunks: list[list[_Group]], width: int, rotate: bool, raw_total: int) -> bytes:
@@ -307,23 +372,20 @@ def compress(
         raise ValueError(f"element width {width} is not 1, 2, 4 or 8 bytes")
     if raw.size % width:
         raise ValueError(f"{raw.size} bytes is not a whole number of {width}-byte elements")
-    step = max(width, chunk_bytes - chunk_bytes % width)
-    starts = range(0, raw.size, step)
     if contexts is not None:
         ctx = np.asarray(contexts).reshape(-1)
         if ctx.dtype != np.uint8 or ctx.size * width != raw.size:
             raise ValueError(f"contexts must be one uint8 per element ({raw.size // width}), got {ctx.size} {ctx.dtype}")
-        work = lambda i: _compress_chunk_grouped(raw[i : i + step], ctx[i // width : (i + step) // width], width, rotate, level,  # noqa: E731
-                                                 min_group)
-    else:
-        work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level)  # noqa: E731
+        return compress_grouped(raw.size, width, lambda lo, hi: group_split(raw[lo:hi], ctx[lo // width : hi // width], width, rotate),
+                                rotate=rotate, level=level, chunk_bytes=chunk_bytes, threads=threads, min_group=min_group)
+    step = max(width, chunk_bytes - chunk_bytes % width)
+    starts = range(0, raw.size, step)
+    work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level)  # noqa: E731
     nthreads = min(threads or default_threads(), max(len(starts), 1))
     if nthreads > 1:
         chunks = list(_pool(nthreads).map(work, starts))
     else:
         chunks = [work(i) for i in starts]
-    if contexts is not None:
-        return _pack_grouped(chunks, width, rotate, raw.size)
     nplanes = width
     out = [_HEAD.pack(MAGIC, width, FLAG_ROTATE if rotate else 0, 0, len(chunks), raw.size)]
     for c in chunks:
@@ -453,6 +515,28 @@ def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tupl
     return planes, pos
 
 
+def _grouped_planes(dctx, buf: memoryview, info: StreamInfo, i: int, start: int, counts: np.ndarray) -> np.ndarray:
+    """Chunk ``i``'s planes, grouped as stored (width x n uint8), once its groups are checked
+    against ``counts`` (the elements per context of the contexts the decoder was given)."""
+    n = info.raw_lens[i] // info.width
+    if int(counts.sum()) != n:
+        raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
+    below = np.concatenate(([0], np.cumsum(counts)))  # below[c]: elements whose context is < c
+    at = 0
+    for g in info.groups[i]:  # each group must start where its first context starts
+        if int(below[g.context]) != at or counts[g.context] == 0:
+            raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
+        at += g.n
+    grouped = np.empty((info.width, n), dtype=np.uint8)
+    pos, at = start, 0
+    for g in info.groups[i]:
+        planes, pos = _decode_planes(dctx, buf, pos, g.modes, g.payloads, g.n)
+        for k, p in enumerate(planes):
+            grouped[k, at : at + g.n] = p
+        at += g.n
+    return grouped
+
+
 def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out: np.ndarray | None = None,
                       ctx: np.ndarray | None = None) -> np.ndarray:
     """Chunk ``i`` (its payloads start at ``start``); ``ctx``: its elements' contexts (grouped streams)."""
@@ -463,24 +547,48 @@ def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out
         return join_planes(planes, info.width, info.rotate, out)
     if ctx is None or ctx.size != n:
         raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
-    order, counts = group_order(ctx)
-    below = np.concatenate(([0], np.cumsum(counts)))  # below[c]: elements whose context is < c
-    at = 0
-    for g in info.groups[i]:  # each group must start where its first context starts
-        if int(below[g.context]) != at or counts[g.context] == 0:
-            raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
-        at += g.n
-    w = info.width
-    grouped = np.empty(n * w, dtype=np.uint8)
-    pos, at = start, 0
-    for g in info.groups[i]:
-        planes, pos = _decode_planes(dctx, buf, pos, g.modes, g.payloads, g.n)
-        join_planes(planes, w, info.rotate, grouped[at * w : (at + g.n) * w])
-        at += g.n
+    w, fx = info.width, fast()
+    if fx is not None:
+        counts = fx.context_counts(ctx)
+    else:
+        order, counts = group_order(ctx)
+    grouped = _grouped_planes(dctx, buf, info, i, start, counts)
     if out is None:
         out = np.empty(n * w, dtype=np.uint8)
-    out.view(_UINT[w])[order] = grouped.view(_UINT[w])
+    if fx is not None:  # one gather by context straight from the planes
+        fx.ungroup_join(grouped, ctx, counts, w, info.rotate, out)
+    else:
+        words = join_planes(list(grouped), w, info.rotate)
+        out.view(_UINT[w])[order] = words.view(_UINT[w])
     return out
+
+
+def decompress_grouped(data: bytes | memoryview, nbytes: int, counts, finish, *, threads: int | None = None) -> None:
+    """Decode a grouped stream of ``nbytes`` bytes chunk by chunk, the caller turning each chunk's
+    grouped planes into bytes: ``counts(lo, hi)`` gives the elements per context of the chunk's
+    bytes ``[lo, hi)``, ``finish(lo, hi, grouped, counts)`` writes them (the inverse of
+    :func:`compress_grouped`; the lossless codec ungroups and undoes the difference in one pass)."""
+    buf = memoryview(data)
+    info = read_info(buf)
+    if info.groups is None:
+        raise CorruptPayloadError("not a grouped plane stream")
+    if info.raw_total != nbytes:
+        raise CorruptPayloadError(f"plane stream holds {info.raw_total} bytes, expected {nbytes}")
+    offs = info.chunk_offsets()
+    dst = np.cumsum([0] + info.raw_lens).tolist()
+
+    def work(i: int) -> None:
+        lo, hi = dst[i], dst[i + 1]
+        c = counts(lo, hi)
+        finish(lo, hi, _grouped_planes(zstandard.ZstdDecompressor(), buf, info, i, offs[i], c), c)
+
+    n = len(info.raw_lens)
+    nthreads = min(threads or default_threads(), max(n, 1))
+    if nthreads > 1:
+        list(_pool(nthreads).map(work, range(n)))
+    else:
+        for i in range(n):
+            work(i)
 
 
 def _chunk_contexts(info: StreamInfo, contexts: np.ndarray | None) -> list[np.ndarray | None]:

@@ -1,0 +1,411 @@
+"""Compiled (numba) hot loops of the lossless codec: the same bytes as the numpy code, several times faster.
+
+Format v2 groups each chunk's elements by a context byte (the base weight's exponent) before
+byte planes + zstd. numpy has no counting sort that returns an order, so the numpy path
+(``planes.group_order``: a stable argsort, a gather and a scatter) spends 10-14 ns an element
+on what a counting sort does in a few: here a histogram, prefix sums and a stable scatter
+straight into the byte planes (and, on decode, the inverse gather straight from them). For the
+lossless codec's difference the whole chunk is one pass each way: the exponent, the difference
+(ordered ints, subtract, zigzag) and the scatter fused (:func:`diff_group_split`,
+:func:`ungroup_undiff`), so no tensor-sized temporary is written and read back (on the dev VM a
+fresh tensor-sized array costs more in page faults than the arithmetic).
+
+The numpy functions in ``planes`` and ``lossless`` stay the reference: tests check these kernels
+against them byte for byte, and they run where numba does not import (``planes.fast()``).
+
+All kernels are ``nogil``, so the plane pipeline's worker threads run them in parallel, and
+``cache=True``, so the compiled code is kept in ``codec/__pycache__`` (or numba's user cache
+where that is not writable) and a later process loads it instead of compiling. Every kernel
+takes uint8 arrays (the words assembled from their little-endian bytes, width as an argument),
+so each compiles once, not once per element dtype. Arithmetic is on uint64 masked to the word's
+width: numba types a mix of uint64 and a signed integer as float64, so every constant is a
+``np.uint64``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_U8 = np.uint64(8)
+_FF = np.uint64(0xFF)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mask(width):
+    if width == 8:
+        return ~_U0
+    return (_U1 << np.uint64(8 * width)) - _U1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _load(a, i, width):
+    """Word i of the little-endian bytes ``a``."""
+    if width == 2:
+        return np.uint64(a[2 * i]) | (np.uint64(a[2 * i + 1]) << _U8)
+    if width == 1:
+        return np.uint64(a[i])
+    w = _U0
+    for k in range(width - 1, -1, -1):
+        w = (w << _U8) | np.uint64(a[width * i + k])
+    return w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _store(a, i, width, w):
+    if width == 2:
+        a[2 * i] = np.uint8(w & _FF)
+        a[2 * i + 1] = np.uint8((w >> _U8) & _FF)
+        return
+    for k in range(width):
+        a[width * i + k] = np.uint8((w >> np.uint64(8 * k)) & _FF)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ordered(x, top, mag):
+    """Float bits -> an integer in float order (flip the magnitude bits of negatives). Involution."""
+    return x ^ ((_U0 - (x >> top)) & mag)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _starts(counts):
+    pos = np.empty(256, dtype=np.int64)
+    s = 0
+    for c in range(256):
+        pos[c] = s
+        s += counts[c]
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _histogram(ctx, counts):
+    """counts[c] = number of elements of context c. Four partial histograms, so a run of one
+    context does not wait on one counter's store."""
+    n = ctx.size
+    part = np.zeros((4, 256), dtype=np.int64)
+    m = n - n % 4
+    for i in range(0, m, 4):
+        part[0, ctx[i]] += 1
+        part[1, ctx[i + 1]] += 1
+        part[2, ctx[i + 2]] += 1
+        part[3, ctx[i + 3]] += 1
+    for i in range(m, n):
+        part[0, ctx[i]] += 1
+    for c in range(256):
+        counts[c] = part[0, c] + part[1, c] + part[2, c] + part[3, c]
+
+
+@njit(cache=True, nogil=True)
+def _exp_histogram(base, width, shift, fmask, counts):
+    """counts of the exponent contexts ``(word >> shift) & fmask`` of the words in ``base``."""
+    n = base.size // width
+    part = np.zeros((2, 256), dtype=np.int64)
+    m = n - n % 2
+    for i in range(0, m, 2):
+        part[0, (_load(base, i, width) >> shift) & fmask] += 1
+        part[1, (_load(base, i + 1, width) >> shift) & fmask] += 1
+    for i in range(m, n):
+        part[0, (_load(base, i, width) >> shift) & fmask] += 1
+    for c in range(256):
+        counts[c] = part[0, c] + part[1, c]
+
+
+def context_counts(ctx: np.ndarray) -> np.ndarray:
+    """Elements per context (int64[256]) of one chunk's contexts (uint8)."""
+    counts = np.empty(256, dtype=np.int64)
+    _histogram(ctx, counts)
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _group_split(raw, ctx, counts, width, rotate, out):
+    """Stable counting-sort scatter of the words in ``raw`` by ``ctx`` straight into byte planes:
+    ``out[k, p]`` = byte k (most significant first) of the (rotated) word at sorted position p."""
+    pos = _starts(counts)
+    mask = _mask(width)
+    top = np.uint64(8 * width - 1)
+    for i in range(ctx.size):
+        c = ctx[i]
+        p = pos[c]
+        pos[c] = p + 1
+        w = _load(raw, i, width)
+        if rotate:
+            w = ((w << _U1) | (w >> top)) & mask
+        for k in range(width):
+            out[k, p] = np.uint8((w >> np.uint64(8 * (width - 1 - k))) & _FF)
+
+
+@njit(cache=True, nogil=True)
+def _ungroup_join(planes, ctx, counts, width, rotate, out):
+    """Inverse of :func:`_group_split`: the word of element i from the planes at its sorted position."""
+    pos = _starts(counts)
+    mask = _mask(width)
+    top = np.uint64(8 * width - 1)
+    for i in range(ctx.size):
+        c = ctx[i]
+        p = pos[c]
+        pos[c] = p + 1
+        w = _U0
+        for k in range(width):
+            w = (w << _U8) | np.uint64(planes[k, p])
+        if rotate:
+            w = ((w >> _U1) | (w << top)) & mask
+        _store(out, i, width, w)
+
+
+def group_split(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(planes, counts): ``planes[k]`` is plane k of the words (uint8 ``raw``) stably grouped by
+    context (what ``split_planes`` of ``raw``'s words in ``group_order(ctx)`` gives), ``counts`` the
+    elements per context."""
+    counts = context_counts(ctx)
+    out = np.empty((width, ctx.size), dtype=np.uint8)
+    _group_split(raw, ctx, counts, width, bool(rotate and width > 1), out)
+    return out, counts
+
+
+def ungroup_join(planes: np.ndarray, ctx: np.ndarray, counts: np.ndarray, width: int, rotate: bool,
+                 out: np.ndarray) -> None:
+    """Write into ``out`` (uint8, width bytes per context) the words whose grouped planes are
+    ``planes`` (width x n uint8); ``counts`` = :func:`context_counts` of ``ctx``."""
+    _ungroup_join(planes, ctx, counts, width, bool(rotate and width > 1), out)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _claim4(pos, c0, c1, c2, c3):
+    """Sorted positions of four consecutive elements of contexts c0..c3, and ``pos`` advanced past
+    them. The four loads go out together and equal contexts are resolved by comparison: the
+    obvious one-at-a-time loop waits on the previous store to ``pos`` whenever one context
+    repeats (most elements of a layer share two or three exponents), about 1.5x slower."""
+    p0 = pos[c0]
+    p1 = pos[c1] + (c1 == c0)
+    p2 = pos[c2] + (c2 == c0) + (c2 == c1)
+    p3 = pos[c3] + (c3 == c0) + (c3 == c1) + (c3 == c2)
+    pos[c0] = p0 + 1  # for equal contexts the later store, with the larger position, wins
+    pos[c1] = p1 + 1
+    pos[c2] = p2 + 1
+    pos[c3] = p3 + 1
+    return p0, p1, p2, p3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(out, p, z, width):
+    """Word z's bytes into the planes at position p, most significant plane first."""
+    if width == 2:
+        out[0, p] = np.uint8(z >> _U8)
+        out[1, p] = np.uint8(z & _FF)
+    else:
+        for k in range(width):
+            out[k, p] = np.uint8((z >> np.uint64(8 * (width - 1 - k))) & _FF)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _get(planes, p, width):
+    if width == 2:
+        return (np.uint64(planes[0, p]) << _U8) | np.uint64(planes[1, p])
+    u = _U0
+    for k in range(width):
+        u = (u << _U8) | np.uint64(planes[k, p])
+    return u
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _code(target, y, i, width, top, mag, mask):
+    """zigzag(ordered(target word i) - ordered(y)) in the width."""
+    d = (_ordered(_load(target, i, width), top, mag) - _ordered(y, top, mag)) & mask
+    return ((d << _U1) ^ (_U0 - (d >> top))) & mask
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uncode(u, y, top, mag, mask):
+    d = (u >> _U1) ^ (_U0 - (u & _U1))
+    return _ordered((d + _ordered(y, top, mag)) & mask, top, mag)
+
+
+@njit(cache=True, nogil=True)
+def _diff_group_split(target, base, width, shift, fmask, counts, out):
+    """The lossless codec's encode of one chunk in one pass: code = zigzag(ordered(target) -
+    ordered(base)) in the words' width, scattered by the base's exponent context (stable) into
+    byte planes ``out`` (width x n, most significant first). ``counts``: :func:`_exp_histogram`.
+    Any width; :func:`_diff_group_split2` is the same for 2-byte words, unrolled."""
+    pos = _starts(counts)
+    mask = _mask(width)
+    top = np.uint64(8 * width - 1)
+    mag = mask >> _U1
+    for i in range(target.size // width):
+        y = _load(base, i, width)
+        c = (y >> shift) & fmask
+        p = pos[c]
+        pos[c] = p + 1
+        _put(out, p, _code(target, y, i, width, top, mag, mask), width)
+
+
+@njit(cache=True, nogil=True)
+def _ungroup_undiff(planes, base, width, shift, fmask, counts, out):
+    """Inverse of :func:`_diff_group_split`: the target's bytes into ``out``."""
+    pos = _starts(counts)
+    mask = _mask(width)
+    top = np.uint64(8 * width - 1)
+    mag = mask >> _U1
+    for i in range(base.size // width):
+        y = _load(base, i, width)
+        c = (y >> shift) & fmask
+        p = pos[c]
+        pos[c] = p + 1
+        _store(out, i, width, _uncode(_get(planes, p, width), y, top, mag, mask))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _code2(t, y):
+    """:func:`_code` for 2-byte words (int64 arithmetic, constants folded)."""
+    x = t ^ (-(t >> 15) & 0x7FFF)
+    y = y ^ (-(y >> 15) & 0x7FFF)
+    d = (x - y) & 0xFFFF
+    return ((d << 1) ^ -(d >> 15)) & 0xFFFF
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uncode2(u, y):
+    d = (u >> 1) ^ -(u & 1)
+    x = (d + (y ^ (-(y >> 15) & 0x7FFF))) & 0xFFFF
+    return x ^ (-(x >> 15) & 0x7FFF)
+
+
+@njit(cache=True, nogil=True)
+def _diff_group_split2(target, base, shift, fmask, counts, hi, lo):
+    """:func:`_diff_group_split` for 2-byte words (bf16, fp16: nearly every weight), four elements
+    a step (:func:`_claim4`); target, base: uint16; hi, lo: the two planes."""
+    pos = _starts(counts)
+    n = target.size
+    m = n - n % 4
+    for i in range(0, m, 4):
+        y0 = np.int64(base[i])
+        y1 = np.int64(base[i + 1])
+        y2 = np.int64(base[i + 2])
+        y3 = np.int64(base[i + 3])
+        p0, p1, p2, p3 = _claim4(pos, (y0 >> shift) & fmask, (y1 >> shift) & fmask, (y2 >> shift) & fmask,
+                                 (y3 >> shift) & fmask)
+        z = _code2(np.int64(target[i]), y0)
+        hi[p0] = np.uint8(z >> 8)
+        lo[p0] = np.uint8(z & 0xFF)
+        z = _code2(np.int64(target[i + 1]), y1)
+        hi[p1] = np.uint8(z >> 8)
+        lo[p1] = np.uint8(z & 0xFF)
+        z = _code2(np.int64(target[i + 2]), y2)
+        hi[p2] = np.uint8(z >> 8)
+        lo[p2] = np.uint8(z & 0xFF)
+        z = _code2(np.int64(target[i + 3]), y3)
+        hi[p3] = np.uint8(z >> 8)
+        lo[p3] = np.uint8(z & 0xFF)
+    for i in range(m, n):
+        y = np.int64(base[i])
+        c = (y >> shift) & fmask
+        p = pos[c]
+        pos[c] = p + 1
+        z = _code2(np.int64(target[i]), y)
+        hi[p] = np.uint8(z >> 8)
+        lo[p] = np.uint8(z & 0xFF)
+
+
+@njit(cache=True, nogil=True)
+def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out):
+    """Inverse of :func:`_diff_group_split2` (out: uint16)."""
+    pos = _starts(counts)
+    n = base.size
+    m = n - n % 4
+    for i in range(0, m, 4):
+        y0 = np.int64(base[i])
+        y1 = np.int64(base[i + 1])
+        y2 = np.int64(base[i + 2])
+        y3 = np.int64(base[i + 3])
+        p0, p1, p2, p3 = _claim4(pos, (y0 >> shift) & fmask, (y1 >> shift) & fmask, (y2 >> shift) & fmask,
+                                 (y3 >> shift) & fmask)
+        out[i] = _uncode2((np.int64(hi[p0]) << 8) | np.int64(lo[p0]), y0)
+        out[i + 1] = _uncode2((np.int64(hi[p1]) << 8) | np.int64(lo[p1]), y1)
+        out[i + 2] = _uncode2((np.int64(hi[p2]) << 8) | np.int64(lo[p2]), y2)
+        out[i + 3] = _uncode2((np.int64(hi[p3]) << 8) | np.int64(lo[p3]), y3)
+    for i in range(m, n):
+        y = np.int64(base[i])
+        c = (y >> shift) & fmask
+        p = pos[c]
+        pos[c] = p + 1
+        out[i] = _uncode2((np.int64(hi[p]) << 8) | np.int64(lo[p]), y)
+
+
+def exp_counts(base: np.ndarray, width: int, shift: int, bits: int) -> np.ndarray:
+    """Elements per exponent context (int64[256]) of the words in ``base`` (uint8)."""
+    counts = np.empty(256, dtype=np.int64)
+    _exp_histogram(base, width, np.uint64(shift), np.uint64((1 << bits) - 1), counts)
+    return counts
+
+
+def diff_group_split(target: np.ndarray, base: np.ndarray, width: int, shift: int, bits: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(planes, counts) of one chunk: what ``group_split(diff_code(target, base), exponent
+    contexts of base)`` gives, in one pass."""
+    counts = exp_counts(base, width, shift, bits)
+    out = np.empty((width, target.size // width), dtype=np.uint8)
+    if width == 2:
+        _diff_group_split2(target.view(np.uint16), base.view(np.uint16), shift, (1 << bits) - 1, counts, out[0], out[1])
+    else:
+        _diff_group_split(target, base, width, np.uint64(shift), np.uint64((1 << bits) - 1), counts, out)
+    return out, counts
+
+
+def ungroup_undiff(planes: np.ndarray, base: np.ndarray, width: int, shift: int, bits: int, counts: np.ndarray,
+                   out: np.ndarray) -> None:
+    """Inverse of :func:`diff_group_split` into ``out`` (uint8, the target's bytes)."""
+    if width == 2:
+        _ungroup_undiff2(planes[0], planes[1], base.view(np.uint16), shift, (1 << bits) - 1, counts, out.view(np.uint16))
+    else:
+        _ungroup_undiff(planes, base, width, np.uint64(shift), np.uint64((1 << bits) - 1), counts, out)
+
+
+@njit(cache=True, nogil=True)
+def _diff_code(t, b, width, out):
+    mask = _mask(width)
+    top = np.uint64(8 * width - 1)
+    mag = mask >> _U1
+    for i in range(t.size // width):
+        d = (_ordered(_load(t, i, width), top, mag) - _ordered(_load(b, i, width), top, mag)) & mask
+        _store(out, i, width, ((d << _U1) ^ (_U0 - (d >> top))) & mask)
+
+
+@njit(cache=True, nogil=True)
+def _diff_decode(z, b, width, out):
+    mask = _mask(width)
+    top = np.uint64(8 * width - 1)
+    mag = mask >> _U1
+    for i in range(z.size // width):
+        u = _load(z, i, width)
+        d = (u >> _U1) ^ (_U0 - (u & _U1))
+        x = (d + _ordered(_load(b, i, width), top, mag)) & mask
+        _store(out, i, width, _ordered(x, top, mag))
+
+
+def diff_code(target: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """Same bytes as ``lossless.diff_code_numpy`` (uint8 in, uint8 out)."""
+    out = np.empty(target.size, dtype=np.uint8)
+    _diff_code(target, base, width, out)
+    return out
+
+
+def diff_decode(code: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """Same bytes as ``lossless.diff_decode_numpy``."""
+    out = np.empty(code.size, dtype=np.uint8)
+    _diff_decode(code, base, width, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _exponents(raw, width, shift, fmask, out):
+    for i in range(out.size):
+        out[i] = np.uint8((_load(raw, i, width) >> shift) & fmask)
+
+
+def exponent_contexts(raw: np.ndarray, width: int, shift: int, bits: int) -> np.ndarray:
+    """``(word >> shift) & (2**bits - 1)`` per word of ``raw`` (uint8), as uint8 (bits <= 8)."""
+    out = np.empty(raw.size // width, dtype=np.uint8)
+    _exponents(raw, width, np.uint64(shift), np.uint64((1 << bits) - 1), out)
+    return out

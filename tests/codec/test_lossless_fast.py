@@ -1,0 +1,134 @@
+"""The compiled kernels (codec._numba) write exactly the bytes the numpy reference writes, and each
+path decodes the other's payloads: every float dtype, special values, odd sizes, tensors over one
+chunk, any thread count. The numpy path is what runs where numba does not import."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_lossless import FLOATS, finetune_of, same_bits, weights, with_specials
+
+from deltastore.codec import from_bytes, planes, to_bytes
+from deltastore.codec.lossless import (
+    EXPONENT_FIELD, GROUPED_CHUNK_BYTES, Lossless, diff_code_numpy, diff_decode_numpy, exponent_contexts,
+    exponent_contexts_numpy, tensor_u8,
+)
+
+FX = planes.fast()
+pytestmark = pytest.mark.skipif(FX is None, reason="numba does not import here: only the numpy path runs")
+
+
+def _numpy_path(monkeypatch, on: bool) -> None:
+    monkeypatch.setattr(planes, "_FAST", None if on else FX)
+
+
+def _random_bits(dtype: torch.dtype, shape, seed: int) -> torch.Tensor:
+    """Every bit pattern equally likely: NaNs with payloads, infs, subnormals, -0 all turn up."""
+    w = torch.empty((), dtype=dtype).element_size()
+    if not int(np.prod(shape)):
+        return torch.empty(shape, dtype=dtype)
+    raw = np.random.default_rng(seed).integers(0, 256, int(np.prod(shape)) * w, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).reshape(shape)
+
+
+def _pairs(dtype: torch.dtype, shape):
+    base = with_specials(weights(dtype, shape, seed=7))
+    yield finetune_of(base), base  # a fine-tune-like change, specials swapped
+    yield base, finetune_of(base, ulps=200)  # the other way round, large steps
+    yield _random_bits(dtype, shape, 1), _random_bits(dtype, shape, 2)  # unrelated bit patterns
+    yield _random_bits(dtype, shape, 3), base
+
+
+def _both_paths(monkeypatch, target, base, codec=None):
+    codec = codec or Lossless()
+    payloads = []
+    for numpy_path in (False, True):
+        _numpy_path(monkeypatch, numpy_path)
+        payloads.append(to_bytes(codec.encode(target, base)))
+    _numpy_path(monkeypatch, False)
+    return payloads
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(1,), (3,), (5,), (7, 13), (1031,), (0,), (4099,)])
+def test_compiled_and_numpy_write_the_same_bytes_and_read_each_other(dtype, shape, monkeypatch):
+    for target, base in _pairs(dtype, shape):
+        fast, ref = _both_paths(monkeypatch, target, base)
+        assert fast == ref
+        enc = from_bytes(fast)
+        for numpy_path in (False, True):
+            _numpy_path(monkeypatch, numpy_path)
+            assert same_bits(Lossless().reconstruct(enc, base), target)
+        _numpy_path(monkeypatch, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.float64])
+def test_over_one_chunk_the_bytes_match_and_do_not_depend_on_threads(dtype, monkeypatch):
+    w = torch.empty((), dtype=dtype).element_size()
+    n = 2 * GROUPED_CHUNK_BYTES // w + 4093  # three chunks, the last odd-sized
+    base = with_specials(weights(dtype, (n,), seed=11))
+    target = finetune_of(base, ulps=60)
+    out = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("DELTASTORE_THREADS", threads)
+        out[threads] = _both_paths(monkeypatch, target, base)
+        enc = from_bytes(out[threads][0])
+        assert len(planes.read_info(memoryview(enc.arrays["stream"].numpy())).raw_lens) == 3
+        assert same_bits(Lossless().reconstruct(enc, base), target)
+    assert out["1"][0] == out["1"][1] == out["3"][0] == out["3"][1]
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
+def test_difference_kernels_match_numpy(width):
+    rng = np.random.default_rng(width)
+    n = 3 * 4096 + 5
+    base = rng.integers(0, 256, n * width, dtype=np.uint8)
+    target = base.copy()
+    target[::3] = rng.integers(0, 256, target[::3].size, dtype=np.uint8)
+    code = FX.diff_code(target, base, width)
+    assert np.array_equal(code, diff_code_numpy(target, base, width))
+    assert np.array_equal(FX.diff_decode(code, base, width), diff_decode_numpy(code, base, width))
+    assert np.array_equal(FX.diff_decode(code, base, width), target)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_exponent_contexts_match_numpy(dtype):
+    raw = tensor_u8(_random_bits(dtype, (4099,), 5))
+    assert np.array_equal(exponent_contexts(raw, dtype), exponent_contexts_numpy(raw, dtype))
+    assert dtype in EXPONENT_FIELD
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("contexts", ["all", "skewed", "one"])
+def test_grouping_kernels_match_numpy(width, rotate, contexts, monkeypatch):
+    """planes.compress / decompress with contexts of any kind (the generic grouped stream)."""
+    rng = np.random.default_rng(width * 10 + rotate)
+    n = 70_001
+    raw = rng.integers(0, 256, n * width, dtype=np.uint8)
+    ctx = {"all": rng.integers(0, 256, n, dtype=np.uint8),
+           "skewed": np.minimum(rng.geometric(0.3, n) + 100, 255).astype(np.uint8),
+           "one": np.full(n, 9, dtype=np.uint8)}[contexts]
+    grouped, counts = FX.group_split(raw, ctx, width, rotate)
+    _numpy_path(monkeypatch, True)
+    want, want_counts = planes.group_split(raw, ctx, width, rotate)
+    ref = planes.compress(raw, width, rotate=rotate, contexts=ctx, min_group=500, chunk_bytes=64 << 10)
+    _numpy_path(monkeypatch, False)
+    assert np.array_equal(grouped, want) and np.array_equal(counts, want_counts)
+    out = np.empty_like(raw)
+    FX.ungroup_join(grouped, ctx, counts, width, rotate, out)
+    assert np.array_equal(out, raw)
+    fast = planes.compress(raw, width, rotate=rotate, contexts=ctx, min_group=500, chunk_bytes=64 << 10)
+    assert fast == ref
+    assert np.array_equal(planes.decompress(fast, contexts=ctx), raw)
+    assert np.array_equal(planes.decompress_range(fast, 1000, 200_003, contexts=ctx), raw[1000:200_003])
+
+
+def test_deltastore_numba_0_selects_the_numpy_path(monkeypatch):
+    monkeypatch.setattr(planes, "_FAST", False)
+    monkeypatch.setenv("DELTASTORE_NUMBA", "0")
+    assert planes.fast() is None
+    monkeypatch.setattr(planes, "_FAST", False)
+    monkeypatch.setenv("DELTASTORE_NUMBA", "1")
+    assert planes.fast() is FX
