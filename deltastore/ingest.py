@@ -139,21 +139,21 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
             entries: list[TensorEntry] = []
             fd = os.open(src.path, os.O_RDONLY)
             try:
-                def one(item: tuple[int, TensorInfo]) -> tuple[TensorEntry, PutResult | None, np.ndarray]:
+                def one(item: tuple[int, TensorInfo]) -> tuple[TensorEntry, PutResult | None]:
+                    # the bytes are not returned: a result held by the consumer (or by enumerate's
+                    # reused tuple) while the next tensor is read would be one more tensor in memory
                     i, info = item
                     raw = _pread(fd, header, info, src.path)
                     if file_hash is not None:
                         file_hash.put(i, raw)
-                    entry, put = _encode_tensor(store, job, info, raw)
-                    return entry, put, raw
+                    else:
+                        inline_hash.update(raw)  # one worker: items run inline, in file order
+                    return _encode_tensor(store, job, info, raw)
 
                 tensors = list(enumerate(header.tensors))
-                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
+                for i, (entry, put) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
                     if file_hash is not None:
                         file_hash.wait_through(i)  # memory: no piece outlives the window
-                    else:
-                        inline_hash.update(raw)
-                    del raw
                     entries.append(entry)
                     if put is not None:
                         puts.append(put)
