@@ -32,15 +32,21 @@ Writers of objects other than ``add`` (a remote's pull) must hold a lease too.
 other's versions (a team's PostgreSQL catalog, someone's local home run with ``--objects-url`` on
 it). gc keeps, beside what its own catalog references, everything that another catalog's version
 records reach (records.py: each record names its catalog), and removes only its own stray records.
-What this does not give is exclusion *between* catalogs: leases live in each catalog, so a gc in
-one does not wait for an add in another; an add of catalog A running while catalog B's gc sweeps
-can lose the objects it has written but not yet recorded. Run gc on a shared bucket while no other
-catalog adds (closing this needs leases on the bucket itself, not only in each catalog).
+Leases live in each catalog, so they cannot make a gc in one catalog wait for an add in another;
+for that each lease also leaves a *marker* on the bucket, ``catalog/leases/<catalog id>/<add|gc>-<lease
+id>.json`` (host, pid, heartbeat), taken the same way, insert then look: an add puts its marker and
+then lists the bucket's gc markers of other catalogs (one live: remove ours, wait, as for a gc in
+its own catalog); a gc puts its marker and then waits until no other catalog's add marker is live.
+A marker is live on the same host while its pid runs, elsewhere while its heartbeat (rewritten
+with the lease's, in the writer's UTC clock) is younger than the lease timeouts; a gc removes its
+own catalog's stale ones. Listing after a write is consistent on local disk and on S3 (strong
+read-after-write since 2020).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import socket
@@ -97,9 +103,10 @@ class LeaseHandle:
     """A held lease. Calling it refreshes the heartbeat (at most once a minute); ``check`` in a
     write transaction raises ConflictError if the lease was taken from us as dead."""
 
-    def __init__(self, store: StoreView, lease_id: int):
+    def __init__(self, store: StoreView, lease_id: int, marker: tuple[str, str] | None = None):
         self.store = store
         self.id = lease_id
+        self.marker = marker  # (key, what) of its marker on the bucket
         self._last = time.monotonic()
 
     def __call__(self) -> None:
@@ -110,6 +117,8 @@ class LeaseHandle:
             r = s.get(Lease, self.id)
             if r is not None:
                 r.heartbeat_at = utcnow()
+        if self.marker is not None:
+            _put_marker(self.store, *self.marker)
 
     def check(self, s: Session) -> None:
         row = s.scalar(select(Lease).where(Lease.id == self.id).with_for_update())
@@ -177,20 +186,63 @@ def _live_others(store: StoreView, own: int, *, gc_rows: bool) -> list[str]:
     return _txn_retry(go, "looking at leases")
 
 
+MARKERS = f"{records.PREFIX}/leases"
+
+
+def _marker_key(catalog: str, lease_id: int, *, gc_lease: bool) -> str:
+    return f"{MARKERS}/{catalog}/{'gc' if gc_lease else 'add'}-{lease_id}.json"
+
+
+def _put_marker(store: StoreView, key: str, what: str) -> None:
+    body = {"host": socket.gethostname(), "pid": os.getpid(), "what": what[:400], "beat": utcnow().isoformat()}
+    store.backend.put(key, json.dumps(body).encode())
+
+
+def _foreign_markers(store: StoreView, catalog: str, *, gc_rows: bool) -> list[str]:
+    """Live markers of other catalogs' leases on this bucket: gc ones when ``gc_rows``, else adds.
+    A marker that does not parse is no lease anyone holds (an outside hand could as well delete
+    objects): ignored."""
+    host, now, out = socket.gethostname(), utcnow(), []
+    for key in sorted(store.backend.list(MARKERS)):
+        parts = key.split("/")
+        if len(parts) != 4 or parts[2] == catalog or not parts[3].endswith(".json") or parts[3].startswith(TMP_PREFIX):
+            continue
+        is_gc = parts[3].startswith("gc-")
+        if is_gc != gc_rows:
+            continue
+        data = store.backend.get(key)
+        if data is None or len(data) > 4096:
+            continue
+        try:
+            d = json.loads(data)
+            row = Lease(host=str(d["host"])[:200], pid=int(d["pid"]), what=GC_WHAT if is_gc else str(d["what"])[:400],
+                        heartbeat_at=dt.datetime.fromisoformat(str(d["beat"])).replace(tzinfo=None))
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
+            continue
+        if _alive(row, host, now):
+            out.append(f"{row.what!r} of catalog {parts[2]} (host {row.host}, pid {row.pid})")
+    return out
+
+
 @contextmanager
 def lease(store: StoreView, what: str, *, wait_s: float | None = None) -> Iterator[LeaseHandle]:
     """Hold an add's lease (see the module doc): waits while a gc runs; yields a
     :class:`LeaseHandle`, called to refresh the heartbeat during a long add."""
     if what == GC_WHAT:
         raise ValueError("an add's lease cannot be named 'gc'")
-    bind_catalog(store)  # the add's record names this catalog (records.write_version)
+    cid = bind_catalog(store)  # the add's record names this catalog (records.write_version)
     deadline = time.monotonic() + (ADD_WAIT_S if wait_s is None else wait_s)
     delay = 0.05
     while True:
         lid = _insert(store, what)
         gcs = _live_others(store, lid, gc_rows=True)
-        if not gcs:
-            break
+        if not gcs:  # none in this catalog: now the bucket, for another catalog's gc
+            mkey = _marker_key(cid, lid, gc_lease=False)
+            _put_marker(store, mkey, what)
+            gcs = _foreign_markers(store, cid, gc_rows=True)
+            if not gcs:
+                break
+            store.backend.delete(mkey)
         _remove(store, lid)
         if time.monotonic() >= deadline:
             raise LockedError(f"a gc is running ({gcs[0]}); adds wait for it: try again when it ends")
@@ -198,8 +250,9 @@ def lease(store: StoreView, what: str, *, wait_s: float | None = None) -> Iterat
         delay = min(delay * 2, 2.0)
     crash_point("lease.taken")
     try:
-        yield LeaseHandle(store, lid)
+        yield LeaseHandle(store, lid, (mkey, what))
     finally:
+        store.backend.delete(mkey)
         _remove(store, lid)
 
 
@@ -207,11 +260,14 @@ def lease(store: StoreView, what: str, *, wait_s: float | None = None) -> Iterat
 def exclusive(store: StoreView, *, wait_s: float | None = None) -> Iterator[LeaseHandle]:
     """Hold gc's lease: no add runs while it is held (see the module doc). Waits up to ``wait_s``
     for running adds to end (new ones wait for us meanwhile), then raises LockedError."""
+    cid = bind_catalog(store)
     lid = _insert(store, GC_WHAT)
+    mkey = _marker_key(cid, lid, gc_lease=True)
     try:
+        _put_marker(store, mkey, GC_WHAT)
         deadline = time.monotonic() + (GC_WAIT_S if wait_s is None else wait_s)
         delay = 0.05
-        while adds := _live_others(store, lid, gc_rows=False):
+        while adds := _live_others(store, lid, gc_rows=False) or _foreign_markers(store, cid, gc_rows=False):
             if time.monotonic() >= deadline:
                 more = f" and {len(adds) - 1} more" if len(adds) > 1 else ""
                 raise LockedError(f"an add is in progress: {adds[0]}{more}; gc deletes nothing while adds run: "
@@ -219,8 +275,12 @@ def exclusive(store: StoreView, *, wait_s: float | None = None) -> Iterator[Leas
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
         crash_point("gc.locked")
-        yield LeaseHandle(store, lid)
+        for key in list(store.backend.list(f"{MARKERS}/{cid}")):  # no add of ours runs: every other marker is stale
+            if key != mkey:
+                store.backend.delete(key)
+        yield LeaseHandle(store, lid, (mkey, GC_WHAT))
     finally:
+        store.backend.delete(mkey)
         _remove(store, lid)
 
 

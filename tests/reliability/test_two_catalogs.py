@@ -183,3 +183,33 @@ def test_gc_from_a_home_on_a_bare_remote_keeps_what_was_pushed(tmp_path: Path, m
     c.pull("ft", remote)
     c.checkout("ft", tmp_path / "out")
     assert tree_hashes(tmp_path / "out") == tree_hashes(models["f"])
+
+
+def test_an_add_in_one_catalog_and_a_gc_in_another_exclude_each_other(tmp_path: Path, models) -> None:
+    """Leases live in each catalog; their markers on the bucket make a gc wait for another
+    catalog's add (and an add for another catalog's gc), insert then look, as within one catalog."""
+    from deltastore import maintenance
+    from deltastore.errors import LockedError
+
+    a, b = two_homes(tmp_path)
+    with maintenance.lease(a, "add in a") as held:
+        assert a.backend.exists(held.marker[0])
+        with pytest.raises(LockedError, match="'add in a' of catalog"):
+            maintenance.gc(b, wait_s=0.2)
+        assert b.gc(dry_run=True).deleted == 0  # a dry run takes no lease and deletes nothing
+    with maintenance.exclusive(b, wait_s=0):
+        with pytest.raises(LockedError, match="a gc is running"):
+            with maintenance.lease(a, "add in a", wait_s=0.2):
+                pass
+        with maintenance.exclusive(a, wait_s=0):
+            pass  # two gcs of two catalogs may run at once: neither deletes what the other's records reach
+    assert list(a.backend.list(maintenance.MARKERS)) == []
+    # a marker left by a crashed add (its process gone) blocks nobody, and its own catalog's gc removes it
+    a.add_base("base", models["b"])
+    with a.Session() as s:
+        cid = deltastore.catalog.catalog_id(s)
+    stale = f"{maintenance.MARKERS}/{cid}/add-999999.json"
+    a.backend.put(stale, json.dumps({"host": "elsewhere", "pid": 1, "what": "add x", "beat": "2000-01-01T00:00:00"}).encode())
+    assert b.gc().deleted == 0
+    a.gc()
+    assert not a.backend.exists(stale) and a.verify().ok
