@@ -15,7 +15,8 @@ Rows:
                        the fine-tune's safetensors file alone, in memory.
 Speeds are MB/s of the fine-tune's tensor bytes (10^6 B) over the process's CPU seconds with one
 thread (DELTASTORE_THREADS=1, zipnn threads=1): per core, and robust to other load on a shared
-machine. Best of --repeat. Also printed: order-0 entropy of the difference, alone and given the
+machine. Best of --repeat. The codec runs its numba kernels (codec/_numba.py) when numba imports
+(the header says so); DELTASTORE_NUMBA=0 times the numpy path instead. Also printed: order-0 entropy of the difference, alone and given the
 base's exponent; for the series, each checkpoint against the one before (v1, v2) and zipnn on
 each checkpoint alone; for the base file, the order-0 and order-1 (previous element's exponent)
 entropy of the exponents, the bound on what context coding of a base's exponents could save,
@@ -160,7 +161,9 @@ def compiled_probe(base: dict, ft: dict, say, repeat: int) -> None:
     import subprocess
     import tempfile
 
-    from deltastore.codec.lossless import diff_decode
+    from deltastore.codec.lossless import diff_code_numpy, diff_decode_numpy
+
+    fx = planes.fast()
 
     with tempfile.TemporaryDirectory() as d:
         src, lib = Path(d) / "probe.c", Path(d) / "probe.so"
@@ -194,27 +197,41 @@ def compiled_probe(base: dict, ft: dict, say, repeat: int) -> None:
             out[order] = g.view(np.uint16)
             return out
 
+        shift, bits = 7, 8  # bf16's exponent field
+        grouped, counts = fx.group_split(code, ctx, 2, False) if fx else (None, None)
+        out8 = np.empty(2 * n, np.uint8)
         rows = [("v2 grouping, encode (stable order by context + gather + plane split)", np_group,
+                 fx and (lambda: fx.group_split(code, ctx, 2, False)),
                  lambda: c.group_split16(code.ctypes.data, ctx.ctypes.data, n, hi.ctypes.data, lo.ctypes.data)),
                 ("v2 grouping, decode (order + plane join + scatter)", np_ungroup,
+                 fx and (lambda: fx.ungroup_join(grouped, ctx, fx.context_counts(ctx), 2, False, out8)),
                  lambda: c.ungroup_join16(hi.ctypes.data, lo.ctypes.data, ctx.ctypes.data, n, w.ctypes.data)),
-                ("difference, encode (ordered ints, subtract, zigzag)", lambda: diff_code(tu, bu, 2),
+                ("difference, encode (ordered ints, subtract, zigzag)", lambda: diff_code_numpy(tu, bu, 2),
+                 fx and (lambda: fx.diff_code(tu, bu, 2)),
                  lambda: c.diff16(tu.ctypes.data, bu.ctypes.data, n, o16.ctypes.data)),
-                ("difference, decode", lambda: diff_decode(code, bu, 2),
-                 lambda: c.undiff16(code.ctypes.data, bu.ctypes.data, n, o16.ctypes.data))]
+                ("difference, decode", lambda: diff_decode_numpy(code, bu, 2),
+                 fx and (lambda: fx.diff_decode(code, bu, 2)),
+                 lambda: c.undiff16(code.ctypes.data, bu.ctypes.data, n, o16.ctypes.data)),
+                ("v2 encode as shipped: exponent, difference and grouping fused (numba)", None,
+                 fx and (lambda: fx.diff_group_split(tu, bu, 2, shift, bits)), None),
+                ("v2 decode as shipped: ungrouping and difference fused (numba)", None,
+                 fx and (lambda: fx.ungroup_undiff(grouped, bu, 2, shift, bits, counts, out8)), None)]
         say(f"Compiled-helper probe on {name}'s first {n:,} elements (one v2 chunk), ns per element, best of {max(repeat, 5)}:")
         say("")
-        say("| step | numpy (shipped) | C (probe) |")
-        say("|---|---:|---:|")
-        for label, fn, fc in rows:
-            tn, _ = cpu(fn, max(repeat, 5))
-            tc, _ = cpu(fc, max(repeat, 5))
-            say(f"| {label} | {tn / n * 1e9:.2f} | {tc / n * 1e9:.2f} |")
+        say("| step | numpy (reference) | numba (shipped) | C (probe) |")
+        say("|---|---:|---:|---:|")
+        ns = lambda f: f"{cpu(f, max(repeat, 5))[0] / n * 1e9:.2f}" if f else "-"  # noqa: E731
+        for label, fn, fb, fc in rows:
+            say(f"| {label} | {ns(fn)} | {ns(fb)} | {ns(fc)} |")
             if label.startswith("v2 grouping, encode"):
                 h, l = np_group()
                 assert np.array_equal(h, hi) and np.array_equal(l, lo), "C grouping differs from numpy's"
             if label.startswith("v2 grouping, decode"):
                 assert np.array_equal(w, code.view(np.uint16)), "C ungrouping differs"
+        if fx:  # the compiled kernels as timed gave numpy's bytes
+            assert np.array_equal(grouped[0], hi) and np.array_equal(grouped[1], lo), "numba grouping differs"
+            assert np.array_equal(fx.diff_group_split(tu, bu, 2, shift, bits)[0], grouped), "numba fused encode differs"
+            assert np.array_equal(out8, tu), "numba fused decode differs"
         say("")
 
 
@@ -415,7 +432,8 @@ def main(argv=None) -> int:
              f"Command: `python benchmarks/bench_lossless.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
              f"Machine: {args.machine}; load average at start {os.getloadavg()[0]:.1f}  ",
              f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-             f"zipnn {_version('zipnn')}, zstandard {_version('zstandard')}  "]
+             f"zipnn {_version('zipnn')}, zstandard {_version('zstandard')}, "
+             f"numba {_version('numba') if planes.fast() else 'not used (numpy path)'}  "]
     if ckpts:
         lines.append(f"Fine-tune: SmolLM2-135M-Instruct bf16, full fine-tune on the zoo math task "
                      f"({json.dumps(meta) if meta else args.series.name}); checkpoints {', '.join(c.name for c in ckpts)}")

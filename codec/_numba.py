@@ -24,6 +24,8 @@ width: numba types a mix of uint64 and a signed integer as float64, so every con
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -273,64 +275,74 @@ def _uncode2(u, y):
 
 
 @njit(cache=True, nogil=True)
-def _diff_group_split2(target, base, shift, fmask, counts, hi, lo):
-    """:func:`_diff_group_split` for 2-byte words (bf16, fp16: nearly every weight), four elements
-    a step (:func:`_claim4`); target, base: uint16; hi, lo: the two planes."""
-    pos = _starts(counts)
+def _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp):
+    """:func:`_diff_group_split` for 2-byte words (bf16, fp16: nearly every weight); target, base,
+    tmp: uint16; hi, lo: the two planes. Two passes: the difference into ``tmp`` (a loop the
+    compiler vectorizes), then the scatter four elements a step (:func:`_claim4`); measured 1.4x
+    faster than one fused loop, whose scatter waits on the arithmetic."""
     n = target.size
+    for i in range(n):
+        tmp[i] = _code2(np.int64(target[i]), np.int64(base[i]))
+    pos = _starts(counts)
     m = n - n % 4
     for i in range(0, m, 4):
-        y0 = np.int64(base[i])
-        y1 = np.int64(base[i + 1])
-        y2 = np.int64(base[i + 2])
-        y3 = np.int64(base[i + 3])
-        p0, p1, p2, p3 = _claim4(pos, (y0 >> shift) & fmask, (y1 >> shift) & fmask, (y2 >> shift) & fmask,
-                                 (y3 >> shift) & fmask)
-        z = _code2(np.int64(target[i]), y0)
+        p0, p1, p2, p3 = _claim4(pos, (np.int64(base[i]) >> shift) & fmask, (np.int64(base[i + 1]) >> shift) & fmask,
+                                 (np.int64(base[i + 2]) >> shift) & fmask, (np.int64(base[i + 3]) >> shift) & fmask)
+        z = tmp[i]
         hi[p0] = np.uint8(z >> 8)
         lo[p0] = np.uint8(z & 0xFF)
-        z = _code2(np.int64(target[i + 1]), y1)
+        z = tmp[i + 1]
         hi[p1] = np.uint8(z >> 8)
         lo[p1] = np.uint8(z & 0xFF)
-        z = _code2(np.int64(target[i + 2]), y2)
+        z = tmp[i + 2]
         hi[p2] = np.uint8(z >> 8)
         lo[p2] = np.uint8(z & 0xFF)
-        z = _code2(np.int64(target[i + 3]), y3)
+        z = tmp[i + 3]
         hi[p3] = np.uint8(z >> 8)
         lo[p3] = np.uint8(z & 0xFF)
     for i in range(m, n):
-        y = np.int64(base[i])
-        c = (y >> shift) & fmask
+        c = (np.int64(base[i]) >> shift) & fmask
         p = pos[c]
         pos[c] = p + 1
-        z = _code2(np.int64(target[i]), y)
+        z = tmp[i]
         hi[p] = np.uint8(z >> 8)
         lo[p] = np.uint8(z & 0xFF)
 
 
 @njit(cache=True, nogil=True)
 def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out):
-    """Inverse of :func:`_diff_group_split2` (out: uint16)."""
+    """Inverse of :func:`_diff_group_split2` (out: uint16): the gather into ``out``, then the
+    difference undone in place (vectorized), as on encode."""
     pos = _starts(counts)
     n = base.size
     m = n - n % 4
     for i in range(0, m, 4):
-        y0 = np.int64(base[i])
-        y1 = np.int64(base[i + 1])
-        y2 = np.int64(base[i + 2])
-        y3 = np.int64(base[i + 3])
-        p0, p1, p2, p3 = _claim4(pos, (y0 >> shift) & fmask, (y1 >> shift) & fmask, (y2 >> shift) & fmask,
-                                 (y3 >> shift) & fmask)
-        out[i] = _uncode2((np.int64(hi[p0]) << 8) | np.int64(lo[p0]), y0)
-        out[i + 1] = _uncode2((np.int64(hi[p1]) << 8) | np.int64(lo[p1]), y1)
-        out[i + 2] = _uncode2((np.int64(hi[p2]) << 8) | np.int64(lo[p2]), y2)
-        out[i + 3] = _uncode2((np.int64(hi[p3]) << 8) | np.int64(lo[p3]), y3)
+        p0, p1, p2, p3 = _claim4(pos, (np.int64(base[i]) >> shift) & fmask, (np.int64(base[i + 1]) >> shift) & fmask,
+                                 (np.int64(base[i + 2]) >> shift) & fmask, (np.int64(base[i + 3]) >> shift) & fmask)
+        out[i] = (np.uint16(hi[p0]) << 8) | np.uint16(lo[p0])
+        out[i + 1] = (np.uint16(hi[p1]) << 8) | np.uint16(lo[p1])
+        out[i + 2] = (np.uint16(hi[p2]) << 8) | np.uint16(lo[p2])
+        out[i + 3] = (np.uint16(hi[p3]) << 8) | np.uint16(lo[p3])
     for i in range(m, n):
-        y = np.int64(base[i])
-        c = (y >> shift) & fmask
+        c = (np.int64(base[i]) >> shift) & fmask
         p = pos[c]
         pos[c] = p + 1
-        out[i] = _uncode2((np.int64(hi[p]) << 8) | np.int64(lo[p]), y)
+        out[i] = (np.uint16(hi[p]) << 8) | np.uint16(lo[p])
+    for i in range(n):
+        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+
+
+_LOCAL = threading.local()
+
+
+def _scratch16(n: int) -> np.ndarray:
+    """A uint16 scratch array of ``n`` elements, kept per thread. A fresh chunk-sized array each
+    call is a fresh mmap (glibc maps blocks of 1 MiB and more) and a page fault per 4 KiB on its
+    first touch: on the dev VM that doubled the encode kernel's time."""
+    buf = getattr(_LOCAL, "buf16", None)
+    if buf is None or buf.size < n:
+        buf = _LOCAL.buf16 = np.empty(n, dtype=np.uint16)
+    return buf[:n]
 
 
 def exp_counts(base: np.ndarray, width: int, shift: int, bits: int) -> np.ndarray:
@@ -347,7 +359,8 @@ def diff_group_split(target: np.ndarray, base: np.ndarray, width: int, shift: in
     counts = exp_counts(base, width, shift, bits)
     out = np.empty((width, target.size // width), dtype=np.uint8)
     if width == 2:
-        _diff_group_split2(target.view(np.uint16), base.view(np.uint16), shift, (1 << bits) - 1, counts, out[0], out[1])
+        _diff_group_split2(target.view(np.uint16), base.view(np.uint16), shift, (1 << bits) - 1, counts, out[0], out[1],
+                           _scratch16(out.shape[1]))
     else:
         _diff_group_split(target, base, width, np.uint64(shift), np.uint64((1 << bits) - 1), counts, out)
     return out, counts

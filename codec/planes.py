@@ -38,6 +38,12 @@ happen to fall the same way; the store's sha256 check catches the rest).
 Every zstd frame is decoded into at most the size the table gives it: a frame whose header
 claims another size is refused before anything is allocated.
 
+The grouping (a stable counting sort by context, straight into the planes) and its inverse run
+as compiled numba kernels (``codec._numba``, :func:`fast`) with the same bytes as the numpy code
+here, which stays as the reference and the fallback. :func:`compress_grouped` and
+:func:`decompress_grouped` let a caller make and consume each chunk's grouped planes itself, so
+the lossless codec fuses its difference transform into the same pass.
+
 Encoder settings (they change no byte of the layout: any zstd frame decodes with the standard
 decoder). For ``level`` 1..3 the planes are compressed with :data:`LITERAL_PARAMS`: zstd's fast
 strategy with min_match 7 and a 64-entry hash table. An exponent plane has 2-3 bits of entropy a
@@ -54,6 +60,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -241,10 +248,10 @@ def group_order(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stable order of a chunk's elements by context, and the element count of each context
     (read off the sorted contexts: np.bincount would first widen every byte to int64).
 
-    This sort is most of v2's cost (about 12 ns an element on the dev VM, against 0.2 for the
-    difference itself): numpy has no counting sort that returns the order. Sorting 64 Ki-element
-    blocks and joining their runs, or one boolean mask per group, measured no faster; a compiled
-    counting sort fused with the plane split measured 4.7 ns (benchmarks/results/lossless_*.md)."""
+    The numpy reference of the grouping (and the path where numba does not import): about 12 ns
+    an element on the dev VM, since numpy has no counting sort that returns the order (sorting
+    64 Ki-element blocks and joining their runs, or one boolean mask per group, measured no
+    faster). The shipped path is :func:`group_split`'s compiled counting sort (codec._numba)."""
     order = np.argsort(ctx, kind="stable")
     # np.take is faster than fancy indexing; needles of the haystack's own dtype spare a cast of it
     edges = np.searchsorted(np.take(ctx, order), _NEEDLES)
@@ -515,6 +522,19 @@ def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tupl
     return planes, pos
 
 
+_LOCAL = threading.local()
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """A uint8 scratch array kept per thread, for a chunk's grouped planes while it is decoded
+    (nothing keeps them after the chunk). A fresh chunk-sized array per chunk is a fresh mmap
+    and a page fault per 4 KiB on first touch, which on the dev VM costs more than copying it."""
+    buf = getattr(_LOCAL, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _LOCAL.buf = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes]
+
+
 def _grouped_planes(dctx, buf: memoryview, info: StreamInfo, i: int, start: int, counts: np.ndarray) -> np.ndarray:
     """Chunk ``i``'s planes, grouped as stored (width x n uint8), once its groups are checked
     against ``counts`` (the elements per context of the contexts the decoder was given)."""
@@ -527,7 +547,7 @@ def _grouped_planes(dctx, buf: memoryview, info: StreamInfo, i: int, start: int,
         if int(below[g.context]) != at or counts[g.context] == 0:
             raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
         at += g.n
-    grouped = np.empty((info.width, n), dtype=np.uint8)
+    grouped = _scratch(info.width * n).reshape(info.width, n)
     pos, at = start, 0
     for g in info.groups[i]:
         planes, pos = _decode_planes(dctx, buf, pos, g.modes, g.payloads, g.n)
