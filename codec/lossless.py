@@ -25,13 +25,13 @@ Payload format versions (``Encoded.version``; every version still decodes):
 Measured (benchmarks/results/lossless_amd-epyc-2c.md, dev VM, per core): on a real SmolLM2
 fine-tune v2 is 0.81x v1's bytes (0.27x of zipnn's; v1 0.33x), within 1% of the order-0 entropy
 given the exponent; on a small-lr checkpoint series (0.5-1.7% of elements changed between saves)
-it is 0.31-0.51x v1's bytes, 79-211x under zipnn per checkpoint against v1's 35-103x. Its cost is
-speed: 88 / 88 MB/s encode / decode against v1's 258 / 322 and zipnn's 302 / 850 (another run:
-93 / 101, 238 / 287, 251 / 685). Nearly all of that is
-the stable grouping by context (numpy's argsort, a gather and a scatter: 10-14 ns an element
-against 0.6 for the difference); a compiled counting sort fused with the plane split measured
-3-5 ns, which would bring v2 near v1's speed. v2 is the default because the bytes are what a store
-keeps; ``Lossless(by_exponent=False)`` (``--param by_exponent=false``) writes v1 where speed matters more.
+it is 0.31-0.51x v1's bytes, 79-211x under zipnn per checkpoint against v1's 35-103x. Speed, with
+the grouping, the difference and the exponent in compiled kernels (``codec._numba``, numba; the
+numpy functions here stay as the reference and the fallback, same bytes): 254 / 216 MB/s encode /
+decode against v1's 365 / 335 and zipnn's 258 / 693 in the same run (numpy grouping, an earlier
+run: 88 / 88).
+Encode is at zipnn's speed; decode is not (zstd's decode of the grouped planes alone takes most of
+zipnn's whole time). ``Lossless(by_exponent=False)`` (``--param by_exponent=false``) writes v1.
 """
 
 from __future__ import annotations
