@@ -258,8 +258,12 @@ def _check_kind(store: StoreView, name: str, *, finetune: bool) -> None:
 def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid: str, puts: list[PutResult],
                    base_info: VersionInfo | None, codec: codecs.Codec | None, message: str, tags: list[str],
                    author: str | None, metrics: dict[str, Any], calib_sha: str | None,
-                   held: LeaseHandle | None = None) -> VersionInfo:
+                   held: LeaseHandle | None = None, number: int | None = None) -> VersionInfo:
     """One transaction: the version row (next free number), its object index, lineage and tags.
+
+    ``number``: the number to take when it is free in this model (a pull or push keeps the
+    version's number from the other store, so ``NAME@v5`` names the same version on both sides
+    whenever it can); taken or absent, the next number after the latest.
 
     Called under the add's lease (``held``), so no gc runs from the first object written to the
     commit (maintenance.py). Order: every object durable (``flush``); the transaction takes the
@@ -287,7 +291,9 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
                     m = Model(name=name)
                     s.add(m)
                     s.flush()
-                number = latest_number(s, m) + 1
+                taken = number is not None and number >= 1 and s.scalar(
+                    select(Version.id).where(Version.model_id == m.id, Version.number == number)) is not None
+                number = number if number is not None and number >= 1 and not taken else latest_number(s, m) + 1
                 base_v = resolve_version(s, base_info.ref) if base_info else None
                 if base_v is not None and base_v.manifest != base_info.manifest:
                     raise ConflictError(f"{base_info.ref} was removed and re-added while this add ran; add again")

@@ -289,7 +289,7 @@ class StoreSide:
             full.append(p)
         codec = None if src.kind == "base" else _CodecLabel(src.codec, dict(src.codec_params))
         return commit_version(self.store, src.model, manifest, src.manifest, full, base, codec, src.message, [],
-                              src.author, dict(src.metrics), src.calib_sha256, held=self._held)
+                              src.author, dict(src.metrics), src.calib_sha256, held=self._held, number=src.number)
 
     def set_tag(self, info: VersionInfo, tag: str) -> bool:
         if tag in self.resolve(info.ref).tags:
@@ -411,7 +411,7 @@ class RecordsSide:
         same = [v for _, v in sorted(vs.items()) if v.manifest == src.manifest]
         if same:  # another push of this very version landed since we looked
             return same[0]
-        number = max(vs, default=0) + 1
+        number = src.number if src.number not in vs else max(vs, default=0) + 1  # keep its number where free
         stored_new = sum(p.stored for p in puts.values() if p.new and p.oid in oids)
         referenced = sum(p.stored for p in puts.values() if p.oid in oids)
         for _ in range(1000):

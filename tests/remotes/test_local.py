@@ -70,9 +70,32 @@ def test_two_stores_push_one_name(source, other, models, tmp_path: Path) -> None
     assert (a.dst_ref, b.dst_ref) == ("f@v1", "f@v2")
     assert [m.new for m in b.versions] == [False, True]  # the shared base was matched, not re-sent
     c = deltastore.open(tmp_path / "c")
-    c.pull("f@v2", url)
-    c.checkout("f@v1", tmp_path / "out")
+    assert c.pull("f@v2", url).dst_ref == "f@v2"  # the remote's number, free here
+    c.checkout("f@v2", tmp_path / "out")
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft2)
+
+
+def test_transfers_keep_numbers_where_free(filled, other, models, tmp_path: Path) -> None:
+    """`pull f@v3` then `checkout f@v3` works: a transfer keeps the version's number when the other
+    side does not use it (to a bare remote and back, and between two stores), and takes the next
+    number (said in its result) only where that number holds another version."""
+    filled.add_finetune("f", models.ft2, base="b", codec="lossless")  # f@v2
+    filled.add_finetune("f", models.ft, base="b", codec="delta-come")  # f@v3
+    url = str(tmp_path / "remote")
+    assert filled.push("f@v3", url).dst_ref == "f@v3"  # a bare remote keeps it too
+    p = other.pull("f@v3", url)
+    assert p.dst_ref == "f@v3" and [v.number for v in other.versions("f")] == [3]
+    assert other.resolve("f@v3").manifest == filled.resolve("f@v3").manifest
+    assert other.resolve("b@v1").manifest == filled.resolve("b@v1").manifest  # the base kept its number too
+    other.checkout("f@v3", tmp_path / "out")
+    assert other.add_finetune("f", models.ft2, base="b", codec="lossless").ref == "f@v4"  # after the latest
+    assert filled.push("f@v1", url).dst_ref == "f@v1"
+    assert other.pull("f@v1", url).dst_ref == "f@v1"  # an older number, free: kept
+    third = deltastore.open(tmp_path / "c")
+    third.add_base("b", models.base)
+    third.add_finetune("f", models.ft2, base="b", codec="lossless", message="someone else's f@v1")
+    assert third.pull("f@v1", url).dst_ref == "f@v2"  # f@v1 here is another version: the next number
+    third.close()
 
 
 def test_records_remote_rebuilds_as_a_store(source, tmp_path: Path) -> None:

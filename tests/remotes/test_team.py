@@ -44,8 +44,8 @@ def test_team_remote_on_postgres_and_s3(pg, s3, filled, other, models, tmp_path:
 
     c = deltastore.open(tmp_path / "c")
     remotes.add_remote(c.config.home, "team", url, db_url=db)
-    c.pull("f@v2", "team")
-    c.checkout("f@v1", tmp_path / "out")
+    assert c.pull("f@v2", "team").dst_ref == "f@v2"  # the team's number, free here
+    c.checkout("f@v2", tmp_path / "out")
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft2)
 
     bad = remotes.Remote("gone", url, db_url=f"postgresql+psycopg://postgres:Pw-Secret-1@127.0.0.1:{pg.port}/nosuchdb")
