@@ -27,11 +27,10 @@ fine-tune v2 is 0.81x v1's bytes (0.27x of zipnn's; v1 0.33x), within 1% of the 
 given the exponent; on a small-lr checkpoint series (0.5-1.7% of elements changed between saves)
 it is 0.31-0.51x v1's bytes, 79-211x under zipnn per checkpoint against v1's 35-103x. Speed, with
 the grouping, the difference and the exponent in compiled kernels (``codec._numba``, numba; the
-numpy functions here stay as the reference and the fallback, same bytes): 254 / 216 MB/s encode /
-decode against v1's 365 / 335 and zipnn's 258 / 693 in the same run (numpy grouping, an earlier
-run: 88 / 88).
-Encode is at zipnn's speed; decode is not (zstd's decode of the grouped planes alone takes most of
-zipnn's whole time). ``Lossless(by_exponent=False)`` (``--param by_exponent=false``) writes v1.
+numpy functions here stay as the reference and the fallback, same bytes): 276 / 280 MB/s encode /
+decode against v1's 356 / 431 and zipnn's 260 / 763 in the same run (numpy grouping, an earlier
+run: 88 / 88). Encode is at zipnn's speed; decode is not (zstd's decode of the grouped planes
+alone takes most of zipnn's whole time). ``Lossless(by_exponent=False)`` (``--param by_exponent=false``) writes v1.
 """
 
 from __future__ import annotations
