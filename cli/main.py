@@ -325,6 +325,9 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", "-n"), as_json: bool = t
         verb = "would delete" if dry_run else "deleted"
         _say(f"{verb} {r.deleted} objects ({human(r.freed_bytes)}), {r.temp_deleted} temp files; "
              f"kept {r.kept_recent} recent (an add is in progress)")
+        if r.other_versions or r.unreadable:
+            _say(f"kept the objects of {r.other_versions} versions of other catalogs on these objects"
+                 + (f"; {len(r.unreadable)} records unreadable (first: {r.unreadable[0]})" if r.unreadable else ""))
 
 
 @command(app)

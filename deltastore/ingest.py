@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import codec as codecs
 from . import records
-from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, utcnow
+from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, catalog_id, utcnow
 from .errors import BadInputError, BadSafetensorsError, BaseMismatchError, ConflictError
 from .lookup import latest_number, resolve_version, version_info
 from .crash import crash_point
@@ -327,7 +327,7 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
                 s.flush()
                 info = version_info(s, v)
                 # the number is ours until this transaction ends: record first, then commit
-                records.write_version(store.backend, info)
+                records.write_version(store.backend, info, catalog=catalog_id(s))
                 crash_point("commit.before-db-commit")
             crash_point("commit.after-db-commit")
             for t in tags:

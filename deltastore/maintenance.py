@@ -52,7 +52,6 @@ import random
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 from sqlalchemy import delete, func, select
@@ -79,16 +78,6 @@ HEARTBEAT_EVERY_S = 60.0
 ADD_WAIT_S = float(os.environ.get("DELTASTORE_ADD_WAIT_S", 1800))
 GC_WAIT_S = float(os.environ.get("DELTASTORE_GC_WAIT_S", 60))
 GC_WHAT = "gc"
-
-
-@dataclass
-class SharedGcReport(GcReport):
-    """GcReport plus what other catalogs on the same objects kept (until results.GcReport has it)."""
-
-    #: version records of other catalogs (or of none) whose objects this gc kept
-    other_versions: int = 0
-    #: "key: why" for records, or their manifests, that could not be read (what they name is unknown)
-    unreadable: list[str] | None = None
 
 
 def bind_catalog(store: StoreView) -> str:
@@ -336,8 +325,8 @@ def _sweep(store: StoreView, *, dry_run: bool, beat) -> GcReport:  # noqa: ANN00
                     s.execute(delete(ObjectRow).where(ObjectRow.oid.in_(gone[i : i + 500])))
         _txn_retry(drop, "dropping deleted objects from the index")
     crash_point("gc.before-unlock")
-    return SharedGcReport(deleted=deleted, freed_bytes=freed, kept_recent=0, temp_deleted=temps, dry_run=dry_run,
-                          other_versions=len(found.foreign), unreadable=found.unreadable + unread)
+    return GcReport(deleted=deleted, freed_bytes=freed, kept_recent=0, temp_deleted=temps, dry_run=dry_run,
+                    other_versions=len(found.foreign), unreadable=found.unreadable + unread)
 
 
 def verify(store: StoreView, ref: str | None = None, *, progress: Progress | None = None) -> VerifyReport:

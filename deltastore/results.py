@@ -118,6 +118,10 @@ class GcReport:
     kept_recent: int  # unreferenced but possibly needed by an add in progress
     temp_deleted: int
     dry_run: bool
+    #: version records of other catalogs (or of none: a bare remote's) whose objects this gc kept
+    other_versions: int = 0
+    #: "key: why" for records, or their manifests, that could not be read (what they name is unknown)
+    unreadable: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

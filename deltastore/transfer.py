@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -417,10 +416,8 @@ class RecordsSide:
         for _ in range(1000):
             info = VersionInfo(**{**asdict(src), "number": number, "base": base.ref if base else None, "tags": [],
                                   "stored_bytes": stored_new, "referenced_bytes": referenced})
-            d = info.to_dict()
-            d.pop("tags", None)  # the bytes records.write_version writes
-            if self.backend.put_if_absent(records.version_key(info.model, number),
-                                          json.dumps(d, sort_keys=True, indent=1).encode()):
+            # owned by no catalog (a bare remote has none): every catalog's gc keeps what it names
+            if self.backend.put_if_absent(records.version_key(info.model, number), records.encode_version(info, None)):
                 self._versions.setdefault(src.model, {})[number] = info
                 return info
             key = records.version_key(src.model, number)  # another writer took it

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from . import records
-from .catalog import Lineage as LineageRow, Model, Tag, Version, VersionObject
+from .catalog import Lineage as LineageRow, Model, Tag, Version, VersionObject, catalog_id
 from .errors import BadInputError, ConflictError, UnknownRefError
 from .lookup import find_model, resolve_version, version_info
 from .protocols import StoreView
@@ -125,6 +125,7 @@ def _history(s: Session, root: int, base: int | None) -> CompoundSelect:
 
 def rm(store: StoreView, ref: str) -> VersionInfo:
     """Remove a version from the catalog (its objects go at the next ``gc``)."""
+    owner: list[str | None] = [None]  # this catalog's id, read in the transaction
 
     def txn() -> VersionInfo:
         with store.Session.begin() as s:
@@ -134,6 +135,7 @@ def rm(store: StoreView, ref: str) -> VersionInfo:
                 names = ", ".join(f"{k.model.name}@v{k.number}" for k in kids[:5])
                 raise BadInputError(f"{v.model.name}@v{v.number} is the base of {names}: remove those first")
             info = version_info(s, v)
+            owner[0] = catalog_id(s)  # the record to remove must be this catalog's (records.delete_version)
             s.execute(delete(Tag).where(Tag.version_id == v.id))
             s.execute(delete(VersionObject).where(VersionObject.version_id == v.id))
             s.execute(delete(LineageRow).where((LineageRow.child_id == v.id) | (LineageRow.parent_id == v.id)))
@@ -146,5 +148,5 @@ def rm(store: StoreView, ref: str) -> VersionInfo:
             return info
 
     info = _retrying(txn, f"removing {ref}")
-    records.delete_version(store.backend, info)
+    records.delete_version(store.backend, info, catalog=owner[0])
     return info

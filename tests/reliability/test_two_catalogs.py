@@ -168,8 +168,6 @@ def test_gc_on_either_side_of_a_push_to_a_store_keeps_everything(tmp_path: Path,
     assert tree_hashes(tmp_path / "out") == tree_hashes(models["f"])
 
 
-@pytest.mark.xfail(strict=True, reason="transfer.RecordsSide.publish writes format-1 records (no owner), which every "
-                   "catalog reads as its own; the fix is a one-line change in transfer.py (records.encode_version(info, None))")
 def test_gc_from_a_home_on_a_bare_remote_keeps_what_was_pushed(tmp_path: Path, models) -> None:
     a = deltastore.open(tmp_path / "a")
     a.add_base("base", models["b"])
