@@ -221,7 +221,7 @@ def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int) -> _C
     for plane in split_planes(raw, width, rotate):
         if width > 1 and _looks_incompressible(cctx, plane):
             modes.append(0)
-            payloads.append(plane)
+            payloads.append(plane.tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
             continue
         comp = cctx.compress(plane)
         if len(comp) < plane.size:
@@ -229,7 +229,7 @@ def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int) -> _C
             payloads.append(comp)
         else:
             modes.append(0)
-            payloads.append(plane)
+            payloads.append(plane.tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
     return _Chunk(raw.size, modes, payloads)
 
 
@@ -290,7 +290,7 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
                 payloads.append(comp)
             else:
                 modes.append(0)
-                payloads.append(plane)
+                payloads.append(plane.tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
         groups.append(_Group(c, n, modes, payloads))
         pos += n
     return groups
