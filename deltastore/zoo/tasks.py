@@ -271,6 +271,24 @@ def math_example(tok, p: MathProblem) -> tuple[list[int], int]:
 
 _ANS_RE = re.compile(r"Answer:\s*\$?\s*(-?\d[\d,]*)", re.IGNORECASE)
 _INT_RE = re.compile(r"-?\d[\d,]*")
+#: an ``Answer:`` whose integer is complete (a character that cannot extend it follows)
+_ANS_DONE_RE = re.compile(r"Answer:\s*\$?\s*-?\d[\d,]*[^\d,]", re.IGNORECASE)
+
+
+def _answered(tok, start: int):
+    """A transformers stopping criterion that ends each row of a batch once its text holds a
+    complete first ``Answer: N``: what :func:`extract_answer` reads can no longer change, so
+    the score is the same as generating to the limit, without decoding the rest (a model that
+    answers at once costs a few tokens, not ``max_new_tokens``)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Answered(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:  # noqa: ANN001, ARG002
+            texts = tok.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+            return torch.tensor([_ANS_DONE_RE.search(t) is not None for t in texts], device=input_ids.device)
+
+    return Answered()
 
 
 def extract_answer(text: str) -> int | None:
@@ -315,7 +333,8 @@ def eval_math(model, tok, problems: Sequence[MathProblem], batch_size: int = 32,
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad(), _autocast(device):
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                     stopping_criteria=[_answered(tok, enc["input_ids"].shape[1])])
             new = gen[:, enc["input_ids"].shape[1]:]
             for i, row in zip(idx, new):
                 texts[i] = tok.decode(row, skip_special_tokens=True)
