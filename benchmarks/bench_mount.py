@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_store import machine, synth_shapes  # noqa: E402
+from bench_store import machine, synth_1b  # noqa: E402
 
 import deltastore  # noqa: E402
 from deltastore.zoo.cache import cache_dir  # noqa: E402
@@ -231,36 +231,6 @@ def finetune_sources(n: int, base: Path, work: Path) -> list[Path]:
     return out
 
 
-def synth_shaped(layers: int) -> Path:
-    """``bench_store``'s synthetic Llama-1B (same shapes, scales and seed) with ``layers`` of its
-    16 layers, written once into the cache."""
-    from deltastore.safetensors_io import build_header
-
-    out = cache_dir("bench", f"synth-1b-shaped-{layers}l-bf16")
-    dst = out / "model.safetensors"
-    if dst.is_file():
-        return out
-    import numpy as np
-    import torch
-
-    specs = list(synth_shapes(layers=layers))
-    head, _ = build_header([(n, "BF16", s) for n, s, _ in specs], {"format": "pt"})
-    tmp = dst.with_name(".tmp-model.safetensors")
-    gen = torch.Generator().manual_seed(1234)
-    with open(tmp, "wb") as fh:
-        fh.write(head)
-        for _name, shape, std in specs:
-            if std is None:
-                t = 1.0 + 0.05 * torch.randn(shape, generator=gen)
-            else:
-                f = float(torch.exp(torch.empty(()).uniform_(np.log(0.5), np.log(2.0), generator=gen)))
-                t = torch.randn(shape, generator=gen) * (std * f)
-            fh.write(t.to(torch.bfloat16).view(torch.uint8).numpy().tobytes())
-    (out / "config.json").write_text(json.dumps({"note": "synthetic, for benchmarks only", "layers": layers}))
-    os.replace(tmp, dst)
-    return out
-
-
 @dataclass
 class Load:
     """One ``from_pretrained``: wall seconds and CPU seconds (the loader's plus the server's)."""
@@ -284,7 +254,6 @@ def from_pretrained(path: Path, server: int | None = None) -> Load:
 def ls_bench(n: int, slug: str, desc: str) -> str:
     """``ls -lR`` of a mount holding one model with ``n`` versions (a tiny Llama added ``n`` times
     with a different config.json each time, so every version has a manifest of its own)."""
-    import json
 
     from deltastore.zoo.tiny import tiny_llama_dir
 
@@ -426,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
         base = smollm2_dir()
         fts = finetune_sources(1, base, work)
-        synth = synth_shaped(args.synth_layers) if args.synth_layers else None
+        synth = synth_1b(args.synth_layers) if args.synth_layers else None
         t0 = time.perf_counter()
         with deltastore.open(home) as st:
             st.add_base("smollm2", base)

@@ -95,17 +95,18 @@ def synth_shapes(layers=16, hidden=2048, inter=5632, vocab=32000):
     yield "lm_head.weight", (vocab, hidden), 0.02
 
 
-def synth_1b() -> Path:
+def synth_1b(layers: int = 16) -> Path:
     """Llama-shaped (16 x 2048, mlp 5632, vocab 32000; 0.95 B parameters) bf16, Gaussian weights
     with a per-tensor scale (base scale times a log-uniform factor in [0.5, 2]); norms near 1.
-    Written tensor by tensor into the cache, once."""
+    ``layers`` < 16: the same model cut to its first layers (same shapes, scales and seed; the
+    mount benchmark's quick row). Written tensor by tensor into the cache, once."""
     from deltastore.safetensors_io import build_header
 
-    out = cache_dir("bench", "synth-1b-bf16")
+    out = cache_dir("bench", "synth-1b-bf16" if layers == 16 else f"synth-1b-shaped-{layers}l-bf16")
     dst = out / "model.safetensors"
     if dst.is_file():
         return out
-    specs = list(synth_shapes())
+    specs = list(synth_shapes(layers=layers))
     head, _ = build_header([(n, "BF16", s) for n, s, _ in specs], {"format": "pt"})
     tmp = dst.with_name(".tmp-model.safetensors")
     gen = torch.Generator().manual_seed(1234)
@@ -119,7 +120,7 @@ def synth_1b() -> Path:
                 f = float(torch.exp(torch.empty(()).uniform_(np.log(0.5), np.log(2.0), generator=gen)))
                 t = torch.randn(shape, generator=gen) * (std * f)
             fh.write(t.to(torch.bfloat16).view(torch.uint8).numpy().tobytes())
-    (out / "config.json").write_text(json.dumps({"note": "synthetic, for benchmarks only"}))
+    (out / "config.json").write_text(json.dumps({"note": "synthetic, for benchmarks only", "layers": layers}))
     os.replace(tmp, dst)
     print(f"  generated {dst} ({dst.stat().st_size / MB:.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
