@@ -106,6 +106,14 @@ def fast():
     return _FAST
 
 
+def _map_chunks(work, items, threads: int | None) -> list:  # noqa: ANN001
+    """``[work(i) for i in items]``, in order: on the shared pool with ``threads`` (default
+    :func:`default_threads`) threads, at most one per item, or inline where that is one."""
+    items = list(items)
+    n = min(threads or default_threads(), max(len(items), 1))
+    return list(_pool(n).map(work, items)) if n > 1 else [work(i) for i in items]
+
+
 def _pool(n: int) -> ThreadPoolExecutor:
     """One long-lived pool per size. A new pool per call would start new threads, and glibc gives
     each new thread its own malloc arena: freed chunk buffers then pile up across arenas and the
@@ -340,8 +348,7 @@ def compress_grouped(
         grouped, counts = chunk(i, min(i + step, nbytes))
         return _compress_grouped_planes(grouped, counts, level, min_group)
 
-    nthreads = min(threads or default_threads(), max(len(starts), 1))
-    chunks = list(_pool(nthreads).map(work, starts)) if nthreads > 1 else [work(i) for i in starts]
+    chunks = _map_chunks(work, starts, threads)
     return _pack_grouped(chunks, width, rotate, nbytes)
 
 
@@ -388,11 +395,7 @@ def compress(
     step = max(width, chunk_bytes - chunk_bytes % width)
     starts = range(0, raw.size, step)
     work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level)  # noqa: E731
-    nthreads = min(threads or default_threads(), max(len(starts), 1))
-    if nthreads > 1:
-        chunks = list(_pool(nthreads).map(work, starts))
-    else:
-        chunks = [work(i) for i in starts]
+    chunks = _map_chunks(work, starts, threads)
     nplanes = width
     out = [_HEAD.pack(MAGIC, width, FLAG_ROTATE if rotate else 0, 0, len(chunks), raw.size)]
     for c in chunks:
@@ -602,13 +605,7 @@ def decompress_grouped(data: bytes | memoryview, nbytes: int, counts, finish, *,
         c = counts(lo, hi)
         finish(lo, hi, _grouped_planes(zstandard.ZstdDecompressor(), buf, info, i, offs[i], c), c)
 
-    n = len(info.raw_lens)
-    nthreads = min(threads or default_threads(), max(n, 1))
-    if nthreads > 1:
-        list(_pool(nthreads).map(work, range(n)))
-    else:
-        for i in range(n):
-            work(i)
+    _map_chunks(work, range(len(info.raw_lens)), threads)
 
 
 def _chunk_contexts(info: StreamInfo, contexts: np.ndarray | None) -> list[np.ndarray | None]:
@@ -646,13 +643,7 @@ def decompress(
     def work(i: int) -> None:
         _decompress_chunk(buf, info, i, offs[i], out[dst[i] : dst[i + 1]], ctxs[i])
 
-    n = len(info.raw_lens)
-    nthreads = min(threads or default_threads(), max(n, 1))
-    if nthreads > 1:
-        list(_pool(nthreads).map(work, range(n)))
-    else:
-        for i in range(n):
-            work(i)
+    _map_chunks(work, range(len(info.raw_lens)), threads)
     return out
 
 
