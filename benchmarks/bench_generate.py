@@ -31,7 +31,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import random_packed  # noqa: E402
+from bench_kernels import emit, random_packed  # noqa: E402
 
 from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, DeltaSet  # noqa: E402
 
@@ -212,15 +212,7 @@ def main() -> None:
         lines.append(f"| {r['case']} | {r['batch']} | {r['s']:.2f} | {r['tok_s']:.1f} | {r['mem_gb']:.1f} | {r.get('deltas_gb', 0):.2f} |")
     if cap:
         lines += ["", "Capacity: " + json.dumps(cap)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(rows=rows, capacity=cap), f, indent=1)
+    emit("\n".join(lines) + "\n", args.out, args.json, dict(rows=rows, capacity=cap))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,19 @@ def _layout(m: int, n: int, alpha: float, device: torch.device):
     return got
 
 
+def emit(text: str, out: str | None, json_path: str | None, data) -> None:  # noqa: ANN001
+    """Print a report; write it to ``out`` and its rows as JSON to ``json_path`` where asked (the
+    device script collects both from $OUT)."""
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+
+
 def random_packed(m: int, n: int, gen: torch.Generator, device: torch.device, alpha: float = 1 / 16) -> PackedDeltaCoMe:
     """Random payload with the real codec's tier counts for an m x n weight at ``alpha``: random
     packed words, scales and zero points in range (a few kernel launches per payload)."""
@@ -508,15 +521,7 @@ def main() -> None:
     lines += ["", "Base alone with seven separate GEMMs (as plain torch serves an HF model): " +
               ", ".join(f"M={r['M']}: {r['base7_us']:.1f} us" for r in rows if "base7_us" in r), "",
               "Kernel configurations kept: " + "; ".join(f"{r['case']}: {r['cfg'] or 'defaults'}" for r in rows)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1, default=str)
+    emit("\n".join(lines) + "\n", args.out, args.json, rows)
 
 
 if __name__ == "__main__":
