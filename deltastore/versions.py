@@ -125,9 +125,8 @@ def _history(s: Session, root: int, base: int | None) -> CompoundSelect:
 
 def rm(store: StoreView, ref: str) -> VersionInfo:
     """Remove a version from the catalog (its objects go at the next ``gc``)."""
-    owner: list[str | None] = [None]  # this catalog's id, read in the transaction
 
-    def txn() -> VersionInfo:
+    def txn() -> tuple[VersionInfo, str]:
         with store.Session.begin() as s:
             v = resolve_version(s, ref)
             kids = s.scalars(select(Version).where(Version.base_version_id == v.id)).all()
@@ -135,7 +134,6 @@ def rm(store: StoreView, ref: str) -> VersionInfo:
                 names = ", ".join(f"{k.model.name}@v{k.number}" for k in kids[:5])
                 raise BadInputError(f"{v.model.name}@v{v.number} is the base of {names}: remove those first")
             info = version_info(s, v)
-            owner[0] = catalog_id(s)  # the record to remove must be this catalog's (records.delete_version)
             s.execute(delete(Tag).where(Tag.version_id == v.id))
             s.execute(delete(VersionObject).where(VersionObject.version_id == v.id))
             s.execute(delete(LineageRow).where((LineageRow.child_id == v.id) | (LineageRow.parent_id == v.id)))
@@ -145,8 +143,8 @@ def rm(store: StoreView, ref: str) -> VersionInfo:
             if not s.scalar(select(func.count()).select_from(Version).where(Version.model_id == m.id)):
                 s.execute(delete(Tag).where(Tag.model_id == m.id))
                 s.delete(m)
-            return info
+            return info, catalog_id(s)  # the record to remove must be this catalog's (records.delete_version)
 
-    info = _retrying(txn, f"removing {ref}")
-    records.delete_version(store.backend, info, catalog=owner[0])
+    info, owner = _retrying(txn, f"removing {ref}")
+    records.delete_version(store.backend, info, catalog=owner)
     return info
