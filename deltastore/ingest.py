@@ -281,6 +281,7 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
     stored_new = sum(p.stored for p in sizes.values() if p.new)
     referenced = sum(p.stored for p in sizes.values())
     kinds = manifest.object_kinds(manifest_oid)
+    preferred = number if number is not None and number >= 1 else None
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with store.Session.begin() as s:
@@ -291,9 +292,9 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
                     m = Model(name=name)
                     s.add(m)
                     s.flush()
-                taken = number is not None and number >= 1 and s.scalar(
-                    select(Version.id).where(Version.model_id == m.id, Version.number == number)) is not None
-                number = number if number is not None and number >= 1 and not taken else latest_number(s, m) + 1
+                free = preferred is not None and s.scalar(
+                    select(Version.id).where(Version.model_id == m.id, Version.number == preferred)) is None
+                number = preferred if free else latest_number(s, m) + 1
                 base_v = resolve_version(s, base_info.ref) if base_info else None
                 if base_v is not None and base_v.manifest != base_info.manifest:
                     raise ConflictError(f"{base_info.ref} was removed and re-added while this add ran; add again")
