@@ -209,6 +209,12 @@ def ensure_schema(engine: Engine, *, may_upgrade: bool, may_create: bool = True)
             return head
         _check_known(engine, rev, head)
         ours = _has_our_tables(conn)
+    if rev is None and ours:  # maybe another process is creating the catalog right now: it holds the
+        with _schema_lock(engine) as conn:  # schema lock until its revision is stamped, so look again there
+            rev, ours = _revision(conn), _has_our_tables(conn)
+        if rev == head:
+            return head
+        _check_known(engine, rev, head)
     if rev is None:
         if ours:
             raise SchemaError(f"the catalog at {_where(engine)} has deltastore tables but no schema revision: "
