@@ -126,6 +126,21 @@ class CatalogIdentity(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
+class RetiredNumber(Base):
+    """A version number once used by a model and then removed (migration 0003).
+
+    ``NAME@v5`` must never name a second, different version: scripts, notes and other stores
+    refer to versions by number. A removed number is kept here, by model *name* (the model row
+    goes with its last version, the name can come back), and never handed out again: the next
+    version takes one past the largest number used or retired, and a pull that would keep a
+    retired number takes the next one instead."""
+
+    __tablename__ = "retired_numbers"
+    model_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    retired_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
 class NoCatalogIdError(DeltaStoreError):
     """The catalog_identity row is gone (deleted by hand): nothing can tell this catalog's records
     from another's, so nothing that writes or removes records may run."""

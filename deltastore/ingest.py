@@ -31,7 +31,7 @@ from . import codec as codecs
 from . import records
 from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, catalog_id, utcnow
 from .errors import BadInputError, BadSafetensorsError, BaseMismatchError, ConflictError
-from .lookup import latest_number, resolve_version, version_info
+from .lookup import next_number, resolve_version, version_info
 from .crash import crash_point
 from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
@@ -281,7 +281,7 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
     stored_new = sum(p.stored for p in sizes.values() if p.new)
     referenced = sum(p.stored for p in sizes.values())
     kinds = manifest.object_kinds(manifest_oid)
-    preferred = number if number is not None and number >= 1 else None
+    preferred = number  # the caller's wish, asked afresh at each attempt (number is reassigned below)
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with store.Session.begin() as s:
@@ -292,9 +292,7 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
                     m = Model(name=name)
                     s.add(m)
                     s.flush()
-                free = preferred is not None and s.scalar(
-                    select(Version.id).where(Version.model_id == m.id, Version.number == preferred)) is None
-                number = preferred if free else latest_number(s, m) + 1
+                number = next_number(s, m, preferred)
                 base_v = resolve_version(s, base_info.ref) if base_info else None
                 if base_v is not None and base_v.manifest != base_info.manifest:
                     raise ConflictError(f"{base_info.ref} was removed and re-added while this add ran; add again")

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, joinedload
 
-from .catalog import Model, Tag, Version
+from .catalog import Model, RetiredNumber, Tag, Version
 from .errors import UnknownRefError
 from .refs import Ref, parse_ref
 from .results import VersionInfo
@@ -49,6 +49,21 @@ def find_model(s: Session, name: str) -> Model:
 
 def latest_number(s: Session, m: Model) -> int:
     return s.scalar(select(func.max(Version.number)).where(Version.model_id == m.id)) or 0
+
+
+def next_number(s: Session, m: Model, preferred: int | None = None) -> int:
+    """The number a new version of ``m`` takes: ``preferred`` (a pull or push keeping the other
+    store's number) when no version of this model has it and it was never retired here, else one
+    past the largest number this model has used, removed ones included (numbers are never
+    reused: ``RetiredNumber``). Call inside the transaction that holds the model row."""
+    if preferred is not None and preferred >= 1:
+        used = s.scalar(select(Version.id).where(Version.model_id == m.id, Version.number == preferred))
+        retired = s.scalar(select(RetiredNumber.number).where(
+            RetiredNumber.model_name == m.name, RetiredNumber.number == preferred))
+        if used is None and retired is None:
+            return preferred
+    gone = s.scalar(select(func.max(RetiredNumber.number)).where(RetiredNumber.model_name == m.name)) or 0
+    return max(latest_number(s, m), gone) + 1
 
 
 def resolve_version(s: Session, ref: str | Ref, *, fetch: bool = True) -> Version:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from . import records
-from .catalog import Lineage as LineageRow, Model, Tag, Version, VersionObject, catalog_id
+from .catalog import Lineage as LineageRow, Model, RetiredNumber, Tag, Version, VersionObject, catalog_id
 from .errors import BadInputError, ConflictError, UnknownRefError
 from .lookup import find_model, resolve_version, version_info
 from .protocols import StoreView
@@ -124,7 +124,8 @@ def _history(s: Session, root: int, base: int | None) -> CompoundSelect:
 
 
 def rm(store: StoreView, ref: str) -> VersionInfo:
-    """Remove a version from the catalog (its objects go at the next ``gc``)."""
+    """Remove a version from the catalog (its objects go at the next ``gc``). Its number is
+    retired: the model's next version takes a new one (``lookup.next_number``)."""
 
     def txn() -> tuple[VersionInfo, str]:
         with store.Session.begin() as s:
@@ -138,6 +139,8 @@ def rm(store: StoreView, ref: str) -> VersionInfo:
             s.execute(delete(VersionObject).where(VersionObject.version_id == v.id))
             s.execute(delete(LineageRow).where((LineageRow.child_id == v.id) | (LineageRow.parent_id == v.id)))
             m = v.model
+            if s.get(RetiredNumber, (m.name, v.number)) is None:
+                s.add(RetiredNumber(model_name=m.name, number=v.number))  # never handed out again
             s.delete(v)
             s.flush()
             if not s.scalar(select(func.count()).select_from(Version).where(Version.model_id == m.id)):

@@ -54,10 +54,10 @@ def test_pull_numbers_locally(source, other, models, tmp_path: Path) -> None:
     other.add_base("f", models.base)  # 'f' exists here already, as another model's v1
     with pytest.raises(deltastore.DeltaStoreError):
         other.pull("f@v1", url)  # 'f' here holds bases; the remote's f@v1 is a fine-tune
-    other.rm("f")
-    other.add_finetune("f", models.ft2, base=other.pull("b", url).dst_ref, codec="lossless")
+    other.rm("f")  # f@v1 retired here: never handed out again
+    assert other.add_finetune("f", models.ft2, base=other.pull("b", url).dst_ref, codec="lossless").ref == "f@v2"
     p = other.pull("f@v1", url)
-    assert p.dst_ref == "f@v2" and other.resolve("f@v2").manifest == source.resolve("f@v1").manifest
+    assert p.dst_ref == "f@v3" and other.resolve("f@v3").manifest == source.resolve("f@v1").manifest
 
 
 def test_two_stores_push_one_name(source, other, models, tmp_path: Path) -> None:

@@ -27,18 +27,18 @@ from ..conftest import llama_like, write_model
 from ..clirun import cli
 from ..pg import PostgresServer, pg_bin
 
-HEAD = "0002"
-NEXT = "0003"
+HEAD = "0003"
+NEXT = "0004"
 REV_NEXT = '''"""the next release's schema change (a test fixture)
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -70,7 +70,7 @@ def newer_migrations(root: Path) -> Path:
     dst = root / "migrations-next"
     if not dst.exists():
         shutil.copytree(db._migrations_dir(), dst, ignore=shutil.ignore_patterns("__pycache__"))
-        (dst / "versions" / "0003_next.py").write_text(REV_NEXT)
+        (dst / "versions" / "0004_next.py").write_text(REV_NEXT)
     return dst
 
 
