@@ -203,6 +203,20 @@ class Store:
         """Fetch a version, its base chain and tags from a remote; committed here like an add."""
         return remotes.pull(self, ref, remote, progress=progress)[0]
 
+    def push_versions(self, model: str | None = None, remote: str | None = None, *, tagged: str | None = None,
+                      tags: bool = True, progress: Progress | None = None) -> list[TransferResult]:
+        """Push many versions at once (``deltastore push --all`` / ``--tag``): every version of
+        ``model`` (of every model when None), or with ``tagged`` only those tagged so."""
+        return remotes.push(self, model, remote, all_versions=tagged is None, tagged=tagged, tags=tags,
+                            progress=progress)
+
+    def pull_versions(self, model: str | None = None, remote: str | None = None, *, tagged: str | None = None,
+                      tags: bool = True, progress: Progress | None = None) -> list[TransferResult]:
+        """Pull many versions at once (``deltastore pull --all`` / ``--tag``): every version of
+        ``model`` on the remote (of every model when None), or with ``tagged`` only those tagged so."""
+        return remotes.pull(self, model, remote, all_versions=tagged is None, tagged=tagged, tags=tags,
+                            progress=progress)
+
     # -- serving -----------------------------------------------------------------------------------
     def load(self, ref: str, *, device: str | torch.device = "cpu", lazy: bool = True, preference: str = "auto") -> Any:
         """A transformers model of REF on ``device``; with ``lazy`` its delta-come linears keep the

@@ -202,24 +202,25 @@ def test_remote_that_is_another_stores_home(source, other, models, tmp_path: Pat
 
 
 def test_push_and_pull_by_tag(filled, other, models, tmp_path: Path) -> None:
-    """``--tag T``: every version tagged T (of every model, or of one), with its base chain."""
+    """``--tag T``: every version tagged T (of every model, or of one), with its base chain; the
+    module functions and the Store's push_versions/pull_versions alike."""
     url = str(tmp_path / "remote")
     filled.add_finetune("g", models.ft2, base="b", codec="lossless", tags=["best"])
     filled.add_finetune("f", models.ft2, base="b", codec="lossless")  # f@v2: not tagged
-    res = remotes.push(filled, None, url, tagged="best")
+    res = filled.push_versions(None, url, tagged="best")  # the Store API: every model's
     assert sorted(r.ref for r in res) == ["f@v1", "g@v1"]
     assert sorted(m.dst for r in res for m in r.new_versions) == ["b@v1", "f@v1", "g@v1"]
     with pytest.raises(deltastore.DeltaStoreError, match="no version tagged 'nosuch'"):
-        remotes.push(filled, None, url, tagged="nosuch")
+        filled.push_versions(None, url, tagged="nosuch")
 
     remotes.add_remote(other.config.home, "origin", url)
-    got = remotes.pull(other, "g", tagged="best")  # of one model
+    got = other.pull_versions("g", tagged="best")  # of one model
     assert [r.ref for r in got] == ["g@v1"] and other.resolve("g@best").number == 1
     assert [m.name for m in other.models()] == ["b", "g"]
     got = remotes.pull(other, None, tagged="prod")
     assert [r.ref for r in got] == ["b@v1"] and got[0].objects_sent == 0  # came with g
     with pytest.raises(deltastore.DeltaStoreError, match="--all or --tag, not both"):
         remotes.pull(other, None, all_versions=True, tagged="best")
-    every = remotes.pull(other, None, all_versions=True)  # --all: the rest
+    every = other.pull_versions()  # --all: the rest
     assert sorted(r.ref for r in every) == ["b@v1", "f@v1", "g@v1"]
     assert sorted(m.dst for r in every for m in r.new_versions) == ["f@v1"]
