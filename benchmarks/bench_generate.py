@@ -10,8 +10,11 @@ become :class:`~deltastore.kernels.DeltaLinear` modules, exactly as ``Store.load
 them, each holding N random delta-come deltas at alpha 1/16 with the real codec's tier counts
 (bench_kernels.random_packed); one batch holds one sequence per fine-tune (``delta_ids`` =
 0 .. N-1, set on the model's DeltaContext as ``generate(delta_ids=...)`` does). Greedy decoding,
-``--new`` tokens after a ``--prompt``-token prompt, eager PyTorch (no CUDA graph), KV cache of
-transformers' default kind.
+``--new`` tokens after a ``--prompt``-token prompt, each case twice: eager (transformers' generate,
+its default KV cache) and under a CUDA graph (``deltastore.graph_decode``: static KV cache, each
+decoding step one graph replay, what a lazy model's ``generate`` does on CUDA), with the GPU time
+of one replay alone and, for the plain model and the first N, the GPU time of one step by kind of
+kernel (torch.profiler).
 
 Beside it: N materialized models (dense bf16 copies, one per fine-tune), each generating for its
 own sequence, where N of them fit in the GPU; and the capacity: how many 1/16 fine-tunes fit in
@@ -33,6 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kernels import emit, random_packed  # noqa: E402
 
+from deltastore import graph_decode  # noqa: E402
 from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, DeltaSet  # noqa: E402
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -86,16 +90,80 @@ def add_finetunes(sets: list[tuple[DeltaSet, list[DeltaLinear]]], n: int, gen: t
         ds.build()
 
 
-def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """Seconds for one greedy generate of ``new`` tokens for ``batch`` sequences (after a warm-up)."""
+def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: torch.device, graph: bool = False) -> tuple[float, torch.Tensor, float]:
+    """(seconds, tokens, warm-up seconds) of one greedy generate of ``new`` tokens for ``batch``
+    sequences after a 4-token warm-up (which, with ``graph``, also captures the decoding step:
+    the timed call only replays it). ``graph``: graph_decode.generate (static KV cache, each
+    decoding step one CUDA graph replay); else transformers' eager generate, default cache."""
     ids = torch.randint(3, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch)).to(device)
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
-    model.generate(ids, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})
-    sync(device)
+
+    def run(**k):
+        if graph:
+            return decoder(model, device).generate(model.generate, ids, cuda_graph=True, **k)
+        return model.generate(ids, **k)
+
     t = time.perf_counter()
-    out = model.generate(ids, **kw)
+    run(**{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
     sync(device)
-    return time.perf_counter() - t, out
+    warm = time.perf_counter() - t
+    t = time.perf_counter()
+    out = run(**kw)
+    sync(device)
+    return time.perf_counter() - t, out, warm
+
+
+def decoder(model, device: torch.device) -> graph_decode.GraphDecoder:
+    """The model's GraphDecoder; on the CPU (--smoke) the same path with eager steps (capture=False)."""
+    return graph_decode.decoder_of(model, capture=device.type == "cuda")
+
+
+def step_ms(model, device: torch.device, reps: int = 8) -> float:
+    """GPU milliseconds of one replay of the captured decoding step (no host work between replays:
+    what a token costs the GPU). Replays advance the KV cache past the generated tokens, inside
+    its length bucket; the next generate resets it."""
+    g = decoder(model, device)._graph
+    if g is None or g.graph is None or device.type != "cuda":
+        return float("nan")
+    g.graph.replay()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        g.graph.replay()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / reps
+
+
+CATEGORIES = (("delta shrink", ("shrink",)), ("delta expand", ("expand",)),
+              ("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
+              ("GEMM (base linears, lm_head)", ("gemm", "gemv", "nvjet", "cutlass", "sm90", "xmma", "cublas", "ampere")))
+
+
+def kernel_breakdown(model, device: torch.device) -> dict[str, float]:
+    """GPU ms of one decoding step by kind of kernel (torch.profiler over the captured step's
+    inputs run once eagerly: the same kernels the graph replays)."""
+    dec = decoder(model, device)
+    g = dec._graph
+    if g is None or device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with dec._ids_ctx(dec._context()), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(**g.static)
+            sync(device)
+    except Exception as e:  # noqa: BLE001 - a profiler that cannot run here costs the breakdown, not the benchmark
+        return {"error": f"{type(e).__name__}: {e}"[:200]}
+    out: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = e.name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        out[cat] = out.get(cat, 0.0) + e.time_range.elapsed_us() / 1e3
+    out["total"] = sum(out.values())
+    return {k: round(v, 3) for k, v in out.items()}
 
 
 def sync(device: torch.device) -> None:
@@ -111,9 +179,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--ns", default="1,8,32,128", help="numbers of fine-tunes served at once")
+    ap.add_argument("--eager-ns", default="1,8,32,128", help="of those, the ones also timed with eager decoding")
     ap.add_argument("--dense-ns", default="1,8", help="numbers of materialized models to compare (where they fit)")
     ap.add_argument("--prompt", type=int, default=16)
-    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--new", type=int, default=24)
     ap.add_argument("--kv-gb", type=float, default=10.0)
     ap.add_argument("--alpha", type=float, default=1 / 16)
     ap.add_argument("--smoke", action="store_true")
@@ -125,27 +194,48 @@ def main() -> None:
     t_end = time.time() + args.deadline
     device = torch.device("cpu" if args.smoke else "cuda")
     if args.smoke:
-        args.layers, args.new, args.prompt = min(args.layers, 2), min(args.new, 3), min(args.prompt, 5)
-        args.ns, args.dense_ns = "1,3", "1,2"
+        args.layers, args.new, args.prompt = min(args.layers, 2), min(args.new, 5), min(args.prompt, 5)
+        args.ns, args.eager_ns, args.dense_ns = "1,3", "1,3", "1,2"
     ns = [int(v) for v in args.ns.split(",")]
-    dense_ns = [int(v) for v in args.dense_ns.split(",")]
+    eager_ns = {int(v) for v in args.eager_ns.split(",") if v}
+    dense_ns = [int(v) for v in args.dense_ns.split(",") if v]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     total = torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else float("nan")
     rows: list[dict] = []
+    breakdown: dict[str, dict] = {}
+
+    def case(label: str, model, n: int, batch: int, graph: bool, **extra) -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        before = dict(decoder(model, device).stats)
+        t, out, warm = gen_tokens(model, batch, args.prompt, args.new, vocab, device, graph=graph)
+        st = {k: v - before.get(k, 0) for k, v in decoder(model, device).stats.items()}
+        r = dict(case=label, n=n, batch=batch, decode=mode_name(graph, device), s=t, tok_s=batch * args.new / t,
+                 ms_token=1e3 * t / args.new, warm_s=warm, mem_gb=mem_gb(device), peak_gb=peak_gb(device), **extra)
+        if graph:
+            r["step_ms"] = step_ms(model, device)
+            r["replays"], r["captures"], r["eager_steps"] = st["replays"], st["captures"], st["eager_steps"]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        return out
 
     t0 = time.time()
     model = make_model(args.layers, device, args.smoke)
     vocab = model.config.vocab_size
     base_gb = mem_gb(device)
     ctx = DeltaContext(0, default_id=None)
-    gen_tokens(model, 1, args.prompt, args.new, vocab, device)  # first-call costs (allocator, cuBLAS, HF caches) out of the figure
-    t_base, _ = gen_tokens(model, 1, args.prompt, args.new, vocab, device)
-    rows.append(dict(case="base alone (plain model)", n=0, batch=1, s=t_base, tok_s=args.new / t_base, mem_gb=base_gb))
-    print(json.dumps(rows[-1]), f"setup {time.time() - t0:.0f} s", flush=True)
+    gen_tokens(model, 1, args.prompt, args.new, vocab, device)  # first-call costs (allocator, cuBLAS, HF caches) out of the figures
+    print(f"setup {time.time() - t0:.0f} s", flush=True)
+    plain_eager = case("plain model (base alone)", model, 0, 1, False)
+    plain_graph = case("plain model (base alone)", model, 0, 1, True)
+    breakdown["plain model"] = kernel_breakdown(model, device)
+    same_plain = bool(torch.equal(plain_eager, plain_graph))
+    decoder(model, device).release()
     lins = to_lazy(model, ctx, fuse=not args.no_fuse)
     gen = torch.Generator(device=device).manual_seed(1)
     have = 0
     per_ft_bytes = None
+    agree: dict[int, str] = {}
     for n in ns:
         if time.time() > t_end:
             print(f"(deadline: N={n} not run)", flush=True)
@@ -156,12 +246,17 @@ def main() -> None:
         ctx.n_slots = n
         delta_bytes = sum(ds.nbytes for ds, _ in lins)
         per_ft_bytes = delta_bytes / n
+        build_s = time.time() - t1
         ctx.set(torch.arange(n))
-        t, out = gen_tokens(model, n, args.prompt, args.new, vocab, device)
+        label = f"lazy, {n} fine-tune(s), one sequence each"
+        g_out = case(label, model, n, n, True, deltas_gb=delta_bytes / 1e9, build_s=build_s)
+        if n == ns[0]:
+            breakdown[f"lazy, {n} fine-tune(s)"] = kernel_breakdown(model, device)
+        decoder(model, device).release()
+        if n in eager_ns and time.time() < t_end:
+            e_out = case(label, model, n, n, False, deltas_gb=delta_bytes / 1e9)
+            agree[n] = f"{sum(torch.equal(a, b) for a, b in zip(g_out, e_out))} of {n}"
         ctx.set(None)
-        rows.append(dict(case=f"lazy, {n} fine-tune(s), one sequence each", n=n, batch=n, s=t, tok_s=n * args.new / t,
-                         mem_gb=mem_gb(device), deltas_gb=delta_bytes / 1e9, build_s=time.time() - t1 - t))
-        print(json.dumps(rows[-1]), flush=True)
     # capacity: the KV cache allocated for real beside the base and every delta loaded above
     cap = {}
     if device.type == "cuda" and per_ft_bytes:
@@ -189,10 +284,14 @@ def main() -> None:
             continue
         models = [make_model(args.layers, device, args.smoke) for _ in range(n)]
         held = mem_gb(device)
-        ts = [gen_tokens(m, 1, args.prompt, args.new, vocab, device)[0] for m in models]
-        rows.append(dict(case=f"{n} materialized models, one sequence each", n=n, batch=1, s=sum(ts), tok_s=n * args.new / sum(ts),
-                         mem_gb=held))
-        print(json.dumps(rows[-1]), flush=True)
+        for graph in (False, True):
+            ts = [gen_tokens(m, 1, args.prompt, args.new, vocab, device, graph=graph)[0] for m in models]
+            rows.append(dict(case=f"{n} materialized model(s), one sequence each, taking turns", n=n, batch=1,
+                             decode=mode_name(graph, device), s=sum(ts), tok_s=n * args.new / sum(ts),
+                             ms_token=1e3 * sum(ts) / (n * args.new), mem_gb=held, peak_gb=peak_gb(device)))
+            print(json.dumps(rows[-1]), flush=True)
+        for m in models:
+            decoder(m, device).release()
         del models
         gc.collect()
         if device.type == "cuda":
@@ -200,19 +299,44 @@ def main() -> None:
 
     lines = [f"# generate on a Llama-2-7B-shaped model, N fine-tunes from one base ({name})", "",
              f"Measured by `python benchmarks/bench_generate.py {' '.join(sys.argv[1:])}` on {name} "
-             f"(torch {torch.__version__}, {total:.0f} GB). {args.layers} decoder layers of Llama-2-7B's shapes, random bf16 weights, "
-             f"delta-come deltas at alpha {args.alpha:.4g} on all seven linears of every layer; greedy, prompt {args.prompt} tokens, "
-             f"{args.new} new tokens per sequence, eager PyTorch (no CUDA graph); one sequence per fine-tune. GPU memory = "
-             "torch.cuda.memory_allocated after the run (weights, deltas, and what the allocator still holds of the cache).", "",
-             "| case | batch | seconds | tokens/s | GPU memory (GB) | of it: packed deltas (GB) |", "|---|---|---|---|---|---|"]
+             f"(torch {torch.__version__}, transformers {transformers_version()}, {total:.0f} GB). {args.layers} decoder layers of "
+             f"Llama-2-7B's shapes, random bf16 weights, delta-come deltas at alpha {args.alpha:.4g} on all seven linears of every "
+             f"layer ({'one DeltaSet per linear' if args.no_fuse else 'q/k/v and gate/up fused: one DeltaSet each'}); greedy, prompt "
+             f"{args.prompt} tokens, {args.new} new tokens per sequence (timed after a 4-token warm-up that also captures the graph); "
+             "one sequence per fine-tune. eager = transformers' generate, default cache; CUDA graph = graph_decode (static KV cache, "
+             "each decoding step one graph replay). step ms = GPU time of one replay alone. GPU memory = torch.cuda.memory_allocated "
+             "after the run; peak = max_memory_allocated during it.", "",
+             "| case | decode | batch | seconds | tokens/s | ms/token | step ms (GPU) | GPU memory (GB) | peak (GB) | of it: packed deltas (GB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['case']} | - | - | - | {r['skipped']} | - |")
+            lines.append(f"| {r['case']} | - | - | - | - | - | - | {r['skipped']} | - | - |")
             continue
-        lines.append(f"| {r['case']} | {r['batch']} | {r['s']:.2f} | {r['tok_s']:.1f} | {r['mem_gb']:.1f} | {r.get('deltas_gb', 0):.2f} |")
+        lines.append(f"| {r['case']} | {r['decode']} | {r['batch']} | {r['s']:.2f} | {r['tok_s']:.1f} | {r['ms_token']:.1f} | "
+                     f"{r.get('step_ms', float('nan')):.1f} | {r['mem_gb']:.1f} | {r['peak_gb']:.1f} | {r.get('deltas_gb', 0):.2f} |")
+    lines += ["", f"Same greedy tokens, CUDA graph vs eager: plain model {same_plain}; lazy: "
+              + ", ".join(f"N={n}: {v} sequences" for n, v in agree.items())]
+    lines += ["", "GPU ms of one decoding step by kernel kind (torch.profiler, batch of the case): "
+              + "; ".join(f"{k}: {json.dumps(v)}" for k, v in breakdown.items())]
     if cap:
         lines += ["", "Capacity: " + json.dumps(cap)]
-    emit("\n".join(lines) + "\n", args.out, args.json, dict(rows=rows, capacity=cap))
+    emit("\n".join(lines) + "\n", args.out, args.json, dict(rows=rows, capacity=cap, breakdown=breakdown, agree=agree, same_plain=same_plain))
+
+
+def mode_name(graph: bool, device: torch.device) -> str:
+    if not graph:
+        return "eager"
+    return "CUDA graph" if device.type == "cuda" else "static cache, eager steps"
+
+
+def peak_gb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import codec as codecs
 from .errors import BadInputError, BaseMismatchError, CorruptObjectError
+from .graph_decode import decoder_of
 from .kernels import (DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, NotServableError, PackedDeltaCoMe,
                       from_encoded)
 
@@ -270,12 +271,15 @@ def _attach(model: nn.Module, mgr: LazyDeltas) -> None:
     model.register_forward_hook(post)
     orig = model.generate
 
-    def generate(*args: Any, delta_ids: Any = None, adapter_ids: Any = None, **kwargs: Any) -> Any:
+    def generate(*args: Any, delta_ids: Any = None, adapter_ids: Any = None, cuda_graph: bool | None = None, **kwargs: Any) -> Any:
+        """transformers' generate; ``delta_ids`` name each sequence's fine-tune. On CUDA each
+        decoding step is replayed from a CUDA graph (static KV cache; graph_decode), the same
+        tokens as eager decoding with that cache; ``cuda_graph=False`` decodes eagerly."""
         ids = adapter_ids if delta_ids is None else delta_ids
         if ids is not None:
             mgr.set_ids(ids)
         try:
-            return orig(*args, **kwargs)
+            return decoder_of(model).generate(orig, *args, cuda_graph=cuda_graph, **kwargs)
         finally:
             if ids is not None:
                 mgr.ctx.set(None)

@@ -10,12 +10,14 @@ Tensors decode in parallel (``store.workers`` at a time) and are written in file
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import mmap
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -97,7 +99,86 @@ def tensor(store: StoreView, ref: str, name: str, *, device: str | torch.device 
     entry = store.manifest(v.manifest).tensor_map().get(name)
     if entry is None:
         raise NotFoundError(f"{v.ref} has no tensor {name!r}")
-    return as_tensor(info_of(entry), tensor_bytes(store, v.manifest, entry)).to(device)
+    return tensor_on(store, v.manifest, entry, torch.device(device))
+
+
+#: GPU decoding of lossy deltas is on unless DELTASTORE_GPU_DECODE=0 (then the CPU decodes and the
+#: tensor is moved, as before)
+GPU_DECODE_ENV = "DELTASTORE_GPU_DECODE"
+_gpu_lock = threading.Lock()  # decoders run in worker threads; one at a time on the GPU
+
+
+def gpu_decode_enabled() -> bool:
+    return os.environ.get(GPU_DECODE_ENV, "").strip() != "0"
+
+
+def tensor_on(store: StoreView, manifest_oid: str, entry: TensorEntry, device: torch.device, *,
+              kernel: bool | None = None) -> torch.Tensor:
+    """One tensor of a version on ``device``.
+
+    On a GPU (``kernel`` None: when ``device`` is CUDA and GPU decoding is on) a lossy delta is
+    decoded there: delta-come by ``kernels.decode.reconstruct_encoded`` (Triton dequant, one
+    float32 GEMM, added to the base in float32 and rounded once, as the codec does on the CPU),
+    other lossy codecs by their own ``reconstruct`` on the GPU tensors. Exact tensors and lossless
+    deltas take the CPU path, whose bytes are checked against their sha256, and are moved.
+    ``kernel=True`` on the CPU runs the same path with the kernels' torch reference ops (tests).
+
+    Against the CPU decode: the same dequantized factors (bit for bit); the float32 GEMM sums in
+    another order, so an element whose float32 value lies within ~1e-6 of a rounding boundary of
+    its dtype may round the other way: at most one unit in the last place, on a small fraction of
+    elements (tests/kernels/test_materialize_gpu.py states and checks the bound)."""
+    if kernel is None:
+        kernel = device.type == "cuda" and gpu_decode_enabled()
+    if not kernel or entry.source != "delta" or entry.exact:
+        return as_tensor(info_of(entry), tensor_bytes(store, manifest_oid, entry)).to(device)
+    from .kernels.decode import reconstruct_encoded  # (imports Triton when installed: only on this path)
+
+    man = store.manifest(manifest_oid)
+    base_entry = store.manifest(man.base).tensor_map().get(entry.name) if man.base else None
+    if base_entry is None:
+        raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} is a delta, but its base lacks it")
+    base_t = tensor_on(store, man.base, base_entry, device, kernel=kernel)
+    try:
+        enc = codecs.from_bytes(store.objects.get(entry.object))
+        if tuple(enc.shape) != tuple(entry.shape):
+            raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
+        with _gpu_lock, _full_fp32():
+            out = reconstruct_encoded(enc, base_t)
+            if out is None:  # no kernel decode for this payload: the codec's own, on this device
+                out = codecs.codec_class(enc.codec).from_config(enc.params).reconstruct(enc, base_t)
+    except codecs.CodecError as e:
+        raise CorruptObjectError(entry.object, str(e)) from None
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:  # a payload the codec could not make sense of
+        raise CorruptObjectError(entry.object, f"payload does not decode: {type(e).__name__}: {e}") from None
+    if out.nbytes != entry.nbytes or tuple(out.shape) != tuple(entry.shape):
+        raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {out.nbytes} bytes {list(out.shape)}, "
+                                               f"the manifest says {entry.nbytes} {list(entry.shape)}")
+    return out
+
+
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """float32 GEMMs in full precision (no TF32) while a delta is decoded, whatever the caller set:
+    TF32 would move the result by ~1e-3 of the delta, far more than the stated bound."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def checkout_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, out: np.ndarray | None = None) -> np.ndarray:
+    """A tensor's bytes for a checkout: a lossy delta is decoded on the GPU when one is present
+    (and GPU decoding is on; see :func:`tensor_on` for the bound against the CPU decode), the
+    rest (and everything on a machine without a GPU) as :func:`tensor_bytes` decodes it."""
+    if entry.source != "delta" or entry.exact or not (gpu_decode_enabled() and torch.cuda.is_available()):
+        return tensor_bytes(store, manifest_oid, entry, out=out)
+    raw = tensor_on(store, manifest_oid, entry, torch.device("cuda"), kernel=True).cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    if out is None:
+        return raw
+    out[:] = raw
+    return out
 
 
 def iter_tensors(store: StoreView, ref: str, *, device: str | torch.device = "cpu",
@@ -106,9 +187,10 @@ def iter_tensors(store: StoreView, ref: str, *, device: str | torch.device = "cp
     that window, so a caller can stream a model larger than memory."""
     v = store.resolve(ref)
     entries = [e for _, e in store.manifest(v.manifest).tensors()]
+    dev = torch.device(device)
 
     def load(entry: TensorEntry) -> tuple[str, torch.Tensor]:
-        t = as_tensor(info_of(entry), tensor_bytes(store, v.manifest, entry))
+        t = tensor_on(store, v.manifest, entry, dev)  # lossy deltas decoded on the GPU when dev is one
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         return entry.name, t
@@ -227,8 +309,8 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
 
     def decode(t: TensorEntry, out: np.ndarray | None = None) -> np.ndarray:
         if not converts(t):
-            return tensor_bytes(store, manifest_oid, t, out=out)
-        tt = as_tensor(info_of(t), tensor_bytes(store, manifest_oid, t)).to(DTYPES[target][0])
+            return checkout_bytes(store, manifest_oid, t, out=out)
+        tt = as_tensor(info_of(t), checkout_bytes(store, manifest_oid, t)).to(DTYPES[target][0])
         raw = tt.contiguous().reshape(-1).view(torch.uint8).numpy()
         if out is None:
             return raw

@@ -10,7 +10,9 @@ model shares one :class:`DeltaContext`, which holds the current batch's per-row 
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -67,6 +69,7 @@ class DeltaContext:
         self.default_id = default_id
         self._ids: torch.Tensor | None = None
         self._plans: dict[tuple[int, str], RowPlan] = {}
+        self._static: torch.Tensor | None = None
         self.generation = 0  # bumped by every set(): what a DeltaGroup's kept slices are valid for
 
     def set(self, ids: torch.Tensor | list[int] | None) -> None:
@@ -83,21 +86,45 @@ class DeltaContext:
     def has_ids(self) -> bool:
         return self._ids is not None
 
+    def ids_for(self, n_rows: int, device: torch.device) -> torch.Tensor:
+        """int64 (n_rows,) on ``device``: the current ids, one per row (ids given per sequence
+        repeat over its tokens; no ids: ``default_id`` for every row, or an error)."""
+        if self._ids is None:
+            if self.default_id is None:
+                raise KernelError("this model serves several fine-tunes: pass delta_ids (one per sequence; -1 = base) to forward/generate")
+            return torch.full((n_rows,), self.default_id, dtype=torch.int64, device=device)
+        ids = self._ids.to(device)
+        if ids.numel() != n_rows:
+            if ids.numel() == 0 or n_rows % ids.numel():
+                raise KernelError(f"{ids.numel()} delta ids for a batch of {n_rows} rows")
+            ids = ids.repeat_interleave(n_rows // ids.numel())
+        return ids
+
+    @contextlib.contextmanager
+    def static_ids(self, buf: torch.Tensor) -> Iterator[None]:
+        """Inside: a forward of ``buf.numel()`` rows plans its rows from ``buf`` (int64, on the
+        model's device), read on the device with no host sync, so a captured CUDA graph replays
+        with whatever ids are copied into ``buf`` later: one graph serves any mix of tenants. The
+        plans made inside (which live in the graph's memory) are forgotten on exit."""
+        self._plans.clear()
+        self.generation += 1
+        self._static = buf
+        try:
+            yield
+        finally:
+            self._static = None
+            self._plans.clear()
+            self.generation += 1
+
     def plan(self, n_rows: int, device: torch.device) -> RowPlan:
         key = (n_rows, str(device))
         p = self._plans.get(key)
         if p is not None:
             return p
-        if self._ids is None:
-            if self.default_id is None:
-                raise KernelError("this model serves several fine-tunes: pass delta_ids (one per sequence; -1 = base) to forward/generate")
-            ids = torch.full((n_rows,), self.default_id, dtype=torch.int64, device=device)
+        if self._static is not None and self._static.numel() == n_rows:
+            ids = self._static
         else:
-            ids = self._ids.to(device)
-            if ids.numel() != n_rows:
-                if ids.numel() == 0 or n_rows % ids.numel():
-                    raise KernelError(f"{ids.numel()} delta ids for a batch of {n_rows} rows")
-                ids = ids.repeat_interleave(n_rows // ids.numel())
+            ids = self.ids_for(n_rows, device)
         p = self._plans[key] = plan_rows(ids, self.n_slots)
         return p
 
