@@ -15,6 +15,10 @@ alone), passed to ``forward`` or ``generate``; ``model.add_delta(REF)`` / ``mode
 change the set without reloading the base. Only deltas of linears can differ per row, so every
 fine-tune must leave the other tensors as the base has them.
 
+On CUDA a lazy model's ``generate`` decodes under a CUDA graph (:mod:`deltastore.graph_decode`:
+static KV cache, one graph replay a token, the fine-tune ids in a static device buffer so any mix
+of tenants replays the same graph); ``generate(..., cuda_graph=False)`` decodes eagerly.
+
 Everything read from the store is checked here, at load time: a fine-tune of another base (by the
 catalog's lineage), a delta whose shape is not its base weight's, a codec without a kernel, a
 payload that does not parse: one clear error before any number is computed. Uses only the public

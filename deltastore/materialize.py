@@ -6,6 +6,11 @@ fine-tune), or from a delta object applied to the base's tensor, resolved recurs
 base chain. Every read is verified against the sha256 the tensor was added with where the version
 is exact, so a checkout of a lossless version is byte-identical or an error, never wrong bytes.
 Tensors decode in parallel (``store.workers`` at a time) and are written in file order.
+
+Lossy deltas are decoded on the GPU where that is asked for (``tensor``/``iter_tensors``/
+``state_dict`` with a CUDA device) or, for ``checkout``, where a GPU is present: packed -> dense
+delta by the kernels there (:func:`tensor_on`; within one ulp of the CPU decode, see there);
+``DELTASTORE_GPU_DECODE=0`` keeps every decode on the CPU. Without a GPU nothing changes.
 """
 
 from __future__ import annotations
