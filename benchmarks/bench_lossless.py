@@ -235,6 +235,64 @@ def compiled_probe(base: dict, ft: dict, say, repeat: int) -> None:
         say("")
 
 
+def rans_probe(pairs, say, repeat: int, z: dict | None, v2: dict) -> None:
+    """benchmarks/probe_rans.py on the fine-tune's changed bf16 tensors: bytes against v2 and
+    speed per core (the same units as the table above), the round trip checked exact. Each tensor's
+    decode includes building its decoder table from the stored frequencies."""
+    import probe_rans as pr
+
+    bf = [(n, t, b) for n, t, b in pairs if t.dtype == torch.bfloat16]
+    words = [(t.reshape(-1).view(torch.int16).numpy().view(np.uint16), b.reshape(-1).view(torch.int16).numpy().view(np.uint16))
+             for _, t, b in bf]
+    nel = sum(t.size for t, _ in words)
+    pr.decode(pr.encode(words[0][0][:4099], words[0][1][:4099]), words[0][1][:4099], np.empty(4099, np.uint16))  # compile
+    te, coded = cpu(lambda: [pr.encode(t, b) for t, b in words], repeat)
+    outs = [np.empty(t.size, np.uint16) for t, _ in words]
+    td, _ = cpu(lambda: [pr.decode(c, b, o) for c, (_, b), o in zip(coded, words, outs)], repeat)
+    for o, (t, _), (n, _, _) in zip(outs, words, bf):
+        assert np.array_equal(o, t), f"{n}: rANS probe round trip is not exact"
+    nb = sum(c.nbytes for c in coded)
+    ntab = sum(c.ntab for c in coded)
+    v2b = sum(len(to_bytes(Lossless().encode(t, b))) for _, t, b in bf)
+    say(f"Per-context rANS probe (benchmarks/probe_rans.py: 60 symbols + raw bits, one 12-bit table per base exponent "
+        f"per tensor ({ntab} tables in all), 4 interleaved states, decode fused with the exponent lookup), "
+        f"{len(bf)} bf16 tensors, {nel:,} elements, CPU time, best of {repeat}:")
+    say("")
+    say("| method | MB | x v2 | encode MB/s/core | decode MB/s/core | encode ns/element | decode ns/element |")
+    say("|---|---:|---:|---:|---:|---:|---:|")
+    ns = lambda mbs: 2e3 / mbs  # noqa: E731  (bf16: 2 bytes an element; MB/s -> ns per element)
+    if z:
+        say(f"| zipnn 0.5.4 (the file, table above) | {z['bytes'] / MB:.2f} | - | {z['enc']:,.0f} | {z['dec']:,.0f} | "
+            f"{ns(z['enc']):.2f} | {ns(z['dec']):.2f} |")
+    say(f"| lossless v2 (table above) | {v2['bytes'] / MB:.2f} | - | {v2['enc']:,.0f} | {v2['dec']:,.0f} | "
+        f"{ns(v2['enc']):.2f} | {ns(v2['dec']):.2f} |")
+    say(f"| lossless v2, these tensors | {v2b / MB:.2f} | 1.000 | | | | |")
+    say(f"| rANS probe, these tensors | {nb / MB:.2f} | {nb / v2b:.3f} | {2 * nel / te / MB:,.0f} | {2 * nel / td / MB:,.0f} | "
+        f"{te / nel * 1e9:.2f} | {td / nel * 1e9:.2f} |")
+    say("")
+    # the kernels alone on one chunk, beside zipnn's whole decode of the same bytes
+    k = max((i for i, (n, _, _) in enumerate(bf) if "embed" not in n), key=lambda i: words[i][0].size)
+    t, b = (a[: pr.CHUNK] for a in words[k])
+    c = pr.encode(t, b)
+    pr.fill_dtab(c.freq, c.cum, pr.NRAW, pr.ZBASE, pr._DTAB)
+    zs, o = np.empty(t.size, np.uint16), np.empty(t.size, np.uint16)
+    tk, _ = cpu(lambda: pr.decode_chunk(c.chunks[0][0], c.chunks[0][1], b, pr._DTAB, zs, o), max(repeat, 5))
+    assert np.array_equal(o, t)
+    line = (f"One chunk ({bf[k][0]}, first {t.size:,} elements), best of {max(repeat, 5)}: the probe's decode kernel alone "
+            f"(table built) {tk / t.size * 1e9:.2f} ns/element")
+    try:
+        from zipnn import ZipNN
+
+        zz = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+        comp = zz.compress(bytearray(t.tobytes()))
+        tz, _ = cpu(lambda: zz.decompress(comp), max(repeat, 5))
+        line += f"; zipnn's whole decode of the same {2 * t.size:,} bytes {tz / t.size * 1e9:.2f} ns/element"
+    except ImportError:
+        pass
+    say(line + ".")
+    say("")
+
+
 def store_chain(ckpts: list[Path], base_dir: Path, say) -> None:
     """The series through a real store (a temporary one): add base, then each checkpoint with
     ``--base RUN@latest --codec lossless``; per version what the store added and its delta base;
@@ -353,6 +411,94 @@ def base_exponent_entropy(base: dict) -> tuple[float, float, float, int]:
     return h0, h1, hrow, e.size
 
 
+def _quantile_classes(v: np.ndarray, k: int) -> np.ndarray:
+    """Each value's class among ``k`` equal-count classes of ``v`` (what a coder would store as one
+    byte per row or column)."""
+    return np.searchsorted(np.quantile(v, np.linspace(0, 1, k + 1)[1:-1]), v, side="right").astype(np.int64)
+
+
+def base_contexts(base: dict, say) -> None:
+    """Issue 12's base goal: the bf16 exponents' entropy given richer contexts than the row, with
+    the count of (context, symbol) pairs a coder would have to store tables for, against what
+    today's exponent plane costs (zstd, as ``planes`` codes it); and what grouping a matrix's rows
+    or columns by class before today's planes + zstd (a decoder-cheap way to use those contexts:
+    whole rows move) actually saves. Matrices under 65,536 elements are counted unconditioned."""
+    keys = ["per tensor", "row", "column class (8)", "column class (16)", "row class (8) x column class (8)",
+            "row class (4) x column class (16)", "previous exponent", "previous exponent, column class (8)",
+            "row class (8) x column class (8), previous exponent"]
+    ent, pairs = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0)
+    mant0, mantc, signs, explane, plain = 0.0, 0.0, 0.0, 0, 0
+    perm = {"rows grouped by class (8)": 0, "rows (32)": 0, "columns (8)": 0, "rows (8) and columns (8)": 0,
+            "columns (16), the matrix stored column-major (each class's columns one run)": 0}
+
+    def h_given(x: np.ndarray, ctx: np.ndarray) -> float:
+        return entropy_bytes(ctx * 256 + x, int(ctx.max() + 1) * 256) - entropy_bytes(ctx, int(ctx.max() + 1))
+
+    for t in base.values():
+        if t.dtype != torch.bfloat16:
+            continue
+        w = t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+        e = ((w >> 7) & 0xFF).astype(np.int64)
+        m = (w & 0x7F).astype(np.int64)  # the 7 mantissa bits: with the sign, today's low plane (stored raw)
+        mant0 += entropy_bytes(m, 128)
+        mantc += entropy_bytes(e * 128 + m, 256 * 128) - entropy_bytes(e, 256)
+        signs += entropy_bytes((w >> 15).astype(np.int64), 2)
+        explane += len(planes.compress(e.astype(np.uint8), 1, rotate=False, chunk_bytes=planes.CHUNK_BYTES // 2))
+        nplain = len(planes.compress(tensor_u8(t), 2, rotate=True))
+        plain += nplain
+        if t.dim() != 2 or t.numel() < 65536:
+            for k in keys:
+                ent[k] += entropy_bytes(e, 256)
+                pairs[k] += int(np.unique(e).size)
+            for k in perm:
+                perm[k] += nplain
+            continue
+        rows, cols = t.shape
+        em = e.reshape(rows, cols).astype(np.float64)
+        r4, r8, r32 = (_quantile_classes(em.mean(1), k) for k in (4, 8, 32))
+        c8, c16 = _quantile_classes(em.mean(0), 8), _quantile_classes(em.mean(0), 16)
+        prev = np.concatenate([[0], e[:-1]])
+        rc8 = (r8[:, None] * 8 + c8[None, :]).reshape(-1)
+        ctxs = {"per tensor": np.zeros_like(e), "row": np.repeat(np.arange(rows), cols), "column class (8)": np.tile(c8, rows),
+                "column class (16)": np.tile(c16, rows), "row class (8) x column class (8)": rc8,
+                "row class (4) x column class (16)": (r4[:, None] * 16 + c16[None, :]).reshape(-1),
+                "previous exponent": prev, "previous exponent, column class (8)": prev * 8 + np.tile(c8, rows),
+                "row class (8) x column class (8), previous exponent": prev * 64 + rc8}
+        for k, c in ctxs.items():
+            ent[k] += h_given(e, c)
+            pairs[k] += int(np.unique(c * 256 + e).size)
+        wm = w.reshape(rows, cols)
+        for k, (kr, kc) in zip(perm, [(r8, None), (r32, None), (None, c8), (r8, c8), (None, c16)]):
+            x = wm if kr is None else wm[np.argsort(kr, kind="stable")]
+            x = x if kc is None else x[:, np.argsort(kc, kind="stable")]
+            x = x.T if k.startswith("columns (16)") else x
+            perm[k] += len(planes.compress(np.ascontiguousarray(x).reshape(-1).view(np.uint8), 2, rotate=True))
+    say("### Base exponents given richer contexts (issue 12, goal: a base >= 1% under zipnn)")
+    say("")
+    say(f"Today's exponent plane (zstd, as planes codes it): {explane / MB:.2f} MB; the base in today's planes: {plain / MB:.2f} MB. "
+        f"Classes: equal-count classes of each row's / column's mean exponent (one stored byte per row or column). "
+        f"Tables: one frequency per (context, symbol) pair used, counted here at 1.5 bytes each. Saving: against the "
+        f"exponent plane, as a share of today's base bytes (zipnn ties with them).")
+    say("")
+    say("| exponent given | entropy MB | (context, symbol) pairs | tables MB (1.5 B a pair) | saving after tables, % of the base |")
+    say("|---|---:|---:|---:|---:|")
+    for k in keys:
+        tab = 1.5 * pairs[k]
+        say(f"| {k} | {ent[k] / MB:.2f} | {pairs[k]:,} | {tab / MB:.2f} | {(explane - ent[k] - tab) / plain:.2%} |")
+    say("")
+    nel = sum(t.numel() for t in base.values() if t.dtype == torch.bfloat16)
+    say(f"Today's low plane (the sign and the 7 mantissa bits, {nel / MB:.2f} MB) is stored raw (zstd cannot shrink it "
+        f"below 0.98 of its size). Entropy, per tensor: the 7 mantissa bits {mant0 / MB:.2f} MB of {nel * 7 / 8 / MB:.2f} "
+        f"(order-0), {mantc / MB:.2f} MB given the element's own exponent (saving {(nel * 7 / 8 - mantc) / plain:.2%} of "
+        f"the base, tables not counted); the sign {signs / MB:.2f} MB of {nel / 8 / MB:.2f}.")
+    say("")
+    say("| rows / columns of each matrix grouped by class before today's planes + zstd | MB | vs today |")
+    say("|---|---:|---:|")
+    for k, v in perm.items():
+        say(f"| {k} | {v / MB:.3f} | {v / plain - 1:+.3%} |")
+    say("")
+
+
 def fmt_row(name: str, r: dict, ref: dict | None) -> str:
     rel = f"{r['bytes'] / ref['bytes']:.3f}" if ref else "-"
     return f"| {name} | {r['bytes'] / MB:.2f} | {rel} | {r['enc']:,.0f} | {r['dec']:,.0f} |"
@@ -409,6 +555,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-chain-table", action="store_true", help="with --chain --store: only the store's run")
     ap.add_argument("--store", action="store_true", help="with --chain: the series through a real (temporary) store too")
     ap.add_argument("--compiled-probe", action="store_true", help="time v2's grouping and the difference in C too (needs cc)")
+    ap.add_argument("--base-contexts", action="store_true", help="the base's exponents given richer contexts (slow)")
+    ap.add_argument("--rans-probe", action="store_true", help="the per-context rANS probe (benchmarks/probe_rans.py)")
     ap.add_argument("--skip-series", action="store_true", help="leave out the --series per-checkpoint table")
     ap.add_argument("--skip-base-speed", action="store_true", help="leave out the base file's speed rows")
     args = ap.parse_args(argv)
@@ -492,6 +640,8 @@ def main(argv=None) -> int:
     say("")
     say(f"v2 / v1 bytes: {v2['bytes'] / v1['bytes']:.3f}")
     say("")
+    if args.rans_probe:
+        rans_probe(pairs, say, args.repeat, z, v2)
 
     if not args.skip_series:
         say("## Checkpoint series: each checkpoint against the one before")
@@ -537,6 +687,8 @@ def main(argv=None) -> int:
         f"{(e0 - erow) / (zb['bytes'] if zb else pl):.2%} of zipnn's bytes before the per-row tables are paid for. "
         "Below the 1% a context coder for bases would have to win: not built.")
     say("")
+    if args.base_contexts:
+        base_contexts(base, say)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     return 0
