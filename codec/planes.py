@@ -88,22 +88,64 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _FAST: object = False  # not looked up yet
+_LOAD_LOCK = threading.Lock()
+#: per-thread scratch arrays and zstd contexts of the chunk workers
+_LOCAL = threading.local()
+_LOADER: threading.Thread | None = None
+
+
+def _import_fast():
+    """``codec._numba``, or None (numba missing or broken, or ``DELTASTORE_NUMBA=0``)."""
+    if os.environ.get("DELTASTORE_NUMBA", "1") == "0":
+        return None
+    try:
+        from . import _numba as mod
+    except ImportError:  # numba missing or broken for this numpy: the numpy path
+        return None
+    return mod
 
 
 def fast():
     """The compiled kernels (``codec._numba``), or None where numba does not import or
     ``DELTASTORE_NUMBA=0`` is set: then the numpy code here runs instead, with the same bytes
-    3-10x slower. The numpy code is also the reference the kernels are tested against."""
+    3-10x slower. The numpy code is also the reference the kernels are tested against.
+    Waits for a load that :func:`fast_soon` started."""
     global _FAST
     if _FAST is False:
-        mod = None
-        if os.environ.get("DELTASTORE_NUMBA", "1") != "0":
-            try:
-                from . import _numba as mod
-            except ImportError:  # numba missing or broken for this numpy: the numpy path
-                mod = None
-        _FAST = mod
+        loader = _LOADER
+        if loader is not None and loader is not threading.current_thread():
+            loader.join()
+        if _FAST is False:
+            _FAST = _import_fast()
     return _FAST
+
+
+def fast_soon(nbytes: int = CHUNK_BYTES):
+    """The kernels if they are loaded; else None, having started loading them on a thread of its
+    own when ``nbytes`` (the data at hand) is at least :data:`CHUNK_BYTES` (the numpy path, same
+    bytes, runs meanwhile). For the plain plane split and join of every tensor object: a
+    process's first use of numba costs about a second (the import, then the first compiled call
+    sets up LLVM), which a checkout of a few GB at 2 GB/s cannot wait for, and which a command
+    that touches only small tensors should not pay at all. The thread is not a daemon: a process
+    that ends sooner waits for it, rather than running LLVM's exit handlers under a thread still
+    inside LLVM."""
+    global _LOADER
+    if _FAST is not False or nbytes < CHUNK_BYTES:
+        return _FAST or None
+    with _LOAD_LOCK:
+        if _LOADER is None:
+            _LOADER = threading.Thread(target=_load_in_background, name="deltastore-numba-load")
+            _LOADER.start()
+    return None
+
+
+def _load_in_background() -> None:
+    global _FAST
+    mod = _import_fast()
+    if mod is not None:
+        mod.warm_planes()  # the first compiled call (LLVM set up, cached code loaded) here, not in a worker
+    if _FAST is False:  # unless set meanwhile (tests pick a path by setting it)
+        _FAST = mod
 
 
 def _map_chunks(work, items, threads: int | None) -> list:  # noqa: ANN001
@@ -145,12 +187,19 @@ def rotate_right1(words: np.ndarray) -> np.ndarray:
 BLOCK = 1 << 16
 
 
-def split_planes(raw: np.ndarray, width: int, rotate: bool) -> list[np.ndarray]:
+def split_planes(raw: np.ndarray, width: int, rotate: bool, *, compiled: bool = True) -> list[np.ndarray]:
     """uint8 array of whole elements -> ``width`` contiguous planes, most significant byte first
     (with ``rotate``, of the words rotated left by one bit: for bf16/fp16 the exponent's byte first).
-    Each plane is cut from the words by a shift and a truncating cast, block by block."""
+
+    One compiled call with the GIL released (:func:`fast_soon`) where the kernels are loaded and
+    ``compiled``; else the numpy reference below, which cuts each plane from the words by a shift
+    and a truncating cast, block by block (~6 numpy calls a block of 64 Ki elements, each taking
+    the GIL back: on 16 cores the workers queued for it)."""
     if width == 1:
         return [raw]
+    fx = fast_soon(raw.size) if compiled else None
+    if fx is not None:
+        return list(fx.split_planes(raw, width, rotate))
     words = raw.view(_UINT[width])
     n, bits, u = words.size, width * 8, _UINT[width]
     out = [np.empty(n, dtype=np.uint8) for _ in range(width)]
@@ -173,8 +222,10 @@ def split_planes(raw: np.ndarray, width: int, rotate: bool) -> list[np.ndarray]:
     return out
 
 
-def join_planes(planes: list[np.ndarray], width: int, rotate: bool, out: np.ndarray | None = None) -> np.ndarray:
-    """Inverse of :func:`split_planes`, written into ``out`` (uint8, ``width * n`` bytes) when given."""
+def join_planes(planes: list[np.ndarray], width: int, rotate: bool, out: np.ndarray | None = None, *,
+                compiled: bool = True) -> np.ndarray:
+    """Inverse of :func:`split_planes`, written into ``out`` (uint8, ``width * n`` bytes) when given;
+    compiled as :func:`split_planes` is."""
     if width == 1:
         if out is None:
             return planes[0]
@@ -183,6 +234,10 @@ def join_planes(planes: list[np.ndarray], width: int, rotate: bool, out: np.ndar
     n = planes[0].size
     if out is None:
         out = np.empty(n * width, dtype=np.uint8)
+    fx = fast_soon(out.size) if compiled else None
+    if fx is not None:
+        fx.join_planes(planes, width, rotate, out)
+        return out
     words = out.view(_UINT[width])
     bits = width * 8
     t = np.empty(min(n, BLOCK), dtype=_UINT[width]) if rotate else None
@@ -204,7 +259,7 @@ def join_planes(planes: list[np.ndarray], width: int, rotate: bool, out: np.ndar
 class _Chunk:
     raw_len: int
     modes: list[int]
-    payloads: list[bytes]
+    payloads: list  # bytes (compressed, or stored planes for a bytes stream) or np.ndarray (stored planes)
 
 
 def compressor(level: int) -> zstandard.ZstdCompressor:
@@ -212,6 +267,27 @@ def compressor(level: int) -> zstandard.ZstdCompressor:
     if 1 <= level <= FAST_LEVEL_MAX:
         return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(**LITERAL_PARAMS))
     return zstandard.ZstdCompressor(level=level)
+
+
+def _thread_compressor(level: int) -> zstandard.ZstdCompressor:
+    """:func:`compressor` kept per thread and level (a compressor serves one thread at a time):
+    a fresh one per chunk allocated and cleared its working memory each time. Every ``compress``
+    call is a frame of its own, so reuse changes no byte."""
+    cache = getattr(_LOCAL, "cctx", None)
+    if cache is None:
+        cache = _LOCAL.cctx = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = compressor(level)
+    return c
+
+
+def _thread_decompressor() -> zstandard.ZstdDecompressor:
+    """One zstd decompressor per thread, kept (see :func:`_thread_compressor`)."""
+    d = getattr(_LOCAL, "dctx", None)
+    if d is None:
+        d = _LOCAL.dctx = zstandard.ZstdDecompressor()
+    return d
 
 
 def _looks_incompressible(cctx: zstandard.ZstdCompressor, plane: np.ndarray) -> bool:
@@ -223,21 +299,38 @@ def _looks_incompressible(cctx: zstandard.ZstdCompressor, plane: np.ndarray) -> 
     return sum(len(cctx.compress(p)) for p in parts) > RAW_IF_ABOVE * 3 * SAMPLE_BYTES
 
 
-def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int) -> _Chunk:
-    cctx = compressor(level)
+def _split_scratch(raw: np.ndarray, width: int, rotate: bool) -> list[np.ndarray]:
+    """:func:`split_planes`, into this thread's scratch where the kernels are loaded (the planes
+    are compressed or copied out before the thread's next chunk): a fresh chunk-sized array per
+    chunk is a page fault per 4 KiB on first touch."""
+    fx = fast_soon(raw.size) if width > 1 else None
+    if fx is None:
+        return split_planes(raw, width, rotate, compiled=False)
+    n = raw.size // width
+    buf = getattr(_LOCAL, "split", None)
+    if buf is None or buf.size < raw.size:
+        buf = _LOCAL.split = np.empty(raw.size, dtype=np.uint8)
+    out = buf[: raw.size].reshape(width, n)
+    fx.split_planes(raw, width, rotate, out)
+    return list(out)
+
+
+def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int, stored_as_bytes: bool = True) -> _Chunk:
+    """One chunk's planes, each a zstd frame or stored. ``stored_as_bytes``: stored planes as
+    bytes (for :func:`compress`, whose final ``b"".join`` releases the GIL only when every part is
+    bytes), else as numpy copies (for :func:`compress_framed`, which copies with numpy): either
+    way a copy, since the planes lie in this thread's scratch."""
+    cctx = _thread_compressor(level)
     modes, payloads = [], []
-    for plane in split_planes(raw, width, rotate):
-        if width > 1 and _looks_incompressible(cctx, plane):
-            modes.append(0)
-            payloads.append(plane.tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
-            continue
-        comp = cctx.compress(plane)
-        if len(comp) < plane.size:
-            modes.append(1)
-            payloads.append(comp)
-        else:
-            modes.append(0)
-            payloads.append(plane.tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
+    for plane in _split_scratch(raw, width, rotate):
+        if not (width > 1 and _looks_incompressible(cctx, plane)):
+            comp = cctx.compress(plane)
+            if len(comp) < plane.size:
+                modes.append(1)
+                payloads.append(comp)
+                continue
+        modes.append(0)
+        payloads.append(plane.tobytes() if stored_as_bytes else plane.copy())
     return _Chunk(raw.size, modes, payloads)
 
 
@@ -287,7 +380,7 @@ def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
 def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int, min_group: int) -> list[_Group]:
     """One chunk's groups from its planes already grouped by context (``grouped[k]``: plane k of
     the chunk's words in stable context order) and the elements per context."""
-    cctx = compressor(level)
+    cctx = _thread_compressor(level)
     groups, pos = [], 0
     for c, n in merge_groups(counts, min_group):
         modes, payloads = [], []
@@ -381,29 +474,66 @@ def compress(
     ``min_group``: the fewest elements a group gets (default :data:`MIN_GROUP`; see
     :func:`merge_groups`). It is the encoder's choice: the decoder reads the groups from the table."""
     min_group = MIN_GROUP if min_group is None else int(min_group)
-    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
-    if width not in _UINT:
-        raise ValueError(f"element width {width} is not 1, 2, 4 or 8 bytes")
-    if raw.size % width:
-        raise ValueError(f"{raw.size} bytes is not a whole number of {width}-byte elements")
+    raw = _elements(data, width)
     if contexts is not None:
         ctx = np.asarray(contexts).reshape(-1)
         if ctx.dtype != np.uint8 or ctx.size * width != raw.size:
             raise ValueError(f"contexts must be one uint8 per element ({raw.size // width}), got {ctx.size} {ctx.dtype}")
         return compress_grouped(raw.size, width, lambda lo, hi: group_split(raw[lo:hi], ctx[lo // width : hi // width], width, rotate),
                                 rotate=rotate, level=level, chunk_bytes=chunk_bytes, threads=threads, min_group=min_group)
+    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, True)
+    return b"".join([_plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads])
+
+
+def compress_framed(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    width: int,
+    prefix: bytes,
+    *,
+    rotate: bool = False,
+    level: int = 3,
+    chunk_bytes: int = CHUNK_BYTES,
+    threads: int | None = None,
+) -> np.ndarray:
+    """``prefix`` + :func:`compress` of ``data`` (plain stream), as one uint8 array. The store's
+    tensor objects are written this way, their frame as the prefix: the parts are copied once, by
+    numpy, with the GIL released, where ``compress`` and then framing its bytes copied twice (and
+    copied each stored plane to bytes with the GIL held)."""
+    raw = _elements(data, width)
+    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, False)
+    parts = [prefix, _plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads]
+    out = np.empty(sum(memoryview(p).nbytes for p in parts), dtype=np.uint8)
+    pos = 0
+    for p in parts:
+        n = memoryview(p).nbytes
+        out[pos : pos + n] = p if isinstance(p, np.ndarray) else np.frombuffer(p, dtype=np.uint8)
+        pos += n
+    return out
+
+
+def _elements(data: bytes | bytearray | memoryview | np.ndarray, width: int) -> np.ndarray:
+    """``data`` as a flat uint8 array, checked to be whole ``width``-byte elements."""
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    if width not in _UINT:
+        raise ValueError(f"element width {width} is not 1, 2, 4 or 8 bytes")
+    if raw.size % width:
+        raise ValueError(f"{raw.size} bytes is not a whole number of {width}-byte elements")
+    return raw
+
+
+def _plain_chunks(raw: np.ndarray, width: int, rotate: bool, level: int, chunk_bytes: int, threads: int | None,
+                  stored_as_bytes: bool) -> list[_Chunk]:
     step = max(width, chunk_bytes - chunk_bytes % width)
-    starts = range(0, raw.size, step)
-    work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level)  # noqa: E731
-    chunks = _map_chunks(work, starts, threads)
-    nplanes = width
-    out = [_HEAD.pack(MAGIC, width, FLAG_ROTATE if rotate else 0, 0, len(chunks), raw.size)]
+    work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level, stored_as_bytes)  # noqa: E731
+    return _map_chunks(work, range(0, raw.size, step), threads)
+
+
+def _plain_table(chunks: list[_Chunk], width: int, rotate: bool, raw_total: int) -> bytes:
+    """The stream's header and chunk table (``b"DSP1"``): everything before the payloads."""
+    out = [_HEAD.pack(MAGIC, width, FLAG_ROTATE if rotate else 0, 0, len(chunks), raw_total)]
     for c in chunks:
-        out.append(struct.pack("<Q", c.raw_len))
-        out.append(struct.pack(f"<{nplanes}I", *(memoryview(p).nbytes for p in c.payloads)))
+        out.append(struct.pack(f"<Q{width}I", c.raw_len, *(memoryview(p).nbytes for p in c.payloads)))
         out.append(bytes(c.modes))
-    for c in chunks:
-        out.extend(c.payloads)
     return b"".join(out)
 
 
@@ -525,9 +655,6 @@ def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tupl
     return planes, pos
 
 
-_LOCAL = threading.local()
-
-
 def _scratch(nbytes: int) -> np.ndarray:
     """A uint8 scratch array kept per thread, for a chunk's grouped planes while it is decoded
     (nothing keeps them after the chunk). A fresh chunk-sized array per chunk is a fresh mmap
@@ -564,7 +691,7 @@ def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out
                       ctx: np.ndarray | None = None) -> np.ndarray:
     """Chunk ``i`` (its payloads start at ``start``); ``ctx``: its elements' contexts (grouped streams)."""
     n = info.raw_lens[i] // info.width
-    dctx = zstandard.ZstdDecompressor()
+    dctx = _thread_decompressor()
     if info.groups is None:
         planes, _ = _decode_planes(dctx, buf, start, info.modes[i], info.plane_lens[i], n)
         return join_planes(planes, info.width, info.rotate, out)
@@ -603,7 +730,7 @@ def decompress_grouped(data: bytes | memoryview, nbytes: int, counts, finish, *,
     def work(i: int) -> None:
         lo, hi = dst[i], dst[i + 1]
         c = counts(lo, hi)
-        finish(lo, hi, _grouped_planes(zstandard.ZstdDecompressor(), buf, info, i, offs[i], c), c)
+        finish(lo, hi, _grouped_planes(_thread_decompressor(), buf, info, i, offs[i], c), c)
 
     _map_chunks(work, range(len(info.raw_lens)), threads)
 

@@ -108,7 +108,9 @@ class ObjectDB:
         self._tables: dict[str, ChunkTable] = {}  # chunk tables of tensor objects, for ranged reads
 
     # -- writing -------------------------------------------------------------------------------
-    def _put(self, oid: str, kind: str, coding: int, body_fn, logical: int) -> PutResult:
+    def _put(self, oid: str, kind: str, coding: int, framed_fn, logical: int) -> PutResult:
+        """Store ``framed_fn(frame)`` (the frame and the encoded body, one buffer) as ``oid``,
+        unless a whole copy is there already; the encode runs only when it is written."""
         key = key_of(oid)
         size = self.backend.size(key)
         if size is not None:
@@ -117,21 +119,24 @@ class ObjectDB:
             if not self.backend.capabilities.torn_possible or self.stored_problem(oid, logical) is None:
                 return PutResult(oid, logical, size, False)
             self._tables.pop(oid, None)
-        data = _framed(_FRAME.pack(MAGIC, KINDS[kind], bytes([coding]), 0), body_fn())
+        data = framed_fn(_FRAME.pack(MAGIC, KINDS[kind], bytes([coding]), 0))
         self.backend.put(key, data)
         return PutResult(oid, logical, data.size, True)
 
     def put_bytes(self, data: bytes, kind: str = "blob") -> PutResult:
         oid = oid_of(data)
-        return self._put(oid, kind, ZSTD, lambda: zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data), len(data))
+        return self._put(oid, kind, ZSTD, lambda f: _framed(f, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)), len(data))
 
-    def put_tensor(self, raw: bytes | bytearray | memoryview, width: int, is_float: bool, oid: str | None = None) -> PutResult:
+    def put_tensor(self, raw: bytes | bytearray | memoryview | np.ndarray, width: int, is_float: bool,
+                   oid: str | None = None) -> PutResult:
+        """A tensor's raw bytes as a byte-plane stream, framed as it is assembled (one copy)."""
         oid = oid or oid_of(raw)
-        return self._put(oid, "tensor", PLANES, lambda: planes.compress(raw, width, rotate=is_float, level=ZSTD_LEVEL), len(raw))
+        return self._put(oid, "tensor", PLANES,
+                         lambda f: planes.compress_framed(raw, width, f, rotate=is_float, level=ZSTD_LEVEL), len(raw))
 
     def put_raw(self, data: bytes, kind: str) -> PutResult:
         """Already-compressed payloads (codec output): stored as they are."""
-        return self._put(oid_of(data), kind, RAW, lambda: data, len(data))
+        return self._put(oid_of(data), kind, RAW, lambda f: _framed(f, data), len(data))
 
     # -- reading -------------------------------------------------------------------------------
     def _frame(self, oid: str) -> tuple[str, int, memoryview]:

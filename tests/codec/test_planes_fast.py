@@ -1,0 +1,96 @@
+"""The plain byte-plane streams (``b"DSP1"``: every tensor object of a base model) are the same
+bytes whichever path makes them: the compiled split and join (codec._numba), the numpy reference,
+``compress`` or ``compress_framed``, loaded now or while the kernels load on their own thread.
+The digests below were written by codec/planes.py at 71e5adc (numpy only), before the kernels."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+
+from deltastore.codec import planes
+
+FX = planes.fast()
+needs_numba = pytest.mark.skipif(FX is None, reason="numba does not import here: only the numpy path runs")
+
+#: sha256 of planes.compress(data, width, rotate=rotate, level=3) at 71e5adc, for _inputs()
+GOLDEN = {
+    "bf16": "2ee8bd0233650ebf883acd3ed10b003a04315471b2d8ac1215cc16a042a6a0a3",
+    "bf16-norot": "230a41ede34de70f55b628c4c6e53194f7d26bcca28f11363b1fbcbfc4c005d1",
+    "fp32": "f7237302905bf24393636e813da7a85f6cd12bba7b91ac9ce977b830bf7d5303",
+    "int8": "3634a265eb514113e26de733f76cf344e4f0ab86ba8495774654051ea28fce46",
+    "fp64": "62e75fb7d807682be634260f60c46fc2cc10f7007b2b6499f7dbd7e2ae1c6874",
+}
+
+
+def _inputs() -> list[tuple[str, np.ndarray, int, bool]]:
+    """(name, bytes, width, rotate): bf16 weights over two 4 MiB chunks and a short third (stored
+    mantissa planes and zstd exponent planes both), fp32 over one chunk, int8, fp64."""
+    rng = np.random.default_rng(20261130)
+    f32 = (0.02 * rng.standard_normal((9 << 20) // 2 + 3)).astype(np.float32)
+    bf16 = (f32.view(np.uint32) >> 16).astype(np.uint16)
+    bf16[::97] = 0
+    return [("bf16", bf16.view(np.uint8), 2, True),
+            ("bf16-norot", bf16[:300_001].view(np.uint8), 2, False),
+            ("fp32", f32[: (5 << 20) // 4 + 1].view(np.uint8), 4, True),
+            ("int8", rng.integers(-3, 4, 200_003, dtype=np.int8).view(np.uint8), 1, False),
+            ("fp64", (0.02 * rng.standard_normal(70_001)).view(np.uint8), 8, True)]
+
+
+def _path(monkeypatch, compiled: bool) -> None:
+    monkeypatch.setattr(planes, "_FAST", FX if compiled else None)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_numba)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_streams_are_the_bytes_written_before_the_kernels(compiled, threads, monkeypatch):
+    _path(monkeypatch, compiled)
+    for name, data, width, rotate in _inputs():
+        stream = planes.compress(data, width, rotate=rotate, level=3, threads=threads)
+        assert hashlib.sha256(stream).hexdigest() == GOLDEN[name], name
+        framed = planes.compress_framed(data, width, b"FRAME", rotate=rotate, level=3, threads=threads)
+        assert framed.tobytes() == b"FRAME" + stream, name
+        out = np.empty(data.size + 1, dtype=np.uint8)[1:]  # an odd offset, as a file window can be
+        planes.decompress(stream, out=out, threads=threads)
+        assert np.array_equal(out, data), name
+    info = planes.read_info(memoryview(planes.compress(_inputs()[0][1], 2, rotate=True)))
+    assert {0, 1} <= {m for ms in info.modes for m in ms}  # both plane modes were exercised
+
+
+@needs_numba
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("n", [0, 1, 5, 65_537, 200_001])
+def test_split_and_join_kernels_match_numpy(width, rotate, n):
+    raw = np.random.default_rng(n + width).integers(0, 256, n * width, dtype=np.uint8)
+    want = planes.split_planes(raw, width, rotate, compiled=False)
+    got = FX.split_planes(raw, width, rotate)
+    assert all(np.array_equal(a, b) for a, b in zip(want, got))
+    frozen = [np.frombuffer(p.tobytes(), dtype=np.uint8) for p in got]  # read-only, as zstd's output is
+    for out in (np.empty(raw.size, np.uint8), np.empty(raw.size + 1, np.uint8)[1:]):
+        FX.join_planes(frozen, width, rotate, out)
+        assert np.array_equal(out, raw)
+        assert np.array_equal(planes.join_planes(frozen, width, rotate, compiled=False), raw)
+
+
+def test_fast_soon_loads_on_a_thread_and_fast_waits_for_it(monkeypatch):
+    monkeypatch.setattr(planes, "_FAST", False)
+    monkeypatch.setattr(planes, "_LOADER", None)
+    first = planes.fast_soon()  # nothing loaded yet: None at once, the numpy path runs meanwhile
+    assert first is None or first is FX  # (FX where the thread finished before this line)
+    loader = planes._LOADER
+    assert isinstance(loader, threading.Thread) and loader.name == "deltastore-numba-load"
+    assert planes.fast() is FX  # waits for the loader's result rather than importing again
+    assert not loader.is_alive() and planes.fast_soon() is FX
+
+
+def test_fast_soon_respects_deltastore_numba_0(monkeypatch):
+    monkeypatch.setattr(planes, "_FAST", False)
+    monkeypatch.setattr(planes, "_LOADER", None)
+    monkeypatch.setenv("DELTASTORE_NUMBA", "0")
+    planes.fast_soon()
+    planes._LOADER.join()
+    assert planes.fast_soon() is None and planes.fast() is None
