@@ -13,6 +13,9 @@ units in the last place on 40% of elements, as a short real fine-tune does. Ever
 runs in its own process (`DELTASTORE_THREADS` = workers), reads its input from the page cache
 (each input is read once before timing) and reports wall-clock seconds; GB/s are of the
 safetensors file (10^9 bytes). Checkouts are verified (sha256 of the file against the source).
+Before an install's first timed op, a tiny model (two 8 MiB tensors) goes through each op once,
+untimed: a fresh install compiles its numba kernels into its cache then (seconds each), which
+every later process loads; the per-process load itself is timed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -100,11 +104,47 @@ def sha(path: Path) -> str:
     return h.hexdigest()
 
 
+def make_tiny(work: Path) -> tuple[Path, Path]:
+    """A base and a fine-tune of two 8 MiB bf16 tensors (over one plane chunk, so every kernel a
+    store uses on bf16 runs), for :func:`warm_install`."""
+    from deltastore.safetensors_io import build_header
+
+    rng = np.random.default_rng(0)
+    n = 4 << 20
+    base = ((0.02 * rng.standard_normal(2 * n)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    ft = base + rng.integers(-2, 3, base.size).astype(np.uint16)
+    head, _ = build_header([("a", "BF16", (n,)), ("b", "BF16", (n,))], {"format": "pt"})
+    dirs = [work / "tiny-base", work / "tiny-ft"]
+    for d, words in zip(dirs, (base, ft)):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(head + words.tobytes())
+    return dirs[0], dirs[1]
+
+
+def warm_install(site: str | None, work: Path, tiny: tuple[Path, Path]) -> float:
+    """An add base, add finetune and both checkouts of the tiny model with an install, untimed,
+    before its first timed op: a fresh install's first use of its numba kernels compiles them into
+    its cache (seconds each), which every later process loads; that load is timed, as a user's
+    would be. Returns the seconds it took."""
+    home = work / "warm-home"
+    shutil.rmtree(home, ignore_errors=True)
+    t = time.perf_counter()
+    for op, src in (("add_base", str(tiny[0])), ("add_ft", str(tiny[1])), ("checkout", "m@v1"), ("checkout", "ft@v1")):
+        out = work / "warm-out"
+        shutil.rmtree(out, ignore_errors=True)
+        run_one(op, home, src, str(out), 2, site)
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(work / "warm-out", ignore_errors=True)
+    return time.perf_counter() - t
+
+
 def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: list[int], work: Path, nbytes: int,
                 want: dict[str, str], homes: Path, inorder_at: set[int] = frozenset()) -> list[dict]:
     """Each op at each worker count in a fresh store; at the counts in ``inorder_at`` the
     checkouts run once more with ``DELTASTORE_MAP_WRITES=0`` (tensors written in order by one
     thread instead of decoded into a mapped file), as a row of their own."""
+    print(f"{label}: warmed (tiny model round trip, not timed) in {warm_install(site, work, make_tiny(work)):.1f} s", flush=True)
     rows = []
     for w in workers:
         home = homes / f"home-{label.replace(' ', '-')}-{w}"
@@ -205,6 +245,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def machine() -> str:
+    """The CPU (model, cores, whether it has SHA instructions: each add hashes every byte twice)."""
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    sha = "SHA-NI" if " sha_ni" in flags else ("no SHA-NI" if flags else "SHA-NI unknown")
+    return f"{model}, {os.cpu_count()} cores ({sha}), kernel {platform.release()}, Python {platform.python_version()}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=2)
@@ -222,13 +277,14 @@ def main() -> None:
                     "e.g. a disk and /dev/shm, to tell disk-bound from CPU-bound")
     args = ap.parse_args()
     workers = [int(x) for x in args.workers.split(",")]
+    load0 = os.getloadavg()[0]
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     base, ft = make_pair(work, args.layers)
     nbytes = (base / "model.safetensors").stat().st_size
     want = {"m@v1": sha(base / "model.safetensors"), "ft@v1": sha(ft / "model.safetensors")}  # also warms the page cache
-    print(f"model: {nbytes / 1e9:.2f} GB ({args.layers} layers), cores: {os.cpu_count()}", flush=True)
+    print(f"model: {nbytes / 1e9:.2f} GB ({args.layers} layers); {machine()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = bench_zipnn(base / "model.safetensors", workers, nbytes)  # first: quick, and kept if a time limit ends the run
     if args.old_site:
         old = [int(x) for x in args.old_workers.split(",")] if args.old_workers else workers
@@ -247,8 +303,9 @@ def main() -> None:
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
           f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}{' --homes ' + args.homes if args.homes else ''}"
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
-          f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}`\n\nMachine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, kernel {platform.release()}; model {nbytes / 1e9:.2f} GB bf16 ({args.layers} Llama-2-7B layers + embeddings)\n\n"
+          f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}`\n\nMachine: {machine()}, "
+          f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+          f"model {nbytes / 1e9:.2f} GB bf16 ({args.layers} Llama-2-7B layers + embeddings)\n\n"
           + "Durable write rate of each store folder (1 GiB in 4 MiB blocks + fsync, GB/s): "
           + ", ".join(f"{k}: {v:.2f}" for k, v in disks.items()) + "\n\n" + table(rows) + "\n")
     print(md)

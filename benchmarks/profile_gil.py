@@ -30,12 +30,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_scaling import ONE, make_pair  # noqa: E402
+from bench_scaling import ONE, make_pair, make_tiny, warm_install  # noqa: E402
 
 OPS = {"add_base": ("add_base", "base"), "add_ft": ("add_ft", "ft"), "checkout_base": ("checkout", "m@v1"),
        "checkout_ft": ("checkout", "ft@v1")}
-#: frames that mark a sample as the op's own work (its main thread, or a pool worker), not imports
-IN_OP = ("Store.add_base", "Store.add_finetune", "Store.checkout", "_worker (")
+#: frames that mark a sample as the op's own work (its main thread, a pool worker, or the thread
+#: that loads the numba kernels while the op runs: codec/planes.py's fast_soon), not imports
+IN_OP = ("Store.add_base", "Store.add_finetune", "Store.checkout", "_worker (", "_load_in_background (")
 
 
 def aggregate(raw: Path, rate: int, top: int) -> tuple[float, list[tuple[str, float]]]:
@@ -77,6 +78,7 @@ def main() -> None:
     if args.site:
         env["PYTHONPATH"] = args.site
     label = args.label or (f"PYTHONPATH={args.site}" if args.site else "this checkout")
+    warm_install(args.site, work, make_tiny(work))  # a fresh install compiles its kernels here, not in the first op
     load = os.getloadavg()[0]
     lines = [f"### {label}: {args.threads} threads, model {nbytes / 1e9:.2f} GB ({args.layers} layers), "
              f"load average {load:.1f} on {os.cpu_count()} cores at start", "",
