@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -64,13 +65,14 @@ class _Graph:
 class GraphDecoder:
     """CUDA-graph decoding for one transformers causal LM (see the module docstring).
 
-    ``capture=False`` runs the very same path (static cache, static buffers, device-side row
+    The KV cache is kept for the next call of the same shape: a cache that ``generate`` returns
+    (``return_dict_in_generate``) is reset by the next call. ``capture=False`` runs the very same path (static cache, static buffers, device-side row
     plans) with every step eager instead of replayed: the reference the graph is tested against,
     and the part of the path that a machine without a GPU can test.
     """
 
     def __init__(self, model: nn.Module, *, capture: bool = True, bucket: int = BUCKET):
-        self.model = model
+        self._model = weakref.ref(model)  # the model keeps its decoder (decoder_of): no cycle back to it
         self.capture = capture
         self.bucket = int(bucket)
         params = inspect.signature(model.forward).parameters
@@ -83,6 +85,13 @@ class GraphDecoder:
         self._warm: tuple | None = None
         self._fp: tuple = ()
         self._fp_refs: list[torch.Tensor] = []
+
+    @property
+    def model(self) -> nn.Module:
+        m = self._model()
+        if m is None:
+            raise BadInputError("this GraphDecoder's model is gone")
+        return m
 
     # -- what the model holds -----------------------------------------------------------------------
     def _context(self) -> DeltaContext | None | bool:
@@ -118,6 +127,10 @@ class GraphDecoder:
         gc = kwargs.get("generation_config") or self.model.generation_config
         if int(kwargs.get("num_beams") or getattr(gc, "num_beams", 1) or 1) > 1:
             return "beam search reorders the cache: decoded eagerly"
+        if getattr(gc, "cache_implementation", None) is not None:
+            return f"the generation config asks for cache_implementation={gc.cache_implementation!r}"
+        if kwargs.get("use_cache", getattr(gc, "use_cache", True)) is False:
+            return "use_cache=False decodes without a cache"
         if self._context() is False:
             return "the model's DeltaLinear modules do not share one DeltaContext"
         return None
