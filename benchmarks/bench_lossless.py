@@ -27,6 +27,14 @@ as the store keeps it: per checkpoint, the fraction of elements and of bits that
 previous save, v1 and v2 against the previous checkpoint, v2 against its skip-delta base (what
 ``add finetune RUN PATH --base RUN@latest --codec lossless`` now does, deltastore.chains) and
 zipnn on the checkpoint file alone.
+
+``--rans-probe``: benchmarks/probe_rans.py (a per-context rANS coder for bf16 differences whose
+decode takes the base's exponent as its context directly, no grouping pass) on the fine-tune's
+tensors: bytes against v2, speed per core, and its decode kernel alone on one chunk beside
+zipnn's whole decode of the same bytes. ``--base-contexts``: the base's exponents given richer
+contexts (row / column classes, the previous exponent) with the table cost, the mantissa given
+the exponent, and rows or columns grouped by class before today's planes + zstd (issue 12's
+base goal: >= 1% under zipnn).
 """
 
 from __future__ import annotations

@@ -165,6 +165,25 @@ def encode_chunk(zz, syms, b, freq, cum, nraw, zbase, words, raw):
     return p, q
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _advance(x, e, nxt):
+    """One state's decode step given its table entry ``e``: the next state and whether it took
+    ``nxt`` (the next stream word, read either way: branchless renormalization). Scalars only: an
+    array argument to an inlined helper puts numba's reference counting inside the loop."""
+    x = (e & 8191) * (x >> 12) + ((e >> 13) & 4095)
+    r = np.int64(x < 65536)
+    return (x << (r << 4)) | (nxt & -r), r
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _z(e, lo, hi, bp):
+    """The element's z: the symbol's smallest z from ``e`` plus its raw bits at bit ``bp`` of the
+    raw stream (``lo``, ``hi``: the two 32-bit words from ``bp // 32``); and the next bit position."""
+    nr = (e >> 25) & 15
+    v = (lo | (hi << 32)) >> (bp & 31)
+    return (e >> 32) + (v & ((1 << nr) - 1)), bp + nr
+
+
 @njit(nogil=True, cache=True)
 def decode_chunk(w, raw, base, dtab, zs, out):
     """Inverse of :func:`encode_chunk` fused with the base's exponent as context; ``w`` and ``raw``
@@ -176,52 +195,37 @@ def decode_chunk(w, raw, base, dtab, zs, out):
     x0 = (np.int64(w[6]) << 16) | np.int64(w[7])
     p, bp = 8, np.int64(0)
     nm = n - n % 4
-    for i in range(0, nm, 4):
-        b0, b1, b2, b3 = np.int64(base[i]), np.int64(base[i + 1]), np.int64(base[i + 2]), np.int64(base[i + 3])
-        e0 = np.int64(dtab[((b0 << 5) & 0xFF000) | (x0 & 4095)])
-        e1 = np.int64(dtab[((b1 << 5) & 0xFF000) | (x1 & 4095)])
-        e2 = np.int64(dtab[((b2 << 5) & 0xFF000) | (x2 & 4095)])
-        e3 = np.int64(dtab[((b3 << 5) & 0xFF000) | (x3 & 4095)])
-        x0 = (e0 & 8191) * (x0 >> 12) + ((e0 >> 13) & 4095)
-        r = np.int64(x0 < 65536)
-        x0 = (x0 << (r << 4)) | (np.int64(w[p]) & -r)
+    for i in range(0, nm, 4):  # four states written out: their chains overlap in the core
+        e0 = np.int64(dtab[((np.int64(base[i]) << 5) & 0xFF000) | (x0 & 4095)])
+        e1 = np.int64(dtab[((np.int64(base[i + 1]) << 5) & 0xFF000) | (x1 & 4095)])
+        e2 = np.int64(dtab[((np.int64(base[i + 2]) << 5) & 0xFF000) | (x2 & 4095)])
+        e3 = np.int64(dtab[((np.int64(base[i + 3]) << 5) & 0xFF000) | (x3 & 4095)])
+        x0, r = _advance(x0, e0, np.int64(w[p]))
         p += r
-        x1 = (e1 & 8191) * (x1 >> 12) + ((e1 >> 13) & 4095)
-        r = np.int64(x1 < 65536)
-        x1 = (x1 << (r << 4)) | (np.int64(w[p]) & -r)
+        x1, r = _advance(x1, e1, np.int64(w[p]))
         p += r
-        x2 = (e2 & 8191) * (x2 >> 12) + ((e2 >> 13) & 4095)
-        r = np.int64(x2 < 65536)
-        x2 = (x2 << (r << 4)) | (np.int64(w[p]) & -r)
+        x2, r = _advance(x2, e2, np.int64(w[p]))
         p += r
-        x3 = (e3 & 8191) * (x3 >> 12) + ((e3 >> 13) & 4095)
-        r = np.int64(x3 < 65536)
-        x3 = (x3 << (r << 4)) | (np.int64(w[p]) & -r)
+        x3, r = _advance(x3, e3, np.int64(w[p]))
         p += r
         for j in range(4):
             e = e0 if j == 0 else (e1 if j == 1 else (e2 if j == 2 else e3))
-            q, nr = bp >> 5, (e >> 25) & 15
-            v = (np.int64(raw[q]) | (np.int64(raw[q + 1]) << 32)) >> (bp & 31)
-            zs[i + j] = np.uint16((e >> 32) + (v & ((1 << nr) - 1)))
-            bp += nr
+            z, bp2 = _z(e, np.int64(raw[bp >> 5]), np.int64(raw[(bp >> 5) + 1]), bp)
+            zs[i + j] = np.uint16(z)
+            bp = bp2
     for i in range(nm, n):  # the tail: states 0 .. n % 4 - 1
-        b0 = np.int64(base[i])
         x = x0 if i % 4 == 0 else (x1 if i % 4 == 1 else x2)
-        e = np.int64(dtab[((b0 << 5) & 0xFF000) | (x & 4095)])
-        x = (e & 8191) * (x >> 12) + ((e >> 13) & 4095)
-        if x < 65536:
-            x = (x << 16) | np.int64(w[p])
-            p += 1
+        e = np.int64(dtab[((np.int64(base[i]) << 5) & 0xFF000) | (x & 4095)])
+        x, r = _advance(x, e, np.int64(w[p]))
+        p += r
         if i % 4 == 0:
             x0 = x
         elif i % 4 == 1:
             x1 = x
         else:
             x2 = x
-        q, nr = bp >> 5, (e >> 25) & 15
-        v = (np.int64(raw[q]) | (np.int64(raw[q + 1]) << 32)) >> (bp & 31)
-        zs[i] = np.uint16((e >> 32) + (v & ((1 << nr) - 1)))
-        bp += nr
+        z, bp = _z(e, np.int64(raw[bp >> 5]), np.int64(raw[(bp >> 5) + 1]), bp)
+        zs[i] = np.uint16(z)
     for i in range(n):  # undo the difference (no loop-carried state: LLVM vectorizes it)
         z, y = np.int32(zs[i]), np.int32(base[i])
         y ^= (-(y >> 15)) & 0x7FFF

@@ -31,6 +31,13 @@ numpy functions here stay as the reference and the fallback, same bytes): 276 / 
 decode against v1's 356 / 431 and zipnn's 260 / 763 in the same run (numpy grouping, an earlier
 run: 88 / 88). Encode is at zipnn's speed; decode is not (zstd's decode of the grouped planes
 alone takes most of zipnn's whole time). ``Lossless(by_exponent=False)`` (``--param by_exponent=false``) writes v1.
+
+Measured and not built (same results file, run 6): a per-context rANS coder that reads the base's
+exponent directly (``benchmarks/probe_rans.py``) codes the fine-tune in 0.96x v2's bytes but
+decodes at ~0.27x zipnn's speed (about 30 scalar operations an element in numba; zipnn's C
+Huffman does all its work in ~2 ns an element); richer contexts for a base (row and column
+classes, the previous exponent, the mantissa given the exponent) bound the saving at ~2.3% of a
+base only through such a coder, and at 0.14-0.41% through today's planes + zstd.
 """
 
 from __future__ import annotations
