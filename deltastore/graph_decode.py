@@ -32,6 +32,7 @@ that Dynamo would break the graph on, and its compile time is minutes for a 7B m
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import weakref
 from typing import Any, Callable
@@ -245,7 +246,7 @@ class GraphDecoder:
             return out
         g.graph.replay()
         self.stats["replays"] += 1
-        return g.out
+        return copy.copy(g.out)  # generate may set fields of what it gets; the captured output stays whole
 
 
 def decoder_of(model: nn.Module, *, capture: bool = True) -> GraphDecoder:
