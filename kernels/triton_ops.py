@@ -113,6 +113,25 @@ if HAVE_TRITON:
             return tl.reshape(v, (BLOCK_R, BLOCK_C))
 
     @triton.jit
+    def _tile_header(tb):
+        """The nine fields of one tier/tile row at ``tb`` (deltaset.FIELDS order), or of a GEMV
+        work item from its third field on (deltaset.ITEM_FIELDS[2:]): all loads issued together."""
+        return (tl.load(tb + 0), tl.load(tb + 1), tl.load(tb + 2), tl.load(tb + 3), tl.load(tb + 4),
+                tl.load(tb + 5), tl.load(tb + 6), tl.load(tb + 7), tl.load(tb + 8))
+
+    @triton.jit
+    def _slot_tile(counts_ptr, ntiles_ptr, starts_ptr, tiles_ptr, slot, sl, t, n_slices, T_max, NFIELD: tl.constexpr):
+        """Rows of the slot, tiles of its slice, its first sorted row, then the tile's nine fields:
+        every load of a shrink program's prologue issued at once, before any of them is waited on
+        (the tile table is padded, so row t is readable whether or not the slot has that tile):
+        one memory round trip instead of three before the packed words can be asked for."""
+        cnt = tl.load(counts_ptr + slot)
+        nt = tl.load(ntiles_ptr + slot * n_slices + sl)
+        start = tl.load(starts_ptr + slot)
+        v_q, v_sz, u_q, u_sz, s_off, bits, count, zcol, gs = _tile_header(tiles_ptr + ((slot * n_slices + sl) * T_max + t) * NFIELD)
+        return cnt, nt, start, v_q, v_sz, u_q, u_sz, s_off, bits, count, zcol, gs
+
+    @triton.jit
     def _dot(a, b, UPCAST: tl.constexpr):
         """tl.dot; UPCAST feeds it float32 copies of the (already rounded) operands, for Triton's
         CPU interpreter, whose bf16 dot gives garbage (Triton 3.9, seen 2026-11-30)."""
@@ -156,20 +175,10 @@ if HAVE_TRITON:
         tt = pid0 // SPLIT_K
         sl = tt // T_max
         t = tt % T_max
-        cnt = tl.load(counts_ptr + slot)
-        if pid_m * BLOCK_M >= cnt:
+        cnt, nt, start, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _slot_tile(
+            counts_ptr, ntiles_ptr, starts_ptr, tiles_ptr, slot, sl, t, n_slices, T_max, NFIELD)
+        if (pid_m * BLOCK_M >= cnt) | (t >= nt):
             return
-        if t >= tl.load(ntiles_ptr + slot * n_slices + sl):
-            return
-        tb = tiles_ptr + ((slot * n_slices + sl) * T_max + t) * NFIELD
-        v_q = tl.load(tb + 0)
-        v_sz = tl.load(tb + 1)
-        s_off = tl.load(tb + 4)
-        bits = tl.load(tb + 5)
-        nvalid = tl.load(tb + 6)
-        zcol = tl.load(tb + 7)
-        gs = tl.load(tb + 8)
-        start = tl.load(starts_ptr + slot)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < cnt
         pos = start + offs_m
@@ -253,13 +262,7 @@ if HAVE_TRITON:
         dtype = y_ptr.dtype.element_ty
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for t in range(0, nt):
-            tb = tiers_ptr + ((slot * n_slices + sl) * R_max + t) * NFIELD
-            u_q = tl.load(tb + 2)
-            u_sz = tl.load(tb + 3)
-            bits = tl.load(tb + 5)
-            cnt_t = tl.load(tb + 6)
-            zcol = tl.load(tb + 7)
-            gs = tl.load(tb + 8)
+            _v_q, _v_sz, u_q, u_sz, _s_off, bits, cnt_t, zcol, gs = _tile_header(tiers_ptr + ((slot * n_slices + sl) * R_max + t) * NFIELD)
             if HAS2:
                 if bits == 2:
                     acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
@@ -344,6 +347,27 @@ if HAVE_TRITON:
         return tl.load(ptr + szrow[:, None] + (kg // gs)[None, :], mask=r_ok[:, None] & (kg < k_hi)[None, :], other=0.0)
 
     @triton.jit
+    def _row_base(rows_ptr, pos0, nrows, stride_xm, m: tl.constexpr, BLOCK_M: tl.constexpr):
+        """Offset of the activations of the block's row m (the last real row for padding rows), or 0
+        where the block has no row m (BLOCK_M is small: 1, 2 or 4)."""
+        if m < BLOCK_M:
+            return tl.load(rows_ptr + pos0 + tl.minimum(nrows - 1, m)).to(tl.int64) * stride_xm
+        else:
+            return tl.zeros((), dtype=tl.int64)
+
+    @triton.jit
+    def _pick(m: tl.constexpr, a, b, c, d):
+        """a, b, c or d by the compile-time index m."""
+        if m == 0:
+            return a
+        elif m == 1:
+            return b
+        elif m == 2:
+            return c
+        else:
+            return d
+
+    @triton.jit
     def _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, k_lo, k_hi, one,
                           BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
         """(BLOCK_M, BLOCK_R) float32: rows . V^ components over inputs k_lo .. k_hi (multiples of
@@ -361,6 +385,11 @@ if HAVE_TRITON:
         G = (K + gs - 1) // gs
         wrow = v_q + offs_r * row_words
         szrow = v_sz + offs_r * G
+        # the rows' activation offsets once, not per step (a load waited on before every x load)
+        xb0 = _row_base(rows_ptr, pos0, nrows, stride_xm, 0, BLOCK_M)
+        xb1 = _row_base(rows_ptr, pos0, nrows, stride_xm, 1, BLOCK_M)
+        xb2 = _row_base(rows_ptr, pos0, nrows, stride_xm, 2, BLOCK_M)
+        xb3 = _row_base(rows_ptr, pos0, nrows, stride_xm, 3, BLOCK_M)
         s1 = _step_sz(scales_ptr, szrow, r_ok, k_lo, k_hi, gs, NG, BLOCK_G)
         z1 = _step_sz(zeros_ptr, szrow, r_ok, k_lo, k_hi, gs, NG, BLOCK_G)
         s2 = _step_sz(scales_ptr, szrow, r_ok, k_lo + BK, k_hi, gs, NG, BLOCK_G)
@@ -389,9 +418,9 @@ if HAVE_TRITON:
                 xl_idx = kg[None, :, None] + li[None, None, :] * 16 + (f16 * one)[:, None, None]  # (16, NG, 2NC)
                 xh_idx = kg[None, :, None] + ci[None, None, :] * 32 + (f32 * one)[:, None, None]  # (32, NG, NC)
                 for m in tl.static_range(BLOCK_M):
-                    row = tl.load(rows_ptr + pos0 + tl.minimum(nrows - 1, m)).to(tl.int64)
-                    xl = tl.load(x_ptr + row * stride_xm + xl_idx, mask=(xl_idx < k_hi) & (xl_idx * 0 + m < nrows), other=0.0).to(tl.float32)
-                    xh = tl.load(x_ptr + row * stride_xm + xh_idx, mask=(xh_idx < k_hi) & (xh_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    xb = _pick(m, xb0, xb1, xb2, xb3)
+                    xl = tl.load(x_ptr + xb + xl_idx, mask=(xl_idx < k_hi) & (xl_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    xh = tl.load(x_ptr + xb + xh_idx, mask=(xh_idx < k_hi) & (xh_idx * 0 + m < nrows), other=0.0).to(tl.float32)
                     p = tl.sum(tl.sum(ql * xl[:, None, :, :], axis=0), axis=2) + tl.sum(tl.sum(qh * xh[:, None, :, :], axis=0), axis=2)
                     acc3 = tl.where(offs_mm[:, None, None] == m, acc3 + (p * sc)[None, :, :], acc3)
             return tl.sum(acc3, axis=2)
@@ -413,8 +442,8 @@ if HAVE_TRITON:
                 q = _unpack_f(w, fi * BITS, BITS, 0) - zp[None, :, :, None]  # (FLD, R, NG, NW)
                 x_idx = kg[None, :, None] + wi[None, None, :] * FLD + (fi * one)[:, None, None]  # (FLD, NG, NW)
                 for m in tl.static_range(BLOCK_M):
-                    row = tl.load(rows_ptr + pos0 + tl.minimum(nrows - 1, m)).to(tl.int64)
-                    xv = tl.load(x_ptr + row * stride_xm + x_idx, mask=(x_idx < k_hi) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    xb = _pick(m, xb0, xb1, xb2, xb3)
+                    xv = tl.load(x_ptr + xb + x_idx, mask=(x_idx < k_hi) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
                     p = tl.sum(q * xv[:, None, :, :], axis=0) * sc[:, :, None]  # (R, NG, NW)
                     acc4 = tl.where(offs_mm[:, None, None, None] == m, acc4 + p[None, :, :, :], acc4)
             return tl.sum(tl.sum(acc4, axis=3), axis=2)
@@ -434,26 +463,18 @@ if HAVE_TRITON:
         tt = pid0 // SPLIT_K
         sl = tt // T_max
         t = tt % T_max
-        cnt = tl.load(counts_ptr + slot)
-        if pid_m * BLOCK_M >= cnt:
+        cnt, nt, start, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _slot_tile(
+            counts_ptr, ntiles_ptr, starts_ptr, tiles_ptr, slot, sl, t, n_slices, T_max, NFIELD)
+        if (pid_m * BLOCK_M >= cnt) | (t >= nt):
             return
-        if t >= tl.load(ntiles_ptr + slot * n_slices + sl):
-            return
-        tb = tiles_ptr + ((slot * n_slices + sl) * T_max + t) * NFIELD
-        v_q = tl.load(tb + 0)
-        v_sz = tl.load(tb + 1)
-        s_off = tl.load(tb + 4)
-        bits = tl.load(tb + 5)
-        nvalid = tl.load(tb + 6)
-        zcol = tl.load(tb + 7)
-        gs = tl.load(tb + 8)
-        pos0 = tl.load(starts_ptr + slot) + pid_m * BLOCK_M
+        pos0 = start + pid_m * BLOCK_M
         nrows = tl.minimum(cnt - pid_m * BLOCK_M, BLOCK_M)
         offs_r = tl.arange(0, BLOCK_R)
         r_ok = offs_r < nvalid
         per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
         kb0 = ks * per
         kb1 = tl.minimum(kb0 + per, K)
+        sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)  # asked for now, used after the loop
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         if HAS2:
             if bits == 2:
@@ -470,7 +491,6 @@ if HAVE_TRITON:
         if HAS1:
             if bits == 1:
                 acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K)
-        sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)
         acc = acc * sv[None, :]
         offs_m = tl.arange(0, BLOCK_M)
         m_ok = offs_m < nrows
@@ -491,12 +511,25 @@ if HAVE_TRITON:
         return w, sc, zp
 
     @triton.jit
-    def _ezrow(z_ptr, ks_stride, p, zc0, comp, r_ok, SPLIT_K: tl.constexpr):
-        """float32 (R_IN, R_OUT): z of sorted row p at columns zc0 + comp, summed over the shrink's splits."""
+    def _ezrow(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, m: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr):
+        """float32 (R_IN, R_OUT): z of the block's row m at columns zc0 + c0 + comp, summed over
+        the shrink's splits; 0 for components past cnt_t and rows past nrows (or BLOCK_M)."""
         zr = tl.zeros(comp.shape, dtype=tl.float32)
-        for ks in tl.static_range(SPLIT_K):
-            zr += tl.load(z_ptr + ks * ks_stride + p + zc0 + comp, mask=r_ok, other=0.0)
+        if m < BLOCK_M:
+            ok = (c0 + comp < cnt_t) & (comp * 0 + m < nrows)  # (a tensor on both sides: the interpreter wants it)
+            p = (pos0 + m).to(tl.int64) * ZC + zc0 + c0
+            for ks in tl.static_range(SPLIT_K):
+                zr += tl.load(z_ptr + ks * ks_stride + p + comp, mask=ok, other=0.0)
         return zr
+
+    @triton.jit
+    def _ezrows(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr):
+        """z of the block's rows 0..3 for the step at component c0 (see _ezrow): loaded a step
+        ahead with the words, instead of waited on inside the step, row after row."""
+        return (_ezrow(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, 0, SPLIT_K, BLOCK_M),
+                _ezrow(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, 1, SPLIT_K, BLOCK_M),
+                _ezrow(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, 2, SPLIT_K, BLOCK_M),
+                _ezrow(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, 3, SPLIT_K, BLOCK_M))
 
     @triton.jit
     def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0,
@@ -529,16 +562,18 @@ if HAVE_TRITON:
             b1, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, hi_idx)
             a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, lo_idx)
             b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, hi_idx)
+            e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, 0, comp, cnt_t, SPLIT_K, BLOCK_M)
             for c0 in range(0, cnt_t, RB):
                 wl, wh, sc, zp = a1, b1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
                 a1, b1, s1, z1 = a2, b2, s2, z2
                 a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, lo_idx)
                 b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, hi_idx)
-                r_ok = c0 + comp < cnt_t
+                y0, y1, y2, y3 = e0, e1, e2, e3
+                e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, c0 + RB, comp, cnt_t, SPLIT_K, BLOCK_M)
                 ql = _unpack_f(wl, f16 * 2, 2, 1) - zp[:, None, :, None]  # (R_IN, 16, R_OUT, 2NC)
                 qh = (_unpack_f(wh, f32, 1, 1) - 8388608.0) * 4.0  # (R_IN, 32, R_OUT, NC)
-                for m in range(0, nrows):
-                    cf = _ezrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, comp, r_ok, SPLIT_K) * sc
+                for m in tl.static_range(BLOCK_M):
+                    cf = _pick(m, y0, y1, y2, y3) * sc
                     pl = tl.sum(ql * cf[:, None, :, None], axis=0)
                     ph = tl.sum(qh * cf[:, None, :, None], axis=0)
                     hit = (offs_mm == m)[:, None, None, None]
@@ -564,14 +599,16 @@ if HAVE_TRITON:
             acc = tl.zeros((BLOCK_M, FLD, R_OUT, NW), dtype=tl.float32)
             w1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, widx)
             w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, widx)
+            e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, 0, comp, cnt_t, SPLIT_K, BLOCK_M)
             for c0 in range(0, cnt_t, RB):
                 w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
                 w1, s1, z1 = w2, s2, z2
                 w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, widx)
-                r_ok = c0 + comp < cnt_t
+                y0, y1, y2, y3 = e0, e1, e2, e3
+                e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, c0 + RB, comp, cnt_t, SPLIT_K, BLOCK_M)
                 q = _unpack_f(w, fi * BITS, BITS, 1) - zp[:, None, :, None]  # (R_IN, FLD, R_OUT, NW)
-                for m in range(0, nrows):
-                    cf = _ezrow(z_ptr, M * ZC, (pos0 + m).to(tl.int64) * ZC, zcol + c0, comp, r_ok, SPLIT_K) * sc
+                for m in tl.static_range(BLOCK_M):
+                    cf = _pick(m, y0, y1, y2, y3) * sc
                     p = tl.sum(q * cf[:, None, :, None], axis=0)  # (FLD, R_OUT, NW)
                     acc = tl.where((offs_mm == m)[:, None, None, None], acc + p[None, :, :, :], acc)
             res = tl.sum(acc, axis=2)  # (BM, FLD, NW)
@@ -593,27 +630,19 @@ if HAVE_TRITON:
         pid_n = tl.program_id(0)
         it = tl.program_id(1)
         pid_m = tl.program_id(2)
+        # the item's fields and the slot's and slice's entries in two round trips, then the exits
         ib = items_ptr + it * NFI
         slot = tl.load(ib + 0)
         sl = tl.load(ib + 1)
+        u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _tile_header(ib + 2)
         cnt = tl.load(counts_ptr + slot)
-        if pid_m * BLOCK_M >= cnt:
-            return
+        start = tl.load(starts_ptr + slot)
         m_s = tl.load(mout_ptr + sl)
-        n0 = pid_n * BLOCK_N
-        if n0 >= m_s:
-            return
-        u_q = tl.load(ib + 2)
-        u_sz = tl.load(ib + 3)
-        bits = tl.load(ib + 4)
-        cnt_t = tl.load(ib + 5)
-        zcol = tl.load(ib + 6)
-        gs = tl.load(ib + 7)
-        j = tl.load(ib + 8)
-        nj = tl.load(ib + 9)
-        grp = tl.load(ib + 10)
         col0 = tl.load(coloff_ptr + sl)
-        pos0 = tl.load(starts_ptr + slot) + pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        if (pid_m * BLOCK_M >= cnt) | (n0 >= m_s):
+            return
+        pos0 = start + pid_m * BLOCK_M
         nrows = tl.minimum(cnt - pid_m * BLOCK_M, BLOCK_M)
         part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
         if HAS2:
@@ -636,16 +665,21 @@ if HAVE_TRITON:
         sem = sem_ptr + (grp * NB_max + pid_n) * n_mblk + pid_m
         done = tl.atomic_add(sem, 1, sem="acq_rel")
         if done == nj - 1:
+            # y is asked for first, and the partials four items at a time (not one wait per item);
+            # the sum runs in item order, so the result does not depend on which program came last
             offs_mm = tl.arange(0, BLOCK_M)
             cols = col0 + n0 + tl.arange(0, BLOCK_N)
             mk = (offs_mm < nrows)[:, None] & (cols < col0 + m_s)[None, :]
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for jj in range(0, nj):
-                pp = part_ptr + ((jj * M + pos0 + offs_mm).to(tl.int64) * Ntot)[:, None] + cols[None, :]
-                acc += tl.load(pp, mask=mk, other=0.0, cache_modifier=".cg")
             rows = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
             yptr = y_ptr + (rows * stride_ym)[:, None] + cols[None, :]
             yv = tl.load(yptr, mask=mk, other=0.0).to(tl.float32)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            j4 = tl.arange(0, 4)
+            for j0 in range(0, nj, 4):
+                jj = j0 + j4
+                pp = part_ptr + ((jj[:, None] * M + pos0 + offs_mm[None, :]).to(tl.int64) * Ntot)[:, :, None] + cols[None, None, :]
+                pj = tl.load(pp, mask=(jj < nj)[:, None, None] & mk[None, :, :], other=0.0, cache_modifier=".cg")
+                acc += tl.sum(pj, axis=0)
             tl.store(yptr, (yv + acc).to(y_ptr.dtype.element_ty), mask=mk)
             tl.atomic_xchg(sem, 0)
 
