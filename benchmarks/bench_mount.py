@@ -183,8 +183,75 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def mount(home: Path, mp: Path, log: Path, cache: str = "4GiB") -> None:
+    """A background mount logging at INFO: at unmount the server writes how many READ requests of
+    which sizes it got (``requests_seen``)."""
     mp.mkdir(parents=True, exist_ok=True)
-    cli(home, "mount", str(mp), "--cache-size", cache, "--log", str(log))
+    env = {**os.environ, "DELTASTORE_HOME": str(home), "DELTASTORE_LOG_LEVEL": "INFO"}
+    subprocess.run([sys.executable, "-m", "deltastore.cli", "mount", str(mp), "--cache-size", cache, "--log", str(log)],
+                   env=env, capture_output=True, text=True, check=True)
+
+
+def requests_seen(log: Path) -> str:
+    """The last unmount's READ requests as the server logged them (count, sizes asked), or ''."""
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    served = [ln for ln in lines if "unmounted:" in ln]
+    sizes = [ln for ln in lines if "read requests by size asked:" in ln]
+    if not served or not sizes:
+        return ""
+    n = served[-1].split("unmounted:", 1)[1].split(";", 1)[0].strip()
+    return f"{n}; by size asked: {sizes[-1].split('asked:', 1)[1].strip()}"
+
+
+def page_cache_folios(path: Path) -> dict[int, int] | None:
+    """Bytes of ``path`` in the kernel's page cache by folio size (bytes -> bytes held in folios of
+    that size): the file mapped and touched (its pages must be cached already), each page's frame
+    from /proc/self/pagemap and its head/tail flag from /proc/kpageflags. Needs root; None
+    otherwise. Why: a warm read copies folio by folio, and FUSE and ext4 cache in different sizes."""
+    import mmap
+
+    import numpy as np
+
+    try:
+        kf = open("/proc/kpageflags", "rb")
+        pm = open("/proc/self/pagemap", "rb")
+    except OSError:
+        return None
+    with kf, pm, open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        n = size // mmap.PAGESIZE
+        if n == 0:
+            return {}
+        m = mmap.mmap(fh.fileno(), n * mmap.PAGESIZE, prot=mmap.PROT_READ)
+        try:
+            a = np.frombuffer(m, dtype=np.uint8)
+            int(a[:: mmap.PAGESIZE].sum())  # map every page (minor faults: the file is cached)
+            pm.seek(a.ctypes.data // mmap.PAGESIZE * 8)
+            pfn = np.frombuffer(pm.read(n * 8), dtype=np.uint64) & np.uint64((1 << 55) - 1)
+            del a
+        finally:
+            m.close()
+        if not pfn.any():
+            return None  # frame numbers hidden (no CAP_SYS_ADMIN)
+        flags = np.empty(n, dtype=np.uint64)
+        for i, p in enumerate(pfn.tolist()):
+            kf.seek(p * 8)
+            flags[i] = int.from_bytes(kf.read(8), "little")
+    tail = ((flags >> np.uint64(16)) & np.uint64(1)).astype(bool)  # KPF_COMPOUND_TAIL
+    heads = np.flatnonzero(~tail)
+    lengths = np.diff(np.append(heads, n))
+    out: dict[int, int] = {}
+    for ln, c in zip(*np.unique(lengths, return_counts=True)):
+        out[int(ln) * mmap.PAGESIZE] = int(ln) * mmap.PAGESIZE * int(c)
+    return out
+
+
+def folio_summary(sizes: dict[int, int] | None) -> str:
+    """``{4096: 90%, 2 MiB: 10%}`` style: the share of the cached bytes in each folio size."""
+    if sizes is None:
+        return "not readable (needs root)"
+    total = sum(sizes.values()) or 1
+    top = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    return ", ".join(f"{pct:.0%} in {sz // 1024:,} KiB folios" for sz, pct in ((sz, b / total) for sz, b in top))
 
 
 def unmount(home: Path, mp: Path) -> None:
@@ -411,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         objs = object_files(home)
 
         # -- sequential reads -------------------------------------------------------------------
-        rows = []
+        rows, folio_rows = [], []
         mount(home, mp, mlog)
         try:
             pid = server_pid(mp)
@@ -429,19 +496,23 @@ def main(argv: list[str] | None = None) -> int:
                 cold = read_pass(f, pid)  # the page cache holds the file from here on
                 read_pass(local)
                 warm, local_warm = read_interleaved(f, local, 6, pid)
+                folios = (folio_summary(page_cache_folios(f)), folio_summary(page_cache_folios(local)))
                 decoded = read_passes(f, 3, pid, before=lambda f=f: drop_cache([f], check=True))
                 local_cold = read_passes(local, 2, before=lambda local=local: drop_cache([local], check=True))
                 t0 = time.perf_counter()
                 read_pass(local)
                 co_read = size / MB / (co_sec + time.perf_counter() - t0)
                 rows.append((label, size, cold, warm, decoded, local_cold, local_warm, co_read))
-                print(label, rows[-1][1:], flush=True)
+                folio_rows.append((label, *folios))
+                print(label, rows[-1][1:], folios, flush=True)
             rss = server_rss(mp)
         finally:
             unmount(home, mp)
+        time.sleep(0.5)
+        seq_requests = requests_seen(mlog)
 
         # -- from_pretrained: a fresh mount per model (nothing decoded) against the local checkout --
-        fp = []
+        fp, fp_requests = [], []
         for label, name in versions[1:3]:
             drop_cache(objs)
             mount(home, mp, mlog)
@@ -451,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                 warm = from_pretrained(mp / name / "v1", pid)
             finally:
                 unmount(home, mp)
+            time.sleep(0.5)
+            fp_requests.append((label, requests_seen(mlog)))
             co = work / "co" / name
             drop_cache(list(co.iterdir()), check=True)
             local_cold = from_pretrained(co)
@@ -494,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
                   "dropped, every unit decoded in the mount's cache; each 1 MiB FUSE request costs a copy out of Python "
                   "into libfuse and the kernel's copy into the page cache. Local cold: the checked-out file's page cache "
                   "dropped (checked with fincore). Checkout then read: `checkout` of the version plus one read of the file.",
+                  "", "Page cache of each file after the warm passes (folio sizes from /proc/kpageflags: a warm read "
+                  "copies folio by folio):", "", "| model.safetensors of | through the mount | checked out (local disk) |",
+                  "|---|---|---|", *[f"| {label} | {m} | {loc} |" for label, m, loc in folio_rows], "",
+                  f"READ requests the mount server got over these passes (cold, decoded only): {seq_requests or 'not logged'}.",
                   "", "| from_pretrained of | mount fresh | local cold | fresh / local cold | mount warm | local warm "
                   "| warm / local warm |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
@@ -506,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                   "Mount fresh: a new mount process for each model (nothing decoded), the objects' page cache dropped; "
                   "its CPU seconds are the loader's plus the mount server's (the decode). Local cold: the checkout's "
                   "page cache dropped. Warm: the same again at once.",
+                  *[f"READ requests of the {label} mount (fresh then warm from_pretrained): {r or 'not logged'}."
+                    for label, r in fp_requests],
                   f"Fine-tune source: {fts[0].parent.name}/{fts[0].name}. Disk for 10 fine-tunes: mount_disk_{slug}.md."]
         text = "\n".join(lines) + "\n"
         out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_{slug}.md"

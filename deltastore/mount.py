@@ -10,14 +10,33 @@ Layout::
 Sizes, modes and times come from the catalog and manifests, so ``ls -lR`` decodes nothing. Reads go
 through :mod:`deltastore.fileview` and one :class:`~deltastore.filecache.DecodedCache`; the kernel's
 requests slice units already decoded. Page caching stays on (``auto_cache``: kept across opens while
-a file's size and mtime are unchanged), so mmap readers such as ``safetensors.safe_open`` work and a
-second read of a file never reaches this process: warm reads cost what a local file's do. Not
-``kernel_cache``: ``rm`` of a model's newest version lets the next ``add`` reuse its number, and
-``auto_cache`` notices the new mtime where ``kernel_cache`` would serve the old bytes. The kernel's
-read-ahead for the mount is raised (``read_ahead_kb``) so sequential readers and mmap faults send
-large requests: 1 MiB each, the most libfuse 3 takes (its buffer is 256 pages), so a request costs
-one Python call per MiB; the bytes are copied once out of the cached unit into libfuse and once by
-the kernel into the page cache.
+a file's size and mtime are unchanged; no ``direct_io``), so mmap readers such as
+``safetensors.safe_open`` work and a second read of a file never reaches this process. Such a warm
+read is the kernel copying out of its page cache, as for a local file, but FUSE fills that cache
+with 4 KiB folios (Linux 6.18's FUSE sets no large-folio orders; ext4 caches the same file mostly in
+2 MiB folios), so the reader's kernel copies in 4 KiB pieces and walks up to 512 times as many
+folios: on the dev VM that is where a warm mount read loses to a warm local read (perf: both are the
+kernel's copy, the server is not entered; the mount's spends 7x as long finding folios). No mount option
+changes the folio size; FUSE passthrough (libfuse >= 3.16, a backing file holding the decoded bytes)
+would serve reads from that file's cache instead. ``auto_cache`` rather than ``kernel_cache``:
+version numbers are never reused (``lookup.next_number``: removed ones are retired), so a path
+always names the same bytes and ``kernel_cache`` would be as right today; ``auto_cache`` costs one
+attribute check per open per ``ttl`` and drops the pages if a file's size or mtime ever changes
+(a catalog restored from a backup under the same home), where ``kernel_cache`` would keep them.
+
+What a cached page means: bytes of an immutable version, which no later change can make wrong. After
+``rm`` of that version, new lookups of its path fail with ENOENT once ``ttl`` has passed; a process
+that has the file open or mapped keeps reading it, as an unlinked local file stays readable (its
+attributes come from the handle, not the catalog): the kernel's pages as they are, and the pages it
+no longer has from the decoded cache or the store, until ``gc`` deletes the objects, after which
+those reads fail with EIO (never other bytes). tests/mount checks a held file across ``rm``.
+
+The kernel's read-ahead for the mount is raised (``read_ahead_kb``) so sequential readers and mmap
+faults send large requests: 1 MiB each, the most libfuse 3 takes (its buffer is 256 pages), so a
+request costs one Python call per MiB; the bytes are copied once out of the cached unit into libfuse
+and once by the kernel into the page cache. The sizes asked are counted and logged at unmount. The
+decoders (numba's kernels, torch) are loaded on a thread as the mount comes up (:func:`warm_up`),
+not on the first read.
 
 Read-only: the kernel mounts it ``ro`` (EROFS on any write). A corrupt or missing object fails the
 read that needs it with EIO and an ERROR log line naming the object and the file; nothing wrong is
@@ -35,6 +54,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -111,6 +131,10 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         self._started = time.time_ns()
         self.requests = 0
         self.bytes_served = 0
+        #: READ requests by size, in power-of-two KiB buckets (the size the kernel asked for): shows
+        #: whether page faults and read-ahead reach the server in large pieces; logged at unmount
+        self.request_sizes: Counter[int] = Counter()
+        self.sequential_requests = 0
 
     # -- the namespace --------------------------------------------------------------------------
     def _node(self, path: str) -> tuple[str, Any]:
@@ -166,6 +190,11 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
             raise self._err(errno.EIO) from None
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        h = self._handles.get(fh) if fh else None
+        if h is not None:
+            # an open file answers from its handle: the kernel asks again on reads once the attribute
+            # timeout lapses, and a version removed since (rm) must not fail its open readers
+            return self._file_stat(h.vf.size, h.vf.mtime)
         node = self._guard(path, self._node, path)
         base = {"st_uid": self._uid, "st_gid": self._gid}
         if node[0] == "dir":
@@ -177,9 +206,12 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
             return {**base, "st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1, "st_size": len(node[1]),
                     "st_mtime": t, "st_ctime": t, "st_atime": t}
         _, f, created = node[1]
+        return self._file_stat(f.size, created)
+
+    def _file_stat(self, size: int, created: float) -> dict[str, Any]:
         t = int(created * 1e9)
-        return {**base, "st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": f.size,
-                "st_blocks": (f.size + 511) // 512, "st_blksize": 1 << 20,
+        return {"st_uid": self._uid, "st_gid": self._gid, "st_mode": stat.S_IFREG | 0o444, "st_nlink": 1,
+                "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 1 << 20,
                 "st_mtime": t, "st_ctime": t, "st_atime": t}
 
     def readdir(self, path: str, fh: int) -> list[str]:
@@ -235,6 +267,8 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         h.next_offset = offset + len(data)
         self.requests += 1
         self.bytes_served += len(data)
+        self.request_sizes[1 << max(size - 1, 0).bit_length()] += 1
+        self.sequential_requests += sequential
         return data
 
     def destroy(self, path: str) -> None:
@@ -242,6 +276,9 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         log.info("unmounted: %d reads, %.1f MB served (%.0f KiB a request); units decoded %d, cache hits %d, "
                  "waits on another reader's decode %d, evictions %d, errors %d", self.requests, self.bytes_served / 1e6,
                  self.bytes_served / max(self.requests, 1) / 1024, st.misses, st.hits, st.waits, st.evictions, st.errors)
+        log.info("read requests by size asked: %s; %d of them sequential on their handle",
+                 ", ".join(f"{_kib(b)}: {n}" for b, n in sorted(self.request_sizes.items())) or "none",
+                 self.sequential_requests)
 
     def release(self, path: str, fh: int) -> int:
         self._handles.pop(fh, None)
@@ -273,6 +310,10 @@ class _Span:
         return int(self.arr.nbytes)
 
 
+def _kib(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} B"
+
+
 def _version_number(name: str) -> int | None:
     if len(name) > 1 and name[0] == "v" and name[1:].isdigit() and not (len(name) > 2 and name[1] == "0"):
         return int(name[1:])
@@ -298,6 +339,8 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
     ops = DeltaStoreFS(store, cache, verify=verify, ttl=ttl)
     if read_ahead_kb:
         threading.Thread(target=_tune_when_mounted, args=(mp, read_ahead_kb), daemon=True).start()
+    # not a daemon: numba may be inside LLVM when an unmount ends the process (see planes.fast_soon)
+    threading.Thread(target=warm_up, name="deltastore-warm-up").start()
     opts: dict[str, Any] = dict(foreground=True, nothreads=False, ro=True, fsname=f"deltastore:{_home_of(store)}", subtype="deltastore",
                                 auto_cache=True, entry_timeout=ttl, attr_timeout=ttl, negative_timeout=0, debug=debug)
     if allow_other:
@@ -307,6 +350,40 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
         mfusepy.FUSE(ops, str(mp), **opts)
     finally:
         cache.close()
+
+
+def warm_up() -> float:
+    """Load the decoders before the first read needs them; returns the seconds it took.
+
+    A process's first lossless decode pays for importing numba and setting up its compiled
+    kernels (about a second here, see ``codec.planes.fast_soon``), and its first torch ops for
+    torch's own set-up. In a fresh mount that landed on the first read of a file, which a
+    ``from_pretrained`` then waits for with nothing else to do. The mount runs this on a thread
+    of its own as it comes up: a bf16 tensor of one plane chunk (4 MiB) through the lossless
+    codec, plain and as a delta on a base, and the float32 arithmetic a lossy delta's
+    reconstruction does. Synthetic data only: nothing of the store is read or decoded. A failure
+    is logged and changes nothing (the first read then pays, as before)."""
+    t0 = time.perf_counter()
+    try:
+        import torch
+
+        from . import codec as codecs
+
+        codecs.planes.fast()  # numba's import and set-up, so the round trips below run its kernels
+        gen = torch.Generator().manual_seed(0)
+        base = torch.randn(1 << 21, generator=gen).to(torch.bfloat16)
+        target = (base.float() + 1e-3 * torch.randn(1 << 21, generator=gen)).to(torch.bfloat16)
+        lossless = codecs.get_codec("lossless")
+        for b in (None, base):
+            enc = codecs.from_bytes(codecs.to_bytes(lossless.encode(target, b)))
+            if not torch.equal(lossless.reconstruct(enc, b).view(torch.int16), target.view(torch.int16)):
+                raise RuntimeError("the lossless codec did not round-trip its warm-up tensor")
+        (base.float().reshape(1024, -1)[:, :64] @ target.float().reshape(-1, 1024)[:64]).to(torch.bfloat16)
+    except Exception as e:  # noqa: BLE001  (the mount works without it)
+        log.warning("decoder warm-up failed (the first read will load the decoders): %s: %s", type(e).__name__, e)
+    took = time.perf_counter() - t0
+    log.info("decoders loaded in %.2f s", took)
+    return took
 
 
 def tune_malloc() -> bool:

@@ -179,6 +179,37 @@ def test_version_added_after_mounting_appears(mounted: Mounted, tmp_path: Path) 
     assert sha256_file(got) == sha256_file(d / "model.safetensors")
 
 
+def test_a_removed_version_stays_readable_where_it_is_open(mounted: Mounted, tmp_path: Path) -> None:
+    """``rm`` of a version: its path goes (ENOENT once the ttl lapses), a reader that has the file
+    open or mapped keeps reading that version's bytes (page cache kept, attributes from the
+    handle), and the next ``add`` takes a new number, whose file has the new bytes."""
+    from deltastore.zoo.tiny import tiny_llama_dir
+
+    a = tiny_llama_dir(tmp_path / "a", seed=21, hidden=32, layers=1)
+    b = tiny_llama_dir(tmp_path / "b", seed=22, hidden=32, layers=1)
+    want_a, want_b = (a / "model.safetensors").read_bytes(), (b / "model.safetensors").read_bytes()
+    assert len(want_a) == len(want_b) and want_a != want_b
+    with deltastore.open(mounted.home) as st:
+        st.add_base("gone", a)
+    f = mounted.mp / "gone" / "v1" / "model.safetensors"
+    deadline = time.monotonic() + 10
+    while not f.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    held = open(f, "rb")
+    try:
+        assert held.read() == want_a  # now in the kernel's page cache
+        with deltastore.open(mounted.home) as st:
+            st.rm("gone@v1")
+            assert st.add_base("gone", b).number == 2  # numbers are never reused
+        time.sleep(1.0)  # past the mount's ttl (0.5 s here): names and attributes are asked again
+        assert not f.exists()
+        held.seek(0)
+        assert held.read() == want_a
+        assert (mounted.mp / "gone" / "v2" / "model.safetensors").read_bytes() == want_b
+    finally:
+        held.close()
+
+
 def test_unmount_names_what_is_open_then_unmounts_cleanly(mounted: Mounted, capsys: pytest.CaptureFixture) -> None:
     """Last test of the folder: it unmounts the shared mount."""
     from deltastore.cli.main import main
