@@ -33,8 +33,9 @@ decode takes the base's exponent as its context directly, no grouping pass) on t
 tensors: bytes against v2, speed per core, and its decode kernel alone on one chunk beside
 zipnn's whole decode of the same bytes. ``--base-contexts``: the base's exponents given richer
 contexts (row / column classes, the previous exponent) with the table cost, the mantissa given
-the exponent, and rows or columns grouped by class before today's planes + zstd (issue 12's
-base goal: >= 1% under zipnn).
+the exponent, rows or columns grouped by class before today's planes + zstd, and the low plane
+grouped by each element's own exponent (benchmarks/probe_lowplane.py) with its speed beside
+today's planes and zipnn (issue 12's base goal: >= 1% under zipnn at zipnn's speed).
 """
 
 from __future__ import annotations
@@ -425,12 +426,54 @@ def _quantile_classes(v: np.ndarray, k: int) -> np.ndarray:
     return np.searchsorted(np.quantile(v, np.linspace(0, 1, k + 1)[1:-1]), v, side="right").astype(np.int64)
 
 
-def base_contexts(base: dict, say) -> None:
+def lowplane_probe(base: dict, base_file: Path | None, say, repeat: int = 2) -> None:
+    """benchmarks/probe_lowplane.py on the base's bf16 tensors: bytes and speed per core at a few
+    zstd levels beside today's planes and zipnn on the file (same process), round trip checked;
+    and how many distinct values aligned 32-element blocks hold (the grid the low plane's runs come from)."""
+    import probe_lowplane as pl
+
+    ts = [t.reshape(-1).view(torch.int16).numpy().view(np.uint16) for t in base.values() if t.dtype == torch.bfloat16]
+    raw = sum(2 * w.size for w in ts)
+    pl.decode(pl.encode(ts[0][:4099], 3), 4099)  # compile
+    sums = {k: [0, 0] for k in ("aligned", "shifted", "shuffled")}
+    rng = np.random.default_rng(0)
+    for w in ts:
+        o = w.astype(np.int64)
+        for k, (x, off) in {"aligned": (o, 0), "shifted": (o, 16), "shuffled": (rng.permutation(o), 0)}.items():
+            d, b = pl.distinct_per_block(x, 32, off)
+            sums[k][0] += d
+            sums[k][1] += b
+    say("Distinct values per 32-element block of the base's bf16 tensors: aligned blocks " +
+        ", ".join(f"{k} {d / b:.1f}" for k, (d, b) in sums.items()).removeprefix("aligned ") +
+        " (the values of an aligned block lie on an equally spaced grid: group-wise quantization's trace).")
+    say("")
+    tp, streams = cpu(lambda: [planes.compress(w.view(np.uint8), 2, rotate=True) for w in ts], repeat)
+    tq, _ = cpu(lambda: [planes.decompress(p) for p in streams], repeat)
+    say(f"| the base's bf16 tensors ({raw / MB:.2f} MB) | MB | vs today | encode MB/s/core | decode MB/s/core |")
+    say("|---|---:|---:|---:|---:|")
+    today = sum(map(len, streams))
+    z = bench_zipnn(base_file, repeat) if base_file else None
+    if z:
+        say(f"| zipnn 0.5.4, the base file ({z['raw'] / MB:.2f} MB) | {z['bytes'] / MB:.2f} | {z['bytes'] / today - 1:+.2%} | "
+            f"{z['enc']:,.0f} | {z['dec']:,.0f} |")
+    say(f"| today's planes + zstd | {today / MB:.2f} | - | {raw / tp / MB:,.0f} | {raw / tq / MB:,.0f} |")
+    for level in (-1, 1, 3):
+        te, enc = cpu(lambda: [pl.encode(w, level) for w in ts], repeat)
+        td, outs = cpu(lambda: [pl.decode(c, w.size) for c, w in zip(enc, ts)], repeat)
+        assert all(np.array_equal(o, w) for o, w in zip(outs, ts)), "low-plane probe round trip is not exact"
+        nb = sum(pl.nbytes(c) for c in enc)
+        say(f"| low plane grouped by the element's own exponent, zstd {level} | {nb / MB:.2f} | {nb / today - 1:+.2%} | "
+            f"{raw / te / MB:,.0f} | {raw / td / MB:,.0f} |")
+    say("")
+
+
+def base_contexts(base: dict, base_file: Path | None, say) -> None:
     """Issue 12's base goal: the bf16 exponents' entropy given richer contexts than the row, with
     the count of (context, symbol) pairs a coder would have to store tables for, against what
     today's exponent plane costs (zstd, as ``planes`` codes it); and what grouping a matrix's rows
     or columns by class before today's planes + zstd (a decoder-cheap way to use those contexts:
-    whole rows move) actually saves. Matrices under 65,536 elements are counted unconditioned."""
+    whole rows move) actually saves. Matrices under 65,536 elements are counted unconditioned.
+    Then :func:`lowplane_probe`."""
     keys = ["per tensor", "row", "column class (8)", "column class (16)", "row class (8) x column class (8)",
             "row class (4) x column class (16)", "previous exponent", "previous exponent, column class (8)",
             "row class (8) x column class (8), previous exponent"]
@@ -500,6 +543,7 @@ def base_contexts(base: dict, say) -> None:
         f"(order-0), {mantc / MB:.2f} MB given the element's own exponent (saving {(nel * 7 / 8 - mantc) / plain:.2%} of "
         f"the base, tables not counted); the sign {signs / MB:.2f} MB of {nel / 8 / MB:.2f}.")
     say("")
+    lowplane_probe(base, base_file, say)
     say("| rows / columns of each matrix grouped by class before today's planes + zstd | MB | vs today |")
     say("|---|---:|---:|")
     for k, v in perm.items():
@@ -696,7 +740,7 @@ def main(argv=None) -> int:
         "Below the 1% a context coder for bases would have to win: not built.")
     say("")
     if args.base_contexts:
-        base_contexts(base, say)
+        base_contexts(base, base_file, say)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     return 0

@@ -1,7 +1,8 @@
 """benchmarks/probe_rans.py (issue 12's per-context rANS probe) gives back the exact bits it coded,
 so the bytes and speeds bench_lossless.py --rans-probe reports are of a working coder: every bf16
 bit pattern (NaN payloads, infs, +-0, subnormals), sizes that are not a multiple of its four
-states, tensors over one chunk, and exponents rare enough to share a table."""
+states, tensors over one chunk, and exponents rare enough to share a table; likewise
+benchmarks/probe_lowplane.py (--base-contexts' low plane grouped by exponent)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,17 @@ def test_skewed_contexts_share_a_table_and_shrink() -> None:
     used = np.unique((_words(base) >> 7) & 0xFF).size
     assert c.ntab < used
     assert c.nbytes < base.numel()  # under one byte an element (raw: two)
+
+
+def test_lowplane_probe_round_trip() -> None:
+    """benchmarks/probe_lowplane.py (a base's low plane grouped by exponent): exact on every bf16
+    pattern, odd sizes and over one chunk, and runs of equal values in a group shrink the plane."""
+    import probe_lowplane as pl
+
+    rng = np.random.default_rng(1)
+    for w in (np.arange(1 << 16, dtype=np.uint16), rng.integers(0, 1 << 16, pl.CHUNK + 7, dtype=np.uint16),
+              np.array([0x8000, 0x7F80, 0xFF81, 1], dtype=np.uint16)):
+        assert np.array_equal(pl.decode(pl.encode(w, 3), w.size), w)
+    grid = _words(torch.tensor(rng.integers(-7, 8, 1 << 16) * 0.013, dtype=torch.bfloat16))  # few values a block
+    assert pl.nbytes(pl.encode(grid, 3)) < 0.75 * 2 * grid.size
+    assert pl.distinct_per_block(grid, 32)[0] <= 15 * (grid.size // 32)

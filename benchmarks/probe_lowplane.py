@@ -1,0 +1,100 @@
+"""Probe (issue 12, bases): a bf16 base's low plane grouped by each element's own exponent before zstd.
+
+A measurement for ``bench_lossless.py --base-contexts``, not a codec format. Today's planes store
+a bf16 tensor's low byte (7 mantissa bits and the sign, after the rotation) raw: as a whole it is
+near 8 bits of order-0 entropy. But SmolLM2's weights sit on a grid per aligned 32-element block
+(equally spaced values: the trace of group-wise quantization), so neighbours of one exponent
+often share their whole value; grouped by exponent (stably, per chunk of :data:`CHUNK`
+elements) those become runs zstd codes. The decoder decodes the exponent plane first, so the
+grouping costs no stored bytes, but it has to scatter the low bytes back (one pass, below).
+
+Layout measured (sizes only, no container): per chunk the exponent plane as today's planes code
+it (``planes.compressor``) and the grouped low plane at zstd ``level`` (or raw where zstd does not
+shrink it), plus 16 bytes of lengths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+from numba import njit
+
+from deltastore.codec import planes
+
+CHUNK = 1 << 19
+
+
+@njit(nogil=True, cache=True)
+def split_group(w, e, gl):
+    """``e``: the exponent byte of each bf16 word in ``w``; ``gl``: the low bytes (mantissa << 1 |
+    sign) stably grouped by exponent."""
+    counts = np.zeros(256, np.int64)
+    for i in range(w.size):
+        c = (w[i] >> 7) & 0xFF
+        e[i] = c
+        counts[c] += 1
+    pos, s = np.zeros(256, np.int64), 0
+    for c in range(256):
+        pos[c] = s
+        s += counts[c]
+    for i in range(w.size):
+        c = e[i]
+        gl[pos[c]] = np.uint8(((w[i] & 0x7F) << 1) | (w[i] >> 15))
+        pos[c] += 1
+
+
+@njit(nogil=True, cache=True)
+def ungroup(e, gl, out):
+    """Inverse of :func:`split_group`: the bf16 words from the exponents and the grouped low bytes."""
+    counts = np.zeros(256, np.int64)
+    for i in range(e.size):
+        counts[e[i]] += 1
+    pos, s = np.zeros(256, np.int64), 0
+    for c in range(256):
+        pos[c] = s
+        s += counts[c]
+    for i in range(e.size):
+        c = np.int64(e[i])
+        lo = np.int64(gl[pos[c]])
+        pos[c] += 1
+        out[i] = np.uint16((c << 7) | (lo >> 1) | ((lo & 1) << 15))
+
+
+def encode(w: np.ndarray, level: int) -> list[tuple[bytes, bytes, bool, int]]:
+    """bf16 words (uint16) -> per chunk (exponent frame, low frame or raw low bytes, raw?, elements)."""
+    ce, cl = planes.compressor(3), zstandard.ZstdCompressor(level=level)
+    out = []
+    for lo in range(0, w.size, CHUNK):
+        x = w[lo : lo + CHUNK]
+        e, gl = np.empty(x.size, np.uint8), np.empty(x.size, np.uint8)
+        split_group(x, e, gl)
+        fl = cl.compress(gl)
+        raw = len(fl) >= x.size
+        out.append((ce.compress(e), gl.tobytes() if raw else fl, raw, x.size))
+    return out
+
+
+def decode(chunks: list[tuple[bytes, bytes, bool, int]], n: int) -> np.ndarray:
+    """Inverse of :func:`encode`: the bf16 words (uint16)."""
+    dz = zstandard.ZstdDecompressor()
+    out, p = np.empty(n, np.uint16), 0
+    for fe, fl, raw, m in chunks:
+        e = np.frombuffer(dz.decompress(fe, max_output_size=m), np.uint8)
+        gl = np.frombuffer(fl if raw else dz.decompress(fl, max_output_size=m), np.uint8)
+        ungroup(e, gl, out[p : p + m])
+        p += m
+    return out
+
+
+def nbytes(chunks: list[tuple[bytes, bytes, bool, int]]) -> int:
+    return sum(len(fe) + len(fl) + 16 for fe, fl, _, _ in chunks)
+
+
+def distinct_per_block(w: np.ndarray, block: int, offset: int = 0) -> tuple[int, int]:
+    """(distinct values summed over the blocks, blocks) of ``w``'s ``block``-element blocks from
+    ``offset``: aligned blocks of a grid-quantized tensor hold far fewer than shifted ones."""
+    n = (w.size - offset) // block * block
+    if n <= 0:
+        return 0, 0
+    s = np.sort(w[offset : offset + n].reshape(-1, block), axis=1)
+    return int((s[:, 1:] != s[:, :-1]).sum()) + s.shape[0], s.shape[0]
