@@ -35,9 +35,10 @@ alone takes most of zipnn's whole time). ``Lossless(by_exponent=False)`` (``--pa
 Measured and not built (same results file, run 6): a per-context rANS coder that reads the base's
 exponent directly (``benchmarks/probe_rans.py``) codes the fine-tune in 0.96x v2's bytes but
 decodes at ~0.27x zipnn's speed (about 30 scalar operations an element in numba; zipnn's C
-Huffman does all its work in ~2 ns an element); richer contexts for a base (row and column
-classes, the previous exponent, the mantissa given the exponent) bound the saving at ~2.3% of a
-base only through such a coder, and at 0.14-0.41% through today's planes + zstd.
+Huffman does all its work in ~2 ns an element). For a base, richer exponent contexts (row and
+column classes, the previous exponent) bound the saving at 0.82%; the low plane grouped by each
+element's own exponent before zstd (SmolLM2's values lie on a grid per 32-element block) saves
+2.4-4.8% of the base, but decodes at ~0.5-0.7x zipnn's speed (``benchmarks/probe_lowplane.py``).
 """
 
 from __future__ import annotations
