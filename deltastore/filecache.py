@@ -70,6 +70,11 @@ class DecodedCache:
         with self._lock:
             return key in self._items or key in self._flights
 
+    def holds(self, key: Hashable) -> bool:
+        """Decoded and kept (``in`` also counts a unit still on its way)."""
+        with self._lock:
+            return key in self._items
+
     def get(self, key: Hashable, load: Loader) -> np.ndarray:
         """The unit ``key``, from the cache or computed once by ``load`` (others wait for it)."""
         with self._lock:

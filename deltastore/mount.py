@@ -120,11 +120,14 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
 
     use_ns = True
 
-    def __init__(self, store: StoreView, cache: DecodedCache, *, verify: bool = True, ttl: float = 1.0):
+    def __init__(self, store: StoreView, cache: DecodedCache, *, verify: bool = True, ttl: float = 1.0,
+                 prefetch_on_config: bool = True):
         self.store = store
         self.view = CatalogView(store, ttl=ttl)
         self.reader = FileReader(store, cache, verify=verify)
         self.cache = cache
+        self.prefetch_on_config = prefetch_on_config
+        self._prefetched: set[str] = set()  # manifests whose weights an open of config.json queued
         self._handles: dict[int, _Handle] = {}
         self._ids = count(1)
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -252,7 +255,35 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         vf = self._guard(path, self.reader.layout, manifest, f, created)
         fh = next(self._ids)
         self._handles[fh] = _Handle(vf, path)
+        if f.path == "config.json" and self.prefetch_on_config:
+            self._prefetch_weights(manifest, created)
         return fh
+
+    def _prefetch_weights(self, manifest: str, created: float) -> None:
+        """Queue the version's safetensors units for decoding, in file order, on the cache's
+        read-ahead worker: up to half the cache, once per version per mount.
+
+        Why: ``from_pretrained`` (and vLLM, and most loaders) read ``config.json`` first, then spend
+        seconds importing modules and building the model before they touch a weight; the mount would
+        sit idle through that and then make the loader wait for every tensor's decode. Started at
+        the config's open, the decode runs on the mount's core while the loader works on its own.
+        The cost when no weights follow: decode work and cache space (at most half the cap), done
+        once per version."""
+        if manifest in self._prefetched:
+            return
+        self._prefetched.add(manifest)
+        budget = self.cache.cap_bytes // 2
+        try:
+            tree = self.view.tree(manifest)
+            for name in sorted(p for p in tree.files if "/" not in p and p.endswith(".safetensors")):
+                vf = self.reader.layout(manifest, tree.files[name], created)
+                for u in vf.units:
+                    budget -= u.stop - u.start
+                    if budget < 0:
+                        return
+                    self.cache.prefetch(u.key, u.load)
+        except Exception as e:  # noqa: BLE001  (a read of the file reports it, with EIO)
+            log.debug("no read-ahead of %s's weights: %s", manifest, e)
 
     def read(self, path: str, size: int, offset: int, fh: int) -> "bytes | _Span":
         h = self._handles.get(fh)

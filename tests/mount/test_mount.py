@@ -210,6 +210,39 @@ def test_a_removed_version_stays_readable_where_it_is_open(mounted: Mounted, tmp
         held.close()
 
 
+def test_opening_config_json_starts_decoding_the_weights(mounted: Mounted) -> None:
+    """A loader reads config.json, then builds the model for seconds before it touches a weight: the
+    mount's operations queue the version's safetensors units at the config's open (the same
+    operations the FUSE mount runs, here called directly on the real store and cache), so the
+    weights are decoded by the time they are read; without the option nothing is decoded."""
+    from deltastore.filecache import DecodedCache
+    from deltastore.mount import DeltaStoreFS
+
+    want = (mounted.src["tiny-ftl"] / "model.safetensors").read_bytes()
+    with deltastore.open(mounted.home) as st:
+        for on in (False, True):
+            cache = DecodedCache(64 << 20)
+            ops = DeltaStoreFS(st, cache, prefetch_on_config=on)
+            try:
+                fh = ops.open("/tiny-ftl/v1/model.safetensors", os.O_RDONLY)  # its layout: nothing decoded
+                units = ops._handles[fh].vf.units
+                assert cache.stats.misses == 0
+                ops.release("/tiny-ftl/v1/config.json", ops.open("/tiny-ftl/v1/config.json", os.O_RDONLY))
+                deadline = time.monotonic() + (30 if on else 1)
+                while not all(cache.holds(u.key) for u in units) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not on:
+                    assert cache.stats.misses == 0
+                    continue
+                assert all(cache.holds(u.key) for u in units)
+                decoded = cache.stats.misses
+                assert ops.reader.read(ops._handles[fh].vf, 0, len(want)) == want
+                assert cache.stats.misses == decoded  # every unit the read needed was decoded already
+                ops.release("/tiny-ftl/v1/model.safetensors", fh)
+            finally:
+                cache.close()
+
+
 def test_unmount_names_what_is_open_then_unmounts_cleanly(mounted: Mounted, capsys: pytest.CaptureFixture) -> None:
     """Last test of the folder: it unmounts the shared mount."""
     from deltastore.cli.main import main
