@@ -464,6 +464,12 @@ def lowplane_probe(base: dict, base_file: Path | None, say, repeat: int = 2) -> 
         nb = sum(pl.nbytes(c) for c in enc)
         say(f"| low plane grouped by the element's own exponent, zstd {level} | {nb / MB:.2f} | {nb / today - 1:+.2%} | "
             f"{raw / te / MB:,.0f} | {raw / td / MB:,.0f} |")
+    te, enc = cpu(lambda: [pl.encode_runs(w) for w in ts], repeat)
+    td, outs = cpu(lambda: [pl.decode_runs(c, w.size) for c, w in zip(enc, ts)], repeat)
+    assert all(np.array_equal(o, w) for o, w in zip(outs, ts)), "runs probe round trip is not exact"
+    nb = sum(pl.nbytes_runs(c) for c in enc)
+    say(f"| low plane as runs: a flag per element (same low byte as the last with its exponent) + raw literals | "
+        f"{nb / MB:.2f} | {nb / today - 1:+.2%} | {raw / te / MB:,.0f} | {raw / td / MB:,.0f} |")
     say("")
 
 
@@ -608,6 +614,7 @@ def main(argv=None) -> int:
     ap.add_argument("--store", action="store_true", help="with --chain: the series through a real (temporary) store too")
     ap.add_argument("--compiled-probe", action="store_true", help="time v2's grouping and the difference in C too (needs cc)")
     ap.add_argument("--base-contexts", action="store_true", help="the base's exponents given richer contexts (slow)")
+    ap.add_argument("--base-only", action="store_true", help="only the base file's sections (no --series needed)")
     ap.add_argument("--rans-probe", action="store_true", help="the per-context rANS probe (benchmarks/probe_rans.py)")
     ap.add_argument("--skip-series", action="store_true", help="leave out the --series per-checkpoint table")
     ap.add_argument("--skip-base-speed", action="store_true", help="leave out the base file's speed rows")
@@ -619,7 +626,7 @@ def main(argv=None) -> int:
         from deltastore.zoo.smollm2 import smollm2_dir
 
         args.base = smollm2_dir()
-    if args.series is None and not args.chain_only:
+    if args.series is None and not (args.chain_only or args.base_only):
         raise SystemExit("give --series DIR (or --chain DIR --chain-only)")
     ckpts = [] if args.series is None else sorted(
         p for p in args.series.iterdir() if p.name.startswith("step") and (p / "model.safetensors").is_file())
@@ -668,54 +675,55 @@ def main(argv=None) -> int:
         if args.out:
             args.out.write_text("\n".join(lines) + "\n")
         return 0
-    last = ckpts[-1]
-    ft = load_file(str(last / "model.safetensors"))
-    pairs = changed_pairs(base, ft)
-    raw_all = sum(t.numel() * t.element_size() for t in ft.values())
-    h0, hc, frac = diff_entropies(pairs)
-    say(f"## The fine-tune ({last.name}) against its base")
-    say("")
-    say(f"{len(pairs)} of {len(ft)} tensors changed; {frac:.1%} of the changed tensors' elements changed; "
-        f"{raw_all / MB:.1f} MB of weights.  ")
-    say(f"Order-0 entropy of the difference: {h0 / MB:.2f} MB; given the base's exponent: {hc / MB:.2f} MB "
-        f"({hc / h0 - 1:+.1%}).")
-    say("")
-    z = bench_zipnn(last / "model.safetensors", args.repeat)
-    v1 = bench_codec(Lossless(by_exponent=False), pairs, args.repeat)
-    v2 = bench_codec(Lossless(by_exponent=True), pairs, args.repeat)
-    say("| method | MB | x zipnn | encode MB/s/core | decode MB/s/core |")
-    say("|---|---:|---:|---:|---:|")
-    if z:
-        say(fmt_row("zipnn 0.5.4, fine-tune file alone", z, z))
-    say(fmt_row("lossless v1 (by_exponent=False), vs base", v1, z))
-    say(fmt_row("lossless v2 (the default: grouped by base exponent), vs base", v2, z))
-    say("")
-    say(f"v2 / v1 bytes: {v2['bytes'] / v1['bytes']:.3f}")
-    say("")
-    if args.rans_probe:
-        rans_probe(pairs, say, args.repeat, z, v2)
+    if not args.base_only:  # the fine-tune and its series
+        last = ckpts[-1]
+        ft = load_file(str(last / "model.safetensors"))
+        pairs = changed_pairs(base, ft)
+        raw_all = sum(t.numel() * t.element_size() for t in ft.values())
+        h0, hc, frac = diff_entropies(pairs)
+        say(f"## The fine-tune ({last.name}) against its base")
+        say("")
+        say(f"{len(pairs)} of {len(ft)} tensors changed; {frac:.1%} of the changed tensors' elements changed; "
+            f"{raw_all / MB:.1f} MB of weights.  ")
+        say(f"Order-0 entropy of the difference: {h0 / MB:.2f} MB; given the base's exponent: {hc / MB:.2f} MB "
+            f"({hc / h0 - 1:+.1%}).")
+        say("")
+        z = bench_zipnn(last / "model.safetensors", args.repeat)
+        v1 = bench_codec(Lossless(by_exponent=False), pairs, args.repeat)
+        v2 = bench_codec(Lossless(by_exponent=True), pairs, args.repeat)
+        say("| method | MB | x zipnn | encode MB/s/core | decode MB/s/core |")
+        say("|---|---:|---:|---:|---:|")
+        if z:
+            say(fmt_row("zipnn 0.5.4, fine-tune file alone", z, z))
+        say(fmt_row("lossless v1 (by_exponent=False), vs base", v1, z))
+        say(fmt_row("lossless v2 (the default: grouped by base exponent), vs base", v2, z))
+        say("")
+        say(f"v2 / v1 bytes: {v2['bytes'] / v1['bytes']:.3f}")
+        say("")
+        if args.rans_probe:
+            rans_probe(pairs, say, args.repeat, z, v2)
 
-    if not args.skip_series:
-        say("## Checkpoint series: each checkpoint against the one before")
-        say("")
-        say("| checkpoint | elements changed | v1 MB | v2 MB | zipnn MB (alone) | v2 x zipnn | v2 MB against the base (an anchor) |")
-        say("|---|---:|---:|---:|---:|---:|---:|")
-        prev = base
-        for c in ckpts:
-            cur = load_file(str(c / "model.safetensors"))
-            pr = changed_pairs(prev, cur)
-            nel = sum(t.numel() for t in cur.values())
-            nch = changed_elements(pr)
-            b1 = sum(len(to_bytes(Lossless(by_exponent=False).encode(t, b))) for _, t, b in pr)
-            b2 = sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b))) for _, t, b in pr)
-            anchor = b2 if prev is base else sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b)))
-                                                 for _, t, b in changed_pairs(base, cur))
-            zc = bench_zipnn(c / "model.safetensors", args.series_repeat)
-            zb = zc["bytes"] if zc else float("nan")
-            say(f"| {c.name} vs {'base' if prev is base else 'previous'} | {nch / nel:.1%} | {b1 / MB:.2f} | {b2 / MB:.2f} | "
-                f"{zb / MB:.2f} | {b2 / zb:.3f} | {anchor / MB:.2f} |")
-            prev = cur
-        say("")
+        if not args.skip_series:
+            say("## Checkpoint series: each checkpoint against the one before")
+            say("")
+            say("| checkpoint | elements changed | v1 MB | v2 MB | zipnn MB (alone) | v2 x zipnn | v2 MB against the base (an anchor) |")
+            say("|---|---:|---:|---:|---:|---:|---:|")
+            prev = base
+            for c in ckpts:
+                cur = load_file(str(c / "model.safetensors"))
+                pr = changed_pairs(prev, cur)
+                nel = sum(t.numel() for t in cur.values())
+                nch = changed_elements(pr)
+                b1 = sum(len(to_bytes(Lossless(by_exponent=False).encode(t, b))) for _, t, b in pr)
+                b2 = sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b))) for _, t, b in pr)
+                anchor = b2 if prev is base else sum(len(to_bytes(Lossless(by_exponent=True).encode(t, b)))
+                                                     for _, t, b in changed_pairs(base, cur))
+                zc = bench_zipnn(c / "model.safetensors", args.series_repeat)
+                zb = zc["bytes"] if zc else float("nan")
+                say(f"| {c.name} vs {'base' if prev is base else 'previous'} | {nch / nel:.1%} | {b1 / MB:.2f} | {b2 / MB:.2f} | "
+                    f"{zb / MB:.2f} | {b2 / zb:.3f} | {anchor / MB:.2f} |")
+                prev = cur
+            say("")
 
     say("## Base file: what context coding of the exponents could save")
     say("")

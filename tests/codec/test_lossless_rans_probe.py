@@ -55,7 +55,7 @@ def test_skewed_contexts_share_a_table_and_shrink() -> None:
 
 
 def test_lowplane_probe_round_trip() -> None:
-    """benchmarks/probe_lowplane.py (a base's low plane grouped by exponent): exact on every bf16
+    """benchmarks/probe_lowplane.py (a base's low plane grouped by exponent, or as runs): exact on every bf16
     pattern, odd sizes and over one chunk, and runs of equal values in a group shrink the plane."""
     import probe_lowplane as pl
 
@@ -63,6 +63,9 @@ def test_lowplane_probe_round_trip() -> None:
     for w in (np.arange(1 << 16, dtype=np.uint16), rng.integers(0, 1 << 16, pl.CHUNK + 7, dtype=np.uint16),
               np.array([0x8000, 0x7F80, 0xFF81, 1], dtype=np.uint16)):
         assert np.array_equal(pl.decode(pl.encode(w, 3), w.size), w)
+        assert np.array_equal(pl.decode_runs(pl.encode_runs(w), w.size), w)
     grid = _words(torch.tensor(rng.integers(-7, 8, 1 << 16) * 0.013, dtype=torch.bfloat16))  # few values a block
     assert pl.nbytes(pl.encode(grid, 3)) < 0.75 * 2 * grid.size
+    assert np.array_equal(pl.decode_runs(pl.encode_runs(grid), grid.size), grid)
+    assert pl.nbytes_runs(pl.encode_runs(grid)) < 0.75 * 2 * grid.size
     assert pl.distinct_per_block(grid, 32)[0] <= 15 * (grid.size // 32)
