@@ -36,9 +36,11 @@ Measured and not built (same results file, run 6): a per-context rANS coder that
 exponent directly (``benchmarks/probe_rans.py``) codes the fine-tune in 0.96x v2's bytes but
 decodes at ~0.27x zipnn's speed (about 30 scalar operations an element in numba; zipnn's C
 Huffman does all its work in ~2 ns an element). For a base, richer exponent contexts (row and
-column classes, the previous exponent) bound the saving at 0.82%; the low plane grouped by each
-element's own exponent before zstd (SmolLM2's values lie on a grid per 32-element block) saves
-2.4-4.8% of the base, but decodes at ~0.5-0.7x zipnn's speed (``benchmarks/probe_lowplane.py``).
+column classes, the previous exponent) bound the saving at 0.82%. The larger lead is the low plane:
+SmolLM2's values lie on a grid per 32-element block, and a flag "same low byte as the last one with
+my exponent" plus raw literals makes a base 12.3% smaller than zipnn's at its encode speed, but
+decodes at ~0.5x zipnn's speed (``benchmarks/probe_lowplane.py``; a base is a tensor object coded
+by ``planes``, not by this codec).
 """
 
 from __future__ import annotations
