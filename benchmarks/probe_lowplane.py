@@ -78,16 +78,24 @@ def encode(w: np.ndarray, level: int) -> list[tuple[bytes, bytes, bool, int]]:
     return out
 
 
-def decode(chunks: list[tuple[bytes, bytes, bool, int]], n: int) -> np.ndarray:
-    """Inverse of :func:`encode`: the bf16 words (uint16)."""
+def _decode_chunks(chunks: list, n: int, finish) -> np.ndarray:  # noqa: ANN001
+    """The bf16 words of ``n`` elements: each chunk's exponent plane decoded, then
+    ``finish(dz, exponents, a, b, out)`` with the chunk's other two fields fills its words."""
     dz = zstandard.ZstdDecompressor()
     out, p = np.empty(n, np.uint16), 0
-    for fe, fl, raw, m in chunks:
-        e = np.frombuffer(dz.decompress(fe, max_output_size=m), np.uint8)
-        gl = np.frombuffer(fl if raw else dz.decompress(fl, max_output_size=m), np.uint8)
-        ungroup(e, gl, out[p : p + m])
+    for fe, a, b, m in chunks:
+        finish(dz, np.frombuffer(dz.decompress(fe, max_output_size=m), np.uint8), a, b, out[p : p + m])
         p += m
     return out
+
+
+def decode(chunks: list[tuple[bytes, bytes, bool, int]], n: int) -> np.ndarray:
+    """Inverse of :func:`encode`: the bf16 words (uint16)."""
+
+    def finish(dz, e, fl, raw, out):  # noqa: ANN001
+        ungroup(e, np.frombuffer(fl if raw else dz.decompress(fl, max_output_size=e.size), np.uint8), out)
+
+    return _decode_chunks(chunks, n, finish)
 
 
 def nbytes(chunks: list[tuple[bytes, bytes, bool, int]]) -> int:
@@ -162,17 +170,16 @@ def encode_runs(w: np.ndarray) -> list[tuple[bytes, bytes, bytes, int]]:
 
 
 def decode_runs(chunks: list[tuple[bytes, bytes, bytes, int]], n: int) -> np.ndarray:
-    dz = zstandard.ZstdDecompressor()
-    out, p = np.empty(n, np.uint16), 0
-    for fe, fl, lt, m in chunks:
-        e = np.frombuffer(dz.decompress(fe, max_output_size=m), np.uint8)
+    """Inverse of :func:`encode_runs`."""
+
+    def finish(dz, e, fl, lt, out):  # noqa: ANN001
         if fl:
-            runs_join(e, np.frombuffer(fl, np.uint8), np.frombuffer(lt + b"\0", np.uint8), out[p : p + m])
+            runs_join(e, np.frombuffer(fl, np.uint8), np.frombuffer(lt + b"\0", np.uint8), out)
         else:
             low = np.frombuffer(lt, np.uint8).astype(np.uint16)
-            out[p : p + m] = (e.astype(np.uint16) << 7) | (low >> 1) | ((low & 1) << 15)
-        p += m
-    return out
+            out[:] = (e.astype(np.uint16) << 7) | (low >> 1) | ((low & 1) << 15)
+
+    return _decode_chunks(chunks, n, finish)
 
 
 def nbytes_runs(chunks: list[tuple[bytes, bytes, bytes, int]]) -> int:
