@@ -581,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"| {lw.cpu:.2f} | {wm.cpu / lw.cpu:.2f}x |")
         lines += ["", "`AutoModelForCausalLM.from_pretrained(DIR)` in a fresh Python process, CPU, import time excluded. "
                   "Mount fresh: a new mount process for each model (nothing decoded), the objects' page cache dropped; "
+                  "the mount starts decoding a version's weights when its config.json is opened, the loader's first read; "
                   "its CPU seconds are the loader's plus the mount server's (the decode). Local cold: the checkout's "
                   "page cache dropped. Warm: the same again at once.",
                   *[f"READ requests of the {label} mount (fresh then warm from_pretrained): {r or 'not logged'}."
