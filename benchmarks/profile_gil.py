@@ -34,9 +34,8 @@ from bench_scaling import ONE, make_pair, make_tiny, warm_install  # noqa: E402
 
 OPS = {"add_base": ("add_base", "base"), "add_ft": ("add_ft", "ft"), "checkout_base": ("checkout", "m@v1"),
        "checkout_ft": ("checkout", "ft@v1")}
-#: frames that mark a sample as the op's own work (its main thread, a pool worker, or the thread
-#: that loads the numba kernels while the op runs: codec/planes.py's fast_soon), not imports
-IN_OP = ("Store.add_base", "Store.add_finetune", "Store.checkout", "_worker (", "_load_in_background (")
+#: frames that mark a sample as the op's own work (its main thread, or a pool worker), not imports
+IN_OP = ("Store.add_base", "Store.add_finetune", "Store.checkout", "_worker (")
 
 
 def aggregate(raw: Path, rate: int, top: int) -> tuple[float, list[tuple[str, float]]]:

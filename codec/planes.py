@@ -88,64 +88,34 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _FAST: object = False  # not looked up yet
-_LOAD_LOCK = threading.Lock()
 #: per-thread scratch arrays and zstd contexts of the chunk workers
 _LOCAL = threading.local()
-_LOADER: threading.Thread | None = None
-
-
-def _import_fast():
-    """``codec._numba``, or None (numba missing or broken, or ``DELTASTORE_NUMBA=0``)."""
-    if os.environ.get("DELTASTORE_NUMBA", "1") == "0":
-        return None
-    try:
-        from . import _numba as mod
-    except ImportError:  # numba missing or broken for this numpy: the numpy path
-        return None
-    return mod
 
 
 def fast():
     """The compiled kernels (``codec._numba``), or None where numba does not import or
     ``DELTASTORE_NUMBA=0`` is set: then the numpy code here runs instead, with the same bytes
-    3-10x slower. The numpy code is also the reference the kernels are tested against.
-    Waits for a load that :func:`fast_soon` started."""
+    3-10x slower. The numpy code is also the reference the kernels are tested against."""
     global _FAST
     if _FAST is False:
-        loader = _LOADER
-        if loader is not None and loader is not threading.current_thread():
-            loader.join()
-        if _FAST is False:
-            _FAST = _import_fast()
+        mod = None
+        if os.environ.get("DELTASTORE_NUMBA", "1") != "0":
+            try:
+                from . import _numba as mod
+            except ImportError:  # numba missing or broken for this numpy: the numpy path
+                mod = None
+        _FAST = mod
     return _FAST
 
 
-def fast_soon(nbytes: int = CHUNK_BYTES):
-    """The kernels if they are loaded; else None, having started loading them on a thread of its
-    own when ``nbytes`` (the data at hand) is at least :data:`CHUNK_BYTES` (the numpy path, same
-    bytes, runs meanwhile). For the plain plane split and join of every tensor object: a
-    process's first use of numba costs about a second (the import, then the first compiled call
-    sets up LLVM), which a checkout of a few GB at 2 GB/s cannot wait for, and which a command
-    that touches only small tensors should not pay at all. The thread is not a daemon: a process
-    that ends sooner waits for it, rather than running LLVM's exit handlers under a thread still
-    inside LLVM."""
-    global _LOADER
-    if _FAST is not False or nbytes < CHUNK_BYTES:
-        return _FAST or None
-    with _LOAD_LOCK:
-        if _LOADER is None:
-            _LOADER = threading.Thread(target=_load_in_background, name="deltastore-numba-load")
-            _LOADER.start()
-    return None
-
-
-def _load_in_background() -> None:
-    global _FAST
-    mod = _import_fast()
-    if mod is not None:
-        mod.warm_planes()  # the first compiled call (LLVM set up, cached code loaded) here, not in a worker
-    if _FAST is False:  # unless set meanwhile (tests pick a path by setting it)
-        _FAST = mod
+def _loaded():
+    """The compiled kernels if this process has loaded them already (the lossless codec loads
+    them; so does a mount's warm-up), else None, without loading them: the plain plane split and
+    join never do. A process's first use of numba costs about a second (the import, then the
+    first compiled call sets up LLVM), which the numpy path below more than repays on a base
+    model's add or checkout: measured on the H200 machine's 16 cores, loading it on a thread of
+    its own beside the workers cost a checkout ~2 s of GIL hand-offs (scaling_h200.md)."""
+    return _FAST or None
 
 
 def _map_chunks(work, items, threads: int | None) -> list:  # noqa: ANN001
@@ -181,51 +151,56 @@ def rotate_right1(words: np.ndarray) -> np.ndarray:
     return (words >> 1) | (words << (bits - 1))
 
 
-#: elements per block of the plane transforms: the temporaries stay in L2 and are reused. A fresh
-#: tensor-sized temporary per step costs a page fault per 4 KiB on first touch, which on the dev VM
-#: made ``astype`` and ``ascontiguousarray`` over a whole tensor 2-3 ns an element: more than zstd.
-BLOCK = 1 << 16
+def _scratch_words(name: str, n: int, dtype) -> np.ndarray:  # noqa: ANN001
+    """A per-thread array of ``n`` words, kept for the thread's next chunk: a fresh chunk-sized
+    temporary per call costs a page fault per 4 KiB on first touch (on the dev VM more than the
+    arithmetic)."""
+    buf = getattr(_LOCAL, name, None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=dtype)
+        setattr(_LOCAL, name, buf)
+    return buf[:n]
 
 
-def split_planes(raw: np.ndarray, width: int, rotate: bool, *, compiled: bool = True) -> list[np.ndarray]:
+def split_planes(raw: np.ndarray, width: int, rotate: bool, out: np.ndarray | None = None, *,
+                 compiled: bool = True) -> list[np.ndarray]:
     """uint8 array of whole elements -> ``width`` contiguous planes, most significant byte first
-    (with ``rotate``, of the words rotated left by one bit: for bf16/fp16 the exponent's byte first).
+    (with ``rotate``, of the words rotated left by one bit: for bf16/fp16 the exponent's byte first),
+    as the rows of ``out`` (width x n uint8) when given.
 
-    One compiled call with the GIL released (:func:`fast_soon`) where the kernels are loaded and
-    ``compiled``; else the numpy reference below, which cuts each plane from the words by a shift
-    and a truncating cast, block by block (~6 numpy calls a block of 64 Ki elements, each taking
-    the GIL back: on 16 cores the workers queued for it)."""
+    A few calls a chunk, each releasing the GIL for all of it: the (rotated) words into a
+    per-thread scratch array, then each plane gathered from its byte of every word by a strided
+    copy (byte k from the top is byte ``width-1-k`` of a little-endian word). The earlier
+    block-by-block code made ~6 numpy calls per 64 Ki elements, each taking the GIL back; on 16
+    cores the workers queued for it. With ``compiled``, one call of the numba kernel instead
+    where this process has it loaded (:func:`_loaded`)."""
+    n = raw.size // width
+    if out is None:
+        out = np.empty((width, n), dtype=np.uint8)
     if width == 1:
-        return [raw]
-    fx = fast_soon(raw.size) if compiled else None
+        out[0] = raw
+        return list(out)
+    fx = _loaded() if compiled else None
     if fx is not None:
-        return list(fx.split_planes(raw, width, rotate))
-    words = raw.view(_UINT[width])
-    n, bits, u = words.size, width * 8, _UINT[width]
-    out = [np.empty(n, dtype=np.uint8) for _ in range(width)]
-    t, t2 = np.empty(min(n, BLOCK), dtype=u), np.empty(min(n, BLOCK), dtype=u)
-    for i in range(0, n, BLOCK):
-        w = words[i : i + BLOCK]
-        a, b = t[: w.size], t2[: w.size]
-        if rotate:  # a = rotl1(w): sign to bit 0, exponent to the top byte
-            np.left_shift(w, 1, out=a)
-            np.right_shift(w, bits - 1, out=b)
-            np.bitwise_or(a, b, out=a)
-            w = a
-        for k in range(width):
-            sh = 8 * (width - 1 - k)
-            if sh:
-                np.right_shift(w, sh, out=b)
-                np.copyto(out[k][i : i + BLOCK], b, casting="unsafe")  # keeps the low byte
-            else:
-                np.copyto(out[k][i : i + BLOCK], w, casting="unsafe")
-    return out
+        fx.split_planes(raw, width, rotate, out)
+        return list(out)
+    src = raw
+    if rotate:  # rotl1: sign to bit 0, exponent to the top byte
+        words, bits = raw.view(_UINT[width]), width * 8
+        a, b = _scratch_words(f"rot_a{width}", n, words.dtype), _scratch_words(f"rot_b{width}", n, words.dtype)
+        np.left_shift(words, 1, out=a)
+        np.right_shift(words, bits - 1, out=b)
+        np.bitwise_or(a, b, out=a)
+        src = a.view(np.uint8)
+    for k in range(width):
+        out[k] = src[width - 1 - k :: width]
+    return list(out)
 
 
 def join_planes(planes: list[np.ndarray], width: int, rotate: bool, out: np.ndarray | None = None, *,
                 compiled: bool = True) -> np.ndarray:
-    """Inverse of :func:`split_planes`, written into ``out`` (uint8, ``width * n`` bytes) when given;
-    compiled as :func:`split_planes` is."""
+    """Inverse of :func:`split_planes`, written into ``out`` (uint8, ``width * n`` bytes) when given:
+    each plane copied into its byte of every word (strided), then the rotation undone in place."""
     if width == 1:
         if out is None:
             return planes[0]
@@ -234,24 +209,18 @@ def join_planes(planes: list[np.ndarray], width: int, rotate: bool, out: np.ndar
     n = planes[0].size
     if out is None:
         out = np.empty(n * width, dtype=np.uint8)
-    fx = fast_soon(out.size) if compiled else None
+    fx = _loaded() if compiled else None
     if fx is not None:
         fx.join_planes(planes, width, rotate, out)
         return out
-    words = out.view(_UINT[width])
-    bits = width * 8
-    t = np.empty(min(n, BLOCK), dtype=_UINT[width]) if rotate else None
-    for i in range(0, n, BLOCK):
-        acc = words[i : i + BLOCK]  # the (rotated) words assembled in place, most significant plane first
-        np.copyto(acc, planes[0][i : i + BLOCK])
-        for p in planes[1:]:
-            acc <<= 8
-            acc |= p[i : i + BLOCK]
-        if rotate:
-            b = t[: acc.size]
-            np.left_shift(acc, bits - 1, out=b)
-            acc >>= 1
-            acc |= b
+    for k, p in enumerate(planes):
+        out[width - 1 - k :: width] = p
+    if rotate:  # rotr1, in place (a file window may be unaligned: numpy handles that)
+        words, bits = out.view(_UINT[width]), width * 8
+        t = _scratch_words(f"rot_a{width}", n, words.dtype)
+        np.left_shift(words, bits - 1, out=t)
+        np.right_shift(words, 1, out=words)
+        np.bitwise_or(words, t, out=words)
     return out
 
 
@@ -300,19 +269,15 @@ def _looks_incompressible(cctx: zstandard.ZstdCompressor, plane: np.ndarray) -> 
 
 
 def _split_scratch(raw: np.ndarray, width: int, rotate: bool) -> list[np.ndarray]:
-    """:func:`split_planes`, into this thread's scratch where the kernels are loaded (the planes
-    are compressed or copied out before the thread's next chunk): a fresh chunk-sized array per
-    chunk is a page fault per 4 KiB on first touch."""
-    fx = fast_soon(raw.size) if width > 1 else None
-    if fx is None:
-        return split_planes(raw, width, rotate, compiled=False)
-    n = raw.size // width
+    """:func:`split_planes` into this thread's scratch (the planes are compressed or copied out
+    before the thread's next chunk): a fresh chunk-sized array per chunk is a page fault per
+    4 KiB on first touch."""
+    if width == 1:
+        return [raw]
     buf = getattr(_LOCAL, "split", None)
     if buf is None or buf.size < raw.size:
         buf = _LOCAL.split = np.empty(raw.size, dtype=np.uint8)
-    out = buf[: raw.size].reshape(width, n)
-    fx.split_planes(raw, width, rotate, out)
-    return list(out)
+    return split_planes(raw, width, rotate, buf[: raw.size].reshape(width, raw.size // width))
 
 
 def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int, stored_as_bytes: bool = True) -> _Chunk:
@@ -657,12 +622,8 @@ def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tupl
 
 def _scratch(nbytes: int) -> np.ndarray:
     """A uint8 scratch array kept per thread, for a chunk's grouped planes while it is decoded
-    (nothing keeps them after the chunk). A fresh chunk-sized array per chunk is a fresh mmap
-    and a page fault per 4 KiB on first touch, which on the dev VM costs more than copying it."""
-    buf = getattr(_LOCAL, "buf", None)
-    if buf is None or buf.size < nbytes:
-        buf = _LOCAL.buf = np.empty(nbytes, dtype=np.uint8)
-    return buf[:nbytes]
+    (nothing keeps them after the chunk; see :func:`_scratch_words`)."""
+    return _scratch_words("buf", nbytes, np.uint8)
 
 
 def _grouped_planes(dctx, buf: memoryview, info: StreamInfo, i: int, start: int, counts: np.ndarray) -> np.ndarray:
