@@ -13,11 +13,12 @@ Table rows (int64), one per tier (``tiers``) and one per block of ``tile_r`` com
 tier (``tiles``), fields in :data:`FIELDS` order: word offset of the V^T rows, scale/zero offset
 of the V^T rows, the same two for the U columns, offset of the first singular value, bits,
 number of components, first column of this slot-slice in the shrink output z, group size.
+:func:`plan_blocks` cuts a batch's rows into blocks of one slot each, the GEMV kernels' row axis.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -47,6 +48,8 @@ class RowPlan:
     counts: torch.Tensor  # int32 (n_slots,)
     starts: torch.Tensor  # int32 (n_slots,)
     n_rows: int
+    #: row-block tables by block size (see :func:`plan_blocks`), built on first use
+    blocks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_slots(self) -> int:
@@ -66,6 +69,42 @@ def plan_rows(ids: torch.Tensor, n_slots: int) -> RowPlan:
     counts = (key.unsqueeze(0) == slots.unsqueeze(1)).sum(dim=1).to(torch.int32)
     starts = (torch.cumsum(counts, 0) - counts).to(torch.int32)
     return RowPlan(rows.contiguous(), counts.contiguous(), starts.contiguous(), int(ids.shape[0]))
+
+
+def plan_blocks(plan: RowPlan, block_m: int) -> torch.Tensor:
+    """int32 (NB, 3): the batch's blocks of at most ``block_m`` rows of one slot each, as (slot,
+    first sorted position, rows); rows past the real blocks read (-1, 0, 0).
+
+    The GEMV kernels' grids run over these blocks instead of (slot x row block), so a batch of
+    many fine-tunes launches no program per slot for rows it does not have (at 32 rows over 8
+    fine-tunes 7 of 8 programs had none). NB = min(M, cdiv(M, block_m) + slots - 1), the most
+    blocks any spread of M rows over the slots can need: fixed by the shapes, and built with
+    device ops (a cumsum and a searchsorted), no host sync, so a CUDA graph captures it. Cached on
+    the plan per block size (a plan serves every linear of a forward).
+    """
+    got = plan.blocks.get(block_m)
+    if got is not None:
+        return got
+    M, S, dev = plan.n_rows, plan.n_slots, plan.counts.device
+    nb = max(1, min(M, -(-M // block_m) + S - 1)) if S else 1
+    if S == 0:
+        t = torch.tensor([[-1, 0, 0]], dtype=torch.int32, device=dev)
+    else:
+        counts = plan.counts.to(torch.int64)
+        per = (counts + block_m - 1) // block_m
+        end = torch.cumsum(per, 0)
+        b = torch.arange(nb, dtype=torch.int64, device=dev)
+        slot = torch.searchsorted(end, b, right=True)  # S past the last real block
+        ok = slot < S
+        sc = slot.clamp(max=S - 1)
+        local = b - (end - per)[sc]
+        pos0 = plan.starts.to(torch.int64)[sc] + local * block_m
+        rows = torch.clamp(counts[sc] - local * block_m, max=block_m)
+        zero = torch.zeros_like(b)
+        t = torch.stack([torch.where(ok, slot, zero - 1), torch.where(ok, pos0, zero), torch.where(ok, rows, zero)], 1)
+        t = t.to(torch.int32).contiguous()
+    plan.blocks[block_m] = t
+    return t
 
 
 def check_ids(ids: torch.Tensor, n_slots: int) -> None:
@@ -233,7 +272,7 @@ class DeltaSet:
         self.m_out = torch.tensor(self.out_features, dtype=torch.int32, device=dev)
         self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
         self._nblk: dict[int, torch.Tensor] = {}
-        self._items: dict[int, tuple[torch.Tensor, int]] = {}
+        self._items: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._sems: dict[tuple[int, int], torch.Tensor] = {}
         self._built = True
         return self
@@ -265,36 +304,41 @@ class DeltaSet:
                         x[F["count"]] = min(tile_r, cnt - c0)
                         tl.append(x)
                 rows[(a, b)] = tl
-        T = max([len(v) for v in rows.values()] + [1])
-        tiles = torch.zeros(max(len(self.records), 1), self.n_slices, T, NF, dtype=torch.int64)
-        ntiles = torch.zeros(max(len(self.records), 1), self.n_slices, dtype=torch.int32)
-        for (a, b), tl in rows.items():
-            ntiles[a, b] = len(tl)
-            if tl:
-                tiles[a, b, : len(tl)] = torch.tensor(tl, dtype=torch.int64)
-        got = self._tiles[tile_r] = (tiles.to(self.device), ntiles.to(self.device), T)
-        self._tile_total[tile_r] = int(ntiles.sum())
+        got = self._tiles[tile_r] = self._padded(rows, NF)
+        self._tile_total[tile_r] = sum(len(v) for v in rows.values())
         return got
+
+    def _padded(self, rows: dict[tuple[int, int], list[list[int]]], width: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(table (slots, slices, most, width) int64 on the device, zero-padded; counts (slots,
+        slices) int32; most): per slot-slice lists of table rows, as the kernels index them."""
+        most = max([len(v) for v in rows.values()] + [1])
+        table = torch.zeros(max(len(self.records), 1), self.n_slices, most, width, dtype=torch.int64)
+        counts = torch.zeros(max(len(self.records), 1), self.n_slices, dtype=torch.int32)
+        for (a, b), lst in rows.items():
+            counts[a, b] = len(lst)
+            if lst:
+                table[a, b, : len(lst)] = torch.tensor(lst, dtype=torch.int64)
+        return table.to(self.device), counts.to(self.device), most
 
     def n_tiles(self, tile_r: int) -> int:
         """How many tiles of ``tile_r`` components all slots and slices hold (no device read)."""
         self.tiles(tile_r)
         return self._tile_total[int(tile_r)]
 
-    def items(self, chunk: int) -> tuple[torch.Tensor, int]:
-        """(items (n_items, NFI) int64, most items of one slot-slice): the GEMV expand's units of
-        work. An item is a run of at most ``chunk`` components of one tier (so one bit width) of
-        one slot and slice; fields in :data:`ITEM_FIELDS` order (``j``: its index among the items
-        of its slot-slice, ``nj``: how many there are, ``grp``: slot * n_slices + slice)."""
+    def items(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(items (slots, slices, I, NFI) int64, n_items (slots, slices) int32, I): the GEMV
+        expand's units of work, padded to I (the most of one slot-slice). An item is a run of at most
+        ``chunk`` components of one tier (so one bit width) of one slot and slice; fields in
+        :data:`ITEM_FIELDS` order (``j``: its index among the items of its slot-slice, ``nj``: how
+        many there are, ``grp``: slot * n_slices + slice). Built once per chunk size."""
         chunk = int(chunk)
         self.build()
         got = self._items.get(chunk)
         if got is not None:
             return got
-        out: list[list[int]] = []
-        most = 1
-        for a, per in enumerate(self.records):
-            for b, recs in enumerate(per):
+        per: dict[tuple[int, int], list[list[int]]] = {}
+        for a, recs_of in enumerate(self.records):
+            for b, recs in enumerate(recs_of):
                 mine: list[list[int]] = []
                 for rec in recs:
                     bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
@@ -304,23 +348,18 @@ class DeltaSet:
                                      rec[F["zcol"]] + c0, gs, len(mine), 0, a * self.n_slices + b])
                 for row in mine:
                     row[9] = len(mine)
-                most = max(most, len(mine))
-                out += mine
-        t = torch.tensor(out or [[0] * len(ITEM_FIELDS)], dtype=torch.int64).reshape(-1, len(ITEM_FIELDS))
-        if not out:
-            t[0, 1] = 0
-            t[0, 5] = 0  # a no-op item (no components) so the grid is never empty
-            t[0, 9] = 1
-        got = self._items[chunk] = (t.to(self.device), most)
+                per[(a, b)] = mine
+        got = self._items[chunk] = self._padded(per, len(ITEM_FIELDS))
         return got
 
-    def semaphores(self, n_blocks: int, n_mblocks: int) -> torch.Tensor:
-        """int32 counters, zero, one per (slot-slice, column block, row block): the GEMV expand's
-        last-program-adds-the-partials handshake (each use leaves them at zero again)."""
-        key = (n_blocks, n_mblocks)
+    def semaphores(self, n_blocks: int, n_rowblocks: int) -> torch.Tensor:
+        """int32 counters, zero, one per (row block of the batch (:func:`plan_blocks`), slice,
+        column block): the GEMV expand's last-program-adds-the-partials handshake (a row block
+        belongs to one slot; each use leaves the counters at zero again)."""
+        key = (n_blocks, n_rowblocks)
         t = self._sems.get(key)
         if t is None:
-            n = max(len(self.records), 1) * self.n_slices * n_blocks * n_mblocks
+            n = n_rowblocks * self.n_slices * n_blocks
             t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)
         return t
 

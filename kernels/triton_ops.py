@@ -27,7 +27,16 @@ float32 by or-ing the exponent of 2^23 (no int->float conversion) and multiplied
 step reads ~2 KB of packed words a program and the next two steps' loads are issued before it is
 computed (Triton pipelines no loop without tl.dot); the fields of a word are a leading, in-thread
 axis (with them last, Triton's default layout gave each word to 16 threads: 255 registers).
-Measured: benchmarks/results/kernels_h200.md.
+
+What bounds both pairs on the H200 (Nsight Compute, benchmarks/results/kernels_h200.md) is memory
+latency at low occupancy, not bandwidth (2-7% of DRAM peak) nor launches (1 us each in a graph):
+so the code keeps chains of dependent loads short. A program's prologue loads (row count, tile
+count, tile fields, first row: :func:`_slot_tile`) are issued together before any exit test, the
+GEMV shrink reads its rows' activation offsets once, the GEMV expand loads z a step ahead with
+the words, and its tail asks for y first and for the partials four items at a time. The GEMV grids
+run over the batch's row blocks (:func:`deltaset.plan_blocks`: blocks of one slot's rows, a table
+built on the device) instead of every (slot, row block) pair, so a batch over many fine-tunes
+launches no program for rows a slot does not have (at 32 rows over 8 fine-tunes, 7 in 8 did).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import os
 
 import torch
 
-from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan
+from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
 
 try:  # triton is optional: without it the torch reference ops serve (CPU users, CI without it)
@@ -118,6 +127,11 @@ if HAVE_TRITON:
         work item from its third field on (deltaset.ITEM_FIELDS[2:]): all loads issued together."""
         return (tl.load(tb + 0), tl.load(tb + 1), tl.load(tb + 2), tl.load(tb + 3), tl.load(tb + 4),
                 tl.load(tb + 5), tl.load(tb + 6), tl.load(tb + 7), tl.load(tb + 8))
+
+    @triton.jit
+    def _row_block(blocks_ptr, blk):
+        """(slot or -1, first sorted position, rows) of row block ``blk`` (deltaset.plan_blocks)."""
+        return tl.load(blocks_ptr + 3 * blk), tl.load(blocks_ptr + 3 * blk + 1), tl.load(blocks_ptr + 3 * blk + 2)
 
     @triton.jit
     def _slot_tile(counts_ptr, ntiles_ptr, starts_ptr, tiles_ptr, slot, sl, t, n_slices, T_max, NFIELD: tl.constexpr):
@@ -450,25 +464,25 @@ if HAVE_TRITON:
 
     @triton.jit(do_not_specialize=["one"])
     def _gemv_shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
-                            rows_ptr, counts_ptr, starts_ptr,
+                            rows_ptr, blocks_ptr,
                             M, K, ZC, n_slices, T_max, stride_xm, one,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
-        components of one tier (one bit width) and one split of the inputs per program."""
+        components of one tier (one bit width), one split of the inputs and one block of rows of
+        one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program."""
         pid0 = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        slot = tl.program_id(2)
+        blk = tl.program_id(1)
         ks = pid0 % SPLIT_K
         tt = pid0 // SPLIT_K
         sl = tt // T_max
         t = tt % T_max
-        cnt, nt, start, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _slot_tile(
-            counts_ptr, ntiles_ptr, starts_ptr, tiles_ptr, slot, sl, t, n_slices, T_max, NFIELD)
-        if (pid_m * BLOCK_M >= cnt) | (t >= nt):
+        slot, pos0, nrows = _row_block(blocks_ptr, blk)
+        s = tl.maximum(slot, 0)  # every table read below is in bounds; the exit test comes after them
+        nt = tl.load(ntiles_ptr + s * n_slices + sl)
+        v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _tile_header(tiles_ptr + ((s * n_slices + sl) * T_max + t) * NFIELD)
+        if (slot < 0) | (t >= nt):
             return
-        pos0 = start + pid_m * BLOCK_M
-        nrows = tl.minimum(cnt - pid_m * BLOCK_M, BLOCK_M)
         offs_r = tl.arange(0, BLOCK_R)
         r_ok = offs_r < nvalid
         per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
@@ -617,33 +631,32 @@ if HAVE_TRITON:
             tl.store(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
 
     @triton.jit
-    def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr,
-                            rows_ptr, counts_ptr, starts_ptr, mout_ptr, coloff_ptr,
-                            M, ZC, Ntot, NB_max, n_mblk, stride_ym,
+    def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr,
+                            rows_ptr, blocks_ptr, mout_ptr, coloff_ptr,
+                            M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
-        """y[rows, cols] += z U^^T. Program (column block, work item, row block): a work item is a
-        run of components of one tier (one bit width) of one slot and slice. Each writes its partial
-        sum; the last of a (slot, slice, column block, row block) group to finish (a counter per
-        group, reset by that last one) adds the partials in item order into y: one launch, the same
-        numbers whatever the order the programs ran in."""
+        """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
+        batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
+        work items of the slice, each a run of components of one tier (one bit width). Each writes
+        its partial sum; the last of a (row block, slice, column block) group to finish (a counter
+        per group, reset by that last one) adds the partials in item order into y: one launch, the
+        same numbers whatever the order the programs ran in."""
         pid_n = tl.program_id(0)
-        it = tl.program_id(1)
-        pid_m = tl.program_id(2)
-        # the item's fields and the slot's and slice's entries in two round trips, then the exits
-        ib = items_ptr + it * NFI
-        slot = tl.load(ib + 0)
-        sl = tl.load(ib + 1)
-        u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _tile_header(ib + 2)
-        cnt = tl.load(counts_ptr + slot)
-        start = tl.load(starts_ptr + slot)
+        pi = tl.program_id(1)
+        blk = tl.program_id(2)
+        sl = pi // I_max
+        i = pi % I_max
+        # the block, then the slot's item and the slice's entries (two round trips), then the exits
+        slot, pos0, nrows = _row_block(blocks_ptr, blk)
+        s = tl.maximum(slot, 0)
+        ni = tl.load(nitems_ptr + s * n_slices + sl)
+        u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _tile_header(items_ptr + ((s * n_slices + sl) * I_max + i) * NFI + 2)
         m_s = tl.load(mout_ptr + sl)
         col0 = tl.load(coloff_ptr + sl)
         n0 = pid_n * BLOCK_N
-        if (pid_m * BLOCK_M >= cnt) | (n0 >= m_s):
+        if (slot < 0) | (i >= ni) | (n0 >= m_s):
             return
-        pos0 = start + pid_m * BLOCK_M
-        nrows = tl.minimum(cnt - pid_m * BLOCK_M, BLOCK_M)
         part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
         if HAS2:
             if bits == 2:
@@ -662,7 +675,7 @@ if HAVE_TRITON:
                 _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
         # every thread's partial is stored before one thread releases the counter
         tl.debug_barrier()
-        sem = sem_ptr + (grp * NB_max + pid_n) * n_mblk + pid_m
+        sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
         done = tl.atomic_add(sem, 1, sem="acq_rel")
         if done == nj - 1:
             # y is asked for first, and the partials four items at a time (not one wait per item);
@@ -758,9 +771,10 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         bm = block_m or _gemv_block_m(M, dset)
         br = block_r or GEMV_TILE_R
         tiles, ntiles, T = dset.tiles(br)
-        grid = (dset.n_slices * T * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
+        blocks = plan_blocks(plan, bm)
+        grid = (dset.n_slices * T * split_k, blocks.shape[0])
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
-                             plan.rows, plan.counts, plan.starts, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
+                             plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, **_has(dset),
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return z
@@ -791,15 +805,15 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         bm = block_m or _gemv_block_m(M, dset)
         br = block_r or GEMV_STEP_R
         bn = min(block_n or dset.block_k, dset.block_k)
-        items, most = dset.items(chunk or GEMV_CHUNK)
+        items, nitems, most = dset.items(chunk or GEMV_CHUNK)
         nb = -(-max(dset.out_features) // bn)
-        nmb = triton.cdiv(M, bm)
-        sems = dset.semaphores(nb, nmb)
+        blocks = plan_blocks(plan, bm)
+        sems = dset.semaphores(nb, blocks.shape[0])
         part = torch.empty(most, M, sum(dset.out_features), dtype=torch.float32, device=y.device)
-        grid = (nb, items.shape[0], nmb)
-        LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items,
-                             plan.rows, plan.counts, plan.starts, dset.m_out, dset.col_off,
-                             M, dset.zcols, part.shape[2], nb, nmb, y.stride(0),
+        grid = (nb, dset.n_slices * most, blocks.shape[0])
+        LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items, nitems,
+                             plan.rows, blocks, dset.m_out, dset.col_off,
+                             M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0),
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, **_has(dset),
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return y

@@ -17,7 +17,7 @@ import torch
 
 from deltastore.codec import get_codec
 from deltastore.kernels import DeltaSet, plan_rows, ref_ops, triton_ops
-from deltastore.kernels.deltaset import F
+from deltastore.kernels.deltaset import F, plan_blocks
 
 from .kernel_testlib import DEVICE, encode_delta, packed_delta, rel
 
@@ -302,3 +302,51 @@ def test_a_delta_group_gives_each_member_what_it_gives_alone(M: int) -> None:
         assert bool(((ya.float() - yb.float()).abs() <= bound + 1e-6).all())
     x.mul_(2)  # in place: the kept slices are stale now
     assert rel(members[1](x).float(), alone[1](x).float()) < DELTA_TOL[dtype]
+
+
+@interp_slow
+def test_gemv_blocks_of_two_rows_match_the_reference() -> None:
+    """Two rows per fine-tune: GEMV blocks of 2 rows (each row's activations and z picked at compile
+    time, z read a step ahead), the shrink split in two, expand items of 2 components summed four
+    at a time by the last program of each group."""
+    dtype = torch.bfloat16
+    m, n = 70, 90
+    tenants = [packed_delta(m, n, seed=s, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 4], [2, None]]) for s in (4, 5)]
+    ds = DeltaSet(n, [m], DEVICE)
+    for _, pk, _ in tenants:
+        ds.add([pk])
+    ids = torch.tensor([1, 0, 0, 1], device=DEVICE)
+    plan = plan_rows(ids, 2)
+    assert triton_ops.use_gemv(4, ds) and triton_ops._gemv_block_m(4, ds) == 2
+    assert int(ds.items(2)[1].max()) > 4  # more than one batch of four partials
+    x = torch.randn(4, n, generator=torch.Generator().manual_seed(6)).to(dtype).to(DEVICE)
+    y0 = torch.zeros(4, m, dtype=dtype, device=DEVICE)
+    zt = triton_ops.shrink(x, ds, plan, 2)
+    zr = ref_ops.shrink(x, ds, plan)
+    assert rel(zt.sum(0), zr.sum(0)) < 1e-4
+    d_t = triton_ops.expand(zt, y0.clone(), ds, plan, chunk=2)
+    d_r = ref_ops.expand(zr, y0.clone(), ds, plan)
+    assert rel(d_t.float(), d_r.float()) < DELTA_TOL[dtype]
+
+
+@pytest.mark.parametrize("block_m", [1, 2, 4])
+def test_row_blocks_cover_each_slots_rows_once_in_a_fixed_size_table(block_m: int) -> None:
+    """plan_blocks: every row a slot serves lies in exactly one block of that slot, blocks hold at
+    most block_m rows, the table's size depends only on (rows, slots, block_m), spare rows are (-1, 0, 0)."""
+    g = torch.Generator().manual_seed(block_m)
+    for n_slots, M in ((1, 1), (1, 7), (3, 11), (8, 32), (5, 3)):
+        ids = torch.randint(-1, n_slots, (M,), generator=g)
+        plan = plan_rows(ids, n_slots)
+        t = plan_blocks(plan, block_m)
+        assert t.shape == (max(1, min(M, -(-M // block_m) + n_slots - 1)), 3) and t.dtype == torch.int32
+        assert plan_blocks(plan, block_m) is t  # cached on the plan
+        seen = []
+        for slot, pos0, rows in t.tolist():
+            if slot < 0:
+                assert (pos0, rows) == (0, 0)
+                continue
+            assert 1 <= rows <= block_m
+            st, cnt = int(plan.starts[slot]), int(plan.counts[slot])
+            assert st <= pos0 and pos0 + rows <= st + cnt
+            seen += list(range(pos0, pos0 + rows))
+        assert sorted(seen) == list(range(int((ids >= 0).sum())))
