@@ -301,7 +301,7 @@ def main() -> None:
             site, _, ws = rest.rpartition(":")
             rows += bench_store(label, site, base, ft, [int(x) for x in ws.split(",")], work, nbytes, want, h)
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
-          f"{' --old-site DIR --old-workers ' + str(args.old_workers) if args.old_site else ''}{' --homes ' + args.homes if args.homes else ''}"
+          f"{' --old-site DIR' if args.old_site else ''}{' --old-workers ' + args.old_workers if args.old_site and args.old_workers else ''}{' --homes ' + args.homes if args.homes else ''}"
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
           f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}`\n\nMachine: {machine()}, "
           f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
