@@ -75,9 +75,13 @@ def _short(value: Any) -> str:
 def _shape(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_NDIM:
         raise _bad(f"{what} must be a list of at most {MAX_NDIM} sizes, got {_short(value)}")
+    span = 1
     for s in value:
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_DIM:
             raise _bad(f"{what} must hold integers in [0, {MAX_DIM}], got {_short(value)}")
+        span *= max(s, 1)
+    if span > MAX_DIM:  # even beside a 0 (no elements), torch's strides of such a shape overflow int64
+        raise _bad(f"{what} spans more than {MAX_DIM} elements, got {_short(value)}")
     return tuple(value)
 
 

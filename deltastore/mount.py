@@ -370,7 +370,7 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
     ops = DeltaStoreFS(store, cache, verify=verify, ttl=ttl)
     if read_ahead_kb:
         threading.Thread(target=_tune_when_mounted, args=(mp, read_ahead_kb), daemon=True).start()
-    # not a daemon: numba may be inside LLVM when an unmount ends the process (see planes.fast_soon)
+    # not a daemon: numba may be inside LLVM when an unmount ends the process (see planes.fast())
     threading.Thread(target=warm_up, name="deltastore-warm-up").start()
     opts: dict[str, Any] = dict(foreground=True, nothreads=False, ro=True, fsname=f"deltastore:{_home_of(store)}", subtype="deltastore",
                                 auto_cache=True, entry_timeout=ttl, attr_timeout=ttl, negative_timeout=0, debug=debug)
@@ -387,7 +387,7 @@ def warm_up() -> float:
     """Load the decoders before the first read needs them; returns the seconds it took.
 
     A process's first lossless decode pays for importing numba and setting up its compiled
-    kernels (about a second here, see ``codec.planes.fast_soon``), and its first torch ops for
+    kernels (about a second here, see ``codec.planes.fast()``), and its first torch ops for
     torch's own set-up. In a fresh mount that landed on the first read of a file, which a
     ``from_pretrained`` then waits for with nothing else to do. The mount runs this on a thread
     of its own as it comes up: a bf16 tensor of one plane chunk (4 MiB) through the lossless

@@ -165,3 +165,13 @@ def test_golden_payloads_decode():
         for buf in PAYLOADS[codec_id]:
             enc = from_bytes(buf)
             codec_class(codec_id).from_config(enc.params).decode_delta(enc)
+
+
+@pytest.mark.parametrize("codec_id", LOSSY)
+def test_an_empty_array_of_an_overflowing_shape_is_refused(codec_id):
+    """Found by the fuzzer: a 0 beside two dimensions of 2**40 holds no bytes, but torch's strides of
+    that shape overflow int64 (a RuntimeError, not a CodecError)."""
+    head, data = split(PAYLOADS[codec_id][0])
+    head["arrays"].insert(0, {"name": "hostile", "dtype": "float32", "shape": [0, 2**40, 2**40]})
+    with pytest.raises(CodecError, match="spans more than"):
+        from_bytes(join(head, data))
