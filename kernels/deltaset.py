@@ -126,6 +126,9 @@ class DeltaSet:
         self.tile_r = int(tile_r)
         self._slots: list[list[PackedDeltaCoMe | None] | None] = []
         self._built = False
+        #: the one-launch base GEMV + expand for <= 4 rows (kernels/fused_gemv.py): True/False here,
+        #: None = the environment's DELTASTORE_FUSED_GEMV (off unless set: not yet verified on a GPU)
+        self.fused_gemv: bool | None = None
 
     # -- membership -------------------------------------------------------------------------------
     @property
