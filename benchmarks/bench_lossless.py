@@ -473,6 +473,95 @@ def lowplane_probe(base: dict, base_file: Path | None, say, repeat: int = 2) -> 
     say("")
 
 
+def _bf16_words(sd: dict) -> list[np.ndarray]:
+    """Each floating tensor of ``sd`` as bf16 words (uint16; fp32/fp16 rounded to bf16 by torch)."""
+    return [t.to(torch.bfloat16).reshape(-1).view(torch.int16).numpy().view(np.uint16)
+            for t in sd.values() if t.is_floating_point() and t.numel()]
+
+
+def palette_probe(base: dict, base_file: Path | None, say, repeat: int, others: list[Path]) -> None:
+    """benchmarks/probe_palette.py (a palette per aligned 32-element block, blocks decoded
+    independently) on the base's bf16 tensors: bytes and CPU-time speed per core beside zipnn on
+    the file, today's planes and the runs coding of probe_lowplane.py, in the same process, every
+    round trip checked; then, for ``others`` (safetensors files), whether their weights sit on
+    such a grid (distinct words per block) and what the palette gives there against today's planes."""
+    import probe_lowplane as pl
+    import probe_palette as pp
+
+    ts = _bf16_words({n: t for n, t in base.items() if t.dtype == torch.bfloat16})
+    raw = sum(2 * w.size for w in ts)
+    variants = {"every stream through zstd where it shrinks": (), "`lo` and `idx` raw (not tried)": ("lo", "idx")}
+    for r in variants.values():
+        pp.decode(pp.encode(ts[0][:4099], 3, r), 4099)  # compile
+    pl.decode_runs(pl.encode_runs(ts[0][:4099]), 4099)
+    say("### The base as a palette per aligned 32-element block (benchmarks/probe_palette.py)")
+    say("")
+    say(f"Load average before: {os.getloadavg()[0]:.1f}. CPU seconds of this process, one thread, best of {repeat}; "
+        "every row's round trip checked bit for bit.")
+    say("")
+    say(f"| the base's bf16 tensors ({raw / MB:.2f} MB) | MB | vs zipnn | vs today | encode MB/s/core | decode MB/s/core |")
+    say("|---|---:|---:|---:|---:|---:|")
+    tp, streams = cpu(lambda: [planes.compress(w.view(np.uint8), 2, rotate=True) for w in ts], repeat)
+    tq, _ = cpu(lambda: [planes.decompress(p) for p in streams], repeat)
+    today = sum(map(len, streams))
+    z = bench_zipnn(base_file, repeat) if base_file else None
+    zb = z["bytes"] if z else float("nan")
+
+    def row(name: str, nb: int, te: float | None, td: float | None) -> None:
+        sp = (f"{raw / te / MB:,.0f} | {raw / td / MB:,.0f}") if te else f"{z['enc']:,.0f} | {z['dec']:,.0f}"
+        say(f"| {name} | {nb / MB:.2f} | {nb / zb - 1:+.2%} | {nb / today - 1:+.2%} | {sp} |")
+
+    if z:
+        row(f"zipnn 0.5.4, the base file ({z['raw'] / MB:.2f} MB)", zb, None, None)
+    row("today's planes + zstd", today, tp, tq)
+    te, enc = cpu(lambda: [pl.encode_runs(w) for w in ts], repeat)
+    td, outs = cpu(lambda: [pl.decode_runs(c, w.size) for c, w in zip(enc, ts)], repeat)
+    assert all(np.array_equal(o, w) for o, w in zip(outs, ts)), "runs probe round trip is not exact"
+    row("low plane as runs (probe_lowplane.py, run 9's row)", sum(pl.nbytes_runs(c) for c in enc), te, td)
+    details = []
+    for name, r in variants.items():
+        te, enc = cpu(lambda: [pp.encode(w, 3, r) for w in ts], repeat)
+        td, outs = cpu(lambda: [pp.decode(c, w.size) for c, w in zip(enc, ts)], repeat)
+        assert all(np.array_equal(o, w) for o, w in zip(outs, ts)), "palette probe round trip is not exact"
+        chunks = [c for cs in enc for c in cs]
+        row(f"palette per 32-element block, {name}", pp.nbytes(chunks), te, td)
+        details.append((name, pp.stream_bytes(chunks), sum(c.n for c in chunks if c.planes is not None)))
+    say("")
+    say(f"Load average after: {os.getloadavg()[0]:.1f}.")
+    say("")
+    for name, sb, nplanes in details:
+        say(f"Palette streams ({name}), MB: " + ", ".join(f"{k} {v / MB:.2f}" for k, v in sb.items()) +
+            f"; elements in chunks kept as today's planes (the palette did not pay): {nplanes:,} of {raw // 2:,}.  ")
+    say("")
+    if not others:
+        return
+    say("#### Do other weights sit on such a grid?")
+    say("")
+    say("Floating tensors of each file as bf16 words (fp32 rounded to bf16). Distinct words per 32-element "
+        "block: aligned, shifted by 16, shuffled (no grid: aligned = shifted ~ shuffled ~ 32). Palette "
+        "(`lo`, `idx` raw) against today's planes on the same words.")
+    say("")
+    say("| file | elements | distinct aligned | shifted | shuffled | planes MB | palette MB | palette vs planes |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    for f in others:
+        ws = _bf16_words(load_file(str(f)))
+        sums = [[0, 0], [0, 0], [0, 0]]
+        for w in ws:
+            o = w.astype(np.int64)
+            for acc, (x, off) in zip(sums, ((o, 0), (o, 16), (rng.permutation(o), 0))):
+                d, b = pl.distinct_per_block(x, 32, off)
+                acc[0] += d
+                acc[1] += b
+        npl = sum(len(planes.compress(w.view(np.uint8), 2, rotate=True)) for w in ws)
+        encs = [pp.encode(w, 3, ("lo", "idx")) for w in ws]
+        assert all(np.array_equal(pp.decode(c, w.size), w) for c, w in zip(encs, ws)), f"{f}: palette round trip"
+        npp = sum(pp.nbytes(c) for c in encs)
+        say(f"| {f.parent.name}/{f.name} | {sum(w.size for w in ws):,} | " +
+            " | ".join(f"{d / max(b, 1):.1f}" for d, b in sums) + f" | {npl / MB:.2f} | {npp / MB:.2f} | {npp / npl - 1:+.2%} |")
+    say("")
+
+
 def base_contexts(base: dict, base_file: Path | None, say) -> None:
     """Issue 12's base goal: the bf16 exponents' entropy given richer contexts than the row, with
     the count of (context, symbol) pairs a coder would have to store tables for, against what
@@ -615,6 +704,10 @@ def main(argv=None) -> int:
     ap.add_argument("--compiled-probe", action="store_true", help="time v2's grouping and the difference in C too (needs cc)")
     ap.add_argument("--base-contexts", action="store_true", help="the base's exponents given richer contexts (slow)")
     ap.add_argument("--base-only", action="store_true", help="only the base file's sections (no --series needed)")
+    ap.add_argument("--palette", action="store_true",
+                    help="the base as a palette per 32-element block (benchmarks/probe_palette.py) beside zipnn")
+    ap.add_argument("--palette-other", type=Path, nargs="*", default=[], metavar="FILE",
+                    help="with --palette: other safetensors files checked for the grid")
     ap.add_argument("--rans-probe", action="store_true", help="the per-context rANS probe (benchmarks/probe_rans.py)")
     ap.add_argument("--skip-series", action="store_true", help="leave out the --series per-checkpoint table")
     ap.add_argument("--skip-base-speed", action="store_true", help="leave out the base file's speed rows")
@@ -749,6 +842,8 @@ def main(argv=None) -> int:
     say("")
     if args.base_contexts:
         base_contexts(base, base_file, say)
+    if args.palette:
+        palette_probe(base, base_file, say, args.repeat, args.palette_other)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     return 0
