@@ -2,6 +2,7 @@
 
     python benchmarks/bench_kernels.py --out benchmarks/results/kernels_h200.md       # on the GPU
     TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --smoke                      # CPU check
+    python benchmarks/bench_kernels.py --fused --sweep --out ...  # the fused GEMV (M <= 4) beside today's path
 
 One decoder layer's seven linears (hidden 4096, MLP 11008, bf16), laid out as servers lay them out:
 q/k/v as one GEMM (12288 x 4096), o (4096 x 4096), gate/up as one GEMM (22016 x 4096), down
@@ -327,6 +328,101 @@ def diagnose(dev: torch.device, budget: float) -> None:
                 print(f"| {name} | {M} | {cfg or 'defaults'} | {ts:.1f} | {vbytes / ts / 1e3:.0f} | {te:.1f} | {ubytes / te / 1e3:.0f} | {res[0]} | {res[1]} |", flush=True)
 
 
+#: configurations --fused tries for the one-launch base GEMV + expand (kernels/fused_gemv.py); the first is the default
+SWEEP_FUSED = [{}, dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(block_n=64), dict(block_n=64, split_k=4),
+               dict(block_k=256, split_k=4), dict(block_k=64, split_k=4), dict(num_warps=8, split_k=4), dict(block_r=32, split_k=4)]
+
+
+def fused_layer_fn(bench: "Bench", M: int, n_tenants: int, ids: torch.Tensor, cfg: dict):
+    """A closure running every copy's layer the fused way: per group one shrink (shared by its
+    linears), then one fused_gemv launch per linear writing its columns of y (base + delta)."""
+    from deltastore.kernels import fused_gemv
+
+    x, h, ys = bench.inputs(M, torch.Generator().manual_seed(M))
+    plan = plan_rows(ids, n_tenants)
+    sk = triton_ops.pick_split_k(M, bench.copies[0].sets[n_tenants][0])
+
+    def run() -> None:
+        for c in bench.copies:
+            for gi, W in enumerate(c.W):
+                inp = h if gi == 3 else x
+                ds = c.sets[n_tenants][gi]
+                z = triton_ops.shrink(inp, ds, plan, sk)
+                for si, (off, m) in enumerate(zip(ds.col_offsets, ds.out_features)):
+                    fused_gemv.fused_linear(inp, W[off : off + m], None, z, ds, plan, si, out=ys[gi][:, off : off + m], **cfg)
+
+    return run, ys
+
+
+def fused_check(bench: "Bench", M: int, n_tenants: int, ids: torch.Tensor, cfg: dict) -> float:
+    """Worst relative error of fused y against its float32 torch twin (base + delta), first copy."""
+    from deltastore.kernels import fused_gemv
+
+    x, h, _ = bench.inputs(M, torch.Generator().manual_seed(M))
+    plan = plan_rows(ids, n_tenants)
+    c = bench.copies[0]
+    worst = 0.0
+    for gi, W in enumerate(c.W):
+        inp = h if gi == 3 else x
+        ds = c.sets[n_tenants][gi]
+        z = triton_ops.shrink(inp, ds, plan, 1)
+        d = ref_ops.expand(z, torch.zeros(M, sum(ds.out_features), device=bench.device), ds, plan)
+        for si, (off, m) in enumerate(zip(ds.col_offsets, ds.out_features)):
+            Ws = W[off : off + m]
+            yt = fused_gemv.fused_linear(inp, Ws, None, z, ds, plan, si, out=torch.empty(M, m, device=bench.device), **cfg)
+            yr = inp.float() @ Ws.float().T + d[:, off : off + m]
+            if not bool(torch.isfinite(yt).all()):
+                return float("inf")
+            worst = max(worst, float((yt - yr).norm() / yr.norm()))
+    return worst
+
+
+def fused_report(args: argparse.Namespace) -> None:
+    """--fused: base alone, today's path (cuBLAS + shrink + expand) and the fused path (shrink +
+    one fused launch per linear), M = 1, 2, 4 single tenant and 4 rows over 4 tenants; every
+    configuration is checked against the float32 twin before it is timed."""
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    name = torch.cuda.get_device_name()
+    bw = copy_bandwidth(dev)
+    bench = Bench(GROUPS, args.copies, 4, [1, 4], dev)
+    us = lambda s: s * 1e6 / args.copies  # noqa: E731
+    fb, fd = bench.base_bytes / bw * 1e6, (bench.base_bytes + bench.delta_bytes) / bw * 1e6
+    lines = [f"# Fused base GEMV + delta expand (kernels/fused_gemv.py), one Llama-2-7B-shaped layer ({name})", "",
+             f"Measured by `python benchmarks/bench_kernels.py {' '.join(sys.argv[1:])}` (torch {torch.__version__}, "
+             f"triton {__import__('triton').__version__}); copy {bw / 1e12:.2f} TB/s; floor base {fb:.1f} us, with one delta {fd:.1f} us. "
+             "Times per layer, us (CUDA graph over the copies); rel err: fused y vs its float32 twin.", "",
+             "| case | base alone | today: cuBLAS + shrink + expand | x base | fused: shrink + fused | x base | best fused config | rel err |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for M, nt in ((1, 1), (2, 1), (4, 1), (4, 4)):
+        ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
+        tb = time_graph(bench.layer_fn(M, None, None, {})[0])
+        tt = time_graph(bench.layer_fn(M, nt, ids, {})[0])
+        best = (float("inf"), {}, 0.0)
+        for cfg in SWEEP_FUSED if args.sweep else SWEEP_FUSED[:1]:
+            try:
+                err = fused_check(bench, M, nt, ids, cfg)
+                t = time_graph(fused_layer_fn(bench, M, nt, ids, cfg)[0])
+            except Exception as e:  # noqa: BLE001 - a configuration that fails is skipped, and said
+                print(f"  cfg {cfg}: {type(e).__name__}: {e}", flush=True)
+                continue
+            print(f"  M={M} tenants={nt} fused {cfg or 'defaults'}: {us(t):.1f} us/layer, rel err {err:.1e}", flush=True)
+            if err > 1e-3:
+                print("  WRONG", flush=True)
+                continue
+            if t < best[0]:
+                best = (t, cfg, err)
+        row = dict(M=M, tenants=nt, base_us=us(tb), today_us=us(tt), fused_us=us(best[0]), cfg=best[1], err=best[2])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        lines.append(f"| M={M}, {nt} tenant(s) | {row['base_us']:.1f} | {row['today_us']:.1f} | x{tt / tb:.2f} | {row['fused_us']:.1f} | "
+                     f"x{best[0] / tb:.2f} | {best[1] or 'defaults'} | {best[2]:.1e} |")
+    k = triton_ops.LAST.get("fused_gemv")
+    lines += ["", f"Last fused launch: {getattr(k, 'n_regs', '?')} registers, {getattr(k, 'n_spills', '?')} spills."]
+    emit("\n".join(lines) + "\n", args.out, args.json, rows)
+
+
 def register_report() -> None:
     """Registers, stack and local memory per thread of the kernels as compiled for sm_90 by the
     installed Triton (no GPU needed: Triton's own ptxas and cuobjdump), by block shape."""
@@ -344,10 +440,13 @@ def register_report() -> None:
              "ntiers_ptr": "*i32", "nblk_ptr": "*i32", "rows_ptr": "*i32", "counts_ptr": "*i32", "starts_ptr": "*i32", "mout_ptr": "*i32",
              "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "n_slices": "i32", "R_max": "i32", "stride_ym": "i32"}
 
-    def usage(fn, sig: dict, ce: dict, nw: int, ns: int) -> str:
+    def usage(fn, sig: dict, ce: dict, nw: int, ns: int, div: tuple[str, ...] = ()) -> str:
+        """``div``: arguments compiled as multiples of 16 (what a launch with such values gets by
+        Triton's specialization; it decides whether loads are vectorized)."""
         sig = {n: sig.get(n, "constexpr") for n in fn.arg_names}  # in the kernel's parameter order
         names = list(sig)
-        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in ce.items()})
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in ce.items()},
+                        attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div})
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
         path = f"/tmp/bench_kernels_{os.getpid()}.cubin"
         with open(path, "wb") as f:
@@ -374,6 +473,22 @@ def register_report() -> None:
         print(f"| gemv shrink | {bits} | 4 | {bm} x {tr} x 128 | {nw} / {ns} | {usage(triton_ops._gemv_shrink_kernel, sig_gs, ce, nw, ns)} |", flush=True)
         ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, **has(bits))
         print(f"| gemv expand | {bits} | 4 | {bm} x {er} x 128 | {nw} / {ns} | {usage(triton_ops._gemv_expand_kernel, sig_ge, ce, nw, ns)} |", flush=True)
+    from deltastore.kernels import fused_gemv
+
+    sig_f = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16", "z_ptr": "*fp32", "part_ptr": "*fp32", "sem_ptr": "*i32",
+             "words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "tiers_ptr": "*i64", "ntiers_ptr": "*i32", "rows_ptr": "*i32",
+             "blocks_ptr": "*i32", "M": "i32", "K": "i32", "N": "i32", "ZC": "i32", "NB": "i32", "sl": "i32", "n_slices": "i32", "R_max": "i32",
+             "stride_xm": "i32", "stride_wn": "i32", "stride_ym": "i32"}
+    # as the layer's launches compile: pointers, K, N and the strides are multiples of 16 (4096, 11008, 12288)
+    div_f = tuple(n for n, t in sig_f.items() if t.startswith("*")) + ("K", "N", "stride_xm", "stride_wn", "stride_ym")
+    bk0 = fused_gemv.BLOCK_K
+    for bits, bm, bn, bk, br, split, nw, ns in (([8, 3, 2], 1, 32, bk0, 16, 1, 4, 1), ([8, 3, 2], 4, 32, bk0, 16, 1, 4, 1),
+                                               ([8, 3, 2], 4, 32, bk0, 16, 4, 4, 1), ([8, 3, 2], 1, 64, bk0, 16, 4, 4, 1),
+                                               ([8, 3, 2], 1, 32, 256, 16, 4, 4, 1), ([8, 3, 2], 4, 32, bk0, 16, 4, 8, 1),
+                                               ([8, 4, 3, 2, 1], 4, 32, bk0, 32, 4, 4, 1)):
+        ce = dict(NFIELD=9, HAS_BIAS=False, SPLIT_K=split, SPLIT_Z=1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=br, **has(bits))
+        print(f"| fused gemv | {bits} | {split} | {bm} x {br} x {bn} (base K step {bk}) | {nw} / {ns} | "
+              f"{usage(fused_gemv._fused_gemv_kernel, sig_f, ce, nw, ns, div_f)} |", flush=True)
     if os.environ.get("REGS_DOT"):
         for kern, sig, blk in ((triton_ops._shrink_kernel, sig_s, "BLOCK_K"), (triton_ops._expand_kernel, sig_e, "BLOCK_N")):
             name = "dot shrink" if kern is triton_ops._shrink_kernel else "dot expand"
@@ -392,6 +507,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="try several kernel configurations per case and keep the fastest")
     ap.add_argument("--diagnose", action="store_true", help="time shrink and expand alone per kernel variant, with their resources")
     ap.add_argument("--regs", action="store_true", help="register report of the kernels compiled for sm_90 (no GPU needed)")
+    ap.add_argument("--fused", action="store_true", help="the one-launch base GEMV + expand (kernels/fused_gemv.py) beside today's path, M <= 4")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which --sweep tries no more configurations")
     args = ap.parse_args()
 
@@ -402,12 +518,22 @@ def main() -> None:
         if args.diagnose:
             return diagnose(dev, 1e9)
         b = Bench(SMOKE_GROUPS, 1, 4, [1, 4], dev, alpha=0.5)
+        if args.fused:  # the --fused code paths on tiny shapes: checked, run once, not timed
+            for M, nt in ((1, 1), (4, 4)):
+                ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
+                err = max(fused_check(b, M, nt, ids, cfg) for cfg in ({}, dict(split_k=2)))
+                fused_layer_fn(b, M, nt, ids, {})[0]()
+                print(f"smoke fused M={M} tenants={nt}: rel err vs its float32 twin {err:.2e}")
+                assert err < 1e-4, err
+            return
         for M, nt, ids in ((1, 1, torch.zeros(1, dtype=torch.int64)), (5, 4, torch.tensor([3, 0, -1, 2, 0]))):
             err = b.check(M, nt, ids.to(dev), {})
             print(f"smoke M={M} tenants={nt}: rel err of the delta part vs torch {err:.2e}")
             assert err < 2e-2, err
         return
 
+    if args.fused:
+        return fused_report(args)
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
     if args.diagnose:

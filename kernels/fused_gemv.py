@@ -47,7 +47,7 @@ from .errors import KernelError
 MAX_ROWS = 4
 #: defaults: output columns a program, inputs a base step, components a delta step
 BLOCK_N = 32
-BLOCK_K = 256
+BLOCK_K = 128  # 256 holds the W tile in ~128 registers a thread (bench_kernels --regs); 128 leaves room
 BLOCK_R = 16
 
 
