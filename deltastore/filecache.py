@@ -40,6 +40,7 @@ class CacheStats:
     evictions: int = 0
     bytes_held: int = 0
     errors: int = 0
+    dropped: int = 0  # read-aheads superseded before a worker reached them
 
 
 class _Flight:
@@ -117,8 +118,10 @@ class DecodedCache:
             if key not in self._items:
                 self._insert(key, arr)
 
-    def prefetch(self, key: Hashable, load: Loader) -> None:
-        """Start computing ``key`` in the background unless it is held or on its way."""
+    def prefetch(self, key: Hashable, load: Loader, *, wanted: Callable[[], bool] | None = None) -> None:
+        """Start computing ``key`` in the background unless it is held or on its way. ``wanted``,
+        asked when the worker reaches it, can drop it first (a read-ahead a newer one superseded:
+        nothing is computed and no reader can be waiting on it, as no flight was made)."""
         if self._pool is None or self.cap_bytes == 0:
             return
         with self._lock:
@@ -126,6 +129,9 @@ class DecodedCache:
                 return
 
         def run() -> None:
+            if wanted is not None and not wanted():
+                self.stats.dropped += 1
+                return
             try:
                 self.get(key, load)
             except Exception as e:  # the reader that needs it will get the error itself

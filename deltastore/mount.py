@@ -128,6 +128,7 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         self.cache = cache
         self.prefetch_on_config = prefetch_on_config
         self._prefetched: set[str] = set()  # manifests whose weights an open of config.json queued
+        self._config_opens = 0  # versions whose config.json open queued a read-ahead, so far
         self._handles: dict[int, _Handle] = {}
         self._ids = count(1)
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -272,6 +273,12 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         if manifest in self._prefetched:
             return
         self._prefetched.add(manifest)
+        # a scan over many versions' configs (`grep -r`, a hub-style indexer) must not queue every
+        # version's weights: what an open queued is dropped once two newer versions' configs were
+        # opened after it (two, so two jobs loading different versions at once both keep theirs)
+        self._config_opens += 1
+        mine = self._config_opens
+        wanted = lambda: self._config_opens - mine < 2  # noqa: E731
         budget = self.cache.cap_bytes // 2
         try:
             tree = self.view.tree(manifest)
@@ -281,7 +288,7 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
                     budget -= u.stop - u.start
                     if budget < 0:
                         return
-                    self.cache.prefetch(u.key, u.load)
+                    self.cache.prefetch(u.key, u.load, wanted=wanted)
         except Exception as e:  # noqa: BLE001  (a read of the file reports it, with EIO)
             log.debug("no read-ahead of %s's weights: %s", manifest, e)
 

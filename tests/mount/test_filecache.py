@@ -88,3 +88,21 @@ def test_parse_size() -> None:
     for bad in ("lots", "-1G", ""):
         with pytest.raises(BadInputError):
             parse_size(bad)
+
+
+def test_a_superseded_prefetch_is_dropped_before_it_decodes() -> None:
+    """``wanted`` is asked when the worker reaches the unit: False means nothing is computed."""
+    c = DecodedCache(1 << 20, prefetch_workers=1)
+    gate = threading.Event()
+    c.prefetch("slow", lambda: (gate.wait(5), unit(5, 1))[1])  # holds the one worker
+    keep = {"old": True}
+    c.prefetch("old", lambda: pytest.fail("a dropped read-ahead was decoded"), wanted=lambda: keep["old"])
+    c.prefetch("new", lambda: unit(5, 7), wanted=lambda: True)
+    keep["old"] = False  # superseded while still queued
+    gate.set()
+    deadline = time.monotonic() + 5
+    while not c.holds("new") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.holds("new") and not c.holds("old") and "old" not in c and c.stats.dropped == 1
+    assert c.get("old", lambda: unit(5, 3))[0] == 3  # a reader still gets it, decoded then
+    c.close()

@@ -243,6 +243,40 @@ def test_opening_config_json_starts_decoding_the_weights(mounted: Mounted) -> No
                 cache.close()
 
 
+def test_a_scan_of_many_configs_does_not_queue_every_version(mounted: Mounted) -> None:
+    """`grep -r` over a mount opens every config.json: what an open queued is dropped once two newer
+    versions' configs were opened after it, so only the last two versions' weights get decoded."""
+    import threading
+
+    import numpy as np
+
+    from deltastore.filecache import DecodedCache
+    from deltastore.mount import DeltaStoreFS
+
+    with deltastore.open(mounted.home) as st:
+        cache = DecodedCache(64 << 20)
+        ops = DeltaStoreFS(st, cache)
+        try:
+            gate = threading.Event()
+            cache.prefetch("gate", lambda: (gate.wait(10), np.zeros(1, np.uint8))[1])  # holds the worker
+            units = {}
+            for name in ("tiny", "tiny-ft", "tiny-ftl"):  # the scan: three versions' configs, in turn
+                fh = ops.open(f"/{name}/v1/model.safetensors", os.O_RDONLY)
+                units[name] = ops._handles[fh].vf.units
+                ops.release(f"/{name}/v1/model.safetensors", fh)
+                ops.release(f"/{name}/v1/config.json", ops.open(f"/{name}/v1/config.json", os.O_RDONLY))
+            gate.set()
+            deadline = time.monotonic() + 30
+            while not all(cache.holds(u.key) for u in units["tiny-ftl"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all(cache.holds(u.key) for u in units["tiny-ftl"])  # the newest: decoded
+            # every unit the oldest's open queued was dropped unrun (its tensors may be held all the
+            # same: the fine-tunes' decode reads them as their base)
+            assert cache.stats.dropped == len(units["tiny"])
+        finally:
+            cache.close()
+
+
 def test_unmount_names_what_is_open_then_unmounts_cleanly(mounted: Mounted, capsys: pytest.CaptureFixture) -> None:
     """Last test of the folder: it unmounts the shared mount."""
     from deltastore.cli.main import main
