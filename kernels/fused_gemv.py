@@ -226,3 +226,20 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         NFIELD=NF, HAS_BIAS=bias is not None, SPLIT_K=split_k, SPLIT_Z=z.shape[0], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=br, **has,
         num_warps=num_warps, num_stages=num_stages)
     return y
+
+
+def linear_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dset: DeltaSet, plan: RowPlan,
+                   slice_index: int = 0, cache: dict | None = None) -> torch.Tensor:
+    """What a ``DeltaLinear`` runs when :func:`applies`: the set's shrink (once per input for the
+    linears of a group: ``cache``, a dict the group keeps, holds z for the same tensor, unmodified
+    since, under the same row plan), then one fused launch for this linear. x2 (M <= 4, in)."""
+    dset.build()
+    key = (x2.data_ptr(), tuple(x2.shape), x2._version, x2.dtype)
+    z = None
+    if cache is not None and cache.get("key") == key and cache.get("plan") is plan:
+        z = cache["z"]
+    if z is None:
+        z = triton_ops.shrink(x2, dset, plan, triton_ops.pick_split_k(x2.shape[0], dset))
+        if cache is not None:
+            cache.update(key=key, plan=plan, z=z)
+    return fused_linear(x2, weight, bias, z, dset, plan, slice_index)

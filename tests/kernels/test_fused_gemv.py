@@ -139,3 +139,24 @@ def test_fused_gemv_two_tenants_split_k_in_one_launch() -> None:
     y_ref32 = x.float() @ W.float().T + ref_ops.expand(z, torch.zeros(3, m, device=DEVICE), ds, plan)
     assert rel(y, y_ref32) < 1e-5
     assert bool((torch.cat([t.reshape(-1) for t in ds._sems.values()]) == 0).all())
+
+
+def test_linear_forward_shares_one_shrink_across_a_group() -> None:
+    """Two linears of one set (a q/k-like group) on the same input: the second reuses the first's
+    z (the cache) and both match the float32 twin; a changed input computes a new z."""
+    dtype, n, outs = torch.bfloat16, 64, [40, 33]
+    ds = DeltaSet(n, outs, DEVICE)
+    pairs = [packed_delta(m, n, seed=7 + i, dtype=dtype) for i, m in enumerate(outs)]
+    ds.add([p[1] for p in pairs])
+    x = torch.randn(2, n, generator=torch.Generator().manual_seed(2)).to(dtype).to(DEVICE)
+    plan = plan_rows(torch.zeros(2, dtype=torch.int64, device=DEVICE), 1)
+    cache: dict = {}
+    ys = [fused_gemv.linear_forward(x, p[0].to(DEVICE), None, ds, plan, i, cache) for i, p in enumerate(pairs)]
+    z = cache["z"]
+    d = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(2, sum(outs), device=DEVICE), ds, plan)
+    for i, (y, p) in enumerate(zip(ys, pairs)):
+        yr = (x.float() @ p[0].to(DEVICE).float().T + d[:, ds.col_offsets[i] : ds.col_offsets[i] + outs[i]]).to(dtype)
+        assert _within_ulps(y, yr)
+    x.mul_(2)  # in place: a new version, so a new z
+    fused_gemv.linear_forward(x, pairs[0][0].to(DEVICE), None, ds, plan, 0, cache)
+    assert cache["z"] is not z
