@@ -330,7 +330,9 @@ def diagnose(dev: torch.device, budget: float) -> None:
 
 #: configurations --fused tries for the one-launch base GEMV + expand (kernels/fused_gemv.py); the first is the default
 SWEEP_FUSED = [{}, dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(block_n=64), dict(block_n=64, split_k=4),
-               dict(block_k=256, split_k=4), dict(block_k=64, split_k=4), dict(num_warps=8, split_k=4), dict(block_r=32, split_k=4)]
+               dict(block_k=256, split_k=4), dict(block_k=64, split_k=4), dict(num_warps=8, split_k=4), dict(block_r=32, split_k=4),
+               # gemlite's GEMV way: small programs, many of them (1-2 warps, short K steps, split-K)
+               dict(num_warps=1, block_k=32, split_k=8), dict(num_warps=2, block_k=64, split_k=8), dict(num_warps=2, block_k=128, split_k=4)]
 
 
 def fused_layer_fn(bench: "Bench", M: int, n_tenants: int, ids: torch.Tensor, cfg: dict):

@@ -127,15 +127,18 @@ if triton_ops.HAVE_TRITON:
         offs_k0 = tl.arange(0, BLOCK_K)
         wrow = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        wn = tl.load(wrow + (k_lo + offs_k0)[None, :], mask=n_ok[:, None] & ((k_lo + offs_k0) < k_hi)[None, :], other=0.0)
+        # W is read once by the whole launch ("evict_first"); x is read by every program ("evict_last")
+        wn = tl.load(wrow + (k_lo + offs_k0)[None, :], mask=n_ok[:, None] & ((k_lo + offs_k0) < k_hi)[None, :], other=0.0,
+                     eviction_policy="evict_first")
         for k0 in range(k_lo, k_hi, BLOCK_K):
             wt = wn.to(tl.float32)
             offs_k = k0 + offs_k0
             k_ok = offs_k < k_hi
             kn = offs_k + BLOCK_K
-            wn = tl.load(wrow + kn[None, :], mask=n_ok[:, None] & (kn < k_hi)[None, :], other=0.0)
+            wn = tl.load(wrow + kn[None, :], mask=n_ok[:, None] & (kn < k_hi)[None, :], other=0.0, eviction_policy="evict_first")
             for m in tl.static_range(BLOCK_M):
-                xm = tl.load(x_ptr + _pick(m, xb0, xb1, xb2, xb3) + offs_k, mask=k_ok & ((offs_k * 0 + m) < M), other=0.0).to(tl.float32)
+                xm = tl.load(x_ptr + _pick(m, xb0, xb1, xb2, xb3) + offs_k, mask=k_ok & ((offs_k * 0 + m) < M), other=0.0,
+                             eviction_policy="evict_last").to(tl.float32)
                 p = tl.sum(wt * xm[None, :], axis=1)  # (N,)
                 acc = tl.where((offs_m == m)[:, None], acc + p[None, :], acc)
         # the delta: each row block (one fine-tune's rows) adds its tiers' z U^^T at its positions
