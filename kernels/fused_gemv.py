@@ -60,9 +60,13 @@ def enabled(dset: DeltaSet | None = None) -> bool:
     return os.environ.get("DELTASTORE_FUSED_GEMV", "0") not in ("", "0")
 
 
-def applies(x: torch.Tensor, dset: DeltaSet) -> bool:
-    """Whether this call can take the fused kernel: switched on, Triton usable for x, M <= 4 rows."""
-    return enabled(dset) and triton_ops.usable(x) and 0 < x.shape[0] <= MAX_ROWS
+def applies(x: torch.Tensor, dset: DeltaSet, weight: torch.Tensor | None = None) -> bool:
+    """Whether this call can take the fused kernel: switched on, Triton usable for x (2-D), M <= 4
+    rows, and (given) a weight in x's dtype with unit stride along its inputs; else the caller
+    takes the two-launch path."""
+    if not (enabled(dset) and triton_ops.usable(x) and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS):
+        return False
+    return weight is None or (weight.dtype == x.dtype and weight.stride(1) == 1)
 
 
 if triton_ops.HAVE_TRITON:

@@ -121,6 +121,10 @@ def test_fused_gemv_is_off_by_default_and_refuses_what_it_cannot_serve(monkeypat
         fused_gemv.fused_linear(x1, W[:, :32], None, z5[:, :1], ds, p1)
     with pytest.raises(KernelError, match="dtype"):
         fused_gemv.fused_linear(x1, W.half(), None, z5[:, :1], ds, p1)
+    # what a DeltaLinear asks before taking the fused path: anything it cannot serve takes the two-launch path
+    assert fused_gemv.applies(x1, ds, W) == triton_ops.usable(x1)
+    assert not fused_gemv.applies(x1, ds, W.half()) and not fused_gemv.applies(x1, ds, W.T.contiguous().T)
+    assert not fused_gemv.applies(x1[None], ds, W)
 
 
 def test_fused_gemv_two_tenants_split_k_in_one_launch() -> None:
