@@ -36,6 +36,10 @@ contexts (row / column classes, the previous exponent) with the table cost, the 
 the exponent, rows or columns grouped by class before today's planes + zstd, and the low plane
 grouped by each element's own exponent (benchmarks/probe_lowplane.py) with its speed beside
 today's planes and zipnn (issue 12's base goal: >= 1% under zipnn at zipnn's speed).
+``--palette``: the base as a palette per aligned 32-element block (benchmarks/probe_palette.py:
+blocks decode independently, straight into bf16 words) in two stream settings, beside zipnn,
+today's planes and the low plane as runs, in the same process; ``--palette-other FILE...``: whether
+other safetensors files sit on such a grid (distinct words per block) and the palette's bytes there.
 """
 
 from __future__ import annotations
@@ -490,7 +494,7 @@ def palette_probe(base: dict, base_file: Path | None, say, repeat: int, others: 
 
     ts = _bf16_words({n: t for n, t in base.items() if t.dtype == torch.bfloat16})
     raw = sum(2 * w.size for w in ts)
-    variants = {"every stream through zstd where it shrinks": (), "`lo` and `idx` raw (not tried)": ("lo", "idx")}
+    variants = {"every stream through zstd where it shrinks": (), "`pal` and `idx` raw (not tried)": ("pal", "idx")}
     for r in variants.values():
         pp.decode(pp.encode(ts[0][:4099], 3, r), 4099)  # compile
     pl.decode_runs(pl.encode_runs(ts[0][:4099]), 4099)
@@ -539,7 +543,7 @@ def palette_probe(base: dict, base_file: Path | None, say, repeat: int, others: 
     say("")
     say("Floating tensors of each file as bf16 words (fp32 rounded to bf16). Distinct words per 32-element "
         "block: aligned, shifted by 16, shuffled (no grid: aligned = shifted ~ shuffled ~ 32). Palette "
-        "(`lo`, `idx` raw) against today's planes on the same words.")
+        "(`pal`, `idx` raw) against today's planes on the same words.")
     say("")
     say("| file | elements | distinct aligned | shifted | shuffled | planes MB | palette MB | palette vs planes |")
     say("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -554,7 +558,7 @@ def palette_probe(base: dict, base_file: Path | None, say, repeat: int, others: 
                 acc[0] += d
                 acc[1] += b
         npl = sum(len(planes.compress(w.view(np.uint8), 2, rotate=True)) for w in ws)
-        encs = [pp.encode(w, 3, ("lo", "idx")) for w in ws]
+        encs = [pp.encode(w, 3, ("pal", "idx")) for w in ws]
         assert all(np.array_equal(pp.decode(c, w.size), w) for c, w in zip(encs, ws)), f"{f}: palette round trip"
         npp = sum(pp.nbytes(c) for c in encs)
         say(f"| {f.parent.name}/{f.name} | {sum(w.size for w in ws):,} | " +

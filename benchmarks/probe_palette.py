@@ -7,18 +7,26 @@ is 12% under zipnn, but its decode carries a table through memory from element t
 store-to-load chain) and runs at half zipnn's speed. Here every block is coded on its own, so
 the decode has no chain across elements:
 
-* ``k``: the block's count of distinct whole bf16 words, less one (one byte a block);
-* the palette: the block's distinct words in ascending order, as 16-bit differences (the first
-  against the previous block's first word: neighbouring blocks share a range), split into a
-  high-byte and a low-byte stream;
-* the indices: each element's position in its block's palette, ``WIDTH[k]`` bits each (0 bits
-  for a constant block, at most 5), 4 * width bytes a block (a short last block padded with 0).
+* ``k``: the block's count of distinct bf16 words, less one (the ``ks`` stream, a byte a block);
+* the palette (``pal``): the block's distinct words, each rotated left by one bit (magnitude
+  above the sign, so +x sits beside -x) and sorted; coded from the largest down, the largest as
+  its zigzagged difference from the previous block's largest (neighbouring blocks have like
+  scales), then each gap to the next smaller; a value under 255 is one byte, else 255 and two;
+* the indices (``idx``): each element's rank in its block's palette, ``WIDTH[k]`` bits each (0
+  bits for a constant block, at most 5), 4 * width bytes a block (a short last block padded).
 
-The decode is one loop a block: rebuild <= 32 palette words by a prefix sum, then one gather a
-element straight into the bf16 word (no exponent plane, no plane join). The four streams of each
-chunk of :data:`CHUNK` elements go through zstd where that shrinks them (else raw). A chunk the
-palette does not shrink below 1.4 bytes an element (no grid: real fp weights hold ~32 distinct
-values a block) is coded as today's byte planes instead (``planes.compress``), whichever is smaller.
+The decode is one loop a block: rebuild <= 32 palette words from the gaps, then one table
+lookup an element straight into the bf16 word (no exponent plane, no plane join; two indices a
+byte when the width is 4, a 16-level grid's case). The three streams of each chunk of
+:data:`CHUNK` elements go through zstd where that shrinks them, or raw (``encode``'s ``raw``).
+A chunk the palette does not bring under 1.4 bytes an element (no grid: SmolLM2's embedding,
+real fp weights: ~29-32 distinct words a block) is also coded as today's byte planes
+(``planes.compress``), and the smaller kept; one whose first 8192 elements' palette streams
+take over 1.5 bytes an element before zstd (SmolLM2: 1.0 on the grid, 1.67 on the embedding) goes to today's planes untried (encode time).
+
+Run 10 (3cda513) coded the palette as 16-bit ascending differences in a high- and a low-byte
+stream: 0.5% fewer bytes than this layout through zstd, but zstd's decode of the high-byte
+stream cost as much as the palette join; the escape code here needs no zstd on the palette.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ BLOCK = 32
 WIDTH = np.array([0 if k == 0 else int(np.ceil(np.log2(k + 1))) for k in range(BLOCK)], np.int64)
 _SAMPLE = 32 << 10  # bytes of a stream zstd is tried on first
 _TRY_PLANES = 1.4  # bytes an element above which the chunk is also coded as today's planes
+_PROBE = 8192  # elements at a chunk's start whose raw palette size decides ...
+_SKIP_PALETTE = 1.5  # ... above this many bytes an element: today's planes without trying the palette
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -47,25 +57,49 @@ def _rotl(x):  # noqa: ANN001
     return ((x << 1) | (x >> 15)) & 0xFFFF
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _put(pd, q, v):  # noqa: ANN001
+    """``v`` (0..65535) at ``pd[q]``: one byte under 255, else 255 and two bytes; the next
+    position. (Written without branches it was no faster, and the decode slower.)"""
+    if v < 255:
+        pd[q] = v
+        return q + 1
+    pd[q] = 255
+    pd[q + 1] = v & 0xFF
+    pd[q + 2] = v >> 8
+    return q + 3
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _get(pd, q):  # noqa: ANN001
+    """Inverse of :func:`_put`: (value, next position)."""
+    c = np.int64(pd[q])
+    if c < 255:
+        return c, q + 1
+    return np.int64(pd[q + 1]) | (np.int64(pd[q + 2]) << 8), q + 3
+
+
 @njit(nogil=True, cache=True)
-def palette_split(w, width, ks, hi, lo, idx):  # noqa: ANN001
-    """Palette streams of bf16 words ``w``: fills ``ks`` (a byte a block), ``hi``/``lo`` (palette
-    differences) and ``idx`` (zeroed by the caller, 4 * 5 bytes a block at most); returns
-    (palette words, index bytes) written. Distinct values and ranks through two 65536-entry
-    tables (a block stamp and a rank), so the cost per element does not grow with the palette."""
+def palette_split(w, width, ks, pd, idx):  # noqa: ANN001
+    """Palette streams of bf16 words ``w``: fills ``ks`` (a byte a block), ``pd`` (the palettes'
+    differences, :func:`_put`: 3 bytes an entry at most, 3 * 32 a block) and ``idx`` (zeroed by the caller, 4 * 5
+    bytes a block at most); returns (palette bytes, index bytes) written. Distinct words and
+    their ranks through a 65536-entry table, sorted by counting (no data-dependent branches)."""
     n = w.size
     rank = np.zeros(1 << 16, np.uint8)  # rank + 1 of each word of the block; 0: not in it
     pal = np.zeros(BLOCK, np.int64)
     uniq = np.zeros(BLOCK, np.int64)
+    key = np.zeros(BLOCK, np.int64)  # the block's rotated words
     q = 0
     p = 0
-    first = 0
+    top = 0
     for blk in range((n + BLOCK - 1) // BLOCK):
         s = blk * BLOCK
         m = min(BLOCK, n - s)
         k = 0
         for j in range(m):  # the distinct words, in order of first appearance
             v = _rotl(w[s + j])
+            key[j] = v
             new = rank[v] == 0
             rank[v] = 1
             uniq[k] = v
@@ -77,22 +111,21 @@ def palette_split(w, width, ks, hi, lo, idx):  # noqa: ANN001
                 r += uniq[u] < v
             pal[r] = v
         ks[blk] = k - 1
-        prev = first
+        # the largest against the previous block's largest (zigzag), then down the palette
+        d = ((pal[k - 1] - top + 0x8000) & 0xFFFF) - 0x8000
+        q = _put(pd, q, (d << 1) ^ (d >> 63))
+        top = pal[k - 1]
+        for t in range(k - 2, -1, -1):
+            q = _put(pd, q, pal[t + 1] - pal[t])
         for t in range(k):
-            d = (pal[t] - prev) & 0xFFFF
-            hi[q] = d >> 8
-            lo[q] = d & 0xFF
             rank[pal[t]] = t + 1
-            prev = pal[t]
-            q += 1
-        first = pal[0]
         b = width[k - 1]
-        if b == 4:
-            for j in range(m):
-                idx[p + (j >> 1)] |= np.uint8((np.int64(rank[_rotl(w[s + j])]) - 1) << ((j & 1) << 2))
+        if b == 4 and m == BLOCK:
+            for t in range(BLOCK // 2):
+                idx[p + t] = (rank[key[2 * t]] - 1) | ((rank[key[2 * t + 1]] - 1) << 4)
         elif b:
             for j in range(m):
-                a = np.int64(rank[_rotl(w[s + j])]) - 1
+                a = np.int64(rank[key[j]]) - 1
                 bp = j * b
                 sh = bp & 7
                 idx[p + (bp >> 3)] |= np.uint8((a << sh) & 0xFF)
@@ -105,25 +138,26 @@ def palette_split(w, width, ks, hi, lo, idx):  # noqa: ANN001
 
 
 @njit(nogil=True, cache=True)
-def palette_join(width, ks, hi, lo, idx, out):  # noqa: ANN001
+def palette_join(width, ks, pd, idx, out):  # noqa: ANN001
     """Inverse of :func:`palette_split` into bf16 words ``out``; ``idx`` padded by one byte
     (each index of a width other than 4 is read from a two-byte window). Blocks do not depend on each other's outputs,
-    only on the running stream offsets (a prefix over ``ks``) and the previous block's first word."""
+    only on the running stream offsets and the previous block's largest word."""
     n = out.size
     pal = np.zeros(BLOCK, np.uint16)
     q = 0
     p = 0
-    first = 0
+    top = 0
     for blk in range((n + BLOCK - 1) // BLOCK):
         k = np.int64(ks[blk]) + 1
         b = width[k - 1]
-        v = (first + ((np.int64(hi[q]) << 8) | np.int64(lo[q]))) & 0xFFFF
-        first = v
-        pal[0] = (v >> 1) | ((v & 1) << 15)
-        for t in range(1, k):
-            v = (v + ((np.int64(hi[q + t]) << 8) | np.int64(lo[q + t]))) & 0xFFFF
+        z, q = _get(pd, q)
+        v = (top + ((z >> 1) ^ -(z & 1))) & 0xFFFF
+        top = v
+        pal[k - 1] = (v >> 1) | ((v & 1) << 15)
+        for t in range(k - 2, -1, -1):
+            d, q = _get(pd, q)
+            v -= d
             pal[t] = (v >> 1) | ((v & 1) << 15)
-        q += k
         s = blk * BLOCK
         m = min(BLOCK, n - s)
         if b == 4 and m == BLOCK:  # the common case on a 16-level grid: two indices a byte
@@ -142,22 +176,22 @@ def palette_join(width, ks, hi, lo, idx, out):  # noqa: ANN001
 
 @dataclass
 class Chunk:
-    """One chunk's coding: ``planes`` (today's planes stream) or the palette's four streams,
-    each a zstd frame or raw bytes (``raw`` flags, in the order ks, hi, lo, idx)."""
+    """One chunk's coding: ``planes`` (today's planes stream) or the palette's three streams
+    (:data:`STREAMS`), each a zstd frame or raw bytes (``raw`` flags; ``sizes``: decoded bytes)."""
 
     n: int
     planes: bytes | None = None
-    streams: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
-    raw: tuple[bool, bool, bool, bool] = (True, True, True, True)
-    sizes: tuple[int, int, int, int] = (0, 0, 0, 0)
+    streams: tuple[bytes, ...] = ()
+    raw: tuple[bool, ...] = ()
+    sizes: tuple[int, ...] = ()
 
     @property
     def nbytes(self) -> int:
-        """Stored bytes, with 4 * 4 bytes of stream lengths and a byte of flags for a palette chunk."""
-        return len(self.planes) if self.planes is not None else sum(map(len, self.streams)) + 17
+        """Stored bytes, with 3 * 4 bytes of stream lengths and a byte of flags for a palette chunk."""
+        return len(self.planes) if self.planes is not None else sum(map(len, self.streams)) + 13
 
 
-STREAMS = ("ks", "hi", "lo", "idx")
+STREAMS = ("ks", "pal", "idx")
 
 
 def _maybe_zstd(cctx: zstandard.ZstdCompressor, a: np.ndarray) -> tuple[bytes, bool]:
@@ -170,25 +204,35 @@ def _maybe_zstd(cctx: zstandard.ZstdCompressor, a: np.ndarray) -> tuple[bytes, b
     return (a.tobytes(), True) if len(f) > cut * a.size else (f, False)
 
 
+def _raw_size(x: np.ndarray) -> int:
+    """Bytes of ``x``'s palette streams before zstd."""
+    nb = (x.size + BLOCK - 1) // BLOCK
+    q, p = palette_split(x, WIDTH, np.empty(nb, np.uint8), np.empty(nb * BLOCK * 3, np.uint8), np.zeros(nb * 20 + 1, np.uint8))
+    return nb + q + p
+
+
 def encode(w: np.ndarray, level: int = 3, raw: tuple[str, ...] = ()) -> list[Chunk]:
     """bf16 words (uint16) -> per chunk of :data:`CHUNK` elements, a palette :class:`Chunk` (or
     today's planes where the palette does not pay). Streams through ``planes.compressor(level)``
     (at levels 1..3 zstd's fast literal coding, as today's planes) where that shrinks them; the
     streams named in ``raw`` (of :data:`STREAMS`) are stored raw untried: on SmolLM2 zstd takes
-    only 6-10% off ``lo`` and ``idx`` and their decode costs more than the palette join itself."""
+    only a few % off ``pal`` and ``idx`` and their decode costs about as much as the palette join itself."""
     if not set(raw) <= set(STREAMS):
         raise ValueError(f"raw streams must be among {STREAMS}, not {raw}")
     cctx = planes.compressor(level)
     out = []
     for s in range(0, w.size, CHUNK):
         x = w[s : s + CHUNK]
+        if x.size > 4 * _PROBE and _raw_size(x[:_PROBE]) > _SKIP_PALETTE * _PROBE:  # no grid here
+            out.append(Chunk(x.size, planes.compress(x.view(np.uint8), 2, rotate=True)))
+            continue
         nb = (x.size + BLOCK - 1) // BLOCK
-        ks, hi, lo = np.empty(nb, np.uint8), np.empty(nb * BLOCK, np.uint8), np.empty(nb * BLOCK, np.uint8)
+        ks, pd = np.empty(nb, np.uint8), np.empty(nb * BLOCK * 3, np.uint8)
         idx = np.zeros(nb * 4 * 5 + 1, np.uint8)
-        q, p = palette_split(x, WIDTH, ks, hi, lo, idx)
+        q, p = palette_split(x, WIDTH, ks, pd, idx)
         parts = [(a.tobytes(), True) if name in raw else _maybe_zstd(cctx, a)
-                 for name, a in zip(STREAMS, (ks, hi[:q], lo[:q], idx[: p + 1]))]  # idx: one pad byte
-        c = Chunk(x.size, None, tuple(f for f, _ in parts), tuple(r for _, r in parts), (nb, q, q, p + 1))
+                 for name, a in zip(STREAMS, (ks, pd[:q], idx[: p + 1]))]  # idx: one pad byte
+        c = Chunk(x.size, None, tuple(f for f, _ in parts), tuple(r for _, r in parts), (nb, q, p + 1))
         if c.nbytes > _TRY_PLANES * x.size:
             pc = planes.compress(x.view(np.uint8), 2, rotate=True)
             if len(pc) < c.nbytes:
@@ -206,9 +250,9 @@ def decode(chunks: list[Chunk], n: int) -> np.ndarray:
         if c.planes is not None:
             o[:] = planes.decompress(c.planes).view(np.uint16)
         else:
-            ks, hi, lo, idx = (np.frombuffer(f if r else dz.decompress(f, max_output_size=m), np.uint8)
+            ks, pd, idx = (np.frombuffer(f if r else dz.decompress(f, max_output_size=m), np.uint8)
                                for f, r, m in zip(c.streams, c.raw, c.sizes))
-            palette_join(WIDTH, ks, hi, lo, idx, o)
+            palette_join(WIDTH, ks, pd, idx, o)
         s += c.n
     return out
 
