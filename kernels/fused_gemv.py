@@ -112,6 +112,7 @@ if triton_ops.HAVE_TRITON:
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         """Program (column block, ks): y[rows, n0 .. n0 + BLOCK_N] of slice ``sl`` (see the module)."""
+        WIDTHS: tl.constexpr = (HAS1 * 2) | (HAS2 * 4) | (HAS3 * 8) | (HAS4 * 16) | (HAS8 * 256)  # bit b set: width b present
         pid_n = tl.program_id(0)
         ks = tl.program_id(1)
         n0 = pid_n * BLOCK_N
@@ -153,21 +154,11 @@ if triton_ops.HAVE_TRITON:
                 for t in range(0, nt):
                     _v_q, _v_sz, u_q, u_sz, _s_off, bits, cnt_t, zcol, gs = _tile_header(
                         tiers_ptr + ((slot * n_slices + sl) * R_max + t) * NFIELD)
-                    if HAS2:
-                        if bits == 2:
-                            acc = _fused_tier(acc, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, N, n0, ks, 2, SPLIT_Z, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
-                    if HAS3:
-                        if bits == 3:
-                            acc = _fused_tier(acc, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, N, n0, ks, 3, SPLIT_Z, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
-                    if HAS8:
-                        if bits == 8:
-                            acc = _fused_tier(acc, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, N, n0, ks, 8, SPLIT_Z, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
-                    if HAS4:
-                        if bits == 4:
-                            acc = _fused_tier(acc, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, N, n0, ks, 4, SPLIT_Z, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
-                    if HAS1:
-                        if bits == 1:
-                            acc = _fused_tier(acc, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, N, n0, ks, 1, SPLIT_Z, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+                    for B in tl.static_range(1, 9):  # one compiled branch per bit width the set holds
+                        if (WIDTHS >> B) & 1:
+                            if bits == B:
+                                acc = _fused_tier(acc, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t,
+                                                  zcol, gs, N, n0, ks, B, SPLIT_Z, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
         m_ok = offs_m < M
         mk = m_ok[:, None] & n_ok[None, :]
         if SPLIT_K == 1:
