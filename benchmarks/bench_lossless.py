@@ -561,7 +561,7 @@ def palette_probe(base: dict, base_file: Path | None, say, repeat: int, others: 
         encs = [pp.encode(w, 3, ("pal", "idx")) for w in ws]
         assert all(np.array_equal(pp.decode(c, w.size), w) for c, w in zip(encs, ws)), f"{f}: palette round trip"
         npp = sum(pp.nbytes(c) for c in encs)
-        say(f"| {f.parent.name}/{f.name} | {sum(w.size for w in ws):,} | " +
+        say(f"| {f.parent.parent.name}/{f.parent.name}/{f.name} | {sum(w.size for w in ws):,} | " +
             " | ".join(f"{d / max(b, 1):.1f}" for d, b in sums) + f" | {npl / MB:.2f} | {npp / MB:.2f} | {npp / npl - 1:+.2%} |")
     say("")
 
