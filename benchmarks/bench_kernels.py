@@ -329,20 +329,23 @@ def diagnose(dev: torch.device, budget: float) -> None:
 
 
 #: configurations --fused tries for the one-launch base GEMV + expand (kernels/fused_gemv.py); the first is the default
-SWEEP_FUSED = [{}, dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(block_n=64), dict(block_n=64, split_k=4),
+SWEEP_FUSED = [{}, dict(per_linear=True), dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(block_n=64), dict(block_n=64, split_k=4),
                dict(block_k=256, split_k=4), dict(block_k=64, split_k=4), dict(num_warps=8, split_k=4), dict(block_r=32, split_k=4),
                # gemlite's GEMV way: small programs, many of them (1-2 warps, short K steps, split-K)
                dict(num_warps=1, block_k=32, split_k=8), dict(num_warps=2, block_k=64, split_k=8), dict(num_warps=2, block_k=128, split_k=4)]
 
 
 def fused_layer_fn(bench: "Bench", M: int, n_tenants: int, ids: torch.Tensor, cfg: dict):
-    """A closure running every copy's layer the fused way: per group one shrink (shared by its
-    linears), then one fused_gemv launch per linear writing its columns of y (base + delta)."""
+    """A closure running every copy's layer the fused way: per group one shrink, then one
+    fused_gemv launch over the group's weight (cfg per_linear: one a linear) writing y (base + delta)."""
     from deltastore.kernels import fused_gemv
 
     x, h, ys = bench.inputs(M, torch.Generator().manual_seed(M))
     plan = plan_rows(ids, n_tenants)
     sk = triton_ops.pick_split_k(M, bench.copies[0].sets[n_tenants][0])
+
+    cfg = dict(cfg)
+    per_linear = cfg.pop("per_linear", False)
 
     def run() -> None:
         for c in bench.copies:
@@ -350,6 +353,9 @@ def fused_layer_fn(bench: "Bench", M: int, n_tenants: int, ids: torch.Tensor, cf
                 inp = h if gi == 3 else x
                 ds = c.sets[n_tenants][gi]
                 z = triton_ops.shrink(inp, ds, plan, sk)
+                if not per_linear:  # the group's linears in one launch (its weight is one tensor here)
+                    fused_gemv.fused_linear(inp, W, None, z, ds, plan, None, out=ys[gi], **cfg)
+                    continue
                 for si, (off, m) in enumerate(zip(ds.col_offsets, ds.out_features)):
                     fused_gemv.fused_linear(inp, W[off : off + m], None, z, ds, plan, si, out=ys[gi][:, off : off + m], **cfg)
 
@@ -363,13 +369,16 @@ def fused_check(bench: "Bench", M: int, n_tenants: int, ids: torch.Tensor, cfg: 
     x, h, _ = bench.inputs(M, torch.Generator().manual_seed(M))
     plan = plan_rows(ids, n_tenants)
     c = bench.copies[0]
+    cfg = dict(cfg)
+    per_linear = cfg.pop("per_linear", False)
     worst = 0.0
     for gi, W in enumerate(c.W):
         inp = h if gi == 3 else x
         ds = c.sets[n_tenants][gi]
         z = triton_ops.shrink(inp, ds, plan, 1)
         d = ref_ops.expand(z, torch.zeros(M, sum(ds.out_features), device=bench.device), ds, plan)
-        for si, (off, m) in enumerate(zip(ds.col_offsets, ds.out_features)):
+        parts = [(si, off, m) for si, (off, m) in enumerate(zip(ds.col_offsets, ds.out_features))] if per_linear else [(None, 0, W.shape[0])]
+        for si, off, m in parts:
             Ws = W[off : off + m]
             yt = fused_gemv.fused_linear(inp, Ws, None, z, ds, plan, si, out=torch.empty(M, m, device=bench.device), **cfg)
             yr = inp.float() @ Ws.float().T + d[:, off : off + m]
@@ -381,7 +390,7 @@ def fused_check(bench: "Bench", M: int, n_tenants: int, ids: torch.Tensor, cfg: 
 
 def fused_report(args: argparse.Namespace) -> None:
     """--fused: base alone, today's path (cuBLAS + shrink + expand) and the fused path (shrink +
-    one fused launch per linear), M = 1, 2, 4 single tenant and 4 rows over 4 tenants; every
+    one fused launch per group of linears sharing an input), M = 1, 2, 4 single tenant and 4 rows over 4 tenants; every
     configuration is checked against the float32 twin before it is timed."""
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -479,16 +488,17 @@ def register_report() -> None:
 
     sig_f = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16", "z_ptr": "*fp32", "part_ptr": "*fp32", "sem_ptr": "*i32",
              "words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "tiers_ptr": "*i64", "ntiers_ptr": "*i32", "rows_ptr": "*i32",
-             "blocks_ptr": "*i32", "M": "i32", "K": "i32", "N": "i32", "ZC": "i32", "NB": "i32", "sl": "i32", "n_slices": "i32", "R_max": "i32",
+             "blocks_ptr": "*i32", "nblk_ptr": "*i32", "mout_ptr": "*i32", "coloff_ptr": "*i32", "M": "i32", "K": "i32", "N_arg": "i32",
+             "NTOT": "i32", "ZC": "i32", "NB": "i32", "sl_arg": "i32", "n_slices": "i32", "R_max": "i32",
              "stride_xm": "i32", "stride_wn": "i32", "stride_ym": "i32"}
     # as the layer's launches compile: pointers, K, N and the strides are multiples of 16 (4096, 11008, 12288)
-    div_f = tuple(n for n, t in sig_f.items() if t.startswith("*")) + ("K", "N", "stride_xm", "stride_wn", "stride_ym")
+    div_f = tuple(n for n, t in sig_f.items() if t.startswith("*")) + ("K", "N_arg", "NTOT", "stride_xm", "stride_wn", "stride_ym")
     bk0 = fused_gemv.BLOCK_K
     for bits, bm, bn, bk, br, split, nw, ns in (([8, 3, 2], 1, 32, bk0, 16, 1, 4, 1), ([8, 3, 2], 4, 32, bk0, 16, 1, 4, 1),
                                                ([8, 3, 2], 4, 32, bk0, 16, 4, 4, 1), ([8, 3, 2], 1, 64, bk0, 16, 4, 4, 1),
                                                ([8, 3, 2], 1, 32, 256, 16, 4, 4, 1), ([8, 3, 2], 4, 32, bk0, 16, 4, 8, 1),
                                                ([8, 4, 3, 2, 1], 4, 32, bk0, 32, 4, 4, 1)):
-        ce = dict(NFIELD=9, HAS_BIAS=False, SPLIT_K=split, SPLIT_Z=1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=br, **has(bits))
+        ce = dict(NFIELD=9, GROUP=True, HAS_BIAS=False, SPLIT_K=split, SPLIT_Z=1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=br, **has(bits))
         print(f"| fused gemv | {bits} | {split} | {bm} x {br} x {bn} (base K step {bk}) | {nw} / {ns} | "
               f"{usage(fused_gemv._fused_gemv_kernel, sig_f, ce, nw, ns, div_f)} |", flush=True)
     if os.environ.get("REGS_DOT"):
@@ -523,7 +533,7 @@ def main() -> None:
         if args.fused:  # the --fused code paths on tiny shapes: checked, run once, not timed
             for M, nt in ((1, 1), (4, 4)):
                 ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
-                err = max(fused_check(b, M, nt, ids, cfg) for cfg in ({}, dict(split_k=2)))
+                err = max(fused_check(b, M, nt, ids, cfg) for cfg in ({}, dict(split_k=2), dict(per_linear=True)))
                 fused_layer_fn(b, M, nt, ids, {})[0]()
                 print(f"smoke fused M={M} tenants={nt}: rel err vs its float32 twin {err:.2e}")
                 assert err < 1e-4, err

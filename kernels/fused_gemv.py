@@ -10,8 +10,10 @@ for the same columns, the packed U^ columns of every tier of each row's fine-tun
 y once, in float32 until the single rounding (today's path rounds the base to bf16 first).
 
 The shrink (z = (x V^) S, ``triton_ops.shrink``) stays a separate launch: it reads x whole and
-is shared by the linears of a group (q/k/v, gate/up), so a group of n linears costs n + 1
-launches instead of 2n (cuBLAS + expand) + 1.
+is shared by the linears of a group (q/k/v, gate/up). Where the group's weights are one tensor
+(as servers lay them out; ``slice_index=None``) a column block looks up its linear in the set's
+(slice, first column) table, so the group costs 2 launches (shrink + fused) instead of 3 (cuBLAS,
+shrink, expand); with a weight per linear (an HF model's DeltaLinear) it costs n + 1.
 
 Rows: the accumulator is indexed by the batch's *sorted* position (``RowPlan.rows``), so the
 row blocks of :func:`deltaset.plan_blocks` (one fine-tune each, built on the device) add their
@@ -106,18 +108,28 @@ if triton_ops.HAVE_TRITON:
 
     @triton.jit
     def _fused_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr,
-                           tiers_ptr, ntiers_ptr, rows_ptr, blocks_ptr,
-                           M, K, N, ZC, NB, sl, n_slices, R_max, stride_xm, stride_wn, stride_ym,
-                           NFIELD: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SPLIT_Z: tl.constexpr,
+                           tiers_ptr, ntiers_ptr, rows_ptr, blocks_ptr, nblk_ptr, mout_ptr, coloff_ptr,
+                           M, K, N_arg, NTOT, ZC, NB, sl_arg, n_slices, R_max, stride_xm, stride_wn, stride_ym,
+                           NFIELD: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SPLIT_Z: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         """Program (column block, ks): y[rows, n0 .. n0 + BLOCK_N] of slice ``sl`` (see the module)."""
         WIDTHS: tl.constexpr = (HAS1 * 2) | (HAS2 * 4) | (HAS3 * 8) | (HAS4 * 16) | (HAS8 * 256)  # bit b set: width b present
         pid_n = tl.program_id(0)
         ks = tl.program_id(1)
-        n0 = pid_n * BLOCK_N
+        if GROUP:  # every linear of the set: W and y are the set's linears side by side (NTOT columns)
+            sl = tl.load(nblk_ptr + 2 * pid_n)
+            n0 = tl.load(nblk_ptr + 2 * pid_n + 1)
+            N = tl.load(mout_ptr + sl)
+            coff = tl.load(coloff_ptr + sl)
+        else:  # linear sl_arg alone: its own W and y
+            sl = sl_arg
+            n0 = pid_n * BLOCK_N
+            N = N_arg
+            coff = 0
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
+        cols = coff + offs_n  # row of W, column of y (and of the bias and the partials)
         offs_m = tl.arange(0, BLOCK_M)
         # activation offsets of sorted positions 0..3 (the last real row for padding positions)
         xb0 = _row_base(rows_ptr, 0, M, stride_xm, 0, BLOCK_M)
@@ -130,7 +142,7 @@ if triton_ops.HAVE_TRITON:
         k_lo = ks * per * BLOCK_K
         k_hi = tl.minimum(k_lo + per * BLOCK_K, K)
         offs_k0 = tl.arange(0, BLOCK_K)
-        wrow = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+        wrow = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         # W is read once by the whole launch ("evict_first"); x is read by every program ("evict_last")
         wn = tl.load(wrow + (k_lo + offs_k0)[None, :], mask=n_ok[:, None] & ((k_lo + offs_k0) < k_hi)[None, :], other=0.0,
@@ -165,34 +177,38 @@ if triton_ops.HAVE_TRITON:
             res = acc
         else:
             # store this share; the last program of the column block adds the shares in ks order
-            pptr = part_ptr + ((ks * M + offs_m).to(tl.int64) * N)[:, None] + offs_n[None, :]
+            pptr = part_ptr + ((ks * M + offs_m).to(tl.int64) * NTOT)[:, None] + cols[None, :]
             tl.store(pptr, acc, mask=mk)
             tl.debug_barrier()
             done = tl.atomic_add(sem_ptr + pid_n, 1, sem="acq_rel")
             res = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             if done == SPLIT_K - 1:
                 for s in tl.static_range(SPLIT_K):
-                    sp = part_ptr + ((s * M + offs_m).to(tl.int64) * N)[:, None] + offs_n[None, :]
+                    sp = part_ptr + ((s * M + offs_m).to(tl.int64) * NTOT)[:, None] + cols[None, :]
                     res += tl.load(sp, mask=mk, other=0.0, cache_modifier=".cg")
                 tl.atomic_xchg(sem_ptr + pid_n, 0)
             mk = mk & ((offs_m * 0 + done) == SPLIT_K - 1)[:, None]
         if HAS_BIAS:
-            res += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            res += tl.load(b_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         rows = tl.load(rows_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
-        tl.store(y_ptr + (rows * stride_ym)[:, None] + offs_n[None, :], res.to(y_ptr.dtype.element_ty), mask=mk)
+        tl.store(y_ptr + (rows * stride_ym)[:, None] + cols[None, :], res.to(y_ptr.dtype.element_ty), mask=mk)
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, z: torch.Tensor, dset: DeltaSet, plan: RowPlan,
-                 slice_index: int = 0, *, split_k: int = 1, block_n: int | None = None, block_k: int | None = None,
+                 slice_index: int | None = 0, *, split_k: int = 1, block_n: int | None = None, block_k: int | None = None,
                  block_r: int | None = None, num_warps: int = 4, num_stages: int = 1, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y (M, out_features) = x W^T (+ bias) + the delta of each row's fine-tune for linear
-    ``slice_index`` of ``dset``, in one launch (see the module). ``z`` is the set's shrink output
-    for x (``triton_ops.shrink``, any split); x (M <= 4, in_features) bf16/fp16; W (out, in) in
-    the same dtype with unit stride along its inputs. Twin: :func:`ref_ops.fused_linear`."""
+    """y = x W^T (+ bias) + the delta of each row's fine-tune, in one launch (see the module).
+
+    ``slice_index`` i: linear i of ``dset`` alone, W (out_features[i], in), y (M, out_features[i]).
+    None: every linear of the set at once (q/k/v or gate/up stored as one weight, as servers lay
+    them out), W (sum(out_features), in), y (M, sum(out_features)): one launch for the group.
+    ``z`` is the set's shrink output for x (``triton_ops.shrink``, any split); x (M <= 4, in)
+    bf16/fp16; W in x's dtype with unit stride along its inputs. Twin: :func:`ref_ops.fused_linear`."""
     triton_ops._need_triton()
     dset.build()
     M, K = x.shape
-    N = dset.out_features[slice_index]
+    group = slice_index is None
+    N = sum(dset.out_features) if group else dset.out_features[slice_index]
     if not 0 < M <= MAX_ROWS:
         raise KernelError(f"the fused GEMV serves 1..{MAX_ROWS} rows; got {M} (use shrink + expand)")
     if tuple(weight.shape) != (N, K) or K != dset.in_features:
@@ -213,16 +229,18 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if y.shape != (M, N) or y.stride(1) != 1:
         raise KernelError(f"out must be ({M}, {N}) with unit stride along its columns")
     blocks = plan_blocks(plan, bm)
-    nbn = -(-N // bn)
+    nblk = dset.nblocks(bn)  # (slice, first column) of every column block of every linear
+    nbn = nblk.shape[0] if group else -(-N // bn)
     part = torch.empty(split_k, M, N, dtype=torch.float32, device=x.device) if split_k > 1 else y
     sems = dset.semaphores(nbn, 1) if split_k > 1 else blocks  # zero, left at zero by each launch
     has = {f"HAS{b}": b in dset.bit_widths for b in (1, 2, 3, 4, 8)}
     triton_ops.LAST["fused_gemv"] = _fused_gemv_kernel[(nbn, split_k)](
         x, weight, bias if bias is not None else weight, y, z, part, sems, dset.words, dset.scales, dset.zeros,
-        dset.tiers, dset.ntiers, plan.rows, blocks,
-        M, K, N, dset.zcols, blocks.shape[0], slice_index, dset.n_slices, dset.max_tiers, x.stride(0), weight.stride(0), y.stride(0),
-        NFIELD=NF, HAS_BIAS=bias is not None, SPLIT_K=split_k, SPLIT_Z=z.shape[0], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=br, **has,
-        num_warps=num_warps, num_stages=num_stages)
+        dset.tiers, dset.ntiers, plan.rows, blocks, nblk, dset.m_out, dset.col_off,
+        M, K, N, N, dset.zcols, blocks.shape[0], 0 if group else slice_index, dset.n_slices, dset.max_tiers,
+        x.stride(0), weight.stride(0), y.stride(0),
+        NFIELD=NF, GROUP=group, HAS_BIAS=bias is not None, SPLIT_K=split_k, SPLIT_Z=z.shape[0], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        BLOCK_R=br, **has, num_warps=num_warps, num_stages=num_stages)
     return y
 
 

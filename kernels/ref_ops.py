@@ -85,13 +85,16 @@ def decode_dense(d: PackedDeltaCoMe) -> torch.Tensor:
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, z: torch.Tensor, dset: DeltaSet, plan: RowPlan,
-                 slice_index: int = 0) -> torch.Tensor:
-    """Twin of :func:`fused_gemv.fused_linear`: x W^T (+ bias) + this slice's z U^^T, summed in
-    float32 and rounded to x's dtype once (the two-launch path rounds the base first)."""
+                 slice_index: int | None = 0) -> torch.Tensor:
+    """Twin of :func:`fused_gemv.fused_linear`: x W^T (+ bias) + this slice's z U^^T (every
+    slice's, side by side, for None), summed in float32 and rounded to x's dtype once (the
+    two-launch path rounds the base first)."""
     dset.build()
-    c, m = dset.col_offsets[slice_index], dset.out_features[slice_index]
     d = expand(z, torch.zeros(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device), dset, plan)
-    y = x.to(torch.float32) @ weight.to(torch.float32).T + d[:, c : c + m]
+    if slice_index is not None:
+        c, m = dset.col_offsets[slice_index], dset.out_features[slice_index]
+        d = d[:, c : c + m]
+    y = x.to(torch.float32) @ weight.to(torch.float32).T + d
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)

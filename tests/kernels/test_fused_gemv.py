@@ -164,3 +164,25 @@ def test_linear_forward_shares_one_shrink_across_a_group() -> None:
     x.mul_(2)  # in place: a new version, so a new z
     fused_gemv.linear_forward(x, pairs[0][0].to(DEVICE), None, ds, plan, 0, cache)
     assert cache["z"] is not z
+
+
+def test_fused_gemv_serves_a_whole_group_in_one_launch() -> None:
+    """slice_index=None: the set's two linears (widths 40 and 75, a bias) stored as one weight, two
+    fine-tunes and a base-only row, split-K 2: y is both linears side by side, as each gives alone."""
+    dtype, n, outs = torch.bfloat16, 100, [40, 75]
+    ds = DeltaSet(n, outs, DEVICE)
+    for s in (1, 2):
+        ds.add([packed_delta(mo, n, seed=s * 10 + i, dtype=dtype)[1] for i, mo in enumerate(outs)])
+    W = torch.cat([packed_delta(mo, n, seed=20 + i, dtype=dtype)[0] for i, mo in enumerate(outs)]).to(DEVICE)
+    bias = torch.randn(sum(outs), generator=torch.Generator().manual_seed(6)).to(dtype).to(DEVICE)
+    ids = torch.tensor([1, -1, 0], device=DEVICE)
+    x = torch.randn(3, n, generator=torch.Generator().manual_seed(8)).to(dtype).to(DEVICE)
+    plan = plan_rows(ids, 2)
+    z = triton_ops.shrink(x, ds, plan, 1)
+    y = fused_gemv.fused_linear(x, W, bias, z, ds, plan, None, split_k=2, out=torch.empty(3, sum(outs), device=DEVICE))
+    y_ref32 = (x.float() @ W.float().T + bias.float()
+               + ref_ops.expand(z, torch.zeros(3, sum(outs), device=DEVICE), ds, plan))
+    assert rel(y, y_ref32) < 1e-5
+    assert _within_ulps(fused_gemv.fused_linear(x, W, bias, z, ds, plan, None), ref_ops.fused_linear(x, W, bias, z, ds, plan, None))
+    y1 = fused_gemv.fused_linear(x, W[40:], bias[40:], z, ds, plan, 1, out=torch.empty(3, 75, device=DEVICE))
+    assert rel(y1, y[:, 40:]) < 1e-6
