@@ -274,10 +274,8 @@ def _split_scratch(raw: np.ndarray, width: int, rotate: bool) -> list[np.ndarray
     4 KiB on first touch."""
     if width == 1:
         return [raw]
-    buf = getattr(_LOCAL, "split", None)
-    if buf is None or buf.size < raw.size:
-        buf = _LOCAL.split = np.empty(raw.size, dtype=np.uint8)
-    return split_planes(raw, width, rotate, buf[: raw.size].reshape(width, raw.size // width))
+    buf = _scratch_words("split", raw.size, np.uint8)
+    return split_planes(raw, width, rotate, buf.reshape(width, raw.size // width))
 
 
 def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int, stored_as_bytes: bool = True) -> _Chunk:
