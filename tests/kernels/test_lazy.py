@@ -151,11 +151,11 @@ def test_linears_sharing_an_input_share_one_delta_set(served, monkeypatch) -> No
     apart = lazy.load_many(served, ["ft1", "ft2"], device=DEVICE)
     assert apart.model.layers[0].self_attn.k_proj.group is None and len(apart.deltas.sets) == 2 * 7
     ids = torch.tensor([1, -1, 0])
-    assert rel(_logits(fused, delta_ids=ids), _logits(apart, delta_ids=ids)) < 1e-5
+    assert rel(_logits(fused, delta_ids=ids), _logits(apart, delta_ids=ids)) < MIXED_TOL  # H200: 4.6e-3 (bf16 model; another grid and split per grouping)
     fused.drop_delta("ft1")
     apart.drop_delta("ft1")
     ids = torch.tensor([1, -1, 1])
-    assert rel(_logits(fused, delta_ids=ids), _logits(apart, delta_ids=ids)) < 1e-5
+    assert rel(_logits(fused, delta_ids=ids), _logits(apart, delta_ids=ids)) < MIXED_TOL
 
 
 def _static_generate(model, ids: torch.Tensor, dec=None, **kw) -> torch.Tensor:
