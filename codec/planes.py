@@ -16,7 +16,13 @@ Stream layout (little-endian)::
     nchunks x (u64 raw_len, width x u32 plane_len, width x u8 mode)   (the chunk table)
     plane payloads, chunk after chunk, most significant plane first
 
-``mode`` 0 = stored raw (zstd did not help), 1 = zstd frame.
+``mode`` 0 = stored raw (zstd did not help), 1 = zstd frame, 2 = palette chunk (codec/palette.py:
+every plane of the chunk has mode 2, plane 0's slot holds the chunk's palette payload and the other
+slots are empty). The palette is tried on 16-bit float chunks (``width`` 2, ``rotate``) of the
+store's tensor objects (:func:`compress_framed`; :func:`compress` only when asked) that show a grid
+of few values per 32-element block (weights dequantized from a group-quantized file), and kept
+only where it is smaller than the planes; a reader from before mode 2 refuses such a chunk with
+"unknown plane mode 2", and every older stream decodes as before.
 
 Grouped streams (``b"DSP2"``, written when the caller gives a *context* byte per element): within
 each chunk the elements are stably grouped by context (ascending), and each group gets planes and
@@ -67,6 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from . import palette as _palette
 from .errors import CorruptPayloadError
 
 MAGIC = b"DSP1"
@@ -278,12 +285,22 @@ def _split_scratch(raw: np.ndarray, width: int, rotate: bool) -> list[np.ndarray
     return split_planes(raw, width, rotate, buf.reshape(width, raw.size // width))
 
 
-def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int, stored_as_bytes: bool = True) -> _Chunk:
+def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int, stored_as_bytes: bool = True,
+                    palette: bool = False) -> _Chunk:
     """One chunk's planes, each a zstd frame or stored. ``stored_as_bytes``: stored planes as
     bytes (for :func:`compress`, whose final ``b"".join`` releases the GIL only when every part is
     bytes), else as numpy copies (for :func:`compress_framed`, which copies with numpy): either
-    way a copy, since the planes lie in this thread's scratch."""
+    way a copy, since the planes lie in this thread's scratch. ``palette``: a 16-bit float chunk
+    that shows a grid (:func:`codec.palette.worth_trying`) is coded as a palette chunk (mode 2)
+    where that is the smaller."""
     cctx = _thread_compressor(level)
+    if palette and width == 2 and rotate and _palette.worth_trying(raw.view(np.uint16)):
+        pal = _palette.encode_chunk(raw, cctx.compress)
+        if len(pal) > _palette.KEEP_BELOW * (raw.size // 2):  # no clear win: the planes too, the smaller kept
+            plain = _compress_chunk(raw, width, rotate, level, stored_as_bytes)
+            if sum(memoryview(p).nbytes for p in plain.payloads) <= len(pal):
+                return plain
+        return _Chunk(raw.size, [_palette.MODE] * width, [pal] + [b""] * (width - 1))
     modes, payloads = [], []
     for plane in _split_scratch(raw, width, rotate):
         if not (width > 1 and _looks_incompressible(cctx, plane)):
@@ -431,9 +448,13 @@ def compress(
     threads: int | None = None,
     contexts: np.ndarray | None = None,
     min_group: int | None = None,
+    palette: bool = False,
 ) -> bytes:
     """Compress whole ``width``-byte elements into one chunked plane stream; with ``contexts``
     (one uint8 per element) a grouped stream, which decodes only given the same contexts.
+    ``palette``: 16-bit float chunks that show a grid may become palette chunks (plane mode 2;
+    plain streams only). Off by default here: the lossless codec's payloads keep their format
+    version's bytes; the store's tensor objects (:func:`compress_framed`) have it on.
     ``min_group``: the fewest elements a group gets (default :data:`MIN_GROUP`; see
     :func:`merge_groups`). It is the encoder's choice: the decoder reads the groups from the table."""
     min_group = MIN_GROUP if min_group is None else int(min_group)
@@ -444,7 +465,7 @@ def compress(
             raise ValueError(f"contexts must be one uint8 per element ({raw.size // width}), got {ctx.size} {ctx.dtype}")
         return compress_grouped(raw.size, width, lambda lo, hi: group_split(raw[lo:hi], ctx[lo // width : hi // width], width, rotate),
                                 rotate=rotate, level=level, chunk_bytes=chunk_bytes, threads=threads, min_group=min_group)
-    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, True)
+    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, True, palette)
     return b"".join([_plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads])
 
 
@@ -457,13 +478,15 @@ def compress_framed(
     level: int = 3,
     chunk_bytes: int = CHUNK_BYTES,
     threads: int | None = None,
+    palette: bool = True,
 ) -> np.ndarray:
-    """``prefix`` + :func:`compress` of ``data`` (plain stream), as one uint8 array. The store's
+    """``prefix`` + :func:`compress` of ``data`` (plain stream, ``palette`` on by default: see
+    :func:`compress`), as one uint8 array. The store's
     tensor objects are written this way, their frame as the prefix: the parts are copied once, by
     numpy, with the GIL released, where ``compress`` and then framing its bytes copied twice (and
     copied each stored plane to bytes with the GIL held)."""
     raw = _elements(data, width)
-    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, False)
+    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, False, palette)
     parts = [prefix, _plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads]
     out = np.empty(sum(memoryview(p).nbytes for p in parts), dtype=np.uint8)
     pos = 0
@@ -485,9 +508,9 @@ def _elements(data: bytes | bytearray | memoryview | np.ndarray, width: int) -> 
 
 
 def _plain_chunks(raw: np.ndarray, width: int, rotate: bool, level: int, chunk_bytes: int, threads: int | None,
-                  stored_as_bytes: bool) -> list[_Chunk]:
+                  stored_as_bytes: bool, palette: bool = False) -> list[_Chunk]:
     step = max(width, chunk_bytes - chunk_bytes % width)
-    work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level, stored_as_bytes)  # noqa: E731
+    work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level, stored_as_bytes, palette)  # noqa: E731
     return _map_chunks(work, range(0, raw.size, step), threads)
 
 
@@ -544,6 +567,9 @@ def read_info(buf: memoryview) -> StreamInfo:
         pos += entry
     if sum(raw_lens) != raw_total or any(rl % width for rl in raw_lens):
         raise CorruptPayloadError("plane stream chunk table does not add up")
+    for md, pl in zip(modes, plane_lens):
+        if _palette.MODE in md and (width != 2 or any(m != _palette.MODE for m in md) or any(pl[1:])):
+            raise CorruptPayloadError("plane stream has a malformed palette chunk entry")
     if pos + sum(sum(p) for p in plane_lens) != len(buf):
         raise CorruptPayloadError("plane stream is truncated or has trailing bytes")
     return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos)
@@ -651,6 +677,11 @@ def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out
     """Chunk ``i`` (its payloads start at ``start``); ``ctx``: its elements' contexts (grouped streams)."""
     n = info.raw_lens[i] // info.width
     dctx = _thread_decompressor()
+    if info.groups is None and info.modes[i][0] == _palette.MODE:
+        if out is None:
+            out = np.empty(info.raw_lens[i], dtype=np.uint8)
+        _palette.decode_chunk(buf[start : start + info.plane_lens[i][0]], out, lambda f, m: unzstd(dctx, f, m))
+        return out
     if info.groups is None:
         planes, _ = _decode_planes(dctx, buf, start, info.modes[i], info.plane_lens[i], n)
         return join_planes(planes, info.width, info.rotate, out)

@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -67,3 +68,25 @@ def test_the_default_encoder_writes_v2():
     d, info, inputs = _load(2)
     enc = Lossless().encode(inputs["bf16_diff.target"], inputs["bf16_diff.base"])
     assert enc.version == 2 and enc.meta == {"mode": "diff", "context": "exponent"}
+
+
+PLANE_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "codec" / "planes" / "palette"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_palette_plane_stream_fixture(compiled, monkeypatch):
+    """The committed b"DSP1" stream with palette chunks (plane mode 2) decodes to its input's exact
+    bits, whole and by byte range, and the encoder (numba or numpy) still writes it byte for byte."""
+    from deltastore.codec import palette
+
+    if not compiled:
+        monkeypatch.setattr(palette, "_KERNELS", None)
+    info = json.loads((PLANE_FIXTURE / "fixture.json").read_text())
+    raw, stream = (PLANE_FIXTURE / "input.bin").read_bytes(), (PLANE_FIXTURE / "stream.bin").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == info["input_sha256"]
+    assert hashlib.sha256(stream).hexdigest() == info["stream_sha256"], "a committed stream was edited"
+    assert planes.read_info(memoryview(stream)).modes == info["modes"] and [2, 2] in info["modes"]
+    assert planes.decompress(stream).tobytes() == raw
+    assert planes.decompress_range(stream, 8191, 17001).tobytes() == raw[8191:17001]
+    s = dict(info["settings"])
+    assert planes.compress(np.frombuffer(raw, np.uint8), s.pop("width"), **s) == stream
