@@ -2,7 +2,9 @@
 
 The SQL catalog is the index everyone queries; these small JSON files beside the objects are its
 backup: ``catalog/versions/<model>/v<N>.json`` (what the catalog's version row says) and
-``catalog/tags/<model>/<tag>.json``. A version's record is written *before* the catalog
+``catalog/tags/<model>/<tag>.json``, and ``catalog/retired/<model>/v<N>.json`` for each number
+``rm`` retired (numbers are never handed out twice, ``catalog.RetiredNumber``; without these a
+rebuilt catalog would give a removed number to the next add). A version's record is written *before* the catalog
 transaction that creates the version commits (after its row has taken the version number, which
 no other writer can take until it ends), so every committed version has its record; a crash in
 between leaves a record with no version, which the next add of that number overwrites and
@@ -39,7 +41,7 @@ from typing import Any, Iterable
 from sqlalchemy import func, select
 
 from .backend import TMP_PREFIX, Backend
-from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, catalog_id
+from .catalog import Lineage as LineageRow, Model, ObjectRow, RetiredNumber, Tag, Version, VersionObject, catalog_id
 from .crash import crash_point
 from .errors import BadInputError, BadNameError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError
 from .manifest import Manifest
@@ -59,6 +61,7 @@ MAX_RECORD = 1 << 20
 _OID = re.compile(r"^sha256:[0-9a-f]{64}$")
 _BASE_REF = re.compile(r"^(.+)@v([1-9][0-9]{0,9})$")
 _VKEY = re.compile(r"^catalog/versions/([^/]+)/v([1-9][0-9]{0,9})\.json$")
+_RKEY = re.compile(r"^catalog/retired/([^/]+)/v([1-9][0-9]{0,9})\.json$")
 _INTS = ("logical_bytes", "stored_bytes", "referenced_bytes")
 _STRS = ("codec", "message", "author")
 
@@ -145,6 +148,45 @@ def parse_tag(key: str, data: bytes | None) -> dict[str, Any]:
     return d
 
 
+def parse_retired(key: str, data: bytes | None) -> tuple[str, int]:
+    """A retired-number record's (model, number), checked against its key."""
+    d = _load(key, data)
+    _need(d.get("format") == 1, key, f"format {d.get('format')!r:.40} is not 1")
+    _name(key, d.get("model"), "model name")
+    _need(type(d.get("number")) is int and 1 <= d["number"] < 1 << 31, key, "number is not a positive integer")
+    m = _RKEY.match(key)
+    _need(m is not None and (m.group(1), int(m.group(2))) == (d["model"], d["number"]), key,
+          "its name does not match the number it holds")
+    return d["model"], d["number"]
+
+
+def retired_key(model: str, number: int) -> str:
+    return f"{PREFIX}/retired/{model}/v{number}.json"
+
+
+def encode_retired(model: str, number: int) -> bytes:
+    """The bytes of a retired-number record (format 1; golden fixture tests/fixtures/records/retired-v1.json)."""
+    return json.dumps({"format": 1, "model": model, "number": number}, sort_keys=True).encode()
+
+
+def write_retired(backend: Backend, model: str, number: int) -> None:
+    """Record, durably, that ``model``'s number ``number`` was removed and is never given again.
+    ``rm`` writes it before the version's record goes: a crash between leaves both (rebuild then
+    skips the version), never neither."""
+    backend.put(retired_key(model, number), encode_retired(model, number))
+    backend.flush()
+
+
+def read_retired(backend: Backend) -> set[tuple[str, int]]:
+    """Every retired (model, number) on the backend; a record that does not parse raises
+    CorruptRecordError naming it."""
+    out = set()
+    for key in sorted(backend.list(f"{PREFIX}/retired")):
+        if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+            out.add(parse_retired(key, backend.get(key)))
+    return out
+
+
 def version_key(model: str, number: int) -> str:
     return f"{PREFIX}/versions/{model}/v{number}.json"
 
@@ -212,8 +254,8 @@ def write_tag(backend: Backend, model: str, tag: str, number: int) -> None:
 
 
 def delete_version(backend: Backend, info: VersionInfo, *, catalog: str | None = None) -> None:
-    """Remove a removed version's record, unless it already holds another version that took the
-    same number since (numbers are reused once the latest version is removed), or another
+    """Remove a removed version's record, unless it holds another version by now (a pull into
+    another catalog sharing the bucket under the same name, or a newer record), or another
     catalog's record (when this catalog's id is known: ``catalog`` or bound). The check and the
     delete are not atomic; gc writes back any record a committed version lacks."""
     crash_point("records.delete-version")
@@ -366,6 +408,7 @@ def rebuild(store: StoreView) -> RebuildReport:
             recs.append(r)
     # bases were added before their fine-tunes
     recs.sort(key=lambda r: (r["created_at"], r["model"], r["number"]))
+    retired = read_retired(store.backend)
     ids: dict[str, int] = {}
     adopted: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -373,6 +416,9 @@ def rebuild(store: StoreView) -> RebuildReport:
     with store.Session.begin() as s:
         models: dict[str, Model] = {}
         for r in recs:
+            if (r["model"], r["number"]) in retired:  # rm committed, then stopped before removing this record
+                skipped.append(f"{r['key']}: {r['model']}@v{r['number']} was removed (a retired-number record names it)")
+                continue
             try:  # a record left by an add that never committed may name a manifest gc removed
                 man = Manifest.from_json(store.objects.get(r["manifest"]), r["manifest"])
             except ObjectMissingError:
@@ -409,6 +455,10 @@ def rebuild(store: StoreView) -> RebuildReport:
                     seen.add(oid)
                     size = store.objects.stored_size(oid) or 0
                     s.add(ObjectRow(oid=oid, kind=kinds.get(oid, "blob"), logical_bytes=logical.get(oid, size), stored_bytes=size))
+        # numbers never handed out again: those rm recorded (a removal older than retired records is
+        # unknown here: its number may be handed out again)
+        for m, n in sorted(retired):
+            s.add(RetiredNumber(model_name=m, number=n))
         own = catalog_id(s)
         for r in adopted:
             if not is_own(r, own) or r["format"] != FORMAT:

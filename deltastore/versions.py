@@ -149,5 +149,6 @@ def rm(store: StoreView, ref: str) -> VersionInfo:
             return info, catalog_id(s)  # the record to remove must be this catalog's (records.delete_version)
 
     info, owner = _retrying(txn, f"removing {ref}")
+    records.write_retired(store.backend, info.model, info.number)  # before the version's record goes (rebuild)
     records.delete_version(store.backend, info, catalog=owner)
     return info

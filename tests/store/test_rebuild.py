@@ -109,3 +109,62 @@ def test_record_owner_fields_are_checked(change) -> None:
     d = json.loads((FIXTURES / "v2.json").read_bytes())
     d["catalog"] = None  # a record no catalog owns (a bare remote's) is valid
     assert records.parse_version("catalog/versions/llama-ft/v3.json", json.dumps(d).encode())["catalog"] is None
+
+
+def test_a_rebuilt_catalog_never_gives_a_removed_number_again(tmp_path: Path) -> None:
+    """rm retires a number on the backend too: after the catalog is lost and rebuilt, the next add
+    of the model takes a new number, not the removed one (scripts and notes name versions by number)."""
+    home = tmp_path / "home"
+    st = deltastore.open(home)
+    base = llama_like(0)
+    st.add_base("b", write_model(tmp_path / "b", base))
+    for seed in (1, 2, 3):
+        st.add_finetune("f", write_model(tmp_path / f"f{seed}", finetune_of(base, seed=seed)), base="b", codec="lossless")
+    st.rm("f@v3")  # the latest: without a record of it, v3 would be handed out again
+    st.rm("f@v2")
+    assert sorted(records.read_retired(st.backend)) == [("f", 2), ("f", 3)]
+    st.close()
+    for p in home.glob("catalog.db*"):
+        p.unlink()
+    st2 = deltastore.open(home)
+    rep = st2.rebuild_catalog()
+    assert rep.versions == 2 and rep.skipped == []
+    v = st2.add_finetune("f", write_model(tmp_path / "f4", finetune_of(base, seed=4)), base="b", codec="lossless")
+    assert v.number == 4
+    assert [x.number for x in st2.versions("f")] == [1, 4]
+
+
+def test_rebuild_skips_a_version_whose_rm_stopped_before_removing_its_record(tmp_path: Path) -> None:
+    """A crash after rm committed and wrote the retired record but before the version record went:
+    the retired record wins (the version was removed), said in the report."""
+    home = tmp_path / "home"
+    st = deltastore.open(home)
+    base = llama_like(0)
+    st.add_base("b", write_model(tmp_path / "b", base))
+    st.add_finetune("f", write_model(tmp_path / "f1", finetune_of(base, seed=1)), base="b", codec="lossless")
+    key = records.version_key("f", 1)
+    kept = st.backend.get(key)
+    st.rm("f@v1")
+    st.backend.put(key, kept)  # as if rm had stopped before deleting it
+    st.close()
+    for p in home.glob("catalog.db*"):
+        p.unlink()
+    st2 = deltastore.open(home)
+    rep = st2.rebuild_catalog()
+    assert rep.versions == 1 and len(rep.skipped) == 1 and "f@v1 was removed" in rep.skipped[0]
+    assert [m.name for m in st2.models()] == ["b"]
+
+
+def test_retired_record_golden_fixture_and_hostile_records() -> None:
+    key = "catalog/retired/llama-ft/v2.json"
+    data = (FIXTURES / "retired-v1.json").read_bytes()
+    assert records.parse_retired(key, data) == ("llama-ft", 2)
+    assert records.encode_retired("llama-ft", 2) == data  # the writer still writes format 1
+    for bad_key, bad in [(key, b"{"), (key, b"[]"), ("catalog/retired/llama-ft/v3.json", data),
+                         ("catalog/retired/other/v2.json", data),
+                         (key, json.dumps({"format": 2, "model": "llama-ft", "number": 2}).encode()),
+                         (key, json.dumps({"format": 1, "model": "llama-ft", "number": "2"}).encode()),
+                         (key, json.dumps({"format": 1, "model": "../x", "number": 2}).encode()),
+                         (key, b" " * (records.MAX_RECORD + 1))]:
+        with pytest.raises(CorruptRecordError):
+            records.parse_retired(bad_key, bad)
