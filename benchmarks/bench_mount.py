@@ -3,6 +3,8 @@
     python benchmarks/bench_mount.py [--synth-layers L] [--out FILE]   # reads and from_pretrained
     python benchmarks/bench_mount.py --disk N    # only: disk of N delta-come fine-tunes, mounted vs checked out
     python benchmarks/bench_mount.py --ls N      # only: `ls -lR` over a mount of N versions
+    python benchmarks/bench_mount.py --warm K    # only: warm reads, mount vs local disk, K rounds, and
+                                                 # the requests the server got during them
 
 Store: SmolLM2-135M-Instruct bf16 (deltastore.zoo.smollm2) as a lossless base; a real full
 fine-tune of it (the cached `smollm2-math-series-*` step directories, else a perturbed copy) added
@@ -41,7 +43,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -361,6 +365,122 @@ def ls_bench(n: int, slug: str, desc: str) -> str:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def server_requests(log: Path, pid: int) -> dict[str, int]:
+    """The requests the mount server has answered so far, by operation: SIGUSR1 makes it log a
+    "requests so far" line (``DeltaStoreFS.stats_line``), read back here."""
+    seen = log.read_text(errors="replace").count("requests so far:")
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while (text := log.read_text(errors="replace")).count("requests so far:") <= seen:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the mount server logged no request counts within 10 s of SIGUSR1")
+        time.sleep(0.05)
+    line = text.rsplit("requests so far:", 1)[1].split(";", 1)[0]
+    return {op: int(n) for op, n in (part.split() for part in line.split(",") if part.strip() != "none")}
+
+
+def dd_pass(path: Path, server: int | None = None) -> tuple[int, float, float]:
+    """``dd if=path of=/dev/null bs=1M``: (bytes, wall seconds, CPU seconds of dd plus the server)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s0 = proc_cpu(server)
+    t0 = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, check=True)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime + proc_cpu(server) - s0
+    return path.stat().st_size, wall, cpu
+
+
+def warm_bench(k: int, desc: str) -> str:
+    """Warm reads of SmolLM2's model.safetensors through the mount against its checkout on local
+    disk, ``k`` rounds each of 16 MiB ``readinto`` passes and of ``dd bs=1M``, mount and local in
+    turns (a b b a ...), with the requests the server answered during them (SIGUSR1 counters)
+    and the page cache's folio sizes. Local warm is read from disk once first (as a checkout that
+    was read before is cached), mount warm was read once through the mount."""
+    load0 = os.getloadavg()[0]
+    t_start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="bench-mount-warm-"))
+    home, mp, mlog = work / "home", work / "mnt", work / "mount.log"
+    try:
+        from deltastore.zoo.smollm2 import smollm2_dir
+
+        with deltastore.open(home) as st:
+            st.add_base("smollm2", smollm2_dir())
+            st.checkout("smollm2", work / "co")
+        local = work / "co" / "model.safetensors"
+        mount(home, mp, mlog)
+        loads = []
+        try:
+            pid = server_pid(mp)
+            f = mp / "smollm2" / "v1" / "model.safetensors"
+            read_pass(f, pid)
+            drop_cache([local], check=True)
+            read_pass(local)
+            before = server_requests(mlog, pid)
+            server0 = proc_cpu(pid)
+            py = {f: [0, 0.0, 0.0], local: [0, 0.0, 0.0]}
+            dd = {f: [0, 0.0, 0.0], local: [0, 0.0, 0.0]}
+            for i in range(2 * k):
+                a, b = (f, local) if i % 2 == 0 else (local, f)
+                for path in (a, b):
+                    p = read_pass(path, pid if path == f else None)
+                    size = path.stat().st_size
+                    py[path][0] += size
+                    py[path][1] += size / MB / p.mb_s
+                    py[path][2] += size / MB / p.mb_cpu
+                for path in (b, a):
+                    n, wall, cpu = dd_pass(path, pid if path == f else None)
+                    dd[path][0] += n
+                    dd[path][1] += wall
+                    dd[path][2] += cpu
+                loads.append(os.getloadavg()[0])
+            server_cpu = proc_cpu(pid) - server0
+            after = server_requests(mlog, pid)
+            folios = (folio_summary(page_cache_folios(f)), folio_summary(page_cache_folios(local)))
+        finally:
+            unmount(home, mp)
+        during = {op: after.get(op, 0) - before.get(op, 0) for op in sorted(set(after) | set(before))}
+        during = {op: n for op, n in during.items() if n}
+        load1 = os.getloadavg()[0]
+        size = local.stat().st_size
+        passes = 2 * k
+        rows = []
+        for how, tot in (("python, 16 MiB readinto", py), ("dd bs=1M", dd)):
+            m, loc = tot[f], tot[local]
+            rows.append(f"| {how} | {m[0] / MB / m[1]:,.0f} | {loc[0] / MB / loc[1]:,.0f} | "
+                        f"{(m[0] / m[1]) / (loc[0] / loc[1]):.0%} | {m[0] / MB / m[2]:,.0f} | {loc[0] / MB / loc[2]:,.0f} | "
+                        f"**{(m[0] / m[2]) / (loc[0] / loc[2]):.0%}** |")
+        today = dt.date.today().isoformat()
+        return "\n".join([
+            f"# deltastore mount: warm reads, mount vs local disk ({today})", "",
+            f"Command: `python benchmarks/bench_mount.py --warm {k}` ({(time.perf_counter() - t_start) / 60:.0f} min)  ",
+            f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end; "
+            f"{min(loads):.1f}-{max(loads):.1f} over the rounds); kernel {os.uname().release}; local disk is the VM's virtio disk (ext4)  ",
+            f"File: SmolLM2-135M-Instruct bf16 model.safetensors, {size / MB:,.1f} MB, lossless base; {passes} passes of each "
+            "kind through the mount and as many of the checkout, in turns", "",
+            "| warm read with | mount MB/s | local MB/s | wall: mount / local | mount MB per CPU s | local MB per CPU s "
+            "| **per CPU s: mount / local** |", "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
+            "CPU seconds are the reader's (this process, or dd) plus the mount server's, all threads. "
+            f"Requests the mount server answered during all {2 * passes} warm passes through the mount "
+            f"(its SIGUSR1 counters, before and after): {', '.join(f'{op} {n}' for op, n in during.items()) or 'none'}; "
+            f"the server's CPU over all the rounds: {server_cpu:.2f} s.  ",
+            f"Page cache of the file after the passes: through the mount {folios[0]}; the checkout {folios[1]}.", ""])
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prepend(out: Path, text: str) -> None:
+    """Write ``text`` on top of ``out``, the earlier runs kept below it with their titles as
+    "## Earlier run: ..." and their headings one level down."""
+    old = out.read_text() if out.is_file() else ""
+    if old.startswith("# "):
+        first, _, rest = old.partition("\n")
+        old = "\n## Earlier run: " + first[2:] + "\n" + rest.replace("\n# ", "\n## ")
+    out.write_text(text + old)
+
+
 def disk_bench(n: int, desc: str) -> str:
     """Disk of a base and ``n`` delta-come fine-tunes: the store (all a mount needs), checked while
     every fine-tune's model.safetensors is read through one mount, against ``n`` + 1 checkouts."""
@@ -437,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-layers", type=int, default=2, metavar="L",
                     help="layers of the synthetic 1B-shaped model (default 2; 16 is the whole model; 0: no such row)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--warm", type=int, default=0, metavar="K",
+                    help="only warm reads, mount vs local disk, K rounds (a section on top of mount_<machine>.md)")
     ap.add_argument("--ls", type=int, default=0, metavar="N",
                     help="only time `ls -lR` over a mount of N versions (results: mount_ls_<machine>.md)")
     args = ap.parse_args(argv)
@@ -445,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         text = ls_bench(args.ls, slug, desc)
         out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_ls_{slug}.md"
         out.write_text(text)
+        print(text)
+        return 0
+    if args.warm:
+        text = warm_bench(args.warm, desc) + "\n"
+        prepend(Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_{slug}.md", text)
         print(text)
         return 0
     if args.disk:
@@ -588,12 +715,7 @@ def main(argv: list[str] | None = None) -> int:
                     for label, r in fp_requests],
                   f"Fine-tune source: {fts[0].parent.name}/{fts[0].name}. Disk for 10 fine-tunes: mount_disk_{slug}.md."]
         text = "\n".join(lines) + "\n"
-        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_{slug}.md"
-        old = out.read_text() if out.is_file() else ""
-        if old.startswith("# "):  # keep earlier runs below, labelled
-            first, _, rest = old.partition("\n")
-            old = "\n## Earlier run: " + first[2:] + "\n" + rest.replace("\n# ", "\n## ")
-        out.write_text(text + old)
+        prepend(Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_{slug}.md", text)
         print(text)
     finally:
         if os.path.ismount(mp):

@@ -11,15 +11,22 @@ Sizes, modes and times come from the catalog and manifests, so ``ls -lR`` decode
 through :mod:`deltastore.fileview` and one :class:`~deltastore.filecache.DecodedCache`; the kernel's
 requests slice units already decoded. Page caching stays on (``auto_cache``: kept across opens while
 a file's size and mtime are unchanged; no ``direct_io``), so mmap readers such as
-``safetensors.safe_open`` work and a second read of a file never reaches this process. Such a warm
-read is the kernel copying out of its page cache, as for a local file, but FUSE fills that cache
-with 4 KiB folios (Linux 6.18's FUSE sets no large-folio orders; ext4 caches the same file mostly in
-2 MiB folios), so the reader's kernel copies in 4 KiB pieces and walks up to 512 times as many
-folios: on the dev VM that is where a warm mount read loses to a warm local read (perf: both are the
-kernel's copy, the server is not entered; the mount's spends 7x as long finding folios). No mount option
-changes the folio size; FUSE passthrough (libfuse >= 3.16, a backing file holding the decoded bytes)
-would serve reads from that file's cache instead. ``auto_cache`` rather than ``kernel_cache``:
-version numbers are never reused (``lookup.next_number``: removed ones are retired), so a path
+``safetensors.safe_open`` work and a second read of a file never reaches this process (counted:
+:meth:`DeltaStoreFS.stats_line`, logged at unmount and on ``kill -USR1 PID``; a warm pass over a
+file costs one OPEN, one RELEASE and at most a GETATTR or two). Such a warm read is the kernel
+copying out of its page cache, as for a local file, but this kernel (6.18) fills FUSE's page cache
+with 4 KiB folios whatever the server asks (max_read and max_write 1 MiB, max_pages 256,
+read_ahead_kb, kernel_cache or auto_cache: benchmarks/probe_fuse_passthrough.py), where ext4 caches
+the same file mostly in 2 MiB folios; the reader's kernel then copies in 4 KiB pieces and walks up
+to 512 times as many folios, which is where a warm mount read loses to a warm local read. Upstream's
+"fuse: enable large folios" (order from max_read/max_write, off with writeback cache) is not in this
+kernel. The one way left to the server is FUSE passthrough (the kernel has it): OPEN answers with
+a backing file holding the decoded bytes and the kernel reads that file's own page cache (92-93%
+of local in the probe). It needs libfuse >= 3.17 (Debian 12 has 3.14), CAP_SYS_ADMIN for the
+backing-id ioctl, no FOPEN_KEEP_CACHE on such opens, and the decoded bytes on local disk; not done
+here.
+
+``auto_cache`` rather than ``kernel_cache``: version numbers are never reused (``lookup.next_number``: removed ones are retired), so a path
 always names the same bytes and ``kernel_cache`` would be as right today; ``auto_cache`` costs one
 attribute check per open per ``ttl`` and drops the pages if a file's size or mtime ever changes
 (a catalog restored from a backup under the same home), where ``kernel_cache`` would keep them.
@@ -50,6 +57,8 @@ import errno
 import logging
 import os
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -139,6 +148,16 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         #: whether page faults and read-ahead reach the server in large pieces; logged at unmount
         self.request_sizes: Counter[int] = Counter()
         self.sequential_requests = 0
+        #: requests this process answered, by operation (the high-level libfuse turns a LOOKUP into a
+        #: ``getattr`` call, so "getattr" counts both): what a warm read still costs in round trips
+        self.ops: Counter[str] = Counter()
+        self.stats_sockets: tuple[socket.socket, socket.socket] | None = None  # see _log_stats_on_signal
+
+    def stats_line(self) -> str:
+        """The requests answered so far, by operation, and the READ bytes: logged at unmount and on
+        SIGUSR1 (``kill -USR1 PID``), so a benchmark can count what one phase of reading cost."""
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items())) or "none"
+        return f"requests so far: {ops}; {self.bytes_served / 1e6:.1f} MB read"
 
     # -- the namespace --------------------------------------------------------------------------
     def _node(self, path: str) -> tuple[str, Any]:
@@ -194,6 +213,7 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
             raise self._err(errno.EIO) from None
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        self.ops["getattr"] += 1
         h = self._handles.get(fh) if fh else None
         if h is not None:
             # an open file answers from its handle: the kernel asks again on reads once the attribute
@@ -219,6 +239,7 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
                 "st_mtime": t, "st_ctime": t, "st_atime": t}
 
     def readdir(self, path: str, fh: int) -> list[str]:
+        self.ops["readdir"] += 1
         return self._guard(path, self._readdir, path)
 
     def _readdir(self, path: str) -> list[str]:
@@ -241,12 +262,14 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         return [".", "..", *self.view.tree(manifest).dirs["/".join(parts[2:])]]
 
     def readlink(self, path: str) -> str:
+        self.ops["readlink"] += 1
         node = self._guard(path, self._node, path)
         if node[0] != "link":
             raise self._err(errno.EINVAL)
         return node[1]
 
     def open(self, path: str, flags: int) -> int:
+        self.ops["open"] += 1
         if flags & _WRITE_FLAGS:
             raise self._err(errno.EROFS)
         node = self._guard(path, self._node, path)
@@ -293,6 +316,7 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
             log.debug("no read-ahead of %s's weights: %s", manifest, e)
 
     def read(self, path: str, size: int, offset: int, fh: int) -> "bytes | _Span":
+        self.ops["read"] += 1
         h = self._handles.get(fh)
         if h is None:
             raise self._err(errno.EBADF)
@@ -317,12 +341,15 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         log.info("read requests by size asked: %s; %d of them sequential on their handle",
                  ", ".join(f"{_kib(b)}: {n}" for b, n in sorted(self.request_sizes.items())) or "none",
                  self.sequential_requests)
+        log.info(self.stats_line())
 
     def release(self, path: str, fh: int) -> int:
+        self.ops["release"] += 1
         self._handles.pop(fh, None)
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:
+        self.ops["statfs"] += 1
         return {"f_bsize": 1 << 20, "f_frsize": 1 << 20, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
                 "f_files": 0, "f_ffree": 0, "f_namemax": 255}
 
@@ -375,6 +402,7 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
     tune_malloc()
     cache = DecodedCache(cache_bytes)
     ops = DeltaStoreFS(store, cache, verify=verify, ttl=ttl)
+    stats_signal = _log_stats_on_signal(ops)
     if read_ahead_kb:
         threading.Thread(target=_tune_when_mounted, args=(mp, read_ahead_kb), daemon=True).start()
     # not a daemon: numba may be inside LLVM when an unmount ends the process (see planes.fast())
@@ -388,6 +416,37 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
         mfusepy.FUSE(ops, str(mp), **opts)
     finally:
         cache.close()
+        if stats_signal:
+            signal.set_wakeup_fd(-1)
+
+
+def _log_stats_on_signal(ops: DeltaStoreFS) -> bool:
+    """``kill -USR1 PID`` logs :meth:`DeltaStoreFS.stats_line` (the requests answered so far).
+
+    Why through a wakeup fd and a thread: the main thread sits in libfuse's loop for the life of the
+    mount and never runs Python, so a Python handler would only run at unmount; and blocking the
+    signal cannot steer it to one thread, since threads started at import (torch's, numba's) leave it
+    unblocked. Python's C-level handler, on whichever thread the kernel picks, writes the signal's
+    number to the wakeup socket at once; a thread of ours reads it and logs. Only from the main
+    thread (the CLI's case); returns whether it was set up."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    r, w = socket.socketpair()
+    w.setblocking(False)
+    ops.stats_sockets = (r, w)  # kept open as long as the mount: the signal handler writes to w's number
+    signal.signal(signal.SIGUSR1, lambda *_: None)  # not SIG_DFL, which would end the process
+    signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+
+    def wait() -> None:
+        while True:
+            got = r.recv(64)
+            if not got:
+                return
+            if signal.SIGUSR1 in got:
+                log.info(ops.stats_line())
+
+    threading.Thread(target=wait, name="deltastore-stats", daemon=True).start()
+    return True
 
 
 def warm_up() -> float:

@@ -277,6 +277,33 @@ def test_a_scan_of_many_configs_does_not_queue_every_version(mounted: Mounted) -
             cache.close()
 
 
+def _requests_so_far(mounted: Mounted) -> dict[str, int]:
+    """SIGUSR1 to the mount process, then its next "requests so far" log line as {op: count}."""
+    seen = mounted.log_text().count("requests so far:")
+    mounted.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while mounted.log_text().count("requests so far:") <= seen:
+        assert time.monotonic() < deadline, "no stats line logged within 10 s of SIGUSR1"
+        assert mounted.proc.poll() is None, "SIGUSR1 ended the mount"
+        time.sleep(0.05)
+    line = mounted.log_text().rsplit("requests so far:", 1)[1].split(";", 1)[0]
+    return {op: int(n) for op, n in (part.split() for part in line.split(",") if part.strip() != "none")}
+
+
+def test_a_warm_read_reaches_the_server_for_no_bytes(mounted: Mounted) -> None:
+    """Once read, a version file is served from the kernel's page cache across opens (auto_cache,
+    no direct_io): a warm read sends no READ, and the server's counters (logged on SIGUSR1) say so."""
+    path = mounted.mp / "big" / "v1" / "model.safetensors"
+    want = sha256_file(mounted.src["big"] / "model.safetensors")
+    assert sha256_file(path) == want
+    before = _requests_so_far(mounted)
+    for _ in range(3):
+        assert sha256_file(path) == want
+    after = _requests_so_far(mounted)
+    assert after.get("read", 0) == before.get("read", 0), (before, after)
+    assert after["open"] - before["open"] == 3  # the counters do count: one OPEN per open()
+
+
 def test_unmount_names_what_is_open_then_unmounts_cleanly(mounted: Mounted, capsys: pytest.CaptureFixture) -> None:
     """Last test of the folder: it unmounts the shared mount."""
     from deltastore.cli.main import main

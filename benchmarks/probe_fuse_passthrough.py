@@ -1,0 +1,244 @@
+"""What a warm read through FUSE costs on this kernel, and what FUSE passthrough would change.
+
+    python benchmarks/probe_fuse_passthrough.py [--rounds K] [--libfuse317 PATH/libfuse3.so.3.17.x]
+
+A bare read-only FUSE file system (mfusepy, nothing of deltastore) shows one file whose bytes are
+those of a local file (a copy of SmolLM2's model.safetensors on the local disk). Warm reads of it
+are timed against the local file itself, in turns (a b b a ...), in three set-ups:
+
+  page cache, 128 KiB   the server answers READ from memory; the kernel caches the file (kernel_cache)
+                        with libfuse's defaults (max_read unset, read_ahead_kb 128)
+  page cache, 1 MiB     the same with max_read 1 MiB and read_ahead_kb 16384 (what deltastore's mount
+                        asks for): does any of it change the page cache's folio size?
+  passthrough           libfuse >= 3.17 only (``--libfuse317``): OPEN answers with a backing id
+                        (FUSE_DEV_IOC_BACKING_OPEN on /dev/fuse, then FOPEN_PASSTHROUGH), so the
+                        kernel reads the local file's own page cache; the server gets no READ
+
+Why: deltastore's warm reads are the kernel's copy out of FUSE's page cache, which this kernel
+fills with 4 KiB folios whatever the server asks (checked here with /proc/kpageflags), against
+ext4's 2 MiB folios for the same bytes. Passthrough is the one way left to a server to make warm
+reads cost what local ones do. What it takes, found while writing this: libfuse >= 3.17 (Debian 12
+ships 3.14; Debian 13's 3.17 needs glibc 2.38, so it was built from the fuse-3.17.2 tag with meson,
+library only); CAP_SYS_ADMIN for the backing-id ioctl; the open reply without FOPEN_KEEP_CACHE
+(outside the kernel's FOPEN_PASSTHROUGH_MASK: the open fails with EIO); mfusepy 3.1 names no
+``backing_id`` field, so it is written at its offset in ``struct fuse_file_info`` (36) with
+``raw_fi``. Results: benchmarks/results/mount_passthrough_<machine>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import errno
+import fcntl
+import json
+import mmap
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+MB = 1e6
+FUSE_CAP_PASSTHROUGH = 1 << 29  # fuse_common.h, libfuse 3.17
+FUSE_DEV_IOC_BACKING_OPEN = 0x4010E501  # _IOW(229, 1, struct fuse_backing_map), linux/fuse.h
+BACKING_ID_OFFSET = 36  # struct fuse_file_info (libfuse 3.17): flags, bits, 2 pads, fh, lock_owner, poll_events
+
+
+def serve(mode: str, mountpoint: str, backing: str, counts_file: str) -> None:
+    """The bare file system, in the foreground: ``/f`` has ``backing``'s bytes."""
+    import mfusepy
+
+    size = os.path.getsize(backing)
+    counts: dict[str, int] = {}
+    src = open(backing, "rb")
+    data = mmap.mmap(src.fileno(), size, prot=mmap.PROT_READ)
+    passthrough = mode == "passthrough"
+
+    def devfd() -> int:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == "/dev/fuse":
+                    return int(fd)
+            except OSError:
+                pass
+        raise OSError(errno.ENODEV, "no /dev/fuse descriptor in this process")
+
+    class FS(mfusepy.Operations):  # type: ignore[misc]
+        use_ns = True
+
+        def init_with_config(self, conn, config) -> None:  # noqa: ANN001
+            if passthrough:
+                conn.want_ext |= FUSE_CAP_PASSTHROUGH
+                conn.max_backing_stack_depth = 1
+            if mode == "cache-1m":
+                conn.max_read = 1 << 20
+
+        def getattr(self, path: str, fh=None) -> dict:  # noqa: ANN001
+            counts["getattr"] = counts.get("getattr", 0) + 1
+            if path == "/":
+                return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
+            if path == "/f":
+                return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size, "st_mtime": 10**18}
+            raise mfusepy.FuseOSError(errno.ENOENT)
+
+        def readdir(self, path: str, fh) -> list[str]:  # noqa: ANN001
+            return [".", "..", "f"]
+
+        def open(self, path: str, fi) -> int:  # noqa: ANN001
+            counts["open"] = counts.get("open", 0) + 1
+            if passthrough:
+                fd = os.open(backing, os.O_RDONLY)
+                try:
+                    bid = fcntl.ioctl(devfd(), FUSE_DEV_IOC_BACKING_OPEN, bytearray(struct.pack("iIQ", fd, 0, 0)))
+                finally:
+                    os.close(fd)  # the kernel holds the file from here on
+                ctypes.c_int32.from_address(ctypes.addressof(fi) + BACKING_ID_OFFSET).value = bid
+                fi.fh = bid
+            else:
+                fi.keep_cache = 1
+            return 0
+
+        def read(self, path: str, size_: int, offset: int, fi) -> bytes:  # noqa: ANN001
+            counts["read"] = counts.get("read", 0) + 1
+            return data[offset : offset + size_]
+
+        def release(self, path: str, fi) -> int:  # noqa: ANN001
+            counts["release"] = counts.get("release", 0) + 1
+            return 0
+
+        def destroy(self, path: str) -> None:
+            Path(counts_file).write_text(json.dumps(counts))
+
+    opts = dict(foreground=True, ro=True, raw_fi=True)
+    if mode == "cache-1m":
+        opts["max_read"] = 1 << 20
+    if not passthrough:
+        opts["kernel_cache"] = True
+    mfusepy.FUSE(FS(), mountpoint, **opts)
+
+
+def start(mode: str, mp: Path, backing: Path, counts: Path, libfuse: str | None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if libfuse:
+        env["FUSE_LIBRARY_PATH"] = libfuse
+    log = open(mp.parent / f"{mode}.log", "wb")
+    p = subprocess.Popen([sys.executable, __file__, "--serve", mode, str(mp), str(backing), str(counts)],
+                         env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mp):
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            raise RuntimeError(f"{mode} mount did not come up: {(mp.parent / f'{mode}.log').read_text()[-1000:]}")
+        time.sleep(0.05)
+    if mode == "cache-1m":
+        dev = os.stat(mp).st_dev
+        Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text("16384")
+    return p
+
+
+def libfuse_version(path: str | None) -> str:
+    code = "import mfusepy; print(f'{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}')"
+    env = {**os.environ, **({"FUSE_LIBRARY_PATH": path} if path else {})}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return r.stdout.strip() or f"not loadable: {r.stderr.strip().splitlines()[-1:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve(*sys.argv[2:6])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4, help="rounds of (mount, local) warm pass pairs per set-up")
+    ap.add_argument("--libfuse317", default=None, help="path of a libfuse3.so of version 3.17 or later (passthrough)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    from bench_mount import drop_cache, folio_summary, page_cache_folios, proc_cpu, read_pass
+    from bench_store import machine
+
+    from deltastore.zoo.smollm2 import smollm2_dir
+
+    desc, slug = machine()
+    load0 = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="probe-passthrough-"))
+    modes = ["cache-128k", "cache-1m"] + (["passthrough"] if args.libfuse317 else [])
+    labels = {"cache-128k": "page cache, 128 KiB requests (libfuse defaults)",
+              "cache-1m": "page cache, max_read 1 MiB, read_ahead_kb 16384",
+              "passthrough": "passthrough to the local file (libfuse 3.17)"}
+    rows, notes, loads = [], [], []
+    try:
+        local = work / "model.safetensors"
+        shutil.copyfile(smollm2_dir() / "model.safetensors", local)
+        size = local.stat().st_size
+        for mode in modes:
+            mp = work / f"mnt-{mode}"
+            mp.mkdir()
+            counts = work / f"{mode}.counts.json"
+            p = start(mode, mp, local, counts, args.libfuse317 if mode == "passthrough" else None)
+            try:
+                f = mp / "f"
+                drop_cache([local], check=True)
+                read_pass(local)  # local: cached from disk, as a checkout read before
+                read_pass(f, p.pid)  # mount: cached through FUSE (passthrough: the local file's cache)
+                if mode != "passthrough":
+                    assert f.read_bytes() == local.read_bytes()
+                tot = {f: [0.0, 0.0, 0.0], local: [0.0, 0.0, 0.0]}
+                for i in range(2 * args.rounds):
+                    for path in ((f, local) if i % 2 == 0 else (local, f)):
+                        s0, c0, t0 = proc_cpu(p.pid) if path == f else 0.0, time.process_time(), time.perf_counter()
+                        read_pass(path)
+                        tot[path][0] += size
+                        tot[path][1] += time.perf_counter() - t0
+                        tot[path][2] += time.process_time() - c0 + ((proc_cpu(p.pid) - s0) if path == f else 0.0)
+                    loads.append(os.getloadavg()[0])
+                folios = folio_summary(page_cache_folios(f))
+            finally:
+                subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+                p.wait(timeout=30)
+            m, loc = tot[f], tot[local]
+            got = json.loads(counts.read_text()) if counts.is_file() else {}
+            rows.append(f"| {labels[mode]} | {m[0] / MB / m[1]:,.0f} | {loc[0] / MB / loc[1]:,.0f} | {loc[1] / m[1]:.0%} "
+                        f"| {m[0] / MB / m[2]:,.0f} | {loc[0] / MB / loc[2]:,.0f} | **{loc[2] / m[2]:.0%}** | {folios} |")
+            notes.append(f"{labels[mode]}: requests over the cold pass and all warm passes: "
+                         + (", ".join(f"{k} {v}" for k, v in sorted(got.items())) or "none"))
+            print(rows[-1], flush=True)
+        local_folios = folio_summary(page_cache_folios(local))
+    finally:
+        for mp in work.glob("mnt-*"):
+            if os.path.ismount(mp):
+                subprocess.run(["fusermount3", "-u", "-z", str(mp)])
+        shutil.rmtree(work, ignore_errors=True)
+    load1 = os.getloadavg()[0]
+    cmd = "python benchmarks/probe_fuse_passthrough.py" + (f" --rounds {args.rounds}" if args.rounds != 4 else "") + (
+        f" --libfuse317 {args.libfuse317}" if args.libfuse317 else "")
+    text = "\n".join([
+        f"# FUSE warm reads on this kernel: page cache vs passthrough vs local disk ({dt.date.today().isoformat()})", "",
+        f"Command: `{cmd}`  ",
+        f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end, "
+        f"{min(loads):.1f}-{max(loads):.1f} over the rounds); kernel {os.uname().release}; ext4 on the VM's virtio disk  ",
+        f"libfuse: {libfuse_version(None)} (system) for the page-cache rows"
+        + (f", {libfuse_version(args.libfuse317)} ({args.libfuse317}) for passthrough" if args.libfuse317 else "")
+        + f"; file: SmolLM2-135M-Instruct model.safetensors, {size / MB:,.1f} MB; {2 * args.rounds} warm passes "
+        "of 16 MiB reads each way per row, mount and local in turns", "",
+        "| a bare FUSE file system serving the file's bytes | mount MB/s | local MB/s | wall: mount / local "
+        "| mount MB per CPU s | local MB per CPU s | **per CPU s: mount / local** | mount's page cache |",
+        "|---|---:|---:|---:|---:|---:|---:|---|", *rows, "",
+        f"Local file's page cache after its passes: {local_folios}. CPU seconds: the reader's plus the FUSE server's.  ",
+        *[n + ".  " for n in notes], ""])
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_passthrough_{slug}.md"
+    out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
