@@ -36,6 +36,8 @@ contexts (row / column classes, the previous exponent) with the table cost, the 
 the exponent, rows or columns grouped by class before today's planes + zstd, and the low plane
 grouped by each element's own exponent (benchmarks/probe_lowplane.py) with its speed beside
 today's planes and zipnn (issue 12's base goal: >= 1% under zipnn at zipnn's speed).
+``--palette-store``: only issue 12's palette plane mode as the store writes tensor objects, beside
+zipnn and today's format, and its cost on grid-less ``--palette-other`` files.
 ``--palette``: the base as a palette per aligned 32-element block (benchmarks/probe_palette.py:
 blocks decode independently, straight into bf16 words) in two stream settings, beside zipnn,
 today's planes and the low plane as runs, in the same process; ``--palette-other FILE...``: whether
@@ -566,6 +568,214 @@ def palette_probe(base: dict, base_file: Path | None, say, repeat: int, others: 
     say("")
 
 
+def _float16_tensors(sd: dict) -> list[np.ndarray]:
+    """The bf16/fp16 tensors of ``sd`` as the store hands them to ``put_tensor`` (uint8 views)."""
+    return [t.reshape(-1).view(torch.uint8).numpy() for t in sd.values() if t.dtype in (torch.bfloat16, torch.float16) and t.numel()]
+
+
+def palette_store(base: dict, base_file: Path, say, repeat: int, others: list[Path]) -> None:
+    """Issue 12, bases: plane mode 2 (codec/palette.py) as the store writes tensor objects
+    (``planes.compress_framed``, palette on) against today's format (the same call with
+    ``palette=False``) and zipnn on the base file: bytes, and MB/s per core both ways (one thread,
+    CPU seconds of this process, best of ``repeat``), every round trip checked bit for bit. Then
+    the cost where there is no grid (``others``, e.g. MiniLM as bf16 and a fine-tune trained off the
+    grid): the same two encodes, and the grid test's own time (:func:`codec.palette.worth_trying`
+    on every chunk) as a share of today's encode."""
+    from deltastore.codec import palette
+
+    def enc(ts, pal):
+        return [planes.compress_framed(t, 2, b"", rotate=True, level=3, threads=1, palette=pal) for t in ts]
+
+    def dec(streams):
+        return [planes.decompress(s, threads=1) for s in streams]
+
+    def measure(ts, pal):
+        te, streams = cpu(lambda: enc(ts, pal), repeat)
+        td, outs = cpu(lambda: dec(streams), repeat)
+        assert all(np.array_equal(o, t) for o, t in zip(outs, ts)), "palette store round trip is not exact"
+        raw = sum(t.size for t in ts)
+        modes = [m for s in streams for m in planes.read_info(memoryview(s)).modes]
+        return dict(bytes=sum(s.size for s in streams), raw=raw, enc=raw / te / MB, dec=raw / td / MB,
+                    pal=sum(m[0] == palette.MODE for m in modes), chunks=len(modes))
+
+    ts = _float16_tensors(base)
+    rng = np.random.default_rng(0)  # a small grid, so numba's kernels are loaded and compiled before timing
+    warm = np.repeat((rng.standard_normal(4096).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16), 16)
+    assert np.array_equal(planes.decompress(enc([warm.view(np.uint8)], True)[0]), warm.view(np.uint8))
+    say("## Issue 12, bases: the palette as plane mode 2 of the store's tensor objects (codec/palette.py)")
+    say("")
+    say(f"Load average before: {os.getloadavg()[0]:.1f}. One thread, CPU seconds of this process, best of {repeat}; "
+        "every round trip checked bit for bit. numba kernels: palette "
+        f"{'loaded' if palette.kernels() else 'not used (numpy path)'}, plane join {'loaded' if planes._loaded() else 'numpy'}.")
+    say("")
+    z = bench_zipnn(base_file, repeat)
+    today, new = measure(ts, False), measure(ts, True)
+    say(f"| SmolLM2-135M base, bf16 tensors ({today['raw'] / MB:.2f} MB) | MB | vs zipnn | vs today | "
+        "encode MB/s/core | decode MB/s/core | x zipnn encode / decode |")
+    say("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in ((f"zipnn 0.5.4, the base file ({z['raw'] / MB:.2f} MB)", z), ("today's format (palette=False)", today),
+                    ("plane mode 2 where it wins (palette=True, the store's default)", new)):
+        say(f"| {name} | {r['bytes'] / MB:.2f} | {r['bytes'] / z['bytes'] - 1:+.2%} | {r['bytes'] / today['bytes'] - 1:+.2%} | "
+            f"{r['enc']:,.0f} | {r['dec']:,.0f} | {r['enc'] / z['enc']:.2f} / {r['dec'] / z['dec']:.2f} |")
+    say("")
+    say(f"Chunks coded as palettes: {new['pal']} of {new['chunks']}. Load average after: {os.getloadavg()[0]:.1f}.")
+    say("")
+    if not others:
+        return
+    say("### Where there is no grid: what the palette costs")
+    say("")
+    say("Floating tensors of each file as bf16 words (fp32 rounded to bf16, as a bf16 copy of it would be stored). "
+        "Grid test: `palette.worth_trying` on every 4 MiB chunk, CPU seconds, as a share of today's encode.")
+    say("")
+    say("| file | MB | chunks as palettes | bytes vs today | encode MB/s/core today / palette=True | decode today / palette=True | grid test, % of today's encode |")
+    say("|---|---:|---:|---:|---:|---:|---:|")
+    step = planes.CHUNK_BYTES
+    for f in others:
+        ws = [w.view(np.uint8) for w in _bf16_words(load_file(str(f)))]
+        a, b = measure(ws, False), measure(ws, True)
+        tt, _ = cpu(lambda: [palette.worth_trying(w[i : i + step].view(np.uint16)) for w in ws for i in range(0, w.size, step)],
+                    repeat)
+        say(f"| {f.parent.parent.name}/{f.parent.name}/{f.name} | {a['raw'] / MB:.2f} | {b['pal']} of {b['chunks']} | "
+            f"{b['bytes'] / a['bytes'] - 1:+.3%} | {a['enc']:,.0f} / {b['enc']:,.0f} | {a['dec']:,.0f} / {b['dec']:,.0f} | "
+            f"{tt / (a['raw'] / a['enc'] / MB):.2%} |")
+    say("")
+    say(f"Load average after: {os.getloadavg()[0]:.1f}.")
+    say("")
+
+
+def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
+    """Issue 12's decode goal, fair both ways: v2's decode of the fine-tune beside zipnn's decode of
+    the fine-tune file in the same process, per core (CPU time, one thread, best of ``repeat``).
+    zipnn's figure is: its header, Huffman of the exponent plane, the raw mantissa plane, the join,
+    into one fresh buffer; no hash, and no base. So v2 is timed (a) as the store calls it today
+    (``from_bytes`` + ``reconstruct``, a fresh array per tensor), (b) into one fresh buffer for the
+    whole model (``reconstruct_into`` slices: zipnn's output), each plus the store's sha256 of every
+    tensor (zipnn plus a sha256 of its output beside it), and (c) what a checkout would add where
+    the base's bytes are not in memory: the base's tensors decoded from their own objects (plain
+    planes). Then each stage on its own over the same tensors, ns per element: table, zstd frames
+    (libzstd into the chunk's scratch, and python-zstandard's bytes), the base's context
+    histogram, the ungroup + difference kernel, sha256."""
+    from deltastore.codec import _zstd
+
+    fx = planes.fast()
+    lx = Lossless()
+    payloads = [to_bytes(lx.encode(t, b)) for _, t, b in pairs]
+    nel = sum(t.numel() for _, t, _ in pairs)
+    raw = 2 * nel
+    sizes = [t.numel() * t.element_size() for _, t, _ in pairs]
+    offs = np.cumsum([0] + sizes).tolist()
+    lib_name = "libzstd " + ".".join(str(_zstd.lib().ZSTD_versionNumber() // d % 100) for d in (10000, 100, 1)) \
+        if _zstd.lib() else "python-zstandard (no libzstd)"
+
+    def per_tensor(sha: bool):
+        def f():
+            outs = []
+            for p, (_, _, b) in zip(payloads, pairs):
+                o = lx.reconstruct(from_bytes(p), b)
+                if sha:
+                    hashlib.sha256(o.reshape(-1).view(torch.uint8).numpy()).digest()
+                outs.append(o)
+            return outs
+        return f
+
+    def one_buffer(sha: bool):
+        def f():
+            out = np.empty(offs[-1], dtype=np.uint8)
+            for p, (_, _, b), lo, hi in zip(payloads, pairs, offs, offs[1:]):
+                lx.reconstruct_into(from_bytes(p), b, out[lo:hi])
+                if sha:
+                    hashlib.sha256(out[lo:hi]).digest()
+            return out
+        return f
+
+    out = one_buffer(False)()
+    for (_, t, _), lo, hi in zip(pairs, offs, offs[1:]):
+        assert np.array_equal(out[lo:hi], tensor_u8(t)), "v2 decode is not exact"
+    del out
+    from zipnn import ZipNN
+
+    data = ft_file.read_bytes()
+    z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+    comp = z.compress(bytearray(data))
+    assert hashlib.sha256(z.decompress(comp)).digest() == hashlib.sha256(data).digest()
+    base_streams = [(planes.compress(tensor_u8(b), 2, rotate=True), b.numel() * 2) for _, _, b in pairs]
+    rows = [
+        ("zipnn 0.5.4: the fine-tune file into one buffer", len(data), lambda: z.decompress(comp)),
+        ("zipnn 0.5.4, + sha256 of its output", len(data), lambda: hashlib.sha256(z.decompress(comp)).digest()),
+        ("v2 as the store calls it (from_bytes + reconstruct, a fresh array a tensor)", raw, per_tensor(False)),
+        ("v2 as the store calls it, + sha256 of each tensor (the store's verify)", raw, per_tensor(True)),
+        ("v2 into one fresh buffer (from_bytes + reconstruct_into)", raw, one_buffer(False)),
+        ("v2 into one fresh buffer, + sha256 of each tensor", raw, one_buffer(True)),
+        ("the base's tensors from their objects (plain planes), a checkout's extra where the base is not in memory",
+         raw, lambda: [planes.decompress(s, out=np.empty(n, np.uint8)) for s, n in base_streams]),
+    ]
+    say(f"Decode of the fine-tune's {len(pairs)} changed tensors ({raw / MB:.2f} MB, {nel:,} bf16 elements) and of "
+        f"its file by zipnn ({len(data) / MB:.2f} MB), one thread, CPU time, best of {repeat}, rows interleaved; "
+        f"zstd frames by {lib_name}; load average before {os.getloadavg()[0]:.1f}:")
+    say("")
+    best = [float("inf")] * len(rows)
+    for _ in range(repeat):  # interleaved: a burst of other load hits every row alike
+        for k, (_, _, fn) in enumerate(rows):
+            best[k] = min(best[k], cpu(fn, 1)[0])
+    say("| decode | MB/s per core | x zipnn's decode | ns per element |")
+    say("|---|---:|---:|---:|")
+    zipnn_rate = rows[0][1] / best[0]
+    for (label, nbytes, _), t in zip(rows, best):
+        say(f"| {label} | {nbytes / t / MB:,.0f} | {nbytes / t / zipnn_rate:.2f} | {t / (nbytes / 2) * 1e9:.2f} |")
+    say("")
+    # the stages, each over every changed tensor
+    encs = [from_bytes(p) for p in payloads]
+    bufs = [e.arrays["stream"].numpy() for e in encs]
+    infos = [planes.read_info(memoryview(b)) for b in bufs]
+    braws = [tensor_u8(b) for _, _, b in pairs]
+    chunks = []  # (stream index, chunk index, payload offset, base bytes of the chunk)
+    for j, info in enumerate(infos):
+        co, dst = info.chunk_offsets(), np.cumsum([0] + info.raw_lens).tolist()
+        chunks += [(j, i, co[i], braws[j][dst[i] : dst[i + 1]]) for i in range(len(info.raw_lens))]
+    counts = [fx.exp_counts(bb, 2, 7, 8) for _, _, _, bb in chunks]
+    from deltastore.codec.lossless import grouped_chunk_planes
+
+    grouped = [grouped_chunk_planes(bufs[j], infos[j], i, o, c).copy() for (j, i, o, _), c in zip(chunks, counts)]
+    outs = [np.empty(bb.size, np.uint8) for _, _, _, bb in chunks]
+    frames = []  # (stream index, offset, length, elements)
+    for j, info in enumerate(infos):
+        pos = info.data_start
+        for groups in info.groups:
+            for g in groups:
+                for m, ln in zip(g.modes, g.payloads):
+                    if m == 1:
+                        frames.append((j, pos, ln, g.n))
+                    pos += ln
+    scratch = np.empty(max(n for *_, n in frames), np.uint8)
+    dctx = planes._thread_decompressor()
+    stages = [
+        ("payload table (read_info)", lambda: [planes.read_info(memoryview(b)) for b in bufs]),
+        (f"zstd frames into the chunk's scratch ({lib_name}, ctypes)",
+         lambda: [_zstd.decode_into(bufs[j], o, ln, scratch, 0, n) for j, o, ln, n in frames] if _zstd.lib() else None),
+        ("zstd frames by python-zstandard 0.25 (new bytes a frame; before this change)",
+         lambda: [planes.unzstd(dctx, memoryview(bufs[j])[o : o + ln], n) for j, o, ln, n in frames]),
+        ("the base's context histogram (exp_counts)", lambda: [fx.exp_counts(bb, 2, 7, 8) for *_, bb in chunks]),
+        ("ungroup + plane join + the difference undone (ungroup_undiff)",
+         lambda: [fx.ungroup_undiff(g, bb, 2, 7, 8, c, o) for g, (*_, bb), c, o in zip(grouped, chunks, counts, outs)]),
+        ("sha256 of the output", lambda: [hashlib.sha256(o).digest() for o in outs]),
+    ]
+    sbest = [float("inf")] * len(stages)
+    for _ in range(repeat):
+        for k, (_, fn) in enumerate(stages):
+            sbest[k] = min(sbest[k], cpu(fn, 1)[0])
+    say(f"Stages on their own (the same tensors: {len(chunks)} chunks, {len(frames)} zstd frames; "
+        f"chunks' inputs warm, not fresh), ns per element, best of {repeat}:")
+    say("")
+    say("| stage | ns per element |")
+    say("|---|---:|")
+    for (label, fn), t in zip(stages, sbest):
+        say(f"| {label} | {t / nel * 1e9:.2f} |")
+    say("")
+    say(f"zipnn's whole decode, for scale: {best[0] / (len(data) / 2) * 1e9:.2f} ns per element. "
+        f"Load average after: {os.getloadavg()[0]:.1f}.")
+    say("")
+
+
 def base_contexts(base: dict, base_file: Path | None, say) -> None:
     """Issue 12's base goal: the bf16 exponents' entropy given richer contexts than the row, with
     the count of (context, symbol) pairs a coder would have to store tables for, against what
@@ -712,9 +922,14 @@ def main(argv=None) -> int:
                     help="the base as a palette per 32-element block (benchmarks/probe_palette.py) beside zipnn")
     ap.add_argument("--palette-other", type=Path, nargs="*", default=[], metavar="FILE",
                     help="with --palette: other safetensors files checked for the grid")
+    ap.add_argument("--palette-store", action="store_true",
+                    help="only the palette plane mode as the store writes it (codec/palette.py) beside zipnn and today's "
+                         "format, and its cost on the --palette-other files")
     ap.add_argument("--rans-probe", action="store_true", help="the per-context rANS probe (benchmarks/probe_rans.py)")
     ap.add_argument("--skip-series", action="store_true", help="leave out the --series per-checkpoint table")
     ap.add_argument("--skip-base-speed", action="store_true", help="leave out the base file's speed rows")
+    ap.add_argument("--decode-stages", action="store_true",
+                    help="v2's decode beside zipnn's, fair both ways, and each stage timed (then stops)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.make_series:
@@ -747,6 +962,11 @@ def main(argv=None) -> int:
         print(s, flush=True)
         lines.append(s)
 
+    if args.palette_store:
+        palette_store(base, base_file, say, args.repeat, args.palette_other)
+        if args.out:
+            args.out.write_text("\n".join(lines) + "\n")
+        return 0
     if args.chain:
         chain_ckpts = sorted(p for p in args.chain.iterdir() if p.name.startswith("step") and (p / "model.safetensors").is_file())
         cmeta = json.loads((args.chain / "series.json").read_text()) if (args.chain / "series.json").is_file() else {}
@@ -785,6 +1005,13 @@ def main(argv=None) -> int:
         say(f"Order-0 entropy of the difference: {h0 / MB:.2f} MB; given the base's exponent: {hc / MB:.2f} MB "
             f"({hc / h0 - 1:+.1%}).")
         say("")
+        if args.decode_stages:
+            say("## Decode: v2 beside zipnn, stage by stage")
+            say("")
+            decode_stages(base, last / "model.safetensors", pairs, say, args.repeat)
+            if args.out:
+                args.out.write_text("\n".join(lines) + "\n")
+            return 0
         z = bench_zipnn(last / "model.safetensors", args.repeat)
         v1 = bench_codec(Lossless(by_exponent=False), pairs, args.repeat)
         v2 = bench_codec(Lossless(by_exponent=True), pairs, args.repeat)

@@ -4,7 +4,8 @@ numpy reference, which also runs where numba does not import.
 Loaded only by ``palette.kernels()`` (never at import of the codec), and only once a chunk shows
 a grid, so a process that stores grid-less weights never pays numba's start-up. Like
 ``codec._numba``: ``nogil`` (the plane pool's threads run chunks in parallel) and ``cache=True``.
-Words are read from and written to little-endian uint8 arrays, so an unaligned file window works.
+The encoder reads the words from little-endian uint8 (an unaligned window works); the decoder
+writes uint16 words (the caller passes an aligned view, or scratch it copies from).
 
 The decode trusts nothing it reads: :func:`join` returns a negative code (``palette.ERRORS``) for a
 palette size over 32 or over a short block's length, a read past the ``pal`` or ``idx`` stream, a
@@ -92,12 +93,12 @@ def split(raw, width, ks, pd, idx):  # noqa: ANN001
 
 @njit(nogil=True, cache=True)
 def join(width, ks, pd, idx, out):  # noqa: ANN001
-    """Inverse of :func:`split` into ``out`` (uint8, 2 bytes a word); 0, or a negative error
+    """Inverse of :func:`split` into the 16-bit words ``out`` (uint16); 0, or a negative error
     code (see the module docstring) before any read past a stream."""
-    n = out.size // 2
+    n = out.size
     nq = pd.size
     npi = idx.size
-    pal = np.zeros(BLOCK, np.int64)
+    pal = np.zeros(BLOCK, np.uint16)
     q = 0
     p = 0
     top = 0
@@ -133,20 +134,14 @@ def join(width, ks, pd, idx, out):  # noqa: ANN001
                     return -5
             pal[t] = (v >> 1) | ((v & 1) << 15)
         if b == 4 and m == BLOCK:  # a 16-level grid's common case: two indices a byte
-            if k < 16:
-                for t in range(BLOCK // 2):
-                    c = idx[p + t]
-                    if (c & 15) >= k or (c >> 4) >= k:
-                        return -6
+            top_index = 0  # checked once the block is written (pal has 32 entries: no read past it)
             for t in range(BLOCK // 2):
-                c = idx[p + t]
-                lo = pal[c & 15]
-                hi = pal[c >> 4]
-                o = 2 * (s + 2 * t)
-                out[o] = lo & 0xFF
-                out[o + 1] = lo >> 8
-                out[o + 2] = hi & 0xFF
-                out[o + 3] = hi >> 8
+                c = np.int64(idx[p + t])
+                top_index = max(top_index, c & 15, c >> 4)
+                out[s + 2 * t] = pal[c & 15]
+                out[s + 2 * t + 1] = pal[c >> 4]
+            if top_index >= k:
+                return -6
         else:
             mask = (1 << b) - 1
             for j in range(m):
@@ -158,9 +153,7 @@ def join(width, ks, pd, idx, out):  # noqa: ANN001
                 x &= mask
                 if x >= k:
                     return -6
-                v = pal[x]
-                out[2 * (s + j)] = v & 0xFF
-                out[2 * (s + j) + 1] = v >> 8
+                out[s + j] = pal[x]
         p += 4 * b
     if q != nq or p != npi:
         return -7

@@ -51,7 +51,7 @@ WIDTH = np.array([0 if k == 0 else int(np.ceil(np.log2(k + 1))) for k in range(B
 STREAMS = ("ks", "pal", "idx")
 _HEAD = struct.Struct("<B6I")
 #: :func:`worth_trying`: samples of this many elements at a chunk's start, middle and end ...
-SAMPLE = 2048
+SAMPLE = 1024
 #: ... whose palette streams must come under this many bytes an element (today's planes take
 #: ~1.33 on trained bf16; a 16-level grid ~1.0, no grid >= 1.6)
 TRY_BELOW = 1.3
@@ -97,21 +97,24 @@ def _escape_len(v: np.ndarray) -> np.ndarray:
 
 
 def worth_trying(words: np.ndarray) -> bool:
-    """Whether a chunk of 16-bit words looks like a grid: the palette streams of three samples
-    (start, middle, end: :data:`SAMPLE` elements each) under :data:`TRY_BELOW` bytes an element,
-    ``ks`` and escapes counted. A sort of 3 x 64 blocks of 32 words in numpy; no numba."""
-    n = words.size
-    if n < BLOCK:
+    """Whether a chunk of 16-bit words looks like a grid: the palette streams of a sample of
+    :data:`SAMPLE` elements at its start, then (only if that passes) at its middle and its end,
+    each under :data:`TRY_BELOW` bytes an element (``ks`` and escapes counted). A sort of 32 blocks
+    of 32 words a sample in numpy, no numba: a grid-less chunk costs one sample."""
+    n = words.size // BLOCK * BLOCK
+    if n == 0:
         return False
-    h = min(SAMPLE, n) // BLOCK * BLOCK
-    mid = (n // 2) // BLOCK * BLOCK
-    sample = np.concatenate([words[:h], words[mid : mid + h], words[(n - h) // BLOCK * BLOCK :][:h]])
-    srt = np.sort(_blocks(sample)[0], axis=1)
-    gaps = np.diff(srt, axis=1)
-    k = 1 + np.count_nonzero(gaps, axis=1)
-    # ks and the largest word's byte, a byte a gap, two more an escape, the indices
-    size = 2 * k.size + int((k - 1).sum()) + 2 * int(np.count_nonzero(gaps >= 255)) + 4 * int(WIDTH[k - 1].sum())
-    return size < TRY_BELOW * sample.size
+    h = min(SAMPLE, n)
+    for at in (0, min((n // 2) // BLOCK * BLOCK, n - h), n - h):
+        x = words[at : at + h]
+        srt = np.sort(((x << 1) | (x >> 15)).reshape(-1, BLOCK), axis=1)  # rotated, as the palette sorts
+        gaps = np.diff(srt, axis=1)
+        k = 1 + np.count_nonzero(gaps, axis=1)
+        # ks and the largest word's byte, a byte a gap, two more an escape, the indices
+        size = 2 * k.size + int((k - 1).sum()) + 2 * int(np.count_nonzero(gaps >= 255)) + 4 * int(WIDTH[k - 1].sum())
+        if size >= TRY_BELOW * h:
+            return False
+    return True
 
 
 def split_numpy(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -280,6 +283,10 @@ def decode_chunk(payload: memoryview, out: np.ndarray, inflate: Callable[[memory
     if fx is None:
         join_numpy(ks, pd, idx, out)
         return
-    code = fx.join(WIDTH, ks, pd, idx, out)
+    aligned = out.ctypes.data % 2 == 0
+    words = out.view(np.uint16) if aligned else np.empty(n, np.uint16)  # a file window may be odd
+    code = fx.join(WIDTH, ks, pd, idx, words)
     if code:
         raise _corrupt(code)
+    if not aligned:
+        out[:] = words.view(np.uint8)

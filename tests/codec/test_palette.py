@@ -50,7 +50,7 @@ def streams(words: np.ndarray, compiled: bool) -> tuple[np.ndarray, np.ndarray, 
 def join(ks, pd, idx, n: int, compiled: bool) -> np.ndarray:  # noqa: ANN001
     out = np.empty(2 * n, np.uint8)
     if compiled:
-        code = FX.join(palette.WIDTH, ks, pd, idx, out)
+        code = FX.join(palette.WIDTH, ks, pd, idx, out.view(np.uint16))
         if code:
             raise palette._corrupt(code)
     else:
