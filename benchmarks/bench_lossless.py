@@ -747,11 +747,17 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
                         frames.append((j, pos, ln, g.n))
                     pos += ln
     scratch = np.empty(max(n for *_, n in frames), np.uint8)
+
+    def zstd_frames(decode) -> None:  # noqa: ANN001
+        srcs, dst = [_zstd.address(b) for b in bufs], _zstd.address(scratch)
+        for j, o, ln, n in frames:
+            decode(bufs[j], srcs[j], o, ln, scratch, dst, 0, n)
+
     dctx = planes._thread_decompressor()
     stages = [
         ("payload table (read_info)", lambda: [planes.read_info(memoryview(b)) for b in bufs]),
         (f"zstd frames into the chunk's scratch ({lib_name}, ctypes)",
-         lambda: [_zstd.decode_into(bufs[j], o, ln, scratch, 0, n) for j, o, ln, n in frames] if _zstd.lib() else None),
+         lambda: zstd_frames(_zstd.decoder()) if _zstd.lib() else None),
         ("zstd frames by python-zstandard 0.25 (new bytes a frame; before this change)",
          lambda: [planes.unzstd(dctx, memoryview(bufs[j])[o : o + ln], n) for j, o, ln, n in frames]),
         ("the base's context histogram (exp_counts)", lambda: [fx.exp_counts(bb, 2, 7, 8) for *_, bb in chunks]),
