@@ -15,7 +15,9 @@ the decode has no chain across elements:
 * the indices (``idx``): each element's rank in its block's palette, ``WIDTH[k]`` bits each (0
   bits for a constant block, at most 5), 4 * width bytes a block (a short last block padded).
 
-The decode is one loop a block: rebuild <= 32 palette words from the gaps, then one table
+The split and join are the store's kernels (``codec._palette_numba``, plane mode 2 of
+codec/planes.py; this probe keeps its own chunking and zstd settings around them, and no pad
+byte after ``idx`` since the kernels were bounds-checked). The decode is one loop a block: rebuild <= 32 palette words from the gaps, then one table
 lookup an element straight into the bf16 word (no exponent plane, no plane join; two indices a
 byte when the width is 4, a 16-level grid's case). The three streams of each chunk of
 :data:`CHUNK` elements go through zstd where that shrinks them, or raw (``encode``'s ``raw``).
@@ -35,143 +37,28 @@ from dataclasses import dataclass
 
 import numpy as np
 import zstandard
-from numba import njit
 
+from deltastore.codec import _palette_numba as K
 from deltastore.codec import planes
+from deltastore.codec.palette import BLOCK, WIDTH
 
 CHUNK = 1 << 19  # elements: a multiple of BLOCK
-BLOCK = 32
-# index bits for a palette of k + 1 words (k = 0..31)
-WIDTH = np.array([0 if k == 0 else int(np.ceil(np.log2(k + 1))) for k in range(BLOCK)], np.int64)
 _SAMPLE = 32 << 10  # bytes of a stream zstd is tried on first
 _TRY_PLANES = 1.4  # bytes an element above which the chunk is also coded as today's planes
 _PROBE = 8192  # elements at a chunk's start whose raw palette size decides ...
 _SKIP_PALETTE = 1.5  # ... above this many bytes an element: today's planes without trying the palette
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _rotl(x):  # noqa: ANN001
-    """A bf16 word rotated left by one (magnitude bits above the sign): a palette sorted by it
-    puts +x beside -x and walks up in magnitude, so its differences stay small."""
-    x = np.int64(x)
-    return ((x << 1) | (x >> 15)) & 0xFFFF
+def palette_split(w: np.ndarray, width: np.ndarray, ks: np.ndarray, pd: np.ndarray, idx: np.ndarray) -> tuple[int, int]:
+    """The store's kernel (``codec._palette_numba.split``) on bf16 words ``w``: (pal bytes, idx bytes)."""
+    return K.split(w.view(np.uint8), width, ks, pd, idx)
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _put(pd, q, v):  # noqa: ANN001
-    """``v`` (0..65535) at ``pd[q]``: one byte under 255, else 255 and two bytes; the next
-    position. (Written without branches it was no faster, and the decode slower.)"""
-    if v < 255:
-        pd[q] = v
-        return q + 1
-    pd[q] = 255
-    pd[q + 1] = v & 0xFF
-    pd[q + 2] = v >> 8
-    return q + 3
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _get(pd, q):  # noqa: ANN001
-    """Inverse of :func:`_put`: (value, next position)."""
-    c = np.int64(pd[q])
-    if c < 255:
-        return c, q + 1
-    return np.int64(pd[q + 1]) | (np.int64(pd[q + 2]) << 8), q + 3
-
-
-@njit(nogil=True, cache=True)
-def palette_split(w, width, ks, pd, idx):  # noqa: ANN001
-    """Palette streams of bf16 words ``w``: fills ``ks`` (a byte a block), ``pd`` (the palettes'
-    differences, :func:`_put`: 3 bytes an entry at most, 3 * 32 a block) and ``idx`` (zeroed by the caller, 4 * 5
-    bytes a block at most); returns (palette bytes, index bytes) written. Distinct words and
-    their ranks through a 65536-entry table, sorted by counting (no data-dependent branches)."""
-    n = w.size
-    rank = np.zeros(1 << 16, np.uint8)  # rank + 1 of each word of the block; 0: not in it
-    pal = np.zeros(BLOCK, np.int64)
-    uniq = np.zeros(BLOCK, np.int64)
-    key = np.zeros(BLOCK, np.int64)  # the block's rotated words
-    q = 0
-    p = 0
-    top = 0
-    for blk in range((n + BLOCK - 1) // BLOCK):
-        s = blk * BLOCK
-        m = min(BLOCK, n - s)
-        k = 0
-        for j in range(m):  # the distinct words, in order of first appearance
-            v = _rotl(w[s + j])
-            key[j] = v
-            new = rank[v] == 0
-            rank[v] = 1
-            uniq[k] = v
-            k += new
-        for t in range(k):  # sorted without branches: each word's place is how many are smaller
-            v = uniq[t]
-            r = 0
-            for u in range(k):
-                r += uniq[u] < v
-            pal[r] = v
-        ks[blk] = k - 1
-        # the largest against the previous block's largest (zigzag), then down the palette
-        d = ((pal[k - 1] - top + 0x8000) & 0xFFFF) - 0x8000
-        q = _put(pd, q, (d << 1) ^ (d >> 63))
-        top = pal[k - 1]
-        for t in range(k - 2, -1, -1):
-            q = _put(pd, q, pal[t + 1] - pal[t])
-        for t in range(k):
-            rank[pal[t]] = t + 1
-        b = width[k - 1]
-        if b == 4 and m == BLOCK:
-            for t in range(BLOCK // 2):
-                idx[p + t] = (rank[key[2 * t]] - 1) | ((rank[key[2 * t + 1]] - 1) << 4)
-        elif b:
-            for j in range(m):
-                a = np.int64(rank[key[j]]) - 1
-                bp = j * b
-                sh = bp & 7
-                idx[p + (bp >> 3)] |= np.uint8((a << sh) & 0xFF)
-                if sh + b > 8:
-                    idx[p + (bp >> 3) + 1] |= np.uint8(a >> (8 - sh))
-        for t in range(k):
-            rank[pal[t]] = 0
-        p += 4 * b
-    return q, p
-
-
-@njit(nogil=True, cache=True)
-def palette_join(width, ks, pd, idx, out):  # noqa: ANN001
-    """Inverse of :func:`palette_split` into bf16 words ``out``; ``idx`` padded by one byte
-    (each index of a width other than 4 is read from a two-byte window). Blocks do not depend on each other's outputs,
-    only on the running stream offsets and the previous block's largest word."""
-    n = out.size
-    pal = np.zeros(BLOCK, np.uint16)
-    q = 0
-    p = 0
-    top = 0
-    for blk in range((n + BLOCK - 1) // BLOCK):
-        k = np.int64(ks[blk]) + 1
-        b = width[k - 1]
-        z, q = _get(pd, q)
-        v = (top + ((z >> 1) ^ -(z & 1))) & 0xFFFF
-        top = v
-        pal[k - 1] = (v >> 1) | ((v & 1) << 15)
-        for t in range(k - 2, -1, -1):
-            d, q = _get(pd, q)
-            v -= d
-            pal[t] = (v >> 1) | ((v & 1) << 15)
-        s = blk * BLOCK
-        m = min(BLOCK, n - s)
-        if b == 4 and m == BLOCK:  # the common case on a 16-level grid: two indices a byte
-            for t in range(BLOCK // 2):
-                c = idx[p + t]
-                out[s + 2 * t] = pal[c & 15]
-                out[s + 2 * t + 1] = pal[c >> 4]
-        else:
-            mask = (1 << b) - 1
-            for j in range(m):
-                bp = j * b
-                x = ((np.int64(idx[p + (bp >> 3)]) | (np.int64(idx[p + (bp >> 3) + 1]) << 8)) >> (bp & 7)) & mask
-                out[s + j] = pal[x]
-        p += 4 * b
+def palette_join(width: np.ndarray, ks: np.ndarray, pd: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """The store's kernel (``codec._palette_numba.join``) into bf16 words ``out`` (bounds-checked)."""
+    code = K.join(width, ks, pd, idx, out)
+    if code:
+        raise ValueError(f"palette probe stream does not decode ({code})")
 
 
 @dataclass
@@ -207,7 +94,7 @@ def _maybe_zstd(cctx: zstandard.ZstdCompressor, a: np.ndarray) -> tuple[bytes, b
 def _raw_size(x: np.ndarray) -> int:
     """Bytes of ``x``'s palette streams before zstd."""
     nb = (x.size + BLOCK - 1) // BLOCK
-    q, p = palette_split(x, WIDTH, np.empty(nb, np.uint8), np.empty(nb * BLOCK * 3, np.uint8), np.zeros(nb * 20 + 1, np.uint8))
+    q, p = palette_split(x, WIDTH, np.empty(nb, np.uint8), np.empty(nb * BLOCK * 3, np.uint8), np.zeros(nb * 20, np.uint8))
     return nb + q + p
 
 
@@ -228,11 +115,11 @@ def encode(w: np.ndarray, level: int = 3, raw: tuple[str, ...] = ()) -> list[Chu
             continue
         nb = (x.size + BLOCK - 1) // BLOCK
         ks, pd = np.empty(nb, np.uint8), np.empty(nb * BLOCK * 3, np.uint8)
-        idx = np.zeros(nb * 4 * 5 + 1, np.uint8)
+        idx = np.zeros(nb * 4 * 5, np.uint8)
         q, p = palette_split(x, WIDTH, ks, pd, idx)
         parts = [(a.tobytes(), True) if name in raw else _maybe_zstd(cctx, a)
-                 for name, a in zip(STREAMS, (ks, pd[:q], idx[: p + 1]))]  # idx: one pad byte
-        c = Chunk(x.size, None, tuple(f for f, _ in parts), tuple(r for _, r in parts), (nb, q, p + 1))
+                 for name, a in zip(STREAMS, (ks, pd[:q], idx[:p]))]
+        c = Chunk(x.size, None, tuple(f for f, _ in parts), tuple(r for _, r in parts), (nb, q, p))
         if c.nbytes > _TRY_PLANES * x.size:
             pc = planes.compress(x.view(np.uint8), 2, rotate=True)
             if len(pc) < c.nbytes:

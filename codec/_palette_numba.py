@@ -111,9 +111,10 @@ def join(width, ks, pd, idx, out):  # noqa: ANN001
         b = width[k - 1]
         if p + 4 * b > npi:
             return -2
+        if q + k > nq:  # k values of at least a byte each
+            return -3
+        v = top
         for t in range(k - 1, -1, -1):
-            if q >= nq:
-                return -3
             z = np.int64(pd[q])
             q += 1
             if z == 255:
@@ -121,17 +122,15 @@ def join(width, ks, pd, idx, out):  # noqa: ANN001
                     return -3
                 z = np.int64(pd[q]) | (np.int64(pd[q + 1]) << 8)
                 q += 2
-                if z < 255:
-                    return -4
-            if t == k - 1:
-                v = (top + ((z >> 1) ^ -(z & 1))) & 0xFFFF
+                if z < 255 or q + t > nq:
+                    return -4 if z < 255 else -3
+            if t == k - 1:  # the largest: a zigzagged step from the previous block's largest
+                v = (v + ((z >> 1) ^ -(z & 1))) & 0xFFFF
                 top = v
+            elif z == 0 or z > v:
+                return -5
             else:
-                if z == 0:
-                    return -5
                 v -= z
-                if v < 0:
-                    return -5
             pal[t] = (v >> 1) | ((v & 1) << 15)
         if b == 4 and m == BLOCK:  # a 16-level grid's common case: two indices a byte
             top_index = 0  # checked once the block is written (pal has 32 entries: no read past it)

@@ -51,7 +51,10 @@ WIDTH = np.array([0 if k == 0 else int(np.ceil(np.log2(k + 1))) for k in range(B
 STREAMS = ("ks", "pal", "idx")
 _HEAD = struct.Struct("<B6I")
 #: :func:`worth_trying`: samples of this many elements at a chunk's start, middle and end ...
-SAMPLE = 1024
+SAMPLE = 512
+#: chunks (tensors) under this many elements are left to the planes: the test's fixed cost
+#: (~15 us) is a large share of a small tensor's encode, and its bytes hardly matter
+MIN_ELEMENTS = 8192
 #: ... whose palette streams must come under this many bytes an element (today's planes take
 #: ~1.33 on trained bf16; a 16-level grid ~1.0, no grid >= 1.6)
 TRY_BELOW = 1.3
@@ -99,20 +102,17 @@ def _escape_len(v: np.ndarray) -> np.ndarray:
 def worth_trying(words: np.ndarray) -> bool:
     """Whether a chunk of 16-bit words looks like a grid: the palette streams of a sample of
     :data:`SAMPLE` elements at its start, then (only if that passes) at its middle and its end,
-    each under :data:`TRY_BELOW` bytes an element (``ks`` and escapes counted). A sort of 32 blocks
-    of 32 words a sample in numpy, no numba: a grid-less chunk costs one sample."""
+    each under :data:`TRY_BELOW` bytes an element (escapes not counted: rare on a grid). Four
+    numpy calls a sample (a sort of 16 blocks of 32 words, no numba), about 15 us: a grid-less
+    chunk costs one sample; a chunk under :data:`MIN_ELEMENTS` is not tried at all."""
     n = words.size // BLOCK * BLOCK
-    if n == 0:
+    if n < MIN_ELEMENTS:
         return False
-    h = min(SAMPLE, n)
-    for at in (0, min((n // 2) // BLOCK * BLOCK, n - h), n - h):
-        x = words[at : at + h]
-        srt = np.sort(((x << 1) | (x >> 15)).reshape(-1, BLOCK), axis=1)  # rotated, as the palette sorts
-        gaps = np.diff(srt, axis=1)
-        k = 1 + np.count_nonzero(gaps, axis=1)
-        # ks and the largest word's byte, a byte a gap, two more an escape, the indices
-        size = 2 * k.size + int((k - 1).sum()) + 2 * int(np.count_nonzero(gaps >= 255)) + 4 * int(WIDTH[k - 1].sum())
-        if size >= TRY_BELOW * h:
+    for at in (0, (n // 2) // BLOCK * BLOCK, n - SAMPLE):
+        srt = np.sort(words[at : at + SAMPLE].reshape(-1, BLOCK), axis=1)  # distinct words: rotation not needed
+        k = 1 + np.count_nonzero(np.diff(srt, axis=1), axis=1)
+        # ks and the largest word's byte, a byte a gap, the indices
+        if k.size + int(k.sum()) + 4 * int(WIDTH.take(k - 1).sum()) >= TRY_BELOW * SAMPLE:
             return False
     return True
 

@@ -82,8 +82,8 @@ def test_every_bit_pattern_round_trips():
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 6000), levels=st.integers(1, 32), seed=st.integers(0, 2**32 - 1),
-       chunk=st.sampled_from([64, 2048, 4096, 1 << 20]), compiled=st.booleans())
+@given(n=st.integers(1, 30_000), levels=st.integers(1, 32), seed=st.integers(0, 2**32 - 1),
+       chunk=st.sampled_from([64, 16_402, 20_000, 1 << 20]), compiled=st.booleans())
 def test_planes_round_trip(n, levels, seed, chunk, compiled):
     """Odd sizes, any chunk size, NaN/inf/subnormal/+-0 levels: the exact bits back, with
     either path, whole and by range; numba and numpy write the same stream."""
@@ -108,6 +108,8 @@ def test_planes_round_trip(n, levels, seed, chunk, compiled):
 @pytest.mark.parametrize("compiled", PATHS)
 def test_grid_chunks_take_the_palette_and_others_stay_in_planes(compiled, monkeypatch):
     _path(monkeypatch, compiled)
+    small = grid(palette.MIN_ELEMENTS - 1).view(np.uint8)  # under the size worth a test: planes untried
+    assert planes.compress(small, 2, rotate=True, palette=True) == planes.compress(small, 2, rotate=True)
     rng = np.random.default_rng(5)
     noise = (rng.standard_normal(300_000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     w = np.concatenate([grid(300_000, 16, special=False), noise, grid(300_000, 12)])
@@ -205,7 +207,7 @@ def _refused(stream: bytes) -> None:
 @pytest.mark.parametrize("compiled", PATHS)
 def test_hostile_palette_payloads_are_refused(compiled, monkeypatch):
     _path(monkeypatch, compiled)
-    w = grid(1000, 5, special=False)  # 3-bit indices: values 5..7 point past the palette
+    w = grid(9000, 5, special=False)  # 3-bit indices: values 5..7 point past the palette
     s, (ks, pd, idx) = _raw_streams(w)
     good = _payload(ks, pd, idx)
     tok = _tokens(pd)
@@ -240,7 +242,7 @@ def test_hostile_palette_payloads_are_refused(compiled, monkeypatch):
 
 
 def test_hostile_tables_are_refused():
-    w = grid(1000, 5)
+    w = grid(9000, 5)
     s = planes.compress(w.view(np.uint8), 2, rotate=True, palette=True)
     info, start, ln = _chunk_payload(s)
     mode_at = H + 8 + 8  # header, raw_len, two u32 lengths: the two mode bytes
@@ -256,9 +258,9 @@ def test_hostile_tables_are_refused():
     t[H + 8 + 16 : H + 8 + 20] = b"\2\2\2\2"
     _refused(bytes(t))
     with pytest.raises(CorruptPayloadError):  # a grouped stream never holds palette chunks
-        g = bytearray(planes.compress(w.view(np.uint8), 2, contexts=np.zeros(1000, np.uint8)))
+        g = bytearray(planes.compress(w.view(np.uint8), 2, contexts=np.zeros(9000, np.uint8)))
         g[H + 10 + 1 + 4 + 8] = 2  # the first group's first mode byte
-        planes.decompress(bytes(g), contexts=np.zeros(1000, np.uint8))
+        planes.decompress(bytes(g), contexts=np.zeros(9000, np.uint8))
 
 
 @settings(max_examples=300, deadline=None)
@@ -267,7 +269,7 @@ def test_mutated_palette_payloads_never_crash(data):
     """Random byte flips, cuts and extensions of a palette stream: CorruptPayloadError, or the
     chunk's length of bytes (a changed gap or index can decode to other valid words: the store's
     sha256 of the whole object is what catches those), on both paths."""
-    w = grid(777, data.draw(st.integers(1, 32)), seed=data.draw(st.integers(0, 99)))
+    w = grid(8300, data.draw(st.integers(1, 32)), seed=data.draw(st.integers(0, 99)))
     s = bytearray(planes.compress(w.view(np.uint8), 2, rotate=True, palette=True))
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(planes._HEAD.size, len(s) - 1))
