@@ -756,6 +756,8 @@ def decompress(
         raise CorruptPayloadError(f"plane stream holds {info.raw_total} bytes, expected {out.size}")
     offs = info.chunk_offsets()
     dst = np.cumsum([0] + info.raw_lens)
+    if info.groups is None and any(m[0] == _palette.MODE for m in info.modes):
+        _palette.kernels()  # numba's import here, not on a worker beside the others (see _loaded)
 
     def work(i: int) -> None:
         _decompress_chunk(buf, info, i, offs[i], out[dst[i] : dst[i + 1]], ctxs[i])
