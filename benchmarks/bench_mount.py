@@ -366,8 +366,9 @@ def ls_bench(n: int, slug: str, desc: str) -> str:
 
 
 def server_requests(log: Path, pid: int) -> dict[str, int]:
-    """The requests the mount server has answered so far, by operation: SIGUSR1 makes it log a
-    "requests so far" line (``DeltaStoreFS.stats_line``), read back here."""
+    """The requests the mount server has answered so far, by operation, and "KB read" (the bytes
+    its READs returned, to 0.1 MB): SIGUSR1 makes it log a "requests so far" line
+    (``DeltaStoreFS.stats_line``), read back here."""
     seen = log.read_text(errors="replace").count("requests so far:")
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + 10
@@ -375,8 +376,10 @@ def server_requests(log: Path, pid: int) -> dict[str, int]:
         if time.monotonic() > deadline:
             raise RuntimeError("the mount server logged no request counts within 10 s of SIGUSR1")
         time.sleep(0.05)
-    line = text.rsplit("requests so far:", 1)[1].split(";", 1)[0]
-    return {op: int(n) for op, n in (part.split() for part in line.split(",") if part.strip() != "none")}
+    ops, rest = text.rsplit("requests so far:", 1)[1].split(";", 1)
+    got = {op: int(n) for op, n in (part.split() for part in ops.split(",") if part.strip() != "none")}
+    got["KB read"] = round(float(rest.split("MB read", 1)[0]) * 1000)
+    return got
 
 
 def dd_pass(path: Path, server: int | None = None) -> tuple[int, float, float]:

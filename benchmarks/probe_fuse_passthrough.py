@@ -22,7 +22,7 @@ ships 3.14; Debian 13's 3.17 needs glibc 2.38, so it was built from the fuse-3.1
 library only); CAP_SYS_ADMIN for the backing-id ioctl; the open reply without FOPEN_KEEP_CACHE
 (outside the kernel's FOPEN_PASSTHROUGH_MASK: the open fails with EIO); mfusepy 3.1 names no
 ``backing_id`` field, so it is written at its offset in ``struct fuse_file_info`` (36) with
-``raw_fi``. Results: benchmarks/results/mount_passthrough_<machine>.md.
+``raw_fi``. Results: benchmarks/results/mount_passthrough_<machine>.md, on top of earlier runs.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    from bench_mount import drop_cache, folio_summary, page_cache_folios, proc_cpu, read_pass
+    from bench_mount import drop_cache, folio_summary, page_cache_folios, prepend, proc_cpu, read_pass
     from bench_store import machine
 
     from deltastore.zoo.smollm2 import smollm2_dir
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Local file's page cache after its passes: {local_folios}. CPU seconds: the reader's plus the FUSE server's.  ",
         *[n + ".  " for n in notes], ""])
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_passthrough_{slug}.md"
-    out.write_text(text)
+    prepend(out, text + "\n")  # earlier runs stay below
     print(text)
     return 0
 

@@ -277,8 +277,9 @@ def test_a_scan_of_many_configs_does_not_queue_every_version(mounted: Mounted) -
             cache.close()
 
 
-def _requests_so_far(mounted: Mounted) -> dict[str, int]:
-    """SIGUSR1 to the mount process, then its next "requests so far" log line as {op: count}."""
+def _requests_so_far(mounted: Mounted) -> dict[str, float]:
+    """SIGUSR1 to the mount process, then its next "requests so far" log line as {op: count},
+    plus "MB read" (what its READs returned)."""
     seen = mounted.log_text().count("requests so far:")
     mounted.proc.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 10
@@ -286,21 +287,26 @@ def _requests_so_far(mounted: Mounted) -> dict[str, int]:
         assert time.monotonic() < deadline, "no stats line logged within 10 s of SIGUSR1"
         assert mounted.proc.poll() is None, "SIGUSR1 ended the mount"
         time.sleep(0.05)
-    line = mounted.log_text().rsplit("requests so far:", 1)[1].split(";", 1)[0]
-    return {op: int(n) for op, n in (part.split() for part in line.split(",") if part.strip() != "none")}
+    ops, rest = mounted.log_text().rsplit("requests so far:", 1)[1].split(";", 1)
+    got: dict[str, float] = {op: int(n) for op, n in (part.split() for part in ops.split(",") if part.strip() != "none")}
+    got["MB read"] = float(rest.split("MB read", 1)[0])
+    return got
 
 
-def test_a_warm_read_reaches_the_server_for_no_bytes(mounted: Mounted) -> None:
+def test_a_warm_read_is_served_by_the_page_cache(mounted: Mounted) -> None:
     """Once read, a version file is served from the kernel's page cache across opens (auto_cache,
-    no direct_io): a warm read sends no READ, and the server's counters (logged on SIGUSR1) say so."""
+    no direct_io): three more passes over it bring the server their OPENs but (nearly) no READ,
+    as its counters, logged on SIGUSR1, show. Without page caching the passes would read 3x the
+    file; the bound leaves room for pages the kernel evicts meanwhile on a busy machine."""
     path = mounted.mp / "big" / "v1" / "model.safetensors"
+    size_mb = path.stat().st_size / 1e6
     want = sha256_file(mounted.src["big"] / "model.safetensors")
     assert sha256_file(path) == want
     before = _requests_so_far(mounted)
     for _ in range(3):
         assert sha256_file(path) == want
     after = _requests_so_far(mounted)
-    assert after.get("read", 0) == before.get("read", 0), (before, after)
+    assert after["MB read"] - before["MB read"] < size_mb / 4, (before, after)
     assert after["open"] - before["open"] == 3  # the counters do count: one OPEN per open()
 
 
