@@ -104,13 +104,16 @@ class GraphDecoder:
 
     def _fingerprint(self, ctx: DeltaContext | None) -> tuple[tuple, list[torch.Tensor]]:
         """What a captured graph depends on beyond its inputs: parameter and buffer addresses, the
-        DeltaSets and the identity of their (rebuilt on every add/drop/move) tables."""
-        sets = list({id(m.deltas): m.deltas for m in self.model.modules() if isinstance(m, DeltaLinear)}.values())
+        DeltaSets and the identity of their (rebuilt on every add/drop/move) tables, and of each
+        linear's lowrank tables."""
+        lins = [m for m in self.model.modules() if isinstance(m, DeltaLinear)]
+        sets = list({id(m.deltas): m.deltas for m in lins}.values())
         refs = []
         for ds in sets:
             if ds.n_slots:
                 ds.build()
                 refs.append(ds.tiers)
+        refs += [m.lowrank.tables()[0] for m in lins if len(m.lowrank)]
         ptrs = tuple(t.data_ptr() for t in list(self.model.parameters()) + list(self.model.buffers()))
         return (ptrs, tuple(id(ds) for ds in sets), tuple(id(t) for t in refs), ctx.n_slots if ctx else 0), refs
 

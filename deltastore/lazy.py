@@ -1,10 +1,10 @@
 """Models built from store versions: materialized, or lazy (packed deltas beside one shared base).
 
 ``load(store, REF, device, lazy=True)`` gives the transformers model the version's config names.
-With ``lazy`` (the default) every linear that the version stores as a delta-come delta becomes a
-:class:`~deltastore.kernels.DeltaLinear`: the base weight (loaded once per base and device, and
-shared by every lazy model of that base on that device) plus the packed delta as stored, applied
-by the kernels at each forward. Everything else (embeddings, norms, tensors stored whole) is
+With ``lazy`` (the default) every linear that the version stores as a delta-come or lowrank delta
+becomes a :class:`~deltastore.kernels.DeltaLinear`: the base weight (loaded once per base and
+device, and shared by every lazy model of that base on that device) plus the delta as stored,
+applied at each forward (delta-come by the packed kernels, lowrank by two GEMMs on its factors). Everything else (embeddings, norms, tensors stored whole) is
 materialized. ``lazy=False`` gives the plain materialized model. Linears of one module that read
 the same input (q/k/v, gate/up: :data:`FUSED`) share one DeltaSet, so their deltas cost one shrink
 and one expand launch for the group.
@@ -37,8 +37,11 @@ from torch import nn
 from . import codec as codecs
 from .errors import BadInputError, BaseMismatchError, CorruptObjectError
 from .graph_decode import decoder_of
-from .kernels import (DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, NotServableError, PackedDeltaCoMe,
-                      from_encoded)
+from .kernels import (DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, LowRankFactors, NotServableError,
+                      PackedDeltaCoMe, from_encoded, lowrank_from_encoded)
+
+#: what a linear's delta is served from: packed delta-come tiers, or lowrank factors
+Served = PackedDeltaCoMe | LowRankFactors
 
 
 
@@ -102,10 +105,12 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch
     return model.eval()
 
 
-def _payload(store: StoreAPI, oid: str, name: str, base_shape: tuple[int, ...], ref: str) -> PackedDeltaCoMe:
+def _payload(store: StoreAPI, oid: str, name: str, base_shape: tuple[int, ...], ref: str) -> Served:
     """A delta object, parsed and checked against its base weight's shape."""
     try:
         enc = codecs.from_bytes(store.objects.get(oid))
+        if enc.codec == "lowrank":
+            return lowrank_from_encoded(enc, tuple(base_shape), what=f"{ref}: {name}")  # type: ignore[arg-type]
         return from_encoded(enc, tuple(base_shape), what=f"{ref}: {name}")  # type: ignore[arg-type]
     except NotServableError as e:
         raise BadInputError(f"{e} (not servable lazily)") from None
@@ -160,7 +165,7 @@ class LazyDeltas:
         # one DeltaSet per linear, or per group of linears that read the same input (FUSED)
         self.sets: list[tuple[DeltaSet, list[str]]] = []
 
-    def _deltas_of(self, ref: str) -> tuple[dict[str, PackedDeltaCoMe], dict[str, str]]:
+    def _deltas_of(self, ref: str) -> tuple[dict[str, Served], dict[str, str]]:
         """Check a fine-tune against the loaded base; its packed deltas by linear, and its other
         tensors that differ from the base (name -> how)."""
         info = self.store.resolve(ref)
@@ -170,7 +175,7 @@ class LazyDeltas:
         model = self._model()
         base_entries = self.store.manifest(self.base_manifest).tensor_map()
         modules = dict(model.named_modules()) if model is not None else {}
-        deltas: dict[str, PackedDeltaCoMe] = {}
+        deltas: dict[str, Served] = {}
         other: dict[str, str] = {}
         for _, e in self.store.manifest(info.manifest).tensors():
             be = base_entries.get(e.name)
@@ -189,7 +194,7 @@ class LazyDeltas:
             deltas[e.name.removesuffix(".weight")] = _payload(self.store, e.object, e.name, tuple(be.shape), info.ref)
         return deltas, other
 
-    def add(self, ref: str, checked: tuple[dict[str, PackedDeltaCoMe], dict[str, str]] | None = None) -> int:
+    def add(self, ref: str, checked: tuple[dict[str, Served], dict[str, str]] | None = None) -> int:
         """Serve another fine-tune of the loaded base; returns its id (the ``delta_ids`` value)."""
         if self.multi is False and self.refs:
             raise BadInputError("this model was loaded for one fine-tune; use load_many to serve several")
@@ -197,14 +202,17 @@ class LazyDeltas:
         if other and self.multi:
             name, why = next(iter(other.items()))
             raise BadInputError(f"{ref}: {name} is {why}; load_many serves only fine-tunes whose differences from the base "
-                                f"are delta-come deltas of linears ({len(other)} such tensors); use load({ref!r}) for this one")
+                                f"are lossy deltas of linears ({len(other)} such tensors); use load({ref!r}) for this one")
         model = self._model()
         slot = next((i for i, r in enumerate(self.refs) if r is None), len(self.refs))
         for name in deltas:
             if name not in self.linears:
                 self._wrap(model, name)
         for ds, names in self.sets:
-            ds.add([deltas.get(n) for n in names], slot=slot)
+            ds.add([d if isinstance(d := deltas.get(n), PackedDeltaCoMe) else None for n in names], slot=slot)
+        for name, d in deltas.items():
+            if isinstance(d, LowRankFactors):
+                self.linears[name].lowrank.add(d, slot)
         if slot == len(self.refs):
             self.refs.append(ref)
         else:
@@ -238,6 +246,8 @@ class LazyDeltas:
                 for ds, _ in self.sets:
                     if slot < ds.n_slots and ds.slot(slot) is not None:  # (a set made after this slot has none)
                         ds.drop(slot)
+                for lin in self.linears.values():
+                    lin.lowrank.drop(slot)
                 self.refs[slot] = None
                 return
         raise BadInputError(f"{ref} is not served by this model (serving: {[r for r in self.refs if r]})")
@@ -296,7 +306,7 @@ def _attach(model: nn.Module, mgr: LazyDeltas) -> None:
 
 def load(store: StoreAPI, ref: str, *, device: str | torch.device = "cpu", lazy: bool = True,
          preference: KernelPreference | str = KernelPreference.AUTO) -> nn.Module:
-    """The model of one version on ``device``; lazy: delta-come linears as DeltaLinear modules."""
+    """The model of one version on ``device``; lazy: delta-come and lowrank linears as DeltaLinear modules."""
     device = torch.device(device)
     info = store.resolve(ref)
     cfg = _config(store, info.manifest, info.ref)
@@ -341,7 +351,7 @@ def load_many(store: StoreAPI, refs: Sequence[str], *, device: str | torch.devic
         if c[1]:
             name, why = next(iter(c[1].items()))
             raise BadInputError(f"{r}: {name} is {why}; load_many serves only fine-tunes whose differences from the base "
-                                f"are delta-come deltas of linears ({len(c[1])} such tensors); use load({r!r}) for this one")
+                                f"are lossy deltas of linears ({len(c[1])} such tensors); use load({r!r}) for this one")
     for r, c in zip(refs, checked):
         mgr.add(r, c)
     _attach(model, mgr)

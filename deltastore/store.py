@@ -219,8 +219,9 @@ class Store:
 
     # -- serving -----------------------------------------------------------------------------------
     def load(self, ref: str, *, device: str | torch.device = "cpu", lazy: bool = True, preference: str = "auto") -> Any:
-        """A transformers model of REF on ``device``; with ``lazy`` its delta-come linears keep the
-        shared base weight and the packed delta (Triton kernels on a GPU). See deltastore.lazy."""
+        """A transformers model of REF on ``device``; with ``lazy`` its delta-come and lowrank linears
+        keep the shared base weight and the delta as stored (delta-come: Triton kernels on a GPU;
+        lowrank: two GEMMs on its factors). See deltastore.lazy."""
         from . import lazy as lazy_models  # transformers and the kernels load on first use
 
         return lazy_models.load(self, ref, device=device, lazy=lazy, preference=preference)

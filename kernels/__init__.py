@@ -8,6 +8,7 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
   the same signatures, Triton on a GPU (or under TRITON_INTERPRET=1), torch anywhere.
 - ``linear``: ``DeltaLinear``, ``DeltaContext`` (per-row ids), ``KernelPreference``.
 - ``decode``: packed -> dense delta (GPU materialization).
+- ``lowrank``: lowrank (LoRA-shaped) deltas by slot, applied by two GEMMs with a per-row mask.
 
 Layering: kernels -> codec (for the packed format) and torch; never the store.
 """
@@ -16,6 +17,7 @@ from .decode import decode_delta, reconstruct, reconstruct_encoded
 from .deltaset import DeltaSet, RowPlan, plan_rows
 from .errors import KernelError, NotServableError
 from .linear import DeltaContext, DeltaGroup, DeltaLinear, KernelPreference, apply_deltas
+from .lowrank import LowRankFactors, LowRankSet, lowrank_from_encoded
 from .packed import PackedDeltaCoMe, from_encoded
 
 __all__ = [
@@ -25,12 +27,15 @@ __all__ = [
     "DeltaSet",
     "KernelError",
     "KernelPreference",
+    "LowRankFactors",
+    "LowRankSet",
     "NotServableError",
     "PackedDeltaCoMe",
     "RowPlan",
     "apply_deltas",
     "decode_delta",
     "from_encoded",
+    "lowrank_from_encoded",
     "plan_rows",
     "reconstruct",
     "reconstruct_encoded",

@@ -2,7 +2,8 @@
 
 ``y = x W^T (+ b) + x D_t^T`` for the fine-tune ``t`` each row names, with ``D_t`` applied from
 its packed delta-come tiers (never expanded): two Triton launches on a GPU, the torch reference
-ops elsewhere (same API, same results within rounding: see tests/kernels). Every DeltaLinear of a
+ops elsewhere (same API, same results within rounding: see tests/kernels); or, for a fine-tune
+stored with the ``lowrank`` codec, from its two fp16 factors by two GEMMs (:mod:`.lowrank`). Every DeltaLinear of a
 model shares one :class:`DeltaContext`, which holds the current batch's per-row fine-tune ids
 (vLLM's punica wrapper plays this role for LoRA): the ids are set once per forward, the row plan
 (rows sorted by fine-tune) is built once per batch shape and reused by every linear.
@@ -20,6 +21,7 @@ from torch import nn
 from . import ref_ops, triton_ops
 from .deltaset import DeltaSet, RowPlan, check_ids, plan_rows
 from .errors import KernelError
+from .lowrank import LowRankSet
 from .packed import PackedDeltaCoMe
 
 
@@ -116,16 +118,19 @@ class DeltaContext:
             self._plans.clear()
             self.generation += 1
 
+    def row_ids(self, n_rows: int, device: torch.device) -> torch.Tensor:
+        """int64 (n_rows,): each row's fine-tune id for this forward (the static buffer inside
+        :meth:`static_ids`, so graph replays read whatever ids are copied there)."""
+        if self._static is not None and self._static.numel() == n_rows:
+            return self._static
+        return self.ids_for(n_rows, device)
+
     def plan(self, n_rows: int, device: torch.device) -> RowPlan:
         key = (n_rows, str(device))
         p = self._plans.get(key)
         if p is not None:
             return p
-        if self._static is not None and self._static.numel() == n_rows:
-            ids = self._static
-        else:
-            ids = self.ids_for(n_rows, device)
-        p = self._plans[key] = plan_rows(ids, self.n_slots)
+        p = self._plans[key] = plan_rows(self.row_ids(n_rows, device), self.n_slots)
         return p
 
 
@@ -174,6 +179,8 @@ class DeltaLinear(nn.Module):
         # a member of a group shares the group's DeltaSet (its slice ``index``); alone, a set of its own
         self.group, self.index = group, int(index)
         self.deltas = group.deltas if group is not None else DeltaSet(self.in_features, [self.out_features], weight.device)
+        #: this linear's lowrank deltas by slot (never shared with the group: two GEMMs each)
+        self.lowrank = LowRankSet(self.in_features, self.out_features, weight.device)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, ctx: DeltaContext, preference: KernelPreference | str = KernelPreference.AUTO,
@@ -199,17 +206,25 @@ class DeltaLinear(nn.Module):
             raise KernelError(f"input on {x.device}, but this layer's weights and deltas are on {self.weight.device}")
         if self.deltas.device != self.weight.device:  # the module was moved (.to / .cuda): its deltas follow
             self.deltas.to(self.weight.device)
+        self.lowrank.to(self.weight.device)
         y = nn.functional.linear(x, self.weight, self.bias)
-        if self.deltas.n_slots == 0:
+        packed = self.deltas.n_slots > 0 and self.deltas.holds_any
+        if not packed and not len(self.lowrank):
             return y
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         y2 = y.reshape(-1, self.out_features)
-        if self.group is not None:
+        lr = self.lowrank.delta(x2, self.ctx.row_ids(x2.shape[0], x.device)) if len(self.lowrank) else None
+        if packed and self.group is not None:
             d = self.group.delta(self.index, x2, self.ctx, self.preference)
+            if lr is not None:  # rows of a lowrank fine-tune have no packed delta (and the reverse): a sum
+                d.add_(lr)
             # float32(y) + d rounded once, as before, in two kernels instead of three (d is this call's own slice)
             return d.add_(y2).to(y.dtype).reshape(*lead, self.out_features)
-        plan = self.ctx.plan(x2.shape[0], x.device)
-        self.deltas.build()
-        apply_deltas(x2, y2, self.deltas, plan, self.preference)
+        if packed:
+            plan = self.ctx.plan(x2.shape[0], x.device)
+            self.deltas.build()
+            apply_deltas(x2, y2, self.deltas, plan, self.preference)
+        if lr is not None:  # rows with a packed delta were rounded by it and get + 0 here: unchanged
+            y2 = lr.add_(y2).to(y.dtype)
         return y2.reshape(*lead, self.out_features)
