@@ -389,6 +389,25 @@ def _exp_histogram2(base, shift, fmask, counts):
         counts[c] = np.int64(part[0, c]) + np.int64(part[1, c]) + np.int64(part[2, c]) + np.int64(part[3, c])
 
 
+@njit(cache=True, nogil=True)
+def _join_undiff2(hi, lo, base, out):
+    """Format v1's decode of 2-byte words: the planes joined and the difference undone, in one
+    loop (vectorized; out, base uint16)."""
+    for i in range(out.size):
+        out[i] = _uncode2((np.int64(hi[i]) << 8) | np.int64(lo[i]), np.int64(base[i]))
+
+
+def join_undiff(planes: np.ndarray, base: np.ndarray, width: int, out: np.ndarray) -> None:
+    """The target's bytes into ``out`` (uint8) from the planes (width x n, most significant first)
+    of a v1 difference and the base's bytes (width 2; other widths: :func:`diff_decode`)."""
+    if width == 2:
+        _join_undiff2(planes[0], planes[1], base.view(np.uint16), out.view(np.uint16))
+        return
+    words = np.empty(out.size, dtype=np.uint8)
+    join_planes(list(planes), width, False, words)
+    _diff_decode(words, base, width, out)
+
+
 _LOCAL = threading.local()
 
 

@@ -211,22 +211,54 @@ def grouped_chunk_planes(buf: np.ndarray, info: planes.StreamInfo, i: int, start
             raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
         at += g.n
     grouped = planes._scratch(w * n).reshape(w, n)
+    firsts = np.cumsum([0] + [g.n for g in info.groups[i]]).tolist()
+    _fill_planes(buf, start, [(g.modes, g.payloads, g.n, f) for g, f in zip(info.groups[i], firsts)], grouped)
+    return grouped
+
+
+def chunk_planes(buf: np.ndarray, info: planes.StreamInfo, i: int, start: int) -> np.ndarray:
+    """Chunk ``i`` of a plain stream (``b"DSP1"``) as its planes (width x n uint8, this thread's
+    scratch), frames decoded in place as in :func:`grouped_chunk_planes`."""
+    n, w = info.raw_lens[i] // info.width, info.width
+    out = planes._scratch(w * n).reshape(w, n)
+    _fill_planes(buf, start, [(info.modes[i], info.plane_lens[i], n, 0)], out)
+    return out
+
+
+def _fill_planes(buf: np.ndarray, pos: int, runs, out: np.ndarray) -> None:
+    """Decode, one after another from ``buf[pos:]``, each run ``(modes, lengths, elements, first
+    column)``'s planes into ``out[k, first : first + elements]`` (zstd in place, or a stored copy)."""
     decode = _zstd.decoder(planes._thread_decompressor() if _zstd.lib() is None else None)
-    src, dst = _zstd.address(buf), _zstd.address(grouped)
-    pos, at = start, 0
-    for g in info.groups[i]:
-        for k, (mode, ln) in enumerate(zip(g.modes, g.payloads)):
+    src, dst, n = _zstd.address(buf), _zstd.address(out), out.shape[1]
+    for modes, lens, m, at in runs:
+        for k, (mode, ln) in enumerate(zip(modes, lens)):
             if mode == 1:
-                decode(buf, src, pos, ln, grouped, dst, k * n + at, g.n)
+                decode(buf, src, pos, ln, out, dst, k * n + at, m)
             elif mode == 0:
-                if ln != g.n:
+                if ln != m:
                     raise CorruptPayloadError("plane has the wrong length")
-                grouped[k, at : at + g.n] = buf[pos : pos + ln]
+                out[k, at : at + m] = buf[pos : pos + ln]
             else:
                 raise CorruptPayloadError(f"unknown plane mode {mode}")
             pos += ln
-        at += g.n
-    return grouped
+
+
+def decode_plain_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.ndarray, out: np.ndarray,
+                      threads: int | None = None) -> None:
+    """A v1 difference stream (``b"DSP1"``, not rotated) into ``out``: per chunk the frames in
+    place (:func:`chunk_planes`), then the planes joined and the difference undone in one compiled
+    loop; the same bytes as ``planes.decompress`` + :func:`diff_decode`."""
+    fx, width, buf = planes.fast(), info.width, np.ascontiguousarray(buf)
+    offs = info.chunk_offsets()
+    dst = np.cumsum([0] + info.raw_lens).tolist()
+    if info.groups is not None or info.rotate or dst[-1] != out.size or base_raw.size != out.size:
+        raise CorruptPayloadError("not a v1 difference stream of this size")
+
+    def work(i: int) -> None:
+        lo, hi = dst[i], dst[i + 1]
+        fx.join_undiff(chunk_planes(buf, info, i, offs[i]), base_raw[lo:hi], width, out[lo:hi])
+
+    planes._map_chunks(work, range(len(info.raw_lens)), threads)
 
 
 def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.ndarray, dtype: torch.dtype,
@@ -360,6 +392,9 @@ class Lossless(Codec):
             contexts = exponent_contexts(base_raw, dtype)
         elif enc.meta.get("context") is not None:
             raise CorruptPayloadError(f"unknown lossless context {enc.meta.get('context')!r}")
+        elif planes.fast() is not None and info.groups is None and not info.rotate:  # v1: join and undo in one pass
+            decode_plain_diff(buf, info, base_raw, out)
+            return out
         code = planes.decompress(buf, out=out, contexts=contexts)
         if not given:
             return diff_decode(code, base_raw, width)
