@@ -52,6 +52,41 @@ def aggregate(raw: Path, rate: int, top: int) -> tuple[float, list[tuple[str, fl
     return total / rate, [(k, v / rate) for k, v in frames.most_common(top)]
 
 
+def role(stack: str) -> str:
+    """Which of an op's threads a sample (a whole stack) came from, by the frames it holds. A
+    plane-pool thread runs codec/planes.py's chunk work without the ``_map_chunks`` that hands it
+    out (a tensor worker's frame); an idle pool thread (``_worker`` alone) counts as tensor pool."""
+    if "InOrderHash._run" in stack:
+        return "file hash thread"
+    if "_worker (" in stack:
+        return "plane pool" if "planes.py" in stack and "_map_chunks" not in stack else "tensor pool"
+    if "Store." in stack:
+        return "main thread"
+    if "_Syncer._run" in stack:
+        return "sync thread"
+    return "other"
+
+
+def aggregate_wall(raw: Path, rate: int, top: int) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """Per thread role (main, tensor pool, plane pool, file hash), the seconds sampled (idle
+    included, summed over the role's threads) and its top leaf frames by seconds: where each
+    thread spends its time, waits included, so a serial stage shows as others' waits."""
+    by_role: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or "_find_and_load" in stack:
+            continue
+        r = role(stack)
+        if r == "other":
+            continue
+        names = [f.split(" (")[0] for f in stack.split(";") if not f.startswith(("thread (", "process "))]
+        by_role[r][" <- ".join(names[-1:-3:-1])] += int(n)
+    out = []
+    for r, c in sorted(by_role.items()):
+        out.append((r, sum(c.values()) / rate, [(k, v / rate) for k, v in c.most_common(top)]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=1)
@@ -63,6 +98,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--work", default=None, help="where the model and the store go (default: a temp folder)")
     ap.add_argument("--out", default=None, help="append the markdown report here")
+    ap.add_argument("--wall", action="store_true", help="sample every thread, idle or not (py-spy --idle --nonblocking), "
+                    "and report each thread role's time by leaf frame, instead of the GIL holder only")
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     work = Path(args.work or tempfile.mkdtemp(prefix="ds-gil-"))
@@ -81,7 +118,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     lines = [f"### {label}: {args.threads} threads, model {nbytes / 1e9:.2f} GB ({args.layers} layers), "
              f"load average {load:.1f} on {os.cpu_count()} cores at start", "",
-             "| op | wall s | GIL held s (in the op) | top GIL holders (leaf <- caller <- caller: s) |", "|---|---|---|---|"]
+             ("| op | wall s | thread role: sampled s (idle included) | top leaf frames (leaf <- caller: s) |" if args.wall else
+              "| op | wall s | GIL held s (in the op) | top GIL holders (leaf <- caller <- caller: s) |"), "|---|---|---|---|"]
     for name in args.ops.split(","):
         op, src = OPS[name]
         if op != "checkout":
@@ -89,12 +127,20 @@ def main() -> None:
         raw = work / f"gil-{name}.txt"
         out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
-        p = subprocess.run([pyspy, "record", "--gil", "-r", str(args.rate), "-f", "raw", "-o", str(raw), "--", sys.executable,
+        mode = ["--idle", "--nonblocking", "--threads"] if args.wall else ["--gil"]
+        p = subprocess.run([pyspy, "record", *mode, "-r", str(args.rate), "-f", "raw", "-o", str(raw), "--", sys.executable,
                             "-c", ONE, op, str(home), src, str(out)], env=env, cwd=str(work), capture_output=True, text=True)
         if p.returncode != 0:
             raise SystemExit(f"{name} failed:\n{p.stderr[-3000:]}")
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1]
         wall = float(json.JSONDecoder().raw_decode(line)[0]["s"])  # py-spy may print after it on the line
+        if args.wall:
+            for r, secs, top in aggregate_wall(raw, args.rate, args.top):
+                cells = "; ".join(f"`{k}`: {v:.2f}" for k, v in top)
+                lines.append(f"| {name} | {wall:.2f} | {r}: {secs:.2f} | {cells} |")
+            print("\n".join(lines[-3:]), flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+            continue
         held, top = aggregate(raw, args.rate, args.top)
         cells = "; ".join(f"`{k}`: {v:.2f}" for k, v in top)
         lines.append(f"| {name} | {wall:.2f} | {held:.2f} | {cells} |")

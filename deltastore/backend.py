@@ -6,7 +6,9 @@ stores); ``read_only`` refuses writes. Local disk goes through plain ``os`` call
 faster than fsspec's wrappers and give us ``os.replace`` and ``fsync``.
 
 Durability: a local object is fsynced before it is renamed to its name, so a crash never leaves
-a torn file under an object's name; the directories that gained names are fsynced by ``flush``,
+a torn file under an object's name (``put(defer=True)``, as an add writes its objects, does the
+fsync and rename on a thread of its own, so the writer goes on encoding while the disk catches
+up; ``flush`` waits for them); the directories that gained names are fsynced by ``flush``,
 which the store calls before any catalog row names them. An object store's PUT is durable when
 it returns. What a backend can do is declared in :class:`Capabilities`; the store reads those,
 never the protocol name, and ``deltastore.testing.BackendTests`` checks each declaration holds.
@@ -14,6 +16,7 @@ never the protocol name, and ``deltastore.testing.BackendTests`` checks each dec
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -67,6 +70,57 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, m: memoryview) -> None:
+    while m.nbytes:  # os.write releases the GIL; a short write (a signal, a pipe) goes on
+        m = m[os.write(fd, m) :]
+
+
+class _Syncer:
+    """Deferred puts' fsync + rename, one at a time in submission order, on a thread that runs
+    while there is work (it ends when the queue is empty; the next submit starts another).
+
+    ``wait`` returns once everything submitted so far is renamed, and raises the first error any
+    of them met (that object's temp file is removed; the caller's flush, and so its commit,
+    fails). It holds paths only, never data: the bytes are in the page cache already."""
+
+    def __init__(self, work):  # noqa: ANN001 - Backend._make_durable
+        self._work = work
+        self._cv = threading.Condition()
+        self._queue: collections.deque[tuple[str, str]] = collections.deque()
+        self._running = False
+        self._error: BaseException | None = None
+
+    def submit(self, tmp: str, p: str) -> None:
+        with self._cv:
+            self._queue.append((tmp, p))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="deltastore-sync", daemon=True).start()
+
+    def wait(self) -> None:
+        with self._cv:
+            while self._running:
+                self._cv.wait()
+            err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._queue:
+                    self._running = False
+                    self._cv.notify_all()
+                    return
+                tmp, p = self._queue.popleft()
+            try:
+                self._work(tmp, p)
+            except BaseException as e:  # noqa: BLE001 - handed to the next wait()
+                with self._cv:
+                    if self._error is None:
+                        self._error = e
+
+
 class Backend:
     """A key -> bytes store rooted at a URL (a directory path or any fsspec URL)."""
 
@@ -85,6 +139,7 @@ class Backend:
             self.capabilities = OBJECT_STORE if protocol in ("s3", "s3a") else OTHER
         self._dirty_dirs: set[str] = set()
         self._dirty_lock = threading.Lock()
+        self._syncer: _Syncer | None = None  # started by the first put(defer=True)
 
     def __repr__(self) -> str:
         # a URL may carry credentials (s3://KEY:SECRET@bucket, ?secret_key=...): never show them
@@ -177,29 +232,60 @@ class Backend:
             return None
 
     # -- writes --------------------------------------------------------------------------------
-    def _write_temp(self, p: str, data: bytes | bytearray | memoryview) -> str:
-        """A durable temp file beside ``p``: written, fsynced and made read-only."""
+    def _write_temp(self, p: str, data: bytes | bytearray | memoryview | list, *, durable: bool = True) -> str:
+        """A temp file beside ``p``, written (``data``: one buffer, or a list of buffers written
+        in turn, so a caller need not join its parts into one copy first); with ``durable``,
+        also fsynced and made read-only (else :meth:`_make_durable` does that later)."""
         d = os.path.dirname(p)
         os.makedirs(d, exist_ok=True)
         tmp = os.path.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        parts = [memoryview(b).cast("B") for b in data] if isinstance(data, list) else [memoryview(data).cast("B")]
         try:
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
                 crash_point("backend.put.open")
-                mv = memoryview(data)
-                half = len(mv) // 2
-                f.write(mv[:half])
-                f.flush()
-                crash_point("backend.put.half-written")
-                f.write(mv[half:])
-                f.flush()
-                crash_point("backend.put.before-fsync")
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o444)  # objects are immutable: make accidental edits fail
+                total = sum(m.nbytes for m in parts)
+                half, done = total // 2, 0
+                for m in parts:  # the crash point halfway through the bytes, wherever that falls
+                    if done <= half < done + m.nbytes:
+                        _write_all(fd, m[: half - done])
+                        crash_point("backend.put.half-written")
+                        _write_all(fd, m[half - done :])
+                    else:
+                        _write_all(fd, m)
+                    done += m.nbytes
+                if durable:
+                    crash_point("backend.put.before-fsync")
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if durable:
+                os.chmod(tmp, 0o444)  # objects are immutable: make accidental edits fail
         except BaseException:
             self._unlink_quiet(tmp)
             raise
-        crash_point("backend.put.before-rename")
+        if durable:
+            crash_point("backend.put.before-rename")
         return tmp
+
+    def _make_durable(self, tmp: str, p: str) -> None:
+        """What ``put`` does after writing, for a deferred put: fsync, read-only, rename."""
+        try:
+            crash_point("backend.put.before-fsync")
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o444)
+            crash_point("backend.put.before-rename")
+            os.replace(tmp, p)
+        except BaseException:
+            self._unlink_quiet(tmp)
+            raise
+        with self._dirty_lock:
+            self._dirty_dirs.add(os.path.dirname(p))
+        crash_point("backend.put.after-rename")
 
     @staticmethod
     def _unlink_quiet(p: str) -> None:
@@ -208,13 +294,30 @@ class Backend:
         except FileNotFoundError:
             pass
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview | list, *, defer: bool = False) -> None:
         """Write ``key`` atomically: readers see the old state or the whole new object, never half.
+        ``data``: one buffer, or a list of buffers that make the object in turn.
 
         Local: the data is fsynced before the rename, so the name never points at a torn file;
-        the directory entry is made durable by ``flush``. Object stores: one PUT."""
+        the directory entry is made durable by ``flush``. Object stores: one PUT.
+
+        ``defer`` (local only; elsewhere ignored): return once the bytes are written, leaving the
+        fsync and rename to a thread of this backend, in the same order; the key may not exist
+        until :meth:`flush` returns, which waits for them (and raises what they met). An add's
+        workers write this way: a worker no longer sits in ``fsync`` while there is encoding to do,
+        so the disk's time overlaps the cores' instead of adding to it."""
         self._check_writable()
         p = self._path(key)
+        if self.local and defer:
+            tmp = self._write_temp(p, data, durable=False)
+            with self._dirty_lock:
+                if self._syncer is None:
+                    self._syncer = _Syncer(self._make_durable)
+                syncer = self._syncer
+            syncer.submit(tmp, p)
+            return
+        if isinstance(data, list):
+            data = b"".join(memoryview(b).cast("B") for b in data) if not self.local else data
         if self.local:
             tmp = self._write_temp(p, data)
             try:
@@ -281,6 +384,9 @@ class Backend:
         files themselves were fsynced before their rename). Object stores: nothing to do."""
         if not self.local or self.read_only:
             return
+        syncer = self._syncer
+        if syncer is not None:
+            syncer.wait()  # deferred puts first: their renames add the directories to sync
         with self._dirty_lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
         crash_point("backend.flush")

@@ -5,13 +5,16 @@ base tensor of the same name, encoded (a tensor object for a base model; nothing
 equal the base's; a delta otherwise) and written as an object, ``workers`` tensors at a time;
 results come back in file order, where the file's own SHA-256 is extended. At most ``workers``
 tensors (and about a GiB of them) are in flight, so memory tracks the largest tensor, not the
-model. Nothing reaches the catalog until every object is on the backend: the version row, its
+model. Objects are written with ``defer=True``: a worker returns once the bytes are written, and
+the backend's own thread fsyncs and renames them, so the disk's time overlaps the encoding
+instead of following each tensor's. Nothing reaches the catalog until every object is on the backend: the version row, its
 object index and lineage go in one transaction at the end, so an interrupted add leaves only
 unreferenced objects, which ``gc`` removes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import inspect
@@ -20,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -115,7 +118,7 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     puts: list[PutResult] = []
     files: list[FileEntry] = []
     progress("add", 0, total)
-    with lease(store, f"add {name} from {path}") as held:
+    with lease(store, f"add {name} from {path}") as held, _deferred_writes_settle(store):
         beat = held
         for src in sources:
             if not src.is_safetensors:
@@ -177,6 +180,22 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                               held=held)
 
 
+@contextlib.contextmanager
+def _deferred_writes_settle(store: StoreView) -> Iterator[None]:
+    """On the way out of a failed add, wait for the objects its workers wrote with ``defer=True``
+    (fsync and rename still running on the backend's thread), so they finish under the add's
+    lease: a gc must not remove a temp file from under them. Their own errors matter less than
+    the one already on its way. (A successful add waits for them in ``commit_version``.)"""
+    try:
+        yield
+    except BaseException:
+        try:
+            store.backend.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+
+
 def _pread(fd: int, header: SafetensorsHeader, info: TensorInfo, path: Path) -> np.ndarray:
     """One tensor's bytes by offset (threads read different tensors of one file at once).
 
@@ -199,7 +218,7 @@ def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarra
     sha = sha256_hex(raw)
     common = dict(name=info.name, dtype=info.dtype, shape=list(info.shape), nbytes=info.nbytes, sha256=sha)
     if job.base_man is None:
-        put = store.objects.put_tensor(raw, DTYPES[info.dtype][1], info.dtype in FLOAT_CODES, oid="sha256:" + sha)
+        put = store.objects.put_tensor(raw, DTYPES[info.dtype][1], info.dtype in FLOAT_CODES, oid="sha256:" + sha, defer=True)
         return TensorEntry(**common, source="tensor", object=put.oid), put
     base_entry = job.base_man.tensor_map()[info.name]
     if base_entry.exact and base_entry.sha256 == sha and base_entry.dtype == info.dtype:
@@ -223,7 +242,7 @@ def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarra
         d = target.to(dev, torch.float32) - base_t.to(dev, torch.float32)
         dn = float(d.norm())
         rel = float((use.decode_delta(enc, device=dev) - d).norm()) / dn if dn else 0.0
-    put = store.objects.put_raw(codecs.to_bytes(enc), "delta")
+    put = store.objects.put_raw(codecs.to_bytes(enc), "delta", defer=True)
     return TensorEntry(**common, source="delta", object=put.oid, codec=use.codec_id, exact=use.lossless, rel_error=rel), put
 
 
@@ -272,10 +291,12 @@ def commit_version(store: StoreView, name: str, manifest: Manifest, manifest_oid
     a crash before the commit leaves only unreferenced objects and a record of no version,
     which the next add of that number overwrites and gc removes."""
     oids = manifest.object_ids() | {manifest_oid}
+    # objects durable before the catalog names them; this also waits for the objects the add's
+    # workers wrote with defer=True (fsync and rename on the backend's thread), so they exist now
+    store.backend.flush()
     missing = [o for o in oids if not store.objects.exists(o)]  # only an outside hand deletes under a lease
     if missing:
         raise ConflictError(f"{len(missing)} objects vanished while adding (deleted by hand?); run the add again")
-    store.backend.flush()  # objects durable before the catalog names them
     crash_point("commit.after-flush")
     sizes = {p.oid: p for p in puts}
     stored_new = sum(p.stored for p in sizes.values() if p.new)

@@ -108,9 +108,11 @@ class ObjectDB:
         self._tables: dict[str, ChunkTable] = {}  # chunk tables of tensor objects, for ranged reads
 
     # -- writing -------------------------------------------------------------------------------
-    def _put(self, oid: str, kind: str, coding: int, framed_fn, logical: int) -> PutResult:
-        """Store ``framed_fn(frame)`` (the frame and the encoded body, one buffer) as ``oid``,
-        unless a whole copy is there already; the encode runs only when it is written."""
+    def _put(self, oid: str, kind: str, coding: int, framed_fn, logical: int, defer: bool = False) -> PutResult:
+        """Store ``framed_fn(frame)`` (the frame and the encoded body: one buffer, or a list of
+        buffers written in turn) as ``oid``, unless a whole copy is there already; the encode
+        runs only when it is written. ``defer``: see ``Backend.put`` (the object may not exist
+        until ``backend.flush()``)."""
         key = key_of(oid)
         size = self.backend.size(key)
         if size is not None:
@@ -120,23 +122,24 @@ class ObjectDB:
                 return PutResult(oid, logical, size, False)
             self._tables.pop(oid, None)
         data = framed_fn(_FRAME.pack(MAGIC, KINDS[kind], bytes([coding]), 0))
-        self.backend.put(key, data)
-        return PutResult(oid, logical, data.size, True)
+        size = sum(memoryview(b).nbytes for b in data) if isinstance(data, list) else memoryview(data).nbytes
+        self.backend.put(key, data, defer=defer)
+        return PutResult(oid, logical, size, True)
 
     def put_bytes(self, data: bytes, kind: str = "blob") -> PutResult:
         oid = oid_of(data)
-        return self._put(oid, kind, ZSTD, lambda f: _framed(f, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)), len(data))
+        return self._put(oid, kind, ZSTD, lambda f: [f, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)], len(data))
 
     def put_tensor(self, raw: bytes | bytearray | memoryview | np.ndarray, width: int, is_float: bool,
-                   oid: str | None = None) -> PutResult:
+                   oid: str | None = None, *, defer: bool = False) -> PutResult:
         """A tensor's raw bytes as a byte-plane stream, framed as it is assembled (one copy)."""
         oid = oid or oid_of(raw)
         return self._put(oid, "tensor", PLANES,
-                         lambda f: planes.compress_framed(raw, width, f, rotate=is_float, level=ZSTD_LEVEL), len(raw))
+                         lambda f: planes.compress_framed(raw, width, f, rotate=is_float, level=ZSTD_LEVEL), len(raw), defer)
 
-    def put_raw(self, data: bytes, kind: str) -> PutResult:
-        """Already-compressed payloads (codec output): stored as they are."""
-        return self._put(oid_of(data), kind, RAW, lambda f: _framed(f, data), len(data))
+    def put_raw(self, data: bytes, kind: str, *, defer: bool = False) -> PutResult:
+        """Already-compressed payloads (codec output): stored as they are, after the frame."""
+        return self._put(oid_of(data), kind, RAW, lambda f: [f, data], len(data), defer)
 
     # -- reading -------------------------------------------------------------------------------
     def _frame(self, oid: str) -> tuple[str, int, memoryview]:
@@ -180,6 +183,17 @@ class ObjectDB:
         if max_size is not None and len(out) > max_size:
             raise CorruptObjectError(oid, f"decodes to {len(out)} bytes, more than the {max_size} expected")
         return out
+
+    def get_view(self, oid: str, *, verify: bool = True) -> bytes | memoryview:
+        """:meth:`get`, but a stored-as-is payload (a codec's delta) comes back as a view of the
+        bytes read, not copied: ``bytes(view)`` copied it with the GIL held, once per delta on
+        every fine-tune checkout. Other codings decode to new bytes as :meth:`get` does."""
+        kind, coding, body = self._frame(oid)
+        if coding != RAW:
+            return self.get(oid, verify=verify)
+        if verify and oid_of(body) != oid:
+            raise CorruptObjectError(oid, "content does not hash to its id")
+        return body
 
     def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Logical bytes as a writable uint8 array (tensor objects decode without an extra copy).
@@ -348,16 +362,6 @@ class ObjectDB:
 
     def delete(self, oid: str) -> None:
         self.backend.delete(key_of(oid))
-
-
-def _framed(frame: bytes, body: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """``frame + body`` as one uint8 array, the body copied by numpy. ``bytes + bytes`` copies (and
-    faults in the new pages) while holding the GIL, so on many cores every worker's object waited
-    on it; numpy's copy releases the GIL (measured: benchmarks/profile_add.py)."""
-    out = np.empty(len(frame) + memoryview(body).nbytes, dtype=np.uint8)
-    out[: len(frame)] = np.frombuffer(frame, dtype=np.uint8)
-    out[len(frame) :] = np.frombuffer(body, dtype=np.uint8)
-    return out
 
 
 def _check_planes_size(oid: str, body: memoryview, cap: int, *, exact: bool = False) -> None:

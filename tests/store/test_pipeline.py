@@ -8,9 +8,12 @@ import random
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import deltastore
+from deltastore.errors import CorruptObjectError
 from deltastore.pipeline import InOrderHash
 
 from ..conftest import llama_like, write_model
@@ -75,3 +78,69 @@ def test_add_records_each_file_sha256_at_any_worker_count(tmp_path: Path, worker
         st.close()
     for p in sorted(src.glob("*.safetensors")):
         assert files[p.name] == hashlib.sha256(p.read_bytes()).hexdigest(), p.name
+
+
+def test_deferred_put_is_durable_and_named_after_flush_and_reports_its_errors_there(tmp_path: Path) -> None:
+    """``put(defer=True)``: the writer returns once the bytes are written; the fsync and rename run
+    on the backend's thread, and ``flush`` waits for them. A deferred put whose fsync fails must
+    fail the flush (so an add's commit), not vanish."""
+    from deltastore.backend import Backend
+
+    b = Backend(str(tmp_path / "objs"))
+    blobs = {f"objects/{i:02x}/{'e' * 62}": os.urandom(random.Random(i).randrange(1, 200_000)) for i in range(20)}
+    for k, data in blobs.items():
+        b.put(k, [data[:7], memoryview(data)[7:]], defer=True)  # parts written in turn
+    b.flush()
+    for k, data in blobs.items():
+        assert b.get(k) == data
+        assert os.stat(b._path(k)).st_mode & 0o777 == 0o444  # read-only, as a plain put leaves it
+    assert not [p for p in (tmp_path / "objs").rglob(".tmp-*")]
+
+    # an fsync that fails (here: the temp file taken away before its turn) reaches flush
+    gate = threading.Event()
+    real = b._make_durable
+
+    def slow(tmp: str, p: str) -> None:
+        gate.wait(10)
+        real(tmp, p)
+
+    b._make_durable = slow  # the syncer calls what Backend gave it: patch before its first use
+    b2 = Backend(str(tmp_path / "objs2"))
+    b2._make_durable = slow
+    b2.put("objects/aa/" + "f" * 62, b"x" * 1000, defer=True)
+    for tmp in (tmp_path / "objs2").rglob(".tmp-*"):
+        tmp.unlink()
+    gate.set()
+    with pytest.raises(FileNotFoundError):
+        b2.flush()
+    b2.flush()  # the error is reported once
+
+
+def test_checkout_of_a_lossless_finetune_names_a_wrong_base_object(tmp_path: Path) -> None:
+    """A checkout decodes an exact delta's base without re-hashing it (the result's sha256 is
+    checked instead). A base object that decodes cleanly to other bytes must still fail the
+    checkout, and the error must name the base's object, as when the base was re-hashed."""
+    from deltastore.codec import planes
+    from deltastore.objects import _FRAME, KINDS, MAGIC, PLANES, key_of
+
+    base_sd = llama_like(5)
+    ft_sd = {k: (v.to(torch.float32) + 0.01 * torch.randn_like(v.to(torch.float32))).to(v.dtype) for k, v in base_sd.items()}
+    st = deltastore.open(tmp_path / "home")
+    try:
+        st.add_base("m", write_model(tmp_path / "b", base_sd))
+        st.add_finetune("ft", write_model(tmp_path / "f", ft_sd), base="m", codec="lossless")
+        man = st.manifest(st.resolve("ft@v1").manifest)
+        name, entry = next((t.name, t) for _, t in man.tensors() if t.source == "delta")
+        base_entry = st.manifest(man.base).tensor_map()[name]
+        # rewrite the base tensor's object as a whole, well-formed object of other bytes
+        raw = np.frombuffer(bytearray(st.objects.get(base_entry.object)), dtype=np.uint8).copy()
+        raw[:2] ^= 0xFF
+        frame = _FRAME.pack(MAGIC, KINDS["tensor"], bytes([PLANES]), 0)
+        path = Path(st.backend._path(key_of(base_entry.object)))
+        path.chmod(0o644)
+        path.write_bytes(planes.compress_framed(raw, 2, frame, rotate=True).tobytes())
+        with pytest.raises(CorruptObjectError) as e:
+            st.checkout("ft@v1", tmp_path / "out")
+        assert base_entry.object in str(e.value)
+    finally:
+        st.close()
