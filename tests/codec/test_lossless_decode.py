@@ -45,16 +45,18 @@ def test_libzstd_loads_here_unless_switched_off(monkeypatch):
     assert lib.ZSTD_versionNumber() >= _zstd.MIN_VERSION
 
 
+@pytest.mark.parametrize("by_exponent", [True, False])
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape", [(1,), (7,), (9,), (7, 13), (4099,), (600_001,)])
-def test_both_frame_decoders_give_the_exact_bits(dtype, shape, backend):
-    """Odd sizes (the gather's eight-element steps leave tails), and over one 1 MiB chunk."""
-    if shape == (600_001,) and dtype not in (torch.bfloat16, torch.float32):
+@pytest.mark.parametrize("shape", [(1,), (7,), (9,), (7, 13), (4099,), (2_100_001,)])
+def test_both_frame_decoders_give_the_exact_bits(dtype, shape, by_exponent, backend):
+    """v2 and v1 (each with a decode path of its own); odd sizes (the gather's eight-element steps
+    leave tails), and over one chunk (v2's 1 MiB, v1's 4 MiB)."""
+    if shape == (2_100_001,) and dtype not in (torch.bfloat16, torch.float32):
         pytest.skip("one 2-byte and one 4-byte dtype over a chunk is enough")
     base = with_specials(weights(dtype, shape, seed=3))
     target = finetune_of(base, ulps=40)
-    enc = from_bytes(to_bytes(Lossless().encode(target, base)))
-    assert enc.version == 2
+    enc = from_bytes(to_bytes(Lossless(by_exponent=by_exponent).encode(target, base)))
+    assert enc.version == (2 if by_exponent else 1)
     assert same_bits(Lossless().reconstruct(enc, base), target)
 
 
@@ -169,11 +171,11 @@ _ALTER = dict(pos=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255
                                                                   HealthCheck.function_scoped_fixture])
 @given(**_ALTER)
 def test_altered_streams_decode_to_the_right_size_or_refuse_alike(monkeypatch, pos, cut):
-    """Bytes set anywhere in a v2 stream, or a truncation: both frame decoders raise the same error
-    class (CorruptPayloadError) or return the same bytes; never another exception."""
+    """Bytes set anywhere in a v2 or a v1 stream, or a truncation: both frame decoders raise the same
+    error class (CorruptPayloadError) or return the same bytes; never another exception."""
     monkeypatch.setattr(lossless, "GROUPED_CHUNK_BYTES", 2048)
     monkeypatch.setattr(planes, "MIN_GROUP", 100)
-    enc = Lossless().encode(_T, _B)
+    enc = Lossless(by_exponent=pos[0][1] % 2 == 0).encode(_T, _B)
     b = bytearray(enc.arrays["stream"].numpy().tobytes())
     for p, v in pos:
         b[p % len(b)] = v
