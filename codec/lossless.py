@@ -201,18 +201,18 @@ def grouped_chunk_planes(buf: np.ndarray, info: planes.StreamInfo, i: int, start
     frame decoded straight into its place (``codec._zstd``: the system's libzstd where it loads),
     once the chunk's groups are checked against ``counts`` (the elements per context of the base's
     words under it): ``planes._grouped_planes`` with the faster frame decode and no copy."""
-    n, w = info.raw_lens[i] // info.width, info.width
+    n, w, groups = info.raw_lens[i] // info.width, info.width, info.groups[i]
     if int(counts.sum()) != n:
         raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
-    below = np.concatenate(([0], np.cumsum(counts)))  # below[c]: elements whose context is < c
-    at = 0
-    for g in info.groups[i]:  # each group must start where its first context starts
-        if int(below[g.context]) != at or counts[g.context] == 0:
-            raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
-        at += g.n
+    # each group must start where its first context starts in the base's order (the table already
+    # checked that the groups' contexts ascend and their sizes add up to the chunk)
+    firsts = np.cumsum([0] + [g.n for g in groups])
+    ctx = np.array([g.context for g in groups], dtype=np.int64)
+    before = np.cumsum(counts) - counts  # elements whose context is below each context
+    if not (np.array_equal(before[ctx], firsts[:-1]) and (counts[ctx] > 0).all()):
+        raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
     grouped = planes._scratch(w * n).reshape(w, n)
-    firsts = np.cumsum([0] + [g.n for g in info.groups[i]]).tolist()
-    _fill_planes(buf, start, [(g.modes, g.payloads, g.n, f) for g, f in zip(info.groups[i], firsts)], grouped)
+    _fill_planes(buf, start, [(g.modes, g.payloads, g.n, int(f)) for g, f in zip(groups, firsts)], grouped)
     return grouped
 
 
