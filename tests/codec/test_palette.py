@@ -286,3 +286,18 @@ def test_mutated_palette_payloads_never_crash(data):
             pass
         finally:
             palette._KERNELS = old
+
+
+@pytest.mark.parametrize("compiled", PATHS)
+def test_fp16_grid_round_trips(compiled, monkeypatch):
+    """fp16 (also width 2, rotated, so also tried): a dequantized-looking grid with fp16's NaN
+    payloads, +-inf, +-0 and subnormals among its levels takes the palette and comes back exact."""
+    _path(monkeypatch, compiled)
+    rng = np.random.default_rng(16)
+    nb = 1000
+    lv = (rng.standard_normal((nb, 16)) * 0.02).astype(np.float16).view(np.uint16)
+    lv[::4, :6] = [0x7E01, 0xFE00, 0x7C00, 0xFC00, 0x8000, 0x0001]
+    w = lv[np.arange(nb * 32 - 5) // 32, rng.integers(0, 16, nb * 32 - 5)]
+    s = planes.compress(w.view(np.uint8), 2, rotate=True, palette=True)
+    assert planes.read_info(memoryview(s)).modes == [[2, 2]]
+    assert np.array_equal(planes.decompress(s).view(np.uint16), w)
