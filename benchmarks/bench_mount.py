@@ -5,6 +5,8 @@
     python benchmarks/bench_mount.py --ls N      # only: `ls -lR` over a mount of N versions
     python benchmarks/bench_mount.py --warm K    # only: warm reads, mount vs local disk, K rounds, and
                                                  # the requests the server got during them
+    FUSE_LIBRARY_PATH=.../libfuse3.so.3.17.2 python benchmarks/bench_mount.py --warm K --passthrough DIR[:SIZE]
+                                                 # the same, the mount serving by FUSE passthrough
 
 Store: SmolLM2-135M-Instruct bf16 (deltastore.zoo.smollm2) as a lossless base; a real full
 fine-tune of it (the cached `smollm2-math-series-*` step directories, else a perturbed copy) added
@@ -186,11 +188,14 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deltastore.cli", *args], env=env, capture_output=True, text=True, check=True)
 
 
-def mount(home: Path, mp: Path, log: Path, cache: str = "4GiB") -> None:
+def mount(home: Path, mp: Path, log: Path, cache: str = "4GiB", passthrough: str | None = None) -> None:
     """A background mount logging at INFO: at unmount the server writes how many READ requests of
-    which sizes it got (``requests_seen``)."""
+    which sizes it got (``requests_seen``). ``passthrough``: DIR[:SIZE] for its local copies
+    (DELTASTORE_MOUNT_PASSTHROUGH; needs libfuse >= 3.17 as FUSE_LIBRARY_PATH, and root)."""
     mp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DELTASTORE_HOME": str(home), "DELTASTORE_LOG_LEVEL": "INFO"}
+    if passthrough:
+        env["DELTASTORE_MOUNT_PASSTHROUGH"] = passthrough
     subprocess.run([sys.executable, "-m", "deltastore.cli", "mount", str(mp), "--cache-size", cache, "--log", str(log)],
                    env=env, capture_output=True, text=True, check=True)
 
@@ -379,6 +384,8 @@ def server_requests(log: Path, pid: int) -> dict[str, int]:
     ops, rest = text.rsplit("requests so far:", 1)[1].split(";", 1)
     got = {op: int(n) for op, n in (part.split() for part in ops.split(",") if part.strip() != "none")}
     got["KB read"] = round(float(rest.split("MB read", 1)[0]) * 1000)
+    if "passthrough copies written" in rest:
+        got["copies"] = int(rest.split("passthrough copies written", 1)[1].split()[0])
     return got
 
 
@@ -394,12 +401,14 @@ def dd_pass(path: Path, server: int | None = None) -> tuple[int, float, float]:
     return path.stat().st_size, wall, cpu
 
 
-def warm_bench(k: int, desc: str) -> str:
+def warm_bench(k: int, desc: str, passthrough: str | None = None) -> str:
     """Warm reads of SmolLM2's model.safetensors through the mount against its checkout on local
     disk, ``k`` rounds each of 16 MiB ``readinto`` passes and of ``dd bs=1M``, mount and local in
     turns (a b b a ...), with the requests the server answered during them (SIGUSR1 counters)
     and the page cache's folio sizes. Local warm is read from disk once first (as a checkout that
-    was read before is cached), mount warm was read once through the mount."""
+    was read before is cached), mount warm was read once through the mount. With ``passthrough``
+    (DIR[:SIZE]) the mount keeps local copies of the files read and serves later opens by FUSE
+    passthrough; the passes start once the file's copy is written."""
     load0 = os.getloadavg()[0]
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-mount-warm-"))
@@ -411,12 +420,18 @@ def warm_bench(k: int, desc: str) -> str:
             st.add_base("smollm2", smollm2_dir())
             st.checkout("smollm2", work / "co")
         local = work / "co" / "model.safetensors"
-        mount(home, mp, mlog)
+        mount(home, mp, mlog, passthrough=passthrough)
         loads = []
         try:
             pid = server_pid(mp)
             f = mp / "smollm2" / "v1" / "model.safetensors"
             read_pass(f, pid)
+            if passthrough:
+                deadline = time.monotonic() + 120
+                while server_requests(mlog, pid).get("copies", 0) < 1:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no passthrough copy written in 120 s: {mlog.read_text()[-2000:]}")
+                    time.sleep(0.5)
             drop_cache([local], check=True)
             read_pass(local)
             before = server_requests(mlog, pid)
@@ -443,7 +458,7 @@ def warm_bench(k: int, desc: str) -> str:
         finally:
             unmount(home, mp)
         during = {op: after.get(op, 0) - before.get(op, 0) for op in sorted(set(after) | set(before))}
-        during = {op: n for op, n in during.items() if n}
+        during = {op: n for op, n in during.items() if n and op != "copies"}
         load1 = os.getloadavg()[0]
         size = local.stat().st_size
         passes = 2 * k
@@ -455,12 +470,16 @@ def warm_bench(k: int, desc: str) -> str:
                         f"**{(m[0] / m[2]) / (loc[0] / loc[2]):.0%}** |")
         today = dt.date.today().isoformat()
         return "\n".join([
-            f"# deltastore mount: warm reads, mount vs local disk ({today})", "",
-            f"Command: `python benchmarks/bench_mount.py --warm {k}` ({(time.perf_counter() - t_start) / 60:.0f} min)  ",
+            f"# deltastore mount: warm reads{', passthrough' if passthrough else ''}, mount vs local disk ({today})", "",
+            f"Command: `{'FUSE_LIBRARY_PATH=' + os.environ.get('FUSE_LIBRARY_PATH', '(system)') + ' ' if passthrough else ''}"
+            f"python benchmarks/bench_mount.py --warm {k}{' --passthrough ' + passthrough if passthrough else ''}` "
+            f"({(time.perf_counter() - t_start) / 60:.0f} min)  ",
             f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end; "
             f"{min(loads):.1f}-{max(loads):.1f} over the rounds); kernel {os.uname().release}; local disk is the VM's virtio disk (ext4)  ",
             f"File: SmolLM2-135M-Instruct bf16 model.safetensors, {size / MB:,.1f} MB, lossless base; {passes} passes of each "
-            "kind through the mount and as many of the checkout, in turns", "",
+            "kind through the mount and as many of the checkout, in turns"
+            + ("; **mount with FUSE passthrough** to its local copy of the file (written after the first read)" if passthrough else ""),
+            "",
             "| warm read with | mount MB/s | local MB/s | wall: mount / local | mount MB per CPU s | local MB per CPU s "
             "| **per CPU s: mount / local** |", "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
             "CPU seconds are the reader's (this process, or dd) plus the mount server's, all threads. "
@@ -562,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--warm", type=int, default=0, metavar="K",
                     help="only warm reads, mount vs local disk, K rounds (a section on top of mount_<machine>.md)")
+    ap.add_argument("--passthrough", default=None, metavar="DIR[:SIZE]",
+                    help="with --warm: the mount serves files it has read by FUSE passthrough from local copies in DIR "
+                         "(needs libfuse >= 3.17 as FUSE_LIBRARY_PATH, and root)")
     ap.add_argument("--ls", type=int, default=0, metavar="N",
                     help="only time `ls -lR` over a mount of N versions (results: mount_ls_<machine>.md)")
     args = ap.parse_args(argv)
@@ -573,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     if args.warm:
-        text = warm_bench(args.warm, desc) + "\n"
+        text = warm_bench(args.warm, desc, args.passthrough) + "\n"
         prepend(Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mount_{slug}.md", text)
         print(text)
         return 0

@@ -21,10 +21,11 @@ the same file mostly in 2 MiB folios; the reader's kernel then copies in 4 KiB p
 to 512 times as many folios, which is where a warm mount read loses to a warm local read. Upstream's
 "fuse: enable large folios" (order from max_read/max_write, off with writeback cache) is not in this
 kernel. The one way left to the server is FUSE passthrough (the kernel has it): OPEN answers with
-a backing file holding the decoded bytes and the kernel reads that file's own page cache (92-93%
-of local in the probe). It needs libfuse >= 3.17 (Debian 12 has 3.14), CAP_SYS_ADMIN for the
-backing-id ioctl, no FOPEN_KEEP_CACHE on such opens, and the decoded bytes on local disk; not done
-here.
+a backing file holding the decoded bytes and the kernel reads that file's own page cache. The mount
+does that when asked (``serve(passthrough="DIR[:SIZE]")`` or DELTASTORE_MOUNT_PASSTHROUGH) and able:
+libfuse >= 3.17 (Debian 12 has 3.14: FUSE_LIBRARY_PATH can name a newer one) and root; a file read
+to its end gets a local copy, and later opens of it are passed through (:mod:`deltastore.passthrough`).
+Off, or where it cannot work, everything below holds unchanged.
 
 ``auto_cache`` rather than ``kernel_cache``: version numbers are never reused (``lookup.next_number``: removed ones are retired), so a path
 always names the same bytes and ``kernel_cache`` would be as right today; ``auto_cache`` costs one
@@ -70,14 +71,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DeltaStoreError
-from .filecache import DecodedCache
+from .filecache import DecodedCache, parse_size
 from .fileview import CatalogView, FileReader, VersionFile
+from .passthrough import FUSE_CAP_PASSTHROUGH, SPILL_CHUNK, Backing, SpillCache, set_backing_id
 from .protocols import StoreView
 
 log = logging.getLogger("deltastore.mount")
 
 DEFAULT_CACHE_BYTES = 4 << 30
 DEFAULT_READ_AHEAD_KB = 16 << 10
+DEFAULT_PASSTHROUGH_BYTES = 8 << 30
 #: glibc malloc settings for the server (see :func:`tune_malloc`)
 MALLOC_MMAP_THRESHOLD = 32 << 20
 MALLOC_TRIM_THRESHOLD = 512 << 20
@@ -115,6 +118,14 @@ class _Handle:
     vf: VersionFile
     path: str
     next_offset: int = 0
+    key: tuple[str, str] = ("", "")  # (manifest, path in the version): one file of one version
+    backing_id: int = 0  # > 0: opened for passthrough (see deltastore.passthrough)
+
+
+def _fh(fh: Any) -> int:
+    """The handle number whether mfusepy passes it plain or as libfuse's fuse_file_info (raw_fi,
+    which passthrough needs)."""
+    return fh if fh is None or isinstance(fh, int) else fh.fh
 
 
 def _mfuse_base() -> type:
@@ -130,8 +141,17 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
     use_ns = True
 
     def __init__(self, store: StoreView, cache: DecodedCache, *, verify: bool = True, ttl: float = 1.0,
-                 prefetch_on_config: bool = True):
+                 prefetch_on_config: bool = True, spill: SpillCache | None = None):
         self.store = store
+        #: local copies for FUSE passthrough (None: off); needs mfusepy's raw_fi and no auto_cache
+        self.spill = spill
+        self._backing = Backing()
+        self._mode_lock = threading.Lock()
+        self._cached_open: Counter[tuple[str, str]] = Counter()  # page-cache handles open, by file
+        self._read_to_end: set[tuple[str, str]] = set()  # files whose last byte a READ returned
+        #: one backing id per file while passthrough handles use it, [id, handles]: the kernel refuses
+        #: (EBUSY, so EIO) a second backing file on an inode that has one
+        self._backing_ids: dict[tuple[str, str], list[int]] = {}
         self.view = CatalogView(store, ttl=ttl)
         self.reader = FileReader(store, cache, verify=verify)
         self.cache = cache
@@ -157,7 +177,19 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         """The requests answered so far, by operation, and the READ bytes: logged at unmount and on
         SIGUSR1 (``kill -USR1 PID``), so a benchmark can count what one phase of reading cost."""
         ops = ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items())) or "none"
-        return f"requests so far: {ops}; {self.bytes_served / 1e6:.1f} MB read"
+        copies = f"; passthrough copies written {self.spill.written}" if self.spill is not None else ""
+        return f"requests so far: {ops}; {self.bytes_served / 1e6:.1f} MB read{copies}"
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Ask the kernel for passthrough when local copies are on; without it they are turned off."""
+        if self.spill is None or conn is None:
+            return
+        if not conn.capable_ext & FUSE_CAP_PASSTHROUGH:
+            log.warning("passthrough off: the kernel does not offer it")
+            self.spill = None
+            return
+        conn.want_ext |= FUSE_CAP_PASSTHROUGH
+        conn.max_backing_stack_depth = 1
 
     # -- the namespace --------------------------------------------------------------------------
     def _node(self, path: str) -> tuple[str, Any]:
@@ -214,6 +246,7 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         self.ops["getattr"] += 1
+        fh = _fh(fh)
         h = self._handles.get(fh) if fh else None
         if h is not None:
             # an open file answers from its handle: the kernel asks again on reads once the attribute
@@ -268,8 +301,11 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
             raise self._err(errno.EINVAL)
         return node[1]
 
-    def open(self, path: str, flags: int) -> int:
+    def open(self, path: str, flags: Any) -> int:
         self.ops["open"] += 1
+        fi = None
+        if not isinstance(flags, int):  # raw_fi: libfuse's fuse_file_info, answered in place
+            fi, flags = flags, flags.flags
         if flags & _WRITE_FLAGS:
             raise self._err(errno.EROFS)
         node = self._guard(path, self._node, path)
@@ -278,10 +314,39 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         manifest, f, created = node[1]
         vf = self._guard(path, self.reader.layout, manifest, f, created)
         fh = next(self._ids)
-        self._handles[fh] = _Handle(vf, path)
+        h = _Handle(vf, path, key=(manifest, f.path))
+        if fi is not None:
+            self._choose_mode(h, fi)
+            fi.fh = fh
+        self._handles[fh] = h
         if f.path == "config.json" and self.prefetch_on_config:
             self._prefetch_weights(manifest, created)
-        return fh
+        return 0 if fi is not None else fh
+
+    def _choose_mode(self, h: _Handle, fi: Any) -> None:
+        """Passthrough to the file's local copy when there is one and none of the file's
+        page-cache handles is open (the kernel refuses an inode in both modes: EIO); else the page
+        cache, kept across opens (the auto_cache of the plain path is off here: libfuse would set
+        FOPEN_KEEP_CACHE on passthrough opens too, which the kernel refuses)."""
+        with self._mode_lock:
+            copy = self.spill.acquire(h.key) if self.spill is not None and not self._cached_open[h.key] else None
+            if copy is not None:
+                try:
+                    ent = self._backing_ids.get(h.key)
+                    if ent is None:
+                        ent = self._backing_ids[h.key] = [self._backing.open(copy), 0]
+                    ent[1] += 1
+                    h.backing_id = ent[0]
+                except OSError as e:
+                    log.warning("passthrough open of %s failed, page cache instead: %s", h.path, e)
+                    self.spill.release(h.key)  # type: ignore[union-attr]
+                else:
+                    set_backing_id(fi, h.backing_id)
+                    fi.keep_cache = 0
+                    self.ops["open-passthrough"] += 1
+                    return
+            self._cached_open[h.key] += 1
+            fi.keep_cache = 1
 
     def _prefetch_weights(self, manifest: str, created: float) -> None:
         """Queue the version's safetensors units for decoding, in file order, on the cache's
@@ -317,7 +382,7 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
 
     def read(self, path: str, size: int, offset: int, fh: int) -> "bytes | _Span":
         self.ops["read"] += 1
-        h = self._handles.get(fh)
+        h = self._handles.get(_fh(fh))
         if h is None:
             raise self._err(errno.EBADF)
         sequential = offset == h.next_offset or offset == 0
@@ -327,6 +392,8 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
             return b""
         data = _Span(parts[0]) if len(parts) == 1 else b"".join(parts)
         h.next_offset = offset + len(data)
+        if self.spill is not None and h.next_offset >= h.vf.size:
+            self._read_to_end.add(h.key)
         self.requests += 1
         self.bytes_served += len(data)
         self.request_sizes[1 << max(size - 1, 0).bit_length()] += 1
@@ -343,10 +410,41 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
                  self.sequential_requests)
         log.info(self.stats_line())
 
-    def release(self, path: str, fh: int) -> int:
+    def release(self, path: str, fh: Any) -> int:
         self.ops["release"] += 1
-        self._handles.pop(fh, None)
+        h = self._handles.pop(_fh(fh), None)
+        if h is not None and self.spill is not None:
+            self._release_mode(h)
         return 0
+
+    def _release_mode(self, h: _Handle) -> None:
+        """Undo :meth:`_choose_mode`; once a file was read to its end (by any handle: later
+        handles may find every page cached and send no READ), the close of one of its page-cache
+        handles gets its local copy written (from the decoded cache; exact versions checked
+        against their sha256)."""
+        spill = self.spill
+        assert spill is not None
+        if h.backing_id:
+            with self._mode_lock:
+                ent = self._backing_ids[h.key]
+                ent[1] -= 1
+                if not ent[1]:
+                    del self._backing_ids[h.key]
+                    self._backing.close(ent[0])
+            spill.release(h.key)
+            return
+        with self._mode_lock:
+            self._cached_open[h.key] -= 1
+            if not self._cached_open[h.key]:
+                del self._cached_open[h.key]
+        if h.key in self._read_to_end and h.vf.size and not spill.has(h.key):
+            vf = h.vf
+
+            def chunks():  # noqa: ANN202
+                for a in range(0, vf.size, SPILL_CHUNK):
+                    yield from self.reader.span_arrays(vf, a, a + SPILL_CHUNK)
+
+            spill.spill(h.key, vf.size, vf.sha256 if vf.exact else None, chunks)
 
     def statfs(self, path: str) -> dict[str, int]:
         self.ops["statfs"] += 1
@@ -388,8 +486,14 @@ def _version_number(name: str) -> int | None:
 # ------------------------------------------------------------------------------------------------
 def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES, verify: bool = True,
           ttl: float = 1.0, allow_other: bool = False, read_ahead_kb: int | None = DEFAULT_READ_AHEAD_KB,
-          debug: bool = False) -> None:
-    """Mount and serve in this process until unmounted (``deltastore unmount``, or fusermount3 -u)."""
+          debug: bool = False, passthrough: str | None = None) -> None:
+    """Mount and serve in this process until unmounted (``deltastore unmount``, or fusermount3 -u).
+
+    ``passthrough``: ``DIR`` or ``DIR:SIZE`` (default from the environment variable
+    DELTASTORE_MOUNT_PASSTHROUGH; off when neither is set): local copies of the files read, up to
+    SIZE (default 8GiB) in a folder under DIR, served by FUSE passthrough (see
+    :mod:`deltastore.passthrough`); where it cannot work, a warning says why and the mount runs
+    without it."""
     mfusepy = _fuse()
     mp = Path(mountpoint).absolute()
     if not mp.is_dir():
@@ -401,14 +505,17 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
         raise MountError(f"cannot mount: {why}")
     tune_malloc()
     cache = DecodedCache(cache_bytes)
-    ops = DeltaStoreFS(store, cache, verify=verify, ttl=ttl)
+    spill = _spill_cache(passthrough if passthrough is not None else os.environ.get("DELTASTORE_MOUNT_PASSTHROUGH"))
+    ops = DeltaStoreFS(store, cache, verify=verify, ttl=ttl, spill=spill)
     stats_signal = _log_stats_on_signal(ops)
     if read_ahead_kb:
         threading.Thread(target=_tune_when_mounted, args=(mp, read_ahead_kb), daemon=True).start()
     # not a daemon: numba may be inside LLVM when an unmount ends the process (see planes.fast())
     threading.Thread(target=warm_up, name="deltastore-warm-up").start()
     opts: dict[str, Any] = dict(foreground=True, nothreads=False, ro=True, fsname=f"deltastore:{_home_of(store)}", subtype="deltastore",
-                                auto_cache=True, entry_timeout=ttl, attr_timeout=ttl, negative_timeout=0, debug=debug)
+                                auto_cache=spill is None, entry_timeout=ttl, attr_timeout=ttl, negative_timeout=0, debug=debug)
+    if spill is not None:
+        opts["raw_fi"] = True
     if allow_other:
         opts["allow_other"] = True
     log.info("mounting %s at %s (cache %d bytes)", store, mp, cache_bytes)
@@ -416,8 +523,28 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
         mfusepy.FUSE(ops, str(mp), **opts)
     finally:
         cache.close()
+        if spill is not None:
+            spill.close()
         if stats_signal:
             signal.set_wakeup_fd(-1)
+
+
+def _spill_cache(spec: str | None) -> SpillCache | None:
+    """``DIR`` or ``DIR:SIZE`` -> the local copies for passthrough, or None (not asked for, or not
+    possible here: then a warning says why)."""
+    if not spec:
+        return None
+    from .passthrough import missing
+
+    why = missing()
+    if why:
+        log.warning("passthrough off: %s", why)
+        return None
+    root, _, size = spec.partition(":")
+    cap = parse_size(size) if size else DEFAULT_PASSTHROUGH_BYTES
+    spill = SpillCache(root, cap)
+    log.info("passthrough on: local copies of the files read in %s, up to %d bytes", spill.dir, cap)
+    return spill
 
 
 def _log_stats_on_signal(ops: DeltaStoreFS) -> bool:

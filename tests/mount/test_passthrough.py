@@ -1,0 +1,127 @@
+"""FUSE passthrough to local copies (deltastore.passthrough), through a real mount of its own.
+
+Needs libfuse >= 3.17 (Debian 12 ships 3.14) and root: set DELTASTORE_TEST_LIBFUSE317 to such a
+libfuse3.so (the mount gets it as FUSE_LIBRARY_PATH); skipped, with the reason, otherwise.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import deltastore
+
+from ..conftest import sha256_file
+from .conftest import big_model, fuse_skip_reason, start_mount, stop_mount
+
+LIB = os.environ.get("DELTASTORE_TEST_LIBFUSE317", "")
+
+
+def _skip_reason() -> str | None:
+    why = fuse_skip_reason()
+    if why:
+        return why
+    if not LIB:
+        return "set DELTASTORE_TEST_LIBFUSE317 to a libfuse3.so of 3.17 or later"
+    code = "import mfusepy; print(mfusepy.fuse_version_minor)"
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FUSE_LIBRARY_PATH": LIB}, capture_output=True, text=True)
+    if r.returncode != 0 or int(r.stdout.strip() or 0) < 17:
+        return f"{LIB} is not libfuse >= 3.17: {r.stdout.strip() or r.stderr.strip()[-200:]}"
+    if os.geteuid() != 0:
+        return "passthrough needs root (CAP_SYS_ADMIN)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pt(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    why = _skip_reason()
+    if why:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("passthrough")
+    src = {"a": big_model(root / "a", seed=11), "b": big_model(root / "b", seed=12)}
+    home = root / "home"
+    with deltastore.open(home) as st:
+        st.add_base("a", src["a"])
+        st.add_base("b", src["b"])
+    mp, log = root / "mnt", root / "mount.log"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("FUSE_LIBRARY_PATH", LIB)
+        m.setenv("DELTASTORE_MOUNT_PASSTHROUGH", str(root / "copies") + ":64MiB")
+        proc = start_mount(home, mp, log)
+    yield mp, log, proc, src, root / "copies"
+    stop_mount(mp, proc)
+    assert not any((root / "copies").rglob("*")), "copies left after unmount"
+
+
+def _stats(log: Path, proc: subprocess.Popen) -> dict[str, float]:
+    seen = log.read_text().count("requests so far:")
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while log.read_text().count("requests so far:") <= seen:
+        assert time.monotonic() < deadline, "no stats line"
+        time.sleep(0.05)
+    line = log.read_text().rsplit("requests so far:", 1)[1].splitlines()[0]
+    ops, rest = line.split(";", 1)
+    got: dict[str, float] = {op: int(n) for op, n in (part.split() for part in ops.split(","))}
+    got["MB read"] = float(rest.split("MB read", 1)[0])
+    got["copies"] = int(rest.rsplit("passthrough copies written", 1)[1])
+    return got
+
+
+def _wait_copies(log: Path, proc: subprocess.Popen, n: int) -> dict[str, float]:
+    deadline = time.monotonic() + 60
+    while (st := _stats(log, proc))["copies"] < n:
+        assert time.monotonic() < deadline, f"{n} copies not written in 60 s: {st}"
+        time.sleep(0.2)
+    return st
+
+
+def test_a_file_read_once_is_then_served_by_passthrough(pt) -> None:  # noqa: ANN001
+    mp, log, proc, src, _ = pt
+    path = mp / "a" / "v1" / "model.safetensors"
+    want = sha256_file(src["a"] / "model.safetensors")
+    assert sha256_file(path) == want  # cold: the page-cache path, then a local copy is written
+    before = _wait_copies(log, proc, 1)
+    for _ in range(2):
+        assert sha256_file(path) == want
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:  # mmap readers too
+        assert m[-4096:] == (src["a"] / "model.safetensors").read_bytes()[-4096:]
+    after = _stats(log, proc)
+    assert after["open-passthrough"] - before.get("open-passthrough", 0) == 3, (before, after)
+    assert after["MB read"] == before["MB read"]  # no READ reached the server
+
+
+def test_a_file_open_in_the_page_cache_is_not_opened_for_passthrough(pt) -> None:  # noqa: ANN001
+    """The kernel refuses one inode in both modes (EIO): while a page-cache handle is open, new
+    opens stay in the page cache, even once the copy exists; after it closes they go passthrough."""
+    mp, log, proc, src, _ = pt
+    path = mp / "b" / "v1" / "model.safetensors"
+    data = (src["b"] / "model.safetensors").read_bytes()
+    held = open(path, "rb", buffering=0)
+    try:
+        assert held.read() == data
+        first = _stats(log, proc)
+        # the copy is written when a handle that read to the end closes: one more such reader
+        with open(path, "rb", buffering=0) as f:
+            assert f.read() == data
+        _wait_copies(log, proc, first["copies"] + 1)
+        mid = _stats(log, proc)
+        with open(path, "rb", buffering=0) as f:  # `held` is open: page cache, not passthrough
+            assert f.read() == data
+        assert _stats(log, proc).get("open-passthrough", 0) == mid.get("open-passthrough", 0)
+        held.seek(0)
+        assert held.read() == data
+    finally:
+        held.close()
+    time.sleep(0.3)  # RELEASE is sent after close() returns
+    with open(path, "rb", buffering=0) as f, open(path, "rb", buffering=0) as g:
+        assert f.read() == data and g.read() == data
+    end = _stats(log, proc)
+    assert end["open-passthrough"] - mid.get("open-passthrough", 0) == 2
