@@ -821,6 +821,30 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
     say("")
 
 
+def class_probe(pairs, say) -> None:
+    """What v2's bytes need of its 256 exponent contexts: the difference grouped into K classes of
+    the base's exponent instead (per-tensor quantile thresholds of the exponent, K - 1 bytes a
+    tensor not counted), the same planes + zstd, against v1 (no grouping) and v2. A decoder that
+    merges K streams with K counters in registers would not need v2's histogram and gather through
+    memory (not built; the bytes only)."""
+    tot = {"v1 (no grouping)": 0, "v2 (256 exponent contexts)": 0, "2 classes": 0, "4 classes": 0, "8 classes": 0}
+    for _, t, b in pairs:
+        tu, bu = tensor_u8(t), tensor_u8(b)
+        code, ctx = diff_code(tu, bu, 2), exponent_contexts(bu, torch.bfloat16)
+        tot["v1 (no grouping)"] += len(planes.compress(code, 2))
+        tot["v2 (256 exponent contexts)"] += len(planes.compress(code, 2, contexts=ctx, chunk_bytes=1 << 20))
+        for k in (2, 4, 8):
+            qs = np.quantile(ctx[:: max(1, ctx.size // 65536)], np.linspace(0, 1, k + 1)[1:-1])
+            cls = np.searchsorted(qs, ctx, side="right").astype(np.uint8)
+            tot[f"{k} classes"] += len(planes.compress(code, 2, contexts=cls, chunk_bytes=1 << 20))
+    v2 = tot["v2 (256 exponent contexts)"]
+    say("| grouping of the difference (bf16 tensors) | MB (planes only) | x v2 |")
+    say("|---|---:|---:|")
+    for k, v in tot.items():
+        say(f"| {k} | {v / MB:.2f} | {v / v2:.3f} |")
+    say("")
+
+
 def base_contexts(base: dict, base_file: Path | None, say) -> None:
     """Issue 12's base goal: the bf16 exponents' entropy given richer contexts than the row, with
     the count of (context, symbol) pairs a coder would have to store tables for, against what
@@ -975,6 +999,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-base-speed", action="store_true", help="leave out the base file's speed rows")
     ap.add_argument("--decode-stages", action="store_true",
                     help="v2's decode beside zipnn's, fair both ways, and each stage timed (then stops)")
+    ap.add_argument("--class-probe", action="store_true",
+                    help="with --decode-stages: v2's bytes with K classes of the exponent instead of 256 contexts")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.make_series:
@@ -1054,6 +1080,10 @@ def main(argv=None) -> int:
             say("## Decode: v2 beside zipnn, stage by stage")
             say("")
             decode_stages(base, last / "model.safetensors", pairs, say, args.repeat)
+            if args.class_probe:
+                say("### What v2's bytes need of its contexts")
+                say("")
+                class_probe([p for p in pairs if p[1].dtype == torch.bfloat16], say)
             if args.out:
                 args.out.write_text("\n".join(lines) + "\n")
             return 0
