@@ -44,9 +44,7 @@ def split(raw, width, ks, pd, idx):  # noqa: ANN001
     pal = np.zeros(BLOCK, np.int64)
     uniq = np.zeros(BLOCK, np.int64)
     key = np.zeros(BLOCK, np.int64)
-    q = 0
-    p = 0
-    top = 0
+    q = p = top = 0  # positions in pd and idx; the previous block's largest (rotated) word
     for blk in range((n + BLOCK - 1) // BLOCK):
         s = blk * BLOCK
         m = min(BLOCK, n - s)
@@ -99,9 +97,7 @@ def join(width, ks, pd, idx, out):  # noqa: ANN001
     nq = pd.size
     npi = idx.size
     pal = np.zeros(BLOCK, np.uint16)
-    q = 0
-    p = 0
-    top = 0
+    q = p = top = 0  # positions in pd and idx; the previous block's largest (rotated) word
     for blk in range((n + BLOCK - 1) // BLOCK):
         s = blk * BLOCK
         m = min(BLOCK, n - s)
