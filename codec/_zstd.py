@@ -88,9 +88,12 @@ class _DCtx:
             raise MemoryError("ZSTD_createDCtx failed")
 
     def __del__(self) -> None:
-        if getattr(self, "ptr", None):
-            self.z.ZSTD_freeDCtx(self.ptr)
-            self.ptr = None
+        ptr, self.ptr = getattr(self, "ptr", None), None
+        if ptr:
+            try:
+                self.z.ZSTD_freeDCtx(ptr)
+            except Exception:  # noqa: BLE001 (interpreter shutdown: ctypes may be half torn down; the process frees it)
+                pass
 
 
 def _dctx(z: ctypes.CDLL) -> int:
