@@ -181,13 +181,23 @@ def join_numpy(ks: np.ndarray, pd: np.ndarray, idx: np.ndarray, out: np.ndarray)
     b = WIDTH[k - 1]
     if int(4 * b.sum()) > idx.size:
         raise _corrupt(-2)
-    # token starts of the escape code: a byte is a value unless it is one of an escape's two bytes
+    # token starts of the escape code: a byte is a value unless it is one of an escape's two bytes.
+    # A 255 with no 255 in the two bytes before it starts an escape; only the others (a 255 among
+    # an escape's own two bytes, or escapes back to back) are resolved one by one, in order.
+    ff = pd == 255
+    near = np.zeros(pd.size, bool)
+    near[1:] |= ff[:-1]
+    near[2:] |= ff[:-2]
+    esc_at = np.zeros(pd.size, bool)
+    esc_at[ff & ~near] = True
+    for e in np.flatnonzero(ff & near):
+        esc_at[e] = not (esc_at[e - 1] or (e >= 2 and esc_at[e - 2]))
+    if esc_at[-2:].any():
+        raise _corrupt(-3)
     tok = np.ones(pd.size, bool)
-    for e in np.flatnonzero(pd == 255):
-        if tok[e]:
-            if e + 2 >= pd.size:
-                raise _corrupt(-3)
-            tok[e + 1 : e + 3] = False
+    at = np.flatnonzero(esc_at)
+    tok[at + 1] = False
+    tok[at + 2] = False
     starts = np.flatnonzero(tok)
     total = int(k.sum())
     if starts.size < total:
