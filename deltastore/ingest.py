@@ -40,7 +40,7 @@ from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
 from .materialize import info_of, tensor_bytes
 from .objects import PutResult
-from .pipeline import InOrderHash, ordered_map
+from .pipeline import BufferPool, InOrderHash, ordered_map
 from .protocols import Progress, StoreView
 from .refs import check_name
 from .results import VersionInfo
@@ -138,25 +138,32 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
             # each tensor as soon as it is read (tensors are contiguous, in offset order), so it
             # runs beside the encodes instead of after each one
             file_hash = InOrderHash(header.raw) if workers > 1 else None
+            pool = BufferPool()  # tensor buffers reused from one tensor to the next (pipeline.BufferPool)
             inline_hash = hashlib.sha256(header.raw)
             entries: list[TensorEntry] = []
             fd = os.open(src.path, os.O_RDONLY)
             try:
-                def one(item: tuple[int, TensorInfo]) -> tuple[TensorEntry, PutResult | None]:
-                    # the bytes are not returned: a result held by the consumer (or by enumerate's
-                    # reused tuple) while the next tensor is read would be one more tensor in memory
+                def one(item: tuple[int, TensorInfo]) -> tuple[TensorEntry, PutResult | None, np.ndarray | None]:
+                    # the read buffer comes back only to be handed to the pool once the file hash
+                    # is past it (the pool reuses it for a later read: no tensor more in memory)
                     i, info = item
-                    raw = _pread(fd, header, info, src.path)
+                    raw = _pread(fd, header, info, src.path, pool.take(info.nbytes))
                     if file_hash is not None:
                         file_hash.put(i, raw)
                     else:
                         inline_hash.update(raw)  # one worker: items run inline, in file order
-                    return _encode_tensor(store, job, info, raw)
+                    entry, put = _encode_tensor(store, job, info, raw, pool)
+                    if file_hash is None:
+                        pool.give(raw)
+                        raw = None
+                    return entry, put, raw
 
                 tensors = list(enumerate(header.tensors))
-                for i, (entry, put) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
+                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
                     if file_hash is not None:
                         file_hash.wait_through(i)  # memory: no piece outlives the window
+                        pool.give(raw)
+                    del raw
                     entries.append(entry)
                     if put is not None:
                         puts.append(put)
@@ -196,13 +203,15 @@ def _deferred_writes_settle(store: StoreView) -> Iterator[None]:
         raise
 
 
-def _pread(fd: int, header: SafetensorsHeader, info: TensorInfo, path: Path) -> np.ndarray:
-    """One tensor's bytes by offset (threads read different tensors of one file at once).
+def _pread(fd: int, header: SafetensorsHeader, info: TensorInfo, path: Path, buf: np.ndarray | None = None) -> np.ndarray:
+    """One tensor's bytes by offset (threads read different tensors of one file at once), into
+    ``buf`` (uint8, ``info.nbytes``; a pooled buffer) or a new one.
 
     Into an uninitialised numpy buffer, not ``bytearray(n)``: that zero-fills (and so faults in)
     every page while holding the GIL, which measured as the largest serial cost of an add (1.5 s
     a GB on the dev VM); ``preadv`` faults the pages in with the GIL released."""
-    buf = np.empty(info.nbytes, dtype=np.uint8)
+    if buf is None:
+        buf = np.empty(info.nbytes, dtype=np.uint8)
     view = memoryview(buf)
     off, got = header.data_start + info.start, 0
     while got < info.nbytes:
@@ -213,8 +222,10 @@ def _pread(fd: int, header: SafetensorsHeader, info: TensorInfo, path: Path) -> 
     return buf
 
 
-def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarray) -> tuple[TensorEntry, PutResult | None]:
-    """A tensor object (base models), nothing (bits equal the base's), or a delta."""
+def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarray,
+                   pool: BufferPool | None = None) -> tuple[TensorEntry, PutResult | None]:
+    """A tensor object (base models), nothing (bits equal the base's), or a delta. ``pool``: where
+    the base tensor's decode buffer comes from and goes back to once the delta is made."""
     sha = sha256_hex(raw)
     common = dict(name=info.name, dtype=info.dtype, shape=list(info.shape), nbytes=info.nbytes, sha256=sha)
     if job.base_man is None:
@@ -223,7 +234,17 @@ def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarra
     base_entry = job.base_man.tensor_map()[info.name]
     if base_entry.exact and base_entry.sha256 == sha and base_entry.dtype == info.dtype:
         return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
-    base_raw = tensor_bytes(store, job.base_oid, base_entry)
+    base_raw = tensor_bytes(store, job.base_oid, base_entry, out=pool.take(base_entry.nbytes) if pool is not None else None)
+    try:
+        return _encode_delta(store, job, info, raw, base_entry, base_raw, sha, common)
+    finally:
+        if pool is not None:
+            pool.give(base_raw)  # the codecs' outputs never view their inputs
+
+
+def _encode_delta(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarray, base_entry: TensorEntry, base_raw: np.ndarray,
+                  sha: str, common: dict) -> tuple[TensorEntry, PutResult | None]:
+    """:func:`_encode_tensor` for a fine-tune's tensor whose bits differ from its base's."""
     if not base_entry.exact and base_entry.dtype == info.dtype and sha256_hex(base_raw) == sha:
         return TensorEntry(**common, source="base"), None  # a lossy base's bits, reproduced exactly
     target = as_tensor(info, raw)

@@ -17,6 +17,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -159,3 +161,38 @@ class InOrderHash:
             with self._cv:
                 self._error = e
                 self._cv.notify_all()
+
+
+class BufferPool:
+    """uint8 buffers handed from one tensor to the next within one operation (an add's reads and
+    base decodes), instead of a fresh allocation per tensor.
+
+    A tensor-sized ``np.empty`` is above glibc's mmap threshold (32 MiB at most), so every one was
+    a fresh mapping: a page fault and a zeroed page per 4 KiB on first touch, and an ``munmap``
+    (a TLB shootdown on every core running the process's threads) when freed. An add makes two
+    or three such buffers a tensor (a fine-tune: the read, the base's decode), so their cost grows
+    with the threads that fault and unmap at once. The pool never holds more buffers than were in
+    use at once, so memory stays within the window the caller already bounds; it is freed with the
+    pool. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> np.ndarray:
+        """A uint8 array of exactly ``n`` bytes (contents undefined), from the smallest free buffer
+        that holds it; a free buffer too small for it is dropped, so the count never grows."""
+        with self._lock:  # (by index: list.remove would compare arrays element by element)
+            fits = [i for i, b in enumerate(self._free) if b.size >= n]
+            if fits:
+                return self._free.pop(min(fits, key=lambda i: self._free[i].size))[:n]
+            if self._free:
+                self._free.pop(min(range(len(self._free)), key=lambda i: self._free[i].size))
+        return np.empty(n, dtype=np.uint8)
+
+    def give(self, arr: np.ndarray) -> None:
+        """Hand back an array from :meth:`take` once nothing reads or writes it any more."""
+        buf = arr if arr.base is None else arr.base
+        if isinstance(buf, np.ndarray) and buf.dtype == np.uint8 and buf.ndim == 1:
+            with self._lock:
+                self._free.append(buf)

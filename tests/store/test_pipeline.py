@@ -144,3 +144,45 @@ def test_checkout_of_a_lossless_finetune_names_a_wrong_base_object(tmp_path: Pat
         assert base_entry.object in str(e.value)
     finally:
         st.close()
+
+
+def test_buffer_pool_reuses_buffers_and_never_holds_more_than_were_in_use_at_once() -> None:
+    from deltastore.pipeline import BufferPool
+
+    pool = BufferPool()
+    a, b = pool.take(1000), pool.take(500)
+    assert a.size == 1000 and b.size == 500 and a.dtype == np.uint8
+    base_a = a.base if a.base is not None else a
+    pool.give(a)
+    pool.give(b)
+    c = pool.take(800)  # the smallest free buffer that holds it: a's
+    assert c.size == 800 and (c.base is base_a or c is base_a)
+    d = pool.take(2000)  # nothing free is big enough: b's (too small) is dropped, a new one made
+    assert d.size == 2000
+    assert pool._free == []
+    pool.give(c)
+    pool.give(d)
+    assert len(pool._free) == 2  # two were in use at once, never more held
+
+
+def test_finetune_add_gives_the_same_objects_at_any_worker_count(tmp_path: Path) -> None:
+    """The pooled read and base buffers are reused across tensors: a reuse too early would show
+    as other bytes in some object, at some worker count."""
+    base_sd = llama_like(11)
+    ft_sd = {k: (v.to(torch.float32) + 0.01 * torch.randn_like(v.to(torch.float32))).to(v.dtype) for k, v in base_sd.items()}
+    b, f = write_model(tmp_path / "b", base_sd, shards=2), write_model(tmp_path / "f", ft_sd, shards=2)
+    manifests = []
+    for workers in (1, 3):
+        st = deltastore.open(tmp_path / f"home{workers}")
+        st.workers = workers
+        try:
+            st.add_base("m", b)
+            v = st.add_finetune("ft", f, base="m", codec="lossless")
+            manifests.append(v.manifest)
+            out = tmp_path / f"out{workers}"
+            st.checkout("ft@v1", out)
+            for p in sorted(f.glob("*.safetensors")):
+                assert (out / p.name).read_bytes() == p.read_bytes()
+        finally:
+            st.close()
+    assert manifests[0] == manifests[1]
