@@ -370,10 +370,12 @@ def ls_bench(n: int, slug: str, desc: str) -> str:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def server_requests(log: Path, pid: int) -> dict[str, int]:
-    """The requests the mount server has answered so far, by operation, and "KB read" (the bytes
-    its READs returned, to 0.1 MB): SIGUSR1 makes it log a "requests so far" line
-    (``DeltaStoreFS.stats_line``), read back here."""
+def server_requests(log: Path, pid: int) -> dict[str, float]:
+    """The requests the mount server has answered so far, by operation, with "MB read" (what its
+    READs returned) and, with passthrough, "copies": SIGUSR1 makes it log a "requests so far"
+    line (``DeltaStoreFS.stats_line``), read back here with ``mount.parse_stats``."""
+    from deltastore.mount import parse_stats
+
     seen = log.read_text(errors="replace").count("requests so far:")
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + 10
@@ -381,12 +383,7 @@ def server_requests(log: Path, pid: int) -> dict[str, int]:
         if time.monotonic() > deadline:
             raise RuntimeError("the mount server logged no request counts within 10 s of SIGUSR1")
         time.sleep(0.05)
-    ops, rest = text.rsplit("requests so far:", 1)[1].split(";", 1)
-    got = {op: int(n) for op, n in (part.split() for part in ops.split(",") if part.strip() != "none")}
-    got["KB read"] = round(float(rest.split("MB read", 1)[0]) * 1000)
-    if "passthrough copies written" in rest:
-        got["copies"] = int(rest.split("passthrough copies written", 1)[1].split()[0])
-    return got
+    return parse_stats(text)
 
 
 def dd_pass(path: Path, server: int | None = None) -> tuple[int, float, float]:
@@ -458,7 +455,7 @@ def warm_bench(k: int, desc: str, passthrough: str | None = None) -> str:
         finally:
             unmount(home, mp)
         during = {op: after.get(op, 0) - before.get(op, 0) for op in sorted(set(after) | set(before))}
-        during = {op: n for op, n in during.items() if n and op != "copies"}
+        during = {op: (f"{n:.1f}" if op == "MB read" else int(n)) for op, n in during.items() if n and op != "copies"}
         load1 = os.getloadavg()[0]
         size = local.stat().st_size
         passes = 2 * k

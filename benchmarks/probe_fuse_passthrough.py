@@ -22,22 +22,19 @@ ships 3.14; Debian 13's 3.17 needs glibc 2.38, so it was built from the fuse-3.1
 library only); CAP_SYS_ADMIN for the backing-id ioctl; the open reply without FOPEN_KEEP_CACHE
 (outside the kernel's FOPEN_PASSTHROUGH_MASK: the open fails with EIO); mfusepy 3.1 names no
 ``backing_id`` field, so it is written at its offset in ``struct fuse_file_info`` (36) with
-``raw_fi``. Results: benchmarks/results/mount_passthrough_<machine>.md, on top of earlier runs.
+``raw_fi`` (deltastore.passthrough, which the mount's own passthrough uses too). Results: benchmarks/results/mount_passthrough_<machine>.md, on top of earlier runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import errno
-import fcntl
 import json
 import mmap
 import os
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
@@ -48,29 +45,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 MB = 1e6
-FUSE_CAP_PASSTHROUGH = 1 << 29  # fuse_common.h, libfuse 3.17
-FUSE_DEV_IOC_BACKING_OPEN = 0x4010E501  # _IOW(229, 1, struct fuse_backing_map), linux/fuse.h
-BACKING_ID_OFFSET = 36  # struct fuse_file_info (libfuse 3.17): flags, bits, 2 pads, fh, lock_owner, poll_events
 
 
 def serve(mode: str, mountpoint: str, backing: str, counts_file: str) -> None:
     """The bare file system, in the foreground: ``/f`` has ``backing``'s bytes."""
     import mfusepy
 
+    from deltastore.passthrough import FUSE_CAP_PASSTHROUGH, Backing, set_backing_id
+
     size = os.path.getsize(backing)
     counts: dict[str, int] = {}
     src = open(backing, "rb")
     data = mmap.mmap(src.fileno(), size, prot=mmap.PROT_READ)
     passthrough = mode == "passthrough"
-
-    def devfd() -> int:
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                if os.readlink(f"/proc/self/fd/{fd}") == "/dev/fuse":
-                    return int(fd)
-            except OSError:
-                pass
-        raise OSError(errno.ENODEV, "no /dev/fuse descriptor in this process")
+    ids = Backing()
 
     class FS(mfusepy.Operations):  # type: ignore[misc]
         use_ns = True
@@ -95,14 +83,9 @@ def serve(mode: str, mountpoint: str, backing: str, counts_file: str) -> None:
 
         def open(self, path: str, fi) -> int:  # noqa: ANN001
             counts["open"] = counts.get("open", 0) + 1
-            if passthrough:
-                fd = os.open(backing, os.O_RDONLY)
-                try:
-                    bid = fcntl.ioctl(devfd(), FUSE_DEV_IOC_BACKING_OPEN, bytearray(struct.pack("iIQ", fd, 0, 0)))
-                finally:
-                    os.close(fd)  # the kernel holds the file from here on
-                ctypes.c_int32.from_address(ctypes.addressof(fi) + BACKING_ID_OFFSET).value = bid
-                fi.fh = bid
+            if passthrough:  # one backing id per open: they are opened one at a time here
+                fi.fh = ids.open(Path(backing))
+                set_backing_id(fi, fi.fh)
             else:
                 fi.keep_cache = 1
             return 0
@@ -113,6 +96,8 @@ def serve(mode: str, mountpoint: str, backing: str, counts_file: str) -> None:
 
         def release(self, path: str, fi) -> int:  # noqa: ANN001
             counts["release"] = counts.get("release", 0) + 1
+            if passthrough:
+                ids.close(fi.fh)
             return 0
 
         def destroy(self, path: str) -> None:

@@ -459,6 +459,20 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
     setxattr = removexattr = _rofs
 
 
+def parse_stats(log_text: str) -> dict[str, float]:
+    """The last :meth:`DeltaStoreFS.stats_line` in a mount's log as ``{operation: count}`` plus
+    "MB read" and, with passthrough on, "copies" (for benchmarks and tests; {} if there is none)."""
+    if "requests so far:" not in log_text:
+        return {}
+    line = log_text.rsplit("requests so far:", 1)[1].splitlines()[0]
+    ops, _, rest = line.partition(";")
+    got: dict[str, float] = {op: int(n) for op, n in (part.split() for part in ops.split(",") if part.strip() != "none")}
+    got["MB read"] = float(rest.split("MB read", 1)[0])
+    if "passthrough copies written" in rest:
+        got["copies"] = int(rest.rsplit("passthrough copies written", 1)[1].split()[0])
+    return got
+
+
 class _Span:
     """A read's bytes handed to libfuse without a copy: mfusepy takes ``len()`` and ``memmove``s
     from ``_as_parameter_`` (the array's address) straight into the kernel's buffer."""

@@ -278,8 +278,9 @@ def test_a_scan_of_many_configs_does_not_queue_every_version(mounted: Mounted) -
 
 
 def _requests_so_far(mounted: Mounted) -> dict[str, float]:
-    """SIGUSR1 to the mount process, then its next "requests so far" log line as {op: count},
-    plus "MB read" (what its READs returned)."""
+    """SIGUSR1 to the mount process, then its next "requests so far" log line, parsed."""
+    from deltastore.mount import parse_stats
+
     seen = mounted.log_text().count("requests so far:")
     mounted.proc.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 10
@@ -287,10 +288,7 @@ def _requests_so_far(mounted: Mounted) -> dict[str, float]:
         assert time.monotonic() < deadline, "no stats line logged within 10 s of SIGUSR1"
         assert mounted.proc.poll() is None, "SIGUSR1 ended the mount"
         time.sleep(0.05)
-    ops, rest = mounted.log_text().rsplit("requests so far:", 1)[1].split(";", 1)
-    got: dict[str, float] = {op: int(n) for op, n in (part.split() for part in ops.split(",") if part.strip() != "none")}
-    got["MB read"] = float(rest.split("MB read", 1)[0])
-    return got
+    return parse_stats(mounted.log_text())
 
 
 def test_a_warm_read_is_served_by_the_page_cache(mounted: Mounted) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import deltastore
+from deltastore.mount import parse_stats
 
 from ..conftest import sha256_file
 from .conftest import big_model, fuse_skip_reason, start_mount, stop_mount
@@ -61,18 +62,14 @@ def pt(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 def _stats(log: Path, proc: subprocess.Popen) -> dict[str, float]:
+    """SIGUSR1 to the mount, then its next "requests so far" line, parsed."""
     seen = log.read_text().count("requests so far:")
     proc.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 10
     while log.read_text().count("requests so far:") <= seen:
         assert time.monotonic() < deadline, "no stats line"
         time.sleep(0.05)
-    line = log.read_text().rsplit("requests so far:", 1)[1].splitlines()[0]
-    ops, rest = line.split(";", 1)
-    got: dict[str, float] = {op: int(n) for op, n in (part.split() for part in ops.split(","))}
-    got["MB read"] = float(rest.split("MB read", 1)[0])
-    got["copies"] = int(rest.rsplit("passthrough copies written", 1)[1])
-    return got
+    return parse_stats(log.read_text())
 
 
 def _wait_copies(log: Path, proc: subprocess.Popen, n: int) -> dict[str, float]:
