@@ -60,6 +60,14 @@ MIN_ELEMENTS = 8192
 TRY_BELOW = 1.3
 #: a palette chunk over this many bytes an element is also coded as planes, and the smaller kept
 KEEP_BELOW = 1.2
+
+
+def enabled() -> bool:
+    """Whether the store writes palette chunks: opt-in (``DELTASTORE_PALETTE=1``) until it codes
+    at no less than zipnn's speed, the bar issue 12 sets for keeping a base format (measured
+    0.90-0.97x encode, 0.71-0.86x decode per core: benchmarks/results/lossless_amd-epyc-2c.md).
+    Reading palette chunks needs no switch: every reader decodes them."""
+    return os.environ.get("DELTASTORE_PALETTE", "0") == "1"
 ERRORS = {-1: "a block's palette is larger than the block", -2: "the index stream is truncated",
           -3: "the palette stream is truncated", -4: "a palette escape codes a value under 255",
           -5: "a palette gap is zero or runs below zero", -6: "an index points past its block's palette",

@@ -478,14 +478,16 @@ def compress_framed(
     level: int = 3,
     chunk_bytes: int = CHUNK_BYTES,
     threads: int | None = None,
-    palette: bool = True,
+    palette: bool | None = None,
 ) -> np.ndarray:
-    """``prefix`` + :func:`compress` of ``data`` (plain stream, ``palette`` on by default: see
-    :func:`compress`), as one uint8 array. The store's
+    """``prefix`` + :func:`compress` of ``data`` (plain stream; ``palette`` as in :func:`compress`,
+    None = :func:`codec.palette.enabled`: off unless ``DELTASTORE_PALETTE=1``), as one uint8 array. The store's
     tensor objects are written this way, their frame as the prefix: the parts are copied once, by
     numpy, with the GIL released, where ``compress`` and then framing its bytes copied twice (and
     copied each stored plane to bytes with the GIL held)."""
     raw = _elements(data, width)
+    if palette is None:
+        palette = _palette.enabled()
     chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, False, palette)
     parts = [prefix, _plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads]
     out = np.empty(sum(memoryview(p).nbytes for p in parts), dtype=np.uint8)

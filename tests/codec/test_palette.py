@@ -133,17 +133,21 @@ def test_thread_count_does_not_change_the_stream(compiled, monkeypatch):
     one = planes.compress(raw, 2, rotate=True, chunk_bytes=100_000, palette=True, threads=1)
     for t in (2, 5):
         assert planes.compress(raw, 2, rotate=True, chunk_bytes=100_000, palette=True, threads=t) == one
-        assert planes.compress_framed(raw, 2, b"F", rotate=True, chunk_bytes=100_000, threads=t).tobytes() == b"F" + one
+        assert planes.compress_framed(raw, 2, b"F", rotate=True, chunk_bytes=100_000, threads=t, palette=True).tobytes() == b"F" + one
         out = np.empty(raw.size + 1, np.uint8)[1:]  # an odd offset, as a file window can be
         planes.decompress(one, out=out, threads=t)
         assert np.array_equal(out, raw)
 
 
-def test_store_tensor_objects_use_it(tmp_path):
-    """A real ObjectDB on a local backend: the object is a palette stream, decodes whole (hash
-    checked) and by byte range through the chunk table."""
-    db = ObjectDB(Backend(str(tmp_path)))
+def test_store_tensor_objects_use_it_when_asked(tmp_path, monkeypatch):
+    """A real ObjectDB on a local backend: by default (opt-in, see palette.enabled) a grid tensor's
+    object holds no palette chunk; with DELTASTORE_PALETTE=1 it is a palette stream, decodes whole
+    (hash checked) and by byte range through the chunk table."""
     raw = grid((6 << 20) // 2 + 7, 16).view(np.uint8)
+    plain = ObjectDB(Backend(str(tmp_path / "plain"))).put_tensor(raw, 2, True)
+    assert plain.stored > 0.9 * len(planes.compress(raw, 2, rotate=True))
+    monkeypatch.setenv("DELTASTORE_PALETTE", "1")
+    db = ObjectDB(Backend(str(tmp_path / "palette")))
     put = db.put_tensor(raw, 2, True)
     assert put.stored < 0.9 * len(planes.compress(raw, 2, rotate=True)) + 8
     assert np.array_equal(db.get_array(put.oid, nbytes=raw.size), raw)
