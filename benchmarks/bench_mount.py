@@ -429,6 +429,7 @@ def warm_bench(k: int, desc: str, passthrough: str | None = None) -> str:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"no passthrough copy written in 120 s: {mlog.read_text()[-2000:]}")
                     time.sleep(0.5)
+                read_pass(f, pid)  # the copy's first read (from disk: its written pages were dropped)
             drop_cache([local], check=True)
             read_pass(local)
             before = server_requests(mlog, pid)

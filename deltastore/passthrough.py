@@ -193,6 +193,11 @@ class SpillCache:
                     if h is not None:
                         h.update(buf)
                     n += len(memoryview(buf).cast("B"))
+                f.flush()
+                # its pages as written are folios of the write's sizes; dropped (once on disk), they
+                # come back by read-ahead in the large folios a read gives (2 MiB on ext4 here)
+                os.fdatasync(f.fileno())
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             if n != size:
                 raise ValueError(f"wrote {n} bytes, the file has {size}")
             if h is not None and h.hexdigest() != sha256:
