@@ -20,6 +20,8 @@ import deltastore
 from deltastore.mount import parse_stats
 
 from ..conftest import sha256_file
+from deltastore.zoo.tiny import tiny_finetune, tiny_llama_dir
+
 from .conftest import big_model, fuse_skip_reason, start_mount, stop_mount
 
 LIB = os.environ.get("DELTASTORE_TEST_LIBFUSE317", "")
@@ -46,11 +48,16 @@ def pt(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     if why:
         pytest.skip(why)
     root = tmp_path_factory.mktemp("passthrough")
-    src = {"a": big_model(root / "a", seed=11), "b": big_model(root / "b", seed=12)}
+    src = {"a": big_model(root / "a", seed=11), "b": big_model(root / "b", seed=12),
+           "t": tiny_llama_dir(root / "t", seed=13)}
+    src["t-ft"] = tiny_finetune(src["t"], root / "t-ft", seed=14, scale=5e-3)
     home = root / "home"
     with deltastore.open(home) as st:
         st.add_base("a", src["a"])
         st.add_base("b", src["b"])
+        st.add_base("t", src["t"])
+        st.add_finetune("t-ft", src["t-ft"], "t")  # delta-come: no sha256 to check its copy against
+        st.checkout("t-ft", root / "t-ft-checkout")
     mp, log = root / "mnt", root / "mount.log"
     with pytest.MonkeyPatch.context() as m:
         m.setenv("FUSE_LIBRARY_PATH", LIB)
@@ -122,3 +129,18 @@ def test_a_file_open_in_the_page_cache_is_not_opened_for_passthrough(pt) -> None
         assert f.read() == data and g.read() == data
     end = _stats(log, proc)
     assert end["open-passthrough"] - mid.get("open-passthrough", 0) == 2
+
+
+def test_a_lossy_version_through_passthrough_equals_checkout(pt) -> None:  # noqa: ANN001
+    """A delta-come file's copy is written from the reconstructed tensors (no sha256 of the added
+    file applies to it): what passthrough serves must still be checkout's bytes."""
+    mp, log, proc, src, _ = pt
+    path = mp / "t-ft" / "v1" / "model.safetensors"
+    want = (src["t-ft"].parent / "t-ft-checkout" / "model.safetensors").read_bytes()
+    n = _stats(log, proc)["copies"]
+    assert path.read_bytes() == want
+    _wait_copies(log, proc, n + 1)
+    before = _stats(log, proc)
+    assert path.read_bytes() == want
+    after = _stats(log, proc)
+    assert after["open-passthrough"] == before.get("open-passthrough", 0) + 1
