@@ -38,6 +38,9 @@ def mount(
     ttl: float = typer.Option(1.0, "--ttl", help="Seconds before new versions and moved tags show."),
     log: Optional[Path] = typer.Option(None, "--log", help="Log file of a background mount (default: in the temp dir)."),
     wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for a background mount to come up."),
+    passthrough: Optional[str] = typer.Option(None, "--passthrough", metavar="DIR[:SIZE]",
+                                              help="Serve files already read by FUSE passthrough from local copies in DIR, "
+                                                   "at most SIZE (default 8GiB); needs libfuse >= 3.17 and root, else a warning."),
 ) -> None:
     """Mount every version read-only at MOUNTPOINT/NAME/vN (plus `latest` and tags as symlinks)."""
     from deltastore.errors import BadInputError
@@ -58,7 +61,7 @@ def mount(
 
         st = open_store(state.home, db_url=state.db_url, objects_url=state.objects_url, read_only=True)
         try:
-            serve(st, mp, cache_bytes=cap, verify=verify, ttl=ttl, allow_other=allow_other)
+            serve(st, mp, cache_bytes=cap, verify=verify, ttl=ttl, allow_other=allow_other, passthrough=passthrough)
         finally:
             st.close()
         return
@@ -72,6 +75,8 @@ def mount(
             "--ttl", str(ttl), "--verify" if verify else "--no-verify"]
     if allow_other:
         args.append("--allow-other")
+    if passthrough:
+        args += ["--passthrough", passthrough]
     with open(log_path, "ab") as lf:
         child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, env=env, start_new_session=True)
     deadline = time.monotonic() + wait
