@@ -6,6 +6,10 @@ optionally beside an older deltastore installed elsewhere (``--old-site DIR``, a
 
     python benchmarks/bench_scaling.py --layers 2 --workers 1,2 --work /tmp/scale          # dev VM
     python benchmarks/bench_scaling.py --layers 8 --workers 1,2,4,8,16 --old-site /tmp/old  # 16 cores
+    python benchmarks/bench_scaling.py --layers 2 --workers 2 --old-site /tmp/old --rounds 2  # shared 2 cores
+
+``--rounds N`` measures every install N times, one after another in each round, and adds the
+medians: on a machine shared with other work the load drifts, and a round hits all alike.
 
 Synthetic weights (benchmarks/bench_store_gpu.py's shapes: --layers of Llama-2-7B's 32, full
 embeddings and lm_head; base Gaussian, std 0.02). The fine-tune moves every weight by a few
@@ -139,18 +143,26 @@ def warm_install(site: str | None, work: Path, tiny: tuple[Path, Path]) -> float
     return time.perf_counter() - t
 
 
+_WARMED: set[str | None] = set()
+
+
 def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: list[int], work: Path, nbytes: int,
-                want: dict[str, str], homes: Path, inorder_at: set[int] = frozenset()) -> list[dict]:
+                want: dict[str, str], homes: Path, inorder_at: set[int] = frozenset(), round_: int | None = None) -> list[dict]:
     """Each op at each worker count in a fresh store; at the counts in ``inorder_at`` the
     checkouts run once more with ``DELTASTORE_MAP_WRITES=0`` (tensors written in order by one
-    thread instead of decoded into a mapped file), as a row of their own."""
-    print(f"{label}: warmed (tiny model round trip, not timed) in {warm_install(site, work, make_tiny(work)):.1f} s", flush=True)
+    thread instead of decoded into a mapped file), as a row of their own. ``round_``: which
+    round of ``--rounds`` this is (recorded in the row, with the load average when it began)."""
+    if site not in _WARMED:
+        print(f"{label}: warmed (tiny model round trip, not timed) in {warm_install(site, work, make_tiny(work)):.1f} s", flush=True)
+        _WARMED.add(site)
     rows = []
     for w in workers:
         home = homes / f"home-{label.replace(' ', '-')}-{w}"
         shutil.rmtree(home, ignore_errors=True)
         home.parent.mkdir(parents=True, exist_ok=True)
         row = {"impl": label, "store on": str(homes), "workers": w}
+        if round_ is not None:
+            row["round"], row["load"] = round_, round(os.getloadavg()[0], 1)
         r = run_one("add_base", home, str(base), "", w, site)
         row["add_base_GBps"], row["base_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
         r = run_one("add_ft", home, str(ft), "", w, site)
@@ -231,8 +243,25 @@ def fs_type(folder: Path) -> str:
     return kind
 
 
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (implementation, store folder, workers): the median of each figure over the
+    rounds, labelled "median of N"."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["impl"], r.get("store on"), r["workers"]), []).append(r)
+    out = []
+    for (impl, on, w), rs in groups.items():
+        m = {"impl": f"{impl} (median of {len(rs)})", "store on": on, "workers": w}
+        for k in rs[0]:
+            if k.endswith("GBps") or k.endswith("ratio"):
+                m[k] = float(np.median([r[k] for r in rs if k in r]))
+        out.append(m)
+    return out
+
+
 def table(rows: list[dict]) -> str:
-    cols = [("impl", "implementation"), ("store on", "store on"), ("workers", "workers"), ("add_base_GBps", "add base GB/s"),
+    cols = [("impl", "implementation"), ("store on", "store on"), ("workers", "workers"), ("round", "round"), ("load", "load"),
+            ("add_base_GBps", "add base GB/s"),
             ("checkout_base_GBps", "checkout base GB/s"), ("add_ft_GBps", "add finetune (lossless) GB/s"),
             ("checkout_ft_GBps", "checkout finetune GB/s"), ("base_ratio", "base ratio"), ("ft_ratio", "finetune ratio")]
     out = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
@@ -273,6 +302,8 @@ def main() -> None:
     ap.add_argument("--inorder-workers", default="",
                     help="worker counts at which this checkout's checkouts also run written in order (DELTASTORE_MAP_WRITES=0)")
     ap.add_argument("--out", default=None, help="write the markdown table and JSON rows here")
+    ap.add_argument("--rounds", type=int, default=1, help="measure every install this many times, round-robin "
+                    "(each row gives its round and the load average as it began), then add the medians")
     ap.add_argument("--homes", default=None, help="comma-separated folders to put the stores under (default: --work); "
                     "e.g. a disk and /dev/shm, to tell disk-bound from CPU-bound")
     args = ap.parse_args()
@@ -291,19 +322,26 @@ def main() -> None:
     homes = [Path(h) for h in args.homes.split(",")] if args.homes else [work]
     disks = {f"{h} ({fs_type(h)})": durable_write_GBps(h) for h in homes}
     print("durable write GB/s (1 GiB + fsync):", disks, flush=True)
-    for h in homes:
-        if args.old_site:
-            rows += bench_store("deltastore before", args.old_site, base, ft, old, work, nbytes, want, h)
-        inorder = {int(x) for x in args.inorder_workers.split(",") if x}
-        rows += bench_store("deltastore", None, base, ft, workers, work, nbytes, want, h, inorder)
-        for v in args.variant:
-            label, _, rest = v.partition("=")
-            site, _, ws = rest.rpartition(":")
-            rows += bench_store(label, site, base, ft, [int(x) for x in ws.split(",")], work, nbytes, want, h)
+    store_rows: list[dict] = []
+    for r in range(args.rounds):  # each round measures every install once, so load drifts hit all alike
+        rn = r + 1 if args.rounds > 1 else None
+        for h in homes:
+            if args.old_site:
+                store_rows += bench_store("deltastore before", args.old_site, base, ft, old, work, nbytes, want, h, round_=rn)
+            inorder = {int(x) for x in args.inorder_workers.split(",") if x}
+            store_rows += bench_store("deltastore", None, base, ft, workers, work, nbytes, want, h, inorder, round_=rn)
+            for v in args.variant:
+                label, _, rest = v.partition("=")
+                site, _, ws = rest.rpartition(":")
+                store_rows += bench_store(label, site, base, ft, [int(x) for x in ws.split(",")], work, nbytes, want, h, round_=rn)
+    rows += store_rows
+    if args.rounds > 1:
+        rows += medians(store_rows)
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
           f"{' --old-site DIR' if args.old_site else ''}{' --old-workers ' + args.old_workers if args.old_site and args.old_workers else ''}{' --homes ' + args.homes if args.homes else ''}"
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
-          f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}`\n\nMachine: {machine()}, "
+          f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}"
+          f"{' --rounds ' + str(args.rounds) if args.rounds > 1 else ''}`\n\nMachine: {machine()}, "
           f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
           f"model {nbytes / 1e9:.2f} GB bf16 ({args.layers} Llama-2-7B layers + embeddings)\n\n"
           + "Durable write rate of each store folder (1 GiB in 4 MiB blocks + fsync, GB/s): "

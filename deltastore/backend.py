@@ -279,6 +279,14 @@ class Backend:
                 os.close(fd)
             os.chmod(tmp, 0o444)
             crash_point("backend.put.before-rename")
+        except BaseException:
+            self._unlink_quiet(tmp)
+            raise
+        self._rename_in(tmp, p)
+
+    def _rename_in(self, tmp: str, p: str) -> None:
+        """A durable temp file to its name; the directory is synced by ``flush``."""
+        try:
             os.replace(tmp, p)
         except BaseException:
             self._unlink_quiet(tmp)
@@ -319,15 +327,7 @@ class Backend:
         if isinstance(data, list):
             data = b"".join(memoryview(b).cast("B") for b in data) if not self.local else data
         if self.local:
-            tmp = self._write_temp(p, data)
-            try:
-                os.replace(tmp, p)
-            except BaseException:
-                self._unlink_quiet(tmp)
-                raise
-            with self._dirty_lock:
-                self._dirty_dirs.add(os.path.dirname(p))
-            crash_point("backend.put.after-rename")
+            self._rename_in(self._write_temp(p, data), p)
             return
         self._remote_put(p, bytes(data))
 
