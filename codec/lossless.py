@@ -345,7 +345,8 @@ class Lossless(Codec):
         else:
             stream = planes.compress(raw, width, rotate=target.dtype in _FLOATS, level=self.level)
             meta = {"mode": "plain"}
-        payload = torch.frombuffer(bytearray(stream), dtype=torch.uint8) if stream else torch.empty(0, dtype=torch.uint8)
+        # numpy copies with the GIL released (bytearray(stream) held it for the whole payload)
+        payload = torch.from_numpy(np.frombuffer(stream, dtype=np.uint8).copy()) if stream else torch.empty(0, dtype=torch.uint8)
         enc = self._new(target, {"stream": payload}, meta)
         enc.version = version  # the payload's format, which a plain payload keeps at v1
         return enc

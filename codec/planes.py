@@ -19,7 +19,8 @@ Stream layout (little-endian)::
 ``mode`` 0 = stored raw (zstd did not help), 1 = zstd frame, 2 = palette chunk (codec/palette.py:
 every plane of the chunk has mode 2, plane 0's slot holds the chunk's palette payload and the other
 slots are empty). The palette is tried on 16-bit float chunks (``width`` 2, ``rotate``) of the
-store's tensor objects (:func:`compress_framed`; :func:`compress` only when asked) that show a grid
+store's tensor objects (:func:`compress_parts`, when ``DELTASTORE_PALETTE=1``; :func:`compress`
+only when asked) that show a grid
 of few values per 32-element block (weights dequantized from a group-quantized file), and kept
 only where it is smaller than the planes; a reader from before mode 2 refuses such a chunk with
 "unknown plane mode 2", and every older stream decodes as before.
@@ -289,7 +290,7 @@ def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int, store
                     palette: bool = False) -> _Chunk:
     """One chunk's planes, each a zstd frame or stored. ``stored_as_bytes``: stored planes as
     bytes (for :func:`compress`, whose final ``b"".join`` releases the GIL only when every part is
-    bytes), else as numpy copies (for :func:`compress_framed`, which copies with numpy): either
+    bytes), else as numpy copies (for :func:`compress_parts`, written as they are): either
     way a copy, since the planes lie in this thread's scratch. ``palette``: a 16-bit float chunk
     that shows a grid (:func:`codec.palette.worth_trying`) is coded as a palette chunk (mode 2)
     where that is the smaller."""
@@ -454,7 +455,7 @@ def compress(
     (one uint8 per element) a grouped stream, which decodes only given the same contexts.
     ``palette``: 16-bit float chunks that show a grid may become palette chunks (plane mode 2;
     plain streams only). Off by default here: the lossless codec's payloads keep their format
-    version's bytes; the store's tensor objects (:func:`compress_framed`) have it on.
+    version's bytes; the store's tensor objects (:func:`compress_parts`) have it when enabled.
     ``min_group``: the fewest elements a group gets (default :data:`MIN_GROUP`; see
     :func:`merge_groups`). It is the encoder's choice: the decoder reads the groups from the table."""
     min_group = MIN_GROUP if min_group is None else int(min_group)
@@ -469,6 +470,29 @@ def compress(
     return b"".join([_plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads])
 
 
+def compress_parts(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    width: int,
+    prefix: bytes,
+    *,
+    rotate: bool = False,
+    level: int = 3,
+    chunk_bytes: int = CHUNK_BYTES,
+    threads: int | None = None,
+    palette: bool | None = None,
+) -> list:
+    """``prefix`` + :func:`compress` of ``data`` (plain stream) as the list of its parts in order:
+    the prefix, the header and chunk table, then every chunk's payloads (bytes or numpy copies).
+    The store's tensor objects are written this way, their frame as the prefix, part by part:
+    no copy of the stream is made to frame it. ``palette`` as in :func:`compress`; None =
+    :func:`codec.palette.enabled` (off unless ``DELTASTORE_PALETTE=1``)."""
+    raw = _elements(data, width)
+    if palette is None:
+        palette = _palette.enabled()
+    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, False, palette)
+    return [prefix, _plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads]
+
+
 def compress_framed(
     data: bytes | bytearray | memoryview | np.ndarray,
     width: int,
@@ -480,16 +504,9 @@ def compress_framed(
     threads: int | None = None,
     palette: bool | None = None,
 ) -> np.ndarray:
-    """``prefix`` + :func:`compress` of ``data`` (plain stream; ``palette`` as in :func:`compress`,
-    None = :func:`codec.palette.enabled`: off unless ``DELTASTORE_PALETTE=1``), as one uint8 array. The store's
-    tensor objects are written this way, their frame as the prefix: the parts are copied once, by
-    numpy, with the GIL released, where ``compress`` and then framing its bytes copied twice (and
-    copied each stored plane to bytes with the GIL held)."""
-    raw = _elements(data, width)
-    if palette is None:
-        palette = _palette.enabled()
-    chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, False, palette)
-    parts = [prefix, _plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads]
+    """:func:`compress_parts` joined into one uint8 array (by numpy, with the GIL released)."""
+    parts = compress_parts(data, width, prefix, rotate=rotate, level=level, chunk_bytes=chunk_bytes, threads=threads,
+                           palette=palette)
     out = np.empty(sum(memoryview(p).nbytes for p in parts), dtype=np.uint8)
     pos = 0
     for p in parts:

@@ -132,10 +132,11 @@ class ObjectDB:
 
     def put_tensor(self, raw: bytes | bytearray | memoryview | np.ndarray, width: int, is_float: bool,
                    oid: str | None = None, *, defer: bool = False) -> PutResult:
-        """A tensor's raw bytes as a byte-plane stream, framed as it is assembled (one copy)."""
+        """A tensor's raw bytes as a byte-plane stream, written part by part after its frame (the
+        planes' frames and stored planes as they come: no copy of the stream to frame it)."""
         oid = oid or oid_of(raw)
         return self._put(oid, "tensor", PLANES,
-                         lambda f: planes.compress_framed(raw, width, f, rotate=is_float, level=ZSTD_LEVEL), len(raw), defer)
+                         lambda f: planes.compress_parts(raw, width, f, rotate=is_float, level=ZSTD_LEVEL), len(raw), defer)
 
     def put_raw(self, data: bytes, kind: str, *, defer: bool = False) -> PutResult:
         """Already-compressed payloads (codec output): stored as they are, after the frame."""
