@@ -98,3 +98,23 @@ def test_lowrank_payload_is_checked_at_load_time() -> None:
     for e in bad:
         with pytest.raises(CorruptPayloadError):
             lowrank_from_encoded(e, (64, 96))
+
+
+def test_static_decoding_path_serves_lowrank_rows_from_the_ids_buffer(lowrank_store) -> None:
+    """The path a CUDA graph replays (static KV cache, static inputs, the decoder's ids buffer
+    handed to DeltaContext.static_ids), run with eager steps: lowrank rows give the same greedy
+    tokens as eager decoding, for two tenant mixes of lowrank and delta-come rows, with one
+    recorded step for both. (Graph capture itself needs a GPU: not run here.)"""
+    from deltastore.graph_decode import GraphDecoder
+
+    from .test_lazy import _static_generate
+
+    many = lazy.load_many(lowrank_store, ["lr1", "dc3", "lr2"], device=DEVICE)
+    dec = GraphDecoder(many, capture=False)
+    recorded = None
+    for ids in (torch.tensor([2, -1, 1]), torch.tensor([0, 2, 0])):
+        eager = many.generate(PROMPTS.to(DEVICE), max_new_tokens=6, do_sample=False, delta_ids=ids, cuda_graph=False)
+        static = _static_generate(many, ids, dec, max_new_tokens=6)
+        assert torch.equal(static, eager), ids
+        assert dec._graph is not None and (recorded is None or dec._graph is recorded)
+        recorded = dec._graph
