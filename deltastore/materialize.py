@@ -89,12 +89,17 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
         if tuple(enc.shape) != tuple(entry.shape):
             raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
         codec = codecs.codec_class(enc.codec).from_config(enc.params)
-        rebuilt = codec.reconstruct(enc, base_t)
+        # a codec that can write straight into the caller's window (a checkout's file: lossless)
+        # does, with no array of its own and no copy; the sha256 check below reads the window
+        into = getattr(codec, "reconstruct_into", None) if out is not None else None
+        if into is not None:
+            raw = into(enc, base_t, out)
+        else:
+            raw = codec.reconstruct(enc, base_t).contiguous().reshape(-1).view(torch.uint8).numpy()
     except codecs.CodecError as e:
         raise CorruptObjectError(entry.object, str(e)) from None
     except (TypeError, ValueError, KeyError, RuntimeError) as e:  # a payload the codec could not make sense of
         raise CorruptObjectError(entry.object, f"payload does not decode: {type(e).__name__}: {e}") from None
-    raw = rebuilt.contiguous().reshape(-1).view(torch.uint8).numpy()
     if raw.size != entry.nbytes:
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {raw.size} bytes, the manifest says {entry.nbytes}")
     if final_check and oid_of(raw) != "sha256:" + entry.sha256:
@@ -102,7 +107,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
             del base_t, base_raw
             tensor_bytes(store, man.base, base_entry)  # a wrong base raises here, naming its object
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to bytes that do not match the sha256 it was added with")
-    if out is None:
+    if out is None or raw is out:
         return raw
     out[:] = raw  # numpy copies without the GIL
     return out
