@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from .errors import CodecError
@@ -176,6 +177,17 @@ class Codec(ABC):
         if base is None:
             return delta.to(dtype)
         return (base.to(torch.float32) + delta).to(dtype)
+
+    def reconstruct_into(self, enc: Encoded, base: torch.Tensor | None, out: np.ndarray) -> np.ndarray:
+        """:meth:`reconstruct`'s bytes (uint8) written into ``out`` (a checkout's window onto its
+        file) and ``out`` returned; bytes of another size than ``out`` are returned as they are,
+        for the caller's size check. Codecs that can decode straight into ``out`` override it
+        (lossless), saving the tensor-sized array and the copy."""
+        raw = self.reconstruct(enc, base).contiguous().reshape(-1).view(torch.uint8).numpy()
+        if raw.size != out.size:
+            return raw
+        out[:] = raw  # numpy copies without the GIL
+        return out
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def _new(self, target: torch.Tensor, arrays: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> Encoded:

@@ -89,11 +89,10 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
         if tuple(enc.shape) != tuple(entry.shape):
             raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
         codec = codecs.codec_class(enc.codec).from_config(enc.params)
-        # a codec that can write straight into the caller's window (a checkout's file: lossless)
-        # does, with no array of its own and no copy; the sha256 check below reads the window
-        into = getattr(codec, "reconstruct_into", None) if out is not None else None
-        if into is not None:
-            raw = into(enc, base_t, out)
+        # into the caller's window (a checkout's file) where given: lossless decodes there with no
+        # array of its own; the sha256 check below reads the window
+        if out is not None:
+            raw = codec.reconstruct_into(enc, base_t, out)
         else:
             raw = codec.reconstruct(enc, base_t).contiguous().reshape(-1).view(torch.uint8).numpy()
     except codecs.CodecError as e:
@@ -107,10 +106,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
             del base_t, base_raw
             tensor_bytes(store, man.base, base_entry)  # a wrong base raises here, naming its object
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to bytes that do not match the sha256 it was added with")
-    if out is None or raw is out:
-        return raw
-    out[:] = raw  # numpy copies without the GIL
-    return out
+    return raw  # ``out`` itself when given (reconstruct_into wrote it; its size was checked above)
 
 
 def tensor(store: StoreView, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -126,9 +126,8 @@ class DeltaSet:
         self.tile_r = int(tile_r)
         self._slots: list[list[PackedDeltaCoMe | None] | None] = []
         self._built = False
-        self._any: bool | None = False
         #: the one-launch base GEMV + expand for <= 4 rows (kernels/fused_gemv.py): True/False here,
-        #: None = the environment's DELTASTORE_FUSED_GEMV (off unless set: not yet verified on a GPU)
+        #: None = the environment's DELTASTORE_FUSED_GEMV (off unless set: slower on the H200)
         self.fused_gemv: bool | None = None
 
     # -- membership -------------------------------------------------------------------------------
@@ -156,15 +155,15 @@ class DeltaSet:
             if self._slots[slot] is not None:
                 raise KernelError(f"slot {slot} already holds a delta")
             self._slots[slot] = moved
-            self._built, self._any = False, None
+            self._built = False
             return slot
         for s, cur in enumerate(self._slots):
             if cur is None:
                 self._slots[s] = moved
-                self._built, self._any = False, None
+                self._built = False
                 return s
         self._slots.append(moved)
-        self._built, self._any = False, None
+        self._built = False
         return len(self._slots) - 1
 
     def drop(self, slot: int) -> None:
@@ -172,7 +171,7 @@ class DeltaSet:
         if not 0 <= slot < len(self._slots) or self._slots[slot] is None:
             raise KernelError(f"no delta in slot {slot}")
         self._slots[slot] = None
-        self._built, self._any = False, None
+        self._built = False
 
     def to(self, device: torch.device | str) -> "DeltaSet":
         """Move every slot's packed arrays (tables and buffers are rebuilt there on next use)."""
@@ -188,11 +187,9 @@ class DeltaSet:
 
     @property
     def holds_any(self) -> bool:
-        """Whether any slot holds a delta (slots of fine-tunes stored otherwise, e.g. lowrank, hold
-        none); kept up to date by add/drop, so a forward asks it for free."""
-        if self._any is None:
-            self._any = any(d is not None for sl in self._slots if sl is not None for d in sl)
-        return self._any
+        """Whether any slot holds a tier to apply (slots of fine-tunes stored otherwise, e.g.
+        lowrank, hold none): read from the tables, which :meth:`build` makes once per add/drop."""
+        return bool(self.build().bit_widths)
 
     # -- flat buffers and tables ------------------------------------------------------------------
     def build(self) -> "DeltaSet":

@@ -31,8 +31,10 @@ lies inside one quantization group (BLOCK_N divides the set's block width, which
 group size), so each component has one scale and zero per program.
 
 Off by default: :func:`enabled` reads ``DELTASTORE_FUSED_GEMV`` (or a set's ``fused_gemv``
-attribute), since it has run only under the interpreter so far; a device run must check it
-(tests/kernels/test_fused_gemv.py on the GPU, ``bench_kernels.py --fused``) before it is the default.
+attribute). Checked on the H200 (tests/kernels/test_fused_gemv.py passes there) and measured with
+``bench_kernels.py --fused``: 1.38x slower than cuBLAS + shrink + expand at M = 1, since its GEMV
+streams the base weight far below cuBLAS's rate (benchmarks/results/raw_h200/fused_gemv_h200_fadde0c.md),
+so DeltaLinear does not call it.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ BLOCK_R = 16
 
 def enabled(dset: DeltaSet | None = None) -> bool:
     """Whether the fused GEMV is switched on: a set's own ``fused_gemv`` (True/False) if given,
-    else the environment's ``DELTASTORE_FUSED_GEMV=1``. Off by default until a GPU run verifies it."""
+    else the environment's ``DELTASTORE_FUSED_GEMV=1``. Off by default: slower than the two-launch
+    path on the H200 (module docstring)."""
     own = getattr(dset, "fused_gemv", None) if dset is not None else None
     if own is not None:
         return bool(own)

@@ -221,9 +221,8 @@ class DeltaLinear(nn.Module):
                 d.add_(lr)
             # float32(y) + d rounded once, as before, in two kernels instead of three (d is this call's own slice)
             return d.add_(y2).to(y.dtype).reshape(*lead, self.out_features)
-        if packed:
+        if packed:  # (holds_any built the set's tables)
             plan = self.ctx.plan(x2.shape[0], x.device)
-            self.deltas.build()
             apply_deltas(x2, y2, self.deltas, plan, self.preference)
         if lr is not None:  # rows with a packed delta were rounded by it and get + 0 here: unchanged
             y2 = lr.add_(y2).to(y.dtype)

@@ -171,21 +171,29 @@ def _static_generate(model, ids: torch.Tensor, dec=None, **kw) -> torch.Tensor:
         model.deltas.ctx.set(None)
 
 
-def test_static_decoding_path_gives_the_eager_tokens(served) -> None:
-    """The path a CUDA graph replays (static cache, inputs copied into static buffers, fine-tune
-    ids from a device buffer), run with eager steps: the same greedy tokens as transformers'
-    eager decoding, and a different mix of tenants reuses the same recorded step."""
+def static_matches_eager(many, mixes):
+    """For each tenant mix (delta_ids): greedy tokens through the static path with eager steps
+    equal transformers' eager decoding, and every mix reuses one recorded step; the decoder."""
     from deltastore.graph_decode import GraphDecoder
 
-    many = lazy.load_many(served, ["ft1", "ft2", "ft3"], device=DEVICE)
     dec = GraphDecoder(many, capture=False)
     recorded = None
-    for ids in (torch.tensor([2, -1, 0]), torch.tensor([0, 1, 1])):
+    for ids in mixes:
         eager = many.generate(PROMPTS.to(DEVICE), max_new_tokens=6, do_sample=False, delta_ids=ids, cuda_graph=False)
         static = _static_generate(many, ids, dec, max_new_tokens=6)
         assert torch.equal(static, eager), ids
         assert dec._graph is not None and (recorded is None or dec._graph is recorded)
         recorded = dec._graph
+    return dec
+
+
+def test_static_decoding_path_gives_the_eager_tokens(served) -> None:
+    """The path a CUDA graph replays (static cache, inputs copied into static buffers, fine-tune
+    ids from a device buffer), run with eager steps: the same greedy tokens as transformers'
+    eager decoding, and a different mix of tenants reuses the same recorded step."""
+    many = lazy.load_many(served, ["ft1", "ft2", "ft3"], device=DEVICE)
+    ids = torch.tensor([0, 1, 1])
+    dec = static_matches_eager(many, (torch.tensor([2, -1, 0]), ids))
     assert dec.stats["static_steps"] >= 2 * 4 and dec.stats["eager_generates"] == 0
     if DEVICE == "cpu":
         with pytest.raises(BadInputError, match="cuda_graph=True"):

@@ -105,16 +105,7 @@ def test_static_decoding_path_serves_lowrank_rows_from_the_ids_buffer(lowrank_st
     handed to DeltaContext.static_ids), run with eager steps: lowrank rows give the same greedy
     tokens as eager decoding, for two tenant mixes of lowrank and delta-come rows, with one
     recorded step for both. (Graph capture itself needs a GPU: not run here.)"""
-    from deltastore.graph_decode import GraphDecoder
-
-    from .test_lazy import _static_generate
+    from .test_lazy import static_matches_eager
 
     many = lazy.load_many(lowrank_store, ["lr1", "dc3", "lr2"], device=DEVICE)
-    dec = GraphDecoder(many, capture=False)
-    recorded = None
-    for ids in (torch.tensor([2, -1, 1]), torch.tensor([0, 2, 0])):
-        eager = many.generate(PROMPTS.to(DEVICE), max_new_tokens=6, do_sample=False, delta_ids=ids, cuda_graph=False)
-        static = _static_generate(many, ids, dec, max_new_tokens=6)
-        assert torch.equal(static, eager), ids
-        assert dec._graph is not None and (recorded is None or dec._graph is recorded)
-        recorded = dec._graph
+    static_matches_eager(many, (torch.tensor([2, -1, 1]), torch.tensor([0, 2, 0])))
