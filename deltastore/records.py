@@ -177,14 +177,16 @@ def write_retired(backend: Backend, model: str, number: int) -> None:
     backend.flush()
 
 
+def _record_keys(backend: Backend, folder: str) -> list[str]:
+    """The record keys under ``catalog/<folder>``, sorted: JSON files, not a crashed write's temp file."""
+    return [k for k in sorted(backend.list(f"{PREFIX}/{folder}"))
+            if k.endswith(".json") and not k.rsplit("/", 1)[-1].startswith(TMP_PREFIX)]
+
+
 def read_retired(backend: Backend) -> set[tuple[str, int]]:
     """Every retired (model, number) on the backend; a record that does not parse raises
     CorruptRecordError naming it."""
-    out = set()
-    for key in sorted(backend.list(f"{PREFIX}/retired")):
-        if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
-            out.add(parse_retired(key, backend.get(key)))
-    return out
+    return {parse_retired(key, backend.get(key)) for key in _record_keys(backend, "retired")}
 
 
 def version_key(model: str, number: int) -> str:
@@ -401,11 +403,10 @@ def rebuild(store: StoreView) -> RebuildReport:
             raise BadInputError("the catalog already has versions; rebuild fills an empty one (point --db-url at a new database)")
     recs = []
     skipped: list[str] = []
-    for key in sorted(store.backend.list(f"{PREFIX}/versions")):
-        if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
-            r = parse_version(key, store.backend.get(key))
-            r["key"] = key
-            recs.append(r)
+    for key in _record_keys(store.backend, "versions"):
+        r = parse_version(key, store.backend.get(key))
+        r["key"] = key
+        recs.append(r)
     # bases were added before their fine-tunes
     recs.sort(key=lambda r: (r["created_at"], r["model"], r["number"]))
     retired = read_retired(store.backend)
@@ -466,9 +467,7 @@ def rebuild(store: StoreView) -> RebuildReport:
                 store.backend.put(r["key"], encode_version(info, own))
         store.backend.flush()
         tagged: set[tuple[str, str]] = set()
-        for key in sorted(store.backend.list(f"{PREFIX}/tags")):
-            if not key.endswith(".json") or key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
-                continue
+        for key in _record_keys(store.backend, "tags"):
             t = parse_tag(key, store.backend.get(key))
             vid = ids.get(f"{t['model']}@v{t['version']}")
             if vid is not None and (t["model"], t["tag"]) not in tagged:
