@@ -38,7 +38,7 @@ from . import codec as codecs
 from .errors import BadInputError, BaseMismatchError, CorruptObjectError
 from .graph_decode import decoder_of
 from .kernels import (DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, LowRankFactors, NotServableError,
-                      PackedDeltaCoMe, from_encoded, lowrank_from_encoded)
+                      PackedDeltaCoMe, served_from_encoded)
 
 #: what a linear's delta is served from: packed delta-come tiers, or lowrank factors
 Served = PackedDeltaCoMe | LowRankFactors
@@ -109,9 +109,7 @@ def _payload(store: StoreAPI, oid: str, name: str, base_shape: tuple[int, ...], 
     """A delta object, parsed and checked against its base weight's shape."""
     try:
         enc = codecs.from_bytes(store.objects.get(oid))
-        if enc.codec == "lowrank":
-            return lowrank_from_encoded(enc, tuple(base_shape), what=f"{ref}: {name}")  # type: ignore[arg-type]
-        return from_encoded(enc, tuple(base_shape), what=f"{ref}: {name}")  # type: ignore[arg-type]
+        return served_from_encoded(enc, tuple(base_shape), what=f"{ref}: {name}")  # type: ignore[arg-type]
     except NotServableError as e:
         raise BadInputError(f"{e} (not servable lazily)") from None
     except codecs.CodecError as e:

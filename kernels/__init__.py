@@ -17,7 +17,7 @@ from .decode import decode_delta, reconstruct, reconstruct_encoded
 from .deltaset import DeltaSet, RowPlan, plan_rows
 from .errors import KernelError, NotServableError
 from .linear import DeltaContext, DeltaGroup, DeltaLinear, KernelPreference, apply_deltas
-from .lowrank import LowRankFactors, LowRankSet, lowrank_from_encoded
+from .lowrank import LowRankFactors, LowRankSet, lowrank_from_encoded, served_from_encoded
 from .packed import PackedDeltaCoMe, from_encoded
 
 __all__ = [
@@ -39,4 +39,5 @@ __all__ = [
     "plan_rows",
     "reconstruct",
     "reconstruct_encoded",
+    "served_from_encoded",
 ]

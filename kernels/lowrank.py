@@ -25,6 +25,7 @@ from deltastore.codec.errors import CodecError, CorruptPayloadError
 from deltastore.codec.lowrank import LowRank
 
 from .errors import KernelError, NotServableError
+from .packed import PackedDeltaCoMe, from_encoded
 
 
 @dataclass
@@ -39,10 +40,6 @@ class LowRankFactors:
     @property
     def rank(self) -> int:
         return int(self.A.shape[1])
-
-    @property
-    def nbytes(self) -> int:
-        return (self.A.numel() + self.B.numel()) * 2 + 4
 
     def to(self, device: torch.device | str) -> "LowRankFactors":
         return LowRankFactors(self.shape, self.A.to(device), self.B.to(device), self.c)
@@ -66,6 +63,16 @@ def lowrank_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = No
     if expect_shape is not None and (m, n) != tuple(expect_shape):
         raise NotServableError(f"{what}: the delta is {m}x{n} but the base weight is {expect_shape[0]}x{expect_shape[1]}")
     return LowRankFactors((m, n), enc.arrays["A"].contiguous(), enc.arrays["B"].contiguous(), float(enc.arrays["c"][0]))
+
+
+def served_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = None,
+                        what: str = "delta") -> PackedDeltaCoMe | LowRankFactors:
+    """A payload checked and viewed as what a lazy linear serves it from: lowrank factors, or
+    packed delta-come tiers (:func:`~.packed.from_encoded`, which refuses every other codec with
+    :class:`NotServableError`). The one place that knows which codecs are servable lazily."""
+    if enc.codec == "lowrank":
+        return lowrank_from_encoded(enc, expect_shape, what)
+    return from_encoded(enc, expect_shape, what)
 
 
 class LowRankSet:
