@@ -64,7 +64,7 @@ class VersionFile:
     size: int
     mtime: float
     exact: bool
-    sha256: str
+    sha256: str | None  # the file's own hash, where the add recorded it
     units: list[Unit]
     starts: list[int] = field(default_factory=list)
 

@@ -125,8 +125,12 @@ class DeltaStoreFileSystem(AbstractFileSystem):
         return out if detail else [o["name"] for o in out]
 
     @staticmethod
-    def _file_info(name: str, size: int, sha256: str, created: float) -> dict[str, Any]:
-        return {"name": name, "size": size, "type": "file", "sha256": sha256, "mtime": created}
+    def _file_info(name: str, size: int, sha256: str | None, created: float) -> dict[str, Any]:
+        """A file's fsspec info; ``sha256`` only where the add recorded the file's own hash."""
+        info = {"name": name, "size": size, "type": "file", "mtime": created}
+        if sha256 is not None:
+            info["sha256"] = sha256
+        return info
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         p = self._strip_protocol(path)
@@ -146,7 +150,16 @@ class DeltaStoreFileSystem(AbstractFileSystem):
         raise FileNotFoundError(f"{path}: no such file or folder")
 
     def ukey(self, path: str) -> str:
-        return self.info(path).get("sha256") or self._strip_protocol(path)
+        """A key that changes whenever the bytes could: the file's sha256, else its manifest and path
+        (a manifest id pins every byte of its files)."""
+        info = self.info(path)
+        if info.get("sha256"):
+            return info["sha256"]
+        p = self._strip_protocol(path)
+        if info["type"] == "file":
+            _, manifest, _, _, rest = self._where(p)
+            return f"{manifest}/{rest}"
+        return p
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         vf = self._file(path)

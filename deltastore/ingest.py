@@ -3,7 +3,8 @@
 The pipeline, per safetensors file: each tensor is read (``pread``), hashed, matched against the
 base tensor of the same name, encoded (a tensor object for a base model; nothing when its bits
 equal the base's; a delta otherwise) and written as an object, ``workers`` tensors at a time;
-results come back in file order, where the file's own SHA-256 is extended. At most ``workers``
+results come back in file order (where the file's own SHA-256 is extended, when it is asked for:
+``file_sha256``; one serial pass, it bounds add at one core's hashing speed). At most ``workers``
 tensors (and about a GiB of them) are in flight, so memory tracks the largest tensor, not the
 model. Objects are written with ``defer=True``: a worker returns once the bytes are written, and
 the backend's own thread fsyncs and renames them, so the disk's time overlaps the encoding
@@ -90,8 +91,12 @@ class _Job:
 
 def add(store: StoreView, name: str, path: str | Path, *, base: str | None, codec: codecs.Codec | None, message: str,
         tags: list[str], author: str | None, metrics: dict[str, Any], calib: str | Path | None,
-        progress: Progress) -> VersionInfo:
-    """Store the model directory ``path`` as the next version of ``name`` (see the module doc)."""
+        progress: Progress, file_sha256: bool = False) -> VersionInfo:
+    """Store the model directory ``path`` as the next version of ``name`` (see the module doc).
+
+    ``file_sha256``: also record each safetensors file's SHA-256 (what ``sha256sum`` prints). Off
+    by default: the verbatim header and every tensor's sha256 already pin the file's bytes (a
+    checkout checks them all), and the file's hash is the one serial stage of an add."""
     check_name(name)
     for t in tags:
         check_name(t, "tag name")
@@ -137,9 +142,9 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
             # the file's own SHA-256 is one serial pass: with workers, on a thread of its own, fed
             # each tensor as soon as it is read (tensors are contiguous, in offset order), so it
             # runs beside the encodes instead of after each one
-            file_hash = InOrderHash(header.raw) if workers > 1 else None
+            file_hash = InOrderHash(header.raw) if file_sha256 and workers > 1 else None
             pool = BufferPool()  # tensor buffers reused from one tensor to the next (pipeline.BufferPool)
-            inline_hash = hashlib.sha256(header.raw)
+            inline_hash = hashlib.sha256(header.raw) if file_sha256 and file_hash is None else None
             entries: list[TensorEntry] = []
             fd = os.open(src.path, os.O_RDONLY)
             try:
@@ -150,7 +155,7 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                     raw = _pread(fd, header, info, src.path, pool.take(info.nbytes))
                     if file_hash is not None:
                         file_hash.put(i, raw)
-                    else:
+                    elif inline_hash is not None:
                         inline_hash.update(raw)  # one worker: items run inline, in file order
                     entry, put = _encode_tensor(store, job, info, raw, pool)
                     if file_hash is None:
@@ -172,7 +177,8 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                     beat()
                 if os.fstat(fd).st_size != src.size:
                     raise BadInputError(f"{src.path} changed size while it was being added")
-                digest = file_hash.hexdigest(len(tensors)) if file_hash is not None else inline_hash.hexdigest()
+                digest = (file_hash.hexdigest(len(tensors)) if file_hash is not None
+                          else inline_hash.hexdigest() if inline_hash is not None else None)
             finally:
                 os.close(fd)
                 if file_hash is not None:

@@ -11,6 +11,13 @@ come from:
 ``sha256`` is the hash of the bytes that were added (file or tensor); ``exact`` says whether the
 store gives those bytes back (lossless) or an approximation (lossy codec). Canonical JSON (sorted
 keys, no spaces) makes equal versions hash to the same manifest id.
+
+A safetensors file's own ``sha256`` is optional (format 2): its bytes are already pinned by the
+verbatim header object and every tensor's sha256, which add computes on all cores, whereas the
+file's SHA-256 is one serial pass that bounds add at one core's hashing speed (about 1.2 GB/s on
+a 16-core Xeon: benchmarks/results/raw_h200/ceilings_dc98641.md). Add records it only when asked
+(``file_sha256=True``). A manifest in which every file has its sha256 is written as format 1,
+byte for byte what earlier versions wrote, so they still read it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Any, Iterator
 from .errors import CorruptObjectError
 from .safetensors_io import DTYPES
 
-FORMAT = 1
+FORMAT = 2  #: the newest format this deltastore reads
+FORMATS = (1, 2)  #: 2: a safetensors file's sha256 may be null
 #: bounds on what a manifest may claim, checked before anything is allocated from it
 MAX_PATH = 4096
 MAX_NAME = 4096
@@ -111,7 +119,7 @@ def _tensor(d: object, where: str) -> "TensorEntry":
                        codec=codec, exact=exact, rel_error=None if rel is None else float(rel))
 
 
-def _file(d: object, i: int) -> "FileEntry":
+def _file(d: object, i: int, fmt: int) -> "FileEntry":
     d = _keys(d, FileEntry, f"file {i}")
     try:
         path = check_rel_path(d.get("path"))
@@ -122,7 +130,8 @@ def _file(d: object, i: int) -> "FileEntry":
     _want(kind in ("blob", "safetensors"), f"{where}: unknown kind {kind!r:.40}")
     size = _int(d.get("size"), f"{where}: size")
     sha = d.get("sha256")
-    _want(isinstance(sha, str) and bool(_HEX64.match(sha)), f"{where}: sha256 is not 64 hex digits")
+    _want((sha is None and kind == "safetensors" and fmt >= 2) or (isinstance(sha, str) and bool(_HEX64.match(sha))),
+          f"{where}: sha256 is not 64 hex digits")
     obj = _oid(d.get("object"), f"{where}: object")
     header = _oid(d.get("header"), f"{where}: header")
     raw_tensors = d.get("tensors", [])
@@ -155,7 +164,7 @@ class FileEntry:
     path: str
     kind: str  # "blob" | "safetensors"
     size: int
-    sha256: str
+    sha256: str | None  # hex of the file's bytes; None where add was not asked for it (safetensors files)
     object: str | None = None  # blob id
     header: str | None = None  # blob id of the verbatim safetensors header
     tensors: list[TensorEntry] = field(default_factory=list)
@@ -170,7 +179,11 @@ class Manifest:
     files: list[FileEntry]
     base: str | None = None  # the base version's manifest id
     codec: dict[str, Any] = field(default_factory=dict)  # config of the codec asked for
-    format: int = FORMAT
+    format: int = 0  # 0: the oldest format that holds these files (set on construction)
+
+    def __post_init__(self) -> None:
+        if not self.format:
+            self.format = 1 if all(f.sha256 is not None for f in self.files) else 2
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -184,10 +197,11 @@ class Manifest:
             d = json.loads(bytes(data) if not isinstance(data, str) else data)
             d = _keys(d, Manifest, "manifest")
             fmt = d.get("format")
-            _want(fmt == FORMAT, f"format {fmt!r:.40} is not one this deltastore reads ({FORMAT})")
+            _want(type(fmt) is int and fmt in FORMATS,
+                  f"format {fmt!r:.40} is not one this deltastore reads ({', '.join(map(str, FORMATS))})")
             raw_files = d.get("files")
             _want(isinstance(raw_files, list), "files is not a list")
-            files = [_file(f, i) for i, f in enumerate(raw_files)]
+            files = [_file(f, i, fmt) for i, f in enumerate(raw_files)]
             base = _oid(d.get("base"), "base")
             codec = d.get("codec", {})
             _want(isinstance(codec, dict), "codec is not a JSON object")

@@ -420,8 +420,9 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
     def _release_mode(self, h: _Handle) -> None:
         """Undo :meth:`_choose_mode`; once a file was read to its end (by any handle: later
         handles may find every page cached and send no READ), the close of one of its page-cache
-        handles gets its local copy written (from the decoded cache; exact versions checked
-        against their sha256)."""
+        handles gets its local copy written (from the decoded cache, whose tensors were checked
+        against their sha256 as they were decoded; the copy is also checked against the file's
+        sha256 where the version is exact and its add recorded one)."""
         spill = self.spill
         assert spill is not None
         if h.backing_id:

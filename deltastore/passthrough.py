@@ -8,7 +8,8 @@ the server again: 98-101% of local in benchmarks/probe_fuse_passthrough.py.
 
 How the mount uses it: once a version file has been read through the mount to its end (cold, by the
 ordinary FUSE path), its bytes are written from the mount's decoded cache to a *spill* file in a
-local directory (checked against the file's sha256 where the version is exact, then renamed into
+local directory (checked against the file's sha256 where the version is exact and its add recorded
+one: the decoded tensors it is written from were checked against theirs already; then renamed into
 place). Later opens of that file answer with the spill file's backing id. The spill directory is a
 cache with a byte cap: the least recently opened copies that no handle uses are removed to make
 room, and the whole directory at unmount. Its disk is not the store's: the store still holds only

@@ -113,15 +113,17 @@ class Store:
 
     # -- adding ------------------------------------------------------------------------------------
     def add_base(self, name: str, path: str | Path, *, message: str = "", tags: list[str] | None = None,
-                 author: str | None = None, metrics: dict[str, Any] | None = None, progress: Progress | None = None) -> VersionInfo:
-        """Store a model losslessly, as a new version of ``name`` with no base."""
+                 author: str | None = None, metrics: dict[str, Any] | None = None, progress: Progress | None = None,
+                 file_sha256: bool = False) -> VersionInfo:
+        """Store a model losslessly, as a new version of ``name`` with no base. ``file_sha256`` also
+        records each safetensors file's SHA-256 (one serial pass: see :func:`ingest.add`)."""
         return ingest.add(self, name, path, base=None, codec=None, message=message, tags=tags or [], author=author,
-                          metrics=metrics or {}, calib=None, progress=progress or no_progress)
+                          metrics=metrics or {}, calib=None, progress=progress or no_progress, file_sha256=file_sha256)
 
     def add_finetune(self, name: str, path: str | Path, base: str, *, codec: str | codecs.Codec | dict | None = None,
                      message: str = "", tags: list[str] | None = None, author: str | None = None,
                      metrics: dict[str, Any] | None = None, calib: str | Path | None = None,
-                     progress: Progress | None = None) -> VersionInfo:
+                     progress: Progress | None = None, file_sha256: bool = False) -> VersionInfo:
         """Store a fine-tune as deltas against the version ``base`` names (default codec: delta-come).
 
         Tensors the codec does not take (embeddings, lm_head, norms for lossy codecs) go lossless;
@@ -134,7 +136,8 @@ class Store:
         if choice.previous is not None:
             metrics[chains.PREVIOUS_KEY] = choice.previous
         return ingest.add(self, name, path, base=choice.ref, codec=use, message=message, tags=tags or [],
-                          author=author, metrics=metrics, calib=calib, progress=progress or no_progress)
+                          author=author, metrics=metrics, calib=calib, progress=progress or no_progress,
+                          file_sha256=file_sha256)
 
     # -- materializing -----------------------------------------------------------------------------
     def tensor(self, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -66,13 +66,13 @@ def test_in_order_hash_hands_a_hashing_error_to_the_waiter() -> None:
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_add_records_each_file_sha256_at_any_worker_count(tmp_path: Path, workers: int) -> None:
-    """The file hash runs inline at 1 worker and on its own thread beside the encodes at more;
-    both must give the file's real SHA-256, for every shard."""
+    """Asked for (``file_sha256``), the file hash runs inline at 1 worker and on its own thread
+    beside the encodes at more; both must give the file's real SHA-256, for every shard."""
     src = write_model(tmp_path / "m", llama_like(3), shards=3)
     st = deltastore.open(tmp_path / "home")
     st.workers = workers
     try:
-        v = st.add_base("m", src)
+        v = st.add_base("m", src, file_sha256=True)
         files = {f.path: f.sha256 for f in st.manifest(v.manifest).files}
     finally:
         st.close()
