@@ -59,7 +59,11 @@ def empty_launch_us(dev: torch.device, n: int = 64) -> float:
     return time_graph(fn) * 1e6 / n
 
 
+FAST0 = FAST_EM0 = None
+
+
 def main() -> None:
+    global FAST0, FAST_EM0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--ncu", action="store_true", help="run each case's launches a few times, untimed, for ncu to profile")
@@ -68,6 +72,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     cfgs = json.loads(args.cfgs)
+    FAST0, FAST_EM0 = triton_ops.GEMV_FAST, triton_ops.GEMV_FAST_EXPAND_MAX_M
     dev = torch.device("cuda")
     cases = [(int(a), int(b)) for a, b in (c.split("/") for c in args.cases.split(","))]
     nts = sorted({nt for _, nt in cases})
@@ -77,6 +82,9 @@ def main() -> None:
         print(f"empty Triton launch in a graph: {empty_launch_us(dev):.2f} us")
     for cfg, (M, nt) in ((c, mn) for c in cfgs for mn in cases):
         label = f"M={M}/{nt} {json.dumps(cfg)}"
+        # "fast": the GEMV unpack (triton_ops.GEMV_FAST), "fast_em": the expand's largest row block for it
+        triton_ops.GEMV_FAST = bool(cfg.get("fast", FAST0))
+        triton_ops.GEMV_FAST_EXPAND_MAX_M = int(cfg.get("fast_em", FAST_EM0))
         tot = [0.0, 0.0]
         ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
         plan = plan_rows(ids, nt)

@@ -23,7 +23,9 @@ pair without tl.dot. GEMV: every program serves one bit width (a shrink tile of 
 expand work item of one tier, :meth:`DeltaSet.items`); the expand is split over components and
 its partial sums are added in item order by the last program of each group to finish (a counter
 per group, left at zero: one launch, deterministic, graph-safe); values are dequantized to
-float32 by or-ing the exponent of 2^23 (no int->float conversion) and multiplied in float32; each
+float32 by or-ing each field, shifted near the top of the mantissa, into the exponent of a power of
+two c_f <= 256 (one LOP3 a value: no int->float conversion, no subtract; the offsets c_f and the
+zero points come out once per word position or per row, :func:`_unpack_c`) and multiplied in float32; each
 step reads ~2 KB of packed words a program and the next two steps' loads are issued before it is
 computed (Triton pipelines no loop without tl.dot); the fields of a word are a leading, in-thread
 axis (with them last, Triton's default layout gave each word to 16 threads: 255 registers).
@@ -319,8 +321,11 @@ if HAVE_TRITON:
     # ---------------------------------------------------------------------------------------------
     # GEMV path (few rows per fine-tune): no tl.dot, one bit width per program, split work
     #
-    # Per value of a packed row the GEMV does a shift, a mask-or (0x4B000000 | q is the float32
-    # 2^23 + q, so no int->float conversion) and a subtract, then one FMA per row of the batch.
+    # Per value of a packed row the GEMV does one LOP3 (mask and or: a field placed at bit p and
+    # or-ed into the exponent of 2^(23 - p) is the float32 2^(23 - p) + q; one shift serves a run of
+    # fields) and one FMA per row of the batch (_unpack_c, FAST). The earlier unpack (_unpack_f:
+    # shift, mask-or with 2^23, subtract 2^23 + zero point) stays as FAST=False for A/B runs and
+    # for the expand's 4-row blocks, where the fast one's per-row sums spill.
     # Words are split in registers along a third axis (rows, words, fields) and the activations are
     # loaded in the same (words, fields) shape, so no reshape or shared-memory shuffle is needed.
     # ---------------------------------------------------------------------------------------------
@@ -335,6 +340,43 @@ if HAVE_TRITON:
         else:
             q = (w[:, None, :, :] >> sh[None, :, None, None]) & ((1 << BITS) - 1)
         return (q | 0x4B000000).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _field_pos(f, BITS: tl.constexpr):
+        """Bit position p at which field f of a word is placed before it becomes a float (see
+        _unpack_c): fields go in runs of PER (one shift a run) to p = 23 - BITS - (PER - 1 - i) * BITS."""
+        PER: tl.constexpr = 4 if BITS == 2 else (8 if BITS == 1 else (2 if BITS == 4 else 1))
+        return (23 - BITS) - (PER - 1 - f % PER) * BITS
+
+    @triton.jit
+    def _field_c(f, BITS: tl.constexpr):
+        """float32 offset c_f = 2^(23 - p_f) that _unpack_c adds to field f (a power of two <= 256)."""
+        return ((150 - _field_pos(f, BITS)) << 23).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _unpack_c(w, f, one, BITS: tl.constexpr, AXIS: tl.constexpr):
+        """float32 c_f + q_f for each BITS-bit field f of the int32 words w, fields along a new axis
+        AXIS (0 or 1) as in _unpack_f. Field f is shifted to bit p_f (one shift serves a run of
+        fields) and or-ed into the exponent of 2^(23 - p_f): one LOP3 a value, no int->float and no
+        subtract (the offsets c_f <= 256 are taken out once per word position by the caller, from
+        sums that do not depend on the component). The exponents are multiplied by ``one`` (a runtime
+        1): a constant held in a register lets ptxas fuse the mask and the or into one LOP3 (with both
+        as immediates it emits two)."""
+        p = _field_pos(f, BITS)
+        r = f * BITS - p  # right shift (negative: left)
+        rr = tl.maximum(r, 0)
+        ll = tl.maximum(-r, 0)
+        mk = ((1 << BITS) - 1) << p
+        u = w.to(tl.uint32, bitcast=True)
+        if AXIS == 0:
+            t = tl.where((r >= 0)[:, None, None, None], u[None, :, :, :] >> rr.to(tl.uint32)[:, None, None, None],
+                         u[None, :, :, :] << ll.to(tl.uint32)[:, None, None, None])
+            v = (t & mk.to(tl.uint32)[:, None, None, None]) | (((150 - p) << 23) * one).to(tl.uint32)[:, None, None, None]
+        else:
+            t = tl.where((r >= 0)[None, :, None, None], u[:, None, :, :] >> rr.to(tl.uint32)[None, :, None, None],
+                         u[:, None, :, :] << ll.to(tl.uint32)[None, :, None, None])
+            v = (t & mk.to(tl.uint32)[None, :, None, None]) | (((150 - p) << 23) * one).to(tl.uint32)[None, :, None, None]
+        return v.to(tl.float32, bitcast=True)
 
     @triton.jit
     def _step_words(words_ptr, wrow, r_ok, k0, k_hi, row_words, BITS: tl.constexpr, NG: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -355,10 +397,13 @@ if HAVE_TRITON:
         return tl.load(words_ptr + wrow[:, None, None] + widx[None, :, :], mask=m, other=0)
 
     @triton.jit
-    def _step_sz(ptr, szrow, r_ok, k0, k_hi, gs, NG: tl.constexpr, BLOCK_G: tl.constexpr):
-        """fp16 (R, NG): the scale (or zero) of each sub-block of one step, per component row."""
+    def _step_sz(ptr, szrow, r_ok, k0, k_hi, inv_gs, NG: tl.constexpr, BLOCK_G: tl.constexpr):
+        """fp16 (R, NG): the scale (or zero) of each sub-block of one step, per component row.
+        The group kg // gs is floor((kg + 0.5) * (1 / gs)) in float32 (exact for kg < 2^22, which
+        shrink() checks): a multiply and a convert instead of a ~25-instruction integer division."""
         kg = k0 + tl.arange(0, NG) * BLOCK_G
-        return tl.load(ptr + szrow[:, None] + (kg // gs)[None, :], mask=r_ok[:, None] & (kg < k_hi)[None, :], other=0.0)
+        g = ((kg.to(tl.float32) + 0.5) * inv_gs).to(tl.int32)
+        return tl.load(ptr + szrow[:, None] + g[None, :], mask=r_ok[:, None] & (kg < k_hi)[None, :], other=0.0)
 
     @triton.jit
     def _row_base(rows_ptr, pos0, nrows, stride_xm, m: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -383,7 +428,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, k_lo, k_hi, one,
-                          BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+                          BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, FAST: tl.constexpr):
         """(BLOCK_M, BLOCK_R) float32: rows . V^ components over inputs k_lo .. k_hi (multiples of
         BLOCK_G, which divides the group size). A step reads NG sub-blocks of BLOCK_G values of
         every component row (~2 KB of words a tile), and the words, scales and zeros of the next
@@ -399,15 +444,16 @@ if HAVE_TRITON:
         G = (K + gs - 1) // gs
         wrow = v_q + offs_r * row_words
         szrow = v_sz + offs_r * G
+        inv_gs = 1.0 / gs.to(tl.float32)
         # the rows' activation offsets once, not per step (a load waited on before every x load)
         xb0 = _row_base(rows_ptr, pos0, nrows, stride_xm, 0, BLOCK_M)
         xb1 = _row_base(rows_ptr, pos0, nrows, stride_xm, 1, BLOCK_M)
         xb2 = _row_base(rows_ptr, pos0, nrows, stride_xm, 2, BLOCK_M)
         xb3 = _row_base(rows_ptr, pos0, nrows, stride_xm, 3, BLOCK_M)
-        s1 = _step_sz(scales_ptr, szrow, r_ok, k_lo, k_hi, gs, NG, BLOCK_G)
-        z1 = _step_sz(zeros_ptr, szrow, r_ok, k_lo, k_hi, gs, NG, BLOCK_G)
-        s2 = _step_sz(scales_ptr, szrow, r_ok, k_lo + BK, k_hi, gs, NG, BLOCK_G)
-        z2 = _step_sz(zeros_ptr, szrow, r_ok, k_lo + BK, k_hi, gs, NG, BLOCK_G)
+        s1 = _step_sz(scales_ptr, szrow, r_ok, k_lo, k_hi, inv_gs, NG, BLOCK_G)
+        z1 = _step_sz(zeros_ptr, szrow, r_ok, k_lo, k_hi, inv_gs, NG, BLOCK_G)
+        s2 = _step_sz(scales_ptr, szrow, r_ok, k_lo + BK, k_hi, inv_gs, NG, BLOCK_G)
+        z2 = _step_sz(zeros_ptr, szrow, r_ok, k_lo + BK, k_hi, inv_gs, NG, BLOCK_G)
         if BITS == 3:
             NC: tl.constexpr = BLOCK_G // 32
             li = tl.arange(0, 2 * NC)
@@ -424,8 +470,8 @@ if HAVE_TRITON:
                 a1, b1, s1, z1 = a2, b2, s2, z2
                 a2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, 3, NG, BLOCK_G, 1, 2 * NC)
                 b2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, 3, NG, BLOCK_G, 2, NC)
-                s2 = _step_sz(scales_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
-                z2 = _step_sz(zeros_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
+                s2 = _step_sz(scales_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, inv_gs, NG, BLOCK_G)
+                z2 = _step_sz(zeros_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, inv_gs, NG, BLOCK_G)
                 kg = k0 + sub * BLOCK_G
                 ql = _unpack_f(wl, f16 * 2, 2, 0) - zp[None, :, :, None]  # (16, R, NG, 2NC): low planes minus the zero point
                 qh = (_unpack_f(wh, f32, 1, 0) - 8388608.0) * 4.0  # (32, R, NG, NC): the high plane, weight 4
@@ -446,19 +492,36 @@ if HAVE_TRITON:
             acc4 = tl.zeros((BLOCK_M, BLOCK_R, NG, NW), dtype=tl.float32)
             w1 = _step_words(words_ptr, wrow, r_ok, k_lo, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
             w2 = _step_words(words_ptr, wrow, r_ok, k_lo + BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
+            cf = _field_c(fi, BITS)[:, None, None]  # (FLD, 1, 1): the offsets _unpack_c adds
             for k0 in range(k_lo, k_hi, BK):
-                w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
+                if FAST:
+                    w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32)
+                else:
+                    w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
                 w1, s1, z1 = w2, s2, z2
                 w2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
-                s2 = _step_sz(scales_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
-                z2 = _step_sz(zeros_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, gs, NG, BLOCK_G)
+                s2 = _step_sz(scales_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, inv_gs, NG, BLOCK_G)
+                z2 = _step_sz(zeros_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, inv_gs, NG, BLOCK_G)
                 kg = k0 + sub * BLOCK_G
-                q = _unpack_f(w, fi * BITS, BITS, 0) - zp[None, :, :, None]  # (FLD, R, NG, NW)
+                if FAST:
+                    q = _unpack_c(w, fi, one, BITS, 0)  # (FLD, R, NG, NW): c_f + q
+                else:
+                    q = _unpack_f(w, fi * BITS, BITS, 0) - zp[None, :, :, None]  # (FLD, R, NG, NW)
                 x_idx = kg[None, :, None] + wi[None, None, :] * FLD + (fi * one)[:, None, None]  # (FLD, NG, NW)
                 for m in tl.static_range(BLOCK_M):
                     xb = _pick(m, xb0, xb1, xb2, xb3)
                     xv = tl.load(x_ptr + xb + x_idx, mask=(x_idx < k_hi) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
-                    p = tl.sum(q * xv[:, None, :, :], axis=0) * sc[:, :, None]  # (R, NG, NW)
+                    if FAST:
+                        # sum_f x_f (q_f - zp) = sum_f x_f (c_f + q_f) - (sum_f x_f c_f + zp sum_f x_f): the two x
+                        # sums are per word position, shared by the thread's components
+                        # (taken from x as broadcast for the product, so no second layout conversion)
+                        xe = xv[:, None, :, :]  # (FLD, 1, NG, NW)
+                        xs = tl.sum(xe, axis=0)  # (1, NG, NW)
+                        xc = tl.sum(xe * cf[:, None, :, :], axis=0)
+                        a = tl.sum(q * xe, axis=0)  # (R, NG, NW)
+                        p = (a - xc - zp[:, :, None] * xs) * sc[:, :, None]
+                    else:
+                        p = tl.sum(q * xv[:, None, :, :], axis=0) * sc[:, :, None]  # (R, NG, NW)
                     acc4 = tl.where(offs_mm[:, None, None, None] == m, acc4 + p[None, :, :, :], acc4)
             return tl.sum(tl.sum(acc4, axis=3), axis=2)
 
@@ -467,7 +530,8 @@ if HAVE_TRITON:
                             rows_ptr, blocks_ptr,
                             M, K, ZC, n_slices, T_max, stride_xm, one,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
+                            FAST: tl.constexpr = True):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
         one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program."""
@@ -485,26 +549,27 @@ if HAVE_TRITON:
             return
         offs_r = tl.arange(0, BLOCK_R)
         r_ok = offs_r < nvalid
-        per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+        # a split's share of the inputs is whole 2-bit steps (4 blocks), so no step is partly masked
+        per = tl.cdiv(tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K), 4) * 4 * BLOCK_K
         kb0 = ks * per
         kb1 = tl.minimum(kb0 + per, K)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)  # asked for now, used after the loop
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         if HAS2:
             if bits == 2:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS3:
             if bits == 3:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS8:
             if bits == 8:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS4:
             if bits == 4:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS1:
             if bits == 1:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         acc = acc * sv[None, :]
         offs_m = tl.arange(0, BLOCK_M)
         m_ok = offs_m < nrows
@@ -546,8 +611,9 @@ if HAVE_TRITON:
                 _ezrow(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, 3, SPLIT_K, BLOCK_M))
 
     @triton.jit
-    def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0,
-                          BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one,
+                          BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                          FAST: tl.constexpr):
         """Store to part_ptr (rows of the block, Ntot) the partial y of components [0, cnt_t) of
         one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n).
         Steps of RB components (~BLOCK_R * 32 bytes of words for any width) held as R_IN x R_OUT
@@ -614,28 +680,64 @@ if HAVE_TRITON:
             w1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, widx)
             w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, widx)
             e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, 0, comp, cnt_t, SPLIT_K, BLOCK_M)
+            # FAST: the field offsets c_f and the zero points come out once, at the end: sum_r cf_r (q - zp_r)
+            # = sum_r cf_r (c_f + q) - c_f sum_r cf_r - sum_r cf_r zp_r, the two sums kept per row and R_OUT lane
+            c10 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
+            c11 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
+            c12 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
+            c13 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
+            c20 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
+            c21 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
+            c22 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
+            c23 = tl.zeros((R_IN, R_OUT), dtype=tl.float32)
             for c0 in range(0, cnt_t, RB):
-                w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
+                if FAST:
+                    w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32)
+                else:
+                    w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
                 w1, s1, z1 = w2, s2, z2
                 w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, widx)
                 y0, y1, y2, y3 = e0, e1, e2, e3
                 e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, c0 + RB, comp, cnt_t, SPLIT_K, BLOCK_M)
-                q = _unpack_f(w, fi * BITS, BITS, 1) - zp[:, None, :, None]  # (R_IN, FLD, R_OUT, NW)
+                if FAST:
+                    q = _unpack_c(w, fi, one, BITS, 1)  # (R_IN, FLD, R_OUT, NW): c_f + q
+                else:
+                    q = _unpack_f(w, fi * BITS, BITS, 1) - zp[:, None, :, None]  # (R_IN, FLD, R_OUT, NW)
                 for m in tl.static_range(BLOCK_M):
                     cf = _pick(m, y0, y1, y2, y3) * sc
                     p = tl.sum(q * cf[:, None, :, None], axis=0)  # (FLD, R_OUT, NW)
                     acc = tl.where((offs_mm == m)[:, None, None, None], acc + p[None, :, :, :], acc)
+                    if FAST:
+                        if m == 0:
+                            c10 += cf
+                            c20 += cf * zp
+                        elif m == 1:
+                            c11 += cf
+                            c21 += cf * zp
+                        elif m == 2:
+                            c12 += cf
+                            c22 += cf * zp
+                        else:
+                            c13 += cf
+                            c23 += cf * zp
             res = tl.sum(acc, axis=2)  # (BM, FLD, NW)
+            if FAST:
+                t1 = tl.where(offs_mm == 0, tl.sum(tl.sum(c10, axis=1), axis=0), tl.where(offs_mm == 1, tl.sum(tl.sum(c11, axis=1), axis=0),
+                              tl.where(offs_mm == 2, tl.sum(tl.sum(c12, axis=1), axis=0), tl.sum(tl.sum(c13, axis=1), axis=0))))
+                t2 = tl.where(offs_mm == 0, tl.sum(tl.sum(c20, axis=1), axis=0), tl.where(offs_mm == 1, tl.sum(tl.sum(c21, axis=1), axis=0),
+                              tl.where(offs_mm == 2, tl.sum(tl.sum(c22, axis=1), axis=0), tl.sum(tl.sum(c23, axis=1), axis=0))))
+                res = res - (t1[:, None, None] * _field_c(fi, BITS)[None, :, None] + t2[:, None, None])
             cols = col0 + n0 + wi[None, :] * FLD + fi[:, None]  # (FLD, NW)
             pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cols[None, :, :]
             tl.store(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["one"])
     def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr,
                             rows_ptr, blocks_ptr, mout_ptr, coloff_ptr,
-                            M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym,
+                            M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym, one,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+                            HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
+                            FAST: tl.constexpr = True):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
@@ -660,19 +762,19 @@ if HAVE_TRITON:
         part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
         if HAS2:
             if bits == 2:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS3:
             if bits == 3:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS8:
             if bits == 8:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS4:
             if bits == 4:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS1:
             if bits == 1:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         # every thread's partial is stored before one thread releases the counter
         tl.debug_barrier()
         sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
@@ -727,6 +829,14 @@ GEMV_MAX_ROWS = 4
 GEMV_TILE_R = 16
 GEMV_STEP_R = 64
 GEMV_CHUNK = 256
+#: the GEMV kernels' unpack: True = fields shifted to high mantissa bits and or-ed into a float's
+#: exponent, offsets and zero points taken out once per word position (_unpack_c); False = the
+#: earlier shift / mask / subtract per value (_unpack_f). DELTASTORE_GEMV_FAST=0 selects the old one
+#: (an A/B of both in one process: set this attribute between launches).
+GEMV_FAST = os.environ.get("DELTASTORE_GEMV_FAST", "1") not in ("", "0")
+#: the GEMV expand takes the fast unpack up to this many rows a block (at 4 its per-row sums
+#: push Triton 3.6 past 255 registers: 160 bytes of stack, benchmarks/kernel_sass.py)
+GEMV_FAST_EXPAND_MAX_M = int(os.environ.get("DELTASTORE_GEMV_FAST_EXPAND_MAX_M", "2"))
 
 
 def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
@@ -748,7 +858,9 @@ def pick_split_k(M: int, dset: DeltaSet, path: str | None = None) -> int:
     kblocks = -(-dset.in_features // dset.block_k)
     if use_gemv(M, dset, path):
         n = max(dset.n_tiles(GEMV_TILE_R), 1)
-        return max(1, min(8, kblocks, -(-1024 // n)))
+        split = max(1, min(8, kblocks, -(-1024 // n)))
+        per = -(-(-(-kblocks // split)) // 4) * 4  # the kernel's share: whole 2-bit steps of 4 blocks
+        return -(-kblocks // per)  # no split left without inputs
     if rows_per_slot(M, dset) > 32:
         return 1
     return max(1, min(8, kblocks // 8))
@@ -764,6 +876,8 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     M, K = x.shape
     if K != dset.in_features:
         raise KernelError(f"input has {K} features; the deltas expect {dset.in_features}")
+    if K >= 1 << 22:
+        raise KernelError(f"input has {K} features; the kernels take fewer than 2^22 (their group index is float32)")
     if x.stride(1) != 1:
         x = x.contiguous()
     z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
@@ -775,7 +889,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         grid = (dset.n_slices * T * split_k, blocks.shape[0])
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                              plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
-                             NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, **_has(dset),
+                             NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return z
     num_warps, num_stages = num_warps or 4, num_stages or 2
@@ -813,8 +927,8 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         grid = (nb, dset.n_slices * most, blocks.shape[0])
         LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items, nitems,
                              plan.rows, blocks, dset.m_out, dset.col_off,
-                             M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0),
-                             NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, **_has(dset),
+                             M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0), 1,
+                             NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return y
     block_r, num_warps, num_stages = block_r or 32, num_warps or 4, num_stages or 2

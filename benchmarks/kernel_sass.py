@@ -1,0 +1,135 @@
+"""Instructions per packed value in the GEMV kernels' inner loops, from their SASS (no GPU needed).
+
+    PYTHONPATH=/tmp/tr36 .venv/bin/python benchmarks/kernel_sass.py [--variant NAME] [--dump DIR]
+
+Compiles ``_gemv_shrink_kernel`` and ``_gemv_expand_kernel`` for sm_90 with the installed Triton
+(3.6 on the device: ``pip install --no-deps --target /tmp/tr36 triton==3.6.0``), one bit width a
+kernel, at M = 1 (one row) and 4 rows, with the argument specializations a launch on the device
+gets (pointers 16-byte aligned, K / strides multiples of 16, M = 1 a constant). The inner loop is
+the backward branch whose body holds the most FFMA; its static instruction count over the packed
+values one thread handles in one pass of it is the figure of merit (the ncu figure "issued
+instructions x 32 / packed values" counts the same thing dynamically, plus prologue and tail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from deltastore.kernels import triton_ops  # noqa: E402
+
+SIG_S = {"x_ptr": "*bf16", "z_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "svals_ptr": "*fp32",
+         "tiles_ptr": "*i64", "ntiles_ptr": "*i32", "rows_ptr": "*i32", "blocks_ptr": "*i32",
+         "M": "i32", "K": "i32", "ZC": "i32", "n_slices": "i32", "T_max": "i32", "stride_xm": "i32", "one": "i32"}
+SIG_E = {"z_ptr": "*fp32", "y_ptr": "*bf16", "part_ptr": "*fp32", "sem_ptr": "*i32", "words_ptr": "*i32", "scales_ptr": "*fp16",
+         "zeros_ptr": "*fp16", "items_ptr": "*i64", "nitems_ptr": "*i32", "rows_ptr": "*i32", "blocks_ptr": "*i32",
+         "mout_ptr": "*i32", "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "Ntot": "i32", "NB_max": "i32", "n_slices": "i32",
+         "I_max": "i32", "stride_ym": "i32", "one": "i32"}
+DIV16 = ("K", "stride_xm", "Ntot", "stride_ym")
+
+
+def compile_sass(fn, sig: dict, ce: dict, nw: int, ns: int, m_const: int | None) -> tuple[str, str]:
+    """(SASS text, resource line) of ``fn`` compiled for sm_90."""
+    sig = {n: sig.get(n, "constexpr") for n in fn.arg_names}
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*") or n in DIV16}
+    consts = {(names.index(n),): v for n, v in ce.items()}
+    if m_const is not None:
+        sig["M"] = "constexpr"
+        consts[(names.index("M"),)] = m_const
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    path = f"/tmp/kernel_sass_{os.getpid()}.cubin"
+    with open(path, "wb") as f:
+        f.write(k.asm["cubin"])
+    try:
+        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
+        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(path)
+    line = next((ln for ln in res.splitlines() if "REG:" in ln), "")
+    return sass, " ".join(p for p in line.split() if p.split(":")[0] in ("REG", "STACK", "LOCAL"))
+
+
+_INS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def loops(sass: str) -> list[tuple[int, int, collections.Counter]]:
+    """(start, end, opcode counts) of every backward branch's body, in address order."""
+    ins = []
+    for m in _INS.finditer(sass):
+        ins.append((int(m.group(1), 16), m.group(3), m.group(4)))
+    out = []
+    for addr, op, rest in ins:
+        if op.startswith("BRA"):
+            t = re.search(r"0x([0-9a-f]+)", rest)
+            if t and int(t.group(1), 16) <= addr:
+                lo = int(t.group(1), 16)
+                body = collections.Counter(o.split(".")[0] for a, o, _ in ins if lo <= a <= addr)
+                out.append((lo, addr, body))
+    return out
+
+
+def inner_loop(sass: str) -> collections.Counter:
+    cands = loops(sass)
+    if not cands:
+        return collections.Counter()
+    # the loop body with the most FFMA; among ties, the shortest (the innermost)
+    return max(cands, key=lambda c: (c[2]["FFMA"], -sum(c[2].values())))[2]
+
+
+def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er: int, nw: int, rows: list[int]) -> None:
+    print(f"triton {triton.__version__}, sm_90; FAST = triton_ops.GEMV_FAST (True: _unpack_c, False: _unpack_f)")
+    print("| kernel | FAST | bits | rows (M) | warps | values a thread a pass | loop instructions | instr per value | FFMA | LDG | regs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, bits, bm, fast in ((k, b, m, f) for k in ("shrink", "expand") for b in bit_list for m in rows for f in fasts):
+            if True:
+                has = {f"HAS{b}": b == bits for b in (1, 2, 3, 4, 8)}
+                ns = 3
+                if kind == "shrink":
+                    ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has)
+                    sass, res = compile_sass(triton_ops._gemv_shrink_kernel, SIG_S, ce, nw, ns, 1 if bm == 1 else None)
+                    per_pass = tr * 128 * (2 if bits == 3 else (8 // bits if bits < 8 else 1))
+                else:
+                    ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has)
+                    sass, res = compile_sass(triton_ops._gemv_expand_kernel, SIG_E, ce, nw, ns, 1 if bm == 1 else None)
+                    per_pass = (er if (bits <= 2) else (er // 2 if bits == 4 else er // 4)) * 128
+                if dump:
+                    os.makedirs(dump, exist_ok=True)
+                    with open(os.path.join(dump, f"{kind}_b{bits}_m{bm}_{'fast' if fast else 'old'}.sass"), "w") as f:
+                        f.write(sass)
+                body = inner_loop(sass)
+                n = sum(body.values())
+                vt = per_pass / (nw * 32)
+                print(f"| gemv {kind} | {fast} | {bits} | {bm} | {nw} | {vt:g} | {n} | {n / vt:.2f} | {body['FFMA']} | {body['LDG']} | {res} |", flush=True)
+                top = ", ".join(f"{o} {c}" for o, c in body.most_common(8))
+                print(f"|  |  |  |  |  |  | ({top}) |  |  |  |  |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fast", default="0,1", help="FAST values to compile (0 = old unpack, 1 = new), comma-separated")
+    ap.add_argument("--bits", default="2,3,8", help="tier widths, comma-separated")
+    ap.add_argument("--dump", default=None, help="write each kernel's SASS into this folder")
+    ap.add_argument("--tile-r", type=int, default=triton_ops.GEMV_TILE_R, help="shrink components a program")
+    ap.add_argument("--step-r", type=int, default=triton_ops.GEMV_STEP_R, help="expand components a step")
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--rows", default="1,4", help="rows a block (BLOCK_M), comma-separated")
+    args = ap.parse_args()
+    report([f == "1" for f in args.fast.split(",")], [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps,
+           [int(r) for r in args.rows.split(",")])
+
+
+if __name__ == "__main__":
+    main()
