@@ -325,7 +325,7 @@ if HAVE_TRITON:
     # or-ed into the exponent of 2^(23 - p) is the float32 2^(23 - p) + q; one shift serves a run of
     # fields) and one FMA per row of the batch (_unpack_c, FAST). The earlier unpack (_unpack_f:
     # shift, mask-or with 2^23, subtract 2^23 + zero point) stays as FAST=False for A/B runs and
-    # for the expand's 4-row blocks, where the fast one's per-row sums spill.
+    # for GEMV_FAST_EXPAND_MAX_M.
     # Words are split in registers along a third axis (rows, words, fields) and the activations are
     # loaded in the same (words, fields) shape, so no reshape or shared-memory shuffle is needed.
     # ---------------------------------------------------------------------------------------------
@@ -437,7 +437,7 @@ if HAVE_TRITON:
         summed over the fields in-thread each step and over words and sub-blocks once, at the end."""
         NG: tl.constexpr = 2 if BITS == 3 else (8 // BITS if BITS < 8 else 1)
         BK: tl.constexpr = NG * BLOCK_G
-        offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
+        offs_r = tl.arange(0, BLOCK_R)
         offs_mm = tl.arange(0, BLOCK_M)
         sub = tl.arange(0, NG)
         row_words = BITS * ((K + 31) // 32)
@@ -554,22 +554,25 @@ if HAVE_TRITON:
         kb0 = ks * per
         kb1 = tl.minimum(kb0 + per, K)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)  # asked for now, used after the loop
+        # the tier's arrays as base pointers (the one 64-bit add), everything inside a tier in int32
+        wq, sq, zq = words_ptr + v_q, scales_ptr + v_sz, zeros_ptr + v_sz
+        gs = gs.to(tl.int32)
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         if HAS2:
             if bits == 2:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS3:
             if bits == 3:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS8:
             if bits == 8:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS4:
             if bits == 4:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         if HAS1:
             if bits == 1:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
         acc = acc * sv[None, :]
         offs_m = tl.arange(0, BLOCK_M)
         m_ok = offs_m < nrows
@@ -582,11 +585,10 @@ if HAVE_TRITON:
         past cnt_t read as 0) at word offsets widx, and their scales and zeros (fp16) for group g."""
         r = c0 + comp
         r_ok = r < cnt_t
-        r64 = r.to(tl.int64)
-        w = tl.load(words_ptr + (u_q + r64 * row_words)[:, :, None] + widx[None, None, :],
+        w = tl.load(words_ptr + (u_q + r * row_words)[:, :, None] + widx[None, None, :],
                     mask=r_ok[:, :, None] & (widx < row_words)[None, None, :], other=0)
-        sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0)
-        zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0)
+        sc = tl.load(scales_ptr + u_sz + r * G + g, mask=r_ok, other=0.0)
+        zp = tl.load(zeros_ptr + u_sz + r * G + g, mask=r_ok, other=0.0)
         return w, sc, zp
 
     @triton.jit
@@ -596,7 +598,7 @@ if HAVE_TRITON:
         zr = tl.zeros(comp.shape, dtype=tl.float32)
         if m < BLOCK_M:
             ok = (c0 + comp < cnt_t) & (comp * 0 + m < nrows)  # (a tensor on both sides: the interpreter wants it)
-            p = (pos0 + m).to(tl.int64) * ZC + zc0 + c0
+            p = (pos0 + m) * ZC + zc0 + c0  # int32: z holds split x rows x ZC floats
             for ks in tl.static_range(SPLIT_K):
                 zr += tl.load(z_ptr + ks * ks_stride + p + comp, mask=ok, other=0.0)
         return zr
@@ -760,21 +762,24 @@ if HAVE_TRITON:
         if (slot < 0) | (i >= ni) | (n0 >= m_s):
             return
         part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
+        # the tier's arrays as base pointers (the one 64-bit add), everything inside a tier in int32
+        wq, sq, zq = words_ptr + u_q, scales_ptr + u_sz, zeros_ptr + u_sz
+        cnt_t, zcol, gs = cnt_t.to(tl.int32), zcol.to(tl.int32), gs.to(tl.int32)
         if HAS2:
             if bits == 2:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS3:
             if bits == 3:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS8:
             if bits == 8:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS4:
             if bits == 4:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         if HAS1:
             if bits == 1:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
         # every thread's partial is stored before one thread releases the counter
         tl.debug_barrier()
         sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
@@ -834,9 +839,9 @@ GEMV_CHUNK = 256
 #: earlier shift / mask / subtract per value (_unpack_f). DELTASTORE_GEMV_FAST=0 selects the old one
 #: (an A/B of both in one process: set this attribute between launches).
 GEMV_FAST = os.environ.get("DELTASTORE_GEMV_FAST", "1") not in ("", "0")
-#: the GEMV expand takes the fast unpack up to this many rows a block (at 4 its per-row sums
-#: push Triton 3.6 past 255 registers: 160 bytes of stack, benchmarks/kernel_sass.py)
-GEMV_FAST_EXPAND_MAX_M = int(os.environ.get("DELTASTORE_GEMV_FAST_EXPAND_MAX_M", "2"))
+#: the GEMV expand takes the fast unpack up to this many rows a block (an A/B knob: with 64-bit
+#: in-tier index arithmetic its 4-row block spilled; in int32 it fits, benchmarks/kernel_sass.py)
+GEMV_FAST_EXPAND_MAX_M = int(os.environ.get("DELTASTORE_GEMV_FAST_EXPAND_MAX_M", "4"))
 
 
 def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
