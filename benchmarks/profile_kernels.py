@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     cfgs = json.loads(args.cfgs)
-    FAST0, FAST_EM0 = triton_ops.GEMV_FAST, triton_ops.GEMV_FAST_EXPAND_MAX_M
+    FAST0, FAST_EM0 = getattr(triton_ops, "GEMV_FAST", None), getattr(triton_ops, "GEMV_FAST_EXPAND_MAX_M", None)
     dev = torch.device("cuda")
     cases = [(int(a), int(b)) for a, b in (c.split("/") for c in args.cases.split(","))]
     nts = sorted({nt for _, nt in cases})
@@ -83,8 +83,9 @@ def main() -> None:
     for cfg, (M, nt) in ((c, mn) for c in cfgs for mn in cases):
         label = f"M={M}/{nt} {json.dumps(cfg)}"
         # "fast": the GEMV unpack (triton_ops.GEMV_FAST), "fast_em": the expand's largest row block for it
-        triton_ops.GEMV_FAST = bool(cfg.get("fast", FAST0))
-        triton_ops.GEMV_FAST_EXPAND_MAX_M = int(cfg.get("fast_em", FAST_EM0))
+        if FAST0 is not None:  # (kernels before the fast unpack have neither knob)
+            triton_ops.GEMV_FAST = bool(cfg.get("fast", FAST0))
+            triton_ops.GEMV_FAST_EXPAND_MAX_M = int(cfg.get("fast_em", FAST_EM0))
         tot = [0.0, 0.0]
         ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
         plan = plan_rows(ids, nt)
