@@ -72,13 +72,18 @@ def _ordered(x, top, mag):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _starts(counts):
-    pos = np.empty(256, dtype=np.int64)
+def _starts_into(counts, pos):
+    """pos[c] = elements of the contexts below c (each context's first sorted position)."""
     s = 0
     for c in range(256):
         pos[c] = s
         s += counts[c]
     return pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _starts(counts):
+    return _starts_into(counts, np.empty(256, dtype=np.int64))
 
 
 @njit(cache=True, nogil=True)
@@ -331,23 +336,11 @@ def _ctx2(w, shift, fmask):
     return np.uint8((w >> shift) & fmask)
 
 
-@njit(cache=True, nogil=True)
-def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out, words):
-    """Inverse of :func:`_diff_group_split2` (out, words: uint16; shift, fmask: uint16). Three
-    passes: the planes joined into grouped words (so the gather follows one stream per context, not
-    two), the gather into ``out`` eight elements a step (two :func:`_claim4u`: unsigned positions
-    and contexts, no wrap-around checks), the difference undone in place (vectorized). Each
-    position comes from ``counts``, the base's own histogram, so a payload cannot steer a read out
-    of ``words``. The gather with signed positions and four a step was 1.2x slower (dev VM, one
-    chunk, CPU time)."""
+@njit(cache=True, nogil=True, inline="always")
+def _gather2(words, base, shift, fmask, pos, out):
+    """out[i] = words[pos[context of base word i]++] for every i, eight elements a step (two
+    :func:`_claim4u`: unsigned positions and contexts, no wrap-around checks)."""
     n = base.size
-    for i in range(n):
-        words[i] = (np.uint16(hi[i]) << np.uint16(8)) | np.uint16(lo[i])
-    pos = np.empty(256, dtype=np.uint32)
-    s = 0
-    for c in range(256):
-        pos[c] = s
-        s += counts[c]
     m = n - n % 8
     for i in range(0, m, 8):
         p0, p1, p2, p3 = _claim4u(pos, _ctx2(base[i], shift, fmask), _ctx2(base[i + 1], shift, fmask),
@@ -367,8 +360,50 @@ def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out, words):
         p = pos[c]
         pos[c] = p + np.uint32(1)
         out[i] = words[p]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _join_starts2(hi, lo, counts, words):
+    """The planes joined into grouped words (so the gather follows one stream per context, not
+    two), and each context's first position (uint32[256])."""
+    for i in range(hi.size):
+        words[i] = (np.uint16(hi[i]) << np.uint16(8)) | np.uint16(lo[i])
+    return _starts_into(counts, np.empty(256, dtype=np.uint32))
+
+
+@njit(cache=True, nogil=True)
+def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out, words):
+    """Inverse of :func:`_diff_group_split2` (out, words: uint16; shift, fmask: uint16). Three
+    passes: the planes joined (:func:`_join_starts2`), the gather into ``out`` (:func:`_gather2`),
+    the difference undone in place (vectorized). Each position comes from ``counts``, the base's
+    own histogram, so a payload cannot steer a read out of ``words``. The gather with signed
+    positions and four a step was 1.2x slower (dev VM, one chunk, CPU time)."""
+    pos = _join_starts2(hi, lo, counts, words)
+    _gather2(words, base, shift, fmask, pos, out)
+    for i in range(base.size):
+        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+
+
+@njit(cache=True, nogil=True)
+def _ungroup_undiff2_stored(hi, lo, base, shift, fmask, counts, out, words):
+    """:func:`_ungroup_undiff2` with ``counts`` read from the payload (format v3), not counted
+    from the base: True if the base's own histogram is ``counts``, else False (``out`` then holds
+    garbage). ``counts`` must sum to n (the caller checks); ``words`` has 2n entries, so no read
+    leaves it whatever the counts say: context c's counter starts at most at n - counts[c] and
+    moves once per base element of context c, at most n times. Each counter ending where the next
+    context starts (``pos[c] == start[c] + counts[c]`` for all c) is the proof that the counts
+    were the base's."""
+    n = base.size
+    pos = _join_starts2(hi, lo, counts, words)
+    _gather2(words, base, shift, fmask, pos, out)
+    s = 0
+    for c in range(256):
+        s += counts[c]
+        if np.int64(pos[c]) != s:
+            return False
     for i in range(n):
         out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -429,6 +464,18 @@ def exp_counts(base: np.ndarray, width: int, shift: int, bits: int) -> np.ndarra
     else:
         _exp_histogram(base, width, np.uint64(shift), np.uint64((1 << bits) - 1), counts)
     return counts
+
+
+def ungroup_undiff_stored(planes: np.ndarray, base: np.ndarray, shift: int, bits: int, counts: np.ndarray,
+                          out: np.ndarray) -> bool:
+    """:func:`ungroup_undiff` of 2-byte words with ``counts`` from the payload (format v3: no
+    histogram of the base): False if they are not the base's (nothing else is trusted: see
+    :func:`_ungroup_undiff2_stored`). ``counts`` (int64[256]) must sum to the chunk's elements."""
+    n = planes.shape[1]
+    if n >= 1 << 31 or int(counts.sum()) != n:
+        raise ValueError("stored counts must sum to the chunk's elements (under 2**31)")
+    return bool(_ungroup_undiff2_stored(planes[0], planes[1], base.view(np.uint16), np.uint16(shift),
+                                        np.uint16((1 << bits) - 1), counts, out.view(np.uint16), _scratch16(2 * n)))
 
 
 def diff_group_split(target: np.ndarray, base: np.ndarray, width: int, shift: int, bits: int

@@ -90,7 +90,7 @@ def test_float_round_trip_is_exact(dtype, shape, by_exponent):
     enc, _ = roundtrip(codec, target, base)
     if target.numel() and dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
         assert enc.meta["mode"] == "diff"
-        assert enc.version == (2 if by_exponent else 1)
+        assert enc.version == (3 if by_exponent else 1)
     roundtrip(codec, target, None)  # alone: byte planes
     roundtrip(codec, base, target)  # the other way round
 
@@ -184,7 +184,7 @@ def test_another_base_is_refused_when_its_exponents_differ():
 def test_a_newer_payload_version_says_upgrade():
     base = weights(torch.bfloat16, (16,))
     enc = Lossless(by_exponent=True).encode(finetune_of(base), base)
-    enc.version = 3
+    enc.version = Lossless.version + 1
     with pytest.raises(CodecError, match="upgrade"):
         Lossless().reconstruct(enc, base)
 
@@ -262,11 +262,13 @@ def test_unknown_modes_are_refused(meta):
 def test_config_round_trips_and_checks_its_values():
     c = Lossless(level=5, by_exponent=True)
     assert Lossless.from_config(c.get_config()) == c
-    assert Lossless() == Lossless(level=3, by_exponent=True)  # v2 is the default (see the module)
+    assert Lossless() == Lossless(level=3, by_exponent=True, context_counts=True)  # v3 is the default (see the module)
     with pytest.raises(CodecError):
         Lossless(level=0)
     with pytest.raises(CodecError):
         Lossless(by_exponent="yes")
+    with pytest.raises(CodecError):
+        Lossless(context_counts=1)
 
 
 # -- hostile streams, with hypothesis ------------------------------------------------------------

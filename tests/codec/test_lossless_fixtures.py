@@ -18,8 +18,9 @@ from deltastore.codec.lossless import Lossless
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "codec" / "lossless"
 #: what each version's fixture config leaves out because it was the default when it was written
-#: (v1's config, {"level": 3}, was written while by_exponent=False was the default)
-WRITTEN_BY_DEFAULT = {1: {"by_exponent": False}}
+#: (v1's config, {"level": 3}, was written while by_exponent=False was the default; v2's before
+#: context_counts existed)
+WRITTEN_BY_DEFAULT = {1: {"by_exponent": False}, 2: {"context_counts": False}}
 VERSIONS = sorted(int(p.name[1:]) for p in FIXTURES.glob("v*") if (p / "fixture.json").is_file())
 
 
@@ -59,15 +60,19 @@ def test_encoder_still_writes_the_format(version, monkeypatch):
         want = from_bytes((d / f"{name}.bin").read_bytes())
         enc = codec.encode(inputs[f"{name}.target"], inputs.get(f"{name}.base"))
         assert (enc.version, enc.meta, enc.shape, enc.dtype) == (want.version, want.meta, want.shape, want.dtype), name
+        assert enc.arrays.keys() == want.arrays.keys(), name
         assert torch.equal(enc.arrays["stream"], want.arrays["stream"]), f"{name}: the v{version} stream changed"
+        if "counts" in want.arrays:
+            assert torch.equal(enc.arrays["counts"], want.arrays["counts"]), f"{name}: the v{version} counts changed"
 
 
-def test_the_default_encoder_writes_v2():
-    """New lossless deltas are v2 (grouped by the base's exponent); v1 stays readable and writable."""
-    assert Lossless.from_config(_load(2)[1]["config"]) == Lossless()
-    d, info, inputs = _load(2)
+def test_the_default_encoder_writes_v3():
+    """New lossless deltas are v3 (grouped by the base's exponent, each chunk's context counts
+    stored); v1 and v2 stay readable and writable."""
+    assert Lossless.from_config(_load(3)[1]["config"]) == Lossless()
+    d, info, inputs = _load(3)
     enc = Lossless().encode(inputs["bf16_diff.target"], inputs["bf16_diff.base"])
-    assert enc.version == 2 and enc.meta == {"mode": "diff", "context": "exponent"}
+    assert enc.version == 3 and enc.meta == {"mode": "diff", "context": "exponent"} and "counts" in enc.arrays
 
 
 PLANE_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "codec" / "planes" / "palette"
