@@ -1,4 +1,4 @@
-"""Lossless fine-tune bytes and speed: the lossless codec's format v1 and v2 against zipnn 0.5.4.
+"""Lossless fine-tune bytes and speed: the lossless codec's format v1, v2 and v3 against zipnn 0.5.4.
 
     python benchmarks/bench_lossless.py [--series DIR] [--chain DIR] [--base DIR] [--repeat N] [--out FILE]
 
@@ -656,9 +656,11 @@ def palette_store(base: dict, base_file: Path, say, repeat: int, others: list[Pa
 
 
 def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
-    """Issue 12's decode goal, fair both ways: v2's decode of the fine-tune beside zipnn's decode of
-    the fine-tune file in the same process, per core (CPU time, one thread, best of ``repeat``, rows
-    interleaved; the system-time share beside it: page faults on fresh output memory). zipnn's
+    """Issue 12's decode goal, fair both ways: v2's and v3's decode of the fine-tune beside zipnn's
+    decode of the fine-tune file in the same process, per core (CPU time, one thread, median and
+    best of ``repeat``, rows interleaved; the system-time share beside it: page faults on fresh
+    output memory). v3 (the default) is v2's stream plus each chunk's context counts, so its
+    decode of 2-byte words skips the base's histogram. zipnn's
     figure is: its header, Huffman of the exponent plane, the raw mantissa plane, the join, into
     one fresh buffer; no hash, and no base. So v2 is timed as the store calls it today
     (``from_bytes`` + ``reconstruct``, a fresh array per tensor), into one fresh buffer for the whole
@@ -671,9 +673,10 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
     from deltastore.codec import _zstd
 
     fx = planes.fast()
-    lx, l1 = Lossless(), Lossless(by_exponent=False)
+    lx, l1, l2 = Lossless(), Lossless(by_exponent=False), Lossless(context_counts=False)
     payloads = [to_bytes(lx.encode(t, b)) for _, t, b in pairs]
     payloads1 = [to_bytes(l1.encode(t, b)) for _, t, b in pairs]
+    payloads2 = [to_bytes(l2.encode(t, b)) for _, t, b in pairs]
     nel = sum(t.numel() for _, t, _ in pairs)
     raw = 2 * nel
     sizes = [t.numel() * t.element_size() for _, t, _ in pairs]
@@ -713,7 +716,8 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
         return f
 
     warm = np.zeros(offs[-1], dtype=np.uint8)
-    for variant in (one_buffer(False), per_tensor(False, payloads1, l1), without_libzstd(per_tensor(False))):
+    for variant in (one_buffer(False), per_tensor(False, payloads1, l1), per_tensor(False, payloads2, l2),
+                    without_libzstd(per_tensor(False))):
         got = variant()
         for k, (_, t, _) in enumerate(pairs):
             part = got[offs[k] : offs[k + 1]] if isinstance(got, np.ndarray) else tensor_u8(got[k])
@@ -729,23 +733,28 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
     rows = [
         ("zipnn 0.5.4: the fine-tune file into one buffer", len(data), lambda: z.decompress(comp)),
         ("zipnn 0.5.4, + sha256 of its output", len(data), lambda: hashlib.sha256(z.decompress(comp)).digest()),
-        ("v2 as the store calls it (from_bytes + reconstruct, a fresh array a tensor)", raw, per_tensor(False)),
-        ("v2 as the store calls it, + sha256 of each tensor (the store's verify)", raw, per_tensor(True)),
-        ("v2 into one fresh buffer (from_bytes + reconstruct_into)", raw, one_buffer(False)),
-        ("v2 into one fresh buffer, + sha256 of each tensor", raw, one_buffer(True)),
-        ("v2 into one buffer reused across repeats (no page faults: the decode's own work)", raw,
+        ("v3 (the default) as the store calls it (from_bytes + reconstruct, a fresh array a tensor)", raw,
+         per_tensor(False)),
+        ("v2 payloads (context_counts=false) as the store calls it", raw, per_tensor(False, payloads2, l2)),
+        ("v3 as the store calls it, + sha256 of each tensor (the store's verify)", raw, per_tensor(True)),
+        ("v3 into one fresh buffer (from_bytes + reconstruct_into)", raw, one_buffer(False)),
+        ("v3 into one buffer reused across repeats (no page faults: the decode's own work)", raw,
          one_buffer(False, warm)),
         ("v1 payloads (by_exponent=false) as the store calls it", raw, per_tensor(False, payloads1, l1)),
-        ("v2 as the store calls it, frames by python-zstandard (this change's kernels, the old frame decode)", raw,
-         without_libzstd(per_tensor(False))),
+        ("v3 as the store calls it, frames by python-zstandard", raw, without_libzstd(per_tensor(False))),
         ("the base's tensors from their objects (plain planes), a checkout's extra where the base is not in memory",
          raw, lambda: [planes.decompress(s, out=np.empty(n, np.uint8)) for s, n in base_streams]),
     ]
-    say(f"Decode of the fine-tune's {len(pairs)} changed tensors ({raw / MB:.2f} MB, {nel:,} bf16 elements) and of "
-        f"its file by zipnn ({len(data) / MB:.2f} MB), one thread, CPU time (user + system), best of {repeat}, rows "
-        f"interleaved; zstd frames by {lib_name}; load average before {os.getloadavg()[0]:.1f}:")
+    say(f"Bytes: v3 {sum(map(len, payloads)) / MB:.3f} MB, v2 {sum(map(len, payloads2)) / MB:.3f} MB "
+        f"(v3 {sum(map(len, payloads)) / sum(map(len, payloads2)) - 1:+.3%}), v1 {sum(map(len, payloads1)) / MB:.3f} MB, "
+        f"zipnn {len(comp) / MB:.3f} MB.")
     say("")
-    best = [(float("inf"), 0.0)] * len(rows)
+    say(f"Decode of the fine-tune's {len(pairs)} changed tensors ({raw / MB:.2f} MB, {nel:,} bf16 elements) and of "
+        f"its file by zipnn ({len(data) / MB:.2f} MB), one thread, CPU time (user + system), median and best of "
+        f"{repeat}, rows interleaved (x zipnn: each row's median against zipnn's median, and best against best); "
+        f"zstd frames by {lib_name}; load average before {os.getloadavg()[0]:.1f}:")
+    say("")
+    times: list[list[tuple[float, float]]] = [[] for _ in rows]
     for _ in range(repeat):  # interleaved: a burst of other load hits every row alike
         for k, (_, _, fn) in enumerate(rows):
             gc.collect()
@@ -753,14 +762,16 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
             res = fn()
             t1 = os.times()
             del res
-            tot, sys_ = (t1.user - t0.user) + (t1.system - t0.system), t1.system - t0.system
-            best[k] = min(best[k], (tot, sys_))
-    say("| decode | MB/s per core | x zipnn's decode | ns per element | of which system time |")
-    say("|---|---:|---:|---:|---:|")
-    zipnn_rate = rows[0][1] / best[0][0]
-    for (label, nbytes, _), (t, st) in zip(rows, best):
-        say(f"| {label} | {nbytes / t / MB:,.0f} | {nbytes / t / zipnn_rate:.2f} | {t / (nbytes / 2) * 1e9:.2f} | "
-            f"{st / (nbytes / 2) * 1e9:.2f} |")
+            times[k].append(((t1.user - t0.user) + (t1.system - t0.system), t1.system - t0.system))
+    med = [sorted(ts)[len(ts) // 2] for ts in times]
+    best = [min(ts) for ts in times]
+    say("| decode | MB/s per core, median | x zipnn, median | x zipnn, best | ns per element, median | "
+        "of which system time |")
+    say("|---|---:|---:|---:|---:|---:|")
+    zm, zb = rows[0][1] / med[0][0], rows[0][1] / best[0][0]
+    for (label, nbytes, _), (t, st), (tb, _) in zip(rows, med, best):
+        say(f"| {label} | {nbytes / t / MB:,.0f} | {nbytes / t / zm:.2f} | {nbytes / tb / zb:.2f} | "
+            f"{t / (nbytes / 2) * 1e9:.2f} | {st / (nbytes / 2) * 1e9:.2f} |")
     say("")
     # the stages, each over every changed tensor
     encs = [from_bytes(p) for p in payloads]
@@ -772,7 +783,7 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
         co, dst = info.chunk_offsets(), np.cumsum([0] + info.raw_lens).tolist()
         chunks += [(j, i, co[i], braws[j][dst[i] : dst[i + 1]]) for i in range(len(info.raw_lens))]
     counts = [fx.exp_counts(bb, 2, 7, 8) for _, _, _, bb in chunks]
-    from deltastore.codec.lossless import grouped_chunk_planes
+    from deltastore.codec.lossless import grouped_chunk_planes, unpack_counts
 
     grouped = [grouped_chunk_planes(bufs[j], infos[j], i, o, c).copy() for (j, i, o, _), c in zip(chunks, counts)]
     outs = [np.empty(bb.size, np.uint8) for _, _, _, bb in chunks]
@@ -800,23 +811,27 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
         ("zstd frames by python-zstandard 0.25 (new bytes a frame; before this change)",
          lambda: [planes.unzstd(dctx, memoryview(bufs[j])[o : o + ln], n) for j, o, ln, n in frames]),
         ("the base's context histogram (exp_counts)", lambda: [fx.exp_counts(bb, 2, 7, 8) for *_, bb in chunks]),
-        ("ungroup + plane join + the difference undone (ungroup_undiff)",
+        ("ungroup + plane join + the difference undone (ungroup_undiff, v2)",
          lambda: [fx.ungroup_undiff(g, bb, 2, 7, 8, c, o) for g, (*_, bb), c, o in zip(grouped, chunks, counts, outs)]),
+        ("the same with the stored counts checked at its end (ungroup_undiff_stored, v3)",
+         lambda: [fx.ungroup_undiff_stored(g, bb, 7, 8, c, o) for g, (*_, bb), c, o in zip(grouped, chunks, counts, outs)]),
+        ("v3's counts read from the payload (unpack_counts)",
+         lambda: [unpack_counts(e.arrays["counts"].numpy(), info) for e, info in zip(encs, infos)]),
         ("sha256 of the output", lambda: [hashlib.sha256(o).digest() for o in outs]),
     ]
-    sbest = [float("inf")] * len(stages)
+    stimes: list[list[float]] = [[] for _ in stages]
     for _ in range(repeat):
         for k, (_, fn) in enumerate(stages):
-            sbest[k] = min(sbest[k], cpu(fn, 1)[0])
+            stimes[k].append(cpu(fn, 1)[0])
     say(f"Stages on their own (the same tensors: {len(chunks)} chunks, {len(frames)} zstd frames; "
-        f"chunks' inputs warm, not fresh), ns per element, best of {repeat}:")
+        f"chunks' inputs warm, not fresh), ns per element, median and best of {repeat}:")
     say("")
-    say("| stage | ns per element |")
-    say("|---|---:|")
-    for (label, fn), t in zip(stages, sbest):
-        say(f"| {label} | {t / nel * 1e9:.2f} |")
+    say("| stage | ns per element, median | best |")
+    say("|---|---:|---:|")
+    for (label, fn), ts in zip(stages, stimes):
+        say(f"| {label} | {sorted(ts)[len(ts) // 2] / nel * 1e9:.2f} | {min(ts) / nel * 1e9:.2f} |")
     say("")
-    say(f"zipnn's whole decode, for scale: {best[0][0] / (len(data) / 2) * 1e9:.2f} ns per element. "
+    say(f"zipnn's whole decode, for scale: {med[0][0] / (len(data) / 2) * 1e9:.2f} ns per element (median). "
         f"Load average after: {os.getloadavg()[0]:.1f}.")
     say("")
 
