@@ -23,10 +23,11 @@ Payload format versions (``Encoded.version``; every version still decodes):
   e5m2) differences are coded too (v1 stores fp8 fine-tunes plain).
 - v3 (``Lossless()``, the default since issue 12's decode work; ``context_counts=False`` writes
   v2): v2's stream byte for byte, plus an int32 array ``counts``: per chunk a 256-bit bitmap of the
-  contexts present and each one's elements (:func:`pack_counts`; ~150 bytes a 1 MiB chunk, +0.12%
+  contexts present and each one's elements (:func:`pack_counts`; ~150 bytes a 1 MiB chunk, +0.105%
   on a SmolLM2 fine-tune). The decoder of 2-byte words then skips the base's histogram (a pass
-  over the base, 0.5-0.6 ns of v2's ~5 ns an element in place) and proves the counts are the
-  base's at the end of its gather (every context's counter ends where the next one starts);
+  over the base) and proves the counts are the base's at the end of its gather (every context's
+  counter ends where the next one starts): 5-8% faster than v2, 0.46-0.48x zipnn's decode per core
+  against v2's 0.43-0.44x (benchmarks/results/lossless_amd-epyc-2c.md, runs 18-19);
   counts that do not fit, do not add up, or are not the base's are a CorruptPayloadError on the
   compiled and the numpy path alike. Other widths count the base's contexts and compare.
 
