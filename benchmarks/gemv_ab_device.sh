@@ -2,6 +2,8 @@
 # One device call for issue 9's GEMV instruction work: GPU kernel tests, then an A/B of the GEMV
 # kernels (this tree's fast unpack vs its old unpack (cfg fast 0) vs the kernels of 9a33e3c, from
 # benchmarks/_old_triton_ops.py) at M=1 and 32 rows / 8 tenants, then the layer table with a sweep.
+# Before the call, here: git show 9a33e3c:kernels/triton_ops.py > benchmarks/_old_triton_ops.py
+# (untracked, not ignored: the device copy of the tree carries it). Then, on the device:
 #   bash benchmarks/gemv_ab_device.sh OUTDIR
 set -u
 out=${1:-/tmp/out}; mkdir -p "$out"

@@ -1,6 +1,7 @@
 """Instructions per packed value in the GEMV kernels' inner loops, from their SASS (no GPU needed).
 
-    PYTHONPATH=/tmp/tr36 .venv/bin/python benchmarks/kernel_sass.py [--variant NAME] [--dump DIR]
+    PYTHONPATH=/tmp/tr36 .venv/bin/python benchmarks/kernel_sass.py [--fast 0,1] [--bits 2,3,8] [--dump DIR]
+    KERNEL_SASS_MODULE=deltastore.kernels.triton_ops_before ...   # another copy of the module (e.g. an old commit's)
 
 Compiles ``_gemv_shrink_kernel`` and ``_gemv_expand_kernel`` for sm_90 with the installed Triton
 (3.6 on the device: ``pip install --no-deps --target /tmp/tr36 triton==3.6.0``), one bit width a
@@ -26,7 +27,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from deltastore.kernels import triton_ops  # noqa: E402
+import importlib  # noqa: E402
+
+triton_ops = importlib.import_module(os.environ.get("KERNEL_SASS_MODULE", "deltastore.kernels.triton_ops"))
 
 SIG_S = {"x_ptr": "*bf16", "z_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "svals_ptr": "*fp32",
          "tiles_ptr": "*i64", "ntiles_ptr": "*i32", "rows_ptr": "*i32", "blocks_ptr": "*i32",
@@ -43,7 +46,7 @@ def compile_sass(fn, sig: dict, ce: dict, nw: int, ns: int, m_const: int | None)
     sig = {n: sig.get(n, "constexpr") for n in fn.arg_names}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*") or n in DIV16}
-    consts = {(names.index(n),): v for n, v in ce.items()}
+    consts = {(names.index(n),): v for n, v in ce.items() if n in names}  # (kernels before FAST lack it)
     if m_const is not None:
         sig["M"] = "constexpr"
         consts[(names.index("M"),)] = m_const
@@ -117,6 +120,22 @@ def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er
                 print(f"|  |  |  |  |  |  | ({top}) |  |  |  |  |")
 
 
+def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int]) -> None:
+    """Registers of the kernels as launched for a delta-come set at 1/16 (tiers of 8, 3 and 2 bits
+    in one compile: the register bill is the largest branch's)."""
+    print("| kernel | FAST | widths | rows (M) | regs |")
+    print("|---|---|---|---|---|")
+    has = {f"HAS{b}": b in (8, 3, 2) for b in (1, 2, 3, 4, 8)}
+    for kind, bm, fast in ((k, m, f) for k in ("shrink", "expand") for m in rows for f in fasts):
+        if kind == "shrink":
+            ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has)
+            _, res = compile_sass(triton_ops._gemv_shrink_kernel, SIG_S, ce, nw, 3, 1 if bm == 1 else None)
+        else:
+            ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has)
+            _, res = compile_sass(triton_ops._gemv_expand_kernel, SIG_E, ce, nw, 3, 1 if bm == 1 else None)
+        print(f"| gemv {kind} | {fast} | 8, 3, 2 | {bm} | {res} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fast", default="0,1", help="FAST values to compile (0 = old unpack, 1 = new), comma-separated")
@@ -127,8 +146,11 @@ def main() -> None:
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--rows", default="1,4", help="rows a block (BLOCK_M), comma-separated")
     args = ap.parse_args()
-    report([f == "1" for f in args.fast.split(",")], [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps,
-           [int(r) for r in args.rows.split(",")])
+    fasts, rows = [f == "1" for f in args.fast.split(",")], [int(r) for r in args.rows.split(",")]
+    print(f"module {triton_ops.__name__}")
+    report(fasts, [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps, rows)
+    print()
+    combined(fasts, args.tile_r, args.step_r, args.warps, rows)
 
 
 if __name__ == "__main__":
