@@ -613,6 +613,27 @@ if HAVE_TRITON:
                 _ezrow(z_ptr, ks_stride, pos0, nrows, ZC, zc0, c0, comp, cnt_t, 3, SPLIT_K, BLOCK_M))
 
     @triton.jit
+    def _rowsum_add(m: tl.constexpr, a0, a1, a2, a3, v):
+        """a_m += v for the compile-time row m of a block (the GEMV expand's per-row sums of z *
+        scale and z * scale * zero, kept apart by row with no tl.where over the rows)."""
+        if m == 0:
+            a0 += v
+        elif m == 1:
+            a1 += v
+        elif m == 2:
+            a2 += v
+        else:
+            a3 += v
+        return a0, a1, a2, a3
+
+    @triton.jit
+    def _rowsum_total(offs_mm, a0, a1, a2, a3):
+        """(BLOCK_M,) float32: the whole sum of a_m at row m."""
+        return tl.where(offs_mm == 0, tl.sum(tl.sum(a0, axis=1), axis=0),
+                        tl.where(offs_mm == 1, tl.sum(tl.sum(a1, axis=1), axis=0),
+                                 tl.where(offs_mm == 2, tl.sum(tl.sum(a2, axis=1), axis=0), tl.sum(tl.sum(a3, axis=1), axis=0))))
+
+    @triton.jit
     def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one,
                           BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                           FAST: tl.constexpr):
@@ -710,24 +731,12 @@ if HAVE_TRITON:
                     p = tl.sum(q * cf[:, None, :, None], axis=0)  # (FLD, R_OUT, NW)
                     acc = tl.where((offs_mm == m)[:, None, None, None], acc + p[None, :, :, :], acc)
                     if FAST:
-                        if m == 0:
-                            c10 += cf
-                            c20 += cf * zp
-                        elif m == 1:
-                            c11 += cf
-                            c21 += cf * zp
-                        elif m == 2:
-                            c12 += cf
-                            c22 += cf * zp
-                        else:
-                            c13 += cf
-                            c23 += cf * zp
+                        c10, c11, c12, c13 = _rowsum_add(m, c10, c11, c12, c13, cf)
+                        c20, c21, c22, c23 = _rowsum_add(m, c20, c21, c22, c23, cf * zp)
             res = tl.sum(acc, axis=2)  # (BM, FLD, NW)
             if FAST:
-                t1 = tl.where(offs_mm == 0, tl.sum(tl.sum(c10, axis=1), axis=0), tl.where(offs_mm == 1, tl.sum(tl.sum(c11, axis=1), axis=0),
-                              tl.where(offs_mm == 2, tl.sum(tl.sum(c12, axis=1), axis=0), tl.sum(tl.sum(c13, axis=1), axis=0))))
-                t2 = tl.where(offs_mm == 0, tl.sum(tl.sum(c20, axis=1), axis=0), tl.where(offs_mm == 1, tl.sum(tl.sum(c21, axis=1), axis=0),
-                              tl.where(offs_mm == 2, tl.sum(tl.sum(c22, axis=1), axis=0), tl.sum(tl.sum(c23, axis=1), axis=0))))
+                t1 = _rowsum_total(offs_mm, c10, c11, c12, c13)
+                t2 = _rowsum_total(offs_mm, c20, c21, c22, c23)
                 res = res - (t1[:, None, None] * _field_c(fi, BITS)[None, :, None] + t2[:, None, None])
             cols = col0 + n0 + wi[None, :] * FLD + fi[:, None]  # (FLD, NW)
             pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cols[None, :, :]
