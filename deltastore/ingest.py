@@ -41,7 +41,7 @@ from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
 from .materialize import info_of, tensor_bytes
 from .objects import PutResult
-from .pipeline import BufferPool, InOrderHash, ordered_map
+from .pipeline import BufferPool, InOrderHash, frozen_heap, ordered_map
 from .protocols import Progress, StoreView
 from .refs import check_name
 from .results import VersionInfo
@@ -123,7 +123,7 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     puts: list[PutResult] = []
     files: list[FileEntry] = []
     progress("add", 0, total)
-    with lease(store, f"add {name} from {path}") as held, _deferred_writes_settle(store):
+    with lease(store, f"add {name} from {path}") as held, _deferred_writes_settle(store), frozen_heap():
         beat = held
         for src in sources:
             if not src.is_safetensors:

@@ -34,7 +34,7 @@ from . import codec as codecs
 from .errors import BadInputError, CorruptObjectError, NotFoundError
 from .manifest import FileEntry, TensorEntry
 from .objects import oid_of
-from .pipeline import ordered_map
+from .pipeline import frozen_heap, ordered_map
 from .protocols import Progress, StoreView, no_progress
 from .results import CheckoutResult, TensorDiff
 from .safetensors_io import DTYPES, FLOAT_CODES, TORCH_TO_CODE, TensorInfo, as_tensor, build_header
@@ -264,7 +264,12 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
     decoded (in parallel), the header and other files against their object ids, and each file's
     size against the manifest; a file is renamed into place only when whole. ``dtype`` converts
     floating tensors on the way out."""
-    progress = progress or no_progress
+    with frozen_heap():
+        return _checkout(store, ref, out, dtype=dtype, progress=progress or no_progress, overwrite=overwrite)
+
+
+def _checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.dtype | None, progress: Progress,
+              overwrite: bool) -> CheckoutResult:
     t0 = time.perf_counter()
     v = store.resolve(ref)
     man = store.manifest(v.manifest)
