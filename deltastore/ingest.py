@@ -89,6 +89,7 @@ class _Job:
     extras: dict[str, dict]
 
 
+@frozen_heap()  # from the first step: the catalog and header reads before the lease set off a full pass too
 def add(store: StoreView, name: str, path: str | Path, *, base: str | None, codec: codecs.Codec | None, message: str,
         tags: list[str], author: str | None, metrics: dict[str, Any], calib: str | Path | None,
         progress: Progress, file_sha256: bool = False) -> VersionInfo:
@@ -123,7 +124,7 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     puts: list[PutResult] = []
     files: list[FileEntry] = []
     progress("add", 0, total)
-    with lease(store, f"add {name} from {path}") as held, _deferred_writes_settle(store), frozen_heap():
+    with lease(store, f"add {name} from {path}") as held, _deferred_writes_settle(store):
         beat = held
         for src in sources:
             if not src.is_safetensors:

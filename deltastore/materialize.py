@@ -256,6 +256,7 @@ def safe_dest(out: Path, rel: str) -> Path:
     return dest
 
 
+@frozen_heap()
 def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.dtype | None = None,
              progress: Progress | None = None, overwrite: bool = False) -> CheckoutResult:
     """Write a version as a Hugging Face directory.
@@ -264,12 +265,7 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
     decoded (in parallel), the header and other files against their object ids, and each file's
     size against the manifest; a file is renamed into place only when whole. ``dtype`` converts
     floating tensors on the way out."""
-    with frozen_heap():
-        return _checkout(store, ref, out, dtype=dtype, progress=progress or no_progress, overwrite=overwrite)
-
-
-def _checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.dtype | None, progress: Progress,
-              overwrite: bool) -> CheckoutResult:
+    progress = progress or no_progress
     t0 = time.perf_counter()
     v = store.resolve(ref)
     man = store.manifest(v.manifest)
