@@ -96,17 +96,26 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
         else:
             raw = codec.reconstruct(enc, base_t).contiguous().reshape(-1).view(torch.uint8).numpy()
     except codecs.CodecError as e:
+        # a codec may tell a wrong base itself (lossless: its context counts): name the base then
+        _blame_unchecked_base(store, man.base, base_entry, skip)
         raise CorruptObjectError(entry.object, str(e)) from None
     except (TypeError, ValueError, KeyError, RuntimeError) as e:  # a payload the codec could not make sense of
+        _blame_unchecked_base(store, man.base, base_entry, skip)
         raise CorruptObjectError(entry.object, f"payload does not decode: {type(e).__name__}: {e}") from None
     if raw.size != entry.nbytes:
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {raw.size} bytes, the manifest says {entry.nbytes}")
     if final_check and oid_of(raw) != "sha256:" + entry.sha256:
-        if skip:
-            del base_t, base_raw
-            tensor_bytes(store, man.base, base_entry)  # a wrong base raises here, naming its object
+        del base_t, base_raw
+        _blame_unchecked_base(store, man.base, base_entry, skip)
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to bytes that do not match the sha256 it was added with")
     return raw  # ``out`` itself when given (reconstruct_into wrote it; its size was checked above)
+
+
+def _blame_unchecked_base(store: StoreView, base_manifest: str, base_entry: TensorEntry, unchecked: bool) -> None:
+    """Where a delta's base was decoded without its sha256 check (``unchecked``) and the delta then
+    failed: re-read the base checked, so a wrong base raises here, naming its own object."""
+    if unchecked:
+        tensor_bytes(store, base_manifest, base_entry)
 
 
 def tensor(store: StoreView, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor:
