@@ -69,6 +69,15 @@ def make_pair(work: Path, layers: int) -> tuple[Path, Path]:
     return dirs[0], dirs[1]
 
 
+def reuse_pair(model: Path, layers: int) -> int:
+    """:func:`make_pair` under ``model`` unless an earlier run left one there (profiling and probe
+    runs reuse their ``--work`` folder); the base file's size in bytes."""
+    if not (model / "ft" / "model.safetensors").exists():
+        shutil.rmtree(model, ignore_errors=True)
+        make_pair(model, layers)
+    return (model / "base" / "model.safetensors").stat().st_size
+
+
 ONE = r"""
 import json, sys, time, hashlib, os
 import deltastore

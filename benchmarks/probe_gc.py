@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_scaling import machine, make_pair  # noqa: E402
+from bench_scaling import machine, reuse_pair  # noqa: E402
 
 ONE = r"""
 import gc, json, resource, sys, time
@@ -72,10 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="ds-gc-"))
     model = work / "model"
-    if not (model / "ft" / "model.safetensors").exists():
-        shutil.rmtree(model, ignore_errors=True)
-        make_pair(model, args.layers)
-    nbytes = (model / "base" / "model.safetensors").stat().st_size
+    nbytes = reuse_pair(model, args.layers)
     load0 = os.getloadavg()[0]
     lines = ["| round | op | heap frozen | load | wall s | CPU s | full (gen 2) passes: n, s | gen 0+1 passes: n, s |",
              "|---|---|---|---|---|---|---|---|"]

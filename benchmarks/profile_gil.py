@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_scaling import ONE, make_pair, make_tiny, warm_install  # noqa: E402
+from bench_scaling import ONE, make_tiny, reuse_pair, warm_install  # noqa: E402
 
 OPS = {"add_base": ("add_base", "base"), "add_ft": ("add_ft", "ft"), "checkout_base": ("checkout", "m@v1"),
        "checkout_ft": ("checkout", "ft@v1")}
@@ -104,10 +104,7 @@ def main() -> None:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     work = Path(args.work or tempfile.mkdtemp(prefix="ds-gil-"))
     model = work / "model"
-    if not (model / "ft" / "model.safetensors").exists():
-        shutil.rmtree(model, ignore_errors=True)
-        make_pair(model, args.layers)
-    nbytes = (model / "base" / "model.safetensors").stat().st_size
+    nbytes = reuse_pair(model, args.layers)
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)
     env = dict(os.environ, DELTASTORE_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
