@@ -152,13 +152,13 @@ class DeltaStoreFileSystem(AbstractFileSystem):
     def ukey(self, path: str) -> str:
         """A key that changes whenever the bytes could: the file's sha256, else its manifest and path
         (a manifest id pins every byte of its files)."""
-        info = self.info(path)
-        if info.get("sha256"):
-            return info["sha256"]
         p = self._strip_protocol(path)
-        if info["type"] == "file":
-            _, manifest, _, _, rest = self._where(p)
-            return f"{manifest}/{rest}"
+        if "@" in p.partition("/")[0]:
+            _, manifest, _, tree, rest = self._where(p)
+            f = tree.files.get(rest)
+            if f is not None:
+                return f.sha256 or f"{manifest}/{rest}"
+        self.info(path)  # a folder's key is its path; a path that is not there raises here
         return p
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
