@@ -35,6 +35,7 @@ import torch
 
 from deltastore.codec import get_codec, quant
 from deltastore.kernels import DeltaSet, PackedDeltaCoMe, plan_rows, ref_ops, triton_ops
+from deltastore.kernels.linear import beside, with_delta
 from deltastore.kernels.packed import PackedFactor
 
 # (name, out features per slice, in features)
@@ -197,12 +198,27 @@ class Bench:
         ys = [torch.empty(M, sum(ms), dtype=torch.bfloat16, device=self.device) for _, ms, _ in self.groups]
         return x, h, ys
 
-    def layer_fn(self, M: int, n_tenants: int | None, ids: torch.Tensor | None, kcfg: dict, impl=triton_ops, stages: str = "all"):
-        """A closure running every copy's layer: base GEMMs, then (if n_tenants) shrink + expand."""
+    def layer_fn(self, M: int, n_tenants: int | None, ids: torch.Tensor | None, kcfg: dict, impl=triton_ops, stages: str = "all",
+                 overlap: bool = False):
+        """A closure running every copy's layer: base GEMMs, then (if n_tenants) shrink + expand.
+        ``overlap``: as DeltaLinear serves it on a GPU, each group's deltas on the side stream
+        beside its base GEMM (kernels.linear.beside, default kernel configurations), then y += d."""
         x, h, ys = self.inputs(M, torch.Generator().manual_seed(M))
         plan = plan_rows(ids, n_tenants) if n_tenants else None
         sk = split_for(M, self.copies[0].sets[n_tenants][0], kcfg) if n_tenants else 1
         zs = {}
+        if overlap:
+            ds_of = lambda c, gi: c.sets[n_tenants][gi]  # noqa: E731
+            dbuf = [torch.empty(M, sum(ms), dtype=torch.float32, device=self.device) for _, ms, _ in self.groups]
+
+            def run_overlap() -> None:
+                for c in self.copies:
+                    for gi, W in enumerate(c.W):
+                        inp = h if gi == 3 else x
+                        y, d = beside(inp, ds_of(c, gi), plan, lambda: torch.mm(inp, W.T, out=ys[gi]), "triton", out=dbuf[gi])
+                        with_delta(y, d, y.dtype)
+
+            return run_overlap, ys
 
         def run() -> None:
             for c in self.copies:
@@ -244,6 +260,21 @@ class Bench:
                 return float("inf")  # garbage, or a check that checks nothing
             worst = max(worst, float((yt.float() - yr.float()).norm() / yr.float().norm()))
         return worst
+
+
+def overlap_err(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor) -> float:
+    """Largest difference between the side-stream layer and the one-stream layer (same kernels,
+    default configurations), in roundings of y: |y_side - y_one| / (eps(bf16) |y_one|), worst
+    element. The overlap must change no more than where one rounding of y falls (<= 1)."""
+    outs = []
+    for kw in (dict(), dict(overlap=True)):
+        fn, ys = bench.layer_fn(M, n_tenants, ids, {}, **kw)
+        fn()
+        if bench.device.type == "cuda":
+            torch.cuda.synchronize()
+        outs.append([y.float().clone() for y in ys])
+    eps = torch.finfo(torch.bfloat16).eps
+    return max(float(((b - a).abs() / (eps * a.abs()).clamp_min(1e-30)).amax()) for a, b in zip(*outs))
 
 
 def naive_fns(bench: Bench, M: int):
@@ -542,6 +573,9 @@ def main() -> None:
             err = b.check(M, nt, ids.to(dev), {})
             print(f"smoke M={M} tenants={nt}: rel err of the delta part vs torch {err:.2e}")
             assert err < 2e-2, err
+            oerr = overlap_err(b, M, nt, ids.to(dev))
+            print(f"smoke M={M} tenants={nt}: side-stream layer vs one-stream layer, worst element {oerr:.2f} roundings of y")
+            assert oerr <= 1.0, oerr
         return
 
     if args.fused:
@@ -592,10 +626,12 @@ def main() -> None:
         td = time_graph(dense_delta)
         t, cfg, err = best_cfg(M, 1, ids)
         stages = {s: time_graph(bench.layer_fn(M, 1, ids, cfg, stages=s)[0]) for s in ("shrink", "expand")}
+        tov = time_graph(bench.layer_fn(M, 1, ids, {}, overlap=True)[0])
+        oerr = overlap_err(bench, M, 1, ids)
         fb, fd = floor(bench.base_bytes), floor(bench.base_bytes + bench.delta_bytes)
         rows.append(dict(case=f"single tenant, M={M}", M=M, base_us=us(tb), base7_us=us(t7), delta_us=us(t), x=t / tb,
                          factors_x=tf / tb, dense_x=td / tb, floor_base_us=fb, floor_us=fd, err=err, cfg=cfg,
-                         shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"])))
+                         shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]), overlap_us=us(tov), overlap_x=tov / tb, overlap_err=oerr))
         print(json.dumps(rows[-1]), flush=True)
 
     def multi(M: int, nt: int) -> None:
@@ -603,6 +639,8 @@ def main() -> None:
         tb = time_graph(bench.layer_fn(M, None, None, {})[0])
         t, cfg, err = best_cfg(M, nt, ids)
         stages = {s: time_graph(bench.layer_fn(M, nt, ids, cfg, stages=s)[0]) for s in ("shrink", "expand")}
+        tov = time_graph(bench.layer_fn(M, nt, ids, {}, overlap=True)[0])
+        oerr = overlap_err(bench, M, nt, ids)
         # beside it: one single-tenant pass per tenant over its rows
         per = M // nt
         sep_fns = [bench.layer_fn(per, nt, torch.full((per,), t_, dtype=torch.int64, device=dev), cfg)[0] for t_ in range(nt)]
@@ -610,7 +648,7 @@ def main() -> None:
         fd = floor(bench.base_bytes + nt * bench.delta_bytes)
         row = dict(case=f"{M} rows over {nt} deltas", M=M, base_us=us(tb), delta_us=us(t), x=t / tb, floor_base_us=floor(bench.base_bytes),
                    floor_us=fd, x_floor=us(t) / fd, err=err, cfg=cfg, separate_us=us(tsep),
-                   shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]),
+                   shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]), overlap_us=us(tov), overlap_x=tov / tb, overlap_err=oerr,
                    delta_mem_mb=nt * bench.delta_bytes / 1e6, dense_mem_mb=nt * bench.base_bytes / 1e6)
         if nt == 8:  # 8 dense fine-tunes resident: one GEMM set per tenant over its rows
             Ws = [[(W + 0).contiguous() for W in bench.copies[c % len(bench.copies)].W] for c in range(nt)]
@@ -651,6 +689,12 @@ def main() -> None:
         lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['floor_base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['floor_us']:.1f} | "
                      f"{r['shrink_us']:.1f} / {r['expand_us']:.1f} | {('x%.2f' % r['factors_x']) if 'factors_x' in r else '-'} | "
                      f"{('x%.2f' % r['dense_x']) if 'dense_x' in r else '-'} | {r['err']:.1e} |")
+    lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as DeltaLinear serves a GPU; default "
+              "kernel configurations; y += d after the join), against the one-stream figure above:", "",
+              "| case | base alone (us) | one stream (us) | x base | side stream (us) | x base | side vs one stream (roundings of y, worst) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "overlap_us" in r:
+            lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['overlap_us']:.1f} | x{r['overlap_x']:.2f} | {r['overlap_err']:.2f} |")
     lines += ["", "Multi-tenant, beside it:", "", "| case | one pass (us) | x of its floor | one single-tenant pass per tenant (us) | dense fine-tunes resident (us) | packed deltas (MB/layer) | dense fine-tunes (MB/layer) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "separate_us" in r:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from typing import Iterator
+import os
+import weakref
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -56,6 +58,63 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
         return triton_ops.expand(z, y, dset, plan)
     z = ref_ops.shrink(x, dset, plan)
     return ref_ops.expand(z, y, dset, plan)
+
+
+T = TypeVar("T")
+_SIDE: dict[int, "torch.cuda.Stream"] = {}
+
+
+def side_stream(x: torch.Tensor, preference: KernelPreference | str) -> "torch.cuda.Stream | None":
+    """The stream a linear runs its packed deltas on beside its base GEMM: one high-priority CUDA
+    stream per device, made once. None (deltas after the GEMM, on the current stream) on the CPU,
+    for the torch reference ops, and with ``DELTASTORE_DELTA_STREAM=0``.
+
+    Why: at a few rows per fine-tune the delta kernels are bound by latency (a chain of dependent
+    loads over ~1000 rank components, few programs), the base GEMM by memory bandwidth; run one
+    after the other they add up, run side by side the deltas mostly hide under the GEMM's reads.
+    High priority so the deltas' programs are placed first and the GEMM fills the rest.
+    """
+    if not x.is_cuda or os.environ.get("DELTASTORE_DELTA_STREAM", "1") == "0":
+        return None
+    if resolve_preference(preference, x) is not KernelPreference.TRITON:
+        return None
+    idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    s = _SIDE.get(idx)
+    if s is None:
+        lo, hi = torch.cuda.Stream.priority_range()
+        s = _SIDE[idx] = torch.cuda.Stream(device=idx, priority=min(lo, hi))
+    return s
+
+
+def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T],
+           preference: KernelPreference | str = KernelPreference.AUTO, *, side: "torch.cuda.Stream | None | bool" = True,
+           out: torch.Tensor | None = None, split_k: int | None = None) -> tuple[T, torch.Tensor]:
+    """``(base(), d)``: d float32 (M, sum out) = the per-row packed delta of x (M, in), computed on
+    :func:`side_stream` while ``base()`` runs on the current stream; both are done (on the current
+    stream's order) when this returns. ``side=False``: one after the other on the current stream.
+
+    Graph-safe: the fork and join are stream waits (captured as graph edges), no host sync; d is
+    allocated on the current stream before the fork (or given as ``out``), so the allocator never
+    hands its memory to another stream while the side stream still writes it."""
+    d = torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out
+    s = side_stream(x, preference) if side is True else (side or None)
+    if s is None:
+        d.zero_()
+        apply_deltas(x, d, dset, plan, preference, split_k)
+        return base(), d
+    main = torch.cuda.current_stream(x.device)
+    s.wait_stream(main)
+    with torch.cuda.stream(s):
+        d.zero_()
+        apply_deltas(x, d, dset, plan, preference, split_k)
+    y = base()
+    main.wait_stream(s)
+    return y, d
+
+
+def with_delta(y: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float(y) + d rounded once to ``dtype``, in one kernel where y already has it (in place)."""
+    return y.add_(d) if y.dtype == dtype else d.add_(y).to(dtype)
 
 
 class DeltaContext:
@@ -138,30 +197,41 @@ class DeltaGroup:
     """Linears that read the same input (q/k/v, gate/up): one DeltaSet with a slice each, so one
     shrink and one expand (2 launches) serve them all instead of 2 per linear.
 
-    The first member called with an input computes every member's delta (float32) and keeps the
-    others' slices for their calls with the same input: the same tensor, unmodified since (its
-    version counter), under the same row ids (the context's generation). Each member adds its
-    slice to its own base output in float32 and rounds once, as the kernels do in place.
+    The first member called with an input computes every member's output: the group's delta on
+    the side stream (:func:`beside`) while the members' base GEMMs run on the current one, then
+    each member's float32 delta slice plus its base output, rounded once (as the kernels do in
+    place). It keeps the other members' outputs for their calls with the same input: the same
+    tensor, unmodified since (its version counter), under the same row ids (the context's
+    generation). A member whose module is gone is computed again at its own call.
     """
 
     def __init__(self, in_features: int, out_features: list[int], device: torch.device | str):
         self.deltas = DeltaSet(in_features, out_features, device)
         self._key: tuple | None = None
         self._kept: dict[int, torch.Tensor] = {}
+        self._members: dict[int, weakref.ref] = {}
 
-    def delta(self, index: int, x2: torch.Tensor, ctx: "DeltaContext", preference: KernelPreference | str) -> torch.Tensor:
-        """float32 (rows, out_features[index]): member ``index``'s delta of x2 (rows, in_features)."""
+    def join(self, index: int, member: "DeltaLinear") -> None:
+        """Register member ``index`` (its base weight, bias and lowrank deltas serve the group's calls)."""
+        self._members[index] = weakref.ref(member)
+
+    def output(self, index: int, x2: torch.Tensor, ctx: "DeltaContext", preference: KernelPreference | str) -> torch.Tensor:
+        """(rows, out_features[index]) in x2's dtype: member ``index``'s output for x2 (rows, in_features)."""
         key = (x2.data_ptr(), tuple(x2.shape), x2._version, x2.dtype, ctx.generation)
         if key == self._key and index in self._kept:
             return self._kept.pop(index)
+        self._key, self._kept = None, {}
+        members = {j: m for j, r in self._members.items() if (m := r()) is not None}
         plan = ctx.plan(x2.shape[0], x2.device)
         self.deltas.build()
-        d = torch.zeros(x2.shape[0], sum(self.deltas.out_features), dtype=torch.float32, device=x2.device)
-        apply_deltas(x2, d, self.deltas, plan, preference)
-        parts = [d[:, o : o + m] for o, m in zip(self.deltas.col_offsets, self.deltas.out_features)]
+        ys, d = beside(x2, self.deltas, plan, lambda: {j: m.base_output(x2) for j, m in members.items()}, preference)
+        outs = {}
+        for j in members:
+            o, w = self.deltas.col_offsets[j], self.deltas.out_features[j]
+            outs[j] = with_delta(ys[j], d[:, o : o + w], x2.dtype)
         self._key = key
-        self._kept = {j: t for j, t in enumerate(parts) if j != index}
-        return parts[index]
+        self._kept = {j: t for j, t in outs.items() if j != index}
+        return outs[index]
 
 
 class DeltaLinear(nn.Module):
@@ -181,6 +251,8 @@ class DeltaLinear(nn.Module):
         self.deltas = group.deltas if group is not None else DeltaSet(self.in_features, [self.out_features], weight.device)
         #: this linear's lowrank deltas by slot (never shared with the group: two GEMMs each)
         self.lowrank = LowRankSet(self.in_features, self.out_features, weight.device)
+        if group is not None:
+            group.join(self.index, self)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, ctx: DeltaContext, preference: KernelPreference | str = KernelPreference.AUTO,
@@ -201,29 +273,30 @@ class DeltaLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, deltas={self.deltas.n_slots}, preference={self.preference.value}"
 
+    def base_output(self, x2: torch.Tensor) -> torch.Tensor:
+        """(rows, out): x2 W^T + b in x2's dtype; with lowrank deltas loaded, float32 and plus this
+        linear's lowrank delta for the rows that name one (rows of a lowrank fine-tune have no
+        packed delta, and the reverse: a sum)."""
+        y = nn.functional.linear(x2, self.weight, self.bias)
+        if len(self.lowrank):
+            return self.lowrank.delta(x2, self.ctx.row_ids(x2.shape[0], x2.device)).add_(y)
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device != self.weight.device:
             raise KernelError(f"input on {x.device}, but this layer's weights and deltas are on {self.weight.device}")
         if self.deltas.device != self.weight.device:  # the module was moved (.to / .cuda): its deltas follow
             self.deltas.to(self.weight.device)
         self.lowrank.to(self.weight.device)
-        y = nn.functional.linear(x, self.weight, self.bias)
         packed = self.deltas.n_slots > 0 and self.deltas.holds_any
         if not packed and not len(self.lowrank):
-            return y
+            return nn.functional.linear(x, self.weight, self.bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y2 = y.reshape(-1, self.out_features)
-        lr = self.lowrank.delta(x2, self.ctx.row_ids(x2.shape[0], x.device)) if len(self.lowrank) else None
         if packed and self.group is not None:
-            d = self.group.delta(self.index, x2, self.ctx, self.preference)
-            if lr is not None:  # rows of a lowrank fine-tune have no packed delta (and the reverse): a sum
-                d.add_(lr)
-            # float32(y) + d rounded once, as before, in two kernels instead of three (d is this call's own slice)
-            return d.add_(y2).to(y.dtype).reshape(*lead, self.out_features)
-        if packed:  # (holds_any built the set's tables)
+            return self.group.output(self.index, x2, self.ctx, self.preference).reshape(*lead, self.out_features)
+        if packed:  # (holds_any built the set's tables): float32(base) + delta, rounded once
             plan = self.ctx.plan(x2.shape[0], x.device)
-            apply_deltas(x2, y2, self.deltas, plan, self.preference)
-        if lr is not None:  # rows with a packed delta were rounded by it and get + 0 here: unchanged
-            y2 = lr.add_(y2).to(y.dtype)
-        return y2.reshape(*lead, self.out_features)
+            y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference)
+            return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)
+        return self.base_output(x2).to(x.dtype).reshape(*lead, self.out_features)

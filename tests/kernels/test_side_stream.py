@@ -1,0 +1,79 @@
+"""Deltas computed on a side stream beside the base GEMM (``kernels.linear.beside``), as every
+DeltaLinear and DeltaGroup serves a GPU: the same outputs as the one-stream order
+(``DELTASTORE_DELTA_STREAM=0``), also inside a captured CUDA graph replayed with new inputs.
+
+Bound, and why: both orders compute the same float32 delta with the same kernels and add it to the
+base output rounding once, so they agree bit for bit unless the kernels' float32 sums differ
+(they do not: the launches are the same); the test asserts equality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
+from deltastore.kernels.linear import side_stream
+
+from .kernel_testlib import packed_delta
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the side stream exists only there)")
+
+
+def _members(n: int, ms: list[int], device: str):
+    dtype = torch.bfloat16
+    made = [packed_delta(m, n, seed=40 + i, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 2], [2, None]]) for i, m in enumerate(ms)]
+    ctx = DeltaContext(1, default_id=0)
+    group = DeltaGroup(n, ms, device)
+    group.deltas.add([pk for _, pk, _ in made])
+    members = [DeltaLinear(W.to(device), None, ctx, "triton", group, i) for i, (W, _, _) in enumerate(made)]
+    lone = DeltaLinear(made[0][0].to(device), None, ctx, "triton")
+    lone.add_delta(made[0][1])
+    return members, lone
+
+
+def test_no_side_stream_off_the_gpu() -> None:
+    x = torch.zeros(2, 8)
+    assert side_stream(x, "torch") is None and side_stream(x, "auto") is None
+
+
+@cuda
+@pytest.mark.parametrize("M", [1, 4, 40])  # GEMV path, GEMV with 4-row blocks, tl.dot path
+def test_side_stream_outputs_equal_one_stream(M: int, monkeypatch) -> None:
+    n, ms = 320, [256, 96, 96]
+    members, lone = _members(n, ms, "cuda")
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(torch.bfloat16).cuda()
+    assert side_stream(x, "triton") is not None
+    side = [m(x) for m in members] + [lone(x)]
+    monkeypatch.setenv("DELTASTORE_DELTA_STREAM", "0")
+    assert side_stream(x, "triton") is None
+    x2 = x.clone()  # a new tensor: nothing served from the group's kept outputs
+    one = [m(x2) for m in members] + [lone(x2)]
+    for a, b in zip(side, one):
+        assert torch.equal(a, b)
+
+
+@cuda
+def test_side_stream_inside_a_cuda_graph() -> None:
+    """Captured with the fork and join, replayed after the input changed: equal to eager calls."""
+    n, ms = 320, [256, 96, 96]
+    members, lone = _members(n, ms, "cuda")
+    static = torch.randn(2, n, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
+
+    def step():
+        return [m(static) for m in members] + [lone(static)]
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = step()
+    new = torch.randn(2, n, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16).cuda()
+    static.copy_(new)
+    g.replay()
+    torch.cuda.synchronize()
+    eager = [m(new) for m in members] + [lone(new)]
+    for a, b in zip(outs, eager):
+        assert torch.equal(a, b)
