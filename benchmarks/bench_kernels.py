@@ -552,6 +552,8 @@ def main() -> None:
     ap.add_argument("--regs", action="store_true", help="register report of the kernels compiled for sm_90 (no GPU needed)")
     ap.add_argument("--fused", action="store_true", help="the one-launch base GEMV + expand (kernels/fused_gemv.py) beside today's path, M <= 4")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which --sweep tries no more configurations")
+    ap.add_argument("--cases", default="1,16,64,256,32x8,64x32",
+                    help="comma-separated: M (one fine-tune, M rows) or MxT (M rows over T fine-tunes)")
     args = ap.parse_args()
 
     if args.regs:
@@ -667,15 +669,11 @@ def main() -> None:
 
     import traceback
 
-    for M in (1, 16, 64, 256):
+    for case in args.cases.split(","):
+        M, _, nt = case.partition("x")
         try:
-            single(M)
+            multi(int(M), int(nt)) if nt else single(int(M))
         except Exception:  # noqa: BLE001 - report and go on: a device call is precious
-            traceback.print_exc()
-    for M, nt in ((32, 8), (64, 32)):
-        try:
-            multi(M, nt)
-        except Exception:  # noqa: BLE001
             traceback.print_exc()
 
     lines = [f"# Lazy delta-come kernels, one Llama-2-7B-shaped layer ({name})", "",
