@@ -18,9 +18,14 @@ copying out of its page cache, as for a local file, but this kernel (6.18) fills
 with 4 KiB folios whatever the server asks (max_read and max_write 1 MiB, max_pages 256,
 read_ahead_kb, kernel_cache or auto_cache: benchmarks/probe_fuse_passthrough.py), where ext4 caches
 the same file mostly in 2 MiB folios; the reader's kernel then copies in 4 KiB pieces and walks up
-to 512 times as many folios, which is where a warm mount read loses to a warm local read. Upstream's
-"fuse: enable large folios" (order from max_read/max_write, off with writeback cache) is not in this
-kernel. The one way left to the server is FUSE passthrough (the kernel has it): OPEN answers with
+to 512 times as many folios, which is where a warm mount read loses to a warm local read. 6.18's
+``fuse_init_file_inode`` sets no folio order for any FUSE file, so no INIT flag, mount option or open
+flag of a server changes that; upstream's "fuse: enable large folios" (order from max_read/max_write,
+off with writeback cache) is queued for a much later kernel, where this mount's options (no
+writeback cache, max_write 1 MiB, max_pages 256) would give folios up to 1 MiB unchanged. Serving
+reads with ``direct_io`` instead costs 2.5x the CPU of the 4 KiB page cache and breaks shared mmaps
+(benchmarks/results/mount_folios_research.md). The one way left to the server is FUSE passthrough
+(the kernel has it): OPEN answers with
 a backing file holding the decoded bytes and the kernel reads that file's own page cache. The mount
 does that when asked (``serve(passthrough="DIR[:SIZE]")`` or DELTASTORE_MOUNT_PASSTHROUGH) and able:
 libfuse >= 3.17 (Debian 12 has 3.14: FUSE_LIBRARY_PATH can name a newer one) and root; a file read
