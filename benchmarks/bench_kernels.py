@@ -262,19 +262,30 @@ class Bench:
         return worst
 
 
-def overlap_err(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor) -> float:
-    """Largest difference between the side-stream layer and the one-stream layer (same kernels,
-    default configurations), in roundings of y: |y_side - y_one| / (eps(bf16) |y_one|), worst
-    element. The overlap must change no more than where one rounding of y falls (<= 1)."""
+def overlap_err(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor) -> tuple[float, float]:
+    """Worst error of the last copy's layer output against float32 base output + the torch
+    reference delta (float32), in units of eps(bf16) x the rms of y: (one-stream layer, side-stream
+    layer). The side-stream layer adds a float32 delta to the base output and rounds once (as
+    DeltaGroup always did); the one-stream figure is the kernels' own adding into y."""
+    plan = plan_rows(ids, n_tenants)
+    x, h, _ = bench.inputs(M, torch.Generator().manual_seed(M))
+    c = bench.copies[-1]
     outs = []
     for kw in (dict(), dict(overlap=True)):
         fn, ys = bench.layer_fn(M, n_tenants, ids, {}, **kw)
         fn()
-        if bench.device.type == "cuda":
-            torch.cuda.synchronize()
         outs.append([y.float().clone() for y in ys])
+    fnb, base = bench.layer_fn(M, None, None, {})
+    fnb()
     eps = torch.finfo(torch.bfloat16).eps
-    return max(float(((b - a).abs() / (eps * a.abs()).clamp_min(1e-30)).amax()) for a, b in zip(*outs))
+    worst = [0.0, 0.0]
+    for gi, ds in enumerate(c.sets[n_tenants]):
+        inp = h if gi == 3 else x
+        ref = base[gi].float() + ref_ops.expand(ref_ops.shrink(inp, ds, plan), torch.zeros_like(base[gi], dtype=torch.float32), ds, plan)
+        unit = eps * float(ref.pow(2).mean().sqrt())
+        for k in range(2):
+            worst[k] = max(worst[k], float((outs[k][gi] - ref).abs().amax()) / unit)
+    return worst[0], worst[1]
 
 
 def naive_fns(bench: Bench, M: int):
@@ -575,9 +586,10 @@ def main() -> None:
             err = b.check(M, nt, ids.to(dev), {})
             print(f"smoke M={M} tenants={nt}: rel err of the delta part vs torch {err:.2e}")
             assert err < 2e-2, err
-            oerr = overlap_err(b, M, nt, ids.to(dev))
-            print(f"smoke M={M} tenants={nt}: side-stream layer vs one-stream layer, worst element {oerr:.2f} roundings of y")
-            assert oerr <= 1.0, oerr
+            one, two = overlap_err(b, M, nt, ids.to(dev))
+            print(f"smoke M={M} tenants={nt}: worst error of y against float32 base + reference delta, eps(bf16) x rms(y): "
+                  f"one stream {one:.2f}, side stream {two:.2f}")
+            assert two <= 4.0, two
         return
 
     if args.fused:
@@ -687,12 +699,13 @@ def main() -> None:
         lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['floor_base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['floor_us']:.1f} | "
                      f"{r['shrink_us']:.1f} / {r['expand_us']:.1f} | {('x%.2f' % r['factors_x']) if 'factors_x' in r else '-'} | "
                      f"{('x%.2f' % r['dense_x']) if 'dense_x' in r else '-'} | {r['err']:.1e} |")
-    lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as DeltaLinear serves a GPU; default "
-              "kernel configurations; y += d after the join), against the one-stream figure above:", "",
-              "| case | base alone (us) | one stream (us) | x base | side stream (us) | x base | side vs one stream (roundings of y, worst) |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as DeltaLinear serves a GPU: the side stream on the GEMV path, "
+              "one stream with a float32 delta on the tl.dot path; default "
+              "kernel configurations; y += d after the join), against the one-stream figure above; the error of y against float32 base + the torch reference delta:", "",
+              "| case | base alone (us) | one stream (us) | x base | side stream (us) | x base | worst error, one / side stream (eps(bf16) x rms y) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "overlap_us" in r:
-            lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['overlap_us']:.1f} | x{r['overlap_x']:.2f} | {r['overlap_err']:.2f} |")
+            lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['overlap_us']:.1f} | x{r['overlap_x']:.2f} | {r['overlap_err'][0]:.2f} / {r['overlap_err'][1]:.2f} |")
     lines += ["", "Multi-tenant, beside it:", "", "| case | one pass (us) | x of its floor | one single-tenant pass per tenant (us) | dense fine-tunes resident (us) | packed deltas (MB/layer) | dense fine-tunes (MB/layer) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "separate_us" in r:
