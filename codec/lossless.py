@@ -220,17 +220,21 @@ def grouped_chunk_planes(buf: np.ndarray, info: planes.StreamInfo, i: int, start
     once the chunk's groups are checked against ``counts`` (the elements per context of the base's
     words under it): ``planes._grouped_planes`` with the faster frame decode and no copy."""
     n, w, groups = info.raw_lens[i] // info.width, info.width, info.groups[i]
-    if int(counts.sum()) != n:
+    cl = counts.tolist()  # Python ints: a chunk's few dozen groups cost less so than as numpy calls
+    if sum(cl) != n:
         raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
     # each group must start where its first context starts in the base's order (the table already
     # checked that the groups' contexts ascend and their sizes add up to the chunk)
-    firsts = np.cumsum([0] + [g.n for g in groups])
-    ctx = np.array([g.context for g in groups], dtype=np.int64)
-    before = np.cumsum(counts) - counts  # elements whose context is below each context
-    if not (np.array_equal(before[ctx], firsts[:-1]) and (counts[ctx] > 0).all()):
-        raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
+    runs, at, below, c0 = [], 0, 0, 0  # below: elements whose context is under g.context
+    for g in groups:
+        below += sum(cl[c0 : g.context])
+        c0 = g.context
+        if below != at or cl[c0] <= 0:
+            raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
+        runs.append((g.modes, g.payloads, g.n, at))
+        at += g.n
     grouped = planes._scratch(w * n).reshape(w, n)
-    _fill_planes(buf, start, [(g.modes, g.payloads, g.n, int(f)) for g, f in zip(groups, firsts)], grouped)
+    _fill_planes(buf, start, runs, grouped)
     return grouped
 
 
@@ -276,7 +280,7 @@ def decode_plain_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.nda
         lo, hi = dst[i], dst[i + 1]
         fx.join_undiff(chunk_planes(buf, info, i, offs[i]), base_raw[lo:hi], width, out[lo:hi])
 
-    planes._map_chunks(work, range(len(info.raw_lens)), threads)
+    planes._map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
 
 
 def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.ndarray, dtype: torch.dtype,
@@ -309,7 +313,7 @@ def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.n
         grouped = grouped_chunk_planes(buf, info, i, offs[i], counts)
         fx.ungroup_undiff(grouped, base_raw[lo:hi], width, shift, bits, counts, out[lo:hi])
 
-    planes._map_chunks(work, range(len(info.raw_lens)), threads)
+    planes._map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
 
 
 _NOT_THE_BASE = "lossless payload's context counts are not the base tensor's (another base tensor?)"
@@ -334,25 +338,37 @@ def unpack_counts(flat: np.ndarray, info: planes.StreamInfo) -> list[np.ndarray]
     counts summing to the chunk's elements, nothing left over. Anything else is one
     :class:`CorruptPayloadError`. (Whether they are the base's is proved while decoding:
     :func:`decode_grouped_diff`.)"""
-    out, pos, size = [], 0, int(flat.size)
+    nchunks, size = len(info.raw_lens), int(flat.size)
+    fl = flat.tolist()  # Python ints: per chunk a few dozen, where numpy calls cost more than the work
+    rows, cols, vals, pos = [], [], [], 0
     for i, raw_len in enumerate(info.raw_lens):
         n = raw_len // info.width
         if pos + 8 > size:
             raise CorruptPayloadError(f"lossless payload's context counts stop before chunk {i}")
-        present = np.unpackbits(flat[pos : pos + 8].astype("<u4").view(np.uint8), bitorder="little").astype(bool)
-        k = int(present.sum())
+        bitmap = 0
+        for j, word in enumerate(fl[pos : pos + 8]):
+            bitmap |= (word & 0xFFFFFFFF) << (32 * j)
+        present = []
+        while bitmap:  # each set bit, lowest first
+            low = bitmap & -bitmap
+            present.append(low.bit_length() - 1)
+            bitmap ^= low
+        k = len(present)
         pos += 8
         if pos + k > size:
             raise CorruptPayloadError(f"lossless payload's context counts stop inside chunk {i}")
-        c = np.zeros(256, dtype=np.int64)
-        c[present] = flat[pos : pos + k]
+        got = fl[pos : pos + k]
         pos += k
-        if (c[present] <= 0).any() or int(c.sum()) != n:
+        if any(v <= 0 for v in got) or sum(got) != n:
             raise CorruptPayloadError(f"lossless payload's context counts of chunk {i} do not add up to its {n} elements")
-        out.append(c)
+        rows += [i] * k
+        cols += present
+        vals += got
     if pos != size:
         raise CorruptPayloadError(f"lossless payload has {size - pos} context counts more than its chunks")
-    return out
+    out = np.zeros((nchunks, 256), dtype=np.int64)
+    out[rows, cols] = vals
+    return list(out)
 
 
 def chunk_counts_numpy(contexts: np.ndarray, info: planes.StreamInfo) -> list[np.ndarray]:

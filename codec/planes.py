@@ -134,6 +134,27 @@ def _map_chunks(work, items, threads: int | None) -> list:  # noqa: ANN001
     return list(_pool(n).map(work, items)) if n > 1 else [work(i) for i in items]
 
 
+#: the most bytes of chunks one pool task takes (consecutive chunks, in order): a task per 1 MiB
+#: chunk (the lossless codec's grouped streams) cost a future's bookkeeping with the GIL held
+#: (``Future.set_result``'s wake-up of its waiter, the executor's queue) four times per byte as
+#: often as a base's 4 MiB chunks do. Only the tasks change: every chunk is still its own.
+BUNDLE_BYTES = 4 << 20
+
+
+def _map_bundled(work, n: int, chunk_bytes: int, threads: int | None) -> list:  # noqa: ANN001
+    """``[work(i) for i in range(n)]``, in order, as :func:`_map_chunks`, with consecutive chunks
+    of ``chunk_bytes`` bundled into one task up to :data:`BUNDLE_BYTES`, while every thread
+    still gets a task (a tensor of few chunks keeps one chunk a task)."""
+    threads = threads or default_threads()
+    per = max(1, min(BUNDLE_BYTES // max(chunk_bytes, 1), n // max(threads, 1)))
+    if per == 1:
+        return _map_chunks(work, range(n), threads)
+    out: list = []
+    for part in _map_chunks(lambda lo: [work(i) for i in range(lo, min(lo + per, n))], range(0, n, per), threads):
+        out.extend(part)
+    return out
+
+
 def _pool(n: int) -> ThreadPoolExecutor:
     """One long-lived pool per size. A new pool per call would start new threads, and glibc gives
     each new thread its own malloc arena: freed chunk buffers then pile up across arenas and the
@@ -346,8 +367,9 @@ def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
     table entry and zstd frame headers; a frame of a few elements would cost more than it saves."""
     groups: list[list[int]] = []
     open_ = False
-    for c in np.flatnonzero(counts):
-        n = int(counts[c])
+    cl = counts.tolist()  # Python ints: numpy scalars and np.flatnonzero cost more than the loop
+    for c in counts.nonzero()[0].tolist():
+        n = cl[c]
         if open_:
             groups[-1][1] += n
         else:
@@ -361,20 +383,22 @@ def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
 def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int, min_group: int) -> list[_Group]:
     """One chunk's groups from its planes already grouped by context (``grouped[k]``: plane k of
     the chunk's words in stable context order) and the elements per context."""
-    cctx = _thread_compressor(level)
+    compress = _thread_compressor(level).compress
+    rows = list(grouped)  # the planes, viewed once; each group's frame is a slice of each
     groups, pos = [], 0
     for c, n in merge_groups(counts, min_group):
-        modes, payloads = [], []
-        for plane in grouped[:, pos : pos + n]:
-            comp = cctx.compress(plane) if plane.size else b""
-            if 0 < len(comp) < plane.size:
+        modes, payloads, end = [], [], pos + n
+        for row in rows:
+            plane = row[pos:end]
+            comp = compress(plane) if n else b""
+            if 0 < len(comp) < n:
                 modes.append(1)
                 payloads.append(comp)
             else:
                 modes.append(0)
                 payloads.append(plane.tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
         groups.append(_Group(c, n, modes, payloads))
-        pos += n
+        pos = end
     return groups
 
 
@@ -419,19 +443,21 @@ def compress_grouped(
     starts = range(0, nbytes, step)
 
     def work(i: int) -> list[_Group]:
-        grouped, counts = chunk(i, min(i + step, nbytes))
+        lo = starts[i]
+        grouped, counts = chunk(lo, min(lo + step, nbytes))
         return _compress_grouped_planes(grouped, counts, level, min_group)
 
-    chunks = _map_chunks(work, starts, threads)
+    chunks = _map_bundled(work, len(starts), step, threads)
     return _pack_grouped(chunks, width, rotate, nbytes)
 
 
 def _pack_grouped(chunks: list[list[_Group]], width: int, rotate: bool, raw_total: int) -> bytes:
     out = [_HEAD.pack(MAGIC_GROUPED, width, FLAG_ROTATE if rotate else 0, 0, len(chunks), raw_total)]
+    head, entry = struct.Struct("<QH"), struct.Struct(f"<BI{width}I")
     for groups in chunks:
-        out.append(struct.pack("<QH", sum(g.n for g in groups) * width, len(groups)))
+        out.append(head.pack(sum(g.n for g in groups) * width, len(groups)))
         for g in groups:
-            out.append(struct.pack(f"<BI{width}I", g.context, g.n, *(memoryview(p).nbytes for p in g.payloads)))
+            out.append(entry.pack(g.context, g.n, *(memoryview(p).nbytes for p in g.payloads)))
             out.append(bytes(g.modes))
     for groups in chunks:
         for g in groups:
@@ -741,7 +767,7 @@ def decompress_grouped(data: bytes | memoryview, nbytes: int, counts, finish, *,
         c = counts(lo, hi)
         finish(lo, hi, _grouped_planes(_thread_decompressor(), buf, info, i, offs[i], c), c)
 
-    _map_chunks(work, range(len(info.raw_lens)), threads)
+    _map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
 
 
 def _chunk_contexts(info: StreamInfo, contexts: np.ndarray | None) -> list[np.ndarray | None]:
@@ -781,7 +807,7 @@ def decompress(
     def work(i: int) -> None:
         _decompress_chunk(buf, info, i, offs[i], out[dst[i] : dst[i + 1]], ctxs[i])
 
-    _map_chunks(work, range(len(info.raw_lens)), threads)
+    _map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
     return out
 
 

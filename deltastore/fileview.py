@@ -216,13 +216,21 @@ class _CachedObjects:
         self._objects = objects
         self._cache = cache
 
-    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None) -> np.ndarray:
+    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """As ``ObjectDB.get_array``; ``out``: where the caller's copy goes (a checkout's window),
+        instead of a new array that the caller then copies again."""
+        if out is not None and (nbytes is None or out.size != nbytes):
+            raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
         if not verify:
-            return self._objects.get_array(oid, verify=False, nbytes=nbytes)
+            return self._objects.get_array(oid, verify=False, nbytes=nbytes, out=out)
         arr = self._cache.get(("tensor", oid), lambda: self._objects.get_array(oid, verify=True, nbytes=nbytes))
         if nbytes is not None and arr.size != nbytes:
             raise CorruptObjectError(oid, f"decodes to {arr.size} bytes, not the {nbytes} expected")
-        return arr.copy()
+        if out is None:
+            return arr.copy()
+        out[:] = arr
+        return out
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._objects, name)

@@ -62,8 +62,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     if entry.source == "tensor":
         if entry.object != "sha256:" + entry.sha256:  # tensor objects are named by the bytes that were added
             raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names object {entry.object}, not its own sha256")
-        into = {} if out is None else {"out": out}  # the mount's objects view takes no ``out``
-        got = store.objects.get_array(entry.object, verify=verify, nbytes=entry.nbytes, **into)  # checked before allocating
+        got = store.objects.get_array(entry.object, verify=verify, nbytes=entry.nbytes, out=out)  # checked before allocating
         if got.size != entry.nbytes:
             raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {got.size} bytes, the manifest says {entry.nbytes}")
         return got
@@ -85,7 +84,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     base_t = as_tensor(info_of(base_entry), base_raw)
     payload = store.objects.get_view(entry.object, verify=verify)
     try:
-        enc = codecs.from_bytes(payload)
+        enc = codecs.from_bytes(payload, copy=False)  # read and dropped here: views of the payload, no copies
         if tuple(enc.shape) != tuple(entry.shape):
             raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
         codec = codecs.codec_class(enc.codec).from_config(enc.params)
@@ -163,7 +162,7 @@ def tensor_on(store: StoreView, manifest_oid: str, entry: TensorEntry, device: t
         raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} is a delta, but its base lacks it")
     base_t = tensor_on(store, man.base, base_entry, device, kernel=kernel)
     try:
-        enc = codecs.from_bytes(store.objects.get(entry.object))
+        enc = codecs.from_bytes(store.objects.get_view(entry.object), copy=False)  # moved to the device, then dropped
         if tuple(enc.shape) != tuple(entry.shape):
             raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
         with _gpu_lock, _full_fp32():
