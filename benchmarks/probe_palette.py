@@ -51,7 +51,7 @@ _SKIP_PALETTE = 1.5  # ... above this many bytes an element: today's planes with
 
 def palette_split(w: np.ndarray, width: np.ndarray, ks: np.ndarray, pd: np.ndarray, idx: np.ndarray) -> tuple[int, int]:
     """The store's kernel (``codec._palette_numba.split``) on bf16 words ``w``: (pal bytes, idx bytes)."""
-    return K.split(w.view(np.uint8), width, ks, pd, idx)
+    return K.split(w.view(np.uint16), width, ks, pd, idx)
 
 
 def palette_join(width: np.ndarray, ks: np.ndarray, pd: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:

@@ -258,7 +258,7 @@ def encode_chunk(raw: np.ndarray, compress: Callable[[np.ndarray], bytes]) -> by
     else:
         nb = -(-(raw.size // 2) // BLOCK)
         ks, pd, idx = np.empty(nb, np.uint8), np.empty(nb * BLOCK * 3, np.uint8), np.zeros(nb * 20, np.uint8)
-        q, p = fx.split(raw, WIDTH, ks, pd, idx)
+        q, p = fx.split(raw.view(np.uint16), WIDTH, ks, pd, idx)
         streams = (ks, pd[:q], idx[:p])
     parts, flags = [], 0
     for i, s in enumerate(streams):

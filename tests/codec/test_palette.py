@@ -43,7 +43,7 @@ def streams(words: np.ndarray, compiled: bool) -> tuple[np.ndarray, np.ndarray, 
         return palette.split_numpy(words)
     nb = -(-words.size // 32)
     ks, pd, idx = np.empty(nb, np.uint8), np.empty(nb * 96, np.uint8), np.zeros(nb * 20, np.uint8)
-    q, p = FX.split(words.view(np.uint8), palette.WIDTH, ks, pd, idx)
+    q, p = FX.split(words.view(np.uint16), palette.WIDTH, ks, pd, idx)
     return ks, pd[:q], idx[:p]
 
 
