@@ -273,6 +273,10 @@ class DeltaSet:
                     tiers[a, b, : len(rows)] = torch.tensor(rows, dtype=torch.int64)
         self.records = records
         self.tiers, self.ntiers = tiers.to(dev), ntiers.to(dev)
+        # components per slot-slice (its rank; 0 where it holds no delta): the dot expand's runs
+        ranks = torch.tensor([[sum(rec[F["count"]] for rec in recs) for recs in per] for per in records] or [[0] * self.n_slices],
+                             dtype=torch.int32)
+        self.ranks, self.max_rank = ranks.to(dev), int(ranks.max()) if ranks.numel() else 0
         self.max_tiers = max_tiers
         self.bit_widths = frozenset(rec[F["bits"]] for per in records for recs in per for rec in recs)
         self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}

@@ -3,10 +3,14 @@
 ``y += ((x @ V^) * S) @ U^^T`` in two launches per set of linears that share an input, shaped
 as vLLM's LoRA ops are: a *shrink* (x -> z, one program per block of components of one tier
 of one slice of one slot, optionally split along the input dimension) and an *expand* (z -> y,
-one program per block of output columns, looping over the slot's tiers). Rows of the batch are
-grouped by slot through a :class:`RowPlan` (sorted rows, counts, starts); a program whose slot
-serves fewer rows than its row block exits at once, so the grid depends only on the batch size
-and the number of slots (a CUDA graph captures it; no host sync, no per-token Python).
+one program per block of output columns and run of components, looping over the tiers the run
+crosses; a slot-slice cut into several runs has its float32 partials added into y by the last of
+its programs to finish, as the GEMV expand does). The split of either is fixed by the shapes
+(:func:`pick_split_k`, :func:`dot_chunk`: ~1024 programs; one per 128 output columns left most
+of an H200 idle). Rows of the batch are grouped by slot through a :class:`RowPlan` (sorted rows,
+counts, starts); a program whose slot serves fewer rows than its row block exits at once, so the
+grid depends only on the batch size and the number of slots (a CUDA graph captures it; no host
+sync, no per-token Python).
 
 Dequantization happens in registers. A block of ``BLOCK_K`` (shrink) or ``BLOCK_N`` (expand)
 packed values lies inside one quantization group (the block width divides the group size), so
@@ -227,16 +231,18 @@ if HAVE_TRITON:
         tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
 
     @triton.jit
-    def _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0,
+    def _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c_lo, c_hi, zcol, gs, m_s, n0,
                      dtype: tl.constexpr, BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                      UPCAST: tl.constexpr, GATHER: tl.constexpr):
+        """acc + z[:, c_lo:c_hi] U^^T[c_lo:c_hi] for components c_lo .. c_hi of one tier (its U rows
+        at u_q, its scales and zeros at u_sz, its z columns from zcol), output columns n0 .. n0 + BLOCK_N."""
         row_words = BITS * ((m_s + 31) // 32)
         G = (m_s + gs - 1) // gs
         g = n0 // gs
         offs_r0 = tl.arange(0, BLOCK_R)
-        for c0 in range(0, cnt_t, BLOCK_R):
+        for c0 in range(c_lo, c_hi, BLOCK_R):
             offs_r = c0 + offs_r0
-            r_ok = offs_r < cnt_t
+            r_ok = offs_r < c_hi
             zt = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
             for ks in tl.static_range(SPLIT_K):
                 zt += tl.load(z_ptr + (ks * M + pos)[:, None] * ZC + zcol + offs_r[None, :], mask=m_ok[:, None] & r_ok[None, :], other=0.0)
@@ -250,54 +256,110 @@ if HAVE_TRITON:
         return acc
 
     @triton.jit
-    def _expand_kernel(z_ptr, y_ptr, words_ptr, scales_ptr, zeros_ptr, tiers_ptr, ntiers_ptr, nblk_ptr,
-                       rows_ptr, counts_ptr, starts_ptr, mout_ptr, coloff_ptr,
-                       M, ZC, n_slices, R_max, stride_ym,
+    def _y_add(y_ptr, rows_ptr, pos0, nrows, cols, c_ok, stride_ym, acc, BLOCK_M: tl.constexpr):
+        """y[rows of the block, cols] += acc (float32), rounded once to y's dtype."""
+        offs_mm = tl.arange(0, BLOCK_M)
+        mk = (offs_mm < nrows)[:, None] & c_ok[None, :]
+        rows = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
+        yptr = y_ptr + (rows * stride_ym)[:, None] + cols[None, :]
+        yv = tl.load(yptr, mask=mk, other=0.0).to(tl.float32)
+        tl.store(yptr, (yv + acc).to(y_ptr.dtype.element_ty), mask=mk)
+
+    @triton.jit
+    def _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, AT_ONCE: tl.constexpr = 4):
+        """The split expands' handshake, after a program stored its partial sum (rows pos0 .. of the
+        block, Ntot columns, one (M, Ntot) plane per run j of components): it counts itself on its
+        group's counter ``sem``, and the last of the group's ``nj`` programs to finish adds the
+        partials, in run order, into y and resets the counter: one launch, the same numbers whatever
+        the order the programs ran in, the counters left at zero (a CUDA graph replays it)."""
+        # every thread's partial is stored before one thread releases the counter
+        tl.debug_barrier()
+        done = tl.atomic_add(sem, 1, sem="acq_rel")
+        if done == nj - 1:
+            # y is asked for first, and the partials AT_ONCE runs at a time (not one wait per run;
+            # AT_ONCE x BLOCK_M x BLOCK_N float32 values held at once: 4 x 64 x 128 spilled)
+            offs_mm = tl.arange(0, BLOCK_M)
+            cols = col0 + n0 + tl.arange(0, BLOCK_N)
+            mk = (offs_mm < nrows)[:, None] & (cols < col0 + m_s)[None, :]
+            rows = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
+            yptr = y_ptr + (rows * stride_ym)[:, None] + cols[None, :]
+            yv = tl.load(yptr, mask=mk, other=0.0).to(tl.float32)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            j4 = tl.arange(0, AT_ONCE)
+            for j0 in range(0, nj, AT_ONCE):
+                jj = j0 + j4
+                pp = part_ptr + ((jj[:, None] * M + pos0 + offs_mm[None, :]).to(tl.int64) * Ntot)[:, :, None] + cols[None, None, :]
+                pj = tl.load(pp, mask=(jj < nj)[:, None, None] & mk[None, :, :], other=0.0, cache_modifier=".cg")
+                acc += tl.sum(pj, axis=0)
+            tl.store(yptr, (yv + acc).to(y_ptr.dtype.element_ty), mask=mk)
+            tl.atomic_xchg(sem, 0)
+
+    @triton.jit
+    def _expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, tiers_ptr, ntiers_ptr, ranks_ptr,
+                       rows_ptr, blocks_ptr, mout_ptr, coloff_ptr,
+                       M, ZC, Ntot, NB_max, n_slices, R_max, J_max, chunk, stride_ym,
                        NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                        UPCAST: tl.constexpr, GATHER: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+        """y[rows, cols] += z U^^T with tl.dot. Program (column block, (slice, run j), row block of the
+        batch): a row block holds rows of one slot (deltaset.plan_blocks); run j is the slot-slice's
+        components j * chunk .. (j + 1) * chunk, counted across its tiers in order (a run may
+        cross tiers: each part is computed at its own width). A slot-slice of one run adds into y
+        at once; otherwise each run stores its partial and the last adds them (_parts_into_y)."""
         pid_n = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        slot = tl.program_id(2)
-        cnt = tl.load(counts_ptr + slot)
-        if pid_m * BLOCK_M >= cnt:
-            return
-        sl = tl.load(nblk_ptr + 2 * pid_n)
-        n0 = tl.load(nblk_ptr + 2 * pid_n + 1)
-        nt = tl.load(ntiers_ptr + slot * n_slices + sl)
-        if nt == 0:
-            return
+        pj = tl.program_id(1)
+        blk = tl.program_id(2)
+        sl = pj // J_max
+        j = pj % J_max
+        slot, pos0, nrows = _row_block(blocks_ptr, blk)
+        s = tl.maximum(slot, 0)
+        nt = tl.load(ntiers_ptr + s * n_slices + sl)
+        rank = tl.load(ranks_ptr + s * n_slices + sl)
         m_s = tl.load(mout_ptr + sl)
-        coff = tl.load(coloff_ptr + sl)
-        start = tl.load(starts_ptr + slot)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = offs_m < cnt
-        pos = (start + offs_m).to(tl.int64)
-        rows = tl.load(rows_ptr + pos, mask=m_ok, other=0).to(tl.int64)
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < m_s
+        col0 = tl.load(coloff_ptr + sl)
+        n0 = pid_n * BLOCK_N
+        nj = tl.cdiv(rank, chunk)
+        if (slot < 0) | (j >= nj) | (n0 >= m_s):
+            return
+        lo = j * chunk
+        hi = tl.minimum(lo + chunk, rank)
+        offs_m = tl.arange(0, BLOCK_M)
+        m_ok = offs_m < nrows
+        pos = (pos0 + offs_m).to(tl.int64)
         dtype = y_ptr.dtype.element_ty
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        t0 = tl.zeros((), dtype=tl.int32)  # the tier's first component in the slot-slice
         for t in range(0, nt):
-            _v_q, _v_sz, u_q, u_sz, _s_off, bits, cnt_t, zcol, gs = _tile_header(tiers_ptr + ((slot * n_slices + sl) * R_max + t) * NFIELD)
-            if HAS2:
-                if bits == 2:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
-            if HAS3:
-                if bits == 3:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
-            if HAS8:
-                if bits == 8:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
-            if HAS4:
-                if bits == 4:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
-            if HAS1:
-                if bits == 1:
-                    acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, dtype, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
-        yptr = y_ptr + rows[:, None] * stride_ym + coff + offs_n[None, :]
-        ymask = m_ok[:, None] & n_ok[None, :]
-        yv = tl.load(yptr, mask=ymask, other=0.0).to(tl.float32)
-        tl.store(yptr, (yv + acc).to(dtype), mask=ymask)
+            _v_q, _v_sz, u_q, u_sz, _s_off, bits, cnt_t, zcol, gs = _tile_header(tiers_ptr + ((s * n_slices + sl) * R_max + t) * NFIELD)
+            a = tl.maximum(lo - t0, 0)
+            b = tl.minimum(hi - t0, cnt_t.to(tl.int32))
+            if a < b:
+                if HAS2:
+                    if bits == 2:
+                        acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, a, b, zcol, gs, m_s, n0, dtype, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
+                if HAS3:
+                    if bits == 3:
+                        acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, a, b, zcol, gs, m_s, n0, dtype, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
+                if HAS8:
+                    if bits == 8:
+                        acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, a, b, zcol, gs, m_s, n0, dtype, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
+                if HAS4:
+                    if bits == 4:
+                        acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, a, b, zcol, gs, m_s, n0, dtype, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
+                if HAS1:
+                    if bits == 1:
+                        acc = _expand_tier(acc, z_ptr, pos, m_ok, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, a, b, zcol, gs, m_s, n0, dtype, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, UPCAST, GATHER)
+            t0 += cnt_t.to(tl.int32)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < m_s
+        if nj == 1:
+            _y_add(y_ptr, rows_ptr, pos0, nrows, col0 + offs_n, n_ok, stride_ym, acc, BLOCK_M)
+        else:
+            pptr = part_ptr + ((j * M + pos) * Ntot)[:, None] + (col0 + offs_n)[None, :]
+            tl.store(pptr, acc, mask=m_ok[:, None] & n_ok[None, :])
+            sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
+            _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s, BLOCK_M, BLOCK_N,
+                          4 if BLOCK_M <= 16 else 1)
 
     @triton.jit
     def _dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, R, L, gs, BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -789,28 +851,8 @@ if HAVE_TRITON:
         if HAS1:
             if bits == 1:
                 _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
-        # every thread's partial is stored before one thread releases the counter
-        tl.debug_barrier()
         sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
-        done = tl.atomic_add(sem, 1, sem="acq_rel")
-        if done == nj - 1:
-            # y is asked for first, and the partials four items at a time (not one wait per item);
-            # the sum runs in item order, so the result does not depend on which program came last
-            offs_mm = tl.arange(0, BLOCK_M)
-            cols = col0 + n0 + tl.arange(0, BLOCK_N)
-            mk = (offs_mm < nrows)[:, None] & (cols < col0 + m_s)[None, :]
-            rows = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
-            yptr = y_ptr + (rows * stride_ym)[:, None] + cols[None, :]
-            yv = tl.load(yptr, mask=mk, other=0.0).to(tl.float32)
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            j4 = tl.arange(0, 4)
-            for j0 in range(0, nj, 4):
-                jj = j0 + j4
-                pp = part_ptr + ((jj[:, None] * M + pos0 + offs_mm[None, :]).to(tl.int64) * Ntot)[:, :, None] + cols[None, None, :]
-                pj = tl.load(pp, mask=(jj < nj)[:, None, None] & mk[None, :, :], other=0.0, cache_modifier=".cg")
-                acc += tl.sum(pj, axis=0)
-            tl.store(yptr, (yv + acc).to(y_ptr.dtype.element_ty), mask=mk)
-            tl.atomic_xchg(sem, 0)
+        _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s, BLOCK_M, BLOCK_N)
 
 
 #: the compiled kernels of the latest launches (registers, spills, shared memory: benchmarks read them)
@@ -829,6 +871,12 @@ def _has(dset: DeltaSet) -> dict[str, bool]:
 
 def _block_m(rows_per_slot: int) -> int:
     return 16 if rows_per_slot <= 16 else 32 if rows_per_slot <= 32 else 64
+
+
+def _dot_warps(block_m: int) -> int:
+    """Warps of a tl.dot program: 8 for blocks of 64 rows (with 4, Triton 3.6 spills both kernels
+    on sm_90: 72 B of stack in the shrink, 176+ in the expand; benchmarks/dot_sass.py), else 4."""
+    return 8 if block_m >= 64 else 4
 
 
 def rows_per_slot(M: int, dset: DeltaSet) -> int:
@@ -862,6 +910,16 @@ def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
     return rows_per_slot(M, dset) <= GEMV_MAX_ROWS
 
 
+#: the tl.dot kernels' work split (fixed by the shapes, so a CUDA graph captures it): programs the
+#: shrink's split of the input dimension and the expand's runs of components aim for (~8 a
+#: streaming multiprocessor of an H100/H200, where 96-400 programs left most of them idle), the
+#: shrink's largest split, the expand's shortest run of components
+DOT_SHRINK_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_SHRINK_PROGRAMS", "1024"))
+DOT_EXPAND_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_EXPAND_PROGRAMS", "1024"))
+DOT_MAX_SPLIT_K = 8
+DOT_MIN_CHUNK = 128
+
+
 def _gemv_block_m(M: int, dset: DeltaSet) -> int:
     r = min(rows_per_slot(M, dset), GEMV_MAX_ROWS)
     return 1 << (max(r, 1) - 1).bit_length()
@@ -875,9 +933,30 @@ def pick_split_k(M: int, dset: DeltaSet, path: str | None = None) -> int:
         split = max(1, min(8, kblocks, -(-1024 // n)))
         per = -(-(-(-kblocks // split)) // 4) * 4  # the kernel's share: whole 2-bit steps of 4 blocks
         return -(-kblocks // per)  # no split left without inputs
-    if rows_per_slot(M, dset) > 32:
-        return 1
-    return max(1, min(8, kblocks // 8))
+    per_slot = rows_per_slot(M, dset)
+    bm = _block_m(per_slot)
+    work = max(dset.n_tiles(dset.tile_r), 1) * -(-per_slot // bm)  # programs with rows at split 1
+    # the expand adds the splits' z in registers: past 128 // BLOCK_M splits (4 at 64 rows) it spills
+    split = max(1, min(DOT_MAX_SPLIT_K, max(4, 128 // bm), kblocks, -(-DOT_SHRINK_PROGRAMS // work)))
+    return -(-kblocks // -(-kblocks // split))  # no split left without inputs
+
+
+def dot_chunk(M: int, dset: DeltaSet, block_m: int, block_n: int, block_r: int) -> int:
+    """Components per program of the tl.dot expand: the rank is cut into runs until (column blocks
+    x runs x row blocks with rows) reaches DOT_EXPAND_PROGRAMS, runs of at least DOT_MIN_CHUNK
+    components (fewer and the partial sums cost more than the loop they shorten), whole steps of
+    block_r; the whole rank (one run: no partial sums) where the grid is full without a split."""
+    dset.build()
+    per_slot = rows_per_slot(M, dset)
+    cols = sum(-(-m // block_n) for m in dset.out_features)
+    work = cols * max(1, min(dset.n_slots, M)) * -(-per_slot // block_m)
+    runs = -(-DOT_EXPAND_PROGRAMS // work)
+    rank = max(dset.max_rank, 1)
+    if runs <= 1:
+        return rank
+    c = -(-rank // runs)
+    c = max(DOT_MIN_CHUNK, -(-c // block_r) * block_r)
+    return min(c, rank)
 
 
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
@@ -906,8 +985,8 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return z
-    num_warps, num_stages = num_warps or 4, num_stages or 2
     bm = block_m or _block_m(rows_per_slot(M, dset))
+    num_warps, num_stages = num_warps or _dot_warps(bm), num_stages or 2
     br = block_r or dset.tile_r
     tiles, ntiles, T = dset.tiles(br)
     grid = (dset.n_slices * T * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
@@ -923,7 +1002,8 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
            block_n: int | None = None, block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
            gather: bool = False, path: str | None = None, chunk: int | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place.
-    ``path`` as for :func:`shrink`; ``chunk``: components per GEMV program (a multiple of the step)."""
+    ``path`` as for :func:`shrink`; ``chunk``: components per program (GEMV: a multiple of its step;
+    tl.dot: a run across the tiers, by default :func:`dot_chunk`)."""
     _need_triton()
     dset.build()
     M = y.shape[0]
@@ -945,14 +1025,21 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return y
-    block_r, num_warps, num_stages = block_r or 32, num_warps or 4, num_stages or 2
     bm = block_m or _block_m(rows_per_slot(M, dset))
+    block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm), num_stages or 2
     bn = min(block_n or dset.block_k, dset.block_k)  # a block of columns lies inside one group
-    nblk = dset.nblocks(bn)
-    grid = (nblk.shape[0], triton.cdiv(M, bm), max(dset.n_slots, 1))
-    LAST["expand"] = _expand_kernel[grid](z, y, dset.words, dset.scales, dset.zeros, dset.tiers, dset.ntiers, nblk,
-                         plan.rows, plan.counts, plan.starts, dset.m_out, dset.col_off,
-                         M, dset.zcols, dset.n_slices, dset.max_tiers, y.stride(0),
+    nb = -(-max(dset.out_features) // bn)
+    blocks = plan_blocks(plan, bm)
+    run = chunk or dot_chunk(M, dset, bm, bn, block_r)
+    if run < 1:
+        raise KernelError(f"chunk must be a positive number of components, got {chunk}")
+    J = max(1, -(-dset.max_rank // run))
+    sems = dset.semaphores(nb, blocks.shape[0])
+    part = torch.empty(J, M, sum(dset.out_features), dtype=torch.float32, device=y.device) if J > 1 else z  # (unread when J is 1)
+    grid = (nb, dset.n_slices * J, blocks.shape[0])
+    LAST["expand"] = _expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, dset.tiers, dset.ntiers, dset.ranks,
+                         plan.rows, blocks, dset.m_out, dset.col_off,
+                         M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, dset.max_tiers, J, run, y.stride(0),
                          NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), GATHER=gather, **_has(dset),
                          num_warps=num_warps, num_stages=num_stages)
     return y
