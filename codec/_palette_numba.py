@@ -45,11 +45,13 @@ def split(words, width, ks, pd, idx):  # noqa: ANN001
     """Palette streams of the 16-bit words ``words`` (uint16, native order = little-endian; an
     unaligned view works): fills ``ks`` (a byte a block), ``pd`` (at most 3 * 32 bytes a block) and
     ``idx`` (zeroed by the caller, at most 20 bytes a block); returns (bytes of ``pd``, bytes of
-    ``idx``) written. Distinct words through a 65536-entry table; a palette of up to 16 words (every
-    block of a 4-bit grid) is sorted by Batcher's 63-comparator network on 16 registers (branch-free:
-    the pairwise count it replaces was a third of the encode), a larger one by counting smaller words."""
+    ``idx``) written. Distinct words through a 65536-entry table, every word of a block written
+    there before any is read back (a read after each write had every element wait on the store
+    before it); a palette of up to 16 words (every block of a 4-bit grid) is sorted by Batcher's
+    63-comparator network on 16 registers (branch-free: the pairwise count it replaces was a third
+    of the encode), a larger one by counting smaller words."""
     n = words.size
-    rank = np.zeros(1 << 16, np.uint8)  # rank + 1 of each word of the block; 0: not in it
+    rank = np.zeros(1 << 16, np.uint8)  # per word of the block: its last position + 1, then its rank + 1
     pal = np.zeros(BLOCK, np.int64)
     uniq = np.zeros(BLOCK, np.int64)
     key = np.zeros(BLOCK, np.int64)
@@ -57,15 +59,16 @@ def split(words, width, ks, pd, idx):  # noqa: ANN001
     for blk in range((n + BLOCK - 1) // BLOCK):
         s = blk * BLOCK
         m = min(BLOCK, n - s)
-        k = 0
-        for j in range(m):  # the distinct rotated words, in order of first appearance
+        for j in range(m):  # each word's last position in the block: stores only, so no load waits on a store
             x = np.int64(words[_U(s + j)])
             v = ((x << 1) | (x >> 15)) & 0xFFFF
             key[_U(j)] = v
-            new = rank[_U(v)] == 0
-            rank[_U(v)] = 1
+            rank[_U(v)] = j + 1
+        k = 0
+        for j in range(m):  # the distinct words: each at its last position
+            v = key[_U(j)]
             uniq[_U(k)] = v
-            k += new
+            k += rank[_U(v)] == j + 1
         if k <= 16:
             for t in range(k, 16):
                 uniq[_U(t)] = 1 << 16  # above every word: sorted to the end, never read
@@ -163,8 +166,6 @@ def split(words, width, ks, pd, idx):  # noqa: ANN001
                 idx[_U(p + (bp >> 3))] |= np.uint8((a << sh) & 0xFF)
                 if sh + b > 8:
                     idx[_U(p + (bp >> 3) + 1)] |= np.uint8(a >> (8 - sh))
-        for t in range(k):
-            rank[_U(pal[_U(t)])] = 0
         p += 4 * b
     return q, p
 
