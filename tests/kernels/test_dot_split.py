@@ -112,3 +112,28 @@ def test_the_default_split_fills_the_gpu_at_llama_shapes() -> None:
         assert sk > 1 and runs > 1 and chunk >= triton_ops.DOT_MIN_CHUNK and chunk % 32 == 0
         programs = 3 * (4096 // ds.block_k) * runs * -(-M // bm)
         assert programs >= triton_ops.DOT_EXPAND_PROGRAMS // 2, (M, programs)
+
+
+def test_runs_of_several_row_blocks_of_one_fine_tune_add_into_their_own_rows() -> None:
+    """Blocks of 16 rows over 21 + 19 rows of two fine-tunes (two row blocks each, the second
+    partly empty): each (row block, slice, column block) group has its own counter and its own rows
+    of the partials, so runs of one row block never add into another's rows."""
+    dtype = torch.bfloat16
+    n, ms = 100, [75, 40]
+    ds = DeltaSet(n, ms, DEVICE)
+    for pks in _tenants(dtype, n, ms)[:2]:
+        ds.add(pks)
+    ds.build()
+    # the first linear cut into 4 or more runs of 6 for both; the second (ranks 3 and 7): one run and two
+    assert int(ds.ranks[:, 0].min()) > 3 * 6 and sorted(ds.ranks[:, 1].tolist()) == [3, 7]
+    ids = torch.tensor([0, 1] * 19 + [0, 0], device=DEVICE)
+    M = len(ids)
+    plan = plan_rows(ids, 2)
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(13)).to(dtype).to(DEVICE)
+    zr = ref_ops.shrink(x, ds, plan)
+    d_r = ref_ops.expand(zr, torch.zeros(M, sum(ms), dtype=dtype, device=DEVICE), ds, plan)
+    z = triton_ops.shrink(x, ds, plan, 2, block_m=16)
+    d_t = triton_ops.expand(z, torch.zeros_like(d_r), ds, plan, block_m=16, chunk=6)
+    assert rel(d_t.float(), d_r.float()) < DELTA_TOL[dtype]
+    for r in range(M):  # every row on its own (a row added twice, or left out, stands out)
+        assert rel(d_t[r].float(), d_r[r].float()) < 3 * DELTA_TOL[dtype], r
