@@ -594,25 +594,28 @@ def palette_store(base: dict, base_file: Path, say, repeat: int, others: list[Pa
         change in the machine's load falls on both alike; with ``zfile``, zipnn on that file in the
         same rounds (zipnn, today, palette, zipnn, ...) and its row too."""
         best = {(pal, way): float("inf") for pal in (False, True) for way in ("enc", "dec")}
-        streams, zs = {}, []
+        streams, zs, rounds = {}, [], []
+        raw = sum(t.size for t in ts)
         for _ in range(repeat):
             if zfile is not None:
                 zs.append(bench_zipnn(zfile, 1))
             for pal in (False, True):
                 t, streams[pal] = cpu(lambda: enc(ts, pal), 1)
                 best[pal, "enc"] = min(best[pal, "enc"], t)
+                te = t
                 t, outs = cpu(lambda: dec(streams[pal]), 1)
                 best[pal, "dec"] = min(best[pal, "dec"], t)
+                if pal and zs:  # this round's palette speeds over zipnn's, timed minutes apart at most
+                    rounds.append((raw / te / MB / zs[-1]["enc"], raw / t / MB / zs[-1]["dec"]))
                 assert all(np.array_equal(o, x) for o, x in zip(outs, ts)), "palette store round trip is not exact"
                 del outs
-        raw = sum(t.size for t in ts)
         rows = []
         for pal in (False, True):
             modes = [m for s in streams[pal] for m in planes.read_info(memoryview(s)).modes]
             rows.append(dict(bytes=sum(s.size for s in streams[pal]), raw=raw, enc=raw / best[pal, "enc"] / MB,
                              dec=raw / best[pal, "dec"] / MB, pal=sum(m[0] == palette.MODE for m in modes), chunks=len(modes)))
         if zs:
-            rows.append(dict(zs[0], enc=max(z["enc"] for z in zs), dec=max(z["dec"] for z in zs)))
+            rows.append(dict(zs[0], enc=max(z["enc"] for z in zs), dec=max(z["dec"] for z in zs), rounds=rounds))
         return rows
 
     ts = _float16_tensors(base)
@@ -633,6 +636,10 @@ def palette_store(base: dict, base_file: Path, say, repeat: int, others: list[Pa
                     ("plane mode 2 where it wins (palette=True, the store's writer)", new)):
         say(f"| {name} | {r['bytes'] / MB:.2f} | {r['bytes'] / z['bytes'] - 1:+.2%} | {r['bytes'] / today['bytes'] - 1:+.2%} | "
             f"{r['enc']:,.0f} | {r['dec']:,.0f} | {r['enc'] / z['enc']:.2f} / {r['dec'] / z['dec']:.2f} |")
+    say("")
+    re_, rd_ = (sorted(r[i] for r in z["rounds"]) for i in (0, 1))
+    say(f"Round by round (zipnn, then the palette, each round): palette / zipnn encode median {np.median(re_):.2f} "
+        f"(rounds {', '.join(f'{x:.2f}' for x in re_)}), decode median {np.median(rd_):.2f} (rounds {', '.join(f'{x:.2f}' for x in rd_)}).")
     say("")
     say(f"Chunks coded as palettes: {new['pal']} of {new['chunks']}. Load average after: {os.getloadavg()[0]:.1f}.")
     say("")
