@@ -64,9 +64,10 @@ KEEP_BELOW = 1.2
 
 def enabled() -> bool:
     """Whether the store writes palette chunks: opt-in (``DELTASTORE_PALETTE=1``) until it codes
-    at no less than zipnn's speed, the bar issue 12 sets for keeping a base format (measured
-    0.90-0.97x encode, 0.71-0.86x decode per core: benchmarks/results/lossless_amd-epyc-2c.md).
-    Reading palette chunks needs no switch: every reader decodes them."""
+    at no less than zipnn's speed, the bar issue 12 sets for keeping a base format. Measured on
+    SmolLM2's base (benchmarks/results/lossless_amd-epyc-2c.md, runs 25-30): encode 1.03-1.47x
+    zipnn's per core, decode about level (0.93-1.39x best of 5; 0.91-0.99x the median round), so
+    not yet. Reading palette chunks needs no switch: every reader decodes them."""
     return os.environ.get("DELTASTORE_PALETTE", "0") == "1"
 ERRORS = {-1: "a block's palette is larger than the block", -2: "the index stream is truncated",
           -3: "the palette stream is truncated", -4: "a palette escape codes a value under 255",
