@@ -35,7 +35,7 @@ import torch
 
 from deltastore.codec import get_codec, quant
 from deltastore.kernels import DeltaSet, PackedDeltaCoMe, plan_rows, ref_ops, triton_ops
-from deltastore.kernels.linear import beside, with_delta
+from deltastore.kernels.linear import beside, side_for, with_delta
 from deltastore.kernels.packed import PackedFactor
 
 # (name, out features per slice, in features)
@@ -215,7 +215,11 @@ class Bench:
                 for c in self.copies:
                     for gi, W in enumerate(c.W):
                         inp = h if gi == 3 else x
-                        y, d = beside(inp, ds_of(c, gi), plan, lambda: torch.mm(inp, W.T, out=ys[gi]), "triton", out=dbuf[gi])
+                        ds = ds_of(c, gi)
+                        if side_for(inp, ds, "triton") is None:  # as a lone DeltaLinear: in place, one stream
+                            triton_ops.expand(triton_ops.shrink(inp, ds, plan, sk), torch.mm(inp, W.T, out=ys[gi]), ds, plan)
+                            continue
+                        y, d = beside(inp, ds, plan, lambda: torch.mm(inp, W.T, out=ys[gi]), "triton", out=dbuf[gi])
                         with_delta(y, d, y.dtype)
 
             return run_overlap, ys
@@ -699,8 +703,8 @@ def main() -> None:
         lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['floor_base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['floor_us']:.1f} | "
                      f"{r['shrink_us']:.1f} / {r['expand_us']:.1f} | {('x%.2f' % r['factors_x']) if 'factors_x' in r else '-'} | "
                      f"{('x%.2f' % r['dense_x']) if 'dense_x' in r else '-'} | {r['err']:.1e} |")
-    lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as DeltaLinear serves a GPU: the side stream on the GEMV path, "
-              "one stream with a float32 delta on the tl.dot path; default "
+    lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as a lone DeltaLinear serves a GPU: the side stream on the GEMV path, "
+              "the one-stream layer on the tl.dot path; default "
               "kernel configurations; y += d after the join), against the one-stream figure above; the error of y against float32 base + the torch reference delta:", "",
               "| case | base alone (us) | one stream (us) | x base | side stream (us) | x base | worst error, one / side stream (eps(bf16) x rms y) |", "|---|---|---|---|---|---|---|"]
     for r in rows:

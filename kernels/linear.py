@@ -86,24 +86,27 @@ def side_stream(x: torch.Tensor, preference: KernelPreference | str) -> "torch.c
     return s
 
 
+def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str) -> "torch.cuda.Stream | None":
+    """:func:`side_stream` where it pays: the GEMV path (a few rows per fine-tune). On the H200
+    (bench_kernels.py) a layer at M=1 ran 5% faster with it (209 -> 199 us) and 32 rows over 8
+    fine-tunes 3% faster; on the tl.dot path (M=16) 1.5% slower: None there."""
+    s = side_stream(x, preference)
+    return s if (s is not None and triton_ops.use_gemv(x.shape[0], dset)) else None
+
+
 def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T],
            preference: KernelPreference | str = KernelPreference.AUTO, *, side: "torch.cuda.Stream | None | bool" = True,
            out: torch.Tensor | None = None, split_k: int | None = None) -> tuple[T, torch.Tensor]:
     """``(base(), d)``: d float32 (M, sum out) = the per-row packed delta of x (M, in), computed on
     :func:`side_stream` while ``base()`` runs on the current stream; both are done (on the current
-    stream's order) when this returns. ``side=False``: one after the other on the current stream;
-    by default the side stream serves the GEMV path (a few rows per fine-tune), where one H200
-    measured a layer at M=1 5% faster (209 -> 199 us) and 32 rows over 8 fine-tunes 3% faster,
-    and not the tl.dot path, where M=16 was 1.5% slower.
+    stream's order) when this returns. ``side=True``: the stream of :func:`side_for` (or none);
+    ``side=False``: one after the other on the current stream.
 
     Graph-safe: the fork and join are stream waits (captured as graph edges), no host sync; d is
     allocated on the current stream before the fork (or given as ``out``), so the allocator never
     hands its memory to another stream while the side stream still writes it."""
     d = torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out
-    if side is True:  # measured on the H200 (bench_kernels.py): a gain on the GEMV path only (few rows per fine-tune)
-        s = side_stream(x, preference) if triton_ops.use_gemv(x.shape[0], dset) else None
-    else:
-        s = side or None
+    s = side_for(x, dset, preference) if side is True else (side or None)
     if s is None:
         d.zero_()
         apply_deltas(x, d, dset, plan, preference, split_k)
@@ -301,8 +304,12 @@ class DeltaLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if packed and self.group is not None:
             return self.group.output(self.index, x2, self.ctx, self.preference).reshape(*lead, self.out_features)
-        if packed:  # (holds_any built the set's tables): float32(base) + delta, rounded once
+        if packed:  # (holds_any built the set's tables)
             plan = self.ctx.plan(x2.shape[0], x.device)
-            y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference)
-            return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)
+            if side_for(x2, self.deltas, self.preference) is not None:  # float32(base) + delta, rounded once
+                y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference)
+                return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)
+            y2 = self.base_output(x2)  # one stream: the expand adds into the base output in place
+            apply_deltas(x2, y2, self.deltas, plan, self.preference)
+            return y2.to(x.dtype).reshape(*lead, self.out_features)
         return self.base_output(x2).to(x.dtype).reshape(*lead, self.out_features)

@@ -6,8 +6,9 @@ of one slice of one slot, optionally split along the input dimension) and an *ex
 one program per block of output columns and run of components, looping over the tiers the run
 crosses; a slot-slice cut into several runs has its float32 partials added into y by the last of
 its programs to finish, as the GEMV expand does). The split of either is fixed by the shapes
-(:func:`pick_split_k`, :func:`dot_chunk`: ~1024 programs; one per 128 output columns left most
-of an H200 idle). Rows of the batch are grouped by slot through a :class:`RowPlan` (sorted rows,
+(:func:`pick_split_k`: ~1024 shrink programs; :func:`dot_chunk`: ~256 expand programs, where
+one per 128 output columns left most of an H200 idle; more runs cost more in partial sums than
+they gain: measured in benchmarks/results/kernels_h200.md). Rows of the batch are grouped by slot through a :class:`RowPlan` (sorted rows,
 counts, starts); a program whose slot serves fewer rows than its row block exits at once, so the
 grid depends only on the batch size and the number of slots (a CUDA graph captures it; no host
 sync, no per-token Python).
@@ -873,10 +874,13 @@ def _block_m(rows_per_slot: int) -> int:
     return 16 if rows_per_slot <= 16 else 32 if rows_per_slot <= 32 else 64
 
 
-def _dot_warps(block_m: int) -> int:
-    """Warps of a tl.dot program: 8 for blocks of 64 rows (with 4, Triton 3.6 spills both kernels
-    on sm_90: 72 B of stack in the shrink, 176+ in the expand; benchmarks/dot_sass.py), else 4."""
-    return 8 if block_m >= 64 else 4
+def _dot_warps(block_m: int, per_slot: int, expand: bool) -> int:
+    """Warps of a tl.dot program, as measured on the H200 (results/raw_h200/dot_*): 4, except the
+    expand of one 64-row block a fine-tune (65-128 rows), where 8 ran faster (M=64: 378 vs 410 us a
+    layer's expands) though with 4 Triton 3.6 spills it on sm_90 (176+ B of stack). With several
+    64-row blocks (M=256) 4 warps ran faster in both kernels (expands 989 vs 1125 us, shrinks 381
+    vs 473), spills and all."""
+    return 8 if (expand and block_m >= 64 and per_slot <= 128) else 4
 
 
 def rows_per_slot(M: int, dset: DeltaSet) -> int:
@@ -915,7 +919,7 @@ def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
 #: streaming multiprocessor of an H100/H200, where 96-400 programs left most of them idle), the
 #: shrink's largest split, the expand's shortest run of components
 DOT_SHRINK_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_SHRINK_PROGRAMS", "1024"))
-DOT_EXPAND_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_EXPAND_PROGRAMS", "1024"))
+DOT_EXPAND_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_EXPAND_PROGRAMS", "256"))
 DOT_MAX_SPLIT_K = 8
 DOT_MIN_CHUNK = 128
 
@@ -943,7 +947,8 @@ def pick_split_k(M: int, dset: DeltaSet, path: str | None = None) -> int:
 
 def dot_chunk(M: int, dset: DeltaSet, block_m: int, block_n: int, block_r: int) -> int:
     """Components per program of the tl.dot expand: the rank is cut into runs until (column blocks
-    x runs x row blocks with rows) reaches DOT_EXPAND_PROGRAMS, runs of at least DOT_MIN_CHUNK
+    x runs x row blocks with rows) reaches DOT_EXPAND_PROGRAMS (256: on the H200 a Llama-2-7B layer's
+    expands at M=64 took 378 us with it, 424 with 1024; at M=256, 1125 against 1262), runs of at least DOT_MIN_CHUNK
     components (fewer and the partial sums cost more than the loop they shorten), whole steps of
     block_r; the whole rank (one run: no partial sums) where the grid is full without a split."""
     dset.build()
@@ -986,7 +991,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return z
     bm = block_m or _block_m(rows_per_slot(M, dset))
-    num_warps, num_stages = num_warps or _dot_warps(bm), num_stages or 2
+    num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2
     br = block_r or dset.tile_r
     tiles, ntiles, T = dset.tiles(br)
     grid = (dset.n_slices * T * split_k, triton.cdiv(M, bm), max(dset.n_slots, 1))
@@ -1026,7 +1031,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              num_warps=num_warps or 4, num_stages=num_stages or 3)
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
-    block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm), num_stages or 2
+    block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2
     bn = min(block_n or dset.block_k, dset.block_k)  # a block of columns lies inside one group
     nb = -(-max(dset.out_features) // bn)
     blocks = plan_blocks(plan, bm)

@@ -2,9 +2,10 @@
 DeltaLinear and DeltaGroup serves a GPU: the same outputs as the one-stream order
 (``DELTASTORE_DELTA_STREAM=0``), also inside a captured CUDA graph replayed with new inputs.
 
-Bound, and why: both orders compute the same float32 delta with the same kernels and add it to the
-base output rounding once, so they agree bit for bit unless the kernels' float32 sums differ
-(they do not: the launches are the same); the test asserts equality."""
+Bounds, and why: a DeltaGroup computes the same float32 delta with the same kernels in both orders
+and adds it to the base output rounding once: equal bit for bit. A lone DeltaLinear without the
+side stream lets the expand add into its bf16 output in place (as before the side stream), which
+may round that element again: within 4 eps(bf16) x rms(y) of the side-stream output."""
 
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ def test_side_stream_outputs_equal_one_stream(M: int, monkeypatch) -> None:
     assert side_stream(x, "triton") is None
     x2 = x.clone()  # a new tensor: nothing served from the group's kept outputs
     one = [m(x2) for m in members] + [lone(x2)]
-    for a, b in zip(side, one):
+    for a, b in zip(side[:-1], one[:-1]):
         assert torch.equal(a, b)
+    a, b = side[-1].float(), one[-1].float()
+    assert float((a - b).abs().amax()) <= 4 * torch.finfo(torch.bfloat16).eps * float(b.pow(2).mean().sqrt())
 
 
 @cuda
