@@ -266,6 +266,41 @@ class Bench:
         return worst
 
 
+def modules_fn(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor):
+    """A closure running every copy's layer through the modules users get (kernels.DeltaLinear,
+    q/k/v and gate/up as DeltaGroups over the bench's DeltaSets, weights as row views of the
+    group's weight): separate base GEMMs, the side stream where it serves, float32 group deltas."""
+    from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
+
+    x, h, _ = bench.inputs(M, torch.Generator().manual_seed(M))
+    ctx = DeltaContext(n_tenants)
+    ctx.set(ids)
+    mods = []
+    for c in bench.copies:
+        per = []
+        for gi, ((_, ms, K), W) in enumerate(zip(bench.groups, c.W)):
+            ds = c.sets[n_tenants][gi]
+            offs = [sum(ms[:j]) for j in range(len(ms))]
+            if len(ms) > 1:
+                g = DeltaGroup(K, ms, bench.device)
+                g.deltas = ds
+                per.append([DeltaLinear(W[o : o + m], None, ctx, "triton", g, j) for j, (o, m) in enumerate(zip(offs, ms))])
+            else:
+                lin = DeltaLinear(W, None, ctx, "triton")
+                lin.deltas = ds
+                per.append([lin])
+        mods.append(per)
+
+    def run() -> None:
+        for per in mods:
+            for gi, lins in enumerate(per):
+                inp = h if gi == 3 else x
+                for lin in lins:
+                    lin(inp)
+
+    return run
+
+
 def overlap_err(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor) -> tuple[float, float]:
     """Worst error of the last copy's layer output against float32 base output + the torch
     reference delta (float32), in units of eps(bf16) x the rms of y: (one-stream layer, side-stream
@@ -594,6 +629,7 @@ def main() -> None:
             print(f"smoke M={M} tenants={nt}: worst error of y against float32 base + reference delta, eps(bf16) x rms(y): "
                   f"one stream {one:.2f}, side stream {two:.2f}")
             assert two <= 4.0, two
+            modules_fn(b, M, nt, ids.to(dev))()  # the modules' layer runs (its numbers: tests/kernels)
         return
 
     if args.fused:
@@ -645,11 +681,13 @@ def main() -> None:
         t, cfg, err = best_cfg(M, 1, ids)
         stages = {s: time_graph(bench.layer_fn(M, 1, ids, cfg, stages=s)[0]) for s in ("shrink", "expand")}
         tov = time_graph(bench.layer_fn(M, 1, ids, {}, overlap=True)[0])
+        tmod = time_graph(modules_fn(bench, M, 1, ids))
         oerr = overlap_err(bench, M, 1, ids)
         fb, fd = floor(bench.base_bytes), floor(bench.base_bytes + bench.delta_bytes)
         rows.append(dict(case=f"single tenant, M={M}", M=M, base_us=us(tb), base7_us=us(t7), delta_us=us(t), x=t / tb,
                          factors_x=tf / tb, dense_x=td / tb, floor_base_us=fb, floor_us=fd, err=err, cfg=cfg,
-                         shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]), overlap_us=us(tov), overlap_x=tov / tb, overlap_err=oerr))
+                         shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]), overlap_us=us(tov), overlap_x=tov / tb, overlap_err=oerr,
+                         modules_us=us(tmod), modules_x=tmod / tb))
         print(json.dumps(rows[-1]), flush=True)
 
     def multi(M: int, nt: int) -> None:
@@ -658,6 +696,7 @@ def main() -> None:
         t, cfg, err = best_cfg(M, nt, ids)
         stages = {s: time_graph(bench.layer_fn(M, nt, ids, cfg, stages=s)[0]) for s in ("shrink", "expand")}
         tov = time_graph(bench.layer_fn(M, nt, ids, {}, overlap=True)[0])
+        tmod = time_graph(modules_fn(bench, M, nt, ids))
         oerr = overlap_err(bench, M, nt, ids)
         # beside it: one single-tenant pass per tenant over its rows
         per = M // nt
@@ -666,7 +705,7 @@ def main() -> None:
         fd = floor(bench.base_bytes + nt * bench.delta_bytes)
         row = dict(case=f"{M} rows over {nt} deltas", M=M, base_us=us(tb), delta_us=us(t), x=t / tb, floor_base_us=floor(bench.base_bytes),
                    floor_us=fd, x_floor=us(t) / fd, err=err, cfg=cfg, separate_us=us(tsep),
-                   shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]), overlap_us=us(tov), overlap_x=tov / tb, overlap_err=oerr,
+                   shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]), overlap_us=us(tov), overlap_x=tov / tb, overlap_err=oerr, modules_us=us(tmod), modules_x=tmod / tb,
                    delta_mem_mb=nt * bench.delta_bytes / 1e6, dense_mem_mb=nt * bench.base_bytes / 1e6)
         if nt == 8:  # 8 dense fine-tunes resident: one GEMM set per tenant over its rows
             Ws = [[(W + 0).contiguous() for W in bench.copies[c % len(bench.copies)].W] for c in range(nt)]
@@ -705,11 +744,12 @@ def main() -> None:
                      f"{('x%.2f' % r['dense_x']) if 'dense_x' in r else '-'} | {r['err']:.1e} |")
     lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as a lone DeltaLinear serves a GPU: the side stream on the GEMV path, "
               "the one-stream layer on the tl.dot path; default "
-              "kernel configurations; y += d after the join), against the one-stream figure above; the error of y against float32 base + the torch reference delta:", "",
-              "| case | base alone (us) | one stream (us) | x base | side stream (us) | x base | worst error, one / side stream (eps(bf16) x rms y) |", "|---|---|---|---|---|---|---|"]
+              "kernel configurations; y += d after the join), against the one-stream figure above; the error of y against float32 base + the torch reference delta; and the layer "
+              "through the modules users get (DeltaLinear, DeltaGroup for q/k/v and gate/up: seven base GEMMs, float32 group deltas):", "",
+              "| case | base alone (us) | one stream (us) | x base | side stream (us) | x base | worst error, one / side stream (eps(bf16) x rms y) | DeltaLinear modules (us) | x base |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "overlap_us" in r:
-            lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['overlap_us']:.1f} | x{r['overlap_x']:.2f} | {r['overlap_err'][0]:.2f} / {r['overlap_err'][1]:.2f} |")
+            lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['overlap_us']:.1f} | x{r['overlap_x']:.2f} | {r['overlap_err'][0]:.2f} / {r['overlap_err'][1]:.2f} | {r['modules_us']:.1f} | x{r['modules_x']:.2f} |")
     lines += ["", "Multi-tenant, beside it:", "", "| case | one pass (us) | x of its floor | one single-tenant pass per tenant (us) | dense fine-tunes resident (us) | packed deltas (MB/layer) | dense fine-tunes (MB/layer) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "separate_us" in r:
