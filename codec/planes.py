@@ -74,9 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from . import _zstd
 from . import palette as _palette
-from ._zstd import unzstd
 from .errors import CorruptPayloadError
 
 MAGIC = b"DSP1"
@@ -655,6 +653,25 @@ def _read_info_grouped(buf: memoryview, width: int, flags: int, nchunks: int, ra
     return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos, chunks)
 
 
+def unzstd(dctx: zstandard.ZstdDecompressor, frame: bytes | memoryview, n: int) -> bytes:
+    """One zstd frame that must decode to exactly ``n`` bytes. The frame's own size claim is
+    checked first: python-zstandard allocates what a frame header claims, whatever
+    ``max_output_size`` says, so an altered header could otherwise ask for any amount of memory."""
+    try:
+        claimed = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise CorruptPayloadError(f"not a zstd frame: {e}") from None
+    if claimed not in (-1, n):
+        raise CorruptPayloadError(f"zstd frame claims {claimed} bytes where the table says {n}")
+    try:
+        raw = dctx.decompress(frame, max_output_size=max(n, 1))
+    except zstandard.ZstdError as e:
+        raise CorruptPayloadError(f"zstd frame does not decode: {e}") from None
+    if len(raw) != n:
+        raise CorruptPayloadError("plane has the wrong length")
+    return raw
+
+
 def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tuple[list[np.ndarray], int]:
     planes = []
     for mode, ln in zip(modes, lens):
@@ -670,29 +687,6 @@ def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tupl
             raise CorruptPayloadError(f"unknown plane mode {mode}")
         planes.append(np.frombuffer(raw, dtype=np.uint8))
     return planes, pos
-
-
-def _plain_planes(dctx, buf: memoryview, info: StreamInfo, i: int, start: int, n: int) -> list[np.ndarray]:  # noqa: ANN001
-    """Chunk ``i``'s planes of a plain stream: each zstd frame decoded straight into this thread's
-    scratch by the system's libzstd where it loads (``codec._zstd``; else python-zstandard and a
-    copy), a stored plane read in place. :func:`_decode_planes` made a new ``bytes`` per plane
-    (allocated and freed with the GIL held) through python-zstandard's slower decoder."""
-    src = np.frombuffer(buf, dtype=np.uint8)
-    scratch = _scratch(info.width * n).reshape(info.width, n)
-    decode, src_addr, dst_addr = _zstd.decoder(dctx), _zstd.address(src), _zstd.address(scratch)
-    planes, pos = [], start
-    for k, (mode, ln) in enumerate(zip(info.modes[i], info.plane_lens[i])):
-        if mode == 1:
-            decode(src, src_addr, pos, ln, scratch, dst_addr, k * n, n)
-            planes.append(scratch[k])
-        elif mode == 0:
-            if ln != n:
-                raise CorruptPayloadError("plane has the wrong length")
-            planes.append(src[pos : pos + ln])  # stored plane: read in place, no copy
-        else:
-            raise CorruptPayloadError(f"unknown plane mode {mode}")
-        pos += ln
-    return planes
 
 
 def _scratch(nbytes: int) -> np.ndarray:
@@ -734,9 +728,8 @@ def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out
         _palette.decode_chunk(buf[start : start + info.plane_lens[i][0]], out, lambda f, m: unzstd(dctx, f, m))
         return out
     if info.groups is None:
-        if out is None:  # a new array: the planes lie in this thread's scratch, reused by its next chunk
-            out = np.empty(info.raw_lens[i], dtype=np.uint8)
-        return join_planes(_plain_planes(dctx, buf, info, i, start, n), info.width, info.rotate, out)
+        planes, _ = _decode_planes(dctx, buf, start, info.modes[i], info.plane_lens[i], n)
+        return join_planes(planes, info.width, info.rotate, out)
     if ctx is None or ctx.size != n:
         raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
     w, fx = info.width, fast()
