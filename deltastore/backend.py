@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import fsspec
 
@@ -166,41 +166,6 @@ class Backend:
             return self.fs.cat_file(p)
         except FileNotFoundError:
             return None
-
-    def get_into(self, key: str, scratch: Callable[[int], memoryview]) -> memoryview | None:
-        """:meth:`get`, read into ``scratch(n)`` (a writable buffer of at least ``n`` bytes that the
-        caller reuses from read to read) on local disk; the bytes as a view of it, valid until
-        the caller's next read into the same buffer. Why: ``get`` returns a new ``bytes`` per
-        object, and freeing one (a ``munmap`` of the whole object, ~9 ms per 64 MB on the dev VM)
-        runs with the GIL held, once per tensor of every checkout; a reused buffer is also
-        faulted in only once. Other filesystems, and a subclass with a ``get`` of its own (which
-        then sees every whole read): :meth:`get`, as a view."""
-        if not self.local or type(self).get is not Backend.get:
-            data = self.get(key)
-            return None if data is None else memoryview(data)
-        crash_point("backend.get")
-        p = self._path(key)
-        try:
-            fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-        try:
-            want = os.fstat(fd).st_size
-            buf = scratch(want + 1)  # one byte more: a file longer than it said is read whole by get
-            got = 0
-            while got <= want:
-                n = os.readv(fd, [buf[got : want + 1]])
-                if n == 0:
-                    break
-                got += n
-        except IsADirectoryError:
-            return None
-        finally:
-            os.close(fd)
-        if got > want:  # it grew while read (objects never do; a foreign writer): read it as get does
-            data = self.get(key)
-            return None if data is None else memoryview(data)
-        return buf[:got]
 
     def get_range(self, key: str, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` (fewer past the end of the object; empty for an empty range);

@@ -20,7 +20,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,13 +143,8 @@ class ObjectDB:
         return self._put(oid_of(data), kind, RAW, lambda f: [f, data], len(data), defer)
 
     # -- reading -------------------------------------------------------------------------------
-    def _frame(self, oid: str, *, pooled: bool = False) -> tuple[str, int, memoryview]:
-        """The object's kind, coding and body. ``pooled``: the body is read into this thread's
-        reused read buffer (:func:`_read_buffer`), valid only until this thread's next pooled read:
-        for a caller that decodes it into an array of its own before returning."""
-        key = key_of(oid)
-        get_into = getattr(self.backend, "get_into", None) if pooled else None  # a duck-typed backend may lack it
-        data = get_into(key, _read_buffer) if get_into is not None else self.backend.get(key)
+    def _frame(self, oid: str) -> tuple[str, int, memoryview]:
+        data = self.backend.get(key_of(oid))
         if data is None:
             raise ObjectMissingError(oid)
         if len(data) < _FRAME.size:
@@ -164,10 +158,7 @@ class ObjectDB:
         """The logical bytes; with ``verify`` they are re-hashed against the id. ``max_size``
         (what the manifest says the object decodes to) is checked against the frame's own
         claim before anything is allocated: a hostile frame cannot make us allocate more."""
-        return self._decode(oid, *self._frame(oid), verify=verify, max_size=max_size)
-
-    def _decode(self, oid: str, kind: str, coding: int, body: memoryview, *, verify: bool, max_size: int | None) -> bytes:
-        """:meth:`get` of a frame already read: new bytes, never a view of ``body``."""
+        kind, coding, body = self._frame(oid)
         cap = (MAX_MANIFEST if kind == "manifest" else MAX_DECODED) if max_size is None else max_size
         try:
             if coding == ZSTD:
@@ -212,11 +203,9 @@ class ObjectDB:
         file it writes), instead of a new array."""
         if out is not None and (nbytes is None or out.size != nbytes):
             raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
-        # read into the thread's reused buffer: the stream is decoded into ``out``, another coding
-        # into new bytes (never a view of it)
-        kind, coding, body = self._frame(oid, pooled=True)
+        kind, coding, body = self._frame(oid)
         if coding != PLANES:
-            got = np.frombuffer(bytearray(self._decode(oid, kind, coding, body, verify=verify, max_size=nbytes)), dtype=np.uint8)
+            got = np.frombuffer(bytearray(self.get(oid, verify=verify, max_size=nbytes)), dtype=np.uint8)
             if nbytes is not None and got.size != nbytes:
                 raise CorruptObjectError(oid, f"decodes to {got.size} bytes, not the {nbytes} expected")
             if out is None:
@@ -374,31 +363,6 @@ class ObjectDB:
 
     def delete(self, oid: str) -> None:
         self.backend.delete(key_of(oid))
-
-
-#: the largest read buffer a thread keeps between objects (see :func:`_read_buffer`); a larger
-#: object gets a buffer of its own, freed after it
-READ_BUFFER_KEPT = 256 << 20
-READ_BUFFER_STEP = 4 << 20
-_LOCAL = threading.local()
-
-
-def _read_buffer(n: int) -> memoryview:
-    """A writable buffer of at least ``n`` bytes, this thread's own, reused by its next read: a
-    tensor object's stream is read into it, then decoded into the caller's array. A new buffer
-    per object cost a page fault per 4 KiB to fill and a ``munmap`` with the GIL held to free
-    (benchmarks/results/raw_devvm/gil_probe_*.md). At most one per thread (up to
-    :data:`READ_BUFFER_KEPT`), so the memory promise holds: workers x the largest tensor."""
-    buf = getattr(_LOCAL, "buf", None)
-    if buf is not None and buf.size >= n:
-        return memoryview(buf)
-    # np.empty, not bytearray(n): a bytearray is zero-filled, with the GIL held (measured: 0.24 s
-    # of a 0.93 GB checkout's GIL); the read fills it with the GIL released. Rounded up to
-    # READ_BUFFER_STEP, so a run of slightly larger objects does not make a new one each time
-    buf = np.empty(-(-n // READ_BUFFER_STEP) * READ_BUFFER_STEP, dtype=np.uint8)
-    if buf.size <= READ_BUFFER_KEPT:
-        _LOCAL.buf = buf
-    return memoryview(buf)
 
 
 def _check_planes_size(oid: str, body: memoryview, cap: int, *, exact: bool = False) -> None:
