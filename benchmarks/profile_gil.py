@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append the markdown report here")
     ap.add_argument("--wall", action="store_true", help="sample every thread, idle or not (py-spy --idle --nonblocking), "
                     "and report each thread role's time by leaf frame, instead of the GIL holder only")
+    ap.add_argument("--nonblocking", action="store_true", help="sample without pausing the process (py-spy --nonblocking): "
+                    "a paused sample lands only when a thread leaves the kernel, so a long read or munmap (GIL released "
+                    "or not) shows as GIL held on the Python line after it (read_info, np.cumsum)")
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     work = Path(args.work or tempfile.mkdtemp(prefix="ds-gil-"))
@@ -116,7 +119,8 @@ def main() -> None:
     lines = [f"### {label}: {args.threads} threads, model {nbytes / 1e9:.2f} GB ({args.layers} layers), "
              f"load average {load:.1f} on {os.cpu_count()} cores at start", "",
              ("| op | wall s | thread role: sampled s (idle included) | top leaf frames (leaf <- caller: s) |" if args.wall else
-              "| op | wall s | GIL held s (in the op) | top GIL holders (leaf <- caller <- caller: s) |"), "|---|---|---|---|"]
+              "| op | wall s | GIL held s (in the op) | GIL held s/GB | top GIL holders (leaf <- caller <- caller: s) |"),
+             "|---|---|---|---|" if args.wall else "|---|---|---|---|---|"]
     for name in args.ops.split(","):
         op, src = OPS[name]
         if op != "checkout":
@@ -124,7 +128,7 @@ def main() -> None:
         raw = work / f"gil-{name}.txt"
         out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
-        mode = ["--idle", "--nonblocking", "--threads"] if args.wall else ["--gil"]
+        mode = ["--idle", "--nonblocking", "--threads"] if args.wall else ["--gil", *(["--nonblocking"] if args.nonblocking else [])]
         p = subprocess.run([pyspy, "record", *mode, "-r", str(args.rate), "-f", "raw", "-o", str(raw), "--", sys.executable,
                             "-c", ONE, op, str(home), src, str(out)], env=env, cwd=str(work), capture_output=True, text=True)
         if p.returncode != 0:
@@ -140,7 +144,7 @@ def main() -> None:
             continue
         held, top = aggregate(raw, args.rate, args.top)
         cells = "; ".join(f"`{k}`: {v:.2f}" for k, v in top)
-        lines.append(f"| {name} | {wall:.2f} | {held:.2f} | {cells} |")
+        lines.append(f"| {name} | {wall:.2f} | {held:.2f} | {held / (nbytes / 1e9):.2f} | {cells} |")
         print(lines[-1], flush=True)
         shutil.rmtree(out, ignore_errors=True)
     md = "\n".join(lines) + "\n"
