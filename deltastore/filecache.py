@@ -137,7 +137,10 @@ class DecodedCache:
             except Exception as e:  # the reader that needs it will get the error itself
                 log.debug("read-ahead of %s failed: %s", key, e)
 
-        self._pool.submit(run)
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # the pool is shut down (closed, or the interpreter is exiting): read-ahead is optional
+            self.stats.dropped += 1
 
     def clear(self) -> None:
         with self._lock:

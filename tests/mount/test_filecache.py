@@ -106,3 +106,14 @@ def test_a_superseded_prefetch_is_dropped_before_it_decodes() -> None:
     assert c.holds("new") and not c.holds("old") and "old" not in c and c.stats.dropped == 1
     assert c.get("old", lambda: unit(5, 3))[0] == 3  # a reader still gets it, decoded then
     c.close()
+
+
+def test_a_read_ahead_asked_after_close_is_dropped_quietly() -> None:
+    """A FUSE read that arrives while the mount shuts down (its pool closed, or the interpreter
+    exiting) may still ask for read-ahead: it is dropped, not raised into the read, and a plain
+    get still decodes."""
+    c = DecodedCache(1 << 20, prefetch_workers=1)
+    c.close()
+    c.prefetch("k", lambda: np.arange(4, dtype=np.uint8))
+    assert c.stats.dropped == 1
+    assert c.get("k", lambda: np.arange(4, dtype=np.uint8)).tolist() == [0, 1, 2, 3]
