@@ -216,10 +216,11 @@ class Bench:
                     for gi, W in enumerate(c.W):
                         inp = h if gi == 3 else x
                         ds = ds_of(c, gi)
-                        if side_for(inp, ds, "triton") is None:  # as a lone DeltaLinear: in place, one stream
+                        side = side_for(inp, ds, "triton")
+                        if side is None:  # as a lone DeltaLinear: in place, one stream
                             triton_ops.expand(triton_ops.shrink(inp, ds, plan, sk), torch.mm(inp, W.T, out=ys[gi]), ds, plan)
                             continue
-                        y, d = beside(inp, ds, plan, lambda: torch.mm(inp, W.T, out=ys[gi]), "triton", out=dbuf[gi])
+                        y, d = beside(inp, ds, plan, lambda: torch.mm(inp, W.T, out=ys[gi]), "triton", side=side, out=dbuf[gi])
                         with_delta(y, d, y.dtype)
 
             return run_overlap, ys

@@ -306,8 +306,9 @@ class DeltaLinear(nn.Module):
             return self.group.output(self.index, x2, self.ctx, self.preference).reshape(*lead, self.out_features)
         if packed:  # (holds_any built the set's tables)
             plan = self.ctx.plan(x2.shape[0], x.device)
-            if side_for(x2, self.deltas, self.preference) is not None:  # float32(base) + delta, rounded once
-                y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference)
+            side = side_for(x2, self.deltas, self.preference)
+            if side is not None:  # float32(base) + delta, rounded once
+                y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference, side=side)
                 return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)
             y2 = self.base_output(x2)  # one stream: the expand adds into the base output in place
             apply_deltas(x2, y2, self.deltas, plan, self.preference)
