@@ -485,15 +485,18 @@ def fused_report(args: argparse.Namespace) -> None:
              f"Measured by `python benchmarks/bench_kernels.py {' '.join(sys.argv[1:])}` (torch {torch.__version__}, "
              f"triton {__import__('triton').__version__}); copy {bw / 1e12:.2f} TB/s; floor base {fb:.1f} us, with one delta {fd:.1f} us. "
              "Times per layer, us (CUDA graph over the copies); rel err: fused y vs its float32 twin.", "",
-             "| case | base alone | today: cuBLAS + shrink + expand | x base | fused: shrink + fused | x base | best fused config | rel err |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | base alone | today: cuBLAS + shrink + expand | x base | fused: shrink + fused | x base | best fused config | rel err "
+             "| fused kernel, no delta rows (its base GEMV) | x base |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
-    for M, nt in ((1, 1), (2, 1), (4, 1), (4, 4)):
+    cases = [(int(M), int(nt or 1)) for M, _, nt in (c.partition("x") for c in args.fused_cases.split(","))]
+    cfgs = json.loads(args.fused_cfgs) if args.fused_cfgs else (SWEEP_FUSED if args.sweep else SWEEP_FUSED[:1])
+    for M, nt in cases:
         ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
         tb = time_graph(bench.layer_fn(M, None, None, {})[0])
         tt = time_graph(bench.layer_fn(M, nt, ids, {})[0])
         best = (float("inf"), {}, 0.0)
-        for cfg in SWEEP_FUSED if args.sweep else SWEEP_FUSED[:1]:
+        for cfg in cfgs:
             try:
                 err = fused_check(bench, M, nt, ids, cfg)
                 t = time_graph(fused_layer_fn(bench, M, nt, ids, cfg)[0])
@@ -506,11 +509,18 @@ def fused_report(args: argparse.Namespace) -> None:
                 continue
             if t < best[0]:
                 best = (t, cfg, err)
-        row = dict(M=M, tenants=nt, base_us=us(tb), today_us=us(tt), fused_us=us(best[0]), cfg=best[1], err=best[2])
+        # the fused kernel's base GEMV alone: the same launches with every row's id -1 (no delta to add)
+        try:
+            tfb = time_graph(fused_layer_fn(bench, M, nt, torch.full_like(ids, -1), best[1])[0])
+        except Exception as e:  # noqa: BLE001
+            print(f"  base-only fused: {type(e).__name__}: {e}", flush=True)
+            tfb = float("nan")
+        row = dict(M=M, tenants=nt, base_us=us(tb), today_us=us(tt), fused_us=us(best[0]), cfg=best[1], err=best[2],
+                   fused_base_only_us=us(tfb))
         rows.append(row)
         print(json.dumps(row), flush=True)
         lines.append(f"| M={M}, {nt} tenant(s) | {row['base_us']:.1f} | {row['today_us']:.1f} | x{tt / tb:.2f} | {row['fused_us']:.1f} | "
-                     f"x{best[0] / tb:.2f} | {best[1] or 'defaults'} | {best[2]:.1e} |")
+                     f"x{best[0] / tb:.2f} | {best[1] or 'defaults'} | {best[2]:.1e} | {us(tfb):.1f} | x{tfb / tb:.2f} |")
     k = triton_ops.LAST.get("fused_gemv")
     lines += ["", f"Last fused launch: {getattr(k, 'n_regs', '?')} registers, {getattr(k, 'n_spills', '?')} spills."]
     emit("\n".join(lines) + "\n", args.out, args.json, rows)
@@ -603,6 +613,8 @@ def main() -> None:
     ap.add_argument("--regs", action="store_true", help="register report of the kernels compiled for sm_90 (no GPU needed)")
     ap.add_argument("--fused", action="store_true", help="the one-launch base GEMV + expand (kernels/fused_gemv.py) beside today's path, M <= 4")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which --sweep tries no more configurations")
+    ap.add_argument("--fused-cases", default="1,2,4,4x4", help="--fused: comma-separated M or MxT (M <= 4 rows over T fine-tunes)")
+    ap.add_argument("--fused-cfgs", default="", help="--fused: a JSON list of configurations to try (default: the first, or SWEEP_FUSED with --sweep)")
     ap.add_argument("--cases", default="1,16,64,256,32x8,64x32",
                     help="comma-separated: M (one fine-tune, M rows) or MxT (M rows over T fine-tunes)")
     args = ap.parse_args()

@@ -81,7 +81,7 @@ if triton_ops.HAVE_TRITON:
     from .triton_ops import _pick, _row_block, _row_base, _tile_header, _unpack
 
     @triton.jit
-    def _fused_tier(acc, z_ptr, MZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, ks,
+    def _fused_tier(acc, acc_r, z_ptr, MZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, ks,
                     BITS: tl.constexpr, SPLIT_Z: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
                     BLOCK_N: tl.constexpr):
         """acc (BLOCK_M, BLOCK_N) at sorted positions pos0 .. pos0 + nrows += z U^^T over this
@@ -100,14 +100,20 @@ if triton_ops.HAVE_TRITON:
             sc = tl.load(scales_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
             zp = tl.load(zeros_ptr + u_sz + r64 * G + g, mask=r_ok, other=0.0).to(tl.float32)
             w = q.to(tl.float32) - zp[:, None]  # (R, N): exact integers
-            for j in tl.static_range(BLOCK_M):
+            if BLOCK_M == 1:  # one row: products kept per component, summed across them once (the caller)
+                zj = tl.zeros((BLOCK_R,), dtype=tl.float32)
+                zrow = z_ptr + pos0.to(tl.int64) * ZC + zcol
+                for s in tl.static_range(SPLIT_Z):
+                    zj += tl.load(zrow + s * MZC + offs_r, mask=r_ok & ((offs_r0 * 0 + nrows) > 0), other=0.0)
+                acc_r += w * (zj * sc)[:, None]
+            for j in tl.static_range(BLOCK_M if BLOCK_M > 1 else 0):
                 zj = tl.zeros((BLOCK_R,), dtype=tl.float32)
                 zrow = z_ptr + (pos0 + j).to(tl.int64) * ZC + zcol
                 for s in tl.static_range(SPLIT_Z):
                     zj += tl.load(zrow + s * MZC + offs_r, mask=r_ok & ((offs_r0 * 0 + j) < nrows), other=0.0)
                 p = tl.sum(w * (zj * sc)[:, None], axis=0)  # (N,)
                 acc = tl.where(((offs_m == pos0 + j) & ((offs_m * 0 + j) < nrows))[:, None], acc + p[None, :], acc)
-        return acc
+        return acc, acc_r
 
     @triton.jit
     def _fused_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr,
@@ -150,18 +156,32 @@ if triton_ops.HAVE_TRITON:
         # W is read once by the whole launch ("evict_first"); x is read by every program ("evict_last")
         wn = tl.load(wrow + (k_lo + offs_k0)[None, :], mask=n_ok[:, None] & ((k_lo + offs_k0) < k_hi)[None, :], other=0.0,
                      eviction_policy="evict_first")
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            wt = wn.to(tl.float32)
-            offs_k = k0 + offs_k0
-            k_ok = offs_k < k_hi
-            kn = offs_k + BLOCK_K
-            wn = tl.load(wrow + kn[None, :], mask=n_ok[:, None] & (kn < k_hi)[None, :], other=0.0, eviction_policy="evict_first")
-            for m in tl.static_range(BLOCK_M):
-                xm = tl.load(x_ptr + _pick(m, xb0, xb1, xb2, xb3) + offs_k, mask=k_ok & ((offs_k * 0 + m) < M), other=0.0,
-                             eviction_policy="evict_last").to(tl.float32)
-                p = tl.sum(wt * xm[None, :], axis=1)  # (N,)
-                acc = tl.where((offs_m == m)[:, None], acc + p[None, :], acc)
+        if BLOCK_M == 1:
+            # one row: products summed elementwise in a (N, K) tile, reduced across K once at the
+            # end (a reduction a step costs shuffles and a shared-memory round trip per step)
+            acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                wt = wn.to(tl.float32)
+                offs_k = k0 + offs_k0
+                kn = offs_k + BLOCK_K
+                wn = tl.load(wrow + kn[None, :], mask=n_ok[:, None] & (kn < k_hi)[None, :], other=0.0, eviction_policy="evict_first")
+                x0 = tl.load(x_ptr + xb0 + offs_k, mask=offs_k < k_hi, other=0.0, eviction_policy="evict_last").to(tl.float32)
+                acc2 += wt * x0[None, :]
+            acc += tl.sum(acc2, axis=1)[None, :]
+        else:
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                wt = wn.to(tl.float32)
+                offs_k = k0 + offs_k0
+                k_ok = offs_k < k_hi
+                kn = offs_k + BLOCK_K
+                wn = tl.load(wrow + kn[None, :], mask=n_ok[:, None] & (kn < k_hi)[None, :], other=0.0, eviction_policy="evict_first")
+                for m in tl.static_range(BLOCK_M):
+                    xm = tl.load(x_ptr + _pick(m, xb0, xb1, xb2, xb3) + offs_k, mask=k_ok & ((offs_k * 0 + m) < M), other=0.0,
+                                 eviction_policy="evict_last").to(tl.float32)
+                    p = tl.sum(wt * xm[None, :], axis=1)  # (N,)
+                    acc = tl.where((offs_m == m)[:, None], acc + p[None, :], acc)
         # the delta: each row block (one fine-tune's rows) adds its tiers' z U^^T at its positions
+        acc_r = tl.zeros((BLOCK_R if BLOCK_M == 1 else 1, BLOCK_N), dtype=tl.float32)
         for b in range(0, NB):
             slot, pos0, nrows = _row_block(blocks_ptr, b)
             if slot >= 0:
@@ -172,8 +192,10 @@ if triton_ops.HAVE_TRITON:
                     for B in tl.static_range(1, 9):  # one compiled branch per bit width the set holds
                         if (WIDTHS >> B) & 1:
                             if bits == B:
-                                acc = _fused_tier(acc, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t,
+                                acc, acc_r = _fused_tier(acc, acc_r, z_ptr, M * ZC, pos0, nrows, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t,
                                                   zcol, gs, N, n0, ks, B, SPLIT_Z, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N)
+        if BLOCK_M == 1:
+            acc += tl.sum(acc_r, axis=0)[None, :]
         m_ok = offs_m < M
         mk = m_ok[:, None] & n_ok[None, :]
         if SPLIT_K == 1:
