@@ -32,9 +32,10 @@ group size), so each component has one scale and zero per program.
 
 Off by default: :func:`enabled` reads ``DELTASTORE_FUSED_GEMV`` (or a set's ``fused_gemv``
 attribute). Checked on the H200 (tests/kernels/test_fused_gemv.py passes there) and measured with
-``bench_kernels.py --fused``: 1.38x slower than cuBLAS + shrink + expand at M = 1, since its GEMV
-streams the base weight far below cuBLAS's rate (benchmarks/results/raw_h200/fused_gemv_h200_fadde0c.md),
-so DeltaLinear does not call it.
+``bench_kernels.py --fused``: 1.36x slower than cuBLAS + shrink + expand at M = 1 (287.9 against
+212.2 us a layer): its base GEMV alone is x1.25 of cuBLAS's, and the delta inside it adds ~144 us
+where the separate GEMV expand takes ~57 (benchmarks/results/raw_h200/fused_gemv_h200_m1_acc2d.md,
+fused_gemv_h200_fadde0c.md), so DeltaLinear does not call it.
 """
 
 from __future__ import annotations
