@@ -96,12 +96,12 @@ def random_packed(m: int, n: int, gen: torch.Generator, device: torch.device, al
 
 def shrink_kw(k: dict) -> dict:
     return dict(block_m=k.get("bm"), block_r=k.get("br"), num_warps=k.get("sw"), num_stages=k.get("ss"), gather=k.get("g", False),
-                path=k.get("path"))
+                path=k.get("path"), maxnreg=k.get("smr"))
 
 
 def expand_kw(k: dict) -> dict:
     return dict(block_m=k.get("bm"), block_n=k.get("bn"), block_r=k.get("er"), num_warps=k.get("ew"), num_stages=k.get("es"),
-                gather=k.get("g", False), path=k.get("path"), chunk=k.get("chunk"))
+                gather=k.get("g", False), path=k.get("path"), chunk=k.get("chunk"), maxnreg=k.get("emr"))
 
 
 def split_for(M: int, ds: DeltaSet, k: dict) -> int:

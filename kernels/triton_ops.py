@@ -865,6 +865,14 @@ def _need_triton() -> None:
         raise KernelError("triton is not installed; use the torch path (KernelPreference.TORCH) or `pip install triton`")
 
 
+def _regs(maxnreg: int | None) -> dict[str, int]:
+    """The launch option capping registers a thread, only when asked (and never under the
+    interpreter, which has no registers)."""
+    if maxnreg is not None and maxnreg < 16:
+        raise KernelError(f"maxnreg must be at least 16 registers, got {maxnreg}")
+    return {"maxnreg": maxnreg} if maxnreg and not interpreting() else {}
+
+
 def _has(dset: DeltaSet) -> dict[str, bool]:
     """Which bit widths the set holds: the kernels compile a branch for each of those only."""
     return {f"HAS{b}": b in dset.bit_widths for b in (1, 2, 3, 4, 8)}
@@ -966,9 +974,10 @@ def dot_chunk(M: int, dset: DeltaSet, block_m: int, block_n: int, block_r: int) 
 
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
            block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None, gather: bool = False,
-           path: str | None = None) -> torch.Tensor:
+           path: str | None = None, maxnreg: int | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows.
-    ``path``: "gemv" (few rows per fine-tune) or "dot"; by default chosen by :func:`use_gemv`."""
+    ``path``: "gemv" (few rows per fine-tune) or "dot"; by default chosen by :func:`use_gemv`.
+    ``maxnreg``: a cap on registers a thread (ptxas spills above it; benchmarks probe occupancy with it)."""
     _need_triton()
     dset.build()
     M, K = x.shape
@@ -988,7 +997,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                              plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             num_warps=num_warps or 4, num_stages=num_stages or 3)
+                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
         return z
     bm = block_m or _block_m(rows_per_slot(M, dset))
     num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2
@@ -999,13 +1008,13 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                          plan.rows, plan.counts, plan.starts,
                          M, K, dset.zcols, dset.n_slices, T, x.stride(0),
                          NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, UPCAST=interpreting(), GATHER=gather, **_has(dset),
-                         num_warps=num_warps, num_stages=num_stages)
+                         num_warps=num_warps, num_stages=num_stages, **_regs(maxnreg))
     return z
 
 
 def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, block_m: int | None = None,
            block_n: int | None = None, block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-           gather: bool = False, path: str | None = None, chunk: int | None = None) -> torch.Tensor:
+           gather: bool = False, path: str | None = None, chunk: int | None = None, maxnreg: int | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place.
     ``path`` as for :func:`shrink`; ``chunk``: components per program (GEMV: a multiple of its step;
     tl.dot: a run across the tiers, by default :func:`dot_chunk`)."""
@@ -1028,7 +1037,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             num_warps=num_warps or 4, num_stages=num_stages or 3)
+                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2
@@ -1046,7 +1055,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                          plan.rows, blocks, dset.m_out, dset.col_off,
                          M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, dset.max_tiers, J, run, y.stride(0),
                          NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), GATHER=gather, **_has(dset),
-                         num_warps=num_warps, num_stages=num_stages)
+                         num_warps=num_warps, num_stages=num_stages, **_regs(maxnreg))
     return y
 
 
