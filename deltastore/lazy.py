@@ -39,6 +39,7 @@ from .errors import BadInputError, BaseMismatchError, CorruptObjectError
 from .graph_decode import decoder_of
 from .kernels import (DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, LowRankFactors, NotServableError,
                       PackedDeltaCoMe, served_from_encoded)
+from .kernels.linear import concat_rows
 
 #: what a linear's delta is served from: packed delta-come tiers, or lowrank factors
 Served = PackedDeltaCoMe | LowRankFactors
@@ -131,7 +132,23 @@ def _base_of(store: StoreAPI, ref: str) -> tuple[str, str]:
     return base.ref, base.manifest
 
 
+def _siblings(name: str) -> list[str] | None:
+    """The names of the tensors that one GEMM of a FUSED group reads with ``name`` (its weight or
+    bias among q/k/v or gate/up of one module), in group order; None for any other tensor."""
+    head, _, tail = name.rpartition(".")
+    parent, _, leaf = head.rpartition(".")
+    if tail not in ("weight", "bias"):
+        return None
+    group = next((g for g in FUSED if leaf in g), None)
+    if group is None:
+        return None
+    return [f"{parent}.{n}.{tail}" if parent else f"{n}.{tail}" for n in group]
+
+
 def _base_tensors(store: StoreAPI, base_ref: str, base_manifest: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """The base's tensors on ``device``, shared by every lazy model of that base there. The weights
+    (and biases) of each FUSED group are row slices of one tensor (kernels.concat_rows), so a
+    DeltaGroup computes the group's base output in one GEMM: views, no second copy."""
     out: dict[str, torch.Tensor] = {}
     names = [t.name for _, t in store.manifest(base_manifest).tensors()]
     for n in names:
@@ -143,8 +160,14 @@ def _base_tensors(store: StoreAPI, base_ref: str, base_manifest: str, device: to
         return out
     out = {}
     for n, t in store.iter_tensors(base_ref, device=device):
-        t = _BASE.setdefault((base_manifest, n, str(device)), t)
-        out[n] = t
+        out[n] = _BASE.get((base_manifest, n, str(device)), t)
+        sib = _siblings(n)
+        if sib is not None and all(s in out for s in sib):
+            ts = [out[s] for s in sib]
+            if len({(x.dtype, x.device, x.dim(), tuple(x.shape[1:])) for x in ts}) == 1 and ts[0].dim() in (1, 2):
+                out.update(zip(sib, concat_rows(ts)))  # (the loaded tensors are dropped: one copy)
+    for n, t in out.items():
+        _BASE[(base_manifest, n, str(device))] = t
     return out
 
 

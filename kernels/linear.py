@@ -202,14 +202,56 @@ class DeltaContext:
         return p
 
 
+def rows_view(ts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The one (sum of rows, cols) tensor whose consecutive row slices ARE ``ts`` (2-D, or 1-D
+    biases: one vector whose slices they are), as a view of their shared storage; None when they
+    are not such slices (separate tensors, another dtype, device or width, gaps between them)."""
+    t0 = ts[0]
+    if t0.dim() not in (1, 2) or any(t.dim() != t0.dim() or t.dtype != t0.dtype or t.device != t0.device for t in ts):
+        return None
+    cols = t0.shape[1] if t0.dim() == 2 else 1
+    if any(t.shape[1:] != t0.shape[1:] or t.stride() != ((cols, 1) if t0.dim() == 2 else (1,)) for t in ts):
+        return None
+    ptr = t0.untyped_storage().data_ptr()
+    off = t0.storage_offset()
+    for t in ts:
+        if t.untyped_storage().data_ptr() != ptr or t.storage_offset() != off:
+            return None
+        off += t.shape[0] * cols
+    rows = sum(int(t.shape[0]) for t in ts)
+    shape, stride = ((rows, cols), (cols, 1)) if t0.dim() == 2 else ((rows,), (1,))
+    return t0.detach().as_strided(shape, stride, t0.storage_offset())
+
+
+def concat_rows(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``ts`` (same dtype, device and width) as consecutive row slices of one new tensor, the same
+    values; ``ts`` themselves when they already are (:func:`rows_view`). What a :class:`DeltaGroup`
+    wants of its members' base weights: then one GEMM computes the whole group's base output. The
+    caller drops the old tensors (else the base is held twice)."""
+    if rows_view(ts) is not None:
+        return list(ts)
+    if len({(t.dtype, t.device, tuple(t.shape[1:])) for t in ts}) != 1:
+        raise KernelError("concat_rows: the tensors differ in dtype, device or width")
+    whole = torch.cat([t.detach() for t in ts], dim=0)
+    out, o = [], 0
+    for t in ts:
+        out.append(whole[o : o + t.shape[0]])
+        o += t.shape[0]
+    return out
+
+
 class DeltaGroup:
     """Linears that read the same input (q/k/v, gate/up): one DeltaSet with a slice each, so one
     shrink and one expand (2 launches) serve them all instead of 2 per linear.
 
-    The first member called with an input computes every member's output: the group's delta on
-    the side stream (:func:`beside`) while the members' base GEMMs run on the current one, then
-    each member's float32 delta slice plus its base output, rounded once (as the kernels do in
-    place). It keeps the other members' outputs for their calls with the same input: the same
+    The first member called with an input computes the whole group's output y (rows, sum of
+    out_features): one GEMM over the members' base weights where they are row slices of one tensor
+    (:func:`concat_rows`; a lazy model's base is loaded so), else a GEMM each into y's columns;
+    then the group's delta. Where the tl.dot kernels serve (more than a few rows per fine-tune, or
+    the torch ops) the expand adds it into y in place, as a lone DeltaLinear does; where the GEMV
+    kernels serve, the float32 delta is computed on the side stream (:func:`beside`) while the base
+    GEMM runs, and added to y rounding once. Each member's output is its column slice of y (a
+    view). The other members' slices are kept for their calls with the same input: the same
     tensor, unmodified since (its version counter), under the same row ids (the context's
     generation). A member whose module is gone is computed again at its own call.
     """
@@ -219,13 +261,53 @@ class DeltaGroup:
         self._key: tuple | None = None
         self._kept: dict[int, torch.Tensor] = {}
         self._members: dict[int, weakref.ref] = {}
+        self._whole: tuple[tuple, torch.Tensor | None, torch.Tensor | None] | None = None
 
     def join(self, index: int, member: "DeltaLinear") -> None:
         """Register member ``index`` (its base weight, bias and lowrank deltas serve the group's calls)."""
         self._members[index] = weakref.ref(member)
 
+    def whole_weight(self, members: dict[int, "DeltaLinear"]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(W, b): the group's base weight (sum out, in) and bias as one tensor each, views of the
+        members' (None where the weights are not row slices of one tensor, or a member is gone;
+        b None also when no member has a bias). Kept while the members' tensors stay the same."""
+        n = len(self.deltas.out_features)
+        if len(members) != n:
+            return None, None
+        ms = [members[j] for j in range(n)]
+        key = tuple((m.weight.data_ptr(), None if m.bias is None else m.bias.data_ptr()) for m in ms)
+        if self._whole is not None and self._whole[0] == key:
+            return self._whole[1], self._whole[2]
+        W = rows_view([m.weight for m in ms])
+        b = None
+        if W is not None and any(m.bias is not None for m in ms):
+            bs = [m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=W.dtype, device=W.device) for m in ms]
+            b = rows_view(bs) if all(m.bias is not None for m in ms) else None
+            b = torch.cat([t.detach() for t in bs]) if b is None else b  # (a few KB; read-only, like the biases)
+        self._whole = (key, W, b)
+        return W, b
+
+    def _base(self, x2: torch.Tensor, members: dict[int, "DeltaLinear"]) -> torch.Tensor:
+        """(rows, sum out) in x2's dtype: every member's base output side by side, plus its
+        lowrank deltas where it has some (added in place: rows of a lowrank fine-tune have no
+        packed delta, and the reverse)."""
+        W, b = self.whole_weight(members)
+        if W is not None:
+            y = nn.functional.linear(x2, W, b)
+        else:
+            y = torch.empty(x2.shape[0], sum(self.deltas.out_features), dtype=x2.dtype, device=x2.device)
+            for j, (o, w) in enumerate(zip(self.deltas.col_offsets, self.deltas.out_features)):
+                m = members.get(j)
+                y[:, o : o + w] = 0 if m is None else nn.functional.linear(x2, m.weight, m.bias)
+        for j, m in members.items():
+            if len(m.lowrank):
+                o, w = self.deltas.col_offsets[j], self.deltas.out_features[j]
+                y[:, o : o + w].add_(m.lowrank.delta(x2, m.ctx.row_ids(x2.shape[0], x2.device)))
+        return y
+
     def output(self, index: int, x2: torch.Tensor, ctx: "DeltaContext", preference: KernelPreference | str) -> torch.Tensor:
-        """(rows, out_features[index]) in x2's dtype: member ``index``'s output for x2 (rows, in_features)."""
+        """(rows, out_features[index]) in x2's dtype: member ``index``'s output for x2 (rows,
+        in_features), a column slice of the group's output (rows stride sum of out_features)."""
         key = (x2.data_ptr(), tuple(x2.shape), x2._version, x2.dtype, ctx.generation)
         if key == self._key and index in self._kept:
             return self._kept.pop(index)
@@ -233,13 +315,14 @@ class DeltaGroup:
         members = {j: m for j, r in self._members.items() if (m := r()) is not None}
         plan = ctx.plan(x2.shape[0], x2.device)
         self.deltas.build()
-        ys, d = beside(x2, self.deltas, plan, lambda: {j: m.base_output(x2) for j, m in members.items()}, preference)
-        outs = {}
-        for j in members:
-            o, w = self.deltas.col_offsets[j], self.deltas.out_features[j]
-            outs[j] = with_delta(ys[j], d[:, o : o + w], x2.dtype)
+        if resolve_preference(preference, x2) is KernelPreference.TRITON and triton_ops.use_gemv(x2.shape[0], self.deltas):
+            y, d = beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference)
+            y = with_delta(y, d, x2.dtype)
+        else:  # the tl.dot expand (or the torch op) adds into the base output in place
+            y = apply_deltas(x2, self._base(x2, members), self.deltas, plan, preference)
+        outs = {j: y[:, o : o + w] for j, (o, w) in enumerate(zip(self.deltas.col_offsets, self.deltas.out_features))}
         self._key = key
-        self._kept = {j: t for j, t in outs.items() if j != index}
+        self._kept = {j: t for j, t in outs.items() if j != index and j in members}
         return outs[index]
 
 
