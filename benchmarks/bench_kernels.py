@@ -270,7 +270,9 @@ class Bench:
 def modules_fn(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor):
     """A closure running every copy's layer through the modules users get (kernels.DeltaLinear,
     q/k/v and gate/up as DeltaGroups over the bench's DeltaSets, weights as row views of the
-    group's weight): separate base GEMMs, the side stream where it serves, float32 group deltas."""
+    group's weight, as a lazy model loads them): one base GEMM a group (four a layer), the group's
+    delta added in place on the tl.dot path, on the GEMV path computed in float32 on the side stream
+    and added once."""
     from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
 
     x, h, _ = bench.inputs(M, torch.Generator().manual_seed(M))
@@ -758,7 +760,7 @@ def main() -> None:
     lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as a lone DeltaLinear serves a GPU: the side stream on the GEMV path, "
               "the one-stream layer on the tl.dot path; default "
               "kernel configurations; y += d after the join), against the one-stream figure above; the error of y against float32 base + the torch reference delta; and the layer "
-              "through the modules users get (DeltaLinear, DeltaGroup for q/k/v and gate/up: seven base GEMMs, float32 group deltas):", "",
+              "through the modules users get (DeltaLinear, DeltaGroup for q/k/v and gate/up: one base GEMM a group, deltas in place on the tl.dot path, float32 + one add on the GEMV path):", "",
               "| case | base alone (us) | one stream (us) | x base | side stream (us) | x base | worst error, one / side stream (eps(bf16) x rms y) | DeltaLinear modules (us) | x base |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "overlap_us" in r:
