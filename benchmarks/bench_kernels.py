@@ -240,7 +240,8 @@ class Bench:
                                 z = zs.get(gi)
                                 if z is None:
                                     z = zs[gi] = torch.zeros(sk, M, ds.zcols, device=self.device)
-                                triton_ops.expand(z, ys[gi], ds, plan, **expand_kw(kcfg))
+                                # a dependent launch of the shrink just before it (PDL) only in the whole layer
+                                triton_ops.expand(z, ys[gi], ds, plan, **expand_kw(kcfg), pdl=stages == "all" and kcfg.get("pdl", True))
                         else:
                             ref_ops.expand(ref_ops.shrink(inp, ds, plan), ys[gi], ds, plan)
 
@@ -259,7 +260,7 @@ class Bench:
             yt = torch.zeros(M, sum(ds.out_features), dtype=torch.bfloat16, device=self.device)
             yr = torch.zeros_like(yt)
             z = triton_ops.shrink(inp, ds, plan, sk, **shrink_kw(kcfg))
-            triton_ops.expand(z, yt, ds, plan, **expand_kw(kcfg))
+            triton_ops.expand(z, yt, ds, plan, **expand_kw(kcfg), pdl=kcfg.get("pdl", True))  # (as the layer runs it)
             ref_ops.expand(ref_ops.shrink(inp, ds, plan), yr, ds, plan)
             if not bool(torch.isfinite(yt).all()) or float(yr.float().norm()) == 0.0:
                 return float("inf")  # garbage, or a check that checks nothing

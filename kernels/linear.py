@@ -55,7 +55,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
     if resolve_preference(preference, x) is KernelPreference.TRITON:
         sk = triton_ops.pick_split_k(x.shape[0], dset) if split_k is None else split_k
         z = triton_ops.shrink(x, dset, plan, sk)
-        return triton_ops.expand(z, y, dset, plan)
+        return triton_ops.expand(z, y, dset, plan, pdl=True)  # (launched right after its shrink)
     z = ref_ops.shrink(x, dset, plan)
     return ref_ops.expand(z, y, dset, plan)
 

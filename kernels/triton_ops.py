@@ -60,8 +60,10 @@ try:  # triton is optional: without it the torch reference ops serve (CPU users,
     import triton.language as tl
 
     HAVE_TRITON = True
+    HAVE_GDC = hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait")
 except ImportError:  # pragma: no cover - depends on the environment
     HAVE_TRITON = False
+    HAVE_GDC = False
 
 
 def interpreting() -> bool:
@@ -594,10 +596,12 @@ if HAVE_TRITON:
                             M, K, ZC, n_slices, T_max, stride_xm, one,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
         one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program."""
+        if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
+            tl.extra.cuda.gdc_launch_dependents()
         pid0 = tl.program_id(0)
         blk = tl.program_id(1)
         ks = pid0 % SPLIT_K
@@ -699,7 +703,7 @@ if HAVE_TRITON:
     @triton.jit
     def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one,
                           BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                          FAST: tl.constexpr):
+                          FAST: tl.constexpr, USE_GDC: tl.constexpr):
         """Store to part_ptr (rows of the block, Ntot) the partial y of components [0, cnt_t) of
         one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n).
         Steps of RB components (~BLOCK_R * 32 bytes of words for any width) held as R_IN x R_OUT
@@ -728,6 +732,8 @@ if HAVE_TRITON:
             b1, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, hi_idx)
             a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, lo_idx)
             b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, hi_idx)
+            if USE_GDC:  # launched beside the shrink's tail (PDL): its z is complete and visible after this
+                tl.extra.cuda.gdc_wait()
             e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, 0, comp, cnt_t, SPLIT_K, BLOCK_M)
             for c0 in range(0, cnt_t, RB):
                 wl, wh, sc, zp = a1, b1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
@@ -765,6 +771,8 @@ if HAVE_TRITON:
             acc = tl.zeros((BLOCK_M, FLD, R_OUT, NW), dtype=tl.float32)
             w1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, widx)
             w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, widx)
+            if USE_GDC:  # launched beside the shrink's tail (PDL): its z is complete and visible after this
+                tl.extra.cuda.gdc_wait()
             e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, 0, comp, cnt_t, SPLIT_K, BLOCK_M)
             # FAST: the field offsets c_f and the zero points come out once, at the end: sum_r cf_r (q - zp_r)
             # = sum_r cf_r (c_f + q) - c_f sum_r cf_r - sum_r cf_r zp_r, the two sums kept per row and R_OUT lane
@@ -811,7 +819,7 @@ if HAVE_TRITON:
                             M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym, one,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
@@ -839,19 +847,19 @@ if HAVE_TRITON:
         cnt_t, zcol, gs = cnt_t.to(tl.int32), zcol.to(tl.int32), gs.to(tl.int32)
         if HAS2:
             if bits == 2:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
         if HAS3:
             if bits == 3:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
         if HAS8:
             if bits == 8:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
         if HAS4:
             if bits == 4:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
         if HAS1:
             if bits == 1:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
         sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
         _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s, BLOCK_M, BLOCK_N)
 
@@ -863,6 +871,17 @@ LAST: dict[str, object] = {}
 def _need_triton() -> None:
     if not HAVE_TRITON:
         raise KernelError("triton is not installed; use the torch path (KernelPreference.TORCH) or `pip install triton`")
+
+
+def _pdl(t: torch.Tensor, want: bool) -> bool:
+    """Whether a GEMV kernel on t's device takes part in programmatic dependent launch: asked,
+    on (:data:`GEMV_PDL`), a Triton that has it, compiled (not interpreted), a Hopper or newer GPU."""
+    return bool(want and GEMV_PDL and HAVE_GDC and not interpreting() and t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9)
+
+
+def _pdl_launch(t: torch.Tensor, want: bool) -> dict[str, bool]:
+    """Launch options of a GEMV expand launched as a dependent of the shrink before it (see :func:`_pdl`)."""
+    return {"USE_GDC": True, "launch_pdl": True} if _pdl(t, want) else {}
 
 
 def _regs(maxnreg: int | None) -> dict[str, int]:
@@ -911,6 +930,10 @@ GEMV_FAST = os.environ.get("DELTASTORE_GEMV_FAST", "1") not in ("", "0")
 #: the GEMV expand takes the fast unpack up to this many rows a block (an A/B knob: with 64-bit
 #: in-tier index arithmetic its 4-row block spilled; in int32 it fits, benchmarks/kernel_sass.py)
 GEMV_FAST_EXPAND_MAX_M = int(os.environ.get("DELTASTORE_GEMV_FAST_EXPAND_MAX_M", "4"))
+#: programmatic dependent launch (Hopper+): the GEMV expand is launched while the shrink before it
+#: finishes, loads its packed words and tables, and waits (griddepcontrol.wait) only before it reads
+#: z, so a group's second launch and its prologue overlap the first one's tail. DELTASTORE_PDL=0: off.
+GEMV_PDL = os.environ.get("DELTASTORE_PDL", "1") not in ("", "0")
 
 
 def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
@@ -974,10 +997,12 @@ def dot_chunk(M: int, dset: DeltaSet, block_m: int, block_n: int, block_r: int) 
 
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
            block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None, gather: bool = False,
-           path: str | None = None, maxnreg: int | None = None) -> torch.Tensor:
+           path: str | None = None, maxnreg: int | None = None, pdl: bool | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows.
     ``path``: "gemv" (few rows per fine-tune) or "dot"; by default chosen by :func:`use_gemv`.
-    ``maxnreg``: a cap on registers a thread (ptxas spills above it; benchmarks probe occupancy with it)."""
+    ``maxnreg``: a cap on registers a thread (ptxas spills above it; benchmarks probe occupancy with it).
+    ``pdl``: on the GEMV path, each program signals at its start that an expand launched as
+    its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`)."""
     _need_triton()
     dset.build()
     M, K = x.shape
@@ -997,7 +1022,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                              plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
+                             USE_GDC=_pdl(x, True if pdl is None else pdl), num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
         return z
     bm = block_m or _block_m(rows_per_slot(M, dset))
     num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2
@@ -1014,10 +1039,16 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
 
 def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, block_m: int | None = None,
            block_n: int | None = None, block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-           gather: bool = False, path: str | None = None, chunk: int | None = None, maxnreg: int | None = None) -> torch.Tensor:
+           gather: bool = False, path: str | None = None, chunk: int | None = None, maxnreg: int | None = None,
+           pdl: bool | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place.
     ``path`` as for :func:`shrink`; ``chunk``: components per program (GEMV: a multiple of its step;
-    tl.dot: a run across the tiers, by default :func:`dot_chunk`)."""
+    tl.dot: a run across the tiers, by default :func:`dot_chunk`). ``pdl=True``: the launch just
+    before this one on the stream is the shrink that wrote z, with this set and plan; on the GEMV
+    path the expand is then launched as its programmatic dependent: it reads its tables and packed
+    words beside the shrink's tail and waits for the shrink (griddepcontrol.wait) before it reads z
+    or writes anything. Not for any other predecessor: what a dependent reads before its wait must
+    have been written before the kernel before it started (the plan's blocks: the shrink used them)."""
     _need_triton()
     dset.build()
     M = y.shape[0]
@@ -1037,7 +1068,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
+                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl)))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2
