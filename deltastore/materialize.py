@@ -386,16 +386,22 @@ def _mappable(fd: int, size: int) -> bool:
     return True
 
 
+#: pre-fault a checkout window's pages in the mmap call where the platform has it (Linux)
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
 class _Window:
     """A writable uint8 view of bytes ``[start, start + n)`` of an open file (a shared mapping),
     unmapped on exit so a checkout's resident memory stays at the tensors in flight."""
 
     def __init__(self, fd: int, start: int, n: int):
         lo = start - start % mmap.ALLOCATIONGRANULARITY
-        # no madvise(MADV_POPULATE_WRITE) here: Python's mmap.madvise holds the GIL for the whole
-        # call, so faulting a tensor's pages in that way ran one worker at a time (measured:
-        # benchmarks/results/gil_profile_devvm.md); the decode faults them in with the GIL released
-        self._map = mmap.mmap(fd, start + n - lo, offset=lo)
+        # MAP_POPULATE: the kernel allocates and maps the window's pages in the mmap call (which
+        # Python makes with the GIL released) instead of one fault a page during the decode: checkout
+        # of a 7B-shaped base 1.57 -> 1.87 GB/s on the H200's 16 cores (benchmarks/probe_store_ceilings.py,
+        # results/raw_h200/ceilings_dc98641.md). Not madvise(MADV_POPULATE_WRITE): Python's
+        # mmap.madvise holds the GIL for the whole call (results/gil_profile_devvm.md).
+        self._map = mmap.mmap(fd, start + n - lo, flags=mmap.MAP_SHARED | _POPULATE, offset=lo)
         self.array: np.ndarray | None = np.frombuffer(self._map, dtype=np.uint8, count=n, offset=start - lo)
 
     def __enter__(self) -> "_Window":
