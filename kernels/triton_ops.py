@@ -1058,9 +1058,13 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         bm = block_m or _gemv_block_m(M, dset)
         br = block_r or GEMV_STEP_R
         bn = min(block_n or dset.block_k, dset.block_k)
-        items, nitems, most = dset.items(chunk or GEMV_CHUNK)
         nb = -(-max(dset.out_features) // bn)
+        # a dependent launch reads the row blocks and items before its wait: only when none of them is
+        # built now (by work queued right before it), i.e. the shrink's call left them cached
+        cached = bm in plan.blocks and int(chunk or GEMV_CHUNK) in dset._items
+        items, nitems, most = dset.items(chunk or GEMV_CHUNK)
         blocks = plan_blocks(plan, bm)
+        cached = cached and (nb, blocks.shape[0]) in dset._sems
         sems = dset.semaphores(nb, blocks.shape[0])
         part = torch.empty(most, M, sum(dset.out_features), dtype=torch.float32, device=y.device)
         grid = (nb, dset.n_slices * most, blocks.shape[0])
@@ -1068,7 +1072,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl)))
+                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl) and cached))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2
