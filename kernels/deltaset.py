@@ -365,6 +365,11 @@ class DeltaSet:
         got = self._items[chunk] = self._padded(per, len(ITEM_FIELDS))
         return got
 
+    def gemv_tables_built(self, chunk: int, n_blocks: int, n_rowblocks: int) -> bool:
+        """Whether the GEMV expand's items (for ``chunk``) and counters (for this grid) exist
+        already, so asking for them now queues no work on the device."""
+        return int(chunk) in self._items and (n_blocks, n_rowblocks) in self._sems
+
     def semaphores(self, n_blocks: int, n_rowblocks: int) -> torch.Tensor:
         """int32 counters, zero, one per (row block of the batch (:func:`plan_blocks`), slice,
         column block): the GEMV expand's last-program-adds-the-partials handshake (a row block

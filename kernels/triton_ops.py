@@ -48,6 +48,7 @@ launches no program for rows a slot does not have (at 32 rows over 8 fine-tunes,
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -876,7 +877,13 @@ def _need_triton() -> None:
 def _pdl(t: torch.Tensor, want: bool) -> bool:
     """Whether a GEMV kernel on t's device takes part in programmatic dependent launch: asked,
     on (:data:`GEMV_PDL`), a Triton that has it, compiled (not interpreted), a Hopper or newer GPU."""
-    return bool(want and GEMV_PDL and HAVE_GDC and not interpreting() and t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9)
+    return bool(want and GEMV_PDL and HAVE_GDC and not interpreting() and t.is_cuda and _sm_major(t.get_device()) >= 9)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_major(index: int) -> int:
+    """The compute capability's major number of CUDA device ``index`` (asked once: every GEMV launch asks)."""
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def _pdl_launch(t: torch.Tensor, want: bool) -> dict[str, bool]:
@@ -1059,12 +1066,13 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         br = block_r or GEMV_STEP_R
         bn = min(block_n or dset.block_k, dset.block_k)
         nb = -(-max(dset.out_features) // bn)
+        ck = int(chunk or GEMV_CHUNK)
         # a dependent launch reads the row blocks and items before its wait: only when none of them is
         # built now (by work queued right before it), i.e. the shrink's call left them cached
-        cached = bm in plan.blocks and int(chunk or GEMV_CHUNK) in dset._items
-        items, nitems, most = dset.items(chunk or GEMV_CHUNK)
+        cached = bm in plan.blocks
         blocks = plan_blocks(plan, bm)
-        cached = cached and (nb, blocks.shape[0]) in dset._sems
+        cached = cached and dset.gemv_tables_built(ck, nb, blocks.shape[0])
+        items, nitems, most = dset.items(ck)
         sems = dset.semaphores(nb, blocks.shape[0])
         part = torch.empty(most, M, sum(dset.out_features), dtype=torch.float32, device=y.device)
         grid = (nb, dset.n_slices * most, blocks.shape[0])
