@@ -388,18 +388,16 @@ def kernels(ft_file: Path, base: dict, repeat: int, say, max_chunks: int = 64) -
         v1s = planes.compress(lossless.diff_code(t, b, 2), 2, rotate=False, level=3)
         g3, c3 = fx.diff_group_split(t, b, 2, shift, bits)
         v3s = planes._pack_grouped([planes._compress_grouped_planes(g3, c3, 3, planes.MIN_GROUP)], 2, False, t.size)
-        t1, t2, t3 = thresholds(c3, 2)
-        k2 = np.empty((2, t.size // 2), dtype=np.uint8)
-        sz2 = split_classes(t.view(np.uint16), b.view(np.uint16), shift, t1, t2, t3, k2[0], k2[1], np.empty(t.size // 2, dtype=np.uint16))
-        c2 = np.zeros(256, dtype=np.int64)
-        c2[:4] = sz2
-        k2s = planes._pack_grouped([planes._compress_grouped_planes(k2, c2, 3, 1)], 2, False, t.size)
-        u1, u2, u3 = thresholds(c3, 4)
-        k4 = np.empty((2, t.size // 2), dtype=np.uint8)
-        sz4 = split_classes(t.view(np.uint16), b.view(np.uint16), shift, u1, u2, u3, k4[0], k4[1], np.empty(t.size // 2, dtype=np.uint16))
-        c4 = np.zeros(256, dtype=np.int64)
-        c4[:4] = sz4
-        k4s = planes._pack_grouped([planes._compress_grouped_planes(k4, c4, 3, 1)], 2, False, t.size)
+        def classed(n_classes: int):
+            """(thresholds, stream, counts, class planes) of this chunk split into n_classes exponent classes."""
+            th = thresholds(c3, n_classes)
+            k = np.empty((2, t.size // 2), dtype=np.uint8)
+            c = np.zeros(256, dtype=np.int64)
+            c[:4] = split_classes(t.view(np.uint16), b.view(np.uint16), shift, *th, k[0], k[1], np.empty(t.size // 2, dtype=np.uint16))
+            return th, planes._pack_grouped([planes._compress_grouped_planes(k, c, 3, 1)], 2, False, t.size), c, k
+
+        (t1, _t2, _t3), k2s, c2, k2 = classed(2)
+        (u1, u2, u3), k4s, c4, k4 = classed(4)
         prep.append(dict(t=t, b=b, v1=np.frombuffer(v1s, np.uint8), v3=np.frombuffer(v3s, np.uint8), c3=c3,
                          k2=np.frombuffer(k2s, np.uint8), c2=c2, t1=t1, k4=np.frombuffer(k4s, np.uint8), c4=c4,
                          u=(u1, u2, u3), g3=g3.copy(), p2=k2, p4=k4))
