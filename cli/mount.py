@@ -38,9 +38,11 @@ def mount(
     ttl: float = typer.Option(1.0, "--ttl", help="Seconds before new versions and moved tags show."),
     log: Optional[Path] = typer.Option(None, "--log", help="Log file of a background mount (default: in the temp dir)."),
     wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for a background mount to come up."),
-    passthrough: Optional[str] = typer.Option(None, "--passthrough", metavar="DIR[:SIZE]",
-                                              help="Serve files already read by FUSE passthrough from local copies in DIR, "
-                                                   "at most SIZE (default 8GiB); needs libfuse >= 3.17 and root, else a warning."),
+    passthrough: Optional[str] = typer.Option(None, "--passthrough", metavar="auto|off|DIR[:SIZE]",
+                                              help="Serve files already read by FUSE passthrough from local copies (warm reads at "
+                                                   "local-disk speed). auto (default, or DELTASTORE_MOUNT_PASSTHROUGH): on where "
+                                                   "libfuse >= 3.17 and root allow it, copies in ~/.cache/deltastore/mount-copies, "
+                                                   "at most 8GiB or a quarter of the free space; DIR[:SIZE]: there, at most SIZE."),
 ) -> None:
     """Mount every version read-only at MOUNTPOINT/NAME/vN (plus `latest` and tags as symlinks)."""
     from deltastore.errors import BadInputError

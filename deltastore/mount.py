@@ -27,10 +27,11 @@ reads with ``direct_io`` instead costs 2.5x the CPU of the 4 KiB page cache and 
 (benchmarks/results/mount_folios_research.md). The one way left to the server is FUSE passthrough
 (the kernel has it): OPEN answers with
 a backing file holding the decoded bytes and the kernel reads that file's own page cache. The mount
-does that when asked (``serve(passthrough="DIR[:SIZE]")`` or DELTASTORE_MOUNT_PASSTHROUGH) and able:
-libfuse >= 3.17 (Debian 12 has 3.14: FUSE_LIBRARY_PATH can name a newer one) and root; a file read
-to its end gets a local copy, and later opens of it are passed through (:mod:`deltastore.passthrough`).
-Off, or where it cannot work, everything below holds unchanged.
+does that by default wherever it can (``passthrough="auto"``; ``off``, or ``DIR[:SIZE]`` for the
+copies' folder and cap, also through DELTASTORE_MOUNT_PASSTHROUGH): libfuse >= 3.17 (Debian 12 has
+3.14: FUSE_LIBRARY_PATH can name a newer one) and root; a file read to its end gets a local copy,
+and later opens of it are passed through (:mod:`deltastore.passthrough`). Off, or where it cannot
+work, everything below holds unchanged.
 
 ``auto_cache`` rather than ``kernel_cache``: version numbers are never reused (``lookup.next_number``: removed ones are retired), so a path
 always names the same bytes and ``kernel_cache`` would be as right today; ``auto_cache`` costs one
@@ -85,7 +86,6 @@ log = logging.getLogger("deltastore.mount")
 
 DEFAULT_CACHE_BYTES = 4 << 30
 DEFAULT_READ_AHEAD_KB = 16 << 10
-DEFAULT_PASSTHROUGH_BYTES = 8 << 30
 #: glibc malloc settings for the server (see :func:`tune_malloc`)
 MALLOC_MMAP_THRESHOLD = 32 << 20
 MALLOC_TRIM_THRESHOLD = 512 << 20
@@ -190,7 +190,8 @@ class DeltaStoreFS(_mfuse_base()):  # type: ignore[misc]
         if self.spill is None or conn is None:
             return
         if not conn.capable_ext & FUSE_CAP_PASSTHROUGH:
-            log.warning("passthrough off: the kernel does not offer it")
+            (log.info if self.spill.auto else log.warning)("passthrough off: the kernel does not offer it")
+            self.spill.close()
             self.spill = None
             return
         conn.want_ext |= FUSE_CAP_PASSTHROUGH
@@ -509,11 +510,12 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
           debug: bool = False, passthrough: str | None = None) -> None:
     """Mount and serve in this process until unmounted (``deltastore unmount``, or fusermount3 -u).
 
-    ``passthrough``: ``DIR`` or ``DIR:SIZE`` (default from the environment variable
-    DELTASTORE_MOUNT_PASSTHROUGH; off when neither is set): local copies of the files read, up to
-    SIZE (default 8GiB) in a folder under DIR, served by FUSE passthrough (see
-    :mod:`deltastore.passthrough`); where it cannot work, a warning says why and the mount runs
-    without it."""
+    ``passthrough``: ``auto`` (the default, also from the environment variable
+    DELTASTORE_MOUNT_PASSTHROUGH), ``off``, ``DIR`` or ``DIR:SIZE``: local copies of the files read
+    to their end, up to SIZE in a folder under DIR, served by FUSE passthrough (see
+    :mod:`deltastore.passthrough`); ``auto`` turns it on wherever it can work (libfuse >= 3.17 and
+    root) with copies under the user's cache folder, and off elsewhere; a DIR asked for where it
+    cannot work gets a warning saying why, and the mount runs without it."""
     mfusepy = _fuse()
     mp = Path(mountpoint).absolute()
     if not mp.is_dir():
@@ -550,20 +552,33 @@ def serve(store: StoreView, mountpoint: str | Path, *, cache_bytes: int = DEFAUL
 
 
 def _spill_cache(spec: str | None) -> SpillCache | None:
-    """``DIR`` or ``DIR:SIZE`` -> the local copies for passthrough, or None (not asked for, or not
-    possible here: then a warning says why)."""
-    if not spec:
-        return None
-    from .passthrough import missing
+    """The ``passthrough`` setting -> the local copies for passthrough, or None.
 
+    ``auto`` (the default): on where it can work here (libfuse >= 3.17, root: :func:`passthrough.missing`),
+    with the copies in :func:`passthrough.default_dir` up to :func:`passthrough.default_cap`; else off,
+    said in one info line. ``off``: off. ``DIR`` or ``DIR:SIZE``: asked for, so where it cannot work a
+    warning says why."""
+    from .passthrough import default_cap, default_dir, missing
+
+    spec = (spec or "auto").strip()
+    if spec.lower() in ("off", "no", "0", "false", "none"):
+        return None
+    auto = spec.lower() == "auto"
     why = missing()
     if why:
-        log.warning("passthrough off: %s", why)
+        (log.info if auto else log.warning)("passthrough off: %s", why)
         return None
-    root, _, size = spec.partition(":")
-    cap = parse_size(size) if size else DEFAULT_PASSTHROUGH_BYTES
-    spill = SpillCache(root, cap)
-    log.info("passthrough on: local copies of the files read in %s, up to %d bytes", spill.dir, cap)
+    if auto:
+        root, cap = default_dir(), None
+    else:
+        root, _, size = spec.partition(":")
+        cap = parse_size(size) if size else None
+    try:
+        spill = SpillCache(root, cap if cap is not None else default_cap(root), auto=auto)
+    except OSError as e:
+        log.warning("passthrough off: cannot keep local copies in %s: %s", root, e)
+        return None
+    log.info("passthrough on: local copies of the files read in %s, up to %d bytes", spill.dir, spill.cap_bytes)
     return spill
 
 

@@ -1,10 +1,13 @@
-"""FUSE passthrough for the mount: warm reads served from a local copy's page cache (opt-in).
+"""FUSE passthrough for the mount: warm reads served from a local copy's page cache.
 
 Why: Linux 6.18 caches FUSE files in 4 KiB folios whatever the server asks, so a warm read through
 the mount copies in 4 KiB pieces and costs 55-72% of a local read per CPU second
 (benchmarks/results/mount_amd-epyc-2c.md). With passthrough the server answers OPEN with a
 *backing file* and the kernel reads that file's own page cache (ext4: 2 MiB folios) without asking
 the server again: 98-101% of local in benchmarks/probe_fuse_passthrough.py.
+
+On by default wherever it can work (``deltastore mount`` without ``--passthrough``, which is
+``auto``): the copies then go to :func:`default_dir`, capped by :func:`default_cap`.
 
 How the mount uses it: once a version file has been read through the mount to its end (cold, by the
 ordinary FUSE path), its bytes are written from the mount's decoded cache to a *spill* file in a
@@ -51,6 +54,25 @@ FUSE_DEV_IOC_BACKING_CLOSE = 0x4004E502
 #: padding words, fh, lock_owner, poll_events): mfusepy 3.1 names no field for it
 BACKING_ID_OFFSET = 36
 SPILL_CHUNK = 64 << 20
+#: the copies' cap when none is given: 8 GiB, but never more than a quarter of the free space where
+#: they go (measured when the mount starts)
+DEFAULT_CAP_BYTES = 8 << 30
+
+
+def default_dir() -> Path:
+    """Where ``passthrough="auto"`` keeps its copies: the user's cache folder (``$XDG_CACHE_HOME``,
+    else ``~/.cache``), on disk. Not the temp folder: /tmp is often tmpfs, where a copy would hold
+    the file a second time in memory beside its page cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deltastore" / "mount-copies"
+
+
+def default_cap(root: str | Path) -> int:
+    """:data:`DEFAULT_CAP_BYTES`, or a quarter of the free space under ``root`` if that is less."""
+    path = Path(root)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return min(DEFAULT_CAP_BYTES, shutil.disk_usage(path).free // 4)
 
 
 def missing() -> str | None:
@@ -121,7 +143,9 @@ class SpillCache:
     the passthrough handles that use a copy (such a copy is never removed); :meth:`spill` writes a
     copy on a thread of its own, from byte chunks the caller supplies."""
 
-    def __init__(self, root: str | Path, cap_bytes: int):
+    def __init__(self, root: str | Path, cap_bytes: int, *, auto: bool = False):
+        #: on by default rather than asked for: where it turns out not to work, say so quietly
+        self.auto = auto
         Path(root).mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix="deltastore-passthrough-", dir=root))
         self.cap_bytes = cap_bytes

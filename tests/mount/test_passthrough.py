@@ -1,7 +1,8 @@
 """FUSE passthrough to local copies (deltastore.passthrough), through a real mount of its own.
 
 Needs libfuse >= 3.17 (Debian 12 ships 3.14) and root: set DELTASTORE_TEST_LIBFUSE317 to such a
-libfuse3.so (the mount gets it as FUSE_LIBRARY_PATH); skipped, with the reason, otherwise.
+libfuse3.so (the mount gets it as FUSE_LIBRARY_PATH; `.ci/libfuse317.sh` builds one, and CI does);
+skipped, with the reason, otherwise.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _skip_reason() -> str | None:
     if why:
         return why
     if not LIB:
-        return "set DELTASTORE_TEST_LIBFUSE317 to a libfuse3.so of 3.17 or later"
+        return "set DELTASTORE_TEST_LIBFUSE317 to a libfuse3.so of 3.17 or later (.ci/libfuse317.sh builds one)"
     code = "import mfusepy; print(mfusepy.fuse_version_minor)"
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FUSE_LIBRARY_PATH": LIB}, capture_output=True, text=True)
     if r.returncode != 0 or int(r.stdout.strip() or 0) < 17:
@@ -144,3 +145,61 @@ def test_a_lossy_version_through_passthrough_equals_checkout(pt) -> None:  # noq
     assert path.read_bytes() == want
     after = _stats(log, proc)
     assert after["open-passthrough"] == before.get("open-passthrough", 0) + 1
+
+
+def test_passthrough_setting_auto_off_and_dir(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``auto`` (the default) turns passthrough on only where it can work and says so quietly
+    otherwise; ``off`` is off; a folder asked for where it cannot work gets a warning."""
+    pytest.importorskip("mfusepy", exc_type=ImportError)
+    from deltastore.mount import _spill_cache
+    from deltastore.passthrough import DEFAULT_CAP_BYTES, default_cap, missing
+
+    why = missing()
+    caplog.set_level("INFO", logger="deltastore.mount")
+    assert _spill_cache("off") is None and _spill_cache("OFF") is None
+    assert not caplog.records
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        auto = _spill_cache(None)
+        asked = _spill_cache(f"{tmp_path / 'copies'}:1MiB")
+    if why:  # this process's libfuse or user cannot: off, info for auto, a warning when asked
+        assert auto is None and asked is None
+        levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert levels == [("INFO", f"passthrough off: {why}"), ("WARNING", f"passthrough off: {why}")]
+    else:
+        try:
+            assert auto is not None and auto.dir.parent == tmp_path / "xdg" / "deltastore" / "mount-copies"
+            # the cap is measured at the start, from free space that other writers move a little
+            assert 0 < auto.cap_bytes <= DEFAULT_CAP_BYTES and abs(auto.cap_bytes - default_cap(auto.dir)) < auto.cap_bytes / 100
+            assert asked is not None and asked.cap_bytes == 1 << 20 and asked.dir.parent == tmp_path / "copies"
+        finally:
+            for s in (auto, asked):
+                if s is not None:
+                    s.close()
+
+
+def test_auto_is_the_default_where_passthrough_works(pt, tmp_path: Path) -> None:  # noqa: ANN001
+    """A mount started with no passthrough setting, where libfuse >= 3.17 and root allow it,
+    serves a file read once by passthrough, keeps its copy under the user's cache folder and
+    removes it at unmount."""
+    _, _, _, src, _ = pt
+    home = pt[0].parent / "home"
+    mp, log = tmp_path / "mnt", tmp_path / "mount.log"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("FUSE_LIBRARY_PATH", LIB)
+        m.delenv("DELTASTORE_MOUNT_PASSTHROUGH", raising=False)
+        m.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        proc = start_mount(home, mp, log)
+    try:
+        path = mp / "t" / "v1" / "model.safetensors"
+        want = sha256_file(src["t"] / "model.safetensors")
+        assert sha256_file(path) == want
+        _wait_copies(log, proc, 1)
+        copies = list((tmp_path / "xdg" / "deltastore" / "mount-copies").rglob("*"))
+        assert any(p.is_file() for p in copies), copies
+        before = _stats(log, proc)
+        assert sha256_file(path) == want
+        assert _stats(log, proc)["open-passthrough"] == before.get("open-passthrough", 0) + 1
+    finally:
+        stop_mount(mp, proc)
+    assert not any(p.is_file() for p in (tmp_path / "xdg").rglob("*")), "copies left after unmount"
