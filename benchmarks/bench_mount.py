@@ -188,16 +188,40 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deltastore.cli", *args], env=env, capture_output=True, text=True, check=True)
 
 
-def mount(home: Path, mp: Path, log: Path, cache: str = "4GiB", passthrough: str | None = None) -> None:
+def mount(home: Path, mp: Path, log: Path, cache: str = "4GiB", passthrough: str | None = None) -> int:
     """A background mount logging at INFO: at unmount the server writes how many READ requests of
-    which sizes it got (``requests_seen``). ``passthrough``: DIR[:SIZE] for its local copies
-    (DELTASTORE_MOUNT_PASSTHROUGH; needs libfuse >= 3.17 as FUSE_LIBRARY_PATH, and root)."""
+    which sizes it got (``requests_seen``). ``passthrough``: auto (None: the mount's default), off,
+    or DIR[:SIZE] for its local copies (DELTASTORE_MOUNT_PASSTHROUGH; passthrough needs libfuse >=
+    3.17, FUSE_LIBRARY_PATH here, and root). Returns the log's length before this mount, for
+    :func:`passthrough_state`."""
     mp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DELTASTORE_HOME": str(home), "DELTASTORE_LOG_LEVEL": "INFO"}
+    env.pop("DELTASTORE_MOUNT_PASSTHROUGH", None)
     if passthrough:
         env["DELTASTORE_MOUNT_PASSTHROUGH"] = passthrough
+    start = log.stat().st_size if log.is_file() else 0
     subprocess.run([sys.executable, "-m", "deltastore.cli", "mount", str(mp), "--cache-size", cache, "--log", str(log)],
                    env=env, capture_output=True, text=True, check=True)
+    return start
+
+
+def passthrough_state(log: Path, start: int) -> tuple[bool, str]:
+    """Whether the mount whose log begins at ``start`` serves by passthrough, and its log line on it.
+    Asked once it is up: the kernel's refusal is logged at INIT, before the mount point appears."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        lines = [ln for ln in f.read().decode(errors="replace").splitlines() if "passthrough o" in ln]
+    line = lines[-1].split("passthrough", 1)[1].strip() if lines else "off: not set up"
+    return line.startswith("on"), "passthrough " + line
+
+
+def wait_copies(log: Path, pid: int, n: int, timeout: float = 120) -> None:
+    """Wait until the mount has written ``n`` passthrough copies in all."""
+    deadline = time.monotonic() + timeout
+    while server_requests(log, pid).get("copies", 0) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} passthrough copies not written in {timeout:.0f} s: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
 
 
 def requests_seen(log: Path) -> str:
@@ -417,18 +441,15 @@ def warm_bench(k: int, desc: str, passthrough: str | None = None) -> str:
             st.add_base("smollm2", smollm2_dir())
             st.checkout("smollm2", work / "co")
         local = work / "co" / "model.safetensors"
-        mount(home, mp, mlog, passthrough=passthrough)
+        at = mount(home, mp, mlog, passthrough=passthrough)
         loads = []
         try:
             pid = server_pid(mp)
+            pt_on, pt_line = passthrough_state(mlog, at)
             f = mp / "smollm2" / "v1" / "model.safetensors"
             read_pass(f, pid)
-            if passthrough:
-                deadline = time.monotonic() + 120
-                while server_requests(mlog, pid).get("copies", 0) < 1:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"no passthrough copy written in 120 s: {mlog.read_text()[-2000:]}")
-                    time.sleep(0.5)
+            if pt_on:
+                wait_copies(mlog, pid, 1)
                 read_pass(f, pid)  # the copy's first read (from disk: its written pages were dropped)
             drop_cache([local], check=True)
             read_pass(local)
@@ -468,15 +489,16 @@ def warm_bench(k: int, desc: str, passthrough: str | None = None) -> str:
                         f"**{(m[0] / m[2]) / (loc[0] / loc[2]):.0%}** |")
         today = dt.date.today().isoformat()
         return "\n".join([
-            f"# deltastore mount: warm reads{', passthrough' if passthrough else ''}, mount vs local disk ({today})", "",
-            f"Command: `{'FUSE_LIBRARY_PATH=' + os.environ.get('FUSE_LIBRARY_PATH', '(system)') + ' ' if passthrough else ''}"
+            f"# deltastore mount: warm reads{', passthrough' if pt_on else ''}, mount vs local disk ({today})", "",
+            f"Command: `{'FUSE_LIBRARY_PATH=' + os.environ['FUSE_LIBRARY_PATH'] + ' ' if os.environ.get('FUSE_LIBRARY_PATH') else ''}"
             f"python benchmarks/bench_mount.py --warm {k}{' --passthrough ' + passthrough if passthrough else ''}` "
             f"({(time.perf_counter() - t_start) / 60:.0f} min)  ",
             f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end; "
             f"{min(loads):.1f}-{max(loads):.1f} over the rounds); kernel {os.uname().release}; local disk is the VM's virtio disk (ext4)  ",
             f"File: SmolLM2-135M-Instruct bf16 model.safetensors, {size / MB:,.1f} MB, lossless base; {passes} passes of each "
             "kind through the mount and as many of the checkout, in turns"
-            + ("; **mount with FUSE passthrough** to its local copy of the file (written after the first read)" if passthrough else ""),
+            + ("; **mount with FUSE passthrough** to its local copy of the file (written after the first read)" if pt_on else "")
+            + f"; the mount's log: \"{pt_line}\"",
             "",
             "| warm read with | mount MB/s | local MB/s | wall: mount / local | mount MB per CPU s | local MB per CPU s "
             "| **per CPU s: mount / local** |", "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
@@ -579,9 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--warm", type=int, default=0, metavar="K",
                     help="only warm reads, mount vs local disk, K rounds (a section on top of mount_<machine>.md)")
-    ap.add_argument("--passthrough", default=None, metavar="DIR[:SIZE]",
-                    help="with --warm: the mount serves files it has read by FUSE passthrough from local copies in DIR "
-                         "(needs libfuse >= 3.17 as FUSE_LIBRARY_PATH, and root)")
+    ap.add_argument("--passthrough", default=None, metavar="auto|off|DIR[:SIZE]",
+                    help="the mount's passthrough setting (default: the mount's own, auto: on where libfuse >= 3.17, "
+                         "FUSE_LIBRARY_PATH here, and root allow it; files it has read are then served from local copies)")
     ap.add_argument("--ls", type=int, default=0, metavar="N",
                     help="only time `ls -lR` over a mount of N versions (results: mount_ls_<machine>.md)")
     args = ap.parse_args(argv)
@@ -629,10 +651,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- sequential reads -------------------------------------------------------------------
         rows, folio_rows = [], []
-        mount(home, mp, mlog)
+        at = mount(home, mp, mlog, passthrough=args.passthrough)
         try:
             pid = server_pid(mp)
-            for label, name in versions:
+            pt_on, pt_line = passthrough_state(mlog, at)
+            for i, (label, name) in enumerate(versions):
                 f = mp / name / "v1" / "model.safetensors"
                 co = work / "co" / name
                 t0 = time.perf_counter()
@@ -644,10 +667,14 @@ def main(argv: list[str] | None = None) -> int:
                 drop_cache(objs)
                 drop_cache([f], check=True)
                 cold = read_pass(f, pid)  # the page cache holds the file from here on
+                if pt_on:  # later opens are served from the local copy written after that read
+                    wait_copies(mlog, pid, i + 1)
+                    read_pass(f, pid)  # the copy's first read (its written pages were dropped)
                 read_pass(local)
                 warm, local_warm = read_interleaved(f, local, 6, pid)
                 folios = (folio_summary(page_cache_folios(f)), folio_summary(page_cache_folios(local)))
-                decoded = read_passes(f, 3, pid, before=lambda f=f: drop_cache([f], check=True))
+                # with passthrough no read reaches the server again, so there is no such row
+                decoded = None if pt_on else read_passes(f, 3, pid, before=lambda f=f: drop_cache([f], check=True))
                 local_cold = read_passes(local, 2, before=lambda local=local: drop_cache([local], check=True))
                 t0 = time.perf_counter()
                 read_pass(local)
@@ -665,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         fp, fp_requests = [], []
         for label, name in versions[1:3]:
             drop_cache(objs)
-            mount(home, mp, mlog)
+            mount(home, mp, mlog, passthrough=args.passthrough)
             try:
                 pid = server_pid(mp)
                 fresh = from_pretrained(mp / name / "v1", pid)
@@ -686,12 +713,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- the report ---------------------------------------------------------------------------
         today = dt.date.today().isoformat()
-        cmd = "python benchmarks/bench_mount.py" + (f" --synth-layers {args.synth_layers}" if args.synth_layers != 2 else "")
+        cmd = ("FUSE_LIBRARY_PATH=" + os.environ["FUSE_LIBRARY_PATH"] + " " if os.environ.get("FUSE_LIBRARY_PATH") else "") \
+            + "python benchmarks/bench_mount.py" + (f" --synth-layers {args.synth_layers}" if args.synth_layers != 2 else "") \
+            + (f" --passthrough {args.passthrough}" if args.passthrough else "")
         lines = [f"# deltastore mount: reading versions as files vs a local checkout ({today})", "",
                  f"Command: `{cmd}` ({minutes:.0f} min)  ",
                  f"Machine: dev VM: {desc}, shared (load average {load0:.1f} at start, {load1:.1f} at end); "
                  "local disk is the VM's virtio disk  ",
-                 f"FUSE: libfuse3 via mfusepy, 1 MiB requests; mount with --cache-size 4GiB, read_ahead_kb 16384; "
+                 f"FUSE: libfuse3 via mfusepy, 1 MiB requests; mount with --cache-size 4GiB, read_ahead_kb 16384, "
+                 f"{'**passthrough on** (warm reads from local copies of the files read)' if pt_on else 'passthrough off'} "
+                 f"(its log: \"{pt_line}\"); kernel {os.uname().release}; "
                  f"server peak RSS {(rss or 0) / 2**20:,.0f} MiB (torch imported)", "",
                  "MB per CPU second (file bytes over the CPU seconds of the pass: the reader's plus the mount "
                  "server's, all threads; steady under other load):", "",
@@ -699,14 +730,14 @@ def main(argv: list[str] | None = None) -> int:
                  "| **local warm** | warm: mount / local |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, size, cold, warm, dec, lc, lw, _cr in rows:
-            lines.append(f"| {label} | {size / MB:,.1f} | {cold.mb_cpu:,.0f} | {warm.mb_cpu:,.0f} | {dec.mb_cpu:,.0f} "
+            lines.append(f"| {label} | {size / MB:,.1f} | {cold.mb_cpu:,.0f} | {warm.mb_cpu:,.0f} | {f'{dec.mb_cpu:,.0f}' if dec else '-'} "
                          f"| {lc.mb_cpu:,.0f} | {lw.mb_cpu:,.0f} | {warm.mb_cpu / lw.mb_cpu:.0%} |")
         lines += ["", "MB/s (wall clock; moves with the other work on this shared VM):", "",
                   "| model.safetensors of | mount cold | **mount warm** | mount, decoded only | local cold "
                   "| **local warm** | checkout then read | warm: mount / local |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, size, cold, warm, dec, lc, lw, cr in rows:
-            lines.append(f"| {label} | {cold.mb_s:,.0f} | {warm.mb_s:,.0f} | {dec.mb_s:,.0f} | {lc.mb_s:,.0f} "
+            lines.append(f"| {label} | {cold.mb_s:,.0f} | {warm.mb_s:,.0f} | {f'{dec.mb_s:,.0f}' if dec else '-'} | {lc.mb_s:,.0f} "
                          f"| {lw.mb_s:,.0f} | {cr:,.0f} | {warm.mb_s / lw.mb_s:.0%} |")
         lines += ["", "Sequential passes with 16 MiB reads: cold 1, decoded only 3, local cold 2, and 6 each of mount warm "
                   "and local warm taken in turns (a b b a ...) so both see the same moments of the shared machine; "
@@ -716,7 +747,10 @@ def main(argv: list[str] | None = None) -> int:
                   "so the fine-tunes find the base's tensors decoded by the first row. Decoded only: the kernel's copy "
                   "dropped, every unit decoded in the mount's cache; each 1 MiB FUSE request costs a copy out of Python "
                   "into libfuse and the kernel's copy into the page cache. Local cold: the checked-out file's page cache "
-                  "dropped (checked with fincore). Checkout then read: `checkout` of the version plus one read of the file.",
+                  "dropped (checked with fincore). Checkout then read: `checkout` of the version plus one read of the file."
+                  + (" Passthrough on: after the cold pass the mount writes a local copy of the file and the warm passes "
+                     "are served from the copy's page cache by the kernel (one read of the copy first, from disk); no "
+                     "read reaches the server, so there is no decoded-only row (-)." if pt_on else ""),
                   "", "Page cache of each file after the warm passes (folio sizes from /proc/kpageflags: a warm read "
                   "copies folio by folio):", "", "| model.safetensors of | through the mount | checked out (local disk) |",
                   "|---|---|---|", *[f"| {label} | {m} | {loc} |" for label, m, loc in folio_rows], "",
