@@ -424,7 +424,9 @@ class Lossless(Codec):
                 seen: dict[int, np.ndarray] = {}  # each chunk's counts, by its first byte (chunks run on threads)
 
                 def split(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-                    grouped, counts = fx.diff_group_split(raw[lo:hi], base_raw[lo:hi], width, shift, bits)
+                    # into this thread's scratch: the planes are compressed (copied out) before its next chunk
+                    scratch = planes._scratch_words("grouped_enc", hi - lo, np.uint8).reshape(width, (hi - lo) // width)
+                    grouped, counts = fx.diff_group_split(raw[lo:hi], base_raw[lo:hi], width, shift, bits, out=scratch)
                     seen[lo] = counts
                     return grouped, counts
 

@@ -1,0 +1,160 @@
+"""Where a lossless fine-tune add's (and a base checkout's) CPU time goes, stage by stage.
+
+Each stage's functions are wrapped (monkeypatched in this process only) with a timer of the
+calling thread's CPU time (``time.thread_time``: user + system, page faults included), nested:
+a stage's figure is its own time, less the stages it calls on the same thread. Work a stage
+hands to another thread (the plane pool) is counted where it runs. The process's whole CPU time
+(``getrusage``) is given beside the sum, so what no stage covers (the GIL's hand-offs, the
+pool's futures, the backend's fsync thread, the interpreter) shows as "not in a stage".
+
+    python benchmarks/probe_ft_add_stages.py --layers 2 --threads 1,2 --work /tmp/h7prof
+
+The model is bench_scaling.py's (``--layers`` Llama-2-7B layers + embeddings, a fine-tune moving
+40% of the elements by a few ulps); ``--work`` is reused between runs (the model is made once).
+Every op runs in a fresh store (``add base`` first, timed too); the checkout is of the base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CHILD = r"""
+import json, os, resource, sys, threading, time, functools, shutil
+from pathlib import Path
+import deltastore
+from deltastore import ingest, objects, materialize
+from deltastore import codec as codecs
+from deltastore.codec import planes, lossless, _zstd
+from deltastore.codec import _numba as nb
+
+home, base, ft, op, out = sys.argv[1:6]
+stats, lock, local = {}, threading.Lock(), threading.local()
+
+def wrap(owner, attr, name):
+    fn = getattr(owner, attr)
+    @functools.wraps(fn)
+    def timed(*a, **k):
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = []
+        stack.append(0.0)
+        t0 = time.thread_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            dt = time.thread_time() - t0
+            child = stack.pop()
+            if stack:
+                stack[-1] += dt
+            with lock:
+                s = stats.setdefault(name, [0.0, 0])
+                s[0] += dt - child
+                s[1] += 1
+    setattr(owner, attr, timed)
+
+wrap(ingest, "_pread", "read (preadv into a pooled buffer)")
+wrap(ingest, "sha256_hex", "sha256 of the tensor read")
+wrap(ingest, "tensor_bytes", "base tensor: rest of tensor_bytes")
+wrap(materialize, "tensor_bytes", "checkout: rest of tensor_bytes")
+wrap(objects.ObjectDB, "_frame", "object read (backend.get + frame)")
+wrap(objects, "oid_of", "sha256 (object ids, verify)")
+wrap(planes, "decompress", "plane decode: rest (Python)")
+wrap(planes, "_decode_planes", "plane decode: zstd frames (python-zstandard)")
+wrap(planes, "join_planes", "plane decode: join planes")
+wrap(lossless.Lossless, "encode", "lossless encode: rest (Python)")
+wrap(nb, "diff_group_split", "diff + histogram + group split (numba)")
+wrap(planes, "_compress_grouped_planes", "zstd compress of grouped planes")
+wrap(planes, "_pack_grouped", "stream join (b''.join)")
+wrap(codecs, "to_bytes", "payload serialize (to_bytes)")
+wrap(objects.ObjectDB, "put_raw", "object put: rest")
+wrap(objects.ObjectDB, "put_tensor", "object put: rest")
+wrap(planes, "_compress_chunk", "base: split + zstd compress a chunk")
+wrap(materialize._Window, "__init__", "checkout: mmap window (MAP_POPULATE)")
+wrap(materialize._Window, "__exit__", "checkout: munmap window")
+from deltastore import backend as _b
+wrap(_b.Backend, "_write_temp", "backend write (temp file)")
+
+st = deltastore.open(home)
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+if op == "add_base":
+    st.add_base("m", base)
+elif op == "add_ft":
+    st.add_finetune("ft", ft, base="m", codec="lossless")
+else:
+    st.checkout("m@v1", out)
+wall = time.perf_counter() - t0
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+print(json.dumps({"op": op, "wall": wall, "cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
+                  "stages": stats}))
+"""
+
+
+def run(op: str, home: Path, base: Path, ft: Path, out: Path, threads: int, site: str | None) -> dict:
+    env = dict(os.environ, DELTASTORE_THREADS=str(threads))
+    if site:
+        env["PYTHONPATH"] = site
+    p = subprocess.run([sys.executable, "-c", CHILD, str(home), str(base), str(ft), op, str(out)], env=env,
+                       capture_output=True, text=True, cwd=str(home.parent))
+    if p.returncode != 0:
+        raise SystemExit(p.stderr[-3000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--work", default="/tmp/ds-stages")
+    ap.add_argument("--site", default=None, help="PYTHONPATH of the deltastore to profile (default: the one importable here)")
+    ap.add_argument("--ops", default="add_ft,checkout")
+    args = ap.parse_args()
+    sys.path.insert(0, str(HERE))
+    from bench_scaling import reuse_pair
+
+    work = Path(args.work)
+    nbytes = reuse_pair(work / "model", args.layers)
+    base, ft = work / "model" / "base", work / "model" / "ft"
+    for f in (base / "model.safetensors", ft / "model.safetensors"):  # into the page cache
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    ops = args.ops.split(",")
+    for threads in [int(x) for x in args.threads.split(",")]:
+        home, out = work / f"home-{threads}", work / f"out-{threads}"
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        home.parent.mkdir(parents=True, exist_ok=True)
+        res = {"add_base": run("add_base", home, base, ft, out, threads, args.site)}
+        for op in ops:
+            res[op] = run(op, home, base, ft, out, threads, args.site)
+        for op, r in res.items():
+            if op == "add_base" and "add_base" not in ops:
+                continue
+            gb = nbytes / 1e9
+            print(f"\n### {op}, {threads} thread(s): wall {r['wall']:.2f} s ({gb / r['wall']:.3f} GB/s), process CPU "
+                  f"{r['cpu']:.2f} s (user {r['user']:.2f}, sys {r['sys']:.2f}) = {r['cpu'] / gb:.2f} CPU-s/GB; "
+                  f"load {os.getloadavg()[0]:.1f}\n")
+            print("| stage | CPU s | CPU s/GB | calls |\n|---|---:|---:|---:|")
+            total = 0.0
+            for name, (s, n) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
+                total += s
+                print(f"| {name} | {s:.2f} | {s / gb:.2f} | {n} |")
+            print(f"| not in a stage | {r['cpu'] - total:.2f} | {(r['cpu'] - total) / gb:.2f} | |")
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
