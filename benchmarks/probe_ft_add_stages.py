@@ -82,6 +82,9 @@ wrap(objects.ObjectDB, "put_tensor", "object put: rest")
 wrap(planes, "_compress_chunk", "base: split + zstd compress a chunk")
 wrap(materialize._Window, "__init__", "checkout: mmap window (MAP_POPULATE)")
 wrap(materialize._Window, "__exit__", "checkout: munmap window")
+if hasattr(objects.ObjectDB, "write_tensor"):
+    wrap(objects.ObjectDB, "write_tensor", "checkout: write_tensor rest (sha256 of each chunk)")
+wrap(os, "pwrite", "checkout: pwrite")
 from deltastore import backend as _b
 wrap(_b.Backend, "_write_temp", "backend write (temp file)")
 

@@ -816,6 +816,27 @@ def decompress(
     return out
 
 
+def decompress_each(data: bytes | memoryview, emit) -> int:  # noqa: ANN001
+    """Decode a plain stream (``b"DSP1"``) chunk after chunk on the calling thread, each into this
+    thread's scratch, and hand each to ``emit(offset, chunk)`` in order (the chunk's bytes are only
+    valid during the call): a caller that hashes and writes them reads them while they are still
+    in cache, where a whole-tensor decode leaves the tensor in memory for a second and third pass.
+    Returns the stream's size. A grouped stream is refused (it needs its contexts)."""
+    buf = memoryview(data)
+    info = read_info(buf)
+    if info.groups is not None:
+        raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
+    if any(m[0] == _palette.MODE for m in info.modes):
+        _palette.kernels()  # (as decompress does)
+    offs, pos = info.chunk_offsets(), 0
+    for i, rl in enumerate(info.raw_lens):
+        chunk = _scratch_words("each", rl, np.uint8)
+        _decompress_chunk(buf, info, i, offs[i], chunk)
+        emit(pos, chunk)
+        pos += rl
+    return info.raw_total
+
+
 def decompress_range(data: bytes | memoryview, start: int, stop: int, *, contexts: np.ndarray | None = None) -> np.ndarray:
     """Raw bytes ``[start, stop)`` of the stream, decoding only the chunks that cover them."""
     buf = memoryview(data)

@@ -33,7 +33,7 @@ import torch
 from . import codec as codecs
 from .errors import BadInputError, CorruptObjectError, NotFoundError
 from .manifest import FileEntry, TensorEntry
-from .objects import oid_of
+from .objects import ObjectDB, oid_of
 from .pipeline import frozen_heap, ordered_map
 from .protocols import Progress, StoreView, no_progress
 from .results import CheckoutResult, TensorDiff
@@ -348,7 +348,7 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
         # every worker decodes its tensor straight into its own window of the file: the file is
         # written in parallel, with no tensor buffer and no copy through a single writing thread
         def decode_into(i: int) -> int:
-            if sizes[i]:
+            if sizes[i] and (converts(f.tensors[i]) or not _pwrite_tensor(store, manifest_oid, f.tensors[i], fd, starts[i])):
                 with _Window(fd, starts[i], sizes[i]) as window:
                     decode(f.tensors[i], window.array)
             return sizes[i]
@@ -364,6 +364,31 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
         state["written"] += raw.size
         state["done"] += t.nbytes
         progress("checkout", state["done"], total)
+
+
+#: tensor objects are written chunk by chunk with pwrite (:func:`_pwrite_tensor`) unless this is 0
+PWRITE_ENV = "DELTASTORE_PWRITE_TENSORS"
+
+
+def _pwrite_tensor(store: StoreView, manifest_oid: str, entry: TensorEntry, fd: int, offset: int) -> bool:
+    """A tensor stored as a tensor object (a base's, or a fine-tune's unchanged tensor, which is its
+    base's) written to ``fd`` at ``offset`` by ``ObjectDB.write_tensor``: decoded, hashed and
+    written a stream chunk at a time, each chunk still in cache, instead of decoded into a mapped
+    window whose pages the kernel first allocates and zeroes. Verified against the object id (the
+    tensor's sha256) as :func:`tensor_bytes` does. False where it does not apply (a delta, another
+    object store, another coding, ``DELTASTORE_PWRITE_TENSORS=0``): the caller decodes into a window;
+    entries that do not add up are left to :func:`tensor_bytes` to refuse, with its errors."""
+    if not isinstance(store.objects, ObjectDB) or os.environ.get(PWRITE_ENV, "").strip() == "0":
+        return False
+    while entry.source == "base":  # as tensor_bytes resolves it
+        man = store.manifest(manifest_oid)
+        base_entry = store.manifest(man.base).tensor_map().get(entry.name) if man.base is not None else None
+        if base_entry is None or base_entry.nbytes != entry.nbytes:
+            return False
+        manifest_oid, entry = man.base, base_entry
+    if entry.source != "tensor" or entry.object != "sha256:" + entry.sha256:
+        return False
+    return store.objects.write_tensor(entry.object, entry.nbytes, fd, offset)
 
 
 def _mappable(fd: int, size: int) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 
@@ -220,6 +221,41 @@ class ObjectDB:
         if verify and oid_of(out) != oid:
             raise CorruptObjectError(oid, "content does not hash to its id")
         return out
+
+    def write_tensor(self, oid: str, nbytes: int, fd: int, offset: int, *, verify: bool = True) -> bool:
+        """A tensor object's bytes written to the open file ``fd`` at ``offset`` by ``pwrite``, one
+        stream chunk at a time (:func:`planes.decompress_each`, on the calling thread): each chunk
+        is decoded into this thread's scratch, hashed and written while it is in cache. A
+        checkout's mapped window instead has the kernel allocate and zero every page first
+        (MAP_POPULATE), then the decode write it and the hash read it back from memory: on the dev
+        VM 1.0-2.0 CPU-s/GB for the window's pages against 0.3-0.6 for ``pwrite`` from a cached
+        buffer. ``nbytes``: what it must hold (checked before anything is written). False (nothing
+        written) where the object is not a plain plane stream: the caller decodes it as before.
+        With ``verify``, bytes that do not hash to the id are a :class:`CorruptObjectError` after
+        they were written (the caller discards the file)."""
+        kind, coding, body = self._frame(oid)
+        if coding != PLANES or bytes(body[:4]) != planes.MAGIC:
+            return False
+        h = hashlib.sha256()
+
+        def emit(pos: int, chunk: np.ndarray) -> None:
+            if verify:
+                h.update(chunk)
+            view, done = memoryview(chunk), 0
+            while done < view.nbytes:
+                n = os.pwrite(fd, view[done:], offset + pos + done)
+                if n <= 0:
+                    raise OSError(f"pwrite wrote nothing at {offset + pos + done}")
+                done += n
+
+        try:
+            _check_planes_size(oid, body, nbytes, exact=True)
+            planes.decompress_each(body, emit)
+        except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
+            raise CorruptObjectError(oid, f"does not decode: {e}") from None
+        if verify and "sha256:" + h.hexdigest() != oid:
+            raise CorruptObjectError(oid, "content does not hash to its id")
+        return True
 
     def get_range(self, oid: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of a tensor object, fetching from the backend and decoding only
