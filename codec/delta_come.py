@@ -410,8 +410,8 @@ class DeltaCoMe(LossyCodec):
                 sm, sn = rotation_signs(m, seed), rotation_signs(n, seed)
             for k, (b, c) in enumerate(enc.meta["tiers"]):
                 a = {x: enc.arrays[f"{x[0]}{k}.{x[1:]}"].to(device) for x in ("vq", "vs", "vz", "uq", "us", "uz")}
-                v = quant.dequantize(quant.unpack(a["vq"], b, n), a["vs"], a["vz"], gs)
-                u = quant.dequantize(quant.unpack(a["uq"], b, m), a["us"], a["uz"], gs)
+                v = quant.unpack_dequantize(a["vq"], b, n, a["vs"], a["vz"], gs)
+                u = quant.unpack_dequantize(a["uq"], b, m, a["us"], a["uz"], gs)
                 if rot[k]:
                     v, u = unrotate(v, sn, gs), unrotate(u, sm, gs)
                 vs.append(v)

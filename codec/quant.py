@@ -44,6 +44,7 @@ Arrays are row-major and contiguous; on disk they are the words' little-endian b
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -226,6 +227,49 @@ def unpack(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
     else:
         vals = _unpack_fields(words, b)
     return vals.reshape(*packed.shape[:-1], C * 32)[..., :length]
+
+
+def unpack_dequantize(packed: torch.Tensor, bits: int, length: int, scale: torch.Tensor, zero: torch.Tensor,
+                      group_size: int = DEFAULT_GROUP) -> torch.Tensor:
+    """``dequantize(unpack(packed, bits, length), scale, zero, group_size)``: float32 (R, length)
+    for packed rows (R, words) and group parameters (R, G), equal bit for bit. On the CPU one
+    compiled pass (``codec._quant_numba``) without the composition's tensor-sized temporaries;
+    elsewhere, or without numba (DELTASTORE_NUMBA=0), the composition itself."""
+    b = check_bits(bits)
+    kernel = _compiled() if packed.device.type == "cpu" and packed.dim() == 2 else None
+    if kernel is None:
+        return dequantize(unpack(packed, b, length), scale, zero, group_size)
+    rows, C = packed.shape[0], -(-length // 32)
+    if packed.shape[-1] != C * b:
+        raise CodecError(f"packed row has {packed.shape[-1]} words; {length} values at {b} bits need {C * b}")
+    if group_size < 1 or tuple(scale.shape) != tuple(zero.shape) or scale.dim() != 2 or scale.shape[0] != rows:
+        raise CodecError(f"group parameters {tuple(scale.shape)} / {tuple(zero.shape)} do not fit {rows} packed rows")
+    if length and scale.shape[-1] <= (length - 1) // group_size:
+        raise CodecError(f"{scale.shape[-1]} groups of {group_size} cannot cover {length} values")
+    out = torch.empty(rows, length, dtype=torch.float32)
+    if rows and length:
+        words = packed.contiguous().numpy().view("uint32")
+        s = scale.to(torch.float32).contiguous().numpy()
+        z = zero.to(torch.float32).contiguous().numpy()
+        kernel(words, b, length, s, z, int(group_size), out.numpy())
+    return out
+
+
+_KERNEL: object = False
+
+
+def _compiled():  # noqa: ANN202
+    """``codec._quant_numba.unpack_dequantize``, or None (no numba, or DELTASTORE_NUMBA=0)."""
+    global _KERNEL
+    if _KERNEL is False:
+        kernel = None
+        if os.environ.get("DELTASTORE_NUMBA", "1") != "0":
+            try:
+                from ._quant_numba import unpack_dequantize as kernel
+            except ImportError:
+                kernel = None
+        _KERNEL = kernel
+    return _KERNEL
 
 
 def quant_bits_cost(length: int, bits: int, group_size: int = DEFAULT_GROUP) -> int:
