@@ -209,6 +209,10 @@ class SpillCache:
         final = self._name(key)
         tmp = final.with_suffix(".part")
         ok = False
+        try:  # a copy for later opens must not take the CPU from the readers of this one: lowest
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # priority (Linux: per thread)
+        except (OSError, AttributeError):
+            pass
         try:
             h = hashlib.sha256() if sha256 else None
             n = 0
