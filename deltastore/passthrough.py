@@ -7,7 +7,9 @@ the mount copies in 4 KiB pieces and costs 55-72% of a local read per CPU second
 the server again: 98-101% of local in benchmarks/probe_fuse_passthrough.py.
 
 On by default wherever it can work (``deltastore mount`` without ``--passthrough``, which is
-``auto``): the copies then go to :func:`default_dir`, capped by :func:`default_cap`.
+``auto``): the copies then go to :func:`default_dir`, capped by :func:`default_cap`. Each mount's
+copies are a folder of their own, removed at unmount; the folder of a mount killed before that is
+removed by the next mount that uses the same place (:func:`remove_orphans`).
 
 How the mount uses it: once a version file has been read through the mount to its end (cold, by the
 ordinary FUSE path), its bytes are written from the mount's decoded cache to a *spill* file in a
@@ -128,6 +130,29 @@ class Backing:
             log.warning("closing backing id %d failed: %s", backing_id, e)
 
 
+SPILL_PREFIX = "deltastore-passthrough-"
+#: in each mount's copies folder: the mount process's pid, so a later mount can tell it is orphaned
+OWNER_FILE = ".owner-pid"
+
+
+def remove_orphans(root: str | Path) -> list[Path]:
+    """Remove the copies folders under ``root`` whose mount process is gone (a mount killed
+    before its unmount could remove them); returns them. A folder without a readable owner, or
+    whose pid is alive (perhaps reused by another process), is kept: removing too little is safe."""
+    gone = []
+    for d in Path(root).glob(SPILL_PREFIX + "*"):
+        try:
+            pid = int((d / OWNER_FILE).read_text().strip())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+            log.info("removed the passthrough copies of a mount that is gone (pid %d): %s", pid, d)
+        except (OSError, ValueError):
+            continue
+    return gone
+
+
 @dataclass
 class _Copy:
     path: Path
@@ -147,7 +172,9 @@ class SpillCache:
         #: on by default rather than asked for: where it turns out not to work, say so quietly
         self.auto = auto
         Path(root).mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix="deltastore-passthrough-", dir=root))
+        remove_orphans(root)
+        self.dir = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=root))
+        (self.dir / OWNER_FILE).write_text(str(os.getpid()))
         self.cap_bytes = cap_bytes
         self._copies: dict[Hashable, _Copy] = {}
         self._pending: set[Hashable] = set()

@@ -203,3 +203,28 @@ def test_auto_is_the_default_where_passthrough_works(pt, tmp_path: Path) -> None
     finally:
         stop_mount(mp, proc)
     assert not any(p.is_file() for p in (tmp_path / "xdg").rglob("*")), "copies left after unmount"
+
+
+def test_copies_of_a_mount_that_is_gone_are_removed_by_the_next(tmp_path: Path) -> None:
+    """A mount killed before its unmount leaves its copies folder behind; the next mount using the
+    same folder removes it, and keeps the folders of mounts still running."""
+    from deltastore.passthrough import OWNER_FILE, SpillCache
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / "deltastore-passthrough-orphan"
+    orphan.mkdir()
+    (orphan / OWNER_FILE).write_text(str(dead.pid))
+    (orphan / "copy").write_bytes(b"x" * 1000)
+    alive = tmp_path / "deltastore-passthrough-alive"
+    alive.mkdir()
+    (alive / OWNER_FILE).write_text(str(os.getpid()))
+    unknown = tmp_path / "deltastore-passthrough-unknown"  # no owner: not ours to judge
+    unknown.mkdir()
+    s = SpillCache(tmp_path, 1 << 20)
+    try:
+        assert not orphan.exists() and alive.exists() and unknown.exists()
+        assert (s.dir / OWNER_FILE).read_text() == str(os.getpid())
+    finally:
+        s.close()
+    assert not s.dir.exists()
