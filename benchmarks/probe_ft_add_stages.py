@@ -12,6 +12,8 @@ pool's futures, the backend's fsync thread, the interpreter) shows as "not in a 
 The model is bench_scaling.py's (``--layers`` Llama-2-7B layers + embeddings, a fine-tune moving
 40% of the elements by a few ulps); ``--work`` is reused between runs (the model is made once).
 Every op runs in a fresh store (``add base`` first, timed too); the checkout is of the base.
+``--site DIR``: profile another install (``pip install --target DIR`` of another commit), warmed
+first as bench_scaling.py warms one.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ wrap(materialize, "tensor_bytes", "checkout: rest of tensor_bytes")
 wrap(objects.ObjectDB, "_frame", "object read (backend.get + frame)")
 wrap(objects, "oid_of", "sha256 (object ids, verify)")
 wrap(planes, "decompress", "plane decode: rest (Python)")
-wrap(planes, "_decode_planes", "plane decode: zstd frames (python-zstandard)")
 wrap(planes, "join_planes", "plane decode: join planes")
 wrap(lossless.Lossless, "encode", "lossless encode: rest (Python)")
 wrap(nb, "diff_group_split", "diff + histogram + group split (numba)")
@@ -87,6 +88,8 @@ if hasattr(objects.ObjectDB, "write_tensor"):
 wrap(os, "pwrite", "checkout: pwrite")
 from deltastore import backend as _b
 wrap(_b.Backend, "_write_temp", "backend write (temp file)")
+wrap(_b.Backend, "get_range", "object read (ranged)")
+wrap(planes, "_decode_planes", "plane decode: zstd frames (python-zstandard)")
 
 st = deltastore.open(home)
 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -124,10 +127,11 @@ def main() -> None:
     ap.add_argument("--ops", default="add_ft,checkout")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
-    from bench_scaling import reuse_pair
+    from bench_scaling import make_tiny, reuse_pair, warm_install
 
     work = Path(args.work)
     nbytes = reuse_pair(work / "model", args.layers)
+    warm_install(args.site, work, make_tiny(work))  # numba's cache filled (a fresh install compiles), untimed
     base, ft = work / "model" / "base", work / "model" / "ft"
     for f in (base / "model.safetensors", ft / "model.safetensors"):  # into the page cache
         with open(f, "rb") as fh:

@@ -594,13 +594,17 @@ class StreamInfo:
         return offs
 
 
-def read_info(buf: memoryview) -> StreamInfo:
+def read_info(buf: memoryview, size: int | None = None) -> StreamInfo:
+    """The stream's header and chunk table, checked against the stream's ``size`` (default
+    ``len(buf)``; larger where ``buf`` holds the header and table only, its payloads kept apart)."""
     if len(buf) < _HEAD.size:
         raise CorruptPayloadError("plane stream is truncated (header)")
     magic, width, flags, _, nchunks, raw_total = _HEAD.unpack(buf[: _HEAD.size])
     if magic not in (MAGIC, MAGIC_GROUPED) or width not in _UINT:
         raise CorruptPayloadError("not a plane stream (bad magic or width)")
     if magic == MAGIC_GROUPED:
+        if size is not None and size != len(buf):
+            raise CorruptPayloadError("a grouped plane stream is read whole")
         return _read_info_grouped(buf, width, flags, nchunks, raw_total)
     pos = _HEAD.size
     entry = 8 + 4 * width + width
@@ -620,7 +624,7 @@ def read_info(buf: memoryview) -> StreamInfo:
     for md, pl in zip(modes, plane_lens):
         if _palette.MODE in md and (width != 2 or any(m != _palette.MODE for m in md) or any(pl[1:])):
             raise CorruptPayloadError("plane stream has a malformed palette chunk entry")
-    if pos + sum(sum(p) for p in plane_lens) != len(buf):
+    if pos + sum(sum(p) for p in plane_lens) != (len(buf) if size is None else size):
         raise CorruptPayloadError("plane stream is truncated or has trailing bytes")
     return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos)
 
@@ -816,22 +820,26 @@ def decompress(
     return out
 
 
-def decompress_each(data: bytes | memoryview, emit) -> int:  # noqa: ANN001
+def decompress_each(data: bytes | memoryview, emit, *, body: bytes | memoryview | None = None) -> int:  # noqa: ANN001
     """Decode a plain stream (``b"DSP1"``) chunk after chunk on the calling thread, each into this
     thread's scratch, and hand each to ``emit(offset, chunk)`` in order (the chunk's bytes are only
     valid during the call): a caller that hashes and writes them reads them while they are still
     in cache, where a whole-tensor decode leaves the tensor in memory for a second and third pass.
-    Returns the stream's size. A grouped stream is refused (it needs its contexts)."""
-    buf = memoryview(data)
-    info = read_info(buf)
+    ``body``: the payloads, where ``data`` holds the header and chunk table only (a caller that
+    reads an object a few chunks at a time need not join them to it). Returns the stream's size.
+    A grouped stream is refused (it needs its contexts)."""
+    head = memoryview(data)
+    buf = head if body is None else memoryview(body)
+    info = read_info(head, None if body is None else len(head) + len(buf))
     if info.groups is not None:
         raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
     if any(m[0] == _palette.MODE for m in info.modes):
         _palette.kernels()  # (as decompress does)
     offs, pos = info.chunk_offsets(), 0
+    shift = 0 if body is None else info.data_start  # the payloads' offsets in ``buf``
     for i, rl in enumerate(info.raw_lens):
         chunk = _scratch_words("each", rl, np.uint8)
-        _decompress_chunk(buf, info, i, offs[i], chunk)
+        _decompress_chunk(buf, info, i, offs[i] - shift, chunk)
         emit(pos, chunk)
         pos += rl
     return info.raw_total

@@ -49,6 +49,8 @@ MAX_MANIFEST = 256 << 20
 #: the plane stream's fixed header (codec/planes.py): magic, width, flags, reserved, nchunks, raw_total
 _STREAM_HEAD = struct.Struct("<4sBBHIQ")
 _TABLES_KEPT = 4096
+#: ``write_tensor`` reads a tensor object this many stored bytes at a time (at least one chunk)
+SLAB_BYTES = 8 << 20
 
 
 def oid_of(data: bytes | bytearray | memoryview) -> str:
@@ -224,35 +226,55 @@ class ObjectDB:
 
     def write_tensor(self, oid: str, nbytes: int, fd: int, offset: int, *, verify: bool = True) -> bool:
         """A tensor object's bytes written to the open file ``fd`` at ``offset`` by ``pwrite``, one
-        stream chunk at a time (:func:`planes.decompress_each`, on the calling thread): each chunk
-        is decoded into this thread's scratch, hashed and written while it is in cache. A
-        checkout's mapped window instead has the kernel allocate and zero every page first
-        (MAP_POPULATE), then the decode write it and the hash read it back from memory: on the dev
-        VM 1.0-2.0 CPU-s/GB for the window's pages against 0.3-0.6 for ``pwrite`` from a cached
-        buffer. ``nbytes``: what it must hold (checked before anything is written). False (nothing
+        stream chunk at a time on the calling thread (:func:`planes.decompress_each`): each chunk is
+        decoded into this thread's scratch, hashed and written while it is in cache. A checkout's
+        mapped window instead has the kernel allocate and zero every page first (MAP_POPULATE),
+        then the decode write it and the hash read it back from memory: on the dev VM 1.0-2.0
+        CPU-s/GB for the window's pages against 0.3-0.6 for ``pwrite`` from a cached buffer. The
+        object is read a few chunks at a time (:data:`SLAB_BYTES`, ranged reads after its chunk
+        table), not whole: a 60 MB read into a new ``bytes`` cost 1.06 CPU-s/GB (a fresh mapping
+        and its page faults) against 0.30 for 4 MiB reads (/tmp/h7_read.py in the issue-7 notes).
+
+        ``nbytes``: what it must hold (checked before anything is written). False (nothing
         written) where the object is not a plain plane stream: the caller decodes it as before.
         With ``verify``, bytes that do not hash to the id are a :class:`CorruptObjectError` after
         they were written (the caller discards the file)."""
-        kind, coding, body = self._frame(oid)
-        if coding != PLANES or bytes(body[:4]) != planes.MAGIC:
+        table = self.chunk_table(oid)
+        if table is None:
             return False
-        h = hashlib.sha256()
+        if table.raw_total != nbytes:
+            raise CorruptObjectError(oid, f"decodes to {table.raw_total} bytes, not the {nbytes} expected")
+        key, h, n = key_of(oid), hashlib.sha256(), len(table.entries)
 
         def emit(pos: int, chunk: np.ndarray) -> None:
             if verify:
                 h.update(chunk)
             view, done = memoryview(chunk), 0
             while done < view.nbytes:
-                n = os.pwrite(fd, view[done:], offset + pos + done)
-                if n <= 0:
+                w = os.pwrite(fd, view[done:], offset + pos + done)
+                if w <= 0:
                     raise OSError(f"pwrite wrote nothing at {offset + pos + done}")
-                done += n
+                done += w
 
-        try:
-            _check_planes_size(oid, body, nbytes, exact=True)
-            planes.decompress_each(body, emit)
-        except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
-            raise CorruptObjectError(oid, f"does not decode: {e}") from None
+        first = 0
+        while first < n:
+            last = first + 1  # one past the slab's last chunk
+            while last < n and table.stored_offsets[last + 1] - table.stored_offsets[first] <= SLAB_BYTES:
+                last += 1
+            lo, hi = table.stored_offsets[first], table.stored_offsets[last]
+            body = self.backend.get_range(key, lo, hi)
+            if body is None:
+                raise ObjectMissingError(oid)
+            if len(body) != hi - lo:
+                raise CorruptObjectError(oid, f"object is shorter than its chunk table says ({lo + len(body)} < {hi} bytes)")
+            base = table.raw_offsets[first]
+            head = b"".join([_STREAM_HEAD.pack(planes.MAGIC, table.width, planes.FLAG_ROTATE if table.rotate else 0, 0,
+                                               last - first, table.raw_offsets[last] - base), *table.entries[first:last]])
+            try:
+                planes.decompress_each(head, lambda pos, chunk: emit(base + pos, chunk), body=body)
+            except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
+                raise CorruptObjectError(oid, f"does not decode: {e}") from None
+            first = last
         if verify and "sha256:" + h.hexdigest() != oid:
             raise CorruptObjectError(oid, "content does not hash to its id")
         return True

@@ -27,3 +27,14 @@ def test_decompress_each_refuses_a_grouped_stream() -> None:
     stream = planes.compress(raw, 2, contexts=np.zeros(4096, np.uint8))
     with pytest.raises(CorruptPayloadError, match="contexts"):
         planes.decompress_each(stream, lambda pos, chunk: None)
+
+
+def test_decompress_each_with_the_payloads_apart() -> None:
+    raw = (np.random.default_rng(1).standard_normal(200_000) * 0.02).astype(np.float32).view(np.uint8)
+    stream = planes.compress(raw, 4, rotate=True, chunk_bytes=1 << 17)
+    start = planes.read_info(memoryview(stream)).data_start
+    got = []
+    planes.decompress_each(stream[:start], lambda pos, chunk: got.append(chunk.copy()), body=stream[start:])
+    assert np.array_equal(np.concatenate(got), raw)
+    with pytest.raises(CorruptPayloadError, match="truncated"):
+        planes.decompress_each(stream[:start], lambda pos, chunk: None, body=stream[start:-1])
