@@ -11,6 +11,7 @@ lib="$dir/build/lib/libfuse3.so.3.17.2"
 if [ -f "$lib" ]; then echo "$lib"; exit 0; fi
 url=http://deb.debian.org/debian/pool/main/f/fuse3/fuse3_3.17.2.orig.tar.gz
 sha=3d932431ad94e86179e5265cddde1d67aa3bb2fb09a5bd35c641f86f2b5ed06f
+rm -rf "$dir"  # a build that stopped half way starts again from nothing
 mkdir -p "$dir"
 cd "$dir"
 curl -fsS --retry 3 --max-time 120 -o src.tar.gz "$url"
