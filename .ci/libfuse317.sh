@@ -11,7 +11,9 @@ lib="$dir/build/lib/libfuse3.so.3.17.2"
 if [ -f "$lib" ]; then echo "$lib"; exit 0; fi
 url=http://deb.debian.org/debian/pool/main/f/fuse3/fuse3_3.17.2.orig.tar.gz
 sha=3d932431ad94e86179e5265cddde1d67aa3bb2fb09a5bd35c641f86f2b5ed06f
-rm -rf "$dir"  # a build that stopped half way starts again from nothing
+# a build of ours that stopped half way starts again from nothing; any other non-empty folder is refused
+if [ -f "$dir/src.tar.gz" ]; then rm -rf "$dir"; elif [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+  echo "libfuse317.sh: $dir is not empty and not a build of this script" >&2; exit 1; fi
 mkdir -p "$dir"
 cd "$dir"
 curl -fsS --retry 3 --max-time 120 -o src.tar.gz "$url"
