@@ -233,7 +233,7 @@ class ObjectDB:
         CPU-s/GB for the window's pages against 0.3-0.6 for ``pwrite`` from a cached buffer. The
         object is read a few chunks at a time (:data:`SLAB_BYTES`, ranged reads after its chunk
         table), not whole: a 60 MB read into a new ``bytes`` cost 1.06 CPU-s/GB (a fresh mapping
-        and its page faults) against 0.30 for 4 MiB reads (/tmp/h7_read.py in the issue-7 notes).
+        and its page faults) against 0.30 for 4 MiB reads (benchmarks/probe_object_read.py).
 
         ``nbytes``: what it must hold (checked before anything is written). False (nothing
         written) where the object is not a plain plane stream: the caller decodes it as before.
