@@ -111,7 +111,8 @@ def split_for(M: int, ds: DeltaSet, k: dict) -> int:
 #: configurations --sweep tries; the first is the default: GEMV kernels up to
 #: triton_ops.GEMV_MAX_ROWS rows per fine-tune, the tl.dot kernels above
 SWEEP_GEMV = [{}, dict(br=32, er=128, chunk=512), dict(br=32, split_k=4, er=128, chunk=1024), dict(chunk=512), dict(split_k=2)]
-SWEEP_DOT = [{}]
+#: above GEMV_MAX_ROWS rows a fine-tune: the tl.dot kernels, and the GEMV kernels over row blocks of 4
+SWEEP_DOT = [{}, dict(path="gemv")]
 #: kernel variants --diagnose times one by one (with registers, spills and shared memory)
 DIAGNOSE = [dict(), dict(sw=8, ew=8), dict(sw=2, ew=2), dict(br=32), dict(er=32), dict(er=8), dict(chunk=128), dict(chunk=512),
             dict(ss=2, es=2), dict(ss=4, es=4), dict(path="dot")]
