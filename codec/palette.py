@@ -42,6 +42,7 @@ from collections.abc import Callable
 import numpy as np
 import zstandard
 
+from . import _compiled
 from .errors import CorruptPayloadError
 
 MODE = 2  # the plane mode of a palette chunk (codec/planes.py: 0 stored, 1 zstd)
@@ -82,13 +83,7 @@ def kernels():
     is set (the numpy code here then runs, same bytes, several times slower)."""
     global _KERNELS
     if _KERNELS is False:
-        mod = None
-        if os.environ.get("DELTASTORE_NUMBA", "1") != "0":
-            try:
-                from . import _palette_numba as mod
-            except ImportError:
-                mod = None
-        _KERNELS = mod
+        _KERNELS = _compiled.load("_palette_numba")
     return _KERNELS
 
 

@@ -74,6 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from . import _compiled
 from . import palette as _palette
 from .errors import CorruptPayloadError
 
@@ -106,13 +107,7 @@ def fast():
     3-10x slower. The numpy code is also the reference the kernels are tested against."""
     global _FAST
     if _FAST is False:
-        mod = None
-        if os.environ.get("DELTASTORE_NUMBA", "1") != "0":
-            try:
-                from . import _numba as mod
-            except ImportError:  # numba missing or broken for this numpy: the numpy path
-                mod = None
-        _FAST = mod
+        _FAST = _compiled.load("_numba")
     return _FAST
 
 

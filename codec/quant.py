@@ -44,10 +44,10 @@ Arrays are row-major and contiguous; on disk they are the words' little-endian b
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from ._compiled import load as _load_kernels
 from .errors import CodecError
 
 PACKABLE_BITS = (1, 2, 3, 4, 8)
@@ -262,13 +262,8 @@ def _compiled():  # noqa: ANN202
     """``codec._quant_numba.unpack_dequantize``, or None (no numba, or DELTASTORE_NUMBA=0)."""
     global _KERNEL
     if _KERNEL is False:
-        kernel = None
-        if os.environ.get("DELTASTORE_NUMBA", "1") != "0":
-            try:
-                from ._quant_numba import unpack_dequantize as kernel
-            except ImportError:
-                kernel = None
-        _KERNEL = kernel
+        mod = _load_kernels("_quant_numba")
+        _KERNEL = None if mod is None else mod.unpack_dequantize
     return _KERNEL
 
 
