@@ -36,7 +36,7 @@ from .catalog import Model, Tag, Version
 from .errors import CorruptObjectError
 from .filecache import DecodedCache, Loader
 from .manifest import FileEntry, TensorEntry
-from .materialize import tensor_bytes
+from .materialize import stored_entry, tensor_bytes
 from .protocols import StoreView
 
 log = logging.getLogger("deltastore.fileview")
@@ -128,26 +128,8 @@ class FileReader:
 
         return Unit(start, start + size, ("blob", oid), load, what)
 
-    def _source(self, manifest_oid: str, t: TensorEntry) -> tuple[str, TensorEntry]:
-        """Follow ``base`` links down the base chain to the manifest whose entry holds the bytes."""
-        owner, entry, seen = manifest_oid, t, set()
-        while entry.source == "base":
-            if owner in seen:
-                raise CorruptObjectError(owner, "the base chain loops")
-            seen.add(owner)
-            base = self.store.manifest(owner).base
-            if base is None:
-                raise CorruptObjectError(owner, f"tensor {t.name!r} refers to a base, but the manifest has none")
-            nxt = self.store.manifest(base).tensor_map().get(t.name)
-            if nxt is None:
-                raise CorruptObjectError(base, f"base manifest lacks tensor {t.name!r}")
-            if nxt.nbytes != entry.nbytes:
-                raise CorruptObjectError(owner, f"tensor {t.name!r} names the base's, which has another size")
-            owner, entry = base, nxt
-        return owner, entry
-
     def _tensor_units(self, manifest_oid: str, t: TensorEntry, pos: int, path: str) -> list[Unit]:
-        owner, e = self._source(manifest_oid, t)
+        owner, e = stored_entry(self.store, manifest_oid, t)
         what = f"{path}: {t.name}"
         if e.source == "delta":
             def load_delta() -> np.ndarray:

@@ -45,6 +45,27 @@ def info_of(entry: TensorEntry) -> TensorInfo:
     return TensorInfo(entry.name, entry.dtype, tuple(entry.shape), 0, entry.nbytes)
 
 
+def stored_entry(store: StoreView, manifest_oid: str, t: TensorEntry) -> tuple[str, TensorEntry]:
+    """Follow ``base`` links down the base chain to the manifest whose entry holds the bytes:
+    (that manifest's id, its entry). A chain that loops, a missing base or base entry, or a base
+    entry of another size is a :class:`CorruptObjectError`."""
+    owner, entry, seen = manifest_oid, t, set()
+    while entry.source == "base":
+        if owner in seen:
+            raise CorruptObjectError(owner, "the base chain loops")
+        seen.add(owner)
+        base = store.manifest(owner).base
+        if base is None:
+            raise CorruptObjectError(owner, f"tensor {t.name!r} refers to a base, but the manifest has none")
+        nxt = store.manifest(base).tensor_map().get(t.name)
+        if nxt is None:
+            raise CorruptObjectError(base, f"base manifest lacks tensor {t.name!r}")
+        if nxt.nbytes != entry.nbytes:
+            raise CorruptObjectError(owner, f"tensor {t.name!r} names the base's, which has another size")
+        owner, entry = base, nxt
+    return owner, entry
+
+
 def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, verify: bool = True,
                  out: np.ndarray | None = None, check_base: bool = True) -> np.ndarray:
     """The version's bytes for one tensor (uint8), resolving deltas against the base chain.
@@ -390,12 +411,10 @@ def _pwrite_tensor(store: StoreView, manifest_oid: str, entry: TensorEntry, fd: 
     want = os.environ.get(PWRITE_ENV, "").strip()
     if not isinstance(store.objects, ObjectDB) or want == "0" or (want != "1" and store.workers > PWRITE_MAX_WORKERS):
         return False
-    while entry.source == "base":  # as tensor_bytes resolves it
-        man = store.manifest(manifest_oid)
-        base_entry = store.manifest(man.base).tensor_map().get(entry.name) if man.base is not None else None
-        if base_entry is None or base_entry.nbytes != entry.nbytes:
-            return False
-        manifest_oid, entry = man.base, base_entry
+    try:
+        _, entry = stored_entry(store, manifest_oid, entry)
+    except CorruptObjectError:
+        return False
     if entry.source != "tensor" or entry.object != "sha256:" + entry.sha256:
         return False
     return store.objects.write_tensor(entry.object, entry.nbytes, fd, offset)
