@@ -224,7 +224,8 @@ def split_planes(raw: np.ndarray, width: int, rotate: bool, out: np.ndarray | No
 def join_planes(planes: list[np.ndarray], width: int, rotate: bool, out: np.ndarray | None = None, *,
                 compiled: bool = True) -> np.ndarray:
     """Inverse of :func:`split_planes`, written into ``out`` (uint8, ``width * n`` bytes) when given:
-    each plane copied into its byte of every word (strided), then the rotation undone in place."""
+    each plane put into its byte of every word (2-byte words: two whole-word passes; wider: a
+    strided copy a plane), then the rotation undone in place."""
     if width == 1:
         if out is None:
             return planes[0]
