@@ -244,7 +244,7 @@ class ObjectDB:
             return False
         if table.raw_total != nbytes:
             raise CorruptObjectError(oid, f"decodes to {table.raw_total} bytes, not the {nbytes} expected")
-        key, h, n = key_of(oid), hashlib.sha256(), len(table.entries)
+        h, n = hashlib.sha256(), len(table.entries)
 
         def emit(pos: int, chunk: np.ndarray) -> None:
             if verify:
@@ -261,15 +261,8 @@ class ObjectDB:
             last = first + 1  # one past the slab's last chunk
             while last < n and table.stored_offsets[last + 1] - table.stored_offsets[first] <= SLAB_BYTES:
                 last += 1
-            lo, hi = table.stored_offsets[first], table.stored_offsets[last]
-            body = self.backend.get_range(key, lo, hi)
-            if body is None:
-                raise ObjectMissingError(oid)
-            if len(body) != hi - lo:
-                raise CorruptObjectError(oid, f"object is shorter than its chunk table says ({lo + len(body)} < {hi} bytes)")
+            head, body = self._chunks(oid, table, first, last)
             base = table.raw_offsets[first]
-            head = b"".join([_STREAM_HEAD.pack(planes.MAGIC, table.width, planes.FLAG_ROTATE if table.rotate else 0, 0,
-                                               last - first, table.raw_offsets[last] - base), *table.entries[first:last]])
             try:
                 planes.decompress_each(head, lambda pos, chunk: emit(base + pos, chunk), body=body)
             except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
@@ -297,21 +290,27 @@ class ObjectDB:
             return np.empty(0, dtype=np.uint8)
         first = bisect.bisect_right(table.raw_offsets, start) - 1
         last = bisect.bisect_left(table.raw_offsets, stop)  # one past the last chunk needed
+        head, body = self._chunks(oid, table, first, last)
+        try:
+            out = planes.decompress(head + body)
+        except CorruptPayloadError as e:
+            raise CorruptObjectError(oid, str(e)) from None
+        base = table.raw_offsets[first]
+        return out[start - base : stop - base]
+
+    def _chunks(self, oid: str, table: "ChunkTable", first: int, last: int) -> tuple[bytes, bytes]:
+        """Chunks ``[first, last)`` of a tensor object as a plane stream of their own: (its header
+        and chunk table, built from ``table``; their payloads, one ranged read of the backend)."""
         lo, hi = table.stored_offsets[first], table.stored_offsets[last]
         body = self.backend.get_range(key_of(oid), lo, hi)
         if body is None:
             raise ObjectMissingError(oid)
         if len(body) != hi - lo:
             raise CorruptObjectError(oid, f"object is shorter than its chunk table says ({lo + len(body)} < {hi} bytes)")
-        sub = b"".join([_STREAM_HEAD.pack(planes.MAGIC, table.width, planes.FLAG_ROTATE if table.rotate else 0, 0,
-                                          last - first, table.raw_offsets[last] - table.raw_offsets[first]),
-                        *table.entries[first:last], body])
-        try:
-            out = planes.decompress(sub)
-        except CorruptPayloadError as e:
-            raise CorruptObjectError(oid, str(e)) from None
-        base = table.raw_offsets[first]
-        return out[start - base : stop - base]
+        head = b"".join([_STREAM_HEAD.pack(planes.MAGIC, table.width, planes.FLAG_ROTATE if table.rotate else 0, 0,
+                                           last - first, table.raw_offsets[last] - table.raw_offsets[first]),
+                         *table.entries[first:last]])
+        return head, body
 
     def chunk_table(self, oid: str) -> "ChunkTable | None":
         """Where each chunk of a tensor object lies on the backend, read with ranged reads of its
