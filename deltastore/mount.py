@@ -558,7 +558,7 @@ def _spill_cache(spec: str | None) -> SpillCache | None:
     with the copies in :func:`passthrough.default_dir` up to :func:`passthrough.default_cap`; else off,
     said in one info line. ``off``: off. ``DIR`` or ``DIR:SIZE``: asked for, so where it cannot work a
     warning says why."""
-    from .passthrough import default_cap, default_dir, missing
+    from .passthrough import default_dir, missing
 
     spec = (spec or "auto").strip()
     if spec.lower() in ("off", "no", "0", "false", "none"):
@@ -574,7 +574,7 @@ def _spill_cache(spec: str | None) -> SpillCache | None:
         root, _, size = spec.partition(":")
         cap = parse_size(size) if size else None
     try:
-        spill = SpillCache(root, cap if cap is not None else default_cap(root), auto=auto)
+        spill = SpillCache(root, cap, auto=auto)
     except OSError as e:
         log.warning("passthrough off: cannot keep local copies in %s: %s", root, e)
         return None

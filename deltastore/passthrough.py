@@ -70,11 +70,8 @@ def default_dir() -> Path:
 
 
 def default_cap(root: str | Path) -> int:
-    """:data:`DEFAULT_CAP_BYTES`, or a quarter of the free space under ``root`` if that is less."""
-    path = Path(root)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return min(DEFAULT_CAP_BYTES, shutil.disk_usage(path).free // 4)
+    """:data:`DEFAULT_CAP_BYTES`, or a quarter of the free space under ``root`` (a folder) if that is less."""
+    return min(DEFAULT_CAP_BYTES, shutil.disk_usage(root).free // 4)
 
 
 def missing() -> str | None:
@@ -168,14 +165,15 @@ class SpillCache:
     the passthrough handles that use a copy (such a copy is never removed); :meth:`spill` writes a
     copy on a thread of its own, from byte chunks the caller supplies."""
 
-    def __init__(self, root: str | Path, cap_bytes: int, *, auto: bool = False):
+    def __init__(self, root: str | Path, cap_bytes: int | None = None, *, auto: bool = False):
         #: on by default rather than asked for: where it turns out not to work, say so quietly
         self.auto = auto
         Path(root).mkdir(parents=True, exist_ok=True)
         remove_orphans(root)
         self.dir = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=root))
         (self.dir / OWNER_FILE).write_text(str(os.getpid()))
-        self.cap_bytes = cap_bytes
+        #: None: :func:`default_cap` of ``root``, measured now
+        self.cap_bytes = default_cap(root) if cap_bytes is None else cap_bytes
         self._copies: dict[Hashable, _Copy] = {}
         self._pending: set[Hashable] = set()
         self._lock = threading.Lock()
