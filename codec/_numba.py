@@ -279,10 +279,7 @@ def _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words):
     pos = _starts_into(counts, np.empty(256, dtype=np.uint32))
     m = n - n % 8
     for i in range(0, m, 8):
-        p0, p1, p2, p3 = _claim4u(pos, _ctx2(base[i], shift, fmask), _ctx2(base[i + 1], shift, fmask),
-                                  _ctx2(base[i + 2], shift, fmask), _ctx2(base[i + 3], shift, fmask))
-        q0, q1, q2, q3 = _claim4u(pos, _ctx2(base[i + 4], shift, fmask), _ctx2(base[i + 5], shift, fmask),
-                                  _ctx2(base[i + 6], shift, fmask), _ctx2(base[i + 7], shift, fmask))
+        p0, p1, p2, p3, q0, q1, q2, q3 = _claim8u(pos, base, i, shift, fmask)
         words[p0] = tmp[i]
         words[p1] = tmp[i + 1]
         words[p2] = tmp[i + 2]
@@ -292,10 +289,7 @@ def _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words):
         words[q2] = tmp[i + 6]
         words[q3] = tmp[i + 7]
     for i in range(m, n):
-        c = _ctx2(base[i], shift, fmask)
-        p = pos[c]
-        pos[c] = p + np.uint32(1)
-        words[p] = tmp[i]
+        words[_claim1u(pos, base[i], shift, fmask)] = tmp[i]
     for i in range(n):
         w = words[i]
         hi[i] = np.uint8(w >> np.uint16(8))
@@ -323,6 +317,26 @@ def _claim4u(pos, c0, c1, c2, c3):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _claim8u(pos, base, i, shift, fmask):
+    """:func:`_claim4u` twice: the sorted positions of 2-byte base words i .. i + 7 (the scatter
+    of the encode and the gather of the decode walk the same positions)."""
+    p0, p1, p2, p3 = _claim4u(pos, _ctx2(base[i], shift, fmask), _ctx2(base[i + 1], shift, fmask),
+                              _ctx2(base[i + 2], shift, fmask), _ctx2(base[i + 3], shift, fmask))
+    q0, q1, q2, q3 = _claim4u(pos, _ctx2(base[i + 4], shift, fmask), _ctx2(base[i + 5], shift, fmask),
+                              _ctx2(base[i + 6], shift, fmask), _ctx2(base[i + 7], shift, fmask))
+    return p0, p1, p2, p3, q0, q1, q2, q3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _claim1u(pos, w, shift, fmask):
+    """The position of one 2-byte base word w, and ``pos`` advanced past it."""
+    c = _ctx2(w, shift, fmask)
+    p = pos[c]
+    pos[c] = p + np.uint32(1)
+    return p
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _ctx2(w, shift, fmask):
     """The context byte of a 2-byte word (uint16 arithmetic, an unsigned index)."""
     return np.uint8((w >> shift) & fmask)
@@ -335,10 +349,7 @@ def _gather2(words, base, shift, fmask, pos, out):
     n = base.size
     m = n - n % 8
     for i in range(0, m, 8):
-        p0, p1, p2, p3 = _claim4u(pos, _ctx2(base[i], shift, fmask), _ctx2(base[i + 1], shift, fmask),
-                                  _ctx2(base[i + 2], shift, fmask), _ctx2(base[i + 3], shift, fmask))
-        q0, q1, q2, q3 = _claim4u(pos, _ctx2(base[i + 4], shift, fmask), _ctx2(base[i + 5], shift, fmask),
-                                  _ctx2(base[i + 6], shift, fmask), _ctx2(base[i + 7], shift, fmask))
+        p0, p1, p2, p3, q0, q1, q2, q3 = _claim8u(pos, base, i, shift, fmask)
         out[i] = words[p0]
         out[i + 1] = words[p1]
         out[i + 2] = words[p2]
@@ -348,10 +359,7 @@ def _gather2(words, base, shift, fmask, pos, out):
         out[i + 6] = words[q2]
         out[i + 7] = words[q3]
     for i in range(m, n):
-        c = _ctx2(base[i], shift, fmask)
-        p = pos[c]
-        pos[c] = p + np.uint32(1)
-        out[i] = words[p]
+        out[i] = words[_claim1u(pos, base[i], shift, fmask)]
 
 
 @njit(cache=True, nogil=True, inline="always")
