@@ -50,6 +50,12 @@ class RowPlan:
     n_rows: int
     #: row-block tables by block size (see :func:`plan_blocks`), built on first use
     blocks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    #: what the host knew of the ids without a device read (set by DeltaContext.plan): the one slot
+    #: every row that names a slot names (None: unknown or several), and whether some rows may be -1
+    only_slot: int | None = None
+    base_rows: bool = True
+    #: the dense path's per-slot masks of served rows (kernels/dense.py), built on first use
+    masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_slots(self) -> int:
@@ -69,6 +75,19 @@ def plan_rows(ids: torch.Tensor, n_slots: int) -> RowPlan:
     counts = (key.unsqueeze(0) == slots.unsqueeze(1)).sum(dim=1).to(torch.int32)
     starts = (torch.cumsum(counts, 0) - counts).to(torch.int32)
     return RowPlan(rows.contiguous(), counts.contiguous(), starts.contiguous(), int(ids.shape[0]))
+
+
+def host_hint(ids: torch.Tensor) -> tuple[int | None, bool]:
+    """(only_slot, base_rows) of :class:`RowPlan` from per-row ids held on the host (a CPU
+    tensor: no device read): the one slot every row naming a slot names, or None (several, or
+    none), and whether some row is -1."""
+    ids = ids.reshape(-1)
+    served = ids[ids >= 0]
+    base = served.numel() < ids.numel()
+    if served.numel() == 0:
+        return None, base
+    lo, hi = int(served.min()), int(served.max())
+    return (lo if lo == hi else None), base
 
 
 def plan_blocks(plan: RowPlan, block_m: int) -> torch.Tensor:
@@ -287,6 +306,8 @@ class DeltaSet:
         self._nblk: dict[int, torch.Tensor] = {}
         self._items: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._sems: dict[tuple[int, int], torch.Tensor] = {}
+        #: the dense path's scratch layouts per (slot, row block) (kernels/dense.py)
+        self.dense_cache: dict = {}
         self._built = True
         return self
 

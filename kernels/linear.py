@@ -20,8 +20,8 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
-from . import ref_ops, triton_ops
-from .deltaset import DeltaSet, RowPlan, check_ids, plan_rows
+from . import dense, ref_ops, triton_ops
+from .deltaset import DeltaSet, RowPlan, check_ids, host_hint, plan_rows
 from .errors import KernelError
 from .lowrank import LowRankSet
 from .packed import PackedDeltaCoMe
@@ -46,16 +46,21 @@ def resolve_preference(pref: KernelPreference | str, x: torch.Tensor) -> KernelP
 
 
 def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan,
-                 preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None) -> torch.Tensor:
-    """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches)."""
+                 preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
+                 path: str | None = None) -> torch.Tensor:
+    """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
+    with Triton, many rows of one fine-tune take the dense path (:mod:`.dense`: dequantize, then
+    cuBLAS GEMMs). ``path`` ("gemv", "dot", "dense") forces a Triton path."""
     if dset.n_slots == 0:
         return y
     if plan.n_slots != dset.n_slots:
         raise KernelError(f"the row plan covers {plan.n_slots} fine-tunes; the deltas have {dset.n_slots}")
     if resolve_preference(preference, x) is KernelPreference.TRITON:
-        sk = triton_ops.pick_split_k(x.shape[0], dset) if split_k is None else split_k
-        z = triton_ops.shrink(x, dset, plan, sk)
-        return triton_ops.expand(z, y, dset, plan, pdl=True)  # (launched right after its shrink)
+        if dense.use_dense(x.shape[0], dset, plan, path):
+            return dense.apply(x, y, dset, plan)
+        sk = triton_ops.pick_split_k(x.shape[0], dset, path) if split_k is None else split_k
+        z = triton_ops.shrink(x, dset, plan, sk, path=path)
+        return triton_ops.expand(z, y, dset, plan, path=path, pdl=True)  # (launched right after its shrink)
     z = ref_ops.shrink(x, dset, plan)
     return ref_ops.expand(z, y, dset, plan)
 
@@ -199,6 +204,12 @@ class DeltaContext:
         if p is not None:
             return p
         p = self._plans[key] = plan_rows(self.row_ids(n_rows, device), self.n_slots)
+        if self._static is None or self._static.numel() != n_rows:  # ids the host holds: what it knows of them
+            if self._ids is None:
+                if self.default_id is not None and self.default_id >= 0:
+                    p.only_slot, p.base_rows = self.default_id, False
+            elif self._ids.device.type == "cpu":
+                p.only_slot, p.base_rows = host_hint(self._ids)
         return p
 
 

@@ -874,6 +874,11 @@ def _need_triton() -> None:
         raise KernelError("triton is not installed; use the torch path (KernelPreference.TORCH) or `pip install triton`")
 
 
+def _not_dense(path: str | None) -> None:
+    if path == "dense":
+        raise KernelError("the dense path has no shrink/expand kernels of its own: kernels.dense.apply (or apply_deltas(path='dense'))")
+
+
 def _pdl(t: torch.Tensor, want: bool) -> bool:
     """Whether a GEMV kernel on t's device takes part in programmatic dependent launch: asked,
     on (:data:`GEMV_PDL`), a Triton that has it, compiled (not interpreted), a Hopper or newer GPU."""
@@ -944,10 +949,11 @@ GEMV_PDL = os.environ.get("DELTASTORE_PDL", "1") not in ("", "0")
 
 
 def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
-    """Whether the GEMV kernels serve this batch: ``path`` "gemv"/"dot" forces it, else by rows per fine-tune."""
+    """Whether the GEMV kernels serve this batch: ``path`` "gemv"/"dot"/"dense" forces it (only
+    "gemv" is the GEMV path; "dense" is kernels/dense.py), else by rows per fine-tune."""
     if path is not None:
-        if path not in ("gemv", "dot"):
-            raise KernelError(f"path must be 'gemv' or 'dot', got {path!r}")
+        if path not in ("gemv", "dot", "dense"):
+            raise KernelError(f"path must be 'gemv', 'dot' or 'dense', got {path!r}")
         return path == "gemv"
     return rows_per_slot(M, dset) <= GEMV_MAX_ROWS
 
@@ -1011,6 +1017,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     ``pdl``: on the GEMV path, each program signals at its start that an expand launched as
     its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`)."""
     _need_triton()
+    _not_dense(path)
     dset.build()
     M, K = x.shape
     if K != dset.in_features:
@@ -1057,6 +1064,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
     or writes anything. Not for any other predecessor: what a dependent reads before its wait must
     have been written before the kernel before it started (the plan's blocks: the shrink used them)."""
     _need_triton()
+    _not_dense(path)
     dset.build()
     M = y.shape[0]
     if y.stride(1) != 1:

@@ -1,0 +1,312 @@
+"""The dense path for many rows of one fine-tune: dequantize, then two cuBLAS GEMMs.
+
+``y += ((x @ V^T) * S) @ U^T`` where the packed factors of one slot of a :class:`DeltaSet` are
+first dequantized on the GPU into a scratch buffer in the activations' dtype (one Triton launch
+for every tier record of every slice of the set: a table of (record, row block) items, each
+writing its rows at its component's place), then ``z = x @ (S V^)^T`` (one GEMM; S is folded into
+the V^ rows as they are written) and ``y[:, slice cols] += z[:, slice comps] @ U^`` (one in-place
+``addmm_`` a slice: bf16/fp16 in, float32 accumulation by cuBLAS, y rounded once). At many rows a
+fine-tune the tl.dot kernels unpack every packed word once per row block; here each is unpacked
+once per call and the GEMMs run at cuBLAS speed (issue 9: on the H200, at M=256 one Llama-2-7B
+layer took x9.07 of base with the tl.dot kernels, x3.87 with the same factors as dense bf16 GEMMs).
+
+Scratch layout (:class:`DenseLayout`, built once per slot and set build): V rows first, a block
+of ``ceil(rank / PAD) * PAD`` rows of ``in_features`` per slice (the slot's components of that
+slice, then zero rows), then per slice a block of as many rows of ``out_features[slice]``: the U^
+rows (component-major, as the codec packs them), zero rows after. Padding each slice's rank to a
+multiple of :data:`PAD` keeps the GEMMs' leading dimensions and slice offsets aligned (a rank of
+1305, as Llama-2-7B's MLP has, is not a multiple of 8: cuBLAS then leaves its fast kernels). The
+pad rows are written (zeros) by every dequant launch, so nothing is stale whatever used the
+buffer before.
+
+One scratch buffer per (device, dtype), shared by every layer (each group's dequant overwrites
+it; the path runs on the current stream only): as large as the largest group needs. For a
+Llama-2-7B layer that is gate/up: 2 x 1344 padded components x (4096 + 11008) x 2 bytes = 81 MB
+in bf16 (q/k/v: 3 x 896 x 8192 x 2 = 44 MB; down 41 MB; o 15 MB). It grows when a larger group
+comes; the smaller buffer is kept (a CUDA graph captured before may point into it), so an eager
+forward before capture (as ``generate`` does) sizes it once.
+
+Chosen (:func:`use_dense`) where one slot serves every row that names one, known without a device
+read: a set of one slot, or a plan whose ids the host knew (:attr:`RowPlan.only_slot`), and at
+least :data:`DENSE_MIN_ROWS` rows; rows of the base alone (-1) get their z rows zeroed (a mask
+built on the device from the plan, once per plan), so y's base-only rows get exactly +0.
+Graph-safe: fixed shapes (fixed by the set and M), no host sync; a few launches a group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from deltastore.codec import quant
+
+from . import triton_ops
+from .deltaset import F, DeltaSet, RowPlan
+from .errors import KernelError
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+
+#: rows (of one fine-tune) from which the dense path serves a batch (0: never unless forced).
+#: Provisional: the H200 A/B (benchmarks/dense_ab_device.sh) sets it.
+DENSE_MIN_ROWS = int(os.environ.get("DELTASTORE_DENSE_MIN_ROWS", "64"))
+#: each slice's components are padded to a multiple of this in the scratch (aligned GEMM operands)
+PAD = 64
+#: the dequant kernel's block: rows of one record (components) x values along a row
+DENSE_BLOCK_R = 16
+DENSE_BLOCK_C = 128
+#: the dequant kernel's unpack: False = each word loaded once and split in registers; True = per value
+DENSE_GATHER = False
+#: fields of a dequant item (one row block of one tier record's V^ or U^ half, or of pad rows)
+ITEM_FIELDS = ("q", "sz", "s_off", "bits", "rows", "length", "gs", "dst")
+NFD = len(ITEM_FIELDS)
+
+
+@dataclass
+class DenseLayout:
+    """Where one slot's dequantized factors lie in the scratch (element offsets, host ints)."""
+
+    slot: int
+    ranks: list[int]  # components per slice (0: no delta there)
+    padded: list[int]  # ranks rounded up to PAD
+    v_rows: list[int]  # first V row of each slice's block
+    u_off: list[int]  # element offset of each slice's U block
+    total_v_rows: int
+    numel: int  # elements of scratch the slot needs
+    items: torch.Tensor  # int64 (n_items, NFD) on the set's device
+    max_length: int
+
+    @property
+    def empty(self) -> bool:
+        return self.total_v_rows == 0
+
+
+@dataclass
+class DenseFactors:
+    """Views of the scratch after a dequant: v (rows, in) = S V^ rows, u[slice] (rows, out)."""
+
+    layout: DenseLayout
+    v: torch.Tensor
+    u: list[torch.Tensor | None]
+
+
+def dense_slot(dset: DeltaSet, plan: RowPlan) -> int | None:
+    """The slot that serves every row naming one, where the host knows it without a device read
+    (the plan's hint, or a set of one slot); None otherwise."""
+    if plan.only_slot is not None:
+        return plan.only_slot
+    return 0 if dset.n_slots == 1 else None
+
+
+def use_dense(M: int, dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
+    """Whether :func:`apply` serves this batch: ``path`` "dense" forces it (any other path: no);
+    else one slot serves the batch (:func:`dense_slot`) and M >= :data:`DENSE_MIN_ROWS`."""
+    if path is not None:
+        return path == "dense"
+    return 0 < DENSE_MIN_ROWS <= M and dense_slot(dset, plan) is not None
+
+
+def layout(dset: DeltaSet, slot: int, block_r: int | None = None) -> DenseLayout:
+    """The scratch layout and dequant items of ``slot`` (built once per slot, block and set build)."""
+    dset.build()
+    br = int(block_r or DENSE_BLOCK_R)
+    cache = dset.dense_cache
+    got = cache.get((slot, br))
+    if got is not None:
+        return got
+    if not 0 <= slot < dset.n_slots:
+        raise KernelError(f"no slot {slot} in a set of {dset.n_slots}")
+    recs_of = dset.records[slot]
+    K, ms = dset.in_features, dset.out_features
+    ranks = [sum(r[F["count"]] for r in recs) for recs in recs_of]
+    padded = [-(-r // PAD) * PAD for r in ranks]
+    v_rows = [sum(padded[:b]) for b in range(len(ms))]
+    R = sum(padded)
+    u_off = [R * K + sum(p * m for p, m in zip(padded[:b], ms[:b])) for b in range(len(ms))]
+    numel = R * K + sum(p * m for p, m in zip(padded, ms))
+    vi: list[list[int]] = []
+    ui: list[list[int]] = []
+
+    def cut(out: list[list[int]], q: int, qw: int, sz: int, g: int, s_off: int, bits: int, n: int, length: int, gs: int, dst: int) -> None:
+        for r0 in range(0, n, br):
+            out.append([q + r0 * qw, sz + r0 * g, s_off + r0 if s_off >= 0 else -1, bits, min(br, n - r0), length, gs, dst + r0 * length])
+
+    for b, recs in enumerate(recs_of):
+        j = 0
+        for rec in recs:
+            bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
+            cut(vi, rec[F["v_q"]], quant.packed_words(K, bits), rec[F["v_sz"]], quant.n_groups(K, gs), rec[F["s_off"]], bits, cnt, K, gs,
+                (v_rows[b] + j) * K)
+            cut(ui, rec[F["u_q"]], quant.packed_words(ms[b], bits), rec[F["u_sz"]], quant.n_groups(ms[b], gs), -1, bits, cnt, ms[b], gs,
+                u_off[b] + j * ms[b])
+            j += cnt
+        if padded[b] > ranks[b]:  # zero rows up to the padded rank (bits 0)
+            cut(vi, 0, 0, 0, 0, -1, 0, padded[b] - ranks[b], K, 1, (v_rows[b] + ranks[b]) * K)
+            cut(ui, 0, 0, 0, 0, -1, 0, padded[b] - ranks[b], ms[b], 1, u_off[b] + ranks[b] * ms[b])
+    rows = vi + ui
+    items = torch.tensor(rows or [[0, 0, -1, 0, 0, 1, 1, 0]], dtype=torch.int64).to(dset.device)
+    got = cache[(slot, br)] = DenseLayout(slot, ranks, padded, v_rows, u_off, R, numel, items, max([K, *ms]))
+    return got
+
+
+_SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
+
+
+def scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
+    """The (device, dtype) scratch buffer, at least ``numel`` elements (made once, grown rarely;
+    a replaced buffer is kept alive: a captured CUDA graph may still write into it)."""
+    key = (str(torch.device(device)), dtype)
+    t = _SCRATCH.get(key)
+    if t is None or t.numel() < numel:
+        if t is not None:
+            _RETIRED.append(t)
+        t = _SCRATCH[key] = torch.empty(max(int(numel), 1), dtype=dtype, device=device)
+    return t
+
+
+def scratch_bytes() -> int:
+    """Device bytes the dense path's scratch buffers hold (current and retired)."""
+    return sum(t.numel() * t.element_size() for t in [*_SCRATCH.values(), *_RETIRED])
+
+
+if triton is not None:
+
+    @triton.jit
+    def _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs,
+                    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr):
+        """float32 (q - zero) * scale of rows r64 of one packed record, values offs_c."""
+        row_words = BITS * ((L + 31) // 32)
+        G = (L + gs - 1) // gs
+        q = triton_ops._unpack(words_ptr, q0 + r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C, GATHER)
+        sz = sz0 + r64[:, None] * G + (offs_c // gs)[None, :]
+        sc = tl.load(scales_ptr + sz, mask=m2, other=0.0).to(tl.float32)
+        zp = tl.load(zeros_ptr + sz, mask=m2, other=0.0).to(tl.float32)
+        return (q.to(tl.float32) - zp) * sc
+
+    @triton.jit
+    def _dense_dequant_kernel(words_ptr, scales_ptr, zeros_ptr, svals_ptr, items_ptr, out_ptr,
+                              NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr,
+                              HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+        """Program (column block, item): BLOCK_R rows x BLOCK_C values of one item's record,
+        dequantized (times S for V^ rows: s_off >= 0), written in out's dtype at dst (rows of
+        ``length``); bits 0: zeros."""
+        pc = tl.program_id(0)
+        it = tl.program_id(1)
+        ib = items_ptr + it * NFIELD
+        q0, sz0, s_off, bits = tl.load(ib + 0), tl.load(ib + 1), tl.load(ib + 2), tl.load(ib + 3)
+        nrows, L, gs, dst = tl.load(ib + 4), tl.load(ib + 5), tl.load(ib + 6), tl.load(ib + 7)
+        c0 = pc * BLOCK_C
+        if c0 >= L:
+            return
+        offs_r = tl.arange(0, BLOCK_R)
+        r_ok = offs_r < nrows
+        r64 = offs_r.to(tl.int64)
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        m2 = r_ok[:, None] & (offs_c < L)[None, :]
+        val = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+        if HAS8:
+            if bits == 8:
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, BLOCK_R, BLOCK_C, GATHER)
+        if HAS4:
+            if bits == 4:
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, BLOCK_R, BLOCK_C, GATHER)
+        if HAS3:
+            if bits == 3:
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, BLOCK_R, BLOCK_C, GATHER)
+        if HAS2:
+            if bits == 2:
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, BLOCK_R, BLOCK_C, GATHER)
+        if HAS1:
+            if bits == 1:
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, BLOCK_R, BLOCK_C, GATHER)
+        sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok & (s_off + 0 * offs_r >= 0), other=1.0)  # (a vector mask: the interpreter's)
+        val = val * sv[:, None]
+        tl.store(out_ptr + dst + r64[:, None] * L + offs_c[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+#: the compiled dequant kernel of the latest launch (registers, spills: benchmarks read it)
+LAST: dict[str, object] = {}
+
+
+def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | None = None, block_c: int | None = None,
+               gather: bool | None = None, num_warps: int = 4) -> DenseFactors:
+    """One launch: slot ``slot``'s factors of every slice, dequantized into the scratch in
+    ``dtype`` (V^ rows times S); returns views of them (valid until the next dequant on the device)."""
+    triton_ops._need_triton()
+    lay = layout(dset, slot, block_r)
+    br, bc = int(block_r or DENSE_BLOCK_R), int(block_c or DENSE_BLOCK_C)
+    if bc % 32:
+        raise KernelError(f"block_c must be a multiple of 32, got {bc}")
+    buf = scratch(dset.device, dtype, lay.numel)
+    K, ms = dset.in_features, dset.out_features
+    if not lay.empty:
+        grid = (triton.cdiv(lay.max_length, bc), lay.items.shape[0])
+        LAST["dequant"] = _dense_dequant_kernel[grid](dset.words, dset.scales, dset.zeros, dset.svals, lay.items, buf,
+                                                      NFIELD=NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=DENSE_GATHER if gather is None else gather,
+                                                      **triton_ops._has(dset), num_warps=num_warps)
+    v = buf[: lay.total_v_rows * K].view(lay.total_v_rows, K)
+    u = [buf[o : o + p * m].view(p, m) if p else None for o, p, m in zip(lay.u_off, lay.padded, ms)]
+    return DenseFactors(lay, v, u)
+
+
+def served_mask(plan: RowPlan, slot: int) -> torch.Tensor:
+    """bool (M,): rows that name ``slot``, built on the device from the plan (no host sync), once per plan."""
+    got = plan.masks.get(slot)
+    if got is None:
+        rows = plan.rows.to(torch.int64)
+        pos = torch.arange(plan.n_rows, device=rows.device)
+        lo, n = plan.starts[slot].to(torch.int64), plan.counts[slot].to(torch.int64)
+        got = plan.masks[slot] = torch.empty(plan.n_rows, dtype=torch.bool, device=rows.device).scatter_(0, rows, (pos >= lo) & (pos < lo + n))
+    return got
+
+
+def shrink(x: torch.Tensor, f: DenseFactors, plan: RowPlan | None = None) -> torch.Tensor:
+    """z (M, padded components) in x's dtype = x @ (S V^)^T (one GEMM); with ``plan``, rows
+    that do not name the factors' slot zeroed (unless the plan says every row names it)."""
+    z = torch.mm(x, f.v.T)
+    if plan is not None and not (plan.only_slot == f.layout.slot and not plan.base_rows):
+        z.masked_fill_(~served_mask(plan, f.layout.slot)[:, None], 0)
+    return z
+
+
+def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, f: DenseFactors) -> torch.Tensor:
+    """y[:, slice cols] += z[:, slice comps] @ U^ per slice, in place (cuBLAS, float32 accumulation;
+    y rounded once where it has z's dtype; a float32 y gets the product rounded to z's dtype)."""
+    if y.stride(1) != 1:
+        raise KernelError("the dense expand writes y in place and needs unit stride along its columns")
+    lay = f.layout
+    for b, (c, m) in enumerate(zip(dset.col_offsets, dset.out_features)):
+        u = f.u[b]
+        if u is None:
+            continue
+        zb = z[:, lay.v_rows[b] : lay.v_rows[b] + lay.padded[b]]
+        yb = y[:, c : c + m]
+        if y.dtype == z.dtype:
+            yb.addmm_(zb, u)
+        else:
+            yb.add_(torch.mm(zb, u))
+    return y
+
+
+def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, slot: int | None = None, **kw) -> torch.Tensor:
+    """y (M, sum out) += the delta of x (M, in) for the rows that name ``slot`` (by default
+    :func:`dense_slot`), in place: dequant (1 launch), a GEMM, a mask where needed, an addmm a slice.
+    ``kw``: :func:`dequantize`'s block options."""
+    dset.build()
+    if x.shape[1] != dset.in_features:
+        raise KernelError(f"input has {x.shape[1]} features; the deltas expect {dset.in_features}")
+    s = dense_slot(dset, plan) if slot is None else slot
+    if s is None:
+        raise KernelError("the dense path serves a batch of one fine-tune: a set of one slot, or a plan whose ids the host knew")
+    if dset.slot(s) is None:
+        return y  # a dropped slot: the base alone
+    f = dequantize(dset, s, x.dtype, **kw)
+    if f.layout.empty:
+        return y
+    return expand(shrink(x, f, plan), y, dset, f)
