@@ -1,0 +1,624 @@
+"""Issue 12: a per-context entropy coder of the lossless fine-tune difference in natural order
+(no grouping, no scatter), in numba: bytes and MB/s per core beside zipnn 0.5.4, format v3 and
+the earlier rANS probe (benchmarks/probe_rans.py), alternating round by round.
+
+    python benchmarks/probe_ctxcode.py FT_FILE [FT_FILE ...] [--repeat N] [--out FILE]
+
+A measurement, not a codec format. The coder (bf16 and fp16 words): ``z = zigzag(ordered(target)
+- ordered(base))`` as in the lossless codec; each ``z`` is a symbol (``z`` itself below 8, else its
+bit length and the two bits under its leading one: 60 symbols, as probe_rans.py) plus ``bitlen - 3``
+raw low bits. The symbol is Huffman-coded (canonical, lengths <= MAXLEN = 11 bits) in the table of
+the base word's exponent: one table per exponent with >= MIN_CONTEXT elements in the tensor, the
+others pooled in one. Code and raw bits go LSB-first into one of four lanes (element i in lane
+i % 4) of each chunk of CHUNK elements, so a chunk decodes alone given the tensor's tables and
+the base's chunk (byte ranges kept).
+
+Decoder: the tables are expanded per tensor into one 2048-entry row per exponent present (uint32
+entry: bits taken | code length << 5 | the symbol's smallest z << 9), indexed straight by the base
+word's exponent bits and the lane's next 11 bits (no context map in the loop). Per step each lane
+reads 64 bits at its bit position (an unaligned 8-byte load LLVM forms from the byte loads) and
+decodes two elements from them, the four lanes written out side by side (eight elements a step)
+so their dependency chains overlap; z goes to a scratch array and a second, vectorized pass undoes
+the difference (measured faster than fusing it: the fused loop spills). The fast loop checks
+every 64 steps that no lane can read past the chunk; the rest runs a clamped loop. Decoding
+checks that every lane ends at its stored bit count.
+
+Bytes counted: the chunks' streams, 4 x 4 bytes of lane bit counts a chunk, per table its 60 code
+lengths as nibbles (30 bytes), one byte per exponent present naming its table, a 16-byte tensor
+header, plus the codec's per-tensor envelope (v1's payload bytes minus its stream, as
+probe_layouts.py). rANS: probe_rans.py's own count plus the same envelope.
+
+Speeds: MB of the changed tensors' bytes (zipnn: of the file) over CPU seconds of this process
+(``time.process_time``), one thread, best of --repeat; zipnn, v3, this coder and the rANS probe
+one after another in each round, every decode into a fresh array (as zipnn's decompress and the
+codec's reconstruct). Per round each candidate's speed over zipnn's in that round: the median is
+printed beside the best-of ratio. Every round trip is checked bit for bit. ``--stages``: the
+coder's decode split into table expansion, the lane kernel, the undo pass and the fresh output's
+page faults (ns an element, best of --repeat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("DELTASTORE_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from numba import njit  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probe_rans as pr  # noqa: E402
+
+from deltastore.codec import from_bytes, to_bytes  # noqa: E402
+from deltastore.codec.lossless import Lossless  # noqa: E402
+
+MB = 1e6
+NSYM = 64  # 60 used
+MAXLEN = 11  # longest code: a table row has 2**MAXLEN entries
+MAXBITS = 24  # the most bits one element takes (an 11-bit code and 13 raw bits)
+CHUNK = 1 << 19  # elements a chunk (1 MiB of bf16, v3's chunk)
+MIN_CONTEXT = 4096
+BLOCK = 64  # steps between the fast loop's bounds checks
+_U0, _U1 = np.uint64(0), np.uint64(1)
+_PM = np.uint64((1 << MAXLEN) - 1)
+
+
+def symbol_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(smallest z of each symbol, its raw-bit count, the symbol of each 16-bit z)."""
+    zbase, nraw = np.zeros(NSYM, np.int64), np.zeros(NSYM, np.int64)
+    for s in range(60):
+        if s >= 8:
+            bitlen = (s >> 2) + 2
+            nraw[s] = bitlen - 3
+            zbase[s] = (4 + (s & 3)) << nraw[s]
+        else:
+            zbase[s] = s
+    symtab = np.zeros(1 << 16, np.uint8)
+    for s in range(60):
+        symtab[zbase[s]: zbase[s] + (1 << nraw[s])] = s
+    return zbase, nraw, symtab
+
+
+ZBASE, NRAW, SYMTAB = symbol_tables()
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _code16(x, y):
+    x ^= (_U0 - (x >> np.uint64(15))) & np.uint64(0x7FFF)
+    y ^= (_U0 - (y >> np.uint64(15))) & np.uint64(0x7FFF)
+    d = (x - y) & np.uint64(0xFFFF)
+    return ((d << _U1) ^ (_U0 - (d >> np.uint64(15)))) & np.uint64(0xFFFF)
+
+
+@njit(cache=True, nogil=True)
+def analyze(target, base, shift, cmask, symtab, z, hist):
+    """z of each element (uint16 in and out) and the (context, symbol) histogram (int64[256*64])."""
+    sh, cm = np.uint64(shift), np.uint64(cmask)
+    for i in range(target.size):
+        y = np.uint64(base[i])
+        zz = _code16(np.uint64(target[i]), y)
+        z[i] = np.uint16(zz)
+        hist[((y >> sh) & cm) * np.uint64(NSYM) + np.uint64(symtab[zz])] += 1
+
+
+@njit(cache=True, nogil=True)
+def huffman_lengths(counts, maxlen, out):
+    """Code lengths (uint8) of the counted symbols, <= maxlen: Huffman's, cut at the limit, the
+    Kraft sum repaired by lengthening the longest codes under it (rarest first), then the most
+    frequent codes shortened while the sum leaves room. One symbol: length 0 (no code bits)."""
+    for s in range(counts.size):
+        out[s] = 0
+    syms = np.flatnonzero(counts > 0)
+    m = syms.size
+    if m <= 1:
+        return
+    w = np.zeros(2 * m, np.int64)
+    parent = np.full(2 * m, -1, np.int64)
+    alive = np.zeros(2 * m, np.bool_)
+    for k in range(m):
+        w[k] = counts[syms[k]]
+        alive[k] = True
+    nn = m
+    for _ in range(m - 1):
+        a = -1
+        b = -1
+        for k in range(nn):
+            if alive[k]:
+                if a < 0 or w[k] < w[a]:
+                    b = a
+                    a = k
+                elif b < 0 or w[k] < w[b]:
+                    b = k
+        alive[a] = False
+        alive[b] = False
+        w[nn] = w[a] + w[b]
+        alive[nn] = True
+        parent[a] = nn
+        parent[b] = nn
+        nn += 1
+    ln = np.zeros(m, np.int64)
+    for k in range(m):
+        d, p = 0, parent[k]
+        while p >= 0:
+            d += 1
+            p = parent[p]
+        ln[k] = min(d, maxlen)
+    full = 1 << maxlen
+    kraft = 0
+    for k in range(m):
+        kraft += 1 << (maxlen - ln[k])
+    while kraft > full:
+        best = -1
+        for k in range(m):
+            if ln[k] < maxlen and (best < 0 or ln[k] > ln[best] or (ln[k] == ln[best] and w[k] < w[best])):
+                best = k
+        kraft -= 1 << (maxlen - ln[best] - 1)
+        ln[best] += 1
+    while True:
+        best = -1
+        for k in range(m):
+            if ln[k] > 1 and kraft + (1 << (maxlen - ln[k])) <= full and (best < 0 or w[k] > w[best]):
+                best = k
+        if best < 0:
+            break
+        kraft += 1 << (maxlen - ln[best])
+        ln[best] -= 1
+    for k in range(m):
+        out[syms[k]] = ln[k]
+
+
+@njit(cache=True, nogil=True)
+def canonical_codes(lens, maxlen, codes):
+    """Canonical codes of ``lens``, bit-reversed for an LSB-first stream; returns the Kraft sum
+    in units of 2**-maxlen (over 2**maxlen: not a prefix code)."""
+    code = 0
+    kraft = 0
+    for ln in range(1, maxlen + 1):
+        for s in range(lens.size):
+            if lens[s] == ln:
+                r, c = 0, code
+                for _ in range(ln):
+                    r = (r << 1) | (c & 1)
+                    c >>= 1
+                codes[s] = r
+                code += 1
+                kraft += 1 << (maxlen - ln)
+        code <<= 1
+    return kraft
+
+
+@njit(cache=True, nogil=True)
+def fill_row(lens, nraw, zbase, codes, dtab, row):
+    """Row ``row`` of the decode table (2**MAXLEN uint32 entries: bits taken | code length << 5
+    | smallest z << 9) from one table's code lengths. False: not a prefix code that fits."""
+    size = 1 << MAXLEN
+    off = row * size
+    single = -1
+    for s in range(lens.size):
+        if lens[s] > MAXLEN:
+            return False
+    kraft = canonical_codes(lens, MAXLEN, codes)
+    if kraft > size:
+        return False
+    if kraft < size:
+        for k in range(size):
+            dtab[off + k] = 0
+    for s in range(lens.size):
+        ln = lens[s]
+        if ln == 0:
+            continue
+        e = np.uint32((ln + nraw[s]) | (ln << 5) | (zbase[s] << 9))
+        for k in range(codes[s], size, 1 << ln):
+            dtab[off + k] = e
+    return True
+
+
+@njit(cache=True, nogil=True)
+def encode_chunk(z, base, shift, cmask, cmap, codes, lens, symtab, nraw, zbase, words, cap, lane_bits):
+    """One chunk's four lanes, lane j at ``words[j * cap:]``; bit counts into ``lane_bits``."""
+    n = z.size
+    sh, cm = np.uint64(shift), np.uint64(cmask)
+    for j in range(4):
+        acc = _U0
+        cnt = _U0
+        p = j * cap
+        for i in range(j, n, 4):
+            zz = np.uint64(z[i])
+            s = np.uint64(symtab[zz])
+            t = np.uint64(cmap[(np.uint64(base[i]) >> sh) & cm]) * np.uint64(NSYM) + s
+            ln = np.uint64(lens[t])
+            acc |= (np.uint64(codes[t]) | ((zz - np.uint64(zbase[s])) << ln)) << cnt
+            cnt += ln + np.uint64(nraw[s])
+            if cnt >= np.uint64(32):
+                words[p] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+                p += 1
+                acc >>= np.uint64(32)
+                cnt -= np.uint64(32)
+        lane_bits[j] = (p - j * cap) * 32 + np.int64(cnt)
+        if cnt:
+            words[p] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _step(v, e):
+    """(z, bits taken) from the lane's next bits and the table entry."""
+    tot = e & np.uint64(31)
+    ln = (e >> np.uint64(5)) & np.uint64(15)
+    return (e >> np.uint64(9)) + ((v & ((_U1 << tot) - _U1)) >> ln), tot
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ld64(b8, k):
+    """8 bytes at ``k``, little-endian (LLVM makes it one unaligned load)."""
+    return (np.uint64(b8[k]) | (np.uint64(b8[k + _U1]) << np.uint64(8)) | (np.uint64(b8[k + np.uint64(2)]) << np.uint64(16))
+            | (np.uint64(b8[k + np.uint64(3)]) << np.uint64(24)) | (np.uint64(b8[k + np.uint64(4)]) << np.uint64(32))
+            | (np.uint64(b8[k + np.uint64(5)]) << np.uint64(40)) | (np.uint64(b8[k + np.uint64(6)]) << np.uint64(48))
+            | (np.uint64(b8[k + np.uint64(7)]) << np.uint64(56)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _lane2(b8, bp, ya, yb, dtab, rm, rs):
+    """Two elements of one lane from one 64-bit read: (z_a, z_b, the lane's next bit)."""
+    v = _ld64(b8, bp >> np.uint64(3)) >> (bp & np.uint64(7))
+    za, ta = _step(v, np.uint64(dtab[((ya & rm) << rs) | (v & _PM)]))
+    v >>= ta
+    zb, tb = _step(v, np.uint64(dtab[((yb & rm) << rs) | (v & _PM)]))
+    return za, zb, bp + ta + tb
+
+
+@njit(cache=True, nogil=True)
+def decode_chunk(b8, starts, base, rowmask, rowshift, dtab, zs, ends):
+    """z of one chunk into ``zs`` from its lanes (``b8``: the chunk's stream as bytes, ``starts``:
+    each lane's first bit); the table row of an element is ``(base & rowmask) << rowshift``.
+    Each lane's end bit into ``ends``."""
+    n = base.size
+    nb = np.uint64(b8.size)
+    rm, rs = np.uint64(rowmask), np.uint64(rowshift)
+    b0, b1, b2, b3 = np.uint64(starts[0]), np.uint64(starts[1]), np.uint64(starts[2]), np.uint64(starts[3])
+    nm = n - n % 8
+    limit = nb * np.uint64(8)
+    reach = np.uint64(BLOCK * 2 * MAXBITS + 128)
+    i = 0
+    while i + 8 * BLOCK <= nm:
+        if max(max(b0, b1), max(b2, b3)) + reach > limit:
+            break
+        for _ in range(BLOCK):
+            u = np.uint64(i)
+            za0, zb0, b0 = _lane2(b8, b0, np.uint64(base[u]), np.uint64(base[u + np.uint64(4)]), dtab, rm, rs)
+            za1, zb1, b1 = _lane2(b8, b1, np.uint64(base[u + np.uint64(1)]), np.uint64(base[u + np.uint64(5)]), dtab, rm, rs)
+            za2, zb2, b2 = _lane2(b8, b2, np.uint64(base[u + np.uint64(2)]), np.uint64(base[u + np.uint64(6)]), dtab, rm, rs)
+            za3, zb3, b3 = _lane2(b8, b3, np.uint64(base[u + np.uint64(3)]), np.uint64(base[u + np.uint64(7)]), dtab, rm, rs)
+            zs[u] = np.uint16(za0)
+            zs[u + np.uint64(1)] = np.uint16(za1)
+            zs[u + np.uint64(2)] = np.uint16(za2)
+            zs[u + np.uint64(3)] = np.uint16(za3)
+            zs[u + np.uint64(4)] = np.uint16(zb0)
+            zs[u + np.uint64(5)] = np.uint16(zb1)
+            zs[u + np.uint64(6)] = np.uint16(zb2)
+            zs[u + np.uint64(7)] = np.uint16(zb3)
+            i += 8
+    ends[0], ends[1], ends[2], ends[3] = b0, b1, b2, b3
+    for k in range(i, n):  # the rest: one element at a time, reads clamped to the chunk
+        j = k & 3
+        bp = ends[j]
+        v = _U0
+        q = bp >> np.uint64(3)
+        for m in range(8):
+            if q + np.uint64(m) < nb:
+                v |= np.uint64(b8[q + np.uint64(m)]) << np.uint64(8 * m)
+        v >>= bp & np.uint64(7)
+        zz, t = _step(v, np.uint64(dtab[((np.uint64(base[k]) & rm) << rs) | (v & _PM)]))
+        ends[j] = bp + t
+        zs[k] = np.uint16(zz)
+
+
+@njit(cache=True, nogil=True)
+def undo(zs, base, out):
+    """The target's words from z and the base's (vectorized by LLVM)."""
+    for k in range(base.size):
+        z, y = np.int32(zs[k]), np.int32(base[k])
+        y ^= (-(y >> 15)) & 0x7FFF
+        o = (y + ((z >> 1) ^ -(z & 1))) & 0xFFFF
+        out[k] = np.uint16(o ^ ((-(o >> 15)) & 0x7FFF))
+
+
+FIELDS = {torch.bfloat16: (7, 0xFF), torch.float16: (10, 0x1F)}  # (shift, mask) of the exponent
+
+
+class Coded:
+    """One tensor: its contexts' tables, per chunk (stream bytes, lane bit counts), bytes."""
+
+    def __init__(self, shift, cmask, ctxs, cmap, lens, chunks, nbytes):
+        self.shift, self.cmask, self.ctxs, self.cmap, self.lens, self.chunks, self.nbytes = shift, cmask, ctxs, cmap, lens, chunks, nbytes
+
+
+def encode(t: np.ndarray, b: np.ndarray, dtype=torch.bfloat16) -> Coded:
+    """uint16 words of a target and its base -> :class:`Coded`."""
+    shift, cmask = FIELDS[dtype]
+    n = t.size
+    z = np.empty(n, np.uint16)
+    hist = np.zeros(256 * NSYM, np.int64)
+    analyze(t, b, shift, cmask, SYMTAB, z, hist)
+    h = hist.reshape(256, NSYM)
+    tot = h.sum(1)
+    own = [c for c in range(256) if tot[c] >= MIN_CONTEXT]
+    rare = [c for c in range(256) if 0 < tot[c] < MIN_CONTEXT]
+    rows = [h[c] for c in own]
+    cmap = np.zeros(256, np.uint8)
+    for k, c in enumerate(own):
+        cmap[c] = k
+    if rare:
+        for c in rare:
+            cmap[c] = len(rows)
+        rows.append(h[rare].sum(0))
+    ntab = len(rows)
+    lens = np.zeros((max(ntab, 1), NSYM), np.uint8)
+    codes = np.zeros((max(ntab, 1), NSYM), np.uint32)
+    for k, r in enumerate(rows):
+        huffman_lengths(r, MAXLEN, lens[k])
+        canonical_codes(lens[k], MAXLEN, codes[k])
+        if (lens[k] == 0).all():  # one symbol: its length 0 stored as a marker (nibble 1 = length 0)
+            lens[k, int(np.flatnonzero(r)[0])] = 0
+    chunks, nbytes = [], 16 + ntab * 30 + len(own) + len(rare)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        cap = ((hi - lo) // 4 + 1) * MAXBITS // 32 + 2
+        words = np.zeros(4 * cap, np.uint32)
+        lane_bits = np.zeros(4, np.int64)
+        encode_chunk(z[lo:hi], b[lo:hi], shift, cmask, cmap, codes.reshape(-1), lens.reshape(-1), SYMTAB, NRAW, ZBASE,
+                     words, cap, lane_bits)
+        stream = bytearray()
+        for j in range(4):  # lane j's bytes, byte-aligned
+            stream += words[j * cap:].view(np.uint8)[: (int(lane_bits[j]) + 7) // 8].tobytes()
+        chunks.append((np.frombuffer(bytes(stream), np.uint8), lane_bits))
+        nbytes += len(stream) + 16
+    # the only symbol of one-symbol tables: kept for the decoder (a real format stores it as its nibble)
+    single = np.array([int(np.flatnonzero(r)[0]) if (np.count_nonzero(r) == 1) else -1 for r in rows] or [-1], np.int64)
+    return Coded(shift, cmask, np.array(own + rare, np.int64), cmap, (lens, single), chunks, nbytes)
+
+
+_TLS: dict = {}
+
+
+def expand_tables(c: Coded) -> np.ndarray:
+    """The decode table: one row per context present (this thread's, reused; 256 rows)."""
+    dtab = _TLS.get("dtab")
+    if dtab is None:
+        dtab = _TLS["dtab"] = np.zeros(256 << MAXLEN, np.uint32)
+        _TLS["codes"] = np.zeros(NSYM, np.uint32)
+    lens, single = c.lens
+    done: dict[int, int] = {}
+    for ctx in c.ctxs.tolist():
+        k = int(c.cmap[ctx])
+        if k in done:  # a pooled table: copy its row
+            src = done[k] << MAXLEN
+            dtab[ctx << MAXLEN: (ctx + 1) << MAXLEN] = dtab[src: src + (1 << MAXLEN)]
+            continue
+        if single[k] >= 0:
+            s = int(single[k])
+            dtab[ctx << MAXLEN: (ctx + 1) << MAXLEN] = NRAW[s] | (ZBASE[s] << 9)
+        elif not fill_row(lens[k], NRAW, ZBASE, _TLS["codes"], dtab, ctx):
+            raise ValueError("code lengths are not a prefix code")
+        done[k] = ctx
+    return dtab
+
+
+def decode(c: Coded, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    dtab = expand_tables(c)
+    rowmask, rowshift = c.cmask << c.shift, MAXLEN - c.shift
+    zs = _TLS.get("zs")
+    if zs is None:
+        zs = _TLS["zs"] = np.empty(CHUNK, np.uint16)
+    ends = np.zeros(4, np.uint64)
+    for k, lo in enumerate(range(0, b.size, CHUNK)):
+        hi = min(b.size, lo + CHUNK)
+        b8, lb = c.chunks[k]
+        starts = np.zeros(4, np.int64)
+        starts[1:] = np.cumsum((lb + 7) // 8)[:3] * 8
+        decode_chunk(b8, starts, b[lo:hi], rowmask, rowshift, dtab, zs, ends)
+        if not np.array_equal(ends.astype(np.int64) - starts, lb):
+            raise ValueError(f"chunk {k}: lanes end at {ends.astype(np.int64) - starts}, expected {lb}")
+        undo(zs[: hi - lo], b[lo:hi], out[lo:hi])
+    return out
+
+
+def _kernel_only(c: Coded, b: np.ndarray) -> None:
+    """The lane kernel alone over every chunk (tables already expanded), z into scratch."""
+    dtab, zs, ends = _TLS["dtab"], _TLS["zs"], np.zeros(4, np.uint64)
+    rowmask, rowshift = c.cmask << c.shift, MAXLEN - c.shift
+    for k, lo in enumerate(range(0, b.size, CHUNK)):
+        hi = min(b.size, lo + CHUNK)
+        b8, lb = c.chunks[k]
+        starts = np.zeros(4, np.int64)
+        starts[1:] = np.cumsum((lb + 7) // 8)[:3] * 8
+        decode_chunk(b8, starts, b[lo:hi], rowmask, rowshift, dtab, zs, ends)
+
+
+def _undo_only(c: Coded, b: np.ndarray, out: np.ndarray) -> None:
+    zs = _TLS["zs"]
+    for lo in range(0, b.size, CHUNK):
+        hi = min(b.size, lo + CHUNK)
+        undo(zs[: hi - lo], b[lo:hi], out[lo:hi])
+
+
+def _cpu(fn) -> float:
+    gc.collect()
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def measure(ft_file: Path, base: dict, repeat: int, say, stages: bool) -> None:
+    from zipnn import ZipNN
+
+    ft = load_file(str(ft_file))
+    pairs = [(n, ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16
+             and not torch.equal(ft[n].view(torch.uint8), base[n].view(torch.uint8))]
+    words = [(t.view(torch.uint16).reshape(-1).numpy(), b.view(torch.uint16).reshape(-1).numpy()) for _, t, b in pairs]
+    raw = sum(t.numel() * 2 for _, t, _ in pairs)
+    nel = raw // 2
+    changed = sum(int((t.view(torch.int16) != b.view(torch.int16)).sum()) for _, t, b in pairs)
+    data = ft_file.read_bytes()
+    z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+    v3 = Lossless()
+    say(f"### {ft_file.parent.parent.name}/{ft_file.parent.name}")
+    say("")
+    say(f"{len(pairs)} of {len(ft)} tensors changed (bf16); {changed / nel:.1%} of their elements changed; "
+        f"{raw / MB:.1f} MB of changed tensors, file {len(data) / MB:.1f} MB; load average before {os.getloadavg()[0]:.2f}.")
+    say("")
+    names = ["zipnn", "v3", "ctx", "rans"]
+    te = {k: [] for k in names}
+    td = {k: [] for k in names}
+    nb: dict[str, int] = {}
+    st = {k: [] for k in ("tables", "kernel", "undo", "reused", "fresh")}
+    for r in range(repeat):
+        # zipnn on the file
+        buf = bytearray(data)
+        te["zipnn"].append(_cpu(lambda: te.__setitem__("_zc", z.compress(buf))))
+        comp = te.pop("_zc")
+        td["zipnn"].append(_cpu(lambda: td.__setitem__("_zo", z.decompress(comp))))
+        zo = td.pop("_zo")
+        if r == 0:
+            assert hashlib.sha256(zo).digest() == hashlib.sha256(data).digest()
+            nb["zipnn"] = len(comp)
+        del zo, buf
+        # v3: the codec's own encode and reconstruct
+        hold: dict = {}
+        te["v3"].append(_cpu(lambda: hold.__setitem__("e", [v3.encode(t, b) for _, t, b in pairs])))
+        encs = [from_bytes(to_bytes(e)) for e in hold.pop("e")]
+        td["v3"].append(_cpu(lambda: hold.__setitem__("o", [v3.reconstruct(e, b) for e, (_, _, b) in zip(encs, pairs)])))
+        if r == 0:
+            for o, (n, t, _) in zip(hold["o"], pairs):
+                assert torch.equal(o.view(torch.uint8), t.view(torch.uint8)), f"v3: {n}"
+            nb["v3"] = sum(len(to_bytes(e)) for e in encs)
+            env = sum(len(to_bytes(e)) - e.arrays["stream"].numel() - 4 * e.arrays["counts"].numel() for e in encs)
+        hold.clear()
+        del encs
+        # this coder
+        te["ctx"].append(_cpu(lambda: hold.__setitem__("c", [encode(t, b) for t, b in words])))
+        cs = hold.pop("c")
+        td["ctx"].append(_cpu(lambda: hold.__setitem__("o", [decode(c, b, np.empty_like(t)) for c, (t, b) in zip(cs, words)])))
+        if r == 0:
+            for o, (t, _) in zip(hold["o"], words):
+                assert np.array_equal(o, t), "ctx: round trip"
+            nb["ctx"] = sum(c.nbytes for c in cs) + env
+        hold.clear()
+        if stages:
+            outs = [np.empty_like(t) for t, _ in words]
+            for c, (t, b), o in zip(cs, words, outs):  # warm the outputs (no page faults below)
+                decode(c, b, o)
+            st["fresh"].append(td["ctx"][-1])
+            st["reused"].append(_cpu(lambda: [decode(c, b, o) for c, (_, b), o in zip(cs, words, outs)]))
+            st["tables"].append(_cpu(lambda: [expand_tables(c) for c in cs]))
+
+            def kern_undo():
+                ku = [0.0, 0.0]
+                for c, (_, b), o in zip(cs, words, outs):
+                    expand_tables(c)
+                    t0 = time.process_time()
+                    _kernel_only(c, b)
+                    t1 = time.process_time()
+                    _undo_only(c, b, o)
+                    ku[0] += t1 - t0
+                    ku[1] += time.process_time() - t1
+                return ku
+
+            gc.collect()
+            k_, u_ = kern_undo()
+            st["kernel"].append(k_)
+            st["undo"].append(u_)
+            del outs
+        del cs
+        # the rANS probe (benchmarks/probe_rans.py)
+        te["rans"].append(_cpu(lambda: hold.__setitem__("c", [pr.encode(t, b) for t, b in words])))
+        rc = hold.pop("c")
+        td["rans"].append(_cpu(lambda: hold.__setitem__("o", [pr.decode(c, b, np.empty_like(t)) for c, (t, b) in zip(rc, words)])))
+        if r == 0:
+            for o, (t, _) in zip(hold["o"], words):
+                assert np.array_equal(o, t), "rans: round trip"
+            nb["rans"] = sum(c.nbytes for c in rc) + env
+        hold.clear()
+        del rc
+    zenc, zdec = len(data) / min(te["zipnn"]) / MB, len(data) / min(td["zipnn"]) / MB
+    label = {"zipnn": "zipnn 0.5.4, the file alone", "v3": "v3 (today's default: grouped planes + zstd)",
+             "ctx": "this probe: per-exponent Huffman, 4 lanes, natural order", "rans": "rANS probe (probe_rans.py)"}
+    say(f"Load average after: {os.getloadavg()[0]:.2f}. Best of {repeat} rounds; per-round ratio = the candidate's MB/s "
+        f"over zipnn's in the same round.")
+    say("")
+    say("| coder | MB | x zipnn | x v3 | encode MB/s/core | decode MB/s/core | x zipnn enc / dec (best of) | "
+        "per-round median x zipnn enc / dec | decode ns/element (best) |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k in names:
+        size = len(data) if k == "zipnn" else raw
+        enc, dec = size / min(te[k]) / MB, size / min(td[k]) / MB
+        re_ = statistics.median((size / a) / (len(data) / b_) for a, b_ in zip(te[k], te["zipnn"]))
+        rd_ = statistics.median((size / a) / (len(data) / b_) for a, b_ in zip(td[k], td["zipnn"]))
+        ns = min(td[k]) / (size / 2) * 1e9
+        say(f"| {label[k]} | {nb[k] / MB:.2f} | {nb[k] / nb['zipnn']:.3f} | {nb[k] / nb['v3']:.3f} | {enc:,.0f} | {dec:,.0f} | "
+            f"{enc / zenc:.2f} / {dec / zdec:.2f} | {re_:.2f} / {rd_:.2f} | {ns:.2f} |")
+    say("")
+    if stages:
+        say("This probe's decode by stage (ns an element, best of the rounds; kernel and undo summed over tensors):")
+        say("")
+        say("| stage | ns / element |")
+        say("|---|---:|")
+        for k, lab in (("tables", "table expansion (per tensor, rows of the exponents present)"),
+                       ("kernel", "lane kernel (z into scratch)"), ("undo", "undo pass (vectorized)"),
+                       ("reused", "whole decode into warm outputs"), ("fresh", "whole decode into fresh outputs (the row above)")):
+            say(f"| {lab} | {min(st[k]) / nel * 1e9:.2f} |")
+        say(f"| page faults of fresh outputs (fresh - warm) | {(min(st['fresh']) - min(st['reused'])) / nel * 1e9:.2f} |")
+        say(f"| zipnn's whole decode (for scale) | {min(td['zipnn']) / (len(data) / 2) * 1e9:.2f} |")
+        say("")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", type=Path, nargs="+", help="fine-tune model.safetensors files (bf16)")
+    ap.add_argument("--base", type=Path, help="base HF dir (default: the zoo's SmolLM2 bf16)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--stages", action="store_true")
+    ap.add_argument("--machine", default="dev VM (AMD EPYC, 2 cores, shared)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.base is None:
+        from deltastore.zoo.smollm2 import smollm2_dir
+
+        args.base = smollm2_dir()
+    base = load_file(str(args.base / "model.safetensors"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    lines = [f"Command: `python benchmarks/probe_ctxcode.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
+             f"Commit {commit}; machine: {args.machine}; load average at start {os.getloadavg()[0]:.2f}; "
+             f"Python {platform.python_version()}, numpy {np.__version__}  ", ""]
+    print("\n".join(lines), flush=True)
+
+    def say(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    # compile (or load the cache) before any timing
+    w = np.arange(4096, dtype=np.uint16)
+    decode(encode(w, w[::-1].copy()), w[::-1].copy(), np.empty_like(w))
+    pr.decode(pr.encode(w, w[::-1].copy()), w[::-1].copy(), np.empty_like(w))
+    for f in args.files:
+        measure(f, base, args.repeat, say, args.stages)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
