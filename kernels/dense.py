@@ -179,19 +179,26 @@ if triton is not None:
 
     @triton.jit
     def _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs,
-                    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr):
-        """float32 (q - zero) * scale of rows r64 of one packed record, values offs_c."""
+                    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr):
+        """float32 (q - zero) * scale of rows r64 of one packed record, values offs_c. ONE_GROUP:
+        the block lies inside one quantization group (a scale and zero a row), else one a value."""
         row_words = BITS * ((L + 31) // 32)
         G = (L + gs - 1) // gs
         q = triton_ops._unpack(words_ptr, q0 + r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C, GATHER)
-        sz = sz0 + r64[:, None] * G + (offs_c // gs)[None, :]
-        sc = tl.load(scales_ptr + sz, mask=m2, other=0.0).to(tl.float32)
-        zp = tl.load(zeros_ptr + sz, mask=m2, other=0.0).to(tl.float32)
-        return (q.to(tl.float32) - zp) * sc
+        if ONE_GROUP:
+            sz1 = sz0 + r64 * G + c0 // gs
+            sc1 = tl.load(scales_ptr + sz1, mask=r_ok, other=0.0).to(tl.float32)
+            zp1 = tl.load(zeros_ptr + sz1, mask=r_ok, other=0.0).to(tl.float32)
+            return (q.to(tl.float32) - zp1[:, None]) * sc1[:, None]
+        else:
+            sz = sz0 + r64[:, None] * G + (offs_c // gs)[None, :]
+            sc = tl.load(scales_ptr + sz, mask=m2, other=0.0).to(tl.float32)
+            zp = tl.load(zeros_ptr + sz, mask=m2, other=0.0).to(tl.float32)
+            return (q.to(tl.float32) - zp) * sc
 
     @triton.jit
     def _dense_dequant_kernel(words_ptr, scales_ptr, zeros_ptr, svals_ptr, items_ptr, out_ptr,
-                              NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr,
+                              NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr,
                               HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
         """Program (column block, item): BLOCK_R rows x BLOCK_C values of one item's record,
         dequantized (times S for V^ rows: s_off >= 0), written in out's dtype at dst (rows of
@@ -212,19 +219,19 @@ if triton is not None:
         val = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
         if HAS8:
             if bits == 8:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, BLOCK_R, BLOCK_C, GATHER)
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         if HAS4:
             if bits == 4:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, BLOCK_R, BLOCK_C, GATHER)
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         if HAS3:
             if bits == 3:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, BLOCK_R, BLOCK_C, GATHER)
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         if HAS2:
             if bits == 2:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, BLOCK_R, BLOCK_C, GATHER)
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         if HAS1:
             if bits == 1:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, BLOCK_R, BLOCK_C, GATHER)
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok & (s_off + 0 * offs_r >= 0), other=1.0)  # (a vector mask: the interpreter's)
         val = val * sv[:, None]
         tl.store(out_ptr + dst + r64[:, None] * L + offs_c[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
@@ -249,6 +256,7 @@ def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | 
         grid = (triton.cdiv(lay.max_length, bc), lay.items.shape[0])
         LAST["dequant"] = _dense_dequant_kernel[grid](dset.words, dset.scales, dset.zeros, dset.svals, lay.items, buf,
                                                       NFIELD=NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=DENSE_GATHER if gather is None else gather,
+                                                      ONE_GROUP=dset.block_k % bc == 0,
                                                       **triton_ops._has(dset), num_warps=num_warps)
     v = buf[: lay.total_v_rows * K].view(lay.total_v_rows, K)
     u = [buf[o : o + p * m].view(p, m) if p else None for o, p, m in zip(lay.u_off, lay.padded, ms)]
