@@ -3,6 +3,8 @@
     python benchmarks/bench_kernels.py --out benchmarks/results/kernels_h200.md       # on the GPU
     TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --smoke                      # CPU check
     python benchmarks/bench_kernels.py --fused --sweep --out ...  # the fused GEMV (M <= 4) beside today's path
+    python benchmarks/bench_kernels.py --dense-ab --cases 16,64,256 --out ...  # tl.dot vs the dense path (kernels/dense.py)
+    TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --dense-ab --smoke --cases 5,70  # its CPU check
 
 One decoder layer's seven linears (hidden 4096, MLP 11008, bf16), laid out as servers lay them out:
 q/k/v as one GEMM (12288 x 4096), o (4096 x 4096), gate/up as one GEMM (22016 x 4096), down
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from deltastore.codec import get_codec, quant
-from deltastore.kernels import DeltaSet, PackedDeltaCoMe, plan_rows, ref_ops, triton_ops
+from deltastore.kernels import DeltaSet, PackedDeltaCoMe, dense, plan_rows, ref_ops, triton_ops
 from deltastore.kernels.linear import beside, side_for, with_delta
 from deltastore.kernels.packed import PackedFactor
 
@@ -104,10 +106,23 @@ def expand_kw(k: dict) -> dict:
                 gather=k.get("g", False), path=k.get("path"), chunk=k.get("chunk"), maxnreg=k.get("emr"))
 
 
+def dense_kw(k: dict) -> dict:
+    """kernels/dense.py's dequant options from a configuration (keys dbr, dbc, g, dw)."""
+    kw = dict(block_r=k.get("dbr"), block_c=k.get("dbc"), gather=k.get("g"))
+    if k.get("dw"):
+        kw["num_warps"] = k["dw"]
+    return kw
+
+
+def is_dense(k: dict) -> bool:
+    return k.get("path") == "dense"
+
+
 def split_for(M: int, ds: DeltaSet, k: dict) -> int:
     return k.get("split_k") or triton_ops.pick_split_k(M, ds, k.get("path"))
 
 
+ap_default_cases = "1,16,64,256,32x8,64x32"
 #: configurations --sweep tries; the first is the default: GEMV kernels up to
 #: triton_ops.GEMV_MAX_ROWS rows per fine-tune, the tl.dot kernels above
 SWEEP_GEMV = [{}, dict(br=32, er=128, chunk=512), dict(br=32, split_k=4, er=128, chunk=1024), dict(chunk=512), dict(split_k=2)]
@@ -206,8 +221,10 @@ class Bench:
         beside its base GEMM (kernels.linear.beside, default kernel configurations), then y += d."""
         x, h, ys = self.inputs(M, torch.Generator().manual_seed(M))
         plan = plan_rows(ids, n_tenants) if n_tenants else None
-        sk = split_for(M, self.copies[0].sets[n_tenants][0], kcfg) if n_tenants else 1
+        sk = split_for(M, self.copies[0].sets[n_tenants][0], kcfg) if n_tenants and not is_dense(kcfg) else 1
         zs = {}
+        if n_tenants and is_dense(kcfg) and impl is triton_ops:
+            return self._dense_fn(M, n_tenants, plan, x, h, ys, kcfg, stages), ys
         if overlap:
             ds_of = lambda c, gi: c.sets[n_tenants][gi]  # noqa: E731
             dbuf = [torch.empty(M, sum(ms), dtype=torch.float32, device=self.device) for _, ms, _ in self.groups]
@@ -248,20 +265,53 @@ class Bench:
 
         return run, ys
 
+    def _dense_fn(self, M: int, n_tenants: int, plan, x: torch.Tensor, h: torch.Tensor, ys: list[torch.Tensor], kcfg: dict, stages: str):
+        """layer_fn for kernels/dense.py (path "dense"): stages all (base GEMM + dense.apply),
+        dequant, shrink (x @ V^T, and the mask where one is needed), expand (the addmm's). The
+        stages alone use factors and z made once here: views of the one scratch buffer, whose
+        values the other groups' dequants overwrite (the timing does not depend on them)."""
+        dkw = dense_kw(kcfg)
+        pre = {}
+        if stages in ("shrink", "expand"):
+            for ci, c in enumerate(self.copies):
+                for gi in range(len(c.W)):
+                    ds, inp = c.sets[n_tenants][gi], h if gi == 3 else x
+                    f = dense.dequantize(ds, dense.dense_slot(ds, plan), inp.dtype, **dkw)
+                    pre[ci, gi] = (f, dense.shrink(inp, f, plan))
+
+        def run() -> None:
+            for ci, c in enumerate(self.copies):
+                for gi, W in enumerate(c.W):
+                    inp, ds = h if gi == 3 else x, c.sets[n_tenants][gi]
+                    if stages == "all":
+                        torch.mm(inp, W.T, out=ys[gi])
+                        dense.apply(inp, ys[gi], ds, plan, **dkw)
+                    elif stages == "dequant":
+                        dense.dequantize(ds, dense.dense_slot(ds, plan), inp.dtype, **dkw)
+                    elif stages == "shrink":
+                        dense.shrink(inp, pre[ci, gi][0], plan)
+                    elif stages == "expand":
+                        dense.expand(pre[ci, gi][1], ys[gi], ds, pre[ci, gi][0])
+
+        return run
+
     def check(self, M: int, n_tenants: int, ids: torch.Tensor, kcfg: dict) -> float:
         """Worst relative error of the delta part (Triton vs torch reference) over the groups of
         the first copy; y starts at zero so that rounding a large base output does not hide it."""
         x, h, _ = self.inputs(M, torch.Generator().manual_seed(M))
         plan = plan_rows(ids, n_tenants)
         c = self.copies[0]
-        sk = split_for(M, c.sets[n_tenants][0], kcfg)
+        sk = split_for(M, c.sets[n_tenants][0], kcfg) if not is_dense(kcfg) else 1
         worst = 0.0
         for gi, ds in enumerate(c.sets[n_tenants]):
             inp = h if gi == 3 else x
             yt = torch.zeros(M, sum(ds.out_features), dtype=torch.bfloat16, device=self.device)
             yr = torch.zeros_like(yt)
-            z = triton_ops.shrink(inp, ds, plan, sk, **shrink_kw(kcfg))
-            triton_ops.expand(z, yt, ds, plan, **expand_kw(kcfg), pdl=kcfg.get("pdl", True))  # (as the layer runs it)
+            if is_dense(kcfg):
+                dense.apply(inp, yt, ds, plan, **dense_kw(kcfg))
+            else:
+                z = triton_ops.shrink(inp, ds, plan, sk, **shrink_kw(kcfg))
+                triton_ops.expand(z, yt, ds, plan, **expand_kw(kcfg), pdl=kcfg.get("pdl", True))  # (as the layer runs it)
             ref_ops.expand(ref_ops.shrink(inp, ds, plan), yr, ds, plan)
             if not bool(torch.isfinite(yt).all()) or float(yr.float().norm()) == 0.0:
                 return float("inf")  # garbage, or a check that checks nothing
@@ -530,6 +580,104 @@ def fused_report(args: argparse.Namespace) -> None:
     emit("\n".join(lines) + "\n", args.out, args.json, rows)
 
 
+def dense_ab(args: argparse.Namespace) -> None:
+    """--dense-ab: per M (one fine-tune), the layer (base GEMM + deltas, CUDA graph over the
+    copies) with the tl.dot kernels and with the dense path, in ``--rounds`` alternating rounds
+    (base, dot, dense each round; medians kept), each stage alone, the rank-r bf16 factors as two
+    GEMMs a linear (bench's naive figure) and the DeltaLinear modules at DENSE_MIN_ROWS; every path
+    checked against the torch reference first. --smoke: tiny groups on the CPU (interpreter), each
+    closure run once untimed."""
+    smoke = args.smoke
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    groups = SMOKE_GROUPS if smoke else GROUPS
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (interpreter)"
+    copies = 1 if (smoke or args.warm) else args.copies
+    t0 = time.time()
+    bench = Bench(groups, copies, 1, [1], dev, **(dict(alpha=0.5) if smoke else {}))
+    cases = [int(c) for c in args.cases.split(",")] if args.cases != ap_default_cases else [16, 64, 256]
+    dcfgs = [dict(c, path="dense") for c in json.loads(args.dense_cfgs)]
+    dot = {"path": "dot"}
+    print(f"{name}: setup {time.time() - t0:.0f} s; one delta {bench.delta_bytes / 1e6:.1f} MB per layer; "
+          f"DENSE_MIN_ROWS {dense.DENSE_MIN_ROWS}", flush=True)
+
+    def timed(fn) -> float:  # noqa: ANN001
+        if dev.type != "cuda":
+            fn()
+            return 0.0
+        return time_graph(fn)
+
+    us = lambda s: s * 1e6 / copies  # noqa: E731
+    rows: list[dict] = []
+    for M in cases:
+        ids = torch.zeros(M, dtype=torch.int64, device=dev)
+        try:
+            errs = {"dot": bench.check(M, 1, ids, dot), **{json.dumps(c): bench.check(M, 1, ids, c) for c in dcfgs}}
+            print(f"M={M}: rel err of the delta part vs torch: {errs}", flush=True)
+            if args.warm:
+                continue
+            bad = [k for k, e in errs.items() if not e < 2e-2]
+            if bad:
+                print(f"M={M}: WRONG {bad}: not timed", flush=True)
+                continue
+            fns = {"base": bench.layer_fn(M, None, None, {})[0], "dot": bench.layer_fn(M, 1, ids, dot)[0]}
+            fns.update({json.dumps(c): bench.layer_fn(M, 1, ids, c)[0] for c in dcfgs})
+            ts: dict[str, list[float]] = {k: [] for k in fns}
+            for _ in range(max(1, args.rounds)):
+                for k, fn in fns.items():
+                    ts[k].append(timed(fn))
+            med = {k: statistics.median(v) for k, v in ts.items()}
+            tb = med["base"]
+            row = dict(M=M, base_us=us(tb), dot_us=us(med["dot"]), dot_x=med["dot"] / tb if tb else 0.0, err_dot=errs["dot"],
+                       dot_stages_us={s: us(timed(bench.layer_fn(M, 1, ids, dot, stages=s)[0])) for s in ("shrink", "expand")},
+                       dense=[])
+            for c in dcfgs:
+                k = json.dumps(c)
+                row["dense"].append(dict(cfg=c, us=us(med[k]), x=med[k] / tb if tb else 0.0, err=errs[k], rounds_us=[us(t) for t in ts[k]],
+                                         stages_us={s: us(timed(bench.layer_fn(M, 1, ids, c, stages=s)[0])) for s in ("dequant", "shrink", "expand")}))
+            factors = naive_fns(bench, M)[1]
+            tf = timed(factors)
+            row["factors_x"] = tf / tb if tb else 0.0
+            tm = timed(modules_fn(bench, M, 1, ids))
+            row["modules_us"], row["modules_x"] = us(tm), (tm / tb if tb else 0.0)
+            row["modules_path"] = "dense" if dense.use_dense(M, bench.copies[0].sets[1][0], plan_rows(ids, 1)) else "dot"
+            k = dense.LAST.get("dequant")
+            row["dequant_regs"] = f"{getattr(k, 'n_regs', '?')} regs, {getattr(k, 'n_spills', '?')} spills"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        except Exception:  # noqa: BLE001 - report and go on: a device call is precious
+            import traceback
+
+            traceback.print_exc()
+        if args.json:  # after each case: a cut run keeps what it timed
+            os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1, default=str)
+    if args.warm:
+        return
+    lines = [f"# tl.dot vs dense path, one Llama-2-7B-shaped layer, one fine-tune ({name})", "",
+             f"Measured by `python benchmarks/bench_kernels.py {' '.join(sys.argv[1:])}` (torch {torch.__version__}, "
+             f"triton {__import__('triton').__version__}); {copies} copies of the layer in a CUDA graph, us per layer, medians of "
+             f"{args.rounds} alternating rounds (base, dot, dense). Dense scratch held: {dense.scratch_bytes() / 1e6:.0f} MB. "
+             "x: of base alone. Stages alone: dot shrink / expand; dense dequant (one launch a group) / shrink (x @ V^T) / expand "
+             "(addmm a slice). rank-r factors: the same factors as dense bf16, two GEMMs a linear (unpadded ranks).", "",
+             "| M | base (us) | tl.dot (us) | x base | dense cfg | dense (us) | x base | dot / dense | dot shrink / expand | dense dequant / shrink / expand "
+             "| rank-r factors x | modules (path) x | rel err dot / dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for d in r["dense"]:
+            st, ds_ = r["dot_stages_us"], d["stages_us"]
+            cfg = {k: v for k, v in d["cfg"].items() if k != "path"}
+            lines.append(f"| {r['M']} | {r['base_us']:.1f} | {r['dot_us']:.1f} | x{r['dot_x']:.2f} | {json.dumps(cfg) if cfg else 'defaults'} | "
+                         f"{d['us']:.1f} | x{d['x']:.2f} | x{(r['dot_us'] / d['us']) if d['us'] else 0:.2f} | {st['shrink']:.1f} / {st['expand']:.1f} | "
+                         f"{ds_['dequant']:.1f} / {ds_['shrink']:.1f} / {ds_['expand']:.1f} | x{r['factors_x']:.2f} | "
+                         f"x{r['modules_x']:.2f} ({r['modules_path']}) | {r['err_dot']:.1e} / {d['err']:.1e} |")
+    if rows:
+        lines += ["", f"Dequant kernel (last launch): {rows[-1]['dequant_regs']}."]
+    emit("\n".join(lines) + "\n", args.out, args.json, rows)
+
+
 def register_report() -> None:
     """Registers, stack and local memory per thread of the kernels as compiled for sm_90 by the
     installed Triton (no GPU needed: Triton's own ptxas and cuobjdump), by block shape."""
@@ -619,12 +767,19 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which --sweep tries no more configurations")
     ap.add_argument("--fused-cases", default="1,2,4,4x4", help="--fused: comma-separated M or MxT (M <= 4 rows over T fine-tunes)")
     ap.add_argument("--fused-cfgs", default="", help="--fused: a JSON list of configurations to try (default: the first, or SWEEP_FUSED with --sweep)")
-    ap.add_argument("--cases", default="1,16,64,256,32x8,64x32",
+    ap.add_argument("--no-dense", action="store_true", help="single-tenant cases: leave out the dense path (kernels/dense.py)")
+    ap.add_argument("--dense-ab", action="store_true", help="the A/B of the tl.dot and dense paths only, single tenant (--cases M list)")
+    ap.add_argument("--dense-cfgs", default="[{}]", help="--dense-ab: dense dequant configurations (keys dbr, dbc, g, dw) as a JSON list")
+    ap.add_argument("--rounds", type=int, default=3, help="--dense-ab: alternating rounds of base / dot / dense (median kept)")
+    ap.add_argument("--warm", action="store_true", help="--dense-ab: only check each path once (compiles the kernels), no timing")
+    ap.add_argument("--cases", default=ap_default_cases,
                     help="comma-separated: M (one fine-tune, M rows) or MxT (M rows over T fine-tunes)")
     args = ap.parse_args()
 
     if args.regs:
         return register_report()
+    if args.dense_ab:
+        return dense_ab(args)
     if args.smoke:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if args.diagnose:
@@ -647,6 +802,12 @@ def main() -> None:
                   f"one stream {one:.2f}, side stream {two:.2f}")
             assert two <= 4.0, two
             modules_fn(b, M, nt, ids.to(dev))()  # the modules' layer runs (its numbers: tests/kernels)
+        ids = torch.tensor([0, 0, -1, 0, 0, 0, 0]).to(dev)  # the dense path (forced), a base-only row among them
+        err = b.check(7, 1, ids, {"path": "dense"})
+        print(f"smoke dense M=7: rel err of the delta part vs torch {err:.2e}")
+        assert err < 2e-2, err
+        for st in ("all", "dequant", "shrink", "expand"):
+            b.layer_fn(7, 1, ids, {"path": "dense"}, stages=st)[0]()
         return
 
     if args.fused:
@@ -705,6 +866,12 @@ def main() -> None:
                          factors_x=tf / tb, dense_x=td / tb, floor_base_us=fb, floor_us=fd, err=err, cfg=cfg,
                          shrink_us=us(stages["shrink"]), expand_us=us(stages["expand"]), overlap_us=us(tov), overlap_x=tov / tb, overlap_err=oerr,
                          modules_us=us(tmod), modules_x=tmod / tb))
+        if not args.no_dense:  # the dense path (kernels/dense.py) beside it: layer, and each stage alone
+            dcfg = {"path": "dense"}
+            derr = bench.check(M, 1, ids, dcfg)
+            tdn = time_graph(bench.layer_fn(M, 1, ids, dcfg)[0])
+            dst = {s: us(time_graph(bench.layer_fn(M, 1, ids, dcfg, stages=s)[0])) for s in ("dequant", "shrink", "expand")}
+            rows[-1].update(densepath_us=us(tdn), densepath_x=tdn / tb, densepath_err=derr, densepath_stages_us=dst)
         print(json.dumps(rows[-1]), flush=True)
 
     def multi(M: int, nt: int) -> None:
@@ -759,6 +926,17 @@ def main() -> None:
         lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['floor_base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['floor_us']:.1f} | "
                      f"{r['shrink_us']:.1f} / {r['expand_us']:.1f} | {('x%.2f' % r['factors_x']) if 'factors_x' in r else '-'} | "
                      f"{('x%.2f' % r['dense_x']) if 'dense_x' in r else '-'} | {r['err']:.1e} |")
+    if any("densepath_us" in r for r in rows):
+        lines += ["", f"The dense path (kernels/dense.py: the set's factors dequantized by one launch into a bf16 scratch, then x @ V^T and an "
+                  f"in-place addmm a slice by cuBLAS; DELTASTORE_DENSE_MIN_ROWS={dense.DENSE_MIN_ROWS}), beside the tl.dot figure above "
+                  f"(scratch {dense.scratch_bytes() / 1e6:.0f} MB):", "",
+                  "| case | base alone (us) | base + deltas (us) | x base | dense path (us) | x base | dequant / shrink / expand alone (us) | rel err |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "densepath_us" in r:
+                d = r["densepath_stages_us"]
+                lines.append(f"| {r['case']} | {r['base_us']:.1f} | {r['delta_us']:.1f} | x{r['x']:.2f} | {r['densepath_us']:.1f} | x{r['densepath_x']:.2f} | "
+                             f"{d['dequant']:.1f} / {d['shrink']:.1f} / {d['expand']:.1f} | {r['densepath_err']:.1e} |")
     lines += ["", "Deltas on a side stream beside the base GEMM (kernels.linear.beside, as a lone DeltaLinear serves a GPU: the side stream on the GEMV path, "
               "the one-stream layer on the tl.dot path; default "
               "kernel configurations; y += d after the join), against the one-stream figure above; the error of y against float32 base + the torch reference delta; and the layer "

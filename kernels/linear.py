@@ -1,7 +1,8 @@
 """``DeltaLinear``: a linear layer that keeps the shared base weight and packed deltas beside it.
 
 ``y = x W^T (+ b) + x D_t^T`` for the fine-tune ``t`` each row names, with ``D_t`` applied from
-its packed delta-come tiers (never expanded): two Triton launches on a GPU, the torch reference
+its packed delta-come tiers (never expanded): two Triton launches on a GPU (for many rows of one
+fine-tune a dequant launch into a scratch and cuBLAS GEMMs instead: :mod:`.dense`), the torch reference
 ops elsewhere (same API, same results within rounding: see tests/kernels); or, for a fine-tune
 stored with the ``lowrank`` codec, from its two fp16 factors by two GEMMs (:mod:`.lowrank`). Every DeltaLinear of a
 model shares one :class:`DeltaContext`, which holds the current batch's per-row fine-tune ids
