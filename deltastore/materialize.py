@@ -24,6 +24,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -444,29 +445,81 @@ def _mappable(fd: int, size: int) -> bool:
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
+def _libc_mmap():  # noqa: ANN202
+    """libc's ``mmap`` and ``munmap`` through ctypes (which calls them with the GIL released), or
+    None where they cannot be had (not Linux; a libc without them). Python 3.11's ``mmap.mmap``
+    holds the GIL in its mmap(2) call, so a MAP_POPULATE window held it while the kernel allocated
+    and zeroed every page (0.8 s of a 0.93 GB fine-tune checkout's 2.0 GIL-held s on the dev VM,
+    benchmarks/results/gil_profile_devvm.md), and its close holds it while munmap tears the pages down."""
+    global _LIBC
+    if _LIBC is False:
+        _LIBC = None
+        if _POPULATE and os.environ.get("DELTASTORE_CTYPES_MMAP", "").strip() != "0":
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                mm, um = libc.mmap, libc.munmap
+                mm.restype, mm.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                                            ctypes.c_int, ctypes.c_long]
+                um.restype, um.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t]
+                _LIBC = (mm, um, ctypes.c_void_p(-1).value, ctypes.get_errno)
+            except (OSError, AttributeError):
+                _LIBC = None
+    return _LIBC
+
+
+_LIBC: object = False  # not looked up yet
+
+
+class _Mapped:
+    """The owner of a raw shared mapping, which numpy arrays over it keep alive as their base
+    (views of views too: numpy takes the first non-array base); unmapped when the last is gone."""
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, addr: int, n: int):
+        self.__array_interface__ = {"shape": (n,), "typestr": "|u1", "data": (addr, False), "version": 3}
+
+
 class _Window:
     """A writable uint8 view of bytes ``[start, start + n)`` of an open file (a shared mapping),
-    unmapped on exit so a checkout's resident memory stays at the tensors in flight."""
+    unmapped on exit so a checkout's resident memory stays at the tensors in flight (or, where a
+    view is still held, by an exception's traceback, once that is collected)."""
 
     def __init__(self, fd: int, start: int, n: int):
         lo = start - start % mmap.ALLOCATIONGRANULARITY
-        # MAP_POPULATE: the kernel allocates and maps the window's pages in the mmap call (which
-        # Python makes with the GIL released) instead of one fault a page during the decode: checkout
-        # of a 7B-shaped base 1.57 -> 1.87 GB/s on the H200's 16 cores (benchmarks/probe_store_ceilings.py,
-        # results/raw_h200/ceilings_dc98641.md). Not madvise(MADV_POPULATE_WRITE): Python's
-        # mmap.madvise holds the GIL for the whole call (results/gil_profile_devvm.md).
-        self._map = mmap.mmap(fd, start + n - lo, flags=mmap.MAP_SHARED | _POPULATE, offset=lo)
-        self.array: np.ndarray | None = np.frombuffer(self._map, dtype=np.uint8, count=n, offset=start - lo)
+        # MAP_POPULATE: the kernel allocates and maps the window's pages in the mmap call instead of
+        # one fault a page during the decode: checkout of a 7B-shaped base 1.57 -> 1.87 GB/s on the
+        # H200's 16 cores (benchmarks/probe_store_ceilings.py, results/raw_h200/ceilings_dc98641.md).
+        # The call goes through ctypes (GIL released: _libc_mmap) where it can; not
+        # madvise(MADV_POPULATE_WRITE): Python's mmap.madvise holds the GIL for the whole call.
+        self._map: mmap.mmap | None = None
+        libc = _libc_mmap()
+        if libc is None:
+            self._map = mmap.mmap(fd, start + n - lo, flags=mmap.MAP_SHARED | _POPULATE, offset=lo)
+            self.array: np.ndarray | None = np.frombuffer(self._map, dtype=np.uint8, count=n, offset=start - lo)
+            return
+        mm, um, failed, get_errno = libc
+        length = start + n - lo
+        addr = mm(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | _POPULATE, fd, lo)
+        if addr is None or addr == failed:
+            e = get_errno()
+            raise OSError(e, os.strerror(e))
+        owner = _Mapped(addr + start - lo, n)
+        weakref.finalize(owner, um, addr, length)  # munmap (GIL released) once no array views it
+        self.array = np.asarray(owner)
 
     def __enter__(self) -> "_Window":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.array = None
-        try:
-            self._map.close()
-        except BufferError:  # a view still held (by an exception's traceback): unmapped when collected
-            pass
+        self.array = None  # the ctypes mapping is unmapped here, unless a view is still held
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view still held (by an exception's traceback): unmapped when collected
+                pass
 
 
 def diff(store: StoreView, a: str, b: str) -> list[TensorDiff]:
