@@ -65,6 +65,7 @@ bytes) is stored raw without spending a full zstd pass on it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import threading
@@ -122,32 +123,88 @@ def _loaded():
 
 
 def _map_chunks(work, items, threads: int | None) -> list:  # noqa: ANN001
-    """``[work(i) for i in items]``, in order: on the shared pool with ``threads`` (default
-    :func:`default_threads`) threads, at most one per item, or inline where that is one."""
+    """``[work(i) for i in items]``, in order, on up to ``threads`` threads (default
+    :func:`default_threads`), at most one per item: the calling thread and up to ``threads - 1``
+    helpers from the shared pool, each taking the next item not yet taken until none is left
+    (:class:`_Claims`); inline where that is one thread.
+
+    Not a future per item: a future's bookkeeping and its waiter's wake-up (``Future.set_result``:
+    a ``Condition.notify`` while holding the GIL) came once per 1-4 MiB chunk, and on a loaded
+    machine a waker is often preempted by the thread it wakes while it still holds the GIL (0.4
+    of a 0.93 GB fine-tune add's 2.1 GIL-held s on the dev VM). Here a call wakes at most its
+    helpers and, at the end, itself; the caller works instead of waiting."""
     items = list(items)
-    n = min(threads or default_threads(), max(len(items), 1))
-    return list(_pool(n).map(work, items)) if n > 1 else [work(i) for i in items]
+    n = min(threads or default_threads(), len(items))
+    if n <= 1:
+        return [work(i) for i in items]
+    claims = _Claims(work, items)
+    pool = _pool(n - 1)
+    for _ in range(n - 1):
+        pool.submit(claims.help)
+    return claims.finish()
 
 
-#: the most bytes of chunks one pool task takes (consecutive chunks, in order): a task per 1 MiB
-#: chunk (the lossless codec's grouped streams) cost a future's bookkeeping with the GIL held
-#: (``Future.set_result``'s wake-up of its waiter, the executor's queue) four times per byte as
-#: often as a base's 4 MiB chunks do. Only the tasks change: every chunk is still its own.
-BUNDLE_BYTES = 4 << 20
+class _Claims:
+    """One :func:`_map_chunks` call's items, taken one at a time (``itertools.count``, atomic
+    under the GIL) by its calling thread and by the helpers that join before it is closed. The
+    caller closes it once no item is left to take (or one failed) and waits only for helpers that
+    joined, which finish the items they took; a helper that starts later finds it closed and
+    returns at once, so nothing runs behind the caller's back and no caller waits on a queue."""
+
+    __slots__ = ("work", "items", "out", "take", "n", "lock", "wake", "helping", "closed", "error")
+
+    def __init__(self, work, items: list):  # noqa: ANN001
+        self.work, self.items, self.n = work, items, len(items)
+        self.out: list = [None] * self.n
+        self.take = itertools.count().__next__
+        self.lock = threading.Lock()
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released by the last helper out, once the caller waits
+        self.helping = 0
+        self.closed = False
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        while self.error is None:
+            k = self.take()
+            if k >= self.n:
+                return
+            try:
+                self.out[k] = self.work(self.items[k])
+            except BaseException as e:  # noqa: BLE001 - raised by the caller
+                if self.error is None:
+                    self.error = e
+                return
+
+    def help(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.helping += 1
+        try:
+            self._run()
+        finally:
+            with self.lock:
+                self.helping -= 1
+                if self.closed and self.helping == 0:
+                    self.wake.release()
+
+    def finish(self) -> list:
+        self._run()
+        with self.lock:
+            self.closed = True
+            wait = self.helping > 0
+        if wait:
+            self.wake.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.out
 
 
 def _map_bundled(work, n: int, chunk_bytes: int, threads: int | None) -> list:  # noqa: ANN001
-    """``[work(i) for i in range(n)]``, in order, as :func:`_map_chunks`, with consecutive chunks
-    of ``chunk_bytes`` bundled into one task up to :data:`BUNDLE_BYTES`, while every thread
-    still gets a task (a tensor of few chunks keeps one chunk a task)."""
-    threads = threads or default_threads()
-    per = max(1, min(BUNDLE_BYTES // max(chunk_bytes, 1), n // max(threads, 1)))
-    if per == 1:
-        return _map_chunks(work, range(n), threads)
-    out: list = []
-    for part in _map_chunks(lambda lo: [work(i) for i in range(lo, min(lo + per, n))], range(0, n, per), threads):
-        out.extend(part)
-    return out
+    """``[work(i) for i in range(n)]``, in order, as :func:`_map_chunks` (which hands out one
+    chunk at a time without a task each, so chunks need no bundling; ``chunk_bytes`` is unused)."""
+    return _map_chunks(work, range(n), threads)
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
