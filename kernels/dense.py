@@ -46,10 +46,12 @@ from . import triton_ops
 from .deltaset import F, DeltaSet, RowPlan
 from .errors import KernelError
 
-try:
+if triton_ops.HAVE_TRITON:
     import triton
     import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the environment
+
+    from .triton_ops import _unpack
+else:  # pragma: no cover - depends on the environment
     triton = None
 
 #: rows (of one fine-tune) from which the dense path serves a batch (0: never unless forced).
@@ -184,7 +186,7 @@ if triton is not None:
         the block lies inside one quantization group (a scale and zero a row), else one a value."""
         row_words = BITS * ((L + 31) // 32)
         G = (L + gs - 1) // gs
-        q = triton_ops._unpack(words_ptr, q0 + r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C, GATHER)
+        q = _unpack(words_ptr, q0 + r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C, GATHER)
         if ONE_GROUP:
             sz1 = sz0 + r64 * G + c0 // gs
             sc1 = tl.load(scales_ptr + sz1, mask=r_ok, other=0.0).to(tl.float32)
