@@ -103,19 +103,40 @@ def _code16(x, y):
 
 
 @njit(cache=True, nogil=True)
-def analyze(target, base, shift, cmask, symtab, z, hist):
-    """z of each element (uint16 in and out) and the (context, symbol) histogram (int64[256*64]),
-    counted in four copies (consecutive equal bins would otherwise wait on each other's store)."""
+def diff_z(target, base, z):
+    """z of each element (uint16 words in and out); LLVM vectorizes it."""
+    for i in range(target.size):
+        x, y = np.int32(target[i]), np.int32(base[i])
+        x ^= (-(x >> 15)) & 0x7FFF
+        y ^= (-(y >> 15)) & 0x7FFF
+        d = (x - y) & 0xFFFF
+        z[i] = np.uint16(((d << 1) ^ (-(d >> 15))) & 0xFFFF)
+
+
+@njit(cache=True, nogil=True)
+def count(z, base, shift, cmask, symtab, hist, h4):
+    """The (context, symbol) histogram (int64[256*64], added to), counted in four copies (``h4``:
+    int64[4*256*64], zero, left zero) so consecutive equal bins do not wait on each other's store."""
     sh, cm = np.uint64(shift), np.uint64(cmask)
-    n = target.size
-    h4 = np.zeros((4, 256 * NSYM), np.int64)
-    for i in range(n):
-        y = np.uint64(base[i])
-        zz = _code16(np.uint64(target[i]), y)
-        z[i] = np.uint16(zz)
-        h4[i & 3, ((y >> sh) & cm) * np.uint64(NSYM) + np.uint64(symtab[zz])] += 1
-    for k in range(256 * NSYM):
-        hist[k] += h4[0, k] + h4[1, k] + h4[2, k] + h4[3, k]
+    n = z.size
+    nm = n - n % 4
+    S = np.uint64(256 * NSYM)
+    K = np.uint64(NSYM)
+    for i in range(0, nm, 4):
+        u = np.uint64(i)
+        h4[((np.uint64(base[u]) >> sh) & cm) * K + np.uint64(symtab[z[u]])] += 1
+        h4[S + ((np.uint64(base[u + np.uint64(1)]) >> sh) & cm) * K + np.uint64(symtab[z[u + np.uint64(1)]])] += 1
+        h4[S * np.uint64(2) + ((np.uint64(base[u + np.uint64(2)]) >> sh) & cm) * K + np.uint64(symtab[z[u + np.uint64(2)]])] += 1
+        h4[S * np.uint64(3) + ((np.uint64(base[u + np.uint64(3)]) >> sh) & cm) * K + np.uint64(symtab[z[u + np.uint64(3)]])] += 1
+    for i in range(nm, n):
+        hist[((np.uint64(base[i]) >> sh) & cm) * K + np.uint64(symtab[z[i]])] += 1
+    m = 256 * NSYM
+    for k in range(m):
+        hist[k] += h4[k] + h4[k + m] + h4[k + 2 * m] + h4[k + 3 * m]
+        h4[k] = 0
+        h4[k + m] = 0
+        h4[k + 2 * m] = 0
+        h4[k + 3 * m] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -230,22 +251,32 @@ def fill_row(lens, nraw, zbase, codes, dtab, row):
     return True
 
 
+@njit(cache=True, nogil=True)
+def enc_table(cmap, codes, lens, nraw, zbase, ctxs, etab):
+    """The encoder's entry of each (context present, symbol): code | length << 16 | raw bits << 24
+    | smallest z << 32 (uint64, ``etab[context * 64 + symbol]``)."""
+    for c in ctxs:
+        t = cmap[c]
+        for s in range(NSYM):
+            etab[c * NSYM + s] = (np.uint64(codes[t, s]) | (np.uint64(lens[t, s]) << np.uint64(16))
+                                  | (np.uint64(nraw[s]) << np.uint64(24)) | (np.uint64(zbase[s]) << np.uint64(32)))
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _put(z, y, sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, acc, cnt, p):
+def _put(z, y, sh, cm, symtab, etab, words, acc, cnt, p):
     """One element into a lane's bit accumulator; a word stored every time, kept when full."""
     zz = np.uint64(z)
-    s = np.uint64(symtab[zz])
-    t = np.uint64(cmap[(np.uint64(y) >> sh) & cm]) * np.uint64(NSYM) + s
-    ln = np.uint64(lens[t])
-    acc |= (np.uint64(codes[t]) | ((zz - np.uint64(zbase[s])) << ln)) << cnt
-    cnt += ln + np.uint64(nraw[s])
+    e = etab[((np.uint64(y) >> sh) & cm) * np.uint64(NSYM) + np.uint64(symtab[zz])]
+    ln = (e >> np.uint64(16)) & np.uint64(31)
+    acc |= ((e & np.uint64(0xFFFF)) | ((zz - (e >> np.uint64(32))) << ln)) << cnt
+    cnt += ln + ((e >> np.uint64(24)) & np.uint64(31))
     words[p] = np.uint32(acc & np.uint64(0xFFFFFFFF))
     f = cnt >> np.uint64(5)
     return acc >> (f << np.uint64(5)), cnt - (f << np.uint64(5)), p + np.int64(f)
 
 
 @njit(cache=True, nogil=True)
-def encode_chunk(z, base, shift, cmask, cmap, codes, lens, symtab, nraw, zbase, words, cap, lane_bits):
+def encode_chunk(z, base, shift, cmask, symtab, etab, words, cap, lane_bits):
     """One chunk's four lanes, lane j at ``words[j * cap:]``; bit counts into ``lane_bits``. The
     four lanes' accumulators advance side by side (independent chains)."""
     n = z.size
@@ -255,17 +286,17 @@ def encode_chunk(z, base, shift, cmask, cmap, codes, lens, symtab, nraw, zbase, 
     p0, p1, p2, p3 = 0, cap, 2 * cap, 3 * cap
     nm = n - n % 4
     for i in range(0, nm, 4):
-        a0, c0, p0 = _put(z[i], base[i], sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, a0, c0, p0)
-        a1, c1, p1 = _put(z[i + 1], base[i + 1], sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, a1, c1, p1)
-        a2, c2, p2 = _put(z[i + 2], base[i + 2], sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, a2, c2, p2)
-        a3, c3, p3 = _put(z[i + 3], base[i + 3], sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, a3, c3, p3)
+        a0, c0, p0 = _put(z[i], base[i], sh, cm, symtab, etab, words, a0, c0, p0)
+        a1, c1, p1 = _put(z[i + 1], base[i + 1], sh, cm, symtab, etab, words, a1, c1, p1)
+        a2, c2, p2 = _put(z[i + 2], base[i + 2], sh, cm, symtab, etab, words, a2, c2, p2)
+        a3, c3, p3 = _put(z[i + 3], base[i + 3], sh, cm, symtab, etab, words, a3, c3, p3)
     for i in range(nm, n):  # lanes 0 .. n % 4 - 1 take one more
         if i % 4 == 0:
-            a0, c0, p0 = _put(z[i], base[i], sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, a0, c0, p0)
+            a0, c0, p0 = _put(z[i], base[i], sh, cm, symtab, etab, words, a0, c0, p0)
         elif i % 4 == 1:
-            a1, c1, p1 = _put(z[i], base[i], sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, a1, c1, p1)
+            a1, c1, p1 = _put(z[i], base[i], sh, cm, symtab, etab, words, a1, c1, p1)
         else:
-            a2, c2, p2 = _put(z[i], base[i], sh, cm, cmap, codes, lens, symtab, nraw, zbase, words, a2, c2, p2)
+            a2, c2, p2 = _put(z[i], base[i], sh, cm, symtab, etab, words, a2, c2, p2)
     for j, (a, c, p) in enumerate(((a0, c0, p0), (a1, c1, p1), (a2, c2, p2), (a3, c3, p3))):
         lane_bits[j] = (p - j * cap) * 32 + np.int64(c)
         if c:
@@ -386,7 +417,11 @@ def encode(t: np.ndarray, b: np.ndarray, dtype=torch.bfloat16) -> Coded:
     n = t.size
     z = np.empty(n, np.uint16)
     hist = np.zeros(256 * NSYM, np.int64)
-    analyze(t, b, shift, cmask, SYMTAB, z, hist)
+    if "h4" not in _TLS:
+        _TLS["h4"] = np.zeros(4 * 256 * NSYM, np.int64)
+        _TLS["etab"] = np.zeros(256 * NSYM, np.uint64)
+    diff_z(t, b, z)
+    count(z, b, shift, cmask, SYMTAB, hist, _TLS["h4"])
     h = hist.reshape(256, NSYM)
     tot = h.sum(1)
     own = [c for c in range(256) if tot[c] >= MIN_CONTEXT]
@@ -407,14 +442,15 @@ def encode(t: np.ndarray, b: np.ndarray, dtype=torch.bfloat16) -> Coded:
         canonical_codes(lens[k], MAXLEN, codes[k])
         if (lens[k] == 0).all():  # one symbol: its length 0 stored as a marker (nibble 1 = length 0)
             lens[k, int(np.flatnonzero(r)[0])] = 0
+    etab = _TLS["etab"]
+    enc_table(cmap, codes, lens, NRAW, ZBASE, np.array(own + rare, np.int64), etab)
     chunks, nbytes = [], 16 + ntab * 30 + len(own) + len(rare)
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         cap = ((hi - lo) // 4 + 1) * MAXBITS // 32 + 2
-        words = np.zeros(4 * cap, np.uint32)
+        words = np.empty(4 * cap, np.uint32)  # every word a lane keeps is written
         lane_bits = np.zeros(4, np.int64)
-        encode_chunk(z[lo:hi], b[lo:hi], shift, cmask, cmap, codes.reshape(-1), lens.reshape(-1), SYMTAB, NRAW, ZBASE,
-                     words, cap, lane_bits)
+        encode_chunk(z[lo:hi], b[lo:hi], shift, cmask, SYMTAB, etab, words, cap, lane_bits)
         stream = bytearray()
         for j in range(4):  # lane j's bytes, byte-aligned
             stream += words[j * cap:].view(np.uint8)[: (int(lane_bits[j]) + 7) // 8].tobytes()
