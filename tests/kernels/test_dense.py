@@ -198,3 +198,46 @@ def test_a_delta_group_above_the_threshold_gives_each_member_what_the_reference_
     grown = dense.layout(lone.deltas, 0).numel > dense.layout(group.deltas, 0).numel
     assert (dense.scratch(x.device, dtype, 1).data_ptr() == ptr) != grown  # one buffer, replaced only to grow
     assert dense.scratch_bytes() >= before
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU (the device run executes this)")
+def test_the_dense_path_replays_in_a_cuda_graph() -> None:
+    """Captured once (ids from a static buffer: the mask made inside the capture), replayed with
+    other activations and other ids copied in: each replay gives what the eager path gives."""
+    dtype = torch.bfloat16
+    ds, _, ms, n = _three_slices(dtype)
+    ds.drop(0)  # one fine-tune left (slot 1) in a set of two: the plan must say which
+    M = 16
+    ctx = DeltaContext(2)
+    ids_buf = torch.ones(M, dtype=torch.int64, device=DEVICE)
+    x = torch.randn(M, n, device=DEVICE).to(dtype)
+    y = torch.empty(M, sum(ms), dtype=dtype, device=DEVICE)
+    y0 = torch.randn(M, sum(ms), device=DEVICE).to(dtype)
+
+    def step() -> None:
+        with ctx.static_ids(ids_buf):
+            plan = ctx.plan(M, x.device)
+            plan.only_slot = 1  # (what a caller that knows its batch is one fine-tune's may say)
+            y.copy_(y0)
+            dense.apply(x, y, ds, plan)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    for seed in range(3):
+        x.copy_(torch.randn(M, n, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE))
+        ids = torch.ones(M, dtype=torch.int64)
+        ids[seed::4] = -1
+        ids_buf.copy_(ids.to(DEVICE))
+        g.replay()
+        torch.cuda.synchronize()
+        plan = plan_rows(ids.to(DEVICE), 2)
+        want = dense.apply(x, y0.clone(), ds, plan, 1)
+        # (cuBLAS may pick another algorithm inside a capture: within 2 ulp, not bit for bit)
+        assert bool(((y.float() - want.float()).abs() <= 2 * torch.finfo(dtype).eps * want.float().abs() + 1e-6).all()), seed
+        assert torch.equal(y[ids.to(DEVICE) == -1], y0[ids.to(DEVICE) == -1])
