@@ -2,7 +2,7 @@
 (no grouping, no scatter), in numba: bytes and MB/s per core beside zipnn 0.5.4, format v3 and
 the earlier rANS probe (benchmarks/probe_rans.py), alternating round by round.
 
-    python benchmarks/probe_ctxcode.py FT_FILE [FT_FILE ...] [--repeat N] [--out FILE]
+    python benchmarks/probe_ctxcode.py FT_FILE [FT_FILE ...] [--repeat N] [--stages] [--c-kernel] [--out FILE]
 
 A measurement, not a codec format. The coder (bf16 and fp16 words): ``z = zigzag(ordered(target)
 - ordered(base))`` as in the lossless codec; each ``z`` is a symbol (``z`` itself below 8, else its
@@ -655,12 +655,163 @@ def measure(ft_file: Path, base: dict, repeat: int, say, stages: bool) -> None:
         say("")
 
 
+#: --c-kernel: the same bf16 lane kernel in C (and the same with two chunks' lanes in one loop:
+#: eight independent chains), compiled at run time with the system's cc and called through ctypes:
+#: a measurement of whether numba's code or the design sets the speed, not a dependency.
+C_KERNEL = r"""#include <stdint.h>
+#include <string.h>
+static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+#define STEP(v, e, z, t) do { uint64_t tt_ = (e) >> 24, ln_ = ((e) >> 16) & 63; \
+    z = (uint16_t)((e) + (((v) & ((1ULL << tt_) - 1)) >> ln_)); t = tt_; } while (0)
+#define ROW(y) (((uint64_t)(y) & 0x7F80) << 4)
+#define LANE2(bp, ya, yb, za, zb) do { uint64_t v = ld64(b8 + ((bp) >> 3)) >> ((bp) & 7), ta, tb; \
+    uint64_t ea = dtab[ROW(ya) | (v & 2047)]; STEP(v, ea, za, ta); v >>= ta; \
+    uint64_t eb = dtab[ROW(yb) | (v & 2047)]; STEP(v, eb, zb, tb); bp += ta + tb; } while (0)
+/* returns elements done; lane ends in ends */
+int64_t decode_bf16(const uint8_t *b8, int64_t nb, const int64_t *starts, const uint16_t *base, int64_t n,
+                    const uint32_t *dtab, uint16_t *zs, uint64_t *ends) {
+    uint64_t b0 = starts[0], b1 = starts[1], b2 = starts[2], b3 = starts[3];
+    int64_t nm = n - n % 8, i = 0;
+    uint64_t limit = (uint64_t)nb * 8, reach = 64 * 2 * 24 + 128;
+    while (i + 8 * 64 <= nm) {
+        uint64_t mx = b0 > b1 ? b0 : b1; mx = mx > b2 ? mx : b2; mx = mx > b3 ? mx : b3;
+        if (mx + reach > limit) break;
+        for (int s = 0; s < 64; s++, i += 8) {
+            const uint16_t *y = base + i; uint16_t *o = zs + i;
+            LANE2(b0, y[0], y[4], o[0], o[4]);
+            LANE2(b1, y[1], y[5], o[1], o[5]);
+            LANE2(b2, y[2], y[6], o[2], o[6]);
+            LANE2(b3, y[3], y[7], o[3], o[7]);
+        }
+    }
+    ends[0] = b0; ends[1] = b1; ends[2] = b2; ends[3] = b3;
+    return i;
+}
+void undo16(const uint16_t *zs, const uint16_t *base, int64_t n, uint16_t *out) {
+    for (int64_t k = 0; k < n; k++) {
+        int32_t z = zs[k], y = base[k];
+        y ^= (-(y >> 15)) & 0x7FFF;
+        int32_t o = (y + ((z >> 1) ^ -(z & 1))) & 0xFFFF;
+        out[k] = (uint16_t)(o ^ ((-(o >> 15)) & 0x7FFF));
+    }
+}
+/* two chunks of equal size decoded in one loop: eight independent lane chains */
+int64_t decode_bf16_x2(const uint8_t *b8, int64_t nb, const int64_t *starts, const uint16_t *base,
+                       const uint8_t *c8, int64_t nc, const int64_t *startsc, const uint16_t *basec, int64_t n,
+                       const uint32_t *dtab, uint16_t *zs, uint16_t *zsc, uint64_t *ends) {
+    uint64_t b0 = starts[0], b1 = starts[1], b2 = starts[2], b3 = starts[3];
+    uint64_t c0 = startsc[0], c1 = startsc[1], c2 = startsc[2], c3 = startsc[3];
+    int64_t nm = n - n % 8, i = 0;
+    uint64_t limit = (uint64_t)nb * 8, limitc = (uint64_t)nc * 8, reach = 64 * 2 * 24 + 128;
+    while (i + 8 * 64 <= nm) {
+        uint64_t mx = b0 > b1 ? b0 : b1; mx = mx > b2 ? mx : b2; mx = mx > b3 ? mx : b3;
+        uint64_t mc = c0 > c1 ? c0 : c1; mc = mc > c2 ? mc : c2; mc = mc > c3 ? mc : c3;
+        if (mx + reach > limit || mc + reach > limitc) break;
+        for (int s = 0; s < 64; s++, i += 8) {
+            const uint16_t *y = base + i; uint16_t *o = zs + i;
+            const uint16_t *yc = basec + i; uint16_t *oc = zsc + i;
+            LANE2(b0, y[0], y[4], o[0], o[4]);
+            { const uint8_t *b8 = c8; LANE2(c0, yc[0], yc[4], oc[0], oc[4]); }
+            LANE2(b1, y[1], y[5], o[1], o[5]);
+            { const uint8_t *b8 = c8; LANE2(c1, yc[1], yc[5], oc[1], oc[5]); }
+            LANE2(b2, y[2], y[6], o[2], o[6]);
+            { const uint8_t *b8 = c8; LANE2(c2, yc[2], yc[6], oc[2], oc[6]); }
+            LANE2(b3, y[3], y[7], o[3], o[7]);
+            { const uint8_t *b8 = c8; LANE2(c3, yc[3], yc[7], oc[3], oc[7]); }
+        }
+    }
+    ends[0] = b0; ends[1] = b1; ends[2] = b2; ends[3] = b3; ends[4] = c0; ends[5] = c1; ends[6] = c2; ends[7] = c3;
+    return i;
+}
+"""
+
+
+def c_kernel(ft_file: Path, base: dict, repeat: int, say) -> None:
+    """The lane kernel alone (z into scratch, tables expanded outside the timing) on every pair of
+    full chunks of the largest changed tensors: numba, C with 4 chains, C with 8; ns an element."""
+    import ctypes
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        src, so = Path(d) / "k.c", Path(d) / "k.so"
+        src.write_text(C_KERNEL)
+        subprocess.run(["cc", "-O2", "-march=native", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+        lib = ctypes.CDLL(str(so))
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    lib.decode_bf16.argtypes = [P, I, P, P, I, P, P, P]
+    lib.decode_bf16.restype = I
+    lib.decode_bf16_x2.argtypes = [P, I, P, P, P, I, P, P, I, P, P, P, P]
+    lib.decode_bf16_x2.restype = I
+    ft = load_file(str(ft_file))
+    names = sorted((n for n in ft if n in base and ft[n].dtype == torch.bfloat16), key=lambda n: -ft[n].numel())[:12]
+    work = []  # (coded, chunk a, chunk b, target words of b): pairs of full chunks of one tensor
+    for n in names:
+        t, b = ft[n].view(torch.uint16).reshape(-1).numpy(), base[n].view(torch.uint16).reshape(-1).numpy()
+        c = encode(t, b)
+        full = [k for k, lo in enumerate(range(0, b.size, CHUNK)) if lo + CHUNK <= b.size]
+        for k in full[: len(full) // 2 * 2: 2]:
+            chunk = []
+            for kk in (k, k + 1):
+                b8, lb = c.chunks[kk]
+                st = np.zeros(4, np.int64)
+                st[1:] = np.cumsum((lb + 7) // 8)[:3] * 8
+                chunk.append((b8, st, b[kk * CHUNK: (kk + 1) * CHUNK], t[kk * CHUNK: (kk + 1) * CHUNK]))
+            work.append((c, chunk[0], chunk[1]))
+    nel = 2 * CHUNK * len(work)
+    zs, zs2 = np.empty(CHUNK, np.uint16), np.empty(CHUNK, np.uint16)
+    ends, e8 = np.zeros(4, np.uint64), np.zeros(8, np.uint64)
+
+    def run(kind: str) -> float:
+        tt = 0.0
+        for c, a, b in work:
+            d = expand_tables(c)
+            t0 = time.process_time()
+            if kind == "numba":
+                for b8, st, bb, _ in (a, b):
+                    decode_chunk(b8, st, bb, 0xFF << 7, MAXLEN - 7, d, zs, ends)
+            elif kind == "c4":
+                for b8, st, bb, _ in (a, b):
+                    lib.decode_bf16(b8.ctypes.data, b8.size, st.ctypes.data, bb.ctypes.data, bb.size, d.ctypes.data,
+                                    zs.ctypes.data, ends.ctypes.data)
+            else:
+                lib.decode_bf16_x2(a[0].ctypes.data, a[0].size, a[1].ctypes.data, a[2].ctypes.data, b[0].ctypes.data,
+                                   b[0].size, b[1].ctypes.data, b[2].ctypes.data, CHUNK, d.ctypes.data, zs.ctypes.data,
+                                   zs2.ctypes.data, e8.ctypes.data)
+            tt += time.process_time() - t0
+        return tt
+
+    c, a, b = work[0]  # the C kernels' z, checked against the target over what they decode
+    d = expand_tables(c)
+    i = lib.decode_bf16_x2(a[0].ctypes.data, a[0].size, a[1].ctypes.data, a[2].ctypes.data, b[0].ctypes.data, b[0].size,
+                           b[1].ctypes.data, b[2].ctypes.data, CHUNK, d.ctypes.data, zs.ctypes.data, zs2.ctypes.data,
+                           e8.ctypes.data)
+    o = np.empty(i, np.uint16)
+    undo(zs2[:i], b[2][:i], o)
+    assert np.array_equal(o, b[3][:i]), "C kernel: z differ"
+    res = {k: [] for k in ("numba", "c4", "c8")}
+    for k in res:
+        run(k)
+    for _ in range(repeat):
+        for k in res:
+            res[k].append(run(k))
+    say(f"Lane kernel alone ({len(work)} pairs of full chunks of {ft_file.parent.name}'s largest tensors; load average "
+        f"{os.getloadavg()[0]:.2f}; ns an element, best / median of {repeat}, alternating):")
+    say("")
+    say("| kernel | ns / element, best | median |")
+    say("|---|---:|---:|")
+    for k, lab in (("numba", "numba (the probe's)"), ("c4", "C, gcc -O2 -march=native, 4 lanes"),
+                   ("c8", "C, two chunks in one loop (8 independent chains)")):
+        say(f"| {lab} | {min(res[k]) / nel * 1e9:.2f} | {statistics.median(res[k]) / nel * 1e9:.2f} |")
+    say("")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", type=Path, nargs="+", help="fine-tune model.safetensors files (bf16)")
     ap.add_argument("--base", type=Path, help="base HF dir (default: the zoo's SmolLM2 bf16)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--stages", action="store_true")
+    ap.add_argument("--c-kernel", action="store_true", help="the lane kernel in C beside numba's (needs cc)")
     ap.add_argument("--machine", default="dev VM (AMD EPYC, 2 cores, shared)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -687,6 +838,8 @@ def main(argv=None) -> int:
     pr.decode(pr.encode(w, w[::-1].copy()), w[::-1].copy(), np.empty_like(w))
     for f in args.files:
         measure(f, base, args.repeat, say, args.stages)
+    if args.c_kernel:
+        c_kernel(args.files[0], base, max(args.repeat, 5), say)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     return 0
