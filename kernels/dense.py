@@ -199,6 +199,16 @@ if triton is not None:
             return (q.to(tl.float32) - zp) * sc
 
     @triton.jit
+    def _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs,
+                    BITS: tl.constexpr, HAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                    GATHER: tl.constexpr, ONE_GROUP: tl.constexpr):
+        """:func:`_dense_vals` at BITS where the record has that width (compiled only where the set has it), else ``val``."""
+        if HAS:
+            if bits == BITS:
+                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, BITS, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        return val
+
+    @triton.jit
     def _dense_dequant_kernel(words_ptr, scales_ptr, zeros_ptr, svals_ptr, items_ptr, out_ptr,
                               NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr,
                               HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
@@ -219,21 +229,11 @@ if triton is not None:
         offs_c = c0 + tl.arange(0, BLOCK_C)
         m2 = r_ok[:, None] & (offs_c < L)[None, :]
         val = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-        if HAS8:
-            if bits == 8:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        if HAS4:
-            if bits == 4:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        if HAS3:
-            if bits == 3:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        if HAS2:
-            if bits == 2:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        if HAS1:
-            if bits == 1:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, HAS8, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, HAS4, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, HAS3, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, HAS2, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, HAS1, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok & (s_off + 0 * offs_r >= 0), other=1.0)  # (a vector mask: the interpreter's)
         val = val * sv[:, None]
         tl.store(out_ptr + dst + r64[:, None] * L + offs_c[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)

@@ -31,3 +31,44 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def qkv_members(n: int, ms: list[int], ctx, *, dtype: torch.dtype = torch.bfloat16, seed: int = 30):  # noqa: ANN001
+    """(group, members, made): q/k/v-style DeltaLinears of one DeltaGroup over x (n) with outputs
+    ``ms`` (groups of 32, tiers 8/3/2 bits), the group's deltas loaded in slot 0; made: (W, packed,
+    payload) per member."""
+    from deltastore.kernels import DeltaGroup, DeltaLinear
+
+    made = [packed_delta(m, n, seed=seed + i, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 2], [2, None]]) for i, m in enumerate(ms)]
+    group = DeltaGroup(n, ms, DEVICE)
+    group.deltas.add([pk for _, pk, _ in made])
+    members = [DeltaLinear(W.to(DEVICE), None, ctx, "triton", group, i) for i, (W, _, _) in enumerate(made)]
+    return group, members, made
+
+
+def capture(step):  # noqa: ANN001, ANN201
+    """(graph, what step returned in it): ``step`` run once on a side stream (warm-up: kernels
+    compiled, buffers allocated), then captured in a CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = step()
+    return g, out
+
+
+def every_layout_set(dtype: torch.dtype):  # noqa: ANN201
+    """(W, packed, payload, set): one 75 x 100 linear whose delta has every packed layout (8, 4, 3,
+    2, 1 bits; groups of 64: 2 per row, the last one short; rows of 100 values pad to 128), loaded
+    in slot 0 of its own DeltaSet."""
+    from deltastore.kernels import DeltaSet
+
+    m, n = 75, 100
+    W, pk, enc = packed_delta(m, n, dtype=dtype)
+    assert [v.bits for v, _ in pk.tiers] == [8, 4, 3, 2, 1]
+    ds = DeltaSet(n, [m], DEVICE)
+    ds.add([pk])
+    return W, pk, enc, ds

@@ -21,9 +21,9 @@ import torch
 from deltastore.kernels import DeltaContext, DeltaSet, KernelError, plan_rows, ref_ops, triton_ops
 from deltastore.kernels import dense
 from deltastore.kernels.deltaset import F, host_hint
-from deltastore.kernels.linear import DeltaGroup, DeltaLinear, apply_deltas
+from deltastore.kernels.linear import DeltaLinear, apply_deltas
 
-from .kernel_testlib import DEVICE, packed_delta, rel
+from .kernel_testlib import DEVICE, capture, every_layout_set, packed_delta, qkv_members, rel
 
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
@@ -44,11 +44,8 @@ def _check_y(yt: torch.Tensor, yr: torch.Tensor, d_r: torch.Tensor, dtype: torch
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [3, 17])
 def test_dense_matches_reference_every_layout(M: int, dtype: torch.dtype) -> None:
-    m, n = 75, 100  # groups of 64: 2 per row, the last one short; rows of 100 values pad to 128
-    W, pk, _ = packed_delta(m, n, dtype=dtype)
-    assert [v.bits for v, _ in pk.tiers] == [8, 4, 3, 2, 1]
-    ds = DeltaSet(n, [m], DEVICE)
-    ds.add([pk])
+    W, _, _, ds = every_layout_set(dtype)
+    m, n = W.shape
     x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEVICE)
     ids = torch.zeros(M, dtype=torch.int64)
     ids[1] = -1  # a base-only row
@@ -174,11 +171,8 @@ def test_a_delta_group_above_the_threshold_gives_each_member_what_the_reference_
     path) against the reference delta of each member; the scratch is one buffer for both groups."""
     dtype = torch.bfloat16
     n, ms = 96, [64, 33, 40]
-    made = [packed_delta(m, n, seed=30 + i, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 2], [2, None]]) for i, m in enumerate(ms)]
     ctx = DeltaContext(1, default_id=0)
-    group = DeltaGroup(n, ms, DEVICE)
-    group.deltas.add([pk for _, pk, _ in made])
-    members = [DeltaLinear(W.to(DEVICE), None, ctx, "triton", group, i) for i, (W, _, _) in enumerate(made)]
+    group, members, _ = qkv_members(n, ms, ctx, dtype=dtype)
     W2, pk2, _ = packed_delta(50, n, seed=9, dtype=dtype, group_size=32)
     lone = DeltaLinear(W2.to(DEVICE), None, ctx, "triton")
     lone.add_delta(pk2)
@@ -221,14 +215,7 @@ def test_the_dense_path_replays_in_a_cuda_graph() -> None:
             y.copy_(y0)
             dense.apply(x, y, ds, plan)
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
+    g, _ = capture(step)
     for seed in range(3):
         x.copy_(torch.randn(M, n, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE))
         ids = torch.ones(M, dtype=torch.int64)

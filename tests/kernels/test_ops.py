@@ -19,7 +19,7 @@ from deltastore.codec import get_codec
 from deltastore.kernels import DeltaSet, plan_rows, ref_ops, triton_ops
 from deltastore.kernels.deltaset import F, plan_blocks
 
-from .kernel_testlib import DEVICE, encode_delta, packed_delta, rel
+from .kernel_testlib import DEVICE, encode_delta, every_layout_set, packed_delta, qkv_members, rel
 
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
@@ -39,11 +39,8 @@ def _valid_z(dset: DeltaSet, slot: int, z: torch.Tensor, pos: torch.Tensor) -> l
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [1, 3, 17])
 def test_shrink_expand_match_reference_every_layout(M: int, dtype: torch.dtype) -> None:
-    m, n = 75, 100  # groups of 64: 2 per row, the last one short; rows of 100 values pad to 128
-    W, pk, enc = packed_delta(m, n, dtype=dtype)
-    assert [v.bits for v, _ in pk.tiers] == [8, 4, 3, 2, 1]
-    ds = DeltaSet(n, [m], DEVICE)
-    ds.add([pk])
+    W, pk, enc, ds = every_layout_set(dtype)
+    m, n = W.shape
     g = torch.Generator().manual_seed(M)
     x = torch.randn(M, n, generator=g).to(dtype).to(DEVICE)
     ids = torch.zeros(M, dtype=torch.int64)
@@ -280,15 +277,12 @@ def test_a_delta_group_gives_each_member_what_it_gives_alone(M: int) -> None:
     """q/k/v-style members of one DeltaGroup (one shrink + one expand for all three) against
     three lone DeltaLinears, with the Triton kernels; the second and third members reuse the
     first's launch, and a changed input is recomputed, never served from the kept slices."""
-    from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
+    from deltastore.kernels import DeltaContext, DeltaLinear
 
     dtype = torch.bfloat16
     n, ms = 96, [64, 33, 40]
-    made = [packed_delta(m, n, seed=30 + i, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 2], [2, None]]) for i, m in enumerate(ms)]
     ctx = DeltaContext(1, default_id=0)
-    group = DeltaGroup(n, ms, DEVICE)
-    group.deltas.add([pk for _, pk, _ in made])
-    members = [DeltaLinear(W.to(DEVICE), None, ctx, "triton", group, i) for i, (W, _, _) in enumerate(made)]
+    group, members, made = qkv_members(n, ms, ctx, dtype=dtype)
     alone = []
     for W, pk, _ in made:
         lin = DeltaLinear(W.to(DEVICE), None, ctx, "triton")

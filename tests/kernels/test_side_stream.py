@@ -15,7 +15,7 @@ import torch
 from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
 from deltastore.kernels.linear import side_stream
 
-from .kernel_testlib import packed_delta
+from .kernel_testlib import capture, packed_delta
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the side stream exists only there)")
 
@@ -65,14 +65,7 @@ def test_side_stream_inside_a_cuda_graph() -> None:
     def step():
         return [m(static) for m in members] + [lone(static)]
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = step()
+    g, outs = capture(step)
     new = torch.randn(2, n, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16).cuda()
     static.copy_(new)
     g.replay()
