@@ -57,6 +57,19 @@ def to_bytes(enc: Encoded) -> bytes:
     return b"".join(parts)
 
 
+def to_parts(enc: Encoded) -> list:
+    """:func:`to_bytes`'s bytes as a list of buffers, in order: the magic, length and header as
+    one ``bytes``, then each array's bytes viewed in place (uint8 numpy views, no copy). For a
+    writer that hashes and writes buffers in turn (``ObjectDB.put_raw``): ``tobytes`` copied each
+    array with the GIL held (a fresh buffer's page faults included), and the join copied it again."""
+    head = enc.header_bytes()
+    parts: list = [MAGIC + struct.pack("<I", len(head)) + head]
+    for a in enc.arrays.values():
+        t = a.detach().contiguous().cpu()
+        parts.append(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    return parts
+
+
 def tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:

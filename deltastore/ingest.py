@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import codec as codecs
 from . import records
+from .codec.serialize import to_parts
 from .catalog import Lineage as LineageRow, Model, ObjectRow, Tag, Version, VersionObject, catalog_id, utcnow
 from .errors import BadInputError, BadSafetensorsError, BaseMismatchError, ConflictError
 from .lookup import next_number, resolve_version, version_info
@@ -270,7 +271,7 @@ def _encode_delta(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarray
         d = target.to(dev, torch.float32) - base_t.to(dev, torch.float32)
         dn = float(d.norm())
         rel = float((use.decode_delta(enc, device=dev) - d).norm()) / dn if dn else 0.0
-    put = store.objects.put_raw(codecs.to_bytes(enc), "delta", defer=True)
+    put = store.objects.put_raw(to_parts(enc), "delta", defer=True)  # the payload's arrays hashed and written in place
     return TensorEntry(**common, source="delta", object=put.oid, codec=use.codec_id, exact=use.lossless, rel_error=rel), put
 
 

@@ -141,9 +141,17 @@ class ObjectDB:
         return self._put(oid, "tensor", PLANES,
                          lambda f: planes.compress_parts(raw, width, f, rotate=is_float, level=ZSTD_LEVEL), len(raw), defer)
 
-    def put_raw(self, data: bytes, kind: str, *, defer: bool = False) -> PutResult:
-        """Already-compressed payloads (codec output): stored as they are, after the frame."""
-        return self._put(oid_of(data), kind, RAW, lambda f: [f, data], len(data), defer)
+    def put_raw(self, data: bytes | list, kind: str, *, defer: bool = False) -> PutResult:
+        """Already-compressed payloads (codec output): stored as they are, after the frame.
+        ``data``: one buffer, or a list of buffers that make the payload in turn (hashed and
+        written one after another, never joined: ``codec.serialize.to_parts``)."""
+        if not isinstance(data, list):
+            return self._put(oid_of(data), kind, RAW, lambda f: [f, data], len(data), defer)
+        parts = [memoryview(p).cast("B") for p in data]
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(p)  # hashlib releases the GIL for large buffers
+        return self._put("sha256:" + h.hexdigest(), kind, RAW, lambda f: [f, *parts], sum(p.nbytes for p in parts), defer)
 
     # -- reading -------------------------------------------------------------------------------
     def _frame(self, oid: str) -> tuple[str, int, memoryview]:
