@@ -324,8 +324,13 @@ def pack_counts(info: planes.StreamInfo, chunk_counts: list[np.ndarray]) -> np.n
     a bitmap of the contexts present (bit ``c % 32`` of word ``c // 32``), then the elements of
     each present context, ascending; ``chunk_counts``: each chunk's elements per context
     (int64[256]). Real weights have 20-40 exponents in a chunk: ~150 bytes a 1 MiB chunk."""
+    return _pack_counts(chunk_counts[: len(info.raw_lens)])
+
+
+def _pack_counts(chunk_counts: list[np.ndarray]) -> np.ndarray:
+    """:func:`pack_counts` of every chunk in ``chunk_counts``."""
     parts = []
-    for c in chunk_counts[: len(info.raw_lens)]:
+    for c in chunk_counts:
         present = c > 0
         bitmap = np.packbits(present, bitorder="little").view("<u4").astype(np.int64)
         parts += [bitmap, c[present]]
@@ -432,10 +437,9 @@ class Lossless(Codec):
 
                 stream = planes.compress_grouped(raw.size, width, split, level=self.level, chunk_bytes=GROUPED_CHUNK_BYTES)
                 meta, version = {"mode": "diff", "context": "exponent"}, 2
-                if self.context_counts:
-                    info = planes.read_info(memoryview(stream))
-                    starts = np.cumsum([0] + info.raw_lens).tolist()[:-1]
-                    arrays["counts"] = torch.from_numpy(pack_counts(info, [seen[lo] for lo in starts]))
+                if self.context_counts:  # each chunk's counts in stream order (the chunks compress_grouped made),
+                    step = max(width, GROUPED_CHUNK_BYTES - GROUPED_CHUNK_BYTES % width)  # not read back from the stream's table
+                    arrays["counts"] = torch.from_numpy(_pack_counts([seen[lo] for lo in range(0, raw.size, step)]))
                     version = 3
             elif self.by_exponent:  # the numpy reference: the same bytes
                 code = diff_code(raw, base_raw, width)
