@@ -722,6 +722,13 @@ def register_report() -> None:
     print(f"triton {triton.__version__}, sm_90")
     print("| kernel | bit widths | split | block (M x R x K or N) | warps / stages | registers, stack, local |")
     print("|---|---|---|---|---|---|")
+    # the dense path's dequant (kernels/dense.py): rows x values a program; "one group": a scale a row
+    sig_d = {"words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "svals_ptr": "*fp32", "items_ptr": "*i64", "out_ptr": "*bf16"}
+    for br, bc, g, one in ((dense.DENSE_BLOCK_R, dense.DENSE_BLOCK_C, False, True), (dense.DENSE_BLOCK_R, 256, False, False),
+                           (dense.DENSE_BLOCK_R, dense.DENSE_BLOCK_C, True, True)):
+        ce = dict(NFIELD=dense.NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=g, ONE_GROUP=one, **has([8, 3, 2]))
+        print(f"| dense dequant{' (gather)' if g else ''}{' (one group)' if one else ''} | [8, 3, 2] | - | {br} x {bc} | 4 / 2 | "
+              f"{usage(dense._dense_dequant_kernel, sig_d, ce, 4, 2, tuple(sig_d))} |", flush=True)
     tr, er = triton_ops.GEMV_TILE_R, triton_ops.GEMV_STEP_R
     for bits, bm, nw, ns in (([8, 3, 2], 1, 4, 3), ([2], 1, 4, 3), ([8, 3, 2], 4, 4, 3), ([8, 3, 2], 1, 8, 3)):
         ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, **has(bits))
