@@ -3,6 +3,7 @@
 the earlier rANS probe (benchmarks/probe_rans.py), alternating round by round.
 
     python benchmarks/probe_ctxcode.py FT_FILE [FT_FILE ...] [--repeat N] [--stages] [--c-kernel] [--out FILE]
+    python benchmarks/probe_ctxcode.py --pair PREV_FILE NEXT_FILE   (bytes only, a checkpoint series' step)
 
 A measurement, not a codec format. The coder (bf16 and fp16 words): ``z = zigzag(ordered(target)
 - ordered(base))`` as in the lossless codec; each ``z`` is a symbol (``z`` itself below 8, else its
@@ -805,13 +806,31 @@ def c_kernel(ft_file: Path, base: dict, repeat: int, say) -> None:
     say("")
 
 
+def pair_bytes(prev: Path, nxt: Path, say) -> None:
+    """Bytes only: checkpoint ``nxt`` against ``prev`` (a series' step, as the store chains it), v3
+    against this coder (its tables and lane counts included, the per-tensor envelope not)."""
+    a, b = load_file(str(prev)), load_file(str(nxt))
+    pairs = [(b[n], a[n]) for n in b if n in a and b[n].dtype == torch.bfloat16
+             and not torch.equal(b[n].view(torch.int16), a[n].view(torch.int16))]
+    nel = sum(t.numel() for t, _ in pairs)
+    ch = sum(int((t.view(torch.int16) != s.view(torch.int16)).sum()) for t, s in pairs)
+    v3 = sum(len(to_bytes(Lossless().encode(t, s))) for t, s in pairs)
+    cx = sum(encode(t.view(torch.uint16).reshape(-1).numpy(), s.view(torch.uint16).reshape(-1).numpy()).nbytes for t, s in pairs)
+    say(f"{nxt.parent.parent.name}: {nxt.parent.name} against {prev.parent.name}: {len(pairs)} tensors changed, "
+        f"{ch / nel:.2%} of their elements; v3 {v3 / MB:.3f} MB (payloads), this coder {cx / MB:.3f} MB "
+        f"(without the envelope) = {cx / v3:.2f}x v3.")
+    say("")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", type=Path, nargs="+", help="fine-tune model.safetensors files (bf16)")
+    ap.add_argument("files", type=Path, nargs="*", help="fine-tune model.safetensors files (bf16)")
     ap.add_argument("--base", type=Path, help="base HF dir (default: the zoo's SmolLM2 bf16)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--stages", action="store_true")
     ap.add_argument("--c-kernel", action="store_true", help="the lane kernel in C beside numba's (needs cc)")
+    ap.add_argument("--pair", type=Path, nargs=2, action="append", default=[], metavar=("PREV", "NEXT"),
+                    help="bytes only: checkpoint NEXT against PREV, v3 and this coder")
     ap.add_argument("--machine", default="dev VM (AMD EPYC, 2 cores, shared)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -838,8 +857,10 @@ def main(argv=None) -> int:
     pr.decode(pr.encode(w, w[::-1].copy()), w[::-1].copy(), np.empty_like(w))
     for f in args.files:
         measure(f, base, args.repeat, say, args.stages)
-    if args.c_kernel:
+    if args.c_kernel and args.files:
         c_kernel(args.files[0], base, max(args.repeat, 5), say)
+    for prev, nxt in args.pair:
+        pair_bytes(prev, nxt, say)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     return 0
