@@ -678,3 +678,45 @@ def _readonly(a: np.ndarray) -> np.ndarray:
         a.flags.writeable = False
     return a
 
+
+
+# -- zstd frames of a chunk decoded in one call ---------------------------------------------------
+# libzstd's functions are passed in as ctypes function pointers (codec._zstd.frame_functions):
+# numba calls them through the pointer it is given, so the compiled code stays cacheable and the
+# library is whichever this process loaded.
+
+
+@njit(cache=True, nogil=True)
+def _fill_frames(decompress, frame_size, is_error, dctx, src, dst, table):
+    """Each row ``(mode, at, size, dst_at, n)`` of ``table``: a zstd frame (mode 1: the first frame
+    of ``src[at : at + size]``, which must decode to exactly ``n`` bytes) or a stored plane (mode
+    0: ``size == n`` bytes copied) into ``dst[dst_at : dst_at + n]``. Returns -1 once all are in
+    place, else the index of the first row that is not (out of bounds, not a frame, another size,
+    another mode): the caller names the error."""
+    s0, d0 = src.ctypes.data, dst.ctypes.data
+    ns, nd = np.uint64(src.size), np.uint64(dst.size)
+    for i in range(table.shape[0]):
+        mode, at, size, dat, n = table[i, 0], table[i, 1], table[i, 2], table[i, 3], table[i, 4]
+        if at > ns or size > ns - at or dat > nd or n > nd - dat:
+            return i
+        if mode == 1:
+            one = frame_size(s0 + at, size)
+            if is_error(one) != 0:
+                return i
+            if decompress(dctx, d0 + dat, n, s0 + at, one) != n:
+                return i
+        elif mode == 0:
+            if size != n:
+                return i
+            for j in range(n):
+                dst[dat + j] = src[at + j]
+        else:
+            return i
+    return -1
+
+
+def fill_frames(functions, dctx: int, src: np.ndarray, dst: np.ndarray, table: list) -> int:
+    """:func:`_fill_frames` with ``table`` a flat list of its rows' ints (``src``, ``dst``: uint8,
+    1-D, C-contiguous): one call a chunk, with the GIL released for all its frames."""
+    rows = np.array(table, dtype=np.uint64).reshape(-1, 5)
+    return int(_fill_frames(*functions, np.uint64(dctx), _readonly(src), dst, rows))

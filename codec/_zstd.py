@@ -145,6 +145,31 @@ def decoder(fallback_dctx=None):  # noqa: ANN001
     return fast
 
 
+_FUNCTIONS: tuple = (None, None)  # (the library, its functions) last made
+
+
+def frame_functions():  # noqa: ANN201
+    """(decompressDCtx, findFrameCompressedSize, isError) of :func:`lib` as ctypes function
+    pointers with every pointer typed as an integer, for ``codec._numba.fill_frames`` to call
+    from compiled code (a chunk's frames in one call, GIL released); None without libzstd."""
+    global _FUNCTIONS
+    z = lib()
+    if z is None:
+        return None
+    if _FUNCTIONS[0] is not z:
+        size = ctypes.c_size_t
+        at = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        _FUNCTIONS = (z, (ctypes.CFUNCTYPE(size, size, size, size, size, size)(at(z.ZSTD_decompressDCtx)),
+                          ctypes.CFUNCTYPE(size, size, size)(at(z.ZSTD_findFrameCompressedSize)),
+                          ctypes.CFUNCTYPE(ctypes.c_uint, size)(at(z.ZSTD_isError))))
+    return _FUNCTIONS[1]
+
+
+def thread_dctx() -> int:
+    """This thread's libzstd decompression context (:func:`lib` must have loaded)."""
+    return _dctx(lib())
+
+
 def _check_range(src: np.ndarray, at: int, size: int, dst: np.ndarray, dst_at: int, n: int) -> None:
     if at < 0 or size < 0 or at + size > src.size or dst_at < 0 or n < 0 or dst_at + n > dst.size:
         raise CorruptPayloadError("zstd frame or its destination lies outside its buffer")

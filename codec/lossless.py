@@ -250,8 +250,20 @@ def chunk_planes(buf: np.ndarray, info: planes.StreamInfo, i: int, start: int) -
 def _fill_planes(buf: np.ndarray, pos: int, runs, out: np.ndarray) -> None:
     """Decode, one after another from ``buf[pos:]``, each run ``(modes, lengths, elements, first
     column)``'s planes into ``out[k, first : first + elements]`` (zstd in place, or a stored copy)."""
+    fx, n = planes.fast(), out.shape[1]
+    fns = (_zstd.frame_functions() if fx is not None and out.flags.c_contiguous and buf.ndim == 1 and buf.flags.c_contiguous
+           and buf.dtype == np.uint8 else None)
+    if fns is not None:  # every frame of the chunk in one compiled call, with the GIL released
+        table, at_ = [], pos
+        for modes, lens, m, at in runs:
+            for k, (mode, ln) in enumerate(zip(modes, lens)):
+                table += (mode, at_, ln, k * n + at, m)
+                at_ += ln
+        if fx.fill_frames(fns, _zstd.thread_dctx(), buf, out.reshape(-1), table) < 0:
+            return
+        # a run that is not right: decoded again below, one frame at a time, which names the error
     decode = _zstd.decoder(planes._thread_decompressor() if _zstd.lib() is None else None)
-    src, dst, n = _zstd.address(buf), _zstd.address(out), out.shape[1]
+    src, dst = _zstd.address(buf), _zstd.address(out)
     for modes, lens, m, at in runs:
         for k, (mode, ln) in enumerate(zip(modes, lens)):
             if mode == 1:
@@ -263,6 +275,8 @@ def _fill_planes(buf: np.ndarray, pos: int, runs, out: np.ndarray) -> None:
             else:
                 raise CorruptPayloadError(f"unknown plane mode {mode}")
             pos += ln
+    if fns is not None:
+        raise CorruptPayloadError("a plane does not decode")  # (the compiled call found it, the frame by frame decode did not)
 
 
 def decode_plain_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.ndarray, out: np.ndarray,
