@@ -656,10 +656,52 @@ def measure(ft_file: Path, base: dict, repeat: int, say, stages: bool) -> None:
         say("")
 
 
+@njit(cache=True, nogil=True)
+def encode_lanes(z, base, shift, cmask, symtab, etab, lanes, words, cap, lane_bits):
+    """:func:`encode_chunk` for any number of lanes (element i in lane i % lanes), one lane after
+    another (for --c-kernel's AVX2 kernels: 8 and 32 lanes)."""
+    n = z.size
+    sh, cm = np.uint64(shift), np.uint64(cmask)
+    for j in range(lanes):
+        acc, cnt, p = _U0, _U0, j * cap
+        for i in range(j, n, lanes):
+            acc, cnt, p = _put(z[i], base[i], sh, cm, symtab, etab, words, acc, cnt, p)
+        lane_bits[j] = (p - j * cap) * 32 + np.int64(cnt)
+        if cnt:
+            words[p] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+
+
+def lanes_chunks(c: Coded, t: np.ndarray, b: np.ndarray, lanes: int) -> list:
+    """Tensor ``t`` (coded as ``c``: its tables) in ``lanes`` lanes a chunk: (stream bytes + 8 zero
+    bytes, each lane's first bit as int32, bit counts) per chunk."""
+    lens, _ = c.lens
+    codes = np.zeros(lens.shape, np.uint32)
+    for k in range(lens.shape[0]):
+        canonical_codes(lens[k], MAXLEN, codes[k])
+    etab = np.zeros(256 * NSYM, np.uint64)
+    enc_table(c.cmap, codes, lens, NRAW, ZBASE, c.ctxs, etab)
+    z = np.empty(t.size, np.uint16)
+    diff_z(t, b, z)
+    out = []
+    for lo in range(0, t.size, CHUNK):
+        hi = min(t.size, lo + CHUNK)
+        cap = ((hi - lo) // lanes + 1) * MAXBITS // 32 + 2
+        words = np.empty(lanes * cap, np.uint32)
+        lb = np.zeros(lanes, np.int64)
+        encode_lanes(z[lo:hi], b[lo:hi], c.shift, c.cmask, SYMTAB, etab, lanes, words, cap, lb)
+        nbs = (lb + 7) // 8
+        buf = np.concatenate([words[j * cap:].view(np.uint8)[: nbs[j]] for j in range(lanes)] + [np.zeros(8, np.uint8)])
+        st = np.zeros(lanes, np.int32)
+        st[1:] = np.cumsum(nbs)[:-1] * 8
+        out.append((buf, st, lb))
+    return out
+
+
 #: --c-kernel: the same bf16 lane kernel in C (and the same with two chunks' lanes in one loop:
 #: eight independent chains), compiled at run time with the system's cc and called through ctypes:
 #: a measurement of whether numba's code or the design sets the speed, not a dependency.
 C_KERNEL = r"""#include <stdint.h>
+#include <immintrin.h>
 #include <string.h>
 static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 #define STEP(v, e, z, t) do { uint64_t tt_ = (e) >> 24, ln_ = ((e) >> 16) & 63; \
@@ -724,6 +766,52 @@ int64_t decode_bf16_x2(const uint8_t *b8, int64_t nb, const int64_t *starts, con
     ends[0] = b0; ends[1] = b1; ends[2] = b2; ends[3] = b3; ends[4] = c0; ends[5] = c1; ends[6] = c2; ends[7] = c3;
     return i;
 }
+/* 32 lanes (4 groups of 8): element i in lane i % 32; lane starts in bits (int32); fused undo.
+   Decodes n elements (n % 32 == 0) of a chunk whose buffer has >= 8 bytes of padding. */
+void decode32(const uint8_t *buf, const int32_t *starts, const uint16_t *base, int64_t n,
+              const uint32_t *dtab, uint16_t *out, int32_t *ends) {
+    __m256i bp0 = _mm256_loadu_si256((const __m256i *)(starts + 0));
+    __m256i bp1 = _mm256_loadu_si256((const __m256i *)(starts + 8));
+    __m256i bp2 = _mm256_loadu_si256((const __m256i *)(starts + 16));
+    __m256i bp3 = _mm256_loadu_si256((const __m256i *)(starts + 24));
+    const __m256i m7 = _mm256_set1_epi32(7), pm = _mm256_set1_epi32(2047), rm = _mm256_set1_epi32(0x7F80);
+    const __m256i m63 = _mm256_set1_epi32(63), one = _mm256_set1_epi32(1), mffff = _mm256_set1_epi32(0xFFFF);
+    const __m256i m7fff = _mm256_set1_epi32(0x7FFF), zero = _mm256_setzero_si256();
+#define GROUP(bp, off) do { \
+    __m256i y = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(base + i + (off)))); \
+    __m256i w = _mm256_i32gather_epi32((const int *)buf, _mm256_srli_epi32(bp, 3), 1); \
+    __m256i v = _mm256_srlv_epi32(w, _mm256_and_si256(bp, m7)); \
+    __m256i idx = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(y, rm), 4), _mm256_and_si256(v, pm)); \
+    __m256i e = _mm256_i32gather_epi32((const int *)dtab, idx, 4); \
+    __m256i tot = _mm256_srli_epi32(e, 24); \
+    __m256i ln = _mm256_and_si256(_mm256_srli_epi32(e, 16), m63); \
+    __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, tot), one); \
+    __m256i z = _mm256_and_si256(_mm256_add_epi32(e, _mm256_srlv_epi32(_mm256_and_si256(v, mask), ln)), mffff); \
+    bp = _mm256_add_epi32(bp, tot); \
+    /* undo: y ordered, + unzigzag(z), ordered back */ \
+    __m256i yo = _mm256_xor_si256(y, _mm256_and_si256(_mm256_sub_epi32(zero, _mm256_srli_epi32(y, 15)), m7fff)); \
+    __m256i d = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(zero, _mm256_and_si256(z, one))); \
+    __m256i o = _mm256_and_si256(_mm256_add_epi32(yo, d), mffff); \
+    o = _mm256_xor_si256(o, _mm256_and_si256(_mm256_sub_epi32(zero, _mm256_srli_epi32(o, 15)), m7fff)); \
+    __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(o), _mm256_extracti128_si256(o, 1)); \
+    _mm_storeu_si128((__m128i *)(out + i + (off)), p); \
+} while (0)
+    for (int64_t i = 0; i < n; i += 32) {
+        GROUP(bp0, 0); GROUP(bp1, 8); GROUP(bp2, 16); GROUP(bp3, 24);
+    }
+    _mm256_storeu_si256((__m256i *)(ends + 0), bp0); _mm256_storeu_si256((__m256i *)(ends + 8), bp1);
+    _mm256_storeu_si256((__m256i *)(ends + 16), bp2); _mm256_storeu_si256((__m256i *)(ends + 24), bp3);
+}
+/* the same with 8 lanes only (one group): latency-bound reference */
+void decode8(const uint8_t *buf, const int32_t *starts, const uint16_t *base, int64_t n,
+             const uint32_t *dtab, uint16_t *out, int32_t *ends) {
+    __m256i bp0 = _mm256_loadu_si256((const __m256i *)(starts + 0));
+    const __m256i m7 = _mm256_set1_epi32(7), pm = _mm256_set1_epi32(2047), rm = _mm256_set1_epi32(0x7F80);
+    const __m256i m63 = _mm256_set1_epi32(63), one = _mm256_set1_epi32(1), mffff = _mm256_set1_epi32(0xFFFF);
+    const __m256i m7fff = _mm256_set1_epi32(0x7FFF), zero = _mm256_setzero_si256();
+    for (int64_t i = 0; i < n; i += 8) { GROUP(bp0, 0); }
+    _mm256_storeu_si256((__m256i *)(ends + 0), bp0);
+}
 """
 
 
@@ -736,19 +824,24 @@ def c_kernel(ft_file: Path, base: dict, repeat: int, say) -> None:
     with tempfile.TemporaryDirectory() as d:
         src, so = Path(d) / "k.c", Path(d) / "k.so"
         src.write_text(C_KERNEL)
-        subprocess.run(["cc", "-O2", "-march=native", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+        subprocess.run(["cc", "-O2", "-march=native", "-mavx2", "-mbmi2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
         lib = ctypes.CDLL(str(so))
     P, I = ctypes.c_void_p, ctypes.c_int64
     lib.decode_bf16.argtypes = [P, I, P, P, I, P, P, P]
     lib.decode_bf16.restype = I
     lib.decode_bf16_x2.argtypes = [P, I, P, P, P, I, P, P, I, P, P, P, P]
     lib.decode_bf16_x2.restype = I
+    lib.decode32.argtypes = lib.decode8.argtypes = [P, P, P, I, P, P, P]
     ft = load_file(str(ft_file))
     names = sorted((n for n in ft if n in base and ft[n].dtype == torch.bfloat16), key=lambda n: -ft[n].numel())[:12]
     work = []  # (coded, chunk a, chunk b, target words of b): pairs of full chunks of one tensor
+    simd = []  # (coded, 4-lane chunk, 32-lane chunk, 8-lane chunk, base chunk, target chunk): full chunks
     for n in names:
         t, b = ft[n].view(torch.uint16).reshape(-1).numpy(), base[n].view(torch.uint16).reshape(-1).numpy()
         c = encode(t, b)
+        l32, l8 = lanes_chunks(c, t, b, 32), lanes_chunks(c, t, b, 8)
+        for k, lo in enumerate(range(0, b.size - CHUNK + 1, CHUNK)):
+            simd.append((c, c.chunks[k], l32[k], l8[k], b[lo: lo + CHUNK], t[lo: lo + CHUNK]))
         full = [k for k, lo in enumerate(range(0, b.size, CHUNK)) if lo + CHUNK <= b.size]
         for k in full[: len(full) // 2 * 2: 2]:
             chunk = []
@@ -789,6 +882,39 @@ def c_kernel(ft_file: Path, base: dict, repeat: int, say) -> None:
     o = np.empty(i, np.uint16)
     undo(zs2[:i], b[2][:i], o)
     assert np.array_equal(o, b[3][:i]), "C kernel: z differ"
+    out, e32 = np.empty(CHUNK, np.uint16), np.zeros(32, np.int32)
+    nsimd = CHUNK * len(simd)
+
+    def run_fused(kind: str) -> float:
+        """Kernel + undo over the full chunks: numba (4 lanes, then the undo pass) or AVX2 (gathers,
+        the undo in the same vectors)."""
+        tt = 0.0
+        for c, (b8, lb), x32, x8, bb, _ in simd:
+            d = expand_tables(c)
+            t0 = time.process_time()
+            if kind == "numba":
+                st = np.zeros(4, np.int64)
+                st[1:] = np.cumsum((lb + 7) // 8)[:3] * 8
+                decode_chunk(b8, st, bb, 0xFF << 7, MAXLEN - 7, d, zs, ends)
+                undo(zs, bb, out)
+            else:
+                x = x32 if kind == "avx2-32" else x8
+                (lib.decode32 if kind == "avx2-32" else lib.decode8)(x[0].ctypes.data, x[1].ctypes.data, bb.ctypes.data,
+                                                                      bb.size, d.ctypes.data, out.ctypes.data, e32.ctypes.data)
+            tt += time.process_time() - t0
+        return tt
+
+    for c, _, x32, x8, bb, tt_ in simd[:4]:  # the AVX2 kernels' output checked
+        d = expand_tables(c)
+        for f, x in ((lib.decode32, x32), (lib.decode8, x8)):
+            f(x[0].ctypes.data, x[1].ctypes.data, bb.ctypes.data, bb.size, d.ctypes.data, out.ctypes.data, e32.ctypes.data)
+            assert np.array_equal(out, tt_) and np.array_equal(e32[: x[1].size] - x[1], x[2]), "AVX2 kernel"
+    fused = {k: [] for k in ("numba", "avx2-32", "avx2-8")}
+    for k in fused:
+        run_fused(k)
+    for _ in range(repeat):
+        for k in fused:
+            fused[k].append(run_fused(k))
     res = {k: [] for k in ("numba", "c4", "c8")}
     for k in res:
         run(k)
@@ -803,6 +929,15 @@ def c_kernel(ft_file: Path, base: dict, repeat: int, say) -> None:
     for k, lab in (("numba", "numba (the probe's)"), ("c4", "C, gcc -O2 -march=native, 4 lanes"),
                    ("c8", "C, two chunks in one loop (8 independent chains)")):
         say(f"| {lab} | {min(res[k]) / nel * 1e9:.2f} | {statistics.median(res[k]) / nel * 1e9:.2f} |")
+    say("")
+    say(f"Kernel and undo together ({len(simd)} full chunks; AVX2: 8 lanes a vector, z gathered 32 bits at the "
+        f"lane's byte, the entry gathered, the undo in the same vectors; ns an element, best / median of {repeat}):")
+    say("")
+    say("| decode | ns / element, best | median |")
+    say("|---|---:|---:|")
+    for k, lab in (("numba", "numba: 4 lanes, then the undo pass"), ("avx2-32", "C AVX2 gathers, 32 lanes (4 vectors a step)"),
+                   ("avx2-8", "C AVX2 gathers, 8 lanes (one vector a step)")):
+        say(f"| {lab} | {min(fused[k]) / nsimd * 1e9:.2f} | {statistics.median(fused[k]) / nsimd * 1e9:.2f} |")
     say("")
 
 
