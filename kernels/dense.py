@@ -163,7 +163,10 @@ _RETIRED: list[torch.Tensor] = []
 def scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
     """The (device, dtype) scratch buffer, at least ``numel`` elements (made once, grown rarely;
     a replaced buffer is kept alive: a captured CUDA graph may still write into it)."""
-    key = (str(torch.device(device)), dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # ("cuda" and "cuda:0" share one buffer)
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (str(device), dtype)
     t = _SCRATCH.get(key)
     if t is None or t.numel() < numel:
         if t is not None:
