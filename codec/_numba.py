@@ -27,7 +27,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 _U0 = np.uint64(0)
 _U1 = np.uint64(1)
@@ -467,12 +469,13 @@ def exp_counts(base: np.ndarray, width: int, shift: int, bits: int) -> np.ndarra
 
 
 def ungroup_undiff_stored(planes: np.ndarray, base: np.ndarray, shift: int, bits: int, counts: np.ndarray,
-                          out: np.ndarray) -> bool:
+                          out: np.ndarray, *, summed: bool = False) -> bool:
     """:func:`ungroup_undiff` of 2-byte words with ``counts`` from the payload (format v3: no
     histogram of the base): False if they are not the base's (nothing else is trusted: see
-    :func:`_ungroup_undiff2_stored`). ``counts`` (int64[256]) must sum to the chunk's elements."""
+    :func:`_ungroup_undiff2_stored`). ``counts`` (int64[256]) must sum to the chunk's elements
+    (checked here unless ``summed``: the caller has checked it)."""
     n = planes.shape[1]
-    if n >= 1 << 31 or int(counts.sum()) != n:
+    if n >= 1 << 31 or (not summed and int(counts.sum()) != n):  # summed: the caller checked the sum
         raise ValueError("stored counts must sum to the chunk's elements (under 2**31)")
     return bool(_ungroup_undiff2_stored(planes[0], planes[1], base.view(np.uint16), np.uint16(shift),
                                         np.uint16((1 << bits) - 1), counts, out.view(np.uint16), _scratch16(2 * n)))
@@ -681,9 +684,47 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 # -- zstd frames of a chunk decoded in one call ---------------------------------------------------
-# libzstd's functions are passed in as ctypes function pointers (codec._zstd.frame_functions):
-# numba calls them through the pointer it is given, so the compiled code stays cacheable and the
-# library is whichever this process loaded.
+# libzstd's functions come in as addresses (codec._zstd.frame_functions: whichever library this
+# process loaded) and are called through them (the intrinsics below), so the compiled code stays
+# cacheable, and a call is typed by its uint64 arguments alone (numba types a ctypes function
+# object afresh on every call: tens of microseconds with the GIL held).
+
+
+@intrinsic
+def _call5(typingctx, fn, a, b, c, d, e):  # noqa: ANN001, ARG001
+    """``fn(a, b, c, d, e)``: a C function at address ``fn`` of five 64-bit integer arguments
+    (pointers, sizes) returning one (``size_t``)."""
+    sig = types.uint64(types.uint64, types.uint64, types.uint64, types.uint64, types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
+        i64 = ir.IntType(64)
+        f = builder.inttoptr(args[0], ir.FunctionType(i64, [i64] * 5).as_pointer())
+        return builder.call(f, list(args[1:]))
+    return sig, codegen
+
+
+@intrinsic
+def _call2(typingctx, fn, a, b):  # noqa: ANN001, ARG001
+    """``fn(a, b)``, as :func:`_call5` with two arguments."""
+    sig = types.uint64(types.uint64, types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
+        i64 = ir.IntType(64)
+        f = builder.inttoptr(args[0], ir.FunctionType(i64, [i64] * 2).as_pointer())
+        return builder.call(f, list(args[1:]))
+    return sig, codegen
+
+
+@intrinsic
+def _call1_u32(typingctx, fn, a):  # noqa: ANN001, ARG001
+    """``fn(a)`` of a C function returning an ``unsigned`` (32 bits), widened."""
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        f = builder.inttoptr(args[0], ir.FunctionType(i32, [i64]).as_pointer())
+        return builder.zext(builder.call(f, [args[1]]), i64)
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True)
@@ -692,18 +733,19 @@ def _fill_frames(decompress, frame_size, is_error, dctx, src, dst, table):
     of ``src[at : at + size]``, which must decode to exactly ``n`` bytes) or a stored plane (mode
     0: ``size == n`` bytes copied) into ``dst[dst_at : dst_at + n]``. Returns -1 once all are in
     place, else the index of the first row that is not (out of bounds, not a frame, another size,
-    another mode): the caller names the error."""
-    s0, d0 = src.ctypes.data, dst.ctypes.data
+    another mode): the caller names the error. ``decompress``, ``frame_size``, ``is_error``:
+    the addresses of libzstd's ZSTD_decompressDCtx, ZSTD_findFrameCompressedSize, ZSTD_isError."""
+    s0, d0 = np.uint64(src.ctypes.data), np.uint64(dst.ctypes.data)
     ns, nd = np.uint64(src.size), np.uint64(dst.size)
     for i in range(table.shape[0]):
         mode, at, size, dat, n = table[i, 0], table[i, 1], table[i, 2], table[i, 3], table[i, 4]
         if at > ns or size > ns - at or dat > nd or n > nd - dat:
             return i
         if mode == 1:
-            one = frame_size(s0 + at, size)
-            if is_error(one) != 0:
+            one = _call2(frame_size, s0 + at, size)
+            if _call1_u32(is_error, one) != 0:
                 return i
-            if decompress(dctx, d0 + dat, n, s0 + at, one) != n:
+            if _call5(decompress, dctx, d0 + dat, n, s0 + at, one) != n:
                 return i
         elif mode == 0:
             if size != n:
@@ -715,8 +757,9 @@ def _fill_frames(decompress, frame_size, is_error, dctx, src, dst, table):
     return -1
 
 
-def fill_frames(functions, dctx: int, src: np.ndarray, dst: np.ndarray, table: list) -> int:
+def fill_frames(functions: tuple[int, int, int], dctx: int, src: np.ndarray, dst: np.ndarray, table: list) -> int:
     """:func:`_fill_frames` with ``table`` a flat list of its rows' ints (``src``, ``dst``: uint8,
     1-D, C-contiguous): one call a chunk, with the GIL released for all its frames."""
     rows = np.array(table, dtype=np.uint64).reshape(-1, 5)
-    return int(_fill_frames(*functions, np.uint64(dctx), _readonly(src), dst, rows))
+    dec, size, err = functions
+    return int(_fill_frames(np.uint64(dec), np.uint64(size), np.uint64(err), np.uint64(dctx), _readonly(src), dst, rows))

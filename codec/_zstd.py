@@ -148,20 +148,17 @@ def decoder(fallback_dctx=None):  # noqa: ANN001
 _FUNCTIONS: tuple = (None, None)  # (the library, its functions) last made
 
 
-def frame_functions():  # noqa: ANN201
-    """(decompressDCtx, findFrameCompressedSize, isError) of :func:`lib` as ctypes function
-    pointers with every pointer typed as an integer, for ``codec._numba.fill_frames`` to call
-    from compiled code (a chunk's frames in one call, GIL released); None without libzstd."""
+def frame_functions() -> tuple[int, int, int] | None:
+    """The addresses of :func:`lib`'s ZSTD_decompressDCtx, ZSTD_findFrameCompressedSize and
+    ZSTD_isError, for ``codec._numba.fill_frames`` to call from compiled code (a chunk's frames
+    in one call, GIL released); None without libzstd."""
     global _FUNCTIONS
     z = lib()
     if z is None:
         return None
     if _FUNCTIONS[0] is not z:
-        size = ctypes.c_size_t
         at = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-        _FUNCTIONS = (z, (ctypes.CFUNCTYPE(size, size, size, size, size, size)(at(z.ZSTD_decompressDCtx)),
-                          ctypes.CFUNCTYPE(size, size, size)(at(z.ZSTD_findFrameCompressedSize)),
-                          ctypes.CFUNCTYPE(ctypes.c_uint, size)(at(z.ZSTD_isError))))
+        _FUNCTIONS = (z, (at(z.ZSTD_decompressDCtx), at(z.ZSTD_findFrameCompressedSize), at(z.ZSTD_isError)))
     return _FUNCTIONS[1]
 
 

@@ -318,7 +318,7 @@ def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.n
         lo, hi = dst[i], dst[i + 1]
         if stored is not None and width == 2:
             grouped = grouped_chunk_planes(buf, info, i, offs[i], stored[i])
-            if not fx.ungroup_undiff_stored(grouped, base_raw[lo:hi], shift, bits, stored[i], out[lo:hi]):
+            if not fx.ungroup_undiff_stored(grouped, base_raw[lo:hi], shift, bits, stored[i], out[lo:hi], summed=True):
                 raise CorruptPayloadError(_NOT_THE_BASE)
             return
         counts = fx.exp_counts(base_raw[lo:hi], width, shift, bits)
