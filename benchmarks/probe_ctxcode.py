@@ -232,7 +232,6 @@ def fill_row(lens, nraw, zbase, codes, dtab, row):
     | bits taken << 24) from one table's code lengths. False: not a prefix code that fits."""
     size = 1 << MAXLEN
     off = row * size
-    single = -1
     for s in range(lens.size):
         if lens[s] > MAXLEN:
             return False
