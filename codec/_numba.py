@@ -690,41 +690,36 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 # object afresh on every call: tens of microseconds with the GIL held).
 
 
-@intrinsic
-def _call5(typingctx, fn, a, b, c, d, e):  # noqa: ANN001, ARG001
-    """``fn(a, b, c, d, e)``: a C function at address ``fn`` of five 64-bit integer arguments
-    (pointers, sizes) returning one (``size_t``)."""
-    sig = types.uint64(types.uint64, types.uint64, types.uint64, types.uint64, types.uint64, types.uint64)
-
+def _c_call(nargs: int, ret_bits: int):  # noqa: ANN202
+    """The code of a call to the C function at address ``args[0]``, of ``nargs`` 64-bit integer
+    arguments (pointers, sizes) returning an unsigned integer of ``ret_bits`` bits, widened."""
     def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
         i64 = ir.IntType(64)
-        f = builder.inttoptr(args[0], ir.FunctionType(i64, [i64] * 5).as_pointer())
-        return builder.call(f, list(args[1:]))
-    return sig, codegen
+        f = builder.inttoptr(args[0], ir.FunctionType(ir.IntType(ret_bits), [i64] * nargs).as_pointer())
+        r = builder.call(f, list(args[1:]))
+        return r if ret_bits == 64 else builder.zext(r, i64)
+    return codegen
+
+
+_U64T = types.uint64
+
+
+@intrinsic
+def _call5(typingctx, fn, a, b, c, d, e):  # noqa: ANN001, ARG001
+    """``fn(a, b, c, d, e)`` of a C function returning ``size_t``."""
+    return _U64T(*[_U64T] * 6), _c_call(5, 64)
 
 
 @intrinsic
 def _call2(typingctx, fn, a, b):  # noqa: ANN001, ARG001
-    """``fn(a, b)``, as :func:`_call5` with two arguments."""
-    sig = types.uint64(types.uint64, types.uint64, types.uint64)
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
-        i64 = ir.IntType(64)
-        f = builder.inttoptr(args[0], ir.FunctionType(i64, [i64] * 2).as_pointer())
-        return builder.call(f, list(args[1:]))
-    return sig, codegen
+    """``fn(a, b)`` of a C function returning ``size_t``."""
+    return _U64T(_U64T, _U64T, _U64T), _c_call(2, 64)
 
 
 @intrinsic
 def _call1_u32(typingctx, fn, a):  # noqa: ANN001, ARG001
-    """``fn(a)`` of a C function returning an ``unsigned`` (32 bits), widened."""
-    sig = types.uint64(types.uint64, types.uint64)
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        f = builder.inttoptr(args[0], ir.FunctionType(i32, [i64]).as_pointer())
-        return builder.zext(builder.call(f, [args[1]]), i64)
-    return sig, codegen
+    """``fn(a)`` of a C function returning ``unsigned`` (32 bits)."""
+    return _U64T(_U64T, _U64T), _c_call(1, 32)
 
 
 @njit(cache=True, nogil=True)
