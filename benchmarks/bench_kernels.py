@@ -107,8 +107,8 @@ def expand_kw(k: dict) -> dict:
 
 
 def dense_kw(k: dict) -> dict:
-    """kernels/dense.py's dequant options from a configuration (keys dbr, dbc, g, dw, dt)."""
-    kw = dict(block_r=k.get("dbr"), block_c=k.get("dbc"), gather=k.get("g"), tiles=k.get("dt"))
+    """kernels/dense.py's dequant options from a configuration (keys dbr, dbc, g, dw)."""
+    kw = dict(block_r=k.get("dbr"), block_c=k.get("dbc"), gather=k.get("g"))
     if k.get("dw"):
         kw["num_warps"] = k["dw"]
     return kw
@@ -776,7 +776,7 @@ def main() -> None:
     ap.add_argument("--fused-cfgs", default="", help="--fused: a JSON list of configurations to try (default: the first, or SWEEP_FUSED with --sweep)")
     ap.add_argument("--no-dense", action="store_true", help="single-tenant cases: leave out the dense path (kernels/dense.py)")
     ap.add_argument("--dense-ab", action="store_true", help="the A/B of the tl.dot and dense paths only, single tenant (--cases M list)")
-    ap.add_argument("--dense-cfgs", default="[{}]", help="--dense-ab: dense dequant configurations (keys dbr, dbc, g, dw, dt) as a JSON list")
+    ap.add_argument("--dense-cfgs", default="[{}]", help="--dense-ab: dense dequant configurations (keys dbr, dbc, g, dw) as a JSON list")
     ap.add_argument("--rounds", type=int, default=3, help="--dense-ab: alternating rounds of base / dot / dense (median kept)")
     ap.add_argument("--warm", action="store_true", help="--dense-ab: only check each path once (compiles the kernels), no timing")
     ap.add_argument("--cases", default=ap_default_cases,

@@ -62,10 +62,6 @@ PAD = 64
 #: the dequant kernel's block: rows of one record (components) x values along a row
 DENSE_BLOCK_R = 16
 DENSE_BLOCK_C = 128
-#: column blocks a program walks (one item's header and scales loaded once; the next block's words
-#: in flight while one is written): one block a program left ~40k programs of ~2k values a layer,
-#: each a chain of dependent loads (item, words, scales), 217 us a 7B layer on the H200
-DENSE_TILES = int(os.environ.get("DELTASTORE_DENSE_TILES", "8"))
 #: the dequant kernel's unpack: False = each word loaded once and split in registers; True = per value
 DENSE_GATHER = False
 #: fields of a dequant item (one row block of one tier record's V^ or U^ half, or of pad rows)
@@ -217,36 +213,33 @@ if triton is not None:
 
     @triton.jit
     def _dense_dequant_kernel(words_ptr, scales_ptr, zeros_ptr, svals_ptr, items_ptr, out_ptr,
-                              NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
-                              GATHER: tl.constexpr, ONE_GROUP: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
-        """Program (run of TILES column blocks, item): BLOCK_R rows x BLOCK_C values of one item's
-        record a step, dequantized (times S for V^ rows: s_off >= 0), written in out's dtype at dst
-        (rows of ``length``); bits 0: zeros."""
+                              NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr,
+                              HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+        """Program (column block, item): BLOCK_R rows x BLOCK_C values of one item's record,
+        dequantized (times S for V^ rows: s_off >= 0), written in out's dtype at dst (rows of
+        ``length``); bits 0: zeros."""
         pc = tl.program_id(0)
         it = tl.program_id(1)
         ib = items_ptr + it * NFIELD
         q0, sz0, s_off, bits = tl.load(ib + 0), tl.load(ib + 1), tl.load(ib + 2), tl.load(ib + 3)
         nrows, L, gs, dst = tl.load(ib + 4), tl.load(ib + 5), tl.load(ib + 6), tl.load(ib + 7)
-        cb = pc * (BLOCK_C * TILES)
-        if cb >= L:
+        c0 = pc * BLOCK_C
+        if c0 >= L:
             return
         offs_r = tl.arange(0, BLOCK_R)
         r_ok = offs_r < nrows
         r64 = offs_r.to(tl.int64)
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        m2 = r_ok[:, None] & (offs_c < L)[None, :]
+        val = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, HAS8, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, HAS4, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, HAS3, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, HAS2, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
+        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, HAS1, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok & (s_off + 0 * offs_r >= 0), other=1.0)  # (a vector mask: the interpreter's)
-        nt = tl.minimum((L - cb + BLOCK_C - 1) // BLOCK_C, TILES)
-        for t in range(0, nt):
-            c0 = cb + t * BLOCK_C
-            offs_c = c0 + tl.arange(0, BLOCK_C)
-            m2 = r_ok[:, None] & (offs_c < L)[None, :]
-            val = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-            val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, HAS8, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-            val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, HAS4, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-            val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, HAS3, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-            val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, HAS2, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-            val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, HAS1, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-            val = val * sv[:, None]
-            tl.store(out_ptr + dst + r64[:, None] * L + offs_c[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
+        val = val * sv[:, None]
+        tl.store(out_ptr + dst + r64[:, None] * L + offs_c[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 #: the compiled dequant kernel of the latest launch (registers, spills: benchmarks read it)
@@ -254,20 +247,20 @@ LAST: dict[str, object] = {}
 
 
 def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | None = None, block_c: int | None = None,
-               gather: bool | None = None, num_warps: int = 4, tiles: int | None = None) -> DenseFactors:
+               gather: bool | None = None, num_warps: int = 4) -> DenseFactors:
     """One launch: slot ``slot``'s factors of every slice, dequantized into the scratch in
     ``dtype`` (V^ rows times S); returns views of them (valid until the next dequant on the device)."""
     triton_ops._need_triton()
     lay = layout(dset, slot, block_r)
-    br, bc, nt = int(block_r or DENSE_BLOCK_R), int(block_c or DENSE_BLOCK_C), int(tiles or DENSE_TILES)
+    br, bc = int(block_r or DENSE_BLOCK_R), int(block_c or DENSE_BLOCK_C)
     if bc % 32:
         raise KernelError(f"block_c must be a multiple of 32, got {bc}")
     buf = scratch(dset.device, dtype, lay.numel)
     K, ms = dset.in_features, dset.out_features
     if not lay.empty:
-        grid = (triton.cdiv(lay.max_length, bc * nt), lay.items.shape[0])
+        grid = (triton.cdiv(lay.max_length, bc), lay.items.shape[0])
         LAST["dequant"] = _dense_dequant_kernel[grid](dset.words, dset.scales, dset.zeros, dset.svals, lay.items, buf,
-                                                      NFIELD=NFD, BLOCK_R=br, BLOCK_C=bc, TILES=nt, GATHER=DENSE_GATHER if gather is None else gather,
+                                                      NFIELD=NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=DENSE_GATHER if gather is None else gather,
                                                       ONE_GROUP=dset.block_k % bc == 0,
                                                       **triton_ops._has(dset), num_warps=num_warps)
     v = buf[: lay.total_v_rows * K].view(lay.total_v_rows, K)
