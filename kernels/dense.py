@@ -54,14 +54,18 @@ if triton_ops.HAVE_TRITON:
 else:  # pragma: no cover - depends on the environment
     triton = None
 
-#: rows (of one fine-tune) from which the dense path serves a batch (0: never unless forced).
-#: Provisional: the H200 A/B (benchmarks/dense_ab_device.sh) sets it.
-DENSE_MIN_ROWS = int(os.environ.get("DELTASTORE_DENSE_MIN_ROWS", "64"))
+#: rows (of one fine-tune) from which the dense path serves a batch (0: never unless forced): every
+#: batch past the GEMV kernels' 4 rows. The H200 A/B (benchmarks/dense_ab_device.sh, a 7B layer) had
+#: it faster than the tl.dot kernels at every M measured, 5 to 256 rows.
+DENSE_MIN_ROWS = int(os.environ.get("DELTASTORE_DENSE_MIN_ROWS", "5"))
 #: each slice's components are padded to a multiple of this in the scratch (aligned GEMM operands)
 PAD = 64
-#: the dequant kernel's block: rows of one record (components) x values along a row
-DENSE_BLOCK_R = 16
+#: the dequant kernel's block: rows of one record (components) x values along a row, and its warps
+#: (H200, 7B layer, raw_h200/dense_ab_*: 32 x 128 on one warp 143 us; 16 x 128 on four 217-222;
+#: fewer warps faster at every block tried, 256 columns or a gather unpack slower)
+DENSE_BLOCK_R = 32
 DENSE_BLOCK_C = 128
+DENSE_WARPS = 1
 #: the dequant kernel's unpack: False = each word loaded once and split in registers; True = per value
 DENSE_GATHER = False
 #: fields of a dequant item (one row block of one tier record's V^ or U^ half, or of pad rows)
@@ -247,7 +251,7 @@ LAST: dict[str, object] = {}
 
 
 def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | None = None, block_c: int | None = None,
-               gather: bool | None = None, num_warps: int = 4) -> DenseFactors:
+               gather: bool | None = None, num_warps: int | None = None) -> DenseFactors:
     """One launch: slot ``slot``'s factors of every slice, dequantized into the scratch in
     ``dtype`` (V^ rows times S); returns views of them (valid until the next dequant on the device)."""
     triton_ops._need_triton()
@@ -262,7 +266,7 @@ def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | 
         LAST["dequant"] = _dense_dequant_kernel[grid](dset.words, dset.scales, dset.zeros, dset.svals, lay.items, buf,
                                                       NFIELD=NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=DENSE_GATHER if gather is None else gather,
                                                       ONE_GROUP=dset.block_k % bc == 0,
-                                                      **triton_ops._has(dset), num_warps=num_warps)
+                                                      **triton_ops._has(dset), num_warps=int(num_warps or DENSE_WARPS))
     v = buf[: lay.total_v_rows * K].view(lay.total_v_rows, K)
     u = [buf[o : o + p * m].view(p, m) if p else None for o, p, m in zip(lay.u_off, lay.padded, ms)]
     return DenseFactors(lay, v, u)
