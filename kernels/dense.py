@@ -250,13 +250,6 @@ if triton is not None:
 LAST: dict[str, object] = {}
 
 
-def reserve(dset: DeltaSet, slot: int, dtype: torch.dtype) -> None:
-    """Build the slot's layout and size the scratch on the current stream, so that a dequantize
-    launched on another stream (beside the base GEMM) allocates nothing there."""
-    lay = layout(dset, slot)
-    scratch(dset.device, dtype, lay.numel)
-
-
 def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | None = None, block_c: int | None = None,
                gather: bool | None = None, num_warps: int | None = None) -> DenseFactors:
     """One launch: slot ``slot``'s factors of every slice, dequantized into the scratch in

@@ -127,37 +127,6 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     return y, d
 
 
-def dense_beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], torch.Tensor],
-                 preference: KernelPreference | str = KernelPreference.AUTO) -> torch.Tensor | None:
-    """``base()`` plus the dense path's delta, added in place, with the dequant on
-    :func:`side_stream` while ``base()`` runs; None where the dense path does not serve this batch
-    or no side stream runs (the caller then goes on as before). ``DELTASTORE_DENSE_BESIDE=0``: off.
-
-    Why: the dequant reads no activations, so it can run while the base GEMM does; it is bound by
-    load latency (one warp a program), the GEMM by memory bandwidth. The scratch is sized and the
-    layout built on the current stream first; the next dequant (the next linear's) forks after this
-    one's GEMMs were queued, so it never overwrites factors still being read. Graph-safe (stream
-    waits only)."""
-    if os.environ.get("DELTASTORE_DENSE_BESIDE", "1") == "0":
-        return None
-    if resolve_preference(preference, x) is not KernelPreference.TRITON or not dense.use_dense(x.shape[0], dset, plan):
-        return None
-    slot = dense.dense_slot(dset, plan)
-    s = side_stream(x, preference)
-    if s is None or slot is None or dset.slot(slot) is None:
-        return None
-    dense.reserve(dset, slot, x.dtype)
-    main = torch.cuda.current_stream(x.device)
-    s.wait_stream(main)
-    with torch.cuda.stream(s):
-        f = dense.dequantize(dset, slot, x.dtype)
-    y = base()
-    main.wait_stream(s)
-    if f.layout.empty:
-        return y
-    return dense.expand(dense.shrink(x, f, plan), y, dset, f)
-
-
 def with_delta(y: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """float(y) + d rounded once to ``dtype``, in one kernel where y already has it (in place)."""
     return y.add_(d) if y.dtype == dtype else d.add_(y).to(dtype)
@@ -361,8 +330,7 @@ class DeltaGroup:
         if resolve_preference(preference, x2) is KernelPreference.TRITON and triton_ops.use_gemv(x2.shape[0], self.deltas):
             y, d = beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference)
             y = with_delta(y, d, x2.dtype)
-        elif (y := dense_beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference)) is None:
-            # the tl.dot expand, the dense path on one stream, or the torch op: into the base output in place
+        else:  # the tl.dot expand (or the torch op) adds into the base output in place
             y = apply_deltas(x2, self._base(x2, members), self.deltas, plan, preference)
         outs = {j: y[:, o : o + w] for j, (o, w) in enumerate(zip(self.deltas.col_offsets, self.deltas.out_features))}
         self._key = key
@@ -437,9 +405,7 @@ class DeltaLinear(nn.Module):
             if side is not None:  # float32(base) + delta, rounded once
                 y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference, side=side)
                 return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)
-            y2 = dense_beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference)
-            if y2 is None:
-                y2 = self.base_output(x2)  # one stream: the expand adds into the base output in place
-                apply_deltas(x2, y2, self.deltas, plan, self.preference)
+            y2 = self.base_output(x2)  # one stream: the expand adds into the base output in place
+            apply_deltas(x2, y2, self.deltas, plan, self.preference)
             return y2.to(x.dtype).reshape(*lead, self.out_features)
         return self.base_output(x2).to(x.dtype).reshape(*lead, self.out_features)
