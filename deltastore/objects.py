@@ -452,7 +452,7 @@ def _discard(data: bytes) -> None:
     object on the dev VM, on every base tensor of a fine-tune's add and checkout). Linux only;
     elsewhere, or below :data:`DISCARD_FROM`, nothing is done."""
     global _MADVISE
-    if len(data) < DISCARD_FROM:
+    if type(data) is not bytes or len(data) < DISCARD_FROM:  # (a backend may hand back another buffer type)
         return
     if _MADVISE is False:
         _MADVISE = None
