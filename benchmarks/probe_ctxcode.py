@@ -76,23 +76,7 @@ _U0, _U1 = np.uint64(0), np.uint64(1)
 _PM = np.uint64((1 << MAXLEN) - 1)
 
 
-def symbol_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(smallest z of each symbol, its raw-bit count, the symbol of each 16-bit z)."""
-    zbase, nraw = np.zeros(NSYM, np.int64), np.zeros(NSYM, np.int64)
-    for s in range(60):
-        if s >= 8:
-            bitlen = (s >> 2) + 2
-            nraw[s] = bitlen - 3
-            zbase[s] = (4 + (s & 3)) << nraw[s]
-        else:
-            zbase[s] = s
-    symtab = np.zeros(1 << 16, np.uint8)
-    for s in range(60):
-        symtab[zbase[s]: zbase[s] + (1 << nraw[s])] = s
-    return zbase, nraw, symtab
-
-
-ZBASE, NRAW, SYMTAB = symbol_tables()
+ZBASE, NRAW, SYMTAB = pr.ZBASE, pr.NRAW, pr.SYMTAB  # the rANS probe's 60-symbol alphabet
 
 
 @njit(cache=True, nogil=True, inline="always")
