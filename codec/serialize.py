@@ -50,11 +50,8 @@ def header_bytes(enc: Encoded) -> bytes:
 
 
 def to_bytes(enc: Encoded) -> bytes:
-    head = enc.header_bytes()
-    parts = [MAGIC, struct.pack("<I", len(head)), head]
-    for a in enc.arrays.values():
-        parts.append(tensor_bytes(a))
-    return b"".join(parts)
+    """The serialized payload: :func:`to_parts` joined."""
+    return b"".join(to_parts(enc))
 
 
 def to_parts(enc: Encoded) -> list:
@@ -68,13 +65,6 @@ def to_parts(enc: Encoded) -> list:
         t = a.detach().contiguous().cpu()
         parts.append(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return parts
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().contiguous().cpu()
-    if t.numel() == 0:
-        return b""
-    return t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.uint8 else t.numpy().tobytes()
 
 
 def _bad(msg: str) -> CorruptPayloadError:
