@@ -294,7 +294,7 @@ def decode_plain_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.nda
         lo, hi = dst[i], dst[i + 1]
         fx.join_undiff(chunk_planes(buf, info, i, offs[i]), base_raw[lo:hi], width, out[lo:hi])
 
-    planes._map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
+    planes._map_chunks(work, range(len(info.raw_lens)), threads)
 
 
 def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.ndarray, dtype: torch.dtype,
@@ -327,7 +327,7 @@ def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.n
         grouped = grouped_chunk_planes(buf, info, i, offs[i], counts)
         fx.ungroup_undiff(grouped, base_raw[lo:hi], width, shift, bits, counts, out[lo:hi])
 
-    planes._map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
+    planes._map_chunks(work, range(len(info.raw_lens)), threads)
 
 
 _NOT_THE_BASE = "lossless payload's context counts are not the base tensor's (another base tensor?)"

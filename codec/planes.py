@@ -201,12 +201,6 @@ class _Claims:
         return self.out
 
 
-def _map_bundled(work, n: int, chunk_bytes: int, threads: int | None) -> list:  # noqa: ANN001
-    """``[work(i) for i in range(n)]``, in order, as :func:`_map_chunks` (which hands out one
-    chunk at a time without a task each, so chunks need no bundling; ``chunk_bytes`` is unused)."""
-    return _map_chunks(work, range(n), threads)
-
-
 def _pool(n: int) -> ThreadPoolExecutor:
     """One long-lived pool per size. A new pool per call would start new threads, and glibc gives
     each new thread its own malloc arena: freed chunk buffers then pile up across arenas and the
@@ -505,7 +499,7 @@ def compress_grouped(
         grouped, counts = chunk(lo, min(lo + step, nbytes))
         return _compress_grouped_planes(grouped, counts, level, min_group)
 
-    chunks = _map_bundled(work, len(starts), step, threads)
+    chunks = _map_chunks(work, range(len(starts)), threads)
     return _pack_grouped(chunks, width, rotate, nbytes)
 
 
@@ -829,7 +823,7 @@ def decompress_grouped(data: bytes | memoryview, nbytes: int, counts, finish, *,
         c = counts(lo, hi)
         finish(lo, hi, _grouped_planes(_thread_decompressor(), buf, info, i, offs[i], c), c)
 
-    _map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
+    _map_chunks(work, range(len(info.raw_lens)), threads)
 
 
 def _chunk_contexts(info: StreamInfo, contexts: np.ndarray | None) -> list[np.ndarray | None]:
@@ -869,7 +863,7 @@ def decompress(
     def work(i: int) -> None:
         _decompress_chunk(buf, info, i, offs[i], out[dst[i] : dst[i + 1]], ctxs[i])
 
-    _map_bundled(work, len(info.raw_lens), info.raw_lens[0] if info.raw_lens else 0, threads)
+    _map_chunks(work, range(len(info.raw_lens)), threads)
     return out
 
 

@@ -72,9 +72,9 @@ def test_no_copy_refuses_what_copy_refuses():
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 16])
 @pytest.mark.parametrize("chunks", [1, 2, 5, 9, 33])
-def test_bundled_tasks_run_every_chunk_once_in_order(threads, chunks):
+def test_chunk_maps_run_every_chunk_once_in_order(threads, chunks):
     seen = []
-    got = planes._map_bundled(lambda i: seen.append(i) or i * i, chunks, 1 << 20, threads)
+    got = planes._map_chunks(lambda i: seen.append(i) or i * i, range(chunks), threads)
     assert got == [i * i for i in range(chunks)] and sorted(seen) == list(range(chunks))
 
 
