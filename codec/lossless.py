@@ -452,7 +452,7 @@ class Lossless(Codec):
                 stream = planes.compress_grouped(raw.size, width, split, level=self.level, chunk_bytes=GROUPED_CHUNK_BYTES)
                 meta, version = {"mode": "diff", "context": "exponent"}, 2
                 if self.context_counts:  # each chunk's counts in stream order (the chunks compress_grouped made),
-                    step = max(width, GROUPED_CHUNK_BYTES - GROUPED_CHUNK_BYTES % width)  # not read back from the stream's table
+                    step = planes.chunk_step(width, GROUPED_CHUNK_BYTES)  # not read back from the stream's table
                     arrays["counts"] = torch.from_numpy(_pack_counts([seen[lo] for lo in range(0, raw.size, step)]))
                     version = 3
             elif self.by_exponent:  # the numpy reference: the same bytes

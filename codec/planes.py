@@ -491,7 +491,7 @@ def compress_grouped(
         raise ValueError(f"element width {width} is not 1, 2, 4 or 8 bytes")
     if nbytes % width:
         raise ValueError(f"{nbytes} bytes is not a whole number of {width}-byte elements")
-    step = max(width, chunk_bytes - chunk_bytes % width)
+    step = chunk_step(width, chunk_bytes)
     starts = range(0, nbytes, step)
 
     def work(i: int) -> list[_Group]:
@@ -594,6 +594,12 @@ def compress_framed(
     return out
 
 
+def chunk_step(width: int, chunk_bytes: int) -> int:
+    """Bytes of raw data a chunk of a stream covers: ``chunk_bytes`` cut to whole ``width``-byte
+    elements, at least one (the last chunk may be shorter)."""
+    return max(width, chunk_bytes - chunk_bytes % width)
+
+
 def _elements(data: bytes | bytearray | memoryview | np.ndarray, width: int) -> np.ndarray:
     """``data`` as a flat uint8 array, checked to be whole ``width``-byte elements."""
     raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
@@ -606,7 +612,7 @@ def _elements(data: bytes | bytearray | memoryview | np.ndarray, width: int) -> 
 
 def _plain_chunks(raw: np.ndarray, width: int, rotate: bool, level: int, chunk_bytes: int, threads: int | None,
                   stored_as_bytes: bool, palette: bool = False) -> list[_Chunk]:
-    step = max(width, chunk_bytes - chunk_bytes % width)
+    step = chunk_step(width, chunk_bytes)
     work = lambda i: _compress_chunk(raw[i : i + step], width, rotate, level, stored_as_bytes, palette)  # noqa: E731
     return _map_chunks(work, range(0, raw.size, step), threads)
 
