@@ -471,6 +471,13 @@ def expand_tables(c: Coded) -> np.ndarray:
     return dtab
 
 
+def _lane_starts(lb: np.ndarray) -> np.ndarray:
+    """Bit offset of each of a chunk's 4 lanes in its stream (each lane padded to whole bytes)."""
+    starts = np.zeros(4, np.int64)
+    starts[1:] = np.cumsum((lb + 7) // 8)[:3] * 8
+    return starts
+
+
 def decode(c: Coded, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     dtab = expand_tables(c)
     rowmask, rowshift = c.cmask << c.shift, MAXLEN - c.shift
@@ -481,8 +488,7 @@ def decode(c: Coded, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     for k, lo in enumerate(range(0, b.size, CHUNK)):
         hi = min(b.size, lo + CHUNK)
         b8, lb = c.chunks[k]
-        starts = np.zeros(4, np.int64)
-        starts[1:] = np.cumsum((lb + 7) // 8)[:3] * 8
+        starts = _lane_starts(lb)
         decode_chunk(b8, starts, b[lo:hi], rowmask, rowshift, dtab, zs, ends)
         if not np.array_equal(ends.astype(np.int64) - starts, lb):
             raise ValueError(f"chunk {k}: lanes end at {ends.astype(np.int64) - starts}, expected {lb}")
@@ -497,8 +503,7 @@ def _kernel_only(c: Coded, b: np.ndarray) -> None:
     for k, lo in enumerate(range(0, b.size, CHUNK)):
         hi = min(b.size, lo + CHUNK)
         b8, lb = c.chunks[k]
-        starts = np.zeros(4, np.int64)
-        starts[1:] = np.cumsum((lb + 7) // 8)[:3] * 8
+        starts = _lane_starts(lb)
         decode_chunk(b8, starts, b[lo:hi], rowmask, rowshift, dtab, zs, ends)
 
 
