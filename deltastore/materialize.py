@@ -16,6 +16,7 @@ delta by the kernels there (:func:`tensor_on`; within one ulp of the CPU decode,
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import math
@@ -33,6 +34,7 @@ import torch
 
 from . import codec as codecs
 from .errors import BadInputError, CorruptObjectError, NotFoundError
+from .libc import function as libc_function
 from .manifest import FileEntry, TensorEntry
 from .objects import ObjectDB, oid_of
 from .pipeline import frozen_heap, ordered_map
@@ -455,17 +457,11 @@ def _libc_mmap():  # noqa: ANN202
     if _LIBC is False:
         _LIBC = None
         if _POPULATE and os.environ.get("DELTASTORE_CTYPES_MMAP", "").strip() != "0":
-            try:
-                import ctypes
-
-                libc = ctypes.CDLL(None, use_errno=True)
-                mm, um = libc.mmap, libc.munmap
-                mm.restype, mm.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                                                            ctypes.c_int, ctypes.c_long]
-                um.restype, um.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t]
+            mm = libc_function("mmap", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_int, ctypes.c_long)
+            um = libc_function("munmap", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+            if mm is not None and um is not None:
                 _LIBC = (mm, um, ctypes.c_void_p(-1).value, ctypes.get_errno)
-            except (OSError, AttributeError):
-                _LIBC = None
     return _LIBC
 
 

@@ -18,6 +18,7 @@ the stored size and frame first (``stored_problem``) and rewrites a torn one.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import hashlib
 import mmap
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from . import libc
 from .backend import Backend
 from .codec import planes
 from .codec.errors import CorruptPayloadError
@@ -441,7 +443,6 @@ class ObjectDB:
 
 #: buffers from this size up have their pages handed back before they are freed (:func:`_discard`)
 DISCARD_FROM = 16 << 20
-_MADVISE: object = False  # not looked up yet
 
 
 def _discard(data: bytes) -> None:
@@ -451,23 +452,11 @@ def _discard(data: bytes) -> None:
     ``munmap`` tore every page down with the GIL held (an object read whole: 0.125 s a GB of
     object on the dev VM, on every base tensor of a fine-tune's add and checkout). Linux only;
     elsewhere, or below :data:`DISCARD_FROM`, nothing is done."""
-    global _MADVISE
     if type(data) is not bytes or len(data) < DISCARD_FROM:  # (a backend may hand back another buffer type)
         return
-    if _MADVISE is False:
-        _MADVISE = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                f = ctypes.CDLL(None, use_errno=True).madvise
-                f.restype, f.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-                _MADVISE = (f, ctypes)
-            except (OSError, AttributeError):
-                _MADVISE = None
-    if _MADVISE is None:
+    madvise = libc.function("madvise", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if madvise is None:
         return
-    madvise, ctypes = _MADVISE
     addr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value  # the bytes' own buffer, not a copy
     page = mmap.PAGESIZE
     lo, hi = -(-addr // page) * page, (addr + len(data)) // page * page
