@@ -2,7 +2,8 @@
 
 Each stage's functions are wrapped (monkeypatched in this process only) with a timer of the
 calling thread's CPU time (``time.thread_time``: user + system, page faults included), nested:
-a stage's figure is its own time, less the stages it calls on the same thread. Work a stage
+a stage's figure is its own time, less the stages it calls on the same thread; beside it, the
+system part of that time and the minor page faults it took (``getrusage(RUSAGE_THREAD)``). Work a stage
 hands to another thread (the plane pool) is counted where it runs. The process's whole CPU time
 (``getrusage``) is given beside the sum, so what no stage covers (the GIL's hand-offs, the
 pool's futures, the backend's fsync thread, the interpreter) shows as "not in a stage".
@@ -11,7 +12,8 @@ pool's futures, the backend's fsync thread, the interpreter) shows as "not in a 
 
 The model is bench_scaling.py's (``--layers`` Llama-2-7B layers + embeddings, a fine-tune moving
 40% of the elements by a few ulps); ``--work`` is reused between runs (the model is made once).
-Every op runs in a fresh store (``add base`` first, timed too); the checkout is of the base.
+Every op runs in a fresh store (``add base`` first, timed too); ``checkout`` is of the base,
+``checkout_ft`` of the fine-tune (list it after ``add_ft``).
 ``--site DIR``: profile another install (``pip install --target DIR`` of another commit), warmed
 first as bench_scaling.py warms one.
 """
@@ -50,19 +52,26 @@ def wrap(owner, attr, name):
         stack = getattr(local, "stack", None)
         if stack is None:
             stack = local.stack = []
-        stack.append(0.0)
+        stack.append([0.0, 0.0, 0])
+        r0 = resource.getrusage(resource.RUSAGE_THREAD)
         t0 = time.thread_time()
         try:
             return fn(*a, **k)
         finally:
             dt = time.thread_time() - t0
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            ds, df = r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
             child = stack.pop()
             if stack:
-                stack[-1] += dt
+                stack[-1][0] += dt
+                stack[-1][1] += ds
+                stack[-1][2] += df
             with lock:
-                s = stats.setdefault(name, [0.0, 0])
-                s[0] += dt - child
+                s = stats.setdefault(name, [0.0, 0, 0.0, 0])
+                s[0] += dt - child[0]
                 s[1] += 1
+                s[2] += ds - child[1]
+                s[3] += df - child[2]
     setattr(owner, attr, timed)
 
 wrap(ingest, "_pread", "read (preadv into a pooled buffer)")
@@ -89,21 +98,49 @@ wrap(os, "pwrite", "checkout: pwrite")
 from deltastore import backend as _b
 wrap(_b.Backend, "_write_temp", "backend write (temp file)")
 wrap(_b.Backend, "get_range", "object read (ranged)")
+if hasattr(_b.Backend, "get_into"):
+    wrap(_b.Backend, "get_into", "object read (into a pooled buffer)")
 wrap(planes, "_decode_planes", "plane decode: zstd frames (python-zstandard)")
 
+running, stop = [], threading.Event()
+
+def sample():
+    # threads on a CPU ("R" in /proc/self/task/*/stat) every 20 ms: how many cores the op keeps busy over time
+    me = threading.get_native_id()
+    while not stop.wait(0.02):
+        n = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                    n += f.read().rsplit(b")", 1)[1].split()[0] == b"R" and int(tid) != me
+            except OSError:
+                pass
+        running.append((time.perf_counter(), n))
+
 st = deltastore.open(home)
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 if op == "add_base":
     st.add_base("m", base)
 elif op == "add_ft":
     st.add_finetune("ft", ft, base="m", codec="lossless")
+elif op == "checkout_ft":  # after add_ft
+    st.checkout("ft@v1", out)
 else:
     st.checkout("m@v1", out)
 wall = time.perf_counter() - t0
 r1 = resource.getrusage(resource.RUSAGE_SELF)
+stop.set()
+sampler.join()
+tenths = [[] for _ in range(int(wall * 4) + 1)]  # mean running threads a quarter second
+for t, n in running:
+    if t0 <= t <= t0 + wall:
+        tenths[int((t - t0) * 4)].append(n)
 cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 print(json.dumps({"op": op, "wall": wall, "cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
-                  "stages": stats}))
+                  "minflt": r1.ru_minflt - r0.ru_minflt,
+                  "stages": stats, "running": [round(sum(v) / len(v), 1) if v else None for v in tenths]}))
 """
 
 
@@ -145,6 +182,7 @@ def main() -> None:
         home.parent.mkdir(parents=True, exist_ok=True)
         res = {"add_base": run("add_base", home, base, ft, out, threads, args.site)}
         for op in ops:
+            shutil.rmtree(out, ignore_errors=True)
             res[op] = run(op, home, base, ft, out, threads, args.site)
         for op, r in res.items():
             if op == "add_base" and "add_base" not in ops:
@@ -152,13 +190,18 @@ def main() -> None:
             gb = nbytes / 1e9
             print(f"\n### {op}, {threads} thread(s): wall {r['wall']:.2f} s ({gb / r['wall']:.3f} GB/s), process CPU "
                   f"{r['cpu']:.2f} s (user {r['user']:.2f}, sys {r['sys']:.2f}) = {r['cpu'] / gb:.2f} CPU-s/GB; "
+                  f"{r.get('minflt', 0) / gb / 1e3:.0f}k minor faults/GB; "
                   f"load {os.getloadavg()[0]:.1f}\n")
-            print("| stage | CPU s | CPU s/GB | calls |\n|---|---:|---:|---:|")
-            total = 0.0
-            for name, (s, n) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
+            print("| stage | CPU s | CPU s/GB | of which system s/GB | minor faults / GB (thousands) | calls |\n"
+                  "|---|---:|---:|---:|---:|---:|")
+            total = tsys = 0.0
+            for name, (s, n, ss, nf) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
                 total += s
-                print(f"| {name} | {s:.2f} | {s / gb:.2f} | {n} |")
-            print(f"| not in a stage | {r['cpu'] - total:.2f} | {(r['cpu'] - total) / gb:.2f} | |")
+                tsys += ss
+                print(f"| {name} | {s:.2f} | {s / gb:.2f} | {ss / gb:.2f} | {nf / gb / 1e3:.0f} | {n} |")
+            print(f"| not in a stage | {r['cpu'] - total:.2f} | {(r['cpu'] - total) / gb:.2f} | {(r['sys'] - tsys) / gb:.2f} | | |")
+            if r.get("running"):
+                print(f"\nthreads running (mean over each quarter second): {' '.join(str(x) for x in r['running'])}")
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
 
