@@ -51,7 +51,8 @@ from .objects import ObjectDB, key_of
 from .protocols import Progress, StoreView, no_progress
 from .refs import check_name
 from .results import VersionInfo
-from .transfer import TRANSFER_WORKERS, RecordsSide, Side, StoreSide, TransferResult, check_object, transfer
+from .transfer import (TRANSFER_WORKERS, RecordsSide, Side, StoreSide, TransferResult, Unreadable, check_object, get_whole,
+                       transfer)
 
 REMOTES_NAME = "remotes.toml"
 REMOTES_MODE = 0o600
@@ -591,7 +592,11 @@ def repair(store: Any, remotes: list[str | Remote] | None = None, *, ref: str | 
 
 def _repair_one(store: Any, side: Side, r: Remote, x: Repair) -> None:
     key = key_of(x.oid)
-    data = side.backend.get(key)
+    try:
+        data = get_whole(side.backend, key)
+    except Unreadable as e:
+        x.notes.append(f"{r.label}'s copy is not usable ({e}); not used")
+        return
     if data is None:
         x.notes.append(f"{r.label} does not have it")
         return

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +45,7 @@ from .ingest import commit_version
 from .lookup import version_info
 from .maintenance import LeaseHandle, lease
 from .manifest import Manifest
-from .objects import ObjectDB, PutResult, key_of, parse_oid
+from .objects import MAX_DECODED, MAX_MANIFEST, ObjectDB, PutResult, key_of, parse_oid
 from .protocols import Progress, StoreView, no_progress
 from .refs import parse_ref
 from .results import VersionInfo
@@ -84,17 +86,52 @@ def put_checked(backend: Backend, key: str, data: bytes) -> None:
     backend.fs.pipe_file(f"{backend.root}/{key}", data, ContentMD5=md5)
 
 
-def get_whole(backend: Backend, key: str) -> bytes | None:
-    """An object's stored bytes in one request. (s3fs's ``cat_file`` first asks for the size, to
-    split large reads: a second round trip per object, which costs a third of a pull's time.)"""
+def stored_cap(logical: int) -> int:
+    """The most bytes an object that decodes to at most ``logical`` bytes can be stored in: zstd's
+    worst case (``ZSTD_compressBound``: 1/256 more), the frame and the plane chunk tables."""
+    return logical + logical // 64 + (1 << 20)
+
+
+#: the most bytes a stored object may hold (ObjectDB decodes none to more than MAX_DECODED)
+MAX_STORED = stored_cap(MAX_DECODED)
+#: the most bytes a stored manifest may hold
+MAX_STORED_MANIFEST = stored_cap(MAX_MANIFEST)
+
+
+class Unreadable(Exception):
+    """A key that holds more than it may, or that is not a plain file (a FIFO, a device): reading
+    it whole would exhaust memory, block, or never end. Callers turn it into their own error."""
+
+
+def read_at_most(backend: Backend, key: str, limit: int) -> bytes | None:
+    """A key's bytes in one request, never more than ``limit`` of them read; None when there is no
+    such key. Raises :class:`Unreadable` for a key that holds more, or (on disk) that is not a
+    plain file: what another store's folder or bucket holds is not trusted (a sparse 1 TiB file
+    named like a record, a FIFO named like an object)."""
     if backend.local:
-        return backend.get(key)
-    try:
-        return backend.fs.cat_file(f"{backend.root}/{key}", max_concurrency=1)
-    except TypeError:  # a filesystem without that knob
-        return backend.get(key)
-    except FileNotFoundError:
-        return None
+        try:
+            fd = os.open(backend._path(key), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Unreadable(f"{key} is not a plain file")
+            if st.st_size > limit:
+                raise Unreadable(f"{key} holds {st.st_size} bytes, more than the {limit} it may")
+            data = f.read(limit + 1)
+    else:
+        data = backend.get_range(key, 0, limit + 1)
+    if data is not None and len(data) > limit:
+        raise Unreadable(f"{key} holds more than the {limit} bytes it may")
+    return data
+
+
+def get_whole(backend: Backend, key: str, limit: int = MAX_STORED) -> bytes | None:
+    """An object's stored bytes in one request (a ranged GET: s3fs's ``cat_file`` without a
+    range first asks for the size, to split large reads, a second round trip per object that
+    cost a third of a pull's time), at most ``limit`` of them (:func:`read_at_most`)."""
+    return read_at_most(backend, key, limit)
 
 
 def sizes_of(backend: Backend, oids: list[str], pool: ThreadPoolExecutor) -> list[int | None]:
@@ -159,7 +196,10 @@ def copy_objects(src: "Side", dst: "Side", oids: list[str], *, progress: Progres
 
         def one(oid: str) -> None:
             key = key_of(oid)
-            data = get_whole(src.backend, key)
+            try:
+                data = get_whole(src.backend, key)
+            except Unreadable as e:
+                raise CorruptObjectError(oid, f"{e} (the copy on {src.label}; run `deltastore verify` there)") from None
             if data is None:
                 raise ObjectMissingError(oid, f"{src.label} lacks object {oid} that a version there needs "
                                               "(run `deltastore verify` there)")
@@ -320,6 +360,14 @@ class RecordsSide:
         self._versions: dict[str, dict[int, VersionInfo]] = {}
 
     # -- reading records (nothing read from a remote is trusted: records.py checks every field) --
+    def _get(self, key: str) -> bytes | None:
+        """A record's bytes; a key holding more than a record may (or not a plain file) is one
+        RemoteError naming it, never read whole."""
+        try:
+            return read_at_most(self.backend, key, records.MAX_RECORD)
+        except Unreadable as e:
+            raise RemoteError(f"{self.label}: record {e}; not a record deltastore writes") from None
+
     def _info(self, key: str, data: bytes | None) -> VersionInfo:
         try:
             d = records.parse_version(key, data)
@@ -334,7 +382,7 @@ class RecordsSide:
                 name = key.rsplit("/", 1)[-1]
                 if not (name.startswith("v") and name.endswith(".json") and name[1:-5].isdigit()):
                     continue
-                data = self.backend.get(key)
+                data = self._get(key)
                 if data is not None:  # removed since the listing
                     info = self._info(key, data)
                     out[info.number] = info
@@ -345,7 +393,7 @@ class RecordsSide:
         out: dict[str, int] = {}
         for key in self.backend.list(f"{records.PREFIX}/tags/{model}"):
             if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
-                data = self.backend.get(key)
+                data = self._get(key)
                 if data is None:
                     continue
                 try:
@@ -421,7 +469,7 @@ class RecordsSide:
                 self._versions.setdefault(src.model, {})[number] = info
                 return info
             key = records.version_key(src.model, number)  # another writer took it
-            data = self.backend.get(key)
+            data = self._get(key)
             if data is not None and (other := self._info(key, data)).manifest == src.manifest:
                 return other  # the same version, pushed at once
             number += 1
@@ -480,6 +528,19 @@ class TransferResult:
         return d
 
 
+def read_manifest(src: Side, oid: str) -> bytes:
+    """A manifest's logical bytes from ``src``, checked against its id, its stored bytes read
+    only up to what a manifest may hold (``MAX_MANIFEST``)."""
+    key = key_of(oid)
+    try:
+        data = read_at_most(src.backend, key, MAX_STORED_MANIFEST)
+    except Unreadable as e:
+        raise CorruptObjectError(oid, f"{e} (the copy on {src.label})") from None
+    if data is None:
+        raise ObjectMissingError(oid, f"{src.label} lacks manifest {oid} that a version there names")
+    return ObjectDB(_OneObject(key, data)).get(oid, verify=True)  # type: ignore[arg-type]
+
+
 def chain_of(src: Side, ref: str) -> list[tuple[VersionInfo, Manifest]]:
     """The version REF names and its bases, base first; each manifest fetched and re-hashed, and
     each record's base checked against what its manifest says."""
@@ -491,7 +552,7 @@ def chain_of(src: Side, ref: str) -> list[tuple[VersionInfo, Manifest]]:
             raise RemoteError(f"{src.label}: the base chain of {ref} loops at {info.ref}")
         seen.add(info.ref)
         try:
-            man = Manifest.from_json(src.objects.get(info.manifest))
+            man = Manifest.from_json(read_manifest(src, info.manifest), info.manifest)
         except ValueError as e:
             if isinstance(e, CorruptObjectError):
                 raise

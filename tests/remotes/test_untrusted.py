@@ -1,0 +1,110 @@
+"""A remote someone else controls, or a damaged one: what it holds is not trusted. A record, a
+manifest or an object that is huge, or a FIFO where a file should be, is one clear error naming
+it, read no further than what such a thing may hold, with nothing changed here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from deltastore.errors import CorruptObjectError, RemoteError
+from deltastore.objects import key_of
+
+from ..conftest import tree_hashes
+
+TIB = 1 << 40
+
+
+class Hung(Exception):
+    """Raised by the alarm: the operation blocked."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    def boom(*_):
+        raise Hung(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _state(st) -> tuple:
+    """What a user relies on here: every object, every version (its manifest, its tags)."""
+    return (sorted(st.objects.all_oids()),
+            [(v.ref, v.manifest, tuple(v.tags)) for m in st.models() for v in st.versions(m.name)])
+
+
+def _sparse(p: Path, size: int = TIB) -> None:
+    """A file claiming ``size`` bytes (sparse: no disk used); read whole it would exhaust memory."""
+    if p.exists():
+        os.chmod(p, 0o644)
+    with open(p, "ab") as f:
+        f.truncate(size)
+
+
+def _pushed(source, tmp_path: Path, ref: str = "f") -> Path:
+    url = tmp_path / "remote"
+    source.push(ref, str(url))
+    return url
+
+
+def test_huge_record_is_refused(source, other, tmp_path: Path) -> None:
+    url = _pushed(source, tmp_path)
+    _sparse(url / "catalog" / "versions" / "f" / "v7.json")
+    before = _state(other)
+    with deadline(20), pytest.raises(RemoteError, match="catalog/versions/f/v7.json"):
+        other.pull("f@v1", str(url))
+    _sparse(url / "catalog" / "tags" / "b" / "prod.json")
+    with deadline(20), pytest.raises(RemoteError, match="catalog/tags/b/prod.json"):
+        other.pull("b@v1", str(url))
+    assert _state(other) == before
+
+
+def test_fifo_record_does_not_block(source, other, tmp_path: Path) -> None:
+    url = _pushed(source, tmp_path, "b")
+    os.mkfifo(url / "catalog" / "versions" / "b" / "v5.json")  # opened for reading, it waits for a writer forever
+    before = _state(other)
+    with deadline(20), pytest.raises(RemoteError, match="v5.json is not a plain file"):
+        other.pull("b@v1", str(url))
+    assert _state(other) == before
+
+
+def test_huge_manifest_is_refused(source, other, tmp_path: Path) -> None:
+    url = _pushed(source, tmp_path, "b")
+    man = source.resolve("b").manifest
+    _sparse(url / key_of(man))
+    before = _state(other)
+    with deadline(20), pytest.raises(CorruptObjectError, match=man):
+        other.pull("b@v1", str(url))
+    assert _state(other) == before
+
+
+def test_huge_or_fifo_object_is_refused(source, other, models, tmp_path: Path) -> None:
+    url = _pushed(source, tmp_path, "b")
+    oid = sorted(t.object for _, t in source.manifest("b").tensors() if t.object)[0]
+    p = url / key_of(oid)
+    good = p.read_bytes()
+    _sparse(p)
+    before = _state(other)
+    with deadline(20), pytest.raises(CorruptObjectError, match=oid):
+        other.pull("b@v1", str(url))
+    assert _state(other)[1] == before[1]  # no version: objects that checked out may stay, unreferenced
+    os.remove(p)
+    os.mkfifo(p)
+    with deadline(20), pytest.raises(CorruptObjectError, match=f"{oid}.*not a plain file"):
+        other.pull("b@v1", str(url))
+    assert _state(other)[1] == before[1]
+    os.remove(p)
+    p.write_bytes(good)  # mended: the pull completes, byte-exact
+    other.pull("b@v1", str(url))
+    other.checkout("b@v1", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(models.base) and other.verify().ok
