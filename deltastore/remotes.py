@@ -330,6 +330,12 @@ def open_remote(remote: Remote, store_cls: Callable[..., Any] | None, *, write: 
                 raise RemoteError(f"{remote.label}: its catalog {safe_url(cfg.db_url)}: {_why(e)}") from None
         opened = OpenRemote(remote, StoreSide(st, remote.label), state, st)
     else:
+        if write and not backend.capabilities.conditional_put:
+            # its records are its catalog: two pushers of one NAME would overwrite each other's
+            # version (and Backend.put_if_absent refuses, after every object had been sent)
+            raise RemoteError(f"{remote.label}: this storage cannot create a file only if it is absent, which a "
+                              "remote without a catalog needs to number versions safely; give it a catalog (--db), "
+                              "or use a directory or S3")
         opened = OpenRemote(remote, RecordsSide(backend, remote.label), state)
     try:
         yield opened

@@ -108,3 +108,19 @@ def test_huge_or_fifo_object_is_refused(source, other, models, tmp_path: Path) -
     other.pull("b@v1", str(url))
     other.checkout("b@v1", tmp_path / "out")
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.base) and other.verify().ok
+
+
+def test_push_to_storage_without_conditional_create(source, tmp_path: Path) -> None:
+    """A bare remote numbers versions with create-if-absent; storage without it (fsspec's memory
+    filesystem here) is refused before anything is sent, not with a traceback after every object was."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    url = f"memory://deltastore-test/{tmp_path.name}"
+    try:
+        with pytest.raises(RemoteError, match=f"remote {url}.*--db"):
+            source.push("b", url)
+        assert not fs.exists(f"/deltastore-test/{tmp_path.name}") or fs.find(f"/deltastore-test/{tmp_path.name}") == []
+    finally:
+        if fs.exists(f"/deltastore-test/{tmp_path.name}"):
+            fs.rm(f"/deltastore-test/{tmp_path.name}", recursive=True)
