@@ -108,7 +108,7 @@ def _tensor(d: object, where: str) -> "TensorEntry":
     exact = d.get("exact", True)
     _want(isinstance(exact, bool), f"{where}: exact is not true/false")
     rel = d.get("rel_error")
-    _want(rel is None or (type(rel) in (int, float)), f"{where}: rel_error is not a number")
+    _want(rel is None or (type(rel) in (int, float) and abs(rel) <= 1e300), f"{where}: rel_error is not a number (at most 1e300)")
     if source == "tensor":
         _want(obj == "sha256:" + sha, f"{where}: a tensor object is named by the tensor's sha256")
     elif source == "delta":
@@ -210,6 +210,14 @@ class Manifest:
             for f in files:
                 _want(f.path not in paths, f"path {f.path[:200]!r} is listed twice")
                 paths.add(f.path)
+            # a file whose name is another file's folder ("a" and "a/b"): no checkout can write both.
+            # With "/" sorted below every other character (paths hold no control characters), a
+            # folder's files come right after it: one pass over neighbours, whatever the depth
+            keys = sorted(p.replace("/", "\0") for p in paths)
+            for a, b in zip(keys, keys[1:]):
+                _want(not b.startswith(a + "\0"),
+                      f"path {a.replace(chr(0), '/')[:200]!r} is a file and the folder of {b.replace(chr(0), '/')[:200]!r}")
+            for f in files:
                 for t in f.tensors:
                     _want(t.name not in names, f"tensor {t.name[:100]!r} is listed twice")
                     names.add(t.name)

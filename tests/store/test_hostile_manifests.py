@@ -1,0 +1,88 @@
+"""A manifest planted in a shared bucket (and a catalog row naming it) is refused with one store
+error naming what is wrong, before anything is written: never a raw OverflowError or OSError,
+never a half-written checkout folder, nothing outside OUT."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from deltastore.catalog import Model, Version
+from deltastore.errors import CorruptObjectError
+
+from ..conftest import llama_like, write_model
+
+
+@pytest.fixture
+def planted(store, tmp_path: Path):
+    """A store with one base, and ``plant(manifest dict)``: that manifest as an object, named by
+    the base's catalog row, as anyone with write access to the bucket and catalog could do."""
+    store.add_base("b", write_model(tmp_path / "b", llama_like(0, hidden=16, layers=1)))
+    good = json.loads(store.objects.get(store.resolve("b").manifest))
+
+    def plant(man: dict) -> str:
+        oid = store.objects.put_bytes(json.dumps(man).encode(), "manifest").oid
+        with store.Session.begin() as s:
+            v = s.scalar(select(Version).join(Model).where(Model.name == "b"))
+            v.manifest = oid
+        store._manifest_cache.clear()
+        return oid
+
+    return store, good, plant
+
+
+def files_under(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def test_a_rel_error_too_large_for_a_float_is_a_corrupt_manifest(planted, tmp_path: Path) -> None:
+    """JSON integers have no bound: one of 400 digits used to raise OverflowError from float()."""
+    store, good, plant = planted
+    man = copy.deepcopy(good)
+    man["files"][1]["tensors"][0]["rel_error"] = 10**400
+    plant(man)
+    before = files_under(tmp_path)
+    for op in (lambda: store.checkout("b", tmp_path / "out"), lambda: store.state_dict("b"), lambda: store.verify("b")):
+        try:
+            got = op()
+        except CorruptObjectError as e:
+            assert "rel_error" in str(e)
+        else:  # verify reports instead of raising
+            assert not got.ok and "rel_error" in got.problems[0].what
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_file_that_is_also_a_folder_is_refused_before_writing(planted, tmp_path: Path, first: bool) -> None:
+    """"config.json" and "config.json/x" in one manifest: checkout used to write one, then fail
+    with a raw FileExistsError or IsADirectoryError, leaving a half-written folder."""
+    store, good, plant = planted
+    man = copy.deepcopy(good)
+    other = copy.deepcopy(man["files"][0]) | {"path": "config.json/x"}
+    man["files"].insert(0 if first else 1, other)
+    plant(man)
+    out = tmp_path / "out"
+    with pytest.raises(CorruptObjectError, match="'config.json' is a file and the folder of 'config.json/x'"):
+        store.checkout("b", out)
+    assert not out.exists()
+
+
+def test_deep_folders_are_checked_without_quadratic_work(planted) -> None:
+    """The folder check reads each path once (sorted), however deep: 20,000 files 1,000 folders
+    deep parse, and one of them that is also a folder is still found."""
+    from deltastore.manifest import Manifest
+
+    _, good, _ = planted
+    man = copy.deepcopy(good)
+    blob = man["files"][0]
+    deep = "/".join(["d"] * 1000)
+    man["files"] = [blob | {"path": f"{deep}/f{i}"} for i in range(20_000)]
+    Manifest.from_json(json.dumps(man).encode())
+    man["files"].append(blob | {"path": f"{deep}/f7/x"})
+    with pytest.raises(CorruptObjectError, match="is a file and the folder of"):
+        Manifest.from_json(json.dumps(man).encode())
+
