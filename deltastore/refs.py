@@ -14,6 +14,8 @@ from .errors import BadNameError, UnknownRefError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _VERSION = re.compile(r"^v(\d+)$")
 _HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
+#: version numbers are positive and below 2**31 (the catalog's integer column, ``records``' bound)
+MAX_VERSION = (1 << 31) - 1
 
 
 def check_name(name: str, what: str = "model name") -> str:
@@ -66,7 +68,10 @@ def parse_ref(text: str) -> Ref:
             raise UnknownRefError(f"bad REF {text!r}: nothing after '@'")
         return Ref(name, latest=True)
     if m := _VERSION.match(rev):
-        return Ref(name, version=int(m.group(1)))
+        digits = m.group(1).lstrip("0") or "0"
+        if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:  # before int(): 5,000 digits raise
+            raise UnknownRefError(f"bad REF {text[:80]!r}: version number too large (at most {MAX_VERSION})")
+        return Ref(name, version=int(digits))
     if m := _HEX.match(rev):
         # a tag may also look like hex; the resolver tries tags first
         return Ref(name, manifest_prefix=m.group(1), tag=rev)
