@@ -385,9 +385,12 @@ class RebuildReport:
     objects: int
     #: records that could not be used (manifest gone, base gone), each "key: why"
     skipped: list[str] = field(default_factory=list)
+    #: records whose base disagreed with their manifest's, imported with the manifest's, each "key: why"
+    corrected: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"versions": self.versions, "tags": self.tags, "objects": self.objects, "skipped": self.skipped}
+        return {"versions": self.versions, "tags": self.tags, "objects": self.objects, "skipped": self.skipped,
+                "corrected": self.corrected}
 
 
 def rebuild(store: StoreView) -> RebuildReport:
@@ -411,6 +414,9 @@ def rebuild(store: StoreView) -> RebuildReport:
     recs.sort(key=lambda r: (r["created_at"], r["model"], r["number"]))
     retired = read_retired(store.backend)
     ids: dict[str, int] = {}
+    manifests: dict[str, str] = {}  # imported REF -> its manifest id
+    by_manifest: dict[str, str] = {}  # manifest id -> the first imported REF with it
+    corrected: list[str] = []
     adopted: list[dict[str, Any]] = []
     seen: set[str] = set()
     ntags = 0
@@ -425,12 +431,24 @@ def rebuild(store: StoreView) -> RebuildReport:
             except ObjectMissingError:
                 skipped.append(f"{r['key']}: its manifest {r['manifest']} is not on the backend")
                 continue
-            base_id = None
-            if r.get("base"):
-                if r["base"] not in ids:
-                    skipped.append(f"{r['key']}: its base {r['base']} has no usable record")
+            # the version's base is the one its manifest deltas against (content-addressed, so it
+            # cannot lie), not whatever its record says: the catalog's lineage is what rm protects,
+            # so a record naming another base would let rm and gc take objects this version needs
+            named = r.get("base")
+            if man.base is None:
+                base_ref = None
+            elif named is not None and manifests.get(named) == man.base:
+                base_ref = named
+            else:
+                base_ref = by_manifest.get(man.base)
+                if base_ref is None:
+                    skipped.append(f"{r['key']}: its base {named or man.base} has no usable record")
                     continue
-                base_id = ids[r["base"]]
+            if base_ref != named:
+                corrected.append(f"{r['key']}: names base {named or 'none'}, but its manifest's base is "
+                                 f"{base_ref or 'none'}'s: imported with {base_ref or 'no base'}")
+                r = {**r, "base": base_ref, "kind": "base" if base_ref is None else "finetune", "corrected": True}
+            base_id = None if base_ref is None else ids[base_ref]
             m = models.get(r["model"])
             if m is None:
                 m = models[r["model"]] = Model(name=r["model"])
@@ -444,6 +462,8 @@ def rebuild(store: StoreView) -> RebuildReport:
             s.add(v)
             s.flush()
             ids[f"{r['model']}@v{r['number']}"] = v.id
+            manifests[f"{r['model']}@v{r['number']}"] = r["manifest"]
+            by_manifest.setdefault(r["manifest"], f"{r['model']}@v{r['number']}")
             adopted.append(r)
             if base_id is not None:
                 s.add(LineageRow(parent_id=base_id, child_id=v.id, relation="base"))
@@ -462,7 +482,7 @@ def rebuild(store: StoreView) -> RebuildReport:
             s.add(RetiredNumber(model_name=m, number=n))
         own = catalog_id(s)
         for r in adopted:
-            if not is_own(r, own) or r["format"] != FORMAT:
+            if not is_own(r, own) or r["format"] != FORMAT or r.get("corrected"):
                 info = VersionInfo(**{f.name: r[f.name] for f in fields(VersionInfo) if f.name in r and f.name != "tags"})
                 store.backend.put(r["key"], encode_version(info, own))
         store.backend.flush()
@@ -474,4 +494,4 @@ def rebuild(store: StoreView) -> RebuildReport:
                 tagged.add((t["model"], t["tag"]))
                 s.add(Tag(model_id=models[t["model"]].id, name=t["tag"], version_id=vid))
                 ntags += 1
-    return RebuildReport(versions=len(ids), tags=ntags, objects=len(seen), skipped=skipped)
+    return RebuildReport(versions=len(ids), tags=ntags, objects=len(seen), skipped=skipped, corrected=corrected)

@@ -1,0 +1,73 @@
+"""Version records on a shared bucket are not trusted. ``db rebuild`` takes a version's base from
+its manifest (content-addressed) rather than its record, so a damaged or planted record cannot
+make ``rm`` and ``gc`` take objects a version needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import deltastore
+from deltastore import records
+from deltastore.errors import BadInputError
+
+from ..conftest import finetune_of, llama_like, tree_hashes, write_model
+
+
+def lose_catalog(home: Path) -> None:
+    for p in home.glob("catalog.db*"):
+        p.unlink()
+
+
+@pytest.fixture
+def two_bases_one_finetune(tmp_path: Path):
+    """b@v1 and b@v2 (two bases), f@v1 a lossless fine-tune of b@v1; the catalog then lost."""
+    home = tmp_path / "home"
+    b1 = llama_like(0, hidden=16, layers=1)
+    with deltastore.open(home) as st:
+        st.add_base("b", write_model(tmp_path / "b1", b1))
+        st.add_base("b", write_model(tmp_path / "b2", llama_like(5, hidden=16, layers=1)))
+        st.add_finetune("f", write_model(tmp_path / "f", finetune_of(b1)), base="b@v1", codec="lossless")
+    lose_catalog(home)
+    return home, tmp_path / "f"
+
+
+@pytest.mark.parametrize("lie", [{"base": "b@v2"}, {"base": None, "kind": "base"}, {"base": "nope@v1"}])
+def test_rebuild_takes_the_base_from_the_manifest_not_the_record(two_bases_one_finetune, tmp_path: Path, lie: dict) -> None:
+    """A record of f@v1 that names another base (or none): rebuilt, f@v1's base is still b@v1, so
+    rm b@v1 is refused and gc keeps what f@v1 needs. It used to rebuild the lineage the record
+    claimed: rm b@v1 went through, gc deleted b@v1's tensors and f@v1 no longer checked out."""
+    home, src = two_bases_one_finetune
+    key = records.version_key("f", 1)
+    rec = json.loads((home / key).read_bytes())
+    (home / key).write_text(json.dumps(rec | lie))
+    with deltastore.open(home) as st:
+        rep = st.rebuild_catalog()
+        with pytest.raises(BadInputError, match="is the base of f@v1"):
+            st.rm("b@v1")
+        st.rm("b@v2")
+        st.gc()
+        assert st.verify().ok
+        st.checkout("f@v1", tmp_path / "out")
+        assert tree_hashes(tmp_path / "out") == tree_hashes(src)
+        info = st.resolve("f@v1")
+        assert (info.base, info.kind) == ("b@v1", "finetune")
+        assert records.parse_version(key, st.backend.get(key))["base"] == "b@v1"  # the adopted record says so too
+        assert rep.versions == 3 and rep.skipped == []
+        assert len(rep.corrected) == 1 and key in rep.corrected[0] and "b@v1" in rep.corrected[0]
+
+
+def test_a_base_record_whose_manifest_has_a_base_becomes_its_fine_tune(two_bases_one_finetune) -> None:
+    """The other way: a record that names a base for a version whose manifest has none."""
+    home, _ = two_bases_one_finetune
+    key = records.version_key("b", 2)
+    rec = json.loads((home / key).read_bytes())
+    (home / key).write_text(json.dumps(rec | {"base": "b@v1", "kind": "finetune"}))
+    with deltastore.open(home) as st:
+        rep = st.rebuild_catalog()
+        assert (st.resolve("b@v2").base, st.resolve("b@v2").kind) == (None, "base")
+        assert [c.ref for c in st.lineage("b@v1").tree.children] == ["f@v1"]
+        assert rep.versions == 3 and len(rep.corrected) == 1 and key in rep.corrected[0]
+
