@@ -71,9 +71,15 @@ def _need(cond: bool, key: str, why: str) -> None:
         raise CorruptRecordError(key, why)
 
 
+def read(backend: Backend, key: str) -> bytes | None:
+    """A record's bytes, at most MAX_RECORD + 1 of them (one more says it is too large): a file of
+    any size planted where records go is refused without being read whole. None if missing."""
+    return backend.get_range(key, 0, MAX_RECORD + 1)
+
+
 def _load(key: str, data: bytes | None) -> dict:
     _need(data is not None, key, "it vanished while being read")
-    _need(len(data) <= MAX_RECORD, key, f"{len(data)} bytes is too large for a record")
+    _need(len(data) <= MAX_RECORD, key, f"more than {MAX_RECORD} bytes is too large for a record")
     try:
         d = json.loads(data)
     except (ValueError, RecursionError) as e:
@@ -186,7 +192,7 @@ def _record_keys(backend: Backend, folder: str) -> list[str]:
 def read_retired(backend: Backend) -> set[tuple[str, int]]:
     """Every retired (model, number) on the backend; a record that does not parse raises
     CorruptRecordError naming it."""
-    return {parse_retired(key, backend.get(key)) for key in _record_keys(backend, "retired")}
+    return {parse_retired(key, read(backend, key)) for key in _record_keys(backend, "retired")}
 
 
 def version_key(model: str, number: int) -> str:
@@ -235,7 +241,7 @@ def write_version(backend: Backend, info: VersionInfo, *, catalog: str | None = 
     if owner is None:
         raise RuntimeError("a version record was written with no catalog id (maintenance.lease binds it)")
     key = version_key(info.model, info.number)
-    data = backend.get(key)
+    data = read(backend, key)
     try:
         held = None if data is None else parse_version(key, data)
     except NewerRecordError:
@@ -263,7 +269,7 @@ def delete_version(backend: Backend, info: VersionInfo, *, catalog: str | None =
     crash_point("records.delete-version")
     key = version_key(info.model, info.number)
     try:
-        r = parse_version(key, backend.get(key))
+        r = parse_version(key, read(backend, key))
     except NewerRecordError:
         r = {"format": None, "catalog": "?", "manifest": None, "created_at": None}  # not ours to remove
     except CorruptRecordError:
@@ -305,7 +311,7 @@ def scan(backend: Backend, catalog: str) -> RecordScan:
         if key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
             out.temps.append(key)
             continue
-        data = backend.get(key)
+        data = read(backend, key)
         if data is None:  # removed since the listing
             continue
         try:
@@ -407,7 +413,7 @@ def rebuild(store: StoreView) -> RebuildReport:
     recs = []
     skipped: list[str] = []
     for key in _record_keys(store.backend, "versions"):
-        r = parse_version(key, store.backend.get(key))
+        r = parse_version(key, read(store.backend, key))
         r["key"] = key
         recs.append(r)
     # bases were added before their fine-tunes
@@ -488,7 +494,7 @@ def rebuild(store: StoreView) -> RebuildReport:
         store.backend.flush()
         tagged: set[tuple[str, str]] = set()
         for key in _record_keys(store.backend, "tags"):
-            t = parse_tag(key, store.backend.get(key))
+            t = parse_tag(key, read(store.backend, key))
             vid = ids.get(f"{t['model']}@v{t['version']}")
             if vid is not None and (t["model"], t["tag"]) not in tagged:
                 tagged.add((t["model"], t["tag"]))

@@ -1,17 +1,19 @@
 """Version records on a shared bucket are not trusted. ``db rebuild`` takes a version's base from
 its manifest (content-addressed) rather than its record, so a damaged or planted record cannot
-make ``rm`` and ``gc`` take objects a version needs."""
+make ``rm`` and ``gc`` take objects a version needs; a record file of any size is refused after
+reading at most the largest record there can be."""
 
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 import deltastore
 from deltastore import records
-from deltastore.errors import BadInputError
+from deltastore.errors import BadInputError, CorruptRecordError
 
 from ..conftest import finetune_of, llama_like, tree_hashes, write_model
 
@@ -71,3 +73,41 @@ def test_a_base_record_whose_manifest_has_a_base_becomes_its_fine_tune(two_bases
         assert [c.ref for c in st.lineage("b@v1").tree.children] == ["f@v1"]
         assert rep.versions == 3 and len(rep.corrected) == 1 and key in rep.corrected[0]
 
+
+def _huge_record(home: Path, key: str, size: int) -> None:
+    p = home / key
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "wb") as f:  # sparse: costs no disk
+        f.write(b"{")
+        f.truncate(size)
+
+
+def test_a_huge_record_is_refused_without_reading_it_whole(two_bases_one_finetune) -> None:
+    """A 256 MiB file where a version record goes: gc reports it unreadable and rebuild refuses it,
+    each having read at most MAX_RECORD + 1 bytes of it (they used to read it whole first)."""
+    home, _ = two_bases_one_finetune
+    key = "catalog/versions/zz/v1.json"
+    _huge_record(home, key, 256 << 20)
+    with deltastore.open(home) as st:
+        tracemalloc.start()
+        try:
+            with pytest.raises(CorruptRecordError, match="too large for a record"):
+                st.rebuild_catalog()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 << 20, peak
+        assert st.models() == []
+    (home / key).unlink()
+    with deltastore.open(home) as st:
+        st.rebuild_catalog()
+        _huge_record(home, key, 256 << 20)
+        tracemalloc.start()
+        try:
+            rep = st.gc(dry_run=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 << 20, peak
+        assert any(key in u and "too large" in u for u in rep.unreadable)
+        assert rep.deleted == 0
