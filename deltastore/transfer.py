@@ -164,6 +164,15 @@ def sizes_of(backend: Backend, oids: list[str], pool: ThreadPoolExecutor) -> lis
     return [found.get(key_of(o)) for o in oids]
 
 
+def _usable(backend: Backend, oid: str) -> bool:
+    """Whether the object stored under ``oid``'s name there decodes to ``oid``."""
+    try:
+        data = get_whole(backend, key_of(oid))
+        return data is not None and check_object(oid, data) >= 0
+    except (Unreadable, CorruptObjectError):
+        return False
+
+
 @dataclass
 class CopyStats:
     sent: int = 0  # objects written on the destination
@@ -184,8 +193,17 @@ def copy_objects(src: "Side", dst: "Side", oids: list[str], *, progress: Progres
     lock = threading.Lock()
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="deltastore-transfer") as pool:
         there = sizes_of(dst.backend, oids, pool)
+        ours = sizes_of(src.backend, oids, pool) if src.backend.local else [None] * len(oids)
+        # a copy there whose size differs from the source's may be damage (a truncated or foreign
+        # file under an object's name), or the same content stored another way: read it and keep it
+        # only if it decodes to its id, else send ours over it (a push must not publish a version
+        # whose objects the remote holds only corrupt). Sizes alike: trusted, as verify checks them.
+        odd = [i for i, (a, b) in enumerate(zip(there, ours)) if a is not None and b is not None and a != b]
+        for i, good in zip(odd, pool.map(lambda i: _usable(dst.backend, oids[i]), odd)):
+            if not good:
+                there[i] = None
         missing = [o for o, sz in zip(oids, there) if sz is None]
-        total = sum(sz or 0 for sz in sizes_of(src.backend, missing, pool)) if src.backend.local else total_hint
+        total = sum(sz or 0 for sz, th in zip(ours, there) if th is None) if src.backend.local else total_hint
         done = [0]
         progress(phase, 0, total)
         for o, sz in zip(oids, there):

@@ -124,3 +124,20 @@ def test_push_to_storage_without_conditional_create(source, tmp_path: Path) -> N
     finally:
         if fs.exists(f"/deltastore-test/{tmp_path.name}"):
             fs.rm(f"/deltastore-test/{tmp_path.name}", recursive=True)
+
+
+def test_push_replaces_a_damaged_copy_on_the_remote(source, other, models, tmp_path: Path) -> None:
+    """A remote holding garbage under an object's name (a torn upload, someone's stray file): a
+    push sends its good copy over it instead of publishing a version the remote cannot serve."""
+    url = tmp_path / "remote"
+    oid = sorted(source.manifest("b").object_ids())[0]
+    p = url / key_of(oid)
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"garbage")
+    r = source.push("b", str(url))
+    assert r.objects_present == 0 and r.dst_ref == "b@v1"
+    assert p.read_bytes() == (Path(source.backend.root) / key_of(oid)).read_bytes()
+    other.pull("b@v1", str(url))
+    other.checkout("b@v1", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(models.base) and other.verify().ok
+    assert source.push("b", str(url)).objects_sent == 0  # a good copy there is kept (sizes alike: not read)
