@@ -121,7 +121,9 @@ class FileReader:
 
     def _blob_unit(self, oid: str, start: int, size: int, what: str) -> Unit:
         def load() -> np.ndarray:
-            data = self.store.objects.get(oid)  # always verified: blobs are small
+            # always verified (blobs are small); no larger than the manifest says, checked against
+            # the object's own frame before decoding (a planted manifest may name any object)
+            data = self.store.objects.get(oid, max_size=size)
             if len(data) != size:
                 raise CorruptObjectError(oid, f"{what} is {len(data)} bytes, the manifest says {size}")
             return np.frombuffer(data, dtype=np.uint8)
