@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterator, Protocol
 
 from sqlalchemy import select
@@ -376,6 +376,11 @@ class RecordsSide:
         self.objects = ObjectDB(backend)
         self.label = label
         self._versions: dict[str, dict[int, VersionInfo]] = {}
+        #: every version record read through this side, by key: a record is created once (a
+        #: conditional create, or a commit's write before its catalog commit), so a fresh look
+        #: lists the keys and reads only the new ones; without this, each of n transfers (pull
+        #: --all, a long base chain) read all n records of its model again: n^2 GETs
+        self._read: dict[str, VersionInfo] = {}
 
     # -- reading records (nothing read from a remote is trusted: records.py checks every field) --
     def _get(self, key: str) -> bytes | None:
@@ -400,10 +405,13 @@ class RecordsSide:
                 name = key.rsplit("/", 1)[-1]
                 if not (name.startswith("v") and name.endswith(".json") and name[1:-5].isdigit()):
                     continue
-                data = self._get(key)
-                if data is not None:  # removed since the listing
-                    info = self._info(key, data)
-                    out[info.number] = info
+                info = self._read.get(key)
+                if info is None:
+                    data = self._get(key)
+                    if data is None:  # removed since the listing
+                        continue
+                    info = self._read[key] = self._info(key, data)
+                out[info.number] = info
             self._versions[model] = out
         return self._versions[model]
 
@@ -423,8 +431,8 @@ class RecordsSide:
         return out
 
     def _with_tags(self, info: VersionInfo) -> VersionInfo:
-        info.tags = sorted(t for t, n in self._tags(info.model).items() if n == info.number)
-        return info
+        """A copy of ``info`` (the one read stays as read) with its tags there."""
+        return replace(info, tags=sorted(t for t, n in self._tags(info.model).items() if n == info.number))
 
     def resolve(self, ref: str) -> VersionInfo:
         r = parse_ref(ref)
