@@ -33,11 +33,12 @@ import numpy as np
 from sqlalchemy import select
 
 from .catalog import Model, Tag, Version
-from .errors import CorruptObjectError
+from .errors import BadNameError, CorruptObjectError
 from .filecache import DecodedCache, Loader
 from .manifest import FileEntry, TensorEntry
 from .materialize import stored_entry, tensor_bytes
 from .protocols import StoreView
+from .refs import check_name
 
 log = logging.getLogger("deltastore.fileview")
 
@@ -276,7 +277,7 @@ class CatalogView:
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
         with self.store.Session() as s:
-            names = list(s.scalars(select(Model.name).order_by(Model.name)))
+            names = [n for n in s.scalars(select(Model.name).order_by(Model.name)) if _listable(n, "model name")]
         self._names = (now, names)
         return names
 
@@ -294,7 +295,7 @@ class CatalogView:
             rows = s.execute(select(Version.number, Version.manifest, Version.created_at).where(Version.model_id == mid)).all()
             tags = s.execute(select(Tag.name, Version.number).join(Version, Tag.version_id == Version.id)
                              .where(Tag.model_id == mid)).all()
-        mv = ModelView({n: (m, _ts(c)) for n, m, c in rows}, {t: n for t, n in tags}, now)
+        mv = ModelView({n: (m, _ts(c)) for n, m, c in rows}, {t: n for t, n in tags if _listable(t, "tag name")}, now)
         self._models[name] = mv
         return mv
 
@@ -324,6 +325,23 @@ class CatalogView:
                     dirs[parent].append(child)
         tree = self._trees[manifest_oid] = VersionTree(files, dirs)
         return tree
+
+
+_unlisted: set[str] = set()  # names already logged as left out (once each per process)
+
+
+def _listable(name: object, what: str) -> bool:
+    """A catalog's model or tag name that a listing may show: one the store itself would accept
+    (refs.check_name: no '/', '..', control characters). A row written by other hands may hold
+    anything, and one name with a '/' made the kernel fail the whole listing (EIO)."""
+    try:
+        check_name(name, what)  # type: ignore[arg-type]
+    except BadNameError:
+        if name not in _unlisted and len(_unlisted) < 1000:
+            _unlisted.add(name)  # type: ignore[arg-type]
+            log.warning("the catalog holds the %s %r, which no REF can name: not listed", what, name)
+        return False
+    return True
 
 
 def plain_path(rel: object) -> bool:

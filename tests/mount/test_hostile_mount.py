@@ -5,7 +5,9 @@ working. Real FUSE where the machine has it (skipped otherwise); the reader with
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -13,12 +15,13 @@ import pytest
 from sqlalchemy import select
 
 import deltastore
-from deltastore.catalog import Model, Version
+from deltastore.catalog import Model, Tag, Version
 from deltastore.errors import CorruptObjectError
 from deltastore.filecache import DecodedCache
 from deltastore.fileview import FileReader
 
 from ..conftest import llama_like, write_model
+from .conftest import fuse_skip_reason, start_mount, stop_mount
 
 BIG = 64 << 20
 
@@ -61,4 +64,48 @@ def test_a_blob_larger_than_its_manifest_says_is_refused_before_decoding(tmp_pat
             cache.close()
     assert peak < 16 << 20, peak
     assert f.object in str(e.value) and "more than the 4 expected" in str(e.value)
+
+
+@pytest.fixture
+def hostile_home(tmp_path: Path) -> Path:
+    """b (a base with a planted 64 MiB config.json), c (a good base), and catalog rows naming a tag
+    and a model with '/' in them and a tag '..' (names no deltastore writes, any catalog writer can)."""
+    home = tmp_path / "home"
+    with deltastore.open(home) as st:
+        st.add_base("b", write_model(tmp_path / "b", llama_like(0, hidden=16, layers=1)))
+        st.add_base("c", write_model(tmp_path / "c", llama_like(1, hidden=16, layers=1)), tags=["ok"])
+        st.add_base("d", write_model(tmp_path / "d", llama_like(2, hidden=16, layers=1)))
+        plant_blob_manifest(st, "b")
+        with st.Session.begin() as s:
+            c = s.scalar(select(Version).join(Model).where(Model.name == "c"))
+            s.add(Tag(model_id=c.model_id, name="a/b", version_id=c.id))
+            s.add(Tag(model_id=c.model_id, name="..", version_id=c.id))
+            s.scalar(select(Model).where(Model.name == "d")).name = "x/y"
+    return home
+
+
+def test_hostile_names_and_manifests_through_a_real_mount(hostile_home: Path, tmp_path: Path) -> None:
+    """Listings used to fail whole with EIO (the kernel refuses a name with '/') once one catalog
+    row held such a name: now those names are left out and the rest is listed. The planted file
+    reads as EIO with a log line naming its object; the mount process lives on."""
+    why = fuse_skip_reason()
+    if why:
+        pytest.skip(f"FUSE mount tests need FUSE: {why}")
+    mp, log = tmp_path / "mnt", tmp_path / "mount.log"
+    proc = start_mount(hostile_home, mp, log)
+    try:
+        assert sorted(os.listdir(mp)) == ["b", "c"]
+        assert sorted(os.listdir(mp / "c")) == ["latest", "ok", "v1"]
+        assert (mp / "c" / "ok" / "config.json").read_bytes() == (tmp_path / "c" / "config.json").read_bytes()
+        with pytest.raises(OSError) as e:
+            (mp / "b" / "v1" / "config.json").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert (mp / "b" / "v1" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+        assert proc.poll() is None
+        with deltastore.open(hostile_home) as st:
+            big = next(f.object for f in st.manifest("b@v1").files if f.path == "config.json")
+        text = log.read_text()
+        assert any(big in ln and "EIO" in ln for ln in text.splitlines()), text[-2000:]
+    finally:
+        stop_mount(mp, proc)
 
