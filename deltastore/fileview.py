@@ -44,6 +44,9 @@ log = logging.getLogger("deltastore.fileview")
 
 #: default segment size for unverified lossless reads (a multiple of the 4 MiB object chunks)
 UNIT_BYTES = 64 << 20
+#: most segments one file's unverified tensors are cut into (files past 1 TiB get larger segments):
+#: a manifest may claim up to 2**48 bytes, and a layout is built on open
+MAX_FILE_UNITS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,10 @@ class FileReader:
             raise CorruptObjectError(manifest_oid, f"{f.path}: sizes leave {head} bytes for the safetensors header")
         units = [self._blob_unit(f.header, 0, head, f"{f.path} (header)")]
         pos = head
+        step = max(self.unit_bytes, -(-(f.size - head) // MAX_FILE_UNITS))
         for t in f.tensors:
             if t.nbytes:
-                units.extend(self._tensor_units(manifest_oid, t, pos, f.path))
+                units.extend(self._tensor_units(manifest_oid, t, pos, f.path, step))
             pos += t.nbytes
         return units
 
@@ -131,7 +135,7 @@ class FileReader:
 
         return Unit(start, start + size, ("blob", oid), load, what)
 
-    def _tensor_units(self, manifest_oid: str, t: TensorEntry, pos: int, path: str) -> list[Unit]:
+    def _tensor_units(self, manifest_oid: str, t: TensorEntry, pos: int, path: str, step: int) -> list[Unit]:
         owner, e = stored_entry(self.store, manifest_oid, t)
         what = f"{path}: {t.name}"
         if e.source == "delta":
@@ -153,8 +157,8 @@ class FileReader:
 
             return [Unit(pos, pos + n, ("tensor", oid), load_whole, what)]
         units = []
-        for lo in range(0, n, self.unit_bytes):
-            hi = min(lo + self.unit_bytes, n)
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
 
             def load_seg(lo: int = lo, hi: int = hi) -> np.ndarray:
                 out = self.store.objects.get_range_array(oid, lo, hi)

@@ -109,3 +109,29 @@ def test_hostile_names_and_manifests_through_a_real_mount(hostile_home: Path, tm
     finally:
         stop_mount(mp, proc)
 
+
+def test_an_unverified_layout_has_a_bounded_number_of_segments(tmp_path: Path) -> None:
+    """Unverified reads (--no-verify) cut each tensor into segments of unit_bytes: a manifest
+    claiming a 2**47-byte tensor (within what it may claim) made an open build 2 million of them
+    (about 20 s and 1 GiB here). Segments now grow with the file so that one file has at most
+    MAX_FILE_UNITS plus one a tensor, and reading past what the object holds is an error."""
+    with deltastore.open(tmp_path / "home") as st:
+        st.add_base("b", write_model(tmp_path / "b", llama_like(0, hidden=16, layers=1)))
+        man = json.loads(st.objects.get(st.resolve("b").manifest))
+        f = next(f for f in man["files"] if f["kind"] == "safetensors")
+        t = f["tensors"][0]
+        n = 1 << 47
+        f["size"] += n - t["nbytes"]
+        t.update(shape=[n], dtype="U8", nbytes=n)
+        oid = st.objects.put_bytes(json.dumps(man).encode(), "manifest").oid
+        fe = next(x for x in st.manifest(oid).files if x.kind == "safetensors")
+        cache = DecodedCache(8 << 20)
+        try:
+            reader = FileReader(st, cache, verify=False)
+            vf = reader.layout(oid, fe)
+            assert len(vf.units) <= (1 << 14) + 1 + len(fe.tensors)  # fileview.MAX_FILE_UNITS
+            head = vf.units[0].stop
+            with pytest.raises(CorruptObjectError, match="shorter than the manifest says"):
+                reader.read(vf, head + (1 << 40), head + (1 << 40) + 10)
+        finally:
+            cache.close()
