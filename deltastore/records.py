@@ -320,6 +320,9 @@ def scan(backend: Backend, catalog: str) -> RecordScan:
             raise
         except CorruptRecordError as e:
             out.unreadable.append(f"{key}: {e.why}")
+            kept = _salvage(key, data, catalog)
+            if kept is not None:
+                out.foreign.append(kept)
             continue
         r["key"] = key
         if is_own(r, catalog):
@@ -327,6 +330,25 @@ def scan(backend: Backend, catalog: str) -> RecordScan:
         else:
             out.foreign.append(r)
     return out
+
+
+def _salvage(key: str, data: bytes, catalog: str) -> dict[str, Any] | None:
+    """What gc must still keep for a record it cannot parse: the manifest it names, unless the
+    record is this catalog's own (its versions are kept by the catalog's rows). A record refused
+    for one field (a message longer than the reader takes, a damaged date) may still be another
+    catalog's committed version: deleting what it reaches would lose that version. Returns a
+    minimal foreign record (key, model, number, manifest), or None where it names no manifest."""
+    try:
+        d = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("manifest"), str) or not _OID.match(d["manifest"]):
+        return None
+    if d.get("catalog") == catalog or ("catalog" not in d and d.get("format", 1) == 1):
+        return None  # this catalog's own (a format-1 record counts as the reader's, as in is_own)
+    m = _VKEY.match(key)
+    model, number = (m.group(1), int(m.group(2))) if m else (key, 0)
+    return {"key": key, "model": model, "number": number, "manifest": d["manifest"], "format": None, "catalog": None}
 
 
 def foreign_reach(objects: ObjectDB, recs: Iterable[dict[str, Any]]) -> tuple[set[str], list[str]]:

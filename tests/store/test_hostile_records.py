@@ -111,3 +111,31 @@ def test_a_huge_record_is_refused_without_reading_it_whole(two_bases_one_finetun
         assert peak < 64 << 20, peak
         assert any(key in u and "too large" in u for u in rep.unreadable)
         assert rep.deleted == 0
+
+
+def two_homes(tmp_path: Path) -> tuple[deltastore.Store, deltastore.Store]:
+    objects = str(tmp_path / "objects")
+    return deltastore.open(tmp_path / "a", objects_url=objects), deltastore.open(tmp_path / "b", objects_url=objects)
+
+
+@pytest.mark.parametrize("damage", ["long message", "bad field"])
+def test_gc_keeps_what_another_catalogs_unreadable_record_names(tmp_path: Path, damage: str) -> None:
+    """Catalog a's version whose record b cannot parse: a 70,000-character message (which add
+    takes, and the record reader refused past 65,535), or a field damaged on the bucket. b's gc
+    used to list it as unreadable and then delete every object of a's version (a could no longer
+    check it out); what the record's manifest reaches is now kept whenever the record names one."""
+    a, b = two_homes(tmp_path)
+    src = write_model(tmp_path / "m", llama_like(0, hidden=16, layers=1))
+    a.add_base("base", src, message="x" * 70_000 if damage == "long message" else "")
+    b.add_base("other", write_model(tmp_path / "c", llama_like(3, hidden=16, layers=1)))
+    key = records.version_key("base", 1)
+    if damage == "bad field":
+        rec = json.loads(a.backend.get(key))
+        a.backend.put(key, json.dumps(rec | {"created_at": "yesterday", "metrics": [1]}).encode())
+    rep = b.gc()
+    assert a.verify().ok
+    a.checkout("base", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(src)
+    assert rep.deleted == 0 and any(key in u for u in rep.unreadable)
+    a.close()
+    b.close()
