@@ -54,6 +54,13 @@ from .results import VersionInfo
 TRANSFER_WORKERS = 16
 #: S3 puts below this size are single requests, which can carry a Content-MD5 (s3fs's threshold)
 _SINGLE_PUT = 100 * 2**20
+#: version numbers a record can hold (records.parse_version refuses 2^31 and above)
+NUMBER_LIMIT = 1 << 31
+#: a transfer keeps a version's number only below this: each later add counts on from the
+#: largest number, so a remote's v2147483647 kept here would leave no number for the next add
+#: (its record could not be read back: ``db rebuild`` and gc refuse it) and overflow a
+#: PostgreSQL integer column
+KEEP_NUMBERS_BELOW = 1 << 30
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,7 +353,8 @@ class StoreSide:
             full.append(p)
         codec = None if src.kind == "base" else _CodecLabel(src.codec, dict(src.codec_params))
         return commit_version(self.store, src.model, manifest, src.manifest, full, base, codec, src.message, [],
-                              src.author, dict(src.metrics), src.calib_sha256, held=self._held, number=src.number)
+                              src.author, dict(src.metrics), src.calib_sha256, held=self._held,
+                              number=src.number if src.number < KEEP_NUMBERS_BELOW else None)
 
     def set_tag(self, info: VersionInfo, tag: str) -> bool:
         if tag in self.resolve(info.ref).tags:
@@ -484,10 +492,14 @@ class RecordsSide:
         same = [v for _, v in sorted(vs.items()) if v.manifest == src.manifest]
         if same:  # another push of this very version landed since we looked
             return same[0]
-        number = src.number if src.number not in vs else max(vs, default=0) + 1  # keep its number where free
+        # keep its number where free (and not so large it leaves no room after it)
+        number = src.number if src.number not in vs and src.number < KEEP_NUMBERS_BELOW else max(vs, default=0) + 1
         stored_new = sum(p.stored for p in puts.values() if p.new and p.oid in oids)
         referenced = sum(p.stored for p in puts.values() if p.oid in oids)
         for _ in range(1000):
+            if number >= NUMBER_LIMIT:
+                raise ConflictError(f"{src.model!r} on {self.label} has no version number left (its records "
+                                    f"go up to v{max(vs)}); push it under another name")
             info = VersionInfo(**{**asdict(src), "number": number, "base": base.ref if base else None, "tags": [],
                                   "stored_bytes": stored_new, "referenced_bytes": referenced})
             # owned by no catalog (a bare remote has none): every catalog's gc keeps what it names

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from deltastore.errors import CorruptObjectError, RemoteError
+import deltastore
+from deltastore.errors import ConflictError, CorruptObjectError, RemoteError
 from deltastore.objects import key_of
 
 from ..conftest import tree_hashes
@@ -165,3 +166,31 @@ def test_many_versions_are_read_once(source, tmp_path: Path) -> None:
     assert len(refs) == 400 and [c[-1][0].ref for c in chains] == refs
     assert chains[0][0][0].tags == ["prod"] and chains[1][0][0].tags == []  # tags read, and not shared between copies
     assert took < 8, f"{took:.1f} s"
+
+
+def _renumber(url: Path, model: str, old: int, new: int) -> None:
+    d = url / "catalog" / "versions" / model
+    rec = json.loads((d / f"v{old}.json").read_text())
+    (d / f"v{old}.json").unlink()
+    (d / f"v{new}.json").write_text(json.dumps({**rec, "number": new}))
+
+
+def test_a_huge_version_number_is_not_kept(source, other, models, tmp_path: Path) -> None:
+    """A remote's b@v2147483647 pulled as b@v2147483647 left no number for the next add here: its
+    record (v2147483648) was one db rebuild and gc refuse. It is pulled under the next free number;
+    and a push that would have to number past what a record holds is refused, writing no record."""
+    top = 2**31 - 1
+    url = _pushed(source, tmp_path, "b")
+    d = url / "catalog" / "versions" / "b"
+    (d / "v2.json").write_text(json.dumps({**json.loads((d / "v1.json").read_text()), "number": 2}))
+    _renumber(url, "b", 1, top)
+    assert other.pull(f"b@v{top}", str(url)).dst_ref == "b@v1"
+    assert other.add_base("b", models.ft2, message="next").ref == "b@v2"
+    rebuilt = deltastore.open(tmp_path / "r", objects_url=str(other.config.home))
+    assert rebuilt.rebuild_catalog().versions == 2 and other.gc().unreadable == []
+    rebuilt.close()
+
+    versions_before = sorted(p.name for p in d.iterdir())
+    with pytest.raises(ConflictError, match=f"no version number left.*v{top}"):
+        other.push("b@v2", str(url))  # v2 there is another version; after v2147483647 there is no number
+    assert sorted(p.name for p in d.iterdir()) == versions_before
