@@ -63,6 +63,8 @@ _BASE_REF = re.compile(r"^(.+)@v([1-9][0-9]{0,9})$")
 _VKEY = re.compile(r"^catalog/versions/([^/]+)/v([1-9][0-9]{0,9})\.json$")
 _RKEY = re.compile(r"^catalog/retired/([^/]+)/v([1-9][0-9]{0,9})\.json$")
 _INTS = ("logical_bytes", "stored_bytes", "referenced_bytes")
+_SALVAGE_MANIFEST = re.compile(r'"manifest"\s*:\s*"(sha256:[0-9a-f]{64})"')
+_SALVAGE_CATALOG = re.compile(r'"catalog"\s*:\s*"([0-9a-f-]{36})"')
 _STRS = ("codec", "message", "author")
 
 
@@ -341,7 +343,14 @@ def _salvage(key: str, data: bytes, catalog: str) -> dict[str, Any] | None:
     try:
         d = json.loads(data)
     except (ValueError, RecursionError):
-        return None
+        # cut at MAX_RECORD (a huge message) or damaged: written with sorted keys, a record names
+        # its catalog and manifest before its message; keeping more than needed is safe here
+        text = data.decode("utf-8", "replace")
+        found = {m.group(1) for m in _SALVAGE_MANIFEST.finditer(text)}
+        cat = _SALVAGE_CATALOG.search(text)
+        if len(found) != 1:
+            return None
+        d = {"manifest": found.pop(), "format": None, **({"catalog": cat.group(1)} if cat else {})}
     if not isinstance(d, dict) or not isinstance(d.get("manifest"), str) or not _OID.match(d["manifest"]):
         return None
     if d.get("catalog") == catalog or ("catalog" not in d and d.get("format", 1) == 1):

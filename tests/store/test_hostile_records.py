@@ -118,15 +118,15 @@ def two_homes(tmp_path: Path) -> tuple[deltastore.Store, deltastore.Store]:
     return deltastore.open(tmp_path / "a", objects_url=objects), deltastore.open(tmp_path / "b", objects_url=objects)
 
 
-@pytest.mark.parametrize("damage", ["long message", "bad field"])
+@pytest.mark.parametrize("damage", ["huge message", "bad field"])
 def test_gc_keeps_what_another_catalogs_unreadable_record_names(tmp_path: Path, damage: str) -> None:
-    """Catalog a's version whose record b cannot parse: a 70,000-character message (which add
-    takes, and the record reader refused past 65,535), or a field damaged on the bucket. b's gc
-    used to list it as unreadable and then delete every object of a's version (a could no longer
-    check it out); what the record's manifest reaches is now kept whenever the record names one."""
+    """Catalog a's version whose record b cannot parse: a 2 MiB message (which add takes, making a
+    record larger than any the reader takes), or a field damaged on the bucket. b's gc used to list
+    it as unreadable and then delete every object of a's version (a could no longer check it out);
+    what the record's manifest reaches is now kept whenever the record names one."""
     a, b = two_homes(tmp_path)
     src = write_model(tmp_path / "m", llama_like(0, hidden=16, layers=1))
-    a.add_base("base", src, message="x" * 70_000 if damage == "long message" else "")
+    a.add_base("base", src, message="x" * (2 << 20) if damage == "huge message" else "")
     b.add_base("other", write_model(tmp_path / "c", llama_like(3, hidden=16, layers=1)))
     key = records.version_key("base", 1)
     if damage == "bad field":
@@ -139,3 +139,4 @@ def test_gc_keeps_what_another_catalogs_unreadable_record_names(tmp_path: Path, 
     assert rep.deleted == 0 and any(key in u for u in rep.unreadable)
     a.close()
     b.close()
+
