@@ -128,8 +128,9 @@ def parse_version(key: str, data: bytes | None) -> dict[str, Any]:
     _need((base is None) == (d["kind"] == "base"), key, "a fine-tune names its base, a base names none")
     for k in _INTS:
         _need(type(d.get(k)) is int and 0 <= d[k] < 1 << 62, key, f"{k} is not a non-negative integer")
-    for k in _STRS:
-        _need(isinstance(d.get(k), str) and len(d[k]) < 1 << 16, key, f"{k} is not a string")
+    for k in _STRS:  # a message is as long as the user made it (the record's own size bounds it)
+        most = MAX_RECORD if k == "message" else 1 << 16
+        _need(isinstance(d.get(k), str) and len(d[k]) < most, key, f"{k} is not a string of at most {most} characters")
     for k in ("codec_params", "metrics"):
         _need(isinstance(d.get(k, {}), dict), key, f"{k} is not a JSON object")
     calib = d.get("calib_sha256")
