@@ -52,8 +52,12 @@ def _options(pairs: list[str]) -> dict[str, Any]:
             val = v
         d = opts
         *parents, leaf = k.split(".")
+        if not all(parents) or not leaf:
+            raise BadInputError(f"-o {k}: an empty part in a dotted KEY")
         for part in parents:
             d = d.setdefault(part, {})
+            if not isinstance(d, dict):
+                raise BadInputError(f"-o {k}: {part} is already given a value, so it cannot hold {leaf}")
         d[leaf] = val
     return opts
 

@@ -111,9 +111,18 @@ def load_remotes(home: str | Path) -> dict[str, Remote]:
     except tomllib.TOMLDecodeError as e:
         raise BadInputError(f"{p} is not valid TOML: {e}") from None
     out: dict[str, Remote] = {}
-    for name, d in (data.get("remotes") or {}).items():
-        if not isinstance(d, dict) or not isinstance(d.get("url"), str):
+    table = data.get("remotes") or {}
+    if not isinstance(table, dict):
+        raise BadInputError(f"{p}: remotes must be a table of [remotes.NAME] sections")
+    for name, d in table.items():
+        try:
+            check_name(name, "remote name")
+        except DeltaStoreError as e:
+            raise BadInputError(f"{p}: {e}") from None
+        if not isinstance(d, dict) or not isinstance(d.get("url"), str) or not d["url"]:
             raise BadInputError(f"{p}: remote {name!r} needs a url")
+        if not isinstance(d.get("db_url", ""), str):
+            raise BadInputError(f"{p}: remote {name!r}: db_url must be a string")
         opts = d.get("storage_options") or {}
         if not isinstance(opts, dict):
             raise BadInputError(f"{p}: remote {name!r}: storage_options must be a table")
