@@ -108,7 +108,9 @@ def _tensor(d: object, where: str) -> "TensorEntry":
     exact = d.get("exact", True)
     _want(isinstance(exact, bool), f"{where}: exact is not true/false")
     rel = d.get("rel_error")
-    _want(rel is None or (type(rel) in (int, float) and abs(rel) <= 1e300), f"{where}: rel_error is not a number (at most 1e300)")
+    # any float, as before (NaN and Infinity included: json writes and reads them), and integers a
+    # float holds (JSON's have no bound: float() of 10**400 raised OverflowError)
+    _want(rel is None or type(rel) is float or (type(rel) is int and abs(rel) <= 1e300), f"{where}: rel_error is not a number")
     if source == "tensor":
         _want(obj == "sha256:" + sha, f"{where}: a tensor object is named by the tensor's sha256")
     elif source == "delta":

@@ -86,3 +86,16 @@ def test_deep_folders_are_checked_without_quadratic_work(planted) -> None:
     with pytest.raises(CorruptObjectError, match="is a file and the folder of"):
         Manifest.from_json(json.dumps(man).encode())
 
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e308, 10**300])
+def test_a_rel_error_a_float_holds_still_reads(planted, value: float) -> None:
+    """Every float a manifest could hold before the bound on integers (NaN and Infinity included,
+    which json writes) still reads."""
+    from deltastore.manifest import Manifest
+
+    _, good, _ = planted
+    man = copy.deepcopy(good)
+    man["files"][1]["tensors"][0]["rel_error"] = value
+    got = Manifest.from_json(json.dumps(man).encode()).files[1].tensors[0].rel_error
+    assert got == float(value) or (got != got and value != value)
