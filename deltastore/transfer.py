@@ -40,14 +40,14 @@ from sqlalchemy import select
 from . import records
 from .backend import TMP_PREFIX, Backend
 from .catalog import Model, ObjectRow, Tag, Version
-from .errors import BadInputError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
+from .errors import BadInputError, BadNameError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
 from .ingest import commit_version
 from .lookup import version_info
 from .maintenance import LeaseHandle, lease
 from .manifest import Manifest
 from .objects import MAX_DECODED, MAX_MANIFEST, ObjectDB, PutResult, key_of, parse_oid
 from .protocols import Progress, StoreView, no_progress
-from .refs import parse_ref
+from .refs import check_name, parse_ref
 from .results import VersionInfo
 
 #: objects in flight at once (I/O bound: waiting on the network or the disk, not on a core)
@@ -579,6 +579,27 @@ def read_manifest(src: Side, oid: str) -> bytes:
     return ObjectDB(_OneObject(key, data)).get(oid, verify=True)  # type: ignore[arg-type]
 
 
+def check_info(side: Side, info: VersionInfo) -> None:
+    """A version as ``side`` describes it, checked as a record read from a bucket is (every field:
+    names, numbers, types, sizes; ``records.parse_version``), and its tag names: a remote's catalog
+    is not trusted either, and what could not be written as a record is not moved. Checked before
+    anything is copied; BadInputError naming the version, never a TypeError from deep in a commit."""
+    try:
+        # (a message may be as long as an add took it: only its type is checked here)
+        probe = replace(info, message=info.message[:100]) if isinstance(info.message, str) else info
+        records.parse_version(records.version_key(info.model, info.number), records.encode_version(probe, None))
+        for t in info.tags:
+            check_name(t, "tag name")
+        return
+    except CorruptRecordError as e:
+        why = e.why
+    except BadNameError as e:
+        why = str(e)
+    except (TypeError, ValueError, AttributeError, RecursionError, OverflowError) as e:
+        why = f"{type(e).__name__}: {e}"
+    raise BadInputError(f"{side.label}: version {info.model!s:.200}@v{info.number!s:.20} cannot be transferred: {why}")
+
+
 def chain_of(src: Side, ref: str) -> list[tuple[VersionInfo, Manifest]]:
     """The version REF names and its bases, base first; each manifest fetched and re-hashed, and
     each record's base checked against what its manifest says."""
@@ -589,6 +610,7 @@ def chain_of(src: Side, ref: str) -> list[tuple[VersionInfo, Manifest]]:
         if info.ref in seen:
             raise RemoteError(f"{src.label}: the base chain of {ref} loops at {info.ref}")
         seen.add(info.ref)
+        check_info(src, info)
         try:
             man = Manifest.from_json(read_manifest(src, info.manifest), info.manifest)
         except ValueError as e:

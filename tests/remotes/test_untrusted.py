@@ -194,3 +194,29 @@ def test_a_huge_version_number_is_not_kept(source, other, models, tmp_path: Path
     with pytest.raises(ConflictError, match=f"no version number left.*v{top}"):
         other.push("b@v2", str(url))  # v2 there is another version; after v2147483647 there is no number
     assert sorted(p.name for p in d.iterdir()) == versions_before
+
+
+@pytest.mark.parametrize("sql, want", [
+    ("update versions set codec_params = '[1, 2]'", "codec_params is not a JSON object"),  # was a ValueError traceback
+    ("update tags set name = '../../evil' where name = 'best'", "tag name '../../evil' contains a slash"),
+    ("update versions set metrics = '[1]'", "metrics is not a JSON object"),
+])
+def test_catalog_remote_fields_are_checked(source, other, tmp_path: Path, sql: str, want: str) -> None:
+    """A remote with a catalog of its own (a SQLite file someone else writes): what its rows say
+    is checked as a bucket's records are, before anything is copied here (a bad tag name was
+    found only after the versions were committed, a list for codec_params was a traceback)."""
+    import sqlite3
+
+    from deltastore.errors import BadInputError
+    from deltastore.remotes import Remote
+
+    db = tmp_path / "team.db"
+    team = Remote("team", str(tmp_path / "team"), f"sqlite:///{db}")
+    source.push("f@best", team)
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute(sql)
+        c.commit()
+    before = _state(other)
+    with pytest.raises(BadInputError, match=f"remote 'team'.*f@v1 cannot be transferred: {want}"):
+        other.pull("f@v1", team)
+    assert _state(other) == before
