@@ -270,6 +270,9 @@ class Side(Protocol):
 
     def set_tag(self, info: VersionInfo, tag: str) -> bool: ...
 
+    def admit(self, info: VersionInfo) -> None:
+        """Raise if ``info`` could not be published here (checked before any object is sent)."""
+
     def keep(self, oid: str) -> None: ...
 
     def hold(self, what: str) -> AbstractContextManager: ...
@@ -361,6 +364,9 @@ class StoreSide:
             return False
         self.store.tag(info.ref, tag)  # type: ignore[attr-defined]
         return True
+
+    def admit(self, info: VersionInfo) -> None:
+        pass  # a catalog takes any version a store made
 
     def keep(self, oid: str) -> None:
         self.backend.touch(key_of(oid))  # an object this transfer relies on: out of gc's grace window
@@ -519,6 +525,15 @@ class RecordsSide:
         records.write_tag(self.backend, info.model, tag, info.number)
         return True
 
+    def admit(self, info: VersionInfo) -> None:
+        """A version whose record would be larger than any reader takes (add takes a message of
+        any length) is refused: written, it would make every read of its model here fail."""
+        size = len(records.encode_version(info, None))
+        if size > records.MAX_RECORD:
+            raise BadInputError(f"{info.ref}'s record would be {size} bytes (its message is {len(info.message)} "
+                                f"characters), more than the {records.MAX_RECORD} a record on {self.label} may hold; "
+                                "push it to a remote with a catalog (--db)")
+
     def keep(self, oid: str) -> None:
         pass
 
@@ -636,6 +651,9 @@ def transfer(src: Side, dst: Side, ref: str, *, direction: str, remote: str, tag
         for (info, man), have in zip(chain, there):
             if have is None:
                 need |= man.object_ids() | {info.manifest}
+        for (info, _), have in zip(chain, there):
+            if have is None:
+                dst.admit(info)
         hint = sum(info.referenced_bytes or 0 for (info, _), have in zip(chain, there) if have is None)
         stats = copy_objects(src, dst, sorted(need), progress=progress, workers=workers, phase=direction, total_hint=hint)
         moved: list[Moved] = []

@@ -220,3 +220,25 @@ def test_catalog_remote_fields_are_checked(source, other, tmp_path: Path, sql: s
     with pytest.raises(BadInputError, match=f"remote 'team'.*f@v1 cannot be transferred: {want}"):
         other.pull("f@v1", team)
     assert _state(other) == before
+
+
+def test_push_of_a_message_no_record_holds(filled, other, models, tmp_path: Path) -> None:
+    """add takes a message of any length, but a bare remote's record holds at most MAX_RECORD: a
+    push of such a version wrote a record no reader accepts, after which every pull of that model
+    from the remote failed. It is refused before anything is sent; the remote stays usable."""
+    from deltastore.errors import BadInputError
+
+    url = tmp_path / "remote"
+    filled.push("b", str(url))
+    long = filled.add_finetune("b2", models.ft2, base="b", codec="lossless", message="m" * (2 << 20))
+    before = sorted(p.relative_to(url) for p in url.rglob("*"))
+    with pytest.raises(BadInputError, match=f"{long.ref}.*message"):
+        filled.push(long.ref, str(url))
+    assert sorted(p.relative_to(url) for p in url.rglob("*")) == before
+    assert other.pull("b@v1", str(url)).dst_ref == "b@v1"
+    team = tmp_path / "team"  # a remote with a catalog takes it whole
+    from deltastore.remotes import Remote
+
+    r = Remote("team", str(team), f"sqlite:///{tmp_path / 'team.db'}")
+    filled.push(long.ref, r)
+    assert other.pull(long.ref, r).dst_ref == long.ref and other.resolve(long.ref).message == "m" * (2 << 20)
