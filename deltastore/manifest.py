@@ -38,8 +38,9 @@ MAX_PATH = 4096
 MAX_NAME = 4096
 MAX_DIMS = 16
 MAX_NBYTES = 1 << 48
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_OID = re.compile(r"^sha256:[0-9a-f]{64}$")
+# \Z, not $: Python's $ also matches before a final newline ("sha256:<hex>\n" would pass)
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_OID = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
 def check_rel_path(rel: object) -> str:

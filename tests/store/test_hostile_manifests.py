@@ -99,3 +99,19 @@ def test_a_rel_error_a_float_holds_still_reads(planted, value: float) -> None:
     man["files"][1]["tensors"][0]["rel_error"] = value
     got = Manifest.from_json(json.dumps(man).encode()).files[1].tensors[0].rel_error
     assert got == float(value) or (got != got and value != value)
+
+
+@pytest.mark.parametrize("field", ["object", "sha256"])
+def test_an_id_with_a_trailing_newline_is_a_corrupt_manifest(planted, tmp_path: Path, field: str) -> None:
+    """Python's '$' also matches before a final newline: an object id (or sha256) ending in '\\n'
+    passed the manifest's checks, and checkout and verify then failed with a raw ValueError from
+    the object store's id parser."""
+    store, good, plant = planted
+    man = copy.deepcopy(good)
+    man["files"][0][field] += "\n"
+    plant(man)
+    with pytest.raises(CorruptObjectError, match=f"{field} is not"):
+        store.checkout("b", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    rep = store.verify("b")
+    assert not rep.ok and "manifest unreadable" in rep.problems[0].what
