@@ -55,15 +55,17 @@ PREFIX = "catalog"
 FORMAT = 2
 #: how many base manifests gc follows from one record (a base chain is short: bases, then skip-deltas)
 MAX_CHAIN = 10_000
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# \Z, not $: Python's $ also matches before a final newline ("sha256:<hex>\n" would pass)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: a record is a few KiB; one larger than this is not ours
 MAX_RECORD = 1 << 20
-_OID = re.compile(r"^sha256:[0-9a-f]{64}$")
-_BASE_REF = re.compile(r"^(.+)@v([1-9][0-9]{0,9})$")
-_VKEY = re.compile(r"^catalog/versions/([^/]+)/v([1-9][0-9]{0,9})\.json$")
-_RKEY = re.compile(r"^catalog/retired/([^/]+)/v([1-9][0-9]{0,9})\.json$")
+_OID = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_BASE_REF = re.compile(r"^(.+)@v([1-9][0-9]{0,9})\Z")
+_VKEY = re.compile(r"^catalog/versions/([^/]+)/v([1-9][0-9]{0,9})\.json\Z")
+_RKEY = re.compile(r"^catalog/retired/([^/]+)/v([1-9][0-9]{0,9})\.json\Z")
 _INTS = ("logical_bytes", "stored_bytes", "referenced_bytes")
-_SALVAGE_MANIFEST = re.compile(r'"manifest"\s*:\s*"(sha256:[0-9a-f]{64})"')
+_SALVAGE_MANIFEST = re.compile(r'"manifest"\s*:\s*"\s*(sha256:[0-9a-f]{64})')
+_SALVAGE_OID = re.compile(r"sha256:[0-9a-f]{64}")
 _SALVAGE_CATALOG = re.compile(r'"catalog"\s*:\s*"([0-9a-f-]{36})"')
 _STRS = ("codec", "message", "author")
 
@@ -134,7 +136,7 @@ def parse_version(key: str, data: bytes | None) -> dict[str, Any]:
     for k in ("codec_params", "metrics"):
         _need(isinstance(d.get(k, {}), dict), key, f"{k} is not a JSON object")
     calib = d.get("calib_sha256")
-    _need(calib is None or (isinstance(calib, str) and bool(re.match(r"^[0-9a-f]{64}$", calib))), key, "calib_sha256 is not a sha256")
+    _need(calib is None or (isinstance(calib, str) and bool(re.match(r"^[0-9a-f]{64}\Z", calib))), key, "calib_sha256 is not a sha256")
     created = d.get("created_at")
     _need(isinstance(created, str) and len(created) < 64, key, "created_at is not a date")
     try:
@@ -352,13 +354,14 @@ def _salvage(key: str, data: bytes, catalog: str) -> dict[str, Any] | None:
         if len(found) != 1:
             return None
         d = {"manifest": found.pop(), "format": None, **({"catalog": cat.group(1)} if cat else {})}
-    if not isinstance(d, dict) or not isinstance(d.get("manifest"), str) or not _OID.match(d["manifest"]):
+    oid = _SALVAGE_OID.search(d["manifest"]) if isinstance(d, dict) and isinstance(d.get("manifest"), str) else None
+    if oid is None:  # (found anywhere in the field: an id with a stray character around it is still kept)
         return None
     if d.get("catalog") == catalog or ("catalog" not in d and d.get("format", 1) == 1):
         return None  # this catalog's own (a format-1 record counts as the reader's, as in is_own)
     m = _VKEY.match(key)
     model, number = (m.group(1), int(m.group(2))) if m else (key, 0)
-    return {"key": key, "model": model, "number": number, "manifest": d["manifest"], "format": None, "catalog": None}
+    return {"key": key, "model": model, "number": number, "manifest": oid.group(0), "format": None, "catalog": None}
 
 
 def foreign_reach(objects: ObjectDB, recs: Iterable[dict[str, Any]]) -> tuple[set[str], list[str]]:

@@ -153,3 +153,25 @@ def test_a_long_message_survives_db_rebuild(tmp_path: Path) -> None:
         rep = st.rebuild_catalog()
         assert rep.versions == 1 and rep.skipped == []
         assert st.resolve("b@v1").message == msg
+
+
+def test_a_manifest_id_with_a_trailing_newline_neither_stops_gc_nor_loses_the_version(tmp_path: Path) -> None:
+    """Another catalog's record whose manifest id ends in '\\n' (Python's '$' let it parse): b's gc
+    failed with a raw ValueError from the object store's id parser. Now the record is unreadable,
+    gc runs, and what the id names is still kept (a's version checks out)."""
+    a, b = two_homes(tmp_path)
+    src = write_model(tmp_path / "m", llama_like(0, hidden=16, layers=1))
+    a.add_base("base", src)
+    b.add_base("other", write_model(tmp_path / "c", llama_like(3, hidden=16, layers=1)))
+    key = records.version_key("base", 1)
+    rec = json.loads(a.backend.get(key))
+    a.backend.put(key, json.dumps(rec | {"manifest": rec["manifest"] + "\n"}).encode())
+    with pytest.raises(CorruptRecordError, match="manifest is not an object id"):
+        records.parse_version(key, a.backend.get(key))
+    rep = b.gc()
+    assert rep.deleted == 0 and any(key in u for u in rep.unreadable)
+    assert a.verify().ok
+    a.checkout("base", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(src)
+    a.close()
+    b.close()
