@@ -156,6 +156,7 @@ def parse_tag(key: str, data: bytes | None) -> dict[str, Any]:
     _name(key, d.get("model"), "model name")
     _name(key, d.get("tag"), "tag name")
     _need(type(d.get("version")) is int and 1 <= d["version"] < 1 << 31, key, "version is not a positive integer")
+    _need(key == tag_key(d["model"], d["tag"]), key, "its name does not match the tag it holds")
     return d
 
 

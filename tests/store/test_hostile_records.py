@@ -175,3 +175,22 @@ def test_a_manifest_id_with_a_trailing_newline_neither_stops_gc_nor_loses_the_ve
     assert tree_hashes(tmp_path / "out") == tree_hashes(src)
     a.close()
     b.close()
+
+
+def test_a_tag_record_must_sit_at_its_own_key(tmp_path: Path) -> None:
+    """A tag record planted under another model's folder (catalog/tags/a/prod.json saying model b,
+    tag prod, v1) sorted before b's own and moved b's prod tag on db rebuild; tag records are now
+    checked against their key, as version and retired-number records are."""
+    home = tmp_path / "home"
+    with deltastore.open(home) as st:
+        st.add_base("b", write_model(tmp_path / "b1", llama_like(0, hidden=16, layers=1)))
+        st.add_base("b", write_model(tmp_path / "b2", llama_like(1, hidden=16, layers=1)), tags=["prod"])
+        st.backend.put("catalog/tags/a/prod.json", json.dumps({"model": "b", "tag": "prod", "version": 1}).encode())
+    lose_catalog(home)
+    with deltastore.open(home) as st:
+        with pytest.raises(CorruptRecordError, match="catalog/tags/a/prod.json.*does not match"):
+            st.rebuild_catalog()
+        assert st.models() == []
+        st.backend.delete("catalog/tags/a/prod.json")
+        st.rebuild_catalog()
+        assert st.resolve("b@prod").number == 2
