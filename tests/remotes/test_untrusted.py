@@ -242,3 +242,20 @@ def test_push_of_a_message_no_record_holds(filled, other, models, tmp_path: Path
     r = Remote("team", str(team), f"sqlite:///{tmp_path / 'team.db'}")
     filled.push(long.ref, r)
     assert other.pull(long.ref, r).dst_ref == long.ref and other.resolve(long.ref).message == "m" * (2 << 20)
+
+
+def test_push_to_another_home_with_this_stores_urls_in_the_environment(filled, other, models, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """DELTASTORE_DB_URL / DELTASTORE_OBJECTS_URL name this store; they were applied to the other
+    home's config too, so a push to that home went to this store ("already there") and nothing
+    reached it, and a pull from it read this store."""
+    monkeypatch.setenv("DELTASTORE_DB_URL", filled.config.db_url)
+    monkeypatch.setenv("DELTASTORE_OBJECTS_URL", filled.config.objects_url)
+    home = other.config.home
+    r = filled.push("f@best", str(home))
+    assert [(m.dst, m.new) for m in r.versions] == [("b@v1", True), ("f@v1", True)] and r.objects_sent > 0
+    assert other.resolve("f@best").manifest == filled.resolve("f@best").manifest and other.verify().ok
+    other.add_base("solo", models.ft2)  # only there: a pull from that home finds it
+    assert filled.pull("solo", str(home)).dst_ref == "solo@v1"
+    filled.checkout("solo", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft2)
