@@ -35,6 +35,8 @@ FORMAT = 2  #: the newest format this deltastore reads
 FORMATS = (1, 2)  #: 2: a safetensors file's sha256 may be null
 #: bounds on what a manifest may claim, checked before anything is allocated from it
 MAX_PATH = 4096
+#: one part of a path (a file or folder name): no file system an add reads from holds a longer one
+MAX_PART = 255
 MAX_NAME = 4096
 MAX_DIMS = 16
 MAX_NBYTES = 1 << 48
@@ -45,7 +47,8 @@ _OID = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 def check_rel_path(rel: object) -> str:
     """A path read from the store that may be joined under an output directory: relative, '/'
-    separated, no ``..``, ``.`` or empty parts, no backslash, no control characters."""
+    separated, no ``..``, ``.`` or empty parts, no backslash, no control characters, no part
+    longer than a file name can be."""
     if not isinstance(rel, str) or not rel or len(rel) > MAX_PATH:
         raise ValueError(f"path {rel!r} is not a non-empty string of at most {MAX_PATH} characters")
     if rel.startswith("/") or "\\" in rel:
@@ -55,6 +58,8 @@ def check_rel_path(rel: object) -> str:
             raise ValueError(f"path {rel!r} has an empty, '.' or '..' part")
         if any(ord(c) < 32 or ord(c) == 127 for c in part):
             raise ValueError(f"path {rel!r} has control characters")
+        if len(part) > MAX_PART:
+            raise ValueError(f"path {rel[:200]!r} has a part longer than {MAX_PART} characters")
     return rel
 
 

@@ -115,3 +115,21 @@ def test_an_id_with_a_trailing_newline_is_a_corrupt_manifest(planted, tmp_path: 
     assert not (tmp_path / "out").exists()
     rep = store.verify("b")
     assert not rep.ok and "manifest unreadable" in rep.problems[0].what
+
+
+def test_a_file_name_longer_than_any_file_system_takes_is_refused_before_writing(planted, tmp_path: Path) -> None:
+    """A path part of 2,000 characters (a manifest allowed 4,096 for the whole path): checkout
+    wrote the version's other files, then failed on it with a raw OSError (File name too long).
+    No file system takes a name past 255 characters, so no add can have stored one."""
+    from deltastore.manifest import Manifest
+
+    store, good, plant = planted
+    man = copy.deepcopy(good)
+    man["files"].append(copy.deepcopy(man["files"][0]) | {"path": "sub/" + "z" * 2000})
+    plant(man)
+    out = tmp_path / "out"
+    with pytest.raises(CorruptObjectError, match="longer than 255"):
+        store.checkout("b", out)
+    assert not out.exists()
+    man["files"][-1]["path"] = "sub/" + "é" * 255  # 255 characters: what a file system may hold
+    Manifest.from_json(json.dumps(man).encode())
