@@ -170,6 +170,11 @@ def add_remote(home: str | Path, name: str, url: str, *, db_url: str | None = No
     check_name(name, "remote name")
     if not url:
         raise BadInputError("a remote needs a URL")
+    if "://" not in url and "::" not in url:
+        # a directory, kept absolute: fsspec reads a relative path against the directory a later
+        # command runs in, so `push` from elsewhere would write a new store there (and `pull` find
+        # it empty)
+        url = os.path.abspath(os.path.expanduser(url))
     rs = load_remotes(home)
     if name in rs and not replace:
         raise BadInputError(f"remote {name!r} exists ({safe_url(rs[name].url)}); `remote rm {name}` first")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import deltastore
+from deltastore import remotes
 from deltastore.errors import ConflictError, CorruptObjectError, RemoteError
 from deltastore.objects import key_of
 
@@ -259,3 +260,17 @@ def test_push_to_another_home_with_this_stores_urls_in_the_environment(filled, o
     assert filled.pull("solo", str(home)).dst_ref == "solo@v1"
     filled.checkout("solo", tmp_path / "out")
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft2)
+
+
+def test_a_remote_added_by_relative_path_stays_put(source, other, tmp_path: Path, monkeypatch) -> None:
+    """`remote add origin ../remote` then a push from another directory: the path was read against
+    the directory each command ran in, so the push wrote a new store somewhere else."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+    remotes.add_remote(other.config.home, "origin", "../remote")
+    assert remotes.load_remotes(other.config.home)["origin"].url == str(tmp_path / "remote")
+    source.push("b", str(tmp_path / "remote"))
+    monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")
+    assert other.pull("b@v1", "origin").dst_ref == "b@v1"
+    assert not (tmp_path / "elsewhere" / "remote").exists() and not (tmp_path / "remote" / "remote").exists()
