@@ -442,8 +442,12 @@ def clone(url: str, home: str | Path | None, *, db_url: str | None = None, stora
         raise BadInputError(f"{home_p} already holds a store; clone into a new directory")
     check_name(name, "remote name")
     r = Remote(name, url, db_url, dict(storage_options or {}))
-    with open_remote(r, store_cls, write=False, home=home_p):
-        pass
+    with open_remote(r, store_cls, write=False, home=home_p) as rem:
+        b = rem.side.backend
+        if b.local and Path(b.root).absolute() == home_p:
+            # a new catalog there would be what everyone opening that folder reads: the versions
+            # its records hold would vanish from every pull
+            raise BadInputError(f"{home_p} is {r.label} itself; clone into a new directory")
     st = init(home_p)
     r = add_remote(home_p, name, url, db_url=db_url, storage_options=storage_options, lazy=True)
     return st, r

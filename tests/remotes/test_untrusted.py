@@ -274,3 +274,19 @@ def test_a_remote_added_by_relative_path_stays_put(source, other, tmp_path: Path
     monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")
     assert other.pull("b@v1", "origin").dst_ref == "b@v1"
     assert not (tmp_path / "elsewhere" / "remote").exists() and not (tmp_path / "remote" / "remote").exists()
+
+
+def test_clone_into_the_remote_itself_is_refused(source, tmp_path: Path) -> None:
+    """`clone R R` made R a store home with an empty catalog, which every later pull from R then
+    read instead of R's records: all its versions vanished for everyone."""
+    from deltastore.errors import BadInputError
+    from deltastore.store import Store, init_store
+
+    url = _pushed(source, tmp_path, "b")
+    before = sorted(p.relative_to(url) for p in url.rglob("*"))
+    with pytest.raises(BadInputError, match="clone into a new directory"):
+        remotes.clone(str(url), url, store_cls=Store, init=init_store)
+    assert sorted(p.relative_to(url) for p in url.rglob("*")) == before
+    st, _ = remotes.clone(str(url), tmp_path / "c", store_cls=Store, init=init_store)
+    assert st.resolve("b@v1").manifest == source.resolve("b@v1").manifest  # fetched on first use
+    st.close()
