@@ -499,8 +499,11 @@ def _kib(n: int) -> str:
 
 
 def _version_number(name: str) -> int | None:
-    if len(name) > 1 and name[0] == "v" and name[1:].isdigit() and not (len(name) > 2 and name[1] == "0"):
-        return int(name[1:])
+    """N for a folder named vN (ASCII digits, no leading zero); None for any other name ('v²' and
+    'v١' pass str.isdigit(): one made int() raise, the other named v1 a second way)."""
+    digits = name[1:]
+    if name[:1] == "v" and digits.isascii() and digits.isdigit() and not (len(digits) > 1 and digits[0] == "0"):
+        return int(digits)
     return None
 
 

@@ -135,3 +135,25 @@ def test_an_unverified_layout_has_a_bounded_number_of_segments(tmp_path: Path) -
                 reader.read(vf, head + (1 << 40), head + (1 << 40) + 10)
         finally:
             cache.close()
+
+
+@pytest.mark.parametrize("name", ["v²", "v١", "v" + "9" * 250])
+def test_a_version_name_of_other_digits_is_enoent_not_eio(tmp_path: Path, name: str) -> None:
+    """'v²' passed str.isdigit() and then int() raised ValueError, which the mount answered as
+    EIO with an error line, and 'v١' (an Arabic-Indic one) showed v1 under a second name; neither
+    names a version: ENOENT, like any other missing name."""
+    from deltastore.mount import DeltaStoreFS, fuse_missing
+
+    if fuse_missing():
+        pytest.skip(f"needs mfusepy and libfuse: {fuse_missing()}")
+    with deltastore.open(tmp_path / "home") as st:
+        st.add_base("b", write_model(tmp_path / "b", llama_like(0, hidden=16, layers=1)))
+        cache = DecodedCache(8 << 20)
+        try:
+            fs = DeltaStoreFS(st, cache)
+            with pytest.raises(OSError) as e:
+                fs.getattr(f"/b/{name}")
+            assert e.value.errno == errno.ENOENT
+            assert fs.getattr("/b/v1")["st_mode"] & 0o040000
+        finally:
+            cache.close()
