@@ -290,3 +290,28 @@ def test_clone_into_the_remote_itself_is_refused(source, tmp_path: Path) -> None
     st, _ = remotes.clone(str(url), tmp_path / "c", store_cls=Store, init=init_store)
     assert st.resolve("b@v1").manifest == source.resolve("b@v1").manifest  # fetched on first use
     st.close()
+
+
+def test_oversized_record_and_object_on_s3(s3, source, other, tmp_path: Path) -> None:
+    """The same bounds on SeaweedFS S3: one ranged GET of at most what a record may hold, and
+    a damaged copy under an object's name replaced by a push, not trusted."""
+    from deltastore.backend import Backend
+
+    url = f"s3://deltastore/{tmp_path.name}"
+    source.push("b", url)
+    b = Backend(url)
+    b.put("catalog/versions/b/v7.json", b"{" + b" " * (2 << 20) + b"}")
+    before = _state(other)
+    with deadline(30), pytest.raises(RemoteError, match="catalog/versions/b/v7.json holds more than"):
+        other.pull("b@v1", url)
+    assert _state(other) == before
+    b.delete("catalog/versions/b/v7.json")
+    assert other.pull("b@v1", url).dst_ref == "b@v1"
+
+    url2 = f"{url}-2"
+    oid = sorted(source.manifest("b").object_ids())[0]
+    Backend(url2).put(key_of(oid), b"garbage")
+    assert source.push("b", url2).objects_present == 0  # the damaged copy was read, found bad, and replaced
+    third = deltastore.open(tmp_path / "third")
+    assert third.pull("b@v1", url2).dst_ref == "b@v1" and third.verify().ok
+    third.close()
