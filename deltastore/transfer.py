@@ -11,12 +11,20 @@ of one NAME can never overwrite each other; the loser takes the next number.
 A transfer of REF (:func:`transfer`):
 
 1. the version and its whole base chain are read on the source; every manifest is fetched and
-   hashed, and each record's base must be the version whose manifest the manifest names;
+   hashed, each record's base must be the version whose manifest the manifest names, and each
+   version (a catalog's row as much as a bucket's record) is checked as a record is
+   (:func:`check_info`);
 2. versions the destination already holds (same model, same manifest) are matched, not copied;
-3. the objects the others need and the destination lacks move ``workers`` at a time; each is
-   decoded and re-hashed against its id after it was read, before it is written (and S3 checks a
-   Content-MD5 on arrival), and written atomically;
+   the others must be ones it can take (:meth:`Side.admit`);
+3. the objects the others need and the destination lacks (or holds damaged: a copy whose size
+   differs from the source's and which does not decode to its id) move ``workers`` at a time;
+   each is decoded and re-hashed against its id after it was read, before it is written (and S3
+   checks a Content-MD5 on arrival), and written atomically;
 4. only then is each new version committed on the destination, base first; tags follow.
+
+Nothing read from the other side is trusted: a record, a manifest or an object is read in one
+request of at most what it may hold (:func:`read_at_most`), never whole; a FIFO or device named
+like one is refused, not opened for a read that would never end.
 
 Interrupted anywhere, the destination holds at most unreferenced objects; the next transfer sends
 only what is still missing.
