@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import os
+import stat
 import threading
 import time
 import uuid
@@ -60,6 +61,21 @@ LOCAL = Capabilities(cheap_touch=True, conditional_put=True, ranged_get=True, at
 #: protocols whose PUT is all-or-nothing and honours If-None-Match (s3fs passes it through)
 OBJECT_STORE = Capabilities(cheap_touch=False, conditional_put=True, ranged_get=True, atomic_rename=False, torn_possible=False)
 OTHER = Capabilities(cheap_touch=False, conditional_put=False, ranged_get=True, atomic_rename=False, torn_possible=False)
+
+
+def _open_regular(path: str):  # noqa: ANN202 - a binary file object or None
+    """``path`` opened for reading if it is a plain file, else None, as for a missing key (what
+    ``exists`` says: ``os.path.isfile``). Opened without blocking, then checked: a FIFO planted
+    under a record's or an object's name made ``open`` wait forever for a writer (gc hung on one
+    in the catalog folder); a directory or device is no object either."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def _fsync_dir(path: str) -> None:
@@ -157,11 +173,11 @@ class Backend:
         crash_point("backend.get")
         p = self._path(key)
         if self.local:
-            try:
-                with open(p, "rb") as f:
-                    return f.read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            f = _open_regular(p)
+            if f is None:
                 return None
+            with f:
+                return f.read()
         try:
             return self.fs.cat_file(p)
         except FileNotFoundError:
@@ -174,12 +190,12 @@ class Backend:
         if end <= start:
             return b"" if self.exists(key) else None
         if self.local:
-            try:
-                with open(p, "rb") as f:
-                    f.seek(start)
-                    return f.read(end - start)
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            f = _open_regular(p)
+            if f is None:
                 return None
+            with f:
+                f.seek(start)
+                return f.read(end - start)
         try:
             return self.fs.cat_file(p, start=start, end=end)
         except FileNotFoundError:

@@ -4,6 +4,7 @@ local disk, and S3 on a real SeaweedFS server; then a whole store keeps its obje
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,19 @@ class TestLocalBackend(BackendTests):
     def test_objects_are_read_only_files(self, backend: Backend, tmp_path: Path) -> None:
         backend.put("objects/ff/1", b"x" * 100)
         assert (os.stat(tmp_path / "objs" / "objects" / "ff" / "1").st_mode & 0o777) == 0o444
+
+    def test_a_fifo_under_a_key_reads_as_missing(self, backend: Backend, tmp_path: Path) -> None:
+        """A FIFO (or any non-file) planted under a key is no object: get and get_range answer None
+        at once, as exists does, instead of waiting for a writer."""
+        d = tmp_path / "objs" / "catalog" / "versions" / "b"
+        d.mkdir(parents=True)
+        os.mkfifo(d / "v9.json")
+        got: list = []
+        t = threading.Thread(target=lambda: got.extend([backend.get("catalog/versions/b/v9.json"),
+                                                       backend.get_range("catalog/versions/b/v9.json", 0, 10)]), daemon=True)
+        t.start()
+        t.join(30)
+        assert got == [None, None] and not backend.exists("catalog/versions/b/v9.json")
 
     def test_declares_local_capabilities(self, backend: Backend) -> None:
         c = backend.capabilities

@@ -244,3 +244,14 @@ def test_damaged_base_object_fails_finetune_add_and_checkout(populated, tmp_path
     path.write_bytes(data)
     store.checkout("good", tmp_path / "out2")
     assert tree_hashes(tmp_path / "out2")["model.safetensors"] == tree_hashes(tmp_path / "g")["model.safetensors"]
+
+
+def test_gc_is_not_held_by_a_fifo_in_the_catalog_folder(populated, tmp_path: Path) -> None:
+    """A FIFO planted where version records go: gc (a real process) finishes and keeps the base."""
+    store, _ = populated
+    d = Path(store.backend._path("catalog/versions/b"))
+    os.mkfifo(d / "v9.json")
+    p = subprocess.run([sys.executable, "-m", "cli", "gc", "--home", str(tmp_path / "home")], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    store.checkout("b", tmp_path / "out")
