@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import re
 import weakref
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
@@ -452,7 +453,7 @@ def rebuild(store: StoreView) -> RebuildReport:
         r = parse_version(key, read(store.backend, key))
         r["key"] = key
         recs.append(r)
-    # bases were added before their fine-tunes
+    # bases were added before their fine-tunes (as their hosts' clocks tell: see the queue below)
     recs.sort(key=lambda r: (r["created_at"], r["model"], r["number"]))
     retired = read_retired(store.backend)
     ids: dict[str, int] = {}
@@ -464,15 +465,23 @@ def rebuild(store: StoreView) -> RebuildReport:
     ntags = 0
     with store.Session.begin() as s:
         models: dict[str, Model] = {}
-        for r in recs:
+        # a record waits for its base's version to be imported (the order of created_at is only the
+        # adding hosts' clocks: a fine-tune added from a host running behind sorts before its base)
+        queue = deque(recs)
+        waiting: dict[str, list[dict[str, Any]]] = {}  # a base manifest id -> the records waiting for it
+        loaded: dict[str, Manifest] = {}
+        while queue:
+            r = queue.popleft()
             if (r["model"], r["number"]) in retired:  # rm committed, then stopped before removing this record
                 skipped.append(f"{r['key']}: {r['model']}@v{r['number']} was removed (a retired-number record names it)")
                 continue
-            try:  # a record left by an add that never committed may name a manifest gc removed
-                man = Manifest.from_json(store.objects.get(r["manifest"]), r["manifest"])
-            except ObjectMissingError:
-                skipped.append(f"{r['key']}: its manifest {r['manifest']} is not on the backend")
-                continue
+            man = loaded.get(r["key"])
+            if man is None:
+                try:  # a record left by an add that never committed may name a manifest gc removed
+                    man = loaded[r["key"]] = Manifest.from_json(store.objects.get(r["manifest"]), r["manifest"])
+                except ObjectMissingError:
+                    skipped.append(f"{r['key']}: its manifest {r['manifest']} is not on the backend")
+                    continue
             # the version's base is the one its manifest deltas against (content-addressed, so it
             # cannot lie), not whatever its record says: the catalog's lineage is what rm protects,
             # so a record naming another base would let rm and gc take objects this version needs
@@ -484,7 +493,7 @@ def rebuild(store: StoreView) -> RebuildReport:
             else:
                 base_ref = by_manifest.get(man.base)
                 if base_ref is None:
-                    skipped.append(f"{r['key']}: its base {named or man.base} has no usable record")
+                    waiting.setdefault(man.base, []).append(r)
                     continue
             if base_ref != named:
                 corrected.append(f"{r['key']}: names base {named or 'none'}, but its manifest's base is "
@@ -506,6 +515,7 @@ def rebuild(store: StoreView) -> RebuildReport:
             ids[f"{r['model']}@v{r['number']}"] = v.id
             manifests[f"{r['model']}@v{r['number']}"] = r["manifest"]
             by_manifest.setdefault(r["manifest"], f"{r['model']}@v{r['number']}")
+            queue.extendleft(reversed(waiting.pop(r["manifest"], [])))  # its fine-tunes, in their order
             adopted.append(r)
             if base_id is not None:
                 s.add(LineageRow(parent_id=base_id, child_id=v.id, relation="base"))
@@ -518,6 +528,8 @@ def rebuild(store: StoreView) -> RebuildReport:
                     seen.add(oid)
                     size = store.objects.stored_size(oid) or 0
                     s.add(ObjectRow(oid=oid, kind=kinds.get(oid, "blob"), logical_bytes=logical.get(oid, size), stored_bytes=size))
+        for base, rs in waiting.items():
+            skipped += [f"{r['key']}: its base {r.get('base') or base} has no usable record" for r in rs]
         # numbers never handed out again: those rm recorded (a removal older than retired records is
         # unknown here: its number may be handed out again)
         for m, n in sorted(retired):

@@ -194,3 +194,39 @@ def test_a_tag_record_must_sit_at_its_own_key(tmp_path: Path) -> None:
         st.backend.delete("catalog/tags/a/prod.json")
         st.rebuild_catalog()
         assert st.resolve("b@prod").number == 2
+
+
+def test_rebuild_does_not_depend_on_the_adding_hosts_clocks(tmp_path: Path) -> None:
+    """Records were imported in created_at order, so a fine-tune added from a host whose clock was
+    behind the base's (created_at before its base's) was skipped as having no base. Now a record
+    whose base is not imported yet waits for it; created_at order only breaks ties."""
+    home = tmp_path / "home"
+    b = llama_like(0, hidden=16, layers=1)
+    with deltastore.open(home) as st:
+        st.add_base("b", write_model(tmp_path / "b", b))
+        st.add_finetune("f", write_model(tmp_path / "f", finetune_of(b)), base="b", codec="lossless")
+        st.add_finetune("g", write_model(tmp_path / "g", finetune_of(b, seed=2)), base="f", codec="lossless")
+        want = {(v.ref, v.base, v.manifest) for m in st.models() for v in st.versions(m.name)}
+    for name, when in (("g", "2019-01-01T00:00:00"), ("f", "2020-01-01T00:00:00")):  # g, then f, then b
+        key = records.version_key(name, 1)
+        (home / key).write_text(json.dumps(json.loads((home / key).read_bytes()) | {"created_at": when}))
+    lose_catalog(home)
+    with deltastore.open(home) as st:
+        rep = st.rebuild_catalog()
+        assert rep.skipped == [] and rep.corrected == [] and rep.versions == 3
+        assert {(v.ref, v.base, v.manifest) for m in st.models() for v in st.versions(m.name)} == want
+        st.checkout("g", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(tmp_path / "g")
+
+
+def test_a_record_whose_base_never_comes_is_skipped_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    b = llama_like(0, hidden=16, layers=1)
+    with deltastore.open(home) as st:
+        st.add_base("b", write_model(tmp_path / "b", b))
+        st.add_finetune("f", write_model(tmp_path / "f", finetune_of(b)), base="b", codec="lossless")
+    (home / records.version_key("b", 1)).unlink()
+    lose_catalog(home)
+    with deltastore.open(home) as st:
+        rep = st.rebuild_catalog()
+        assert rep.versions == 0 and len(rep.skipped) == 1 and "f/v1.json: its base b@v1 has no usable record" in rep.skipped[0]
