@@ -21,8 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, joinedload
 
 from .catalog import Model, RetiredNumber, Tag, Version
-from .errors import UnknownRefError
-from .refs import Ref, parse_ref
+from .errors import ConflictError, UnknownRefError
+from .refs import MAX_VERSION, Ref, parse_ref
 from .results import VersionInfo
 
 #: brings the version a REF names into this catalog; returns (model, number) of the local copy,
@@ -63,7 +63,10 @@ def next_number(s: Session, m: Model, preferred: int | None = None) -> int:
         if used is None and retired is None:
             return preferred
     gone = s.scalar(select(func.max(RetiredNumber.number)).where(RetiredNumber.model_name == m.name)) or 0
-    return max(latest_number(s, m), gone) + 1
+    n = max(latest_number(s, m), gone) + 1
+    if n > MAX_VERSION:  # (a catalog rebuilt from a bucket holding v2147483647: records and REFs stop there)
+        raise ConflictError(f"model {m.name!r} has used every version number up to {MAX_VERSION}; add this under another name")
+    return n
 
 
 def resolve_version(s: Session, ref: str | Ref, *, fetch: bool = True) -> Version:

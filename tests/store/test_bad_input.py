@@ -21,6 +21,7 @@ from deltastore.errors import (
     BadNameError,
     BadSafetensorsError,
     BaseMismatchError,
+    ConflictError,
     CorruptObjectError,
     LockedError,
     PickleRefusedError,
@@ -255,3 +256,17 @@ def test_gc_is_not_held_by_a_fifo_in_the_catalog_folder(populated, tmp_path: Pat
                        timeout=120)
     assert p.returncode == 0, p.stderr
     store.checkout("b", tmp_path / "out")
+
+
+def test_no_version_number_past_the_last_one_a_ref_can_name(populated, tmp_path: Path) -> None:
+    """A model whose catalog holds v2147483647 (rebuilt from a bucket that had one): the next add
+    is one ConflictError, not a v2147483648 that no REF, record or PostgreSQL column takes."""
+    import sqlite3
+
+    store, base = populated
+    with sqlite3.connect(tmp_path / "home" / "catalog.db") as db:
+        db.execute("UPDATE versions SET number = 2147483647")
+    before = snapshot(store)[1]
+    with pytest.raises(ConflictError, match="every version number"):
+        store.add_base("b", write_model(tmp_path / "b2", finetune_of(base)))
+    assert snapshot(store)[1] == before
