@@ -314,9 +314,10 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
     total = man.logical_bytes
     state = {"done": 0, "written": 0}
     progress("checkout", 0, total)
+    taken = set(dests)
     for f, dest in zip(man.files, dests):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.deltastore-tmp")
+        tmp = _temp_name(dest, taken)
         try:
             with open(tmp, "w+b") as fh:  # read+write: tensors are decoded into an mmap of it
                 _write_file(store, v.manifest, f, fh, target, state, progress, total)
@@ -368,7 +369,7 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
     sizes = [math.prod(t.shape) * DTYPES[target][1] if converts(t) else t.nbytes for t in f.tensors]
     starts = np.cumsum([len(head)] + sizes).tolist()
     fd = fh.fileno()
-    if sizes and _mappable(fd, starts[-1]):
+    if sizes and _mappable(fd, starts[-1], f.path):
         # every worker decodes its tensor straight into its own window of the file: the file is
         # written in parallel, with no tensor buffer and no copy through a single writing thread
         def decode_into(i: int) -> int:
@@ -423,7 +424,19 @@ def _pwrite_tensor(store: StoreView, manifest_oid: str, entry: TensorEntry, fd: 
     return store.objects.write_tensor(entry.object, entry.nbytes, fd, offset)
 
 
-def _mappable(fd: int, size: int) -> bool:
+def _temp_name(dest: Path, taken: set[Path]) -> Path:
+    """Where ``dest`` is written before it is renamed into place: a hidden name beside it that no
+    file of the version has (a folder added with a leftover ``.x.deltastore-tmp`` in it lists one,
+    which the plain name would have overwritten and then renamed away)."""
+    tmp = dest.with_name(f".{dest.name}.deltastore-tmp")
+    k = 0
+    while tmp in taken:
+        k += 1
+        tmp = dest.with_name(f".{dest.name}.deltastore-tmp{k}")
+    return tmp
+
+
+def _mappable(fd: int, size: int, what: str = "the file") -> bool:
     """Give the file its final ``size`` with its blocks reserved, so writes through a mapping
     cannot meet a full disk (which would be SIGBUS, not an error); False where this file system
     cannot reserve or map it, or ``DELTASTORE_MAP_WRITES=0`` says not to (the caller then writes
@@ -434,7 +447,7 @@ def _mappable(fd: int, size: int) -> bool:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise
+            raise BadInputError(f"no room to write {what} ({size:,} bytes): {e.strerror}; free space or check out elsewhere") from None
         return False
     try:
         mmap.mmap(fd, min(size, mmap.PAGESIZE)).close()

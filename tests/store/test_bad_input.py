@@ -270,3 +270,50 @@ def test_no_version_number_past_the_last_one_a_ref_can_name(populated, tmp_path:
     with pytest.raises(ConflictError, match="every version number"):
         store.add_base("b", write_model(tmp_path / "b2", finetune_of(base)))
     assert snapshot(store)[1] == before
+
+
+def test_checkout_keeps_a_file_named_like_its_temp_file(store, tmp_path: Path) -> None:
+    """A folder added with a leftover ``.model.safetensors.deltastore-tmp`` (a checkout killed
+    midway, then added): checkout writes that file too, not over it with its own temp file."""
+    d = write_model(tmp_path / "m", llama_like(0))
+    (d / ".model.safetensors.deltastore-tmp").write_bytes(b"left over")
+    store.add_base("m", d)
+    store.checkout("m", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(d)
+
+
+def test_checkout_without_room_is_one_clear_error(store, tmp_path: Path) -> None:
+    """A checkout that the disk (here a file size limit) cannot hold: one BadInputError naming the
+    file, from a real process, nothing left behind."""
+    store.add_base("m", write_model(tmp_path / "m", llama_like(0, hidden=128)))
+    code = (
+        "import resource, signal, sys, deltastore\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))\n"
+        "st = deltastore.open(sys.argv[1])\n"
+        "try:\n"
+        "    st.checkout('m', sys.argv[2])\n"
+        "except deltastore.errors.BadInputError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home"), str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ERR no room to write model.safetensors"), p.stdout
+    assert [x.name for x in (tmp_path / "out").iterdir()] in ([], ["config.json"], ["config.json", "tokenizer.json"],
+                                                              ["tokenizer.json", "config.json"])
+
+
+def test_verify_of_a_catalog_whose_base_chain_loops(populated, tmp_path: Path) -> None:
+    """Catalog rows whose base chain loops (no add writes them): verify stops with one error line
+    instead of walking the loop forever."""
+    import sqlite3
+
+    store, base = populated
+    store.add_finetune("f", write_model(tmp_path / "f", finetune_of(base)), base="b", codec="lossless")
+    with sqlite3.connect(tmp_path / "home" / "catalog.db") as db:
+        (fid,) = db.execute("SELECT id FROM versions WHERE base_version_id IS NOT NULL").fetchone()
+        db.execute("UPDATE versions SET base_version_id = ? WHERE base_version_id IS NULL", (fid,))
+    p = subprocess.run([sys.executable, "-m", "cli", "verify", "f", "--home", str(tmp_path / "home")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode != 0 and "loops back to itself" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -166,7 +166,7 @@ def test_checkout_both_write_paths_are_byte_identical(store, tmp_path: Path, mon
     from deltastore import materialize
 
     if not mapped:
-        monkeypatch.setattr(materialize, "_mappable", lambda fd, size: False)
+        monkeypatch.setattr(materialize, "_mappable", lambda fd, size, what="": False)
     base = llama_like(0)
     base["odd.weight"] = torch.randn(7, 13).to(torch.bfloat16)
     base["empty.weight"] = torch.zeros(0, 4, dtype=torch.bfloat16)
