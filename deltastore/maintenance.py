@@ -336,8 +336,16 @@ def verify(store: StoreView, ref: str | None = None, *, progress: Progress | Non
         if ref is not None:
             vs = [resolve_version(s, ref)]
             cur = vs[0]  # a version needs its base chain too
+            seen = {cur.id}
             while cur.base_version_id is not None:
+                if cur.base_version_id in seen:  # rows no add writes (a damaged or hand-edited catalog)
+                    raise DeltaStoreError(f"the catalog's base chain of {ref} loops back to itself; "
+                                          "run `deltastore db rebuild` to rebuild the catalog from the records")
+                seen.add(cur.base_version_id)
                 cur = s.get(Version, cur.base_version_id)
+                if cur is None:
+                    raise DeltaStoreError(f"the catalog's base chain of {ref} names a version it does not hold; "
+                                          "run `deltastore db rebuild` to rebuild the catalog from the records")
                 vs.append(cur)
         else:
             vs = list(s.scalars(select(Version).order_by(Version.id)))
