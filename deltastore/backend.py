@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import fsspec
 
@@ -63,19 +63,29 @@ OBJECT_STORE = Capabilities(cheap_touch=False, conditional_put=True, ranged_get=
 OTHER = Capabilities(cheap_touch=False, conditional_put=False, ranged_get=True, atomic_rename=False, torn_possible=False)
 
 
-def _open_regular(path: str):  # noqa: ANN202 - a binary file object or None
-    """``path`` opened for reading if it is a plain file, else None, as for a missing key (what
-    ``exists`` says: ``os.path.isfile``). Opened without blocking, then checked: a FIFO planted
-    under a record's or an object's name made ``open`` wait forever for a writer (gc hung on one
-    in the catalog folder); a directory or device is no object either."""
+def open_nonblocking(path: str) -> tuple[BinaryIO, os.stat_result] | None:
+    """``path`` opened for reading without blocking, with its ``fstat``; None if there is nothing
+    there. Why not ``open``: a FIFO planted under a record's or an object's name made it wait
+    forever for a writer (gc hung on one in the catalog folder). The caller decides what a
+    non-file is (:func:`_open_regular`: missing; a transfer's bounded read: refused)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    return os.fdopen(fd, "rb"), os.fstat(fd)
+
+
+def _open_regular(path: str) -> BinaryIO | None:
+    """``path`` opened for reading if it is a plain file, else None, as for a missing key (what
+    ``exists`` says: ``os.path.isfile``): a directory, FIFO or device is no object."""
+    got = open_nonblocking(path)
+    if got is None:
         return None
-    return os.fdopen(fd, "rb")
+    f, st = got
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        return None
+    return f
 
 
 def _fsync_dir(path: str) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import stat
 import threading
 import time
@@ -46,7 +45,7 @@ from typing import Any, Iterator, Protocol
 from sqlalchemy import select
 
 from . import records
-from .backend import TMP_PREFIX, Backend
+from .backend import TMP_PREFIX, Backend, open_nonblocking
 from .catalog import Model, ObjectRow, Tag, Version
 from .errors import BadInputError, BadNameError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
 from .ingest import commit_version
@@ -124,12 +123,11 @@ def read_at_most(backend: Backend, key: str, limit: int) -> bytes | None:
     plain file: what another store's folder or bucket holds is not trusted (a sparse 1 TiB file
     named like a record, a FIFO named like an object)."""
     if backend.local:
-        try:
-            fd = os.open(backend._path(key), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        got = open_nonblocking(backend._path(key))
+        if got is None:
             return None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
+        f, st = got
+        with f:
             if not stat.S_ISREG(st.st_mode):
                 raise Unreadable(f"{key} is not a plain file")
             if st.st_size > limit:
