@@ -286,7 +286,12 @@ def _warn_if_readable(path: Path, cfg: StoreConfig) -> None:
             "%s holds a password or keys and is readable by others (mode %o): run `chmod 600 %s`", path, mode, path)
 
 
-def load_config(home: str | Path | None = None, *, db_url: str | None = None, objects_url: str | None = None, create: bool = False) -> StoreConfig:
+def load_config(home: str | Path | None = None, *, db_url: str | None = None, objects_url: str | None = None, create: bool = False,
+                env: bool = True) -> StoreConfig:
+    """The store at ``home`` (default: DELTASTORE_HOME or ~/.deltastore): its config.toml, then
+    DELTASTORE_DB_URL / DELTASTORE_OBJECTS_URL over it, then ``db_url`` / ``objects_url`` over
+    those. ``env=False``: the environment is not read, for another store's home (a remote), which
+    those variables, naming this store, must not redirect."""
     home_p = Path(home).expanduser() if home else default_home()
     home_p = home_p.absolute()
     path = home_p / CONFIG_NAME
@@ -299,7 +304,10 @@ def load_config(home: str | Path | None = None, *, db_url: str | None = None, ob
         opts = data.get("storage_options", {})
         if not isinstance(opts, dict):
             raise BadInputError(f"{path}: storage_options must be a table")
-        cfg = StoreConfig(home_p, data.get("db_url", cfg.db_url), data.get("objects_url", cfg.objects_url), opts)
+        urls = data.get("db_url", cfg.db_url), data.get("objects_url", cfg.objects_url)
+        if not all(isinstance(u, str) and u for u in urls):
+            raise BadInputError(f"{path}: db_url and objects_url must be URLs")
+        cfg = StoreConfig(home_p, *urls, opts)
         _warn_if_readable(path, cfg)
     elif create:
         cfg = StoreConfig(home_p, db_url or os.environ.get("DELTASTORE_DB_URL") or cfg.db_url,
@@ -307,9 +315,10 @@ def load_config(home: str | Path | None = None, *, db_url: str | None = None, ob
         write_config(cfg)
     elif not (os.environ.get("DELTASTORE_DB_URL") and os.environ.get("DELTASTORE_OBJECTS_URL")) and not (db_url and objects_url):
         raise NotFoundError(f"no deltastore at {home_p}: run `deltastore init --home {home_p}` first (or set DELTASTORE_HOME)")
+    environ = os.environ if env else {}
     return StoreConfig(
         home_p,
-        db_url or os.environ.get("DELTASTORE_DB_URL") or cfg.db_url,
-        objects_url or os.environ.get("DELTASTORE_OBJECTS_URL") or cfg.objects_url,
+        db_url or environ.get("DELTASTORE_DB_URL") or cfg.db_url,
+        objects_url or environ.get("DELTASTORE_OBJECTS_URL") or cfg.objects_url,
         cfg.storage_options,
     ).register_secrets()

@@ -292,23 +292,6 @@ def probe(remote: Remote, backend: Backend) -> str:
     return "foreign" if names else "empty"
 
 
-def _home_config(home: Path) -> StoreConfig:
-    """Another store's home as its own ``config.toml`` names it. ``load_config`` lets
-    DELTASTORE_DB_URL / DELTASTORE_OBJECTS_URL override a home's file: they name *this* store, so
-    applied to that home they made a push to it land in this store ("already there") and a pull
-    from it read this store; the file's URLs (or a home's defaults) are given explicitly."""
-    path = home / CONFIG_NAME
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise BadInputError(f"{path} is not valid TOML: {e}") from None
-    default = StoreConfig.defaults(home)
-    db_url, objects_url = data.get("db_url", default.db_url), data.get("objects_url", default.objects_url)
-    if not isinstance(db_url, str) or not isinstance(objects_url, str) or not db_url or not objects_url:
-        raise BadInputError(f"{path}: db_url and objects_url must be URLs")
-    return load_config(home, db_url=db_url, objects_url=objects_url)
-
-
 @dataclass
 class OpenRemote:
     remote: Remote
@@ -350,7 +333,9 @@ def open_remote(remote: Remote, store_cls: Callable[..., Any] | None, *, write: 
     elif backend.local and (Path(backend.root) / CONFIG_NAME).is_file():
         # another store's home: its own config names its catalog, which must see what lands there
         # (records alone would be strays to its gc)
-        cfg = _home_config(Path(backend.root))
+        # (with its own URLs: DELTASTORE_DB_URL / DELTASTORE_OBJECTS_URL name *this* store, and
+        # applied there made a push land here, "already there", and a pull read this store)
+        cfg = load_config(backend.root, env=False)
     if cfg is not None and store_cls is not None:
         with talking_to(remote):
             try:
