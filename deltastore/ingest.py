@@ -166,7 +166,8 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                     return entry, put, raw
 
                 tensors = list(enumerate(header.tensors))
-                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
+                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes,
+                                                                   held=file_hash is not None)):
                     if file_hash is not None:
                         file_hash.wait_through(i)  # memory: no piece outlives the window
                         pool.give(raw)

@@ -378,7 +378,7 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
                     decode(f.tensors[i], window.array)
             return sizes[i]
 
-        done = ordered_map(decode_into, range(len(sizes)), workers=store.workers, weight=lambda i: sizes[i])
+        done = ordered_map(decode_into, range(len(sizes)), workers=store.workers, weight=lambda i: sizes[i], held=False)
         for t, n in zip(f.tensors, done):
             state["written"] += n
             state["done"] += t.nbytes

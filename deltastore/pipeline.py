@@ -16,7 +16,7 @@ import hashlib
 import os
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
@@ -91,13 +91,18 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, weight: Callable[[T], int] | None = None,
-                budget: int = DEFAULT_BUDGET) -> Iterator[R]:
+                budget: int = DEFAULT_BUDGET, held: bool = True) -> Iterator[R]:
     """``fn(item)`` for each item, run ``workers`` at a time, yielded in input order.
 
     At most ``workers`` items are in flight, and items beyond the first stop being submitted once
-    their summed ``weight`` (bytes) would pass ``budget``. An exception in ``fn`` surfaces when its
-    result is reached; items still in flight are then waited for (never left writing behind the
-    caller's back) and dropped.
+    their summed ``weight`` (bytes) would pass ``budget``. ``held``: whether a finished item's
+    result still holds its weight until it is yielded (a tensor handed back). Where it does not
+    (``held=False``: the result is small, its bytes already written), only running items count,
+    so one large item at the head of the order does not stop the others behind it: finished
+    results wait their turn while new items start (on 16 cores an add ran one tensor task at a
+    time behind each large tensor). An exception in ``fn`` surfaces when its result is reached;
+    items still in flight are then waited for (never left writing behind the caller's back) and
+    dropped.
     """
     if workers <= 1:
         for item in items:
@@ -109,7 +114,18 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, weigh
     try:
         for item in items:
             w = weight(item) if weight is not None else 0
-            while pending and (len(pending) >= workers or inflight + w > budget):
+            while pending:
+                if held:
+                    if len(pending) < workers and inflight + w <= budget:
+                        break
+                elif pending[0][0].done() or any(f.done() and f.exception() is not None for f, _ in pending):
+                    pass  # hand back what is ready first; after a failure start nothing more
+                else:
+                    live = [(f, fw) for f, fw in pending if not f.done()]
+                    if not live or (len(live) < workers and sum(fw for _, fw in live) + w <= budget):
+                        break
+                    wait([f for f, _ in live], return_when=FIRST_COMPLETED)
+                    continue
                 fut, fw = pending.popleft()
                 inflight -= fw
                 yield fut.result()

@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 import deltastore
 from deltastore.errors import CorruptObjectError
-from deltastore.pipeline import InOrderHash
+from deltastore.pipeline import InOrderHash, ordered_map
 
 from ..conftest import llama_like, write_model
 
@@ -186,3 +187,54 @@ def test_finetune_add_gives_the_same_objects_at_any_worker_count(tmp_path: Path)
         finally:
             st.close()
     assert manifests[0] == manifests[1]
+
+
+def test_ordered_map_does_not_let_a_slow_head_stop_the_items_behind_it() -> None:
+    """held=False (an add's or a mapped checkout's tensors: results hold no bytes): while the first,
+    large item runs, the items behind it start as workers free up, results still come in order,
+    and no more than ``workers`` run at once. With held=True the window waits for the head."""
+    later_started = threading.Event()
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fn(i: int) -> tuple[int, bool]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            if i == 0:  # the head: finishes only once the last item has started (or gives up)
+                return i, later_started.wait(3)
+            if i == 5:
+                later_started.set()
+            return i, True
+        finally:
+            with lock:
+                running[0] -= 1
+
+    out = list(ordered_map(fn, range(6), workers=2, weight=lambda i: 1, held=False))
+    assert out == [(i, True) for i in range(6)]
+    assert peak[0] <= 2
+
+    later_started.clear()
+    held = ordered_map(fn, range(6), workers=2, weight=lambda i: 1, held=True)
+    t0 = time.monotonic()
+    first = next(held)
+    assert first == (0, False) and time.monotonic() - t0 >= 2.5  # the head waited alone: item 5 never started
+    assert list(held) == [(i, True) for i in range(1, 6)]
+
+
+def test_ordered_map_stops_starting_items_after_a_failure_and_raises_it_in_order() -> None:
+    started: list[int] = []
+
+    def fn(i: int) -> int:
+        started.append(i)
+        if i == 1:
+            raise ValueError("item 1")
+        if i == 0:
+            time.sleep(0.3)
+        return i
+
+    it = ordered_map(fn, range(50), workers=2, held=False)
+    assert next(it) == 0
+    with pytest.raises(ValueError, match="item 1"):
+        next(it)
+    assert len(started) < 10
