@@ -43,7 +43,7 @@ from deltastore.codec import planes, lossless, _zstd
 from deltastore.codec import _numba as nb
 
 home, base, ft, op, out = sys.argv[1:6]
-stats, lock, local = {}, threading.Lock(), threading.local()
+stats, lock, local, spans = {}, threading.Lock(), threading.local(), []
 
 def wrap(owner, attr, name):
     fn = getattr(owner, attr)
@@ -54,10 +54,11 @@ def wrap(owner, attr, name):
             stack = local.stack = []
         stack.append([0.0, 0.0, 0])
         r0 = resource.getrusage(resource.RUSAGE_THREAD)
-        t0 = time.thread_time()
+        t0, w0 = time.thread_time(), time.perf_counter()
         try:
             return fn(*a, **k)
         finally:
+            spans.append((name, w0, time.perf_counter()))
             dt = time.thread_time() - t0
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
             ds, df = r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
@@ -74,6 +75,7 @@ def wrap(owner, attr, name):
                 s[3] += df - child[2]
     setattr(owner, attr, timed)
 
+wrap(ingest, "_encode_tensor", "tensor task: rest (Python)")
 wrap(ingest, "_pread", "read (preadv into a pooled buffer)")
 wrap(ingest, "sha256_hex", "sha256 of the tensor read")
 wrap(ingest, "tensor_bytes", "base tensor: rest of tensor_bytes")
@@ -137,10 +139,20 @@ tenths = [[] for _ in range(int(wall * 4) + 1)]  # mean running threads a quarte
 for t, n in running:
     if t0 <= t <= t0 + wall:
         tenths[int((t - t0) * 4)].append(n)
+# per quarter second: how many threads were inside each stage (inclusive of what it calls), mean
+busy = {}
+for name, a, b in spans:
+    a, b = max(a, t0), min(b, t0 + wall)
+    while a < b:
+        i = int((a - t0) * 4)
+        end = min(b, t0 + (i + 1) / 4)
+        row = busy.setdefault(name, [0.0] * len(tenths))
+        row[min(i, len(tenths) - 1)] += (end - a) * 4
+        a = end
 cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 print(json.dumps({"op": op, "wall": wall, "cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
                   "minflt": r1.ru_minflt - r0.ru_minflt,
-                  "stages": stats, "running": [round(sum(v) / len(v), 1) if v else None for v in tenths]}))
+                  "stages": stats, "busy": busy, "running": [round(sum(v) / len(v), 1) if v else None for v in tenths]}))
 """
 
 
@@ -202,6 +214,11 @@ def main() -> None:
             print(f"| not in a stage | {r['cpu'] - total:.2f} | {(r['cpu'] - total) / gb:.2f} | {(r['sys'] - tsys) / gb:.2f} | | |")
             if r.get("running"):
                 print(f"\nthreads running (mean over each quarter second): {' '.join(str(x) for x in r['running'])}")
+            if r.get("busy"):  # threads inside each stage, including the stages it calls, per quarter second
+                print("\nthreads inside each stage (inclusive), mean over each quarter second:\n")
+                for name, row in sorted(r["busy"].items(), key=lambda kv: -sum(kv[1])):
+                    if sum(row) >= 0.5:
+                        print(f"    {' '.join(f'{x:4.1f}' for x in row)}  {name}")
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
 

@@ -434,24 +434,63 @@ def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
 
 def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int, min_group: int) -> list[_Group]:
     """One chunk's groups from its planes already grouped by context (``grouped[k]``: plane k of
-    the chunk's words in stable context order) and the elements per context."""
-    compress = _thread_compressor(level).compress
-    rows = list(grouped)  # the planes, viewed once; each group's frame is a slice of each
-    groups, pos = [], 0
-    for c, n in merge_groups(counts, min_group):
-        modes, payloads, end = [], [], pos + n
-        for row in rows:
-            plane = row[pos:end]
-            comp = compress(plane) if n else b""
-            if 0 < len(comp) < n:
+    the chunk's words in stable context order) and the elements per context.
+
+    Every frame of the chunk (a group's plane each) is compressed in one call
+    (python-zstandard's ``multi_compress_to_buffer``, the GIL released for all of them), not one
+    ``compress`` a frame: a chunk has tens of frames, and at 16 threads each call's release and
+    re-take of the GIL queued the workers behind one another (issue 7: 16 threads inside the
+    stage, 1-3 running). The same frames, byte for byte, as ``compress`` of each."""
+    cctx = _thread_compressor(level)
+    spans = merge_groups(counts, min_group)
+    n = grouped.shape[1] if grouped.ndim == 2 else 0
+    frames = _frames(cctx, grouped, spans, n)
+    groups, pos, i = [], 0, 0
+    for c, k in spans:
+        modes, payloads, end = [], [], pos + k
+        for row in range(grouped.shape[0]):
+            comp = frames[i] if k else b""
+            i += 1
+            if 0 < len(comp) < k:
                 modes.append(1)
                 payloads.append(comp)
             else:
                 modes.append(0)
-                payloads.append(plane.tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
-        groups.append(_Group(c, n, modes, payloads))
+                payloads.append(grouped[row, pos:end].tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
+        groups.append(_Group(c, k, modes, payloads))
         pos = end
     return groups
+
+
+def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tuple[int, int]], n: int) -> list[bytes]:
+    """The zstd frame of every (group, plane) of a chunk, group by group, plane by plane: one
+    ``multi_compress_to_buffer`` call over segments of ``grouped`` where it is one contiguous
+    array and the call exists (python-zstandard's C backend), else ``compress`` one by one.
+    Empty groups get ``b""`` (they are stored, never compressed)."""
+    width = grouped.shape[0]
+    multi = getattr(cctx, "multi_compress_to_buffer", None)
+    if multi is None or not grouped.flags.c_contiguous or not any(k for _, k in spans):
+        out, pos = [], 0
+        for _, k in spans:
+            out.extend(cctx.compress(grouped[row, pos:pos + k]) if k else b"" for row in range(width))
+            pos += k
+        return out
+    seg, pos = [], 0
+    for _, k in spans:
+        if k:
+            seg.extend((row * n + pos, k) for row in range(width))
+        pos += k
+    res = multi(zstandard.BufferWithSegments(grouped, np.array(seg, dtype=np.uint64).tobytes()), threads=0)
+    made = [bytes(res[j]) for j in range(len(res))]
+    out, j = [], 0
+    for _, k in spans:
+        for _row in range(width):
+            if k:
+                out.append(made[j])
+                j += 1
+            else:
+                out.append(b"")
+    return out
 
 
 def group_split(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool) -> tuple[np.ndarray, np.ndarray]:
