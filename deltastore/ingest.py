@@ -167,8 +167,9 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
 
                 tensors = list(enumerate(header.tensors))
                 # held (the default): finished tensors count toward the window until handed back. Letting
-                # only running ones count (held=False, as a mapped checkout does) measured add base 10%
-                # slower on the H200 machine's 16 cores and the fine-tune add no faster (scaling_h200.md)
+                # only running ones count (held=False, as a mapped checkout does) made neither add faster on
+                # the H200 machine's 16 cores (within round-to-round spread; scaling_h200.md), so the add
+                # keeps the simpler window
                 for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
                     if file_hash is not None:
                         file_hash.wait_through(i)  # memory: no piece outlives the window
