@@ -33,6 +33,26 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+WATCH = r"""
+import os, sys, time
+pid, path = sys.argv[1], sys.argv[2]
+with open(path, "w") as f:
+    while True:
+        t = time.perf_counter()
+        parts = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as g:
+                    st = g.read().rsplit(b")", 1)[1].split()[0].decode()
+                with open(f"/proc/{pid}/task/{tid}/wchan") as g:
+                    wc = g.read().strip() or "-"
+            except OSError:
+                continue
+            parts.append(f"{st}:{wc}")
+        f.write(f"{t} {' '.join(parts)}\n")
+        time.sleep(max(0.0, 0.01 - (time.perf_counter() - t)))
+"""
+
 CHILD = r"""
 import json, os, resource, sys, threading, time, functools, shutil
 from pathlib import Path
@@ -122,6 +142,11 @@ def sample():
 st = deltastore.open(home)
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
+# the same count from another process, which needs no GIL of ours (the thread above does, so under
+# contention its quarter seconds go empty), with each thread's state and where it sleeps (wchan)
+import subprocess
+states_out = out + ".states"
+watcher = subprocess.Popen([sys.executable, "-c", os.environ["PROBE_WATCH"], str(os.getpid()), states_out])
 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 if op == "add_base":
     st.add_base("m", base)
@@ -135,6 +160,27 @@ wall = time.perf_counter() - t0
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 stop.set()
 sampler.join()
+watcher.terminate()
+watcher.wait()
+states = {}  # per quarter second: mean threads in each state, and the sleeping threads' commonest wchans
+import collections
+for line in open(states_out):
+    t, _, rest = line.partition(" ")
+    t = float(t)
+    if not t0 <= t <= t0 + wall:
+        continue
+    b = states.setdefault(int((t - t0) * 4), [0, collections.Counter(), collections.Counter()])
+    b[0] += 1
+    for item in rest.split():
+        st_, _, wc = item.partition(":")
+        b[1][st_] += 1
+        if st_ != "R":
+            b[2][wc] += 1
+os.unlink(states_out)
+state_rows = []
+for i in range(int(wall * 4) + 1):
+    n, c, w = states.get(i, [0, collections.Counter(), collections.Counter()])
+    state_rows.append({k: round(v / n, 1) for k, v in c.items()} | {"wchan": {k: round(v / n, 1) for k, v in w.most_common(3)}} if n else None)
 tenths = [[] for _ in range(int(wall * 4) + 1)]  # mean running threads a quarter second
 for t, n in running:
     if t0 <= t <= t0 + wall:
@@ -152,12 +198,12 @@ for name, a, b in spans:
 cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 print(json.dumps({"op": op, "wall": wall, "cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
                   "minflt": r1.ru_minflt - r0.ru_minflt,
-                  "stages": stats, "busy": busy, "running": [round(sum(v) / len(v), 1) if v else None for v in tenths]}))
+                  "stages": stats, "busy": busy, "states": state_rows, "running": [round(sum(v) / len(v), 1) if v else None for v in tenths]}))
 """
 
 
 def run(op: str, home: Path, base: Path, ft: Path, out: Path, threads: int, site: str | None) -> dict:
-    env = dict(os.environ, DELTASTORE_THREADS=str(threads))
+    env = dict(os.environ, DELTASTORE_THREADS=str(threads), PROBE_WATCH=WATCH)
     if site:
         env["PYTHONPATH"] = site
     p = subprocess.run([sys.executable, "-c", CHILD, str(home), str(base), str(ft), op, str(out)], env=env,
@@ -214,6 +260,14 @@ def main() -> None:
             print(f"| not in a stage | {r['cpu'] - total:.2f} | {(r['cpu'] - total) / gb:.2f} | {(r['sys'] - tsys) / gb:.2f} | | |")
             if r.get("running"):
                 print(f"\nthreads running (mean over each quarter second): {' '.join(str(x) for x in r['running'])}")
+            if r.get("states"):  # from a watcher process: no GIL of the op's needed to sample
+                print("\nthread states per quarter second (another process reads /proc; R running, S sleeping, D uninterruptible; "
+                      "the sleeping threads' commonest wchans):\n")
+                for i, row in enumerate(r["states"]):
+                    if row:
+                        wc = row.pop("wchan", {})
+                        print(f"    {i / 4:5.2f} s  " + " ".join(f"{k} {v:4.1f}" for k, v in sorted(row.items()))
+                              + "   " + ", ".join(f"{k} {v}" for k, v in wc.items()))
             if r.get("busy"):  # threads inside each stage, including the stages it calls, per quarter second
                 print("\nthreads inside each stage (inclusive), mean over each quarter second:\n")
                 for name, row in sorted(r["busy"].items(), key=lambda kv: -sum(kv[1])):

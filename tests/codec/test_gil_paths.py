@@ -111,3 +111,23 @@ def test_to_parts_are_to_bytes():
         parts = to_parts(enc)
         assert isinstance(parts[0], bytes)
         assert b"".join(memoryview(p).cast("B") for p in parts) == to_bytes(enc)
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_chunks_frames_are_the_same_in_one_call_or_one_by_one(width, seed, monkeypatch):
+    """A grouped chunk's frames compressed in one multi_compress_to_buffer call are the frames
+    ``compress`` makes one by one (stored bytes must not depend on the path), with empty groups,
+    one-element groups and groups that do not compress among them."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 6000))
+    grouped = rng.integers(0, int(rng.integers(1, 256)), size=(width, n), dtype=np.uint8)
+    grouped[:, : n // 3] = 7  # a run that compresses well beside noise that does not
+    counts = np.bincount(rng.integers(0, 256, size=n), minlength=256).astype(np.int64)
+    min_group = int(rng.choice([1, 64, 4096]))
+    one_call = planes._compress_grouped_planes(grouped, counts, 3, min_group)
+    monkeypatch.setattr(zstandard.ZstdCompressor, "multi_compress_to_buffer", None, raising=False)
+    one_by_one = planes._compress_grouped_planes(grouped, counts, 3, min_group)
+    assert [(g.context, g.n, g.modes, g.payloads) for g in one_call] == \
+        [(g.context, g.n, g.modes, g.payloads) for g in one_by_one]
+    assert sum(g.n for g in one_call) == n
