@@ -378,7 +378,12 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
                     decode(f.tensors[i], window.array)
             return sizes[i]
 
-        done = ordered_map(decode_into, range(len(sizes)), workers=store.workers, weight=lambda i: sizes[i], held=False)
+        # held=False where the workers decode into windows: results hold no bytes, so the tensors behind
+        # a large one start as workers free up (16 cores: checkout base 1.69 -> 2.22 GB/s). Where tensor
+        # objects are written by pwrite (2 workers) it measured slower (dev VM: 0.360 vs 0.476 GB/s,
+        # medians of 3 rounds; scaling_devvm_2workers.md), so the window keeps finished tensors there
+        done = ordered_map(decode_into, range(len(sizes)), workers=store.workers, weight=lambda i: sizes[i],
+                           held=_pwrite_on(store))
         for t, n in zip(f.tensors, done):
             state["written"] += n
             state["done"] += t.nbytes
@@ -403,6 +408,14 @@ PWRITE_ENV = "DELTASTORE_PWRITE_TENSORS"
 PWRITE_MAX_WORKERS = 2
 
 
+def _pwrite_on(store: StoreView) -> bool:
+    """Whether this checkout writes tensor objects by pwrite (:func:`_pwrite_tensor`): the
+    store's own object database, and ``DELTASTORE_PWRITE_TENSORS=1`` or, unset, at most
+    :data:`PWRITE_MAX_WORKERS` workers."""
+    want = os.environ.get(PWRITE_ENV, "").strip()
+    return isinstance(store.objects, ObjectDB) and want != "0" and (want == "1" or store.workers <= PWRITE_MAX_WORKERS)
+
+
 def _pwrite_tensor(store: StoreView, manifest_oid: str, entry: TensorEntry, fd: int, offset: int) -> bool:
     """A tensor stored as a tensor object (a base's, or a fine-tune's unchanged tensor, which is its
     base's) written to ``fd`` at ``offset`` by ``ObjectDB.write_tensor``: decoded, hashed and
@@ -412,8 +425,7 @@ def _pwrite_tensor(store: StoreView, manifest_oid: str, entry: TensorEntry, fd: 
     object store, another coding, more workers than :data:`PWRITE_MAX_WORKERS` unless
     ``DELTASTORE_PWRITE_TENSORS=1``, or ``=0``): the caller decodes into a window;
     entries that do not add up are left to :func:`tensor_bytes` to refuse, with its errors."""
-    want = os.environ.get(PWRITE_ENV, "").strip()
-    if not isinstance(store.objects, ObjectDB) or want == "0" or (want != "1" and store.workers > PWRITE_MAX_WORKERS):
+    if not _pwrite_on(store):
         return False
     try:
         _, entry = stored_entry(store, manifest_oid, entry)
