@@ -100,7 +100,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, weigh
     (``held=False``: the result is small, its bytes already written), only running items count,
     so one large item at the head of the order does not stop the others behind it: finished
     results wait their turn while new items start (with 4 workers the stage probe saw one tensor
-    task run alone for seconds behind a large one; a mapped checkout on 16 cores went 1.69 ->
+    task run alone for a second at a time behind a large one; a mapped checkout on 16 cores went 1.69 ->
     2.22 GB/s). An exception in ``fn`` surfaces when its result is reached;
     items still in flight are then waited for (never left writing behind the caller's back) and
     dropped.
