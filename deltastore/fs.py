@@ -63,7 +63,7 @@ class DeltaStoreFileSystem(AbstractFileSystem):
         mv = self.view.model(model)
         number = None
         if mv is not None:
-            if ref[:1] == "v" and ref[1:].isdigit():
+            if ref[:1] == "v" and ref[1:].isascii() and ref[1:].isdigit():  # not "v\u0661" (1), "v\u00b2" (int() raises)
                 number = int(ref[1:])
             elif ref == "latest":
                 number = mv.latest

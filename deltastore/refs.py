@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from .errors import BadNameError, UnknownRefError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
-_VERSION = re.compile(r"^v(\d+)$")
-_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
+# [0-9], not \d (which takes any Unicode digit: "v\u0661" is Arabic-Indic 1, and int() reads it), and
+# \Z, not $ (which also matches before a final newline: "v1\n" would be v1)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\Z")
+_VERSION = re.compile(r"^v([0-9]+)\Z")
+_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})\Z")
 #: version numbers are positive and below 2**31 (the catalog's integer column, ``records``' bound)
 MAX_VERSION = (1 << 31) - 1
 
@@ -77,4 +79,10 @@ def parse_ref(text: str) -> Ref:
         return Ref(name, manifest_prefix=m.group(1), tag=rev)
     if not rev:
         raise UnknownRefError(f"bad REF {text!r}: nothing after '@'")
+    if rev[:1] == "v" and rev[1:].isdigit():  # digits _VERSION refused: other scripts' ("v\u0661"), "v\u00b2"
+        raise UnknownRefError(f"bad REF {text[:80]!r}: a version number is written in ASCII digits (v1, v2, ...)")
+    try:  # what no tag can be named ("v1\n", "x y") names nothing: said so, not looked up as a tag
+        check_name(rev, "tag name")
+    except BadNameError as e:
+        raise UnknownRefError(f"bad REF {text[:80]!r}: {e}") from None
     return Ref(name, tag=rev)

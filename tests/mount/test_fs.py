@@ -136,3 +136,14 @@ def test_fine_tunes_reuse_the_base_units_already_decoded(home: Path, tmp_path: P
     assert fs.cat_file("ft@v1/model.safetensors") == (tmp_path / "ft" / "model.safetensors").read_bytes()
     assert deltas and fs.cache.stats.hits - hits >= deltas  # each delta applied to the cached base tensor
     assert fs.cache.stats.misses - decoded <= deltas + 2  # the fine-tune's own units, not the base's again
+
+
+@pytest.mark.parametrize("rev", ["v\u0661", "v\u00b2", "v1\n"])
+def test_a_version_in_other_digits_names_no_folder(home: Path, rev: str) -> None:
+    """'ft@v\u0661' read as ft@v1 (str.isdigit and int take Arabic-Indic digits) and 'ft@v\u00b2' made
+    int() raise ValueError out of fsspec; each is now a missing path, as any REF naming nothing is."""
+    fs = DeltaStoreFileSystem(str(home), skip_instance_cache=True)
+    for op in (lambda: fs.ls(f"ft@{rev}"), lambda: fs.cat_file(f"ft@{rev}/model.safetensors")):
+        with pytest.raises(FileNotFoundError, match="bad REF"):
+            op()
+    assert fs.ls("ft@v1", detail=False) == ["ft@v1/config.json", "ft@v1/model.safetensors", "ft@v1/tokenizer.json"]
