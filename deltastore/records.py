@@ -69,6 +69,12 @@ _SALVAGE_MANIFEST = re.compile(r'"manifest"\s*:\s*"\s*(sha256:[0-9a-f]{64})')
 _SALVAGE_OID = re.compile(r"sha256:[0-9a-f]{64}")
 _SALVAGE_CATALOG = re.compile(r'"catalog"\s*:\s*"([0-9a-f-]{36})"')
 _STRS = ("codec", "message", "author")
+#: how deep a record's fields may nest (metrics and codec_params are a level or two in what add
+#: writes): json, dataclasses.asdict and SQLAlchemy's JSON column each recurse once a level, so a
+#: planted record nested a few hundred levels raised RecursionError out of db rebuild
+MAX_JSON_DEPTH = 32
+#: the most values (containers and scalars) one field may hold: more than a record's bytes can spell
+MAX_JSON_VALUES = MAX_RECORD // 2
 
 
 def _need(cond: bool, key: str, why: str) -> None:
@@ -90,7 +96,39 @@ def _load(key: str, data: bytes | None) -> dict:
     except (ValueError, RecursionError) as e:
         raise CorruptRecordError(key, f"not JSON: {e}") from None
     _need(isinstance(d, dict), key, "not a JSON object")
+    check_nesting(key, d)
     return d
+
+
+def _shape_problem(value: object) -> str | None:
+    """Why a field's parsed JSON is more than a record holds (nested deeper than MAX_JSON_DEPTH
+    containers, or more than MAX_JSON_VALUES values), or None. Walks without recursing."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    n = 1
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            inner: Any = v.values()
+        elif isinstance(v, (list, tuple)):
+            inner = v
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return f"nests deeper than {MAX_JSON_DEPTH} levels"
+        n += len(inner)  # counted before they are stacked: a list of 10**8 is refused, not walked
+        if n > MAX_JSON_VALUES:
+            return f"holds more than {MAX_JSON_VALUES} values"
+        stack.extend((x, depth + 1) for x in inner)
+    return None
+
+
+def check_nesting(key: str, fields_: dict[str, Any]) -> None:
+    """Refuse (CorruptRecordError naming ``key`` and the field) a record whose fields nest deeper
+    or hold more than a record may: checked before anything serialises them again."""
+    for k, v in fields_.items():
+        why = _shape_problem(v)
+        if why is not None:
+            raise CorruptRecordError(key, f"{k!s:.40} {why}")
 
 
 def _name(key: str, v: object, what: str) -> str:

@@ -606,9 +606,12 @@ def check_info(side: Side, info: VersionInfo) -> None:
     is not trusted either, and what could not be written as a record is not moved. Checked before
     anything is copied; BadInputError naming the version, never a TypeError from deep in a commit."""
     try:
+        key = records.version_key(info.model, info.number)
+        # its free-form fields' depth and size first: encoding them recurses once a level
+        records.check_nesting(key, {"codec_params": info.codec_params, "metrics": info.metrics})
         # (a message may be as long as an add took it: only its type is checked here)
         probe = replace(info, message=info.message[:100]) if isinstance(info.message, str) else info
-        records.parse_version(records.version_key(info.model, info.number), records.encode_version(probe, None))
+        records.parse_version(key, records.encode_version(probe, None))
         for t in info.tags:
             check_name(t, "tag name")
         return

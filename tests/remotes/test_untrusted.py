@@ -201,6 +201,7 @@ def test_a_huge_version_number_is_not_kept(source, other, models, tmp_path: Path
     ("update versions set codec_params = '[1, 2]'", "codec_params is not a JSON object"),  # was a ValueError traceback
     ("update tags set name = '../../evil' where name = 'best'", "tag name '../../evil' contains a slash"),
     ("update versions set metrics = '[1]'", "metrics is not a JSON object"),
+    ("update versions set metrics = '{\"x\": " + "[" * 600 + "]" * 600 + "}'", "metrics nests deeper than 32 levels"),
 ])
 def test_catalog_remote_fields_are_checked(source, other, tmp_path: Path, sql: str, want: str) -> None:
     """A remote with a catalog of its own (a SQLite file someone else writes): what its rows say
@@ -221,6 +222,21 @@ def test_catalog_remote_fields_are_checked(source, other, tmp_path: Path, sql: s
     with pytest.raises(BadInputError, match=f"remote 'team'.*f@v1 cannot be transferred: {want}"):
         other.pull("f@v1", team)
     assert _state(other) == before
+
+
+def test_a_record_nested_too_deep_is_refused(source, other, tmp_path: Path) -> None:
+    """A remote's record whose metrics nest 600 levels: read, then refused only when re-encoding it
+    ran out of Python's stack ("RecursionError: maximum recursion depth exceeded", or a traceback
+    where less stack was left). Now one RemoteError naming the record and the field, nothing
+    changed here, and the remote's other versions still pull."""
+    url = _pushed(source, tmp_path)
+    key = url / "catalog" / "versions" / "f" / "v1.json"
+    key.write_text(json.dumps(json.loads(key.read_text()) | {"metrics": {"x": json.loads("[" * 600 + "]" * 600)}}))
+    before = _state(other)
+    with pytest.raises(RemoteError, match="record catalog/versions/f/v1.json is malformed: metrics nests deeper than 32 levels"):
+        other.pull("f@v1", str(url))
+    assert _state(other) == before
+    assert other.pull("b@v1", str(url)).dst_ref == "b@v1"
 
 
 def test_push_of_a_message_no_record_holds(filled, other, models, tmp_path: Path) -> None:

@@ -155,6 +155,34 @@ def test_a_long_message_survives_db_rebuild(tmp_path: Path) -> None:
         assert st.resolve("b@v1").message == msg
 
 
+def test_a_record_nested_too_deep_is_one_error_from_db_rebuild(tmp_path: Path) -> None:
+    """A record whose metrics nest 600 levels (planted on the bucket) parsed, then raised
+    RecursionError out of db rebuild (re-encoding it to adopt it): a traceback from the CLI. Now it
+    is refused as the record is read, one line naming it and the field; nothing is imported, and
+    with the record mended the version comes back whole."""
+    from tests.clirun import cli
+
+    home = tmp_path / "home"
+    src = write_model(tmp_path / "b", llama_like(0, hidden=16, layers=1))
+    with deltastore.open(home) as st:
+        st.add_base("b", src, metrics={"loss": 0.5})
+    lose_catalog(home)
+    key = records.version_key("b", 1)
+    good = (home / key).read_bytes()
+    (home / key).write_text(json.dumps(json.loads(good) | {"metrics": {"loss": json.loads("[" * 600 + "]" * 600)}}))
+    p = cli("db", "rebuild", "--home", str(home))
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip() == (f"deltastore: error: record {key} is malformed: metrics nests deeper than "
+                                f"{records.MAX_JSON_DEPTH} levels")
+    with deltastore.open(home) as st:
+        assert st.models() == []
+        (home / key).write_bytes(good)
+        assert st.rebuild_catalog().versions == 1
+        assert st.resolve("b@v1").metrics == {"loss": 0.5}
+        st.checkout("b@v1", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(src)
+
+
 def test_a_manifest_id_with_a_trailing_newline_neither_stops_gc_nor_loses_the_version(tmp_path: Path) -> None:
     """Another catalog's record whose manifest id ends in '\\n' (Python's '$' let it parse): b's gc
     failed with a raw ValueError from the object store's id parser. Now the record is unreadable,
