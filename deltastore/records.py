@@ -69,6 +69,10 @@ _SALVAGE_MANIFEST = re.compile(r'"manifest"\s*:\s*"\s*(sha256:[0-9a-f]{64})')
 _SALVAGE_OID = re.compile(r"sha256:[0-9a-f]{64}")
 _SALVAGE_CATALOG = re.compile(r'"catalog"\s*:\s*"([0-9a-f-]{36})"')
 _STRS = ("codec", "message", "author")
+#: the longest message a version may have, in the bytes it takes in its record (JSON-escaped: a
+#: printable ASCII character takes 1, others 2 to 12): the rest of a record is a few KiB, so a
+#: record with such a message is still one every reader takes (at most MAX_RECORD bytes)
+MAX_MESSAGE = MAX_RECORD - (64 << 10)
 #: how deep a record's fields may nest (metrics and codec_params are a level or two in what add
 #: writes): json, dataclasses.asdict and SQLAlchemy's JSON column each recurse once a level, so a
 #: planted record nested a few hundred levels raised RecursionError out of db rebuild
@@ -86,6 +90,20 @@ def read(backend: Backend, key: str) -> bytes | None:
     """A record's bytes, at most MAX_RECORD + 1 of them (one more says it is too large): a file of
     any size planted where records go is refused without being read whole. None if missing."""
     return backend.get_range(key, 0, MAX_RECORD + 1)
+
+
+def check_message(message: str) -> str:
+    """A version's message, if its record can hold it; else BadInputError saying the limit. The
+    add path checks it before anything is written (a longer one made a record no reader takes)."""
+    if not isinstance(message, str):
+        raise BadInputError(f"a version's message is text, not {type(message).__name__}")
+    # (each character takes at least a byte: one longer than the limit is not escaped to be measured)
+    size = len(message) if len(message) > MAX_MESSAGE else len(json.dumps(message)) - 2
+    if size > MAX_MESSAGE:
+        raise BadInputError(f"message too long: its {len(message)} characters take {'at least ' * (size == len(message))}"
+                            f"{size} bytes in the version's record, and a message may take at most {MAX_MESSAGE} "
+                            "(a printable ASCII character takes 1 byte, others 2 to 12)")
+    return message
 
 
 def _load(key: str, data: bytes | None) -> dict:

@@ -240,14 +240,22 @@ def test_a_record_nested_too_deep_is_refused(source, other, tmp_path: Path) -> N
 
 
 def test_push_of_a_message_no_record_holds(filled, other, models, tmp_path: Path) -> None:
-    """add takes a message of any length, but a bare remote's record holds at most MAX_RECORD: a
-    push of such a version wrote a record no reader accepts, after which every pull of that model
-    from the remote failed. It is refused before anything is sent; the remote stays usable."""
+    """A version whose message is longer than a bare remote's record holds (MAX_RECORD): one an add
+    took before add refused such messages, planted here in the catalog's row. A push of it wrote a
+    record no reader accepts, after which every pull of that model from the remote failed. It is
+    refused before anything is sent; the remote stays usable."""
+    import sqlite3
+
     from deltastore.errors import BadInputError
 
     url = tmp_path / "remote"
     filled.push("b", str(url))
-    long = filled.add_finetune("b2", models.ft2, base="b", codec="lossless", message="m" * (2 << 20))
+    long = filled.add_finetune("b2", models.ft2, base="b", codec="lossless", message="short")
+    db = filled.config.db_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("update versions set message = ? where manifest = ?", ("m" * (2 << 20), long.manifest))
+        c.commit()
+    assert filled.resolve(long.ref).message == "m" * (2 << 20)
     before = sorted(p.relative_to(url) for p in url.rglob("*"))
     with pytest.raises(BadInputError, match=f"{long.ref}.*message"):
         filled.push(long.ref, str(url))

@@ -317,3 +317,32 @@ def test_verify_of_a_catalog_whose_base_chain_loops(populated, tmp_path: Path) -
     p = subprocess.run([sys.executable, "-m", "cli", "verify", "f", "--home", str(tmp_path / "home")], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode != 0 and "loops back to itself" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("message", ["m" * (2 << 20), "\u00e9" * 200_000])
+def test_a_message_no_record_holds_is_refused_before_anything_is_written(populated, tmp_path: Path, message: str) -> None:
+    """add took a message of any length and wrote it into the version's record, which readers cap
+    at records.MAX_RECORD: db rebuild, gc and every pull of the model then failed on that record.
+    Now add refuses it first (2 MiB of ASCII; 200,000 characters that escape to 1.2 MB), one line
+    from the CLI saying the limit, with no object, row or record written."""
+    from deltastore import records
+    from tests.clirun import cli
+
+    st, _ = populated
+    before = snapshot(st)
+    recs = sorted(st.backend.list("catalog"))
+    ft = write_model(tmp_path / "ft", finetune_of(llama_like(0), seed=3))
+    from deltastore.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=f"message too long.*at most {records.MAX_MESSAGE}"):
+        st.add_finetune("f", ft, base="b", codec="lossless", message=message)
+    p = cli("add", "base", "nb", str(ft), "-m", message, "--home", str(st.config.home))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in p.stdout + p.stderr
+    assert lines[0].startswith("deltastore: error: message too long") and f"at most {records.MAX_MESSAGE}" in lines[0]
+    assert snapshot(st) == before and sorted(st.backend.list("catalog")) == recs
+    longest = "\u00e9" + "x" * (records.MAX_MESSAGE - 6)  # the limit is one a record holds: readers take it
+    v = st.add_finetune("f", ft, base="b", codec="lossless", message=longest)
+    key = records.version_key("f", v.number)
+    assert records.parse_version(key, records.read(st.backend, key))["message"] == longest
+

@@ -120,18 +120,22 @@ def two_homes(tmp_path: Path) -> tuple[deltastore.Store, deltastore.Store]:
 
 @pytest.mark.parametrize("damage", ["huge message", "bad field"])
 def test_gc_keeps_what_another_catalogs_unreadable_record_names(tmp_path: Path, damage: str) -> None:
-    """Catalog a's version whose record b cannot parse: a 2 MiB message (which add takes, making a
-    record larger than any the reader takes), or a field damaged on the bucket. b's gc used to list
-    it as unreadable and then delete every object of a's version (a could no longer check it out);
-    what the record's manifest reaches is now kept whenever the record names one."""
+    """Catalog a's version whose record b cannot parse: a 2 MiB message (a record larger than any
+    the reader takes, as an add before add refused such messages wrote it: sorted keys, indented),
+    or a field damaged on the bucket. b's gc used to list it as unreadable and then delete every
+    object of a's version (a could no longer check it out); what the record's manifest reaches is
+    now kept whenever the record names one."""
     a, b = two_homes(tmp_path)
     src = write_model(tmp_path / "m", llama_like(0, hidden=16, layers=1))
-    a.add_base("base", src, message="x" * (2 << 20) if damage == "huge message" else "")
+    a.add_base("base", src)
     b.add_base("other", write_model(tmp_path / "c", llama_like(3, hidden=16, layers=1)))
     key = records.version_key("base", 1)
+    rec = json.loads(a.backend.get(key))
     if damage == "bad field":
-        rec = json.loads(a.backend.get(key))
         a.backend.put(key, json.dumps(rec | {"created_at": "yesterday", "metrics": [1]}).encode())
+    else:
+        a.backend.put(key, json.dumps(rec | {"message": "x" * (2 << 20)}, sort_keys=True, indent=1).encode())
+        assert len(a.backend.get(key)) > records.MAX_RECORD
     rep = b.gc()
     assert a.verify().ok
     a.checkout("base", tmp_path / "out")
