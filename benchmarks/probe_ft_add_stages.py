@@ -72,14 +72,15 @@ def wrap(owner, attr, name):
         stack = getattr(local, "stack", None)
         if stack is None:
             stack = local.stack = []
-        stack.append([0.0, 0.0, 0])
+        stack.append([0.0, 0.0, 0, 0.0])
         r0 = resource.getrusage(resource.RUSAGE_THREAD)
         t0, w0 = time.thread_time(), time.perf_counter()
         try:
             return fn(*a, **k)
         finally:
-            spans.append((name, w0, time.perf_counter()))
-            dt = time.thread_time() - t0
+            w1 = time.perf_counter()
+            spans.append((name, w0, w1))
+            dt, dw = time.thread_time() - t0, w1 - w0
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
             ds, df = r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
             child = stack.pop()
@@ -87,15 +88,21 @@ def wrap(owner, attr, name):
                 stack[-1][0] += dt
                 stack[-1][1] += ds
                 stack[-1][2] += df
+                stack[-1][3] += dw
             with lock:
-                s = stats.setdefault(name, [0.0, 0, 0.0, 0])
+                s = stats.setdefault(name, [0.0, 0, 0.0, 0, 0.0])
                 s[0] += dt - child[0]
                 s[1] += 1
                 s[2] += ds - child[1]
                 s[3] += df - child[2]
+                s[4] += dw - child[3]
     setattr(owner, attr, timed)
 
 wrap(ingest, "_encode_tensor", "tensor task: rest (Python)")
+wrap(planes._Claims, "finish", "chunk map: caller's rest + wait for its helpers")
+wrap(planes._Claims, "help", "chunk map: a pool helper's rest")
+from deltastore import pipeline as _pl
+wrap(_pl.BufferPool, "take", "buffer pool: take")
 wrap(ingest, "_pread", "read (preadv into a pooled buffer)")
 wrap(ingest, "sha256_hex", "sha256 of the tensor read")
 wrap(ingest, "tensor_bytes", "base tensor: rest of tensor_bytes")
@@ -250,13 +257,13 @@ def main() -> None:
                   f"{r['cpu']:.2f} s (user {r['user']:.2f}, sys {r['sys']:.2f}) = {r['cpu'] / gb:.2f} CPU-s/GB; "
                   f"{r.get('minflt', 0) / gb / 1e3:.0f}k minor faults/GB; "
                   f"load {os.getloadavg()[0]:.1f}\n")
-            print("| stage | CPU s | CPU s/GB | of which system s/GB | minor faults / GB (thousands) | calls |\n"
-                  "|---|---:|---:|---:|---:|---:|")
+            print("| stage | CPU s | CPU s/GB | of which system s/GB | minor faults / GB (thousands) | calls | wall s (own, over threads) | wall - CPU s |\n"
+                  "|---|---:|---:|---:|---:|---:|---:|---:|")
             total = tsys = 0.0
-            for name, (s, n, ss, nf) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
+            for name, (s, n, ss, nf, sw) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
                 total += s
                 tsys += ss
-                print(f"| {name} | {s:.2f} | {s / gb:.2f} | {ss / gb:.2f} | {nf / gb / 1e3:.0f} | {n} |")
+                print(f"| {name} | {s:.2f} | {s / gb:.2f} | {ss / gb:.2f} | {nf / gb / 1e3:.0f} | {n} | {sw:.2f} | {sw - s:.2f} |")
             print(f"| not in a stage | {r['cpu'] - total:.2f} | {(r['cpu'] - total) / gb:.2f} | {(r['sys'] - tsys) / gb:.2f} | | |")
             if r.get("running"):
                 print(f"\nthreads running (mean over each quarter second): {' '.join(str(x) for x in r['running'])}")

@@ -19,7 +19,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -188,6 +188,11 @@ class Codec(ABC):
             return raw
         out[:] = raw  # numpy copies without the GIL
         return out
+
+    def warm(self, dtypes: Iterable[torch.dtype]) -> None:
+        """Load, in the calling thread, whatever this codec's encode and decode of tensors of
+        these dtypes load on their first call (compiled kernels), so that a pool of workers does
+        not meet that first call together. Nothing by default."""
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def _new(self, target: torch.Tensor, arrays: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> Encoded:

@@ -63,6 +63,8 @@ by ``planes``, not by this codec).
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import torch
 
@@ -75,6 +77,7 @@ _SINT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 _FP8 = {torch.float8_e4m3fn, torch.float8_e5m2}
+_INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 #: where each float dtype's exponent field sits: (first bit, width in bits)
 EXPONENT_FIELD = {
     torch.float64: (52, 11), torch.float32: (23, 8), torch.bfloat16: (7, 8), torch.float16: (10, 5),
@@ -568,6 +571,32 @@ class Lossless(Codec):
         1.3-1.8 ns per bf16 element on the dev VM, as much as the ungrouping; and materialize then
         copies it into the window."""
         return self._raw(enc, base, out)
+
+    def warm(self, dtypes: Iterable[torch.dtype]) -> None:
+        """Load the compiled kernels (codec._numba: numba's cached machine code) that this codec's
+        encode and decode of these dtypes call, and the plane join a base tensor's decode calls
+        once they are loaded, by a round trip of a tiny delta of each dtype in the calling thread.
+
+        Why: a kernel's first call in a process loads it under numba's compiler lock, with the GIL
+        held for most of it (tens of ms a kernel, ~0.3 s to import numba). When 16 workers reach
+        their first chunk together every one of them waits on that load: on the H200 machine's 16
+        cores a 2.1 GB lossless fine-tune add spent 38 s of its threads' summed wall time waiting
+        inside the base decode's plane join and 16 s inside the encode's split (2 and 5 s of CPU),
+        in a 4.8 s add (benchmarks/results/scaling_h200.md). Loaded first, the same load costs
+        its time once with nothing waiting on it. Where numba does not load, nothing to do."""
+        if planes.fast() is None:
+            return
+        for dtype in dict.fromkeys(dtypes):
+            if dtype not in _FLOATS | _FP8:
+                continue
+            base = torch.linspace(-3.0, 3.0, 96).to(dtype)
+            bits = _INT_OF_WIDTH[base.element_size()]
+            target = (base.view(bits) + (torch.arange(96) % 3 == 0).to(bits)).view(dtype)  # one ulp on a third
+            enc = self.encode(target, base)
+            out = np.empty(target.numel() * target.element_size(), dtype=np.uint8)
+            self.reconstruct_into(enc, base, out)
+            raw = tensor_u8(base)
+            planes.decompress(planes.compress(raw, base.element_size(), rotate=True))  # a base tensor object's stream
 
     def decode_delta(self, enc: Encoded, device: torch.device | str | None = None) -> torch.Tensor:
         raise CodecError("a lossless payload decodes to the fine-tune itself: use reconstruct(enc, base)")

@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -311,6 +311,8 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
     if len(set(dests)) != len(dests):
         raise CorruptObjectError(v.manifest, "the manifest lists one path twice")
     out.mkdir(parents=True, exist_ok=True)
+    if store.workers > 1:
+        warm_codecs((t.codec, t.dtype) for _, t in man.tensors() if t.source == "delta")
     total = man.logical_bytes
     state = {"done": 0, "written": 0}
     progress("checkout", 0, total)
@@ -333,6 +335,28 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
             raise
     return CheckoutResult(ref=v.ref, out=str(out), files=len(man.files), bytes_written=state["written"],
                           exact=target is None and man.exact, seconds=time.perf_counter() - t0)
+
+
+def warm_codecs(deltas: Iterable[tuple[str | None, str]]) -> None:
+    """Let the codecs of these deltas, (codec id, safetensors dtype code) each, load what their
+    encode and decode load on a first call (``Codec.warm``: the lossless codec's compiled kernels)
+    in this thread, before an add's or a checkout's workers start: otherwise every worker reaching
+    its first delta waits on the one loading them (16 cores: most of a fine-tune's first second).
+    A codec id the registry does not know is left for the decode to refuse.
+    ``DELTASTORE_WARM=0``: load on first use instead (as before)."""
+    if os.environ.get("DELTASTORE_WARM", "").strip() == "0":
+        return
+    by_codec: dict[str, set[torch.dtype]] = {}
+    for cid, code in deltas:
+        if cid and code in DTYPES:
+            by_codec.setdefault(cid, set()).add(DTYPES[code][0])
+    for cid, dtypes in by_codec.items():
+        try:
+            cls = codecs.codec_class(cid)
+        except codecs.CodecError:
+            continue
+        if cls.warm is not codecs.Codec.warm:  # (constructing the others is for nothing)
+            cls().warm(dtypes)
 
 
 def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: str | None, state: dict,  # noqa: ANN001

@@ -238,3 +238,63 @@ def test_ordered_map_stops_starting_items_after_a_failure_and_raises_it_in_order
     with pytest.raises(ValueError, match="item 1"):
         next(it)
     assert len(started) < 10
+
+
+_NO_COMPILE_IN_WORKERS = r"""
+import sys, threading
+from pathlib import Path
+import torch
+import deltastore
+from deltastore.codec import _numba
+from numba.core.registry import CPUDispatcher
+
+base_dir, ft_dir, home, out = map(Path, sys.argv[1:5])
+
+def compiled():
+    return {(name, sig) for name, f in vars(_numba).items() if isinstance(f, CPUDispatcher) for sig in f.signatures}
+
+first = {}  # the thread that first saw each compiled signature
+def note():
+    for k in compiled() - first.keys():
+        first[k] = threading.current_thread().name
+
+import deltastore.codec.lossless as L
+warm = L.Lossless.warm
+def noted_warm(self, dtypes):
+    warm(self, dtypes)
+    note()
+L.Lossless.warm = noted_warm
+
+st = deltastore.open(home)
+st.add_base("m", base_dir)
+before = compiled()
+st.add_finetune("ft", ft_dir, base="m", codec="lossless")
+after_add = compiled()
+st.checkout("ft@v1", out)
+after_checkout = compiled()
+print(len(after_add - before), sorted((after_add - before) - first.keys()), sorted(after_checkout - after_add),
+      sorted(set(first.values())))
+"""
+
+
+def test_a_finetune_add_and_checkout_with_workers_load_every_kernel_before_the_workers_start(tmp_path: Path) -> None:
+    """Codec.warm (issue 7): with workers, the lossless codec's compiled kernels are loaded on the
+    calling thread before the pool starts, so no worker meets a kernel's first call (numba's
+    compiler lock, the GIL held while it loads: on 16 cores every worker waited on it). In a fresh
+    process: every kernel the add and the checkout use was compiled by warm, in the main thread."""
+    import subprocess
+    import sys
+
+    base = llama_like(0)
+    ft = {k: (v.view(torch.int16) + (torch.arange(v.numel()).reshape(v.shape) % 3 == 0).to(torch.int16)).view(torch.bfloat16)
+          for k, v in base.items()}
+    write_model(tmp_path / "base", base)
+    write_model(tmp_path / "ft", ft)
+    p = subprocess.run([sys.executable, "-c", _NO_COMPILE_IN_WORKERS, str(tmp_path / "base"), str(tmp_path / "ft"),
+                        str(tmp_path / "home"), str(tmp_path / "out")],
+                       env={**os.environ, "DELTASTORE_THREADS": "4"}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    n_add, not_by_warm, new_in_checkout, warmers = p.stdout.strip().splitlines()[-1].split(" ", 3)
+    # every signature the add compiled was there when warm returned (in the main thread), none came
+    # later from a worker; the checkout compiled nothing new
+    assert int(n_add) > 0 and not_by_warm == "[]" and new_in_checkout == "[]" and warmers == "['MainThread']", p.stdout
