@@ -40,12 +40,66 @@ from sqlalchemy.orm import aliased
 
 from . import codec as codecs
 from .catalog import Model, Version
-from .errors import NotFoundError
+from .errors import ChainTooDeepError, CorruptObjectError, NotFoundError, ObjectMissingError
 from .lookup import resolve_version
 from .protocols import StoreView
 
 #: metrics key under which a series version records the checkpoint it was added after
 PREVIOUS_KEY = "series_previous"
+#: the deepest base chain (links from a version down to its root base) a version may have: a
+#: tensor is rebuilt by recursing down the chain (materialize.tensor_bytes, a Python frame a
+#: link), and Python stops at 1,000 frames, so a deeper chain failed midway with RecursionError,
+#: reported as a corrupt manifest; half that leaves room for the caller's own stack. A series
+#: stays far below it (log2(n) + 1 deltas: :func:`delta_base`)
+MAX_BASE_CHAIN = 500
+
+
+def _depth(store: StoreView, oid: str, limit: int) -> int:
+    """Base links from manifest ``oid`` down to its root, counted up to ``limit`` + 1 (then it
+    stops). Follows the manifests' base links, as a checkout does (each read once, cached); a base
+    that is missing, damaged or loops back ends the count, for the reading that follows to report."""
+    depth, seen, at = 0, set(), oid
+    while at not in seen and depth <= limit:
+        seen.add(at)
+        try:
+            base = store.manifest(at).base
+        except (ObjectMissingError, CorruptObjectError):
+            break
+        if base is None:
+            break
+        depth += 1
+        at = base
+    return depth
+
+
+def check_depth(store: StoreView, ref: str, *, adding: bool = False) -> int:
+    """How many base links REF's version is from its root (0: a base), counted up to
+    MAX_BASE_CHAIN + 1. ChainTooDeepError naming the version when it is deeper than
+    MAX_BASE_CHAIN, or, with ``adding``, when a fine-tune of it would be."""
+    try:
+        info = store.resolve(ref)
+    except NotFoundError:
+        if adding:  # an unknown base: the add itself says so, after its own argument checks
+            return 0
+        raise
+    limit = MAX_BASE_CHAIN - 1 if adding else MAX_BASE_CHAIN
+    depth = _depth(store, info.manifest, limit)
+    if depth > limit and adding:
+        raise ChainTooDeepError(f"{info.ref} is at least {depth} base links from its root: a fine-tune of it would be "
+                                f"deeper than the limit of {MAX_BASE_CHAIN} that deltastore rebuilds tensors through; "
+                                "add it on a version nearer the root, or as a base")
+    if depth > limit:
+        raise ChainTooDeepError(f"{info.ref}'s base chain is deeper than the limit of {MAX_BASE_CHAIN} versions that "
+                                "deltastore rebuilds tensors through")
+    return depth
+
+
+def check_manifest_depth(store: StoreView, manifest_oid: str, what: str) -> None:
+    """:func:`check_depth` for a reader that holds a manifest id, not a REF (the mount): ``what``
+    names the version in the error."""
+    if _depth(store, manifest_oid, MAX_BASE_CHAIN) > MAX_BASE_CHAIN:
+        raise ChainTooDeepError(f"{what}: its base chain is deeper than the limit of {MAX_BASE_CHAIN} versions that "
+                                "deltastore rebuilds tensors through")
 
 
 @dataclass(frozen=True)

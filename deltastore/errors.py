@@ -28,6 +28,11 @@ class BadNameError(BadInputError):
     """A model or tag name the store will not accept."""
 
 
+class ChainTooDeepError(BadInputError):
+    """A version whose base chain is deeper than deltastore rebuilds tensors through
+    (``chains.MAX_BASE_CHAIN``), or an add that would make one."""
+
+
 class NotFoundError(DeltaStoreError, LookupError):
     """A model, version, tag or object that does not exist."""
 

@@ -32,6 +32,7 @@ from typing import Any, Hashable
 import numpy as np
 from sqlalchemy import select
 
+from . import chains
 from .catalog import Model, Tag, Version
 from .errors import BadNameError, CorruptObjectError
 from .filecache import DecodedCache, Loader
@@ -140,6 +141,8 @@ class FileReader:
         what = f"{path}: {t.name}"
         if e.source == "delta":
             def load_delta() -> np.ndarray:
+                # (rebuilt by recursing down the base chain: one too deep is said to be, not a RecursionError)
+                chains.check_manifest_depth(self.store, owner, f"the version of manifest {manifest_oid}")
                 return tensor_bytes(self._shared, owner, e)
 
             return [Unit(pos, pos + t.nbytes, ("delta", owner, e.name), load_delta, what)]

@@ -132,6 +132,7 @@ class Store:
         so a checkout walks at most log2(n) + 1 deltas; the named base is kept in the metrics."""
         use = resolve_codec(codec)
         choice = chains.delta_base(self, name, base, use)
+        chains.check_depth(self, choice.ref, adding=True)
         metrics = dict(metrics or {})
         if choice.previous is not None:
             metrics[chains.PREVIOUS_KEY] = choice.previous
@@ -140,12 +141,15 @@ class Store:
                           file_sha256=file_sha256)
 
     # -- materializing -----------------------------------------------------------------------------
+    # each checks first that REF's base chain is one a tensor can be rebuilt through (chains.check_depth)
     def tensor(self, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor:
+        chains.check_depth(self, ref)
         return materialize.tensor(self, ref, name, device=device)
 
     def iter_tensors(self, ref: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
                      ) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) one at a time, so a caller can stream a model larger than memory."""
+        chains.check_depth(self, ref)
         return materialize.iter_tensors(self, ref, device=device, dtype=dtype)
 
     def state_dict(self, ref: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -155,10 +159,13 @@ class Store:
     def checkout(self, ref: str, out: str | Path, *, dtype: str | torch.dtype | None = None,
                  progress: Progress | None = None, overwrite: bool = False) -> CheckoutResult:
         """Write a version as a Hugging Face directory; lossless versions come back byte-identical."""
+        chains.check_depth(self, ref)
         return materialize.checkout(self, ref, out, dtype=dtype, progress=progress, overwrite=overwrite)
 
     def diff(self, a: str, b: str) -> list[TensorDiff]:
         """Tensors that differ between two versions, and by how much (computed in float32)."""
+        chains.check_depth(self, a)
+        chains.check_depth(self, b)
         return materialize.diff(self, a, b)
 
     # -- names and history -------------------------------------------------------------------------
@@ -227,12 +234,15 @@ class Store:
         lowrank: two GEMMs on its factors). See deltastore.lazy."""
         from . import lazy as lazy_models  # transformers and the kernels load on first use
 
+        chains.check_depth(self, ref)
         return lazy_models.load(self, ref, device=device, lazy=lazy, preference=preference)
 
     def load_many(self, refs: list[str], *, device: str | torch.device = "cpu", preference: str = "auto") -> Any:
         """One model serving every fine-tune in REFS (one base) row by row: pass ``delta_ids``."""
         from . import lazy as lazy_models
 
+        for ref in refs:
+            chains.check_depth(self, ref)
         return lazy_models.load_many(self, refs, device=device, preference=preference)
 
 

@@ -97,3 +97,66 @@ def test_the_cli_series_add_uses_skip_deltas(tmp_path: Path):
     out = tmp_path / "out"
     assert cli("--home", h, "checkout", "run@v4", str(out)).returncode == 0
     assert tree_hashes(out) == tree_hashes(tmp_path / "c3")
+
+
+def test_a_base_chain_deeper_than_the_limit_is_said_to_be(tmp_path: Path):
+    """A version 1,500 base links from its root (planted: manifests whose bases chain, imported by
+    db rebuild): a tensor is rebuilt by recursing down the chain, so its checkout ran out of
+    Python's stack and said 'object (manifest) is corrupt: not a valid manifest: maximum recursion
+    depth exceeded', blaming a manifest that is fine (state_dict and add: a bare RecursionError;
+    a read through the mount's file view: the same corrupt manifest).
+    Now each says the chain is deeper than the limit, naming the version, and writes nothing;
+    versions at the limit still check out exact, and an add may reach it."""
+    import json
+    from dataclasses import replace
+
+    import pytest
+
+    import deltastore
+    from deltastore import records
+    from deltastore.chains import MAX_BASE_CHAIN
+    from deltastore.errors import ChainTooDeepError
+    from tests.clirun import cli
+
+    home = tmp_path / "home"
+    sd = llama_like(0, hidden=8, layers=1, vocab=8)
+    b, f = write_model(tmp_path / "b", sd), write_model(tmp_path / "f", finetune_of(sd))
+    with deltastore.open(home) as st:  # f@v1: f's bits as deltas on b; g@v1: b's bits as deltas on f
+        st.add_base("b", b)
+        v1 = st.add_finetune("f", f, base="b", codec="lossless")
+        g = st.add_finetune("g", b, base="f", codec="lossless")
+        mans = [st.manifest(v1.manifest), st.manifest(g.manifest)]
+        rec = json.loads(st.backend.get(records.version_key("f", 1)))
+        prev = v1.manifest
+        for i in range(2, 1501):  # f@vi: i links from b, holding f's bits (odd i) or b's (even i)
+            prev = st.objects.put_bytes(replace(mans[(i - 1) % 2], base=prev).to_json(), "manifest").oid
+            st.backend.put(records.version_key("f", i), json.dumps(
+                rec | {"number": i, "manifest": prev, "base": f"f@v{i - 1}", "created_at": f"2024-01-01T00:00:00.{i:06d}"}).encode())
+        st.backend.flush()
+    for p in home.glob("catalog.db*"):
+        p.unlink()
+    with deltastore.open(home) as st:
+        assert st.rebuild_catalog().versions == 1502
+        want = f"f@v1500's base chain is deeper than the limit of {MAX_BASE_CHAIN} versions"
+        p = cli("checkout", "f@v1500", str(tmp_path / "out"), "--home", str(home))
+        assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr
+        assert p.stderr.strip().splitlines() == [f"deltastore: error: {want} that deltastore rebuilds tensors through"]
+        assert not (tmp_path / "out").exists()
+        for op in (lambda: st.state_dict("f@v1500"), lambda: st.tensor("f@v1500", "model.layers.0.mlp.up_proj.weight")):
+            with pytest.raises(ChainTooDeepError, match=want):
+                op()
+        from deltastore.fs import DeltaStoreFileSystem  # the mount's reader: files computed on read
+
+        fs = DeltaStoreFileSystem(str(home), skip_instance_cache=True)
+        with pytest.raises(ChainTooDeepError, match=f"manifest {prev}: its base chain is deeper than the limit"):
+            fs.cat_file("f@v1500/model.safetensors")
+        objects = sorted(st.objects.all_oids())
+        with pytest.raises(ChainTooDeepError, match=f"f@v{MAX_BASE_CHAIN} is at least {MAX_BASE_CHAIN} base links"):
+            st.add_finetune("h", f, base=f"f@v{MAX_BASE_CHAIN}", codec="lossless")
+        assert sorted(st.objects.all_oids()) == objects and "h" not in [m.name for m in st.models()]
+        st.checkout(f"f@v{MAX_BASE_CHAIN}", tmp_path / "at-limit")  # even: b's bits
+        assert tree_hashes(tmp_path / "at-limit") == tree_hashes(b)
+        h = st.add_finetune("h", f, base=f"f@v{MAX_BASE_CHAIN - 1}", codec="lossless")
+        assert st.resolve(h.ref).base == f"f@v{MAX_BASE_CHAIN - 1}"  # MAX_BASE_CHAIN links from b
+        st.checkout(h.ref, tmp_path / "h")
+        assert tree_hashes(tmp_path / "h") == tree_hashes(f)
