@@ -27,7 +27,7 @@ from .config import StoreConfig, load_config, safe_url
 from .db import ensure_schema, is_local_catalog, make_engine
 from .lookup import find_model, resolve_version, version_info, version_infos
 from .manifest import Manifest
-from .objects import ObjectDB
+from .objects import MAX_MANIFEST, ObjectDB
 from .pipeline import default_workers
 from .protocols import Progress, no_progress
 from .records import RebuildReport
@@ -108,7 +108,9 @@ class Store:
         oid = ref_or_oid if ref_or_oid.startswith("sha256:") and len(ref_or_oid) == 71 else self.resolve(ref_or_oid).manifest
         m = self._manifest_cache.get(oid)
         if m is None:
-            m = self._manifest_cache[oid] = Manifest.from_json(self.objects.get(oid))
+            # named by its id in every error (as every other reader of manifests does), read no
+            # larger than a manifest may be whatever kind its frame claims
+            m = self._manifest_cache[oid] = Manifest.from_json(self.objects.get(oid, max_size=MAX_MANIFEST), oid)
         return m
 
     # -- adding ------------------------------------------------------------------------------------

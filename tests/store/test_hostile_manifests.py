@@ -133,3 +133,27 @@ def test_a_file_name_longer_than_any_file_system_takes_is_refused_before_writing
     assert not out.exists()
     man["files"][-1]["path"] = "sub/" + "é" * 255  # 255 characters: what a file system may hold
     Manifest.from_json(json.dumps(man).encode())
+
+
+def test_a_bad_manifest_read_through_the_store_is_named_by_its_id(planted, tmp_path: Path) -> None:
+    """Store.manifest parsed without passing the id, so every error about a planted manifest read
+    through it (checkout, state_dict, tensor, show, an add on it) said 'object (manifest) is
+    corrupt', leaving the user to find which of the bucket's manifests it was. Now each names it."""
+    from tests.clirun import cli
+
+    store, good, plant = planted
+    man = copy.deepcopy(good)
+    man["files"][1]["tensors"][0]["dtype"] = "F99"
+    oid = plant(man)
+    want = f"object {oid} is corrupt: not a valid manifest: .*unknown dtype 'F99'"
+    for op in (lambda: store.manifest("b"), lambda: store.checkout("b", tmp_path / "out"), lambda: store.state_dict("b"),
+               lambda: store.tensor("b", "model.norm.weight"),
+               lambda: store.add_finetune("f", tmp_path / "b", base="b", codec="lossless")):
+        with pytest.raises(CorruptObjectError, match=want):
+            op()
+        store._manifest_cache.clear()
+    assert not (tmp_path / "out").exists() and [m.name for m in store.models()] == ["b"]
+    p = cli("show", "b", "--home", str(store.config.home))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in p.stdout + p.stderr
+    assert lines[0].startswith(f"deltastore: error: object {oid} is corrupt: not a valid manifest")
