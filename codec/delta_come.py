@@ -76,7 +76,7 @@ columns of ``U`` (stored transposed, one vector per row), ``u{k}.s`` / ``u{k}.z`
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -257,6 +257,11 @@ class DeltaCoMe(LossyCodec):
         if isinstance(rotate_max_bits, bool) or not isinstance(rotate_max_bits, int) or not 1 <= rotate_max_bits <= 8:
             raise CodecError(f"rotate_max_bits must be an integer in 1..8, got {rotate_max_bits!r}")
         self.rotate_max_bits = rotate_max_bits
+
+    def warm(self, dtypes: Iterable[torch.dtype]) -> None:
+        """The packed factors' unpack-and-dequantize kernel, loaded before a checkout's workers
+        start (``Codec.warm``), whatever the dtypes."""
+        quant.warm()
 
     def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()

@@ -255,6 +255,14 @@ def unpack_dequantize(packed: torch.Tensor, bits: int, length: int, scale: torch
     return out
 
 
+def warm() -> None:
+    """Load :func:`unpack_dequantize`'s compiled kernel in the calling thread (one call on a tiny
+    row: every bit width shares its one signature), before a pool's workers meet its first call
+    together (``Codec.warm``)."""
+    if _compiled() is not None:
+        unpack_dequantize(torch.zeros(1, 2, dtype=torch.int32), 2, 32, torch.ones(1, 1), torch.zeros(1, 1), 32)
+
+
 _KERNEL: object = False
 
 

@@ -245,39 +245,41 @@ import sys, threading
 from pathlib import Path
 import torch
 import deltastore
-from deltastore.codec import _numba
+from deltastore.codec import _numba, _quant_numba
 from numba.core.registry import CPUDispatcher
 
-base_dir, ft_dir, home, out = map(Path, sys.argv[1:5])
+base_dir, ft_dir, home, out, codec = sys.argv[1:6]
 
 def compiled():
-    return {(name, sig) for name, f in vars(_numba).items() if isinstance(f, CPUDispatcher) for sig in f.signatures}
+    return {(name, sig) for mod in (_numba, _quant_numba) for name, f in vars(mod).items() if isinstance(f, CPUDispatcher)
+            for sig in f.signatures}
 
 first = {}  # the thread that first saw each compiled signature
 def note():
     for k in compiled() - first.keys():
         first[k] = threading.current_thread().name
 
-import deltastore.codec.lossless as L
-warm = L.Lossless.warm
-def noted_warm(self, dtypes):
-    warm(self, dtypes)
-    note()
-L.Lossless.warm = noted_warm
+import deltastore.codec.lossless as L, deltastore.codec.delta_come as DC
+for cls in (L.Lossless, DC.DeltaCoMe):
+    def noted_warm(self, dtypes, warm=cls.warm):
+        warm(self, dtypes)
+        note()
+    cls.warm = noted_warm
 
 st = deltastore.open(home)
 st.add_base("m", base_dir)
 before = compiled()
-st.add_finetune("ft", ft_dir, base="m", codec="lossless")
+st.add_finetune("ft", ft_dir, base="m", codec=codec)
 after_add = compiled()
+not_by_warm = sorted((after_add - before) - first.keys())  # compiled after warm returned: by a worker
 st.checkout("ft@v1", out)
 after_checkout = compiled()
-print(len(after_add - before), sorted((after_add - before) - first.keys()), sorted(after_checkout - after_add),
-      sorted(set(first.values())))
+print(len(after_add - before), not_by_warm, sorted(after_checkout - after_add), sorted(set(first.values())))
 """
 
 
-def test_a_finetune_add_and_checkout_with_workers_load_every_kernel_before_the_workers_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["lossless", "delta-come"])
+def test_a_finetune_add_and_checkout_with_workers_load_every_kernel_before_the_workers_start(tmp_path: Path, codec: str) -> None:
     """Codec.warm (issue 7): with workers, the lossless codec's compiled kernels are loaded on the
     calling thread before the pool starts, so no worker meets a kernel's first call (numba's
     compiler lock, the GIL held while it loads: on 16 cores every worker waited on it). In a fresh
@@ -291,7 +293,7 @@ def test_a_finetune_add_and_checkout_with_workers_load_every_kernel_before_the_w
     write_model(tmp_path / "base", base)
     write_model(tmp_path / "ft", ft)
     p = subprocess.run([sys.executable, "-c", _NO_COMPILE_IN_WORKERS, str(tmp_path / "base"), str(tmp_path / "ft"),
-                        str(tmp_path / "home"), str(tmp_path / "out")],
+                        str(tmp_path / "home"), str(tmp_path / "out"), codec],
                        env={**os.environ, "DELTASTORE_THREADS": "4"}, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     n_add, not_by_warm, new_in_checkout, warmers = p.stdout.strip().splitlines()[-1].split(" ", 3)
