@@ -1,10 +1,11 @@
 """Models built from store versions: materialized, or lazy (packed deltas beside one shared base).
 
 ``load(store, REF, device, lazy=True)`` gives the transformers model the version's config names.
-With ``lazy`` (the default) every linear that the version stores as a delta-come or lowrank delta
+With ``lazy`` (the default) every linear that the version stores as a delta-come, lowrank or bitdelta delta
 becomes a :class:`~deltastore.kernels.DeltaLinear`: the base weight (loaded once per base and
 device, and shared by every lazy model of that base on that device) plus the delta as stored,
-applied at each forward (delta-come by the packed kernels, lowrank by two GEMMs on its factors). Everything else (embeddings, norms, tensors stored whole) is
+applied at each forward (delta-come by the packed kernels, lowrank by two GEMMs on its factors,
+bitdelta from its sign bits by one launch). Everything else (embeddings, norms, tensors stored whole) is
 materialized. ``lazy=False`` gives the plain materialized model. Linears of one module that read
 the same input (q/k/v, gate/up: :data:`FUSED`) share one DeltaSet, so their deltas cost one shrink
 and one expand launch for the group.
@@ -37,12 +38,12 @@ from torch import nn
 from . import codec as codecs
 from .errors import BadInputError, BaseMismatchError, CorruptObjectError
 from .graph_decode import decoder_of
-from .kernels import (DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, LowRankFactors, NotServableError,
-                      PackedDeltaCoMe, served_from_encoded)
+from .kernels import (BitDeltaSigns, DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, LowRankFactors,
+                      NotServableError, PackedDeltaCoMe, served_from_encoded)
 from .kernels.linear import concat_rows
 
-#: what a linear's delta is served from: packed delta-come tiers, or lowrank factors
-Served = PackedDeltaCoMe | LowRankFactors
+#: what a linear's delta is served from: packed delta-come tiers, lowrank factors, or bitdelta signs
+Served = PackedDeltaCoMe | LowRankFactors | BitDeltaSigns
 
 
 
@@ -234,6 +235,8 @@ class LazyDeltas:
         for name, d in deltas.items():
             if isinstance(d, LowRankFactors):
                 self.linears[name].lowrank.add(d, slot)
+            elif isinstance(d, BitDeltaSigns):
+                self.linears[name].bitdelta.add(d, slot)
         if slot == len(self.refs):
             self.refs.append(ref)
         else:
@@ -269,6 +272,7 @@ class LazyDeltas:
                         ds.drop(slot)
                 for lin in self.linears.values():
                     lin.lowrank.drop(slot)
+                    lin.bitdelta.drop(slot)
                 self.refs[slot] = None
                 return
         raise BadInputError(f"{ref} is not served by this model (serving: {[r for r in self.refs if r]})")
@@ -327,7 +331,7 @@ def _attach(model: nn.Module, mgr: LazyDeltas) -> None:
 
 def load(store: StoreAPI, ref: str, *, device: str | torch.device = "cpu", lazy: bool = True,
          preference: KernelPreference | str = KernelPreference.AUTO) -> nn.Module:
-    """The model of one version on ``device``; lazy: delta-come and lowrank linears as DeltaLinear modules."""
+    """The model of one version on ``device``; lazy: delta-come, lowrank and bitdelta linears as DeltaLinear modules."""
     device = torch.device(device)
     info = store.resolve(ref)
     cfg = _config(store, info.manifest, info.ref)

@@ -11,10 +11,13 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
 - ``linear``: ``DeltaLinear``, ``DeltaContext`` (per-row ids), ``KernelPreference``.
 - ``decode``: packed -> dense delta (GPU materialization).
 - ``lowrank``: lowrank (LoRA-shaped) deltas by slot, applied by two GEMMs with a per-row mask.
+- ``bitdelta``: bitdelta deltas (sign bits, a scale) by slot, applied from the packed bits by one
+  Triton launch a slot (torch reference elsewhere).
 
 Layering: kernels -> codec (for the packed format) and torch; never the store.
 """
 
+from .bitdelta import BitDeltaSet, BitDeltaSigns, bitdelta_from_encoded
 from .decode import decode_delta, reconstruct, reconstruct_encoded
 from .deltaset import DeltaSet, RowPlan, plan_rows
 from .errors import KernelError, NotServableError
@@ -23,6 +26,8 @@ from .lowrank import LowRankFactors, LowRankSet, lowrank_from_encoded, served_fr
 from .packed import PackedDeltaCoMe, from_encoded
 
 __all__ = [
+    "BitDeltaSet",
+    "BitDeltaSigns",
     "DeltaContext",
     "DeltaGroup",
     "DeltaLinear",
@@ -35,6 +40,7 @@ __all__ = [
     "PackedDeltaCoMe",
     "RowPlan",
     "apply_deltas",
+    "bitdelta_from_encoded",
     "decode_delta",
     "from_encoded",
     "lowrank_from_encoded",

@@ -4,7 +4,8 @@
 its packed delta-come tiers (never expanded): two Triton launches on a GPU (for many rows of one
 fine-tune a dequant launch into a scratch and cuBLAS GEMMs instead: :mod:`.dense`), the torch reference
 ops elsewhere (same API, same results within rounding: see tests/kernels); or, for a fine-tune
-stored with the ``lowrank`` codec, from its two fp16 factors by two GEMMs (:mod:`.lowrank`). Every DeltaLinear of a
+stored with the ``lowrank`` codec, from its two fp16 factors by two GEMMs (:mod:`.lowrank`); with the
+``bitdelta`` codec, from its sign bits by one launch (:mod:`.bitdelta`). Every DeltaLinear of a
 model shares one :class:`DeltaContext`, which holds the current batch's per-row fine-tune ids
 (vLLM's punica wrapper plays this role for LoRA): the ids are set once per forward, the row plan
 (rows sorted by fine-tune) is built once per batch shape and reused by every linear.
@@ -24,6 +25,7 @@ from torch import nn
 from . import dense, ref_ops, triton_ops
 from .deltaset import DeltaSet, RowPlan, check_ids, host_hint, plan_rows
 from .errors import KernelError
+from .bitdelta import BitDeltaSet
 from .lowrank import LowRankSet
 from .packed import PackedDeltaCoMe
 
@@ -312,9 +314,9 @@ class DeltaGroup:
                 m = members.get(j)
                 y[:, o : o + w] = 0 if m is None else nn.functional.linear(x2, m.weight, m.bias)
         for j, m in members.items():
-            if len(m.lowrank):
+            if m.has_side_deltas:
                 o, w = self.deltas.col_offsets[j], self.deltas.out_features[j]
-                y[:, o : o + w].add_(m.lowrank.delta(x2, m.ctx.row_ids(x2.shape[0], x2.device)))
+                y[:, o : o + w].add_(m.side_delta(x2))
         return y
 
     def output(self, index: int, x2: torch.Tensor, ctx: "DeltaContext", preference: KernelPreference | str) -> torch.Tensor:
@@ -355,6 +357,8 @@ class DeltaLinear(nn.Module):
         self.deltas = group.deltas if group is not None else DeltaSet(self.in_features, [self.out_features], weight.device)
         #: this linear's lowrank deltas by slot (never shared with the group: two GEMMs each)
         self.lowrank = LowRankSet(self.in_features, self.out_features, weight.device)
+        #: and its bitdelta deltas by slot (sign bits: one launch each, :mod:`.bitdelta`)
+        self.bitdelta = BitDeltaSet(self.in_features, self.out_features, weight.device)
         if group is not None:
             group.join(self.index, self)
 
@@ -377,13 +381,28 @@ class DeltaLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, deltas={self.deltas.n_slots}, preference={self.preference.value}"
 
+    @property
+    def has_side_deltas(self) -> bool:
+        """Whether lowrank or bitdelta deltas are loaded (applied beside the packed sets)."""
+        return bool(len(self.lowrank) or len(self.bitdelta))
+
+    def side_delta(self, x2: torch.Tensor) -> torch.Tensor:
+        """float32 (rows, out): this linear's lowrank and bitdelta deltas for the rows that name
+        one (zero elsewhere; a row's fine-tune has one kind of delta for a linear, so a sum)."""
+        ids = self.ctx.row_ids(x2.shape[0], x2.device)
+        d = self.lowrank.delta(x2, ids) if len(self.lowrank) else None
+        if len(self.bitdelta):
+            triton_ok = resolve_preference(self.preference, x2) is KernelPreference.TRITON
+            d = self.bitdelta.delta(x2, ids, d, triton_ok=triton_ok)
+        return d
+
     def base_output(self, x2: torch.Tensor) -> torch.Tensor:
-        """(rows, out): x2 W^T + b in x2's dtype; with lowrank deltas loaded, float32 and plus this
-        linear's lowrank delta for the rows that name one (rows of a lowrank fine-tune have no
+        """(rows, out): x2 W^T + b in x2's dtype; with lowrank or bitdelta deltas loaded, float32
+        and plus this linear's delta for the rows that name one (rows of such a fine-tune have no
         packed delta, and the reverse: a sum)."""
         y = nn.functional.linear(x2, self.weight, self.bias)
-        if len(self.lowrank):
-            return self.lowrank.delta(x2, self.ctx.row_ids(x2.shape[0], x2.device)).add_(y)
+        if self.has_side_deltas:
+            return self.side_delta(x2).add_(y)
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -392,8 +411,9 @@ class DeltaLinear(nn.Module):
         if self.deltas.device != self.weight.device:  # the module was moved (.to / .cuda): its deltas follow
             self.deltas.to(self.weight.device)
         self.lowrank.to(self.weight.device)
+        self.bitdelta.to(self.weight.device)
         packed = self.deltas.n_slots > 0 and self.deltas.holds_any
-        if not packed and not len(self.lowrank):
+        if not packed and not self.has_side_deltas:
             return nn.functional.linear(x, self.weight, self.bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)

@@ -24,6 +24,7 @@ from deltastore.codec import Encoded, checks
 from deltastore.codec.errors import CodecError, CorruptPayloadError
 from deltastore.codec.lowrank import LowRank
 
+from .bitdelta import BitDeltaSigns, bitdelta_from_encoded
 from .errors import KernelError, NotServableError
 from .packed import PackedDeltaCoMe, from_encoded
 
@@ -66,12 +67,14 @@ def lowrank_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = No
 
 
 def served_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = None,
-                        what: str = "delta") -> PackedDeltaCoMe | LowRankFactors:
-    """A payload checked and viewed as what a lazy linear serves it from: lowrank factors, or
-    packed delta-come tiers (:func:`~.packed.from_encoded`, which refuses every other codec with
+                        what: str = "delta") -> PackedDeltaCoMe | LowRankFactors | BitDeltaSigns:
+    """A payload checked and viewed as what a lazy linear serves it from: lowrank factors, bitdelta
+    signs, or packed delta-come tiers (:func:`~.packed.from_encoded`, which refuses every other codec with
     :class:`NotServableError`). The one place that knows which codecs are servable lazily."""
     if enc.codec == "lowrank":
         return lowrank_from_encoded(enc, expect_shape, what)
+    if enc.codec == "bitdelta":
+        return bitdelta_from_encoded(enc, expect_shape, what)
     return from_encoded(enc, expect_shape, what)
 
 
