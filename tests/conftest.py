@@ -72,3 +72,20 @@ def store(tmp_path: Path) -> deltastore.Store:
 @pytest.fixture
 def base_dir(tmp_path: Path) -> Path:
     return write_model(tmp_path / "base", llama_like(0))
+
+
+@pytest.fixture(autouse=True)
+def _secrets_registered_by_a_test_stay_in_it():
+    """``config.register_secret`` is process-wide by design (a credential seen once is masked in
+    every later output). A test that registers one (test_secrets, the S3 tests' access key
+    "deltastore-test") must not mask another test's text: a later test matching an error that
+    names memory://deltastore-test failed only when run after them. Each test gets the set back
+    as it found it."""
+    from deltastore import config
+
+    with config._lock:
+        before = set(config._registered)
+    yield
+    with config._lock:
+        config._registered.clear()
+        config._registered.update(before)
