@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import stat
 import threading
 import time
@@ -68,6 +69,9 @@ NUMBER_LIMIT = 1 << 31
 #: (its record could not be read back: ``db rebuild`` and gc refuse it) and overflow a
 #: PostgreSQL integer column
 KEEP_NUMBERS_BELOW = 1 << 30
+#: the name of a version record's file (refs._VERSION's rule: ASCII digits, to the end; str.isdigit
+#: took 'v\u0661.json', whose record then did not match its name and failed the model's every pull)
+_RECORD_NAME = re.compile(r"^v[0-9]+\.json\Z")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,7 +427,7 @@ class RecordsSide:
             out: dict[int, VersionInfo] = {}
             for key in self.backend.list(f"{records.PREFIX}/versions/{model}"):
                 name = key.rsplit("/", 1)[-1]
-                if not (name.startswith("v") and name.endswith(".json") and name[1:-5].isdigit()):
+                if not _RECORD_NAME.match(name):  # a stray file no record is named so: not read
                     continue
                 info = self._read.get(key)
                 if info is None:

@@ -339,3 +339,20 @@ def test_oversized_record_and_object_on_s3(s3, source, other, tmp_path: Path) ->
     third = deltastore.open(tmp_path / "third")
     assert third.pull("b@v1", url2).dst_ref == "b@v1" and third.verify().ok
     third.close()
+
+
+@pytest.mark.parametrize("digits", ["\u0661", "\U0001d7d9", "\u00b2"])
+def test_a_stray_file_named_in_other_digits_is_not_a_record(source, other, models, tmp_path: Path, digits: str) -> None:
+    """A stray file in a bare remote's record folder named v<non-ASCII digits>.json ('v\u0661.json':
+    Arabic-Indic one; a copy of v1's record, as a tool that renamed it would leave): str.isdigit
+    took the name for a record's, whose name then did not match what it held, so every pull of the
+    model was a RemoteError. No record is named so (a version number is written in ASCII digits,
+    as a REF's is): it is skipped like any other file there, and the model's versions pull whole."""
+    url = _pushed(source, tmp_path)
+    d = url / "catalog" / "versions" / "f"
+    (d / f"v{digits}.json").write_bytes((d / "v1.json").read_bytes())
+    r = other.pull("f@v1", str(url))
+    assert [(m.dst, m.new) for m in r.versions] == [("b@v1", True), ("f@v1", True)]
+    assert [x.dst_ref for x in remotes.pull(other, "f", str(url), all_versions=True)] == ["f@v1"]
+    other.checkout("f@best", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft) and other.verify().ok
