@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from deltastore.codec import Encoded, checks, quant
+from deltastore.codec import Encoded, quant
 from deltastore.codec.bitdelta import BitDelta
-from deltastore.codec.errors import CodecError, CorruptPayloadError
 
-from .errors import KernelError, NotServableError
+from .errors import KernelError
+from .packed import checked_matrix
 from .triton_ops import HAVE_TRITON, usable
 
 if HAVE_TRITON:
@@ -55,16 +55,7 @@ class BitDeltaSigns:
 def bitdelta_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = None, what: str = "delta") -> BitDeltaSigns:
     """Check a bitdelta payload with the codec's own checks (names, dtypes, shapes, a finite scale)
     and against the base weight's shape; a clear error at load time on anything else."""
-    if enc.codec != BitDelta.codec_id:
-        raise NotServableError(f"{what}: codec {enc.codec!r} is not bitdelta")
-    try:
-        if not isinstance(checks.check_payload(enc), BitDelta):
-            raise CorruptPayloadError(f"{what}: payload names codec bitdelta but does not check as one")
-    except CodecError as e:
-        raise CorruptPayloadError(f"{what}: {e}") from None
-    m, n = (int(s) for s in enc.shape)
-    if expect_shape is not None and (m, n) != tuple(expect_shape):
-        raise NotServableError(f"{what}: the delta is {m}x{n} but the base weight is {expect_shape[0]}x{expect_shape[1]}")
+    m, n = checked_matrix(enc, BitDelta, expect_shape, what)
     return BitDeltaSigns((m, n), enc.arrays["signs"].contiguous(), float(enc.arrays["scale"][0]))
 
 

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from deltastore.codec import Encoded, checks
-from deltastore.codec.errors import CodecError, CorruptPayloadError
+from deltastore.codec import Encoded
 from deltastore.codec.lowrank import LowRank
 
 from .bitdelta import BitDeltaSigns, bitdelta_from_encoded
-from .errors import KernelError, NotServableError
-from .packed import PackedDeltaCoMe, from_encoded
+from .errors import KernelError
+from .packed import PackedDeltaCoMe, checked_matrix, from_encoded
 
 
 @dataclass
@@ -53,16 +52,7 @@ class LowRankFactors:
 def lowrank_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = None, what: str = "delta") -> LowRankFactors:
     """Check a lowrank payload with the codec's own checks (names, dtypes, shapes, rank, finite
     values) and against the base weight's shape; a clear error at load time on anything else."""
-    if enc.codec != "lowrank":
-        raise NotServableError(f"{what}: codec {enc.codec!r} is not lowrank")
-    try:
-        if not isinstance(checks.check_payload(enc), LowRank):
-            raise CorruptPayloadError(f"{what}: payload names codec lowrank but does not check as one")
-    except CodecError as e:
-        raise CorruptPayloadError(f"{what}: {e}") from None
-    m, n = (int(s) for s in enc.shape)
-    if expect_shape is not None and (m, n) != tuple(expect_shape):
-        raise NotServableError(f"{what}: the delta is {m}x{n} but the base weight is {expect_shape[0]}x{expect_shape[1]}")
+    m, n = checked_matrix(enc, LowRank, expect_shape, what)
     return LowRankFactors((m, n), enc.arrays["A"].contiguous(), enc.arrays["B"].contiguous(), float(enc.arrays["c"][0]))
 
 

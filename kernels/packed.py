@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from deltastore.codec import Encoded, quant
+from deltastore.codec import Encoded, checks, quant
 from deltastore.codec.errors import CodecError, CorruptPayloadError
 
 from .errors import NotServableError
@@ -96,6 +96,23 @@ def _array(enc: Encoded, name: str, shape: tuple[int, ...], dtype: torch.dtype) 
             f"delta-come array {name!r} is {str(a.dtype).removeprefix('torch.')} {tuple(a.shape)}; "
             f"a {enc.shape[0]}x{enc.shape[1]} delta needs {str(dtype).removeprefix('torch.')} {shape}")
     return a
+
+
+def checked_matrix(enc: Encoded, codec: type, expect_shape: tuple[int, int] | None, what: str) -> tuple[int, int]:
+    """(m, n) of a payload that must be ``codec``'s (a Codec class) and check as one by the codec's
+    own checks (names, dtypes, shapes, finite values), for an (m, n) base weight where
+    ``expect_shape`` is given: the load-time check the lowrank and bitdelta paths share."""
+    if enc.codec != codec.codec_id:
+        raise NotServableError(f"{what}: codec {enc.codec!r} is not {codec.codec_id}")
+    try:
+        if not isinstance(checks.check_payload(enc), codec):
+            raise CorruptPayloadError(f"{what}: payload names codec {codec.codec_id} but does not check as one")
+    except CodecError as e:
+        raise CorruptPayloadError(f"{what}: {e}") from None
+    m, n = (int(s) for s in enc.shape)
+    if expect_shape is not None and (m, n) != tuple(expect_shape):
+        raise NotServableError(f"{what}: the delta is {m}x{n} but the base weight is {expect_shape[0]}x{expect_shape[1]}")
+    return m, n
 
 
 def from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = None, what: str = "delta") -> PackedDeltaCoMe:

@@ -74,6 +74,17 @@ def _logits(model, ids=None, **kw) -> torch.Tensor:
         return model(input_ids=PROMPTS.to(DEVICE) if ids is None else ids, **kw).logits.float()
 
 
+def rows_match_alone(store, many, refs: list[str], ids: torch.Tensor) -> torch.Tensor:
+    """The logits of a mixed batch (row i serves refs[ids[i]], -1 the base), each row checked
+    against its fine-tune (or the base) loaded alone, within MIXED_TOL; returned."""
+    mixed = _logits(many, delta_ids=ids)
+    for row, t in enumerate(ids.tolist()):
+        ref = refs[t] if t >= 0 else "base"
+        alone = _logits(lazy.load(store, ref, device=DEVICE), PROMPTS[row : row + 1].to(DEVICE))
+        assert rel(mixed[row : row + 1], alone) < MIXED_TOL, (row, ref)
+    return mixed
+
+
 def test_lazy_matches_materialized_checkout(served) -> None:
     store = served
     lz = lazy.load(store, "ft1", device=DEVICE)

@@ -29,7 +29,7 @@ transformers = pytest.importorskip("transformers")
 
 from deltastore.zoo.tiny import tiny_llama_dir  # noqa: E402
 
-from .test_lazy import HIDDEN, MIXED_TOL, PROMPTS, _logits, finetune_linears  # noqa: E402
+from .test_lazy import HIDDEN, _logits, finetune_linears, rows_match_alone  # noqa: E402
 
 
 def _payload(m: int, n: int, seed: int = 0) -> tuple[torch.Tensor, codecs.Encoded]:
@@ -117,11 +117,7 @@ def test_mixed_batch_of_bitdelta_and_delta_come_rows_match_each_alone(bitdelta_s
     store = bitdelta_store
     many = lazy.load_many(store, ["bd1", "dc3", "bd2"], device=DEVICE)
     ids = torch.tensor([2, 1, -1])
-    mixed = _logits(many, delta_ids=ids)
-    for row, t in enumerate(ids.tolist()):
-        ref = ["bd1", "dc3", "bd2"][t] if t >= 0 else "base"
-        alone = _logits(lazy.load(store, ref, device=DEVICE), PROMPTS[row : row + 1].to(DEVICE))
-        assert rel(mixed[row : row + 1], alone) < MIXED_TOL, (row, ref)
+    mixed = rows_match_alone(store, many, ["bd1", "dc3", "bd2"], ids)
     many.drop_delta("bd2")
     after = _logits(many, delta_ids=torch.tensor([-1, 1, 0]))
     assert rel(after[1:2], mixed[1:2]) < 1e-6  # the delta-come row unchanged by the drop

@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 from deltastore.zoo.tiny import tiny_llama_dir  # noqa: E402
 
-from .test_lazy import HIDDEN, MIXED_TOL, PROMPTS, _logits, finetune_linears  # noqa: E402
+from .test_lazy import HIDDEN, _logits, finetune_linears, rows_match_alone  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +59,7 @@ def test_mixed_batch_of_lowrank_and_delta_come_rows_match_each_alone(lowrank_sto
     store = lowrank_store
     many = lazy.load_many(store, ["lr1", "dc3", "lr2"], device=DEVICE)
     ids = torch.tensor([2, 1, -1])
-    mixed = _logits(many, delta_ids=ids)
-    for row, t in enumerate(ids.tolist()):
-        ref = ["lr1", "dc3", "lr2"][t] if t >= 0 else "base"
-        alone = _logits(lazy.load(store, ref, device=DEVICE), PROMPTS[row : row + 1].to(DEVICE))
-        assert rel(mixed[row : row + 1], alone) < MIXED_TOL, (row, ref)
+    mixed = rows_match_alone(store, many, ["lr1", "dc3", "lr2"], ids)
     # drop one lowrank fine-tune: its id is refused, the others keep their numbers; add it back
     many.drop_delta("lr2")
     with pytest.raises(BadInputError, match="name no served fine-tune"):
