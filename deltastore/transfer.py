@@ -536,13 +536,13 @@ class RecordsSide:
         return True
 
     def admit(self, info: VersionInfo) -> None:
-        """A version whose record would be larger than any reader takes (add takes a message of
-        any length) is refused: written, it would make every read of its model here fail."""
+        """A version whose record would be larger than any reader takes is refused: written, it
+        would make every read of its model here fail. (:func:`check_info` refuses such a version
+        first, on any side; this side keeps its own guard.)"""
         size = len(records.encode_version(info, None))
         if size > records.MAX_RECORD:
             raise BadInputError(f"{info.ref}'s record would be {size} bytes (its message is {len(info.message)} "
-                                f"characters), more than the {records.MAX_RECORD} a record on {self.label} may hold; "
-                                "push it to a remote with a catalog (--db)")
+                                f"characters), more than the {records.MAX_RECORD} a record on {self.label} may hold")
 
     def keep(self, oid: str) -> None:
         pass
@@ -613,15 +613,18 @@ def check_info(side: Side, info: VersionInfo) -> None:
         key = records.version_key(info.model, info.number)
         # its free-form fields' depth and size first: encoding them recurses once a level
         records.check_nesting(key, {"codec_params": info.codec_params, "metrics": info.metrics})
-        # (a message may be as long as an add took it: only its type is checked here)
-        probe = replace(info, message=info.message[:100]) if isinstance(info.message, str) else info
-        records.parse_version(key, records.encode_version(probe, None))
+        # the whole message, by add's rule: a longer one made a record here no reader takes (a
+        # catalog's commit writes the version's record too), and only its first 100 characters
+        # were checked, so a pull from a catalog remote wrote one that `db rebuild` then refused
+        records.check_message(info.message)
+        # then the record as a bucket would hold it, whole: what could not be read back is not moved
+        records.parse_version(key, records.encode_version(info, None))
         for t in info.tags:
             check_name(t, "tag name")
         return
     except CorruptRecordError as e:
         why = e.why
-    except BadNameError as e:
+    except BadInputError as e:  # a bad tag name, a message too long
         why = str(e)
     except (TypeError, ValueError, AttributeError, RecursionError, OverflowError) as e:
         why = f"{type(e).__name__}: {e}"

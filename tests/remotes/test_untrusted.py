@@ -240,13 +240,17 @@ def test_a_record_nested_too_deep_is_refused(source, other, tmp_path: Path) -> N
 
 
 def test_push_of_a_message_no_record_holds(filled, other, models, tmp_path: Path) -> None:
-    """A version whose message is longer than a bare remote's record holds (MAX_RECORD): one an add
-    took before add refused such messages, planted here in the catalog's row. A push of it wrote a
-    record no reader accepts, after which every pull of that model from the remote failed. It is
-    refused before anything is sent; the remote stays usable."""
+    """A version whose message is longer than a version's record holds (one an add took before add
+    refused such messages, planted here in the catalog's row). A push of it to a bare remote wrote
+    a record no reader accepts, after which every pull of that model from the remote failed; a push
+    to a remote with a catalog took it, and that catalog's commit wrote the same oversize record
+    beside its objects (its `db rebuild` refused it). Both pushes are refused before anything is
+    sent, naming the version; each remote stays usable."""
     import sqlite3
 
     from deltastore.errors import BadInputError
+    from deltastore.records import MAX_MESSAGE
+    from deltastore.remotes import Remote
 
     url = tmp_path / "remote"
     filled.push("b", str(url))
@@ -256,17 +260,46 @@ def test_push_of_a_message_no_record_holds(filled, other, models, tmp_path: Path
         c.execute("update versions set message = ? where manifest = ?", ("m" * (2 << 20), long.manifest))
         c.commit()
     assert filled.resolve(long.ref).message == "m" * (2 << 20)
-    before = sorted(p.relative_to(url) for p in url.rglob("*"))
-    with pytest.raises(BadInputError, match=f"{long.ref}.*message"):
-        filled.push(long.ref, str(url))
-    assert sorted(p.relative_to(url) for p in url.rglob("*")) == before
+    team = tmp_path / "team"
+    r = Remote("team", str(team), f"sqlite:///{tmp_path / 'team.db'}")
+    for remote, where in ((str(url), url), (r, team)):
+        before = sorted(p.relative_to(where) for p in where.rglob("*")) if where.exists() else []
+        with pytest.raises(BadInputError, match=f"{long.ref} cannot be transferred: message too long.*at most {MAX_MESSAGE}"):
+            filled.push(long.ref, remote)
+        assert (sorted(p.relative_to(where) for p in where.rglob("*")) if where.exists() else []) == before
     assert other.pull("b@v1", str(url)).dst_ref == "b@v1"
-    team = tmp_path / "team"  # a remote with a catalog takes it whole
+    filled.push("b@v1", r)
+    assert not (team / "catalog" / "versions" / "b2").exists()
+
+
+def test_pull_of_a_message_no_record_holds(filled, other, models, tmp_path: Path) -> None:
+    """A remote with a catalog of its own whose row gives a version a 2 MiB message: a pull checked
+    only its first 100 characters and committed it here, writing a local record larger than any
+    reader takes (MAX_RECORD), so this store's `db rebuild` then refused it (and gc listed it
+    unreadable). Now the pull refuses that version, naming it and the limit, with nothing written
+    here; the remote's other versions still pull."""
+    import sqlite3
+
+    from deltastore import records
+    from deltastore.errors import BadInputError
     from deltastore.remotes import Remote
 
-    r = Remote("team", str(team), f"sqlite:///{tmp_path / 'team.db'}")
+    r = Remote("team", str(tmp_path / "team"), f"sqlite:///{tmp_path / 'team.db'}")
+    long = filled.add_finetune("b2", models.ft2, base="b", codec="lossless", message="short")
     filled.push(long.ref, r)
-    assert other.pull(long.ref, r).dst_ref == long.ref and other.resolve(long.ref).message == "m" * (2 << 20)
+    filled.push("f@best", r)
+    with contextlib.closing(sqlite3.connect(tmp_path / "team.db")) as c:
+        c.execute("update versions set message = ? where manifest = ?", ("m" * (2 << 20), long.manifest))
+        c.commit()
+    before = _state(other)
+    with pytest.raises(BadInputError, match=f"remote 'team'.*{long.ref} cannot be transferred: message too long.*"
+                                            f"at most {records.MAX_MESSAGE}"):
+        other.pull(long.ref, r)
+    assert _state(other) == before and not (other.config.home / "catalog" / "versions" / "b2").exists()
+    assert other.pull("f@best", r).dst_ref == "f@v1"
+    rebuilt = deltastore.open(tmp_path / "rebuilt", objects_url=str(other.config.home))
+    assert rebuilt.rebuild_catalog().versions == 2
+    rebuilt.close()
 
 
 def test_push_to_another_home_with_this_stores_urls_in_the_environment(filled, other, models, tmp_path: Path,
