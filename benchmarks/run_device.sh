@@ -3,7 +3,7 @@
 # the wheels the codec layer needs come from .whl-store/deps (carried), deltastore from this tree by
 # PYTHONPATH (a symlink farm maps codec/ kernels/ cli/ migrations/ into the deltastore package).
 #   bash benchmarks/run_device.sh setup            # then, in the same shell: source /tmp/ds/env
-#   bash benchmarks/run_device.sh tests|kernels|fused|generate OUTDIR [extra args]
+#   bash benchmarks/run_device.sh tests|kernels|bitdelta|fused|generate OUTDIR [extra args]
 set -u
 what=${1:-setup}; out=${2:-/tmp/out}; shift 2 2>/dev/null
 if [ ! -f /tmp/ds/env ]; then
@@ -19,6 +19,7 @@ case $what in
   tests) (cp -r tests pyproject.toml /tmp/ds/ && cd /tmp/ds && timeout "${T:-200}" python3 -m pytest -q -x -p no:cacheprovider tests/kernels "$@") ;;
   kernels) python3 benchmarks/bench_kernels.py --copies 4 --out "$out/kernels_h200.md" --json "$out/kernels_h200.json" "$@" ;;
   diagnose) python3 benchmarks/bench_kernels.py --diagnose "$@" ;;
+  bitdelta) python3 benchmarks/bench_bitdelta.py --out "$out/bitdelta_h200.md" --json "$out/bitdelta_h200.json" "$@" ;;
   fused) python3 benchmarks/bench_kernels.py --fused --copies 4 --out "$out/fused_gemv_h200.md" --json "$out/fused_gemv_h200.json" "$@" ;;
   generate) python3 benchmarks/bench_generate.py --out "$out/generate_h200.md" --json "$out/generate_h200.json" "$@" ;;
 esac
