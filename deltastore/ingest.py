@@ -103,6 +103,7 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     for t in tags:
         check_name(t, "tag name")
     records.check_message(message)  # a longer one made a record no reader takes
+    records.check_metrics(metrics, message)  # so did metrics nested too deep, or too large beside the message
     sources = scan_model_dir(path)  # every header checked before anything is written
     base_info = base_man = None
     if base is not None:

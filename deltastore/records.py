@@ -70,8 +70,9 @@ _SALVAGE_OID = re.compile(r"sha256:[0-9a-f]{64}")
 _SALVAGE_CATALOG = re.compile(r'"catalog"\s*:\s*"([0-9a-f-]{36})"')
 _STRS = ("codec", "message", "author")
 #: the longest message a version may have, in the bytes it takes in its record (JSON-escaped: a
-#: printable ASCII character takes 1, others 2 to 12): the rest of a record is a few KiB, so a
-#: record with such a message is still one every reader takes (at most MAX_RECORD bytes)
+#: printable ASCII character takes 1, others 2 to 12), and what its message and metrics may take
+#: together (check_metrics): the rest of a record is a few KiB, so a record with such a message
+#: is still one every reader takes (at most MAX_RECORD bytes)
 MAX_MESSAGE = MAX_RECORD - (64 << 10)
 #: how deep a record's fields may nest (metrics and codec_params are a level or two in what add
 #: writes): json, dataclasses.asdict and SQLAlchemy's JSON column each recurse once a level, so a
@@ -97,13 +98,48 @@ def check_message(message: str) -> str:
     add path checks it before anything is written (a longer one made a record no reader takes)."""
     if not isinstance(message, str):
         raise BadInputError(f"a version's message is text, not {type(message).__name__}")
-    # (each character takes at least a byte: one longer than the limit is not escaped to be measured)
-    size = len(message) if len(message) > MAX_MESSAGE else len(json.dumps(message)) - 2
+    size = _message_bytes(message)
     if size > MAX_MESSAGE:
         raise BadInputError(f"message too long: its {len(message)} characters take {'at least ' * (size == len(message))}"
                             f"{size} bytes in the version's record, and a message may take at most {MAX_MESSAGE} "
                             "(a printable ASCII character takes 1 byte, others 2 to 12)")
     return message
+
+
+def _message_bytes(message: str) -> int:
+    """The bytes ``message`` takes in a record (JSON-escaped); its length when that alone is over
+    MAX_MESSAGE (each character takes at least a byte: so long a one is not escaped to be measured)."""
+    return len(message) if len(message) > MAX_MESSAGE else len(json.dumps(message)) - 2
+
+
+#: what a record's encoding (encode_version: sorted keys, indent=1) of empty metrics takes: the
+#: bytes counted against MAX_MESSAGE are the rest (so empty metrics leave a message all of it)
+_METRICS_FRAME = len(json.dumps({"metrics": {}}, indent=1))
+
+
+def check_metrics(metrics: Any, message: str = "") -> dict[str, Any]:
+    """A version's metrics, if its record can hold them beside ``message`` (check that first with
+    :func:`check_message`): a dict of JSON values, nested and counted as a record's fields may be
+    (:data:`MAX_JSON_DEPTH`, :data:`MAX_JSON_VALUES`: readers refuse a record that is not), taking
+    with the message at most MAX_MESSAGE bytes in the record. Else BadInputError saying which
+    rule. The add path checks them before anything is written: metrics nested 40 levels or of
+    2 MiB made a version whose record every reader refused (db rebuild, gc, a pull of its model),
+    and metrics nested 2,000 levels (or holding a set) failed the add's commit with a traceback."""
+    if not isinstance(metrics, dict):
+        raise BadInputError(f"a version's metrics are a dict (a JSON object), not {type(metrics).__name__}")
+    why = _shape_problem(metrics)  # the rule readers apply to a record's fields (check_nesting)
+    if why is not None:
+        raise BadInputError(f"metrics {why}, more than a version's record may hold")
+    try:  # (encoded as encode_version does; at most MAX_JSON_DEPTH levels, so json's recursion is bounded)
+        size = len(json.dumps({"metrics": metrics}, sort_keys=True, indent=1)) - _METRICS_FRAME
+    except (TypeError, ValueError) as e:
+        raise BadInputError(f"metrics are not JSON: {e}") from None
+    msg = _message_bytes(message) if isinstance(message, str) else 0
+    if size + msg > MAX_MESSAGE:
+        raise BadInputError(f"metrics too large: they take {size} bytes in the version's record"
+                            + (f" and its message {msg}" if msg else "")
+                            + f", and a version's metrics and message may take at most {MAX_MESSAGE} together")
+    return metrics
 
 
 def _load(key: str, data: bytes | None) -> dict:

@@ -346,3 +346,45 @@ def test_a_message_no_record_holds_is_refused_before_anything_is_written(populat
     key = records.version_key("f", v.number)
     assert records.parse_version(key, records.read(st.backend, key))["message"] == longest
 
+
+
+def _nested(levels: int) -> dict:
+    d: object = 0.5
+    for _ in range(levels - 1):
+        d = {"x": d}
+    return {"loss": d}
+
+
+@pytest.mark.parametrize("metrics, want", [
+    (_nested(33), "metrics nests deeper than 32 levels"),  # was added; its record then refused by every reader
+    (_nested(2000), "metrics nests deeper than 32 levels"),  # was a StatementError (RecursionError) traceback at the commit
+    ({"curve": list(range(600_000))}, "metrics holds more than 524288 values"),  # was added: a 4 MiB record
+    ({"log": "x" * (2 << 20)}, "metrics too large: they take 2097166 bytes"),  # was added: a 2 MiB record
+    ({"seen": {1, 2}}, "metrics are not JSON: Object of type set"),  # was a StatementError traceback at the commit
+])
+def test_metrics_no_record_holds_are_refused_before_anything_is_written(populated, tmp_path: Path, metrics: dict,
+                                                                         want: str) -> None:
+    """add wrote whatever metrics it was given into the version's record, which readers cap at
+    MAX_JSON_DEPTH levels, MAX_JSON_VALUES values and MAX_RECORD bytes: such a version committed,
+    and then db rebuild refused its record, gc listed it unreadable and every pull of its model
+    from a remote failed; metrics nested 2,000 levels, or not JSON, failed the commit with a
+    traceback after every object was written. Now add refuses them first (the records module's
+    own rule), one BadInputError, nothing written; metrics up to the limit make a record readers take."""
+    from deltastore import records
+    from deltastore.errors import BadInputError
+
+    st, _ = populated
+    before, recs = snapshot(st), sorted(st.backend.list("catalog"))
+    ft = write_model(tmp_path / "ft", finetune_of(llama_like(0), seed=3))
+    for add in (lambda: st.add_finetune("f", ft, base="b", codec="lossless", metrics=metrics),
+                lambda: st.add_base("nb", ft, metrics=metrics)):
+        with pytest.raises(BadInputError, match=f"^{want}"):
+            add()
+        assert snapshot(st) == before and sorted(st.backend.list("catalog")) == recs
+    most = {"log": "x" * (records.MAX_MESSAGE - 2000)}  # with the message, at most MAX_MESSAGE: a record readers take
+    with pytest.raises(BadInputError, match="metrics too large.*and its message 2000, .* at most"):
+        st.add_finetune("f", ft, base="b", codec="lossless", metrics=most, message="m" * 2000)
+    v = st.add_finetune("f", ft, base="b", codec="lossless", metrics=most | {"depth": _nested(31)}, message="m" * 50)  # 32 levels
+    key = records.version_key("f", v.number)
+    assert records.parse_version(key, records.read(st.backend, key))["metrics"] == most | {"depth": _nested(31)}
+    assert st.resolve(v.ref).metrics == most | {"depth": _nested(31)}
