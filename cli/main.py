@@ -393,6 +393,11 @@ def db_rebuild(as_json: bool = typer.Option(False, "--json")) -> None:
         from deltastore.config import safe_url
 
         _say(f"rebuilt {r.versions} versions, {r.tags} tags, {r.objects} objects from {safe_url(st.config.objects_url)}")
+        if r.too_deep:  # imported, but no checkout rebuilds their tensors: said, not found later
+            _say(f"{len(r.too_deep)} versions have a base chain deeper than deltastore rebuilds tensors through "
+                 f"(first: {r.too_deep[0]})")
+        if r.skipped:
+            _say(f"{len(r.skipped)} records not imported (first: {r.skipped[0]}); --json lists them all")
 
 
 @command(db_app, "current")

@@ -89,9 +89,15 @@ def check_depth(store: StoreView, ref: str, *, adding: bool = False) -> int:
                                 f"deeper than the limit of {MAX_BASE_CHAIN} that deltastore rebuilds tensors through; "
                                 "add it on a version nearer the root, or as a base")
     if depth > limit:
-        raise ChainTooDeepError(f"{info.ref}'s base chain is deeper than the limit of {MAX_BASE_CHAIN} versions that "
-                                "deltastore rebuilds tensors through")
+        raise too_deep(info.ref)
     return depth
+
+
+def too_deep(ref: str) -> ChainTooDeepError:
+    """The error for version REF, whose base chain is deeper than MAX_BASE_CHAIN (a checkout's,
+    and a pull's or push's: transfer.chain_of refuses such a version before anything moves)."""
+    return ChainTooDeepError(f"{ref}'s base chain is deeper than the limit of {MAX_BASE_CHAIN} versions that "
+                             "deltastore rebuilds tensors through")
 
 
 def check_manifest_depth(store: StoreView, manifest_oid: str, what: str) -> None:

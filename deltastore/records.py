@@ -522,10 +522,13 @@ class RebuildReport:
     skipped: list[str] = field(default_factory=list)
     #: records whose base disagreed with their manifest's, imported with the manifest's, each "key: why"
     corrected: list[str] = field(default_factory=list)
+    #: versions imported whose base chain is deeper than chains.MAX_BASE_CHAIN, each "key: why": kept
+    #: (listed, tagged, removable, their objects kept), but no checkout rebuilds their tensors
+    too_deep: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"versions": self.versions, "tags": self.tags, "objects": self.objects, "skipped": self.skipped,
-                "corrected": self.corrected}
+                "corrected": self.corrected, "too_deep": self.too_deep}
 
 
 def rebuild(store: StoreView) -> RebuildReport:
@@ -534,7 +537,12 @@ def rebuild(store: StoreView) -> RebuildReport:
     its commit: a failed rebuild leaves records this still-empty catalog owns, and running it again
     imports them again). From then on this catalog answers for those versions: its gc removes their
     objects once it removes them. Rebuild a catalog that replaces a lost one; a second catalog on the
-    same bucket should add its own models rather than take over another's (module doc)."""
+    same bucket should add its own models rather than take over another's (module doc).
+
+    A version whose base chain is deeper than chains.MAX_BASE_CHAIN is imported all the same and
+    listed in ``too_deep`` (a checkout refuses it, naming it): skipped, it would vanish from the
+    catalog, and with it what keeps its objects from gc."""
+    from . import chains  # (here: chains loads the codecs, which a records reader needs not)
 
     with store.Session() as s:
         if s.scalar(select(func.count()).select_from(Version)):
@@ -552,6 +560,8 @@ def rebuild(store: StoreView) -> RebuildReport:
     manifests: dict[str, str] = {}  # imported REF -> its manifest id
     by_manifest: dict[str, str] = {}  # manifest id -> the first imported REF with it
     corrected: list[str] = []
+    too_deep: list[str] = []
+    depths: dict[str, int] = {}  # imported REF -> base links to its root (its base's + 1)
     adopted: list[dict[str, Any]] = []
     seen: set[str] = set()
     ntags = 0
@@ -604,7 +614,12 @@ def rebuild(store: StoreView) -> RebuildReport:
                         author=r["author"], created_at=created, metrics=r["metrics"], calib_sha256=r.get("calib_sha256"))
             s.add(v)
             s.flush()
-            ids[f"{r['model']}@v{r['number']}"] = v.id
+            ref = f"{r['model']}@v{r['number']}"
+            ids[ref] = v.id
+            depths[ref] = 0 if base_ref is None else depths[base_ref] + 1
+            if depths[ref] > chains.MAX_BASE_CHAIN:
+                too_deep.append(f"{r['key']}: {chains.too_deep(ref)} ({depths[ref]} links): imported; "
+                                "checkout refuses it")
             manifests[f"{r['model']}@v{r['number']}"] = r["manifest"]
             by_manifest.setdefault(r["manifest"], f"{r['model']}@v{r['number']}")
             queue.extendleft(reversed(waiting.pop(r["manifest"], [])))  # its fine-tunes, in their order
@@ -640,4 +655,5 @@ def rebuild(store: StoreView) -> RebuildReport:
                 tagged.add((t["model"], t["tag"]))
                 s.add(Tag(model_id=models[t["model"]].id, name=t["tag"], version_id=vid))
                 ntags += 1
-    return RebuildReport(versions=len(ids), tags=ntags, objects=len(seen), skipped=skipped, corrected=corrected)
+    return RebuildReport(versions=len(ids), tags=ntags, objects=len(seen), skipped=skipped, corrected=corrected,
+                         too_deep=too_deep)

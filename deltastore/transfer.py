@@ -45,10 +45,10 @@ from typing import Any, Iterator, Protocol
 
 from sqlalchemy import select
 
-from . import records
+from . import chains, records
 from .backend import TMP_PREFIX, Backend, open_nonblocking
 from .catalog import Model, ObjectRow, Tag, Version
-from .errors import BadInputError, BadNameError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
+from .errors import BadInputError, BadNameError, ChainTooDeepError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
 from .ingest import commit_version
 from .lookup import version_info
 from .maintenance import LeaseHandle, lease
@@ -633,13 +633,17 @@ def check_info(side: Side, info: VersionInfo) -> None:
 
 def chain_of(src: Side, ref: str) -> list[tuple[VersionInfo, Manifest]]:
     """The version REF names and its bases, base first; each manifest fetched and re-hashed, and
-    each record's base checked against what its manifest says."""
+    each record's base checked against what its manifest says. A version whose chain is deeper
+    than chains.MAX_BASE_CHAIN (which no checkout rebuilds a tensor through) is refused, as
+    ChainTooDeepError naming it, once its walk passes the limit: before anything moves."""
     out: list[tuple[VersionInfo, Manifest]] = []
     info: VersionInfo | None = src.resolve(ref)
     seen: set[str] = set()
     while info is not None:
         if info.ref in seen:
             raise RemoteError(f"{src.label}: the base chain of {ref} loops at {info.ref}")
+        if len(out) > chains.MAX_BASE_CHAIN:  # the first version is at least len(out) links from its root
+            raise ChainTooDeepError(f"{src.label}: {chains.too_deep(out[0][0].ref)}; it is not transferred")
         seen.add(info.ref)
         check_info(src, info)
         try:

@@ -389,3 +389,44 @@ def test_a_stray_file_named_in_other_digits_is_not_a_record(source, other, model
     assert [x.dst_ref for x in remotes.pull(other, "f", str(url), all_versions=True)] == ["f@v1"]
     other.checkout("f@best", tmp_path / "out")
     assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft) and other.verify().ok
+
+
+def _chain(home: Path, tmp_path: Path, links: int) -> deltastore.Store:
+    """A store holding b@v1 and c1@v1 .. c<links>@v1, each a lossless fine-tune of the one before
+    (c1 of b): c<k>@v1 is k base links from its root. Tiny models, bits alternating between two."""
+    from ..conftest import finetune_of, llama_like, write_model
+
+    sd = llama_like(0, hidden=8, layers=1, vocab=8)
+    dirs = [write_model(tmp_path / "chain-b", sd), write_model(tmp_path / "chain-f", finetune_of(sd))]
+    st = deltastore.open(home)
+    st.add_base("b", dirs[0])
+    for k in range(1, links + 1):
+        st.add_finetune(f"c{k}", dirs[k % 2], base="b" if k == 1 else f"c{k - 1}", codec="lossless")
+    return st
+
+
+def test_a_base_chain_deeper_than_the_limit_is_not_pulled(other, tmp_path: Path, monkeypatch) -> None:
+    """A remote's version whose base chain is deeper than chains.MAX_BASE_CHAIN (5 here, 500 in
+    use), which no checkout rebuilds a tensor through: a pull (or a push) took it, chain and all,
+    and only a checkout here then said the chain was too deep. Now the transfer refuses it up
+    front (its walk of the chain reads the manifests anyway), ChainTooDeepError naming the
+    version, nothing written here; the version at the limit still pulls and checks out exact."""
+    from deltastore import chains
+    from deltastore.errors import ChainTooDeepError
+
+    src = _chain(tmp_path / "src", tmp_path, 6)
+    url = tmp_path / "remote"
+    src.push("c6", str(url))  # at the real limit: a chain of 6 is fine
+    monkeypatch.setattr(chains, "MAX_BASE_CHAIN", 5)
+    before = _state(other)
+    with pytest.raises(ChainTooDeepError, match=f"^remote {url}: c6@v1's base chain is deeper than the limit of 5 "
+                                                "versions that deltastore rebuilds tensors through; it is not transferred"):
+        other.pull("c6", str(url))
+    assert _state(other) == before
+    with pytest.raises(ChainTooDeepError, match="the local store: c6@v1's base chain is deeper than the limit of 5"):
+        src.push("c6@v1", str(tmp_path / "remote2"))
+    assert not (tmp_path / "remote2").exists()
+    assert other.pull("c5", str(url)).dst_ref == "c5@v1"
+    other.checkout("c5@v1", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(tmp_path / "chain-f")
+    src.close()

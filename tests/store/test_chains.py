@@ -160,3 +160,57 @@ def test_a_base_chain_deeper_than_the_limit_is_said_to_be(tmp_path: Path):
         assert st.resolve(h.ref).base == f"f@v{MAX_BASE_CHAIN - 1}"  # MAX_BASE_CHAIN links from b
         st.checkout(h.ref, tmp_path / "h")
         assert tree_hashes(tmp_path / "h") == tree_hashes(f)
+
+
+def test_db_rebuild_keeps_and_names_versions_deeper_than_the_limit(tmp_path: Path, monkeypatch):
+    """A store whose records hold a version with a base chain deeper than chains.MAX_BASE_CHAIN
+    (5 here, 500 in use): db rebuild imported it and said nothing, so the first word of it was a
+    checkout's refusal. Skipping it would lose it (and what keeps its objects from gc); it is
+    imported, and rebuild names it: a line from the CLI, and the report's too_deep. (The CLI also
+    said nothing of records it skipped, here one whose manifest is gone: now a line too.) Every
+    version is back, its tag too; the deep one is refused at checkout, the one at the limit checks
+    out exact."""
+    import json
+
+    import pytest
+
+    import deltastore
+    from deltastore import chains, records
+    from deltastore.errors import ChainTooDeepError
+    from tests.clirun import cli
+
+    home = tmp_path / "home"
+    sd = llama_like(0, hidden=8, layers=1, vocab=8)
+    dirs = [write_model(tmp_path / "b", sd), write_model(tmp_path / "f", finetune_of(sd))]
+    with deltastore.open(home) as st:  # c<k>@v1: k links from b, a lossless fine-tune of c<k-1>
+        st.add_base("b", dirs[0])
+        for k in range(1, 7):
+            st.add_finetune(f"c{k}", dirs[k % 2], base="b" if k == 1 else f"c{k - 1}", codec="lossless", tags=["t"])
+        want = sorted((v.ref, v.manifest) for m in st.models() for v in st.versions(m.name))
+        rec = json.loads(st.backend.get(records.version_key("b", 1)))  # and a record whose manifest is gone
+        st.backend.put(records.version_key("gone", 1), json.dumps(rec | {"model": "gone", "manifest": "sha256:" + "0" * 64}).encode())
+    for p in home.glob("catalog.db*"):
+        p.unlink()
+    monkeypatch.setattr(chains, "MAX_BASE_CHAIN", 5)
+    too_deep = ("catalog/versions/c6/v1.json: c6@v1's base chain is deeper than the limit of 5 versions that deltastore "
+                "rebuilds tensors through (6 links): imported; checkout refuses it")
+    skipped = f"catalog/versions/gone/v1.json: its manifest sha256:{'0' * 64} is not on the backend"
+    p = cli("db", "rebuild", "--home", str(home))
+    assert p.returncode == 0 and "Traceback" not in p.stdout + p.stderr, p.stderr[-2000:]
+    said = " ".join(p.stdout.split())  # (the console wraps long lines)
+    assert said.startswith("rebuilt 7 versions, 6 tags") and said.endswith(
+        f" 1 versions have a base chain deeper than deltastore rebuilds tensors through (first: {too_deep}) "
+        f"1 records not imported (first: {skipped}); --json lists them all")
+    with deltastore.open(home) as st:
+        assert sorted((v.ref, v.manifest) for m in st.models() for v in st.versions(m.name)) == want
+        assert st.resolve("c6@t").ref == "c6@v1"
+        with pytest.raises(ChainTooDeepError, match="c6@v1's base chain is deeper than the limit of 5"):
+            st.checkout("c6", tmp_path / "out6")
+        st.gc()
+        assert st.verify().ok
+        st.checkout("c5", tmp_path / "out5")
+        assert tree_hashes(tmp_path / "out5") == tree_hashes(dirs[1])
+    with deltastore.open(tmp_path / "other", objects_url=str(home)) as st:  # the API's report says the same
+        rep = st.rebuild_catalog()
+        assert rep.versions == 7 and rep.too_deep == [too_deep] and rep.to_dict()["too_deep"] == [too_deep]
+        assert rep.skipped == [skipped]
