@@ -20,7 +20,7 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import sessionmaker
 
 from . import codec as codecs
-from . import chains, ingest, maintenance, materialize, remotes, versions
+from . import chains, ingest, maintenance, materialize, records, remotes, versions
 from .backend import Backend
 from .catalog import Model, Version
 from .config import StoreConfig, load_config, safe_url
@@ -135,7 +135,7 @@ class Store:
         use = resolve_codec(codec)
         choice = chains.delta_base(self, name, base, use)
         chains.check_depth(self, choice.ref, adding=True)
-        metrics = dict(metrics or {})
+        metrics = dict(records.check_metrics(metrics or {}))  # (a non-dict: the add's own error, not a TypeError here)
         if choice.previous is not None:
             metrics[chains.PREVIOUS_KEY] = choice.previous
         return ingest.add(self, name, path, base=choice.ref, codec=use, message=message, tags=tags or [],

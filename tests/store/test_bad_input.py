@@ -388,3 +388,20 @@ def test_metrics_no_record_holds_are_refused_before_anything_is_written(populate
     key = records.version_key("f", v.number)
     assert records.parse_version(key, records.read(st.backend, key))["metrics"] == most | {"depth": _nested(31)}
     assert st.resolve(v.ref).metrics == most | {"depth": _nested(31)}
+
+
+def test_metrics_that_are_not_a_dict_are_one_clear_error_from_either_add(populated, tmp_path: Path) -> None:
+    """Store.add_finetune copied the metrics with dict() before any check, so a list of pairs
+    went through as a dict and anything else was a bare TypeError; now the records module's rule
+    answers first, for a base and a fine-tune alike, and nothing is written."""
+    from deltastore.errors import BadInputError
+
+    st, _ = populated
+    before = snapshot(st)
+    ft = write_model(tmp_path / "ft", finetune_of(llama_like(0), seed=3))
+    for bad in (["not", "a dict"], [("k", 1)], 3, "text"):
+        for add in (lambda: st.add_finetune("f", ft, base="b", codec="lossless", metrics=bad),
+                    lambda: st.add_base("nb", ft, metrics=bad)):
+            with pytest.raises(BadInputError, match="metrics are a dict"):
+                add()
+    assert snapshot(st) == before
