@@ -168,3 +168,25 @@ def test_retired_record_golden_fixture_and_hostile_records() -> None:
                          (key, b" " * (records.MAX_RECORD + 1))]:
         with pytest.raises(CorruptRecordError):
             records.parse_retired(bad_key, bad)
+
+
+def test_rebuild_skips_and_names_a_stray_file_in_a_versions_folder(tmp_path: Path) -> None:
+    """A file named like no record (v + other scripts' digits: 'v\\u0661.json', a copy of a real
+    record) in a model's versions folder made db rebuild refuse the whole store ('its name does
+    not match the version it holds'); a pull skips such a file (3d17686) and so does rebuild now,
+    naming it in the report, the file left where it is."""
+    home = tmp_path / "home"
+    st = deltastore.open(home)
+    base = llama_like(0)
+    st.add_base("b", write_model(tmp_path / "b", base))
+    st.add_finetune("f", write_model(tmp_path / "f1", finetune_of(base, seed=1)), base="b", codec="lossless")
+    stray = "catalog/versions/f/v\u0661.json"
+    st.backend.put(stray, st.backend.get(records.version_key("f", 1)))
+    st.close()
+    for p in home.glob("catalog.db*"):
+        p.unlink()
+    st2 = deltastore.open(home)
+    rep = st2.rebuild_catalog()
+    assert rep.versions == 2 and [m.name for m in st2.models()] == ["b", "f"]
+    assert len(rep.skipped) == 1 and rep.skipped[0].startswith(stray) and "stray" in rep.skipped[0]
+    assert st2.backend.get(stray) is not None
