@@ -134,7 +134,7 @@ def check_metrics(metrics: Any, message: str = "") -> dict[str, Any]:
     if why is not None:
         raise BadInputError(f"metrics {why}, more than a version's record may hold")
     try:  # (encoded as encode_version does; at most MAX_JSON_DEPTH levels, so json's recursion is bounded)
-        size = len(json.dumps({"metrics": metrics}, sort_keys=True, indent=1)) - _METRICS_FRAME
+        size = len(json.dumps({"metrics": metrics}, sort_keys=True, indent=1, allow_nan=False)) - _METRICS_FRAME
     except (TypeError, ValueError) as e:
         raise BadInputError(f"metrics are not JSON: {e}") from None
     msg = _message_bytes(message) if isinstance(message, str) else 0

@@ -112,3 +112,21 @@ def test_lineage_of_a_deep_chain_matches_sqlite(pg, tmp_path: Path) -> None:
         assert [c.ref for c in node.children] == (["deep@v3", "deep@v41"] if node.ref == "deep@v2" else [f"deep@v{depth + 2}"])
         node, depth = node.children[0], depth + 1
     assert depth == 39 and [c.ref for c in root.tree.children] == ["f@v1", "deep@v1"]
+
+
+def test_metrics_that_are_not_json_are_refused_before_anything_is_written(pg, tmp_path: Path) -> None:
+    """NaN and infinities are not JSON: Python writes them, SQLite keeps them, PostgreSQL's JSON
+    column refuses them at the commit, after every object was written (a traceback; a record in
+    a shared bucket that no PostgreSQL catalog could pull). add refuses them first, on either
+    catalog, one BadInputError, nothing written."""
+    from deltastore.errors import BadInputError
+
+    model = write_model(tmp_path / "b", llama_like(0))
+    for url in (pg.create_db("metrics"), None):
+        st = deltastore.open(tmp_path / ("pg" if url else "lite"), **({"db_url": url} if url else {}))
+        for bad in ({"loss": float("nan")}, {"x": [1.0, float("inf")]}, {"y": {"z": -float("inf")}}):
+            with pytest.raises(BadInputError, match="metrics are not JSON"):
+                st.add_base("b", model, metrics=bad)
+        assert st.models() == [] and not list(st.backend.list("objects"))
+        assert st.add_base("b", model, metrics={"loss": 0.5}).ref == "b@v1"
+        st.close()
