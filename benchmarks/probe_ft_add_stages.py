@@ -6,7 +6,14 @@ a stage's figure is its own time, less the stages it calls on the same thread; b
 system part of that time and the minor page faults it took (``getrusage(RUSAGE_THREAD)``). Work a stage
 hands to another thread (the plane pool) is counted where it runs. The process's whole CPU time
 (``getrusage``) is given beside the sum, so what no stage covers (the GIL's hand-offs, the
-pool's futures, the backend's fsync thread, the interpreter) shows as "not in a stage".
+pool's futures, the backend's fsync thread, the interpreter) shows as "not in a stage". Beside each
+stage's CPU, its own wall time summed over threads: wall - CPU is time a thread spent inside the stage
+waiting (for the GIL, a lock, numba's compiler lock, a core), which is how the 16-core fine-tune add's
+waits were found (benchmarks/results/scaling_h200.md, tenth session).
+
+Over time, per quarter second: the threads running (sampled in-process every 20 ms: the sampler needs
+the GIL, so its bins go empty under contention), the threads inside each stage, and each thread's
+state and wchan read from /proc by a watcher process (no GIL of ours needed).
 
     python benchmarks/probe_ft_add_stages.py --layers 2 --threads 1,2 --work /tmp/h7prof
 
