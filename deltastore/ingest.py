@@ -40,7 +40,7 @@ from .lookup import next_number, resolve_version, version_info
 from .crash import crash_point
 from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
-from .materialize import info_of, tensor_bytes, warm_codecs
+from .materialize import WARM_MIN_WORKERS, info_of, tensor_bytes, warm_codecs
 from .objects import PutResult
 from .pipeline import BufferPool, InOrderHash, frozen_heap, ordered_map
 from .protocols import Progress, StoreView
@@ -122,7 +122,7 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
         codec, hessians, extras, metrics = _calibrate(store, base_info.ref, Path(path), Path(calib), codec, metrics)
     job = _Job(codec, codecs.get_codec("lossless"), base_info.manifest if base_info else None, base_man, hessians, extras)
     workers = store.workers if codec is None or codec.lossless else min(store.workers, LOSSY_WORKERS)
-    if base_info is not None and workers > 1:  # the codecs' compiled kernels, loaded before the workers meet them
+    if base_info is not None and workers >= WARM_MIN_WORKERS:  # the codecs' compiled kernels, loaded before the workers meet them
         codes = {t.dtype for f in sources if f.is_safetensors for t in f.header.tensors}
         warm_codecs((c.codec_id, code) for c in {job.lossless, codec or job.lossless} for code in codes)
     total = sum(f.size for f in sources)

@@ -311,7 +311,7 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
     if len(set(dests)) != len(dests):
         raise CorruptObjectError(v.manifest, "the manifest lists one path twice")
     out.mkdir(parents=True, exist_ok=True)
-    if store.workers > 1:
+    if store.workers >= WARM_MIN_WORKERS:
         warm_codecs((t.codec, t.dtype) for _, t in man.tensors() if t.source == "delta")
     total = man.logical_bytes
     state = {"done": 0, "written": 0}
@@ -335,6 +335,15 @@ def checkout(store: StoreView, ref: str, out: str | Path, *, dtype: str | torch.
             raise
     return CheckoutResult(ref=v.ref, out=str(out), files=len(man.files), bytes_written=state["written"],
                           exact=target is None and man.exact, seconds=time.perf_counter() - t0)
+
+
+#: warm the codecs' kernels (:func:`warm_codecs`) only from this many workers: the load then runs
+#: alone before the workers start, where on the first call it overlapped the other workers' reads
+#: and hashing. Measured on the dev VM's 2 cores (quiet, alternating pairs, 0.93 GB fine-tune): with
+#: 2 workers warm was 0.3-0.7 s slower on every add and on 2 of 3 checkouts; with 16 threads it was
+#: faster in 6 of 6 pairs, and on the H200 machine the first-call waits were 3 s (4 threads) to 54 s
+#: (16) of the threads' summed time (benchmarks/results/scaling_h200.md, scaling_devvm_2workers.md)
+WARM_MIN_WORKERS = 3
 
 
 def warm_codecs(deltas: Iterable[tuple[str | None, str]]) -> None:
