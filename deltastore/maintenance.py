@@ -56,7 +56,7 @@ from typing import Iterator
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from . import records
 from .backend import TMP_PREFIX
@@ -286,7 +286,11 @@ def _sweep(store: StoreView, *, dry_run: bool, beat) -> GcReport:  # noqa: ANN00
     own = bind_catalog(store)
     with store.Session() as s:  # read after the exclusion holds: every committed add is in it
         reachable = set(s.scalars(select(VersionObject.oid).distinct()).all())
-        committed = {(v.model.name, v.number): version_info(s, v) for v in s.scalars(select(Version))}
+        # each version with its model in one statement: loaded one by one, a model that a concurrent rm
+        # removed with its last version between the two reads was None (an AttributeError traceback
+        # from gc, seen in tests/reliability/test_concurrency.py's random runs)
+        versions = s.scalars(select(Version).options(joinedload(Version.model, innerjoin=True))).unique().all()
+        committed = {(v.model.name, v.number): version_info(s, v) for v in versions}
     backend = store.backend
     # other catalogs' versions: read before any object is removed (a newer record format stops gc here)
     try:
