@@ -441,16 +441,13 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
     ``compress`` a frame: a chunk has tens of frames, and at 16 threads each call's release and
     re-take of the GIL queued the workers behind one another (issue 7: 16 threads inside the
     stage, 1-3 running). The same frames, byte for byte, as ``compress`` of each."""
-    cctx = _thread_compressor(level)
     spans = merge_groups(counts, min_group)
-    n = grouped.shape[1] if grouped.ndim == 2 else 0
-    frames = _frames(cctx, grouped, spans, n)
-    groups, pos, i = [], 0, 0
+    frames = iter(_frames(_thread_compressor(level), grouped, spans))
+    groups, pos = [], 0
     for c, k in spans:
         modes, payloads, end = [], [], pos + k
         for row in range(grouped.shape[0]):
-            comp = frames[i] if k else b""
-            i += 1
+            comp = next(frames)
             if 0 < len(comp) < k:
                 modes.append(1)
                 payloads.append(comp)
@@ -462,35 +459,21 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
     return groups
 
 
-def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tuple[int, int]], n: int) -> list[bytes]:
+def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tuple[int, int]]) -> list[bytes]:
     """The zstd frame of every (group, plane) of a chunk, group by group, plane by plane: one
     ``multi_compress_to_buffer`` call over segments of ``grouped`` where it is one contiguous
     array and the call exists (python-zstandard's C backend), else ``compress`` one by one.
     Empty groups get ``b""`` (they are stored, never compressed)."""
     width = grouped.shape[0]
+    bounds = list(zip(np.cumsum([0] + [k for _, k in spans[:-1]]).tolist(), (k for _, k in spans)))
     multi = getattr(cctx, "multi_compress_to_buffer", None)
     if multi is None or not grouped.flags.c_contiguous or not any(k for _, k in spans):
-        out, pos = [], 0
-        for _, k in spans:
-            out.extend(cctx.compress(grouped[row, pos:pos + k]) if k else b"" for row in range(width))
-            pos += k
-        return out
-    seg, pos = [], 0
-    for _, k in spans:
-        if k:
-            seg.extend((row * n + pos, k) for row in range(width))
-        pos += k
-    res = multi(zstandard.BufferWithSegments(grouped, np.array(seg, dtype=np.uint64).tobytes()), threads=0)
-    made = [bytes(res[j]) for j in range(len(res))]
-    out, j = [], 0
-    for _, k in spans:
-        for _row in range(width):
-            if k:
-                out.append(made[j])
-                j += 1
-            else:
-                out.append(b"")
-    return out
+        return [cctx.compress(grouped[row, pos:pos + k]) if k else b"" for pos, k in bounds for row in range(width)]
+    n = grouped.shape[1]
+    seg = np.array([(row * n + pos, k) for pos, k in bounds if k for row in range(width)], dtype=np.uint64)
+    res = multi(zstandard.BufferWithSegments(grouped, seg.tobytes()), threads=0)
+    made = iter([bytes(res[j]) for j in range(len(res))])
+    return [next(made) if k else b"" for _, k in bounds for _row in range(width)]
 
 
 def group_split(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool) -> tuple[np.ndarray, np.ndarray]:
