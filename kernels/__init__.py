@@ -13,6 +13,7 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
 - ``lowrank``: lowrank (LoRA-shaped) deltas by slot, applied by two GEMMs with a per-row mask.
 - ``bitdelta``: bitdelta deltas (sign bits, a scale) by slot, applied from the packed bits by one
   Triton launch a slot (torch reference elsewhere).
+- ``slots``: what the lowrank and bitdelta sets share (deltas by slot, checked and moved with the linear).
 
 Layering: kernels -> codec (for the packed format) and torch; never the store.
 """

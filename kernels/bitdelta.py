@@ -29,6 +29,7 @@ from deltastore.codec.bitdelta import BitDelta
 
 from .errors import KernelError
 from .packed import checked_matrix
+from .slots import SlotDeltas
 from .triton_ops import HAVE_TRITON, usable
 
 if HAVE_TRITON:
@@ -115,33 +116,10 @@ def apply_triton(x2: torch.Tensor, f: BitDeltaSigns, ids: torch.Tensor, slot: in
     return y
 
 
-class BitDeltaSet:
+class BitDeltaSet(SlotDeltas):
     """One linear's bitdelta deltas by slot (the fine-tune ids every delta set of a model shares)."""
 
-    def __init__(self, in_features: int, out_features: int, device: torch.device | str):
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.device = torch.device(device)
-        self._slots: dict[int, BitDeltaSigns] = {}
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def add(self, f: BitDeltaSigns, slot: int) -> None:
-        if tuple(f.shape) != (self.out_features, self.in_features):
-            raise KernelError(f"bitdelta delta is {f.shape[0]}x{f.shape[1]}; the linear is {self.out_features}x{self.in_features}")
-        if slot in self._slots:
-            raise KernelError(f"slot {slot} already holds a bitdelta delta")
-        self._slots[int(slot)] = f.to(self.device)
-
-    def drop(self, slot: int) -> None:
-        self._slots.pop(int(slot), None)
-
-    def to(self, device: torch.device | str) -> "BitDeltaSet":
-        device = torch.device(device)
-        if device != self.device:
-            self._slots = {s: f.to(device) for s, f in self._slots.items()}
-            self.device = device
-        return self
+    kind = "bitdelta"
 
     def delta(self, x2: torch.Tensor, ids: torch.Tensor, y: torch.Tensor | None = None, *, triton_ok: bool = True) -> torch.Tensor:
         """float32 (rows, out_features): each row's delta (zero for a row whose id holds none),

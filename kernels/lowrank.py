@@ -24,8 +24,8 @@ from deltastore.codec import Encoded
 from deltastore.codec.lowrank import LowRank
 
 from .bitdelta import BitDeltaSigns, bitdelta_from_encoded
-from .errors import KernelError
 from .packed import PackedDeltaCoMe, checked_matrix, from_encoded
+from .slots import SlotDeltas
 
 
 @dataclass
@@ -68,36 +68,17 @@ def served_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = Non
     return from_encoded(enc, expect_shape, what)
 
 
-class LowRankSet:
+class LowRankSet(SlotDeltas):
     """One linear's lowrank deltas by slot (the fine-tune ids every delta set of a model shares)."""
 
+    kind = "lowrank"
+
     def __init__(self, in_features: int, out_features: int, device: torch.device | str):
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.device = torch.device(device)
-        self._slots: dict[int, LowRankFactors] = {}
+        super().__init__(in_features, out_features, device)
         self._built: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def add(self, f: LowRankFactors, slot: int) -> None:
-        if tuple(f.shape) != (self.out_features, self.in_features):
-            raise KernelError(f"lowrank delta is {f.shape[0]}x{f.shape[1]}; the linear is {self.out_features}x{self.in_features}")
-        if slot in self._slots:
-            raise KernelError(f"slot {slot} already holds a lowrank delta")
-        self._slots[int(slot)] = f.to(self.device)
+    def _changed(self) -> None:
         self._built = None
-
-    def drop(self, slot: int) -> None:
-        if self._slots.pop(int(slot), None) is not None:
-            self._built = None
-
-    def to(self, device: torch.device | str) -> "LowRankSet":
-        device = torch.device(device)
-        if device != self.device:
-            self._slots = {s: f.to(device) for s, f in self._slots.items()}
-            self.device, self._built = device, None
-        return self
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B (n, R) float32, cA (m, R) float32 with each slot's c folded in, slot of each column (R,)):
