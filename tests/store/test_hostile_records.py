@@ -118,6 +118,17 @@ def two_homes(tmp_path: Path) -> tuple[deltastore.Store, deltastore.Store]:
     return deltastore.open(tmp_path / "a", objects_url=objects), deltastore.open(tmp_path / "b", objects_url=objects)
 
 
+def a_base_beside_another_catalog(tmp_path: Path) -> tuple[deltastore.Store, deltastore.Store, Path, str, dict]:
+    """(a, b, the model a added as base@v1, that version's record key, the record as read): two
+    catalogs sharing one objects location, each with a base of its own."""
+    a, b = two_homes(tmp_path)
+    src = write_model(tmp_path / "m", llama_like(0, hidden=16, layers=1))
+    a.add_base("base", src)
+    b.add_base("other", write_model(tmp_path / "c", llama_like(3, hidden=16, layers=1)))
+    key = records.version_key("base", 1)
+    return a, b, src, key, json.loads(a.backend.get(key))
+
+
 @pytest.mark.parametrize("damage", ["huge message", "bad field"])
 def test_gc_keeps_what_another_catalogs_unreadable_record_names(tmp_path: Path, damage: str) -> None:
     """Catalog a's version whose record b cannot parse: a 2 MiB message (a record larger than any
@@ -125,12 +136,7 @@ def test_gc_keeps_what_another_catalogs_unreadable_record_names(tmp_path: Path, 
     or a field damaged on the bucket. b's gc used to list it as unreadable and then delete every
     object of a's version (a could no longer check it out); what the record's manifest reaches is
     now kept whenever the record names one."""
-    a, b = two_homes(tmp_path)
-    src = write_model(tmp_path / "m", llama_like(0, hidden=16, layers=1))
-    a.add_base("base", src)
-    b.add_base("other", write_model(tmp_path / "c", llama_like(3, hidden=16, layers=1)))
-    key = records.version_key("base", 1)
-    rec = json.loads(a.backend.get(key))
+    a, b, src, key, rec = a_base_beside_another_catalog(tmp_path)
     if damage == "bad field":
         a.backend.put(key, json.dumps(rec | {"created_at": "yesterday", "metrics": [1]}).encode())
     else:
@@ -191,12 +197,7 @@ def test_a_manifest_id_with_a_trailing_newline_neither_stops_gc_nor_loses_the_ve
     """Another catalog's record whose manifest id ends in '\\n' (Python's '$' let it parse): b's gc
     failed with a raw ValueError from the object store's id parser. Now the record is unreadable,
     gc runs, and what the id names is still kept (a's version checks out)."""
-    a, b = two_homes(tmp_path)
-    src = write_model(tmp_path / "m", llama_like(0, hidden=16, layers=1))
-    a.add_base("base", src)
-    b.add_base("other", write_model(tmp_path / "c", llama_like(3, hidden=16, layers=1)))
-    key = records.version_key("base", 1)
-    rec = json.loads(a.backend.get(key))
+    a, b, src, key, rec = a_base_beside_another_catalog(tmp_path)
     a.backend.put(key, json.dumps(rec | {"manifest": rec["manifest"] + "\n"}).encode())
     with pytest.raises(CorruptRecordError, match="manifest is not an object id"):
         records.parse_version(key, a.backend.get(key))
