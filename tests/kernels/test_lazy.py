@@ -74,6 +74,20 @@ def _logits(model, ids=None, **kw) -> torch.Tensor:
         return model(input_ids=PROMPTS.to(DEVICE) if ids is None else ids, **kw).logits.float()
 
 
+def two_of_a_codec_and_a_delta_come(d, codec: str, prefix: str):  # noqa: ANN001, ANN201
+    """A store under ``d`` with a tiny base, two fine-tunes of it stored with ``codec`` (PREFIX1,
+    PREFIX2) and one with delta-come, the default (dc3): for a codec's lazy tests and mixed batches."""
+    import deltastore
+
+    base = tiny_llama_dir(d / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True)
+    store = deltastore.open(d / "home")
+    store.add_base("base", base)
+    for i in (1, 2):
+        store.add_finetune(f"{prefix}{i}", finetune_linears(base, d / f"f{i}", seed=i), base="base", codec=codec)
+    store.add_finetune("dc3", finetune_linears(base, d / "f3", seed=3), base="base")
+    return store
+
+
 def rows_match_alone(store, many, refs: list[str], ids: torch.Tensor) -> torch.Tensor:
     """The logits of a mixed batch (row i serves refs[ids[i]], -1 the base), each row checked
     against its fine-tune (or the base) loaded alone, within MIXED_TOL; returned."""

@@ -27,9 +27,7 @@ from .kernel_testlib import DEVICE, rel
 
 transformers = pytest.importorskip("transformers")
 
-from deltastore.zoo.tiny import tiny_llama_dir  # noqa: E402
-
-from .test_lazy import HIDDEN, _logits, finetune_linears, rows_match_alone  # noqa: E402
+from .test_lazy import _logits, rows_match_alone, two_of_a_codec_and_a_delta_come  # noqa: E402
 
 
 def _payload(m: int, n: int, seed: int = 0) -> tuple[torch.Tensor, codecs.Encoded]:
@@ -81,15 +79,7 @@ def test_payload_is_checked_at_load_time() -> None:
 
 @pytest.fixture(scope="module")
 def bitdelta_store(tmp_path_factory):
-    import deltastore
-
-    d = tmp_path_factory.mktemp("lazy-bitdelta")
-    base = tiny_llama_dir(d / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True)
-    store = deltastore.open(d / "home")
-    store.add_base("base", base)
-    store.add_finetune("bd1", finetune_linears(base, d / "f1", seed=1), base="base", codec="bitdelta")
-    store.add_finetune("bd2", finetune_linears(base, d / "f2", seed=2), base="base", codec="bitdelta")
-    store.add_finetune("dc3", finetune_linears(base, d / "f3", seed=3), base="base")  # delta-come, the default
+    store = two_of_a_codec_and_a_delta_come(tmp_path_factory.mktemp("lazy-bitdelta"), "bitdelta", "bd")
     yield store
     store.close()
 

@@ -23,22 +23,12 @@ from .kernel_testlib import DEVICE, rel
 
 transformers = pytest.importorskip("transformers")
 
-from deltastore.zoo.tiny import tiny_llama_dir  # noqa: E402
-
-from .test_lazy import HIDDEN, _logits, finetune_linears, rows_match_alone  # noqa: E402
+from .test_lazy import _logits, rows_match_alone, two_of_a_codec_and_a_delta_come  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lowrank_store(tmp_path_factory):
-    import deltastore
-
-    d = tmp_path_factory.mktemp("lazy-lowrank")
-    base = tiny_llama_dir(d / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True)
-    store = deltastore.open(d / "home")
-    store.add_base("base", base)
-    store.add_finetune("lr1", finetune_linears(base, d / "f1", seed=1), base="base", codec="lowrank")
-    store.add_finetune("lr2", finetune_linears(base, d / "f2", seed=2), base="base", codec="lowrank")
-    store.add_finetune("dc3", finetune_linears(base, d / "f3", seed=3), base="base")  # delta-come, the default
+    store = two_of_a_codec_and_a_delta_come(tmp_path_factory.mktemp("lazy-lowrank"), "lowrank", "lr")
     yield store
     store.close()
 
