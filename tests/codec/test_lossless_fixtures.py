@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deltastore.codec import from_bytes, planes
+from deltastore.codec import from_bytes, planes, to_bytes
 from deltastore.codec.lossless import Lossless
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "codec" / "lossless"
@@ -55,6 +55,7 @@ def test_encoder_still_writes_the_format(version, monkeypatch):
     d, info, inputs = _load(version)
     if info.get("min_group"):
         monkeypatch.setattr(planes, "MIN_GROUP", info["min_group"])
+    monkeypatch.setattr(planes, "ACCEL", 0)  # the zstd settings the fixtures were written with
     codec = Lossless.from_config({**WRITTEN_BY_DEFAULT.get(version, {}), **info["config"]})
     for name in info["cases"]:
         want = from_bytes((d / f"{name}.bin").read_bytes())
@@ -64,6 +65,30 @@ def test_encoder_still_writes_the_format(version, monkeypatch):
         assert torch.equal(enc.arrays["stream"], want.arrays["stream"]), f"{name}: the v{version} stream changed"
         if "counts" in want.arrays:
             assert torch.equal(enc.arrays["counts"], want.arrays["counts"]), f"{name}: the v{version} counts changed"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_default_zstd_settings_change_only_the_frames(version, monkeypatch):
+    """With the default zstd settings (planes.ACCEL: the search skips ahead) the encoder writes the
+    fixture's layout (version, mode, chunks, groups and their contexts, counts) with other zstd
+    frames inside, and they decode to the exact bits."""
+    d, info, inputs = _load(version)
+    if info.get("min_group"):
+        monkeypatch.setattr(planes, "MIN_GROUP", info["min_group"])
+    codec = Lossless.from_config({**WRITTEN_BY_DEFAULT.get(version, {}), **info["config"]})
+    for name in info["cases"]:
+        want = from_bytes((d / f"{name}.bin").read_bytes())
+        base = inputs.get(f"{name}.base")
+        enc = codec.encode(inputs[f"{name}.target"], base)
+        assert (enc.version, enc.meta, enc.arrays.keys()) == (want.version, want.meta, want.arrays.keys()), name
+        got, old = (planes.read_info(memoryview(e.arrays["stream"].numpy())) for e in (enc, want))
+        assert (got.width, got.rotate, got.raw_total, got.raw_lens) == (old.width, old.rotate, old.raw_total, old.raw_lens)
+        if old.groups is not None:
+            assert [[(g.context, g.n) for g in c] for c in got.groups] == [[(g.context, g.n) for g in c] for c in old.groups]
+        if "counts" in want.arrays:
+            assert torch.equal(enc.arrays["counts"], want.arrays["counts"]), name
+        out = Lossless().reconstruct(from_bytes(to_bytes(enc)), base)
+        assert torch.equal(out.view(torch.uint8), inputs[f"{name}.target"].view(torch.uint8)), name
 
 
 def test_the_default_encoder_writes_v3():
@@ -94,4 +119,5 @@ def test_palette_plane_stream_fixture(compiled, monkeypatch):
     assert planes.decompress(stream).tobytes() == raw
     assert planes.decompress_range(stream, 16383, 33001).tobytes() == raw[16383:33001]
     s = dict(info["settings"])
+    monkeypatch.setattr(planes, "ACCEL", 0)  # the zstd settings the fixture was written with
     assert planes.compress(np.frombuffer(raw, np.uint8), s.pop("width"), **s) == stream

@@ -1,7 +1,9 @@
 """The plain byte-plane streams (``b"DSP1"``: every tensor object of a base model) are the same
 bytes whichever path makes them: the compiled split and join (codec._numba), the numpy reference,
 ``compress`` or ``compress_framed``, any thread count, any (odd) output offset.
-The digests below were written by codec/planes.py at 71e5adc (numpy only), before the kernels."""
+The digests below were written by codec/planes.py at 71e5adc (numpy only), before the kernels, with
+the zstd settings every object had until the encoder skipped ahead (``planes.ACCEL = 0``);
+:data:`GOLDEN_ACCEL` pins the default settings' bytes since (written with ``ACCEL = 16``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from deltastore.codec import planes
+from deltastore.codec import _zstd_encode, planes
 
 FX = planes.fast()
 needs_numba = pytest.mark.skipif(FX is None, reason="numba does not import here: only the numpy path runs")
@@ -22,6 +24,16 @@ GOLDEN = {
     "int8": "3634a265eb514113e26de733f76cf344e4f0ab86ba8495774654051ea28fce46",
     "fp64": "62e75fb7d807682be634260f60c46fc2cc10f7007b2b6499f7dbd7e2ae1c6874",
 }
+
+#: the same inputs with the default encoder settings (planes.ACCEL = 16, codec/_zstd_encode.py)
+GOLDEN_ACCEL = {
+    "bf16": "25fc5756ebcf5a396cc253eb7b7d6cf0cef41353ab081565a19d79311ea5f52d",
+    "bf16-norot": "1ba808aef41d958861fe39d502dcaaf6e5ccdaf75082600db7e61c07a57e136f",
+    "fp32": "bc508e848b7865814502ef47b4a877a2442fb678fe28b13d1f07c9e5a3836624",
+    "int8": "0833ec6559bb196702a1ebe1593f76663a8b988506b0b4188849fbdb57c9c701",
+    "fp64": "54f11feeb394ee85c236c03e49bb1067968671b1cb33994e5cc34806b32d8d60",
+}
+needs_cffi = pytest.mark.skipif(_zstd_encode.make(16) is None, reason="cffi does not import here: the C extension's frames")
 
 
 def _inputs() -> list[tuple[str, np.ndarray, int, bool]]:
@@ -44,11 +56,15 @@ def _path(monkeypatch, compiled: bool) -> None:
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_numba)])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_streams_are_the_bytes_written_before_the_kernels(compiled, threads, monkeypatch):
+@pytest.mark.parametrize("accel", [0, pytest.param(16, marks=needs_cffi)])
+def test_streams_are_the_bytes_written_before_the_kernels(compiled, threads, accel, monkeypatch):
     _path(monkeypatch, compiled)
+    assert planes.ACCEL == 16  # the default the second digests pin
+    monkeypatch.setattr(planes, "ACCEL", accel)
+    golden = GOLDEN_ACCEL if accel else GOLDEN
     for name, data, width, rotate in _inputs():
         stream = planes.compress(data, width, rotate=rotate, level=3, threads=threads)
-        assert hashlib.sha256(stream).hexdigest() == GOLDEN[name], name
+        assert hashlib.sha256(stream).hexdigest() == golden[name], name
         framed = planes.compress_framed(data, width, b"FRAME", rotate=rotate, level=3, threads=threads)
         assert framed.tobytes() == b"FRAME" + stream, name
         out = np.empty(data.size + 1, dtype=np.uint8)[1:]  # an odd offset, as a file window can be

@@ -1,0 +1,92 @@
+"""The zstd compressor of the byte planes at levels 1..3: skip-ahead match search, Huffman literals.
+
+Why not python-zstandard's C extension: its ``ZstdCompressionParameters`` cannot set
+``ZSTD_c_literalCompressionMode``, and zstd turns Huffman coding of literals *off* whenever the
+fast strategy skips ahead (``targetLength`` > 0, the negative levels), so from the C extension a
+plane could have either a full match search at every position or no entropy coding. A fine-tune's
+difference planes and a base's exponent planes are mostly literals (2-3 bits of entropy a byte,
+few real repeats), and trying a match at every position was most of the encode: on the dev VM,
+one thread, over every plane the lossless codec compresses (`benchmarks/probe_zstd_accel.py`):
+
+- a real SmolLM2 fine-tune (40 steps, 75% of weights changed): 0.64 -> 0.74-1.14 GB/s, +0.18% bytes;
+- the 7B-shaped bench fine-tune (a few ulps on 40% of weights): 0.35-0.48 -> 0.65-0.87 GB/s, -7.5% bytes;
+- SmolLM2's base exponent planes: 0.45-0.57 -> 0.59-0.64 GB/s, -0.16% bytes;
+- and the frames decode at least as fast (a literals-only block skips the sequence decode).
+
+python-zstandard ships a second backend over the same bundled libzstd, through cffi, whose ``lib``
+takes any parameter; this module drives ``ZSTD_compress2`` through it. The frames are standard
+zstd frames (any decoder reads them; no format changes) and come from python-zstandard's bundled
+libzstd as before, so stored bytes depend on python-zstandard's version only, not on the
+machine's libzstd. Where cffi does not import, :func:`make` returns None and the planes keep the C
+extension's compressor (the ``accel = 0`` settings below, which wrote every object before this).
+
+A ctypes or cffi call releases the GIL, so the chunk workers compress in parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+#: the match finder's table sizes and minimum match, as the planes have used since format v1
+WINDOW_LOG, HASH_LOG, CHAIN_LOG, SEARCH_LOG, MIN_MATCH = 17, 6, 6, 1, 7
+
+_BACKEND: object = False  # not looked up yet
+_LOCK = threading.Lock()
+
+
+def _backend():  # noqa: ANN202
+    """(ffi, lib) of python-zstandard's cffi backend, or None where it does not import."""
+    global _BACKEND
+    if _BACKEND is False:
+        with _LOCK:
+            if _BACKEND is False:
+                try:
+                    from zstandard import _cffi  # needs the cffi package's _cffi_backend
+
+                    _BACKEND = (_cffi.ffi, _cffi.lib)
+                except ImportError:
+                    _BACKEND = None
+    return _BACKEND
+
+
+class LiteralCompressor:
+    """zstd's fast strategy, skipping ``accel`` steps ahead where no match is found, with the
+    literals Huffman-coded: ``compress(data) -> bytes`` (one frame, its content size in the
+    header), as python-zstandard's compressor. One context: one thread at a time."""
+
+    def __init__(self, accel: int):
+        ffi, lib = _backend()
+        self._ffi, self._lib = ffi, lib
+        self._cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
+        if self._cctx == ffi.NULL:
+            raise MemoryError("ZSTD_createCCtx failed")
+        for param, value in ((lib.ZSTD_c_strategy, lib.ZSTD_fast), (lib.ZSTD_c_windowLog, WINDOW_LOG),
+                             (lib.ZSTD_c_hashLog, HASH_LOG), (lib.ZSTD_c_chainLog, CHAIN_LOG),
+                             (lib.ZSTD_c_searchLog, SEARCH_LOG), (lib.ZSTD_c_minMatch, MIN_MATCH),
+                             (lib.ZSTD_c_targetLength, int(accel)),
+                             (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable)):
+            self._check(lib.ZSTD_CCtx_setParameter(self._cctx, param, value))
+        self._out = bytearray(0)
+        self._out_ptr = None
+
+    def _check(self, r: int) -> int:
+        if self._lib.ZSTD_isError(r):
+            raise RuntimeError(f"zstd: {self._ffi.string(self._lib.ZSTD_getErrorName(r)).decode(errors='replace')}")
+        return r
+
+    def compress(self, data) -> bytes:  # noqa: ANN001
+        src = np.ascontiguousarray(data).reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else data
+        n = src.nbytes if isinstance(src, np.ndarray) else memoryview(src).nbytes
+        bound = self._lib.ZSTD_compressBound(n)
+        if bound > len(self._out):
+            self._out = bytearray(max(bound, 2 * len(self._out)))
+            self._out_ptr = self._ffi.from_buffer(self._out)
+        k = self._check(self._lib.ZSTD_compress2(self._cctx, self._out_ptr, len(self._out), self._ffi.from_buffer(src), n))
+        return bytes(memoryview(self._out)[:k])
+
+
+def make(accel: int) -> LiteralCompressor | None:
+    """A :class:`LiteralCompressor`, or None where python-zstandard's cffi backend does not load."""
+    return LiteralCompressor(accel) if _backend() is not None else None

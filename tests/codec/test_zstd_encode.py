@@ -1,0 +1,78 @@
+"""The planes' zstd compressor at levels 1..3 (codec/_zstd_encode.py): the frames it writes are
+standard zstd frames that both decoders read back exactly, with the settings it claims (accel 0 is
+the C extension's frames byte for byte), and it is what the planes use by default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zstandard
+
+from deltastore.codec import _zstd, _zstd_encode, planes
+
+pytestmark = pytest.mark.skipif(_zstd_encode.make(1) is None, reason="cffi does not import here")
+
+
+def _samples() -> list[np.ndarray]:
+    """Empty, one byte, all zeros, a difference-like low plane (mostly 0, a few small codes),
+    an exponent-like plane, noise, and sizes past zstd's 128 KiB block."""
+    rng = np.random.default_rng(7)
+    low = rng.integers(1, 7, 300_001).astype(np.uint8)
+    low[rng.random(low.size) > 0.4] = 0
+    expo = np.clip(np.round(rng.normal(120, 2, 200_003)), 0, 255).astype(np.uint8)
+    return [np.zeros(0, np.uint8), np.array([5], np.uint8), np.zeros(70_000, np.uint8), low, expo,
+            rng.integers(0, 256, 131_073, dtype=np.uint8)]
+
+
+def test_accel_zero_writes_the_c_extensions_frames():
+    """Same parameters through the other backend: the same bytes (so ACCEL = 0 reproduces what
+    every object before it had, whichever backend a machine has)."""
+    old = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(**planes.LITERAL_PARAMS))
+    new = _zstd_encode.LiteralCompressor(0)
+    for a in _samples():
+        assert new.compress(a) == old.compress(a.tobytes())
+
+
+@pytest.mark.parametrize("accel", [1, 16, 1 << 17])
+def test_frames_decode_exactly_with_both_decoders(accel):
+    c = _zstd_encode.LiteralCompressor(accel)
+    d = zstandard.ZstdDecompressor()
+    for a in _samples():
+        frame = c.compress(a)
+        assert zstandard.get_frame_parameters(frame).content_size == a.size  # the planes' size check reads it
+        assert d.decompress(frame) == a.tobytes()
+        if _zstd.lib() is not None and a.size:
+            src = np.frombuffer(frame, np.uint8)
+            out = np.zeros(a.size, np.uint8)
+            _zstd.decode_into(src, 0, src.size, out, 0, a.size)
+            assert np.array_equal(out, a)
+    strided = np.arange(40_000, dtype=np.uint8)[::2]  # not contiguous: compressed as its values
+    assert d.decompress(c.compress(strided)) == strided.tobytes()
+
+
+def test_skipping_ahead_keeps_huffman_literals():
+    """What the module is for: with the search skipping ahead, a difference-like plane still
+    shrinks to about its entropy (the C extension's skip-ahead, which drops Huffman coding,
+    leaves it near raw)."""
+    low = _samples()[3]
+    counts = np.bincount(low, minlength=256) / low.size
+    entropy = -(counts[counts > 0] * np.log2(counts[counts > 0])).sum() / 8  # of raw, order 0
+    ours = len(_zstd_encode.LiteralCompressor(16).compress(low)) / low.size
+    ext = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
+        **{**planes.LITERAL_PARAMS, "target_length": 16})).compress(low.tobytes())
+    assert ours < 1.1 * entropy
+    assert len(ext) / low.size > 0.5
+
+
+def test_planes_use_it_by_default_and_fall_back_without_cffi(monkeypatch):
+    assert isinstance(planes.compressor(3), _zstd_encode.LiteralCompressor)
+    assert isinstance(planes.compressor(4), zstandard.ZstdCompressor)  # zstd's own levels above 3
+    data = _samples()[4]
+    default = planes.compress(data, 1, level=3)
+    monkeypatch.setattr(_zstd_encode, "_BACKEND", None)  # as where cffi does not import
+    monkeypatch.setattr(planes, "_LOCAL", type(planes._LOCAL)())  # no thread's cached compressor
+    assert isinstance(planes.compressor(3), zstandard.ZstdCompressor)
+    fallback = planes.compress(data, 1, level=3)
+    monkeypatch.setattr(planes, "ACCEL", 0)
+    assert fallback == planes.compress(data, 1, level=3)  # the accel-0 frames
+    assert planes.decompress(default).tobytes() == planes.decompress(fallback).tobytes() == data.tobytes()
