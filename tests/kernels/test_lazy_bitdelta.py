@@ -7,6 +7,9 @@ Bounds: the kernel and the reference compute a (x S^T) with exact products (x * 
 sums in another order, so they agree to float32 rounding of the sum: within 1e-6 of the largest
 |value| (a stated 4 * 2^-24 * K-term bound would be looser). The lazy model against the
 materialized one as in test_lazy.py (logits within 2e-2 relative: bf16 rounding of W + D there).
+On a GPU the tl.dot path takes fp32 activations as tf32 (10-bit mantissa): 2e-3 of the largest
+|value| there. Split-K adds its splits' sums into y by atomic adds: float32 rounding again, in
+any order, within the same bound.
 """
 
 from __future__ import annotations
@@ -58,6 +61,110 @@ def test_kernel_matches_the_reference_and_touches_only_its_rows(m, n, rows, dtyp
     others = ids != 1
     assert torch.equal(out[others], y0[others])
     assert not torch.equal(out[~others], y0[~others])  # the slot's rows did change
+
+
+def _case(m: int, n: int, rows: int, dtype: torch.dtype, n_ids: int = 3, seed: int = 0):
+    _, enc = _payload(m, n, seed=seed)
+    f = bitdelta_from_encoded(enc, (m, n)).to(DEVICE)
+    g = torch.Generator().manual_seed(seed + rows)
+    x = torch.randn(rows, n, generator=g).to(dtype).to(DEVICE)
+    ids = torch.randint(-1, n_ids, (rows,), generator=g).to(DEVICE)
+    ids[rows // 2] = 1  # at least one row of the slot
+    y0 = torch.randn(rows, m, generator=g).to(DEVICE)
+    return f, x, ids, y0
+
+
+def _tol(dtype: torch.dtype, path: str) -> float:
+    return 2e-3 if (dtype == torch.float32 and path == "dot" and DEVICE != "cpu") else 1e-6
+
+
+def _check(out: torch.Tensor, ref: torch.Tensor, y0: torch.Tensor, ids: torch.Tensor, tol: float) -> None:
+    assert (out - ref).abs().max().item() <= tol * ref.abs().max().item()
+    others = ids != 1
+    assert torch.equal(out[others], y0[others])  # other slots' rows and -1 rows: bit for bit
+    assert not torch.equal(out[~others], y0[~others])
+
+
+needs_triton = pytest.mark.skipif(not usable(torch.zeros(1, device=DEVICE)), reason="needs triton (a GPU, or TRITON_INTERPRET=1)")
+
+CONFIGS = [  # every path, split-K 1 to past the steps K has, blocks past the shapes, compaction on and off
+    bd.LaunchConfig("gemv", 1, 64, 128, 1), bd.LaunchConfig("gemv", 1, 32, 64, 3), bd.LaunchConfig("gemv", 4, 16, 256, 8, compact=True),
+    bd.LaunchConfig("dot", 16, 64, 128, 1, num_stages=3), bd.LaunchConfig("dot", 16, 32, 32, 5, compact=True),
+    bd.LaunchConfig("dot", 64, 128, 64, 2, compact=True), bd.LaunchConfig("dot", 128, 64, 64, 8),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.label().replace(" ", "-"))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,n,rows", [(70, 300, 1), (33, 260, 7), (96, 200, 40)])
+def test_each_launch_config_matches_the_reference(m, n, rows, dtype, cfg) -> None:
+    """Any config serves any batch (the default only picks among them): split-K sums (a split per
+    32 inputs here, more splits than steps fitted down), the bf16/fp16 tensor-core dot and the
+    GEMV, blocks larger than the shapes, odd shapes (n not a multiple of 32: a partial last word)."""
+    f, x, ids, y0 = _case(m, n, rows, dtype, seed=m)
+    ref = bd.apply_ref(x, f, ids, 1, y0.clone())
+    out = bd.apply_triton(x, f, ids, 1, y0.clone(), config=cfg)
+    _check(out, ref, y0, ids, _tol(dtype, cfg.path))
+
+
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 17, 64, 100, 256])
+def test_default_launch_from_one_row_to_256(rows) -> None:
+    """The default config at each batch size (GEMV, 16- to 128-row dot blocks, split-K as the
+    shapes give it), bf16 activations: products exact, float32 sums."""
+    f, x, ids, y0 = _case(96, 160, rows, torch.bfloat16, seed=rows)
+    ref = bd.apply_ref(x, f, ids, 1, y0.clone())
+    _check(bd.apply_triton(x, f, ids, 1, y0.clone()), ref, y0, ids, 1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("hint", [1, 4, None])
+def test_compacted_rows_serve_any_spread(hint) -> None:
+    """A launch told its slot has ``hint`` rows (BitDeltaSet.delta's guess: rows / slots) serves
+    whatever spread the ids have: here 40 of 64 rows are the slot's, and rows of the slot sit after
+    rows of others; the set's several slots all land, each on its own rows."""
+    m, n = 48, 130
+    _, enc = _payload(m, n, seed=5)
+    f = bitdelta_from_encoded(enc, (m, n)).to(DEVICE)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(64, n, generator=g).to(torch.bfloat16).to(DEVICE)
+    ids = torch.full((64,), 1, dtype=torch.int64)
+    ids[torch.randperm(64, generator=g)[:24]] = torch.tensor([0, 2, -1]).repeat(8)
+    ids = ids.to(DEVICE)
+    y0 = torch.randn(64, m, generator=g).to(DEVICE)
+    ref = bd.apply_ref(x, f, ids, 1, y0.clone())
+    _check(bd.apply_triton(x, f, ids, 1, y0.clone(), rows=hint), ref, y0, ids, 1e-6)
+    s = bd.BitDeltaSet(n, m, DEVICE)
+    fs = {t: bitdelta_from_encoded(_payload(m, n, seed=t)[1], (m, n)) for t in (0, 1, 2)}
+    for t, ft in fs.items():
+        s.add(ft, t)
+    want = torch.zeros(64, m, device=DEVICE)
+    for t, ft in fs.items():
+        bd.apply_ref(x, ft.to(DEVICE), ids, t, want)
+    got = s.delta(x, ids)
+    assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item()
+    assert torch.equal(got[ids == -1], torch.zeros_like(got[ids == -1]))
+
+
+@pytest.mark.parametrize("M,N,K,rows", [(1, 4096, 4096, None), (1, 4096, 11008, None), (16, 12288, 4096, None), (256, 22016, 4096, None),
+                                        (32, 4096, 4096, 4), (7, 100, 33, None), (3000, 64, 64, 2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_default_config_is_a_function_of_shapes(M, N, K, rows, dtype) -> None:
+    """pick_config: the path by the slot's rows, block rows cover them (up to 128), the split
+    leaves no split without a step and keeps at most MAX_SPLIT_K, compaction exactly when the slot
+    is said to have fewer rows than the batch; the same answer every time (a graph captures it)."""
+    cfg = bd.pick_config(M, N, K, dtype, rows)
+    r = rows or M
+    assert cfg == bd.pick_config(M, N, K, dtype, rows)
+    assert cfg.path == ("gemv" if r <= bd.GEMV_MAX_ROWS else "dot")
+    assert cfg.block_m >= min(r, 128) and cfg.block_k % 32 == 0
+    steps = -(-K // cfg.block_k)
+    per = -(-steps // cfg.split_k)
+    assert 1 <= cfg.split_k <= min(bd.MAX_SPLIT_K, steps) and (cfg.split_k - 1) * per < steps
+    assert cfg.compact == (r < M)
+    if r <= 16 and N <= 4096 and steps >= 8:  # unsplit: 64 column blocks (programs) on 132 multiprocessors
+        assert cfg.split_k > 1
 
 
 def test_payload_is_checked_at_load_time() -> None:
