@@ -6,12 +6,14 @@ fast strategy skips ahead (``targetLength`` > 0, the negative levels), so from t
 plane could have either a full match search at every position or no entropy coding. A fine-tune's
 difference planes and a base's exponent planes are mostly literals (2-3 bits of entropy a byte,
 few real repeats), and trying a match at every position was most of the encode: on the dev VM,
-one thread, over every plane the lossless codec compresses (`benchmarks/probe_zstd_accel.py`):
+one thread, over every plane the lossless codec compresses, accel 16 against the C extension's
+frames in the same rounds (`benchmarks/probe_zstd_accel.py`, `benchmarks/results/zstd_accel_devvm.md`):
 
-- a real SmolLM2 fine-tune (40 steps, 75% of weights changed): 0.64 -> 0.74-1.14 GB/s, +0.18% bytes;
-- the 7B-shaped bench fine-tune (a few ulps on 40% of weights): 0.35-0.48 -> 0.65-0.87 GB/s, -7.5% bytes;
-- SmolLM2's base exponent planes: 0.45-0.57 -> 0.59-0.64 GB/s, -0.16% bytes;
-- and the frames decode at least as fast (a literals-only block skips the sequence decode).
+- the 7B-shaped bench fine-tune (a few ulps on 40% of weights): encode 474-556 -> 895-914 MB/s,
+  decode 1390-1463 -> 1976-2026, -7.55% bytes;
+- a real SmolLM2 fine-tune (40 steps, 75% of weights changed): encode 829-924 -> 888-1113 MB/s,
+  decode 1701-1818 -> 1824-1961, +0.18% bytes;
+- SmolLM2's base exponent planes: encode 571-660 -> 660-739 MB/s, decode level, -0.16% bytes.
 
 python-zstandard ships a second backend over the same bundled libzstd, through cffi, whose ``lib``
 takes any parameter; this module drives ``ZSTD_compress2`` through it. The frames are standard
@@ -31,6 +33,8 @@ import numpy as np
 
 #: the match finder's table sizes and minimum match, as the planes have used since format v1
 WINDOW_LOG, HASH_LOG, CHAIN_LOG, SEARCH_LOG, MIN_MATCH = 17, 6, 6, 1, 7
+#: zstd's largest ``targetLength`` (ZSTD_TARGETLENGTH_MAX)
+MAX_ACCEL = 1 << 17
 
 _BACKEND: object = False  # not looked up yet
 _LOCK = threading.Lock()

@@ -80,7 +80,7 @@ import zstandard
 
 from . import _compiled, _zstd_encode
 from . import palette as _palette
-from .errors import CorruptPayloadError
+from .errors import CodecError, CorruptPayloadError
 
 MAGIC = b"DSP1"
 MAGIC_GROUPED = b"DSP2"
@@ -324,8 +324,9 @@ def compressor(level: int):  # noqa: ANN201 (a zstandard.ZstdCompressor or a _zs
     :data:`ACCEL` steps ahead with Huffman literals (``codec._zstd_encode``; python-zstandard's C
     extension, which cannot set that, where its cffi backend does not load), 4..22 zstd's own."""
     if 1 <= level <= FAST_LEVEL_MAX:
-        if ACCEL:
-            c = _zstd_encode.make(ACCEL)
+        accel = _accel()
+        if accel:
+            c = _zstd_encode.make(accel)
             if c is not None:
                 return c
         return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(**LITERAL_PARAMS))
@@ -339,10 +340,22 @@ def _thread_compressor(level: int) -> zstandard.ZstdCompressor:
     cache = getattr(_LOCAL, "cctx", None)
     if cache is None:
         cache = _LOCAL.cctx = {}
-    c = cache.get((level, ACCEL))
+    key = (level, _accel())
+    c = cache.get(key)
     if c is None:
-        c = cache[(level, ACCEL)] = compressor(level)
+        c = cache[key] = compressor(level)
     return c
+
+
+def _accel() -> int:
+    """:data:`ACCEL`, or ``DELTASTORE_ZSTD_ACCEL`` where set (0 writes the frames of before; an A/B
+    of the two in one install, as the benchmarks run it)."""
+    env = os.environ.get("DELTASTORE_ZSTD_ACCEL")
+    if env is None:
+        return ACCEL
+    if not (env.isascii() and env.isdigit() and int(env) <= _zstd_encode.MAX_ACCEL):
+        raise CodecError(f"DELTASTORE_ZSTD_ACCEL={env!r}: give a whole number from 0 to {_zstd_encode.MAX_ACCEL}")
+    return int(env)
 
 
 def _thread_decompressor() -> zstandard.ZstdDecompressor:

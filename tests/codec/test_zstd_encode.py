@@ -76,3 +76,20 @@ def test_planes_use_it_by_default_and_fall_back_without_cffi(monkeypatch):
     monkeypatch.setattr(planes, "ACCEL", 0)
     assert fallback == planes.compress(data, 1, level=3)  # the accel-0 frames
     assert planes.decompress(default).tobytes() == planes.decompress(fallback).tobytes() == data.tobytes()
+
+
+def test_the_environment_picks_the_settings(monkeypatch):
+    """DELTASTORE_ZSTD_ACCEL=0 writes the frames of before (an A/B in one install); a bad value is
+    one clear error."""
+    data = _samples()[3]
+    monkeypatch.setenv("DELTASTORE_ZSTD_ACCEL", "0")
+    old = planes.compress(data, 1, level=3)
+    monkeypatch.setattr(planes, "ACCEL", 0)
+    monkeypatch.delenv("DELTASTORE_ZSTD_ACCEL")
+    assert planes.compress(data, 1, level=3) == old
+    monkeypatch.setenv("DELTASTORE_ZSTD_ACCEL", "16")
+    assert planes.compress(data, 1, level=3) != old
+    for bad in ("-1", "x", "131073", "１"):
+        monkeypatch.setenv("DELTASTORE_ZSTD_ACCEL", bad)
+        with pytest.raises(planes.CodecError, match="DELTASTORE_ZSTD_ACCEL"):
+            planes.compress(data, 1, level=3)
