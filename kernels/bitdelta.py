@@ -153,13 +153,18 @@ def pick_config(M: int, N: int, K: int, dtype: torch.dtype, rows: int | None = N
     """The default launch for M batch rows, of which about ``rows`` (default M) are the slot's, an
     (N, K) delta and activations of ``dtype``. Only shapes decide it (a CUDA graph captures it).
 
-    - up to GEMV_MAX_ROWS rows: the GEMV kernel, 64 columns and 128 inputs (4 words a column) a
-      step: 8K sign values a step, 64 a thread (55 registers on sm_90).
+    - up to GEMV_MAX_ROWS rows: the GEMV kernel, 64 columns and 256 inputs (8 words a column) a
+      step.
     - more: tl.dot, rows a program 16/32/64/128 (a tile of signs is unpacked once for a block's rows:
       at 256 rows two 128-row blocks unpack each word where 16-row blocks unpacked it 16 times),
-      64 columns up to 32 rows, 128 beyond; 128 inputs a step up to 32 rows, 64 beyond (the +-1 tile
-      stays at 8K values); 8 warps at 128 rows (with 4, ptxas spills on sm_90), 3 stages (a loop with
-      tl.dot is pipelined: later steps' words and activations load while one is computed).
+      64 columns up to 32 rows, 128 beyond; 256 inputs a step up to 32 rows, 64 beyond; 4 warps, 3
+      stages (a loop with tl.dot is pipelined: later steps' words and activations load while one is
+      computed).
+    - the block sizes and warps are the H200 sweep's best single changes from the first defaults
+      (`bench_bitdelta.py --sweep`, benchmarks/results/bitdelta_h200.md): 256 inputs a step at one
+      row (182 -> 174 us a layer) and in small row blocks (4 rows a fine-tune over 8: 847 -> 737;
+      16 rows level), 4 warps at 128 rows (718 -> 626, though ptxas spills there on sm_90; 8 warps
+      do not).
     - ``compact`` where the slot has fewer rows than the batch (``rows`` < M, a hint: any spread is
       still served): row blocks take the slot's rows, so the block shape follows the slot's rows.
     - split-K until the grid has ``TARGET_PROGRAMS`` a multiprocessor (at one row the unsplit grid
@@ -168,11 +173,11 @@ def pick_config(M: int, N: int, K: int, dtype: torch.dtype, rows: int | None = N
     """
     rows = max(1, min(int(rows or M), M))
     if rows <= GEMV_MAX_ROWS:
-        path, bm, bn, bk, warps, stages = "gemv", _pow2(rows), 64, 128, 4, 1
+        path, bm, bn, bk, warps, stages = "gemv", _pow2(rows), 64, 256, 4, 1
     else:
         bm = 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 64 else 128
-        path, bn, bk = "dot", 64 if bm <= 32 else 128, 128 if bm <= 32 else 64
-        warps, stages = (8 if bm >= 128 else 4), 3
+        path, bn, bk = "dot", 64 if bm <= 32 else 128, 256 if bm <= 32 else 64
+        warps, stages = 4, 3
     return LaunchConfig(path, bm, bn, bk, auto_split(path, bm, bn, bk, rows, N, K, sms), warps, stages, compact=rows < M)
 
 
