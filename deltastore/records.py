@@ -145,6 +145,17 @@ def check_metrics(metrics: Any, message: str = "") -> dict[str, Any]:
     return metrics
 
 
+def check_json(value: Any, what: str) -> Any:
+    """``value`` if it is JSON as a catalog's JSON column stores it: no NaN or infinity (Python's
+    json reads and writes them, PostgreSQL refuses them) and nothing json cannot encode; else
+    BadInputError naming ``what``. Check its shape first (:func:`check_nesting`): json recurses."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise BadInputError(f"{what} are not JSON: {e}") from None
+    return value
+
+
 def _load(key: str, data: bytes | None) -> dict:
     _need(data is not None, key, "it vanished while being read")
     _need(len(data) <= MAX_RECORD, key, f"more than {MAX_RECORD} bytes is too large for a record")

@@ -619,6 +619,11 @@ def check_info(side: Side, info: VersionInfo) -> None:
         records.check_message(info.message)
         # then the record as a bucket would hold it, whole: what could not be read back is not moved
         records.parse_version(key, records.encode_version(info, None))
+        # its metrics by add's rule too: JSON values only (a record's NaN or inf, which Python's
+        # json reads, went into this catalog's rows and record, or failed PostgreSQL's commit),
+        # taking at most what a record holds beside the message; and its codec's parameters
+        records.check_metrics(info.metrics, info.message)
+        records.check_json(info.codec_params, "codec_params")
         for t in info.tags:
             check_name(t, "tag name")
         return

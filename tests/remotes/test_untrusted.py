@@ -201,6 +201,8 @@ def test_a_huge_version_number_is_not_kept(source, other, models, tmp_path: Path
     ("update versions set codec_params = '[1, 2]'", "codec_params is not a JSON object"),  # was a ValueError traceback
     ("update tags set name = '../../evil' where name = 'best'", "tag name '../../evil' contains a slash"),
     ("update versions set metrics = '[1]'", "metrics is not a JSON object"),
+    ("update versions set metrics = '{\"loss\": NaN}'", "metrics are not JSON: Out of range float values"),  # was committed here
+    ("update versions set codec_params = '{\"s\": Infinity}'", "codec_params are not JSON"),
     ("update versions set metrics = '{\"x\": " + "[" * 600 + "]" * 600 + "}'", "metrics nests deeper than 32 levels"),
 ])
 def test_catalog_remote_fields_are_checked(source, other, tmp_path: Path, sql: str, want: str) -> None:
