@@ -405,6 +405,12 @@ class RecordsSide:
         #: lists the keys and reads only the new ones; without this, each of n transfers (pull
         #: --all, a long base chain) read all n records of its model again: n^2 GETs
         self._read: dict[str, VersionInfo] = {}
+        #: records that could not be read (malformed, too large, not a plain file), by key, and by
+        #: model and the number in their name: such a record is that version's refusal, not its
+        #: model's (one planted or damaged record made every version of the model unpullable, and
+        #: a pull --all of the whole remote stopped before its first version)
+        self._unreadable: dict[str, str] = {}
+        self._bad: dict[str, dict[int, str]] = {}
 
     # -- reading records (nothing read from a remote is trusted: records.py checks every field) --
     def _get(self, key: str) -> bytes | None:
@@ -423,20 +429,34 @@ class RecordsSide:
         return VersionInfo(**{f.name: d[f.name] for f in fields(VersionInfo) if f.name in d})
 
     def _model_versions(self, model: str, *, fresh: bool = False) -> dict[int, VersionInfo]:
+        """The versions of ``model`` whose records read back; those that do not are in
+        ``self._bad[model]``, by the number their file's name says."""
         if fresh or model not in self._versions:
             out: dict[int, VersionInfo] = {}
+            bad: dict[int, str] = {}
             for key in self.backend.list(f"{records.PREFIX}/versions/{model}"):
                 name = key.rsplit("/", 1)[-1]
-                if not _RECORD_NAME.match(name):  # a stray file no record is named so: not read
+                # a stray file no record is named so (v007.json, v0.json, past what a number may
+                # be, other digits than ASCII ones): not read
+                if (not _RECORD_NAME.match(name) or len(name) > 16
+                        or name != f"v{(n := int(name[1:-5]))}.json" or not 0 < n < NUMBER_LIMIT):
                     continue
                 info = self._read.get(key)
                 if info is None:
-                    data = self._get(key)
-                    if data is None:  # removed since the listing
+                    if key in self._unreadable:
+                        bad[n] = self._unreadable[key]
                         continue
-                    info = self._read[key] = self._info(key, data)
+                    try:
+                        data = self._get(key)
+                        if data is None:  # removed since the listing
+                            continue
+                        info = self._read[key] = self._info(key, data)
+                    except RemoteError as e:
+                        bad[n] = self._unreadable[key] = str(e)
+                        continue
                 out[info.number] = info
             self._versions[model] = out
+            self._bad[model] = {n: e for n, e in bad.items() if n not in out}
         return self._versions[model]
 
     def _tags(self, model: str) -> dict[str, int]:
@@ -461,16 +481,24 @@ class RecordsSide:
     def resolve(self, ref: str) -> VersionInfo:
         r = parse_ref(ref)
         vs = self._model_versions(r.model, fresh=True)
-        if not vs:
+        bad = self._bad[r.model]  # a version named whose record is unreadable: that record's error
+        if not vs and not bad:
             raise UnknownRefError(f"{self.label} has no model named {r.model!r}")
         if r.version is not None:
+            if r.version in bad:
+                raise RemoteError(bad[r.version])
             if r.version not in vs:
-                raise UnknownRefError(f"{self.label}: {r.model} has no version v{r.version} (latest is v{max(vs)})")
+                raise UnknownRefError(f"{self.label}: {r.model} has no version v{r.version} "
+                                      f"(latest is v{max(vs.keys() | bad.keys())})")
             return self._with_tags(vs[r.version])
         if r.latest:
+            if bad and max(bad) > max(vs, default=0):  # not an older version in its place
+                raise RemoteError(bad[max(bad)])
             return self._with_tags(vs[max(vs)])
         if r.tag is not None:
             n = self._tags(r.model).get(r.tag)
+            if n is not None and n in bad:
+                raise RemoteError(bad[n])
             if n is not None and n in vs:
                 return self._with_tags(vs[n])
         if r.manifest_prefix is not None:
@@ -486,8 +514,14 @@ class RecordsSide:
         return self._with_tags(hits[0]) if hits else None
 
     def refs(self) -> list[str]:
+        """Every version here, in model and number order; one whose record is unreadable too
+        (what resolving it raises says why)."""
         models = sorted({k.split("/")[2] for k in self.backend.list(f"{records.PREFIX}/versions") if k.count("/") == 3})
-        return [v.ref for m in models for _, v in sorted(self._model_versions(m, fresh=True).items())]
+        out = []
+        for m in models:
+            vs = self._model_versions(m, fresh=True)
+            out += [f"{m}@v{n}" for n in sorted(vs.keys() | self._bad[m].keys())]
+        return out
 
     def tagged(self, tag: str) -> list[str]:
         """``MODEL@TAG`` for every model with a tag record of that name (one listing)."""
@@ -508,14 +542,15 @@ class RecordsSide:
         same = [v for _, v in sorted(vs.items()) if v.manifest == src.manifest]
         if same:  # another push of this very version landed since we looked
             return same[0]
+        taken = vs.keys() | self._bad[src.model].keys()  # an unreadable record's number is taken too
         # keep its number where free (and not so large it leaves no room after it)
-        number = src.number if src.number not in vs and src.number < KEEP_NUMBERS_BELOW else max(vs, default=0) + 1
+        number = src.number if src.number not in taken and src.number < KEEP_NUMBERS_BELOW else max(taken, default=0) + 1
         stored_new = sum(p.stored for p in puts.values() if p.new and p.oid in oids)
         referenced = sum(p.stored for p in puts.values() if p.oid in oids)
         for _ in range(1000):
             if number >= NUMBER_LIMIT:
                 raise ConflictError(f"{src.model!r} on {self.label} has no version number left (its records "
-                                    f"go up to v{max(vs)}); push it under another name")
+                                    f"go up to v{max(taken)}); push it under another name")
             info = VersionInfo(**{**asdict(src), "number": number, "base": base.ref if base else None, "tags": [],
                                   "stored_bytes": stored_new, "referenced_bytes": referenced})
             # owned by no catalog (a bare remote has none): every catalog's gc keeps what it names
@@ -523,8 +558,12 @@ class RecordsSide:
                 self._versions.setdefault(src.model, {})[number] = info
                 return info
             key = records.version_key(src.model, number)  # another writer took it
-            data = self._get(key)
-            if data is not None and (other := self._info(key, data)).manifest == src.manifest:
+            try:
+                data = self._get(key)
+                other = self._info(key, data) if data is not None else None
+            except RemoteError:
+                other = None  # an unreadable record there: its number is taken all the same
+            if other is not None and other.manifest == src.manifest:
                 return other  # the same version, pushed at once
             number += 1
         raise ConflictError(f"could not allocate a version number for {src.model!r} on {self.label}")
