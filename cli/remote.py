@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from .options import command, state
-from .output import emit_json, err, out
+from .output import emit_json, err, error, out
 from .progress import human, progress_bar
 
 remote_app = typer.Typer(no_args_is_help=True, help="Other stores this one pushes to and pulls from.")
@@ -160,13 +160,22 @@ def pull(
     no_tags: bool = typer.Option(False, "--no-tags", help="Do not set tags here."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Fetch versions from a remote into this store (numbered here, committed like an add)."""
+    """Fetch versions from a remote into this store (numbered here, committed like an add). With
+    --all or --tag, a version the remote holds badly is reported (one line each) and skipped, the
+    others are pulled, and the exit status is 1."""
+    from deltastore.errors import PullRefusedError
     from deltastore.remotes import pull as do_pull
 
     ref, remote = _split(ref, remote, all_versions or tag is not None)
     st = _store()
-    with progress_bar(f"pull {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
-        res = do_pull(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
+    try:
+        with progress_bar(f"pull {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
+            res = do_pull(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
+    except PullRefusedError as e:
+        _report(e.results, as_json)
+        for x, why in e.refused:
+            error(f"{x} not pulled: {why}")
+        raise typer.Exit(1) from None
     _report(res, as_json)
 
 

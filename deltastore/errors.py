@@ -86,3 +86,16 @@ class CorruptRecordError(DeltaStoreError, ValueError):
         self.key = key
         self.why = why
         super().__init__(f"record {key} is malformed: {why}")
+
+
+class PullRefusedError(DeltaStoreError):
+    """A pull of many versions (``--all``, ``--tag``) that refused some of them, each for what the
+    remote holds for it (a record that fails a check, a base chain too deep, a damaged object):
+    every other version was pulled, and nothing of a refused one is in the catalog.
+    ``results``: the transfers that completed; ``refused``: (REF on the remote, why) for each
+    version not pulled, why in one line."""
+
+    def __init__(self, remote: str, results: list, refused: list[tuple[str, str]]):
+        self.remote, self.results, self.refused = remote, results, refused
+        super().__init__(f"{len(refused)} of {len(results) + len(refused)} versions on {remote} were not pulled: "
+                         + "; ".join(f"{ref}: {why}" for ref, why in refused))

@@ -44,7 +44,8 @@ from sqlalchemy.orm import sessionmaker
 from . import versions
 from .backend import Backend
 from .config import CONFIG_NAME, StoreConfig, is_secret_name, load_config, make_home, redact, register_secret, safe_url, write_private
-from .errors import (BadInputError, CorruptObjectError, DeltaStoreError, NotFoundError, ObjectMissingError, RemoteError,
+from .errors import (BadInputError, CorruptObjectError, CorruptRecordError, DeltaStoreError, NotFoundError, ObjectMissingError,
+                     PullRefusedError, RemoteError,
                      UnknownRefError)
 from .lookup import Fetcher, resolve_version, set_fetcher_finder, version_info
 from .objects import ObjectDB, key_of
@@ -385,15 +386,38 @@ def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, 
          workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
     """Pull the version REF names on a remote (with its base chain and tags) into this store, or
     every version there (``all_versions``) or every one tagged ``tagged``, of REF's model if REF
-    is given; numbers are this store's own (committed like an add)."""
+    is given; numbers are this store's own (committed like an add). Of many, each version is
+    pulled or refused (:data:`REFUSALS`) on its own: PullRefusedError at the end names the refused."""
     if store.read_only:
         raise BadInputError("this store is open read-only; pull writes to it")
     r = get_remote(_home(store), remote)
     with open_remote(r, type(store), write=False, home=_home(store)) as rem, talking_to(r):
         refs = _which(rem.side, ref, all_versions, tagged)
         local = StoreSide(store, "the local store")
-        return [transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
-                         progress=progress or no_progress, workers=workers) for x in refs]
+        if not all_versions and tagged is None:  # one REF: its refusal is the pull's error
+            return [transfer(rem.side, local, refs[0], direction="pull", remote=r.name, tags=tags,
+                             progress=progress or no_progress, workers=workers)]
+        done: list[TransferResult] = []
+        refused: list[tuple[str, str]] = []
+        for x in refs:  # each version pulled or refused on its own, as git fetch does with refs
+            try:
+                done.append(transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
+                                     progress=progress or no_progress, workers=workers))
+            except REFUSALS as e:
+                log.info("not pulled: %s: %s", x, e)
+                refused.append((x, " ".join(str(e).split())))
+        if refused:
+            raise PullRefusedError(r.label, done, refused)
+        return done
+
+
+#: what refuses one version of a pull of many (what the remote holds for it: a record or row
+#: that fails a check, a base chain too deep or looping, a missing or damaged object), which is
+#: reported while the others are still pulled; anything else (the remote unreachable, this store
+#: locked or out of space) ends the pull. A refused version leaves no catalog row here: its
+#: checks run before anything moves, and its objects are referenced only once it commits
+#: (any already copied are unreferenced, which gc removes).
+REFUSALS = (BadInputError, CorruptObjectError, CorruptRecordError, NotFoundError, RemoteError)
 
 
 def _which(side: Side, ref: str | None, all_versions: bool, tagged: str | None = None) -> list[str]:

@@ -225,7 +225,9 @@ class Store:
     def pull_versions(self, model: str | None = None, remote: str | None = None, *, tagged: str | None = None,
                       tags: bool = True, progress: Progress | None = None) -> list[TransferResult]:
         """Pull many versions at once (``deltastore pull --all`` / ``--tag``): every version of
-        ``model`` on the remote (of every model when None), or with ``tagged`` only those tagged so."""
+        ``model`` on the remote (of every model when None), or with ``tagged`` only those tagged so.
+        A version the remote holds badly is refused alone and the others are pulled; then
+        PullRefusedError names each refused one and why (``.results``: what was pulled)."""
         return remotes.pull(self, model, remote, all_versions=tagged is None, tagged=tagged, tags=tags,
                             progress=progress)
 

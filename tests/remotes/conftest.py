@@ -11,6 +11,7 @@ import pytest
 import deltastore
 
 from ..conftest import finetune_of, llama_like, write_model
+from ..pg import PostgresServer, pg_bin
 from ..s3 import SeaweedServer, weed_bin
 
 
@@ -78,4 +79,16 @@ def s3():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A real PostgreSQL server for the module (skipped where PostgreSQL is not installed)."""
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed")
+    pytest.importorskip("psycopg")
+    server = PostgresServer()
+    server.start()
+    yield server
     server.stop()

@@ -13,18 +13,10 @@ from deltastore import remotes
 from deltastore.errors import RemoteError
 
 from ..conftest import tree_hashes
-from ..pg import PostgresServer, pg_bin
+from ..pg import pg_bin
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL is not installed")]
 pytest.importorskip("psycopg")
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_team_remote_on_postgres_and_s3(pg, s3, filled, other, models, tmp_path: Path) -> None:
