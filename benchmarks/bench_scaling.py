@@ -82,6 +82,8 @@ ONE = r"""
 import json, sys, time, hashlib, os
 import deltastore
 op, home, src, out = sys.argv[1:5]
+if os.environ.get("BENCH_SWITCH_INTERVAL"):  # an experiment's knob (the GIL's hand-off interval), not the store's
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
 st = deltastore.open(home)
 t = time.perf_counter()
 if op == "add_base":

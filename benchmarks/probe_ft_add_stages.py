@@ -70,6 +70,9 @@ from deltastore.codec import planes, lossless, _zstd
 from deltastore.codec import _numba as nb
 
 home, base, ft, op, out = sys.argv[1:6]
+if os.environ.get("BENCH_SWITCH_INTERVAL"):  # an experiment's knob (the GIL's hand-off interval), not the store's
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+SAMPLE_S = float(os.environ.get("PROBE_SAMPLE_S", "0.02"))  # 0: no in-process sampler (it needs the GIL it measures)
 stats, lock, local, spans = {}, threading.Lock(), threading.local(), []
 
 def wrap(owner, attr, name):
@@ -143,7 +146,7 @@ running, stop = [], threading.Event()
 def sample():
     # threads on a CPU ("R" in /proc/self/task/*/stat) every 20 ms: how many cores the op keeps busy over time
     me = threading.get_native_id()
-    while not stop.wait(0.02):
+    while SAMPLE_S and not stop.wait(SAMPLE_S):
         n = 0
         for tid in os.listdir("/proc/self/task"):
             try:
