@@ -89,3 +89,18 @@ def _secrets_registered_by_a_test_stay_in_it():
     with config._lock:
         config._registered.clear()
         config._registered.update(before)
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A real PostgreSQL server for the module on loopback (stopped by pid after it; skipped where
+    PostgreSQL or psycopg is not installed): the one fixture every catalog-on-PostgreSQL test uses."""
+    from .pg import PostgresServer, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    pytest.importorskip("psycopg")
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()

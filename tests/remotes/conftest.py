@@ -11,7 +11,6 @@ import pytest
 import deltastore
 
 from ..conftest import finetune_of, llama_like, write_model
-from ..pg import PostgresServer, pg_bin
 from ..s3 import SeaweedServer, weed_bin
 
 
@@ -81,14 +80,3 @@ def s3():
             os.environ[k] = v
     server.stop()
 
-
-@pytest.fixture(scope="module")
-def pg():
-    """A real PostgreSQL server for the module (skipped where PostgreSQL is not installed)."""
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed")
-    pytest.importorskip("psycopg")
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.stop()

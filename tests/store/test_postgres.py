@@ -11,18 +11,10 @@ import pytest
 import deltastore
 
 from ..conftest import finetune_of, llama_like, tree_hashes, write_model
-from ..pg import PostgresServer, pg_bin
+from ..pg import pg_bin
 
 pytestmark = pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL is not installed (.ci/run installs it)")
 pytest.importorskip("psycopg")
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_store_on_postgres(pg, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from deltastore.db import SchemaTooNewError, SchemaTooOldError, NoSchemaError, c
 
 from ..conftest import llama_like, write_model
 from ..clirun import cli
-from ..pg import PostgresServer, pg_bin
+from ..pg import pg_bin
 
 HEAD = "0003"
 NEXT = "0004"
@@ -53,17 +53,6 @@ def downgrade() -> None:
 '''
 
 needs_pg = pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL is not installed (.ci/run installs it)")
-
-
-@pytest.fixture(scope="module")
-def pg():
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed")
-    pytest.importorskip("psycopg")
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def newer_migrations(root: Path) -> Path:
