@@ -142,13 +142,19 @@ def push(
     no_tags: bool = typer.Option(False, "--no-tags", help="Do not set tags on the remote."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Send versions to a remote: only the objects it lacks; each appears there once all its objects have."""
+    """Send versions to a remote: only the objects it lacks; each appears there once all its objects have.
+    With --all or --tag, a version this store holds badly is reported (one line each) and skipped, the
+    others are pushed, and the exit status is 1."""
+    from deltastore.errors import PushRefusedError
     from deltastore.remotes import push as do_push
 
     ref, remote = _split(ref, remote, all_versions or tag is not None)
     st = _store()
-    with progress_bar(f"push {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
-        res = do_push(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
+    try:
+        with progress_bar(f"push {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
+            res = do_push(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
+    except PushRefusedError as e:
+        _refused(e, as_json)
     _report(res, as_json)
 
 
@@ -172,11 +178,16 @@ def pull(
         with progress_bar(f"pull {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
             res = do_pull(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
     except PullRefusedError as e:
-        _report(e.results, as_json)
-        for x, why in e.refused:
-            error(f"{x} not pulled: {why}")
-        raise typer.Exit(1) from None
+        _refused(e, as_json)
     _report(res, as_json)
+
+
+def _refused(e, as_json: bool) -> None:  # noqa: ANN001 (a TransferRefusedError)
+    """What a push or pull of many moved, as ever, then one error line for each version it refused; exit 1."""
+    _report(e.results, as_json)
+    for x, why in e.refused:
+        error(f"{x} not {e.verb}: {why}")
+    raise typer.Exit(1) from None
 
 
 def clone(

@@ -88,14 +88,37 @@ class CorruptRecordError(DeltaStoreError, ValueError):
         super().__init__(f"record {key} is malformed: {why}")
 
 
-class PullRefusedError(DeltaStoreError):
-    """A pull of many versions (``--all``, ``--tag``) that refused some of them, each for what the
-    remote holds for it (a record that fails a check, a base chain too deep, a damaged object):
-    every other version was pulled, and nothing of a refused one is in the catalog.
-    ``results``: the transfers that completed; ``refused``: (REF on the remote, why) for each
-    version not pulled, why in one line."""
+class TransferRefusedError(DeltaStoreError):
+    """A push or pull of many versions (``--all``, ``--tag``) that refused some of them, each for
+    what its source holds for it (a record that fails a check, a base chain too deep, a damaged
+    object): every other version was moved, and nothing of a refused one is committed on the other
+    side. ``results``: the transfers that completed; ``refused``: (REF on the source, why) for each
+    version not moved, why in one line."""
+
+    verb = "moved"
 
     def __init__(self, remote: str, results: list, refused: list[tuple[str, str]]):
         self.remote, self.results, self.refused = remote, results, refused
-        super().__init__(f"{len(refused)} of {len(results) + len(refused)} versions on {remote} were not pulled: "
+        super().__init__(f"{len(refused)} of {len(results) + len(refused)} versions {self._where(remote)}: "
                          + "; ".join(f"{ref}: {why}" for ref, why in refused))
+
+    def _where(self, remote: str) -> str:
+        return f"were not {self.verb} ({remote})"
+
+
+class PullRefusedError(TransferRefusedError):
+    """:class:`TransferRefusedError` of a pull (REFs on the remote)."""
+
+    verb = "pulled"
+
+    def _where(self, remote: str) -> str:
+        return f"on {remote} were not pulled"
+
+
+class PushRefusedError(TransferRefusedError):
+    """:class:`TransferRefusedError` of a push (REFs in this store)."""
+
+    verb = "pushed"
+
+    def _where(self, remote: str) -> str:
+        return f"were not pushed to {remote}"

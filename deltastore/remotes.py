@@ -45,7 +45,7 @@ from . import versions
 from .backend import Backend
 from .config import CONFIG_NAME, StoreConfig, is_secret_name, load_config, make_home, redact, register_secret, safe_url, write_private
 from .errors import (BadInputError, CorruptObjectError, CorruptRecordError, DeltaStoreError, NotFoundError, ObjectMissingError,
-                     PullRefusedError, RemoteError,
+                     PullRefusedError, PushRefusedError, RemoteError, TransferRefusedError,
                      UnknownRefError)
 from .lookup import Fetcher, resolve_version, set_fetcher_finder, version_info
 from .objects import ObjectDB, key_of
@@ -372,13 +372,19 @@ def push(store: StoreView, ref: str | None, remote: str | Remote | None = None, 
          workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
     """Push the version REF names (with its base chain and tags) to a remote; with
     ``all_versions``, every version, and with ``tagged``, every version tagged so (of REF's model
-    if REF is given, else of every model)."""
+    if REF is given, else of every model). Of many, each version is pushed or refused
+    (:data:`REFUSALS`) on its own: PushRefusedError at the end names the refused."""
     r = get_remote(_home(store), remote)
     local = StoreSide(store, "the local store")
     refs = _which(local, ref, all_versions, tagged)
     with open_remote(r, type(store), write=True, home=_home(store)) as rem, talking_to(r):
-        return [transfer(local, rem.side, x, direction="push", remote=r.name, tags=tags,
-                         progress=progress or no_progress, workers=workers) for x in refs]
+        def one(x: str) -> TransferResult:
+            return transfer(local, rem.side, x, direction="push", remote=r.name, tags=tags,
+                            progress=progress or no_progress, workers=workers)
+
+        if not all_versions and tagged is None:  # one REF: its refusal is the push's error
+            return [one(refs[0])]
+        return _each(refs, one, r.label, PushRefusedError)
 
 
 def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
@@ -394,29 +400,38 @@ def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, 
     with open_remote(r, type(store), write=False, home=_home(store)) as rem, talking_to(r):
         refs = _which(rem.side, ref, all_versions, tagged)
         local = StoreSide(store, "the local store")
+        def one(x: str) -> TransferResult:
+            return transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
+                            progress=progress or no_progress, workers=workers)
+
         if not all_versions and tagged is None:  # one REF: its refusal is the pull's error
-            return [transfer(rem.side, local, refs[0], direction="pull", remote=r.name, tags=tags,
-                             progress=progress or no_progress, workers=workers)]
-        done: list[TransferResult] = []
-        refused: list[tuple[str, str]] = []
-        for x in refs:  # each version pulled or refused on its own, as git fetch does with refs
-            try:
-                done.append(transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
-                                     progress=progress or no_progress, workers=workers))
-            except REFUSALS as e:
-                log.info("not pulled: %s: %s", x, e)
-                refused.append((x, " ".join(str(e).split())))
-        if refused:
-            raise PullRefusedError(r.label, done, refused)
-        return done
+            return [one(refs[0])]
+        return _each(refs, one, r.label, PullRefusedError)
 
 
-#: what refuses one version of a pull of many (what the remote holds for it: a record or row
-#: that fails a check, a base chain too deep or looping, a missing or damaged object), which is
-#: reported while the others are still pulled; anything else (the remote unreachable, this store
-#: locked or out of space) ends the pull. A refused version leaves no catalog row here: its
-#: checks run before anything moves, and its objects are referenced only once it commits
-#: (any already copied are unreferenced, which gc removes).
+def _each(refs: list[str], one: Callable[[str], TransferResult], label: str,
+          refused_error: type[TransferRefusedError]) -> list[TransferResult]:
+    """``one(ref)`` for each of many versions, each moved or refused (:data:`REFUSALS`) on its own, as
+    git fetch treats refs; then ``refused_error`` naming every refused one and why, with what moved."""
+    done: list[TransferResult] = []
+    refused: list[tuple[str, str]] = []
+    for x in refs:
+        try:
+            done.append(one(x))
+        except REFUSALS as e:
+            log.info("not %s: %s: %s", refused_error.verb, x, e)
+            refused.append((x, " ".join(str(e).split())))
+    if refused:
+        raise refused_error(label, done, refused)
+    return done
+
+
+#: what refuses one version of a push or pull of many (what its source holds for it: a record or
+#: row that fails a check, a base chain too deep or looping, a missing or damaged object), which
+#: is reported while the others still move; anything else (the remote unreachable, a store locked
+#: or out of space, no version number left) ends the transfer. A refused version is not committed
+#: on the other side: its checks run before anything moves, and its objects are referenced only
+#: once it commits (any already copied are unreferenced, which gc removes).
 REFUSALS = (BadInputError, CorruptObjectError, CorruptRecordError, NotFoundError, RemoteError)
 
 

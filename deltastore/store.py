@@ -218,7 +218,9 @@ class Store:
     def push_versions(self, model: str | None = None, remote: str | None = None, *, tagged: str | None = None,
                       tags: bool = True, progress: Progress | None = None) -> list[TransferResult]:
         """Push many versions at once (``deltastore push --all`` / ``--tag``): every version of
-        ``model`` (of every model when None), or with ``tagged`` only those tagged so."""
+        ``model`` (of every model when None), or with ``tagged`` only those tagged so. A version
+        this store holds badly is refused alone and the others are pushed; then PushRefusedError
+        names each refused one and why (``.results``: what was pushed)."""
         return remotes.push(self, model, remote, all_versions=tagged is None, tagged=tagged, tags=tags,
                             progress=progress)
 

@@ -203,3 +203,42 @@ def test_unreadable_records_refuse_only_their_version(three, other, models, tmp_
                        codec="lossless", message="third")
     assert other.push("f@v3", str(url)).dst_ref == "f@v4"
     assert d.joinpath("v3.json").stat().st_size == 1 << 40
+
+
+def test_push_all_refuses_only_the_chain_too_deep(other, tmp_path: Path, monkeypatch) -> None:
+    """A push of many refuses version by version too: with chains.MAX_BASE_CHAIN at 5, c6 and c7
+    are named (PushRefusedError) and every other version is on the remote, which pulls cleanly."""
+    from deltastore import chains
+    from deltastore.errors import PushRefusedError
+
+    src = _chain(tmp_path / "src", tmp_path, 7)
+    url = tmp_path / "remote"
+    monkeypatch.setattr(chains, "MAX_BASE_CHAIN", 5)
+    with pytest.raises(PushRefusedError) as e:
+        src.push_versions(None, str(url))
+    assert [r.ref for r in e.value.results] == ["b@v1"] + [f"c{k}@v1" for k in range(1, 6)]
+    assert [x for x, _ in e.value.refused] == ["c6@v1", "c7@v1"]
+    assert all("base chain is deeper than the limit of 5" in why for _, why in e.value.refused)
+    assert f"2 of 8 versions were not pushed to remote {url}: c6@v1: " in str(e.value)
+    src.close()
+    got = other.pull_versions(None, str(url))  # what was pushed is whole: every version pulls
+    assert sorted(r.dst_ref for r in got) == sorted(["b@v1"] + [f"c{k}@v1" for k in range(1, 6)])
+    assert (other.gc().deleted, other.verify().ok) == (0, True)
+
+
+def test_push_all_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    """`deltastore push --all REMOTE` with a version it must refuse: the pushed ones on stdout, one
+    error line for the refused one, no traceback, exit 1."""
+    from deltastore import chains
+
+    src = _chain(tmp_path / "home", tmp_path, 3)
+    src.close()
+    url = tmp_path / "remote"
+    home = tmp_path / "home"
+    run(home, "remote", "add", "team", str(url))
+    monkeypatch.setattr(chains, "MAX_BASE_CHAIN", 2)  # the CLI runs in this process
+    p = run(home, "push", "--all", "team", ok=False)
+    assert p.returncode == 1, p.stderr
+    assert "pushed b@v1 to team" in p.stdout and "pushed c2@v1 to team" in p.stdout
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("deltastore: error: c3@v1 not pushed:") and "deeper than the limit of 2" in p.stderr
