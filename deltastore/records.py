@@ -63,9 +63,10 @@ MAX_RECORD = 1 << 20
 _OID = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _BASE_REF = re.compile(r"^(.+)@v([1-9][0-9]{0,9})\Z")
 _VKEY = re.compile(r"^catalog/versions/([^/]+)/v([1-9][0-9]{0,9})\.json\Z")
-#: a file in a model's versions folder that could be a record (transfer's rule for a bare remote's
-#: records too): other names there are stray files, which rebuild skips and names
-_RECORD_FILE = re.compile(r"^v[0-9]+\.json\Z")
+#: a file in a model's versions folder that could be a record (ASCII digits to the end, as a REF's
+#: version: str.isdigit took 'v\u0661.json', whose record then did not match its name); rebuild and
+#: transfer's reading of a bare remote's records both take it; other names there are stray files
+RECORD_FILE = re.compile(r"^v[0-9]+\.json\Z")
 _RKEY = re.compile(r"^catalog/retired/([^/]+)/v([1-9][0-9]{0,9})\.json\Z")
 _INTS = ("logical_bytes", "stored_bytes", "referenced_bytes")
 _SALVAGE_MANIFEST = re.compile(r'"manifest"\s*:\s*"\s*(sha256:[0-9a-f]{64})')
@@ -564,7 +565,7 @@ def rebuild(store: StoreView) -> RebuildReport:
     recs = []
     skipped: list[str] = []
     for key in _record_keys(store.backend, "versions"):
-        if not _RECORD_FILE.match(key.rsplit("/", 1)[-1]):  # no record is named so (v<ASCII digits>.json)
+        if not RECORD_FILE.match(key.rsplit("/", 1)[-1]):  # no record is named so (v<ASCII digits>.json)
             skipped.append(f"{key}: not a version record's name (a stray file), left where it is")
             continue
         r = parse_version(key, read(store.backend, key))

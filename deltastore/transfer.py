@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import stat
 import threading
 import time
@@ -69,9 +68,6 @@ NUMBER_LIMIT = 1 << 31
 #: (its record could not be read back: ``db rebuild`` and gc refuse it) and overflow a
 #: PostgreSQL integer column
 KEEP_NUMBERS_BELOW = 1 << 30
-#: the name of a version record's file (refs._VERSION's rule: ASCII digits, to the end; str.isdigit
-#: took 'v\u0661.json', whose record then did not match its name and failed the model's every pull)
-_RECORD_NAME = re.compile(r"^v[0-9]+\.json\Z")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,7 +434,7 @@ class RecordsSide:
                 name = key.rsplit("/", 1)[-1]
                 # a stray file no record is named so (v007.json, v0.json, past what a number may
                 # be, other digits than ASCII ones): not read
-                if (not _RECORD_NAME.match(name) or len(name) > 16
+                if (not records.RECORD_FILE.match(name) or len(name) > 16
                         or name != f"v{(n := int(name[1:-5]))}.json" or not 0 < n < NUMBER_LIMIT):
                     continue
                 info = self._read.get(key)
