@@ -378,13 +378,9 @@ def push(store: StoreView, ref: str | None, remote: str | Remote | None = None, 
     local = StoreSide(store, "the local store")
     refs = _which(local, ref, all_versions, tagged)
     with open_remote(r, type(store), write=True, home=_home(store)) as rem, talking_to(r):
-        def one(x: str) -> TransferResult:
-            return transfer(local, rem.side, x, direction="push", remote=r.name, tags=tags,
-                            progress=progress or no_progress, workers=workers)
-
-        if not all_versions and tagged is None:  # one REF: its refusal is the push's error
-            return [one(refs[0])]
-        return _each(refs, one, r.label, PushRefusedError)
+        return _each(refs, lambda x: transfer(local, rem.side, x, direction="push", remote=r.name, tags=tags,
+                                              progress=progress or no_progress, workers=workers),
+                     r.label, PushRefusedError, many=all_versions or tagged is not None)
 
 
 def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
@@ -400,19 +396,18 @@ def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, 
     with open_remote(r, type(store), write=False, home=_home(store)) as rem, talking_to(r):
         refs = _which(rem.side, ref, all_versions, tagged)
         local = StoreSide(store, "the local store")
-        def one(x: str) -> TransferResult:
-            return transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
-                            progress=progress or no_progress, workers=workers)
-
-        if not all_versions and tagged is None:  # one REF: its refusal is the pull's error
-            return [one(refs[0])]
-        return _each(refs, one, r.label, PullRefusedError)
+        return _each(refs, lambda x: transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
+                                              progress=progress or no_progress, workers=workers),
+                     r.label, PullRefusedError, many=all_versions or tagged is not None)
 
 
 def _each(refs: list[str], one: Callable[[str], TransferResult], label: str,
-          refused_error: type[TransferRefusedError]) -> list[TransferResult]:
-    """``one(ref)`` for each of many versions, each moved or refused (:data:`REFUSALS`) on its own, as
-    git fetch treats refs; then ``refused_error`` naming every refused one and why, with what moved."""
+          refused_error: type[TransferRefusedError], *, many: bool) -> list[TransferResult]:
+    """``one(ref)`` for each version. Of ``many`` (--all, --tag), each is moved or refused
+    (:data:`REFUSALS`) on its own, as git fetch treats refs; then ``refused_error`` names every
+    refused one and why, with what moved. One REF asked for by name: its refusal is the error."""
+    if not many:
+        return [one(x) for x in refs]
     done: list[TransferResult] = []
     refused: list[tuple[str, str]] = []
     for x in refs:
