@@ -48,11 +48,7 @@ def gather2(words, base, p0, p1, out):  # noqa: ANN001, ANN201
         out[j] = words[q1]
         p0[c0] = q0 + np.uint32(1)
         p1[c1] = q1 + np.uint32(1)
-    for j in range(2 * seg, n):
-        c = (base[j] >> np.uint16(7)) & np.uint16(0xFF)
-        q = p1[c]
-        out[j] = words[q]
-        p1[c] = q + np.uint32(1)
+    gather1(words, base[2 * seg :], p1, out[2 * seg :])  # the rest, lane 1's
 
 
 @njit(cache=True, nogil=True)
@@ -77,11 +73,7 @@ def gather4(words, base, p0, p1, p2, p3, out):  # noqa: ANN001, ANN201
         p1[c1] = q1 + np.uint32(1)
         p2[c2] = q2 + np.uint32(1)
         p3[c3] = q3 + np.uint32(1)
-    for j in range(4 * seg, n):
-        c = (base[j] >> np.uint16(7)) & np.uint16(0xFF)
-        q = p3[c]
-        out[j] = words[q]
-        p3[c] = q + np.uint32(1)
+    gather1(words, base[4 * seg :], p3, out[4 * seg :])  # the rest, lane 3's
 
 
 def gather_lanes(words: np.ndarray, base: np.ndarray, pos: np.ndarray, lanes: int, out: np.ndarray) -> np.ndarray:
