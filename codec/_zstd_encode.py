@@ -90,6 +90,52 @@ class LiteralCompressor:
         k = self._check(self._lib.ZSTD_compress2(self._cctx, self._out_ptr, len(self._out), self._ffi.from_buffer(src), n))
         return bytes(memoryview(self._out)[:k])
 
+    def compress_segments(self, src: np.ndarray, starts: np.ndarray, lens: np.ndarray, kernel) -> list[bytes]:  # noqa: ANN001
+        """``[compress(src[s : s + n]) for s, n in zip(starts, lens)]``, the same frames, made by one
+        call of ``kernel`` (``codec._numba.compress_frames``) that holds no GIL from the first frame
+        to the last: a chunk's tens of frames one cffi call each made every call release and
+        re-take the GIL, and at 16 threads the workers queued on it. ``src``: one contiguous uint8
+        array; ``starts``, ``lens``: uint64."""
+        caps = compress_bound(lens)
+        offs = np.zeros(lens.size + 1, dtype=np.uint64)
+        np.cumsum(caps, out=offs[1:])
+        total = int(offs[-1])
+        if total > len(self._out):
+            self._out = bytearray(max(total, 2 * len(self._out)))
+            self._out_ptr = self._ffi.from_buffer(self._out)
+        sizes = np.empty(lens.size, dtype=np.uint64)
+        ffi = self._ffi
+        kernel(_compress2_address(), int(ffi.cast("uintptr_t", self._cctx)), src, starts, lens,
+               np.frombuffer(self._out, dtype=np.uint8), offs, sizes)
+        bad = np.flatnonzero(sizes > caps)  # a zstd error code is near 2**64, above any capacity
+        if bad.size:
+            self._check(int(sizes[bad[0]]))
+            raise RuntimeError(f"zstd: frame of {int(sizes[bad[0]])} bytes in a {int(caps[bad[0]])}-byte buffer")
+        out = memoryview(self._out)
+        return [out[o:o + k].tobytes() for o, k in zip(offs.tolist(), sizes.tolist())]
+
+
+def compress_bound(n: np.ndarray) -> np.ndarray:
+    """zstd's ``ZSTD_COMPRESSBOUND`` of each size in ``n`` (uint64; sizes under zstd's 2**63 limit):
+    the most a frame of that much input takes, as ``ZSTD_compressBound`` answers, computed without
+    a call per size."""
+    n = n.astype(np.uint64, copy=False)
+    small = np.uint64(128 << 10)
+    margin = np.where(n < small, (small - np.minimum(n, small)) >> np.uint64(11), np.uint64(0))
+    return n + (n >> np.uint64(8)) + margin
+
+
+_COMPRESS2: int | None = None
+
+
+def _compress2_address() -> int:
+    """The address of the bundled libzstd's ``ZSTD_compress2`` (the one the cffi backend calls)."""
+    global _COMPRESS2
+    if _COMPRESS2 is None:
+        ffi, lib = _backend()
+        _COMPRESS2 = int(ffi.cast("uintptr_t", ffi.addressof(lib, "ZSTD_compress2")))
+    return _COMPRESS2
+
 
 def make(accel: int) -> LiteralCompressor | None:
     """A :class:`LiteralCompressor`, or None where python-zstandard's cffi backend does not load."""

@@ -462,11 +462,10 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
     """One chunk's groups from its planes already grouped by context (``grouped[k]``: plane k of
     the chunk's words in stable context order) and the elements per context.
 
-    Every frame of the chunk (a group's plane each) is compressed in one call
-    (python-zstandard's ``multi_compress_to_buffer``, the GIL released for all of them), not one
-    ``compress`` a frame: a chunk has tens of frames, and at 16 threads each call's release and
-    re-take of the GIL queued the workers behind one another (issue 7: 16 threads inside the
-    stage, 1-3 running). The same frames, byte for byte, as ``compress`` of each."""
+    Every frame of the chunk (a group's plane each) is compressed in one call (the GIL released
+    for all of them), not one ``compress`` a frame: a chunk has tens of frames, and at 16 threads
+    each call's release and re-take of the GIL queued the workers behind one another (issue 7:
+    16 threads inside the stage, 1-3 running; :func:`_frames`). The same frames, byte for byte, as ``compress`` of each."""
     spans = merge_groups(counts, min_group)
     frames = iter(_frames(_thread_compressor(level), grouped, spans))
     groups, pos = [], 0
@@ -486,17 +485,23 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
 
 
 def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tuple[int, int]]) -> list[bytes]:
-    """The zstd frame of every (group, plane) of a chunk, group by group, plane by plane: one
-    ``multi_compress_to_buffer`` call over segments of ``grouped`` where it is one contiguous
-    array and the call exists (python-zstandard's C backend), else ``compress`` one by one.
-    Empty groups get ``b""`` (they are stored, never compressed)."""
+    """The zstd frame of every (group, plane) of a chunk, group by group, plane by plane, made in
+    one call that releases the GIL for all of them where ``grouped`` is one contiguous array:
+    python-zstandard's ``multi_compress_to_buffer`` (its C backend) or, for the skip-ahead
+    compressor (its cffi backend), ``compress_segments`` with the compiled loop; else ``compress``
+    one by one. Empty groups get ``b""`` (they are stored, never compressed)."""
     width = grouped.shape[0]
     bounds = list(zip(np.cumsum([0] + [k for _, k in spans[:-1]]).tolist(), (k for _, k in spans)))
     multi = getattr(cctx, "multi_compress_to_buffer", None)
-    if multi is None or not grouped.flags.c_contiguous or not any(k for _, k in spans):
+    segments = getattr(cctx, "compress_segments", None)
+    fx = fast() if segments is not None else None
+    if (multi is None and fx is None) or not grouped.flags.c_contiguous or not any(k for _, k in spans):
         return [cctx.compress(grouped[row, pos:pos + k]) if k else b"" for pos, k in bounds for row in range(width)]
     n = grouped.shape[1]
     seg = np.array([(row * n + pos, k) for pos, k in bounds if k for row in range(width)], dtype=np.uint64)
+    if fx is not None:  # the skip-ahead compressor (codec._zstd_encode): all frames in one GIL-free call
+        made = iter(segments(grouped.reshape(-1), seg[:, 0].copy(), seg[:, 1].copy(), fx.compress_frames))
+        return [next(made) if k else b"" for _, k in bounds for _row in range(width)]
     res = multi(zstandard.BufferWithSegments(grouped, seg.tobytes()), threads=0)
     made = iter([bytes(res[j]) for j in range(len(res))])
     return [next(made) if k else b"" for _, k in bounds for _row in range(width)]

@@ -93,3 +93,37 @@ def test_the_environment_picks_the_settings(monkeypatch):
         monkeypatch.setenv("DELTASTORE_ZSTD_ACCEL", bad)
         with pytest.raises(planes.CodecError, match="DELTASTORE_ZSTD_ACCEL"):
             planes.compress(data, 1, level=3)
+
+
+def test_compress_bound_is_zstds():
+    ffi, lib = _zstd_encode._backend()
+    sizes = [0, 1, 100, 4095, (128 << 10) - 1, 128 << 10, (128 << 10) + 1, 1 << 20, 123_456_789]
+    got = _zstd_encode.compress_bound(np.array(sizes, dtype=np.uint64)).tolist()
+    assert got == [lib.ZSTD_compressBound(n) for n in sizes]
+
+
+@pytest.mark.skipif(planes.fast() is None, reason="numba does not import here")
+def test_segments_in_one_call_are_the_frames_of_one_call_each():
+    """The grouped planes' path (all of a chunk's frames in one compiled call, no GIL) writes the
+    frames ``compress`` writes one at a time, for empty, tiny, incompressible and > 128 KiB
+    segments, back to back and out of order, with the output buffer grown between calls."""
+    src = np.concatenate(_samples())
+    edges = np.cumsum([0] + [a.size for a in _samples()])
+    c = _zstd_encode.LiteralCompressor(16)
+    for order in (range(len(edges) - 1), [5, 0, 3, 3, 1]):
+        starts = np.array([edges[i] for i in order], dtype=np.uint64)
+        lens = np.array([edges[i + 1] - edges[i] for i in order], dtype=np.uint64)
+        got = c.compress_segments(src, starts, lens, planes.fast().compress_frames)
+        assert got == [c.compress(src[int(s):int(s + n)]) for s, n in zip(starts, lens)]
+
+
+@pytest.mark.skipif(planes.fast() is None, reason="numba does not import here")
+def test_grouped_chunk_frames_equal_with_and_without_the_compiled_loop(monkeypatch):
+    rng = np.random.default_rng(3)
+    grouped = np.clip(rng.normal(0, 6, (2, 250_000)), -127, 127).astype(np.int8).view(np.uint8)
+    spans = [(0, 1000), (3, 0), (4, 120_000), (9, 129_000)]
+    c = planes._thread_compressor(1)
+    with_loop = planes._frames(c, grouped, spans)
+    monkeypatch.setattr(planes, "_FAST", None)  # as where numba does not import
+    assert planes._frames(c, grouped, spans) == with_loop
+    assert with_loop[2] == b"" and with_loop[3] == b""
