@@ -90,6 +90,17 @@ class LiteralCompressor:
         k = self._check(self._lib.ZSTD_compress2(self._cctx, self._out_ptr, len(self._out), self._ffi.from_buffer(src), n))
         return bytes(memoryview(self._out)[:k])
 
+    def addresses(self) -> tuple[int, int]:
+        """(address of ``ZSTD_compress2``, address of this compressor's context), for compiled code
+        that compresses with it (``codec._numba``) while this object lives."""
+        return _compress2_address(), int(self._ffi.cast("uintptr_t", self._cctx))
+
+    def raise_for(self, code: int) -> None:
+        """Raise the error a ``ZSTD_compress2`` result ``code`` names (compiled callers check sizes
+        against capacities and hand back what did not fit)."""
+        self._check(code)
+        raise RuntimeError(f"zstd: a frame of {code} bytes outgrew its buffer")
+
     def compress_segments(self, src: np.ndarray, starts: np.ndarray, lens: np.ndarray, kernel) -> list[bytes]:  # noqa: ANN001
         """``[compress(src[s : s + n]) for s, n in zip(starts, lens)]``, the same frames, made by one
         call of ``kernel`` (``codec._numba.compress_frames``) that holds no GIL from the first frame
@@ -104,13 +115,10 @@ class LiteralCompressor:
             self._out = bytearray(max(total, 2 * len(self._out)))
             self._out_ptr = self._ffi.from_buffer(self._out)
         sizes = np.empty(lens.size, dtype=np.uint64)
-        ffi = self._ffi
-        kernel(_compress2_address(), int(ffi.cast("uintptr_t", self._cctx)), src, starts, lens,
-               np.frombuffer(self._out, dtype=np.uint8), offs, sizes)
+        kernel(*self.addresses(), src, starts, lens, np.frombuffer(self._out, dtype=np.uint8), offs, sizes)
         bad = np.flatnonzero(sizes > caps)  # a zstd error code is near 2**64, above any capacity
         if bad.size:
-            self._check(int(sizes[bad[0]]))
-            raise RuntimeError(f"zstd: frame of {int(sizes[bad[0]])} bytes in a {int(caps[bad[0]])}-byte buffer")
+            self.raise_for(int(sizes[bad[0]]))
         out = memoryview(self._out)
         return [out[o:o + k].tobytes() for o, k in zip(offs.tolist(), sizes.tolist())]
 

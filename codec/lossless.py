@@ -445,7 +445,11 @@ class Lossless(Codec):
                 shift, bits = context_field(target.dtype)
                 seen: dict[int, np.ndarray] = {}  # each chunk's counts, by its first byte (chunks run on threads)
 
-                def split(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+                def split(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray] | list:
+                    made = planes.diff_groups(raw[lo:hi], base_raw[lo:hi], width, shift, bits, self.level)
+                    if made is not None:  # the chunk's groups, compressed in the same compiled call
+                        seen[lo] = made[1]
+                        return made[0]
                     # into this thread's scratch: the planes are compressed (copied out) before its next chunk
                     scratch = planes._scratch_words("grouped_enc", hi - lo, np.uint8).reshape(width, (hi - lo) // width)
                     grouped, counts = fx.diff_group_split(raw[lo:hi], base_raw[lo:hi], width, shift, bits, out=scratch)

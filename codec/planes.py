@@ -507,6 +507,45 @@ def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tup
     return [next(made) if k else b"" for _, k in bounds for _row in range(width)]
 
 
+def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bits: int, level: int,
+                min_group: int | None = None) -> tuple[list[_Group], np.ndarray] | None:
+    """One chunk of a lossless difference, made in one compiled call without the GIL: the groups
+    :func:`_compress_grouped_planes` would make of ``codec._numba.diff_group_split``'s planes
+    (byte for byte the same), and the chunk's elements per context. None where that call does
+    not serve (numba absent, words other than 2 bytes, the C extension's compressor at
+    ``DELTASTORE_ZSTD_ACCEL=0``): the caller takes the three-call path."""
+    fx = fast()
+    if fx is None or width != 2 or target.size // 2 >= 1 << 32:
+        return None
+    cctx = _thread_compressor(level)
+    addresses = getattr(cctx, "addresses", None)
+    if addresses is None:
+        return None
+    min_group = MIN_GROUP if min_group is None else int(min_group)
+    n = target.size // 2
+    grouped = _scratch_words("grouped_enc", target.size, np.uint8).reshape(2, n)
+    out = _scratch_words("grouped_frames", fx.frames_capacity(n), np.uint8)
+    counts, ng, gctx, gn, offs, sizes = fx.diff_groups2(target, base, shift, bits, min_group, grouped, *addresses(), out)
+    bad = np.flatnonzero(sizes > offs[1:] - offs[:-1])  # a zstd error code is near 2**64
+    if bad.size:
+        cctx.raise_for(int(sizes[bad[0]]))
+    view, offs, sizes = memoryview(out), offs.tolist(), sizes.tolist()
+    groups, pos = [], 0
+    for g, (c, k) in enumerate(zip(gctx.tolist(), gn.tolist())):
+        modes, payloads = [], []
+        for row in range(2):
+            o, z = offs[2 * g + row], sizes[2 * g + row]
+            if 0 < z < k:
+                modes.append(1)
+                payloads.append(view[o:o + z].tobytes())
+            else:
+                modes.append(0)
+                payloads.append(grouped[row, pos:pos + k].tobytes())
+        groups.append(_Group(c, k, modes, payloads))
+        pos += k
+    return groups, counts
+
+
 def group_split(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool) -> tuple[np.ndarray, np.ndarray]:
     """(grouped planes (width x n uint8), elements per context) of a chunk's bytes ``raw`` and its
     contexts: plane k of the words in stable context order. Compiled where numba imports; the
@@ -535,7 +574,8 @@ def compress_grouped(
 ) -> bytes:
     """A grouped stream (``b"DSP2"``) of ``nbytes`` bytes of ``width``-byte elements whose grouped
     planes the caller makes: ``chunk(lo, hi)`` (byte offsets of one chunk) returns what
-    :func:`group_split` would for those bytes and their contexts. The lossless codec makes them in
+    :func:`group_split` would for those bytes and their contexts, or the chunk's groups made
+    already (:func:`diff_groups`). The lossless codec makes them in
     one fused pass from the fine-tune and the base (no difference or context array in between);
     :func:`compress` with ``contexts`` makes them with :func:`group_split`. ``rotate`` is recorded
     in the header (the planes must already be of rotated words)."""
@@ -549,8 +589,10 @@ def compress_grouped(
 
     def work(i: int) -> list[_Group]:
         lo = starts[i]
-        grouped, counts = chunk(lo, min(lo + step, nbytes))
-        return _compress_grouped_planes(grouped, counts, level, min_group)
+        made = chunk(lo, min(lo + step, nbytes))
+        if isinstance(made, list):  # the chunk's groups already (diff_groups)
+            return made
+        return _compress_grouped_planes(*made, level, min_group)
 
     chunks = _map_chunks(work, range(len(starts)), threads)
     return _pack_grouped(chunks, width, rotate, nbytes)

@@ -268,8 +268,11 @@ def _encode_delta(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarray
     base_t = as_tensor(info_of(base_entry), base_raw)
     codec = job.codec
     use = codec if codec is not None and codec.takes(info.name, target, base_t) else job.lossless
+    # the lossless codec runs on the CPU: no CUDA query for it (the first one holds the GIL ~0.2 s
+    # on a GPU machine while every worker waits; py-spy over a 16-thread add, issue 7)
+    gpu = not use.lossless and torch.cuda.is_available()
     ctx = codecs.EncodeContext(name=info.name, hessian=job.hessians.get(info.name), extra=dict(job.extras.get(info.name) or {}),
-                               device="cuda" if torch.cuda.is_available() else None)
+                               device="cuda" if gpu else None)
     try:
         enc = use.encode(target, base_t, ctx)
     except codecs.CodecError as e:

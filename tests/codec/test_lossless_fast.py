@@ -11,7 +11,7 @@ from test_lossless import FLOATS, finetune_of, same_bits, weights, with_specials
 
 from deltastore.codec import from_bytes, planes, to_bytes
 from deltastore.codec.lossless import (
-    EXPONENT_FIELD, GROUPED_CHUNK_BYTES, Lossless, diff_code_numpy, diff_decode_numpy, exponent_contexts,
+    EXPONENT_FIELD, GROUPED_CHUNK_BYTES, Lossless, context_field, diff_code_numpy, diff_decode_numpy, exponent_contexts,
     exponent_contexts_numpy, tensor_u8,
 )
 
@@ -132,3 +132,35 @@ def test_deltastore_numba_0_selects_the_numpy_path(monkeypatch):
     monkeypatch.setattr(planes, "_FAST", False)
     monkeypatch.setenv("DELTASTORE_NUMBA", "1")
     assert planes.fast() is FX
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_group_merge_is_planes_merge_groups(seed):
+    """The fused chunk encode merges contexts into groups in compiled code: the same groups."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(256, dtype=np.int64)
+    live = rng.choice(256, size=int(rng.integers(1, 40)), replace=False)
+    counts[live] = rng.integers(1, 40_000, live.size) * (rng.random(live.size) < 0.8)
+    counts[live[0]] = max(1, counts[live[0]])
+    for min_group in (1, 16384, 10**9):
+        gctx, gn = np.empty(256, np.int64), np.empty(256, np.int64)
+        ng = FX._merge_groups(counts, min_group, gctx, gn)
+        assert list(zip(gctx[:ng].tolist(), gn[:ng].tolist())) == planes.merge_groups(counts, min_group)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16_385, 1 << 19])
+def test_one_call_chunk_encode_writes_the_three_call_groups(n):
+    """planes.diff_groups (histogram, difference, grouping, merge and every zstd frame in one
+    compiled call) against the same chunk through diff_group_split and _compress_grouped_planes:
+    the same groups, modes and payload bytes, and the same counts; stored planes (noise) too."""
+    if planes.diff_groups(np.zeros(2, np.uint8), np.zeros(2, np.uint8), 2, 7, 8, 3) is None:
+        pytest.skip("the skip-ahead compressor (cffi) does not load here")
+    base = weights(torch.bfloat16, (n,), seed=n)
+    for target in (finetune_of(base), _random_bits(torch.bfloat16, (n,), 5)):
+        t, b = tensor_u8(target), tensor_u8(base)
+        shift, bits = context_field(torch.bfloat16)
+        groups, counts = planes.diff_groups(t, b, 2, shift, bits, 3)
+        grouped, counts3 = FX.diff_group_split(t, b, 2, shift, bits)
+        want = planes._compress_grouped_planes(grouped, counts3, 3, planes.MIN_GROUP)
+        assert np.array_equal(counts, counts3)
+        assert [(g.context, g.n, g.modes, g.payloads) for g in groups] == [(g.context, g.n, g.modes, g.payloads) for g in want]
