@@ -1,20 +1,22 @@
 #!/bin/bash
-# Issue 7, twelfth session: the lossless fine-tune add on the device's 16 cores once a chunk's frames
-# are compressed in one GIL-free call again (codec/_numba.compress_frames), and who holds the GIL there.
-# Carry .whl-store/deps and .whl-store/tools (py-spy). One call (~6 minutes):
-#   bash benchmarks/ft_add_gil_device.sh OUT
-# 1. DELTASTORE_ZSTD_ACCEL=0 (C extension, multi_compress_to_buffer) against 16 (skip-ahead, the
-#    compiled loop), add_ft at 16 threads, alternating pairs (OUT/pairs.md);
-# 2. py-spy --gil over add_base + add_ft at 16 threads, 4 layers (OUT/gil16.md); the same at 16
-#    threads sampling every thread's leaf frames (--wall, OUT/wall16.md).
+# Issue 7, twelfth session: the lossless fine-tune add on the device's 16 cores with a chunk's frames
+# compressed in one GIL-free call (codec/_numba.compress_frames, 43ff5a8) and then the whole chunk's
+# encode in one (planes.diff_groups, fd62141), and who holds the GIL there.
+# Carry .whl-store/deps and .whl-store/tools (py-spy). One call (~6-7 minutes):
+#   bash benchmarks/ft_add_gil_device.sh OUT [SCALING_LAYERS]
+# 1. DELTASTORE_ZSTD_ACCEL=0 (C extension's compressor: the three-call path) against 16 (the default:
+#    the one-call path), add_ft at 16 threads, 4 layers, alternating pairs (OUT/pairs.md);
+# 2. py-spy --gil over add_base + add_ft at 16 threads, 4 layers (OUT/gil16.md); the same sampling
+#    every thread's leaf frames (--wall, OUT/wall16.md);
+# 3. with SCALING_LAYERS (e.g. 12): bench_scaling.py at 16 workers, one round (OUT/scaling.md).
 set -u
-out=${1:-/tmp/out}
+out=${1:-/tmp/out}; layers=${2:-}
 mkdir -p "$out"
 bash benchmarks/run_device.sh setup >/dev/null
 source /tmp/ds/env
 python3 -m pip install -q --no-index --no-deps --target /tmp/spy .whl-store/tools/py_spy-*.whl >/dev/null 2>&1
 export PATH=/tmp/spy/bin:$PATH
-{ nproc; uptime; git rev-parse --short HEAD 2>/dev/null; } > "$out/machine.txt"
+{ nproc; uptime; } > "$out/machine.txt"
 for i in 1 2; do
   for v in 0 16; do
     echo "## DELTASTORE_ZSTD_ACCEL=$v, pair $i" >> "$out/pairs.md"
@@ -27,4 +29,10 @@ timeout 150 python3 benchmarks/profile_gil.py --layers 4 --threads 16 --ops add_
   --work /tmp/stg --top 14 --out "$out/gil16.md" > "$out/gil16.log" 2>&1; tail -4 "$out/gil16.log" | cut -c1-400
 timeout 150 python3 benchmarks/profile_gil.py --layers 4 --threads 16 --ops add_base,add_ft --rate 100 --wall \
   --work /tmp/stg --top 10 --out "$out/wall16.md" > "$out/wall16.log" 2>&1; tail -12 "$out/wall16.log" | cut -c1-300
+rm -rf /tmp/stg
+if [ -n "$layers" ]; then
+  timeout 200 python3 benchmarks/bench_scaling.py --layers "$layers" --workers 16 --rounds 1 --work /tmp/scale \
+    --out "$out/scaling.md" > "$out/scaling.log" 2>&1
+  grep -E "GBps" "$out/scaling.log" | cut -c1-300
+fi
 uptime >> "$out/machine.txt"
