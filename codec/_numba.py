@@ -512,27 +512,34 @@ def _merge_groups(counts, min_group, gctx, gn):
 
 @njit(cache=True, nogil=True)
 def _diff_groups2(target, base, shift, fmask, min_group, counts, hi, lo, tmp, words, gctx, gn,
-                  fn, cctx, out, offs, sizes):
+                  fn, cctx, out, modes, sizes):
     _exp_histogram2(base, shift, fmask, counts)
     _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words)
     ng = _merge_groups(counts, min_group, gctx, gn)
     o0 = np.uint64(out.ctypes.data)
-    h0 = np.uint64(hi.ctypes.data)
-    l0 = np.uint64(lo.ctypes.data)
-    pos = _U0
+    total = np.uint64(out.size)
+    pos = 0
     o = _U0
     j = 0
     for g in range(ng):
-        k = np.uint64(gn[g])
+        k = gn[g]
         for row in range(2):
-            cap = _bound(k)
-            src = (h0 if row == 0 else l0) + pos
-            offs[j] = o
-            sizes[j] = _call_u64x5(fn, cctx, o0 + o, cap, src, k)
-            o += cap
+            plane = hi if row == 0 else lo
+            z = _call_u64x5(fn, cctx, o0 + o, total - o, np.uint64(plane.ctypes.data) + np.uint64(pos), np.uint64(k))
+            if z > total - o:  # a zstd error code (near 2**64)
+                sizes[0] = z
+                return -1
+            if z == 0 or z >= np.uint64(k):  # no gain: the plane stored as it is
+                out[o:o + np.uint64(k)] = plane[pos:pos + k]
+                modes[j] = 0
+                z = np.uint64(k)
+            else:
+                modes[j] = 1
+            sizes[j] = z
+            o += z
             j += 1
         pos += k
-    offs[j] = o
+    sizes[j] = o
     return ng
 
 
@@ -546,12 +553,14 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
                  fn: int, cctx: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One chunk of 2-byte words encoded in one call that holds no GIL: what
     :func:`diff_group_split` (the exponent histogram, the difference scattered into the grouped
-    planes ``planes``, 2 x n uint8), ``planes.merge_groups`` and ``planes._frames`` do in three
-    calls. ``fn``, ``cctx``: the address of ``ZSTD_compress2`` and of its context
-    (``_zstd_encode.LiteralCompressor.addresses``); ``out``: uint8 scratch of at least
-    :func:`frames_capacity` bytes. Returns (counts, number of groups, each group's first context,
-    each group's elements, each frame's offset in ``out`` (one more than frames), each frame's
-    size or zstd error code), frames group by group, plane by plane.
+    planes ``planes``, 2 x n uint8), ``planes.merge_groups`` and ``planes._compress_grouped_planes``
+    do in three calls, each group's planes (zstd frames, or stored where a frame would be no
+    smaller) written back to back into ``out`` (uint8 scratch of at least :func:`frames_capacity`
+    bytes) in the stream's payload order. ``fn``, ``cctx``: the address of ``ZSTD_compress2`` and
+    of its context (``_zstd_encode.LiteralCompressor.addresses``). Returns (counts, number of
+    groups, each group's first context, each group's elements, each payload's mode (1 zstd, 0
+    stored), each payload's size and, last, their sum); -1 groups and a zstd error code first in
+    the sizes where zstd failed.
 
     Why one call: every call into compiled code releases the GIL and takes it back, and on the
     H200 machine's 16 cores the threads queued on the taking back (the GIL held only 38% of a
@@ -560,13 +569,15 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
     counts = np.empty(256, dtype=np.int64)
     gctx = np.empty(256, dtype=np.int64)
     gn = np.empty(256, dtype=np.int64)
-    offs = np.empty(2 * 256 + 1, dtype=np.uint64)
-    sizes = np.empty(2 * 256, dtype=np.uint64)
+    modes = np.empty(2 * 256, dtype=np.uint8)
+    sizes = np.empty(2 * 256 + 1, dtype=np.uint64)
     scratch = _scratch16(2 * n)
     ng = _diff_groups2(target.view(np.uint16), base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1),
                        np.int64(min_group), counts, planes[0], planes[1], scratch[:n], scratch[n:], gctx, gn,
-                       np.uint64(fn), np.uint64(cctx), out, offs, sizes)
-    return counts, ng, gctx[:ng], gn[:ng], offs[:2 * ng + 1], sizes[:2 * ng]
+                       np.uint64(fn), np.uint64(cctx), out, modes, sizes)
+    if ng < 0:
+        return counts, ng, gctx[:0], gn[:0], modes[:0], sizes[:1]
+    return counts, ng, gctx[:ng], gn[:ng], modes[:2 * ng], sizes[:2 * ng + 1]
 
 
 _LOCAL = threading.local()

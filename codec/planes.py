@@ -508,10 +508,11 @@ def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tup
 
 
 def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bits: int, level: int,
-                min_group: int | None = None) -> tuple[list[_Group], np.ndarray] | None:
+                min_group: int | None = None) -> tuple[_Packed, np.ndarray] | None:
     """One chunk of a lossless difference, made in one compiled call without the GIL: the groups
     :func:`_compress_grouped_planes` would make of ``codec._numba.diff_group_split``'s planes
-    (byte for byte the same), and the chunk's elements per context. None where that call does
+    (byte for byte the same stream; its payloads back to back in one bytes object, a
+    :class:`_Packed`), and the chunk's elements per context. None where that call does
     not serve (numba absent, words other than 2 bytes, the C extension's compressor at
     ``DELTASTORE_ZSTD_ACCEL=0``): the caller takes the three-call path."""
     fx = fast()
@@ -525,25 +526,22 @@ def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bi
     n = target.size // 2
     grouped = _scratch_words("grouped_enc", target.size, np.uint8).reshape(2, n)
     out = _scratch_words("grouped_frames", fx.frames_capacity(n), np.uint8)
-    counts, ng, gctx, gn, offs, sizes = fx.diff_groups2(target, base, shift, bits, min_group, grouped, *addresses(), out)
-    bad = np.flatnonzero(sizes > offs[1:] - offs[:-1])  # a zstd error code is near 2**64
-    if bad.size:
-        cctx.raise_for(int(sizes[bad[0]]))
-    view, offs, sizes = memoryview(out), offs.tolist(), sizes.tolist()
-    groups, pos = [], 0
-    for g, (c, k) in enumerate(zip(gctx.tolist(), gn.tolist())):
-        modes, payloads = [], []
-        for row in range(2):
-            o, z = offs[2 * g + row], sizes[2 * g + row]
-            if 0 < z < k:
-                modes.append(1)
-                payloads.append(view[o:o + z].tobytes())
-            else:
-                modes.append(0)
-                payloads.append(grouped[row, pos:pos + k].tobytes())
-        groups.append(_Group(c, k, modes, payloads))
-        pos += k
-    return groups, counts
+    counts, ng, gctx, gn, modes, sizes = fx.diff_groups2(target, base, shift, bits, min_group, grouped, *addresses(), out)
+    if ng < 0:
+        cctx.raise_for(int(sizes[0]))
+    modes, sizes = modes.tolist(), sizes.tolist()
+    packed = _Packed(_Group(c, k, modes[2 * g:2 * g + 2], sizes[2 * g:2 * g + 2])
+                     for g, (c, k) in enumerate(zip(gctx.tolist(), gn.tolist())))
+    packed.blob = out[:sizes[-1]].tobytes()  # one copy of the chunk's payloads, back to back
+    return packed, counts
+
+
+class _Packed(list):
+    """A chunk's groups (:class:`_Group`, payloads given as their sizes) whose payloads lie back to
+    back, in the stream's order, in one bytes object ``blob`` (:func:`diff_groups`): one copy a
+    chunk instead of one a payload, all made with the GIL released."""
+
+    blob: bytes = b""
 
 
 def group_split(raw: np.ndarray, ctx: np.ndarray, width: int, rotate: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -590,7 +588,7 @@ def compress_grouped(
     def work(i: int) -> list[_Group]:
         lo = starts[i]
         made = chunk(lo, min(lo + step, nbytes))
-        if isinstance(made, list):  # the chunk's groups already (diff_groups)
+        if isinstance(made, _Packed):  # the chunk's groups already (diff_groups)
             return made
         return _compress_grouped_planes(*made, level, min_group)
 
@@ -603,10 +601,14 @@ def _pack_grouped(chunks: list[list[_Group]], width: int, rotate: bool, raw_tota
     head, entry = struct.Struct("<QH"), struct.Struct(f"<BI{width}I")
     for groups in chunks:
         out.append(head.pack(sum(g.n for g in groups) * width, len(groups)))
+        packed = isinstance(groups, _Packed)
         for g in groups:
-            out.append(entry.pack(g.context, g.n, *(memoryview(p).nbytes for p in g.payloads)))
+            out.append(entry.pack(g.context, g.n, *(g.payloads if packed else (memoryview(p).nbytes for p in g.payloads))))
             out.append(bytes(g.modes))
     for groups in chunks:
+        if isinstance(groups, _Packed):
+            out.append(groups.blob)
+            continue
         for g in groups:
             out.extend(g.payloads)
     return b"".join(out)

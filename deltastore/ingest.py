@@ -171,11 +171,13 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                     return entry, put, raw
 
                 tensors = list(enumerate(header.tensors))
-                # held (the default): finished tensors count toward the window until handed back. Letting
-                # only running ones count (held=False, as a mapped checkout does) made neither add faster on
-                # the H200 machine's 16 cores (within round-to-round spread; scaling_h200.md), so the add
-                # keeps the simpler window
-                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes)):
+                # A finished tensor holds no bytes (its object is written) unless the file's hash still
+                # has to read its buffer, so only running tensors count toward the window (held=False):
+                # with finished ones counted until handed back in file order, a slow tensor at the head
+                # stalled the others in waves (16 cores: 3 of 16 threads busy for a quarter second at a
+                # time once the chunk encode stopped queueing on the GIL; scaling_h200.md)
+                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes,
+                                                                  held=file_hash is not None)):
                     if file_hash is not None:
                         file_hash.wait_through(i)  # memory: no piece outlives the window
                         pool.give(raw)

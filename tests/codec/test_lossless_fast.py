@@ -151,8 +151,9 @@ def test_compiled_group_merge_is_planes_merge_groups(seed):
 @pytest.mark.parametrize("n", [1, 7, 16_385, 1 << 19])
 def test_one_call_chunk_encode_writes_the_three_call_groups(n):
     """planes.diff_groups (histogram, difference, grouping, merge and every zstd frame in one
-    compiled call) against the same chunk through diff_group_split and _compress_grouped_planes:
-    the same groups, modes and payload bytes, and the same counts; stored planes (noise) too."""
+    compiled call, payloads back to back) against the same chunk through diff_group_split and
+    _compress_grouped_planes: the same groups, modes, payload bytes and stream, the same counts;
+    stored planes (noise) too."""
     if planes.diff_groups(np.zeros(2, np.uint8), np.zeros(2, np.uint8), 2, 7, 8, 3) is None:
         pytest.skip("the skip-ahead compressor (cffi) does not load here")
     base = weights(torch.bfloat16, (n,), seed=n)
@@ -163,4 +164,7 @@ def test_one_call_chunk_encode_writes_the_three_call_groups(n):
         grouped, counts3 = FX.diff_group_split(t, b, 2, shift, bits)
         want = planes._compress_grouped_planes(grouped, counts3, 3, planes.MIN_GROUP)
         assert np.array_equal(counts, counts3)
-        assert [(g.context, g.n, g.modes, g.payloads) for g in groups] == [(g.context, g.n, g.modes, g.payloads) for g in want]
+        assert [(g.context, g.n, g.modes) for g in groups] == [(g.context, g.n, g.modes) for g in want]
+        assert groups.blob == b"".join(p for g in want for p in g.payloads)
+        assert planes._pack_grouped([groups, groups], 2, False, 4 * n) == planes._pack_grouped([want, want], 2, False, 4 * n)
+    assert 0 in {m for g in groups for m in g.modes}  # the noise target's planes were stored
