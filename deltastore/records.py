@@ -157,6 +157,15 @@ def check_json(value: Any, what: str) -> Any:
     return value
 
 
+def _finite_json(value: Any) -> bool:
+    """Whether ``value`` (parsed JSON, its shape already checked) encodes without NaN or Infinity."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _load(key: str, data: bytes | None) -> dict:
     _need(data is not None, key, "it vanished while being read")
     _need(len(data) <= MAX_RECORD, key, f"more than {MAX_RECORD} bytes is too large for a record")
@@ -243,6 +252,9 @@ def parse_version(key: str, data: bytes | None) -> dict[str, Any]:
         _need(isinstance(d.get(k), str) and len(d[k]) < most, key, f"{k} is not a string of at most {most} characters")
     for k in ("codec_params", "metrics"):
         _need(isinstance(d.get(k, {}), dict), key, f"{k} is not a JSON object")
+        # Python's json reads NaN and Infinity; a catalog's JSON column on PostgreSQL refuses them
+        # (db rebuild then failed at the insert), and no deltastore writes them (check_metrics)
+        _need(_finite_json(d.get(k, {})), key, f"{k} hold NaN or Infinity, which JSON (and a catalog) does not")
     calib = d.get("calib_sha256")
     _need(calib is None or (isinstance(calib, str) and bool(re.match(r"^[0-9a-f]{64}\Z", calib))), key, "calib_sha256 is not a sha256")
     created = d.get("created_at")

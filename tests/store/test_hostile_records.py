@@ -193,6 +193,31 @@ def test_a_record_nested_too_deep_is_one_error_from_db_rebuild(tmp_path: Path) -
     assert tree_hashes(tmp_path / "out") == tree_hashes(src)
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_record_with_nan_metrics_is_one_error_from_db_rebuild(tmp_path: Path, value: str) -> None:
+    """Python's json reads NaN and Infinity, so a planted record holding one parsed, and db rebuild
+    into a PostgreSQL catalog then failed at the insert (its JSON refuses them); SQLite took it. No
+    deltastore writes them (an add refuses such metrics). Now the record is refused as it is read,
+    the same one line on every catalog, and with it mended the version comes back."""
+    from tests.clirun import cli
+
+    home = tmp_path / "home"
+    with deltastore.open(home) as st:
+        st.add_base("b", write_model(tmp_path / "b", llama_like(0, hidden=16, layers=1)), metrics={"loss": 0.5})
+    lose_catalog(home)
+    key = records.version_key("b", 1)
+    good = (home / key).read_bytes()
+    (home / key).write_bytes(good.replace(b'"loss": 0.5', b'"loss": ' + value.encode()))
+    assert value.encode() in (home / key).read_bytes()
+    p = cli("db", "rebuild", "--home", str(home))
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip() == f"deltastore: error: record {key} is malformed: metrics hold NaN or Infinity, which JSON (and a catalog) does not"
+    (home / key).write_bytes(good)
+    with deltastore.open(home) as st:
+        assert st.rebuild_catalog().versions == 1
+        assert st.resolve("b@v1").metrics == {"loss": 0.5}
+
+
 def test_a_manifest_id_with_a_trailing_newline_neither_stops_gc_nor_loses_the_version(tmp_path: Path) -> None:
     """Another catalog's record whose manifest id ends in '\\n' (Python's '$' let it parse): b's gc
     failed with a raw ValueError from the object store's id parser. Now the record is unreadable,
