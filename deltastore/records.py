@@ -254,7 +254,7 @@ def parse_version(key: str, data: bytes | None) -> dict[str, Any]:
         _need(isinstance(d.get(k, {}), dict), key, f"{k} is not a JSON object")
         # Python's json reads NaN and Infinity; a catalog's JSON column on PostgreSQL refuses them
         # (db rebuild then failed at the insert), and no deltastore writes them (check_metrics)
-        _need(_finite_json(d.get(k, {})), key, f"{k} hold NaN or Infinity, which JSON (and a catalog) does not")
+        _need(_finite_json(d.get(k, {})), key, f"{k} are not JSON: they hold NaN or Infinity (a catalog's JSON refuses them)")
     calib = d.get("calib_sha256")
     _need(calib is None or (isinstance(calib, str) and bool(re.match(r"^[0-9a-f]{64}\Z", calib))), key, "calib_sha256 is not a sha256")
     created = d.get("created_at")

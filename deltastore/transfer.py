@@ -407,6 +407,8 @@ class RecordsSide:
         #: a pull --all of the whole remote stopped before its first version)
         self._unreadable: dict[str, str] = {}
         self._bad: dict[str, dict[int, str]] = {}
+        #: by model, tag records that could not be read, by the tag name in their key (:meth:`_tags`)
+        self._bad_tags: dict[str, dict[str, str]] = {}
 
     # -- reading records (nothing read from a remote is trusted: records.py checks every field) --
     def _get(self, key: str) -> bytes | None:
@@ -456,18 +458,28 @@ class RecordsSide:
         return self._versions[model]
 
     def _tags(self, model: str) -> dict[str, int]:
+        """``model``'s tags here (name -> version number). A tag record that cannot be read is left
+        out, its error kept by the tag name in its key (``_bad_tags``): it refuses a resolve by that
+        tag only (it failed every resolve of the model, since each version's tags come with it)."""
         out: dict[str, int] = {}
+        bad: dict[str, str] = {}
         for key in self.backend.list(f"{records.PREFIX}/tags/{model}"):
-            if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
-                data = self._get(key)
-                if data is None:
-                    continue
+            name = key.rsplit("/", 1)[-1]
+            if key.endswith(".json") and not name.startswith(TMP_PREFIX):
                 try:
+                    data = self._get(key)
+                    if data is None:
+                        continue
                     d = records.parse_tag(key, data)
                 except CorruptRecordError as e:
-                    raise RemoteError(f"{self.label}: {e}") from None
+                    bad[name.removesuffix(".json")] = f"{self.label}: {e}"
+                    continue
+                except RemoteError as e:
+                    bad[name.removesuffix(".json")] = str(e)
+                    continue
                 if d["model"] == model:
                     out[d["tag"]] = d["version"]
+        self._bad_tags[model] = {t: e for t, e in bad.items() if t not in out}
         return out
 
     def _with_tags(self, info: VersionInfo) -> VersionInfo:
@@ -493,6 +505,8 @@ class RecordsSide:
             return self._with_tags(vs[max(vs)])
         if r.tag is not None:
             n = self._tags(r.model).get(r.tag)
+            if n is None and r.tag in self._bad_tags[r.model]:
+                raise RemoteError(self._bad_tags[r.model][r.tag])
             if n is not None and n in bad:
                 raise RemoteError(bad[n])
             if n is not None and n in vs:

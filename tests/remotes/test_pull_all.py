@@ -42,9 +42,10 @@ def _plant(three: Path, tmp_path: Path, **fields) -> Path:
 
 
 HOSTILE = {
-    "nan metrics": ({"metrics": {"loss": float("nan")}}, "f@v1 cannot be transferred: metrics are not JSON: Out of range float"),
-    "inf metrics": ({"metrics": {"acc": float("inf"), "n": 3}}, "f@v1 cannot be transferred: metrics are not JSON"),
-    "nan codec_params": ({"codec_params": {"scale": float("-inf")}}, "f@v1 cannot be transferred: codec_params are not JSON"),
+    # (refused as the record is read: records.parse_version; transfer's check_info says the same of a catalog's row)
+    "nan metrics": ({"metrics": {"loss": float("nan")}}, "record catalog/versions/f/v1.json is malformed: metrics are not JSON: they hold NaN"),
+    "inf metrics": ({"metrics": {"acc": float("inf"), "n": 3}}, "record catalog/versions/f/v1.json is malformed: metrics are not JSON"),
+    "nan codec_params": ({"codec_params": {"scale": float("-inf")}}, "record catalog/versions/f/v1.json is malformed: codec_params are not JSON"),
     # a record every reader takes (under MAX_RECORD), but metrics add would refuse beside the message
     "oversize metrics": ({"metrics": {"log": "m" * records.MAX_MESSAGE}}, "f@v1 cannot be transferred: metrics too large"),
     "unparseable record": ({"metrics": {"x": json.loads("[" * 600 + "]" * 600)}},
@@ -242,3 +243,21 @@ def test_push_all_through_the_cli(tmp_path: Path, monkeypatch) -> None:
     assert "pushed b@v1 to team" in p.stdout and "pushed c2@v1 to team" in p.stdout
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.startswith("deltastore: error: c3@v1 not pushed:") and "deeper than the limit of 2" in p.stderr
+
+
+def test_an_unreadable_tag_record_refuses_only_its_tag(three, other, models, tmp_path: Path) -> None:
+    """A tag record on the bucket that does not parse failed every resolve of its model (each
+    version's tags are read with it): no version of f could be pulled, nor pull --all. Now that
+    record is left out of the model's tags: every version comes (f@v1 without the tag), and only
+    a pull by that tag is refused, naming the record."""
+    url = tmp_path / "remote"
+    shutil.copytree(three, url)
+    (url / records.tag_key("f", "best")).write_text("{")
+    results = other.pull_versions(None, str(url))
+    assert [r.dst_ref for r in results] == ["b@v1", "f@v1", "f@v2"]
+    assert other.resolve("b@v1").tags == ["prod"] and other.resolve("f@v1").tags == []
+    with pytest.raises(RemoteError, match="record catalog/tags/f/best.json is malformed: not JSON"):
+        other.pull("f@best", str(url))
+    other.checkout("f@v1", tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(models.ft)
+    assert (other.gc().deleted, other.verify().ok) == (0, True)

@@ -211,7 +211,7 @@ def test_a_record_with_nan_metrics_is_one_error_from_db_rebuild(tmp_path: Path, 
     assert value.encode() in (home / key).read_bytes()
     p = cli("db", "rebuild", "--home", str(home))
     assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stderr[-2000:]
-    assert p.stderr.strip() == f"deltastore: error: record {key} is malformed: metrics hold NaN or Infinity, which JSON (and a catalog) does not"
+    assert p.stderr.strip() == f"deltastore: error: record {key} is malformed: metrics are not JSON: they hold NaN or Infinity (a catalog's JSON refuses them)"
     (home / key).write_bytes(good)
     with deltastore.open(home) as st:
         assert st.rebuild_catalog().versions == 1
