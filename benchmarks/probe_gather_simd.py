@@ -8,7 +8,7 @@ bit against ``_gather2`` on 20 chunks of SmolLM2's base (random words as the str
 
     python benchmarks/probe_gather_simd.py
 
-Result (dev VM, AMD EPYC, AVX2, 2 cores, quiet): scalar 1.311 ns an element, this 3.101: SmolLM2's
+Result (dev VM, AMD EPYC, AVX2, 2 cores, quiet; two runs): scalar 1.31-1.55 ns an element, this 3.10-3.19: SmolLM2's
 weights have 4.0 distinct exponent contexts per 8 elements, so the loop runs a data-dependent
 number of times per block (branch misses) and ORs into memory; not a way to v3's decode speed.
 """
