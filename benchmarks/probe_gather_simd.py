@@ -35,39 +35,28 @@ def _eqmask8(typingctx, base, i, keep, val):
         return builder.zext(builder.bitcast(c, ir.IntType(8)), I64)
     return types.uint64(base, i, keep, val), codegen
 
-@intrinsic
-def _expand_or8(typingctx, out, i, words, p, lut, m):
-    """out[i .. i + 7] |= pshufb(words[p .. p + 7], lut[m]) (16 bytes each)."""
-    def codegen(context, builder, sig, args):
-        o, i_, w, p_, lt, m_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[4], lt)
-        shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
-        ii = _i64(context, builder, sig.args[1], i_)
-        v = _at(builder, wd, _i64(context, builder, sig.args[3], p_), V16I8)
-        c = _at(builder, ld, builder.shl(_i64(context, builder, sig.args[5], m_), ir.Constant(I64, 4)), V16I8)
-        r = builder.call(shuf, [v, c])
-        old = _at(builder, od, ii, V16I8)
-        _put(builder, od, ii, builder.or_(old, r))
-        return context.get_dummy_value()
-    return types.void(out, i, words, p, lut, m), codegen
+def _expand_gen(accumulate: bool):  # noqa: ANN202
+    """out[i .. i + 7] (|= if ``accumulate``, else =) pshufb(words[p .. p + 7], lut[m]), 16 bytes each."""
+    def gen(typingctx, out, i, words, p, lut, m):  # noqa: ANN001, ARG001
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            o, i_, w, p_, lt, m_ = args
+            od = _data(context, builder, sig.args[0], o)
+            wd = _data(context, builder, sig.args[2], w)
+            ld = _data(context, builder, sig.args[4], lt)
+            shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
+            ii = _i64(context, builder, sig.args[1], i_)
+            v = _at(builder, wd, _i64(context, builder, sig.args[3], p_), V16I8)
+            c = _at(builder, ld, builder.shl(_i64(context, builder, sig.args[5], m_), ir.Constant(I64, 4)), V16I8)
+            r = builder.call(shuf, [v, c])
+            _put(builder, od, ii, builder.or_(_at(builder, od, ii, V16I8), r) if accumulate else r)
+            return context.get_dummy_value()
+        return types.void(out, i, words, p, lut, m), codegen
+    return gen
 
-@intrinsic
-def _expand_set8(typingctx, out, i, words, p, lut, m):
-    """out[i .. i + 7] = pshufb(words[p ..], lut[m]) (the block's first context: no OR)."""
-    def codegen(context, builder, sig, args):
-        o, i_, w, p_, lt, m_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[4], lt)
-        shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
-        ii = _i64(context, builder, sig.args[1], i_)
-        v = _at(builder, wd, _i64(context, builder, sig.args[3], p_), V16I8)
-        c = _at(builder, ld, builder.shl(_i64(context, builder, sig.args[5], m_), ir.Constant(I64, 4)), V16I8)
-        _put(builder, od, ii, builder.call(shuf, [v, c]))
-        return context.get_dummy_value()
-    return types.void(out, i, words, p, lut, m), codegen
+
+_expand_or8 = intrinsic(_expand_gen(True))
+_expand_set8 = intrinsic(_expand_gen(False))  # the block's first context: no OR
+
 
 @intrinsic
 def _tz(typingctx, x):

@@ -465,7 +465,8 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
     Every frame of the chunk (a group's plane each) is compressed in one call (the GIL released
     for all of them), not one ``compress`` a frame: a chunk has tens of frames, and at 16 threads
     each call's release and re-take of the GIL queued the workers behind one another (issue 7:
-    16 threads inside the stage, 1-3 running; :func:`_frames`). The same frames, byte for byte, as ``compress`` of each."""
+    16 threads inside the stage, 1-3 running; :func:`_frames`). The same frames, byte for byte,
+    as ``compress`` of each. (A 2-byte fine-tune's chunk skips this: :func:`diff_groups`.)"""
     spans = merge_groups(counts, min_group)
     frames = iter(_frames(_thread_compressor(level), grouped, spans))
     groups, pos = [], 0
@@ -573,8 +574,8 @@ def compress_grouped(
     """A grouped stream (``b"DSP2"``) of ``nbytes`` bytes of ``width``-byte elements whose grouped
     planes the caller makes: ``chunk(lo, hi)`` (byte offsets of one chunk) returns what
     :func:`group_split` would for those bytes and their contexts, or the chunk's groups made
-    already (:func:`diff_groups`). The lossless codec makes them in
-    one fused pass from the fine-tune and the base (no difference or context array in between);
+    already (:func:`diff_groups`). The lossless codec makes them in one fused pass from the
+    fine-tune and the base (no difference or context array in between);
     :func:`compress` with ``contexts`` makes them with :func:`group_split`. ``rotate`` is recorded
     in the header (the planes must already be of rotated words)."""
     min_group = MIN_GROUP if min_group is None else int(min_group)
