@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
-from probe_merge_simd import _data, _i64, _at, _put, _splat, _fn, I8, I16, I32, I64, V16I8
+from probe_merge_simd import _data, _i64, _at, _put, _splat, _fn, _expand8, _popcnt, expand_lut, I16, I64, V16I8
 from deltastore.codec import _numba as N
 
 V8I16 = ir.VectorType(I16, 8)
@@ -35,27 +35,22 @@ def _eqmask8(typingctx, base, i, keep, val):
         return builder.zext(builder.bitcast(c, ir.IntType(8)), I64)
     return types.uint64(base, i, keep, val), codegen
 
-def _expand_gen(accumulate: bool):  # noqa: ANN202
-    """out[i .. i + 7] (|= if ``accumulate``, else =) pshufb(words[p .. p + 7], lut[m]), 16 bytes each."""
-    def gen(typingctx, out, i, words, p, lut, m):  # noqa: ANN001, ARG001
-        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-            o, i_, w, p_, lt, m_ = args
-            od = _data(context, builder, sig.args[0], o)
-            wd = _data(context, builder, sig.args[2], w)
-            ld = _data(context, builder, sig.args[4], lt)
-            shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
-            ii = _i64(context, builder, sig.args[1], i_)
-            v = _at(builder, wd, _i64(context, builder, sig.args[3], p_), V16I8)
-            c = _at(builder, ld, builder.shl(_i64(context, builder, sig.args[5], m_), ir.Constant(I64, 4)), V16I8)
-            r = builder.call(shuf, [v, c])
-            _put(builder, od, ii, builder.or_(_at(builder, od, ii, V16I8), r) if accumulate else r)
-            return context.get_dummy_value()
-        return types.void(out, i, words, p, lut, m), codegen
-    return gen
-
-
-_expand_or8 = intrinsic(_expand_gen(True))
-_expand_set8 = intrinsic(_expand_gen(False))  # the block's first context: no OR
+@intrinsic
+def _expand_or8(typingctx, out, i, words, p, lut, m):  # noqa: ANN001, ARG001
+    """out[i .. i + 7] |= pshufb(words[p .. p + 7], lut[m]), 16 bytes each (probe_merge_simd's
+    ``_expand8`` of one stream, OR-ed into what the block's earlier contexts stored)."""
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        o, i_, w, p_, lt, m_ = args
+        od = _data(context, builder, sig.args[0], o)
+        wd = _data(context, builder, sig.args[2], w)
+        ld = _data(context, builder, sig.args[4], lt)
+        shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
+        ii = _i64(context, builder, sig.args[1], i_)
+        v = _at(builder, wd, _i64(context, builder, sig.args[3], p_), V16I8)
+        c = _at(builder, ld, builder.shl(_i64(context, builder, sig.args[5], m_), ir.Constant(I64, 4)), V16I8)
+        _put(builder, od, ii, builder.or_(_at(builder, od, ii, V16I8), builder.call(shuf, [v, c])))
+        return context.get_dummy_value()
+    return types.void(out, i, words, p, lut, m), codegen
 
 
 @intrinsic
@@ -63,24 +58,6 @@ def _tz(typingctx, x):
     def codegen(context, builder, sig, args):
         return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
     return types.uint64(types.uint64), codegen
-
-@intrinsic
-def _pc(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.ctpop(args[0])
-    return types.uint64(types.uint64), codegen
-
-def make_lut():
-    lut = np.zeros((256, 16), np.uint8)
-    for m in range(256):
-        k = 0
-        for j in range(8):
-            if m >> j & 1:
-                lut[m, 2 * j], lut[m, 2 * j + 1] = 2 * k, 2 * k + 1
-                k += 1
-            else:
-                lut[m, 2 * j] = lut[m, 2 * j + 1] = 0x80
-    return lut.reshape(-1)
 
 @njit(nogil=True)
 def gather_simd(words, base, shift, pos, lut, out):
@@ -92,8 +69,8 @@ def gather_simd(words, base, shift, pos, lut, out):
         c = (np.uint64(base[i]) >> np.uint64(shift)) & np.uint64(0xFF)
         mk = _eqmask8(base, i, keep, c << np.uint64(shift))
         p = pos[c]
-        _expand_set8(out, i, words, p, lut, mk)
-        pos[c] = p + np.uint32(_pc(mk))
+        _expand8(out, i, words, lut, (p,), (mk,))  # the block's first context: stored, no OR
+        pos[c] = p + np.uint32(_popcnt(mk))
         rem = np.uint64(0xFF) & ~mk
         while rem:
             j = _tz(rem)
@@ -101,7 +78,7 @@ def gather_simd(words, base, shift, pos, lut, out):
             mk = _eqmask8(base, i, keep, c << np.uint64(shift))
             p = pos[c]
             _expand_or8(out, i, words, p, lut, mk)
-            pos[c] = p + np.uint32(_pc(mk))
+            pos[c] = p + np.uint32(_popcnt(mk))
             rem &= ~mk
     for i in range(m, n):
         c = (np.uint64(base[i]) >> np.uint64(shift)) & np.uint64(0xFF)
@@ -118,7 +95,7 @@ if __name__ == "__main__":
     from deltastore.zoo.smollm2 import smollm2_dir
     from deltastore.codec import planes
     base = load_file(str(smollm2_dir() / "model.safetensors"))
-    lut = make_lut()
+    lut = expand_lut()
     names = [k for k in base if base[k].dtype == torch.bfloat16 and base[k].numel() >= 1 << 19][:20]
     tot_s = tot_r = 0.0
     ndist = []
