@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
-from probe_merge_simd import _data, _i64, _at, _put, _splat, _fn, _expand8, _popcnt, expand_lut, I16, I64, V16I8
+from probe_merge_simd import _data, _i64, _at, _splat, _expand8, _expand8_or, _popcnt, expand_lut, I16, I64
 from deltastore.codec import _numba as N
 
 V8I16 = ir.VectorType(I16, 8)
@@ -34,24 +34,6 @@ def _eqmask8(typingctx, base, i, keep, val):
         c = builder.icmp_unsigned("==", x, _splat(builder, builder.trunc(_i64(context, builder, sig.args[3], v), I16), 8))
         return builder.zext(builder.bitcast(c, ir.IntType(8)), I64)
     return types.uint64(base, i, keep, val), codegen
-
-@intrinsic
-def _expand_or8(typingctx, out, i, words, p, lut, m):  # noqa: ANN001, ARG001
-    """out[i .. i + 7] |= pshufb(words[p .. p + 7], lut[m]), 16 bytes each (probe_merge_simd's
-    ``_expand8`` of one stream, OR-ed into what the block's earlier contexts stored)."""
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, p_, lt, m_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[4], lt)
-        shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
-        ii = _i64(context, builder, sig.args[1], i_)
-        v = _at(builder, wd, _i64(context, builder, sig.args[3], p_), V16I8)
-        c = _at(builder, ld, builder.shl(_i64(context, builder, sig.args[5], m_), ir.Constant(I64, 4)), V16I8)
-        _put(builder, od, ii, builder.or_(_at(builder, od, ii, V16I8), builder.call(shuf, [v, c])))
-        return context.get_dummy_value()
-    return types.void(out, i, words, p, lut, m), codegen
-
 
 @intrinsic
 def _tz(typingctx, x):
@@ -77,7 +59,7 @@ def gather_simd(words, base, shift, pos, lut, out):
             c = (np.uint64(base[i + j]) >> np.uint64(shift)) & np.uint64(0xFF)
             mk = _eqmask8(base, i, keep, c << np.uint64(shift))
             p = pos[c]
-            _expand_or8(out, i, words, p, lut, mk)
+            _expand8_or(out, i, words, lut, (p,), (mk,))
             pos[c] = p + np.uint32(_popcnt(mk))
             rem &= ~mk
     for i in range(m, n):

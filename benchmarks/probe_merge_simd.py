@@ -205,30 +205,39 @@ def _store64(typingctx, a, i, v):  # noqa: ANN001, ARG001
     return types.void(a, i, types.uint64), codegen
 
 
-@intrinsic
-def _expand8(typingctx, out, i, words, lut, ps, ms):  # noqa: ANN001, ARG001
-    """out[i .. i + 7] = OR over streams k of pshufb(words[ps[k] ..], lut[ms[k]]): stream k's
-    first popcount(ms[k]) words into the lanes of ms[k]'s set bits (SSSE3, 16 bytes)."""
-    k = ps.count
+def _expand8_gen(accumulate: bool):  # noqa: ANN202
+    def gen(typingctx, out, i, words, lut, ps, ms):  # noqa: ANN001, ARG001
+        """out[i .. i + 7] = (with ``accumulate``: |=) OR over streams k of pshufb(words[ps[k] ..],
+        lut[ms[k]]): stream k's first popcount(ms[k]) words into the lanes of ms[k]'s set bits
+        (SSSE3, 16 bytes)."""
+        k = ps.count
 
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, lt, ps_, ms_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[3], lt)
-        shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
-        acc = None
-        for j in range(k):
-            p = builder.extract_value(ps_, j)
-            m = builder.extract_value(ms_, j)
-            v = _at(builder, wd, p, V16I8)
-            c = _at(builder, ld, builder.shl(m, ir.Constant(I64, 4)), V16I8)
-            r = builder.call(shuf, [v, c])
-            acc = r if acc is None else builder.or_(acc, r)
-        _put(builder, od, _i64(context, builder, sig.args[1], i_), acc)
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            o, i_, w, lt, ps_, ms_ = args
+            od = _data(context, builder, sig.args[0], o)
+            wd = _data(context, builder, sig.args[2], w)
+            ld = _data(context, builder, sig.args[3], lt)
+            shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
+            ii = _i64(context, builder, sig.args[1], i_)
+            acc = _at(builder, od, ii, V16I8) if accumulate else None
+            for j in range(k):
+                p = builder.extract_value(ps_, j)
+                m = builder.extract_value(ms_, j)
+                v = _at(builder, wd, p, V16I8)
+                c = _at(builder, ld, builder.shl(m, ir.Constant(I64, 4)), V16I8)
+                r = builder.call(shuf, [v, c])
+                acc = r if acc is None else builder.or_(acc, r)
+            _put(builder, od, ii, acc)
+            return context.get_dummy_value()
 
-    return types.void(out, i, words, lut, ps, ms), codegen
+        return types.void(out, i, words, lut, ps, ms), codegen
+
+    return gen
+
+
+_expand8 = intrinsic(_expand8_gen(False))
+#: the same OR-ed into what out[i .. i + 7] holds (benchmarks/probe_gather_simd.py: one context at a time)
+_expand8_or = intrinsic(_expand8_gen(True))
 
 
 @intrinsic
