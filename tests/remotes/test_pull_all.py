@@ -150,6 +150,16 @@ def test_pull_all_on_postgres(pg, three, models, tmp_path: Path) -> None:
         st.close()
 
 
+#: the versions of _chain(..., 7) within a base chain limit of 5 (c6 and c7 are deeper)
+WITHIN_5 = ["b@v1"] + [f"c{k}@v1" for k in range(1, 6)]
+
+
+def _refused_too_deep(err) -> None:  # noqa: ANN001 (a TransferRefusedError)
+    """c6 and c7, and no other, refused for their chain's depth (chains.MAX_BASE_CHAIN at 5)."""
+    assert [x for x, _ in err.refused] == ["c6@v1", "c7@v1"]
+    assert all("base chain is deeper than the limit of 5" in why for _, why in err.refused)
+
+
 def test_pull_all_refuses_only_the_chain_too_deep(other, tmp_path: Path, monkeypatch) -> None:
     """Versions whose base chain is deeper than chains.MAX_BASE_CHAIN (5 here): each is refused
     (ChainTooDeepError's line), and every one within the limit is pulled."""
@@ -162,9 +172,8 @@ def test_pull_all_refuses_only_the_chain_too_deep(other, tmp_path: Path, monkeyp
     monkeypatch.setattr(chains, "MAX_BASE_CHAIN", 5)
     with pytest.raises(PullRefusedError) as e:
         other.pull_versions(None, str(url))
-    assert [r.dst_ref for r in e.value.results] == ["b@v1"] + [f"c{k}@v1" for k in range(1, 6)]
-    assert [x for x, _ in e.value.refused] == ["c6@v1", "c7@v1"]
-    assert all("base chain is deeper than the limit of 5" in why for _, why in e.value.refused)
+    assert [r.dst_ref for r in e.value.results] == WITHIN_5
+    _refused_too_deep(e.value)
     assert (other.gc().deleted, other.verify().ok) == (0, True)
 
 
@@ -217,13 +226,12 @@ def test_push_all_refuses_only_the_chain_too_deep(other, tmp_path: Path, monkeyp
     monkeypatch.setattr(chains, "MAX_BASE_CHAIN", 5)
     with pytest.raises(PushRefusedError) as e:
         src.push_versions(None, str(url))
-    assert [r.ref for r in e.value.results] == ["b@v1"] + [f"c{k}@v1" for k in range(1, 6)]
-    assert [x for x, _ in e.value.refused] == ["c6@v1", "c7@v1"]
-    assert all("base chain is deeper than the limit of 5" in why for _, why in e.value.refused)
+    assert [r.ref for r in e.value.results] == WITHIN_5
+    _refused_too_deep(e.value)
     assert f"2 of 8 versions were not pushed to remote {url}: c6@v1: " in str(e.value)
     src.close()
     got = other.pull_versions(None, str(url))  # what was pushed is whole: every version pulls
-    assert sorted(r.dst_ref for r in got) == sorted(["b@v1"] + [f"c{k}@v1" for k in range(1, 6)])
+    assert sorted(r.dst_ref for r in got) == sorted(WITHIN_5)
     assert (other.gc().deleted, other.verify().ok) == (0, True)
 
 
