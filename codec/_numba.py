@@ -479,14 +479,6 @@ def compress_frames(fn: int, cctx: int, src: np.ndarray, starts: np.ndarray, len
     _compress_frames(np.uint64(fn), np.uint64(cctx), src, starts, lens, out, offs, sizes)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _bound(n):
-    """zstd's ``ZSTD_COMPRESSBOUND(n)`` (n uint64, under 2**63)."""
-    small = np.uint64(128 << 10)
-    margin = (small - n) >> np.uint64(11) if n < small else _U0
-    return n + (n >> _U8) + margin
-
-
 @njit(cache=True, nogil=True)
 def _merge_groups(counts, min_group, gctx, gn):
     """``planes.merge_groups`` into arrays (first context, elements of each group); returns the

@@ -129,18 +129,14 @@ class LiteralCompressor:
 
 
 def _bound(n: int) -> int:
-    """``ZSTD_COMPRESSBOUND(n)`` for one size, in Python (no call into libzstd)."""
+    """zstd's ``ZSTD_COMPRESSBOUND(n)``: the most a frame of ``n`` bytes takes, as
+    ``ZSTD_compressBound`` answers, in Python (no call into libzstd)."""
     return n + (n >> 8) + (((128 << 10) - n) >> 11 if n < 128 << 10 else 0)
 
 
 def compress_bound(n: np.ndarray) -> np.ndarray:
-    """zstd's ``ZSTD_COMPRESSBOUND`` of each size in ``n`` (uint64; sizes under zstd's 2**63 limit):
-    the most a frame of that much input takes, as ``ZSTD_compressBound`` answers, computed without
-    a call per size."""
-    n = n.astype(np.uint64, copy=False)
-    small = np.uint64(128 << 10)
-    margin = np.where(n < small, (small - np.minimum(n, small)) >> np.uint64(11), np.uint64(0))
-    return n + (n >> np.uint64(8)) + margin
+    """:func:`_bound` of each size in ``n`` (uint64; a chunk's frames, tens of them)."""
+    return np.array([_bound(x) for x in n.tolist()], dtype=np.uint64)
 
 
 _COMPRESS2: int | None = None
