@@ -150,20 +150,20 @@ def check_json(value: Any, what: str) -> Any:
     """``value`` if it is JSON as a catalog's JSON column stores it: no NaN or infinity (Python's
     json reads and writes them, PostgreSQL refuses them) and nothing json cannot encode; else
     BadInputError naming ``what``. Check its shape first (:func:`check_nesting`): json recurses."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise BadInputError(f"{what} are not JSON: {e}") from None
+    why = _json_problem(value)
+    if why is not None:
+        raise BadInputError(f"{what} are not JSON: {why}")
     return value
 
 
-def _finite_json(value: Any) -> bool:
-    """Whether ``value`` (parsed JSON, its shape already checked) encodes without NaN or Infinity."""
+def _json_problem(value: Any) -> str | None:
+    """Why ``value`` is not JSON as a catalog stores it (NaN, Infinity, a type json cannot
+    encode), or None: the rule of :func:`check_json` and of :func:`parse_version`'s fields."""
     try:
         json.dumps(value, allow_nan=False)
-    except ValueError:
-        return False
-    return True
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def _load(key: str, data: bytes | None) -> dict:
@@ -254,7 +254,7 @@ def parse_version(key: str, data: bytes | None) -> dict[str, Any]:
         _need(isinstance(d.get(k, {}), dict), key, f"{k} is not a JSON object")
         # Python's json reads NaN and Infinity; a catalog's JSON column on PostgreSQL refuses them
         # (db rebuild then failed at the insert), and no deltastore writes them (check_metrics)
-        _need(_finite_json(d.get(k, {})), key, f"{k} are not JSON: they hold NaN or Infinity (a catalog's JSON refuses them)")
+        _need(_json_problem(d.get(k, {})) is None, key, f"{k} are not JSON: they hold NaN or Infinity (a catalog's JSON refuses them)")
     calib = d.get("calib_sha256")
     _need(calib is None or (isinstance(calib, str) and bool(re.match(r"^[0-9a-f]{64}\Z", calib))), key, "calib_sha256 is not a sha256")
     created = d.get("created_at")
