@@ -471,11 +471,8 @@ class RecordsSide:
                     if data is None:
                         continue
                     d = records.parse_tag(key, data)
-                except CorruptRecordError as e:
-                    bad[name.removesuffix(".json")] = f"{self.label}: {e}"
-                    continue
-                except RemoteError as e:
-                    bad[name.removesuffix(".json")] = str(e)
+                except (CorruptRecordError, RemoteError) as e:  # (a RemoteError names the remote already)
+                    bad[name.removesuffix(".json")] = str(e) if isinstance(e, RemoteError) else f"{self.label}: {e}"
                     continue
                 if d["model"] == model:
                     out[d["tag"]] = d["version"]
