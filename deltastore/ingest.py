@@ -42,7 +42,7 @@ from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
 from .materialize import WARM_MIN_WORKERS, info_of, tensor_bytes, warm_codecs
 from .objects import PutResult
-from .pipeline import BufferPool, InOrderHash, frozen_heap, ordered_map
+from .pipeline import BufferPool, InOrderHash, frozen_heap, largest_first, ordered_map
 from .protocols import Progress, StoreView
 from .refs import check_name
 from .results import VersionInfo
@@ -152,7 +152,6 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
             file_hash = InOrderHash(header.raw) if file_sha256 and workers > 1 else None
             pool = BufferPool()  # tensor buffers reused from one tensor to the next (pipeline.BufferPool)
             inline_hash = hashlib.sha256(header.raw) if file_sha256 and file_hash is None else None
-            entries: list[TensorEntry] = []
             fd = os.open(src.path, os.O_RDONLY)
             try:
                 def one(item: tuple[int, TensorInfo]) -> tuple[TensorEntry, PutResult | None, np.ndarray | None]:
@@ -171,23 +170,28 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                     return entry, put, raw
 
                 tensors = list(enumerate(header.tensors))
+                in_order = workers <= 1 or file_hash is not None  # one at a time, or the file's hash reads them in order
+                if not in_order:  # the largest first, so none of them runs alone at the end (pipeline.largest_first)
+                    tensors = [tensors[i] for i in largest_first([t.nbytes for t in header.tensors])]
+                by_index: dict[int, TensorEntry] = {}
                 # A finished tensor holds no bytes (its object is written) unless the file's hash still
                 # has to read its buffer, so only running tensors count toward the window (held=False):
                 # with finished ones counted until handed back in file order, a slow tensor at the head
                 # stalled the others in waves (16 cores: 3 of 16 threads busy for a quarter second at a
                 # time once the chunk encode stopped queueing on the GIL; scaling_h200.md)
-                for i, (entry, put, raw) in enumerate(ordered_map(one, tensors, workers=workers, weight=lambda it: it[1].nbytes,
-                                                                  held=file_hash is not None)):
+                for (i, _), (entry, put, raw) in zip(tensors, ordered_map(one, tensors, workers=workers,
+                                                                           weight=lambda it: it[1].nbytes, held=in_order)):
                     if file_hash is not None:
                         file_hash.wait_through(i)  # memory: no piece outlives the window
                         pool.give(raw)
                     del raw
-                    entries.append(entry)
+                    by_index[i] = entry
                     if put is not None:
                         puts.append(put)
                     done += entry.nbytes
                     progress("add", done, total)
                     beat()
+                entries = [by_index[i] for i in range(len(tensors))]  # the file's order
                 if os.fstat(fd).st_size != src.size:
                     raise BadInputError(f"{src.path} changed size while it was being added")
                 digest = (file_hash.hexdigest(len(tensors)) if file_hash is not None

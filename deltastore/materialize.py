@@ -37,7 +37,7 @@ from .errors import BadInputError, CorruptObjectError, NotFoundError
 from .libc import function as libc_function
 from .manifest import FileEntry, TensorEntry
 from .objects import ObjectDB, oid_of
-from .pipeline import frozen_heap, ordered_map
+from .pipeline import frozen_heap, largest_first, ordered_map
 from .protocols import Progress, StoreView, no_progress
 from .results import CheckoutResult, TensorDiff
 from .safetensors_io import DTYPES, FLOAT_CODES, TORCH_TO_CODE, TensorInfo, as_tensor, build_header
@@ -415,11 +415,12 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
         # a large one start as workers free up (16 cores: checkout base 1.69 -> 2.22 GB/s). Where tensor
         # objects are written by pwrite (2 workers) it measured slower (dev VM: 0.360 vs 0.476 GB/s,
         # medians of 3 rounds; scaling_devvm_2workers.md), so the window keeps finished tensors there
-        done = ordered_map(decode_into, range(len(sizes)), workers=store.workers, weight=lambda i: sizes[i],
-                           held=_pwrite_on(store))
-        for t, n in zip(f.tensors, done):
+        held = _pwrite_on(store)
+        order = list(range(len(sizes))) if held else largest_first(sizes)  # (pipeline.largest_first)
+        done = ordered_map(decode_into, order, workers=store.workers, weight=lambda i: sizes[i], held=held)
+        for i, n in zip(order, done):
             state["written"] += n
-            state["done"] += t.nbytes
+            state["done"] += f.tensors[i].nbytes
             progress("checkout", state["done"], total)
         return
     for t, raw in zip(f.tensors, ordered_map(decode, f.tensors, workers=store.workers, weight=lambda e: e.nbytes)):

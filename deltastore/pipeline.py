@@ -147,6 +147,19 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, weigh
                     pass
 
 
+def largest_first(weights: list[int]) -> list[int]:
+    """Indices of ``weights`` from the largest to the smallest (ties in input order): the order to
+    start items in where the order they finish in does not matter (a window whose results hold no
+    bytes, ``held=False``), so that the largest items do not come last and run alone.
+
+    Why: each tensor has stages one thread runs (its read, its SHA-256, its base's verification, its
+    object's hash), about 0.5 s for a 250 MiB lm_head on the H200 machine's cores; last in a file's
+    order, it ran with 2-4 of 16 cores busy for most of the fine-tune add's last 0.8 s (the stage
+    timeline, scaling_h200.md). Started first, the same stages run beside the other tensors' work.
+    The longest-processing-time-first rule of list scheduling."""
+    return sorted(range(len(weights)), key=lambda i: -weights[i])
+
+
 class InOrderHash:
     """SHA-256 of a byte stream whose pieces are produced out of order by workers, computed on a
     thread of its own, in order, as soon as the next piece is there.

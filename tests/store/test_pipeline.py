@@ -15,7 +15,8 @@ import torch
 
 import deltastore
 from deltastore.errors import CorruptObjectError
-from deltastore.pipeline import InOrderHash, ordered_map
+from deltastore.pipeline import InOrderHash, largest_first, ordered_map
+from deltastore.safetensors_io import read_header
 
 from ..conftest import llama_like, write_model
 
@@ -187,6 +188,40 @@ def test_finetune_add_gives_the_same_objects_at_any_worker_count(tmp_path: Path)
         finally:
             st.close()
     assert manifests[0] == manifests[1]
+
+
+def test_largest_first_orders_by_size_and_keeps_ties_in_input_order() -> None:
+    assert largest_first([3, 9, 1, 9, 0, 3]) == [1, 3, 0, 5, 2, 4]
+    assert largest_first([]) == []
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_an_add_started_largest_first_keeps_the_file_order_in_its_manifest(tmp_path: Path, workers: int) -> None:
+    """With workers an add starts the largest tensors first (pipeline.largest_first) and a mapped
+    checkout decodes them largest first: the manifest still lists them in the file's order, and
+    checkouts of the base and of a lossless fine-tune give the files back byte for byte."""
+    g = torch.Generator().manual_seed(3)
+    sizes = [(8, 16), (64, 96), (4,), (32, 32), (128, 160)]  # the largest last, as a Llama file's lm_head
+    base_sd = {f"t{i}.weight": torch.randn(*s, generator=g).to(torch.bfloat16) for i, s in enumerate(sizes)}
+    ft_sd = {k: (v.float() + 0.01 * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in base_sd.items()}
+    b, f = write_model(tmp_path / "b", base_sd), write_model(tmp_path / "f", ft_sd)
+    st = deltastore.open(tmp_path / "home")
+    st.workers = workers
+    try:
+        st.add_base("m", b)
+        v = st.add_finetune("ft", f, base="m", codec="lossless")
+        for ref, src in (("m@v1", b), ("ft@v1", f)):
+            man = st.manifest(st.resolve(ref).manifest)
+            (sf,) = [x for x in man.files if x.kind == "safetensors"]
+            header = read_header(next(src.glob("*.safetensors")))
+            assert [t.name for t in sf.tensors] == [t.name for t in header.tensors]
+            out = tmp_path / f"out-{ref}"
+            st.checkout(ref, out)
+            for p in src.glob("*.safetensors"):
+                assert (out / p.name).read_bytes() == p.read_bytes()
+        assert v.stored_bytes > 0
+    finally:
+        st.close()
 
 
 def test_ordered_map_does_not_let_a_slow_head_stop_the_items_behind_it() -> None:
