@@ -139,16 +139,52 @@ def _map_chunks(work, items, threads: int | None) -> list:  # noqa: ANN001
     a ``Condition.notify`` while holding the GIL) came once per 1-4 MiB chunk, and on a loaded
     machine a waker is often preempted by the thread it wakes while it still holds the GIL (0.4
     of a 0.93 GB fine-tune add's 2.1 GIL-held s on the dev VM). Here a call wakes at most its
-    helpers and, at the end, itself; the caller works instead of waiting."""
+    helpers and, at the end, itself; the caller works instead of waiting.
+
+    Helpers only for cores no chunk work holds (:class:`_Cores`): an add or a checkout runs a map
+    per tensor on many tensor threads at once, and with ``threads - 1`` helpers each there were
+    twice as many threads running chunks as cores; a thread preempted while it holds the GIL
+    stops every other one that needs it. The caller asks again after each item it finishes, so
+    a map started while the cores were taken gets helpers as they free up.
+    ``DELTASTORE_CHUNK_HELPERS=all``: ``threads - 1`` helpers a call, as before."""
     items = list(items)
     n = min(threads or default_threads(), len(items))
     if n <= 1:
         return [work(i) for i in items]
-    claims = _Claims(work, items)
-    pool = _pool(n - 1)
-    for _ in range(n - 1):
-        pool.submit(claims.help)
+    claims = _Claims(work, items, _pool(n - 1), n - 1)
     return claims.finish()
+
+
+class _Cores:
+    """How many threads run chunk work now, against the cores there are (:func:`default_threads`):
+    a map's caller counts itself and reserves a core for each helper it submits, a helper gives
+    its core back when it leaves. Where ``DELTASTORE_CHUNK_HELPERS=all`` every reservation is
+    granted (the count is kept all the same)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = 0
+
+    def reserve(self, want: int) -> int:
+        """Up to ``want`` cores (none if none is free), now counted as busy."""
+        with self.lock:
+            free = want if _ALL_HELPERS else min(want, default_threads() - self.busy)
+            free = max(0, free)
+            self.busy += free
+            return free
+
+    def enter(self) -> None:
+        """A map's caller: counted as busy, free cores or not (it runs its items regardless)."""
+        with self.lock:
+            self.busy += 1
+
+    def release(self, k: int = 1) -> None:
+        with self.lock:
+            self.busy -= k
+
+
+_ALL_HELPERS = os.environ.get("DELTASTORE_CHUNK_HELPERS", "").strip() == "all"
+_CORES = _Cores()
 
 
 class _Claims:
@@ -156,11 +192,13 @@ class _Claims:
     under the GIL) by its calling thread and by the helpers that join before it is closed. The
     caller closes it once no item is left to take (or one failed) and waits only for helpers that
     joined, which finish the items they took; a helper that starts later finds it closed and
-    returns at once, so nothing runs behind the caller's back and no caller waits on a queue."""
+    returns at once, so nothing runs behind the caller's back and no caller waits on a queue.
+    Helpers are submitted to ``pool`` as :data:`_CORES` grants cores, at most ``most`` of them:
+    some at the start, more after each item the caller finishes."""
 
-    __slots__ = ("work", "items", "out", "take", "n", "lock", "wake", "helping", "closed", "error")
+    __slots__ = ("work", "items", "out", "take", "n", "lock", "wake", "helping", "closed", "error", "pool", "wanted")
 
-    def __init__(self, work, items: list):  # noqa: ANN001
+    def __init__(self, work, items: list, pool: ThreadPoolExecutor, most: int):  # noqa: ANN001
         self.work, self.items, self.n = work, items, len(items)
         self.out: list = [None] * self.n
         self.take = itertools.count().__next__
@@ -170,8 +208,17 @@ class _Claims:
         self.helping = 0
         self.closed = False
         self.error: BaseException | None = None
+        self.pool, self.wanted = pool, most
 
-    def _run(self) -> None:
+    def _recruit(self) -> None:
+        """Submit a helper for each core :data:`_CORES` grants, up to the helpers still wanted."""
+        if self.wanted > 0:
+            got = _CORES.reserve(self.wanted)
+            self.wanted -= got
+            for _ in range(got):
+                self.pool.submit(self.help)
+
+    def _run(self, caller: bool = False) -> None:
         while self.error is None:
             k = self.take()
             if k >= self.n:
@@ -182,22 +229,32 @@ class _Claims:
                 if self.error is None:
                     self.error = e
                 return
+            if caller and k + 1 < self.n:
+                self._recruit()
 
     def help(self) -> None:
-        with self.lock:
-            if self.closed:
-                return
-            self.helping += 1
         try:
-            self._run()
-        finally:
             with self.lock:
-                self.helping -= 1
-                if self.closed and self.helping == 0:
-                    self.wake.release()
+                if self.closed:
+                    return
+                self.helping += 1
+            try:
+                self._run()
+            finally:
+                with self.lock:
+                    self.helping -= 1
+                    if self.closed and self.helping == 0:
+                        self.wake.release()
+        finally:
+            _CORES.release()  # the core reserved when this helper was submitted
 
     def finish(self) -> list:
-        self._run()
+        _CORES.enter()
+        try:
+            self._recruit()
+            self._run(caller=True)
+        finally:
+            _CORES.release()
         with self.lock:
             self.closed = True
             wait = self.helping > 0

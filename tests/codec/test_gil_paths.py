@@ -59,6 +59,67 @@ def test_chunk_maps_nest_without_waiting_on_each_other():
     assert planes._map_chunks(inner, range(6), 3) == [[i * 100 + j for j in range(5)] for i in range(6)]
 
 
+def _concurrency_probe():
+    """A chunk ``work`` that sleeps a little and records the most items running at once."""
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            threading.Event().wait(0.01)
+            return i
+        finally:
+            with lock:
+                running[0] -= 1
+
+    return work, peak
+
+
+@pytest.mark.parametrize("all_helpers", [False, True])
+def test_a_chunk_map_takes_no_helpers_while_chunk_work_holds_every_core(monkeypatch, all_helpers):
+    """An add or a checkout maps each tensor's chunks on many tensor threads at once: where they
+    hold every core, a map runs its items on its own thread (with ``threads - 1`` helpers each, as
+    before (``DELTASTORE_CHUNK_HELPERS=all``), twice as many threads ran chunks as there were
+    cores). Each item still runs once, in order; a lone map gets its helpers; every core reserved is
+    given back."""
+    monkeypatch.setenv("DELTASTORE_THREADS", "4")
+    monkeypatch.setattr(planes, "_ALL_HELPERS", all_helpers)
+    work, peak = _concurrency_probe()
+    assert planes._map_chunks(work, range(12), None) == list(range(12))
+    assert peak[0] >= 3  # helpers joined (items sleep 10 ms: the pool's threads start within that)
+    taken = planes._CORES.reserve(4)
+    try:
+        assert taken == 4
+        names = set()
+        work, peak = _concurrency_probe()
+        got = planes._map_chunks(lambda i: names.add(threading.current_thread().name) or work(i), range(12), None)
+        assert got == list(range(12))
+        assert (names == {threading.current_thread().name}) != all_helpers
+    finally:
+        planes._CORES.release(taken)
+    assert planes._CORES.busy == 0
+
+
+def test_a_chunk_map_started_while_the_cores_are_taken_gets_helpers_as_they_free_up(monkeypatch):
+    monkeypatch.setenv("DELTASTORE_THREADS", "4")
+    monkeypatch.setattr(planes, "_ALL_HELPERS", False)
+    taken = planes._CORES.reserve(4)  # every core busy elsewhere
+    work, peak = _concurrency_probe()
+    freed = []
+
+    def slow_then_free(i):
+        if i == 1 and not freed:
+            planes._CORES.release(taken)  # the other work ends while this map runs
+            freed.append(True)
+        return work(i)
+
+    assert planes._map_chunks(slow_then_free, range(20), None) == list(range(20))
+    assert freed and peak[0] >= 3  # helpers joined once the cores were free
+    assert planes._CORES.busy == 0
+
+
 needs_fill = pytest.mark.skipif(planes.fast() is None or _zstd.frame_functions() is None,
                                 reason="needs numba and the system's libzstd")
 
