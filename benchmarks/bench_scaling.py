@@ -185,11 +185,13 @@ _WARMED: set[str | None] = set()
 
 
 def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: list[int], work: Path, nbytes: int,
-                want: dict[str, str], homes: Path, inorder_at: set[int] = frozenset(), round_: int | None = None) -> list[dict]:
+                want: dict[str, str], homes: Path, inorder_at: set[int] = frozenset(), round_: int | None = None,
+                env: dict | None = None) -> list[dict]:
     """Each op at each worker count in a fresh store; at the counts in ``inorder_at`` the
     checkouts run once more with ``DELTASTORE_MAP_WRITES=0`` (tensors written in order by one
     thread instead of decoded into a mapped file), as a row of their own. ``round_``: which
-    round of ``--rounds`` this is (recorded in the row, with the load average when it began)."""
+    round of ``--rounds`` this is (recorded in the row, with the load average when it began).
+    ``env``: set for every op of this install (``--env-variant``)."""
     if site not in _WARMED:
         print(f"{label}: warmed (tiny model round trip, not timed) in {warm_install(site, work, make_tiny(work)):.1f} s", flush=True)
         _WARMED.add(site)
@@ -201,19 +203,19 @@ def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: lis
         row = {"impl": label, "store on": str(homes), "workers": w}
         if round_ is not None:
             row["round"], row["load"] = round_, round(os.getloadavg()[0], 1)
-        r = run_one("add_base", home, str(base), "", w, site)
+        r = run_one("add_base", home, str(base), "", w, site, env)
         row["add_base_GBps"], row["base_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
-        r = run_one("add_ft", home, str(ft), "", w, site)
+        r = run_one("add_ft", home, str(ft), "", w, site, env)
         row["add_ft_GBps"], row["ft_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
         extra = [row]
         if w in inorder_at:
             extra.append({"impl": label + " (checkout written in order)", "store on": str(homes), "workers": w})
         for r_ in extra:
-            env = {"DELTASTORE_MAP_WRITES": "0"} if r_ is not row else None
+            op_env = dict(env or {}, **({"DELTASTORE_MAP_WRITES": "0"} if r_ is not row else {}))
             for ref, key in (("m@v1", "checkout_base_GBps"), ("ft@v1", "checkout_ft_GBps")):
                 out = work / f"out-{label}-{w}"
                 shutil.rmtree(out, ignore_errors=True)
-                r = run_one("checkout", home, ref, str(out), w, site, env)
+                r = run_one("checkout", home, ref, str(out), w, site, op_env)
                 r_[key] = nbytes / r["s"] / 1e9
                 got = sha(out / "model.safetensors")
                 assert got == want[ref], f"{label} checkout of {ref} is not byte-identical"
@@ -337,6 +339,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=SITE:W1,W2",
                     help="another deltastore install (pip --target SITE) to measure at the given worker counts, "
                     "e.g. one built with a proposed change; repeatable")
+    ap.add_argument("--env-variant", action="append", default=[], metavar="LABEL=NAME=VALUE[,NAME=VALUE]:W1,W2",
+                    help="this install again with these environment variables set for every op, at the given worker "
+                    "counts (e.g. a knob's other setting, measured in the same rounds); repeatable")
     ap.add_argument("--inorder-workers", default="",
                     help="worker counts at which this checkout's checkouts also run written in order (DELTASTORE_MAP_WRITES=0)")
     ap.add_argument("--out", default=None, help="write the markdown table and JSON rows here")
@@ -367,14 +372,19 @@ def main() -> None:
     print("durable write GB/s (1 GiB + fsync):", disks, flush=True)
     store_rows: list[dict] = []
     inorder = {int(x) for x in args.inorder_workers.split(",") if x}
-    installs = []  # (label, site, workers, in-order worker counts)
+    installs = []  # (label, site, workers, in-order worker counts, environment)
     if args.old_site:
-        installs.append(("deltastore before", args.old_site, old, frozenset()))
-    installs.append(("deltastore", None, workers, inorder))
+        installs.append(("deltastore before", args.old_site, old, frozenset(), None))
+    installs.append(("deltastore", None, workers, inorder, None))
     for v in args.variant:
         label, _, rest = v.partition("=")
         site, _, ws = rest.rpartition(":")
-        installs.append((label, site, [int(x) for x in ws.split(",")], frozenset()))
+        installs.append((label, site, [int(x) for x in ws.split(",")], frozenset(), None))
+    for v in args.env_variant:
+        label, _, rest = v.partition("=")
+        pairs, _, ws = rest.rpartition(":")
+        env = dict(kv.split("=", 1) for kv in pairs.split(","))
+        installs.append((label, None, [int(x) for x in ws.split(",")], frozenset(), env))
     for r in range(args.rounds):  # each round measures every install once, so load drifts hit all alike
         rn = r + 1 if args.rounds > 1 else None
         # and each round starts at the next install: in earlier runs the install measured first in every
@@ -382,14 +392,15 @@ def main() -> None:
         # mode, not told apart), so no install keeps one place
         turn = installs[r % len(installs):] + installs[: r % len(installs)]
         for h in homes:
-            for label, site, ws, io in turn:
-                store_rows += bench_store(label, site, base, ft, ws, work, nbytes, want, h, io, round_=rn)
+            for label, site, ws, io, env in turn:
+                store_rows += bench_store(label, site, base, ft, ws, work, nbytes, want, h, io, round_=rn, env=env)
     rows += store_rows
     if args.rounds > 1:
         rows += medians(store_rows)
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"
           f"{' --old-site DIR' if args.old_site else ''}{' --old-workers ' + args.old_workers if args.old_site and args.old_workers else ''}{' --homes ' + args.homes if args.homes else ''}"
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
+          f"{''.join(' --env-variant ' + repr(v) for v in args.env_variant)}"
           f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}"
           f"{' --rounds ' + str(args.rounds) if args.rounds > 1 else ''}{' --prime-pages ' + str(args.prime_pages) if args.prime_pages else ''}`"
           f"\n\nMachine: {machine()}, "
