@@ -588,19 +588,21 @@ class Lossless(Codec):
         inside the base decode's plane join and 16 s inside the encode's split (2 and 5 s of CPU),
         in a 4.8 s add (benchmarks/results/scaling_h200.md). Loaded first, the same load costs
         its time once with nothing waiting on it. Where numba does not load, nothing to do."""
+        kinds = [d for d in dict.fromkeys(dtypes) if d in _FLOATS | _FP8]
+        bases = {d: torch.linspace(-3.0, 3.0, 96).to(d) for d in kinds}
+        # a base tensor object's stream of each dtype, made before the kernels load (the numpy split:
+        # no add or checkout of a fine-tune splits planes, so the split kernel is not loaded for it)
+        streams = [planes.compress(tensor_u8(b), b.element_size(), rotate=True) for b in bases.values()]
         if planes.fast() is None:
             return
-        for dtype in dict.fromkeys(dtypes):
-            if dtype not in _FLOATS | _FP8:
-                continue
-            base = torch.linspace(-3.0, 3.0, 96).to(dtype)
+        for dtype, base in bases.items():
             bits = _INT_OF_WIDTH[base.element_size()]
             target = (base.view(bits) + (torch.arange(96) % 3 == 0).to(bits)).view(dtype)  # one ulp on a third
             enc = self.encode(target, base)
             out = np.empty(target.numel() * target.element_size(), dtype=np.uint8)
             self.reconstruct_into(enc, base, out)
-            raw = tensor_u8(base)
-            planes.decompress(planes.compress(raw, base.element_size(), rotate=True))  # a base tensor object's stream
+        for stream in streams:
+            planes.decompress(stream)  # the plane join a base tensor's decode calls
 
     def decode_delta(self, enc: Encoded, device: torch.device | str | None = None) -> torch.Tensor:
         raise CodecError("a lossless payload decodes to the fine-tune itself: use reconstruct(enc, base)")
