@@ -128,79 +128,74 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     total = sum(f.size for f in sources)
     done = 0
     puts: list[PutResult] = []
-    files: list[FileEntry] = []
     progress("add", 0, total)
     with lease(store, f"add {name} from {path}") as held, _deferred_writes_settle(store):
         beat = held
-        for src in sources:
-            if not src.is_safetensors:
-                data = src.path.read_bytes()
-                if len(data) != src.size:
-                    raise BadInputError(f"{src.path} changed while it was being added")
-                r = store.objects.put_bytes(data, "blob")
-                puts.append(r)
-                files.append(FileEntry(src.rel, "blob", src.size, sha256_hex(data), object=r.oid))
-                done += src.size
-                progress("add", done, total)
-                continue
-            header = src.header
-            r = store.objects.put_bytes(header.raw, "blob")
-            puts.append(r)
-            # the file's own SHA-256 is one serial pass: with workers, on a thread of its own, fed
-            # each tensor as soon as it is read (tensors are contiguous, in offset order), so it
-            # runs beside the encodes instead of after each one
-            file_hash = InOrderHash(header.raw) if file_sha256 and workers > 1 else None
-            pool = BufferPool()  # tensor buffers reused from one tensor to the next (pipeline.BufferPool)
-            inline_hash = hashlib.sha256(header.raw) if file_sha256 and file_hash is None else None
-            fd = os.open(src.path, os.O_RDONLY)
-            try:
-                def one(item: tuple[int, TensorInfo]) -> tuple[TensorEntry, PutResult | None, np.ndarray | None]:
-                    # the read buffer comes back only to be handed to the pool once the file hash
-                    # is past it (the pool reuses it for a later read: no tensor more in memory)
-                    i, info = item
-                    raw = _pread(fd, header, info, src.path, pool.take(info.nbytes))
-                    if file_hash is not None:
-                        file_hash.put(i, raw)
-                    elif inline_hash is not None:
-                        inline_hash.update(raw)  # one worker: items run inline, in file order
-                    entry, put = _encode_tensor(store, job, info, raw, pool)
-                    if file_hash is None:
-                        pool.give(raw)
-                        raw = None
-                    return entry, put, raw
-
-                tensors = list(enumerate(header.tensors))
-                in_order = workers <= 1 or file_hash is not None  # one at a time, or the file's hash reads them in order
-                if not in_order:  # the largest first, so none of them runs alone at the end (pipeline.largest_first)
-                    tensors = [tensors[i] for i in largest_first([t.nbytes for t in header.tensors])]
-                by_index: dict[int, TensorEntry] = {}
-                # A finished tensor holds no bytes (its object is written) unless the file's hash still
-                # has to read its buffer, so only running tensors count toward the window (held=False):
-                # with finished ones counted until handed back in file order, a slow tensor at the head
-                # stalled the others in waves (16 cores: 3 of 16 threads busy for a quarter second at a
-                # time once the chunk encode stopped queueing on the GIL; scaling_h200.md)
-                for (i, _), (entry, put, raw) in zip(tensors, ordered_map(one, tensors, workers=workers,
-                                                                           weight=lambda it: it[1].nbytes, held=in_order)):
-                    if file_hash is not None:
-                        file_hash.wait_through(i)  # memory: no piece outlives the window
-                        pool.give(raw)
-                    del raw
-                    by_index[i] = entry
-                    if put is not None:
-                        puts.append(put)
-                    done += entry.nbytes
+        slots: list[FileEntry | None] = []  # the directory's files in order, safetensors ones filled in at the end
+        opened: list[_Reading] = []
+        try:
+            for src in sources:
+                if not src.is_safetensors:
+                    data = src.path.read_bytes()
+                    if len(data) != src.size:
+                        raise BadInputError(f"{src.path} changed while it was being added")
+                    r = store.objects.put_bytes(data, "blob")
+                    puts.append(r)
+                    slots.append(FileEntry(src.rel, "blob", src.size, sha256_hex(data), object=r.oid))
+                    done += src.size
                     progress("add", done, total)
-                    beat()
-                entries = [by_index[i] for i in range(len(tensors))]  # the file's order
-                if os.fstat(fd).st_size != src.size:
-                    raise BadInputError(f"{src.path} changed size while it was being added")
-                digest = (file_hash.hexdigest(len(tensors)) if file_hash is not None
-                          else inline_hash.hexdigest() if inline_hash is not None else None)
-            finally:
-                os.close(fd)
-                if file_hash is not None:
-                    file_hash.close()
-            files.append(FileEntry(src.rel, "safetensors", src.size, digest, header=r.oid, tensors=entries))
+                    continue
+                r = store.objects.put_bytes(src.header.raw, "blob")
+                puts.append(r)
+                opened.append(_Reading(src, r.oid, len(slots), file_sha256, workers))
+                slots.append(None)
+            pool = BufferPool()  # tensor buffers reused from one tensor to the next (pipeline.BufferPool)
+
+            def one(item: tuple[int, int, TensorInfo]) -> tuple[TensorEntry, PutResult | None, np.ndarray | None]:
+                # the read buffer comes back only to be handed to the pool once the file hash
+                # is past it (the pool reuses it for a later read: no tensor more in memory)
+                fi, i, info = item
+                f = opened[fi]
+                raw = _pread(f.fd, f.src.header, info, f.src.path, pool.take(info.nbytes))
+                if f.file_hash is not None:
+                    f.file_hash.put(i, raw)
+                elif f.inline_hash is not None:
+                    f.inline_hash.update(raw)  # one worker: items run inline, in file order
+                entry, put = _encode_tensor(store, job, info, raw, pool)
+                if f.file_hash is None:
+                    pool.give(raw)
+                    raw = None
+                return entry, put, raw
+
+            # Every file's tensors in one stream, so the cores do not drain at each shard's end.
+            items = [(fi, i, info) for fi, f in enumerate(opened) for i, info in enumerate(f.src.header.tensors)]
+            in_order = workers <= 1 or file_sha256  # one at a time, or each file's hash reads its tensors in order
+            if not in_order:  # the largest first, so none of them runs alone at the end (pipeline.largest_first)
+                items = [items[k] for k in largest_first([it[2].nbytes for it in items])]
+            # A finished tensor holds no bytes (its object is written) unless the file's hash still
+            # has to read its buffer, so only running tensors count toward the window (held=False):
+            # with finished ones counted until handed back in file order, a slow tensor at the head
+            # stalled the others in waves (16 cores: 3 of 16 threads busy for a quarter second at a
+            # time once the chunk encode stopped queueing on the GIL; scaling_h200.md)
+            for (fi, i, _), (entry, put, raw) in zip(items, ordered_map(one, items, workers=workers,
+                                                                         weight=lambda it: it[2].nbytes, held=in_order)):
+                f = opened[fi]
+                if f.file_hash is not None:
+                    f.file_hash.wait_through(i)  # memory: no piece outlives the window
+                    pool.give(raw)
+                del raw
+                f.entries[i] = entry
+                if put is not None:
+                    puts.append(put)
+                done += entry.nbytes
+                progress("add", done, total)
+                beat()
+            for f in opened:
+                slots[f.slot] = f.finish()
+        finally:
+            for f in opened:
+                f.close()
+        files = [f for f in slots if f is not None]
         manifest = Manifest(files=files, base=base_info.manifest if base_info else None,
                             codec=codec.get_config() if codec is not None else {"id": "lossless"})
         mput = store.objects.put_bytes(manifest.to_json(), "manifest")
@@ -208,6 +203,35 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
         crash_point("add.before-commit")
         return commit_version(store, name, manifest, mput.oid, puts, base_info, codec, message, tags, author, metrics, calib_sha,
                               held=held)
+
+
+class _Reading:
+    """One safetensors file of an add while its tensors are read: its descriptor, its header's
+    object, the SHA-256 of the whole file where asked (``file_sha256``: on a thread of its own fed
+    each tensor as it is read where there are workers, as one serial pass costs its own time once
+    beside the encodes; inline with one worker), and its tensors' entries as they come."""
+
+    def __init__(self, src: SourceFile, header_oid: str, slot: int, file_sha256: bool, workers: int) -> None:
+        self.src, self.header_oid, self.slot = src, header_oid, slot
+        self.fd = os.open(src.path, os.O_RDONLY)
+        self.file_hash = InOrderHash(src.header.raw) if file_sha256 and workers > 1 else None
+        self.inline_hash = hashlib.sha256(src.header.raw) if file_sha256 and self.file_hash is None else None
+        self.entries: dict[int, TensorEntry] = {}
+
+    def finish(self) -> FileEntry:
+        """The file's entry, tensors in the file's order, once every tensor is in."""
+        if os.fstat(self.fd).st_size != self.src.size:
+            raise BadInputError(f"{self.src.path} changed size while it was being added")
+        n = len(self.src.header.tensors)
+        digest = (self.file_hash.hexdigest(n) if self.file_hash is not None
+                  else self.inline_hash.hexdigest() if self.inline_hash is not None else None)
+        return FileEntry(self.src.rel, "safetensors", self.src.size, digest, header=self.header_oid,
+                         tensors=[self.entries[i] for i in range(n)])
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.file_hash is not None:
+            self.file_hash.close()
 
 
 @contextlib.contextmanager

@@ -197,14 +197,15 @@ def test_largest_first_orders_by_size_and_keeps_ties_in_input_order() -> None:
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_an_add_started_largest_first_keeps_the_file_order_in_its_manifest(tmp_path: Path, workers: int) -> None:
-    """With workers an add starts the largest tensors first (pipeline.largest_first) and a mapped
-    checkout decodes them largest first: the manifest still lists them in the file's order, and
-    checkouts of the base and of a lossless fine-tune give the files back byte for byte."""
+    """With workers an add streams every shard's tensors through one window, the largest first
+    (pipeline.largest_first), and a mapped checkout decodes a file's tensors largest first: the
+    manifest still lists the files in the directory's order and each file's tensors in its order,
+    and checkouts of the base and of a lossless fine-tune give every file back byte for byte."""
     g = torch.Generator().manual_seed(3)
-    sizes = [(8, 16), (64, 96), (4,), (32, 32), (128, 160)]  # the largest last, as a Llama file's lm_head
+    sizes = [(8, 16), (64, 96), (4,), (32, 32), (16, 8), (128, 160)]  # the largest last, as a Llama file's lm_head
     base_sd = {f"t{i}.weight": torch.randn(*s, generator=g).to(torch.bfloat16) for i, s in enumerate(sizes)}
     ft_sd = {k: (v.float() + 0.01 * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in base_sd.items()}
-    b, f = write_model(tmp_path / "b", base_sd), write_model(tmp_path / "f", ft_sd)
+    b, f = write_model(tmp_path / "b", base_sd, shards=2), write_model(tmp_path / "f", ft_sd, shards=2)
     st = deltastore.open(tmp_path / "home")
     st.workers = workers
     try:
@@ -212,12 +213,13 @@ def test_an_add_started_largest_first_keeps_the_file_order_in_its_manifest(tmp_p
         v = st.add_finetune("ft", f, base="m", codec="lossless")
         for ref, src in (("m@v1", b), ("ft@v1", f)):
             man = st.manifest(st.resolve(ref).manifest)
-            (sf,) = [x for x in man.files if x.kind == "safetensors"]
-            header = read_header(next(src.glob("*.safetensors")))
-            assert [t.name for t in sf.tensors] == [t.name for t in header.tensors]
+            shards = sorted(src.glob("*.safetensors"))
+            assert len(shards) == 2 and [x.path for x in man.files if x.kind == "safetensors"] == [p.name for p in shards]
+            for x, p in zip([x for x in man.files if x.kind == "safetensors"], shards):
+                assert [t.name for t in x.tensors] == [t.name for t in read_header(p).tensors]
             out = tmp_path / f"out-{ref}"
             st.checkout(ref, out)
-            for p in src.glob("*.safetensors"):
+            for p in shards:
                 assert (out / p.name).read_bytes() == p.read_bytes()
         assert v.stored_bytes > 0
     finally:
