@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -44,28 +45,35 @@ sys.path.insert(0, str(HERE))
 from bench_store_gpu import layer_shapes  # noqa: E402
 
 
-def make_pair(work: Path, layers: int) -> tuple[Path, Path]:
+def make_pair(work: Path, layers: int, shards: int = 1) -> tuple[Path, Path]:
+    """The base and the fine-tune, each in ``shards`` safetensors files of about equal bytes in the
+    layers' order (``model.safetensors``, or ``model-0000k-of-0000n.safetensors`` as HF names them)."""
     from deltastore.safetensors_io import build_header
 
     shapes = layer_shapes(layers)
-    head, _ = build_header([(n, "BF16", s) for n, s in shapes], {"format": "pt"})
     dirs = [work / "base", work / "ft"]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": layers}))
+    sizes = [2 * math.prod(s) for _, s in shapes]
+    cut = [0] + [next(k for k in range(len(sizes) + 1) if sum(sizes[:k]) >= sum(sizes) * j / shards) for j in range(1, shards)]
+    groups = [shapes[a:b] for a, b in zip(cut, cut[1:] + [len(shapes)])]
     g = torch.Generator().manual_seed(0)
-    with open(dirs[0] / "model.safetensors", "wb") as fb, open(dirs[1] / "model.safetensors", "wb") as ff:
-        fb.write(head)
-        ff.write(head)
-        for name, shape in shapes:
-            w = (0.02 * torch.randn(shape, generator=g)).to(torch.bfloat16)
-            bits = w.view(torch.int16)
-            step = torch.randint(-3, 4, shape, generator=g, dtype=torch.int16)
-            step[torch.rand(shape, generator=g) > 0.4] = 0
-            f = (bits + step).view(torch.bfloat16)  # a few ulps on 40% of the elements
-            fb.write(w.view(torch.uint8).numpy().tobytes())
-            ff.write(f.view(torch.uint8).numpy().tobytes())
-            del w, bits, step, f
+    for j, group in enumerate(groups):
+        fname = "model.safetensors" if shards == 1 else f"model-{j + 1:05d}-of-{shards:05d}.safetensors"
+        head, _ = build_header([(n, "BF16", s) for n, s in group], {"format": "pt"})
+        with open(dirs[0] / fname, "wb") as fb, open(dirs[1] / fname, "wb") as ff:
+            fb.write(head)
+            ff.write(head)
+            for name, shape in group:
+                w = (0.02 * torch.randn(shape, generator=g)).to(torch.bfloat16)
+                bits = w.view(torch.int16)
+                step = torch.randint(-3, 4, shape, generator=g, dtype=torch.int16)
+                step[torch.rand(shape, generator=g) > 0.4] = 0
+                f = (bits + step).view(torch.bfloat16)  # a few ulps on 40% of the elements
+                fb.write(w.view(torch.uint8).numpy().tobytes())
+                ff.write(f.view(torch.uint8).numpy().tobytes())
+                del w, bits, step, f
     return dirs[0], dirs[1]
 
 
@@ -139,10 +147,12 @@ def run_one(op: str, home: Path, src: str, out: str, workers: int, site: str | N
 
 
 def sha(path: Path) -> str:
+    """SHA-256 of a file, or of a directory's safetensors files in name order (each one's in turn)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
+    for p in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -217,7 +227,7 @@ def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: lis
                 shutil.rmtree(out, ignore_errors=True)
                 r = run_one("checkout", home, ref, str(out), w, site, op_env)
                 r_[key] = nbytes / r["s"] / 1e9
-                got = sha(out / "model.safetensors")
+                got = sha(out)
                 assert got == want[ref], f"{label} checkout of {ref} is not byte-identical"
                 shutil.rmtree(out)
         shutil.rmtree(home)
@@ -333,6 +343,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--shards", type=int, default=1, help="safetensors files the model is split into (as HF shards)")
     ap.add_argument("--work", default="/tmp/ds-scale")
     ap.add_argument("--old-site", default=None, help="PYTHONPATH of an older deltastore to measure in the same run")
     ap.add_argument("--old-workers", default=None, help="worker counts for the older deltastore (default: --workers)")
@@ -358,13 +369,13 @@ def main() -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    base, ft = make_pair(work, args.layers)
-    nbytes = (base / "model.safetensors").stat().st_size
+    base, ft = make_pair(work, args.layers, args.shards)
+    nbytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
     global PRIME_BYTES
     PRIME_BYTES = int(args.prime_pages * nbytes)
-    want = {"m@v1": sha(base / "model.safetensors"), "ft@v1": sha(ft / "model.safetensors")}  # also warms the page cache
+    want = {"m@v1": sha(base), "ft@v1": sha(ft)}  # also warms the page cache
     print(f"model: {nbytes / 1e9:.2f} GB ({args.layers} layers); {machine()}; load average {os.getloadavg()[0]:.1f}", flush=True)
-    rows = bench_zipnn(base / "model.safetensors", workers, nbytes)  # first: quick, and kept if a time limit ends the run
+    rows = bench_zipnn(base / "model.safetensors", workers, nbytes) if args.shards == 1 else []  # first: quick, and kept if a time limit ends the run
     if args.old_site:
         old = [int(x) for x in args.old_workers.split(",")] if args.old_workers else workers
     homes = [Path(h) for h in args.homes.split(",")] if args.homes else [work]
@@ -402,6 +413,7 @@ def main() -> None:
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
           f"{''.join(' --env-variant ' + repr(v) for v in args.env_variant)}"
           f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}"
+          f"{' --shards ' + str(args.shards) if args.shards > 1 else ''}"
           f"{' --rounds ' + str(args.rounds) if args.rounds > 1 else ''}{' --prime-pages ' + str(args.prime_pages) if args.prime_pages else ''}`"
           f"\n\nMachine: {machine()}, "
           f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "

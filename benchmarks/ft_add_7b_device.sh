@@ -1,11 +1,14 @@
 #!/bin/bash
 # Issue 7, thirteenth session: the lossless fine-tune add on the device's 16 cores, as that session
 # measured it (raw_h200/s13, scaling_h200.md top). Carry .whl-store/deps (and OLD_SITE if given):
-#   [PARTS=stages,ab,full] bash benchmarks/ft_add_7b_device.sh OUT [OLD_SITE]
+#   [PARTS=stages,ab,full,shards] bash benchmarks/ft_add_7b_device.sh OUT [OLD_SITE]
 # 1. stages: where a 12-layer add's time goes, thread by thread over time (OUT/stages12.md; ~2 min);
 # 2. ab: with OLD_SITE (a `pip install --no-deps --target DIR` of another commit), it, HEAD and HEAD with
 #    DELTASTORE_CHUNK_HELPERS=all, 12 layers, two alternating rounds (OUT/ab_scaling.md; ~6.5 min);
-# 3. full: HEAD on the full 7B shape, 32 layers (13.5 GB; 51 GB of disk), one round (OUT/l32_scaling.md; ~6 min).
+# 3. full: HEAD on the full 7B shape, 32 layers (13.5 GB; 51 GB of disk), one round (OUT/l32_scaling.md; ~6 min);
+# 4. shards: with OLD_SITE, HEAD and it on 12 layers in 3 safetensors files (an add streams every shard
+#    through one window since df464d2; before, each shard drained the workers), two rounds
+#    (OUT/shards_scaling.md; ~5 min).
 # Each part fits one device call of 10 minutes, not all three: pick with PARTS. The old install's path is
 # given with the device's dependency folder after it (OLD:/tmp/site): on its own it imports without them.
 # A fresh machine compiles numba's kernels first (~30 s per install): the timeouts leave room for it.
@@ -32,6 +35,13 @@ if [[ ,$parts, == *,full,* ]]; then
   timeout 420 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --work /tmp/scale --out "$out/l32_scaling.md" \
     > "$out/l32_scaling.log" 2>&1
   grep -E '^\{|failed' "$out/l32_scaling.log" | cut -c1-330
+  rm -rf /tmp/scale
+fi
+if [[ ,$parts, == *,shards,* && -n "$old" ]]; then
+  timeout 560 python3 benchmarks/bench_scaling.py --layers 12 --shards 3 --workers 16 \
+    --variant "before=$(realpath "$old"):/tmp/site:16" --rounds 2 --work /tmp/scale --out "$out/shards_scaling.md" \
+    > "$out/shards_scaling.log" 2>&1
+  grep -E "median|failed" "$out/shards_scaling.log" | cut -c1-200
   rm -rf /tmp/scale
 fi
 uptime >> "$out/machine.txt"
