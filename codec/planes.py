@@ -217,8 +217,12 @@ class _Claims:
         if self.wanted > 0:
             got = _CORES.reserve(self.wanted)
             self.wanted -= got
-            for _ in range(got):
-                self.pool.submit(self.help)
+            for k in range(got):
+                try:
+                    self.pool.submit(self.help)
+                except BaseException:  # (a pool shut down at exit): the cores not handed to a helper go back
+                    _CORES.release(got - k)
+                    raise
 
     def _run(self, caller: bool = False) -> None:
         while self.error is None:
