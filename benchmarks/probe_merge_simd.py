@@ -205,6 +205,12 @@ def _store64(typingctx, a, i, v):  # noqa: ANN001, ARG001
     return types.void(a, i, types.uint64), codegen
 
 
+def _out_words_lut(context, builder, sig, args):  # noqa: ANN001, ANN202
+    """Data pointers of an expand intrinsic's out (argument 0), words (2) and lut (3) arrays."""
+    return (_data(context, builder, sig.args[0], args[0]), _data(context, builder, sig.args[2], args[2]),
+            _data(context, builder, sig.args[3], args[3]))
+
+
 def _expand8_gen(accumulate: bool):  # noqa: ANN202
     def gen(typingctx, out, i, words, lut, ps, ms):  # noqa: ANN001, ARG001
         """out[i .. i + 7] = (with ``accumulate``: |=) OR over streams k of pshufb(words[ps[k] ..],
@@ -213,10 +219,8 @@ def _expand8_gen(accumulate: bool):  # noqa: ANN202
         k = ps.count
 
         def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-            o, i_, w, lt, ps_, ms_ = args
-            od = _data(context, builder, sig.args[0], o)
-            wd = _data(context, builder, sig.args[2], w)
-            ld = _data(context, builder, sig.args[3], lt)
+            _, i_, _, _, ps_, ms_ = args
+            od, wd, ld = _out_words_lut(context, builder, sig, args)
             shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
             ii = _i64(context, builder, sig.args[1], i_)
             acc = _at(builder, od, ii, V16I8) if accumulate else None
@@ -247,10 +251,8 @@ def _expand16(typingctx, out, i, words, lut, ps, ms):  # noqa: ANN001, ARG001
     k = ps.count
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, lt, ps_, ms_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[3], lt)
+        _, i_, _, _, ps_, ms_ = args
+        od, wd, ld = _out_words_lut(context, builder, sig, args)
         shuf = _fn(builder, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8])
         cat = ir.Constant(ir.VectorType(I32, 32), list(range(32)))
         ff = ir.Constant(I64, 0xFF)
@@ -277,10 +279,8 @@ def _expand8_pair(typingctx, out, i, words, lut2, p1, p0, m):  # noqa: ANN001, A
     """2 streams, 8 elements: lut2's 32-byte row m holds both controls (m's and ~m's)."""
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, lt, a1, a0, m_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[3], lt)
+        _, i_, _, _, a1, a0, m_ = args
+        od, wd, ld = _out_words_lut(context, builder, sig, args)
         shuf = _fn(builder, "llvm.x86.ssse3.pshuf.b.128", V16I8, [V16I8, V16I8])
         row = builder.shl(m_, ir.Constant(I64, 5))
         r1 = builder.call(shuf, [_at(builder, wd, a1, V16I8), _at(builder, ld, row, V16I8)])
@@ -297,10 +297,8 @@ def _expand8_ymm(typingctx, out, i, words, lut2, p1, p0, m):  # noqa: ANN001, AR
     vpshufb with the 32-byte row, the halves OR-ed."""
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, lt, a1, a0, m_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[3], lt)
+        _, i_, _, _, a1, a0, m_ = args
+        od, wd, ld = _out_words_lut(context, builder, sig, args)
         shuf = _fn(builder, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8])
         cat = ir.Constant(ir.VectorType(I32, 32), list(range(32)))
         v = builder.shuffle_vector(_at(builder, wd, a1, V16I8), _at(builder, wd, a0, V16I8), cat)
@@ -384,10 +382,8 @@ def _expand8_pairs(typingctx, out, i, words, lut, ps, ms):  # noqa: ANN001, ARG0
     k = ps.count
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, lt, ps_, ms_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[3], lt)
+        _, i_, _, _, ps_, ms_ = args
+        od, wd, ld = _out_words_lut(context, builder, sig, args)
         shuf = _fn(builder, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8])
         cat = ir.Constant(ir.VectorType(I32, 32), list(range(32)))
         acc = None
@@ -425,10 +421,8 @@ def _merge8_blend(typingctx, out, i, words, ctl, bmask, pa, pb, m):  # noqa: ANN
     pblendvb and one pshufb (SSE4.1). Reads up to 8 words before pb."""
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, lt, bt, pa_, pb_, m_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[3], lt)
+        _, i_, _, _, bt, pa_, pb_, m_ = args
+        od, wd, ld = _out_words_lut(context, builder, sig, args)
         bd = _data(context, builder, sig.args[4], bt)
         a, b, bm, ctl, _ = _blend8(builder, wd, ld, bd, pa_, pb_, m_)
         blend = _fn(builder, "llvm.x86.sse41.pblendvb", V16I8, [V16I8, V16I8, V16I8])
@@ -446,10 +440,8 @@ def _merge16_blend(typingctx, out, i, words, ctl, bmask, pa, pb, m):  # noqa: AN
     vpblendvb, one vpshufb, one 32-byte store (AVX2)."""
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        o, i_, w, lt, bt, pa_, pb_, m_ = args
-        od = _data(context, builder, sig.args[0], o)
-        wd = _data(context, builder, sig.args[2], w)
-        ld = _data(context, builder, sig.args[3], lt)
+        _, i_, _, _, bt, pa_, pb_, m_ = args
+        od, wd, ld = _out_words_lut(context, builder, sig, args)
         bd = _data(context, builder, sig.args[4], bt)
         lo = builder.and_(m_, ir.Constant(I64, 0xFF))
         hi = builder.lshr(m_, ir.Constant(I64, 8))
