@@ -110,6 +110,8 @@ print(json.dumps(res))
 
 #: bytes of new page cache written and deleted before each timed op (``--prime-pages``); 0: none
 PRIME_BYTES = 0
+#: time the adds only (``--adds-only``)
+ADDS_ONLY = False
 
 
 def prime_pages(folder: Path, nbytes: int) -> None:
@@ -218,6 +220,11 @@ def bench_store(label: str, site: str | None, base: Path, ft: Path, workers: lis
         r = run_one("add_ft", home, str(ft), "", w, site, env)
         row["add_ft_GBps"], row["ft_ratio"] = nbytes / r["s"] / 1e9, nbytes / r["stored"]
         extra = [row]
+        if ADDS_ONLY:
+            shutil.rmtree(home)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            continue
         if w in inorder_at:
             extra.append({"impl": label + " (checkout written in order)", "store on": str(homes), "workers": w})
         for r_ in extra:
@@ -345,6 +352,9 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--shards", type=int, default=1, help="safetensors files the model is split into (as HF shards)")
     ap.add_argument("--work", default="/tmp/ds-scale")
+    ap.add_argument("--model", default=None, help="make the model pair here, or reuse the one an earlier run (or "
+                    "probe_ft_add_stages.py --work DIR: DIR/model) left there, instead of under --work")
+    ap.add_argument("--adds-only", action="store_true", help="time the two adds only, no checkouts")
     ap.add_argument("--old-site", default=None, help="PYTHONPATH of an older deltastore to measure in the same run")
     ap.add_argument("--old-workers", default=None, help="worker counts for the older deltastore (default: --workers)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=SITE:W1,W2",
@@ -369,7 +379,15 @@ def main() -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    base, ft = make_pair(work, args.layers, args.shards)
+    if args.model:
+        if args.shards != 1:
+            raise SystemExit("--model takes the one-file model (reuse_pair): no --shards")
+        reuse_pair(Path(args.model), args.layers)
+        base, ft = Path(args.model) / "base", Path(args.model) / "ft"
+    else:
+        base, ft = make_pair(work, args.layers, args.shards)
+    global ADDS_ONLY
+    ADDS_ONLY = args.adds_only
     nbytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
     global PRIME_BYTES
     PRIME_BYTES = int(args.prime_pages * nbytes)
@@ -413,7 +431,7 @@ def main() -> None:
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
           f"{''.join(' --env-variant ' + repr(v) for v in args.env_variant)}"
           f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}"
-          f"{' --shards ' + str(args.shards) if args.shards > 1 else ''}"
+          f"{' --shards ' + str(args.shards) if args.shards > 1 else ''}{' --adds-only' if args.adds_only else ''}"
           f"{' --rounds ' + str(args.rounds) if args.rounds > 1 else ''}{' --prime-pages ' + str(args.prime_pages) if args.prime_pages else ''}`"
           f"\n\nMachine: {machine()}, "
           f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "

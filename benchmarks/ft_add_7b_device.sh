@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 7, thirteenth session: the lossless fine-tune add on the device's 16 cores, as that session
 # measured it (raw_h200/s13, scaling_h200.md top). Carry .whl-store/deps (and OLD_SITE if given):
-#   [PARTS=stages,ab,full,shards] bash benchmarks/ft_add_7b_device.sh OUT [OLD_SITE]
+#   [PARTS=stages,ab,full,shards,ab32,stages32] bash benchmarks/ft_add_7b_device.sh OUT [OLD_SITE]
 # 1. stages: where a 12-layer add's time goes, thread by thread over time (OUT/stages12.md; ~2 min);
 # 2. ab: with OLD_SITE (a `pip install --no-deps --target DIR` of another commit), it, HEAD and HEAD with
 #    DELTASTORE_CHUNK_HELPERS=all, 12 layers, two alternating rounds (OUT/ab_scaling.md; ~6.5 min);
@@ -9,6 +9,10 @@
 # 4. shards: with OLD_SITE, HEAD and it on 12 layers in 3 safetensors files (an add streams every shard
 #    through one window since df464d2; before, each shard drained the workers), two rounds
 #    (OUT/shards_scaling.md; ~5 min).
+# 5. ab32 (fourteenth session): with OLD_SITE, HEAD and it on the full 7B shape, the two adds only, two
+#    alternating rounds; the model is made under /tmp/stg/model (kept for stages32; ~7.5 min);
+# 6. stages32: where a 32-layer fine-tune add's time goes, thread by thread (OUT/stages32.md; reuses
+#    /tmp/stg/model if the machine still holds it, else makes it: ~2 or ~6 min).
 # Each part fits one device call of 10 minutes, not all three: pick with PARTS. The old install's path is
 # given with the device's dependency folder after it (OLD:/tmp/site): on its own it imports without them.
 # A fresh machine compiles numba's kernels first (~30 s per install): the timeouts leave room for it.
@@ -43,5 +47,17 @@ if [[ ,$parts, == *,shards,* && -n "$old" ]]; then
     > "$out/shards_scaling.log" 2>&1
   grep -E "median|failed" "$out/shards_scaling.log" | cut -c1-200
   rm -rf /tmp/scale
+fi
+if [[ ,$parts, == *,ab32,* && -n "$old" ]]; then
+  timeout 480 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only --model /tmp/stg/model \
+    --variant "before=$(realpath "$old"):/tmp/site:16" --rounds 2 --work /tmp/scale --out "$out/ab32_adds.md" \
+    > "$out/ab32_adds.log" 2>&1
+  grep -E "median|failed|^\{" "$out/ab32_adds.log" | cut -c1-250
+  rm -rf /tmp/scale
+fi
+if [[ ,$parts, == *,stages32,* ]]; then
+  timeout 420 python3 benchmarks/probe_ft_add_stages.py --layers 32 --threads 16 --ops add_ft --work /tmp/stg \
+    > "$out/stages32.md" 2>&1
+  grep -E "^### " "$out/stages32.md"
 fi
 uptime >> "$out/machine.txt"

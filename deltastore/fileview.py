@@ -209,14 +209,15 @@ class _CachedObjects:
         self._cache = cache
 
     def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None,
-                  out: np.ndarray | None = None) -> np.ndarray:
+                  out: np.ndarray | None = None, scratch: Any = None) -> np.ndarray:
         """As ``ObjectDB.get_array``; ``out``: where the caller's copy goes (a checkout's window),
-        instead of a new array that the caller then copies again."""
+        instead of a new array that the caller then copies again; ``scratch`` as there."""
         if out is not None and (nbytes is None or out.size != nbytes):
             raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
         if not verify:
-            return self._objects.get_array(oid, verify=False, nbytes=nbytes, out=out)
-        arr = self._cache.get(("tensor", oid), lambda: self._objects.get_array(oid, verify=True, nbytes=nbytes))
+            return self._objects.get_array(oid, verify=False, nbytes=nbytes, out=out, scratch=scratch)
+        arr = self._cache.get(("tensor", oid), lambda: self._objects.get_array(oid, verify=True, nbytes=nbytes,
+                                                                              scratch=scratch))
         if nbytes is not None and arr.size != nbytes:
             raise CorruptObjectError(oid, f"decodes to {arr.size} bytes, not the {nbytes} expected")
         if out is None:

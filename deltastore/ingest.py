@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from .lookup import next_number, resolve_version, version_info
 from .crash import crash_point
 from .maintenance import LeaseHandle, lease
 from .manifest import FileEntry, Manifest, TensorEntry
-from .materialize import WARM_MIN_WORKERS, info_of, tensor_bytes, warm_codecs
+from .materialize import WARM_MIN_WORKERS, info_of, tensor_bytes, warm_codecs_beside
 from .objects import PutResult
 from .pipeline import BufferPool, InOrderHash, frozen_heap, largest_first, ordered_map
 from .protocols import Progress, StoreView
@@ -88,6 +89,8 @@ class _Job:
     base_man: Manifest | None
     hessians: dict[str, torch.Tensor]
     extras: dict[str, dict]
+    #: set once the codecs' kernels are loaded (``warm_codecs_beside``); a base's decode waits for it
+    kernels: threading.Event | None = None
 
 
 @frozen_heap()  # from the first step: the catalog and header reads before the lease set off a full pass too
@@ -124,7 +127,7 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     workers = store.workers if codec is None or codec.lossless else min(store.workers, LOSSY_WORKERS)
     if base_info is not None and workers >= WARM_MIN_WORKERS:  # the codecs' compiled kernels, loaded before the workers meet them
         codes = {t.dtype for f in sources if f.is_safetensors for t in f.header.tensors}
-        warm_codecs((c.codec_id, code) for c in {job.lossless, codec or job.lossless} for code in codes)
+        job.kernels = warm_codecs_beside((c.codec_id, code) for c in {job.lossless, codec or job.lossless} for code in codes)
     total = sum(f.size for f in sources)
     done = 0
     puts: list[PutResult] = []
@@ -281,7 +284,10 @@ def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarra
     base_entry = job.base_man.tensor_map()[info.name]
     if base_entry.exact and base_entry.sha256 == sha and base_entry.dtype == info.dtype:
         return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
-    base_raw = tensor_bytes(store, job.base_oid, base_entry, out=pool.take(base_entry.nbytes) if pool is not None else None)
+    if job.kernels is not None:
+        job.kernels.wait()  # the read and hash above ran beside the kernels' load; the decode uses them
+    base_raw = tensor_bytes(store, job.base_oid, base_entry, out=pool.take(base_entry.nbytes) if pool is not None else None,
+                            scratch=pool)
     try:
         return _encode_delta(store, job, info, raw, base_entry, base_raw, sha, common)
     finally:

@@ -36,7 +36,7 @@ from . import codec as codecs
 from .errors import BadInputError, CorruptObjectError, NotFoundError
 from .libc import function as libc_function
 from .manifest import FileEntry, TensorEntry
-from .objects import ObjectDB, oid_of
+from .objects import ObjectDB, Scratch, oid_of
 from .pipeline import frozen_heap, largest_first, ordered_map
 from .protocols import Progress, StoreView, no_progress
 from .results import CheckoutResult, TensorDiff
@@ -70,7 +70,7 @@ def stored_entry(store: StoreView, manifest_oid: str, t: TensorEntry) -> tuple[s
 
 
 def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, verify: bool = True,
-                 out: np.ndarray | None = None, check_base: bool = True) -> np.ndarray:
+                 out: np.ndarray | None = None, check_base: bool = True, scratch: Scratch | None = None) -> np.ndarray:
     """The version's bytes for one tensor (uint8), resolving deltas against the base chain.
 
     ``verify`` re-hashes what was decoded against the id or sha256 it must have; only callers
@@ -80,13 +80,15 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     ``check_base=False`` (a checkout): an exact delta's base is decoded without re-hashing it,
     since the result is checked against its own sha256, which a wrong base cannot pass; the base
     is checked only when the result is wrong, to name the culprit. Callers that keep verified base
-    tensors for reuse (the mount's cache) leave it on."""
+    tensors for reuse (the mount's cache) leave it on. ``scratch``: buffers that a tensor object's
+    read borrows (:meth:`ObjectStore.get_array`; an add's pool)."""
     if out is not None and out.size != entry.nbytes:
         raise ValueError(f"tensor_bytes: out holds {out.size} bytes, {entry.name!r} has {entry.nbytes}")
     if entry.source == "tensor":
         if entry.object != "sha256:" + entry.sha256:  # tensor objects are named by the bytes that were added
             raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names object {entry.object}, not its own sha256")
-        got = store.objects.get_array(entry.object, verify=verify, nbytes=entry.nbytes, out=out)  # checked before allocating
+        got = store.objects.get_array(entry.object, verify=verify, nbytes=entry.nbytes, out=out,  # checked before allocating
+                                      scratch=scratch)
         if got.size != entry.nbytes:
             raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to {got.size} bytes, the manifest says {entry.nbytes}")
         return got
@@ -99,7 +101,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     if entry.source == "base":
         if base_entry.nbytes != entry.nbytes:
             raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} names the base's, which has another size")
-        return tensor_bytes(store, man.base, base_entry, verify=verify, out=out)
+        return tensor_bytes(store, man.base, base_entry, verify=verify, out=out, scratch=scratch)
     if entry.source != "delta":
         raise CorruptObjectError(manifest_oid, f"unknown tensor source {entry.source!r}")
     final_check = verify and entry.exact
@@ -366,6 +368,30 @@ def warm_codecs(deltas: Iterable[tuple[str | None, str]]) -> None:
             continue
         if cls.warm is not codecs.Codec.warm:  # (constructing the others is for nothing)
             cls().warm(dtypes)
+
+
+def warm_codecs_beside(deltas: Iterable[tuple[str | None, str]]) -> threading.Event:
+    """:func:`warm_codecs` on a thread of its own; the returned event is set once it is over
+    (loaded, or failed: a kernel that did not load then loads, or fails, on its first call).
+
+    For an add: its workers read and hash their first tensors meanwhile (the read and SHA-256 run
+    with the GIL released) and wait on the event before their first decode, where before every
+    core but one sat idle for the load (~1 s on the H200 machine's 16 cores, one thread running;
+    scaling_h200.md, thirteenth session). Workers that meet a kernel before it is loaded must not
+    run beside the load: that is what cost seconds of GIL hand-offs before :func:`warm_codecs`."""
+    done = threading.Event()
+    deltas = list(deltas)
+
+    def run() -> None:
+        try:
+            warm_codecs(deltas)
+        except Exception:  # noqa: BLE001 - an optimisation only: the first real call reports it
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="deltastore-warm", daemon=True).start()
+    return done
 
 
 def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: str | None, state: dict,  # noqa: ANN001

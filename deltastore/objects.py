@@ -25,6 +25,7 @@ import os
 import struct
 import sys
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import zstandard
@@ -84,6 +85,14 @@ def oid_of_key(key: str) -> str | None:
     except ValueError:
         return None
     return oid
+
+
+class Scratch(Protocol):
+    """Buffers a read can borrow and hand back (``pipeline.BufferPool``)."""
+
+    def take(self, n: int) -> np.ndarray: ...
+
+    def give(self, arr: np.ndarray) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -214,34 +223,40 @@ class ObjectDB:
             raise CorruptObjectError(oid, "content does not hash to its id")
         return body
 
-    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None, out: np.ndarray | None = None,
+                  scratch: Scratch | None = None) -> np.ndarray:
         """Logical bytes as a writable uint8 array (tensor objects decode without an extra copy).
         ``nbytes``: what it must decode to, checked against the stream's header before allocating.
         ``out``: a uint8 array of exactly ``nbytes`` to decode into (a checkout's window onto the
-        file it writes), instead of a new array."""
+        file it writes), instead of a new array. ``scratch``: where the stored object is read into
+        and handed back to once decoded (``pipeline.BufferPool``; :meth:`Backend.get_into`)."""
         if out is not None and (nbytes is None or out.size != nbytes):
             raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
-        data = self.backend.get(key_of(oid))
-        kind, coding, body = self._framed(oid, data)
-        if coding != PLANES:
-            got = np.frombuffer(bytearray(self.get(oid, verify=verify, max_size=nbytes)), dtype=np.uint8)
-            if nbytes is not None and got.size != nbytes:
-                raise CorruptObjectError(oid, f"decodes to {got.size} bytes, not the {nbytes} expected")
-            if out is None:
-                return got
-            out[:] = got
-            return out
+        data = self.backend.get(key_of(oid)) if scratch is None else self.backend.get_into(key_of(oid), scratch.take)
         try:
-            _check_planes_size(oid, body, MAX_DECODED if nbytes is None else nbytes, exact=nbytes is not None)
-            out = planes.decompress(body, out=out)
-        except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
-            raise CorruptObjectError(oid, f"does not decode: {e}") from None
-        del body
-        if sys.getrefcount(data) == 2:  # decoded, and held nowhere else: its pages can go now
-            _discard(data)
-        if verify and oid_of(out) != oid:
-            raise CorruptObjectError(oid, "content does not hash to its id")
-        return out
+            kind, coding, body = self._framed(oid, data)
+            if coding != PLANES:
+                got = np.frombuffer(bytearray(self.get(oid, verify=verify, max_size=nbytes)), dtype=np.uint8)
+                if nbytes is not None and got.size != nbytes:
+                    raise CorruptObjectError(oid, f"decodes to {got.size} bytes, not the {nbytes} expected")
+                if out is None:
+                    return got
+                out[:] = got
+                return out
+            try:
+                _check_planes_size(oid, body, MAX_DECODED if nbytes is None else nbytes, exact=nbytes is not None)
+                out = planes.decompress(body, out=out)
+            except (CorruptPayloadError, ValueError, OverflowError, MemoryError, struct.error) as e:
+                raise CorruptObjectError(oid, f"does not decode: {e}") from None
+            del body
+            if sys.getrefcount(data) == 2:  # decoded, and held nowhere else: its pages can go now
+                _discard(data)
+            if verify and oid_of(out) != oid:
+                raise CorruptObjectError(oid, "content does not hash to its id")
+            return out
+        finally:
+            if isinstance(data, np.ndarray):
+                scratch.give(data)  # read into it: nothing decoded views it
 
     def write_tensor(self, oid: str, nbytes: int, fd: int, offset: int, *, verify: bool = True) -> bool:
         """A tensor object's bytes written to the open file ``fd`` at ``offset`` by ``pwrite``, one
