@@ -26,36 +26,8 @@ R = TypeVar("R")
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
-#: the least byte budget of a window (:func:`window_budget`): items in flight beyond the first stop here
+#: default byte budget of a window: items in flight beyond the first stop here
 DEFAULT_BUDGET = 1 << 30
-#: a window may also take this fraction of the memory available when it opens, where that is more
-MEMORY_SHARE = 1 / 16
-
-
-def available_memory() -> int | None:
-    """Bytes of memory the kernel says are available now (``MemAvailable``; Linux), else None."""
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def window_budget() -> int:
-    """The byte budget of a window: :data:`DEFAULT_BUDGET`, or :data:`MEMORY_SHARE` of the memory
-    available where that is more. The count of workers bounds a window as well, so memory stays
-    within (2 x workers + 2) x the largest tensor either way (tests/store/test_memory.py).
-
-    Why not 1 GiB always: a 7B model's MLP tensors are 90 MB, so 1 GiB let 11 of them run at once; on
-    the H200 machine's 16 cores a fine-tune's add then ran 10-11 tensor tasks (12 threads busy) for
-    its first 6 of 10 s, and 15 once the 34 MB attention tensors came (the stage timeline, issue 7).
-    An add holds about 3.5 bytes a byte of tensor in flight (its read, its base's decode and object,
-    the planes), so a sixteenth of what is available keeps the window under a quarter of it."""
-    avail = available_memory()
-    return max(DEFAULT_BUDGET, int(avail * MEMORY_SHARE)) if avail else DEFAULT_BUDGET
 
 
 def default_workers() -> int:
@@ -119,11 +91,11 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, weight: Callable[[T], int] | None = None,
-                budget: int | None = None, held: bool = True) -> Iterator[R]:
+                budget: int = DEFAULT_BUDGET, held: bool = True) -> Iterator[R]:
     """``fn(item)`` for each item, run ``workers`` at a time, yielded in input order.
 
     At most ``workers`` items are in flight, and items beyond the first stop being submitted once
-    their summed ``weight`` (bytes) would pass ``budget`` (default :func:`window_budget`). ``held``: whether a finished item's
+    their summed ``weight`` (bytes) would pass ``budget``. ``held``: whether a finished item's
     result still holds its weight until it is yielded (a tensor handed back). Where it does not
     (``held=False``: the result is small, its bytes already written), only running items count,
     so one large item at the head of the order does not stop the others behind it: finished
@@ -137,8 +109,6 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, weigh
         for item in items:
             yield fn(item)
         return
-    if budget is None:
-        budget = window_budget()
     pool = _pool(workers)
     pending: deque[tuple[Future, int]] = deque()
     inflight = 0

@@ -15,7 +15,7 @@ import torch
 
 import deltastore
 from deltastore.errors import CorruptObjectError
-from deltastore.pipeline import InOrderHash, largest_first, ordered_map, window_budget
+from deltastore.pipeline import InOrderHash, largest_first, ordered_map
 from deltastore.safetensors_io import read_header
 
 from ..conftest import llama_like, write_model
@@ -263,8 +263,12 @@ def test_ordered_map_does_not_let_a_slow_head_stop_the_items_behind_it() -> None
 def test_ordered_map_keeps_the_bytes_in_flight_within_its_budget(held: bool) -> None:
     """The window's memory bound: items of 100 bytes on 8 workers with a budget of 350 run at
     most 3 at a time (beyond the first, none starts past the budget), and every one runs; the
-    default budget (``window_budget``: 1 GiB, or a sixteenth of the memory available where that is
-    more) lets as many 100 MiB items run as it holds: 10 with 1 GiB, all 16 workers from 25 GiB free."""
+    default budget (1 GiB) lets 10 of 16 workers take 100 MiB items at once.
+
+    Why 1 GiB and no more: on the H200 machine's 16 cores a 7B fine-tune's add with a sixteenth of
+    the free memory instead (all 16 of its 90 MB MLP tensors at once, not 11) ran as many threads
+    (~12), spent 8% more CPU a GB and was slower (median 1.17 against 1.36 GB/s; issue 7,
+    raw_h200/s14)."""
     running, peak, lock = [0], [0], threading.Lock()
 
     def fn(i: int) -> int:
@@ -279,9 +283,8 @@ def test_ordered_map_keeps_the_bytes_in_flight_within_its_budget(held: bool) -> 
     assert list(ordered_map(fn, range(24), workers=8, weight=lambda i: 100, budget=350, held=held)) == list(range(24))
     assert peak[0] == 3
     peak[0] = 0
-    budget = window_budget()
     assert list(ordered_map(fn, range(40), workers=16, weight=lambda i: 100 << 20, held=held)) == list(range(40))
-    assert budget >= 1 << 30 and peak[0] == min(16, budget // (100 << 20))
+    assert peak[0] == 10
 
 
 def test_ordered_map_stops_starting_items_after_a_failure_and_raises_it_in_order() -> None:
