@@ -201,21 +201,21 @@ class Backend:
         a buffer reused from one object to the next: ``pipeline.BufferPool.take``), returned cut to
         what was read; elsewhere what :meth:`get` returns. Why: a large object read into a fresh
         ``bytes`` is a fresh mapping, a zeroed page per 4 KiB faulted in and torn down again, with
-        the GIL held for the teardown; a fine-tune's add reads every changed tensor's base object
-        so (0.44 system-s a GB of fine-tune on the H200 machine's 16 cores, issue 7)."""
+        the GIL held for the teardown; a fine-tune's add reads every changed tensor's base object.
+        On the H200 machine's 16 cores that read cost 0.48 CPU-s a GB of fine-tune (0.44 of it
+        system time, 133k page faults a GB) into new ``bytes``, 0.18 into the add's pool (issue 7,
+        scaling_h200.md, fourteenth session)."""
         if not self.local:
             return self.get(key)
         crash_point("backend.get")
-        got = open_nonblocking(self._path(key))
-        if got is None:
+        f = _open_regular(self._path(key))
+        if f is None:
             return None
-        f, st = got
         with f:
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            buf = take(st.st_size)
+            size = os.fstat(f.fileno()).st_size
+            buf = take(size)
             view, done = memoryview(buf), 0
-            while done < st.st_size:
+            while done < size:
                 n = f.readinto(view[done:])  # the GIL released while the kernel copies
                 if not n:
                     break  # shorter than it was (objects are never rewritten: a damaged store)
