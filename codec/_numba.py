@@ -879,6 +879,40 @@ def _fill_frames(decompress, frame_size, is_error, dctx, src, dst, table):
     return -1
 
 
+@njit(cache=True, nogil=True)
+def _fill_join2(decompress, frame_size, is_error, dctx, src, table, planes, rotate, words):
+    """:func:`_fill_frames` of a plain chunk's two planes into ``planes`` (uint8, 2 x n back to back),
+    then :func:`_join2` of them into ``words``: -1, or the first row that was not right (nothing
+    joined then)."""
+    bad = _fill_frames(decompress, frame_size, is_error, dctx, src, planes, table)
+    if bad >= 0:
+        return bad
+    n = words.size
+    _join2(planes[:n], planes[n:2 * n], rotate, words)
+    return -1
+
+
+def fill_join(functions: tuple[int, int, int], dctx: int, src: np.ndarray, table: list, planes: np.ndarray, width: int,
+              rotate: bool, out: np.ndarray) -> int:
+    """A plain stream chunk decoded: its planes' frames (``table``: :func:`_fill_frames`'s rows, into
+    ``planes``, a uint8 scratch of ``width`` x n bytes) and their join into ``out`` (uint8, width x
+    n), in one call with the GIL released for 2-byte words (two for wider ones). Returns -1, or
+    the first row that was not right (the caller decodes the chunk again to name the error).
+
+    Why: python-zstandard decoded each plane into a new ``bytes`` and the join was a call of its
+    own, three releases and re-takes of the GIL a chunk, each a queue on a machine of many cores
+    (a fine-tune's add decodes every changed tensor's base so)."""
+    rows = np.array(table, dtype=np.uint64).reshape(-1, 5)
+    dec, size, err = (np.uint64(f) for f in functions)
+    if width == 2:
+        return int(_fill_join2(dec, size, err, np.uint64(dctx), _readonly(src), rows, planes, bool(rotate), out.view(np.uint16)))
+    bad = int(_fill_frames(dec, size, err, np.uint64(dctx), _readonly(src), planes, rows))
+    if bad < 0:
+        n = planes.size // width
+        join_planes([planes[k * n:(k + 1) * n] for k in range(width)], width, rotate, out)
+    return bad
+
+
 def fill_frames(functions: tuple[int, int, int], dctx: int, src: np.ndarray, dst: np.ndarray, table: list) -> int:
     """:func:`_fill_frames` with ``table`` a flat list of its rows' ints (``src``, ``dst``: uint8,
     1-D, C-contiguous): one call a chunk, with the GIL released for all its frames."""

@@ -9,7 +9,7 @@ python-zstandard returns a new ``bytes`` object that is then copied. A ctypes ca
 GIL, so the chunk workers decode frames in parallel as before.
 
 Where libzstd does not load (another OS, a minimal image), or ``DELTASTORE_LIBZSTD=0`` is set,
-:func:`decode_into` falls back to python-zstandard (``planes.unzstd``) and a copy: the same bytes
+:func:`decode_into` falls back to python-zstandard (:func:`unzstd`) and a copy: the same bytes
 out, the same errors. Nothing here writes: the encoder keeps python-zstandard, so stored bytes do
 not depend on which library a machine has.
 
@@ -26,6 +26,7 @@ import os
 import threading
 
 import numpy as np
+import zstandard
 
 from .errors import CorruptPayloadError
 
@@ -123,8 +124,6 @@ def decoder(fallback_dctx=None):  # noqa: ANN001
     (tests/codec/test_lossless_decode.py)."""
     z = lib()
     if z is None:
-        from .planes import unzstd
-
         def slow(src, src_addr, at, size, dst, dst_addr, dst_at, n):  # noqa: ANN001
             _check_range(src, at, size, dst, dst_at, n)
             dst.reshape(-1)[dst_at : dst_at + n] = np.frombuffer(unzstd(fallback_dctx, memoryview(src)[at : at + size], n),
@@ -175,3 +174,22 @@ def _check_range(src: np.ndarray, at: int, size: int, dst: np.ndarray, dst_at: i
 def decode_into(src: np.ndarray, at: int, size: int, dst: np.ndarray, dst_at: int, n: int, *, fallback_dctx=None) -> None:
     """One frame, as :func:`decoder`'s function does it (addresses taken here)."""
     decoder(fallback_dctx)(src, address(src), at, size, dst, address(dst), dst_at, n)
+
+
+def unzstd(dctx: zstandard.ZstdDecompressor, frame: bytes | memoryview, n: int) -> bytes:
+    """One zstd frame that must decode to exactly ``n`` bytes. The frame's own size claim is
+    checked first: python-zstandard allocates what a frame header claims, whatever
+    ``max_output_size`` says, so an altered header could otherwise ask for any amount of memory."""
+    try:
+        claimed = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise CorruptPayloadError(f"not a zstd frame: {e}") from None
+    if claimed not in (-1, n):
+        raise CorruptPayloadError(f"zstd frame claims {claimed} bytes where the table says {n}")
+    try:
+        raw = dctx.decompress(frame, max_output_size=max(n, 1))
+    except zstandard.ZstdError as e:
+        raise CorruptPayloadError(f"zstd frame does not decode: {e}") from None
+    if len(raw) != n:
+        raise CorruptPayloadError("plane has the wrong length")
+    return raw

@@ -78,8 +78,9 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from . import _compiled, _zstd_encode
+from . import _compiled, _zstd, _zstd_encode
 from . import palette as _palette
+from ._zstd import unzstd
 from .errors import CodecError, CorruptPayloadError
 
 MAGIC = b"DSP1"
@@ -876,25 +877,6 @@ def _read_info_grouped(buf: memoryview, width: int, flags: int, nchunks: int, ra
     return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos, chunks)
 
 
-def unzstd(dctx: zstandard.ZstdDecompressor, frame: bytes | memoryview, n: int) -> bytes:
-    """One zstd frame that must decode to exactly ``n`` bytes. The frame's own size claim is
-    checked first: python-zstandard allocates what a frame header claims, whatever
-    ``max_output_size`` says, so an altered header could otherwise ask for any amount of memory."""
-    try:
-        claimed = zstandard.frame_content_size(frame)
-    except zstandard.ZstdError as e:
-        raise CorruptPayloadError(f"not a zstd frame: {e}") from None
-    if claimed not in (-1, n):
-        raise CorruptPayloadError(f"zstd frame claims {claimed} bytes where the table says {n}")
-    try:
-        raw = dctx.decompress(frame, max_output_size=max(n, 1))
-    except zstandard.ZstdError as e:
-        raise CorruptPayloadError(f"zstd frame does not decode: {e}") from None
-    if len(raw) != n:
-        raise CorruptPayloadError("plane has the wrong length")
-    return raw
-
-
 def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tuple[list[np.ndarray], int]:
     planes = []
     for mode, ln in zip(modes, lens):
@@ -940,6 +922,26 @@ def _grouped_planes(dctx, buf: memoryview, info: StreamInfo, i: int, start: int,
     return grouped
 
 
+def _fill_join(buf: memoryview, info: StreamInfo, i: int, start: int, n: int, out: np.ndarray) -> bool:
+    """Plain chunk ``i`` decoded into ``out`` by one compiled call (``codec._numba.fill_join``: every
+    frame by libzstd into a scratch of this thread's, then the join) where numba is loaded already
+    (:func:`_loaded`) and libzstd loads; False where it does not serve or a plane was not right
+    (the caller's path then names the error)."""
+    fx = _loaded()
+    if fx is None or n == 0 or info.width == 1 or not out.flags.c_contiguous:
+        return False
+    fns = _zstd.frame_functions()
+    if fns is None:
+        return False
+    table, at = [], start
+    for k, (mode, ln) in enumerate(zip(info.modes[i], info.plane_lens[i])):
+        table += (mode, at, ln, k * n, n)
+        at += ln
+    scratch = _scratch_words("planes_dec", info.width * n, np.uint8)
+    src = np.frombuffer(buf, dtype=np.uint8)
+    return fx.fill_join(fns, _zstd.thread_dctx(), src, table, scratch, info.width, info.rotate, out) < 0
+
+
 def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out: np.ndarray | None = None,
                       ctx: np.ndarray | None = None) -> np.ndarray:
     """Chunk ``i`` (its payloads start at ``start``); ``ctx``: its elements' contexts (grouped streams)."""
@@ -951,6 +953,10 @@ def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out
         _palette.decode_chunk(buf[start : start + info.plane_lens[i][0]], out, lambda f, m: unzstd(dctx, f, m))
         return out
     if info.groups is None:
+        if out is None:
+            out = np.empty(info.raw_lens[i], dtype=np.uint8)
+        if _fill_join(buf, info, i, start, n, out):
+            return out
         planes, _ = _decode_planes(dctx, buf, start, info.modes[i], info.plane_lens[i], n)
         return join_planes(planes, info.width, info.rotate, out)
     if ctx is None or ctx.size != n:

@@ -11,7 +11,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from deltastore.codec import _zstd_encode, planes
+from deltastore.codec import _zstd, _zstd_encode, planes
+from deltastore.codec.errors import CorruptPayloadError
 
 FX = planes.fast()
 needs_numba = pytest.mark.skipif(FX is None, reason="numba does not import here: only the numpy path runs")
@@ -98,3 +99,41 @@ def test_plain_streams_do_not_load_numba(monkeypatch):
     stream = planes.compress(data, width, rotate=rotate, level=3, threads=2)
     assert np.array_equal(planes.decompress(stream, threads=2), data)
     assert planes._FAST is False and planes._loaded() is None
+
+
+@needs_numba
+@pytest.mark.skipif(_zstd.lib() is None, reason="no libzstd.so.1 here: python-zstandard decodes each plane")
+def test_a_plain_chunk_decodes_in_one_compiled_call_and_refuses_what_the_other_path_refuses(monkeypatch):
+    """With the kernels loaded, each plain chunk's frames and join run in one compiled call
+    (``_numba.fill_join``); the bytes are the numpy path's. An altered stream is refused with
+    CorruptPayloadError or decodes to bytes of its size on either path, never another exception;
+    a cut one is refused by both. (An altered zstd frame may decode to other bytes on libzstd and
+    on python-zstandard's own zstd, neither checking a frame's content: a tensor object's SHA-256
+    is what refuses it, ``ObjectDB.get_array``.)"""
+    calls = []
+    real = FX.fill_join
+    monkeypatch.setattr(FX, "fill_join", lambda *a: calls.append(a[5]) or real(*a))
+    for name, data, width, rotate in _inputs():
+        stream = planes.compress(data, width, rotate=rotate, level=3)
+        _path(monkeypatch, True)
+        got = planes.decompress(stream, threads=2)
+        _path(monkeypatch, False)
+        assert np.array_equal(got, data) and np.array_equal(planes.decompress(stream, threads=2), data), name
+    assert sorted(set(calls)) == [2, 4, 8]  # every width but bytes (int8: nothing to join)
+    stream = planes.compress(_inputs()[1][1], 2, rotate=False, level=3)
+    data_n = _inputs()[1][1].size
+    rng = np.random.default_rng(7)
+    start = planes.read_info(memoryview(stream)).data_start
+    for trial in range(60):
+        bad = bytearray(stream)
+        for p in rng.integers(start, len(bad), 1 + trial % 4):
+            bad[p] = int(rng.integers(0, 256))
+        if trial % 5 == 0:
+            bad = bad[: int(rng.integers(start, len(bad)))]
+        for compiled in (True, False):
+            _path(monkeypatch, compiled)
+            try:
+                got = planes.decompress(bytes(bad))
+            except CorruptPayloadError:
+                continue
+            assert trial % 5 and got.size == data_n, (trial, compiled)
