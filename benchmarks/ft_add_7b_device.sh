@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 7, thirteenth session: the lossless fine-tune add on the device's 16 cores, as that session
 # measured it (raw_h200/s13, scaling_h200.md top). Carry .whl-store/deps (and OLD_SITE if given):
-#   [PARTS=stages,ab,full,shards,ab32,stages32] bash benchmarks/ft_add_7b_device.sh OUT [OLD_SITE]
+#   [PARTS=stages,ab,full,shards,ab32,stages32,gil32] bash benchmarks/ft_add_7b_device.sh OUT [OLD_SITE]
 # 1. stages: where a 12-layer add's time goes, thread by thread over time (OUT/stages12.md; ~2 min);
 # 2. ab: with OLD_SITE (a `pip install --no-deps --target DIR` of another commit), it, HEAD and HEAD with
 #    DELTASTORE_CHUNK_HELPERS=all, 12 layers, two alternating rounds (OUT/ab_scaling.md; ~6.5 min);
@@ -13,6 +13,8 @@
 #    alternating rounds; the model is made under /tmp/stg/model (kept for stages32; ~7.5 min);
 # 6. stages32: where a 32-layer fine-tune add's time goes, thread by thread (OUT/stages32.md; reuses
 #    /tmp/stg/model if the machine still holds it, else makes it: ~2 or ~6 min).
+# 7. gil32: py-spy (nonblocking, GIL-held samples) over add base + add fine-tune of the 32-layer model at 16
+#    threads (OUT/gil32.md; carry .whl-store/tools too; reuses /tmp/stg/model as stages32 does).
 # Each part fits one device call of 10 minutes, not all three: pick with PARTS. The old install's path is
 # given with the device's dependency folder after it (OLD:/tmp/site): on its own it imports without them.
 # A fresh machine compiles numba's kernels first (~30 s per install): the timeouts leave room for it.
@@ -59,5 +61,11 @@ if [[ ,$parts, == *,stages32,* ]]; then
   timeout 420 python3 benchmarks/probe_ft_add_stages.py --layers 32 --threads 16 --ops add_ft --work /tmp/stg \
     > "$out/stages32.md" 2>&1
   grep -E "^### " "$out/stages32.md"
+fi
+if [[ ,$parts, == *,gil32,* ]]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/spy .whl-store/tools/py_spy-*.whl >/dev/null 2>&1
+  PATH=/tmp/spy/bin:$PATH timeout 480 python3 benchmarks/profile_gil.py --layers 32 --threads 16 --ops add_base,add_ft \
+    --rate 100 --nonblocking --work /tmp/stg --top 20 --out "$out/gil32.md" > "$out/gil32.log" 2>&1
+  tail -3 "$out/gil32.log" | cut -c1-400
 fi
 uptime >> "$out/machine.txt"
