@@ -198,6 +198,8 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
         finally:
             for f in opened:
                 f.close()
+            if job.kernels is not None:  # (where no tensor changed, none waited): no import left running
+                job.kernels.wait()  # behind the caller's back, as a process that exits next would cut it off
         files = [f for f in slots if f is not None]
         manifest = Manifest(files=files, base=base_info.manifest if base_info else None,
                             codec=codec.get_config() if codec is not None else {"id": "lossless"})

@@ -382,3 +382,31 @@ def test_a_finetune_add_and_checkout_with_workers_load_every_kernel_before_the_w
         assert n > 0 and "deltastore-warm" not in loaders and "MainThread" not in loaders
     n, loaders = phase("checkout", "cold", warm="0")
     assert n > 0 and "MainThread" not in loaders
+
+
+_WARM_LEFT = r"""
+import sys, threading
+import deltastore
+base_dir, ft_dir, home = sys.argv[1:4]
+st = deltastore.open(home)
+st.add_base("m", base_dir)
+st.add_finetune("ft", ft_dir, base="m", codec="lossless")
+print(sorted(t.name for t in threading.enumerate() if t.name == "deltastore-warm"))
+"""
+
+
+def test_an_add_returns_with_its_kernel_load_over_even_where_no_tensor_waited_for_it(tmp_path: Path) -> None:
+    """A fine-tune's add loads the kernels on a thread beside its workers (issue 7); where no tensor
+    changed, no worker waits for it, and the add still returns only once it is over: an import
+    left running behind the caller could be cut off by the process's exit. In a fresh process
+    (numba's import takes about a second; this add of a tiny copy of its base, much less)."""
+    import subprocess
+    import sys
+
+    base = llama_like(0)
+    write_model(tmp_path / "base", base)
+    write_model(tmp_path / "ft", base)  # every tensor as the base's
+    p = subprocess.run([sys.executable, "-c", _WARM_LEFT, str(tmp_path / "base"), str(tmp_path / "ft"), str(tmp_path / "home")],
+                       env={**os.environ, "DELTASTORE_THREADS": "4"}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]"
