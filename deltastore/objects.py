@@ -87,6 +87,14 @@ def oid_of_key(key: str) -> str | None:
     return oid
 
 
+def stored_bound(nbytes: int) -> int:
+    """The most bytes an object of ``nbytes`` logical bytes can hold in any coding written here,
+    generously: raw, zstd (at most n/256 more), or plane streams (planes stored raw at worst, plus a
+    chunk table of 48 bytes or less a chunk of 4 MiB) with the frame's header. A larger file named
+    like an object (a sparse terabyte in a shared folder) is refused before it is read."""
+    return nbytes + nbytes // 16 + (1 << 20)
+
+
 class Scratch(Protocol):
     """Buffers a read can borrow and hand back (``pipeline.BufferPool``)."""
 
@@ -232,7 +240,15 @@ class ObjectDB:
         and handed back to once decoded (``pipeline.BufferPool``; :meth:`Backend.get_into`)."""
         if out is not None and (nbytes is None or out.size != nbytes):
             raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
-        data = self.backend.get(key_of(oid)) if scratch is None else self.backend.get_into(key_of(oid), scratch.take)
+        if scratch is None:
+            data = self.backend.get(key_of(oid))
+        else:
+            def take(n: int) -> np.ndarray:  # the file's size, known before anything is allocated or read
+                if nbytes is not None and n > stored_bound(nbytes):
+                    raise CorruptObjectError(oid, f"object holds {n} bytes, more than any coding of {nbytes} bytes takes")
+                return scratch.take(n)
+
+            data = self.backend.get_into(key_of(oid), take)
         try:
             kind, coding, body = self._framed(oid, data)
             if coding != PLANES:

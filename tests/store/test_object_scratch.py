@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from deltastore.errors import CorruptObjectError, ObjectMissingError
+from deltastore.errors import CorruptObjectError, ObjectMissingError, UnknownRefError
 from deltastore.objects import key_of
 from deltastore.pipeline import BufferPool
 
@@ -72,3 +72,24 @@ def test_a_wrong_or_missing_object_read_into_scratch_is_refused_and_the_buffer_c
         store.objects.get_array(entry.object, nbytes=entry.nbytes, scratch=pool)
     assert pool.back == len(pool.lent) == 2  # nothing lent for a missing object
 
+
+
+def test_an_outsize_file_named_like_a_tensor_object_is_refused_before_it_is_read(store, tmp_path: Path) -> None:
+    """A file far larger than any coding of the tensor takes (here a sparse TiB, as a shared folder
+    could hold) is refused from its size alone: nothing borrowed, nothing read; a fine-tune's add on
+    that base fails with the one error that names the object, and records no version."""
+    entry, t = _big_entry(store, tmp_path)
+    p = Path(store.backend._path(key_of(entry.object)))
+    p.chmod(0o644)
+    with open(p, "r+b") as f:
+        f.truncate(1 << 40)  # sparse: costs no disk
+    pool = _Counting()
+    with pytest.raises(CorruptObjectError, match="more than any coding"):
+        store.objects.get_array(entry.object, nbytes=entry.nbytes, scratch=pool)
+    assert pool.lent == []
+    sd = llama_like(0)
+    sd["big.weight"] = (t.view(torch.int16) + 1).view(torch.bfloat16)  # changed: its base is decoded
+    with pytest.raises(CorruptObjectError, match=entry.object):
+        store.add_finetune("f", write_model(tmp_path / "f", sd), base="b", codec="lossless")
+    with pytest.raises(UnknownRefError):
+        store.resolve("f@v1")
