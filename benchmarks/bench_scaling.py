@@ -34,6 +34,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,11 @@ from bench_store_gpu import layer_shapes  # noqa: E402
 
 def make_pair(work: Path, layers: int, shards: int = 1) -> tuple[Path, Path]:
     """The base and the fine-tune, each in ``shards`` safetensors files of about equal bytes in the
-    layers' order (``model.safetensors``, or ``model-0000k-of-0000n.safetensors`` as HF names them)."""
+    layers' order (``model.safetensors``, or ``model-0000k-of-0000n.safetensors`` as HF names them).
+    ``BENCH_FAST_DATA=1``: each tensor from a generator of its own, made on every core (the one
+    generator's run took ~250 s of each 10-minute device call for 32 layers); other bytes from the
+    same distribution, so figures of one run compare, and ratios match the default's (1 layer on the
+    dev VM: fourteenth session)."""
     from deltastore.safetensors_io import build_header
 
     shapes = layer_shapes(layers)
@@ -59,21 +65,42 @@ def make_pair(work: Path, layers: int, shards: int = 1) -> tuple[Path, Path]:
     cut = [0] + [next(k for k in range(len(sizes) + 1) if sum(sizes[:k]) >= sum(sizes) * j / shards) for j in range(1, shards)]
     groups = [shapes[a:b] for a, b in zip(cut, cut[1:] + [len(shapes)])]
     g = torch.Generator().manual_seed(0)
+
+    def pair(name: str, shape: tuple, gen: torch.Generator) -> tuple[bytes, bytes]:
+        w = (0.02 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        bits = w.view(torch.int16)
+        step = torch.randint(-3, 4, shape, generator=gen, dtype=torch.int16)
+        step[torch.rand(shape, generator=gen) > 0.4] = 0
+        f = (bits + step).view(torch.bfloat16)  # a few ulps on 40% of the elements
+        return w.view(torch.uint8).numpy().tobytes(), f.view(torch.uint8).numpy().tobytes()
+
+    fast = os.environ.get("BENCH_FAST_DATA", "").strip() == "1"
+    pool = ThreadPoolExecutor(os.cpu_count() or 1) if fast else None
+    k = 0
     for j, group in enumerate(groups):
         fname = "model.safetensors" if shards == 1 else f"model-{j + 1:05d}-of-{shards:05d}.safetensors"
         head, _ = build_header([(n, "BF16", s) for n, s in group], {"format": "pt"})
         with open(dirs[0] / fname, "wb") as fb, open(dirs[1] / fname, "wb") as ff:
             fb.write(head)
             ff.write(head)
+            if fast:  # each tensor from a generator of its own, on every core, a window of them at a time
+                made: deque = deque()  # (other bytes than the one generator's, the same distribution)
+                for name, shape in group:
+                    made.append(pool.submit(pair, name, shape, torch.Generator().manual_seed(1000 + k)))
+                    k += 1
+                    while len(made) > (os.cpu_count() or 1) or (made and name == group[-1][0]):
+                        b, f = made.popleft().result()
+                        fb.write(b)
+                        ff.write(f)
+                        del b, f
+                continue
             for name, shape in group:
-                w = (0.02 * torch.randn(shape, generator=g)).to(torch.bfloat16)
-                bits = w.view(torch.int16)
-                step = torch.randint(-3, 4, shape, generator=g, dtype=torch.int16)
-                step[torch.rand(shape, generator=g) > 0.4] = 0
-                f = (bits + step).view(torch.bfloat16)  # a few ulps on 40% of the elements
-                fb.write(w.view(torch.uint8).numpy().tobytes())
-                ff.write(f.view(torch.uint8).numpy().tobytes())
-                del w, bits, step, f
+                b, f = pair(name, shape, g)
+                fb.write(b)
+                ff.write(f)
+                del b, f
+    if pool is not None:
+        pool.shutdown()
     return dirs[0], dirs[1]
 
 
