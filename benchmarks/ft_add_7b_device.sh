@@ -15,8 +15,8 @@
 #    /tmp/stg/model if the machine still holds it, else makes it: ~2 or ~6 min).
 # 7. gil32: py-spy (nonblocking, GIL-held samples) over add base + add fine-tune of the 32-layer model at 16
 #    threads (OUT/gil32.md; carry .whl-store/tools too; reuses /tmp/stg/model as stages32 does).
-# BENCH_FAST_DATA=1 (passed through to bench_scaling.make_pair): the model made on every core, ~20 s instead of ~250 s
-# for 32 layers (other bytes from the same distribution; the fourteenth session's runs used the default).
+# BENCH_FAST_DATA=1 (passed through to bench_scaling.make_pair): the model made on every core (~250 s on one for
+# 32 layers; on 16 not yet timed; other bytes from the same distribution; the fourteenth session used the default).
 # Each part fits one device call of 10 minutes, not all three: pick with PARTS. The old install's path is
 # given with the device's dependency folder after it (OLD:/tmp/site): on its own it imports without them.
 # A fresh machine compiles numba's kernels first (~30 s per install): the timeouts leave room for it.
