@@ -922,24 +922,26 @@ def _grouped_planes(dctx, buf: memoryview, info: StreamInfo, i: int, start: int,
     return grouped
 
 
-def _fill_join(buf: memoryview, info: StreamInfo, i: int, start: int, n: int, out: np.ndarray) -> bool:
-    """Plain chunk ``i`` decoded into ``out`` by one compiled call (``codec._numba.fill_join``: every
-    frame by libzstd into a scratch of this thread's, then the join) where numba is loaded already
-    (:func:`_loaded`) and libzstd loads; False where it does not serve or a plane was not right
-    (the caller's path then names the error)."""
+def _fill_join(buf: memoryview, info: StreamInfo, i: int, start: int, n: int, out: np.ndarray | None) -> np.ndarray | None:
+    """Plain chunk ``i`` decoded into ``out`` (a new array where None) by one compiled call
+    (``codec._numba.fill_join``: every frame by libzstd into a scratch of this thread's, then the
+    join) where numba is loaded already (:func:`_loaded`) and libzstd loads, and returned; None
+    where it does not serve or a plane was not right (the caller's path then names the error)."""
     fx = _loaded()
-    if fx is None or n == 0 or info.width == 1 or not out.flags.c_contiguous:
-        return False
+    if fx is None or n == 0 or info.width == 1 or (out is not None and not out.flags.c_contiguous):
+        return None
     fns = _zstd.frame_functions()
     if fns is None:
-        return False
+        return None
+    if out is None:
+        out = np.empty(info.raw_lens[i], dtype=np.uint8)
     table, at = [], start
     for k, (mode, ln) in enumerate(zip(info.modes[i], info.plane_lens[i])):
         table += (mode, at, ln, k * n, n)
         at += ln
     scratch = _scratch_words("planes_dec", info.width * n, np.uint8)
     src = np.frombuffer(buf, dtype=np.uint8)
-    return fx.fill_join(fns, _zstd.thread_dctx(), src, table, scratch, info.width, info.rotate, out) < 0
+    return out if fx.fill_join(fns, _zstd.thread_dctx(), src, table, scratch, info.width, info.rotate, out) < 0 else None
 
 
 def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out: np.ndarray | None = None,
@@ -953,10 +955,9 @@ def _decompress_chunk(buf: memoryview, info: StreamInfo, i: int, start: int, out
         _palette.decode_chunk(buf[start : start + info.plane_lens[i][0]], out, lambda f, m: unzstd(dctx, f, m))
         return out
     if info.groups is None:
-        if out is None:
-            out = np.empty(info.raw_lens[i], dtype=np.uint8)
-        if _fill_join(buf, info, i, start, n, out):
-            return out
+        done = _fill_join(buf, info, i, start, n, out)
+        if done is not None:
+            return done
         planes, _ = _decode_planes(dctx, buf, start, info.modes[i], info.plane_lens[i], n)
         return join_planes(planes, info.width, info.rotate, out)
     if ctx is None or ctx.size != n:

@@ -38,6 +38,7 @@ from .errors import BadNameError, CorruptObjectError
 from .filecache import DecodedCache, Loader
 from .manifest import FileEntry, TensorEntry
 from .materialize import stored_entry, tensor_bytes
+from .objects import Scratch
 from .protocols import StoreView
 from .refs import check_name
 
@@ -209,7 +210,7 @@ class _CachedObjects:
         self._cache = cache
 
     def get_array(self, oid: str, *, verify: bool = True, nbytes: int | None = None,
-                  out: np.ndarray | None = None, scratch: Any = None) -> np.ndarray:
+                  out: np.ndarray | None = None, scratch: Scratch | None = None) -> np.ndarray:
         """As ``ObjectDB.get_array``; ``out``: where the caller's copy goes (a checkout's window),
         instead of a new array that the caller then copies again; ``scratch`` as there."""
         if out is not None and (nbytes is None or out.size != nbytes):

@@ -219,7 +219,11 @@ class _Reading:
     def __init__(self, src: SourceFile, header_oid: str, slot: int, file_sha256: bool, workers: int) -> None:
         self.src, self.header_oid, self.slot = src, header_oid, slot
         self.fd = os.open(src.path, os.O_RDONLY)
-        self.file_hash = InOrderHash(src.header.raw) if file_sha256 and workers > 1 else None
+        try:
+            self.file_hash = InOrderHash(src.header.raw) if file_sha256 and workers > 1 else None
+        except BaseException:  # not yet in the add's list of files to close
+            os.close(self.fd)
+            raise
         self.inline_hash = hashlib.sha256(src.header.raw) if file_sha256 and self.file_hash is None else None
         self.entries: dict[int, TensorEntry] = {}
 

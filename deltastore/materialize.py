@@ -81,7 +81,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     since the result is checked against its own sha256, which a wrong base cannot pass; the base
     is checked only when the result is wrong, to name the culprit. Callers that keep verified base
     tensors for reuse (the mount's cache) leave it on. ``scratch``: buffers that a tensor object's
-    read borrows (:meth:`ObjectStore.get_array`; an add's pool)."""
+    read borrows (:meth:`ObjectDB.get_array`; an add's pool)."""
     if out is not None and out.size != entry.nbytes:
         raise ValueError(f"tensor_bytes: out holds {out.size} bytes, {entry.name!r} has {entry.nbytes}")
     if entry.source == "tensor":

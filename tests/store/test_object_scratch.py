@@ -73,7 +73,6 @@ def test_a_wrong_or_missing_object_read_into_scratch_is_refused_and_the_buffer_c
     assert pool.back == len(pool.lent) == 2  # nothing lent for a missing object
 
 
-
 def test_an_outsize_file_named_like_a_tensor_object_is_refused_before_it_is_read(store, tmp_path: Path) -> None:
     """A file far larger than any coding of the tensor takes (here a sparse TiB, as a shared folder
     could hold) is refused from its size alone: nothing borrowed, nothing read; a fine-tune's add on
