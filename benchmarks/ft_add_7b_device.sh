@@ -11,6 +11,8 @@
 #    (OUT/shards_scaling.md; ~5 min).
 # 5. ab32 (fourteenth session): with OLD_SITE, HEAD and it on the full 7B shape, the two adds only, two
 #    alternating rounds; the model is made under /tmp/stg/model (kept for stages32; ~7.5 min);
+# 5b. abc32 (fifteenth session): ab32 with a second older install (OLD2_SITE=DIR) as "before2", ROUNDS
+#    alternating rounds (default 2; OUT/abc32_adds.md; ~6.5 min with the model made);
 # 6. stages32: where a 32-layer fine-tune add's time goes, thread by thread (OUT/stages32.md; reuses
 #    /tmp/stg/model if the machine still holds it, else makes it: ~2 or ~6 min).
 # 7. gil32: py-spy (nonblocking, GIL-held samples) over add base + add fine-tune of the 32-layer model at 16
@@ -57,6 +59,13 @@ if [[ ,$parts, == *,ab32,* && -n "$old" ]]; then
     --variant "before=$(realpath "$old"):/tmp/site:16" --rounds 2 --work /tmp/scale --out "$out/ab32_adds.md" \
     > "$out/ab32_adds.log" 2>&1
   grep -E "median|failed|^\{" "$out/ab32_adds.log" | cut -c1-250
+  rm -rf /tmp/scale
+fi
+if [[ ,$parts, == *,abc32,* && -n "$old" && -n "${OLD2_SITE:-}" ]]; then
+  timeout 480 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only --model /tmp/stg/model \
+    --variant "before=$(realpath "$old"):/tmp/site:16" --variant "before2=$(realpath "$OLD2_SITE"):/tmp/site:16" \
+    --rounds "${ROUNDS:-2}" --work /tmp/scale --out "$out/abc32_adds.md" > "$out/abc32_adds.log" 2>&1
+  grep -E "median|failed|^\{" "$out/abc32_adds.log" | cut -c1-250
   rm -rf /tmp/scale
 fi
 if [[ ,$parts, == *,stages32,* ]]; then

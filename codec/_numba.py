@@ -572,6 +572,80 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
     return counts, ng, gctx[:ng], gn[:ng], modes[:2 * ng], sizes[:2 * ng + 1]
 
 
+@njit(cache=True, nogil=True)
+def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, tmp, words, counts, ngs, gctx, gn,
+                  fn, cctx, area, cap, modes, sizes):
+    """:func:`_diff_groups2` of chunks ``c0 .. c1 - 1`` (``step`` words each, the last one shorter),
+    chunk ``i``'s payloads into ``area[i * cap:]`` and its tables into row ``i`` of the others.
+    Returns -1, or the first chunk whose zstd call failed (its error code in ``sizes[i, 0]``)."""
+    n_all = target.size
+    for i in range(c0, c1):
+        a = i * step
+        b = min(a + step, n_all)
+        n = b - a
+        ng = _diff_groups2(target[a:b], base[a:b], shift, fmask, min_group, counts[i], hi[:n], lo[:n], tmp[:n],
+                           words[:n], gctx[i], gn[i], fn, cctx, area[i * cap:(i + 1) * cap], modes[i], sizes[i])
+        ngs[i] = ng
+        if ng < 0:
+            return i
+    return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_le(out, o, v, nbytes):
+    for k in range(nbytes):
+        out[o + k] = np.uint8((v >> np.uint64(8 * k)) & np.uint64(0xFF))
+    return o + nbytes
+
+
+@njit(cache=True, nogil=True)
+def _assemble2(head, step_bytes, total_bytes, ngs, gctx, gn, modes, sizes, area, cap, out):
+    """A grouped stream of 2-byte words from its chunks' tables and payloads (as
+    :func:`_diff_chunks2` left them) into ``out``, whose size the caller computed: ``head``, then
+    each chunk's ``<QH`` (raw bytes, groups) and each group's ``<BIII`` (first context, elements,
+    the two payloads' sizes) and its two modes, then every chunk's payloads in turn. The bytes
+    ``planes._pack_grouped`` writes. Returns the bytes written."""
+    o = head.size
+    out[:o] = head
+    for i in range(ngs.size):
+        raw = min(step_bytes, total_bytes - i * step_bytes)
+        o = _put_le(out, o, np.uint64(raw), 8)
+        o = _put_le(out, o, np.uint64(ngs[i]), 2)
+        for g in range(ngs[i]):
+            o = _put_le(out, o, np.uint64(gctx[i, g]), 1)
+            o = _put_le(out, o, np.uint64(gn[i, g]), 4)
+            o = _put_le(out, o, sizes[i, 2 * g], 4)
+            o = _put_le(out, o, sizes[i, 2 * g + 1], 4)
+            out[o] = modes[i, 2 * g]
+            out[o + 1] = modes[i, 2 * g + 1]
+            o += 2
+    for i in range(ngs.size):
+        s = np.int64(sizes[i, 2 * ngs[i]])
+        out[o:o + s] = area[i * cap:i * cap + s]
+        o += s
+    return o
+
+
+@njit(cache=True, nogil=True)
+def _pack_counts_rows(counts, out):
+    """Format v3's ``counts`` (``lossless._pack_counts``) of every row of ``counts`` (chunks x 256)
+    into ``out`` (int32, at least rows x 264); returns the words written."""
+    o = 0
+    for i in range(counts.shape[0]):
+        for w in range(8):
+            word = np.uint32(0)
+            for b in range(32):
+                if counts[i, 32 * w + b] > 0:
+                    word |= np.uint32(1) << np.uint32(b)
+            out[o + w] = np.int32(np.int64(word) - (np.int64(1) << 32) if word >= np.uint32(1 << 31) else np.int64(word))
+        o += 8
+        for c in range(256):
+            if counts[i, c] > 0:
+                out[o] = counts[i, c]
+                o += 1
+    return o
+
+
 _LOCAL = threading.local()
 
 

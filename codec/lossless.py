@@ -441,7 +441,18 @@ class Lossless(Codec):
         if usable:
             base_raw = tensor_u8(base)
             fx = planes.fast()
-            if self.by_exponent and fx is not None:  # difference, context and grouping in one compiled pass a chunk
+            whole = None
+            if self.by_exponent and fx is not None and width == 2:  # the whole stream in a few compiled calls
+                shift, bits = context_field(target.dtype)
+                whole = planes.diff_stream(raw, base_raw, shift, bits, self.level, chunk_bytes=GROUPED_CHUNK_BYTES)
+            if whole is not None:
+                stream, chunk_counts = whole
+                meta, version = {"mode": "diff", "context": "exponent"}, 2
+                if self.context_counts:
+                    packed = np.empty(chunk_counts.shape[0] * 264, dtype=np.int32)
+                    arrays["counts"] = torch.from_numpy(packed[:fx._pack_counts_rows(chunk_counts, packed)].copy())
+                    version = 3
+            elif self.by_exponent and fx is not None:  # difference, context and grouping in one compiled pass a chunk
                 shift, bits = context_field(target.dtype)
                 seen: dict[int, np.ndarray] = {}  # each chunk's counts, by its first byte (chunks run on threads)
 
@@ -479,8 +490,10 @@ class Lossless(Codec):
         else:
             stream = planes.compress(raw, width, rotate=target.dtype in _FLOATS, level=self.level)
             meta = {"mode": "plain"}
-        # numpy copies with the GIL released (bytearray(stream) held it for the whole payload)
-        payload = torch.from_numpy(np.frombuffer(stream, dtype=np.uint8).copy()) if stream else torch.empty(0, dtype=torch.uint8)
+        if isinstance(stream, np.ndarray):  # a new array of its own (planes.diff_stream)
+            payload = torch.from_numpy(stream)
+        else:  # numpy copies with the GIL released (bytearray(stream) held it for the whole payload)
+            payload = torch.from_numpy(np.frombuffer(stream, dtype=np.uint8).copy()) if stream else torch.empty(0, dtype=torch.uint8)
         enc = self._new(target, {"stream": payload, **arrays}, meta)
         enc.version = version  # the payload's format, which a plain payload keeps at v1
         return enc

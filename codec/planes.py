@@ -601,6 +601,71 @@ def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bi
     return packed, counts
 
 
+#: chunks a :func:`diff_stream` work item encodes in one compiled call, at most: fewer where the
+#: tensor has too few chunks to give this many items to every core
+DIFF_ITEM_CHUNKS = 8
+
+
+def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, level: int, *,
+                chunk_bytes: int = CHUNK_BYTES, threads: int | None = None,
+                min_group: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fine-tune's whole grouped difference stream of 2-byte words (bf16, fp16) against its base:
+    the bytes :func:`compress_grouped` writes from :func:`diff_groups`' chunks, as a new uint8
+    array, and each chunk's elements per context (chunks x 256). None where that path does not
+    serve (as :func:`diff_groups`): the caller takes the chunk-by-chunk one.
+
+    Why: chunk by chunk, each 1 MiB chunk came back to Python for its groups' objects and a copy
+    of its payloads into a ``bytes`` (the GIL held through both), and the stream was then joined
+    and copied once more. py-spy over a 16-thread fine-tune add on the H200 machine had those
+    per-chunk steps holding the GIL for ~1.0 of the add's 2.0 GIL-held s (5.9 s wall;
+    raw_h200/s13/prof_gil16.md), while 4-5 of its 16 cores waited. Here a work item encodes up to
+    :data:`DIFF_ITEM_CHUNKS` chunks in one compiled call, each into a region of its own of one
+    area, and one more call writes the table and moves the payloads into the stream: a handful
+    of GIL hand-offs a tensor, no ``bytes`` per chunk, no join."""
+    fx = fast()
+    if fx is None or target.size % 2 or target.size != base.size:
+        return None
+    step = chunk_step(2, chunk_bytes)
+    if step // 2 >= 1 << 32:
+        return None
+    if getattr(_thread_compressor(level), "addresses", None) is None:
+        return None
+    min_group = MIN_GROUP if min_group is None else int(min_group)
+    nbytes, sw = target.size, step // 2
+    nch = -(-nbytes // step)
+    t16, b16 = target.view(np.uint16), base.view(np.uint16)
+    cap = fx.frames_capacity(min(sw, nbytes // 2))
+    area = np.empty(nch * cap, dtype=np.uint8)  # untouched pages cost nothing: each chunk writes its payloads' bytes
+    counts = np.empty((nch, 256), dtype=np.int64)
+    gctx = np.empty((nch, 256), dtype=np.int64)
+    gn = np.empty((nch, 256), dtype=np.int64)
+    modes = np.empty((nch, 512), dtype=np.uint8)
+    sizes = np.empty((nch, 513), dtype=np.uint64)
+    ngs = np.empty(nch, dtype=np.int64)
+    per = max(1, min(DIFF_ITEM_CHUNKS, nch // (2 * default_threads())))
+    items = range(0, nch, per)
+    shift16, fmask, mg = np.uint16(shift), np.uint16((1 << bits) - 1), np.int64(min_group)
+
+    def work(c0: int) -> None:
+        cctx = _thread_compressor(level)
+        n = min(sw, nbytes // 2)
+        planes2 = _scratch_words("grouped_enc", 2 * n, np.uint8)
+        scratch = _scratch_words("diff_words", 2 * n, np.uint16)
+        bad = fx._diff_chunks2(t16, b16, np.int64(sw), np.int64(c0), np.int64(min(c0 + per, nch)), shift16, fmask, mg,
+                               planes2[:n], planes2[n:], scratch[:n], scratch[n:], counts, ngs, gctx, gn,
+                               *(np.uint64(a) for a in cctx.addresses()), area, np.int64(cap), modes, sizes)
+        if bad >= 0:
+            cctx.raise_for(int(sizes[bad, 0]))
+
+    _map_chunks(work, items, threads)
+    head = np.frombuffer(_HEAD.pack(MAGIC_GROUPED, 2, 0, 0, nch, nbytes), dtype=np.uint8)
+    payload = int(sizes[np.arange(nch), 2 * ngs].sum()) if nch else 0
+    out = np.empty(head.size + 10 * nch + 15 * int(ngs.sum()) + payload, dtype=np.uint8)
+    wrote = fx._assemble2(head, np.int64(step), np.int64(nbytes), ngs, gctx, gn, modes, sizes, area, np.int64(cap), out)
+    assert wrote == out.size
+    return out, counts
+
+
 class _Packed(list):
     """A chunk's groups (:class:`_Group`, payloads given as their sizes) whose payloads lie back to
     back, in the stream's order, in one bytes object ``blob`` (:func:`diff_groups`): one copy a

@@ -168,3 +168,57 @@ def test_one_call_chunk_encode_writes_the_three_call_groups(n):
         assert groups.blob == b"".join(p for g in want for p in g.payloads)
         assert planes._pack_grouped([groups, groups], 2, False, 4 * n) == planes._pack_grouped([want, want], 2, False, 4 * n)
     assert 0 in {m for g in groups for m in g.modes}  # the noise target's planes were stored
+
+
+@pytest.mark.parametrize("n", [1, 7, 1 << 19, 3 * (1 << 19) + 11, 2_500_001])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_whole_tensor_encode_writes_the_chunk_by_chunk_stream(n, threads):
+    """planes.diff_stream (groups of chunks a compiled call, one more for the table and the moves)
+    writes the bytes compress_grouped writes from diff_groups' chunks, with the same counts per
+    chunk and the same packed v3 counts; one chunk, chunks with a short last one, noise (stored
+    planes), a compressed and a stored plane in one group; any thread count."""
+    if planes.diff_groups(np.zeros(2, np.uint8), np.zeros(2, np.uint8), 2, 7, 8, 3) is None:
+        pytest.skip("the skip-ahead compressor (cffi) does not load here")
+    from deltastore.codec.lossless import _pack_counts
+
+    base = weights(torch.bfloat16, (n,), seed=n)
+    shift, bits = context_field(torch.bfloat16)
+    step = planes.chunk_step(2, GROUPED_CHUNK_BYTES)
+    codes = np.random.default_rng(n).integers(0, 256, n).astype(np.uint16)  # high plane zero, low plane noise
+    mixed = torch.from_numpy(diff_decode_numpy(codes.view(np.uint8), tensor_u8(base), 2).view(np.int16)).view(torch.bfloat16)
+    for target in (finetune_of(base), _random_bits(torch.bfloat16, (n,), 5), mixed):
+        t, b = tensor_u8(target), tensor_u8(base)
+        seen = {}
+
+        def chunk(lo, hi, t=t, b=b, seen=seen):
+            groups, counts = planes.diff_groups(t[lo:hi], b[lo:hi], 2, shift, bits, 3)
+            seen[lo] = counts
+            return groups
+
+        want = planes.compress_grouped(t.size, 2, chunk, level=3, chunk_bytes=GROUPED_CHUNK_BYTES, threads=threads)
+        got, counts = planes.diff_stream(t, b, shift, bits, 3, chunk_bytes=GROUPED_CHUNK_BYTES, threads=threads)
+        assert got.dtype == np.uint8 and got.tobytes() == want
+        rows = [seen[lo] for lo in range(0, t.size, step)]
+        assert counts.shape == (len(rows), 256) and all(np.array_equal(c, r) for c, r in zip(counts, rows))
+        packed = np.empty(len(rows) * 264, dtype=np.int32)
+        assert np.array_equal(packed[:FX._pack_counts_rows(counts, packed)], _pack_counts(rows))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_default_encode_takes_the_whole_tensor_path_and_writes_the_same_payload(monkeypatch, dtype):
+    """Lossless().encode of a 2-byte fine-tune over several chunks (what an add runs) goes through
+    planes.diff_stream, and its payload (stream and counts) is the one the chunk-by-chunk path
+    writes, and decodes to the fine-tune's bits."""
+    if planes.diff_groups(np.zeros(2, np.uint8), np.zeros(2, np.uint8), 2, 7, 8, 3) is None:
+        pytest.skip("the skip-ahead compressor (cffi) does not load here")
+    base = with_specials(weights(dtype, (3 * (1 << 19) + 5,), seed=3))
+    target = finetune_of(base)
+    calls = []
+    real = planes.diff_stream
+    monkeypatch.setattr(planes, "diff_stream", lambda *a, **k: calls.append(1) or real(*a, **k))
+    enc = Lossless().encode(target, base)
+    assert calls
+    monkeypatch.setattr(planes, "diff_stream", lambda *a, **k: None)
+    chunked = Lossless().encode(target, base)
+    assert to_bytes(enc) == to_bytes(chunked)
+    assert same_bits(Lossless().reconstruct(from_bytes(to_bytes(enc)), base), target)
