@@ -5,7 +5,8 @@
 # 1. stages: where a 12-layer add's time goes, thread by thread over time (OUT/stages12.md; ~2 min);
 # 2. ab: with OLD_SITE (a `pip install --no-deps --target DIR` of another commit), it, HEAD and HEAD with
 #    DELTASTORE_CHUNK_HELPERS=all, 12 layers, two alternating rounds (OUT/ab_scaling.md; ~6.5 min);
-# 3. full: HEAD on the full 7B shape, 32 layers (13.5 GB; 51 GB of disk), one round (OUT/l32_scaling.md; ~6 min);
+# 3. full: HEAD on the full 7B shape, 32 layers (13.5 GB; 51 GB of disk), one round (OUT/l32_scaling.md; ~6 min;
+#    the model made under /tmp/stg/model, kept for stages32);
 # 4. shards: with OLD_SITE, HEAD and it on 12 layers in 3 safetensors files (an add streams every shard
 #    through one window since df464d2; before, each shard drained the workers), two rounds
 #    (OUT/shards_scaling.md; ~5 min).
@@ -42,7 +43,7 @@ if [[ ,$parts, == *,ab,* && -n "$old" ]]; then
   rm -rf /tmp/scale
 fi
 if [[ ,$parts, == *,full,* ]]; then
-  timeout 420 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --work /tmp/scale --out "$out/l32_scaling.md" \
+  timeout 420 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --model /tmp/stg/model --work /tmp/scale --out "$out/l32_scaling.md" \
     > "$out/l32_scaling.log" 2>&1
   grep -E '^\{|failed' "$out/l32_scaling.log" | cut -c1-330
   rm -rf /tmp/scale

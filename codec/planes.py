@@ -601,8 +601,12 @@ def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bi
     return packed, counts
 
 
-#: chunks a :func:`diff_stream` work item encodes in one compiled call, at most: fewer where the
-#: tensor has too few chunks to give this many items to every core
+#: chunks a :func:`diff_stream` work item encodes in one compiled call, at most; fewer where the
+#: tensor would make fewer than 8 items. Every item is a GIL hand-off at its start and end; on the
+#: H200 machine's 16 cores an add's 32 MiB attention tensors, then cut into one-chunk items (a
+#: chunk per core, twice over), ran 12-13 threads where its 86 MiB MLP tensors (two-chunk items)
+#: ran 16-19 (raw_h200/s15b/stages32.md). Helpers only join where cores are free
+#: (:class:`_Cores`), so a tensor's items matter for its speed only when it runs alone.
 DIFF_ITEM_CHUNKS = 8
 
 
@@ -642,7 +646,7 @@ def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, lev
     modes = np.empty((nch, 512), dtype=np.uint8)
     sizes = np.empty((nch, 513), dtype=np.uint64)
     ngs = np.empty(nch, dtype=np.int64)
-    per = max(1, min(DIFF_ITEM_CHUNKS, nch // (2 * default_threads())))
+    per = max(1, min(DIFF_ITEM_CHUNKS, nch // 8))  # a 32 MiB tensor in 8 items of 4 chunks, 86 MiB in 11 of 8
     items = range(0, nch, per)
     shift16, fmask, mg = np.uint16(shift), np.uint16((1 << bits) - 1), np.int64(min_group)
 

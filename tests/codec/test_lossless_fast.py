@@ -170,13 +170,14 @@ def test_one_call_chunk_encode_writes_the_three_call_groups(n):
     assert 0 in {m for g in groups for m in g.modes}  # the noise target's planes were stored
 
 
-@pytest.mark.parametrize("n", [1, 7, 1 << 19, 3 * (1 << 19) + 11, 2_500_001])
+@pytest.mark.parametrize("n", [1, 7, 1 << 19, 3 * (1 << 19) + 11, 2_500_001, 17 * (1 << 19) + 5])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_whole_tensor_encode_writes_the_chunk_by_chunk_stream(n, threads):
     """planes.diff_stream (groups of chunks a compiled call, one more for the table and the moves)
     writes the bytes compress_grouped writes from diff_groups' chunks, with the same counts per
     chunk and the same packed v3 counts; one chunk, chunks with a short last one, noise (stored
-    planes), a compressed and a stored plane in one group; any thread count."""
+    planes), a compressed and a stored plane in one group; items of several chunks (18 chunks: 2 a
+    call); any thread count."""
     if planes.diff_groups(np.zeros(2, np.uint8), np.zeros(2, np.uint8), 2, 7, 8, 3) is None:
         pytest.skip("the skip-ahead compressor (cffi) does not load here")
     from deltastore.codec.lossless import _pack_counts
