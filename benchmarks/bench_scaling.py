@@ -162,9 +162,17 @@ def prime_pages(folder: Path, nbytes: int) -> None:
         path.unlink()
 
 
+#: seconds each timed op's leading ``sync`` took (pending writeback of what came before: the model
+#: just written, a checkout's output), printed with the run
+SYNCS: list[float] = []
+
+
 def run_one(op: str, home: Path, src: str, out: str, workers: int, site: str | None, extra_env: dict | None = None) -> dict:
     if PRIME_BYTES:
         prime_pages(home.parent, PRIME_BYTES)
+    t = time.perf_counter()
+    os.sync()  # no writeback left from before (the model's files, a checkout's output) competes with the op
+    SYNCS.append(round(time.perf_counter() - t, 2))
     env = dict(os.environ, DELTASTORE_THREADS=str(workers), **(extra_env or {}))
     if site:
         env["PYTHONPATH"] = site
@@ -451,6 +459,7 @@ def main() -> None:
             for label, site, ws, io, env in turn:
                 store_rows += bench_store(label, site, base, ft, ws, work, nbytes, want, h, io, round_=rn, env=env)
     rows += store_rows
+    print("sync before each timed op, s (writeback pending from before):", SYNCS, flush=True)
     if args.rounds > 1:
         rows += medians(store_rows)
     md = (f"Command: `python benchmarks/bench_scaling.py --layers {args.layers} --workers {args.workers}"

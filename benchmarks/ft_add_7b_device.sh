@@ -14,6 +14,8 @@
 #    alternating rounds; the model is made under /tmp/stg/model (kept for stages32; ~7.5 min);
 # 5b. abc32 (fifteenth session): ab32 with a second older install (OLD2_SITE=DIR) as "before2", ROUNDS
 #    alternating rounds (default 2; OUT/abc32_adds.md; ~6.5 min with the model made);
+# 5c. adds32 (fifteenth session): HEAD alone, the two adds, ROUNDS rounds (default 2; OUT/adds32.md; ~4 min
+#    with the model made); since then every timed op of bench_scaling starts after a sync (its time printed);
 # 6. stages32: where a 32-layer fine-tune add's time goes, thread by thread (OUT/stages32.md; reuses
 #    /tmp/stg/model if the machine still holds it, else makes it: ~2 or ~6 min).
 # 7. gil32: py-spy (nonblocking, GIL-held samples) over add base + add fine-tune of the 32-layer model at 16
@@ -67,6 +69,12 @@ if [[ ,$parts, == *,abc32,* && -n "$old" && -n "${OLD2_SITE:-}" ]]; then
     --variant "before=$(realpath "$old"):/tmp/site:16" --variant "before2=$(realpath "$OLD2_SITE"):/tmp/site:16" \
     --rounds "${ROUNDS:-2}" --work /tmp/scale --out "$out/abc32_adds.md" > "$out/abc32_adds.log" 2>&1
   grep -E "median|failed|^\{" "$out/abc32_adds.log" | cut -c1-250
+  rm -rf /tmp/scale
+fi
+if [[ ,$parts, == *,adds32,* ]]; then
+  timeout 400 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only --model /tmp/stg/model \
+    --rounds "${ROUNDS:-2}" --work /tmp/scale --out "$out/adds32.md" > "$out/adds32.log" 2>&1
+  grep -E "median|failed|^\{|^sync" "$out/adds32.log" | cut -c1-250
   rm -rf /tmp/scale
 fi
 if [[ ,$parts, == *,stages32,* ]]; then
