@@ -605,7 +605,8 @@ def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bi
 #: tensor would make fewer than 8 items. Every item is a GIL hand-off at its start and end; on the
 #: H200 machine's 16 cores an add's 32 MiB attention tensors, then cut into one-chunk items (a
 #: chunk per core, twice over), ran 12-13 threads where its 86 MiB MLP tensors (two-chunk items)
-#: ran 16-19 (raw_h200/s15b/stages32.md). Helpers only join where cores are free
+#: ran 16-19 (raw_h200/s15b/stages32.md); in items of 4, 13-15 (s15c/stages32.md, another machine:
+#: not a clean A/B). Helpers only join where cores are free
 #: (:class:`_Cores`), so a tensor's items matter for its speed only when it runs alone.
 DIFF_ITEM_CHUNKS = 8
 

@@ -78,6 +78,11 @@ def open_nonblocking(path: str) -> tuple[BinaryIO, os.stat_result] | None:
     return os.fdopen(fd, "rb"), os.fstat(fd)
 
 
+class Unreadable(Exception):
+    """A key that holds more than it may, or that is not a plain file (a FIFO, a device): reading
+    it whole would exhaust memory, block, or never end. Callers turn it into their own error."""
+
+
 def _open_regular(path: str) -> BinaryIO | None:
     """``path`` opened for reading if it is a plain file, else None, as for a missing key (what
     ``exists`` says: ``os.path.isfile``): a directory, FIFO or device is no object."""
@@ -182,7 +187,11 @@ class Backend:
             raise ReadOnlyError(f"the object store at {self.url} is open read-only")
 
     # -- reads ---------------------------------------------------------------------------------
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        """A key's bytes; None if it is missing (or, on disk, not a plain file). ``max_bytes``: a key
+        that holds more raises :class:`Unreadable`, found from its size on disk before anything is
+        read, on S3 by a ranged GET of one byte more: a sparse terabyte named like an object or a
+        lease marker in a shared folder was read to its end (or failed with MemoryError)."""
         crash_point("backend.get")
         p = self._path(key)
         if self.local:
@@ -190,7 +199,14 @@ class Backend:
             if f is None:
                 return None
             with f:
+                if max_bytes is not None and (size := os.fstat(f.fileno()).st_size) > max_bytes:
+                    raise Unreadable(f"{key} holds {size} bytes, more than the {max_bytes} it may")
                 return f.read()
+        if max_bytes is not None:
+            data = self.get_range(key, 0, max_bytes + 1)
+            if data is not None and len(data) > max_bytes:
+                raise Unreadable(f"{key} holds more than the {max_bytes} bytes it may")
+            return data
         try:
             return self.fs.cat_file(p)
         except FileNotFoundError:

@@ -72,7 +72,7 @@ def _config(store: StoreAPI, manifest_oid: str, ref: str) -> dict[str, Any]:
     for f in man.files:
         if f.path == "config.json" and f.kind == "blob" and f.object:
             try:
-                return json.loads(store.objects.get(f.object))
+                return json.loads(store.objects.get(f.object, max_size=f.size))
             except ValueError as e:
                 raise CorruptObjectError(f.object, f"config.json is not JSON: {e}") from None
     raise BadInputError(f"{ref} has no config.json, so no model class to build; use checkout or state_dict")

@@ -259,6 +259,23 @@ class Manifest:
                     out.add(t.object)
         return out
 
+    def object_sizes(self) -> dict[str, int]:
+        """What each object this manifest names decodes to, at most: a blob or a header its file's
+        size, a tensor object its tensor's bytes, a delta payload four times its tensor's bytes and
+        1 MiB (generous: a full-rank low-rank pair of an fp16 factor each is twice a bf16 tensor, a
+        lossless payload of incompressible bytes its stream, chunk tables and counts). Readers
+        bound what they read by it (``maintenance.verify``): a file far larger is refused unread."""
+        out: dict[str, int] = {}
+        for f in self.files:
+            for oid in (f.object, f.header):
+                if oid:
+                    out[oid] = max(out.get(oid, 0), f.size)
+            for t in f.tensors:
+                if t.object:
+                    n = t.nbytes if t.source == "tensor" else 4 * t.nbytes + (1 << 20)
+                    out[t.object] = max(out.get(t.object, 0), n)
+        return out
+
     def object_kinds(self, manifest_oid: str) -> dict[str, str]:
         """The kind of every object this manifest names (and of the manifest itself), for the
         catalog's object index."""

@@ -31,7 +31,7 @@ import numpy as np
 import zstandard
 
 from . import libc
-from .backend import Backend
+from .backend import Backend, Unreadable
 from .codec import planes
 from .codec.errors import CorruptPayloadError
 from .errors import CorruptObjectError, ObjectMissingError
@@ -175,8 +175,18 @@ class ObjectDB:
         return self._put("sha256:" + h.hexdigest(), kind, RAW, lambda f: [f, *parts], sum(p.nbytes for p in parts), defer)
 
     # -- reading -------------------------------------------------------------------------------
-    def _frame(self, oid: str) -> tuple[str, int, memoryview]:
-        return self._framed(oid, self.backend.get(key_of(oid)))
+    def _read(self, oid: str, logical: int | None = None) -> bytes | None:
+        """The object's stored bytes (None if missing), read no further than any coding of
+        ``logical`` bytes (default :data:`MAX_DECODED`) can take (:func:`stored_bound`): a larger
+        file (a sparse terabyte named like an object in a shared folder) is refused unread."""
+        logical = MAX_DECODED if logical is None else logical
+        try:
+            return self.backend.get(key_of(oid), max_bytes=stored_bound(logical))
+        except Unreadable as e:
+            raise CorruptObjectError(oid, f"{e} (more than any coding of {logical} bytes takes)") from None
+
+    def _frame(self, oid: str, logical: int | None = None) -> tuple[str, int, memoryview]:
+        return self._framed(oid, self._read(oid, logical))
 
     @staticmethod
     def _framed(oid: str, data: bytes | None) -> tuple[str, int, memoryview]:
@@ -193,7 +203,7 @@ class ObjectDB:
         """The logical bytes; with ``verify`` they are re-hashed against the id. ``max_size``
         (what the manifest says the object decodes to) is checked against the frame's own
         claim before anything is allocated: a hostile frame cannot make us allocate more."""
-        kind, coding, body = self._frame(oid)
+        kind, coding, body = self._frame(oid, max_size)
         cap = (MAX_MANIFEST if kind == "manifest" else MAX_DECODED) if max_size is None else max_size
         try:
             if coding == ZSTD:
@@ -241,7 +251,7 @@ class ObjectDB:
         if out is not None and (nbytes is None or out.size != nbytes):
             raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
         if scratch is None:
-            data = self.backend.get(key_of(oid))
+            data = self._read(oid, nbytes)
         else:
             def take(n: int) -> np.ndarray:  # the file's size, known before anything is allocated or read
                 if nbytes is not None and n > stored_bound(nbytes):
@@ -456,9 +466,10 @@ class ObjectDB:
     def stored_size(self, oid: str) -> int | None:
         return self.backend.size(key_of(oid))
 
-    def verify(self, oid: str) -> None:
-        """Raise ObjectMissingError / CorruptObjectError unless the object decodes to its id."""
-        self.get(oid, verify=True)
+    def verify(self, oid: str, max_size: int | None = None) -> None:
+        """Raise ObjectMissingError / CorruptObjectError unless the object decodes to its id (to at
+        most ``max_size`` bytes, where given: read no further than that takes)."""
+        self.get(oid, verify=True, max_size=max_size)
 
     def all_oids(self) -> list[str]:
         out = []

@@ -610,7 +610,7 @@ def rebuild(store: StoreView) -> RebuildReport:
             man = loaded.get(r["key"])
             if man is None:
                 try:  # a record left by an add that never committed may name a manifest gc removed
-                    man = loaded[r["key"]] = Manifest.from_json(store.objects.get(r["manifest"]), r["manifest"])
+                    man = loaded[r["key"]] = Manifest.from_json(store.objects.get(r["manifest"], max_size=MAX_MANIFEST), r["manifest"])
                 except ObjectMissingError:
                     skipped.append(f"{r['key']}: its manifest {r['manifest']} is not on the backend")
                     continue

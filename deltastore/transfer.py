@@ -45,7 +45,7 @@ from typing import Any, Iterator, Protocol
 from sqlalchemy import select
 
 from . import chains, records
-from .backend import TMP_PREFIX, Backend, open_nonblocking
+from .backend import TMP_PREFIX, Backend, Unreadable, open_nonblocking
 from .catalog import Model, ObjectRow, Tag, Version
 from .errors import BadInputError, BadNameError, ChainTooDeepError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError, RemoteError, UnknownRefError
 from .ingest import commit_version
@@ -79,8 +79,12 @@ class _OneObject:
     def __init__(self, key: str, data: bytes):
         self.key, self.data = key, data
 
-    def get(self, key: str) -> bytes | None:
-        return self.data if key == self.key else None
+    def get(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        if key != self.key:
+            return None
+        if max_bytes is not None and len(self.data) > max_bytes:
+            raise Unreadable(f"{key} holds {len(self.data)} bytes, more than the {max_bytes} it may")
+        return self.data
 
 
 def check_object(oid: str, data: bytes) -> int:
@@ -112,30 +116,24 @@ MAX_STORED = stored_cap(MAX_DECODED)
 MAX_STORED_MANIFEST = stored_cap(MAX_MANIFEST)
 
 
-class Unreadable(Exception):
-    """A key that holds more than it may, or that is not a plain file (a FIFO, a device): reading
-    it whole would exhaust memory, block, or never end. Callers turn it into their own error."""
-
-
 def read_at_most(backend: Backend, key: str, limit: int) -> bytes | None:
     """A key's bytes in one request, never more than ``limit`` of them read; None when there is no
     such key. Raises :class:`Unreadable` for a key that holds more, or (on disk) that is not a
     plain file: what another store's folder or bucket holds is not trusted (a sparse 1 TiB file
     named like a record, a FIFO named like an object)."""
-    if backend.local:
-        got = open_nonblocking(backend._path(key))
-        if got is None:
-            return None
-        f, st = got
-        with f:
-            if not stat.S_ISREG(st.st_mode):
-                raise Unreadable(f"{key} is not a plain file")
-            if st.st_size > limit:
-                raise Unreadable(f"{key} holds {st.st_size} bytes, more than the {limit} it may")
-            data = f.read(limit + 1)
-    else:
-        data = backend.get_range(key, 0, limit + 1)
-    if data is not None and len(data) > limit:
+    if not backend.local:
+        return backend.get(key, max_bytes=limit)  # one ranged GET of limit + 1 bytes
+    got = open_nonblocking(backend._path(key))  # (Backend.get reads a non-file as missing: here it is refused)
+    if got is None:
+        return None
+    f, st = got
+    with f:
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable(f"{key} is not a plain file")
+        if st.st_size > limit:
+            raise Unreadable(f"{key} holds {st.st_size} bytes, more than the {limit} it may")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # (grew since its fstat)
         raise Unreadable(f"{key} holds more than the {limit} bytes it may")
     return data
 

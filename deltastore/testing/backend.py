@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ..backend import TMP_PREFIX, Backend
+from ..backend import TMP_PREFIX, Backend, Unreadable
 from ..errors import ReadOnlyError
 
 BIG = 3 << 20  # large enough that a write takes more than one system call or request part
@@ -58,6 +58,21 @@ class BackendTests:
         assert backend.get("objects/ab/bytes") == data
         assert backend.get("objects/ab/empty") == b""
         assert backend.size("objects/ab/empty") == 0
+
+    def test_a_bounded_get_refuses_a_key_that_holds_more(self, backend: Backend) -> None:
+        """``get(key, max_bytes=n)``: the whole value where it holds at most n bytes; ``Unreadable``
+        where it holds more (found on disk from its size, on S3 from a ranged read of n + 1 bytes);
+        an empty value is empty; a missing key None."""
+        data = _payload(BIG, 3)
+        backend.put("objects/ad/big", memoryview(data))
+        backend.put("objects/ad/empty", b"")
+        assert backend.get("objects/ad/big", max_bytes=len(data)) == data
+        assert backend.get("objects/ad/big", max_bytes=len(data) + 100) == data
+        for n in (len(data) - 1, 1000, 0):
+            with pytest.raises(Unreadable, match="more than"):
+                backend.get("objects/ad/big", max_bytes=n)
+        assert backend.get("objects/ad/empty", max_bytes=10) == b""
+        assert backend.get("objects/ad/missing", max_bytes=10) is None
 
     def test_big_object_and_ranges(self, backend: Backend) -> None:
         data = _payload(BIG, 1)

@@ -79,8 +79,8 @@ class CountingBackend(Backend):
         self.fetched += len(out or b"")
         return out
 
-    def get(self, key: str) -> bytes | None:
-        out = super().get(key)
+    def get(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        out = super().get(key, max_bytes)
         self.fetched += len(out or b"")
         return out
 
