@@ -89,8 +89,8 @@ def test_peak_memory_tracks_largest_tensor_not_model(tmp_path: Path) -> None:
         # in order: a small multiple of workers x one tensor, whatever the model's size. A base's
         # add: its bytes and its byte planes / frame; a checkout: its decoded bytes and planes. A
         # fine-tune's add holds four: its bytes, its base's decoded bytes, its base's stored object
-        # (both read into the add's pool) and its encoded difference (1,113-1,176 MiB above the
-        # baseline here at 2 workers, before and after this session's whole-stream encode); its
+        # (both read into the add's pool) and its encoded difference (975 MiB above the baseline
+        # here at 2 workers; 1,113-1,176 while the encode's area sat in huge pages); its
         # checkout three: its base's decoded bytes, its own, and its stored difference (808-872
         # MiB, the same at 82b42c1, the fourteenth session's start)
         bound = (BUFFERS_PER_TENSOR[op] * WORKERS + 2) * largest
