@@ -41,6 +41,7 @@ from .graph_decode import decoder_of
 from .kernels import (BitDeltaSigns, DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, LowRankFactors,
                       NotServableError, PackedDeltaCoMe, served_from_encoded)
 from .kernels.linear import concat_rows
+from .manifest import TensorEntry, payload_bound
 
 #: what a linear's delta is served from: packed delta-come tiers, lowrank factors, or bitdelta signs
 Served = PackedDeltaCoMe | LowRankFactors | BitDeltaSigns
@@ -107,10 +108,11 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch
     return model.eval()
 
 
-def _payload(store: StoreAPI, oid: str, name: str, base_shape: tuple[int, ...], ref: str) -> Served:
+def _payload(store: StoreAPI, entry: TensorEntry, base_shape: tuple[int, ...], ref: str) -> Served:
     """A delta object, parsed and checked against its base weight's shape."""
+    oid, name = entry.object, entry.name
     try:
-        enc = codecs.from_bytes(store.objects.get(oid))
+        enc = codecs.from_bytes(store.objects.get(oid, max_size=payload_bound(entry.nbytes)))
         return served_from_encoded(enc, tuple(base_shape), what=f"{ref}: {name}")  # type: ignore[arg-type]
     except NotServableError as e:
         raise BadInputError(f"{e} (not servable lazily)") from None
@@ -213,7 +215,7 @@ class LazyDeltas:
             if not e.name.endswith(".weight") or not isinstance(mod, (nn.Linear, DeltaLinear)):
                 other[e.name] = "a delta on a tensor that is not a linear weight"
                 continue
-            deltas[e.name.removesuffix(".weight")] = _payload(self.store, e.object, e.name, tuple(be.shape), info.ref)
+            deltas[e.name.removesuffix(".weight")] = _payload(self.store, e, tuple(be.shape), info.ref)
         return deltas, other
 
     def add(self, ref: str, checked: tuple[dict[str, Served], dict[str, str]] | None = None) -> int:

@@ -182,6 +182,14 @@ class FileEntry:
         return all(t.exact for t in self.tensors)
 
 
+def payload_bound(nbytes: int) -> int:
+    """The most bytes a delta payload of a tensor of ``nbytes`` decodes to: four times the tensor and
+    1 MiB (generous: a full-rank low-rank pair of an fp16 factor each is twice a bf16 tensor, a
+    lossless payload of incompressible bytes its stream, chunk tables and counts). What a reader of
+    one bounds its read by: a file far larger is refused unread."""
+    return 4 * nbytes + (1 << 20)
+
+
 @dataclass
 class Manifest:
     files: list[FileEntry]
@@ -261,10 +269,9 @@ class Manifest:
 
     def object_sizes(self) -> dict[str, int]:
         """What each object this manifest names decodes to, at most: a blob or a header its file's
-        size, a tensor object its tensor's bytes, a delta payload four times its tensor's bytes and
-        1 MiB (generous: a full-rank low-rank pair of an fp16 factor each is twice a bf16 tensor, a
-        lossless payload of incompressible bytes its stream, chunk tables and counts). Readers
-        bound what they read by it (``maintenance.verify``): a file far larger is refused unread."""
+        size, a tensor object its tensor's bytes, a delta payload :func:`payload_bound` of them.
+        Readers bound what they read by it (``maintenance.verify``): a file far larger is refused
+        unread."""
         out: dict[str, int] = {}
         for f in self.files:
             for oid in (f.object, f.header):
@@ -272,8 +279,7 @@ class Manifest:
                     out[oid] = max(out.get(oid, 0), f.size)
             for t in f.tensors:
                 if t.object:
-                    n = t.nbytes if t.source == "tensor" else 4 * t.nbytes + (1 << 20)
-                    out[t.object] = max(out.get(t.object, 0), n)
+                    out[t.object] = max(out.get(t.object, 0), t.nbytes if t.source == "tensor" else payload_bound(t.nbytes))
         return out
 
     def object_kinds(self, manifest_oid: str) -> dict[str, str]:

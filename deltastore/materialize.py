@@ -35,7 +35,7 @@ import torch
 from . import codec as codecs
 from .errors import BadInputError, CorruptObjectError, NotFoundError
 from .libc import function as libc_function
-from .manifest import FileEntry, TensorEntry
+from .manifest import FileEntry, TensorEntry, payload_bound
 from .objects import ObjectDB, Scratch, oid_of
 from .pipeline import frozen_heap, largest_first, ordered_map
 from .protocols import Progress, StoreView, no_progress
@@ -108,7 +108,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     skip = final_check and not check_base  # one SHA-256 pass of the tensor less (see the docstring)
     base_raw = tensor_bytes(store, man.base, base_entry, verify=verify and not skip, check_base=check_base)
     base_t = as_tensor(info_of(base_entry), base_raw)
-    payload = store.objects.get_view(entry.object, verify=verify)
+    payload = store.objects.get_view(entry.object, verify=verify, max_size=payload_bound(entry.nbytes))
     try:
         enc = codecs.from_bytes(payload, copy=False)  # read and dropped here: views of the payload, no copies
         if tuple(enc.shape) != tuple(entry.shape):
@@ -188,7 +188,7 @@ def tensor_on(store: StoreView, manifest_oid: str, entry: TensorEntry, device: t
         raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} is a delta, but its base lacks it")
     base_t = tensor_on(store, man.base, base_entry, device, kernel=kernel)
     try:
-        enc = codecs.from_bytes(store.objects.get_view(entry.object), copy=False)  # moved to the device, then dropped
+        enc = codecs.from_bytes(store.objects.get_view(entry.object, max_size=payload_bound(entry.nbytes)), copy=False)  # to the device
         if tuple(enc.shape) != tuple(entry.shape):
             raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
         with _gpu_lock, _full_fp32():

@@ -230,13 +230,16 @@ class ObjectDB:
             raise CorruptObjectError(oid, f"decodes to {len(out)} bytes, more than the {max_size} expected")
         return out
 
-    def get_view(self, oid: str, *, verify: bool = True) -> bytes | memoryview:
+    def get_view(self, oid: str, *, verify: bool = True, max_size: int | None = None) -> bytes | memoryview:
         """:meth:`get`, but a stored-as-is payload (a codec's delta) comes back as a view of the
         bytes read, not copied: ``bytes(view)`` copied it with the GIL held, once per delta on
-        every fine-tune checkout. Other codings decode to new bytes as :meth:`get` does."""
-        kind, coding, body = self._frame(oid)
+        every fine-tune checkout. Other codings decode to new bytes as :meth:`get` does.
+        ``max_size``: as :meth:`get`'s."""
+        kind, coding, body = self._frame(oid, max_size)
         if coding != RAW:
-            return self.get(oid, verify=verify)
+            return self.get(oid, verify=verify, max_size=max_size)
+        if max_size is not None and len(body) > max_size:
+            raise CorruptObjectError(oid, f"holds {len(body)} bytes, more than the {max_size} expected")
         if verify and oid_of(body) != oid:
             raise CorruptObjectError(oid, "content does not hash to its id")
         return body

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deltastore.errors import CorruptObjectError
+from deltastore.manifest import payload_bound
 from deltastore.objects import key_of
 
 from ..conftest import finetune_of, llama_like, write_model
@@ -57,3 +58,19 @@ def test_gc_skips_an_outsize_lease_marker_unread(store, tmp_path: Path) -> None:
     _sparse(p)
     store.gc()
     assert store.resolve("b@v1").number == 1
+
+
+def test_a_checkout_refuses_an_outsize_delta_payload_unread(store, tmp_path: Path) -> None:
+    """A fine-tune's delta payload replaced by a sparse 64 MiB file (its tensor: 8 KiB): its checkout
+    and state_dict fail with the one error naming it, having read none of it past what a delta payload of
+    that tensor may take (``manifest.payload_bound``; before, such a file was read whole, up to 17 GiB)."""
+    sd = llama_like(0)
+    store.add_base("b", write_model(tmp_path / "b", sd))
+    store.add_finetune("f", write_model(tmp_path / "f", finetune_of(sd)), base="b", codec="lossless")
+    entry = next(t for t in store.manifest(store.resolve("f@v1").manifest).tensor_map().values() if t.source == "delta")
+    assert payload_bound(entry.nbytes) < 2 << 20
+    _sparse(Path(store.backend._path(key_of(entry.object))), 64 << 20)
+    with pytest.raises(CorruptObjectError, match=f"{entry.object}.*more than"):
+        store.checkout("f@v1", tmp_path / "out")
+    with pytest.raises(CorruptObjectError, match=f"{entry.object}.*more than"):
+        store.state_dict("f@v1")
