@@ -390,6 +390,10 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="make the model pair here, or reuse the one an earlier run (or "
                     "probe_ft_add_stages.py --work DIR: DIR/model) left there, instead of under --work")
     ap.add_argument("--adds-only", action="store_true", help="time the two adds only, no checkouts")
+    ap.add_argument("--warmup", action="store_true",
+                    help="add the model (base, then fine-tune) once, untimed, before the timed rounds: on the H200 "
+                         "machine every fresh machine's first fine-tune add read lowest (1.287-1.312 GB/s, four calls of "
+                         "four, fifteenth session), the later ones 1.298-1.523")
     ap.add_argument("--old-site", default=None, help="PYTHONPATH of an older deltastore to measure in the same run")
     ap.add_argument("--old-workers", default=None, help="worker counts for the older deltastore (default: --workers)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=SITE:W1,W2",
@@ -449,6 +453,14 @@ def main() -> None:
         pairs, _, ws = rest.rpartition(":")
         env = dict(kv.split("=", 1) for kv in pairs.split(","))
         installs.append((label, None, [int(x) for x in ws.split(",")], frozenset(), env))
+    if args.warmup:  # the model's two adds once, untimed, before any timed op (see --warmup)
+        home = work / "warmup-home"
+        shutil.rmtree(home, ignore_errors=True)
+        t = time.perf_counter()
+        run_one("add_base", home, str(base), "", workers[-1], None)
+        run_one("add_ft", home, str(ft), "", workers[-1], None)
+        shutil.rmtree(home, ignore_errors=True)
+        print(f"warm-up (both adds of the model, not timed): {time.perf_counter() - t:.1f} s", flush=True)
     for r in range(args.rounds):  # each round measures every install once, so load drifts hit all alike
         rn = r + 1 if args.rounds > 1 else None
         # and each round starts at the next install: in earlier runs the install measured first in every
@@ -467,6 +479,7 @@ def main() -> None:
           f"{''.join(' --variant ' + repr(v.split('=')[0] + '=DIR:' + v.rpartition(':')[2]) for v in args.variant)}"
           f"{''.join(' --env-variant ' + repr(v) for v in args.env_variant)}"
           f"{' --inorder-workers ' + args.inorder_workers if args.inorder_workers else ''}"
+          f"{' --warmup' if args.warmup else ''}"
           f"{' --shards ' + str(args.shards) if args.shards > 1 else ''}{' --adds-only' if args.adds_only else ''}"
           f"{' --rounds ' + str(args.rounds) if args.rounds > 1 else ''}{' --prime-pages ' + str(args.prime_pages) if args.prime_pages else ''}`"
           f"\n\nMachine: {machine()}, "

@@ -20,6 +20,7 @@
 #    /tmp/stg/model if the machine still holds it, else makes it: ~2 or ~6 min).
 # 7. gil32: py-spy (nonblocking, GIL-held samples) over add base + add fine-tune of the 32-layer model at 16
 #    threads (OUT/gil32.md; carry .whl-store/tools too; reuses /tmp/stg/model as stages32 does).
+# BENCH_WARMUP=1: the adds parts (ab32, abc32, adds32) add the model once, untimed, first (bench_scaling --warmup).
 # BENCH_FAST_DATA=1 (passed through to bench_scaling.make_pair): the model made on every core (~250 s on one for
 # 32 layers; on 16 not yet timed; other bytes from the same distribution; the fourteenth session used the default).
 # Each part fits one device call of 10 minutes, not all three: pick with PARTS. The old install's path is
@@ -58,21 +59,21 @@ if [[ ,$parts, == *,shards,* && -n "$old" ]]; then
   rm -rf /tmp/scale
 fi
 if [[ ,$parts, == *,ab32,* && -n "$old" ]]; then
-  timeout 480 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only --model /tmp/stg/model \
+  timeout 480 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only ${BENCH_WARMUP:+--warmup} --model /tmp/stg/model \
     --variant "before=$(realpath "$old"):/tmp/site:16" --rounds 2 --work /tmp/scale --out "$out/ab32_adds.md" \
     > "$out/ab32_adds.log" 2>&1
   grep -E "median|failed|^\{" "$out/ab32_adds.log" | cut -c1-250
   rm -rf /tmp/scale
 fi
 if [[ ,$parts, == *,abc32,* && -n "$old" && -n "${OLD2_SITE:-}" ]]; then
-  timeout 480 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only --model /tmp/stg/model \
+  timeout 480 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only ${BENCH_WARMUP:+--warmup} --model /tmp/stg/model \
     --variant "before=$(realpath "$old"):/tmp/site:16" --variant "before2=$(realpath "$OLD2_SITE"):/tmp/site:16" \
     --rounds "${ROUNDS:-2}" --work /tmp/scale --out "$out/abc32_adds.md" > "$out/abc32_adds.log" 2>&1
   grep -E "median|failed|^\{" "$out/abc32_adds.log" | cut -c1-250
   rm -rf /tmp/scale
 fi
 if [[ ,$parts, == *,adds32,* ]]; then
-  timeout 400 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only --model /tmp/stg/model \
+  timeout 400 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only ${BENCH_WARMUP:+--warmup} --model /tmp/stg/model \
     --rounds "${ROUNDS:-2}" --work /tmp/scale --out "$out/adds32.md" > "$out/adds32.log" 2>&1
   grep -E "median|failed|^\{|^sync" "$out/adds32.log" | cut -c1-250
   rm -rf /tmp/scale
