@@ -626,26 +626,6 @@ def _assemble2(head, step_bytes, total_bytes, ngs, gctx, gn, modes, sizes, area,
     return o
 
 
-@njit(cache=True, nogil=True)
-def _pack_counts_rows(counts, out):
-    """Format v3's ``counts`` (``lossless._pack_counts``) of every row of ``counts`` (chunks x 256)
-    into ``out`` (int32, at least rows x 264); returns the words written."""
-    o = 0
-    for i in range(counts.shape[0]):
-        for w in range(8):
-            word = np.uint32(0)
-            for b in range(32):
-                if counts[i, 32 * w + b] > 0:
-                    word |= np.uint32(1) << np.uint32(b)
-            out[o + w] = np.int32(np.int64(word) - (np.int64(1) << 32) if word >= np.uint32(1 << 31) else np.int64(word))
-        o += 8
-        for c in range(256):
-            if counts[i, c] > 0:
-                out[o] = counts[i, c]
-                o += 1
-    return o
-
-
 _LOCAL = threading.local()
 
 

@@ -344,14 +344,21 @@ def pack_counts(info: planes.StreamInfo, chunk_counts: list[np.ndarray]) -> np.n
     return _pack_counts(chunk_counts[: len(info.raw_lens)])
 
 
-def _pack_counts(chunk_counts: list[np.ndarray]) -> np.ndarray:
-    """:func:`pack_counts` of every chunk in ``chunk_counts``."""
-    parts = []
-    for c in chunk_counts:
-        present = c > 0
-        bitmap = np.packbits(present, bitorder="little").view("<u4").astype(np.int64)
-        parts += [bitmap, c[present]]
-    return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, dtype=np.int32)
+def _pack_counts(chunk_counts: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """:func:`pack_counts` of every chunk in ``chunk_counts`` (a list of int64[256], or chunks x 256),
+    in whole-array steps: no Python loop over a tensor's chunks (``planes.diff_stream`` hands all of
+    them at once)."""
+    counts = np.asarray(chunk_counts, dtype=np.int64).reshape(-1, 256)
+    if not counts.shape[0]:
+        return np.zeros(0, dtype=np.int32)
+    present = counts > 0
+    lens = 8 + present.sum(axis=1)
+    starts = np.cumsum(lens) - lens
+    out = np.empty(int(lens.sum()), dtype=np.int64)
+    out[(starts[:, None] + np.arange(8)).ravel()] = np.packbits(present, axis=1, bitorder="little").view("<u4").ravel()
+    rows, cols = np.nonzero(present)  # row by row, each row's contexts ascending
+    out[starts[rows] + 8 + np.cumsum(present, axis=1)[rows, cols] - 1] = counts[rows, cols]
+    return out.astype(np.int32)
 
 
 def unpack_counts(flat: np.ndarray, info: planes.StreamInfo) -> list[np.ndarray]:
@@ -449,8 +456,7 @@ class Lossless(Codec):
                 stream, chunk_counts = whole
                 meta, version = {"mode": "diff", "context": "exponent"}, 2
                 if self.context_counts:
-                    packed = np.empty(chunk_counts.shape[0] * 264, dtype=np.int32)
-                    arrays["counts"] = torch.from_numpy(packed[:fx._pack_counts_rows(chunk_counts, packed)].copy())
+                    arrays["counts"] = torch.from_numpy(_pack_counts(chunk_counts))
                     version = 3
             elif self.by_exponent and fx is not None:  # difference, context and grouping in one compiled pass a chunk
                 shift, bits = context_field(target.dtype)

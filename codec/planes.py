@@ -653,9 +653,9 @@ def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, lev
         return None
     min_group = MIN_GROUP if min_group is None else int(min_group)
     nbytes, sw = target.size, step // 2
-    nch = -(-nbytes // step)
+    nch, n = -(-nbytes // step), min(sw, nbytes // 2)  # chunks, and words in the largest
     t16, b16 = target.view(np.uint16), base.view(np.uint16)
-    cap = fx.frames_capacity(min(sw, nbytes // 2))
+    cap = fx.frames_capacity(n)
     area = _sparse_area(nch * cap)  # each chunk writes its payloads' bytes at its region's start
     counts = np.empty((nch, 256), dtype=np.int64)
     gctx = np.empty((nch, 256), dtype=np.int64)
@@ -669,7 +669,6 @@ def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, lev
 
     def work(c0: int) -> None:
         cctx = _thread_compressor(level)
-        n = min(sw, nbytes // 2)
         planes2 = _scratch_words("grouped_enc", 2 * n, np.uint8)
         scratch = _scratch_words("diff_words", 2 * n, np.uint16)
         bad = fx._diff_chunks2(t16, b16, np.int64(sw), np.int64(c0), np.int64(min(c0 + per, nch)), shift16, fmask, mg,
