@@ -212,23 +212,26 @@ class Backend:
         except FileNotFoundError:
             return None
 
-    def get_into(self, key: str, take: Callable[[int], np.ndarray]) -> np.ndarray | bytes | None:
-        """:meth:`get`, on a local store into ``take(size)`` (a uint8 array of the file's size, e.g.
-        a buffer reused from one object to the next: ``pipeline.BufferPool.take``), returned cut to
-        what was read; elsewhere what :meth:`get` returns. Why: a large object read into a fresh
+    def get_into(self, key: str, take: Callable[[int], np.ndarray], max_bytes: int | None = None) -> np.ndarray | bytes | None:
+        """:meth:`get` (``max_bytes`` as there, refused before ``take`` is asked), on a local store
+        into ``take(size)`` (a uint8 array of the file's size, e.g. a buffer reused from one object
+        to the next: ``pipeline.BufferPool.take``), returned cut to what was read; elsewhere what
+        :meth:`get` returns. Why: a large object read into a fresh
         ``bytes`` is a fresh mapping, a zeroed page per 4 KiB faulted in and torn down again, with
         the GIL held for the teardown; a fine-tune's add reads every changed tensor's base object.
         On the H200 machine's 16 cores that read cost 0.48 CPU-s a GB of fine-tune (0.44 of it
         system time, 133k page faults a GB) into new ``bytes``, 0.18 into the add's pool (issue 7,
         scaling_h200.md, fourteenth session)."""
         if not self.local:
-            return self.get(key)
+            return self.get(key, max_bytes)
         crash_point("backend.get")
         f = _open_regular(self._path(key))
         if f is None:
             return None
         with f:
             size = os.fstat(f.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise Unreadable(f"{key} holds {size} bytes, more than the {max_bytes} it may")
             buf = take(size)
             view, done = memoryview(buf), 0
             while done < size:

@@ -175,13 +175,16 @@ class ObjectDB:
         return self._put("sha256:" + h.hexdigest(), kind, RAW, lambda f: [f, *parts], sum(p.nbytes for p in parts), defer)
 
     # -- reading -------------------------------------------------------------------------------
-    def _read(self, oid: str, logical: int | None = None) -> bytes | None:
+    def _read(self, oid: str, logical: int | None = None, scratch: Scratch | None = None) -> bytes | np.ndarray | None:
         """The object's stored bytes (None if missing), read no further than any coding of
         ``logical`` bytes (default :data:`MAX_DECODED`) can take (:func:`stored_bound`): a larger
-        file (a sparse terabyte named like an object in a shared folder) is refused unread."""
+        file (a sparse terabyte named like an object in a shared folder) is refused unread, and
+        before anything is borrowed from ``scratch`` (where given, the bytes are read into it:
+        :meth:`Backend.get_into`)."""
         logical = MAX_DECODED if logical is None else logical
+        key, bound = key_of(oid), stored_bound(logical)
         try:
-            return self.backend.get(key_of(oid), max_bytes=stored_bound(logical))
+            return self.backend.get(key, max_bytes=bound) if scratch is None else self.backend.get_into(key, scratch.take, bound)
         except Unreadable as e:
             raise CorruptObjectError(oid, f"{e} (more than any coding of {logical} bytes takes)") from None
 
@@ -253,15 +256,7 @@ class ObjectDB:
         and handed back to once decoded (``pipeline.BufferPool``; :meth:`Backend.get_into`)."""
         if out is not None and (nbytes is None or out.size != nbytes):
             raise ValueError("get_array: out must be given with nbytes, and hold exactly nbytes")
-        if scratch is None:
-            data = self._read(oid, nbytes)
-        else:
-            def take(n: int) -> np.ndarray:  # the file's size, known before anything is allocated or read
-                if nbytes is not None and n > stored_bound(nbytes):
-                    raise CorruptObjectError(oid, f"object holds {n} bytes, more than any coding of {nbytes} bytes takes")
-                return scratch.take(n)
-
-            data = self.backend.get_into(key_of(oid), take)
+        data = self._read(oid, nbytes, scratch)
         try:
             kind, coding, body = self._framed(oid, data)
             if coding != PLANES:
