@@ -10,7 +10,7 @@
 # 4. shards: with OLD_SITE, HEAD and it on 12 layers in 3 safetensors files (an add streams every shard
 #    through one window since df464d2; before, each shard drained the workers), two rounds
 #    (OUT/shards_scaling.md; ~5 min).
-# 5. ab32 (fourteenth session): with OLD_SITE, HEAD and it on the full 7B shape, the two adds only, two
+# 5. ab32 (fourteenth session): with OLD_SITE, HEAD and it on the full 7B shape, the two adds only, ROUNDS (2)
 #    alternating rounds; the model is made under /tmp/stg/model (kept for stages32; ~7.5 min);
 # 5b. abc32 (fifteenth session): ab32 with a second older install (OLD2_SITE=DIR) as "before2", ROUNDS
 #    alternating rounds (default 2; OUT/abc32_adds.md; ~6.5 min with the model made);
@@ -60,7 +60,7 @@ if [[ ,$parts, == *,shards,* && -n "$old" ]]; then
 fi
 if [[ ,$parts, == *,ab32,* && -n "$old" ]]; then
   timeout 480 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 --adds-only ${BENCH_WARMUP:+--warmup} --model /tmp/stg/model \
-    --variant "before=$(realpath "$old"):/tmp/site:16" --rounds 2 --work /tmp/scale --out "$out/ab32_adds.md" \
+    --variant "before=$(realpath "$old"):/tmp/site:16" --rounds "${ROUNDS:-2}" --work /tmp/scale --out "$out/ab32_adds.md" \
     > "$out/ab32_adds.log" 2>&1
   grep -E "median|failed|^\{" "$out/ab32_adds.log" | cut -c1-250
   rm -rf /tmp/scale
