@@ -16,6 +16,10 @@
 #    alternating rounds (default 2; OUT/abc32_adds.md; ~6.5 min with the model made);
 # 5c. adds32 (fifteenth session): HEAD alone, the two adds, ROUNDS rounds (default 2; OUT/adds32.md; ~4 min
 #    with the model made); since then every timed op of bench_scaling starts after a sync (its time printed);
+# 5d. close32 (sixteenth session): HEAD on the full 7B shape, every op (both adds and checkouts), ROUNDS rounds,
+#    zipnn 0.5.4 at 16 threads beside (installed from .whl-store/sdist); with BENCH_WARMUP=1 the adds once first
+#    (OUT/close32.md; ~6 min with the model made);
+# 5e. scale4 (sixteenth session): HEAD and zipnn over 16, 8, 4, 2, 1 workers on 4 layers (OUT/scale4.md; ~5 min).
 # 6. stages32: where a 32-layer fine-tune add's time goes, thread by thread (OUT/stages32.md; reuses
 #    /tmp/stg/model if the machine still holds it, else makes it: ~2 or ~6 min).
 # 7. gil32: py-spy (nonblocking, GIL-held samples) over add base + add fine-tune of the 32-layer model at 16
@@ -77,6 +81,21 @@ if [[ ,$parts, == *,adds32,* ]]; then
     --rounds "${ROUNDS:-2}" --work /tmp/scale --out "$out/adds32.md" > "$out/adds32.log" 2>&1
   grep -E "median|failed|^\{|^sync" "$out/adds32.log" | cut -c1-250
   rm -rf /tmp/scale
+fi
+if [[ ,$parts, == *,close32,* || ,$parts, == *,scale4,* ]]; then  # zipnn 0.5.4 beside, from its sdist (no index here)
+  python3 -m pip install -q --no-deps --no-index --no-build-isolation .whl-store/sdist/zipnn-0.5.4.tar.gz 2>&1 | tail -1
+fi
+if [[ ,$parts, == *,close32,* ]]; then
+  timeout 540 python3 benchmarks/bench_scaling.py --layers 32 --workers 16 ${BENCH_WARMUP:+--warmup} --rounds "${ROUNDS:-2}" \
+    --model /tmp/stg/model --work /tmp/scale --out "$out/close32.md" > "$out/close32.log" 2>&1
+  grep -E "median|failed|^\{|^sync|zipnn" "$out/close32.log" | cut -c1-330
+  rm -rf /tmp/scale
+fi
+if [[ ,$parts, == *,scale4,* ]]; then
+  timeout 540 python3 benchmarks/bench_scaling.py --layers 4 --workers 16,8,4,2,1 --work /tmp/scale4 --out "$out/scale4.md" \
+    > "$out/scale4.log" 2>&1
+  grep -E "failed|^\{|zipnn" "$out/scale4.log" | cut -c1-330
+  rm -rf /tmp/scale4
 fi
 if [[ ,$parts, == *,stages32,* ]]; then
   timeout 420 python3 benchmarks/probe_ft_add_stages.py --layers 32 --threads 16 --ops add_ft --work /tmp/stg \
