@@ -440,9 +440,13 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
         # held=False where the workers decode into windows: results hold no bytes, so the tensors behind
         # a large one start as workers free up (16 cores: checkout base 1.69 -> 2.22 GB/s). Where tensor
         # objects are written by pwrite (2 workers) it measured slower (dev VM: 0.360 vs 0.476 GB/s,
-        # medians of 3 rounds; scaling_devvm_2workers.md), so the window keeps finished tensors there
+        # medians of 3 rounds; scaling_devvm_2workers.md), so the window keeps finished tensors there.
+        # Largest first either way (pipeline.largest_first): in file order the pwrite checkout ended
+        # with the lm_head (last in the file, 262 MB) running alone on one of 2 cores for its last
+        # 1.5 s; started first, checkout base 0.344 -> 0.550 GB/s on the dev VM (medians of 4
+        # alternating rounds, every round faster; scaling_devvm_2workers.md, sixteenth session)
         held = _pwrite_on(store)
-        order = list(range(len(sizes))) if held else largest_first(sizes)  # (pipeline.largest_first)
+        order = largest_first(sizes)
         done = ordered_map(decode_into, order, workers=store.workers, weight=lambda i: sizes[i], held=held)
         for i, n in zip(order, done):
             state["written"] += n
