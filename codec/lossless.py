@@ -449,8 +449,9 @@ class Lossless(Codec):
             base_raw = tensor_u8(base)
             fx = planes.fast()
             whole = None
+            if self.by_exponent:
+                shift, bits = context_field(target.dtype)  # the base's exponent: each element's context
             if self.by_exponent and fx is not None and width == 2:  # the whole stream in a few compiled calls
-                shift, bits = context_field(target.dtype)
                 whole = planes.diff_stream(raw, base_raw, shift, bits, self.level, chunk_bytes=GROUPED_CHUNK_BYTES)
             if whole is not None:
                 stream, chunk_counts = whole
@@ -459,7 +460,6 @@ class Lossless(Codec):
                     arrays["counts"] = torch.from_numpy(_pack_counts(chunk_counts))
                     version = 3
             elif self.by_exponent and fx is not None:  # difference, context and grouping in one compiled pass a chunk
-                shift, bits = context_field(target.dtype)
                 seen: dict[int, np.ndarray] = {}  # each chunk's counts, by its first byte (chunks run on threads)
 
                 def split(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray] | list:
