@@ -173,6 +173,17 @@ def _check_delta_come(codec: Codec, enc: Encoded) -> None:
             as_int(enc, get(enc, "rotate_seed"), "meta 'rotate_seed'", 0, MAX_SEED)
     expect_arrays(enc, codec._specs(m, n, parsed))  # type: ignore[attr-defined]
     expect_finite(enc, [k for k in enc.arrays if k == "S" or k.endswith(".s") or k.endswith(".z")])
+    # what quant.quant_params writes (scales from fp16's smallest normal up, zero points integers in
+    # [0, 2**b - 1]) and what the lazy kernels' loader (kernels/packed.py) already demands: a zero
+    # point of 1000 in a 3-bit tier was refused there and decoded here, 56x off
+    for k, (b, _) in enumerate(parsed):
+        for side in ("v", "u"):
+            scale = enc.arrays[f"{side}{k}.s"]
+            if not bool((scale > 0).all()):
+                raise corrupt(enc, f"delta-come {side}{k} scales are not all positive")
+            z = enc.arrays[f"{side}{k}.z"].to(torch.float32)
+            if not bool(((z >= 0) & (z <= (1 << b) - 1) & (z == torch.round(z))).all()):
+                raise corrupt(enc, f"delta-come {side}{k} zero points are not integers in [0, {(1 << b) - 1}]")
 
 
 EXTRA_CHECKS["delta-come"] = _check_delta_come

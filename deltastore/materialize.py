@@ -104,6 +104,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
         return tensor_bytes(store, man.base, base_entry, verify=verify, out=out, scratch=scratch)
     if entry.source != "delta":
         raise CorruptObjectError(manifest_oid, f"unknown tensor source {entry.source!r}")
+    _check_delta_entry(manifest_oid, entry, base_entry)
     final_check = verify and entry.exact
     skip = final_check and not check_base  # one SHA-256 pass of the tensor less (see the docstring)
     base_raw = tensor_bytes(store, man.base, base_entry, verify=verify and not skip, check_base=check_base)
@@ -111,8 +112,7 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
     payload = store.objects.get_view(entry.object, verify=verify, max_size=payload_bound(entry.nbytes))
     try:
         enc = codecs.from_bytes(payload, copy=False)  # read and dropped here: views of the payload, no copies
-        if tuple(enc.shape) != tuple(entry.shape):
-            raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
+        _check_payload(enc, entry)
         codec = codecs.codec_class(enc.codec).from_config(enc.params)
         # into the caller's window (a checkout's file) where given: lossless decodes there with no
         # array of its own; the sha256 check below reads the window
@@ -134,6 +134,27 @@ def tensor_bytes(store: StoreView, manifest_oid: str, entry: TensorEntry, *, ver
         _blame_unchecked_base(store, man.base, base_entry, skip)
         raise CorruptObjectError(entry.object, f"tensor {entry.name!r} decodes to bytes that do not match the sha256 it was added with")
     return raw  # ``out`` itself when given (reconstruct_into wrote it; its size was checked above)
+
+
+def _check_delta_entry(manifest_oid: str, entry: TensorEntry, base_entry: TensorEntry) -> None:
+    """A delta applies to a base tensor of its own shape (an add refuses any other): a manifest that
+    says otherwise is refused here, where the codecs' ``base + delta`` would broadcast a [64] base
+    over a [64, 64] delta and return numbers made up of both, with no error."""
+    if list(base_entry.shape) != list(entry.shape):
+        raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} is a delta of shape {list(entry.shape)}, "
+                                               f"but its base tensor has shape {list(base_entry.shape)}")
+
+
+def _check_payload(enc: codecs.Encoded, entry: TensorEntry) -> None:
+    """A delta payload must be for its manifest entry's tensor: the same shape and dtype (a
+    ``codecs.CodecError`` if not). Sizes alone pass a float16 payload under a bfloat16 entry (the
+    same bytes), and a lossy entry has no sha256 that would catch its numbers read as the other
+    dtype afterwards."""
+    if tuple(enc.shape) != tuple(entry.shape):
+        raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
+    want = DTYPES[entry.dtype][0] if entry.dtype in DTYPES else None
+    if want is None or enc.dtype != str(want).removeprefix("torch."):
+        raise codecs.CodecError(f"payload is for dtype {enc.dtype}, the manifest says {entry.dtype}")
 
 
 def _blame_unchecked_base(store: StoreView, base_manifest: str, base_entry: TensorEntry, unchecked: bool) -> None:
@@ -186,11 +207,11 @@ def tensor_on(store: StoreView, manifest_oid: str, entry: TensorEntry, device: t
     base_entry = store.manifest(man.base).tensor_map().get(entry.name) if man.base else None
     if base_entry is None:
         raise CorruptObjectError(manifest_oid, f"tensor {entry.name!r} is a delta, but its base lacks it")
+    _check_delta_entry(manifest_oid, entry, base_entry)
     base_t = tensor_on(store, man.base, base_entry, device, kernel=kernel)
     try:
         enc = codecs.from_bytes(store.objects.get_view(entry.object, max_size=payload_bound(entry.nbytes)), copy=False)  # to the device
-        if tuple(enc.shape) != tuple(entry.shape):
-            raise codecs.CodecError(f"payload is for shape {list(enc.shape)}, the manifest says {entry.shape}")
+        _check_payload(enc, entry)
         with _gpu_lock, _full_fp32():
             out = reconstruct_encoded(enc, base_t)
             if out is None:  # no kernel decode for this payload: the codec's own, on this device
