@@ -68,15 +68,66 @@ FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 _BASE: "weakref.WeakValueDictionary[tuple[str, str, str], torch.Tensor]" = weakref.WeakValueDictionary()
 
 
-def _config(store: StoreAPI, manifest_oid: str, ref: str) -> dict[str, Any]:
+def _config_file(store: StoreAPI, manifest_oid: str) -> dict[str, Any] | None:
+    """The version's config.json (None without one), which must be a JSON object: it comes from
+    the store, and ``[]`` or ``"x"`` would fail later as a raw TypeError."""
     man = store.manifest(manifest_oid)
     for f in man.files:
         if f.path == "config.json" and f.kind == "blob" and f.object:
             try:
-                return json.loads(store.objects.get(f.object, max_size=f.size))
+                cfg = json.loads(store.objects.get(f.object, max_size=f.size))
             except ValueError as e:
                 raise CorruptObjectError(f.object, f"config.json is not JSON: {e}") from None
-    raise BadInputError(f"{ref} has no config.json, so no model class to build; use checkout or state_dict")
+            if not isinstance(cfg, dict):
+                raise CorruptObjectError(f.object, f"config.json is not a JSON object (it is a JSON {type(cfg).__name__})")
+            return cfg
+    return None
+
+
+def _config(store: StoreAPI, manifest_oid: str, ref: str) -> dict[str, Any]:
+    cfg = _config_file(store, manifest_oid)
+    if cfg is None:
+        raise BadInputError(f"{ref} has no config.json, so no model class to build; use checkout or state_dict")
+    return cfg
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error's message (transformers' and torch's run to many lines)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+#: what a stored config.json can make transformers raise while building a model from it: a
+#: missing or unknown model_type, a value of the wrong type, a size the tensors do not have
+_BUILD_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, KeyError, RuntimeError, AttributeError, IndexError)
+try:  # transformers 5 validates config fields with huggingface_hub's strict dataclasses (a bare Exception)
+    from huggingface_hub.errors import StrictDataclassError
+    _BUILD_ERRORS += (StrictDataclassError,)
+except ImportError:  # pragma: no cover - older huggingface_hub, or none
+    pass
+
+
+def _model_class(transformers: Any, config: dict[str, Any], ref: str) -> Any:
+    """The class ``architectures`` names, or None when it names none, or a name this transformers
+    lacks (a custom or renamed class: AutoModelForCausalLM by ``model_type`` then, as before).
+    The config comes from the store, so a name transformers has must be a model class: a bare
+    ``getattr(transformers, name)(cfg)`` would call whatever the namespace holds (a pipeline, a
+    loader, AutoConfig)."""
+    archs = config.get("architectures")
+    if archs is None or archs == []:
+        return None
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise BadInputError(f"{ref}: config.json's architectures must be a list of class names, not {archs!r:.200}")
+    try:
+        cls = getattr(transformers, archs[0], None)
+    except Exception:  # noqa: BLE001 - transformers' lazy module imports on lookup; any failure: no such class
+        cls = None
+    if cls is None:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and cls is not transformers.PreTrainedModel):
+        raise BadInputError(f"{ref}: config.json's architectures names {archs[0]!r:.200}, which is not a model class of "
+                            f"transformers {transformers.__version__}")
+    return cls
 
 
 def _build(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch.device, ref: str) -> nn.Module:
@@ -89,12 +140,23 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch
         from transformers.initialization import no_init_weights
     except ImportError:  # pragma: no cover - older transformers
         from transformers.modeling_utils import no_init_weights
-    cfg = transformers.AutoConfig.for_model(**config)
-    arch = (config.get("architectures") or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    with torch.device(device), no_init_weights():
-        model = cls(cfg) if cls is not None else transformers.AutoModelForCausalLM.from_config(cfg)
-    res = model.load_state_dict(state, strict=False, assign=True)
+    cls = _model_class(transformers, config, ref)
+    try:
+        cfg = transformers.AutoConfig.for_model(**config)
+        with torch.device(device), no_init_weights():
+            model = cls(cfg) if cls is not None else transformers.AutoModelForCausalLM.from_config(cfg)
+    except _BUILD_ERRORS as e:
+        raise BadInputError(f"{ref}: config.json does not make a model: {type(e).__name__}: {_first_line(e)}") from None
+    # sizes first: torch's own error lists every mismatch after a first line that names none
+    own = model.state_dict()
+    wrong = [f"{k} is {list(t.shape)} stored, {list(own[k].shape)} in the model" for k, t in state.items()
+             if k in own and own[k].shape != t.shape]
+    if wrong:
+        raise BadInputError(f"{ref}: the stored tensors do not fit its config.json ({len(wrong)} of another size): {wrong[:3]}")
+    try:
+        res = model.load_state_dict(state, strict=False, assign=True)
+    except _BUILD_ERRORS as e:
+        raise BadInputError(f"{ref}: the stored tensors do not load into {type(model).__name__}: {_first_line(e)}") from None
     if res.unexpected_keys:
         raise BadInputError(f"{ref}: tensors the model class {type(model).__name__} does not have: {res.unexpected_keys[:5]}")
     tied = {k for k in res.missing_keys if "lm_head" in k and getattr(cfg, "tie_word_embeddings", False)}
@@ -174,6 +236,22 @@ def _base_tensors(store: StoreAPI, base_ref: str, base_manifest: str, device: to
     return out
 
 
+#: config.json keys that do not change what a model computes: a fine-tune's may differ from its base's
+_SAME_MODEL = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"})
+_NONE = object()
+
+
+def _config_values(config: dict[str, Any], ref: str) -> dict[str, Any]:
+    """A config.json as transformers reads it (defaults filled in), so that a key one file writes
+    and the other leaves at its default is no difference."""
+    import transformers
+
+    try:
+        return transformers.AutoConfig.for_model(**config).to_dict()
+    except _BUILD_ERRORS as e:
+        raise BadInputError(f"{ref}: config.json does not make a model config: {type(e).__name__}: {_first_line(e)}") from None
+
+
 class LazyDeltas:
     """The fine-tunes a lazy model serves: ``refs[slot]`` (None for a dropped slot), and the
     DeltaLinear modules they reach. Bound to the model as ``model.deltas``; ``model.add_delta``
@@ -188,6 +266,7 @@ class LazyDeltas:
         self.linears: dict[str, DeltaLinear] = {}
         # one DeltaSet per linear, or per group of linears that read the same input (FUSED)
         self.sets: list[tuple[DeltaSet, list[str]]] = []
+        self._base_config: dict[str, Any] | None = None  # as transformers reads it, once (multi only)
 
     def _deltas_of(self, ref: str) -> tuple[dict[str, Served], dict[str, str]]:
         """Check a fine-tune against the loaded base; its packed deltas by linear, and its other
@@ -199,10 +278,20 @@ class LazyDeltas:
         model = self._model()
         base_entries = self.store.manifest(self.base_manifest).tensor_map()
         modules = dict(model.named_modules()) if model is not None else {}
+        if self.multi:
+            self._same_config(info.ref, info.manifest)
         deltas: dict[str, Served] = {}
         other: dict[str, str] = {}
         for _, e in self.store.manifest(info.manifest).tensors():
             be = base_entries.get(e.name)
+            # add_finetune refuses a tensor the base lacks and one of another shape, so only a
+            # crafted manifest has them; unchecked, the lazy model would load and then fail in
+            # torch at the first forward (or at setattr on a module path the model lacks)
+            if be is None and e.source != "delta":
+                raise CorruptObjectError(info.manifest, f"tensor {e.name!r:.200}: the base {base_ref} has no such tensor")
+            if be is not None and tuple(e.shape) != tuple(be.shape):
+                raise CorruptObjectError(info.manifest, f"tensor {e.name!r:.200} is {list(e.shape)}, "
+                                                        f"but {list(be.shape)} in the base {base_ref}")
             if e.source == "base":
                 continue
             if e.source == "tensor":
@@ -217,6 +306,23 @@ class LazyDeltas:
                 continue
             deltas[e.name.removesuffix(".weight")] = _payload(self.store, e, tuple(be.shape), info.ref)
         return deltas, other
+
+    def _same_config(self, ref: str, manifest_oid: str) -> None:
+        """Refuse a fine-tune whose config.json computes otherwise than the base's: a model serving
+        several fine-tunes is built from the base's config, so one that changed e.g. rope_theta
+        (as long-context fine-tunes do) would be served with the base's, with no error. Compared
+        as transformers reads them (defaults filled in), leaving out metadata (_SAME_MODEL)."""
+        theirs = _config_file(self.store, manifest_oid)
+        if theirs is None:
+            return  # nothing to compare: its tensors were checked against the base's
+        if self._base_config is None:
+            self._base_config = _config_values(_config(self.store, self.base_manifest, self.base_ref), self.base_ref)
+        mine, theirs = self._base_config, _config_values(theirs, ref)
+        keys = sorted(k for k in mine.keys() | theirs.keys() if k not in _SAME_MODEL and mine.get(k, _NONE) != theirs.get(k, _NONE))
+        if keys:
+            raise BadInputError(f"{ref}: its config.json differs from the base {self.base_ref}'s in {keys[:5]}"
+                                f"{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}; a model serving several fine-tunes "
+                                f"computes with the base's config; use load({ref!r}) for this one")
 
     def add(self, ref: str, checked: tuple[dict[str, Served], dict[str, str]] | None = None) -> int:
         """Serve another fine-tune of the loaded base; returns its id (the ``delta_ids`` value)."""
@@ -346,7 +452,7 @@ def load(store: StoreAPI, ref: str, *, device: str | torch.device = "cpu", lazy:
     mgr = LazyDeltas(store, model, base_ref, base_manifest, device, DeltaContext(0, default_id=0), preference, multi=False)
     checked = mgr._deltas_of(info.ref)
     for name in checked[1]:  # tensors the fine-tune changed outside the delta-come linears: materialized
-        _replace(model, name, store.tensor(info.ref, name, device=device))
+        _replace(model, name, store.tensor(info.ref, name, device=device), info.ref)
     if checked[1] and getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     mgr.add(info.ref, checked)
@@ -354,7 +460,16 @@ def load(store: StoreAPI, ref: str, *, device: str | torch.device = "cpu", lazy:
     return model
 
 
-def _replace(model: nn.Module, name: str, t: torch.Tensor) -> None:
+def _replace(model: nn.Module, name: str, t: torch.Tensor, ref: str) -> None:
+    """Set the model's parameter ``name`` to ``t``. The name and the shape come from the store: a
+    name the model class lacks would be a raw AttributeError here, a shape it does not have one at
+    the first forward; both are refused."""
+    try:
+        old = model.get_parameter(name)
+    except AttributeError:
+        raise BadInputError(f"{ref}: it stores {name!r:.200}, which its model class {type(model).__name__} does not have") from None
+    if old.shape != t.shape:
+        raise BadInputError(f"{ref}: {name} is {list(t.shape)} stored, {list(old.shape)} in its model class {type(model).__name__}")
     parent, _, leaf = name.rpartition(".")
     mod = model.get_submodule(parent) if parent else model
     setattr(mod, leaf, nn.Parameter(t, requires_grad=False))
