@@ -122,6 +122,13 @@ def _report(results: list, as_json: bool) -> None:
         _say(f"{head}: {r.objects_sent} objects, {human(r.bytes_sent)} sent, {r.objects_present} already there"
              + (f"; new: {', '.join(new)}" if new else "") + (f"; tags: {', '.join(r.tags)}" if r.tags else "")
              + f" ({r.seconds:.1f} s)")
+        for t in r.tags_left:  # a transfer never moves a tag: say which it left, and where
+            here, src = t.at.rpartition("@")[2], t.source_at.rpartition("@")[2]
+            if r.direction == "pull":
+                _say(f"tag {t.tag} left at {here} (the remote has it on {src}; --move-tags, or "
+                     f"`deltastore tag {t.source_at} {t.tag.rpartition('@')[2]}`, moves it)")
+            else:
+                _say(f"tag {t.tag} left at {here} on {r.remote} (this store has it on what is {src} there; --move-tags moves it)")
 
 
 def _split(ref: Optional[str], remote: Optional[str], many: bool) -> tuple[Optional[str], Optional[str]]:
@@ -140,6 +147,7 @@ def push(
     all_versions: bool = typer.Option(False, "--all", help="Every version (of REF's model if given, else of every model)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Every version tagged TAG (of REF's model if given, else of every model)."),
     no_tags: bool = typer.Option(False, "--no-tags", help="Do not set tags on the remote."),
+    move_tags: bool = typer.Option(False, "--move-tags", help="Move a tag the remote has on another version (by default it is left there, and said)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Send versions to a remote: only the objects it lacks; each appears there once all its objects have.
@@ -152,7 +160,8 @@ def push(
     st = _store()
     try:
         with progress_bar(f"push {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
-            res = do_push(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
+            res = do_push(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb,
+                          move_tags=move_tags)
     except PushRefusedError as e:
         _refused(e, as_json)
     _report(res, as_json)
@@ -164,6 +173,7 @@ def pull(
     all_versions: bool = typer.Option(False, "--all", help="Every version (of REF's model if given, else of every model)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Every version tagged TAG there (of REF's model if given, else of every model)."),
     no_tags: bool = typer.Option(False, "--no-tags", help="Do not set tags here."),
+    move_tags: bool = typer.Option(False, "--move-tags", help="Move a tag this store has on another version (by default it is left there, and said)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fetch versions from a remote into this store (numbered here, committed like an add). With
@@ -176,7 +186,8 @@ def pull(
     st = _store()
     try:
         with progress_bar(f"pull {ref or (f'@{tag}' if tag else 'all')}", not as_json) as cb:
-            res = do_pull(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb)
+            res = do_pull(st, ref, remote, all_versions=all_versions, tagged=tag, tags=not no_tags, progress=cb,
+                          move_tags=move_tags)
     except PullRefusedError as e:
         _refused(e, as_json)
     _report(res, as_json)

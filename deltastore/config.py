@@ -50,8 +50,11 @@ def default_home() -> Path:
 _SECRET_WORDS = {"secret", "token", "password", "passwd", "pass", "key", "credential", "credentials", "sas",
                  "apikey", "accesskey", "secretkey", "accountkey"}
 _NAME_PARTS = re.compile(r"[_\-.]+|(?<=[a-z])(?=[A-Z])")
-#: ``scheme://user:password@`` in any URL
-_URL_USERINFO = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s'\"]*):(?P<pw>[^@\s/'\"]*)@")
+#: ``scheme://user:password@`` in any URL. The password runs to the *last* ``@`` of the URL: one
+#: typed unquoted may hold ``/`` or ``@`` (AWS secret keys often hold ``/``), and a pattern that
+#: stopped at the first of them printed the rest of it in clear. (A URL whose path holds an ``@``
+#: after a ``host:port`` loses that part to the mask too: shown too little, never a secret.)
+_URL_USERINFO = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s'\"]*):(?P<pw>[^\s'\"]*)@")
 #: ``?password=...`` / ``&secret=...`` query parameters
 _URL_QUERY = re.compile(r"(?P<pre>[?&](?:password|passwd|secret|token|key|sslpassword|access_key|secret_key)=)(?P<val>[^&\s'\"]*)", re.I)
 #: values shorter than this are not treated as secrets (they would mangle ordinary words)

@@ -354,8 +354,14 @@ def _listable(name: object, what: str) -> bool:
 
 
 def plain_path(rel: object) -> bool:
-    """A manifest path that names a file inside the version: relative, no ``..``, ``.``, empty or
-    control-character parts, no backslashes (the rules ``materialize.safe_dest`` applies)."""
+    """A manifest path that names a file inside the version: UTF-8 text, relative, no ``..``,
+    ``.``, empty or control-character parts, no backslashes (the rules ``materialize.safe_dest``
+    applies). A lone surrogate is no file name: FUSE encodes every name it lists, and one such
+    name failed the whole listing of its version."""
     if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
+        return False
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
         return False
     return not any(p in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in p) for p in rel.split("/"))

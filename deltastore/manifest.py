@@ -47,10 +47,17 @@ _OID = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 def check_rel_path(rel: object) -> str:
     """A path read from the store that may be joined under an output directory: relative, '/'
-    separated, no ``..``, ``.`` or empty parts, no backslash, no control characters, no part
-    longer than a file name can be."""
+    separated, UTF-8 text, no ``..``, ``.`` or empty parts, no backslash, no control characters,
+    no part longer than a file name can be. A lone surrogate (JSON's ``"\\ud800"``, valid JSON) is
+    no file name: accepted, it failed every checkout of the version and the mount's listing of it,
+    long after the pull that took it. (Lengths stay in characters: a file system that counts them,
+    APFS or NTFS, holds a name of 255 non-ASCII ones, which an add there may have stored.)"""
     if not isinstance(rel, str) or not rel or len(rel) > MAX_PATH:
         raise ValueError(f"path {rel!r} is not a non-empty string of at most {MAX_PATH} characters")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"path {rel!r:.300} is not UTF-8 text (it holds a lone surrogate)") from None
     if rel.startswith("/") or "\\" in rel:
         raise ValueError(f"path {rel!r} is not relative")
     for part in rel.split("/"):

@@ -91,6 +91,17 @@ def _need(cond: bool, key: str, why: str) -> None:
         raise CorruptRecordError(key, why)
 
 
+def is_text(s: str) -> bool:
+    """Whether ``s`` is text a database, a file name or a terminal takes: it encodes as UTF-8.
+    JSON's ``"\\ud800"`` is valid and reads as a lone surrogate, which does not: a record holding
+    one failed a pull's commit and ``db rebuild`` with an internal UnicodeEncodeError."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read(backend: Backend, key: str) -> bytes | None:
     """A record's bytes, at most MAX_RECORD + 1 of them (one more says it is too large): a file of
     any size planted where records go is refused without being read whole. None if missing."""
@@ -102,6 +113,9 @@ def check_message(message: str) -> str:
     add path checks it before anything is written (a longer one made a record no reader takes)."""
     if not isinstance(message, str):
         raise BadInputError(f"a version's message is text, not {type(message).__name__}")
+    if not is_text(message):
+        raise BadInputError("a version's message is not UTF-8 text (it holds a lone surrogate: "
+                            "an undecodable byte from the command line, or a \\ud800 escape)")
     size = _message_bytes(message)
     if size > MAX_MESSAGE:
         raise BadInputError(f"message too long: its {len(message)} characters take {'at least ' * (size == len(message))}"
@@ -156,11 +170,18 @@ def check_json(value: Any, what: str) -> Any:
     return value
 
 
+_NOT_TEXT = "a string in them is not UTF-8 text (it holds a lone surrogate)"
+
+
 def _json_problem(value: Any) -> str | None:
     """Why ``value`` is not JSON as a catalog stores it (NaN, Infinity, a type json cannot
-    encode), or None: the rule of :func:`check_json` and of :func:`parse_version`'s fields."""
+    encode, a string that is not UTF-8 text), or None: the rule of :func:`check_json` and of :func:`parse_version`'s fields."""
     try:
-        json.dumps(value, allow_nan=False)
+        # (not ASCII-escaped: a lone surrogate in a key or a string fails the UTF-8 encode, as it
+        # fails a catalog's insert; and json's escaping recurses as this does, the shape checked)
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return _NOT_TEXT
     except (TypeError, ValueError) as e:
         return str(e)
     return None
@@ -250,11 +271,14 @@ def parse_version(key: str, data: bytes | None) -> dict[str, Any]:
     for k in _STRS:  # a message is as long as the user made it (the record's own size bounds it)
         most = MAX_RECORD if k == "message" else 1 << 16
         _need(isinstance(d.get(k), str) and len(d[k]) < most, key, f"{k} is not a string of at most {most} characters")
+        _need(is_text(d[k]), key, f"{k} is not UTF-8 text (it holds a lone surrogate)")
     for k in ("codec_params", "metrics"):
         _need(isinstance(d.get(k, {}), dict), key, f"{k} is not a JSON object")
         # Python's json reads NaN and Infinity; a catalog's JSON column on PostgreSQL refuses them
         # (db rebuild then failed at the insert), and no deltastore writes them (check_metrics)
-        _need(_json_problem(d.get(k, {})) is None, key, f"{k} are not JSON: they hold NaN or Infinity (a catalog's JSON refuses them)")
+        why = _json_problem(d.get(k, {}))
+        _need(why in (None, _NOT_TEXT), key, f"{k} are not JSON: they hold NaN or Infinity (a catalog's JSON refuses them)")
+        _need(why is None, key, f"{k} hold a string that is not UTF-8 text (a lone surrogate)")
     calib = d.get("calib_sha256")
     _need(calib is None or (isinstance(calib, str) and bool(re.match(r"^[0-9a-f]{64}\Z", calib))), key, "calib_sha256 is not a sha256")
     created = d.get("created_at")
@@ -385,6 +409,13 @@ def write_version(backend: Backend, info: VersionInfo, *, catalog: str | None = 
 
 def write_tag(backend: Backend, model: str, tag: str, number: int) -> None:
     backend.put(tag_key(model, tag), json.dumps({"model": model, "tag": tag, "version": number}).encode())
+
+
+def create_tag(backend: Backend, model: str, tag: str, number: int) -> bool:
+    """Write a tag record only where there is none (a conditional create): True if this call wrote
+    it. A transfer sets only tags the other side lacks; a plain write would move one another
+    writer set meanwhile."""
+    return backend.put_if_absent(tag_key(model, tag), json.dumps({"model": model, "tag": tag, "version": number}).encode())
 
 
 def delete_version(backend: Backend, info: VersionInfo, *, catalog: str | None = None) -> None:

@@ -16,8 +16,11 @@ Remotes are named in ``remotes.toml`` in the store's home, written 0600 like ``c
 A local directory that is another store's home (it has a ``config.toml``) is opened with that
 config, so its own catalog sees what is pushed there. A bucket prefix that a store with a catalog
 uses must be added with that catalog (``--db``): records pushed there without it would be strays
-to that store's ``gc``. Tags follow the transfer: pushing or pulling a version sets (or moves) its
-tags on the other side.
+to that store's ``gc``. Tags follow the transfer: pushing or pulling a version sets its tags on the
+other side where that side has no such tag; a tag the other side has on another version is left
+there and named in the result, unless the user asks (``move_tags``, ``--move-tags``: as git's
+fetch and push leave an existing tag unless forced). A lazy fetch (below) never moves one: a
+checkout is a read.
 
 A remote that cannot be used (unreachable endpoint, credentials refused, no such bucket, a
 location holding something that is not a store) is one :class:`~deltastore.errors.RemoteError`
@@ -76,6 +79,13 @@ class Remote:
     def label(self) -> str:
         """How messages name it: its name and safe URL (never a password or key)."""
         return f"remote {self.name!r} ({safe_url(self.url)})" if self.name != self.url else f"remote {safe_url(self.url)}"
+
+    @property
+    def shown(self) -> str:
+        """What a result names it by (a transfer's ``remote``, a repair's source): its name, or, for
+        a remote given as a URL (whose name is that URL, password and all), its safe URL. Results
+        are printed and written as JSON: the raw name put a key typed into the URL in both."""
+        return self.name if self.name != self.url else safe_url(self.url)
 
     def secrets(self) -> set[str]:
         out: set[str] = set()
@@ -369,7 +379,7 @@ def _home(store: StoreView) -> Path:
 
 def push(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
          tagged: str | None = None, tags: bool = True, progress: Progress | None = None,
-         workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
+         workers: int = TRANSFER_WORKERS, move_tags: bool = False) -> list[TransferResult]:
     """Push the version REF names (with its base chain and tags) to a remote; with
     ``all_versions``, every version, and with ``tagged``, every version tagged so (of REF's model
     if REF is given, else of every model). Of many, each version is pushed or refused
@@ -378,14 +388,14 @@ def push(store: StoreView, ref: str | None, remote: str | Remote | None = None, 
     local = StoreSide(store, "the local store")
     refs = _which(local, ref, all_versions, tagged)
     with open_remote(r, type(store), write=True, home=_home(store)) as rem, talking_to(r):
-        return _each(refs, lambda x: transfer(local, rem.side, x, direction="push", remote=r.name, tags=tags,
-                                              progress=progress or no_progress, workers=workers),
+        return _each(refs, lambda x: transfer(local, rem.side, x, direction="push", remote=r.shown, tags=tags,
+                                              progress=progress or no_progress, workers=workers, move_tags=move_tags),
                      r.label, PushRefusedError, many=all_versions or tagged is not None)
 
 
 def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, *, all_versions: bool = False,
          tagged: str | None = None, tags: bool = True, progress: Progress | None = None,
-         workers: int = TRANSFER_WORKERS) -> list[TransferResult]:
+         workers: int = TRANSFER_WORKERS, move_tags: bool = False) -> list[TransferResult]:
     """Pull the version REF names on a remote (with its base chain and tags) into this store, or
     every version there (``all_versions``) or every one tagged ``tagged``, of REF's model if REF
     is given; numbers are this store's own (committed like an add). Of many, each version is
@@ -396,8 +406,8 @@ def pull(store: StoreView, ref: str | None, remote: str | Remote | None = None, 
     with open_remote(r, type(store), write=False, home=_home(store)) as rem, talking_to(r):
         refs = _which(rem.side, ref, all_versions, tagged)
         local = StoreSide(store, "the local store")
-        return _each(refs, lambda x: transfer(rem.side, local, x, direction="pull", remote=r.name, tags=tags,
-                                              progress=progress or no_progress, workers=workers),
+        return _each(refs, lambda x: transfer(rem.side, local, x, direction="pull", remote=r.shown, tags=tags,
+                                              progress=progress or no_progress, workers=workers, move_tags=move_tags),
                      r.label, PullRefusedError, many=all_versions or tagged is not None)
 
 
@@ -546,13 +556,13 @@ class _FetchTarget:
         with self.Session() as s:
             return version_info(s, resolve_version(s, ref, fetch=False))
 
-    def tag(self, ref: str, name: str) -> VersionInfo:
-        return versions.tag(self, ref, name)  # type: ignore[arg-type]
+    def tag(self, ref: str, name: str, *, move: bool = True) -> VersionInfo:
+        return versions.tag(self, ref, name, move=move)  # type: ignore[arg-type]
 
 
 def fetch(engine: Engine, home: Path, lazy: list[Remote], ref: str) -> tuple[str, int]:
-    """Pull the version REF names (with its base chain and tags) from the first lazy remote that
-    has it; returns its local (model, number). UnknownRefError when none has it; RemoteError (one
+    """Pull the version REF names (with its base chain, and its tags this store lacks: a read never
+    moves a tag the user set here) from the first lazy remote that has it; returns its local (model, number). UnknownRefError when none has it; RemoteError (one
     line, nothing changed here) when one cannot be used."""
     with _fetch_lock:
         dst = StoreSide(_FetchTarget(engine, home), "the local store")  # type: ignore[arg-type]
@@ -566,7 +576,7 @@ def fetch(engine: Engine, home: Path, lazy: list[Remote], ref: str) -> tuple[str
                         missing.append(str(e))
                         continue
                     log.info("%s is not here: pulling it from %s", ref, r.label)
-                    res = transfer(rem.side, dst, ref, direction="pull", remote=r.name)
+                    res = transfer(rem.side, dst, ref, direction="pull", remote=r.shown)
             except RemoteError as e:
                 raise RemoteError(f"{ref} is not in this store and fetching it failed: {e}") from None
             model, _, number = res.dst_ref.rpartition("@v")
@@ -574,6 +584,8 @@ def fetch(engine: Engine, home: Path, lazy: list[Remote], ref: str) -> tuple[str
                 # numbers are each store's own (a pull commits like an add): say so, since a later
                 # REF by number names this store's version, not the remote's
                 log.warning("%s from %s is %s in this store", res.ref, r.label, res.dst_ref)
+            for t in res.tags_left:
+                log.info("tag %s left at %s (%s has it on %s)", t.tag, t.at, r.label, t.source_at)
             return model, int(number)
     raise UnknownRefError(f"{ref} is neither in this store nor on its remotes ({'; '.join(missing)})")
 
@@ -674,4 +686,4 @@ def _repair_one(store: Any, side: Side, r: Remote, x: Repair) -> None:
     store.backend.put(key, data)  # atomic: readers see the bad object or the good one
     store.backend.flush()
     store.objects.verify(x.oid)
-    x.fixed_from = r.name
+    x.fixed_from = r.shown

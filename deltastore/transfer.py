@@ -20,7 +20,11 @@ A transfer of REF (:func:`transfer`):
    differs from the source's and which does not decode to its id) move ``workers`` at a time;
    each is decoded and re-hashed against its id after it was read, before it is written (and S3
    checks a Content-MD5 on arrival), and written atomically;
-4. only then is each new version committed on the destination, base first; tags follow.
+4. only then is each new version committed on the destination, base first; tags follow: a tag
+   the source has on a version of the chain is set where the destination has no such tag, and a
+   destination's tag that names another version is left where it is (:attr:`TransferResult.tags_left`
+   names it): a push or a pull adds what the other side lacks, it never takes back a tag its user
+   moved (``deltastore tag`` moves one, on purpose).
 
 Nothing read from the other side is trusted: a record, a manifest or an object is read in one
 request of at most what it may hold (:func:`read_at_most`), never whole; a FIFO or device named
@@ -272,7 +276,11 @@ class Side(Protocol):
 
     def publish(self, src: VersionInfo, base: VersionInfo | None, manifest: Manifest, puts: dict[str, PutResult]) -> VersionInfo: ...
 
-    def set_tag(self, info: VersionInfo, tag: str) -> bool: ...
+    def set_tag(self, info: VersionInfo, tag: str, move: bool = False) -> int | None:
+        """Tag ``info`` with ``tag`` here unless this side has that tag already; the number of the
+        version it named before (left as it is, even when another), None when it named none or
+        (``move``: asked for) named another and was moved."""
+        ...
 
     def admit(self, info: VersionInfo) -> None:
         """Raise if ``info`` could not be published here (checked before any object is sent)."""
@@ -363,11 +371,26 @@ class StoreSide:
                               src.author, dict(src.metrics), src.calib_sha256, held=self._held,
                               number=src.number if src.number < KEEP_NUMBERS_BELOW else None)
 
-    def set_tag(self, info: VersionInfo, tag: str) -> bool:
-        if tag in self.resolve(info.ref).tags:
-            return False
-        self.store.tag(info.ref, tag)  # type: ignore[attr-defined]
-        return True
+    def _tagged_number(self, model: str, tag: str) -> int | None:
+        with self.store.Session() as s:  # (not a resolve of MODEL@TAG: a missing tag would fetch)
+            return s.scalar(select(Version.number).join(Tag, Tag.version_id == Version.id)
+                            .join(Model, Model.id == Tag.model_id).where(Model.name == model, Tag.name == tag))
+
+    def set_tag(self, info: VersionInfo, tag: str, move: bool = False) -> int | None:
+        n = self._tagged_number(info.model, tag)
+        if move and n is not None and n != info.number:
+            self.store.tag(info.ref, tag)  # type: ignore[attr-defined]
+            return None
+        if n is not None:
+            return n
+        try:
+            self.store.tag(info.ref, tag, move=False)  # type: ignore[attr-defined]
+        except BadInputError:  # tagged meanwhile, on another version: left there too
+            n = self._tagged_number(info.model, tag)
+            if n is None:
+                raise
+            return n
+        return None
 
     def admit(self, info: VersionInfo) -> None:
         pass  # a catalog takes any version a store made
@@ -573,11 +596,21 @@ class RecordsSide:
             number += 1
         raise ConflictError(f"could not allocate a version number for {src.model!r} on {self.label}")
 
-    def set_tag(self, info: VersionInfo, tag: str) -> bool:
-        if self._tags(info.model).get(tag) == info.number:
-            return False
+    def set_tag(self, info: VersionInfo, tag: str, move: bool = False) -> int | None:
+        n = self._tags(info.model).get(tag)
+        if move and n is not None and n != info.number:
+            records.write_tag(self.backend, info.model, tag, info.number)
+            return None
+        if n is not None:
+            return n
+        if tag not in self._bad_tags.get(info.model, {}) and records.create_tag(self.backend, info.model, tag, info.number):
+            return None
+        n = self._tags(info.model).get(tag)  # another writer's, just now: left as it is
+        if n is not None:
+            return n
+        # what is there names no version anyone reads (a damaged record): replaced
         records.write_tag(self.backend, info.model, tag, info.number)
-        return True
+        return None
 
     def admit(self, info: VersionInfo) -> None:
         """A version whose record would be larger than any reader takes is refused: written, it
@@ -611,8 +644,22 @@ class Moved:
 
 
 @dataclass
+class LeftTag:
+    """A tag the source has on a version of the chain that the destination has on another version:
+    left there (a transfer never moves a tag). Both REFs are the destination's."""
+
+    tag: str  # NAME@tag
+    at: str  # the version the destination's tag names, kept
+    source_at: str  # the version the source's tag names, as the destination numbers it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class TransferResult:
-    """What a push or pull did: the versions (base first), objects and bytes sent, tags set."""
+    """What a push or pull did: the versions (base first), objects and bytes sent, tags set, and
+    the tags left where the destination has them."""
 
     direction: str  # "push" | "pull"
     remote: str
@@ -622,8 +669,9 @@ class TransferResult:
     objects_sent: int
     bytes_sent: int
     objects_present: int  # already on the destination: not sent
-    tags: list[str]  # "NAME@tag" set or moved on the destination
+    tags: list[str]  # "NAME@tag" set on the destination (it had no such tag)
     seconds: float
+    tags_left: list[LeftTag] = field(default_factory=list)  # on another version there: not moved
 
     @property
     def new_versions(self) -> list[Moved]:
@@ -632,6 +680,7 @@ class TransferResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["versions"] = [m.to_dict() for m in self.versions]
+        d["tags_left"] = [t.to_dict() for t in self.tags_left]
         return d
 
 
@@ -710,8 +759,10 @@ def chain_of(src: Side, ref: str) -> list[tuple[VersionInfo, Manifest]]:
 
 
 def transfer(src: Side, dst: Side, ref: str, *, direction: str, remote: str, tags: bool = True,
-             progress: Progress = no_progress, workers: int = TRANSFER_WORKERS) -> TransferResult:
-    """Copy the version REF names on ``src``, with its base chain and tags, to ``dst`` (module doc)."""
+             progress: Progress = no_progress, workers: int = TRANSFER_WORKERS, move_tags: bool = False) -> TransferResult:
+    """Copy the version REF names on ``src``, with its base chain and tags, to ``dst`` (module doc).
+    ``move_tags``: a tag ``dst`` has on another version is moved to the source's (the user asked:
+    ``--move-tags``), not left there."""
     t0 = time.perf_counter()
     chain = chain_of(src, ref)
     with dst.hold(f"{direction} {ref} from {src.label}"):
@@ -727,6 +778,7 @@ def transfer(src: Side, dst: Side, ref: str, *, direction: str, remote: str, tag
         stats = copy_objects(src, dst, sorted(need), progress=progress, workers=workers, phase=direction, total_hint=hint)
         moved: list[Moved] = []
         set_tags: list[str] = []
+        left: list[LeftTag] = []
         prev: VersionInfo | None = None
         for (info, man), have in zip(chain, there):
             if have is None:
@@ -736,9 +788,12 @@ def transfer(src: Side, dst: Side, ref: str, *, direction: str, remote: str, tag
                 moved.append(Moved(info.ref, have.ref, False))
             if tags:
                 for t in info.tags:
-                    if dst.set_tag(have, t):
+                    before = dst.set_tag(have, t, move=move_tags)
+                    if before is None:
                         set_tags.append(f"{have.model}@{t}")
+                    elif before != have.number:
+                        left.append(LeftTag(f"{have.model}@{t}", f"{have.model}@v{before}", have.ref))
             prev = have
     return TransferResult(direction=direction, remote=remote, ref=chain[-1][0].ref, dst_ref=moved[-1].dst, versions=moved,
                           objects_sent=stats.sent, bytes_sent=stats.sent_bytes, objects_present=stats.present,
-                          tags=set_tags, seconds=time.perf_counter() - t0)
+                          tags=set_tags, seconds=time.perf_counter() - t0, tags_left=left)
