@@ -35,11 +35,9 @@ def hist_q(base, shift, fmask, part):
         part[3, ctx2(base[i], shift, fmask)] += np.uint32(1)
 
 @njit(nogil=True)
-def split_q(target, base, shift, fmask, part, counts, hi, lo, tmp, words):
-    n = target.size
-    q = n // 4
-    for i in range(n):
-        tmp[i] = nb._code2(np.int64(target[i]), np.int64(base[i]))
+def quarter_starts(part):
+    """Each quarter's first position per context: context c's elements of quarter q follow those of
+    quarters before q (the stable order the format keeps)."""
     p0 = np.empty(256, np.uint32); p1 = np.empty(256, np.uint32); p2 = np.empty(256, np.uint32); p3 = np.empty(256, np.uint32)
     s = 0
     for c in range(256):
@@ -47,6 +45,16 @@ def split_q(target, base, shift, fmask, part, counts, hi, lo, tmp, words):
         p1[c] = s; s += part[1, c]
         p2[c] = s; s += part[2, c]
         p3[c] = s; s += part[3, c]
+    return p0, p1, p2, p3
+
+@njit(nogil=True)
+def split_q(target, base, shift, fmask, part, counts, hi, lo, tmp, words):
+    n = target.size
+    q = n // 4
+    for i in range(n):
+        tmp[i] = nb._code2(np.int64(target[i]), np.int64(base[i]))
+    p0, p1, p2, p3 = quarter_starts(part)
+    for c in range(256):
         counts[c] = np.int64(part[0, c]) + part[1, c] + part[2, c] + part[3, c]
     for i in range(q):
         a = ctx2(base[i], shift, fmask); b = ctx2(base[q + i], shift, fmask)
@@ -112,13 +120,7 @@ for r in range(5):
 def gather_q(words, base, shift, fmask, part, out):
     n = base.size
     q = n // 4
-    p0 = np.empty(256, np.uint32); p1 = np.empty(256, np.uint32); p2 = np.empty(256, np.uint32); p3 = np.empty(256, np.uint32)
-    s = 0
-    for c in range(256):
-        p0[c] = s; s += part[0, c]
-        p1[c] = s; s += part[1, c]
-        p2[c] = s; s += part[2, c]
-        p3[c] = s; s += part[3, c]
+    p0, p1, p2, p3 = quarter_starts(part)
     for i in range(q):
         a = ctx2(base[i], shift, fmask); b = ctx2(base[q + i], shift, fmask)
         c = ctx2(base[2 * q + i], shift, fmask); d = ctx2(base[3 * q + i], shift, fmask)

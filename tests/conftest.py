@@ -62,6 +62,25 @@ def write_model(d: Path, sd: dict[str, torch.Tensor], shards: int = 1, config: d
     return d
 
 
+def name_manifest(store: deltastore.Store, model: str, oid: str) -> None:
+    """Point ``model``'s (first) catalog row at manifest object ``oid``."""
+    from sqlalchemy import select
+
+    from deltastore.catalog import Model, Version
+
+    with store.Session.begin() as s:
+        s.scalar(select(Version).join(Model).where(Model.name == model)).manifest = oid
+    store._manifest_cache.clear()
+
+
+def point_at(store: deltastore.Store, model: str, man: dict) -> str:
+    """Store ``man`` (a manifest dict) as an object and name it from ``model``'s (first) catalog
+    row, as anyone with write access to a shared bucket and catalog could; its object id."""
+    oid = store.objects.put_bytes(json.dumps(man).encode(), "manifest").oid
+    name_manifest(store, model, oid)
+    return oid
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> deltastore.Store:
     st = deltastore.open(tmp_path / "home")

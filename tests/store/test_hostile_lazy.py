@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import select
 
 from deltastore import lazy
-from deltastore.catalog import Model, Version
 from deltastore.errors import BadInputError, CorruptObjectError
 
 transformers = pytest.importorskip("transformers")
 from deltastore.zoo.tiny import tiny_llama_dir  # noqa: E402
 
+from ..conftest import name_manifest, point_at  # noqa: E402
 from ..kernels.kernel_testlib import rel  # noqa: E402
 from ..kernels.test_lazy import finetune_linears  # noqa: E402
 
@@ -70,18 +69,11 @@ def planted(tiny):
         return json.loads(store.objects.get(rows[name]))
 
     def plant(name: str, man: dict) -> str:
-        oid = store.objects.put_bytes(json.dumps(man).encode(), "manifest").oid
-        with store.Session.begin() as s:
-            v = s.scalar(select(Version).join(Model).where(Model.name == name))
-            v.manifest = oid
-        store._manifest_cache.clear()
-        return oid
+        return point_at(store, name, man)
 
     yield store, good, plant
     for name, oid in rows.items():
-        with store.Session.begin() as s:
-            s.scalar(select(Version).join(Model).where(Model.name == name)).manifest = oid
-    store._manifest_cache.clear()
+        name_manifest(store, name, oid)
 
 
 def with_config(store, man: dict, config) -> dict:  # noqa: ANN001

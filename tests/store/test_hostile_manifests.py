@@ -9,12 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
-from deltastore.catalog import Model, Version
 from deltastore.errors import CorruptObjectError
 
-from ..conftest import llama_like, write_model
+from ..conftest import llama_like, point_at, write_model
 
 
 @pytest.fixture
@@ -25,12 +23,7 @@ def planted(store, tmp_path: Path):
     good = json.loads(store.objects.get(store.resolve("b").manifest))
 
     def plant(man: dict) -> str:
-        oid = store.objects.put_bytes(json.dumps(man).encode(), "manifest").oid
-        with store.Session.begin() as s:
-            v = s.scalar(select(Version).join(Model).where(Model.name == "b"))
-            v.manifest = oid
-        store._manifest_cache.clear()
-        return oid
+        return point_at(store, "b", man)
 
     return store, good, plant
 

@@ -11,13 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import select
-
 from deltastore import codec as codecs
-from deltastore.catalog import Model, Version
 from deltastore.errors import CorruptObjectError
 
-from ..conftest import finetune_of, llama_like, write_model
+from ..conftest import finetune_of, llama_like, point_at, write_model
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 G = "model.layers.0.mlp.gate_proj.weight"  # (one 3-bit tier at this size; q_proj keeps none)
@@ -32,11 +29,7 @@ def lossy(store, tmp_path: Path):
     store.add_finetune("ft", write_model(tmp_path / "ft", finetune_of(base, scale=0.05)), base="b", codec="delta-come")
 
     def plant(man: dict) -> None:
-        oid = store.objects.put_bytes(json.dumps(man).encode(), "manifest").oid
-        with store.Session.begin() as s:
-            v = s.scalar(select(Version).join(Model).where(Model.name == "ft"))
-            v.manifest = oid
-        store._manifest_cache.clear()
+        point_at(store, "ft", man)
 
     return store, plant
 
