@@ -29,6 +29,7 @@ Store API (resolve, manifest, lineage, iter_tensors, tensor, objects.get).
 from __future__ import annotations
 
 import json
+import logging
 import weakref
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -59,6 +60,8 @@ class StoreAPI(Protocol):
     def lineage(self, ref: str) -> Any: ...
     def tensor(self, ref: str, name: str, *, device: str | torch.device = "cpu") -> torch.Tensor: ...
     def iter_tensors(self, ref: str, *, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]: ...
+
+log = logging.getLogger(__name__)
 
 #: linears of one module that read the same input: served by one DeltaSet (one shrink and one
 #: expand for the group, the issue's "fuse the shrink across q/k/v; gate/up")
@@ -238,6 +241,9 @@ def _base_tensors(store: StoreAPI, base_ref: str, base_manifest: str, device: to
 
 #: config.json keys that do not change what a model computes: a fine-tune's may differ from its base's
 _SAME_MODEL = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"})
+#: keys that change no logits but what ``generate`` takes by default (a chat fine-tune often has its
+#: own end token): a difference is served, and said (pass the fine-tune's to ``generate``)
+_GENERATE_ONLY = frozenset({"bos_token_id", "eos_token_id", "pad_token_id"})
 _NONE = object()
 
 
@@ -319,6 +325,12 @@ class LazyDeltas:
             self._base_config = _config_values(_config(self.store, self.base_manifest, self.base_ref), self.base_ref)
         mine, theirs = self._base_config, _config_values(theirs, ref)
         keys = sorted(k for k in mine.keys() | theirs.keys() if k not in _SAME_MODEL and mine.get(k, _NONE) != theirs.get(k, _NONE))
+        told = [k for k in keys if k in _GENERATE_ONLY]
+        if told:
+            log.warning("%s: its config.json has other %s than the base %s's: the model serving it generates with "
+                        "the base's unless given its own (%s)", ref, ", ".join(told), self.base_ref,
+                        ", ".join(f"{k}={theirs.get(k)!r}" for k in told))
+        keys = [k for k in keys if k not in _GENERATE_ONLY]
         if keys:
             raise BadInputError(f"{ref}: its config.json differs from the base {self.base_ref}'s in {keys[:5]}"
                                 f"{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}; a model serving several fine-tunes "

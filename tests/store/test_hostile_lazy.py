@@ -240,3 +240,15 @@ def test_load_many_refuses_a_fine_tune_whose_config_computes_otherwise(tiny) -> 
         got = many(input_ids=IDS, delta_ids=[1]).logits.float()
         want = lazy.load(store, "renamed")(input_ids=IDS).logits.float()
     assert rel(got, want) < 1e-5
+
+
+def test_load_many_serves_a_fine_tune_with_its_own_end_token_and_says_so(planted, caplog) -> None:
+    """Token ids change no logits, only what generate takes by default (a chat fine-tune often has
+    its own end token): served, with a warning naming them, not refused."""
+    store, good, plant = planted
+    cfg = json.loads(store.objects.get(entry_file(good("ft"), "config.json")))
+    plant("ft", with_config(store, good("ft"), cfg | {"eos_token_id": 7}))
+    with caplog.at_level("WARNING", logger="deltastore.lazy"):
+        many = lazy.load_many(store, ["ft"])
+    assert many.deltas.refs == ["ft"]
+    assert "ft@v1: its config.json has other eos_token_id than the base" in caplog.text and "eos_token_id=7" in caplog.text
