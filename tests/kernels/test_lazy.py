@@ -196,19 +196,39 @@ def _static_generate(model, ids: torch.Tensor, dec=None, **kw) -> torch.Tensor:
         model.deltas.ctx.set(None)
 
 
+STATIC_TOL = 2.0**-6  # the static path's logits against eager's: 4 bf16 ulps at |logit| ~ 1 (measured: 1-1.5 ulps)
+
+
 def static_matches_eager(many, mixes):
-    """For each tenant mix (delta_ids): greedy tokens through the static path with eager steps
-    equal transformers' eager decoding, and every mix reuses one recorded step; the decoder."""
+    """For each tenant mix (delta_ids): the static path with eager steps computes the logits of
+    transformers' eager decoding within STATIC_TOL at every step of every row whose tokens so far
+    agree, and so the same greedy token wherever eager's top two are further apart than twice the
+    two paths' difference at that step (a random tiny bf16 model has ties within an ulp, which
+    either path may break: a row stops being compared at such a tie); every mix reuses one recorded
+    step. Returns the decoder."""
     from deltastore.graph_decode import GraphDecoder
 
     dec = GraphDecoder(many, capture=False)
-    recorded = None
+    recorded, compared, steps = None, 0, 0
+    kw = dict(max_new_tokens=6, output_scores=True, return_dict_in_generate=True)
     for ids in mixes:
-        eager = many.generate(PROMPTS.to(DEVICE), max_new_tokens=6, do_sample=False, delta_ids=ids, cuda_graph=False)
-        static = _static_generate(many, ids, dec, max_new_tokens=6)
-        assert torch.equal(static, eager), ids
+        eager = many.generate(PROMPTS.to(DEVICE), do_sample=False, delta_ids=ids, cuda_graph=False, **kw)
+        static = _static_generate(many, ids, dec, **kw)
+        start = PROMPTS.shape[1]
+        for row in range(PROMPTS.shape[0]):
+            steps += len(eager.scores)
+            for t, (e, s) in enumerate(zip(eager.scores, static.scores)):
+                e, s = e[row].float(), s[row].float()
+                gap = (e - s).abs().max()
+                assert gap <= STATIC_TOL, (ids, row, t)
+                top = e.topk(2).values
+                if top[0] - top[1] <= 2 * gap:
+                    break  # a tie within the paths' difference: either may take it, the rows may part here
+                assert static.sequences[row, start + t] == eager.sequences[row, start + t], (ids, row, t)
+                compared += 1
         assert dec._graph is not None and (recorded is None or dec._graph is recorded)
         recorded = dec._graph
+    assert compared >= steps // 2, f"only {compared} of {steps} steps clear of near-ties: the check says little"
     return dec
 
 
