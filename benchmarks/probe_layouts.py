@@ -362,6 +362,16 @@ def measure(ft_file: Path, base: dict, cands, repeat: int, say) -> None:
         say(f"| {c.name} | {b / MB:.2f} | {b / zbytes:.3f} | {b / v3b:.3f} | {enc:,.0f} | {dec:,.0f} | "
             f"{enc / zenc:.2f} / {dec / zdec:.2f} | {re:.2f} / {rd:.2f} |")
     say("")
+    say("Every round's MB/s per core, encode / decode, in the order run (zipnn first in each round):")
+    say("")
+    say("| " + " | ".join(["implementation"] + [f"round {r + 1}" for r in range(repeat)] + ["median"]) + " |")
+    say("|---" * (repeat + 2) + "|")
+    rows = [("zipnn 0.5.4", len(data), zt["enc"], zt["dec"])] + [(c.name, raw, te[c.name], td[c.name]) for c in cands]
+    for name, size, tes, tds in rows:
+        cells = [f"{size / a / MB:,.0f} / {size / d / MB:,.0f}" for a, d in zip(tes, tds)]
+        med = f"{size / statistics.median(tes) / MB:,.0f} / {size / statistics.median(tds) / MB:,.0f}"
+        say(f"| {name} | " + " | ".join(cells) + f" | {med} |")
+    say("")
 
 
 def kernels(ft_file: Path, base: dict, repeat: int, say, max_chunks: int = 64) -> None:
