@@ -196,7 +196,9 @@ def _static_generate(model, ids: torch.Tensor, dec=None, **kw) -> torch.Tensor:
         model.deltas.ctx.set(None)
 
 
-STATIC_TOL = 2.0**-6  # the static path's logits against eager's: 4 bf16 ulps at |logit| ~ 1 (measured: 1-1.5 ulps)
+# the static path's logits against eager's: on the CPU 4 bf16 ulps for 0.5 <= |logit| < 1 (measured: up to 1.5 ulps, the
+# tiny model's logits are under 1); on a GPU, whose attention kernels differ more between the two caches, 16 (not measured)
+STATIC_TOL = 2.0**-6 if DEVICE == "cpu" else 2.0**-4
 
 
 def static_matches_eager(many, mixes):
