@@ -25,6 +25,7 @@ import torch
 
 from deltastore.codec import quant
 
+from . import factor_cache
 from .errors import KernelError
 from .packed import PackedDeltaCoMe, block_for_group
 
@@ -145,6 +146,8 @@ class DeltaSet:
         self.tile_r = int(tile_r)
         self._slots: list[list[PackedDeltaCoMe | None] | None] = []
         self._built = False
+        self._generation = 0  # builds so far: the CPU factor cache's entries are per build
+        self._cache_id = factor_cache.new_owner(self)
         #: the one-launch base GEMV + expand for <= 4 rows (kernels/fused_gemv.py): True/False here,
         #: None = the environment's DELTASTORE_FUSED_GEMV (off unless set: slower on the H200)
         self.fused_gemv: bool | None = None
@@ -308,8 +311,16 @@ class DeltaSet:
         self._sems: dict[tuple[int, int], torch.Tensor] = {}
         #: the dense path's scratch layouts per (slot, row block) (kernels/dense.py)
         self.dense_cache: dict = {}
+        self._generation += 1
+        factor_cache.forget(self._cache_id, self._generation)  # factors of earlier builds: slots moved or gone
         self._built = True
         return self
+
+    @property
+    def cache_key(self) -> tuple[int, int]:
+        """(owner id, build): under which :mod:`.factor_cache` keeps this build's dequantized factors."""
+        self.build()
+        return self._cache_id, self._generation
 
     def tiles(self, tile_r: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(tiles (slots, slices, T, NF) int64, ntiles (slots, slices) int32, T): the tier rows cut

@@ -8,6 +8,8 @@ bit tricks), so a kernel test checks the kernel's unpacking against the codec's.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from deltastore.codec import quant
@@ -16,7 +18,7 @@ from .deltaset import F, DeltaSet, RowPlan
 from .packed import PackedDeltaCoMe
 
 
-def _factor(dset: DeltaSet, rec: list[int], side: str, length: int) -> torch.Tensor:
+def tier_factor(dset: DeltaSet, rec: list[int], side: str, length: int) -> torch.Tensor:
     """float32 (count, length) vectors of one tier record, read from the flat buffers."""
     bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
     w, g = quant.packed_words(length, bits), quant.n_groups(length, gs)
@@ -25,6 +27,17 @@ def _factor(dset: DeltaSet, rec: list[int], side: str, length: int) -> torch.Ten
     s = dset.scales[s0 : s0 + cnt * g].reshape(cnt, g)
     z = dset.zeros[s0 : s0 + cnt * g].reshape(cnt, g)
     return quant.dequantize(quant.unpack(q, bits, length), s, z, gs)
+
+
+#: ``factors(slot, rec, side, length, word)``: a tier record's float32 V^ or U^ (what
+#: :func:`tier_factor` gives), e.g. kept between calls by :mod:`.factor_cache`
+Factors = Callable[[int, list, str, int, int], torch.Tensor]
+
+
+def _factors(dset: DeltaSet, factors: Factors | None) -> Factors:
+    if factors is not None:
+        return factors
+    return lambda slot, rec, side, length, word: tier_factor(dset, rec, side, length)
 
 
 def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -38,27 +51,30 @@ def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     return out
 
 
-def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1) -> torch.Tensor:
+def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, factors: Factors | None = None) -> torch.Tensor:
     """z (split_k, M, dset.zcols) float32: z[:, p, zcol + j] summed over the split is
-    (x[row] @ V^[:, j]) * S[j] for the row at sorted position p and component j of its slot."""
+    (x[row] @ V^[:, j]) * S[j] for the row at sorted position p and component j of its slot.
+    ``factors``: where the dequantized V^ come from (default: unpacked on every call)."""
     dset.build()
+    factor = _factors(dset, factors)
     M = x.shape[0]
     z = torch.zeros(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
     for slot, pos, rows in _slot_rows(plan):
         xs = x[rows].to(torch.float32)
         for recs in dset.records[slot]:
             for rec in recs:
-                V = _factor(dset, rec, "v", dset.in_features)
+                V = factor(slot, rec, "v", dset.in_features, rec[F["v_q"]])
                 c0, cnt = rec[F["zcol"]], rec[F["count"]]
                 sv = dset.svals[rec[F["s_off"]] : rec[F["s_off"]] + cnt]
                 z[0, pos, c0 : c0 + cnt] = (xs @ V.T) * sv
     return z
 
 
-def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> torch.Tensor:
+def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, factors: Factors | None = None) -> torch.Tensor:
     """y[row, slice cols] += z[p] @ U^^T for every row a slot serves, in place; returns y.
-    ``y`` is (M, sum(out_features)): the linears' outputs side by side."""
+    ``y`` is (M, sum(out_features)): the linears' outputs side by side. ``factors``: as :func:`shrink`."""
     dset.build()
+    factor = _factors(dset, factors)
     zs = z.sum(dim=0)
     for slot, pos, rows in _slot_rows(plan):
         for b, recs in enumerate(dset.records[slot]):
@@ -67,7 +83,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> t
             m, c = dset.out_features[b], dset.col_offsets[b]
             acc = torch.zeros(len(rows), m, dtype=torch.float32, device=y.device)
             for rec in recs:
-                U = _factor(dset, rec, "u", m)
+                U = factor(slot, rec, "u", m, rec[F["u_q"]])
                 c0, cnt = rec[F["zcol"]], rec[F["count"]]
                 acc += zs[pos, c0 : c0 + cnt] @ U
             y[rows, c : c + m] = (y[rows, c : c + m].to(torch.float32) + acc).to(y.dtype)

@@ -100,8 +100,8 @@ def test_dense_dequant_writes_each_slice_at_its_place_and_zero_pads(dtype: torch
             us = []
             for rec in recs:
                 sv = ds.svals[rec[F["s_off"]] : rec[F["s_off"]] + rec[F["count"]]]
-                vs.append(ref_ops._factor(ds, rec, "v", n) * sv[:, None])
-                us.append(ref_ops._factor(ds, rec, "u", ms[b]))
+                vs.append(ref_ops.tier_factor(ds, rec, "v", n) * sv[:, None])
+                us.append(ref_ops.tier_factor(ds, rec, "u", ms[b]))
             for got, want in ((f.v[v0 : v0 + r], torch.cat(vs)), (f.u[b][:r], torch.cat(us))):
                 want = want.to(dtype).float()
                 ulp = torch.finfo(dtype).eps * want.abs().clamp_min(torch.finfo(dtype).tiny)

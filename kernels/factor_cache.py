@@ -1,0 +1,111 @@
+"""The CPU serving path's dequantized factors, kept between calls within a byte budget.
+
+Without a GPU a lazy model applies its delta-come deltas with the torch reference ops
+(:mod:`.ref_ops`), which unpack and dequantize every tier's V^ and U^ from the packed words on every
+call: on the dev VM two thirds of a SmolLM2 lazy forward, 4-5x the materialized model's time a
+token. The factors do not change between calls, so the CPU path keeps the float32 factors
+(exactly what the reference computes: the results are the reference's, bit for bit) in one
+process-wide store of at most ``DELTASTORE_CPU_FACTOR_MB`` MB (default 2048; 0 turns it off),
+first come, first kept: once it is full, further factors are dequantized per call as before. No
+least-recently-used eviction on purpose: a forward pass visits every layer in turn, so a model
+whose factors exceed the budget would evict each layer's entry before its next use and keep
+nothing useful; kept as they come, the first layers stay and the speed-up is in proportion to the
+budget. Entries belong to a :class:`~.deltaset.DeltaSet` and its build: adding or dropping a
+fine-tune, moving the set, or the set being garbage-collected frees them. GPU tensors are never
+kept here (the Triton paths read the packed words directly).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import weakref
+from typing import Callable
+
+import torch
+
+DEFAULT_MB = 2048
+
+_lock = threading.Lock()
+_entries: dict[tuple[int, int, int], dict[tuple[int, str], torch.Tensor]] = {}
+_sizes: dict[tuple[int, int, int], int] = {}
+_total = [0]
+_ids = itertools.count(1)
+
+Factor = Callable[..., torch.Tensor]
+
+
+def budget_bytes() -> int:
+    """The cache's budget from ``DELTASTORE_CPU_FACTOR_MB`` (read on every call, so a test or a
+    server can change it); a value that is not a number of MB >= 0 is refused."""
+    raw = os.environ.get("DELTASTORE_CPU_FACTOR_MB", "").strip()
+    if not raw:
+        return DEFAULT_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        from .errors import KernelError
+
+        raise KernelError(f"DELTASTORE_CPU_FACTOR_MB must be a number of MB >= 0, not {raw!r}")
+    return int(mb * (1 << 20))
+
+
+def new_owner(owner: object) -> int:
+    """An id for ``owner`` (a DeltaSet) under which its entries are kept; they are forgotten when
+    ``owner`` is garbage-collected."""
+    uid = next(_ids)
+    weakref.finalize(owner, forget, uid)
+    return uid
+
+
+def forget(uid: int, generation: int | None = None) -> None:
+    """Drop the entries of owner ``uid`` (of every build, or of builds other than ``generation``)."""
+    with _lock:
+        for key in [k for k in _entries if k[0] == uid and (generation is None or k[1] != generation)]:
+            _drop(key)
+
+
+def _drop(key: tuple[int, int, int]) -> None:
+    del _entries[key]
+    _total[0] -= _sizes.pop(key)
+
+
+def held_bytes() -> int:
+    """Bytes of factors held now (all owners)."""
+    with _lock:
+        return _total[0]
+
+
+def provider(uid: int, generation: int, factor: Factor) -> Factor:
+    """``factor(rec, side, length)`` (ref_ops' dequantization of one tier record's V^ or U^) with
+    its results kept: ``cached(slot, rec, side, length, word)`` returns the kept tensor of that
+    slot's record (``word``: the record's first packed word for that side, unique in a build), or
+    computes it and keeps it if the budget has room."""
+
+    def cached(slot: int, rec: list[int], side: str, length: int, word: int) -> torch.Tensor:
+        key, sub = (uid, generation, slot), (int(word), side)
+        with _lock:
+            got = _entries.get(key, {}).get(sub)
+        if got is not None:
+            return got
+        t = factor(rec, side, length)
+        if t.device.type != "cpu":
+            return t
+        size = t.numel() * t.element_size()
+        limit = budget_bytes()
+        with _lock:
+            if _total[0] + size <= limit:
+                entry = _entries.setdefault(key, {})
+                if sub not in entry:  # (another thread may have kept it meanwhile)
+                    entry[sub] = t
+                    _sizes[key] = _sizes.get(key, 0) + size
+                    _total[0] += size
+        return t
+
+    return cached
+
+
+__all__ = ["DEFAULT_MB", "budget_bytes", "forget", "held_bytes", "new_owner", "provider"]
