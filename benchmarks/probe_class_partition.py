@@ -27,13 +27,23 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from deltastore.codec import lossless
+
 CHUNK = 1 << 19  # elements a chunk: the codec's 1 MiB of bf16
 
 
 def ordered(u: np.ndarray) -> np.ndarray:
-    """bf16 bit patterns as integers in the order of their values (a bijection)."""
-    u = u.astype(np.int32)
-    return np.where(u & 0x8000, -(u & 0x7FFF) - 1, u)
+    """bf16 bit patterns (uint16) as int32 in the order of their values: the codec's own map."""
+    return lossless.ordered(u.view(np.int16)).astype(np.int32)
+
+
+def changed_bf16(base: dict, ft: dict):  # noqa: ANN201
+    """(name, base bits, fine-tune bits) as flat uint16 arrays, for every bf16 tensor the fine-tune changed."""
+    for name, b in base.items():
+        f = ft.get(name)
+        if f is None or b.dtype != torch.bfloat16 or torch.equal(b, f):
+            continue
+        yield name, b.view(torch.int16).numpy().view(np.uint16).ravel(), f.view(torch.int16).numpy().view(np.uint16).ravel()
 
 
 def entropy_bits(counts: np.ndarray) -> float:
@@ -102,12 +112,7 @@ def main() -> None:
     base, ft = load_file(str(a.base)), load_file(str(a.ft))
     tot: dict[str, float] = {}
     n = 0
-    for name, b in base.items():
-        f = ft.get(name)
-        if f is None or b.dtype != torch.bfloat16 or torch.equal(b, f):
-            continue
-        bu = b.view(torch.int16).numpy().view(np.uint16).ravel()
-        fu = f.view(torch.int16).numpy().view(np.uint16).ravel()
+    for _, bu, fu in changed_bf16(base, ft):
         n += bu.size
         for s in range(0, bu.size, CHUNK):
             for key, v in chunk_costs(bu[s:s + CHUNK], fu[s:s + CHUNK], ks).items():

@@ -21,8 +21,9 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import torch
 from safetensors.torch import load_file
+
+from probe_class_partition import changed_bf16, ordered
 
 
 def H(x: np.ndarray) -> float:
@@ -34,11 +35,6 @@ def Hc(x: np.ndarray, ctx: np.ndarray) -> float:
     return H(ctx.astype(np.int64) * (1 << 20) + x.astype(np.int64)) - H(ctx)
 
 
-def ordered(u: np.ndarray) -> np.ndarray:
-    u = u.astype(np.int32)
-    return np.where(u & 0x8000, -(u & 0x7FFF) - 1, u)
-
-
 def main() -> None:
     base, ft = load_file(sys.argv[1]), load_file(sys.argv[2])
     offs = (0.0, -1.0, -2.0)
@@ -48,12 +44,7 @@ def main() -> None:
         tot[key] = tot.get(key, 0.0) + v
 
     n = 0
-    for name, b in base.items():
-        f = ft.get(name)
-        if f is None or b.dtype != torch.bfloat16 or torch.equal(b, f):
-            continue
-        bu = b.view(torch.int16).numpy().view(np.uint16).ravel()
-        fu = f.view(torch.int16).numpy().view(np.uint16).ravel()
+    for _, bu, fu in changed_bf16(base, ft):
         k = ordered(fu) - ordered(bu)
         e = ((bu >> 7) & 0xFF).astype(np.int32)
         n += k.size
