@@ -48,6 +48,7 @@ import torch
 from deltastore.codec import Encoded, quant
 from deltastore.codec.bitdelta import BitDelta
 
+from . import factor_cache
 from .errors import KernelError
 from .packed import checked_matrix
 from .slots import SlotDeltas
@@ -81,10 +82,12 @@ def bitdelta_from_encoded(enc: Encoded, expect_shape: tuple[int, int] | None = N
     return BitDeltaSigns((m, n), enc.arrays["signs"].contiguous(), float(enc.arrays["scale"][0]))
 
 
-def apply_ref(x2: torch.Tensor, f: BitDeltaSigns, ids: torch.Tensor, slot: int, y: torch.Tensor) -> torch.Tensor:
-    """The torch reference: y (rows, m) float32 += a (x2 S^T) on the rows whose id is ``slot``."""
+def apply_ref(x2: torch.Tensor, f: BitDeltaSigns, ids: torch.Tensor, slot: int, y: torch.Tensor,
+              dense: torch.Tensor | None = None) -> torch.Tensor:
+    """The torch reference: y (rows, m) float32 += a (x2 S^T) on the rows whose id is ``slot``
+    (``dense``: ``f.dense()`` made earlier, e.g. kept by :mod:`.factor_cache`)."""
     rows = (ids.reshape(-1, 1) == slot).to(torch.float32)
-    return y.add_(rows * (x2.float() @ f.dense().T))
+    return y.add_(rows * (x2.float() @ (f.dense() if dense is None else dense).T))
 
 
 @dataclass(frozen=True)
@@ -359,6 +362,15 @@ class BitDeltaSet(SlotDeltas):
 
     kind = "bitdelta"
 
+    def __init__(self, in_features: int, out_features: int, device: torch.device | str):
+        super().__init__(in_features, out_features, device)
+        self._generation = 0  # adds, drops and moves so far: the CPU path's kept signs are per generation
+        self._cache_id = factor_cache.new_owner(self)
+
+    def _changed(self) -> None:
+        self._generation += 1
+        factor_cache.forget(self._cache_id, self._generation)
+
     def delta(self, x2: torch.Tensor, ids: torch.Tensor, y: torch.Tensor | None = None, *, triton_ok: bool = True) -> torch.Tensor:
         """float32 (rows, out_features): each row's delta (zero for a row whose id holds none),
         added into ``y`` where given. The Triton kernel where it can run, else the reference."""
@@ -366,7 +378,10 @@ class BitDeltaSet(SlotDeltas):
             y = torch.zeros(x2.shape[0], self.out_features, dtype=torch.float32, device=x2.device)
         if not (triton_ok and usable(x2)):
             for slot, f in sorted(self._slots.items()):
-                apply_ref(x2, f, ids, slot, y)
+                # on the CPU the unpacked signs are kept between calls (as delta-come's factors)
+                dense = (factor_cache.keep(self._cache_id, self._generation, slot, "signs", f.dense)
+                         if x2.device.type == "cpu" else None)
+                apply_ref(x2, f, ids, slot, y, dense)
             return y
         rows = -(-x2.shape[0] // len(self._slots)) if self._slots else None  # the rows a slot serves if spread evenly
         for slot, f in sorted(self._slots.items()):

@@ -79,33 +79,39 @@ def held_bytes() -> int:
         return _total[0]
 
 
+def keep(uid: int, generation: int, slot: int, sub: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor kept for (owner ``uid``'s build ``generation``, ``slot``, ``sub``), else ``make()``,
+    kept if it is on the CPU and the budget has room."""
+    key = (uid, generation, slot)
+    with _lock:
+        got = _entries.get(key, {}).get(sub)
+    if got is not None:
+        return got
+    t = make()
+    if t.device.type != "cpu":
+        return t
+    size = t.numel() * t.element_size()
+    limit = budget_bytes()
+    with _lock:
+        if _total[0] + size <= limit:
+            entry = _entries.setdefault(key, {})
+            if sub not in entry:  # (another thread may have kept it meanwhile)
+                entry[sub] = t
+                _sizes[key] = _sizes.get(key, 0) + size
+                _total[0] += size
+    return t
+
+
 def provider(uid: int, generation: int, factor: Factor) -> Factor:
     """``factor(rec, side, length)`` (ref_ops' dequantization of one tier record's V^ or U^) with
     its results kept: ``cached(slot, rec, side, length, word)`` returns the kept tensor of that
     slot's record (``word``: the record's first packed word for that side, unique in a build), or
-    computes it and keeps it if the budget has room."""
+    computes it and keeps it if the budget has room (:func:`keep`)."""
 
     def cached(slot: int, rec: list[int], side: str, length: int, word: int) -> torch.Tensor:
-        key, sub = (uid, generation, slot), (int(word), side)
-        with _lock:
-            got = _entries.get(key, {}).get(sub)
-        if got is not None:
-            return got
-        t = factor(rec, side, length)
-        if t.device.type != "cpu":
-            return t
-        size = t.numel() * t.element_size()
-        limit = budget_bytes()
-        with _lock:
-            if _total[0] + size <= limit:
-                entry = _entries.setdefault(key, {})
-                if sub not in entry:  # (another thread may have kept it meanwhile)
-                    entry[sub] = t
-                    _sizes[key] = _sizes.get(key, 0) + size
-                    _total[0] += size
-        return t
+        return keep(uid, generation, slot, (int(word), side), lambda: factor(rec, side, length))
 
     return cached
 
 
-__all__ = ["DEFAULT_MB", "budget_bytes", "forget", "held_bytes", "new_owner", "provider"]
+__all__ = ["DEFAULT_MB", "budget_bytes", "forget", "held_bytes", "keep", "new_owner", "provider"]

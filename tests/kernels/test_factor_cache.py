@@ -105,3 +105,44 @@ def test_a_bad_budget_is_one_clear_error(monkeypatch) -> None:  # noqa: ANN001
     dset = _set([1])
     with pytest.raises(KernelError, match="DELTASTORE_CPU_FACTOR_MB"):
         _served(torch.randn(1, N).to(torch.bfloat16), dset, torch.tensor([0]))
+
+
+def _signs(m: int, n: int, seed: int):  # noqa: ANN202
+    from deltastore.kernels.bitdelta import BitDeltaSigns
+
+    g = torch.Generator().manual_seed(seed)
+    return BitDeltaSigns((m, n), torch.randint(-2**31, 2**31 - 1, (m, -(-n // 32)), generator=g, dtype=torch.int32), 0.01 * (seed + 1))
+
+
+def test_bitdelta_on_the_cpu_keeps_its_signs_and_stays_the_reference() -> None:
+    """Bitdelta's CPU path keeps each slot's unpacked signs the same way: the reference's numbers
+    (apply_ref unpacking every call) bit for bit, a refilled slot its new signs, memory freed with the set.
+    (triton_ok=False: the path a machine without a GPU takes; these tests run the interpreter otherwise.)"""
+    from deltastore.kernels import BitDeltaSet
+    from deltastore.kernels.bitdelta import apply_ref
+
+    m, n = 45, 70
+    x = torch.randn(5, n, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    ids = torch.tensor([0, 1, -1, 1, 0])
+    base = factor_cache.held_bytes()
+    bset = BitDeltaSet(n, m, "cpu")
+    fs = {0: _signs(m, n, 0), 1: _signs(m, n, 1)}
+    for s, f in fs.items():
+        bset.add(f, s)
+
+    def want(signs):  # noqa: ANN001, ANN202
+        y = torch.zeros(5, m)
+        for s, f in sorted(signs.items()):
+            apply_ref(x, f, ids, s, y)
+        return y
+
+    assert torch.equal(bset.delta(x, ids, triton_ok=False), want(fs))
+    assert factor_cache.held_bytes() - base == 2 * m * n * 4  # both slots' float32 signs kept
+    assert torch.equal(bset.delta(x, ids, triton_ok=False), want(fs))
+    bset.drop(0)
+    fs[0] = _signs(m, n, 7)
+    bset.add(fs[0], 0)
+    assert torch.equal(bset.delta(x, ids, triton_ok=False), want(fs))
+    del bset
+    gc.collect()
+    assert factor_cache.held_bytes() == base
