@@ -6,6 +6,8 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
   with tier/tile tables; ``plan_rows`` groups a batch's rows by fine-tune (id -1 = base only).
 - ``triton_ops`` / ``ref_ops``: shrink (x -> z = (x V^) S), expand (y += z U^^T), dequant_rows;
   the same signatures, Triton on a GPU (or under TRITON_INTERPRET=1), torch anywhere.
+- ``factor_cache``: without a GPU, the dequantized factors (and bitdelta's unpacked signs) kept
+  between calls within ``DELTASTORE_CPU_FACTOR_MB``.
 - ``dense``: many rows of one fine-tune: the slot's factors dequantized by one launch into a
   per-device scratch, then cuBLAS GEMMs (chosen from ``DELTASTORE_DENSE_MIN_ROWS`` rows).
 - ``linear``: ``DeltaLinear``, ``DeltaContext`` (per-row ids), ``KernelPreference``.

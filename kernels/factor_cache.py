@@ -10,9 +10,10 @@ first come, first kept: once it is full, further factors are dequantized per cal
 least-recently-used eviction on purpose: a forward pass visits every layer in turn, so a model
 whose factors exceed the budget would evict each layer's entry before its next use and keep
 nothing useful; kept as they come, the first layers stay and the speed-up is in proportion to the
-budget. Entries belong to a :class:`~.deltaset.DeltaSet` and its build: adding or dropping a
-fine-tune, moving the set, or the set being garbage-collected frees them. GPU tensors are never
-kept here (the Triton paths read the packed words directly).
+budget. Bitdelta's CPU path keeps its unpacked signs here too. Entries belong to an owner (a
+:class:`~.deltaset.DeltaSet` or a :class:`~.bitdelta.BitDeltaSet`) and its generation: adding or
+dropping a fine-tune, moving the set, or the set being garbage-collected frees them. GPU tensors
+are never kept here (the Triton paths read the packed words directly).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 DEFAULT_MB = 2048
 
 _lock = threading.Lock()
-_entries: dict[tuple[int, int, int], dict[tuple[int, str], torch.Tensor]] = {}
+_entries: dict[tuple[int, int, int], dict[object, torch.Tensor]] = {}  # (owner, generation, slot) -> {what: tensor}
 _sizes: dict[tuple[int, int, int], int] = {}
 _total = [0]
 _ids = itertools.count(1)
@@ -54,7 +55,7 @@ def budget_bytes() -> int:
 
 
 def new_owner(owner: object) -> int:
-    """An id for ``owner`` (a DeltaSet) under which its entries are kept; they are forgotten when
+    """An id for ``owner`` (a delta set) under which its entries are kept; they are forgotten when
     ``owner`` is garbage-collected."""
     uid = next(_ids)
     weakref.finalize(owner, forget, uid)
@@ -62,7 +63,7 @@ def new_owner(owner: object) -> int:
 
 
 def forget(uid: int, generation: int | None = None) -> None:
-    """Drop the entries of owner ``uid`` (of every build, or of builds other than ``generation``)."""
+    """Drop the entries of owner ``uid`` (of every generation, or of those other than ``generation``)."""
     with _lock:
         for key in [k for k in _entries if k[0] == uid and (generation is None or k[1] != generation)]:
             _drop(key)
