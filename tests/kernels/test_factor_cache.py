@@ -146,3 +146,31 @@ def test_bitdelta_on_the_cpu_keeps_its_signs_and_stays_the_reference() -> None:
     del bset
     gc.collect()
     assert factor_cache.held_bytes() == base
+
+
+def test_a_lazy_cpu_model_keeps_factors_for_its_life_and_they_go_with_it(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Through the API users call: a lazy model on the CPU serves its delta-come fine-tune with the
+    factors kept (and the logits of the same model without any kept), and deleting the model frees them."""
+    from deltastore import lazy
+
+    from .test_lazy import PROMPTS, two_of_a_codec_and_a_delta_come
+
+    store = two_of_a_codec_and_a_delta_come(tmp_path, "bitdelta", "bd")
+    try:
+        base = factor_cache.held_bytes()
+        model = lazy.load(store, "dc3", device="cpu")
+        with torch.no_grad():
+            kept = model(PROMPTS).logits
+        assert factor_cache.held_bytes() > base
+        with torch.no_grad():
+            assert torch.equal(model(PROMPTS).logits, kept)
+        del model
+        gc.collect()
+        assert factor_cache.held_bytes() == base
+        monkeypatch.setenv("DELTASTORE_CPU_FACTOR_MB", "0")
+        fresh = lazy.load(store, "dc3", device="cpu")
+        with torch.no_grad():
+            assert torch.equal(fresh(PROMPTS).logits, kept)  # nothing kept: the same numbers
+        assert factor_cache.held_bytes() == base
+    finally:
+        store.close()
