@@ -285,6 +285,20 @@ class Codec:
         return self.codec._raw(enc, b)
 
 
+class ScalarGather(Codec):
+    """v3 decoded with the scalar gather where the AVX-512 one would run (``DELTASTORE_SIMD=0``'s
+    path, switched in this process so both run in the same rounds)."""
+
+    def reconstruct(self, enc, b) -> np.ndarray:
+        from deltastore.codec import _numba_x512
+
+        old, _numba_x512._AVAILABLE = _numba_x512.available(), False
+        try:
+            return self.codec._raw(enc, b)
+        finally:
+            _numba_x512._AVAILABLE = old
+
+
 def zipnn_round(data: bytes, z):
     buf = bytearray(data)
     t0 = time.process_time()
@@ -513,6 +527,7 @@ def main(argv=None) -> int:
 
     cands = [Codec("v1 (no grouping)", Lossless(by_exponent=False)),
              Codec("v3 (default), chunk 1024 KiB", Lossless()),
+             ScalarGather("v3, scalar gather (DELTASTORE_SIMD=0)", Lossless()),
              Codec("v3, chunk 256 KiB", Lossless(), 256 << 10),
              Codec("v3, chunk 128 KiB", Lossless(), 128 << 10)]
     cands += [Classes(2, 1 << 20, "fused"), Classes(2, 1 << 20, "joined"), Classes(4, 1 << 20, "joined"),

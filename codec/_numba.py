@@ -31,6 +31,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from . import _numba_x512
+from ._numba_x512 import gather2_x512
+
 _U0 = np.uint64(0)
 _U1 = np.uint64(1)
 _U8 = np.uint64(8)
@@ -409,6 +412,32 @@ def _ungroup_undiff2_stored(hi, lo, base, shift, fmask, counts, out, words):
 
 
 @njit(cache=True, nogil=True)
+def _ungroup_undiff2_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
+    """:func:`_ungroup_undiff2` with the gather by AVX-512 expand-loads (``_numba_x512``)."""
+    pos = _join_starts2(hi, lo, counts, words)
+    gather2_x512(words, base, shift, fmask, pos, out, fctx)
+    for i in range(base.size):
+        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+
+
+@njit(cache=True, nogil=True)
+def _ungroup_undiff2_stored_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
+    """:func:`_ungroup_undiff2_stored` with the gather by AVX-512 expand-loads (``_numba_x512``):
+    the same proof that the counts were the base's, the same bound on every read."""
+    n = base.size
+    pos = _join_starts2(hi, lo, counts, words)
+    gather2_x512(words, base, shift, fmask, pos, out, fctx)
+    s = 0
+    for c in range(256):
+        s += counts[c]
+        if np.int64(pos[c]) != s:
+            return False
+    for i in range(n):
+        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _exp_histogram2(base, shift, fmask, counts):
     """:func:`_exp_histogram` for 2-byte words (``base`` uint16; shift, fmask uint16): typed word
     loads and unsigned indices, four partial histograms (1.5x faster than the any-width one)."""
@@ -658,8 +687,11 @@ def ungroup_undiff_stored(planes: np.ndarray, base: np.ndarray, shift: int, bits
     n = planes.shape[1]
     if n >= 1 << 31 or (not summed and int(counts.sum()) != n):  # summed: the caller checked the sum
         raise ValueError("stored counts must sum to the chunk's elements (under 2**31)")
-    return bool(_ungroup_undiff2_stored(planes[0], planes[1], base.view(np.uint16), np.uint16(shift),
-                                        np.uint16((1 << bits) - 1), counts, out.view(np.uint16), _scratch16(2 * n)))
+    args = (planes[0], planes[1], base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1), counts,
+            out.view(np.uint16), _scratch16(2 * n))
+    if _numba_x512.available():
+        return bool(_ungroup_undiff2_stored_x512(*args, _numba_x512.frequent_contexts(counts)))
+    return bool(_ungroup_undiff2_stored(*args))
 
 
 def diff_group_split(target: np.ndarray, base: np.ndarray, width: int, shift: int, bits: int,
@@ -686,8 +718,12 @@ def ungroup_undiff(planes: np.ndarray, base: np.ndarray, width: int, shift: int,
                    out: np.ndarray) -> None:
     """Inverse of :func:`diff_group_split` into ``out`` (uint8, the target's bytes)."""
     if width == 2 and planes.shape[1] < (1 << 32):  # (uint32 positions)
-        _ungroup_undiff2(planes[0], planes[1], base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1), counts,
-                         out.view(np.uint16), _scratch16(planes.shape[1]))
+        args = (planes[0], planes[1], base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1), counts,
+                out.view(np.uint16), _scratch16(planes.shape[1]))
+        if _numba_x512.available():
+            _ungroup_undiff2_x512(*args, _numba_x512.frequent_contexts(counts))
+        else:
+            _ungroup_undiff2(*args)
     else:
         _ungroup_undiff(planes, base, width, np.uint64(shift), np.uint64((1 << bits) - 1), counts, out)
 
