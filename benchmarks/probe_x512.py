@@ -57,7 +57,8 @@ def main() -> None:
             base = np.ascontiguousarray(words_all[s:s + CHUNK])
             ctx = (base >> SHIFT) & FMASK
             natural = rng.integers(0, 1 << 16, CHUNK, dtype=np.uint16)
-            grouped = natural[np.argsort(ctx, kind="stable")]
+            grouped = np.zeros(2 * CHUNK + _numba_x512.SLACK, np.uint16)  # the codec's scratch: 2n + SLACK
+            grouped[:CHUNK] = natural[np.argsort(ctx, kind="stable")]
             counts = np.bincount(ctx, minlength=256).astype(np.int64)
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint32)
             out, pos = np.zeros(CHUNK, np.uint16), starts.copy()

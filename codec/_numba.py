@@ -688,7 +688,7 @@ def ungroup_undiff_stored(planes: np.ndarray, base: np.ndarray, shift: int, bits
     if n >= 1 << 31 or (not summed and int(counts.sum()) != n):  # summed: the caller checked the sum
         raise ValueError("stored counts must sum to the chunk's elements (under 2**31)")
     args = (planes[0], planes[1], base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1), counts,
-            out.view(np.uint16), _scratch16(2 * n))
+            out.view(np.uint16), _scratch16(2 * n + _numba_x512.SLACK))
     if _numba_x512.available():
         return bool(_ungroup_undiff2_stored_x512(*args, _numba_x512.frequent_contexts(counts)))
     return bool(_ungroup_undiff2_stored(*args))
@@ -719,7 +719,7 @@ def ungroup_undiff(planes: np.ndarray, base: np.ndarray, width: int, shift: int,
     """Inverse of :func:`diff_group_split` into ``out`` (uint8, the target's bytes)."""
     if width == 2 and planes.shape[1] < (1 << 32):  # (uint32 positions)
         args = (planes[0], planes[1], base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1), counts,
-                out.view(np.uint16), _scratch16(planes.shape[1]))
+                out.view(np.uint16), _scratch16(2 * planes.shape[1] + _numba_x512.SLACK))
         if _numba_x512.available():
             _ungroup_undiff2_x512(*args, _numba_x512.frequent_contexts(counts))
         else:

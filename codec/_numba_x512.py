@@ -3,18 +3,20 @@
 Format v2/v3 decode ends in a gather: ``out[i] = words[pos[c_i]++]`` with ``c_i`` the base
 weight's exponent, ``words`` the chunk's difference grouped by exponent. Scalar, that is a
 load-increment-store through ``pos`` per element (~0.85 ns an element on the dev VM, the largest
-stage of the decode). AVX-512 VBMI2 has the instruction for it: an expand-load takes the next
-popcount(mask) words of a group and puts them in the mask's lanes in order. Per 32 elements: the
-lanes' exponents compared with each of the chunk's K most frequent exponents (those covering 99% of
-its elements: K is 9-10 on SmolLM2), one expand-load and a masked store each, ``pos`` advanced by the
-mask's popcount; the few lanes of other exponents go one by one as before. A fixed loop of K per
-block, no branch on the data but the rare lanes': on the dev VM's Zen 5, 0.50 ns an element (median
-of 26 chunks of SmolLM2's base; 0.37-0.56) against the scalar gather's 1.13 (0.83-1.20),
-``python benchmarks/probe_x512.py``; the whole v3 decode of a real fine-tune 1.07-1.18x faster.
+stage of the decode). AVX-512 VBMI2 has the instruction for it: an expand (``vpexpandw``) puts the
+first popcount(mask) words of a vector in the mask's lanes, in order. Per 32 elements: the lanes'
+exponents compared with each of the chunk's K most frequent exponents (those covering 99% of its
+elements: K is 9-10 on SmolLM2), the group's next 32 words loaded (a plain load: the expand's own
+memory form measured 1.25x slower on Zen 5) and expanded into the block's register under that
+mask, ``pos`` advanced by the mask's popcount; one store a block; the few lanes of other exponents
+go one by one as before. A fixed loop of K per
+block, no branch on the data but the rare lanes': on the dev VM's Zen 5 about a third of the
+scalar gather's time (``python benchmarks/probe_x512.py``: chunks of SmolLM2's base).
 
 Reads stay inside ``words`` whatever the counts say, by the scalar kernel's argument: group c's
-counter starts at most at n - counts[c] and each expand-load moves it by the number of base
-elements of exponent c it served, so it never passes 2n (``words`` holds 2n entries).
+counter starts at most at n - counts[c] and each expand moves it by the number of base elements of
+exponent c it served, so it never passes 2n; a block's load reads 32 words from it, so ``words``
+holds 2n + :data:`SLACK` entries (checked).
 
 ``available()`` says whether to use it: numba compiles for the host, whose CPU has AVX-512 BW and
 VBMI2 (as LLVM sees it), and ``DELTASTORE_SIMD`` is not ``0``. Elsewhere LLVM would lower the
@@ -73,19 +75,21 @@ def _block32(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noq
         fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
         ctx = builder.and_(builder.lshr(v, sh), fm)
         dst = builder.bitcast(builder.gep(od, [at]), _V32I16.as_pointer())
-        load = _fn(builder, "llvm.masked.expandload.v32i16", _V32I16, [wd.type, _V32I1, _V32I16])
-        store = _fn(builder, "llvm.masked.store.v32i16.p0", ir.VoidType(), [_V32I16, dst.type, _I32, _V32I1])
+        expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
         served = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))  # the block's words, in a register
         with cgutils.for_range(builder, kk) as loop:
             c = builder.load(builder.gep(fd, [loop.index]))
             lanes = builder.icmp_unsigned("==", ctx, _splat(builder, c, 32))
             slot = builder.gep(pd, [builder.zext(c, _I64)])
             p = builder.load(slot)
-            w = builder.call(load, [builder.gep(wd, [builder.zext(p, _I64)]), lanes, ir.Constant(_V32I16, None)])
-            builder.call(store, [w, dst, ir.Constant(_I32, 2), lanes])
+            src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
+            w = builder.call(expand, [builder.load(src, align=2), builder.load(acc), lanes])
+            builder.store(w, acc)
             bits = builder.bitcast(lanes, _I32)
             builder.store(builder.add(p, builder.ctpop(bits)), slot)
             builder.store(builder.or_(builder.load(served), bits), served)
+        builder.store(builder.load(acc), dst, align=2)  # the rare lanes are written after, one by one
         return builder.xor(builder.load(served), ir.Constant(_I32, 0xFFFFFFFF))
 
     return sig, codegen
@@ -104,11 +108,20 @@ def _lowest(typingctx, x):  # noqa: ANN001, ANN202, ARG001
     return sig, codegen
 
 
+#: entries ``words`` must have beyond twice the chunk: each frequent exponent's 32 words are read
+#: by one plain 64-byte load from its position (the expand then uses the first popcount of them)
+SLACK = 32
+
+
 @njit(cache=True, nogil=True)
 def gather2_x512(words, base, shift, fmask, pos, out, fctx):
     """``out[i] = words[pos[context of base[i]]++]`` for every i (as ``_numba._gather2``), the
-    frequent exponents ``fctx`` (uint16) by expand-loads 32 lanes at a time, the rest one by one."""
+    frequent exponents ``fctx`` (uint16) by expands 32 lanes at a time, the rest one by one.
+    ``words`` must hold ``2 * n + SLACK`` entries: positions stay under 2n (the module's note), and
+    a block reads 32 words from each."""
     n = base.size
+    if words.size < 2 * n + SLACK:
+        raise ValueError("gather2_x512: words must hold 2 * n + SLACK entries")
     k = fctx.size
     m = n - n % 32
     for i in range(0, m, 32):

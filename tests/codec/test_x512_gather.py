@@ -25,7 +25,7 @@ def _chunk(n: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _gathers(base: np.ndarray, counts: np.ndarray, fctx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     n = base.size
-    words = np.random.default_rng(seed).integers(0, 1 << 16, 2 * n + 1, dtype=np.uint16)
+    words = np.random.default_rng(seed).integers(0, 1 << 16, 2 * n + _numba_x512.SLACK, dtype=np.uint16)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint32)
     want, got = np.zeros(n, np.uint16), np.zeros(n, np.uint16)
     p1, p2 = starts.copy(), starts.copy()
@@ -51,6 +51,13 @@ def test_any_frequent_set_gives_the_same_words():
                  np.array([present[0], present[0]], np.uint16)[:1]):
         want, got = _gathers(base, counts, fctx, seed=2)
         assert np.array_equal(got, want), fctx
+
+
+def test_words_without_the_slack_are_refused():
+    base, counts = _chunk(64, 1.0, seed=1)
+    with pytest.raises(ValueError, match="SLACK"):
+        gather2_x512(np.zeros(2 * 64, np.uint16), base, SHIFT, FMASK, np.zeros(256, np.uint32), np.zeros(64, np.uint16),
+                     frequent_contexts(counts))
 
 
 def test_frequent_contexts_cover_the_chunk_with_few_present_exponents():
