@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--covers", default="0.9,0.97,0.99,0.999")
     a = ap.parse_args()
     covers = [float(c) for c in a.covers.split(",")]
+    if not _numba_x512.available():
+        raise SystemExit("probe_x512: this CPU (or DELTASTORE_SIMD=0) has no AVX-512 VBMI2 path to measure")
     load0 = os.getloadavg()[0]
     sd = load_file(str(smollm2_dir() / "model.safetensors"))
     names = sorted((k for k, t in sd.items() if t.dtype == torch.bfloat16), key=lambda k: -sd[k].numel())
