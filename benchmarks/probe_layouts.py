@@ -286,17 +286,23 @@ class Codec:
 
 
 class ScalarGather(Codec):
-    """v3 decoded with the scalar gather where the AVX-512 one would run (``DELTASTORE_SIMD=0``'s
+    """v3 with the scalar scatter and gather where the AVX-512 ones would run (``DELTASTORE_SIMD=0``'s
     path, switched in this process so both run in the same rounds)."""
 
-    def reconstruct(self, enc, b) -> np.ndarray:
-        from deltastore.codec import _numba_x512
+    def _scalar(self, fn, *a):  # noqa: ANN001, ANN202
+        from deltastore.codec import _numba
 
-        old, _numba_x512._AVAILABLE = _numba_x512.available(), False
+        old, _numba._X512 = _numba.x512_available(), False
         try:
-            return self.codec._raw(enc, b)
+            return fn(*a)
         finally:
-            _numba_x512._AVAILABLE = old
+            _numba._X512 = old
+
+    def encode(self, t, b):
+        return self._scalar(super().encode, t, b)
+
+    def reconstruct(self, enc, b) -> np.ndarray:
+        return self._scalar(self.codec._raw, enc, b)
 
 
 def zipnn_round(data: bytes, z):
@@ -527,7 +533,7 @@ def main(argv=None) -> int:
 
     cands = [Codec("v1 (no grouping)", Lossless(by_exponent=False)),
              Codec("v3 (default), chunk 1024 KiB", Lossless()),
-             ScalarGather("v3, scalar gather (DELTASTORE_SIMD=0)", Lossless()),
+             ScalarGather("v3, scalar kernels (DELTASTORE_SIMD=0)", Lossless()),
              Codec("v3, chunk 256 KiB", Lossless(), 256 << 10),
              Codec("v3, chunk 128 KiB", Lossless(), 128 << 10)]
     cands += [Classes(2, 1 << 20, "fused"), Classes(2, 1 << 20, "joined"), Classes(4, 1 << 20, "joined"),

@@ -1,4 +1,4 @@
-"""The grouped decode's gather alone: AVX-512 expand-loads (codec/_numba_x512.py) against the
+"""The grouped decode's gather alone: AVX-512 expand-loads (codec/_numba.py, its AVX-512 section) against the
 scalar kernel, on real exponents (SmolLM2-135M's base, chunks of 1 MiB of its largest tensors).
 
     python benchmarks/probe_x512.py [--chunks 26] [--repeat 7] [--covers 0.9,0.97,0.99,0.999]
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from deltastore.codec import _numba, _numba_x512
+from deltastore.codec import _numba
 from deltastore.zoo.smollm2 import smollm2_dir
 
 SHIFT, FMASK = np.uint16(7), np.uint16(0xFF)
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--covers", default="0.9,0.97,0.99,0.999")
     a = ap.parse_args()
     covers = [float(c) for c in a.covers.split(",")]
-    if not _numba_x512.available():
+    if not _numba.x512_available():
         raise SystemExit("probe_x512: this CPU (or DELTASTORE_SIMD=0) has no AVX-512 VBMI2 path to measure")
     load0 = os.getloadavg()[0]
     sd = load_file(str(smollm2_dir() / "model.safetensors"))
@@ -59,7 +59,7 @@ def main() -> None:
             base = np.ascontiguousarray(words_all[s:s + CHUNK])
             ctx = (base >> SHIFT) & FMASK
             natural = rng.integers(0, 1 << 16, CHUNK, dtype=np.uint16)
-            grouped = np.zeros(2 * CHUNK + _numba_x512.SLACK, np.uint16)  # the codec's scratch: 2n + SLACK
+            grouped = np.zeros(2 * CHUNK + _numba.X512_SLACK, np.uint16)  # the codec's scratch: 2n + SLACK
             grouped[:CHUNK] = natural[np.argsort(ctx, kind="stable")]
             counts = np.bincount(ctx, minlength=256).astype(np.int64)
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint32)
@@ -79,7 +79,7 @@ def main() -> None:
 
                 def x512():  # noqa: ANN202
                     pos[:] = starts
-                    _numba_x512.gather2_x512(grouped, base, SHIFT, FMASK, pos, out, fctx)
+                    _numba.gather2_x512(grouped, base, SHIFT, FMASK, pos, out, fctx)
 
                 out[:] = 0
                 x512()
@@ -89,7 +89,7 @@ def main() -> None:
             done += 1
     print(f"Command: `python benchmarks/probe_x512.py --chunks {a.chunks} --repeat {a.repeat} --covers {a.covers}`  ")
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, AVX-512 VBMI2 "
-          f"{'yes' if _numba_x512.available() else 'no'}; load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after; "
+          f"{'yes' if _numba.x512_available() else 'no'}; load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after; "
           f"{done} chunks of {CHUNK:,} elements (SmolLM2-135M base, largest tensors first)  ")
     print("")
     print("| gather | ns per element, median of chunks | range |")

@@ -24,20 +24,262 @@ width: numba types a mix of uint64 and a signed integer as float64, so every con
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import _numba_x512
-from ._numba_x512 import gather2_x512
 
 _U0 = np.uint64(0)
 _U1 = np.uint64(1)
 _U8 = np.uint64(8)
 _FF = np.uint64(0xFF)
+
+
+# -- AVX-512 (VBMI2) kernels of the grouped stream -------------------------------------------------------
+# Kept in this file on purpose: numba invalidates a cached kernel when its own file changes, not when a
+# kernel it calls from another file does, so the kernels and the intrinsics they inline live together.
+#
+# The grouped decode's ungroup with AVX-512 expand-loads, where the CPU has them (numba + llvmlite).
+#
+# Format v2/v3 decode ends in a gather: ``out[i] = words[pos[c_i]++]`` with ``c_i`` the base
+# weight's exponent, ``words`` the chunk's difference grouped by exponent. Scalar, that is a
+# load-increment-store through ``pos`` per element (~0.85 ns an element on the dev VM, the largest
+# stage of the decode). AVX-512 VBMI2 has the instruction for it: an expand (``vpexpandw``) puts the
+# first popcount(mask) words of a vector in the mask's lanes, in order. Per 32 elements: the lanes'
+# exponents compared with each of the chunk's K most frequent exponents (those covering 99% of its
+# elements: K is 9-10 on SmolLM2), the group's next 32 words loaded (a plain load: the expand's own
+# memory form measured 1.25x slower on Zen 5) and expanded into the block's register under that
+# mask, ``pos`` advanced by the mask's popcount; one store a block; the few lanes of other exponents
+# go one by one as before. A fixed loop of K per
+# block, no branch on the data but the rare lanes': on the dev VM's Zen 5 about a third of the
+# scalar gather's time (``python benchmarks/probe_x512.py``: chunks of SmolLM2's base).
+#
+# Reads stay inside ``words`` whatever the counts say, by the scalar kernel's argument: group c's
+# counter starts at most at n - counts[c] and each expand moves it by the number of base elements of
+# exponent c it served, so it never passes 2n; a block's load reads 32 words from it, so ``words``
+# holds 2n + :data:`SLACK` entries (checked).
+#
+# ``available()`` says whether to use it: numba compiles for the host, whose CPU has AVX-512 BW and
+# VBMI2 (as LLVM sees it), and ``DELTASTORE_SIMD`` is not ``0``. Elsewhere LLVM would lower the
+# same code to scalar loads (correct, slow), so the codec takes the scalar kernel there.
+
+_I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V32I16, _V32I1 = ir.VectorType(_I16, 32), ir.VectorType(_I1, 32)
+#: a chunk's frequent exponents cover this share of its elements (the rest: one by one)
+X512_COVER = 0.99
+#: and are at most this many (each costs a compare, an expand-load and a masked store a block)
+X512_MAX_K = 16
+
+
+def _data(context, builder, aty, aval):  # noqa: ANN001, ANN202
+    return context.make_array(aty)(context, builder, aval).data
+
+
+def _fn(builder, name, ret, args):  # noqa: ANN001, ANN202
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _splat(builder, v, n):  # noqa: ANN001, ANN202
+    vty = ir.VectorType(v.type, n)
+    u = builder.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(u, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(_I32, n), [0] * n))
+
+
+@intrinsic
+def _block32(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
+    """For the 32 elements at ``i``: every lane whose exponent is one of ``fctx[:k]`` gets its word
+    by an expand-load from ``words[pos[c]:]`` (``pos[c]`` advanced by the lanes served); returns the
+    mask of the other lanes (uint32, bit j = lane j)."""
+    sig = types.uint32(out, i, words, base, shift, fmask, pos, fctx, k)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        od = _data(context, builder, signature.args[0], args[0])
+        wd = _data(context, builder, signature.args[2], args[2])
+        bd = _data(context, builder, signature.args[3], args[3])
+        pd = _data(context, builder, signature.args[6], args[6])
+        fd = _data(context, builder, signature.args[7], args[7])
+        at = context.cast(builder, args[1], signature.args[1], types.int64)
+        kk = context.cast(builder, args[8], signature.args[8], types.int64)
+        v = builder.load(builder.bitcast(builder.gep(bd, [at]), _V32I16.as_pointer()), align=2)
+        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
+        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+        ctx = builder.and_(builder.lshr(v, sh), fm)
+        dst = builder.bitcast(builder.gep(od, [at]), _V32I16.as_pointer())
+        expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
+        served = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))  # the block's words, in a register
+        with cgutils.for_range(builder, kk) as loop:
+            c = builder.load(builder.gep(fd, [loop.index]))
+            lanes = builder.icmp_unsigned("==", ctx, _splat(builder, c, 32))
+            slot = builder.gep(pd, [builder.zext(c, _I64)])
+            p = builder.load(slot)
+            src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
+            w = builder.call(expand, [builder.load(src, align=2), builder.load(acc), lanes])
+            builder.store(w, acc)
+            bits = builder.bitcast(lanes, _I32)
+            builder.store(builder.add(p, builder.ctpop(bits)), slot)
+            builder.store(builder.or_(builder.load(served), bits), served)
+        builder.store(builder.load(acc), dst, align=2)  # the rare lanes are written after, one by one
+        return builder.xor(builder.load(served), ir.Constant(_I32, 0xFFFFFFFF))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lowest(typingctx, x):  # noqa: ANN001, ANN202, ARG001
+    """The index of the lowest set bit of a nonzero 32-bit mask."""
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        v = context.cast(builder, args[0], signature.args[0], types.uint32)
+        tz = builder.call(_fn(builder, "llvm.cttz.i32", _I32, [_I32, _I1]), [v, ir.Constant(_I1, 1)])
+        return builder.zext(tz, _I64)
+
+    return sig, codegen
+
+
+#: entries ``words`` must have beyond twice the chunk: each frequent exponent's 32 words are read
+#: by one plain 64-byte load from its position (the expand then uses the first popcount of them)
+X512_SLACK = 32
+
+
+@njit(cache=True, nogil=True)
+def gather2_x512(words, base, shift, fmask, pos, out, fctx):
+    """``out[i] = words[pos[context of base[i]]++]`` for every i (as ``_numba._gather2``), the
+    frequent exponents ``fctx`` (uint16) by expands 32 lanes at a time, the rest one by one.
+    ``words`` must hold ``2 * n + X512_SLACK`` entries: positions stay under 2n (the section's note above), and
+    a block reads 32 words from each."""
+    n = base.size
+    if words.size < 2 * n + X512_SLACK:
+        raise ValueError("gather2_x512: words must hold 2 * n + X512_SLACK entries")
+    k = fctx.size
+    m = n - n % 32
+    for i in range(0, m, 32):
+        rare = np.uint32(_block32(out, i, words, base, shift, fmask, pos, fctx, k))
+        while rare != np.uint32(0):
+            j = i + _lowest(rare)
+            c = (base[j] >> shift) & fmask
+            out[j] = words[pos[c]]
+            pos[c] += np.uint32(1)
+            rare &= rare - np.uint32(1)
+    for i in range(m, n):
+        c = (base[i] >> shift) & fmask
+        out[i] = words[pos[c]]
+        pos[c] += np.uint32(1)
+
+
+@intrinsic
+def _compress_block32(typingctx, words, i, src, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
+    """The encode's inverse of :func:`_block32`: the 32 words ``src[i:i + 32]`` whose exponent is
+    one of ``fctx[:k]`` compress-stored at ``words[pos[c]:]`` (exactly the lanes of c, in order;
+    ``pos[c]`` advanced); returns the mask of the other lanes. LLVM's generic compress-store: on a
+    CPU without VBMI2 it is lowered to scalar stores (correct), so this compiles anywhere."""
+    sig = types.uint32(words, i, src, base, shift, fmask, pos, fctx, k)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        wd = _data(context, builder, signature.args[0], args[0])
+        sd = _data(context, builder, signature.args[2], args[2])
+        bd = _data(context, builder, signature.args[3], args[3])
+        pd = _data(context, builder, signature.args[6], args[6])
+        fd = _data(context, builder, signature.args[7], args[7])
+        at = context.cast(builder, args[1], signature.args[1], types.int64)
+        kk = context.cast(builder, args[8], signature.args[8], types.int64)
+        v = builder.load(builder.bitcast(builder.gep(bd, [at]), _V32I16.as_pointer()), align=2)
+        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
+        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+        ctx = builder.and_(builder.lshr(v, sh), fm)
+        data = builder.load(builder.bitcast(builder.gep(sd, [at]), _V32I16.as_pointer()), align=2)
+        store = _fn(builder, "llvm.masked.compressstore.v32i16", ir.VoidType(), [_V32I16, wd.type, _V32I1])
+        served = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
+        with cgutils.for_range(builder, kk) as loop:
+            c = builder.load(builder.gep(fd, [loop.index]))
+            lanes = builder.icmp_unsigned("==", ctx, _splat(builder, c, 32))
+            slot = builder.gep(pd, [builder.zext(c, _I64)])
+            p = builder.load(slot)
+            builder.call(store, [data, builder.gep(wd, [builder.zext(p, _I64)]), lanes])
+            bits = builder.bitcast(lanes, _I32)
+            builder.store(builder.add(p, builder.ctpop(bits)), slot)
+            builder.store(builder.or_(builder.load(served), bits), served)
+        return builder.xor(builder.load(served), ir.Constant(_I32, 0xFFFFFFFF))
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def scatter2_x512(src, base, shift, fmask, pos, words, fctx):
+    """``words[pos[context of base[i]]++] = src[i]`` for every i (the encode's scatter, inverse of
+    :func:`gather2_x512`), the frequent exponents by compress-stores 32 lanes at a time, the rest
+    one by one. Writes exactly each group's elements (positions from the base's own histogram)."""
+    n = base.size
+    k = fctx.size
+    m = n - n % 32
+    for i in range(0, m, 32):
+        rare = np.uint32(_compress_block32(words, i, src, base, shift, fmask, pos, fctx, k))
+        while rare != np.uint32(0):
+            j = i + _lowest(rare)
+            c = (base[j] >> shift) & fmask
+            words[pos[c]] = src[j]
+            pos[c] += np.uint32(1)
+            rare &= rare - np.uint32(1)
+    for i in range(m, n):
+        c = (base[i] >> shift) & fmask
+        words[pos[c]] = src[i]
+        pos[c] += np.uint32(1)
+
+
+def x512_frequent(counts: np.ndarray) -> np.ndarray:
+    """The chunk's most frequent exponents (uint16, most frequent first) that together cover
+    :data:`X512_COVER` of its elements, at most :data:`X512_MAX_K`."""
+    order = np.argsort(-np.asarray(counts), kind="stable")[:X512_MAX_K]
+    total = int(np.asarray(counts).sum())
+    got = np.cumsum(np.asarray(counts)[order])
+    k = int(np.searchsorted(got, X512_COVER * total)) + 1 if total else 0
+    return order[: min(k, X512_MAX_K)][np.asarray(counts)[order[: min(k, X512_MAX_K)]] > 0].astype(np.uint16)
+
+
+@njit(cache=True, nogil=True)
+def x512_frequent_nb(counts):
+    """:func:`x512_frequent` inside compiled code (the encode's chunk kernels count the base
+    there): which exponents go by compress-stores changes the speed only, never the bytes."""
+    order = np.argsort(-counts)
+    total = counts.sum()
+    out = np.empty(X512_MAX_K, dtype=np.uint16)
+    k = 0
+    got = 0
+    while k < X512_MAX_K and got < X512_COVER * total and counts[order[k]] > 0:
+        out[k] = order[k]
+        got += counts[order[k]]
+        k += 1
+    return out[:k]
+
+
+_X512: bool | None = None
+
+
+def x512_available() -> bool:
+    """Whether the grouped kernels take their AVX-512 paths (:func:`gather2_x512`, :func:`scatter2_x512`):
+    the host CPU has AVX-512 BW and VBMI2 and ``DELTASTORE_SIMD`` is not ``0`` (read once a process)."""
+    global _X512
+    if _X512 is None:
+        ok = os.environ.get("DELTASTORE_SIMD", "1").strip() != "0"
+        if ok:
+            try:
+                from llvmlite import binding
+                from numba.core import config
+
+                feats = binding.get_host_cpu_features()
+                # numba compiles for the host unless told otherwise (NUMBA_CPU_NAME, e.g. "generic" for a
+                # portable cache): then LLVM would not emit the instructions, and the scalar kernel is faster
+                ok = config.CPU_NAME in (None, "host") and bool(feats.get("avx512bw")) and bool(feats.get("avx512vbmi2"))
+            except Exception:  # noqa: BLE001 - no features known: the scalar kernel
+                ok = False
+        _X512 = ok
+    return _X512
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -268,7 +510,7 @@ def _uncode2(u, y):
 
 
 @njit(cache=True, nogil=True)
-def _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words):
+def _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words, simd=False):
     """:func:`_diff_group_split` for 2-byte words (bf16, fp16: nearly every weight); target, base,
     tmp, words: uint16 (tmp, words: scratch of n); shift, fmask: uint16; hi, lo: the two planes.
     Three passes: the difference into ``tmp`` (a loop the compiler vectorizes); the scatter of
@@ -277,11 +519,19 @@ def _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words):
     instead of one a plane); the grouped words split into the planes (vectorized). The scatter
     straight into the two planes with signed positions, four a step, was 1.4x slower (dev VM,
     thread CPU time); the one fused loop before it 1.4x slower again. The inverse of
-    :func:`_ungroup_undiff2`'s gather."""
+    :func:`_ungroup_undiff2`'s gather. ``simd``: the scatter by AVX-512 compress-stores
+    (:func:`scatter2_x512`: 2x faster on the dev VM's Zen 5; the same bytes)."""
     n = target.size
     for i in range(n):
         tmp[i] = _code2(np.int64(target[i]), np.int64(base[i]))
     pos = _starts_into(counts, np.empty(256, dtype=np.uint32))
+    if simd:
+        scatter2_x512(tmp, base, shift, fmask, pos, words, x512_frequent_nb(counts))
+        for i in range(n):
+            w = words[i]
+            hi[i] = np.uint8(w >> np.uint16(8))
+            lo[i] = np.uint8(w)
+        return
     m = n - n % 8
     for i in range(0, m, 8):
         p0, p1, p2, p3, q0, q1, q2, q3 = _claim8u(pos, base, i, shift, fmask)
@@ -413,7 +663,7 @@ def _ungroup_undiff2_stored(hi, lo, base, shift, fmask, counts, out, words):
 
 @njit(cache=True, nogil=True)
 def _ungroup_undiff2_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
-    """:func:`_ungroup_undiff2` with the gather by AVX-512 expand-loads (``_numba_x512``)."""
+    """:func:`_ungroup_undiff2` with the gather by AVX-512 expand-loads (:func:`gather2_x512`)."""
     pos = _join_starts2(hi, lo, counts, words)
     gather2_x512(words, base, shift, fmask, pos, out, fctx)
     for i in range(base.size):
@@ -422,7 +672,7 @@ def _ungroup_undiff2_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
 
 @njit(cache=True, nogil=True)
 def _ungroup_undiff2_stored_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
-    """:func:`_ungroup_undiff2_stored` with the gather by AVX-512 expand-loads (``_numba_x512``):
+    """:func:`_ungroup_undiff2_stored` with the gather by AVX-512 expand-loads (:func:`gather2_x512`):
     the same proof that the counts were the base's, the same bound on every read."""
     n = base.size
     pos = _join_starts2(hi, lo, counts, words)
@@ -533,9 +783,9 @@ def _merge_groups(counts, min_group, gctx, gn):
 
 @njit(cache=True, nogil=True)
 def _diff_groups2(target, base, shift, fmask, min_group, counts, hi, lo, tmp, words, gctx, gn,
-                  fn, cctx, out, modes, sizes):
+                  fn, cctx, out, modes, sizes, simd=False):
     _exp_histogram2(base, shift, fmask, counts)
-    _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words)
+    _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words, simd)
     ng = _merge_groups(counts, min_group, gctx, gn)
     o0 = np.uint64(out.ctypes.data)
     total = np.uint64(out.size)
@@ -595,7 +845,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
     scratch = _scratch16(2 * n)
     ng = _diff_groups2(target.view(np.uint16), base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1),
                        np.int64(min_group), counts, planes[0], planes[1], scratch[:n], scratch[n:], gctx, gn,
-                       np.uint64(fn), np.uint64(cctx), out, modes, sizes)
+                       np.uint64(fn), np.uint64(cctx), out, modes, sizes, x512_available())
     if ng < 0:
         return counts, ng, gctx[:0], gn[:0], modes[:0], sizes[:1]
     return counts, ng, gctx[:ng], gn[:ng], modes[:2 * ng], sizes[:2 * ng + 1]
@@ -603,7 +853,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
 
 @njit(cache=True, nogil=True)
 def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, tmp, words, counts, ngs, gctx, gn,
-                  fn, cctx, area, cap, modes, sizes):
+                  fn, cctx, area, cap, modes, sizes, simd=False):
     """:func:`_diff_groups2` of chunks ``c0 .. c1 - 1`` (``step`` words each, the last one shorter),
     chunk ``i``'s payloads into ``area[i * cap:]`` and its tables into row ``i`` of the others.
     Returns -1, or the first chunk whose zstd call failed (its error code in ``sizes[i, 0]``)."""
@@ -613,7 +863,7 @@ def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, t
         b = min(a + step, n_all)
         n = b - a
         ng = _diff_groups2(target[a:b], base[a:b], shift, fmask, min_group, counts[i], hi[:n], lo[:n], tmp[:n],
-                           words[:n], gctx[i], gn[i], fn, cctx, area[i * cap:(i + 1) * cap], modes[i], sizes[i])
+                           words[:n], gctx[i], gn[i], fn, cctx, area[i * cap:(i + 1) * cap], modes[i], sizes[i], simd)
         ngs[i] = ng
         if ng < 0:
             return i
@@ -688,9 +938,9 @@ def ungroup_undiff_stored(planes: np.ndarray, base: np.ndarray, shift: int, bits
     if n >= 1 << 31 or (not summed and int(counts.sum()) != n):  # summed: the caller checked the sum
         raise ValueError("stored counts must sum to the chunk's elements (under 2**31)")
     args = (planes[0], planes[1], base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1), counts,
-            out.view(np.uint16), _scratch16(2 * n + _numba_x512.SLACK))
-    if _numba_x512.available():
-        return bool(_ungroup_undiff2_stored_x512(*args, _numba_x512.frequent_contexts(counts)))
+            out.view(np.uint16), _scratch16(2 * n + X512_SLACK))
+    if x512_available():
+        return bool(_ungroup_undiff2_stored_x512(*args, x512_frequent(counts)))
     return bool(_ungroup_undiff2_stored(*args))
 
 
@@ -708,7 +958,7 @@ def diff_group_split(target: np.ndarray, base: np.ndarray, width: int, shift: in
     if width == 2 and n < (1 << 32):  # (uint32 positions)
         scratch = _scratch16(2 * n)
         _diff_group_split2(target.view(np.uint16), base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1),
-                           counts, out[0], out[1], scratch[:n], scratch[n:])
+                           counts, out[0], out[1], scratch[:n], scratch[n:], x512_available())
     else:
         _diff_group_split(target, base, width, np.uint64(shift), np.uint64((1 << bits) - 1), counts, out)
     return out, counts
@@ -719,9 +969,9 @@ def ungroup_undiff(planes: np.ndarray, base: np.ndarray, width: int, shift: int,
     """Inverse of :func:`diff_group_split` into ``out`` (uint8, the target's bytes)."""
     if width == 2 and planes.shape[1] < (1 << 32):  # (uint32 positions)
         args = (planes[0], planes[1], base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1), counts,
-                out.view(np.uint16), _scratch16(2 * planes.shape[1] + _numba_x512.SLACK))
-        if _numba_x512.available():
-            _ungroup_undiff2_x512(*args, _numba_x512.frequent_contexts(counts))
+                out.view(np.uint16), _scratch16(2 * planes.shape[1] + X512_SLACK))
+        if x512_available():
+            _ungroup_undiff2_x512(*args, x512_frequent(counts))
         else:
             _ungroup_undiff2(*args)
     else:

@@ -666,6 +666,7 @@ def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, lev
     per = max(1, min(DIFF_ITEM_CHUNKS, nch // 8))  # a 32 MiB tensor in 8 items of 4 chunks, 86 MiB in 11 of 8
     items = range(0, nch, per)
     shift16, fmask, mg = np.uint16(shift), np.uint16((1 << bits) - 1), np.int64(min_group)
+    simd = fx.x512_available()  # the scatter by AVX-512 compress-stores where the CPU has them (same bytes)
 
     def work(c0: int) -> None:
         cctx = _thread_compressor(level)
@@ -673,7 +674,7 @@ def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, lev
         scratch = _scratch_words("diff_words", 2 * n, np.uint16)
         bad = fx._diff_chunks2(t16, b16, np.int64(sw), np.int64(c0), np.int64(min(c0 + per, nch)), shift16, fmask, mg,
                                planes2[:n], planes2[n:], scratch[:n], scratch[n:], counts, ngs, gctx, gn,
-                               *(np.uint64(a) for a in cctx.addresses()), area, np.int64(cap), modes, sizes)
+                               *(np.uint64(a) for a in cctx.addresses()), area, np.int64(cap), modes, sizes, simd)
         if bad >= 0:
             cctx.raise_for(int(sizes[bad, 0]))
 

@@ -1,4 +1,4 @@
-"""The grouped decode's AVX-512 gather (codec/_numba_x512.py) against the scalar one it replaces:
+"""The grouped decode's AVX-512 gather (codec/_numba.py, its AVX-512 section) against the scalar one it replaces:
 the same words in the same places for any mix of exponents, any length, any set of "frequent"
 exponents (including ones absent from the chunk), and the same verdict on counts that are not the
 base's. The kernel uses an AVX-512 instruction LLVM cannot emit for other CPUs, so its tests skip
@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deltastore.codec import _numba, _numba_x512
-from deltastore.codec._numba_x512 import frequent_contexts, gather2_x512
+from deltastore.codec import _numba
+from deltastore.codec._numba import gather2_x512
+from deltastore.codec._numba import x512_frequent as frequent_contexts
 
 SHIFT, FMASK = np.uint16(7), np.uint16(0xFF)
-needs_x512 = pytest.mark.skipif(not _numba_x512.available(), reason="needs AVX-512 VBMI2 (and DELTASTORE_SIMD not 0)")
+needs_x512 = pytest.mark.skipif(not _numba.x512_available(), reason="needs AVX-512 VBMI2 (and DELTASTORE_SIMD not 0)")
 
 
 def _chunk(n: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +27,7 @@ def _chunk(n: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _gathers(base: np.ndarray, counts: np.ndarray, fctx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     n = base.size
-    words = np.random.default_rng(seed).integers(0, 1 << 16, 2 * n + _numba_x512.SLACK, dtype=np.uint16)
+    words = np.random.default_rng(seed).integers(0, 1 << 16, 2 * n + _numba.X512_SLACK, dtype=np.uint16)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint32)
     want, got = np.zeros(n, np.uint16), np.zeros(n, np.uint16)
     p1, p2 = starts.copy(), starts.copy()
@@ -67,8 +68,8 @@ def test_words_without_the_slack_are_refused():
 def test_frequent_contexts_cover_the_chunk_with_few_present_exponents():
     base, counts = _chunk(1 << 16, 3.0, seed=3)
     f = frequent_contexts(counts)
-    assert len(set(f.tolist())) == f.size <= _numba_x512.MAX_K and (counts[f] > 0).all()
-    assert counts[f].sum() >= _numba_x512.COVER * counts.sum() or f.size == _numba_x512.MAX_K
+    assert len(set(f.tolist())) == f.size <= _numba.X512_MAX_K and (counts[f] > 0).all()
+    assert counts[f].sum() >= _numba.X512_COVER * counts.sum() or f.size == _numba.X512_MAX_K
     assert frequent_contexts(np.zeros(256, np.int64)).size == 0
 
 
@@ -76,7 +77,7 @@ def test_frequent_contexts_cover_the_chunk_with_few_present_exponents():
 def test_stored_counts_that_are_not_the_bases_are_refused_on_both_paths(x512, monkeypatch):
     """A v3 payload's counts are input: counts that sum to n but are not the base's make the
     kernel say False (the caller's CorruptPayloadError), never a read outside its scratch."""
-    monkeypatch.setattr(_numba_x512, "_AVAILABLE", x512)
+    monkeypatch.setattr(_numba, "_X512", x512)
     n = 3000
     base, counts = _chunk(n, 2.0, seed=11)
     planes = np.random.default_rng(4).integers(0, 256, (2, n), dtype=np.uint8)
@@ -89,6 +90,31 @@ def test_stored_counts_that_are_not_the_bases_are_refused_on_both_paths(x512, mo
 
 
 def test_deltastore_simd_0_turns_it_off(monkeypatch):
-    monkeypatch.setattr(_numba_x512, "_AVAILABLE", None)
+    monkeypatch.setattr(_numba, "_X512", None)
     monkeypatch.setenv("DELTASTORE_SIMD", "0")
-    assert _numba_x512.available() is False
+    assert _numba.x512_available() is False
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 1000, (1 << 19) + 5])
+@pytest.mark.parametrize("spread", [0.0, 2.0, 40.0])
+def test_the_compress_scatter_writes_the_scalar_encodes_planes(n, spread):
+    """The encode's scatter by compress-stores (LLVM's generic intrinsic: it compiles, scalarized,
+    on any CPU, so this runs everywhere) writes the same grouped planes as the scalar scatter."""
+    base, counts = _chunk(n, spread, seed=n + 1)
+    target = np.random.default_rng(n).integers(0, 1 << 16, n, dtype=np.uint16)
+    planes = {}
+    for simd in (False, True):
+        hi, lo = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+        _numba._diff_group_split2(target, base, SHIFT, FMASK, counts, hi, lo, np.zeros(n, np.uint16), np.zeros(n, np.uint16), simd)
+        planes[simd] = (hi, lo)
+    assert np.array_equal(planes[True][0], planes[False][0]) and np.array_equal(planes[True][1], planes[False][1])
+
+
+def test_frequent_nb_covers_the_chunk_as_frequent_contexts_does():
+    """(Which exponents it picks on ties may differ: only the speed depends on it.)"""
+    for spread in (0.0, 2.0, 40.0):
+        _, counts = _chunk(5000, spread, seed=9)
+        f = _numba.x512_frequent_nb(counts)
+        assert f.size == frequent_contexts(counts).size and len(set(f.tolist())) == f.size and (counts[f] > 0).all()
+        assert counts[f].sum() >= _numba.X512_COVER * counts.sum() or f.size == _numba.X512_MAX_K
+    assert _numba.x512_frequent_nb(np.zeros(256, np.int64)).size == 0
