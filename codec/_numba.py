@@ -44,35 +44,34 @@ _FF = np.uint64(0xFF)
 # Kept in this file on purpose: numba invalidates a cached kernel when its own file changes, not when a
 # kernel it calls from another file does, so the kernels and the intrinsics they inline live together.
 #
-# The grouped decode's ungroup with AVX-512 expand-loads, where the CPU has them (numba + llvmlite).
+# Format v2/v3 decode ends in a gather: ``out[i] = words[pos[c_i]++]`` with ``c_i`` the base weight's
+# exponent, ``words`` the chunk's difference grouped by exponent; the encode's grouping is the inverse
+# scatter. Scalar, each is a load-increment-store through ``pos`` per element (~0.8 ns an element on the
+# dev VM, the largest stage of either). AVX-512 VBMI2 has the instructions for them: an expand
+# (``vpexpandw``) puts the first popcount(mask) words of a vector in the mask's lanes, in order; a
+# compress-store writes the mask's lanes contiguously. Per 32 elements: the lanes' exponents compared
+# with each of the chunk's K most frequent exponents (those covering 99% of its elements: 9-10 on
+# SmolLM2); decode: the group's next 32 words loaded (a plain load: the expand's own memory form measured
+# 1.25x slower on Zen 5) and expanded into the block's register under that mask, one store a block;
+# encode: one compress-store a frequent exponent (LLVM's generic intrinsic, which compiles on any CPU);
+# ``pos`` advanced by the mask's popcount; the few lanes of other exponents one by one as before. A
+# fixed loop of K a block, no branch on the data but the rare lanes': on the dev VM's Zen 5 the gather
+# takes a third of the scalar one's time, the scatter half (``python benchmarks/probe_x512.py``).
 #
-# Format v2/v3 decode ends in a gather: ``out[i] = words[pos[c_i]++]`` with ``c_i`` the base
-# weight's exponent, ``words`` the chunk's difference grouped by exponent. Scalar, that is a
-# load-increment-store through ``pos`` per element (~0.85 ns an element on the dev VM, the largest
-# stage of the decode). AVX-512 VBMI2 has the instruction for it: an expand (``vpexpandw``) puts the
-# first popcount(mask) words of a vector in the mask's lanes, in order. Per 32 elements: the lanes'
-# exponents compared with each of the chunk's K most frequent exponents (those covering 99% of its
-# elements: K is 9-10 on SmolLM2), the group's next 32 words loaded (a plain load: the expand's own
-# memory form measured 1.25x slower on Zen 5) and expanded into the block's register under that
-# mask, ``pos`` advanced by the mask's popcount; one store a block; the few lanes of other exponents
-# go one by one as before. A fixed loop of K per
-# block, no branch on the data but the rare lanes': on the dev VM's Zen 5 about a third of the
-# scalar gather's time (``python benchmarks/probe_x512.py``: chunks of SmolLM2's base).
+# Reads stay inside ``words`` whatever a payload's counts say, by the scalar kernel's argument: group
+# c's counter starts at most at n - counts[c] and each expand moves it by the number of base elements
+# of exponent c it served, so it never passes 2n; a block's load reads 32 words from it, so ``words``
+# holds 2n + X512_SLACK entries (checked). The encode's counts are the base's own histogram.
 #
-# Reads stay inside ``words`` whatever the counts say, by the scalar kernel's argument: group c's
-# counter starts at most at n - counts[c] and each expand moves it by the number of base elements of
-# exponent c it served, so it never passes 2n; a block's load reads 32 words from it, so ``words``
-# holds 2n + :data:`SLACK` entries (checked).
-#
-# ``available()`` says whether to use it: numba compiles for the host, whose CPU has AVX-512 BW and
-# VBMI2 (as LLVM sees it), and ``DELTASTORE_SIMD`` is not ``0``. Elsewhere LLVM would lower the
-# same code to scalar loads (correct, slow), so the codec takes the scalar kernel there.
+# ``x512_available()`` says whether to use them: numba compiles for the host, whose CPU has AVX-512 BW
+# and VBMI2 (as LLVM sees it), and ``DELTASTORE_SIMD`` is not ``0``. The gather's expand is an x86
+# intrinsic LLVM cannot emit for other CPUs, so its kernels are compiled only where it is available.
 
 _I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V32I16, _V32I1 = ir.VectorType(_I16, 32), ir.VectorType(_I1, 32)
 #: a chunk's frequent exponents cover this share of its elements (the rest: one by one)
 X512_COVER = 0.99
-#: and are at most this many (each costs a compare, an expand-load and a masked store a block)
+#: and are at most this many (each costs a compare, a load and an expand, or a compress-store, a block)
 X512_MAX_K = 16
 
 
