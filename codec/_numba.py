@@ -89,6 +89,18 @@ def _splat(builder, v, n):  # noqa: ANN001, ANN202
     return builder.shuffle_vector(u, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
+def _block_args(context, builder, signature, args):  # noqa: ANN001, ANN202
+    """What both block intrinsics (arguments ``a, i, b, base, shift, fmask, pos, fctx, k``) start
+    from: the data pointers of a, b, pos and fctx, i and k as int64, and the 32 lanes' exponents."""
+    a, b, bd, pd, fd = (_data(context, builder, signature.args[j], args[j]) for j in (0, 2, 3, 6, 7))
+    at = context.cast(builder, args[1], signature.args[1], types.int64)
+    kk = context.cast(builder, args[8], signature.args[8], types.int64)
+    v = builder.load(builder.bitcast(builder.gep(bd, [at]), _V32I16.as_pointer()), align=2)
+    sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
+    fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+    return a, b, pd, fd, at, kk, builder.and_(builder.lshr(v, sh), fm)
+
+
 @intrinsic
 def _block32(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
     """For the 32 elements at ``i``: every lane whose exponent is one of ``fctx[:k]`` gets its word
@@ -97,17 +109,7 @@ def _block32(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noq
     sig = types.uint32(out, i, words, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        od = _data(context, builder, signature.args[0], args[0])
-        wd = _data(context, builder, signature.args[2], args[2])
-        bd = _data(context, builder, signature.args[3], args[3])
-        pd = _data(context, builder, signature.args[6], args[6])
-        fd = _data(context, builder, signature.args[7], args[7])
-        at = context.cast(builder, args[1], signature.args[1], types.int64)
-        kk = context.cast(builder, args[8], signature.args[8], types.int64)
-        v = builder.load(builder.bitcast(builder.gep(bd, [at]), _V32I16.as_pointer()), align=2)
-        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
-        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
-        ctx = builder.and_(builder.lshr(v, sh), fm)
+        od, wd, pd, fd, at, kk, ctx = _block_args(context, builder, signature, args)
         dst = builder.bitcast(builder.gep(od, [at]), _V32I16.as_pointer())
         expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
         served = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
@@ -181,17 +183,7 @@ def _compress_block32(typingctx, words, i, src, base, shift, fmask, pos, fctx, k
     sig = types.uint32(words, i, src, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        wd = _data(context, builder, signature.args[0], args[0])
-        sd = _data(context, builder, signature.args[2], args[2])
-        bd = _data(context, builder, signature.args[3], args[3])
-        pd = _data(context, builder, signature.args[6], args[6])
-        fd = _data(context, builder, signature.args[7], args[7])
-        at = context.cast(builder, args[1], signature.args[1], types.int64)
-        kk = context.cast(builder, args[8], signature.args[8], types.int64)
-        v = builder.load(builder.bitcast(builder.gep(bd, [at]), _V32I16.as_pointer()), align=2)
-        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
-        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
-        ctx = builder.and_(builder.lshr(v, sh), fm)
+        wd, sd, pd, fd, at, kk, ctx = _block_args(context, builder, signature, args)
         data = builder.load(builder.bitcast(builder.gep(sd, [at]), _V32I16.as_pointer()), align=2)
         store = _fn(builder, "llvm.masked.compressstore.v32i16", ir.VoidType(), [_V32I16, wd.type, _V32I1])
         served = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
@@ -638,6 +630,21 @@ def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out, words):
         out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _ended_and_undone(pos, counts, base, out):
+    """After a gather from stored counts: False unless every counter ended where the next context
+    starts (the proof that the counts were the base's; ``out`` is then garbage), else the
+    difference undone in place (a loop the compiler vectorizes) and True."""
+    s = 0
+    for c in range(256):
+        s += counts[c]
+        if np.int64(pos[c]) != s:
+            return False
+    for i in range(base.size):
+        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+    return True
+
+
 @njit(cache=True, nogil=True)
 def _ungroup_undiff2_stored(hi, lo, base, shift, fmask, counts, out, words):
     """:func:`_ungroup_undiff2` with ``counts`` read from the payload (format v3), not counted
@@ -647,17 +654,9 @@ def _ungroup_undiff2_stored(hi, lo, base, shift, fmask, counts, out, words):
     moves once per base element of context c, at most n times. Each counter ending where the next
     context starts (``pos[c] == start[c] + counts[c]`` for all c) is the proof that the counts
     were the base's."""
-    n = base.size
     pos = _join_starts2(hi, lo, counts, words)
     _gather2(words, base, shift, fmask, pos, out)
-    s = 0
-    for c in range(256):
-        s += counts[c]
-        if np.int64(pos[c]) != s:
-            return False
-    for i in range(n):
-        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
-    return True
+    return _ended_and_undone(pos, counts, base, out)
 
 
 @njit(cache=True, nogil=True)
@@ -673,17 +672,9 @@ def _ungroup_undiff2_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
 def _ungroup_undiff2_stored_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
     """:func:`_ungroup_undiff2_stored` with the gather by AVX-512 expand-loads (:func:`gather2_x512`):
     the same proof that the counts were the base's, the same bound on every read."""
-    n = base.size
     pos = _join_starts2(hi, lo, counts, words)
     gather2_x512(words, base, shift, fmask, pos, out, fctx)
-    s = 0
-    for c in range(256):
-        s += counts[c]
-        if np.int64(pos[c]) != s:
-            return False
-    for i in range(n):
-        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
-    return True
+    return _ended_and_undone(pos, counts, base, out)
 
 
 @njit(cache=True, nogil=True)
