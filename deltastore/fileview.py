@@ -36,7 +36,7 @@ from . import chains
 from .catalog import Model, Tag, Version
 from .errors import BadNameError, CorruptObjectError
 from .filecache import DecodedCache, Loader
-from .manifest import FileEntry, TensorEntry
+from .manifest import FileEntry, TensorEntry, is_text
 from .materialize import stored_entry, tensor_bytes
 from .objects import Scratch
 from .protocols import StoreView
@@ -360,8 +360,6 @@ def plain_path(rel: object) -> bool:
     name failed the whole listing of its version."""
     if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
         return False
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_text(rel):
         return False
     return not any(p in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in p) for p in rel.split("/"))

@@ -45,6 +45,17 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _OID = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
+def is_text(s: str) -> bool:
+    """Whether ``s`` is text a database, a file name or a terminal takes: it encodes as UTF-8.
+    JSON's ``"\\ud800"`` is valid and reads as a lone surrogate, which does not: a record holding
+    one failed a pull's commit and ``db rebuild`` with an internal UnicodeEncodeError."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_rel_path(rel: object) -> str:
     """A path read from the store that may be joined under an output directory: relative, '/'
     separated, UTF-8 text, no ``..``, ``.`` or empty parts, no backslash, no control characters,
@@ -54,10 +65,8 @@ def check_rel_path(rel: object) -> str:
     APFS or NTFS, holds a name of 255 non-ASCII ones, which an add there may have stored.)"""
     if not isinstance(rel, str) or not rel or len(rel) > MAX_PATH:
         raise ValueError(f"path {rel!r} is not a non-empty string of at most {MAX_PATH} characters")
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"path {rel!r:.300} is not UTF-8 text (it holds a lone surrogate)") from None
+    if not is_text(rel):
+        raise ValueError(f"path {rel!r:.300} is not UTF-8 text (it holds a lone surrogate)")
     if rel.startswith("/") or "\\" in rel:
         raise ValueError(f"path {rel!r} is not relative")
     for part in rel.split("/"):

@@ -45,7 +45,7 @@ from .backend import TMP_PREFIX, Backend
 from .catalog import Lineage as LineageRow, Model, ObjectRow, RetiredNumber, Tag, Version, VersionObject, catalog_id
 from .crash import crash_point
 from .errors import BadInputError, BadNameError, ConflictError, CorruptObjectError, CorruptRecordError, ObjectMissingError
-from .manifest import Manifest
+from .manifest import Manifest, is_text
 from .objects import MAX_MANIFEST, ObjectDB
 from .protocols import StoreView
 from .refs import check_name
@@ -89,17 +89,6 @@ MAX_JSON_VALUES = MAX_RECORD // 2
 def _need(cond: bool, key: str, why: str) -> None:
     if not cond:
         raise CorruptRecordError(key, why)
-
-
-def is_text(s: str) -> bool:
-    """Whether ``s`` is text a database, a file name or a terminal takes: it encodes as UTF-8.
-    JSON's ``"\\ud800"`` is valid and reads as a lone surrogate, which does not: a record holding
-    one failed a pull's commit and ``db rebuild`` with an internal UnicodeEncodeError."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def read(backend: Backend, key: str) -> bytes | None:
@@ -408,14 +397,18 @@ def write_version(backend: Backend, info: VersionInfo, *, catalog: str | None = 
 
 
 def write_tag(backend: Backend, model: str, tag: str, number: int) -> None:
-    backend.put(tag_key(model, tag), json.dumps({"model": model, "tag": tag, "version": number}).encode())
+    backend.put(tag_key(model, tag), _tag_record(model, tag, number))
 
 
 def create_tag(backend: Backend, model: str, tag: str, number: int) -> bool:
     """Write a tag record only where there is none (a conditional create): True if this call wrote
     it. A transfer sets only tags the other side lacks; a plain write would move one another
     writer set meanwhile."""
-    return backend.put_if_absent(tag_key(model, tag), json.dumps({"model": model, "tag": tag, "version": number}).encode())
+    return backend.put_if_absent(tag_key(model, tag), _tag_record(model, tag, number))
+
+
+def _tag_record(model: str, tag: str, number: int) -> bytes:
+    return json.dumps({"model": model, "tag": tag, "version": number}).encode()
 
 
 def delete_version(backend: Backend, info: VersionInfo, *, catalog: str | None = None) -> None:
