@@ -223,20 +223,12 @@ def scatter2_x512(src, base, shift, fmask, pos, words, fctx):
         pos[c] += np.uint32(1)
 
 
-def x512_frequent(counts: np.ndarray) -> np.ndarray:
-    """The chunk's most frequent exponents (uint16, most frequent first) that together cover
-    :data:`X512_COVER` of its elements, at most :data:`X512_MAX_K`."""
-    order = np.argsort(-np.asarray(counts), kind="stable")[:X512_MAX_K]
-    total = int(np.asarray(counts).sum())
-    got = np.cumsum(np.asarray(counts)[order])
-    k = int(np.searchsorted(got, X512_COVER * total)) + 1 if total else 0
-    return order[: min(k, X512_MAX_K)][np.asarray(counts)[order[: min(k, X512_MAX_K)]] > 0].astype(np.uint16)
-
-
 @njit(cache=True, nogil=True)
-def x512_frequent_nb(counts):
-    """:func:`x512_frequent` inside compiled code (the encode's chunk kernels count the base
-    there): which exponents go by compress-stores changes the speed only, never the bytes."""
+def x512_frequent(counts):
+    """The chunk's most frequent exponents (uint16, most frequent first) that together cover
+    :data:`X512_COVER` of its elements (``counts``: int64[256]), at most :data:`X512_MAX_K`. Which
+    exponents the AVX-512 kernels take changes their speed only, never the bytes; compiled, as the
+    encode's chunk kernels call it (they count the base there) and the decode's wrappers do."""
     order = np.argsort(-counts)
     total = counts.sum()
     out = np.empty(X512_MAX_K, dtype=np.uint16)
@@ -517,25 +509,21 @@ def _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words, s
         tmp[i] = _code2(np.int64(target[i]), np.int64(base[i]))
     pos = _starts_into(counts, np.empty(256, dtype=np.uint32))
     if simd:
-        scatter2_x512(tmp, base, shift, fmask, pos, words, x512_frequent_nb(counts))
-        for i in range(n):
-            w = words[i]
-            hi[i] = np.uint8(w >> np.uint16(8))
-            lo[i] = np.uint8(w)
-        return
-    m = n - n % 8
-    for i in range(0, m, 8):
-        p0, p1, p2, p3, q0, q1, q2, q3 = _claim8u(pos, base, i, shift, fmask)
-        words[p0] = tmp[i]
-        words[p1] = tmp[i + 1]
-        words[p2] = tmp[i + 2]
-        words[p3] = tmp[i + 3]
-        words[q0] = tmp[i + 4]
-        words[q1] = tmp[i + 5]
-        words[q2] = tmp[i + 6]
-        words[q3] = tmp[i + 7]
-    for i in range(m, n):
-        words[_claim1u(pos, base[i], shift, fmask)] = tmp[i]
+        scatter2_x512(tmp, base, shift, fmask, pos, words, x512_frequent(counts))
+    else:
+        m = n - n % 8
+        for i in range(0, m, 8):
+            p0, p1, p2, p3, q0, q1, q2, q3 = _claim8u(pos, base, i, shift, fmask)
+            words[p0] = tmp[i]
+            words[p1] = tmp[i + 1]
+            words[p2] = tmp[i + 2]
+            words[p3] = tmp[i + 3]
+            words[q0] = tmp[i + 4]
+            words[q1] = tmp[i + 5]
+            words[q2] = tmp[i + 6]
+            words[q3] = tmp[i + 7]
+        for i in range(m, n):
+            words[_claim1u(pos, base[i], shift, fmask)] = tmp[i]
     for i in range(n):
         w = words[i]
         hi[i] = np.uint8(w >> np.uint16(8))
@@ -617,6 +605,14 @@ def _join_starts2(hi, lo, counts, words):
     return _starts_into(counts, np.empty(256, dtype=np.uint32))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _undo2(out, base):
+    """The difference undone in place, ``out`` (uint16) from its grouped words' natural order (a
+    loop the compiler vectorizes)."""
+    for i in range(base.size):
+        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+
+
 @njit(cache=True, nogil=True)
 def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out, words):
     """Inverse of :func:`_diff_group_split2` (out, words: uint16; shift, fmask: uint16). Three
@@ -626,8 +622,7 @@ def _ungroup_undiff2(hi, lo, base, shift, fmask, counts, out, words):
     positions and four a step was 1.2x slower (dev VM, one chunk, CPU time)."""
     pos = _join_starts2(hi, lo, counts, words)
     _gather2(words, base, shift, fmask, pos, out)
-    for i in range(base.size):
-        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+    _undo2(out, base)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -640,8 +635,7 @@ def _ended_and_undone(pos, counts, base, out):
         s += counts[c]
         if np.int64(pos[c]) != s:
             return False
-    for i in range(base.size):
-        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+    _undo2(out, base)
     return True
 
 
@@ -664,8 +658,7 @@ def _ungroup_undiff2_x512(hi, lo, base, shift, fmask, counts, out, words, fctx):
     """:func:`_ungroup_undiff2` with the gather by AVX-512 expand-loads (:func:`gather2_x512`)."""
     pos = _join_starts2(hi, lo, counts, words)
     gather2_x512(words, base, shift, fmask, pos, out, fctx)
-    for i in range(base.size):
-        out[i] = _uncode2(np.int64(out[i]), np.int64(base[i]))
+    _undo2(out, base)
 
 
 @njit(cache=True, nogil=True)

@@ -11,7 +11,7 @@ import pytest
 
 from deltastore.codec import _numba
 from deltastore.codec._numba import gather2_x512
-from deltastore.codec._numba import x512_frequent as frequent_contexts
+from deltastore.codec._numba import x512_frequent
 
 SHIFT, FMASK = np.uint16(7), np.uint16(0xFF)
 needs_x512 = pytest.mark.skipif(not _numba.x512_available(), reason="needs AVX-512 VBMI2 (and DELTASTORE_SIMD not 0)")
@@ -42,7 +42,7 @@ def _gathers(base: np.ndarray, counts: np.ndarray, fctx: np.ndarray, seed: int) 
 @pytest.mark.parametrize("spread", [0.0, 2.0, 40.0])  # one exponent; SmolLM2-like; nearly every exponent
 def test_the_expand_gather_is_the_scalar_gather(n, spread):
     base, counts = _chunk(n, spread, seed=n)
-    want, got = _gathers(base, counts, frequent_contexts(counts), seed=1)
+    want, got = _gathers(base, counts, x512_frequent(counts), seed=1)
     assert np.array_equal(got, want)
 
 
@@ -62,15 +62,15 @@ def test_words_without_the_slack_are_refused():
     base, counts = _chunk(64, 1.0, seed=1)
     with pytest.raises(ValueError, match="SLACK"):
         gather2_x512(np.zeros(2 * 64, np.uint16), base, SHIFT, FMASK, np.zeros(256, np.uint32), np.zeros(64, np.uint16),
-                     frequent_contexts(counts))
+                     x512_frequent(counts))
 
 
 def test_frequent_contexts_cover_the_chunk_with_few_present_exponents():
     base, counts = _chunk(1 << 16, 3.0, seed=3)
-    f = frequent_contexts(counts)
+    f = x512_frequent(counts)
     assert len(set(f.tolist())) == f.size <= _numba.X512_MAX_K and (counts[f] > 0).all()
     assert counts[f].sum() >= _numba.X512_COVER * counts.sum() or f.size == _numba.X512_MAX_K
-    assert frequent_contexts(np.zeros(256, np.int64)).size == 0
+    assert x512_frequent(np.zeros(256, np.int64)).size == 0
 
 
 @pytest.mark.parametrize("x512", [False, pytest.param(True, marks=needs_x512)])
@@ -108,13 +108,3 @@ def test_the_compress_scatter_writes_the_scalar_encodes_planes(n, spread):
         _numba._diff_group_split2(target, base, SHIFT, FMASK, counts, hi, lo, np.zeros(n, np.uint16), np.zeros(n, np.uint16), simd)
         planes[simd] = (hi, lo)
     assert np.array_equal(planes[True][0], planes[False][0]) and np.array_equal(planes[True][1], planes[False][1])
-
-
-def test_frequent_nb_covers_the_chunk_as_frequent_contexts_does():
-    """(Which exponents it picks on ties may differ: only the speed depends on it.)"""
-    for spread in (0.0, 2.0, 40.0):
-        _, counts = _chunk(5000, spread, seed=9)
-        f = _numba.x512_frequent_nb(counts)
-        assert f.size == frequent_contexts(counts).size and len(set(f.tolist())) == f.size and (counts[f] > 0).all()
-        assert counts[f].sum() >= _numba.X512_COVER * counts.sum() or f.size == _numba.X512_MAX_K
-    assert _numba.x512_frequent_nb(np.zeros(256, np.int64)).size == 0
