@@ -1,0 +1,412 @@
+"""Probe (issue 9): delta-come shrink and expand on the tensor cores, the 2-bit factors unpacked
+straight into the MMA's registers (Gluon, Triton's explicit-layout dialect), against today's kernels.
+
+    python benchmarks/probe_mma_gluon.py [--ms 1,8,16] [--copies 4] [--out FILE]     # on the GPU
+    PYTHONPATH=/tmp/tr36 python benchmarks/probe_mma_gluon.py --sass                   # SASS, no GPU
+
+Why: today's GEMV kernels issue ~10-15 instructions a packed value (unpack to float32 and one FMA
+per row, index and mask arithmetic; kernels_h200.md) and the tl.dot ones go through shared memory
+to reach the MMA layout; both are latency- and issue-bound at 2-7% of DRAM bandwidth. Here each
+thread loads the words its own MMA fragment needs and turns them into bf16 operands in registers:
+for a 2-bit field q, ``lop3(w >> s, 0x00030003, 0x43004300)`` is the bf16 pair (128 + q_a,
+128 + q_b), exact, two values a shift and a LOP3; the zero points and the 128 come out once per
+group through sums (of x in the shrink, of z S in the expand), the scales multiply the float32
+group sums (shrink) or the other operand (expand). mma.sync m16n8k16 with the packed factor on
+the M side ("swap AB": components or outputs on M, up to 16 batch rows on N), so M = 1 wastes
+tensor-core work, not bytes or instructions.
+
+  shrink: z[m, r] = S[r] sum_k x[m, k] (q[r, k] - zp[r, g]) sc[r, g]; A (components x 16 k) from
+          V^T rows packed along k: mma slots (2t, 2t+1) take fields (a, a + 8) of one word, and x
+          is read at the same permuted k (B side), so each pair is one shift and one LOP3.
+  expand: y[m, n] += sum_r zs[m, r] (q[r, n] - zp[r, g(n)]) sc[r, g(n)]; A (outputs x 16 r) from
+          U columns packed along n: a thread's two rows r, r + 1 are two words, paired by a byte
+          permute; a program covers one group of 128 outputs, so sc and zp depend on r alone.
+
+This probe serves one 2-bit tier of rank 1024 per linear (96% of a 1/16 delta's values are 2-bit),
+one tenant, and accumulates by float32 atomics (not deterministic in the last bits; the product
+would reduce in a fixed order as today's kernels do). It checks every kernel against a float32
+torch reference, then times a Llama-2-7B-shaped layer's shrinks and expands (the memsets the
+atomics need included) in a CUDA graph over copies of the packed factors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+RANK = 1024
+#: (group, output sizes of its slices, input size): the Llama-2-7B layer of bench_kernels.GROUPS
+GROUPS = [("qkv", [4096, 4096, 4096], 4096), ("o", [4096], 4096), ("gate_up", [11008, 11008], 4096), ("down", [4096], 11008)]
+
+
+@gluon.jit
+def _v_quad(w, sh):
+    # one thread's A registers (pack 4: (r, s), (r, s+1), (r+8, s), (r+8, s+1)); slots s, s+1 hold
+    # fields a and a + 8 of row r's word: a shift and a LOP3 give both as bf16 128 + q
+    return gl.inline_asm_elementwise(
+        "{ .reg .b32 t, u; shr.b32 t, $2, $6; shr.b32 u, $4, $6;"
+        " lop3.b32 $0, t, 0x00030003, 0x43004300, 0xea; lop3.b32 $1, u, 0x00030003, 0x43004300, 0xea; }",
+        "=r,=r,r,r,r,r,r,r,r,r", [w, sh], dtype=gl.bfloat16, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _u_quad(w, sh):
+    # A registers (pack 4: (n, r), (n, r+1), (n+8, r), (n+8, r+1)); rows r, r+1 are two words, n's
+    # field is f = n % 16 < 8 and n + 8's is f + 8: two byte permutes pair the words' low and high
+    # halves, then a shift and a LOP3 each give a bf16 pair 128 + q
+    return gl.inline_asm_elementwise(
+        "{ .reg .b32 lo, hi; prmt.b32 lo, $2, $3, 0x5410; prmt.b32 hi, $2, $3, 0x7632;"
+        " shr.b32 lo, lo, $6; shr.b32 hi, hi, $6;"
+        " lop3.b32 $0, lo, 0x00030003, 0x43004300, 0xea; lop3.b32 $1, hi, 0x00030003, 0x43004300, 0xea; }",
+        "=r,=r,r,r,r,r,r,r,r,r", [w, sh], dtype=gl.bfloat16, is_pure=True, pack=4)
+
+
+@gluon.jit
+def shrink_mma(x_ptr, w_ptr, s_ptr, zp_ptr, sv_ptr, z_ptr, M, R, stride_xm,
+               K: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, num_warps: gl.constexpr):
+    """z[m, r] += S[r] sum over this program's groups of x[m, k] V^[r, k]. Program: 16 TILES
+    num_warps components, GPS groups of 128 inputs (float32 atomic adds into z)."""
+    BLOCK_R: gl.constexpr = 16 * TILES * num_warps
+    G: gl.constexpr = K // 128
+    ROW_WORDS: gl.constexpr = 2 * (K // 32)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+    aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    xL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, num_warps], [1, 0])
+    pid_r = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    r0 = pid_r * BLOCK_R
+    ra = r0 + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, aL))
+    sa = gl.arange(0, 16, layout=gl.SliceLayout(0, aL))
+    fa = (sa // 2) + (sa % 2) * 8
+    wptr = w_ptr + ra.to(gl.int64)[:, None] * ROW_WORDS + 0 * sa[None, :]
+    sh = gl.full([BLOCK_R, 16], 0, gl.int32, aL) + (2 * fa)[None, :]
+    sb = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
+    fb = (sb // 2) + (sb % 2) * 8
+    mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
+    xptr = x_ptr + mb[None, :] * stride_xm + fb[:, None]
+    xmask = (mb[None, :] < M) & (sb[:, None] < 16)
+    mx = gl.arange(0, BM, layout=gl.SliceLayout(1, xL))
+    kx = gl.arange(0, 128, layout=gl.SliceLayout(0, xL))
+    rc = r0 + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, mma))
+    acc = gl.zeros([BLOCK_R, BM], gl.float32, mma)
+    g0 = pid_k * GPS
+    for g in range(g0, gl.minimum(g0 + GPS, G)):
+        xt = gl.load(x_ptr + mx[:, None] * stride_xm + g * 128 + kx[None, :], mask=(mx[:, None] < M) & (kx[None, :] < 128), other=0.0)
+        xs = gl.convert_layout(gl.sum(xt.to(gl.float32), axis=1), gl.SliceLayout(0, mma))
+        part = gl.zeros([BLOCK_R, BM], gl.float32, mma)
+        for j in gl.static_range(8):
+            k0 = g * 128 + j * 16
+            w = gl.load(wptr + (k0 // 16))
+            a = _v_quad(w, sh)
+            b = gl.load(xptr + k0, mask=xmask, other=0.0)
+            part = mma_v2(a, b, part)
+        sc = gl.load(s_ptr + rc * G + g).to(gl.float32)
+        zq = gl.load(zp_ptr + rc * G + g).to(gl.float32) + 128.0
+        acc += sc[:, None] * (part - zq[:, None] * xs[None, :])
+    acc = acc * gl.load(sv_ptr + rc)[:, None]
+    mo = gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
+    gl.atomic_add(z_ptr + mo[None, :] * R + rc[:, None], acc, mask=(mo[None, :] < M) & (rc[:, None] < R), sem="relaxed")
+
+
+@gluon.jit
+def expand_mma(z_ptr, w_ptr, s_ptr, zp_ptr, y_ptr, M, R, ZC, YC,
+               N: gl.constexpr, RANK_S: gl.constexpr, BM: gl.constexpr, RPS: gl.constexpr, TILES: gl.constexpr, num_warps: gl.constexpr):
+    """y[m, sl N + n] += sum over this program's components r of zs[m, sl RANK_S + r] U^_sl[n, r]
+    (zs = z S, from the shrink). Program: one group of 128 outputs (16 TILES num_warps = 128) of
+    slice sl = program_id(2), RPS components (float32 atomic adds into y)."""
+    BLOCK_N: gl.constexpr = 16 * TILES * num_warps
+    G: gl.constexpr = N // 128
+    ROW_WORDS: gl.constexpr = 2 * (N // 32)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+    aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    pid_n = gl.program_id(0)
+    pid_r = gl.program_id(1)
+    sl = gl.program_id(2)
+    n0 = pid_n * BLOCK_N
+    g = n0 // 128
+    wsl = w_ptr + sl.to(gl.int64) * (RANK_S * ROW_WORDS)
+    ssl = sl * (RANK_S * G) + g
+    na = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, aL))
+    ra = gl.arange(0, 16, layout=gl.SliceLayout(0, aL))
+    wptr = wsl + ra[None, :] * ROW_WORDS + (na // 16)[:, None]
+    sh = gl.full([BLOCK_N, 16], 0, gl.int32, aL) + (2 * (na % 8))[:, None]
+    rb = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
+    mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
+    bmask = (mb[None, :] < M) & (rb[:, None] < 16)
+    zrow = z_ptr + mb[None, :] * ZC + sl * RANK_S + rb[:, None]
+    acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
+    corr = gl.zeros([16, BM], gl.float32, bL)
+    for r0 in range(pid_r * RPS, pid_r * RPS + RPS, 16):
+        w = gl.load(wptr + r0 * ROW_WORDS)
+        a = _u_quad(w, sh)
+        rr = r0 + rb
+        zt = gl.load(zrow + r0, mask=bmask, other=0.0)
+        sc = gl.load(s_ptr + ssl + rr * G).to(gl.float32)
+        zq = gl.load(zp_ptr + ssl + rr * G).to(gl.float32) + 128.0
+        zb = zt * sc[:, None]
+        corr += zb * zq[:, None]
+        acc = mma_v2(a, zb.to(gl.bfloat16), acc)
+    c = gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
+    acc = acc - c[None, :]
+    no = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    mo = gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
+    gl.atomic_add(y_ptr + mo[None, :] * YC + sl * N + no[:, None], acc, mask=(mo[None, :] < M) & (no[:, None] < N), sem="relaxed")
+
+
+# ------------------------------------------------------------------------------------------------
+# host side
+
+
+def unpack2(words: torch.Tensor, length: int) -> torch.Tensor:
+    """int64 (rows, length): the 2-bit fields of packed rows (value c: word c // 16, bits 2 (c % 16))."""
+    sh = (torch.arange(16, device=words.device) * 2).to(torch.int64)
+    v = (words.to(torch.int64).unsqueeze(-1) >> sh) & 3
+    return v.reshape(words.shape[0], -1)[:, :length]
+
+
+def dequant(words: torch.Tensor, sc: torch.Tensor, zp: torch.Tensor, length: int) -> torch.Tensor:
+    q = unpack2(words, length).to(torch.float32)
+    g = torch.arange(length, device=words.device) // 128
+    return (q - zp.float()[:, g]) * sc.float()[:, g]
+
+
+class Group:
+    """One group's packed 2-bit factors: V^T rows (R_total, K) for the shrink, U columns (slices,
+    RANK, N) for the expand, with fp16 scales and zero points a group of 128, and S."""
+
+    def __init__(self, outs: list[int], K: int, dev: torch.device, gen: torch.Generator):
+        self.outs, self.K, self.N, self.R = outs, K, outs[0], RANK * len(outs)
+        assert len(set(outs)) == 1, "the probe's expand takes slices of one size"
+
+        def words(rows: int, length: int) -> torch.Tensor:
+            return torch.randint(-2**31, 2**31 - 1, (rows, 2 * length // 32), generator=gen, dtype=torch.int64).to(torch.int32).to(dev)
+
+        def sz(rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+            g = length // 128
+            s = (torch.rand(rows, g, generator=gen) * 0.01 + 0.002).to(torch.float16).to(dev)
+            z = torch.randint(0, 4, (rows, g), generator=gen).to(torch.float16).to(dev)
+            return s, z
+
+        self.vw = words(self.R, K)
+        self.vs, self.vz = sz(self.R, K)
+        self.S = (torch.rand(self.R, generator=gen) * 2 + 0.5).to(dev)
+        self.uw = words(self.R, self.N)  # slice sl's rows: sl RANK .. (sl + 1) RANK
+        self.us, self.uz = sz(self.R, self.N)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.vw, self.vs, self.vz, self.S, self.uw, self.us, self.uz))
+
+    def reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        V = dequant(self.vw, self.vs, self.vz, self.K)
+        z = (x.float() @ V.T) * self.S
+        ys = []
+        for sl in range(len(self.outs)):
+            rows = slice(sl * RANK, (sl + 1) * RANK)
+            U = dequant(self.uw[rows], self.us[rows], self.uz[rows], self.N)  # (RANK, N)
+            ys.append(z[:, rows] @ U)
+        return z, torch.cat(ys, dim=1)
+
+
+def pick_gps(g: Group, cfg: dict) -> int:
+    """Groups of K a shrink program takes: the fewest that keep ~``target`` programs."""
+    blocks = -(-g.R // (16 * cfg["st"] * cfg["sw"]))
+    G = g.K // 128
+    for gps in (1, 2, 4, 8, 16, 32):
+        if blocks * -(-G // gps) <= cfg["target"]:
+            return gps
+    return G
+
+
+def pick_rps(g: Group, cfg: dict) -> int:
+    blocks = (g.N // 128) * len(g.outs)
+    for rps in (64, 128, 256, 512, 1024):
+        if blocks * (RANK // rps) <= cfg["target"]:
+            return rps
+    return RANK
+
+
+def run_group(g: Group, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, cfg: dict, part: str = "both") -> None:
+    M = x.shape[0]
+    bm = 8 if M <= 8 else 16 if M <= 16 else 32 if M <= 32 else 64
+    if part in ("both", "shrink"):
+        gps = pick_gps(g, cfg)
+        grid = (-(-g.R // (16 * cfg["st"] * cfg["sw"])), -(-(g.K // 128) // gps))
+        shrink_mma[grid](x, g.vw, g.vs, g.vz, g.S, z, M, g.R, x.stride(0), K=g.K, BM=bm, GPS=gps, TILES=cfg["st"], num_warps=cfg["sw"])
+    if part in ("both", "expand"):
+        rps = pick_rps(g, cfg)
+        grid = (g.N // 128, RANK // rps, len(g.outs))
+        expand_mma[grid](z, g.uw, g.us, g.uz, y, M, g.R, z.stride(0), y.stride(0), N=g.N, RANK_S=RANK, BM=bm, RPS=rps,
+                         TILES=128 // (16 * cfg["ew"]), num_warps=cfg["ew"])
+
+
+def time_graph(fn, reps: int = 30) -> float:
+    """Median seconds of one replay of a CUDA graph of ``fn`` (captured after a warm-up)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    gr = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(gr):
+        fn()
+    for _ in range(3):
+        gr.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        gr.replay()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ms", default="1,8,16", help="batch rows (one tenant)")
+    ap.add_argument("--copies", type=int, default=4, help="copies of the layer's factors the graph rotates over (L2)")
+    ap.add_argument("--cfgs", default='[{"st": 2, "sw": 4, "ew": 4, "target": 512}]', help="JSON list: shrink tiles/warps, expand warps, programs aimed at")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--sass", action="store_true", help="compile for sm_90 and count each kernel's loop instructions (no GPU)")
+    args = ap.parse_args()
+    import json
+
+    cfgs = json.loads(args.cfgs)
+    if args.sass:
+        return sass_report(cfgs)
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(0)
+    lines = [f"# {__doc__.splitlines()[0]}", "",
+             f"`python benchmarks/probe_mma_gluon.py --ms {args.ms} --copies {args.copies} --cfgs '{args.cfgs}'` on "
+             f"{torch.cuda.get_device_name()} (torch {torch.__version__}, triton {triton.__version__}); rank {RANK} 2-bit per linear.", ""]
+
+    def say(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    copies = [[Group(outs, K, dev, gen) for _, outs, K in GROUPS] for _ in range(args.copies)]
+    layer_bytes = sum(g.nbytes() for g in copies[0])
+    a = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    bw = 2 * a.numel() / time_graph(lambda: a.clone())  # read + write
+    del a
+    say(f"packed factors a layer: {layer_bytes / 1e6:.1f} MB; copy bandwidth {bw / 1e12:.2f} TB/s: floor {layer_bytes / bw * 1e6:.1f} us")
+    say()
+    say("| M | config | group | shrink alone (us) | expand alone (us) | rel err z | rel err y |")
+    say("|---|---|---|---|---|---|---|")
+    for M in (int(m) for m in args.ms.split(",")):
+        for cfg in cfgs:
+            x = torch.randn(M, 11008, device=dev).to(torch.bfloat16)
+            zs = [[torch.zeros(M, g.R, device=dev) for g in c] for c in copies]
+            ys = [[torch.zeros(M, g.N * len(g.outs), device=dev) for g in c] for c in copies]
+            tot = [0.0, 0.0]
+            for gi, (name, outs, K) in enumerate(GROUPS):
+                g = copies[0][gi]
+                xg = x[:, :K].contiguous()
+                z, y = zs[0][gi].zero_(), ys[0][gi].zero_()
+                run_group(g, xg, z, y, cfg)
+                z_ref, y_ref = g.reference(xg)
+                ez = ((z - z_ref).abs().max() / z_ref.abs().max()).item()
+                ey = ((y - y_ref).abs().max() / y_ref.abs().max()).item()
+
+                def sh(gi=gi, xg=xg) -> None:
+                    for c, zc in zip(copies, zs):
+                        zc[gi].zero_()
+                        run_group(c[gi], xg, zc[gi], None, cfg, "shrink")
+
+                def ex(gi=gi, xg=xg) -> None:
+                    for c, zc, yc in zip(copies, zs, ys):
+                        yc[gi].zero_()
+                        run_group(c[gi], xg, zc[gi], yc[gi], cfg, "expand")
+
+                ts = time_graph(sh) * 1e6 / len(copies)
+                te = time_graph(ex) * 1e6 / len(copies)
+                tot[0] += ts
+                tot[1] += te
+                say(f"| {M} | {json.dumps(cfg)} | {name} | {ts:.1f} | {te:.1f} | {ez:.1e} | {ey:.1e} |")
+
+            def layer() -> None:
+                for c, zc, yc in zip(copies, zs, ys):
+                    for gi, (_, _, K) in enumerate(GROUPS):
+                        zc[gi].zero_()
+                        yc[gi].zero_()
+                        run_group(c[gi], x[:, :K], zc[gi], yc[gi], cfg)
+
+            tl_ = time_graph(layer) * 1e6 / len(copies)
+            say(f"| {M} | {json.dumps(cfg)} | **layer** | {tot[0]:.1f} | {tot[1]:.1f} | whole layer in one graph: **{tl_:.1f} us** | |")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def sass_report(cfgs: list[dict]) -> None:
+    """Loop instructions per packed value of each kernel as compiled for sm_90 (no GPU)."""
+    import collections
+    import re
+    import subprocess
+
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    def compile_g(fn, sig: dict, ce: dict, nw: int):
+        sig = {n: sig.get(n, "constexpr") for n in fn.arg_names}
+        names = list(sig)
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*") or n in ("R", "ZC", "YC", "stride_xm")}
+        consts = {(names.index(n),): v for n, v in dict(ce, num_warps=nw).items() if n in names}
+        k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                           options=dict(num_warps=nw, num_stages=1))
+        bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+        path = f"/tmp/probe_mma_{os.getpid()}.cubin"
+        with open(path, "wb") as f:
+            f.write(k.asm["cubin"])
+        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
+        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
+        os.unlink(path)
+        return sass, next((p for p in res.split() if p.startswith("REG:")), "?")
+
+    ins = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+    def biggest_loop(sass: str) -> collections.Counter:
+        rows = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in ins.finditer(sass)]
+        best = collections.Counter()
+        for addr, op, rest in rows:
+            t = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
+            if t and int(t.group(1), 16) <= addr:
+                body = collections.Counter(o.split(".")[0] for a, o, _ in rows if int(t.group(1), 16) <= a <= addr)
+                if body["HMMA"] > best["HMMA"]:
+                    best = body
+        return best
+
+    s_sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "zp_ptr": "*fp16", "sv_ptr": "*fp32", "z_ptr": "*fp32",
+             "M": "i32", "R": "i32", "stride_xm": "i32"}
+    e_sig = {"z_ptr": "*fp32", "w_ptr": "*i32", "s_ptr": "*fp16", "zp_ptr": "*fp16", "y_ptr": "*fp32", "M": "i32", "R": "i32", "ZC": "i32", "YC": "i32"}
+    print("| kernel | config | BM | regs | loop instructions | packed values a thread a pass | per value | top opcodes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cfg in cfgs:
+        for bm in (8, 16):
+            sass, regs = compile_g(shrink_mma, s_sig, dict(K=4096, BM=bm, GPS=2, TILES=cfg["st"]), cfg["sw"])
+            body = biggest_loop(sass)
+            n, per = sum(body.values()), 16 * cfg["st"] * cfg["sw"] * 128 / (cfg["sw"] * 32)
+            print(f"| shrink | {cfg} | {bm} | {regs} | {n} | {per:g} | {n / per:.2f} | {', '.join(f'{o} {c}' for o, c in body.most_common(8))} |")
+            sass, regs = compile_g(expand_mma, e_sig, dict(N=4096, RANK_S=RANK, BM=bm, RPS=256, TILES=128 // (16 * cfg["ew"])), cfg["ew"])
+            body = biggest_loop(sass)
+            n, per = sum(body.values()), 128 * 16 / (cfg["ew"] * 32)
+            print(f"| expand | {cfg} | {bm} | {regs} | {n} | {per:g} | {n / per:.2f} | {', '.join(f'{o} {c}' for o, c in body.most_common(8))} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
