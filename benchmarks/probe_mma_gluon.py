@@ -71,10 +71,11 @@ def _u_quad(w, sh):
 
 
 @gluon.jit
-def shrink_mma(x_ptr, w_ptr, s_ptr, zp_ptr, sv_ptr, z_ptr, M, R, stride_xm,
-               K: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, num_warps: gl.constexpr):
-    """z[m, r] += S[r] sum over this program's groups of x[m, k] V^[r, k]. Program: 16 TILES
-    num_warps components, GPS groups of 128 inputs (float32 atomic adds into z)."""
+def shrink_mma(x_ptr, w_ptr, s_ptr, zp_ptr, sv_ptr, z_ptr, MT, R, stride_xm,
+               K: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, PF: gl.constexpr, num_warps: gl.constexpr):
+    """z[t MT + m, r] += S_t[r] sum over this program's groups of x[t MT + m, k] V^_t[r, k] for
+    tenant t = program_id(2) and its MT rows. Program: 16 TILES num_warps components, GPS groups
+    of 128 inputs (float32 atomic adds into z)."""
     BLOCK_R: gl.constexpr = 16 * TILES * num_warps
     G: gl.constexpr = K // 128
     ROW_WORDS: gl.constexpr = 2 * (K // 32)
@@ -84,46 +85,63 @@ def shrink_mma(x_ptr, w_ptr, s_ptr, zp_ptr, sv_ptr, z_ptr, M, R, stride_xm,
     xL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, num_warps], [1, 0])
     pid_r = gl.program_id(0)
     pid_k = gl.program_id(1)
+    t = gl.program_id(2)
     r0 = pid_r * BLOCK_R
+    w_t = w_ptr + t.to(gl.int64) * R * ROW_WORDS
+    sz_t = t * R * G
+    x_t = x_ptr + (t * MT).to(gl.int64) * stride_xm
+    # A: (BLOCK_R, 128) words of one group (8 k16 tiles), slot s of each tile holding field fa(s)
     ra = r0 + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, aL))
-    sa = gl.arange(0, 16, layout=gl.SliceLayout(0, aL))
-    fa = (sa // 2) + (sa % 2) * 8
-    wptr = w_ptr + ra.to(gl.int64)[:, None] * ROW_WORDS + 0 * sa[None, :]
-    sh = gl.full([BLOCK_R, 16], 0, gl.int32, aL) + (2 * fa)[None, :]
-    sb = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
-    fb = (sb // 2) + (sb % 2) * 8
+    sa = gl.arange(0, 128, layout=gl.SliceLayout(0, aL))
+    fa = ((sa % 16) // 2) + (sa % 2) * 8
+    wptr = w_t + ra.to(gl.int64)[:, None] * ROW_WORDS + (sa // 16)[None, :]
+    sh = gl.full([BLOCK_R, 128], 0, gl.int32, aL) + (2 * fa)[None, :]
+    # B: (128, BM) x^T at the same permuted k
+    sb = gl.arange(0, 128, layout=gl.SliceLayout(1, bL))
+    kb = (sb // 16) * 16 + ((sb % 16) // 2) + (sb % 2) * 8
     mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
-    xptr = x_ptr + mb[None, :] * stride_xm + fb[:, None]
-    xmask = (mb[None, :] < M) & (sb[:, None] < 16)
+    xptr = x_t + mb[None, :] * stride_xm + kb[:, None]
+    xmask = (mb[None, :] < MT) & (sb[:, None] < 128)
     mx = gl.arange(0, BM, layout=gl.SliceLayout(1, xL))
     kx = gl.arange(0, 128, layout=gl.SliceLayout(0, xL))
+    xsptr = x_t + mx[:, None] * stride_xm + kx[None, :]
+    xsmask = (mx[:, None] < MT) & (kx[None, :] < 128)
     rc = r0 + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, mma))
     acc = gl.zeros([BLOCK_R, BM], gl.float32, mma)
     g0 = pid_k * GPS
-    for g in range(g0, gl.minimum(g0 + GPS, G)):
-        xt = gl.load(x_ptr + mx[:, None] * stride_xm + g * 128 + kx[None, :], mask=(mx[:, None] < M) & (kx[None, :] < 128), other=0.0)
+    g1 = gl.minimum(g0 + GPS, G)
+    w_n = gl.load(wptr + g0 * 8)
+    b_n = gl.load(xptr + g0 * 128, mask=xmask, other=0.0)
+    x_n = gl.load(xsptr + g0 * 128, mask=xsmask, other=0.0)
+    for g in range(g0, g1):
+        if PF:  # the next group's loads issued before this group's MMAs
+            w, b, xt = w_n, b_n, x_n
+            nx = gl.minimum(g + 1, g1 - 1)
+            w_n = gl.load(wptr + nx * 8)
+            b_n = gl.load(xptr + nx * 128, mask=xmask, other=0.0)
+            x_n = gl.load(xsptr + nx * 128, mask=xsmask, other=0.0)
+        else:
+            w = gl.load(wptr + g * 8)
+            b = gl.load(xptr + g * 128, mask=xmask, other=0.0)
+            xt = gl.load(xsptr + g * 128, mask=xsmask, other=0.0)
         xs = gl.convert_layout(gl.sum(xt.to(gl.float32), axis=1), gl.SliceLayout(0, mma))
-        part = gl.zeros([BLOCK_R, BM], gl.float32, mma)
-        for j in gl.static_range(8):
-            k0 = g * 128 + j * 16
-            w = gl.load(wptr + (k0 // 16))
-            a = _v_quad(w, sh)
-            b = gl.load(xptr + k0, mask=xmask, other=0.0)
-            part = mma_v2(a, b, part)
-        sc = gl.load(s_ptr + rc * G + g).to(gl.float32)
-        zq = gl.load(zp_ptr + rc * G + g).to(gl.float32) + 128.0
+        part = mma_v2(_v_quad(w, sh), b, gl.zeros([BLOCK_R, BM], gl.float32, mma))
+        sc = gl.load(s_ptr + sz_t + rc * G + g).to(gl.float32)
+        zq = gl.load(zp_ptr + sz_t + rc * G + g).to(gl.float32) + 128.0
         acc += sc[:, None] * (part - zq[:, None] * xs[None, :])
-    acc = acc * gl.load(sv_ptr + rc)[:, None]
+    acc = acc * gl.load(sv_ptr + t * R + rc)[:, None]
     mo = gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
-    gl.atomic_add(z_ptr + mo[None, :] * R + rc[:, None], acc, mask=(mo[None, :] < M) & (rc[:, None] < R), sem="relaxed")
+    gl.atomic_add(z_ptr + (t * MT + mo[None, :]) * R + rc[:, None], acc, mask=(mo[None, :] < MT) & (rc[:, None] < R), sem="relaxed")
 
 
 @gluon.jit
-def expand_mma(z_ptr, w_ptr, s_ptr, zp_ptr, y_ptr, M, R, ZC, YC,
-               N: gl.constexpr, RANK_S: gl.constexpr, BM: gl.constexpr, RPS: gl.constexpr, TILES: gl.constexpr, num_warps: gl.constexpr):
-    """y[m, sl N + n] += sum over this program's components r of zs[m, sl RANK_S + r] U^_sl[n, r]
-    (zs = z S, from the shrink). Program: one group of 128 outputs (16 TILES num_warps = 128) of
-    slice sl = program_id(2), RPS components (float32 atomic adds into y)."""
+def expand_mma(z_ptr, w_ptr, s_ptr, zp_ptr, y_ptr, MT, R, ZC, YC, NSL,
+               N: gl.constexpr, RANK_S: gl.constexpr, BM: gl.constexpr, RPS: gl.constexpr, TILES: gl.constexpr,
+               STEP: gl.constexpr, PF: gl.constexpr, num_warps: gl.constexpr):
+    """y[t MT + m, sl N + n] += sum over this program's components r of zs[t MT + m, sl RANK_S + r]
+    U^_{t,sl}[n, r] (zs = z S, from the shrink), program_id(2) = t NSL + sl. Program: one group of
+    128 outputs (16 TILES num_warps = 128), RPS components in steps of STEP, the next step's loads
+    issued before this step's MMAs (float32 atomic adds into y)."""
     BLOCK_N: gl.constexpr = 16 * TILES * num_warps
     G: gl.constexpr = N // 128
     ROW_WORDS: gl.constexpr = 2 * (N // 32)
@@ -132,36 +150,58 @@ def expand_mma(z_ptr, w_ptr, s_ptr, zp_ptr, y_ptr, M, R, ZC, YC,
     bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     pid_n = gl.program_id(0)
     pid_r = gl.program_id(1)
-    sl = gl.program_id(2)
+    ts = gl.program_id(2)
+    t = ts // NSL
+    sl = ts % NSL
     n0 = pid_n * BLOCK_N
     g = n0 // 128
-    wsl = w_ptr + sl.to(gl.int64) * (RANK_S * ROW_WORDS)
-    ssl = sl * (RANK_S * G) + g
+    wsl = w_ptr + (t * R + sl * RANK_S).to(gl.int64) * ROW_WORDS
+    ssl = (t * R + sl * RANK_S) * G + g
     na = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, aL))
-    ra = gl.arange(0, 16, layout=gl.SliceLayout(0, aL))
+    ra = gl.arange(0, STEP, layout=gl.SliceLayout(0, aL))
     wptr = wsl + ra[None, :] * ROW_WORDS + (na // 16)[:, None]
-    sh = gl.full([BLOCK_N, 16], 0, gl.int32, aL) + (2 * (na % 8))[:, None]
-    rb = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
+    sh = gl.full([BLOCK_N, STEP], 0, gl.int32, aL) + (2 * (na % 8))[:, None]
+    rb = gl.arange(0, STEP, layout=gl.SliceLayout(1, bL))
     mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
-    bmask = (mb[None, :] < M) & (rb[:, None] < 16)
-    zrow = z_ptr + mb[None, :] * ZC + sl * RANK_S + rb[:, None]
+    bmask = (mb[None, :] < MT) & (rb[:, None] < STEP)
+    zrow = z_ptr + (t * MT + mb[None, :]) * ZC + sl * RANK_S + rb[:, None]
+    srow = s_ptr + ssl + rb * G
+    zprow = zp_ptr + ssl + rb * G
     acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
-    corr = gl.zeros([16, BM], gl.float32, bL)
-    for r0 in range(pid_r * RPS, pid_r * RPS + RPS, 16):
-        w = gl.load(wptr + r0 * ROW_WORDS)
-        a = _u_quad(w, sh)
-        rr = r0 + rb
-        zt = gl.load(zrow + r0, mask=bmask, other=0.0)
-        sc = gl.load(s_ptr + ssl + rr * G).to(gl.float32)
-        zq = gl.load(zp_ptr + ssl + rr * G).to(gl.float32) + 128.0
-        zb = zt * sc[:, None]
-        corr += zb * zq[:, None]
-        acc = mma_v2(a, zb.to(gl.bfloat16), acc)
+    corr = gl.zeros([STEP, BM], gl.float32, bL)
+    lo = pid_r * RPS
+    if PF:
+        w_n = gl.load(wptr + lo * ROW_WORDS)
+        z_n = gl.load(zrow + lo, mask=bmask, other=0.0)
+        s_n = gl.load(srow + lo * G)
+        q_n = gl.load(zprow + lo * G)
+        for r0 in range(lo, lo + RPS, STEP):
+            w, zt, sc, zq = w_n, z_n, s_n, q_n
+            nx = gl.minimum(r0 + STEP, lo + RPS - STEP)
+            w_n = gl.load(wptr + nx * ROW_WORDS)
+            z_n = gl.load(zrow + nx, mask=bmask, other=0.0)
+            s_n = gl.load(srow + nx * G)
+            q_n = gl.load(zprow + nx * G)
+            a = _u_quad(w, sh)
+            zb = (zt * sc.to(gl.float32)[:, None]).to(gl.bfloat16)
+            # the correction sums the operand as rounded, so 128 + q and 128 + zp cancel exactly
+            corr += zb.to(gl.float32) * (zq.to(gl.float32) + 128.0)[:, None]
+            acc = mma_v2(a, zb, acc)
+    else:
+        for r0 in range(lo, lo + RPS, STEP):
+            w = gl.load(wptr + r0 * ROW_WORDS)
+            zt = gl.load(zrow + r0, mask=bmask, other=0.0)
+            sc = gl.load(srow + r0 * G)
+            zq = gl.load(zprow + r0 * G)
+            a = _u_quad(w, sh)
+            zb = (zt * sc.to(gl.float32)[:, None]).to(gl.bfloat16)
+            corr += zb.to(gl.float32) * (zq.to(gl.float32) + 128.0)[:, None]
+            acc = mma_v2(a, zb, acc)
     c = gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
     acc = acc - c[None, :]
     no = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
     mo = gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
-    gl.atomic_add(y_ptr + mo[None, :] * YC + sl * N + no[:, None], acc, mask=(mo[None, :] < M) & (no[:, None] < N), sem="relaxed")
+    gl.atomic_add(y_ptr + (t * MT + mo[None, :]) * YC + sl * N + no[:, None], acc, mask=(mo[None, :] < MT) & (no[:, None] < N), sem="relaxed")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,45 +222,54 @@ def dequant(words: torch.Tensor, sc: torch.Tensor, zp: torch.Tensor, length: int
 
 
 class Group:
-    """One group's packed 2-bit factors: V^T rows (R_total, K) for the shrink, U columns (slices,
-    RANK, N) for the expand, with fp16 scales and zero points a group of 128, and S."""
+    """One group's packed 2-bit factors for T tenants: V^T rows (T R, K) for the shrink, U columns
+    (T R, N) for the expand (slice sl of tenant t: rows t R + sl RANK ..), fp16 scales and zero
+    points a group of 128, and S; R = RANK x slices."""
 
-    def __init__(self, outs: list[int], K: int, dev: torch.device, gen: torch.Generator):
-        self.outs, self.K, self.N, self.R = outs, K, outs[0], RANK * len(outs)
+    def __init__(self, outs: list[int], K: int, T: int, dev: torch.device, gen: torch.Generator):
+        self.outs, self.K, self.N, self.R, self.T = outs, K, outs[0], RANK * len(outs), T
         assert len(set(outs)) == 1, "the probe's expand takes slices of one size"
+        rows = T * self.R
 
-        def words(rows: int, length: int) -> torch.Tensor:
+        def words(length: int) -> torch.Tensor:
             return torch.randint(-2**31, 2**31 - 1, (rows, 2 * length // 32), generator=gen, dtype=torch.int64).to(torch.int32).to(dev)
 
-        def sz(rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def sz(length: int) -> tuple[torch.Tensor, torch.Tensor]:
             g = length // 128
             s = (torch.rand(rows, g, generator=gen) * 0.01 + 0.002).to(torch.float16).to(dev)
             z = torch.randint(0, 4, (rows, g), generator=gen).to(torch.float16).to(dev)
             return s, z
 
-        self.vw = words(self.R, K)
-        self.vs, self.vz = sz(self.R, K)
-        self.S = (torch.rand(self.R, generator=gen) * 2 + 0.5).to(dev)
-        self.uw = words(self.R, self.N)  # slice sl's rows: sl RANK .. (sl + 1) RANK
-        self.us, self.uz = sz(self.R, self.N)
+        self.vw = words(K)
+        self.vs, self.vz = sz(K)
+        self.S = (torch.rand(rows, generator=gen) * 2 + 0.5).to(dev)
+        self.uw = words(self.N)
+        self.us, self.uz = sz(self.N)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.vw, self.vs, self.vz, self.S, self.uw, self.us, self.uz))
 
     def reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        V = dequant(self.vw, self.vs, self.vz, self.K)
-        z = (x.float() @ V.T) * self.S
-        ys = []
-        for sl in range(len(self.outs)):
-            rows = slice(sl * RANK, (sl + 1) * RANK)
-            U = dequant(self.uw[rows], self.us[rows], self.uz[rows], self.N)  # (RANK, N)
-            ys.append(z[:, rows] @ U)
-        return z, torch.cat(ys, dim=1)
+        """float32 (z, y) of x (T MT, K): tenant t's rows t MT .. (t + 1) MT."""
+        MT = x.shape[0] // self.T
+        zs, ys = [], []
+        for t in range(self.T):
+            tr = slice(t * self.R, (t + 1) * self.R)
+            V = dequant(self.vw[tr], self.vs[tr], self.vz[tr], self.K)
+            z = (x[t * MT:(t + 1) * MT].float() @ V.T) * self.S[tr]
+            yt = []
+            for sl in range(len(self.outs)):
+                rows = slice(t * self.R + sl * RANK, t * self.R + (sl + 1) * RANK)
+                U = dequant(self.uw[rows], self.us[rows], self.uz[rows], self.N)  # (RANK, N)
+                yt.append(z[:, sl * RANK:(sl + 1) * RANK] @ U)
+            zs.append(z)
+            ys.append(torch.cat(yt, dim=1))
+        return torch.cat(zs), torch.cat(ys)
 
 
 def pick_gps(g: Group, cfg: dict) -> int:
-    """Groups of K a shrink program takes: the fewest that keep ~``target`` programs."""
-    blocks = -(-g.R // (16 * cfg["st"] * cfg["sw"]))
+    """Groups of K a shrink program takes: the fewest that keep at most ~``target`` programs."""
+    blocks = -(-g.R // (16 * cfg["st"] * cfg["sw"])) * g.T
     G = g.K // 128
     for gps in (1, 2, 4, 8, 16, 32):
         if blocks * -(-G // gps) <= cfg["target"]:
@@ -229,25 +278,24 @@ def pick_gps(g: Group, cfg: dict) -> int:
 
 
 def pick_rps(g: Group, cfg: dict) -> int:
-    blocks = (g.N // 128) * len(g.outs)
-    for rps in (64, 128, 256, 512, 1024):
+    blocks = (g.N // 128) * len(g.outs) * g.T
+    for rps in (128, 256, 512, 1024):
         if blocks * (RANK // rps) <= cfg["target"]:
             return rps
     return RANK
 
 
-def run_group(g: Group, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, cfg: dict, part: str = "both") -> None:
-    M = x.shape[0]
-    bm = 8 if M <= 8 else 16 if M <= 16 else 32 if M <= 32 else 64
+def run_group(g: Group, MT: int, x: torch.Tensor | None, z: torch.Tensor, y: torch.Tensor | None, cfg: dict, part: str = "both") -> None:
+    bm = 8 if MT <= 8 else 16 if MT <= 16 else 32 if MT <= 32 else 64
     if part in ("both", "shrink"):
         gps = pick_gps(g, cfg)
-        grid = (-(-g.R // (16 * cfg["st"] * cfg["sw"])), -(-(g.K // 128) // gps))
-        shrink_mma[grid](x, g.vw, g.vs, g.vz, g.S, z, M, g.R, x.stride(0), K=g.K, BM=bm, GPS=gps, TILES=cfg["st"], num_warps=cfg["sw"])
+        grid = (-(-g.R // (16 * cfg["st"] * cfg["sw"])), -(-(g.K // 128) // gps), g.T)
+        shrink_mma[grid](x, g.vw, g.vs, g.vz, g.S, z, MT, g.R, x.stride(0), K=g.K, BM=bm, GPS=gps, TILES=cfg["st"], PF=cfg.get("spf", 1), num_warps=cfg["sw"])
     if part in ("both", "expand"):
         rps = pick_rps(g, cfg)
-        grid = (g.N // 128, RANK // rps, len(g.outs))
-        expand_mma[grid](z, g.uw, g.us, g.uz, y, M, g.R, z.stride(0), y.stride(0), N=g.N, RANK_S=RANK, BM=bm, RPS=rps,
-                         TILES=128 // (16 * cfg["ew"]), num_warps=cfg["ew"])
+        grid = (g.N // 128, RANK // rps, g.T * len(g.outs))
+        expand_mma[grid](z, g.uw, g.us, g.uz, y, MT, g.R, z.stride(0), y.stride(0), len(g.outs), N=g.N, RANK_S=RANK, BM=bm,
+                         RPS=rps, TILES=128 // (16 * cfg["ew"]), STEP=cfg.get("step", 64), PF=cfg.get("pf", 1), num_warps=cfg["ew"])
 
 
 def time_graph(fn, reps: int = 30) -> float:
@@ -277,77 +325,82 @@ def time_graph(fn, reps: int = 30) -> float:
 
 
 def main() -> None:
+    import json
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ms", default="1,8,16", help="batch rows (one tenant)")
-    ap.add_argument("--copies", type=int, default=4, help="copies of the layer's factors the graph rotates over (L2)")
-    ap.add_argument("--cfgs", default='[{"st": 2, "sw": 4, "ew": 4, "target": 512}]', help="JSON list: shrink tiles/warps, expand warps, programs aimed at")
+    ap.add_argument("--cases", default="1,8,16,32x8", help="batch rows of one tenant (M), or MxT: M rows over T tenants")
+    ap.add_argument("--copies", type=int, default=4, help="copies of a one-tenant layer the graph rotates over (L2); fewer for more tenants")
+    ap.add_argument("--cfgs", default='[{"st": 2, "sw": 4, "ew": 4, "target": 512}]',
+                    help="JSON list: shrink tiles/warps (st, sw), expand warps (ew), expand step (step), programs aimed at (target)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--sass", action="store_true", help="compile for sm_90 and count each kernel's loop instructions (no GPU)")
     args = ap.parse_args()
-    import json
-
     cfgs = json.loads(args.cfgs)
     if args.sass:
         return sass_report(cfgs)
     dev = torch.device("cuda")
     gen = torch.Generator().manual_seed(0)
     lines = [f"# {__doc__.splitlines()[0]}", "",
-             f"`python benchmarks/probe_mma_gluon.py --ms {args.ms} --copies {args.copies} --cfgs '{args.cfgs}'` on "
+             f"`python benchmarks/probe_mma_gluon.py --cases {args.cases} --copies {args.copies} --cfgs '{args.cfgs}'` on "
              f"{torch.cuda.get_device_name()} (torch {torch.__version__}, triton {triton.__version__}); rank {RANK} 2-bit per linear.", ""]
 
     def say(s: str = "") -> None:
         print(s, flush=True)
         lines.append(s)
 
-    copies = [[Group(outs, K, dev, gen) for _, outs, K in GROUPS] for _ in range(args.copies)]
-    layer_bytes = sum(g.nbytes() for g in copies[0])
     a = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     bw = 2 * a.numel() / time_graph(lambda: a.clone())  # read + write
     del a
-    say(f"packed factors a layer: {layer_bytes / 1e6:.1f} MB; copy bandwidth {bw / 1e12:.2f} TB/s: floor {layer_bytes / bw * 1e6:.1f} us")
+    say(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     say()
-    say("| M | config | group | shrink alone (us) | expand alone (us) | rel err z | rel err y |")
+    say("| case | config | group | shrink alone (us) | expand alone (us) | rel err z | rel err y |")
     say("|---|---|---|---|---|---|---|")
-    for M in (int(m) for m in args.ms.split(",")):
+    for case in args.cases.split(","):
+        M, T = (int(v) for v in case.split("x")) if "x" in case else (int(case), 1)
+        MT = M // T
+        ncopy = max(1, args.copies // T)
+        copies = [[Group(outs, K, T, dev, gen) for _, outs, K in GROUPS] for _ in range(ncopy)]
+        layer_bytes = sum(g.nbytes() for g in copies[0])
         for cfg in cfgs:
             x = torch.randn(M, 11008, device=dev).to(torch.bfloat16)
+            xs = [x[:, :K].contiguous() for _, _, K in GROUPS]
             zs = [[torch.zeros(M, g.R, device=dev) for g in c] for c in copies]
             ys = [[torch.zeros(M, g.N * len(g.outs), device=dev) for g in c] for c in copies]
             tot = [0.0, 0.0]
             for gi, (name, outs, K) in enumerate(GROUPS):
                 g = copies[0][gi]
-                xg = x[:, :K].contiguous()
                 z, y = zs[0][gi].zero_(), ys[0][gi].zero_()
-                run_group(g, xg, z, y, cfg)
-                z_ref, y_ref = g.reference(xg)
+                run_group(g, MT, xs[gi], z, y, cfg)
+                z_ref, y_ref = g.reference(xs[gi])
                 ez = ((z - z_ref).abs().max() / z_ref.abs().max()).item()
                 ey = ((y - y_ref).abs().max() / y_ref.abs().max()).item()
 
-                def sh(gi=gi, xg=xg) -> None:
+                def sh(gi=gi) -> None:
                     for c, zc in zip(copies, zs):
                         zc[gi].zero_()
-                        run_group(c[gi], xg, zc[gi], None, cfg, "shrink")
+                        run_group(c[gi], MT, xs[gi], zc[gi], None, cfg, "shrink")
 
-                def ex(gi=gi, xg=xg) -> None:
+                def ex(gi=gi) -> None:
                     for c, zc, yc in zip(copies, zs, ys):
                         yc[gi].zero_()
-                        run_group(c[gi], xg, zc[gi], yc[gi], cfg, "expand")
+                        run_group(c[gi], MT, None, zc[gi], yc[gi], cfg, "expand")
 
-                ts = time_graph(sh) * 1e6 / len(copies)
-                te = time_graph(ex) * 1e6 / len(copies)
+                ts = time_graph(sh) * 1e6 / ncopy
+                te = time_graph(ex) * 1e6 / ncopy
                 tot[0] += ts
                 tot[1] += te
-                say(f"| {M} | {json.dumps(cfg)} | {name} | {ts:.1f} | {te:.1f} | {ez:.1e} | {ey:.1e} |")
+                say(f"| {case} | {json.dumps(cfg)} | {name} | {ts:.1f} | {te:.1f} | {ez:.1e} | {ey:.1e} |")
 
             def layer() -> None:
                 for c, zc, yc in zip(copies, zs, ys):
-                    for gi, (_, _, K) in enumerate(GROUPS):
+                    for gi in range(len(GROUPS)):
                         zc[gi].zero_()
                         yc[gi].zero_()
-                        run_group(c[gi], x[:, :K], zc[gi], yc[gi], cfg)
+                        run_group(c[gi], MT, xs[gi], zc[gi], yc[gi], cfg)
 
-            tl_ = time_graph(layer) * 1e6 / len(copies)
-            say(f"| {M} | {json.dumps(cfg)} | **layer** | {tot[0]:.1f} | {tot[1]:.1f} | whole layer in one graph: **{tl_:.1f} us** | |")
+            tl_ = time_graph(layer) * 1e6 / ncopy
+            say(f"| {case} | {json.dumps(cfg)} | **layer** ({layer_bytes / 1e6:.0f} MB, floor {layer_bytes / bw * 1e6:.1f} us) | "
+                f"{tot[0]:.1f} | {tot[1]:.1f} | whole layer in one graph: **{tl_:.1f} us** | |")
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -392,19 +445,21 @@ def sass_report(cfgs: list[dict]) -> None:
         return best
 
     s_sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "zp_ptr": "*fp16", "sv_ptr": "*fp32", "z_ptr": "*fp32",
-             "M": "i32", "R": "i32", "stride_xm": "i32"}
-    e_sig = {"z_ptr": "*fp32", "w_ptr": "*i32", "s_ptr": "*fp16", "zp_ptr": "*fp16", "y_ptr": "*fp32", "M": "i32", "R": "i32", "ZC": "i32", "YC": "i32"}
+             "MT": "i32", "R": "i32", "stride_xm": "i32"}
+    e_sig = {"z_ptr": "*fp32", "w_ptr": "*i32", "s_ptr": "*fp16", "zp_ptr": "*fp16", "y_ptr": "*fp32", "MT": "i32", "R": "i32",
+             "ZC": "i32", "YC": "i32", "NSL": "i32"}
     print("| kernel | config | BM | regs | loop instructions | packed values a thread a pass | per value | top opcodes |")
     print("|---|---|---|---|---|---|---|---|")
     for cfg in cfgs:
         for bm in (8, 16):
-            sass, regs = compile_g(shrink_mma, s_sig, dict(K=4096, BM=bm, GPS=2, TILES=cfg["st"]), cfg["sw"])
+            sass, regs = compile_g(shrink_mma, s_sig, dict(K=4096, BM=bm, GPS=2, TILES=cfg["st"], PF=cfg.get("spf", 1)), cfg["sw"])
             body = biggest_loop(sass)
             n, per = sum(body.values()), 16 * cfg["st"] * cfg["sw"] * 128 / (cfg["sw"] * 32)
             print(f"| shrink | {cfg} | {bm} | {regs} | {n} | {per:g} | {n / per:.2f} | {', '.join(f'{o} {c}' for o, c in body.most_common(8))} |")
-            sass, regs = compile_g(expand_mma, e_sig, dict(N=4096, RANK_S=RANK, BM=bm, RPS=256, TILES=128 // (16 * cfg["ew"])), cfg["ew"])
+            sass, regs = compile_g(expand_mma, e_sig, dict(N=4096, RANK_S=RANK, BM=bm, RPS=256, TILES=128 // (16 * cfg["ew"]),
+                                                                  STEP=cfg.get("step", 64), PF=cfg.get("pf", 1)), cfg["ew"])
             body = biggest_loop(sass)
-            n, per = sum(body.values()), 128 * 16 / (cfg["ew"] * 32)
+            n, per = sum(body.values()), 128 * cfg.get("step", 64) / (cfg["ew"] * 32)
             print(f"| expand | {cfg} | {bm} | {regs} | {n} | {per:g} | {n / per:.2f} | {', '.join(f'{o} {c}' for o, c in body.most_common(8))} |")
 
 

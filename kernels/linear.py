@@ -22,7 +22,7 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
-from . import dense, factor_cache, ref_ops, triton_ops
+from . import dense, factor_cache, mma, ref_ops, triton_ops
 from .deltaset import DeltaSet, RowPlan, check_ids, host_hint, plan_rows
 from .errors import KernelError
 from .bitdelta import BitDeltaSet
@@ -52,13 +52,16 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
                  preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
                  path: str | None = None) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
-    with Triton, many rows of one fine-tune take the dense path (:mod:`.dense`: dequantize, then
-    cuBLAS GEMMs). ``path`` ("gemv", "dot", "dense") forces a Triton path."""
+    with Triton on a GPU, up to 16 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
+    where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
+    dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path."""
     if dset.n_slots == 0:
         return y
     if plan.n_slots != dset.n_slots:
         raise KernelError(f"the row plan covers {plan.n_slots} fine-tunes; the deltas have {dset.n_slots}")
     if resolve_preference(preference, x) is KernelPreference.TRITON:
+        if mma.use_mma(x, dset, plan, path):
+            return mma.apply(x, y, dset, plan)
         if dense.use_dense(x.shape[0], dset, plan, path):
             return dense.apply(x, y, dset, plan)
         sk = triton_ops.pick_split_k(x.shape[0], dset, path) if split_k is None else split_k

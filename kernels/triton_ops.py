@@ -952,8 +952,8 @@ def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
     """Whether the GEMV kernels serve this batch: ``path`` "gemv"/"dot"/"dense" forces it (only
     "gemv" is the GEMV path; "dense" is kernels/dense.py), else by rows per fine-tune."""
     if path is not None:
-        if path not in ("gemv", "dot", "dense"):
-            raise KernelError(f"path must be 'gemv', 'dot' or 'dense', got {path!r}")
+        if path not in ("gemv", "dot", "dense", "mma"):
+            raise KernelError(f"path must be 'mma', 'gemv', 'dot' or 'dense', got {path!r}")
         return path == "gemv"
     return rows_per_slot(M, dset) <= GEMV_MAX_ROWS
 

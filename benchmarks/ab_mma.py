@@ -1,0 +1,102 @@
+"""A/B on the GPU: one Llama-2-7B-shaped layer through the modules users get (DeltaLinear /
+DeltaGroup, bench_kernels.modules_fn), with the tensor-core kernels (kernels/mma.py) and without
+them (DELTASTORE_MMA=0: the GEMV, tl.dot or dense path as before), rounds alternating in one
+process; beside them the base GEMMs alone. Each variant checked against the torch reference first.
+
+    python benchmarks/ab_mma.py [--cases 1,4,16,32x8,64x32] [--rounds 3] [--copies 4] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_kernels import GROUPS, Bench, copy_bandwidth, modules_fn, time_graph  # noqa: E402
+
+from deltastore.kernels import mma, plan_rows  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="1,4,16,32x8,64x32")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--mma-cfgs", default="[{}]", help="JSON list of kernels.mma attribute overrides, each a variant (e.g. EXPAND_STEP)")
+    args = ap.parse_args()
+    import json
+
+    variants = json.loads(args.mma_cfgs)
+    defaults = {k: getattr(mma, k) for v in variants for k in v}
+    dev = torch.device("cuda")
+    cases = [(int(c.split("x")[0]), int(c.split("x")[1]) if "x" in c else 1) for c in args.cases.split(",")]
+    bench = Bench(GROUPS, args.copies, max(nt for _, nt in cases), sorted({nt for _, nt in cases}), dev)
+    bw = copy_bandwidth(dev)
+    lines = [f"# {__doc__.splitlines()[0]}", "", f"`python benchmarks/ab_mma.py --cases {args.cases} --rounds {args.rounds} "
+             f"--copies {args.copies}` on {torch.cuda.get_device_name()} (torch {torch.__version__}); copy {bw / 1e12:.2f} TB/s; "
+             f"one delta-come delta at 1/16: {bench.delta_bytes / 1e6:.1f} MB a layer, base {bench.base_bytes / 1e6:.1f} MB.", "",
+             "| case | base alone (us) | modules, mma kernels (us) | x base | modules, before (us) | x base | mma / before | rel err mma / before |",
+             "|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for M, nt in cases:
+        ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
+        x, h, ys = bench.inputs(M, torch.Generator().manual_seed(M))
+        plan = plan_rows(ids, nt)
+
+        def base() -> None:
+            for c in bench.copies:
+                for gi, W in enumerate(c.W):
+                    torch.mm(h if gi == 3 else x, W.T, out=ys[gi])
+
+        errs, fns = {}, {}
+        keys = [f"1:{i}" for i in range(len(variants))] + ["0"]
+
+        def use(v: str) -> None:
+            os.environ["DELTASTORE_MMA"] = v[0]
+            for k, val in {**defaults, **(variants[int(v[2:])] if v != "0" else {})}.items():
+                setattr(mma, k, val)
+
+        for v in keys:
+            use(v)
+            # the delta part of the first copy's layer against the torch reference, per group
+            from deltastore.kernels import ref_ops
+            from deltastore.kernels.linear import apply_deltas
+
+            e = 0.0
+            for gi, (_, ms, K) in enumerate(bench.groups):
+                ds = bench.copies[0].sets[nt][gi]
+                inp = (h if gi == 3 else x)
+                got = apply_deltas(inp, torch.zeros(M, sum(ms), device=dev), ds, plan)
+                want = ref_ops.expand(ref_ops.shrink(inp, ds, plan), torch.zeros(M, sum(ms), device=dev), ds, plan)
+                e = max(e, float((got - want).norm() / want.norm()))
+            errs[v] = e
+            fns[v] = modules_fn(bench, M, nt, ids)
+        t = {k: [] for k in ["base", *keys]}
+        for _ in range(args.rounds):
+            t["base"].append(time_graph(base))
+            for v in keys:
+                use(v)
+                t[v].append(time_graph(fns[v]))
+        us = {k: statistics.median(v) * 1e6 / args.copies for k, v in t.items()}
+        case = f"{M} rows, one fine-tune" if nt == 1 else f"{M} rows over {nt} fine-tunes"
+        for i, var in enumerate(variants):
+            k = f"1:{i}"
+            row = (f"| {case} {json.dumps(var) if var else ''} | {us['base']:.1f} | {us[k]:.1f} | x{us[k] / us['base']:.2f} | {us['0']:.1f} | "
+                   f"x{us['0'] / us['base']:.2f} | {us[k] / us['0']:.2f} | {errs[k]:.1e} / {errs['0']:.1e} |")
+            print(row, flush=True)
+            lines.append(row)
+    os.environ.pop("DELTASTORE_MMA", None)
+    assert mma.HAVE_GLUON
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

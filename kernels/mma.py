@@ -1,0 +1,446 @@
+"""Delta-come deltas on the tensor cores: the packed factors unpacked straight into mma.sync registers.
+
+``y += ((x @ V^) * S) @ U^^T`` in two launches per set of linears sharing an input (a shrink and
+an expand, as :mod:`.triton_ops`), where each thread loads the packed words its own MMA fragment
+needs and turns them into bf16 operands in registers. Written in Gluon (Triton's dialect with
+explicit layouts), because the operand layout is the point: with plain Triton the unpacked values
+reach the MMA layout through shared memory, or (the GEMV kernels) go to float32 and one FMA per
+value and row. Measured on the H200 (benchmarks/results/kernels_h200.md): one Llama-2-7B layer
+through the modules users get, 32 rows over 8 fine-tunes 0.69-0.72x the GEMV kernels' time; one
+fine-tune at 1 row, or 1 row each of several, slower (1.2-1.5x), at 16 rows level with the dense
+path, so :func:`use_mma` takes these kernels for several fine-tunes at 4..16 rows each only. (The
+probe of a 2-bit tier without tables, benchmarks/probe_mma_gluon.py, did better everywhere up to
+16 rows: what the integration adds is said there.)
+
+The unpack, per bit width (``q`` a field, all exact in bf16):
+
+- 2 bits: ``lop3(w >> s, 0x00030003, 0x43004300)`` is the bf16 pair (128 + q_a, 128 + q_b) of
+  fields a and a + 8 of a word: one shift and one LOP3 for two values. The shrink's A fragment
+  holds a thread's two adjacent k slots in one register, so slot pairs (2i, 2i + 1) of each 16-k
+  tile take fields (i, i + 8) and x is read at the same permuted k (``_perm2``); the expand's
+  register pair is two components (two words: their halves paired by a byte permute).
+- 3 bits: the same for the low two bits (the layout keeps them as 2-bit words), the high bit
+  moved to bit 2 of each half from the chunk's third word.
+- 8 bits: 128 + q does not fit bf16's 8 significant bits, so each byte is split into nibbles
+  (128 + h, 128 + l) and run as two MMAs, the high one weighted by 16 (2176 = 16 * 128 + 128).
+
+The 128 offsets and the zero points come out once per quantization group through sums: the
+shrink subtracts (128 + zp) * sum(x) of the group (x as the MMA saw it, so the two cancel
+exactly), the expand (128 + zp) * sum(z S sc) over the components (the bf16-rounded operand
+itself). Scales multiply the float32 group sums (shrink) or the other operand (expand: a program
+covers one group of 128 outputs, so a component's scale is one number there). MMA shape m16n8k16
+with the packed factor on the M side ("swap AB": 16 components or outputs a tile, up to 16 batch
+rows of one fine-tune on N), so one row wastes tensor-core work, not bytes or instructions.
+
+Work: shrink programs over (tier tile of 128 components of one slot-slice, groups of the input,
+row block of one slot: :func:`deltaset.plan_blocks`), adding their float32 part of z with atomic
+adds; expand programs over (128 outputs of a slice, run of one tier's components
+(:meth:`DeltaSet.items`), row block), adding into a float32 delta with atomic adds. Atomic adds
+make the last bits of a result depend on the order programs finish (vLLM's split-K LoRA shrink
+does the same); every result is within the tests' bounds of the torch reference. Served where
+every tier's group size is 128 and widths are 2, 3 or 8 bits (what the codec writes), on CUDA
+devices of compute capability 8.0 or later, with Triton's Gluon; :func:`usable` says.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from .deltaset import F, DeltaSet, RowPlan, plan_blocks
+from .errors import KernelError
+
+try:  # Gluon ships with Triton 3.5+; the kernels need a GPU (the interpreter does not run Gluon)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAVE_GLUON = False
+
+#: widths the unpack handles (the codec's delta-come tiers: 8, 3 and 2 bits)
+WIDTHS = frozenset({2, 3, 8})
+#: the quantization group the kernels are written for (a program's unit along k / n)
+GROUP = 128
+#: a shrink tile / an expand block: 128 components or outputs (16 x TILES x warps)
+BLOCK = 128
+#: components an expand program takes at most (one item of DeltaSet.items)
+CHUNK = int(os.environ.get("DELTASTORE_MMA_CHUNK", "256"))
+#: programs a shrink launch aims at (its split of the input dimension follows)
+SHRINK_PROGRAMS = int(os.environ.get("DELTASTORE_MMA_PROGRAMS", "1536"))
+#: groups of the input a shrink program takes at most, one after the other
+MAX_GPS = int(os.environ.get("DELTASTORE_MMA_MAX_GPS", "4"))
+#: k a shrink step unpacks (a group), and its tile of components: 16 x SHRINK_TILES a warp, 4 warps
+#: (64: 132 registers a thread at 8 rows, where 128 components took 201: sm_90, Triton 3.6)
+SHRINK_KS = int(os.environ.get("DELTASTORE_MMA_KS", "128"))
+SHRINK_TILES = int(os.environ.get("DELTASTORE_MMA_TILES", "1"))
+#: components an expand step takes (its loads issued together; 32: 126 registers a thread at 8 rows, 64: 206)
+EXPAND_STEP = int(os.environ.get("DELTASTORE_MMA_STEP", "32"))
+#: rows of one fine-tune a row block holds at most (larger batches of one fine-tune: the dense path)
+MAX_ROWS = 16
+#: rows a fine-tune (the batch spread over the set's fine-tunes) from which these kernels serve a
+#: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
+MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "4"))
+MAGIC = 0x43004300  # bf16 pair (128, 128)
+
+# the inline PTX, kept as module strings so the CPU tests can run them through an emulator
+# (tests/kernels/test_mma_unpack.py): operands are one thread's registers, pack 4 = A elements
+# (i, k), (i, k + 1), (i + 8, k), (i + 8, k + 1) (row i of the tile, k the 16-k tile's slot)
+ASM_V2 = ("{ .reg .b32 t, u; shr.b32 t, $2, $6; shr.b32 u, $4, $6;"
+          " lop3.b32 $0, t, 0x00030003, 0x43004300, 0xea; lop3.b32 $1, u, 0x00030003, 0x43004300, 0xea; }")
+ASM_V3 = ("{ .reg .b32 t, u, h, m; shr.b32 t, $2, $10; shr.b32 h, $6, $14; prmt.b32 h, h, h, 0x0100; shl.b32 h, h, 2;"
+          " lop3.b32 m, h, 0x00040004, 0x43004300, 0xea; lop3.b32 $0, t, 0x00030003, m, 0xea;"
+          " shr.b32 u, $4, $10; shr.b32 h, $8, $14; prmt.b32 h, h, h, 0x0100; shl.b32 h, h, 2;"
+          " lop3.b32 m, h, 0x00040004, 0x43004300, 0xea; lop3.b32 $1, u, 0x00030003, m, 0xea; }")
+_V8 = ("{{ .reg .b32 t, u; shr.b32 t, $2, $6; prmt.b32 t, t, t, 0x0110; shr.b32 t, t, {nib};"
+       " shr.b32 u, $4, $6; prmt.b32 u, u, u, 0x0110; shr.b32 u, u, {nib};"
+       " lop3.b32 $0, t, 0x000F000F, 0x43004300, 0xea; lop3.b32 $1, u, 0x000F000F, 0x43004300, 0xea; }}")
+ASM_V8_HI, ASM_V8_LO = _V8.format(nib=4), _V8.format(nib=0)
+ASM_U2 = ("{ .reg .b32 lo, hi; prmt.b32 lo, $2, $3, 0x5410; prmt.b32 hi, $2, $3, 0x7632;"
+          " shr.b32 lo, lo, $6; shr.b32 hi, hi, $6;"
+          " lop3.b32 $0, lo, 0x00030003, 0x43004300, 0xea; lop3.b32 $1, hi, 0x00030003, 0x43004300, 0xea; }")
+ASM_U3 = ("{ .reg .b32 lo, hi, a, c, u, v, m; prmt.b32 lo, $2, $3, 0x5410; prmt.b32 hi, $2, $3, 0x7632;"
+          " shr.b32 lo, lo, $10; shr.b32 hi, hi, $10;"
+          " shr.b32 a, $6, $14; shr.b32 c, $7, $14; prmt.b32 u, a, c, 0x5410;"
+          " shl.b32 v, u, 2; lop3.b32 m, v, 0x00040004, 0x43004300, 0xea; lop3.b32 $0, lo, 0x00030003, m, 0xea;"
+          " shr.b32 v, u, 6; lop3.b32 m, v, 0x00040004, 0x43004300, 0xea; lop3.b32 $1, hi, 0x00030003, m, 0xea; }")
+_U8 = ("{{ .reg .b32 t, u; prmt.b32 t, $2, $3, $6; prmt.b32 u, $4, $5, $6; shr.b32 t, t, {nib}; shr.b32 u, u, {nib};"
+       " lop3.b32 $0, t, 0x000F000F, 0x43004300, 0xea; lop3.b32 $1, u, 0x000F000F, 0x43004300, 0xea; }}")
+ASM_U8_HI, ASM_U8_LO = _U8.format(nib=4), _U8.format(nib=0)
+
+
+def perm(bits: int, s: int) -> int:
+    """The k (within its 16-k tile) that the shrink's MMA slot ``s`` (0..15) holds for a tier of
+    ``bits``: what the A operand's unpack produces there, so x is read at the same k."""
+    if bits == 8:
+        return 4 * ((s % 8) // 2) + (s % 2) + 2 * (s // 8)
+    return s // 2 + 8 * (s % 2)
+
+
+if HAVE_GLUON:
+    _AV2, _AV3, _AV8H, _AV8L = gl.constexpr(ASM_V2), gl.constexpr(ASM_V3), gl.constexpr(ASM_V8_HI), gl.constexpr(ASM_V8_LO)
+    _AU2, _AU3, _AU8H, _AU8L = gl.constexpr(ASM_U2), gl.constexpr(ASM_U3), gl.constexpr(ASM_U8_HI), gl.constexpr(ASM_U8_LO)
+
+    @gluon.jit
+    def _asm1(asm: gl.constexpr, w, sh):
+        return gl.inline_asm_elementwise(asm, "=r,=r,r,r,r,r,r,r,r,r", [w, sh], dtype=gl.bfloat16, is_pure=True, pack=4)
+
+    @gluon.jit
+    def _asm2(asm: gl.constexpr, w, h, sh, hb):
+        return gl.inline_asm_elementwise(asm, "=r,=r" + ",r" * 16, [w, h, sh, hb], dtype=gl.bfloat16, is_pure=True, pack=4)
+
+    @gluon.jit
+    def _perm_k(s, BITS: gl.constexpr):
+        """k of MMA slot s (any shape; the tile's 16-k block kept): :func:`perm` in the kernel."""
+        u = s % 16
+        if BITS == 8:
+            p = 4 * ((u % 8) // 2) + (u % 2) + 2 * (u // 8)
+        else:
+            p = u // 2 + 8 * (u % 2)
+        return (s - u) + p
+
+    @gluon.jit
+    def _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0, K, RW, part, xs,
+                      BITS: gl.constexpr, BLOCK_R: gl.constexpr, BM: gl.constexpr, KS: gl.constexpr, num_warps: gl.constexpr):
+        """(part, xs) plus KS more k from k0: the float32 MMA sums of the tile's components against
+        the block's rows (with 128 + q, or 16 (128 + h) + 128 + l at 8 bits) and the float32 sums of
+        the bf16 x the MMA saw, per row (KS = 64: half a group a step keeps the registers of the
+        A words at 16 a thread)."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        xL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, num_warps], [1, 0])
+        # B: x^T (KS, BM) at the permuted k
+        sb = gl.arange(0, KS, layout=gl.SliceLayout(1, bL))
+        kb = k0 + _perm_k(sb, BITS)
+        b = gl.load(x_ptr + gl.convert_layout(xoff, gl.SliceLayout(0, bL))[None, :] + kb[:, None],
+                    mask=gl.convert_layout(m_ok, gl.SliceLayout(0, bL))[None, :] & (kb < K)[:, None], other=0.0).to(gl.bfloat16)
+        kx = k0 + gl.arange(0, KS, layout=gl.SliceLayout(0, xL))
+        xt = gl.load(x_ptr + gl.convert_layout(xoff, gl.SliceLayout(1, xL))[:, None] + kx[None, :],
+                     mask=gl.convert_layout(m_ok, gl.SliceLayout(1, xL))[:, None] & (kx < K)[None, :], other=0.0)
+        xs += gl.convert_layout(gl.sum(xt.to(gl.bfloat16).to(gl.float32), axis=1), gl.SliceLayout(0, mma))
+        # A: (BLOCK_R, KS) words and shifts per element
+        sa = gl.arange(0, KS, layout=gl.SliceLayout(0, aL))
+        u = sa % 16
+        ok = gl.convert_layout(r_ok, gl.SliceLayout(1, aL))[:, None]
+        wr = gl.convert_layout(wrow, gl.SliceLayout(1, aL))[:, None]
+        if BITS == 2:
+            wi = (k0 // 16) + sa // 16
+            w = gl.load(words_ptr + wr + wi[None, :], mask=ok & (wi < RW)[None, :], other=0)
+            sh = gl.full([BLOCK_R, KS], 0, gl.int32, aL) + (2 * (u // 2))[None, :]
+            part = mma_v2(_asm1(_AV2, w, sh), b, part)
+        elif BITS == 3:
+            c32 = (k0 + 16 * (sa // 16)) // 32
+            wl = 3 * c32 + (sa // 16) % 2
+            wh = 3 * c32 + 2
+            w = gl.load(words_ptr + wr + wl[None, :], mask=ok & (wl < RW)[None, :], other=0)
+            h = gl.load(words_ptr + wr + wh[None, :], mask=ok & (wh < RW)[None, :], other=0)
+            sh = gl.full([BLOCK_R, KS], 0, gl.int32, aL) + (2 * (u // 2))[None, :]
+            hb = gl.full([BLOCK_R, KS], 0, gl.int32, aL) + (16 * ((sa // 16) % 2) + u // 2)[None, :]
+            part = mma_v2(_asm2(_AV3, w, h, sh, hb), b, part)
+        else:
+            wi = (k0 // 4) + 4 * (sa // 16) + (u % 8) // 2
+            w = gl.load(words_ptr + wr + wi[None, :], mask=ok & (wi < RW)[None, :], other=0)
+            sh = gl.full([BLOCK_R, KS], 0, gl.int32, aL) + (16 * (u // 8))[None, :]
+            hi = mma_v2(_asm1(_AV8H, w, sh), b, gl.zeros([BLOCK_R, BM], gl.float32, mma))
+            part = mma_v2(_asm1(_AV8L, w, sh), b, hi * 16.0 + part)
+        return part, xs
+
+    @gluon.jit
+    def _shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr, rows_ptr, blocks_ptr,
+                       K, stride_xm, ZC, n_slices, T_max,
+                       NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
+                       HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, num_warps: gl.constexpr):
+        """z[pos, zcol + r] += S[r] sum over this program's groups of x[row(pos)] . V^[r]: program
+        (slice and tile, groups GPS g .. of the input, row block of one slot)."""
+        BLOCK_R: gl.constexpr = 16 * TILES * num_warps
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        pid0 = gl.program_id(0)
+        pid_k = gl.program_id(1)
+        blk = gl.program_id(2)
+        sl = pid0 // T_max
+        t = pid0 % T_max
+        slot = gl.load(blocks_ptr + 3 * blk)
+        pos0 = gl.load(blocks_ptr + 3 * blk + 1)
+        nrows = gl.load(blocks_ptr + 3 * blk + 2)
+        s = gl.maximum(slot, 0)
+        nt = gl.load(ntiles_ptr + s * n_slices + sl)
+        tb = tiles_ptr + ((s * n_slices + sl) * T_max + t) * NFIELD
+        v_q = gl.load(tb + 0)
+        v_sz = gl.load(tb + 1).to(gl.int32)
+        s_off = gl.load(tb + 4).to(gl.int32)
+        bits = gl.load(tb + 5).to(gl.int32)
+        count = gl.load(tb + 6).to(gl.int32)
+        zcol = gl.load(tb + 7).to(gl.int32)
+        G = (K + 127) // 128
+        g0 = pid_k * GPS
+        if (slot >= 0) & (t < nt) & (g0 < G):
+            RW = bits * ((K + 31) // 32)
+            off = 128.0 + 2048.0 * (bits == 8).to(gl.float32)  # 16 (128 + h) + (128 + l) = q + 2176 at 8 bits
+            rL: gl.constexpr = gl.SliceLayout(1, mma)
+            mL: gl.constexpr = gl.SliceLayout(0, mma)
+            r = gl.arange(0, BLOCK_R, layout=rL)
+            r_ok = r < count
+            wrow = v_q + r.to(gl.int64) * RW
+            m = gl.arange(0, BM, layout=mL)
+            m_ok = m < nrows
+            xrow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0)
+            xoff = xrow.to(gl.int64) * stride_xm
+            acc = gl.zeros([BLOCK_R, BM], gl.float32, mma)
+            for g in range(g0, gl.minimum(g0 + GPS, G)):
+                k0 = g * 128
+                part = gl.zeros([BLOCK_R, BM], gl.float32, mma)
+                xs = gl.zeros([BM], gl.float32, mL)
+                for h in gl.static_range(128 // KS):
+                    if HAS2:
+                        if bits == 2:
+                            part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
+                                                     2, BLOCK_R, BM, KS, num_warps)
+                    if HAS3:
+                        if bits == 3:
+                            part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
+                                                     3, BLOCK_R, BM, KS, num_warps)
+                    if HAS8:
+                        if bits == 8:
+                            part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
+                                                     8, BLOCK_R, BM, KS, num_warps)
+                sc = gl.load(scales_ptr + v_sz + r * G + g, mask=r_ok, other=0.0).to(gl.float32)
+                zq = gl.load(zeros_ptr + v_sz + r * G + g, mask=r_ok, other=0.0).to(gl.float32) + off
+                acc += sc[:, None] * (part - zq[:, None] * xs[None, :])
+            acc = acc * gl.load(svals_ptr + s_off + r, mask=r_ok, other=0.0)[:, None]
+            zp = z_ptr + (pos0 + m).to(gl.int64)[None, :] * ZC + (zcol + r)[:, None]
+            gl.atomic_add(zp, acc, mask=m_ok[None, :] & r_ok[:, None], sem="relaxed")
+
+    @gluon.jit
+    def _expand_step(words_ptr, wrow, n, n_ok, r0, count, RW, BITS: gl.constexpr, NIB: gl.constexpr,
+                     BLOCK_N: gl.constexpr, ES: gl.constexpr, num_warps: gl.constexpr):
+        """The A operand (BLOCK_N outputs, ES components r0 ..) of one tier as bf16 128 + q (at 8
+        bits the nibble NIB: 4 high, 0 low)."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        rr = r0 + gl.arange(0, ES, layout=gl.SliceLayout(0, aL))
+        na = gl.convert_layout(n, gl.SliceLayout(1, aL))
+        oka = gl.convert_layout(n_ok, gl.SliceLayout(1, aL))[:, None] & (rr < count)[None, :]
+        base = wrow + rr.to(gl.int64)[None, :] * RW
+        if BITS == 2:
+            w = gl.load(words_ptr + base + (na // 16)[:, None], mask=oka, other=0)
+            sh = gl.full([BLOCK_N, ES], 0, gl.int32, aL) + (2 * (na % 8))[:, None]
+            return _asm1(_AU2, w, sh)
+        elif BITS == 3:
+            c3 = 3 * (na // 32)
+            w = gl.load(words_ptr + base + (c3 + (na % 32) // 16)[:, None], mask=oka, other=0)
+            h = gl.load(words_ptr + base + (c3 + 2)[:, None], mask=oka, other=0)
+            sh = gl.full([BLOCK_N, ES], 0, gl.int32, aL) + (2 * (na % 8))[:, None]
+            hb = gl.full([BLOCK_N, ES], 0, gl.int32, aL) + (na % 32)[:, None]
+            return _asm2(_AU3, w, h, sh, hb)
+        else:
+            w = gl.load(words_ptr + base + (na // 4)[:, None], mask=oka, other=0)
+            byte = na % 4
+            sel = byte + (byte << 4) + ((byte + 4) << 8) + ((byte + 4) << 12)
+            sh = gl.full([BLOCK_N, ES], 0, gl.int32, aL) + sel[:, None]
+            if NIB == 4:
+                return _asm1(_AU8H, w, sh)
+            else:
+                return _asm1(_AU8L, w, sh)
+
+    @gluon.jit
+    def _expand_kernel(z_ptr, d_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr, rows_ptr, blocks_ptr,
+                       mout_ptr, coloff_ptr, ZC, stride_dm, n_slices, I_max,
+                       NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
+                       HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, num_warps: gl.constexpr):
+        """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
+        (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
+        BLOCK_N: gl.constexpr = 16 * TILES * num_warps
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        pid_n = gl.program_id(0)
+        pj = gl.program_id(1)
+        blk = gl.program_id(2)
+        sl = pj // I_max
+        i = pj % I_max
+        slot = gl.load(blocks_ptr + 3 * blk)
+        pos0 = gl.load(blocks_ptr + 3 * blk + 1)
+        nrows = gl.load(blocks_ptr + 3 * blk + 2)
+        s = gl.maximum(slot, 0)
+        ni = gl.load(nitems_ptr + s * n_slices + sl)
+        ib = items_ptr + ((s * n_slices + sl) * I_max + i) * NFI
+        u_q = gl.load(ib + 2)
+        u_sz = gl.load(ib + 3).to(gl.int32)
+        bits = gl.load(ib + 4).to(gl.int32)
+        count = gl.load(ib + 5).to(gl.int32)
+        zcol = gl.load(ib + 6).to(gl.int32)
+        m_s = gl.load(mout_ptr + sl)
+        col0 = gl.load(coloff_ptr + sl)
+        n0 = pid_n * BLOCK_N
+        if (slot >= 0) & (i < ni) & (n0 < m_s):
+            RW = bits * ((m_s + 31) // 32)
+            G = (m_s + 127) // 128
+            g = n0 // 128
+            nL: gl.constexpr = gl.SliceLayout(1, mma)
+            mL: gl.constexpr = gl.SliceLayout(0, mma)
+            n = n0 + gl.arange(0, BLOCK_N, layout=nL)
+            n_ok = n < m_s
+            rb = gl.arange(0, ES, layout=gl.SliceLayout(1, bL))
+            mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
+            mb_ok = mb < nrows
+            zrow = z_ptr + (pos0 + mb).to(gl.int64)[None, :] * ZC + zcol + rb[:, None]
+            acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
+            corr = gl.zeros([ES, BM], gl.float32, bL)
+            off = 128.0 + 2048.0 * (bits == 8).to(gl.float32)
+            for r0 in range(0, count, ES):  # ES components a step: its loads issued together
+                r_ok = (r0 + rb) < count
+                zt = gl.load(zrow + r0, mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
+                sc = gl.load(scales_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32)
+                zq = gl.load(zeros_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32) + off
+                zb = (zt * sc[:, None]).to(gl.bfloat16)
+                # summed as rounded, so the operand's 128 + q and this 128 + zp cancel exactly
+                corr += zb.to(gl.float32) * zq[:, None]
+                if HAS2:
+                    if bits == 2:
+                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 2, 0, BLOCK_N, ES, num_warps), zb, acc)
+                if HAS3:
+                    if bits == 3:
+                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 3, 0, BLOCK_N, ES, num_warps), zb, acc)
+                if HAS8:
+                    if bits == 8:
+                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 8, 4, BLOCK_N, ES, num_warps),
+                                     (zb.to(gl.float32) * 16.0).to(gl.bfloat16), acc)
+                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 8, 0, BLOCK_N, ES, num_warps), zb, acc)
+            c = gl.convert_layout(gl.sum(corr, axis=0), mL)
+            acc = acc - c[None, :]
+            m = gl.arange(0, BM, layout=mL)
+            m_ok = m < nrows
+            drow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0).to(gl.int64)
+            dp = d_ptr + drow[None, :] * stride_dm + (col0 + n)[:, None]
+            gl.atomic_add(dp, acc, mask=m_ok[None, :] & n_ok[:, None], sem="relaxed")
+
+
+def _max_rows(plan: RowPlan, dset: DeltaSet) -> int:
+    """Rows per fine-tune the row blocks must hold, known without a device read: every row when
+    one slot serves the batch (the host knew the ids, or the set holds one fine-tune), else the
+    batch spread over the slots (plan_blocks cuts a slot's rows into blocks of at most BM: any
+    spread stays correct)."""
+    if plan.only_slot is not None or dset.n_slots == 1:
+        return plan.n_rows
+    return -(-plan.n_rows // max(dset.n_slots, 1))
+
+
+def block_m(plan: RowPlan, dset: DeltaSet) -> int:
+    return 8 if _max_rows(plan, dset) <= 8 else 16
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def usable(x: torch.Tensor, dset: DeltaSet) -> bool:
+    """Whether these kernels can serve ``dset`` for activations ``x``: Gluon, a CUDA device of
+    compute capability 8.0+, bf16/fp16 activations, every tier 2, 3 or 8 bits in groups of 128;
+    ``DELTASTORE_MMA=0`` turns them off."""
+    if not HAVE_GLUON or not x.is_cuda or os.environ.get("DELTASTORE_MMA", "1") in ("", "0"):
+        return False
+    if x.dtype not in (torch.bfloat16, torch.float16) or _capability(x.device.index or 0) < (8, 0):
+        return False
+    dset.build()
+    gss = {rec[F["gs"]] for per in dset.records for recs in per for rec in recs}
+    return bool(dset.bit_widths) and dset.bit_widths <= WIDTHS and gss <= {GROUP}
+
+
+def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
+    """Whether :func:`apply` serves this batch: ``path`` "mma" forces it (another path: no), else
+    where :func:`usable`, the batch may span several fine-tunes (the host does not know it is one),
+    and they serve :data:`MIN_ROWS` to :data:`MAX_ROWS` rows each (the batch spread evenly).
+
+    Why so narrow (benchmarks/results/kernels_h200.md, the modules users get, one Llama-2-7B layer):
+    32 rows over 8 fine-tunes 0.69-0.72x the time of the GEMV kernels (898-941 against 1303-1309
+    us); but one fine-tune at 1 row 1.23x, at 16 rows 0.97x (the dense path), 4 rows over 4 1.46x
+    and 64 rows over 32 1.22x: these kernels' time per fine-tune hardly grows with its rows, the
+    GEMV kernels' does, and the table prologue and tiny tiers cost them at one row."""
+    if path is not None:
+        return path == "mma"
+    if plan.only_slot is not None or dset.n_slots < 2 or not usable(x, dset):
+        return False
+    return MIN_ROWS <= _max_rows(plan, dset) <= MAX_ROWS
+
+
+def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> torch.Tensor:
+    """y (M, sum out) += per-row delta of x (M, in), in place (two launches; a float32 y takes the
+    atomic adds itself, another dtype through a float32 scratch added once)."""
+    if not usable(x, dset):
+        raise KernelError("the mma kernels need Gluon, a CUDA device of compute capability 8.0+, bf16/fp16 activations "
+                          "and tiers of 2, 3 or 8 bits in groups of 128")
+    M, K = x.shape
+    if K != dset.in_features or y.shape != (M, sum(dset.out_features)):
+        raise KernelError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not fit the set ({dset.in_features} -> {sum(dset.out_features)})")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    bm = block_m(plan, dset)
+    blocks = plan_blocks(plan, bm)
+    nb = blocks.shape[0]
+    tiles, ntiles, T = dset.tiles(16 * SHRINK_TILES * 4)
+    items, nitems, I_max = dset.items(CHUNK)
+    has = {f"HAS{b}": b in dset.bit_widths for b in (2, 3, 8)}
+    G = -(-K // GROUP)
+    per = dset.n_slices * T * nb
+    # groups a program takes one after the other (a memory round trip each): the fewest that keep the
+    # launch near SHRINK_PROGRAMS, at most MAX_GPS (32 serial groups at 64 rows over 32 fine-tunes
+    # made the layer 1.27x slower than the GEMV kernels; more programs cost less than a longer chain)
+    gps = next((g for g in (1, 2, 4, 8, 16, 32) if g >= MAX_GPS or per * -(-G // g) <= SHRINK_PROGRAMS), MAX_GPS)
+    z = torch.zeros(M, max(dset.zcols, 1), dtype=torch.float32, device=x.device)
+    _shrink_kernel[(dset.n_slices * T, -(-G // gps), nb)](
+        x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, plan.rows, blocks,
+        K, x.stride(0), z.stride(0), dset.n_slices, T,
+        NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, num_warps=4)
+    d = y if (y.dtype == torch.float32 and y.stride(1) == 1) else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)
+    nblk = -(-max(dset.out_features) // BLOCK)
+    _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
+        z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
+        z.stride(0), d.stride(0), dset.n_slices, I_max,
+        NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, num_warps=4)
+    if d is not y:
+        y.add_(d)
+    return y

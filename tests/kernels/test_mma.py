@@ -1,0 +1,119 @@
+"""The tensor-core kernels (kernels/mma.py) on a GPU, against the torch reference (``ref_ops``).
+
+Gluon kernels do not run under Triton's interpreter, so these tests need CUDA (the device run
+executes them); their unpack is checked on the CPU by tests/kernels/test_mma_unpack.py.
+
+Bounds: the delta part within 1e-2 relative of the float32 reference for bf16 and fp16 activations
+alike (the expand rounds z S sc to bf16 once, as the tl.dot path rounds z * scale; x enters the MMA
+as bf16, so fp16 activations lose 3 bits there: at 3 rows of fp16 the elementwise check at
+test_dense's fp16 bound of 3e-3 failed on the H200); rows of the base alone get exactly +0; every
+row its own fine-tune's delta.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deltastore.kernels import DeltaSet, KernelError, plan_rows, ref_ops
+from deltastore.kernels import mma
+from deltastore.kernels.linear import apply_deltas
+
+from .kernel_testlib import DEVICE, capture, packed_delta, rel
+
+pytestmark = pytest.mark.skipif(DEVICE != "cuda" or not mma.HAVE_GLUON, reason="the Gluon kernels need a GPU (and Triton with Gluon)")
+
+DELTA_TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2}
+TIERS = [[8, 1], [3, 3], [2, None]]
+
+
+def make_set(n: int, ms: list[int], slots: int, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+             group_size: int = 128, alpha: float = 0.25) -> DeltaSet:
+    ds = DeltaSet(n, ms, DEVICE)
+    for s in range(slots):
+        ds.add([packed_delta(m, n, seed=seed + 10 * s + i, dtype=dtype, group_size=group_size, schedule=TIERS, alpha=alpha)[1]
+                for i, m in enumerate(ms)])
+    return ds
+
+
+def reference(x: torch.Tensor, ds: DeltaSet, plan) -> torch.Tensor:  # noqa: ANN001
+    return ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(x.shape[0], sum(ds.out_features), device=DEVICE), ds, plan)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 3, 8, 13, 16])
+def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype) -> None:
+    n, ms = 300, [200]  # inputs: 2 groups and a short third, rows padded to 320; outputs likewise
+    ds = make_set(n, ms, 1, dtype=dtype, seed=M).build()
+    assert ds.bit_widths == {8, 3, 2} and mma.usable(torch.empty(1, n, dtype=dtype, device=DEVICE), ds)
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEVICE)
+    plan = plan_rows(torch.zeros(M, dtype=torch.int64, device=DEVICE), 1)
+    assert mma.use_mma(x, ds, plan, "mma") and not mma.use_mma(x, ds, plan)  # one fine-tune: other paths by default
+    got = mma.apply(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan)
+    want = reference(x, ds, plan)
+    assert rel(got, want) < DELTA_TOL[dtype]
+    # into the activations' dtype, as a layer's output: y + delta rounded once
+    y0 = torch.randn(M, sum(ms), generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+    y = mma.apply(x, y0.clone(), ds, plan)
+    bound = 2 * torch.finfo(dtype).eps * (y0.float() + want).abs() + DELTA_TOL[dtype] * want.abs().amax(dim=1, keepdim=True)
+    assert bool(((y.float() - (y0.float() + want)).abs() <= bound + 1e-6).all())
+
+
+def test_many_fine_tunes_in_one_batch_each_row_its_own() -> None:
+    n, ms = 256, [384, 128, 128]  # q/k/v-like slices of other sizes
+    ds = make_set(n, ms, 3, seed=7)
+    ids = torch.tensor([2, 0, -1, 2, 0, 0, 2, -1, 0, 2, 2, 0], device=DEVICE)  # slot 1 serves no row
+    M = ids.numel()
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).to(DEVICE)
+    plan = plan_rows(ids, 3)
+    got = apply_deltas(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan, path="mma")
+    want = reference(x, ds, plan)
+    for r in range(M):
+        if ids[r] < 0:
+            assert bool((got[r] == 0).all()), "a base-only row must get +0"
+        else:
+            alone = reference(x[r : r + 1], ds, plan_rows(ids[r : r + 1], 3))
+            assert rel(got[r : r + 1], alone) < DELTA_TOL[torch.bfloat16]
+    assert rel(got, want) < DELTA_TOL[torch.bfloat16]
+
+
+def test_a_row_block_spread_over_blocks_of_8() -> None:
+    """20 rows of one fine-tune among 2 in a set: the blocks hold 16 rows at most (two blocks)."""
+    n, ms = 128, [256]
+    ds = make_set(n, ms, 2, seed=11)
+    ids = torch.tensor([1] * 20 + [0] * 2, device=DEVICE)
+    x = torch.randn(ids.numel(), n, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(DEVICE)
+    plan = plan_rows(ids, 2)
+    got = mma.apply(x, torch.zeros(ids.numel(), sum(ms), device=DEVICE), ds, plan)
+    assert rel(got, reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16]
+
+
+def test_replays_in_a_cuda_graph_with_new_inputs() -> None:
+    n, ms = 256, [256]
+    ds = make_set(n, ms, 2, seed=5)
+    ids = torch.tensor([0, 1, 1, 0], device=DEVICE)
+    plan = plan_rows(ids, 2)
+    x = torch.randn(4, n, device=DEVICE).to(torch.bfloat16)
+    y = torch.zeros(4, sum(ms), device=DEVICE)
+
+    def step() -> torch.Tensor:
+        y.zero_()
+        return mma.apply(x, y, ds, plan)
+
+    g, out = capture(step)
+    x.copy_(torch.randn(4, n, device=DEVICE).to(torch.bfloat16))
+    g.replay()
+    torch.cuda.synchronize()
+    assert rel(out, reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16]
+
+
+def test_sets_the_kernels_do_not_serve_go_elsewhere() -> None:
+    n, ms = 128, [128]
+    ds = make_set(n, ms, 1, group_size=64)  # groups of 64: not these kernels'
+    x = torch.randn(2, n, device=DEVICE).to(torch.bfloat16)
+    plan = plan_rows(torch.zeros(2, dtype=torch.int64, device=DEVICE), 1)
+    assert not mma.usable(x, ds) and not mma.use_mma(x, ds, plan)
+    with pytest.raises(KernelError, match="groups of 128"):
+        mma.apply(x, torch.zeros(2, 128, device=DEVICE), ds, plan)
+    got = apply_deltas(x, torch.zeros(2, 128, device=DEVICE), ds, plan)  # another path serves it
+    assert rel(got, reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16]

@@ -1,0 +1,190 @@
+"""The mma kernels' unpack (kernels/mma.py), checked on the CPU: its inline PTX strings run through
+a small emulator of the four instructions they use, fed the words each thread's MMA fragment
+reads, must give the codec's own values (``quant.pack`` / ``quant.unpack``) as bf16 128 + q (or
+the nibbles of an 8-bit q), at the k the kernel says each MMA slot holds (``mma.perm``).
+
+What this covers: the bit layout of every width (2, 3, 8 bits; the shrink's V^ rows packed along
+k, the expand's U^ columns packed along n) and the fragment mapping of mma.sync m16n8k16's A
+operand (thread lane l: rows l // 4 and l // 4 + 8, k slots 2 (l % 4), + 1, + 8, + 9; Triton packs
+a thread's elements (i, k), (i, k + 1), (i + 8, k), (i + 8, k + 1) into one asm call). The Gluon
+kernels themselves need a GPU (Triton's interpreter does not run Gluon): tests/kernels/test_mma.py
+runs them there against the torch reference.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from deltastore.codec import quant
+from deltastore.kernels import mma
+
+M32 = 0xFFFFFFFF
+
+
+def run_ptx(asm: str, regs: dict[int, int]) -> dict[int, int]:
+    """Execute one of the kernels' asm strings on 32-bit values: $N operands from ``regs``."""
+    env: dict[str, int] = {f"${k}": v & M32 for k, v in regs.items()}
+
+    def val(tok: str) -> int:
+        tok = tok.strip()
+        if tok in env:
+            return env[tok]
+        return int(tok, 0) & M32
+
+    body = asm.strip().strip("{}")
+    for ins in (i.strip() for i in body.split(";")):
+        if not ins or ins.startswith(".reg"):
+            continue
+        op, rest = ins.split(None, 1)
+        args = [a.strip() for a in rest.split(",")]
+        d = args[0]
+        if op == "shr.b32":
+            out = val(args[1]) >> (val(args[2]) & 31) if val(args[2]) < 32 else 0
+        elif op == "shl.b32":
+            out = (val(args[1]) << val(args[2])) & M32 if val(args[2]) < 32 else 0
+        elif op == "lop3.b32":
+            assert args[4] == "0xea", "the kernels use lop3 0xea only: (a & b) | c"
+            out = (val(args[1]) & val(args[2])) | val(args[3])
+        elif op == "prmt.b32":
+            a, b, c = val(args[1]), val(args[2]), val(args[3])
+            pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+            out = sum(pool[(c >> (4 * i)) & 0x7] << (8 * i) for i in range(4))  # default mode, no sign replicate
+        else:
+            raise AssertionError(f"unexpected instruction {op}")
+        env[d] = out & M32
+    return {int(k[1:]): v for k, v in env.items() if re.fullmatch(r"\$\d+", k)}
+
+
+def halves(v: int) -> tuple[int, int]:
+    """The bf16 pair in a register, as (low, high) integers 128 + q (asserting the 128 exponent)."""
+    lo, hi = v & 0xFFFF, v >> 16
+    for h in (lo, hi):
+        assert h & 0xFF80 == 0x4300, f"{h:#06x} is not a bf16 in [128, 256)"
+    return (lo & 0x7F) + 128, (hi & 0x7F) + 128
+
+
+def packed_rows(rows: int, length: int, bits: int, seed: int) -> tuple[torch.Tensor, list[list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 1 << bits, (rows, length), generator=g)
+    words = quant.pack(q, bits)
+    assert torch.equal(quant.unpack(words, bits, length), q)
+    return words, q.tolist()
+
+
+def w32(words: torch.Tensor, r: int, i: int) -> int:
+    return int(words[r, i]) & M32
+
+
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_shrink_fragments_give_the_codec_values_at_the_permuted_k(bits: int) -> None:
+    K = 256 + (32 if bits != 8 else 0)  # two groups, the last short where the width allows (rows pad to 32)
+    words, q = packed_rows(16, K, bits, seed=bits)
+    assert sorted(mma.perm(bits, s) for s in range(16)) == list(range(16))
+    for r in (0, 5):
+        for k16 in range(0, K, 16):
+            for t in range(4):  # lane % 4
+                for u in (2 * t, 2 * t + 8):  # the thread's slot pairs (u, u + 1)
+                    rows = (r, r + 8)
+                    if bits == 2:
+                        wi = k16 // 16
+                        regs = {2: w32(words, rows[0], wi), 4: w32(words, rows[1], wi), 6: 2 * (u // 2)}
+                        outs = [run_ptx(mma.ASM_V2, regs)]
+                    elif bits == 3:
+                        c32, half = k16 // 32, (k16 // 16) % 2
+                        wl, wh = 3 * c32 + half, 3 * c32 + 2
+                        regs = {2: w32(words, rows[0], wl), 4: w32(words, rows[1], wl), 6: w32(words, rows[0], wh),
+                                8: w32(words, rows[1], wh), 10: 2 * (u // 2), 14: 16 * half + u // 2}
+                        outs = [run_ptx(mma.ASM_V3, regs)]
+                    else:
+                        wi = k16 // 4 + (u % 8) // 2
+                        regs = {2: w32(words, rows[0], wi), 4: w32(words, rows[1], wi), 6: 16 * (u // 8)}
+                        outs = [run_ptx(mma.ASM_V8_HI, regs), run_ptx(mma.ASM_V8_LO, regs)]
+                    for j, row in enumerate(rows):
+                        want = [q[row][k16 + mma.perm(bits, u)], q[row][k16 + mma.perm(bits, u + 1)]]
+                        if bits == 8:
+                            hi, lo = halves(outs[0][j]), halves(outs[1][j])
+                            got = [16 * (h - 128) + (lw - 128) for h, lw in zip(hi, lo)]
+                        else:
+                            got = [v - 128 for v in halves(outs[0][j])]
+                        assert got == want, (bits, r, k16, t, u, j)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_expand_fragments_give_the_codec_values(bits: int) -> None:
+    N = 256 + 32  # outputs; the last group short
+    words, q = packed_rows(32, N, bits, seed=10 + bits)  # 32 components (rows of U^ as packed)
+    for r in (0, 2, 16):  # the register pair's components r, r + 1
+        for n in [n0 + i for n0 in range(0, N, 16) for i in range(8)]:  # a thread's row n (n % 16 < 8) and n + 8
+            if bits == 2:
+                wi = n // 16
+                regs = {2: w32(words, r, wi), 3: w32(words, r + 1, wi), 6: 2 * (n % 8)}
+                outs = [run_ptx(mma.ASM_U2, regs)]
+            elif bits == 3:
+                wl, wh = 3 * (n // 32) + (n % 32) // 16, 3 * (n // 32) + 2
+                regs = {2: w32(words, r, wl), 3: w32(words, r + 1, wl), 6: w32(words, r, wh), 7: w32(words, r + 1, wh),
+                        10: 2 * (n % 8), 14: n % 32}
+                outs = [run_ptx(mma.ASM_U3, regs)]
+            else:
+                b = n % 4
+                sel = b + (b << 4) + ((b + 4) << 8) + ((b + 4) << 12)
+                regs = {2: w32(words, r, n // 4), 3: w32(words, r + 1, n // 4), 4: w32(words, r, (n + 8) // 4),
+                        5: w32(words, r + 1, (n + 8) // 4), 6: sel}
+                outs = [run_ptx(mma.ASM_U8_HI, regs), run_ptx(mma.ASM_U8_LO, regs)]
+            for j, nn in enumerate((n, n + 8)):
+                want = [q[r][nn], q[r + 1][nn]]
+                if bits == 8:
+                    hi, lo = halves(outs[0][j]), halves(outs[1][j])
+                    got = [16 * (h - 128) + (lw - 128) for h, lw in zip(hi, lo)]
+                else:
+                    got = [v - 128 for v in halves(outs[0][j])]
+                assert got == want, (bits, r, n, j)
+
+
+def test_a_wrong_shift_or_selector_is_seen() -> None:
+    """The checks above can fail: with every field distinct, the 2-bit shrink shifted by one field,
+    and the expand's pairing of the wrong halves, give other values than the codec's."""
+    q = torch.tensor([[i % 4 for i in range(32)], [(i + 1) % 4 for i in range(32)]])
+    words = quant.pack(q, 2)
+    right = run_ptx(mma.ASM_V2, {2: w32(words, 0, 0), 4: w32(words, 1, 0), 6: 0})
+    wrong = run_ptx(mma.ASM_V2, {2: w32(words, 0, 0), 4: w32(words, 1, 0), 6: 2})
+    assert [v - 128 for v in halves(right[0])] == [q[0, mma.perm(2, 0)], q[0, mma.perm(2, 1)]]
+    assert [v - 128 for v in halves(wrong[0])] != [q[0, mma.perm(2, 0)], q[0, mma.perm(2, 1)]]
+    q = torch.tensor([[(i // 8) % 4 for i in range(32)], [(i // 8 + 2) % 4 for i in range(32)]])  # fields n, n + 8 differ
+    words = quant.pack(q, 2)
+    right = run_ptx(mma.ASM_U2, {2: w32(words, 0, 0), 3: w32(words, 1, 0), 6: 2})
+    swapped = run_ptx(mma.ASM_U2.replace("0x5410", "0x7632", 1), {2: w32(words, 0, 0), 3: w32(words, 1, 0), 6: 2})
+    assert [v - 128 for v in halves(right[0])] == [q[0, 1], q[1, 1]]
+    assert [v - 128 for v in halves(swapped[0])] != [q[0, 1], q[1, 1]]
+
+
+def test_the_kernels_serve_batches_of_several_fine_tunes_at_4_to_16_rows_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default choice (mma.use_mma), the device aside: several fine-tunes with 4..16 rows each
+    (where the H200 measured them faster), never a batch the host knows is one fine-tune's."""
+    from deltastore.kernels import DeltaSet, plan_rows
+    from deltastore.kernels.deltaset import host_hint
+
+    monkeypatch.setattr(mma, "usable", lambda x, dset: True)
+    sets = {}
+    for slots in (1, 8):
+        ds = DeltaSet(64, [64])
+        ds._slots = [[None]] * slots  # only the slot count matters to the choice
+        sets[slots] = ds
+    x = torch.empty(1, 64)
+
+    def plan(M: int, slots: int, known: bool = False):  # noqa: ANN202
+        ids = torch.arange(M) % slots
+        p = plan_rows(ids, slots)
+        if known:
+            p.only_slot, p.base_rows = host_hint(torch.zeros(M, dtype=torch.int64))
+        return p
+
+    assert mma.use_mma(x, sets[8], plan(32, 8))  # 4 rows each
+    assert mma.use_mma(x, sets[8], plan(128, 8))  # 16 each
+    assert not mma.use_mma(x, sets[8], plan(8, 8))  # 1 each: the GEMV kernels
+    assert not mma.use_mma(x, sets[8], plan(256, 8))  # 32 each
+    assert not mma.use_mma(x, sets[1], plan(8, 1))  # one fine-tune
+    assert not mma.use_mma(x, sets[8], plan(32, 8, known=True))  # the host knows one serves every row
+    assert mma.use_mma(x, sets[1], plan(8, 1), "mma") and not mma.use_mma(x, sets[8], plan(32, 8), "gemv")
