@@ -190,6 +190,18 @@ if HAVE_GLUON:
         return part, xs
 
     @gluon.jit
+    def _work(blocks_ptr, blk, counts_ptr, table_ptr, n_slices, most, sl, j, width: gl.constexpr):
+        """(slot or -1, first sorted position, rows) of row block ``blk`` (deltaset.plan_blocks),
+        how many rows the table holds for that slot and slice, and the address of row ``j`` of them
+        (the tables are padded, so it is readable either way)."""
+        slot = gl.load(blocks_ptr + 3 * blk)
+        pos0 = gl.load(blocks_ptr + 3 * blk + 1)
+        nrows = gl.load(blocks_ptr + 3 * blk + 2)
+        s = gl.maximum(slot, 0)
+        have = gl.load(counts_ptr + s * n_slices + sl)
+        return slot, pos0, nrows, have, table_ptr + ((s * n_slices + sl) * most + j) * width
+
+    @gluon.jit
     def _shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr, rows_ptr, blocks_ptr,
                        K, stride_xm, ZC, n_slices, T_max,
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
@@ -203,12 +215,7 @@ if HAVE_GLUON:
         blk = gl.program_id(2)
         sl = pid0 // T_max
         t = pid0 % T_max
-        slot = gl.load(blocks_ptr + 3 * blk)
-        pos0 = gl.load(blocks_ptr + 3 * blk + 1)
-        nrows = gl.load(blocks_ptr + 3 * blk + 2)
-        s = gl.maximum(slot, 0)
-        nt = gl.load(ntiles_ptr + s * n_slices + sl)
-        tb = tiles_ptr + ((s * n_slices + sl) * T_max + t) * NFIELD
+        slot, pos0, nrows, nt, tb = _work(blocks_ptr, blk, ntiles_ptr, tiles_ptr, n_slices, T_max, sl, t, NFIELD)
         v_q = gl.load(tb + 0)
         v_sz = gl.load(tb + 1).to(gl.int32)
         s_off = gl.load(tb + 4).to(gl.int32)
@@ -301,12 +308,7 @@ if HAVE_GLUON:
         blk = gl.program_id(2)
         sl = pj // I_max
         i = pj % I_max
-        slot = gl.load(blocks_ptr + 3 * blk)
-        pos0 = gl.load(blocks_ptr + 3 * blk + 1)
-        nrows = gl.load(blocks_ptr + 3 * blk + 2)
-        s = gl.maximum(slot, 0)
-        ni = gl.load(nitems_ptr + s * n_slices + sl)
-        ib = items_ptr + ((s * n_slices + sl) * I_max + i) * NFI
+        slot, pos0, nrows, ni, ib = _work(blocks_ptr, blk, nitems_ptr, items_ptr, n_slices, I_max, sl, i, NFI)
         u_q = gl.load(ib + 2)
         u_sz = gl.load(ib + 3).to(gl.int32)
         bits = gl.load(ib + 4).to(gl.int32)
