@@ -1,7 +1,7 @@
 """Probe (issue 9): delta-come shrink and expand on the tensor cores, the 2-bit factors unpacked
 straight into the MMA's registers (Gluon, Triton's explicit-layout dialect), against today's kernels.
 
-    python benchmarks/probe_mma_gluon.py [--ms 1,8,16] [--copies 4] [--out FILE]     # on the GPU
+    python benchmarks/probe_mma_gluon.py [--cases 1,16,32x8] [--copies 4] [--cfgs JSON] [--out FILE]   # on the GPU
     PYTHONPATH=/tmp/tr36 python benchmarks/probe_mma_gluon.py --sass                   # SASS, no GPU
 
 Why: today's GEMV kernels issue ~10-15 instructions a packed value (unpack to float32 and one FMA
