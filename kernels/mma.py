@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 
@@ -387,9 +388,21 @@ def usable(x: torch.Tensor, dset: DeltaSet) -> bool:
         return False
     if x.dtype not in (torch.bfloat16, torch.float16) or _capability(x.device.index or 0) < (8, 0):
         return False
-    dset.build()
-    gss = {rec[F["gs"]] for per in dset.records for recs in per for rec in recs}
-    return bool(dset.bit_widths) and dset.bit_widths <= WIDTHS and gss <= {GROUP}
+    return _serves(dset)
+
+
+def _serves(dset: DeltaSet) -> bool:
+    """Whether every tier of the set is one these kernels read, worked out once per build of the
+    set (every linear of every forward asks)."""
+    build = dset.cache_key  # (owner, build): builds the set if it must
+    got = _SERVES.get(dset)
+    if got is None or got[0] != build:
+        gss = {rec[F["gs"]] for per in dset.records for recs in per for rec in recs}
+        got = _SERVES[dset] = (build, bool(dset.bit_widths) and dset.bit_widths <= WIDTHS and gss <= {GROUP})
+    return got[1]
+
+
+_SERVES: "weakref.WeakKeyDictionary[DeltaSet, tuple[tuple[int, int], bool]]" = weakref.WeakKeyDictionary()
 
 
 def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:

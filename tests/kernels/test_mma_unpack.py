@@ -188,3 +188,17 @@ def test_the_kernels_serve_batches_of_several_fine_tunes_at_4_to_16_rows_each(mo
     assert not mma.use_mma(x, sets[1], plan(8, 1))  # one fine-tune
     assert not mma.use_mma(x, sets[8], plan(32, 8, known=True))  # the host knows one serves every row
     assert mma.use_mma(x, sets[1], plan(8, 1), "mma") and not mma.use_mma(x, sets[8], plan(32, 8), "gemv")
+
+
+def test_what_a_set_holds_is_read_again_after_an_add() -> None:
+    """mma's check of a set's tiers is kept per build: a fine-tune added in groups of 64 makes the
+    set one these kernels do not serve (the check must not answer from the earlier build)."""
+    from deltastore.kernels import DeltaSet
+
+    from .kernel_testlib import packed_delta
+
+    ds = DeltaSet(128, [128])
+    ds.add([packed_delta(128, 128, group_size=128, schedule=[[8, 1], [3, 2], [2, None]])[1]])
+    assert mma._serves(ds)
+    ds.add([packed_delta(128, 128, group_size=64, seed=1, schedule=[[8, 1], [3, 2], [2, None]])[1]])
+    assert not mma._serves(ds)
