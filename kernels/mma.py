@@ -148,8 +148,7 @@ if HAVE_GLUON:
                       BITS: gl.constexpr, BLOCK_R: gl.constexpr, BM: gl.constexpr, KS: gl.constexpr, num_warps: gl.constexpr):
         """(part, xs) plus KS more k from k0: the float32 MMA sums of the tile's components against
         the block's rows (with 128 + q, or 16 (128 + h) + 128 + l at 8 bits) and the float32 sums of
-        the bf16 x the MMA saw, per row (KS = 64: half a group a step keeps the registers of the
-        A words at 16 a thread)."""
+        the bf16 x the MMA saw, per row (KS: :data:`SHRINK_KS`, a group or half of one a step)."""
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
         aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -372,6 +371,7 @@ def _max_rows(plan: RowPlan, dset: DeltaSet) -> int:
 
 
 def block_m(plan: RowPlan, dset: DeltaSet) -> int:
+    """Rows a row block holds (the MMA's N side: 8 or 16)."""
     return 8 if _max_rows(plan, dset) <= 8 else 16
 
 
@@ -442,8 +442,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> to
     G = -(-K // GROUP)
     per = dset.n_slices * T * nb
     # groups a program takes one after the other (a memory round trip each): the fewest that keep the
-    # launch near SHRINK_PROGRAMS, at most MAX_GPS (32 serial groups at 64 rows over 32 fine-tunes
-    # made the layer 1.27x slower than the GEMV kernels; more programs cost less than a longer chain)
+    # launch near SHRINK_PROGRAMS, at most MAX_GPS (at 64 rows over 32 fine-tunes the rule alone gave
+    # 32; capped at 4, or at 1, the layer measured the same: 1.22x / 1.24x the GEMV kernels' time)
     gps = next((g for g in (1, 2, 4, 8, 16, 32) if g >= MAX_GPS or per * -(-G // g) <= SHRINK_PROGRAMS), MAX_GPS)
     z = torch.zeros(M, max(dset.zcols, 1), dtype=torch.float32, device=x.device)
     _shrink_kernel[(dset.n_slices * T, -(-G // gps), nb)](
