@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_kernels import GROUPS, Bench, copy_bandwidth, modules_fn, time_graph  # noqa: E402
 
-from deltastore.kernels import mma, plan_rows  # noqa: E402
+from deltastore.kernels import mma, plan_rows, ref_ops  # noqa: E402
+from deltastore.kernels.linear import apply_deltas  # noqa: E402
 
 
 def main() -> None:
@@ -32,6 +33,8 @@ def main() -> None:
     args = ap.parse_args()
     import json
 
+    if not mma.HAVE_GLUON:
+        sys.exit("the mma kernels need Triton with Gluon")
     variants = json.loads(args.mma_cfgs)
     defaults = {k: getattr(mma, k) for v in variants for k in v}
     dev = torch.device("cuda")
@@ -65,9 +68,6 @@ def main() -> None:
         for v in keys:
             use(v)
             # the delta part of the first copy's layer against the torch reference, per group
-            from deltastore.kernels import ref_ops
-            from deltastore.kernels.linear import apply_deltas
-
             e = 0.0
             for gi, (_, ms, K) in enumerate(bench.groups):
                 ds = bench.copies[0].sets[nt][gi]
@@ -92,7 +92,6 @@ def main() -> None:
             print(row, flush=True)
             lines.append(row)
     os.environ.pop("DELTASTORE_MMA", None)
-    assert mma.HAVE_GLUON
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")

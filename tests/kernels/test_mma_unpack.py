@@ -170,7 +170,8 @@ def test_the_kernels_serve_batches_of_several_fine_tunes_at_4_to_16_rows_each(mo
     sets = {}
     for slots in (1, 8):
         ds = DeltaSet(64, [64])
-        ds._slots = [[None]] * slots  # only the slot count matters to the choice
+        for _ in range(slots):
+            ds.add([None])  # only the slot count matters to the choice
         sets[slots] = ds
     x = torch.empty(1, 64)
 
