@@ -127,3 +127,47 @@ def test_grouped_chunk_frames_equal_with_and_without_the_compiled_loop(monkeypat
     monkeypatch.setattr(planes, "_FAST", None)  # as where numba does not import
     assert planes._frames(c, grouped, spans) == with_loop
     assert with_loop[2] == b"" and with_loop[3] == b""
+
+
+def _sparse_plane(n: int = 400_003, changed: float = 0.01) -> np.ndarray:
+    """A checkpoint series' plane: ~1% of the elements nonzero (small codes), the rest 0."""
+    rng = np.random.default_rng(11)
+    a = np.zeros(n, np.uint8)
+    at = rng.random(n) < changed
+    a[at] = rng.integers(1, 9, int(at.sum()))
+    return a
+
+
+def test_sparse_planes_keep_the_smaller_of_the_two_frames(monkeypatch):
+    """A frame under 1/SPARSE_RATIO of its plane is made again at zstd's level 1 and the smaller
+    kept: on a series-like plane that is zstd level 1's frame, clearly smaller than the skip-ahead
+    one; a dense plane keeps the skip-ahead frame; both decode exactly."""
+    c = _zstd_encode.LiteralCompressor(16)
+    level1 = zstandard.ZstdCompressor(level=_zstd_encode.SPARSE_LEVEL)
+    sparse, dense = _sparse_plane(), _samples()[3]
+    got = c.compress(sparse)
+    monkeypatch.setattr(_zstd_encode, "SPARSE_RATIO", 1 << 40)  # the rule off: the skip-ahead frame alone
+    skip = c.compress(sparse)
+    monkeypatch.undo()
+    assert got == level1.compress(sparse.tobytes()) and len(got) < 0.85 * len(skip)
+    assert zstandard.ZstdDecompressor().decompress(got) == sparse.tobytes()
+    assert len(skip) * _zstd_encode.SPARSE_RATIO < sparse.size  # (the rule applied)
+    dense_frame = c.compress(dense)
+    assert len(dense_frame) * _zstd_encode.SPARSE_RATIO >= dense.size  # (not applied: one frame)
+
+
+def test_compiled_frames_are_the_same_frames():
+    """codec._numba makes the frames of a chunk in one call with the same two contexts and the same
+    capacities: byte for byte what compress() makes, sparse planes included."""
+    fx = planes.fast()
+    if fx is None:
+        pytest.skip("numba does not import here")
+    from deltastore.codec import _numba
+
+    assert int(_numba.SPARSE_RATIO) == _zstd_encode.SPARSE_RATIO
+    c = _zstd_encode.LiteralCompressor(16)
+    parts = _samples()[1:] + [_sparse_plane(), _sparse_plane(70_001, 0.001)]
+    src = np.concatenate(parts)
+    lens = np.array([p.size for p in parts], dtype=np.uint64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.uint64)
+    assert c.compress_segments(src, starts, lens, fx.compress_frames) == [c.compress(p) for p in parts]
