@@ -96,50 +96,60 @@ def changed_bits(pairs) -> int:
 
 
 def chain_table(ckpts: list[Path], base: dict, say, series_repeat: int) -> None:
-    """Per checkpoint of a series stored as the store does it now (deltastore.chains): the run's
-    first checkpoint against the base model (the series' root), then checkpoint n against the
-    checkpoint whose index is n with its lowest set bit cleared (the root when 0)."""
-    from deltastore.chains import skip_index
+    """Per checkpoint of a series, the default lossless codec's bytes against three delta bases:
+    the previous checkpoint (an unbounded chain), the pure skip-delta base (index n with its lowest
+    set bit cleared: deltastore.chains before the nineteenth session), and the base the
+    store chooses now (deltastore.chains.base_index: linear runs, skip-deltas every LINEAR-th).
+    The run's first checkpoint is stored against the base model (the series' root) in every column."""
+    from deltastore.chains import base_index, chain_depth, linear, skip_index
 
+    run = linear()
+    say(f"Store's series base: deltastore.chains.base_index with LINEAR = {run}.  ")
+    say("")
     say("| checkpoint (series index) | elements changed since the previous save | bits changed | zipnn MB (alone) "
-        "| v1 MB vs previous | v2 MB vs previous | v2 MB vs skip-delta base (base) | x zipnn: v1 prev | v2 prev | v2 skip |")
+        "| MB vs previous | MB vs skip-delta base (base) | MB vs the store's base (base; deltas walked) "
+        "| x zipnn: previous | skip | store |")
     say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     paths: list[Path | None] = [None]  # series index -> checkpoint file (0: the base model)
     prev = base
-    tot = dict(z=0, v1=0, v2=0, sk=0)
-    v1c, v2c = Lossless(by_exponent=False), Lossless(by_exponent=True)
+    tot = dict(z=0, prev=0, sk=0, st=0)
+    worst = dict(prev=float("inf"), sk=float("inf"), st=float("inf"))
+    codec = Lossless()
+
+    def against(k: int, j: int, b_prev: int, cur: dict) -> tuple[int, str]:
+        target = 0 if k == 1 else (j or 1)  # the series index of the delta base (0: the base model, 1: the root)
+        if target == k - 1:
+            return b_prev, "previous" if k > 1 else "the base model"
+        sb = load_file(str(paths[target]))
+        return (sum(len(to_bytes(codec.encode(t, b))) for _, t, b in changed_pairs(sb, cur)),
+                f"index {target}" if target > 1 else "the root")
+
     for k, c in enumerate(ckpts, start=1):
         cur = load_file(str(c / "model.safetensors"))
         pr = changed_pairs(prev, cur)
         nel = sum(t.numel() for t in cur.values())
         nbits = sum(t.numel() * t.element_size() * 8 for t in cur.values())
-        b1 = sum(len(to_bytes(v1c.encode(t, b))) for _, t, b in pr)
-        b2 = sum(len(to_bytes(v2c.encode(t, b))) for _, t, b in pr)
-        j = skip_index(k) if k > 1 else 0
-        target = 0 if k == 1 else (j or 1)  # the series index of the delta base (0: the base model, 1: the root)
-        if target == k - 1:
-            bs, sname = b2, "previous"
-        else:
-            sb = load_file(str(paths[target]))
-            bs = sum(len(to_bytes(v2c.encode(t, b))) for _, t, b in changed_pairs(sb, cur))
-            sname = f"index {target}" if target > 1 else "the root"
-            del sb
+        bp = sum(len(to_bytes(codec.encode(t, b))) for _, t, b in pr)
+        bs, sname = against(k, skip_index(k) if k > 1 else 0, bp, cur)
+        bt, tname = against(k, base_index(k, run) if k > 1 else 0, bp, cur)
         zc = bench_zipnn(c / "model.safetensors", series_repeat)
         zb = zc["bytes"] if zc else float("nan")
-        say(f"| {c.name} ({k}) | {changed_elements(pr) / nel:.2%} | {changed_bits(pr) / nbits:.3%} | {zb / MB:.2f} | {b1 / MB:.2f} | "
-            f"{b2 / MB:.2f} | {bs / MB:.2f} ({sname if k > 1 else 'the base model'}) | {zb / b1:.0f}x | {zb / b2:.0f}x | {zb / bs:.0f}x |")
+        say(f"| {c.name} ({k}) | {changed_elements(pr) / nel:.2%} | {changed_bits(pr) / nbits:.3%} | {zb / MB:.2f} | {bp / MB:.2f} | "
+            f"{bs / MB:.2f} ({sname}) | {bt / MB:.2f} ({tname}; {chain_depth(k, run) + 1}) | {zb / bp:.0f}x | {zb / bs:.0f}x | {zb / bt:.0f}x |")
         if k > 1:  # the root's row is a fine-tune against the base model, not a step of the series
+            for key, v in (("prev", bp), ("sk", bs), ("st", bt)):
+                tot[key] += v
+                worst[key] = min(worst[key], zb / v)
             tot["z"] += zb
-            tot["v1"] += b1
-            tot["v2"] += b2
-            tot["sk"] += bs
         paths.append(c / "model.safetensors")
         prev = cur
-    if tot["v1"]:
+    if tot["prev"]:
         say("")
-        say(f"Checkpoints 2..{len(ckpts)} together: zipnn {tot['z'] / MB:.1f} MB; v1 vs previous {tot['v1'] / MB:.2f} MB "
-            f"({tot['z'] / tot['v1']:.0f}x); v2 vs previous {tot['v2'] / MB:.2f} MB ({tot['z'] / tot['v2']:.0f}x); "
-            f"v2 vs skip-delta base {tot['sk'] / MB:.2f} MB ({tot['z'] / tot['sk']:.0f}x).")
+        say(f"Checkpoints 2..{len(ckpts)} together: zipnn {tot['z'] / MB:.1f} MB; against the previous "
+            f"{tot['prev'] / MB:.2f} MB ({tot['z'] / tot['prev']:.0f}x, worst checkpoint {worst['prev']:.0f}x); "
+            f"skip-deltas {tot['sk'] / MB:.2f} MB ({tot['z'] / tot['sk']:.0f}x, worst {worst['sk']:.0f}x); "
+            f"the store's bases {tot['st'] / MB:.2f} MB ({tot['z'] / tot['st']:.0f}x, worst {worst['st']:.0f}x).")
+
 
 #: what a compiled helper would do, for --compiled-probe: v2's grouping (a counting sort fused with
 #: the plane split) and the difference transform, in C. Compiled at run time with the system's cc
@@ -1071,7 +1081,8 @@ def main(argv=None) -> int:
         say("")
         say(f"Series: {json.dumps(cmeta) if cmeta else args.chain.name}; checkpoints {', '.join(c.name for c in chain_ckpts)}.  ")
         say("Checkpoint 1 is the series' root (a fine-tune of the base model); checkpoint n > 1 is stored against "
-            "checkpoint n with its lowest set bit cleared (the root when that is 0): deltastore.chains.")
+            "its predecessor, or where n's lowest set bit is LINEAR or more against n with that bit cleared (the root "
+            "when that is 0): deltastore.chains.base_index.")
         say("")
         if not args.skip_chain_table:
             chain_table(chain_ckpts, base, say, args.series_repeat)

@@ -1,24 +1,34 @@
-"""Checkpoint series: which version a new checkpoint deltas against (skip-deltas, as in FSFS).
+"""Checkpoint series: which version a new checkpoint deltas against (linear near the head, skip-deltas beyond, as in FSFS).
 
 A training run stored as ``deltastore add finetune RUN PATH --base RUN@latest --codec lossless``
 would chain every checkpoint on the one before, so a checkout of checkpoint n decodes n deltas
 (each lossless delta needs its base's exact bits). Subversion's FSFS bounds the same walk with
-*skip-deltas*, and this module does the same:
+*skip-deltas*, and since Subversion 1.8 it deltas on the predecessor until the skip would reach
+back :data:`LINEAR` (its ``max-linear-deltification``, default 16) or more; this module does the same:
 
 - the **series** of a model is its run of versions since the last one whose base is outside the
   model (its **root**: usually v1, the first checkpoint, a delta against the base model); versions
   are numbered in the series from 1, the root (so when the root is v1, index = version number);
-- the version at index k > 1 deltas against the version at index ``k & (k - 1)`` (k with its lowest
-  set bit cleared), the root when that is 0. A checkout of index k walks popcount(k) <= log2(k) + 1
-  deltas to the root, plus the root's own; every odd index (half the checkpoints) still deltas
-  against its predecessor, whose difference is the smallest, and the others against an older
-  checkpoint, whose difference is larger but still far below a full copy.
+- the version at index k > 1 deltas against its predecessor, index k - 1, unless k's lowest set
+  bit is :data:`LINEAR` or more; then against index ``k & (k - 1)`` (k with that bit cleared), the
+  root when that is 0 (:func:`base_index`). So 15 of every 16 checkpoints delta on their
+  predecessor, whose difference is the smallest, and every 16th on an older one (16, 32 on the
+  root, 48 on 32, ...). A checkout of index k walks at most LINEAR - 1 + popcount(k // LINEAR)
+  deltas to the root (:func:`chain_depth`: 15 up to k = 15, 16 up to 31, 21 up to 1,023), plus the root's own.
 
-Why skip-deltas rather than a full snapshot every K versions: a snapshot costs a whole lossless
-model (zipnn-sized, ~0.67 of the fine-tune) every K checkpoints, while a skip-delta costs a delta
-against a checkpoint a few saves back; and the walk is log2(n) for every n, with no K to tune.
-Why not always delta against the root (an anchor): the difference to the root grows with the
-run, so late checkpoints would cost nearly what a fine-tune of the base costs.
+Why not pure skip-deltas (every even index on an older checkpoint: a walk of popcount(k) <= log2(k) + 1,
+what this module did before): a difference grows with the distance between checkpoints, and the
+skips cost bytes on half the checkpoints. Measured on a real small-lr SmolLM2 run saved every 10
+steps (benchmarks/results/lossless_amd-epyc-2c.md, run 53): checkpoint 8 against the root took 3.96
+MB against 1.45 on its predecessor, 45x under zipnn where the issue asks for 50x, and checkpoints
+2-10 together 1.29x the bytes of a linear chain (19.82 against 15.33 MB; every one of them 77x or more
+under zipnn with this module's bases). ``DELTASTORE_SERIES_LINEAR=1`` chooses pure
+skip-deltas again (Subversion's own setting for that: 1), a larger power of two longer linear runs.
+
+Why not a full snapshot every K versions: a snapshot costs a whole lossless model (zipnn-sized,
+~0.67 of the fine-tune) every K checkpoints, while a skip-delta costs a delta against a checkpoint
+a few saves back. Why not always delta against the root (an anchor): the difference to the root
+grows with the run, so late checkpoints would cost nearly what a fine-tune of the base costs.
 
 Lineage: the version's recorded base (``log``'s "base", ``lineage``'s tree, what ``rm`` protects
 and a checkout walks) is the *actual* delta base, because that is the dependency. The series
@@ -33,6 +43,7 @@ but never wrong (any version of the model is a valid base for a lossless delta).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -40,17 +51,20 @@ from sqlalchemy.orm import aliased
 
 from . import codec as codecs
 from .catalog import Model, Version
-from .errors import ChainTooDeepError, CorruptObjectError, NotFoundError, ObjectMissingError
+from .errors import BadInputError, ChainTooDeepError, CorruptObjectError, NotFoundError, ObjectMissingError
 from .lookup import resolve_version
 from .protocols import StoreView
 
+#: a series deltas each checkpoint on its predecessor until the skip-delta would reach back this far
+#: (Subversion 1.8's ``max-linear-deltification`` and its default; ``DELTASTORE_SERIES_LINEAR``)
+LINEAR = 16
 #: metrics key under which a series version records the checkpoint it was added after
 PREVIOUS_KEY = "series_previous"
 #: the deepest base chain (links from a version down to its root base) a version may have: a
 #: tensor is rebuilt by recursing down the chain (materialize.tensor_bytes, a Python frame a
 #: link), and Python stops at 1,000 frames, so a deeper chain failed midway with RecursionError,
 #: reported as a corrupt manifest; half that leaves room for the caller's own stack. A series
-#: stays far below it (log2(n) + 1 deltas: :func:`delta_base`)
+#: stays far below it (LINEAR - 1 + log2(n) deltas: :func:`chain_depth`)
 MAX_BASE_CHAIN = 500
 
 
@@ -117,24 +131,47 @@ class DeltaBase:
     index: int | None  # the new version's index in its series (None: not a series add)
 
 
+def linear() -> int:
+    """:data:`LINEAR`, or ``DELTASTORE_SERIES_LINEAR`` where set (a whole number >= 1; 1: skip-deltas only)."""
+    env = os.environ.get("DELTASTORE_SERIES_LINEAR")
+    if env is None:
+        return LINEAR
+    if not (env.isascii() and env.isdigit() and 1 <= int(env) <= 1 << 20):
+        raise BadInputError(f"DELTASTORE_SERIES_LINEAR={env!r}: give a whole number from 1 to {1 << 20}")
+    return int(env)
+
+
 def skip_index(k: int) -> int:
-    """Index of the delta base of series index ``k`` >= 1: ``k`` with its lowest set bit cleared
-    (0 means the root, index 1)."""
+    """Index of the skip-delta base of series index ``k`` >= 1: ``k`` with its lowest set bit
+    cleared (0 means the root, index 1)."""
     if k <= 0:
         raise ValueError(f"series index must be positive, got {k}")
     return k & (k - 1)
 
 
-def chain_depth(k: int) -> int:
+def base_index(k: int, run: int | None = None) -> int:
+    """Index of the delta base of series index ``k`` >= 1 (0 means the root, index 1): ``k - 1``
+    where ``k``'s lowest set bit is under ``run`` (default :func:`linear`), else :func:`skip_index`."""
+    low = k & -k if k > 0 else 0
+    run = linear() if run is None else run
+    return k - 1 if low < run else skip_index(k)
+
+
+def chain_depth(k: int, run: int | None = None) -> int:
     """Deltas a checkout of series index ``k`` walks down to the series' root (the root's own not counted)."""
-    return 0 if k == 1 else bin(k).count("1")
+    run = linear() if run is None else run
+    n = 0
+    while k > 1:
+        k = base_index(k, run)
+        n += 1
+    return n
 
 
 def delta_base(store: StoreView, name: str, base_ref: str, codec: codecs.Codec | None) -> DeltaBase:
     """The base a new version of ``name`` should delta against when the caller asked for ``base_ref``.
 
     Only a lossless add whose ``base_ref`` names the latest version of ``name`` itself (a checkpoint
-    series: ``--base RUN@latest``) is redirected to its skip-delta base; any other add keeps the base
+    series: ``--base RUN@latest``) is redirected to its series base (:func:`base_index`); any other add keeps the base
     it named (a lossy delta on a lossy delta would stack errors, and an explicit older base is a choice)."""
     same = DeltaBase(base_ref, None, None)
     if codec is None or not codec.lossless:
@@ -160,7 +197,7 @@ def delta_base(store: StoreView, name: str, base_ref: str, codec: codecs.Codec |
         if root is None:  # every version chains inside the model (hand-made): nothing to bound
             return same
         k = prev.number + 2 - root  # the new version's index (the root's is 1)
-        j = skip_index(k)
+        j = base_index(k)
         target = root + j - 1 if j else root
         if target == prev.number:
             return DeltaBase(base_ref, None, k)

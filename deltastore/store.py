@@ -130,8 +130,9 @@ class Store:
 
         Tensors the codec does not take (embeddings, lm_head, norms for lossy codecs) go lossless;
         tensors whose bits equal the base's cost nothing. A lossless checkpoint series (``base`` is
-        ``name``'s own latest version) deltas against its skip-delta base instead (:mod:`.chains`),
-        so a checkout walks at most log2(n) + 1 deltas; the named base is kept in the metrics."""
+        ``name``'s own latest version) deltas against its series base instead (:mod:`.chains`: the
+        predecessor, every 16th checkpoint a skip-delta), so a checkout walks at most 15 + log2(n / 16)
+        + 1 deltas; the named base is kept in the metrics."""
         use = resolve_codec(codec)
         choice = chains.delta_base(self, name, base, use)
         chains.check_depth(self, choice.ref, adding=True)

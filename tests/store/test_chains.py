@@ -1,5 +1,5 @@
-"""Checkpoint series: skip-delta bases bound the chain a checkout walks, and every checkpoint
-comes back byte-exact (deltastore.chains)."""
+"""Checkpoint series: linear runs with skip-deltas beyond bound the chain a checkout walks, and
+every checkpoint comes back byte-exact (deltastore.chains)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import torch
 
-from deltastore.chains import PREVIOUS_KEY, chain_depth, skip_index
+import pytest
+
+from deltastore.chains import LINEAR, PREVIOUS_KEY, base_index, chain_depth, skip_index
+from deltastore.errors import BadInputError
 
 from ..conftest import finetune_of, llama_like, tree_hashes, write_model
 
@@ -23,11 +26,36 @@ def depth(store, ref: str) -> int:
 
 def test_skip_index_is_fsfs_skip_deltas():
     assert [skip_index(k) for k in range(1, 17)] == [0, 0, 2, 0, 4, 4, 6, 0, 8, 8, 10, 8, 12, 12, 14, 0]
-    assert max(chain_depth(k) for k in range(1, 1024)) == 10  # log2(n) + 1 at most
+    assert [base_index(k, 1) for k in range(1, 1025)] == [skip_index(k) for k in range(1, 1025)]  # LINEAR 1: skips only
+    assert max(chain_depth(k, 1) for k in range(1, 1024)) == 10  # log2(n) + 1 at most
     assert sum(skip_index(k) == k - 1 for k in range(1, 1025)) == 512  # half delta on their predecessor
 
 
-def test_sixteen_chained_checkpoints_check_out_exact_with_a_short_chain(store, tmp_path: Path):
+def test_series_bases_are_linear_then_skip_as_subversion_18():
+    """Subversion 1.8's FSFS (max-linear-deltification = 16): the predecessor unless the skip-delta
+    would reach back 16 or more; so 15 of 16 checkpoints delta on their predecessor, and the walk
+    stays bounded (LINEAR - 1 + log2(n / LINEAR) + 1)."""
+    assert LINEAR == 16
+    assert [base_index(k) for k in range(1, 18)] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0, 16]
+    assert [base_index(k) for k in (32, 33, 48, 64, 80, 96, 112, 128)] == [0, 32, 32, 0, 64, 64, 96, 0]
+    assert sum(base_index(k) == k - 1 for k in range(2, 1025)) == 1023 - 64
+    assert [chain_depth(k) for k in (1, 2, 15, 16, 17, 31, 32, 48, 63)] == [0, 1, 14, 1, 2, 16, 1, 2, 17]
+    assert max(chain_depth(k) for k in range(1, 1024)) == 21
+    assert max(chain_depth(k, 4) for k in range(1, 17)) == 5
+
+
+def test_the_series_run_length_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DELTASTORE_SERIES_LINEAR", "4")
+    assert [base_index(k) for k in range(1, 9)] == [0, 1, 2, 0, 4, 5, 6, 0]
+    for bad in ("0", "-1", "x", "1.5", ""):
+        monkeypatch.setenv("DELTASTORE_SERIES_LINEAR", bad)
+        with pytest.raises(BadInputError, match="DELTASTORE_SERIES_LINEAR"):
+            base_index(5)
+
+
+def test_sixteen_chained_checkpoints_check_out_exact_with_a_short_chain(store, tmp_path: Path, monkeypatch):
+    """Runs of 4 (DELTASTORE_SERIES_LINEAR=4) so that 16 checkpoints show both the linear runs and the skips."""
+    monkeypatch.setenv("DELTASTORE_SERIES_LINEAR", "4")
     base = llama_like(0, hidden=16, layers=1, vocab=32)
     store.add_base("smol", write_model(tmp_path / "base", base))
     cur, srcs = base, []
@@ -37,16 +65,17 @@ def test_sixteen_chained_checkpoints_check_out_exact_with_a_short_chain(store, t
         srcs.append(src)
         v = store.add_finetune("run", src, base="smol" if i == 0 else "run@latest", codec="lossless")
         assert v.number == i + 1
-    # the actual bases: v1 on the base model, then v(n) on n-1 from the root v1 with its lowest bit cleared
-    want = {1: "smol@v1", 2: "run@v1", 3: "run@v2", 4: "run@v1", 5: "run@v4", 6: "run@v4", 7: "run@v6",
-            8: "run@v1", 12: "run@v8", 15: "run@v14", 16: "run@v1"}
+    # the actual bases: v1 on the base model, then v(n) on v(n-1) unless n's lowest set bit is 4 or
+    # more: then on n with that bit cleared (v1, the root, for 0)
+    want = {1: "smol@v1", 2: "run@v1", 3: "run@v2", 4: "run@v1", 5: "run@v4", 6: "run@v5", 7: "run@v6",
+            8: "run@v1", 9: "run@v8", 12: "run@v8", 13: "run@v12", 15: "run@v14", 16: "run@v1"}
     for n, b in want.items():
         v = store.resolve(f"run@v{n}")
         assert v.base == b, n
         # the checkpoint it was saved after is kept where the delta base differs from it
         assert v.metrics.get(PREVIOUS_KEY) == (None if b in (f"run@v{n - 1}", "smol@v1") else f"run@v{n - 1}"), n
-    assert max(depth(store, f"run@v{n}") for n in range(1, 17)) <= 5
-    assert depth(store, "run@v16") == 2 and depth(store, "run@v15") == 5
+    assert max(depth(store, f"run@v{n}") for n in range(1, 17)) == 6
+    assert depth(store, "run@v16") == 2 and depth(store, "run@v15") == 6 and depth(store, "run@v11") == 5
     for n in range(1, 17):
         out = tmp_path / f"out{n}"
         assert store.checkout(f"run@v{n}", out).exact
@@ -73,8 +102,10 @@ def test_other_adds_keep_the_base_they_name(store, tmp_path: Path):
     assert torch.equal(store.tensor("r@v3", "lm_head.weight").view(torch.uint8), c["lm_head.weight"].view(torch.uint8))
 
 
-def test_the_cli_series_add_uses_skip_deltas(tmp_path: Path):
-    """`deltastore add finetune RUN PATH --base RUN@latest --codec lossless`, as the issue writes it."""
+def test_the_cli_series_add_uses_skip_deltas(tmp_path: Path, monkeypatch):
+    """`deltastore add finetune RUN PATH --base RUN@latest --codec lossless`, as the issue writes it
+    (runs of 2, so that 4 checkpoints take a skip: v4 on the root)."""
+    monkeypatch.setenv("DELTASTORE_SERIES_LINEAR", "2")
     import json
 
     from ..clirun import cli
