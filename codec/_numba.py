@@ -178,21 +178,39 @@ def gather2_x512(words, base, shift, fmask, pos, out, fctx):
 def _compress_block32(typingctx, words, i, src, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
     """The encode's inverse of :func:`_block32`: the 32 words ``src[i:i + 32]`` whose exponent is
     one of ``fctx[:k]`` compress-stored at ``words[pos[c]:]`` (exactly the lanes of c, in order;
-    ``pos[c]`` advanced); returns the mask of the other lanes. LLVM's generic compress-store: on a
-    CPU without VBMI2 it is lowered to scalar stores (correct), so this compiles anywhere."""
+    ``pos[c]`` advanced); returns the mask of the other lanes. Where the host has VBMI2: a register
+    compress and a masked store of the first popcount lanes (:func:`_host_vbmi2`: on Zen 4 the
+    memory form of the compress, which LLVM's generic compress-store becomes, is microcoded: the
+    whole scatter ran 5x slower than the scalar one); elsewhere LLVM's generic compress-store,
+    lowered to scalar stores on a CPU without VBMI2 (correct), so this compiles anywhere."""
     sig = types.uint32(words, i, src, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
         wd, sd, pd, fd, at, kk, ctx = _block_args(context, builder, signature, args)
         data = builder.load(builder.bitcast(builder.gep(sd, [at]), _V32I16.as_pointer()), align=2)
-        store = _fn(builder, "llvm.masked.compressstore.v32i16", ir.VoidType(), [_V32I16, wd.type, _V32I1])
+        reg = _host_vbmi2()
+        if reg:  # compress in a register, then store its first popcount lanes (see _host_vbmi2)
+            comp = _fn(builder, "llvm.x86.avx512.mask.compress.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
+            mstore = _fn(builder, "llvm.masked.store.v32i16.p0", ir.VoidType(), [_V32I16, _V32I16.as_pointer(), _I32, _V32I1])
+        else:
+            store = _fn(builder, "llvm.masked.compressstore.v32i16", ir.VoidType(), [_V32I16, wd.type, _V32I1])
         served = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
         with cgutils.for_range(builder, kk) as loop:
             c = builder.load(builder.gep(fd, [loop.index]))
             lanes = builder.icmp_unsigned("==", ctx, _splat(builder, c, 32))
             slot = builder.gep(pd, [builder.zext(c, _I64)])
             p = builder.load(slot)
-            builder.call(store, [data, builder.gep(wd, [builder.zext(p, _I64)]), lanes])
+            dst = builder.gep(wd, [builder.zext(p, _I64)])
+            if reg:
+                packed = builder.call(comp, [data, ir.Constant(_V32I16, None), lanes])
+                n = builder.ctpop(builder.bitcast(lanes, _I32))
+                # the first n lanes: ~0 >> (32 - n), and none for n = 0 (a shift by 32 is poison)
+                first = builder.select(builder.icmp_unsigned("==", n, ir.Constant(_I32, 0)), ir.Constant(_I32, 0),
+                                       builder.lshr(ir.Constant(_I32, 0xFFFFFFFF), builder.sub(ir.Constant(_I32, 32), n)))
+                builder.call(mstore, [packed, builder.bitcast(dst, _V32I16.as_pointer()), ir.Constant(_I32, 2),
+                                      builder.bitcast(first, _V32I1)])
+            else:
+                builder.call(store, [data, dst, lanes])
             bits = builder.bitcast(lanes, _I32)
             builder.store(builder.add(p, builder.ctpop(bits)), slot)
             builder.store(builder.or_(builder.load(served), bits), served)
@@ -242,6 +260,24 @@ def x512_frequent(counts):
 
 
 _X512: bool | None = None
+
+
+def _host_vbmi2() -> bool:
+    """Whether LLVM compiles for a host with AVX-512 BW and VBMI2 (numba's own target: the host
+    unless NUMBA_CPU_NAME says otherwise), read when a kernel is generated: it picks the scatter's
+    form (:func:`_compress_block32`). Measured on the dev VMs (run 53 of
+    benchmarks/results/lossless_amd-epyc-2c.md): on a Zen 4 EPYC the generic compress-store (the
+    memory form of vpcompressw, microcoded there) made the scatter 9-11 ns an element against the
+    scalar scatter's 1.6-2.4; on the Zen 5 of run 52 it was 0.41 against 0.81 ns, and the register
+    form 0.38."""
+    try:
+        from llvmlite import binding
+        from numba.core import config
+
+        feats = binding.get_host_cpu_features()
+        return config.CPU_NAME in (None, "host") and bool(feats.get("avx512bw")) and bool(feats.get("avx512vbmi2"))
+    except Exception:  # noqa: BLE001 - no features known: the generic form
+        return False
 
 
 def x512_available() -> bool:
@@ -731,11 +767,11 @@ SPARSE_RATIO = np.uint64(4)
 def _frame(fn, cctx, sparse, out, o, cap, src, n):
     """One zstd frame of ``n`` bytes at address ``src`` into ``out[o:]`` (``cap`` bytes there), as
     ``LiteralCompressor.compress`` makes it: on ``cctx``, and where that frame is under 1/SPARSE_RATIO
-    of ``n``, again on ``sparse`` into the space after it with one byte less than it took, moved
-    down where that fitted. Returns the frame's size or a zstd error code (above ``cap``)."""
+    of ``n``, again on ``sparse`` (where not 0) into the space after it with one byte less than it
+    took, moved down where that fitted. Returns the frame's size or a zstd error code (above ``cap``)."""
     dst = np.uint64(out.ctypes.data) + o
     z = _call_u64x5(fn, cctx, dst, cap, src, n)
-    if z <= cap and z * SPARSE_RATIO < n and z > _U1:
+    if z <= cap and z * SPARSE_RATIO < n and z > _U1 and sparse != _U0:
         z2 = _call_u64x5(fn, sparse, dst + z, z - _U1, src, n)
         if z2 < z:
             out[o:o + z2] = out[o + z:o + z + z2]  # (disjoint: z2 < z)

@@ -74,7 +74,7 @@ class LiteralCompressor:
     literals Huffman-coded: ``compress(data) -> bytes`` (one frame, its content size in the
     header), as python-zstandard's compressor. One context: one thread at a time."""
 
-    def __init__(self, accel: int):
+    def __init__(self, accel: int, sparse: bool = True):
         ffi, lib = _backend()
         self._ffi, self._lib = ffi, lib
         self._cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
@@ -86,10 +86,12 @@ class LiteralCompressor:
                              (lib.ZSTD_c_targetLength, int(accel)),
                              (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable)):
             self._check(lib.ZSTD_CCtx_setParameter(self._cctx, param, value))
-        self._sparse = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
-        if self._sparse == ffi.NULL:
-            raise MemoryError("ZSTD_createCCtx failed")
-        self._check(lib.ZSTD_CCtx_setParameter(self._sparse, lib.ZSTD_c_compressionLevel, SPARSE_LEVEL))
+        self._sparse = None  # the second context for sparse planes (``sparse=False``: none, one frame each, as before)
+        if sparse:
+            self._sparse = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
+            if self._sparse == ffi.NULL:
+                raise MemoryError("ZSTD_createCCtx failed")
+            self._check(lib.ZSTD_CCtx_setParameter(self._sparse, lib.ZSTD_c_compressionLevel, SPARSE_LEVEL))
         self._out = bytearray(0)
         self._out_ptr = None
 
@@ -112,7 +114,7 @@ class LiteralCompressor:
         k = self._lib.ZSTD_compress2(self._cctx, self._out_ptr, len(self._out), src_ptr, n)
         if k > bound:  # a zstd error code (near 2**64): no frame outgrows its bound
             self.raise_for(k)
-        if k * SPARSE_RATIO < n:  # a sparse plane: zstd's own settings, into the space after the frame
+        if k * SPARSE_RATIO < n and self._sparse is not None:  # a sparse plane: zstd's own settings, into the space after the frame
             k2 = self._lib.ZSTD_compress2(self._sparse, self._out_ptr + k, k - 1, src_ptr, n)
             if k2 < k:  # else an error (it did not fit in k - 1 bytes): the first frame stays
                 return bytes(memoryview(self._out)[k:k + k2])
@@ -123,7 +125,7 @@ class LiteralCompressor:
         context for sparse planes), for compiled code that compresses with it (``codec._numba``,
         which applies :data:`SPARSE_RATIO` as :meth:`compress` does) while this object lives."""
         return (_compress2_address(), int(self._ffi.cast("uintptr_t", self._cctx)),
-                int(self._ffi.cast("uintptr_t", self._sparse)))
+                0 if self._sparse is None else int(self._ffi.cast("uintptr_t", self._sparse)))
 
     def raise_for(self, code: int) -> None:
         """Raise the error a ``ZSTD_compress2`` result ``code`` names (compiled callers check sizes
@@ -176,6 +178,6 @@ def _compress2_address() -> int:
     return _COMPRESS2
 
 
-def make(accel: int) -> LiteralCompressor | None:
+def make(accel: int, sparse: bool = True) -> LiteralCompressor | None:
     """A :class:`LiteralCompressor`, or None where python-zstandard's cffi backend does not load."""
-    return LiteralCompressor(accel) if _backend() is not None else None
+    return LiteralCompressor(accel, sparse) if _backend() is not None else None

@@ -171,3 +171,16 @@ def test_compiled_frames_are_the_same_frames():
     lens = np.array([p.size for p in parts], dtype=np.uint64)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.uint64)
     assert c.compress_segments(src, starts, lens, fx.compress_frames) == [c.compress(p) for p in parts]
+
+
+def test_without_the_sparse_context_every_path_writes_one_frame_each():
+    """``sparse=False`` (the A/B benchmarks use it): the skip-ahead frame alone, compiled path included."""
+    c = _zstd_encode.LiteralCompressor(16, sparse=False)
+    plane = _sparse_plane()
+    assert c.addresses()[2] == 0
+    one = c.compress(plane)
+    assert len(one) > len(_zstd_encode.LiteralCompressor(16).compress(plane))
+    fx = planes.fast()
+    if fx is not None:
+        lens = np.array([plane.size], dtype=np.uint64)
+        assert c.compress_segments(plane, np.zeros(1, np.uint64), lens, fx.compress_frames) == [one]
