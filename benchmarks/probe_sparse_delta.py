@@ -2,7 +2,6 @@
 frame coders would make of the same grouped planes.
 
     python benchmarks/probe_sparse_delta.py BASE.safetensors TARGET.safetensors [--levels 3,9,19]
-    python benchmarks/probe_sparse_delta.py BASE TARGET --speed ROUNDS   # the shipped rule on / off: bytes, MB/s per core
 
 A checkpoint of a small-lr run changes ~1% of its elements since the one before; stored against an
 older checkpoint (a skip-delta, so a checkout walks few deltas) it changes more. The lossless codec
@@ -15,10 +14,11 @@ planes. This takes the same grouped planes (``codec._numba.diff_group_split``) a
 - an order-0 bound of a sparse coding per group and plane: whether each element is zero
   (binary entropy of the group's zero fraction) plus the nonzero values' order-0 entropy.
 
-``--speed ROUNDS``: the default codec with its sparse planes' second frame (codec/_zstd_encode.py,
-SPARSE_RATIO) against the same codec without it (one frame each, as before), in alternating
-rounds of one process: bytes, and encode / decode MB/s per core (process CPU time, best and
-median of the rounds), every decode checked exact.
+Measured (run 53 of benchmarks/results/lossless_amd-epyc-2c.md): zstd's own level 1 where the
+skip-ahead frame is under 1/4 of its plane takes a delta between consecutive saves of a small-lr
+series to 0.74x its bytes, but on a dense fine-tune it made the encode 13-17% slower for 0.09% of
+bytes (the high planes there are as compressible), so it was not kept; a rule that looks at both
+planes of a group is the lead.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def h0(counts: np.ndarray) -> float:
 
 
 #: a frame this many times smaller than its plane is a sparse one (a checkpoint series' planes)
-SPARSE = 8
+SPARSE = 4
 
 
 class Params:
@@ -81,60 +81,11 @@ def candidates() -> dict[str, Params]:
     }
 
 
-class _OneFrame:
-    """Inside: the planes' compressors without the sparse context (one frame each, as before)."""
-
-    def __enter__(self):
-        self.saved = (_zstd_encode.make, planes._LOCAL)
-        made = self.saved[0]
-        _zstd_encode.make = lambda accel, sparse=True: made(accel, False)
-        planes._LOCAL = type(planes._LOCAL)()  # no thread's cached compressor
-        return self
-
-    def __exit__(self, *exc):
-        _zstd_encode.make, planes._LOCAL = self.saved
-
-
-def speed(pairs: list[tuple[torch.Tensor, torch.Tensor]], rounds: int) -> None:
-    import contextlib
-    import statistics
-
-    from deltastore.codec.serialize import from_bytes
-
-    raw = sum(t.numel() * t.element_size() for t, _ in pairs)
-    codec = Lossless()
-    res = {"second frame for sparse planes (default)": [], "one frame each (before)": []}
-    size = {}
-    for _ in range(rounds):
-        for name, ctx in (("second frame for sparse planes (default)", contextlib.nullcontext()), ("one frame each (before)", _OneFrame())):
-            with ctx:
-                t0 = time.process_time()
-                encs = [codec.encode(t, b) for t, b in pairs]
-                te = time.process_time() - t0
-            blobs = [to_bytes(e) for e in encs]
-            size[name] = sum(len(b) for b in blobs)
-            encs = [from_bytes(b) for b in blobs]
-            t0 = time.process_time()
-            outs = [codec.reconstruct(e, b) for e, (_, b) in zip(encs, pairs)]
-            td = time.process_time() - t0
-            assert all(torch.equal(o.view(torch.int16), t.view(torch.int16)) for o, (t, _) in zip(outs, pairs))
-            res[name].append((raw / te / MB, raw / td / MB))
-    print(f"{len(pairs)} changed bf16 tensors, {raw / MB:.1f} MB; {rounds} alternating rounds, process CPU time")
-    print()
-    print("| frames | MB | encode MB/s per core, best / median | decode MB/s per core, best / median |")
-    print("|---|---:|---|---|")
-    for name, rs in res.items():
-        enc, dec = [r[0] for r in rs], [r[1] for r in rs]
-        print(f"| {name} | {size[name] / MB:.3f} | {max(enc):,.0f} / {statistics.median(enc):,.0f} | "
-              f"{max(dec):,.0f} / {statistics.median(dec):,.0f} |")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("base", help="the delta base's safetensors file")
     ap.add_argument("target", help="the checkpoint's safetensors file")
     ap.add_argument("--levels", default="3,5,7,9,19", help="zstd levels (their own parameters) to code the same frames with")
-    ap.add_argument("--speed", type=int, default=0, metavar="ROUNDS", help="the sparse rule on / off: bytes and speed")
     args = ap.parse_args(argv)
     fx = planes.fast()
     if fx is None:
@@ -142,12 +93,6 @@ def main(argv=None) -> int:
         return 2
     levels = [int(v) for v in args.levels.split(",") if v]
     base, cur = load_file(args.base), load_file(args.target)
-    if args.speed:
-        pairs = [(t, base[n]) for n, t in cur.items() if n in base and t.dtype == torch.bfloat16
-                 and base[n].shape == t.shape and not torch.equal(base[n], t)]
-        print(f"{args.target} against {args.base}")
-        speed(pairs, args.speed)
-        return 0
     v3 = Lossless()
     shift, bits = context_field(torch.bfloat16)
     step = GROUPED_CHUNK_BYTES // 2

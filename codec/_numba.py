@@ -181,8 +181,8 @@ def _compress_block32(typingctx, words, i, src, base, shift, fmask, pos, fctx, k
     ``pos[c]`` advanced); returns the mask of the other lanes. Where the host has VBMI2: a register
     compress and a masked store of the first popcount lanes (:func:`_host_vbmi2`: on Zen 4 the
     memory form of the compress, which LLVM's generic compress-store becomes, is microcoded: the
-    whole scatter ran 5x slower than the scalar one); elsewhere LLVM's generic compress-store,
-    lowered to scalar stores on a CPU without VBMI2 (correct), so this compiles anywhere."""
+    whole grouping ran 5x slower than with the scalar scatter); elsewhere LLVM's generic
+    compress-store, lowered to scalar stores on a CPU without VBMI2 (correct), so this compiles anywhere."""
     sig = types.uint32(words, i, src, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
@@ -267,9 +267,9 @@ def _host_vbmi2() -> bool:
     unless NUMBA_CPU_NAME says otherwise), read when a kernel is generated: it picks the scatter's
     form (:func:`_compress_block32`). Measured on the dev VMs (run 53 of
     benchmarks/results/lossless_amd-epyc-2c.md): on a Zen 4 EPYC the generic compress-store (the
-    memory form of vpcompressw, microcoded there) made the scatter 9-11 ns an element against the
-    scalar scatter's 1.6-2.4; on the Zen 5 of run 52 it was 0.41 against 0.81 ns, and the register
-    form 0.38."""
+    memory form of vpcompressw, microcoded there) made the grouping 9-11 ns an element against the
+    scalar scatter's 1.6-2.4, and the register form 1.6-2.1; on the Zen 5 of run 52 the generic
+    form's scatter was 0.41 against the scalar 0.81 ns, and the register form 0.38."""
     try:
         from llvmlite import binding
         from numba.core import config
@@ -758,43 +758,23 @@ def _call_u64x5(typingctx, fn, a, b, c, d, e):  # noqa: ANN001, ANN202, ARG001
     return sig, codegen
 
 
-#: codec._zstd_encode.SPARSE_RATIO (a constant here: numba freezes globals into the cached code, and a
-#: test checks the two agree)
-SPARSE_RATIO = np.uint64(4)
-
-
 @njit(cache=True, nogil=True)
-def _frame(fn, cctx, sparse, out, o, cap, src, n):
-    """One zstd frame of ``n`` bytes at address ``src`` into ``out[o:]`` (``cap`` bytes there), as
-    ``LiteralCompressor.compress`` makes it: on ``cctx``, and where that frame is under 1/SPARSE_RATIO
-    of ``n``, again on ``sparse`` (where not 0) into the space after it with one byte less than it
-    took, moved down where that fitted. Returns the frame's size or a zstd error code (above ``cap``)."""
-    dst = np.uint64(out.ctypes.data) + o
-    z = _call_u64x5(fn, cctx, dst, cap, src, n)
-    if z <= cap and z * SPARSE_RATIO < n and z > _U1 and sparse != _U0:
-        z2 = _call_u64x5(fn, sparse, dst + z, z - _U1, src, n)
-        if z2 < z:
-            out[o:o + z2] = out[o + z:o + z + z2]  # (disjoint: z2 < z)
-            z = z2
-    return z
-
-
-@njit(cache=True, nogil=True)
-def _compress_frames(fn, cctx, sparse, src, starts, lens, out, offs, sizes):
+def _compress_frames(fn, cctx, src, starts, lens, out, offs, sizes):
     s0 = np.uint64(src.ctypes.data)
+    o0 = np.uint64(out.ctypes.data)
     for j in range(starts.size):
-        sizes[j] = _frame(fn, cctx, sparse, out, offs[j], offs[j + 1] - offs[j], s0 + starts[j], lens[j])
+        sizes[j] = _call_u64x5(fn, cctx, o0 + offs[j], offs[j + 1] - offs[j], s0 + starts[j], lens[j])
 
 
-def compress_frames(fn: int, cctx: int, sparse: int, src: np.ndarray, starts: np.ndarray, lens: np.ndarray, out: np.ndarray,
+def compress_frames(fn: int, cctx: int, src: np.ndarray, starts: np.ndarray, lens: np.ndarray, out: np.ndarray,
                     offs: np.ndarray, sizes: np.ndarray) -> None:
-    """zstd's ``ZSTD_compress2`` (at address ``fn``, on the context at ``cctx``, sparse planes again on ``sparse``: :func:`_frame`) of each segment
+    """zstd's ``ZSTD_compress2`` (at address ``fn``, on the context at ``cctx``) of each segment
     ``src[starts[j] : starts[j] + lens[j]]`` into ``out[offs[j] : offs[j + 1]]``, its result (the
     frame's size, or a zstd error code) into ``sizes[j]``: every frame of a chunk in one call with
     the GIL released throughout (uint64 arrays; src and out uint8). Called per frame from Python,
     each call's release and re-take of the GIL queued 16 workers behind one another (issue 7:
     a 2.1 GB fine-tune add's threads spent 27 s inside the compress stage on 6 s of CPU)."""
-    _compress_frames(np.uint64(fn), np.uint64(cctx), np.uint64(sparse), src, starts, lens, out, offs, sizes)
+    _compress_frames(np.uint64(fn), np.uint64(cctx), src, starts, lens, out, offs, sizes)
 
 
 @njit(cache=True, nogil=True)
@@ -822,10 +802,11 @@ def _merge_groups(counts, min_group, gctx, gn):
 
 @njit(cache=True, nogil=True)
 def _diff_groups2(target, base, shift, fmask, min_group, counts, hi, lo, tmp, words, gctx, gn,
-                  fn, cctx, sparse, out, modes, sizes, simd=False):
+                  fn, cctx, out, modes, sizes, simd=False):
     _exp_histogram2(base, shift, fmask, counts)
     _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words, simd)
     ng = _merge_groups(counts, min_group, gctx, gn)
+    o0 = np.uint64(out.ctypes.data)
     total = np.uint64(out.size)
     pos = 0
     o = _U0
@@ -834,7 +815,7 @@ def _diff_groups2(target, base, shift, fmask, min_group, counts, hi, lo, tmp, wo
         k = gn[g]
         for row in range(2):
             plane = hi if row == 0 else lo
-            z = _frame(fn, cctx, sparse, out, o, total - o, np.uint64(plane.ctypes.data) + np.uint64(pos), np.uint64(k))
+            z = _call_u64x5(fn, cctx, o0 + o, total - o, np.uint64(plane.ctypes.data) + np.uint64(pos), np.uint64(k))
             if z > total - o:  # a zstd error code (near 2**64)
                 sizes[0] = z
                 return -1
@@ -859,14 +840,14 @@ def frames_capacity(n: int) -> int:
 
 
 def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, min_group: int, planes: np.ndarray,
-                 fn: int, cctx: int, sparse: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 fn: int, cctx: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One chunk of 2-byte words encoded in one call that holds no GIL: what
     :func:`diff_group_split` (the exponent histogram, the difference scattered into the grouped
     planes ``planes``, 2 x n uint8), ``planes.merge_groups`` and ``planes._compress_grouped_planes``
     do in three calls, each group's planes (zstd frames, or stored where a frame would be no
     smaller) written back to back into ``out`` (uint8 scratch of at least :func:`frames_capacity`
-    bytes) in the stream's payload order. ``fn``, ``cctx``, ``sparse``: the address of ``ZSTD_compress2``
-    and of its two contexts (``_zstd_encode.LiteralCompressor.addresses``; :func:`_frame`). Returns (counts, number of
+    bytes) in the stream's payload order. ``fn``, ``cctx``: the address of ``ZSTD_compress2`` and
+    of its context (``_zstd_encode.LiteralCompressor.addresses``). Returns (counts, number of
     groups, each group's first context, each group's elements, each payload's mode (1 zstd, 0
     stored), each payload's size and, last, their sum); -1 groups and a zstd error code first in
     the sizes where zstd failed.
@@ -883,7 +864,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
     scratch = _scratch16(2 * n)
     ng = _diff_groups2(target.view(np.uint16), base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1),
                        np.int64(min_group), counts, planes[0], planes[1], scratch[:n], scratch[n:], gctx, gn,
-                       np.uint64(fn), np.uint64(cctx), np.uint64(sparse), out, modes, sizes, x512_available())
+                       np.uint64(fn), np.uint64(cctx), out, modes, sizes, x512_available())
     if ng < 0:
         return counts, ng, gctx[:0], gn[:0], modes[:0], sizes[:1]
     return counts, ng, gctx[:ng], gn[:ng], modes[:2 * ng], sizes[:2 * ng + 1]
@@ -891,7 +872,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
 
 @njit(cache=True, nogil=True)
 def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, tmp, words, counts, ngs, gctx, gn,
-                  fn, cctx, sparse, area, cap, modes, sizes, simd=False):
+                  fn, cctx, area, cap, modes, sizes, simd=False):
     """:func:`_diff_groups2` of chunks ``c0 .. c1 - 1`` (``step`` words each, the last one shorter),
     chunk ``i``'s payloads into ``area[i * cap:]`` and its tables into row ``i`` of the others.
     Returns -1, or the first chunk whose zstd call failed (its error code in ``sizes[i, 0]``)."""
@@ -901,7 +882,7 @@ def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, t
         b = min(a + step, n_all)
         n = b - a
         ng = _diff_groups2(target[a:b], base[a:b], shift, fmask, min_group, counts[i], hi[:n], lo[:n], tmp[:n],
-                           words[:n], gctx[i], gn[i], fn, cctx, sparse, area[i * cap:(i + 1) * cap], modes[i], sizes[i], simd)
+                           words[:n], gctx[i], gn[i], fn, cctx, area[i * cap:(i + 1) * cap], modes[i], sizes[i], simd)
         ngs[i] = ng
         if ng < 0:
             return i

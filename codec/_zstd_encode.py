@@ -23,17 +23,6 @@ machine's libzstd. Where cffi does not import, :func:`make` returns None and the
 extension's compressor (the ``accel = 0`` settings below, which wrote every object before this).
 
 A ctypes or cffi call releases the GIL, so the chunk workers compress in parallel.
-
-**Sparse planes.** The skip-ahead settings suit planes of literals; a checkpoint series' planes are
-the opposite (a delta between two saves of a small-lr run changes ~1% of the elements: long runs of
-zeros), where the tiny match table (hash log 6) and the skips cost bytes. So a frame that comes out
-under 1/:data:`SPARSE_RATIO` of its input is made again with zstd's own level :data:`SPARSE_LEVEL`
-settings, and the smaller of the two is kept (:meth:`LiteralCompressor.compress`; the compiled
-callers in ``codec._numba`` do the same with the same capacities, so every path writes the same
-frames). Measured on a real SmolLM2 series (`benchmarks/probe_sparse_delta.py`, run 53 of
-benchmarks/results/lossless_amd-epyc-2c.md): a delta between consecutive saves 0.74x the bytes
-(1.32 -> 0.98 MB), a delta across seven saves 0.95x; dense planes (over 1/4 of their input) are
-never compressed twice, so a fine-tune's bytes and speed there do not change.
 """
 
 from __future__ import annotations
@@ -46,9 +35,6 @@ import numpy as np
 WINDOW_LOG, HASH_LOG, CHAIN_LOG, SEARCH_LOG, MIN_MATCH = 17, 6, 6, 1, 7
 #: zstd's largest ``targetLength`` (ZSTD_TARGETLENGTH_MAX)
 MAX_ACCEL = 1 << 17
-#: a frame under 1/SPARSE_RATIO of its input is made again at zstd's level SPARSE_LEVEL, the smaller kept
-SPARSE_RATIO = 4
-SPARSE_LEVEL = 1
 
 _BACKEND: object = False  # not looked up yet
 _LOCK = threading.Lock()
@@ -74,7 +60,7 @@ class LiteralCompressor:
     literals Huffman-coded: ``compress(data) -> bytes`` (one frame, its content size in the
     header), as python-zstandard's compressor. One context: one thread at a time."""
 
-    def __init__(self, accel: int, sparse: bool = True):
+    def __init__(self, accel: int):
         ffi, lib = _backend()
         self._ffi, self._lib = ffi, lib
         self._cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
@@ -86,12 +72,6 @@ class LiteralCompressor:
                              (lib.ZSTD_c_targetLength, int(accel)),
                              (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable)):
             self._check(lib.ZSTD_CCtx_setParameter(self._cctx, param, value))
-        self._sparse = None  # the second context for sparse planes (``sparse=False``: none, one frame each, as before)
-        if sparse:
-            self._sparse = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
-            if self._sparse == ffi.NULL:
-                raise MemoryError("ZSTD_createCCtx failed")
-            self._check(lib.ZSTD_CCtx_setParameter(self._sparse, lib.ZSTD_c_compressionLevel, SPARSE_LEVEL))
         self._out = bytearray(0)
         self._out_ptr = None
 
@@ -110,22 +90,15 @@ class LiteralCompressor:
         if bound > len(self._out):
             self._out = bytearray(max(bound, 2 * len(self._out)))
             self._out_ptr = self._ffi.from_buffer(self._out)
-        src_ptr = self._ffi.from_buffer(src)
-        k = self._lib.ZSTD_compress2(self._cctx, self._out_ptr, len(self._out), src_ptr, n)
+        k = self._lib.ZSTD_compress2(self._cctx, self._out_ptr, len(self._out), self._ffi.from_buffer(src), n)
         if k > bound:  # a zstd error code (near 2**64): no frame outgrows its bound
             self.raise_for(k)
-        if k * SPARSE_RATIO < n and self._sparse is not None:  # a sparse plane: zstd's own settings, into the space after the frame
-            k2 = self._lib.ZSTD_compress2(self._sparse, self._out_ptr + k, k - 1, src_ptr, n)
-            if k2 < k:  # else an error (it did not fit in k - 1 bytes): the first frame stays
-                return bytes(memoryview(self._out)[k:k + k2])
         return bytes(memoryview(self._out)[:k])
 
-    def addresses(self) -> tuple[int, int, int]:
-        """(address of ``ZSTD_compress2``, address of this compressor's context, address of its
-        context for sparse planes), for compiled code that compresses with it (``codec._numba``,
-        which applies :data:`SPARSE_RATIO` as :meth:`compress` does) while this object lives."""
-        return (_compress2_address(), int(self._ffi.cast("uintptr_t", self._cctx)),
-                0 if self._sparse is None else int(self._ffi.cast("uintptr_t", self._sparse)))
+    def addresses(self) -> tuple[int, int]:
+        """(address of ``ZSTD_compress2``, address of this compressor's context), for compiled code
+        that compresses with it (``codec._numba``) while this object lives."""
+        return _compress2_address(), int(self._ffi.cast("uintptr_t", self._cctx))
 
     def raise_for(self, code: int) -> None:
         """Raise the error a ``ZSTD_compress2`` result ``code`` names (compiled callers check sizes
@@ -178,6 +151,6 @@ def _compress2_address() -> int:
     return _COMPRESS2
 
 
-def make(accel: int, sparse: bool = True) -> LiteralCompressor | None:
+def make(accel: int) -> LiteralCompressor | None:
     """A :class:`LiteralCompressor`, or None where python-zstandard's cffi backend does not load."""
-    return LiteralCompressor(accel, sparse) if _backend() is not None else None
+    return LiteralCompressor(accel) if _backend() is not None else None

@@ -19,9 +19,9 @@ back :data:`LINEAR` (its ``max-linear-deltification``, default 16) or more; this
 Why not pure skip-deltas (every even index on an older checkpoint: a walk of popcount(k) <= log2(k) + 1,
 what this module did before): a difference grows with the distance between checkpoints, and the
 skips cost bytes on half the checkpoints. Measured on a real small-lr SmolLM2 run saved every 10
-steps (benchmarks/results/lossless_amd-epyc-2c.md, run 53): checkpoint 8 against the root took 3.96
-MB against 1.45 on its predecessor, 45x under zipnn where the issue asks for 50x, and checkpoints
-2-10 together 1.29x the bytes of a linear chain (19.82 against 15.33 MB; every one of them 77x or more
+steps (benchmarks/results/lossless_amd-epyc-2c.md, run 53): checkpoint 8 against the root took 4.01
+MB against 1.62 on its predecessor, 45x under zipnn where the issue asks for 50x, and checkpoints
+2-10 together 1.27x the bytes of a linear chain (20.66 against 16.29 MB; every one of them 75x or more
 under zipnn with this module's bases). ``DELTASTORE_SERIES_LINEAR=1`` chooses pure
 skip-deltas again (Subversion's own setting for that: 1), a larger power of two longer linear runs.
 
