@@ -113,8 +113,16 @@ def shrink_mma(x_ptr, w_ptr, s_ptr, zp_ptr, sv_ptr, z_ptr, MT, R, stride_xm,
     w_n = gl.load(wptr + g0 * 8)
     b_n = gl.load(xptr + g0 * 128, mask=xmask, other=0.0)
     x_n = gl.load(xsptr + g0 * 128, mask=xsmask, other=0.0)
+    w_n2 = gl.load(wptr + gl.minimum(g0 + 1, g1 - 1) * 8)
     for g in range(g0, g1):
-        if PF:  # the next group's loads issued before this group's MMAs
+        if PF == 2:  # words two groups ahead (packed: 4 registers a group), x one
+            w, b, xt = w_n, b_n, x_n
+            nx = gl.minimum(g + 1, g1 - 1)
+            w_n = w_n2
+            w_n2 = gl.load(wptr + gl.minimum(g + 2, g1 - 1) * 8)
+            b_n = gl.load(xptr + nx * 128, mask=xmask, other=0.0)
+            x_n = gl.load(xsptr + nx * 128, mask=xsmask, other=0.0)
+        elif PF:  # the next group's loads issued before this group's MMAs
             w, b, xt = w_n, b_n, x_n
             nx = gl.minimum(g + 1, g1 - 1)
             w_n = gl.load(wptr + nx * 8)
@@ -132,6 +140,160 @@ def shrink_mma(x_ptr, w_ptr, s_ptr, zp_ptr, sv_ptr, z_ptr, MT, R, stride_xm,
     acc = acc * gl.load(sv_ptr + t * R + rc)[:, None]
     mo = gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
     gl.atomic_add(z_ptr + (t * MT + mo[None, :]) * R + rc[:, None], acc, mask=(mo[None, :] < MT) & (rc[:, None] < R), sem="relaxed")
+
+
+@gluon.jit
+def shrink_mma_c(x_ptr, w_ptr, s_ptr, zp_ptr, sv_ptr, z_ptr, MT, R, stride_xm,
+                 K: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr,
+                 LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, num_warps: gl.constexpr):
+    """shrink_mma with fewer, wider loads (ncu: the shrink is bound by L1 throughput at 86-92%,
+    DRAM 8%: 32 scattered 4-byte word loads and 40 2-byte x loads a thread and group). Words: each
+    lane loads the 8 words of a group of each of its rows with two 128-bit loads (layout LW: the
+    four lanes of a quad the same rows), and the A operand is made from them in registers through
+    a [rows, 8 words, 16 fields] view (L3) whose reshape is the MMA's A layout (checked trivial at
+    compile time). x: one 128-bit load a thread of the group's natural-order tile, permuted to the
+    k order the unpack implies by a register relabeling (reshape, permute), through shared memory
+    into the B layout."""
+    BLOCK_R: gl.constexpr = 16 * TILES * num_warps
+    G: gl.constexpr = K // 128
+    ROW_WORDS: gl.constexpr = 2 * (K // 32)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+    aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    SH: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0, 1])
+    pid_r = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    t = gl.program_id(2)
+    r0 = pid_r * BLOCK_R
+    w_t = w_ptr + t.to(gl.int64) * R * ROW_WORDS
+    sz_t = t * R * G
+    x_t = x_ptr + (t * MT).to(gl.int64) * stride_xm
+    rw = r0 + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, LW))
+    jw = gl.arange(0, 8, layout=gl.SliceLayout(0, LW))
+    wptr = w_t + rw.to(gl.int64)[:, None] * ROW_WORDS + jw[None, :]
+    u = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(0, L3)))
+    sh3 = gl.expand_dims(gl.expand_dims(2 * ((u // 2) + (u % 2) * 8), 0), 0)
+    zero3 = gl.zeros([BLOCK_R, 8, 16], gl.int32, L3)
+    mx = gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
+    kx = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
+    xptr = x_t + mx[:, None] * stride_xm + kx[None, :]
+    xmask = (mx[:, None] < MT) & (kx[None, :] < 128)
+    bsm = gl.allocate_shared_memory(gl.bfloat16, [128, BM], SH)
+    rc = r0 + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, mma))
+    acc = gl.zeros([BLOCK_R, BM], gl.float32, mma)
+    g0 = pid_k * GPS
+    g1 = gl.minimum(g0 + GPS, G)
+    for g in range(g0, g1):
+        w = gl.load(wptr + g * 8)
+        xn = gl.load(xptr + g * 128, mask=xmask, other=0.0)
+        xs = gl.convert_layout(gl.sum(xn.to(gl.float32), axis=1), gl.SliceLayout(0, mma))
+        # x'[m, 16j + 2a + b] = x[m, 16j + 8b + a]: the k the unpack pairs in each MMA slot pair
+        xp = gl.permute(gl.reshape(gl.permute(gl.reshape(xn, [BM, 8, 2, 8]), (0, 1, 3, 2)), [BM, 128]), (1, 0))
+        gl.thread_barrier()  # the previous group's B read by every warp
+        bsm.store(xp)
+        gl.thread_barrier()
+        b = bsm.load(bL)
+        w3 = gl.expand_dims(gl.convert_layout(w, gl.SliceLayout(2, L3)), 2) + zero3
+        a3 = _v_quad(w3, sh3 + zero3)
+        a = gl.convert_layout(gl.reshape(a3, [BLOCK_R, 128]), aL, assert_trivial=True)
+        part = mma_v2(a, b, gl.zeros([BLOCK_R, BM], gl.float32, mma))
+        sc = gl.load(s_ptr + sz_t + rc * G + g).to(gl.float32)
+        zq = gl.load(zp_ptr + sz_t + rc * G + g).to(gl.float32) + 128.0
+        acc += sc[:, None] * (part - zq[:, None] * xs[None, :])
+    acc = acc * gl.load(sv_ptr + t * R + rc)[:, None]
+    mo = gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
+    gl.atomic_add(z_ptr + (t * MT + mo[None, :]) * R + rc[:, None], acc, mask=(mo[None, :] < MT) & (rc[:, None] < R), sem="relaxed")
+
+
+@gluon.jit
+def expand_mma_c(z_ptr, w_ptr, s_ptr, zp_ptr, y_ptr, MT, R, ZC, YC, NSL,
+                 N: gl.constexpr, RANK_S: gl.constexpr, BM: gl.constexpr, RPS: gl.constexpr, STEP: gl.constexpr,
+                 WL: gl.constexpr, L3: gl.constexpr, num_warps: gl.constexpr):
+    """expand_mma with its words read once: the program's (RPS components x 8 words) tile of U (its
+    128 outputs are one group, 8 words a component) loaded with two 128-bit loads a thread (a
+    component's 8 words are contiguous), kept transposed in shared memory, and each step's A
+    operand made from an (8 words x STEP components) slice of it through an [8, 16, STEP] view (L3)
+    whose reshape is the MMA's A layout; the program's scales and zero points read once too.
+    (ncu: the expand is L1-bound, 92%, DRAM 7%: 8 scattered word loads a step and lane, each word
+    loaded by the 8 lanes that share it.)"""
+    BLOCK_N: gl.constexpr = 128
+    G: gl.constexpr = N // 128
+    ROW_WORDS: gl.constexpr = 2 * (N // 32)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+    aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    SH: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    SH1: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])
+    pid_n = gl.program_id(0)
+    pid_r = gl.program_id(1)
+    ts = gl.program_id(2)
+    t = ts // NSL
+    sl = ts % NSL
+    n0 = pid_n * BLOCK_N
+    g = n0 // 128
+    lo = pid_r * RPS
+    wsl = w_ptr + (t * R + sl * RANK_S + lo).to(gl.int64) * ROW_WORDS
+    ssl = (t * R + sl * RANK_S + lo) * G + g
+    # the program's words: component rows lo .. lo + RPS, words 8 g .. 8 g + 8
+    rw = gl.arange(0, RPS, layout=gl.SliceLayout(1, WL))
+    jw = gl.arange(0, 8, layout=gl.SliceLayout(0, WL))
+    wt = gl.load(wsl + rw.to(gl.int64)[:, None] * ROW_WORDS + (8 * g + jw)[None, :])
+    wsm = gl.allocate_shared_memory(gl.int32, [8, RPS], SH)
+    wsm.store(gl.permute(wt, (1, 0)))
+    r1 = gl.arange(0, RPS, layout=gl.BlockedLayout([1], [32], [num_warps], [0]))
+    ssm = gl.allocate_shared_memory(gl.float16, [RPS], SH1)
+    qsm = gl.allocate_shared_memory(gl.float16, [RPS], SH1)
+    ssm.store(gl.load(s_ptr + ssl + r1 * G))
+    qsm.store(gl.load(zp_ptr + ssl + r1 * G))
+    gl.thread_barrier()
+    n_in = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3)))
+    sh3 = gl.expand_dims(gl.expand_dims(2 * (n_in % 8), 0), 2)
+    zero3 = gl.zeros([8, 16, STEP], gl.int32, L3)
+    rb = gl.arange(0, STEP, layout=gl.SliceLayout(1, bL))
+    mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
+    bmask = (mb[None, :] < MT) & (rb[:, None] < STEP)
+    zrow = z_ptr + (t * MT + mb[None, :]) * ZC + sl * RANK_S + lo + rb[:, None]
+    acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
+    corr = gl.zeros([STEP, BM], gl.float32, bL)
+    for i in gl.static_range(RPS // STEP):
+        w = wsm.slice(i * STEP, STEP, dim=1).load(gl.SliceLayout(1, L3))
+        w3 = gl.expand_dims(w, 1) + zero3
+        a = gl.convert_layout(gl.reshape(_u_quad(w3, sh3 + zero3), [BLOCK_N, STEP]), aL, assert_trivial=True)
+        zt = gl.load(zrow + i * STEP, mask=bmask, other=0.0)
+        sc = ssm.slice(i * STEP, STEP).load(gl.SliceLayout(1, bL)).to(gl.float32)
+        zq = qsm.slice(i * STEP, STEP).load(gl.SliceLayout(1, bL)).to(gl.float32)
+        zb = (zt * sc[:, None]).to(gl.bfloat16)
+        corr += zb.to(gl.float32) * (zq + 128.0)[:, None]
+        acc = mma_v2(a, zb, acc)
+    c = gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
+    acc = acc - c[None, :]
+    no = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    mo = gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
+    gl.atomic_add(y_ptr + (t * MT + mo[None, :]) * YC + sl * N + no[:, None], acc, mask=(mo[None, :] < MT) & (no[:, None] < N), sem="relaxed")
+
+
+def expand_layouts(rps: int, num_warps: int) -> dict:
+    """The layouts expand_mma_c takes: WL a thread a component's 8 words (RPS = 32 x warps), L3 the
+    [8 words, 16 outputs of a word, 16 components] view of a step's A operand."""
+    assert num_warps == 4 and rps == 32 * num_warps
+    wl = gl.BlockedLayout([1, 8], [32, 1], [num_warps, 1], [1, 0])
+    l3 = gl.DistributedLinearLayout(reg_bases=[[0, 0, 1], [0, 8, 0], [0, 0, 8], [4, 0, 0]],
+                                    lane_bases=[[0, 0, 2], [0, 0, 4], [0, 1, 0], [0, 2, 0], [0, 4, 0]],
+                                    warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[8, 16, 16])
+    return dict(WL=wl, L3=l3)
+
+
+def compact_layouts(tiles: int, num_warps: int, bm: int) -> dict:
+    """The layouts shrink_mma_c takes (4 warps along the components, as the MMA layout has them)."""
+    assert num_warps == 4
+    rows = [[64, 0]] if tiles == 2 else []
+    lw = gl.DistributedLinearLayout(reg_bases=[[0, 1], [0, 2], [0, 4], [8, 0]] + rows, lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+                                    warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[16 * tiles * num_warps, 8])
+    l3 = gl.DistributedLinearLayout(reg_bases=[[0, 0, 1], [8, 0, 0], [0, 0, 8], [0, 1, 0], [0, 2, 0], [0, 4, 0]] + [[64, 0, 0]] * (tiles == 2),
+                                    lane_bases=[[0, 0, 2], [0, 0, 4], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+                                    warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[16 * tiles * num_warps, 8, 16])
+    xl = gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0])
+    return dict(LW=lw, L3=l3, XL=xl)
 
 
 @gluon.jit
@@ -170,7 +332,32 @@ def expand_mma(z_ptr, w_ptr, s_ptr, zp_ptr, y_ptr, MT, R, ZC, YC, NSL,
     acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
     corr = gl.zeros([STEP, BM], gl.float32, bL)
     lo = pid_r * RPS
-    if PF:
+    last = lo + RPS - STEP
+    if PF >= 2:  # the words PF steps ahead (2 registers a step and thread at 2 bits), z, scales, zeros one
+        w_a = gl.load(wptr + lo * ROW_WORDS)
+        w_b = gl.load(wptr + gl.minimum(lo + STEP, last) * ROW_WORDS)
+        w_c = gl.load(wptr + gl.minimum(lo + 2 * STEP, last) * ROW_WORDS)
+        z_n = gl.load(zrow + lo, mask=bmask, other=0.0)
+        s_n = gl.load(srow + lo * G)
+        q_n = gl.load(zprow + lo * G)
+        for r0 in range(lo, lo + RPS, STEP):
+            w, zt, sc, zq = w_a, z_n, s_n, q_n
+            if PF == 2:
+                w_a = w_b
+                w_b = gl.load(wptr + gl.minimum(r0 + 2 * STEP, last) * ROW_WORDS)
+            else:
+                w_a = w_b
+                w_b = w_c
+                w_c = gl.load(wptr + gl.minimum(r0 + 3 * STEP, last) * ROW_WORDS)
+            nx = gl.minimum(r0 + STEP, last)
+            z_n = gl.load(zrow + nx, mask=bmask, other=0.0)
+            s_n = gl.load(srow + nx * G)
+            q_n = gl.load(zprow + nx * G)
+            a = _u_quad(w, sh)
+            zb = (zt * sc.to(gl.float32)[:, None]).to(gl.bfloat16)
+            corr += zb.to(gl.float32) * (zq.to(gl.float32) + 128.0)[:, None]
+            acc = mma_v2(a, zb, acc)
+    elif PF:
         w_n = gl.load(wptr + lo * ROW_WORDS)
         z_n = gl.load(zrow + lo, mask=bmask, other=0.0)
         s_n = gl.load(srow + lo * G)
@@ -290,12 +477,21 @@ def run_group(g: Group, MT: int, x: torch.Tensor | None, z: torch.Tensor, y: tor
     if part in ("both", "shrink"):
         gps = pick_gps(g, cfg)
         grid = (-(-g.R // (16 * cfg["st"] * cfg["sw"])), -(-(g.K // 128) // gps), g.T)
-        shrink_mma[grid](x, g.vw, g.vs, g.vz, g.S, z, MT, g.R, x.stride(0), K=g.K, BM=bm, GPS=gps, TILES=cfg["st"], PF=cfg.get("spf", 1), num_warps=cfg["sw"])
+        if cfg.get("spf", 1) == 3:  # the compact loads
+            shrink_mma_c[grid](x, g.vw, g.vs, g.vz, g.S, z, MT, g.R, x.stride(0), K=g.K, BM=bm, GPS=gps, TILES=cfg["st"],
+                               **compact_layouts(cfg["st"], cfg["sw"], bm), num_warps=cfg["sw"])
+        else:
+            shrink_mma[grid](x, g.vw, g.vs, g.vz, g.S, z, MT, g.R, x.stride(0), K=g.K, BM=bm, GPS=gps, TILES=cfg["st"], PF=cfg.get("spf", 1), num_warps=cfg["sw"])
     if part in ("both", "expand"):
         rps = pick_rps(g, cfg)
         grid = (g.N // 128, RANK // rps, g.T * len(g.outs))
-        expand_mma[grid](z, g.uw, g.us, g.uz, y, MT, g.R, z.stride(0), y.stride(0), len(g.outs), N=g.N, RANK_S=RANK, BM=bm,
-                         RPS=rps, TILES=128 // (16 * cfg["ew"]), STEP=cfg.get("step", 64), PF=cfg.get("pf", 1), num_warps=cfg["ew"])
+        if cfg.get("pf", 1) == 9:  # the compact expand: 128 components a program, steps of 16
+            grid = (g.N // 128, RANK // 128, g.T * len(g.outs))
+            expand_mma_c[grid](z, g.uw, g.us, g.uz, y, MT, g.R, z.stride(0), y.stride(0), len(g.outs), N=g.N, RANK_S=RANK, BM=bm,
+                               RPS=128, STEP=16, **expand_layouts(128, cfg["ew"]), num_warps=cfg["ew"])
+        else:
+            expand_mma[grid](z, g.uw, g.us, g.uz, y, MT, g.R, z.stride(0), y.stride(0), len(g.outs), N=g.N, RANK_S=RANK, BM=bm,
+                             RPS=rps, TILES=128 // (16 * cfg["ew"]), STEP=cfg.get("step", 64), PF=cfg.get("pf", 1), num_warps=cfg["ew"])
 
 
 def time_graph(fn, reps: int = 30) -> float:
@@ -452,12 +648,18 @@ def sass_report(cfgs: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for cfg in cfgs:
         for bm in (8, 16):
-            sass, regs = compile_g(shrink_mma, s_sig, dict(K=4096, BM=bm, GPS=2, TILES=cfg["st"], PF=cfg.get("spf", 1)), cfg["sw"])
+            if cfg.get("spf", 1) == 3:
+                sass, regs = compile_g(shrink_mma_c, s_sig, dict(K=4096, BM=bm, GPS=2, TILES=cfg["st"], **compact_layouts(cfg["st"], cfg["sw"], bm)), cfg["sw"])
+            else:
+                sass, regs = compile_g(shrink_mma, s_sig, dict(K=4096, BM=bm, GPS=2, TILES=cfg["st"], PF=cfg.get("spf", 1)), cfg["sw"])
             body = biggest_loop(sass)
             n, per = sum(body.values()), 16 * cfg["st"] * cfg["sw"] * 128 / (cfg["sw"] * 32)
             print(f"| shrink | {cfg} | {bm} | {regs} | {n} | {per:g} | {n / per:.2f} | {', '.join(f'{o} {c}' for o, c in body.most_common(8))} |")
-            sass, regs = compile_g(expand_mma, e_sig, dict(N=4096, RANK_S=RANK, BM=bm, RPS=256, TILES=128 // (16 * cfg["ew"]),
-                                                                  STEP=cfg.get("step", 64), PF=cfg.get("pf", 1)), cfg["ew"])
+            if cfg.get("pf", 1) == 9:
+                sass, regs = compile_g(expand_mma_c, e_sig, dict(N=4096, RANK_S=RANK, BM=bm, RPS=128, STEP=16, **expand_layouts(128, cfg["ew"])), cfg["ew"])
+            else:
+                sass, regs = compile_g(expand_mma, e_sig, dict(N=4096, RANK_S=RANK, BM=bm, RPS=256, TILES=128 // (16 * cfg["ew"]),
+                                                                      STEP=cfg.get("step", 64), PF=cfg.get("pf", 1)), cfg["ew"])
             body = biggest_loop(sass)
             n, per = sum(body.values()), 128 * cfg.get("step", 64) / (cfg["ew"] * 32)
             print(f"| expand | {cfg} | {bm} | {regs} | {n} | {per:g} | {n / per:.2f} | {', '.join(f'{o} {c}' for o, c in body.most_common(8))} |")

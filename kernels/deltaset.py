@@ -226,6 +226,10 @@ class DeltaSet:
         rebind: list[tuple[object, str, str, int]] = []  # (owner, attribute, buffer, offset)
 
         def put(t: torch.Tensor, lst: list[torch.Tensor], key: str, owner: object = None, attr: str = "") -> int:
+            if key == "w" and off[key] % 4:  # each factor's words start 16-byte aligned (the mma kernels' vector loads)
+                pad = 4 - off[key] % 4
+                lst.append(t.new_zeros(pad))
+                off[key] += pad
             at = off[key]
             lst.append(t.reshape(-1))
             off[key] += t.numel()

@@ -6,11 +6,25 @@ needs and turns them into bf16 operands in registers. Written in Gluon (Triton's
 explicit layouts), because the operand layout is the point: with plain Triton the unpacked values
 reach the MMA layout through shared memory, or (the GEMV kernels) go to float32 and one FMA per
 value and row. Measured on the H200 (benchmarks/results/kernels_h200.md): one Llama-2-7B layer
-through the modules users get, 32 rows over 8 fine-tunes 0.69-0.72x the GEMV kernels' time; one
-fine-tune at 1 row, or 1 row each of several, slower (1.2-1.5x), at 16 rows level with the dense
-path, so :func:`use_mma` takes these kernels for several fine-tunes at 4..16 rows each only. (The
-probe of a 2-bit tier without tables, benchmarks/probe_mma_gluon.py, did better everywhere up to
-16 rows: what the integration adds is said there.)
+through the modules users get, 32 rows over 8 fine-tunes 634 us, 0.48x the GEMV kernels' time (x5.35
+of the base alone; 0.68x these kernels' per-element loads of the eighteenth session); one fine-tune
+at 1 row, or 1 row each of several, slower than the GEMV kernels with the per-element loads (1.2-1.5x,
+not measured since), so :func:`use_mma` takes these kernels for several fine-tunes at 4..16 rows
+each only. (The probe, benchmarks/probe_mma_gluon.py: with the wide loads a one-row layer's delta
+kernels take 58.8 us against the per-element loads' 83.8 and the GEMV kernels' ~94.)
+
+**Loads** (:data:`COMPACT`, the default). Nsight Compute on the probe's kernels: L1 at 79-92% of its
+throughput, DRAM at 5-8%, a third of the stalls on L1 data: each thread loaded the words of its own
+fragment one 4-byte load at a time (the four lanes of an MMA quad the same word; in the expand
+eight lanes), and x at the permuted k two bytes at a time. So for the 2-bit tiers (96% of a 1/16
+delta's values) the words come in wide loads and go into the MMA layout without data movement:
+the shrink loads a row's 8 words of a group (two 128-bit loads), the expand an item's [components,
+8 words] tile of one output group (a component's 8 words are contiguous) into shared memory; the
+A operand is made from them through a [rows, words, fields] view (linear layouts whose reshape is
+the MMA's A layout, checked trivial when the kernel compiles); the shrink's x is a natural-order
+[rows, 128] tile relabeled in registers to the permuted k and read into the B layout through shared
+memory. Vector loads where a factor's words start 16-byte aligned (the DeltaSet aligns them) and
+its rows are a multiple of 4 words; scalar loads of the same layouts elsewhere (odd shapes).
 
 The unpack, per bit width (``q`` a field, all exact in bf16):
 
@@ -86,6 +100,11 @@ MAX_ROWS = 16
 #: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
 MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "4"))
 MAGIC = 0x43004300  # bf16 pair (128, 128)
+#: the 2-bit tiers' shrink with fewer, wider loads (:func:`_shrink_group2`; ``DELTASTORE_MMA_COMPACT=0``: the
+#: per-element loads of before)
+COMPACT = os.environ.get("DELTASTORE_MMA_COMPACT", "1") not in ("", "0")
+#: which of the two takes them where COMPACT ("shrink", "expand" or both)
+COMPACT_PARTS = os.environ.get("DELTASTORE_MMA_COMPACT_PARTS", "shrink,expand")
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
 # (tests/kernels/test_mma_unpack.py): operands are one thread's registers, pack 4 = A elements
@@ -190,6 +209,46 @@ if HAVE_GLUON:
         return part, xs
 
     @gluon.jit
+    def _shrink_group2(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0, K, RW, part, xs, bsm,
+                       BLOCK_R: gl.constexpr, BM: gl.constexpr, LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr,
+                       num_warps: gl.constexpr):
+        """:func:`_shrink_group` of a 2-bit tier and one group of 128 k with fewer, wider loads (ncu on
+        the H200: the per-element loads kept L1 at 86-92% of its throughput with DRAM at 8%). Words: a
+        row's 8 words of the group in one [BLOCK_R, 8] load (LW: each lane its rows' words, the quad's
+        lanes the same), turned into the A operand through an [BLOCK_R, 8, 16] view (L3) whose reshape
+        is the MMA's A layout (no data movement: checked when it compiles). x: the group's [BM, 128]
+        tile in natural order (XL: 8 contiguous a thread), relabeled in registers to the k order the
+        unpack pairs (slot 2a + b of each 16 holds k = a + 8b), then through shared memory ``bsm``
+        into the B layout. Vector loads where the caller's ``wrow`` and ``xoff`` allow them."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        wi = k0 // 16 + gl.arange(0, 8, layout=gl.SliceLayout(0, LW))
+        wp = words_ptr + gl.convert_layout(wrow, gl.SliceLayout(1, LW))[:, None] + wi[None, :]
+        okw = gl.convert_layout(r_ok, gl.SliceLayout(1, LW))[:, None]
+        kx = k0 + gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
+        xp = x_ptr + gl.convert_layout(xoff, gl.SliceLayout(1, XL))[:, None] + kx[None, :]
+        okx = gl.convert_layout(m_ok, gl.SliceLayout(1, XL))[:, None]
+        if k0 + 128 <= K:  # a whole group: masks constant along k (vector loads)
+            w = gl.load(wp, mask=okw, other=0)
+            xn = gl.load(xp, mask=okx, other=0.0).to(gl.bfloat16)
+        else:
+            w = gl.load(wp, mask=okw & (wi < RW)[None, :], other=0)
+            xn = gl.load(xp, mask=okx & (kx < K)[None, :], other=0.0).to(gl.bfloat16)
+        xs += gl.convert_layout(gl.sum(xn.to(gl.float32), axis=1), gl.SliceLayout(0, mma))
+        xq = gl.permute(gl.reshape(gl.permute(gl.reshape(xn, [BM, 8, 2, 8]), (0, 1, 3, 2)), [BM, 128]), (1, 0))
+        gl.thread_barrier()  # every warp has read the previous group's B
+        bsm.store(xq)
+        gl.thread_barrier()
+        b = bsm.load(bL)
+        u = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(0, L3)))
+        zero3 = gl.zeros([BLOCK_R, 8, 16], gl.int32, L3)
+        sh3 = gl.expand_dims(gl.expand_dims(2 * ((u // 2) + (u % 2) * 8), 0), 0) + zero3
+        w3 = gl.expand_dims(gl.convert_layout(w, gl.SliceLayout(2, L3)), 2) + zero3
+        a = gl.convert_layout(gl.reshape(_asm1(_AV2, w3, sh3), [BLOCK_R, 128]), aL, assert_trivial=True)
+        return mma_v2(a, b, part), xs
+
+    @gluon.jit
     def _work(blocks_ptr, blk, counts_ptr, table_ptr, n_slices, most, sl, j, width: gl.constexpr):
         """(slot or -1, first sorted position, rows) of row block ``blk`` (deltaset.plan_blocks),
         how many rows the table holds for that slot and slice, and the address of row ``j`` of them
@@ -202,10 +261,47 @@ if HAVE_GLUON:
         return slot, pos0, nrows, have, table_ptr + ((s * n_slices + sl) * most + j) * width
 
     @gluon.jit
+    def _shrink_groups(words_ptr, wrow, r, r_ok, x_ptr, xoff, m, m_ok, scales_ptr, zeros_ptr, v_sz, off, bits, g0, G, K, RW, bsm,
+                       BLOCK_R: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, KS: gl.constexpr, HAS2: gl.constexpr,
+                       HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr, LW: gl.constexpr, L3: gl.constexpr,
+                       XL: gl.constexpr, num_warps: gl.constexpr):
+        """A shrink program's float32 sums over its groups g0 .. (scales and zero points applied): one
+        body for the call sites of :func:`_shrink_kernel` (with and without the alignment hints)."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        mL: gl.constexpr = gl.SliceLayout(0, mma)
+        acc = gl.zeros([BLOCK_R, BM], gl.float32, mma)
+        for g in range(g0, gl.minimum(g0 + GPS, G)):
+            k0 = g * 128
+            part = gl.zeros([BLOCK_R, BM], gl.float32, mma)
+            xs = gl.zeros([BM], gl.float32, mL)
+            if COMPACT:
+                if bits == 2:
+                    part, xs = _shrink_group2(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0, K, RW, part, xs, bsm,
+                                              BLOCK_R, BM, LW, L3, XL, num_warps)
+            for h in gl.static_range(128 // KS):
+                if HAS2 and not COMPACT:
+                    if bits == 2:
+                        part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
+                                                 2, BLOCK_R, BM, KS, num_warps)
+                if HAS3:
+                    if bits == 3:
+                        part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
+                                                 3, BLOCK_R, BM, KS, num_warps)
+                if HAS8:
+                    if bits == 8:
+                        part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
+                                                 8, BLOCK_R, BM, KS, num_warps)
+            sc = gl.load(scales_ptr + v_sz + r * G + g, mask=r_ok, other=0.0).to(gl.float32)
+            zq = gl.load(zeros_ptr + v_sz + r * G + g, mask=r_ok, other=0.0).to(gl.float32) + off
+            acc += sc[:, None] * (part - zq[:, None] * xs[None, :])
+        return acc
+
+    @gluon.jit
     def _shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr, rows_ptr, blocks_ptr,
                        K, stride_xm, ZC, n_slices, T_max,
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
-                       HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, num_warps: gl.constexpr):
+                       HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
+                       LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, num_warps: gl.constexpr):
         """z[pos, zcol + r] += S[r] sum over this program's groups of x[row(pos)] . V^[r]: program
         (slice and tile, groups GPS g .. of the input, row block of one slot)."""
         BLOCK_R: gl.constexpr = 16 * TILES * num_warps
@@ -236,27 +332,20 @@ if HAVE_GLUON:
             m_ok = m < nrows
             xrow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0)
             xoff = xrow.to(gl.int64) * stride_xm
-            acc = gl.zeros([BLOCK_R, BM], gl.float32, mma)
-            for g in range(g0, gl.minimum(g0 + GPS, G)):
-                k0 = g * 128
-                part = gl.zeros([BLOCK_R, BM], gl.float32, mma)
-                xs = gl.zeros([BM], gl.float32, mL)
-                for h in gl.static_range(128 // KS):
-                    if HAS2:
-                        if bits == 2:
-                            part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
-                                                     2, BLOCK_R, BM, KS, num_warps)
-                    if HAS3:
-                        if bits == 3:
-                            part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
-                                                     3, BLOCK_R, BM, KS, num_warps)
-                    if HAS8:
-                        if bits == 8:
-                            part, xs = _shrink_group(words_ptr, wrow, r_ok, x_ptr, xoff, m_ok, k0 + h * KS, K, RW, part, xs,
-                                                     8, BLOCK_R, BM, KS, num_warps)
-                sc = gl.load(scales_ptr + v_sz + r * G + g, mask=r_ok, other=0.0).to(gl.float32)
-                zq = gl.load(zeros_ptr + v_sz + r * G + g, mask=r_ok, other=0.0).to(gl.float32) + off
-                acc += sc[:, None] * (part - zq[:, None] * xs[None, :])
+            if COMPACT:
+                bsm = gl.allocate_shared_memory(gl.bfloat16, [128, BM], gl.SwizzledSharedLayout(1, 1, 1, [0, 1]))
+                if (bits == 2) & (RW % 4 == 0) & (v_q % 4 == 0):  # every row's words 16-byte aligned: vector loads
+                    # (x // 4) * 4: a new value the compiler knows to be a multiple of 4 (gl.multiple_of would
+                    # mark v_q and RW themselves, for every use: the unaligned calls too)
+                    acc = _shrink_groups(words_ptr, (v_q // 4) * 4 + r.to(gl.int64) * ((RW // 4) * 4), r, r_ok,
+                                         x_ptr, xoff, m, m_ok, scales_ptr, zeros_ptr, v_sz, off, bits, g0, G, K, RW, bsm,
+                                         BLOCK_R, BM, GPS, KS, HAS2, HAS3, HAS8, COMPACT, LW, L3, XL, num_warps)
+                else:
+                    acc = _shrink_groups(words_ptr, wrow, r, r_ok, x_ptr, xoff, m, m_ok, scales_ptr, zeros_ptr, v_sz, off, bits,
+                                         g0, G, K, RW, bsm, BLOCK_R, BM, GPS, KS, HAS2, HAS3, HAS8, COMPACT, LW, L3, XL, num_warps)
+            else:
+                acc = _shrink_groups(words_ptr, wrow, r, r_ok, x_ptr, xoff, m, m_ok, scales_ptr, zeros_ptr, v_sz, off, bits,
+                                     g0, G, K, RW, None, BLOCK_R, BM, GPS, KS, HAS2, HAS3, HAS8, COMPACT, LW, L3, XL, num_warps)
             acc = acc * gl.load(svals_ptr + s_off + r, mask=r_ok, other=0.0)[:, None]
             zp = z_ptr + (pos0 + m).to(gl.int64)[None, :] * ZC + (zcol + r)[:, None]
             gl.atomic_add(zp, acc, mask=m_ok[None, :] & r_ok[:, None], sem="relaxed")
@@ -294,10 +383,90 @@ if HAVE_GLUON:
                 return _asm1(_AU8L, w, sh)
 
     @gluon.jit
+    def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
+                      BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
+                      num_warps: gl.constexpr):
+        """(acc, correction) of a 2-bit item's components for one group of 128 outputs with its words
+        read once (ncu on the H200: the per-step loads, each word loaded by the 8 lanes that share it,
+        kept L1 at 92% with DRAM at 7%): the item's [CH, 8] words tile (a component's 8 words of the
+        group are contiguous: vector loads where aligned), kept in shared memory as CH / 16 steps of
+        [8, 16], with the item's scales and zero points; each step's A operand made from an [8, 16]
+        slice through the [8 words, 16 outputs, 16 components] view E3, whose reshape is the MMA's A
+        layout (no data movement: checked when it compiles)."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
+        rw = gl.arange(0, CH, layout=gl.SliceLayout(1, EWL))
+        wi = 8 * g + gl.arange(0, 8, layout=gl.SliceLayout(0, EWL))
+        wp = words_ptr + u_q + rw.to(gl.int64)[:, None] * RW + wi[None, :]
+        if 8 * g + 8 <= RW:  # the group's 8 words inside the row: masks constant along them (vector loads)
+            wt = gl.load(wp, mask=(rw < count)[:, None], other=0)
+        else:
+            wt = gl.load(wp, mask=(rw < count)[:, None] & (wi < RW)[None, :], other=0)
+        wsm.store(gl.reshape(gl.permute(gl.reshape(wt, [CH // 16, 16, 8]), (0, 2, 1)), [CH // 2, 16]))
+        r1 = gl.arange(0, CH, layout=V1)
+        ssm.store(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
+        qsm.store(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
+        gl.thread_barrier()
+        zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
+        n_in = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, E3)))
+        sh3 = gl.expand_dims(gl.expand_dims(2 * (n_in % 8), 0), 2) + zero3
+        rb = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
+        acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
+        corr = gl.zeros([16, BM], gl.float32, bL)
+        for i in gl.static_range(CH // 16):  # (unrolled: shared-memory slices take constant offsets)
+            if 16 * i < count:
+                w3 = gl.expand_dims(wsm.slice(8 * i, 8).load(gl.SliceLayout(1, E3)), 1) + zero3
+                a = gl.convert_layout(gl.reshape(_asm1(_AU2, w3, sh3), [BLOCK_N, 16]), aL, assert_trivial=True)
+                r_ok = (16 * i + rb) < count
+                zt = gl.load(zrow + 16 * i, mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
+                sc = ssm.slice(16 * i, 16).load(gl.SliceLayout(1, bL)).to(gl.float32)
+                zq = qsm.slice(16 * i, 16).load(gl.SliceLayout(1, bL)).to(gl.float32) + 128.0
+                zb = (zt * sc[:, None]).to(gl.bfloat16)
+                corr += zb.to(gl.float32) * zq[:, None]  # summed as rounded (see _expand_kernel)
+                acc = mma_v2(a, zb, acc)
+        return acc, gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
+
+    @gluon.jit
+    def _expand_loop(z_ptr, words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n, n_ok,
+                     BLOCK_N: gl.constexpr, BM: gl.constexpr, ES: gl.constexpr, HAS2: gl.constexpr, HAS3: gl.constexpr,
+                     HAS8: gl.constexpr, num_warps: gl.constexpr):
+        """(acc, correction) of an item's components, ES a step, each step's words loaded per element
+        (every width; :func:`_expand_item2` reads a 2-bit item's words once)."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        rb = gl.arange(0, ES, layout=gl.SliceLayout(1, bL))
+        acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
+        corr = gl.zeros([ES, BM], gl.float32, bL)
+        off = 128.0 + 2048.0 * (bits == 8).to(gl.float32)
+        for r0 in range(0, count, ES):  # ES components a step: its loads issued together
+            r_ok = (r0 + rb) < count
+            zt = gl.load(zrow + r0, mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
+            sc = gl.load(scales_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32)
+            zq = gl.load(zeros_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32) + off
+            zb = (zt * sc[:, None]).to(gl.bfloat16)
+            # summed as rounded, so the operand's 128 + q and this 128 + zp cancel exactly
+            corr += zb.to(gl.float32) * zq[:, None]
+            if HAS2:
+                if bits == 2:
+                    acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 2, 0, BLOCK_N, ES, num_warps), zb, acc)
+            if HAS3:
+                if bits == 3:
+                    acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 3, 0, BLOCK_N, ES, num_warps), zb, acc)
+            if HAS8:
+                if bits == 8:
+                    acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 8, 4, BLOCK_N, ES, num_warps),
+                                 (zb.to(gl.float32) * 16.0).to(gl.bfloat16), acc)
+                    acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 8, 0, BLOCK_N, ES, num_warps), zb, acc)
+        return acc, gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
+
+    @gluon.jit
     def _expand_kernel(z_ptr, d_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr, rows_ptr, blocks_ptr,
                        mout_ptr, coloff_ptr, ZC, stride_dm, n_slices, I_max,
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
-                       HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, num_warps: gl.constexpr):
+                       HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
+                       CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, num_warps: gl.constexpr):
         """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
         (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
         BLOCK_N: gl.constexpr = 16 * TILES * num_warps
@@ -329,35 +498,63 @@ if HAVE_GLUON:
             mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
             mb_ok = mb < nrows
             zrow = z_ptr + (pos0 + mb).to(gl.int64)[None, :] * ZC + zcol + rb[:, None]
-            acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
-            corr = gl.zeros([ES, BM], gl.float32, bL)
-            off = 128.0 + 2048.0 * (bits == 8).to(gl.float32)
-            for r0 in range(0, count, ES):  # ES components a step: its loads issued together
-                r_ok = (r0 + rb) < count
-                zt = gl.load(zrow + r0, mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
-                sc = gl.load(scales_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32)
-                zq = gl.load(zeros_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32) + off
-                zb = (zt * sc[:, None]).to(gl.bfloat16)
-                # summed as rounded, so the operand's 128 + q and this 128 + zp cancel exactly
-                corr += zb.to(gl.float32) * zq[:, None]
-                if HAS2:
-                    if bits == 2:
-                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 2, 0, BLOCK_N, ES, num_warps), zb, acc)
-                if HAS3:
-                    if bits == 3:
-                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 3, 0, BLOCK_N, ES, num_warps), zb, acc)
-                if HAS8:
-                    if bits == 8:
-                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 8, 4, BLOCK_N, ES, num_warps),
-                                     (zb.to(gl.float32) * 16.0).to(gl.bfloat16), acc)
-                        acc = mma_v2(_expand_step(words_ptr, u_q, n, n_ok, r0, count, RW, 8, 0, BLOCK_N, ES, num_warps), zb, acc)
-            c = gl.convert_layout(gl.sum(corr, axis=0), mL)
+            if COMPACT:
+                if bits == 2:
+                    wsm = gl.allocate_shared_memory(gl.int32, [CH // 2, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+                    ssm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+                    qsm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+                    rb16 = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
+                    zr16 = z_ptr + (pos0 + mb).to(gl.int64)[None, :] * ZC + zcol + rb16[:, None]
+                    if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: vector loads (as in the shrink)
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zr16, mb_ok, (u_q // 4) * 4, u_sz, g,
+                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, num_warps)
+                    else:
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zr16, mb_ok, u_q, u_sz, g, G, RW, count,
+                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, num_warps)
+                else:
+                    acc, c = _expand_loop(z_ptr, words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
+                                          n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
+            else:
+                acc, c = _expand_loop(z_ptr, words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
+                                      n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
             acc = acc - c[None, :]
             m = gl.arange(0, BM, layout=mL)
             m_ok = m < nrows
             drow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0).to(gl.int64)
             dp = d_ptr + drow[None, :] * stride_dm + (col0 + n)[:, None]
             gl.atomic_add(dp, acc, mask=m_ok[None, :] & n_ok[:, None], sem="relaxed")
+
+
+def compact_layouts(block_r: int, num_warps: int = 4) -> dict:
+    """The layouts :func:`_shrink_group2` takes for tiles of ``block_r`` components (64 or 128 on 4
+    warps, as the MMA layout spreads them): LW, a [block_r, 8] words tile with each lane's rows
+    and its quad's lanes sharing them; L3, the [block_r, 8 words, 16 fields] view of the A operand
+    (the MMA's A layout with its k split into word and field); XL, a [BM, 128] x tile, 8
+    contiguous elements a thread."""
+    if num_warps != 4 or block_r not in (64, 128):
+        raise KernelError(f"the compact shrink takes 64 or 128 components on 4 warps, not {block_r} on {num_warps}")
+    more = [[64, 0]] if block_r == 128 else []
+    lw = gl.DistributedLinearLayout(reg_bases=[[0, 1], [0, 2], [0, 4], [8, 0]] + more,
+                                    lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+                                    warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[block_r, 8])
+    l3 = gl.DistributedLinearLayout(reg_bases=[[0, 0, 1], [8, 0, 0], [0, 0, 8], [0, 1, 0], [0, 2, 0], [0, 4, 0]]
+                                    + [[64, 0, 0]] * bool(more),
+                                    lane_bases=[[0, 0, 2], [0, 0, 4], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+                                    warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[block_r, 8, 16])
+    return dict(LW=lw, L3=l3, XL=gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0]))
+
+
+def expand_layouts(chunk: int, num_warps: int = 4) -> dict:
+    """The layouts :func:`_expand_item2` takes: EWL, an item's [chunk, 8] words tile, a component's 8
+    words a thread; E3, the [8 words, 16 outputs of a word, 16 components] view of a step's A
+    operand (outputs 16 a warp along the MMA's M, as its layout spreads them over 4 warps)."""
+    if num_warps != 4 or chunk % 128:
+        raise KernelError(f"the compact expand takes items of a multiple of 128 components on 4 warps, not {chunk} on {num_warps}")
+    ewl = gl.BlockedLayout([1, 8], [32, 1], [num_warps, 1], [1, 0])
+    e3 = gl.DistributedLinearLayout(reg_bases=[[0, 0, 1], [0, 8, 0], [0, 0, 8], [4, 0, 0]],
+                                    lane_bases=[[0, 0, 2], [0, 0, 4], [0, 1, 0], [0, 2, 0], [0, 4, 0]],
+                                    warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[8, 16, 16])
+    return dict(EWL=ewl, E3=e3)
 
 
 def _max_rows(plan: RowPlan, dset: DeltaSet) -> int:
@@ -410,11 +607,14 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     where :func:`usable`, the batch may span several fine-tunes (the host does not know it is one),
     and they serve :data:`MIN_ROWS` to :data:`MAX_ROWS` rows each (the batch spread evenly).
 
-    Why so narrow (benchmarks/results/kernels_h200.md, the modules users get, one Llama-2-7B layer):
-    32 rows over 8 fine-tunes 0.69-0.72x the time of the GEMV kernels (898-941 against 1303-1309
-    us); but one fine-tune at 1 row 1.23x, at 16 rows 0.97x (the dense path), 4 rows over 4 1.46x
-    and 64 rows over 32 1.22x: these kernels' time per fine-tune hardly grows with its rows, the
-    GEMV kernels' does, and the table prologue and tiny tiers cost them at one row."""
+    Why so narrow (benchmarks/results/kernels_h200.md, the modules users get, one Llama-2-7B layer;
+    the eighteenth session's per-element loads): 32 rows over 8 fine-tunes 0.69-0.72x the time of the
+    GEMV kernels (898-941 against 1303-1309 us; the wide loads since: 634 against 1320, 0.48x); but
+    one fine-tune at 1 row 1.23x, at 16 rows 0.97x (the dense path), 4 rows over 4 1.46x and 64 rows
+    over 32 1.22x: these kernels' time per fine-tune hardly grows with its rows, the GEMV kernels'
+    does, and the table prologue and tiny tiers cost them at one row. Those cases were not measured
+    again with the wide loads (the probe's one-row layer went from 83.8 to 58.8 us), so the policy
+    stands until they are."""
     if path is not None:
         return path == "mma"
     if plan.only_slot is not None or dset.n_slots < 2 or not usable(x, dset):
@@ -439,6 +639,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> to
     tiles, ntiles, T = dset.tiles(16 * SHRINK_TILES * 4)
     items, nitems, I_max = dset.items(CHUNK)
     has = {f"HAS{b}": b in dset.bit_widths for b in (2, 3, 8)}
+    compact = COMPACT and "shrink" in COMPACT_PARTS and has["HAS2"] and SHRINK_KS == 128 and SHRINK_TILES in (1, 2)
+    compact_e = COMPACT and "expand" in COMPACT_PARTS and has["HAS2"] and CHUNK % 128 == 0
     G = -(-K // GROUP)
     per = dset.n_slices * T * nb
     # groups a program takes one after the other (a memory round trip each): the fewest that keep the
@@ -449,13 +651,15 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> to
     _shrink_kernel[(dset.n_slices * T, -(-G // gps), nb)](
         x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, plan.rows, blocks,
         K, x.stride(0), z.stride(0), dset.n_slices, T,
-        NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, num_warps=4)
+        NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
+        **(compact_layouts(16 * SHRINK_TILES * 4) if compact else dict(LW=None, L3=None, XL=None)), num_warps=4)
     d = y if (y.dtype == torch.float32 and y.stride(1) == 1) else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
         z.stride(0), d.stride(0), dset.n_slices, I_max,
-        NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, num_warps=4)
+        NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=CHUNK,
+        **(expand_layouts(CHUNK) if compact_e else dict(EWL=None, E3=None)), num_warps=4)
     if d is not y:
         y.add_(d)
     return y

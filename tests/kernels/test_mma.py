@@ -40,9 +40,14 @@ def reference(x: torch.Tensor, ds: DeltaSet, plan) -> torch.Tensor:  # noqa: ANN
     return ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(x.shape[0], sum(ds.out_features), device=DEVICE), ds, plan)
 
 
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "per-element"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [1, 3, 8, 13, 16])
-def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype) -> None:
+def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype, compact: bool, monkeypatch) -> None:
+    """Both loads of the 2-bit tiers (mma.COMPACT, the default, and the per-element ones of before);
+    odd shapes take their masked paths (a short last group of inputs and of outputs, rows of words
+    not 16-byte aligned in the expand)."""
+    monkeypatch.setattr(mma, "COMPACT", compact)
     n, ms = 300, [200]  # inputs: 2 groups and a short third, rows padded to 320; outputs likewise
     ds = make_set(n, ms, 1, dtype=dtype, seed=M).build()
     assert ds.bit_widths == {8, 3, 2} and mma.usable(torch.empty(1, n, dtype=dtype, device=DEVICE), ds)
@@ -57,6 +62,26 @@ def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype) -> Non
     y = mma.apply(x, y0.clone(), ds, plan)
     bound = 2 * torch.finfo(dtype).eps * (y0.float() + want).abs() + DELTA_TOL[dtype] * want.abs().amax(dim=1, keepdim=True)
     assert bool(((y.float() - (y0.float() + want)).abs() <= bound + 1e-6).all())
+
+
+def test_whole_groups_and_aligned_rows_take_the_vector_loads(monkeypatch) -> None:
+    """Shapes where every group is whole and every row of words 16-byte aligned (as a real model's):
+    the compact kernels' unmasked vector loads, several fine-tunes at 4 rows each (the default
+    choice of these kernels); the same numbers as the per-element loads within the bound."""
+    n, ms = 1024, [512, 256]
+    ds = make_set(n, ms, 3, seed=7).build()
+    M = 12
+    ids = (torch.arange(M, device=DEVICE) % 3).to(torch.int64)
+    plan = plan_rows(ids, 3)
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).to(DEVICE)
+    assert mma.use_mma(x, ds, plan)
+    want = reference(x, ds, plan)
+    got = {}
+    for compact in (True, False):
+        monkeypatch.setattr(mma, "COMPACT", compact)
+        got[compact] = mma.apply(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan)
+        assert rel(got[compact], want) < DELTA_TOL[torch.bfloat16], compact
+    assert rel(got[True], got[False]) < DELTA_TOL[torch.bfloat16]
 
 
 def test_many_fine_tunes_in_one_batch_each_row_its_own() -> None:

@@ -203,3 +203,31 @@ def test_what_a_set_holds_is_read_again_after_an_add() -> None:
     assert mma._serves(ds)
     ds.add([packed_delta(128, 128, group_size=64, seed=1, schedule=[[8, 1], [3, 2], [2, None]])[1]])
     assert not mma._serves(ds)
+
+
+def test_every_factors_words_start_16_byte_aligned() -> None:
+    """What the wide loads of the mma kernels rely on (their hints are taken only where a tier's
+    offset is a multiple of 4 words, but only then do they load 128 bits at a time): the DeltaSet
+    pads its flat words buffer so that every factor starts on 16 bytes, and the padding changes no
+    factor's words (each factor's view is still its own packed words)."""
+    from deltastore.kernels import DeltaSet
+    from deltastore.kernels.deltaset import F
+
+    from .kernel_testlib import packed_delta
+
+    ds = DeltaSet(300, [200, 72])
+    deltas = []
+    for s in range(3):
+        pair = [packed_delta(m, 300, seed=s * 10 + i, schedule=[[8, 1], [3, 3], [2, None]])[1] for i, m in enumerate([200, 72])]
+        deltas.append([[u.q.clone() for _v, u in d.tiers] + [v.q.clone() for v, _u in d.tiers] for d in pair])
+        ds.add(pair)
+    ds.build()
+    offs = [rec[F[k]] for per in ds.records for recs in per for rec in recs for k in ("v_q", "u_q")]
+    assert len(offs) == 3 * 2 * 3 * 2 and all(o % 4 == 0 for o in offs)
+    packed = sum(q.numel() for pair in deltas for fac in pair for q in fac)
+    assert ds.words.numel() > packed  # padding was needed (these shapes give factors of odd word counts)
+    for s, per in enumerate(ds.records):
+        for i, recs in enumerate(per):
+            for j, rec in enumerate(recs):
+                u = deltas[s][i][j].reshape(-1).to(torch.int32)
+                assert torch.equal(ds.words[rec[F["u_q"]]:rec[F["u_q"]] + u.numel()].cpu(), u)
