@@ -264,8 +264,9 @@ _X512: bool | None = None
 
 def _host_vbmi2() -> bool:
     """Whether LLVM compiles for a host with AVX-512 BW and VBMI2 (numba's own target: the host
-    unless NUMBA_CPU_NAME says otherwise), read when a kernel is generated: it picks the scatter's
-    form (:func:`_compress_block32`). Measured on the dev VMs (run 53 of
+    unless NUMBA_CPU_NAME says otherwise, e.g. "generic" for a portable cache: then LLVM would not
+    emit the instructions, and the scalar kernels are faster). :func:`x512_available` asks it once a
+    process; it is also read when a kernel is generated: it picks the scatter's form (:func:`_compress_block32`). Measured on the dev VMs (run 53 of
     benchmarks/results/lossless_amd-epyc-2c.md): on a Zen 4 EPYC the generic compress-store (the
     memory form of vpcompressw, microcoded there) made the grouping 9-11 ns an element against the
     scalar scatter's 1.6-2.4, and the register form 1.6-2.1; on the Zen 5 of run 52 the generic
@@ -276,7 +277,7 @@ def _host_vbmi2() -> bool:
 
         feats = binding.get_host_cpu_features()
         return config.CPU_NAME in (None, "host") and bool(feats.get("avx512bw")) and bool(feats.get("avx512vbmi2"))
-    except Exception:  # noqa: BLE001 - no features known: the generic form
+    except Exception:  # noqa: BLE001 - no features known: the scalar kernels, the generic form
         return False
 
 
@@ -285,19 +286,7 @@ def x512_available() -> bool:
     the host CPU has AVX-512 BW and VBMI2 and ``DELTASTORE_SIMD`` is not ``0`` (read once a process)."""
     global _X512
     if _X512 is None:
-        ok = os.environ.get("DELTASTORE_SIMD", "1").strip() != "0"
-        if ok:
-            try:
-                from llvmlite import binding
-                from numba.core import config
-
-                feats = binding.get_host_cpu_features()
-                # numba compiles for the host unless told otherwise (NUMBA_CPU_NAME, e.g. "generic" for a
-                # portable cache): then LLVM would not emit the instructions, and the scalar kernel is faster
-                ok = config.CPU_NAME in (None, "host") and bool(feats.get("avx512bw")) and bool(feats.get("avx512vbmi2"))
-            except Exception:  # noqa: BLE001 - no features known: the scalar kernel
-                ok = False
-        _X512 = ok
+        _X512 = os.environ.get("DELTASTORE_SIMD", "1").strip() != "0" and _host_vbmi2()
     return _X512
 
 
