@@ -429,7 +429,7 @@ if HAVE_GLUON:
         return acc, gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
 
     @gluon.jit
-    def _expand_loop(z_ptr, words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n, n_ok,
+    def _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n, n_ok,
                      BLOCK_N: gl.constexpr, BM: gl.constexpr, ES: gl.constexpr, HAS2: gl.constexpr, HAS3: gl.constexpr,
                      HAS8: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of an item's components, ES a step, each step's words loaded per element
@@ -512,10 +512,10 @@ if HAVE_GLUON:
                         acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zr16, mb_ok, u_q, u_sz, g, G, RW, count,
                                                wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, num_warps)
                 else:
-                    acc, c = _expand_loop(z_ptr, words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
+                    acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                           n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
             else:
-                acc, c = _expand_loop(z_ptr, words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
+                acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                       n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
             acc = acc - c[None, :]
             m = gl.arange(0, BM, layout=mL)
