@@ -50,12 +50,15 @@ _LAYOUT: dict = {}
 
 def _layout(m: int, n: int, alpha: float, device: torch.device):
     """Tier counts the real codec allocates for an m x n weight, and per-element tables (scale
-    factor, zero-point range) for all of a payload's scales at once; cached per shape."""
+    factor, zero-point range) for all of a payload's scales at once; cached per shape.
+    ``DELTASTORE_BENCH_TIERS=2``: the same rank in one 2-bit tier (what the 8- and 3-bit tiers cost)."""
     key = (m, n, alpha, str(device))
     got = _LAYOUT.get(key)
     if got is None:
         gs = 128
         tiers = [(b, c) for b, c in get_codec("delta-come", alpha=alpha).allocation(m, n, "bfloat16") if c > 0]
+        if os.environ.get("DELTASTORE_BENCH_TIERS") == "2":  # diagnosis: the same rank, every component 2-bit
+            tiers = [(2, sum(c for _, c in tiers))]
         parts, fac, zmax, nw = [], [], [], 0
         for b, c in tiers:
             for L in (n, m):

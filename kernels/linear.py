@@ -105,12 +105,38 @@ def side_stream(x: torch.Tensor, preference: KernelPreference | str) -> "torch.c
     return s
 
 
-def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str) -> "torch.cuda.Stream | None":
-    """:func:`side_stream` where it pays: the GEMV path (a few rows per fine-tune). On the H200
+def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str,
+             plan: RowPlan | None = None) -> "torch.cuda.Stream | None":
+    """:func:`side_stream` where it pays: the GEMV path (a few rows per fine-tune), and the
+    tensor-core kernels (:mod:`.mma`, where they serve ``plan`` and :data:`.mma.SIDE`). On the H200
     (bench_kernels.py) a layer at M=1 ran 5% faster with it (209 -> 199 us) and 32 rows over 8
     fine-tunes 3% faster; on the tl.dot path (M=16) 1.5% slower: None there."""
     s = side_stream(x, preference)
-    return s if (s is not None and triton_ops.use_gemv(x.shape[0], dset)) else None
+    if s is None:
+        return None
+    if triton_ops.use_gemv(x.shape[0], dset):
+        return s
+    return s if (plan is not None and mma.SIDE and mma.use_mma(x, dset, plan)) else None
+
+
+#: SMs the base GEMM leaves to the deltas while they run beside it (torch's experimental cuBLAS
+#: carveout; 0: none). Measured in benchmarks/ab_mma.py before any default is set
+SIDE_CARVEOUT = int(os.environ.get("DELTASTORE_SIDE_CARVEOUT", "0"))
+
+
+@contextlib.contextmanager
+def _carveout(n: int) -> Iterator[None]:
+    """cuBLAS GEMMs inside leave ``n`` SMs free (none where n is 0 or torch lacks the knob)."""
+    setter = getattr(torch._C, "_set_sm_carveout_experimental", None)
+    if n <= 0 or setter is None:
+        yield
+        return
+    old = torch._C._get_sm_carveout_experimental()
+    setter(n)
+    try:
+        yield
+    finally:
+        setter(old)
 
 
 def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T],
@@ -135,7 +161,8 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     with torch.cuda.stream(s):
         d.zero_()
         apply_deltas(x, d, dset, plan, preference, split_k)
-    y = base()
+    with _carveout(SIDE_CARVEOUT):
+        y = base()
     main.wait_stream(s)
     return y, d
 
@@ -340,8 +367,10 @@ class DeltaGroup:
         members = {j: m for j, r in self._members.items() if (m := r()) is not None}
         plan = ctx.plan(x2.shape[0], x2.device)
         self.deltas.build()
-        if resolve_preference(preference, x2) is KernelPreference.TRITON and triton_ops.use_gemv(x2.shape[0], self.deltas):
-            y, d = beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference)
+        triton = resolve_preference(preference, x2) is KernelPreference.TRITON
+        side = side_for(x2, self.deltas, preference, plan) if triton else None
+        if side is not None or (triton and triton_ops.use_gemv(x2.shape[0], self.deltas)):
+            y, d = beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference, side=side if side is not None else False)
             y = with_delta(y, d, x2.dtype)
         else:  # the tl.dot expand (or the torch op) adds into the base output in place
             y = apply_deltas(x2, self._base(x2, members), self.deltas, plan, preference)
@@ -432,7 +461,7 @@ class DeltaLinear(nn.Module):
             return self.group.output(self.index, x2, self.ctx, self.preference).reshape(*lead, self.out_features)
         if packed:  # (holds_any built the set's tables)
             plan = self.ctx.plan(x2.shape[0], x.device)
-            side = side_for(x2, self.deltas, self.preference)
+            side = side_for(x2, self.deltas, self.preference, plan)
             if side is not None:  # float32(base) + delta, rounded once
                 y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference, side=side)
                 return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)

@@ -99,6 +99,14 @@ MAX_ROWS = 16
 #: rows a fine-tune (the batch spread over the set's fine-tunes) from which these kernels serve a
 #: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
 MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "4"))
+#: rows of a batch of ONE fine-tune these kernels serve (ONE_MIN_ROWS .. ONE_MAX_ROWS; fewer: the GEMV
+#: kernels, more: the dense path). H200, one Llama-2-7B layer's deltas alone: 16 rows 175 us against
+#: the dense path's 313, one row 108 against the GEMV kernels' 92 (kernels_h200.md, twentieth session)
+ONE_MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MIN_ROWS", "5"))
+ONE_MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MAX_ROWS", "16"))
+#: run them on the side stream beside the base GEMM whatever the rows (kernels.linear.side_for;
+#: the GEMV path always does): they are bound by L1 and latency, the GEMM by DRAM
+SIDE = os.environ.get("DELTASTORE_MMA_SIDE", "1") not in ("", "0")
 MAGIC = 0x43004300  # bf16 pair (128, 128)
 #: the 2-bit tiers' shrink with fewer, wider loads (:func:`_shrink_group2`; ``DELTASTORE_MMA_COMPACT=0``: the
 #: per-element loads of before)
@@ -617,9 +625,9 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     stands until they are."""
     if path is not None:
         return path == "mma"
-    if plan.only_slot is not None or dset.n_slots < 2 or not usable(x, dset):
-        return False
-    return MIN_ROWS <= _max_rows(plan, dset) <= MAX_ROWS
+    if plan.only_slot is not None or dset.n_slots < 2:
+        return max(ONE_MIN_ROWS, 1) <= plan.n_rows <= min(ONE_MAX_ROWS, MAX_ROWS) and usable(x, dset)
+    return MIN_ROWS <= _max_rows(plan, dset) <= MAX_ROWS and usable(x, dset)
 
 
 def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> torch.Tensor:

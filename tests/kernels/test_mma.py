@@ -53,7 +53,7 @@ def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype, compac
     assert ds.bit_widths == {8, 3, 2} and mma.usable(torch.empty(1, n, dtype=dtype, device=DEVICE), ds)
     x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEVICE)
     plan = plan_rows(torch.zeros(M, dtype=torch.int64, device=DEVICE), 1)
-    assert mma.use_mma(x, ds, plan, "mma") and not mma.use_mma(x, ds, plan)  # one fine-tune: other paths by default
+    assert mma.use_mma(x, ds, plan, "mma") and mma.use_mma(x, ds, plan) == (5 <= M <= 16)  # one fine-tune: 5..16 rows
     got = mma.apply(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan)
     want = reference(x, ds, plan)
     assert rel(got, want) < DELTA_TOL[dtype]
