@@ -27,13 +27,35 @@ from deltastore.codec import quant
 
 from . import factor_cache
 from .errors import KernelError
-from .packed import PackedDeltaCoMe, block_for_group
+from .packed import PackedDeltaCoMe, PackedFactor, block_for_group
 
 FIELDS = ("v_q", "v_sz", "u_q", "u_sz", "s_off", "bits", "count", "zcol", "gs")
 NF = len(FIELDS)
 F = {name: i for i, name in enumerate(FIELDS)}
 #: fields of a GEMV expand work item (see :meth:`DeltaSet.items`)
 ITEM_FIELDS = ("slot", "slice", "u_q", "u_sz", "bits", "count", "zcol", "gs", "j", "nj", "grp")
+#: whether sets on a CUDA device keep 2-bit planes of their 3- and 8-bit tiers for the tensor-core
+#: kernels (:meth:`DeltaSet.build`); kernels.mma sets it where it can run (Gluon), and
+#: ``DELTASTORE_MMA_PLANES=0`` keeps it off
+WANT_PLANES = False
+
+
+def planes_of(f: PackedFactor) -> PackedFactor | None:
+    """A 3- or 8-bit factor as 2-bit planes, for the tensor-core kernels' fast 2-bit path: a 2-bit
+    factor of count * P rows, P = 2 (3 bits) or 4 (8 bits), row ``r * P + i`` holding bits 2i, 2i+1
+    of component r's values. Exact: (q - z) s =
+    (q_0 - z) s + sum over i >= 1 of (q_i - 0) (4^i s), every 4^i s exact in float16. None where a
+    scale times 4^(P-1) would overflow float16 (the factor is then read as stored)."""
+    P = 4 if f.bits == 8 else 2
+    q = quant.unpack(f.q, f.bits, f.length)
+    planes = torch.stack([(q >> (2 * i)) & 3 for i in range(P)], dim=1).reshape(f.count * P, f.length)
+    mult = torch.tensor([4.0**i for i in range(P)], device=f.s.device).view(1, P, 1)
+    s = (f.s.float().unsqueeze(1) * mult).to(torch.float16)
+    if not bool(torch.isfinite(s).all()):
+        return None
+    z = torch.zeros(f.count, P, f.z.shape[-1], dtype=f.z.dtype, device=f.z.device)
+    z[:, 0] = f.z
+    return PackedFactor(2, f.count * P, f.length, quant.pack(planes, 2), s.reshape(f.count * P, -1), z.reshape(f.count * P, -1))
 
 
 @dataclass
@@ -151,6 +173,10 @@ class DeltaSet:
         #: the one-launch base GEMV + expand for <= 4 rows (kernels/fused_gemv.py): True/False here,
         #: None = the environment's DELTASTORE_FUSED_GEMV (off unless set: slower on the H200)
         self.fused_gemv: bool | None = None
+        #: keep 2-bit planes of the 3- and 8-bit tiers for the tensor-core kernels (:func:`planes_of`):
+        #: True/False here, None = where the set is on a CUDA device and :data:`WANT_PLANES`
+        self.planes: bool | None = None
+        self._plane_cache: dict[int, tuple[PackedFactor, PackedFactor | None]] = {}
 
     # -- membership -------------------------------------------------------------------------------
     @property
@@ -237,13 +263,42 @@ class DeltaSet:
             return at
 
         records: list[list[list[list[int]]]] = []  # [slot][slice] -> tier rows
+        mma_records: list[list[list[list[int]]]] = []  # the same with a dsh field, 3/8-bit tiers as planes
+        want_planes = self.planes if self.planes is not None else (WANT_PLANES and self.device.type == "cuda")
+        cache: dict[int, tuple[PackedFactor, PackedFactor | None]] = {}  # a factor's planes, made once
+
+        def mma_row(rec: list[int], v: PackedFactor, u: PackedFactor) -> list[int]:
+            """The tensor-core kernels' row for tier ``rec``: itself with dsh 0, or for a 3- or 8-bit tier
+            (where wanted) its 2-bit planes, put into the buffers beside the tier as stored (kept as views
+            of them, like the payloads' arrays, for the next build)."""
+            if not want_planes or v.bits not in (3, 8):
+                return [*rec, 0]
+            pl = []
+            for f in (v, u):
+                got = self._plane_cache.get(id(f))
+                cache[id(f)] = got = got if (got is not None and got[0] is f) else (f, planes_of(f))
+                pl.append(got[1])
+            if pl[0] is None or pl[1] is None:
+                return [*rec, 0]
+            row = [*rec, 2 if v.bits == 8 else 1]
+            for p, fq, fsz in ((pl[0], "v_q", "v_sz"), (pl[1], "u_q", "u_sz")):
+                row[F[fq]] = put(p.q, words, "w", p, "q")
+                row[F[fsz]] = put(p.s, scales, "sz", p, "s")
+                zeros.append(p.z.reshape(-1))  # (zeros share the scales' offsets)
+                rebind.append((p, "z", "z", row[F[fsz]]))
+            row[F["bits"]] = 2
+            row[F["count"]] = rec[F["count"]] << row[NF]
+            return row
+
         gss: set[int] = set()
         zc = 1
         for deltas in self._slots:
             per_slice: list[list[list[int]]] = []
+            mma_slice: list[list[list[int]]] = []
             zcol = 0
             for d in deltas or [None] * self.n_slices:
                 rows: list[list[int]] = []
+                mrows: list[list[int]] = []
                 if d is not None and d.rank:
                     gss.add(d.group_size)
                     s0 = put(d.S, svals, "s", d, "S")
@@ -264,11 +319,14 @@ class DeltaSet:
                         rec[F["zcol"]] = zcol + comp
                         rec[F["gs"]] = d.group_size
                         rows.append(rec)
+                        mrows.append(mma_row(rec, v, u))
                         comp += v.count
                     zcol += d.rank
                 per_slice.append(rows)
+                mma_slice.append(mrows)
             zc = max(zc, zcol)
             records.append(per_slice)
+            mma_records.append(mma_slice)
         common = [b for b in (128, 64, 32) if all(g % b == 0 for g in gss)]
         if not common:
             raise KernelError(f"group sizes {sorted(gss)} share no kernel block width (32, 64 or 128)")
@@ -298,6 +356,11 @@ class DeltaSet:
                 if rows:
                     tiers[a, b, : len(rows)] = torch.tensor(rows, dtype=torch.int64)
         self.records = records
+        self._plane_cache = cache
+        #: the tensor-core kernels' tier rows: :data:`FIELDS` and ``dsh``, virtual rows per component
+        #: as a shift (2-bit planes of a 3- or 8-bit tier: 1 or 2; 0 for a tier read as stored)
+        self.mma_records = mma_records
+        self.mma_bit_widths = frozenset(rec[F["bits"]] for per in mma_records for recs in per for rec in recs)
         self.tiers, self.ntiers = tiers.to(dev), ntiers.to(dev)
         # components per slot-slice (its rank; 0 where it holds no delta): the dot expand's runs
         ranks = torch.tensor([[sum(rec[F["count"]] for rec in recs) for recs in per] for per in records] or [[0] * self.n_slices],
@@ -305,13 +368,13 @@ class DeltaSet:
         self.ranks, self.max_rank = ranks.to(dev), int(ranks.max()) if ranks.numel() else 0
         self.max_tiers = max_tiers
         self.bit_widths = frozenset(rec[F["bits"]] for per in records for recs in per for rec in recs)
-        self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._tiles: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._tile_total: dict[int, int] = {}
         self.zcols = zc
         self.m_out = torch.tensor(self.out_features, dtype=torch.int32, device=dev)
         self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
         self._nblk: dict[int, torch.Tensor] = {}
-        self._items: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._items: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._sems: dict[tuple[int, int], torch.Tensor] = {}
         #: the dense path's scratch layouts per (slot, row block) (kernels/dense.py)
         self.dense_cache: dict = {}
@@ -326,20 +389,23 @@ class DeltaSet:
         self.build()
         return self._cache_id, self._generation
 
-    def tiles(self, tile_r: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def tiles(self, tile_r: int | None = None, mma: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(tiles (slots, slices, T, NF) int64, ntiles (slots, slices) int32, T): the tier rows cut
-        into blocks of ``tile_r`` components (the shrink's unit of work), built once per size."""
+        into blocks of ``tile_r`` components (the shrink's unit of work), built once per size.
+        ``mma``: the tensor-core kernels' rows (:attr:`mma_records`, one field more: dsh; a tile's
+        singular values and z columns are its virtual rows shifted right by dsh)."""
         tile_r = int(tile_r or self.tile_r)
         self.build()
-        got = self._tiles.get(tile_r)
+        got = self._tiles.get((tile_r, mma))
         if got is not None:
             return got
         rows: dict[tuple[int, int], list[list[int]]] = {}
-        for a, per in enumerate(self.records):
+        for a, per in enumerate(self.mma_records if mma else self.records):
             for b, recs in enumerate(per):
                 tl: list[list[int]] = []
                 for rec in recs:
                     bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
+                    dsh = rec[NF] if mma else 0
                     vw, uw = quant.packed_words(self.in_features, bits), quant.packed_words(self.out_features[b], bits)
                     vg, ug = quant.n_groups(self.in_features, gs), quant.n_groups(self.out_features[b], gs)
                     for c0 in range(0, cnt, tile_r):
@@ -348,13 +414,14 @@ class DeltaSet:
                         x[F["v_sz"]] += c0 * vg
                         x[F["u_q"]] += c0 * uw
                         x[F["u_sz"]] += c0 * ug
-                        x[F["s_off"]] += c0
-                        x[F["zcol"]] += c0
+                        x[F["s_off"]] += c0 >> dsh
+                        x[F["zcol"]] += c0 >> dsh
                         x[F["count"]] = min(tile_r, cnt - c0)
                         tl.append(x)
                 rows[(a, b)] = tl
-        got = self._tiles[tile_r] = self._padded(rows, NF)
-        self._tile_total[tile_r] = sum(len(v) for v in rows.values())
+        got = self._tiles[(tile_r, mma)] = self._padded(rows, NF + mma)
+        if not mma:
+            self._tile_total[tile_r] = sum(len(v) for v in rows.values())
         return got
 
     def _padded(self, rows: dict[tuple[int, int], list[list[int]]], width: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -374,37 +441,39 @@ class DeltaSet:
         self.tiles(tile_r)
         return self._tile_total[int(tile_r)]
 
-    def items(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def items(self, chunk: int, mma: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(items (slots, slices, I, NFI) int64, n_items (slots, slices) int32, I): the GEMV
         expand's units of work, padded to I (the most of one slot-slice). An item is a run of at most
         ``chunk`` components of one tier (so one bit width) of one slot and slice; fields in
         :data:`ITEM_FIELDS` order (``j``: its index among the items of its slot-slice, ``nj``: how
-        many there are, ``grp``: slot * n_slices + slice). Built once per chunk size."""
+        many there are, ``grp``: slot * n_slices + slice). Built once per chunk size. ``mma``: of the
+        tensor-core kernels' rows, with dsh as a last field (see :meth:`tiles`)."""
         chunk = int(chunk)
         self.build()
-        got = self._items.get(chunk)
+        got = self._items.get((chunk, mma))
         if got is not None:
             return got
         per: dict[tuple[int, int], list[list[int]]] = {}
-        for a, recs_of in enumerate(self.records):
+        for a, recs_of in enumerate(self.mma_records if mma else self.records):
             for b, recs in enumerate(recs_of):
                 mine: list[list[int]] = []
                 for rec in recs:
                     bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
+                    dsh = rec[NF] if mma else 0
                     uw, ug = quant.packed_words(self.out_features[b], bits), quant.n_groups(self.out_features[b], gs)
                     for c0 in range(0, cnt, chunk):
                         mine.append([a, b, rec[F["u_q"]] + c0 * uw, rec[F["u_sz"]] + c0 * ug, bits, min(chunk, cnt - c0),
-                                     rec[F["zcol"]] + c0, gs, len(mine), 0, a * self.n_slices + b])
+                                     rec[F["zcol"]] + (c0 >> dsh), gs, len(mine), 0, a * self.n_slices + b] + [dsh] * mma)
                 for row in mine:
                     row[9] = len(mine)
                 per[(a, b)] = mine
-        got = self._items[chunk] = self._padded(per, len(ITEM_FIELDS))
+        got = self._items[(chunk, mma)] = self._padded(per, len(ITEM_FIELDS) + mma)
         return got
 
     def gemv_tables_built(self, chunk: int, n_blocks: int, n_rowblocks: int) -> bool:
         """Whether the GEMV expand's items (for ``chunk``) and counters (for this grid) exist
         already, so asking for them now queues no work on the device."""
-        return int(chunk) in self._items and (n_blocks, n_rowblocks) in self._sems
+        return (int(chunk), False) in self._items and (n_blocks, n_rowblocks) in self._sems
 
     def semaphores(self, n_blocks: int, n_rowblocks: int) -> torch.Tensor:
         """int32 counters, zero, one per (row block of the batch (:func:`plan_blocks`), slice,

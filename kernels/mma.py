@@ -64,6 +64,7 @@ import weakref
 
 import torch
 
+from . import deltaset as _deltaset
 from .deltaset import F, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
 
@@ -75,6 +76,10 @@ try:  # Gluon ships with Triton 3.5+; the kernels need a GPU (the interpreter do
     HAVE_GLUON = True
 except Exception:  # pragma: no cover - no Triton, or one whose Gluon lacks these names: the other paths serve
     HAVE_GLUON = False
+
+#: the 3- and 8-bit tiers read as 2-bit planes (deltaset.planes_of: the 2-bit tiers' wide loads for every
+#: tier, at +6% of a 1/16 delta's device memory: 26.9 against 25.3 MB a Llama-2-7B layer); ``DELTASTORE_MMA_PLANES=0``: read as stored, per element
+_deltaset.WANT_PLANES = HAVE_GLUON and os.environ.get("DELTASTORE_MMA_PLANES", "1") not in ("", "0")
 
 #: widths the unpack handles (the codec's delta-come tiers: 8, 3 and 2 bits)
 WIDTHS = frozenset({2, 3, 8})
@@ -326,6 +331,7 @@ if HAVE_GLUON:
         bits = gl.load(tb + 5).to(gl.int32)
         count = gl.load(tb + 6).to(gl.int32)
         zcol = gl.load(tb + 7).to(gl.int32)
+        dsh = gl.load(tb + NFIELD - 1).to(gl.int32)  # virtual rows a component, as a shift (2-bit planes)
         G = (K + 127) // 128
         g0 = pid_k * GPS
         if (slot >= 0) & (t < nt) & (g0 < G):
@@ -354,8 +360,8 @@ if HAVE_GLUON:
             else:
                 acc = _shrink_groups(words_ptr, wrow, r, r_ok, x_ptr, xoff, m, m_ok, scales_ptr, zeros_ptr, v_sz, off, bits,
                                      g0, G, K, RW, None, BLOCK_R, BM, GPS, KS, HAS2, HAS3, HAS8, COMPACT, LW, L3, XL, num_warps)
-            acc = acc * gl.load(svals_ptr + s_off + r, mask=r_ok, other=0.0)[:, None]
-            zp = z_ptr + (pos0 + m).to(gl.int64)[None, :] * ZC + (zcol + r)[:, None]
+            acc = acc * gl.load(svals_ptr + s_off + (r >> dsh), mask=r_ok, other=0.0)[:, None]
+            zp = z_ptr + (pos0 + m).to(gl.int64)[None, :] * ZC + (zcol + (r >> dsh))[:, None]  # (planes: atomics sum them)
             gl.atomic_add(zp, acc, mask=m_ok[None, :] & r_ok[:, None], sem="relaxed")
 
     @gluon.jit
@@ -391,7 +397,7 @@ if HAVE_GLUON:
                 return _asm1(_AU8L, w, sh)
 
     @gluon.jit
-    def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
+    def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
                       num_warps: gl.constexpr):
         """(acc, correction) of a 2-bit item's components for one group of 128 outputs with its words
@@ -428,7 +434,7 @@ if HAVE_GLUON:
                 w3 = gl.expand_dims(wsm.slice(8 * i, 8).load(gl.SliceLayout(1, E3)), 1) + zero3
                 a = gl.convert_layout(gl.reshape(_asm1(_AU2, w3, sh3), [BLOCK_N, 16]), aL, assert_trivial=True)
                 r_ok = (16 * i + rb) < count
-                zt = gl.load(zrow + 16 * i, mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
+                zt = gl.load(zrow + ((16 * i + rb) >> dsh)[:, None], mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
                 sc = ssm.slice(16 * i, 16).load(gl.SliceLayout(1, bL)).to(gl.float32)
                 zq = qsm.slice(16 * i, 16).load(gl.SliceLayout(1, bL)).to(gl.float32) + 128.0
                 zb = (zt * sc[:, None]).to(gl.bfloat16)
@@ -437,7 +443,7 @@ if HAVE_GLUON:
         return acc, gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
 
     @gluon.jit
-    def _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n, n_ok,
+    def _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n, n_ok,
                      BLOCK_N: gl.constexpr, BM: gl.constexpr, ES: gl.constexpr, HAS2: gl.constexpr, HAS3: gl.constexpr,
                      HAS8: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of an item's components, ES a step, each step's words loaded per element
@@ -450,7 +456,7 @@ if HAVE_GLUON:
         off = 128.0 + 2048.0 * (bits == 8).to(gl.float32)
         for r0 in range(0, count, ES):  # ES components a step: its loads issued together
             r_ok = (r0 + rb) < count
-            zt = gl.load(zrow + r0, mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
+            zt = gl.load(zrow + ((r0 + rb) >> dsh)[:, None], mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
             sc = gl.load(scales_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32)
             zq = gl.load(zeros_ptr + u_sz + (r0 + rb) * G + g, mask=r_ok, other=0.0).to(gl.float32) + off
             zb = (zt * sc[:, None]).to(gl.bfloat16)
@@ -491,6 +497,7 @@ if HAVE_GLUON:
         bits = gl.load(ib + 4).to(gl.int32)
         count = gl.load(ib + 5).to(gl.int32)
         zcol = gl.load(ib + 6).to(gl.int32)
+        dsh = gl.load(ib + NFI - 1).to(gl.int32)  # virtual components a component, as a shift (2-bit planes)
         m_s = gl.load(mout_ptr + sl)
         col0 = gl.load(coloff_ptr + sl)
         n0 = pid_n * BLOCK_N
@@ -502,28 +509,25 @@ if HAVE_GLUON:
             mL: gl.constexpr = gl.SliceLayout(0, mma)
             n = n0 + gl.arange(0, BLOCK_N, layout=nL)
             n_ok = n < m_s
-            rb = gl.arange(0, ES, layout=gl.SliceLayout(1, bL))
             mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
             mb_ok = mb < nrows
-            zrow = z_ptr + (pos0 + mb).to(gl.int64)[None, :] * ZC + zcol + rb[:, None]
+            zrow = z_ptr + (pos0 + mb).to(gl.int64)[None, :] * ZC + zcol  # (1, BM): a component's z is zrow + (r >> dsh)
             if COMPACT:
                 if bits == 2:
                     wsm = gl.allocate_shared_memory(gl.int32, [CH // 2, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
                     ssm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     qsm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-                    rb16 = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
-                    zr16 = z_ptr + (pos0 + mb).to(gl.int64)[None, :] * ZC + zcol + rb16[:, None]
                     if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: vector loads (as in the shrink)
-                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zr16, mb_ok, (u_q // 4) * 4, u_sz, g,
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, (u_q // 4) * 4, u_sz, g,
                                                G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, num_warps)
                     else:
-                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zr16, mb_ok, u_q, u_sz, g, G, RW, count,
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count,
                                                wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, num_warps)
                 else:
-                    acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
+                    acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                           n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
             else:
-                acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
+                acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                       n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
             acc = acc - c[None, :]
             m = gl.arange(0, BM, layout=mL)
@@ -644,9 +648,9 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> to
     bm = block_m(plan, dset)
     blocks = plan_blocks(plan, bm)
     nb = blocks.shape[0]
-    tiles, ntiles, T = dset.tiles(16 * SHRINK_TILES * 4)
-    items, nitems, I_max = dset.items(CHUNK)
-    has = {f"HAS{b}": b in dset.bit_widths for b in (2, 3, 8)}
+    tiles, ntiles, T = dset.tiles(16 * SHRINK_TILES * 4, mma=True)
+    items, nitems, I_max = dset.items(CHUNK, mma=True)
+    has = {f"HAS{b}": b in dset.mma_bit_widths for b in (2, 3, 8)}
     compact = COMPACT and "shrink" in COMPACT_PARTS and has["HAS2"] and SHRINK_KS == 128 and SHRINK_TILES in (1, 2)
     compact_e = COMPACT and "expand" in COMPACT_PARTS and has["HAS2"] and CHUNK % 128 == 0
     G = -(-K // GROUP)

@@ -40,17 +40,22 @@ def reference(x: torch.Tensor, ds: DeltaSet, plan) -> torch.Tensor:  # noqa: ANN
     return ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(x.shape[0], sum(ds.out_features), device=DEVICE), ds, plan)
 
 
-@pytest.mark.parametrize("compact", [True, False], ids=["compact", "per-element"])
+@pytest.mark.parametrize("loads", ["planes", "compact", "per-element"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [1, 3, 8, 13, 16])
-def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype, compact: bool, monkeypatch) -> None:
-    """Both loads of the 2-bit tiers (mma.COMPACT, the default, and the per-element ones of before);
+def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype, loads: str, monkeypatch) -> None:
+    """Every load of the tiers: the default ("planes": the 3- and 8-bit tiers as 2-bit planes, every
+    tier through the wide loads of the 2-bit path), the 3- and 8-bit tiers as stored ("compact", their
+    per-element loads beside the 2-bit tiers' wide ones) and the per-element loads of every tier;
     odd shapes take their masked paths (a short last group of inputs and of outputs, rows of words
     not 16-byte aligned in the expand)."""
-    monkeypatch.setattr(mma, "COMPACT", compact)
+    monkeypatch.setattr(mma, "COMPACT", loads != "per-element")
     n, ms = 300, [200]  # inputs: 2 groups and a short third, rows padded to 320; outputs likewise
-    ds = make_set(n, ms, 1, dtype=dtype, seed=M).build()
+    ds = make_set(n, ms, 1, dtype=dtype, seed=M)
+    ds.planes = loads == "planes"
+    ds.build()
     assert ds.bit_widths == {8, 3, 2} and mma.usable(torch.empty(1, n, dtype=dtype, device=DEVICE), ds)
+    assert ds.mma_bit_widths == ({2} if loads == "planes" else {8, 3, 2})
     x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEVICE)
     plan = plan_rows(torch.zeros(M, dtype=torch.int64, device=DEVICE), 1)
     assert mma.use_mma(x, ds, plan, "mma") and mma.use_mma(x, ds, plan) == (5 <= M <= 16)  # one fine-tune: 5..16 rows

@@ -234,3 +234,89 @@ def test_every_factors_words_start_16_byte_aligned() -> None:
             for j, rec in enumerate(recs):
                 u = deltas[s][i][j].reshape(-1).to(torch.int32)
                 assert torch.equal(ds.words[rec[F["u_q"]]:rec[F["u_q"]] + u.numel()].cpu(), u)
+
+
+def _tables_delta(x: torch.Tensor, ds, ids: torch.Tensor, mma_rows: bool) -> torch.Tensor:  # noqa: ANN001
+    """What the kernels compute from a set's tile and item tables, in torch: per tile row, x . V^ of
+    its (virtual) rows times S summed into z column zcol + (r >> dsh); per item, those z columns back
+    times U^ (``mma_rows``: the tensor-core kernels' tables, with dsh; else the GEMV kernels')."""
+    from deltastore.kernels.deltaset import NF
+
+    n, ms = ds.in_features, ds.out_features
+    tiles, ntiles, _ = ds.tiles(64, mma=mma_rows)
+    items, nitems, _ = ds.items(256, mma=mma_rows)
+
+    def factor(q0: int, sz0: int, count: int, bits: int, gs: int, length: int) -> torch.Tensor:
+        rw, g = quant.packed_words(length, bits), quant.n_groups(length, gs)
+        q = quant.unpack(ds.words[q0 : q0 + count * rw].view(count, rw), bits, length)
+        return quant.dequantize(q, ds.scales[sz0 : sz0 + count * g].view(count, g), ds.zeros[sz0 : sz0 + count * g].view(count, g), gs)
+
+    y = torch.zeros(x.shape[0], sum(ms), dtype=torch.float64)
+    for m, slot in enumerate(ids.tolist()):
+        if slot < 0:
+            continue
+        z = torch.zeros(ds.zcols, dtype=torch.float64)
+        for sl in range(len(ms)):
+            for t in range(int(ntiles[slot, sl])):
+                row = tiles[slot, sl, t].tolist()
+                v_q, v_sz, _, _, s_off, bits, count, zcol, gs = row[:NF]
+                dsh = row[NF] if mma_rows else 0
+                r = torch.arange(count) >> dsh
+                V = factor(v_q, v_sz, count, bits, gs, n).double()
+                z.index_add_(0, zcol + r, (V @ x[m].double()) * ds.svals[s_off + r].double())
+        for sl, col0 in enumerate(ds.col_offsets):
+            for i in range(int(nitems[slot, sl])):
+                row = items[slot, sl, i].tolist()
+                u_q, u_sz, bits, count, zcol, gs = row[2:8]
+                dsh = row[-1] if mma_rows else 0
+                U = factor(u_q, u_sz, count, bits, gs, ms[sl]).double()
+                y[m, col0 : col0 + ms[sl]] += z[zcol + (torch.arange(count) >> dsh)] @ U
+    return y
+
+
+def test_the_planes_of_3_and_8_bit_tiers_are_the_same_delta() -> None:
+    """A set that keeps 2-bit planes of its 3- and 8-bit tiers (deltaset.planes_of, what the
+    tensor-core kernels read on a GPU): its mma tables hold 2-bit rows only, and computed as the
+    kernels compute them (z columns shared by a component's planes) give the delta of the tiers as
+    stored within float64 rounding of the same sums (1e-9 relative); two fine-tunes, odd shapes,
+    rows of the base alone (zero)."""
+    from deltastore.kernels import DeltaSet
+
+    from .kernel_testlib import packed_delta, rel
+
+    n, ms = 300, [200, 72]
+    sets = {}
+    for planes in (True, False):
+        ds = DeltaSet(n, ms)
+        ds.planes = planes
+        for s in range(2):
+            ds.add([packed_delta(m, n, seed=40 + 10 * s + i, group_size=128, schedule=[[8, 1], [3, 3], [2, None]], alpha=0.25)[1]
+                    for i, m in enumerate(ms)])
+        sets[planes] = ds.build()
+    assert sets[True].bit_widths == sets[False].bit_widths == {8, 3, 2}
+    assert sets[True].mma_bit_widths == {2} and sets[False].mma_bit_widths == {8, 3, 2}
+    # the planes sit beside the tiers as stored: 8 bits in 4 planes (as many words), 3 in 2 (4 bits for 3)
+    from deltastore.kernels.deltaset import F
+
+    recs = [(rec, ms[b]) for per in sets[False].records for b, rs in enumerate(per) for rec in rs if rec[F["bits"]] in (3, 8)]
+    planes_words = sum(rec[F["count"]] * (4 if rec[F["bits"]] == 8 else 2) * 2 * (-(-n // 32) + -(-m // 32)) for rec, m in recs)
+    extra = sets[True].words.numel() - sets[False].words.numel()
+    assert abs(extra - planes_words) <= 3 * 2 * len(recs) * 2  # (each factor's start aligned to 4 words)
+    ids = torch.tensor([0, 1, -1, 1, 0])
+    x = torch.randn(5, n, generator=torch.Generator().manual_seed(2))
+    want = _tables_delta(x, sets[False], ids, mma_rows=False)
+    for planes in (True, False):
+        got = _tables_delta(x, sets[planes], ids, mma_rows=True)
+        assert rel(got, want) < 1e-9
+        assert bool((got[2] == 0).all())
+    assert want.abs().amax() > 0
+    # a third fine-tune added: the set rebuilt, the planes of the first two made once (reused), still the same delta
+    kept = {k: v[1] for k, v in sets[True]._plane_cache.items()}
+    third = [packed_delta(m, n, seed=90 + i, group_size=128, schedule=[[8, 1], [3, 3], [2, None]], alpha=0.25)[1] for i, m in enumerate(ms)]
+    for ds in sets.values():
+        ds.add(third)
+        ds.build()
+    assert all(sets[True]._plane_cache[k][1] is p for k, p in kept.items())
+    ids = torch.tensor([2, 0, 2, 1])
+    x = x[:4]
+    assert rel(_tables_delta(x, sets[True], ids, mma_rows=True), _tables_delta(x, sets[False], ids, mma_rows=False)) < 1e-9
