@@ -71,7 +71,8 @@ def main() -> None:
     bench = Bench(GROUPS, args.copies, max(nt for _, nt in cases), sorted({nt for _, nt in cases}), dev)
     bw = copy_bandwidth(dev)
     lines = [f"# {__doc__.splitlines()[0]}", "", f"`python benchmarks/ab_mma.py --cases {args.cases} --rounds {args.rounds} "
-             f"--copies {args.copies}` on {torch.cuda.get_device_name()} (torch {torch.__version__}); copy {bw / 1e12:.2f} TB/s; "
+             f"--copies {args.copies} --mma-cfgs '{args.mma_cfgs}'{' --delta-alone' * args.delta_alone}` "
+             f"(DELTASTORE_MMA_PLANES={os.environ.get('DELTASTORE_MMA_PLANES', '1')}) on {torch.cuda.get_device_name()} (torch {torch.__version__}); copy {bw / 1e12:.2f} TB/s; "
              f"one delta-come delta at 1/16: {bench.delta_bytes / 1e6:.1f} MB a layer, base {bench.base_bytes / 1e6:.1f} MB.", "",
              "| case | base alone (us) | modules, mma kernels (us) | x base | modules, before (us) | x base | mma / before | rel err mma / before |",
              "|---|---|---|---|---|---|---|---|"]

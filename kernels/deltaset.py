@@ -34,8 +34,8 @@ NF = len(FIELDS)
 F = {name: i for i, name in enumerate(FIELDS)}
 #: fields of a GEMV expand work item (see :meth:`DeltaSet.items`)
 ITEM_FIELDS = ("slot", "slice", "u_q", "u_sz", "bits", "count", "zcol", "gs", "j", "nj", "grp")
-#: whether sets on a CUDA device keep 2-bit planes of their 3- and 8-bit tiers for the tensor-core
-#: kernels (:meth:`DeltaSet.build`); kernels.mma sets it where it can run (Gluon), and
+#: whether sets on a CUDA device that the tensor-core kernels serve keep 2-bit planes of their 3- and
+#: 8-bit tiers (:meth:`DeltaSet.use_planes`); kernels.mma sets it where it can run (Gluon), and
 #: ``DELTASTORE_MMA_PLANES=0`` keeps it off
 WANT_PLANES = False
 
@@ -174,8 +174,9 @@ class DeltaSet:
         #: None = the environment's DELTASTORE_FUSED_GEMV (off unless set: slower on the H200)
         self.fused_gemv: bool | None = None
         #: keep 2-bit planes of the 3- and 8-bit tiers for the tensor-core kernels (:func:`planes_of`):
-        #: True/False here, None = where the set is on a CUDA device and :data:`WANT_PLANES`
+        #: True/False here, None = once those kernels serve the set (:meth:`use_planes`)
         self.planes: bool | None = None
+        self._planes_asked = False
         self._plane_cache: dict[int, tuple[PackedFactor, PackedFactor | None]] = {}
 
     # -- membership -------------------------------------------------------------------------------
@@ -239,6 +240,18 @@ class DeltaSet:
         lowrank, hold none): read from the tables, which :meth:`build` makes once per add/drop."""
         return bool(self.build().bit_widths)
 
+    def use_planes(self) -> "DeltaSet":
+        """What the tensor-core kernels call before serving the set: the first time (where
+        :attr:`planes` is None, :data:`WANT_PLANES`, on a CUDA device), rebuild with the 2-bit planes
+        of the 3- and 8-bit tiers, kept from then on (+6% of a 1/16 delta's device memory). So a set
+        that only the GEMV or dense paths serve (one row per fine-tune, or many of one) holds none.
+        Eager forwards come before any CUDA graph is captured (graph_decode's first step of a
+        shape), so the rebuild never runs inside a capture."""
+        if self.planes is None and not self._planes_asked and WANT_PLANES and self.device.type == "cuda":
+            self._planes_asked = True
+            self._built = False
+        return self.build()
+
     # -- flat buffers and tables ------------------------------------------------------------------
     def build(self) -> "DeltaSet":
         """(Re)build the flat buffers and tables on the device; done once per add/drop, not per call."""
@@ -264,7 +277,7 @@ class DeltaSet:
 
         records: list[list[list[list[int]]]] = []  # [slot][slice] -> tier rows
         mma_records: list[list[list[list[int]]]] = []  # the same with a dsh field, 3/8-bit tiers as planes
-        want_planes = self.planes if self.planes is not None else (WANT_PLANES and self.device.type == "cuda")
+        want_planes = self.planes if self.planes is not None else self._planes_asked
         cache: dict[int, tuple[PackedFactor, PackedFactor | None]] = {}  # a factor's planes, made once
 
         def mma_row(rec: list[int], v: PackedFactor, u: PackedFactor) -> list[int]:

@@ -119,26 +119,6 @@ def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str
     return s if (plan is not None and mma.SIDE and mma.use_mma(x, dset, plan)) else None
 
 
-#: SMs the base GEMM leaves to the deltas while they run beside it (torch's experimental cuBLAS
-#: carveout; 0: none). Measured in benchmarks/ab_mma.py before any default is set
-SIDE_CARVEOUT = int(os.environ.get("DELTASTORE_SIDE_CARVEOUT", "0"))
-
-
-@contextlib.contextmanager
-def _carveout(n: int) -> Iterator[None]:
-    """cuBLAS GEMMs inside leave ``n`` SMs free (none where n is 0 or torch lacks the knob)."""
-    setter = getattr(torch._C, "_set_sm_carveout_experimental", None)
-    if n <= 0 or setter is None:
-        yield
-        return
-    old = torch._C._get_sm_carveout_experimental()
-    setter(n)
-    try:
-        yield
-    finally:
-        setter(old)
-
-
 def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T],
            preference: KernelPreference | str = KernelPreference.AUTO, *, side: "torch.cuda.Stream | None | bool" = True,
            out: torch.Tensor | None = None, split_k: int | None = None) -> tuple[T, torch.Tensor]:
@@ -161,8 +141,7 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     with torch.cuda.stream(s):
         d.zero_()
         apply_deltas(x, d, dset, plan, preference, split_k)
-    with _carveout(SIDE_CARVEOUT):
-        y = base()
+    y = base()
     main.wait_stream(s)
     return y, d
 

@@ -78,7 +78,9 @@ except Exception:  # pragma: no cover - no Triton, or one whose Gluon lacks thes
     HAVE_GLUON = False
 
 #: the 3- and 8-bit tiers read as 2-bit planes (deltaset.planes_of: the 2-bit tiers' wide loads for every
-#: tier, at +6% of a 1/16 delta's device memory: 26.9 against 25.3 MB a Llama-2-7B layer); ``DELTASTORE_MMA_PLANES=0``: read as stored, per element
+#: tier, at +6% of a 1/16 delta's device memory, 26.9 against 25.3 MB a Llama-2-7B layer, in the sets these
+#: kernels serve: DeltaSet.use_planes). H200, one layer's deltas alone: 32 rows over 8 fine-tunes 523 ->
+#: 429 us, 16 rows of one 169 -> 142 (kernels_h200.md). ``DELTASTORE_MMA_PLANES=0``: read as stored
 _deltaset.WANT_PLANES = HAVE_GLUON and os.environ.get("DELTASTORE_MMA_PLANES", "1") not in ("", "0")
 
 #: widths the unpack handles (the codec's delta-come tiers: 8, 3 and 2 bits)
@@ -103,7 +105,7 @@ EXPAND_STEP = int(os.environ.get("DELTASTORE_MMA_STEP", "32"))
 MAX_ROWS = 16
 #: rows a fine-tune (the batch spread over the set's fine-tunes) from which these kernels serve a
 #: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
-MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "4"))
+MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
 #: rows of a batch of ONE fine-tune these kernels serve (ONE_MIN_ROWS .. ONE_MAX_ROWS; fewer: the GEMV
 #: kernels, more: the dense path). H200, one Llama-2-7B layer's deltas alone: 16 rows 175 us against
 #: the dense path's 313, one row 108 against the GEMV kernels' 92 (kernels_h200.md, twentieth session)
@@ -615,18 +617,16 @@ _SERVES: "weakref.WeakKeyDictionary[DeltaSet, tuple[tuple[int, int], bool]]" = w
 
 
 def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
-    """Whether :func:`apply` serves this batch: ``path`` "mma" forces it (another path: no), else
-    where :func:`usable`, the batch may span several fine-tunes (the host does not know it is one),
-    and they serve :data:`MIN_ROWS` to :data:`MAX_ROWS` rows each (the batch spread evenly).
+    """Whether :func:`apply` serves this batch: ``path`` "mma" forces it (another path: no); else
+    where :func:`usable`, several fine-tunes at :data:`MIN_ROWS` to :data:`MAX_ROWS` rows each (the
+    batch spread evenly over the set's fine-tunes), or one fine-tune's batch (the set holds one, or the
+    host knows one serves every row) of :data:`ONE_MIN_ROWS` to :data:`ONE_MAX_ROWS` rows.
 
-    Why so narrow (benchmarks/results/kernels_h200.md, the modules users get, one Llama-2-7B layer;
-    the eighteenth session's per-element loads): 32 rows over 8 fine-tunes 0.69-0.72x the time of the
-    GEMV kernels (898-941 against 1303-1309 us; the wide loads since: 634 against 1320, 0.48x); but
-    one fine-tune at 1 row 1.23x, at 16 rows 0.97x (the dense path), 4 rows over 4 1.46x and 64 rows
-    over 32 1.22x: these kernels' time per fine-tune hardly grows with its rows, the GEMV kernels'
-    does, and the table prologue and tiny tiers cost them at one row. Those cases were not measured
-    again with the wide loads (the probe's one-row layer went from 83.8 to 58.8 us), so the policy
-    stands until they are."""
+    Measured through the modules users get (benchmarks/ab_mma.py, one Llama-2-7B layer on the H200,
+    twentieth session, the 3- and 8-bit tiers as planes): 2 rows over 8 fine-tunes 0.69x the GEMV
+    kernels' time, 2 over 32 0.66x, 4 over 8 0.41x, 8 over 8 0.36x; 1 row over 8 or 4 level (0.96-0.97x
+    the layer, 1.03-1.05x the deltas alone): the GEMV kernels keep it. One fine-tune: 16 rows 0.67x the
+    dense path; 1 row 98.5 us of deltas against the GEMV kernels' 92 (the GEMV kernels keep up to 4)."""
     if path is not None:
         return path == "mma"
     if plan.only_slot is not None or dset.n_slots < 2:
@@ -645,6 +645,7 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> to
         raise KernelError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not fit the set ({dset.in_features} -> {sum(dset.out_features)})")
     if x.stride(1) != 1:
         x = x.contiguous()
+    dset.use_planes()
     bm = block_m(plan, dset)
     blocks = plan_blocks(plan, bm)
     nb = blocks.shape[0]

@@ -96,7 +96,9 @@ def test_many_fine_tunes_in_one_batch_each_row_its_own() -> None:
     M = ids.numel()
     x = torch.randn(M, n, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).to(DEVICE)
     plan = plan_rows(ids, 3)
+    assert ds.build().mma_bit_widths == {8, 3, 2}  # no planes until these kernels serve the set
     got = apply_deltas(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan, path="mma")
+    assert ds.mma_bit_widths == {2}  # (DeltaSet.use_planes: the set rebuilt with them once)
     want = reference(x, ds, plan)
     for r in range(M):
         if ids[r] < 0:
