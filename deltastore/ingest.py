@@ -292,8 +292,10 @@ def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarra
         return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
     if job.kernels is not None:
         job.kernels.wait()  # the read and hash above ran beside the kernels' load; the decode uses them
+    # check_base=False, as a checkout: an exact base tensor is checked once, against its own sha256 at the
+    # top of its chain, not again at every link (a series' add of checkpoint 10 hashed it ten times)
     base_raw = tensor_bytes(store, job.base_oid, base_entry, out=pool.take(base_entry.nbytes) if pool is not None else None,
-                            scratch=pool)
+                            scratch=pool, check_base=False)
     try:
         return _encode_delta(store, job, info, raw, base_entry, base_raw, sha, common)
     finally:

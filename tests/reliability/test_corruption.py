@@ -101,3 +101,22 @@ def test_an_add_replaces_a_torn_object(template, tmp_path: Path, how: str) -> No
         assert st.verify().ok
         st.checkout("c@v1", tmp_path / "out")
         assert tree_hashes(tmp_path / "out") == tree_hashes(src / "base1")
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_an_add_on_a_damaged_chain_names_the_link_and_adds_nothing(template, tmp_path: Path, how: str) -> None:
+    """A series add decodes its base through the chain checking only the top of it against its sha256
+    (as a checkout does); a damaged link below is still found and named, and nothing is added."""
+    home, src = tmp_path / "home", template[1]
+    shutil.copytree(template[0], home)
+    (home / "config.toml").write_text((home / "config.toml").read_text().replace(str(template[0]), str(home)))
+    with deltastore.open(home) as st:
+        st.add_finetune("f", src / "ft1", "f", codec="lossless", message="ft1")  # f@v2: a delta on f@v1
+        assert any(t.source == "delta" for _, t in st.manifest("f@v2").tensors())
+        oid, _ = target_of(st, "delta")  # f@v1's delta, a link below f@v2
+        damage(home / key_of(oid), how)
+        st._manifest_cache.clear()
+        with pytest.raises(CorruptObjectError) as e:
+            st.add_finetune("f", src / "ft0", "f", codec="lossless", message="ft0 again")
+        assert e.value.oid == oid
+        assert [v.ref for v in st.versions("f")] == ["f@v1", "f@v2"]
