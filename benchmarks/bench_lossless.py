@@ -318,10 +318,12 @@ def rans_probe(pairs, say, repeat: int, z: dict | None, v2: dict) -> None:
     say("")
 
 
-def store_chain(ckpts: list[Path], base_dir: Path, say) -> None:
+def store_chain(ckpts: list[Path], base_dir: Path, say, base_from: bool = False) -> None:
     """The series through a real store (a temporary one): add base, then each checkpoint with
     ``--base RUN@latest --codec lossless``; per version what the store added and its delta base;
-    then every checkpoint checked out and compared byte for byte with its file, timed."""
+    then every checkpoint checked out and compared byte for byte with its file, timed. ``base_from``:
+    the same adds again into a second store, each given the previous checkpoint's directory
+    (``--base-from``), alternating with the first store's add of the same checkpoint."""
     import hashlib
     import shutil
     import tempfile
@@ -342,14 +344,25 @@ def store_chain(ckpts: list[Path], base_dir: Path, say) -> None:
             st.add_base("base", base_dir)
             say(f"Store: workers {st.workers}; add base {time.perf_counter() - t0:.1f} s wall.  ")
             say("")
-            say("| version | checkpoint | delta base | stored MB (new objects) | add s (wall) | checkout s (wall) | deltas walked | exact |")
-            say("|---|---|---|---:|---:|---:|---:|---|")
+            say("| version | checkpoint | delta base | stored MB (new objects) | add s (wall) | checkout s (wall) | deltas walked | exact |"
+                + " add s, --base-from the previous checkpoint | same stored bytes |" * base_from)
+            say("|---|---|---|---:|---:|---:|---:|---|" + "---:|---|" * base_from)
             rows = []
+            st2 = deltastore.open(tmp / "home2") if base_from else None
+            if st2 is not None:
+                st2.add_base("base", base_dir)
             for i, c in enumerate(ckpts):
                 t0 = time.perf_counter()
                 v = st.add_finetune("run", c, base="base" if i == 0 else "run@latest", codec="lossless")
-                rows.append((v, c, time.perf_counter() - t0))
-            for v, c, add_s in rows:
+                rows.append([v, c, time.perf_counter() - t0])
+                if st2 is not None:
+                    t0 = time.perf_counter()
+                    v2 = st2.add_finetune("run", c, base="base" if i == 0 else "run@latest", codec="lossless",
+                                          base_from=base_dir if i == 0 else ckpts[i - 1])
+                    rows[-1] += [time.perf_counter() - t0, v2.stored_bytes == v.stored_bytes]
+            if st2 is not None:
+                st2.close()
+            for v, c, add_s, *more in rows:
                 out = tmp / "out"
                 t0 = time.perf_counter()
                 st.checkout(v.ref, out)
@@ -359,7 +372,8 @@ def store_chain(ckpts: list[Path], base_dir: Path, say) -> None:
                 depth, b = 0, v
                 while b.base is not None:
                     depth, b = depth + 1, st.resolve(b.base)
-                say(f"| {v.ref} | {c.name} | {v.base} | {v.stored_bytes / MB:.2f} | {add_s:.1f} | {co:.1f} | {depth} | {exact} |")
+                say(f"| {v.ref} | {c.name} | {v.base} | {v.stored_bytes / MB:.2f} | {add_s:.1f} | {co:.1f} | {depth} | {exact} |"
+                    + (f" {more[0]:.1f} | {more[1]} |" if more else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -1020,6 +1034,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chain-only", action="store_true", help="only the --chain table")
     ap.add_argument("--skip-chain-table", action="store_true", help="with --chain --store: only the store's run")
     ap.add_argument("--store", action="store_true", help="with --chain: the series through a real (temporary) store too")
+    ap.add_argument("--base-from", action="store_true", help="with --store: also each add given the previous checkpoint (--base-from)")
     ap.add_argument("--compiled-probe", action="store_true", help="time v2's grouping and the difference in C too (needs cc)")
     ap.add_argument("--base-contexts", action="store_true", help="the base's exponents given richer contexts (slow)")
     ap.add_argument("--base-only", action="store_true", help="only the base file's sections (no --series needed)")
@@ -1090,7 +1105,7 @@ def main(argv=None) -> int:
         if args.store:
             say("### The same series through the store (`add finetune run CKPT --base run@latest --codec lossless`)")
             say("")
-            store_chain(chain_ckpts, args.base, say)
+            store_chain(chain_ckpts, args.base, say, base_from=args.base_from)
             say("")
     if args.compiled_probe:
         say("## Where v2's time goes: numpy against a compiled helper")

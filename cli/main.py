@@ -187,6 +187,9 @@ def add_finetune(
     message: str = typer.Option("", "-m", "--message"),
     tag: list[str] = typer.Option([], "--tag", "-t"),
     file_sha256: bool = typer.Option(False, "--file-sha256", help=FILE_SHA256_HELP),
+    base_from: Optional[Path] = typer.Option(None, "--base-from", help="The base version's own files, if still on disk "
+                                             "(e.g. the previous checkpoint): read, each tensor checked against the store's "
+                                             "sha256, instead of decoded through the base's chain."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Store a fine-tune as compressed deltas against BASE."""
@@ -196,7 +199,7 @@ def add_finetune(
     st = _store()
     with progress_bar(f"add {name}", not as_json) as cb:
         v = st.add_finetune(name, path, base, codec=cfg, message=message, tags=tag, calib=calib, progress=cb,
-                            file_sha256=file_sha256)
+                            file_sha256=file_sha256, base_from=base_from)
     _print_added(v, as_json)
 
 

@@ -91,17 +91,75 @@ class _Job:
     extras: dict[str, dict]
     #: set once the codecs' kernels are loaded (``warm_codecs_beside``); a base's decode waits for it
     kernels: threading.Event | None = None
+    #: the base's own files where the caller has them (``base_from``)
+    base_hint: "BaseFiles | None" = None
+
+
+class BaseFiles:
+    """The base version's bits already on disk (``add_finetune(..., base_from=DIR)``, e.g. the
+    previous checkpoint of a training run, still on the trainer's disk): a base tensor is read from
+    there instead of decoded through the base's chain, used only where its bytes hash to the sha256
+    the base recorded for it (any other file, tensor or read error: decoded as without it). Why: an
+    add decodes its base through every link of its chain (a series checkpoint: up to 16), and a
+    read plus one hash does not grow with the chain."""
+
+    def __init__(self, path: str | Path):
+        self.sources = scan_model_dir(path)  # every header checked, as an add's own
+        self.tensors: dict[str, tuple[SourceFile, TensorInfo]] = {}
+        for src in self.sources:
+            if src.is_safetensors:
+                for info in src.header.tensors:
+                    self.tensors.setdefault(info.name, (src, info))
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self.used = self.refused = 0
+
+    def read(self, entry: TensorEntry, pool: BufferPool | None) -> np.ndarray | None:
+        """The base tensor ``entry``'s bytes from these files (a pooled buffer), or None."""
+        got = self.tensors.get(entry.name)
+        if got is None or not entry.exact or not entry.sha256:
+            return None
+        src, info = got
+        raw = None
+        if info.dtype == entry.dtype and list(info.shape) == list(entry.shape) and info.nbytes == entry.nbytes:
+            try:
+                raw = _pread(self._fd(src.path), src.header, info, src.path, pool.take(info.nbytes) if pool is not None else None)
+            except (OSError, BadSafetensorsError):
+                raw = None
+            if raw is not None and sha256_hex(raw) != entry.sha256:
+                if pool is not None:
+                    pool.give(raw)
+                raw = None
+        with self._lock:
+            if raw is None:
+                self.refused += 1
+            else:
+                self.used += 1
+        return raw
+
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 @frozen_heap()  # from the first step: the catalog and header reads before the lease set off a full pass too
 def add(store: StoreView, name: str, path: str | Path, *, base: str | None, codec: codecs.Codec | None, message: str,
         tags: list[str], author: str | None, metrics: dict[str, Any], calib: str | Path | None,
-        progress: Progress, file_sha256: bool = False) -> VersionInfo:
+        progress: Progress, file_sha256: bool = False, base_from: str | Path | None = None) -> VersionInfo:
     """Store the model directory ``path`` as the next version of ``name`` (see the module doc).
 
     ``file_sha256``: also record each safetensors file's SHA-256 (what ``sha256sum`` prints). Off
     by default: the verbatim header and every tensor's sha256 already pin the file's bytes (a
-    checkout checks them all), and the file's hash is the one serial stage of an add."""
+    checkout checks them all), and the file's hash is the one serial stage of an add.
+    ``base_from``: the base version's own files (:class:`BaseFiles`), read instead of decoding the base."""
     check_name(name)
     for t in tags:
         check_name(t, "tag name")
@@ -124,6 +182,10 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
     if calib is not None:
         codec, hessians, extras, metrics = _calibrate(store, base_info.ref, Path(path), Path(calib), codec, metrics)
     job = _Job(codec, codecs.get_codec("lossless"), base_info.manifest if base_info else None, base_man, hessians, extras)
+    if base_from is not None:
+        if base is None:
+            raise BadInputError("base_from (--base-from) names the base version's files: it needs a base")
+        job.base_hint = BaseFiles(base_from)
     workers = store.workers if codec is None or codec.lossless else min(store.workers, LOSSY_WORKERS)
     if base_info is not None and workers >= WARM_MIN_WORKERS:  # the codecs' compiled kernels, loaded before the workers meet them
         codes = {t.dtype for f in sources if f.is_safetensors for t in f.header.tensors}
@@ -198,6 +260,8 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
         finally:
             for f in opened:
                 f.close()
+            if job.base_hint is not None:
+                job.base_hint.close()
             if job.kernels is not None:  # (where no tensor changed, none waited): no import left running
                 job.kernels.wait()  # behind the caller's back, as a process that exits next would cut it off
         files = [f for f in slots if f is not None]
@@ -292,10 +356,12 @@ def _encode_tensor(store: StoreView, job: _Job, info: TensorInfo, raw: np.ndarra
         return TensorEntry(**common, source="base"), None  # untouched by the fine-tune: no object
     if job.kernels is not None:
         job.kernels.wait()  # the read and hash above ran beside the kernels' load; the decode uses them
-    # check_base=False, as a checkout: an exact base tensor is checked once, against its own sha256 at the
-    # top of its chain, not again at every link (a series' add of checkpoint 10 hashed it ten times)
-    base_raw = tensor_bytes(store, job.base_oid, base_entry, out=pool.take(base_entry.nbytes) if pool is not None else None,
-                            scratch=pool, check_base=False)
+    base_raw = job.base_hint.read(base_entry, pool) if job.base_hint is not None else None
+    if base_raw is None:
+        # check_base=False, as a checkout: an exact base tensor is checked once, against its own sha256 at
+        # the top of its chain, not again at every link (a series' add of checkpoint 10 hashed it ten times)
+        base_raw = tensor_bytes(store, job.base_oid, base_entry, out=pool.take(base_entry.nbytes) if pool is not None else None,
+                                scratch=pool, check_base=False)
     try:
         return _encode_delta(store, job, info, raw, base_entry, base_raw, sha, common)
     finally:

@@ -125,14 +125,19 @@ class Store:
     def add_finetune(self, name: str, path: str | Path, base: str, *, codec: str | codecs.Codec | dict | None = None,
                      message: str = "", tags: list[str] | None = None, author: str | None = None,
                      metrics: dict[str, Any] | None = None, calib: str | Path | None = None,
-                     progress: Progress | None = None, file_sha256: bool = False) -> VersionInfo:
+                     progress: Progress | None = None, file_sha256: bool = False,
+                     base_from: str | Path | None = None) -> VersionInfo:
         """Store a fine-tune as deltas against the version ``base`` names (default codec: delta-come).
 
         Tensors the codec does not take (embeddings, lm_head, norms for lossy codecs) go lossless;
         tensors whose bits equal the base's cost nothing. A lossless checkpoint series (``base`` is
         ``name``'s own latest version) deltas against its series base instead (:mod:`.chains`: the
         predecessor, every 16th checkpoint a skip-delta), so a checkout walks at most 15 + log2(n / 16)
-        + 1 deltas; the named base is kept in the metrics."""
+        + 1 deltas; the named base is kept in the metrics. ``base_from``: a directory holding the
+        version the delta is made against, e.g. the previous checkpoint still on disk (for a series, the
+        latest version; the chosen delta base must be what is there): its tensors are read from there,
+        each one checked against the sha256 the store recorded, instead of decoded through the base's
+        chain; a file that does not match is not used (:class:`.ingest.BaseFiles`)."""
         use = resolve_codec(codec)
         choice = chains.delta_base(self, name, base, use)
         chains.check_depth(self, choice.ref, adding=True)
@@ -141,7 +146,7 @@ class Store:
             metrics[chains.PREVIOUS_KEY] = choice.previous
         return ingest.add(self, name, path, base=choice.ref, codec=use, message=message, tags=tags or [],
                           author=author, metrics=metrics, calib=calib, progress=progress or no_progress,
-                          file_sha256=file_sha256)
+                          file_sha256=file_sha256, base_from=base_from)
 
     # -- materializing -----------------------------------------------------------------------------
     # each checks first that REF's base chain is one a tensor can be rebuilt through (chains.check_depth)

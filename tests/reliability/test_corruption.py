@@ -120,3 +120,64 @@ def test_an_add_on_a_damaged_chain_names_the_link_and_adds_nothing(template, tmp
             st.add_finetune("f", src / "ft0", "f", codec="lossless", message="ft0 again")
         assert e.value.oid == oid
         assert [v.ref for v in st.versions("f")] == ["f@v1", "f@v2"]
+
+
+def _rewrite_one_tensor(src: Path, dst: Path) -> None:
+    """A copy of model dir ``src`` whose first safetensors file has one byte of its last tensor changed
+    (the header, and so every name, shape and offset, the same)."""
+    shutil.copytree(src, dst)
+    f = next(p for p in sorted(dst.iterdir()) if p.suffix == ".safetensors")
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+def test_base_from_reads_the_base_from_its_files_and_trusts_no_byte_of_them(template, tmp_path: Path) -> None:
+    """add_finetune(base_from=DIR): the base's tensors come from DIR where they hash to the sha256 the
+    store recorded (an add whose base chain has a damaged link goes through: the chain was not read;
+    once the link is mended the new version checks out exact); files of another model, or one tensor changed, are not used for what does
+    not match (with a damaged chain: the link is named and nothing is added)."""
+    home, src = tmp_path / "home", template[1]
+    shutil.copytree(template[0], home)
+    (home / "config.toml").write_text((home / "config.toml").read_text().replace(str(template[0]), str(home)))
+    with deltastore.open(home) as st:
+        st.add_finetune("f", src / "ft1", "f", codec="lossless", message="ft1")  # f@v2 on f@v1
+        # an intact chain, one base tensor changed in the files given: that one decoded, the add exact
+        _rewrite_one_tensor(src / "ft1", tmp_path / "ft1-touched")
+        st.add_finetune("g", src / "ft0", "f@v2", codec="lossless", base_from=tmp_path / "ft1-touched")
+        st.checkout("g@v1", tmp_path / "out-g")
+        assert tree_hashes(tmp_path / "out-g") == tree_hashes(src / "ft0")
+        oid, _ = target_of(st, "delta")  # f@v1's delta, under f@v2
+        good = (home / key_of(oid)).read_bytes()
+        damage(home / key_of(oid), "flip")
+        st._manifest_cache.clear()
+        for wrong in (src / "ft0", src / "base1"):  # another checkpoint's files; another model's (other shapes)
+            with pytest.raises(CorruptObjectError) as e:
+                st.add_finetune("f", src / "ft0", "f", codec="lossless", base_from=wrong)
+            assert e.value.oid == oid
+        assert [v.ref for v in st.versions("f")] == ["f@v1", "f@v2"]
+        v = st.add_finetune("f", src / "ft0", "f", codec="lossless", message="ft0 again", base_from=src / "ft1")
+        assert v.ref == "f@v3"
+        (home / key_of(oid)).write_bytes(good)  # the link mended: f@v3's own delta was made right
+        st.checkout("f@v3", tmp_path / "out")
+        assert tree_hashes(tmp_path / "out") == tree_hashes(src / "ft0")
+
+
+def test_base_from_on_the_command_line(template, tmp_path: Path) -> None:
+    """`deltastore add finetune ... --base-from DIR`; a DIR that is no model: one line, exit 1, nothing added."""
+    from ..clirun import cli
+
+    home, src = tmp_path / "home", template[1]
+    shutil.copytree(template[0], home)
+    (home / "config.toml").write_text((home / "config.toml").read_text().replace(str(template[0]), str(home)))
+    p = cli("--home", str(home), "add", "finetune", "f", str(src / "ft1"), "--base", "f", "--codec", "lossless",
+            "--base-from", str(src / "ft0"))
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "empty").mkdir()
+    p = cli("--home", str(home), "add", "finetune", "f", str(src / "ft0"), "--base", "f", "--codec", "lossless",
+            "--base-from", str(tmp_path / "empty"))
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+    with deltastore.open(home) as st:
+        assert [v.ref for v in st.versions("f")] == ["f@v1", "f@v2"]
+        st.checkout("f@v2", tmp_path / "out")
+        assert tree_hashes(tmp_path / "out") == tree_hashes(src / "ft1")
