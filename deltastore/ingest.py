@@ -112,7 +112,6 @@ class BaseFiles:
                     self.tensors.setdefault(info.name, (src, info))
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
-        self.used = self.refused = 0
 
     def read(self, entry: TensorEntry, pool: BufferPool | None) -> np.ndarray | None:
         """The base tensor ``entry``'s bytes from these files (a pooled buffer), or None."""
@@ -130,11 +129,6 @@ class BaseFiles:
                 if pool is not None:
                     pool.give(raw)
                 raw = None
-        with self._lock:
-            if raw is None:
-                self.refused += 1
-            else:
-                self.used += 1
         return raw
 
     def _fd(self, path: Path) -> int:

@@ -277,7 +277,7 @@ class DeltaSet:
 
         records: list[list[list[list[int]]]] = []  # [slot][slice] -> tier rows
         mma_records: list[list[list[list[int]]]] = []  # the same with a dsh field, 3/8-bit tiers as planes
-        want_planes = self.planes if self.planes is not None else self._planes_asked
+        want_planes = self.planes if self.planes is not None else (self._planes_asked and self.device.type == "cuda")
         cache: dict[int, tuple[PackedFactor, PackedFactor | None]] = {}  # a factor's planes, made once
 
         def mma_row(rec: list[int], v: PackedFactor, u: PackedFactor) -> list[int]:
@@ -408,6 +408,8 @@ class DeltaSet:
         ``mma``: the tensor-core kernels' rows (:attr:`mma_records`, one field more: dsh; a tile's
         singular values and z columns are its virtual rows shifted right by dsh)."""
         tile_r = int(tile_r or self.tile_r)
+        if mma and tile_r % 4:
+            raise KernelError(f"the mma tiles take a multiple of 4 components (a component's planes in one tile), not {tile_r}")
         self.build()
         got = self._tiles.get((tile_r, mma))
         if got is not None:
@@ -462,6 +464,8 @@ class DeltaSet:
         many there are, ``grp``: slot * n_slices + slice). Built once per chunk size. ``mma``: of the
         tensor-core kernels' rows, with dsh as a last field (see :meth:`tiles`)."""
         chunk = int(chunk)
+        if mma and chunk % 4:
+            raise KernelError(f"the mma items take a multiple of 4 components (a component's planes in one item), not {chunk}")
         self.build()
         got = self._items.get((chunk, mma))
         if got is not None:
