@@ -101,8 +101,10 @@ SHRINK_KS = int(os.environ.get("DELTASTORE_MMA_KS", "128"))
 SHRINK_TILES = int(os.environ.get("DELTASTORE_MMA_TILES", "1"))
 #: components an expand step takes (its loads issued together; 32: 126 registers a thread at 8 rows, 64: 206)
 EXPAND_STEP = int(os.environ.get("DELTASTORE_MMA_STEP", "32"))
-#: rows of one fine-tune a row block holds at most (larger batches of one fine-tune: the dense path)
-MAX_ROWS = 16
+#: rows a fine-tune these kernels serve at most by default (more: the dense path for one fine-tune, the
+#: tl.dot kernels for several). A row block holds 16 rows (block_m), so more rows would be more blocks,
+#: each reading the fine-tune's words again: correct (plan_blocks), not measured above 16, hence the knob
+MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_MAX_ROWS", "16"))
 #: rows a fine-tune (the batch spread over the set's fine-tunes) from which these kernels serve a
 #: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
 MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
