@@ -19,6 +19,7 @@ import contextlib
 import getpass
 import hashlib
 import inspect
+import logging
 import os
 import random
 import threading
@@ -49,6 +50,8 @@ from .refs import check_name
 from .results import VersionInfo
 from .safetensors_io import DTYPES, FLOAT_CODES, SafetensorsHeader, TensorInfo, as_tensor
 from .source import SourceFile, scan_model_dir
+
+log = logging.getLogger("deltastore.ingest")
 
 DEFAULT_FINETUNE_CODEC = "delta-come"
 #: lossy encodes already use every core inside torch: run them one at a time, one tensor read ahead
@@ -110,8 +113,10 @@ class BaseFiles:
             if src.is_safetensors:
                 for info in src.header.tensors:
                     self.tensors.setdefault(info.name, (src, info))
+        self.path = Path(path)
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
+        self.used = self.missed = 0  # base tensors read from here / decoded instead (told at the end)
 
     def read(self, entry: TensorEntry, pool: BufferPool | None) -> np.ndarray | None:
         """The base tensor ``entry``'s bytes from these files (a pooled buffer), or None."""
@@ -129,6 +134,11 @@ class BaseFiles:
                 if pool is not None:
                     pool.give(raw)
                 raw = None
+        with self._lock:
+            if raw is None:
+                self.missed += 1
+            else:
+                self.used += 1
         return raw
 
     def _fd(self, path: Path) -> int:
@@ -142,6 +152,14 @@ class BaseFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+    def report(self) -> None:
+        """Once the add's tensors are done: a warning where some base tensor was not in the files with
+        the base's bytes (a wrong directory costs nothing but the speed it was given for, so it would
+        go unseen; the files of the base itself leave none out)."""
+        if self.missed:
+            log.warning("--base-from %s: %d of the %d base tensors this add needed were not there with the base's bytes "
+                        "(decoded from the store instead)", self.path, self.missed, self.missed + self.used)
 
 
 @frozen_heap()  # from the first step: the catalog and header reads before the lease set off a full pass too
@@ -251,6 +269,8 @@ def add(store: StoreView, name: str, path: str | Path, *, base: str | None, code
                 beat()
             for f in opened:
                 slots[f.slot] = f.finish()
+            if job.base_hint is not None:
+                job.base_hint.report()
         finally:
             for f in opened:
                 f.close()

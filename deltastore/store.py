@@ -137,7 +137,8 @@ class Store:
         version the delta is made against, e.g. the previous checkpoint still on disk (for a series, the
         latest version; the chosen delta base must be what is there): its tensors are read from there,
         each one checked against the sha256 the store recorded, instead of decoded through the base's
-        chain; a file that does not match is not used (:class:`.ingest.BaseFiles`)."""
+        chain; a tensor that does not match is decoded as without it, and a warning says how many
+        (:class:`.ingest.BaseFiles`)."""
         use = resolve_codec(codec)
         choice = chains.delta_base(self, name, base, use)
         chains.check_depth(self, choice.ref, adding=True)
