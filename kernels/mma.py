@@ -5,13 +5,13 @@ an expand, as :mod:`.triton_ops`), where each thread loads the packed words its 
 needs and turns them into bf16 operands in registers. Written in Gluon (Triton's dialect with
 explicit layouts), because the operand layout is the point: with plain Triton the unpacked values
 reach the MMA layout through shared memory, or (the GEMV kernels) go to float32 and one FMA per
-value and row. Measured on the H200 (benchmarks/results/kernels_h200.md): one Llama-2-7B layer
-through the modules users get, 32 rows over 8 fine-tunes 634 us, 0.48x the GEMV kernels' time (x5.35
-of the base alone; 0.68x these kernels' per-element loads of the eighteenth session); one fine-tune
-at 1 row, or 1 row each of several, slower than the GEMV kernels with the per-element loads (1.2-1.5x,
-not measured since), so :func:`use_mma` takes these kernels for several fine-tunes at 4..16 rows
-each only. (The probe, benchmarks/probe_mma_gluon.py: with the wide loads a one-row layer's delta
-kernels take 58.8 us against the per-element loads' 83.8 and the GEMV kernels' ~94.)
+value and row. Measured on the H200 (benchmarks/results/kernels_h200.md, twentieth session): one
+Llama-2-7B layer through the modules users get, 32 rows over 8 fine-tunes 540 us, x4.66 of the base
+alone (the GEMV kernels x11.28); 16 rows of one fine-tune x2.13 (the dense path x3.21); 2 rows each
+over 32 fine-tunes 0.66x the GEMV kernels' time; one row of a fine-tune level with them or slower
+(its deltas 98.5 us against 92), so :func:`use_mma` takes these kernels for several fine-tunes at
+2..16 rows each and one fine-tune's batches of 5..16 rows, beside the base GEMM on the side stream.
+The 3- and 8-bit tiers are read as 2-bit planes (below).
 
 **Loads** (:data:`COMPACT`, the default). Nsight Compute on the probe's kernels: L1 at 79-92% of its
 throughput, DRAM at 5-8%, a third of the stalls on L1 data: each thread loaded the words of its own
@@ -25,6 +25,13 @@ the MMA's A layout, checked trivial when the kernel compiles); the shrink's x is
 [rows, 128] tile relabeled in registers to the permuted k and read into the B layout through shared
 memory. Vector loads where a factor's words start 16-byte aligned (the DeltaSet aligns them) and
 its rows are a multiple of 4 words; scalar loads of the same layouts elsewhere (odd shapes).
+
+**Planes** (twentieth session). The 3- and 8-bit tiers (4% of the values) kept per-element loads and
+their code doubled the kernels' registers: a quarter of the time at 32 rows over 8. The DeltaSet now
+gives these kernels such a tier as 2-bit planes (deltaset.planes_of: bits 2i, 2i+1 of a value as a
+virtual row with scale 4^i s, exact), made once these kernels serve it (DeltaSet.use_planes); the
+tables carry ``dsh``, virtual rows a component as a shift: the shrink sums a component's planes into
+its z column by its atomics, the expand reads that column for each plane.
 
 The unpack, per bit width (``q`` a field, all exact in bf16):
 
