@@ -20,9 +20,10 @@ from .kernel_testlib import capture, packed_delta
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the side stream exists only there)")
 
 
-def _members(n: int, ms: list[int], device: str):
+def _members(n: int, ms: list[int], device: str, group_size: int = 32):
     dtype = torch.bfloat16
-    made = [packed_delta(m, n, seed=40 + i, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 2], [2, None]]) for i, m in enumerate(ms)]
+    made = [packed_delta(m, n, seed=40 + i, dtype=dtype, group_size=group_size, schedule=[[8, 1], [3, 2], [2, None]])
+            for i, m in enumerate(ms)]
     ctx = DeltaContext(1, default_id=0)
     group = DeltaGroup(n, ms, device)
     group.deltas.add([pk for _, pk, _ in made])
@@ -53,6 +54,29 @@ def test_side_stream_outputs_equal_one_stream(M: int, monkeypatch) -> None:
         assert torch.equal(a, b)
     a, b = side[-1].float(), one[-1].float()
     assert float((a - b).abs().amax()) <= 4 * torch.finfo(torch.bfloat16).eps * float(b.pow(2).mean().sqrt())
+
+
+@cuda
+@pytest.mark.parametrize("M", [8, 16])
+def test_tensor_core_path_beside_the_base_gemm_within_rounding(M: int, monkeypatch) -> None:
+    """One fine-tune's batch of 8 or 16 rows takes the tensor-core kernels (``mma.use_mma``), on the
+    side stream (``mma.SIDE``): the outputs of the one-stream order within 2 eps(bf16) x the largest
+    |y| (their float32 atomic adds sum in no fixed order, so a last bit may differ either way)."""
+    from deltastore.kernels import mma
+
+    if not mma.HAVE_GLUON:
+        pytest.skip("the tensor-core kernels need Triton with Gluon")
+    n, ms = 320, [256, 96, 96]
+    members, lone = _members(n, ms, "cuda", group_size=128)
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(torch.bfloat16).cuda()
+    assert mma.use_mma(x, members[0].deltas, members[0].ctx.plan(M, x.device))
+    side = [m(x) for m in members] + [lone(x)]
+    monkeypatch.setenv("DELTASTORE_DELTA_STREAM", "0")
+    x2 = x.clone()
+    one = [m(x2) for m in members] + [lone(x2)]
+    for a, b in zip(side, one):
+        a, b = a.float(), b.float()
+        assert float((a - b).abs().amax()) <= 2 * torch.finfo(torch.bfloat16).eps * float(b.abs().amax())
 
 
 @cuda
