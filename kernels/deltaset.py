@@ -34,12 +34,6 @@ NF = len(FIELDS)
 F = {name: i for i, name in enumerate(FIELDS)}
 #: fields of a GEMV expand work item (see :meth:`DeltaSet.items`)
 ITEM_FIELDS = ("slot", "slice", "u_q", "u_sz", "bits", "count", "zcol", "gs", "j", "nj", "grp")
-#: whether sets on a CUDA device that the tensor-core kernels serve keep 2-bit planes of their 3- and
-#: 8-bit tiers (:meth:`DeltaSet.use_planes`); kernels.mma sets it where it can run (Gluon), and
-#: ``DELTASTORE_MMA_PLANES=0`` keeps it off
-WANT_PLANES = False
-
-
 def planes_of(f: PackedFactor) -> PackedFactor | None:
     """A 3- or 8-bit factor as 2-bit planes, for the tensor-core kernels' fast 2-bit path: a 2-bit
     factor of count * P rows, P = 2 (3 bits) or 4 (8 bits), row ``r * P + i`` holding bits 2i, 2i+1
@@ -241,13 +235,14 @@ class DeltaSet:
         return bool(self.build().bit_widths)
 
     def use_planes(self) -> "DeltaSet":
-        """What the tensor-core kernels call before serving the set: the first time (where
-        :attr:`planes` is None, :data:`WANT_PLANES`, on a CUDA device), rebuild with the 2-bit planes
-        of the 3- and 8-bit tiers, kept from then on (+6% of a 1/16 delta's device memory). So a set
+        """What the tensor-core kernels call before serving the set, where they read planes
+        (``kernels.mma.PLANES``): the first time (where :attr:`planes` is None, on a CUDA device),
+        rebuild with the 2-bit planes of the 3- and 8-bit tiers, kept from then on (+6% of a 1/16
+        delta's device memory). So a set
         that only the GEMV or dense paths serve (one row per fine-tune, or many of one) holds none.
         Eager forwards come before any CUDA graph is captured (graph_decode's first step of a
         shape), so the rebuild never runs inside a capture."""
-        if self.planes is None and not self._planes_asked and WANT_PLANES and self.device.type == "cuda":
+        if self.planes is None and not self._planes_asked and self.device.type == "cuda":
             self._planes_asked = True
             self._built = False
         return self.build()

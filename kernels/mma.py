@@ -71,7 +71,6 @@ import weakref
 
 import torch
 
-from . import deltaset as _deltaset
 from .deltaset import F, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
 
@@ -88,7 +87,7 @@ except Exception:  # pragma: no cover - no Triton, or one whose Gluon lacks thes
 #: tier, at +6% of a 1/16 delta's device memory, 26.9 against 25.3 MB a Llama-2-7B layer, in the sets these
 #: kernels serve: DeltaSet.use_planes). H200, one layer's deltas alone: 32 rows over 8 fine-tunes 523 ->
 #: 429 us, 16 rows of one 169 -> 142 (kernels_h200.md). ``DELTASTORE_MMA_PLANES=0``: read as stored
-_deltaset.WANT_PLANES = HAVE_GLUON and os.environ.get("DELTASTORE_MMA_PLANES", "1") not in ("", "0")
+PLANES = os.environ.get("DELTASTORE_MMA_PLANES", "1") not in ("", "0")
 
 #: widths the unpack handles (the codec's delta-come tiers: 8, 3 and 2 bits)
 WIDTHS = frozenset({2, 3, 8})
@@ -639,8 +638,10 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     if path is not None:
         return path == "mma"
     if plan.only_slot is not None or dset.n_slots < 2:
-        return max(ONE_MIN_ROWS, 1) <= plan.n_rows <= min(ONE_MAX_ROWS, MAX_ROWS) and usable(x, dset)
-    return MIN_ROWS <= _max_rows(plan, dset) <= MAX_ROWS and usable(x, dset)
+        rows_ok = max(ONE_MIN_ROWS, 1) <= plan.n_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
+    else:
+        rows_ok = MIN_ROWS <= _max_rows(plan, dset) <= MAX_ROWS
+    return rows_ok and usable(x, dset)
 
 
 def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> torch.Tensor:
@@ -654,7 +655,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> to
         raise KernelError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not fit the set ({dset.in_features} -> {sum(dset.out_features)})")
     if x.stride(1) != 1:
         x = x.contiguous()
-    dset.use_planes()
+    if PLANES:
+        dset.use_planes()
     bm = block_m(plan, dset)
     blocks = plan_blocks(plan, bm)
     nb = blocks.shape[0]
