@@ -20,7 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kernels import GROUPS, Bench, copy_bandwidth, modules_fn, time_graph  # noqa: E402
 
 from deltastore.kernels import mma, plan_rows, ref_ops  # noqa: E402
-from deltastore.kernels import linear  # noqa: E402
 from deltastore.kernels.linear import apply_deltas  # noqa: E402
 
 
@@ -41,7 +40,7 @@ def profile_lines(title: str, fn, copies: int, reps: int = 3) -> list[str]:
         t = e.self_cuda_time_total if t is None else t
         if t > 0:
             tot[e.key[:60]] = [t / (reps * copies), e.count / (reps * copies)]
-    out = [f"", f"kernels of {title} (us a layer, launches a layer):", ""]
+    out = ["", f"kernels of {title} (us a layer, launches a layer):", ""]
     for k, (t, n) in sorted(tot.items(), key=lambda kv: -kv[1][0])[:10]:
         out.append(f"    {t:8.1f} us  {n:5.1f}  {k}")
     out.append(f"    {sum(t for t, _ in tot.values()):8.1f} us  in all")
@@ -57,15 +56,17 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--delta-alone", action="store_true", help="also time each variant's delta kernels alone (float32 out, one stream)")
     ap.add_argument("--profile", action="store_true", help="after each case, each variant's kernels by name (torch.profiler, eager, us a layer)")
-    ap.add_argument("--mma-cfgs", default="[{}]", help="JSON list of kernels.mma attribute overrides, each a variant (e.g. EXPAND_STEP; "
-                    "kernels.linear's as linear.NAME)")
+    ap.add_argument("--mma-cfgs", default="[{}]", help="JSON list of kernels.mma attribute overrides, each a variant (e.g. EXPAND_STEP)")
     args = ap.parse_args()
     import json
 
     if not mma.HAVE_GLUON:
         sys.exit("the mma kernels need Triton with Gluon")
     variants = json.loads(args.mma_cfgs)
-    defaults = {k: getattr({"": mma, "linear": linear}[k.rpartition(".")[0]], k.rpartition(".")[2]) for v in variants for k in v}
+    defaults = {k: getattr(mma, k) for v in variants for k in v}
+
+    def label(v: str) -> str:  # a variant's key: "0" the paths before, "1:i" variant i
+        return "before" if v == "0" else json.dumps(variants[int(v[2:])])
     dev = torch.device("cuda")
     cases = [(int(c.split("x")[0]), int(c.split("x")[1]) if "x" in c else 1) for c in args.cases.split(",")]
     bench = Bench(GROUPS, args.copies, max(nt for _, nt in cases), sorted({nt for _, nt in cases}), dev)
@@ -93,8 +94,7 @@ def main() -> None:
         def use(v: str) -> None:
             os.environ["DELTASTORE_MMA"] = v[0]
             for k, val in {**defaults, **(variants[int(v[2:])] if v != "0" else {})}.items():
-                mod, _, name = k.rpartition(".")
-                setattr({"": mma, "linear": linear}[mod], name, val)
+                setattr(mma, k, val)
 
         for v in keys:
             use(v)
@@ -135,13 +135,13 @@ def main() -> None:
             for v in keys:
                 use(v)
                 ta = statistics.median(time_graph(alone) for _ in range(args.rounds)) * 1e6 / args.copies
-                row = f"    delta alone ({case}, {'before' if v == '0' else json.dumps(variants[int(v[2:])])}): {ta:.1f} us a layer"
+                row = f"    delta alone ({case}, {label(v)}): {ta:.1f} us a layer"
                 print(row, flush=True)
                 lines.append(row)
         if args.profile:
             for v in keys:
                 use(v)
-                lines += profile_lines(f"{case}, {'before' if v == '0' else json.dumps(variants[int(v[2:])])}", fns[v], args.copies)
+                lines += profile_lines(f"{case}, {label(v)}", fns[v], args.copies)
     os.environ.pop("DELTASTORE_MMA", None)
     if args.out:
         with open(args.out, "w") as f:

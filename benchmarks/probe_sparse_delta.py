@@ -126,7 +126,8 @@ def main(argv=None) -> int:
             pos = 0
             for _c, k in planes.merge_groups(counts, planes.MIN_GROUP):
                 segs = [np.ascontiguousarray(grouped[row, pos:pos + k]) for row in range(2)]
-                fs = [min(len(ship.compress(sg)), k) for sg in segs]
+                shipped = [ship.compress(sg) for sg in segs]
+                fs = [min(len(f), k) for f in shipped]
                 sparse = [f * SPARSE < k for f in fs]
                 for rule, redo in (("each frame", sparse), ("both frames of the group", [all(sparse)] * 2),
                                    ("the group's low plane", [sparse[1]] * 2),
@@ -141,8 +142,7 @@ def main(argv=None) -> int:
                             rules[rule][2] += k
                         rules[rule][0] += got
                 for row in range(2):
-                    seg = segs[row]
-                    f = ship.compress(seg)
+                    seg, f = segs[row], shipped[row]
                     tot["frames"] += min(len(f), k)
                     tot["frames_plane"][row] += min(len(f), k)
                     tot["planes_raw"][row] += k

@@ -107,9 +107,8 @@ class BaseFiles:
     read plus one hash does not grow with the chain."""
 
     def __init__(self, path: str | Path):
-        self.sources = scan_model_dir(path)  # every header checked, as an add's own
         self.tensors: dict[str, tuple[SourceFile, TensorInfo]] = {}
-        for src in self.sources:
+        for src in scan_model_dir(path):  # every header checked, as an add's own
             if src.is_safetensors:
                 for info in src.header.tensors:
                     self.tensors.setdefault(info.name, (src, info))
