@@ -201,9 +201,10 @@ def _compress_block32(typingctx, words, i, src, base, shift, fmask, pos, fctx, k
             slot = builder.gep(pd, [builder.zext(c, _I64)])
             p = builder.load(slot)
             dst = builder.gep(wd, [builder.zext(p, _I64)])
+            bits = builder.bitcast(lanes, _I32)
+            n = builder.ctpop(bits)
             if reg:
                 packed = builder.call(comp, [data, ir.Constant(_V32I16, None), lanes])
-                n = builder.ctpop(builder.bitcast(lanes, _I32))
                 # the first n lanes: ~0 >> (32 - n), and none for n = 0 (a shift by 32 is poison)
                 first = builder.select(builder.icmp_unsigned("==", n, ir.Constant(_I32, 0)), ir.Constant(_I32, 0),
                                        builder.lshr(ir.Constant(_I32, 0xFFFFFFFF), builder.sub(ir.Constant(_I32, 32), n)))
@@ -211,8 +212,7 @@ def _compress_block32(typingctx, words, i, src, base, shift, fmask, pos, fctx, k
                                       builder.bitcast(first, _V32I1)])
             else:
                 builder.call(store, [data, dst, lanes])
-            bits = builder.bitcast(lanes, _I32)
-            builder.store(builder.add(p, builder.ctpop(bits)), slot)
+            builder.store(builder.add(p, n), slot)
             builder.store(builder.or_(builder.load(served), bits), served)
         return builder.xor(builder.load(served), ir.Constant(_I32, 0xFFFFFFFF))
 
