@@ -10,7 +10,7 @@ Llama-2-7B layer through the modules users get, 32 rows over 8 fine-tunes 540 us
 alone (the GEMV kernels x11.28); 16 rows of one fine-tune x2.13 (the dense path x3.21); 2 rows each
 over 32 fine-tunes 0.66x the GEMV kernels' time; one row of a fine-tune level with them or slower
 (its deltas 98.5 us against 92), so :func:`use_mma` takes these kernels for several fine-tunes at
-2..16 rows each and one fine-tune's batches of 5..16 rows, beside the base GEMM on the side stream.
+2..32 rows each and one fine-tune's batches of 5..16 rows, beside the base GEMM on the side stream.
 The 3- and 8-bit tiers are read as 2-bit planes (below).
 
 **Loads** (:data:`COMPACT`, the default). Nsight Compute on the probe's kernels: L1 at 79-92% of its
@@ -108,9 +108,11 @@ SHRINK_TILES = int(os.environ.get("DELTASTORE_MMA_TILES", "1"))
 #: components an expand step takes (its loads issued together; 32: 126 registers a thread at 8 rows, 64: 206)
 EXPAND_STEP = int(os.environ.get("DELTASTORE_MMA_STEP", "32"))
 #: rows a fine-tune these kernels serve at most by default (more: the dense path for one fine-tune, the
-#: tl.dot kernels for several). A row block holds 16 rows (block_m), so more rows would be more blocks,
-#: each reading the fine-tune's words again: correct (plan_blocks), not measured above 16, hence the knob
-MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_MAX_ROWS", "16"))
+#: tl.dot kernels for several). A row block holds 16 rows (block_m), so more rows are more blocks, each
+#: reading the fine-tune's words again (plan_blocks). H200, 256 rows over 8 fine-tunes (32 each), one
+#: Llama-2-7B layer through the modules: 1511 us against the tl.dot kernels' 2153 (0.70x;
+#: raw_h200/s21/ab_max_rows_32.md); 64 rows each not measured
+MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_MAX_ROWS", "32"))
 #: rows a fine-tune (the batch spread over the set's fine-tunes) from which these kernels serve a
 #: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
 MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))

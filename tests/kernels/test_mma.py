@@ -120,6 +120,20 @@ def test_a_row_block_spread_over_blocks_of_8() -> None:
     assert rel(got, reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16]
 
 
+def test_32_rows_each_of_several_fine_tunes_take_these_kernels_by_default() -> None:
+    """The default choice serves 2..32 rows a fine-tune here (two row blocks each at 32): 64 rows over
+    2 fine-tunes through apply_deltas as the modules call it, within the bound of the rest."""
+    n, ms = 256, [384, 128]
+    ds = make_set(n, ms, 2, seed=13)
+    ids = torch.arange(64, device=DEVICE) % 2
+    x = torch.randn(64, n, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16).to(DEVICE)
+    plan = plan_rows(ids, 2)
+    assert mma.use_mma(x, ds, plan)
+    got = apply_deltas(x, torch.zeros(64, sum(ms), device=DEVICE), ds, plan)
+    assert ds.mma_bit_widths == {2}  # (served by these kernels: the planes were made)
+    assert rel(got, reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16]
+
+
 def test_replays_in_a_cuda_graph_with_new_inputs() -> None:
     n, ms = 256, [256]
     ds = make_set(n, ms, 2, seed=5)
