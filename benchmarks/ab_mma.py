@@ -9,6 +9,7 @@ process; beside them the base GEMMs alone. Each variant checked against the torc
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -56,14 +57,20 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--delta-alone", action="store_true", help="also time each variant's delta kernels alone (float32 out, one stream)")
     ap.add_argument("--profile", action="store_true", help="after each case, each variant's kernels by name (torch.profiler, eager, us a layer)")
-    ap.add_argument("--mma-cfgs", default="[{}]", help="JSON list of kernels.mma attribute overrides, each a variant (e.g. EXPAND_STEP)")
+    ap.add_argument("--mma-cfgs", default="[{}]", help="JSON list of kernels.mma attribute overrides, each a variant (e.g. EXPAND_STEP; "
+                    "MODULE.NAME for another deltastore.kernels module's, e.g. triton_ops.JOIN_ADD)")
     args = ap.parse_args()
     import json
 
     if not mma.HAVE_GLUON:
         sys.exit("the mma kernels need Triton with Gluon")
     variants = json.loads(args.mma_cfgs)
-    defaults = {k: getattr(mma, k) for v in variants for k in v}
+
+    def owner(k: str) -> tuple[object, str]:  # "NAME": kernels.mma's; "MODULE.NAME": that kernels module's
+        mod, _, name = k.rpartition(".")
+        return (importlib.import_module(f"deltastore.kernels.{mod}") if mod else mma), name
+
+    defaults = {k: getattr(*owner(k)) for v in variants for k in v}
 
     def label(v: str) -> str:  # a variant's key: "0" the paths before, "1:i" variant i
         return "before" if v == "0" else json.dumps(variants[int(v[2:])])
@@ -94,7 +101,7 @@ def main() -> None:
         def use(v: str) -> None:
             os.environ["DELTASTORE_MMA"] = v[0]
             for k, val in {**defaults, **(variants[int(v[2:])] if v != "0" else {})}.items():
-                setattr(mma, k, val)
+                setattr(*owner(k), val)
 
         for v in keys:
             use(v)

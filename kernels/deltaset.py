@@ -27,7 +27,7 @@ from deltastore.codec import quant
 
 from . import factor_cache
 from .errors import KernelError
-from .packed import PackedDeltaCoMe, PackedFactor, block_for_group
+from .packed import PackedDeltaCoMe, PackedFactor
 
 FIELDS = ("v_q", "v_sz", "u_q", "u_sz", "s_off", "bits", "count", "zcol", "gs")
 NF = len(FIELDS)

@@ -147,8 +147,13 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
 
 
 def with_delta(y: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float(y) + d rounded once to ``dtype``, in one kernel where y already has it (in place)."""
-    return y.add_(d) if y.dtype == dtype else d.add_(y).to(dtype)
+    """float(y) + d rounded once to ``dtype``, in one kernel where y already has it (in place; on a
+    GPU the Triton add, :func:`.triton_ops.add_f32_`, the same bits as torch's mixed-dtype add)."""
+    if y.dtype != dtype:
+        return d.add_(y).to(dtype)
+    if y.is_cuda and triton_ops.HAVE_TRITON and triton_ops.JOIN_ADD and y.shape == d.shape and y.is_contiguous() and d.is_contiguous():
+        return triton_ops.add_f32_(y, d)
+    return y.add_(d)
 
 
 class DeltaContext:

@@ -384,6 +384,15 @@ if HAVE_TRITON:
         zp = tl.load(z_ptr + r64[:, None] * G + g[None, :], mask=m2, other=0.0).to(tl.float32)
         tl.store(out_ptr + r64[:, None] * L + offs_c[None, :], (q.to(tl.float32) - zp) * sc, mask=m2)
 
+    @triton.jit
+    def _add_f32_kernel(y_ptr, d_ptr, n, BLOCK: tl.constexpr):
+        """y += d (float32) over n contiguous values, rounded once to y's dtype."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < n
+        d = tl.load(d_ptr + offs, mask=ok, other=0.0)
+        yv = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs, (yv + d).to(y_ptr.dtype.element_ty), mask=ok)
+
     # ---------------------------------------------------------------------------------------------
     # GEMV path (few rows per fine-tune): no tl.dot, one bit width per program, split work
     #
@@ -1107,6 +1116,27 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                          M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, dset.max_tiers, J, run, y.stride(0),
                          NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), GATHER=gather, **_has(dset),
                          num_warps=num_warps, num_stages=num_stages, **_regs(maxnreg))
+    return y
+
+
+#: values an add program takes (4 warps: 16 float32 a thread, four 128-bit loads)
+ADD_BLOCK = 2048
+#: whether the join of a side-stream delta (linear.with_delta) takes :func:`add_f32_` on a GPU (False:
+#: torch's add, for A/B runs: benchmarks/ab_mma.py --mma-cfgs '[{"triton_ops.JOIN_ADD": false}]')
+JOIN_ADD = True
+
+
+def add_f32_(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Triton twin of ``y.add_(d)`` for a bf16/fp16 ``y`` and a float32 ``d`` of its shape, both
+    contiguous: float(y) + d rounded once (to nearest even), in place. Why not torch's: for mixed
+    dtypes it takes its unrolled, unvectorized kernel, 3.6 us a launch at one row on the H200 and
+    47 us a layer at 256 rows (raw_h200/s21/ab_max_rows_32.log) for what is a join of two streams."""
+    _need_triton()
+    if y.shape != d.shape or d.dtype != torch.float32 or not (y.is_contiguous() and d.is_contiguous()):
+        raise KernelError("add_f32_ needs y and a float32 d of the same shape, both contiguous")
+    n = y.numel()
+    if n:
+        _add_f32_kernel[(triton.cdiv(n, ADD_BLOCK),)](y, d, n, BLOCK=ADD_BLOCK, num_warps=4)
     return y
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
+from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, KernelError
 from deltastore.kernels.linear import side_stream
 
-from .kernel_testlib import capture, packed_delta
+from .kernel_testlib import DEVICE, capture, packed_delta
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the side stream exists only there)")
 
@@ -36,6 +36,43 @@ def _members(n: int, ms: list[int], device: str, group_size: int = 32):
 def test_no_side_stream_off_the_gpu() -> None:
     x = torch.zeros(2, 8)
     assert side_stream(x, "torch") is None and side_stream(x, "auto") is None
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit where not NaN (a NaN's payload is the converter's), NaN where the other is."""
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(a.view(torch.int16)[~nan], b.view(torch.int16)[~nan])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_join_adds_as_torch_does_bit_for_bit(dtype: torch.dtype) -> None:
+    """The join of a side-stream delta into the base output (``with_delta`` -> the Triton add on a
+    GPU): the same bits as torch's ``y.add_(d)`` (float32 sum, rounded once to nearest even), over
+    sizes that are not multiples of its block, with values where rounding ties and overflow occur.
+    (Triton's CPU interpreter converts float32 to bf16 by truncation, the GPU to nearest even: under
+    the interpreter bf16 is checked against the float32 sum truncated.)"""
+    from deltastore.kernels import triton_ops
+    from deltastore.kernels.linear import with_delta
+
+    if not triton_ops.usable(torch.empty(0, device=DEVICE)):
+        pytest.skip("needs triton (a GPU, or the interpreter)")
+    g = torch.Generator().manual_seed(5)
+    for rows, cols in [(1, 12288), (3, 2051), (17, 4096)]:
+        y = torch.randn(rows, cols, generator=g).to(dtype)
+        d = torch.randn(rows, cols, generator=g) * 1e-2
+        d[0, :8] = torch.tensor([2.0 ** -9, -(2.0 ** -9), 2.0 ** -8, 3 * 2.0 ** -9, 7e4, -7e4, float("inf"), float("nan")])
+        y[0, :8] = 1.0
+        want = y.clone().add_(d)
+        got = triton_ops.add_f32_(y.clone().to(DEVICE), d.to(DEVICE)).cpu()
+        if DEVICE == "cuda" or dtype == torch.float16:
+            assert _same_bits(got, want), (rows, cols)
+        else:  # the interpreter's conversion: the same float32 sum, its low 16 bits dropped
+            trunc = ((y.float() + d).view(torch.int32) & -65536).view(torch.float32).to(dtype)
+            assert _same_bits(got, trunc), (rows, cols)
+        if DEVICE == "cuda":  # what the modules call
+            assert _same_bits(with_delta(y.clone().cuda(), d.cuda(), dtype).cpu(), want)
+    with pytest.raises(KernelError):
+        triton_ops.add_f32_(torch.zeros(2, 4, dtype=dtype, device=DEVICE), torch.zeros(4, 2, device=DEVICE))
 
 
 @cuda
