@@ -221,6 +221,13 @@ class GraphDecoder:
                 self.stats["eager_steps"] += 1
                 return self.model(**kw)
             g = self._graph = None  # the old graph's memory pool goes before the new capture
+            # what the graph will read is what the tables are now: an eager forward since the generate
+            # began may have rebuilt some (the tensor-core kernels add their planes on first use), and
+            # a fingerprint of before would drop this graph at the next generate for nothing
+            fp, refs = self._fingerprint(self._context() or None)
+            if fp != self._fp:
+                self._fp, self._fp_refs = fp, refs
+                key = self._warm = self._key(kw)
             g = self._graph = self._record(kw, key)
         else:
             g.load(kw)

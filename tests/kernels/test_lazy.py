@@ -247,6 +247,34 @@ def test_static_decoding_path_gives_the_eager_tokens(served) -> None:
             many.generate(PROMPTS, max_new_tokens=2, delta_ids=ids, cuda_graph=True)
 
 
+def test_tables_rebuilt_by_a_prefill_keep_the_recorded_step(served, monkeypatch) -> None:
+    """A set's tables rebuilt by an eager forward after the generate began (the tensor-core kernels
+    add their planes the first time they serve a set, in a prefill) are what the step recorded next
+    reads: the next generate keeps that recording instead of dropping it as stale (the H200 run of
+    the twenty-first session captured twice where once was due)."""
+    from deltastore.graph_decode import GraphDecoder
+    from deltastore.kernels import linear
+
+    many = lazy.load_many(served, ["ft1", "ft2"], device=DEVICE)
+    rebuilt: set[int] = set()
+    apply = linear.apply_deltas
+
+    def rebuild_once(x, y, dset, plan, *a, **k):  # noqa: ANN001, ANN202 (as DeltaSet.use_planes does on a GPU)
+        if x.shape[0] > PROMPTS.shape[0] and id(dset) not in rebuilt:
+            rebuilt.add(id(dset))
+            dset._built = False
+            dset.build()
+        return apply(x, y, dset, plan, *a, **k)
+
+    monkeypatch.setattr(linear, "apply_deltas", rebuild_once)
+    dec = GraphDecoder(many, capture=False)
+    first = _static_generate(many, torch.tensor([0, 1, -1]), dec, max_new_tokens=4)
+    recorded = dec._graph
+    assert rebuilt and recorded is not None
+    again = _static_generate(many, torch.tensor([0, 1, -1]), dec, max_new_tokens=4)
+    assert dec._graph is recorded and torch.equal(first, again)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU (the device run executes this)")
 def test_cuda_graph_decoding_gives_the_eager_tokens(served) -> None:
     """On CUDA a lazy model's generate replays one captured decoding step per token: the same
