@@ -305,6 +305,22 @@ class ScalarGather(Codec):
         return self._scalar(self.codec._raw, enc, b)
 
 
+class NoSparse(Codec):
+    """v3 without the sparse groups' second frames (``DELTASTORE_ZSTD_SPARSE=0``, switched in this
+    process so both run in the same rounds)."""
+
+    def encode(self, t, b):
+        old = os.environ.get("DELTASTORE_ZSTD_SPARSE")
+        os.environ["DELTASTORE_ZSTD_SPARSE"] = "0"
+        try:
+            return super().encode(t, b)
+        finally:
+            if old is None:
+                del os.environ["DELTASTORE_ZSTD_SPARSE"]
+            else:
+                os.environ["DELTASTORE_ZSTD_SPARSE"] = old
+
+
 def zipnn_round(data: bytes, z):
     buf = bytearray(data)
     t0 = time.process_time()
@@ -517,11 +533,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--kernels", action="store_true", help="only the decode stages alone, warm (ns per element)")
     ap.add_argument("--only", default="", help="comma-separated substrings: only candidates whose name has one")
+    ap.add_argument("--base", type=Path, default=None, help="the base's safetensors file (default: SmolLM2's; "
+                    "a checkpoint series: the save before)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from deltastore.zoo.smollm2 import smollm2_dir
 
-    base = load_file(str(smollm2_dir() / "model.safetensors"))
+    base = load_file(str(args.base or smollm2_dir() / "model.safetensors"))
     lines = [f"Command: `python benchmarks/probe_layouts.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
              f"Machine: {args.machine}; load average at start {os.getloadavg()[0]:.2f}  "]
     for s in lines:
@@ -534,6 +552,7 @@ def main(argv=None) -> int:
     cands = [Codec("v1 (no grouping)", Lossless(by_exponent=False)),
              Codec("v3 (default), chunk 1024 KiB", Lossless()),
              ScalarGather("v3, scalar kernels (DELTASTORE_SIMD=0)", Lossless()),
+             NoSparse("v3, no sparse groups' second frames (DELTASTORE_ZSTD_SPARSE=0)", Lossless()),
              Codec("v3, chunk 256 KiB", Lossless(), 256 << 10),
              Codec("v3, chunk 128 KiB", Lossless(), 128 << 10)]
     cands += [Classes(2, 1 << 20, "fused"), Classes(2, 1 << 20, "joined"), Classes(4, 1 << 20, "joined"),

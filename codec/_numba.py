@@ -789,34 +789,77 @@ def _merge_groups(counts, min_group, gctx, gn):
     return ng
 
 
+#: codec._zstd_encode.SPARSE_RATIO (a constant here: numba freezes globals into the cached code, and a
+#: test checks the two agree)
+SPARSE_RATIO = np.uint64(4)
+
+
+@njit(cache=True, nogil=True)
+def _move_down(out, dst, src, n):
+    """out[dst : dst + n] = out[src : src + n] for dst <= src (a memmove: ascending, so overlap is safe)."""
+    for i in range(n):
+        out[dst + i] = out[src + i]
+
+
+@njit(cache=True, nogil=True)
+def _plane_frame(fn, cctx, out, o, total, plane, pos, k):
+    """One plane's payload at ``out[o:]``: its zstd frame, or the plane stored where that is no
+    smaller. Returns (size, mode), or (zstd error code, 2)."""
+    z = _call_u64x5(fn, cctx, np.uint64(out.ctypes.data) + o, total - o, np.uint64(plane.ctypes.data) + np.uint64(pos), np.uint64(k))
+    if z > total - o:  # a zstd error code (near 2**64)
+        return z, 2
+    if z == 0 or z >= np.uint64(k):  # no gain: the plane stored as it is
+        out[o:o + np.uint64(k)] = plane[pos:pos + k]
+        return np.uint64(k), 0
+    return z, 1
+
+
+@njit(cache=True, nogil=True)
+def _sparse_again(fn, sparse, spare, most, plane, pos, k):
+    """The frame of ``plane[pos : pos + k]`` on the context ``sparse``, written into ``spare`` where it
+    fits in ``most`` bytes; its size, or 0 where it did not (``most`` < k <= spare's size here)."""
+    z2 = _call_u64x5(fn, sparse, np.uint64(spare.ctypes.data), most, np.uint64(plane.ctypes.data) + np.uint64(pos), np.uint64(k))
+    return z2 if z2 <= most else _U0
+
+
 @njit(cache=True, nogil=True)
 def _diff_groups2(target, base, shift, fmask, min_group, counts, hi, lo, tmp, words, gctx, gn,
-                  fn, cctx, out, modes, sizes, simd=False):
+                  fn, cctx, sparse, out, modes, sizes, simd=False):
     _exp_histogram2(base, shift, fmask, counts)
     _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words, simd)
     ng = _merge_groups(counts, min_group, gctx, gn)
-    o0 = np.uint64(out.ctypes.data)
+    spare = tmp.view(np.uint8)  # (the split's scratch, free now: 2 bytes an element, more than a frame of a group needs)
     total = np.uint64(out.size)
     pos = 0
     o = _U0
     j = 0
     for g in range(ng):
         k = gn[g]
-        for row in range(2):
-            plane = hi if row == 0 else lo
-            z = _call_u64x5(fn, cctx, o0 + o, total - o, np.uint64(plane.ctypes.data) + np.uint64(pos), np.uint64(k))
-            if z > total - o:  # a zstd error code (near 2**64)
-                sizes[0] = z
-                return -1
-            if z == 0 or z >= np.uint64(k):  # no gain: the plane stored as it is
-                out[o:o + np.uint64(k)] = plane[pos:pos + k]
-                modes[j] = 0
-                z = np.uint64(k)
-            else:
-                modes[j] = 1
-            sizes[j] = z
-            o += z
-            j += 1
+        zh, mh = _plane_frame(fn, cctx, out, o, total, hi, pos, k)
+        if mh == 2:
+            sizes[0] = zh
+            return -1
+        zl, ml = _plane_frame(fn, cctx, out, o + zh, total, lo, pos, k)
+        if ml == 2:
+            sizes[0] = zl
+            return -1
+        # a sparse group (its low plane's frame under 1/SPARSE_RATIO of the plane: a checkpoint
+        # series' delta): each zstd frame made again on the other context, kept where smaller
+        if sparse != _U0 and ml == 1 and zl * SPARSE_RATIO < np.uint64(k):
+            z2 = _sparse_again(fn, sparse, spare, zl - _U1, lo, pos, k)
+            if z2 != _U0:
+                out[o + zh:o + zh + z2] = spare[:z2]
+                zl = z2
+            if mh == 1:
+                z2 = _sparse_again(fn, sparse, spare, zh - _U1, hi, pos, k)
+                if z2 != _U0:  # the low plane's payload moves down, the new frame goes before it
+                    _move_down(out, o + z2, o + zh, zl)
+                    out[o:o + z2] = spare[:z2]
+                    zh = z2
+        modes[j], sizes[j] = mh, zh
+        modes[j + 1], sizes[j + 1] = ml, zl
+        o += zh + zl
+        j += 2
         pos += k
     sizes[j] = o
     return ng
@@ -829,14 +872,15 @@ def frames_capacity(n: int) -> int:
 
 
 def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, min_group: int, planes: np.ndarray,
-                 fn: int, cctx: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 fn: int, cctx: int, sparse: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One chunk of 2-byte words encoded in one call that holds no GIL: what
     :func:`diff_group_split` (the exponent histogram, the difference scattered into the grouped
     planes ``planes``, 2 x n uint8), ``planes.merge_groups`` and ``planes._compress_grouped_planes``
     do in three calls, each group's planes (zstd frames, or stored where a frame would be no
     smaller) written back to back into ``out`` (uint8 scratch of at least :func:`frames_capacity`
-    bytes) in the stream's payload order. ``fn``, ``cctx``: the address of ``ZSTD_compress2`` and
-    of its context (``_zstd_encode.LiteralCompressor.addresses``). Returns (counts, number of
+    bytes) in the stream's payload order. ``fn``, ``cctx``, ``sparse``: the address of ``ZSTD_compress2``,
+    of its context and of the context that makes a sparse group's frames again (0: none; the rule is
+    ``_zstd_encode``'s, ``LiteralCompressor.addresses``). Returns (counts, number of
     groups, each group's first context, each group's elements, each payload's mode (1 zstd, 0
     stored), each payload's size and, last, their sum); -1 groups and a zstd error code first in
     the sizes where zstd failed.
@@ -853,7 +897,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
     scratch = _scratch16(2 * n)
     ng = _diff_groups2(target.view(np.uint16), base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1),
                        np.int64(min_group), counts, planes[0], planes[1], scratch[:n], scratch[n:], gctx, gn,
-                       np.uint64(fn), np.uint64(cctx), out, modes, sizes, x512_available())
+                       np.uint64(fn), np.uint64(cctx), np.uint64(sparse), out, modes, sizes, x512_available())
     if ng < 0:
         return counts, ng, gctx[:0], gn[:0], modes[:0], sizes[:1]
     return counts, ng, gctx[:ng], gn[:ng], modes[:2 * ng], sizes[:2 * ng + 1]
@@ -861,7 +905,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
 
 @njit(cache=True, nogil=True)
 def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, tmp, words, counts, ngs, gctx, gn,
-                  fn, cctx, area, cap, modes, sizes, simd=False):
+                  fn, cctx, sparse, area, cap, modes, sizes, simd=False):
     """:func:`_diff_groups2` of chunks ``c0 .. c1 - 1`` (``step`` words each, the last one shorter),
     chunk ``i``'s payloads into ``area[i * cap:]`` and its tables into row ``i`` of the others.
     Returns -1, or the first chunk whose zstd call failed (its error code in ``sizes[i, 0]``)."""
@@ -871,7 +915,7 @@ def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, t
         b = min(a + step, n_all)
         n = b - a
         ng = _diff_groups2(target[a:b], base[a:b], shift, fmask, min_group, counts[i], hi[:n], lo[:n], tmp[:n],
-                           words[:n], gctx[i], gn[i], fn, cctx, area[i * cap:(i + 1) * cap], modes[i], sizes[i], simd)
+                           words[:n], gctx[i], gn[i], fn, cctx, sparse, area[i * cap:(i + 1) * cap], modes[i], sizes[i], simd)
         ngs[i] = ng
         if ng < 0:
             return i

@@ -23,6 +23,18 @@ machine's libzstd. Where cffi does not import, :func:`make` returns None and the
 extension's compressor (the ``accel = 0`` settings below, which wrote every object before this).
 
 A ctypes or cffi call releases the GIL, so the chunk workers compress in parallel.
+
+**Sparse groups.** The skip-ahead settings suit planes of literals; a checkpoint series' delta is the
+opposite (two saves of a small-lr run differ in ~1% of the elements: long runs of zeros), where the
+tiny match table (hash log 6) and the skips cost bytes. So in a group of a 2-byte difference's two
+planes whose low plane (the mantissa's low bits: dense in any fine-tune, sparse only where few
+elements changed) comes out under 1/:data:`SPARSE_RATIO` of its bytes, each zstd frame is made again
+with zstd's own level-:data:`SPARSE_LEVEL` settings and kept where smaller (:meth:`LiteralCompressor.again`;
+the compiled loop in ``codec._numba`` applies the same rule, so both write the same frames). Measured
+with `benchmarks/probe_sparse_delta.py` (run 54 of benchmarks/results/lossless_amd-epyc-2c.md): a delta
+between consecutive saves' frames 0.954 -> 0.771 MB; a dense 40-step fine-tune's groups are never
+sparse by this rule where 9.3% of its plane bytes were by its high plane alone (run 53's per-frame
+rule made 55% of them twice and cost that encode 12-17%, for 0.09% of its bytes).
 """
 
 from __future__ import annotations
@@ -35,6 +47,10 @@ import numpy as np
 WINDOW_LOG, HASH_LOG, CHAIN_LOG, SEARCH_LOG, MIN_MATCH = 17, 6, 6, 1, 7
 #: zstd's largest ``targetLength`` (ZSTD_TARGETLENGTH_MAX)
 MAX_ACCEL = 1 << 17
+#: a group whose low plane's frame is under 1/SPARSE_RATIO of the plane has its frames made again at
+#: zstd's level SPARSE_LEVEL, each kept where smaller (codec._numba.SPARSE_RATIO: the same, tested)
+SPARSE_RATIO = 4
+SPARSE_LEVEL = 1
 
 _BACKEND: object = False  # not looked up yet
 _LOCK = threading.Lock()
@@ -58,9 +74,11 @@ def _backend():  # noqa: ANN202
 class LiteralCompressor:
     """zstd's fast strategy, skipping ``accel`` steps ahead where no match is found, with the
     literals Huffman-coded: ``compress(data) -> bytes`` (one frame, its content size in the
-    header), as python-zstandard's compressor. One context: one thread at a time."""
+    header), as python-zstandard's compressor; beside it a context at zstd's level
+    :data:`SPARSE_LEVEL` for sparse groups (:meth:`again`; ``sparse=False``: none, the frames of
+    before, for A/B runs). One compressor: one thread at a time."""
 
-    def __init__(self, accel: int):
+    def __init__(self, accel: int, sparse: bool = True):
         ffi, lib = _backend()
         self._ffi, self._lib = ffi, lib
         self._cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
@@ -72,6 +90,12 @@ class LiteralCompressor:
                              (lib.ZSTD_c_targetLength, int(accel)),
                              (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable)):
             self._check(lib.ZSTD_CCtx_setParameter(self._cctx, param, value))
+        self._sparse = None
+        if sparse:
+            self._sparse = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
+            if self._sparse == ffi.NULL:
+                raise MemoryError("ZSTD_createCCtx failed")
+            self._check(lib.ZSTD_CCtx_setParameter(self._sparse, lib.ZSTD_c_compressionLevel, SPARSE_LEVEL))
         self._out = bytearray(0)
         self._out_ptr = None
 
@@ -95,10 +119,24 @@ class LiteralCompressor:
             self.raise_for(k)
         return bytes(memoryview(self._out)[:k])
 
-    def addresses(self) -> tuple[int, int]:
-        """(address of ``ZSTD_compress2``, address of this compressor's context), for compiled code
-        that compresses with it (``codec._numba``) while this object lives."""
-        return _compress2_address(), int(self._ffi.cast("uintptr_t", self._cctx))
+    def again(self, data: np.ndarray, size: int) -> bytes | None:
+        """The frame of a sparse group's plane ``data`` (contiguous uint8) made again at zstd's level
+        :data:`SPARSE_LEVEL`, where it takes fewer than ``size`` bytes (the first frame's); else None
+        (also without that context)."""
+        if self._sparse is None or size <= 1:
+            return None
+        cap = size - 1
+        if cap > len(self._out):
+            self._out = bytearray(max(cap, 2 * len(self._out)))
+            self._out_ptr = self._ffi.from_buffer(self._out)
+        k = self._lib.ZSTD_compress2(self._sparse, self._out_ptr, cap, self._ffi.from_buffer(data), data.nbytes)
+        return bytes(memoryview(self._out)[:k]) if k <= cap else None  # (else an error: it did not fit)
+
+    def addresses(self) -> tuple[int, int, int]:
+        """(address of ``ZSTD_compress2``, of this compressor's context, of its sparse groups' context
+        or 0), for compiled code that compresses with it (``codec._numba``) while this object lives."""
+        sparse = 0 if self._sparse is None else int(self._ffi.cast("uintptr_t", self._sparse))
+        return _compress2_address(), int(self._ffi.cast("uintptr_t", self._cctx)), sparse
 
     def raise_for(self, code: int) -> None:
         """Raise the error a ``ZSTD_compress2`` result ``code`` names (compiled callers check sizes
@@ -120,7 +158,7 @@ class LiteralCompressor:
             self._out = bytearray(max(total, 2 * len(self._out)))
             self._out_ptr = self._ffi.from_buffer(self._out)
         sizes = np.empty(lens.size, dtype=np.uint64)
-        kernel(*self.addresses(), src, starts, lens, np.frombuffer(self._out, dtype=np.uint8), offs, sizes)
+        kernel(*self.addresses()[:2], src, starts, lens, np.frombuffer(self._out, dtype=np.uint8), offs, sizes)
         bad = np.flatnonzero(sizes > caps)  # a zstd error code is near 2**64, above any capacity
         if bad.size:
             self.raise_for(int(sizes[bad[0]]))
@@ -151,6 +189,6 @@ def _compress2_address() -> int:
     return _COMPRESS2
 
 
-def make(accel: int) -> LiteralCompressor | None:
+def make(accel: int, sparse: bool = True) -> LiteralCompressor | None:
     """A :class:`LiteralCompressor`, or None where python-zstandard's cffi backend does not load."""
-    return LiteralCompressor(accel) if _backend() is not None else None
+    return LiteralCompressor(accel, sparse) if _backend() is not None else None

@@ -391,7 +391,7 @@ def compressor(level: int):  # noqa: ANN201 (a zstandard.ZstdCompressor or a _zs
     if 1 <= level <= FAST_LEVEL_MAX:
         accel = _accel()
         if accel:
-            c = _zstd_encode.make(accel)
+            c = _zstd_encode.make(accel, sparse=_sparse())
             if c is not None:
                 return c
         return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(**LITERAL_PARAMS))
@@ -405,7 +405,7 @@ def _thread_compressor(level: int) -> zstandard.ZstdCompressor:
     cache = getattr(_LOCAL, "cctx", None)
     if cache is None:
         cache = _LOCAL.cctx = {}
-    key = (level, _accel())
+    key = (level, _accel(), _sparse())
     c = cache.get(key)
     if c is None:
         c = cache[key] = compressor(level)
@@ -421,6 +421,12 @@ def _accel() -> int:
     if not (env.isascii() and env.isdigit() and int(env) <= _zstd_encode.MAX_ACCEL):
         raise CodecError(f"DELTASTORE_ZSTD_ACCEL={env!r}: give a whole number from 0 to {_zstd_encode.MAX_ACCEL}")
     return int(env)
+
+
+def _sparse() -> bool:
+    """Whether sparse groups get their second frames (``_zstd_encode``, sparse groups; the default),
+    or not with ``DELTASTORE_ZSTD_SPARSE=0`` (the frames of before: an A/B in one install)."""
+    return os.environ.get("DELTASTORE_ZSTD_SPARSE", "1") != "0"
 
 
 def _thread_decompressor() -> zstandard.ZstdDecompressor:
@@ -533,7 +539,12 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
     16 threads inside the stage, 1-3 running; :func:`_frames`). The same frames, byte for byte,
     as ``compress`` of each. (A 2-byte fine-tune's chunk skips this: :func:`diff_groups`.)"""
     spans = merge_groups(counts, min_group)
-    frames = iter(_frames(_thread_compressor(level), grouped, spans))
+    cctx = _thread_compressor(level)
+    made = _frames(cctx, grouped, spans)
+    again = getattr(cctx, "again", None)
+    if again is not None and grouped.shape[0] == 2:
+        _sparse_groups(again, grouped, spans, made)
+    frames = iter(made)
     groups, pos = [], 0
     for c, k in spans:
         modes, payloads, end = [], [], pos + k
@@ -548,6 +559,22 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
         groups.append(_Group(c, k, modes, payloads))
         pos = end
     return groups
+
+
+def _sparse_groups(again, grouped: np.ndarray, spans: list[tuple[int, int]], frames: list[bytes]) -> None:  # noqa: ANN001
+    """In place: the frames of each sparse group of a 2-byte chunk (its low plane's frame under
+    1/SPARSE_RATIO of the plane) made again by ``again`` (``LiteralCompressor.again``), each kept
+    where smaller: the rule ``codec._numba``'s frame loop applies (``_zstd_encode``, sparse groups)."""
+    pos = 0
+    for g, (_c, k) in enumerate(spans):
+        hi, lo = frames[2 * g], frames[2 * g + 1]
+        if 0 < len(lo) < k and len(lo) * _zstd_encode.SPARSE_RATIO < k:
+            for row, f in ((1, lo), (0, hi)):
+                if 0 < len(f) < k:
+                    f2 = again(np.ascontiguousarray(grouped[row, pos:pos + k]), len(f))
+                    if f2 is not None:
+                        frames[2 * g + row] = f2
+        pos += k
 
 
 def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tuple[int, int]]) -> list[bytes]:

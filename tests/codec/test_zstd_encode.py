@@ -127,3 +127,31 @@ def test_grouped_chunk_frames_equal_with_and_without_the_compiled_loop(monkeypat
     monkeypatch.setattr(planes, "_FAST", None)  # as where numba does not import
     assert planes._frames(c, grouped, spans) == with_loop
     assert with_loop[2] == b"" and with_loop[3] == b""
+
+
+@pytest.mark.skipif(planes.fast() is None, reason="numba does not import here")
+def test_the_compiled_loop_applies_the_same_sparse_ratio():
+    assert int(planes.fast().SPARSE_RATIO) == _zstd_encode.SPARSE_RATIO
+
+
+def test_a_sparse_plane_made_again_is_kept_only_where_smaller():
+    """``again``: zstd's level-1 frame of a plane, or None where it takes the first frame's bytes or
+    more (or where the compressor was made without the second context)."""
+    c = _zstd_encode.LiteralCompressor(16)
+    plane = _sparse_plane()
+    first = c.compress(plane)
+    second = c.again(plane, len(first))
+    assert second is not None and len(second) < len(first)
+    assert zstandard.ZstdDecompressor().decompress(second) == plane.tobytes()
+    assert c.again(plane, len(second)) is None  # not smaller than a frame of its own size
+    assert _zstd_encode.LiteralCompressor(16, sparse=False).again(plane, len(first)) is None
+    assert _zstd_encode.LiteralCompressor(16, sparse=False).addresses()[2] == 0
+
+
+def _sparse_plane(n: int = 400_003, changed: float = 0.01) -> np.ndarray:
+    """A checkpoint series' plane: ~1% of the elements nonzero (small codes), the rest 0."""
+    rng = np.random.default_rng(11)
+    a = np.zeros(n, np.uint8)
+    at = rng.random(n) < changed
+    a[at] = rng.integers(1, 9, int(at.sum()))
+    return a
