@@ -16,7 +16,12 @@ streams with bytes left over; the caller turns it into a ``CorruptPayloadError``
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._numba import x512_available
 
 BLOCK = 32
 #: indices cast to unsigned: numba then leaves out its negative-index wrap-around on each access
@@ -188,10 +193,79 @@ def _get(pd, q, rest):  # noqa: ANN001
     return z, q, -3 if q + rest > pd.size else 0
 
 
+# -- the 4-bit blocks' gather ---------------------------------------------------------------------------
+# A 16-level grid's block (SmolLM2's base: 210 of its 285 chunks are palettes, nearly every block 4-bit)
+# is 16 bytes of indices and a palette of at most 16 words. Scalar, that is 32 table loads and stores a
+# block (~0.75 ns an element of the join's ~1.5 on the dev VM: run 32 of lossless_amd-epyc-2c.md); with
+# AVX-512 BW one vpermw looks up all 32 lanes in the palette held in a register (its 32 words: the
+# palette array's, truncated), so the block is a load, a nibble split, the permute and one store.
+# Kept in this file with the kernel that inlines it (numba invalidates a cached kernel when its own
+# file changes). The permute is an x86 intrinsic: :func:`_gather4_x512` is compiled only where
+# ``codec._numba.x512_available()`` (the host has AVX-512 BW and VBMI2; ``DELTASTORE_SIMD=0`` off).
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V16I8, _V16I16, _V32I16, _V32I32 = (ir.VectorType(_I8, 16), ir.VectorType(_I16, 16), ir.VectorType(_I16, 32),
+                                     ir.VectorType(_I32, 32))
+
+
+def _splat(builder, v, n):  # noqa: ANN001, ANN202
+    vty = ir.VectorType(v.type, n)
+    u = builder.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(u, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(_I32, n), [0] * n))
+
+
+@intrinsic
+def _vperm_block(typingctx, out, s, idx, p, pal, k):  # noqa: ANN001, ANN202, ARG001
+    """out[s : s + 32] = pal[the 32 nibbles of idx[p : p + 16], low nibble first] by one vpermw;
+    returns the lanes whose index is k or more (uint32, bit j = lane j)."""
+    sig = types.uint32(out, s, idx, p, pal, k)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        def data(j):  # noqa: ANN001, ANN202
+            return context.make_array(signature.args[j])(context, builder, args[j]).data
+
+        def i64(j):  # noqa: ANN001, ANN202
+            return context.cast(builder, args[j], signature.args[j], types.int64)
+
+        raw = builder.load(builder.bitcast(builder.gep(data(2), [i64(3)]), _V16I8.as_pointer()), align=1)
+        w = builder.zext(raw, _V16I16)
+        lo = builder.and_(w, _splat(builder, ir.Constant(_I16, 15), 16))
+        hi = builder.lshr(w, _splat(builder, ir.Constant(_I16, 4), 16))
+        lanes = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 32), [j // 2 + 16 * (j % 2) for j in range(32)]))
+        tab = builder.trunc(builder.load(builder.bitcast(data(4), _V32I32.as_pointer()), align=4), _V32I16)
+        perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V32I16, [_V32I16, _V32I16]),
+                                              "llvm.x86.avx512.permvar.hi.512")
+        builder.store(builder.call(perm, [tab, lanes]), builder.bitcast(builder.gep(data(0), [i64(1)]), _V32I16.as_pointer()), align=2)
+        kk = builder.trunc(i64(5), _I16)
+        return builder.bitcast(builder.icmp_unsigned(">=", lanes, _splat(builder, kk, 32)), _I32)
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _gather4_scalar(out, s, idx, p, pal, k):  # noqa: ANN001
+    """A whole block of 4-bit indices: out[s + 2t], out[s + 2t + 1] = pal[low, high nibble of idx[p + t]];
+    whether an index is k or more."""
+    top_index = 0
+    for t in range(BLOCK // 2):
+        c = np.int64(idx[_U(p + t)])
+        top_index = max(top_index, c & 15, c >> 4)
+        out[_U(s + 2 * t)] = pal[_U(c & 15)]
+        out[_U(s + 2 * t + 1)] = pal[_U(c >> 4)]
+    return top_index >= k
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _gather4_x512(out, s, idx, p, pal, k):  # noqa: ANN001
+    """:func:`_gather4_scalar` by one vpermw (:func:`_vperm_block`)."""
+    return _vperm_block(out, s, idx, p, pal, k) != 0
+
+
 @njit(nogil=True, cache=True)
-def join(width, ks, pd, idx, out):  # noqa: ANN001
+def _join(width, ks, pd, idx, out, gather4):  # noqa: ANN001
     """Inverse of :func:`split` into the 16-bit words ``out`` (uint16); 0, or a negative error
-    code (see the module docstring) before any read past a stream."""
+    code (see the module docstring) before any read past a stream. ``gather4``: how a whole block
+    of 4-bit indices is written (:func:`_gather4_scalar` or :func:`_gather4_x512`)."""
     n = out.size
     nq = pd.size
     npi = idx.size
@@ -223,13 +297,7 @@ def join(width, ks, pd, idx, out):  # noqa: ANN001
             v -= z
             pal[_U(t)] = (v >> 1) | ((v & 1) << 15)
         if b == 4 and m == BLOCK:  # a 16-level grid's common case: two indices a byte
-            top_index = 0  # checked once the block is written (pal has 32 entries: no read past it)
-            for t in range(BLOCK // 2):
-                c = np.int64(idx[_U(p + t)])
-                top_index = max(top_index, c & 15, c >> 4)
-                out[_U(s + 2 * t)] = pal[_U(c & 15)]
-                out[_U(s + 2 * t + 1)] = pal[_U(c >> 4)]
-            if top_index >= k:
+            if gather4(out, s, idx, p, pal, k):  # (checked once the block is written: pal has 32 entries)
                 return -6
         else:
             mask = (1 << b) - 1
@@ -247,3 +315,10 @@ def join(width, ks, pd, idx, out):  # noqa: ANN001
     if q != nq or p != npi:
         return -7
     return 0
+
+
+def join(width: np.ndarray, ks: np.ndarray, pd: np.ndarray, idx: np.ndarray, out: np.ndarray) -> int:
+    """Inverse of :func:`split` into the 16-bit words ``out`` (uint16); 0, or a negative error code
+    (see the module docstring) before any read past a stream. The 4-bit blocks by AVX-512 where
+    ``codec._numba.x512_available()``; the same words either way (tests/codec/test_palette.py)."""
+    return _join(width, ks, pd, idx, out, _gather4_x512 if x512_available() else _gather4_scalar)

@@ -31,10 +31,10 @@ planes whose low plane (the mantissa's low bits: dense in any fine-tune, sparse 
 elements changed) comes out under 1/:data:`SPARSE_RATIO` of its bytes, each zstd frame is made again
 with zstd's own level-:data:`SPARSE_LEVEL` settings and kept where smaller (:meth:`LiteralCompressor.again`;
 the compiled loop in ``codec._numba`` applies the same rule, so both write the same frames). Measured
-with `benchmarks/probe_sparse_delta.py` (run 54 of benchmarks/results/lossless_amd-epyc-2c.md): a delta
-between consecutive saves' frames 0.954 -> 0.771 MB; a dense 40-step fine-tune's groups are never
-sparse by this rule where 9.3% of its plane bytes were by its high plane alone (run 53's per-frame
-rule made 55% of them twice and cost that encode 12-17%, for 0.09% of its bytes).
+(runs 54-55 of benchmarks/results/lossless_amd-epyc-2c.md): a delta between consecutive saves of a
+SmolLM2 series 1.11 -> 0.93 MB, encode 904 -> 820 MB/s a core; a dense 40-step fine-tune has 9.3% of
+its plane bytes in such groups, made twice for the same bytes (encode within the VM's round-to-round
+spread), where run 53's rule on each frame alone made 55% twice and cost that encode 12-17%.
 """
 
 from __future__ import annotations

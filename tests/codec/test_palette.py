@@ -71,6 +71,28 @@ def test_kernels_write_the_numpy_bytes(n, levels):
         assert np.array_equal(join(*want, w.size, compiled), w)
 
 
+@needs_numba
+@pytest.mark.parametrize("levels", [9, 12, 15])
+def test_the_4_bit_blocks_by_vpermw_are_the_scalar_words(levels):
+    """The 4-bit blocks' gather by AVX-512 (one vpermw a block, where the host has it) writes the
+    words of the scalar gather, and both refuse an index past a block's palette (-6) alike."""
+    from deltastore.codec import _numba, _palette_numba as pn
+
+    w = grid(64 * 32 + 7, levels, seed=levels)
+    ks, pd, idx = streams(w, True)
+    gathers = [pn._gather4_scalar] + ([pn._gather4_x512] if _numba.x512_available() else [])
+    for gather in gathers:
+        out = np.empty(w.size, np.uint16)
+        assert pn._join(palette.WIDTH, ks, pd, idx, out, gather) == 0
+        assert np.array_equal(out, w)
+        blk = next(j for j in range(ks.size - 1) if 9 <= int(ks[j]) + 1 < 16)  # a 4-bit block with room past its palette
+        bad = idx.copy()
+        bad[int(4 * palette.WIDTH[ks[:blk].astype(np.int64)].sum()) + 3] = 0xFF  # its lanes 6 and 7: index 15
+        assert pn._join(palette.WIDTH, ks, pd, bad, np.empty(w.size, np.uint16), gather) == -6
+    if len(gathers) == 1:
+        pytest.skip("this host has no AVX-512 BW and VBMI2 (or DELTASTORE_SIMD=0): the scalar gather alone")
+
+
 def test_every_bit_pattern_round_trips():
     w = np.arange(1 << 16, dtype=np.uint16)
     for words in (w, np.random.default_rng(1).permutation(w)):
