@@ -19,7 +19,7 @@ Stream layout (little-endian)::
 ``mode`` 0 = stored raw (zstd did not help), 1 = zstd frame, 2 = palette chunk (codec/palette.py:
 every plane of the chunk has mode 2, plane 0's slot holds the chunk's palette payload and the other
 slots are empty). The palette is tried on 16-bit float chunks (``width`` 2, ``rotate``) of the
-store's tensor objects (:func:`compress_parts`, when ``DELTASTORE_PALETTE=1``; :func:`compress`
+store's tensor objects (:func:`compress_parts`, unless ``DELTASTORE_PALETTE=0``; :func:`compress`
 only when asked) that show a grid
 of few values per 32-element block (weights dequantized from a group-quantized file), and kept
 only where it is smaller than the planes; a reader from before mode 2 refuses such a chunk with
@@ -838,7 +838,7 @@ def compress_parts(
     the prefix, the header and chunk table, then every chunk's payloads (bytes or numpy copies).
     The store's tensor objects are written this way, their frame as the prefix, part by part:
     no copy of the stream is made to frame it. ``palette`` as in :func:`compress`; None =
-    :func:`codec.palette.enabled` (off unless ``DELTASTORE_PALETTE=1``)."""
+    :func:`codec.palette.enabled` (on unless ``DELTASTORE_PALETTE=0``)."""
     raw = _elements(data, width)
     if palette is None:
         palette = _palette.enabled()

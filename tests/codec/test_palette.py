@@ -161,14 +161,15 @@ def test_thread_count_does_not_change_the_stream(compiled, monkeypatch):
         assert np.array_equal(out, raw)
 
 
-def test_store_tensor_objects_use_it_when_asked(tmp_path, monkeypatch):
-    """A real ObjectDB on a local backend: by default (opt-in, see palette.enabled) a grid tensor's
-    object holds no palette chunk; with DELTASTORE_PALETTE=1 it is a palette stream, decodes whole
-    (hash checked) and by byte range through the chunk table."""
+def test_store_tensor_objects_use_it_by_default(tmp_path, monkeypatch):
+    """A real ObjectDB on a local backend: by default (palette.enabled) a grid tensor's object is a
+    palette stream, decodes whole (hash checked) and by byte range through the chunk table; with
+    DELTASTORE_PALETTE=0 it holds no palette chunk."""
     raw = grid((6 << 20) // 2 + 7, 16).view(np.uint8)
+    monkeypatch.setenv("DELTASTORE_PALETTE", "0")
     plain = ObjectDB(Backend(str(tmp_path / "plain"))).put_tensor(raw, 2, True)
     assert plain.stored > 0.9 * len(planes.compress(raw, 2, rotate=True))
-    monkeypatch.setenv("DELTASTORE_PALETTE", "1")
+    monkeypatch.delenv("DELTASTORE_PALETTE")
     db = ObjectDB(Backend(str(tmp_path / "palette")))
     put = db.put_tensor(raw, 2, True)
     assert put.stored < 0.9 * len(planes.compress(raw, 2, rotate=True)) + 8
