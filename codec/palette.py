@@ -67,9 +67,9 @@ def enabled() -> bool:
     """Whether the store writes palette chunks: yes unless ``DELTASTORE_PALETTE=0``. Issue 12's bar for
     a base format (at least 1% under zipnn's bytes at no less than its speed) is met since the 4-bit
     blocks decode by AVX-512 (``_palette_numba``, run 56 of benchmarks/results/lossless_amd-epyc-2c.md,
-    SmolLM2's base on a Zen 4, two runs of 7 rounds against zipnn in the same rounds): 19.7% under
-    zipnn, encode 1.19-1.27x zipnn's per core best of 7 (per-round medians 1.13-1.22x), decode
-    1.21-1.34x (1.29-1.96x). On a CPU without AVX-512 BW and VBMI2 the scalar decode is about level
+    SmolLM2's base on a Zen 4, three runs of 5-7 rounds against zipnn in the same rounds): 19.7% under
+    zipnn, encode 1.11-1.27x zipnn's per core best of N (per-round medians 1.10-1.22x), decode
+    1.07-1.34x (1.06-1.96x). On a CPU without AVX-512 BW and VBMI2 the scalar decode is about level
     with zipnn's (run 48: 0.95x best of 7, 2.60x the median round; runs 25-30: 0.91-0.99x medians),
     and today's planes decode the same base at 1.8-1.9x zipnn's: ``DELTASTORE_PALETTE=0`` keeps them.
     Readers need no switch (every reader since plane mode 2 decodes both; older ones refuse such a
