@@ -352,7 +352,7 @@ def measure(ft_file: Path, base: dict, cands, repeat: int, say) -> None:
     say("")
     v1 = next(c for c in cands if c.name.startswith("v1"))
     env = None
-    encs, nb = {}, {}
+    nb = {}
     te = {c.name: [] for c in cands}
     td = {c.name: [] for c in cands}
     zt = {"enc": [], "dec": []}

@@ -151,7 +151,7 @@ class Dare(LossyCodec):
         """Check a payload against what this codec (built from its parameters) writes."""
         m, n = checks.matrix_shape(enc)
         keep = checks.as_float(enc, checks.get(enc, "keep"), "meta 'keep'", 0.0, 1.0)
-        seed = checks.as_int(enc, checks.get(enc, "seed"), "meta 'seed'", 0, checks.MAX_SEED)
+        checks.as_int(enc, checks.get(enc, "seed"), "meta 'seed'", 0, checks.MAX_SEED)  # (the decode regenerates the mask from it)
         count = checks.as_int(enc, checks.get(enc, "count"), "meta 'count'", 0, m * n)
         if keep == 0.0 and count:
             raise checks.corrupt(enc, f"keep is 0 but {count} values are stored")

@@ -40,7 +40,6 @@ import struct
 from collections.abc import Callable
 
 import numpy as np
-import zstandard
 
 from . import _compiled
 from .errors import CorruptPayloadError
@@ -134,7 +133,6 @@ def split_numpy(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if n == 0:
         return (np.empty(0, np.uint8),) * 3
     key, m = _blocks(words)
-    nb = key.shape[0]
     order = np.argsort(key, axis=1, kind="stable")
     srt = np.take_along_axis(key, order, axis=1)
     new = np.ones(key.shape, bool)
