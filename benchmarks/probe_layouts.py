@@ -40,6 +40,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("DELTASTORE_THREADS", "1")
 
@@ -310,15 +311,8 @@ class NoSparse(Codec):
     process so both run in the same rounds)."""
 
     def encode(self, t, b):
-        old = os.environ.get("DELTASTORE_ZSTD_SPARSE")
-        os.environ["DELTASTORE_ZSTD_SPARSE"] = "0"
-        try:
+        with mock.patch.dict(os.environ, {"DELTASTORE_ZSTD_SPARSE": "0"}):
             return super().encode(t, b)
-        finally:
-            if old is None:
-                del os.environ["DELTASTORE_ZSTD_SPARSE"]
-            else:
-                os.environ["DELTASTORE_ZSTD_SPARSE"] = old
 
 
 def zipnn_round(data: bytes, z):

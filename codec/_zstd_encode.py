@@ -99,6 +99,12 @@ class LiteralCompressor:
         self._out = bytearray(0)
         self._out_ptr = None
 
+    def _reserve(self, n: int) -> None:
+        """The output buffer holds at least ``n`` bytes (grown to twice its size at least: few regrowths)."""
+        if n > len(self._out):
+            self._out = bytearray(max(n, 2 * len(self._out)))
+            self._out_ptr = self._ffi.from_buffer(self._out)
+
     def _check(self, r: int) -> int:
         if self._lib.ZSTD_isError(r):
             raise RuntimeError(f"zstd: {self._ffi.string(self._lib.ZSTD_getErrorName(r)).decode(errors='replace')}")
@@ -111,9 +117,7 @@ class LiteralCompressor:
         src = np.ascontiguousarray(data).reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else data
         n = src.nbytes if isinstance(src, np.ndarray) else memoryview(src).nbytes
         bound = _bound(n)
-        if bound > len(self._out):
-            self._out = bytearray(max(bound, 2 * len(self._out)))
-            self._out_ptr = self._ffi.from_buffer(self._out)
+        self._reserve(bound)
         k = self._lib.ZSTD_compress2(self._cctx, self._out_ptr, len(self._out), self._ffi.from_buffer(src), n)
         if k > bound:  # a zstd error code (near 2**64): no frame outgrows its bound
             self.raise_for(k)
@@ -126,9 +130,7 @@ class LiteralCompressor:
         if self._sparse is None or size <= 1:
             return None
         cap = size - 1
-        if cap > len(self._out):
-            self._out = bytearray(max(cap, 2 * len(self._out)))
-            self._out_ptr = self._ffi.from_buffer(self._out)
+        self._reserve(cap)
         k = self._lib.ZSTD_compress2(self._sparse, self._out_ptr, cap, self._ffi.from_buffer(data), data.nbytes)
         return bytes(memoryview(self._out)[:k]) if k <= cap else None  # (else an error: it did not fit)
 
@@ -153,10 +155,7 @@ class LiteralCompressor:
         caps = compress_bound(lens)
         offs = np.zeros(lens.size + 1, dtype=np.uint64)
         np.cumsum(caps, out=offs[1:])
-        total = int(offs[-1])
-        if total > len(self._out):
-            self._out = bytearray(max(total, 2 * len(self._out)))
-            self._out_ptr = self._ffi.from_buffer(self._out)
+        self._reserve(int(offs[-1]))
         sizes = np.empty(lens.size, dtype=np.uint64)
         kernel(*self.addresses()[:2], src, starts, lens, np.frombuffer(self._out, dtype=np.uint8), offs, sizes)
         bad = np.flatnonzero(sizes > caps)  # a zstd error code is near 2**64, above any capacity
