@@ -90,11 +90,14 @@ def add_finetunes(sets: list[tuple[DeltaSet, list[DeltaLinear]]], n: int, gen: t
         ds.build()
 
 
-def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: torch.device, graph: bool = False) -> tuple[float, torch.Tensor, float]:
+def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: torch.device, graph: bool = False,
+               first: list | None = None) -> tuple[float, torch.Tensor, float]:
     """(seconds, tokens, warm-up seconds) of one greedy generate of ``new`` tokens for ``batch``
     sequences after a 4-token warm-up (which, with ``graph``, also captures the decoding step:
     the timed call only replays it). ``graph``: graph_decode.generate (static KV cache, each
-    decoding step one CUDA graph replay); else transformers' eager generate, default cache."""
+    decoding step one CUDA graph replay); else transformers' eager generate, default cache.
+    ``first``: appended with the seconds of a one-token generate after the timed one (the eager
+    prefill and the first token: what a user waits before the first token; median of 3)."""
     ids = torch.randint(3, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch)).to(device)
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
 
@@ -110,7 +113,16 @@ def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: tor
     t = time.perf_counter()
     out = run(**kw)
     sync(device)
-    return time.perf_counter() - t, out, warm
+    took = time.perf_counter() - t
+    if first is not None:
+        ts = []
+        for _ in range(3):
+            t1 = time.perf_counter()
+            run(**{**kw, "max_new_tokens": 1, "min_new_tokens": 1})
+            sync(device)
+            ts.append(time.perf_counter() - t1)
+        first.append(sorted(ts)[1])
+    return took, out, warm
 
 
 def decoder(model, device: torch.device) -> graph_decode.GraphDecoder:
@@ -166,6 +178,20 @@ def kernel_breakdown(model, device: torch.device) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def prefill_profile(model, batch: int, prompt: int, vocab: int, device: torch.device) -> None:
+    """Print torch.profiler's table (CPU and GPU time by op, top 30 by CPU time) of one one-token
+    generate through the graph decoder: the eager prefill a user waits for before the first token."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(3, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch)).to(device)
+    kw = dict(max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=0)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        decoder(model, device).generate(model.generate, ids, cuda_graph=device.type == "cuda", **kw)
+        sync(device)
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=30), flush=True)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -189,6 +215,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which no further case starts")
+    ap.add_argument("--prefill-profile", action="store_true",
+                    help="for the first N: torch.profiler's CPU and GPU table of one one-token generate (where the first token's time goes)")
     ap.add_argument("--no-fuse", action="store_true", help="one DeltaSet per linear (as commit db384d5 measured), not per q/k/v and gate/up")
     args = ap.parse_args()
     t_end = time.time() + args.deadline
@@ -208,10 +236,12 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         before = dict(decoder(model, device).stats)
-        t, out, warm = gen_tokens(model, batch, args.prompt, args.new, vocab, device, graph=graph)
+        first: list[float] = []
+        t, out, warm = gen_tokens(model, batch, args.prompt, args.new, vocab, device, graph=graph, first=first)
         st = {k: v - before.get(k, 0) for k, v in decoder(model, device).stats.items()}
         r = dict(case=label, n=n, batch=batch, decode=mode_name(graph, device), s=t, tok_s=batch * args.new / t,
-                 ms_token=1e3 * t / args.new, warm_s=warm, mem_gb=mem_gb(device), peak_gb=peak_gb(device), **extra)
+                 ms_token=1e3 * t / args.new, first_ms=1e3 * first[0], warm_s=warm, mem_gb=mem_gb(device),
+                 peak_gb=peak_gb(device), **extra)
         if graph:
             r["step_ms"] = step_ms(model, device)
             r["replays"], r["captures"], r["eager_steps"] = st["replays"], st["captures"], st["eager_steps"]
@@ -252,6 +282,8 @@ def main() -> None:
         g_out = case(label, model, n, n, True, deltas_gb=delta_bytes / 1e9, build_s=build_s)
         if n == ns[0]:
             breakdown[f"lazy, {n} fine-tune(s)"] = kernel_breakdown(model, device)
+            if args.prefill_profile:
+                prefill_profile(model, n, args.prompt, vocab, device)
         decoder(model, device).release()
         if n in eager_ns and time.time() < t_end:
             e_out = case(label, model, n, n, False, deltas_gb=delta_bytes / 1e9)
@@ -305,15 +337,16 @@ def main() -> None:
              f"{args.prompt} tokens, {args.new} new tokens per sequence (timed after a 4-token warm-up that also captures the graph); "
              "one sequence per fine-tune. eager = transformers' generate, default cache; CUDA graph = graph_decode (static KV cache, "
              "each decoding step one graph replay). step ms = GPU time of one replay alone. GPU memory = torch.cuda.memory_allocated "
-             "after the run; peak = max_memory_allocated during it.", "",
-             "| case | decode | batch | seconds | tokens/s | ms/token | step ms (GPU) | GPU memory (GB) | peak (GB) | of it: packed deltas (GB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "after the run; peak = max_memory_allocated during it. first token ms = a one-token generate after the timed one (prefill, "
+             "eager, and the first token; median of 3).", "",
+             "| case | decode | batch | seconds | tokens/s | ms/token | first token ms | step ms (GPU) | GPU memory (GB) | peak (GB) | of it: packed deltas (GB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['case']} | - | - | - | - | - | - | {r['skipped']} | - | - |")
+            lines.append(f"| {r['case']} | - | - | - | - | - | - | - | {r['skipped']} | - | - |")
             continue
         lines.append(f"| {r['case']} | {r['decode']} | {r['batch']} | {r['s']:.2f} | {r['tok_s']:.1f} | {r['ms_token']:.1f} | "
-                     f"{r.get('step_ms', float('nan')):.1f} | {r['mem_gb']:.1f} | {r['peak_gb']:.1f} | {r.get('deltas_gb', 0):.2f} |")
+                     f"{r.get('first_ms', float('nan')):.1f} | {r.get('step_ms', float('nan')):.1f} | {r['mem_gb']:.1f} | {r['peak_gb']:.1f} | {r.get('deltas_gb', 0):.2f} |")
     lines += ["", f"Same greedy tokens, CUDA graph vs eager: plain model {same_plain}; lazy: "
               + ", ".join(f"N={n}: {v} sequences" for n, v in agree.items())]
     lines += ["", "GPU ms of one decoding step by kernel kind (torch.profiler, batch of the case): "
