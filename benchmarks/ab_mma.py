@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_kernels import GROUPS, Bench, copy_bandwidth, modules_fn, time_graph  # noqa: E402
 
-from deltastore.kernels import mma, plan_rows, ref_ops  # noqa: E402
+from deltastore.kernels import base_gemv, mma, plan_rows, ref_ops  # noqa: E402
 from deltastore.kernels.linear import apply_deltas  # noqa: E402
 
 
@@ -116,13 +116,32 @@ def main() -> None:
             errs[v] = e
             fns[v] = modules_fn(bench, M, nt, ids)
         t = {k: [] for k in ["base", *keys]}
+        if M <= base_gemv.MAX_ROWS:  # the base by the Triton GEMV (kernels/base_gemv.py) beside cuBLAS's
+            t["base_gemv"] = []
+
+            def base_t() -> None:
+                for c in bench.copies:
+                    for gi, W in enumerate(c.W):
+                        base_gemv.gemv(h if gi == 3 else x, W, out=ys[gi])
+
+            for gi, W in enumerate(bench.copies[0].W):
+                inp = h if gi == 3 else x
+                a, b = base_gemv.gemv(inp, W).float(), (inp @ W.T).float()
+                print(f"    base GEMV, group {gi}: rel err {float((a - b).norm() / b.norm()):.1e} against torch.mm", flush=True)
         for _ in range(args.rounds):
             t["base"].append(time_graph(base))
+            if "base_gemv" in t:
+                t["base_gemv"].append(time_graph(base_t))
             for v in keys:
                 use(v)
                 t[v].append(time_graph(fns[v]))
         us = {k: statistics.median(v) * 1e6 / args.copies for k, v in t.items()}
         case = f"{M} rows, one fine-tune" if nt == 1 else f"{M} rows over {nt} fine-tunes"
+        if "base_gemv" in us:
+            line = (f"    base alone: cuBLAS (torch.mm) {us['base']:.1f} us, the Triton GEMV {us['base_gemv']:.1f} us "
+                    f"(x{us['base_gemv'] / us['base']:.2f})")
+            print(line, flush=True)
+            lines.append(line)
         for i, var in enumerate(variants):
             k = f"1:{i}"
             row = (f"| {case} {json.dumps(var) if var else ''} | {us['base']:.1f} | {us[k]:.1f} | x{us[k] / us['base']:.2f} | {us['0']:.1f} | "

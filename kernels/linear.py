@@ -22,7 +22,7 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
-from . import dense, factor_cache, mma, ref_ops, triton_ops
+from . import base_gemv, dense, factor_cache, mma, ref_ops, triton_ops
 from .deltaset import DeltaSet, RowPlan, check_ids, host_hint, plan_rows
 from .errors import KernelError
 from .bitdelta import BitDeltaSet
@@ -329,7 +329,7 @@ class DeltaGroup:
         packed delta, and the reverse)."""
         W, b = self.whole_weight(members)
         if W is not None:
-            y = nn.functional.linear(x2, W, b)
+            y = base_gemv.gemv(x2, W, b) if base_gemv.serves(x2, W) else nn.functional.linear(x2, W, b)
         else:
             y = torch.empty(x2.shape[0], sum(self.deltas.out_features), dtype=x2.dtype, device=x2.device)
             for j, (o, w) in enumerate(zip(self.deltas.col_offsets, self.deltas.out_features)):
@@ -424,7 +424,8 @@ class DeltaLinear(nn.Module):
         """(rows, out): x2 W^T + b in x2's dtype; with lowrank or bitdelta deltas loaded, float32
         and plus this linear's delta for the rows that name one (rows of such a fine-tune have no
         packed delta, and the reverse: a sum)."""
-        y = nn.functional.linear(x2, self.weight, self.bias)
+        W = self.weight
+        y = base_gemv.gemv(x2, W, self.bias) if base_gemv.serves(x2, W) else nn.functional.linear(x2, W, self.bias)
         if self.has_side_deltas:
             return self.side_delta(x2).add_(y)
         return y

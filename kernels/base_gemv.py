@@ -1,0 +1,140 @@
+"""The base GEMV for decoding (a few rows), written so the packed deltas can run beside it.
+
+At one row a layer's base linears are memory-bound GEMVs: cuBLAS reads the bf16 weight at ~82% of
+the H200's bandwidth (116 us a Llama-2-7B layer against a 95 us floor), but its kernels fill
+every SM (large shared-memory pipelines, one CTA an SM), so the delta kernels launched beside it
+on the side stream (:func:`.linear.beside`) mostly wait for it to finish: a layer with one 1/16
+delta-come fine-tune costs x1.64 of the base alone, its kernels summing 222 us against 190 of
+wall time (benchmarks/results/kernels_h200.md). This GEMV takes no shared memory and few
+registers, so the SMs keep room for the delta programs while it streams the weight. Measured there
+(`python benchmarks/ab_mma.py --cases 1,2,4 --mma-cfgs '[{"base_gemv.ENABLED": true, ...}]'`,
+benchmarks/results/raw_h200/s22/): the base alone 113.4-114.9 us against cuBLAS's 116.1-117.9 (x0.97-0.98),
+and **the layer with its delta 165.7-166.9 us against 191.2-193.5 (x1.42 of the base against x1.64)**:
+the delta kernels now overlap the base by ~45 us instead of ~20. At 2 and 4 rows this kernel (one
+float32 partial a row) takes x1.24 and x2.16 of cuBLAS's time and the layer gets slower, so it
+serves one row (:data:`SERVE_ROWS`); more rows keep cuBLAS.
+
+``y[m, n] = sum_k x[m, k] W[n, k] (+ b[n])``, float32 sums rounded once to x's dtype: a program
+owns ``BLOCK_N`` output columns and reads their rows of W in ``BLOCK_K`` steps of 16-byte loads,
+keeping a (rows, BLOCK_N, BLOCK_K) float32 partial and reducing it once at the end (no shuffles
+in the loop). Deterministic (no atomics, one order), graph-safe (the grid depends on the shapes).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import KernelError
+
+try:  # triton is optional: without it cuBLAS serves (CPU users, CI without it)
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - exercised where triton is absent
+    HAVE_TRITON = False
+
+#: the most rows the kernel computes (one register partial each) and the most it serves by default
+MAX_ROWS = 4
+SERVE_ROWS = 1
+#: output columns a program (halved where that leaves fewer than MIN_PROGRAMS: the GEMV keeps
+#: bytes in flight by having many programs, as Triton pipelines no loop without tl.dot) and inputs
+#: a step (8 x 256 bf16: four 16-byte loads a thread at 4 warps; 8 rows measured 1.5% faster
+#: than 16 and 8% faster than 4 through the layer, raw_h200/s22/ab_gemv_sweep*.md)
+BLOCK_N = 8
+MIN_PROGRAMS = 512
+BLOCK_K = 256
+NUM_WARPS = 4
+#: whether DeltaLinear's and DeltaGroup's base GEMM takes this kernel on CUDA for up to
+#: SERVE_ROWS rows of bf16/fp16 (``DELTASTORE_BASE_GEMV=0``: cuBLAS always)
+ENABLED = os.environ.get("DELTASTORE_BASE_GEMV", "").strip() != "0"
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                     M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     EVEN_K: tl.constexpr):
+        pid = tl.program_id(0)
+        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        nc = tl.where(n_ok, n, 0)  # rows past N read row 0 (always there): no mask along n in the loop
+        k = tl.arange(0, BLOCK_K)
+        wp = w_ptr + nc.to(tl.int64)[:, None] * stride_wn + k[None, :]
+        acc0 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc1 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc2 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc3 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(wp + k0).to(tl.float32)
+                x0 = tl.load(x_ptr + k0 + k).to(tl.float32)
+            else:
+                k_ok = (k0 + k) < K
+                w = tl.load(wp + k0, mask=k_ok[None, :], other=0.0).to(tl.float32)
+                x0 = tl.load(x_ptr + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
+            acc0 += w * x0[None, :]
+            if M > 1:
+                if EVEN_K:
+                    x1 = tl.load(x_ptr + stride_xm + k0 + k).to(tl.float32)
+                else:
+                    x1 = tl.load(x_ptr + stride_xm + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
+                acc1 += w * x1[None, :]
+            if M > 2:
+                if EVEN_K:
+                    x2 = tl.load(x_ptr + 2 * stride_xm + k0 + k).to(tl.float32)
+                else:
+                    x2 = tl.load(x_ptr + 2 * stride_xm + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
+                acc2 += w * x2[None, :]
+            if M > 3:
+                if EVEN_K:
+                    x3 = tl.load(x_ptr + 3 * stride_xm + k0 + k).to(tl.float32)
+                else:
+                    x3 = tl.load(x_ptr + 3 * stride_xm + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
+                acc3 += w * x3[None, :]
+        bias = tl.zeros([BLOCK_N], tl.float32)
+        if HAS_B:
+            bias = tl.load(b_ptr + nc).to(tl.float32)
+        ty = y_ptr.dtype.element_ty
+        tl.store(y_ptr + n, (tl.sum(acc0, axis=1) + bias).to(ty), mask=n_ok)
+        if M > 1:
+            tl.store(y_ptr + stride_ym + n, (tl.sum(acc1, axis=1) + bias).to(ty), mask=n_ok)
+        if M > 2:
+            tl.store(y_ptr + 2 * stride_ym + n, (tl.sum(acc2, axis=1) + bias).to(ty), mask=n_ok)
+        if M > 3:
+            tl.store(y_ptr + 3 * stride_ym + n, (tl.sum(acc3, axis=1) + bias).to(ty), mask=n_ok)
+
+
+def serves(x: torch.Tensor, W: torch.Tensor) -> bool:
+    """Whether :func:`gemv` serves ``x @ W.T`` here: switched on (:data:`ENABLED`), Triton on a CUDA
+    device, 1..SERVE_ROWS rows, bf16/fp16 of one dtype, W's rows contiguous and 16-byte aligned."""
+    return (ENABLED and HAVE_TRITON and x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= SERVE_ROWS
+            and x.dtype in (torch.bfloat16, torch.float16) and W.dtype == x.dtype and W.dim() == 2
+            and W.stride(1) == 1 and W.stride(0) % 8 == 0 and W.data_ptr() % 16 == 0)
+
+
+def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + b`` for a few rows (x: (M <= MAX_ROWS, K), W: (N, K) with contiguous rows),
+    float32 sums rounded once to x's dtype; into ``out`` (M, N) with contiguous rows where given."""
+    if not HAVE_TRITON:
+        raise KernelError("the base GEMV needs triton")
+    M, K = x.shape
+    N = W.shape[0]
+    if not 0 < M <= MAX_ROWS or W.shape[1] != K or W.stride(1) != 1 or (b is not None and b.shape != (N,)):
+        raise KernelError(f"base GEMV: x {tuple(x.shape)}, W {tuple(W.shape)}: needs 1..{MAX_ROWS} rows of W's inputs")
+    x = x.contiguous()
+    if out is not None and (out.shape != (M, N) or out.dtype != x.dtype or out.stride(1) != 1):
+        raise KernelError(f"base GEMV: out must be ({M}, {N}) {x.dtype} with contiguous rows")
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
+    if N == 0:
+        return y
+    bb = b.contiguous() if b is not None else x
+    bn = BLOCK_N
+    while bn > 4 and triton.cdiv(N, bn) < MIN_PROGRAMS:
+        bn //= 2
+    _gemv_kernel[(triton.cdiv(N, bn),)](x, W, bb, y, N, K, x.stride(0), W.stride(0), y.stride(0),
+                                        M=M, HAS_B=b is not None, BLOCK_N=bn, BLOCK_K=BLOCK_K,
+                                        EVEN_K=K % BLOCK_K == 0, num_warps=NUM_WARPS)
+    return y
