@@ -36,9 +36,13 @@ try:  # triton is optional: without it cuBLAS serves (CPU users, CI without it)
 except ImportError:  # pragma: no cover - exercised where triton is absent
     HAVE_TRITON = False
 
-#: the most rows the kernel computes (one register partial each) and the most it serves by default
-MAX_ROWS = 4
+#: the most rows the GEMV kernel computes (one register partial each); the tl.dot kernel takes
+#: up to MAX_ROWS (a block of 16 or 32 rows); by default the base takes these kernels for up to
+#: SERVE_ROWS rows, the GEMV kernel for up to GEMV_ROWS
+GEMV_MAX_ROWS = 4
+MAX_ROWS = 32
 SERVE_ROWS = 1
+GEMV_ROWS = 1
 #: output columns a program (halved where that leaves fewer than MIN_PROGRAMS: the GEMV keeps
 #: bytes in flight by having many programs, as Triton pipelines no loop without tl.dot) and inputs
 #: a step (8 x 256 bf16: four 16-byte loads a thread at 4 warps; 8 rows measured 1.5% faster
@@ -47,6 +51,11 @@ BLOCK_N = 8
 MIN_PROGRAMS = 512
 BLOCK_K = 256
 NUM_WARPS = 4
+#: the tl.dot kernel's tile: output columns a program, inputs a step, pipeline stages, warps
+DOT_BLOCK_N = 32
+DOT_BLOCK_K = 128
+DOT_STAGES = 2
+DOT_WARPS = 4
 #: whether DeltaLinear's and DeltaGroup's base GEMM takes this kernel on CUDA for up to
 #: SERVE_ROWS rows of bf16/fp16 (``DELTASTORE_BASE_GEMV=0``: cuBLAS always)
 ENABLED = os.environ.get("DELTASTORE_BASE_GEMV", "").strip() != "0"
@@ -107,6 +116,40 @@ if HAVE_TRITON:
             tl.store(y_ptr + 3 * stride_ym + n, (tl.sum(acc3, axis=1) + bias).to(ty), mask=n_ok)
 
 
+    @triton.jit
+    def _dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+                    HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
+        """The same product for up to BLOCK_M rows by tl.dot (the tensor cores), W read once
+        (UPCAST: float32 operands, for the CPU interpreter: see triton_ops._dot)."""
+        pid = tl.program_id(0)
+        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        nc = tl.where(n_ok, n, 0)
+        m = tl.arange(0, BLOCK_M)
+        m_ok = m < M
+        mc = tl.where(m_ok, m, 0)  # rows past M read row 0 and are not stored
+        k = tl.arange(0, BLOCK_K)
+        xp = x_ptr + mc[:, None] * stride_xm + k[None, :]
+        wp = w_ptr + nc.to(tl.int64)[:, None] * stride_wn + k[None, :]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                xt = tl.load(xp + k0)
+                wt = tl.load(wp + k0)
+            else:
+                k_ok = (k0 + k) < K
+                xt = tl.load(xp + k0, mask=k_ok[None, :], other=0.0)
+                wt = tl.load(wp + k0, mask=k_ok[None, :], other=0.0)
+            if UPCAST:
+                acc = tl.dot(xt.to(tl.float32), tl.trans(wt.to(tl.float32)), acc)
+            else:
+                acc = tl.dot(xt, tl.trans(wt), acc)
+        if HAS_B:
+            acc += tl.load(b_ptr + nc).to(tl.float32)[None, :]
+        tl.store(y_ptr + m[:, None] * stride_ym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
 def serves(x: torch.Tensor, W: torch.Tensor) -> bool:
     """Whether :func:`gemv` serves ``x @ W.T`` here: switched on (:data:`ENABLED`), Triton on a CUDA
     device, 1..SERVE_ROWS rows, bf16/fp16 of one dtype, W's rows contiguous and 16-byte aligned."""
@@ -115,9 +158,11 @@ def serves(x: torch.Tensor, W: torch.Tensor) -> bool:
             and W.stride(1) == 1 and W.stride(0) % 8 == 0 and W.data_ptr() % 16 == 0)
 
 
-def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: torch.Tensor | None = None,
+         path: str | None = None) -> torch.Tensor:
     """``x @ W.T + b`` for a few rows (x: (M <= MAX_ROWS, K), W: (N, K) with contiguous rows),
-    float32 sums rounded once to x's dtype; into ``out`` (M, N) with contiguous rows where given."""
+    float32 sums rounded once to x's dtype; into ``out`` (M, N) with contiguous rows where given.
+    ``path``: "gemv" (up to GEMV_MAX_ROWS rows) or "dot"; by default the GEMV up to GEMV_ROWS."""
     if not HAVE_TRITON:
         raise KernelError("the base GEMV needs triton")
     M, K = x.shape
@@ -131,6 +176,16 @@ def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: t
     if N == 0:
         return y
     bb = b.contiguous() if b is not None else x
+    path = path or ("gemv" if M <= GEMV_ROWS else "dot")
+    if path == "dot":
+        bm = 16 if M <= 16 else 32
+        _dot_kernel[(triton.cdiv(N, DOT_BLOCK_N),)](x, W, bb, y, M, N, K, x.stride(0), W.stride(0), y.stride(0),
+                                                    HAS_B=b is not None, BLOCK_M=bm, BLOCK_N=DOT_BLOCK_N, BLOCK_K=DOT_BLOCK_K,
+                                                    EVEN_K=K % DOT_BLOCK_K == 0, UPCAST=not x.is_cuda,
+                                                    num_warps=DOT_WARPS, num_stages=DOT_STAGES)
+        return y
+    if path != "gemv" or M > GEMV_MAX_ROWS:
+        raise KernelError(f"base GEMV: no path {path!r} for {M} rows")
     bn = BLOCK_N
     while bn > 4 and triton.cdiv(N, bn) < MIN_PROGRAMS:
         bn //= 2

@@ -146,6 +146,13 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     return y, d
 
 
+def base_linear(x2: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x2 W^T + b, the base part of a lazy linear: the Triton base GEMV where it serves
+    (:func:`.base_gemv.serves`: one row on a GPU, beside which the delta kernels keep SMs), else
+    torch's linear (cuBLAS)."""
+    return base_gemv.gemv(x2, W, b) if base_gemv.serves(x2, W) else nn.functional.linear(x2, W, b)
+
+
 def with_delta(y: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """float(y) + d rounded once to ``dtype``, in one kernel where y already has it (in place; on a
     GPU the Triton add, :func:`.triton_ops.add_f32_`, the same bits as torch's mixed-dtype add)."""
@@ -329,12 +336,12 @@ class DeltaGroup:
         packed delta, and the reverse)."""
         W, b = self.whole_weight(members)
         if W is not None:
-            y = base_gemv.gemv(x2, W, b) if base_gemv.serves(x2, W) else nn.functional.linear(x2, W, b)
+            y = base_linear(x2, W, b)
         else:
             y = torch.empty(x2.shape[0], sum(self.deltas.out_features), dtype=x2.dtype, device=x2.device)
             for j, (o, w) in enumerate(zip(self.deltas.col_offsets, self.deltas.out_features)):
                 m = members.get(j)
-                y[:, o : o + w] = 0 if m is None else nn.functional.linear(x2, m.weight, m.bias)
+                y[:, o : o + w] = 0 if m is None else base_linear(x2, m.weight, m.bias)
         for j, m in members.items():
             if m.has_side_deltas:
                 o, w = self.deltas.col_offsets[j], self.deltas.out_features[j]
@@ -424,8 +431,7 @@ class DeltaLinear(nn.Module):
         """(rows, out): x2 W^T + b in x2's dtype; with lowrank or bitdelta deltas loaded, float32
         and plus this linear's delta for the rows that name one (rows of such a fine-tune have no
         packed delta, and the reverse: a sum)."""
-        W = self.weight
-        y = base_gemv.gemv(x2, W, self.bias) if base_gemv.serves(x2, W) else nn.functional.linear(x2, W, self.bias)
+        y = base_linear(x2, self.weight, self.bias)
         if self.has_side_deltas:
             return self.side_delta(x2).add_(y)
         return y

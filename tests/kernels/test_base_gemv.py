@@ -15,12 +15,12 @@ from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, KernelErro
 from .kernel_testlib import DEVICE, packed_delta
 
 
-def _check(M: int, N: int, K: int, dtype: torch.dtype, bias: bool, seed: int = 0) -> None:
+def _check(M: int, N: int, K: int, dtype: torch.dtype, bias: bool, seed: int = 0, path: str | None = None) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(M, K, generator=g).to(dtype).to(DEVICE)
     W = torch.randn(N, K, generator=g).to(dtype).to(DEVICE)
     b = torch.randn(N, generator=g).to(dtype).to(DEVICE) if bias else None
-    y = base_gemv.gemv(x, W, b)
+    y = base_gemv.gemv(x, W, b, path=path)
     assert y.dtype == dtype and y.shape == (M, N)
     exact = x.double() @ W.double().T + (b.double() if bias else 0)
     mag = x.double().abs() @ W.double().abs().T
@@ -32,18 +32,26 @@ def _check(M: int, N: int, K: int, dtype: torch.dtype, bias: bool, seed: int = 0
 @pytest.mark.parametrize("M", [1, 2, 3, 4])
 def test_rows_and_odd_shapes(M: int) -> None:
     # K not a multiple of the step (masked tail), N not a multiple of the block (rows past N)
-    _check(M, 37, 300, torch.bfloat16, bias=M % 2 == 1, seed=M)
+    _check(M, 37, 300, torch.bfloat16, bias=M % 2 == 1, seed=M, path="gemv")
+
+
+@pytest.mark.parametrize("M", [1, 5, 16, 17, 32])
+def test_dot_rows_and_odd_shapes(M: int) -> None:
+    _check(M, 45, 300, torch.bfloat16, bias=M % 2 == 1, seed=M, path="dot")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_dtypes_whole_steps(dtype: torch.dtype) -> None:
-    _check(2, 64, 512, dtype, bias=True)
+    _check(2, 64, 512, dtype, bias=True, path="gemv")
+    _check(3, 64, 512, dtype, bias=True, path="dot")
 
 
 def test_refuses_what_it_does_not_serve() -> None:
-    x = torch.zeros(5, 16, dtype=torch.bfloat16, device=DEVICE)
+    x = torch.zeros(33, 16, dtype=torch.bfloat16, device=DEVICE)
     with pytest.raises(KernelError, match="rows"):
         base_gemv.gemv(x, torch.zeros(8, 16, dtype=torch.bfloat16, device=DEVICE))
+    with pytest.raises(KernelError, match="rows"):
+        base_gemv.gemv(x[:5], torch.zeros(8, 16, dtype=torch.bfloat16, device=DEVICE), path="gemv")
     with pytest.raises(KernelError, match="rows"):
         base_gemv.gemv(x[:1], torch.zeros(8, 15, dtype=torch.bfloat16, device=DEVICE))
 
