@@ -10,9 +10,14 @@ registers, so the SMs keep room for the delta programs while it streams the weig
 (`python benchmarks/ab_mma.py --cases 1,2,4 --mma-cfgs '[{"base_gemv.ENABLED": true, ...}]'`,
 benchmarks/results/raw_h200/s22/): the base alone 113.4-114.9 us against cuBLAS's 116.1-117.9 (x0.97-0.98),
 and **the layer with its delta 165.7-166.9 us against 191.2-193.5 (x1.42 of the base against x1.64)**:
-the delta kernels now overlap the base by ~45 us instead of ~20. At 2 and 4 rows this kernel (one
-float32 partial a row) takes x1.24 and x2.16 of cuBLAS's time and the layer gets slower, so it
-serves one row (:data:`SERVE_ROWS`); more rows keep cuBLAS.
+the delta kernels now overlap the base by ~45 us instead of ~20. For 2..32 rows a second kernel
+(:func:`_dot_kernel`: tl.dot over a 16- or 32-row block, W read once, a 64 x 128 tile in 5 stages)
+does the same beside the tensor-core delta kernels: alone (first tile, 32 x 128 in 2 stages) it took
+x1.6-x2.3 of cuBLAS's time, yet with this tile the layer with its delta goes 202.2 -> 178.1 us at 5 rows of one fine-tune, 209.1 -> 179.0 at 8,
+243.0 -> 207.8 at 16 (x2.04 -> x1.74 of the base), 531.8 -> 522.5 at 32 rows over 8 fine-tunes;
+at 2 and 4 rows 0.98x and 0.95x, at 8 rows over 8 and 32 over 32 (one row a fine-tune) level
+(1.01x). The one-row GEMV kernel keeps a float32 partial a row in registers: x1.24-x2.16 of cuBLAS
+at 2-4 rows, so it serves one row (:data:`GEMV_ROWS`). Above :data:`SERVE_ROWS` rows, cuBLAS.
 
 ``y[m, n] = sum_k x[m, k] W[n, k] (+ b[n])``, float32 sums rounded once to x's dtype: a program
 owns ``BLOCK_N`` output columns and reads their rows of W in ``BLOCK_K`` steps of 16-byte loads,
@@ -41,7 +46,7 @@ except ImportError:  # pragma: no cover - exercised where triton is absent
 #: SERVE_ROWS rows, the GEMV kernel for up to GEMV_ROWS
 GEMV_MAX_ROWS = 4
 MAX_ROWS = 32
-SERVE_ROWS = 1
+SERVE_ROWS = 32
 GEMV_ROWS = 1
 #: output columns a program (halved where that leaves fewer than MIN_PROGRAMS: the GEMV keeps
 #: bytes in flight by having many programs, as Triton pipelines no loop without tl.dot) and inputs
@@ -52,11 +57,13 @@ MIN_PROGRAMS = 512
 BLOCK_K = 256
 NUM_WARPS = 4
 #: the tl.dot kernel's tile: output columns a program, inputs a step, pipeline stages, warps
-DOT_BLOCK_N = 32
+#: (64 x 128, 5 stages: 40 KB of shared memory; the best of 9 tiles through the layer at 5-16
+#: rows, raw_h200/s22/ab_dot*.md; 32 columns or 2 stages were 10-30% slower there)
+DOT_BLOCK_N = 64
 DOT_BLOCK_K = 128
-DOT_STAGES = 2
+DOT_STAGES = 5
 DOT_WARPS = 4
-#: whether DeltaLinear's and DeltaGroup's base GEMM takes this kernel on CUDA for up to
+#: whether DeltaLinear's and DeltaGroup's base GEMM takes these kernels on CUDA for up to
 #: SERVE_ROWS rows of bf16/fp16 (``DELTASTORE_BASE_GEMV=0``: cuBLAS always)
 ENABLED = os.environ.get("DELTASTORE_BASE_GEMV", "").strip() != "0"
 
