@@ -1,5 +1,6 @@
-"""Checkout writes tensor objects chunk by chunk with pwrite (ObjectDB.write_tensor): the same
-files as the mapped-window path, verified, and a wrong object is still refused."""
+"""Checkout writes tensor objects chunk by chunk with pwrite (ObjectDB.write_tensor) and deltas
+decoded into a reused buffer with pwrite: the same files as the mapped-window path, verified, and a
+wrong object is still refused."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from deltastore import materialize
 from deltastore.errors import CorruptObjectError
 from deltastore.objects import ObjectDB, key_of
 
@@ -28,6 +30,9 @@ def test_checkout_by_pwrite_is_byte_identical(store, tmp_path: Path, monkeypatch
     calls = []
     real = ObjectDB.write_tensor
     monkeypatch.setattr(ObjectDB, "write_tensor", lambda self, *a, **k: calls.append(a[0]) or real(self, *a, **k))
+    written = []
+    real_all = materialize._pwrite_all
+    monkeypatch.setattr(materialize, "_pwrite_all", lambda fd, view, offset: written.append(view.nbytes) or real_all(fd, view, offset))
     base = _model()
     src = write_model(tmp_path / "b", base)
     store.add_base("b", src)
@@ -42,6 +47,24 @@ def test_checkout_by_pwrite_is_byte_identical(store, tmp_path: Path, monkeypatch
     assert untouched > 0
     # every base tensor, and the fine-tune's untouched ones (its base's objects), went by pwrite
     assert len(calls) == (len(base) + untouched if pwrite == "1" else 0)
+    # and every delta, decoded into a buffer, went by one pwrite of its bytes (none through a window)
+    deltas = sorted(t.nbytes for _, t in man.tensors() if t.source == "delta")
+    assert deltas and sorted(written) == (deltas if pwrite == "1" else [])
+
+
+def test_lossy_deltas_by_pwrite_write_the_window_paths_bytes(store, tmp_path: Path, monkeypatch) -> None:
+    """A lossy fine-tune's checkout (delta-come, the default codec) by pwrite from the reused buffer
+    gives the file the mapped windows give, byte for byte, including a tensor larger than the
+    buffer the worker held before (the buffer grows)."""
+    base = _model()
+    store.add_base("b", write_model(tmp_path / "b", base))
+    store.add_finetune("f", write_model(tmp_path / "f", finetune_of(base, touch_norms=True)), base="b")
+    outs = {}
+    for pwrite in ("0", "1"):
+        monkeypatch.setenv("DELTASTORE_PWRITE_TENSORS", pwrite)
+        store.checkout("f@v1", tmp_path / f"out-{pwrite}")
+        outs[pwrite] = tree_hashes(tmp_path / f"out-{pwrite}")
+    assert outs["0"] == outs["1"]
 
 
 def test_a_tensor_object_of_other_bytes_is_refused(store, tmp_path: Path) -> None:
