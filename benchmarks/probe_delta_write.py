@@ -6,7 +6,7 @@ store's checkout (2 workers) with DELTASTORE_PWRITE_TENSORS=0 (windows) and unse
 
     python benchmarks/probe_delta_write.py [--store]
 """
-import os, time, mmap, numpy as np, torch, gc
+import os, time, numpy as np, torch, gc
 os.environ.setdefault("DELTASTORE_THREADS", "1")
 from safetensors.torch import load_file
 from deltastore.codec import from_bytes, to_bytes
