@@ -1,16 +1,28 @@
 #!/bin/bash
-# One device call for the base GEMV (kernels/base_gemv.py): its GPU tests with the side-stream and
-# graph-decoding tests, an A/B of the layer through the modules with the base by the Triton kernels
-# for more rows (ab_mma.py variants), then generate at N = 1, 8 (bench_generate.py). Carry .whl-store.
-#   bash benchmarks/base_gemv_device.sh OUT
+# Device calls for the lazy base kernels (kernels/base_gemv.py). Carry .whl-store.
+#   bash benchmarks/base_gemv_device.sh OUT [sweep]   GPU tests with the side-stream and graph-decoding tests, an A/B
+#                                                   of tl.dot tiles through the modules (ab_mma.py variants), then
+#                                                   generate at N = 1, 8 (bench_generate.py)
+#   bash benchmarks/base_gemv_device.sh OUT check     the kernel tests that go through the defaults (base GEMV, side
+#                                                   stream, tensor-core kernels, lazy models), then the layer with
+#                                                   the defaults against cuBLAS's base at their row counts
 set -u
 out=${1:-/tmp/out}
+mode=${2:-sweep}
 export PYTHONUNBUFFERED=1
 bash benchmarks/run_device.sh setup /tmp/unused >/dev/null
 source /tmp/ds/env
 mkdir -p "$out"
 cp -r tests pyproject.toml /tmp/ds/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$out/machine.txt"
+if [ "$mode" = check ]; then
+  (cd /tmp/ds && timeout "${T:-300}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_base_gemv.py tests/kernels/test_side_stream.py \
+    tests/kernels/test_mma.py tests/kernels/test_lazy.py 2>&1 | tail -6) | tee "$out/gpu_tests.log"
+  timeout "${AB_T:-150}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,5,16,32x8} --out "$out/ab_defaults.md" \
+    --mma-cfgs '[{}, {"base_gemv.ENABLED": false}]' > "$out/ab_defaults.log" 2>&1
+  grep '^|\|base alone' "$out/ab_defaults.log"
+  exit 0
+fi
 (cd /tmp/ds && timeout "${T:-150}" python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_base_gemv.py \
   tests/kernels/test_side_stream.py tests/kernels/test_lazy.py::test_cuda_graph_decoding_gives_the_eager_tokens 2>&1 | tail -4) | tee "$out/gpu_tests.log"
 S='"base_gemv.SERVE_ROWS": 32'

@@ -70,6 +70,14 @@ ENABLED = os.environ.get("DELTASTORE_BASE_GEMV", "").strip() != "0"
 if HAVE_TRITON:
 
     @triton.jit
+    def _x_row(x_ptr, off, k0, k, K, EVEN_K: tl.constexpr):
+        """One row of x's step at k0 as float32 (zeros past K)."""
+        if EVEN_K:
+            return tl.load(x_ptr + off + k0 + k).to(tl.float32)
+        else:
+            return tl.load(x_ptr + off + k0 + k, mask=(k0 + k) < K, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
                      M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      EVEN_K: tl.constexpr):
@@ -86,30 +94,15 @@ if HAVE_TRITON:
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
                 w = tl.load(wp + k0).to(tl.float32)
-                x0 = tl.load(x_ptr + k0 + k).to(tl.float32)
             else:
-                k_ok = (k0 + k) < K
-                w = tl.load(wp + k0, mask=k_ok[None, :], other=0.0).to(tl.float32)
-                x0 = tl.load(x_ptr + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
-            acc0 += w * x0[None, :]
+                w = tl.load(wp + k0, mask=((k0 + k) < K)[None, :], other=0.0).to(tl.float32)
+            acc0 += w * _x_row(x_ptr, 0, k0, k, K, EVEN_K)[None, :]
             if M > 1:
-                if EVEN_K:
-                    x1 = tl.load(x_ptr + stride_xm + k0 + k).to(tl.float32)
-                else:
-                    x1 = tl.load(x_ptr + stride_xm + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
-                acc1 += w * x1[None, :]
+                acc1 += w * _x_row(x_ptr, stride_xm, k0, k, K, EVEN_K)[None, :]
             if M > 2:
-                if EVEN_K:
-                    x2 = tl.load(x_ptr + 2 * stride_xm + k0 + k).to(tl.float32)
-                else:
-                    x2 = tl.load(x_ptr + 2 * stride_xm + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
-                acc2 += w * x2[None, :]
+                acc2 += w * _x_row(x_ptr, 2 * stride_xm, k0, k, K, EVEN_K)[None, :]
             if M > 3:
-                if EVEN_K:
-                    x3 = tl.load(x_ptr + 3 * stride_xm + k0 + k).to(tl.float32)
-                else:
-                    x3 = tl.load(x_ptr + 3 * stride_xm + k0 + k, mask=k_ok, other=0.0).to(tl.float32)
-                acc3 += w * x3[None, :]
+                acc3 += w * _x_row(x_ptr, 3 * stride_xm, k0, k, K, EVEN_K)[None, :]
         bias = tl.zeros([BLOCK_N], tl.float32)
         if HAS_B:
             bias = tl.load(b_ptr + nc).to(tl.float32)
@@ -121,7 +114,6 @@ if HAVE_TRITON:
             tl.store(y_ptr + 2 * stride_ym + n, (tl.sum(acc2, axis=1) + bias).to(ty), mask=n_ok)
         if M > 3:
             tl.store(y_ptr + 3 * stride_ym + n, (tl.sum(acc3, axis=1) + bias).to(ty), mask=n_ok)
-
 
     @triton.jit
     def _dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
