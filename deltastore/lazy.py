@@ -310,6 +310,9 @@ class LazyDeltas:
             if not e.name.endswith(".weight") or not isinstance(mod, (nn.Linear, DeltaLinear)):
                 other[e.name] = "a delta on a tensor that is not a linear weight"
                 continue
+            if e.exact:  # a linear stored bit-exact (the lossless codec: an untied lm_head, say) is
+                other[e.name] = "an exact delta of a linear"  # materialized, as the tensors stored whole
+                continue
             deltas[e.name.removesuffix(".weight")] = _payload(self.store, e, tuple(be.shape), info.ref)
         return deltas, other
 

@@ -121,6 +121,42 @@ def test_lazy_matches_materialized_checkout(served) -> None:
     assert sum(torch.equal(x, y) for x, y in zip(ga, gb)) >= 2
 
 
+def full_finetune(base: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
+    """A fine-tune that moves every tensor (as full fine-tuning with AdamW does): linears, norms,
+    the embedding and, untied, the lm_head, which the store keeps as exact (lossless) deltas."""
+    import shutil
+
+    shutil.copytree(base, out)
+    state = read_state(base)
+    g = torch.Generator().manual_seed(seed)
+    for name, t in sorted(state.items()):
+        state[name] = (t.float() + scale * t.float().abs().mean() * torch.randn(t.shape, generator=g)).to(t.dtype)
+    for f in out.glob("*.safetensors"):
+        f.unlink()
+    write_sharded(state, out)
+    return out
+
+
+def test_a_full_fine_tune_loads_lazily(tmp_path: Path) -> None:
+    """Every tensor changed, the lm_head untied: the lm_head's exact delta is materialized beside
+    the norms and the embedding (it was refused as "not servable lazily"), the lossy linears are
+    DeltaLinear modules, and the logits are the materialized model's within the bound above."""
+    import deltastore
+
+    base = tiny_llama_dir(tmp_path / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True)
+    store = deltastore.open(tmp_path / "home")
+    store.add_base("base", base)
+    store.add_finetune("full", full_finetune(base, tmp_path / "full", seed=4), base="base")
+    man = store.manifest(store.resolve("full").manifest)
+    lm = next(e for _, e in man.tensors() if e.name == "lm_head.weight")
+    assert lm.source == "delta" and lm.exact
+    lz = lazy.load(store, "full", device=DEVICE)
+    full = lazy.load(store, "full", device=DEVICE, lazy=False)
+    assert sum(isinstance(m, DeltaLinear) for m in lz.modules()) == 14 and not isinstance(lz.lm_head, DeltaLinear)
+    assert torch.equal(lz.lm_head.weight, full.lm_head.weight) and torch.equal(lz.model.norm.weight, full.model.norm.weight)
+    assert rel(_logits(lz), _logits(full)) < 2e-2
+
+
 def test_base_weights_are_shared_between_lazy_models(served) -> None:
     a = lazy.load(served, "ft1", device=DEVICE)
     b = lazy.load(served, "ft2", device=DEVICE)
