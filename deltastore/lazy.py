@@ -13,8 +13,10 @@ and one expand launch for the group.
 ``load_many(store, [REF, ...], device)`` gives one model that serves them all at once: each row of
 a batch names its fine-tune (``delta_ids``, an index into ``model.deltas.refs``, -1 for the base
 alone), passed to ``forward`` or ``generate``; ``model.add_delta(REF)`` / ``model.drop_delta(REF)``
-change the set without reloading the base. Only deltas of linears can differ per row, so every
-fine-tune must leave the other tensors as the base has them.
+change the set without reloading the base. A fine-tune that also changed whole tensors (a full
+fine-tune: every norm, the embedding, an untied lm_head, stored as exact deltas) gets them row by
+row too (kernels/slot_params.py: a copy of each such tensor a fine-tune, picked per row); a tensor
+of any other kind of module is refused at load time.
 
 On CUDA a lazy model's ``generate`` decodes under a CUDA graph (:mod:`deltastore.graph_decode`:
 static KV cache, one graph replay a token, the fine-tune ids in a static device buffer so any mix
@@ -42,6 +44,7 @@ from .graph_decode import decoder_of
 from .kernels import (BitDeltaSigns, DeltaContext, DeltaGroup, DeltaLinear, DeltaSet, KernelError, KernelPreference, LowRankFactors,
                       NotServableError, PackedDeltaCoMe, served_from_encoded)
 from .kernels.linear import concat_rows
+from .kernels.slot_params import SlotModule, check_elementwise, kind_of
 from .manifest import TensorEntry, payload_bound
 
 #: what a linear's delta is served from: packed delta-come tiers, lowrank factors, or bitdelta signs
@@ -273,6 +276,8 @@ class LazyDeltas:
         # one DeltaSet per linear, or per group of linears that read the same input (FUSED)
         self.sets: list[tuple[DeltaSet, list[str]]] = []
         self._base_config: dict[str, Any] | None = None  # as transformers reads it, once (multi only)
+        # multi: modules whose whole tensors differ per fine-tune (norms, embedding, lm_head), by path
+        self.slot_modules: dict[str, SlotModule] = {}
 
     def _deltas_of(self, ref: str) -> tuple[dict[str, Served], dict[str, str]]:
         """Check a fine-tune against the loaded base; its packed deltas by linear, and its other
@@ -345,11 +350,13 @@ class LazyDeltas:
             raise BadInputError("this model was loaded for one fine-tune; use load_many to serve several")
         deltas, other = checked if checked is not None else self._deltas_of(ref)
         if other and self.multi:
-            name, why = next(iter(other.items()))
-            raise BadInputError(f"{ref}: {name} is {why}; load_many serves only fine-tunes whose differences from the base "
-                                f"are lossy deltas of linears ({len(other)} such tensors); use load({ref!r}) for this one")
+            self.check_whole(ref, other)
         model = self._model()
         slot = next((i for i, r in enumerate(self.refs) if r is None), len(self.refs))
+        if self.multi:
+            for name in other:  # each row of this fine-tune reads its own copy of these
+                path, _, leaf = name.rpartition(".")
+                self._slot_module(model, path).set(slot, leaf, self.store.tensor(ref, name, device=self.device))
         for name in deltas:
             if name not in self.linears:
                 self._wrap(model, name)
@@ -365,7 +372,59 @@ class LazyDeltas:
         else:
             self.refs[slot] = ref
         self.ctx.n_slots = len(self.refs)
+        self._restack()
         return slot
+
+    def check_whole(self, ref: str, other: dict[str, str]) -> None:
+        """Refuse (one clear error, before anything is served) a fine-tune whose changed whole
+        tensors this model cannot give row by row: a parameter of a module that is not a norm
+        applying it elementwise, an ``nn.Embedding`` or an ``nn.Linear`` (kernels/slot_params.py)."""
+        model = self._model()
+        for name, why in other.items():
+            path, _, leaf = name.rpartition(".")
+            try:
+                mod = model.get_submodule(path)
+            except AttributeError:
+                raise BadInputError(f"{ref}: it stores {name!r:.200}, which its model class does not have") from None
+            inner = mod.inner if isinstance(mod, SlotModule) else mod
+            kind = kind_of(inner, leaf)
+            reason = None if kind is not None else f"a parameter of a {type(inner).__name__}"
+            if kind == "elementwise":
+                reason = check_elementwise(inner, _norm_params(inner))
+            if reason is not None:
+                raise BadInputError(f"{ref}: {name} is {why}, {reason}; load_many serves per fine-tune only the linears' "
+                                    f"deltas, norms, embeddings and the lm_head; use load({ref!r}) for this one")
+
+    def _slot_module(self, model: nn.Module, path: str) -> SlotModule:
+        """The SlotModule at ``path`` (the module swapped for one on first use; a tied lm_head is
+        wrapped with the embedding, reading its tables)."""
+        sm = self.slot_modules.get(path)
+        if sm is not None:
+            return sm
+        parent, _, leaf = path.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        inner = getattr(owner, leaf)
+        kind = kind_of(inner, "weight")
+        names = _norm_params(inner) if kind == "elementwise" else ("weight",)
+        out = model.get_output_embeddings() if kind == "embedding" and hasattr(model, "get_output_embeddings") else None
+        tied = out is not None and isinstance(out, nn.Linear) and out.weight is inner.weight
+        sm = self.slot_modules[path] = SlotModule(inner, self.ctx, kind, names)
+        setattr(owner, leaf, sm)
+        if tied:
+            opath = next(n for n, m in model.named_modules() if m is out)
+            oparent, _, oleaf = opath.rpartition(".")
+            oowner = model.get_submodule(oparent) if oparent else model
+            self.slot_modules[opath] = SlotModule(out, self.ctx, "linear", ("weight",), source=sm)
+            setattr(oowner, oleaf, self.slot_modules[opath])
+        return sm
+
+    def _restack(self) -> None:
+        for sm in self.slot_modules.values():
+            if sm._source is None:
+                sm.rebuild(len(self.refs))
+        for sm in self.slot_modules.values():
+            if sm._source is not None:
+                sm.rebuild(len(self.refs))
 
     def _wrap(self, model: nn.Module, name: str) -> None:
         """Swap the linear ``name`` for a DeltaLinear; with the other linears of its FUSED group
@@ -396,7 +455,10 @@ class LazyDeltas:
                 for lin in self.linears.values():
                     lin.lowrank.drop(slot)
                     lin.bitdelta.drop(slot)
+                for sm in self.slot_modules.values():
+                    sm.drop(slot)
                 self.refs[slot] = None
+                self._restack()
                 return
         raise BadInputError(f"{ref} is not served by this model (serving: {[r for r in self.refs if r]})")
 
@@ -490,6 +552,11 @@ def _replace(model: nn.Module, name: str, t: torch.Tensor, ref: str) -> None:
     setattr(mod, leaf, nn.Parameter(t, requires_grad=False))
 
 
+def _norm_params(module: nn.Module) -> tuple[str, ...]:
+    """The 1-D parameters a norm applies elementwise (weight, and bias where it has one)."""
+    return tuple(n for n in ("weight", "bias") if isinstance(getattr(module, n, None), torch.Tensor))
+
+
 def load_many(store: StoreAPI, refs: Sequence[str], *, device: str | torch.device = "cpu",
               preference: KernelPreference | str = KernelPreference.AUTO) -> nn.Module:
     """One model that serves every fine-tune in ``refs`` (all of one base), row by row."""
@@ -506,9 +573,7 @@ def load_many(store: StoreAPI, refs: Sequence[str], *, device: str | torch.devic
     checked = [mgr._deltas_of(r) for r in refs]  # check every one before serving any
     for r, c in zip(refs, checked):
         if c[1]:
-            name, why = next(iter(c[1].items()))
-            raise BadInputError(f"{r}: {name} is {why}; load_many serves only fine-tunes whose differences from the base "
-                                f"are lossy deltas of linears ({len(c[1])} such tensors); use load({r!r}) for this one")
+            mgr.check_whole(r, c[1])
     for r, c in zip(refs, checked):
         mgr.add(r, c)
     _attach(model, mgr)
