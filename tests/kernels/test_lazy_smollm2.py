@@ -77,3 +77,29 @@ def test_lazy_smollm2_matches_its_materialized_checkout(smollm2_store) -> None:
         same += int(torch.equal(ga, gb))
     print(f"greedy: {same} of {len(texts)} sequences identical")
     assert same >= len(texts) - 1
+
+
+@pytest.mark.slow
+def test_load_many_serves_real_full_fine_tunes_row_by_row(smollm2_store) -> None:
+    """The real fine-tune changed every tensor (30 layers' norms, the tied embedding): one model
+    serving it and the base row by row gives each row its own model's logits (within the bf16
+    noise of a batch of 2 against 1: 1e-2 relative) and greedy tokens."""
+    from deltastore.zoo.smollm2 import load_tokenizer
+
+    store, base = smollm2_store
+    man = store.manifest(store.resolve("math").manifest)
+    whole = [e.name for _, e in man.tensors() if e.source == "delta" and e.exact]
+    assert "model.embed_tokens.weight" in whole and len(whole) > 20  # norms and the embedding (50 here): exact deltas
+    tok = load_tokenizer(base)
+    text = tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], tokenize=False, add_generation_prompt=True)
+    ids = tok([text, text], return_tensors="pt").to(DEVICE)
+    many = lazy.load_many(store, ["math"], device=DEVICE)
+    with torch.no_grad():
+        mixed = many(**ids, delta_ids=torch.tensor([0, -1])).logits.float()
+        alone = [m(**{k: v[:1] for k, v in ids.items()}).logits.float()
+                 for m in (lazy.load(store, "math", device=DEVICE), lazy.load(store, "smollm2", device=DEVICE))]
+    assert rel(mixed[:1], alone[0]) < 1e-2 and rel(mixed[1:], alone[1]) < 1e-2
+    assert rel(alone[0], alone[1]) > 10 * max(rel(mixed[:1], alone[0]), rel(mixed[1:], alone[1]))
+    gen = many.generate(**ids, max_new_tokens=12, do_sample=False, delta_ids=torch.tensor([0, -1]))
+    one = lazy.load(store, "math", device=DEVICE).generate(**{k: v[:1] for k, v in ids.items()}, max_new_tokens=12, do_sample=False)
+    assert torch.equal(gen[:1], one)
