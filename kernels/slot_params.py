@@ -46,6 +46,14 @@ class SlotModule(nn.Module):
         self._tables: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.names}
         self.rebuild(0)
 
+    def __getattr__(self, name: str):  # noqa: ANN204 - the wrapped module's attributes (weight, num_embeddings, ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":
+                raise
+            return getattr(self.inner, name)
+
     def base(self, name: str) -> torch.Tensor:
         return getattr(self.inner, name).detach()
 

@@ -66,6 +66,7 @@ def test_embedding_and_tied_head_rows() -> None:
         W = tables[i] if i >= 0 else emb.weight.detach()
         assert torch.equal(e[r], nn.functional.embedding(tok[r], W)), (r, i)
         assert torch.equal(logits[r], nn.functional.linear(h[r], W)), (r, i)
+    assert se.weight is emb.weight and se.num_embeddings == 11 and sh.in_features == 8  # the module's own attributes, as before
     se.drop(0)
     se.rebuild(2)
     sh.rebuild(2)
