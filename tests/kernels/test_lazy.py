@@ -366,3 +366,28 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(served) -> None:
     graph = many.generate(PROMPTS.to(DEVICE), max_new_tokens=8, do_sample=False, delta_ids=ids)
     assert torch.equal(graph, _static_generate(many, ids, max_new_tokens=8))
     assert decoder_of(many).stats["captures"] == 2
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU (the device run executes this)")
+def test_cuda_graph_decoding_of_full_fine_tunes(tmp_path: Path) -> None:
+    """Full fine-tunes (norms and a tied embedding per row, kernels/slot_params.py) under CUDA-graph
+    decoding: the same greedy tokens as the static path run eagerly, two tenant mixes on one
+    capture; a drop changes the stacked tables (buffers the graph's fingerprint sees): captured again."""
+    import deltastore
+    from deltastore.graph_decode import decoder_of
+
+    base = tiny_llama_dir(tmp_path / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True, tie=True)
+    store = deltastore.open(tmp_path / "home")
+    store.add_base("base", base)
+    for i in (1, 2):
+        store.add_finetune(f"full{i}", full_finetune(base, tmp_path / f"f{i}", seed=i), base="base")
+    many = lazy.load_many(store, ["full1", "full2"], device=DEVICE)
+    for ids in (torch.tensor([1, -1, 0]), torch.tensor([0, 0, 1])):
+        graph = many.generate(PROMPTS.to(DEVICE), max_new_tokens=8, do_sample=False, delta_ids=ids)
+        assert torch.equal(graph, _static_generate(many, ids, max_new_tokens=8)), ids
+    assert decoder_of(many).stats["captures"] == 1
+    many.drop_delta("full1")
+    ids = torch.tensor([-1, 1, 1])
+    graph = many.generate(PROMPTS.to(DEVICE), max_new_tokens=8, do_sample=False, delta_ids=ids)
+    assert torch.equal(graph, _static_generate(many, ids, max_new_tokens=8))
+    assert decoder_of(many).stats["captures"] == 2
