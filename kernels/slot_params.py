@@ -85,6 +85,9 @@ class SlotModule(nn.Module):
         if self._source is None:
             for n in self.names:
                 b = self.base(n)
+                for s in slots:  # (a model moved since: its tables follow its base)
+                    if s in self._tables[n]:
+                        self._tables[n][s] = self._tables[n][s].to(device=b.device, dtype=b.dtype)
                 stack = torch.stack([b] + [self._tables[n].get(s, b) for s in slots]) if slots else b.unsqueeze(0)
                 self.register_buffer(f"stack_{n}", stack, persistent=False)
 
