@@ -175,7 +175,8 @@ def test_mixed_batch_of_full_fine_tunes(tmp_path: Path, tie: bool) -> None:
     ids = torch.tensor([1, -1, 2])
     mixed = rows_match_alone(store, many, refs, ids)
     alone = [_logits(lazy.load(store, r, device=DEVICE), PROMPTS[:1].to(DEVICE)) for r in refs]
-    assert min(rel(a, b) for a, b in [(alone[0], alone[1]), (alone[0], alone[2])]) > 50 * MIXED_TOL  # rows really differ
+    # the tenants' logits differ by 18-22% (measured on the CPU): a row given another's tensors fails MIXED_TOL by far
+    assert min(rel(alone[0], b) for b in alone[1:]) > 5e-2
     gen = many.generate(PROMPTS.to(DEVICE), max_new_tokens=5, do_sample=False, delta_ids=ids)
     one = lazy.load(store, "full2", device=DEVICE).generate(PROMPTS[:1].to(DEVICE), max_new_tokens=5, do_sample=False)
     assert torch.equal(gen[:1], one)
