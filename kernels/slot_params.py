@@ -7,7 +7,8 @@ holding such a tensor is wrapped in :class:`SlotModule`, which keeps the base's 
 fine-tune's replacement stacked on the device (``stack[0]`` the base, one row a fine-tune that
 changed it), and at each forward picks every row's by its fine-tune id (the model's
 :class:`~.linear.DeltaContext`, as DeltaLinear does; -1, or a fine-tune that left it as the base
-has it, reads the base). Three kinds:
+has it, reads the base; an embedding's or a weight matrix's base rows read the module's own
+tensor, not a copy). Three kinds:
 
 - ``elementwise`` (a norm: its weight, and bias, applied to each row's features elementwise, as
   transformers' RMSNorm modules do): the module's own forward, called with the rows' gathered
@@ -88,7 +89,11 @@ class SlotModule(nn.Module):
                 for s in slots:  # (a model moved since: its tables follow its base)
                     if s in self._tables[n]:
                         self._tables[n][s] = self._tables[n][s].to(device=b.device, dtype=b.dtype)
-                stack = torch.stack([b] + [self._tables[n].get(s, b) for s in slots]) if slots else b.unsqueeze(0)
+                own = [self._tables[n].get(s, b) for s in slots]
+                if self.kind == "elementwise":  # (small: the base's row in the stack keeps one gather)
+                    stack = torch.stack([b] + own)
+                else:  # an embedding or a weight matrix: the base's rows read the module's own, not a copy
+                    stack = torch.stack(own) if own else b.new_empty((0, *b.shape))
                 self.register_buffer(f"stack_{n}", stack, persistent=False)
 
     def _stack(self, name: str) -> torch.Tensor:
@@ -102,10 +107,14 @@ class SlotModule(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         if self.kind == "embedding":
+            weight = self.inner.weight if self._source is None else self._source.inner.weight
+            y = F.embedding(x, weight)
             stack = self._stack("weight")
-            V = stack.shape[1]
-            rows = self._rows(x.shape, x.device)
-            return F.embedding(rows.view(x.shape) * V + x, stack.reshape(-1, stack.shape[-1]))
+            if stack.shape[0]:
+                rows = self._rows(x.shape, x.device).view(x.shape)
+                own = F.embedding((rows - 1).clamp(min=0) * stack.shape[1] + x, stack.reshape(-1, stack.shape[-1]))
+                y = torch.where((rows > 0).unsqueeze(-1), own, y)
+            return y
         lead = x.shape[:-1]
         rows = self._rows(lead, x.device)
         if self.kind == "elementwise":
@@ -113,9 +122,9 @@ class SlotModule(nn.Module):
             return torch.func.functional_call(self.inner, params, (x, *args), kwargs)
         stack = self._stack("weight")
         bias = getattr(self.inner, "bias", None)
-        y = F.linear(x, stack[0], bias)
-        for j in range(1, stack.shape[0]):  # one GEMM a stacked weight; each row keeps its own
-            y = torch.where((rows == j).view(*lead, 1), F.linear(x, stack[j], bias), y)
+        y = F.linear(x, self.inner.weight, bias)
+        for j in range(stack.shape[0]):  # one GEMM a fine-tune's weight; each row keeps its own
+            y = torch.where((rows == j + 1).view(*lead, 1), F.linear(x, stack[j], bias), y)
         return y
 
 
