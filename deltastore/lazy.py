@@ -354,9 +354,14 @@ class LazyDeltas:
         model = self._model()
         slot = next((i for i, r in enumerate(self.refs) if r is None), len(self.refs))
         if self.multi:
-            for name in other:  # each row of this fine-tune reads its own copy of these
-                path, _, leaf = name.rpartition(".")
-                self._slot_module(model, path).set(slot, leaf, self.store.tensor(ref, name, device=self.device))
+            try:
+                for name in other:  # each row of this fine-tune reads its own copy of these
+                    path, _, leaf = name.rpartition(".")
+                    self._slot_module(model, path).set(slot, leaf, self.store.tensor(ref, name, device=self.device))
+            except BaseException:  # (a tensor that does not decode): nothing of this fine-tune stays behind
+                for sm in self.slot_modules.values():
+                    sm.drop(slot)
+                raise
         for name in deltas:
             if name not in self.linears:
                 self._wrap(model, name)

@@ -392,3 +392,31 @@ def test_cuda_graph_decoding_of_full_fine_tunes(tmp_path: Path) -> None:
     graph = many.generate(PROMPTS.to(DEVICE), max_new_tokens=8, do_sample=False, delta_ids=ids)
     assert torch.equal(graph, _static_generate(many, ids, max_new_tokens=8))
     assert decoder_of(many).stats["captures"] == 2
+
+
+def test_a_full_fine_tune_whose_norm_does_not_decode_leaves_nothing_behind(tmp_path: Path) -> None:
+    """add_delta of a fine-tune whose norm delta object is corrupt: the store's error, and none of its
+    tensors stay in the model (the next fine-tune added in its slot gets only its own)."""
+    import deltastore
+    from deltastore.errors import CorruptObjectError
+    from deltastore.objects import key_of
+
+    base = tiny_llama_dir(tmp_path / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True)
+    store = deltastore.open(tmp_path / "home")
+    store.add_base("base", base)
+    for i in (1, 2):
+        store.add_finetune(f"full{i}", full_finetune(base, tmp_path / f"f{i}", seed=i), base="base")
+    store.add_finetune("lin3", finetune_linears(base, tmp_path / "f3", seed=3), base="base")
+    man = store.manifest(store.resolve("full2").manifest)
+    norms = [e for _, e in man.tensors() if e.name.endswith("layernorm.weight")]
+    p = Path(store.backend._path(key_of(norms[-1].object)))
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0x5A
+    p.chmod(0o644)
+    p.write_bytes(bytes(data))
+    many = lazy.load_many(store, ["full1"], device=DEVICE)
+    with pytest.raises(CorruptObjectError):
+        many.add_delta("full2")
+    assert all(1 not in t for sm in many.deltas.slot_modules.values() for t in sm._tables.values())
+    assert many.add_delta("lin3") == 1  # slot 1 again: its rows read the base's norms, not full2's
+    rows_match_alone(store, many, ["full1", "lin3"], torch.tensor([1, 0, -1]))
