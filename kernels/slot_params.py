@@ -3,9 +3,9 @@
 A full fine-tune changes more than its linears: every norm's weight, the embedding and (untied)
 the lm_head move too, and the store keeps those as exact deltas. A model serving several
 fine-tunes at once (``lazy.load_many``) gives each row its own fine-tune's tensors; here a module
-holding such a tensor is wrapped in :class:`SlotModule`, which keeps the base's tensor plus each
-fine-tune's replacement stacked on the device (``stack[0]`` the base, one row a fine-tune that
-changed it), and at each forward picks every row's by its fine-tune id (the model's
+holding such a tensor is wrapped in :class:`SlotModule`, which keeps each fine-tune's replacement
+stacked on the device (one row a fine-tune that changed it) beside the base's own tensor, and at
+each forward picks every row's by its fine-tune id (the model's
 :class:`~.linear.DeltaContext`, as DeltaLinear does; -1, or a fine-tune that left it as the base
 has it, reads the base; an embedding's or a weight matrix's base rows read the module's own
 tensor, not a copy). Three kinds:
@@ -14,10 +14,11 @@ tensor, not a copy). Three kinds:
   transformers' RMSNorm modules do): the module's own forward, called with the rows' gathered
   parameters in place of its own (``torch.func.functional_call``); :func:`check_elementwise`
   proves at load time that this module computes per row what it computes alone, else a clear error;
-- ``embedding`` (``nn.Embedding``): one gather over the stacked tables by (fine-tune, token);
+- ``embedding`` (``nn.Embedding``): the base's lookup, and one gather over the stacked tables by
+  (fine-tune, token) for the rows of fine-tunes that changed it;
 - ``linear`` (an ``nn.Linear`` stored exactly: an untied lm_head; or a tied lm_head reading the
-  embedding's stack): one GEMM a stacked weight, each row's kept by a mask (the number of stacked
-  weights is fixed between add/drop, so a CUDA graph captures it).
+  embedding's stack): the base's GEMM and one a stacked weight, each row's kept by a mask (the
+  number of stacked weights is fixed between add/drop, so a CUDA graph captures it).
 
 Memory: a changed tensor costs its full size a fine-tune (for a 7B model's embedding, 262 MB in
 bf16, against ~0.8 GB for its linears' delta at 1/16); the stacks are buffers, so a captured
@@ -74,8 +75,9 @@ class SlotModule(nn.Module):
         return {s for tab in src._tables.values() for s in tab}
 
     def rebuild(self, n_slots: int) -> None:
-        """Stack the tables for ids 0..n_slots-1 (after an add or a drop): ``index[id + 1]`` is the
-        stack row of fine-tune ``id`` (0: the base's)."""
+        """Stack the tables for ids 0..n_slots-1 (after an add or a drop): ``index[id + 1]`` is 0 for
+        the base's tensor, j >= 1 for the j-th fine-tune that changed it (stack row j of a norm's
+        stack, which starts with the base's row; row j - 1 of the others, which hold no base row)."""
         src = self._source if self._source is not None else self
         slots = sorted(s for s in src.changed_by() if s < n_slots)
         index = torch.zeros(n_slots + 1, dtype=torch.int64)
@@ -107,8 +109,7 @@ class SlotModule(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         if self.kind == "embedding":
-            weight = self.inner.weight if self._source is None else self._source.inner.weight
-            y = F.embedding(x, weight)
+            y = F.embedding(x, self.inner.weight)
             stack = self._stack("weight")
             if stack.shape[0]:
                 rows = self._rows(x.shape, x.device).view(x.shape)
