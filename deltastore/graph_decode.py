@@ -42,6 +42,7 @@ from torch import nn
 
 from .errors import BadInputError
 from .kernels import DeltaContext, DeltaLinear
+from .kernels.slot_params import SlotModule
 
 #: the KV cache length is rounded up to a multiple of this, so prompts and lengths that differ a
 #: little share one cache and one graph
@@ -96,8 +97,9 @@ class GraphDecoder:
 
     # -- what the model holds -----------------------------------------------------------------------
     def _context(self) -> DeltaContext | None | bool:
-        """The DeltaContext every DeltaLinear shares; None: no DeltaLinear; False: several."""
-        ctxs = {id(m.ctx): m.ctx for m in self.model.modules() if isinstance(m, DeltaLinear)}
+        """The DeltaContext every DeltaLinear (and per-row whole tensor, kernels/slot_params.py)
+        shares; None: no such module; False: several."""
+        ctxs = {id(m.ctx): m.ctx for m in self.model.modules() if isinstance(m, (DeltaLinear, SlotModule))}
         if len(ctxs) > 1:
             return False
         return next(iter(ctxs.values()), None)

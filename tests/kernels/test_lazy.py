@@ -420,3 +420,34 @@ def test_a_full_fine_tune_whose_norm_does_not_decode_leaves_nothing_behind(tmp_p
     assert all(1 not in t for sm in many.deltas.slot_modules.values() for t in sm._tables.values())
     assert many.add_delta("lin3") == 1  # slot 1 again: its rows read the base's norms, not full2's
     rows_match_alone(store, many, ["full1", "lin3"], torch.tensor([1, 0, -1]))
+
+
+def test_fine_tunes_that_changed_only_norms_decode_on_the_static_path(tmp_path: Path) -> None:
+    """Fine-tunes whose linears are the base's (only norms moved): no DeltaLinear in the model, yet
+    the graph decoder finds the context through the per-row norms (so a CUDA graph reads the ids
+    from its static buffer, not from the host), and the static path gives eager's tokens."""
+    import shutil
+
+    import deltastore
+    from deltastore.graph_decode import GraphDecoder
+
+    base = tiny_llama_dir(tmp_path / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True)
+    store = deltastore.open(tmp_path / "home")
+    store.add_base("base", base)
+    for i in (1, 2):
+        out = tmp_path / f"n{i}"
+        shutil.copytree(base, out)
+        state = read_state(base)
+        g = torch.Generator().manual_seed(i)
+        for name, t in state.items():
+            if "norm" in name:
+                state[name] = (t.float() * (1 + 0.5 * torch.randn(t.shape, generator=g))).to(t.dtype)
+        for f in out.glob("*.safetensors"):
+            f.unlink()
+        write_sharded(state, out)
+        store.add_finetune(f"norms{i}", out, base="base")
+    many = lazy.load_many(store, ["norms1", "norms2"], device=DEVICE)
+    assert not any(isinstance(m, DeltaLinear) for m in many.modules())
+    assert GraphDecoder(many, capture=False)._context() is many.deltas.ctx
+    rows_match_alone(store, many, ["norms1", "norms2"], torch.tensor([1, -1, 0]))
+    static_matches_eager(many, [torch.tensor([1, -1, 0])])
