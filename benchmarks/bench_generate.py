@@ -90,6 +90,35 @@ def add_finetunes(sets: list[tuple[DeltaSet, list[DeltaLinear]]], n: int, gen: t
         ds.build()
 
 
+def add_whole(model, ctx: DeltaContext, have: int, n: int, gen: torch.Generator) -> list:
+    """``--full``: fine-tunes ``have .. n-1`` also changed every norm, the embedding and the lm_head
+    (as full fine-tunes do; lazy.load_many serves them through kernels/slot_params.SlotModule):
+    the modules wrapped on first call, each new fine-tune given random tensors near the base's,
+    the stacks rebuilt. Returns the SlotModules."""
+    from deltastore.kernels.slot_params import SlotModule
+
+    found = getattr(model, "_bench_slots", None)
+    if found is None:
+        found = []
+        for name, mod in list(model.named_modules()):
+            kind = ("embedding" if isinstance(mod, torch.nn.Embedding) else "linear" if name == "lm_head"
+                    else "elementwise" if name.endswith("norm") else None)
+            if kind is None:
+                continue
+            parent, _, leaf = name.rpartition(".")
+            sm = SlotModule(mod, ctx, kind, ("weight",))
+            setattr(model.get_submodule(parent) if parent else model, leaf, sm)
+            found.append(sm)
+        model._bench_slots = found
+    for sm in found:
+        b = sm.base("weight")
+        for slot in range(have, n):
+            noise = torch.randn(b.shape, generator=gen, device=b.device, dtype=torch.float32)
+            sm.set(slot, "weight", (b.float() + 0.01 * b.float().abs().mean() * noise).to(b.dtype))
+        sm.rebuild(n)
+    return found
+
+
 def gen_tokens(model, batch: int, prompt: int, new: int, vocab: int, device: torch.device, graph: bool = False,
                first: list | None = None) -> tuple[float, torch.Tensor, float]:
     """(seconds, tokens, warm-up seconds) of one greedy generate of ``new`` tokens for ``batch``
@@ -215,6 +244,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which no further case starts")
+    ap.add_argument("--full", action="store_true",
+                    help="the fine-tunes also change every norm, the embedding and the lm_head (per-row tensors, kernels/slot_params.py)")
     ap.add_argument("--prefill-profile", action="store_true",
                     help="for the first N: torch.profiler's CPU and GPU table of one one-token generate (where the first token's time goes)")
     ap.add_argument("--no-fuse", action="store_true", help="one DeltaSet per linear (as commit db384d5 measured), not per q/k/v and gate/up")
@@ -272,9 +303,13 @@ def main() -> None:
             break
         t1 = time.time()
         add_finetunes(lins, n - have, gen, device, args.alpha)
+        if args.full:
+            add_whole(model, ctx, have, n, gen)
         have = n
         ctx.n_slots = n
-        delta_bytes = sum(ds.nbytes for ds, _ in lins)
+        delta_bytes = sum(ds.nbytes for ds, _ in lins) + sum(
+            b.numel() * b.element_size() for sm in getattr(model, "_bench_slots", []) for k, b in sm.named_buffers(recurse=False)
+            if k.startswith("stack_"))
         per_ft_bytes = delta_bytes / n
         build_s = time.time() - t1
         ctx.set(torch.arange(n))
@@ -333,7 +368,8 @@ def main() -> None:
              f"Measured by `python benchmarks/bench_generate.py {' '.join(sys.argv[1:])}` on {name} "
              f"(torch {torch.__version__}, transformers {transformers_version()}, {total:.0f} GB). {args.layers} decoder layers of "
              f"Llama-2-7B's shapes, random bf16 weights, delta-come deltas at alpha {args.alpha:.4g} on all seven linears of every "
-             f"layer ({'one DeltaSet per linear' if args.no_fuse else 'q/k/v and gate/up fused: one DeltaSet each'}); greedy, prompt "
+             f"layer ({'one DeltaSet per linear' if args.no_fuse else 'q/k/v and gate/up fused: one DeltaSet each'})"
+             f"{'; every fine-tune also changed every norm, the embedding and the lm_head (per-row tensors, --full; in the packed deltas column)' if args.full else ''}; greedy, prompt "
              f"{args.prompt} tokens, {args.new} new tokens per sequence (timed after a 4-token warm-up that also captures the graph); "
              "one sequence per fine-tune. eager = transformers' generate, default cache; CUDA graph = graph_decode (static KV cache, "
              "each decoding step one graph replay). step ms = GPU time of one replay alone. GPU memory = torch.cuda.memory_allocated "
