@@ -36,8 +36,8 @@ from . import codec as codecs
 from .errors import BadInputError, CorruptObjectError, NotFoundError
 from .libc import function as libc_function
 from .manifest import FileEntry, TensorEntry, payload_bound
-from .objects import ObjectDB, Scratch, oid_of
-from .pipeline import frozen_heap, largest_first, ordered_map
+from .objects import ObjectDB, Scratch, oid_of, pwrite_all
+from .pipeline import BufferPool, frozen_heap, largest_first, ordered_map
 from .protocols import Progress, StoreView, no_progress
 from .results import CheckoutResult, TensorDiff
 from .safetensors_io import DTYPES, FLOAT_CODES, TORCH_TO_CODE, TensorInfo, as_tensor, build_header
@@ -454,16 +454,23 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
         # with no copy through a single writing thread; a tensor object by pwrite a chunk at a time
         # (_pwrite_tensor), a delta decoded into the worker's reused buffer and written by pwrite, both
         # where pwrite is wanted (_pwrite_wanted: at most 2 workers, measured); else into a mapped window
-        bufs = _ThreadBuffers()  # this checkout's decode buffers, one a worker thread (deltas by pwrite)
+        # a delta decoded into a buffer handed from one tensor to the next and written by pwrite reuses
+        # pages already mapped, where a window has the kernel allocate and zero each new page first:
+        # dev VM, the dense 40-step SmolLM2 fine-tune's checkout 278-291 -> 396-416 MB/s (2 workers,
+        # medians of 5 alternating rounds, benchmarks/probe_delta_write.py --store)
+        pool = BufferPool()
         by_pwrite = _pwrite_wanted(store)
 
         def decode_into(i: int) -> int:
             t = f.tensors[i]
             if not sizes[i] or (not converts(t) and _pwrite_tensor(store, manifest_oid, t, fd, starts[i])):
                 return sizes[i]
-            if by_pwrite and t.source == "delta":  # decoded into a buffer this worker reuses, then written
-                buf = bufs.get(sizes[i])
-                _pwrite_all(fd, memoryview(decode(t, buf)), starts[i])
+            if by_pwrite and t.source == "delta":  # decoded into a pooled buffer, then written
+                buf = pool.take(sizes[i])
+                try:
+                    pwrite_all(fd, memoryview(decode(t, buf)), starts[i])
+                finally:
+                    pool.give(buf)
             else:
                 with _Window(fd, starts[i], sizes[i]) as window:
                     decode(t, window.array)
@@ -493,7 +500,7 @@ def _write_file(store: StoreView, manifest_oid: str, f: FileEntry, fh, target: s
 
 
 #: tensor objects are written chunk by chunk with pwrite (:func:`_pwrite_tensor`), and deltas decoded
-#: into a reused buffer and written with pwrite (:class:`_ThreadBuffers`): 1 always, 0 never (both
+#: into a reused buffer (:class:`~.pipeline.BufferPool`) and written with pwrite: 1 always, 0 never (both
 #: go through mapped windows of the file); unset, where the checkout runs at most
 #: :data:`PWRITE_MAX_WORKERS` workers
 PWRITE_ENV = "DELTASTORE_PWRITE_TENSORS"
@@ -504,34 +511,6 @@ PWRITE_ENV = "DELTASTORE_PWRITE_TENSORS"
 #: also decodes each tensor's chunks in parallel and 16 writers do not queue on the file's inode lock.
 #: So the default follows the worker count, a proxy for the two machines measured, not a law.
 PWRITE_MAX_WORKERS = 2
-
-
-class _ThreadBuffers:
-    """One uint8 buffer a thread, grown to the largest size asked of it, for one checkout: a delta
-    decoded there and written by ``pwrite`` reuses pages already mapped, where a window onto the
-    file has the kernel allocate and zero each new page first. Dev VM, one thread, the dense
-    40-step SmolLM2 fine-tune's lossless deltas (269 MB) decoded and written: 351 MB/s (medians of
-    7 rounds) against 210 into windows, system time 0.34-0.63 s against 0.79-1.37
-    (benchmarks/probe_delta_write.py). Dropped with the checkout."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def get(self, n: int) -> np.ndarray:
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.size < n:
-            buf = self._local.buf = np.empty(n, dtype=np.uint8)
-        return buf[:n]
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    """Write all of ``view`` at ``offset`` (pwrite may write less than asked)."""
-    done = 0
-    while done < view.nbytes:
-        w = os.pwrite(fd, view[done:], offset + done)
-        if w <= 0:
-            raise OSError(f"pwrite wrote nothing at {offset + done}")
-        done += w
 
 
 def _pwrite_wanted(store: StoreView) -> bool:

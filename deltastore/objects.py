@@ -95,6 +95,16 @@ def stored_bound(nbytes: int) -> int:
     return nbytes + nbytes // 16 + (1 << 20)
 
 
+def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """Write all of ``view`` to ``fd`` at ``offset`` (pwrite may write less than asked)."""
+    done = 0
+    while done < view.nbytes:
+        w = os.pwrite(fd, view[done:], offset + done)
+        if w <= 0:
+            raise OSError(f"pwrite wrote nothing at {offset + done}")
+        done += w
+
+
 class Scratch(Protocol):
     """Buffers a read can borrow and hand back (``pipeline.BufferPool``)."""
 
@@ -307,12 +317,7 @@ class ObjectDB:
         def emit(pos: int, chunk: np.ndarray) -> None:
             if verify:
                 h.update(chunk)
-            view, done = memoryview(chunk), 0
-            while done < view.nbytes:
-                w = os.pwrite(fd, view[done:], offset + pos + done)
-                if w <= 0:
-                    raise OSError(f"pwrite wrote nothing at {offset + pos + done}")
-                done += w
+            pwrite_all(fd, memoryview(chunk), offset + pos)
 
         first = 0
         while first < n:

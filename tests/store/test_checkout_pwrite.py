@@ -31,8 +31,8 @@ def test_checkout_by_pwrite_is_byte_identical(store, tmp_path: Path, monkeypatch
     real = ObjectDB.write_tensor
     monkeypatch.setattr(ObjectDB, "write_tensor", lambda self, *a, **k: calls.append(a[0]) or real(self, *a, **k))
     written = []
-    real_all = materialize._pwrite_all
-    monkeypatch.setattr(materialize, "_pwrite_all", lambda fd, view, offset: written.append(view.nbytes) or real_all(fd, view, offset))
+    real_all = materialize.pwrite_all
+    monkeypatch.setattr(materialize, "pwrite_all", lambda fd, view, offset: written.append(view.nbytes) or real_all(fd, view, offset))
     base = _model()
     src = write_model(tmp_path / "b", base)
     store.add_base("b", src)
