@@ -345,12 +345,16 @@ class LazyDeltas:
                                 f"computes with the base's config; use load({ref!r}) for this one")
 
     def add(self, ref: str, checked: tuple[dict[str, Served], dict[str, str]] | None = None) -> int:
-        """Serve another fine-tune of the loaded base; returns its id (the ``delta_ids`` value)."""
+        """Serve another fine-tune of the loaded base; returns its id (the ``delta_ids`` value).
+        ``checked``: its :meth:`_deltas_of`, with :meth:`check_whole` already passed where this
+        model serves several (load_many checks every fine-tune before serving any)."""
         if self.multi is False and self.refs:
             raise BadInputError("this model was loaded for one fine-tune; use load_many to serve several")
-        deltas, other = checked if checked is not None else self._deltas_of(ref)
-        if other and self.multi:
-            self.check_whole(ref, other)
+        if checked is None:
+            checked = self._deltas_of(ref)
+            if checked[1] and self.multi:
+                self.check_whole(ref, checked[1])
+        deltas, other = checked
         model = self._model()
         slot = next((i for i, r in enumerate(self.refs) if r is None), len(self.refs))
         if self.multi:
@@ -425,11 +429,7 @@ class LazyDeltas:
 
     def _restack(self) -> None:
         for sm in self.slot_modules.values():
-            if sm._source is None:
-                sm.rebuild(len(self.refs))
-        for sm in self.slot_modules.values():
-            if sm._source is not None:
-                sm.rebuild(len(self.refs))
+            sm.rebuild(len(self.refs))
 
     def _wrap(self, model: nn.Module, name: str) -> None:
         """Swap the linear ``name`` for a DeltaLinear; with the other linears of its FUSED group

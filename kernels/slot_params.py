@@ -70,42 +70,42 @@ class SlotModule(nn.Module):
         for tab in self._tables.values():
             tab.pop(slot, None)
 
-    def changed_by(self) -> set[int]:
-        src = self._source if self._source is not None else self
-        return {s for tab in src._tables.values() for s in tab}
-
     def rebuild(self, n_slots: int) -> None:
         """Stack the tables for ids 0..n_slots-1 (after an add or a drop): ``index[id + 1]`` is 0 for
         the base's tensor, j >= 1 for the j-th fine-tune that changed it (stack row j of a norm's
-        stack, which starts with the base's row; row j - 1 of the others, which hold no base row)."""
-        src = self._source if self._source is not None else self
-        slots = sorted(s for s in src.changed_by() if s < n_slots)
+        stack, which starts with the base's row; row j - 1 of the others, which hold no base row).
+        A module reading another's tables (a tied lm_head) has nothing of its own to build: it
+        reads that module's index and stacks."""
+        if self._source is not None:
+            return
+        slots = sorted({s for tab in self._tables.values() for s in tab if s < n_slots})
         index = torch.zeros(n_slots + 1, dtype=torch.int64)
         for j, s in enumerate(slots):
             index[s + 1] = j + 1
-        dev = next(iter(src.base(n) for n in src.names)).device
-        self.register_buffer("index", index.to(dev), persistent=False)
-        if self._source is None:
-            for n in self.names:
-                b = self.base(n)
-                for s in slots:  # (a model moved since: its tables follow its base)
-                    if s in self._tables[n]:
-                        self._tables[n][s] = self._tables[n][s].to(device=b.device, dtype=b.dtype)
-                own = [self._tables[n].get(s, b) for s in slots]
-                if self.kind == "elementwise":  # (small: the base's row in the stack keeps one gather)
-                    stack = torch.stack([b] + own)
-                else:  # an embedding or a weight matrix: the base's rows read the module's own, not a copy
-                    stack = torch.stack(own) if own else b.new_empty((0, *b.shape))
-                self.register_buffer(f"stack_{n}", stack, persistent=False)
+        self.register_buffer("index", index.to(self.base(self.names[0]).device), persistent=False)
+        for n in self.names:
+            b = self.base(n)
+            for s in slots:  # (a model moved since: its tables follow its base)
+                if s in self._tables[n]:
+                    self._tables[n][s] = self._tables[n][s].to(device=b.device, dtype=b.dtype)
+            own = [self._tables[n].get(s, b) for s in slots]
+            if self.kind == "elementwise":  # (small: the base's row in the stack keeps one gather)
+                stack = torch.stack([b] + own)
+            else:  # an embedding or a weight matrix: the base's rows read the module's own, not a copy
+                stack = torch.stack(own) if own else b.new_empty((0, *b.shape))
+            self.register_buffer(f"stack_{n}", stack, persistent=False)
+
+    def _owner(self) -> "SlotModule":
+        """The module whose index and stacks this one reads: its source, or itself."""
+        return self._source if self._source is not None else self
 
     def _stack(self, name: str) -> torch.Tensor:
-        src = self._source if self._source is not None else self
-        return getattr(src, f"stack_{name}")
+        return getattr(self._owner(), f"stack_{name}")
 
     def _rows(self, lead: torch.Size, device: torch.device) -> torch.Tensor:
-        """The stack row of each of ``lead.numel()`` rows (its fine-tune's, 0 for the base)."""
+        """The index of each of ``lead.numel()`` rows' tensor (its fine-tune's, 0 for the base)."""
         ids = self.ctx.row_ids(lead.numel(), device)
-        return self.index[ids + 1]
+        return self._owner().index[ids + 1]
 
     def forward(self, x: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         if self.kind == "embedding":
