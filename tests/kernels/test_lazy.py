@@ -32,23 +32,36 @@ MIXED_TOL = 1e-5 if DEVICE == "cpu" else 1e-2
 PROMPTS = torch.tensor([[1, 17, 99, 5, 42, 7], [1, 200, 3, 3, 81, 250], [1, 64, 64, 12, 9, 30]])
 
 
-def finetune_linears(base: Path, out: Path, seed: int, scale: float = 0.3) -> Path:
-    """A fine-tune that moves only the linears (low-rank + noise, like training), norms and
-    embeddings untouched: what load_many can serve row by row."""
+def rewritten(base: Path, out: Path, seed: int, change) -> Path:  # noqa: ANN001
+    """A copy of the HF dir ``base`` at ``out`` whose tensors are ``change(name, tensor, generator)``
+    (None: left as the base has it), visited in name order with one generator seeded ``seed``."""
     import shutil
 
     shutil.copytree(base, out)
     state = read_state(base)
     g = torch.Generator().manual_seed(seed)
     for name, t in sorted(state.items()):
-        if t.ndim == 2 and "embed" not in name and "lm_head" not in name:
-            m, n = t.shape
-            upd = (torch.randn(m, 8, generator=g) @ torch.randn(8, n, generator=g)) / 8 + 0.2 * torch.randn(m, n, generator=g)
-            state[name] = (t.float() + scale * t.float().abs().mean() * upd).to(t.dtype)
+        new = change(name, t, g)
+        if new is not None:
+            state[name] = new
     for f in out.glob("*.safetensors"):
         f.unlink()
     write_sharded(state, out)
     return out
+
+
+def finetune_linears(base: Path, out: Path, seed: int, scale: float = 0.3) -> Path:
+    """A fine-tune that moves only the linears (low-rank + noise, like training), norms and
+    embeddings untouched: what load_many can serve row by row."""
+
+    def change(name: str, t: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
+        if t.ndim != 2 or "embed" in name or "lm_head" in name:
+            return None
+        m, n = t.shape
+        upd = (torch.randn(m, 8, generator=g) @ torch.randn(8, n, generator=g)) / 8 + 0.2 * torch.randn(m, n, generator=g)
+        return (t.float() + scale * t.float().abs().mean() * upd).to(t.dtype)
+
+    return rewritten(base, out, seed, change)
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +137,8 @@ def test_lazy_matches_materialized_checkout(served) -> None:
 def full_finetune(base: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
     """A fine-tune that moves every tensor (as full fine-tuning with AdamW does): linears, norms,
     the embedding and, untied, the lm_head, which the store keeps as exact (lossless) deltas."""
-    import shutil
-
-    shutil.copytree(base, out)
-    state = read_state(base)
-    g = torch.Generator().manual_seed(seed)
-    for name, t in sorted(state.items()):
-        state[name] = (t.float() + scale * t.float().abs().mean() * torch.randn(t.shape, generator=g)).to(t.dtype)
-    for f in out.glob("*.safetensors"):
-        f.unlink()
-    write_sharded(state, out)
-    return out
+    return rewritten(base, out, seed, lambda name, t, g: (t.float() + scale * t.float().abs().mean()
+                                                          * torch.randn(t.shape, generator=g)).to(t.dtype))
 
 
 def test_a_full_fine_tune_loads_lazily(tmp_path: Path) -> None:
@@ -426,8 +430,6 @@ def test_fine_tunes_that_changed_only_norms_decode_on_the_static_path(tmp_path: 
     """Fine-tunes whose linears are the base's (only norms moved): no DeltaLinear in the model, yet
     the graph decoder finds the context through the per-row norms (so a CUDA graph reads the ids
     from its static buffer, not from the host), and the static path gives eager's tokens."""
-    import shutil
-
     import deltastore
     from deltastore.graph_decode import GraphDecoder
 
@@ -435,16 +437,8 @@ def test_fine_tunes_that_changed_only_norms_decode_on_the_static_path(tmp_path: 
     store = deltastore.open(tmp_path / "home")
     store.add_base("base", base)
     for i in (1, 2):
-        out = tmp_path / f"n{i}"
-        shutil.copytree(base, out)
-        state = read_state(base)
-        g = torch.Generator().manual_seed(i)
-        for name, t in state.items():
-            if "norm" in name:
-                state[name] = (t.float() * (1 + 0.5 * torch.randn(t.shape, generator=g))).to(t.dtype)
-        for f in out.glob("*.safetensors"):
-            f.unlink()
-        write_sharded(state, out)
+        out = rewritten(base, tmp_path / f"n{i}", i, lambda name, t, g: (t.float() * (1 + 0.5 * torch.randn(t.shape, generator=g)))
+                        .to(t.dtype) if "norm" in name else None)
         store.add_finetune(f"norms{i}", out, base="base")
     many = lazy.load_many(store, ["norms1", "norms2"], device=DEVICE)
     assert not any(isinstance(m, DeltaLinear) for m in many.modules())
