@@ -221,7 +221,11 @@ class GraphDecoder:
             if self._warm != key:
                 self._warm = key  # first step of this shape: eager (compiles kernels, builds tables)
                 self.stats["eager_steps"] += 1
-                return self.model(**kw)
+                # with the ids read from the static buffer, as the capture will: the same row plan (no
+                # host hints), so the same kernels and tables; with the host's ids a batch of one
+                # fine-tune took another path and the capture had to build tables (a host copy: an error)
+                with self._ids_ctx(self._context()):
+                    return self.model(**kw)
             g = self._graph = None  # the old graph's memory pool goes before the new capture
             # what the graph will read is what the tables are now: an eager forward since the generate
             # began may have rebuilt some (the tensor-core kernels add their planes on first use), and

@@ -347,6 +347,30 @@ def test_tables_rebuilt_by_a_prefill_keep_the_recorded_step(served, monkeypatch)
     assert dec._graph is recorded and torch.equal(first, again)
 
 
+def test_every_decoding_step_plans_its_rows_as_the_capture_does(served, monkeypatch) -> None:
+    """The eager first step of a shape (which compiles kernels and builds the sets' tables) reads the
+    row ids from the static buffer, as the captured step does: with the host's ids a batch of one
+    fine-tune took another kernel path than the capture's, which then had to build tables inside the
+    capture (a host-to-device copy: the H200 run of the twenty-third session failed so after a drop)."""
+    from deltastore.graph_decode import GraphDecoder
+    from deltastore.kernels import linear
+
+    many = lazy.load_many(served, ["ft1", "ft2"], device=DEVICE)
+    ctx = next(m.ctx for m in many.modules() if isinstance(m, linear.DeltaLinear))
+    planned = []
+    plan = ctx.plan
+
+    def watch(n_rows, device):  # noqa: ANN001, ANN202
+        planned.append((n_rows, ctx._static is not None and ctx._static.numel() == n_rows))
+        return plan(n_rows, device)
+
+    monkeypatch.setattr(ctx, "plan", watch)
+    ids = torch.tensor([-1, 1, 1])  # one fine-tune: the host's ids would hint it
+    _static_generate(many, ids, GraphDecoder(many, capture=False), max_new_tokens=4)
+    steps = [static for n, static in planned if n == PROMPTS.shape[0]]  # one row a sequence: the decoding steps
+    assert steps and all(steps), planned
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU (the device run executes this)")
 def test_cuda_graph_decoding_gives_the_eager_tokens(served) -> None:
     """On CUDA a lazy model's generate replays one captured decoding step per token: the same
