@@ -38,6 +38,7 @@ from bench_kernels import emit, random_packed  # noqa: E402
 
 from deltastore import graph_decode  # noqa: E402
 from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, DeltaSet  # noqa: E402
+from deltastore.kernels.linear import concat_rows  # noqa: E402
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -62,7 +63,9 @@ def make_model(layers: int, device: torch.device, smoke: bool):
 
 def to_lazy(model, ctx: DeltaContext, fuse: bool = True) -> list[tuple[DeltaSet, list[DeltaLinear]]]:
     """Swap every decoder linear for a DeltaLinear over the same (shared) weight, as load_many
-    does: q/k/v and gate/up sharing one DeltaSet each (lazy.FUSED) unless ``fuse`` is off.
+    does: q/k/v and gate/up sharing one DeltaSet each (lazy.FUSED) unless ``fuse`` is off, their
+    base weights copied into one tensor a group (kernels.concat_rows, as lazy.load loads them: one
+    base GEMM a group; the plain model's separate tensors are dropped with the swapped modules).
     Returns the DeltaSets with their linears."""
     from deltastore.lazy import FUSED
 
@@ -75,7 +78,10 @@ def to_lazy(model, ctx: DeltaContext, fuse: bool = True) -> list[tuple[DeltaSet,
             for g in groups:
                 olds = [getattr(owner, n) for n in g]
                 group = DeltaGroup(olds[0].in_features, [o.out_features for o in olds], olds[0].weight.device) if len(g) > 1 else None
-                lins = [DeltaLinear.from_linear(o, ctx, group=group, index=i) for i, o in enumerate(olds)]
+                # a group's base weights as row slices of one tensor, as lazy.load lays them out (one base GEMM a group)
+                ws = concat_rows([o.weight.data for o in olds]) if group is not None else [olds[0].weight.data]
+                lins = [DeltaLinear(w, None if o.bias is None else o.bias.data, ctx, group=group, index=i)
+                        for i, (o, w) in enumerate(zip(olds, ws))]
                 for n, lin in zip(g, lins):
                     setattr(owner, n, lin)
                 sets.append((group.deltas if group is not None else lins[0].deltas, lins))
@@ -209,7 +215,8 @@ def kernel_breakdown(model, device: torch.device) -> dict[str, float]:
 
 def prefill_profile(model, batch: int, prompt: int, vocab: int, device: torch.device) -> None:
     """Print torch.profiler's table (CPU and GPU time by op, top 30 by CPU time) of one one-token
-    generate through the graph decoder: the eager prefill a user waits for before the first token."""
+    generate through the graph decoder (the eager prefill a user waits for before the first token),
+    then cProfile's of another (Python functions by own and by cumulative time)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = torch.randint(3, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch)).to(device)
@@ -219,6 +226,20 @@ def prefill_profile(model, batch: int, prompt: int, vocab: int, device: torch.de
         decoder(model, device).generate(model.generate, ids, cuda_graph=device.type == "cuda", **kw)
         sync(device)
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=30), flush=True)
+    # the host's Python by function (the profiler above sees aten ops only): where the eager prefill's CPU goes
+    import cProfile
+    import io
+    import pstats
+
+    cp = cProfile.Profile()
+    cp.enable()
+    decoder(model, device).generate(model.generate, ids, cuda_graph=device.type == "cuda", **kw)
+    sync(device)
+    cp.disable()
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(cp, stream=buf).sort_stats(key).print_stats(45)
+        print(f"cProfile of one one-token generate, by {key}:", buf.getvalue()[-9000:], sep="\n", flush=True)
 
 
 def sync(device: torch.device) -> None:

@@ -68,6 +68,8 @@ from __future__ import annotations
 import functools
 import os
 import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 
@@ -549,12 +551,14 @@ if HAVE_GLUON:
             gl.atomic_add(dp, acc, mask=m_ok[None, :] & n_ok[:, None], sem="relaxed")
 
 
-def compact_layouts(block_r: int, num_warps: int = 4) -> dict:
+@functools.lru_cache(maxsize=None)
+def compact_layouts(block_r: int, num_warps: int = 4) -> Mapping:
     """The layouts :func:`_shrink_group2` takes for tiles of ``block_r`` components (64 or 128 on 4
     warps, as the MMA layout spreads them): LW, a [block_r, 8] words tile with each lane's rows
     and its quad's lanes sharing them; L3, the [block_r, 8 words, 16 fields] view of the A operand
     (the MMA's A layout with its k split into word and field); XL, a [BM, 128] x tile, 8
-    contiguous elements a thread."""
+    contiguous elements a thread. Made once per arguments (an eager forward asks per linear, and
+    building the layouts cost ~0.3 ms of host time a call on the H200: the prefill's largest share)."""
     if num_warps != 4 or block_r not in (64, 128):
         raise KernelError(f"the compact shrink takes 64 or 128 components on 4 warps, not {block_r} on {num_warps}")
     more = [[64, 0]] if block_r == 128 else []
@@ -565,10 +569,11 @@ def compact_layouts(block_r: int, num_warps: int = 4) -> dict:
                                     + [[64, 0, 0]] * bool(more),
                                     lane_bases=[[0, 0, 2], [0, 0, 4], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
                                     warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[block_r, 8, 16])
-    return dict(LW=lw, L3=l3, XL=gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0]))
+    return MappingProxyType(dict(LW=lw, L3=l3, XL=gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0])))
 
 
-def expand_layouts(chunk: int, num_warps: int = 4) -> dict:
+@functools.lru_cache(maxsize=None)
+def expand_layouts(chunk: int, num_warps: int = 4) -> Mapping:
     """The layouts :func:`_expand_item2` takes: EWL, an item's [chunk, 8] words tile, a component's 8
     words a thread; E3, the [8 words, 16 outputs of a word, 16 components] view of a step's A
     operand (outputs 16 a warp along the MMA's M, as its layout spreads them over 4 warps)."""
@@ -578,7 +583,7 @@ def expand_layouts(chunk: int, num_warps: int = 4) -> dict:
     e3 = gl.DistributedLinearLayout(reg_bases=[[0, 0, 1], [0, 8, 0], [0, 0, 8], [4, 0, 0]],
                                     lane_bases=[[0, 0, 2], [0, 0, 4], [0, 1, 0], [0, 2, 0], [0, 4, 0]],
                                     warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[8, 16, 16])
-    return dict(EWL=ewl, E3=e3)
+    return MappingProxyType(dict(EWL=ewl, E3=e3))
 
 
 def _max_rows(plan: RowPlan, dset: DeltaSet) -> int:
