@@ -14,6 +14,10 @@ import os
 import statistics
 import sys
 
+# the layers are timed inside CUDA graphs, whose captures take the side stream; eager warm-ups and
+# checks take it as well (kernels.linear.side_stream: eagerly one stream by default), as before
+os.environ.setdefault("DELTASTORE_DELTA_STREAM", "1")
+
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

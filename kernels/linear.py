@@ -83,19 +83,29 @@ T = TypeVar("T")
 _SIDE: dict[int, "torch.cuda.Stream"] = {}
 
 
-def side_stream(x: torch.Tensor, preference: KernelPreference | str) -> "torch.cuda.Stream | None":
+def side_stream(x: torch.Tensor, preference: KernelPreference | str, ctx: "DeltaContext | None" = None) -> "torch.cuda.Stream | None":
     """The stream a linear runs its packed deltas on beside its base GEMM: one high-priority CUDA
     stream per device, made once. None (deltas after the GEMM, on the current stream) on the CPU,
-    for the torch reference ops, and with ``DELTASTORE_DELTA_STREAM=0``.
+    for the torch reference ops, and outside a CUDA graph: by default (``DELTASTORE_DELTA_STREAM``
+    unset) only while the current stream captures one or while ``ctx`` plans from static ids (the
+    steps of ``graph_decode``, whose first eager step must take the capture's path); ``=1`` always,
+    ``=0`` never.
 
-    Why: at a few rows per fine-tune the delta kernels are bound by latency (a chain of dependent
-    loads over ~1000 rank components, few programs), the base GEMM by memory bandwidth; run one
-    after the other they add up, run side by side the deltas mostly hide under the GEMM's reads.
-    High priority so the deltas' programs are placed first and the GEMM fills the rest.
+    Why beside: at a few rows per fine-tune the delta kernels are bound by latency (a chain of
+    dependent loads over ~1000 rank components, few programs), the base GEMM by memory bandwidth;
+    run one after the other they add up, run side by side the deltas mostly hide under the GEMM's
+    reads. High priority so the deltas' programs are placed first and the GEMM fills the rest.
+    Why only in a graph: an eager forward at these rows is bound by the host's launches, and the
+    fork, the join and the extra launches cost more host time than the overlap saves on the GPU (a
+    lazy 7B's first token, its eager prefill: 86.7 ms with the side stream, 68.3 ms without; H200,
+    benchmarks/probe_first_token.py, raw_h200/s23/first_token_ab.md).
     """
-    if not x.is_cuda or os.environ.get("DELTASTORE_DELTA_STREAM", "1") == "0":
+    mode = os.environ.get("DELTASTORE_DELTA_STREAM", "")
+    if not x.is_cuda or mode == "0":
         return None
     if resolve_preference(preference, x) is not KernelPreference.TRITON:
+        return None
+    if mode != "1" and not (torch.cuda.is_current_stream_capturing() or (ctx is not None and ctx.static)):
         return None
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
     s = _SIDE.get(idx)
@@ -106,12 +116,12 @@ def side_stream(x: torch.Tensor, preference: KernelPreference | str) -> "torch.c
 
 
 def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str,
-             plan: RowPlan | None = None) -> "torch.cuda.Stream | None":
+             plan: RowPlan | None = None, ctx: "DeltaContext | None" = None) -> "torch.cuda.Stream | None":
     """:func:`side_stream` where it pays: the GEMV path (a few rows per fine-tune), and the
     tensor-core kernels (:mod:`.mma`, where they serve ``plan`` and :data:`.mma.SIDE`). On the H200
     (bench_kernels.py) a layer at M=1 ran 5% faster with it (209 -> 199 us) and 32 rows over 8
     fine-tunes 3% faster; on the tl.dot path (M=16) 1.5% slower: None there."""
-    s = side_stream(x, preference)
+    s = side_stream(x, preference, ctx)
     if s is None:
         return None
     if triton_ops.use_gemv(x.shape[0], dset):
@@ -188,6 +198,12 @@ class DeltaContext:
         t = torch.as_tensor(ids, dtype=torch.int64).reshape(-1)
         check_ids(t, self.n_slots)
         self._ids = t
+
+    @property
+    def static(self) -> bool:
+        """Whether forwards plan their rows from a static ids buffer (:meth:`static_ids`: graph
+        decoding's steps, captured or the eager first step of a shape)."""
+        return self._static is not None
 
     @property
     def has_ids(self) -> bool:
@@ -359,7 +375,7 @@ class DeltaGroup:
         plan = ctx.plan(x2.shape[0], x2.device)
         self.deltas.build()
         triton = resolve_preference(preference, x2) is KernelPreference.TRITON
-        side = side_for(x2, self.deltas, preference, plan) if triton else None
+        side = side_for(x2, self.deltas, preference, plan, ctx) if triton else None
         if side is not None or (triton and triton_ops.use_gemv(x2.shape[0], self.deltas)):
             y, d = beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference, side=side if side is not None else False)
             y = with_delta(y, d, x2.dtype)
@@ -452,7 +468,7 @@ class DeltaLinear(nn.Module):
             return self.group.output(self.index, x2, self.ctx, self.preference).reshape(*lead, self.out_features)
         if packed:  # (holds_any built the set's tables)
             plan = self.ctx.plan(x2.shape[0], x.device)
-            side = side_for(x2, self.deltas, self.preference, plan)
+            side = side_for(x2, self.deltas, self.preference, plan, self.ctx)
             if side is not None:  # float32(base) + delta, rounded once
                 y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference, side=side)
                 return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)
