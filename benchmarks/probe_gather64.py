@@ -1,0 +1,226 @@
+"""Probe (issue 12, run 60): where the v3 decode's ungrouping goes, and two gathers tried against it.
+
+The ungrouping of a 2-byte fine-tune chunk is three passes (codec._numba._ungroup_undiff2_stored_x512):
+the planes joined into words, the gather (each element's word from its base exponent's group, by
+AVX-512 expand-loads 32 elements a block, one expand per frequent exponent), the difference undone.
+This times the three on the dense 40-step SmolLM2 fine-tune's 415 chunks (their planes decoded
+first, out of the timing), one thread, 5 alternating rounds, each result checked against the
+fine-tune's bytes, and A/Bs the gather against two variants defined here (not in the codec):
+64 elements a block (one 64-lane compare and two expands a frequent exponent), and the same with a
+branch that skips the expands of an exponent absent from the block.
+
+    python benchmarks/probe_gather64.py
+"""
+import os
+import time
+
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+os.environ.setdefault("DELTASTORE_THREADS", "1")
+from safetensors.torch import load_file  # noqa: E402
+
+from deltastore.codec import _numba as nb, planes  # noqa: E402
+from deltastore.codec._numba import _I1, _I32, _I64, _V32I1, _V32I16, _block_args, _data, _fn, _splat  # noqa: E402
+from deltastore.codec.lossless import Lossless, context_field, grouped_chunk_planes, unpack_counts  # noqa: E402
+from deltastore.zoo.smollm2 import smollm2_dir  # noqa: E402
+
+_I8 = ir.IntType(8)
+_V64I8, _V64I1 = ir.VectorType(_I8, 64), ir.VectorType(_I1, 64)
+
+
+def _make_block64(skip: bool):  # noqa: ANN202
+  @intrinsic
+  def _block64(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
+      """:func:`_block32` over 64 elements at ``i``: their one-byte exponents compared with each
+      frequent exponent in one 64-lane compare, the words of each half by an expand-load (the second
+      from where the first half's lanes end); returns the mask of the other lanes (uint64)."""
+      sig = types.uint64(out, i, words, base, shift, fmask, pos, fctx, k)
+
+      def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+          od, wd, pd, fd, at, kk, ctx0 = _block_args(context, builder, signature, args)
+          bd = _data(context, builder, signature.args[3], args[3])
+          at1 = builder.add(at, ir.Constant(_I64, 32))
+          v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
+          sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
+          fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+          ctx1 = builder.and_(builder.lshr(v1, sh), fm)
+          v8 = ir.VectorType(_I8, 32)
+          c8 = builder.shuffle_vector(builder.trunc(ctx0, v8), builder.trunc(ctx1, v8), ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+          expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
+          popc = _fn(builder, "llvm.ctpop.i32", _I32, [_I32])
+          served = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+          acc0 = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))
+          acc1 = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))
+          with cgutils.for_range(builder, kk) as loop:
+              c = builder.load(builder.gep(fd, [loop.index]))
+              bits = builder.bitcast(builder.icmp_unsigned("==", c8, _splat(builder, builder.trunc(c, _I8), 64)), _I64)
+              lo = builder.trunc(bits, _I32)
+              hi = builder.trunc(builder.lshr(bits, ir.Constant(_I64, 32)), _I32)
+              slot = builder.gep(pd, [builder.zext(c, _I64)])
+              if skip:
+                  with builder.if_then(builder.icmp_unsigned("!=", bits, ir.Constant(_I64, 0))):
+                      p = builder.load(slot)
+                      with builder.if_then(builder.icmp_unsigned("!=", lo, ir.Constant(_I32, 0))):
+                          src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
+                          builder.store(builder.call(expand, [builder.load(src, align=2), builder.load(acc0), builder.bitcast(lo, _V32I1)]), acc0)
+                      p1 = builder.add(p, builder.call(popc, [lo]))
+                      with builder.if_then(builder.icmp_unsigned("!=", hi, ir.Constant(_I32, 0))):
+                          src1 = builder.bitcast(builder.gep(wd, [builder.zext(p1, _I64)]), _V32I16.as_pointer())
+                          builder.store(builder.call(expand, [builder.load(src1, align=2), builder.load(acc1), builder.bitcast(hi, _V32I1)]), acc1)
+                      builder.store(builder.add(p1, builder.call(popc, [hi])), slot)
+                      builder.store(builder.or_(builder.load(served), bits), served)
+              else:
+                  p = builder.load(slot)
+                  src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
+                  builder.store(builder.call(expand, [builder.load(src, align=2), builder.load(acc0), builder.bitcast(lo, _V32I1)]), acc0)
+                  p1 = builder.add(p, builder.call(popc, [lo]))
+                  src1 = builder.bitcast(builder.gep(wd, [builder.zext(p1, _I64)]), _V32I16.as_pointer())
+                  builder.store(builder.call(expand, [builder.load(src1, align=2), builder.load(acc1), builder.bitcast(hi, _V32I1)]), acc1)
+                  builder.store(builder.add(p1, builder.call(popc, [hi])), slot)
+                  builder.store(builder.or_(builder.load(served), bits), served)
+          builder.store(builder.load(acc0), builder.bitcast(builder.gep(od, [at]), _V32I16.as_pointer()), align=2)
+          builder.store(builder.load(acc1), builder.bitcast(builder.gep(od, [at1]), _V32I16.as_pointer()), align=2)
+          return builder.xor(builder.load(served), ir.Constant(_I64, 0xFFFFFFFFFFFFFFFF))
+
+      return sig, codegen
+  return _block64
+
+
+_block64 = _make_block64(False)
+_block64_skip = _make_block64(True)
+
+
+@intrinsic
+def _lowest64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
+    """The index of the lowest set bit of a nonzero 64-bit mask."""
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        v = context.cast(builder, args[0], signature.args[0], types.uint64)
+        return builder.call(_fn(builder, "llvm.cttz.i64", _I64, [_I64, _I1]), [v, ir.Constant(_I1, 1)])
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def gather2_x512_64(words, base, shift, fmask, pos, out, fctx):
+    """PROBE: :func:`gather2_x512` 64 elements a block (:func:`_block64`)."""
+    n = base.size
+    k = fctx.size
+    m = n - n % 64
+    for i in range(0, m, 64):
+        rare = _block64(out, i, words, base, shift, fmask, pos, fctx, k)
+        while rare != np.uint64(0):
+            j = i + _lowest64(rare)
+            c = (base[j] >> shift) & fmask
+            out[j] = words[pos[c]]
+            pos[c] += np.uint32(1)
+            rare &= rare - np.uint64(1)
+    for i in range(m, n):
+        c = (base[i] >> shift) & fmask
+        out[i] = words[pos[c]]
+        pos[c] += np.uint32(1)
+
+
+
+@njit(cache=True, nogil=True)
+def gather2_x512_64_skip(words, base, shift, fmask, pos, out, fctx):
+    """PROBE: :func:`gather2_x512` 64 elements a block, a context absent from a half skipped by a branch."""
+    n = base.size
+    k = fctx.size
+    m = n - n % 64
+    for i in range(0, m, 64):
+        rare = _block64_skip(out, i, words, base, shift, fmask, pos, fctx, k)
+        while rare != np.uint64(0):
+            j = i + _lowest64(rare)
+            c = (base[j] >> shift) & fmask
+            out[j] = words[pos[c]]
+            pos[c] += np.uint32(1)
+            rare &= rare - np.uint64(1)
+    for i in range(m, n):
+        c = (base[i] >> shift) & fmask
+        out[i] = words[pos[c]]
+        pos[c] += np.uint32(1)
+
+
+
+
+def main() -> None:
+    path = os.path.expanduser("~/.cache/deltastore/bench/smollm2-math-40-b4-lr4e-4/model.safetensors")
+    base = load_file(str(smollm2_dir() / "model.safetensors")); ft = load_file(path)
+    c = Lossless()
+    pairs = [(ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16 and not torch.equal(ft[n], base[n])]
+    shift, bits = context_field(torch.bfloat16)
+    chunks, frames = [], []
+    sh0 = context_field(torch.bfloat16)[0]
+    for t, b in pairs:
+        e = c.encode(t, b)
+        buf = e.arrays["stream"].numpy()
+        info = planes.read_info(memoryview(buf))
+        stored = unpack_counts(e.arrays["counts"].numpy(), info)
+        braw = b.contiguous().view(torch.uint8).numpy().reshape(-1)
+        traw = t.contiguous().view(torch.uint8).numpy().reshape(-1)
+        offs = info.chunk_offsets(); dst = np.cumsum([0] + info.raw_lens).tolist()
+        for i in range(len(info.raw_lens)):
+            n, at, pos, table = info.raw_lens[i] // 2, 0, offs[i], ([], [])
+            for grp in info.groups[i]:
+                for k, (m, ln) in enumerate(zip(grp.modes, grp.payloads)):
+                    table[k].extend((m, pos, ln, k * n + at, grp.n))
+                    pos += ln
+                at += grp.n
+            frames.append((buf, n, table))
+            g = grouped_chunk_planes(buf, info, i, offs[i], stored[i]).copy()
+            chunks.append((g, braw[dst[i]:dst[i+1]].view(np.uint16), stored[i], traw[dst[i]:dst[i+1]].view(np.uint16)))
+    print(len(chunks), "chunks", sum(g.shape[1] for g,*_ in chunks), "elements", flush=True)
+    ks = [len(nb.x512_frequent(cnt)) for _, _, cnt, _ in chunks]
+    per_block = []
+    for g, bs, cnt, want in chunks[::10]:
+        b = ((bs >> sh0) & 0xFF)[: bs.size - bs.size % 32].reshape(-1, 32)
+        s_ = np.sort(b, axis=1)
+        per_block.append(((s_[:, 1:] != s_[:, :-1]).sum(1) + 1).mean())
+    print(f"frequent exponents a chunk (expands a 32-block): mean {np.mean(ks):.1f}; distinct exponents in a 32-block: mean {np.mean(per_block):.1f}")
+    # the frames of each plane alone (the stage before the ungrouping), as the codec decodes them
+    from deltastore.codec import _zstd
+    fx, fns, dctx = planes.fast(), _zstd.frame_functions(), _zstd.thread_dctx()
+    scratch = np.empty(2 * (1 << 20), dtype=np.uint8)
+    for plane in (0, 1):
+        t0 = time.process_time()
+        for buf, n, table in frames:
+            assert fx.fill_frames(fns, dctx, buf, scratch[: 2 * n], table[plane]) == -1
+        print(f"frames of plane {plane} ({'high' if plane == 0 else 'low'} byte): {1e3 * (time.process_time() - t0):.1f} ms CPU", flush=True)
+    sh, fm = np.uint16(shift), np.uint16((1 << bits) - 1)
+    words = np.empty(2 * (1 << 20) + nb.X512_SLACK, np.uint16)
+    out = np.empty(1 << 20, np.uint16)
+    def run(which):
+        tj = tg = tu = 0.0
+        for g, bs, cnt, want in chunks:
+            n = g.shape[1]; o = out[:n]
+            t0 = time.perf_counter()
+            pos = nb._join_starts2(g[0], g[1], cnt, words)
+            t1 = time.perf_counter()
+            if which == "x512":
+                nb.gather2_x512(words, bs, sh, fm, pos, o, nb.x512_frequent(cnt))
+            else:
+                which(words, bs, sh, fm, pos, o, nb.x512_frequent(cnt))
+            t2 = time.perf_counter()
+            ok = nb._ended_and_undone(pos, cnt, bs, o)
+            t3 = time.perf_counter()
+            assert ok and np.array_equal(o, want)
+            tj += t1 - t0; tg += t2 - t1; tu += t3 - t2
+        return tj, tg, tu
+    variants = {"x512 (the codec's)": "x512", "64 a block": gather2_x512_64, "64 a block, absent skipped": gather2_x512_64_skip}
+    for v in variants.values():
+        run(v)
+    for r in range(5):
+        for k, v in variants.items():
+            tj, tg, tu = run(v)
+            print(f"{k:28s} join {tj*1e3:6.1f} ms  gather {tg*1e3:6.1f} ms  undo {tu*1e3:6.1f} ms  total {1e3*(tj+tg+tu):6.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
