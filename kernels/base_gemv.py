@@ -17,7 +17,10 @@ x1.6-x2.3 of cuBLAS's time, yet with this tile the layer with its delta goes 202
 243.0 -> 207.8 at 16 (x2.04 -> x1.74 of the base), 531.8 -> 522.5 at 32 rows over 8 fine-tunes;
 at 2 and 4 rows 0.98x and 0.95x, at 8 rows over 8 and 32 over 32 (one row a fine-tune) level
 (1.01x). The one-row GEMV kernel keeps a float32 partial a row in registers: x1.24-x2.16 of cuBLAS
-at 2-4 rows, so it serves one row (:data:`GEMV_ROWS`). Above :data:`SERVE_ROWS` rows, cuBLAS.
+at 2-4 rows, so it serves one row (:data:`GEMV_ROWS`). Above :data:`SERVE_ROWS` rows, cuBLAS. Alone
+these kernels are a little slower than cuBLAS (x1.04 at one row, x1.09 at 5, x1.31 at 32 rows over 8),
+so :func:`.linear.base_linear` takes them only for a base the deltas run beside on the side stream
+(inside CUDA graphs by default: :func:`.linear.side_stream`).
 
 ``y[m, n] = sum_k x[m, k] W[n, k] (+ b[n])``, float32 sums rounded once to x's dtype: a program
 owns ``BLOCK_N`` output columns and reads their rows of W in ``BLOCK_K`` steps of 16-byte loads,

@@ -14,6 +14,7 @@ model shares one :class:`DeltaContext`, which holds the current batch's per-row 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import os
 import weakref
@@ -151,16 +152,33 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     with torch.cuda.stream(s):
         d.zero_()
         apply_deltas(x, d, dset, plan, preference, split_k)
-    y = base()
+    token = _BESIDE.set(True)  # the base may take the Triton kernels that leave the deltas SMs (base_linear)
+    try:
+        y = base()
+    finally:
+        _BESIDE.reset(token)
     main.wait_stream(s)
     return y, d
 
 
+#: set while :func:`beside` computes the base with the deltas on the side stream
+_BESIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("deltastore_base_beside_deltas", default=False)
+
+
+def _triton_base_here() -> bool:
+    """Whether the base being computed has the deltas running beside it (:func:`beside` on a side stream)."""
+    return _BESIDE.get()
+
+
 def base_linear(x2: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """x2 W^T + b, the base part of a lazy linear: the Triton base GEMV where it serves
-    (:func:`.base_gemv.serves`: one row on a GPU, beside which the delta kernels keep SMs), else
-    torch's linear (cuBLAS)."""
-    return base_gemv.gemv(x2, W, b) if base_gemv.serves(x2, W) else nn.functional.linear(x2, W, b)
+    (:func:`.base_gemv.serves`: up to 32 rows on a GPU) and the deltas run beside it on the side
+    stream, which its small CTAs leave SMs to; else torch's linear (cuBLAS), which is faster alone
+    (the Triton base alone: x1.04 of cuBLAS at one row, x1.09 at 5, x1.31 at 32 rows over 8; H200,
+    raw_h200/s22/ab_defaults.md) and costs less host time a launch in an eager forward."""
+    if _triton_base_here() and base_gemv.serves(x2, W):
+        return base_gemv.gemv(x2, W, b)
+    return nn.functional.linear(x2, W, b)
 
 
 def with_delta(y: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

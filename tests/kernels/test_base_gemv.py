@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, KernelError, base_gemv
+from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear, KernelError, base_gemv, linear
 
 from .kernel_testlib import DEVICE, packed_delta
 
@@ -58,7 +58,8 @@ def test_refuses_what_it_does_not_serve() -> None:
 
 def test_group_output_through_the_gemv(monkeypatch: pytest.MonkeyPatch) -> None:
     """A DeltaGroup's members with the base GEMV switched on give the outputs they give with
-    cuBLAS (torch's linear): the same float32 delta joined to a base output within the bound above."""
+    cuBLAS (torch's linear): the same float32 delta joined to a base output within the bound above.
+    The GEMV serves only a base the deltas run beside (it exists to leave them SMs)."""
     n, ms = 96, [64, 32]
     made = [packed_delta(m, n, seed=70 + i, dtype=torch.bfloat16, group_size=32, schedule=[[8, 1], [3, 2], [2, None]])
             for i, m in enumerate(ms)]
@@ -70,6 +71,13 @@ def test_group_output_through_the_gemv(monkeypatch: pytest.MonkeyPatch) -> None:
     ref = [lin(x).float() for lin in lins]
     monkeypatch.setattr(base_gemv, "ENABLED", True)
     monkeypatch.setattr(base_gemv, "serves", lambda x2, W: x2.shape[0] <= base_gemv.MAX_ROWS)  # the CPU too
+    called = []
+    gemv = base_gemv.gemv
+    monkeypatch.setattr(base_gemv, "gemv", lambda *a, **k: called.append(1) or gemv(*a, **k))
+    [lin(x.clone()) for lin in lins]
+    assert not called  # no deltas beside it (one stream, as an eager forward): cuBLAS, faster alone
+    monkeypatch.setattr(linear, "_triton_base_here", lambda: True)  # as beside a side stream's deltas
     got = [lin(x.clone()).float() for lin in lins]
+    assert called
     for a, b in zip(got, ref):
         assert torch.allclose(a, b, rtol=2 * torch.finfo(torch.bfloat16).eps, atol=1e-3 * float(b.abs().max()))
