@@ -278,6 +278,8 @@ class LazyDeltas:
         self._base_config: dict[str, Any] | None = None  # as transformers reads it, once (multi only)
         # multi: modules whose whole tensors differ per fine-tune (norms, embedding, lm_head), by path
         self.slot_modules: dict[str, SlotModule] = {}
+        #: check_elementwise's answer per norm module (it belongs to the module, not to a fine-tune)
+        self._elementwise: "weakref.WeakKeyDictionary[nn.Module, str | None]" = weakref.WeakKeyDictionary()
 
     def _deltas_of(self, ref: str) -> tuple[dict[str, Served], dict[str, str]]:
         """Check a fine-tune against the loaded base; its packed deltas by linear, and its other
@@ -399,7 +401,9 @@ class LazyDeltas:
             kind = kind_of(inner, leaf)
             reason = None if kind is not None else f"a parameter of a {type(inner).__name__}"
             if kind == "elementwise":
-                reason = check_elementwise(inner, _norm_params(inner))
+                if inner not in self._elementwise:
+                    self._elementwise[inner] = check_elementwise(inner, _norm_params(inner))
+                reason = self._elementwise[inner]
             if reason is not None:
                 raise BadInputError(f"{ref}: {name} is {why}, {reason}; load_many serves per fine-tune only the linears' "
                                     f"deltas, norms, embeddings and the lm_head; use load({ref!r}) for this one")

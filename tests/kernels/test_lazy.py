@@ -193,6 +193,26 @@ def test_mixed_batch_of_full_fine_tunes(tmp_path: Path, tie: bool) -> None:
     assert rel(_logits(many, delta_ids=ids), mixed) < 1e-6
 
 
+def test_each_norm_is_probed_once_whatever_the_fine_tunes(tmp_path: Path, monkeypatch) -> None:
+    """Whether a norm applies its parameters elementwise is a property of the module: load_many
+    probes each norm once, not once per fine-tune that changed it (nor again on a later add)."""
+    import deltastore
+
+    base = tiny_llama_dir(tmp_path / "base", hidden=HIDDEN, layers=2, seed=0, random_norms=True)
+    store = deltastore.open(tmp_path / "home")
+    store.add_base("base", base)
+    for i in (1, 2, 3):
+        store.add_finetune(f"full{i}", full_finetune(base, tmp_path / f"f{i}", seed=i), base="base")
+    probed = []
+    check = lazy.check_elementwise
+    monkeypatch.setattr(lazy, "check_elementwise", lambda m, names: probed.append(m) or check(m, names))
+    many = lazy.load_many(store, ["full1", "full2"], device=DEVICE)
+    norms = [m for m in many.modules() if type(m).__name__.endswith("RMSNorm")]
+    assert len(norms) == 5 and len(probed) == len(norms) and {id(m) for m in probed} == {id(m) for m in norms}
+    many.add_delta("full3")
+    assert len(probed) == len(norms)
+
+
 def test_base_weights_are_shared_between_lazy_models(served) -> None:
     a = lazy.load(served, "ft1", device=DEVICE)
     b = lazy.load(served, "ft2", device=DEVICE)
