@@ -107,47 +107,32 @@ def _lowest64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
-def gather2_x512_64(words, base, shift, fmask, pos, out, fctx):
-    """PROBE: :func:`gather2_x512` 64 elements a block (:func:`_block64`)."""
-    n = base.size
-    k = fctx.size
-    m = n - n % 64
-    for i in range(0, m, 64):
-        rare = _block64(out, i, words, base, shift, fmask, pos, fctx, k)
-        while rare != np.uint64(0):
-            j = i + _lowest64(rare)
-            c = (base[j] >> shift) & fmask
-            out[j] = words[pos[c]]
+def _gather64(block):  # noqa: ANN001, ANN202
+    """:func:`gather2_x512` 64 elements a block, each block by ``block`` (_block64 or _block64_skip)."""
+
+    @njit(nogil=True)
+    def gather(words, base, shift, fmask, pos, out, fctx):  # noqa: ANN001, ANN202
+        n = base.size
+        k = fctx.size
+        m = n - n % 64
+        for i in range(0, m, 64):
+            rare = block(out, i, words, base, shift, fmask, pos, fctx, k)
+            while rare != np.uint64(0):
+                j = i + _lowest64(rare)
+                c = (base[j] >> shift) & fmask
+                out[j] = words[pos[c]]
+                pos[c] += np.uint32(1)
+                rare &= rare - np.uint64(1)
+        for i in range(m, n):
+            c = (base[i] >> shift) & fmask
+            out[i] = words[pos[c]]
             pos[c] += np.uint32(1)
-            rare &= rare - np.uint64(1)
-    for i in range(m, n):
-        c = (base[i] >> shift) & fmask
-        out[i] = words[pos[c]]
-        pos[c] += np.uint32(1)
+
+    return gather
 
 
-
-@njit(cache=True, nogil=True)
-def gather2_x512_64_skip(words, base, shift, fmask, pos, out, fctx):
-    """PROBE: :func:`gather2_x512` 64 elements a block, a context absent from a half skipped by a branch."""
-    n = base.size
-    k = fctx.size
-    m = n - n % 64
-    for i in range(0, m, 64):
-        rare = _block64_skip(out, i, words, base, shift, fmask, pos, fctx, k)
-        while rare != np.uint64(0):
-            j = i + _lowest64(rare)
-            c = (base[j] >> shift) & fmask
-            out[j] = words[pos[c]]
-            pos[c] += np.uint32(1)
-            rare &= rare - np.uint64(1)
-    for i in range(m, n):
-        c = (base[i] >> shift) & fmask
-        out[i] = words[pos[c]]
-        pos[c] += np.uint32(1)
-
-
+gather2_x512_64 = _gather64(_block64)
+gather2_x512_64_skip = _gather64(_block64_skip)
 
 
 def main() -> None:
