@@ -101,32 +101,65 @@ def _block_args(context, builder, signature, args):  # noqa: ANN001, ANN202
     return a, b, pd, fd, at, kk, builder.and_(builder.lshr(v, sh), fm)
 
 
+_I8 = ir.IntType(8)
+
+
 @intrinsic
-def _block32(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
-    """For the 32 elements at ``i``: every lane whose exponent is one of ``fctx[:k]`` gets its word
-    by an expand-load from ``words[pos[c]:]`` (``pos[c]`` advanced by the lanes served); returns the
-    mask of the other lanes (uint32, bit j = lane j)."""
-    sig = types.uint32(out, i, words, base, shift, fmask, pos, fctx, k)
+def _block64(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
+    """For the 64 elements at ``i``: every lane whose exponent is one of ``fctx[:k]`` gets its word
+    by an expand-load from ``words[pos[c]:]`` (the first 32 lanes' from there, the next 32 from
+    where those end; ``pos[c]`` advanced by the lanes served), the 64 one-byte exponents compared
+    with each frequent one in one compare; returns the mask of the other lanes (uint64, bit j =
+    lane j). 64 a block rather than 32: the expands (one a frequent exponent and 32 lanes) bound the
+    gather, and the rest of a step (compare, counter, masks) is paid once for both halves: 0.92-0.94x
+    the gather's time of 32 a block (benchmarks/probe_gather64.py, run 60 of
+    benchmarks/results/lossless_amd-epyc-2c.md)."""
+    sig = types.uint64(out, i, words, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        od, wd, pd, fd, at, kk, ctx = _block_args(context, builder, signature, args)
-        dst = builder.bitcast(builder.gep(od, [at]), _V32I16.as_pointer())
+        od, wd, pd, fd, at, kk, ctx0 = _block_args(context, builder, signature, args)
+        bd = _data(context, builder, signature.args[3], args[3])
+        at1 = builder.add(at, ir.Constant(_I64, 32))
+        v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
+        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
+        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+        ctx1 = builder.and_(builder.lshr(v1, sh), fm)
+        v8 = ir.VectorType(_I8, 32)  # (a context is one byte: fmask <= 0xFF)
+        c8 = builder.shuffle_vector(builder.trunc(ctx0, v8), builder.trunc(ctx1, v8), ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
         expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
-        served = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
-        acc = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))  # the block's words, in a register
+        popc = _fn(builder, "llvm.ctpop.i32", _I32, [_I32])
+        served = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+        acc0 = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))  # the block's words, in registers
+        acc1 = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))
         with cgutils.for_range(builder, kk) as loop:
             c = builder.load(builder.gep(fd, [loop.index]))
-            lanes = builder.icmp_unsigned("==", ctx, _splat(builder, c, 32))
+            bits = builder.bitcast(builder.icmp_unsigned("==", c8, _splat(builder, builder.trunc(c, _I8), 64)), _I64)
+            lo = builder.trunc(bits, _I32)
+            hi = builder.trunc(builder.lshr(bits, ir.Constant(_I64, 32)), _I32)
             slot = builder.gep(pd, [builder.zext(c, _I64)])
             p = builder.load(slot)
             src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
-            w = builder.call(expand, [builder.load(src, align=2), builder.load(acc), lanes])
-            builder.store(w, acc)
-            bits = builder.bitcast(lanes, _I32)
-            builder.store(builder.add(p, builder.ctpop(bits)), slot)
+            builder.store(builder.call(expand, [builder.load(src, align=2), builder.load(acc0), builder.bitcast(lo, _V32I1)]), acc0)
+            p1 = builder.add(p, builder.call(popc, [lo]))
+            src1 = builder.bitcast(builder.gep(wd, [builder.zext(p1, _I64)]), _V32I16.as_pointer())
+            builder.store(builder.call(expand, [builder.load(src1, align=2), builder.load(acc1), builder.bitcast(hi, _V32I1)]), acc1)
+            builder.store(builder.add(p1, builder.call(popc, [hi])), slot)
             builder.store(builder.or_(builder.load(served), bits), served)
-        builder.store(builder.load(acc), dst, align=2)  # the rare lanes are written after, one by one
-        return builder.xor(builder.load(served), ir.Constant(_I32, 0xFFFFFFFF))
+        builder.store(builder.load(acc0), builder.bitcast(builder.gep(od, [at]), _V32I16.as_pointer()), align=2)  # the rare
+        builder.store(builder.load(acc1), builder.bitcast(builder.gep(od, [at1]), _V32I16.as_pointer()), align=2)  # lanes after
+        return builder.xor(builder.load(served), ir.Constant(_I64, 0xFFFFFFFFFFFFFFFF))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lowest64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
+    """The index of the lowest set bit of a nonzero 64-bit mask."""
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        v = context.cast(builder, args[0], signature.args[0], types.uint64)
+        return builder.call(_fn(builder, "llvm.cttz.i64", _I64, [_I64, _I1]), [v, ir.Constant(_I1, 1)])
 
     return sig, codegen
 
@@ -152,22 +185,22 @@ X512_SLACK = 32
 @njit(cache=True, nogil=True)
 def gather2_x512(words, base, shift, fmask, pos, out, fctx):
     """``out[i] = words[pos[context of base[i]]++]`` for every i (as ``_numba._gather2``), the
-    frequent exponents ``fctx`` (uint16) by expands 32 lanes at a time, the rest one by one.
-    ``words`` must hold ``2 * n + X512_SLACK`` entries: positions stay under 2n (the section's note above), and
-    a block reads 32 words from each."""
+    frequent exponents ``fctx`` (uint16) by expands of 32 lanes (:func:`_block64`: two a block of
+    64 elements), the rest one by one. ``words`` must hold ``2 * n + X512_SLACK`` entries:
+    positions stay under 2n (the section's note above), and an expand reads 32 words from one."""
     n = base.size
     if words.size < 2 * n + X512_SLACK:
         raise ValueError("gather2_x512: words must hold 2 * n + X512_SLACK entries")
     k = fctx.size
-    m = n - n % 32
-    for i in range(0, m, 32):
-        rare = np.uint32(_block32(out, i, words, base, shift, fmask, pos, fctx, k))
-        while rare != np.uint32(0):
-            j = i + _lowest(rare)
+    m = n - n % 64
+    for i in range(0, m, 64):
+        rare = _block64(out, i, words, base, shift, fmask, pos, fctx, k)
+        while rare != np.uint64(0):
+            j = i + _lowest64(rare)
             c = (base[j] >> shift) & fmask
             out[j] = words[pos[c]]
             pos[c] += np.uint32(1)
-            rare &= rare - np.uint32(1)
+            rare &= rare - np.uint64(1)
     for i in range(m, n):
         c = (base[i] >> shift) & fmask
         out[i] = words[pos[c]]
@@ -176,7 +209,7 @@ def gather2_x512(words, base, shift, fmask, pos, out, fctx):
 
 @intrinsic
 def _compress_block32(typingctx, words, i, src, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
-    """The encode's inverse of :func:`_block32`: the 32 words ``src[i:i + 32]`` whose exponent is
+    """The encode's inverse of the gather's expands (:func:`_block64`, 32 lanes a half): the 32 words ``src[i:i + 32]`` whose exponent is
     one of ``fctx[:k]`` compress-stored at ``words[pos[c]:]`` (exactly the lanes of c, in order;
     ``pos[c]`` advanced); returns the mask of the other lanes. Where the host has VBMI2: a register
     compress and a masked store of the first popcount lanes (:func:`_host_vbmi2`: on Zen 4 the

@@ -38,7 +38,7 @@ def _gathers(base: np.ndarray, counts: np.ndarray, fctx: np.ndarray, seed: int) 
 
 
 @needs_x512
-@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 95, 1000, (1 << 19) + 5])
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 63, 64, 65, 95, 129, 1000, (1 << 19) + 5])  # blocks of 64: edges
 @pytest.mark.parametrize("spread", [0.0, 2.0, 40.0])  # one exponent; SmolLM2-like; nearly every exponent
 def test_the_expand_gather_is_the_scalar_gather(n, spread):
     base, counts = _chunk(n, spread, seed=n)
