@@ -130,6 +130,10 @@ def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str
     return s if (plan is not None and mma.SIDE and mma.use_mma(x, dset, plan)) else None
 
 
+#: set while :func:`beside` computes the base with the deltas on the side stream
+_BESIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("deltastore_base_beside_deltas", default=False)
+
+
 def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T],
            preference: KernelPreference | str = KernelPreference.AUTO, *, side: "torch.cuda.Stream | None | bool" = True,
            out: torch.Tensor | None = None, split_k: int | None = None) -> tuple[T, torch.Tensor]:
@@ -159,10 +163,6 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
         _BESIDE.reset(token)
     main.wait_stream(s)
     return y, d
-
-
-#: set while :func:`beside` computes the base with the deltas on the side stream
-_BESIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("deltastore_base_beside_deltas", default=False)
 
 
 def _triton_base_here() -> bool:
