@@ -1,7 +1,8 @@
 """Probe (issue 9): a lazy model's first token (the eager prefill a user waits for), variants A/B'd in
 one process, alternating rounds: the defaults; the tensor-core kernels' Gluon layouts built on every
 call (as before the twenty-third session cached them); the side stream on (DELTASTORE_DELTA_STREAM=1,
-the eager default before that session: deltas beside the base); off (=0, one stream). bench_generate's model (32 layers of Llama-2-7B's shapes,
+the eager default before that session: deltas beside the base); off (=0, one stream); the Triton base
+GEMV without the side stream (before that session; now cuBLAS's base unless the deltas run beside it). bench_generate's model (32 layers of Llama-2-7B's shapes,
 random weights, q/k/v and gate/up grouped with one base tensor each), 1 fine-tune at 1/16.
 
     python benchmarks/probe_first_token.py [--layers 32] [--rounds 7] [--prompt 16] [--out FILE]
@@ -20,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_generate import add_finetunes, decoder, make_model, sync, to_lazy  # noqa: E402
 
-from deltastore.kernels import DeltaContext, mma  # noqa: E402
+from deltastore.kernels import DeltaContext, linear, mma  # noqa: E402
 
 
 def variants() -> dict[str, tuple]:
@@ -42,8 +43,17 @@ def variants() -> dict[str, tuple]:
 
         return on, off
 
+    here = linear._triton_base_here
+
+    def triton_base_on() -> None:
+        linear._triton_base_here = lambda: True
+
+    def triton_base_off() -> None:
+        linear._triton_base_here = here
+
     return {"defaults": (lambda: None, lambda: None), "layouts built per call (before)": (uncached_on, uncached_off),
-            "side stream on (DELTASTORE_DELTA_STREAM=1)": env("1"), "side stream off (=0)": env("0")}
+            "side stream on (DELTASTORE_DELTA_STREAM=1)": env("1"), "side stream off (=0)": env("0"),
+            "Triton base without the side stream (before)": (triton_base_on, triton_base_off)}
 
 
 def main() -> None:
