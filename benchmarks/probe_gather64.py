@@ -107,6 +107,91 @@ def _lowest64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
     return sig, codegen
 
 
+_V64I16 = ir.VectorType(ir.IntType(16), 64)
+
+
+@intrinsic
+def _block64b(typingctx, out, i, lo, hi, base, shift, fmask, pos, fctx, k, hz):  # noqa: ANN001, ANN202, ARG001
+    """64 elements at ``i`` gathered from the two byte planes (no joined words): each frequent
+    exponent's low bytes by one 64-lane byte expand-load from ``lo[pos[c]:]``, its high bytes by a
+    second one only where ``hz[c]`` says its high plane has a nonzero byte in this chunk (else 0)."""
+    sig = types.uint64(out, i, lo, hi, base, shift, fmask, pos, fctx, k, hz)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        od, lod, hid, bd, pd, fd, hzd = (_data(context, builder, signature.args[j], args[j]) for j in (0, 2, 3, 4, 7, 8, 10))
+        at = context.cast(builder, args[1], signature.args[1], types.int64)
+        kk = context.cast(builder, args[9], signature.args[9], types.int64)
+        sh = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+        fm = _splat(builder, context.cast(builder, args[6], signature.args[6], types.uint16), 32)
+        at1 = builder.add(at, ir.Constant(_I64, 32))
+        v0 = builder.load(builder.bitcast(builder.gep(bd, [at]), _V32I16.as_pointer()), align=2)
+        v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
+        v8 = ir.VectorType(_I8, 32)
+        c8 = builder.shuffle_vector(builder.trunc(builder.and_(builder.lshr(v0, sh), fm), v8),
+                                    builder.trunc(builder.and_(builder.lshr(v1, sh), fm), v8),
+                                    ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+        expand = _fn(builder, "llvm.x86.avx512.mask.expand.v64i8", _V64I8, [_V64I8, _V64I8, _V64I1])
+        popc = _fn(builder, "llvm.ctpop.i64", _I64, [_I64])
+        served = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+        alo = cgutils.alloca_once_value(builder, ir.Constant(_V64I8, None))
+        ahi = cgutils.alloca_once_value(builder, ir.Constant(_V64I8, None))
+        with cgutils.for_range(builder, kk) as loop:
+            c = builder.load(builder.gep(fd, [loop.index]))
+            lanes = builder.icmp_unsigned("==", c8, _splat(builder, builder.trunc(c, _I8), 64))
+            bits = builder.bitcast(lanes, _I64)
+            c64 = builder.zext(c, _I64)
+            slot = builder.gep(pd, [c64])
+            p = builder.zext(builder.load(slot), _I64)
+            src = builder.bitcast(builder.gep(lod, [p]), _V64I8.as_pointer())
+            builder.store(builder.call(expand, [builder.load(src, align=1), builder.load(alo), lanes]), alo)
+            with builder.if_then(builder.icmp_unsigned("!=", builder.load(builder.gep(hzd, [c64])), ir.Constant(_I8, 0))):
+                hsrc = builder.bitcast(builder.gep(hid, [p]), _V64I8.as_pointer())
+                builder.store(builder.call(expand, [builder.load(hsrc, align=1), builder.load(ahi), lanes]), ahi)
+            builder.store(builder.trunc(builder.add(p, builder.call(popc, [bits])), _I32), slot)
+            builder.store(builder.or_(builder.load(served), bits), served)
+        w = builder.or_(builder.zext(builder.load(alo), _V64I16),
+                        builder.shl(builder.zext(builder.load(ahi), _V64I16), _splat(builder, ir.Constant(ir.IntType(16), 8), 64)))
+        builder.store(w, builder.bitcast(builder.gep(od, [at]), _V64I16.as_pointer()), align=2)
+        return builder.xor(builder.load(served), ir.Constant(_I64, 0xFFFFFFFFFFFFFFFF))
+
+    return sig, codegen
+
+
+@njit(nogil=True)
+def _hi_flags(hi, counts, hz):
+    """hz[c] = 1 where context c's run of the grouped high plane has a nonzero byte."""
+    s = 0
+    for c in range(256):
+        e = s + counts[c]
+        f = np.uint8(0)
+        for j in range(s, e):
+            f |= hi[j]
+        hz[c] = np.uint8(1) if f != 0 else np.uint8(0)
+        s = e
+
+
+@njit(nogil=True)
+def gather_planes64(lo, hi, base, shift, fmask, pos, out, fctx, hz):  # noqa: ANN001, ANN201
+    """The gather straight from the byte planes (:func:`_block64b`; no join pass)."""
+    n = base.size
+    k = fctx.size
+    m = n - n % 64
+    for i in range(0, m, 64):
+        rare = _block64b(out, i, lo, hi, base, shift, fmask, pos, fctx, k, hz)
+        while rare != np.uint64(0):
+            j = i + _lowest64(rare)
+            c = (base[j] >> shift) & fmask
+            q = pos[c]
+            out[j] = (np.uint16(hi[q]) << np.uint16(8)) | np.uint16(lo[q])
+            pos[c] += np.uint32(1)
+            rare &= rare - np.uint64(1)
+    for i in range(m, n):
+        c = (base[i] >> shift) & fmask
+        q = pos[c]
+        out[i] = (np.uint16(hi[q]) << np.uint16(8)) | np.uint16(lo[q])
+        pos[c] += np.uint32(1)
+
+
 def _gather64(block, undo: bool = False):  # noqa: ANN001, ANN202
     """:func:`gather2_x512` 64 elements a block, each block by ``block`` (_block64 or _block64_skip);
     ``undo``: each block's difference undone right after its gather (in L1), not in a pass after."""
@@ -148,7 +233,7 @@ def main() -> None:
     c = Lossless()
     pairs = [(ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16 and not torch.equal(ft[n], base[n])]
     shift, bits = context_field(torch.bfloat16)
-    chunks, frames = [], []
+    chunks, frames, padded = [], [], {}
     sh0 = context_field(torch.bfloat16)[0]
     for t, b in pairs:
         e = c.encode(t, b)
@@ -167,6 +252,8 @@ def main() -> None:
                 at += grp.n
             frames.append((buf, n, table))
             g = grouped_chunk_planes(buf, info, i, offs[i], stored[i]).copy()
+            padded[len(chunks)] = pad = np.zeros((2, g.shape[1] + 64), np.uint8)  # (a 64-byte load past a plane's end)
+            pad[:, : g.shape[1]] = g
             chunks.append((g, braw[dst[i]:dst[i+1]].view(np.uint16), stored[i], traw[dst[i]:dst[i+1]].view(np.uint16)))
     print(len(chunks), "chunks", sum(g.shape[1] for g,*_ in chunks), "elements", flush=True)
     ks = [len(nb.x512_frequent(cnt)) for _, _, cnt, _ in chunks]
@@ -188,14 +275,23 @@ def main() -> None:
     sh, fm = np.uint16(shift), np.uint16((1 << bits) - 1)
     words = np.empty(2 * (1 << 20) + nb.X512_SLACK, np.uint16)
     out = np.empty(1 << 20, np.uint16)
+    hz = np.zeros(256, np.uint8)
+
     def run(which):
         tj = tg = tu = 0.0
-        for g, bs, cnt, want in chunks:
+        for ci, (g, bs, cnt, want) in enumerate(chunks):
             n = g.shape[1]; o = out[:n]
             t0 = time.perf_counter()
-            pos = nb._join_starts2(g[0], g[1], cnt, words)
+            if which is gather_planes64:  # no join: the positions, and which contexts' high bytes are not all 0
+                pad = padded[ci]
+                pos = nb._starts_into(cnt, np.empty(256, dtype=np.uint32))
+                _hi_flags(pad[0], cnt, hz)
+            else:
+                pos = nb._join_starts2(g[0], g[1], cnt, words)
             t1 = time.perf_counter()
-            if which == "x512":
+            if which is gather_planes64:
+                gather_planes64(pad[1], pad[0], bs, sh, fm, pos, o, nb.x512_frequent(cnt), hz)
+            elif which == "x512":
                 nb.gather2_x512(words, bs, sh, fm, pos, o, nb.x512_frequent(cnt))
             else:
                 which(words, bs, sh, fm, pos, o, nb.x512_frequent(cnt))
@@ -209,7 +305,7 @@ def main() -> None:
             tj += t1 - t0; tg += t2 - t1; tu += t3 - t2
         return tj, tg, tu
     variants = {"x512 (the codec's)": "x512", "64 a block": gather2_x512_64, "64 a block, absent skipped": gather2_x512_64_skip,
-                "64 a block, undone in it": gather2_x512_64_undo}
+                "64 a block, undone in it": gather2_x512_64_undo, "from the byte planes (no join)": gather_planes64}
     for v in variants.values():
         run(v)
     for r in range(5):
