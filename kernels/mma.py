@@ -557,8 +557,9 @@ def compact_layouts(block_r: int, num_warps: int = 4) -> Mapping:
     warps, as the MMA layout spreads them): LW, a [block_r, 8] words tile with each lane's rows
     and its quad's lanes sharing them; L3, the [block_r, 8 words, 16 fields] view of the A operand
     (the MMA's A layout with its k split into word and field); XL, a [BM, 128] x tile, 8
-    contiguous elements a thread. Made once per arguments (an eager forward asks per linear, and
-    building the layouts cost ~0.3 ms of host time a call on the H200: the prefill's largest share)."""
+    contiguous elements a thread. Made once per arguments: an eager forward asks per linear, and
+    building them on every call made a lazy 7B's first token 9-21 ms slower on the H200 (128 calls;
+    benchmarks/probe_first_token.py, raw_h200/s23/first_token_ab*.md)."""
     if num_warps != 4 or block_r not in (64, 128):
         raise KernelError(f"the compact shrink takes 64 or 128 components on 4 warps, not {block_r} on {num_warps}")
     more = [[64, 0]] if block_r == 128 else []
