@@ -1,13 +1,15 @@
-"""Probe (issue 12, run 60): where the v3 decode's ungrouping goes, and two gathers tried against it.
+"""Probe (issue 12, run 60): where the v3 decode's ungrouping goes, and gathers tried against the codec's.
 
 The ungrouping of a 2-byte fine-tune chunk is three passes (codec._numba._ungroup_undiff2_stored_x512):
 the planes joined into words, the gather (each element's word from its base exponent's group, by
-AVX-512 expand-loads 32 elements a block, one expand per frequent exponent), the difference undone.
-This times the three on the dense 40-step SmolLM2 fine-tune's 415 chunks (their planes decoded
-first, out of the timing), one thread, 5 alternating rounds, each result checked against the
-fine-tune's bytes, and A/Bs the gather against two variants defined here (not in the codec):
-64 elements a block (one 64-lane compare and two expands a frequent exponent), and the same with a
-branch that skips the expands of an exponent absent from the block.
+AVX-512 expand-loads: since run 60, 64 elements a block, two expands a frequent exponent), the
+difference undone. This times the three on the dense 40-step SmolLM2 fine-tune's 415 chunks (their
+planes decoded first, out of the timing; before that, each plane's frames alone), one thread, 5
+alternating rounds, each result checked against the fine-tune's bytes, and A/Bs the codec's gather
+against variants defined here: a branch skipping the expands of an exponent absent from the block;
+each block's difference undone right after its gather; the words gathered straight from the two byte
+planes (no join). The run that compared 32 against 64 elements a block is this probe at commit
+1aa4db9 (raw_devvm/s23/gather64.txt), when the codec's block was 32.
 
     python benchmarks/probe_gather64.py
 """
@@ -31,83 +33,48 @@ from deltastore.zoo.smollm2 import smollm2_dir  # noqa: E402
 
 _I8 = ir.IntType(8)
 _V64I8, _V64I1 = ir.VectorType(_I8, 64), ir.VectorType(_I1, 64)
-
-
-def _make_block64(skip: bool):  # noqa: ANN202
-  @intrinsic
-  def _block64(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
-      """:func:`_block32` over 64 elements at ``i``: their one-byte exponents compared with each
-      frequent exponent in one 64-lane compare, the words of each half by an expand-load (the second
-      from where the first half's lanes end); returns the mask of the other lanes (uint64)."""
-      sig = types.uint64(out, i, words, base, shift, fmask, pos, fctx, k)
-
-      def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-          od, wd, pd, fd, at, kk, ctx0 = _block_args(context, builder, signature, args)
-          bd = _data(context, builder, signature.args[3], args[3])
-          at1 = builder.add(at, ir.Constant(_I64, 32))
-          v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
-          sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
-          fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
-          ctx1 = builder.and_(builder.lshr(v1, sh), fm)
-          v8 = ir.VectorType(_I8, 32)
-          c8 = builder.shuffle_vector(builder.trunc(ctx0, v8), builder.trunc(ctx1, v8), ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
-          expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
-          popc = _fn(builder, "llvm.ctpop.i32", _I32, [_I32])
-          served = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
-          acc0 = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))
-          acc1 = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None))
-          with cgutils.for_range(builder, kk) as loop:
-              c = builder.load(builder.gep(fd, [loop.index]))
-              bits = builder.bitcast(builder.icmp_unsigned("==", c8, _splat(builder, builder.trunc(c, _I8), 64)), _I64)
-              lo = builder.trunc(bits, _I32)
-              hi = builder.trunc(builder.lshr(bits, ir.Constant(_I64, 32)), _I32)
-              slot = builder.gep(pd, [builder.zext(c, _I64)])
-              if skip:
-                  with builder.if_then(builder.icmp_unsigned("!=", bits, ir.Constant(_I64, 0))):
-                      p = builder.load(slot)
-                      with builder.if_then(builder.icmp_unsigned("!=", lo, ir.Constant(_I32, 0))):
-                          src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
-                          builder.store(builder.call(expand, [builder.load(src, align=2), builder.load(acc0), builder.bitcast(lo, _V32I1)]), acc0)
-                      p1 = builder.add(p, builder.call(popc, [lo]))
-                      with builder.if_then(builder.icmp_unsigned("!=", hi, ir.Constant(_I32, 0))):
-                          src1 = builder.bitcast(builder.gep(wd, [builder.zext(p1, _I64)]), _V32I16.as_pointer())
-                          builder.store(builder.call(expand, [builder.load(src1, align=2), builder.load(acc1), builder.bitcast(hi, _V32I1)]), acc1)
-                      builder.store(builder.add(p1, builder.call(popc, [hi])), slot)
-                      builder.store(builder.or_(builder.load(served), bits), served)
-              else:
-                  p = builder.load(slot)
-                  src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
-                  builder.store(builder.call(expand, [builder.load(src, align=2), builder.load(acc0), builder.bitcast(lo, _V32I1)]), acc0)
-                  p1 = builder.add(p, builder.call(popc, [lo]))
-                  src1 = builder.bitcast(builder.gep(wd, [builder.zext(p1, _I64)]), _V32I16.as_pointer())
-                  builder.store(builder.call(expand, [builder.load(src1, align=2), builder.load(acc1), builder.bitcast(hi, _V32I1)]), acc1)
-                  builder.store(builder.add(p1, builder.call(popc, [hi])), slot)
-                  builder.store(builder.or_(builder.load(served), bits), served)
-          builder.store(builder.load(acc0), builder.bitcast(builder.gep(od, [at]), _V32I16.as_pointer()), align=2)
-          builder.store(builder.load(acc1), builder.bitcast(builder.gep(od, [at1]), _V32I16.as_pointer()), align=2)
-          return builder.xor(builder.load(served), ir.Constant(_I64, 0xFFFFFFFFFFFFFFFF))
-
-      return sig, codegen
-  return _block64
-
-
-_block64 = _make_block64(False)
-_block64_skip = _make_block64(True)
+_V64I16 = ir.VectorType(ir.IntType(16), 64)
 
 
 @intrinsic
-def _lowest64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
-    """The index of the lowest set bit of a nonzero 64-bit mask."""
-    sig = types.int64(x)
+def _block64_skip(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
+    """The codec's ``_block64`` with a branch around each frequent exponent's work where it is absent
+    from the block (and around each half's expand where absent from that half)."""
+    sig = types.uint64(out, i, words, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        v = context.cast(builder, args[0], signature.args[0], types.uint64)
-        return builder.call(_fn(builder, "llvm.cttz.i64", _I64, [_I64, _I1]), [v, ir.Constant(_I1, 1)])
+        od, wd, pd, fd, at, kk, ctx0 = _block_args(context, builder, signature, args)
+        bd = _data(context, builder, signature.args[3], args[3])
+        at1 = builder.add(at, ir.Constant(_I64, 32))
+        v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
+        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
+        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+        v8 = ir.VectorType(_I8, 32)
+        c8 = builder.shuffle_vector(builder.trunc(ctx0, v8), builder.trunc(builder.and_(builder.lshr(v1, sh), fm), v8),
+                                    ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+        expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
+        popc = _fn(builder, "llvm.ctpop.i32", _I32, [_I32])
+        served = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+        acc = [cgutils.alloca_once_value(builder, ir.Constant(_V32I16, None)) for _ in range(2)]
+        with cgutils.for_range(builder, kk) as loop:
+            c = builder.load(builder.gep(fd, [loop.index]))
+            bits = builder.bitcast(builder.icmp_unsigned("==", c8, _splat(builder, builder.trunc(c, _I8), 64)), _I64)
+            halves = (builder.trunc(bits, _I32), builder.trunc(builder.lshr(bits, ir.Constant(_I64, 32)), _I32))
+            slot = builder.gep(pd, [builder.zext(c, _I64)])
+            with builder.if_then(builder.icmp_unsigned("!=", bits, ir.Constant(_I64, 0))):
+                p = builder.load(slot)
+                for h, a in zip(halves, acc):
+                    with builder.if_then(builder.icmp_unsigned("!=", h, ir.Constant(_I32, 0))):
+                        src = builder.bitcast(builder.gep(wd, [builder.zext(p, _I64)]), _V32I16.as_pointer())
+                        builder.store(builder.call(expand, [builder.load(src, align=2), builder.load(a), builder.bitcast(h, _V32I1)]), a)
+                    p = builder.add(p, builder.call(popc, [h]))
+                builder.store(p, slot)
+                builder.store(builder.or_(builder.load(served), bits), served)
+        for a, where in zip(acc, (at, at1)):
+            builder.store(builder.load(a), builder.bitcast(builder.gep(od, [where]), _V32I16.as_pointer()), align=2)
+        return builder.xor(builder.load(served), ir.Constant(_I64, 0xFFFFFFFFFFFFFFFF))
 
     return sig, codegen
-
-
-_V64I16 = ir.VectorType(ir.IntType(16), 64)
 
 
 @intrinsic
@@ -179,7 +146,7 @@ def gather_planes64(lo, hi, base, shift, fmask, pos, out, fctx, hz):  # noqa: AN
     for i in range(0, m, 64):
         rare = _block64b(out, i, lo, hi, base, shift, fmask, pos, fctx, k, hz)
         while rare != np.uint64(0):
-            j = i + _lowest64(rare)
+            j = i + nb._lowest(rare)
             c = (base[j] >> shift) & fmask
             q = pos[c]
             out[j] = (np.uint16(hi[q]) << np.uint16(8)) | np.uint16(lo[q])
@@ -204,7 +171,7 @@ def _gather64(block, undo: bool = False):  # noqa: ANN001, ANN202
         for i in range(0, m, 64):
             rare = block(out, i, words, base, shift, fmask, pos, fctx, k)
             while rare != np.uint64(0):
-                j = i + _lowest64(rare)
+                j = i + nb._lowest(rare)
                 c = (base[j] >> shift) & fmask
                 out[j] = words[pos[c]]
                 pos[c] += np.uint32(1)
@@ -222,9 +189,8 @@ def _gather64(block, undo: bool = False):  # noqa: ANN001, ANN202
     return gather
 
 
-gather2_x512_64 = _gather64(_block64)
 gather2_x512_64_skip = _gather64(_block64_skip)
-gather2_x512_64_undo = _gather64(_block64, undo=True)
+gather2_x512_64_undo = _gather64(nb._block64, undo=True)
 
 
 def main() -> None:
@@ -304,7 +270,7 @@ def main() -> None:
             assert ok and np.array_equal(o, want)
             tj += t1 - t0; tg += t2 - t1; tu += t3 - t2
         return tj, tg, tu
-    variants = {"x512 (the codec's)": "x512", "64 a block": gather2_x512_64, "64 a block, absent skipped": gather2_x512_64_skip,
+    variants = {"x512 (the codec's)": "x512", "64 a block, absent skipped": gather2_x512_64_skip,
                 "64 a block, undone in it": gather2_x512_64_undo, "from the byte planes (no join)": gather_planes64}
     for v in variants.values():
         run(v)

@@ -153,26 +153,16 @@ def _block64(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noq
 
 
 @intrinsic
-def _lowest64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
-    """The index of the lowest set bit of a nonzero 64-bit mask."""
-    sig = types.int64(x)
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        v = context.cast(builder, args[0], signature.args[0], types.uint64)
-        return builder.call(_fn(builder, "llvm.cttz.i64", _I64, [_I64, _I1]), [v, ir.Constant(_I1, 1)])
-
-    return sig, codegen
-
-
-@intrinsic
 def _lowest(typingctx, x):  # noqa: ANN001, ANN202, ARG001
-    """The index of the lowest set bit of a nonzero 32-bit mask."""
+    """The index of the lowest set bit of a nonzero 32- or 64-bit mask (uint32 or uint64)."""
     sig = types.int64(x)
+    wide = getattr(x, "bitwidth", 32) == 64
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        v = context.cast(builder, args[0], signature.args[0], types.uint32)
-        tz = builder.call(_fn(builder, "llvm.cttz.i32", _I32, [_I32, _I1]), [v, ir.Constant(_I1, 1)])
-        return builder.zext(tz, _I64)
+        t, ty = (_I64, types.uint64) if wide else (_I32, types.uint32)
+        v = context.cast(builder, args[0], signature.args[0], ty)
+        tz = builder.call(_fn(builder, f"llvm.cttz.i{t.width}", t, [t, _I1]), [v, ir.Constant(_I1, 1)])
+        return tz if wide else builder.zext(tz, _I64)
 
     return sig, codegen
 
@@ -196,7 +186,7 @@ def gather2_x512(words, base, shift, fmask, pos, out, fctx):
     for i in range(0, m, 64):
         rare = _block64(out, i, words, base, shift, fmask, pos, fctx, k)
         while rare != np.uint64(0):
-            j = i + _lowest64(rare)
+            j = i + _lowest(rare)
             c = (base[j] >> shift) & fmask
             out[j] = words[pos[c]]
             pos[c] += np.uint32(1)
