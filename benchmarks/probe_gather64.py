@@ -27,7 +27,7 @@ os.environ.setdefault("DELTASTORE_THREADS", "1")
 from safetensors.torch import load_file  # noqa: E402
 
 from deltastore.codec import _numba as nb, planes  # noqa: E402
-from deltastore.codec._numba import _I1, _I32, _I64, _V32I1, _V32I16, _block_args, _data, _fn, _splat  # noqa: E402
+from deltastore.codec._numba import _I1, _I32, _I64, _V32I1, _V32I16, _data, _fn, _splat  # noqa: E402
 from deltastore.codec.lossless import Lossless, context_field, grouped_chunk_planes, unpack_counts  # noqa: E402
 from deltastore.zoo.smollm2 import smollm2_dir  # noqa: E402
 
@@ -43,15 +43,7 @@ def _block64_skip(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  
     sig = types.uint64(out, i, words, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        od, wd, pd, fd, at, kk, ctx0 = _block_args(context, builder, signature, args)
-        bd = _data(context, builder, signature.args[3], args[3])
-        at1 = builder.add(at, ir.Constant(_I64, 32))
-        v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
-        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
-        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
-        v8 = ir.VectorType(_I8, 32)
-        c8 = builder.shuffle_vector(builder.trunc(ctx0, v8), builder.trunc(builder.and_(builder.lshr(v1, sh), fm), v8),
-                                    ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+        od, wd, pd, fd, at, at1, kk, c8 = nb._block64_args(context, builder, signature, args)
         expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
         popc = _fn(builder, "llvm.ctpop.i32", _I32, [_I32])
         served = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))

@@ -104,6 +104,21 @@ def _block_args(context, builder, signature, args):  # noqa: ANN001, ANN202
 _I8 = ir.IntType(8)
 
 
+def _block64_args(context, builder, signature, args):  # noqa: ANN001, ANN202
+    """:func:`_block_args` for 64 elements: the data pointers, i and i + 32, k, and the 64 lanes'
+    exponents as one byte each (<64 x i8>; a context is one byte: fmask <= 0xFF)."""
+    od, wd, pd, fd, at, kk, ctx0 = _block_args(context, builder, signature, args)
+    bd = _data(context, builder, signature.args[3], args[3])
+    at1 = builder.add(at, ir.Constant(_I64, 32))
+    v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
+    sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
+    fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
+    v8 = ir.VectorType(_I8, 32)
+    c8 = builder.shuffle_vector(builder.trunc(ctx0, v8), builder.trunc(builder.and_(builder.lshr(v1, sh), fm), v8),
+                                ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+    return od, wd, pd, fd, at, at1, kk, c8
+
+
 @intrinsic
 def _block64(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noqa: ANN001, ANN202, ARG001
     """For the 64 elements at ``i``: every lane whose exponent is one of ``fctx[:k]`` gets its word
@@ -117,15 +132,7 @@ def _block64(typingctx, out, i, words, base, shift, fmask, pos, fctx, k):  # noq
     sig = types.uint64(out, i, words, base, shift, fmask, pos, fctx, k)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
-        od, wd, pd, fd, at, kk, ctx0 = _block_args(context, builder, signature, args)
-        bd = _data(context, builder, signature.args[3], args[3])
-        at1 = builder.add(at, ir.Constant(_I64, 32))
-        v1 = builder.load(builder.bitcast(builder.gep(bd, [at1]), _V32I16.as_pointer()), align=2)
-        sh = _splat(builder, context.cast(builder, args[4], signature.args[4], types.uint16), 32)
-        fm = _splat(builder, context.cast(builder, args[5], signature.args[5], types.uint16), 32)
-        ctx1 = builder.and_(builder.lshr(v1, sh), fm)
-        v8 = ir.VectorType(_I8, 32)  # (a context is one byte: fmask <= 0xFF)
-        c8 = builder.shuffle_vector(builder.trunc(ctx0, v8), builder.trunc(ctx1, v8), ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+        od, wd, pd, fd, at, at1, kk, c8 = _block64_args(context, builder, signature, args)
         expand = _fn(builder, "llvm.x86.avx512.mask.expand.v32i16", _V32I16, [_V32I16, _V32I16, _V32I1])
         popc = _fn(builder, "llvm.ctpop.i32", _I32, [_I32])
         served = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
