@@ -20,7 +20,7 @@ at 2 and 4 rows 0.98x and 0.95x, at 8 rows over 8 and 32 over 32 (one row a fine
 at 2-4 rows, so it serves one row (:data:`GEMV_ROWS`). Above :data:`SERVE_ROWS` rows, cuBLAS. Alone
 these kernels are a little slower than cuBLAS (x1.04 at one row, x1.09 at 5, x1.31 at 32 rows over 8),
 so :func:`.linear.base_linear` takes them only for a base the deltas run beside on the side stream
-(inside CUDA graphs by default: :func:`.linear.side_stream`).
+(graph decoding's steps by default: :func:`.linear.side_stream`).
 
 ``y[m, n] = sum_k x[m, k] W[n, k] (+ b[n])``, float32 sums rounded once to x's dtype: a program
 owns ``BLOCK_N`` output columns and reads their rows of W in ``BLOCK_K`` steps of 16-byte loads,

@@ -87,10 +87,13 @@ _SIDE: dict[int, "torch.cuda.Stream"] = {}
 def side_stream(x: torch.Tensor, preference: KernelPreference | str, ctx: "DeltaContext | None" = None) -> "torch.cuda.Stream | None":
     """The stream a linear runs its packed deltas on beside its base GEMM: one high-priority CUDA
     stream per device, made once. None (deltas after the GEMM, on the current stream) on the CPU,
-    for the torch reference ops, and outside a CUDA graph: by default (``DELTASTORE_DELTA_STREAM``
-    unset) only while the current stream captures one or while ``ctx`` plans from static ids (the
-    steps of ``graph_decode``, whose first eager step must take the capture's path); ``=1`` always,
-    ``=0`` never.
+    for the torch reference ops, and by default (``DELTASTORE_DELTA_STREAM`` unset) everywhere but
+    graph decoding: the side stream serves a forward while ``ctx`` plans from static ids (the steps
+    of ``graph_decode``: the captured one and the eager first step of its shape, which compiles and
+    loads every kernel the capture will launch); ``=1`` always, ``=0`` never. Not every capture: a
+    graph captured by hand after an eager warm-up must launch the warm-up's kernels (a Triton kernel
+    first loaded inside a capture fails it: cuModuleLoadData is not allowed while capturing), so it
+    keeps the one-stream path its warm-up took.
 
     Why beside: at a few rows per fine-tune the delta kernels are bound by latency (a chain of
     dependent loads over ~1000 rank components, few programs), the base GEMM by memory bandwidth;
@@ -106,7 +109,7 @@ def side_stream(x: torch.Tensor, preference: KernelPreference | str, ctx: "Delta
         return None
     if resolve_preference(preference, x) is not KernelPreference.TRITON:
         return None
-    if mode != "1" and not (torch.cuda.is_current_stream_capturing() or (ctx is not None and ctx.static)):
+    if mode != "1" and not (ctx is not None and ctx.static):
         return None
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
     s = _SIDE.get(idx)
@@ -173,7 +176,8 @@ def _triton_base_here() -> bool:
 def base_linear(x2: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """x2 W^T + b, the base part of a lazy linear: the Triton base GEMV where it serves
     (:func:`.base_gemv.serves`: up to 32 rows on a GPU) and the deltas run beside it on the side
-    stream, which its small CTAs leave SMs to; else torch's linear (cuBLAS), which is faster alone
+    stream (graph decoding, by default), which its small CTAs leave SMs to; else torch's linear
+    (cuBLAS), which is faster alone
     (the Triton base alone: x1.04 of cuBLAS at one row, x1.09 at 5, x1.31 at 32 rows over 8; H200,
     raw_h200/s22/ab_defaults.md) and costs less host time a launch in an eager forward."""
     if _triton_base_here() and base_gemv.serves(x2, W):

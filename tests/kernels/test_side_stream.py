@@ -1,6 +1,6 @@
 """Deltas computed on a side stream beside the base GEMM (``kernels.linear.beside``), as every
-DeltaLinear and DeltaGroup serves a GPU inside a CUDA graph (by default; ``DELTASTORE_DELTA_STREAM=1``
-also eagerly): the same outputs as the one-stream order (``DELTASTORE_DELTA_STREAM=0``, and eager
+DeltaLinear and DeltaGroup serves a GPU in graph decoding's steps (by default; ``DELTASTORE_DELTA_STREAM=1``
+everywhere): the same outputs as the one-stream order (``DELTASTORE_DELTA_STREAM=0``, and eager
 forwards by default), also inside a captured CUDA graph replayed with new inputs.
 
 Bounds, and why: a DeltaGroup computes the same float32 delta with the same kernels in both orders
@@ -120,30 +120,37 @@ def test_tensor_core_path_beside_the_base_gemm_within_rounding(M: int, monkeypat
 
 
 @cuda
-def test_the_side_stream_serves_graphs_by_default(monkeypatch) -> None:
+def test_the_side_stream_serves_graph_decoding_by_default(monkeypatch) -> None:
     """By default an eager forward keeps one stream (it is bound by the host's launches, which the
-    fork and join add to); a capture, and graph decoding's static-ids steps, take the side stream."""
+    fork and join add to), and so does a graph captured by hand after an eager warm-up (its capture
+    must launch only kernels the warm-up loaded); graph decoding's static-ids steps (its eager first
+    step and its capture alike) take the side stream."""
     monkeypatch.delenv("DELTASTORE_DELTA_STREAM", raising=False)
     x = torch.randn(2, 64).to(torch.bfloat16).cuda()
     ctx = DeltaContext(1, default_id=0)
     assert side_stream(x, "triton") is None and side_stream(x, "triton", ctx) is None
-    with ctx.static_ids(torch.zeros(2, dtype=torch.int64, device="cuda")):
-        assert side_stream(x, "triton", ctx) is not None
     seen = []
-    capture(lambda: seen.append(side_stream(x, "triton")))
-    assert seen[0] is None and seen[1] is not None  # the warm-up eagerly, then the capture
+    capture(lambda: seen.append(side_stream(x, "triton", ctx)))
+    assert seen == [None, None]  # the warm-up eagerly, then the capture: one path
+    buf = torch.zeros(2, dtype=torch.int64, device="cuda")
+    with ctx.static_ids(buf):
+        assert side_stream(x, "triton", ctx) is not None
+        capture(lambda: seen.append(side_stream(x, "triton", ctx)))
+    assert seen[2] is not None and seen[3] is not None
     monkeypatch.setenv("DELTASTORE_DELTA_STREAM", "0")
-    with ctx.static_ids(torch.zeros(2, dtype=torch.int64, device="cuda")):
+    with ctx.static_ids(buf):
         assert side_stream(x, "triton", ctx) is None
 
 
 @cuda
-def test_side_stream_inside_a_cuda_graph() -> None:
-    """Captured with the fork and join (the default in a capture), replayed after the input changed:
-    equal to eager calls (one stream by default: a group's float32 delta added rounding once, bit for
-    bit; the lone linear's expand adds into its bf16 output, within 4 eps(bf16) x rms(y))."""
+def test_side_stream_inside_a_cuda_graph(monkeypatch) -> None:
+    """Captured with the fork and join (``DELTASTORE_DELTA_STREAM=1``: the warm-up and the capture
+    both beside), replayed after the input changed: equal to eager calls of the one-stream default (a
+    group's float32 delta added rounding once, bit for bit; the lone linear's expand adds into its
+    bf16 output, within 4 eps(bf16) x rms(y))."""
     n, ms = 320, [256, 96, 96]
     members, lone = _members(n, ms, "cuda")
+    monkeypatch.setenv("DELTASTORE_DELTA_STREAM", "1")
     static = torch.randn(2, n, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
 
     def step():
@@ -154,6 +161,7 @@ def test_side_stream_inside_a_cuda_graph() -> None:
     static.copy_(new)
     g.replay()
     torch.cuda.synchronize()
+    monkeypatch.delenv("DELTASTORE_DELTA_STREAM")
     eager = [m(new) for m in members] + [lone(new)]
     for a, b in zip(outs[:-1], eager[:-1]):
         assert torch.equal(a, b)
