@@ -4,7 +4,8 @@ Without a GPU a lazy model applies its delta-come deltas with the torch referenc
 (:mod:`.ref_ops`), which unpack and dequantize every tier's V^ and U^ from the packed words on every
 call: on the dev VM two thirds of a SmolLM2 lazy forward, 4-5x the materialized model's time a
 token. The factors do not change between calls, so the CPU path keeps the float32 factors
-(exactly what the reference computes: the results are the reference's, bit for bit) in one
+(exactly what the reference computes, stacked a slot or a slice at a time as it stacks them: the
+results are the reference's, bit for bit) in one
 process-wide store of at most ``DELTASTORE_CPU_FACTOR_MB`` MB (default 2048; 0 turns it off),
 first come, first kept: once it is full, further factors are dequantized per call as before. No
 least-recently-used eviction on purpose: a forward pass visits every layer in turn, so a model
@@ -34,7 +35,6 @@ _sizes: dict[tuple[int, int, int], int] = {}
 _total = [0]
 _ids = itertools.count(1)
 
-Factor = Callable[..., torch.Tensor]
 
 
 def budget_bytes() -> int:
@@ -103,16 +103,15 @@ def keep(uid: int, generation: int, slot: int, sub: object, make: Callable[[], t
     return t
 
 
-def provider(uid: int, generation: int, factor: Factor) -> Factor:
-    """``factor(rec, side, length)`` (ref_ops' dequantization of one tier record's V^ or U^) with
-    its results kept: ``cached(slot, rec, side, length, word)`` returns the kept tensor of that
-    slot's record (``word``: the record's first packed word for that side, unique in a build), or
-    computes it and keeps it if the budget has room (:func:`keep`)."""
+def stacks(uid: int, generation: int) -> Callable[[int, object, Callable[[], torch.Tensor]], torch.Tensor]:
+    """``stacked(slot, key, make)``: the tensor kept for owner ``uid``'s build ``generation``,
+    ``slot`` and ``key`` (ref_ops' stacked V^, S or a slice's U^), else ``make()``, kept if the
+    budget has room (:func:`keep`)."""
 
-    def cached(slot: int, rec: list[int], side: str, length: int, word: int) -> torch.Tensor:
-        return keep(uid, generation, slot, (int(word), side), lambda: factor(rec, side, length))
+    def stacked(slot: int, key: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return keep(uid, generation, slot, ("stack", key), make)
 
-    return cached
+    return stacked
 
 
-__all__ = ["DEFAULT_MB", "budget_bytes", "forget", "held_bytes", "keep", "new_owner", "provider"]
+__all__ = ["DEFAULT_MB", "budget_bytes", "forget", "held_bytes", "keep", "new_owner", "stacks"]

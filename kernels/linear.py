@@ -68,16 +68,16 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
         sk = triton_ops.pick_split_k(x.shape[0], dset, path) if split_k is None else split_k
         z = triton_ops.shrink(x, dset, plan, sk, path=path)
         return triton_ops.expand(z, y, dset, plan, path=path, pdl=True)  # (launched right after its shrink)
-    factors = cpu_factors(dset) if x.device.type == "cpu" else None
-    z = ref_ops.shrink(x, dset, plan, factors=factors)
-    return ref_ops.expand(z, y, dset, plan, factors=factors)
+    stacks = cpu_stacks(dset) if x.device.type == "cpu" else None
+    z = ref_ops.shrink(x, dset, plan, stacks=stacks)
+    return ref_ops.expand(z, y, dset, plan, stacks=stacks)
 
 
-def cpu_factors(dset: DeltaSet) -> ref_ops.Factors:
-    """The reference ops' factors of ``dset`` dequantized once and kept between calls
+def cpu_stacks(dset: DeltaSet) -> ref_ops.Stacks:
+    """The reference ops' stacked factors of ``dset`` dequantized once and kept between calls
     (:mod:`.factor_cache`): the CPU path's results are the reference's, bit for bit."""
     uid, generation = dset.cache_key
-    return factor_cache.provider(uid, generation, lambda rec, side, length: ref_ops.tier_factor(dset, rec, side, length))
+    return factor_cache.stacks(uid, generation)
 
 
 T = TypeVar("T")

@@ -15,6 +15,7 @@ import torch
 from deltastore.codec import quant
 
 from .deltaset import F, DeltaSet, RowPlan
+from .errors import KernelError
 from .packed import PackedDeltaCoMe
 
 
@@ -30,14 +31,21 @@ def tier_factor(dset: DeltaSet, rec: list[int], side: str, length: int) -> torch
 
 
 #: ``factors(slot, rec, side, length, word)``: a tier record's float32 V^ or U^ (what
-#: :func:`tier_factor` gives), e.g. kept between calls by :mod:`.factor_cache`
+#: :func:`tier_factor` gives)
 Factors = Callable[[int, list, str, int, int], torch.Tensor]
+#: ``stacks(slot, key, make)``: the tensor ``make()`` gives for that slot and key, e.g. kept
+#: between calls by :mod:`.factor_cache` (the CPU serving path); None: ``make()`` every call
+Stacks = Callable[[int, object, Callable[[], torch.Tensor]], torch.Tensor]
 
 
 def _factors(dset: DeltaSet, factors: Factors | None) -> Factors:
     if factors is not None:
         return factors
     return lambda slot, rec, side, length, word: tier_factor(dset, rec, side, length)
+
+
+def _stack(stacks: Stacks | None, slot: int, key: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    return make() if stacks is None else stacks(slot, key, make)
 
 
 def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -51,28 +59,46 @@ def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     return out
 
 
-def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, factors: Factors | None = None) -> torch.Tensor:
+def _in_order(recs: list[list[int]], z0: int) -> bool:
+    """Whether the records' components are consecutive z columns from ``z0`` (as DeltaSet.build
+    lays a slot out: slice after slice, tier after tier)."""
+    at = z0
+    for rec in recs:
+        if rec[F["zcol"]] != at:
+            return False
+        at += rec[F["count"]]
+    return True
+
+
+def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, factors: Factors | None = None,
+           stacks: Stacks | None = None) -> torch.Tensor:
     """z (split_k, M, dset.zcols) float32: z[:, p, zcol + j] summed over the split is
     (x[row] @ V^[:, j]) * S[j] for the row at sorted position p and component j of its slot.
-    ``factors``: where the dequantized V^ come from (default: unpacked on every call)."""
+    One GEMM a slot: every tier of every slice's V^ stacked in z-column order (what DeltaSet.build
+    lays out), so a call costs a few large ops, not one small GEMM a tier (the CPU path's time).
+    ``factors``: where each record's dequantized V^ comes from (default: unpacked); ``stacks``:
+    where the stacked V^ and S are kept (default: stacked on every call)."""
     dset.build()
     factor = _factors(dset, factors)
     M = x.shape[0]
     z = torch.zeros(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
     for slot, pos, rows in _slot_rows(plan):
-        xs = x[rows].to(torch.float32)
-        for recs in dset.records[slot]:
-            for rec in recs:
-                V = factor(slot, rec, "v", dset.in_features, rec[F["v_q"]])
-                c0, cnt = rec[F["zcol"]], rec[F["count"]]
-                sv = dset.svals[rec[F["s_off"]] : rec[F["s_off"]] + cnt]
-                z[0, pos, c0 : c0 + cnt] = (xs @ V.T) * sv
+        recs = [rec for per in dset.records[slot] for rec in per]
+        if not recs:
+            continue
+        if not _in_order(recs, 0):
+            raise KernelError("a slot's tiers are not laid out in z-column order")
+        V = _stack(stacks, slot, "v", lambda: torch.cat([factor(slot, rec, "v", dset.in_features, rec[F["v_q"]]) for rec in recs]))
+        sv = _stack(stacks, slot, "s", lambda: torch.cat([dset.svals[rec[F["s_off"]] : rec[F["s_off"]] + rec[F["count"]]] for rec in recs]))
+        z[0, pos, : V.shape[0]] = (x[rows].to(torch.float32) @ V.T) * sv
     return z
 
 
-def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, factors: Factors | None = None) -> torch.Tensor:
+def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, factors: Factors | None = None,
+           stacks: Stacks | None = None) -> torch.Tensor:
     """y[row, slice cols] += z[p] @ U^^T for every row a slot serves, in place; returns y.
-    ``y`` is (M, sum(out_features)): the linears' outputs side by side. ``factors``: as :func:`shrink`."""
+    ``y`` is (M, sum(out_features)): the linears' outputs side by side. One GEMM a slot and
+    slice (its tiers' U^ stacked). ``factors``, ``stacks``: as :func:`shrink`."""
     dset.build()
     factor = _factors(dset, factors)
     zs = z.sum(dim=0)
@@ -80,12 +106,11 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, f
         for b, recs in enumerate(dset.records[slot]):
             if not recs:
                 continue
-            m, c = dset.out_features[b], dset.col_offsets[b]
-            acc = torch.zeros(len(rows), m, dtype=torch.float32, device=y.device)
-            for rec in recs:
-                U = factor(slot, rec, "u", m, rec[F["u_q"]])
-                c0, cnt = rec[F["zcol"]], rec[F["count"]]
-                acc += zs[pos, c0 : c0 + cnt] @ U
+            m, c, z0 = dset.out_features[b], dset.col_offsets[b], recs[0][F["zcol"]]
+            if not _in_order(recs, z0):
+                raise KernelError("a slice's tiers are not laid out in z-column order")
+            U = _stack(stacks, slot, ("u", b), lambda: torch.cat([factor(slot, rec, "u", m, rec[F["u_q"]]) for rec in recs]))
+            acc = zs[pos, z0 : z0 + U.shape[0]] @ U
             y[rows, c : c + m] = (y[rows, c : c + m].to(torch.float32) + acc).to(y.dtype)
     return y
 
