@@ -130,12 +130,17 @@ def test_the_side_stream_serves_graph_decoding_by_default(monkeypatch) -> None:
     ctx = DeltaContext(1, default_id=0)
     assert side_stream(x, "triton") is None and side_stream(x, "triton", ctx) is None
     seen = []
-    capture(lambda: seen.append(side_stream(x, "triton", ctx)))
+
+    def step() -> torch.Tensor:
+        seen.append(side_stream(x, "triton", ctx))
+        return x.mul_(1)  # (a kernel, so the capture is not empty)
+
+    capture(step)
     assert seen == [None, None]  # the warm-up eagerly, then the capture: one path
     buf = torch.zeros(2, dtype=torch.int64, device="cuda")
     with ctx.static_ids(buf):
         assert side_stream(x, "triton", ctx) is not None
-        capture(lambda: seen.append(side_stream(x, "triton", ctx)))
+        capture(step)
     assert seen[2] is not None and seen[3] is not None
     monkeypatch.setenv("DELTASTORE_DELTA_STREAM", "0")
     with ctx.static_ids(buf):
