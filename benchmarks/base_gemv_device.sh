@@ -6,8 +6,9 @@
 #   bash benchmarks/base_gemv_device.sh OUT check     the kernel tests that go through the defaults (base GEMV, side
 #                                                   stream, tensor-core kernels, lazy models), then the layer with
 #                                                   the defaults against cuBLAS's base at their row counts
-#   bash benchmarks/base_gemv_device.sh OUT eager     the first token (eager prefill) A/B (probe_first_token.py), then
-#                                                   generate at N = 1, 8 (first token, tokens/s, step)
+#   bash benchmarks/base_gemv_device.sh OUT eager     the side-stream, base GEMV and lazy-model GPU tests, the first
+#                                                   token (eager prefill) A/B (probe_first_token.py), then generate
+#                                                   at N = 1, 8 (first token, tokens/s, step)
 set -u
 out=${1:-/tmp/out}
 mode=${2:-sweep}
@@ -18,6 +19,8 @@ mkdir -p "$out"
 cp -r tests pyproject.toml /tmp/ds/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$out/machine.txt"
 if [ "$mode" = eager ]; then
+  (cd /tmp/ds && timeout "${T:-200}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_side_stream.py \
+    tests/kernels/test_base_gemv.py tests/kernels/test_lazy.py 2>&1 | tail -4) | tee "$out/gpu_tests.log"
   timeout "${FT_T:-150}" python3 benchmarks/probe_first_token.py --rounds 5 --out "$out/first_token_ab.md" > "$out/first_token_ab.log" 2>&1
   tail -9 "$out/first_token_ab.log"
   timeout "${GEN_T:-200}" python3 benchmarks/bench_generate.py --ns ${NS:-1,8} --eager-ns '' --dense-ns '' --new 24 --deadline 120 \
