@@ -73,6 +73,9 @@ class RowPlan:
     base_rows: bool = True
     #: the dense path's per-slot masks of served rows (kernels/dense.py), built on first use
     masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    #: the reference ops' (slot, sorted positions, rows) of the slots that serve rows (ref_ops: a
+    #: host read of the counts, so the CPU path's), built on first use: every linear of a forward shares it
+    slot_rows: list | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_slots(self) -> int:

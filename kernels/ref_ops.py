@@ -49,13 +49,17 @@ def _stack(stacks: Stacks | None, slot: int, key: object, make: Callable[[], tor
 
 
 def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(slot, sorted positions, rows) for every slot that serves at least one row."""
+    """(slot, sorted positions, rows) for every slot that serves at least one row (kept on the
+    plan, which every linear of a forward shares)."""
+    if plan.slot_rows is not None:
+        return plan.slot_rows
     counts, starts = plan.counts.tolist(), plan.starts.tolist()
     out = []
     for s, (c, st) in enumerate(zip(counts, starts)):
         if c:
             pos = torch.arange(st, st + c, device=plan.rows.device)
             out.append((s, pos, plan.rows[st : st + c].to(torch.int64)))
+    plan.slot_rows = out
     return out
 
 
