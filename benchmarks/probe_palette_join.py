@@ -26,14 +26,14 @@ n = sum(w.size for w, *_ in items)
 out = np.empty(max(w.size for w, *_ in items), np.uint16)
 res = {"scalar": [], "x512": []}
 for r in range(9):
-    for name, g in (("scalar", pn._gather4_scalar), ("x512", pn._gather4_x512)):
+    for name, g in (("scalar", pn._join_scalar), ("x512", pn._join_x512)):
         t0 = time.perf_counter()
         for w, ks, pd, idx in items:
-            assert pn._join(palette.WIDTH, ks, pd, idx, out[: w.size], g) == 0
+            assert g(palette.WIDTH, ks, pd, idx, out[: w.size]) == 0
         res[name].append(time.perf_counter() - t0)
 for w, ks, pd, idx in items[:3]:
-    for g in (pn._gather4_scalar, pn._gather4_x512):
-        pn._join(palette.WIDTH, ks, pd, idx, out[: w.size], g); assert np.array_equal(out[: w.size], w)
+    for g in (pn._join_scalar, pn._join_x512):
+        g(palette.WIDTH, ks, pd, idx, out[: w.size]); assert np.array_equal(out[: w.size], w)
 blocks4 = sum(int(((ks + 1 >= 9) & (ks + 1 <= 16)).sum()) for _, ks, _, _ in items)
 print(f"{len(items)} chunks of SmolLM2's base, {n:,} elements, {blocks4 / (n / 32):.1%} of blocks 4-bit")
 for k, v in res.items():

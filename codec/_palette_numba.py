@@ -261,11 +261,15 @@ def _gather4_x512(out, s, idx, p, pal, k):  # noqa: ANN001
     return _vperm_block(out, s, idx, p, pal, k) != 0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _join(width, ks, pd, idx, out, gather4):  # noqa: ANN001
     """Inverse of :func:`split` into the 16-bit words ``out`` (uint16); 0, or a negative error
     code (see the module docstring) before any read past a stream. ``gather4``: how a whole block
-    of 4-bit indices is written (:func:`_gather4_scalar` or :func:`_gather4_x512`)."""
+    of 4-bit indices is written (:func:`_gather4_scalar` or :func:`_gather4_x512`). Inlined into
+    :func:`_join_scalar` and :func:`_join_x512`, the cached entry points: a cached function that
+    takes a function as an argument is never found in numba's cache (the argument's type holds the
+    function object), so every process compiled it again, appended it to the index (146 entries,
+    761 KB, in this tree's cache) and at times failed saving it ("underlying object has vanished")."""
     n = out.size
     nq = pd.size
     npi = idx.size
@@ -317,8 +321,20 @@ def _join(width, ks, pd, idx, out, gather4):  # noqa: ANN001
     return 0
 
 
+@njit(nogil=True, cache=True)
+def _join_scalar(width, ks, pd, idx, out):  # noqa: ANN001
+    """:func:`_join` with the scalar 4-bit gather."""
+    return _join(width, ks, pd, idx, out, _gather4_scalar)
+
+
+@njit(nogil=True, cache=True)
+def _join_x512(width, ks, pd, idx, out):  # noqa: ANN001
+    """:func:`_join` with the 4-bit blocks by vpermw (compiled only where the host has AVX-512)."""
+    return _join(width, ks, pd, idx, out, _gather4_x512)
+
+
 def join(width: np.ndarray, ks: np.ndarray, pd: np.ndarray, idx: np.ndarray, out: np.ndarray) -> int:
     """Inverse of :func:`split` into the 16-bit words ``out`` (uint16); 0, or a negative error code
     (see the module docstring) before any read past a stream. The 4-bit blocks by AVX-512 where
     ``codec._numba.x512_available()``; the same words either way (tests/codec/test_palette.py)."""
-    return _join(width, ks, pd, idx, out, _gather4_x512 if x512_available() else _gather4_scalar)
+    return (_join_x512 if x512_available() else _join_scalar)(width, ks, pd, idx, out)

@@ -80,17 +80,44 @@ def test_the_4_bit_blocks_by_vpermw_are_the_scalar_words(levels):
 
     w = grid(64 * 32 + 7, levels, seed=levels)
     ks, pd, idx = streams(w, True)
-    gathers = [pn._gather4_scalar] + ([pn._gather4_x512] if _numba.x512_available() else [])
-    for gather in gathers:
+    gathers = [pn._join_scalar] + ([pn._join_x512] if _numba.x512_available() else [])
+    for join_with in gathers:
         out = np.empty(w.size, np.uint16)
-        assert pn._join(palette.WIDTH, ks, pd, idx, out, gather) == 0
+        assert join_with(palette.WIDTH, ks, pd, idx, out) == 0
         assert np.array_equal(out, w)
         blk = next(j for j in range(ks.size - 1) if 9 <= int(ks[j]) + 1 < 16)  # a 4-bit block with room past its palette
         bad = idx.copy()
         bad[int(4 * palette.WIDTH[ks[:blk].astype(np.int64)].sum()) + 3] = 0xFF  # its lanes 6 and 7: index 15
-        assert pn._join(palette.WIDTH, ks, pd, bad, np.empty(w.size, np.uint16), gather) == -6
+        assert join_with(palette.WIDTH, ks, pd, bad, np.empty(w.size, np.uint16)) == -6
     if len(gathers) == 1:
         pytest.skip("this host has no AVX-512 BW and VBMI2 (or DELTASTORE_SIMD=0): the scalar gather alone")
+
+
+_CACHE_PROBE = """
+import numpy as np
+from deltastore.codec import palette, _palette_numba as pn
+w = (np.arange(4096, dtype=np.uint16) % 9) * 3 + 0x3c00
+nb = w.size // 32
+ks, pd, idx = np.empty(nb, np.uint8), np.empty(nb * 96, np.uint8), np.zeros(nb * 20, np.uint8)
+q, p = pn.split(w, palette.WIDTH, ks, pd, idx)
+out = np.empty(w.size, np.uint16)
+assert pn.join(palette.WIDTH, ks, pd[:q], idx[:p], out) == 0 and np.array_equal(out, w)
+print(sum(sum(f.stats.cache_misses.values()) for f in vars(pn).values() if hasattr(getattr(f, "stats", None), "cache_misses")))
+"""
+
+
+def test_the_next_process_finds_the_join_in_numba_s_cache(tmp_path):
+    """The palette's join is compiled once per machine, not once per process: a second process with
+    the same numba cache compiles nothing (a cached function taking a function as an argument was
+    never found: every process compiled it again and grew the cache's index)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    misses = [subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+              for _ in range(2)]
+    assert misses[0] != "0" and misses[1] == "0"  # the first compiles (the split and the join), the next finds all
 
 
 def test_every_bit_pattern_round_trips():
