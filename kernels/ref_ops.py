@@ -48,17 +48,21 @@ def _stack(stacks: Stacks | None, slot: int, key: object, make: Callable[[], tor
     return make() if stacks is None else stacks(slot, key, make)
 
 
-def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor | slice, torch.Tensor | slice]]:
     """(slot, sorted positions, rows) for every slot that serves at least one row (kept on the
-    plan, which every linear of a forward shares)."""
+    plan, which every linear of a forward shares); a slot that serves every row in order (one
+    fine-tune's batch) gets plain slices, so its rows are views, not gathers and scatters."""
     if plan.slot_rows is not None:
         return plan.slot_rows
     counts, starts = plan.counts.tolist(), plan.starts.tolist()
-    out = []
+    out: list = []
     for s, (c, st) in enumerate(zip(counts, starts)):
         if c:
-            pos = torch.arange(st, st + c, device=plan.rows.device)
-            out.append((s, pos, plan.rows[st : st + c].to(torch.int64)))
+            rows = plan.rows[st : st + c].to(torch.int64)
+            if c == plan.n_rows and torch.equal(rows, torch.arange(c, device=rows.device)):
+                out.append((s, slice(None), slice(None)))
+            else:
+                out.append((s, torch.arange(st, st + c, device=plan.rows.device), rows))
     plan.slot_rows = out
     return out
 
@@ -105,7 +109,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, f
     slice (its tiers' U^ stacked). ``factors``, ``stacks``: as :func:`shrink`."""
     dset.build()
     factor = _factors(dset, factors)
-    zs = z.sum(dim=0)
+    zs = z[0] if z.shape[0] == 1 else z.sum(dim=0)
     for slot, pos, rows in _slot_rows(plan):
         for b, recs in enumerate(dset.records[slot]):
             if not recs:
