@@ -30,18 +30,9 @@ def tier_factor(dset: DeltaSet, rec: list[int], side: str, length: int) -> torch
     return quant.dequantize(quant.unpack(q, bits, length), s, z, gs)
 
 
-#: ``factors(slot, rec, side, length, word)``: a tier record's float32 V^ or U^ (what
-#: :func:`tier_factor` gives)
-Factors = Callable[[int, list, str, int, int], torch.Tensor]
 #: ``stacks(slot, key, make)``: the tensor ``make()`` gives for that slot and key, e.g. kept
 #: between calls by :mod:`.factor_cache` (the CPU serving path); None: ``make()`` every call
 Stacks = Callable[[int, object, Callable[[], torch.Tensor]], torch.Tensor]
-
-
-def _factors(dset: DeltaSet, factors: Factors | None) -> Factors:
-    if factors is not None:
-        return factors
-    return lambda slot, rec, side, length, word: tier_factor(dset, rec, side, length)
 
 
 def _stack(stacks: Stacks | None, slot: int, key: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -67,57 +58,50 @@ def _slot_rows(plan: RowPlan) -> list[tuple[int, torch.Tensor | slice, torch.Ten
     return out
 
 
-def _in_order(recs: list[list[int]], z0: int) -> bool:
-    """Whether the records' components are consecutive z columns from ``z0`` (as DeltaSet.build
-    lays a slot out: slice after slice, tier after tier)."""
-    at = z0
+def _stacked(dset: DeltaSet, recs: list[list[int]], side: str, length: int) -> torch.Tensor:
+    """float32 (sum of counts, length): the records' V^ or U^ one under the other, once their
+    components are checked to be consecutive z columns (as DeltaSet.build lays a slot out: slice
+    after slice, tier after tier), so one GEMM serves them all."""
+    at = recs[0][F["zcol"]]
     for rec in recs:
         if rec[F["zcol"]] != at:
-            return False
+            raise KernelError("the tiers are not laid out in z-column order")
         at += rec[F["count"]]
-    return True
+    return torch.cat([tier_factor(dset, rec, side, length) for rec in recs])
 
 
-def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, factors: Factors | None = None,
-           stacks: Stacks | None = None) -> torch.Tensor:
+def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, stacks: Stacks | None = None) -> torch.Tensor:
     """z (split_k, M, dset.zcols) float32: z[:, p, zcol + j] summed over the split is
     (x[row] @ V^[:, j]) * S[j] for the row at sorted position p and component j of its slot.
     One GEMM a slot: every tier of every slice's V^ stacked in z-column order (what DeltaSet.build
     lays out), so a call costs a few large ops, not one small GEMM a tier (the CPU path's time).
-    ``factors``: where each record's dequantized V^ comes from (default: unpacked); ``stacks``:
-    where the stacked V^ and S are kept (default: stacked on every call)."""
+    ``stacks``: where the stacked V^ and S are kept (default: dequantized and stacked on every call)."""
     dset.build()
-    factor = _factors(dset, factors)
     M = x.shape[0]
     z = torch.zeros(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
     for slot, pos, rows in _slot_rows(plan):
         recs = [rec for per in dset.records[slot] for rec in per]
         if not recs:
             continue
-        if not _in_order(recs, 0):
-            raise KernelError("a slot's tiers are not laid out in z-column order")
-        V = _stack(stacks, slot, "v", lambda: torch.cat([factor(slot, rec, "v", dset.in_features, rec[F["v_q"]]) for rec in recs]))
+        V = _stack(stacks, slot, "v", lambda: _stacked(dset, recs, "v", dset.in_features))
         sv = _stack(stacks, slot, "s", lambda: torch.cat([dset.svals[rec[F["s_off"]] : rec[F["s_off"]] + rec[F["count"]]] for rec in recs]))
-        z[0, pos, : V.shape[0]] = (x[rows].to(torch.float32) @ V.T) * sv
+        z0 = recs[0][F["zcol"]]
+        z[0, pos, z0 : z0 + V.shape[0]] = (x[rows].to(torch.float32) @ V.T) * sv
     return z
 
 
-def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, factors: Factors | None = None,
-           stacks: Stacks | None = None) -> torch.Tensor:
+def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, stacks: Stacks | None = None) -> torch.Tensor:
     """y[row, slice cols] += z[p] @ U^^T for every row a slot serves, in place; returns y.
     ``y`` is (M, sum(out_features)): the linears' outputs side by side. One GEMM a slot and
-    slice (its tiers' U^ stacked). ``factors``, ``stacks``: as :func:`shrink`."""
+    slice (its tiers' U^ stacked). ``stacks``: as :func:`shrink`."""
     dset.build()
-    factor = _factors(dset, factors)
     zs = z[0] if z.shape[0] == 1 else z.sum(dim=0)
     for slot, pos, rows in _slot_rows(plan):
         for b, recs in enumerate(dset.records[slot]):
             if not recs:
                 continue
             m, c, z0 = dset.out_features[b], dset.col_offsets[b], recs[0][F["zcol"]]
-            if not _in_order(recs, z0):
-                raise KernelError("a slice's tiers are not laid out in z-column order")
-            U = _stack(stacks, slot, ("u", b), lambda: torch.cat([factor(slot, rec, "u", m, rec[F["u_q"]]) for rec in recs]))
+            U = _stack(stacks, slot, ("u", b), lambda: _stacked(dset, recs, "u", m))
             acc = zs[pos, z0 : z0 + U.shape[0]] @ U
             y[rows, c : c + m] = (y[rows, c : c + m].to(torch.float32) + acc).to(y.dtype)
     return y
