@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_generate import add_finetunes, decoder, make_model, sync, to_lazy  # noqa: E402
+from bench_kernels import emit  # noqa: E402
 
 from deltastore.kernels import DeltaContext, linear, mma  # noqa: E402
 
@@ -99,11 +100,7 @@ def main() -> None:
              f"--prompt {args.prompt}` on {name}{' (tiny shapes)' if smoke else ''}; ms of a one-token generate (prefill + first token), {args.rounds} alternating rounds.",
              "", "| variant | median ms | min | max |", "|---|---|---|---|"]
     lines += [f"| {k} | {statistics.median(v):.1f} | {min(v):.1f} | {max(v):.1f} |" for k, v in ms.items()]
-    text = "\n".join(lines) + "\n"
-    print(text, flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit("\n".join(lines) + "\n", args.out, None, ms)
 
 
 if __name__ == "__main__":

@@ -177,9 +177,9 @@ def base_linear(x2: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> to
     """x2 W^T + b, the base part of a lazy linear: the Triton base GEMV where it serves
     (:func:`.base_gemv.serves`: up to 32 rows on a GPU) and the deltas run beside it on the side
     stream (graph decoding, by default), which its small CTAs leave SMs to; else torch's linear
-    (cuBLAS), which is faster alone
-    (the Triton base alone: x1.04 of cuBLAS at one row, x1.09 at 5, x1.31 at 32 rows over 8; H200,
-    raw_h200/s22/ab_defaults.md) and costs less host time a launch in an eager forward."""
+    (cuBLAS), which is faster alone (the Triton base alone: x1.04 of cuBLAS at one row, x1.09 at 5,
+    x1.31 at 32 rows over 8; H200, raw_h200/s22/ab_defaults.md) and costs less host time a launch
+    in an eager forward."""
     if _triton_base_here() and base_gemv.serves(x2, W):
         return base_gemv.gemv(x2, W, b)
     return nn.functional.linear(x2, W, b)
