@@ -136,40 +136,6 @@ def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int]) -> N
         print(f"| gemv {kind} | {fast} | 8, 3, 2 | {bm} | {res} |", flush=True)
 
 
-def wide(dump: str | None, nw: int) -> None:
-    """The one-row WIDE kernels (triton_ops.GEMV_WIDE) beside the default ones, 2-bit tiers alone and
-    the 8/3/2 set in one compile: inner-loop instructions per packed value, loads, registers."""
-    print("| kernel | widths | values a thread a pass | loop instructions | instr per value | FFMA | LDG | regs |")
-    print("|---|---|---|---|---|---|---|---|")
-    kc, rb, er = triton_ops.GEMV_WIDE_KC, triton_ops.GEMV_WIDE_RB, triton_ops.GEMV_WIDE_STEP_R
-    for widths in ((2,), (8, 3, 2)):
-        has = {f"HAS{b}": b in widths for b in (1, 2, 3, 4, 8)}
-        for kind, is_wide in (("shrink", False), ("shrink", True), ("expand", False), ("expand", True)):
-            if kind == "shrink" and is_wide:
-                ce = dict(NFIELD=9, SPLIT_K=4, H=1, KC=kc, RB=rb, BLOCK_K=128, FAST=True, **has)
-                sass, res = compile_sass(triton_ops._gemv_shrink_wide_kernel, SIG_S, ce, nw, 1, 1)
-                per_pass = rb * kc
-            elif kind == "shrink":
-                ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=1, BLOCK_R=triton_ops.GEMV_TILE_R, BLOCK_K=128, FAST=True, **has)
-                sass, res = compile_sass(triton_ops._gemv_shrink_kernel, SIG_S, ce, nw, 3, 1)
-                per_pass = triton_ops.GEMV_TILE_R * 128 * 4
-            else:
-                ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=1, BLOCK_R=er, BLOCK_N=128, FAST=True, WIDE=is_wide, **has)
-                sass, res = compile_sass(triton_ops._gemv_expand_kernel, SIG_E, ce, nw, 3, 1)
-                per_pass = er * 128
-            name = f"{kind}{' WIDE' if is_wide else ''}"
-            if dump:
-                os.makedirs(dump, exist_ok=True)
-                with open(os.path.join(dump, f"{name.replace(' ', '_')}_{''.join(map(str, widths))}.sass"), "w") as f:
-                    f.write(sass)
-            body = inner_loop(sass)
-            n = sum(body.values())
-            vt = per_pass / (nw * 32)
-            print(f"| {name} | {', '.join(map(str, widths))} | {vt:g} | {n} | {n / vt:.2f} | {body['FFMA']} | {body['LDG']} | {res} |", flush=True)
-            top = ", ".join(f"{o} {c}" for o, c in body.most_common(8))
-            print(f"|  |  |  | ({top}) |  |  |  |  |")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fast", default="0,1", help="FAST values to compile (0 = old unpack, 1 = new), comma-separated")
@@ -179,12 +145,7 @@ def main() -> None:
     ap.add_argument("--step-r", type=int, default=triton_ops.GEMV_STEP_R, help="expand components a step")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--rows", default="1,4", help="rows a block (BLOCK_M), comma-separated")
-    ap.add_argument("--wide", action="store_true", help="only the one-row WIDE kernels against the default ones")
     args = ap.parse_args()
-    if args.wide:
-        print(f"module {triton_ops.__name__}, triton {triton.__version__}, sm_90, one row")
-        wide(args.dump, args.warps)
-        return
     fasts, rows = [f == "1" for f in args.fast.split(",")], [int(r) for r in args.rows.split(",")]
     print(f"module {triton_ops.__name__}")
     report(fasts, [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps, rows)

@@ -657,126 +657,6 @@ if HAVE_TRITON:
         tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
 
     @triton.jit
-    def _wide_vwords(wp, sp, zp, c0, comp, nvalid, RW, G, g_q, quad, wsub, ok_q):
-        """One step of :func:`_shrink_wide`: words (RB, NQ, 4) of components c0 + comp over the
-        program's quads of inputs (rows past nvalid read as 0) and their scale and zero point (RB, NQ)."""
-        r = c0 + comp
-        ok = r < nvalid
-        widx = quad[:, None] * 4 + wsub[None, :]
-        w = tl.load(wp + (r * RW)[:, None, None] + widx[None, :, :], mask=ok[:, None, None] & ok_q[None, :, None], other=0)
-        sc = tl.load(sp + (r * G)[:, None] + g_q[None, :], mask=ok[:, None] & ok_q[None, :], other=0.0)
-        zz = tl.load(zp + (r * G)[:, None] + g_q[None, :], mask=ok[:, None] & ok_q[None, :], other=0.0)
-        return w, sc, zz
-
-    @triton.jit
-    def _shrink_wide(xp, zrow, wp, sp, zp, svp, nvalid, RW, K, gs, k_lo, one, ACCUM: tl.constexpr,
-                     KC: tl.constexpr, RB: tl.constexpr):
-        """One row's z over inputs k_lo .. k_lo + KC of a 2-bit tile's components (``WIDE``): the
-        activations of the range are loaded once, into registers, and the program walks the tile's
-        components RB at a time; a thread holds 4 consecutive words (64 values, one 128-bit load)
-        of one component, inside one quantization group (gs a multiple of 64), with that group's
-        scale and zero point, and the quads of a component (across threads) are summed each step.
-        The default mapping (_gemv_shrink_tile) loads x again for every step of components and its
-        tables per thread and component. Stores (ACCUM: adds to what this program stored) S * x . V^
-        at zrow (one float a component)."""
-        NQ: tl.constexpr = KC // 64
-        comp = tl.arange(0, RB)
-        quad = (k_lo // 64) + tl.arange(0, NQ)  # quads of 4 words (64 inputs) from the range's start
-        wsub = tl.arange(0, 4)
-        fi = tl.arange(0, 16)
-        G = (K + gs - 1) // gs
-        ok_q = quad * 64 < K
-        g_q = (quad * 64) // gs
-        # x of the range as (fields, quads, words): input k = quad * 64 + word * 16 + field
-        kx = quad[None, :, None] * 64 + wsub[None, None, :] * 16 + (fi * one)[:, None, None]
-        xv = tl.load(xp + kx, mask=kx < K, other=0.0).to(tl.float32)  # (16, NQ, 4)
-        xs = tl.sum(tl.sum(xv, axis=2), axis=0)  # (NQ,): sum of x over the quad
-        xc = tl.sum(tl.sum(xv * _field_c(fi, 2)[:, None, None], axis=2), axis=0)  # (NQ,): sum of x c_f
-        w1, s1, z1 = _wide_vwords(wp, sp, zp, 0, comp, nvalid, RW, G, g_q, quad, wsub, ok_q)
-        w2, s2, z2 = _wide_vwords(wp, sp, zp, RB, comp, nvalid, RW, G, g_q, quad, wsub, ok_q)
-        for c0 in range(0, nvalid, RB):
-            w, sc, zz = w1, s1.to(tl.float32), z1.to(tl.float32)
-            w1, s1, z1 = w2, s2, z2
-            w2, s2, z2 = _wide_vwords(wp, sp, zp, c0 + 2 * RB, comp, nvalid, RW, G, g_q, quad, wsub, ok_q)
-            r = c0 + comp
-            ok = r < nvalid
-            sv = tl.load(svp + r, mask=ok, other=0.0)
-            q = _unpack_c(w, fi, one, 2, 1)  # (RB, 16, NQ, 4): c_f + q
-            a = tl.sum(tl.sum(q * xv[None, :, :, :], axis=1), axis=2)  # (RB, NQ)
-            p = (a - xc[None, :] - zz * xs[None, :]) * sc
-            zr = tl.sum(p, axis=1) * sv  # (RB,)
-            if ACCUM:
-                zr += tl.load(zrow + r, mask=ok, other=0.0)
-            tl.store(zrow + r, zr, mask=ok)
-
-    @triton.jit(do_not_specialize=["one"])
-    def _gemv_shrink_wide_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
-                                 rows_ptr, blocks_ptr, M, K, ZC, n_slices, T_max, stride_xm, one,
-                                 NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, H: tl.constexpr, KC: tl.constexpr, RB: tl.constexpr,
-                                 BLOCK_K: tl.constexpr, HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr,
-                                 HAS8: tl.constexpr, FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
-        """The GEMV shrink for one row a block (``WIDE``): z[ks, p, zcol + j] = S_j * x[row p] . V^_j
-        over the split's H ranges of KC inputs, for one tile of components of one tier and one row
-        block per program. 2-bit tiles whose group size is a multiple of 64 take :func:`_shrink_wide`;
-        other tiles the default tile routine, 16 components at a time."""
-        if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
-            tl.extra.cuda.gdc_launch_dependents()
-        pid0 = tl.program_id(0)
-        blk = tl.program_id(1)
-        ks = pid0 % SPLIT_K
-        tt = pid0 // SPLIT_K
-        sl = tt // T_max
-        t = tt % T_max
-        slot, pos0, nrows = _row_block(blocks_ptr, blk)
-        s = tl.maximum(slot, 0)
-        nt = tl.load(ntiles_ptr + s * n_slices + sl)
-        v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _tile_header(tiles_ptr + ((s * n_slices + sl) * T_max + t) * NFIELD)
-        if (slot < 0) | (t >= nt):
-            return
-        nvalid, zcol, gs = nvalid.to(tl.int32), zcol.to(tl.int32), gs.to(tl.int32)
-        xb = _row_base(rows_ptr, pos0, nrows, stride_xm, 0, 1)
-        zrow = z_ptr + (ks * M + pos0).to(tl.int64) * ZC + zcol
-        RW2 = 2 * ((K + 31) // 32)
-        if (bits == 2) & (gs % 64 == 0):
-            for h in tl.static_range(H):
-                k_lo = (ks * H + h) * KC
-                if k_lo < K:
-                    if (v_q % 4 == 0) & (RW2 % 4 == 0):  # every row's words 16-byte aligned: the hint for vector loads
-                        _shrink_wide(x_ptr + xb, zrow, words_ptr + (v_q // 4) * 4, scales_ptr + v_sz, zeros_ptr + v_sz, svals_ptr + s_off,
-                                     nvalid, (RW2 // 4) * 4, K, gs, k_lo, one, h > 0, KC, RB)
-                    else:
-                        _shrink_wide(x_ptr + xb, zrow, words_ptr + v_q, scales_ptr + v_sz, zeros_ptr + v_sz, svals_ptr + s_off,
-                                     nvalid, RW2, K, gs, k_lo, one, h > 0, KC, RB)
-        else:
-            # other tiles: the default routine over the split's inputs, 16 components at a time
-            kb0 = ks * H * KC
-            kb1 = tl.minimum(kb0 + H * KC, K)
-            row_words = bits * ((K + 31) // 32)
-            G = (K + gs - 1) // gs
-            offs16 = tl.arange(0, 16)
-            for r0 in range(0, nvalid, 16):
-                r_ok = r0 + offs16 < nvalid
-                wq, sq, zq = words_ptr + v_q + r0 * row_words, scales_ptr + v_sz + r0 * G, zeros_ptr + v_sz + r0 * G
-                acc = tl.zeros((1, 16), dtype=tl.float32)
-                if HAS2:
-                    if bits == 2:
-                        acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 2, 1, 16, BLOCK_K, FAST)
-                if HAS3:
-                    if bits == 3:
-                        acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 3, 1, 16, BLOCK_K, FAST)
-                if HAS8:
-                    if bits == 8:
-                        acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 8, 1, 16, BLOCK_K, FAST)
-                if HAS4:
-                    if bits == 4:
-                        acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 4, 1, 16, BLOCK_K, FAST)
-                if HAS1:
-                    if bits == 1:
-                        acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 1, 1, 16, BLOCK_K, FAST)
-                sv = tl.load(svals_ptr + s_off + r0 + offs16, mask=r_ok, other=0.0)
-                tl.store(zrow + r0 + offs16[None, :], acc * sv[None, :], mask=r_ok[None, :])
-
-    @triton.jit
     def _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0, comp, cnt_t, row_words, G, g, widx):
         """One expand step's loads: words (R_IN, R_OUT, len(widx)) of components c0 + comp (rows
         past cnt_t read as 0) at word offsets widx, and their scales and zeros (fp16) for group g."""
@@ -943,76 +823,13 @@ if HAVE_TRITON:
             pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cols[None, :, :]
             tl.store(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
 
-    @triton.jit
-    def _wide_words(wp, scales_ptr, zeros_ptr, c0, comp, cnt_t, RW, G, g, widx):
-        """One step of :func:`_gemv_expand_wide`: words (RB, NW) of components c0 + comp (a row of
-        RW words each; rows past cnt_t read as 0) and their scale and zero point (fp16) in group g."""
-        r = c0 + comp
-        ok = r < cnt_t
-        w = tl.load(wp + (r * RW)[:, None] + widx[None, :], mask=ok[:, None] & (widx < RW)[None, :], other=0)
-        sc = tl.load(scales_ptr + r * G + g, mask=ok, other=0.0)
-        zp = tl.load(zeros_ptr + r * G + g, mask=ok, other=0.0)
-        return w, sc, zp
-
-    @triton.jit
-    def _wide_z(z_ptr, zbase, ks_stride, c0, comp, cnt_t, SPLIT_K: tl.constexpr):
-        """float32 (RB,): z of components c0 + comp for the row at zbase, summed over the shrink's splits."""
-        ok = c0 + comp < cnt_t
-        zr = tl.zeros(comp.shape, dtype=tl.float32)
-        for ks in tl.static_range(SPLIT_K):
-            zr += tl.load(z_ptr + ks * ks_stride + zbase + c0 + comp, mask=ok, other=0.0)
-        return zr
-
-    @triton.jit
-    def _gemv_expand_wide(part_ptr, z_ptr, pos0, M, ZC, wp, scales_ptr, zeros_ptr, cnt_t, zcol, gs, m_s, n0, col0, one, RW,
-                          SPLIT_K: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, USE_GDC: tl.constexpr):
-        """The GEMV expand's work item for one row of a 2-bit tier (``WIDE``): a thread holds the
-        column block's words of one component (one 128-bit load where ``wp`` and the row stride
-        ``RW`` are known multiples of 4 words) with that component's scale, zero point and z, and
-        sums its products in registers over the item's steps; the components (across threads) are
-        summed once, at the end. The default mapping (_gemv_expand_part) gives a thread one word of
-        each of R_IN = 4 components: per 64 values 4 word loads and 4 x (2 + SPLIT_K) table loads,
-        against 1 and 2 + SPLIT_K here. Loads, not DRAM, bound it on the H200 (Nsight Compute: L1
-        at 88% of its throughput at one row, DRAM at 5%). Stores the row's partial at part_ptr."""
-        NW: tl.constexpr = BLOCK_N // 16
-        comp = tl.arange(0, RB)
-        wi = tl.arange(0, NW)
-        fi = tl.arange(0, 16)
-        G = (m_s + gs - 1) // gs
-        g = n0 // gs
-        widx = (n0 // 64) * 4 + wi  # 2 words per 32 values (n0: a multiple of BLOCK_N, of 64: a multiple of 4 words)
-        zbase = pos0 * ZC + zcol  # int32: z holds split x rows x ZC floats
-        ks_stride = M * ZC
-        w1, s1, z1 = _wide_words(wp, scales_ptr, zeros_ptr, 0, comp, cnt_t, RW, G, g, widx)
-        w2, s2, z2 = _wide_words(wp, scales_ptr, zeros_ptr, RB, comp, cnt_t, RW, G, g, widx)
-        if USE_GDC:  # launched beside the shrink's tail (PDL): its z is complete and visible after this
-            tl.extra.cuda.gdc_wait()
-        e1 = _wide_z(z_ptr, zbase, ks_stride, 0, comp, cnt_t, SPLIT_K)
-        acc = tl.zeros((1, 16, RB, NW), dtype=tl.float32)
-        t1 = tl.zeros((RB,), dtype=tl.float32)
-        t2 = tl.zeros((RB,), dtype=tl.float32)
-        for c0 in range(0, cnt_t, RB):
-            w, cf, zp = w1, e1 * s1.to(tl.float32), z1.to(tl.float32)
-            w1, s1, z1 = w2, s2, z2
-            w2, s2, z2 = _wide_words(wp, scales_ptr, zeros_ptr, c0 + 2 * RB, comp, cnt_t, RW, G, g, widx)
-            e1 = _wide_z(z_ptr, zbase, ks_stride, c0 + RB, comp, cnt_t, SPLIT_K)
-            q = _unpack_c(w[None, :, :], fi, one, 2, 1)  # (1, 16, RB, NW): c_f + q
-            acc += q * cf[None, None, :, None]
-            t1 += cf
-            t2 += cf * zp
-        # sum_r cf_r (q - zp_r) = sum_r cf_r (c_f + q) - c_f sum_r cf_r - sum_r cf_r zp_r
-        res = tl.sum(tl.sum(acc, axis=2), axis=0)  # (16, NW)
-        res = res - (tl.sum(t1, axis=0) * _field_c(fi, 2)[:, None] + tl.sum(t2, axis=0))
-        cols = col0 + n0 + wi[None, :] * 16 + fi[:, None]  # (16, NW)
-        tl.store(part_ptr + cols, res, mask=cols < col0 + m_s)
-
     @triton.jit(do_not_specialize=["one"])
     def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr,
                             rows_ptr, blocks_ptr, mout_ptr, coloff_ptr,
                             M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym, one,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, WIDE: tl.constexpr = False):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
@@ -1040,16 +857,7 @@ if HAVE_TRITON:
         cnt_t, zcol, gs = cnt_t.to(tl.int32), zcol.to(tl.int32), gs.to(tl.int32)
         if HAS2:
             if bits == 2:
-                if WIDE:  # one row a block (expand() passes WIDE only then)
-                    RW = 2 * ((m_s + 31) // 32)
-                    if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: the hint for vector loads
-                        _gemv_expand_wide(part, z_ptr, pos0, M, ZC, words_ptr + (u_q // 4) * 4, sq, zq, cnt_t, zcol, gs, m_s, n0, col0, one,
-                                          (RW // 4) * 4, SPLIT_K, BLOCK_R, BLOCK_N, USE_GDC)
-                    else:
-                        _gemv_expand_wide(part, z_ptr, pos0, M, ZC, wq, sq, zq, cnt_t, zcol, gs, m_s, n0, col0, one,
-                                          RW, SPLIT_K, BLOCK_R, BLOCK_N, USE_GDC)
-                else:
-                    _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
+                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
         if HAS3:
             if bits == 3:
                 _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
@@ -1143,18 +951,6 @@ GEMV_FAST = os.environ.get("DELTASTORE_GEMV_FAST", "1") not in ("", "0")
 #: the GEMV expand takes the fast unpack up to this many rows a block (an A/B knob: with 64-bit
 #: in-tier index arithmetic its 4-row block spilled; in int32 it fits, benchmarks/kernel_sass.py)
 GEMV_FAST_EXPAND_MAX_M = int(os.environ.get("DELTASTORE_GEMV_FAST_EXPAND_MAX_M", "4"))
-#: the GEMV expand's one-row mapping for 2-bit tiers (:func:`_gemv_expand_wide`: a thread holds one
-#: component's words of its column block, one 128-bit load, with that component's tables) and its
-#: components a step (one a thread pair at 128 columns and 4 warps). DELTASTORE_GEMV_WIDE=1: on.
-GEMV_WIDE = os.environ.get("DELTASTORE_GEMV_WIDE", "0") not in ("", "0")
-GEMV_WIDE_STEP_R = 64
-#: its shrink (:func:`_shrink_wide`): inputs a range (x held in registers), components a program and
-#: a step (8 at 4 warps: 16 threads a component at 1024 inputs), most splits of the inputs (more
-#: ranges per program above: each split is one more z partial every expand step reads)
-GEMV_WIDE_KC = 1024
-GEMV_WIDE_TILE_R = 64
-GEMV_WIDE_RB = 8
-GEMV_WIDE_MAX_SPLIT = 4
 #: programmatic dependent launch (Hopper+): the GEMV expand is launched while the shrink before it
 #: finishes, loads its packed words and tables, and waits (griddepcontrol.wait) only before it reads
 #: z, so a group's second launch and its prologue overlap the first one's tail. DELTASTORE_PDL=0: off.
@@ -1239,24 +1035,9 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         raise KernelError(f"input has {K} features; the kernels take fewer than 2^22 (their group index is float32)")
     if x.stride(1) != 1:
         x = x.contiguous()
-    gemv = use_gemv(M, dset, path)
-    bm = (block_m or _gemv_block_m(M, dset)) if gemv else 0
-    if gemv and GEMV_WIDE and bm == 1:
-        # one row a block: programs over ranges of GEMV_WIDE_KC inputs (their split is theirs, not split_k's)
-        nch = -(-K // GEMV_WIDE_KC)
-        H = -(-nch // min(nch, GEMV_WIDE_MAX_SPLIT))
-        split = -(-nch // H)
-        z = torch.empty(split, M, dset.zcols, dtype=torch.float32, device=x.device)
-        tiles, ntiles, T = dset.tiles(block_r or GEMV_WIDE_TILE_R)
-        blocks = plan_blocks(plan, 1)
-        grid = (dset.n_slices * T * split, blocks.shape[0])
-        LAST["shrink"] = _gemv_shrink_wide_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
-                             plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
-                             NFIELD=NF, SPLIT_K=split, H=H, KC=GEMV_WIDE_KC, RB=GEMV_WIDE_RB, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             USE_GDC=_pdl(x, True if pdl is None else pdl), num_warps=num_warps or 4, num_stages=num_stages or 1, **_regs(maxnreg))
-        return z
     z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
-    if gemv:
+    if use_gemv(M, dset, path):
+        bm = block_m or _gemv_block_m(M, dset)
         br = block_r or GEMV_TILE_R
         tiles, ntiles, T = dset.tiles(br)
         blocks = plan_blocks(plan, bm)
@@ -1301,9 +1082,6 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         bm = block_m or _gemv_block_m(M, dset)
         br = block_r or GEMV_STEP_R
         bn = min(block_n or dset.block_k, dset.block_k)
-        wide = GEMV_WIDE and bm == 1 and bn % 64 == 0
-        if wide:
-            br = block_r or GEMV_WIDE_STEP_R
         nb = -(-max(dset.out_features) // bn)
         ck = int(chunk or GEMV_CHUNK)
         # a dependent launch reads the row blocks and items before its wait: only when none of them is
@@ -1319,7 +1097,6 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             WIDE=wide,
                              num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl) and cached))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))

@@ -344,38 +344,3 @@ def test_row_blocks_cover_each_slots_rows_once_in_a_fixed_size_table(block_m: in
             assert st <= pos0 and pos0 + rows <= st + cnt
             seen += list(range(pos0, pos0 + rows))
         assert sorted(seen) == list(range(int((ids >= 0).sum())))
-
-
-@pytest.mark.parametrize("gs, n, kc", [(64, 600, 128), (128, 300, 256), (32, 150, 128)])
-def test_one_row_wide_gemv_kernels_match_the_default_ones_and_the_reference(monkeypatch, gs: int, n: int, kc: int) -> None:
-    """GEMV_WIDE (one row a block: a thread holds one component's consecutive words): the shrink
-    over ranges of inputs (several ranges a program, summed in place; splits of its own) and the
-    expand, on slices whose rows are 16-byte aligned (128 outputs: 8 words) and not (75, 200), for
-    2-bit tiers with groups of 64 and 128 and, at 32 (not a multiple of 64), through the default
-    tile routine; 8- and 3-bit tiers beside them. Both within the reference's tolerance, the
-    expand's delta within float32 rounding of the default kernels' (same z), two launches the same."""
-    dtype = torch.bfloat16
-    ms = [128, 75, 200]
-    pks = [packed_delta(m, n, seed=3 + i, dtype=dtype, group_size=gs, schedule=[[8, 1], [3, 2], [2, None]])[1] for i, m in enumerate(ms)]
-    ds = DeltaSet(n, ms, DEVICE)
-    ds.add(pks)
-    plan = plan_rows(torch.tensor([0], device=DEVICE), 1)
-    x = torch.randn(1, n, generator=torch.Generator().manual_seed(gs)).to(dtype).to(DEVICE)
-    zr = ref_ops.shrink(x, ds, plan)
-    dr = ref_ops.expand(zr, torch.zeros(1, sum(ms), dtype=torch.float32, device=DEVICE), ds, plan)
-    monkeypatch.setattr(triton_ops, "GEMV_WIDE_KC", kc)
-    monkeypatch.setattr(triton_ops, "GEMV_WIDE_MAX_SPLIT", 2)
-    monkeypatch.setattr(triton_ops, "GEMV_WIDE", False)
-    z0 = triton_ops.shrink(x, ds, plan, 1, path="gemv")
-    d0 = triton_ops.expand(z0, torch.zeros(1, sum(ms), dtype=dtype, device=DEVICE), ds, plan, path="gemv", chunk=64)
-    monkeypatch.setattr(triton_ops, "GEMV_WIDE", True)
-    zw = triton_ops.shrink(x, ds, plan, 1, path="gemv")
-    assert zw.shape[0] == min(2, -(-n // kc))  # its own split of the inputs
-    assert rel(zw.sum(0), zr.sum(0)) < 1e-4
-    dw = [triton_ops.expand(z0, torch.zeros(1, sum(ms), dtype=torch.float32, device=DEVICE), ds, plan, path="gemv", chunk=64)
-          for _ in range(2)]
-    assert torch.equal(dw[0], dw[1])
-    assert rel(dw[0], d0.float()) < 2 ** -8  # the default kernels' y is bf16: one rounding apart
-    assert rel(dw[0], dr) < 1e-4
-    both = triton_ops.expand(zw, torch.zeros(1, sum(ms), dtype=dtype, device=DEVICE), ds, plan, path="gemv", chunk=64)
-    assert rel(both.float(), dr) < DELTA_TOL[dtype]
