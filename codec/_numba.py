@@ -852,9 +852,41 @@ def _sparse_again(fn, sparse, spare, most, plane, pos, k):
     return z2 if z2 <= most else _U0
 
 
+#: plane mode 3: the plane is all zero bytes, and has no payload (planes.ZERO_MODE)
+ZERO_MODE = 3
+#: a payload of at most this many bytes is checked for an all-zero plane (a zero plane's zstd frame
+#: is a few RLE blocks: ~13 bytes a 128 KiB block; a plane stored raw is its own length)
+ZERO_PROBE = 64
+
+
+@njit(cache=True, nogil=True)
+def _zero_plane(plane, pos, k):
+    """Whether ``plane[pos : pos + k]`` is all zero bytes (k > 0), eight at a time."""
+    if k <= 0:
+        return False
+    acc = np.uint8(0)
+    i = pos
+    end = pos + k
+    while i < end and (i & 7) != 0:
+        acc |= plane[i]
+        i += 1
+    if end - i >= 8:
+        w = plane[i:i + ((end - i) // 8) * 8].view(np.uint64)
+        acc64 = np.uint64(0)
+        for j in range(w.size):
+            acc64 |= w[j]
+        if acc64 != 0:
+            return False
+        i += w.size * 8
+    while i < end:
+        acc |= plane[i]
+        i += 1
+    return acc == 0
+
+
 @njit(cache=True, nogil=True)
 def _diff_groups2(target, base, shift, fmask, min_group, counts, hi, lo, tmp, words, gctx, gn,
-                  fn, cctx, sparse, out, modes, sizes, simd=False):
+                  fn, cctx, sparse, out, modes, sizes, simd=False, zero=False):
     _exp_histogram2(base, shift, fmask, counts)
     _diff_group_split2(target, base, shift, fmask, counts, hi, lo, tmp, words, simd)
     ng = _merge_groups(counts, min_group, gctx, gn)
@@ -886,6 +918,12 @@ def _diff_groups2(target, base, shift, fmask, min_group, counts, hi, lo, tmp, wo
                     _move_down(out, o + z2, o + zh, zl)
                     out[o:o + z2] = spare[:z2]
                     zh = z2
+        # zero planes (format v4): no payload; decided on the final payloads, as planes._zero_modes does
+        if zero and zl <= ZERO_PROBE and _zero_plane(lo, pos, k):
+            ml, zl = ZERO_MODE, _U0
+        if zero and zh <= ZERO_PROBE and _zero_plane(hi, pos, k):
+            _move_down(out, o, o + zh, zl)  # the low plane's payload moves down to the group's start
+            mh, zh = ZERO_MODE, _U0
         modes[j], sizes[j] = mh, zh
         modes[j + 1], sizes[j + 1] = ml, zl
         o += zh + zl
@@ -902,7 +940,8 @@ def frames_capacity(n: int) -> int:
 
 
 def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, min_group: int, planes: np.ndarray,
-                 fn: int, cctx: int, sparse: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 fn: int, cctx: int, sparse: int, out: np.ndarray, zero: bool = False
+                 ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One chunk of 2-byte words encoded in one call that holds no GIL: what
     :func:`diff_group_split` (the exponent histogram, the difference scattered into the grouped
     planes ``planes``, 2 x n uint8), ``planes.merge_groups`` and ``planes._compress_grouped_planes``
@@ -912,8 +951,8 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
     of its context and of the context that makes a sparse group's frames again (0: none; the rule is
     ``_zstd_encode``'s, ``LiteralCompressor.addresses``). Returns (counts, number of
     groups, each group's first context, each group's elements, each payload's mode (1 zstd, 0
-    stored), each payload's size and, last, their sum); -1 groups and a zstd error code first in
-    the sizes where zstd failed.
+    stored, 3 all zero with ``zero``: format v4), each payload's size and, last, their sum); -1
+    groups and a zstd error code first in the sizes where zstd failed.
 
     Why one call: every call into compiled code releases the GIL and takes it back, and on the
     H200 machine's 16 cores the threads queued on the taking back (the GIL held only 38% of a
@@ -927,7 +966,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
     scratch = _scratch16(2 * n)
     ng = _diff_groups2(target.view(np.uint16), base.view(np.uint16), np.uint16(shift), np.uint16((1 << bits) - 1),
                        np.int64(min_group), counts, planes[0], planes[1], scratch[:n], scratch[n:], gctx, gn,
-                       np.uint64(fn), np.uint64(cctx), np.uint64(sparse), out, modes, sizes, x512_available())
+                       np.uint64(fn), np.uint64(cctx), np.uint64(sparse), out, modes, sizes, x512_available(), bool(zero))
     if ng < 0:
         return counts, ng, gctx[:0], gn[:0], modes[:0], sizes[:1]
     return counts, ng, gctx[:ng], gn[:ng], modes[:2 * ng], sizes[:2 * ng + 1]
@@ -935,7 +974,7 @@ def diff_groups2(target: np.ndarray, base: np.ndarray, shift: int, bits: int, mi
 
 @njit(cache=True, nogil=True)
 def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, tmp, words, counts, ngs, gctx, gn,
-                  fn, cctx, sparse, area, cap, modes, sizes, simd=False):
+                  fn, cctx, sparse, area, cap, modes, sizes, simd=False, zero=False):
     """:func:`_diff_groups2` of chunks ``c0 .. c1 - 1`` (``step`` words each, the last one shorter),
     chunk ``i``'s payloads into ``area[i * cap:]`` and its tables into row ``i`` of the others.
     Returns -1, or the first chunk whose zstd call failed (its error code in ``sizes[i, 0]``)."""
@@ -945,7 +984,7 @@ def _diff_chunks2(target, base, step, c0, c1, shift, fmask, min_group, hi, lo, t
         b = min(a + step, n_all)
         n = b - a
         ng = _diff_groups2(target[a:b], base[a:b], shift, fmask, min_group, counts[i], hi[:n], lo[:n], tmp[:n],
-                           words[:n], gctx[i], gn[i], fn, cctx, sparse, area[i * cap:(i + 1) * cap], modes[i], sizes[i], simd)
+                           words[:n], gctx[i], gn[i], fn, cctx, sparse, area[i * cap:(i + 1) * cap], modes[i], sizes[i], simd, zero)
         ngs[i] = ng
         if ng < 0:
             return i
@@ -1274,8 +1313,8 @@ def _call1_u32(typingctx, fn, a):  # noqa: ANN001, ARG001
 @njit(cache=True, nogil=True)
 def _fill_frames(decompress, frame_size, is_error, dctx, src, dst, table):
     """Each row ``(mode, at, size, dst_at, n)`` of ``table``: a zstd frame (mode 1: the first frame
-    of ``src[at : at + size]``, which must decode to exactly ``n`` bytes) or a stored plane (mode
-    0: ``size == n`` bytes copied) into ``dst[dst_at : dst_at + n]``. Returns -1 once all are in
+    of ``src[at : at + size]``, which must decode to exactly ``n`` bytes), a stored plane (mode
+    0: ``size == n`` bytes copied) or a zero plane (mode 3, size 0) into ``dst[dst_at : dst_at + n]``. Returns -1 once all are in
     place, else the index of the first row that is not (out of bounds, not a frame, another size,
     another mode): the caller names the error. ``decompress``, ``frame_size``, ``is_error``:
     the addresses of libzstd's ZSTD_decompressDCtx, ZSTD_findFrameCompressedSize, ZSTD_isError."""
@@ -1296,6 +1335,10 @@ def _fill_frames(decompress, frame_size, is_error, dctx, src, dst, table):
                 return i
             for j in range(n):
                 dst[dat + j] = src[at + j]
+        elif mode == ZERO_MODE:
+            if size != 0:
+                return i
+            dst[dat:dat + n] = 0
         else:
             return i
     return -1

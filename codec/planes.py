@@ -23,7 +23,9 @@ store's tensor objects (:func:`compress_parts`, unless ``DELTASTORE_PALETTE=0``;
 only when asked) that show a grid
 of few values per 32-element block (weights dequantized from a group-quantized file), and kept
 only where it is smaller than the planes; a reader from before mode 2 refuses such a chunk with
-"unknown plane mode 2", and every older stream decodes as before.
+"unknown plane mode 2", and every older stream decodes as before. Mode 3 (:data:`ZERO_MODE`,
+grouped streams of the lossless codec's format v4): the plane is all zero bytes and its length is
+0; any reader decodes it, and one from before mode 3 refuses it ("unknown plane mode 3").
 
 Grouped streams (``b"DSP2"``, written when the caller gives a *context* byte per element): within
 each chunk the elements are stably grouped by context (ascending), and each group gets planes and
@@ -100,6 +102,13 @@ RAW_IF_ABOVE = 0.98
 #: grouped streams: contexts are joined until a group holds this many elements (:func:`merge_groups`)
 MIN_GROUP = 16384
 FLAG_ROTATE = 1
+#: plane mode 3 (format v4 of the lossless codec's grouped streams): the plane is all zero bytes and
+#: has no payload (a fine-tune's difference leaves the high byte 0 in most groups: 91% of a dense
+#: SmolLM2 fine-tune's elements); a reader from before it refuses it as "unknown plane mode 3"
+ZERO_MODE = 3
+#: an encoder checks a plane for all zeros only where its payload is at most this many bytes (a zero
+#: plane's zstd frame is an RLE block a 128 KiB: ~13 bytes each; a small plane is stored raw)
+ZERO_PROBE = 64
 _HEAD = struct.Struct("<4sBBHIQ")
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -529,7 +538,7 @@ def merge_groups(counts: np.ndarray, min_group: int) -> list[tuple[int, int]]:
     return [(c, n) for c, n in groups]
 
 
-def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int, min_group: int) -> list[_Group]:
+def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int, min_group: int, zero: bool = False) -> list[_Group]:
     """One chunk's groups from its planes already grouped by context (``grouped[k]``: plane k of
     the chunk's words in stable context order) and the elements per context.
 
@@ -537,7 +546,10 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
     for all of them), not one ``compress`` a frame: a chunk has tens of frames, and at 16 threads
     each call's release and re-take of the GIL queued the workers behind one another (issue 7:
     16 threads inside the stage, 1-3 running; :func:`_frames`). The same frames, byte for byte,
-    as ``compress`` of each. (A 2-byte fine-tune's chunk skips this: :func:`diff_groups`.)"""
+    as ``compress`` of each. (A 2-byte fine-tune's chunk skips this: :func:`diff_groups`.)
+    ``zero``: a plane of all zero bytes whose payload would be at most :data:`ZERO_PROBE` bytes gets
+    mode :data:`ZERO_MODE` and no payload (format v4), decided on the final payloads as the compiled
+    loop decides (``codec._numba._diff_groups2``)."""
     spans = merge_groups(counts, min_group)
     cctx = _thread_compressor(level)
     made = _frames(cctx, grouped, spans)
@@ -551,11 +563,13 @@ def _compress_grouped_planes(grouped: np.ndarray, counts: np.ndarray, level: int
         for row in range(grouped.shape[0]):
             comp = next(frames)
             if 0 < len(comp) < k:
-                modes.append(1)
-                payloads.append(comp)
-            else:
-                modes.append(0)
-                payloads.append(grouped[row, pos:end].tobytes())  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
+                mode, payload = 1, comp
+            else:  # bytes: the final join then copies without the GIL (CPython keeps it for non-bytes parts)
+                mode, payload = 0, grouped[row, pos:end].tobytes()
+            if zero and k and len(payload) <= ZERO_PROBE and not grouped[row, pos:end].any():
+                mode, payload = ZERO_MODE, b""
+            modes.append(mode)
+            payloads.append(payload)
         groups.append(_Group(c, k, modes, payloads))
         pos = end
     return groups
@@ -601,7 +615,7 @@ def _frames(cctx: zstandard.ZstdCompressor, grouped: np.ndarray, spans: list[tup
 
 
 def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bits: int, level: int,
-                min_group: int | None = None) -> tuple[_Packed, np.ndarray] | None:
+                min_group: int | None = None, zero: bool = False) -> tuple[_Packed, np.ndarray] | None:
     """One chunk of a lossless difference, made in one compiled call without the GIL: the groups
     :func:`_compress_grouped_planes` would make of ``codec._numba.diff_group_split``'s planes
     (byte for byte the same stream; its payloads back to back in one bytes object, a
@@ -619,7 +633,7 @@ def diff_groups(target: np.ndarray, base: np.ndarray, width: int, shift: int, bi
     n = target.size // 2
     grouped = _scratch_words("grouped_enc", target.size, np.uint8).reshape(2, n)
     out = _scratch_words("grouped_frames", fx.frames_capacity(n), np.uint8)
-    counts, ng, gctx, gn, modes, sizes = fx.diff_groups2(target, base, shift, bits, min_group, grouped, *addresses(), out)
+    counts, ng, gctx, gn, modes, sizes = fx.diff_groups2(target, base, shift, bits, min_group, grouped, *addresses(), out, zero)
     if ng < 0:
         cctx.raise_for(int(sizes[0]))
     modes, sizes = modes.tolist(), sizes.tolist()
@@ -656,7 +670,7 @@ def _sparse_area(n: int) -> np.ndarray:
 
 def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, level: int, *,
                 chunk_bytes: int = CHUNK_BYTES, threads: int | None = None,
-                min_group: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+                min_group: int | None = None, zero: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """A fine-tune's whole grouped difference stream of 2-byte words (bf16, fp16) against its base:
     the bytes :func:`compress_grouped` writes from :func:`diff_groups`' chunks, as a new uint8
     array, and each chunk's elements per context (chunks x 256). None where that path does not
@@ -701,7 +715,7 @@ def diff_stream(target: np.ndarray, base: np.ndarray, shift: int, bits: int, lev
         scratch = _scratch_words("diff_words", 2 * n, np.uint16)
         bad = fx._diff_chunks2(t16, b16, np.int64(sw), np.int64(c0), np.int64(min(c0 + per, nch)), shift16, fmask, mg,
                                planes2[:n], planes2[n:], scratch[:n], scratch[n:], counts, ngs, gctx, gn,
-                               *(np.uint64(a) for a in cctx.addresses()), area, np.int64(cap), modes, sizes, simd)
+                               *(np.uint64(a) for a in cctx.addresses()), area, np.int64(cap), modes, sizes, simd, bool(zero))
         if bad >= 0:
             cctx.raise_for(int(sizes[bad, 0]))
 
@@ -747,6 +761,7 @@ def compress_grouped(
     chunk_bytes: int = CHUNK_BYTES,
     threads: int | None = None,
     min_group: int | None = None,
+    zero: bool = False,
 ) -> bytes:
     """A grouped stream (``b"DSP2"``) of ``nbytes`` bytes of ``width``-byte elements whose grouped
     planes the caller makes: ``chunk(lo, hi)`` (byte offsets of one chunk) returns what
@@ -768,7 +783,7 @@ def compress_grouped(
         made = chunk(lo, min(lo + step, nbytes))
         if isinstance(made, _Packed):  # the chunk's groups already (diff_groups)
             return made
-        return _compress_grouped_planes(*made, level, min_group)
+        return _compress_grouped_planes(*made, level, min_group, zero)
 
     chunks = _map_chunks(work, range(len(starts)), threads)
     return _pack_grouped(chunks, width, rotate, nbytes)
@@ -803,6 +818,7 @@ def compress(
     contexts: np.ndarray | None = None,
     min_group: int | None = None,
     palette: bool = False,
+    zero: bool = False,
 ) -> bytes:
     """Compress whole ``width``-byte elements into one chunked plane stream; with ``contexts``
     (one uint8 per element) a grouped stream, which decodes only given the same contexts.
@@ -810,7 +826,8 @@ def compress(
     plain streams only). Off by default here: the lossless codec's payloads keep their format
     version's bytes; the store's tensor objects (:func:`compress_parts`) have it when enabled.
     ``min_group``: the fewest elements a group gets (default :data:`MIN_GROUP`; see
-    :func:`merge_groups`). It is the encoder's choice: the decoder reads the groups from the table."""
+    :func:`merge_groups`). It is the encoder's choice: the decoder reads the groups from the table.
+    ``zero``: grouped streams only, zero planes as :data:`ZERO_MODE` (no payload; format v4)."""
     min_group = MIN_GROUP if min_group is None else int(min_group)
     raw = _elements(data, width)
     if contexts is not None:
@@ -818,7 +835,7 @@ def compress(
         if ctx.dtype != np.uint8 or ctx.size * width != raw.size:
             raise ValueError(f"contexts must be one uint8 per element ({raw.size // width}), got {ctx.size} {ctx.dtype}")
         return compress_grouped(raw.size, width, lambda lo, hi: group_split(raw[lo:hi], ctx[lo // width : hi // width], width, rotate),
-                                rotate=rotate, level=level, chunk_bytes=chunk_bytes, threads=threads, min_group=min_group)
+                                rotate=rotate, level=level, chunk_bytes=chunk_bytes, threads=threads, min_group=min_group, zero=zero)
     chunks = _plain_chunks(raw, width, rotate, level, chunk_bytes, threads, True, palette)
     return b"".join([_plain_table(chunks, width, rotate, raw.size)] + [p for c in chunks for p in c.payloads])
 
@@ -950,6 +967,8 @@ def read_info(buf: memoryview, size: int | None = None) -> StreamInfo:
     if sum(raw_lens) != raw_total or any(rl % width for rl in raw_lens):
         raise CorruptPayloadError("plane stream chunk table does not add up")
     for md, pl in zip(modes, plane_lens):
+        if any(m == ZERO_MODE and ln for m, ln in zip(md, pl)):
+            raise CorruptPayloadError("a zero plane has a payload")
         if _palette.MODE in md and (width != 2 or any(m != _palette.MODE for m in md) or any(pl[1:])):
             raise CorruptPayloadError("plane stream has a malformed palette chunk entry")
     if pos + sum(sum(p) for p in plane_lens) != (len(buf) if size is None else size):
@@ -973,6 +992,8 @@ def _read_info_grouped(buf: memoryview, width: int, flags: int, nchunks: int, ra
             c, n, *lens = gentry.unpack(buf[pos : pos + gentry.size])
             md = list(bytes(buf[pos + gentry.size : pos + gentry.size + width]))
             pos += gentry.size + width
+            if any(m == ZERO_MODE and ln for m, ln in zip(md, lens)):
+                raise CorruptPayloadError("a zero plane has a payload")
             if c <= last:
                 raise CorruptPayloadError("plane stream groups are out of order")
             last = c
@@ -1001,6 +1022,10 @@ def _decode_planes(dctx, buf: memoryview, pos: int, modes, lens, n: int) -> tupl
             raw = piece  # stored plane: read in place, no copy
             if len(raw) != n:
                 raise CorruptPayloadError("plane has the wrong length")
+        elif mode == ZERO_MODE:
+            if ln:
+                raise CorruptPayloadError("a zero plane has a payload")
+            raw = bytes(n)
         else:
             raise CorruptPayloadError(f"unknown plane mode {mode}")
         planes.append(np.frombuffer(raw, dtype=np.uint8))

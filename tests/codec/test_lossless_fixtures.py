@@ -19,8 +19,8 @@ from deltastore.codec.lossless import Lossless
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "codec" / "lossless"
 #: what each version's fixture config leaves out because it was the default when it was written
 #: (v1's config, {"level": 3}, was written while by_exponent=False was the default; v2's before
-#: context_counts existed)
-WRITTEN_BY_DEFAULT = {1: {"by_exponent": False}, 2: {"context_counts": False}}
+#: context_counts existed, v3's before zero_planes)
+WRITTEN_BY_DEFAULT = {1: {"by_exponent": False}, 2: {"context_counts": False}, 3: {"zero_planes": False}}
 VERSIONS = sorted(int(p.name[1:]) for p in FIXTURES.glob("v*") if (p / "fixture.json").is_file())
 
 
@@ -91,13 +91,17 @@ def test_default_zstd_settings_change_only_the_frames(version, monkeypatch):
         assert torch.equal(out.view(torch.uint8), inputs[f"{name}.target"].view(torch.uint8)), name
 
 
-def test_the_default_encoder_writes_v3():
-    """New lossless deltas are v3 (grouped by the base's exponent, each chunk's context counts
-    stored); v1 and v2 stay readable and writable."""
-    assert Lossless.from_config(_load(3)[1]["config"]) == Lossless()
-    d, info, inputs = _load(3)
+def test_the_default_encoder_writes_v4():
+    """New lossless deltas are v4 (grouped by the base's exponent, each chunk's context counts
+    stored, all-zero planes without a payload); v1 to v3 stay readable and writable. The v4
+    fixture holds zero planes (plane mode 3) of a 2-byte and of a 4-byte difference."""
+    assert Lossless.from_config(_load(4)[1]["config"]) == Lossless()
+    d, info, inputs = _load(4)
     enc = Lossless().encode(inputs["bf16_diff.target"], inputs["bf16_diff.base"])
-    assert enc.version == 3 and enc.meta == {"mode": "diff", "context": "exponent"} and "counts" in enc.arrays
+    assert enc.version == 4 and enc.meta == {"mode": "diff", "context": "exponent"} and "counts" in enc.arrays
+    for name in ("bf16_small_diff", "fp32_diff"):
+        stream = from_bytes((d / f"{name}.bin").read_bytes()).arrays["stream"].numpy()
+        assert planes.ZERO_MODE in [m for c in planes.read_info(memoryview(stream)).modes for m in c], name
 
 
 PLANE_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "codec" / "planes" / "palette"
