@@ -122,7 +122,6 @@ def test_fused_slices_with_a_missing_delta_and_a_dropped_slot() -> None:
     x = torch.randn(5, n, generator=torch.Generator().manual_seed(0)).to(dtype).to(DEVICE)
     y0 = torch.randn(5, sum(ms), generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
     plan = plan_rows(ids, 2)
-    yr = ref_ops.expand(ref_ops.shrink(x, ds, plan), y0.clone(), ds, plan)
     yt = triton_ops.expand(triton_ops.shrink(x, ds, plan, 1), y0.clone(), ds, plan)
     dr = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros_like(y0), ds, plan)
     dt = triton_ops.expand(triton_ops.shrink(x, ds, plan, 1), torch.zeros_like(y0), ds, plan)
