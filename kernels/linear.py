@@ -51,27 +51,23 @@ def resolve_preference(pref: KernelPreference | str, x: torch.Tensor) -> KernelP
 
 def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan,
                  preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
-                 path: str | None = None, *, fresh: bool = False) -> torch.Tensor:
+                 path: str | None = None) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
     with Triton on a GPU, up to 16 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
     where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
-    dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path.
-    ``fresh``: y holds no values yet (a float32 buffer just allocated): y = the delta, zeroed
-    first, by the GEMV shrink's own programs where it serves (``triton_ops.shrink``'s ``clear``)."""
+    dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path."""
     if dset.n_slots == 0:
-        return y.zero_() if fresh else y
+        return y
     if plan.n_slots != dset.n_slots:
         raise KernelError(f"the row plan covers {plan.n_slots} fine-tunes; the deltas have {dset.n_slots}")
     if resolve_preference(preference, x) is KernelPreference.TRITON:
         if mma.use_mma(x, dset, plan, path):
-            return mma.apply(x, y.zero_() if fresh else y, dset, plan)
+            return mma.apply(x, y, dset, plan)
         if dense.use_dense(x.shape[0], dset, plan, path):
-            return dense.apply(x, y.zero_() if fresh else y, dset, plan)
+            return dense.apply(x, y, dset, plan)
         sk = triton_ops.pick_split_k(x.shape[0], dset, path) if split_k is None else split_k
-        z = triton_ops.shrink(x, dset, plan, sk, path=path, clear=y if fresh else None)
+        z = triton_ops.shrink(x, dset, plan, sk, path=path)
         return triton_ops.expand(z, y, dset, plan, path=path, pdl=True)  # (launched right after its shrink)
-    if fresh:
-        y.zero_()
     stacks = cpu_stacks(dset) if x.device.type == "cpu" else None
     z = ref_ops.shrink(x, dset, plan, stacks=stacks)
     return ref_ops.expand(z, y, dset, plan, stacks=stacks)
@@ -155,12 +151,14 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     d = torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out
     s = side_for(x, dset, preference) if side is True else (side or None)
     if s is None:
-        apply_deltas(x, d, dset, plan, preference, split_k, fresh=True)
+        d.zero_()
+        apply_deltas(x, d, dset, plan, preference, split_k)
         return base(), d
     main = torch.cuda.current_stream(x.device)
     s.wait_stream(main)
     with torch.cuda.stream(s):
-        apply_deltas(x, d, dset, plan, preference, split_k, fresh=True)
+        d.zero_()
+        apply_deltas(x, d, dset, plan, preference, split_k)
     token = _BESIDE.set(True)  # the base may take the Triton kernels that leave the deltas SMs (base_linear)
     try:
         y = base()

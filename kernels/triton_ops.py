@@ -603,23 +603,15 @@ if HAVE_TRITON:
     @triton.jit(do_not_specialize=["one"])
     def _gemv_shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
                             rows_ptr, blocks_ptr,
-                            M, K, ZC, n_slices, T_max, stride_xm, one, clear_ptr, clear_n,
+                            M, K, ZC, n_slices, T_max, stride_xm, one,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, CLEAR: tl.constexpr = False,
-                            CLEAR_BLOCK: tl.constexpr = 256):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
-        one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program.
-        CLEAR: every program first zeroes its share of the clear_n floats at clear_ptr (the
-        buffer the expand after it adds into), so no launch of its own does."""
+        one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program."""
         if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
             tl.extra.cuda.gdc_launch_dependents()
-        if CLEAR:
-            npid = tl.num_programs(0) * tl.num_programs(1)
-            offs = tl.arange(0, CLEAR_BLOCK)
-            for c0 in range((tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * CLEAR_BLOCK, clear_n, npid * CLEAR_BLOCK):
-                tl.store(clear_ptr + c0 + offs, tl.zeros((CLEAR_BLOCK,), dtype=tl.float32), mask=c0 + offs < clear_n)
         pid0 = tl.program_id(0)
         blk = tl.program_id(1)
         ks = pid0 % SPLIT_K
@@ -951,9 +943,6 @@ GEMV_MAX_ROWS = 4
 GEMV_TILE_R = 16
 GEMV_STEP_R = 64
 GEMV_CHUNK = 256
-#: whether the GEMV shrink zeroes the buffer its expand adds into (``shrink``'s ``clear``) instead of
-#: a launch of its own (an A/B knob: benchmarks/ab_mma.py --mma-cfgs '[{"triton_ops.FUSED_CLEAR": false}]')
-FUSED_CLEAR = os.environ.get("DELTASTORE_FUSED_CLEAR", "1") not in ("", "0")
 #: the GEMV kernels' unpack: True = fields shifted to high mantissa bits and or-ed into a float's
 #: exponent, offsets and zero points taken out once per word position (_unpack_c); False = the
 #: earlier shift / mask / subtract per value (_unpack_f). DELTASTORE_GEMV_FAST=0 selects the old one
@@ -1030,17 +1019,12 @@ def dot_chunk(M: int, dset: DeltaSet, block_m: int, block_n: int, block_r: int) 
 
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
            block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None, gather: bool = False,
-           path: str | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-           clear: torch.Tensor | None = None) -> torch.Tensor:
+           path: str | None = None, maxnreg: int | None = None, pdl: bool | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows.
     ``path``: "gemv" (few rows per fine-tune) or "dot"; by default chosen by :func:`use_gemv`.
     ``maxnreg``: a cap on registers a thread (ptxas spills above it; benchmarks probe occupancy with it).
     ``pdl``: on the GEMV path, each program signals at its start that an expand launched as
-    its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`).
-    ``clear``: a float32 buffer to zero, in stream order, before the expand adds into it: on the GEMV
-    path the shrink's programs zero it as they start (one node less on the deltas' chain of a graph
-    than a launch of its own, ~0.8 us a group at one row plus its place in the chain); elsewhere
-    ``clear.zero_()``."""
+    its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`)."""
     _need_triton()
     _not_dense(path)
     dset.build()
@@ -1052,11 +1036,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     if x.stride(1) != 1:
         x = x.contiguous()
     z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
-    gemv = use_gemv(M, dset, path)
-    fused_clear = FUSED_CLEAR and gemv and clear is not None and clear.dtype == torch.float32 and clear.is_contiguous() and clear.device == x.device
-    if clear is not None and not fused_clear:
-        clear.zero_()
-    if gemv:
+    if use_gemv(M, dset, path):
         bm = block_m or _gemv_block_m(M, dset)
         br = block_r or GEMV_TILE_R
         tiles, ntiles, T = dset.tiles(br)
@@ -1064,10 +1044,8 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         grid = (dset.n_slices * T * split_k, blocks.shape[0])
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                              plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
-                             clear if fused_clear else z, clear.numel() if fused_clear else 0,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             USE_GDC=_pdl(x, True if pdl is None else pdl), CLEAR=fused_clear,
-                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
+                             USE_GDC=_pdl(x, True if pdl is None else pdl), num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
         return z
     bm = block_m or _block_m(rows_per_slot(M, dset))
     num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2

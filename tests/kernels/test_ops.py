@@ -343,30 +343,3 @@ def test_row_blocks_cover_each_slots_rows_once_in_a_fixed_size_table(block_m: in
             assert st <= pos0 and pos0 + rows <= st + cnt
             seen += list(range(pos0, pos0 + rows))
         assert sorted(seen) == list(range(int((ids >= 0).sum())))
-
-
-@pytest.mark.parametrize("M", [1, 3])
-def test_a_fresh_output_is_cleared_by_the_shrink_not_added_to(M: int) -> None:
-    """apply_deltas(fresh=True) on the GEMV path: the shrink's programs zero the output before the
-    expand adds into it (what beside() asks of a buffer it just allocated), so a buffer full of
-    NaN comes back as the delta alone, rows of the base alone (-1) as exact zeros; more floats than
-    the shrink has programs' first steps (each program clears several blocks) and an odd count."""
-    from deltastore.kernels.linear import apply_deltas
-
-    dtype = torch.bfloat16
-    m, n = 75, 100
-    ds = DeltaSet(n, [m, 2 * m], DEVICE)
-    ds.add([packed_delta(m, n, seed=1, dtype=dtype)[1], packed_delta(2 * m, n, seed=2, dtype=dtype)[1]])
-    ids = torch.tensor([0, -1, 0][:M], device=DEVICE)
-    plan = plan_rows(ids, 1)
-    x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEVICE)
-    want = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(M, 3 * m, device=DEVICE), ds, plan)
-    assert triton_ops.use_gemv(M, ds)
-    buf = torch.full((5, 1031), float("nan"), device=DEVICE)  # more than the programs' first blocks
-    triton_ops.shrink(x, ds, plan, 1, clear=buf)
-    assert bool((buf == 0).all())
-    got = apply_deltas(x, torch.full((M, 3 * m), float("nan"), device=DEVICE), ds, plan, "triton", fresh=True)
-    assert bool(torch.isfinite(got).all())
-    assert rel(got, want) < 1e-4
-    if M > 1:
-        assert bool((got[1] == 0).all())
