@@ -852,10 +852,12 @@ def _sparse_again(fn, sparse, spare, most, plane, pos, k):
     return z2 if z2 <= most else _U0
 
 
-#: plane mode 3: the plane is all zero bytes, and has no payload (planes.ZERO_MODE)
+#: planes.ZERO_MODE and planes.ZERO_PROBE (constants here: numba freezes globals into the cached
+#: code, which another module's change would not invalidate, and planes must not need numba; a
+#: test checks the two agree). Mode 3: the plane is all zero bytes and has no payload; a payload
+#: of at most ZERO_PROBE bytes is checked for one (a zero plane's zstd frame is a few RLE blocks:
+#: ~13 bytes a 128 KiB block; a plane stored raw is its own length)
 ZERO_MODE = 3
-#: a payload of at most this many bytes is checked for an all-zero plane (a zero plane's zstd frame
-#: is a few RLE blocks: ~13 bytes a 128 KiB block; a plane stored raw is its own length)
 ZERO_PROBE = 64
 
 

@@ -36,7 +36,6 @@ _total = [0]
 _ids = itertools.count(1)
 
 
-
 def budget_bytes() -> int:
     """The cache's budget from ``DELTASTORE_CPU_FACTOR_MB`` (read on every call, so a test or a
     server can change it); a value that is not a number of MB >= 0 is refused."""

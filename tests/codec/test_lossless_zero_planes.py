@@ -115,3 +115,10 @@ def test_a_reader_of_v3_refuses_v4_by_its_version():
     old.version = 3  # (the class attribute an older release has)
     with pytest.raises(CodecError, match="format v4; this deltastore reads up to v3"):
         old.reconstruct(enc, base)
+
+
+@pytest.mark.skipif(FX is None, reason="numba does not import here")
+def test_the_compiled_encoder_and_decoder_use_the_same_zero_plane_rule():
+    """The compiled loops keep their own copies (numba freezes globals): the mode and the payload
+    size under which a plane is checked must be planes', or the two paths write different bytes."""
+    assert (int(FX.ZERO_MODE), int(FX.ZERO_PROBE)) == (planes.ZERO_MODE, planes.ZERO_PROBE)
