@@ -31,18 +31,32 @@ def faults() -> int:
     return r.ru_minflt + r.ru_majflt
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+#: the dense 40-step SmolLM2 fine-tune these probes decode (made by bench_lossless.py's series)
+FINETUNE = os.path.expanduser("~/.cache/deltastore/bench/smollm2-math-40-b4-lr4e-4/model.safetensors")
+
+
+def probe_args(doc: str) -> argparse.Namespace:
+    """The decode probes' options: --rounds, --finetune."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--finetune", default=os.path.expanduser("~/.cache/deltastore/bench/smollm2-math-40-b4-lr4e-4/model.safetensors"))
-    args = ap.parse_args()
+    ap.add_argument("--finetune", default=FINETUNE)
+    return ap.parse_args()
+
+
+def changed_bf16(finetune: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(fine-tune tensor, SmolLM2's base tensor) for every bf16 tensor the fine-tune changed."""
+    base = load_file(str(smollm2_dir() / "model.safetensors"))
+    ft = load_file(finetune)
+    return [(ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16 and not torch.equal(ft[n], base[n])]
+
+
+def main() -> None:
+    args = probe_args(__doc__)
     torch.set_num_threads(1)
     from zipnn import ZipNN
 
-    base = load_file(str(smollm2_dir() / "model.safetensors"))
-    ft = load_file(args.finetune)
-    c = Lossless()
-    pairs = [(ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16 and not torch.equal(ft[n], base[n])]
+    c = Lossless(zero_planes=False)  # v3, as run 58 measured (the default writes v4 since run 61)
+    pairs = changed_bf16(args.finetune)
     encs = [from_bytes(to_bytes(c.encode(t, b))) for t, b in pairs]
     raw = sum(t.numel() * 2 for t, _ in pairs)
     reused = [np.empty(t.numel() * 2, np.uint8) for t, _ in pairs]

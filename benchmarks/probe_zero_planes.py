@@ -10,7 +10,6 @@ checked against the fine-tune's bits first.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import time
@@ -19,24 +18,18 @@ os.environ.setdefault("DELTASTORE_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from probe_decode_user_sys import changed_bf16, probe_args  # noqa: E402
 
 from deltastore.codec import from_bytes, planes, to_bytes  # noqa: E402
 from deltastore.codec.lossless import Lossless  # noqa: E402
-from deltastore.zoo.smollm2 import smollm2_dir  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--finetune", default=os.path.expanduser("~/.cache/deltastore/bench/smollm2-math-40-b4-lr4e-4/model.safetensors"))
-    args = ap.parse_args()
+    args = probe_args(__doc__)
     torch.set_num_threads(1)
     from zipnn import ZipNN
 
-    base = load_file(str(smollm2_dir() / "model.safetensors"))
-    ft = load_file(args.finetune)
-    pairs = [(ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16 and not torch.equal(ft[n], base[n])]
+    pairs = changed_bf16(args.finetune)
     raw = sum(t.numel() * 2 for t, _ in pairs)
     codecs = {"v3": Lossless(zero_planes=False), "v4": Lossless()}
     encs = {k: [from_bytes(to_bytes(c.encode(t, b))) for t, b in pairs] for k, c in codecs.items()}
