@@ -7,7 +7,7 @@ saved every few steps (a series directory ``stepNNNN/`` as written by ``--make-s
 pair is the base and the series' last checkpoint).
 
 Rows:
-  lossless v1 / v2     the codec alone (``Lossless(by_exponent=False)`` / ``Lossless()``, the default), tensor
+  lossless v1 / v2     the codec alone (``Lossless(by_exponent=False)`` / ``Lossless()``, the default: format v4 now), tensor
                        by tensor, on the tensors the fine-tune changed (the store keeps an
                        unchanged tensor as a reference to the base: 0 bytes); bytes = every
                        payload's bytes, header included.
@@ -694,7 +694,7 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
     """Issue 12's decode goal, fair both ways: v2's and v3's decode of the fine-tune beside zipnn's
     decode of the fine-tune file in the same process, per core (CPU time, one thread, median and
     best of ``repeat``, rows interleaved; the system-time share beside it: page faults on fresh
-    output memory). v3 (the default) is v2's stream plus each chunk's context counts, so its
+    output memory). v3 (the default before v4; pinned here with zero_planes=False) is v2's stream plus each chunk's context counts, so its
     decode of 2-byte words skips the base's histogram. zipnn's
     figure is: its header, Huffman of the exponent plane, the raw mantissa plane, the join, into
     one fresh buffer; no hash, and no base. So v2 is timed as the store calls it today
@@ -708,7 +708,7 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
     from deltastore.codec import _zstd
 
     fx = planes.fast()
-    lx, l1, l2 = Lossless(), Lossless(by_exponent=False), Lossless(context_counts=False)
+    lx, l1, l2 = Lossless(zero_planes=False), Lossless(by_exponent=False), Lossless(context_counts=False, zero_planes=False)
     payloads = [to_bytes(lx.encode(t, b)) for _, t, b in pairs]
     payloads1 = [to_bytes(l1.encode(t, b)) for _, t, b in pairs]
     payloads2 = [to_bytes(l2.encode(t, b)) for _, t, b in pairs]
@@ -768,7 +768,7 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
     rows = [
         ("zipnn 0.5.4: the fine-tune file into one buffer", len(data), lambda: z.decompress(comp)),
         ("zipnn 0.5.4, + sha256 of its output", len(data), lambda: hashlib.sha256(z.decompress(comp)).digest()),
-        ("v3 (the default) as the store calls it (from_bytes + reconstruct, a fresh array a tensor)", raw,
+        ("v3 as the store calls it (from_bytes + reconstruct, a fresh array a tensor)", raw,
          per_tensor(False)),
         ("v2 payloads (context_counts=false) as the store calls it", raw, per_tensor(False, payloads2, l2)),
         ("v3 as the store calls it, + sha256 of each tensor (the store's verify)", raw, per_tensor(True)),
@@ -1147,7 +1147,7 @@ def main(argv=None) -> int:
         if z:
             say(fmt_row("zipnn 0.5.4, fine-tune file alone", z, z))
         say(fmt_row("lossless v1 (by_exponent=False), vs base", v1, z))
-        say(fmt_row("lossless v2 (the default: grouped by base exponent), vs base", v2, z))
+        say(fmt_row("lossless, the default (v4: grouped by base exponent), vs base", v2, z))
         say("")
         say(f"v2 / v1 bytes: {v2['bytes'] / v1['bytes']:.3f}")
         say("")

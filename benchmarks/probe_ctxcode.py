@@ -533,7 +533,7 @@ def measure(ft_file: Path, base: dict, repeat: int, say, stages: bool) -> None:
     changed = sum(int((t.view(torch.int16) != b.view(torch.int16)).sum()) for _, t, b in pairs)
     data = ft_file.read_bytes()
     z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
-    v3 = Lossless()
+    v3 = Lossless(zero_planes=False)  # the format this probe's runs measured (the default writes v4 now)
     say(f"### {ft_file.parent.parent.name}/{ft_file.parent.name}")
     say("")
     say(f"{len(pairs)} of {len(ft)} tensors changed (bf16); {changed / nel:.1%} of their elements changed; "
@@ -937,7 +937,7 @@ def pair_bytes(prev: Path, nxt: Path, say) -> None:
              and not torch.equal(b[n].view(torch.int16), a[n].view(torch.int16))]
     nel = sum(t.numel() for t, _ in pairs)
     ch = sum(int((t.view(torch.int16) != s.view(torch.int16)).sum()) for t, s in pairs)
-    v3 = sum(len(to_bytes(Lossless().encode(t, s))) for t, s in pairs)
+    v3 = sum(len(to_bytes(Lossless(zero_planes=False).encode(t, s))) for t, s in pairs)
     cx = sum(encode(t.view(torch.uint16).reshape(-1).numpy(), s.view(torch.uint16).reshape(-1).numpy()).nbytes for t, s in pairs)
     say(f"{nxt.parent.parent.name}: {nxt.parent.name} against {prev.parent.name}: {len(pairs)} tensors changed, "
         f"{ch / nel:.2%} of their elements; v3 {v3 / MB:.3f} MB (payloads), this coder {cx / MB:.3f} MB "

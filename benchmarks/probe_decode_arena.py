@@ -13,7 +13,7 @@ from deltastore.zoo.smollm2 import smollm2_dir
 torch.set_num_threads(1)
 base = load_file(str(smollm2_dir() / "model.safetensors"))
 ft = load_file(os.path.expanduser("~/.cache/deltastore/bench/smollm2-math-40-b4-lr4e-4/model.safetensors"))
-c = Lossless()
+c = Lossless(zero_planes=False)  # v3, what this probe's runs measured (the default writes v4 now)
 pairs = [(ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16 and not torch.equal(ft[n], base[n])]
 encs = [from_bytes(to_bytes(c.encode(t, b))) for t, b in pairs]
 raw = sum(t.numel() * 2 for t, _ in pairs)

@@ -1,6 +1,7 @@
 """Issue 12: layouts of the lossless fine-tune difference that might keep format v3's bytes (grouped
 by the base's exponent) and decode at zipnn's speed. Bytes and MB/s per core, in the same rounds as
-zipnn 0.5.4 and the codec's v1 (no grouping) and v3 (the default).
+zipnn 0.5.4 and the codec's v1 (no grouping) and v3 (the default when this probe ran; pinned with
+``zero_planes=False`` since v4 became the default).
 
     python benchmarks/probe_layouts.py FT_FILE [FT_FILE ...] [--repeat N] [--out FILE]
 
@@ -544,11 +545,11 @@ def main(argv=None) -> int:
         lines.append(s)
 
     cands = [Codec("v1 (no grouping)", Lossless(by_exponent=False)),
-             Codec("v3 (default), chunk 1024 KiB", Lossless()),
-             ScalarGather("v3, scalar kernels (DELTASTORE_SIMD=0)", Lossless()),
-             NoSparse("v3, no sparse groups' second frames (DELTASTORE_ZSTD_SPARSE=0)", Lossless()),
-             Codec("v3, chunk 256 KiB", Lossless(), 256 << 10),
-             Codec("v3, chunk 128 KiB", Lossless(), 128 << 10)]
+             Codec("v3 (default until v4), chunk 1024 KiB", Lossless(zero_planes=False)),
+             ScalarGather("v3, scalar kernels (DELTASTORE_SIMD=0)", Lossless(zero_planes=False)),
+             NoSparse("v3, no sparse groups' second frames (DELTASTORE_ZSTD_SPARSE=0)", Lossless(zero_planes=False)),
+             Codec("v3, chunk 256 KiB", Lossless(zero_planes=False), 256 << 10),
+             Codec("v3, chunk 128 KiB", Lossless(zero_planes=False), 128 << 10)]
     cands += [Classes(2, 1 << 20, "fused"), Classes(2, 1 << 20, "joined"), Classes(4, 1 << 20, "joined"),
               Classes(2, 128 << 10, "joined")]
     if args.only:

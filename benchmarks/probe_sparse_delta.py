@@ -9,7 +9,7 @@ groups each 1 MiB chunk's difference by the base's exponent and zstd-codes each 
 planes. This takes the same grouped planes (``codec._numba.diff_group_split``) and the same groups
 (``planes.merge_groups``) and reports, over all the file's changed bf16 tensors:
 
-- the shipped v3 payloads (``Lossless().encode``), and their frames alone;
+- the v3 payloads (``Lossless(zero_planes=False).encode``; the default writes v4 now), and their frames alone;
 - the same frames made by zstd at other levels (its own parameters), and their encode time;
 - an order-0 bound of a sparse coding per group and plane: whether each element is zero
   (binary entropy of the group's zero fraction) plus the nonzero values' order-0 entropy.
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         return 2
     levels = [int(v) for v in args.levels.split(",") if v]
     base, cur = load_file(args.base), load_file(args.target)
-    v3 = Lossless()
+    v3 = Lossless(zero_planes=False)  # the format this probe's runs measured (the default writes v4 now)
     shift, bits = context_field(torch.bfloat16)
     step = GROUPED_CHUNK_BYTES // 2
     tot = dict(v3=0, stream=0, counts=0, frames=0, elems=0, changed=0, bound=0.0, nz=[0, 0], planes_raw=[0, 0], frames_plane=[0, 0])
