@@ -485,6 +485,13 @@ class DeltaSet:
         got = self._items[(chunk, mma)] = self._padded(per, len(ITEM_FIELDS) + mma)
         return got
 
+    def most_items(self, chunk: int) -> int:
+        """The I of :meth:`items` for ``chunk`` (the most GEMV items of one slot-slice), counted on
+        the host from the records: no table built, nothing queued on the device."""
+        self.build()
+        chunk = int(chunk)
+        return max([sum(-(-rec[F["count"]] // chunk) for rec in recs) for recs_of in self.records for recs in recs_of] + [1])
+
     def gemv_tables_built(self, chunk: int, n_blocks: int, n_rowblocks: int) -> bool:
         """Whether the GEMV expand's items (for ``chunk``) and counters (for this grid) exist
         already, so asking for them now queues no work on the device."""

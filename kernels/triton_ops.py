@@ -943,6 +943,12 @@ GEMV_MAX_ROWS = 4
 GEMV_TILE_R = 16
 GEMV_STEP_R = 64
 GEMV_CHUNK = 256
+#: the GEMV expand's programs aimed for: where runs of GEMV_CHUNK components leave fewer, the runs
+#: are halved (down to a step, GEMV_STEP_R) until the grid holds this many; 0 = always GEMV_CHUNK.
+#: Why: a program walks its run one dependent step after another, so a grid short of a wave takes
+#: a whole run's latency with most SMs idle (Nsight Compute, H200: the o and down expands of a
+#: Llama-2-7B layer at one row filled 0.36-0.42 of a wave; raw_h200/s25/ncu)
+GEMV_EXPAND_PROGRAMS = int(os.environ.get("DELTASTORE_GEMV_EXPAND_PROGRAMS", "0"))
 #: the GEMV kernels' unpack: True = fields shifted to high mantissa bits and or-ed into a float's
 #: exponent, offsets and zero points taken out once per word position (_unpack_c); False = the
 #: earlier shift / mask / subtract per value (_unpack_f). DELTASTORE_GEMV_FAST=0 selects the old one
@@ -975,6 +981,16 @@ DOT_SHRINK_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_SHRINK_PROGRAMS", "1024
 DOT_EXPAND_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_EXPAND_PROGRAMS", "256"))
 DOT_MAX_SPLIT_K = 8
 DOT_MIN_CHUNK = 128
+
+
+def gemv_chunk(dset: DeltaSet, n_blocks: int, n_rowblocks: int, step: int = GEMV_STEP_R) -> int:
+    """Components a GEMV expand program runs over: GEMV_CHUNK, halved while the grid (column blocks
+    x slices x items x row blocks) stays under GEMV_EXPAND_PROGRAMS, never under ``step``. Fixed by
+    the set's shapes and the batch's row blocks, so a CUDA graph captures one choice."""
+    ck = GEMV_CHUNK
+    while ck // 2 >= step and n_blocks * dset.n_slices * dset.most_items(ck) * n_rowblocks < GEMV_EXPAND_PROGRAMS:
+        ck //= 2
+    return ck
 
 
 def _gemv_block_m(M: int, dset: DeltaSet) -> int:
@@ -1083,11 +1099,11 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         br = block_r or GEMV_STEP_R
         bn = min(block_n or dset.block_k, dset.block_k)
         nb = -(-max(dset.out_features) // bn)
-        ck = int(chunk or GEMV_CHUNK)
         # a dependent launch reads the row blocks and items before its wait: only when none of them is
         # built now (by work queued right before it), i.e. the shrink's call left them cached
         cached = bm in plan.blocks
         blocks = plan_blocks(plan, bm)
+        ck = int(chunk or gemv_chunk(dset, nb, blocks.shape[0], br))
         cached = cached and dset.gemv_tables_built(ck, nb, blocks.shape[0])
         items, nitems, most = dset.items(ck)
         sems = dset.semaphores(nb, blocks.shape[0])
