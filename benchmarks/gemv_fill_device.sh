@@ -4,7 +4,8 @@
 # wave and every GEMV kernel at 25% theoretical occupancy (123-128 registers). Carry .whl-store.
 #   bash benchmarks/gemv_fill_device.sh OUT
 # 1. each group's shrink and expand alone (profile_kernels.py, CUDA graph over 4 copies) at M=1:
-#    runs of 256 (default) / 128 / 64 components a program, and register caps for each kernel;
+#    runs of 256 (default) / 128 / 64 components a program, 64 columns a program, and register caps
+#    for each kernel;
 # 2. the layer through the modules (ab_mma.py, base + deltas, and deltas alone) with
 #    runs picked for 512 / 1024 programs (triton_ops.GEMV_EXPAND_PROGRAMS) and a fixed run of 128
 #    against the defaults, at 1 row, 4 rows, 8 rows over 8 fine-tunes.
@@ -15,9 +16,9 @@ t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 say tests
 T=${T:-70} bash benchmarks/run_device.sh tests "$out" -k "gemv or chunk" > "$out/gpu_tests.log" 2>&1; tail -2 "$out/gpu_tests.log"
 say "per kernel, M=1"
-timeout "${PK_T:-170}" python3 benchmarks/profile_kernels.py --copies 4 --cases 1/1 --cfgs "${PK_CFGS:-[{}, {\"chunk\": 128}, {\"chunk\": 64}, {\"emr\": 96}, {\"emr\": 80}, {\"smr\": 96}, {\"smr\": 80}]}" \
+timeout "${PK_T:-220}" python3 benchmarks/profile_kernels.py --copies 4 --cases 1/1 --cfgs "${PK_CFGS:-[{}, {\"chunk\": 128}, {\"chunk\": 64}, {\"bn\": 64}, {\"bn\": 64, \"chunk\": 128}, {\"emr\": 96}, {\"emr\": 80}, {\"smr\": 96}, {\"smr\": 80}]}" \
   --json "$out/profile_m1.json" > "$out/profile_m1.log" 2>&1; grep -E 'TOTAL|^\| M=|Error' "$out/profile_m1.log" | head -80
 say "layer A/B"
-timeout "${AB_T:-230}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,4,8x8} --delta-alone --out "$out/ab_chunk.md" \
+timeout "${AB_T:-200}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,4,8x8} --delta-alone --out "$out/ab_chunk.md" \
   --mma-cfgs "${AB_CFGS:-[{}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 512}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 1024}, {\"triton_ops.GEMV_CHUNK\": 128}]}" > "$out/ab_chunk.log" 2>&1
 grep '^|\|base alone' "$out/ab_chunk.log"; say done
