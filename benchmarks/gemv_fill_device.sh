@@ -7,8 +7,9 @@
 #    runs of 256 (default) / 128 / 64 components a program, 64 columns a program, and register caps
 #    for each kernel;
 # 2. the layer through the modules (ab_mma.py, base + deltas, and deltas alone) with
-#    runs picked for 512 / 1024 programs (triton_ops.GEMV_EXPAND_PROGRAMS) and a fixed run of 128
-#    against the defaults, at 1 row, 4 rows, 8 rows over 8 fine-tunes.
+#    expand programs picked for 512 (about a wave) and 1024 (triton_ops.GEMV_EXPAND_PROGRAMS), by
+#    shorter runs only or by narrower columns first (GEMV_MIN_BLOCK_N 64), against the defaults, at
+#    1 row, 4 rows, 8 rows over 8 fine-tunes.
 set -u
 out=${1:-/tmp/out}; mkdir -p "$out"
 bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
@@ -20,5 +21,5 @@ timeout "${PK_T:-220}" python3 benchmarks/profile_kernels.py --copies 4 --cases 
   --json "$out/profile_m1.json" > "$out/profile_m1.log" 2>&1; grep -E 'TOTAL|^\| M=|Error' "$out/profile_m1.log" | head -80
 say "layer A/B"
 timeout "${AB_T:-200}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,4,8x8} --delta-alone --out "$out/ab_chunk.md" \
-  --mma-cfgs "${AB_CFGS:-[{}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 512}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 1024}, {\"triton_ops.GEMV_CHUNK\": 128}]}" > "$out/ab_chunk.log" 2>&1
+  --mma-cfgs "${AB_CFGS:-[{}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 512}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 512, \"triton_ops.GEMV_MIN_BLOCK_N\": 64}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 1024, \"triton_ops.GEMV_MIN_BLOCK_N\": 64}]}" > "$out/ab_chunk.log" 2>&1
 grep '^|\|base alone' "$out/ab_chunk.log"; say done

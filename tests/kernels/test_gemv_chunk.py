@@ -1,6 +1,6 @@
-"""The GEMV expand's runs of components: shortened where the grid would leave the GPU short of
-programs (triton_ops.gemv_chunk), counted on the host exactly as the device tables are built, and
-the expand at the run it picks gives the reference's numbers.
+"""The GEMV expand's programs: narrower column blocks, then shorter runs of components, where the
+grid would leave the GPU short of programs (triton_ops.gemv_runs); items counted on the host exactly
+as the device tables are built; the expand at the shape the rule picks gives the reference's numbers.
 
 Sizes are odd on purpose: tiers whose counts are not multiples of any run, outputs not a multiple of
 the column block."""
@@ -17,7 +17,7 @@ from .kernel_testlib import DEVICE, packed_delta, rel
 
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
-M_OUT, N_IN = 150, 160
+M_OUT, N_IN = 300, 160  # 3 blocks of 128 columns, the last short
 SCHEDULE = [[8, 2], [3, 37], [2, None]]  # 2 + 37 + the rest: runs of 32/64 cut every tier unevenly
 
 
@@ -25,7 +25,7 @@ SCHEDULE = [[8, 2], [3, 37], [2, None]]  # 2 + 37 + the rest: runs of 32/64 cut 
 def two_tenants() -> DeltaSet:
     ds = DeltaSet(N_IN, [M_OUT], DEVICE)
     for seed in (3, 4):
-        ds.add([packed_delta(M_OUT, N_IN, seed=seed, alpha=0.5, schedule=SCHEDULE, group_size=32)[1]])
+        ds.add([packed_delta(M_OUT, N_IN, seed=seed, alpha=0.5, schedule=SCHEDULE, group_size=128)[1]])
     return ds
 
 
@@ -40,28 +40,40 @@ def test_items_counted_on_the_host_match_the_device_tables(two_tenants: DeltaSet
         assert most == sum(-(-c // chunk) for c in counts)
 
 
-def test_runs_are_halved_until_the_grid_holds_the_programs_asked_for(two_tenants: DeltaSet, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_columns_then_runs_are_halved_until_the_grid_holds_the_programs_asked_for(two_tenants: DeltaSet, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = two_tenants
-    nb, rowblocks = 2, 1
+    assert ds.block_k == 128
+    rowblocks = 1
 
-    def grid(chunk: int) -> int:
-        return nb * ds.n_slices * ds.most_items(chunk) * rowblocks
+    def grid(bn: int, chunk: int) -> int:
+        return -(-M_OUT // bn) * ds.n_slices * ds.most_items(chunk) * rowblocks
 
+    full = (128, triton_ops.GEMV_CHUNK)
     monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", 0)
-    assert triton_ops.gemv_chunk(ds, nb, rowblocks) == triton_ops.GEMV_CHUNK  # off: the fixed run
-    target = grid(64)  # reached at 64 components a run, not at 128
-    assert grid(128) < target
-    monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", target)
-    assert triton_ops.gemv_chunk(ds, nb, rowblocks) == 64
-    assert triton_ops.gemv_chunk(ds, nb, 8 * rowblocks) > 64  # more row blocks (tenants): longer runs suffice
+    assert triton_ops.gemv_runs(ds, rowblocks, 128) == full  # off: the whole block, the fixed run
+    monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", grid(*full))
+    assert triton_ops.gemv_runs(ds, rowblocks, 128) == full  # already enough programs
+    # columns first, down to GEMV_MIN_BLOCK_N, then the runs, down to a step
+    monkeypatch.setattr(triton_ops, "GEMV_MIN_BLOCK_N", 64)
+    monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", grid(64, 64))
+    assert grid(64, 128) < grid(64, 64)
+    assert triton_ops.gemv_runs(ds, rowblocks, 128) == (64, 64)
+    monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", grid(64, triton_ops.GEMV_CHUNK))
+    assert triton_ops.gemv_runs(ds, rowblocks, 128) == (64, triton_ops.GEMV_CHUNK)  # narrower columns suffice
+    monkeypatch.setattr(triton_ops, "GEMV_MIN_BLOCK_N", 128)  # the columns kept whole: only the runs shorten
+    monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", grid(128, 64))
+    assert triton_ops.gemv_runs(ds, rowblocks, 128) == (128, 64)
+    monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", grid(32, triton_ops.GEMV_CHUNK))
+    assert triton_ops.gemv_runs(ds, rowblocks, 128, min_block_n=32) == (32, triton_ops.GEMV_CHUNK)  # a caller's floor
     monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", 10**9)
-    assert triton_ops.gemv_chunk(ds, nb, rowblocks) == triton_ops.GEMV_STEP_R  # never under a step
-    assert triton_ops.gemv_chunk(ds, nb, rowblocks, step=16) == 16
+    assert triton_ops.gemv_runs(ds, rowblocks, 128) == (128, triton_ops.GEMV_STEP_R)  # never under a step
+    assert triton_ops.gemv_runs(ds, rowblocks, 128, step=16, min_block_n=32) == (32, 16)
 
 
-def test_the_expand_at_the_picked_run_matches_the_reference(two_tenants: DeltaSet, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One row per tenant (the GEMV path's case), the run picked by the rule (no chunk passed): at
-    a short run (many partial sums) and at the default one, against the torch reference."""
+def test_the_expand_at_the_picked_shape_matches_the_reference(two_tenants: DeltaSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row per tenant (the GEMV path's case), the shape picked by the rule (neither block_n nor
+    chunk passed): narrow columns and short runs (many partial sums), and the defaults, against the
+    torch reference."""
     ds = two_tenants
     dtype = torch.bfloat16
     ids = torch.tensor([1, 0], device=DEVICE)
@@ -70,12 +82,12 @@ def test_the_expand_at_the_picked_run_matches_the_reference(two_tenants: DeltaSe
     zr = ref_ops.shrink(x, ds, plan)
     dr = ref_ops.expand(zr, torch.zeros(2, M_OUT, dtype=torch.float32, device=DEVICE), ds, plan)
     z = triton_ops.shrink(x, ds, plan, triton_ops.pick_split_k(2, ds))
-    nb = -(-M_OUT // ds.block_k)
     rowblocks = plan_blocks(plan, 1).shape[0]
+    monkeypatch.setattr(triton_ops, "GEMV_MIN_BLOCK_N", 64)
     got = {}
     for programs in (10**9, 0):
         monkeypatch.setattr(triton_ops, "GEMV_EXPAND_PROGRAMS", programs)
-        chunk = triton_ops.gemv_chunk(ds, nb, rowblocks)
-        got[chunk] = triton_ops.expand(z, torch.zeros(2, M_OUT, dtype=torch.float32, device=DEVICE), ds, plan)
-        assert rel(got[chunk], dr) < 1e-4, chunk  # float32 out: only the sums' order differs
-    assert sorted(got) == [triton_ops.GEMV_STEP_R, triton_ops.GEMV_CHUNK]
+        shape = triton_ops.gemv_runs(ds, rowblocks, ds.block_k)
+        got[shape] = triton_ops.expand(z, torch.zeros(2, M_OUT, dtype=torch.float32, device=DEVICE), ds, plan)
+        assert rel(got[shape], dr) < 1e-4, shape  # float32 out: only the sums' order differs
+    assert sorted(got) == [(64, triton_ops.GEMV_STEP_R), (128, triton_ops.GEMV_CHUNK)]
