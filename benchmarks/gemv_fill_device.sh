@@ -14,12 +14,14 @@ set -u
 out=${1:-/tmp/out}; mkdir -p "$out"
 bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+PK_DEF='[{}, {"chunk": 128}, {"chunk": 64}, {"bn": 64}, {"bn": 64, "chunk": 128}, {"emr": 96}, {"emr": 80}, {"smr": 96}, {"smr": 80}]'
+AB_DEF='[{}, {"triton_ops.GEMV_EXPAND_PROGRAMS": 512}, {"triton_ops.GEMV_EXPAND_PROGRAMS": 512, "triton_ops.GEMV_MIN_BLOCK_N": 64}, {"triton_ops.GEMV_EXPAND_PROGRAMS": 1024, "triton_ops.GEMV_MIN_BLOCK_N": 64}]'
 say tests
-T=${T:-70} bash benchmarks/run_device.sh tests "$out" -k "gemv or chunk" > "$out/gpu_tests.log" 2>&1; tail -2 "$out/gpu_tests.log"
+T=${T:-60} bash benchmarks/run_device.sh tests "$out" -k test_gemv_chunk > "$out/gpu_tests.log" 2>&1; tail -2 "$out/gpu_tests.log"
 say "per kernel, M=1"
-timeout "${PK_T:-220}" python3 benchmarks/profile_kernels.py --copies 4 --cases 1/1 --cfgs "${PK_CFGS:-[{}, {\"chunk\": 128}, {\"chunk\": 64}, {\"bn\": 64}, {\"bn\": 64, \"chunk\": 128}, {\"emr\": 96}, {\"emr\": 80}, {\"smr\": 96}, {\"smr\": 80}]}" \
+timeout "${PK_T:-220}" python3 benchmarks/profile_kernels.py --copies 4 --cases 1/1 --cfgs "${PK_CFGS:-$PK_DEF}" \
   --json "$out/profile_m1.json" > "$out/profile_m1.log" 2>&1; grep -E 'TOTAL|^\| M=|Error' "$out/profile_m1.log" | head -80
 say "layer A/B"
 timeout "${AB_T:-200}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,4,8x8} --delta-alone --out "$out/ab_chunk.md" \
-  --mma-cfgs "${AB_CFGS:-[{}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 512}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 512, \"triton_ops.GEMV_MIN_BLOCK_N\": 64}, {\"triton_ops.GEMV_EXPAND_PROGRAMS\": 1024, \"triton_ops.GEMV_MIN_BLOCK_N\": 64}]}" > "$out/ab_chunk.log" 2>&1
+  --mma-cfgs "${AB_CFGS:-$AB_DEF}" > "$out/ab_chunk.log" 2>&1
 grep '^|\|base alone' "$out/ab_chunk.log"; say done

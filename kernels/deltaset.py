@@ -386,7 +386,6 @@ class DeltaSet:
         self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
         self._nblk: dict[int, torch.Tensor] = {}
         self._items: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor, int]] = {}
-        self._most: dict[int, int] = {}
         self._sems: dict[tuple[int, int], torch.Tensor] = {}
         #: the dense path's scratch layouts per (slot, row block) (kernels/dense.py)
         self.dense_cache: dict = {}
@@ -484,17 +483,6 @@ class DeltaSet:
                     row[9] = len(mine)
                 per[(a, b)] = mine
         got = self._items[(chunk, mma)] = self._padded(per, len(ITEM_FIELDS) + mma)
-        return got
-
-    def most_items(self, chunk: int) -> int:
-        """The I of :meth:`items` for ``chunk`` (the most GEMV items of one slot-slice), counted on
-        the host from the records: no table built, nothing queued on the device."""
-        self.build()
-        chunk = int(chunk)
-        got = self._most.get(chunk)
-        if got is None:
-            got = self._most[chunk] = max([sum(-(-rec[F["count"]] // chunk) for rec in recs)
-                                           for recs_of in self.records for recs in recs_of] + [1])
         return got
 
     def gemv_tables_built(self, chunk: int, n_blocks: int, n_rowblocks: int) -> bool:

@@ -943,15 +943,6 @@ GEMV_MAX_ROWS = 4
 GEMV_TILE_R = 16
 GEMV_STEP_R = 64
 GEMV_CHUNK = 256
-#: the GEMV expand's programs aimed for: where GEMV_CHUNK components and a group's columns a program
-#: leave fewer, the column blocks are halved down to GEMV_MIN_BLOCK_N, then the runs of components down
-#: to a step (GEMV_STEP_R), until the grid holds this many; 0 = always the full block and GEMV_CHUNK.
-#: Why: a program walks its run one dependent step after another, so a grid short of a wave takes
-#: a whole run's latency with most SMs idle (Nsight Compute, H200: the o and down expands of a
-#: Llama-2-7B layer at one row filled 0.36-0.42 of a wave; raw_h200/s25/ncu). Narrower columns add
-#: no partial sums; shorter runs add partials the last program of a column block reads.
-GEMV_EXPAND_PROGRAMS = int(os.environ.get("DELTASTORE_GEMV_EXPAND_PROGRAMS", "0"))
-GEMV_MIN_BLOCK_N = int(os.environ.get("DELTASTORE_GEMV_MIN_BLOCK_N", "128"))
 #: the GEMV kernels' unpack: True = fields shifted to high mantissa bits and or-ed into a float's
 #: exponent, offsets and zero points taken out once per word position (_unpack_c); False = the
 #: earlier shift / mask / subtract per value (_unpack_f). DELTASTORE_GEMV_FAST=0 selects the old one
@@ -984,29 +975,6 @@ DOT_SHRINK_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_SHRINK_PROGRAMS", "1024
 DOT_EXPAND_PROGRAMS = int(os.environ.get("DELTASTORE_DOT_EXPAND_PROGRAMS", "256"))
 DOT_MAX_SPLIT_K = 8
 DOT_MIN_CHUNK = 128
-
-
-def gemv_runs(dset: DeltaSet, n_rowblocks: int, block_n: int, step: int = GEMV_STEP_R,
-              min_block_n: int | None = None) -> tuple[int, int]:
-    """(columns, components) a GEMV expand program takes: ``block_n`` and GEMV_CHUNK, the columns
-    halved (not under ``min_block_n``, by default GEMV_MIN_BLOCK_N), then the components (not
-    under ``step``), while the grid (column blocks x slices x items x row blocks) stays under
-    GEMV_EXPAND_PROGRAMS. Fixed by the set's shapes and the batch's row blocks, so a CUDA graph
-    captures one choice."""
-    bn, ck = block_n, GEMV_CHUNK
-    floor = max(GEMV_MIN_BLOCK_N if min_block_n is None else min_block_n, 32)  # (a 3-bit word holds 32 values)
-
-    def programs() -> int:
-        return -(-max(dset.out_features) // bn) * dset.n_slices * dset.most_items(ck) * n_rowblocks
-
-    while programs() < GEMV_EXPAND_PROGRAMS:
-        if bn // 2 >= floor:
-            bn //= 2
-        elif ck // 2 >= step:
-            ck //= 2
-        else:
-            break
-    return bn, ck
 
 
 def _gemv_block_m(M: int, dset: DeltaSet) -> int:
@@ -1114,13 +1082,12 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         bm = block_m or _gemv_block_m(M, dset)
         br = block_r or GEMV_STEP_R
         bn = min(block_n or dset.block_k, dset.block_k)
+        nb = -(-max(dset.out_features) // bn)
+        ck = int(chunk or GEMV_CHUNK)
         # a dependent launch reads the row blocks and items before its wait: only when none of them is
         # built now (by work queued right before it), i.e. the shrink's call left them cached
         cached = bm in plan.blocks
         blocks = plan_blocks(plan, bm)
-        bn, ck = gemv_runs(dset, blocks.shape[0], bn, br, min_block_n=bn if block_n else None)
-        ck = int(chunk or ck)
-        nb = -(-max(dset.out_features) // bn)
         cached = cached and dset.gemv_tables_built(ck, nb, blocks.shape[0])
         items, nitems, most = dset.items(ck)
         sems = dset.semaphores(nb, blocks.shape[0])
