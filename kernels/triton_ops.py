@@ -711,11 +711,12 @@ if HAVE_TRITON:
                                  tl.where(offs_mm == 2, tl.sum(tl.sum(a2, axis=1), axis=0), tl.sum(tl.sum(a3, axis=1), axis=0))))
 
     @triton.jit
-    def _gemv_expand_part(part_ptr, z_ptr, pos0, nrows, M, ZC, Ntot, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one,
+    def _gemv_expand_part(part_ptr, row_off, z_ptr, pos0, nrows, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one,
                           BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                          FAST: tl.constexpr, USE_GDC: tl.constexpr):
-        """Store to part_ptr (rows of the block, Ntot) the partial y of components [0, cnt_t) of
-        one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n).
+                          FAST: tl.constexpr, USE_GDC: tl.constexpr, ATOMIC: tl.constexpr):
+        """Store to part_ptr (row m of the block at row_off[m]) the partial y of components [0, cnt_t) of
+        one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n); ATOMIC:
+        add it there instead (float32 atomics, relaxed: part_ptr is a float32 y).
         Steps of RB components (~BLOCK_R * 32 bytes of words for any width) held as R_IN x R_OUT
         (R_IN in-thread, summed each step; R_OUT across threads, summed once at the end); the
         loads of the next two steps are issued before this one is computed (see _gemv_shrink_tile)."""
@@ -766,12 +767,16 @@ if HAVE_TRITON:
             cl = col0 + n0 + li[None, :] * 16 + f16[:, None]
             ch = col0 + n0 + ci[None, :] * 32 + f32[:, None]
             mrow = (offs_mm < nrows)[:, None, None]
-            pl_ptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cl[None, :, :]
-            ph_ptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + ch[None, :, :]
-            tl.store(pl_ptr, rl, mask=mrow & (cl < col0 + m_s)[None, :, :])
-            tl.debug_barrier()  # the low planes' sums are in memory before the high plane's are added
+            pl_ptr = part_ptr + row_off[:, None, None] + cl[None, :, :]
+            ph_ptr = part_ptr + row_off[:, None, None] + ch[None, :, :]
             hm = mrow & (ch < col0 + m_s)[None, :, :]
-            tl.store(ph_ptr, tl.load(ph_ptr, mask=hm, other=0.0) + rh, mask=hm)
+            if ATOMIC:
+                tl.atomic_add(pl_ptr, rl, mask=mrow & (cl < col0 + m_s)[None, :, :], sem="relaxed")
+                tl.atomic_add(ph_ptr, rh, mask=hm, sem="relaxed")
+            else:
+                tl.store(pl_ptr, rl, mask=mrow & (cl < col0 + m_s)[None, :, :])
+                tl.debug_barrier()  # the low planes' sums are in memory before the high plane's are added
+                tl.store(ph_ptr, tl.load(ph_ptr, mask=hm, other=0.0) + rh, mask=hm)
         else:
             FLD: tl.constexpr = 32 // BITS
             NW: tl.constexpr = BLOCK_N // FLD
@@ -820,8 +825,11 @@ if HAVE_TRITON:
                 t2 = _rowsum_total(offs_mm, c20, c21, c22, c23)
                 res = res - (t1[:, None, None] * _field_c(fi, BITS)[None, :, None] + t2[:, None, None])
             cols = col0 + n0 + wi[None, :] * FLD + fi[:, None]  # (FLD, NW)
-            pptr = part_ptr + (offs_mm.to(tl.int64) * Ntot)[:, None, None] + cols[None, :, :]
-            tl.store(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
+            pptr = part_ptr + row_off[:, None, None] + cols[None, :, :]
+            if ATOMIC:
+                tl.atomic_add(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :], sem="relaxed")
+            else:
+                tl.store(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
 
     @triton.jit(do_not_specialize=["one"])
     def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr,
@@ -829,13 +837,15 @@ if HAVE_TRITON:
                             M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym, one,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ATOMIC: tl.constexpr = False):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
         its partial sum; the last of a (row block, slice, column block) group to finish (a counter
         per group, reset by that last one) adds the partials in item order into y: one launch, the
-        same numbers whatever the order the programs ran in."""
+        same numbers whatever the order the programs ran in. ATOMIC (a float32 y): each program adds
+        its partial into y with relaxed atomics instead (no partials, no counter, no fence; the
+        float32 sums' order then varies from run to run)."""
         pid_n = tl.program_id(0)
         pi = tl.program_id(1)
         blk = tl.program_id(2)
@@ -851,27 +861,34 @@ if HAVE_TRITON:
         n0 = pid_n * BLOCK_N
         if (slot < 0) | (i >= ni) | (n0 >= m_s):
             return
-        part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
+        offs_mm = tl.arange(0, BLOCK_M)
+        if ATOMIC:
+            part = y_ptr
+            row_off = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64) * stride_ym
+        else:
+            part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
+            row_off = offs_mm.to(tl.int64) * Ntot
         # the tier's arrays as base pointers (the one 64-bit add), everything inside a tier in int32
         wq, sq, zq = words_ptr + u_q, scales_ptr + u_sz, zeros_ptr + u_sz
         cnt_t, zcol, gs = cnt_t.to(tl.int32), zcol.to(tl.int32), gs.to(tl.int32)
         if HAS2:
             if bits == 2:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
         if HAS3:
             if bits == 3:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
         if HAS8:
             if bits == 8:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
         if HAS4:
             if bits == 4:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
         if HAS1:
             if bits == 1:
-                _gemv_expand_part(part, z_ptr, pos0, nrows, M, ZC, Ntot, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC)
-        sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
-        _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s, BLOCK_M, BLOCK_N)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
+        if not ATOMIC:
+            sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
+            _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s, BLOCK_M, BLOCK_N)
 
 
 #: the compiled kernels of the latest launches (registers, spills, shared memory: benchmarks read them)
@@ -955,6 +972,13 @@ GEMV_FAST_EXPAND_MAX_M = int(os.environ.get("DELTASTORE_GEMV_FAST_EXPAND_MAX_M",
 #: finishes, loads its packed words and tables, and waits (griddepcontrol.wait) only before it reads
 #: z, so a group's second launch and its prologue overlap the first one's tail. DELTASTORE_PDL=0: off.
 GEMV_PDL = os.environ.get("DELTASTORE_PDL", "1") not in ("", "0")
+#: the GEMV expand into a float32 y (the side stream's delta buffer, a float32 model): each program
+#: adds its partial sum into y with relaxed float32 atomics, instead of storing it for the last
+#: program of its column block to add (the counter handshake: an acq_rel atomic, a fence and the
+#: partials read back, 14-28% of the expands' stall samples on the H200, raw_h200/s25/src). The
+#: float32 sums' order then varies between runs (as the tensor-core kernels' atomics do); another
+#: dtype of y keeps the ordered handshake. DELTASTORE_GEMV_ATOMIC=0: off.
+GEMV_ATOMIC = os.environ.get("DELTASTORE_GEMV_ATOMIC", "0") not in ("", "0")
 
 
 def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
@@ -1091,13 +1115,14 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         cached = cached and dset.gemv_tables_built(ck, nb, blocks.shape[0])
         items, nitems, most = dset.items(ck)
         sems = dset.semaphores(nb, blocks.shape[0])
-        part = torch.empty(most, M, sum(dset.out_features), dtype=torch.float32, device=y.device)
+        atomic = GEMV_ATOMIC and y.dtype == torch.float32
+        part = y if atomic else torch.empty(most, M, sum(dset.out_features), dtype=torch.float32, device=y.device)
         grid = (nb, dset.n_slices * most, blocks.shape[0])
         LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items, nitems,
                              plan.rows, blocks, dset.m_out, dset.col_off,
-                             M, dset.zcols, part.shape[2], nb, dset.n_slices, most, y.stride(0), 1,
+                             M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl) and cached))
+                             ATOMIC=atomic, num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl) and cached))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2

@@ -1,0 +1,39 @@
+"""The GEMV expand into a float32 y with atomics (triton_ops.GEMV_ATOMIC: the side stream's delta
+buffer): each program adds its partial into y, so y's rows must get their own tenant's delta, added
+to what y held, from every tier (several programs a column block), at one and two rows a block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deltastore.kernels import DeltaSet, plan_rows, ref_ops, triton_ops
+
+from .kernel_testlib import DEVICE, packed_delta, rel
+
+pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
+
+M_OUT, N_IN = 150, 96  # two column blocks of 128, the second short
+
+
+@pytest.mark.parametrize("ids", [[1, 0], [1, 0, 1, -1, 0]])  # one row a tenant; two a tenant and a row of none
+def test_atomic_expand_adds_each_rows_delta_into_a_float32_y(ids: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = DeltaSet(N_IN, [M_OUT], DEVICE)
+    for seed in (3, 4):
+        ds.add([packed_delta(M_OUT, N_IN, seed=seed, schedule=[[8, 2], [3, 9], [2, None]], group_size=32)[1]])
+    t = torch.tensor(ids, device=DEVICE)
+    plan = plan_rows(t, 2)
+    x = torch.randn(len(ids), N_IN, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(DEVICE)
+    y0 = torch.randn(len(ids), M_OUT, generator=torch.Generator().manual_seed(6)).to(DEVICE)  # float32, not zero
+    zr = ref_ops.shrink(x, ds, plan)
+    want = ref_ops.expand(zr, y0.clone(), ds, plan)
+    assert triton_ops.use_gemv(len(ids), ds)
+    z = triton_ops.shrink(x, ds, plan, triton_ops.pick_split_k(len(ids), ds))
+    got = {}
+    for atomic in (True, False):
+        monkeypatch.setattr(triton_ops, "GEMV_ATOMIC", atomic)
+        got[atomic] = triton_ops.expand(z, y0.clone(), ds, plan)
+        assert rel(got[atomic] - y0, want - y0) < 1e-4, atomic  # the delta, to float32 rounding
+    none = t < 0
+    assert torch.equal(got[True][none], y0[none])  # a row of no tenant is left as it was
+    assert float((got[True] - got[False]).abs().max()) <= 1e-5 * float(want.abs().max())
