@@ -2,6 +2,9 @@
 # One device call: does the one-row GEMV path gain from more programs or more warps an SM?
 # Nsight Compute (ncu_device.sh, raw_h200/s25/ncu) saw the o and down expands fill 0.36-0.42 of a
 # wave and every GEMV kernel at 25% theoretical occupancy (123-128 registers). Carry .whl-store.
+# Ran at commit f5585a9: the layer A/B's GEMV_EXPAND_PROGRAMS / GEMV_MIN_BLOCK_N and the
+# test_gemv_chunk tests were removed after it (1c6db4e), so check that commit out to rerun them;
+# the per-kernel A/B (profile_kernels.py's chunk / bn / emr / smr) runs at any later commit.
 #   bash benchmarks/gemv_fill_device.sh OUT
 # 1. each group's shrink and expand alone (profile_kernels.py, CUDA graph over 4 copies) at M=1:
 #    runs of 256 (default) / 128 / 64 components a program, 64 columns a program, and register caps
