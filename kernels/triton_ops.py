@@ -139,6 +139,12 @@ if HAVE_TRITON:
                 tl.load(tb + 5), tl.load(tb + 6), tl.load(tb + 7), tl.load(tb + 8))
 
     @triton.jit
+    def _gemv_entries(count_ptr, table_ptr, s, sl, t, n_slices, T_max, NF: tl.constexpr, F0: tl.constexpr):
+        """A GEMV program's table entries for slot s: how many rows slot-slice (s, sl) has in
+        ``table_ptr`` (tiles or items), and the nine fields of its row t from field F0 on."""
+        return (tl.load(count_ptr + s * n_slices + sl),) + _tile_header(table_ptr + ((s * n_slices + sl) * T_max + t) * NF + F0)
+
+    @triton.jit
     def _row_block(blocks_ptr, blk):
         """(slot or -1, first sorted position, rows) of row block ``blk`` (deltaset.plan_blocks)."""
         return tl.load(blocks_ptr + 3 * blk), tl.load(blocks_ptr + 3 * blk + 1), tl.load(blocks_ptr + 3 * blk + 2)
@@ -260,11 +266,16 @@ if HAVE_TRITON:
         return acc
 
     @triton.jit
+    def _block_rows(rows_ptr, pos0, nrows, offs_mm):
+        """int64 batch rows of a row block's positions pos0 + offs_mm (0 past its nrows rows)."""
+        return tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
+
+    @triton.jit
     def _y_add(y_ptr, rows_ptr, pos0, nrows, cols, c_ok, stride_ym, acc, BLOCK_M: tl.constexpr):
         """y[rows of the block, cols] += acc (float32), rounded once to y's dtype."""
         offs_mm = tl.arange(0, BLOCK_M)
         mk = (offs_mm < nrows)[:, None] & c_ok[None, :]
-        rows = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
+        rows = _block_rows(rows_ptr, pos0, nrows, offs_mm)
         yptr = y_ptr + (rows * stride_ym)[:, None] + cols[None, :]
         yv = tl.load(yptr, mask=mk, other=0.0).to(tl.float32)
         tl.store(yptr, (yv + acc).to(y_ptr.dtype.element_ty), mask=mk)
@@ -286,7 +297,7 @@ if HAVE_TRITON:
             offs_mm = tl.arange(0, BLOCK_M)
             cols = col0 + n0 + tl.arange(0, BLOCK_N)
             mk = (offs_mm < nrows)[:, None] & (cols < col0 + m_s)[None, :]
-            rows = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64)
+            rows = _block_rows(rows_ptr, pos0, nrows, offs_mm)
             yptr = y_ptr + (rows * stride_ym)[:, None] + cols[None, :]
             yv = tl.load(yptr, mask=mk, other=0.0).to(tl.float32)
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -619,19 +630,15 @@ if HAVE_TRITON:
         tt = pid0 // SPLIT_K
         sl = tt // T_max
         t = tt % T_max
+        if GUESS:  # slot 0's entries asked for beside the row block
+            nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, 0, sl, t, n_slices, T_max, NFIELD, 0)
+        slot, pos0, nrows = _row_block(blocks_ptr, blk)
+        s = tl.maximum(slot, 0)  # every table read below is in bounds; the exit test comes after them
         if GUESS:
-            nt = tl.load(ntiles_ptr + sl)
-            v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _tile_header(tiles_ptr + (sl * T_max + t) * NFIELD)
-            slot, pos0, nrows = _row_block(blocks_ptr, blk)
-            s = tl.maximum(slot, 0)
             if s != 0:  # guessed wrong: the slot's own entries, a round trip later
-                nt = tl.load(ntiles_ptr + s * n_slices + sl)
-                v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _tile_header(tiles_ptr + ((s * n_slices + sl) * T_max + t) * NFIELD)
+                nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, s, sl, t, n_slices, T_max, NFIELD, 0)
         else:
-            slot, pos0, nrows = _row_block(blocks_ptr, blk)
-            s = tl.maximum(slot, 0)  # every table read below is in bounds; the exit test comes after them
-            nt = tl.load(ntiles_ptr + s * n_slices + sl)
-            v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _tile_header(tiles_ptr + ((s * n_slices + sl) * T_max + t) * NFIELD)
+            nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, s, sl, t, n_slices, T_max, NFIELD, 0)
         if (slot < 0) | (t >= nt):
             return
         offs_r = tl.arange(0, BLOCK_R)
@@ -779,12 +786,13 @@ if HAVE_TRITON:
             mrow = (offs_mm < nrows)[:, None, None]
             pl_ptr = part_ptr + row_off[:, None, None] + cl[None, :, :]
             ph_ptr = part_ptr + row_off[:, None, None] + ch[None, :, :]
+            lm = mrow & (cl < col0 + m_s)[None, :, :]
             hm = mrow & (ch < col0 + m_s)[None, :, :]
             if ATOMIC:
-                tl.atomic_add(pl_ptr, rl, mask=mrow & (cl < col0 + m_s)[None, :, :], sem="relaxed")
+                tl.atomic_add(pl_ptr, rl, mask=lm, sem="relaxed")
                 tl.atomic_add(ph_ptr, rh, mask=hm, sem="relaxed")
             else:
-                tl.store(pl_ptr, rl, mask=mrow & (cl < col0 + m_s)[None, :, :])
+                tl.store(pl_ptr, rl, mask=lm)
                 tl.debug_barrier()  # the low planes' sums are in memory before the high plane's are added
                 tl.store(ph_ptr, tl.load(ph_ptr, mask=hm, other=0.0) + rh, mask=hm)
         else:
@@ -836,10 +844,11 @@ if HAVE_TRITON:
                 res = res - (t1[:, None, None] * _field_c(fi, BITS)[None, :, None] + t2[:, None, None])
             cols = col0 + n0 + wi[None, :] * FLD + fi[:, None]  # (FLD, NW)
             pptr = part_ptr + row_off[:, None, None] + cols[None, :, :]
+            pm = (offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :]
             if ATOMIC:
-                tl.atomic_add(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :], sem="relaxed")
+                tl.atomic_add(pptr, res, mask=pm, sem="relaxed")
             else:
-                tl.store(pptr, res, mask=(offs_mm < nrows)[:, None, None] & (cols < col0 + m_s)[None, :, :])
+                tl.store(pptr, res, mask=pm)
 
     @triton.jit(do_not_specialize=["one"])
     def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr,
@@ -864,19 +873,15 @@ if HAVE_TRITON:
         sl = pi // I_max
         i = pi % I_max
         # the block, then the slot's item and the slice's entries (two round trips), then the exits
+        if GUESS:  # slot 0's entries asked for beside the row block
+            ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, 0, sl, i, n_slices, I_max, NFI, 2)
+        slot, pos0, nrows = _row_block(blocks_ptr, blk)
+        s = tl.maximum(slot, 0)
         if GUESS:
-            ni = tl.load(nitems_ptr + sl)
-            u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _tile_header(items_ptr + (sl * I_max + i) * NFI + 2)
-            slot, pos0, nrows = _row_block(blocks_ptr, blk)
-            s = tl.maximum(slot, 0)
             if s != 0:  # guessed wrong: the slot's own entries, a round trip later
-                ni = tl.load(nitems_ptr + s * n_slices + sl)
-                u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _tile_header(items_ptr + ((s * n_slices + sl) * I_max + i) * NFI + 2)
+                ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, s, sl, i, n_slices, I_max, NFI, 2)
         else:
-            slot, pos0, nrows = _row_block(blocks_ptr, blk)
-            s = tl.maximum(slot, 0)
-            ni = tl.load(nitems_ptr + s * n_slices + sl)
-            u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _tile_header(items_ptr + ((s * n_slices + sl) * I_max + i) * NFI + 2)
+            ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, s, sl, i, n_slices, I_max, NFI, 2)
         m_s = tl.load(mout_ptr + sl)
         col0 = tl.load(coloff_ptr + sl)
         n0 = pid_n * BLOCK_N
@@ -885,7 +890,7 @@ if HAVE_TRITON:
         offs_mm = tl.arange(0, BLOCK_M)
         if ATOMIC:
             part = y_ptr
-            row_off = tl.load(rows_ptr + pos0 + offs_mm, mask=offs_mm < nrows, other=0).to(tl.int64) * stride_ym
+            row_off = _block_rows(rows_ptr, pos0, nrows, offs_mm) * stride_ym
         else:
             part = part_ptr + (j * M + pos0).to(tl.int64) * Ntot
             row_off = offs_mm.to(tl.int64) * Ntot
