@@ -120,8 +120,10 @@ MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_MAX_ROWS", "32"))
 MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
 #: rows of a batch of ONE fine-tune these kernels serve (ONE_MIN_ROWS .. ONE_MAX_ROWS; fewer: the GEMV
 #: kernels, more: the dense path). H200, one Llama-2-7B layer's deltas alone: 16 rows 175 us against
-#: the dense path's 313, one row 108 against the GEMV kernels' 92 (kernels_h200.md, twentieth session)
-ONE_MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MIN_ROWS", "5"))
+#: the dense path's 313, one row 108 against the GEMV kernels' 92 (kernels_h200.md, twentieth session);
+#: 2 / 3 / 4 rows 97.8 / 100.6 / 100.3 us against the GEMV kernels' 115.1 / 197.1 / 200.3 (the layer
+#: x1.80 -> x1.50, x2.43 -> x1.50, x2.43 -> x1.49 of base; benchmarks/rows_path_device.sh, raw_h200/s26/rows)
+ONE_MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MIN_ROWS", "2"))
 ONE_MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MAX_ROWS", "16"))
 #: run them on the side stream beside the base GEMM whatever the rows (kernels.linear.side_for;
 #: the GEMV path always does): they are bound by L1 and latency, the GEMM by DRAM
@@ -642,7 +644,8 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     twentieth session, the 3- and 8-bit tiers as planes): 2 rows over 8 fine-tunes 0.69x the GEMV
     kernels' time, 2 over 32 0.66x, 4 over 8 0.41x, 8 over 8 0.36x; 1 row over 8 or 4 level (0.96-0.97x
     the layer, 1.03-1.05x the deltas alone): the GEMV kernels keep it. One fine-tune: 16 rows 0.67x the
-    dense path; 1 row 98.5 us of deltas against the GEMV kernels' 92 (the GEMV kernels keep up to 4)."""
+    dense path; 1 row 98.5 us of deltas against the GEMV kernels' 92 (the GEMV kernels keep it); 2 to 4
+    rows 0.84x / 0.62x / 0.61x the layer on the GEMV kernels (twenty-sixth session, atomic GEMV expand)."""
     if path is not None:
         return path == "mma"
     if plan.only_slot is not None or dset.n_slots < 2:

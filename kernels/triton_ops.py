@@ -617,11 +617,10 @@ if HAVE_TRITON:
                             M, K, ZC, n_slices, T_max, stride_xm, one,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, GUESS: tl.constexpr = False):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
-        one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program.
-        GUESS: slot 0's tile is asked for beside the row block (see GEMV_GUESS_SLOT0)."""
+        one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program."""
         if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
             tl.extra.cuda.gdc_launch_dependents()
         pid0 = tl.program_id(0)
@@ -630,15 +629,9 @@ if HAVE_TRITON:
         tt = pid0 // SPLIT_K
         sl = tt // T_max
         t = tt % T_max
-        if GUESS:  # slot 0's entries asked for beside the row block
-            nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, 0, sl, t, n_slices, T_max, NFIELD, 0)
         slot, pos0, nrows = _row_block(blocks_ptr, blk)
         s = tl.maximum(slot, 0)  # every table read below is in bounds; the exit test comes after them
-        if GUESS:
-            if s != 0:  # guessed wrong: the slot's own entries, a round trip later
-                nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, s, sl, t, n_slices, T_max, NFIELD, 0)
-        else:
-            nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, s, sl, t, n_slices, T_max, NFIELD, 0)
+        nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, s, sl, t, n_slices, T_max, NFIELD, 0)
         if (slot < 0) | (t >= nt):
             return
         offs_r = tl.arange(0, BLOCK_R)
@@ -856,8 +849,7 @@ if HAVE_TRITON:
                             M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym, one,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ATOMIC: tl.constexpr = False,
-                            GUESS: tl.constexpr = False):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ATOMIC: tl.constexpr = False):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
@@ -865,23 +857,16 @@ if HAVE_TRITON:
         per group, reset by that last one) adds the partials in item order into y: one launch, the
         same numbers whatever the order the programs ran in. ATOMIC (a float32 y): each program adds
         its partial into y with relaxed atomics instead (no partials, no counter, no fence; the
-        float32 sums' order then varies from run to run). GUESS: slot 0's item is asked for beside
-        the row block (see GEMV_GUESS_SLOT0)."""
+        float32 sums' order then varies from run to run)."""
         pid_n = tl.program_id(0)
         pi = tl.program_id(1)
         blk = tl.program_id(2)
         sl = pi // I_max
         i = pi % I_max
         # the block, then the slot's item and the slice's entries (two round trips), then the exits
-        if GUESS:  # slot 0's entries asked for beside the row block
-            ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, 0, sl, i, n_slices, I_max, NFI, 2)
         slot, pos0, nrows = _row_block(blocks_ptr, blk)
         s = tl.maximum(slot, 0)
-        if GUESS:
-            if s != 0:  # guessed wrong: the slot's own entries, a round trip later
-                ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, s, sl, i, n_slices, I_max, NFI, 2)
-        else:
-            ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, s, sl, i, n_slices, I_max, NFI, 2)
+        ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, s, sl, i, n_slices, I_max, NFI, 2)
         m_s = tl.load(mout_ptr + sl)
         col0 = tl.load(coloff_ptr + sl)
         n0 = pid_n * BLOCK_N
@@ -1008,12 +993,6 @@ GEMV_PDL = os.environ.get("DELTASTORE_PDL", "1") not in ("", "0")
 #: varies between runs (as the tensor-core kernels' atomics do); a y of another dtype keeps the
 #: ordered handshake. DELTASTORE_GEMV_ATOMIC=0: the handshake everywhere.
 GEMV_ATOMIC = os.environ.get("DELTASTORE_GEMV_ATOMIC", "1") not in ("", "0")
-#: the GEMV kernels' prologue asks for slot 0's table entries beside the row block, instead of after
-#: it (row block -> slot -> entries: two dependent round trips before the first packed word, 12-22%
-#: of the expands' stall samples on the H200, raw_h200/s25/src); a block of another slot loads its
-#: own a round trip later. One fine-tune's batch is all slot 0. Not measured on the GPU yet: off
-#: (DELTASTORE_GEMV_GUESS_SLOT0=1 on; benchmarks/rows_path_device.sh has the A/B).
-GEMV_GUESS_SLOT0 = os.environ.get("DELTASTORE_GEMV_GUESS_SLOT0", "0") not in ("", "0")
 
 
 def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
@@ -1104,7 +1083,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                              plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             USE_GDC=_pdl(x, True if pdl is None else pdl), GUESS=GEMV_GUESS_SLOT0,
+                             USE_GDC=_pdl(x, True if pdl is None else pdl),
                              num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
         return z
     bm = block_m or _block_m(rows_per_slot(M, dset))
@@ -1158,7 +1137,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             ATOMIC=atomic, GUESS=GEMV_GUESS_SLOT0, num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl) and cached))
+                             ATOMIC=atomic, num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl) and cached))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2
