@@ -10,7 +10,7 @@ Llama-2-7B layer through the modules users get, 32 rows over 8 fine-tunes 540 us
 alone (the GEMV kernels x11.28); 16 rows of one fine-tune x2.13 (the dense path x3.21); 2 rows each
 over 32 fine-tunes 0.66x the GEMV kernels' time; one row of a fine-tune level with them or slower
 (its deltas 98.5 us against 92), so :func:`use_mma` takes these kernels for several fine-tunes at
-2..32 rows each and one fine-tune's batches of 5..16 rows, beside the base GEMM on the side stream.
+2..32 rows each and one fine-tune's batches of 2..16 rows, beside the base GEMM on the side stream.
 The 3- and 8-bit tiers are read as 2-bit planes (below).
 
 **Loads** (:data:`COMPACT`, the default). Nsight Compute on the probe's kernels: L1 at 79-92% of its
