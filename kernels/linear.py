@@ -81,7 +81,11 @@ def cpu_stacks(dset: DeltaSet) -> ref_ops.Stacks:
 
 
 T = TypeVar("T")
-_SIDE: dict[int, "torch.cuda.Stream"] = {}
+_SIDE: dict[tuple[int, str], "torch.cuda.Stream"] = {}
+#: the side stream's priority: "high" (the default: the deltas' programs are placed before the base
+#: GEMM's as SMs free up) or "default" (a stream's default, the lowest, which the GEMM's stream has:
+#: neither goes first). Chosen by reasoning, not measured yet (an A/B knob: DELTASTORE_SIDE_PRIORITY)
+SIDE_PRIORITY = os.environ.get("DELTASTORE_SIDE_PRIORITY", "high")
 
 
 def side_stream(x: torch.Tensor, preference: KernelPreference | str, ctx: "DeltaContext | None" = None) -> "torch.cuda.Stream | None":
@@ -112,10 +116,13 @@ def side_stream(x: torch.Tensor, preference: KernelPreference | str, ctx: "Delta
     if mode != "1" and not (ctx is not None and ctx.static):
         return None
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    s = _SIDE.get(idx)
+    if SIDE_PRIORITY not in ("high", "default"):
+        raise KernelError(f"DELTASTORE_SIDE_PRIORITY is 'high' or 'default', not {SIDE_PRIORITY!r}")
+    s = _SIDE.get((idx, SIDE_PRIORITY))
     if s is None:
-        lo, hi = torch.cuda.Stream.priority_range()
-        s = _SIDE[idx] = torch.cuda.Stream(device=idx, priority=min(lo, hi))
+        lo, hi = torch.cuda.Stream.priority_range()  # (lowest, greatest): numerically lower is higher
+        prio = min(lo, hi) if SIDE_PRIORITY == "high" else 0
+        s = _SIDE[(idx, SIDE_PRIORITY)] = torch.cuda.Stream(device=idx, priority=prio)
     return s
 
 

@@ -993,6 +993,14 @@ GEMV_PDL = os.environ.get("DELTASTORE_PDL", "1") not in ("", "0")
 #: varies between runs (as the tensor-core kernels' atomics do); a y of another dtype keeps the
 #: ordered handshake. DELTASTORE_GEMV_ATOMIC=0: the handshake everywhere.
 GEMV_ATOMIC = os.environ.get("DELTASTORE_GEMV_ATOMIC", "1") not in ("", "0")
+#: warps and register cap (0: none) of a GEMV shrink / expand program where the caller names none.
+#: At 4 warps and 123-128 registers a resident program holds a quarter of an SM's register file, so
+#: four of them (the GEMV kernels' occupancy) leave nothing for the base GEMV launched beside them on
+#: the side stream; a cap or fewer warps leave it room. Alone a cap of 96 was level and lower caps
+#: slower (raw_h200/gemv_maxnreg_133bbbc.md); beside the base, not measured yet (an A/B knob:
+#: DELTASTORE_GEMV_WARPS, DELTASTORE_GEMV_MAXNREG).
+GEMV_WARPS = int(os.environ.get("DELTASTORE_GEMV_WARPS", "4"))
+GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
 
 
 def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
@@ -1084,7 +1092,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                              plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
                              USE_GDC=_pdl(x, True if pdl is None else pdl),
-                             num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg))
+                             num_warps=num_warps or GEMV_WARPS, num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
         return z
     bm = block_m or _block_m(rows_per_slot(M, dset))
     num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2
@@ -1137,7 +1145,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             ATOMIC=atomic, num_warps=num_warps or 4, num_stages=num_stages or 3, **_regs(maxnreg), **_pdl_launch(y, bool(pdl) and cached))
+                             ATOMIC=atomic, num_warps=num_warps or GEMV_WARPS, num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2

@@ -37,3 +37,25 @@ def test_atomic_expand_adds_each_rows_delta_into_a_float32_y(ids: list[int], mon
     none = t < 0
     assert torch.equal(got[True][none], y0[none])  # a row of no tenant is left as it was
     assert float((got[True] - got[False]).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("warps,regs", [(2, 0), (4, 96)])
+def test_gemv_launch_defaults_reach_both_kernels(warps: int, regs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """triton_ops.GEMV_WARPS / GEMV_MAXNREG (the module path's warps and register cap, A/B knobs for
+    the deltas beside the base GEMV): the shrink and expand launch with them and still give each row
+    its tenant's delta (on a GPU: the compiled kernels have those warps and at most that many registers)."""
+    monkeypatch.setattr(triton_ops, "GEMV_WARPS", warps)
+    monkeypatch.setattr(triton_ops, "GEMV_MAXNREG", regs)
+    ds = DeltaSet(N_IN, [M_OUT], DEVICE)
+    for seed in (7, 8):
+        ds.add([packed_delta(M_OUT, N_IN, seed=seed, schedule=[[8, 2], [3, 9], [2, None]], group_size=32)[1]])
+    plan = plan_rows(torch.tensor([1, 0], device=DEVICE), 2)
+    x = torch.randn(2, N_IN, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16).to(DEVICE)
+    want = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(2, M_OUT, device=DEVICE), ds, plan)
+    z = triton_ops.shrink(x, ds, plan, triton_ops.pick_split_k(2, ds))
+    got = triton_ops.expand(z, torch.zeros(2, M_OUT, device=DEVICE), ds, plan)
+    assert rel(got, want) < 1e-4
+    if not triton_ops.interpreting():
+        for kind in ("shrink", "expand"):
+            k = triton_ops.LAST[kind]
+            assert k.metadata.num_warps == warps and (not regs or k.n_regs <= regs), (kind, k.metadata.num_warps, k.n_regs)

@@ -39,6 +39,24 @@ def test_no_side_stream_off_the_gpu() -> None:
     assert side_stream(x, "torch") is None and side_stream(x, "auto") is None
 
 
+@cuda
+def test_side_stream_priority_is_the_greatest_or_the_default_and_a_bad_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``linear.SIDE_PRIORITY`` (DELTASTORE_SIDE_PRIORITY): "high" gives the device's greatest stream
+    priority, "default" a stream's default (the base GEMM's), anything else one clear error."""
+    from deltastore.kernels import linear
+
+    monkeypatch.setenv("DELTASTORE_DELTA_STREAM", "1")
+    x = torch.zeros(1, 8, device="cuda")
+    lo, hi = torch.cuda.Stream.priority_range()
+    monkeypatch.setattr(linear, "SIDE_PRIORITY", "high")
+    assert side_stream(x, "triton").priority == min(lo, hi) < 0
+    monkeypatch.setattr(linear, "SIDE_PRIORITY", "default")
+    assert side_stream(x, "triton").priority == torch.cuda.current_stream().priority == 0
+    monkeypatch.setattr(linear, "SIDE_PRIORITY", "low")
+    with pytest.raises(KernelError, match="'high' or 'default'"):
+        side_stream(x, "triton")
+
+
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal bit for bit where not NaN (a NaN's payload is the converter's), NaN where the other is."""
     nan = a.isnan()
