@@ -7,7 +7,7 @@ handshake (GEMV_ATOMIC off) the expand adds its partial sums in a fixed order wh
 programs ran in, so the outputs are equal bit for bit. With the default float32 atomics the parts land
 in the order programs finish, in plain launches too: each output is a float32 sum of a few parts
 (one a run of components), reordered, so within 1e-5 of the output's largest value (a few roundings of
-6e-8 each; a wrong or missing part moves it by ~1). Runs only where PDL does (a CUDA GPU of compute
+6e-8 each; a wrong or missing part moves an output by orders of magnitude more). Runs only where PDL does (a CUDA GPU of compute
 capability 9 or newer, compiled Triton)."""
 
 from __future__ import annotations
