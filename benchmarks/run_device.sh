@@ -4,6 +4,8 @@
 # PYTHONPATH (a symlink farm maps codec/ kernels/ cli/ migrations/ into the deltastore package).
 #   bash benchmarks/run_device.sh setup            # then, in the same shell: source /tmp/ds/env
 #   bash benchmarks/run_device.sh tests|kernels|bitdelta|fused|generate OUTDIR [extra args]
+# The whole GPU test suite no longer fits one call run one test after another: gpu_tests_device.sh
+# spreads it over pytest-xdist workers (its wheels in .whl-store/deps beside the others).
 set -u
 what=${1:-setup}; out=${2:-/tmp/out}; shift 2 2>/dev/null
 if [ ! -f /tmp/ds/env ]; then
