@@ -717,7 +717,7 @@ def register_report() -> None:
     def has(bits):
         return {f"HAS{b}": b in bits for b in (1, 2, 3, 4, 8)}
 
-    sig_gs = dict(sig_s, one="i32", blocks_ptr="*i32")
+    sig_gs = dict(sig_s, one="i32", blocks_ptr="*i32", o_ptr="*fp32", o_n="i32")
     sig_ge = {"z_ptr": "*fp32", "y_ptr": "*bf16", "part_ptr": "*fp32", "sem_ptr": "*i32", "words_ptr": "*i32", "scales_ptr": "*fp16",
               "zeros_ptr": "*fp16", "items_ptr": "*i64", "nitems_ptr": "*i32", "rows_ptr": "*i32", "blocks_ptr": "*i32",
               "mout_ptr": "*i32", "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "Ntot": "i32", "NB_max": "i32", "n_slices": "i32",

@@ -5,9 +5,12 @@
 # warps and 123-128 registers holds a quarter of an SM's register file (four of them: all of it), and
 # the side stream's high priority places them before the base's programs. Variants through the modules
 # (ab_mma.py, each checked against the reference first): the side stream at the default priority;
-# the GEMV kernels capped at 96 / 80 registers; at 2 warps. Cases: one row (GEMV), 8 rows over 8
-# fine-tunes (GEMV), 4 rows of one fine-tune and 32 over 8 (tensor-core kernels: the priority only).
-# First the GPU tests of this session's changes (test_pdl under atomics; the knobs). Carry .whl-store.
+# the GEMV kernels capped at 96 / 80 registers; at 2 warps; the delta buffer zeroed by the delta
+# kernels (linear.ZERO_IN_KERNELS: the GEMV shrink's programs, the tensor-core path's z launch) instead
+# of a zero_() launch of its own ahead of them on the side stream. Cases: one row (GEMV), 8 rows over 8
+# fine-tunes (GEMV), 4 rows of one fine-tune and 32 over 8 (tensor-core kernels: the priority and the
+# zeroing). First the GPU tests of this session's changes (test_pdl under atomics; the knobs; the
+# zeroing). Carry .whl-store.
 #   bash benchmarks/beside_device.sh OUT
 set -u
 out=${1:-/tmp/out}; mkdir -p "$out"
@@ -15,15 +18,16 @@ bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 say tests
 (cp -r tests pyproject.toml /tmp/ds/ && cd /tmp/ds && timeout "${T:-150}" python3 -m pytest -q -p no:cacheprovider -rfE \
-  tests/kernels/test_pdl.py tests/kernels/test_gemv_atomic.py tests/kernels/test_side_stream.py -k "pdl or launch_defaults or priority" 2>&1 | tail -8) \
+  tests/kernels/test_pdl.py tests/kernels/test_gemv_atomic.py tests/kernels/test_side_stream.py tests/kernels/test_zero_in_kernels.py \
+  -k "pdl or launch_defaults or priority or zero" 2>&1 | tail -8) \
   | tee "$out/gpu_tests.log"
 say "GEMV knobs and priority, GEMV cases"
-CFGS='[{}, {"linear.SIDE_PRIORITY": "default"}, {"triton_ops.GEMV_MAXNREG": 96}, {"triton_ops.GEMV_MAXNREG": 80}, {"triton_ops.GEMV_WARPS": 2}]'
-timeout "${AB_T:-260}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,8x8} --delta-alone --out "$out/ab_gemv.md" \
+CFGS='[{}, {"linear.ZERO_IN_KERNELS": true}, {"linear.SIDE_PRIORITY": "default"}, {"triton_ops.GEMV_MAXNREG": 96}, {"triton_ops.GEMV_MAXNREG": 80}, {"triton_ops.GEMV_WARPS": 2}]'
+timeout "${AB_T:-300}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,8x8} --delta-alone --out "$out/ab_gemv.md" \
   --mma-cfgs "$CFGS" > "$out/ab_gemv.log" 2>&1
 grep '^|\|base alone\|alone' "$out/ab_gemv.log"
 say "priority, tensor-core cases"
-CFGS2='[{}, {"linear.SIDE_PRIORITY": "default"}]'
-timeout "${P_T:-150}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES2:-4,32x8} --delta-alone --out "$out/ab_prio.md" \
+CFGS2='[{}, {"linear.ZERO_IN_KERNELS": true}, {"linear.SIDE_PRIORITY": "default"}]'
+timeout "${P_T:-180}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES2:-4,32x8} --delta-alone --out "$out/ab_prio.md" \
   --mma-cfgs "$CFGS2" > "$out/ab_prio.log" 2>&1
 grep '^|\|base alone\|alone' "$out/ab_prio.log"; say done

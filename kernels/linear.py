@@ -51,23 +51,28 @@ def resolve_preference(pref: KernelPreference | str, x: torch.Tensor) -> KernelP
 
 def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan,
                  preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
-                 path: str | None = None) -> torch.Tensor:
+                 path: str | None = None, overwrite: bool = False) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
     with Triton on a GPU, up to 16 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
     where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
-    dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path."""
+    dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path.
+    ``overwrite``: y = the delta (y's contents not read), zeroed by the kernels where they can (the
+    GEMV shrink's programs; the tensor-core path's launch that zeroes its z) instead of a launch
+    of its own."""
     if dset.n_slots == 0:
-        return y
+        return y.zero_() if overwrite else y
     if plan.n_slots != dset.n_slots:
         raise KernelError(f"the row plan covers {plan.n_slots} fine-tunes; the deltas have {dset.n_slots}")
     if resolve_preference(preference, x) is KernelPreference.TRITON:
         if mma.use_mma(x, dset, plan, path):
-            return mma.apply(x, y, dset, plan)
+            return mma.apply(x, y, dset, plan, overwrite)
         if dense.use_dense(x.shape[0], dset, plan, path):
-            return dense.apply(x, y, dset, plan)
+            return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
         sk = triton_ops.pick_split_k(x.shape[0], dset, path) if split_k is None else split_k
-        z = triton_ops.shrink(x, dset, plan, sk, path=path)
+        z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None)
         return triton_ops.expand(z, y, dset, plan, path=path, pdl=True)  # (launched right after its shrink)
+    if overwrite:
+        y.zero_()
     stacks = cpu_stacks(dset) if x.device.type == "cpu" else None
     z = ref_ops.shrink(x, dset, plan, stacks=stacks)
     return ref_ops.expand(z, y, dset, plan, stacks=stacks)
@@ -86,6 +91,11 @@ _SIDE: dict[tuple[int, str], "torch.cuda.Stream"] = {}
 #: GEMM's as SMs free up) or "default" (a stream's default, the lowest, which the GEMM's stream has:
 #: neither goes first). Chosen by reasoning, not measured yet (an A/B knob: DELTASTORE_SIDE_PRIORITY)
 SIDE_PRIORITY = os.environ.get("DELTASTORE_SIDE_PRIORITY", "high")
+#: :func:`beside` has the delta kernels zero its float32 buffer (``apply_deltas(overwrite=True)``:
+#: the GEMV shrink's programs, or the tensor-core path's zeroing of its z) instead of a zero_() launch
+#: of its own ahead of them on the side stream: one launch fewer a group on the deltas' chain. Not
+#: measured yet: off (DELTASTORE_ZERO_IN_KERNELS=1 on; benchmarks/beside_device.sh has the A/B)
+ZERO_IN_KERNELS = os.environ.get("DELTASTORE_ZERO_IN_KERNELS", "0") not in ("", "0")
 
 
 def side_stream(x: torch.Tensor, preference: KernelPreference | str, ctx: "DeltaContext | None" = None) -> "torch.cuda.Stream | None":
@@ -157,15 +167,18 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     hands its memory to another stream while the side stream still writes it."""
     d = torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out
     s = side_for(x, dset, preference) if side is True else (side or None)
+    def deltas() -> None:
+        if not ZERO_IN_KERNELS:
+            d.zero_()
+        apply_deltas(x, d, dset, plan, preference, split_k, overwrite=ZERO_IN_KERNELS)
+
     if s is None:
-        d.zero_()
-        apply_deltas(x, d, dset, plan, preference, split_k)
+        deltas()
         return base(), d
     main = torch.cuda.current_stream(x.device)
     s.wait_stream(main)
     with torch.cuda.stream(s):
-        d.zero_()
-        apply_deltas(x, d, dset, plan, preference, split_k)
+        deltas()
     token = _BESIDE.set(True)  # the base may take the Triton kernels that leave the deltas SMs (base_linear)
     try:
         y = base()

@@ -655,9 +655,10 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     return rows_ok and usable(x, dset)
 
 
-def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> torch.Tensor:
+def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overwrite: bool = False) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place (two launches; a float32 y takes the
-    atomic adds itself, another dtype through a float32 scratch added once)."""
+    atomic adds itself, another dtype through a float32 scratch added once). ``overwrite``: y = the
+    delta instead (a float32 y zeroed in the launch that zeroes the shrink's z, not one of its own)."""
     if not usable(x, dset):
         raise KernelError("the mma kernels need Gluon, a CUDA device of compute capability 8.0+, bf16/fp16 activations "
                           "and tiers of 2, 3 or 8 bits in groups of 128")
@@ -682,13 +683,20 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan) -> to
     # launch near SHRINK_PROGRAMS, at most MAX_GPS (at 64 rows over 32 fine-tunes the rule alone gave
     # 32; capped at 4, or at 1, the layer measured the same: 1.22x / 1.24x the GEMV kernels' time)
     gps = next((g for g in (1, 2, 4, 8, 16, 32) if g >= MAX_GPS or per * -(-G // g) <= SHRINK_PROGRAMS), MAX_GPS)
-    z = torch.zeros(M, max(dset.zcols, 1), dtype=torch.float32, device=x.device)
+    z = torch.empty(M, max(dset.zcols, 1), dtype=torch.float32, device=x.device)
+    y_f32 = y.dtype == torch.float32 and y.stride(1) == 1
+    if overwrite and y_f32 and y.is_contiguous():
+        torch._foreach_zero_([z, y])  # one multi-tensor launch for both
+    else:
+        z.zero_()
+        if overwrite:
+            y.zero_()
     _shrink_kernel[(dset.n_slices * T, -(-G // gps), nb)](
         x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, plan.rows, blocks,
         K, x.stride(0), z.stride(0), dset.n_slices, T,
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
         **(compact_layouts(16 * SHRINK_TILES * 4) if compact else dict(LW=None, L3=None, XL=None)), num_warps=4)
-    d = y if (y.dtype == torch.float32 and y.stride(1) == 1) else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)
+    d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,

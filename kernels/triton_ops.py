@@ -613,16 +613,21 @@ if HAVE_TRITON:
 
     @triton.jit(do_not_specialize=["one"])
     def _gemv_shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
-                            rows_ptr, blocks_ptr,
-                            M, K, ZC, n_slices, T_max, stride_xm, one,
+                            rows_ptr, blocks_ptr, o_ptr,
+                            M, K, ZC, n_slices, T_max, stride_xm, one, o_n,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ZERO: tl.constexpr = 0):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
-        one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program."""
+        one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program.
+        ZERO > 0: each program first zeroes its ZERO floats of o (o_n of them, the float32 output
+        the expand then adds into: see :func:`shrink`'s ``zero``), exits or not."""
         if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
             tl.extra.cuda.gdc_launch_dependents()
+        if ZERO > 0:  # (the expand reads o only after this grid is done: stream order, or its PDL wait)
+            zo = (tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)).to(tl.int64) * ZERO + tl.arange(0, ZERO)
+            tl.store(o_ptr + zo, tl.zeros((ZERO,), dtype=tl.float32), mask=zo < o_n)
         pid0 = tl.program_id(0)
         blk = tl.program_id(1)
         ks = pid0 % SPLIT_K
@@ -1063,14 +1068,32 @@ def dot_chunk(M: int, dset: DeltaSet, block_m: int, block_n: int, block_r: int) 
     return min(c, rank)
 
 
+#: the most floats one GEMV shrink program zeroes for :func:`shrink`'s ``zero`` (more: ``zero_()``)
+ZERO_MAX_BLOCK = 4096
+
+
+def _zero_block(t: torch.Tensor | None, programs: int) -> int:
+    """Floats each of ``programs`` shrink programs zeroes so that together they cover ``t`` (a power
+    of two, at least 128: few compiled variants), or 0 where the shrink cannot (not float32 and
+    contiguous, or more than :data:`ZERO_MAX_BLOCK` a program)."""
+    if t is None or t.dtype != torch.float32 or not t.is_contiguous() or t.numel() == 0 or t.numel() >= 1 << 31:
+        return 0
+    zb = max(128, triton.next_power_of_2(-(-t.numel() // max(programs, 1))))
+    return zb if zb <= ZERO_MAX_BLOCK else 0
+
+
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
            block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None, gather: bool = False,
-           path: str | None = None, maxnreg: int | None = None, pdl: bool | None = None) -> torch.Tensor:
+           path: str | None = None, maxnreg: int | None = None, pdl: bool | None = None,
+           zero: torch.Tensor | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows.
     ``path``: "gemv" (few rows per fine-tune) or "dot"; by default chosen by :func:`use_gemv`.
     ``maxnreg``: a cap on registers a thread (ptxas spills above it; benchmarks probe occupancy with it).
     ``pdl``: on the GEMV path, each program signals at its start that an expand launched as
-    its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`)."""
+    its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`).
+    ``zero``: a tensor zeroed before this returns' work is read (the float32 output the expand will
+    add into): on the GEMV path by the shrink's own programs where it is float32 and contiguous (one
+    launch fewer), else by ``zero_()``."""
     _need_triton()
     _not_dense(path)
     dset.build()
@@ -1088,12 +1111,18 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         tiles, ntiles, T = dset.tiles(br)
         blocks = plan_blocks(plan, bm)
         grid = (dset.n_slices * T * split_k, blocks.shape[0])
+        zb = _zero_block(zero, grid[0] * grid[1])
+        if zero is not None and not zb:
+            zero.zero_()
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
-                             plan.rows, blocks, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
+                             plan.rows, blocks, zero if zb else z, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
+                             zero.numel() if zb else 0,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             USE_GDC=_pdl(x, True if pdl is None else pdl),
+                             USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb,
                              num_warps=num_warps or GEMV_WARPS, num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
         return z
+    if zero is not None:
+        zero.zero_()
     bm = block_m or _block_m(rows_per_slot(M, dset))
     num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2
     br = block_r or dset.tile_r
