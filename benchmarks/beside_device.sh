@@ -9,7 +9,8 @@
 # kernels (linear.ZERO_IN_KERNELS: the GEMV shrink's programs, the tensor-core path's z launch) instead
 # of a zero_() launch of its own ahead of them on the side stream. Cases: one row (GEMV), 8 rows over 8
 # fine-tunes (GEMV), 4 rows of one fine-tune and 32 over 8 (tensor-core kernels: the priority and the
-# zeroing). First the GPU tests of this session's changes (test_pdl under atomics; the knobs; the
+# zeroing); then one fine-tune at 24, 32 and 64 rows on the tensor-core kernels (mma.ONE_MAX_ROWS 16:
+# the dense path from 17 rows, x3.17 of base at 64) against the defaults. First the GPU tests of this session's changes (test_pdl under atomics; the knobs; the
 # zeroing). Carry .whl-store.
 #   bash benchmarks/beside_device.sh OUT
 set -u
@@ -30,4 +31,9 @@ say "priority, tensor-core cases"
 CFGS2='[{}, {"linear.ZERO_IN_KERNELS": true}, {"linear.SIDE_PRIORITY": "default"}]'
 timeout "${P_T:-180}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES2:-4,32x8} --delta-alone --out "$out/ab_prio.md" \
   --mma-cfgs "$CFGS2" > "$out/ab_prio.log" 2>&1
-grep '^|\|base alone\|alone' "$out/ab_prio.log"; say done
+grep '^|\|base alone\|alone' "$out/ab_prio.log"
+say "one fine-tune past 16 rows: the tensor-core kernels against the dense path"
+CFGS3='[{"ONE_MAX_ROWS": 32}, {"ONE_MAX_ROWS": 64, "MAX_ROWS": 64}]'
+timeout "${R_T:-150}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES3:-24,32,64} --delta-alone --out "$out/ab_rows.md" \
+  --mma-cfgs "$CFGS3" > "$out/ab_rows.log" 2>&1
+grep '^|\|base alone\|alone' "$out/ab_rows.log"; say done
