@@ -167,7 +167,8 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     hands its memory to another stream while the side stream still writes it."""
     d = torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out
     s = side_for(x, dset, preference) if side is True else (side or None)
-    def deltas() -> None:
+
+    def deltas() -> None:  # the buffer zeroed by a launch of its own, or by the delta kernels (ZERO_IN_KERNELS)
         if not ZERO_IN_KERNELS:
             d.zero_()
         apply_deltas(x, d, dset, plan, preference, split_k, overwrite=ZERO_IN_KERNELS)
