@@ -13,6 +13,7 @@ transformers), nothing is done.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import sys
@@ -27,7 +28,7 @@ def _import_hf_kernels_first() -> None:
     saved = sys.path[:]
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     try:
-        import kernels  # noqa: F401  (Hugging Face's: see the module docstring)
+        importlib.import_module("kernels")  # Hugging Face's: see the module docstring
     finally:
         sys.path[:] = saved
 
