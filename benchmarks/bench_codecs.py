@@ -364,7 +364,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    sys.path.insert(0, str(REPO))
+    sys.path.append(str(REPO))  # (last: ./kernels must not shadow HF's kernels package)
     try:
         import deltastore.codec  # noqa: F401  (installed, e.g. editable)
     except ImportError:  # a bare checkout: the package maps deltastore.codec to codec/ at the root

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # (last: ./kernels must not shadow HF's kernels package)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_store import machine, synth_1b  # noqa: E402

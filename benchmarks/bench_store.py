@@ -47,7 +47,7 @@ import torch
 import zstandard
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # (last: ./kernels must not shadow HF's kernels package)
 
 from deltastore.zoo.cache import cache_dir  # noqa: E402
 

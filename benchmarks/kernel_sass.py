@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # (last: ./kernels must not shadow HF's kernels)
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
