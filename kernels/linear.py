@@ -126,10 +126,10 @@ def side_stream(x: torch.Tensor, preference: KernelPreference | str, ctx: "Delta
     if mode != "1" and not (ctx is not None and ctx.static):
         return None
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    if SIDE_PRIORITY not in ("high", "default"):
-        raise KernelError(f"DELTASTORE_SIDE_PRIORITY is 'high' or 'default', not {SIDE_PRIORITY!r}")
     s = _SIDE.get((idx, SIDE_PRIORITY))
-    if s is None:
+    if s is None:  # (a bad priority is never cached, so it is refused on every call)
+        if SIDE_PRIORITY not in ("high", "default"):
+            raise KernelError(f"DELTASTORE_SIDE_PRIORITY is 'high' or 'default', not {SIDE_PRIORITY!r}")
         lo, hi = torch.cuda.Stream.priority_range()  # (lowest, greatest): numerically lower is higher
         prio = min(lo, hi) if SIDE_PRIORITY == "high" else 0
         s = _SIDE[(idx, SIDE_PRIORITY)] = torch.cuda.Stream(device=idx, priority=prio)

@@ -1091,9 +1091,9 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     ``maxnreg``: a cap on registers a thread (ptxas spills above it; benchmarks probe occupancy with it).
     ``pdl``: on the GEMV path, each program signals at its start that an expand launched as
     its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`).
-    ``zero``: a tensor zeroed before this returns' work is read (the float32 output the expand will
-    add into): on the GEMV path by the shrink's own programs where it is float32 and contiguous (one
-    launch fewer), else by ``zero_()``."""
+    ``zero``: a tensor zeroed in stream order before the next launch (the float32 output the expand
+    will add into): on the GEMV path by the shrink's own programs where it is float32 and contiguous
+    (one launch fewer), else by ``zero_()``."""
     _need_triton()
     _not_dense(path)
     dset.build()

@@ -16,11 +16,16 @@ pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is no
 M_OUT, N_IN = 150, 96  # two column blocks of 128, the second short
 
 
+def _two_tenants(seeds: tuple[int, int]) -> DeltaSet:
+    ds = DeltaSet(N_IN, [M_OUT], DEVICE)
+    for seed in seeds:
+        ds.add([packed_delta(M_OUT, N_IN, seed=seed, schedule=[[8, 2], [3, 9], [2, None]], group_size=32)[1]])
+    return ds
+
+
 @pytest.mark.parametrize("ids", [[1, 0], [1, 0, 1, -1, 0]])  # one row a tenant; two a tenant and a row of none
 def test_atomic_expand_adds_each_rows_delta_into_a_float32_y(ids: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
-    ds = DeltaSet(N_IN, [M_OUT], DEVICE)
-    for seed in (3, 4):
-        ds.add([packed_delta(M_OUT, N_IN, seed=seed, schedule=[[8, 2], [3, 9], [2, None]], group_size=32)[1]])
+    ds = _two_tenants((3, 4))
     t = torch.tensor(ids, device=DEVICE)
     plan = plan_rows(t, 2)
     x = torch.randn(len(ids), N_IN, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(DEVICE)
@@ -46,9 +51,7 @@ def test_gemv_launch_defaults_reach_both_kernels(warps: int, regs: int, monkeypa
     its tenant's delta (on a GPU: the compiled kernels have those warps and at most that many registers)."""
     monkeypatch.setattr(triton_ops, "GEMV_WARPS", warps)
     monkeypatch.setattr(triton_ops, "GEMV_MAXNREG", regs)
-    ds = DeltaSet(N_IN, [M_OUT], DEVICE)
-    for seed in (7, 8):
-        ds.add([packed_delta(M_OUT, N_IN, seed=seed, schedule=[[8, 2], [3, 9], [2, None]], group_size=32)[1]])
+    ds = _two_tenants((7, 8))
     plan = plan_rows(torch.tensor([1, 0], device=DEVICE), 2)
     x = torch.randn(2, N_IN, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16).to(DEVICE)
     want = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(2, M_OUT, device=DEVICE), ds, plan)

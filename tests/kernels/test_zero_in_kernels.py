@@ -47,12 +47,12 @@ def _case(ids: list[int], slots: int):  # noqa: ANN202
 @pytest.mark.parametrize("ids,slots,path", [([0], 1, None), ([1, 0, -1], 2, None), ([0, 0, 1, 1, 0], 2, "dot"),
                                             ([0, 1, 1, 0], 2, "mma"), ([0, 0, 0], 1, "dense")])
 def test_overwrite_gives_the_delta_whatever_the_buffer_held(ids: list[int], slots: int, path: str | None) -> None:
+    ds, plan, x, want = _case(ids, slots)
     if path == "mma":
         from deltastore.kernels import mma
 
-        if not mma.usable(torch.empty(1, N_IN, dtype=torch.bfloat16, device=DEVICE), _set(1)):
+        if not mma.usable(x, ds):
             pytest.skip("the tensor-core kernels need a CUDA GPU of compute capability 8.0+ and Gluon")
-    ds, plan, x, want = _case(ids, slots)
     into_zeros = apply_deltas(x, torch.zeros_like(want), ds, plan, "triton", path=path)
     got = apply_deltas(x, torch.full_like(want, float("nan")), ds, plan, "triton", path=path, overwrite=True)
     assert not got.isnan().any()
