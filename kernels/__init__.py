@@ -20,37 +20,60 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
 - ``slots``: what the lowrank and bitdelta sets share (deltas by slot, checked and moved with the linear).
 
 Layering: kernels -> codec (for the packed format) and torch; never the store.
+
+This folder is also importable as a top-level ``kernels`` wherever the checkout's root is on
+``sys.path`` (``python``, ``python -c`` or ``python -m`` started there; pytest from there), and that
+name belongs to Hugging Face's ``kernels`` package, which transformers 5.25 and later imports as it
+loads: the folder found first would break ``import transformers`` ("cannot import name
+'CUDAProperties' from 'kernels'"). So, imported under that name, this file hands the name to the
+installed package of that name (found on ``sys.path`` without this folder's parent) and defines
+nothing of ours; where none is installed, the import fails as for a missing module.
 """
 
-from .bitdelta import BitDeltaSet, BitDeltaSigns, bitdelta_from_encoded
-from .decode import decode_delta, reconstruct, reconstruct_encoded
-from .deltaset import DeltaSet, RowPlan, plan_rows
-from .errors import KernelError, NotServableError
-from .linear import DeltaContext, DeltaGroup, DeltaLinear, KernelPreference, apply_deltas
-from .lowrank import LowRankFactors, LowRankSet, lowrank_from_encoded, served_from_encoded
-from .packed import PackedDeltaCoMe, from_encoded
+if __name__ == "kernels":  # see the module docstring: not deltastore.kernels, the checkout's folder
+    import importlib.machinery as _machinery
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
 
-__all__ = [
-    "BitDeltaSet",
-    "BitDeltaSigns",
-    "DeltaContext",
-    "DeltaGroup",
-    "DeltaLinear",
-    "DeltaSet",
-    "KernelError",
-    "KernelPreference",
-    "LowRankFactors",
-    "LowRankSet",
-    "NotServableError",
-    "PackedDeltaCoMe",
-    "RowPlan",
-    "apply_deltas",
-    "bitdelta_from_encoded",
-    "decode_delta",
-    "from_encoded",
-    "lowrank_from_encoded",
-    "plan_rows",
-    "reconstruct",
-    "reconstruct_encoded",
-    "served_from_encoded",
-]
+    _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _spec = _machinery.PathFinder.find_spec(
+        __name__, [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _root])
+    if _spec is None or _spec.loader is None:
+        raise ModuleNotFoundError(f"No module named {__name__!r}", name=__name__)
+    _module = _util.module_from_spec(_spec)
+    _sys.modules[__name__] = _module  # what the import statement returns once this file ends
+    _spec.loader.exec_module(_module)
+else:
+    from .bitdelta import BitDeltaSet, BitDeltaSigns, bitdelta_from_encoded
+    from .decode import decode_delta, reconstruct, reconstruct_encoded
+    from .deltaset import DeltaSet, RowPlan, plan_rows
+    from .errors import KernelError, NotServableError
+    from .linear import DeltaContext, DeltaGroup, DeltaLinear, KernelPreference, apply_deltas
+    from .lowrank import LowRankFactors, LowRankSet, lowrank_from_encoded, served_from_encoded
+    from .packed import PackedDeltaCoMe, from_encoded
+
+    __all__ = [
+        "BitDeltaSet",
+        "BitDeltaSigns",
+        "DeltaContext",
+        "DeltaGroup",
+        "DeltaLinear",
+        "DeltaSet",
+        "KernelError",
+        "KernelPreference",
+        "LowRankFactors",
+        "LowRankSet",
+        "NotServableError",
+        "PackedDeltaCoMe",
+        "RowPlan",
+        "apply_deltas",
+        "bitdelta_from_encoded",
+        "decode_delta",
+        "from_encoded",
+        "lowrank_from_encoded",
+        "plan_rows",
+        "reconstruct",
+        "reconstruct_encoded",
+        "served_from_encoded",
+    ]
