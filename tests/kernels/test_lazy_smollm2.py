@@ -11,6 +11,7 @@ decoding of 16 tokens on 4 fixed prompts: at least 3 of 4 sequences identical.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -79,11 +80,38 @@ def test_lazy_smollm2_matches_its_materialized_checkout(smollm2_store) -> None:
     assert same >= len(texts) - 1
 
 
+#: bf16 ulps of the largest logit within which two tokens are a tie for greedy decoding (the delta
+#: kernels of a mixed batch and of one fine-tune's batch may round differently: on a GPU the tensor-core
+#: kernels take 2 rows of one fine-tune, the GEMV kernels a row of each)
+TIE_ULPS = 4
+
+
+def _greedy_agrees(got, ref, row: int, start: int) -> int | None:
+    """Row ``row`` of two ``generate`` outputs (with their logits): at every step until the tokens first
+    differ, the logits within 1e-2 relative; where they differ, the token ``got`` chose within
+    :data:`TIE_ULPS` bf16 ulps of the best in ``ref``'s own logits (either is a greedy choice, and the
+    rest may part). Returns that step, or None where every token ``ref`` made is the same."""
+    for t, (lg, lr) in enumerate(zip(got.logits, ref.logits)):
+        a, b = int(got.sequences[row, start + t]), int(ref.sequences[row, start + t])
+        r = lr[row].float()
+        assert rel(lg[row].float(), r) < 1e-2, f"step {t}: logits {rel(lg[row].float(), r):.2e} apart"
+        if a != b:
+            top = float(r.max())
+            ulp = 2.0 ** (math.floor(math.log2(abs(top))) - 7)
+            assert float(r[a]) >= top - TIE_ULPS * ulp, f"step {t}: chose {a} at {float(r[a])}, the best {b} at {top}"
+            return t
+    return None
+
+
 @pytest.mark.slow
 def test_load_many_serves_real_full_fine_tunes_row_by_row(smollm2_store) -> None:
     """The real fine-tune changed every tensor (30 layers' norms, the tied embedding): one model
     serving it and the base row by row gives each row its own model's logits (within the bf16
-    noise of a batch of 2 against 1: 1e-2 relative) and greedy tokens."""
+    noise of a batch of 2 against 1: 1e-2 relative) and, generating, what its own model generates for
+    a batch of the same shape, up to a tie (:func:`_greedy_agrees`). Not against a batch of 1: the
+    plain model's own cached steps in bf16 part from its batch of 1 by up to 0.11 relative on the CPU
+    (transformers 5.25, torch 2.13), and greedy tokens there part at near-ties (two bf16 ulps apart
+    after 7 tokens with the fine-tune encoded on one thread, as the codec tests' conftest leaves it)."""
     from deltastore.zoo.smollm2 import load_tokenizer
 
     store, base = smollm2_store
@@ -94,12 +122,14 @@ def test_load_many_serves_real_full_fine_tunes_row_by_row(smollm2_store) -> None
     text = tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], tokenize=False, add_generation_prompt=True)
     ids = tok([text, text], return_tensors="pt").to(DEVICE)
     many = lazy.load_many(store, ["math"], device=DEVICE)
+    models = (lazy.load(store, "math", device=DEVICE), lazy.load(store, "smollm2", device=DEVICE))
     with torch.no_grad():
         mixed = many(**ids, delta_ids=torch.tensor([0, -1])).logits.float()
-        alone = [m(**{k: v[:1] for k, v in ids.items()}).logits.float()
-                 for m in (lazy.load(store, "math", device=DEVICE), lazy.load(store, "smollm2", device=DEVICE))]
+        alone = [m(**{k: v[:1] for k, v in ids.items()}).logits.float() for m in models]
     assert rel(mixed[:1], alone[0]) < 1e-2 and rel(mixed[1:], alone[1]) < 1e-2
     assert rel(alone[0], alone[1]) > 10 * max(rel(mixed[:1], alone[0]), rel(mixed[1:], alone[1]))
-    gen = many.generate(**ids, max_new_tokens=12, do_sample=False, delta_ids=torch.tensor([0, -1]))
-    one = lazy.load(store, "math", device=DEVICE).generate(**{k: v[:1] for k, v in ids.items()}, max_new_tokens=12, do_sample=False)
-    assert torch.equal(gen[:1], one)
+    greedy = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    gen = many.generate(**ids, delta_ids=torch.tensor([0, -1]), **greedy)
+    start = ids["input_ids"].shape[1]
+    parted = [_greedy_agrees(gen, m.generate(**ids, **greedy), row, start) for row, m in enumerate(models)]
+    print("greedy tokens parted at a tie after", parted, "tokens (None: every token the same)")
