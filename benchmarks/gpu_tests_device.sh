@@ -3,8 +3,8 @@
 # call (twenty-sixth session: 540 s reached test_mma, ~60% of it; compiling the Triton and Gluon
 # kernels is most of it, CPU-bound), so pytest-xdist spreads the files over N worker processes that
 # share the GPU and Triton's on-disk cache (--dist loadfile: a file's tests in one worker, which
-# compiles its kernels once). .whl-store/deps must hold pytest-xdist and execnet (pip download
-# --no-deps --only-binary=:all: -d .whl-store/deps pytest-xdist execnet); carry .whl-store.
+# compiles its kernels once). .whl-store/deps must hold pytest-xdist and execnet beside the store's
+# wheels: `bash benchmarks/device_wheels.sh` fetches them all; carry .whl-store.
 #   bash benchmarks/gpu_tests_device.sh OUT [pytest args, e.g. -k side_stream]
 set -u
 out=${1:-/tmp/out}; shift 2>/dev/null; mkdir -p "$out"

@@ -1,6 +1,7 @@
 #!/bin/bash
 # How the kernel and generate benchmarks run on the device machine (one H200, torch 2.11, Triton 3.6):
-# the wheels the codec layer needs come from .whl-store/deps (carried), deltastore from this tree by
+# the wheels the codec layer needs come from .whl-store/deps (carried; `bash benchmarks/device_wheels.sh`
+# fetches them), deltastore from this tree by
 # PYTHONPATH (a symlink farm maps codec/ kernels/ cli/ migrations/ into the deltastore package).
 #   bash benchmarks/run_device.sh setup            # then, in the same shell: source /tmp/ds/env
 #   bash benchmarks/run_device.sh tests|kernels|bitdelta|fused|generate OUTDIR [extra args]
