@@ -36,10 +36,11 @@ if __name__ == "kernels":  # see the module docstring: not deltastore.kernels, t
     import os as _os
     import sys as _sys
 
-    _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _here = _os.path.realpath(__file__)
+    _root = _os.path.dirname(_os.path.dirname(_here))
     _spec = _machinery.PathFinder.find_spec(
-        __name__, [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _root])
-    if _spec is None or _spec.loader is None:
+        __name__, [p for p in _sys.path if _os.path.realpath(p or _os.curdir) != _root])
+    if _spec is None or _spec.loader is None or _os.path.realpath(_spec.origin or "") == _here:
         raise ModuleNotFoundError(f"No module named {__name__!r}", name=__name__)
     _module = _util.module_from_spec(_spec)
     _sys.modules[__name__] = _module  # what the import statement returns once this file ends

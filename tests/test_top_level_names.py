@@ -7,6 +7,7 @@ interpreters in the root, as a user does after cloning."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_the_name_kernels_is_the_installed_package_and_ours_still_imports():
     top, ours, name = r.stdout.split()
     installed = Path(importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py"))
     assert Path(top).resolve() == installed.resolve(), top  # the installed one, not ./kernels
-    assert Path(ours).resolve() == ROOT / "kernels" / "__init__.py"
+    assert Path(ours).parent.name == "kernels" and Path(ours).resolve() != installed.resolve()
     assert name == "DeltaLinear"
 
 
@@ -45,6 +46,17 @@ def test_without_an_installed_kernels_the_name_is_missing_not_ours():
     r = _run("import kernels", "-S")  # -S: no site-packages, so nothing of that name is installed
     assert r.returncode != 0
     assert "ModuleNotFoundError: No module named 'kernels'" in r.stderr, r.stderr
+
+
+def test_a_root_reached_through_a_symlink_is_still_left_out(tmp_path):
+    """The checkout on sys.path twice, once through a symlink (PYTHONPATH): the folder is not found
+    again as "the installed package" under its other path (that would run this file once more)."""
+    link = tmp_path / "checkout"
+    link.symlink_to(ROOT, target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": str(link)}
+    r = subprocess.run([sys.executable, "-S", "-c", "import kernels"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "ModuleNotFoundError: No module named 'kernels'" in r.stderr, r.stderr[-2000:]
 
 
 def test_transformers_imports_its_models_from_the_checkout_root():
