@@ -97,7 +97,7 @@ def _greedy_agrees(got, ref, row: int, start: int) -> int | None:
         assert rel(lg[row].float(), r) < 1e-2, f"step {t}: logits {rel(lg[row].float(), r):.2e} apart"
         if a != b:
             top = float(r.max())
-            ulp = 2.0 ** (math.floor(math.log2(abs(top))) - 7)
+            ulp = 2.0 ** (math.floor(math.log2(max(abs(top), 1e-30))) - 7)
             assert float(r[a]) >= top - TIE_ULPS * ulp, f"step {t}: chose {a} at {float(r[a])}, the best {b} at {top}"
             return t
     return None
