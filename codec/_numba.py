@@ -821,7 +821,7 @@ def _merge_groups(counts, min_group, gctx, gn):
 
 #: codec._zstd_encode.SPARSE_RATIO (a constant here: numba freezes globals into the cached code, and a
 #: test checks the two agree)
-SPARSE_RATIO = np.uint64(4)
+SPARSE_RATIO = np.uint64(8)
 
 
 @njit(cache=True, nogil=True)
