@@ -43,9 +43,10 @@ def probe_args(doc: str) -> argparse.Namespace:
     return ap.parse_args()
 
 
-def changed_bf16(finetune: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(fine-tune tensor, SmolLM2's base tensor) for every bf16 tensor the fine-tune changed."""
-    base = load_file(str(smollm2_dir() / "model.safetensors"))
+def changed_bf16(finetune: str, base_file: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(fine-tune tensor, base tensor) for every bf16 tensor the fine-tune changed; the base is
+    ``base_file`` (a safetensors file), SmolLM2's by default."""
+    base = load_file(base_file or str(smollm2_dir() / "model.safetensors"))
     ft = load_file(finetune)
     return [(ft[n], base[n]) for n in ft if n in base and ft[n].dtype == torch.bfloat16 and not torch.equal(ft[n], base[n])]
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import sys
 
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+
 os.environ["DELTASTORE_NUMBA"] = "0"  # the Python path, whose rule reads the ratio when it runs
 os.environ.setdefault("DELTASTORE_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from deltastore.codec import _zstd_encode, planes  # noqa: E402
 from deltastore.codec.lossless import Lossless  # noqa: E402
+from probe_decode_user_sys import changed_bf16  # noqa: E402
 
 
 def main() -> None:
@@ -36,10 +37,8 @@ def main() -> None:
 
     planes._sparse_groups = watched
     _zstd_encode.SPARSE_RATIO = 1  # every zstd-coded group made again: each ratio's share read off below
-    b, f = load_file(base), load_file(finetune)
-    for n in f:
-        if n in b and f[n].dtype == torch.bfloat16 and not torch.equal(f[n], b[n]):
-            Lossless().encode(f[n], b[n])
+    for t, b in changed_bf16(finetune, base):
+        Lossless().encode(t, b)
     k, lo0, hi0, lo1, hi1 = np.array(rows, dtype=np.int64).T
     total = int((lo0 + hi0).sum())
     print(f"{finetune} against {base}: {len(k)} groups, {int(k.sum()):,} elements, frames without the rule {total:,} bytes")

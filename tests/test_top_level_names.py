@@ -17,26 +17,27 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(code: str, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *flags, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _run(code: str, *flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *flags, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def _hf_kernels_installed() -> bool:
+def _hf_kernels() -> importlib.metadata.Distribution | None:
+    """The installed distribution named ``kernels`` (Hugging Face's), or None."""
     try:
-        importlib.metadata.distribution("kernels")
+        return importlib.metadata.distribution("kernels")
     except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+        return None
 
 
 def test_the_name_kernels_is_the_installed_package_and_ours_still_imports():
     r = _run("import kernels, deltastore.kernels as k; print(kernels.__file__); print(k.__file__); print(k.DeltaLinear.__name__)")
-    if not _hf_kernels_installed():
+    dist = _hf_kernels()
+    if dist is None:
         assert r.returncode != 0 and "No module named 'kernels'" in r.stderr, r.stderr
         return
     assert r.returncode == 0, r.stderr
     top, ours, name = r.stdout.split()
-    installed = Path(importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py"))
+    installed = Path(dist.locate_file("kernels/__init__.py"))
     assert Path(top).resolve() == installed.resolve(), top  # the installed one, not ./kernels
     assert Path(ours).parent.name == "kernels" and Path(ours).resolve() != installed.resolve()
     assert name == "DeltaLinear"
@@ -53,8 +54,7 @@ def test_a_root_reached_through_a_symlink_is_still_left_out(tmp_path):
     again as "the installed package" under its other path (that would run this file once more)."""
     link = tmp_path / "checkout"
     link.symlink_to(ROOT, target_is_directory=True)
-    env = {**os.environ, "PYTHONPATH": str(link)}
-    r = subprocess.run([sys.executable, "-S", "-c", "import kernels"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = _run("import kernels", "-S", env={**os.environ, "PYTHONPATH": str(link)})
     assert r.returncode != 0
     assert "ModuleNotFoundError: No module named 'kernels'" in r.stderr, r.stderr[-2000:]
 
