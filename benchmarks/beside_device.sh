@@ -13,27 +13,29 @@
 # the dense path from 17 rows, x3.17 of base at 64) against the defaults. First the GPU tests of this session's changes (test_pdl under atomics; the knobs; the
 # zeroing). Carry .whl-store.
 #   bash benchmarks/beside_device.sh OUT
+# PARTS=tests,gemv,prio,rows (the default: all four, ~650 s) picks some, to split it over two calls.
 set -u
+parts=",${PARTS:-tests,gemv,prio,rows},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
 out=${1:-/tmp/out}; mkdir -p "$out"
 bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-say tests
+if has tests; then say tests
 (cp -r tests pyproject.toml /tmp/ds/ && cd /tmp/ds && timeout "${T:-150}" python3 -m pytest -q -p no:cacheprovider -rfE \
   tests/kernels/test_pdl.py tests/kernels/test_gemv_atomic.py tests/kernels/test_side_stream.py tests/kernels/test_zero_in_kernels.py \
   -k "pdl or launch_defaults or priority or zero" 2>&1 | tail -8) \
-  | tee "$out/gpu_tests.log"
-say "GEMV knobs and priority, GEMV cases"
+  | tee "$out/gpu_tests.log"; fi
+if has gemv; then say "GEMV knobs and priority, GEMV cases"
 CFGS='[{}, {"linear.ZERO_IN_KERNELS": true}, {"linear.SIDE_PRIORITY": "default"}, {"triton_ops.GEMV_MAXNREG": 96}, {"triton_ops.GEMV_MAXNREG": 80}, {"triton_ops.GEMV_WARPS": 2}]'
 timeout "${AB_T:-300}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,8x8} --delta-alone --out "$out/ab_gemv.md" \
   --mma-cfgs "$CFGS" > "$out/ab_gemv.log" 2>&1
-grep '^|\|base alone\|alone' "$out/ab_gemv.log"
-say "priority, tensor-core cases"
+grep '^|\|base alone\|alone' "$out/ab_gemv.log"; fi
+if has prio; then say "priority, tensor-core cases"
 CFGS2='[{}, {"linear.ZERO_IN_KERNELS": true}, {"linear.SIDE_PRIORITY": "default"}]'
 timeout "${P_T:-180}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES2:-4,32x8} --delta-alone --out "$out/ab_prio.md" \
   --mma-cfgs "$CFGS2" > "$out/ab_prio.log" 2>&1
-grep '^|\|base alone\|alone' "$out/ab_prio.log"
-say "one fine-tune past 16 rows: the tensor-core kernels against the dense path"
+grep '^|\|base alone\|alone' "$out/ab_prio.log"; fi
+if has rows; then say "one fine-tune past 16 rows: the tensor-core kernels against the dense path"
 CFGS3='[{"ONE_MAX_ROWS": 32}, {"ONE_MAX_ROWS": 64, "MAX_ROWS": 64}]'
 timeout "${R_T:-150}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES3:-24,32,64} --delta-alone --out "$out/ab_rows.md" \
   --mma-cfgs "$CFGS3" > "$out/ab_rows.log" 2>&1
-grep '^|\|base alone\|alone' "$out/ab_rows.log"; say done
+grep '^|\|base alone\|alone' "$out/ab_rows.log"; fi; say done
