@@ -938,6 +938,11 @@ def _pdl_launch(t: torch.Tensor, want: bool) -> dict[str, bool]:
     return {"USE_GDC": True, "launch_pdl": True} if _pdl(t, want) else {}
 
 
+def _gemv_warps(n_blocks: int) -> int:
+    """Warps of a GEMV program whose grid holds ``n_blocks`` row blocks (see :data:`GEMV_WARPS`)."""
+    return GEMV_WARPS if n_blocks <= 1 else GEMV_WARPS_MANY
+
+
 def _regs(maxnreg: int | None) -> dict[str, int]:
     """The launch option capping registers a thread, only when asked (and never under the
     interpreter, which has no registers)."""
@@ -998,13 +1003,18 @@ GEMV_PDL = os.environ.get("DELTASTORE_PDL", "1") not in ("", "0")
 #: varies between runs (as the tensor-core kernels' atomics do); a y of another dtype keeps the
 #: ordered handshake. DELTASTORE_GEMV_ATOMIC=0: the handshake everywhere.
 GEMV_ATOMIC = os.environ.get("DELTASTORE_GEMV_ATOMIC", "1") not in ("", "0")
-#: warps and register cap (0: none) of a GEMV shrink / expand program where the caller names none.
-#: At 4 warps and 123-128 registers a resident program holds a quarter of an SM's register file, so
-#: four of them (the GEMV kernels' occupancy) leave nothing for the base GEMV launched beside them on
-#: the side stream; a cap or fewer warps leave it room. Alone a cap of 96 was level and lower caps
-#: slower (raw_h200/gemv_maxnreg_133bbbc.md); beside the base, not measured yet (an A/B knob:
-#: DELTASTORE_GEMV_WARPS, DELTASTORE_GEMV_MAXNREG).
+#: warps and register cap (0: none) of a GEMV shrink / expand program where the caller names none:
+#: GEMV_WARPS where the batch makes one row block (one fine-tune's rows), GEMV_WARPS_MANY where it
+#: makes several (a grid that many times larger). At 4 warps and 123-128 registers a resident
+#: program holds a quarter of an SM's register file. Beside the base GEMV on the side stream, one
+#: Llama-2-7B layer through the modules (H200, benchmarks/beside_device.sh, raw_h200/s28): 8 rows
+#: over 8 fine-tunes at 2 warps 425.4-427.5 us against 499.0-503.2 at 4 (x0.85; deltas alone 300 /
+#: 361), one row 159.7-159.9 against 157.2-157.3 (x1.02, though its deltas alone take 74 / 82): so
+#: 2 warps for several blocks, 4 for one. A cap of 96 registers: level at one row, x0.94 at 8 over
+#: 8, nothing with 2 warps (x1.00-1.07); 80: slower. DELTASTORE_GEMV_WARPS(_MANY),
+#: DELTASTORE_GEMV_MAXNREG set them for an A/B.
 GEMV_WARPS = int(os.environ.get("DELTASTORE_GEMV_WARPS", "4"))
+GEMV_WARPS_MANY = int(os.environ.get("DELTASTORE_GEMV_WARPS_MANY", "2"))
 GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
 
 
@@ -1119,7 +1129,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                              zero.numel() if zb else 0,
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
                              USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb,
-                             num_warps=num_warps or GEMV_WARPS, num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
+                             num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
         return z
     if zero is not None:
         zero.zero_()
@@ -1174,7 +1184,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             ATOMIC=atomic, num_warps=num_warps or GEMV_WARPS, num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
+                             ATOMIC=atomic, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
         return y
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2

@@ -44,21 +44,26 @@ def test_atomic_expand_adds_each_rows_delta_into_a_float32_y(ids: list[int], mon
     assert float((got[True] - got[False]).abs().max()) <= 1e-5 * float(want.abs().max())
 
 
-@pytest.mark.parametrize("warps,regs", [(2, 0), (4, 96)])
-def test_gemv_launch_defaults_reach_both_kernels(warps: int, regs: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """triton_ops.GEMV_WARPS / GEMV_MAXNREG (the module path's warps and register cap, A/B knobs for
-    the deltas beside the base GEMV): the shrink and expand launch with them and still give each row
-    its tenant's delta (on a GPU: the compiled kernels have those warps and at most that many registers)."""
-    monkeypatch.setattr(triton_ops, "GEMV_WARPS", warps)
+@pytest.mark.parametrize("ids,regs", [([1, 0], 0), ([0], 96), ([-1, 1, 1], 0)])
+def test_gemv_launch_defaults_reach_both_kernels(ids: list[int], regs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """triton_ops.GEMV_WARPS (a batch of one row block) / GEMV_WARPS_MANY (several) and GEMV_MAXNREG
+    (the module path's warps and register cap): the shrink and expand launch with them and still give
+    each row its tenant's delta (on a GPU: the compiled kernels have those warps and at most that
+    many registers). Set to 8 and 1 here, neither the default, so a swapped rule shows."""
+    monkeypatch.setattr(triton_ops, "GEMV_WARPS", 8)
+    monkeypatch.setattr(triton_ops, "GEMV_WARPS_MANY", 1)
     monkeypatch.setattr(triton_ops, "GEMV_MAXNREG", regs)
     ds = _two_tenants((7, 8))
-    plan = plan_rows(torch.tensor([1, 0], device=DEVICE), 2)
-    x = torch.randn(2, N_IN, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16).to(DEVICE)
-    want = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(2, M_OUT, device=DEVICE), ds, plan)
-    z = triton_ops.shrink(x, ds, plan, triton_ops.pick_split_k(2, ds))
-    got = triton_ops.expand(z, torch.zeros(2, M_OUT, device=DEVICE), ds, plan)
+    plan = plan_rows(torch.tensor(ids, device=DEVICE), 2)
+    blocks = triton_ops.plan_blocks(plan, triton_ops._gemv_block_m(len(ids), ds)).shape[0]
+    assert (blocks == 1) == (len(ids) == 1)  # both rules taken: one block for the lone row, several else
+    x = torch.randn(len(ids), N_IN, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16).to(DEVICE)
+    want = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(len(ids), M_OUT, device=DEVICE), ds, plan)
+    z = triton_ops.shrink(x, ds, plan, triton_ops.pick_split_k(len(ids), ds), path="gemv")
+    got = triton_ops.expand(z, torch.zeros(len(ids), M_OUT, device=DEVICE), ds, plan, path="gemv")
     assert rel(got, want) < 1e-4
     if not triton_ops.interpreting():
+        warps = 8 if blocks == 1 else 1
         for kind in ("shrink", "expand"):
             k = triton_ops.LAST[kind]
             assert k.metadata.num_warps == warps and (not regs or k.n_regs <= regs), (kind, k.metadata.num_warps, k.n_regs)
