@@ -71,6 +71,9 @@ class RowPlan:
     #: every row that names a slot names (None: unknown or several), and whether some rows may be -1
     only_slot: int | None = None
     base_rows: bool = True
+    #: rows that name a slot, where the host knew the ids (None: unknown, take n_rows): one fine-tune's
+    #: row beside base-only rows is one row to the path choice, not the batch's size
+    served: int | None = None
     #: the dense path's per-slot masks of served rows (kernels/dense.py), built on first use
     masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     #: the reference ops' (slot, sorted positions, rows) of the slots that serve rows (ref_ops: a
@@ -80,6 +83,11 @@ class RowPlan:
     @property
     def n_slots(self) -> int:
         return int(self.counts.shape[0])
+
+    @property
+    def served_rows(self) -> int:
+        """Rows that name a slot as far as the host knows: :attr:`served`, else every row."""
+        return self.n_rows if self.served is None else self.served
 
 
 def plan_rows(ids: torch.Tensor, n_slots: int) -> RowPlan:

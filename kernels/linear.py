@@ -298,9 +298,10 @@ class DeltaContext:
         if self._static is None or self._static.numel() != n_rows:  # ids the host holds: what it knows of them
             if self._ids is None:
                 if self.default_id is not None and self.default_id >= 0:
-                    p.only_slot, p.base_rows = self.default_id, False
+                    p.only_slot, p.base_rows, p.served = self.default_id, False, n_rows
             elif self._ids.device.type == "cpu":
                 p.only_slot, p.base_rows = host_hint(self._ids)
+                p.served = int((self._ids >= 0).sum())
         return p
 
 

@@ -595,8 +595,8 @@ def _max_rows(plan: RowPlan, dset: DeltaSet) -> int:
     batch spread over the slots (plan_blocks cuts a slot's rows into blocks of at most BM: any
     spread stays correct)."""
     if plan.only_slot is not None or dset.n_slots == 1:
-        return plan.n_rows
-    return -(-plan.n_rows // max(dset.n_slots, 1))
+        return plan.served_rows
+    return -(-plan.served_rows // max(dset.n_slots, 1))
 
 
 def block_m(plan: RowPlan, dset: DeltaSet) -> int:
@@ -638,7 +638,8 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     """Whether :func:`apply` serves this batch: ``path`` "mma" forces it (another path: no); else
     where :func:`usable`, several fine-tunes at :data:`MIN_ROWS` to :data:`MAX_ROWS` rows each (the
     batch spread evenly over the set's fine-tunes), or one fine-tune's batch (the set holds one, or the
-    host knows one serves every row) of :data:`ONE_MIN_ROWS` to :data:`ONE_MAX_ROWS` rows.
+    host knows one serves every row) of :data:`ONE_MIN_ROWS` to :data:`ONE_MAX_ROWS` rows. Rows are
+    those that name a fine-tune where the host knew the ids (:attr:`RowPlan.served_rows`), every row else.
 
     Measured through the modules users get (benchmarks/ab_mma.py, one Llama-2-7B layer on the H200,
     twentieth session, the 3- and 8-bit tiers as planes): 2 rows over 8 fine-tunes 0.69x the GEMV
@@ -649,7 +650,7 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     if path is not None:
         return path == "mma"
     if plan.only_slot is not None or dset.n_slots < 2:
-        rows_ok = max(ONE_MIN_ROWS, 1) <= plan.n_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
+        rows_ok = max(ONE_MIN_ROWS, 1) <= plan.served_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
     else:
         rows_ok = MIN_ROWS <= _max_rows(plan, dset) <= MAX_ROWS
     return rows_ok and usable(x, dset)

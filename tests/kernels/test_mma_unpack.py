@@ -195,6 +195,19 @@ def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_16_of_one(monkeypat
     assert not mma.use_mma(x, sets[8], plan(32, 8, known=True))  # the host knows one serves all 32 rows
     assert mma.use_mma(x, sets[8], plan(3, 8, known=True)) and not mma.use_mma(x, sets[8], plan(1, 8, known=True))
     assert mma.use_mma(x, sets[1], plan(8, 1), "mma") and not mma.use_mma(x, sets[8], plan(32, 8), "gemv")
+    # rows of no fine-tune beside one fine-tune's, the ids on the host (DeltaContext.plan): the
+    # choice counts the rows that name it (H200 s28: one such row beside two base rows went to these
+    # kernels and gave it other numbers than alone; the GEMV kernels serve one row faster)
+    from deltastore.kernels import DeltaContext
+
+    for ids, served, want in (([-1, 1, -1], 1, False), ([1, -1, 1], 2, True), ([-1] * 20 + [1] * 4, 4, True)):
+        ctx = DeltaContext(8)
+        ctx.set(torch.tensor(ids))
+        p = ctx.plan(len(ids), torch.device("cpu"))
+        assert (p.only_slot, p.served, p.served_rows) == (1, served, served)
+        assert mma.use_mma(x, sets[8], p) is want and mma._max_rows(p, sets[8]) == served, ids
+    unknown = plan_rows(torch.tensor([-1, 1, -1]), 1)  # ids the host never saw: every row counts
+    assert unknown.served is None and unknown.served_rows == 3 and mma.use_mma(x, sets[1], unknown)
 
 
 def test_what_a_set_holds_is_read_again_after_an_add() -> None:
