@@ -53,7 +53,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
                  preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
                  path: str | None = None, overwrite: bool = False) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
-    with Triton on a GPU, up to 16 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
+    with Triton on a GPU, 2 to 32 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
     where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
     dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path.
     ``overwrite``: y = the delta (y's contents not read), zeroed by the kernels where they can (the
@@ -89,12 +89,15 @@ T = TypeVar("T")
 _SIDE: dict[tuple[int, str], "torch.cuda.Stream"] = {}
 #: the side stream's priority: "high" (the default: the deltas' programs are placed before the base
 #: GEMM's as SMs free up) or "default" (a stream's default, the lowest, which the GEMM's stream has:
-#: neither goes first). Chosen by reasoning, not measured yet (an A/B knob: DELTASTORE_SIDE_PRIORITY)
+#: neither goes first). "default" measured slower beside the base GEMV (H200, one Llama-2-7B layer through
+#: the modules, beside_device.sh, raw_h200/s28): one row 161.2 us against 157.2, 4 rows of one
+#: fine-tune 184.1 / 176.6, 8 rows over 8 495.8 / 503.2 (level). An A/B knob: DELTASTORE_SIDE_PRIORITY
 SIDE_PRIORITY = os.environ.get("DELTASTORE_SIDE_PRIORITY", "high")
 #: :func:`beside` has the delta kernels zero its float32 buffer (``apply_deltas(overwrite=True)``:
 #: the GEMV shrink's programs, or the tensor-core path's zeroing of its z) instead of a zero_() launch
-#: of its own ahead of them on the side stream: one launch fewer a group on the deltas' chain. Not
-#: measured yet: off (DELTASTORE_ZERO_IN_KERNELS=1 on; benchmarks/beside_device.sh has the A/B)
+#: of its own ahead of them on the side stream: one launch fewer a group on the deltas' chain. Off:
+#: no gain measured (H200, beside_device.sh, raw_h200/s28): one row 162.9 us against 157.2, 8 rows
+#: over 8 fine-tunes 492.3 / 503.2, 4 rows of one 177.8 / 176.6 (DELTASTORE_ZERO_IN_KERNELS=1 on)
 ZERO_IN_KERNELS = os.environ.get("DELTASTORE_ZERO_IN_KERNELS", "0") not in ("", "0")
 
 

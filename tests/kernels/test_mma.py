@@ -58,7 +58,7 @@ def test_every_width_odd_shapes_one_fine_tune(M: int, dtype: torch.dtype, loads:
     assert ds.mma_bit_widths == ({2} if loads == "planes" else {8, 3, 2})
     x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEVICE)
     plan = plan_rows(torch.zeros(M, dtype=torch.int64, device=DEVICE), 1)
-    assert mma.use_mma(x, ds, plan, "mma") and mma.use_mma(x, ds, plan) == (2 <= M <= 16)  # one fine-tune: 2..16 rows
+    assert mma.use_mma(x, ds, plan, "mma") and mma.use_mma(x, ds, plan) == (2 <= M <= 32)  # one fine-tune: 2..32 rows
     got = mma.apply(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan)
     want = reference(x, ds, plan)
     assert rel(got, want) < DELTA_TOL[dtype]
