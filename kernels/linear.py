@@ -304,7 +304,7 @@ class DeltaContext:
                     p.only_slot, p.base_rows, p.served = self.default_id, False, n_rows
             elif self._ids.device.type == "cpu":
                 p.only_slot, p.base_rows = host_hint(self._ids)
-                p.served = int((self._ids >= 0).sum())
+                p.served = int((self._ids >= 0).sum()) * (n_rows // max(self._ids.numel(), 1))  # ids per sequence: its rows
         return p
 
 

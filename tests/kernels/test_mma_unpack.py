@@ -200,12 +200,13 @@ def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_32_of_one(monkeypat
     # kernels and gave it other numbers than alone; the GEMV kernels serve one row faster)
     from deltastore.kernels import DeltaContext
 
-    for ids, served, want in (([-1, 1, -1], 1, False), ([1, -1, 1], 2, True), ([-1] * 20 + [1] * 4, 4, True)):
+    for ids, rows, served, want in (([-1, 1, -1], 3, 1, False), ([1, -1, 1], 3, 2, True), ([-1] * 20 + [1] * 4, 24, 4, True),
+                                    ([-1, 1, -1], 6, 2, True), ([-1, 1, -1], 3 * 17, 17, True), ([-1, 1, -1], 3 * 33, 33, False)):
         ctx = DeltaContext(8)
-        ctx.set(torch.tensor(ids))
-        p = ctx.plan(len(ids), torch.device("cpu"))
+        ctx.set(torch.tensor(ids))  # one id per row, or per sequence of rows // len(ids) tokens
+        p = ctx.plan(rows, torch.device("cpu"))
         assert (p.only_slot, p.served, p.served_rows) == (1, served, served)
-        assert mma.use_mma(x, sets[8], p) is want and mma._max_rows(p, sets[8]) == served, ids
+        assert mma.use_mma(x, sets[8], p) is want and mma._max_rows(p, sets[8]) == served, (ids, rows)
     unknown = plan_rows(torch.tensor([-1, 1, -1]), 1)  # ids the host never saw: every row counts
     assert unknown.served is None and unknown.served_rows == 3 and mma.use_mma(x, sets[1], unknown)
 
