@@ -23,7 +23,7 @@ from .kernel_testlib import DEVICE, rel
 
 transformers = pytest.importorskip("transformers")
 
-from .test_lazy import _logits, rows_match_alone, two_of_a_codec_and_a_delta_come  # noqa: E402
+from .test_lazy import MIXED_TOL, _logits, rows_match_alone, two_of_a_codec_and_a_delta_come  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,11 @@ def test_mixed_batch_of_lowrank_and_delta_come_rows_match_each_alone(lowrank_sto
     with pytest.raises(BadInputError, match="name no served fine-tune"):
         _logits(many, delta_ids=ids)
     after = _logits(many, delta_ids=torch.tensor([-1, 1, -1]))
-    assert rel(after[1:], mixed[1:]) < 1e-6  # the other rows unchanged by the drop
+    # the other rows unchanged by the drop: on the CPU the same numbers; on a GPU these ids are
+    # another batch (the host knows one fine-tune serves it: the one-fine-tune rule, other row
+    # blocks, the float32 atomics in another order; before 2026-12-03 the dense path), so within what
+    # a row of a mixed batch matches its fine-tune alone (H200: 4.5e-3 with the dense path)
+    assert rel(after[1:], mixed[1:]) < (1e-6 if DEVICE == "cpu" else MIXED_TOL)
     assert many.add_delta("lr2") == 2
     assert rel(_logits(many, delta_ids=ids), mixed) < 1e-6
 
