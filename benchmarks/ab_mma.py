@@ -4,6 +4,11 @@ them (DELTASTORE_MMA=0: the GEMV, tl.dot or dense path as before), rounds altern
 process; beside them the base GEMMs alone. Each variant checked against the torch reference first.
 
     python benchmarks/ab_mma.py [--cases 1,4,16,32x8,64x32] [--rounds 3] [--copies 4] [--out FILE]
+
+A case is M (rows of one fine-tune), MxN (M rows over N fine-tunes) or either with +B: B base rows
+(id -1) after them, the ids then on the host as ``generate`` gives them, so the path choice counts
+the M rows that name a fine-tune (kernels.deltaset.COUNT_SERVED; ``--mma-cfgs '[{}, {"deltaset.
+COUNT_SERVED": false}]'`` is its A/B).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_kernels import GROUPS, Bench, copy_bandwidth, modules_fn, time_graph  # noqa: E402
 
-from deltastore.kernels import base_gemv, mma, plan_rows, ref_ops  # noqa: E402
+from deltastore.kernels import DeltaContext, base_gemv, mma, plan_rows, ref_ops  # noqa: E402
 from deltastore.kernels.linear import apply_deltas  # noqa: E402
 
 
@@ -53,6 +58,13 @@ def profile_lines(title: str, fn, copies: int, reps: int = 3) -> list[str]:
     return out
 
 
+def parse_case(text: str) -> tuple[int, int, int]:
+    """(fine-tune rows, fine-tunes, base rows) of a case: "M", "MxN", "M+B", "MxN+B"."""
+    rows, _, base = text.partition("+")
+    m, _, n = rows.partition("x")
+    return int(m), int(n or 1), int(base or 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="1,4,16,32x8,64x32")
@@ -79,8 +91,8 @@ def main() -> None:
     def label(v: str) -> str:  # a variant's key: "0" the paths before, "1:i" variant i
         return "before" if v == "0" else json.dumps(variants[int(v[2:])])
     dev = torch.device("cuda")
-    cases = [(int(c.split("x")[0]), int(c.split("x")[1]) if "x" in c else 1) for c in args.cases.split(",")]
-    bench = Bench(GROUPS, args.copies, max(nt for _, nt in cases), sorted({nt for _, nt in cases}), dev)
+    cases = [parse_case(c) for c in args.cases.split(",")]
+    bench = Bench(GROUPS, args.copies, max(nt for _, nt, _ in cases), sorted({nt for _, nt, _ in cases}), dev)
     bw = copy_bandwidth(dev)
     lines = [f"# {__doc__.splitlines()[0]}", "", f"`python benchmarks/ab_mma.py --cases {args.cases} --rounds {args.rounds} "
              f"--copies {args.copies} --mma-cfgs '{args.mma_cfgs}'{' --delta-alone' * args.delta_alone}` "
@@ -89,10 +101,17 @@ def main() -> None:
              "| case | base alone (us) | modules, mma kernels (us) | x base | modules, before (us) | x base | mma / before | rel err mma / before |",
              "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for M, nt in cases:
-        ids = (torch.arange(M, device=dev) % nt).to(torch.int64)
+    for Mf, nt, B in cases:
+        M = Mf + B
+        ids = torch.cat([torch.arange(Mf) % nt, torch.full((B,), -1)]).to(torch.int64)
+        if B:  # on the host: the modules' plans (made before a graph's capture) know the served rows
+            ctx = DeltaContext(nt)
+            ctx.set(ids)
+            plan = ctx.plan(M, dev)
+        else:  # on the device, as before
+            ids = ids.to(dev)
+            plan = plan_rows(ids, nt)
         x, h, ys = bench.inputs(M, torch.Generator().manual_seed(M))
-        plan = plan_rows(ids, nt)
 
         def base() -> None:
             for c in bench.copies:
@@ -140,7 +159,7 @@ def main() -> None:
                 use(v)
                 t[v].append(time_graph(fns[v]))
         us = {k: statistics.median(v) * 1e6 / args.copies for k, v in t.items()}
-        case = f"{M} rows, one fine-tune" if nt == 1 else f"{M} rows over {nt} fine-tunes"
+        case = (f"{Mf} rows, one fine-tune" if nt == 1 else f"{Mf} rows over {nt} fine-tunes") + (f" + {B} base rows" if B else "")
         if "base_gemv" in us:
             line = (f"    base alone: cuBLAS (torch.mm) {us['base']:.1f} us, the Triton GEMV {us['base_gemv']:.1f} us "
                     f"(x{us['base_gemv'] / us['base']:.2f})")

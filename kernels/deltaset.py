@@ -18,6 +18,7 @@ number of components, first column of this slot-slice in the shrink output z, gr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -86,8 +87,17 @@ class RowPlan:
 
     @property
     def served_rows(self) -> int:
-        """Rows that name a slot as far as the host knows: :attr:`served`, else every row."""
-        return self.n_rows if self.served is None else self.served
+        """Rows that name a slot as far as the host knows: :attr:`served`, else every row (and
+        every row when :data:`COUNT_SERVED` is off)."""
+        return self.n_rows if (self.served is None or not COUNT_SERVED) else self.served
+
+
+#: whether the path choice counts the rows that name a fine-tune (:attr:`RowPlan.served`, where the
+#: host knew the ids) rather than the batch's rows. On since 2026-12-03, chosen by correctness (a
+#: fine-tune's 6 rows beside 12 base rows took the dense path, as if 18 were its own), not yet timed:
+#: DELTASTORE_COUNT_SERVED=0 (or this flag) counts every row, for an A/B (benchmarks/ab_mma.py's
+#: "M+B" cases: M rows of fine-tunes beside B base rows, their ids on the host)
+COUNT_SERVED = os.environ.get("DELTASTORE_COUNT_SERVED", "1") not in ("", "0")
 
 
 def plan_rows(ids: torch.Tensor, n_slots: int) -> RowPlan:

@@ -207,6 +207,15 @@ def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_32_of_one(monkeypat
         p = ctx.plan(rows, torch.device("cpu"))
         assert (p.only_slot, p.served, p.served_rows) == (1, served, served)
         assert mma.use_mma(x, sets[8], p) is want and mma._max_rows(p, sets[8]) == served, (ids, rows)
+    from deltastore.kernels import deltaset
+
+    ctx = DeltaContext(8)
+    ctx.set(torch.tensor([-1, 1, -1]))
+    p = ctx.plan(51, torch.device("cpu"))  # 17 rows of the fine-tune in 51
+    assert mma.use_mma(x, sets[8], p)
+    monkeypatch.setattr(deltaset, "COUNT_SERVED", False)  # the A/B knob: every row counts again
+    assert p.served_rows == 51 and not mma.use_mma(x, sets[8], p)
+    monkeypatch.setattr(deltaset, "COUNT_SERVED", True)
     unknown = plan_rows(torch.tensor([-1, 1, -1]), 1)  # ids the host never saw: every row counts
     assert unknown.served is None and unknown.served_rows == 3 and mma.use_mma(x, sets[1], unknown)
 
