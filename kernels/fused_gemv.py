@@ -281,7 +281,7 @@ def linear_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if cache is not None and cache.get("key") == key and cache.get("plan") is plan:
         z = cache["z"]
     if z is None:
-        z = triton_ops.shrink(x2, dset, plan, triton_ops.pick_split_k(x2.shape[0], dset))
+        z = triton_ops.shrink(x2, dset, plan, triton_ops.pick_split_k(x2.shape[0], dset, plan=plan))
         if cache is not None:
             cache.update(key=key, plan=plan, z=z)
     return fused_linear(x2, weight, bias, z, dset, plan, slice_index)

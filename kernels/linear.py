@@ -68,7 +68,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
             return mma.apply(x, y, dset, plan, overwrite)
         if dense.use_dense(x.shape[0], dset, plan, path):
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
-        sk = triton_ops.pick_split_k(x.shape[0], dset, path) if split_k is None else split_k
+        sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k
         z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None)
         return triton_ops.expand(z, y, dset, plan, path=path, pdl=True)  # (launched right after its shrink)
     if overwrite:
@@ -148,7 +148,7 @@ def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str
     s = side_stream(x, preference, ctx)
     if s is None:
         return None
-    if triton_ops.use_gemv(x.shape[0], dset):
+    if triton_ops.use_gemv(x.shape[0], dset, plan=plan):
         return s
     return s if (plan is not None and mma.SIDE and mma.use_mma(x, dset, plan)) else None
 
@@ -423,7 +423,7 @@ class DeltaGroup:
         self.deltas.build()
         triton = resolve_preference(preference, x2) is KernelPreference.TRITON
         side = side_for(x2, self.deltas, preference, plan, ctx) if triton else None
-        if side is not None or (triton and triton_ops.use_gemv(x2.shape[0], self.deltas)):
+        if side is not None or (triton and triton_ops.use_gemv(x2.shape[0], self.deltas, plan=plan)):
             y, d = beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference, side=side if side is not None else False)
             y = with_delta(y, d, x2.dtype)
         else:  # the tl.dot expand (or the torch op) adds into the base output in place

@@ -53,6 +53,7 @@ import os
 
 import torch
 
+from . import deltaset
 from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
 
@@ -1018,14 +1019,26 @@ GEMV_WARPS_MANY = int(os.environ.get("DELTASTORE_GEMV_WARPS_MANY", "2"))
 GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
 
 
-def use_gemv(M: int, dset: DeltaSet, path: str | None = None) -> bool:
+def gemv_rows(M: int, dset: DeltaSet, plan: RowPlan | None = None) -> int:
+    """Rows a fine-tune for the GEMV choice and its row block: :func:`rows_per_slot`, or with a plan
+    whose ids the host knew (:attr:`RowPlan.served`, :data:`deltaset.COUNT_SERVED`) the rows that
+    name a fine-tune (all of them where one serves the batch, else spread over the slots): one
+    fine-tune's row beside seven base rows is one row, not eight spread over the set."""
+    if plan is not None and plan.served is not None and deltaset.COUNT_SERVED:
+        return max(1, plan.served if plan.only_slot is not None else -(-plan.served // max(dset.n_slots, 1)))
+    return rows_per_slot(M, dset)
+
+
+def use_gemv(M: int, dset: DeltaSet, path: str | None = None, plan: RowPlan | None = None) -> bool:
     """Whether the GEMV kernels serve this batch: ``path`` "gemv"/"dot"/"dense" forces it (only
-    "gemv" is the GEMV path; "dense" is kernels/dense.py), else by rows per fine-tune."""
+    "gemv" is the GEMV path; "dense" is kernels/dense.py), else by rows per fine-tune
+    (:func:`gemv_rows`: counted from ``plan`` where it can be). The shrink and the expand of one
+    batch must be asked with the same plan."""
     if path is not None:
         if path not in ("gemv", "dot", "dense", "mma"):
             raise KernelError(f"path must be 'mma', 'gemv', 'dot' or 'dense', got {path!r}")
         return path == "gemv"
-    return rows_per_slot(M, dset) <= GEMV_MAX_ROWS
+    return gemv_rows(M, dset, plan) <= GEMV_MAX_ROWS
 
 
 #: the tl.dot kernels' work split (fixed by the shapes, so a CUDA graph captures it): programs the
@@ -1038,15 +1051,16 @@ DOT_MAX_SPLIT_K = 8
 DOT_MIN_CHUNK = 128
 
 
-def _gemv_block_m(M: int, dset: DeltaSet) -> int:
-    r = min(rows_per_slot(M, dset), GEMV_MAX_ROWS)
+def _gemv_block_m(M: int, dset: DeltaSet, plan: RowPlan | None = None) -> int:
+    r = min(gemv_rows(M, dset, plan), GEMV_MAX_ROWS)
     return 1 << (max(r, 1) - 1).bit_length()
 
 
-def pick_split_k(M: int, dset: DeltaSet, path: str | None = None) -> int:
-    """Split the input dimension of the shrink when few rows leave the GPU short of programs."""
+def pick_split_k(M: int, dset: DeltaSet, path: str | None = None, plan: RowPlan | None = None) -> int:
+    """Split the input dimension of the shrink when few rows leave the GPU short of programs
+    (``plan``: as :func:`use_gemv` is asked)."""
     kblocks = -(-dset.in_features // dset.block_k)
-    if use_gemv(M, dset, path):
+    if use_gemv(M, dset, path, plan):
         n = max(dset.n_tiles(GEMV_TILE_R), 1)
         split = max(1, min(8, kblocks, -(-1024 // n)))
         per = -(-(-(-kblocks // split)) // 4) * 4  # the kernel's share: whole 2-bit steps of 4 blocks
@@ -1115,8 +1129,8 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     if x.stride(1) != 1:
         x = x.contiguous()
     z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
-    if use_gemv(M, dset, path):
-        bm = block_m or _gemv_block_m(M, dset)
+    if use_gemv(M, dset, path, plan):
+        bm = block_m or _gemv_block_m(M, dset, plan)
         br = block_r or GEMV_TILE_R
         tiles, ntiles, T = dset.tiles(br)
         blocks = plan_blocks(plan, bm)
@@ -1164,8 +1178,8 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
     M = y.shape[0]
     if y.stride(1) != 1:
         raise KernelError("expand writes y in place and needs unit stride along its columns")
-    if use_gemv(M, dset, path):
-        bm = block_m or _gemv_block_m(M, dset)
+    if use_gemv(M, dset, path, plan):
+        bm = block_m or _gemv_block_m(M, dset, plan)
         br = block_r or GEMV_STEP_R
         bn = min(block_n or dset.block_k, dset.block_k)
         nb = -(-max(dset.out_features) // bn)

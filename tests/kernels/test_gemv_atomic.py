@@ -67,3 +67,32 @@ def test_gemv_launch_defaults_reach_both_kernels(ids: list[int], regs: int, monk
         for kind in ("shrink", "expand"):
             k = triton_ops.LAST[kind]
             assert k.metadata.num_warps == warps and (not regs or k.n_regs <= regs), (kind, k.metadata.num_warps, k.n_regs)
+
+
+def test_a_fine_tunes_row_beside_base_rows_takes_the_gemv_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fine-tune's row beside nine base rows, the ids on the host (DeltaContext.plan): one row
+    to the GEMV choice (triton_ops.gemv_rows, RowPlan.served), not ten spread over two fine-tunes
+    (5 each: the tl.dot kernels). Through apply_deltas, the path users take: that row gets its
+    delta, the base rows stay as they were, bit for bit."""
+    from deltastore.kernels import DeltaContext, deltaset
+    from deltastore.kernels.linear import apply_deltas
+
+    ds = _two_tenants((3, 4))
+    ids = [-1, -1, 1, -1, -1, -1, -1, -1, -1, -1]
+    ctx = DeltaContext(2)
+    ctx.set(torch.tensor(ids))
+    plan = ctx.plan(len(ids), torch.device(DEVICE))
+    M = len(ids)
+    assert triton_ops.gemv_rows(M, ds, plan) == 1 and triton_ops.use_gemv(M, ds, plan=plan)
+    assert triton_ops._gemv_block_m(M, ds, plan) == 1
+    assert not triton_ops.use_gemv(M, ds)  # a device plan: 5 rows a fine-tune
+    monkeypatch.setattr(deltaset, "COUNT_SERVED", False)
+    assert not triton_ops.use_gemv(M, ds, plan=plan)  # the A/B knob off: as a device plan
+    monkeypatch.setattr(deltaset, "COUNT_SERVED", True)
+    x = torch.randn(M, N_IN, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(DEVICE)
+    y0 = torch.randn(M, M_OUT, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    want = ref_ops.expand(ref_ops.shrink(x, ds, plan), y0.clone(), ds, plan)
+    got = apply_deltas(x, y0.clone(), ds, plan, "triton")
+    assert rel(got - y0, want - y0) < 1e-4  # the delta, to float32 rounding
+    base = torch.tensor(ids, device=DEVICE) < 0
+    assert torch.equal(got[base], y0[base])
