@@ -644,7 +644,7 @@ def dense_ab(args: argparse.Namespace) -> None:
             row["factors_x"] = tf / tb if tb else 0.0
             tm = timed(modules_fn(bench, M, 1, ids))
             row["modules_us"], row["modules_x"] = us(tm), (tm / tb if tb else 0.0)
-            row["modules_path"] = "dense" if dense.use_dense(M, bench.copies[0].sets[1][0], plan_rows(ids, 1)) else "dot"
+            row["modules_path"] = "dense" if dense.use_dense(bench.copies[0].sets[1][0], plan_rows(ids, 1)) else "dot"
             k = dense.LAST.get("dequant")
             row["dequant_regs"] = f"{getattr(k, 'n_regs', '?')} regs, {getattr(k, 'n_spills', '?')} spills"
             rows.append(row)

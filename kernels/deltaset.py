@@ -86,10 +86,24 @@ class RowPlan:
         return int(self.counts.shape[0])
 
     @property
+    def counts_served(self) -> bool:
+        """Whether the path choice counts :attr:`served`: the host knew the ids and
+        :data:`COUNT_SERVED` is on."""
+        return self.served is not None and COUNT_SERVED
+
+    @property
     def served_rows(self) -> int:
-        """Rows that name a slot as far as the host knows: :attr:`served`, else every row (and
-        every row when :data:`COUNT_SERVED` is off)."""
-        return self.n_rows if (self.served is None or not COUNT_SERVED) else self.served
+        """Rows that name a slot as far as the host knows: :attr:`served`, else every row."""
+        return self.served if self.counts_served else self.n_rows
+
+    def rows_a_slot(self, n_slots: int) -> int:
+        """Rows a slot's row blocks must hold, known without a device read: every served row when
+        one slot serves the batch (the host knew the ids, or the set holds one fine-tune), else the
+        served rows spread over the slots (plan_blocks cuts a slot's rows into blocks of at most
+        the block size: any spread stays correct)."""
+        if self.only_slot is not None or n_slots == 1:
+            return self.served_rows
+        return -(-self.served_rows // max(n_slots, 1))
 
 
 #: whether the path choice counts the rows that name a fine-tune (:attr:`RowPlan.served`, where the

@@ -110,11 +110,11 @@ def dense_slot(dset: DeltaSet, plan: RowPlan) -> int | None:
     return 0 if dset.n_slots == 1 else None
 
 
-def use_dense(M: int, dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
+def use_dense(dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
     """Whether :func:`apply` serves this batch: ``path`` "dense" forces it (any other path: no);
     else one slot serves the batch (:func:`dense_slot`) with at least :data:`DENSE_MIN_ROWS` rows:
-    those that name it where the host knew the ids (:attr:`RowPlan.served_rows`), else all M (one
-    row beside many base rows is not worth dequantizing the whole delta)."""
+    those that name it where the host knew the ids (:attr:`RowPlan.served_rows`), else the batch's
+    (one row beside many base rows is not worth dequantizing the whole delta)."""
     if path is not None:
         return path == "dense"
     return 0 < DENSE_MIN_ROWS <= plan.served_rows and dense_slot(dset, plan) is not None

@@ -66,7 +66,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
     if resolve_preference(preference, x) is KernelPreference.TRITON:
         if mma.use_mma(x, dset, plan, path):
             return mma.apply(x, y, dset, plan, overwrite)
-        if dense.use_dense(x.shape[0], dset, plan, path):
+        if dense.use_dense(dset, plan, path):
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
         sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k
         z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None)

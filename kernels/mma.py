@@ -593,13 +593,8 @@ def expand_layouts(chunk: int, num_warps: int = 4) -> Mapping:
 
 
 def _max_rows(plan: RowPlan, dset: DeltaSet) -> int:
-    """Rows per fine-tune the row blocks must hold, known without a device read: every row when
-    one slot serves the batch (the host knew the ids, or the set holds one fine-tune), else the
-    batch spread over the slots (plan_blocks cuts a slot's rows into blocks of at most BM: any
-    spread stays correct)."""
-    if plan.only_slot is not None or dset.n_slots == 1:
-        return plan.served_rows
-    return -(-plan.served_rows // max(dset.n_slots, 1))
+    """Rows per fine-tune the row blocks must hold (:meth:`RowPlan.rows_a_slot` over the set's slots)."""
+    return plan.rows_a_slot(dset.n_slots)
 
 
 def block_m(plan: RowPlan, dset: DeltaSet) -> int:

@@ -53,7 +53,6 @@ import os
 
 import torch
 
-from . import deltaset
 from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
 
@@ -1021,11 +1020,10 @@ GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
 
 def gemv_rows(M: int, dset: DeltaSet, plan: RowPlan | None = None) -> int:
     """Rows a fine-tune for the GEMV choice and its row block: :func:`rows_per_slot`, or with a plan
-    whose ids the host knew (:attr:`RowPlan.served`, :data:`deltaset.COUNT_SERVED`) the rows that
-    name a fine-tune (all of them where one serves the batch, else spread over the slots): one
+    that counts served rows (:attr:`RowPlan.counts_served`) its :meth:`RowPlan.rows_a_slot`: one
     fine-tune's row beside seven base rows is one row, not eight spread over the set."""
-    if plan is not None and plan.served is not None and deltaset.COUNT_SERVED:
-        return max(1, plan.served if plan.only_slot is not None else -(-plan.served // max(dset.n_slots, 1)))
+    if plan is not None and plan.counts_served:
+        return max(1, plan.rows_a_slot(dset.n_slots))
     return rows_per_slot(M, dset)
 
 

@@ -50,8 +50,8 @@ def test_dense_matches_reference_every_layout(M: int, dtype: torch.dtype) -> Non
     ids = torch.zeros(M, dtype=torch.int64)
     ids[1] = -1  # a base-only row
     plan = plan_rows(ids.to(DEVICE), 1)
-    assert dense.use_dense(M, ds, plan) == (M >= THRESHOLD) and dense.use_dense(M, ds, plan, "dense")
-    assert not dense.use_dense(M, ds, plan, "dot")
+    assert dense.use_dense(ds, plan) == (M >= THRESHOLD) and dense.use_dense(ds, plan, "dense")
+    assert not dense.use_dense(ds, plan, "dot")
     y0 = (x.float() @ W.to(DEVICE).float().T).to(dtype)
     zr = ref_ops.shrink(x, ds, plan)
     yr = ref_ops.expand(zr, y0.clone(), ds, plan)
@@ -141,11 +141,11 @@ def test_dense_serves_the_one_slot_the_host_knows() -> None:
     ctx = DeltaContext(2)
     ctx.set(host_ids)
     plan = ctx.plan(M, x.device)
-    assert plan.only_slot == 1 and plan.base_rows and dense.dense_slot(ds, plan) == 1 and dense.use_dense(M, ds, plan)
+    assert plan.only_slot == 1 and plan.base_rows and dense.dense_slot(ds, plan) == 1 and dense.use_dense(ds, plan)
     few = DeltaContext(2)
     few.set([-1] * (M - 2) + [1, 1])  # 2 rows of the fine-tune beside 10 base rows: counted as 2, under the threshold
     fp = few.plan(M, x.device)
-    assert (fp.only_slot, fp.served) == (1, 2) and dense.dense_slot(ds, fp) == 1 and not dense.use_dense(M, ds, fp)
+    assert (fp.only_slot, fp.served) == (1, 2) and dense.dense_slot(ds, fp) == 1 and not dense.use_dense(ds, fp)
     yr = ref_ops.expand(ref_ops.shrink(x, ds, plan), y0.clone(), ds, plan)
     d_r = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros_like(y0), ds, plan)
     yt = apply_deltas(x, y0.clone(), ds, plan, "triton")
@@ -153,7 +153,7 @@ def test_dense_serves_the_one_slot_the_host_knows() -> None:
     assert torch.equal(yt[4], y0[4])
     # ids the host did not read (a device plan, a graph's static buffer): today's paths, dense refused
     blind = plan_rows(host_ids.to(DEVICE), 2)
-    assert blind.only_slot is None and not dense.use_dense(M, ds, blind)
+    assert blind.only_slot is None and not dense.use_dense(ds, blind)
     with pytest.raises(KernelError):
         dense.apply(x, y0.clone(), ds, blind)
     with ctx.static_ids(host_ids.to(DEVICE)):
