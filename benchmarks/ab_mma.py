@@ -58,6 +58,47 @@ def profile_lines(title: str, fn, copies: int, reps: int = 3) -> list[str]:
     return out
 
 
+def by_group(bench, case: str, M: int, nt: int, ids, plan, x, h, ys, rounds: int, copies: int, use_first) -> list[str]:
+    """Each group of the layer timed alone (us a layer, medians of ``rounds`` CUDA graphs over the
+    copies): its base by the kernel the modules use (the Triton GEMV up to base_gemv.MAX_ROWS rows,
+    else torch.mm), its modules (base + deltas beside it, joined), its deltas alone (float32 out, one
+    stream). "exposed" = modules - base: what the group's deltas add to its time."""
+    use_first()
+    dev = x.device
+    out = ["", f"{case}, group by group (us a layer; the first variant):", "",
+           "| group | base alone | modules | deltas alone | exposed |", "|---|---|---|---|---|"]
+    tot = [0.0, 0.0, 0.0]
+    for gi, (name, ms, _) in enumerate(bench.groups):
+        inp = h if gi == 3 else x
+        triton_base = M <= base_gemv.MAX_ROWS
+
+        def base_g(gi=gi, inp=inp) -> None:
+            for c in bench.copies:
+                if triton_base:
+                    base_gemv.gemv(inp, c.W[gi], out=ys[gi])
+                else:
+                    torch.mm(inp, c.W[gi].T, out=ys[gi])
+
+        d = [torch.zeros(M, sum(ms), device=dev) for _ in bench.copies]
+
+        def alone_g(gi=gi, inp=inp, d=d) -> None:
+            for c, dd in zip(bench.copies, d):
+                dd.zero_()
+                apply_deltas(inp, dd, c.sets[nt][gi], plan)
+
+        mod = modules_fn(bench, M, nt, ids, only=gi)
+        t = [[], [], []]
+        for _ in range(rounds):
+            for k, fn in enumerate((base_g, mod, alone_g)):
+                t[k].append(time_graph(fn))
+        us = [statistics.median(v) * 1e6 / copies for v in t]
+        tot = [a + b for a, b in zip(tot, us)]
+        out.append(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[2]:.1f} | {us[1] - us[0]:+.1f} |")
+    out.append(f"| sum | {tot[0]:.1f} | {tot[1]:.1f} | {tot[2]:.1f} | {tot[1] - tot[0]:+.1f} |")
+    print("\n".join(out), flush=True)
+    return out
+
+
 def parse_case(text: str) -> tuple[int, int, int]:
     """(fine-tune rows, fine-tunes, base rows) of a case: "M", "MxN", "M+B", "MxN+B"."""
     rows, _, base = text.partition("+")
@@ -72,6 +113,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--out", default=None)
     ap.add_argument("--delta-alone", action="store_true", help="also time each variant's delta kernels alone (float32 out, one stream)")
+    ap.add_argument("--by-group", action="store_true", help="after each case, the first variant's layer group by group: its base "
+                    "alone (the base kernel the modules use), its modules, its deltas alone (where a layer's time goes)")
     ap.add_argument("--profile", action="store_true", help="after each case, each variant's kernels by name (torch.profiler, eager, us a layer)")
     ap.add_argument("--mma-cfgs", default="[{}]", help="JSON list of kernels.mma attribute overrides, each a variant (e.g. EXPAND_STEP; "
                     "MODULE.NAME for another deltastore.kernels module's, e.g. triton_ops.JOIN_ADD)")
@@ -187,6 +230,8 @@ def main() -> None:
                 row = f"    delta alone ({case}, {label(v)}): {ta:.1f} us a layer"
                 print(row, flush=True)
                 lines.append(row)
+        if args.by_group:
+            lines += by_group(bench, case, M, nt, ids, plan, x, h, ys, args.rounds, args.copies, lambda: use(keys[0]))
         if args.profile:
             for v in keys:
                 use(v)

@@ -322,12 +322,13 @@ class Bench:
         return worst
 
 
-def modules_fn(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor):
+def modules_fn(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor, only: int | None = None):
     """A closure running every copy's layer through the modules users get (kernels.DeltaLinear,
     q/k/v and gate/up as DeltaGroups over the bench's DeltaSets, weights as row views of the
     group's weight, as a lazy model loads them): one base GEMM a group (four a layer), the group's
     delta added in place on the tl.dot path, on the GEMV path computed in float32 on the side stream
-    and added once."""
+    and added once. ``only``: that group alone (an index of bench.groups), to see where a layer's
+    time goes."""
     from deltastore.kernels import DeltaContext, DeltaGroup, DeltaLinear
 
     x, h, _ = bench.inputs(M, torch.Generator().manual_seed(M))
@@ -337,6 +338,8 @@ def modules_fn(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor):
     for c in bench.copies:
         per = []
         for gi, ((_, ms, K), W) in enumerate(zip(bench.groups, c.W)):
+            if only is not None and gi != only:
+                continue
             ds = c.sets[n_tenants][gi]
             offs = [sum(ms[:j]) for j in range(len(ms))]
             if len(ms) > 1:
@@ -351,7 +354,7 @@ def modules_fn(bench: Bench, M: int, n_tenants: int, ids: torch.Tensor):
 
     def run() -> None:
         for per in mods:
-            for gi, lins in enumerate(per):
+            for gi, lins in zip([only] if only is not None else range(len(per)), per):
                 inp = h if gi == 3 else x
                 for lin in lins:
                     lin(inp)
