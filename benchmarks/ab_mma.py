@@ -99,6 +99,52 @@ def by_group(bench, case: str, M: int, nt: int, ids, plan, x, h, ys, rounds: int
     return out
 
 
+def timeline(fn, copies: int, title: str, path: str | None = None) -> list[str]:
+    """One replay of a CUDA graph of ``fn`` (every copy's layer) under torch.profiler: each kernel of
+    the second copy's layer with its stream, start and end (us from that copy's first kernel), so the
+    critical path of a layer (which stream waits on which) can be read off. ``path``: the chrome trace."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        g.replay()
+        torch.cuda.synchronize()
+    trace = path or tempfile.mktemp(suffix=".json")
+    prof.export_chrome_trace(trace)
+    with open(trace) as f:
+        evs = [e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"]
+    evs.sort(key=lambda e: e["ts"])
+    out = ["", f"timeline of {title}: one graph replay, the second of {copies} layer copies (us from its first kernel):", ""]
+    if not evs or len(evs) % copies:
+        out.append(f"    ({len(evs)} kernels traced: not {copies} equal copies)")
+        print("\n".join(out), flush=True)
+        return out
+    n = len(evs) // copies
+    part = evs[n : 2 * n] if copies > 1 else evs
+    t0 = part[0]["ts"]
+    for e in part:
+        out.append(f"    stream {e.get('args', {}).get('stream', '?'):>4}  {e['ts'] - t0:8.1f} -> {e['ts'] + e['dur'] - t0:8.1f}  "
+                   f"({e['dur']:6.1f})  {e['name'][:60]}")
+    out.append(f"    layer: {part[-1]['ts'] + part[-1]['dur'] - t0:.1f} us from first kernel start to last kernel end; "
+               f"whole replay {evs[-1]['ts'] + evs[-1]['dur'] - evs[0]['ts']:.1f} us over {copies} copies")
+    print("\n".join(out), flush=True)
+    return out
+
+
 def parse_case(text: str) -> tuple[int, int, int]:
     """(fine-tune rows, fine-tunes, base rows) of a case: "M", "MxN", "M+B", "MxN+B"."""
     rows, _, base = text.partition("+")
@@ -115,6 +161,8 @@ def main() -> None:
     ap.add_argument("--delta-alone", action="store_true", help="also time each variant's delta kernels alone (float32 out, one stream)")
     ap.add_argument("--by-group", action="store_true", help="after each case, the first variant's layer group by group: its base "
                     "alone (the base kernel the modules use), its modules, its deltas alone (where a layer's time goes)")
+    ap.add_argument("--timeline", action="store_true", help="after each case, the first variant's layer as one traced graph replay: "
+                    "each kernel's stream, start and end")
     ap.add_argument("--profile", action="store_true", help="after each case, each variant's kernels by name (torch.profiler, eager, us a layer)")
     ap.add_argument("--mma-cfgs", default="[{}]", help="JSON list of kernels.mma attribute overrides, each a variant (e.g. EXPAND_STEP; "
                     "MODULE.NAME for another deltastore.kernels module's, e.g. triton_ops.JOIN_ADD)")
@@ -232,6 +280,9 @@ def main() -> None:
                 lines.append(row)
         if args.by_group:
             lines += by_group(bench, case, M, nt, ids, plan, x, h, ys, args.rounds, args.copies, lambda: use(keys[0]))
+        if args.timeline:
+            use(keys[0])
+            lines += timeline(fns[keys[0]], args.copies, case)
         if args.profile:
             for v in keys:
                 use(v)

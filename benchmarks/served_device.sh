@@ -6,7 +6,8 @@
 #   2. the served-rows count on and off (deltaset.COUNT_SERVED), cases with base rows whose ids the
 #      host knows: 6 rows of one fine-tune + 12 base rows (tensor-core kernels vs dense), 1 + 7
 #      (GEMV at a block of one vs tl.dot), 4 rows over 2 + 20 base rows;
-#   3. one layer group by group (ab_mma.py --by-group): base alone, modules, deltas alone, exposed.
+#   3. one layer group by group (ab_mma.py --by-group): base alone, modules, deltas alone, exposed;
+#      and one traced graph replay (--timeline): each kernel's stream, start and end.
 # Carry .whl-store.  PARTS=tests,served,groups (the default: all three) picks some.
 #   bash benchmarks/served_device.sh OUT
 set -u
@@ -22,7 +23,7 @@ if has served; then say "served rows on/off"
     --mma-cfgs '[{}, {"deltaset.COUNT_SERVED": false}]' --out "$out/ab_served.md" > "$out/ab_served.log" 2>&1
   grep '^|\|base alone\|alone\|Error\|error' "$out/ab_served.log" | tail -30; fi
 if has groups; then say "group by group"
-  timeout "${G_T:-120}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${GCASES:-1,8x8,32x8} --by-group \
+  timeout "${G_T:-120}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${GCASES:-1,8x8,32x8} --by-group --timeline \
     --out "$out/ab_groups.md" > "$out/ab_groups.log" 2>&1
-  grep '^|\|base alone\|group by group\|Error\|error' "$out/ab_groups.log" | tail -40; fi
+  grep -v '^ *rel err\|^    base GEMV' "$out/ab_groups.log" | tail -120; fi
 say done
