@@ -30,6 +30,7 @@ in the loop). Deterministic (no atomics, one order), graph-safe (the grid depend
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -59,6 +60,29 @@ BLOCK_N = 8
 MIN_PROGRAMS = 512
 BLOCK_K = 256
 NUM_WARPS = 4
+#: programs a streaming multiprocessor at most for the one-row GEMV (0: one a block of columns, all
+#: launched at once). A Llama-2-7B layer's q/k/v (1,536 programs) and gate/up (2,752) fill every SM
+#: (register-bound at ~8 resident a SM), so the delta shrink on the side stream waits ~18 us for the
+#: first wave to retire (traced graph replay, H200: raw_h200/s29/ab_groups.md); a capped grid whose
+#: programs take the blocks in turn leaves room for the deltas from the start. Off until measured
+#: (``DELTASTORE_BASE_GEMV_PER_SM``); on a CPU (Triton's interpreter) the cap counts one SM.
+PROGRAMS_PER_SM = int(os.environ.get("DELTASTORE_BASE_GEMV_PER_SM", "0"))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _programs_cap(device: torch.device) -> int:
+    """The GEMV's most programs on ``device`` (:data:`PROGRAMS_PER_SM` of each SM), 0 for no cap."""
+    if PROGRAMS_PER_SM <= 0:
+        return 0
+    if device.type != "cuda":
+        return PROGRAMS_PER_SM
+    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 #: the tl.dot kernel's tile: output columns a program, inputs a step, pipeline stages, warps
 #: (64 x 128, 5 stages: 40 KB of shared memory; the best of 9 tiles through the layer at 5-16
 #: rows, raw_h200/s22/ab_dot*.md; 32 columns or 2 stages were 10-30% slower there)
@@ -81,11 +105,11 @@ if HAVE_TRITON:
             return tl.load(x_ptr + off + k0 + k, mask=(k0 + k) < K, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                     M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     EVEN_K: tl.constexpr):
-        pid = tl.program_id(0)
-        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    def _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, n0,
+                   M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   EVEN_K: tl.constexpr):
+        """y[:M, n0 .. n0 + BLOCK_N] (one program's block of output columns)."""
+        n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
         nc = tl.where(n_ok, n, 0)  # rows past N read row 0 (always there): no mask along n in the loop
         k = tl.arange(0, BLOCK_K)
@@ -117,6 +141,21 @@ if HAVE_TRITON:
             tl.store(y_ptr + 2 * stride_ym + n, (tl.sum(acc2, axis=1) + bias).to(ty), mask=n_ok)
         if M > 3:
             tl.store(y_ptr + 3 * stride_ym + n, (tl.sum(acc3, axis=1) + bias).to(ty), mask=n_ok)
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                     M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     EVEN_K: tl.constexpr, PERSIST: tl.constexpr = False):
+        """A block of BLOCK_N output columns a program; PERSIST: a capped grid whose programs take
+        the blocks in turn (pid, pid + programs, ...; see :data:`PROGRAMS_PER_SM`)."""
+        pid = tl.program_id(0)
+        if PERSIST:
+            for blk in range(pid, tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
+                _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, blk * BLOCK_N,
+                           M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K)
+        else:
+            _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, pid * BLOCK_N,
+                       M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K)
 
     @triton.jit
     def _dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
@@ -191,7 +230,10 @@ def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: t
     bn = BLOCK_N
     while bn > 4 and triton.cdiv(N, bn) < MIN_PROGRAMS:
         bn //= 2
-    _gemv_kernel[(triton.cdiv(N, bn),)](x, W, bb, y, N, K, x.stride(0), W.stride(0), y.stride(0),
-                                        M=M, HAS_B=b is not None, BLOCK_N=bn, BLOCK_K=BLOCK_K,
-                                        EVEN_K=K % BLOCK_K == 0, num_warps=NUM_WARPS)
+    blocks = triton.cdiv(N, bn)
+    cap = _programs_cap(x.device)
+    grid = min(blocks, cap) if cap else blocks
+    _gemv_kernel[(grid,)](x, W, bb, y, N, K, x.stride(0), W.stride(0), y.stride(0),
+                          M=M, HAS_B=b is not None, BLOCK_N=bn, BLOCK_K=BLOCK_K,
+                          EVEN_K=K % BLOCK_K == 0, PERSIST=grid < blocks, num_warps=NUM_WARPS)
     return y

@@ -46,6 +46,25 @@ def test_dtypes_whole_steps(dtype: torch.dtype) -> None:
     _check(3, 64, 512, dtype, bias=True, path="dot")
 
 
+@pytest.mark.parametrize("M", [1, 3])
+def test_capped_grid_same_bits(M: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GEMV with its grid capped (PROGRAMS_PER_SM: programs take the column blocks in turn) gives
+    the uncapped kernel's bits: each block is computed the same way whichever program takes it. Odd
+    shapes: more blocks than programs, the last block past N, a masked tail of K."""
+    g = torch.Generator().manual_seed(M)
+    x = torch.randn(M, 300, generator=g).to(torch.bfloat16).to(DEVICE)
+    W = torch.randn(37, 300, generator=g).to(torch.bfloat16).to(DEVICE)
+    b = torch.randn(37, generator=g).to(torch.bfloat16).to(DEVICE)
+    monkeypatch.setattr(base_gemv, "MIN_PROGRAMS", 1)  # blocks of 8 columns: 5 of them
+    want = base_gemv.gemv(x, W, b, path="gemv")
+    monkeypatch.setattr(base_gemv, "PROGRAMS_PER_SM", 2)  # the interpreter counts one SM: 2 programs
+    if DEVICE != "cpu":  # a cap under the blocks on a GPU too
+        monkeypatch.setattr(base_gemv, "_programs_cap", lambda device: 2)
+    got = base_gemv.gemv(x, W, b, path="gemv")
+    assert torch.equal(got, want)
+    _check(M, 37, 300, torch.bfloat16, bias=True, seed=M, path="gemv")
+
+
 def test_refuses_what_it_does_not_serve() -> None:
     x = torch.zeros(33, 16, dtype=torch.bfloat16, device=DEVICE)
     with pytest.raises(KernelError, match="rows"):
