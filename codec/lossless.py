@@ -69,6 +69,7 @@ by ``planes``, not by this codec).
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterable
 
 import numpy as np
@@ -142,6 +143,16 @@ def tensor_u8(t: torch.Tensor) -> np.ndarray:
     """The tensor's raw little-endian bytes as a flat uint8 numpy array (no copy when contiguous)."""
     t = t.detach().contiguous().cpu()
     return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _base_u8(base: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """``tensor_u8(base.to(dtype))``, in two torch calls where ``base`` is already a contiguous CPU
+    tensor of ``dtype`` without grad (a checkout's base tensor): the general path's seven cost
+    more than their work once a tensor, run between kernels that evict torch's code from the
+    caches (benchmarks/probe_decode_overhead.py)."""
+    if base.dtype is dtype and base.is_cpu and not base.requires_grad and base.dim() and base.is_contiguous():
+        return base.view(torch.uint8).numpy().reshape(-1)
+    return tensor_u8(base.to(dtype))
 
 
 def ordered(bits: np.ndarray) -> np.ndarray:
@@ -321,7 +332,7 @@ def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.n
     fx, width, buf = planes.fast(), info.width, np.ascontiguousarray(buf)
     shift, bits = context_field(dtype)
     offs = info.chunk_offsets()
-    dst = np.cumsum([0] + info.raw_lens).tolist()
+    dst = list(itertools.accumulate(info.raw_lens, initial=0))  # Python ints (np.cumsum: two numpy calls a tensor)
     if dst[-1] != out.size or base_raw.size != out.size:
         raise CorruptPayloadError(f"plane stream holds {dst[-1]} bytes, expected {out.size}")
     if stored is not None and len(stored) != len(info.raw_lens):
@@ -376,37 +387,32 @@ def unpack_counts(flat: np.ndarray, info: planes.StreamInfo) -> list[np.ndarray]
     every chunk's entries inside the array, each present context with at least one element, the
     counts summing to the chunk's elements, nothing left over. Anything else is one
     :class:`CorruptPayloadError`. (Whether they are the base's is proved while decoding:
-    :func:`decode_grouped_diff`.)"""
-    nchunks, size = len(info.raw_lens), int(flat.size)
-    fl = flat.tolist()  # Python ints: per chunk a few dozen, where numpy calls cost more than the work
-    rows, cols, vals, pos = [], [], [], 0
+    :func:`decode_grouped_diff`.)
+
+    Per chunk the bitmap is unpacked and the counts placed by numpy (a few calls), and the counts
+    are checked as Python ints (a few dozen a chunk, where numpy calls cost more than the work):
+    a checkout reads them once a tensor, between kernels that evict the interpreter's caches."""
+    nchunks, size, width = len(info.raw_lens), int(flat.size), info.width
+    fl = flat.tolist()
+    bits = flat.astype("<u4").view(np.uint8)  # word j's bit b (context 32j + b) is bit b % 8 of byte 4j + b // 8
+    out = np.zeros((nchunks, 256), dtype=np.int64)
+    pos = 0
     for i, raw_len in enumerate(info.raw_lens):
-        n = raw_len // info.width
         if pos + 8 > size:
             raise CorruptPayloadError(f"lossless payload's context counts stop before chunk {i}")
-        bitmap = 0
-        for j, word in enumerate(fl[pos : pos + 8]):
-            bitmap |= (word & 0xFFFFFFFF) << (32 * j)
-        present = []
-        while bitmap:  # each set bit, lowest first
-            low = bitmap & -bitmap
-            present.append(low.bit_length() - 1)
-            bitmap ^= low
-        k = len(present)
+        present = np.unpackbits(bits[4 * pos : 4 * pos + 32], bitorder="little").view(bool)
+        k = int(np.count_nonzero(present))
         pos += 8
         if pos + k > size:
             raise CorruptPayloadError(f"lossless payload's context counts stop inside chunk {i}")
         got = fl[pos : pos + k]
-        pos += k
-        if any(v <= 0 for v in got) or sum(got) != n:
+        n = raw_len // width
+        if (k and min(got) <= 0) or sum(got) != n:
             raise CorruptPayloadError(f"lossless payload's context counts of chunk {i} do not add up to its {n} elements")
-        rows += [i] * k
-        cols += present
-        vals += got
+        out[i, present] = flat[pos : pos + k]
+        pos += k
     if pos != size:
         raise CorruptPayloadError(f"lossless payload has {size - pos} context counts more than its chunks")
-    out = np.zeros((nchunks, 256), dtype=np.int64)
-    out[rows, cols] = vals
     return list(out)
 
 
@@ -534,7 +540,7 @@ class Lossless(Codec):
                 raise AttributeError
         except (AttributeError, TypeError):
             raise CorruptPayloadError(f"lossless payload names an unknown dtype {enc.dtype!r}") from None
-        width = torch.empty((), dtype=dtype).element_size()
+        width = dtype.itemsize
         if not all(isinstance(s, int) and s >= 0 for s in enc.shape):
             raise CorruptPayloadError(f"lossless payload has a bad shape {enc.shape!r}")
         stream = enc.arrays.get("stream")
@@ -560,8 +566,9 @@ class Lossless(Codec):
             raise CorruptPayloadError(f"unknown lossless mode {mode!r}")
         if base is None:
             raise CodecError("this lossless delta needs its base tensor to decode")
-        check_pair(torch.empty(enc.shape, device="meta"), base)
-        base_raw = tensor_u8(base.to(dtype))
+        if tuple(base.shape) != tuple(enc.shape):  # (a meta tensor a call only to word the error as check_pair does)
+            check_pair(torch.empty(enc.shape, device="meta"), base)
+        base_raw = _base_u8(base, dtype)
         contexts, stored = None, self._stored_counts(enc, info)
         if enc.meta.get("context") == "exponent":
             if dtype not in EXPONENT_FIELD:

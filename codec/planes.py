@@ -494,7 +494,7 @@ def _compress_chunk(raw: np.ndarray, width: int, rotate: bool, level: int, store
     return _Chunk(raw.size, modes, payloads)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Group:
     context: int
     n: int  # elements
@@ -939,12 +939,23 @@ class StreamInfo:
         return offs
 
 
+#: a chunk's entry in a plain stream's table (raw length, plane lengths, modes), by width
+_PLAIN_ENTRY = {w: struct.Struct(f"<Q{w}I{w}B") for w in _UINT}
+#: a grouped chunk's head (raw length, groups) and a group's entry (context, elements, plane lengths, modes)
+_GROUPED_HEAD = struct.Struct("<QH")
+_GROUP_ENTRY = {w: struct.Struct(f"<BI{w}I{w}B") for w in _UINT}
+
+
 def read_info(buf: memoryview, size: int | None = None) -> StreamInfo:
     """The stream's header and chunk table, checked against the stream's ``size`` (default
-    ``len(buf)``; larger where ``buf`` holds the header and table only, its payloads kept apart)."""
+    ``len(buf)``; larger where ``buf`` holds the header and table only, its payloads kept apart).
+
+    Every entry is read with one precompiled ``struct`` (``iter_unpack`` over the table) and
+    checked as it is read: a lossless checkout reads a table a tensor (~8 groups), between
+    kernels that evict the interpreter's caches."""
     if len(buf) < _HEAD.size:
         raise CorruptPayloadError("plane stream is truncated (header)")
-    magic, width, flags, _, nchunks, raw_total = _HEAD.unpack(buf[: _HEAD.size])
+    magic, width, flags, _, nchunks, raw_total = _HEAD.unpack_from(buf)
     if magic not in (MAGIC, MAGIC_GROUPED) or width not in _UINT:
         raise CorruptPayloadError("not a plane stream (bad magic or width)")
     if magic == MAGIC_GROUPED:
@@ -952,61 +963,64 @@ def read_info(buf: memoryview, size: int | None = None) -> StreamInfo:
             raise CorruptPayloadError("a grouped plane stream is read whole")
         return _read_info_grouped(buf, width, flags, nchunks, raw_total)
     pos = _HEAD.size
-    entry = 8 + 4 * width + width
-    if pos + nchunks * entry > len(buf):
+    entry = _PLAIN_ENTRY[width]
+    if pos + nchunks * entry.size > len(buf):
         raise CorruptPayloadError("plane stream is truncated (chunk table)")
-    raw_lens, plane_lens, modes = [], [], []
-    for _ in range(nchunks):
-        (rl,) = struct.unpack("<Q", buf[pos : pos + 8])
-        pl = list(struct.unpack(f"<{width}I", buf[pos + 8 : pos + 8 + 4 * width]))
-        md = list(bytes(buf[pos + 8 + 4 * width : pos + entry]))
-        raw_lens.append(rl)
-        plane_lens.append(pl)
-        modes.append(md)
-        pos += entry
+    raw_lens, plane_lens, modes, payload = [], [], [], 0
+    for e in entry.iter_unpack(buf[pos : pos + nchunks * entry.size]):
+        raw_lens.append(e[0])
+        plane_lens.append(pl := list(e[1 : 1 + width]))
+        modes.append(list(e[1 + width :]))
+        payload += sum(pl)
+    pos += nchunks * entry.size
     if sum(raw_lens) != raw_total or any(rl % width for rl in raw_lens):
         raise CorruptPayloadError("plane stream chunk table does not add up")
     for md, pl in zip(modes, plane_lens):
-        if any(m == ZERO_MODE and ln for m, ln in zip(md, pl)):
+        if ZERO_MODE in md and any(m == ZERO_MODE and ln for m, ln in zip(md, pl)):
             raise CorruptPayloadError("a zero plane has a payload")
         if _palette.MODE in md and (width != 2 or any(m != _palette.MODE for m in md) or any(pl[1:])):
             raise CorruptPayloadError("plane stream has a malformed palette chunk entry")
-    if pos + sum(sum(p) for p in plane_lens) != (len(buf) if size is None else size):
+    if pos + payload != (len(buf) if size is None else size):
         raise CorruptPayloadError("plane stream is truncated or has trailing bytes")
     return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos)
 
 
 def _read_info_grouped(buf: memoryview, width: int, flags: int, nchunks: int, raw_total: int) -> StreamInfo:
     pos, end = _HEAD.size, len(buf)
-    gentry = struct.Struct(f"<BI{width}I")
-    raw_lens, plane_lens, modes, chunks = [], [], [], []
+    gentry = _GROUP_ENTRY[width]
+    raw_lens, plane_lens, modes, chunks, payload = [], [], [], [], 0
     for _ in range(nchunks):
-        if pos + 10 > end:
+        if pos + _GROUPED_HEAD.size > end:
             raise CorruptPayloadError("plane stream is truncated (chunk table)")
-        rl, ng = struct.unpack("<QH", buf[pos : pos + 10])
-        pos += 10
-        if pos + ng * (gentry.size + width) > end:
+        rl, ng = _GROUPED_HEAD.unpack_from(buf, pos)
+        pos += _GROUPED_HEAD.size
+        stop = pos + ng * gentry.size
+        if stop > end:
             raise CorruptPayloadError("plane stream is truncated (group table)")
-        groups, last = [], -1
-        for _ in range(ng):
-            c, n, *lens = gentry.unpack(buf[pos : pos + gentry.size])
-            md = list(bytes(buf[pos + gentry.size : pos + gentry.size + width]))
-            pos += gentry.size + width
-            if any(m == ZERO_MODE and ln for m, ln in zip(md, lens)):
+        groups, chunk_lens, chunk_modes, last, elems = [], [], [], -1, 0
+        for e in gentry.iter_unpack(buf[pos:stop]):
+            c, n = e[0], e[1]
+            lens, md = list(e[2 : 2 + width]), list(e[2 + width :])
+            if ZERO_MODE in md and any(m == ZERO_MODE and ln for m, ln in zip(md, lens)):
                 raise CorruptPayloadError("a zero plane has a payload")
             if c <= last:
                 raise CorruptPayloadError("plane stream groups are out of order")
             last = c
+            elems += n
             groups.append(_Group(c, n, md, lens))
-        if sum(g.n for g in groups) * width != rl:
+            chunk_lens += lens
+            chunk_modes += md
+        pos = stop
+        if elems * width != rl:
             raise CorruptPayloadError("plane stream group table does not add up")
         raw_lens.append(rl)
-        plane_lens.append([ln for g in groups for ln in g.payloads])
-        modes.append([m for g in groups for m in g.modes])
+        plane_lens.append(chunk_lens)
+        modes.append(chunk_modes)
         chunks.append(groups)
+        payload += sum(chunk_lens)
     if sum(raw_lens) != raw_total:
         raise CorruptPayloadError("plane stream chunk table does not add up")
-    if pos + sum(sum(p) for p in plane_lens) != end:
+    if pos + payload != end:
         raise CorruptPayloadError("plane stream is truncated or has trailing bytes")
     return StreamInfo(width, bool(flags & FLAG_ROTATE), raw_total, raw_lens, plane_lens, modes, pos, chunks)
 
