@@ -35,6 +35,7 @@ import os
 
 import torch
 
+from . import join
 from .errors import KernelError
 
 try:  # triton is optional: without it cuBLAS serves (CPU users, CI without it)
@@ -109,9 +110,11 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, n0,
+                   d_ptr, cnt_ptr, join_total, stride_dm,
                    M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   EVEN_K: tl.constexpr):
-        """y[:M, n0 .. n0 + BLOCK_N] (one program's block of output columns)."""
+                   EVEN_K: tl.constexpr, JOIN: tl.constexpr):
+        """y[:M, n0 .. n0 + BLOCK_N] (one program's block of output columns); JOIN: then counted on
+        its block's counter, the last program of the block adding the delta d in (:mod:`.join`)."""
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
         nc = tl.where(n_ok, n, 0)  # rows past N read row 0 (always there): no mask along n in the loop
@@ -144,21 +147,24 @@ if HAVE_TRITON:
             tl.store(y_ptr + 2 * stride_ym + n, (tl.sum(acc2, axis=1) + bias).to(ty), mask=n_ok)
         if M > 3:
             tl.store(y_ptr + 3 * stride_ym + n, (tl.sum(acc3, axis=1) + bias).to(ty), mask=n_ok)
+        if JOIN:
+            join.arrive(y_ptr, d_ptr, cnt_ptr, n0 // join.COLS, join_total, M, stride_ym, stride_dm, join.COLS)
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                     d_ptr, cnt_ptr, join_total, stride_dm,
                      M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     EVEN_K: tl.constexpr, PERSIST: tl.constexpr = False):
+                     EVEN_K: tl.constexpr, PERSIST: tl.constexpr = False, JOIN: tl.constexpr = False):
         """A block of BLOCK_N output columns a program; PERSIST: a capped grid whose programs take
         the blocks in turn (pid, pid + programs, ...; see :data:`PROGRAMS_PER_SM`)."""
         pid = tl.program_id(0)
         if PERSIST:
             for blk in range(pid, tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
                 _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, blk * BLOCK_N,
-                           M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K)
+                           d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN)
         else:
             _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, pid * BLOCK_N,
-                       M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K)
+                       d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN)
 
     @triton.jit
     def _dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
@@ -202,11 +208,28 @@ def serves(x: torch.Tensor, W: torch.Tensor) -> bool:
             and W.stride(1) == 1 and W.stride(0) % 8 == 0 and W.data_ptr() % 16 == 0)
 
 
+def _gemv_bn(N: int) -> int:
+    """Output columns a GEMV program: BLOCK_N, halved (to 4 at least) while that leaves fewer than
+    MIN_PROGRAMS programs."""
+    bn = BLOCK_N
+    while bn > 4 and triton.cdiv(N, bn) < MIN_PROGRAMS:
+        bn //= 2
+    return bn
+
+
+def join_arrivals(N: int) -> int:
+    """The GEMV's programs over one block of :data:`.join.COLS` of its N output columns: what it adds
+    to a fused join's total (:mod:`.join`)."""
+    return join.COLS // _gemv_bn(N)
+
+
 def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: torch.Tensor | None = None,
-         path: str | None = None) -> torch.Tensor:
+         path: str | None = None, fused: "join.Join | None" = None) -> torch.Tensor:
     """``x @ W.T + b`` for a few rows (x: (M <= MAX_ROWS, K), W: (N, K) with contiguous rows),
     float32 sums rounded once to x's dtype; into ``out`` (M, N) with contiguous rows where given.
-    ``path``: "gemv" (up to GEMV_MAX_ROWS rows) or "dot"; by default the GEMV up to GEMV_ROWS."""
+    ``path``: "gemv" (up to GEMV_MAX_ROWS rows) or "dot"; by default the GEMV up to GEMV_ROWS.
+    ``fused`` (the GEMV path, out=fused.y): each program then counts itself on its block's counter,
+    the last of a block (its programs and the delta expand's) adding fused.d into y (:mod:`.join`)."""
     if not HAVE_TRITON:
         raise KernelError("the base GEMV needs triton")
     M, K = x.shape
@@ -221,6 +244,8 @@ def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: t
         return y
     bb = b.contiguous() if b is not None else x
     path = path or ("gemv" if M <= GEMV_ROWS else "dot")
+    if fused is not None and path != "gemv":
+        raise KernelError("base GEMV: a fused join is on the GEMV path only")
     if path == "dot":
         bm = 16 if M <= 16 else 32
         _dot_kernel[(triton.cdiv(N, DOT_BLOCK_N),)](x, W, bb, y, M, N, K, x.stride(0), W.stride(0), y.stride(0),
@@ -230,13 +255,17 @@ def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: t
         return y
     if path != "gemv" or M > GEMV_MAX_ROWS:
         raise KernelError(f"base GEMV: no path {path!r} for {M} rows")
-    bn = BLOCK_N
-    while bn > 4 and triton.cdiv(N, bn) < MIN_PROGRAMS:
-        bn //= 2
+    bn = _gemv_bn(N)
+    if fused is not None:
+        fused.check()
+        if fused.y is not y or M > GEMV_MAX_ROWS:
+            raise KernelError("base GEMV: a fused join writes its own y (out=join.y), one row")
     blocks = triton.cdiv(N, bn)
     cap = _programs_cap(x.device)
     grid = min(blocks, cap) if cap else blocks
+    jd, jc = (fused.d, fused.counters) if fused is not None else (y, y)
     _gemv_kernel[(grid,)](x, W, bb, y, N, K, x.stride(0), W.stride(0), y.stride(0),
+                          jd, jc, fused.total if fused is not None else 0, jd.stride(0),
                           M=M, HAS_B=b is not None, BLOCK_N=bn, BLOCK_K=BLOCK_K,
-                          EVEN_K=K % BLOCK_K == 0, PERSIST=grid < blocks, num_warps=NUM_WARPS)
+                          EVEN_K=K % BLOCK_K == 0, PERSIST=grid < blocks, JOIN=fused is not None, num_warps=NUM_WARPS)
     return y

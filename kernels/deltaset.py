@@ -533,6 +533,15 @@ class DeltaSet:
             t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)
         return t
 
+    def join_counters(self, n: int) -> torch.Tensor:
+        """int32 (n,) counters at zero, one per block of output columns: a fused join's
+        (:mod:`.join`; each use leaves them at zero again). Kept with the set, rebuilt with it."""
+        key = ("join", n)
+        t = self._sems.get(key)  # type: ignore[call-overload]
+        if t is None:
+            t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)  # type: ignore[index]
+        return t
+
     def nblocks(self, block_n: int) -> torch.Tensor:
         """int32 (n_blocks, 2): (slice, first column) of every block of ``block_n`` output columns."""
         t = self._nblk.get(block_n)

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
-from . import base_gemv, dense, factor_cache, mma, ref_ops, triton_ops
+from . import base_gemv, dense, factor_cache, join, mma, ref_ops, triton_ops
 from .deltaset import DeltaSet, RowPlan, check_ids, host_hint, plan_rows
 from .errors import KernelError
 from .bitdelta import BitDeltaSet
@@ -51,14 +51,15 @@ def resolve_preference(pref: KernelPreference | str, x: torch.Tensor) -> KernelP
 
 def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan,
                  preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
-                 path: str | None = None, overwrite: bool = False) -> torch.Tensor:
+                 path: str | None = None, overwrite: bool = False, fused: "join.Join | None" = None) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
     with Triton on a GPU, 2 to 32 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
     where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
     dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path.
     ``overwrite``: y = the delta (y's contents not read), zeroed by the kernels where they can (the
     GEMV shrink's programs; the tensor-core path's launch that zeroes its z) instead of a launch
-    of its own."""
+    of its own. ``fused``: the GEMV path's expand joins y (fused.d) into the base output by its last
+    program (:mod:`.join`; the caller checked that path serves: :func:`fused_join`)."""
     if dset.n_slots == 0:
         return y.zero_() if overwrite else y
     if plan.n_slots != dset.n_slots:
@@ -70,7 +71,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
         sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k
         z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None)
-        return triton_ops.expand(z, y, dset, plan, path=path, pdl=True)  # (launched right after its shrink)
+        return triton_ops.expand(z, y, dset, plan, path=path, pdl=True, fused=fused)  # (launched right after its shrink)
     if overwrite:
         y.zero_()
     stacks = cpu_stacks(dset) if x.device.type == "cpu" else None
@@ -159,7 +160,7 @@ _BESIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("deltastore_base_
 
 def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T],
            preference: KernelPreference | str = KernelPreference.AUTO, *, side: "torch.cuda.Stream | None | bool" = True,
-           out: torch.Tensor | None = None, split_k: int | None = None) -> tuple[T, torch.Tensor]:
+           out: torch.Tensor | None = None, split_k: int | None = None, fused: "join.Join | None" = None) -> tuple[T, torch.Tensor]:
     """``(base(), d)``: d float32 (M, sum out) = the per-row packed delta of x (M, in), computed on
     :func:`side_stream` while ``base()`` runs on the current stream; both are done (on the current
     stream's order) when this returns. ``side=True``: the stream of :func:`side_for` (or none);
@@ -167,14 +168,17 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
 
     Graph-safe: the fork and join are stream waits (captured as graph edges), no host sync; d is
     allocated on the current stream before the fork (or given as ``out``), so the allocator never
-    hands its memory to another stream while the side stream still writes it."""
-    d = torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out
+    hands its memory to another stream while the side stream still writes it. ``fused``: d is
+    fused.d and the expand joins it into the base output by its last program (``base()`` writes
+    fused.y with the same join), so d is already in y when this returns (:mod:`.join`)."""
+    d = fused.d if fused is not None else (torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out)
     s = side_for(x, dset, preference) if side is True else (side or None)
+    zero_in = ZERO_IN_KERNELS and fused is None
 
     def deltas() -> None:  # the buffer zeroed by a launch of its own, or by the delta kernels (ZERO_IN_KERNELS)
-        if not ZERO_IN_KERNELS:
+        if not zero_in:
             d.zero_()
-        apply_deltas(x, d, dset, plan, preference, split_k, overwrite=ZERO_IN_KERNELS)
+        apply_deltas(x, d, dset, plan, preference, split_k, overwrite=zero_in, fused=fused)
 
     if s is None:
         deltas()
@@ -207,6 +211,26 @@ def base_linear(x2: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> to
     if _triton_base_here() and base_gemv.serves(x2, W):
         return base_gemv.gemv(x2, W, b)
     return nn.functional.linear(x2, W, b)
+
+
+def fused_join(x2: torch.Tensor, dset: DeltaSet, W: torch.Tensor | None, side_deltas: bool, plan: RowPlan) -> "join.Join | None":
+    """A fused join for one step of a linear or group (:mod:`.join`), or None where its two kernels
+    do not both serve: one row, on a GPU by the base GEMV (:func:`.base_gemv.serves`, W the whole
+    weight: one GEMV) and the GEMV delta path with float32 atomics, every slice a multiple of
+    :data:`.join.COLS` columns, nothing added into y after the base (``side_deltas``: lowrank or
+    bitdelta deltas of a member)."""
+    M = x2.shape[0]
+    if not (join.ENABLED and join.HAVE_TRITON and triton_ops.GEMV_ATOMIC and M <= base_gemv.GEMV_ROWS and dset.n_slots
+            and not side_deltas and W is not None and dset.block_k == join.COLS):
+        return None
+    N = sum(dset.out_features)
+    if N % join.COLS or any(o % join.COLS for o in dset.col_offsets) or x2.dtype != W.dtype or not base_gemv.serves(x2, W):
+        return None
+    if mma.use_mma(x2, dset, plan) or dense.use_dense(dset, plan, None) or not triton_ops.use_gemv(M, dset, plan=plan):
+        return None
+    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    d = torch.empty(M, N, dtype=torch.float32, device=x2.device)
+    return join.Join(y, d, dset.join_counters(N // join.COLS), base_gemv.join_arrivals(N) + triton_ops.join_arrivals(M, dset, plan))
 
 
 def with_delta(y: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -423,7 +447,12 @@ class DeltaGroup:
         self.deltas.build()
         triton = resolve_preference(preference, x2) is KernelPreference.TRITON
         side = side_for(x2, self.deltas, preference, plan, ctx) if triton else None
-        if side is not None or (triton and triton_ops.use_gemv(x2.shape[0], self.deltas, plan=plan)):
+        W, b = self.whole_weight(members)
+        fused = fused_join(x2, self.deltas, W, any(m.has_side_deltas for m in members.values()), plan) if triton else None
+        if fused is not None:  # the base GEMV and the GEMV expand join d into y by their last program
+            y, _ = beside(x2, self.deltas, plan, lambda: base_gemv.gemv(x2, W, b, out=fused.y, path="gemv", fused=fused),
+                          preference, side=side if side is not None else False, fused=fused)
+        elif side is not None or (triton and triton_ops.use_gemv(x2.shape[0], self.deltas, plan=plan)):
             y, d = beside(x2, self.deltas, plan, lambda: self._base(x2, members), preference, side=side if side is not None else False)
             y = with_delta(y, d, x2.dtype)
         else:  # the tl.dot expand (or the torch op) adds into the base output in place
@@ -516,6 +545,11 @@ class DeltaLinear(nn.Module):
         if packed:  # (holds_any built the set's tables)
             plan = self.ctx.plan(x2.shape[0], x.device)
             side = side_for(x2, self.deltas, self.preference, plan, self.ctx)
+            fused = fused_join(x2, self.deltas, self.weight, self.has_side_deltas, plan) if side is not None else None
+            if fused is not None:  # the base GEMV and the GEMV expand join d into y by their last program
+                y, _ = beside(x2, self.deltas, plan, lambda: base_gemv.gemv(x2, self.weight, self.bias, out=fused.y, path="gemv", fused=fused),
+                              self.preference, side=side, fused=fused)
+                return y.reshape(*lead, self.out_features)
             if side is not None:  # float32(base) + delta, rounded once
                 y, d = beside(x2, self.deltas, plan, lambda: self.base_output(x2), self.preference, side=side)
                 return with_delta(y, d, x.dtype).reshape(*lead, self.out_features)

@@ -53,6 +53,7 @@ import os
 
 import torch
 
+from . import join
 from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
 
@@ -852,9 +853,11 @@ if HAVE_TRITON:
     def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr,
                             rows_ptr, blocks_ptr, mout_ptr, coloff_ptr,
                             M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym, one,
+                            jy_ptr, cnt_ptr, join_total, stride_jy,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ATOMIC: tl.constexpr = False):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ATOMIC: tl.constexpr = False,
+                            JOIN: tl.constexpr = False):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
@@ -862,7 +865,9 @@ if HAVE_TRITON:
         per group, reset by that last one) adds the partials in item order into y: one launch, the
         same numbers whatever the order the programs ran in. ATOMIC (a float32 y): each program adds
         its partial into y with relaxed atomics instead (no partials, no counter, no fence; the
-        float32 sums' order then varies from run to run)."""
+        float32 sums' order then varies from run to run). JOIN (with ATOMIC): every program over a
+        block of columns, with work or not, then counts itself on that block's counter, the last
+        of the block's (the base GEMV's programs too) adding y into the base output jy (:mod:`.join`)."""
         pid_n = tl.program_id(0)
         pi = tl.program_id(1)
         blk = tl.program_id(2)
@@ -875,7 +880,11 @@ if HAVE_TRITON:
         m_s = tl.load(mout_ptr + sl)
         col0 = tl.load(coloff_ptr + sl)
         n0 = pid_n * BLOCK_N
-        if (slot < 0) | (i >= ni) | (n0 >= m_s):
+        if n0 >= m_s:
+            return
+        if (slot < 0) | (i >= ni):
+            if JOIN:
+                join.arrive(jy_ptr, y_ptr, cnt_ptr, (col0 + n0) // join.COLS, join_total, M, stride_jy, stride_ym, join.COLS)
             return
         offs_mm = tl.arange(0, BLOCK_M)
         if ATOMIC:
@@ -905,6 +914,8 @@ if HAVE_TRITON:
         if not ATOMIC:
             sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
             _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s, BLOCK_M, BLOCK_N)
+        if JOIN:
+            join.arrive(jy_ptr, y_ptr, cnt_ptr, (col0 + n0) // join.COLS, join_total, M, stride_jy, stride_ym, join.COLS)
 
 
 #: the compiled kernels of the latest launches (registers, spills, shared memory: benchmarks read them)
@@ -1161,7 +1172,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
 def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, block_m: int | None = None,
            block_n: int | None = None, block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
            gather: bool = False, path: str | None = None, chunk: int | None = None, maxnreg: int | None = None,
-           pdl: bool | None = None) -> torch.Tensor:
+           pdl: bool | None = None, fused: "join.Join | None" = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.expand`: y (M, sum(out_features)) += z @ U^^T in place.
     ``path`` as for :func:`shrink`; ``chunk``: components per program (GEMV: a multiple of its step;
     tl.dot: a run across the tiers, by default :func:`dot_chunk`). ``pdl=True``: the launch just
@@ -1169,7 +1180,10 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
     path the expand is then launched as its programmatic dependent: it reads its tables and packed
     words beside the shrink's tail and waits for the shrink (griddepcontrol.wait) before it reads z
     or writes anything. Not for any other predecessor: what a dependent reads before its wait must
-    have been written before the kernel before it started (the plan's blocks: the shrink used them)."""
+    have been written before the kernel before it started (the plan's blocks: the shrink used them).
+    ``fused`` (the GEMV path, y float32: fused.d): the expand's programs then count themselves on
+    the join's counters, the last of a block (theirs and the base GEMV's) adding y into fused.y
+    (:mod:`.join`; :func:`join_arrivals` is their share of its total)."""
     _need_triton()
     _not_dense(path)
     dset.build()
@@ -1190,14 +1204,22 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         items, nitems, most = dset.items(ck)
         sems = dset.semaphores(nb, blocks.shape[0])
         atomic = GEMV_ATOMIC and y.dtype == torch.float32
+        if fused is not None:
+            fused.check()
+            if fused.d is not y or not atomic or bn != join.COLS or any(o % join.COLS for o in dset.col_offsets):
+                raise KernelError(f"a fused join needs the float32 atomics into its d, blocks of {join.COLS} columns and slices at multiples of them")
+        jy, jc = (fused.y, fused.counters) if fused is not None else (y, y)
         part = y if atomic else torch.empty(most, M, sum(dset.out_features), dtype=torch.float32, device=y.device)
         grid = (nb, dset.n_slices * most, blocks.shape[0])
         LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items, nitems,
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
+                             jy, jc, fused.total if fused is not None else 0, jy.stride(0),
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             ATOMIC=atomic, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
+                             ATOMIC=atomic, JOIN=fused is not None, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
         return y
+    if fused is not None:
+        raise KernelError("a fused join is on the GEMV path only")
     bm = block_m or _block_m(rows_per_slot(M, dset))
     block_r, num_warps, num_stages = block_r or 32, num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=True), num_stages or 2
     bn = min(block_n or dset.block_k, dset.block_k)  # a block of columns lies inside one group
@@ -1216,6 +1238,16 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                          NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), GATHER=gather, **_has(dset),
                          num_warps=num_warps, num_stages=num_stages, **_regs(maxnreg))
     return y
+
+
+def join_arrivals(M: int, dset: DeltaSet, plan: RowPlan, chunk: int | None = None) -> int:
+    """The GEMV expand's programs over one block of :data:`.join.COLS` output columns (every work
+    item of a slice, for every row block: those with no work count themselves too), as
+    :func:`expand` launches it for this batch: its share of a fused join's total (:mod:`.join`)."""
+    dset.build()
+    blocks = plan_blocks(plan, _gemv_block_m(M, dset, plan))
+    _, _, most = dset.items(int(chunk or GEMV_CHUNK))
+    return most * int(blocks.shape[0])
 
 
 #: values an add program takes (4 warps: 16 float32 a thread, four 128-bit loads)
