@@ -12,9 +12,16 @@ every expand program that covers the block) adds that block of d into y and rese
 program waits for another (so no order of scheduling can deadlock), y gets the same bits as the add
 kernel gives it (float(y) + d rounded once), and a CUDA graph replays it (counters left at zero).
 
-Used by :func:`.linear.DeltaGroup.output` where both kernels serve (one row, the GEMV delta path with
-atomics, every slice a multiple of :data:`COLS` columns, no lowrank or bitdelta member adding into y
-after the base): :func:`usable`. ``DELTASTORE_FUSED_JOIN=0``: the add kernel, as before.
+Used by :class:`.linear.DeltaGroup` and a lone :class:`.linear.DeltaLinear` on the side stream
+where both kernels serve (:func:`.linear.fused_join`: one row, the GEMV delta path with atomics,
+every slice a multiple of :data:`COLS` columns, no lowrank or bitdelta member adding into y after
+the base). **Off by default: it measured slower.** H200, one Llama-2-7B layer at one row through the
+modules (`bash benchmarks/join_device.sh OUT`, raw_h200/s29/join/: 48 GPU tests pass with it, among
+them both orders and a lone linear on the side stream): 160.7 us a layer with it against 158.5
+without (5 rounds, one process). The add kernels are gone from the traced replay, but each program's
+count (a barrier, then an acquire-release atomic whose answer it waits for) lengthens every base and
+expand program: the q/k/v base GEMV 38.0 us against 35.8, its expand 18.0 against 13.8.
+``DELTASTORE_FUSED_JOIN=1`` turns it on.
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ except ImportError:  # pragma: no cover - exercised where triton is absent
 #: output columns a counter covers: the GEMV expand's block of columns (its BLOCK_N, the packed
 #: layout's group), which a base GEMV program's 4 or 8 columns tile
 COLS = 128
-#: whether :class:`.linear.DeltaGroup` joins by the last program (see the module docstring)
-ENABLED = os.environ.get("DELTASTORE_FUSED_JOIN", "1") not in ("", "0")
+#: whether the lazy linears join by the last program (see the module docstring: off, slower)
+ENABLED = os.environ.get("DELTASTORE_FUSED_JOIN", "0") not in ("", "0")
 
 
 @dataclass
