@@ -71,6 +71,10 @@ NUM_WARPS = 4
 #: when it waited) and the base is faster by as much, so the exposed time moves, it does not shrink.
 #: Off (``DELTASTORE_BASE_GEMV_PER_SM``); on a CPU (Triton's interpreter) the cap counts one SM.
 PROGRAMS_PER_SM = int(os.environ.get("DELTASTORE_BASE_GEMV_PER_SM", "0"))
+#: the one-row GEMV reads W with the evict_first policy, so its stream (read once a step) does not push
+#: out of the L2 what the deltas beside it read (:data:`.triton_ops.PREFETCH`). An A/B knob
+#: (DELTASTORE_BASE_EVICT_FIRST), off until measured.
+EVICT_FIRST = os.environ.get("DELTASTORE_BASE_EVICT_FIRST", "0") not in ("", "0")
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,7 +116,7 @@ if HAVE_TRITON:
     def _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, n0,
                    d_ptr, cnt_ptr, join_total, stride_dm,
                    M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   EVEN_K: tl.constexpr, JOIN: tl.constexpr):
+                   EVEN_K: tl.constexpr, JOIN: tl.constexpr, EVICT: tl.constexpr):
         """y[:M, n0 .. n0 + BLOCK_N] (one program's block of output columns); JOIN: then counted on
         its block's counter, the last program of the block adding the delta d in (:mod:`.join`)."""
         n = n0 + tl.arange(0, BLOCK_N)
@@ -126,9 +130,9 @@ if HAVE_TRITON:
         acc3 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
-                w = tl.load(wp + k0).to(tl.float32)
+                w = tl.load(wp + k0, eviction_policy=EVICT).to(tl.float32)
             else:
-                w = tl.load(wp + k0, mask=((k0 + k) < K)[None, :], other=0.0).to(tl.float32)
+                w = tl.load(wp + k0, mask=((k0 + k) < K)[None, :], other=0.0, eviction_policy=EVICT).to(tl.float32)
             acc0 += w * _x_row(x_ptr, 0, k0, k, K, EVEN_K)[None, :]
             if M > 1:
                 acc1 += w * _x_row(x_ptr, stride_xm, k0, k, K, EVEN_K)[None, :]
@@ -154,17 +158,17 @@ if HAVE_TRITON:
     def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
                      d_ptr, cnt_ptr, join_total, stride_dm,
                      M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     EVEN_K: tl.constexpr, PERSIST: tl.constexpr = False, JOIN: tl.constexpr = False):
+                     EVEN_K: tl.constexpr, PERSIST: tl.constexpr = False, JOIN: tl.constexpr = False, EVICT: tl.constexpr = ""):
         """A block of BLOCK_N output columns a program; PERSIST: a capped grid whose programs take
         the blocks in turn (pid, pid + programs, ...; see :data:`PROGRAMS_PER_SM`)."""
         pid = tl.program_id(0)
         if PERSIST:
             for blk in range(pid, tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
                 _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, blk * BLOCK_N,
-                           d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN)
+                           d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN, EVICT)
         else:
             _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, pid * BLOCK_N,
-                       d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN)
+                       d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN, EVICT)
 
     @triton.jit
     def _dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
@@ -267,5 +271,6 @@ def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: t
     _gemv_kernel[(grid,)](x, W, bb, y, N, K, x.stride(0), W.stride(0), y.stride(0),
                           jd, jc, fused.total if fused is not None else 0, jd.stride(0),
                           M=M, HAS_B=b is not None, BLOCK_N=bn, BLOCK_K=BLOCK_K,
-                          EVEN_K=K % BLOCK_K == 0, PERSIST=grid < blocks, JOIN=fused is not None, num_warps=NUM_WARPS)
+                          EVEN_K=K % BLOCK_K == 0, PERSIST=grid < blocks, JOIN=fused is not None,
+                          EVICT="evict_first" if EVICT_FIRST else "", num_warps=NUM_WARPS)
     return y

@@ -542,6 +542,14 @@ class DeltaSet:
             t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)  # type: ignore[index]
         return t
 
+    def prefetch_sink(self, n: int) -> torch.Tensor:
+        """int32 (n,): where :func:`.triton_ops.prefetch_` could store (it never does)."""
+        key = ("sink", n)
+        t = self._sems.get(key)  # type: ignore[call-overload]
+        if t is None:
+            t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)  # type: ignore[index]
+        return t
+
     def nblocks(self, block_n: int) -> torch.Tensor:
         """int32 (n_blocks, 2): (slice, first column) of every block of ``block_n`` output columns."""
         t = self._nblk.get(block_n)

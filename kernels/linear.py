@@ -176,6 +176,8 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     zero_in = ZERO_IN_KERNELS and fused is None
 
     def deltas() -> None:  # the buffer zeroed by a launch of its own, or by the delta kernels (ZERO_IN_KERNELS)
+        if triton_ops.PREFETCH and s is not None and dset.n_slots == 1:
+            triton_ops.prefetch_(dset)
         if not zero_in:
             d.zero_()
         apply_deltas(x, d, dset, plan, preference, split_k, overwrite=zero_in, fused=fused)

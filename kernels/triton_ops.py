@@ -918,6 +918,15 @@ if HAVE_TRITON:
             join.arrive(jy_ptr, y_ptr, cnt_ptr, (col0 + n0) // join.COLS, join_total, M, stride_jy, stride_ym, join.COLS)
 
 
+    @triton.jit
+    def _prefetch_kernel(w_ptr, n, sink_ptr, flag, BLOCK: tl.constexpr):
+        """Read BLOCK int32 words a program into the L2 (evict_last) and keep nothing: the sum is
+        stored only where ``flag`` (a runtime 0) says, so the loads are not optimized away."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(w_ptr + offs, mask=offs < n, other=0, eviction_policy="evict_last")
+        tl.store(sink_ptr + tl.program_id(0), tl.sum(v), mask=flag != 0)
+
+
 #: the compiled kernels of the latest launches (registers, spills, shared memory: benchmarks read them)
 LAST: dict[str, object] = {}
 
@@ -1269,6 +1278,25 @@ def add_f32_(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     if n:
         _add_f32_kernel[(triton.cdiv(n, ADD_BLOCK),)](y, d, n, BLOCK=ADD_BLOCK, num_warps=4)
     return y
+
+
+#: :func:`.linear.beside` first reads a lone fine-tune's packed words into the L2 on the side stream
+#: (:func:`prefetch_`), so the shrink and expand after it, latency-bound, wait on the L2 rather than on
+#: DRAM loaded by the base GEMV beside them. An A/B knob (DELTASTORE_DELTA_PREFETCH), off until measured.
+PREFETCH = os.environ.get("DELTASTORE_DELTA_PREFETCH", "0") not in ("", "0")
+PREFETCH_BLOCK = 4096
+
+
+def prefetch_(dset: DeltaSet) -> None:
+    """One launch reading every packed word of ``dset`` (evict_last) and keeping nothing: see
+    :data:`PREFETCH`."""
+    _need_triton()
+    n = dset.words.numel()
+    if not n:
+        return
+    grid = triton.cdiv(n, PREFETCH_BLOCK)
+    sink = dset.prefetch_sink(grid)
+    _prefetch_kernel[(grid,)](dset.words, n, sink, 0, BLOCK=PREFETCH_BLOCK, num_warps=4)
 
 
 def dequant_rows(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, length: int, group_size: int) -> torch.Tensor:
