@@ -1282,7 +1282,10 @@ def add_f32_(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 #: :func:`.linear.beside` first reads a lone fine-tune's packed words into the L2 on the side stream
 #: (:func:`prefetch_`), so the shrink and expand after it, latency-bound, wait on the L2 rather than on
-#: DRAM loaded by the base GEMV beside them. An A/B knob (DELTASTORE_DELTA_PREFETCH), off until measured.
+#: DRAM loaded by the base GEMV beside them. Off (DELTASTORE_DELTA_PREFETCH): slower. H200, one row through
+#: the modules (l2_device.sh, raw_h200/s29/l2): 164.4 us a layer against 157.4 (163.1 with the base GEMV
+#: reading evict_first too); the shrinks and expands after it ran 10-20% faster (down's shrink 15.1 us
+#: against 18.4), but the prefetch launch (3-6 us a group) sits on the deltas' chain.
 PREFETCH = os.environ.get("DELTASTORE_DELTA_PREFETCH", "0") not in ("", "0")
 PREFETCH_BLOCK = 4096
 
