@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import GROUPS, Bench, copy_bandwidth, modules_fn, time_graph  # noqa: E402
+from bench_kernels import GROUPS, Bench, capture_graph, copy_bandwidth, modules_fn, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaContext, base_gemv, mma, plan_rows, ref_ops  # noqa: E402
 from deltastore.kernels.linear import apply_deltas  # noqa: E402
@@ -108,18 +108,7 @@ def timeline(fn, copies: int, title: str, path: str | None = None) -> list[str]:
 
     from torch.profiler import ProfilerActivity, profile
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
+    g = capture_graph(fn, warm=1)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         g.replay()
         torch.cuda.synchronize()

@@ -176,12 +176,13 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * a.numel() / statistics.median(ts)
 
 
-def time_graph(fn, reps: int = 30) -> float:
-    """Median seconds of one replay of a CUDA graph of ``fn`` (captured after a warm-up)."""
+def capture_graph(fn, warm: int = 2) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph of ``fn``, captured after ``warm`` eager runs on a side stream and replayed
+    three times (compiles, allocations and first-touch costs out of the way)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for _ in range(2):
+        for _ in range(warm):
             fn()
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
@@ -191,6 +192,12 @@ def time_graph(fn, reps: int = 30) -> float:
     for _ in range(3):
         g.replay()
     torch.cuda.synchronize()
+    return g
+
+
+def time_graph(fn, reps: int = 30) -> float:
+    """Median seconds of one replay of a CUDA graph of ``fn`` (captured after a warm-up)."""
+    g = capture_graph(fn)
     ts = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
