@@ -25,11 +25,19 @@ steps right after the previous tensor's kernels (which stream megabytes through 
 loop calls ``read_info`` and ``unpack_counts`` once more beside ``reconstruct_into``'s own calls,
 which then find them warm: its total is not the store's, and is not reported.)
 
-``--ab REV``: the same rows for codec/planes.py, serialize.py and lossless.py as they were at git
-revision REV (loaded beside today's as modules of their own: :meth:`Code.at`), each repeat timing
+``--ab REV``: the same rows for codec/planes.py, serialize.py, lossless.py and _numba.py (the
+kernels' wrappers) as they were at git revision REV (loaded beside today's as modules of their
+own: :meth:`Code.at`), each repeat timing
 every row for both in turn, so a burst of other load on a shared machine falls on both alike; then
 a before/after table (best and median). The whole decode of REV's code is REV's ``from_bytes`` and
 REV's ``Lossless`` (the store reaches it through ``codec_class(enc.codec)``).
+
+``--stages``: instead, where the whole decode's time goes, by today's code: the real functions on
+its path (the readers, ``Lossless._raw``, ``decode_grouped_diff``, ``grouped_chunk_planes``,
+``_fill_planes``, the kernels' wrappers in ``codec._numba`` and the compiled kernels themselves)
+wrapped, while the probe runs, in a timer that records each call's time and its own time (less
+the wrapped calls inside it), summed over the tensors, best of ``--repeat`` passes of the store's
+decode loop. A wrapper adds ~0.2-0.4 us a call, counted in its caller's own time.
 """
 
 from __future__ import annotations
@@ -96,6 +104,25 @@ class Code:
             registry._registry.update(saved)
             mods[name] = mod
         mods["lossless"].planes = mods["planes"]
+        # the compiled kernels and their wrappers (codec/_numba.py) of ``rev`` too, from a file of their
+        # own (numba caches a kernel by its file), as the old planes module's fast(); where ``rev`` has
+        # the same file, today's module
+        src = subprocess.run(["git", "show", f"{rev}:codec/_numba.py"], cwd=ROOT, check=True, capture_output=True,
+                             text=True).stdout
+        from deltastore.codec import _numba
+
+        if src == Path(_numba.__file__).read_text():
+            mods["planes"]._FAST = _numba
+        else:
+            path = Path(os.environ.get("TMPDIR", "/tmp")) / f"deltastore_numba_at_{rev}" / f"_numba_at_{rev}.py"
+            path.parent.mkdir(exist_ok=True)
+            if not path.exists() or path.read_text() != src:
+                path.write_text(src)
+            spec = importlib.util.spec_from_file_location(f"_numba_at_{rev}", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            mods["planes"]._FAST = mod
         return cls(f"at {rev}", mods["serialize"], mods["planes"], mods["lossless"])
 
 
@@ -105,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="timeit repeats (best of)")
     ap.add_argument("--number", type=int, default=20, help="passes over every tensor a repeat (the parsers)")
     ap.add_argument("--ab", metavar="REV", help="also time the reading code of git revision REV, rows interleaved")
+    ap.add_argument("--stages", action="store_true", help="time the decode's functions one by one instead (today's code)")
     ap.add_argument("--machine", default=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     ap.add_argument("--note", default="", help="a line printed first (e.g. which code was timed)")
     ap.add_argument("--out", type=Path)
@@ -172,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             c.lossless.from_config(enc.params).reconstruct_into(enc, b, w)
         return acc
 
+    if args.stages:
+        return stages(args, views, bases, windows, say, argv, lines)
     rows = {c.label: rows_of(c) for c in codes}
     say(f"Command: `python benchmarks/probe_decode_overhead.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ")
     if args.note:
@@ -240,6 +270,113 @@ def main(argv: list[str] | None = None) -> int:
         say(f"| in the decode loop: the three together | {fmt(ta)} | {fmt(tb)} | {min(tb) / min(ta):.2f} |")
         say("")
     say(f"Load average at the end {os.getloadavg()[0]:.2f}.")
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def _stage_targets() -> list:
+    """(module or class, attribute, label) of each function on the decode's path that --stages
+    times; those the code does not have (another revision's names) are left out."""
+    from deltastore.codec import _numba, _zstd
+
+    return [
+        (serialize, "from_bytes", "`serialize.from_bytes`"),
+        (Lossless, "_raw", "`Lossless._raw` (its own Python)"),
+        (planes, "read_info", "`planes.read_info`"),
+        (lossless, "unpack_counts", "`lossless.unpack_counts`"),
+        (lossless, "_base_u8", "`lossless._base_u8`"),
+        (lossless, "decode_grouped_diff", "`lossless.decode_grouped_diff` (its own Python)"),
+        (planes, "_map_chunks", "`planes._map_chunks`"),
+        (lossless, "grouped_chunk_planes", "`lossless.grouped_chunk_planes`"),
+        (planes, "_scratch", "`planes._scratch`"),
+        (lossless, "_fill_planes", "`lossless._fill_planes`"),
+        (_zstd, "frame_functions", "`_zstd.frame_functions`"),
+        (_zstd, "thread_dctx", "`_zstd.thread_dctx`"),
+        (_numba, "fill_frames", "`_numba.fill_frames` (wrapper)"),
+        (_numba, "_fill_frames", "kernel `_fill_frames` (zstd frames)"),
+        (_numba, "ungroup_undiff_stored", "`_numba.ungroup_undiff_stored` (wrapper)"),
+        (_numba, "x512_frequent", "`_numba.x512_frequent` (compiled)"),
+        (_numba, "_scratch16", "`_numba._scratch16`"),
+        (_numba, "_ungroup_undiff2_stored_x512", "kernel `_ungroup_undiff2_stored_x512` (gather, undiff)"),
+        (_numba, "_ungroup_undiff2_stored", "kernel `_ungroup_undiff2_stored` (gather, undiff)"),
+        (lossless, "_decode_stored_chunk", "`lossless._decode_stored_chunk`"),
+        (lossless, "_frame_table", "`lossless._frame_table`"),
+        (_numba, "fill_undiff_stored", "`_numba.fill_undiff_stored` (wrapper)"),
+        (_numba, "_fill_undiff2_stored", "kernel `_fill_undiff2_stored` (frames, gather, undiff)"),
+        (_numba, "_fill_undiff2_stored_x512", "kernel `_fill_undiff2_stored_x512` (frames, gather, undiff)"),
+    ]
+
+
+def stages(args, views, bases, windows, say, argv, lines) -> int:  # noqa: ANN001
+    """``--stages``: the store's decode loop with the functions of :func:`_stage_targets` timed."""
+    pc = time.perf_counter
+    targets = [(m, a, label) for m, a, label in _stage_targets() if a in vars(m)]
+    incl = {label: 0.0 for _, _, label in targets}
+    own = dict(incl)
+    calls = dict.fromkeys(incl, 0)
+    stack = [0.0]  # per open call: the time of the wrapped calls inside it
+
+    def wrap(fn, label: str, static: bool):  # noqa: ANN001, ANN202
+        def timed(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            stack.append(0.0)
+            t0 = pc()
+            try:
+                return fn(*a, **k)
+            finally:
+                dt = pc() - t0
+                inner = stack.pop()
+                incl[label] += dt
+                own[label] += dt - inner
+                calls[label] += 1
+                stack[-1] += dt
+        return staticmethod(timed) if static else timed
+
+    saved = []
+    for m, a, label in targets:
+        raw = vars(m)[a]
+        saved.append((m, a, raw))
+        if isinstance(raw, classmethod):
+            setattr(m, a, classmethod(wrap(raw.__func__, label, False)))
+        else:
+            setattr(m, a, wrap(raw, label, isinstance(raw, staticmethod)))
+    passes = []  # (wall, own, incl, calls) of each pass after the first (which warms)
+    try:
+        for r in range(args.repeat + 1):
+            for d in (incl, own, calls):
+                for k in d:
+                    d[k] = 0
+            t0 = pc()
+            for v, b, w in zip(views, bases, windows):
+                enc = serialize.from_bytes(v, copy=False)
+                Lossless.from_config(enc.params).reconstruct_into(enc, b, w)
+            if r:
+                passes.append((pc() - t0, dict(own), dict(incl), dict(calls)))
+    finally:
+        for m, a, raw in saved:
+            setattr(m, a, raw)
+    n = len(views)
+    whole = [p[0] for p in passes]
+    best_own = {k: min(p[1][k] for p in passes) for k in own}
+    best_incl = {k: min(p[2][k] for p in passes) for k in incl}
+    ncalls = passes[0][3]
+    say(f"Command: `python benchmarks/probe_decode_overhead.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ")
+    say(f"Machine: {args.machine}; load average {os.getloadavg()[0]:.2f}; {n} tensors; the loop with the timers, "
+        f"wall, best of {args.repeat}: {min(whole) / n * 1e6:.1f} us a tensor")
+    say("")
+    say("| function | calls a tensor | us a tensor, with its callees | its own us a tensor |")
+    say("|---|---:|---:|---:|")
+    py = 0.0
+    for _, _, label in targets:
+        if not ncalls[label]:
+            continue
+        say(f"| {label} | {ncalls[label] / n:.2f} | {best_incl[label] / n * 1e6:.1f} | {best_own[label] / n * 1e6:.1f} |")
+        if not label.startswith("kernel"):
+            py += best_own[label]
+    kern = sum(best_own[label] for _, _, label in targets if label.startswith("kernel"))
+    say("")
+    say(f"Own time outside the kernels, summed: {py / n * 1e6:.1f} us a tensor; the kernels {kern / n * 1e6:.1f}; "
+        f"the loop's own (the probe's calls, the wrappers' cost) the rest of {min(whole) / n * 1e6:.1f}.")
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     return 0

@@ -24,6 +24,7 @@ width: numba types a mix of uint64 and a signed integer as float64, so every con
 
 from __future__ import annotations
 
+import array
 import os
 import threading
 
@@ -276,15 +277,32 @@ def x512_frequent(counts):
     """The chunk's most frequent exponents (uint16, most frequent first) that together cover
     :data:`X512_COVER` of its elements (``counts``: int64[256]), at most :data:`X512_MAX_K`. Which
     exponents the AVX-512 kernels take changes their speed only, never the bytes; compiled, as the
-    encode's chunk kernels call it (they count the base there) and the decode's wrappers do."""
-    order = np.argsort(-counts)
-    total = counts.sum()
+    encode's chunk kernels call it (they count the base there) and the decode's kernels do.
+
+    By selection over the present exponents (ties: the lower exponent first), not a sort of all
+    256 counts: a chunk has 20-40, and ``np.argsort`` of the 256 took ~3 us a call, ~10 us a tensor
+    inside the decode loop (dev VM, 150-step fine-tune; ``probe_decode_overhead.py --stages``)."""
+    present = np.empty(256, dtype=np.int64)  # the present exponents' counts, then -1 once taken
+    ctx = np.empty(256, dtype=np.uint16)
+    p = 0
+    total = 0
+    for c in range(256):
+        if counts[c] > 0:
+            present[p] = counts[c]
+            ctx[p] = c
+            p += 1
+            total += counts[c]
     out = np.empty(X512_MAX_K, dtype=np.uint16)
     k = 0
     got = 0
-    while k < X512_MAX_K and got < X512_COVER * total and counts[order[k]] > 0:
-        out[k] = order[k]
-        got += counts[order[k]]
+    while k < X512_MAX_K and k < p and got < X512_COVER * total:
+        best = 0
+        for j in range(1, p):
+            if present[j] > present[best]:
+                best = j
+        out[k] = ctx[best]
+        got += present[best]
+        present[best] = -1
         k += 1
     return out[:k]
 
@@ -1323,27 +1341,36 @@ def _fill_frames(decompress, frame_size, is_error, dctx, src, dst, table):
     s0, d0 = np.uint64(src.ctypes.data), np.uint64(dst.ctypes.data)
     ns, nd = np.uint64(src.size), np.uint64(dst.size)
     for i in range(table.shape[0]):
-        mode, at, size, dat, n = table[i, 0], table[i, 1], table[i, 2], table[i, 3], table[i, 4]
-        if at > ns or size > ns - at or dat > nd or n > nd - dat:
-            return i
-        if mode == 1:
-            one = _call2(frame_size, s0 + at, size)
-            if _call1_u32(is_error, one) != 0:
-                return i
-            if _call5(decompress, dctx, d0 + dat, n, s0 + at, one) != n:
-                return i
-        elif mode == 0:
-            if size != n:
-                return i
-            for j in range(n):
-                dst[dat + j] = src[at + j]
-        elif mode == ZERO_MODE:
-            if size != 0:
-                return i
-            dst[dat:dat + n] = 0
-        else:
+        if not _fill_row(decompress, frame_size, is_error, dctx, src, dst, s0, d0, ns, nd,
+                         table[i, 0], table[i, 1], table[i, 2], table[i, 3], table[i, 4]):
             return i
     return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fill_row(decompress, frame_size, is_error, dctx, src, dst, s0, d0, ns, nd, mode, at, size, dat, n):
+    """One row of :func:`_fill_frames` (``s0``, ``d0``: the arrays' addresses; ``ns``, ``nd``: their
+    sizes): whether it is in place."""
+    if at > ns or size > ns - at or dat > nd or n > nd - dat:
+        return False
+    if mode == 1:
+        one = _call2(frame_size, s0 + at, size)
+        if _call1_u32(is_error, one) != 0:
+            return False
+        if _call5(decompress, dctx, d0 + dat, n, s0 + at, one) != n:
+            return False
+    elif mode == 0:
+        if size != n:
+            return False
+        for j in range(n):
+            dst[dat + j] = src[at + j]
+    elif mode == ZERO_MODE:
+        if size != 0:
+            return False
+        dst[dat:dat + n] = 0
+    else:
+        return False
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -1383,6 +1410,179 @@ def fill_join(functions: tuple[int, int, int], dctx: int, src: np.ndarray, table
 def fill_frames(functions: tuple[int, int, int], dctx: int, src: np.ndarray, dst: np.ndarray, table: list) -> int:
     """:func:`_fill_frames` with ``table`` a flat list of its rows' ints (``src``, ``dst``: uint8,
     1-D, C-contiguous): one call a chunk, with the GIL released for all its frames."""
-    rows = np.array(table, dtype=np.uint64).reshape(-1, 5)
-    dec, size, err = functions
-    return int(_fill_frames(np.uint64(dec), np.uint64(size), np.uint64(err), np.uint64(dctx), _readonly(src), dst, rows))
+    return int(_fill_frames(*_frame_args(functions, dctx), _readonly(src), dst, _u64_rows(table, 5)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _groups_fit(table, counts, n):
+    """Whether a grouped chunk's groups fit ``counts`` (int64[256]), the checks of
+    ``lossless._checked_runs``: the counts sum to the chunk's ``n`` elements (else -3), and each
+    group (rows 2g, 2g + 1 of ``table``, flat rows of six: its two planes, then its context;
+    column 4 its elements) starts where its context starts in the base's order and has base
+    elements (else -4). -1 when they fit."""
+    s = 0
+    for c in range(256):
+        s += counts[c]
+    if s != n:
+        return -3
+    below = 0
+    at = 0
+    c0 = 0
+    for r in range(0, len(table) // 6, 2):
+        c = np.int64(table[6 * r + 5])
+        if c > 255 or c < c0:  # (the stream's table has them ascending: read_info checked)
+            return -4
+        for j in range(c0, c):
+            below += counts[j]
+        c0 = c
+        if below != at or counts[c] <= 0:
+            return -4
+        at += np.int64(table[6 * r + 4])
+    return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fill_rows6(decompress, frame_size, is_error, dctx, src, dst, table):
+    """:func:`_fill_frames` of ``table``'s flat rows of six (the sixth column not read)."""
+    s0, d0 = np.uint64(src.ctypes.data), np.uint64(dst.ctypes.data)
+    ns, nd = np.uint64(src.size), np.uint64(dst.size)
+    for i in range(len(table) // 6):
+        r = 6 * i
+        if not _fill_row(decompress, frame_size, is_error, dctx, src, dst, s0, d0, ns, nd,
+                         table[r], table[r + 1], table[r + 2], table[r + 3], table[r + 4]):
+            return i
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _fill_undiff2_stored(decompress, frame_size, is_error, dctx, src, table, planes, base, shift, fmask, counts, out,
+                         words):
+    """A grouped chunk's groups checked against ``counts`` (:func:`_groups_fit`: -3, -4), its two
+    planes' frames into ``planes`` (uint8, 2 x n back to back) by :func:`_fill_frames`' rows (the
+    first row that was not right), then :func:`_ungroup_undiff2_stored` of them (-2: the counts
+    are not the base's): -1 once the chunk is decoded. ``table``: uint64, flat rows of six, two a
+    group: :func:`_fill_frames`' five, then the group's context. ``base``, ``out``: uint8, viewed
+    as words here, and ``shift``, ``fmask`` typed here (two numpy calls a chunk fewer in the wrapper)."""
+    n = base.size // 2
+    fit = _groups_fit(table, counts, n)
+    if fit != -1:
+        return fit
+    bad = _fill_rows6(decompress, frame_size, is_error, dctx, src, planes, table)
+    if bad >= 0:
+        return bad
+    ok = _ungroup_undiff2_stored(planes[:n], planes[n:2 * n], base.view(np.uint16), np.uint16(shift), np.uint16(fmask),
+                                 counts, out.view(np.uint16), words)
+    return -1 if ok else -2
+
+
+@njit(cache=True, nogil=True)
+def _fill_undiff2_stored_x512(decompress, frame_size, is_error, dctx, src, table, planes, base, shift, fmask, counts, out,
+                              words):
+    """:func:`_fill_undiff2_stored` with the gather by AVX-512 expand-loads, its frequent exponents
+    chosen in the same call (:func:`x512_frequent`)."""
+    n = base.size // 2
+    fit = _groups_fit(table, counts, n)
+    if fit != -1:
+        return fit
+    bad = _fill_rows6(decompress, frame_size, is_error, dctx, src, planes, table)
+    if bad >= 0:
+        return bad
+    ok = _ungroup_undiff2_stored_x512(planes[:n], planes[n:2 * n], base.view(np.uint16), np.uint16(shift),
+                                      np.uint16(fmask), counts, out.view(np.uint16), words, x512_frequent(counts))
+    return -1 if ok else -2
+
+
+def _u64_rows(table: list, columns: int) -> np.ndarray:
+    """A flat list of non-negative ints as rows of uint64 (``array.array`` then a view: half of
+    ``np.array(table, dtype=np.uint64)``'s ~3 us for a chunk's table)."""
+    return np.frombuffer(array.array("Q", table), dtype=np.uint64).reshape(-1, columns)
+
+
+def _frame_args(functions: tuple[int, int, int], dctx: int) -> tuple:
+    """``functions`` and ``dctx`` as the kernels' uint64 arguments, kept per thread (the same each chunk)."""
+    key = (functions, dctx)
+    got = getattr(_LOCAL, "frame_args", None)
+    if got is None or got[0] != key:
+        got = _LOCAL.frame_args = (key, tuple(np.uint64(v) for v in (*functions, dctx)))
+    return got[1]
+
+
+def fill_undiff_stored(functions: tuple[int, int, int], dctx: int, src: np.ndarray, table: list, planes: np.ndarray,
+                       base: np.ndarray, shift: int, bits: int, counts: np.ndarray, out: np.ndarray) -> int:
+    """A grouped chunk of 2-byte words with stored counts (format v3+) decoded in one call, the
+    GIL released throughout: its groups checked against ``counts`` (int64[256]), its frames
+    (``table``: a flat list of rows of six, two a group: :func:`fill_frames`' five, then the
+    group's context) into ``planes`` (uint8, 1-D, 2 x n, C-contiguous), then
+    :func:`ungroup_undiff_stored` of them into ``out`` (uint8, the chunk's bytes; ``base``: the
+    base's). Returns -1; the first row that was not right (the caller decodes the frames again
+    to name the error); -2: the counts are not the base's; -3: they do not sum to the chunk's
+    elements; -4: a group does not start where its context does (``lossless._checked_runs``'
+    errors).
+
+    Why one call: the group check, the frames' call, the frequent exponents' and the gather's
+    were Python and three dispatches a chunk, each with its arguments built in Python, run
+    between kernels that evict the interpreter from the caches (dev VM, 150-step fine-tune: ~65 us
+    a tensor inside the decode loop, ~20 with this call; ``probe_decode_overhead.py --stages``)."""
+    n = base.size // 2
+    if n >= 1 << 31 or base.size != 2 * n or planes.size != 2 * n or out.size != 2 * n:
+        raise ValueError("fill_undiff_stored: base, planes and out must hold the chunk's n < 2**31 words")
+    args = (*_frame_args(functions, dctx), _readonly(src), array.array("Q", table), planes, _readonly(base),
+            shift, (1 << bits) - 1, counts, out, _scratch16(2 * n + X512_SLACK))
+    if x512_available():
+        return int(_fill_undiff2_stored_x512(*args))
+    return int(_fill_undiff2_stored(*args))
+
+
+@njit(cache=True, nogil=True)
+def _unpack_counts(flat, raw_lens, width, out):
+    """``lossless.unpack_counts``' reading and checks of format v3's packed counts (``flat``: int32;
+    ``out``: int64, chunks x 256, zeros), chunk by chunk as the reference does: (0, 0) when every
+    chunk's counts are in ``out``, else the first error found as (code, chunk): 1 the counts stop
+    before the chunk's bitmap, 2 inside its counts, 3 they are not positive or do not sum to its
+    ``raw_lens[i] // width`` elements; 4 (code, how many): counts left after the last chunk."""
+    size = flat.size
+    pos = 0
+    for i in range(len(raw_lens)):
+        if pos + 8 > size:
+            return 1, i
+        k = 0
+        for j in range(8):
+            k += _popcount32(np.int64(flat[pos + j]) & 0xFFFFFFFF)
+        if pos + 8 + k > size:
+            return 2, i
+        at = pos + 8
+        total = 0
+        for j in range(8):
+            w = np.int64(flat[pos + j]) & 0xFFFFFFFF
+            for b in range(32):
+                if (w >> b) & 1:
+                    v = np.int64(flat[at])
+                    if v <= 0:
+                        return 3, i
+                    out[i, 32 * j + b] = v
+                    total += v
+                    at += 1
+        if total != np.int64(raw_lens[i] // np.uint64(width)):  # (a length of 2**63 or more: never a sum of counts)
+            return 3, i
+        pos = at
+    if pos != size:
+        return 4, size - pos
+    return 0, 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _popcount32(w):
+    """The set bits of ``w`` (int64, under 2**32)."""
+    k = 0
+    while w:
+        w &= w - 1
+        k += 1
+    return k
+
+
+def unpack_counts(flat: np.ndarray, raw_lens: list[int], width: int) -> tuple[np.ndarray, int, int]:
+    """:func:`_unpack_counts` of ``flat`` (int32, 1-D) for the chunks of ``raw_lens``: the counts
+    (int64, chunks x 256) and (code, chunk or count) of the first error, (0, 0) if none."""
+    out = np.zeros((len(raw_lens), 256), dtype=np.int64)
+    code, at = _unpack_counts(_readonly(flat), array.array("Q", raw_lens), width, out)  # (array.array: numba reads its buffer)
+    return out, code, at

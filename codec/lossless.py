@@ -239,23 +239,74 @@ def grouped_chunk_planes(buf: np.ndarray, info: planes.StreamInfo, i: int, start
     frame decoded straight into its place (``codec._zstd``: the system's libzstd where it loads),
     once the chunk's groups are checked against ``counts`` (the elements per context of the base's
     words under it): ``planes._grouped_planes`` with the faster frame decode and no copy."""
-    n, w, groups = info.raw_lens[i] // info.width, info.width, info.groups[i]
+    n, w = info.raw_lens[i] // info.width, info.width
+    runs = _checked_runs(info, i, counts)
+    grouped = planes._scratch(w * n).reshape(w, n)
+    _fill_planes(buf, start, runs, grouped)
+    return grouped
+
+
+def _checked_runs(info: planes.StreamInfo, i: int, counts: np.ndarray) -> list[tuple]:
+    """Chunk ``i``'s groups as :func:`_fill_planes`' runs ``(modes, lengths, elements, first
+    column)``, once checked against ``counts``: they add up to the chunk, and each group starts
+    where its first context starts in the base's order (the table already checked that the
+    groups' contexts ascend and their sizes add up to the chunk)."""
+    n, groups = info.raw_lens[i] // info.width, info.groups[i]
     cl = counts.tolist()  # Python ints: a chunk's few dozen groups cost less so than as numpy calls
     if sum(cl) != n:
-        raise CorruptPayloadError("a grouped plane stream decodes only with its contexts (the base tensor)")
-    # each group must start where its first context starts in the base's order (the table already
-    # checked that the groups' contexts ascend and their sizes add up to the chunk)
+        raise CorruptPayloadError(_NOT_ITS_CONTEXTS)
     runs, at, below, c0 = [], 0, 0, 0  # below: elements whose context is under g.context
     for g in groups:
         below += sum(cl[c0 : g.context])
         c0 = g.context
         if below != at or cl[c0] <= 0:
-            raise CorruptPayloadError("plane stream groups do not match the contexts given (another base tensor?)")
+            raise CorruptPayloadError(_GROUPS_ELSEWHERE)
         runs.append((g.modes, g.payloads, g.n, at))
         at += g.n
-    grouped = planes._scratch(w * n).reshape(w, n)
-    _fill_planes(buf, start, runs, grouped)
-    return grouped
+    return runs
+
+
+_NOT_ITS_CONTEXTS = "a grouped plane stream decodes only with its contexts (the base tensor)"
+_GROUPS_ELSEWHERE = "plane stream groups do not match the contexts given (another base tensor?)"
+
+
+def _frame_table(info: planes.StreamInfo, i: int, start: int) -> list[int]:
+    """Chunk ``i``'s frames (a grouped stream of 2-byte words) as ``_numba.fill_undiff_stored``'s
+    flat table: per group its two planes' rows (mode, source offset, size, destination offset,
+    elements, the group's context), for planes ``2 x n`` back to back. That call checks the groups
+    against the counts (:func:`_checked_runs`' checks, its codes -3 and -4 named by
+    :func:`_decode_stored_chunk`). Those checks in Python, the table built apart and three compiled
+    calls a chunk were ~65 us a tensor inside the decode loop, this table, its call and its wrapper
+    ~20 (dev VM, 150-step fine-tune; ``probe_decode_overhead.py --stages``)."""
+    n = info.raw_lens[i] // 2
+    table, at, pos = [], 0, start
+    for g in info.groups[i]:
+        m, c, (m0, m1), (l0, l1) = g.n, g.context, g.modes, g.payloads
+        table += (m0, pos, l0, at, m, c, m1, pos + l0, l1, n + at, m, c)
+        pos += l0 + l1
+        at += m
+    return table
+
+
+def _decode_stored_chunk(fx, buf: np.ndarray, info: planes.StreamInfo, i: int, start: int, counts: np.ndarray,  # noqa: ANN001
+                         base: np.ndarray, out: np.ndarray, fns: tuple[int, int, int], shift: int, bits: int) -> None:
+    """Chunk ``i`` of a grouped stream of 2-byte words with its stored counts (format v3+) into
+    ``out`` in one compiled call (``_numba.fill_undiff_stored``): the same checks, in the same
+    order, and the same errors as :func:`grouped_chunk_planes` then ``ungroup_undiff_stored``."""
+    scratch = planes._scratch(out.size)
+    bad = fx.fill_undiff_stored(fns, _zstd.thread_dctx(), buf, _frame_table(info, i, start), scratch, base, shift, bits,
+                                counts, out)
+    if bad == -1:
+        return
+    if bad == -2:
+        raise CorruptPayloadError(_NOT_THE_BASE)
+    if bad == -3:
+        raise CorruptPayloadError(_NOT_ITS_CONTEXTS)
+    if bad == -4:
+        raise CorruptPayloadError(_GROUPS_ELSEWHERE)
+    # a frame that is not right: decoded again one at a time, which names the error
+    _fill_planes_slowly(buf, start, _checked_runs(info, i, counts), scratch.reshape(2, -1))
+    raise CorruptPayloadError("a plane does not decode")
 
 
 def chunk_planes(buf: np.ndarray, info: planes.StreamInfo, i: int, start: int) -> np.ndarray:
@@ -282,6 +333,15 @@ def _fill_planes(buf: np.ndarray, pos: int, runs, out: np.ndarray) -> None:
         if fx.fill_frames(fns, _zstd.thread_dctx(), buf, out.reshape(-1), table) < 0:
             return
         # a run that is not right: decoded again below, one frame at a time, which names the error
+    _fill_planes_slowly(buf, pos, runs, out)
+    if fns is not None:
+        raise CorruptPayloadError("a plane does not decode")  # (the compiled call found it, the frame by frame decode did not)
+
+
+def _fill_planes_slowly(buf: np.ndarray, pos: int, runs, out: np.ndarray) -> None:  # noqa: ANN001
+    """:func:`_fill_planes` one frame at a time by ``codec._zstd`` (or python-zstandard): where the
+    compiled call is not taken, or to name the error of a run it found not right."""
+    n = out.shape[1]
     decode = _zstd.decoder(planes._thread_decompressor() if _zstd.lib() is None else None)
     src, dst = _zstd.address(buf), _zstd.address(out)
     for modes, lens, m, at in runs:
@@ -299,8 +359,6 @@ def _fill_planes(buf: np.ndarray, pos: int, runs, out: np.ndarray) -> None:
             else:
                 raise CorruptPayloadError(f"unknown plane mode {mode}")
             pos += ln
-    if fns is not None:
-        raise CorruptPayloadError("a plane does not decode")  # (the compiled call found it, the frame by frame decode did not)
 
 
 def decode_plain_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.ndarray, out: np.ndarray,
@@ -338,8 +396,15 @@ def decode_grouped_diff(buf: np.ndarray, info: planes.StreamInfo, base_raw: np.n
     if stored is not None and len(stored) != len(info.raw_lens):
         raise CorruptPayloadError("lossless payload has counts for another number of chunks")
 
+    # format v3+'s 2-byte words: each chunk's frames, ungrouping and undoing in one compiled call
+    fns = (_zstd.frame_functions() if stored is not None and width == 2 and buf.ndim == 1 and buf.dtype == np.uint8
+           else None)
+
     def work(i: int) -> None:
         lo, hi = dst[i], dst[i + 1]
+        if fns is not None:
+            _decode_stored_chunk(fx, buf, info, i, offs[i], stored[i], base_raw[lo:hi], out[lo:hi], fns, shift, bits)
+            return
         if stored is not None and width == 2:
             grouped = grouped_chunk_planes(buf, info, i, offs[i], stored[i])
             if not fx.ungroup_undiff_stored(grouped, base_raw[lo:hi], shift, bits, stored[i], out[lo:hi], summed=True):
@@ -389,9 +454,29 @@ def unpack_counts(flat: np.ndarray, info: planes.StreamInfo) -> list[np.ndarray]
     :class:`CorruptPayloadError`. (Whether they are the base's is proved while decoding:
     :func:`decode_grouped_diff`.)
 
-    Per chunk the bitmap is unpacked and the counts placed by numpy (a few calls), and the counts
-    are checked as Python ints (a few dozen a chunk, where numpy calls cost more than the work):
-    a checkout reads them once a tensor, between kernels that evict the interpreter's caches."""
+    In one compiled call (``codec._numba.unpack_counts``) where the kernels load and ``flat`` is
+    int32, 1-D: the same checks in the same order, each error named here with the same words
+    (22 -> 10 us a tensor inside the decode loop, 9.4 -> 3.4 in a tight loop; dev VM,
+    ``probe_decode_overhead.py --ab``). Else (the reference, :func:`unpack_counts_numpy`) per chunk
+    the bitmap is unpacked and the counts placed by numpy, and checked as Python ints."""
+    fx = planes.fast()
+    if fx is not None and flat.dtype == np.int32 and flat.ndim == 1:
+        out, code, at = fx.unpack_counts(flat, info.raw_lens, info.width)
+        if code == 0:
+            return list(out)
+        if code == 1:
+            raise CorruptPayloadError(f"lossless payload's context counts stop before chunk {at}")
+        if code == 2:
+            raise CorruptPayloadError(f"lossless payload's context counts stop inside chunk {at}")
+        if code == 3:
+            n = info.raw_lens[at] // info.width
+            raise CorruptPayloadError(f"lossless payload's context counts of chunk {at} do not add up to its {n} elements")
+        raise CorruptPayloadError(f"lossless payload has {at} context counts more than its chunks")
+    return unpack_counts_numpy(flat, info)
+
+
+def unpack_counts_numpy(flat: np.ndarray, info: planes.StreamInfo) -> list[np.ndarray]:
+    """:func:`unpack_counts` in Python and numpy (the reference, and the path without the kernels)."""
     nchunks, size, width = len(info.raw_lens), int(flat.size), info.width
     fl = flat.tolist()
     bits = flat.astype("<u4").view(np.uint8)  # word j's bit b (context 32j + b) is bit b % 8 of byte 4j + b // 8

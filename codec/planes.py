@@ -161,7 +161,7 @@ def _map_chunks(work, items, threads: int | None) -> list:  # noqa: ANN001
     machine's 16 cores +6-7% on a base's add and checkout and level on a fine-tune's add, within
     that host's spread between rounds; level on the dev VM's 2 (scaling_h200.md, thirteenth session)."""
     items = list(items)
-    n = min(threads or default_threads(), len(items))
+    n = 1 if len(items) <= 1 else min(threads or default_threads(), len(items))  # (most tensors: one chunk)
     if n <= 1:
         return [work(i) for i in items]
     claims = _Claims(work, items, _pool(n - 1), n - 1)
