@@ -282,6 +282,8 @@ def _stage_targets() -> list:
 
     return [
         (serialize, "from_bytes", "`serialize.from_bytes`"),
+        (serialize, "_parse", "`serialize._parse` (header JSON, its checks)"),
+        (serialize, "check_payload", "`checks.check_payload` (the codec from the params)"),
         (Lossless, "_raw", "`Lossless._raw` (its own Python)"),
         (planes, "read_info", "`planes.read_info`"),
         (lossless, "unpack_counts", "`lossless.unpack_counts`"),
