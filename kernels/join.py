@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import KernelError
+
 try:  # triton is optional (CPU users, CI without it)
     import triton.language as tl
     from triton import jit
@@ -63,7 +65,7 @@ class Join:
         M, N = self.y.shape
         if (self.d.shape != (M, N) or self.d.dtype != torch.float32 or N % COLS or self.counters.numel() != N // COLS
                 or self.counters.dtype != torch.int32 or self.y.stride(1) != 1 or self.d.stride(1) != 1 or self.total < 2):
-            raise ValueError(f"a fused join needs y and d of one (M, N) with N a multiple of {COLS} and a counter a block")
+            raise KernelError(f"a fused join needs y and d of one (M, N) with N a multiple of {COLS} and a counter a block")
 
 
 if HAVE_TRITON:
