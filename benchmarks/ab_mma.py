@@ -112,10 +112,11 @@ def timeline(fn, copies: int, title: str, path: str | None = None) -> list[str]:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         g.replay()
         torch.cuda.synchronize()
-    trace = path or tempfile.mktemp(suffix=".json")
-    prof.export_chrome_trace(trace)
-    with open(trace) as f:
-        evs = [e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"]
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = path or os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            evs = [e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"]
     evs.sort(key=lambda e: e["ts"])
     out = ["", f"timeline of {title}: one graph replay, the second of {copies} layer copies (us from its first kernel):", ""]
     if not evs or len(evs) % copies:
