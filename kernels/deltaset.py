@@ -108,8 +108,10 @@ class RowPlan:
 
 #: whether the path choice counts the rows that name a fine-tune (:attr:`RowPlan.served`, where the
 #: host knew the ids) rather than the batch's rows. On since 2026-12-03, chosen by correctness (a
-#: fine-tune's 6 rows beside 12 base rows took the dense path, as if 18 were its own), not yet timed:
-#: DELTASTORE_COUNT_SERVED=0 (or this flag) counts every row, for an A/B (benchmarks/ab_mma.py's
+#: fine-tune's 6 rows beside 12 base rows took the dense path, as if 18 were its own), and timed on
+#: the H200 (served_device.sh, raw_h200/s29/ab_served.md, a Llama-2-7B layer): 6 rows + 12 base rows
+#: 225.2 us against 245.2 with it off, 4 rows over 2 fine-tunes + 20 base rows 262.4 against 312.7,
+#: 1 + 7 level. DELTASTORE_COUNT_SERVED=0 (or this flag) counts every row (benchmarks/ab_mma.py's
 #: "M+B" cases: M rows of fine-tunes beside B base rows, their ids on the host)
 COUNT_SERVED = os.environ.get("DELTASTORE_COUNT_SERVED", "1") not in ("", "0")
 
@@ -418,7 +420,9 @@ class DeltaSet:
         self.col_off = torch.tensor(self.col_offsets, dtype=torch.int32, device=dev)
         self._nblk: dict[int, torch.Tensor] = {}
         self._items: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor, int]] = {}
-        self._sems: dict[tuple[int, int], torch.Tensor] = {}
+        #: int32 counters and scratch kept at zero, by use: (n_blocks, n_rowblocks) the expand's
+        #: handshake, ("join", n) a fused join's, ("sink", n) the prefetch's (:meth:`_zeros_i32`)
+        self._sems: dict[tuple, torch.Tensor] = {}
         #: the dense path's scratch layouts per (slot, row block) (kernels/dense.py)
         self.dense_cache: dict = {}
         self._generation += 1
@@ -526,28 +530,22 @@ class DeltaSet:
         """int32 counters, zero, one per (row block of the batch (:func:`plan_blocks`), slice,
         column block): the GEMV expand's last-program-adds-the-partials handshake (a row block
         belongs to one slot; each use leaves the counters at zero again)."""
-        key = (n_blocks, n_rowblocks)
-        t = self._sems.get(key)
-        if t is None:
-            n = n_rowblocks * self.n_slices * n_blocks
-            t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)
-        return t
+        return self._zeros_i32((n_blocks, n_rowblocks), n_rowblocks * self.n_slices * n_blocks)
 
     def join_counters(self, n: int) -> torch.Tensor:
         """int32 (n,) counters at zero, one per block of output columns: a fused join's
         (:mod:`.join`; each use leaves them at zero again). Kept with the set, rebuilt with it."""
-        key = ("join", n)
-        t = self._sems.get(key)  # type: ignore[call-overload]
-        if t is None:
-            t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)  # type: ignore[index]
-        return t
+        return self._zeros_i32(("join", n), n)
 
     def prefetch_sink(self, n: int) -> torch.Tensor:
         """int32 (n,): where :func:`.triton_ops.prefetch_` could store (it never does)."""
-        key = ("sink", n)
-        t = self._sems.get(key)  # type: ignore[call-overload]
+        return self._zeros_i32(("sink", n), n)
+
+    def _zeros_i32(self, key: tuple, n: int) -> torch.Tensor:
+        """The int32 zeros of ``n`` values kept under ``key`` (made on first use, on the set's device)."""
+        t = self._sems.get(key)
         if t is None:
-            t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)  # type: ignore[index]
+            t = self._sems[key] = torch.zeros(n, dtype=torch.int32, device=self.device)
         return t
 
     def nblocks(self, block_n: int) -> torch.Tensor:
