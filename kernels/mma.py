@@ -592,14 +592,9 @@ def expand_layouts(chunk: int, num_warps: int = 4) -> Mapping:
     return MappingProxyType(dict(EWL=ewl, E3=e3))
 
 
-def _max_rows(plan: RowPlan, dset: DeltaSet) -> int:
-    """Rows per fine-tune the row blocks must hold (:meth:`RowPlan.rows_a_slot` over the set's slots)."""
-    return plan.rows_a_slot(dset.n_slots)
-
-
 def block_m(plan: RowPlan, dset: DeltaSet) -> int:
     """Rows a row block holds (the MMA's N side: 8 or 16)."""
-    return 8 if _max_rows(plan, dset) <= 8 else 16
+    return 8 if plan.rows_a_slot(dset.n_slots) <= 8 else 16
 
 
 @functools.lru_cache(maxsize=None)
@@ -650,7 +645,7 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     if plan.only_slot is not None or dset.n_slots < 2:
         rows_ok = max(ONE_MIN_ROWS, 1) <= plan.served_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
     else:
-        rows_ok = MIN_ROWS <= _max_rows(plan, dset) <= MAX_ROWS
+        rows_ok = MIN_ROWS <= plan.rows_a_slot(dset.n_slots) <= MAX_ROWS
     return rows_ok and usable(x, dset)
 
 

@@ -206,7 +206,7 @@ def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_32_of_one(monkeypat
         ctx.set(torch.tensor(ids))  # one id per row, or per sequence of rows // len(ids) tokens
         p = ctx.plan(rows, torch.device("cpu"))
         assert (p.only_slot, p.served, p.served_rows) == (1, served, served)
-        assert mma.use_mma(x, sets[8], p) is want and mma._max_rows(p, sets[8]) == served, (ids, rows)
+        assert mma.use_mma(x, sets[8], p) is want and p.rows_a_slot(sets[8].n_slots) == served, (ids, rows)
     from deltastore.kernels import deltaset
 
     ctx = DeltaContext(8)
