@@ -30,12 +30,11 @@ in the loop). Deterministic (no atomics, one order), graph-safe (the grid depend
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
-from . import join
+from . import join, triton_ops
 from .errors import KernelError
 
 try:  # triton is optional: without it cuBLAS serves (CPU users, CI without it)
@@ -78,18 +77,13 @@ PROGRAMS_PER_SM = int(os.environ.get("DELTASTORE_BASE_GEMV_PER_SM", "0"))
 EVICT_FIRST = os.environ.get("DELTASTORE_BASE_EVICT_FIRST", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _programs_cap(device: torch.device) -> int:
     """The GEMV's most programs on ``device`` (:data:`PROGRAMS_PER_SM` of each SM), 0 for no cap."""
     if PROGRAMS_PER_SM <= 0:
         return 0
     if device.type != "cuda":
         return PROGRAMS_PER_SM
-    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return PROGRAMS_PER_SM * triton_ops.sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 #: the tl.dot kernel's tile: output columns a program, inputs a step, pipeline stages, warps
@@ -263,8 +257,8 @@ def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: t
     bn = _gemv_bn(N)
     if fused is not None:
         fused.check()
-        if fused.y is not y or M > GEMV_MAX_ROWS:
-            raise KernelError("base GEMV: a fused join writes its own y (out=join.y), one row")
+        if fused.y is not y:  # (its rows: the GEMV path's, checked above)
+            raise KernelError("base GEMV: a fused join writes its own y (out=fused.y)")
     blocks = triton.cdiv(N, bn)
     cap = _programs_cap(x.device)
     grid = min(blocks, cap) if cap else blocks

@@ -40,7 +40,6 @@ reading the batch's ids); a deterministic split-K; a register-level unpack cheap
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +51,7 @@ from . import factor_cache
 from .errors import KernelError
 from .packed import checked_matrix
 from .slots import SlotDeltas
-from .triton_ops import HAVE_TRITON, interpreting, usable
+from .triton_ops import HAVE_TRITON, interpreting, sm_count, usable
 
 if HAVE_TRITON:
     import triton
@@ -128,14 +127,9 @@ MAX_SPLIT_K = 8
 COMPACT_TILE = 4096
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _sms(t: torch.Tensor | None) -> int:
     """Streaming multiprocessors of t's GPU (132 on an H200; that figure off a GPU)."""
-    return _sm_count(t.get_device()) if t is not None and t.is_cuda else 132
+    return sm_count(t.get_device()) if t is not None and t.is_cuda else 132
 
 
 def _pow2(v: int) -> int:

@@ -953,6 +953,12 @@ def _sm_major(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
 
+@functools.lru_cache(maxsize=None)
+def sm_count(index: int) -> int:
+    """Streaming multiprocessors of CUDA device ``index`` (asked once: grids are sized by it)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _pdl_launch(t: torch.Tensor, want: bool) -> dict[str, bool]:
     """Launch options of a GEMV expand launched as a dependent of the shrink before it (see :func:`_pdl`)."""
     return {"USE_GDC": True, "launch_pdl": True} if _pdl(t, want) else {}
