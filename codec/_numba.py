@@ -1454,6 +1454,18 @@ def _fill_rows6(decompress, frame_size, is_error, dctx, src, dst, table):
     return -1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _fit_and_fill(decompress, frame_size, is_error, dctx, src, table, planes, counts, n):
+    """What both :func:`_fill_undiff2_stored` kernels do before their gather: the groups checked
+    against ``counts`` (:func:`_groups_fit`: -3, -4), then the frames into ``planes`` (the first row
+    that was not right); -1 when both are done."""
+    fit = _groups_fit(table, counts, n)
+    if fit != -1:
+        return fit
+    bad = _fill_rows6(decompress, frame_size, is_error, dctx, src, planes, table)
+    return bad if bad >= 0 else -1
+
+
 @njit(cache=True, nogil=True)
 def _fill_undiff2_stored(decompress, frame_size, is_error, dctx, src, table, planes, base, shift, fmask, counts, out,
                          words):
@@ -1464,11 +1476,8 @@ def _fill_undiff2_stored(decompress, frame_size, is_error, dctx, src, table, pla
     group: :func:`_fill_frames`' five, then the group's context. ``base``, ``out``: uint8, viewed
     as words here, and ``shift``, ``fmask`` typed here (two numpy calls a chunk fewer in the wrapper)."""
     n = base.size // 2
-    fit = _groups_fit(table, counts, n)
-    if fit != -1:
-        return fit
-    bad = _fill_rows6(decompress, frame_size, is_error, dctx, src, planes, table)
-    if bad >= 0:
+    bad = _fit_and_fill(decompress, frame_size, is_error, dctx, src, table, planes, counts, n)
+    if bad != -1:
         return bad
     ok = _ungroup_undiff2_stored(planes[:n], planes[n:2 * n], base.view(np.uint16), np.uint16(shift), np.uint16(fmask),
                                  counts, out.view(np.uint16), words)
@@ -1481,11 +1490,8 @@ def _fill_undiff2_stored_x512(decompress, frame_size, is_error, dctx, src, table
     """:func:`_fill_undiff2_stored` with the gather by AVX-512 expand-loads, its frequent exponents
     chosen in the same call (:func:`x512_frequent`)."""
     n = base.size // 2
-    fit = _groups_fit(table, counts, n)
-    if fit != -1:
-        return fit
-    bad = _fill_rows6(decompress, frame_size, is_error, dctx, src, planes, table)
-    if bad >= 0:
+    bad = _fit_and_fill(decompress, frame_size, is_error, dctx, src, table, planes, counts, n)
+    if bad != -1:
         return bad
     ok = _ungroup_undiff2_stored_x512(planes[:n], planes[n:2 * n], base.view(np.uint16), np.uint16(shift),
                                       np.uint16(fmask), counts, out.view(np.uint16), words, x512_frequent(counts))
