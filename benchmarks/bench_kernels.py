@@ -37,6 +37,7 @@ import torch
 
 from deltastore.codec import get_codec, quant
 from deltastore.kernels import DeltaSet, PackedDeltaCoMe, dense, plan_rows, ref_ops, triton_ops
+from deltastore.kernels.deltaset import known_slot
 from deltastore.kernels.linear import beside, side_for, with_delta
 from deltastore.kernels.packed import PackedFactor
 
@@ -286,7 +287,7 @@ class Bench:
             for ci, c in enumerate(self.copies):
                 for gi in range(len(c.W)):
                     ds, inp = c.sets[n_tenants][gi], h if gi == 3 else x
-                    f = dense.dequantize(ds, dense.dense_slot(ds, plan), inp.dtype, **dkw)
+                    f = dense.dequantize(ds, known_slot(ds, plan), inp.dtype, **dkw)
                     pre[ci, gi] = (f, dense.shrink(inp, f, plan))
 
         def run() -> None:
@@ -297,7 +298,7 @@ class Bench:
                         torch.mm(inp, W.T, out=ys[gi])
                         dense.apply(inp, ys[gi], ds, plan, **dkw)
                     elif stages == "dequant":
-                        dense.dequantize(ds, dense.dense_slot(ds, plan), inp.dtype, **dkw)
+                        dense.dequantize(ds, known_slot(ds, plan), inp.dtype, **dkw)
                     elif stages == "shrink":
                         dense.shrink(inp, pre[ci, gi][0], plan)
                     elif stages == "expand":

@@ -33,11 +33,11 @@ triton_ops = importlib.import_module(os.environ.get("KERNEL_SASS_MODULE", "delta
 
 SIG_S = {"x_ptr": "*bf16", "z_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "svals_ptr": "*fp32",
          "tiles_ptr": "*i64", "ntiles_ptr": "*i32", "rows_ptr": "*i32", "blocks_ptr": "*i32", "o_ptr": "*fp32",
-         "M": "i32", "K": "i32", "ZC": "i32", "n_slices": "i32", "T_max": "i32", "stride_xm": "i32", "one": "i32", "o_n": "i32"}
+         "M": "i32", "K": "i32", "ZC": "i32", "n_slices": "i32", "T_max": "i32", "stride_xm": "i32", "one": "i32", "o_n": "i32", "s_known": "i32"}
 SIG_E = {"z_ptr": "*fp32", "y_ptr": "*bf16", "part_ptr": "*fp32", "sem_ptr": "*i32", "words_ptr": "*i32", "scales_ptr": "*fp16",
          "zeros_ptr": "*fp16", "items_ptr": "*i64", "nitems_ptr": "*i32", "rows_ptr": "*i32", "blocks_ptr": "*i32",
          "mout_ptr": "*i32", "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "Ntot": "i32", "NB_max": "i32", "n_slices": "i32",
-         "I_max": "i32", "stride_ym": "i32", "one": "i32"}
+         "I_max": "i32", "stride_ym": "i32", "one": "i32", "s_known": "i32"}
 DIV16 = ("K", "stride_xm", "Ntot", "stride_ym")
 
 

@@ -144,6 +144,15 @@ def host_hint(ids: torch.Tensor) -> tuple[int | None, bool]:
     return (lo if lo == hi else None), base
 
 
+def known_slot(dset: "DeltaSet", plan: RowPlan) -> int | None:
+    """The slot that serves every row naming one, where the host knows it without a device read
+    (the plan's hint, or a set of one slot); None otherwise. Kernels may index that slot's tables
+    without waiting for the batch's row blocks (every block is that slot's or -1)."""
+    if plan.only_slot is not None:
+        return plan.only_slot
+    return 0 if dset.n_slots == 1 else None
+
+
 def plan_blocks(plan: RowPlan, block_m: int) -> torch.Tensor:
     """int32 (NB, 3): the batch's blocks of at most ``block_m`` rows of one slot each, as (slot,
     first sorted position, rows); rows past the real blocks read (-1, 0, 0).

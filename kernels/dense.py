@@ -43,7 +43,7 @@ import torch
 from deltastore.codec import quant
 
 from . import triton_ops
-from .deltaset import F, DeltaSet, RowPlan
+from .deltaset import F, DeltaSet, RowPlan, known_slot
 from .errors import KernelError
 
 if triton_ops.HAVE_TRITON:
@@ -102,22 +102,14 @@ class DenseFactors:
     u: list[torch.Tensor | None]
 
 
-def dense_slot(dset: DeltaSet, plan: RowPlan) -> int | None:
-    """The slot that serves every row naming one, where the host knows it without a device read
-    (the plan's hint, or a set of one slot); None otherwise."""
-    if plan.only_slot is not None:
-        return plan.only_slot
-    return 0 if dset.n_slots == 1 else None
-
-
 def use_dense(dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
     """Whether :func:`apply` serves this batch: ``path`` "dense" forces it (any other path: no);
-    else one slot serves the batch (:func:`dense_slot`) with at least :data:`DENSE_MIN_ROWS` rows:
+    else one slot serves the batch (:func:`.deltaset.known_slot`) with at least :data:`DENSE_MIN_ROWS` rows:
     those that name it where the host knew the ids (:attr:`RowPlan.served_rows`), else the batch's
     (one row beside many base rows is not worth dequantizing the whole delta)."""
     if path is not None:
         return path == "dense"
-    return 0 < DENSE_MIN_ROWS <= plan.served_rows and dense_slot(dset, plan) is not None
+    return 0 < DENSE_MIN_ROWS <= plan.served_rows and known_slot(dset, plan) is not None
 
 
 def layout(dset: DeltaSet, slot: int, block_r: int | None = None) -> DenseLayout:
@@ -316,12 +308,12 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, f: DenseFactors) ->
 
 def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, slot: int | None = None, **kw) -> torch.Tensor:
     """y (M, sum out) += the delta of x (M, in) for the rows that name ``slot`` (by default
-    :func:`dense_slot`), in place: dequant (1 launch), a GEMM, a mask where needed, an addmm a slice.
+    :func:`.deltaset.known_slot`), in place: dequant (1 launch), a GEMM, a mask where needed, an addmm a slice.
     ``kw``: :func:`dequantize`'s block options."""
     dset.build()
     if x.shape[1] != dset.in_features:
         raise KernelError(f"input has {x.shape[1]} features; the deltas expect {dset.in_features}")
-    s = dense_slot(dset, plan) if slot is None else slot
+    s = known_slot(dset, plan) if slot is None else slot
     if s is None:
         raise KernelError("the dense path serves a batch of one fine-tune: a set of one slot, or a plan whose ids the host knew")
     if dset.slot(s) is None:

@@ -54,7 +54,7 @@ import os
 import torch
 
 from . import join
-from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan, plan_blocks
+from .deltaset import ITEM_FIELDS, NF, DeltaSet, RowPlan, known_slot, plan_blocks
 from .errors import KernelError
 
 try:  # triton is optional: without it the torch reference ops serve (CPU users, CI without it)
@@ -515,13 +515,15 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, k_lo, k_hi, one,
-                          BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, FAST: tl.constexpr):
+                          BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, FAST: tl.constexpr,
+                          ONE_ROW: tl.constexpr = False):
         """(BLOCK_M, BLOCK_R) float32: rows . V^ components over inputs k_lo .. k_hi (multiples of
         BLOCK_G, which divides the group size). A step reads NG sub-blocks of BLOCK_G values of
         every component row (~2 KB of words a tile), and the words, scales and zeros of the next
         two steps are loaded before this one is computed: Triton pipelines no loop without tl.dot,
         so this keeps bytes in flight while the registers hold one step unpacked. Products are
-        summed over the fields in-thread each step and over words and sub-blocks once, at the end."""
+        summed over the fields in-thread each step and over words and sub-blocks once, at the end.
+        ONE_ROW: the batch is one row, x's row 0 (its offset is not read from the rows table)."""
         NG: tl.constexpr = 2 if BITS == 3 else (8 // BITS if BITS < 8 else 1)
         BK: tl.constexpr = NG * BLOCK_G
         offs_r = tl.arange(0, BLOCK_R)
@@ -533,7 +535,10 @@ if HAVE_TRITON:
         szrow = v_sz + offs_r * G
         inv_gs = 1.0 / gs.to(tl.float32)
         # the rows' activation offsets once, not per step (a load waited on before every x load)
-        xb0 = _row_base(rows_ptr, pos0, nrows, stride_xm, 0, BLOCK_M)
+        if ONE_ROW:
+            xb0 = tl.zeros((), dtype=tl.int64)
+        else:
+            xb0 = _row_base(rows_ptr, pos0, nrows, stride_xm, 0, BLOCK_M)
         xb1 = _row_base(rows_ptr, pos0, nrows, stride_xm, 1, BLOCK_M)
         xb2 = _row_base(rows_ptr, pos0, nrows, stride_xm, 2, BLOCK_M)
         xb3 = _row_base(rows_ptr, pos0, nrows, stride_xm, 3, BLOCK_M)
@@ -612,18 +617,23 @@ if HAVE_TRITON:
                     acc4 = tl.where(offs_mm[:, None, None, None] == m, acc4 + p[None, :, :, :], acc4)
             return tl.sum(tl.sum(acc4, axis=3), axis=2)
 
-    @triton.jit(do_not_specialize=["one"])
+    @triton.jit(do_not_specialize=["one", "s_known"])
     def _gemv_shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
                             rows_ptr, blocks_ptr, o_ptr,
-                            M, K, ZC, n_slices, T_max, stride_xm, one, o_n,
+                            M, K, ZC, n_slices, T_max, stride_xm, one, o_n, s_known,
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ZERO: tl.constexpr = 0):
+                            FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ZERO: tl.constexpr = 0,
+                            KNOWN: tl.constexpr = False, ONE_ROW: tl.constexpr = False, NO_EXIT: tl.constexpr = False):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
         one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program.
         ZERO > 0: each program first zeroes its ZERO floats of o (o_n of them, the float32 output
-        the expand then adds into: see :func:`shrink`'s ``zero``), exits or not."""
+        the expand then adds into: see :func:`shrink`'s ``zero``), exits or not.
+        KNOWN: every block's slot is s_known or -1 (the host knows: deltaset.known_slot), so the tile's
+        entries are asked for beside the row block, not after it; ONE_ROW: the batch is one row (x's row
+        0); NO_EXIT: programs with nothing to do run empty instead of exiting before their loads. Each
+        takes memory round trips off the chain before the first packed word (see GEMV_KNOWN_SLOT)."""
         if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
             tl.extra.cuda.gdc_launch_dependents()
         if ZERO > 0:  # (the expand reads o only after this grid is done: stream order, or its PDL wait)
@@ -636,16 +646,27 @@ if HAVE_TRITON:
         sl = tt // T_max
         t = tt % T_max
         slot, pos0, nrows = _row_block(blocks_ptr, blk)
-        s = tl.maximum(slot, 0)  # every table read below is in bounds; the exit test comes after them
+        if KNOWN:  # not waiting on the block's slot: the known one's entries
+            s = s_known
+        else:
+            s = tl.maximum(slot, 0)  # every table read below is in bounds; the exit test comes after them
         nt, v_q, v_sz, _u_q, _u_sz, s_off, bits, nvalid, zcol, gs = _gemv_entries(ntiles_ptr, tiles_ptr, s, sl, t, n_slices, T_max, NFIELD, 0)
-        if (slot < 0) | (t >= nt):
-            return
         offs_r = tl.arange(0, BLOCK_R)
         r_ok = offs_r < nvalid
         # a split's share of the inputs is whole 2-bit steps (4 blocks), so no step is partly masked
         per = tl.cdiv(tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K), 4) * 4 * BLOCK_K
         kb0 = ks * per
         kb1 = tl.minimum(kb0 + per, K)
+        if NO_EXIT:
+            # no exit branch: the compiler sinks the entries' loads below one, a round trip after the
+            # block's. A block of no slot's rows (nrows 0) or a tile past the slice's has no inputs and
+            # components to read and stores nothing.
+            live = (slot >= 0) & (t < nt)
+            r_ok = offs_r < tl.where(live, nvalid, 0)
+            kb1 = tl.where(live, kb1, kb0)
+        else:
+            if (slot < 0) | (t >= nt):
+                return
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)  # asked for now, used after the loop
         # the tier's arrays as base pointers (the one 64-bit add), everything inside a tier in int32
         wq, sq, zq = words_ptr + v_q, scales_ptr + v_sz, zeros_ptr + v_sz
@@ -653,19 +674,19 @@ if HAVE_TRITON:
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         if HAS2:
             if bits == 2:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
         if HAS3:
             if bits == 3:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
         if HAS8:
             if bits == 8:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
         if HAS4:
             if bits == 4:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
         if HAS1:
             if bits == 1:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K, FAST)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
         acc = acc * sv[None, :]
         offs_m = tl.arange(0, BLOCK_M)
         m_ok = offs_m < nrows
@@ -849,15 +870,15 @@ if HAVE_TRITON:
             else:
                 tl.store(pptr, res, mask=pm)
 
-    @triton.jit(do_not_specialize=["one"])
+    @triton.jit(do_not_specialize=["one", "s_known"])
     def _gemv_expand_kernel(z_ptr, y_ptr, part_ptr, sem_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr,
                             rows_ptr, blocks_ptr, mout_ptr, coloff_ptr,
                             M, ZC, Ntot, NB_max, n_slices, I_max, stride_ym, one,
-                            jy_ptr, cnt_ptr, join_total, stride_jy,
+                            jy_ptr, cnt_ptr, join_total, stride_jy, s_known,
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
                             FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ATOMIC: tl.constexpr = False,
-                            JOIN: tl.constexpr = False):
+                            JOIN: tl.constexpr = False, KNOWN: tl.constexpr = False):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
@@ -867,7 +888,8 @@ if HAVE_TRITON:
         its partial into y with relaxed atomics instead (no partials, no counter, no fence; the
         float32 sums' order then varies from run to run). JOIN (with ATOMIC): every program over a
         block of columns, with work or not, then counts itself on that block's counter, the last
-        of the block's (the base GEMV's programs too) adding y into the base output jy (:mod:`.join`)."""
+        of the block's (the base GEMV's programs too) adding y into the base output jy (:mod:`.join`).
+        KNOWN: every block's slot is s_known or -1, its item asked for beside the row block (as the shrink's)."""
         pid_n = tl.program_id(0)
         pi = tl.program_id(1)
         blk = tl.program_id(2)
@@ -875,7 +897,10 @@ if HAVE_TRITON:
         i = pi % I_max
         # the block, then the slot's item and the slice's entries (two round trips), then the exits
         slot, pos0, nrows = _row_block(blocks_ptr, blk)
-        s = tl.maximum(slot, 0)
+        if KNOWN:
+            s = s_known
+        else:
+            s = tl.maximum(slot, 0)
         ni, u_q, u_sz, bits, cnt_t, zcol, gs, j, nj, grp = _gemv_entries(nitems_ptr, items_ptr, s, sl, i, n_slices, I_max, NFI, 2)
         m_s = tl.load(mout_ptr + sl)
         col0 = tl.load(coloff_ptr + sl)
@@ -1042,6 +1067,25 @@ GEMV_ATOMIC = os.environ.get("DELTASTORE_GEMV_ATOMIC", "1") not in ("", "0")
 GEMV_WARPS = int(os.environ.get("DELTASTORE_GEMV_WARPS", "4"))
 GEMV_WARPS_MANY = int(os.environ.get("DELTASTORE_GEMV_WARPS_MANY", "2"))
 GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
+#: the GEMV shrink's prologue in fewer memory round trips. Before, a program's first packed word
+#: waited for four dependent loads in the sm_90 code (the row block; the slot's tile count; past the
+#: exit test, which the compiler sinks the tile's fields below, the fields; then the words), and x for
+#: the block's rows table. Now (1) where the host knows the one slot of the batch's rows
+#: (deltaset.known_slot: a set of one fine-tune, or ids held on the host) that slot's entries are asked
+#: for beside the row block, (2) a one-row batch's x offset is 0, not read from the rows table, and (3)
+#: a program with nothing to do runs empty (no inputs, components masked off) instead of exiting, so no
+#: load waits below a branch: block, count and fields in one round trip, words and x in the next
+#: (benchmarks/kernel_sass.py's prologue; 95 registers against 123 at one row). The expand asks for
+#: the known slot's item beside the row block too (its exits stay: the ordered handshake counts its
+#: programs). The twenty-sixth session's slot-0 guess kept the exit and a branch on the block's slot
+#: before the words' loads, so it took no round trip off (measured level). DELTASTORE_GEMV_KNOWN_SLOT=0: off.
+GEMV_KNOWN_SLOT = os.environ.get("DELTASTORE_GEMV_KNOWN_SLOT", "1") not in ("", "0")
+
+
+def _known(dset: DeltaSet, plan: RowPlan) -> dict[str, object]:
+    """The GEMV kernels' KNOWN / s_known launch arguments (see :data:`GEMV_KNOWN_SLOT`)."""
+    s = known_slot(dset, plan) if GEMV_KNOWN_SLOT else None
+    return {"KNOWN": s is not None, "s_known": s if s is not None else 0}
 
 
 def gemv_rows(M: int, dset: DeltaSet, plan: RowPlan | None = None) -> int:
@@ -1164,9 +1208,10 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
             zero.zero_()
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                              plan.rows, blocks, zero if zb else z, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
-                             zero.numel() if zb else 0,
+                             zero.numel() if zb else 0, **_known(dset, plan),
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb,
+                             USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb, ONE_ROW=GEMV_KNOWN_SLOT and M == 1,
+                             NO_EXIT=GEMV_KNOWN_SLOT,
                              num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
         return z
     if zero is not None:
@@ -1229,7 +1274,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items, nitems,
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
-                             jy, jc, fused.total if fused is not None else 0, jy.stride(0),
+                             jy, jc, fused.total if fused is not None else 0, jy.stride(0), **_known(dset, plan),
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
                              ATOMIC=atomic, JOIN=fused is not None, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
         return y

@@ -20,7 +20,7 @@ import torch
 
 from deltastore.kernels import DeltaContext, DeltaSet, KernelError, plan_rows, ref_ops, triton_ops
 from deltastore.kernels import dense
-from deltastore.kernels.deltaset import F, host_hint
+from deltastore.kernels.deltaset import F, host_hint, known_slot
 from deltastore.kernels.linear import DeltaLinear, apply_deltas
 
 from .kernel_testlib import DEVICE, capture, every_layout_set, packed_delta, qkv_members, rel
@@ -141,11 +141,11 @@ def test_dense_serves_the_one_slot_the_host_knows() -> None:
     ctx = DeltaContext(2)
     ctx.set(host_ids)
     plan = ctx.plan(M, x.device)
-    assert plan.only_slot == 1 and plan.base_rows and dense.dense_slot(ds, plan) == 1 and dense.use_dense(ds, plan)
+    assert plan.only_slot == 1 and plan.base_rows and known_slot(ds, plan) == 1 and dense.use_dense(ds, plan)
     few = DeltaContext(2)
     few.set([-1] * (M - 2) + [1, 1])  # 2 rows of the fine-tune beside 10 base rows: counted as 2, under the threshold
     fp = few.plan(M, x.device)
-    assert (fp.only_slot, fp.served) == (1, 2) and dense.dense_slot(ds, fp) == 1 and not dense.use_dense(ds, fp)
+    assert (fp.only_slot, fp.served) == (1, 2) and known_slot(ds, fp) == 1 and not dense.use_dense(ds, fp)
     yr = ref_ops.expand(ref_ops.shrink(x, ds, plan), y0.clone(), ds, plan)
     d_r = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros_like(y0), ds, plan)
     yt = apply_deltas(x, y0.clone(), ds, plan, "triton")

@@ -1,0 +1,30 @@
+#!/bin/bash
+# One device call (thirtieth session): the GEMV shrink's shorter prologue (triton_ops.GEMV_KNOWN_SLOT:
+# the known slot's entries beside the row block, a one-row batch's x at offset 0, no exit branch for
+# the compiler to sink the entries' loads below: two memory round trips before the first product
+# instead of four), first on the GPU.
+#   1. A/B through the modules, on and off in one process: one row of one fine-tune (the known slot),
+#      one fine-tune's row beside 7 base rows (ids on the host: known), 8 rows over 8 fine-tunes (no
+#      known slot: the empty-running programs only), with the deltas alone;
+#   2. the one-row layer group by group with the new default, and one traced graph replay;
+#   3. the GPU tests the change touches (the prologue's bit-for-bit test, the GEMV paths, PDL, the side stream).
+# Carry .whl-store.  PARTS=ab,groups,tests (the default: all three) picks some.
+#   bash benchmarks/known_device.sh OUT
+set -u
+parts=",${PARTS:-ab,groups,tests},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
+out=${1:-/tmp/out}; mkdir -p "$out"
+bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
+t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+if has ab; then say "known slot on/off"
+  timeout "${A_T:-220}" python3 benchmarks/ab_mma.py --rounds 5 --copies 4 --cases ${CASES:-1,1+7,8x8} --delta-alone \
+    --mma-cfgs '[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}]' --out "$out/ab_known.md" > "$out/ab_known.log" 2>&1
+  grep '^|\|base alone\|alone\|Error\|error' "$out/ab_known.log" | tail -30; fi
+if has groups; then say "group by group"
+  timeout "${G_T:-90}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases 1 --by-group --timeline \
+    --out "$out/ab_known_groups.md" > "$out/ab_known_groups.log" 2>&1
+  grep -v '^ *rel err\|^    base GEMV\|Warning\|_warn_once' "$out/ab_known_groups.log" | tail -40; fi
+if has tests; then say tests
+  N=${N:-12} T=${T:-150} bash benchmarks/gpu_tests_device.sh "$out" \
+    -k "known or test_ops or gemv_atomic or pdl or side_stream or zero_in_kernels or fused_join" > /dev/null 2>&1
+  mv "$out/gpu_tests.log" "$out/known_tests.log"; tail -15 "$out/known_tests.log"; fi
+say done
