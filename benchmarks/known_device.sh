@@ -6,6 +6,8 @@
 #   1. A/B through the modules, on and off in one process: one row of one fine-tune (the known slot),
 #      one fine-tune's row beside 7 base rows (ids on the host: known), 8 rows over 8 fine-tunes (no
 #      known slot: the empty-running programs only), with the deltas alone;
+#      beside them the one-row base GEMV at 1,024 programs for the N = 4096 linears (base_gemv.MIN_PROGRAMS,
+#      prepared in next_device.sh);
 #   2. the one-row layer group by group with the new default, and one traced graph replay;
 #   3. the GPU tests the change touches (the prologue's bit-for-bit test, the GEMV paths, PDL, the side stream).
 # Carry .whl-store.  PARTS=ab,groups,tests (the default: all three) picks some.
@@ -16,8 +18,8 @@ out=${1:-/tmp/out}; mkdir -p "$out"
 bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 if has ab; then say "known slot on/off"
-  timeout "${A_T:-220}" python3 benchmarks/ab_mma.py --rounds 5 --copies 4 --cases ${CASES:-1,1+7,8x8} --delta-alone \
-    --mma-cfgs '[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}]' --out "$out/ab_known.md" > "$out/ab_known.log" 2>&1
+  timeout "${A_T:-260}" python3 benchmarks/ab_mma.py --rounds 5 --copies 4 --cases ${CASES:-1,1+7,8x8} --delta-alone \
+    --mma-cfgs '[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}, {"base_gemv.MIN_PROGRAMS": 1024}]' --out "$out/ab_known.md" > "$out/ab_known.log" 2>&1
   grep '^|\|base alone\|alone\|Error\|error' "$out/ab_known.log" | tail -30; fi
 if has groups; then say "group by group"
   timeout "${G_T:-90}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases 1 --by-group --timeline \
