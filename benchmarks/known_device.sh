@@ -9,24 +9,31 @@
 #      beside them the one-row base GEMV at 1,024 programs for the N = 4096 linears (base_gemv.MIN_PROGRAMS,
 #      prepared in next_device.sh);
 #   2. the one-row layer group by group with the new default, and one traced graph replay;
-#   3. the GPU tests the change touches (the prologue's bit-for-bit test, the GEMV paths, PDL, the side stream).
-# Carry .whl-store.  PARTS=ab,groups,tests (the default: all three) picks some.
+#   3. the GPU tests the change touches (the prologue's bit-for-bit test, the GEMV paths, PDL, the side stream);
+#      TESTS=all: the whole GPU suite (gpu_tests_device.sh), -v so a cut run still names each result.
+# Carry .whl-store.  PARTS=ab,groups,tests (the default: all three) picks some, in that order;
+# CFGS: the A/B's variants (ab_mma.py --mma-cfgs).
 #   bash benchmarks/known_device.sh OUT
+#   PARTS=tests,ab TESTS=all T=330 CASES=1,1+7,8x8 ROUNDS=3 CFGS='[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}]' bash benchmarks/known_device.sh OUT
 set -u
 parts=",${PARTS:-ab,groups,tests},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
 out=${1:-/tmp/out}; mkdir -p "$out"
 bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-if has ab; then say "known slot on/off"
-  timeout "${A_T:-260}" python3 benchmarks/ab_mma.py --rounds 5 --copies 4 --cases ${CASES:-1,1+7,8x8} --delta-alone \
-    --mma-cfgs '[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}, {"base_gemv.MIN_PROGRAMS": 1024}]' --out "$out/ab_known.md" > "$out/ab_known.log" 2>&1
-  grep '^|\|base alone\|alone\|Error\|error' "$out/ab_known.log" | tail -30; fi
+ab() { say "known slot on/off"
+  timeout "${A_T:-260}" python3 benchmarks/ab_mma.py --rounds ${ROUNDS:-5} --copies 4 --cases ${CASES:-1,1+7,8x8} --delta-alone \
+    --mma-cfgs "${CFGS:-[{}, {\"triton_ops.GEMV_KNOWN_SLOT\": false}, {\"base_gemv.MIN_PROGRAMS\": 1024}]}" --out "$out/ab_known.md" > "$out/ab_known.log" 2>&1
+  grep '^|\|base alone\|alone\|Error\|error' "$out/ab_known.log" | tail -30; }
+tests() { say tests
+  if [ "${TESTS:-}" = all ]; then N=${N:-12} T=${T:-330} bash benchmarks/gpu_tests_device.sh "$out" -v > /dev/null 2>&1
+  else N=${N:-12} T=${T:-150} bash benchmarks/gpu_tests_device.sh "$out" \
+    -k "known or test_ops or gemv_atomic or pdl or side_stream or zero_in_kernels or fused_join" > /dev/null 2>&1; fi
+  mv "$out/gpu_tests.log" "$out/known_tests.log"; grep -v "Warning\|warner" "$out/known_tests.log" | grep -v PASSED | tail -40; }
+case $parts in ,tests*) tests;; esac
+if has ab; then ab; fi
 if has groups; then say "group by group"
   timeout "${G_T:-90}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases 1 --by-group --timeline \
     --out "$out/ab_known_groups.md" > "$out/ab_known_groups.log" 2>&1
   grep -v '^ *rel err\|^    base GEMV\|Warning\|_warn_once' "$out/ab_known_groups.log" | tail -40; fi
-if has tests; then say tests
-  N=${N:-12} T=${T:-150} bash benchmarks/gpu_tests_device.sh "$out" \
-    -k "known or test_ops or gemv_atomic or pdl or side_stream or zero_in_kernels or fused_join" > /dev/null 2>&1
-  mv "$out/gpu_tests.log" "$out/known_tests.log"; tail -15 "$out/known_tests.log"; fi
+case $parts in ,tests*) ;; *) if has tests; then tests; fi;; esac
 say done

@@ -624,7 +624,7 @@ if HAVE_TRITON:
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
                             FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ZERO: tl.constexpr = 0,
-                            KNOWN: tl.constexpr = False, ONE_ROW: tl.constexpr = False, NO_EXIT: tl.constexpr = False):
+                            KNOWN: tl.constexpr = False, ONE_ROW: tl.constexpr = False, FIELDS_FIRST: tl.constexpr = False):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
         one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program.
@@ -632,7 +632,7 @@ if HAVE_TRITON:
         the expand then adds into: see :func:`shrink`'s ``zero``), exits or not.
         KNOWN: every block's slot is s_known or -1 (the host knows: deltaset.known_slot), so the tile's
         entries are asked for beside the row block, not after it; ONE_ROW: the batch is one row (x's row
-        0); NO_EXIT: programs with nothing to do run empty instead of exiting before their loads. Each
+        0); FIELDS_FIRST: the tile's fields are read before the exit test, not sunk below it. Each
         takes memory round trips off the chain before the first packed word (see GEMV_KNOWN_SLOT)."""
         if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
             tl.extra.cuda.gdc_launch_dependents()
@@ -657,16 +657,14 @@ if HAVE_TRITON:
         per = tl.cdiv(tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K), 4) * 4 * BLOCK_K
         kb0 = ks * per
         kb1 = tl.minimum(kb0 + per, K)
-        if NO_EXIT:
-            # no exit branch: the compiler sinks the entries' loads below one, a round trip after the
-            # block's. A block of no slot's rows (nrows 0) or a tile past the slice's has no inputs and
-            # components to read and stores nothing.
-            live = (slot >= 0) & (t < nt)
-            r_ok = offs_r < tl.where(live, nvalid, 0)
-            kb1 = tl.where(live, kb1, kb0)
-        else:
-            if (slot < 0) | (t >= nt):
-                return
+        dead = (slot < 0) | (t >= nt)
+        if FIELDS_FIRST:
+            # the compiler sinks loads whose values are used only below an exit branch (a round trip
+            # after the test's own); with every field in the test (the tables hold offsets and counts
+            # >= 0, so this term is never true) they are asked for beside the row block
+            dead = dead | ((v_q | v_sz | s_off | bits | nvalid | zcol | gs) < 0)
+        if dead:
+            return
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok, other=0.0)  # asked for now, used after the loop
         # the tier's arrays as base pointers (the one 64-bit add), everything inside a tier in int32
         wq, sq, zq = words_ptr + v_q, scales_ptr + v_sz, zeros_ptr + v_sz
@@ -1073,9 +1071,8 @@ GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
 #: the block's rows table. Now (1) where the host knows the one slot of the batch's rows
 #: (deltaset.known_slot: a set of one fine-tune, or ids held on the host) that slot's entries are asked
 #: for beside the row block, (2) a one-row batch's x offset is 0, not read from the rows table, and (3)
-#: a program with nothing to do runs empty (no inputs, components masked off) instead of exiting, so no
-#: load waits below a branch: block, count and fields in one round trip, words and x in the next
-#: (benchmarks/kernel_sass.py's prologue; 95 registers against 123 at one row). The expand asks for
+#: the exit test reads the tile's fields too, so the compiler keeps their loads above it: block, count
+#: and fields in one round trip, words and x in the next (the sm_90 code's prologue, Triton 3.6). The expand asks for
 #: the known slot's item beside the row block too (its exits stay: the ordered handshake counts its
 #: programs). The twenty-sixth session's slot-0 guess kept the exit and a branch on the block's slot
 #: before the words' loads, so it took no round trip off (measured level). DELTASTORE_GEMV_KNOWN_SLOT=0: off.
@@ -1211,7 +1208,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                              zero.numel() if zb else 0, **_known(dset, plan),
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
                              USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb, ONE_ROW=GEMV_KNOWN_SLOT and M == 1,
-                             NO_EXIT=GEMV_KNOWN_SLOT,
+                             FIELDS_FIRST=GEMV_KNOWN_SLOT,
                              num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
         return z
     if zero is not None:

@@ -1,10 +1,11 @@
 """The GEMV kernels' shorter prologue (triton_ops.GEMV_KNOWN_SLOT): where the host knows the batch's
 one slot (deltaset.known_slot) the shrink and the expand ask for that slot's table entries beside the
-row block instead of after it, a one-row batch's x offset is not read from the rows table, and shrink
-programs with nothing to do run empty instead of exiting. What a user relies on: the same numbers as
-the general prologue, bit for bit, for a set of one fine-tune (its row, a base row, a mix), for a set
-of two whose batch names one (the ids on the host) and for a batch of both (no known slot), with base
-rows left as they were."""
+row block instead of after it, a one-row batch's x offset is not read from the rows table, and the
+shrink's exit test reads the tile's fields (so their loads are not sunk below it). What a user relies
+on: the same numbers as the general prologue, bit for bit (through the expand's ordered handshake; its
+float32 atomics on a GPU add in a varying order), for a set of one fine-tune (its row, a base row, a
+mix), for a set of two whose batch names one (the ids on the host) and for a batch of both (no known
+slot), with base rows left as they were."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_the_known_slot_is_the_one_the_host_can_name() -> None:
     (1, [0, -1, 0], False),  # rows of the fine-tune beside a base row
     (2, [1], True),  # a set of two, the batch's one row naming the second
     (2, [1, -1], True),
-    (2, [1, 0, -1], False),  # two fine-tunes, ids on the device: no known slot, programs with no work run empty
+    (2, [1, 0, -1], False),  # two fine-tunes, ids on the device: no known slot, the fields before the exit test
 ])
 def test_short_prologue_gives_the_general_prologues_numbers(n_tenants: int, ids: list[int], host: bool,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,15 +66,19 @@ def test_short_prologue_gives_the_general_prologues_numbers(n_tenants: int, ids:
     x = torch.randn(M, N_IN, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).to(DEVICE)
     y0 = torch.randn(M, sum(OUTS), generator=torch.Generator().manual_seed(4)).to(DEVICE)  # float32, not zero
     split = triton_ops.pick_split_k(M, ds, plan=plan)
+    assert split > 1  # several programs a tile, as a one-row layer has
     got = {}
-    for on in (True, False):
-        monkeypatch.setattr(triton_ops, "GEMV_KNOWN_SLOT", on)
-        z = triton_ops.shrink(x, ds, plan, split, path="gemv")
-        got[on] = (z, triton_ops.expand(z, y0.clone(), ds, plan, path="gemv"))
-        assert split > 1  # several programs a tile, as a one-row layer has
+    for atomic in (False, True):
+        monkeypatch.setattr(triton_ops, "GEMV_ATOMIC", atomic)
+        for on in (True, False):
+            monkeypatch.setattr(triton_ops, "GEMV_KNOWN_SLOT", on)
+            z = triton_ops.shrink(x, ds, plan, split, path="gemv")
+            got[atomic, on] = triton_ops.expand(z, y0.clone(), ds, plan, path="gemv")
     served = torch.tensor(ids, device=DEVICE) >= 0
-    assert torch.equal(got[True][1], got[False][1])  # y bit for bit (z's unserved rows and columns are never written)
+    assert torch.equal(got[False, True], got[False, False])  # y bit for bit (z's unserved rows and columns are never written)
     want = ref_ops.expand(ref_ops.shrink(x, ds, plan), y0.clone(), ds, plan)
-    if bool(served.any()):
-        assert rel(got[True][1][served] - y0[served], want[served] - y0[served]) < 1e-4  # each served row's delta
-    assert torch.equal(got[True][1][~served], y0[~served])  # base rows as they were
+    for key, y in got.items():
+        if bool(served.any()):
+            assert rel(y[served] - y0[served], want[served] - y0[served]) < 1e-4, key  # each served row's delta
+        assert torch.equal(y[~served], y0[~served]), key  # base rows as they were
+    assert float((got[True, True] - got[False, True]).abs().max()) <= 1e-5 * float(want.abs().max())
