@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kernels import GROUPS, Bench, capture_graph, copy_bandwidth, modules_fn, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaContext, base_gemv, mma, plan_rows, ref_ops  # noqa: E402
-from deltastore.kernels.linear import apply_deltas  # noqa: E402
+from deltastore.kernels.linear import apply_deltas, beside  # noqa: E402
 
 
 def profile_lines(title: str, fn, copies: int, reps: int = 3) -> list[str]:
@@ -64,7 +64,6 @@ def by_group(bench, case: str, M: int, nt: int, ids, plan, x, h, ys, rounds: int
     else torch.mm), its modules (base + deltas beside it, joined), its deltas alone (float32 out, one
     stream). "exposed" = modules - base: what the group's deltas add to its time."""
     use_first()
-    dev = x.device
     out = ["", f"{case}, group by group (us a layer; the first variant):", "",
            "| group | base alone | modules | deltas alone | exposed |", "|---|---|---|---|---|"]
     tot = [0.0, 0.0, 0.0]
@@ -79,12 +78,9 @@ def by_group(bench, case: str, M: int, nt: int, ids, plan, x, h, ys, rounds: int
                 else:
                     torch.mm(inp, c.W[gi].T, out=ys[gi])
 
-        d = [torch.zeros(M, sum(ms), device=dev) for _ in bench.copies]
-
-        def alone_g(gi=gi, inp=inp, d=d) -> None:
-            for c, dd in zip(bench.copies, d):
-                dd.zero_()
-                apply_deltas(inp, dd, c.sets[nt][gi], plan)
+        def alone_g(gi=gi, inp=inp) -> None:  # as the modules' side stream does its work, on one stream
+            for c in bench.copies:
+                beside(inp, c.sets[nt][gi], plan, lambda: None, "triton", side=False)
 
         mod = modules_fn(bench, M, nt, ids, only=gi)
         t = [[], [], []]
@@ -253,14 +249,12 @@ def main() -> None:
             print(row, flush=True)
             lines.append(row)
         if args.delta_alone:
-            ds_ = [[(c.sets[nt][gi], h if gi == 3 else x, torch.zeros(M, sum(ms), device=dev)) for gi, (_, ms, _) in enumerate(bench.groups)]
-                   for c in bench.copies]
+            ds_ = [[(c.sets[nt][gi], h if gi == 3 else x) for gi in range(len(bench.groups))] for c in bench.copies]
 
-            def alone() -> None:
+            def alone() -> None:  # as the modules' side stream does its work (beside: zero a float32 d, the deltas), on one stream
                 for per in ds_:
-                    for ds, inp, d in per:
-                        d.zero_()
-                        apply_deltas(inp, d, ds, plan)
+                    for ds, inp in per:
+                        beside(inp, ds, plan, lambda: None, "triton", side=False)
 
             for v in keys:
                 use(v)

@@ -12,9 +12,11 @@
 #   3. the GPU tests the change touches (the prologue's bit-for-bit test, the GEMV paths, PDL, the side stream);
 #      TESTS=all: the whole GPU suite (gpu_tests_device.sh), -v so a cut run still names each result.
 # Carry .whl-store.  PARTS=ab,groups,tests (the default: all three) picks some, in that order;
-# CFGS: the A/B's variants (ab_mma.py --mma-cfgs).
+# CFGS: the A/B's variants (ab_mma.py --mma-cfgs); GCFGS: the group-by-group run's (its first).
 #   bash benchmarks/known_device.sh OUT
-#   PARTS=tests,ab TESTS=all T=330 CASES=1,1+7,8x8 ROUNDS=3 CFGS='[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}]' bash benchmarks/known_device.sh OUT
+#   PARTS=ab,groups,tests TESTS=all T=300 CASES=1,1+7,8x8 ROUNDS=3 A_T=200 \
+#     CFGS='[{}, {"triton_ops.GEMV_Z_ATOMIC": true}, {"triton_ops.GEMV_KNOWN_SLOT": false}]' \
+#     GCFGS='[{"triton_ops.GEMV_Z_ATOMIC": true}]' bash benchmarks/known_device.sh OUT   (the second call)
 set -u
 parts=",${PARTS:-ab,groups,tests},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
 out=${1:-/tmp/out}; mkdir -p "$out"
@@ -32,7 +34,7 @@ tests() { say tests
 case $parts in ,tests*) tests;; esac
 if has ab; then ab; fi
 if has groups; then say "group by group"
-  timeout "${G_T:-90}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases 1 --by-group --timeline \
+  timeout "${G_T:-90}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases 1 --by-group --timeline --mma-cfgs "${GCFGS:-[{}]}" \
     --out "$out/ab_known_groups.md" > "$out/ab_known_groups.log" 2>&1
   grep -v '^ *rel err\|^    base GEMV\|Warning\|_warn_once' "$out/ab_known_groups.log" | tail -40; fi
 case $parts in ,tests*) ;; *) if has tests; then tests; fi;; esac

@@ -51,7 +51,8 @@ def resolve_preference(pref: KernelPreference | str, x: torch.Tensor) -> KernelP
 
 def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan,
                  preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
-                 path: str | None = None, overwrite: bool = False, fused: "join.Join | None" = None) -> torch.Tensor:
+                 path: str | None = None, overwrite: bool = False, fused: "join.Join | None" = None,
+                 zsum: torch.Tensor | None = None) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
     with Triton on a GPU, 2 to 32 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
     where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
@@ -59,7 +60,8 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
     ``overwrite``: y = the delta (y's contents not read), zeroed by the kernels where they can (the
     GEMV shrink's programs; the tensor-core path's launch that zeroes its z) instead of a launch
     of its own. ``fused``: the GEMV path's expand joins y (fused.d) into the base output by its last
-    program (:mod:`.join`; the caller checked that path serves: :func:`fused_join`)."""
+    program (:mod:`.join`; the caller checked that path serves: :func:`fused_join`). ``zsum``: a zeroed
+    float32 (M, zcols) buffer for the GEMV shrink's atomically summed z (triton_ops.GEMV_Z_ATOMIC)."""
     if dset.n_slots == 0:
         return y.zero_() if overwrite else y
     if plan.n_slots != dset.n_slots:
@@ -70,7 +72,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
         if dense.use_dense(dset, plan, path):
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
         sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k
-        z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None)
+        z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None, zsum=zsum)
         return triton_ops.expand(z, y, dset, plan, path=path, pdl=True, fused=fused)  # (launched right after its shrink)
     if overwrite:
         y.zero_()
@@ -171,16 +173,24 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     hands its memory to another stream while the side stream still writes it. ``fused``: d is
     fused.d and the expand joins it into the base output by its last program (``base()`` writes
     fused.y with the same join), so d is already in y when this returns (:mod:`.join`)."""
-    d = fused.d if fused is not None else (torch.empty(x.shape[0], sum(dset.out_features), dtype=torch.float32, device=x.device) if out is None else out)
-    s = side_for(x, dset, preference) if side is True else (side or None)
     zero_in = ZERO_IN_KERNELS and fused is None
+    M, N = x.shape[0], sum(dset.out_features)
+    # the GEMV shrink's summed z in the same allocation as d, zeroed by the same launch (GEMV_Z_ATOMIC)
+    zc = 0
+    if triton_ops.GEMV_Z_ATOMIC and fused is None and out is None and not zero_in and dset.n_slots and x.is_cuda:
+        dset.build()
+        zc = dset.zcols
+    buf = torch.empty(M * (N + zc), dtype=torch.float32, device=x.device) if fused is None and out is None else None
+    d = fused.d if fused is not None else (buf[: M * N].view(M, N) if out is None else out)
+    zsum = buf[M * N:].view(M, zc) if zc else None
+    s = side_for(x, dset, preference) if side is True else (side or None)
 
     def deltas() -> None:  # the buffer zeroed by a launch of its own, or by the delta kernels (ZERO_IN_KERNELS)
         if triton_ops.PREFETCH and s is not None and dset.n_slots == 1:
             triton_ops.prefetch_(dset)
         if not zero_in:
-            d.zero_()
-        apply_deltas(x, d, dset, plan, preference, split_k, overwrite=zero_in, fused=fused)
+            (buf if zc else d).zero_()
+        apply_deltas(x, d, dset, plan, preference, split_k, overwrite=zero_in, fused=fused, zsum=zsum)
 
     if s is None:
         deltas()

@@ -624,7 +624,8 @@ if HAVE_TRITON:
                             NFIELD: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
                             FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ZERO: tl.constexpr = 0,
-                            KNOWN: tl.constexpr = False, ONE_ROW: tl.constexpr = False, FIELDS_FIRST: tl.constexpr = False):
+                            KNOWN: tl.constexpr = False, ONE_ROW: tl.constexpr = False, FIELDS_FIRST: tl.constexpr = False,
+                            Z_ATOMIC: tl.constexpr = False):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
         one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program.
@@ -633,7 +634,9 @@ if HAVE_TRITON:
         KNOWN: every block's slot is s_known or -1 (the host knows: deltaset.known_slot), so the tile's
         entries are asked for beside the row block, not after it; ONE_ROW: the batch is one row (x's row
         0); FIELDS_FIRST: the tile's fields are read before the exit test, not sunk below it. Each
-        takes memory round trips off the chain before the first packed word (see GEMV_KNOWN_SLOT)."""
+        takes memory round trips off the chain before the first packed word (see GEMV_KNOWN_SLOT).
+        Z_ATOMIC: every split adds its sums into z[0] (zeroed before the launch) by relaxed float32
+        atomics, so the expand reads one z a component instead of SPLIT_K (see GEMV_Z_ATOMIC)."""
         if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
             tl.extra.cuda.gdc_launch_dependents()
         if ZERO > 0:  # (the expand reads o only after this grid is done: stream order, or its PDL wait)
@@ -688,8 +691,12 @@ if HAVE_TRITON:
         acc = acc * sv[None, :]
         offs_m = tl.arange(0, BLOCK_M)
         m_ok = offs_m < nrows
-        zptr = z_ptr + (ks * M + pos0 + offs_m).to(tl.int64)[:, None] * ZC + zcol + offs_r[None, :]
-        tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
+        if Z_ATOMIC:
+            zptr = z_ptr + (pos0 + offs_m).to(tl.int64)[:, None] * ZC + zcol + offs_r[None, :]
+            tl.atomic_add(zptr, acc, mask=m_ok[:, None] & r_ok[None, :], sem="relaxed")
+        else:
+            zptr = z_ptr + (ks * M + pos0 + offs_m).to(tl.int64)[:, None] * ZC + zcol + offs_r[None, :]
+            tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
 
     @triton.jit
     def _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0, comp, cnt_t, row_words, G, g, widx):
@@ -1079,6 +1086,22 @@ GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
 GEMV_KNOWN_SLOT = os.environ.get("DELTASTORE_GEMV_KNOWN_SLOT", "1") not in ("", "0")
 
 
+#: the GEMV shrink's splits of the inputs added into one z by relaxed float32 atomics where the caller
+#: gives a zeroed buffer for it (:func:`shrink`'s ``zsum``: :func:`.linear.beside` zeroes it with the
+#: side stream's delta buffer, in the same launch), instead of SPLIT_K partial z's the expand sums:
+#: the expand then loads one z a component a step, not 4-8 (at one row, 4 + 4 x (2 + SPLIT_K) loads a
+#: thread per 64 packed values, benchmarks/results/kernels_sass.md). z's float32 sums' order then varies
+#: from run to run, as the expand's atomics already make y's. DELTASTORE_GEMV_Z_ATOMIC=1: on.
+GEMV_Z_ATOMIC = os.environ.get("DELTASTORE_GEMV_Z_ATOMIC", "0") not in ("", "0")
+
+
+def zsum_ok(zsum: torch.Tensor | None, M: int, dset: DeltaSet) -> bool:
+    """Whether ``zsum`` can take the GEMV shrink's atomically summed z (see :data:`GEMV_Z_ATOMIC`):
+    float32, contiguous, (M, dset.zcols)."""
+    return (zsum is not None and GEMV_Z_ATOMIC and zsum.dtype == torch.float32 and zsum.is_contiguous()
+            and tuple(zsum.shape) == (M, dset.zcols))
+
+
 def _known(dset: DeltaSet, plan: RowPlan) -> dict[str, object]:
     """The GEMV kernels' KNOWN / s_known launch arguments (see :data:`GEMV_KNOWN_SLOT`)."""
     s = known_slot(dset, plan) if GEMV_KNOWN_SLOT else None
@@ -1174,7 +1197,7 @@ def _zero_block(t: torch.Tensor | None, programs: int) -> int:
 def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, block_m: int | None = None,
            block_r: int | None = None, num_warps: int | None = None, num_stages: int | None = None, gather: bool = False,
            path: str | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-           zero: torch.Tensor | None = None) -> torch.Tensor:
+           zero: torch.Tensor | None = None, zsum: torch.Tensor | None = None) -> torch.Tensor:
     """Triton twin of :func:`ref_ops.shrink`. x (M, in_features) bf16/fp16, contiguous rows.
     ``path``: "gemv" (few rows per fine-tune) or "dot"; by default chosen by :func:`use_gemv`.
     ``maxnreg``: a cap on registers a thread (ptxas spills above it; benchmarks probe occupancy with it).
@@ -1182,7 +1205,9 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
     its dependent may begin (a no-op for any other next launch); None: on (see :data:`GEMV_PDL`).
     ``zero``: a tensor zeroed in stream order before the next launch (the float32 output the expand
     will add into): on the GEMV path by the shrink's own programs where it is float32 and contiguous
-    (one launch fewer), else by ``zero_()``."""
+    (one launch fewer), else by ``zero_()``. ``zsum``: a float32 (M, zcols) buffer the caller zeroed: on
+    the GEMV path (with :data:`GEMV_Z_ATOMIC`) the splits are added into it and it is returned as
+    z (1, M, zcols); elsewhere unused."""
     _need_triton()
     _not_dense(path)
     dset.build()
@@ -1193,8 +1218,9 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         raise KernelError(f"input has {K} features; the kernels take fewer than 2^22 (their group index is float32)")
     if x.stride(1) != 1:
         x = x.contiguous()
-    z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
     if use_gemv(M, dset, path, plan):
+        za = zsum_ok(zsum, M, dset)
+        z = zsum.view(1, M, dset.zcols) if za else torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
         bm = block_m or _gemv_block_m(M, dset, plan)
         br = block_r or GEMV_TILE_R
         tiles, ntiles, T = dset.tiles(br)
@@ -1208,11 +1234,12 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                              zero.numel() if zb else 0, **_known(dset, plan),
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
                              USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb, ONE_ROW=GEMV_KNOWN_SLOT and M == 1,
-                             FIELDS_FIRST=GEMV_KNOWN_SLOT,
+                             FIELDS_FIRST=GEMV_KNOWN_SLOT, Z_ATOMIC=za,
                              num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
         return z
     if zero is not None:
         zero.zero_()
+    z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
     bm = block_m or _block_m(rows_per_slot(M, dset))
     num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2
     br = block_r or dset.tile_r
