@@ -22,9 +22,12 @@ parts=",${PARTS:-ab,groups,tests},"; has() { case $parts in *,$1,*) return 0;; e
 out=${1:-/tmp/out}; mkdir -p "$out"
 bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+# (no braces in a ${VAR:-default}: bash ends the expansion at the JSON's first closing brace)
+cfgs=${CFGS:-}; [ -n "$cfgs" ] || cfgs='[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}, {"base_gemv.MIN_PROGRAMS": 1024}]'
+gcfgs=${GCFGS:-}; [ -n "$gcfgs" ] || gcfgs='[{}]'
 ab() { say "known slot on/off"
   timeout "${A_T:-260}" python3 benchmarks/ab_mma.py --rounds ${ROUNDS:-5} --copies 4 --cases ${CASES:-1,1+7,8x8} --delta-alone \
-    --mma-cfgs "${CFGS:-[{}, {\"triton_ops.GEMV_KNOWN_SLOT\": false}, {\"base_gemv.MIN_PROGRAMS\": 1024}]}" --out "$out/ab_known.md" > "$out/ab_known.log" 2>&1
+    --mma-cfgs "$cfgs" --out "$out/ab_known.md" > "$out/ab_known.log" 2>&1
   grep '^|\|base alone\|alone\|Error\|error' "$out/ab_known.log" | tail -30; }
 tests() { say tests
   if [ "${TESTS:-}" = all ]; then N=${N:-12} T=${T:-330} bash benchmarks/gpu_tests_device.sh "$out" -v > /dev/null 2>&1
@@ -34,7 +37,7 @@ tests() { say tests
 case $parts in ,tests*) tests;; esac
 if has ab; then ab; fi
 if has groups; then say "group by group"
-  timeout "${G_T:-90}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases 1 --by-group --timeline --mma-cfgs "${GCFGS:-[{}]}" \
+  timeout "${G_T:-90}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases 1 --by-group --timeline --mma-cfgs "$gcfgs" \
     --out "$out/ab_known_groups.md" > "$out/ab_known_groups.log" 2>&1
   grep -v '^ *rel err\|^    base GEMV\|Warning\|_warn_once' "$out/ab_known_groups.log" | tail -40; fi
 case $parts in ,tests*) ;; *) if has tests; then tests; fi;; esac
