@@ -1082,7 +1082,10 @@ GEMV_MAXNREG = int(os.environ.get("DELTASTORE_GEMV_MAXNREG", "0"))
 #: and fields in one round trip, words and x in the next (the sm_90 code's prologue, Triton 3.6). The expand asks for
 #: the known slot's item beside the row block too (its exits stay: the ordered handshake counts its
 #: programs). The twenty-sixth session's slot-0 guess kept the exit and a branch on the block's slot
-#: before the words' loads, so it took no round trip off (measured level). DELTASTORE_GEMV_KNOWN_SLOT=0: off.
+#: before the words' loads, so it took no round trip off (measured level). One Llama-2-7B layer through
+#: the modules (H200, known_device.sh, raw_h200/s30/call3, with the split z's): one row 157.6 us against
+#: 157.7 with it off (deltas alone 77.5 / 81.3), one fine-tune's row beside 7 base rows 163.3 / 168.3,
+#: 8 rows over 8 fine-tunes level (424.3 / 423.9). DELTASTORE_GEMV_KNOWN_SLOT=0: off.
 GEMV_KNOWN_SLOT = os.environ.get("DELTASTORE_GEMV_KNOWN_SLOT", "1") not in ("", "0")
 
 
@@ -1090,9 +1093,13 @@ GEMV_KNOWN_SLOT = os.environ.get("DELTASTORE_GEMV_KNOWN_SLOT", "1") not in ("", 
 #: gives a zeroed buffer for it (:func:`shrink`'s ``zsum``: :func:`.linear.beside` zeroes it with the
 #: side stream's delta buffer, in the same launch), instead of SPLIT_K partial z's the expand sums:
 #: the expand then loads one z a component a step, not 4-8 (at one row, 4 + 4 x (2 + SPLIT_K) loads a
-#: thread per 64 packed values, benchmarks/results/kernels_sass.md). z's float32 sums' order then varies
-#: from run to run, as the expand's atomics already make y's. DELTASTORE_GEMV_Z_ATOMIC=1: on.
-GEMV_Z_ATOMIC = os.environ.get("DELTASTORE_GEMV_Z_ATOMIC", "0") not in ("", "0")
+#: thread per 64 packed values; its 2-bit loop 304 sm_90 instructions per 64 values against 473 at 8
+#: splits, 360 at 4, Triton 3.6). z's float32 sums' order then varies from run to run, as the expand's
+#: atomics already make y's. One Llama-2-7B layer through the modules (H200, known_device.sh,
+#: raw_h200/s30/call3): one row 153.3 us against 157.6 (x1.31 / x1.35 of base; deltas alone 71.3 /
+#: 77.5), one fine-tune's row beside 7 base rows 159.8 / 163.3, 8 rows over 8 fine-tunes level
+#: (424.2 / 424.3). DELTASTORE_GEMV_Z_ATOMIC=0: off.
+GEMV_Z_ATOMIC = os.environ.get("DELTASTORE_GEMV_Z_ATOMIC", "1") not in ("", "0")
 
 
 def zsum_ok(zsum: torch.Tensor | None, M: int, dset: DeltaSet) -> bool:
