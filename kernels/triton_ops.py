@@ -467,10 +467,20 @@ if HAVE_TRITON:
 
     @triton.jit
     def _step_words(words_ptr, wrow, r_ok, k0, k_hi, row_words, BITS: tl.constexpr, NG: tl.constexpr, BLOCK_G: tl.constexpr,
-                    IDX: tl.constexpr, NIDX: tl.constexpr):
+                    IDX: tl.constexpr, NIDX: tl.constexpr, FLAT: tl.constexpr = False):
         """int32 (R, NG, NIDX): the words of one step (NG sub-blocks of BLOCK_G values from k0) of
         the component rows at ``wrow``; IDX picks the plane: 0 all words of b in {1,2,4,8}, 1 the
-        two low-bit words of each 3-bit chunk, 2 its high-bit word. Words past k_hi read as 0."""
+        two low-bit words of each 3-bit chunk, 2 its high-bit word. Words past k_hi read as 0.
+        FLAT (IDX 0, NIDX the words of a sub-block): loaded as (R, NG * NIDX), whose second axis the
+        compiler sees as contiguous, then reshaped: the load's layout is then the unpack's (a warp's
+        32 lanes over one row's 32 consecutive words), where the (R, NG, NIDX) load was laid out
+        otherwise and converted through shared memory every step (a store, a barrier, a load)."""
+        if FLAT:
+            f = tl.arange(0, NG * NIDX)
+            widx_f = (k0 // 32) * BITS + f
+            mf = r_ok[:, None] & ((k0 + (f // NIDX) * BLOCK_G) < k_hi)[None, :] & (widx_f < row_words)[None, :]
+            wf = tl.load(words_ptr + wrow[:, None] + widx_f[None, :], mask=mf, other=0)
+            return tl.reshape(wf, (wrow.shape[0], NG, NIDX))
         kg = k0 + tl.arange(0, NG) * BLOCK_G
         j = tl.arange(0, NIDX)
         if IDX == 0:
@@ -516,14 +526,15 @@ if HAVE_TRITON:
     @triton.jit
     def _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, words_ptr, scales_ptr, zeros_ptr, v_q, v_sz, r_ok, gs, k_lo, k_hi, one,
                           BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, FAST: tl.constexpr,
-                          ONE_ROW: tl.constexpr = False):
+                          ONE_ROW: tl.constexpr = False, FLAT: tl.constexpr = False):
         """(BLOCK_M, BLOCK_R) float32: rows . V^ components over inputs k_lo .. k_hi (multiples of
         BLOCK_G, which divides the group size). A step reads NG sub-blocks of BLOCK_G values of
         every component row (~2 KB of words a tile), and the words, scales and zeros of the next
         two steps are loaded before this one is computed: Triton pipelines no loop without tl.dot,
         so this keeps bytes in flight while the registers hold one step unpacked. Products are
         summed over the fields in-thread each step and over words and sub-blocks once, at the end.
-        ONE_ROW: the batch is one row, x's row 0 (its offset is not read from the rows table)."""
+        ONE_ROW: the batch is one row, x's row 0 (its offset is not read from the rows table). FLAT:
+        the 1/2/4/8-bit words loaded as one contiguous run a row (see _step_words)."""
         NG: tl.constexpr = 2 if BITS == 3 else (8 // BITS if BITS < 8 else 1)
         BK: tl.constexpr = NG * BLOCK_G
         offs_r = tl.arange(0, BLOCK_R)
@@ -582,8 +593,8 @@ if HAVE_TRITON:
             wi = tl.arange(0, NW)
             fi = tl.arange(0, FLD)
             acc4 = tl.zeros((BLOCK_M, BLOCK_R, NG, NW), dtype=tl.float32)
-            w1 = _step_words(words_ptr, wrow, r_ok, k_lo, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
-            w2 = _step_words(words_ptr, wrow, r_ok, k_lo + BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
+            w1 = _step_words(words_ptr, wrow, r_ok, k_lo, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW, FLAT)
+            w2 = _step_words(words_ptr, wrow, r_ok, k_lo + BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW, FLAT)
             cf = _field_c(fi, BITS)[:, None, None]  # (FLD, 1, 1): the offsets _unpack_c adds
             for k0 in range(k_lo, k_hi, BK):
                 if FAST:
@@ -591,7 +602,7 @@ if HAVE_TRITON:
                 else:
                     w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
                 w1, s1, z1 = w2, s2, z2
-                w2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW)
+                w2 = _step_words(words_ptr, wrow, r_ok, k0 + 2 * BK, k_hi, row_words, BITS, NG, BLOCK_G, 0, NW, FLAT)
                 s2 = _step_sz(scales_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, inv_gs, NG, BLOCK_G)
                 z2 = _step_sz(zeros_ptr, szrow, r_ok, k0 + 2 * BK, k_hi, inv_gs, NG, BLOCK_G)
                 kg = k0 + sub * BLOCK_G
@@ -600,9 +611,14 @@ if HAVE_TRITON:
                 else:
                     q = _unpack_f(w, fi * BITS, BITS, 0) - zp[None, :, :, None]  # (FLD, R, NG, NW)
                 x_idx = kg[None, :, None] + wi[None, None, :] * FLD + (fi * one)[:, None, None]  # (FLD, NG, NW)
+                xf_idx = k0 + tl.arange(0, NG * NW * FLD)  # FLAT: the same inputs as one run, (NG, NW, FLD) in order
                 for m in tl.static_range(BLOCK_M):
                     xb = _pick(m, xb0, xb1, xb2, xb3)
-                    xv = tl.load(x_ptr + xb + x_idx, mask=(x_idx < k_hi) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
+                    if FLAT:
+                        xv = tl.load(x_ptr + xb + xf_idx, mask=(xf_idx < k_hi) & (xf_idx * 0 + m < nrows), other=0.0)
+                        xv = tl.permute(tl.reshape(xv, (NG, NW, FLD)), (2, 0, 1)).to(tl.float32)
+                    else:
+                        xv = tl.load(x_ptr + xb + x_idx, mask=(x_idx < k_hi) & (x_idx * 0 + m < nrows), other=0.0).to(tl.float32)
                     if FAST:
                         # sum_f x_f (q_f - zp) = sum_f x_f (c_f + q_f) - (sum_f x_f c_f + zp sum_f x_f): the two x
                         # sums are per word position, shared by the thread's components
@@ -625,7 +641,7 @@ if HAVE_TRITON:
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
                             FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ZERO: tl.constexpr = 0,
                             KNOWN: tl.constexpr = False, ONE_ROW: tl.constexpr = False, FIELDS_FIRST: tl.constexpr = False,
-                            Z_ATOMIC: tl.constexpr = False):
+                            Z_ATOMIC: tl.constexpr = False, FLAT: tl.constexpr = False):
         """z[ks, p, zcol + j] = S_j * sum over split ks of x[row p] . V^_j: one tile of BLOCK_R
         components of one tier (one bit width), one split of the inputs and one block of rows of
         one slot (deltaset.plan_blocks: no program for rows a slot does not have) per program.
@@ -675,19 +691,19 @@ if HAVE_TRITON:
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         if HAS2:
             if bits == 2:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 2, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW, FLAT)
         if HAS3:
             if bits == 3:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 3, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW, FLAT)
         if HAS8:
             if bits == 8:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 8, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW, FLAT)
         if HAS4:
             if bits == 4:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 4, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW, FLAT)
         if HAS1:
             if bits == 1:
-                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW)
+                acc = _gemv_shrink_tile(x_ptr, rows_ptr, pos0, nrows, K, stride_xm, wq, sq, zq, 0, 0, r_ok, gs, kb0, kb1, one, 1, BLOCK_M, BLOCK_R, BLOCK_K, FAST, ONE_ROW, FLAT)
         acc = acc * sv[None, :]
         offs_m = tl.arange(0, BLOCK_M)
         m_ok = offs_m < nrows
@@ -1102,6 +1118,16 @@ GEMV_KNOWN_SLOT = os.environ.get("DELTASTORE_GEMV_KNOWN_SLOT", "1") not in ("", 
 GEMV_Z_ATOMIC = os.environ.get("DELTASTORE_GEMV_Z_ATOMIC", "1") not in ("", "0")
 
 
+#: the GEMV shrink loads a step's 1/2/4/8-bit words of a component as one contiguous run, and the
+#: step's activations as one run (see _step_words' FLAT): in the sm_90 code (Triton 3.6) both loads
+#: were laid out otherwise than the unpack and converted through shared memory every step. Static
+#: count of the one-row loop (benchmarks/kernel_sass.py's measure): 2-bit 387 -> 323 instructions per
+#: 64 values (shared-memory loads 16 -> 2; the activations' broadcast to the warps stays), 1-bit 548
+#: -> 495, 4-bit 253 -> 230, 8-bit 177 -> 192; registers of the 8/3/2-bit kernel 124 either way. Not
+#: measured on the GPU yet: off (DELTASTORE_GEMV_FLAT_WORDS=1: on; benchmarks/next_device.sh has the A/B).
+GEMV_FLAT_WORDS = os.environ.get("DELTASTORE_GEMV_FLAT_WORDS", "0") not in ("", "0")
+
+
 def zsum_ok(zsum: torch.Tensor | None, M: int, dset: DeltaSet) -> bool:
     """Whether ``zsum`` can take the GEMV shrink's atomically summed z (see :data:`GEMV_Z_ATOMIC`):
     float32, contiguous, (M, dset.zcols)."""
@@ -1241,7 +1267,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                              zero.numel() if zb else 0, **_known(dset, plan),
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
                              USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb, ONE_ROW=GEMV_KNOWN_SLOT and M == 1,
-                             FIELDS_FIRST=GEMV_KNOWN_SLOT, Z_ATOMIC=za,
+                             FIELDS_FIRST=GEMV_KNOWN_SLOT, Z_ATOMIC=za, FLAT=GEMV_FLAT_WORDS,
                              num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
         return z
     if zero is not None:
