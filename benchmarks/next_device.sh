@@ -2,8 +2,9 @@
 # The next device call, prepared in the thirtieth session (not yet run): the whole GPU suite with the
 # session's defaults (the summed z, the short prologue; the selection they touch passed there, the whole
 # suite ran ~308 of 331 before the known-slot change's fields test), then the GEMV shrink's flat loads
-# (triton_ops.GEMV_FLAT_WORDS: a step's words and activations each one contiguous run, no shared-memory
-# conversion of the words; 2-bit loop 387 -> 323 sm_90 instructions per 64 values) on and off through the
+# (triton_ops.GEMV_FLAT_WORDS: the shrink's words and activations each one contiguous run, the one-row
+# expand's words loaded in its unpack's layout, no shared-memory
+# conversion of the words; 2-bit loops 387 -> 323 and 304 -> 292 sm_90 instructions per 64 values) on and off through the
 # modules, and the one-row layer group by group with it on. Carry .whl-store.
 #   bash benchmarks/next_device.sh OUT          PARTS=tests,ab,groups (the default: all three, ~560 s)
 set -u

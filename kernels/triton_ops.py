@@ -715,13 +715,23 @@ if HAVE_TRITON:
             tl.store(zptr, acc, mask=m_ok[:, None] & r_ok[None, :])
 
     @triton.jit
-    def _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0, comp, cnt_t, row_words, G, g, widx):
+    def _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0, comp, cnt_t, row_words, G, g, widx, FLAT: tl.constexpr = False):
         """One expand step's loads: words (R_IN, R_OUT, len(widx)) of components c0 + comp (rows
-        past cnt_t read as 0) at word offsets widx, and their scales and zeros (fp16) for group g."""
+        past cnt_t read as 0) at word offsets widx, and their scales and zeros (fp16) for group g.
+        FLAT: the words loaded as (R_OUT, R_IN, len(widx)) and permuted (see below)."""
         r = c0 + comp
         r_ok = r < cnt_t
-        w = tl.load(words_ptr + (u_q + r * row_words)[:, :, None] + widx[None, None, :],
-                    mask=r_ok[:, :, None] & (widx < row_words)[None, None, :], other=0)
+        if FLAT:
+            # so laid out, the load's layout is the unpack's (R_IN in a thread's registers, R_OUT over
+            # lanes and warps); loaded as (R_IN, R_OUT, ..) the compiler put R_IN over lanes and
+            # converted through shared memory every step (sm_90, Triton 3.6)
+            rT = c0 + tl.trans(comp)
+            w = tl.load(words_ptr + (u_q + rT * row_words)[:, :, None] + widx[None, None, :],
+                        mask=(rT < cnt_t)[:, :, None] & (widx < row_words)[None, None, :], other=0)
+            w = tl.permute(w, (1, 0, 2))
+        else:
+            w = tl.load(words_ptr + (u_q + r * row_words)[:, :, None] + widx[None, None, :],
+                        mask=r_ok[:, :, None] & (widx < row_words)[None, None, :], other=0)
         sc = tl.load(scales_ptr + u_sz + r * G + g, mask=r_ok, other=0.0)
         zp = tl.load(zeros_ptr + u_sz + r * G + g, mask=r_ok, other=0.0)
         return w, sc, zp
@@ -771,7 +781,7 @@ if HAVE_TRITON:
     @triton.jit
     def _gemv_expand_part(part_ptr, row_off, z_ptr, pos0, nrows, M, ZC, words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, cnt_t, zcol, gs, m_s, n0, col0, one,
                           BITS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                          FAST: tl.constexpr, USE_GDC: tl.constexpr, ATOMIC: tl.constexpr):
+                          FAST: tl.constexpr, USE_GDC: tl.constexpr, ATOMIC: tl.constexpr, FLAT: tl.constexpr = False):
         """Store to part_ptr (row m of the block at row_off[m]) the partial y of components [0, cnt_t) of
         one tier for output columns n0 .. n0 + BLOCK_N of this slice (global column col0 + n); ATOMIC:
         add it there instead (float32 atomics, relaxed: part_ptr is a float32 y).
@@ -797,18 +807,18 @@ if HAVE_TRITON:
             hi_idx = w0 + ci * 3 + 2
             acc_l = tl.zeros((BLOCK_M, 16, R_OUT, 2 * NC), dtype=tl.float32)
             acc_h = tl.zeros((BLOCK_M, 32, R_OUT, NC), dtype=tl.float32)
-            a1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, lo_idx)
-            b1, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, hi_idx)
-            a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, lo_idx)
-            b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, hi_idx)
+            a1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, lo_idx, FLAT)
+            b1, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, hi_idx, FLAT)
+            a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, lo_idx, FLAT)
+            b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, hi_idx, FLAT)
             if USE_GDC:  # launched beside the shrink's tail (PDL): its z is complete and visible after this
                 tl.extra.cuda.gdc_wait()
             e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, 0, comp, cnt_t, SPLIT_K, BLOCK_M)
             for c0 in range(0, cnt_t, RB):
                 wl, wh, sc, zp = a1, b1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
                 a1, b1, s1, z1 = a2, b2, s2, z2
-                a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, lo_idx)
-                b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, hi_idx)
+                a2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, lo_idx, FLAT)
+                b2, _, _ = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, hi_idx, FLAT)
                 y0, y1, y2, y3 = e0, e1, e2, e3
                 e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, c0 + RB, comp, cnt_t, SPLIT_K, BLOCK_M)
                 ql = _unpack_f(wl, f16 * 2, 2, 1) - zp[:, None, :, None]  # (R_IN, 16, R_OUT, 2NC)
@@ -843,8 +853,8 @@ if HAVE_TRITON:
             fi = tl.arange(0, FLD)
             widx = w0 + wi
             acc = tl.zeros((BLOCK_M, FLD, R_OUT, NW), dtype=tl.float32)
-            w1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, widx)
-            w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, widx)
+            w1, s1, z1 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, 0, comp, cnt_t, row_words, G, g, widx, FLAT)
+            w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, RB, comp, cnt_t, row_words, G, g, widx, FLAT)
             if USE_GDC:  # launched beside the shrink's tail (PDL): its z is complete and visible after this
                 tl.extra.cuda.gdc_wait()
             e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, 0, comp, cnt_t, SPLIT_K, BLOCK_M)
@@ -864,7 +874,7 @@ if HAVE_TRITON:
                 else:
                     w, sc, zp = w1, s1.to(tl.float32), z1.to(tl.float32) + 8388608.0
                 w1, s1, z1 = w2, s2, z2
-                w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, widx)
+                w2, s2, z2 = _estep(words_ptr, scales_ptr, zeros_ptr, u_q, u_sz, c0 + 2 * RB, comp, cnt_t, row_words, G, g, widx, FLAT)
                 y0, y1, y2, y3 = e0, e1, e2, e3
                 e0, e1, e2, e3 = _ezrows(z_ptr, M * ZC, pos0, nrows, ZC, zcol, c0 + RB, comp, cnt_t, SPLIT_K, BLOCK_M)
                 if FAST:
@@ -899,7 +909,7 @@ if HAVE_TRITON:
                             NFI: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                             HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
                             FAST: tl.constexpr = True, USE_GDC: tl.constexpr = False, ATOMIC: tl.constexpr = False,
-                            JOIN: tl.constexpr = False, KNOWN: tl.constexpr = False):
+                            JOIN: tl.constexpr = False, KNOWN: tl.constexpr = False, FLAT: tl.constexpr = False):
         """y[rows, cols] += z U^^T. Program (column block, (slice, work item i), row block of the
         batch): a row block holds rows of one slot (deltaset.plan_blocks), and i indexes that slot's
         work items of the slice, each a run of components of one tier (one bit width). Each writes
@@ -910,7 +920,8 @@ if HAVE_TRITON:
         float32 sums' order then varies from run to run). JOIN (with ATOMIC): every program over a
         block of columns, with work or not, then counts itself on that block's counter, the last
         of the block's (the base GEMV's programs too) adding y into the base output jy (:mod:`.join`).
-        KNOWN: every block's slot is s_known or -1, its item asked for beside the row block (as the shrink's)."""
+        KNOWN: every block's slot is s_known or -1, its item asked for beside the row block (as the shrink's).
+        FLAT: the words loaded in the unpack's layout (see _estep; GEMV_FLAT_WORDS)."""
         pid_n = tl.program_id(0)
         pi = tl.program_id(1)
         blk = tl.program_id(2)
@@ -944,19 +955,19 @@ if HAVE_TRITON:
         cnt_t, zcol, gs = cnt_t.to(tl.int32), zcol.to(tl.int32), gs.to(tl.int32)
         if HAS2:
             if bits == 2:
-                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 2, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC, FLAT)
         if HAS3:
             if bits == 3:
-                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 3, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC, FLAT)
         if HAS8:
             if bits == 8:
-                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 8, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC, FLAT)
         if HAS4:
             if bits == 4:
-                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 4, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC, FLAT)
         if HAS1:
             if bits == 1:
-                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC)
+                _gemv_expand_part(part, row_off, z_ptr, pos0, nrows, M, ZC, wq, sq, zq, 0, 0, cnt_t, zcol, gs, m_s, n0, col0, one, 1, SPLIT_K, BLOCK_M, BLOCK_R, BLOCK_N, FAST, USE_GDC, ATOMIC, FLAT)
         if not ATOMIC:
             sem = sem_ptr + (blk * n_slices + sl) * NB_max + pid_n
             _parts_into_y(y_ptr, part_ptr, sem, rows_ptr, pos0, nrows, nj, M, Ntot, stride_ym, col0, n0, m_s, BLOCK_M, BLOCK_N)
@@ -1123,8 +1134,12 @@ GEMV_Z_ATOMIC = os.environ.get("DELTASTORE_GEMV_Z_ATOMIC", "1") not in ("", "0")
 #: were laid out otherwise than the unpack and converted through shared memory every step. Static
 #: count of the one-row loop (benchmarks/kernel_sass.py's measure): 2-bit 387 -> 323 instructions per
 #: 64 values (shared-memory loads 16 -> 2; the activations' broadcast to the warps stays), 1-bit 548
-#: -> 495, 4-bit 253 -> 230, 8-bit 177 -> 192; registers of the 8/3/2-bit kernel 124 either way. Not
-#: measured on the GPU yet: off (DELTASTORE_GEMV_FLAT_WORDS=1: on; benchmarks/next_device.sh has the A/B).
+#: -> 495, 4-bit 253 -> 230, 8-bit 177 -> 192; registers of the 8/3/2-bit kernel 124 either way. The
+#: GEMV expand at one row a block likewise loads its words as (R_OUT, R_IN, words) and permutes them
+#: (_estep's FLAT), which its unpack's layout is, where it converted them through shared memory every
+#: step: 2-bit 304 -> 292 instructions per 64 values, no barrier left in the loop (3-, 8-bit level;
+#: at 4 rows a block the expand already spills, a little more with it: not there). Not measured on
+#: the GPU yet: off (DELTASTORE_GEMV_FLAT_WORDS=1: on; benchmarks/next_device.sh has the A/B).
 GEMV_FLAT_WORDS = os.environ.get("DELTASTORE_GEMV_FLAT_WORDS", "0") not in ("", "0")
 
 
@@ -1333,7 +1348,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                              M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
                              jy, jc, fused.total if fused is not None else 0, jy.stride(0), **_known(dset, plan),
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             ATOMIC=atomic, JOIN=fused is not None, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
+                             ATOMIC=atomic, JOIN=fused is not None, FLAT=GEMV_FLAT_WORDS and bm == 1, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
         return y
     if fused is not None:
         raise KernelError("a fused join is on the GEMV path only")

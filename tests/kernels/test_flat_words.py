@@ -1,6 +1,7 @@
-"""The GEMV shrink's words loaded as one contiguous run a component (triton_ops.GEMV_FLAT_WORDS) and
-its activations as one run a step: a layout change only, so every tier width (1, 2, 4, 8 bits; 3-bit
-planes keep their own loads) gives the default load's numbers (bit for bit under the interpreter; on a
+"""The GEMV kernels' words loaded in their unpack's layout (triton_ops.GEMV_FLAT_WORDS: the shrink's as one
+contiguous run a component, the one-row expand's permuted from (components out, in, words)) and
+the shrink's activations as one run a step: a layout change only, so every tier width (1, 2, 4, 8 bits; 3-bit
+planes keep their own shrink loads) gives the default load's numbers (bit for bit under the interpreter; on a
 GPU the reductions' order may follow the layout: within 1e-6 of the output's largest), at one row
 and at a block of several, with base rows left as they were."""
 
