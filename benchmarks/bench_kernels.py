@@ -728,11 +728,11 @@ def register_report() -> None:
     def has(bits):
         return {f"HAS{b}": b in bits for b in (1, 2, 3, 4, 8)}
 
-    sig_gs = dict(sig_s, one="i32", blocks_ptr="*i32", o_ptr="*fp32", o_n="i32")
+    sig_gs = dict(sig_s, one="i32", blocks_ptr="*i32", o_ptr="*fp32", o_n="i32", s_known="i32")
     sig_ge = {"z_ptr": "*fp32", "y_ptr": "*bf16", "part_ptr": "*fp32", "sem_ptr": "*i32", "words_ptr": "*i32", "scales_ptr": "*fp16",
               "zeros_ptr": "*fp16", "items_ptr": "*i64", "nitems_ptr": "*i32", "rows_ptr": "*i32", "blocks_ptr": "*i32",
               "mout_ptr": "*i32", "coloff_ptr": "*i32", "M": "i32", "ZC": "i32", "Ntot": "i32", "NB_max": "i32", "n_slices": "i32",
-              "I_max": "i32", "stride_ym": "i32", "one": "i32"}
+              "I_max": "i32", "stride_ym": "i32", "one": "i32", "s_known": "i32"}
     print(f"triton {triton.__version__}, sm_90")
     print("| kernel | bit widths | split | block (M x R x K or N) | warps / stages | registers, stack, local |")
     print("|---|---|---|---|---|---|")
