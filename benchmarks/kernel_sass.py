@@ -1,6 +1,6 @@
 """Instructions per packed value in the GEMV kernels' inner loops, from their SASS (no GPU needed).
 
-    PYTHONPATH=/tmp/tr36 .venv/bin/python benchmarks/kernel_sass.py [--fast 0,1] [--bits 2,3,8] [--dump DIR]
+    PYTHONPATH=/tmp/tr36 .venv/bin/python benchmarks/kernel_sass.py [--fast 0,1] [--bits 2,3,8] [--dump DIR] [--split N] [--launch] [--flat] [--expand-split N]
     KERNEL_SASS_MODULE=deltastore.kernels.triton_ops_before ...   # another copy of the module (e.g. an old commit's)
 
 Compiles ``_gemv_shrink_kernel`` and ``_gemv_expand_kernel`` for sm_90 with the installed Triton
@@ -46,6 +46,7 @@ def compile_sass(fn, sig: dict, ce: dict, nw: int, ns: int, m_const: int | None)
     sig = {n: sig.get(n, "constexpr") for n in fn.arg_names}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*") or n in DIV16}
+    ce = {**{q.name: q.default for q in fn.params if q.is_constexpr and q.has_default}, **ce}  # unnamed: their defaults
     consts = {(names.index(n),): v for n, v in ce.items() if n in names}  # (kernels before FAST lack it)
     if m_const is not None:
         sig["M"] = "constexpr"
@@ -92,7 +93,23 @@ def inner_loop(sass: str) -> collections.Counter:
     return max(cands, key=lambda c: (c[2]["FFMA"], -sum(c[2].values())))[2]
 
 
-def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er: int, nw: int, rows: list[int]) -> None:
+def launched(kind: str, bm: int, launch: bool, flat: bool, esplit: int | None = None) -> dict:
+    """The constexprs a launch on the device adds (``launch``: the session-30 defaults, triton_ops.GEMV_KNOWN_SLOT
+    and GEMV_Z_ATOMIC: the known slot's prologue, the shrink's splits summed into one z, so the expand reads z
+    at SPLIT_K 1; ``flat``: GEMV_FLAT_WORDS, the expand's at one row a block only; ``esplit``: the expand's
+    SPLIT_K instead, e.g. the split z's it read before GEMV_Z_ATOMIC)."""
+    ce = {}
+    if launch:
+        ce = dict(KNOWN=True, ONE_ROW=bm == 1, FIELDS_FIRST=True, Z_ATOMIC=True) if kind == "shrink" else dict(KNOWN=True, ATOMIC=True, SPLIT_K=1)
+    if esplit and kind == "expand":
+        ce["SPLIT_K"] = esplit
+    if flat and (kind == "shrink" or bm == 1):
+        ce["FLAT"] = True
+    return ce
+
+
+def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er: int, nw: int, rows: list[int],
+           launch: bool = False, flat: bool = False, split: int = 4, esplit: int | None = None) -> None:
     print(f"triton {triton.__version__}, sm_90; FAST = triton_ops.GEMV_FAST (True: _unpack_c, False: _unpack_f)")
     print("| kernel | FAST | bits | rows (M) | warps | values a thread a pass | loop instructions | instr per value | FFMA | LDG | regs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -101,11 +118,11 @@ def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er
                 has = {f"HAS{b}": b == bits for b in (1, 2, 3, 4, 8)}
                 ns = 3
                 if kind == "shrink":
-                    ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has)
+                    ce = dict(NFIELD=9, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has, **launched(kind, bm, launch, flat, esplit))
                     sass, res = compile_sass(triton_ops._gemv_shrink_kernel, SIG_S, ce, nw, ns, 1 if bm == 1 else None)
                     per_pass = tr * 128 * (2 if bits == 3 else (8 // bits if bits < 8 else 1))
                 else:
-                    ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has)
+                    ce = {**dict(NFI=11, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has), **launched(kind, bm, launch, flat, esplit)}
                     sass, res = compile_sass(triton_ops._gemv_expand_kernel, SIG_E, ce, nw, ns, 1 if bm == 1 else None)
                     per_pass = (er if (bits <= 2) else (er // 2 if bits == 4 else er // 4)) * 128
                 if dump:
@@ -120,7 +137,8 @@ def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er
                 print(f"|  |  |  |  |  |  | ({top}) |  |  |  |  |")
 
 
-def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int]) -> None:
+def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int], launch: bool = False, flat: bool = False, split: int = 4,
+             esplit: int | None = None) -> None:
     """Registers of the kernels as launched for a delta-come set at 1/16 (tiers of 8, 3 and 2 bits
     in one compile: the register bill is the largest branch's)."""
     print("| kernel | FAST | widths | rows (M) | regs |")
@@ -128,10 +146,10 @@ def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int]) -> N
     has = {f"HAS{b}": b in (8, 3, 2) for b in (1, 2, 3, 4, 8)}
     for kind, bm, fast in ((k, m, f) for k in ("shrink", "expand") for m in rows for f in fasts):
         if kind == "shrink":
-            ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has)
+            ce = dict(NFIELD=9, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has, **launched(kind, bm, launch, flat, esplit))
             _, res = compile_sass(triton_ops._gemv_shrink_kernel, SIG_S, ce, nw, 3, 1 if bm == 1 else None)
         else:
-            ce = dict(NFI=11, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has)
+            ce = {**dict(NFI=11, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has), **launched(kind, bm, launch, flat, esplit)}
             _, res = compile_sass(triton_ops._gemv_expand_kernel, SIG_E, ce, nw, 3, 1 if bm == 1 else None)
         print(f"| gemv {kind} | {fast} | 8, 3, 2 | {bm} | {res} |", flush=True)
 
@@ -145,12 +163,18 @@ def main() -> None:
     ap.add_argument("--step-r", type=int, default=triton_ops.GEMV_STEP_R, help="expand components a step")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--rows", default="1,4", help="rows a block (BLOCK_M), comma-separated")
+    ap.add_argument("--split", type=int, default=4, help="the shrink's split of the inputs (and the expand's z's, without --launch)")
+    ap.add_argument("--launch", action="store_true", help="the constexprs a launch adds today (the known slot's prologue, the summed z)")
+    ap.add_argument("--flat", action="store_true", help="with triton_ops.GEMV_FLAT_WORDS's loads")
+    ap.add_argument("--expand-split", type=int, default=None, help="the expand's split z's (e.g. 8 with --launch: before the summed z)")
     args = ap.parse_args()
     fasts, rows = [f == "1" for f in args.fast.split(",")], [int(r) for r in args.rows.split(",")]
     print(f"module {triton_ops.__name__}")
-    report(fasts, [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps, rows)
+    print(f"split {args.split}, launch {args.launch}, flat {args.flat}, expand split {args.expand_split}")
+    report(fasts, [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps, rows, args.launch, args.flat,
+           args.split, args.expand_split)
     print()
-    combined(fasts, args.tile_r, args.step_r, args.warps, rows)
+    combined(fasts, args.tile_r, args.step_r, args.warps, rows, args.launch, args.flat, args.split, args.expand_split)
 
 
 if __name__ == "__main__":

@@ -1121,7 +1121,9 @@ GEMV_KNOWN_SLOT = os.environ.get("DELTASTORE_GEMV_KNOWN_SLOT", "1") not in ("", 
 #: side stream's delta buffer, in the same launch), instead of SPLIT_K partial z's the expand sums:
 #: the expand then loads one z a component a step, not 4-8 (at one row, 4 + 4 x (2 + SPLIT_K) loads a
 #: thread per 64 packed values; its 2-bit loop 304 sm_90 instructions per 64 values against 473 at 8
-#: splits, 360 at 4, Triton 3.6). z's float32 sums' order then varies from run to run, as the expand's
+#: splits, 360 at 4, Triton 3.6, and the 8/3/2-bit kernel 128 registers against 157 at 8 splits:
+#: `benchmarks/kernel_sass.py --fast 1 --bits 2 --rows 1 --split 8 --launch [--expand-split 8|4]`,
+#: raw_devvm/s30). z's float32 sums' order then varies from run to run, as the expand's
 #: atomics already make y's. One Llama-2-7B layer through the modules (H200, known_device.sh,
 #: raw_h200/s30/call3): one row 153.3 us against 157.6 (x1.31 / x1.35 of base; deltas alone 71.3 /
 #: 77.5), one fine-tune's row beside 7 base rows 159.8 / 163.3, 8 rows over 8 fine-tunes level
@@ -1132,9 +1134,11 @@ GEMV_Z_ATOMIC = os.environ.get("DELTASTORE_GEMV_Z_ATOMIC", "1") not in ("", "0")
 #: the GEMV shrink loads a step's 1/2/4/8-bit words of a component as one contiguous run, and the
 #: step's activations as one run (see _step_words' FLAT): in the sm_90 code (Triton 3.6) both loads
 #: were laid out otherwise than the unpack and converted through shared memory every step. Static
-#: count of the one-row loop (benchmarks/kernel_sass.py's measure): 2-bit 387 -> 323 instructions per
-#: 64 values (shared-memory loads 16 -> 2; the activations' broadcast to the warps stays), 1-bit 548
-#: -> 495, 4-bit 253 -> 230, 8-bit 177 -> 192; registers of the 8/3/2-bit kernel 124 either way. The
+#: count of the one-row loop (`benchmarks/kernel_sass.py --fast 1 --bits 2,3,8,1,4 --rows 1 --split 8
+#: --launch [--flat]`, raw_devvm/s30/kernel_sass_launch*.md): 2-bit 387 -> 323 instructions per 64
+#: values (shared-memory loads 16 -> 2; the activations' broadcast to the warps stays), 1-bit 548 ->
+#: 495 (but 12 barriers in its loop), 4-bit 253 -> 230, 8-bit 177 -> 192; registers of the 8/3/2-bit
+#: kernel 124 either way. The
 #: GEMV expand at one row a block likewise loads its words as (R_OUT, R_IN, words) and permutes them
 #: (_estep's FLAT), which its unpack's layout is, where it converted them through shared memory every
 #: step: 2-bit 304 -> 292 instructions per 64 values, no barrier left in the loop (3-, 8-bit level;
