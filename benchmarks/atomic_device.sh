@@ -5,10 +5,7 @@
 # 2. the layer through the modules (ab_mma.py: base + deltas in a graph, the deltas on the side
 #    stream into their float32 buffer; and the deltas alone into float32) at 1 row, 4 rows, 8 rows
 #    over 8 fine-tunes, GEMV_ATOMIC off / on.
-set -u
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+source benchmarks/device_preamble.sh
 say tests
 DELTASTORE_GEMV_ATOMIC=1 T=${T:-80} bash benchmarks/run_device.sh tests "$out" -k "gemv_atomic or side_stream or gemv_and_dot or delta_group" \
   > "$out/gpu_tests.log" 2>&1; tail -2 "$out/gpu_tests.log"

@@ -7,11 +7,7 @@
 # the base capped at 4, 6 and 8 programs an SM (and 6 with the delta buffer zeroed by the shrink), then
 # the best guess group by group with its traced replay. Carry .whl-store.
 #   bash benchmarks/base_cap_device.sh OUT
-set -u
-parts=",${PARTS:-tests,cap,groups},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+parts_default=tests,cap,groups; source benchmarks/device_preamble.sh
 if has tests; then say tests
   (rm -rf /tmp/ds/tests && cp -r tests pyproject.toml /tmp/ds/ && cd /tmp/ds && timeout "${T:-200}" python3 -m pytest -q -p no:cacheprovider \
     -n "${N:-8}" --dist loadfile -rfEs tests/kernels/test_lazy_lowrank.py tests/kernels/test_gemv_atomic.py tests/kernels/test_base_gemv.py \

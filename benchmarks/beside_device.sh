@@ -14,11 +14,7 @@
 # zeroing). Carry .whl-store.
 #   bash benchmarks/beside_device.sh OUT
 # PARTS=tests,gemv,prio,rows (the default: all four, ~650 s) picks some, to split it over two calls.
-set -u
-parts=",${PARTS:-tests,gemv,prio,rows},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+parts_default=tests,gemv,prio,rows; source benchmarks/device_preamble.sh
 if has tests; then say tests
 (cp -r tests pyproject.toml /tmp/ds/ && cd /tmp/ds && timeout "${T:-150}" python3 -m pytest -q -p no:cacheprovider -rfE \
   tests/kernels/test_pdl.py tests/kernels/test_gemv_atomic.py tests/kernels/test_side_stream.py tests/kernels/test_zero_in_kernels.py \

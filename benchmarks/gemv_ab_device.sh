@@ -5,10 +5,7 @@
 # Before the call, here: git show 9a33e3c:kernels/triton_ops.py > benchmarks/_old_triton_ops.py
 # (untracked, not ignored: the device copy of the tree carries it). Then, on the device:
 #   bash benchmarks/gemv_ab_device.sh OUTDIR
-set -u
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+source benchmarks/device_preamble.sh
 say tests
 T=90 bash benchmarks/run_device.sh tests "$out" -k "gemv or every_layout or mixed or group or blocks" > "$out/kernels_tests_gemv.log" 2>&1; tail -3 "$out/kernels_tests_gemv.log"
 say "A/B M=1"

@@ -13,10 +13,7 @@
 #    expand programs picked for 512 (about a wave) and 1024 (triton_ops.GEMV_EXPAND_PROGRAMS), by
 #    shorter runs only or by narrower columns first (GEMV_MIN_BLOCK_N 64), against the defaults, at
 #    1 row, 4 rows, 8 rows over 8 fine-tunes.
-set -u
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+source benchmarks/device_preamble.sh
 PK_DEF='[{}, {"chunk": 128}, {"chunk": 64}, {"bn": 64}, {"bn": 64, "chunk": 128}, {"emr": 96}, {"emr": 80}, {"smr": 96}, {"smr": 80}]'
 AB_DEF='[{}, {"triton_ops.GEMV_EXPAND_PROGRAMS": 512}, {"triton_ops.GEMV_EXPAND_PROGRAMS": 512, "triton_ops.GEMV_MIN_BLOCK_N": 64}, {"triton_ops.GEMV_EXPAND_PROGRAMS": 1024, "triton_ops.GEMV_MIN_BLOCK_N": 64}]'
 say tests

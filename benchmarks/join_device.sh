@@ -5,11 +5,7 @@
 # the join and of the paths beside it, then one row through the modules with it on and off
 # (join.ENABLED), then with it on group by group and as one traced replay. Carry .whl-store.
 #   bash benchmarks/join_device.sh OUT
-set -u
-parts=",${PARTS:-tests,ab,groups},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+parts_default=tests,ab,groups; source benchmarks/device_preamble.sh
 if has tests; then say tests
   (rm -rf /tmp/ds/tests && cp -r tests pyproject.toml /tmp/ds/ && cd /tmp/ds && timeout "${T:-170}" python3 -m pytest -q -p no:cacheprovider \
     -n "${N:-6}" --dist loadfile -rfEs tests/kernels/test_fused_join.py tests/kernels/test_side_stream.py tests/kernels/test_pdl.py \

@@ -17,11 +17,7 @@
 #   PARTS=ab,groups,tests TESTS=all T=300 CASES=1,1+7,8x8 ROUNDS=3 A_T=200 \
 #     CFGS='[{}, {"triton_ops.GEMV_Z_ATOMIC": true}, {"triton_ops.GEMV_KNOWN_SLOT": false}]' \
 #     GCFGS='[{"triton_ops.GEMV_Z_ATOMIC": true}]' bash benchmarks/known_device.sh OUT   (the second call)
-set -u
-parts=",${PARTS:-ab,groups,tests},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+parts_default=ab,groups,tests; source benchmarks/device_preamble.sh
 # (no braces in a ${VAR:-default}: bash ends the expansion at the JSON's first closing brace)
 cfgs=${CFGS:-}; [ -n "$cfgs" ] || cfgs='[{}, {"triton_ops.GEMV_KNOWN_SLOT": false}, {"base_gemv.MIN_PROGRAMS": 1024}]'
 gcfgs=${GCFGS:-}; [ -n "$gcfgs" ] || gcfgs='[{}]'

@@ -5,9 +5,7 @@
 # a side-stream prefetch of the lone fine-tune's packed words before its shrink (triton_ops.PREFETCH),
 # the base GEMV reading W evict_first (base_gemv.EVICT_FIRST), and both; the first variant's traced
 # replay. Carry .whl-store.   bash benchmarks/l2_device.sh OUT
-set -u
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
+source benchmarks/device_preamble.sh
 timeout "${T:-200}" python3 benchmarks/ab_mma.py --rounds 5 --copies 4 --cases 1 --timeline --out "$out/ab_l2.md" \
   --mma-cfgs '[{"triton_ops.PREFETCH": true, "base_gemv.EVICT_FIRST": true}, {}, {"triton_ops.PREFETCH": true}, {"base_gemv.EVICT_FIRST": true}]' \
   > "$out/ab_l2.log" 2>&1

@@ -7,11 +7,7 @@
 # conversion of the words; 2-bit loops 387 -> 323 and 304 -> 292 sm_90 instructions per 64 values) on and off through the
 # modules, and the one-row layer group by group with it on. Carry .whl-store.
 #   bash benchmarks/next_device.sh OUT          PARTS=tests,ab,groups (the default: all three, ~560 s)
-set -u
-parts=",${PARTS:-tests,ab,groups},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+parts_default=tests,ab,groups; source benchmarks/device_preamble.sh
 if has tests; then say tests
   N=${N:-12} T=${T:-330} bash benchmarks/gpu_tests_device.sh "$out" -vv > /dev/null 2>&1; mv "$out/gpu_tests.log" "$out/suite.log"
   grep -E "FAILED|ERROR|passed|failed" "$out/suite.log" | grep -v "^tests.*PASSED" | tail -25; grep -c PASSED "$out/suite.log"; fi

@@ -10,11 +10,7 @@
 #      and one traced graph replay (--timeline): each kernel's stream, start and end.
 # Carry .whl-store.  PARTS=tests,served,groups (the default: all three) picks some.
 #   bash benchmarks/served_device.sh OUT
-set -u
-parts=",${PARTS:-tests,served,groups},"; has() { case $parts in *,$1,*) return 0;; esac; return 1; }
-out=${1:-/tmp/out}; mkdir -p "$out"
-bash benchmarks/run_device.sh setup >/dev/null 2>&1; source /tmp/ds/env
-t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+parts_default=tests,served,groups; source benchmarks/device_preamble.sh
 if has tests; then say tests
   N=${N:-12} T=${T:-330} bash benchmarks/gpu_tests_device.sh "$out" > /dev/null 2>&1; cp "$out/gpu_tests.log" "$out/suite.log"; rm -f "$out/gpu_tests.log"
   tail -25 "$out/suite.log"; fi
