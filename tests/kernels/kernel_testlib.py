@@ -72,3 +72,14 @@ def every_layout_set(dtype: torch.dtype):  # noqa: ANN201
     ds = DeltaSet(n, [m], DEVICE)
     ds.add([pk])
     return W, pk, enc, ds
+
+
+def tenant_set(n: int, ms: list[int], n_tenants: int, *, seed: int, step: int, schedule, group_size: int = 32):  # noqa: ANN001, ANN201
+    """A built DeltaSet over x (n) with slices ``ms``: ``n_tenants`` fine-tunes in slots 0.., the delta of
+    tenant t's slice i drawn with seed + step * t + i (tiers by ``schedule``)."""
+    from deltastore.kernels import DeltaSet
+
+    ds = DeltaSet(n, ms, DEVICE)
+    for t in range(n_tenants):
+        ds.add([packed_delta(m, n, seed=seed + step * t + i, schedule=schedule, group_size=group_size)[1] for i, m in enumerate(ms)])
+    return ds.build()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltastore.kernels import DeltaSet, plan_rows, ref_ops, triton_ops
+from deltastore.kernels import plan_rows, ref_ops, triton_ops
 
-from .kernel_testlib import DEVICE, packed_delta, rel
+from .kernel_testlib import DEVICE, rel, tenant_set
 
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
@@ -22,9 +22,7 @@ N_IN, OUTS = 600, [150, 70]  # inputs: one split's share ends inside a step (600
 @pytest.mark.parametrize("schedule", [[[8, 2], [3, 5], [2, None]], [[4, 3], [1, None]]])
 @pytest.mark.parametrize("ids", [[0], [0, -1, 0]])
 def test_flat_loads_give_the_default_loads_numbers(schedule, ids: list[int], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    ds = DeltaSet(N_IN, OUTS, DEVICE)
-    ds.add([packed_delta(m, N_IN, seed=21 + i, schedule=schedule, group_size=32)[1] for i, m in enumerate(OUTS)])
-    ds.build()
+    ds = tenant_set(N_IN, OUTS, 1, seed=21, step=0, schedule=schedule)
     M = len(ids)
     plan = plan_rows(torch.tensor(ids, device=DEVICE), 1)
     split = triton_ops.pick_split_k(M, ds, plan=plan)

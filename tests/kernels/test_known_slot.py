@@ -15,7 +15,7 @@ import torch
 from deltastore.kernels import DeltaContext, DeltaSet, plan_rows, ref_ops, triton_ops
 from deltastore.kernels.deltaset import known_slot
 
-from .kernel_testlib import DEVICE, packed_delta, rel
+from .kernel_testlib import DEVICE, rel, tenant_set
 
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
@@ -24,11 +24,7 @@ SCHEDULE = [[8, 2], [3, 5], [2, None]]
 
 
 def _set(n_tenants: int) -> DeltaSet:
-    ds = DeltaSet(N_IN, OUTS, DEVICE)
-    for t in range(n_tenants):
-        ds.add([packed_delta(m, N_IN, seed=11 + 7 * t + i, schedule=SCHEDULE, group_size=32)[1] for i, m in enumerate(OUTS)])
-    ds.build()
-    return ds
+    return tenant_set(N_IN, OUTS, n_tenants, seed=11, step=7, schedule=SCHEDULE)
 
 
 def _plan(ds: DeltaSet, ids: list[int], host: bool):  # noqa: ANN202

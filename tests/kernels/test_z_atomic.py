@@ -12,7 +12,7 @@ import torch
 from deltastore.kernels import DeltaSet, plan_rows, ref_ops, triton_ops
 from deltastore.kernels.linear import beside
 
-from .kernel_testlib import DEVICE, packed_delta, rel
+from .kernel_testlib import DEVICE, rel, tenant_set
 
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
@@ -21,10 +21,7 @@ SCHEDULE = [[8, 2], [3, 5], [2, None]]
 
 
 def _set(n_tenants: int) -> DeltaSet:
-    ds = DeltaSet(N_IN, OUTS, DEVICE)
-    for t in range(n_tenants):
-        ds.add([packed_delta(m, N_IN, seed=5 + 3 * t + i, schedule=SCHEDULE, group_size=32)[1] for i, m in enumerate(OUTS)])
-    return ds.build()
+    return tenant_set(N_IN, OUTS, n_tenants, seed=5, step=3, schedule=SCHEDULE)
 
 
 @pytest.mark.parametrize("n_tenants,ids", [(1, [0]), (1, [0, -1, 0]), (2, [1, 0, -1])])
