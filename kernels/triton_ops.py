@@ -927,7 +927,8 @@ if HAVE_TRITON:
         blk = tl.program_id(2)
         sl = pi // I_max
         i = pi % I_max
-        # the block, then the slot's item and the slice's entries (two round trips), then the exits
+        # the block, then the slot's item and the slice's entries (two round trips; one where the slot is
+        # KNOWN), then the exits
         slot, pos0, nrows = _row_block(blocks_ptr, blk)
         if KNOWN:
             s = s_known
@@ -1270,9 +1271,10 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         raise KernelError(f"input has {K} features; the kernels take fewer than 2^22 (their group index is float32)")
     if x.stride(1) != 1:
         x = x.contiguous()
-    if use_gemv(M, dset, path, plan):
-        za = zsum_ok(zsum, M, dset)
-        z = zsum.view(1, M, dset.zcols) if za else torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
+    gemv = use_gemv(M, dset, path, plan)
+    za = gemv and zsum_ok(zsum, M, dset)
+    z = zsum.view(1, M, dset.zcols) if za else torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
+    if gemv:
         bm = block_m or _gemv_block_m(M, dset, plan)
         br = block_r or GEMV_TILE_R
         tiles, ntiles, T = dset.tiles(br)
@@ -1291,7 +1293,6 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
         return z
     if zero is not None:
         zero.zero_()
-    z = torch.empty(split_k, M, dset.zcols, dtype=torch.float32, device=x.device)
     bm = block_m or _block_m(rows_per_slot(M, dset))
     num_warps, num_stages = num_warps or _dot_warps(bm, rows_per_slot(M, dset), expand=False), num_stages or 2
     br = block_r or dset.tile_r
