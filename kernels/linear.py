@@ -177,12 +177,13 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     M, N = x.shape[0], sum(dset.out_features)
     # the GEMV shrink's summed z in the same allocation as d, zeroed by the same launch (GEMV_Z_ATOMIC;
     # where the GEMV kernels serve the batch: a few rows a fine-tune, so the extra floats stay few)
+    own = fused is None and out is None  # d allocated here (else fused.d or the caller's)
     zc = 0
-    if triton_ops.GEMV_Z_ATOMIC and fused is None and out is None and not zero_in and dset.n_slots and x.is_cuda:
+    if own and triton_ops.GEMV_Z_ATOMIC and not zero_in and dset.n_slots and x.is_cuda:
         dset.build()
         zc = dset.zcols if triton_ops.use_gemv(M, dset, None, plan) else 0
-    buf = torch.empty(M * (N + zc), dtype=torch.float32, device=x.device) if fused is None and out is None else None
-    d = fused.d if fused is not None else (buf[: M * N].view(M, N) if out is None else out)
+    buf = torch.empty(M * (N + zc), dtype=torch.float32, device=x.device) if own else None
+    d = buf[: M * N].view(M, N) if own else (fused.d if fused is not None else out)
     zsum = buf[M * N:].view(M, zc) if zc else None
     s = side_for(x, dset, preference) if side is True else (side or None)
 
