@@ -108,22 +108,29 @@ def launched(kind: str, bm: int, launch: bool, flat: bool, esplit: int | None = 
     return ce
 
 
+def compile_gemv(kind: str, bm: int, fast: bool, has: dict, tr: int, er: int, nw: int, opts: argparse.Namespace) -> tuple[str, str]:
+    """(SASS, resources) of the GEMV shrink or expand at ``bm`` rows a block with the tiers ``has``, the
+    shrink's split ``opts.split`` and the launch's constexprs (:func:`launched`: opts.launch, flat, expand_split)."""
+    if kind == "shrink":
+        fn, sig, ce = triton_ops._gemv_shrink_kernel, SIG_S, dict(NFIELD=9, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128)
+    else:
+        fn, sig, ce = triton_ops._gemv_expand_kernel, SIG_E, dict(NFI=11, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128)
+    ce = {**ce, "SPLIT_K": opts.split, "FAST": fast, **has, **launched(kind, bm, opts.launch, opts.flat, opts.expand_split)}
+    return compile_sass(fn, sig, ce, nw, 3, 1 if bm == 1 else None)
+
+
 def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er: int, nw: int, rows: list[int],
-           launch: bool = False, flat: bool = False, split: int = 4, esplit: int | None = None) -> None:
+           opts: argparse.Namespace) -> None:
     print(f"triton {triton.__version__}, sm_90; FAST = triton_ops.GEMV_FAST (True: _unpack_c, False: _unpack_f)")
     print("| kernel | FAST | bits | rows (M) | warps | values a thread a pass | loop instructions | instr per value | FFMA | LDG | regs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, bits, bm, fast in ((k, b, m, f) for k in ("shrink", "expand") for b in bit_list for m in rows for f in fasts):
             if True:
                 has = {f"HAS{b}": b == bits for b in (1, 2, 3, 4, 8)}
-                ns = 3
+                sass, res = compile_gemv(kind, bm, fast, has, tr, er, nw, opts)
                 if kind == "shrink":
-                    ce = dict(NFIELD=9, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has, **launched(kind, bm, launch, flat, esplit))
-                    sass, res = compile_sass(triton_ops._gemv_shrink_kernel, SIG_S, ce, nw, ns, 1 if bm == 1 else None)
                     per_pass = tr * 128 * (2 if bits == 3 else (8 // bits if bits < 8 else 1))
                 else:
-                    ce = {**dict(NFI=11, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has), **launched(kind, bm, launch, flat, esplit)}
-                    sass, res = compile_sass(triton_ops._gemv_expand_kernel, SIG_E, ce, nw, ns, 1 if bm == 1 else None)
                     per_pass = (er if (bits <= 2) else (er // 2 if bits == 4 else er // 4)) * 128
                 if dump:
                     os.makedirs(dump, exist_ok=True)
@@ -137,20 +144,14 @@ def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er
                 print(f"|  |  |  |  |  |  | ({top}) |  |  |  |  |")
 
 
-def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int], launch: bool = False, flat: bool = False, split: int = 4,
-             esplit: int | None = None) -> None:
+def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int], opts: argparse.Namespace) -> None:
     """Registers of the kernels as launched for a delta-come set at 1/16 (tiers of 8, 3 and 2 bits
     in one compile: the register bill is the largest branch's)."""
     print("| kernel | FAST | widths | rows (M) | regs |")
     print("|---|---|---|---|---|")
     has = {f"HAS{b}": b in (8, 3, 2) for b in (1, 2, 3, 4, 8)}
     for kind, bm, fast in ((k, m, f) for k in ("shrink", "expand") for m in rows for f in fasts):
-        if kind == "shrink":
-            ce = dict(NFIELD=9, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, FAST=fast, **has, **launched(kind, bm, launch, flat, esplit))
-            _, res = compile_sass(triton_ops._gemv_shrink_kernel, SIG_S, ce, nw, 3, 1 if bm == 1 else None)
-        else:
-            ce = {**dict(NFI=11, SPLIT_K=split, BLOCK_M=bm, BLOCK_R=er, BLOCK_N=128, FAST=fast, **has), **launched(kind, bm, launch, flat, esplit)}
-            _, res = compile_sass(triton_ops._gemv_expand_kernel, SIG_E, ce, nw, 3, 1 if bm == 1 else None)
+        _, res = compile_gemv(kind, bm, fast, has, tr, er, nw, opts)
         print(f"| gemv {kind} | {fast} | 8, 3, 2 | {bm} | {res} |", flush=True)
 
 
@@ -171,10 +172,9 @@ def main() -> None:
     fasts, rows = [f == "1" for f in args.fast.split(",")], [int(r) for r in args.rows.split(",")]
     print(f"module {triton_ops.__name__}")
     print(f"split {args.split}, launch {args.launch}, flat {args.flat}, expand split {args.expand_split}")
-    report(fasts, [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps, rows, args.launch, args.flat,
-           args.split, args.expand_split)
+    report(fasts, [int(b) for b in args.bits.split(",")], args.dump, args.tile_r, args.step_r, args.warps, rows, args)
     print()
-    combined(fasts, args.tile_r, args.step_r, args.warps, rows, args.launch, args.flat, args.split, args.expand_split)
+    combined(fasts, args.tile_r, args.step_r, args.warps, rows, args)
 
 
 if __name__ == "__main__":
