@@ -1143,9 +1143,13 @@ GEMV_Z_ATOMIC = os.environ.get("DELTASTORE_GEMV_Z_ATOMIC", "1") not in ("", "0")
 #: GEMV expand at one row a block likewise loads its words as (R_OUT, R_IN, words) and permutes them
 #: (_estep's FLAT), which its unpack's layout is, where it converted them through shared memory every
 #: step: 2-bit 304 -> 292 instructions per 64 values, no barrier left in the loop (3-, 8-bit level;
-#: at 4 rows a block the expand already spills, a little more with it: not there). Not measured on
-#: the GPU yet: off (DELTASTORE_GEMV_FLAT_WORDS=1: on; benchmarks/next_device.sh has the A/B).
-GEMV_FLAT_WORDS = os.environ.get("DELTASTORE_GEMV_FLAT_WORDS", "0") not in ("", "0")
+#: at 4 rows a block the expand already spills, a little more with it: not there). On
+#: (DELTASTORE_GEMV_FLAT_WORDS=0: off). H200, one Llama-2-7B layer through the modules, A/B in one process
+#: (next_device.sh and flat_device.sh, raw_h200/s31/a, b): one row 152.5 us against 154.2 (deltas alone
+#: 68.6 / 71.4), 1 row + 7 base rows 160.2 / 160.7 (84.5 / 87.2), 8 rows over 8 fine-tunes 410.9 / 426.0
+#: (285.5 / 297.8). Same numbers as the default loads with the shrink's splits kept apart (bit for bit on
+#: the GPU, probe_flat_diff.py, raw_h200/s31/c); with them summed by atomics, within that sum's order.
+GEMV_FLAT_WORDS = os.environ.get("DELTASTORE_GEMV_FLAT_WORDS", "1") not in ("", "0")
 
 
 def zsum_ok(zsum: torch.Tensor | None, M: int, dset: DeltaSet) -> bool:

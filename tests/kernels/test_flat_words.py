@@ -1,9 +1,11 @@
-"""The GEMV kernels' words loaded in their unpack's layout (triton_ops.GEMV_FLAT_WORDS: the shrink's as one
-contiguous run a component, the one-row expand's permuted from (components out, in, words)) and
+"""The GEMV kernels' words loaded in their unpack's layout (triton_ops.GEMV_FLAT_WORDS, on by default: the
+shrink's as one contiguous run a component, the one-row expand's permuted from (components out, in, words)) and
 the shrink's activations as one run a step: a layout change only, so every tier width (1, 2, 4, 8 bits; 3-bit
-planes keep their own shrink loads) gives the default load's numbers (bit for bit under the interpreter; on a
-GPU the reductions' order may follow the layout: within 1e-6 of the output's largest), at one row
-and at a block of several, with base rows left as they were."""
+planes keep their own shrink loads) gives the default load's numbers bit for bit with the shrink's splits kept
+apart, at one row and at a block of several, with base rows left as they were. With the splits summed into one z
+by float32 atomics (the default where summed z is given) the sum's order varies from run to run on a GPU (as it
+did in the thirty-first session's device run: 1.3e-6 to 5.6e-6 of the output's largest between the two loads,
+raw_h200/s31/c), so there each load is held to the reference's bound instead."""
 
 from __future__ import annotations
 
@@ -30,15 +32,18 @@ def test_flat_loads_give_the_default_loads_numbers(schedule, ids: list[int], mon
     x = torch.randn(M, N_IN, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16).to(DEVICE)
     y0 = torch.randn(M, sum(OUTS), generator=torch.Generator().manual_seed(8)).to(DEVICE)
     monkeypatch.setattr(triton_ops, "GEMV_ATOMIC", False)  # the expand's ordered handshake: only the shrink differs
-    got = {}
-    for flat in (True, False):
-        monkeypatch.setattr(triton_ops, "GEMV_FLAT_WORDS", flat)
-        z = triton_ops.shrink(x, ds, plan, split, zsum=torch.zeros(M, ds.zcols, device=DEVICE))
-        got[flat] = triton_ops.expand(z, y0.clone(), ds, plan)
     want = ref_ops.expand(ref_ops.shrink(x, ds, plan), y0.clone(), ds, plan)
     served = torch.tensor(ids, device=DEVICE) >= 0
-    if triton_ops.interpreting():
-        assert torch.equal(got[True], got[False])
-    assert float((got[True] - got[False]).abs().max()) <= 1e-6 * float(want.abs().max())
-    assert rel(got[True][served] - y0[served], want[served] - y0[served]) < 1e-4
-    assert torch.equal(got[True][~served], y0[~served])
+    # under the interpreter the summed z's order is fixed, so its bit-for-bit check covers both (and halves the time)
+    for summed in ((True,) if triton_ops.interpreting() else (False, True)):
+        got = {}
+        for flat in (True, False):
+            monkeypatch.setattr(triton_ops, "GEMV_FLAT_WORDS", flat)
+            zsum = torch.zeros(M, ds.zcols, device=DEVICE) if summed else None
+            z = triton_ops.shrink(x, ds, plan, split, zsum=zsum)
+            got[flat] = triton_ops.expand(z, y0.clone(), ds, plan)
+        if not summed or triton_ops.interpreting():
+            assert torch.equal(got[True], got[False])
+        for flat in (True, False):
+            assert rel(got[flat][served] - y0[served], want[served] - y0[served]) < 1e-4
+            assert torch.equal(got[flat][~served], y0[~served])
