@@ -59,6 +59,14 @@ class Join:
     d: torch.Tensor
     counters: torch.Tensor
     total: int
+    #: the GEMV shrink's summed z (M, zcols) where its splits add into one (else None), and the one
+    #: allocation holding d and it, which one launch zeroes (d itself where there is no zsum)
+    zsum: torch.Tensor | None = None
+    whole: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.whole is None:
+            self.whole = self.d
 
     def check(self) -> None:
         """The shapes both kernels rely on (they index y, d and the counters with no masks)."""

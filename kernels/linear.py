@@ -156,6 +156,20 @@ def side_for(x: torch.Tensor, dset: DeltaSet, preference: KernelPreference | str
     return s if (plan is not None and mma.SIDE and mma.use_mma(x, dset, plan)) else None
 
 
+def _delta_buffer(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, with_zsum: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(whole, d, zsum)``: one float32 allocation on x's device holding d (M, sum out) and, where the
+    GEMV kernels serve the batch with their splits summed by atomics (:data:`.triton_ops.GEMV_Z_ATOMIC`; a few
+    rows a fine-tune, so the extra floats stay few), the shrink's summed z (M, zcols) after it (else None):
+    so one launch zeroes both (``whole.zero_()``)."""
+    M, N = x.shape[0], sum(dset.out_features)
+    zc = 0
+    if with_zsum and triton_ops.GEMV_Z_ATOMIC and dset.n_slots and x.is_cuda:
+        dset.build()
+        zc = dset.zcols if triton_ops.use_gemv(M, dset, None, plan) else 0
+    whole = torch.empty(M * (N + zc), dtype=torch.float32, device=x.device)
+    return whole, whole[: M * N].view(M, N), (whole[M * N:].view(M, zc) if zc else None)
+
+
 #: set while :func:`beside` computes the base with the deltas on the side stream
 _BESIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("deltastore_base_beside_deltas", default=False)
 
@@ -174,24 +188,20 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     fused.d and the expand joins it into the base output by its last program (``base()`` writes
     fused.y with the same join), so d is already in y when this returns (:mod:`.join`)."""
     zero_in = ZERO_IN_KERNELS and fused is None
-    M, N = x.shape[0], sum(dset.out_features)
-    # the GEMV shrink's summed z in the same allocation as d, zeroed by the same launch (GEMV_Z_ATOMIC;
-    # where the GEMV kernels serve the batch: a few rows a fine-tune, so the extra floats stay few)
     own = fused is None and out is None  # d allocated here (else fused.d or the caller's)
-    zc = 0
-    if own and triton_ops.GEMV_Z_ATOMIC and not zero_in and dset.n_slots and x.is_cuda:
-        dset.build()
-        zc = dset.zcols if triton_ops.use_gemv(M, dset, None, plan) else 0
-    buf = torch.empty(M * (N + zc), dtype=torch.float32, device=x.device) if own else None
-    d = buf[: M * N].view(M, N) if own else (fused.d if fused is not None else out)
-    zsum = buf[M * N:].view(M, zc) if zc else None
+    if own:
+        buf, d, zsum = _delta_buffer(x, dset, plan, with_zsum=not zero_in)
+    elif fused is not None:  # (its d and summed z share one allocation too: fused_join)
+        buf, d, zsum = fused.whole, fused.d, fused.zsum
+    else:
+        buf, d, zsum = out, out, None
     s = side_for(x, dset, preference) if side is True else (side or None)
 
     def deltas() -> None:  # the buffer zeroed by a launch of its own, or by the delta kernels (ZERO_IN_KERNELS)
         if triton_ops.PREFETCH and s is not None and dset.n_slots == 1:
             triton_ops.prefetch_(dset)
         if not zero_in:
-            (buf if zc else d).zero_()
+            buf.zero_()
         apply_deltas(x, d, dset, plan, preference, split_k, overwrite=zero_in, fused=fused, zsum=zsum)
 
     if s is None:
@@ -243,8 +253,9 @@ def fused_join(x2: torch.Tensor, dset: DeltaSet, W: torch.Tensor | None, side_de
     if mma.use_mma(x2, dset, plan) or dense.use_dense(dset, plan, None) or not triton_ops.use_gemv(M, dset, plan=plan):
         return None
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    d = torch.empty(M, N, dtype=torch.float32, device=x2.device)
-    return join.Join(y, d, dset.join_counters(N // join.COLS), base_gemv.join_arrivals(N) + triton_ops.join_arrivals(M, dset, plan))
+    whole, d, zsum = _delta_buffer(x2, dset, plan)
+    return join.Join(y, d, dset.join_counters(N // join.COLS), base_gemv.join_arrivals(N) + triton_ops.join_arrivals(M, dset, plan),
+                     zsum, whole)
 
 
 def with_delta(y: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
