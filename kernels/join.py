@@ -21,6 +21,9 @@ them both orders and a lone linear on the side stream): 160.7 us a layer with it
 without (5 rounds, one process). The add kernels are gone from the traced replay, but each program's
 count (a barrier, then an acquire-release atomic whose answer it waits for) lengthens every base and
 expand program: the q/k/v base GEMV 38.0 us against 35.8, its expand 18.0 against 13.8.
+Measured again with the shrink's splits summed into one z (which a fused join now keeps: its d and z in
+one buffer, :func:`.linear.fused_join`) and the flat loads, thirty-first session (`bash
+benchmarks/join_zsum_device.sh OUT`, raw_h200/s31/d): 154.1 us a layer with it against 151.8 without; off.
 ``DELTASTORE_FUSED_JOIN=1`` turns it on.
 """
 
