@@ -85,12 +85,25 @@ def loops(sass: str) -> list[tuple[int, int, collections.Counter]]:
     return out
 
 
-def inner_loop(sass: str) -> collections.Counter:
+def _inner(sass: str) -> tuple[int, int, collections.Counter] | None:
+    """The inner loop's (start, end, opcode counts): the loop body with the most FFMA; among ties, the
+    shortest (the innermost)."""
     cands = loops(sass)
-    if not cands:
-        return collections.Counter()
-    # the loop body with the most FFMA; among ties, the shortest (the innermost)
-    return max(cands, key=lambda c: (c[2]["FFMA"], -sum(c[2].values())))[2]
+    return max(cands, key=lambda c: (c[2]["FFMA"], -sum(c[2].values()))) if cands else None
+
+
+def inner_loop(sass: str) -> collections.Counter:
+    got = _inner(sass)
+    return got[2] if got else collections.Counter()
+
+
+def inner_loop_lines(sass: str) -> list[str]:
+    """The inner loop's instructions, one ``address opcode operands`` line each (what --dump writes
+    beside each kernel's SASS as NAME.loop.txt: where its instructions go, load by load)."""
+    got = _inner(sass)
+    if not got:
+        return []
+    return [f"{m.group(1)} {m.group(2) or ''}{m.group(3)} {m.group(4).strip()}" for m in _INS.finditer(sass) if got[0] <= int(m.group(1), 16) <= got[1]]
 
 
 def launched(kind: str, bm: int, launch: bool, flat: bool, esplit: int | None = None) -> dict:
@@ -134,8 +147,11 @@ def report(fasts: list[bool], bit_list: list[int], dump: str | None, tr: int, er
                     per_pass = (er if (bits <= 2) else (er // 2 if bits == 4 else er // 4)) * 128
                 if dump:
                     os.makedirs(dump, exist_ok=True)
-                    with open(os.path.join(dump, f"{kind}_b{bits}_m{bm}_{'fast' if fast else 'old'}.sass"), "w") as f:
+                    name = os.path.join(dump, f"{kind}_b{bits}_m{bm}_{'fast' if fast else 'old'}")
+                    with open(name + ".sass", "w") as f:
                         f.write(sass)
+                    with open(name + ".loop.txt", "w") as f:
+                        f.write("\n".join(inner_loop_lines(sass)) + "\n")
                 body = inner_loop(sass)
                 n = sum(body.values())
                 vt = per_pass / (nw * 32)
