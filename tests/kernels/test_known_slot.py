@@ -64,7 +64,9 @@ def test_short_prologue_gives_the_general_prologues_numbers(n_tenants: int, ids:
     split = triton_ops.pick_split_k(M, ds, plan=plan)
     assert split > 1  # several programs a tile, as a one-row layer has
     got = {}
-    for atomic in (False, True):
+    # the expand's atomics too on a GPU, where they run in parallel; under the interpreter (CI) the ordered
+    # expand alone, which halves this test's time there: test_gemv_atomic checks the atomic expand under it
+    for atomic in ((False,) if triton_ops.interpreting() else (False, True)):
         monkeypatch.setattr(triton_ops, "GEMV_ATOMIC", atomic)
         for on in (True, False):
             monkeypatch.setattr(triton_ops, "GEMV_KNOWN_SLOT", on)
@@ -77,4 +79,5 @@ def test_short_prologue_gives_the_general_prologues_numbers(n_tenants: int, ids:
         if bool(served.any()):
             assert rel(y[served] - y0[served], want[served] - y0[served]) < 1e-4, key  # each served row's delta
         assert torch.equal(y[~served], y0[~served]), key  # base rows as they were
-    assert float((got[True, True] - got[False, True]).abs().max()) <= 1e-5 * float(want.abs().max())
+    if (True, True) in got:
+        assert float((got[True, True] - got[False, True]).abs().max()) <= 1e-5 * float(want.abs().max())
