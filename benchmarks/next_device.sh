@@ -1,5 +1,5 @@
 #!/bin/bash
-# The next device call, prepared in the thirtieth session (not yet run): the whole GPU suite with the
+# A device call prepared in the thirtieth session, run in the thirty-first (raw_h200/s31/a): the whole GPU suite with the
 # session's defaults (the summed z, the short prologue; the selection they touch passed there, the whole
 # suite ran ~308 of 331 before the known-slot change's fields test), then the GEMV shrink's flat loads
 # (triton_ops.GEMV_FLAT_WORDS: the shrink's words and activations each one contiguous run, the one-row
