@@ -1,6 +1,7 @@
 """How far the GEMV shrink's flat loads (triton_ops.GEMV_FLAT_WORDS) move the one-row output from the default
 loads', with the shrink's splits summed by atomics into one z (the default) and kept apart, beside each path's
-error against the torch reference: tells a wrong flat load from a reduction order. Prints one line a case.
+error against the torch reference: tells a wrong flat load from a reduction order. Prints one line a case
+(10 cases; on the H200 each compiles its kernels, ~20 s a case: flat_device.sh's 120 s got through 5).
     python benchmarks/probe_flat_diff.py"""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from deltastore.kernels import plan_rows, ref_ops, triton_ops  # noqa: E402
+from deltastore.kernels import plan_rows, ref_ops, triton_ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))
 from kernel_testlib import DEVICE, rel, tenant_set  # noqa: E402
