@@ -5,9 +5,7 @@
 # fused join fell back to split z's, which the summed z had beaten by ~4 us a layer). Carry .whl-store.
 #   bash benchmarks/join_zsum_device.sh OUT      PARTS=tests,ab (default: both, ~470 s)
 parts_default=tests,ab; source benchmarks/device_preamble.sh
-if has tests; then say tests
-  N=${N:-12} T=${T:-320} bash benchmarks/gpu_tests_device.sh "$out" -vv > /dev/null 2>&1; mv "$out/gpu_tests.log" "$out/suite.log"
-  grep -E "FAILED|ERROR|passed|failed" "$out/suite.log" | grep -v "^tests.*PASSED" | tail -25; grep -c PASSED "$out/suite.log"; fi
+if has tests; then say tests; whole_suite "${T:-320}"; fi
 cfgs='[{}, {"join.ENABLED": true}]'
 if has ab; then say "fused join on/off"
   timeout "${A_T:-130}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,1+7} --delta-alone \

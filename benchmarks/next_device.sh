@@ -8,9 +8,7 @@
 # modules, and the one-row layer group by group with it on. Carry .whl-store.
 #   bash benchmarks/next_device.sh OUT          PARTS=tests,ab,groups (the default: all three, ~560 s)
 parts_default=tests,ab,groups; source benchmarks/device_preamble.sh
-if has tests; then say tests
-  N=${N:-12} T=${T:-330} bash benchmarks/gpu_tests_device.sh "$out" -vv > /dev/null 2>&1; mv "$out/gpu_tests.log" "$out/suite.log"
-  grep -E "FAILED|ERROR|passed|failed" "$out/suite.log" | grep -v "^tests.*PASSED" | tail -25; grep -c PASSED "$out/suite.log"; fi
+if has tests; then say tests; whole_suite "${T:-330}"; fi
 cfgs='[{}, {"triton_ops.GEMV_FLAT_WORDS": true}]'
 if has ab; then say "flat loads on/off"
   timeout "${A_T:-150}" python3 benchmarks/ab_mma.py --rounds 3 --copies 4 --cases ${CASES:-1,1+7,8x8} --delta-alone \
