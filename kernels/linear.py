@@ -23,7 +23,7 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
-from . import base_gemv, dense, factor_cache, join, mma, ref_ops, triton_ops
+from . import base_gemv, dense, factor_cache, join, lut, mma, ref_ops, triton_ops
 from .deltaset import DeltaSet, RowPlan, check_ids, host_hint, plan_rows
 from .errors import KernelError
 from .bitdelta import BitDeltaSet
@@ -71,8 +71,11 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
             return mma.apply(x, y, dset, plan, overwrite)
         if dense.use_dense(dset, plan, path):
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
-        sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k
-        z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None, zsum=zsum)
+        if path is None and split_k is None and lut.serves(x, dset, plan, zsum):  # one row: the table-lookup shrink
+            z = lut.shrink(x, dset, plan, zsum)
+        else:
+            sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k
+            z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None, zsum=zsum)
         return triton_ops.expand(z, y, dset, plan, path=path, pdl=True, fused=fused)  # (launched right after its shrink)
     if overwrite:
         y.zero_()

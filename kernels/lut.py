@@ -1,0 +1,179 @@
+"""The one-row shrink by table lookup: x enters through a table, not through every thread.
+
+At one row the GEMV shrink (:func:`.triton_ops.shrink`) spends ~5 instructions a 2-bit value on
+sm_90, most of them routing the activations into each thread's registers (loads, a shared-memory
+hand-off with barriers, conversions, per-word sums), and ~123 registers a thread; beside the base
+GEMV on the side stream that SM time slows the base. This shrink takes the lookup of LUT-GEMM and
+T-MAC instead: for every pair of inputs p the 16 sums
+
+    T[p, e] = (e & 3) x[2p] + (e >> 2) x[2p + 1]
+
+cover every value two 2-bit fields can take, and a 2-bit word's nibble k *is* the index e of its
+pair (fields 2k, 2k + 1: :mod:`deltastore.codec.quant`'s layout). So a component row's dot product
+with x is one table read and one add per two values; the group's scale and zero point come in once
+per group as s (sum_p T[p, e_p] - zero * sum of x over the group). A thread takes whole components,
+so a warp's 32 lanes read the same pair's 16 entries at once (one 64-byte line of L1). The table
+(K / 2 x 16 float32, 128 KB at K = 4096) and the sums of x a 16-input word are made by one small
+launch before the shrink (:func:`table`); plain Triton cannot place them in shared memory, so L1
+serves the reads. Registers: 64 a thread at 2 warps (sm_90, Triton 3.6).
+
+Every tier must be 2-bit: the set's 3- and 8-bit tiers are read as their 2-bit planes
+(:meth:`.deltaset.DeltaSet.use_planes`, the tensor-core kernels' rows: a plane's scale carries its
+4^i), and one group size (32, 64 or 128) serves the set. A 4- or 1-bit tier, planes that would
+overflow float16, mixed group sizes, several rows, or a slot the host does not know: the GEMV
+shrink serves instead (:func:`serves`). The splits of the inputs and the planes of a component add
+into the summed z by float32 atomics (:data:`.triton_ops.GEMV_Z_ATOMIC`'s buffer), which the GEMV
+expand reads as before.
+
+Measured first as a probe (benchmarks/probe_lut_shrink.py, H200, raw_h200/s32): beside the
+Triton base GEMV on the side stream, one Llama-2-7B layer's four shrinks added 6.9 us over the base
+against 11.9 for the GEMV shrink (2-bit tiers at the codec's ranks for alpha 1/16).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import triton_ops
+from .deltaset import NF, DeltaSet, RowPlan, known_slot, plan_blocks
+from .errors import KernelError
+
+#: whether the one-row shrink takes the table lookup where it serves (``DELTASTORE_LUT_SHRINK=0``: never)
+ENABLED = os.environ.get("DELTASTORE_LUT_SHRINK", "1") not in ("", "0")
+#: components a program (2-bit rows of a tile: a component's planes stay in one tile), warps a program,
+#: and the most splits of the inputs (a split takes whole groups; the probe's best: 64 rows, 2 warps, 32)
+TILE_R = 64
+WARPS = 2
+MAX_SPLIT = 32
+#: pairs of inputs a table program makes (one 128-input block)
+TABLE_PAIRS = 64
+
+if triton_ops.HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _table_kernel(x_ptr, t_ptr, xw_ptr, K, PAIRS: tl.constexpr):
+        """T[p, e] for this program's PAIRS pairs (inputs past K read as 0) and xw[c], the sum of x
+        over inputs 16c .. 16c + 15, for its 2 * PAIRS / 16 words."""
+        pid = tl.program_id(0)
+        p = pid * PAIRS + tl.arange(0, PAIRS)
+        e = tl.arange(0, 16)
+        x0 = tl.load(x_ptr + 2 * p, mask=2 * p < K, other=0.0).to(tl.float32)
+        x1 = tl.load(x_ptr + 2 * p + 1, mask=2 * p + 1 < K, other=0.0).to(tl.float32)
+        t = (e & 3).to(tl.float32)[None, :] * x0[:, None] + (e >> 2).to(tl.float32)[None, :] * x1[:, None]
+        tl.store(t_ptr + p.to(tl.int64)[:, None] * 16 + e[None, :], t)
+        xw = tl.sum(tl.reshape(x0 + x1, (PAIRS // 8, 8)), axis=1)
+        tl.store(xw_ptr + pid * (PAIRS // 8) + tl.arange(0, PAIRS // 8), xw)
+
+    @triton.jit(do_not_specialize=["s_known"])
+    def _lut_shrink_kernel(t_ptr, xw_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
+                           blocks_ptr, K, n_slices, T_max, s_known,
+                           NFIELD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, GS: tl.constexpr,
+                           USE_GDC: tl.constexpr):
+        """z[0, zcol + (r >> dsh)] += S * (x . V^ row r over this split's groups) for the BLOCK_R 2-bit
+        rows of one tile of slot s_known (the row's own slot checked: -1 exits). Every tensor is 1-D
+        over (row, word of the group), row-major, so a thread's words of one row are one contiguous
+        load and the table reads share its layout (no conversion); the sum over the words is in-thread."""
+        if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
+            tl.extra.cuda.gdc_launch_dependents()
+        WPG: tl.constexpr = GS // 16  # 2-bit words a group
+        F: tl.constexpr = BLOCK_R * WPG
+        pid = tl.program_id(0)
+        ks = pid % SPLIT
+        tt = pid // SPLIT
+        sl = tt // T_max
+        t = tt % T_max
+        slot = tl.load(blocks_ptr)
+        nt, v_q, v_sz, _u_q, _u_sz, s_off, _bits, count, zcol, gs = triton_ops._gemv_entries(
+            ntiles_ptr, tiles_ptr, s_known, sl, t, n_slices, T_max, NFIELD, 0)
+        dsh = tl.load(tiles_ptr + ((s_known * n_slices + sl) * T_max + t) * NFIELD + NF)
+        if (slot < 0) | (t >= nt) | ((v_q | v_sz | s_off | count | zcol | dsh) < 0):
+            return
+        row_words = 2 * ((K + 31) // 32)
+        G = (K + GS - 1) // GS
+        per = tl.cdiv(G, SPLIT)
+        g0 = ks * per
+        g1 = tl.minimum(g0 + per, G)
+        f = tl.arange(0, F)
+        r = f // WPG
+        j = f % WPG
+        ok = r < count
+        wq = words_ptr + v_q
+        wrow = r * row_words + j
+        sq = scales_ptr + v_sz + r * G
+        zq = zeros_ptr + v_sz + r * G
+        acc = tl.zeros((F,), dtype=tl.float32)
+        w1 = tl.load(wq + wrow + g0 * WPG, mask=ok & (g0 * WPG + j < row_words) & (f * 0 + g0 < g1), other=0)
+        for g in range(g0, g1):
+            w = w1
+            w1 = tl.load(wq + wrow + (g + 1) * WPG, mask=ok & ((g + 1) * WPG + j < row_words) & (f * 0 + g + 1 < g1), other=0)
+            sc = tl.load(sq + g, mask=ok, other=0.0).to(tl.float32)
+            zp = tl.load(zq + g, mask=ok, other=0.0).to(tl.float32)
+            xs = tl.sum(tl.load(xw_ptr + g * WPG + tl.arange(0, WPG)), axis=0)
+            tg = t_ptr + g * (GS * 8) + j * 128  # word j's 8 pairs (16 entries each)
+            a = tl.zeros((F,), dtype=tl.float32)
+            for k in tl.static_range(8):  # nibble k: pair j * 8 + k of the group
+                a += tl.load(tg + (k * 16 + ((w >> (4 * k)) & 15)))
+            acc += sc * (a - tl.where(j == 0, zp * xs, 0.0))
+        rr = tl.arange(0, BLOCK_R)
+        rok = rr < count
+        comp = rr >> dsh
+        out = tl.sum(tl.reshape(acc, (BLOCK_R, WPG)), axis=1) * tl.load(svals_ptr + s_off + comp, mask=rok, other=0.0)
+        tl.atomic_add(z_ptr + zcol + comp, out, mask=rok, sem="relaxed")
+
+
+def _one_gs(dset: DeltaSet) -> int | None:
+    """The set's group size where every tier shares one the lookup serves (32, 64 or 128), else None."""
+    gss = {rec[NF - 1] for per in dset.mma_records for recs in per for rec in recs}
+    return next(iter(gss)) if len(gss) == 1 and next(iter(gss)) in (32, 64, 128) else None
+
+
+def serves(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor | None) -> bool:
+    """Whether :func:`shrink` takes this call: switched on, one row on a GPU (or Triton's interpreter on
+    the CPU), the GEMV path with its summed z (``zsum``), a slot the host knows, and every tier 2-bit
+    as stored or as planes with one group size. Asks the set for its planes the first time (a rebuild,
+    as the tensor-core kernels do: eager steps come before a graph is captured)."""
+    if not (ENABLED and triton_ops.HAVE_TRITON and x.shape[0] == 1 and zsum is not None and dset.n_slots):
+        return False
+    if not (x.is_cuda or triton_ops.interpreting()):
+        return False
+    if not triton_ops.zsum_ok(zsum, 1, dset) or known_slot(dset, plan) is None:
+        return False
+    dset.use_planes()
+    return dset.mma_bit_widths == frozenset({2}) and _one_gs(dset) is not None
+
+
+def table(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T (pairs, 16) float32, xw (words,) float32) of x's one row (see the module), covering the inputs
+    rounded up to 128: one launch."""
+    K = x.shape[1]
+    n = triton.cdiv(K, 2 * TABLE_PAIRS)
+    t = torch.empty(n * TABLE_PAIRS, 16, dtype=torch.float32, device=x.device)
+    xw = torch.empty(n * TABLE_PAIRS // 8, dtype=torch.float32, device=x.device)
+    _table_kernel[(n,)](x, t, xw, K, PAIRS=TABLE_PAIRS, num_warps=4)
+    return t, xw
+
+
+def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor, pdl: bool | None = None) -> torch.Tensor:
+    """z (1, 1, zcols) = zsum += the set's shrink of x's one row by table lookup (the caller checked
+    :func:`serves`; zsum zeroed): the table, then one launch over the 2-bit rows' tiles and splits.
+    ``pdl``: as :func:`.triton_ops.shrink`'s (the expand launched after it may start early)."""
+    K = x.shape[1]
+    if K != dset.in_features:
+        raise KernelError(f"input has {K} features; the deltas expect {dset.in_features}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    gs = _one_gs(dset)
+    s = known_slot(dset, plan)
+    tiles, ntiles, T = dset.tiles(TILE_R, mma=True)
+    split = max(1, min(MAX_SPLIT, triton.cdiv(K, gs)))
+    t, xw = table(x)
+    blocks = plan_blocks(plan, 1)
+    triton_ops.LAST["shrink"] = _lut_shrink_kernel[(dset.n_slices * T * split,)](
+        t, xw, zsum, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, blocks, K, dset.n_slices, T, s,
+        NFIELD=NF + 1, SPLIT=split, BLOCK_R=TILE_R, GS=gs, USE_GDC=triton_ops._pdl(x, True if pdl is None else pdl),
+        num_warps=WARPS)
+    return zsum.view(1, 1, dset.zcols)
