@@ -47,6 +47,10 @@ ENABLED = os.environ.get("DELTASTORE_LUT_SHRINK", "1") not in ("", "0")
 TILE_R = 64
 WARPS = 2
 MAX_SPLIT = 32
+#: the shrink's elements row by row (a thread's words of a row consecutive: vector loads, 143 registers a thread
+#: at groups of 128 on sm_90) instead of word by word (a thread's row, its words a wrap apart: 56 registers,
+#: 506 instructions a 128-value pass against 643); ``DELTASTORE_LUT_ROWS_FIRST=1``
+ROWS_FIRST = os.environ.get("DELTASTORE_LUT_ROWS_FIRST", "0") not in ("", "0")
 #: pairs of inputs a table program makes (one 128-input block)
 TABLE_PAIRS = 64
 
@@ -72,7 +76,7 @@ if triton_ops.HAVE_TRITON:
     def _lut_shrink_kernel(t_ptr, xw_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
                            blocks_ptr, K, n_slices, T_max, s_known,
                            NFIELD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, GS: tl.constexpr,
-                           USE_GDC: tl.constexpr):
+                           USE_GDC: tl.constexpr, ROWS_FIRST: tl.constexpr = False):
         """z[0, zcol + (r >> dsh)] += S * (x . V^ row r over this split's groups) for the BLOCK_R 2-bit
         rows of one tile of slot s_known (the row's own slot checked: -1 exits). Every tensor is 1-D
         over (row, word of the group), row-major, so a thread's words of one row are one contiguous
@@ -89,7 +93,7 @@ if triton_ops.HAVE_TRITON:
         slot = tl.load(blocks_ptr)
         nt, v_q, v_sz, _u_q, _u_sz, s_off, _bits, count, zcol, gs = triton_ops._gemv_entries(
             ntiles_ptr, tiles_ptr, s_known, sl, t, n_slices, T_max, NFIELD, 0)
-        dsh = tl.load(tiles_ptr + ((s_known * n_slices + sl) * T_max + t) * NFIELD + NF)
+        dsh = tl.load(tiles_ptr + ((s_known * n_slices + sl) * T_max + t) * NFIELD + NFIELD - 1)  # (the mma rows' last field)
         if (slot < 0) | (t >= nt) | ((v_q | v_sz | s_off | count | zcol | dsh) < 0):
             return
         row_words = 2 * ((K + 31) // 32)
@@ -98,8 +102,12 @@ if triton_ops.HAVE_TRITON:
         g0 = ks * per
         g1 = tl.minimum(g0 + per, G)
         f = tl.arange(0, F)
-        r = f // WPG
-        j = f % WPG
+        if ROWS_FIRST:  # a thread's words of a row are consecutive elements (vector loads; more registers)
+            r = f // WPG
+            j = f % WPG
+        else:  # a thread's row, its words a wrap apart (scalar loads, each row's sector from L1 after the first)
+            j = f // BLOCK_R
+            r = f % BLOCK_R
         ok = r < count
         wq = words_ptr + v_q
         wrow = r * row_words + j
@@ -121,7 +129,11 @@ if triton_ops.HAVE_TRITON:
         rr = tl.arange(0, BLOCK_R)
         rok = rr < count
         comp = rr >> dsh
-        out = tl.sum(tl.reshape(acc, (BLOCK_R, WPG)), axis=1) * tl.load(svals_ptr + s_off + comp, mask=rok, other=0.0)
+        if ROWS_FIRST:
+            part = tl.sum(tl.reshape(acc, (BLOCK_R, WPG)), axis=1)
+        else:
+            part = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0)
+        out = part * tl.load(svals_ptr + s_off + comp, mask=rok, other=0.0)
         tl.atomic_add(z_ptr + zcol + comp, out, mask=rok, sem="relaxed")
 
 
@@ -175,5 +187,5 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor, p
     triton_ops.LAST["shrink"] = _lut_shrink_kernel[(dset.n_slices * T * split,)](
         t, xw, zsum, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, blocks, K, dset.n_slices, T, s,
         NFIELD=NF + 1, SPLIT=split, BLOCK_R=TILE_R, GS=gs, USE_GDC=triton_ops._pdl(x, True if pdl is None else pdl),
-        num_warps=WARPS)
+        ROWS_FIRST=ROWS_FIRST, num_warps=WARPS)
     return zsum.view(1, 1, dset.zcols)
