@@ -71,7 +71,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
             return mma.apply(x, y, dset, plan, overwrite)
         if dense.use_dense(dset, plan, path):
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
-        if path is None and split_k is None and lut.serves(x, dset, plan, zsum):  # one row: the table-lookup shrink
+        if path is None and split_k is None and fused is None and lut.serves(x, dset, plan, zsum):  # (off: see kernels/lut.py)
             z = lut.shrink(x, dset, plan, zsum)
         else:
             sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k

@@ -25,9 +25,18 @@ shrink serves instead (:func:`serves`). The splits of the inputs and the planes 
 into the summed z by float32 atomics (:data:`.triton_ops.GEMV_Z_ATOMIC`'s buffer), which the GEMV
 expand reads as before.
 
-Measured first as a probe (benchmarks/probe_lut_shrink.py, H200, raw_h200/s32): beside the
-Triton base GEMV on the side stream, one Llama-2-7B layer's four shrinks added 6.9 us over the base
-against 11.9 for the GEMV shrink (2-bit tiers at the codec's ranks for alpha 1/16).
+Measured first as a probe (benchmarks/probe_lut_shrink.py, H200, raw_h200/s32/h): with V^'s words
+stored word-major (a warp's 32 components' word j as one line) and every tier 2-bit, beside the
+Triton base GEMV on the side stream one Llama-2-7B layer's four shrinks added 6.9 us over the base
+against 11.9 for the GEMV shrink. Here, on the words as the set stores them (row-major: a warp's load
+touches 32 rows' sectors) and with the table's own launch on the side stream's chain, the layer got
+slower through the modules (`ab_mma.py --cases 1 --delta-alone --mma-cfgs '[{"lut.ENABLED": false},
+{"lut.ENABLED": true}, {"lut.ENABLED": true, "lut.ROWS_FIRST": true}]'`, raw_h200/s32/k): one row
+150.5 us without it (x1.30 of cuBLAS's 116.0), 181.4 with it (x1.56), 161.7 rows first (x1.39);
+the deltas alone 68.4 / 106.7 / 81.3 us. So it is off (:data:`ENABLED`). What the probe had and this
+lacks: a word-major copy of V^'s words for one-row sets (+~half of a delta's words in memory) and the
+table made by the launch that zeroes the side stream's buffer (one launch fewer on the chain).
+A fused join (:mod:`.join`) keeps the GEMV shrink: its arrivals count that kernel's programs.
 """
 
 from __future__ import annotations
@@ -40,8 +49,9 @@ from . import triton_ops
 from .deltaset import NF, DeltaSet, RowPlan, known_slot, plan_blocks
 from .errors import KernelError
 
-#: whether the one-row shrink takes the table lookup where it serves (``DELTASTORE_LUT_SHRINK=0``: never)
-ENABLED = os.environ.get("DELTASTORE_LUT_SHRINK", "1") not in ("", "0")
+#: whether the one-row shrink takes the table lookup where it serves: off (``DELTASTORE_LUT_SHRINK=1`` on):
+#: through the modules it made a one-row layer slower (module docstring)
+ENABLED = os.environ.get("DELTASTORE_LUT_SHRINK", "0") not in ("", "0")
 #: components a program (2-bit rows of a tile: a component's planes stay in one tile), warps a program,
 #: and the most splits of the inputs (a split takes whole groups; the probe's best: 64 rows, 2 warps, 32)
 TILE_R = 64

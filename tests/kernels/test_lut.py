@@ -2,7 +2,8 @@
 when every tier is 2-bit as stored or as planes. It must give the reference's z within a stated bound for
 each tier layout it takes (2-bit; 8- and 3-bit tiers as 2-bit planes), each group size (32, 64, 128), inputs
 that are not a multiple of the group, bf16 and fp16 activations; leave a base-only row's z alone; be the
-path a one-row ``apply_deltas`` takes (with the same numbers as the GEMV shrink's path); and step aside for
+path a one-row ``apply_deltas`` takes when switched on (off by default: slower through the modules on the
+H200), with the same numbers as the GEMV shrink's path; and step aside for
 what it does not serve (4- or 1-bit tiers, several rows, no summed z, mixed group sizes, switched off).
 
 Bound: each table entry is (e & 3) x0 + (e >> 2) x1 rounded once to float32 and summed in float32 (as the
@@ -21,6 +22,13 @@ from .kernel_testlib import DEVICE, packed_delta, rel
 pytestmark = pytest.mark.skipif(not triton_ops.HAVE_TRITON, reason="triton is not installed")
 
 BOUND = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _lut_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup is off by default (slower through the modules on the H200: kernels/lut.py); these tests
+    hold what a user who switches it on (DELTASTORE_LUT_SHRINK=1) gets."""
+    monkeypatch.setattr(lut, "ENABLED", True)
 
 
 def _set(n: int, outs: list[int], schedule, gs: int, *, planes: bool = True, seed: int = 3) -> DeltaSet:  # noqa: ANN001
