@@ -423,6 +423,7 @@ class DeltaSet:
         self.max_tiers = max_tiers
         self.bit_widths = frozenset(rec[F["bits"]] for per in records for recs in per for rec in recs)
         self._tiles: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._lut: dict[int, tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = {}
         self._tile_total: dict[int, int] = {}
         self.zcols = zc
         self.m_out = torch.tensor(self.out_features, dtype=torch.int32, device=dev)
@@ -480,6 +481,40 @@ class DeltaSet:
         got = self._tiles[(tile_r, mma)] = self._padded(rows, NF + mma)
         if not mma:
             self._tile_total[tile_r] = sum(len(v) for v in rows.values())
+        return got
+
+    def lut_tiles(self, tile_r: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """(tiles (slots, slices, T, 8) int64, ntiles (slots, slices) int32, T, words): the one-row lookup
+        shrink's tiles (:mod:`.lut`) over the 2-bit rows of :attr:`mma_records`, their V^ words copied
+        word-major (``words[off + j * count + r]``: word j of row r of a tier, so a warp's lanes, one row
+        each, read one line), built on first use per size and kept until the next build. A tile's fields:
+        (words offset of its first row, its tier's row count (the stride), scales offset, singular-value
+        offset, rows, z column, dsh, group size). The copy holds as many words as the V^ halves: only
+        sets the lookup serves make it."""
+        self.build()
+        got = self._lut.get(int(tile_r))
+        if got is not None:
+            return got
+        K = self.in_features
+        parts: list[torch.Tensor] = []
+        at = 0
+        rows: dict[tuple[int, int], list[list[int]]] = {}
+        for a, per in enumerate(self.mma_records):
+            for b, recs in enumerate(per):
+                tl: list[list[int]] = []
+                for rec in recs:
+                    bits, cnt, gs, dsh = rec[F["bits"]], rec[F["count"]], rec[F["gs"]], rec[NF]
+                    if bits != 2:
+                        raise KernelError(f"the lookup shrink reads 2-bit rows; this set holds a {bits}-bit tier")
+                    vw, vg = quant.packed_words(K, 2), quant.n_groups(K, gs)
+                    parts.append(self.words[rec[F["v_q"]]: rec[F["v_q"]] + cnt * vw].view(cnt, vw).t().reshape(-1))
+                    for c0 in range(0, cnt, tile_r):
+                        tl.append([at + c0, cnt, rec[F["v_sz"]] + c0 * vg, rec[F["s_off"]] + (c0 >> dsh), min(tile_r, cnt - c0),
+                                   rec[F["zcol"]] + (c0 >> dsh), dsh, gs])
+                    at += cnt * vw
+                rows[(a, b)] = tl
+        words = torch.cat(parts).contiguous() if parts else torch.zeros(1, dtype=torch.int32, device=self.device)
+        got = self._lut[int(tile_r)] = (*self._padded(rows, 8), words)
         return got
 
     def _padded(self, rows: dict[tuple[int, int], list[list[int]]], width: int) -> tuple[torch.Tensor, torch.Tensor, int]:

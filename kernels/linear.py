@@ -52,7 +52,7 @@ def resolve_preference(pref: KernelPreference | str, x: torch.Tensor) -> KernelP
 def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan,
                  preference: KernelPreference | str = KernelPreference.AUTO, split_k: int | None = None,
                  path: str | None = None, overwrite: bool = False, fused: "join.Join | None" = None,
-                 zsum: torch.Tensor | None = None) -> torch.Tensor:
+                 zsum: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
     with Triton on a GPU, 2 to 32 rows a fine-tune take the tensor-core kernels (:mod:`.mma`,
     where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
@@ -61,27 +61,40 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
     GEMV shrink's programs; the tensor-core path's launch that zeroes its z) instead of a launch
     of its own. ``fused``: the GEMV path's expand joins y (fused.d) into the base output by its last
     program (:mod:`.join`; the caller checked that path serves: :func:`fused_join`). ``zsum``: a zeroed
-    float32 (M, zcols) buffer for the GEMV shrink's atomically summed z (triton_ops.GEMV_Z_ATOMIC)."""
+    float32 (M, zcols) buffer for the GEMV shrink's atomically summed z (triton_ops.GEMV_Z_ATOMIC). ``zero``:
+    a contiguous float32 buffer (:func:`beside`'s, holding y and zsum) zeroed first: by the lookup shrink's
+    table launch where that serves (:mod:`.lut`), else by ``zero_()``."""
     if dset.n_slots == 0:
+        _zero(zero)
         return y.zero_() if overwrite else y
     if plan.n_slots != dset.n_slots:
         raise KernelError(f"the row plan covers {plan.n_slots} fine-tunes; the deltas have {dset.n_slots}")
     if resolve_preference(preference, x) is KernelPreference.TRITON:
         if mma.use_mma(x, dset, plan, path):
+            _zero(zero)
             return mma.apply(x, y, dset, plan, overwrite)
         if dense.use_dense(dset, plan, path):
+            _zero(zero)
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
         if path is None and split_k is None and fused is None and lut.serves(x, dset, plan, zsum):  # (off: see kernels/lut.py)
-            z = lut.shrink(x, dset, plan, zsum)
+            z = lut.shrink(x, dset, plan, zsum, zero=zero)  # (its table launch zeroes ``zero``)
         else:
+            _zero(zero)
             sk = triton_ops.pick_split_k(x.shape[0], dset, path, plan) if split_k is None else split_k
             z = triton_ops.shrink(x, dset, plan, sk, path=path, zero=y if overwrite else None, zsum=zsum)
         return triton_ops.expand(z, y, dset, plan, path=path, pdl=True, fused=fused)  # (launched right after its shrink)
+    _zero(zero)
     if overwrite:
         y.zero_()
     stacks = cpu_stacks(dset) if x.device.type == "cpu" else None
     z = ref_ops.shrink(x, dset, plan, stacks=stacks)
     return ref_ops.expand(z, y, dset, plan, stacks=stacks)
+
+
+def _zero(buf: torch.Tensor | None) -> None:
+    """Zero ``buf`` by a launch of its own where given (the paths whose kernels do not)."""
+    if buf is not None:
+        buf.zero_()
 
 
 def cpu_stacks(dset: DeltaSet) -> ref_ops.Stacks:
@@ -203,9 +216,7 @@ def beside(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, base: Callable[[], T]
     def deltas() -> None:  # the buffer zeroed by a launch of its own, or by the delta kernels (ZERO_IN_KERNELS)
         if triton_ops.PREFETCH and s is not None and dset.n_slots == 1:
             triton_ops.prefetch_(dset)
-        if not zero_in:
-            buf.zero_()
-        apply_deltas(x, d, dset, plan, preference, split_k, overwrite=zero_in, fused=fused, zsum=zsum)
+        apply_deltas(x, d, dset, plan, preference, split_k, overwrite=zero_in, fused=fused, zsum=zsum, zero=None if zero_in else buf)
 
     if s is None:
         deltas()

@@ -11,32 +11,34 @@ T-MAC instead: for every pair of inputs p the 16 sums
 cover every value two 2-bit fields can take, and a 2-bit word's nibble k *is* the index e of its
 pair (fields 2k, 2k + 1: :mod:`deltastore.codec.quant`'s layout). So a component row's dot product
 with x is one table read and one add per two values; the group's scale and zero point come in once
-per group as s (sum_p T[p, e_p] - zero * sum of x over the group). A thread takes whole components,
-so a warp's 32 lanes read the same pair's 16 entries at once (one 64-byte line of L1). The table
-(K / 2 x 16 float32, 128 KB at K = 4096) and the sums of x a 16-input word are made by one small
-launch before the shrink (:func:`table`); plain Triton cannot place them in shared memory, so L1
-serves the reads. Registers: 64 a thread at 2 warps (sm_90, Triton 3.6).
+per group as s (sum_p T[p, e_p] - zero * sum of x over the group). A thread takes one row, and its
+tier's V^ words are read from a word-major copy (:meth:`.deltaset.DeltaSet.lut_tiles`: word j of 32
+consecutive rows is one line), so a warp's 32 lanes read one line of words and then the same pair's 16
+entries (one 64-byte line of L1). The table (K / 2 x 16 float32, 128 KB at K = 4096) and the sums of
+x a 16-input word are made by one small launch before the shrink (:func:`table`), which also zeroes
+the side stream's buffer (d and the summed z) that a ``zero_()`` launch cleared before: no launch more
+on the side stream's chain. Plain Triton cannot place the table in shared memory (``tl.gather``
+stores its source again for every read), so L1 serves the reads. Registers: 56 a thread at 2 warps,
+515 sm_90 instructions a 128-value pass against the GEMV shrink's ~645 (Triton 3.6).
 
 Every tier must be 2-bit: the set's 3- and 8-bit tiers are read as their 2-bit planes
 (:meth:`.deltaset.DeltaSet.use_planes`, the tensor-core kernels' rows: a plane's scale carries its
 4^i), and one group size (32, 64 or 128) serves the set. A 4- or 1-bit tier, planes that would
-overflow float16, mixed group sizes, several rows, or a slot the host does not know: the GEMV
-shrink serves instead (:func:`serves`). The splits of the inputs and the planes of a component add
-into the summed z by float32 atomics (:data:`.triton_ops.GEMV_Z_ATOMIC`'s buffer), which the GEMV
-expand reads as before.
+overflow float16, mixed group sizes, several rows, a slot the host does not know, or a fused join
+(:mod:`.join`: its arrivals count the GEMV shrink's programs): the GEMV shrink serves instead
+(:func:`serves`). The splits of the inputs and the planes of a component add into the summed z by
+float32 atomics (:data:`.triton_ops.GEMV_Z_ATOMIC`'s buffer), which the GEMV expand reads as before.
 
-Measured first as a probe (benchmarks/probe_lut_shrink.py, H200, raw_h200/s32/h): with V^'s words
-stored word-major (a warp's 32 components' word j as one line) and every tier 2-bit, beside the
-Triton base GEMV on the side stream one Llama-2-7B layer's four shrinks added 6.9 us over the base
-against 11.9 for the GEMV shrink. Here, on the words as the set stores them (row-major: a warp's load
-touches 32 rows' sectors) and with the table's own launch on the side stream's chain, the layer got
-slower through the modules (`ab_mma.py --cases 1 --delta-alone --mma-cfgs '[{"lut.ENABLED": false},
-{"lut.ENABLED": true}, {"lut.ENABLED": true, "lut.ROWS_FIRST": true}]'`, raw_h200/s32/k): one row
-150.5 us without it (x1.30 of cuBLAS's 116.0), 181.4 with it (x1.56), 161.7 rows first (x1.39);
-the deltas alone 68.4 / 106.7 / 81.3 us. So it is off (:data:`ENABLED`). What the probe had and this
-lacks: a word-major copy of V^'s words for one-row sets (+~half of a delta's words in memory) and the
-table made by the launch that zeroes the side stream's buffer (one launch fewer on the chain).
-A fused join (:mod:`.join`) keeps the GEMV shrink: its arrivals count that kernel's programs.
+Measured (H200, raw_h200/s32; kernels_h200.md): as a probe (benchmarks/probe_lut_shrink.py, h), with
+the words word-major, beside the Triton base GEMV on the side stream, one Llama-2-7B layer's four
+shrinks added 6.9 us over the base against 12.2 for the GEMV shrink. Its first build here read the
+words as the set stores them (row-major: a warp's load touched 32 rows' sectors) and made the table
+by a launch of its own; through the modules (`bash benchmarks/lut_ab_device.sh OUT`, k) one row took
+181.4 us with it against 150.5 without (x1.56 / x1.30 of cuBLAS's 116.0; the deltas alone 106.7 /
+68.4 us), a row's words consecutive in a thread 161.7. So it is **off** (:data:`ENABLED`). The
+word-major copy and the zeroing table launch came after that run and are not measured on the GPU
+yet. The copy costs memory: as many words again as the V^ halves (~half of a delta's words), made
+only for sets the lookup serves.
 """
 
 from __future__ import annotations
@@ -57,10 +59,6 @@ ENABLED = os.environ.get("DELTASTORE_LUT_SHRINK", "0") not in ("", "0")
 TILE_R = 64
 WARPS = 2
 MAX_SPLIT = 32
-#: the shrink's elements row by row (a thread's words of a row consecutive: vector loads, 143 registers a thread
-#: at groups of 128 on sm_90) instead of word by word (a thread's row, its words a wrap apart: 56 registers,
-#: 506 instructions a 128-value pass against 643); ``DELTASTORE_LUT_ROWS_FIRST=1``
-ROWS_FIRST = os.environ.get("DELTASTORE_LUT_ROWS_FIRST", "0") not in ("", "0")
 #: pairs of inputs a table program makes (one 128-input block)
 TABLE_PAIRS = 64
 
@@ -69,10 +67,14 @@ if triton_ops.HAVE_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _table_kernel(x_ptr, t_ptr, xw_ptr, K, PAIRS: tl.constexpr):
-        """T[p, e] for this program's PAIRS pairs (inputs past K read as 0) and xw[c], the sum of x
-        over inputs 16c .. 16c + 15, for its 2 * PAIRS / 16 words."""
+    def _table_kernel(x_ptr, t_ptr, xw_ptr, o_ptr, K, o_n, PAIRS: tl.constexpr, ZERO: tl.constexpr):
+        """T[p, e] for this program's PAIRS pairs (inputs past K read as 0) and xw[c], the sum of x over
+        inputs 16c .. 16c + 15, for its 2 * PAIRS / 16 words; ZERO > 0: first zero its ZERO floats of o
+        (o_n of them: the side stream's delta buffer, which the expand then adds into)."""
         pid = tl.program_id(0)
+        if ZERO > 0:
+            zo = pid.to(tl.int64) * ZERO + tl.arange(0, ZERO)
+            tl.store(o_ptr + zo, tl.zeros((ZERO,), dtype=tl.float32), mask=zo < o_n)
         p = pid * PAIRS + tl.arange(0, PAIRS)
         e = tl.arange(0, 16)
         x0 = tl.load(x_ptr + 2 * p, mask=2 * p < K, other=0.0).to(tl.float32)
@@ -83,14 +85,13 @@ if triton_ops.HAVE_TRITON:
         tl.store(xw_ptr + pid * (PAIRS // 8) + tl.arange(0, PAIRS // 8), xw)
 
     @triton.jit(do_not_specialize=["s_known"])
-    def _lut_shrink_kernel(t_ptr, xw_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
+    def _lut_shrink_kernel(t_ptr, xw_ptr, z_ptr, vt_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr,
                            blocks_ptr, K, n_slices, T_max, s_known,
-                           NFIELD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, GS: tl.constexpr,
-                           USE_GDC: tl.constexpr, ROWS_FIRST: tl.constexpr = False):
-        """z[0, zcol + (r >> dsh)] += S * (x . V^ row r over this split's groups) for the BLOCK_R 2-bit
-        rows of one tile of slot s_known (the row's own slot checked: -1 exits). Every tensor is 1-D
-        over (row, word of the group), row-major, so a thread's words of one row are one contiguous
-        load and the table reads share its layout (no conversion); the sum over the words is in-thread."""
+                           SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, GS: tl.constexpr, USE_GDC: tl.constexpr):
+        """z[0, zcol + (r >> dsh)] += S * (x . V^ row r over this split's groups) for the rows of one lookup
+        tile (:meth:`.deltaset.DeltaSet.lut_tiles`) of slot s_known (the row's own slot checked: -1 exits).
+        Every tensor is 1-D over (word of the group, row): a thread takes a row, and a warp's 32 lanes read
+        word j of 32 consecutive rows (one line of the word-major copy) and then the same pair's table."""
         if USE_GDC:  # the expand launched after it (PDL) may start as this grid's last programs start
             tl.extra.cuda.gdc_launch_dependents()
         WPG: tl.constexpr = GS // 16  # 2-bit words a group
@@ -101,10 +102,11 @@ if triton_ops.HAVE_TRITON:
         sl = tt // T_max
         t = tt % T_max
         slot = tl.load(blocks_ptr)
-        nt, v_q, v_sz, _u_q, _u_sz, s_off, _bits, count, zcol, gs = triton_ops._gemv_entries(
-            ntiles_ptr, tiles_ptr, s_known, sl, t, n_slices, T_max, NFIELD, 0)
-        dsh = tl.load(tiles_ptr + ((s_known * n_slices + sl) * T_max + t) * NFIELD + NFIELD - 1)  # (the mma rows' last field)
-        if (slot < 0) | (t >= nt) | ((v_q | v_sz | s_off | count | zcol | dsh) < 0):
+        nt = tl.load(ntiles_ptr + s_known * n_slices + sl)
+        tb = tiles_ptr + ((s_known * n_slices + sl) * T_max + t) * 8
+        vt_off, stride, v_sz, s_off = tl.load(tb), tl.load(tb + 1), tl.load(tb + 2), tl.load(tb + 3)
+        count, zcol, dsh = tl.load(tb + 4), tl.load(tb + 5), tl.load(tb + 6)
+        if (slot < 0) | (t >= nt) | ((vt_off | stride | v_sz | s_off | count | zcol | dsh) < 0):
             return
         row_words = 2 * ((K + 31) // 32)
         G = (K + GS - 1) // GS
@@ -112,22 +114,18 @@ if triton_ops.HAVE_TRITON:
         g0 = ks * per
         g1 = tl.minimum(g0 + per, G)
         f = tl.arange(0, F)
-        if ROWS_FIRST:  # a thread's words of a row are consecutive elements (vector loads; more registers)
-            r = f // WPG
-            j = f % WPG
-        else:  # a thread's row, its words a wrap apart (scalar loads, each row's sector from L1 after the first)
-            j = f // BLOCK_R
-            r = f % BLOCK_R
+        j = f // BLOCK_R
+        r = f % BLOCK_R
         ok = r < count
-        wq = words_ptr + v_q
-        wrow = r * row_words + j
+        stride = stride.to(tl.int32)
+        wq = vt_ptr + vt_off + r  # word w of row r: wq + w * stride
         sq = scales_ptr + v_sz + r * G
         zq = zeros_ptr + v_sz + r * G
         acc = tl.zeros((F,), dtype=tl.float32)
-        w1 = tl.load(wq + wrow + g0 * WPG, mask=ok & (g0 * WPG + j < row_words) & (f * 0 + g0 < g1), other=0)
+        w1 = tl.load(wq + (g0 * WPG + j) * stride, mask=ok & (g0 * WPG + j < row_words) & (f * 0 + g0 < g1), other=0)
         for g in range(g0, g1):
             w = w1
-            w1 = tl.load(wq + wrow + (g + 1) * WPG, mask=ok & ((g + 1) * WPG + j < row_words) & (f * 0 + g + 1 < g1), other=0)
+            w1 = tl.load(wq + ((g + 1) * WPG + j) * stride, mask=ok & ((g + 1) * WPG + j < row_words) & (f * 0 + g + 1 < g1), other=0)
             sc = tl.load(sq + g, mask=ok, other=0.0).to(tl.float32)
             zp = tl.load(zq + g, mask=ok, other=0.0).to(tl.float32)
             xs = tl.sum(tl.load(xw_ptr + g * WPG + tl.arange(0, WPG)), axis=0)
@@ -139,11 +137,7 @@ if triton_ops.HAVE_TRITON:
         rr = tl.arange(0, BLOCK_R)
         rok = rr < count
         comp = rr >> dsh
-        if ROWS_FIRST:
-            part = tl.sum(tl.reshape(acc, (BLOCK_R, WPG)), axis=1)
-        else:
-            part = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0)
-        out = part * tl.load(svals_ptr + s_off + comp, mask=rok, other=0.0)
+        out = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0) * tl.load(svals_ptr + s_off + comp, mask=rok, other=0.0)
         tl.atomic_add(z_ptr + zcol + comp, out, mask=rok, sem="relaxed")
 
 
@@ -168,20 +162,28 @@ def serves(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor | 
     return dset.mma_bit_widths == frozenset({2}) and _one_gs(dset) is not None
 
 
-def table(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def table(x: torch.Tensor, zero: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(T (pairs, 16) float32, xw (words,) float32) of x's one row (see the module), covering the inputs
-    rounded up to 128: one launch."""
+    rounded up to 128: one launch, which also zeroes ``zero`` (a contiguous float32 buffer) where given."""
     K = x.shape[1]
     n = triton.cdiv(K, 2 * TABLE_PAIRS)
     t = torch.empty(n * TABLE_PAIRS, 16, dtype=torch.float32, device=x.device)
     xw = torch.empty(n * TABLE_PAIRS // 8, dtype=torch.float32, device=x.device)
-    _table_kernel[(n,)](x, t, xw, K, PAIRS=TABLE_PAIRS, num_warps=4)
+    zb = 0
+    if zero is not None:
+        if zero.dtype != torch.float32 or not zero.is_contiguous():
+            raise KernelError("the lookup's table launch zeroes a contiguous float32 buffer only")
+        zb = triton.next_power_of_2(max(1, triton.cdiv(zero.numel(), n)))
+    _table_kernel[(n,)](x, t, xw, zero if zb else t, K, zero.numel() if zb else 0, PAIRS=TABLE_PAIRS, ZERO=zb, num_warps=4)
     return t, xw
 
 
-def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor, pdl: bool | None = None) -> torch.Tensor:
+def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor, pdl: bool | None = None,
+           zero: torch.Tensor | None = None) -> torch.Tensor:
     """z (1, 1, zcols) = zsum += the set's shrink of x's one row by table lookup (the caller checked
-    :func:`serves`; zsum zeroed): the table, then one launch over the 2-bit rows' tiles and splits.
+    :func:`serves`): the table, then one launch over the 2-bit rows' lookup tiles and splits. zsum must be
+    zero when the shrink runs: zeroed by the caller, or part of ``zero`` (a contiguous float32 buffer the
+    table's launch zeroes first, as :func:`.linear.beside`'s buffer of d and the summed z).
     ``pdl``: as :func:`.triton_ops.shrink`'s (the expand launched after it may start early)."""
     K = x.shape[1]
     if K != dset.in_features:
@@ -190,12 +192,11 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor, p
         x = x.contiguous()
     gs = _one_gs(dset)
     s = known_slot(dset, plan)
-    tiles, ntiles, T = dset.tiles(TILE_R, mma=True)
+    tiles, ntiles, T, vt = dset.lut_tiles(TILE_R)
     split = max(1, min(MAX_SPLIT, triton.cdiv(K, gs)))
-    t, xw = table(x)
+    t, xw = table(x, zero)
     blocks = plan_blocks(plan, 1)
     triton_ops.LAST["shrink"] = _lut_shrink_kernel[(dset.n_slices * T * split,)](
-        t, xw, zsum, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, blocks, K, dset.n_slices, T, s,
-        NFIELD=NF + 1, SPLIT=split, BLOCK_R=TILE_R, GS=gs, USE_GDC=triton_ops._pdl(x, True if pdl is None else pdl),
-        ROWS_FIRST=ROWS_FIRST, num_warps=WARPS)
+        t, xw, zsum, vt, dset.scales, dset.zeros, dset.svals, tiles, ntiles, blocks, K, dset.n_slices, T, s,
+        SPLIT=split, BLOCK_R=TILE_R, GS=gs, USE_GDC=triton_ops._pdl(x, True if pdl is None else pdl), num_warps=WARPS)
     return zsum.view(1, 1, dset.zcols)

@@ -85,6 +85,47 @@ def test_one_row_apply_deltas_takes_it_with_the_gemv_numbers(monkeypatch: pytest
     assert rel(got[True], got[False]) < 1e-4
 
 
+def test_its_table_launch_zeroes_the_side_streams_buffer() -> None:
+    """beside() hands apply_deltas its buffer (d, then the summed z) to zero: with the lookup serving, its
+    table launch does it (no zero_() launch of its own); garbage left in the buffer must not reach y."""
+    n, outs = 300, [150, 70]
+    ds = _set(n, outs, [[8, 2], [3, 5], [2, None]], 64)
+    plan = plan_rows(torch.tensor([0], device=DEVICE), 1)
+    x = _x(n)
+    N = sum(outs)
+    buf = torch.full((N + ds.zcols,), 7.0, device=DEVICE)  # what an earlier step left
+    d, zsum = buf[:N].view(1, N), buf[N:].view(1, ds.zcols)
+    assert lut.serves(x, ds, plan, zsum)
+    apply_deltas(x, d, ds, plan, zsum=zsum, zero=buf)
+    want = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(1, N, device=DEVICE), ds, plan)
+    assert rel(d, want) < 1e-4
+    with pytest.raises(KernelError, match="float32"):
+        lut.table(x, zero=torch.zeros(8, dtype=torch.float16, device=DEVICE))
+
+
+def test_the_word_major_copy_holds_each_rows_words() -> None:
+    """lut_tiles' copy: word j of a tile's row r at off + j * stride + r, equal to that row's word j in the set's
+    own (row-major) words, for every 2-bit row of every tier (the 8- and 3-bit tiers' planes included)."""
+    from deltastore.codec import quant
+    from deltastore.kernels.deltaset import F
+
+    n = 300
+    ds = _set(n, [96], [[8, 2], [3, 5], [2, None]], 64)
+    tiles, ntiles, _T, vt = ds.lut_tiles(lut.TILE_R)
+    vw = quant.packed_words(n, 2)
+    t = 0
+    for rec in ds.mma_records[0][0]:
+        cnt = rec[F["count"]]
+        own = ds.words[rec[F["v_q"]]: rec[F["v_q"]] + cnt * vw].view(cnt, vw)
+        for c0 in range(0, cnt, lut.TILE_R):
+            off, stride, _v_sz, _s_off, count = (int(v) for v in tiles[0, 0, t, :5])
+            assert (stride, count) == (cnt, min(lut.TILE_R, cnt - c0))
+            copy = torch.stack([vt[off + j * stride: off + j * stride + count] for j in range(vw)], dim=1)
+            assert torch.equal(copy, own[c0: c0 + count])
+            t += 1
+    assert t == int(ntiles[0, 0])
+
+
 def test_it_steps_aside_for_what_it_does_not_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     plan1 = plan_rows(torch.tensor([0], device=DEVICE), 1)
     ds = _set(256, [64], [[2, None]], 128)
