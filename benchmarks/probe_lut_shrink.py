@@ -53,6 +53,35 @@ def _lut_table_kernel(x_ptr, t_ptr, xs_ptr, K, GS: tl.constexpr):
 
 
 @triton.jit
+def _rows_of(R, RS, G, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, WPG: tl.constexpr):
+    """A program's 1-D (word of the group, component) view: word index, component, in range, word offset of
+    (word, component) in a group's block, and its split's groups g0 .. g1."""
+    f = tl.arange(0, WPG * BLOCK_R)
+    jf = f // BLOCK_R
+    rf = tl.program_id(0) * BLOCK_R + f % BLOCK_R
+    per = tl.cdiv(G, SPLIT)
+    g0 = tl.program_id(1) * per
+    return jf, rf, rf < R, jf * RS + rf, g0, tl.minimum(g0 + per, G)
+
+
+@triton.jit
+def _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf):
+    """Group g's scales and zero points of the view's components (float32), and the group's sum of x."""
+    sc = tl.load(s_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
+    zp = tl.load(z_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
+    return sc, zp, tl.load(xs_ptr + g)
+
+
+@triton.jit
+def _add_out(acc, sv_ptr, out_ptr, R, WPG: tl.constexpr, BLOCK_R: tl.constexpr):
+    """out[component] += S * the sum of acc over the view's words (one reduction a program)."""
+    out = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0)
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    tl.atomic_add(out_ptr + offs_r, out * tl.load(sv_ptr + offs_r, mask=r_ok, other=0.0), mask=r_ok, sem="relaxed")
+
+
+@triton.jit
 def _lut_shrink_kernel(t_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_ptr, R, RS, G, SPLIT: tl.constexpr,
                        BLOCK_R: tl.constexpr, GS: tl.constexpr):
     """out[r] += S_r * sum over this split's groups g of s[g, r] (sum_p T[p, nibble_p(r)] - z[g, r] xs[g]).
@@ -62,34 +91,19 @@ def _lut_shrink_kernel(t_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_ptr, R, 
     components and sums them at the end."""
     WPG: tl.constexpr = GS // 16  # 2-bit words a group
     F: tl.constexpr = WPG * BLOCK_R
-    rb = tl.program_id(0)
-    ks = tl.program_id(1)
-    f = tl.arange(0, F)
-    jf = f // BLOCK_R
-    rf = rb * BLOCK_R + f % BLOCK_R
-    okf = rf < R
-    wrow = jf * RS + rf
-    per = tl.cdiv(G, SPLIT)
-    g0 = ks * per
-    g1 = tl.minimum(g0 + per, G)
+    jf, rf, okf, wrow, g0, g1 = _rows_of(R, RS, G, SPLIT, BLOCK_R, WPG)
     acc = tl.zeros((F,), dtype=tl.float32)
     w1 = tl.load(wt_ptr + g0 * WPG * RS + wrow, mask=okf & (jf * 0 + g0 < g1), other=0)
     for g in range(g0, g1):
         w = w1
         w1 = tl.load(wt_ptr + (g + 1) * WPG * RS + wrow, mask=okf & (jf * 0 + g + 1 < g1), other=0)
-        sc = tl.load(s_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
-        zp = tl.load(z_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
-        xsg = tl.load(xs_ptr + g)
+        sc, zp, xsg = _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf)
         tg = t_ptr + g * (GS * 8) + jf * 128  # word j's 8 pairs' tables (16 entries each)
         a = tl.zeros((F,), dtype=tl.float32)
         for k in tl.static_range(8):  # nibble k: pair j * 8 + k
             a += tl.load(tg + (k * 16 + ((w >> (4 * k)) & 15)))
         acc += sc * (a - tl.where(jf == 0, zp * xsg, 0.0))
-    out = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0)
-    offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
-    out = out * tl.load(sv_ptr + offs_r, mask=r_ok, other=0.0)
-    tl.atomic_add(out_ptr + offs_r, out, mask=r_ok, sem="relaxed")
+    _add_out(acc, sv_ptr, out_ptr, R, WPG, BLOCK_R)
 
 
 @triton.jit
@@ -99,29 +113,18 @@ def _lut_shrink_gather_kernel(x_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_p
     tl.gather (which Triton lowers through shared memory: 32-bit addresses, no 64-bit pointer a read)."""
     WPG: tl.constexpr = GS // 16
     F: tl.constexpr = WPG * BLOCK_R
-    rb = tl.program_id(0)
-    ks = tl.program_id(1)
-    f = tl.arange(0, F)
-    jf = f // BLOCK_R
-    rf = rb * BLOCK_R + f % BLOCK_R
-    okf = rf < R
-    wrow = jf * RS + rf
+    jf, rf, okf, wrow, g0, g1 = _rows_of(R, RS, G, SPLIT, BLOCK_R, WPG)
     te = tl.arange(0, GS * 8)  # a group's table: GS / 2 pairs x 16 entries
     tp = te // 16
     e = te % 16
     ca = (e & 3).to(tl.float32)
     cb = (e >> 2).to(tl.float32)
-    per = tl.cdiv(G, SPLIT)
-    g0 = ks * per
-    g1 = tl.minimum(g0 + per, G)
     acc = tl.zeros((F,), dtype=tl.float32)
     w1 = tl.load(wt_ptr + g0 * WPG * RS + wrow, mask=okf & (jf * 0 + g0 < g1), other=0)
     for g in range(g0, g1):
         w = w1
         w1 = tl.load(wt_ptr + (g + 1) * WPG * RS + wrow, mask=okf & (jf * 0 + g + 1 < g1), other=0)
-        sc = tl.load(s_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
-        zp = tl.load(z_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
-        xsg = tl.load(xs_ptr + g)
+        sc, zp, xsg = _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf)
         i0 = g * GS + 2 * tp
         x0 = tl.load(x_ptr + i0, mask=i0 < K, other=0.0).to(tl.float32)
         x1 = tl.load(x_ptr + i0 + 1, mask=i0 + 1 < K, other=0.0).to(tl.float32)
@@ -130,11 +133,7 @@ def _lut_shrink_gather_kernel(x_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_p
         for k in tl.static_range(8):
             a += tl.gather(table, jf * 128 + k * 16 + ((w >> (4 * k)) & 15), 0)
         acc += sc * (a - tl.where(jf == 0, zp * xsg, 0.0))
-    out = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0)
-    offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
-    out = out * tl.load(sv_ptr + offs_r, mask=r_ok, other=0.0)
-    tl.atomic_add(out_ptr + offs_r, out, mask=r_ok, sem="relaxed")
+    _add_out(acc, sv_ptr, out_ptr, R, WPG, BLOCK_R)
 
 
 class Lut:
