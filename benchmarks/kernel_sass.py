@@ -1,6 +1,7 @@
 """Instructions per packed value in the GEMV kernels' inner loops, from their SASS (no GPU needed).
 
     PYTHONPATH=/tmp/tr36 .venv/bin/python benchmarks/kernel_sass.py [--fast 0,1] [--bits 2,3,8] [--dump DIR] [--split N] [--launch] [--flat] [--expand-split N]
+    PYTHONPATH=/tmp/tr36 .venv/bin/python benchmarks/kernel_sass.py --lut     # kernels/lut.py's two kernels instead
     KERNEL_SASS_MODULE=deltastore.kernels.triton_ops_before ...   # another copy of the module (e.g. an old commit's)
 
 Compiles ``_gemv_shrink_kernel`` and ``_gemv_expand_kernel`` for sm_90 with the installed Triton
@@ -171,6 +172,26 @@ def combined(fasts: list[bool], tr: int, er: int, nw: int, rows: list[int], opts
         print(f"| gemv {kind} | {fast} | 8, 3, 2 | {bm} | {res} |", flush=True)
 
 
+def lut_report() -> None:
+    """kernels/lut.py's kernels compiled as a launch compiles them (a compile error shows here, before a
+    device call: the interpreter runs what the compiler refuses, such as a module global in a kernel): the
+    lookup shrink at each group size (registers, its loop's instructions per 128-value pass) and the table."""
+    lut = importlib.import_module("deltastore.kernels.lut")
+    sig = {"t_ptr": "*fp32", "xw_ptr": "*fp32", "z_ptr": "*fp32", "vt_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16",
+           "svals_ptr": "*fp32", "tiles_ptr": "*i64", "ntiles_ptr": "*i32", "blocks_ptr": "*i32", "K": "i32", "n_slices": "i32",
+           "T_max": "i32", "s_known": "i32"}
+    for gs in (32, 64, 128):
+        ce = dict(SPLIT=lut.MAX_SPLIT, BLOCK_R=lut.TILE_R, GS=gs, USE_GDC=True)
+        sass, res = compile_sass(lut._lut_shrink_kernel, sig, ce, lut.WARPS, 3, None)
+        body = max(loops(sass), key=lambda c: sum(c[2].values()))[2]
+        per = gs * lut.TILE_R // (lut.WARPS * 32)  # values a thread takes a pass: its rows' group (one row at 64 rows, 2 warps)
+        print(f"lookup shrink, groups of {gs}: {res}; loop {sum(body.values())} instructions for {per} values a thread; "
+              f"{', '.join(f'{k} {v}' for k, v in body.most_common(6))}")
+    sig_t = {"x_ptr": "*bf16", "t_ptr": "*fp32", "xw_ptr": "*fp32", "o_ptr": "*fp32", "K": "i32", "o_n": "i32"}
+    _, res = compile_sass(lut._table_kernel, sig_t, dict(PAIRS=lut.TABLE_PAIRS, ZERO=1024), 4, 3, None)
+    print(f"table (zeroing 1024 floats a program): {res}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fast", default="0,1", help="FAST values to compile (0 = old unpack, 1 = new), comma-separated")
@@ -184,7 +205,10 @@ def main() -> None:
     ap.add_argument("--launch", action="store_true", help="the constexprs a launch adds today (the known slot's prologue, the summed z)")
     ap.add_argument("--flat", action="store_true", help="with triton_ops.GEMV_FLAT_WORDS's loads")
     ap.add_argument("--expand-split", type=int, default=None, help="the expand's split z's (e.g. 8 with --launch: before the summed z)")
+    ap.add_argument("--lut", action="store_true", help="kernels/lut.py's kernels instead (compile check and counts)")
     args = ap.parse_args()
+    if args.lut:
+        return lut_report()
     fasts, rows = [f == "1" for f in args.fast.split(",")], [int(r) for r in args.rows.split(",")]
     print(f"module {triton_ops.__name__}")
     print(f"split {args.split}, launch {args.launch}, flat {args.flat}, expand split {args.expand_split}")

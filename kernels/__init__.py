@@ -12,6 +12,8 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
   fragment: several fine-tunes at 2..32 rows each, one fine-tune at 2..32 (``mma.use_mma``); GPU only.
 - ``dense``: many rows of one fine-tune: the slot's factors dequantized by one launch into a
   per-device scratch, then cuBLAS GEMMs (chosen from ``DELTASTORE_DENSE_MIN_ROWS`` rows).
+- ``lut``: a one-row shrink by table lookup (x enters through a table of pair sums; a 2-bit word's
+  nibble is its pair's index); off by default (``DELTASTORE_LUT_SHRINK=1``): slower in its first build.
 - ``linear``: ``DeltaLinear``, ``DeltaContext`` (per-row ids), ``KernelPreference``.
 - ``decode``: packed -> dense delta (GPU materialization).
 - ``lowrank``: lowrank (LoRA-shaped) deltas by slot, applied by two GEMMs with a per-row mask.
