@@ -174,6 +174,9 @@ def table(x: torch.Tensor, zero: torch.Tensor | None = None) -> tuple[torch.Tens
         if zero.dtype != torch.float32 or not zero.is_contiguous():
             raise KernelError("the lookup's table launch zeroes a contiguous float32 buffer only")
         zb = triton.next_power_of_2(max(1, triton.cdiv(zero.numel(), n)))
+        if zb > triton_ops.ZERO_MAX_BLOCK:  # (few table programs for a large buffer: a launch of its own)
+            zero.zero_()
+            zb = 0
     _table_kernel[(n,)](x, t, xw, zero if zb else t, K, zero.numel() if zb else 0, PAIRS=TABLE_PAIRS, ZERO=zb, num_warps=4)
     return t, xw
 

@@ -99,6 +99,9 @@ def test_its_table_launch_zeroes_the_side_streams_buffer() -> None:
     apply_deltas(x, d, ds, plan, zsum=zsum, zero=buf)
     want = ref_ops.expand(ref_ops.shrink(x, ds, plan), torch.zeros(1, N, device=DEVICE), ds, plan)
     assert rel(d, want) < 1e-4
+    big = torch.full((70_000,), 3.0, device=DEVICE)  # more than one table program zeroes at 300 inputs: zero_() instead
+    lut.table(x, zero=big)
+    assert not big.any()
     with pytest.raises(KernelError, match="float32"):
         lut.table(x, zero=torch.zeros(8, dtype=torch.float16, device=DEVICE))
 
