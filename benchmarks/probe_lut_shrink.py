@@ -12,7 +12,8 @@ x is one table read and one add per two values, the scales and zero points appli
 touch one 64-byte line. The table here is in global memory (built by its own launch; L1 serves the
 reads): plain Triton cannot place it in shared memory.
 
-It times, per group of one Llama-2-7B layer (2-bit components at the real codec's ranks for alpha 1/16,
+kernels/lut.py's shrink (the product's build of the same lookup, on the product's set with its word-major copy)
+is checked and timed beside the base too. It times, per group of one Llama-2-7B layer (2-bit components at the real codec's ranks for alpha 1/16,
 `DELTASTORE_BENCH_TIERS=2`), each as a CUDA graph over --copies copies: the product's shrink
 (triton_ops.shrink at its defaults, one row), the table launch, the LUT shrink, and both; after
 checking the LUT shrink against a float64 torch reference.
@@ -35,7 +36,7 @@ os.environ.setdefault("DELTASTORE_BENCH_TIERS", "2")
 
 from bench_kernels import GROUPS, SMOKE_GROUPS, random_packed, time_graph  # noqa: E402
 
-from deltastore.kernels import DeltaSet, plan_rows, triton_ops  # noqa: E402
+from deltastore.kernels import DeltaSet, lut, plan_rows, triton_ops  # noqa: E402
 
 
 @triton.jit
@@ -254,6 +255,9 @@ def main() -> None:
             out = torch.zeros(luts[0].R, device=dev)
             luts[0].run_gather(x[0], out, sp, br, nw)
             errs.append(float((out.double() - want).norm() / want.norm()))
+        zl = torch.zeros(1, sets[0].zcols, device=dev)  # kernels/lut.py's shrink on the product's set (its word-major copy)
+        lut.shrink(x, sets[0], plan, zl)
+        errs.append(float((zl[0, : luts[0].R].double() - want).norm() / want.norm()))
         if args.smoke:
             print(f"| {name} | {luts[0].R} x {K} | - | - | - | - | - | {max(errs):.1e} |")
             continue
@@ -293,6 +297,10 @@ def main() -> None:
             for W, y, lu, o in zip(Ws, ys, luts, outs):
                 beside(lambda: base_fn(x, W, y), lambda: lu.run_gather(x[0], o, gbest[1], gbest[0], gbest[2]))  # noqa: B023
 
+        def with_product_lut():  # noqa: ANN202
+            for W, y, ds, z in zip(Ws, ys, sets, zsum):
+                beside(lambda: base_fn(x, W, y), lambda: lut.shrink(x, ds, plan, z))  # noqa: B023
+
         def with_prod_kw(**kw):  # noqa: ANN202
             def fn():  # noqa: ANN202
                 for W, y, ds, z in zip(Ws, ys, sets, zsum):
@@ -314,10 +322,10 @@ def main() -> None:
             tb, tt, ts, tp = (time_graph(f) / copies * 1e6 for f in (base_only, with_tiny, serial_prod, with_prod))
             beside_rows.append(f"| {name} | {tb:.1f} | {tt:.1f} (+{tt - tb:.1f}) | {tp:.1f} (+{tp - tb:.1f}) | {ts:.1f} (+{ts - tb:.1f}) |")
             continue
-        tb, tp, tl_, tg, tp2, tpr = (time_graph(f) / copies * 1e6 for f in (base_only, with_prod, with_lut, with_gather,
-                                                                            with_prod_kw(num_warps=2), with_prod_kw(maxnreg=64)))
-        beside_rows.append(f"| {name} | {tb:.1f} | {tp:.1f} (+{tp - tb:.1f}) | {tp2:.1f} (+{tp2 - tb:.1f}) | {tpr:.1f} (+{tpr - tb:.1f}) | "
-                           f"{tl_:.1f} (+{tl_ - tb:.1f}) | {tg:.1f} (+{tg - tb:.1f}) |")
+        tb, tp, tl_, tg, tp2, tpl = (time_graph(f) / copies * 1e6 for f in (base_only, with_prod, with_lut, with_gather,
+                                                                            with_prod_kw(num_warps=2), with_product_lut))
+        beside_rows.append(f"| {name} | {tb:.1f} | {tp:.1f} (+{tp - tb:.1f}) | {tp2:.1f} (+{tp2 - tb:.1f}) | "
+                           f"{tl_:.1f} (+{tl_ - tb:.1f}) | {tg:.1f} (+{tg - tb:.1f}) | {tpl:.1f} (+{tpl - tb:.1f}) |")
     if beside_rows and args.fork_only:
         print(f"\nThe fork and join alone, us a copy ({args.base} base, one row):\n")
         print("| group | base alone | + a one-float launch beside (fork, join) | + product shrink beside | base then shrink, one stream |"
@@ -325,8 +333,8 @@ def main() -> None:
         print("\n".join(beside_rows))
     elif beside_rows:
         print(f"\nBeside the base ({args.base}, one row) on a side stream, us a copy:\n")
-        print("| group | base alone | + product shrink | + product, 2 warps | + product, 64 registers | + LUT table + shrink (best) | "
-              "+ LUT in-program table (best) |\n|---|---|---|---|---|---|---|")
+        print("| group | base alone | + product shrink | + product, 2 warps | + LUT table + shrink (best) | "
+              "+ LUT in-program table (best) | + kernels/lut.py (table + shrink) |\n|---|---|---|---|---|---|---|")
         print("\n".join(beside_rows))
 
 
