@@ -46,6 +46,18 @@ NSF = 6
 
 
 @triton.jit
+def _slice_row(sl_ptr, n0, NSL: tl.constexpr):
+    """The 6 fields of the slice holding column n0 (slices are whole blocks: the row of the last slice that
+    starts at or before n0): first column, columns, rows (components or pairs), words offset, scales
+    offset, z column."""
+    s = 0
+    for i in tl.static_range(1, NSL):
+        s += (tl.load(sl_ptr + i * 6) <= n0).to(tl.int32)
+    return (tl.load(sl_ptr + s * 6), tl.load(sl_ptr + s * 6 + 1), tl.load(sl_ptr + s * 6 + 2), tl.load(sl_ptr + s * 6 + 3),
+            tl.load(sl_ptr + s * 6 + 4), tl.load(sl_ptr + s * 6 + 5))
+
+
+@triton.jit
 def _fused_kernel(x_ptr, w_ptr, y_ptr, z_ptr, ut_ptr, st_ptr, zt_ptr, sl_ptr, K, one, NBLK,
                   NSL: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   BLOCK_J: tl.constexpr, USE_GDC: tl.constexpr, DELTA: tl.constexpr = True,
@@ -53,15 +65,7 @@ def _fused_kernel(x_ptr, w_ptr, y_ptr, z_ptr, ut_ptr, st_ptr, zt_ptr, sl_ptr, K,
     """y[0, n0 .. n0 + 16] = x W^T + t U^ (t = the shrink's z, which holds S) for one block of 16 columns."""
     for blk in range(tl.program_id(0), NBLK, tl.num_programs(0)):  # persistent: a grid under NBLK walks the blocks
         n0 = blk * BLOCK_N
-        # the slice of this block (slices are whole blocks): how many slices start at or before n0
-        s = 0
-        for i in tl.static_range(1, NSL):
-            s += (tl.load(sl_ptr + i * 6) <= n0).to(tl.int32)
-        col0 = tl.load(sl_ptr + s * 6)
-        R = tl.load(sl_ptr + s * 6 + 2)
-        u_off = tl.load(sl_ptr + s * 6 + 3)
-        sz_off = tl.load(sl_ptr + s * 6 + 4)
-        zcol = tl.load(sl_ptr + s * 6 + 5)
+        col0, _m, R, u_off, sz_off, zcol = _slice_row(sl_ptr, n0, NSL)
         c = (n0 - col0) // 16
         g = (n0 - col0) // GS
         fi = tl.arange(0, 16)
@@ -116,12 +120,8 @@ def _fused_kernel(x_ptr, w_ptr, y_ptr, z_ptr, ut_ptr, st_ptr, zt_ptr, sl_ptr, K,
 @triton.jit
 def _slice_of(sl_ptr, n0, NSL: tl.constexpr, GS: tl.constexpr):
     """(R, word column c, group g, words offset, scales offset, z column) of the block at column n0."""
-    s = 0
-    for i in tl.static_range(1, NSL):
-        s += (tl.load(sl_ptr + i * 6) <= n0).to(tl.int32)
-    col0 = tl.load(sl_ptr + s * 6)
-    return (tl.load(sl_ptr + s * 6 + 2), (n0 - col0) // 16, (n0 - col0) // GS, tl.load(sl_ptr + s * 6 + 3),
-            tl.load(sl_ptr + s * 6 + 4), tl.load(sl_ptr + s * 6 + 5))
+    col0, _m, R, u_off, sz_off, zcol = _slice_row(sl_ptr, n0, NSL)
+    return R, (n0 - col0) // 16, (n0 - col0) // GS, u_off, sz_off, zcol
 
 
 @triton.jit

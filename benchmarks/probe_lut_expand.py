@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DELTASTORE_BENCH_TIERS", "2")
 
 from bench_kernels import GROUPS, SMOKE_GROUPS, random_packed, time_graph  # noqa: E402
+from probe_fused_delta import _slice_row  # noqa: E402  (the slice table's row of a column: the same layout)
 
 from deltastore.codec import quant  # noqa: E402
 from deltastore.kernels import DeltaSet, plan_rows, triton_ops  # noqa: E402
@@ -50,15 +51,7 @@ def _lut_expand_kernel(pi_ptr, s_ptr, zp_ptr, z_ptr, y_ptr, sl_ptr, scr_ptr, NSL
     ob = tl.program_id(0)
     ks = tl.program_id(1)
     n0 = ob * GS
-    s = 0
-    for i in tl.static_range(1, NSL):
-        s += (tl.load(sl_ptr + i * 6) <= n0).to(tl.int32)
-    col0 = tl.load(sl_ptr + s * 6)
-    m = tl.load(sl_ptr + s * 6 + 1)
-    P = tl.load(sl_ptr + s * 6 + 2)
-    pi_off = tl.load(sl_ptr + s * 6 + 3)
-    sz_off = tl.load(sl_ptr + s * 6 + 4)
-    zcol = tl.load(sl_ptr + s * 6 + 5)
+    col0, m, P, pi_off, sz_off, zcol = _slice_row(sl_ptr, n0, NSL)
     g = (n0 - col0) // GS
     G = (m + GS - 1) // GS
     words = 4 * ((m + 31) // 32)

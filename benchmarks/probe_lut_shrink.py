@@ -66,6 +66,12 @@ def _rows_of(R, RS, G, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, WPG: tl.const
 
 
 @triton.jit
+def _group_words(wt_ptr, g, g1, WPG: tl.constexpr, RS, wrow, okf, jf):
+    """Group g's words of the view's components (zeros past the split's groups g1)."""
+    return tl.load(wt_ptr + g * WPG * RS + wrow, mask=okf & (jf * 0 + g < g1), other=0)
+
+
+@triton.jit
 def _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf):
     """Group g's scales and zero points of the view's components (float32), and the group's sum of x."""
     sc = tl.load(s_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
@@ -94,10 +100,10 @@ def _lut_shrink_kernel(t_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_ptr, R, 
     F: tl.constexpr = WPG * BLOCK_R
     jf, rf, okf, wrow, g0, g1 = _rows_of(R, RS, G, SPLIT, BLOCK_R, WPG)
     acc = tl.zeros((F,), dtype=tl.float32)
-    w1 = tl.load(wt_ptr + g0 * WPG * RS + wrow, mask=okf & (jf * 0 + g0 < g1), other=0)
+    w1 = _group_words(wt_ptr, g0, g1, WPG, RS, wrow, okf, jf)
     for g in range(g0, g1):
         w = w1
-        w1 = tl.load(wt_ptr + (g + 1) * WPG * RS + wrow, mask=okf & (jf * 0 + g + 1 < g1), other=0)
+        w1 = _group_words(wt_ptr, g + 1, g1, WPG, RS, wrow, okf, jf)  # (the next group's, asked for a step ahead)
         sc, zp, xsg = _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf)
         tg = t_ptr + g * (GS * 8) + jf * 128  # word j's 8 pairs' tables (16 entries each)
         a = tl.zeros((F,), dtype=tl.float32)
@@ -121,10 +127,10 @@ def _lut_shrink_gather_kernel(x_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_p
     ca = (e & 3).to(tl.float32)
     cb = (e >> 2).to(tl.float32)
     acc = tl.zeros((F,), dtype=tl.float32)
-    w1 = tl.load(wt_ptr + g0 * WPG * RS + wrow, mask=okf & (jf * 0 + g0 < g1), other=0)
+    w1 = _group_words(wt_ptr, g0, g1, WPG, RS, wrow, okf, jf)
     for g in range(g0, g1):
         w = w1
-        w1 = tl.load(wt_ptr + (g + 1) * WPG * RS + wrow, mask=okf & (jf * 0 + g + 1 < g1), other=0)
+        w1 = _group_words(wt_ptr, g + 1, g1, WPG, RS, wrow, okf, jf)  # (the next group's, asked for a step ahead)
         sc, zp, xsg = _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf)
         i0 = g * GS + 2 * tp
         x0 = tl.load(x_ptr + i0, mask=i0 < K, other=0.0).to(tl.float32)
