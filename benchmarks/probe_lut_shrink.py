@@ -54,93 +54,54 @@ def _lut_table_kernel(x_ptr, t_ptr, xs_ptr, K, GS: tl.constexpr):
 
 
 @triton.jit
-def _rows_of(R, RS, G, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, WPG: tl.constexpr):
-    """A program's 1-D (word of the group, component) view: word index, component, in range, word offset of
-    (word, component) in a group's block, and its split's groups g0 .. g1."""
-    f = tl.arange(0, WPG * BLOCK_R)
-    jf = f // BLOCK_R
-    rf = tl.program_id(0) * BLOCK_R + f % BLOCK_R
-    per = tl.cdiv(G, SPLIT)
-    g0 = tl.program_id(1) * per
-    return jf, rf, rf < R, jf * RS + rf, g0, tl.minimum(g0 + per, G)
-
-
-@triton.jit
-def _group_words(wt_ptr, g, g1, WPG: tl.constexpr, RS, wrow, okf, jf):
-    """Group g's words of the view's components (zeros past the split's groups g1)."""
-    return tl.load(wt_ptr + g * WPG * RS + wrow, mask=okf & (jf * 0 + g < g1), other=0)
-
-
-@triton.jit
-def _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf):
-    """Group g's scales and zero points of the view's components (float32), and the group's sum of x."""
-    sc = tl.load(s_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
-    zp = tl.load(z_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
-    return sc, zp, tl.load(xs_ptr + g)
-
-
-@triton.jit
-def _add_out(acc, sv_ptr, out_ptr, R, WPG: tl.constexpr, BLOCK_R: tl.constexpr):
-    """out[component] += S * the sum of acc over the view's words (one reduction a program)."""
-    out = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0)
-    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
-    tl.atomic_add(out_ptr + offs_r, out * tl.load(sv_ptr + offs_r, mask=r_ok, other=0.0), mask=r_ok, sem="relaxed")
-
-
-@triton.jit
-def _lut_shrink_kernel(t_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_ptr, R, RS, G, SPLIT: tl.constexpr,
-                       BLOCK_R: tl.constexpr, GS: tl.constexpr):
+def _lut_shrink_kernel(t_ptr, x_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_ptr, K, R, RS, G, SPLIT: tl.constexpr,
+                       BLOCK_R: tl.constexpr, GS: tl.constexpr, GATHER: tl.constexpr = False):
     """out[r] += S_r * sum over this split's groups g of s[g, r] (sum_p T[p, nibble_p(r)] - z[g, r] xs[g]).
     wt (words, RS) int32: word j of every component, components contiguous (row stride RS >= R); s, z
     (G, RS) fp16. Every tensor is 1-D over (word of the group, component), so the words' load and the
     table reads share one layout (no conversion): a thread holds all of a group's words of its
-    components and sums them at the end."""
+    components and sums them at the end. The table T: the table launch's (t_ptr), or with GATHER each
+    group's made in the program from x (x_ptr, K; no table launch) and read by tl.gather (which Triton
+    lowers through shared memory: 32-bit addresses, no 64-bit pointer a read)."""
     WPG: tl.constexpr = GS // 16  # 2-bit words a group
     F: tl.constexpr = WPG * BLOCK_R
-    jf, rf, okf, wrow, g0, g1 = _rows_of(R, RS, G, SPLIT, BLOCK_R, WPG)
-    acc = tl.zeros((F,), dtype=tl.float32)
-    w1 = _group_words(wt_ptr, g0, g1, WPG, RS, wrow, okf, jf)
-    for g in range(g0, g1):
-        w = w1
-        w1 = _group_words(wt_ptr, g + 1, g1, WPG, RS, wrow, okf, jf)  # (the next group's, asked for a step ahead)
-        sc, zp, xsg = _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf)
-        tg = t_ptr + g * (GS * 8) + jf * 128  # word j's 8 pairs' tables (16 entries each)
-        a = tl.zeros((F,), dtype=tl.float32)
-        for k in tl.static_range(8):  # nibble k: pair j * 8 + k
-            a += tl.load(tg + (k * 16 + ((w >> (4 * k)) & 15)))
-        acc += sc * (a - tl.where(jf == 0, zp * xsg, 0.0))
-    _add_out(acc, sv_ptr, out_ptr, R, WPG, BLOCK_R)
-
-
-@triton.jit
-def _lut_shrink_gather_kernel(x_ptr, xs_ptr, wt_ptr, s_ptr, z_ptr, sv_ptr, out_ptr, K, R, RS, G, SPLIT: tl.constexpr,
-                              BLOCK_R: tl.constexpr, GS: tl.constexpr):
-    """_lut_shrink_kernel with each group's table made in the program from x (no table launch) and read by
-    tl.gather (which Triton lowers through shared memory: 32-bit addresses, no 64-bit pointer a read)."""
-    WPG: tl.constexpr = GS // 16
-    F: tl.constexpr = WPG * BLOCK_R
-    jf, rf, okf, wrow, g0, g1 = _rows_of(R, RS, G, SPLIT, BLOCK_R, WPG)
-    te = tl.arange(0, GS * 8)  # a group's table: GS / 2 pairs x 16 entries
+    f = tl.arange(0, F)
+    jf = f // BLOCK_R
+    rf = tl.program_id(0) * BLOCK_R + f % BLOCK_R
+    okf = rf < R
+    wrow = jf * RS + rf
+    per = tl.cdiv(G, SPLIT)
+    g0 = tl.program_id(1) * per
+    g1 = tl.minimum(g0 + per, G)
+    te = tl.arange(0, GS * 8)  # (GATHER) a group's table: GS / 2 pairs x 16 entries
     tp = te // 16
-    e = te % 16
-    ca = (e & 3).to(tl.float32)
-    cb = (e >> 2).to(tl.float32)
+    ca = (te % 16 & 3).to(tl.float32)
+    cb = (te % 16 >> 2).to(tl.float32)
     acc = tl.zeros((F,), dtype=tl.float32)
-    w1 = _group_words(wt_ptr, g0, g1, WPG, RS, wrow, okf, jf)
+    w1 = tl.load(wt_ptr + g0 * WPG * RS + wrow, mask=okf & (jf * 0 + g0 < g1), other=0)
     for g in range(g0, g1):
         w = w1
-        w1 = _group_words(wt_ptr, g + 1, g1, WPG, RS, wrow, okf, jf)  # (the next group's, asked for a step ahead)
-        sc, zp, xsg = _group_sz(s_ptr, z_ptr, xs_ptr, g, RS, rf, okf)
-        i0 = g * GS + 2 * tp
-        x0 = tl.load(x_ptr + i0, mask=i0 < K, other=0.0).to(tl.float32)
-        x1 = tl.load(x_ptr + i0 + 1, mask=i0 + 1 < K, other=0.0).to(tl.float32)
-        table = ca * x0 + cb * x1
+        w1 = tl.load(wt_ptr + (g + 1) * WPG * RS + wrow, mask=okf & (jf * 0 + g + 1 < g1), other=0)  # (a step ahead)
+        sc = tl.load(s_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
+        zp = tl.load(z_ptr + g * RS + rf, mask=okf, other=0.0).to(tl.float32)
+        xsg = tl.load(xs_ptr + g)
         a = tl.zeros((F,), dtype=tl.float32)
-        for k in tl.static_range(8):
-            a += tl.gather(table, jf * 128 + k * 16 + ((w >> (4 * k)) & 15), 0)
+        if GATHER:
+            i0 = g * GS + 2 * tp
+            x0 = tl.load(x_ptr + i0, mask=i0 < K, other=0.0).to(tl.float32)
+            x1 = tl.load(x_ptr + i0 + 1, mask=i0 + 1 < K, other=0.0).to(tl.float32)
+            table = ca * x0 + cb * x1
+            for k in tl.static_range(8):  # nibble k: pair j * 8 + k
+                a += tl.gather(table, jf * 128 + k * 16 + ((w >> (4 * k)) & 15), 0)
+        else:
+            tg = t_ptr + g * (GS * 8) + jf * 128  # word j's 8 pairs' tables (16 entries each)
+            for k in tl.static_range(8):  # nibble k: pair j * 8 + k
+                a += tl.load(tg + (k * 16 + ((w >> (4 * k)) & 15)))
         acc += sc * (a - tl.where(jf == 0, zp * xsg, 0.0))
-    _add_out(acc, sv_ptr, out_ptr, R, WPG, BLOCK_R)
+    out = tl.sum(tl.reshape(acc, (WPG, BLOCK_R)), axis=0)
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    tl.atomic_add(out_ptr + offs_r, out * tl.load(sv_ptr + offs_r, mask=r_ok, other=0.0), mask=r_ok, sem="relaxed")
 
 
 class Lut:
@@ -170,14 +131,14 @@ class Lut:
 
     def run_shrink(self, out: torch.Tensor, split: int, block_r: int, warps: int) -> None:
         grid = (triton.cdiv(self.R, block_r), split)
-        _lut_shrink_kernel[grid](self.table, self.xs, self.wt, self.st, self.zt, self.sv, out, self.R, self.R, self.G,
-                                 SPLIT=split, BLOCK_R=block_r, GS=self.gs, num_warps=warps)
+        _lut_shrink_kernel[grid](self.table, self.table, self.xs, self.wt, self.st, self.zt, self.sv, out, self.K, self.R, self.R,
+                                 self.G, SPLIT=split, BLOCK_R=block_r, GS=self.gs, num_warps=warps)
 
     def run_gather(self, x: torch.Tensor, out: torch.Tensor, split: int, block_r: int, warps: int) -> None:
         """The in-program table (xs from the table launch's group sums, made once per x here too)."""
         grid = (triton.cdiv(self.R, block_r), split)
-        _lut_shrink_gather_kernel[grid](x, self.xs, self.wt, self.st, self.zt, self.sv, out, self.K, self.R, self.R, self.G,
-                                        SPLIT=split, BLOCK_R=block_r, GS=self.gs, num_warps=warps)
+        _lut_shrink_kernel[grid](self.table, x, self.xs, self.wt, self.st, self.zt, self.sv, out, self.K, self.R, self.R, self.G,
+                                 SPLIT=split, BLOCK_R=block_r, GS=self.gs, GATHER=True, num_warps=warps)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """float64: S_r * sum_k (q - z) s x over the components' dequantized rows."""
