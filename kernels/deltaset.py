@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -463,25 +463,30 @@ class DeltaSet:
             for b, recs in enumerate(per):
                 tl: list[list[int]] = []
                 for rec in recs:
-                    bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
-                    dsh = rec[NF] if mma else 0
-                    vw, uw = quant.packed_words(self.in_features, bits), quant.packed_words(self.out_features[b], bits)
-                    vg, ug = quant.n_groups(self.in_features, gs), quant.n_groups(self.out_features[b], gs)
-                    for c0 in range(0, cnt, tile_r):
-                        x = list(rec)
-                        x[F["v_q"]] += c0 * vw
-                        x[F["v_sz"]] += c0 * vg
-                        x[F["u_q"]] += c0 * uw
-                        x[F["u_sz"]] += c0 * ug
-                        x[F["s_off"]] += c0 >> dsh
-                        x[F["zcol"]] += c0 >> dsh
-                        x[F["count"]] = min(tile_r, cnt - c0)
-                        tl.append(x)
+                    tl.extend(x for _c0, x in self._cut(rec, b, tile_r, mma))
                 rows[(a, b)] = tl
         got = self._tiles[(tile_r, mma)] = self._padded(rows, NF + mma)
         if not mma:
             self._tile_total[tile_r] = sum(len(v) for v in rows.values())
         return got
+
+    def _cut(self, rec: list[int], b: int, tile_r: int, mma: bool) -> Iterator[tuple[int, list[int]]]:
+        """(first row c0, table row) of each tile of ``tile_r`` rows of tier row ``rec`` of slice b: its
+        offsets moved to row c0 (singular values and z columns by c0 >> dsh, dsh the mma rows' last field)."""
+        bits, cnt, gs = rec[F["bits"]], rec[F["count"]], rec[F["gs"]]
+        dsh = rec[NF] if mma else 0
+        vw, uw = quant.packed_words(self.in_features, bits), quant.packed_words(self.out_features[b], bits)
+        vg, ug = quant.n_groups(self.in_features, gs), quant.n_groups(self.out_features[b], gs)
+        for c0 in range(0, cnt, tile_r):
+            x = list(rec)
+            x[F["v_q"]] += c0 * vw
+            x[F["v_sz"]] += c0 * vg
+            x[F["u_q"]] += c0 * uw
+            x[F["u_sz"]] += c0 * ug
+            x[F["s_off"]] += c0 >> dsh
+            x[F["zcol"]] += c0 >> dsh
+            x[F["count"]] = min(tile_r, cnt - c0)
+            yield c0, x
 
     def lut_tiles(self, tile_r: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
         """(tiles (slots, slices, T, 8) int64, ntiles (slots, slices) int32, T, words): the one-row lookup
@@ -503,14 +508,13 @@ class DeltaSet:
             for b, recs in enumerate(per):
                 tl: list[list[int]] = []
                 for rec in recs:
-                    bits, cnt, gs, dsh = rec[F["bits"]], rec[F["count"]], rec[F["gs"]], rec[NF]
+                    bits, cnt = rec[F["bits"]], rec[F["count"]]
                     if bits != 2:
                         raise KernelError(f"the lookup shrink reads 2-bit rows; this set holds a {bits}-bit tier")
-                    vw, vg = quant.packed_words(K, 2), quant.n_groups(K, gs)
+                    vw = quant.packed_words(K, 2)
                     parts.append(self.words[rec[F["v_q"]]: rec[F["v_q"]] + cnt * vw].view(cnt, vw).t().reshape(-1))
-                    for c0 in range(0, cnt, tile_r):
-                        tl.append([at + c0, cnt, rec[F["v_sz"]] + c0 * vg, rec[F["s_off"]] + (c0 >> dsh), min(tile_r, cnt - c0),
-                                   rec[F["zcol"]] + (c0 >> dsh), dsh, gs])
+                    for c0, x in self._cut(rec, b, tile_r, True):
+                        tl.append([at + c0, cnt, x[F["v_sz"]], x[F["s_off"]], x[F["count"]], x[F["zcol"]], rec[NF], x[F["gs"]]])
                     at += cnt * vw
                 rows[(a, b)] = tl
         words = torch.cat(parts).contiguous() if parts else torch.zeros(1, dtype=torch.int32, device=self.device)
