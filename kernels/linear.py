@@ -76,7 +76,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
         if dense.use_dense(dset, plan, path):
             _zero(zero)
             return dense.apply(x, y.zero_() if overwrite else y, dset, plan)
-        if path is None and split_k is None and fused is None and lut.serves(x, dset, plan, zsum):  # (off: see kernels/lut.py)
+        if path is None and split_k is None and lut.serves(x, dset, plan, zsum, fused):  # (off: see kernels/lut.py)
             z = lut.shrink(x, dset, plan, zsum, zero=zero)  # (its table launch zeroes ``zero``)
         else:
             _zero(zero)

@@ -147,12 +147,13 @@ def _one_gs(dset: DeltaSet) -> int | None:
     return next(iter(gss)) if len(gss) == 1 and next(iter(gss)) in (32, 64, 128) else None
 
 
-def serves(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor | None) -> bool:
+def serves(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor | None, fused: object = None) -> bool:
     """Whether :func:`shrink` takes this call: switched on, one row on a GPU (or Triton's interpreter on
-    the CPU), the GEMV path with its summed z (``zsum``), a slot the host knows, and every tier 2-bit
-    as stored or as planes with one group size. Asks the set for its planes the first time (a rebuild,
-    as the tensor-core kernels do: eager steps come before a graph is captured)."""
-    if not (ENABLED and triton_ops.HAVE_TRITON and x.shape[0] == 1 and zsum is not None and dset.n_slots):
+    the CPU), the GEMV path with its summed z (``zsum``), no fused join (``fused``, a :class:`.join.Join`:
+    its arrivals count the GEMV shrink's programs), a slot the host knows, and every tier 2-bit as stored
+    or as planes with one group size. Asks the set for its planes the first time (a rebuild, as the
+    tensor-core kernels do: eager steps come before a graph is captured)."""
+    if not (ENABLED and triton_ops.HAVE_TRITON and x.shape[0] == 1 and zsum is not None and fused is None and dset.n_slots):
         return False
     if not (x.is_cuda or triton_ops.interpreting()):
         return False

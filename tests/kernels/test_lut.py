@@ -4,7 +4,7 @@ each tier layout it takes (2-bit; 8- and 3-bit tiers as 2-bit planes), each grou
 that are not a multiple of the group, bf16 and fp16 activations; leave a base-only row's z alone; be the
 path a one-row ``apply_deltas`` takes when switched on (off by default: slower through the modules on the
 H200), with the same numbers as the GEMV shrink's path; and step aside for
-what it does not serve (4- or 1-bit tiers, several rows, no summed z, mixed group sizes, switched off).
+what it does not serve (4- or 1-bit tiers, several rows, no summed z, a fused join, mixed group sizes, switched off).
 
 Bound: each table entry is (e & 3) x0 + (e >> 2) x1 rounded once to float32 and summed in float32 (as the
 GEMV shrink sums its products), so z is held to rel < 1e-5 of the float64 reference (observed ~1e-7)."""
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltastore.kernels import DeltaSet, KernelError, lut, plan_rows, ref_ops, triton_ops
+from deltastore.kernels import DeltaSet, KernelError, join, lut, plan_rows, ref_ops, triton_ops
 from deltastore.kernels.linear import apply_deltas
 
 from .kernel_testlib import DEVICE, packed_delta, rel
@@ -135,6 +135,8 @@ def test_it_steps_aside_for_what_it_does_not_serve(monkeypatch: pytest.MonkeyPat
     z = torch.zeros(1, ds.zcols, device=DEVICE)
     assert lut.serves(_x(256), ds, plan1, z)
     assert not lut.serves(_x(256), ds, plan1, None)  # no summed z (the ordered GEMV path)
+    fj = join.Join(torch.empty(1, 64), torch.empty(1, 64), torch.zeros(1, dtype=torch.int32), 1, z)
+    assert not lut.serves(_x(256), ds, plan1, z, fj)  # a fused join counts the GEMV shrink's programs
     two = plan_rows(torch.tensor([0, 0], device=DEVICE), 1)
     assert not lut.serves(_x(256, rows=2), ds, two, torch.zeros(2, ds.zcols, device=DEVICE))
     for schedule in ([[4, 2], [2, None]], [[2, 3], [1, None]]):  # 4- and 1-bit tiers have no 2-bit planes
