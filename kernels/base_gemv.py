@@ -75,6 +75,17 @@ PROGRAMS_PER_SM = int(os.environ.get("DELTASTORE_BASE_GEMV_PER_SM", "0"))
 #: (DELTASTORE_BASE_EVICT_FIRST): level, one row through the modules on the H200 156.7 us a layer
 #: against 157.4 (l2_device.sh, raw_h200/s29/l2), 163.1 with the prefetch.
 EVICT_FIRST = os.environ.get("DELTASTORE_BASE_EVICT_FIRST", "0") not in ("", "0")
+#: the GEMV's loop software-pipelined this deep where W has at least STAGES_MIN_K inputs (``tl.range(...,
+#: num_stages=STAGES)``: the loads of STAGES - 1 steps ahead go to shared memory by cp.async, holding no
+#: registers; 1: no pipeline, a program's one step of W in flight in registers). The same sums in the same
+#: order (the same bits). H200, one Llama-2-7B layer (benchmarks/results/raw_h200/s33/): alone, 3 stages
+#: sum the layer's GEMVs to 117.2 us against 126.0 unpipelined and cuBLAS's 119.7; beside the deltas
+#: (probe_base_stream.py) level at q/k/v and gate/up, -3.6 us at down (11008 inputs) and +1.9 at o (4096:
+#: 16 steps a program, the pipeline's fill not paid back). Through the modules, one row with its delta
+#: (ab_mma.py, raw_h200/s33/d): 146.1 us (x1.26 of cuBLAS's base) against 151.2 unpipelined, 148.4 with 3
+#: stages at every K (148.2-149.7 in two more calls against 151.2-152.0) and 148.4 with 4 stages.
+STAGES = int(os.environ.get("DELTASTORE_BASE_GEMV_STAGES", "3"))
+STAGES_MIN_K = int(os.environ.get("DELTASTORE_BASE_GEMV_STAGES_MIN_K", "8192"))
 
 
 def _programs_cap(device: torch.device) -> int:
@@ -111,9 +122,10 @@ if HAVE_TRITON:
     def _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, n0,
                    d_ptr, cnt_ptr, join_total, stride_dm,
                    M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   EVEN_K: tl.constexpr, JOIN: tl.constexpr, EVICT: tl.constexpr):
+                   EVEN_K: tl.constexpr, JOIN: tl.constexpr, EVICT: tl.constexpr, STAGES: tl.constexpr):
         """y[:M, n0 .. n0 + BLOCK_N] (one program's block of output columns); JOIN: then counted on
-        its block's counter, the last program of the block adding the delta d in (:mod:`.join`)."""
+        its block's counter, the last program of the block adding the delta d in (:mod:`.join`);
+        STAGES > 1: the loop software-pipelined (:data:`STAGES`)."""
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
         nc = tl.where(n_ok, n, 0)  # rows past N read row 0 (always there): no mask along n in the loop
@@ -123,7 +135,7 @@ if HAVE_TRITON:
         acc1 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         acc2 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         acc3 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             if EVEN_K:
                 w = tl.load(wp + k0, eviction_policy=EVICT).to(tl.float32)
             else:
@@ -153,17 +165,18 @@ if HAVE_TRITON:
     def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
                      d_ptr, cnt_ptr, join_total, stride_dm,
                      M: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     EVEN_K: tl.constexpr, PERSIST: tl.constexpr = False, JOIN: tl.constexpr = False, EVICT: tl.constexpr = ""):
+                     EVEN_K: tl.constexpr, PERSIST: tl.constexpr = False, JOIN: tl.constexpr = False, EVICT: tl.constexpr = "",
+                     STAGES: tl.constexpr = 1):
         """A block of BLOCK_N output columns a program; PERSIST: a capped grid whose programs take
         the blocks in turn (pid, pid + programs, ...; see :data:`PROGRAMS_PER_SM`)."""
         pid = tl.program_id(0)
         if PERSIST:
             for blk in range(pid, tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
                 _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, blk * BLOCK_N,
-                           d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN, EVICT)
+                           d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN, EVICT, STAGES)
         else:
             _gemv_cols(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym, pid * BLOCK_N,
-                       d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN, EVICT)
+                       d_ptr, cnt_ptr, join_total, stride_dm, M, HAS_B, BLOCK_N, BLOCK_K, EVEN_K, JOIN, EVICT, STAGES)
 
     @triton.jit
     def _dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
@@ -267,5 +280,6 @@ def gemv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, out: t
                           jd, jc, fused.total if fused is not None else 0, jd.stride(0),
                           M=M, HAS_B=b is not None, BLOCK_N=bn, BLOCK_K=BLOCK_K,
                           EVEN_K=K % BLOCK_K == 0, PERSIST=grid < blocks, JOIN=fused is not None,
-                          EVICT="evict_first" if EVICT_FIRST else "", num_warps=NUM_WARPS)
+                          EVICT="evict_first" if EVICT_FIRST else "", STAGES=STAGES if K >= STAGES_MIN_K else 1,
+                          num_warps=NUM_WARPS)
     return y

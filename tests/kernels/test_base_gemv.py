@@ -65,6 +65,27 @@ def test_capped_grid_same_bits(M: int, monkeypatch: pytest.MonkeyPatch) -> None:
     _check(M, 37, 300, torch.bfloat16, bias=True, seed=M, path="gemv")
 
 
+@pytest.mark.parametrize("M,stages", [(1, 3), (1, 4), (3, 3)])
+def test_pipelined_loop_same_bits(M: int, stages: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GEMV's loop software-pipelined (STAGES: W's next steps by cp.async on a GPU) sums in the
+    same order, so it gives the unpipelined kernel's bits; odd shapes (a masked tail of K, the last
+    block past N) and blocks of 16 columns by 128 inputs (more steps than stages)."""
+    g = torch.Generator().manual_seed(10 + M)
+    x = torch.randn(M, 700, generator=g).to(torch.bfloat16).to(DEVICE)
+    W = torch.randn(45, 700, generator=g).to(torch.bfloat16).to(DEVICE)
+    b = torch.randn(45, generator=g).to(torch.bfloat16).to(DEVICE)
+    monkeypatch.setattr(base_gemv, "BLOCK_N", 16)
+    monkeypatch.setattr(base_gemv, "BLOCK_K", 128)
+    monkeypatch.setattr(base_gemv, "MIN_PROGRAMS", 1)
+    monkeypatch.setattr(base_gemv, "STAGES_MIN_K", 0)
+    monkeypatch.setattr(base_gemv, "STAGES", 1)
+    want = base_gemv.gemv(x, W, b, path="gemv")
+    monkeypatch.setattr(base_gemv, "STAGES", stages)
+    got = base_gemv.gemv(x, W, b, path="gemv")
+    assert torch.equal(got, want)
+    _check(M, 45, 700, torch.bfloat16, bias=True, seed=10 + M, path="gemv")
+
+
 def test_refuses_what_it_does_not_serve() -> None:
     x = torch.zeros(33, 16, dtype=torch.bfloat16, device=DEVICE)
     with pytest.raises(KernelError, match="rows"):
