@@ -18,7 +18,8 @@ x1.6-x2.3 of cuBLAS's time, yet with this tile the layer with its delta goes 202
 at 2 and 4 rows 0.98x and 0.95x, at 8 rows over 8 and 32 over 32 (one row a fine-tune) level
 (1.01x). The one-row GEMV kernel keeps a float32 partial a row in registers: x1.24-x2.16 of cuBLAS
 at 2-4 rows, so it serves one row (:data:`GEMV_ROWS`). Above :data:`SERVE_ROWS` rows, cuBLAS. Alone
-these kernels are a little slower than cuBLAS (x1.04 at one row, x1.09 at 5, x1.31 at 32 rows over 8),
+these kernels were a little slower than cuBLAS (x1.04 at one row, x1.09 at 5, x1.31 at 32 rows over 8;
+at one row level since the loop is pipelined, :data:`STAGES`),
 so :func:`.linear.base_linear` takes them only for a base the deltas run beside on the side stream
 (graph decoding's steps by default: :func:`.linear.side_stream`).
 
