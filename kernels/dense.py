@@ -63,12 +63,21 @@ DENSE_MIN_ROWS = int(os.environ.get("DELTASTORE_DENSE_MIN_ROWS", "5"))
 PAD = 64
 #: the dequant kernel's block: rows of one record (components) x values along a row, and its warps
 #: (H200, 7B layer, raw_h200/dense_ab_*: 32 x 128 on one warp 143 us; 16 x 128 on four 217-222;
-#: fewer warps faster at every block tried, 256 columns or a gather unpack slower)
-DENSE_BLOCK_R = 32
+#: fewer warps faster at every block tried, 256 columns or a gather unpack slower). With the aligned
+#: stores (thirty-third session, raw_h200/s33/e: ab_mma.py --cases 64,256 --delta-alone) 16 rows on one
+#: warp: 64 rows of one fine-tune 350.5 us a layer against 355.5 at 32 rows (2 warps 351.0, 64 rows on 4
+#: warps 353.1), 256 rows 416.2 against 427.4 (145 registers against 207 at 32 rows)
+DENSE_BLOCK_R = 16
 DENSE_BLOCK_C = 128
 DENSE_WARPS = 1
 #: the dequant kernel's unpack: False = each word loaded once and split in registers; True = per value
 DENSE_GATHER = False
+#: the dequant's stores as 16-byte vectors where the shapes allow it (:func:`aligned`; DELTASTORE_DENSE_ALIGN=0: off).
+#: H200, one Llama-2-7B layer through the modules (raw_h200/s33/e): 64 rows of one fine-tune 355.5 us against
+#: 380.9 without (x2.99 against x3.20 of the base), 256 rows 427.4 against 449.3 (x2.69 against x2.83); the
+#: sm_90 compile of the 2-bit dequant: 16 stores a thread and program instead of 128, 1,576 instructions
+#: instead of 2,256 (the 3-tier one: no spill instead of 72 bytes of stack)
+ALIGN_STORES = os.environ.get("DELTASTORE_DENSE_ALIGN", "1") != "0"
 #: fields of a dequant item (one row block of one tier record's V^ or U^ half, or of pad rows)
 ITEM_FIELDS = ("q", "sz", "s_off", "bits", "rows", "length", "gs", "dst")
 NFD = len(ITEM_FIELDS)
@@ -155,6 +164,13 @@ def layout(dset: DeltaSet, slot: int, block_r: int | None = None) -> DenseLayout
     return got
 
 
+def aligned(dset: DeltaSet) -> bool:
+    """Whether every dequant item's row length and destination are multiples of 8 elements: the
+    inputs and every slice's outputs are (the padded ranks are multiples of :data:`PAD`, so every
+    block of the scratch then starts at one; the scratch itself is a fresh allocation, 16-byte aligned)."""
+    return dset.in_features % 8 == 0 and all(m % 8 == 0 for m in dset.out_features) and PAD % 8 == 0
+
+
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []
 
@@ -213,15 +229,22 @@ if triton is not None:
     @triton.jit
     def _dense_dequant_kernel(words_ptr, scales_ptr, zeros_ptr, svals_ptr, items_ptr, out_ptr,
                               NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr,
-                              HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr):
+                              HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
+                              ALIGNED: tl.constexpr = False):
         """Program (column block, item): BLOCK_R rows x BLOCK_C values of one item's record,
         dequantized (times S for V^ rows: s_off >= 0), written in out's dtype at dst (rows of
-        ``length``); bits 0: zeros."""
+        ``length``); bits 0: zeros. ALIGNED: every item's length and dst are multiples of 8 (the
+        host knows it from the shapes: :func:`aligned`), so a thread's 8 consecutive values are one
+        16-byte store; without the hint the compiler cannot prove it from the loaded fields and
+        stores every value apart (2 bytes a store: a 32-byte sector written 16 times)."""
         pc = tl.program_id(0)
         it = tl.program_id(1)
         ib = items_ptr + it * NFIELD
         q0, sz0, s_off, bits = tl.load(ib + 0), tl.load(ib + 1), tl.load(ib + 2), tl.load(ib + 3)
         nrows, L, gs, dst = tl.load(ib + 4), tl.load(ib + 5), tl.load(ib + 6), tl.load(ib + 7)
+        if ALIGNED:
+            L = tl.multiple_of(L, 8)
+            dst = tl.multiple_of(dst, 8)
         c0 = pc * BLOCK_C
         if c0 >= L:
             return
@@ -261,7 +284,8 @@ def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | 
         LAST["dequant"] = _dense_dequant_kernel[grid](dset.words, dset.scales, dset.zeros, dset.svals, lay.items, buf,
                                                       NFIELD=NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=DENSE_GATHER if gather is None else gather,
                                                       ONE_GROUP=dset.block_k % bc == 0,
-                                                      **triton_ops._has(dset), num_warps=int(num_warps or DENSE_WARPS))
+                                                      **triton_ops._has(dset), ALIGNED=ALIGN_STORES and aligned(dset),
+                                                      num_warps=int(num_warps or DENSE_WARPS))
     v = buf[: lay.total_v_rows * K].view(lay.total_v_rows, K)
     u = [buf[o : o + p * m].view(p, m) if p else None for o, p, m in zip(lay.u_off, lay.padded, ms)]
     return DenseFactors(lay, v, u)

@@ -232,3 +232,24 @@ def test_the_dense_path_replays_in_a_cuda_graph() -> None:
         # (cuBLAS may pick another algorithm inside a capture: within 2 ulp, not bit for bit)
         assert bool(((y.float() - want.float()).abs() <= 2 * torch.finfo(dtype).eps * want.float().abs() + 1e-6).all()), seed
         assert torch.equal(y[ids.to(DEVICE) == -1], y0[ids.to(DEVICE) == -1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_aligned_stores_write_the_same_factors(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where every width is a multiple of 8 the dequant stores 16 bytes at a time (the ALIGNED hint);
+    it writes what the unhinted kernel writes, every element; an odd width keeps the unhinted kernel."""
+    n, ms = 96, [64, 40]
+    ds = DeltaSet(n, ms, DEVICE)
+    ds.add([packed_delta(m, n, seed=70 + i, dtype=dtype, group_size=32, schedule=[[8, 1], [3, 2], [2, None]])[1] for i, m in enumerate(ms)])
+    assert dense.aligned(ds) and not dense.aligned(_three_slices(dtype)[0])
+    lay = dense.layout(ds, 0)
+    buf = dense.scratch(ds.device, dtype, lay.numel)
+    buf.fill_(float("nan"))
+    monkeypatch.setattr(dense, "ALIGN_STORES", False)
+    dense.dequantize(ds, 0, dtype)
+    want = dense.scratch(ds.device, dtype, lay.numel)[: lay.numel].clone()
+    buf.fill_(float("nan"))
+    monkeypatch.setattr(dense, "ALIGN_STORES", True)
+    dense.dequantize(ds, 0, dtype)
+    got = dense.scratch(ds.device, dtype, lay.numel)[: lay.numel]
+    assert not bool(want.isnan().any()) and torch.equal(got, want)
