@@ -714,6 +714,7 @@ def register_report() -> None:
         Triton's specialization; it decides whether loads are vectorized)."""
         sig = {n: sig.get(n, "constexpr") for n in fn.arg_names}  # in the kernel's parameter order
         names = list(sig)
+        ce = {**{q.name: q.default for q in fn.params if q.is_constexpr and q.has_default}, **ce}  # unnamed: their defaults
         src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in ce.items()},
                         attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div})
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
@@ -740,9 +741,11 @@ def register_report() -> None:
     sig_d = {"words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16", "svals_ptr": "*fp32", "items_ptr": "*i64", "out_ptr": "*bf16"}
     for br, bc, g, one in ((dense.DENSE_BLOCK_R, dense.DENSE_BLOCK_C, False, True), (dense.DENSE_BLOCK_R, 256, False, False),
                            (dense.DENSE_BLOCK_R, dense.DENSE_BLOCK_C, True, True)):
-        ce = dict(NFIELD=dense.NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=g, ONE_GROUP=one, **has([8, 3, 2]))
-        print(f"| dense dequant{' (gather)' if g else ''}{' (one group)' if one else ''} | [8, 3, 2] | - | {br} x {bc} | 4 / 2 | "
-              f"{usage(dense._dense_dequant_kernel, sig_d, ce, 4, 2, tuple(sig_d))} |", flush=True)
+        ce = dict(NFIELD=dense.NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=g, ONE_GROUP=one, **has([8, 3, 2]), ALIGNED=True,
+                  SPAN=dense.DENSE_SPAN, STAGES=dense.DENSE_STAGES)
+        print(f"| dense dequant{' (gather)' if g else ''}{' (one group)' if one else ''} | [8, 3, 2] | - | {br} x {bc}, span "
+              f"{dense.DENSE_SPAN} | {dense.DENSE_WARPS} / {dense.DENSE_STAGES} | "
+              f"{usage(dense._dense_dequant_kernel, sig_d, ce, dense.DENSE_WARPS, dense.DENSE_STAGES, tuple(sig_d))} |", flush=True)
     tr, er = triton_ops.GEMV_TILE_R, triton_ops.GEMV_STEP_R
     for bits, bm, nw, ns in (([8, 3, 2], 1, 4, 3), ([2], 1, 4, 3), ([8, 3, 2], 4, 4, 3), ([8, 3, 2], 1, 8, 3)):
         ce = dict(NFIELD=9, SPLIT_K=4, BLOCK_M=bm, BLOCK_R=tr, BLOCK_K=128, **has(bits))

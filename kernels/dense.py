@@ -31,6 +31,12 @@ read: a set of one slot, or a plan whose ids the host knew (:attr:`RowPlan.only_
 least :data:`DENSE_MIN_ROWS` rows; rows of the base alone (-1) get their z rows zeroed (a mask
 built on the device from the plan, once per plan), so y's base-only rows get exactly +0.
 Graph-safe: fixed shapes (fixed by the set and M), no host sync; a few launches a group.
+
+The dequant (thirty-third session) stores 16 bytes at a time where the shapes allow it
+(:data:`ALIGN_STORES`) and each program walks :data:`DENSE_SPAN` column blocks of its rows in a loop
+software-pipelined :data:`DENSE_STAGES` deep (cp.async brings the next blocks' words while one is
+unpacked and stored): on the H200, one Llama-2-7B layer at 64 rows of one fine-tune 380.9 -> 317.1 us
+(x3.20 -> x2.70 of the base), at 256 rows 449.3 -> 394.5 (x2.83 -> x2.41), the same factors bit for bit.
 """
 
 from __future__ import annotations
@@ -70,6 +76,14 @@ PAD = 64
 DENSE_BLOCK_R = 16
 DENSE_BLOCK_C = 128
 DENSE_WARPS = 1
+#: column blocks a dequant program walks (a loop software-pipelined DENSE_STAGES deep: the next blocks'
+#: words in flight by cp.async while one is unpacked and stored; 1, 1: a program a block, no pipeline).
+#: H200, one Llama-2-7B layer through the modules (raw_h200/s33/g, ab_mma.py --cases 64,256 --delta-alone):
+#: 64 rows of one fine-tune 317.1 us (x2.70 of the base) against 328.7 a program a block, 256 rows 394.5
+#: (x2.41) against 409.0; the deltas alone 231.6 / 294.3 against 245.8 / 311.7; 8 blocks unpipelined
+#: 328.6 / 404.7, 4 blocks 2 stages 320.2 / 398.0, 8 blocks 3 stages on 2 warps 322.2 / 400.8
+DENSE_SPAN = int(os.environ.get("DELTASTORE_DENSE_SPAN", "8"))
+DENSE_STAGES = int(os.environ.get("DELTASTORE_DENSE_STAGES", "3"))
 #: the dequant kernel's unpack: False = each word loaded once and split in registers; True = per value
 DENSE_GATHER = False
 #: the dequant's stores as 16-byte vectors where the shapes allow it (:func:`aligned`; DELTASTORE_DENSE_ALIGN=0: off).
@@ -198,41 +212,62 @@ def scratch_bytes() -> int:
 if triton is not None:
 
     @triton.jit
-    def _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs,
-                    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr):
-        """float32 (q - zero) * scale of rows r64 of one packed record, values offs_c. ONE_GROUP:
-        the block lies inside one quantization group (a scale and zero a row), else one a value."""
-        row_words = BITS * ((L + 31) // 32)
-        G = (L + gs - 1) // gs
-        q = _unpack(words_ptr, q0 + r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C, GATHER)
-        if ONE_GROUP:
-            sz1 = sz0 + r64 * G + c0 // gs
-            sc1 = tl.load(scales_ptr + sz1, mask=r_ok, other=0.0).to(tl.float32)
-            zp1 = tl.load(zeros_ptr + sz1, mask=r_ok, other=0.0).to(tl.float32)
-            return (q.to(tl.float32) - zp1[:, None]) * sc1[:, None]
-        else:
-            sz = sz0 + r64[:, None] * G + (offs_c // gs)[None, :]
-            sc = tl.load(scales_ptr + sz, mask=m2, other=0.0).to(tl.float32)
-            zp = tl.load(zeros_ptr + sz, mask=m2, other=0.0).to(tl.float32)
-            return (q.to(tl.float32) - zp) * sc
+    def _dense_span(words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs,
+                    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr, STAGES: tl.constexpr,
+                    GATHER: tl.constexpr, ONE_GROUP: tl.constexpr):
+        """Column blocks cb0 .. cb0 + nb (nb <= SPAN) of rows r64 of one packed record (BITS 0: zero rows):
+        (q - zero) * scale * S, written in out's dtype. The loop is software-pipelined STAGES deep (the next
+        blocks' words come by cp.async while this one is unpacked and stored); ONE_GROUP (a block inside
+        one quantization group: a scale and zero a row) loads the span's scales and zeros before the loop,
+        so no 2-byte load, which cp.async cannot take, waits inside it."""
+        offs = tl.arange(0, BLOCK_C)
+        if BITS > 0:
+            row_words = BITS * ((L + 31) // 32)
+            G = (L + gs - 1) // gs
+            if ONE_GROUP:
+                jj = tl.arange(0, SPAN)
+                szt = sz0 + r64[:, None] * G + ((cb0 + jj) * BLOCK_C // gs)[None, :]
+                mt = r_ok[:, None] & (jj < nb)[None, :]
+                sct = tl.load(scales_ptr + szt, mask=mt, other=0.0).to(tl.float32)
+                zpt = tl.load(zeros_ptr + szt, mask=mt, other=0.0).to(tl.float32)
+        for j in tl.range(0, nb, num_stages=STAGES):
+            c0 = (cb0 + j) * BLOCK_C
+            offs_c = c0 + offs
+            m2 = r_ok[:, None] & (offs_c < L)[None, :]
+            if BITS == 0:
+                val = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+            else:
+                q = _unpack(words_ptr, q0 + r64 * row_words, r_ok, c0, row_words, BITS, BLOCK_R, BLOCK_C, GATHER).to(tl.float32)
+                if ONE_GROUP:
+                    pick = (jj == j)[None, :]
+                    sc = tl.sum(tl.where(pick, sct, 0.0), axis=1)
+                    zp = tl.sum(tl.where(pick, zpt, 0.0), axis=1)
+                    val = (q - zp[:, None]) * sc[:, None]
+                else:
+                    sz = sz0 + r64[:, None] * G + (offs_c // gs)[None, :]
+                    sc = tl.load(scales_ptr + sz, mask=m2, other=0.0).to(tl.float32)
+                    zp = tl.load(zeros_ptr + sz, mask=m2, other=0.0).to(tl.float32)
+                    val = (q - zp) * sc
+            val = val * sv[:, None]
+            tl.store(out_ptr + dst + r64[:, None] * L + offs_c[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
 
     @triton.jit
-    def _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs,
-                    BITS: tl.constexpr, HAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                    GATHER: tl.constexpr, ONE_GROUP: tl.constexpr):
-        """:func:`_dense_vals` at BITS where the record has that width (compiled only where the set has it), else ``val``."""
+    def _dense_pick(bits, words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs,
+                    BITS: tl.constexpr, HAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+                    STAGES: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr):
+        """:func:`_dense_span` at BITS where the record has that width (compiled only where the set has it)."""
         if HAS:
             if bits == BITS:
-                val = _dense_vals(words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, BITS, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        return val
+                _dense_span(words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs,
+                            BITS, BLOCK_R, BLOCK_C, SPAN, STAGES, GATHER, ONE_GROUP)
 
     @triton.jit
     def _dense_dequant_kernel(words_ptr, scales_ptr, zeros_ptr, svals_ptr, items_ptr, out_ptr,
                               NFIELD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ONE_GROUP: tl.constexpr,
                               HAS1: tl.constexpr, HAS2: tl.constexpr, HAS3: tl.constexpr, HAS4: tl.constexpr, HAS8: tl.constexpr,
-                              ALIGNED: tl.constexpr = False):
-        """Program (column block, item): BLOCK_R rows x BLOCK_C values of one item's record,
-        dequantized (times S for V^ rows: s_off >= 0), written in out's dtype at dst (rows of
+                              ALIGNED: tl.constexpr = False, SPAN: tl.constexpr = 1, STAGES: tl.constexpr = 1):
+        """Program (span of SPAN column blocks, item): BLOCK_R rows x SPAN BLOCK_C values of one item's
+        record, dequantized (times S for V^ rows: s_off >= 0), written in out's dtype at dst (rows of
         ``length``); bits 0: zeros. ALIGNED: every item's length and dst are multiples of 8 (the
         host knows it from the shapes: :func:`aligned`), so a thread's 8 consecutive values are one
         16-byte store; without the hint the compiler cannot prove it from the loaded fields and
@@ -245,23 +280,22 @@ if triton is not None:
         if ALIGNED:
             L = tl.multiple_of(L, 8)
             dst = tl.multiple_of(dst, 8)
-        c0 = pc * BLOCK_C
-        if c0 >= L:
+        cb0 = pc * SPAN
+        nb = tl.minimum(tl.cdiv(L, BLOCK_C) - cb0, SPAN)
+        if nb <= 0:
             return
         offs_r = tl.arange(0, BLOCK_R)
         r_ok = offs_r < nrows
         r64 = offs_r.to(tl.int64)
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        m2 = r_ok[:, None] & (offs_c < L)[None, :]
-        val = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 8, HAS8, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 4, HAS4, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 3, HAS3, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 2, HAS2, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
-        val = _dense_pick(val, bits, words_ptr, scales_ptr, zeros_ptr, q0, sz0, r64, r_ok, c0, offs_c, m2, L, gs, 1, HAS1, BLOCK_R, BLOCK_C, GATHER, ONE_GROUP)
         sv = tl.load(svals_ptr + s_off + offs_r, mask=r_ok & (s_off + 0 * offs_r >= 0), other=1.0)  # (a vector mask: the interpreter's)
-        val = val * sv[:, None]
-        tl.store(out_ptr + dst + r64[:, None] * L + offs_c[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
+        if bits == 0:
+            _dense_span(words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs,
+                        0, BLOCK_R, BLOCK_C, SPAN, STAGES, GATHER, ONE_GROUP)
+        _dense_pick(bits, words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs, 8, HAS8, BLOCK_R, BLOCK_C, SPAN, STAGES, GATHER, ONE_GROUP)
+        _dense_pick(bits, words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs, 4, HAS4, BLOCK_R, BLOCK_C, SPAN, STAGES, GATHER, ONE_GROUP)
+        _dense_pick(bits, words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs, 3, HAS3, BLOCK_R, BLOCK_C, SPAN, STAGES, GATHER, ONE_GROUP)
+        _dense_pick(bits, words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs, 2, HAS2, BLOCK_R, BLOCK_C, SPAN, STAGES, GATHER, ONE_GROUP)
+        _dense_pick(bits, words_ptr, scales_ptr, zeros_ptr, out_ptr, q0, sz0, dst, sv, r64, r_ok, cb0, nb, L, gs, 1, HAS1, BLOCK_R, BLOCK_C, SPAN, STAGES, GATHER, ONE_GROUP)
 
 
 #: the compiled dequant kernel of the latest launch (registers, spills: benchmarks read it)
@@ -269,9 +303,11 @@ LAST: dict[str, object] = {}
 
 
 def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | None = None, block_c: int | None = None,
-               gather: bool | None = None, num_warps: int | None = None) -> DenseFactors:
+               gather: bool | None = None, num_warps: int | None = None, span: int | None = None,
+               stages: int | None = None) -> DenseFactors:
     """One launch: slot ``slot``'s factors of every slice, dequantized into the scratch in
-    ``dtype`` (V^ rows times S); returns views of them (valid until the next dequant on the device)."""
+    ``dtype`` (V^ rows times S); returns views of them (valid until the next dequant on the device).
+    ``span``, ``stages``: column blocks a program and its loop's pipeline depth (:data:`DENSE_SPAN`)."""
     triton_ops._need_triton()
     lay = layout(dset, slot, block_r)
     br, bc = int(block_r or DENSE_BLOCK_R), int(block_c or DENSE_BLOCK_C)
@@ -280,12 +316,16 @@ def dequantize(dset: DeltaSet, slot: int, dtype: torch.dtype, *, block_r: int | 
     buf = scratch(dset.device, dtype, lay.numel)
     K, ms = dset.in_features, dset.out_features
     if not lay.empty:
-        grid = (triton.cdiv(lay.max_length, bc), lay.items.shape[0])
+        sp = int(span or DENSE_SPAN)
+        one = dset.block_k % bc == 0
+        # (groups smaller than a block: a scale a value, loaded in the loop; pipelined, those loads spill on sm_90)
+        st = int(stages or (DENSE_STAGES if one else 1))
+        grid = (triton.cdiv(triton.cdiv(lay.max_length, bc), sp), lay.items.shape[0])
         LAST["dequant"] = _dense_dequant_kernel[grid](dset.words, dset.scales, dset.zeros, dset.svals, lay.items, buf,
                                                       NFIELD=NFD, BLOCK_R=br, BLOCK_C=bc, GATHER=DENSE_GATHER if gather is None else gather,
-                                                      ONE_GROUP=dset.block_k % bc == 0,
+                                                      ONE_GROUP=one,
                                                       **triton_ops._has(dset), ALIGNED=ALIGN_STORES and aligned(dset),
-                                                      num_warps=int(num_warps or DENSE_WARPS))
+                                                      SPAN=sp, STAGES=st, num_warps=int(num_warps or DENSE_WARPS))
     v = buf[: lay.total_v_rows * K].view(lay.total_v_rows, K)
     u = [buf[o : o + p * m].view(p, m) if p else None for o, p, m in zip(lay.u_off, lay.padded, ms)]
     return DenseFactors(lay, v, u)

@@ -62,7 +62,8 @@ def test_dense_matches_reference_every_layout(M: int, dtype: torch.dtype) -> Non
     _check_y(yt, yr, d_r, dtype)
     assert torch.equal(yt[1], y0[1])  # the base-only row, bit for bit
     if M >= THRESHOLD:  # other dequant blocks (inside one group of 64: a scale a row), the other unpack: the same numbers
-        for kw in (dict(block_c=64), dict(block_c=32, block_r=8, gather=True)):
+        for kw in (dict(block_c=64), dict(block_c=32, block_r=8, gather=True), dict(span=3, stages=2), dict(span=4, stages=3, block_c=64),
+                   dict(span=2, stages=3, block_c=32, block_r=8, gather=True)):
             assert torch.equal(dense.apply(x, y0.clone(), ds, plan, **kw), yt), kw
     # apply_deltas takes the dense path above the threshold (and is told so below it)
     ya = apply_deltas(x, y0.clone(), ds, plan, "triton", path=None if M >= THRESHOLD else "dense")
@@ -250,6 +251,8 @@ def test_aligned_stores_write_the_same_factors(dtype: torch.dtype, monkeypatch: 
     want = dense.scratch(ds.device, dtype, lay.numel)[: lay.numel].clone()
     buf.fill_(float("nan"))
     monkeypatch.setattr(dense, "ALIGN_STORES", True)
-    dense.dequantize(ds, 0, dtype)
-    got = dense.scratch(ds.device, dtype, lay.numel)[: lay.numel]
-    assert not bool(want.isnan().any()) and torch.equal(got, want)
+    assert not bool(want.isnan().any())
+    for kw in ({}, dict(span=3, stages=3), dict(span=8, stages=2, block_c=32)):  # and a program walking a span of blocks, pipelined
+        buf.fill_(float("nan"))
+        dense.dequantize(ds, 0, dtype, **kw)
+        assert torch.equal(dense.scratch(ds.device, dtype, lay.numel)[: lay.numel], want), kw
