@@ -10,7 +10,7 @@ Llama-2-7B layer through the modules users get, 32 rows over 8 fine-tunes 540 us
 alone (the GEMV kernels x11.28); 16 rows of one fine-tune x2.13 (the dense path x3.21); 2 rows each
 over 32 fine-tunes 0.66x the GEMV kernels' time; one row of a fine-tune level with them or slower
 (its deltas 98.5 us against 92), so :func:`use_mma` takes these kernels for several fine-tunes at
-2..32 rows each and one fine-tune's batches of 2..32 rows, beside the base GEMM on the side stream.
+2..32 rows each and one fine-tune's batches of 2..24 rows, beside the base GEMM on the side stream.
 The 3- and 8-bit tiers are read as 2-bit planes (below).
 
 **Loads** (:data:`COMPACT`, the default). Nsight Compute on the probe's kernels: L1 at 79-92% of its
@@ -125,9 +125,12 @@ MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
 #: x1.80 -> x1.50, x2.43 -> x1.50, x2.43 -> x1.49 of base; benchmarks/rows_path_device.sh, raw_h200/s26/rows).
 #: Past 16 rows, the layer through the modules (beside_device.sh, raw_h200/s28/ab_rows.md): 24 rows
 #: 314.5 us against the dense path's 376.3 (x2.73 / x3.27 of base), 32 rows 324.8 / 377.5; 64 rows
-#: (MAX_ROWS 64) 481.2 against 379.9: so up to 32
+#: (MAX_ROWS 64) 481.2 against 379.9: so up to 32 then. With the dense dequant's aligned stores and pipelined
+#: spans (thirty-third session, raw_h200/s33/h: ab_mma.py --cases 24,32 --mma-cfgs '[{}, {"mma.ONE_MAX_ROWS": 16}]')
+#: 24 rows 316.2 us here against 315.6 on the dense path (level; rel err 1.7e-3 against 3.5e-3), 32 rows 326.3
+#: against 316.2: so up to 24 (past 16 rows these kernels take a second row block, reading every word again)
 ONE_MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MIN_ROWS", "2"))
-ONE_MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MAX_ROWS", "32"))
+ONE_MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MAX_ROWS", "24"))
 #: run them on the side stream beside the base GEMM whatever the rows (kernels.linear.side_for;
 #: the GEMV path always does): they are bound by L1 and latency, the GEMM by DRAM
 SIDE = os.environ.get("DELTASTORE_MMA_SIDE", "1") not in ("", "0")
