@@ -196,6 +196,23 @@ def capture_graph(fn, warm: int = 2) -> "torch.cuda.CUDAGraph":
     return g
 
 
+def probe_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The probes' parser: their docstring as help, --smoke (small shapes, correctness only, the
+    interpreter) and --copies (layer copies a CUDA graph rotates over, so the L2 does not serve them)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="small shapes, correctness only (the interpreter)")
+    ap.add_argument("--copies", type=int, default=4)
+    return ap
+
+
+def probe_setup(args: argparse.Namespace) -> tuple[torch.device, int, torch.Generator, str]:
+    """``(device, copies, generator, device name)`` for a probe's parsed args: the GPU where there is
+    one (else the CPU under the interpreter), one copy for --smoke, a generator seeded 0 on the device."""
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (interpreter)"
+    return dev, 1 if args.smoke else args.copies, torch.Generator(device=dev).manual_seed(0), name
+
+
 def time_graph(fn, reps: int = 30) -> float:
     """Median seconds of one replay of a CUDA graph of ``fn`` (captured after a warm-up)."""
     g = capture_graph(fn)

@@ -25,7 +25,6 @@ stream as kernels.linear.beside runs it). Each variant is checked against a floa
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -35,7 +34,7 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, random_packed, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaSet, base_gemv, plan_rows  # noqa: E402
 from deltastore.kernels.linear import beside, with_delta  # noqa: E402
@@ -110,25 +109,21 @@ def _product(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="small shapes, correctness only (the interpreter)")
-    ap.add_argument("--copies", type=int, default=4)
+    ap = probe_parser(__doc__)
     ap.add_argument("--cfgs", default="pipe:8:256:3:4,pipe:16:256:3:4,pipe:16:128:4:4,pipe:32:128:3:4,pipe:32:64:4:2,"
                     "tma:16:128:4:4,tma:32:128:4:4,tma:32:64:6:4,tma:64:64:4:4,tma:64:128:3:8",
                     help="KIND:BLOCK_N:BLOCK_K:STAGES:WARPS,...")
     ap.add_argument("--no-beside", action="store_true", help="alone only")
     args = ap.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev, copies, gen, dev_name = probe_setup(args)
     groups = SMOKE_GROUPS if args.smoke else GROUPS
-    copies = 1 if args.smoke else args.copies
     variants = [Variant(c) for c in args.cfgs.split(",")]
     if args.smoke or TensorDescriptor is None:
         variants = [v for v in variants if v.kind == "pipe"] or [Variant("pipe:16:32:2:4")]
         if args.smoke:
             variants = [Variant("pipe:16:32:2:4"), Variant("pipe:8:32:3:2")]
-    gen = torch.Generator(device=dev).manual_seed(0)
     side = torch.cuda.Stream() if dev.type == "cuda" else None
-    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu (interpreter)'}; triton {triton.__version__}")
+    print(f"device: {dev_name}; triton {triton.__version__}")
     print("\nAlone, us a copy (one row; floor: W's bytes at 4.26 TB/s):\n")
     print("| group | N x K | floor | cuBLAS | product GEMV | " + " | ".join(v.name for v in variants) + " | rel err (worst) |")
     print("|---|---|---|---|---|" + "---|" * len(variants) + "---|")

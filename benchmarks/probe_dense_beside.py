@@ -23,7 +23,6 @@ on the data).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -31,24 +30,20 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, random_packed, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaSet, dense, plan_rows  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="small shapes, the check only (the interpreter)")
-    ap.add_argument("--copies", type=int, default=4)
+    ap = probe_parser(__doc__)
     ap.add_argument("--rows", default="64,256", help="rows of the one fine-tune, comma-separated")
     args = ap.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev, copies, gen, dev_name = probe_setup(args)
     groups = [(n, [max(m, 128) for m in ms], max(K, 128)) for n, ms, K in SMOKE_GROUPS] if args.smoke else GROUPS
-    copies = 1 if args.smoke else args.copies
     rows = [24] if args.smoke else [int(r) for r in args.rows.split(",")]
-    gen = torch.Generator(device=dev).manual_seed(0)
     side = torch.cuda.Stream() if dev.type == "cuda" else None
-    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu (interpreter)'}; dense span "
+    print(f"device: {dev_name}; dense span "
           f"{dense.DENSE_SPAN}, stages {dense.DENSE_STAGES}, block {dense.DENSE_BLOCK_R} x {dense.DENSE_BLOCK_C}")
     print("\n| rows | group | base (us) | dequant alone | serial (base, then the dense path) | beside (dequant beside the base) "
           "| beside / serial |\n|---|---|---|---|---|---|---|")

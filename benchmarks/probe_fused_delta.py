@@ -22,7 +22,6 @@ path; after checking the fused output against a float64 reference.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -33,7 +32,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DELTASTORE_BENCH_TIERS", "2")
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, random_packed, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaSet, plan_rows, triton_ops  # noqa: E402
 from deltastore.kernels.linear import base_linear, beside, with_delta  # noqa: E402
@@ -246,21 +245,17 @@ class Fused:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="small shapes, correctness only (the interpreter)")
-    ap.add_argument("--copies", type=int, default=4)
+    ap = probe_parser(__doc__)
     ap.add_argument("--cfgs", default="256:4:0,0:4:4,0:4:3,0:8:2,256:4:4", help="BLOCK_J:WARPS:PER_SM,... of the fused kernel (BLOCK_J 0: everything but z loaded "
                     "before the base; PER_SM > 0: a persistent grid of that many programs an SM)")
     args = ap.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev, copies, gen, dev_name = probe_setup(args)
     groups = [(n, [max(m, 128) for m in ms], K) for n, ms, K in SMOKE_GROUPS] if args.smoke else GROUPS
-    copies = 1 if args.smoke else args.copies
     cfgs = [tuple(int(v) for v in c.split(":")) for c in args.cfgs.split(",")]
     if args.smoke:
         cfgs = [(32, 4, 0), (64, 2, 1), (0, 4, 1), (-32, 4, 1), (-64, 2, 1)]
-    gen = torch.Generator(device=dev).manual_seed(0)
     side = torch.cuda.Stream() if dev.type == "cuda" else None
-    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu (interpreter)'}; triton {triton.__version__}; "
+    print(f"device: {dev_name}; triton {triton.__version__}; "
           f"PDL {HAVE_GDC and dev.type == 'cuda'}")
     print("| group | base alone (cuBLAS, us) | product path (us, exposed) | fused path BLOCK_J:WARPS:PER_SM (us, exposed) | "
           "fused, no delta part (base GEMV + launches) | rel err fused / product |")

@@ -22,7 +22,6 @@ lookup expand alone (z from the product's shrink), after checking the lookup aga
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -33,7 +32,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DELTASTORE_BENCH_TIERS", "2")
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, random_packed, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, time_graph  # noqa: E402
 from probe_fused_delta import _slice_row  # noqa: E402  (the slice table's row of a column: the same layout)
 
 from deltastore.codec import quant  # noqa: E402
@@ -170,19 +169,15 @@ class LutU:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="small shapes, correctness only (the interpreter)")
-    ap.add_argument("--copies", type=int, default=4)
+    ap = probe_parser(__doc__)
     ap.add_argument("--cfgs", default="4:4:4,8:4:4,16:8:4,8:8:2,4:16:2", help="SPLIT:BLOCK_P:WARPS,... of the lookup expand")
     args = ap.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev, copies, gen, dev_name = probe_setup(args)
     groups = [(n, [128] * len(ms), K) for n, ms, K in SMOKE_GROUPS] if args.smoke else GROUPS
-    copies = 1 if args.smoke else args.copies
     cfgs = [tuple(int(v) for v in c.split(":")) for c in args.cfgs.split(",")]
     if args.smoke:
         cfgs = [(2, 4, 4), (1, 8, 2), (3, 2, 1)]
-    gen = torch.Generator(device=dev).manual_seed(0)
-    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu (interpreter)'}; triton {triton.__version__}")
+    print(f"device: {dev_name}; triton {triton.__version__}")
     print("| group | components x outputs | product expand (us) | lookup expand SPLIT:BLOCK_P:WARPS (us) | best, x product | rel err lookup |")
     print("|---|---|---|---|---|---|")
     for name, ms, K in groups:
