@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from deltastore.codec import get_codec, quant
-from deltastore.kernels import DeltaSet, PackedDeltaCoMe, dense, plan_rows, ref_ops, triton_ops
+from deltastore.kernels import DeltaSet, PackedDeltaCoMe, base_gemv, dense, plan_rows, ref_ops, triton_ops
 from deltastore.kernels.deltaset import known_slot
 from deltastore.kernels.linear import beside, side_for, with_delta
 from deltastore.kernels.packed import PackedFactor
@@ -211,6 +211,37 @@ def probe_setup(args: argparse.Namespace) -> tuple[torch.device, int, torch.Gene
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (interpreter)"
     return dev, 1 if args.smoke else args.copies, torch.Generator(device=dev).manual_seed(0), name
+
+
+def base_cublas(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> None:
+    """y = x W^T by torch (cuBLAS): the probes' base alone."""
+    torch.matmul(x, W.t(), out=y)
+
+
+def base_triton(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> None:
+    """y = x W^T by the product's Triton base GEMV (what DeltaLinear runs beside deltas at one row)."""
+    base_gemv.gemv(x, W, None, out=y)
+
+
+_SIDE: dict = {}
+
+
+def side_by_side(base, side):  # noqa: ANN001, ANN201
+    """side() on a side stream forked from the current one while base() runs on the current one, joined
+    after (capturable in a CUDA graph, as kernels.linear.beside runs a group's deltas beside its base);
+    without a GPU side() then base() on the one stream. Returns side()'s value."""
+    if not torch.cuda.is_available():
+        got = side()
+        base()
+        return got
+    main_s = torch.cuda.current_stream()
+    s = _SIDE.setdefault("s", torch.cuda.Stream())
+    s.wait_stream(main_s)
+    with torch.cuda.stream(s):
+        got = side()
+    base()
+    main_s.wait_stream(s)
+    return got
 
 
 def time_graph(fn, reps: int = 30) -> float:

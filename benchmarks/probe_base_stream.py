@@ -34,9 +34,9 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, base_cublas, base_triton, probe_parser, probe_setup, random_packed, time_graph  # noqa: E402
 
-from deltastore.kernels import DeltaSet, base_gemv, plan_rows  # noqa: E402
+from deltastore.kernels import DeltaSet, plan_rows  # noqa: E402
 from deltastore.kernels.linear import beside, with_delta  # noqa: E402
 
 try:
@@ -100,14 +100,6 @@ class Variant:
         _gemv_tma_kernel[grid](x, d, y, N, K, BLOCK_N=self.bn, BLOCK_K=self.bk, STAGES=self.st, num_warps=self.nw)
 
 
-def _cublas(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> None:
-    torch.matmul(x, W.t(), out=y)
-
-
-def _product(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> None:
-    base_gemv.gemv(x, W, None, out=y)
-
-
 def main() -> None:
     ap = probe_parser(__doc__)
     ap.add_argument("--cfgs", default="pipe:8:256:3:4,pipe:16:256:3:4,pipe:16:128:4:4,pipe:32:128:3:4,pipe:32:64:4:2,"
@@ -145,7 +137,7 @@ def main() -> None:
         if args.smoke:
             print(f"| {name} | {N} x {K} | - | - | - | " + " | ".join(f"{e:.1e}" for e in errs) + f" | {max(errs):.1e} |")
             continue
-        fns = {"cuBLAS": _cublas, "product": _product, **{v.name: v for v in variants}}
+        fns = {"cuBLAS": base_cublas, "product": base_triton, **{v.name: v for v in variants}}
         t = {k: time_graph(lambda f=f: [f(x, W, y) for W, y in zip(Ws, ys)]) / copies * 1e6 for k, f in fns.items()}  # noqa: B023
         for k, v in t.items():
             sums[k] = sums.get(k, 0.0) + v

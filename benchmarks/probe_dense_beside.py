@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, side_by_side, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaSet, dense, plan_rows  # noqa: E402
 
@@ -42,7 +42,6 @@ def main() -> None:
     dev, copies, gen, dev_name = probe_setup(args)
     groups = [(n, [max(m, 128) for m in ms], max(K, 128)) for n, ms, K in SMOKE_GROUPS] if args.smoke else GROUPS
     rows = [24] if args.smoke else [int(r) for r in args.rows.split(",")]
-    side = torch.cuda.Stream() if dev.type == "cuda" else None
     print(f"device: {dev_name}; dense span "
           f"{dense.DENSE_SPAN}, stages {dense.DENSE_STAGES}, block {dense.DENSE_BLOCK_R} x {dense.DENSE_BLOCK_C}")
     print("\n| rows | group | base (us) | dequant alone | serial (base, then the dense path) | beside (dequant beside the base) "
@@ -76,16 +75,7 @@ def main() -> None:
 
             def beside() -> None:
                 for W, y, ds in zip(Ws, ys, sets):  # noqa: B023
-                    if side is None:
-                        f = dense.dequantize(ds, 0, x.dtype)  # noqa: B023
-                        torch.matmul(x, W.t(), out=y)  # noqa: B023
-                    else:
-                        main_s = torch.cuda.current_stream()
-                        side.wait_stream(main_s)  # noqa: B023
-                        with torch.cuda.stream(side):  # noqa: B023
-                            f = dense.dequantize(ds, 0, x.dtype)  # noqa: B023
-                        torch.matmul(x, W.t(), out=y)  # noqa: B023
-                        main_s.wait_stream(side)  # noqa: B023
+                    f = side_by_side(lambda W=W, y=y: torch.matmul(x, W.t(), out=y), lambda ds=ds: dense.dequantize(ds, 0, x.dtype))  # noqa: B023
                     dense.expand(dense.shrink(x, f, plan), y, ds, f)  # noqa: B023
 
             serial()

@@ -1,4 +1,5 @@
-"""Would a table lookup cut the one-row expand's SM time? A probe, not a product kernel (not yet run on a GPU).
+"""Would a table lookup cut the one-row expand's SM time? A probe, not a product kernel. On the H200 (thirty-third
+session, raw_h200/s33/a/lut) no: its best config a group took x1.13-x1.34 of the product's GEMV expand.
 
 The thirty-second session's traces put ~18 us of a one-row layer's ~+33 in the expands and their zero and add
 launches (kernels_h200.md). The GEMV expand spends ~4.75 sm_90 instructions a 2-bit value. The lookup of

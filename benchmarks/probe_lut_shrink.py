@@ -23,7 +23,6 @@ checking the LUT shrink against a float64 torch reference.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -34,7 +33,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DELTASTORE_BENCH_TIERS", "2")
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, random_packed, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, base_cublas, base_triton, probe_parser, probe_setup, random_packed, side_by_side, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaSet, lut, plan_rows, triton_ops  # noqa: E402
 
@@ -149,35 +148,8 @@ class Lut:
         return (v @ x.double()) * self.sv.double()
 
 
-def _cublas(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> None:
-    torch.matmul(x, W.t(), out=y)
-
-
-def _triton_base(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> None:
-    from deltastore.kernels import base_gemv
-
-    base_gemv.gemv(x, W, None, out=y)
-
-
-def beside(base, side) -> None:  # noqa: ANN001
-    """base() on the current stream and side() on a side stream forked from it and joined after
-    (capturable in a CUDA graph, as kernels.linear.beside runs a group's deltas beside its base)."""
-    main_s = torch.cuda.current_stream()
-    s = _SIDE.setdefault("s", torch.cuda.Stream())
-    s.wait_stream(main_s)
-    with torch.cuda.stream(s):
-        side()
-    base()
-    main_s.wait_stream(s)
-
-
-_SIDE: dict = {}
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="small shapes, correctness only (the interpreter)")
-    ap.add_argument("--copies", type=int, default=4)
+    ap = probe_parser(__doc__)
     ap.add_argument("--cfgs", default="128:16:4,64:32:2,64:64:2,32:32:1,32:64:1,128:32:4", help="BLOCK_R:SPLIT:WARPS,...")
     ap.add_argument("--base", choices=("cublas", "triton"), default="triton",
                     help="the base beside the shrink: the product's Triton GEMV (what DeltaLinear runs beside deltas) or cuBLAS")
@@ -185,20 +157,18 @@ def main() -> None:
                     "the product's shrink beside, and the shrink after the base on one stream")
     ap.add_argument("--gather-cfgs", default="64:16:2,64:32:2,32:32:1", help="the same for the in-program table (tl.gather)")
     args = ap.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev, copies, gen, dev_name = probe_setup(args)
     groups = SMOKE_GROUPS if args.smoke else GROUPS
-    copies = 1 if args.smoke else args.copies
     cfgs = [tuple(int(v) for v in c.split(":")) for c in args.cfgs.split(",")]
     gcfgs = [tuple(int(v) for v in c.split(":")) for c in args.gather_cfgs.split(",")]
     if args.smoke:
         cfgs = gcfgs = [(32, 2, 4), (64, 1, 2)]
-    gen = torch.Generator(device=dev).manual_seed(0)
-    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu (interpreter)'}; triton {triton.__version__}")
+    print(f"device: {dev_name}; triton {triton.__version__}")
     print("| group | components x inputs | product shrink (us) | LUT table (us) | LUT shrink BLOCK_R:SPLIT:WARPS (us) | "
           "best LUT shrink, table + shrink (us) | x product | rel err LUT |")
     print("|---|---|---|---|---|---|---|---|")
     beside_rows: list[str] = []
-    base_fn = _triton_base if args.base == "triton" else _cublas
+    base_fn = base_triton if args.base == "triton" else base_cublas
     for name, ms, K in groups:
         sets, luts = [], []
         for _ in range(copies):
@@ -251,34 +221,34 @@ def main() -> None:
 
         def with_prod():  # noqa: ANN202
             for W, y, ds, z in zip(Ws, ys, sets, zsum):
-                beside(lambda: base_fn(x, W, y), lambda: triton_ops.shrink(x, ds, plan, split, zsum=z))  # noqa: B023
+                side_by_side(lambda: base_fn(x, W, y), lambda: triton_ops.shrink(x, ds, plan, split, zsum=z))  # noqa: B023
 
         def with_lut():  # noqa: ANN202
             for W, y, lu, o in zip(Ws, ys, luts, outs):
-                beside(lambda: base_fn(x, W, y),  # noqa: B023
+                side_by_side(lambda: base_fn(x, W, y),  # noqa: B023
                        lambda: (lu.run_table(x[0]), lu.run_shrink(o, best[1], best[0], best[2])))  # noqa: B023
 
         gbest = min(gtimes, key=gtimes.get)
 
         def with_gather():  # noqa: ANN202
             for W, y, lu, o in zip(Ws, ys, luts, outs):
-                beside(lambda: base_fn(x, W, y), lambda: lu.run_gather(x[0], o, gbest[1], gbest[0], gbest[2]))  # noqa: B023
+                side_by_side(lambda: base_fn(x, W, y), lambda: lu.run_gather(x[0], o, gbest[1], gbest[0], gbest[2]))  # noqa: B023
 
         def with_product_lut():  # noqa: ANN202
             for W, y, ds, z in zip(Ws, ys, sets, zsum):
-                beside(lambda: base_fn(x, W, y), lambda: lut.shrink(x, ds, plan, z))  # noqa: B023
+                side_by_side(lambda: base_fn(x, W, y), lambda: lut.shrink(x, ds, plan, z))  # noqa: B023
 
         def with_prod_kw(**kw):  # noqa: ANN202
             def fn():  # noqa: ANN202
                 for W, y, ds, z in zip(Ws, ys, sets, zsum):
-                    beside(lambda: base_fn(x, W, y), lambda: triton_ops.shrink(x, ds, plan, split, zsum=z, **kw))  # noqa: B023
+                    side_by_side(lambda: base_fn(x, W, y), lambda: triton_ops.shrink(x, ds, plan, split, zsum=z, **kw))  # noqa: B023
             return fn
 
         tiny = torch.zeros(1, device=dev)
 
         def with_tiny():  # noqa: ANN202  (the fork and join alone: one one-float launch on the side stream)
             for W, y in zip(Ws, ys):
-                beside(lambda: base_fn(x, W, y), lambda: tiny.add_(1.0))  # noqa: B023
+                side_by_side(lambda: base_fn(x, W, y), lambda: tiny.add_(1.0))  # noqa: B023
 
         def serial_prod():  # noqa: ANN202  (no side stream: the shrink after the base)
             for W, y, ds, z in zip(Ws, ys, sets, zsum):
