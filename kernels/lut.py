@@ -44,12 +44,16 @@ only for sets the lookup serves.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import triton_ops
 from .deltaset import NF, DeltaSet, RowPlan, known_slot, plan_blocks
 from .errors import KernelError
+
+if TYPE_CHECKING:
+    from .join import Join
 
 #: whether the one-row shrink takes the table lookup where it serves: off (``DELTASTORE_LUT_SHRINK=1`` on):
 #: through the modules it made a one-row layer slower (module docstring)
@@ -147,7 +151,7 @@ def _one_gs(dset: DeltaSet) -> int | None:
     return next(iter(gss)) if len(gss) == 1 and next(iter(gss)) in (32, 64, 128) else None
 
 
-def serves(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor | None, fused: object = None) -> bool:
+def serves(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor | None, fused: "Join | None" = None) -> bool:
     """Whether :func:`shrink` takes this call: switched on, one row on a GPU (or Triton's interpreter on
     the CPU), the GEMV path with its summed z (``zsum``), no fused join (``fused``, a :class:`.join.Join`:
     its arrivals count the GEMV shrink's programs), a slot the host knows, and every tier 2-bit as stored
