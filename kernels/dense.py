@@ -61,7 +61,7 @@ else:  # pragma: no cover - depends on the environment
     triton = None
 
 #: rows (of one fine-tune) from which the dense path serves a batch (0: never unless forced), where the
-#: tensor-core kernels do not serve it first (they take 2..24 rows of one: mma.use_mma is asked before). The H200
+#: tensor-core kernels do not serve it first (they take 2..32 rows of one: mma.use_mma is asked before). The H200
 #: A/B (benchmarks/dense_ab_device.sh, a 7B layer) had it faster than the tl.dot kernels at every M
 #: measured, 5 to 256 rows.
 DENSE_MIN_ROWS = int(os.environ.get("DELTASTORE_DENSE_MIN_ROWS", "5"))

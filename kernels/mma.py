@@ -10,7 +10,7 @@ Llama-2-7B layer through the modules users get, 32 rows over 8 fine-tunes 540 us
 alone (the GEMV kernels x11.28); 16 rows of one fine-tune x2.13 (the dense path x3.21); 2 rows each
 over 32 fine-tunes 0.66x the GEMV kernels' time; one row of a fine-tune level with them or slower
 (its deltas 98.5 us against 92), so :func:`use_mma` takes these kernels for several fine-tunes at
-2..32 rows each and one fine-tune's batches of 2..24 rows, beside the base GEMM on the side stream.
+2..32 rows each and one fine-tune's batches of 2..32 rows, beside the base GEMM on the side stream.
 The 3- and 8-bit tiers are read as 2-bit planes (below).
 
 **Loads** (:data:`COMPACT`, the default). Nsight Compute on the probe's kernels: L1 at 79-92% of its
@@ -128,9 +128,22 @@ MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
 #: (MAX_ROWS 64) 481.2 against 379.9: so up to 32 then. With the dense dequant's aligned stores and pipelined
 #: spans (thirty-third session, raw_h200/s33/h: ab_mma.py --cases 24,32 --mma-cfgs '[{}, {"mma.ONE_MAX_ROWS": 16}]')
 #: 24 rows 316.2 us here against 315.6 on the dense path (level; rel err 1.7e-3 against 3.5e-3), 32 rows 326.3
-#: against 316.2: so up to 24 (past 16 rows these kernels take a second row block, reading every word again)
+#: against 316.2: so up to 24 (past 16 rows these kernels took a second row block, reading every word again).
+#: With blocks of 32 rows (:data:`BLOCK_ROWS`, thirty-fourth session, raw_h200/s34/b): 24 rows 300.8 us against
+#: 315.9 (the two 16-row blocks), 32 rows 313.1 against the dense path's 319.0; 64 rows in one block of 64
+#: 510.4, in two of 32 456.4, against the dense path's 319.0: so up to 32
+#: rows a row block holds at most (the MMA's N side; 8, 16, 32 or 64): each block of a fine-tune reads
+#: and unpacks its words again, so a fine-tune's rows past one block cost a second pass over them. sm_90
+#: compile (Triton 3.6, 2-bit tiers): shrink / expand 64 / 86 registers at 16 rows a block, 96 / 128 at 32,
+#: 168 / 240 at 64, no spills. H200, one Llama-2-7B layer through the modules (thirty-fourth session,
+#: raw_h200/s34/b: ab_mma.py --cases 24,32,64,256x8 --mma-cfgs with mma.BLOCK_ROWS 16 / 32 / 64): 256 rows over 8
+#: fine-tunes (32 each) 1497.2 -> 1351.7 us at 32 (64: 1352.4), one fine-tune's 24 rows 315.9 -> 300.8; 64 rows of
+#: one in a block of 64 slower than two of 32 (510.4 / 456.4 us: 240 registers a thread)
+BLOCK_ROWS = int(os.environ.get("DELTASTORE_MMA_BLOCK_ROWS", "32"))
+if BLOCK_ROWS not in (8, 16, 32, 64):
+    raise KernelError(f"DELTASTORE_MMA_BLOCK_ROWS must be 8, 16, 32 or 64, not {BLOCK_ROWS}")
 ONE_MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MIN_ROWS", "2"))
-ONE_MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MAX_ROWS", "24"))
+ONE_MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MAX_ROWS", "32"))
 #: run them on the side stream beside the base GEMM whatever the rows (kernels.linear.side_for;
 #: the GEMV path always does): they are bound by L1 and latency, the GEMM by DRAM
 SIDE = os.environ.get("DELTASTORE_MMA_SIDE", "1") not in ("", "0")
@@ -596,8 +609,12 @@ def expand_layouts(chunk: int, num_warps: int = 4) -> Mapping:
 
 
 def block_m(plan: RowPlan, dset: DeltaSet) -> int:
-    """Rows a row block holds (the MMA's N side: 8 or 16)."""
-    return 8 if plan.rows_a_slot(dset.n_slots) <= 8 else 16
+    """Rows a row block holds (the MMA's N side): the smallest of 8, 16, 32, 64 that holds a slot's
+    rows, at most :data:`BLOCK_ROWS` (a slot with more rows takes several blocks)."""
+    per, bm = plan.rows_a_slot(dset.n_slots), 8
+    while bm < per and bm < BLOCK_ROWS:
+        bm *= 2
+    return bm
 
 
 @functools.lru_cache(maxsize=None)

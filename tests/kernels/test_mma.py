@@ -120,8 +120,41 @@ def test_a_row_block_spread_over_blocks_of_8() -> None:
     assert rel(got, reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize("block_rows", [32, 64])
+def test_row_blocks_of_32_and_64_rows(block_rows: int, monkeypatch) -> None:
+    """Blocks of 32 and 64 rows (the MMA's N side four and eight n8 tiles): one fine-tune's 24, 40 and
+    64 rows (a block part full, one full block and a second part full at 32), and a batch of three
+    fine-tunes of 37, 21 and 6 rows with base rows among them, every tier as planes and as stored,
+    within the bound of the rest; each row of the mixed batch its own fine-tune's delta."""
+    monkeypatch.setattr(mma, "BLOCK_ROWS", block_rows)
+    n, ms = 300, [200, 72]  # odd shapes: short last groups, rows of words not 16-byte aligned
+    for planes in (True, False):
+        one = make_set(n, ms, 1, seed=21)
+        one.planes = planes
+        one.build()
+        for M in (24, 40, 64):
+            x = torch.randn(M, n, generator=torch.Generator().manual_seed(M)).to(torch.bfloat16).to(DEVICE)
+            plan = plan_rows(torch.zeros(M, dtype=torch.int64, device=DEVICE), 1)
+            assert mma.block_m(plan, one) == min(block_rows, 32 if M <= 32 else 64)
+            got = mma.apply(x, torch.zeros(M, sum(ms), device=DEVICE), one, plan)
+            assert rel(got, reference(x, one, plan)) < DELTA_TOL[torch.bfloat16], (planes, M)
+    ds = make_set(n, ms, 3, seed=23)
+    ids = torch.tensor([0] * 37 + [1] * 21 + [2] * 6 + [-1] * 3, device=DEVICE)[torch.randperm(67, generator=torch.Generator().manual_seed(2))]
+    M = ids.numel()
+    x = torch.randn(M, n, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16).to(DEVICE)
+    plan = plan_rows(ids, 3)
+    assert mma.block_m(plan, ds) == 32  # 67 rows over 3: 23 a slot, a block of 32 (blocks hold any spread)
+    got = mma.apply(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan)
+    for r in range(M):
+        if ids[r] < 0:
+            assert bool((got[r] == 0).all()), "a base-only row must get +0"
+        else:
+            alone = reference(x[r : r + 1], ds, plan_rows(ids[r : r + 1], 3))
+            assert rel(got[r : r + 1], alone) < DELTA_TOL[torch.bfloat16], r
+
+
 def test_32_rows_each_of_several_fine_tunes_take_these_kernels_by_default() -> None:
-    """The default choice serves 2..32 rows a fine-tune here (two row blocks each at 32): 64 rows over
+    """The default choice serves 2..32 rows a fine-tune here (one row block of 32 each): 64 rows over
     2 fine-tunes through apply_deltas as the modules call it, within the bound of the rest."""
     n, ms = 256, [384, 128]
     ds = make_set(n, ms, 2, seed=13)

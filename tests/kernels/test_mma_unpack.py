@@ -13,6 +13,7 @@ runs them there against the torch reference.
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -160,9 +161,9 @@ def test_a_wrong_shift_or_selector_is_seen() -> None:
     assert [v - 128 for v in halves(swapped[0])] != [q[0, 1], q[1, 1]]
 
 
-def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_24_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_32_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default choice (mma.use_mma), the device aside: several fine-tunes with 2..32 rows each,
-    one fine-tune's batches of 2..24 rows (where the H200 measured them faster or level: one row the GEMV
+    one fine-tune's batches of 2..32 rows (where the H200 measured them faster or level: one row the GEMV
     kernels, more the dense path), whether the set holds one or the host knows one serves every row."""
     from deltastore.kernels import DeltaSet, plan_rows
     from deltastore.kernels.deltaset import host_hint
@@ -189,9 +190,9 @@ def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_24_of_one(monkeypat
     assert not mma.use_mma(x, sets[8], plan(8, 8))  # 1 each: the GEMV kernels
     assert mma.use_mma(x, sets[8], plan(256, 8))  # 32 each: two row blocks a fine-tune
     assert not mma.use_mma(x, sets[8], plan(264, 8))  # 33 each: the tl.dot kernels
-    assert mma.use_mma(x, sets[1], plan(8, 1)) and mma.use_mma(x, sets[1], plan(24, 1))  # one fine-tune
+    assert mma.use_mma(x, sets[1], plan(8, 1)) and mma.use_mma(x, sets[1], plan(32, 1))  # one fine-tune
     assert mma.use_mma(x, sets[1], plan(2, 1)) and mma.use_mma(x, sets[1], plan(4, 1))
-    assert not mma.use_mma(x, sets[1], plan(1, 1)) and not mma.use_mma(x, sets[1], plan(25, 1))  # 25+: the dense path
+    assert not mma.use_mma(x, sets[1], plan(1, 1)) and not mma.use_mma(x, sets[1], plan(33, 1))  # 33+: the dense path
     assert not mma.use_mma(x, sets[8], plan(33, 8, known=True))  # the host knows one serves all 33 rows
     assert mma.use_mma(x, sets[8], plan(3, 8, known=True)) and not mma.use_mma(x, sets[8], plan(1, 8, known=True))
     assert mma.use_mma(x, sets[1], plan(8, 1), "mma") and not mma.use_mma(x, sets[8], plan(32, 8), "gemv")
@@ -218,6 +219,29 @@ def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_24_of_one(monkeypat
     monkeypatch.setattr(deltaset, "COUNT_SERVED", True)
     unknown = plan_rows(torch.tensor([-1, 1, -1]), 1)  # ids the host never saw: every row counts
     assert unknown.served is None and unknown.served_rows == 3 and mma.use_mma(x, sets[1], unknown)
+
+
+def test_a_row_block_holds_a_slots_rows_up_to_block_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mma.block_m: the smallest of 8, 16, 32, 64 rows that holds a slot's rows, at most BLOCK_ROWS
+    (more rows: more blocks, plan_blocks); a bad DELTASTORE_MMA_BLOCK_ROWS is refused at import."""
+    import subprocess
+    import sys
+
+    from deltastore.kernels import DeltaSet, plan_rows
+
+    one, eight = DeltaSet(64, [64]), DeltaSet(64, [64])
+    one.add([None])
+    for _ in range(8):
+        eight.add([None])
+    for cap, want in ((16, {1: 8, 8: 8, 9: 16, 24: 16, 64: 16}), (32, {1: 8, 9: 16, 17: 32, 24: 32, 40: 32}),
+                      (64, {8: 8, 16: 16, 24: 32, 33: 64, 64: 64, 256: 64})):
+        monkeypatch.setattr(mma, "BLOCK_ROWS", cap)
+        for M, bm in want.items():
+            assert mma.block_m(plan_rows(torch.zeros(M, dtype=torch.int64), 1), one) == bm, (cap, M)
+        assert mma.block_m(plan_rows(torch.arange(256) % 8, 8), eight) == min(cap, 32)  # 32 rows a slot
+    run = subprocess.run([sys.executable, "-c", "import deltastore.kernels.mma"], capture_output=True, text=True,
+                         env={**os.environ, "DELTASTORE_MMA_BLOCK_ROWS": "48"})
+    assert run.returncode != 0 and "DELTASTORE_MMA_BLOCK_ROWS must be 8, 16, 32 or 64, not 48" in run.stderr
 
 
 def test_what_a_set_holds_is_read_again_after_an_add() -> None:
