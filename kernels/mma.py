@@ -97,16 +97,26 @@ WIDTHS = frozenset({2, 3, 8})
 GROUP = 128
 #: a shrink tile / an expand block: 128 components or outputs (16 x TILES x warps)
 BLOCK = 128
-#: components an expand program takes at most (one item of DeltaSet.items)
+#: components an expand program takes at most (one item of DeltaSet.items), for a batch of several
+#: fine-tunes (CHUNK) and of one (ONE_CHUNK: its launch has a few hundred programs a group, so smaller
+#: items keep more SMs busy). H200, a 7B layer through the modules (thirty-fourth session, raw_h200/s34/c-e,
+#: shrink tiles of 128): one fine-tune's 2 / 16 rows 172.0 / 201.7 us at 256 against 166.8 / 195.6 at 128,
+#: 512 slower (229.7 at 16 rows); several: 32 rows over 8 470.3 / 458.3, 64 over 32 1384.5 / 1406.9,
+#: 256 over 8 1152.8 / 1212.2 (256 / 128)
 CHUNK = int(os.environ.get("DELTASTORE_MMA_CHUNK", "256"))
+ONE_CHUNK = int(os.environ.get("DELTASTORE_MMA_ONE_CHUNK", "128"))
 #: programs a shrink launch aims at (its split of the input dimension follows)
 SHRINK_PROGRAMS = int(os.environ.get("DELTASTORE_MMA_PROGRAMS", "1536"))
 #: groups of the input a shrink program takes at most, one after the other
 MAX_GPS = int(os.environ.get("DELTASTORE_MMA_MAX_GPS", "4"))
 #: k a shrink step unpacks (a group), and its tile of components: 16 x SHRINK_TILES a warp, 4 warps
-#: (64: 132 registers a thread at 8 rows, where 128 components took 201: sm_90, Triton 3.6)
+#: (before the wide loads and planes: 64 components 132 registers a thread at 8 rows, 128 took 201; with them,
+#: sm_90, Triton 3.6: 64 components 56 / 64 / 96 registers at 8 / 16 / 32 rows a block, 128 components 96 / 96 /
+#: 162, no spills). 128 components a tile since the thirty-fourth session (x read once for twice the words):
+#: H200, a 7B layer through the modules (raw_h200/s34/c-e), 16 rows of one fine-tune 205.0 -> 201.7 us (its
+#: shrink 64.7 -> 54.2), 32 rows over 8 523.3 -> 470.3, 64 over 32 1573.6 -> 1384.5, 256 over 8 1358.6 -> 1152.8
 SHRINK_KS = int(os.environ.get("DELTASTORE_MMA_KS", "128"))
-SHRINK_TILES = int(os.environ.get("DELTASTORE_MMA_TILES", "1"))
+SHRINK_TILES = int(os.environ.get("DELTASTORE_MMA_TILES", "2"))
 #: components an expand step takes (its loads issued together; 32: 126 registers a thread at 8 rows, 64: 206)
 EXPAND_STEP = int(os.environ.get("DELTASTORE_MMA_STEP", "32"))
 #: rows a fine-tune these kernels serve at most by default (more: the dense path for one fine-tune, the
@@ -687,10 +697,11 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
     blocks = plan_blocks(plan, bm)
     nb = blocks.shape[0]
     tiles, ntiles, T = dset.tiles(16 * SHRINK_TILES * 4, mma=True)
-    items, nitems, I_max = dset.items(CHUNK, mma=True)
+    chunk = ONE_CHUNK if plan.only_slot is not None or dset.n_slots < 2 else CHUNK
+    items, nitems, I_max = dset.items(chunk, mma=True)
     has = {f"HAS{b}": b in dset.mma_bit_widths for b in (2, 3, 8)}
     compact = COMPACT and "shrink" in COMPACT_PARTS and has["HAS2"] and SHRINK_KS == 128 and SHRINK_TILES in (1, 2)
-    compact_e = COMPACT and "expand" in COMPACT_PARTS and has["HAS2"] and CHUNK % 128 == 0
+    compact_e = COMPACT and "expand" in COMPACT_PARTS and has["HAS2"] and chunk % 128 == 0
     G = -(-K // GROUP)
     per = dset.n_slices * T * nb
     # groups a program takes one after the other (a memory round trip each): the fewest that keep the
@@ -715,8 +726,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
         z.stride(0), d.stride(0), dset.n_slices, I_max,
-        NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=CHUNK,
-        **(expand_layouts(CHUNK) if compact_e else dict(EWL=None, E3=None)), num_warps=4)
+        NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk,
+        **(expand_layouts(chunk) if compact_e else dict(EWL=None, E3=None)), num_warps=4)
     if d is not y:
         y.add_(d)
     return y
