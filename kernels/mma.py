@@ -163,6 +163,13 @@ MAGIC = 0x43004300  # bf16 pair (128, 128)
 COMPACT = os.environ.get("DELTASTORE_MMA_COMPACT", "1") not in ("", "0")
 #: which of the two takes them where COMPACT ("shrink", "expand" or both)
 COMPACT_PARTS = os.environ.get("DELTASTORE_MMA_COMPACT_PARTS", "shrink,expand")
+#: the compact expand makes its item's B operand once a program (z S sc rounded to bf16 for every component and
+#: row, and the zero points' correction summed from it) into shared memory, where each step loaded its [16, rows]
+#: float32 z from global memory, in every warp, and scaled and rounded it again. sm_90 compile (16 rows, items of
+#: 128): 1,680 instructions a program against 1,840, global loads 104 / 134, 80 registers both. H200, a 7B layer,
+#: one fine-tune's 16 rows (thirty-fourth session, raw_h200/s34/g): 194.4 us against 196.6 per step (-1.1%, one
+#: call); several fine-tunes not measured (the call ran out), so off by default (``DELTASTORE_MMA_STAGE_Z=1``: on)
+STAGE_Z = os.environ.get("DELTASTORE_MMA_STAGE_Z", "0") not in ("", "0")
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
 # (tests/kernels/test_mma_unpack.py): operands are one thread's registers, pack 4 = A elements
@@ -442,19 +449,26 @@ if HAVE_GLUON:
                 return _asm1(_AU8L, w, sh)
 
     @gluon.jit
-    def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
+    def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zptrs, zbase, ZC, nrows, dsh, mb_ok, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
-                      num_warps: gl.constexpr):
+                      STAGE: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of a 2-bit item's components for one group of 128 outputs with its words
         read once (ncu on the H200: the per-step loads, each word loaded by the 8 lanes that share it,
         kept L1 at 92% with DRAM at 7%): the item's [CH, 8] words tile (a component's 8 words of the
         group are contiguous: vector loads where aligned), kept in shared memory as CH / 16 steps of
         [8, 16], with the item's scales and zero points; each step's A operand made from an [8, 16]
         slice through the [8 words, 16 outputs, 16 components] view E3, whose reshape is the MMA's A
-        layout (no data movement: checked when it compiles)."""
+        layout (no data movement: checked when it compiles). ``zptrs``: (BM,) the rows' z at the item's
+        first column (``zbase`` the first row's, ``ZC`` the row stride, ``nrows`` the block's rows). STAGE (:data:`STAGE_Z`): the B operand z S sc (bf16) of every component and row made
+        once into shared memory with the correction, each step then reading its [16, BM] slice; else each
+        step loads its z (float32, global) and scales and rounds it."""
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
         aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        if STAGE:
+            return _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
+                                        BLOCK_N, BM, CH, EWL, E3, num_warps)
+        zrow = zptrs[None, :]
         V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
         rw = gl.arange(0, CH, layout=gl.SliceLayout(1, EWL))
         wi = 8 * g + gl.arange(0, 8, layout=gl.SliceLayout(0, EWL))
@@ -486,6 +500,56 @@ if HAVE_GLUON:
                 corr += zb.to(gl.float32) * zq[:, None]  # summed as rounded (see _expand_kernel)
                 acc = mma_v2(a, zb, acc)
         return acc, gl.convert_layout(gl.sum(corr, axis=0), gl.SliceLayout(0, mma))
+
+    @gluon.jit
+    def _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
+                             BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
+                             num_warps: gl.constexpr):
+        """:func:`_expand_item2` with its B operand made once: the item's [CH, BM] z (a virtual
+        component r reads column r >> dsh) loaded with the components along the lanes, times each
+        component's scale of this output group, rounded to bf16 into shared memory (``zsm``); the
+        correction (128 + zp) * the rounded operand summed over the components once; each step's MMA
+        reads its [16, BM] slice. The operand's values are the per-step path's (the same product rounded
+        once); the correction's float32 sum runs in another order."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+        aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        # [CH, BM]: a row's components over 8 lanes, 4 contiguous a thread (16-byte loads, the component sum
+        # inside a warp), the rows over the other lanes and the warps
+        ZL: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, num_warps], [0, 1])
+        rw = gl.arange(0, CH, layout=gl.SliceLayout(1, EWL))
+        wi = 8 * g + gl.arange(0, 8, layout=gl.SliceLayout(0, EWL))
+        wp = words_ptr + u_q + rw.to(gl.int64)[:, None] * RW + wi[None, :]
+        if 8 * g + 8 <= RW:  # the group's 8 words inside the row: masks constant along them (vector loads)
+            wt = gl.load(wp, mask=(rw < count)[:, None], other=0)
+        else:
+            wt = gl.load(wp, mask=(rw < count)[:, None] & (wi < RW)[None, :], other=0)
+        wsm.store(gl.reshape(gl.permute(gl.reshape(wt, [CH // 16, 16, 8]), (0, 2, 1)), [CH // 2, 16]))
+        rz = gl.arange(0, CH, layout=gl.SliceLayout(1, ZL))
+        rz_ok = rz < count
+        mz = gl.arange(0, BM, layout=gl.SliceLayout(0, ZL))
+        zt = gl.load(zbase + mz.to(gl.int64)[None, :] * ZC + (rz >> dsh)[:, None], mask=(mz < nrows)[None, :] & rz_ok[:, None],
+                     other=0.0)
+        # a component's scale and zero point (G apart: 2-byte loads), one load a thread, then to the lanes that use them
+        V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
+        r1 = gl.arange(0, CH, layout=V1)
+        sc = gl.convert_layout(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0), gl.SliceLayout(1, ZL)).to(gl.float32)
+        zq = gl.convert_layout(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0), gl.SliceLayout(1, ZL)).to(gl.float32) + 128.0
+        zb = (zt * sc[:, None]).to(gl.bfloat16)
+        corr = gl.sum(zb.to(gl.float32) * zq[:, None], axis=0)  # summed as rounded (see _expand_kernel)
+        zsm = gl.allocate_shared_memory(gl.bfloat16, [CH, BM], gl.SwizzledSharedLayout(1, 1, 1, [0, 1]))
+        zsm.store(zb)
+        gl.thread_barrier()
+        zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
+        n_in = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, E3)))
+        sh3 = gl.expand_dims(gl.expand_dims(2 * (n_in % 8), 0), 2) + zero3
+        acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
+        for i in gl.static_range(CH // 16):  # (unrolled: shared-memory slices take constant offsets)
+            if 16 * i < count:
+                w3 = gl.expand_dims(wsm.slice(8 * i, 8).load(gl.SliceLayout(1, E3)), 1) + zero3
+                a = gl.convert_layout(gl.reshape(_asm1(_AU2, w3, sh3), [BLOCK_N, 16]), aL, assert_trivial=True)
+                acc = mma_v2(a, zsm.slice(16 * i, 16).load(bL), acc)
+        return acc, gl.convert_layout(corr, gl.SliceLayout(0, mma))
 
     @gluon.jit
     def _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n, n_ok,
@@ -525,7 +589,7 @@ if HAVE_GLUON:
                        mout_ptr, coloff_ptr, ZC, stride_dm, n_slices, I_max,
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
-                       CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, num_warps: gl.constexpr):
+                       CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, num_warps: gl.constexpr):
         """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
         (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
         BLOCK_N: gl.constexpr = 16 * TILES * num_warps
@@ -556,18 +620,20 @@ if HAVE_GLUON:
             n_ok = n < m_s
             mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
             mb_ok = mb < nrows
-            zrow = z_ptr + (pos0 + mb).to(gl.int64)[None, :] * ZC + zcol  # (1, BM): a component's z is zrow + (r >> dsh)
+            zbase = z_ptr + pos0.to(gl.int64) * ZC + zcol
+            zptrs = zbase + mb.to(gl.int64) * ZC  # (BM,): a component's z is zptrs + (r >> dsh)
+            zrow = zptrs[None, :]
             if COMPACT:
                 if bits == 2:
                     wsm = gl.allocate_shared_memory(gl.int32, [CH // 2, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
                     ssm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     qsm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: vector loads (as in the shrink)
-                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, (u_q // 4) * 4, u_sz, g,
-                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, num_warps)
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zptrs, zbase, ZC, nrows, dsh, mb_ok, (u_q // 4) * 4, u_sz, g,
+                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, num_warps)
                     else:
-                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count,
-                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, num_warps)
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zptrs, zbase, ZC, nrows, dsh, mb_ok, u_q, u_sz, g, G, RW, count,
+                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, num_warps)
                 else:
                     acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                           n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
@@ -726,7 +792,7 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
         z.stride(0), d.stride(0), dset.n_slices, I_max,
-        NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk,
+        NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk, STAGE=STAGE_Z,
         **(expand_layouts(chunk) if compact_e else dict(EWL=None, E3=None)), num_warps=4)
     if d is not y:
         y.add_(d)

@@ -153,6 +153,28 @@ def test_row_blocks_of_32_and_64_rows(block_rows: int, monkeypatch) -> None:
             assert rel(got[r : r + 1], alone) < DELTA_TOL[torch.bfloat16], r
 
 
+def test_the_expand_operand_made_once_or_per_step_gives_the_reference(monkeypatch) -> None:
+    """mma.STAGE_Z: the compact expand's B operand (z S sc in bf16) and its zero-point correction made once
+    a program into shared memory or per step from global z (the default): both within the bound of the
+    reference and of each other, one fine-tune (items of ONE_CHUNK) and three (items of CHUNK), planes
+    (virtual components reading z column r >> dsh) and odd shapes."""
+    n, ms = 300, [200, 136]
+    for slots, M in ((1, 16), (3, 30)):
+        ds = make_set(n, ms, slots, seed=31 + slots)
+        ids = (torch.arange(M, device=DEVICE) % slots).to(torch.int64)
+        plan = plan_rows(ids, slots)
+        x = torch.randn(M, n, generator=torch.Generator().manual_seed(slots)).to(torch.bfloat16).to(DEVICE)
+        got = {}
+        for stage in (True, False):
+            monkeypatch.setattr(mma, "STAGE_Z", stage)
+            got[stage] = mma.apply(x, torch.zeros(M, sum(ms), device=DEVICE), ds, plan)
+        assert ds.mma_bit_widths == {2}
+        want = reference(x, ds, plan)
+        for stage in (True, False):
+            assert rel(got[stage], want) < DELTA_TOL[torch.bfloat16], (slots, stage)
+        assert rel(got[True], got[False]) < 1e-3, slots  # the same operand; only the correction's sum order differs
+
+
 def test_32_rows_each_of_several_fine_tunes_take_these_kernels_by_default() -> None:
     """The default choice serves 2..32 rows a fine-tune here (one row block of 32 each): 64 rows over
     2 fine-tunes through apply_deltas as the modules call it, within the bound of the rest."""
