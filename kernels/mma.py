@@ -50,8 +50,9 @@ shrink subtracts (128 + zp) * sum(x) of the group (x as the MMA saw it, so the t
 exactly), the expand (128 + zp) * sum(z S sc) over the components (the bf16-rounded operand
 itself). Scales multiply the float32 group sums (shrink) or the other operand (expand: a program
 covers one group of 128 outputs, so a component's scale is one number there). MMA shape m16n8k16
-with the packed factor on the M side ("swap AB": 16 components or outputs a tile, up to 16 batch
-rows of one fine-tune on N), so one row wastes tensor-core work, not bytes or instructions.
+with the packed factor on the M side ("swap AB": 16 components or outputs a tile, up to
+:data:`BLOCK_ROWS` (32) batch rows of one fine-tune on N), so one row wastes tensor-core work, not
+bytes or instructions.
 
 Work: shrink programs over (tier tile of 128 components of one slot-slice, groups of the input,
 row block of one slot: :func:`deltaset.plan_blocks`), adding their float32 part of z with atomic
@@ -120,14 +121,22 @@ SHRINK_TILES = int(os.environ.get("DELTASTORE_MMA_TILES", "2"))
 #: components an expand step takes (its loads issued together; 32: 126 registers a thread at 8 rows, 64: 206)
 EXPAND_STEP = int(os.environ.get("DELTASTORE_MMA_STEP", "32"))
 #: rows a fine-tune these kernels serve at most by default (more: the dense path for one fine-tune, the
-#: tl.dot kernels for several). A row block holds 16 rows (block_m), so more rows are more blocks, each
-#: reading the fine-tune's words again (plan_blocks). H200, 256 rows over 8 fine-tunes (32 each), one
+#: tl.dot kernels for several). A row block holds up to BLOCK_ROWS rows (block_m), so more rows are more
+#: blocks, each reading the fine-tune's words again (plan_blocks). H200, 256 rows over 8 fine-tunes (32 each), one
 #: Llama-2-7B layer through the modules: 1511 us against the tl.dot kernels' 2153 (0.70x;
 #: raw_h200/s21/ab_max_rows_32.md); 64 rows each not measured
 MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_MAX_ROWS", "32"))
 #: rows a fine-tune (the batch spread over the set's fine-tunes) from which these kernels serve a
 #: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
 MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
+#: rows a row block holds at most (the MMA's N side; 8, 16, 32 or 64): each block of a fine-tune reads
+#: and unpacks its words again, so a fine-tune's rows past one block cost a second pass over them. sm_90
+#: compile (Triton 3.6, 2-bit tiers): shrink / expand 64 / 86 registers at 16 rows a block, 96 / 128 at 32,
+#: 168 / 240 at 64, no spills. H200, one Llama-2-7B layer through the modules (thirty-fourth session,
+#: raw_h200/s34/b: ab_mma.py --cases 24,32,64,256x8 --mma-cfgs with mma.BLOCK_ROWS 16 / 32 / 64): 256 rows over 8
+#: fine-tunes (32 each) 1497.2 -> 1351.7 us at 32 (64: 1352.4), one fine-tune's 24 rows 315.9 -> 300.8; 64 rows of
+#: one in a block of 64 slower than two of 32 (510.4 / 456.4 us: 240 registers a thread)
+BLOCK_ROWS = int(os.environ.get("DELTASTORE_MMA_BLOCK_ROWS", "32"))
 #: rows of a batch of ONE fine-tune these kernels serve (ONE_MIN_ROWS .. ONE_MAX_ROWS; fewer: the GEMV
 #: kernels, more: the dense path). H200, one Llama-2-7B layer's deltas alone: 16 rows 175 us against
 #: the dense path's 313, one row 108 against the GEMV kernels' 92 (kernels_h200.md, twentieth session);
@@ -142,16 +151,6 @@ MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
 #: With blocks of 32 rows (:data:`BLOCK_ROWS`, thirty-fourth session, raw_h200/s34/b): 24 rows 300.8 us against
 #: 315.9 (the two 16-row blocks), 32 rows 313.1 against the dense path's 319.0; 64 rows in one block of 64
 #: 510.4, in two of 32 456.4, against the dense path's 319.0: so up to 32
-#: rows a row block holds at most (the MMA's N side; 8, 16, 32 or 64): each block of a fine-tune reads
-#: and unpacks its words again, so a fine-tune's rows past one block cost a second pass over them. sm_90
-#: compile (Triton 3.6, 2-bit tiers): shrink / expand 64 / 86 registers at 16 rows a block, 96 / 128 at 32,
-#: 168 / 240 at 64, no spills. H200, one Llama-2-7B layer through the modules (thirty-fourth session,
-#: raw_h200/s34/b: ab_mma.py --cases 24,32,64,256x8 --mma-cfgs with mma.BLOCK_ROWS 16 / 32 / 64): 256 rows over 8
-#: fine-tunes (32 each) 1497.2 -> 1351.7 us at 32 (64: 1352.4), one fine-tune's 24 rows 315.9 -> 300.8; 64 rows of
-#: one in a block of 64 slower than two of 32 (510.4 / 456.4 us: 240 registers a thread)
-BLOCK_ROWS = int(os.environ.get("DELTASTORE_MMA_BLOCK_ROWS", "32"))
-if BLOCK_ROWS not in (8, 16, 32, 64):
-    raise KernelError(f"DELTASTORE_MMA_BLOCK_ROWS must be 8, 16, 32 or 64, not {BLOCK_ROWS}")
 ONE_MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MIN_ROWS", "2"))
 ONE_MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_ONE_MAX_ROWS", "32"))
 #: run them on the side stream beside the base GEMM whatever the rows (kernels.linear.side_for;
@@ -459,9 +458,10 @@ if HAVE_GLUON:
         [8, 16], with the item's scales and zero points; each step's A operand made from an [8, 16]
         slice through the [8 words, 16 outputs, 16 components] view E3, whose reshape is the MMA's A
         layout (no data movement: checked when it compiles). ``zptrs``: (BM,) the rows' z at the item's
-        first column (``zbase`` the first row's, ``ZC`` the row stride, ``nrows`` the block's rows). STAGE (:data:`STAGE_Z`): the B operand z S sc (bf16) of every component and row made
-        once into shared memory with the correction, each step then reading its [16, BM] slice; else each
-        step loads its z (float32, global) and scales and rounds it."""
+        first column (``zbase`` the first row's, ``ZC`` the row stride, ``nrows`` the block's rows).
+        STAGE (:data:`STAGE_Z`): the B operand z S sc (bf16) of every component and row made once into
+        shared memory with the correction (:func:`_expand_item2_staged`); else each step loads its z
+        (float32, global) and scales and rounds it."""
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
         aL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -687,6 +687,8 @@ def expand_layouts(chunk: int, num_warps: int = 4) -> Mapping:
 def block_m(plan: RowPlan, dset: DeltaSet) -> int:
     """Rows a row block holds (the MMA's N side): the smallest of 8, 16, 32, 64 that holds a slot's
     rows, at most :data:`BLOCK_ROWS` (a slot with more rows takes several blocks)."""
+    if BLOCK_ROWS not in (8, 16, 32, 64):
+        raise KernelError(f"DELTASTORE_MMA_BLOCK_ROWS must be 8, 16, 32 or 64, not {BLOCK_ROWS}")
     per, bm = plan.rows_a_slot(dset.n_slots), 8
     while bm < per and bm < BLOCK_ROWS:
         bm *= 2

@@ -13,7 +13,6 @@ runs them there against the torch reference.
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -223,11 +222,8 @@ def test_the_kernels_serve_2_to_32_rows_a_fine_tune_and_2_to_32_of_one(monkeypat
 
 def test_a_row_block_holds_a_slots_rows_up_to_block_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """mma.block_m: the smallest of 8, 16, 32, 64 rows that holds a slot's rows, at most BLOCK_ROWS
-    (more rows: more blocks, plan_blocks); a bad DELTASTORE_MMA_BLOCK_ROWS is refused at import."""
-    import subprocess
-    import sys
-
-    from deltastore.kernels import DeltaSet, plan_rows
+    (more rows: more blocks, plan_blocks); a bad DELTASTORE_MMA_BLOCK_ROWS is refused with one clear error."""
+    from deltastore.kernels import DeltaSet, KernelError, plan_rows
 
     one, eight = DeltaSet(64, [64]), DeltaSet(64, [64])
     one.add([None])
@@ -239,9 +235,9 @@ def test_a_row_block_holds_a_slots_rows_up_to_block_rows(monkeypatch: pytest.Mon
         for M, bm in want.items():
             assert mma.block_m(plan_rows(torch.zeros(M, dtype=torch.int64), 1), one) == bm, (cap, M)
         assert mma.block_m(plan_rows(torch.arange(256) % 8, 8), eight) == min(cap, 32)  # 32 rows a slot
-    run = subprocess.run([sys.executable, "-c", "import deltastore.kernels.mma"], capture_output=True, text=True,
-                         env={**os.environ, "DELTASTORE_MMA_BLOCK_ROWS": "48"})
-    assert run.returncode != 0 and "DELTASTORE_MMA_BLOCK_ROWS must be 8, 16, 32 or 64, not 48" in run.stderr
+    monkeypatch.setattr(mma, "BLOCK_ROWS", 48)
+    with pytest.raises(KernelError, match="DELTASTORE_MMA_BLOCK_ROWS must be 8, 16, 32 or 64, not 48"):
+        mma.block_m(plan_rows(torch.zeros(4, dtype=torch.int64), 1), one)
 
 
 def test_what_a_set_holds_is_read_again_after_an_add() -> None:
