@@ -448,6 +448,20 @@ if HAVE_GLUON:
                 return _asm1(_AU8L, w, sh)
 
     @gluon.jit
+    def _item_words(words_ptr, u_q, g, RW, count, wsm, CH: gl.constexpr, EWL: gl.constexpr):
+        """An item's [CH, 8] words of output group ``g`` (a component's 8 words of the group are
+        contiguous: vector loads where the caller's ``u_q`` and ``RW`` allow them) into ``wsm`` as CH / 16
+        steps of [8, 16] (the layout :func:`_expand_item2`'s A operand view reads)."""
+        rw = gl.arange(0, CH, layout=gl.SliceLayout(1, EWL))
+        wi = 8 * g + gl.arange(0, 8, layout=gl.SliceLayout(0, EWL))
+        wp = words_ptr + u_q + rw.to(gl.int64)[:, None] * RW + wi[None, :]
+        if 8 * g + 8 <= RW:  # the group's 8 words inside the row: masks constant along them (vector loads)
+            wt = gl.load(wp, mask=(rw < count)[:, None], other=0)
+        else:
+            wt = gl.load(wp, mask=(rw < count)[:, None] & (wi < RW)[None, :], other=0)
+        wsm.store(gl.reshape(gl.permute(gl.reshape(wt, [CH // 16, 16, 8]), (0, 2, 1)), [CH // 2, 16]))
+
+    @gluon.jit
     def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zptrs, zbase, ZC, nrows, dsh, mb_ok, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
                       STAGE: gl.constexpr, num_warps: gl.constexpr):
@@ -470,14 +484,7 @@ if HAVE_GLUON:
                                         BLOCK_N, BM, CH, EWL, E3, num_warps)
         zrow = zptrs[None, :]
         V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
-        rw = gl.arange(0, CH, layout=gl.SliceLayout(1, EWL))
-        wi = 8 * g + gl.arange(0, 8, layout=gl.SliceLayout(0, EWL))
-        wp = words_ptr + u_q + rw.to(gl.int64)[:, None] * RW + wi[None, :]
-        if 8 * g + 8 <= RW:  # the group's 8 words inside the row: masks constant along them (vector loads)
-            wt = gl.load(wp, mask=(rw < count)[:, None], other=0)
-        else:
-            wt = gl.load(wp, mask=(rw < count)[:, None] & (wi < RW)[None, :], other=0)
-        wsm.store(gl.reshape(gl.permute(gl.reshape(wt, [CH // 16, 16, 8]), (0, 2, 1)), [CH // 2, 16]))
+        _item_words(words_ptr, u_q, g, RW, count, wsm, CH, EWL)
         r1 = gl.arange(0, CH, layout=V1)
         ssm.store(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
         qsm.store(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
@@ -517,14 +524,7 @@ if HAVE_GLUON:
         # [CH, BM]: a row's components over 8 lanes, 4 contiguous a thread (16-byte loads, the component sum
         # inside a warp), the rows over the other lanes and the warps
         ZL: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, num_warps], [0, 1])
-        rw = gl.arange(0, CH, layout=gl.SliceLayout(1, EWL))
-        wi = 8 * g + gl.arange(0, 8, layout=gl.SliceLayout(0, EWL))
-        wp = words_ptr + u_q + rw.to(gl.int64)[:, None] * RW + wi[None, :]
-        if 8 * g + 8 <= RW:  # the group's 8 words inside the row: masks constant along them (vector loads)
-            wt = gl.load(wp, mask=(rw < count)[:, None], other=0)
-        else:
-            wt = gl.load(wp, mask=(rw < count)[:, None] & (wi < RW)[None, :], other=0)
-        wsm.store(gl.reshape(gl.permute(gl.reshape(wt, [CH // 16, 16, 8]), (0, 2, 1)), [CH // 2, 16]))
+        _item_words(words_ptr, u_q, g, RW, count, wsm, CH, EWL)
         rz = gl.arange(0, CH, layout=gl.SliceLayout(1, ZL))
         rz_ok = rz < count
         mz = gl.arange(0, BM, layout=gl.SliceLayout(0, ZL))
