@@ -725,6 +725,12 @@ def _serves(dset: DeltaSet) -> bool:
 _SERVES: "weakref.WeakKeyDictionary[DeltaSet, tuple[tuple[int, int], bool]]" = weakref.WeakKeyDictionary()
 
 
+def _one_fine_tune(plan: RowPlan, dset: DeltaSet) -> bool:
+    """Whether one fine-tune serves the batch as far as the host knows (the set holds one, or the
+    plan was made from ids held on the host naming one)."""
+    return plan.only_slot is not None or dset.n_slots < 2
+
+
 def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
     """Whether :func:`apply` serves this batch: ``path`` "mma" forces it (another path: no); else
     where :func:`usable`, several fine-tunes at :data:`MIN_ROWS` to :data:`MAX_ROWS` rows each (the
@@ -740,7 +746,7 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     rows 0.84x / 0.62x / 0.61x the layer on the GEMV kernels (twenty-sixth session, atomic GEMV expand)."""
     if path is not None:
         return path == "mma"
-    if plan.only_slot is not None or dset.n_slots < 2:
+    if _one_fine_tune(plan, dset):
         rows_ok = max(ONE_MIN_ROWS, 1) <= plan.served_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
     else:
         rows_ok = MIN_ROWS <= plan.rows_a_slot(dset.n_slots) <= MAX_ROWS
@@ -765,7 +771,7 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
     blocks = plan_blocks(plan, bm)
     nb = blocks.shape[0]
     tiles, ntiles, T = dset.tiles(16 * SHRINK_TILES * 4, mma=True)
-    chunk = ONE_CHUNK if plan.only_slot is not None or dset.n_slots < 2 else CHUNK
+    chunk = ONE_CHUNK if _one_fine_tune(plan, dset) else CHUNK
     items, nitems, I_max = dset.items(chunk, mma=True)
     has = {f"HAS{b}": b in dset.mma_bit_widths for b in (2, 3, 8)}
     compact = COMPACT and "shrink" in COMPACT_PARTS and has["HAS2"] and SHRINK_KS == 128 and SHRINK_TILES in (1, 2)
