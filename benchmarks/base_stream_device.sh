@@ -12,10 +12,9 @@ if has probe; then say "base stream probe"
 if has dense; then say "dense dequant beside the base probe"
   timeout "${D_T:-240}" python3 benchmarks/probe_dense_beside.py ${DENSE_ARGS:-} 2>&1 | tee "$out/probe_dense_beside.log" | tail -14; fi
 test_env=${TEST_ENV:-DELTASTORE_BASE_GEMV_STAGES_MIN_K=0}  # (the tests' widths are under 8192: pipelined only so)
-K_SEL_SHOWN=${K_SEL:-base_gemv or side_stream or fused_join}
-if has tests; then say "GPU tests (-k $K_SEL_SHOWN) with $test_env"
-  env $test_env N=${N:-8} T=${T:-120} bash benchmarks/gpu_tests_device.sh "$out" \
-    -vv -k "${K_SEL:-base_gemv or side_stream or fused_join}" > /dev/null 2>&1
+k_sel=${K_SEL:-base_gemv or side_stream or fused_join}
+if has tests; then say "GPU tests (-k $k_sel) with $test_env"
+  env $test_env N=${N:-8} T=${T:-120} bash benchmarks/gpu_tests_device.sh "$out" -vv -k "$k_sel" > /dev/null 2>&1
   grep -E "FAILED|ERROR|passed|failed" "$out/gpu_tests.log" | grep -v "^tests.*PASSED" | tail -15; grep -c PASSED "$out/gpu_tests.log"; fi
 cfgs=${CFGS:-'[{}, {"base_gemv.STAGES": 1}, {"base_gemv.STAGES_MIN_K": 0}]'}
 if has ab; then say "A/B through the modules at ${CASES:-1}"

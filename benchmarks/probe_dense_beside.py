@@ -1,6 +1,6 @@
 """Would the dense path's dequant hide beside the base GEMM? A probe, not a product change.
 
-Many rows of one fine-tune (25+) take the dense path (kernels/dense.py): one launch dequantizes the
+Many rows of one fine-tune (33+) take the dense path (kernels/dense.py): one launch dequantizes the
 group's packed factors into a bf16 scratch, then cuBLAS runs x V^T and an addmm a slice into the base's
 output. It runs on the current stream after the base GEMM: at 256 rows of a Llama-2-7B layer (H200,
 thirty-third session) base 163.7 us, the whole layer 394.5 (x2.41), the dequant alone ~100-115 us of
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import GROUPS, SMOKE_GROUPS, probe_parser, probe_setup, random_packed, side_by_side, time_graph  # noqa: E402
+from bench_kernels import GROUPS, SMOKE_GROUPS, base_cublas, probe_parser, probe_setup, random_packed, side_by_side, time_graph  # noqa: E402
 
 from deltastore.kernels import DeltaSet, dense, plan_rows  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
 
             def base() -> None:
                 for W, y in zip(Ws, ys):  # noqa: B023
-                    torch.matmul(x, W.t(), out=y)  # noqa: B023
+                    base_cublas(x, W, y)  # noqa: B023
 
             def dequant() -> None:
                 for ds in sets:  # noqa: B023
@@ -70,12 +70,12 @@ def main() -> None:
 
             def serial() -> None:
                 for W, y, ds in zip(Ws, ys, sets):  # noqa: B023
-                    torch.matmul(x, W.t(), out=y)  # noqa: B023
+                    base_cublas(x, W, y)  # noqa: B023
                     dense.apply(x, y, ds, plan)  # noqa: B023
 
             def beside() -> None:
                 for W, y, ds in zip(Ws, ys, sets):  # noqa: B023
-                    f = side_by_side(lambda W=W, y=y: torch.matmul(x, W.t(), out=y), lambda ds=ds: dense.dequantize(ds, 0, x.dtype))  # noqa: B023
+                    f = side_by_side(lambda W=W, y=y: base_cublas(x, W, y), lambda ds=ds: dense.dequantize(ds, 0, x.dtype))  # noqa: B023
                     dense.expand(dense.shrink(x, f, plan), y, ds, f)  # noqa: B023
 
             serial()

@@ -54,7 +54,7 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
                  path: str | None = None, overwrite: bool = False, fused: "join.Join | None" = None,
                  zsum: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
-    with Triton on a GPU, 2 to 32 rows a fine-tune of several (2 to 24 of one) take the tensor-core
+    with Triton on a GPU, 2 to 32 rows a fine-tune, of one or of several, take the tensor-core
     kernels (:mod:`.mma`, where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
     dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path.
     ``overwrite``: y = the delta (y's contents not read), zeroed by the kernels where they can (the
