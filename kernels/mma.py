@@ -462,7 +462,7 @@ if HAVE_GLUON:
         wsm.store(gl.reshape(gl.permute(gl.reshape(wt, [CH // 16, 16, 8]), (0, 2, 1)), [CH // 2, 16]))
 
     @gluon.jit
-    def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zptrs, zbase, ZC, nrows, dsh, mb_ok, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
+    def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
                       STAGE: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of a 2-bit item's components for one group of 128 outputs with its words
@@ -471,8 +471,8 @@ if HAVE_GLUON:
         group are contiguous: vector loads where aligned), kept in shared memory as CH / 16 steps of
         [8, 16], with the item's scales and zero points; each step's A operand made from an [8, 16]
         slice through the [8 words, 16 outputs, 16 components] view E3, whose reshape is the MMA's A
-        layout (no data movement: checked when it compiles). ``zptrs``: (BM,) the rows' z at the item's
-        first column (``zbase`` the first row's, ``ZC`` the row stride, ``nrows`` the block's rows).
+        layout (no data movement: checked when it compiles). z: the block's first row's at the item's
+        first column ``zbase``, rows ``ZC`` apart, ``nrows`` of them.
         STAGE (:data:`STAGE_Z`): the B operand z S sc (bf16) of every component and row made once into
         shared memory with the correction (:func:`_expand_item2_staged`); else each step loads its z
         (float32, global) and scales and rounds it."""
@@ -482,7 +482,9 @@ if HAVE_GLUON:
         if STAGE:
             return _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
                                         BLOCK_N, BM, CH, EWL, E3, num_warps)
-        zrow = zptrs[None, :]
+        mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
+        mb_ok = mb < nrows
+        zrow = (zbase + mb.to(gl.int64) * ZC)[None, :]  # (1, BM): a component's z is zrow + (r >> dsh)
         V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
         _item_words(words_ptr, u_q, g, RW, count, wsm, CH, EWL)
         r1 = gl.arange(0, CH, layout=V1)
@@ -620,19 +622,18 @@ if HAVE_GLUON:
             n_ok = n < m_s
             mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
             mb_ok = mb < nrows
-            zbase = z_ptr + pos0.to(gl.int64) * ZC + zcol
-            zptrs = zbase + mb.to(gl.int64) * ZC  # (BM,): a component's z is zptrs + (r >> dsh)
-            zrow = zptrs[None, :]
+            zbase = z_ptr + pos0.to(gl.int64) * ZC + zcol  # the block's first row's z at the item's first column
+            zrow = (zbase + mb.to(gl.int64) * ZC)[None, :]  # (1, BM): a component's z is zrow + (r >> dsh)
             if COMPACT:
                 if bits == 2:
                     wsm = gl.allocate_shared_memory(gl.int32, [CH // 2, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
                     ssm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     qsm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: vector loads (as in the shrink)
-                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zptrs, zbase, ZC, nrows, dsh, mb_ok, (u_q // 4) * 4, u_sz, g,
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, (u_q // 4) * 4, u_sz, g,
                                                G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, num_warps)
                     else:
-                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zptrs, zbase, ZC, nrows, dsh, mb_ok, u_q, u_sz, g, G, RW, count,
+                        acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count,
                                                wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, num_warps)
                 else:
                     acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
