@@ -10,7 +10,8 @@ Llama-2-7B layer through the modules users get, 32 rows over 8 fine-tunes 540 us
 alone (the GEMV kernels x11.28); 16 rows of one fine-tune x2.13 (the dense path x3.21); 2 rows each
 over 32 fine-tunes 0.66x the GEMV kernels' time; one row of a fine-tune level with them or slower
 (its deltas 98.5 us against 92), so :func:`use_mma` takes these kernels for several fine-tunes at
-2..32 rows each and one fine-tune's batches of 2..32 rows, beside the base GEMM on the side stream.
+1..32 rows each (1 since the thirty-fifth session) and one fine-tune's batches of 2..32 rows, beside the base
+GEMM on the side stream.
 The 3- and 8-bit tiers are read as 2-bit planes (below).
 
 **Loads** (:data:`COMPACT`, the default). Nsight Compute on the probe's kernels: L1 at 79-92% of its
@@ -24,7 +25,9 @@ A operand is made from them through a [rows, words, fields] view (linear layouts
 the MMA's A layout, checked trivial when the kernel compiles); the shrink's x is a natural-order
 [rows, 128] tile relabeled in registers to the permuted k and read into the B layout through shared
 memory. Vector loads where a factor's words start 16-byte aligned (the DeltaSet aligns them) and
-its rows are a multiple of 4 words; scalar loads of the same layouts elsewhere (odd shapes).
+its rows are a multiple of 4 words; scalar loads of the same layouts elsewhere (odd shapes). The x tile
+(and the expand's staged z tile) sits in shared memory swizzled (:func:`x_smem`: Nsight Compute, thirty-fifth
+session, found the shrink's ldmatrix of it at a 22-way bank conflict unswizzled).
 
 **Planes** (twentieth session). The 3- and 8-bit tiers (4% of the values) kept per-element loads and
 their code doubled the kernels' registers: a quarter of the time at 32 rows over 8. The DeltaSet now
@@ -127,8 +130,11 @@ EXPAND_STEP = int(os.environ.get("DELTASTORE_MMA_STEP", "32"))
 #: raw_h200/s21/ab_max_rows_32.md); 64 rows each not measured
 MAX_ROWS = int(os.environ.get("DELTASTORE_MMA_MAX_ROWS", "32"))
 #: rows a fine-tune (the batch spread over the set's fine-tunes) from which these kernels serve a
-#: batch of several fine-tunes by default (below: the GEMV kernels; measured, see :func:`use_mma`)
-MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "2"))
+#: batch of several fine-tunes by default, a batch of at least 2 rows (below: the GEMV kernels). 1 since
+#: the thirty-fifth session: H200, a 7B layer through the modules (raw_h200/s35/ab4), 8 rows over 8 fine-tunes
+#: 376.4 us against the GEMV kernels' 409.1, 4 over 4 253.7 / 258.6 (before the swizzle and the paired x tile
+#: 443.9 / 410.1 and 291.8 / 261.2, raw_h200/s35/ab1)
+MIN_ROWS = int(os.environ.get("DELTASTORE_MMA_MIN_ROWS", "1"))
 #: rows a row block holds at most (the MMA's N side; 8, 16, 32 or 64): each block of a fine-tune reads
 #: and unpacks its words again, so a fine-tune's rows past one block cost a second pass over them. sm_90
 #: compile (Triton 3.6, 2-bit tiers): shrink / expand 64 / 86 registers at 16 rows a block, 96 / 128 at 32,
@@ -164,11 +170,26 @@ COMPACT = os.environ.get("DELTASTORE_MMA_COMPACT", "1") not in ("", "0")
 COMPACT_PARTS = os.environ.get("DELTASTORE_MMA_COMPACT_PARTS", "shrink,expand")
 #: the compact expand makes its item's B operand once a program (z S sc rounded to bf16 for every component and
 #: row, and the zero points' correction summed from it) into shared memory, where each step loaded its [16, rows]
-#: float32 z from global memory, in every warp, and scaled and rounded it again. sm_90 compile (16 rows, items of
-#: 128): 1,680 instructions a program against 1,840, global loads 104 / 134, 80 registers both. H200, a 7B layer,
-#: one fine-tune's 16 rows (thirty-fourth session, raw_h200/s34/g): 194.4 us against 196.6 per step (-1.1%, one
-#: call); several fine-tunes not measured (the call ran out), so off by default (``DELTASTORE_MMA_STAGE_Z=1``: on)
-STAGE_Z = os.environ.get("DELTASTORE_MMA_STAGE_Z", "0") not in ("", "0")
+#: float32 z from global memory, in every warp, right before its MMA (a round trip a step), and scaled and rounded
+#: it again. sm_90 compile (16 rows, items of 128): 1,680 instructions a program against 1,840, global loads 104 /
+#: 134, 80 registers both. On by default since the thirty-fifth session, once its tile was swizzled
+#: (:data:`SWIZZLE`; unswizzled, each ldmatrix of it was an 8-way bank conflict): H200, a 7B layer through the
+#: modules (raw_h200/s35/ab2, both swizzled): 16 rows of one fine-tune 181.7 us against 191.7 per step, 32 rows
+#: over 8 425.1 / 445.0, 64 over 32 1202.6 / 1274.9, 256 over 8 834.8 / 994.3 (unswizzled it was 194.4 / 196.6
+#: at 16 rows and slower for several: 483.8 / 471.1 at 32 over 8, raw_h200/s35/ab1). ``DELTASTORE_MMA_STAGE_Z=0``:
+#: per step
+STAGE_Z = os.environ.get("DELTASTORE_MMA_STAGE_Z", "1") not in ("", "0")
+#: the shrink's x tile (and the staged expand's z tile) in shared memory swizzled (:func:`x_smem`). Nsight Compute
+#: on one fine-tune's 16 rows (raw_h200/s35/ncu16): the shrink's shared loads at a 22-way bank conflict on
+#: average (85% of their wavefronts), est. 31-49% of its time. H200, a 7B layer through the modules (raw_h200/s35/ab2):
+#: 16 rows 196.2 -> 191.7 us, 32 rows over 8 473.2 -> 445.0, 64 over 32 1383.8 -> 1274.9, 256 over 8 1158.0 -> 994.3
+SWIZZLE = os.environ.get("DELTASTORE_MMA_SWIZZLE", "1") not in ("", "0")
+#: the shrink's x tile loaded so a thread stores 8 contiguous slots, one 16-byte store (:func:`x_pairs`), where a row
+#: block is not of 16 rows: sm_90 compile (Triton 3.6), shrink registers at 8 / 16 / 32 rows a block 96 / 120 / 153
+#: against 96 / 95 / 162 (at 16, 5 -> 4 programs an SM). H200, a 7B layer through the modules (raw_h200/s35/ab3, ab4):
+#: 32 rows over 8 fine-tunes 425.0 -> 415.1 us, 64 over 32 1209.4 -> 1153.8, 256 over 8 836.6 -> 811.7, 32 rows of
+#: one 265.5 -> 263.6; at 16 rows of one (blocks of 16) 181.7 -> 182.9, so not there
+X_PAIRS = os.environ.get("DELTASTORE_MMA_X_PAIRS", "1") not in ("", "0")
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
 # (tests/kernels/test_mma_unpack.py): operands are one thread's registers, pack 4 = A elements
@@ -365,7 +386,7 @@ if HAVE_GLUON:
                        K, stride_xm, ZC, n_slices, T_max,
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
-                       LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, num_warps: gl.constexpr):
+                       LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr, num_warps: gl.constexpr):
         """z[pos, zcol + r] += S[r] sum over this program's groups of x[row(pos)] . V^[r]: program
         (slice and tile, groups GPS g .. of the input, row block of one slot)."""
         BLOCK_R: gl.constexpr = 16 * TILES * num_warps
@@ -398,7 +419,7 @@ if HAVE_GLUON:
             xrow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0)
             xoff = xrow.to(gl.int64) * stride_xm
             if COMPACT:
-                bsm = gl.allocate_shared_memory(gl.bfloat16, [128, BM], gl.SwizzledSharedLayout(1, 1, 1, [0, 1]))
+                bsm = gl.allocate_shared_memory(gl.bfloat16, [128, BM], XS)
                 if (bits == 2) & (RW % 4 == 0) & (v_q % 4 == 0):  # every row's words 16-byte aligned: vector loads
                     # (x // 4) * 4: a new value the compiler knows to be a multiple of 4 (gl.multiple_of would
                     # mark v_q and RW themselves, for every use: the unaligned calls too)
@@ -464,7 +485,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
-                      STAGE: gl.constexpr, num_warps: gl.constexpr):
+                      STAGE: gl.constexpr, ZS: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of a 2-bit item's components for one group of 128 outputs with its words
         read once (ncu on the H200: the per-step loads, each word loaded by the 8 lanes that share it,
         kept L1 at 92% with DRAM at 7%): the item's [CH, 8] words tile (a component's 8 words of the
@@ -481,7 +502,7 @@ if HAVE_GLUON:
         bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
         if STAGE:
             return _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
-                                        BLOCK_N, BM, CH, EWL, E3, num_warps)
+                                        BLOCK_N, BM, CH, EWL, E3, ZS, num_warps)
         mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
         mb_ok = mb < nrows
         zrow = (zbase + mb.to(gl.int64) * ZC)[None, :]  # (1, BM): a component's z is zrow + (r >> dsh)
@@ -513,7 +534,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
                              BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
-                             num_warps: gl.constexpr):
+                             ZS: gl.constexpr, num_warps: gl.constexpr):
         """:func:`_expand_item2` with its B operand made once: the item's [CH, BM] z (a virtual
         component r reads column r >> dsh) loaded with the components along the lanes, times each
         component's scale of this output group, rounded to bf16 into shared memory (``zsm``); the
@@ -539,7 +560,7 @@ if HAVE_GLUON:
         zq = gl.convert_layout(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0), gl.SliceLayout(1, ZL)).to(gl.float32) + 128.0
         zb = (zt * sc[:, None]).to(gl.bfloat16)
         corr = gl.sum(zb.to(gl.float32) * zq[:, None], axis=0)  # summed as rounded (see _expand_kernel)
-        zsm = gl.allocate_shared_memory(gl.bfloat16, [CH, BM], gl.SwizzledSharedLayout(1, 1, 1, [0, 1]))
+        zsm = gl.allocate_shared_memory(gl.bfloat16, [CH, BM], ZS)
         zsm.store(zb)
         gl.thread_barrier()
         zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
@@ -591,7 +612,8 @@ if HAVE_GLUON:
                        mout_ptr, coloff_ptr, ZC, stride_dm, n_slices, I_max,
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
-                       CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, num_warps: gl.constexpr):
+                       CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, ZS: gl.constexpr,
+                       num_warps: gl.constexpr):
         """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
         (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
         BLOCK_N: gl.constexpr = 16 * TILES * num_warps
@@ -631,10 +653,10 @@ if HAVE_GLUON:
                     qsm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: vector loads (as in the shrink)
                         acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, (u_q // 4) * 4, u_sz, g,
-                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, num_warps)
+                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, num_warps)
                     else:
                         acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count,
-                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, num_warps)
+                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, num_warps)
                 else:
                     acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                           n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
@@ -650,7 +672,7 @@ if HAVE_GLUON:
 
 
 @functools.lru_cache(maxsize=None)
-def compact_layouts(block_r: int, num_warps: int = 4) -> Mapping:
+def compact_layouts(block_r: int, num_warps: int = 4, swizzle: bool = True, pairs_bm: int = 0) -> Mapping:
     """The layouts :func:`_shrink_group2` takes for tiles of ``block_r`` components (64 or 128 on 4
     warps, as the MMA layout spreads them): LW, a [block_r, 8] words tile with each lane's rows
     and its quad's lanes sharing them; L3, the [block_r, 8 words, 16 fields] view of the A operand
@@ -668,11 +690,30 @@ def compact_layouts(block_r: int, num_warps: int = 4) -> Mapping:
                                     + [[64, 0, 0]] * bool(more),
                                     lane_bases=[[0, 0, 2], [0, 0, 4], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
                                     warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[block_r, 8, 16])
-    return MappingProxyType(dict(LW=lw, L3=l3, XL=gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0])))
+    xl = x_pairs(pairs_bm) if pairs_bm else gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0])
+    return MappingProxyType(dict(LW=lw, L3=l3, XL=xl, XS=x_smem(swizzle)))
+
+
+def x_pairs(bm: int):
+    """A [bm, 128] x tile with each thread's k those of 8 contiguous MMA slots (k = a + 8b of a 16-k
+    tile sits in slot 2a + b): k c..c + 3 and c + 8..c + 11, two 8-byte loads, so the tile goes into
+    shared memory as one 16-byte store a thread instead of eight 2-byte ones."""
+    rows = [[1 << i, 0] for i in range(3, (bm - 1).bit_length())]
+    return gl.DistributedLinearLayout(reg_bases=[[0, 1], [0, 2], [0, 8]] + rows,
+                                      lane_bases=[[0, 4], [0, 16], [0, 32], [0, 64], [1, 0]],
+                                      warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[bm, 128])
+
+
+def x_smem(swizzle: bool = True):
+    """The shared layout of a [k, rows] bf16 B operand whose k is contiguous (the shrink's x tile, the
+    staged expand's z tile): rows 256 bytes apart, so an ldmatrix's 8 rows of one 16-byte column all
+    fall in the same banks unless the column is swizzled by the row (XOR of the 16-byte chunk with
+    row % 8: the 8 rows in 8 distinct bank groups). ``swizzle=False``: plain, as before."""
+    return gl.SwizzledSharedLayout(8, 1, 8, [0, 1]) if swizzle else gl.SwizzledSharedLayout(1, 1, 1, [0, 1])
 
 
 @functools.lru_cache(maxsize=None)
-def expand_layouts(chunk: int, num_warps: int = 4) -> Mapping:
+def expand_layouts(chunk: int, num_warps: int = 4, swizzle: bool = True) -> Mapping:
     """The layouts :func:`_expand_item2` takes: EWL, an item's [chunk, 8] words tile, a component's 8
     words a thread; E3, the [8 words, 16 outputs of a word, 16 components] view of a step's A
     operand (outputs 16 a warp along the MMA's M, as its layout spreads them over 4 warps)."""
@@ -682,7 +723,7 @@ def expand_layouts(chunk: int, num_warps: int = 4) -> Mapping:
     e3 = gl.DistributedLinearLayout(reg_bases=[[0, 0, 1], [0, 8, 0], [0, 0, 8], [4, 0, 0]],
                                     lane_bases=[[0, 0, 2], [0, 0, 4], [0, 1, 0], [0, 2, 0], [0, 4, 0]],
                                     warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[8, 16, 16])
-    return MappingProxyType(dict(EWL=ewl, E3=e3))
+    return MappingProxyType(dict(EWL=ewl, E3=e3, ZS=x_smem(swizzle)))
 
 
 def block_m(plan: RowPlan, dset: DeltaSet) -> int:
@@ -735,7 +776,8 @@ def _one_fine_tune(plan: RowPlan, dset: DeltaSet) -> bool:
 def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = None) -> bool:
     """Whether :func:`apply` serves this batch: ``path`` "mma" forces it (another path: no); else
     where :func:`usable`, several fine-tunes at :data:`MIN_ROWS` to :data:`MAX_ROWS` rows each (the
-    batch spread evenly over the set's fine-tunes), or one fine-tune's batch (the set holds one, or the
+    batch spread evenly over the set's fine-tunes) in a batch of :data:`ONE_MIN_ROWS` rows or more (one
+    row: the GEMV kernels, whatever the set), or one fine-tune's batch (the set holds one, or the
     host knows one serves every row) of :data:`ONE_MIN_ROWS` to :data:`ONE_MAX_ROWS` rows. Rows are
     those that name a fine-tune where the host knew the ids (:attr:`RowPlan.served_rows`), every row else.
 
@@ -744,13 +786,15 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     kernels' time, 2 over 32 0.66x, 4 over 8 0.41x, 8 over 8 0.36x; 1 row over 8 or 4 level (0.96-0.97x
     the layer, 1.03-1.05x the deltas alone): the GEMV kernels keep it. One fine-tune: 16 rows 0.67x the
     dense path; 1 row 98.5 us of deltas against the GEMV kernels' 92 (the GEMV kernels keep it); 2 to 4
-    rows 0.84x / 0.62x / 0.61x the layer on the GEMV kernels (twenty-sixth session, atomic GEMV expand)."""
+    rows 0.84x / 0.62x / 0.61x the layer on the GEMV kernels (twenty-sixth session, atomic GEMV expand).
+    Thirty-fifth session (swizzled tiles, the staged expand operand, the paired x tile): 8 rows over 8
+    fine-tunes 0.92x the GEMV kernels' layer, 4 over 4 0.98x, so one row a fine-tune here too."""
     if path is not None:
         return path == "mma"
     if _one_fine_tune(plan, dset):
         rows_ok = max(ONE_MIN_ROWS, 1) <= plan.served_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
     else:
-        rows_ok = MIN_ROWS <= plan.rows_a_slot(dset.n_slots) <= MAX_ROWS
+        rows_ok = MIN_ROWS <= plan.rows_a_slot(dset.n_slots) <= MAX_ROWS and plan.served_rows >= max(ONE_MIN_ROWS, 1)
     return rows_ok and usable(x, dset)
 
 
@@ -795,14 +839,15 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, plan.rows, blocks,
         K, x.stride(0), z.stride(0), dset.n_slices, T,
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
-        **(compact_layouts(16 * SHRINK_TILES * 4) if compact else dict(LW=None, L3=None, XL=None)), num_warps=4)
+        **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact else dict(LW=None, L3=None, XL=None, XS=None)),
+        num_warps=4)
     d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
         z.stride(0), d.stride(0), dset.n_slices, I_max,
         NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk, STAGE=STAGE_Z,
-        **(expand_layouts(chunk) if compact_e else dict(EWL=None, E3=None)), num_warps=4)
+        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), num_warps=4)
     if d is not y:
         y.add_(d)
     return y

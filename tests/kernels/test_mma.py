@@ -155,7 +155,7 @@ def test_row_blocks_of_32_and_64_rows(block_rows: int, monkeypatch) -> None:
 
 def test_the_expand_operand_made_once_or_per_step_gives_the_reference(monkeypatch) -> None:
     """mma.STAGE_Z: the compact expand's B operand (z S sc in bf16) and its zero-point correction made once
-    a program into shared memory or per step from global z (the default): both within the bound of the
+    a program into shared memory (the default) or per step from global z: both within the bound of the
     reference and of each other, one fine-tune (items of ONE_CHUNK) and three (items of CHUNK), planes
     (virtual components reading z column r >> dsh) and odd shapes."""
     n, ms = 300, [200, 136]
