@@ -190,6 +190,13 @@ SWIZZLE = os.environ.get("DELTASTORE_MMA_SWIZZLE", "1") not in ("", "0")
 #: 32 rows over 8 fine-tunes 425.0 -> 415.1 us, 64 over 32 1209.4 -> 1153.8, 256 over 8 836.6 -> 811.7, 32 rows of
 #: one 265.5 -> 263.6; at 16 rows of one (blocks of 16) 181.7 -> 182.9, so not there
 X_PAIRS = os.environ.get("DELTASTORE_MMA_X_PAIRS", "1") not in ("", "0")
+#: programmatic dependent launch (Hopper+), as the GEMV kernels' (:data:`.triton_ops.GEMV_PDL`): the expand
+#: launched while its shrink's last programs run, its words, scales and zero points loaded (into shared
+#: memory) before it waits (griddepcontrol.wait) for the shrink's z. Nsight Compute (raw_h200/s35/ncu16b): each
+#: of a 16-row layer's eight launches spends most of its 7-20 us in latency, a program's chain of dependent
+#: loads. Written in the thirty-fifth session and compiled for sm_90 (the waits in the SASS), not yet timed on
+#: the GPU: off (``DELTASTORE_MMA_PDL=1``: on)
+PDL = os.environ.get("DELTASTORE_MMA_PDL", "0") not in ("", "0")
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
 # (tests/kernels/test_mma_unpack.py): operands are one thread's registers, pack 4 = A elements
@@ -236,6 +243,18 @@ if HAVE_GLUON:
     @gluon.jit
     def _asm2(asm: gl.constexpr, w, h, sh, hb):
         return gl.inline_asm_elementwise(asm, "=r,=r" + ",r" * 16, [w, h, sh, hb], dtype=gl.bfloat16, is_pure=True, pack=4)
+
+    @gluon.jit
+    def _gdc_wait():
+        """Wait until the grid this launch depends on (PDL) is done and its writes visible (a no-op
+        when launched without PDL): griddepcontrol.wait, as triton.language.extra.cuda.gdc_wait."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _gdc_launch():
+        """Let the launch that depends on this grid (PDL) start once every program of it has started."""
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)
 
     @gluon.jit
     def _perm_k(s, BITS: gl.constexpr):
@@ -386,9 +405,13 @@ if HAVE_GLUON:
                        K, stride_xm, ZC, n_slices, T_max,
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
-                       LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr, num_warps: gl.constexpr):
+                       LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr, GDC: gl.constexpr,
+                       num_warps: gl.constexpr):
         """z[pos, zcol + r] += S[r] sum over this program's groups of x[row(pos)] . V^[r]: program
-        (slice and tile, groups GPS g .. of the input, row block of one slot)."""
+        (slice and tile, groups GPS g .. of the input, row block of one slot). GDC: the expand launched
+        after it as a dependent (PDL, :data:`PDL`) may start once every program here has started."""
+        if GDC:
+            _gdc_launch()
         BLOCK_R: gl.constexpr = 16 * TILES * num_warps
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
         pid0 = gl.program_id(0)
@@ -485,7 +508,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
-                      STAGE: gl.constexpr, ZS: gl.constexpr, num_warps: gl.constexpr):
+                      STAGE: gl.constexpr, ZS: gl.constexpr, GDC: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of a 2-bit item's components for one group of 128 outputs with its words
         read once (ncu on the H200: the per-step loads, each word loaded by the 8 lanes that share it,
         kept L1 at 92% with DRAM at 7%): the item's [CH, 8] words tile (a component's 8 words of the
@@ -502,7 +525,7 @@ if HAVE_GLUON:
         bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
         if STAGE:
             return _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
-                                        BLOCK_N, BM, CH, EWL, E3, ZS, num_warps)
+                                        BLOCK_N, BM, CH, EWL, E3, ZS, GDC, num_warps)
         mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
         mb_ok = mb < nrows
         zrow = (zbase + mb.to(gl.int64) * ZC)[None, :]  # (1, BM): a component's z is zrow + (r >> dsh)
@@ -511,6 +534,8 @@ if HAVE_GLUON:
         r1 = gl.arange(0, CH, layout=V1)
         ssm.store(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
         qsm.store(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
+        if GDC:  # (PDL: z complete after this)
+            _gdc_wait()
         gl.thread_barrier()
         zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
         n_in = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, E3)))
@@ -534,7 +559,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
                              BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
-                             ZS: gl.constexpr, num_warps: gl.constexpr):
+                             ZS: gl.constexpr, GDC: gl.constexpr, num_warps: gl.constexpr):
         """:func:`_expand_item2` with its B operand made once: the item's [CH, BM] z (a virtual
         component r reads column r >> dsh) loaded with the components along the lanes, times each
         component's scale of this output group, rounded to bf16 into shared memory (``zsm``); the
@@ -548,16 +573,18 @@ if HAVE_GLUON:
         # inside a warp), the rows over the other lanes and the warps
         ZL: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, num_warps], [0, 1])
         _item_words(words_ptr, u_q, g, RW, count, wsm, CH, EWL)
-        rz = gl.arange(0, CH, layout=gl.SliceLayout(1, ZL))
-        rz_ok = rz < count
-        mz = gl.arange(0, BM, layout=gl.SliceLayout(0, ZL))
-        zt = gl.load(zbase + mz.to(gl.int64)[None, :] * ZC + (rz >> dsh)[:, None], mask=(mz < nrows)[None, :] & rz_ok[:, None],
-                     other=0.0)
         # a component's scale and zero point (G apart: 2-byte loads), one load a thread, then to the lanes that use them
         V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
         r1 = gl.arange(0, CH, layout=V1)
         sc = gl.convert_layout(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0), gl.SliceLayout(1, ZL)).to(gl.float32)
         zq = gl.convert_layout(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0), gl.SliceLayout(1, ZL)).to(gl.float32) + 128.0
+        if GDC:  # launched beside the shrink's tail (PDL): its z is complete and visible after this
+            _gdc_wait()
+        rz = gl.arange(0, CH, layout=gl.SliceLayout(1, ZL))
+        rz_ok = rz < count
+        mz = gl.arange(0, BM, layout=gl.SliceLayout(0, ZL))
+        zt = gl.load(zbase + mz.to(gl.int64)[None, :] * ZC + (rz >> dsh)[:, None], mask=(mz < nrows)[None, :] & rz_ok[:, None],
+                     other=0.0)
         zb = (zt * sc[:, None]).to(gl.bfloat16)
         corr = gl.sum(zb.to(gl.float32) * zq[:, None], axis=0)  # summed as rounded (see _expand_kernel)
         zsm = gl.allocate_shared_memory(gl.bfloat16, [CH, BM], ZS)
@@ -613,7 +640,7 @@ if HAVE_GLUON:
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, ZS: gl.constexpr,
-                       num_warps: gl.constexpr):
+                       GDC: gl.constexpr, num_warps: gl.constexpr):
         """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
         (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
         BLOCK_N: gl.constexpr = 16 * TILES * num_warps
@@ -653,14 +680,18 @@ if HAVE_GLUON:
                     qsm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: vector loads (as in the shrink)
                         acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, (u_q // 4) * 4, u_sz, g,
-                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, num_warps)
+                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, GDC, num_warps)
                     else:
                         acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count,
-                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, num_warps)
+                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, GDC, num_warps)
                 else:
+                    if GDC:
+                        _gdc_wait()
                     acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                           n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
             else:
+                if GDC:
+                    _gdc_wait()
                 acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
                                       n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
             acc = acc - c[None, :]
@@ -835,19 +866,22 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         z.zero_()
         if overwrite:
             y.zero_()
+    gdc = PDL and _capability(x.device.index or 0) >= (9, 0)
+    d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)  # (before the shrink: the
+    # expand launched with PDL depends on the launch right before it)
     _shrink_kernel[(dset.n_slices * T, -(-G // gps), nb)](
         x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, plan.rows, blocks,
         K, x.stride(0), z.stride(0), dset.n_slices, T,
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
-        **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact else dict(LW=None, L3=None, XL=None, XS=None)),
-        num_warps=4)
-    d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)
+        **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact
+           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, num_warps=4)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
         z.stride(0), d.stride(0), dset.n_slices, I_max,
         NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk, STAGE=STAGE_Z,
-        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), num_warps=4)
+        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), GDC=gdc,
+        **({"launch_pdl": True} if gdc else {}), num_warps=4)
     if d is not y:
         y.add_(d)
     return y

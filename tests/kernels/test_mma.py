@@ -175,6 +175,34 @@ def test_the_expand_operand_made_once_or_per_step_gives_the_reference(monkeypatc
         assert rel(got[True], got[False]) < 1e-3, slots  # the same operand; only the correction's sum order differs
 
 
+@pytest.mark.parametrize("stage", [True, False])
+def test_the_expand_launched_as_a_dependent_of_its_shrink_gives_the_reference(stage: bool, monkeypatch) -> None:
+    """mma.PDL: the expand launched while its shrink runs (Hopper and newer; elsewhere the flag changes
+    nothing), its words loaded before it waits for z: within the bound of the reference eagerly and
+    replayed in a CUDA graph with new inputs (the dependency captured as a programmatic edge), one
+    fine-tune and three, a float32 output (the atomics into it) and a bf16 one (through the scratch)."""
+    monkeypatch.setattr(mma, "PDL", True)
+    monkeypatch.setattr(mma, "STAGE_Z", stage)
+    n, ms = 300, [200, 136]
+    for slots, M, ydt in ((1, 16, torch.float32), (3, 30, torch.bfloat16)):
+        ds = make_set(n, ms, slots, seed=41 + slots)
+        ids = (torch.arange(M, device=DEVICE) % slots).to(torch.int64)
+        plan = plan_rows(ids, slots)
+        x = torch.randn(M, n, generator=torch.Generator().manual_seed(slots)).to(torch.bfloat16).to(DEVICE)
+        y = torch.zeros(M, sum(ms), device=DEVICE, dtype=ydt)
+        assert rel(mma.apply(x, y.clone(), ds, plan).float(), reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16], slots
+
+        def step() -> torch.Tensor:
+            y.zero_()
+            return mma.apply(x, y, ds, plan)
+
+        g, out = capture(step)
+        x.copy_(torch.randn(M, n, device=DEVICE).to(torch.bfloat16))
+        g.replay()
+        torch.cuda.synchronize()
+        assert rel(out.float(), reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16], (slots, "graph")
+
+
 def test_32_rows_each_of_several_fine_tunes_take_these_kernels_by_default() -> None:
     """The default choice serves 2..32 rows a fine-tune here (one row block of 32 each): 64 rows over
     2 fine-tunes through apply_deltas as the modules call it, within the bound of the rest."""
