@@ -708,7 +708,8 @@ def compact_layouts(block_r: int, num_warps: int = 4, swizzle: bool = True, pair
     warps, as the MMA layout spreads them): LW, a [block_r, 8] words tile with each lane's rows
     and its quad's lanes sharing them; L3, the [block_r, 8 words, 16 fields] view of the A operand
     (the MMA's A layout with its k split into word and field); XL, a [BM, 128] x tile, 8
-    contiguous elements a thread. Made once per arguments: an eager forward asks per linear, and
+    contiguous elements a thread (``pairs_bm``: :func:`x_pairs` of that many rows); XS, the x tile's
+    shared layout (:func:`x_smem`, swizzled or not). Made once per arguments: an eager forward asks per linear, and
     building them on every call made a lazy 7B's first token 9-21 ms slower on the H200 (128 calls;
     benchmarks/probe_first_token.py, raw_h200/s23/first_token_ab*.md)."""
     if num_warps != 4 or block_r not in (64, 128):
@@ -747,7 +748,8 @@ def x_smem(swizzle: bool = True):
 def expand_layouts(chunk: int, num_warps: int = 4, swizzle: bool = True) -> Mapping:
     """The layouts :func:`_expand_item2` takes: EWL, an item's [chunk, 8] words tile, a component's 8
     words a thread; E3, the [8 words, 16 outputs of a word, 16 components] view of a step's A
-    operand (outputs 16 a warp along the MMA's M, as its layout spreads them over 4 warps)."""
+    operand (outputs 16 a warp along the MMA's M, as its layout spreads them over 4 warps); ZS, the
+    staged z tile's shared layout (:func:`x_smem`)."""
     if num_warps != 4 or chunk % 128:
         raise KernelError(f"the compact expand takes items of a multiple of 128 components on 4 warps, not {chunk} on {num_warps}")
     ewl = gl.BlockedLayout([1, 8], [32, 1], [num_warps, 1], [1, 0])

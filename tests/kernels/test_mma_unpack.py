@@ -241,6 +241,44 @@ def test_a_row_block_holds_a_slots_rows_up_to_block_rows(monkeypatch: pytest.Mon
         mma.block_m(plan_rows(torch.zeros(4, dtype=torch.int64), 1), one)
 
 
+@pytest.mark.skipif(not mma.HAVE_GLUON, reason="Triton with Gluon (its layouts)")
+@pytest.mark.parametrize("bm", [8, 32, 64])
+def test_the_paired_x_tile_gives_each_thread_8_contiguous_mma_slots(bm: int) -> None:
+    """mma.x_pairs: the shrink's [bm, 128] x tile as each thread loads it (the layout's bases, an
+    element's (row, k) the XOR of the bases its register, lane and warp bits pick) covers every element
+    once, and a thread's registers of a row are k c..c + 3 and c + 8..c + 11 (two 8-byte loads), which
+    the unpack's pairing puts in 8 contiguous MMA slots (slot 2a + b of each 16 holds k = a + 8b; the
+    kernel's relabel, :func:`mma.perm`): one 16-byte store a thread and row."""
+    lay = mma.x_pairs(bm)
+    assert list(lay.shape) == [bm, 128]
+
+    def at(bases: list, i: int) -> tuple[int, int]:
+        r = k = 0
+        for bit, (br, bk) in enumerate(bases):
+            if i >> bit & 1:
+                r, k = r ^ br, k ^ bk
+        return r, k
+
+    inv = {mma.perm(2, s): s for s in range(16)}  # k within its 16-k tile -> its slot
+    seen = set()
+    for warp in range(1 << len(lay.warp_bases)):
+        for lane in range(32):
+            wr, wk = at(lay.warp_bases, warp)
+            lr, lk = at(lay.lane_bases, lane)
+            mine: dict[int, list[int]] = {}
+            for reg in range(1 << len(lay.reg_bases)):
+                rr, rk = at(lay.reg_bases, reg)
+                row, k = wr ^ lr ^ rr, wk ^ lk ^ rk
+                seen.add((row, k))
+                mine.setdefault(row, []).append(k)
+            for row, ks in mine.items():
+                c = min(ks)
+                assert sorted(ks) == [c, c + 1, c + 2, c + 3, c + 8, c + 9, c + 10, c + 11], (warp, lane, row)
+                slots = sorted(16 * (k // 16) + inv[k % 16] for k in ks)
+                assert slots == list(range(slots[0], slots[0] + 8)) and slots[0] % 8 == 0, (warp, lane, row)
+    assert len(seen) == bm * 128
+
+
 def test_what_a_set_holds_is_read_again_after_an_add() -> None:
     """mma's check of a set's tiers is kept per build: a fine-tune added in groups of 64 makes the
     set one these kernels do not serve (the check must not answer from the earlier build)."""
