@@ -79,6 +79,7 @@ import torch
 
 from .deltaset import F, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
+from .triton_ops import _regs
 
 try:  # Gluon ships with Triton 3.5+; the kernels need a GPU (the interpreter does not run Gluon)
     from triton.experimental import gluon
@@ -197,6 +198,11 @@ X_PAIRS = os.environ.get("DELTASTORE_MMA_X_PAIRS", "1") not in ("", "0")
 #: loads. Written in the thirty-fifth session and compiled for sm_90 (the waits in the SASS), not yet timed on
 #: the GPU: off (``DELTASTORE_MMA_PDL=1``: on)
 PDL = os.environ.get("DELTASTORE_MMA_PDL", "0") not in ("", "0")
+#: a register cap for the shrink (0: the compiler's choice): Nsight Compute puts its occupancy at 12-25%, bound by
+#: registers (95-96 a thread at 8 and 16 rows a block: 5 programs an SM). sm_90 compile (dev VM, Triton 3.6): at 80,
+#: blocks of 8 rows fit without spills (6 programs an SM), blocks of 16 spill 7 registers; at 72 both spill. Not yet
+#: timed on the GPU: off (``DELTASTORE_MMA_SHRINK_MAXNREG=80``, or ``{"mma.SHRINK_MAXNREG": 80}`` in ab_mma.py)
+SHRINK_MAXNREG = int(os.environ.get("DELTASTORE_MMA_SHRINK_MAXNREG", "0"))
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
 # (tests/kernels/test_mma_unpack.py): operands are one thread's registers, pack 4 = A elements
@@ -884,7 +890,7 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         K, x.stride(0), z.stride(0), dset.n_slices, T,
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
         **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact
-           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, num_warps=4)
+           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, **_regs(SHRINK_MAXNREG or None), num_warps=4)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
