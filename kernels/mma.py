@@ -203,6 +203,12 @@ PDL = os.environ.get("DELTASTORE_MMA_PDL", "0") not in ("", "0")
 #: blocks of 8 rows fit without spills (6 programs an SM), blocks of 16 spill 7 registers; at 72 both spill. Not yet
 #: timed on the GPU: off (``DELTASTORE_MMA_SHRINK_MAXNREG=80``, or ``{"mma.SHRINK_MAXNREG": 80}`` in ab_mma.py)
 SHRINK_MAXNREG = int(os.environ.get("DELTASTORE_MMA_SHRINK_MAXNREG", "0"))
+#: a program's table fields loaded beside its tile / item count, before the branch that skips an empty program: the
+#: sm_90 compile sinks them below it (SASS: the block's slot, then the count, the exit, then the fields and the row
+#: block's first position, then the words and rows, then x: four round trips before the words, five before x; with
+#: this, three and four). sm_90 compile (16 rows): shrink 95 -> 96 registers, the staged expand 80 -> 96 (6 -> 5
+#: programs an SM). Not yet timed on the GPU: off (``DELTASTORE_MMA_HOIST=1``)
+HOIST = os.environ.get("DELTASTORE_MMA_HOIST", "0") not in ("", "0")
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
 # (tests/kernels/test_mma_unpack.py): operands are one thread's registers, pack 4 = A elements
@@ -412,7 +418,7 @@ if HAVE_GLUON:
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr, GDC: gl.constexpr,
-                       num_warps: gl.constexpr):
+                       HOIST: gl.constexpr, num_warps: gl.constexpr):
         """z[pos, zcol + r] += S[r] sum over this program's groups of x[row(pos)] . V^[r]: program
         (slice and tile, groups GPS g .. of the input, row block of one slot). GDC: the expand launched
         after it as a dependent (PDL, :data:`PDL`) may start once every program here has started."""
@@ -435,7 +441,11 @@ if HAVE_GLUON:
         dsh = gl.load(tb + NFIELD - 1).to(gl.int32)  # virtual rows a component, as a shift (2-bit planes)
         G = (K + 127) // 128
         g0 = pid_k * GPS
-        if (slot >= 0) & (t < nt) & (g0 < G):
+        go = (slot >= 0) & (t < nt) & (g0 < G)
+        if HOIST:  # every field >= 0 in the tables the DeltaSet builds: the test keeps their loads before the branch,
+            # beside the count's, where the compiler sinks them below it, a round trip later (:data:`HOIST`)
+            go = go & ((v_q | (v_sz | s_off | bits | count | zcol | dsh | pos0 | nrows).to(gl.int64)) >= 0)
+        if go:
             RW = bits * ((K + 31) // 32)
             off = 128.0 + 2048.0 * (bits == 8).to(gl.float32)  # 16 (128 + h) + (128 + l) = q + 2176 at 8 bits
             rL: gl.constexpr = gl.SliceLayout(1, mma)
@@ -654,7 +664,7 @@ if HAVE_GLUON:
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, ZS: gl.constexpr,
-                       GDC: gl.constexpr, num_warps: gl.constexpr):
+                       GDC: gl.constexpr, HOIST: gl.constexpr, num_warps: gl.constexpr):
         """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
         (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
         BLOCK_N: gl.constexpr = 16 * TILES * num_warps
@@ -675,7 +685,10 @@ if HAVE_GLUON:
         m_s = gl.load(mout_ptr + sl)
         col0 = gl.load(coloff_ptr + sl)
         n0 = pid_n * BLOCK_N
-        if (slot >= 0) & (i < ni) & (n0 < m_s):
+        go = (slot >= 0) & (i < ni) & (n0 < m_s)
+        if HOIST:  # (as the shrink's)
+            go = go & ((u_q | (u_sz | bits | count | zcol | dsh | pos0 | nrows | col0).to(gl.int64)) >= 0)
+        if go:
             RW = bits * ((m_s + 31) // 32)
             G = (m_s + 127) // 128
             g = n0 // 128
@@ -890,13 +903,14 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         K, x.stride(0), z.stride(0), dset.n_slices, T,
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
         **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact
-           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, **_regs(SHRINK_MAXNREG or None), num_warps=4)
+           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, HOIST=HOIST,
+        **_regs(SHRINK_MAXNREG or None), num_warps=4)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
         z.stride(0), d.stride(0), dset.n_slices, I_max,
         NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk, STAGE=STAGE_Z,
-        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), GDC=gdc,
+        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), GDC=gdc, HOIST=HOIST,
         **({"launch_pdl": True} if gdc else {}), num_warps=4)
     if d is not y:
         y.add_(d)

@@ -175,13 +175,16 @@ def test_the_expand_operand_made_once_or_per_step_gives_the_reference(monkeypatc
         assert rel(got[True], got[False]) < 1e-3, slots  # the same operand; only the correction's sum order differs
 
 
+@pytest.mark.parametrize("knob", [("PDL", True), ("HOIST", True), ("SHRINK_MAXNREG", 80)])
 @pytest.mark.parametrize("stage", [True, False])
-def test_the_expand_launched_as_a_dependent_of_its_shrink_gives_the_reference(stage: bool, monkeypatch) -> None:
+def test_the_launch_options_not_on_by_default_give_the_reference(knob: tuple, stage: bool, monkeypatch) -> None:
     """mma.PDL: the expand launched while its shrink runs (Hopper and newer; elsewhere the flag changes
-    nothing), its words loaded before it waits for z: within the bound of the reference eagerly and
-    replayed in a CUDA graph with new inputs (the dependency captured as a programmatic edge), one
-    fine-tune and three, a float32 output (the atomics into it) and a bf16 one (through the scratch)."""
-    monkeypatch.setattr(mma, "PDL", True)
+    nothing), its words loaded before it waits for z; mma.HOIST: a program's table fields loaded before
+    its branch; mma.SHRINK_MAXNREG: the shrink's registers capped (spills at 16 rows a block): each within
+    the bound of the reference eagerly and replayed in a CUDA graph with new inputs (PDL's dependency
+    captured as a programmatic edge), one fine-tune and three, a float32 output (the atomics into it) and
+    a bf16 one (through the scratch)."""
+    monkeypatch.setattr(mma, knob[0], knob[1])
     monkeypatch.setattr(mma, "STAGE_Z", stage)
     n, ms = 300, [200, 136]
     for slots, M, ydt in ((1, 16, torch.float32), (3, 30, torch.bfloat16)):
