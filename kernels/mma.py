@@ -77,7 +77,7 @@ from types import MappingProxyType
 
 import torch
 
-from .deltaset import F, DeltaSet, RowPlan, plan_blocks
+from .deltaset import F, DeltaSet, RowPlan, known_slot, plan_blocks
 from .errors import KernelError
 from .triton_ops import _regs
 
@@ -203,11 +203,13 @@ PDL = os.environ.get("DELTASTORE_MMA_PDL", "0") not in ("", "0")
 #: blocks of 8 rows fit without spills (6 programs an SM), blocks of 16 spill 7 registers; at 72 both spill. Not yet
 #: timed on the GPU: off (``DELTASTORE_MMA_SHRINK_MAXNREG=80``, or ``{"mma.SHRINK_MAXNREG": 80}`` in ab_mma.py)
 SHRINK_MAXNREG = int(os.environ.get("DELTASTORE_MMA_SHRINK_MAXNREG", "0"))
-#: a program's table fields loaded beside its tile / item count, before the branch that skips an empty program: the
-#: sm_90 compile sinks them below it (SASS: the block's slot, then the count, the exit, then the fields and the row
-#: block's first position, then the words and rows, then x: four round trips before the words, five before x; with
-#: this, three and four). sm_90 compile (16 rows): shrink 95 -> 96 registers, the staged expand 80 -> 96 (6 -> 5
-#: programs an SM). Not yet timed on the GPU: off (``DELTASTORE_MMA_HOIST=1``)
+#: a program's prologue in fewer memory round trips, as the GEMV kernels' (:data:`.triton_ops.GEMV_KNOWN_SLOT`), where
+#: the host knows the batch's one slot (deltaset.known_slot): its tables' entries read beside the row block, and the
+#: fields tested beside the count so the compiler keeps their loads above the branch that skips an empty program
+#: (sm_90 SASS before: the block's slot, then the count, the exit, then the fields and the block's first position,
+#: then the words and rows, then x: four round trips before the words, five before x; with this, two and three).
+#: sm_90 compile (16 rows, the fields' test): shrink 95 -> 96 registers, the staged expand 80 -> 96 (6 -> 5 programs
+#: an SM). Not yet timed on the GPU: off (``DELTASTORE_MMA_HOIST=1``)
 HOIST = os.environ.get("DELTASTORE_MMA_HOIST", "0") not in ("", "0")
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
@@ -365,14 +367,18 @@ if HAVE_GLUON:
         return mma_v2(a, b, part), xs
 
     @gluon.jit
-    def _work(blocks_ptr, blk, counts_ptr, table_ptr, n_slices, most, sl, j, width: gl.constexpr):
+    def _work(blocks_ptr, blk, counts_ptr, table_ptr, n_slices, most, sl, j, s_known, width: gl.constexpr, KNOWN: gl.constexpr):
         """(slot or -1, first sorted position, rows) of row block ``blk`` (deltaset.plan_blocks),
         how many rows the table holds for that slot and slice, and the address of row ``j`` of them
-        (the tables are padded, so it is readable either way)."""
+        (the tables are padded, so it is readable either way). KNOWN: every block's slot is ``s_known``
+        or -1 (deltaset.known_slot), so the table is read beside the block, not after it."""
         slot = gl.load(blocks_ptr + 3 * blk)
         pos0 = gl.load(blocks_ptr + 3 * blk + 1)
         nrows = gl.load(blocks_ptr + 3 * blk + 2)
-        s = gl.maximum(slot, 0)
+        if KNOWN:
+            s = s_known
+        else:
+            s = gl.maximum(slot, 0)
         have = gl.load(counts_ptr + s * n_slices + sl)
         return slot, pos0, nrows, have, table_ptr + ((s * n_slices + sl) * most + j) * width
 
@@ -414,7 +420,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _shrink_kernel(x_ptr, z_ptr, words_ptr, scales_ptr, zeros_ptr, svals_ptr, tiles_ptr, ntiles_ptr, rows_ptr, blocks_ptr,
-                       K, stride_xm, ZC, n_slices, T_max,
+                       K, stride_xm, ZC, n_slices, T_max, s_known,
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr, GDC: gl.constexpr,
@@ -431,7 +437,7 @@ if HAVE_GLUON:
         blk = gl.program_id(2)
         sl = pid0 // T_max
         t = pid0 % T_max
-        slot, pos0, nrows, nt, tb = _work(blocks_ptr, blk, ntiles_ptr, tiles_ptr, n_slices, T_max, sl, t, NFIELD)
+        slot, pos0, nrows, nt, tb = _work(blocks_ptr, blk, ntiles_ptr, tiles_ptr, n_slices, T_max, sl, t, s_known, NFIELD, HOIST)
         v_q = gl.load(tb + 0)
         v_sz = gl.load(tb + 1).to(gl.int32)
         s_off = gl.load(tb + 4).to(gl.int32)
@@ -660,7 +666,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _expand_kernel(z_ptr, d_ptr, words_ptr, scales_ptr, zeros_ptr, items_ptr, nitems_ptr, rows_ptr, blocks_ptr,
-                       mout_ptr, coloff_ptr, ZC, stride_dm, n_slices, I_max,
+                       mout_ptr, coloff_ptr, ZC, stride_dm, n_slices, I_max, s_known,
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, ZS: gl.constexpr,
@@ -675,7 +681,7 @@ if HAVE_GLUON:
         blk = gl.program_id(2)
         sl = pj // I_max
         i = pj % I_max
-        slot, pos0, nrows, ni, ib = _work(blocks_ptr, blk, nitems_ptr, items_ptr, n_slices, I_max, sl, i, NFI)
+        slot, pos0, nrows, ni, ib = _work(blocks_ptr, blk, nitems_ptr, items_ptr, n_slices, I_max, sl, i, s_known, NFI, HOIST)
         u_q = gl.load(ib + 2)
         u_sz = gl.load(ib + 3).to(gl.int32)
         bits = gl.load(ib + 4).to(gl.int32)
@@ -896,21 +902,24 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         if overwrite:
             y.zero_()
     gdc = PDL and _capability(x.device.index or 0) >= (9, 0)
+    s_known = known_slot(dset, plan) if HOIST else None  # (the tables' entries of the host-known slot, see HOIST)
+    hoist = dict(HOIST=HOIST and s_known is not None)
+    s_known = 0 if s_known is None else s_known
     d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)  # (before the shrink: the
     # expand launched with PDL depends on the launch right before it)
     _shrink_kernel[(dset.n_slices * T, -(-G // gps), nb)](
         x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, plan.rows, blocks,
-        K, x.stride(0), z.stride(0), dset.n_slices, T,
+        K, x.stride(0), z.stride(0), dset.n_slices, T, s_known,
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
         **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact
-           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, HOIST=HOIST,
+           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, **hoist,
         **_regs(SHRINK_MAXNREG or None), num_warps=4)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
-        z.stride(0), d.stride(0), dset.n_slices, I_max,
+        z.stride(0), d.stride(0), dset.n_slices, I_max, s_known,
         NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk, STAGE=STAGE_Z,
-        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), GDC=gdc, HOIST=HOIST,
+        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), GDC=gdc, **hoist,
         **({"launch_pdl": True} if gdc else {}), num_warps=4)
     if d is not y:
         y.add_(d)

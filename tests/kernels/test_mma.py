@@ -179,8 +179,9 @@ def test_the_expand_operand_made_once_or_per_step_gives_the_reference(monkeypatc
 @pytest.mark.parametrize("stage", [True, False])
 def test_the_launch_options_not_on_by_default_give_the_reference(knob: tuple, stage: bool, monkeypatch) -> None:
     """mma.PDL: the expand launched while its shrink runs (Hopper and newer; elsewhere the flag changes
-    nothing), its words loaded before it waits for z; mma.HOIST: a program's table fields loaded before
-    its branch; mma.SHRINK_MAXNREG: the shrink's registers capped (spills at 16 rows a block): each within
+    nothing), its words loaded before it waits for z; mma.HOIST: a program's table entries read beside its
+    row block where the host knows the slot (here the set of one; not the set of three) and its fields
+    before its branch; mma.SHRINK_MAXNREG: the shrink's registers capped (spills at 16 rows a block): each within
     the bound of the reference eagerly and replayed in a CUDA graph with new inputs (PDL's dependency
     captured as a programmatic edge), one fine-tune and three, a float32 output (the atomics into it) and
     a bf16 one (through the scratch)."""
