@@ -207,9 +207,10 @@ SHRINK_MAXNREG = int(os.environ.get("DELTASTORE_MMA_SHRINK_MAXNREG", "0"))
 #: the host knows the batch's one slot (deltaset.known_slot): its tables' entries read beside the row block, and the
 #: fields tested beside the count so the compiler keeps their loads above the branch that skips an empty program
 #: (sm_90 SASS before: the block's slot, then the count, the exit, then the fields and the block's first position,
-#: then the words and rows, then x: four round trips before the words, five before x; with this, two and three).
-#: sm_90 compile (16 rows, the fields' test): shrink 95 -> 96 registers, the staged expand 80 -> 96 (6 -> 5 programs
-#: an SM). Not yet timed on the GPU: off (``DELTASTORE_MMA_HOIST=1``)
+#: then the words and rows, then x: four round trips before the words, five before x; with this, two and three,
+#: and two for x where no row is the base's alone, as its rows are then in order: no rows table read).
+#: sm_90 compile (16 rows): shrink 95 -> 96 registers (108 with x's rows in order: 5 -> 4 programs an SM), the staged
+#: expand 80 -> 96 (6 -> 5). Not yet timed on the GPU: off (``DELTASTORE_MMA_HOIST=1``)
 HOIST = os.environ.get("DELTASTORE_MMA_HOIST", "0") not in ("", "0")
 
 # the inline PTX, kept as module strings so the CPU tests can run them through an emulator
@@ -424,7 +425,7 @@ if HAVE_GLUON:
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr, GDC: gl.constexpr,
-                       HOIST: gl.constexpr, num_warps: gl.constexpr):
+                       HOIST: gl.constexpr, IDENT: gl.constexpr, num_warps: gl.constexpr):
         """z[pos, zcol + r] += S[r] sum over this program's groups of x[row(pos)] . V^[r]: program
         (slice and tile, groups GPS g .. of the input, row block of one slot). GDC: the expand launched
         after it as a dependent (PDL, :data:`PDL`) may start once every program here has started."""
@@ -461,7 +462,10 @@ if HAVE_GLUON:
             wrow = v_q + r.to(gl.int64) * RW
             m = gl.arange(0, BM, layout=mL)
             m_ok = m < nrows
-            xrow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0)
+            if IDENT:  # every row the known slot's, in order: sorted position p is row p (no table read)
+                xrow = pos0 + m
+            else:
+                xrow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0)
             xoff = xrow.to(gl.int64) * stride_xm
             if COMPACT:
                 bsm = gl.allocate_shared_memory(gl.bfloat16, [128, BM], XS)
@@ -670,7 +674,7 @@ if HAVE_GLUON:
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, ZS: gl.constexpr,
-                       GDC: gl.constexpr, HOIST: gl.constexpr, num_warps: gl.constexpr):
+                       GDC: gl.constexpr, HOIST: gl.constexpr, IDENT: gl.constexpr, num_warps: gl.constexpr):
         """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
         (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
         BLOCK_N: gl.constexpr = 16 * TILES * num_warps
@@ -730,7 +734,10 @@ if HAVE_GLUON:
             acc = acc - c[None, :]
             m = gl.arange(0, BM, layout=mL)
             m_ok = m < nrows
-            drow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0).to(gl.int64)
+            if IDENT:  # (as the shrink's)
+                drow = (pos0 + m).to(gl.int64)
+            else:
+                drow = gl.load(rows_ptr + pos0 + m, mask=m_ok, other=0).to(gl.int64)
             dp = d_ptr + drow[None, :] * stride_dm + (col0 + n)[:, None]
             gl.atomic_add(dp, acc, mask=m_ok[None, :] & n_ok[:, None], sem="relaxed")
 
@@ -903,7 +910,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
             y.zero_()
     gdc = PDL and _capability(x.device.index or 0) >= (9, 0)
     s_known = known_slot(dset, plan) if HOIST else None  # (the tables' entries of the host-known slot, see HOIST)
-    hoist = dict(HOIST=HOIST and s_known is not None)
+    # IDENT: the host knows every row names that slot (no base rows), so the rows sorted by slot are in order
+    hoist = dict(HOIST=HOIST and s_known is not None, IDENT=HOIST and plan.only_slot is not None and not plan.base_rows)
     s_known = 0 if s_known is None else s_known
     d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)  # (before the shrink: the
     # expand launched with PDL depends on the launch right before it)
