@@ -205,6 +205,17 @@ def test_the_launch_options_not_on_by_default_give_the_reference(knob: tuple, st
         g.replay()
         torch.cuda.synchronize()
         assert rel(out.float(), reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16], (slots, "graph")
+    if knob[0] == "HOIST":  # the host knows every row names slot 1 of three: its entries beside the block, rows in order
+        from deltastore.kernels.deltaset import host_hint
+
+        ds = make_set(n, ms, 3, seed=47)
+        ids = torch.full((20,), 1, dtype=torch.int64)
+        plan = plan_rows(ids.to(DEVICE), 3)
+        plan.only_slot, plan.base_rows = host_hint(ids)
+        assert (plan.only_slot, plan.base_rows) == (1, False)
+        x = torch.randn(20, n, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(DEVICE)
+        got = mma.apply(x, torch.zeros(20, sum(ms), device=DEVICE), ds, plan)
+        assert rel(got, reference(x, ds, plan)) < DELTA_TOL[torch.bfloat16], "known slot"
 
 
 def test_32_rows_each_of_several_fine_tunes_take_these_kernels_by_default() -> None:
