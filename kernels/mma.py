@@ -77,9 +77,9 @@ from types import MappingProxyType
 
 import torch
 
-from .deltaset import F, DeltaSet, RowPlan, known_slot, plan_blocks
+from .deltaset import F, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
-from .triton_ops import _regs
+from .triton_ops import _known, _pdl, _pdl_launch, _regs
 
 try:  # Gluon ships with Triton 3.5+; the kernels need a GPU (the interpreter does not run Gluon)
     from triton.experimental import gluon
@@ -191,7 +191,8 @@ SWIZZLE = os.environ.get("DELTASTORE_MMA_SWIZZLE", "1") not in ("", "0")
 #: 32 rows over 8 fine-tunes 425.0 -> 415.1 us, 64 over 32 1209.4 -> 1153.8, 256 over 8 836.6 -> 811.7, 32 rows of
 #: one 265.5 -> 263.6; at 16 rows of one (blocks of 16) 181.7 -> 182.9, so not there
 X_PAIRS = os.environ.get("DELTASTORE_MMA_X_PAIRS", "1") not in ("", "0")
-#: programmatic dependent launch (Hopper+), as the GEMV kernels' (:data:`.triton_ops.GEMV_PDL`): the expand
+#: programmatic dependent launch (Hopper+; where :func:`.triton_ops._pdl` allows it, so DELTASTORE_PDL=0 turns it off
+#: too), as the GEMV kernels' (:data:`.triton_ops.GEMV_PDL`): the expand
 #: launched while its shrink's last programs run, its words, scales and zero points loaded (into shared
 #: memory) before it waits (griddepcontrol.wait) for the shrink's z. Nsight Compute (raw_h200/s35/ncu16b): each
 #: of a 16-row layer's eight launches spends most of its 7-20 us in latency, a program's chain of dependent
@@ -203,8 +204,8 @@ PDL = os.environ.get("DELTASTORE_MMA_PDL", "0") not in ("", "0")
 #: blocks of 8 rows fit without spills (6 programs an SM), blocks of 16 spill 7 registers; at 72 both spill. Not yet
 #: timed on the GPU: off (``DELTASTORE_MMA_SHRINK_MAXNREG=80``, or ``{"mma.SHRINK_MAXNREG": 80}`` in ab_mma.py)
 SHRINK_MAXNREG = int(os.environ.get("DELTASTORE_MMA_SHRINK_MAXNREG", "0"))
-#: a program's prologue in fewer memory round trips, as the GEMV kernels' (:data:`.triton_ops.GEMV_KNOWN_SLOT`), where
-#: the host knows the batch's one slot (deltaset.known_slot): its tables' entries read beside the row block, and the
+#: a program's prologue in fewer memory round trips, as the GEMV kernels' (:data:`.triton_ops.GEMV_KNOWN_SLOT`, which
+#: gates it too), where the host knows the batch's one slot (deltaset.known_slot): its tables' entries read beside the row block, and the
 #: fields tested beside the count so the compiler keeps their loads above the branch that skips an empty program
 #: (sm_90 SASS before: the block's slot, then the count, the exit, then the fields and the block's first position,
 #: then the words and rows, then x: four round trips before the words, five before x; with this, two and three,
@@ -424,12 +425,12 @@ if HAVE_GLUON:
                        K, stride_xm, ZC, n_slices, T_max, s_known,
                        NFIELD: gl.constexpr, BM: gl.constexpr, GPS: gl.constexpr, TILES: gl.constexpr, KS: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
-                       LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr, GDC: gl.constexpr,
-                       HOIST: gl.constexpr, IDENT: gl.constexpr, num_warps: gl.constexpr):
+                       LW: gl.constexpr, L3: gl.constexpr, XL: gl.constexpr, XS: gl.constexpr,
+                       HOIST: gl.constexpr, IDENT: gl.constexpr, num_warps: gl.constexpr, USE_GDC: gl.constexpr = False):
         """z[pos, zcol + r] += S[r] sum over this program's groups of x[row(pos)] . V^[r]: program
-        (slice and tile, groups GPS g .. of the input, row block of one slot). GDC: the expand launched
+        (slice and tile, groups GPS g .. of the input, row block of one slot). USE_GDC: the expand launched
         after it as a dependent (PDL, :data:`PDL`) may start once every program here has started."""
-        if GDC:
+        if USE_GDC:
             _gdc_launch()
         BLOCK_R: gl.constexpr = 16 * TILES * num_warps
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
@@ -534,7 +535,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
-                      STAGE: gl.constexpr, ZS: gl.constexpr, GDC: gl.constexpr, num_warps: gl.constexpr):
+                      STAGE: gl.constexpr, ZS: gl.constexpr, USE_GDC: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of a 2-bit item's components for one group of 128 outputs with its words
         read once (ncu on the H200: the per-step loads, each word loaded by the 8 lanes that share it,
         kept L1 at 92% with DRAM at 7%): the item's [CH, 8] words tile (a component's 8 words of the
@@ -551,7 +552,7 @@ if HAVE_GLUON:
         bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
         if STAGE:
             return _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
-                                        BLOCK_N, BM, CH, EWL, E3, ZS, GDC, num_warps)
+                                        BLOCK_N, BM, CH, EWL, E3, ZS, USE_GDC, num_warps)
         mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
         mb_ok = mb < nrows
         zrow = (zbase + mb.to(gl.int64) * ZC)[None, :]  # (1, BM): a component's z is zrow + (r >> dsh)
@@ -560,7 +561,7 @@ if HAVE_GLUON:
         r1 = gl.arange(0, CH, layout=V1)
         ssm.store(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
         qsm.store(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
-        if GDC:  # (PDL: z complete after this)
+        if USE_GDC:  # (PDL: z complete after this)
             _gdc_wait()
         gl.thread_barrier()
         zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
@@ -595,7 +596,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _expand_item2_staged(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm,
                              BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
-                             ZS: gl.constexpr, GDC: gl.constexpr, num_warps: gl.constexpr):
+                             ZS: gl.constexpr, USE_GDC: gl.constexpr, num_warps: gl.constexpr):
         """:func:`_expand_item2` with its B operand made once: the item's [CH, BM] z (a virtual
         component r reads column r >> dsh) loaded with the components along the lanes, times each
         component's scale of this output group, rounded to bf16 into shared memory (``zsm``); the
@@ -609,7 +610,7 @@ if HAVE_GLUON:
         # inside a warp), the rows over the other lanes and the warps
         ZL: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, num_warps], [0, 1])
         _item_words(words_ptr, u_q, g, RW, count, wsm, CH, EWL)
-        if GDC:  # launched beside the shrink's tail (PDL): what does not depend on it first, then wait for its z
+        if USE_GDC:  # launched beside the shrink's tail (PDL): what does not depend on it first, then wait for its z
             sc, zq = _item_scales(scales_ptr, zeros_ptr, u_sz, g, G, count, CH, ZL, num_warps)
             _gdc_wait()
         rz = gl.arange(0, CH, layout=gl.SliceLayout(1, ZL))
@@ -617,7 +618,7 @@ if HAVE_GLUON:
         mz = gl.arange(0, BM, layout=gl.SliceLayout(0, ZL))
         zt = gl.load(zbase + mz.to(gl.int64)[None, :] * ZC + (rz >> dsh)[:, None], mask=(mz < nrows)[None, :] & rz_ok[:, None],
                      other=0.0)
-        if not GDC:  # (after z: in this order the sm_90 compile takes 80 registers at 16 rows, 86 the other way)
+        if not USE_GDC:  # (after z: in this order the sm_90 compile takes 80 registers at 16 rows, 86 the other way)
             sc, zq = _item_scales(scales_ptr, zeros_ptr, u_sz, g, G, count, CH, ZL, num_warps)
         zb = (zt * sc[:, None]).to(gl.bfloat16)
         corr = gl.sum(zb.to(gl.float32) * zq[:, None], axis=0)  # summed as rounded (see _expand_kernel)
@@ -638,9 +639,12 @@ if HAVE_GLUON:
     @gluon.jit
     def _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n, n_ok,
                      BLOCK_N: gl.constexpr, BM: gl.constexpr, ES: gl.constexpr, HAS2: gl.constexpr, HAS3: gl.constexpr,
-                     HAS8: gl.constexpr, num_warps: gl.constexpr):
+                     HAS8: gl.constexpr, USE_GDC: gl.constexpr, num_warps: gl.constexpr):
         """(acc, correction) of an item's components, ES a step, each step's words loaded per element
-        (every width; :func:`_expand_item2` reads a 2-bit item's words once)."""
+        (every width; :func:`_expand_item2` reads a 2-bit item's words once). USE_GDC: first waits for
+        the shrink launched before it (PDL) to be done."""
+        if USE_GDC:
+            _gdc_wait()
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
         bL: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
         rb = gl.arange(0, ES, layout=gl.SliceLayout(1, bL))
@@ -674,7 +678,7 @@ if HAVE_GLUON:
                        NFI: gl.constexpr, BM: gl.constexpr, TILES: gl.constexpr, ES: gl.constexpr,
                        HAS2: gl.constexpr, HAS3: gl.constexpr, HAS8: gl.constexpr, COMPACT: gl.constexpr,
                        CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr, STAGE: gl.constexpr, ZS: gl.constexpr,
-                       GDC: gl.constexpr, HOIST: gl.constexpr, IDENT: gl.constexpr, num_warps: gl.constexpr):
+                       HOIST: gl.constexpr, IDENT: gl.constexpr, num_warps: gl.constexpr, USE_GDC: gl.constexpr = False):
         """d[row(pos), col0 + n] += sum over the item's components of z[pos, zcol + r] U^[n, r]
         (z already carries S): program (128 outputs of a slice, item of one slot-slice, row block)."""
         BLOCK_N: gl.constexpr = 16 * TILES * num_warps
@@ -717,20 +721,16 @@ if HAVE_GLUON:
                     qsm = gl.allocate_shared_memory(gl.float16, [CH], gl.SwizzledSharedLayout(1, 1, 1, [0]))
                     if (u_q % 4 == 0) & (RW % 4 == 0):  # every component's words 16-byte aligned: vector loads (as in the shrink)
                         acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, (u_q // 4) * 4, u_sz, g,
-                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, GDC, num_warps)
+                                               G, (RW // 4) * 4, count, wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, USE_GDC, num_warps)
                     else:
                         acc, c = _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count,
-                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, GDC, num_warps)
+                                               wsm, ssm, qsm, BLOCK_N, BM, CH, EWL, E3, STAGE, ZS, USE_GDC, num_warps)
                 else:
-                    if GDC:
-                        _gdc_wait()
                     acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
-                                          n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
+                                          n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, USE_GDC, num_warps)
             else:
-                if GDC:
-                    _gdc_wait()
                 acc, c = _expand_loop(words_ptr, scales_ptr, zeros_ptr, zrow, dsh, mb_ok, u_q, u_sz, g, G, RW, count, bits, n,
-                                      n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, num_warps)
+                                      n_ok, BLOCK_N, BM, ES, HAS2, HAS3, HAS8, USE_GDC, num_warps)
             acc = acc - c[None, :]
             m = gl.arange(0, BM, layout=mL)
             m_ok = m < nrows
@@ -864,10 +864,12 @@ def use_mma(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, path: str | None = N
     fine-tunes 0.92x the GEMV kernels' layer, 4 over 4 0.98x, so one row a fine-tune here too."""
     if path is not None:
         return path == "mma"
+    if plan.served_rows < max(ONE_MIN_ROWS, 1):
+        return False
     if _one_fine_tune(plan, dset):
-        rows_ok = max(ONE_MIN_ROWS, 1) <= plan.served_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
+        rows_ok = plan.served_rows <= min(ONE_MAX_ROWS, MAX_ROWS)
     else:
-        rows_ok = MIN_ROWS <= plan.rows_a_slot(dset.n_slots) <= MAX_ROWS and plan.served_rows >= max(ONE_MIN_ROWS, 1)
+        rows_ok = MIN_ROWS <= plan.rows_a_slot(dset.n_slots) <= MAX_ROWS
     return rows_ok and usable(x, dset)
 
 
@@ -908,27 +910,25 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         z.zero_()
         if overwrite:
             y.zero_()
-    gdc = PDL and _capability(x.device.index or 0) >= (9, 0)
-    s_known = known_slot(dset, plan) if HOIST else None  # (the tables' entries of the host-known slot, see HOIST)
+    kn = _known(dset, plan) if HOIST else {"KNOWN": False, "s_known": 0}  # (the host-known slot's entries, see HOIST)
     # IDENT: the host knows every row names that slot (no base rows), so the rows sorted by slot are in order
-    hoist = dict(HOIST=HOIST and s_known is not None, IDENT=HOIST and plan.only_slot is not None and not plan.base_rows)
-    s_known = 0 if s_known is None else s_known
+    hoist = dict(HOIST=kn["KNOWN"], IDENT=HOIST and plan.only_slot is not None and not plan.base_rows)
     d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)  # (before the shrink: the
     # expand launched with PDL depends on the launch right before it)
     _shrink_kernel[(dset.n_slices * T, -(-G // gps), nb)](
         x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles, plan.rows, blocks,
-        K, x.stride(0), z.stride(0), dset.n_slices, T, s_known,
+        K, x.stride(0), z.stride(0), dset.n_slices, T, kn["s_known"],
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
         **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact
-           else dict(LW=None, L3=None, XL=None, XS=None)), GDC=gdc, **hoist,
+           else dict(LW=None, L3=None, XL=None, XS=None)), **hoist, USE_GDC=_pdl(x, PDL),
         **_regs(SHRINK_MAXNREG or None), num_warps=4)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
-        z.stride(0), d.stride(0), dset.n_slices, I_max, s_known,
+        z.stride(0), d.stride(0), dset.n_slices, I_max, kn["s_known"],
         NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk, STAGE=STAGE_Z,
-        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), GDC=gdc, **hoist,
-        **({"launch_pdl": True} if gdc else {}), num_warps=4)
+        **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), **hoist,
+        **_pdl_launch(x, PDL), num_warps=4)
     if d is not y:
         y.add_(d)
     return y
