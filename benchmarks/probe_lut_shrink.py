@@ -226,7 +226,7 @@ def main() -> None:
         def with_lut():  # noqa: ANN202
             for W, y, lu, o in zip(Ws, ys, luts, outs):
                 side_by_side(lambda: base_fn(x, W, y),  # noqa: B023
-                       lambda: (lu.run_table(x[0]), lu.run_shrink(o, best[1], best[0], best[2])))  # noqa: B023
+                             lambda: (lu.run_table(x[0]), lu.run_shrink(o, best[1], best[0], best[2])))  # noqa: B023
 
         gbest = min(gtimes, key=gtimes.get)
 

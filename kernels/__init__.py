@@ -9,7 +9,8 @@ and the ``DeltaLinear`` module built on them (imported as ``deltastore.kernels``
 - ``factor_cache``: without a GPU, the dequantized factors (and bitdelta's unpacked signs) kept
   between calls within ``DELTASTORE_CPU_FACTOR_MB``.
 - ``mma``: tensor-core kernels (Gluon) that unpack the packed words into each thread's MMA
-  fragment: several fine-tunes at 2..32 rows each, one fine-tune at 2..32 (``mma.use_mma``); GPU only.
+  fragment: several fine-tunes at 1..32 rows each (a batch of 2+ rows), one fine-tune at 2..32 (``mma.use_mma``);
+  GPU only.
 - ``dense``: many rows of one fine-tune: the slot's factors dequantized by one launch into a
   per-device scratch, then cuBLAS GEMMs (chosen from ``DELTASTORE_DENSE_MIN_ROWS`` rows).
 - ``lut``: a one-row shrink by table lookup (x enters through a table of pair sums; a 2-bit word's

@@ -54,8 +54,8 @@ def apply_deltas(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan
                  path: str | None = None, overwrite: bool = False, fused: "join.Join | None" = None,
                  zsum: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> torch.Tensor:
     """y (M, sum out) += per-row delta of x (M, in), in place: shrink then expand (2 launches);
-    with Triton on a GPU, 2 to 32 rows a fine-tune, of one or of several, take the tensor-core
-    kernels (:mod:`.mma`, where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
+    with Triton on a GPU, 2 to 32 rows of one fine-tune, or 1 to 32 rows each of several (a batch of 2+),
+    take the tensor-core kernels (:mod:`.mma`, where they serve the set), more rows of one fine-tune the dense path (:mod:`.dense`:
     dequantize, then cuBLAS GEMMs). ``path`` ("mma", "gemv", "dot", "dense") forces a path.
     ``overwrite``: y = the delta (y's contents not read), zeroed by the kernels where they can (the
     GEMV shrink's programs; the tensor-core path's launch that zeroes its z) instead of a launch

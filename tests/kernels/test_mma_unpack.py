@@ -188,7 +188,7 @@ def test_the_kernels_serve_1_to_32_rows_a_fine_tune_and_2_to_32_of_one(monkeypat
     assert mma.use_mma(x, sets[8], plan(128, 8))  # 16 each
     assert mma.use_mma(x, sets[8], plan(8, 8))  # 1 each (H200 s35: 0.92x the GEMV kernels' layer)
     assert not mma.use_mma(x, sets[8], plan(1, 8))  # one row in all: the GEMV kernels, as for one fine-tune
-    assert mma.use_mma(x, sets[8], plan(256, 8))  # 32 each: two row blocks a fine-tune
+    assert mma.use_mma(x, sets[8], plan(256, 8))  # 32 each: a row block of 32 a fine-tune
     assert not mma.use_mma(x, sets[8], plan(264, 8))  # 33 each: the tl.dot kernels
     assert mma.use_mma(x, sets[1], plan(8, 1)) and mma.use_mma(x, sets[1], plan(32, 1))  # one fine-tune
     assert mma.use_mma(x, sets[1], plan(2, 1)) and mma.use_mma(x, sets[1], plan(4, 1))
