@@ -1,0 +1,354 @@
+"""Probe (issue 12, decode speed): per-exponent Huffman tables decoded in element order, fused with the
+difference's undo, against today's format (v4: grouped by exponent, zstd, then the gather) and zipnn.
+
+A measurement, not a codec format. Issue 12's open goal is v4's decode at zipnn's speed per core
+(v4 0.69-0.81x, runs 66-67 of benchmarks/results/lossless_amd-epyc-2c.md): v4 decodes two
+entropy-coded byte planes, then gathers the grouped words back into element order (AVX-512 expand)
+and undoes the difference, where zipnn Huffman-decodes one byte an element and copies the other.
+The question here: does a coder that reads the base's exponent as its context *per element* (no
+grouping, so no gather) decode faster than v4, and at what bytes? The rANS probe of run 6
+(probe_rans.py: ~30 scalar operations an element) said no at 0.27x zipnn; a table-driven Huffman
+decode is the cheapest entropy decode there is, so it bounds what such a coder can do in numba.
+
+The coding (bf16): ``z = zigzag(ordered(target) - ordered(base))`` as the lossless codec's; the
+symbol is ``min(z, 255)``, 255 an escape whose ``z`` is stored raw (uint16) in an escape array in
+element order. One length-limited (``L`` bits) Huffman table per exponent with at least
+:data:`MIN_CONTEXT` elements in the tensor, one shared by the others. Four LSB-first bit streams,
+element i on stream i % 4 (four independent dependency chains); the decoder refills each stream's
+64-bit window once per four of its symbols (4 x L <= 56 bits).
+
+Decoders (numba, unsigned indices throughout: a signed index costs a wrap-around select a load):
+``symbols``: the symbols alone into a reused uint8 array (no escapes, no undo): the entropy decode's
+floor. ``fused``: symbols with escapes into a reused uint16 scratch, then the undo into a fresh
+uint16 array a tensor (a loop the compiler vectorizes), the store's shape of output.
+Table bytes are counted as 128 a table (256 four-bit lengths), not written.
+
+    python benchmarks/probe_ctx_huffman.py FT_DIR [--repeat 7] [--L 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import heapq
+import os
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("DELTASTORE_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from numba import njit  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from deltastore.codec import from_bytes, to_bytes  # noqa: E402
+from deltastore.codec._numba import _code2, _uncode2  # noqa: E402
+from deltastore.codec.lossless import Lossless  # noqa: E402
+from deltastore.zoo.smollm2 import smollm2_dir  # noqa: E402
+
+MIN_CONTEXT = 4096
+U = np.uint64
+
+
+def huffman_lengths(freq: np.ndarray, limit: int) -> np.ndarray:
+    """Code lengths of a Huffman code of ``freq`` (256 counts), longest ``limit``: the heap
+    construction, then lengths over the limit cut to it and the Kraft sum repaired by lengthening
+    the rarest symbols, then any slack given back to the most frequent."""
+    syms = [s for s in range(256) if freq[s] > 0]
+    lens = np.zeros(256, np.int64)
+    if len(syms) == 1:
+        lens[syms[0]] = 1
+        return lens
+    heap = [(int(freq[s]), s, (s,)) for s in syms]
+    heapq.heapify(heap)
+    k = 256
+    while len(heap) > 1:
+        f1, _, a = heapq.heappop(heap)
+        f2, _, b = heapq.heappop(heap)
+        for s in a + b:
+            lens[s] += 1
+        heapq.heappush(heap, (f1 + f2, k, a + b))
+        k += 1
+    if lens.max() <= limit:
+        return lens
+    lens[lens > limit] = limit
+    kraft = sum(1 << (limit - int(lens[s])) for s in syms)
+    for s in sorted(syms, key=lambda s: (freq[s], -s)):  # rarest first
+        while kraft > (1 << limit) and lens[s] < limit:
+            kraft -= 1 << (limit - int(lens[s]) - 1)
+            lens[s] += 1
+    for s in sorted(syms, key=lambda s: -freq[s]):
+        while lens[s] > 1 and kraft + (1 << (limit - int(lens[s]))) <= (1 << limit):
+            kraft += 1 << (limit - int(lens[s]))
+            lens[s] -= 1
+    return lens
+
+
+def canonical(lens: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical codes bit-reversed (LSB-first streams) and the decode table (``symbol | length << 8``
+    at every ``limit``-bit window whose low bits are the code)."""
+    codes, table = np.zeros(256, np.uint64), np.zeros(1 << limit, np.uint16)
+    code = prev = 0
+    for s in sorted((s for s in range(256) if lens[s] > 0), key=lambda s: (lens[s], s)):
+        n = int(lens[s])
+        code <<= n - prev
+        prev = n
+        r = int(format(code, f"0{n}b")[::-1], 2)
+        codes[s] = r
+        table[r | (np.arange(1 << (limit - n)) << n)] = s | (n << 8)
+        code += 1
+    return codes, table
+
+
+@njit(cache=True, nogil=True)
+def _symbols_of(t, b):
+    z = np.empty(t.size, np.uint16)
+    for i in range(t.size):
+        z[i] = _code2(np.int64(t[i]), np.int64(b[i]))
+    return z
+
+
+@njit(cache=True, nogil=True)
+def _histograms(z, b, tabof, ntab):
+    h = np.zeros((ntab, 256), np.int64)
+    for i in range(z.size):
+        h[tabof[b[i] >> 7], min(z[i], 255)] += 1
+    return h
+
+
+@njit(cache=True, nogil=True)
+def _encode(z, b, tabof, codes, lens, out64, starts):
+    for s in range(4):
+        acc, fill, w = U(0), 0, starts[s]
+        for i in range(s, z.size, 4):
+            sym = min(z[i], 255)
+            t = tabof[b[i] >> 7]
+            c, n = codes[t, sym], lens[t, sym]
+            acc |= c << U(fill)
+            fill += n
+            if fill >= 64:
+                out64[w] = acc
+                w += 1
+                fill -= 64
+                acc = (c >> U(n - fill)) if fill > 0 else U(0)
+        out64[w] = acc
+
+
+def encode(t: np.ndarray, b: np.ndarray, limit: int) -> dict:
+    """One tensor (uint16 words of target and base) coded; ``bytes``: streams + escapes + tables."""
+    z = _symbols_of(t, b)
+    ctx = (b >> 7).astype(np.int64)  # sign and exponent: both signs of an exponent share its table below
+    cc = np.bincount(ctx & 0xFF, minlength=256)
+    tabof = np.zeros(512, np.int64)
+    big = [c for c in range(256) if cc[c] >= MIN_CONTEXT]
+    for j, c in enumerate(big):
+        tabof[c] = tabof[c + 256] = j + 1  # 0: the rare exponents' shared table
+    ntab = len(big) + 1
+    h = _histograms(z, b, tabof, ntab)
+    codes, lens = np.zeros((ntab, 256), np.uint64), np.zeros((ntab, 256), np.int64)
+    tabs = np.zeros((ntab, 1 << limit), np.uint16)
+    for j in range(ntab):
+        if h[j].any():
+            lens[j] = huffman_lengths(h[j], limit)
+            codes[j], tabs[j] = canonical(lens[j], limit)
+    per = (t.size // 4 + 1) * limit // 64 + 2
+    starts = np.arange(4, dtype=np.int64) * per
+    out64 = np.zeros(4 * per + 2, np.uint64)
+    _encode(z, b, tabof, codes, lens, out64, starts)
+    esc = z[z >= 255]
+    nbits = int((h * lens).sum())
+    return {"words": out64, "starts": starts.astype(np.uint64) * U(64), "off": (tabof << limit).astype(np.uint64),
+            "table": tabs.reshape(-1).copy(), "limit": limit, "esc": esc,
+            "bytes": (nbits + 4 * 7) // 8 + 2 * esc.size + 128 * ntab}
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _peek(a, p):
+    q, r = p >> U(6), p & U(63)
+    return (a[q] >> r) | ((a[q + U(1)] << U(1)) << (U(63) - r))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sym(table, off, x, p, y, mask):
+    e = U(table[off[y >> U(7)] + (x & mask)])
+    n = e >> U(8)
+    return x >> n, p + n, e & U(255)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(sc, i, s, esc, ei):
+    """sc[i] = s, or the next escape's z where s is the escape; the escape count after."""
+    if s == U(255):
+        sc[i] = esc[ei]
+        return ei + U(1)
+    sc[i] = s
+    return ei
+
+
+@njit(cache=True, nogil=True)
+def decode_symbols(a, starts, b, off, table, limit, sc):
+    """The symbols alone (uint8 ``sc``), 16 elements a step; elements past the last multiple of 16
+    left out (a floor, not a decoder)."""
+    n, mask = U(b.size), U((1 << limit) - 1)
+    p0, p1, p2, p3 = starts[0], starts[1], starts[2], starts[3]
+    i = U(0)
+    while i + U(16) <= n:
+        x0, x1, x2, x3 = _peek(a, p0), _peek(a, p1), _peek(a, p2), _peek(a, p3)
+        for k in range(4):  # four symbols a stream per refill
+            j = i + U(4 * k)
+            x0, p0, s0 = _sym(table, off, x0, p0, U(b[j]), mask)
+            x1, p1, s1 = _sym(table, off, x1, p1, U(b[j + U(1)]), mask)
+            x2, p2, s2 = _sym(table, off, x2, p2, U(b[j + U(2)]), mask)
+            x3, p3, s3 = _sym(table, off, x3, p3, U(b[j + U(3)]), mask)
+            sc[j], sc[j + U(1)], sc[j + U(2)], sc[j + U(3)] = s0, s1, s2, s3
+        i += U(16)
+    return p0 + p1 + p2 + p3
+
+
+@njit(cache=True, nogil=True)
+def decode_fused(a, starts, b, off, table, limit, esc, sc, out):
+    """Every element: symbols with escapes into ``sc`` (uint16), then ``out = undo(sc, b)``."""
+    n, mask = U(b.size), U((1 << limit) - 1)
+    p = starts.copy()
+    ei = U(0)
+    i = U(0)
+    while i + U(16) <= n:
+        p0, p1, p2, p3 = p[0], p[1], p[2], p[3]
+        x0, x1, x2, x3 = _peek(a, p0), _peek(a, p1), _peek(a, p2), _peek(a, p3)
+        for k in range(4):
+            j = i + U(4 * k)
+            x0, p0, s0 = _sym(table, off, x0, p0, U(b[j]), mask)
+            x1, p1, s1 = _sym(table, off, x1, p1, U(b[j + U(1)]), mask)
+            x2, p2, s2 = _sym(table, off, x2, p2, U(b[j + U(2)]), mask)
+            x3, p3, s3 = _sym(table, off, x3, p3, U(b[j + U(3)]), mask)
+            ei = _put(sc, j, s0, esc, ei)
+            ei = _put(sc, j + U(1), s1, esc, ei)
+            ei = _put(sc, j + U(2), s2, esc, ei)
+            ei = _put(sc, j + U(3), s3, esc, ei)
+        p[0], p[1], p[2], p[3] = p0, p1, p2, p3
+        i += U(16)
+    while i < n:
+        k = i & U(3)
+        x, p[k], s = _sym(table, off, _peek(a, p[k]), p[k], U(b[i]), mask)
+        ei = _put(sc, i, s, esc, ei)
+        i += U(1)
+    for i in range(b.size):
+        out[i] = _uncode2(np.int64(sc[i]), np.int64(b[i]))
+    return ei
+
+
+def decode(c: dict, b: np.ndarray, sc16: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    out = np.empty(b.size, np.uint16) if out is None else out[: b.size]
+    decode_fused(c["words"], c["starts"], b, c["off"], c["table"], c["limit"], c["esc"], sc16, out)
+    return out
+
+
+def ideal_bits(pairs, words) -> dict[str, float]:
+    """Order-0 entropy (bits, per-tensor tables, no table cost) of the difference under contexts this
+    coder could read per element for free: the symbol ``min(z, 255)`` with escapes raw (as coded
+    here), escapes instead as 12 bucket symbols (``z >= 240``: bucket j holds 2**(j + 4) values)
+    plus their raw bits, and the bucketed symbols with the same stream's previous symbol (element
+    i - 4, 4 columns left in a row) as a second context."""
+    starts = 240 + 16 * ((1 << np.arange(13)) - 1)
+    out: dict[str, float] = {}
+
+    def h(keys: np.ndarray) -> float:
+        c = np.bincount(keys, minlength=256)
+        c = np.pad(c, (0, -c.size % 256)).reshape(-1, 256)
+        tot = c.sum(1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(-(c * np.log2(np.where(c > 0, c / np.maximum(tot, 1), 1))).sum())
+
+    for t, b in pairs:
+        tw, bw = words(t), words(b)
+        z = _symbols_of(tw, bw).astype(np.int64)
+        e = (bw >> 7).astype(np.int64) & 0xFF
+        j = np.searchsorted(starts, z, side="right") - 1
+        sym = np.where(z < 240, z, 240 + j)
+        extra = float(np.where(z < 240, 0, j + 4).sum())
+        prev = np.minimum(np.concatenate([np.ones(4, np.int64), sym[:-4]]), 3)
+        for name, bits in (
+            ("exponent; escapes raw (this probe's coding)", h(e * 256 + np.minimum(z, 255)) + 16.0 * (z >= 255).sum()),
+            ("exponent; escapes bucketed", h(e * 256 + sym) + extra),
+            ("exponent x previous symbol of the stream (0, 1, 2, 3+); escapes bucketed", h((e * 4 + prev) * 256 + sym) + extra),
+            ("no context (order 0); escapes bucketed", h(sym) + extra),
+        ):
+            out[name] = out.get(name, 0.0) + bits
+    return out
+
+
+def cpu(fn) -> float:  # noqa: ANN001
+    gc.collect()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    got = fn()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    del got
+    return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), r1.ru_stime - r0.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("ft", type=Path)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--L", type=int, default=11)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    base = load_file(str(smollm2_dir() / "model.safetensors"))
+    ft = load_file(str(args.ft / "model.safetensors"))
+    pairs = [(ft[k], base[k]) for k in ft if k in base and ft[k].dtype == torch.bfloat16 and not torch.equal(ft[k], base[k])]
+    words = lambda x: x.contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint16)  # noqa: E731
+    nel = sum(t.numel() for t, _ in pairs)
+    l4 = Lossless()
+    p4 = [to_bytes(l4.encode(t, b)) for t, b in pairs]
+    hc = [encode(words(t), words(b), args.L) for t, b in pairs]
+    biggest = max(t.numel() for t, _ in pairs)
+    sc8, sc16, reused = np.empty(biggest, np.uint8), np.empty(biggest, np.uint16), np.empty(biggest, np.uint16)
+    for c, (t, b) in zip(hc, pairs):
+        assert np.array_equal(decode(c, words(b), sc16), words(t)), "not exact"
+    from zipnn import ZipNN
+
+    z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+    raw = bytearray(b"".join(words(t).tobytes() for t, _ in pairs))
+    comp = z.compress(bytearray(raw))  # (zipnn may reorder its input in place)
+    assert bytes(z.decompress(comp)) == bytes(raw), "zipnn not exact"
+    bw = [words(b) for _, b in pairs]
+    rows = {
+        "zipnn 0.5.4: the changed tensors' bytes, one buffer": lambda: z.decompress(comp),
+        "v4 (today's default) as the store calls it, a fresh array a tensor": lambda: [
+            l4.reconstruct(from_bytes(p, copy=False), b) for p, (_, b) in zip(p4, pairs)],
+        "per-exponent Huffman, fused: symbols + escapes, then the undo into a fresh array a tensor": lambda: [
+            decode(c, b, sc16) for c, b in zip(hc, bw)],
+        "per-exponent Huffman, fused, into one reused array (no page faults)": lambda: [
+            decode(c, b, sc16, reused) for c, b in zip(hc, bw)],
+        "per-exponent Huffman, the symbols alone (no escapes, no undo; reused array)": lambda: [
+            decode_symbols(c["words"], c["starts"], b, c["off"], c["table"], c["limit"], sc8) for c, b in zip(hc, bw)],
+    }
+    times = {k: [] for k in rows}
+    for _ in range(args.repeat):
+        for k, f in rows.items():
+            times[k].append(cpu(f))
+    print(f"# python benchmarks/probe_ctx_huffman.py {args.ft} --repeat {args.repeat} --L {args.L}")
+    print(f"\n{len(pairs)} changed bf16 tensors, {nel:,} elements; one thread, process CPU time (user + system), "
+          f"median and best of {args.repeat}, rows interleaved; load average {os.getloadavg()[0]:.1f}\n")
+    print(f"Bytes: zipnn {len(comp) / 1e6:.3f} MB, v4 {sum(map(len, p4)) / 1e6:.3f} MB, per-exponent Huffman "
+          f"(L={args.L}) {sum(c['bytes'] for c in hc) / 1e6:.3f} MB "
+          f"(escapes {sum(c['esc'].size for c in hc) / nel:.2%} of elements)\n")
+    print("Order-0 entropy of the difference under contexts read per element (per-tensor tables, no table bytes: "
+          "what an ideal entropy coder would reach; Huffman adds its rounding):\n")
+    print("| contexts | MB |\n|---|---:|")
+    for k, v in ideal_bits(pairs, words).items():
+        print(f"| {k} | {v / 8e6:.3f} |")
+    print()
+    print("| decode | ns an element, median | best | of which system time (median) | x zipnn (median) |\n|---|---:|---:|---:|---:|")
+    zmed = statistics.median(t for t, _ in times[next(iter(rows))])
+    for k, v in times.items():
+        med, sys_med = statistics.median(t for t, _ in v), statistics.median(s for _, s in v)
+        print(f"| {k} | {med / nel * 1e9:.3f} | {min(t for t, _ in v) / nel * 1e9:.3f} | {sys_med / nel * 1e9:.3f} | {zmed / med:.2f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
