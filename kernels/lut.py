@@ -206,5 +206,5 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, zsum: torch.Tensor, p
     blocks = plan_blocks(plan, 1)
     triton_ops.LAST["shrink"] = _lut_shrink_kernel[(dset.n_slices * T * split,)](
         t, xw, zsum, vt, dset.scales, dset.zeros, dset.svals, tiles, ntiles, blocks, K, dset.n_slices, T, s,
-        SPLIT=split, BLOCK_R=TILE_R, GS=gs, USE_GDC=triton_ops._pdl(x, True if pdl is None else pdl), num_warps=WARPS)
+        SPLIT=split, BLOCK_R=TILE_R, GS=gs, USE_GDC=triton_ops.pdl_on(x, True if pdl is None else pdl), num_warps=WARPS)
     return zsum.view(1, 1, dset.zcols)

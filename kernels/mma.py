@@ -79,7 +79,7 @@ import torch
 
 from .deltaset import F, DeltaSet, RowPlan, plan_blocks
 from .errors import KernelError
-from .triton_ops import _known, _pdl, _pdl_launch, _regs
+from .triton_ops import known_args, maxnreg_option, pdl_launch, pdl_on
 
 try:  # Gluon ships with Triton 3.5+; the kernels need a GPU (the interpreter does not run Gluon)
     from triton.experimental import gluon
@@ -191,7 +191,7 @@ SWIZZLE = os.environ.get("DELTASTORE_MMA_SWIZZLE", "1") not in ("", "0")
 #: 32 rows over 8 fine-tunes 425.0 -> 415.1 us, 64 over 32 1209.4 -> 1153.8, 256 over 8 836.6 -> 811.7, 32 rows of
 #: one 265.5 -> 263.6; at 16 rows of one (blocks of 16) 181.7 -> 182.9, so not there
 X_PAIRS = os.environ.get("DELTASTORE_MMA_X_PAIRS", "1") not in ("", "0")
-#: programmatic dependent launch (Hopper+; where :func:`.triton_ops._pdl` allows it, so DELTASTORE_PDL=0 turns it off
+#: programmatic dependent launch (Hopper+; where :func:`.triton_ops.pdl_on` allows it, so DELTASTORE_PDL=0 turns it off
 #: too), as the GEMV kernels' (:data:`.triton_ops.GEMV_PDL`): the expand
 #: launched while its shrink's last programs run, its words, scales and zero points loaded (into shared
 #: memory) before it waits (griddepcontrol.wait) for the shrink's z. Nsight Compute (raw_h200/s35/ncu16b): each
@@ -910,7 +910,7 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         z.zero_()
         if overwrite:
             y.zero_()
-    kn = _known(dset, plan) if HOIST else {"KNOWN": False, "s_known": 0}  # (the host-known slot's entries, see HOIST)
+    kn = known_args(dset, plan) if HOIST else {"KNOWN": False, "s_known": 0}  # (the host-known slot's entries, see HOIST)
     # IDENT: the host knows every row names that slot (no base rows), so the rows sorted by slot are in order
     hoist = dict(HOIST=kn["KNOWN"], IDENT=HOIST and plan.only_slot is not None and not plan.base_rows)
     d = y if y_f32 else torch.zeros(M, y.shape[1], dtype=torch.float32, device=x.device)  # (before the shrink: the
@@ -920,15 +920,15 @@ def apply(x: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, overw
         K, x.stride(0), z.stride(0), dset.n_slices, T, kn["s_known"],
         NFIELD=tiles.shape[-1], BM=bm, GPS=gps, TILES=SHRINK_TILES, KS=SHRINK_KS, **has, COMPACT=compact,
         **(compact_layouts(16 * SHRINK_TILES * 4, 4, SWIZZLE, bm if X_PAIRS and bm != 16 else 0) if compact
-           else dict(LW=None, L3=None, XL=None, XS=None)), **hoist, USE_GDC=_pdl(x, PDL),
-        **_regs(SHRINK_MAXNREG or None), num_warps=4)
+           else dict(LW=None, L3=None, XL=None, XS=None)), **hoist, USE_GDC=pdl_on(x, PDL),
+        **maxnreg_option(SHRINK_MAXNREG or None), num_warps=4)
     nblk = -(-max(dset.out_features) // BLOCK)
     _expand_kernel[(nblk, dset.n_slices * I_max, nb)](
         z, d, dset.words, dset.scales, dset.zeros, items, nitems, plan.rows, blocks, dset.m_out, dset.col_off,
         z.stride(0), d.stride(0), dset.n_slices, I_max, kn["s_known"],
         NFI=items.shape[-1], BM=bm, TILES=2, ES=EXPAND_STEP, **has, COMPACT=compact_e, CH=chunk, STAGE=STAGE_Z,
         **(expand_layouts(chunk, 4, SWIZZLE) if compact_e else dict(EWL=None, E3=None, ZS=None)), **hoist,
-        **_pdl_launch(x, PDL), num_warps=4)
+        **pdl_launch(x, PDL), num_warps=4)
     if d is not y:
         y.add_(d)
     return y

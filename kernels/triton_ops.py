@@ -999,9 +999,10 @@ def _not_dense(path: str | None) -> None:
         raise KernelError("the dense path has no shrink/expand kernels of its own: kernels.dense.apply (or apply_deltas(path='dense'))")
 
 
-def _pdl(t: torch.Tensor, want: bool) -> bool:
-    """Whether a GEMV kernel on t's device takes part in programmatic dependent launch: asked,
-    on (:data:`GEMV_PDL`), a Triton that has it, compiled (not interpreted), a Hopper or newer GPU."""
+def pdl_on(t: torch.Tensor, want: bool) -> bool:
+    """Whether a kernel on t's device takes part in programmatic dependent launch: asked, on
+    (:data:`GEMV_PDL`, ``DELTASTORE_PDL``), a Triton that has it, compiled (not interpreted), a
+    Hopper or newer GPU. Public: the LUT and tensor-core kernels (``lut``, ``mma``) ask it too."""
     return bool(want and GEMV_PDL and HAVE_GDC and not interpreting() and t.is_cuda and _sm_major(t.get_device()) >= 9)
 
 
@@ -1017,9 +1018,10 @@ def sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _pdl_launch(t: torch.Tensor, want: bool) -> dict[str, bool]:
-    """Launch options of a GEMV expand launched as a dependent of the shrink before it (see :func:`_pdl`)."""
-    return {"USE_GDC": True, "launch_pdl": True} if _pdl(t, want) else {}
+def pdl_launch(t: torch.Tensor, want: bool) -> dict[str, bool]:
+    """Launch options of an expand launched as a dependent of the shrink before it (see :func:`pdl_on`;
+    the GEMV and the tensor-core expand)."""
+    return {"USE_GDC": True, "launch_pdl": True} if pdl_on(t, want) else {}
 
 
 def _gemv_warps(n_blocks: int) -> int:
@@ -1027,7 +1029,7 @@ def _gemv_warps(n_blocks: int) -> int:
     return GEMV_WARPS if n_blocks <= 1 else GEMV_WARPS_MANY
 
 
-def _regs(maxnreg: int | None) -> dict[str, int]:
+def maxnreg_option(maxnreg: int | None) -> dict[str, int]:
     """The launch option capping registers a thread, only when asked (and never under the
     interpreter, which has no registers)."""
     if maxnreg is not None and maxnreg < 16:
@@ -1159,8 +1161,9 @@ def zsum_ok(zsum: torch.Tensor | None, M: int, dset: DeltaSet) -> bool:
             and tuple(zsum.shape) == (M, dset.zcols))
 
 
-def _known(dset: DeltaSet, plan: RowPlan) -> dict[str, object]:
-    """The GEMV kernels' KNOWN / s_known launch arguments (see :data:`GEMV_KNOWN_SLOT`)."""
+def known_args(dset: DeltaSet, plan: RowPlan) -> dict[str, object]:
+    """The KNOWN / s_known launch arguments of the kernels that take a host-known slot (see
+    :data:`GEMV_KNOWN_SLOT`; the GEMV kernels and the tensor-core ones' ``HOIST``)."""
     s = known_slot(dset, plan) if GEMV_KNOWN_SLOT else None
     return {"KNOWN": s is not None, "s_known": s if s is not None else 0}
 
@@ -1289,11 +1292,11 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
             zero.zero_()
         LAST["shrink"] = _gemv_shrink_kernel[grid](x, z, dset.words, dset.scales, dset.zeros, dset.svals, tiles, ntiles,
                              plan.rows, blocks, zero if zb else z, M, K, dset.zcols, dset.n_slices, T, x.stride(0), 1,
-                             zero.numel() if zb else 0, **_known(dset, plan),
+                             zero.numel() if zb else 0, **known_args(dset, plan),
                              NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, FAST=GEMV_FAST, **_has(dset),
-                             USE_GDC=_pdl(x, True if pdl is None else pdl), ZERO=zb, ONE_ROW=GEMV_KNOWN_SLOT and M == 1,
+                             USE_GDC=pdl_on(x, True if pdl is None else pdl), ZERO=zb, ONE_ROW=GEMV_KNOWN_SLOT and M == 1,
                              FIELDS_FIRST=GEMV_KNOWN_SLOT, Z_ATOMIC=za, FLAT=GEMV_FLAT_WORDS,
-                             num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None))
+                             num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **maxnreg_option(maxnreg or GEMV_MAXNREG or None))
         return z
     if zero is not None:
         zero.zero_()
@@ -1306,7 +1309,7 @@ def shrink(x: torch.Tensor, dset: DeltaSet, plan: RowPlan, split_k: int = 1, *, 
                          plan.rows, plan.counts, plan.starts,
                          M, K, dset.zcols, dset.n_slices, T, x.stride(0),
                          NFIELD=NF, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_R=br, BLOCK_K=dset.block_k, UPCAST=interpreting(), GATHER=gather, **_has(dset),
-                         num_warps=num_warps, num_stages=num_stages, **_regs(maxnreg))
+                         num_warps=num_warps, num_stages=num_stages, **maxnreg_option(maxnreg))
     return z
 
 
@@ -1355,9 +1358,9 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
         LAST["expand"] = _gemv_expand_kernel[grid](z, y, part, sems, dset.words, dset.scales, dset.zeros, items, nitems,
                              plan.rows, blocks, dset.m_out, dset.col_off,
                              M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, most, y.stride(0), 1,
-                             jy, jc, fused.total if fused is not None else 0, jy.stride(0), **_known(dset, plan),
+                             jy, jc, fused.total if fused is not None else 0, jy.stride(0), **known_args(dset, plan),
                              NFI=len(ITEM_FIELDS), SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=br, BLOCK_N=bn, FAST=GEMV_FAST and bm <= GEMV_FAST_EXPAND_MAX_M, **_has(dset),
-                             ATOMIC=atomic, JOIN=fused is not None, FLAT=GEMV_FLAT_WORDS and bm == 1, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **_regs(maxnreg or GEMV_MAXNREG or None), **_pdl_launch(y, bool(pdl) and cached))
+                             ATOMIC=atomic, JOIN=fused is not None, FLAT=GEMV_FLAT_WORDS and bm == 1, num_warps=num_warps or _gemv_warps(blocks.shape[0]), num_stages=num_stages or 3, **maxnreg_option(maxnreg or GEMV_MAXNREG or None), **pdl_launch(y, bool(pdl) and cached))
         return y
     if fused is not None:
         raise KernelError("a fused join is on the GEMV path only")
@@ -1377,7 +1380,7 @@ def expand(z: torch.Tensor, y: torch.Tensor, dset: DeltaSet, plan: RowPlan, *, b
                          plan.rows, blocks, dset.m_out, dset.col_off,
                          M, dset.zcols, sum(dset.out_features), nb, dset.n_slices, dset.max_tiers, J, run, y.stride(0),
                          NFIELD=NF, SPLIT_K=z.shape[0], BLOCK_M=bm, BLOCK_R=block_r, BLOCK_N=bn, UPCAST=interpreting(), GATHER=gather, **_has(dset),
-                         num_warps=num_warps, num_stages=num_stages, **_regs(maxnreg))
+                         num_warps=num_warps, num_stages=num_stages, **maxnreg_option(maxnreg))
     return y
 
 

@@ -58,7 +58,7 @@ def test_short_prologue_gives_the_general_prologues_numbers(n_tenants: int, ids:
     M = len(ids)
     assert triton_ops.use_gemv(M, ds, plan=plan)
     known = n_tenants == 1 or host
-    assert triton_ops._known(ds, plan) == {"KNOWN": known, "s_known": max(max(ids), 0) if known else 0}  # the path under test
+    assert triton_ops.known_args(ds, plan) == {"KNOWN": known, "s_known": max(max(ids), 0) if known else 0}  # the path under test
     x = torch.randn(M, N_IN, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).to(DEVICE)
     y0 = torch.randn(M, sum(OUTS), generator=torch.Generator().manual_seed(4)).to(DEVICE)  # float32, not zero
     split = triton_ops.pick_split_k(M, ds, plan=plan)

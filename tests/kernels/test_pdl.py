@@ -53,7 +53,7 @@ def _run(x: torch.Tensor, ds: DeltaSet, plan, pdl: bool) -> torch.Tensor:
 def test_pdl_needs_to_be_asked_for_by_expand() -> None:
     """An expand is a dependent only when its caller says the shrink was the launch before it."""
     y = torch.zeros(1, 4)
-    assert triton_ops._pdl_launch(y, False) == {}
+    assert triton_ops.pdl_launch(y, False) == {}
 
 
 @pdl_gpu
@@ -62,7 +62,7 @@ def test_pdl_expand_equals_plain_launches(M: int, adds: str) -> None:
     ds = _set(320, [256, 96, 96])
     x = torch.randn(M, 320, generator=torch.Generator().manual_seed(M)).to(torch.bfloat16).cuda()
     plan = plan_rows(torch.zeros(M, dtype=torch.int64, device="cuda"), 1)
-    assert triton_ops.use_gemv(M, ds) and triton_ops._pdl(x, True)
+    assert triton_ops.use_gemv(M, ds) and triton_ops.pdl_on(x, True)
     plain = _run(x, ds, plan, False)
     dep = _run(x, ds, plan, True)
     assert _same(dep, plain, adds) and float(plain.abs().amax()) > 0
