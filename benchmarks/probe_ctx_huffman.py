@@ -270,11 +270,19 @@ def ideal_bits(pairs, words) -> dict[str, float]:
         sym = np.where(z < 240, z, 240 + j)
         extra = float(np.where(z < 240, 0, j + 4).sum())
         prev = np.minimum(np.concatenate([np.ones(4, np.int64), sym[:-4]]), 3)
+        # each exponent's symbols renamed by their frequency rank in it (a byte table the decoder would
+        # apply after a context-free entropy decode): one table for all, if the contexts differed only in
+        # which symbols are common
+        cnt = np.bincount(e * 256 + sym, minlength=65536).reshape(256, 256)
+        rank_of = np.empty((256, 256), np.int64)
+        rank_of[np.arange(256)[:, None], np.argsort(-cnt, axis=1, kind="stable")] = np.arange(256)[None, :]
+        ranked = rank_of[e, sym]
         for name, bits in (
             ("exponent; escapes raw (this probe's coding)", h(e * 256 + np.minimum(z, 255)) + 16.0 * (z >= 255).sum()),
             ("exponent; escapes bucketed", h(e * 256 + sym) + extra),
             ("exponent x previous symbol of the stream (0, 1, 2, 3+); escapes bucketed", h((e * 4 + prev) * 256 + sym) + extra),
             ("no context (order 0); escapes bucketed", h(sym) + extra),
+            ("each exponent's symbols renamed by frequency rank, no context; escapes bucketed", h(ranked) + extra),
         ):
             out[name] = out.get(name, 0.0) + bits
     return out
