@@ -533,6 +533,31 @@ if HAVE_GLUON:
         wsm.store(gl.reshape(gl.permute(gl.reshape(wt, [CH // 16, 16, 8]), (0, 2, 1)), [CH // 2, 16]))
 
     @gluon.jit
+    def _item_a_shifts(E3: gl.constexpr):
+        """(zeros, shifts) of the [8 words, 16 outputs, 16 components] view E3 that
+        :func:`_item_step_a` unpacks with: output n's 2-bit field of its word starts at bit 2 (n % 8)."""
+        zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
+        n_in = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, E3)))
+        return zero3, gl.expand_dims(gl.expand_dims(2 * (n_in % 8), 0), 2) + zero3
+
+    @gluon.jit
+    def _item_step_a(wsm, i: gl.constexpr, zero3, sh3, BLOCK_N: gl.constexpr, E3: gl.constexpr, aL: gl.constexpr):
+        """Step i's MMA A operand (BLOCK_N outputs x 16 components of 2-bit codes) from its [8, 16] words
+        slice of ``wsm`` through the view E3, whose reshape is the A layout (no data movement: checked
+        when it compiles). i is a constant, so the slice takes a constant offset."""
+        w3 = gl.expand_dims(wsm.slice(8 * i, 8).load(gl.SliceLayout(1, E3)), 1) + zero3
+        return gl.convert_layout(gl.reshape(_asm1(_AU2, w3, sh3), [BLOCK_N, 16]), aL, assert_trivial=True)
+
+    @gluon.jit
+    def _item_col(ptr, u_sz, g, G, count, CH: gl.constexpr, num_warps: gl.constexpr):
+        """The item's components' fp16 values of output group ``g`` in a table of G columns (scales or
+        zero points: 2-byte loads G apart), one load a thread in a 1-D layout over the CH components,
+        0 past ``count``."""
+        V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
+        r1 = gl.arange(0, CH, layout=V1)
+        return gl.load(ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0)
+
+    @gluon.jit
     def _expand_item2(words_ptr, scales_ptr, zeros_ptr, zbase, ZC, nrows, dsh, u_q, u_sz, g, G, RW, count, wsm, ssm, qsm,
                       BLOCK_N: gl.constexpr, BM: gl.constexpr, CH: gl.constexpr, EWL: gl.constexpr, E3: gl.constexpr,
                       STAGE: gl.constexpr, ZS: gl.constexpr, USE_GDC: gl.constexpr, num_warps: gl.constexpr):
@@ -556,24 +581,19 @@ if HAVE_GLUON:
         mb = gl.arange(0, BM, layout=gl.SliceLayout(0, bL))
         mb_ok = mb < nrows
         zrow = (zbase + mb.to(gl.int64) * ZC)[None, :]  # (1, BM): a component's z is zrow + (r >> dsh)
-        V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
         _item_words(words_ptr, u_q, g, RW, count, wsm, CH, EWL)
-        r1 = gl.arange(0, CH, layout=V1)
-        ssm.store(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
-        qsm.store(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0))
+        ssm.store(_item_col(scales_ptr, u_sz, g, G, count, CH, num_warps))
+        qsm.store(_item_col(zeros_ptr, u_sz, g, G, count, CH, num_warps))
         if USE_GDC:  # (PDL: z complete after this)
             _gdc_wait()
         gl.thread_barrier()
-        zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
-        n_in = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, E3)))
-        sh3 = gl.expand_dims(gl.expand_dims(2 * (n_in % 8), 0), 2) + zero3
+        zero3, sh3 = _item_a_shifts(E3)
         rb = gl.arange(0, 16, layout=gl.SliceLayout(1, bL))
         acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
         corr = gl.zeros([16, BM], gl.float32, bL)
         for i in gl.static_range(CH // 16):  # (unrolled: shared-memory slices take constant offsets)
             if 16 * i < count:
-                w3 = gl.expand_dims(wsm.slice(8 * i, 8).load(gl.SliceLayout(1, E3)), 1) + zero3
-                a = gl.convert_layout(gl.reshape(_asm1(_AU2, w3, sh3), [BLOCK_N, 16]), aL, assert_trivial=True)
+                a = _item_step_a(wsm, i, zero3, sh3, BLOCK_N, E3, aL)
                 r_ok = (16 * i + rb) < count
                 zt = gl.load(zrow + ((16 * i + rb) >> dsh)[:, None], mask=mb_ok[None, :] & r_ok[:, None], other=0.0)
                 sc = ssm.slice(16 * i, 16).load(gl.SliceLayout(1, bL)).to(gl.float32)
@@ -587,10 +607,8 @@ if HAVE_GLUON:
     def _item_scales(scales_ptr, zeros_ptr, u_sz, g, G, count, CH: gl.constexpr, ZL: gl.constexpr, num_warps: gl.constexpr):
         """The item's components' scale and zero point + 128 of output group ``g`` (G apart: 2-byte loads),
         one load a thread, then to the lanes of ``ZL`` that use them, as float32."""
-        V1: gl.constexpr = gl.BlockedLayout([CH // (32 * num_warps)], [32], [num_warps], [0])
-        r1 = gl.arange(0, CH, layout=V1)
-        sc = gl.convert_layout(gl.load(scales_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0), gl.SliceLayout(1, ZL)).to(gl.float32)
-        zq = gl.convert_layout(gl.load(zeros_ptr + u_sz + r1 * G + g, mask=r1 < count, other=0.0), gl.SliceLayout(1, ZL)).to(gl.float32)
+        sc = gl.convert_layout(_item_col(scales_ptr, u_sz, g, G, count, CH, num_warps), gl.SliceLayout(1, ZL)).to(gl.float32)
+        zq = gl.convert_layout(_item_col(zeros_ptr, u_sz, g, G, count, CH, num_warps), gl.SliceLayout(1, ZL)).to(gl.float32)
         return sc, zq + 128.0
 
     @gluon.jit
@@ -625,14 +643,11 @@ if HAVE_GLUON:
         zsm = gl.allocate_shared_memory(gl.bfloat16, [CH, BM], ZS)
         zsm.store(zb)
         gl.thread_barrier()
-        zero3 = gl.zeros([8, 16, 16], gl.int32, E3)
-        n_in = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, E3)))
-        sh3 = gl.expand_dims(gl.expand_dims(2 * (n_in % 8), 0), 2) + zero3
+        zero3, sh3 = _item_a_shifts(E3)
         acc = gl.zeros([BLOCK_N, BM], gl.float32, mma)
         for i in gl.static_range(CH // 16):  # (unrolled: shared-memory slices take constant offsets)
             if 16 * i < count:
-                w3 = gl.expand_dims(wsm.slice(8 * i, 8).load(gl.SliceLayout(1, E3)), 1) + zero3
-                a = gl.convert_layout(gl.reshape(_asm1(_AU2, w3, sh3), [BLOCK_N, 16]), aL, assert_trivial=True)
+                a = _item_step_a(wsm, i, zero3, sh3, BLOCK_N, E3, aL)
                 acc = mma_v2(a, zsm.slice(16 * i, 16).load(bL), acc)
         return acc, gl.convert_layout(corr, gl.SliceLayout(0, mma))
 
