@@ -23,7 +23,14 @@ floor. ``fused``: symbols with escapes into a reused uint16 scratch, then the un
 uint16 array a tensor (a loop the compiler vectorizes), the store's shape of output.
 Table bytes are counted as 128 a table (256 four-bit lengths), not written.
 
-    python benchmarks/probe_ctx_huffman.py FT_DIR [--repeat 7] [--L 11]
+Variant B (the same decoder with what the entropy figures said to change): escapes as 12 bucket symbols
+(``z >= 240``: bucket j holds 2**(j + 4) values) whose raw bits are a fifth stream in element order (read on
+the decoder's rare branch, which leaves the four streams' windows alone: raw bits in the symbol's own stream,
+its window taken again after them, measured 7x slower on one tensor), and tables per chunk of ``--chunk``
+elements (the codec's 1 MiB), each chunk decodable alone; a table counted as a 256-bit map of its symbols
+and a byte of length each.
+
+    python benchmarks/probe_ctx_huffman.py FT_DIR [--repeat 7] [--L 11] [--chunk 524288]
 """
 
 from __future__ import annotations
@@ -288,6 +295,156 @@ def ideal_bits(pairs, words) -> dict[str, float]:
     return out
 
 
+# -- variant B: escapes as bucket symbols with their raw bits in the stream, tables per chunk ----------------------
+#: symbols 0..239 are z itself; 240 + j is bucket j: z in [BUCKET_START[j], BUCKET_START[j + 1]), its offset in j + 4 raw bits
+LITERALS = 240
+BUCKET_START = (240 + 16 * ((1 << np.arange(13)) - 1)).astype(np.uint64)
+
+
+@njit(cache=True, nogil=True)
+def _bucket_symbols(z, starts):
+    s = np.empty(z.size, np.int64)
+    for i in range(z.size):
+        v = z[i]
+        if v < LITERALS:
+            s[i] = v
+        else:
+            j = 0
+            while U(v) >= starts[j + 1]:
+                j += 1
+            s[i] = LITERALS + j
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _histograms_b(sym, b, tabof, ntab):
+    h = np.zeros((ntab, 256), np.int64)
+    for i in range(sym.size):
+        h[tabof[b[i] >> 7], sym[i]] += 1
+    return h
+
+
+@njit(cache=True, nogil=True)
+def _encode_b(z, sym, b, tabof, codes, lens, starts, out64, wstart, raw64):
+    """Each stream's codes (four streams, element i on i % 4), and every bucket's j + 4 raw bits in
+    element order in ``raw64`` (a fifth, forward stream); returns the bits written, both."""
+    total = 0
+    for s in range(4):
+        acc, fill, w = U(0), 0, wstart[s]
+        for i in range(s, z.size, 4):
+            t = tabof[b[i] >> 7]
+            c, n = codes[t, sym[i]], lens[t, sym[i]]
+            acc |= c << U(fill)
+            fill += n
+            total += n
+            if fill >= 64:
+                out64[w] = acc
+                w += 1
+                fill -= 64
+                acc = (c >> U(n - fill)) if fill > 0 else U(0)
+        out64[w] = acc
+    acc, fill, w = U(0), 0, 0
+    for i in range(z.size):
+        k = sym[i]
+        if k >= LITERALS:
+            c, n = U(z[i]) - starts[k - LITERALS], k - LITERALS + 4
+            acc |= c << U(fill)
+            fill += n
+            total += n
+            if fill >= 64:
+                raw64[w] = acc
+                w += 1
+                fill -= 64
+                acc = (c >> U(n - fill)) if fill > 0 else U(0)
+    raw64[w] = acc
+    return total
+
+
+def encode_b(t: np.ndarray, b: np.ndarray, limit: int, chunk: int) -> list[dict]:
+    """Variant B of one tensor: chunks of ``chunk`` elements, each with its own tables and four streams."""
+    out = []
+    for lo in range(0, t.size, chunk):
+        tc, bc = t[lo : lo + chunk], b[lo : lo + chunk]
+        z = _symbols_of(tc, bc)
+        sym = _bucket_symbols(z, BUCKET_START)
+        cc = np.bincount((bc >> 7) & 0xFF, minlength=256)
+        tabof = np.zeros(512, np.int64)
+        big = [c for c in range(256) if cc[c] >= MIN_CONTEXT]
+        for j, c in enumerate(big):
+            tabof[c] = tabof[c + 256] = j + 1
+        ntab = len(big) + 1
+        h = _histograms_b(sym, bc, tabof, ntab)
+        codes, lens = np.zeros((ntab, 256), np.uint64), np.zeros((ntab, 256), np.int64)
+        tabs = np.zeros((ntab, 1 << limit), np.uint16)
+        for j in range(ntab):
+            if h[j].any():
+                lens[j] = huffman_lengths(h[j], limit)
+                codes[j], tabs[j] = canonical(lens[j], limit)
+        per = (tc.size // 4 + 1) * (limit + 16) // 64 + 2
+        wstart = np.arange(4, dtype=np.int64) * per
+        out64 = np.zeros(4 * per + 2, np.uint64)
+        nraw = int(sym[sym >= LITERALS].sum() - (LITERALS - 4) * (sym >= LITERALS).sum())
+        raw64 = np.zeros(nraw // 64 + 2, np.uint64)
+        nbits = _encode_b(z, sym, bc, tabof, codes, lens, BUCKET_START, out64, wstart, raw64)
+        used = int((h > 0).sum())  # a table stored as a 256-bit map of its symbols and a byte of length each
+        out.append({"words": out64, "starts": wstart.astype(np.uint64) * U(64), "off": (tabof << limit).astype(np.uint64),
+                    "table": tabs.reshape(-1).copy(), "limit": limit, "lo": lo, "raw": raw64,
+                    "bytes": (nbits + 4 * 7) // 8 + used + 32 * ntab + 16})
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_b(sc, i, s, raw, rp, starts):
+    """sc[i] = s, or for a bucket symbol its z from the next raw bits; the raw stream's position after."""
+    if s >= U(LITERALS):
+        nb = s - U(LITERALS - 4)
+        sc[i] = starts[s - U(LITERALS)] + (_peek(raw, rp) & ((U(1) << nb) - U(1)))
+        return rp + nb
+    sc[i] = s
+    return rp
+
+
+@njit(cache=True, nogil=True)
+def decode_fused_b(a, starts, b, off, table, limit, bstarts, raw, sc, out):
+    """Variant B's chunk: z into ``sc`` (uint16) in element order (:func:`decode_fused`'s loop, a bucket's
+    raw bits read from their own stream on the rare branch), then ``out = undo(sc, b)``."""
+    n, mask = U(b.size), U((1 << limit) - 1)
+    p = starts.copy()
+    rp = U(0)
+    i = U(0)
+    while i + U(16) <= n:
+        p0, p1, p2, p3 = p[0], p[1], p[2], p[3]
+        x0, x1, x2, x3 = _peek(a, p0), _peek(a, p1), _peek(a, p2), _peek(a, p3)
+        for k in range(4):
+            j = i + U(4 * k)
+            x0, p0, s0 = _sym(table, off, x0, p0, U(b[j]), mask)
+            x1, p1, s1 = _sym(table, off, x1, p1, U(b[j + U(1)]), mask)
+            x2, p2, s2 = _sym(table, off, x2, p2, U(b[j + U(2)]), mask)
+            x3, p3, s3 = _sym(table, off, x3, p3, U(b[j + U(3)]), mask)
+            rp = _put_b(sc, j, s0, raw, rp, bstarts)
+            rp = _put_b(sc, j + U(1), s1, raw, rp, bstarts)
+            rp = _put_b(sc, j + U(2), s2, raw, rp, bstarts)
+            rp = _put_b(sc, j + U(3), s3, raw, rp, bstarts)
+        p[0], p[1], p[2], p[3] = p0, p1, p2, p3
+        i += U(16)
+    while i < n:
+        k = i & U(3)
+        x, p[k], s = _sym(table, off, _peek(a, p[k]), p[k], U(b[i]), mask)
+        rp = _put_b(sc, i, s, raw, rp, bstarts)
+        i += U(1)
+    for i in range(b.size):
+        out[i] = _uncode2(np.int64(sc[i]), np.int64(b[i]))
+
+
+def decode_b(chunks: list[dict], b: np.ndarray, sc16: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    out = np.empty(b.size, np.uint16) if out is None else out[: b.size]
+    for i, c in enumerate(chunks):
+        hi = chunks[i + 1]["lo"] if i + 1 < len(chunks) else b.size
+        decode_fused_b(c["words"], c["starts"], b[c["lo"] : hi], c["off"], c["table"], c["limit"], BUCKET_START, c["raw"],
+                       sc16, out[c["lo"] : hi])
+    return out
+
+
 def cpu(fn) -> float:  # noqa: ANN001
     gc.collect()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -302,6 +459,7 @@ def main() -> None:
     ap.add_argument("ft", type=Path)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--L", type=int, default=11)
+    ap.add_argument("--chunk", type=int, default=1 << 19, help="variant B's chunk, elements (the codec's: 1 MiB of bf16)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = load_file(str(smollm2_dir() / "model.safetensors"))
@@ -312,10 +470,12 @@ def main() -> None:
     l4 = Lossless()
     p4 = [to_bytes(l4.encode(t, b)) for t, b in pairs]
     hc = [encode(words(t), words(b), args.L) for t, b in pairs]
+    hb = [encode_b(words(t), words(b), args.L, args.chunk) for t, b in pairs]
     biggest = max(t.numel() for t, _ in pairs)
     sc8, sc16, reused = np.empty(biggest, np.uint8), np.empty(biggest, np.uint16), np.empty(biggest, np.uint16)
-    for c, (t, b) in zip(hc, pairs):
+    for c, cb, (t, b) in zip(hc, hb, pairs):
         assert np.array_equal(decode(c, words(b), sc16), words(t)), "not exact"
+        assert np.array_equal(decode_b(cb, words(b), sc16), words(t)), "variant B not exact"
     from zipnn import ZipNN
 
     z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
@@ -331,6 +491,9 @@ def main() -> None:
             decode(c, b, sc16) for c, b in zip(hc, bw)],
         "per-exponent Huffman, fused, into one reused array (no page faults)": lambda: [
             decode(c, b, sc16, reused) for c, b in zip(hc, bw)],
+        "variant B (bucketed escapes, tables per chunk), fused, a fresh array a tensor": lambda: [
+            decode_b(c, b, sc16) for c, b in zip(hb, bw)],
+        "variant B, into one reused array": lambda: [decode_b(c, b, sc16, reused) for c, b in zip(hb, bw)],
         "per-exponent Huffman, the symbols alone (no escapes, no undo; reused array)": lambda: [
             decode_symbols(c["words"], c["starts"], b, c["off"], c["table"], c["limit"], sc8) for c, b in zip(hc, bw)],
     }
@@ -338,12 +501,13 @@ def main() -> None:
     for _ in range(args.repeat):
         for k, f in rows.items():
             times[k].append(cpu(f))
-    print(f"# python benchmarks/probe_ctx_huffman.py {args.ft} --repeat {args.repeat} --L {args.L}")
+    print(f"# python benchmarks/probe_ctx_huffman.py {args.ft} --repeat {args.repeat} --L {args.L} --chunk {args.chunk}")
     print(f"\n{len(pairs)} changed bf16 tensors, {nel:,} elements; one thread, process CPU time (user + system), "
           f"median and best of {args.repeat}, rows interleaved; load average {os.getloadavg()[0]:.1f}\n")
     print(f"Bytes: zipnn {len(comp) / 1e6:.3f} MB, v4 {sum(map(len, p4)) / 1e6:.3f} MB, per-exponent Huffman "
           f"(L={args.L}) {sum(c['bytes'] for c in hc) / 1e6:.3f} MB "
-          f"(escapes {sum(c['esc'].size for c in hc) / nel:.2%} of elements)\n")
+          f"(escapes {sum(c['esc'].size for c in hc) / nel:.2%} of elements); variant B (chunks of {args.chunk:,} elements) "
+          f"{sum(c['bytes'] for cs in hb for c in cs) / 1e6:.3f} MB\n")
     print("Order-0 entropy of the difference under contexts read per element (per-tensor tables, no table bytes: "
           "what an ideal entropy coder would reach; Huffman adds its rounding):\n")
     print("| contexts | MB |\n|---|---:|")
