@@ -31,6 +31,7 @@ elements (the codec's 1 MiB), each chunk decodable alone; a table counted as a 2
 and a byte of length each.
 
     python benchmarks/probe_ctx_huffman.py FT_DIR [--repeat 7] [--L 11] [--chunk 524288]
+    python benchmarks/probe_ctx_huffman.py --synthetic 8     (no zoo weights needed: e.g. a device host's CPU)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import argparse
 import gc
 import heapq
 import os
+import platform
 import resource
 import statistics
 import sys
@@ -52,7 +54,7 @@ from numba import njit  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from deltastore.codec import from_bytes, to_bytes  # noqa: E402
-from deltastore.codec._numba import _code2, _uncode2  # noqa: E402
+from deltastore.codec._numba import _code2, _uncode2, x512_available  # noqa: E402
 from deltastore.codec.lossless import Lossless  # noqa: E402
 from deltastore.zoo.smollm2 import smollm2_dir  # noqa: E402
 
@@ -445,6 +447,18 @@ def decode_b(chunks: list[dict], b: np.ndarray, sc16: np.ndarray, out: np.ndarra
     return out
 
 
+def synthetic_pairs(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n (fine-tune, base) pairs of 4096 x 4096 bf16: the base N(0, 0.02), the fine-tune the base plus an
+    N(0, 3e-4) step in value, rounded (a step of one size is many units in the last place on a small
+    weight and few on a large one, as a real fine-tune's: about three quarters of the elements change)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        b = torch.randn(4096, 4096, generator=g) * 0.02
+        out.append(((b + torch.randn(4096, 4096, generator=g) * 3e-4).to(torch.bfloat16), b.to(torch.bfloat16)))
+    return out
+
+
 def cpu(fn) -> float:  # noqa: ANN001
     gc.collect()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -456,15 +470,22 @@ def cpu(fn) -> float:  # noqa: ANN001
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("ft", type=Path)
+    ap.add_argument("ft", type=Path, nargs="?", help="the fine-tune's HF directory (of the zoo's SmolLM2 base)")
+    ap.add_argument("--synthetic", type=int, default=0, metavar="N",
+                    help="instead: N tensors of 4096 x 4096 (for a machine without the zoo's weights, e.g. a device host's CPU)")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--L", type=int, default=11)
     ap.add_argument("--chunk", type=int, default=1 << 19, help="variant B's chunk, elements (the codec's: 1 MiB of bf16)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    base = load_file(str(smollm2_dir() / "model.safetensors"))
-    ft = load_file(str(args.ft / "model.safetensors"))
-    pairs = [(ft[k], base[k]) for k in ft if k in base and ft[k].dtype == torch.bfloat16 and not torch.equal(ft[k], base[k])]
+    if args.synthetic:
+        pairs = synthetic_pairs(args.synthetic)
+    elif args.ft is None:
+        ap.error("give a fine-tune directory or --synthetic N")
+    else:
+        base = load_file(str(smollm2_dir() / "model.safetensors"))
+        ft = load_file(str(args.ft / "model.safetensors"))
+        pairs = [(ft[k], base[k]) for k in ft if k in base and ft[k].dtype == torch.bfloat16 and not torch.equal(ft[k], base[k])]
     words = lambda x: x.contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint16)  # noqa: E731
     nel = sum(t.numel() for t, _ in pairs)
     l4 = Lossless()
@@ -476,15 +497,19 @@ def main() -> None:
     for c, cb, (t, b) in zip(hc, hb, pairs):
         assert np.array_equal(decode(c, words(b), sc16), words(t)), "not exact"
         assert np.array_equal(decode_b(cb, words(b), sc16), words(t)), "variant B not exact"
-    from zipnn import ZipNN
-
-    z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
-    raw = bytearray(b"".join(words(t).tobytes() for t, _ in pairs))
-    comp = z.compress(bytearray(raw))  # (zipnn may reorder its input in place)
-    assert bytes(z.decompress(comp)) == bytes(raw), "zipnn not exact"
+    rows = {}
+    try:
+        from zipnn import ZipNN
+    except ImportError:  # (a device host's image has no zipnn: the ratios against v4 stand alone)
+        comp = b""
+    else:
+        z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+        raw = bytearray(b"".join(words(t).tobytes() for t, _ in pairs))
+        comp = z.compress(bytearray(raw))  # (zipnn may reorder its input in place)
+        assert bytes(z.decompress(comp)) == bytes(raw), "zipnn not exact"
+        rows["zipnn 0.5.4: the changed tensors' bytes, one buffer"] = lambda: z.decompress(comp)
     bw = [words(b) for _, b in pairs]
-    rows = {
-        "zipnn 0.5.4: the changed tensors' bytes, one buffer": lambda: z.decompress(comp),
+    rows |= {
         "v4 (today's default) as the store calls it, a fresh array a tensor": lambda: [
             l4.reconstruct(from_bytes(p, copy=False), b) for p, (_, b) in zip(p4, pairs)],
         "per-exponent Huffman, fused: symbols + escapes, then the undo into a fresh array a tensor": lambda: [
@@ -501,10 +526,12 @@ def main() -> None:
     for _ in range(args.repeat):
         for k, f in rows.items():
             times[k].append(cpu(f))
-    print(f"# python benchmarks/probe_ctx_huffman.py {args.ft} --repeat {args.repeat} --L {args.L} --chunk {args.chunk}")
+    src = f"--synthetic {args.synthetic}" if args.synthetic else str(args.ft)
+    print(f"# python benchmarks/probe_ctx_huffman.py {src} --repeat {args.repeat} --L {args.L} --chunk {args.chunk}")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; AVX-512 VBMI2 (v4's gather): {x512_available()}")
     print(f"\n{len(pairs)} changed bf16 tensors, {nel:,} elements; one thread, process CPU time (user + system), "
           f"median and best of {args.repeat}, rows interleaved; load average {os.getloadavg()[0]:.1f}\n")
-    print(f"Bytes: zipnn {len(comp) / 1e6:.3f} MB, v4 {sum(map(len, p4)) / 1e6:.3f} MB, per-exponent Huffman "
+    print(f"Bytes: zipnn {f'{len(comp) / 1e6:.3f} MB' if comp else 'not installed'}, v4 {sum(map(len, p4)) / 1e6:.3f} MB, per-exponent Huffman "
           f"(L={args.L}) {sum(c['bytes'] for c in hc) / 1e6:.3f} MB "
           f"(escapes {sum(c['esc'].size for c in hc) / nel:.2%} of elements); variant B (chunks of {args.chunk:,} elements) "
           f"{sum(c['bytes'] for cs in hb for c in cs) / 1e6:.3f} MB\n")
@@ -514,8 +541,10 @@ def main() -> None:
     for k, v in ideal_bits(pairs, words).items():
         print(f"| {k} | {v / 8e6:.3f} |")
     print()
-    print("| decode | ns an element, median | best | of which system time (median) | x zipnn (median) |\n|---|---:|---:|---:|---:|")
-    zmed = statistics.median(t for t, _ in times[next(iter(rows))])
+    ref = next(iter(rows))  # zipnn's row, or v4's without zipnn
+    print(f"| decode | ns an element, median | best | of which system time (median) | x {ref.split(':')[0].split(' (')[0]} (median) |\n"
+          "|---|---:|---:|---:|---:|")
+    zmed = statistics.median(t for t, _ in times[ref])
     for k, v in times.items():
         med, sys_med = statistics.median(t for t, _ in v), statistics.median(s for _, s in v)
         print(f"| {k} | {med / nel * 1e9:.3f} | {min(t for t, _ in v) / nel * 1e9:.3f} | {sys_med / nel * 1e9:.3f} | {zmed / med:.2f} |")
