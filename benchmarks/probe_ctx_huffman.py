@@ -31,7 +31,7 @@ elements (the codec's 1 MiB), each chunk decodable alone; a table counted as a 2
 and a byte of length each.
 
     python benchmarks/probe_ctx_huffman.py FT_DIR [--repeat 7] [--L 11] [--chunk 524288]
-    python benchmarks/probe_ctx_huffman.py --synthetic 8     (no zoo weights needed: e.g. a device host's CPU)
+    python benchmarks/probe_ctx_huffman.py --synthetic 8     (no zoo weights needed: a fresh machine, a CPU of another kind)
 """
 
 from __future__ import annotations
@@ -472,7 +472,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("ft", type=Path, nargs="?", help="the fine-tune's HF directory (of the zoo's SmolLM2 base)")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",
-                    help="instead: N tensors of 4096 x 4096 (for a machine without the zoo's weights, e.g. a device host's CPU)")
+                    help="instead: N tensors of 4096 x 4096 (a machine without the zoo's weights)")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--L", type=int, default=11)
     ap.add_argument("--chunk", type=int, default=1 << 19, help="variant B's chunk, elements (the codec's: 1 MiB of bf16)")
