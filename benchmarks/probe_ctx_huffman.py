@@ -121,52 +121,71 @@ def _symbols_of(t, b):
 
 
 @njit(cache=True, nogil=True)
-def _histograms(z, b, tabof, ntab):
+def _histograms(sym, b, tabof, ntab):
     h = np.zeros((ntab, 256), np.int64)
-    for i in range(z.size):
-        h[tabof[b[i] >> 7], min(z[i], 255)] += 1
+    for i in range(sym.size):
+        h[tabof[b[i] >> 7], sym[i]] += 1
     return h
 
 
-@njit(cache=True, nogil=True)
-def _encode(z, b, tabof, codes, lens, out64, starts):
-    for s in range(4):
-        acc, fill, w = U(0), 0, starts[s]
-        for i in range(s, z.size, 4):
-            sym = min(z[i], 255)
-            t = tabof[b[i] >> 7]
-            c, n = codes[t, sym], lens[t, sym]
-            acc |= c << U(fill)
-            fill += n
-            if fill >= 64:
-                out64[w] = acc
-                w += 1
-                fill -= 64
-                acc = (c >> U(n - fill)) if fill > 0 else U(0)
+@njit(cache=True, nogil=True, inline="always")
+def _put_bits(out64, w, acc, fill, c, n):
+    """``n`` bits ``c`` appended LSB-first to the words at ``w`` (``acc`` holds ``fill`` pending bits)."""
+    acc |= c << U(fill)
+    fill += n
+    if fill >= 64:
         out64[w] = acc
+        w += 1
+        fill -= 64
+        acc = (c >> U(n - fill)) if fill > 0 else U(0)
+    return w, acc, fill
 
 
-def encode(t: np.ndarray, b: np.ndarray, limit: int) -> dict:
-    """One tensor (uint16 words of target and base) coded; ``bytes``: streams + escapes + tables."""
-    z = _symbols_of(t, b)
-    ctx = (b >> 7).astype(np.int64)  # sign and exponent: both signs of an exponent share its table below
-    cc = np.bincount(ctx & 0xFF, minlength=256)
+@njit(cache=True, nogil=True)
+def _write_streams(sym, b, tabof, codes, lens, out64, wstart):
+    """Each symbol's code in its table (the base word's exponent's) into four streams, element i on
+    stream i % 4, stream s from word ``wstart[s]``; returns the bits written."""
+    total = 0
+    for s in range(4):
+        acc, fill, w = U(0), 0, wstart[s]
+        for i in range(s, sym.size, 4):
+            t = tabof[b[i] >> 7]
+            n = lens[t, sym[i]]
+            w, acc, fill = _put_bits(out64, w, acc, fill, codes[t, sym[i]], n)
+            total += n
+        out64[w] = acc
+    return total
+
+
+def context_tables(sym: np.ndarray, b: np.ndarray, limit: int) -> tuple:
+    """(tabof, codes, lens, decode tables, histograms) of symbols ``sym`` under the base words ``b``: a
+    table per exponent with MIN_CONTEXT or more elements (both signs share it; ``tabof`` is indexed by the
+    word >> 7), table 0 for the rest."""
+    cc = np.bincount((b >> 7) & 0xFF, minlength=256)
     tabof = np.zeros(512, np.int64)
-    big = [c for c in range(256) if cc[c] >= MIN_CONTEXT]
-    for j, c in enumerate(big):
-        tabof[c] = tabof[c + 256] = j + 1  # 0: the rare exponents' shared table
-    ntab = len(big) + 1
-    h = _histograms(z, b, tabof, ntab)
+    for j, c in enumerate(c for c in range(256) if cc[c] >= MIN_CONTEXT):
+        tabof[c] = tabof[c + 256] = j + 1
+    ntab = int(tabof.max()) + 1
+    h = _histograms(sym, b, tabof, ntab)
     codes, lens = np.zeros((ntab, 256), np.uint64), np.zeros((ntab, 256), np.int64)
     tabs = np.zeros((ntab, 1 << limit), np.uint16)
     for j in range(ntab):
         if h[j].any():
             lens[j] = huffman_lengths(h[j], limit)
             codes[j], tabs[j] = canonical(lens[j], limit)
+    return tabof, codes, lens, tabs, h
+
+
+def encode(t: np.ndarray, b: np.ndarray, limit: int) -> dict:
+    """One tensor (uint16 words of target and base) coded; ``bytes``: streams + escapes + tables."""
+    z = _symbols_of(t, b)
+    sym = np.minimum(z, 255)
+    tabof, codes, lens, tabs, h = context_tables(sym, b, limit)
+    ntab = tabs.shape[0]
     per = (t.size // 4 + 1) * limit // 64 + 2
     starts = np.arange(4, dtype=np.int64) * per
     out64 = np.zeros(4 * per + 2, np.uint64)
-    _encode(z, b, tabof, codes, lens, out64, starts)
+    _write_streams(sym, b, tabof, codes, lens, out64, starts)
     esc = z[z >= 255]
     nbits = int((h * lens).sum())
     return {"words": out64, "starts": starts.astype(np.uint64) * U(64), "off": (tabof << limit).astype(np.uint64),
@@ -185,6 +204,16 @@ def _sym(table, off, x, p, y, mask):
     e = U(table[off[y >> U(7)] + (x & mask)])
     n = e >> U(8)
     return x >> n, p + n, e & U(255)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _four(table, off, x0, x1, x2, x3, p0, p1, p2, p3, b, j, mask):
+    """Elements j .. j + 3, one from each stream: the windows, positions and symbols after them."""
+    x0, p0, s0 = _sym(table, off, x0, p0, U(b[j]), mask)
+    x1, p1, s1 = _sym(table, off, x1, p1, U(b[j + U(1)]), mask)
+    x2, p2, s2 = _sym(table, off, x2, p2, U(b[j + U(2)]), mask)
+    x3, p3, s3 = _sym(table, off, x3, p3, U(b[j + U(3)]), mask)
+    return x0, x1, x2, x3, p0, p1, p2, p3, s0, s1, s2, s3
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -208,10 +237,7 @@ def decode_symbols(a, starts, b, off, table, limit, sc):
         x0, x1, x2, x3 = _peek(a, p0), _peek(a, p1), _peek(a, p2), _peek(a, p3)
         for k in range(4):  # four symbols a stream per refill
             j = i + U(4 * k)
-            x0, p0, s0 = _sym(table, off, x0, p0, U(b[j]), mask)
-            x1, p1, s1 = _sym(table, off, x1, p1, U(b[j + U(1)]), mask)
-            x2, p2, s2 = _sym(table, off, x2, p2, U(b[j + U(2)]), mask)
-            x3, p3, s3 = _sym(table, off, x3, p3, U(b[j + U(3)]), mask)
+            x0, x1, x2, x3, p0, p1, p2, p3, s0, s1, s2, s3 = _four(table, off, x0, x1, x2, x3, p0, p1, p2, p3, b, j, mask)
             sc[j], sc[j + U(1)], sc[j + U(2)], sc[j + U(3)] = s0, s1, s2, s3
         i += U(16)
     return p0 + p1 + p2 + p3
@@ -229,10 +255,7 @@ def decode_fused(a, starts, b, off, table, limit, esc, sc, out):
         x0, x1, x2, x3 = _peek(a, p0), _peek(a, p1), _peek(a, p2), _peek(a, p3)
         for k in range(4):
             j = i + U(4 * k)
-            x0, p0, s0 = _sym(table, off, x0, p0, U(b[j]), mask)
-            x1, p1, s1 = _sym(table, off, x1, p1, U(b[j + U(1)]), mask)
-            x2, p2, s2 = _sym(table, off, x2, p2, U(b[j + U(2)]), mask)
-            x3, p3, s3 = _sym(table, off, x3, p3, U(b[j + U(3)]), mask)
+            x0, x1, x2, x3, p0, p1, p2, p3, s0, s1, s2, s3 = _four(table, off, x0, x1, x2, x3, p0, p1, p2, p3, b, j, mask)
             ei = _put(sc, j, s0, esc, ei)
             ei = _put(sc, j + U(1), s1, esc, ei)
             ei = _put(sc, j + U(2), s2, esc, ei)
@@ -319,45 +342,15 @@ def _bucket_symbols(z, starts):
 
 
 @njit(cache=True, nogil=True)
-def _histograms_b(sym, b, tabof, ntab):
-    h = np.zeros((ntab, 256), np.int64)
-    for i in range(sym.size):
-        h[tabof[b[i] >> 7], sym[i]] += 1
-    return h
-
-
-@njit(cache=True, nogil=True)
-def _encode_b(z, sym, b, tabof, codes, lens, starts, out64, wstart, raw64):
-    """Each stream's codes (four streams, element i on i % 4), and every bucket's j + 4 raw bits in
-    element order in ``raw64`` (a fifth, forward stream); returns the bits written, both."""
-    total = 0
-    for s in range(4):
-        acc, fill, w = U(0), 0, wstart[s]
-        for i in range(s, z.size, 4):
-            t = tabof[b[i] >> 7]
-            c, n = codes[t, sym[i]], lens[t, sym[i]]
-            acc |= c << U(fill)
-            fill += n
-            total += n
-            if fill >= 64:
-                out64[w] = acc
-                w += 1
-                fill -= 64
-                acc = (c >> U(n - fill)) if fill > 0 else U(0)
-        out64[w] = acc
-    acc, fill, w = U(0), 0, 0
+def _write_raw(z, sym, starts, raw64):
+    """Every bucket symbol's j + 4 raw bits, in element order (variant B's fifth stream); returns the bits."""
+    acc, fill, w, total = U(0), 0, 0, 0
     for i in range(z.size):
         k = sym[i]
         if k >= LITERALS:
-            c, n = U(z[i]) - starts[k - LITERALS], k - LITERALS + 4
-            acc |= c << U(fill)
-            fill += n
+            n = k - LITERALS + 4
+            w, acc, fill = _put_bits(raw64, w, acc, fill, U(z[i]) - starts[k - LITERALS], n)
             total += n
-            if fill >= 64:
-                raw64[w] = acc
-                w += 1
-                fill -= 64
-                acc = (c >> U(n - fill)) if fill > 0 else U(0)
     raw64[w] = acc
     return total
 
@@ -369,25 +362,14 @@ def encode_b(t: np.ndarray, b: np.ndarray, limit: int, chunk: int) -> list[dict]
         tc, bc = t[lo : lo + chunk], b[lo : lo + chunk]
         z = _symbols_of(tc, bc)
         sym = _bucket_symbols(z, BUCKET_START)
-        cc = np.bincount((bc >> 7) & 0xFF, minlength=256)
-        tabof = np.zeros(512, np.int64)
-        big = [c for c in range(256) if cc[c] >= MIN_CONTEXT]
-        for j, c in enumerate(big):
-            tabof[c] = tabof[c + 256] = j + 1
-        ntab = len(big) + 1
-        h = _histograms_b(sym, bc, tabof, ntab)
-        codes, lens = np.zeros((ntab, 256), np.uint64), np.zeros((ntab, 256), np.int64)
-        tabs = np.zeros((ntab, 1 << limit), np.uint16)
-        for j in range(ntab):
-            if h[j].any():
-                lens[j] = huffman_lengths(h[j], limit)
-                codes[j], tabs[j] = canonical(lens[j], limit)
+        tabof, codes, lens, tabs, h = context_tables(sym, bc, limit)
+        ntab = tabs.shape[0]
         per = (tc.size // 4 + 1) * (limit + 16) // 64 + 2
         wstart = np.arange(4, dtype=np.int64) * per
         out64 = np.zeros(4 * per + 2, np.uint64)
         nraw = int(sym[sym >= LITERALS].sum() - (LITERALS - 4) * (sym >= LITERALS).sum())
         raw64 = np.zeros(nraw // 64 + 2, np.uint64)
-        nbits = _encode_b(z, sym, bc, tabof, codes, lens, BUCKET_START, out64, wstart, raw64)
+        nbits = _write_streams(sym, bc, tabof, codes, lens, out64, wstart) + _write_raw(z, sym, BUCKET_START, raw64)
         used = int((h > 0).sum())  # a table stored as a 256-bit map of its symbols and a byte of length each
         out.append({"words": out64, "starts": wstart.astype(np.uint64) * U(64), "off": (tabof << limit).astype(np.uint64),
                     "table": tabs.reshape(-1).copy(), "limit": limit, "lo": lo, "raw": raw64,
@@ -419,10 +401,7 @@ def decode_fused_b(a, starts, b, off, table, limit, bstarts, raw, sc, out):
         x0, x1, x2, x3 = _peek(a, p0), _peek(a, p1), _peek(a, p2), _peek(a, p3)
         for k in range(4):
             j = i + U(4 * k)
-            x0, p0, s0 = _sym(table, off, x0, p0, U(b[j]), mask)
-            x1, p1, s1 = _sym(table, off, x1, p1, U(b[j + U(1)]), mask)
-            x2, p2, s2 = _sym(table, off, x2, p2, U(b[j + U(2)]), mask)
-            x3, p3, s3 = _sym(table, off, x3, p3, U(b[j + U(3)]), mask)
+            x0, x1, x2, x3, p0, p1, p2, p3, s0, s1, s2, s3 = _four(table, off, x0, x1, x2, x3, p0, p1, p2, p3, b, j, mask)
             rp = _put_b(sc, j, s0, raw, rp, bstarts)
             rp = _put_b(sc, j + U(1), s1, raw, rp, bstarts)
             rp = _put_b(sc, j + U(2), s2, raw, rp, bstarts)
