@@ -6,7 +6,7 @@
 # 600 s a command may run). Carry .whl-store.
 #   bash benchmarks/mma_knobs_device.sh OUT          PARTS=tests,ab (default), few; CFGS, CASES, K_SEL to narrow
 # tests: the GPU tests that touch these kernels (211 collected on the dev VM; test_mma's six knob tests among them;
-#        twelve workers: whatever has not finished at T is named in the log).
+#        twelve workers, cut at T seconds: the count of PASSED lines printed says how far they got).
 # ab:    ab_mma.py through the modules users get, each knob alone and PDL + HOIST together, at one fine-tune's
 #        2 and 16 rows and the multi-tenant goals' 32 over 8 and 64 over 32 (issue 9's table).
 # few:   the case not yet measured on these kernels: a few rows over many fine-tunes (2 over 32, 8 over 32),
