@@ -32,6 +32,7 @@ and a byte of length each.
 
     python benchmarks/probe_ctx_huffman.py FT_DIR [--repeat 7] [--L 11] [--chunk 524288]
     python benchmarks/probe_ctx_huffman.py --synthetic 8     (no zoo weights needed: a fresh machine, a CPU of another kind)
+    python benchmarks/probe_ctx_huffman.py FT_DIR --variant-c   (variant C beside B on three tensors)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import platform
 import resource
 import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("DELTASTORE_THREADS", "1")
@@ -121,11 +123,19 @@ def _symbols_of(t, b):
 
 
 @njit(cache=True, nogil=True)
-def _histograms(sym, b, tabof, ntab):
-    h = np.zeros((ntab, 256), np.int64)
+def _histograms(sym, b, tabof, ntab, nclass):
+    h = np.zeros((ntab * nclass, 256), np.int64)
     for i in range(sym.size):
-        h[tabof[b[i] >> 7], sym[i]] += 1
+        h[tabof[b[i] >> 7] * nclass + _class_of(sym, i, nclass), sym[i]] += 1
     return h
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _class_of(sym, i, nclass):
+    """Variant C's second context: the stream's previous symbol (element i - 4; 1 before the first),
+    capped at nclass - 1 (0 when nclass is 1)."""
+    prev = sym[i - 4] if i >= 4 else 1
+    return min(prev, nclass - 1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -142,14 +152,14 @@ def _put_bits(out64, w, acc, fill, c, n):
 
 
 @njit(cache=True, nogil=True)
-def _write_streams(sym, b, tabof, codes, lens, out64, wstart):
+def _write_streams(sym, b, tabof, codes, lens, out64, wstart, nclass):
     """Each symbol's code in its table (the base word's exponent's) into four streams, element i on
     stream i % 4, stream s from word ``wstart[s]``; returns the bits written."""
     total = 0
     for s in range(4):
         acc, fill, w = U(0), 0, wstart[s]
         for i in range(s, sym.size, 4):
-            t = tabof[b[i] >> 7]
+            t = tabof[b[i] >> 7] * nclass + _class_of(sym, i, nclass)
             n = lens[t, sym[i]]
             w, acc, fill = _put_bits(out64, w, acc, fill, codes[t, sym[i]], n)
             total += n
@@ -157,7 +167,7 @@ def _write_streams(sym, b, tabof, codes, lens, out64, wstart):
     return total
 
 
-def context_tables(sym: np.ndarray, b: np.ndarray, limit: int) -> tuple:
+def context_tables(sym: np.ndarray, b: np.ndarray, limit: int, nclass: int = 1) -> tuple:
     """(tabof, codes, lens, decode tables, histograms) of symbols ``sym`` under the base words ``b``: a
     table per exponent with MIN_CONTEXT or more elements (both signs share it; ``tabof`` is indexed by the
     word >> 7), table 0 for the rest."""
@@ -166,7 +176,8 @@ def context_tables(sym: np.ndarray, b: np.ndarray, limit: int) -> tuple:
     for j, c in enumerate(c for c in range(256) if cc[c] >= MIN_CONTEXT):
         tabof[c] = tabof[c + 256] = j + 1
     ntab = int(tabof.max()) + 1
-    h = _histograms(sym, b, tabof, ntab)
+    ntab *= nclass  # (variant C: nclass tables an exponent, by the stream's previous symbol)
+    h = _histograms(sym, b, tabof, ntab // nclass, nclass)
     codes, lens = np.zeros((ntab, 256), np.uint64), np.zeros((ntab, 256), np.int64)
     tabs = np.zeros((ntab, 1 << limit), np.uint16)
     for j in range(ntab):
@@ -185,7 +196,7 @@ def encode(t: np.ndarray, b: np.ndarray, limit: int) -> dict:
     per = (t.size // 4 + 1) * limit // 64 + 2
     starts = np.arange(4, dtype=np.int64) * per
     out64 = np.zeros(4 * per + 2, np.uint64)
-    _write_streams(sym, b, tabof, codes, lens, out64, starts)
+    _write_streams(sym, b, tabof, codes, lens, out64, starts, 1)
     esc = z[z >= 255]
     nbits = int((h * lens).sum())
     return {"words": out64, "starts": starts.astype(np.uint64) * U(64), "off": (tabof << limit).astype(np.uint64),
@@ -355,23 +366,25 @@ def _write_raw(z, sym, starts, raw64):
     return total
 
 
-def encode_b(t: np.ndarray, b: np.ndarray, limit: int, chunk: int) -> list[dict]:
-    """Variant B of one tensor: chunks of ``chunk`` elements, each with its own tables and four streams."""
+def encode_b(t: np.ndarray, b: np.ndarray, limit: int, chunk: int, nclass: int = 1) -> list[dict]:
+    """Variant B of one tensor: chunks of ``chunk`` elements, each with its own tables and four streams;
+    ``nclass`` > 1: variant C (tables also by the stream's previous symbol, capped at nclass - 1)."""
     out = []
     for lo in range(0, t.size, chunk):
         tc, bc = t[lo : lo + chunk], b[lo : lo + chunk]
         z = _symbols_of(tc, bc)
         sym = _bucket_symbols(z, BUCKET_START)
-        tabof, codes, lens, tabs, h = context_tables(sym, bc, limit)
+        tabof, codes, lens, tabs, h = context_tables(sym, bc, limit, nclass)
         ntab = tabs.shape[0]
         per = (tc.size // 4 + 1) * (limit + 16) // 64 + 2
         wstart = np.arange(4, dtype=np.int64) * per
         out64 = np.zeros(4 * per + 2, np.uint64)
         nraw = int(sym[sym >= LITERALS].sum() - (LITERALS - 4) * (sym >= LITERALS).sum())
         raw64 = np.zeros(nraw // 64 + 2, np.uint64)
-        nbits = _write_streams(sym, bc, tabof, codes, lens, out64, wstart) + _write_raw(z, sym, BUCKET_START, raw64)
+        nbits = _write_streams(sym, bc, tabof, codes, lens, out64, wstart, nclass) + _write_raw(z, sym, BUCKET_START, raw64)
         used = int((h > 0).sum())  # a table stored as a 256-bit map of its symbols and a byte of length each
-        out.append({"words": out64, "starts": wstart.astype(np.uint64) * U(64), "off": (tabof << limit).astype(np.uint64),
+        out.append({"words": out64, "starts": wstart.astype(np.uint64) * U(64), "off": ((tabof * nclass) << limit).astype(np.uint64),
+                    "nclass": nclass,
                     "table": tabs.reshape(-1).copy(), "limit": limit, "lo": lo, "raw": raw64,
                     "bytes": (nbits + 4 * 7) // 8 + used + 32 * ntab + 16})
     return out
@@ -417,12 +430,57 @@ def decode_fused_b(a, starts, b, off, table, limit, bstarts, raw, sc, out):
         out[i] = _uncode2(np.int64(sc[i]), np.int64(b[i]))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _sym_c(table, off, x, p, y, mask, prev, top, limit):
+    """:func:`_sym` with variant C's second context: the stream's previous symbol, capped at ``top``."""
+    e = U(table[off[y >> U(7)] + (min(prev, top) << limit) + (x & mask)])
+    n = e >> U(8)
+    return x >> n, p + n, e & U(255)
+
+
+@njit(cache=True, nogil=True)
+def decode_fused_c(a, starts, b, off, table, limit, bstarts, raw, nclass, sc, out):
+    """Variant C's chunk: variant B's decode with each symbol's table chosen by its exponent and the
+    previous symbol of its stream (a dependency from one symbol's lookup to the next one's)."""
+    n, mask, top, lim = U(b.size), U((1 << limit) - 1), U(nclass - 1), U(limit)
+    p0, p1, p2, p3 = starts[0], starts[1], starts[2], starts[3]
+    s0 = s1 = s2 = s3 = U(1)
+    rp = U(0)
+    i = U(0)
+    while i + U(16) <= n:
+        x0, x1, x2, x3 = _peek(a, p0), _peek(a, p1), _peek(a, p2), _peek(a, p3)
+        for k in range(4):
+            j = i + U(4 * k)
+            x0, p0, s0 = _sym_c(table, off, x0, p0, U(b[j]), mask, s0, top, lim)
+            x1, p1, s1 = _sym_c(table, off, x1, p1, U(b[j + U(1)]), mask, s1, top, lim)
+            x2, p2, s2 = _sym_c(table, off, x2, p2, U(b[j + U(2)]), mask, s2, top, lim)
+            x3, p3, s3 = _sym_c(table, off, x3, p3, U(b[j + U(3)]), mask, s3, top, lim)
+            rp = _put_b(sc, j, s0, raw, rp, bstarts)
+            rp = _put_b(sc, j + U(1), s1, raw, rp, bstarts)
+            rp = _put_b(sc, j + U(2), s2, raw, rp, bstarts)
+            rp = _put_b(sc, j + U(3), s3, raw, rp, bstarts)
+        i += U(16)
+    p = np.array([p0, p1, p2, p3], np.uint64)
+    prev = np.array([s0, s1, s2, s3], np.uint64)
+    while i < n:
+        k = i & U(3)
+        x, p[k], prev[k] = _sym_c(table, off, _peek(a, p[k]), p[k], U(b[i]), mask, prev[k], top, lim)
+        rp = _put_b(sc, i, prev[k], raw, rp, bstarts)
+        i += U(1)
+    for i in range(b.size):
+        out[i] = _uncode2(np.int64(sc[i]), np.int64(b[i]))
+
+
 def decode_b(chunks: list[dict], b: np.ndarray, sc16: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     out = np.empty(b.size, np.uint16) if out is None else out[: b.size]
     for i, c in enumerate(chunks):
         hi = chunks[i + 1]["lo"] if i + 1 < len(chunks) else b.size
-        decode_fused_b(c["words"], c["starts"], b[c["lo"] : hi], c["off"], c["table"], c["limit"], BUCKET_START, c["raw"],
-                       sc16, out[c["lo"] : hi])
+        if c["nclass"] > 1:
+            decode_fused_c(c["words"], c["starts"], b[c["lo"] : hi], c["off"], c["table"], c["limit"], BUCKET_START, c["raw"],
+                           c["nclass"], sc16, out[c["lo"] : hi])
+        else:
+            decode_fused_b(c["words"], c["starts"], b[c["lo"] : hi], c["off"], c["table"], c["limit"], BUCKET_START, c["raw"],
+                           sc16, out[c["lo"] : hi])
     return out
 
 
@@ -447,6 +505,33 @@ def cpu(fn) -> float:  # noqa: ANN001
     return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), r1.ru_stime - r0.ru_stime
 
 
+def variant_c(pairs, words, repeat: int) -> None:
+    """Variant C beside B on the given tensors: B plus the stream's previous symbol (capped at 1 or 3) as a
+    second context, 11- to 9-bit tables (C multiplies the tables an exponent). Bytes and the decode of the
+    tensors into one reused array, best of ``repeat`` (wall time, rows interleaved)."""
+    data = [(words(t), words(b)) for t, b in pairs]
+    nel = sum(t.size for t, _ in data)
+    sc = np.empty(max(t.size for t, _ in data), np.uint16)
+    o = np.empty_like(sc)
+    variants = {"B, 11-bit tables": (11, 1), "C (previous symbol 0 / 1+), 11-bit": (11, 2), "C (0 / 1+), 10-bit": (10, 2),
+                "C (0 / 1 / 2 / 3+), 10-bit": (10, 4), "C (0 / 1 / 2 / 3+), 9-bit": (9, 4)}
+    enc = {k: [encode_b(t, b, L, 1 << 19, nc) for t, b in data] for k, (L, nc) in variants.items()}
+    for k, cs in enc.items():
+        for cb, (t, b) in zip(cs, data):
+            assert np.array_equal(decode_b(cb, b, sc), t), k
+    best = {k: float("inf") for k in enc}
+    for _ in range(repeat + 1):  # (the first round compiles)
+        for k, cs in enc.items():
+            t0 = time.perf_counter()
+            for cb, (_, b) in zip(cs, data):
+                decode_b(cb, b, sc, o)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    print(f"Variant C beside B: {len(pairs)} tensors, {nel:,} elements, best of {repeat}\n")
+    print("| variant | bytes | decode, ns an element |\n|---|---:|---:|")
+    for k in enc:
+        print(f"| {k} | {sum(c['bytes'] for cs in enc[k] for c in cs):,} | {best[k] / nel * 1e9:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("ft", type=Path, nargs="?", help="the fine-tune's HF directory (of the zoo's SmolLM2 base)")
@@ -455,6 +540,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--L", type=int, default=11)
     ap.add_argument("--chunk", type=int, default=1 << 19, help="variant B's chunk, elements (the codec's: 1 MiB of bf16)")
+    ap.add_argument("--variant-c", nargs="*", metavar="TENSOR", default=None,
+                    help="only variant C beside B on these tensors (default three of SmolLM2's layers)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.synthetic:
@@ -466,6 +553,13 @@ def main() -> None:
         ft = load_file(str(args.ft / "model.safetensors"))
         pairs = [(ft[k], base[k]) for k in ft if k in base and ft[k].dtype == torch.bfloat16 and not torch.equal(ft[k], base[k])]
     words = lambda x: x.contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint16)  # noqa: E731
+    if args.variant_c is not None:
+        if args.synthetic:
+            ap.error("--variant-c reads the fine-tune directory's tensors")
+        names = args.variant_c or ["model.layers.10.mlp.down_proj.weight", "model.layers.20.mlp.up_proj.weight",
+                                   "model.layers.5.self_attn.q_proj.weight"]
+        print(f"# python benchmarks/probe_ctx_huffman.py {args.ft} --variant-c {' '.join(args.variant_c)}\n")
+        return variant_c([(ft[k], base[k]) for k in names], words, args.repeat)
     nel = sum(t.numel() for t, _ in pairs)
     l4 = Lossless()
     p4 = [to_bytes(l4.encode(t, b)) for t, b in pairs]
