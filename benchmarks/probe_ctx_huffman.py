@@ -30,6 +30,10 @@ its window taken again after them, measured 7x slower on one tensor), and tables
 elements (the codec's 1 MiB), each chunk decodable alone; a table counted as a 256-bit map of its symbols
 and a byte of length each.
 
+Variant C: B with a second context, the stream's previous symbol (element i - 4) capped at 1 or 3, so
+2 or 4 tables an exponent (`--variant-c`: beside B on three tensors). Measured (run 68): more bytes than B
+with tables per chunk, and 2.6-2.9x slower (each lookup waits on the previous symbol).
+
     python benchmarks/probe_ctx_huffman.py FT_DIR [--repeat 7] [--L 11] [--chunk 524288]
     python benchmarks/probe_ctx_huffman.py --synthetic 8     (no zoo weights needed: a fresh machine, a CPU of another kind)
     python benchmarks/probe_ctx_huffman.py FT_DIR --variant-c   (variant C beside B on three tensors)
