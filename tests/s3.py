@@ -22,6 +22,20 @@ def weed_bin() -> str | None:
     return str(cand) if cand.exists() else shutil.which("weed")
 
 
+#: SeaweedFS's volume server takes no writes while under 1% of its disk is free ("no volume server capacity
+#: registered yet"): every PUT then waits out its own timeouts, and a test's push stalled for minutes (the dev VM at
+#: 99% full, thirty-sixth session; passing once space was freed). Below this share the server is not started.
+MIN_FREE_SHARE = 0.015
+
+
+def _check_disk(path: Path) -> None:
+    """One clear error where the disk under ``path`` is too full for SeaweedFS to take writes."""
+    du = shutil.disk_usage(path)
+    if du.free < MIN_FREE_SHARE * du.total:
+        raise RuntimeError(f"SeaweedFS takes no writes with under 1% of its disk free: {path} has {du.free / 2**30:.1f} GiB "
+                           f"of {du.total / 2**30:.0f} GiB free; free some space (old checkouts, CI clones) and run again")
+
+
 def _forget_clients() -> None:
     """fsspec caches one S3FileSystem per set of arguments; with the endpoint taken from the
     environment (AWS_ENDPOINT_URL) those arguments do not name the server, so a client of a server
@@ -42,6 +56,11 @@ class SeaweedServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, bucket: str = "deltastore") -> dict:
+        try:
+            _check_disk(self.root)
+        except RuntimeError:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         (self.root / "data").mkdir()
         cfg = self.root / "s3.json"
         cfg.write_text(json.dumps({"identities": [{"name": "admin", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
