@@ -81,6 +81,18 @@ def cpu(fn, repeat: int):
     return best, res
 
 
+def cpu_split(fn) -> tuple[float, float]:  # noqa: ANN001
+    """One call of ``fn``'s process CPU seconds, user + system, and the system part of them (page faults
+    on fresh memory show there): getrusage (microseconds; os.times' 10 ms ticks were ~4% of a row), after
+    a collection, the result dropped before returning."""
+    gc.collect()
+    t0 = resource.getrusage(resource.RUSAGE_SELF)
+    res = fn()
+    t1 = resource.getrusage(resource.RUSAGE_SELF)
+    del res
+    return (t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime), t1.ru_stime - t0.ru_stime
+
+
 def changed_pairs(base: dict, ft: dict) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     return [(n, ft[n], base[n]) for n in ft if n in base and not torch.equal(ft[n].view(torch.uint8), base[n].view(torch.uint8))]
 
@@ -800,12 +812,7 @@ def decode_stages(base: dict, ft_file: Path, pairs, say, repeat: int) -> None:
     times: list[list[tuple[float, float]]] = [[] for _ in rows]
     for _ in range(repeat):  # interleaved: a burst of other load hits every row alike
         for k, (_, _, fn) in enumerate(rows):
-            gc.collect()
-            t0 = resource.getrusage(resource.RUSAGE_SELF)  # microseconds (os.times: 10 ms ticks, ~4% of a row)
-            res = fn()
-            t1 = resource.getrusage(resource.RUSAGE_SELF)
-            del res
-            times[k].append(((t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime), t1.ru_stime - t0.ru_stime))
+            times[k].append(cpu_split(fn))
     med = [sorted(ts)[len(ts) // 2] for ts in times]
     best = [min(ts) for ts in times]
     say("| decode | MB/s per core, median | x zipnn, median | x zipnn, best | ns per element, median | "

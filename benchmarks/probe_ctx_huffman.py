@@ -42,11 +42,9 @@ with tables per chunk, and 2.6-2.9x slower (each lookup waits on the previous sy
 from __future__ import annotations
 
 import argparse
-import gc
 import heapq
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -63,6 +61,9 @@ from deltastore.codec import from_bytes, to_bytes  # noqa: E402
 from deltastore.codec._numba import _code2, _uncode2, x512_available  # noqa: E402
 from deltastore.codec.lossless import Lossless  # noqa: E402
 from deltastore.zoo.smollm2 import smollm2_dir  # noqa: E402
+
+from bench_lossless import cpu_split  # noqa: E402  (benchmarks/ on the path: this file's folder, or the test's)
+from probe_decode_user_sys import changed_bf16  # noqa: E402
 
 MIN_CONTEXT = 4096
 U = np.uint64
@@ -500,15 +501,6 @@ def synthetic_pairs(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def cpu(fn) -> float:  # noqa: ANN001
-    gc.collect()
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    got = fn()
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    del got
-    return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), r1.ru_stime - r0.ru_stime
-
-
 def variant_c(pairs, words, repeat: int) -> None:
     """Variant C beside B on the given tensors: B plus the stream's previous symbol (capped at 1 or 3) as a
     second context, 11- to 9-bit tables (C multiplies the tables an exponent). Bytes and the decode of the
@@ -548,22 +540,22 @@ def main() -> None:
                     help="only variant C beside B on these tensors (default three of SmolLM2's layers)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    words = lambda x: x.contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint16)  # noqa: E731
     if args.synthetic:
+        if args.variant_c is not None:
+            ap.error("--variant-c reads the fine-tune directory's tensors")
         pairs = synthetic_pairs(args.synthetic)
     elif args.ft is None:
         ap.error("give a fine-tune directory or --synthetic N")
-    else:
+    elif args.variant_c is not None:
         base = load_file(str(smollm2_dir() / "model.safetensors"))
         ft = load_file(str(args.ft / "model.safetensors"))
-        pairs = [(ft[k], base[k]) for k in ft if k in base and ft[k].dtype == torch.bfloat16 and not torch.equal(ft[k], base[k])]
-    words = lambda x: x.contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint16)  # noqa: E731
-    if args.variant_c is not None:
-        if args.synthetic:
-            ap.error("--variant-c reads the fine-tune directory's tensors")
         names = args.variant_c or ["model.layers.10.mlp.down_proj.weight", "model.layers.20.mlp.up_proj.weight",
                                    "model.layers.5.self_attn.q_proj.weight"]
         print(f"# python benchmarks/probe_ctx_huffman.py {args.ft} --variant-c {' '.join(args.variant_c)}\n")
         return variant_c([(ft[k], base[k]) for k in names], words, args.repeat)
+    else:
+        pairs = changed_bf16(str(args.ft / "model.safetensors"))
     nel = sum(t.numel() for t, _ in pairs)
     l4 = Lossless()
     p4 = [to_bytes(l4.encode(t, b)) for t, b in pairs]
@@ -602,7 +594,7 @@ def main() -> None:
     times = {k: [] for k in rows}
     for _ in range(args.repeat):
         for k, f in rows.items():
-            times[k].append(cpu(f))
+            times[k].append(cpu_split(f))
     src = f"--synthetic {args.synthetic}" if args.synthetic else str(args.ft)
     print(f"# python benchmarks/probe_ctx_huffman.py {src} --repeat {args.repeat} --L {args.L} --chunk {args.chunk}")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; AVX-512 VBMI2 (v4's gather): {x512_available()}")
